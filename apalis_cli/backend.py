@@ -1,0 +1,277 @@
+"""The contract between the core and a store.
+
+A `Store` is what one `[backends.NAME]` table builds: connections, pools, listeners, shared by
+every queue on it. `Store.backend(queue, ...)` gives a queue-bound object that implements the
+protocols below, each a capability checked with `isinstance`:
+
+- `Backend` / `BackendExt`: what a worker needs (poll, heartbeat, the acknowledging layer).
+- `TaskSink`: push tasks (cron without `pipe_to` has none).
+- `Inspector`: list/get/stats/workers/retry/kill/purge (a broker may lack random access).
+
+What a store cannot do is declared in its `Capabilities`, each with the reason; the conformance
+suite skips exactly those cases and the CLI prints that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from .codec import Codec
+from .service import Layer
+from .task import Status, Task, TaskId
+
+__all__ = [
+    "Backend",
+    "BackendExt",
+    "Capabilities",
+    "Capability",
+    "Inspector",
+    "NewTask",
+    "QueueStats",
+    "Store",
+    "StoreSpec",
+    "TaskSink",
+    "WorkerContext",
+    "WorkerInfo",
+]
+
+
+class Capability(StrEnum):
+    """Things a store may or may not be able to do."""
+
+    SCHEDULE = "schedule"  # run_at / delay honoured
+    PRIORITY = "priority"  # higher priority first among ready tasks
+    RESULTS = "results"  # a handler's return value is kept
+    IDEMPOTENCY = "idempotency"  # the same key twice makes one task
+    INSPECT = "inspect"  # list/get without consuming
+    ORPHANS = "orphans"  # a vanished worker's tasks come back after stale_after
+    WORKERS = "workers"  # a registry of workers with heartbeats
+    ADMIN = "admin"  # retry/kill/purge by id or status
+    MAX_ATTEMPTS = "max_attempts"  # attempts counted and exhausted tasks killed
+    RECONNECT = "reconnect"  # a dropped connection is re-established by itself
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a store lacks, each with the reason; everything not listed is offered."""
+
+    lacking: Mapping[Capability, str] = field(default_factory=dict)
+
+    def has(self, capability: Capability) -> bool:
+        """True when the store offers `capability`."""
+        return capability not in self.lacking
+
+    def why_not(self, capability: Capability) -> str | None:
+        """Why the store lacks `capability`, or None when it has it."""
+        return self.lacking.get(capability)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerContext:
+    """Who is asking: one running worker instance, with the settings stores need to honour.
+
+    `free_slots()` is how many more tasks the worker can start now: a poll fetches at most that
+    many (backpressure). `running()` is the ids the worker is running now: a heartbeat extends
+    their leases and may release tasks locked by this worker that it is not running.
+    """
+
+    id: str
+    name: str
+    queue: str
+    concurrency: int = 1
+    keep_alive: float = 10.0
+    stale_after: float = 30.0
+    poll_interval: float = 1.0
+    retention: float = 7 * 86400.0
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    layers: tuple[str, ...] = ()
+    free_slots: Callable[[], int] = lambda: 1
+    running: Callable[[], Collection[TaskId]] = lambda: ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTask:
+    """A task about to be pushed, already encoded."""
+
+    id: TaskId
+    payload: bytes
+    run_at: float
+    priority: int = 0
+    max_attempts: int = 1
+    idempotency_key: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A worker as the store's registry knows it."""
+
+    id: str
+    name: str
+    queue: str
+    host: str
+    pid: int
+    started_at: float
+    last_seen: float
+    layers: tuple[str, ...] = ()
+    running: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """How many tasks a queue holds in each status (None: the store cannot count it)."""
+
+    queue: str
+    counts: Mapping[Status, int | None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSpec:
+    """One `[backends.NAME]` table: its kind, its URL and the store's own options."""
+
+    name: str
+    kind: str
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The minimum a worker needs from a store, for one queue."""
+
+    def poll(self, worker: WorkerContext) -> AsyncIterator[Task[Any] | None]:
+        """Decoded tasks as they become ready; None each time the queue is found idle."""
+        ...
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """One item per successful beat, every `keep_alive`; an exception is a failed beat."""
+        ...
+
+    def middleware(self) -> Layer:
+        """The store's own layer, outermost: it acknowledges each run's final outcome."""
+        ...
+
+
+@runtime_checkable
+class BackendExt(Backend, Protocol):
+    """A backend whose payloads are compact bytes under a codec."""
+
+    codec: Codec
+    queue: str
+    capabilities: Capabilities
+
+    def get_queue(self) -> str:
+        """The queue this backend is bound to."""
+        ...
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Tasks with their stored bytes, undecoded; None each time the queue is found idle."""
+        ...
+
+
+@runtime_checkable
+class TaskSink(Protocol):
+    """Pushes tasks into a queue."""
+
+    async def push(
+        self,
+        args: Any,
+        *,
+        run_at: float | None = None,
+        delay: float | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        task_id: TaskId | None = None,
+        idempotency_key: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> TaskId:
+        """Encode `args` and enqueue it; returns the id (the existing one for a known key)."""
+        ...
+
+    async def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+        """Enqueue many argument values with the same options, in as few round trips as can be."""
+        ...
+
+    async def push_compact(
+        self,
+        compact: bytes,
+        *,
+        run_at: float | None = None,
+        delay: float | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        task_id: TaskId | None = None,
+        idempotency_key: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> TaskId:
+        """Enqueue already-encoded bytes as they are."""
+        ...
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """The store's primitive: insert encoded tasks, returning their ids in order."""
+        ...
+
+
+@runtime_checkable
+class Inspector(Protocol):
+    """Answers questions about a queue without consuming it (`list_tasks`, not `list`, keeps the
+    builtin usable in annotations)."""
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Tasks in the queue (optionally of one status), oldest run_at first."""
+        ...
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One task by id."""
+        ...
+
+    async def stats(self) -> QueueStats:
+        """Counts per status."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers registered on this queue."""
+        ...
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """Make a failed or killed task pending again now, attempts reset; False if not found."""
+        ...
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Kill a pending, failed or running task; False if not found or already final."""
+        ...
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete tasks of `status` finished (or created) more than `older_than` seconds ago."""
+        ...
+
+
+class Store(Protocol):
+    """What a `[backends.NAME]` table builds: the connections every queue on it shares."""
+
+    kind: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> Store:
+        """Validate the table (raising `ConfigError(key=...)`) and build the store, unopened."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and create or migrate what the store needs; idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection."""
+        ...
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> BackendExt:
+        """The queue-bound backend; `max_attempts` is the default for pushes without one."""
+        ...

@@ -1,0 +1,105 @@
+"""Codecs turn handler arguments into the compact bytes a store holds, and back.
+
+Handlers never see bytes and stores never see Python objects: the codec sits between them. A
+value the codec cannot encode is a `BadPayload` (the producer's fault, exit 2); stored bytes it
+cannot decode are a `DecodeError` (that task is killed, the worker goes on).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import BadPayload, DecodeError, MissingExtra
+
+__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "codec_by_name", "encode_result"]
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Encodes arguments to bytes and decodes them back."""
+
+    name: str
+
+    def encode(self, value: Any) -> bytes:
+        """The compact form of `value`; raises `BadPayload` when it cannot be encoded."""
+        ...
+
+    def decode(self, data: bytes) -> Any:
+        """The value behind `data`; raises `DecodeError` when the bytes are not this codec's."""
+        ...
+
+
+class JsonCodec:
+    """UTF-8 JSON without spaces: readable in `apalis inspect`, exact for any integer size."""
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        self._decoder = json.JSONDecoder()
+
+    def encode(self, value: Any) -> bytes:
+        """JSON text as UTF-8 bytes."""
+        try:
+            return self._encoder.encode(value).encode()
+        except (TypeError, ValueError) as exc:
+            raise BadPayload(f"cannot encode as JSON: {exc}") from None
+
+    def decode(self, data: bytes) -> Any:
+        """The JSON value in `data`."""
+        try:
+            return self._decoder.decode(bytes(data).decode())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DecodeError(f"payload is not valid JSON: {exc}") from None
+
+
+class MsgpackCodec:
+    """MessagePack: smaller and faster than JSON; integers within signed/unsigned 64 bits."""
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        try:
+            import msgpack
+        except ImportError:  # pragma: no cover - msgpack is a core dependency
+            raise MissingExtra("codec \"msgpack\" needs the extra: pip install 'apalis-cli[msgpack]'") from None
+        self._packb = msgpack.packb
+        self._unpackb = msgpack.unpackb
+
+    def encode(self, value: Any) -> bytes:
+        """MessagePack bytes of `value`."""
+        try:
+            data: bytes = self._packb(value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadPayload(f"cannot encode as msgpack: {exc}") from None
+        return data
+
+    def decode(self, data: bytes) -> Any:
+        """The value in `data`; trailing garbage or a truncated value is a decode error."""
+        try:
+            return self._unpackb(data, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types for bad input
+            raise DecodeError(f"payload is not valid msgpack: {exc}") from None
+
+
+def codec_by_name(name: str) -> Codec:
+    """The codec called `name` (`json` or `msgpack`)."""
+    if name == "json":
+        return JsonCodec()
+    if name == "msgpack":
+        return MsgpackCodec()
+    raise BadPayload(f'unknown codec "{name}" (expected "json" or "msgpack")')
+
+
+_RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
+
+
+def encode_result(value: Any) -> str | None:
+    """A handler's return value as JSON text for the store; what JSON cannot hold is its repr."""
+    if value is None:
+        return None
+    try:
+        return _RESULT_ENCODER.encode(value)
+    except ValueError:  # NaN or a circular structure
+        return _RESULT_ENCODER.encode(repr(value))

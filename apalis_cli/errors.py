@@ -1,0 +1,103 @@
+"""Every exception apalis-cli raises or understands.
+
+ApalisError                      base of the errors apalis-cli raises itself
+├── UsageError                   bad input from a person: exit code 2, one line, no traceback
+│   ├── ConfigError              a bad config file or key; carries file:line when known
+│   ├── BadPayload               arguments that the codec cannot encode
+│   └── Unsupported              the store cannot do what was asked (says why)
+├── MissingExtra                 a backend's driver is not installed (names the extra); exit 2
+├── BackendError                 the store failed or cannot be reached; exit code 1
+│   └── ConnectionLost           the connection dropped; callers reconnect and retry
+├── DecodeError                  a stored payload the codec cannot decode: kills that task
+└── TaskControl                  raised by handlers to steer their own task
+    ├── Retry(delay)             run again after `delay` seconds (counts an attempt)
+    └── Abort(reason)            kill the task now, no retry
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Abort",
+    "ApalisError",
+    "BackendError",
+    "BadPayload",
+    "ConfigError",
+    "ConnectionLost",
+    "DecodeError",
+    "MissingExtra",
+    "Retry",
+    "TaskControl",
+    "Unsupported",
+    "UsageError",
+]
+
+
+class ApalisError(Exception):
+    """Base of every error apalis-cli raises itself."""
+
+
+class UsageError(ApalisError):
+    """Bad input from a person: the CLI prints the message alone and exits with 2."""
+
+
+class ConfigError(UsageError):
+    """A bad config file or value; `where` is `file:line` (or the key path) when known."""
+
+    def __init__(self, message: str, *, where: str | None = None, key: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        self.key = key
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        text = f"{self.key}: {self.message}" if self.key else self.message
+        return f"{self.where}: {text}" if self.where else text
+
+    def located(self, where: str) -> ConfigError:
+        """The same error, placed at `where` (a `file:line`)."""
+        return ConfigError(self.message, where=where, key=self.key)
+
+
+class BadPayload(UsageError):
+    """Arguments that the worker's codec cannot encode."""
+
+
+class Unsupported(UsageError):
+    """The store cannot serve this request; the message says why."""
+
+
+class MissingExtra(ApalisError):
+    """A backend's driver is not installed; the message names the extra to install."""
+
+
+class BackendError(ApalisError):
+    """The store failed, or could not be reached."""
+
+
+class ConnectionLost(BackendError):
+    """The connection to the store dropped; the operation may be retried after reconnecting."""
+
+
+class DecodeError(ApalisError):
+    """A stored payload that the codec cannot decode; the task is killed with this error."""
+
+
+class TaskControl(Exception):
+    """Raised by a handler to decide what happens to its own task."""
+
+
+class Retry(TaskControl):
+    """Run this task again after `delay` seconds (None: the retry policy's backoff)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Abort(TaskControl):
+    """Kill this task now, whatever attempts it has left."""
+
+    def __init__(self, reason: str = "aborted") -> None:
+        self.reason = reason
+        super().__init__(reason)

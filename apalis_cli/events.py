@@ -1,0 +1,78 @@
+"""Worker lifecycle events, handed to `on_event` callbacks (the console, logs, metrics).
+
+Events are not middleware: they observe, they cannot change a run. Task events are created only
+when someone listens, so an unobserved worker pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "BackendUnavailable",
+    "Event",
+    "EventListener",
+    "HeartbeatFailed",
+    "Idle",
+    "Started",
+    "Stopped",
+    "TaskFinished",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Something that happened to a worker."""
+
+    worker: str
+    queue: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started(Event):
+    """The worker registered and is taking tasks."""
+
+    worker_id: str
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Idle(Event):
+    """The queue had no ready task (sent once per idle spell)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFinished(Event):
+    """A run ended: `outcome` is done, retry, kill or release."""
+
+    task_id: str
+    attempt: int
+    outcome: str
+    duration: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatFailed(Event):
+    """A heartbeat could not reach the store."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendUnavailable(Event):
+    """Polling failed; the worker keeps its running tasks and tries again after `retry_in`."""
+
+    error: str
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stopped(Event):
+    """The worker stopped; `released` tasks went back to the queue unfinished."""
+
+    released: int = 0
+
+
+EventListener = Callable[[Event], None]

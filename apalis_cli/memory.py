@@ -1,0 +1,329 @@
+"""The in-memory backend (`kind = "memory"`): the full contract, nothing kept past the process.
+
+It keeps the same semantics as the durable stores (leases by worker heartbeat, orphan recovery,
+persisted retries, idempotency, retention) so the unit tests and the conformance suite exercise
+the core against it. Ready tasks wait in a heap by (priority, run_at); scheduled ones in a heap
+by run_at, promoted when due.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .backend import (
+    Capabilities,
+    Capability,
+    NewTask,
+    QueueStats,
+    StoreSpec,
+    WorkerContext,
+    WorkerInfo,
+)
+from .codec import Codec, encode_result
+from .errors import ConfigError
+from .polling import Waker, beat_every, poll_batches
+from .queue_base import QueueBase
+from .service import Outcome, OutcomeKind
+from .task import Status, Task, TaskContext, TaskId
+
+__all__ = ["MemoryQueue", "MemoryStore"]
+
+_CAPABILITIES = Capabilities({Capability.RECONNECT: "memory has no connection: its tasks live in this process"})
+
+
+@dataclass(slots=True, kw_only=True)
+class _Row:
+    id: TaskId
+    payload: bytes
+    status: Status
+    attempts: int
+    max_attempts: int
+    run_at: float
+    priority: int
+    idempotency_key: str | None
+    meta: dict[str, Any]
+    created_at: float
+    lock_by: str | None = None
+    last_error: str | None = None
+    result: str | None = None
+    done_at: float | None = None
+
+    def task(self, queue: str) -> Task[bytes]:
+        return Task(
+            id=self.id,
+            args=self.payload,
+            ctx=TaskContext(
+                queue=queue,
+                status=self.status,
+                attempts=self.attempts,
+                max_attempts=self.max_attempts,
+                run_at=self.run_at,
+                priority=self.priority,
+                idempotency_key=self.idempotency_key,
+                meta=self.meta,
+                lock_by=self.lock_by,
+                last_error=self.last_error,
+                result=self.result,
+                created_at=self.created_at,
+                done_at=self.done_at,
+            ),
+        )
+
+
+@dataclass(slots=True)
+class _QueueState:
+    rows: dict[TaskId, _Row] = field(default_factory=dict)
+    ready: list[tuple[int, float, int, TaskId]] = field(default_factory=list)
+    scheduled: list[tuple[float, int, TaskId]] = field(default_factory=list)
+    keys: dict[str, TaskId] = field(default_factory=dict)
+    workers: dict[str, WorkerInfo] = field(default_factory=dict)
+    waker: Waker = field(default_factory=Waker)
+
+
+class MemoryStore:
+    """Queues in this process's memory; one store per `[backends.NAME]` of kind memory."""
+
+    kind: ClassVar[str] = "memory"
+    capabilities: ClassVar[Capabilities] = _CAPABILITIES
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _QueueState] = {}
+        self._seq = itertools.count()
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> MemoryStore:
+        """A memory store; it takes no options and any `memory://` URL."""
+        if spec.url and not spec.url.startswith("memory://"):
+            raise ConfigError(f'expected a "memory://" URL, got "{spec.url}"', key="url")
+        if spec.options:
+            raise ConfigError("unknown key", key=next(iter(spec.options)))
+        return cls()
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> MemoryQueue:
+        """The queue-bound backend."""
+        state = self._queues.setdefault(queue, _QueueState())
+        return MemoryQueue(self, state, queue, codec=codec, max_attempts=max_attempts)
+
+    def next_seq(self) -> int:
+        """A tie-breaker that keeps FIFO order among equal priorities and times."""
+        return next(self._seq)
+
+
+class MemoryQueue(QueueBase):
+    """One queue of a `MemoryStore`."""
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, store: MemoryStore, state: _QueueState, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._store = store
+        self._state = state
+
+    # -- the store's primitives ------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Insert tasks; a known idempotency key returns the existing task's id."""
+        state, now, ids = self._state, time.time(), []
+        for new in tasks:
+            if new.idempotency_key is not None and new.idempotency_key in state.keys:
+                ids.append(state.keys[new.idempotency_key])
+                continue
+            row = _Row(
+                id=new.id,
+                payload=new.payload,
+                status=Status.PENDING,
+                attempts=0,
+                max_attempts=new.max_attempts,
+                run_at=new.run_at,
+                priority=new.priority,
+                idempotency_key=new.idempotency_key,
+                meta=dict(new.meta),
+                created_at=now,
+            )
+            state.rows[row.id] = row
+            if row.idempotency_key is not None:
+                state.keys[row.idempotency_key] = row.id
+            self._schedule(row)
+            ids.append(row.id)
+        state.waker.notify()
+        return ids
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Ready tasks, claimed for `worker` in batches of its free slots."""
+
+        async def fetch(limit: int) -> list[Task[bytes]]:
+            return [row.task(self.queue) for row in self._claim(worker.id, limit)]
+
+        async def release(tasks: Sequence[Task[bytes]]) -> None:
+            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+
+        return poll_batches(worker, fetch, release, self._state.waker)
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Register and refresh `worker`, recover orphans and purge expired tasks."""
+
+        async def beat() -> None:
+            now = time.time()
+            self._state.workers[worker.id] = WorkerInfo(
+                id=worker.id,
+                name=worker.name,
+                queue=self.queue,
+                host=worker.host,
+                pid=worker.pid,
+                started_at=worker.started_at,
+                last_seen=now,
+                layers=worker.layers,
+                running=len(worker.running()),
+            )
+            self._recover_orphans(now - worker.stale_after)
+            self._purge_final(now - worker.retention)
+
+        async def farewell() -> None:
+            self._state.workers.pop(worker.id, None)
+
+        return beat_every(worker, beat, farewell)
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Apply outcomes to the tasks still locked by the worker that ran them."""
+        now = time.time()
+        for task, outcome in items:
+            row = self._state.rows.get(task.id)
+            if row is None or row.status is not Status.RUNNING or row.lock_by != task.ctx.lock_by:
+                continue  # the lease was lost (orphan sweep, operator kill): not ours to write
+            self._settle(row, outcome, now)
+
+    # -- Inspector -------------------------------------------------------------------------
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Tasks of the queue, by run_at."""
+        rows = sorted(
+            (r for r in self._state.rows.values() if status is None or r.status is status),
+            key=lambda r: (r.run_at, r.id),
+        )
+        return [r.task(self.queue) for r in rows[offset : offset + limit]]
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One task by id."""
+        row = self._state.rows.get(task_id)
+        return row.task(self.queue) if row else None
+
+    async def stats(self) -> QueueStats:
+        """Counts per status."""
+        counts = dict.fromkeys(Status, 0)
+        for row in self._state.rows.values():
+            counts[row.status] += 1
+        return QueueStats(queue=self.queue, counts=dict(counts))
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Registered workers of this queue."""
+        return sorted(self._state.workers.values(), key=lambda w: w.started_at)
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """A failed or killed task runs again now with a fresh count of attempts."""
+        row = self._state.rows.get(task_id)
+        if row is None or row.status not in (Status.FAILED, Status.KILLED):
+            return False
+        row.status, row.attempts, row.run_at, row.done_at = Status.PENDING, 0, time.time(), None
+        self._schedule(row)
+        self._state.waker.notify()
+        return True
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Kill a task that has not finished."""
+        row = self._state.rows.get(task_id)
+        if row is None or row.status.is_final:
+            return False
+        row.status, row.last_error, row.lock_by, row.done_at = Status.KILLED, reason, None, time.time()
+        return True
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete tasks of `status` older than `older_than` seconds."""
+        cutoff = time.time() - (older_than or 0.0)
+        doomed = [r for r in self._state.rows.values() if r.status is status and (r.done_at or r.created_at) <= cutoff]
+        for row in doomed:
+            self._forget(row)
+        return len(doomed)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _schedule(self, row: _Row) -> None:
+        seq = self._store.next_seq()
+        if row.run_at <= time.time():
+            heapq.heappush(self._state.ready, (-row.priority, row.run_at, seq, row.id))
+        else:
+            heapq.heappush(self._state.scheduled, (row.run_at, seq, row.id))
+
+    def _claimable(self, task_id: TaskId) -> _Row | None:
+        row = self._state.rows.get(task_id)
+        return row if row is not None and row.status in (Status.PENDING, Status.FAILED) else None
+
+    def _claim(self, worker_id: str, limit: int) -> Iterator[_Row]:
+        state, now = self._state, time.time()
+        while state.scheduled and state.scheduled[0][0] <= now:
+            run_at, seq, task_id = heapq.heappop(state.scheduled)
+            row = self._claimable(task_id)
+            if row is not None and row.run_at == run_at:
+                heapq.heappush(state.ready, (-row.priority, run_at, seq, task_id))
+        claimed = 0
+        while state.ready and claimed < limit:
+            _, run_at, _, task_id = heapq.heappop(state.ready)
+            row = self._claimable(task_id)
+            if row is None or row.run_at != run_at:
+                continue  # a stale heap entry: the task moved on since it was queued
+            row.status, row.lock_by = Status.RUNNING, worker_id
+            row.attempts += 1
+            claimed += 1
+            yield row
+
+    def _settle(self, row: _Row, outcome: Outcome, now: float) -> None:
+        row.lock_by = None
+        if outcome.kind is OutcomeKind.DONE:
+            row.status, row.result, row.done_at = Status.DONE, encode_result(outcome.result), now
+        elif outcome.kind is OutcomeKind.KILL:
+            row.status, row.last_error, row.done_at = Status.KILLED, outcome.error, now
+        elif outcome.kind is OutcomeKind.RETRY:
+            row.status, row.last_error = Status.FAILED, outcome.error
+            row.run_at = outcome.run_at if outcome.run_at is not None else now
+            self._schedule(row)
+        else:
+            row.status, row.attempts = Status.PENDING, max(row.attempts - 1, 0)
+            row.run_at = min(row.run_at, now)
+            self._schedule(row)
+            self._state.waker.notify()
+
+    def _recover_orphans(self, stale_before: float) -> None:
+        state = self._state
+        alive = {w.id for w in state.workers.values() if w.last_seen >= stale_before}
+        for worker_id in [w for w in state.workers if w not in alive]:
+            del state.workers[worker_id]
+        now, recovered = time.time(), False
+        for row in state.rows.values():
+            if row.status is Status.RUNNING and row.lock_by not in alive:
+                error = f"worker {row.lock_by} stopped sending heartbeats while running this task"
+                if row.attempts >= row.max_attempts:
+                    self._settle(row, Outcome.kill(error), now)
+                else:
+                    self._settle(row, Outcome.retry(error, now), now)
+                    recovered = True
+        if recovered:
+            state.waker.notify()
+
+    def _purge_final(self, cutoff: float) -> None:
+        for row in [r for r in self._state.rows.values() if r.status.is_final and (r.done_at or 0) < cutoff]:
+            self._forget(row)
+
+    def _forget(self, row: _Row) -> None:
+        del self._state.rows[row.id]
+        if row.idempotency_key is not None and self._state.keys.get(row.idempotency_key) == row.id:
+            del self._state.keys[row.idempotency_key]

@@ -1,0 +1,122 @@
+"""Helpers that turn a store's `fetch_batch(n)` into the worker's poll stream.
+
+A store that can only be asked ("give me up to n ready tasks") gets, from `poll_batches`, the
+stream the worker wants: tasks one at a time, fetched in batches of the worker's free slots,
+`None` when idle, then a wait that ends early when a `Waker` is notified (a push in this process,
+a LISTEN/NOTIFY, a pub/sub message) or after an idle backoff capped at `poll_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from .backend import WorkerContext
+from .task import Task
+
+__all__ = ["Waker", "beat_every", "poll_batches"]
+
+FIRST_IDLE_WAIT = 0.005
+
+
+class Waker:
+    """Wakes every poller waiting on one queue; a notify before the wait is not lost."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self) -> None:
+        self._events: set[asyncio.Event] = set()
+
+    def notify(self) -> None:
+        """Wake every waiting poller (and the next wait of every registered one)."""
+        for event in self._events:
+            event.set()
+
+    def subscribe(self) -> asyncio.Event:
+        """A new event that `notify` sets; clear it before each fetch, wait on it after."""
+        event = asyncio.Event()
+        self._events.add(event)
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        """Stop notifying `event`."""
+        self._events.discard(event)
+
+
+async def poll_batches(
+    worker: WorkerContext,
+    fetch: Callable[[int], Awaitable[Sequence[Task[bytes]]]],
+    release: Callable[[Sequence[Task[bytes]]], Awaitable[None]],
+    waker: Waker | None = None,
+) -> AsyncIterator[Task[bytes] | None]:
+    """The poll stream over `fetch(n)`; tasks fetched but never handed out are `release`d.
+
+    `fetch` is only called with an empty buffer, so an error it raises strands no task: the
+    worker may drop this stream and start a new one after a backoff.
+    """
+    buffer: deque[Task[bytes]] = deque()
+    event = waker.subscribe() if waker is not None else asyncio.Event()
+    idle_wait = FIRST_IDLE_WAIT
+    try:
+        while True:
+            if buffer:
+                yield buffer.popleft()
+                continue
+            event.clear()
+            batch = await _fetch_shielded(fetch, max(worker.free_slots(), 1), release)
+            if batch:
+                buffer.extend(batch)
+                idle_wait = FIRST_IDLE_WAIT
+                continue
+            yield None
+            try:
+                await asyncio.wait_for(event.wait(), idle_wait)
+                idle_wait = FIRST_IDLE_WAIT
+            except TimeoutError:
+                idle_wait = min(idle_wait * 2, worker.poll_interval)
+    finally:
+        if waker is not None:
+            waker.unsubscribe(event)
+        if buffer:
+            await release(list(buffer))
+
+
+async def _fetch_shielded(
+    fetch: Callable[[int], Awaitable[Sequence[Task[bytes]]]],
+    limit: int,
+    release: Callable[[Sequence[Task[bytes]]], Awaitable[None]],
+) -> Sequence[Task[bytes]]:
+    """`fetch(limit)`, but a claim that a stopping worker cancels mid-flight is released, not
+    left locked by a worker that will never run it."""
+    claim = asyncio.ensure_future(fetch(limit))
+    try:
+        return await asyncio.shield(claim)
+    except asyncio.CancelledError:
+        try:
+            claimed = await claim
+        except Exception:  # the claim failed anyway: nothing was taken
+            raise asyncio.CancelledError from None
+        if claimed:
+            await release(claimed)
+        raise
+
+
+async def beat_every(
+    worker: WorkerContext,
+    beat: Callable[[], Awaitable[None]],
+    farewell: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[None]:
+    """The heartbeat stream: `beat()` now and then every `keep_alive`, one item per success.
+
+    `farewell()` runs when the stream is closed (the worker stopped): a store unregisters the
+    worker there, so its leftovers are recovered at once rather than after `stale_after`.
+    """
+    try:
+        while True:
+            await beat()
+            yield None
+            await asyncio.sleep(worker.keep_alive)
+    finally:
+        if farewell is not None:
+            await farewell()

@@ -1,0 +1,55 @@
+"""`QueueBase`: what most queue-bound backends share (a helper, never a requirement).
+
+It gives a store's queue object the decoded `poll`, `get_queue`, the batched acknowledging
+`middleware()` and the `TaskSink` conveniences, so the store writes only its own primitives:
+`poll_compact`, `heartbeat`, `enqueue` and `ack_batch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from .acks import AckBatcher, ack_layer
+from .backend import Capabilities, WorkerContext
+from .codec import Codec
+from .service import Layer, Outcome
+from .sink import PushMixin
+from .task import Task
+
+__all__ = ["QueueBase"]
+
+
+class QueueBase(PushMixin):
+    """Shared plumbing of a queue-bound backend over a store's primitives."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> None:
+        self.queue = queue
+        self.codec = codec
+        self.max_attempts = max_attempts
+        self._acks = AckBatcher(self.ack_batch)
+
+    def get_queue(self) -> str:
+        """The queue this backend is bound to."""
+        return self.queue
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Implemented by the store."""
+        raise NotImplementedError
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Write many outcomes in one round trip (implemented by the store)."""
+        raise NotImplementedError
+
+    async def poll(self, worker: WorkerContext) -> AsyncIterator[Task[Any] | None]:
+        """Tasks with decoded args; a payload that cannot be decoded raises `DecodeError`."""
+        decode = self.codec.decode
+        async for task in self.poll_compact(worker):
+            yield None if task is None else dataclasses.replace(task, args=decode(task.args))
+
+    def middleware(self) -> Layer:
+        """Acknowledges each final outcome, batched with the others of the same loop turn."""
+        return ack_layer(self._acks.ack)

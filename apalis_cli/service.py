@@ -1,0 +1,69 @@
+"""Tower-style services: a task goes in, an `Outcome` comes out, and layers wrap services.
+
+`Service = Callable[[Task], Awaitable[Outcome]]` and `Layer = Callable[[Service], Service]`.
+`compose([a, b, c], handler)` builds `a(b(c(handler)))`: the first layer listed is outermost and
+sees the call first and the outcome last. Order matters: a `timeout` inside `retry` limits each
+run and lets retry turn the timeout into a persisted retry; a `tracing` layer outside `retry`
+logs one line per run with the final decision, inside it logs the raw exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .task import Task
+
+__all__ = ["Layer", "Outcome", "OutcomeKind", "Service", "compose"]
+
+
+class OutcomeKind(StrEnum):
+    """What the store must do with a task after a run."""
+
+    DONE = "done"  # finished: keep the result until retention ends
+    RETRY = "retry"  # failed: run again at `run_at` (the attempt is counted)
+    KILL = "kill"  # failed for good: attempts exhausted, aborted or undecodable
+    RELEASE = "release"  # not run (graceful stop): back to pending, the attempt not counted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """The decision about one run of a task, handed to the store's acknowledgement."""
+
+    kind: OutcomeKind
+    result: Any = None
+    error: str | None = None
+    run_at: float | None = None
+
+    @classmethod
+    def done(cls, result: Any = None) -> Outcome:
+        """The task succeeded with `result`."""
+        return cls(kind=OutcomeKind.DONE, result=result)
+
+    @classmethod
+    def retry(cls, error: str, run_at: float) -> Outcome:
+        """The task failed with `error` and runs again at `run_at` (epoch seconds)."""
+        return cls(kind=OutcomeKind.RETRY, error=error, run_at=run_at)
+
+    @classmethod
+    def kill(cls, error: str) -> Outcome:
+        """The task failed for good with `error`."""
+        return cls(kind=OutcomeKind.KILL, error=error)
+
+    @classmethod
+    def release(cls) -> Outcome:
+        """The task goes back to pending without counting the attempt."""
+        return cls(kind=OutcomeKind.RELEASE)
+
+
+Service = Callable[[Task[Any]], Awaitable[Outcome]]
+Layer = Callable[[Service], Service]
+
+
+def compose(layers: Iterable[Layer], service: Service) -> Service:
+    """Wrap `service` in `layers`, the first one outermost."""
+    for layer in reversed(list(layers)):
+        service = layer(service)
+    return service

@@ -1,0 +1,72 @@
+"""`PushMixin`: push, push_bulk and push_compact over a store's one `enqueue` primitive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .backend import NewTask
+from .codec import Codec
+from .errors import UsageError
+from .task import TaskId, new_task_id
+
+__all__ = ["PushMixin", "new_task"]
+
+
+def new_task(
+    payload: bytes,
+    *,
+    default_max_attempts: int,
+    run_at: float | None = None,
+    delay: float | None = None,
+    priority: int = 0,
+    max_attempts: int | None = None,
+    task_id: TaskId | None = None,
+    idempotency_key: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> NewTask:
+    """A `NewTask` with the defaults filled in: a fresh id, due now (or after `delay`)."""
+    if run_at is not None and delay is not None:
+        raise UsageError("give either a delay or a run_at time, not both")
+    if max_attempts is not None and max_attempts < 1:
+        raise UsageError(f"max_attempts must be at least 1, got {max_attempts}")
+    now = time.time()
+    return NewTask(
+        id=task_id or new_task_id(),
+        payload=payload,
+        run_at=run_at if run_at is not None else now + (delay or 0.0),
+        priority=priority,
+        max_attempts=max_attempts if max_attempts is not None else default_max_attempts,
+        idempotency_key=idempotency_key,
+        meta=dict(meta) if meta else {},
+    )
+
+
+class PushMixin:
+    """Implements the `TaskSink` conveniences; the class provides `codec`, `max_attempts` and
+    `enqueue`."""
+
+    codec: Codec
+    max_attempts: int
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """The store's insert of encoded tasks (implemented by the store)."""
+        raise NotImplementedError
+
+    async def push(self, args: Any, **options: Any) -> TaskId:
+        """Encode `args` and enqueue it."""
+        return await self.push_compact(self.codec.encode(args), **options)
+
+    async def push_compact(self, compact: bytes, **options: Any) -> TaskId:
+        """Enqueue already-encoded bytes."""
+        ids = await self.enqueue([new_task(compact, default_max_attempts=self.max_attempts, **options)])
+        return ids[0]
+
+    async def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+        """Encode and enqueue many values with the same options, in one `enqueue` call."""
+        if options.get("task_id") is not None or options.get("idempotency_key") is not None:
+            raise UsageError("push_bulk takes no task_id or idempotency_key: they must be unique per task")
+        encode = self.codec.encode
+        tasks = [new_task(encode(item), default_max_attempts=self.max_attempts, **options) for item in items]
+        return await self.enqueue(tasks) if tasks else []

@@ -1,0 +1,91 @@
+"""The task as the worker and the stores see it: identity, payload, and its context.
+
+Times are epoch seconds (`float`) everywhere inside the system: they are cheap to compare on the
+hot path and every store can hold them; the CLI renders them as ISO 8601.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Args", "Status", "Task", "TaskContext", "TaskId", "iso", "new_task_id"]
+
+Args = TypeVar("Args")
+TaskId = str
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class Status(StrEnum):
+    """Where a task is in its life: pending -> running -> done | failed (runs again) | killed."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    KILLED = "killed"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states a task never leaves by itself."""
+        return self in (Status.DONE, Status.KILLED)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskContext:
+    """Everything the store knows about a task besides its payload.
+
+    `attempts` counts the runs started so far: it is 1 while the first run is in progress, and a
+    task whose `attempts` reached `max_attempts` is killed instead of retried.
+    """
+
+    queue: str
+    status: Status = Status.PENDING
+    attempts: int = 0
+    max_attempts: int = 1
+    run_at: float = 0.0
+    priority: int = 0
+    idempotency_key: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    lock_by: str | None = None
+    last_error: str | None = None
+    result: Any = None
+    created_at: float = 0.0
+    done_at: float | None = None
+
+    @property
+    def attempts_left(self) -> int:
+        """How many more runs this task may have after the current one."""
+        return max(self.max_attempts - self.attempts, 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task(Generic[Args]):
+    """A unit of work: its id, its arguments (decoded, or compact bytes) and its context."""
+
+    id: TaskId
+    args: Args
+    ctx: TaskContext
+
+
+def new_task_id() -> TaskId:
+    """A 26-character, time-ordered, URL-safe id (the ULID layout: 48 bits of ms, 80 random)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 in UTC (None stays None)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

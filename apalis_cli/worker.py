@@ -1,0 +1,266 @@
+"""One worker: polls a queue, runs its tasks through the layers, and lets the store acknowledge.
+
+Three things run side by side: the heartbeat stream (registration, leases, orphan sweep), the
+poll loop (takes a task only when a slot is free: backpressure), and the runs themselves. The
+service each run goes through is, outermost first:
+
+    store ack (middleware())  ->  safety-net retry  ->  the configured layers  ->  decode + handler
+
+The safety net turns any exception that escapes the configured layers into a persisted retry or a
+kill, so no run can end without an acknowledgement. Signals are not handled here: the supervisor
+(or any caller) sets the `stop` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from .backend import BackendExt, WorkerContext
+from .events import (
+    BackendUnavailable,
+    Event,
+    EventListener,
+    HeartbeatFailed,
+    Idle,
+    Started,
+    Stopped,
+    TaskFinished,
+)
+from .layers.retry import Backoff, RetryLayer, describe_error
+from .service import Layer, Outcome, Service, compose
+from .task import Task, TaskId, new_task_id
+
+__all__ = ["Handler", "Worker"]
+
+Handler = Callable[[Any, Task[bytes]], Awaitable[Any]]
+"""The adapted user handler: called with the decoded args and the task (for its context)."""
+
+_MAX_RECONNECT_WAIT = 5.0
+
+
+class Worker:
+    """Runs one queue's tasks with up to `concurrency` in flight."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        backend: BackendExt,
+        handler: Handler,
+        concurrency: int = 1,
+        layers: Sequence[Layer] = (),
+        keep_alive: float = 10.0,
+        stale_after: float | None = None,
+        poll_interval: float = 1.0,
+        shutdown_timeout: float = 30.0,
+        retention: float = 7 * 86400.0,
+        backoff: Backoff | None = None,
+        on_event: Sequence[EventListener] = (),
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.name = name
+        self.backend = backend
+        self.concurrency = concurrency
+        self.shutdown_timeout = shutdown_timeout
+        self._listeners = list(on_event)
+        self._running: dict[TaskId, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self.context = WorkerContext(
+            id=f"{name}-{socket.gethostname()}-{os.getpid()}-{new_task_id()[-6:]}",
+            name=name,
+            queue=backend.get_queue(),
+            concurrency=concurrency,
+            keep_alive=keep_alive,
+            stale_after=stale_after if stale_after is not None else 3 * keep_alive,
+            poll_interval=poll_interval,
+            retention=retention,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=time.time(),
+            layers=tuple(repr(layer) for layer in layers),
+            free_slots=self.free_slots,
+            running=self._running.keys,
+        )
+        self._service = compose(
+            [backend.middleware(), RetryLayer(backoff), *layers],
+            _handler_service(handler, backend.codec.decode),
+        )
+
+    # -- what the store and the console read -----------------------------------------------
+
+    def free_slots(self) -> int:
+        """How many more tasks this worker may start now."""
+        return self.concurrency - len(self._running)
+
+    @property
+    def running(self) -> int:
+        """How many runs are in flight."""
+        return len(self._running)
+
+    def hurry(self) -> None:
+        """Stop now: cancel every run (each goes back to the queue) instead of waiting."""
+        for task in list(self._running.values()):
+            task.cancel()
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Call `listener` with every event of this worker from now on."""
+        self._listeners.append(listener)
+
+    # -- the life of a worker --------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
+        """Work until `stop` is set (or, with `burst`, until nothing is ready or running).
+
+        On stop: take no more tasks, give running ones `shutdown_timeout` to finish, then cancel
+        them (they go back to the queue). Nothing unacknowledged is lost either way.
+        """
+        heartbeat = self.backend.heartbeat(self.context)
+        await self._first_beat(heartbeat, stop)
+        beats = asyncio.create_task(self._beat_forever(heartbeat), name=f"{self.name}-heartbeat")
+        poller = asyncio.create_task(self._poll_loop(burst), name=f"{self.name}-poll")
+        stopper = asyncio.create_task(stop.wait())
+        released = 0
+        try:
+            await asyncio.wait({poller, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if poller.done():
+                poller.result()  # a crash of the poll loop is the worker's crash
+        finally:
+            for task in (poller, stopper):
+                task.cancel()
+            await asyncio.gather(poller, stopper, return_exceptions=True)
+            released = await self._drain()
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await heartbeat.aclose()  # type: ignore[attr-defined]
+            self._emit(Stopped(worker=self.name, queue=self.context.queue, released=released))
+
+    async def _first_beat(self, heartbeat: AsyncIterator[None], stop: asyncio.Event) -> None:
+        wait = 0.1
+        while True:
+            try:
+                await anext(heartbeat)
+                break
+            except Exception as exc:
+                if stop.is_set():
+                    raise
+                self._emit(HeartbeatFailed(worker=self.name, queue=self.context.queue, error=describe_error(exc)))
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_RECONNECT_WAIT)
+        self._emit(
+            Started(
+                worker=self.name,
+                queue=self.context.queue,
+                worker_id=self.context.id,
+                concurrency=self.concurrency,
+            )
+        )
+
+    async def _beat_forever(self, heartbeat: AsyncIterator[None]) -> None:
+        while True:
+            try:
+                await anext(heartbeat)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                # A failed beat ends the generator; start a new one after keep_alive.
+                self._emit(HeartbeatFailed(worker=self.name, queue=self.context.queue, error=describe_error(exc)))
+                await asyncio.sleep(self.context.keep_alive)
+                heartbeat = self.backend.heartbeat(self.context)
+
+    async def _poll_loop(self, burst: bool) -> None:
+        wait = 0.1
+        while True:
+            stream = self.backend.poll_compact(self.context)
+            try:
+                await self._consume(stream, burst)
+                return
+            except Exception as exc:
+                self._emit(
+                    BackendUnavailable(
+                        worker=self.name, queue=self.context.queue, error=describe_error(exc), retry_in=wait
+                    )
+                )
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_RECONNECT_WAIT)
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _consume(self, stream: AsyncIterator[Task[bytes] | None], burst: bool) -> None:
+        idle = False
+        start = self._start
+        while True:
+            if len(self._running) >= self.concurrency:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            task = await anext(stream)
+            if task is not None:
+                idle = False
+                start(task)
+                continue
+            if burst and not self._running:
+                return
+            if not idle:
+                idle = True
+                self._emit(Idle(worker=self.name, queue=self.context.queue))
+
+    def _start(self, task: Task[bytes]) -> None:
+        self._running[task.id] = asyncio.create_task(self._run_one(task))
+
+    async def _run_one(self, task: Task[bytes]) -> None:
+        started = time.perf_counter()
+        outcome: Outcome | None = None
+        error: str | None = None
+        try:
+            outcome = await self._service(task)
+        except asyncio.CancelledError:
+            outcome = Outcome.release()
+            raise
+        except Exception as exc:  # only the acknowledgement itself can fail here
+            error = f"acknowledgement failed, the task will run again: {describe_error(exc)}"
+        finally:
+            del self._running[task.id]
+            self._slot_freed.set()
+            if self._listeners:
+                self._emit(
+                    TaskFinished(
+                        worker=self.name,
+                        queue=self.context.queue,
+                        task_id=task.id,
+                        attempt=task.ctx.attempts,
+                        outcome=outcome.kind.value if outcome else "error",
+                        duration=time.perf_counter() - started,
+                        error=outcome.error if outcome else error,
+                    )
+                )
+
+    async def _drain(self) -> int:
+        """Let running tasks finish within `shutdown_timeout`; cancel (release) the rest."""
+        if not self._running:
+            return 0
+        pending = set(self._running.values())
+        _, late = await asyncio.wait(pending, timeout=self.shutdown_timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        return len(late)
+
+    def _emit(self, event: Event) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+
+def _handler_service(handler: Handler, decode: Callable[[bytes], Any]) -> Service:
+    async def invoke(task: Task[Any]) -> Outcome:
+        return Outcome.done(await handler(decode(task.args), task))
+
+    return invoke

@@ -18,6 +18,7 @@ __all__ = [
     "Started",
     "Stopped",
     "TaskFinished",
+    "WorkerCrashed",
 ]
 
 
@@ -66,6 +67,14 @@ class BackendUnavailable(Event):
 
     error: str
     retry_in: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerCrashed(Event):
+    """The worker failed; the supervisor starts a new one after `restart_in` seconds."""
+
+    error: str
+    restart_in: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,108 @@
+"""The Monitor: runs many workers, restarts a crashed one with backoff, stops them gracefully.
+
+Signals belong here (and to the CLI), never to `Worker`: the first SIGTERM or SIGINT asks every
+worker to stop taking tasks and finish within its `shutdown_timeout`; a second SIGINT (or
+SIGTERM) cancels the runs still going, which go back to their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Sequence
+
+from .events import EventListener, WorkerCrashed
+from .layers.retry import describe_error
+from .worker import Worker
+
+__all__ = ["Supervisor", "WorkerFactory"]
+
+WorkerFactory = Callable[[], Worker]
+"""Builds a fresh worker; called once at start and again after each crash."""
+
+_HEALTHY_AFTER = 60.0  # a worker that ran this long before crashing restarts without delay
+
+
+class Supervisor:
+    """Runs workers built by `factories` until stopped (or, with `burst`, until all are done)."""
+
+    def __init__(
+        self,
+        factories: Sequence[WorkerFactory],
+        *,
+        restart_backoff: float = 0.5,
+        restart_backoff_max: float = 30.0,
+        on_event: Sequence[EventListener] = (),
+    ) -> None:
+        self._factories = list(factories)
+        self._restart_backoff = restart_backoff
+        self._restart_backoff_max = restart_backoff_max
+        self._listeners = list(on_event)
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self.workers: list[Worker | None] = [None] * len(self._factories)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for."""
+        return self._stop.is_set()
+
+    async def run(self, *, burst: bool = False) -> None:
+        """Run every worker until a stop (each restarted after a crash, with backoff)."""
+        await asyncio.gather(*(self._keep_running(i, burst) for i in range(len(self._factories))))
+
+    def stop(self) -> None:
+        """Stop taking tasks; running ones get their worker's `shutdown_timeout` to finish."""
+        self._stop.set()
+
+    def stop_now(self) -> None:
+        """Stop at once: cancel every run (each goes back to its queue)."""
+        self._stop.set()
+        for worker in self.workers:
+            if worker is not None:
+                worker.hurry()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: first a graceful stop, then an immediate one. Call inside the loop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal)
+
+    def remove_signal_handlers(self) -> None:
+        """Give the signals back to Python's defaults."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.stop()
+        else:
+            self.stop_now()
+
+    async def _keep_running(self, index: int, burst: bool) -> None:
+        delay = self._restart_backoff
+        while not self._stop.is_set():
+            worker = self._factories[index]()
+            for listener in self._listeners:
+                worker.subscribe(listener)
+            self.workers[index] = worker
+            started = asyncio.get_running_loop().time()
+            try:
+                await worker.run(self._stop, burst=burst)
+                return  # a clean return: stopped, or a burst that found nothing left
+            except Exception as exc:
+                if asyncio.get_running_loop().time() - started > _HEALTHY_AFTER:
+                    delay = self._restart_backoff
+                event = WorkerCrashed(
+                    worker=worker.name, queue=worker.context.queue, error=describe_error(exc), restart_in=delay
+                )
+                for listener in self._listeners:
+                    listener(event)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, self._restart_backoff_max)

@@ -1,0 +1,41 @@
+"""What the SQL stores (SQLite, PostgreSQL, MySQL) share, kept free of any driver.
+
+- `files`: loading `sql/*.sql` (named statements, numbered migrations) and identifier checks.
+- `rows`: the canonical task columns, a row -> `Task` mapping and the insert parameters.
+- `acks`: a batch of outcomes grouped into per-kind statement parameters (`AckPlan`).
+- `status`: the status machine as the SQL sees it (claimable, final, the orphan message).
+- `retrying`: run an operation again after a dropped connection, with capped backoff.
+- `urls`: passwords out of URLs before they reach a message.
+"""
+
+from __future__ import annotations
+
+from .acks import AckPlan, plan_acks
+from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
+from .retrying import retrying
+from .rows import INSERT_COLUMNS, TASK_COLUMNS, decode_meta, encode_meta, insert_params, task_from_row
+from .status import CLAIMABLE, FINAL, orphan_error
+from .urls import redact_url
+
+__all__ = [
+    "CLAIMABLE",
+    "FINAL",
+    "INSERT_COLUMNS",
+    "TASK_COLUMNS",
+    "AckPlan",
+    "Migration",
+    "Queries",
+    "decode_meta",
+    "encode_meta",
+    "identifier",
+    "insert_params",
+    "load_migrations",
+    "load_queries",
+    "orphan_error",
+    "plan_acks",
+    "redact_url",
+    "render",
+    "retrying",
+    "split_named",
+    "task_from_row",
+]

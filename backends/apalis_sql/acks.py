@@ -1,0 +1,61 @@
+"""A batch of outcomes grouped into the parameters of one statement per outcome kind.
+
+Each statement applies only to a task still running under the same lock, so every tuple ends
+with `(id, lock_by)` for the WHERE clause; the SET values come first, in the order documented on
+each field. With positional placeholders, a store writes its four UPDATEs to match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apalis_cli.codec import encode_result
+from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.task import Task, TaskId
+
+__all__ = ["AckPlan", "plan_acks"]
+
+Row4 = tuple[Any, float, TaskId, str | None]
+
+
+@dataclass(slots=True)
+class AckPlan:
+    """Statement parameters per outcome kind for one batch of acknowledgements."""
+
+    done: list[Row4] = field(default_factory=list)
+    """`(result_json, done_at, id, lock_by)`: status done, result kept, lock cleared."""
+    retry: list[Row4] = field(default_factory=list)
+    """`(error, run_at, id, lock_by)`: status failed, runs again at run_at, attempts kept."""
+    kill: list[Row4] = field(default_factory=list)
+    """`(error, done_at, id, lock_by)`: status killed."""
+    release: list[tuple[float, TaskId, str | None]] = field(default_factory=list)
+    """`(now, id, lock_by)`: status pending, attempts - 1, run_at = min(run_at, now)."""
+    wake: bool = False
+    """True when some task became ready at once (released, or retried with no delay): pollers
+    waiting on this queue should be woken."""
+
+    def __bool__(self) -> bool:
+        return bool(self.done or self.retry or self.kill or self.release)
+
+
+def plan_acks(items: Sequence[tuple[Task[Any], Outcome]], now: float) -> AckPlan:
+    """Group `items` by outcome kind into statement parameters (see `AckPlan`)."""
+    plan = AckPlan()
+    done, retry, kill, release = plan.done, plan.retry, plan.kill, plan.release
+    for task, outcome in items:
+        kind = outcome.kind
+        if kind is OutcomeKind.DONE:
+            done.append((encode_result(outcome.result), now, task.id, task.ctx.lock_by))
+        elif kind is OutcomeKind.RETRY:
+            run_at = outcome.run_at if outcome.run_at is not None else now
+            retry.append((outcome.error, run_at, task.id, task.ctx.lock_by))
+            if run_at <= now:
+                plan.wake = True
+        elif kind is OutcomeKind.KILL:
+            kill.append((outcome.error, now, task.id, task.ctx.lock_by))
+        else:
+            release.append((now, task.id, task.ctx.lock_by))
+            plan.wake = True
+    return plan

@@ -1,0 +1,209 @@
+"""Cron as a task source: ticks on a schedule become tasks `{"scheduled_at": ISO8601}`.
+
+A `Ticker` pushes each tick into a sink; the worker consumes that sink's queue as usual.
+
+- Without `pipe_to` the sink is an in-process memory queue: each daemon runs every tick itself,
+  and there is nothing to push to from outside (the backend is no `TaskSink`).
+- With `pipe_to`, the sink is a durable backend's queue and each tick is pushed with the
+  idempotency key `cron:<tick time>`, so N replicas produce each tick once and the durable
+  store's semantics (retries, orphans, inspect) apply. `catch_up` recovers ticks missed while
+  no daemon ran, counted from the newest tick recorded in that queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from apalis_cli.backend import (
+    BackendExt,
+    Capabilities,
+    Capability,
+    Inspector,
+    StoreSpec,
+    TaskSink,
+    WorkerContext,
+)
+from apalis_cli.codec import Codec
+from apalis_cli.errors import ConfigError
+from apalis_cli.memory import MemoryStore
+from apalis_cli.service import Layer
+from apalis_cli.task import Task, iso
+
+from .config import CronSettings
+from .schedule import Schedule
+
+__all__ = ["CronBackend", "CronStore", "Ticker", "tick_key"]
+
+_KEY_PREFIX = "cron:"
+_RETRY_PUSH = 1.0
+
+
+def tick_key(tick: float) -> str:
+    """The idempotency key of the tick at `tick`: the same in every replica."""
+    return f"{_KEY_PREFIX}{iso(tick)}"
+
+
+@runtime_checkable
+class _SinkBackend(BackendExt, TaskSink, Protocol):
+    """A queue-bound backend that can also be pushed to."""
+
+
+class Ticker:
+    """Pushes the schedule's ticks into `sink`, each at its time, with its idempotency key."""
+
+    def __init__(self, settings: CronSettings, sink: TaskSink, *, inspector: Inspector | None) -> None:
+        self.settings = settings
+        self.schedule = Schedule(settings)
+        self._sink = sink
+        self._inspector = inspector
+
+    async def run(self) -> None:
+        """Catch up as configured, then push every tick as it comes, until cancelled."""
+        now = time.time()
+        for tick in await self._missed(now):
+            await self._push(tick)
+        tick = self.schedule.next_after(now)
+        while True:
+            await asyncio.sleep(max(tick - time.time(), 0.0))
+            await self._push(tick)
+            tick = self.schedule.next_after(tick)
+
+    async def _push(self, tick: float) -> None:
+        args: Mapping[str, Any] = {"scheduled_at": iso(tick)}
+        while True:
+            try:
+                await self._sink.push(args, run_at=tick, idempotency_key=tick_key(tick))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store is down: keep this tick and try again
+                await asyncio.sleep(_RETRY_PUSH)
+
+    async def _missed(self, now: float) -> list[float]:
+        s = self.settings
+        if s.catch_up == "none" or self._inspector is None:
+            return []
+        last = await self._last_recorded_tick()
+        if last is None:
+            return []  # never ran before: there is nothing to catch up
+        missed = self.schedule.ticks_between(last, now, s.catch_up_limit)
+        return missed[-1:] if s.catch_up == "latest" else missed
+
+    async def _last_recorded_tick(self) -> float | None:
+        """The newest tick recorded in the queue (tasks are listed by run_at, oldest first)."""
+        assert self._inspector is not None
+        stats = await self._inspector.stats()
+        total = sum(count or 0 for count in stats.counts.values())
+        if total == 0:
+            return None
+        window = 50
+        tasks = await self._inspector.list_tasks(None, limit=window, offset=max(total - window, 0))
+        ticks = [_tick_of(task) for task in tasks]
+        known = [tick for tick in ticks if tick is not None]
+        return max(known) if known else None
+
+
+def _tick_of(task: Task[bytes]) -> float | None:
+    key = task.ctx.idempotency_key
+    if not key or not key.startswith(_KEY_PREFIX):
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(key[len(_KEY_PREFIX) :].replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class CronBackend:
+    """The cron worker's backend: the ticker runs while the worker polls the sink's queue."""
+
+    def __init__(self, settings: CronSettings, sink: _SinkBackend, *, durable: bool) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.durable = durable
+        self.codec: Codec = sink.codec
+        self.queue = sink.get_queue()
+        self.capabilities: Capabilities = sink.capabilities
+        inspector = sink if durable and isinstance(sink, Inspector) else None
+        self.ticker = Ticker(settings, sink, inspector=inspector)
+
+    def get_queue(self) -> str:
+        """The queue the ticks go to."""
+        return self.queue
+
+    async def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """The sink's tasks; the ticker pushes into it for as long as this stream lives."""
+        ticking = asyncio.create_task(self.ticker.run(), name=f"{worker.name}-cron")
+        try:
+            async for task in self.sink.poll_compact(worker):
+                if ticking.done() and not ticking.cancelled():
+                    ticking.result()  # a crashed ticker is this stream's failure
+                yield task
+        finally:
+            ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ticking
+
+    def poll(self, worker: WorkerContext) -> AsyncIterator[Task[Any] | None]:
+        """Decoded ticks (the sink's decoding poll, with the ticker running)."""
+        return self.sink.poll(worker)
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """The sink's heartbeat."""
+        return self.sink.heartbeat(worker)
+
+    def middleware(self) -> Layer:
+        """The sink's acknowledgement."""
+        return self.sink.middleware()
+
+
+class CronStore:
+    """Builds cron backends; its options are the cron worker's keys (schedule, timezone, …)."""
+
+    kind: ClassVar[str] = "cron"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        {Capability.RECONNECT: "cron without pipe_to keeps its ticks in this process"}
+    )
+
+    def __init__(self, settings: CronSettings) -> None:
+        self.settings = settings
+        self._memory = MemoryStore()
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> CronStore:
+        """Validate the schedule, timezone and catch-up settings."""
+        return cls(CronSettings.parse(spec.options))
+
+    async def open(self) -> None:
+        """Nothing to connect: ticks come from the clock."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> CronBackend:
+        """Ticks run in this process only (no `pipe_to`)."""
+        if self.settings.catch_up != "none":
+            raise ConfigError(
+                "needs pipe_to: without a durable backend there is no record of missed ticks", key="catch_up"
+            )
+        sink = self._memory.backend(queue, codec=codec, max_attempts=max_attempts)
+        return CronBackend(self.settings, sink, durable=False)
+
+    def pipe(self, sink: BackendExt) -> CronBackend:
+        """Ticks pushed into `sink`, a durable backend's queue, once per tick across replicas."""
+        if not isinstance(sink, TaskSink):
+            raise ConfigError("pipe_to needs a backend that can be pushed to", key="pipe_to")
+        if not sink.capabilities.has(Capability.IDEMPOTENCY):
+            why = sink.capabilities.why_not(Capability.IDEMPOTENCY)
+            raise ConfigError(f"pipe_to needs idempotency keys to run each tick once, but {why}", key="pipe_to")
+        if self.settings.catch_up != "none" and not (
+            isinstance(sink, Inspector) and sink.capabilities.has(Capability.INSPECT)
+        ):
+            raise ConfigError("catch_up needs a pipe_to backend that can be inspected", key="catch_up")
+        assert isinstance(sink, _SinkBackend)
+        return CronBackend(self.settings, sink, durable=True)

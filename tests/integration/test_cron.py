@@ -1,0 +1,153 @@
+"""Cron: schedules, catch-up, and N replicas piped into one durable store running each tick once."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apalis_cli.backend import Capability, Store, StoreSpec
+from apalis_cli.codec import JsonCodec
+from apalis_cli.errors import ConfigError
+from apalis_cli.task import Task, iso
+from apalis_cli.worker import Worker
+from apalis_cron import CronSettings, CronStore, Schedule, tick_key
+
+from tests.conformance.factory import StoreFactory
+
+# Every store in the conformance suite; those without idempotency keys cannot take pipe_to.
+DURABLE_KINDS = sorted(p.stem for p in (Path(__file__).parent.parent / "conformance" / "stores").glob("[a-z]*.py"))
+
+
+def settings(**options: Any) -> CronSettings:
+    return CronSettings.parse(options)
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_six_fields_are_seconds_first_and_five_fields_minutes_first() -> None:
+    every_ten_seconds = Schedule(settings(schedule="*/10 * * * * *"))
+    every_ten_minutes = Schedule(settings(schedule="*/10 * * * *"))
+    start = at("2026-11-29T03:00:01+00:00")
+    assert every_ten_seconds.next_after(start) == at("2026-11-29T03:00:10+00:00")
+    assert every_ten_minutes.next_after(start) == at("2026-11-29T03:10:00+00:00")
+
+
+def test_alias_and_timezone_follow_daylight_saving_time() -> None:
+    daily_at_three = Schedule(settings(schedule="0 0 3 * * *", timezone="Europe/Paris"))
+    # 2026-03-29 is the spring-forward day in Paris: 03:00 local is 01:00 UTC (UTC+2 from 02:00).
+    before = at("2026-03-28T12:00:00+00:00")
+    assert daily_at_three.next_after(before) == at("2026-03-29T01:00:00+00:00")
+    assert Schedule(settings(schedule="@hourly")).next_after(at("2026-11-29T03:00:00+00:00")) == at(
+        "2026-11-29T04:00:00+00:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "words"),
+    [
+        ({"schedule": "61 * * * * *"}, "schedule", "not a valid cron expression"),
+        ({"schedule": "* * *"}, "schedule", "expected 5 fields"),
+        ({"schedule": "@sometimes"}, "schedule", "unknown alias"),
+        ({"schedule": "* * * * *", "timezone": "Mars/Olympus"}, "timezone", "unknown timezone"),
+        ({"schedule": "* * * * *", "catch_up": "some"}, "catch_up", '"none", "latest" or "all"'),
+        ({"schedule": "* * * * *", "every": 3}, "every", "unknown key"),
+    ],
+)
+def test_bad_settings_name_the_key(options: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        CronSettings.parse(options)
+    assert caught.value.key == key
+    assert words in str(caught.value)
+
+
+def test_catch_up_needs_a_durable_record() -> None:
+    store = CronStore.from_spec(
+        StoreSpec(name="c", kind="cron", url="", options={"schedule": "* * * * *", "catch_up": "all"})
+    )
+    with pytest.raises(ConfigError, match="needs pipe_to"):
+        store.backend("ticks", codec=JsonCodec())
+
+
+def _factory(kind: str) -> StoreFactory:
+    module = importlib.import_module(f"tests.conformance.stores.{kind}")
+    factory: StoreFactory = module.FACTORY
+    return factory
+
+
+@pytest.fixture(params=DURABLE_KINDS)
+async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    factory = _factory(request.param)
+    store = await factory.create(tmp_path)
+    try:
+        for needed in (Capability.IDEMPOTENCY, Capability.INSPECT):
+            if not store.capabilities.has(needed):
+                pytest.skip(f"pipe_to needs {needed.value}: {store.capabilities.why_not(needed)}")
+        yield store
+    finally:
+        await factory.destroy(store)
+
+
+async def test_three_replicas_run_each_tick_exactly_once(durable: Store) -> None:
+    runs: collections.Counter[str] = collections.Counter()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        runs[args["scheduled_at"]] += 1
+
+    cron = CronStore.from_spec(StoreSpec(name="c", kind="cron", url="", options={"schedule": "* * * * * *"}))
+    stop = asyncio.Event()
+    replicas = [
+        Worker(
+            name=f"replica-{i}",
+            backend=cron.pipe(durable.backend("nightly", codec=JsonCodec())),
+            handler=handler,
+            concurrency=4,
+            keep_alive=0.5,
+            poll_interval=0.05,
+        )
+        for i in range(3)
+    ]
+    started = time.time()
+    running = [asyncio.create_task(w.run(stop)) for w in replicas]
+    await asyncio.sleep(5.2)
+    stop.set()
+    await asyncio.gather(*running)
+    expected = Schedule(cron.settings).ticks_between(started, started + 4.9, 100)
+    assert len(expected) >= 4
+    for tick in expected:
+        assert runs[iso(tick) or ""] == 1, f"tick {iso(tick)} ran {runs[iso(tick) or '']} times"
+    assert set(runs.values()) == {1}
+
+
+@pytest.mark.parametrize(("mode", "expected_ticks"), [("none", 0), ("latest", 1), ("all", 3)])
+async def test_catch_up_recovers_ticks_missed_since_the_last_recorded_one(
+    durable: Store, mode: str, expected_ticks: int
+) -> None:
+    queue = durable.backend("report", codec=JsonCodec())
+    schedule = Schedule(settings(schedule="* * * * * *"))
+    now = time.time()
+    # The last daemon recorded the tick 4 s ago, then nothing ran: 3 ticks were missed since.
+    last = schedule.ticks_between(now - 5, now - 3.5, 1)[0]
+    await queue.push({"scheduled_at": iso(last)}, run_at=last, idempotency_key=tick_key(last))
+    cron = CronStore.from_spec(
+        StoreSpec(name="c", kind="cron", url="", options={"schedule": "* * * * * *", "catch_up": mode})
+    )
+    backend = cron.pipe(queue)
+    missed = await backend.ticker._missed(last + 3.5)  # the ticker's own catch-up decision
+    assert len(missed) == expected_ticks
+    if missed:
+        assert missed[-1] == last + 3
+    assert all(tick > last for tick in missed)
+
+
+def test_tick_key_is_the_same_in_every_replica() -> None:
+    tick = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
+    assert tick_key(tick) == "cron:2026-11-29T03:00:00.000Z"

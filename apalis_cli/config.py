@@ -1,0 +1,461 @@
+"""The config file: TOML in, validated frozen dataclasses out; every error names file:line.
+
+    [backends.main]                  # one table per store; `kind` picks the store class
+    kind = "sqlite"
+    url = "sqlite:///apalis.db"      # ${ENV_VAR} is substituted in every string
+
+    [[workers]]                      # one table per worker
+    name = "emails"
+    handler = "myapp.jobs:send_email"
+
+Unknown keys are errors. Store options (anything besides `kind` and `url`) are validated by the
+store class itself (`apalis_cli.registry.build_store`), so a config with a postgres table still
+loads for `push` to a sqlite worker on a machine without the postgres driver. With no
+`[backends]` table at all the default is one embedded SQLite store, `sqlite:///apalis.db`.
+
+To add worker keys (cron's `schedule`, `pipe_to`, ...): add a field to `WorkerConfig` and a line
+to `_parse_worker`; `_Table` does the type checks, defaults and unknown-key detection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .backend import StoreSpec
+from .durations import parse_duration
+from .errors import ConfigError, UsageError
+from .layers.retry import Backoff
+from .tomllines import KeyPath, LineIndex, render_path
+
+__all__ = [
+    "DEFAULT_BACKEND",
+    "BackendConfig",
+    "CommandHandler",
+    "Config",
+    "ImportHandler",
+    "MiddlewareConfig",
+    "WorkerConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_BACKEND = ("default", "sqlite", "sqlite:///apalis.db")
+"""(name, kind, url) of the store used when the file has no `[backends]` table."""
+
+# Backends a worker may name without a table: they need no URL.
+_IMPLICIT_BACKENDS = {"memory": "memory://", "cron": ""}
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HANDLER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+MiddlewareKind = Literal["retry", "timeout", "rate_limit", "concurrency", "catch", "tracing"]
+_MIDDLEWARE_KINDS: tuple[MiddlewareKind, ...] = ("retry", "timeout", "rate_limit", "concurrency", "catch", "tracing")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendConfig:
+    """One `[backends.NAME]` table: the store's kind, URL and its own options."""
+
+    name: str
+    kind: str
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def spec(self, base_dir: Path) -> StoreSpec:
+        """The `StoreSpec` the store class validates (relative paths resolve from `base_dir`)."""
+        return StoreSpec(name=self.name, kind=self.kind, url=self.url, options=self.options, base_dir=base_dir)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportHandler:
+    """A Python callable named `"package.module:function"`."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandHandler:
+    """A program run once per task: `{ command = ["./resize.sh", "--fast"] }`."""
+
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MiddlewareConfig:
+    """One `{ kind = ..., ... }` entry of a worker's `middleware` list, validated."""
+
+    kind: MiddlewareKind
+    max_attempts: int | None = None  # retry
+    backoff: Backoff | None = None  # retry
+    after: float = 0.0  # timeout
+    rate: int = 0  # rate_limit
+    per: float = 1.0  # rate_limit
+    limit: int = 0  # concurrency
+    kill_on: tuple[str, ...] = ()  # catch: "ValueError" or "package.module:ClassName"
+    level: str = "info"  # tracing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig:
+    """One `[[workers]]` table, validated, defaults filled in."""
+
+    index: int
+    name: str
+    backend: str
+    queue: str
+    codec: str = "json"
+    handler: ImportHandler | CommandHandler | None = None
+    concurrency: int = 1
+    poll_interval: float = 1.0
+    keep_alive: float = 10.0
+    stale_after: float = 30.0
+    shutdown_timeout: float = 30.0
+    max_attempts: int = 3
+    retention: float = 7 * 86400.0
+    middleware: tuple[MiddlewareConfig, ...] = ()
+
+    @property
+    def key(self) -> KeyPath:
+        """This worker's key path in the file, `("workers", index)`."""
+        return ("workers", self.index)
+
+    @property
+    def backoff(self) -> Backoff | None:
+        """The backoff of the (first) retry middleware, if any."""
+        for mw in self.middleware:
+            if mw.kind == "retry":
+                return mw.backoff
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A loaded config file."""
+
+    path: Path
+    backends: Mapping[str, BackendConfig]
+    workers: tuple[WorkerConfig, ...]
+    lines: LineIndex
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory of the config file: relative paths and handler imports start there."""
+        return self.path.parent
+
+    def where(self, path: KeyPath) -> str:
+        """`file:line` of a key path."""
+        return self.lines.where(path)
+
+    def error(self, path: KeyPath, message: str) -> ConfigError:
+        """A `ConfigError` about the key at `path`, placed at its line."""
+        return ConfigError(message, where=self.where(path), key=render_path(path))
+
+    def worker(self, name: str | None) -> WorkerConfig:
+        """The worker called `name`; with None, the only worker (an error when there are several)."""
+        if name is None:
+            if len(self.workers) == 1:
+                return self.workers[0]
+            if not self.workers:
+                raise UsageError(f"{self.path}: no [[workers]] defined")
+            raise UsageError(f"{self.path} has several workers; pick one with --worker ({self._names()})")
+        for worker in self.workers:
+            if worker.name == name:
+                return worker
+        raise UsageError(f'no worker named "{name}" in {self.path} (workers: {self._names()})')
+
+    def _names(self) -> str:
+        return ", ".join(w.name for w in self.workers) or "none"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at `path`."""
+    file = Path(path)
+    try:
+        source = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{file}: config file not found (create one with: apalis init {file})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{file}: cannot read the config file: {exc}") from None
+    return parse_config(source, file)
+
+
+def parse_config(source: str, path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate TOML `source` (read from `path`), substituting `${VAR}` from `environ`."""
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_syntax_message(exc), where=_syntax_where(exc, path)) from None
+    lines = LineIndex(source, path)
+    env = os.environ if environ is None else environ
+    data = _substitute(data, (), env, lines)
+    root = _Table(data, (), lines)
+    backends = _parse_backends(root)
+    raw_workers = root.take("workers", _list_of_tables, [])
+    root.finish()
+    workers: list[WorkerConfig] = []
+    for index, table in enumerate(raw_workers):
+        worker = _parse_worker(_Table(table, ("workers", index), lines), index, backends)
+        if any(w.name == worker.name for w in workers):
+            raise _error(lines, ("workers", index, "name"), f'"{worker.name}" is already the name of another worker')
+        workers.append(worker)
+    return Config(path=path, backends=backends, workers=tuple(workers), lines=lines)
+
+
+# -- sections ------------------------------------------------------------------------------
+
+
+def _parse_backends(root: _Table) -> dict[str, BackendConfig]:
+    raw = root.take("backends", _table, None)
+    if raw is None:
+        name, kind, url = DEFAULT_BACKEND
+        return {name: BackendConfig(name=name, kind=kind, url=url)}
+    backends: dict[str, BackendConfig] = {}
+    for name, value in raw.items():
+        path: KeyPath = ("backends", name)
+        if not isinstance(value, dict):
+            raise _error(root.lines, path, f"expected a table ([backends.{name}]), got {_type(value)}")
+        table = _Table(value, path, root.lines)
+        kind = table.take("kind", _string)
+        url = table.take("url", _string, "")
+        options = {key: table.data[key] for key in table.data if key not in table.seen}
+        backends[name] = BackendConfig(name=name, kind=kind, url=url, options=options)
+    return backends
+
+
+def _parse_worker(table: _Table, index: int, backends: Mapping[str, BackendConfig]) -> WorkerConfig:
+    name = table.take("name", _name)
+    backend = table.take("backend", _string, None)
+    if backend is None:
+        if len(backends) != 1:
+            table.fail("backend", f"required when there are several backends ({', '.join(backends)})")
+        backend = next(iter(backends))
+    elif backend not in backends and backend not in _IMPLICIT_BACKENDS:
+        known = ", ".join(backends) or "none"
+        table.fail("backend", f'no backend named "{backend}" (defined: {known})')
+    middleware = tuple(
+        _parse_middleware(_Table(raw, (*table.path, "middleware", i), table.lines))
+        for i, raw in enumerate(table.take("middleware", _list_of_tables, []))
+    )
+    retry_attempts = next((m.max_attempts for m in middleware if m.kind == "retry" and m.max_attempts), None)
+    keep_alive = table.take("keep_alive", _duration, 10.0, positive=True)
+    worker = WorkerConfig(
+        index=index,
+        name=name,
+        backend=backend,
+        queue=table.take("queue", _name, name),
+        codec=table.take("codec", _choice("json", "msgpack"), "json"),
+        handler=table.take("handler", _handler, None),
+        concurrency=table.take("concurrency", _int(1), 1),
+        poll_interval=table.take("poll_interval", _duration, 1.0, positive=True),
+        keep_alive=keep_alive,
+        stale_after=table.take("stale_after", _duration, 3 * keep_alive, positive=True),
+        shutdown_timeout=table.take("shutdown_timeout", _duration, 30.0),
+        max_attempts=table.take("max_attempts", _int(1), retry_attempts or 3),
+        retention=table.take("retention", _duration, 7 * 86400.0),
+        middleware=middleware,
+    )
+    if worker.stale_after <= worker.keep_alive:
+        table.fail(
+            "stale_after", f"must be longer than keep_alive ({worker.keep_alive:g}s), got {worker.stale_after:g}s"
+        )
+    table.finish()
+    return worker
+
+
+def _parse_middleware(table: _Table) -> MiddlewareConfig:
+    kind: MiddlewareKind = table.take("kind", _choice(*_MIDDLEWARE_KINDS))
+    config: MiddlewareConfig
+    if kind == "retry":
+        backoff = Backoff(
+            kind=table.take("backoff", _choice("constant", "linear", "exponential"), "exponential"),
+            base=table.take("base", _duration, 1.0),
+            max=table.take("max", _duration, 3600.0),
+            jitter=table.take("jitter", _bool, True),
+        )
+        config = MiddlewareConfig(kind=kind, max_attempts=table.take("max_attempts", _int(1), None), backoff=backoff)
+    elif kind == "timeout":
+        config = MiddlewareConfig(kind=kind, after=table.take("after", _duration, positive=True))
+    elif kind == "rate_limit":
+        config = MiddlewareConfig(
+            kind=kind, rate=table.take("rate", _int(1)), per=table.take("per", _duration, 1.0, positive=True)
+        )
+    elif kind == "concurrency":
+        config = MiddlewareConfig(kind=kind, limit=table.take("limit", _int(1)))
+    elif kind == "catch":
+        config = MiddlewareConfig(kind=kind, kill_on=table.take("kill_on", _exception_names))
+    else:
+        config = MiddlewareConfig(kind=kind, level=table.take("level", _choice(*_LOG_LEVELS), "info"))
+    table.finish()
+    return config
+
+
+# -- typed access to one table -------------------------------------------------------------
+
+_REQUIRED: Any = object()
+Parse = Callable[[Any], T]
+
+
+class _Table:
+    """One TOML table being read: typed `take`s, then `finish` rejects the keys left over."""
+
+    def __init__(self, data: dict[str, Any], path: KeyPath, lines: LineIndex) -> None:
+        self.data = data
+        self.path = path
+        self.lines = lines
+        self.seen: set[str] = set()
+
+    def take(self, key: str, parse: Parse[T], default: Any = _REQUIRED, *, positive: bool = False) -> T:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise _error(self.lines, self.path, f'missing required key "{key}"')
+            return default  # type: ignore[no-any-return]
+        try:
+            value = parse(self.data[key])
+        except ValueError as exc:
+            raise _error(self.lines, (*self.path, key), str(exc)) from None
+        if positive and isinstance(value, float) and value <= 0:
+            raise _error(self.lines, (*self.path, key), f"must be more than 0, got {self.data[key]!r}")
+        return value
+
+    def fail(self, key: str, message: str) -> None:
+        raise _error(self.lines, (*self.path, key), message)
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                raise _error(self.lines, (*self.path, key), "unknown key")
+
+
+def _error(lines: LineIndex, path: KeyPath, message: str) -> ConfigError:
+    return ConfigError(message, where=lines.where(path), key=render_path(path) or None)
+
+
+def _type(value: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array"}
+    return names.get(type(value), "a table" if isinstance(value, dict) else type(value).__name__)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_type(value)}")
+    return value
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_type(value)}")
+    return value
+
+
+def _int(minimum: int) -> Parse[int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {_type(value)}")
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f'expected a duration such as "30s", got {_type(value)}')
+    return parse_duration(value)
+
+
+def _choice(*options: str) -> Parse[Any]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table, got {_type(value)}")
+    return value
+
+
+def _list_of_tables(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError("expected an array of tables")
+    return value
+
+
+def _handler(value: Any) -> ImportHandler | CommandHandler:
+    if isinstance(value, str):
+        if not _HANDLER_PATH.match(value):
+            raise ValueError(f'expected "package.module:function", got "{value}"')
+        return ImportHandler(path=value)
+    if isinstance(value, dict):
+        extra = set(value) - {"command"}
+        if extra:
+            raise ValueError(f'unknown key "{sorted(extra)[0]}" (a command handler has only "command")')
+        command = value.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+            raise ValueError('expected command = ["program", "arg", ...] (a non-empty array of strings)')
+        return CommandHandler(command=tuple(command))
+    raise ValueError(f'expected "package.module:function" or {{ command = [...] }}, got {_type(value)}')
+
+
+def _exception_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError('expected exception names, e.g. ["ValueError", "myapp.errors:NotFound"]')
+    return tuple(value)
+
+
+# -- environment and syntax errors ---------------------------------------------------------
+
+
+def _substitute(value: Any, path: KeyPath, env: Mapping[str, str], lines: LineIndex) -> Any:
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise _error(lines, path, f"environment variable {name} is not set")
+
+        return _ENV.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*path, k), env, lines) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*path, i), env, lines) for i, v in enumerate(value)]
+    return value
+
+
+_SYNTAX_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _syntax_where(exc: tomllib.TOMLDecodeError, path: Path) -> str:
+    match = _SYNTAX_POSITION.search(str(exc))
+    return f"{path}:{match.group(1)}:{match.group(2)}" if match else str(path)
+
+
+def _syntax_message(exc: tomllib.TOMLDecodeError) -> str:
+    return "invalid TOML: " + _SYNTAX_POSITION.sub("", str(exc))

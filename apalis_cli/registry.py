@@ -1,0 +1,88 @@
+"""Finds store classes by kind through the `apalis_cli.backends` entry points.
+
+Built-in backends are registered in pyproject.toml exactly as a third-party package registers
+its own, so there is one way in. Nothing is cached at module level: callers that look up many
+kinds keep the `Registry` they made.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, cast
+
+from .backend import Store
+from .config import BackendConfig, Config
+from .errors import ConfigError, MissingExtra
+
+__all__ = ["ENTRY_POINT_GROUP", "Registry", "build_store", "redact_url"]
+
+ENTRY_POINT_GROUP = "apalis_cli.backends"
+
+
+class Registry:
+    """The store classes that are installed, by kind."""
+
+    def __init__(self) -> None:
+        self._points: dict[str, EntryPoint] = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+    @property
+    def kinds(self) -> list[str]:
+        """Every registered kind, sorted."""
+        return sorted(self._points)
+
+    def store_class(self, kind: str) -> type[Store]:
+        """The store class of `kind`; `MissingExtra` when its driver is not installed."""
+        point = self._points.get(kind)
+        if point is None:
+            raise ConfigError(f'unknown backend kind "{kind}" (known: {", ".join(self.kinds)})', key="kind")
+        try:
+            loaded: Any = point.load()
+        except MissingExtra:
+            raise
+        except ImportError as exc:
+            raise MissingExtra(_missing_extra(kind, exc)) from None
+        return cast("type[Store]", loaded)
+
+
+def _missing_extra(kind: str, exc: ImportError) -> str:
+    return f"backend \"{kind}\" needs the extra: pip install 'apalis-cli[{kind}]' ({exc})"
+
+
+def build_store(config: Config, name: str, registry: Registry | None = None) -> Store:
+    """The (unopened) store of `[backends.NAME]`, validated by its class; errors carry file:line."""
+    backend = config.backends.get(name)
+    if backend is None:
+        backend = _implicit(name)
+    path = ("backends", name)
+    registry = registry or Registry()
+    try:
+        cls = registry.store_class(backend.kind)
+        return cls.from_spec(backend.spec(config.base_dir))
+    except ConfigError as exc:
+        key = (*path, *exc.key.split(".")) if exc.key else path
+        raise config.error(key, exc.message) from None
+    except ImportError as exc:
+        raise MissingExtra(_missing_extra(backend.kind, exc)) from None
+
+
+def _implicit(name: str) -> BackendConfig:
+    # A worker may say `backend = "memory"` (or "cron") without defining the table.
+    return BackendConfig(name=name, kind=name, url="memory://" if name == "memory" else "")
+
+
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|secret)=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***` (`postgresql://app:***@db/app`)."""
+    url = _QUERY_SECRET.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{tail}"

@@ -1,0 +1,168 @@
+"""Config loading: typed values, defaults, ${ENV} substitution, and file:line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from apalis_cli.config import CommandHandler, ImportHandler, load_config, parse_config
+from apalis_cli.errors import ConfigError, UsageError
+
+FILE = Path("jobs.toml")
+
+GOOD = """\
+[backends.main]
+kind = "sqlite"
+url = "sqlite:///${DB_NAME}.db"
+journal = "wal"
+
+[[workers]]
+name = "emails"
+backend = "main"
+handler = "myapp.jobs:send_email"
+concurrency = 8
+keep_alive = "2s"
+middleware = [
+  { kind = "retry", max_attempts = 5, backoff = "linear", base = "1s", max = "10m" },
+  { kind = "timeout", after = "30s" },
+  { kind = "rate_limit", rate = 100, per = "1s" },
+  { kind = "catch", kill_on = ["ValueError"] },
+]
+
+[[workers]]
+name = "resize"
+queue = "images"
+codec = "msgpack"
+backend = "main"
+handler = { command = ["./resize.sh", "--fast"] }
+max_attempts = 2
+"""
+
+
+def parse(source: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return parse_config(source, FILE, env if env is not None else {"DB_NAME": "jobs"})
+
+
+def error_of(source: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(source, env)
+    return str(info.value)
+
+
+def test_a_full_config_is_typed_with_defaults() -> None:
+    config = parse(GOOD)
+    main = config.backends["main"]
+    assert (main.kind, main.url, dict(main.options)) == ("sqlite", "sqlite:///jobs.db", {"journal": "wal"})
+    emails, resize = config.workers
+    assert emails.queue == "emails"
+    assert emails.handler == ImportHandler(path="myapp.jobs:send_email")
+    assert emails.concurrency == 8
+    assert emails.keep_alive == 2.0
+    assert emails.stale_after == 6.0
+    assert emails.max_attempts == 5  # from the retry middleware
+    assert emails.retention == 7 * 86400
+    assert [m.kind for m in emails.middleware] == ["retry", "timeout", "rate_limit", "catch"]
+    assert emails.backoff is not None
+    assert emails.backoff.kind == "linear"
+    assert emails.backoff.max == 600
+    assert resize.queue == "images"
+    assert resize.codec == "msgpack"
+    assert resize.handler == CommandHandler(command=("./resize.sh", "--fast"))
+    assert resize.max_attempts == 2
+    assert resize.keep_alive == 10.0
+    assert resize.stale_after == 30.0
+
+
+def test_no_backends_table_means_embedded_sqlite() -> None:
+    config = parse('[[workers]]\nname = "w"\nhandler = "m:f"\n')
+    assert config.backends["default"].url == "sqlite:///apalis.db"
+    assert config.workers[0].backend == "default"
+
+
+def test_errors_point_at_the_line_of_the_key() -> None:
+    source = GOOD.replace("max_attempts = 2", "concurrency = 0")
+    assert error_of(source) == "jobs.toml:25: workers[1].concurrency: must be >= 1, got 0"
+
+
+def test_unknown_keys_are_errors() -> None:
+    assert error_of(GOOD.replace('queue = "images"', 'queu = "images"')) == "jobs.toml:21: workers[1].queu: unknown key"
+    assert error_of("colour = 1\n") == "jobs.toml:1: colour: unknown key"
+
+
+def test_values_inside_inline_tables_point_at_the_enclosing_key() -> None:
+    source = GOOD.replace('after = "30s"', 'after = "soon"')
+    message = error_of(source)
+    assert message.startswith("jobs.toml:12: workers[0].middleware[1].after: expected a duration")
+
+
+def test_missing_environment_variable_is_named() -> None:
+    assert error_of(GOOD, env={}) == "jobs.toml:3: backends.main.url: environment variable DB_NAME is not set"
+
+
+def test_environment_default() -> None:
+    config = parse(GOOD.replace("${DB_NAME}", "${DB_NAME:-fallback}"), env={})
+    assert config.backends["main"].url == "sqlite:///fallback.db"
+
+
+def test_toml_syntax_error_has_line_and_column() -> None:
+    message = error_of('[[workers]]\nname = "a\n')
+    assert message.startswith("jobs.toml:2:")
+    assert "invalid TOML" in message
+
+
+def test_unknown_backend_lists_the_defined_ones() -> None:
+    source = GOOD.replace('backend = "main"\nhandler = "myapp', 'backend = "mian"\nhandler = "myapp')
+    assert error_of(source) == 'jobs.toml:8: workers[0].backend: no backend named "mian" (defined: main)'
+
+
+def test_bad_handler_path() -> None:
+    message = error_of(GOOD.replace('"myapp.jobs:send_email"', '"myapp.jobs.send_email"'))
+    assert message.startswith("jobs.toml:9: workers[0].handler: expected")
+
+
+def test_stale_after_must_exceed_keep_alive() -> None:
+    message = error_of(GOOD.replace('keep_alive = "2s"', 'keep_alive = "2s"\nstale_after = "1s"'))
+    assert message.startswith("jobs.toml:12: workers[0].stale_after: must be longer than keep_alive")
+
+
+def test_duplicate_worker_names() -> None:
+    message = error_of(GOOD.replace('name = "resize"', 'name = "emails"'))
+    assert message == 'jobs.toml:20: workers[1].name: "emails" is already the name of another worker'
+
+
+def test_missing_required_key_names_the_table() -> None:
+    assert error_of("[backends.x]\nurl = 'memory://'\n") == 'jobs.toml:1: backends.x: missing required key "kind"'
+
+
+def test_unknown_middleware_kind() -> None:
+    message = error_of(GOOD.replace('kind = "timeout"', 'kind = "bulkhead"'))
+    assert message.startswith("jobs.toml:12: workers[0].middleware[1].kind: expected one of retry, timeout")
+
+
+def test_worker_lookup() -> None:
+    config = parse(GOOD)
+    assert config.worker("resize").name == "resize"
+    with pytest.raises(UsageError, match="several workers"):
+        config.worker(None)
+    with pytest.raises(UsageError, match=r'no worker named "nope".*emails, resize'):
+        config.worker("nope")
+
+
+def test_lines_after_multiline_arrays_and_strings_stay_right(tmp_path: Path) -> None:
+    source = (
+        'description = """\nname = "not a key"\n"""\n'
+        "[[workers]]\n"
+        'name = "a"\n'
+        'handler = { command = [\n  "x",\n  "y",\n] }\n'
+        "concurrency = -1\n"
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(source.replace('description = """\nname = "not a key"\n"""\n', ""))
+    with pytest.raises(ConfigError, match=r"c\.toml:7: workers\[0\]\.concurrency"):
+        load_config(path)
+    assert "description" in error_of(source)  # unknown key, line 1
+
+
+def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")

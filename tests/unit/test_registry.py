@@ -1,0 +1,51 @@
+"""The registry: entry points by kind, store validation errors with file:line, URL redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from apalis_cli.config import parse_config
+from apalis_cli.errors import ConfigError
+from apalis_cli.memory import MemoryStore
+from apalis_cli.registry import Registry, build_store, redact_url
+
+
+def test_memory_is_registered() -> None:
+    registry = Registry()
+    assert "memory" in registry.kinds
+    assert registry.store_class("memory") is MemoryStore
+
+
+def test_unknown_kind_lists_known_kinds() -> None:
+    config = parse_config('[backends.main]\nkind = "carrier-pigeon"\n', Path("c.toml"))
+    with pytest.raises(ConfigError) as info:
+        build_store(config, "main")
+    message = str(info.value)
+    assert message.startswith('c.toml:2: backends.main.kind: unknown backend kind "carrier-pigeon" (known: ')
+    assert "memory" in message
+
+
+def test_store_option_errors_point_at_their_line() -> None:
+    config = parse_config('[backends.main]\nkind = "memory"\n\nbogus = 1\n', Path("c.toml"))
+    with pytest.raises(ConfigError, match=r"^c\.toml:4: backends\.main\.bogus: unknown key$"):
+        build_store(config, "main")
+
+
+def test_implicit_memory_backend() -> None:
+    config = parse_config('[[workers]]\nname = "w"\nbackend = "memory"\n', Path("c.toml"))
+    assert isinstance(build_store(config, config.workers[0].backend), MemoryStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("redis://:pw@localhost/0", "redis://:***@localhost/0"),
+        ("amqp://guest@localhost/", "amqp://guest@localhost/"),
+        ("sqlite:///apalis.db", "sqlite:///apalis.db"),
+        ("mysql://u:p@h/db?password=x&ssl=1", "mysql://u:***@h/db?password=***&ssl=1"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

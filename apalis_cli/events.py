@@ -14,6 +14,7 @@ __all__ = [
     "Event",
     "EventListener",
     "HeartbeatFailed",
+    "HeartbeatSent",
     "Idle",
     "Started",
     "Stopped",
@@ -52,6 +53,13 @@ class TaskFinished(Event):
     outcome: str
     duration: float
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatSent(Event):
+    """A heartbeat reached the store (once per keep_alive)."""
+
+    stale_after: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

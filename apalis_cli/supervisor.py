@@ -43,6 +43,10 @@ class Supervisor:
         self._signals = 0
         self.workers: list[Worker | None] = [None] * len(self._factories)
 
+    def subscribe(self, listener: EventListener) -> None:
+        """Hear every event of every worker, from the next (re)start on."""
+        self._listeners.append(listener)
+
     @property
     def stopping(self) -> bool:
         """True once a stop was asked for."""

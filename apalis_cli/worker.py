@@ -27,6 +27,7 @@ from .events import (
     Event,
     EventListener,
     HeartbeatFailed,
+    HeartbeatSent,
     Idle,
     Started,
     Stopped,
@@ -147,6 +148,7 @@ class Worker:
         while True:
             try:
                 await anext(heartbeat)
+                self._beat_sent()
                 break
             except Exception as exc:
                 if stop.is_set():
@@ -167,6 +169,7 @@ class Worker:
         while True:
             try:
                 await anext(heartbeat)
+                self._beat_sent()
             except StopAsyncIteration:
                 return
             except Exception as exc:
@@ -253,6 +256,10 @@ class Worker:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
         return len(late)
+
+    def _beat_sent(self) -> None:
+        if self._listeners:
+            self._emit(HeartbeatSent(worker=self.name, queue=self.context.queue, stale_after=self.context.stale_after))
 
     def _emit(self, event: Event) -> None:
         for listener in self._listeners:

@@ -1,0 +1,191 @@
+"""Prometheus metrics and a health probe for a running daemon (`apalis run --metrics-addr`).
+
+`Metrics` listens to worker events (it is an `on_event` callback, not middleware) and keeps its
+own `CollectorRegistry`, so two daemons in one process never share counters. `serve()` answers
+`GET /metrics` (Prometheus text format) and `GET /healthz` (200 when every worker is alive and
+its store answered its last heartbeat in time, 503 otherwise, with a JSON body saying which).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import Inspector
+from .errors import MissingExtra
+from .events import (
+    Event,
+    HeartbeatFailed,
+    HeartbeatSent,
+    Started,
+    Stopped,
+    TaskFinished,
+    WorkerCrashed,
+)
+from .task import Status
+from .worker import Worker
+
+__all__ = ["Metrics", "WorkerHealth", "serve"]
+
+_STATUS_OF_OUTCOME = {"done": "done", "retry": "retried", "kill": "killed", "release": "released", "error": "error"}
+_DEPTH_EVERY = 5.0
+
+
+@dataclass(slots=True)
+class WorkerHealth:
+    """What the probe knows about one worker."""
+
+    state: str = "starting"
+    last_beat: float | None = None
+    stale_after: float = 30.0
+    error: str | None = None
+
+    def healthy(self, now: float) -> bool:
+        """Running, and its last heartbeat reached the store within `stale_after`."""
+        return self.state == "running" and self.last_beat is not None and now - self.last_beat <= self.stale_after
+
+
+class Metrics:
+    """The daemon's counters, histograms and gauges, fed by worker events."""
+
+    def __init__(
+        self,
+        workers: Callable[[], Sequence[Worker | None]],
+        queues: Mapping[str, Inspector],
+    ) -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        except ImportError:
+            raise MissingExtra("--metrics-addr needs the extra: pip install 'apalis-cli[metrics]'") from None
+        self.registry = CollectorRegistry()
+        self._workers = workers
+        self._queues = dict(queues)
+        self.health: dict[str, WorkerHealth] = {}
+        self._depth_at = float("-inf")
+        self._tasks = Counter(
+            "apalis_tasks", "Runs finished, by outcome.", ["worker", "queue", "status"], registry=self.registry
+        )
+        self._duration = Histogram(
+            "apalis_task_duration_seconds",
+            "How long each run took, acknowledgement included.",
+            ["worker", "queue"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self._depth = Gauge(
+            "apalis_queue_depth",
+            "Tasks in the queue by status, as the store counts them.",
+            ["queue", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_RunningCollector(workers))
+
+    def __call__(self, event: Event) -> None:
+        """The `on_event` listener."""
+        if isinstance(event, TaskFinished):
+            status = _STATUS_OF_OUTCOME.get(event.outcome, event.outcome)
+            self._tasks.labels(event.worker, event.queue, status).inc()
+            self._duration.labels(event.worker, event.queue).observe(event.duration)
+            return
+        health = self.health.setdefault(event.worker, WorkerHealth())
+        if isinstance(event, HeartbeatSent):
+            health.last_beat, health.stale_after, health.error = time.time(), event.stale_after, None
+        elif isinstance(event, Started):
+            health.state, health.error = "running", None
+        elif isinstance(event, HeartbeatFailed):
+            health.error = event.error
+        elif isinstance(event, WorkerCrashed):
+            health.state, health.error = "crashed", event.error
+        elif isinstance(event, Stopped):
+            health.state = "stopped"
+
+    def healthy(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every worker is healthy, and a report per worker."""
+        now = time.time()
+        report = {
+            name: {
+                "state": h.state,
+                "healthy": h.healthy(now),
+                "last_heartbeat_age": None if h.last_beat is None else round(now - h.last_beat, 3),
+                "error": h.error,
+            }
+            for name, h in sorted(self.health.items())
+        }
+        expected = {w.name for w in self._workers() if w is not None}
+        ok = bool(expected) and expected <= set(report) and all(r["healthy"] for r in report.values())
+        return ok, report
+
+    async def refresh_depth(self) -> None:
+        """Ask each queue's store for its counts (what `apalis stats` shows); a query per queue,
+        so at most once per `_DEPTH_EVERY` however often Prometheus scrapes."""
+        now = time.monotonic()
+        if now - self._depth_at < _DEPTH_EVERY:
+            return
+        self._depth_at = now
+        for queue, inspector in self._queues.items():
+            with contextlib.suppress(Exception):  # a store that is down keeps its last figures
+                stats = await inspector.stats()
+                for status in Status:
+                    count = stats.counts.get(status)
+                    if count is not None:
+                        self._depth.labels(queue, status.value).set(count)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self.registry))
+
+
+class _RunningCollector:
+    """`apalis_tasks_running{worker,queue}`, read from the live workers when scraped."""
+
+    def __init__(self, workers: Callable[[], Sequence[Worker | None]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("apalis_tasks_running", "Runs in flight now.", labels=["worker", "queue"])
+        for worker in self._workers():
+            if worker is not None:
+                family.add_metric([worker.name, worker.context.queue], worker.running)
+        yield family
+
+
+async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:
+    """Serve /metrics and /healthz on host:port; queue depths refresh in the background."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            method, _, rest = request.decode("latin-1").partition(" ")
+            path = rest.partition(" ")[0].split("?")[0]
+            if method != "GET":
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"only GET\n"
+            elif path == "/metrics":
+                await metrics.refresh_depth()
+                status, ctype, body = "200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()
+            elif path == "/healthz":
+                ok, report = metrics.healthy()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "application/json", json.dumps({"healthy": ok, "workers": report}).encode()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)

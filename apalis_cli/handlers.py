@@ -1,0 +1,197 @@
+"""User handlers, adapted to the worker's `Handler = (args, task) -> Awaitable[result]`.
+
+A handler is either a Python callable named `"package.module:function"` or a command run once
+per task. How a callable is called is decided once, at start-up, from its signature:
+
+- `def f(args)` / `async def f(args)`: the decoded arguments only;
+- `def f(args, ctx)` (a second parameter named `ctx` or `context`): also the `TaskContext`;
+- `def f(args, task)` (any other second parameter): also the `Task` (id, context).
+
+Sync callables run in a thread pool sized to the worker's concurrency, so a blocking handler
+never stalls the event loop. A command (`{ command = ["./resize.sh"] }`) gets the compact payload
+on stdin and `APALIS_TASK_ID`, `APALIS_ATTEMPT`, `APALIS_QUEUE` in its environment; exit 0 is
+success (stdout is the result), anything else a failure whose error is the tail of stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import contextvars
+import functools
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .config import CommandHandler, Config, ImportHandler, WorkerConfig
+from .layers.retry import describe_error
+from .task import Task
+from .worker import Handler
+
+__all__ = ["CommandFailed", "LoadedHandler", "import_object", "load_handler", "resolve_exception"]
+
+_STDERR_TAIL = 2000
+
+
+class CommandFailed(Exception):
+    """A command handler exited with a non-zero status."""
+
+
+class LoadedHandler:
+    """An adapted handler plus what it holds (the thread pool); `close()` when done."""
+
+    def __init__(self, handler: Handler, description: str, pool: ThreadPoolExecutor | None = None) -> None:
+        self.handler = handler
+        self.description = description
+        self._pool = pool
+
+    def close(self) -> None:
+        """Release the thread pool (running calls finish on their own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_handler(config: Config, worker: WorkerConfig, *, concurrency: int | None = None) -> LoadedHandler:
+    """Import or prepare `worker`'s handler; a bad one is a `ConfigError` at its line."""
+    spec = worker.handler
+    path = (*worker.key, "handler")
+    if spec is None:
+        raise config.error(worker.key, 'missing required key "handler" (needed to run this worker)')
+    if isinstance(spec, CommandHandler):
+        return LoadedHandler(_command_handler(spec, worker.queue, config.base_dir), " ".join(spec.command))
+    try:
+        fn = import_object(spec.path, config.base_dir)
+    except ValueError as exc:
+        raise config.error(path, str(exc)) from None
+    if not callable(fn):
+        raise config.error(path, f'"{spec.path}" is not callable')
+    return _adapt(fn, spec, concurrency or worker.concurrency, config, path)
+
+
+def import_object(path: str, base_dir: Path) -> Any:
+    """The object named `"package.module:attr.sub"`, importing with cwd and `base_dir` on sys.path.
+
+    Raises ValueError with a message for a person when it cannot be found.
+    """
+    module_name, _, attr = path.partition(":")
+    _add_import_paths(base_dir)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ValueError(f'cannot import "{path}": no module named "{exc.name}"') from None
+        raise ValueError(f'cannot import "{path}": {describe_error(exc)}') from None
+    except Exception as exc:  # the user's module failed while importing
+        raise ValueError(f'cannot import "{path}": {describe_error(exc)}') from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f'cannot import "{path}": "{module_name}" has no attribute "{attr}"') from None
+    return obj
+
+
+def resolve_exception(name: str, base_dir: Path) -> type[BaseException]:
+    """An exception class named `"ValueError"` (a builtin) or `"package.module:ClassName"`."""
+    obj = import_object(name, base_dir) if ":" in name else getattr(builtins, name, None)
+    if not (isinstance(obj, type) and issubclass(obj, BaseException)):
+        raise ValueError(f'"{name}" is not an exception class')
+    return obj
+
+
+def _add_import_paths(base_dir: Path) -> None:
+    # Both stay on sys.path: a handler module may import its siblings lazily, at run time.
+    for entry in (str(base_dir.resolve()), os.getcwd()):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+def _adapt(fn: Callable[..., Any], spec: ImportHandler, concurrency: int, config: Config, path: Any) -> LoadedHandler:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if not positional and not varargs:
+        raise config.error(path, f'"{spec.path}" must take the task\'s arguments as its first parameter')
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) > 2:
+        raise config.error(path, f'"{spec.path}" takes {len(required)} parameters; expected (args) or (args, task)')
+    wants_second = varargs or len(positional) >= 2
+    wants_ctx = wants_second and len(positional) >= 2 and positional[1].name in ("ctx", "context")
+    # A callable object's `__call__` may be the coroutine function.
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+    def extra(task: Task[bytes]) -> tuple[Any, ...]:
+        if not wants_second:
+            return ()
+        return (task.ctx,) if wants_ctx else (task,)
+
+    if is_async:
+
+        async def call_async(args: Any, task: Task[bytes]) -> Any:
+            return await fn(args, *extra(task))
+
+        return LoadedHandler(call_async, spec.path)
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="apalis-handler")
+
+    async def call_sync(args: Any, task: Task[bytes]) -> Any:
+        context = contextvars.copy_context()  # structlog's bound variables follow into the thread
+        call = functools.partial(context.run, fn, args, *extra(task))
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    return LoadedHandler(call_sync, spec.path, pool)
+
+
+def _command_handler(spec: CommandHandler, queue: str, base_dir: Path) -> Handler:
+    program, *rest = spec.command
+    # "./resize.sh" in the config means next to the config file, wherever the daemon runs.
+    if "/" in program and not os.path.isabs(program) and (base_dir / program).exists():
+        program = str((base_dir / program).resolve())
+    command = (program, *rest)
+
+    async def run_command(args: Any, task: Task[bytes]) -> Any:
+        env = {
+            **os.environ,
+            "APALIS_TASK_ID": task.id,
+            "APALIS_ATTEMPT": str(task.ctx.attempts),
+            "APALIS_MAX_ATTEMPTS": str(task.ctx.max_attempts),
+            "APALIS_QUEUE": queue,
+        }
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            raise CommandFailed(f"cannot start {program}: {exc.strerror or exc}") from None
+        try:
+            stdout, stderr = await process.communicate(bytes(task.args))
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
+        if process.returncode != 0:
+            raise CommandFailed(f"{program} exited with {process.returncode}: {_tail(stderr)}")
+        text = stdout.decode("utf-8", "replace").rstrip("\n")
+        return text or None
+
+    return run_command
+
+
+def _tail(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    # The error is kept on one line (describe_error keeps the first), so join the last lines.
+    return " | ".join(lines)[-_STDERR_TAIL:] or "(no output on stderr)"

@@ -6,6 +6,7 @@ hot path and every store can hold them; the CLI renders them as ISO 8601.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Mapping
@@ -19,7 +20,8 @@ __all__ = ["Args", "Status", "Task", "TaskContext", "TaskId", "iso", "new_task_i
 Args = TypeVar("Args")
 TaskId = str
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# base64's RFC 4648 alphabet mapped onto Crockford's, whose ASCII order matches the values'.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 
 
 class Status(StrEnum):
@@ -75,13 +77,9 @@ class Task(Generic[Args]):
 
 
 def new_task_id() -> TaskId:
-    """A 26-character, time-ordered, URL-safe id (the ULID layout: 48 bits of ms, 80 random)."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """A 24-character, time-ordered, URL-safe id: 48 bits of milliseconds, then 72 random."""
+    raw = int(time.time() * 1000).to_bytes(6, "big") + os.urandom(9)
+    return base64.b32encode(raw).translate(_TO_CROCKFORD).decode()
 
 
 def iso(epoch: float | None) -> str | None:

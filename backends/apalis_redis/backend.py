@@ -1,0 +1,245 @@
+"""The Redis store (`kind = "redis"`): every state change is one atomic Lua script.
+
+Layout, for queue `q` under namespace `ns` (default "apalis"); every key of a queue carries the
+hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may touch all of it:
+
+    ns:{q}:t:<id>      hash   one task: p payload, s status, a attempts, m max_attempts,
+                              r run_at, pr priority, c created_at, k idempotency key, mt meta JSON,
+                              l lock_by, la locked_at, e last_error, res result JSON, d done_at
+    ns:{q}:ready       zset   pending/failed tasks that are due; score -priority*1e10 + run_at, so
+                              ZPOPMIN takes priority DESC then run_at ASC (exact for |priority| < 1e5)
+    ns:{q}:scheduled   zset   pending/failed tasks not yet due, by run_at; promoted by the claim
+    ns:{q}:running     zset   claimed tasks, by claim time (the orphan sweep walks it)
+    ns:{q}:failed      set    tasks whose status is failed (ready or scheduled), for counts
+    ns:{q}:done        zset   done tasks, by done_at    (purged after `retention` by the heartbeat;
+    ns:{q}:killed      zset   killed tasks, by done_at   their hashes also expire by PEXPIRE)
+    ns:{q}:k:<key>     string idempotency key -> task id (expires with its task)
+    ns:{q}:workers     zset   worker id -> last_seen
+    ns:{q}:winfo       hash   worker id -> JSON (name, queue, host, pid, started_at, layers, running)
+    ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake
+
+Times are the client's clock (epoch seconds, passed into each script), the same clock that gives
+`run_at` to pushed tasks, so a due task is never hidden by a skew between client and server.
+Scripts are loaded with SCRIPT LOAD and run with EVALSHA (redis-py reloads them after NOSCRIPT,
+e.g. after a server restart); a dropped connection is retried with capped backoff, and a claim
+whose reply was lost is released by the claiming worker's next heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
+from apalis_cli.codec import Codec, encode_result
+from apalis_cli.errors import BackendError
+from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.task import Status, Task, TaskContext, TaskId
+
+from .config import RedisSettings, redact_url
+from .connection import Wakeups, connect, lua, require_driver
+from .inspect import RedisInspector
+from .keys import QueueKeys
+
+__all__ = ["RedisQueue", "RedisStore"]
+
+_SCRIPTS = ("enqueue", "claim", "ack", "heartbeat", "farewell", "retry", "kill", "purge")
+_NO_META: MappingProxyType[str, Any] = MappingProxyType({})
+_KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
+_ENQUEUE_CHUNK = 2000  # tasks per script call: big pushes stay in one round trip, no call is huge
+PURGE_LIMIT = 5000
+DEFAULT_RETENTION = 7 * 86400.0
+
+
+class RedisStore:
+    """Queues in one Redis database under one namespace."""
+
+    kind: ClassVar[str] = "redis"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self.client_name = f"apalis:{settings.namespace}:{uuid.uuid4().hex[:12]}"
+        self._client: Any = None
+        self.scripts: dict[str, Any] = {}
+        self._wakeups: Wakeups | None = None
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> RedisStore:
+        """Validate the table (`url`, `namespace`) and build the store, unopened."""
+        settings = RedisSettings.parse(spec.url, spec.options)
+        require_driver("redis")
+        return cls(settings)
+
+    async def open(self) -> None:
+        """Connect and load the scripts; idempotent."""
+        if self._client is not None:
+            return
+        client = connect(self.settings.url, self.client_name)
+        try:
+            await client.ping()
+        except Exception as exc:
+            await client.aclose()
+            raise BackendError(f"cannot reach redis at {redact_url(self.settings.url)}: {exc}") from None
+        self.scripts = {name: client.register_script(lua("apalis_redis", name)) for name in _SCRIPTS}
+        self._wakeups = Wakeups(client, f"{self.settings.namespace}:wake:")
+        self._client = client
+
+    async def close(self) -> None:
+        """Stop listening and release every connection."""
+        if self._wakeups is not None:
+            await self._wakeups.close()
+            self._wakeups = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (after `open`)."""
+        if self._client is None:
+            raise BackendError("the redis store is not open")
+        return self._client
+
+    @property
+    def wakeups(self) -> Wakeups:
+        """The store's pub/sub listener."""
+        if self._wakeups is None:
+            raise BackendError("the redis store is not open")
+        return self._wakeups
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> RedisQueue:
+        """The queue-bound backend."""
+        return RedisQueue(self, queue, codec=codec, max_attempts=max_attempts)
+
+
+class RedisQueue(RedisInspector, QueueBase):
+    """One queue of a `RedisStore`."""
+
+    capabilities = RedisStore.capabilities
+
+    def __init__(self, store: RedisStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self.store = store
+        self.keys = QueueKeys.of(store.settings.namespace, queue)
+        self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
+
+    # -- the store's primitives ------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Insert tasks, many per script call and every call in one pipeline round trip."""
+        k, script = self.keys, self.store.scripts["enqueue"]
+        now = repr(time.time())
+        calls = []
+        for start in range(0, len(tasks), _ENQUEUE_CHUNK):
+            args: list[Any] = [k.base, now, k.wake]
+            for new in tasks[start : start + _ENQUEUE_CHUNK]:
+                args += (
+                    new.id,
+                    new.payload,
+                    repr(float(new.run_at)),
+                    int(new.priority),
+                    int(new.max_attempts),
+                    new.idempotency_key or "",
+                    json.dumps(dict(new.meta), separators=(",", ":")) if new.meta else "",
+                )
+            calls.append(args)
+        if len(calls) == 1:
+            replies = [await script(keys=[k.ready, k.scheduled], args=calls[0])]
+        else:
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                for args in calls:
+                    await script(keys=[k.ready, k.scheduled], args=args, client=pipe)
+                replies = await pipe.execute()
+        return [raw.decode() for reply in replies for raw in reply]
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Ready tasks, claimed for `worker` in batches of its free slots; a push wakes it."""
+        k, script, queue, worker_id = self.keys, self.store.scripts["claim"], self.queue, worker.id
+        claim_keys = [k.ready, k.scheduled, k.running, k.failed]
+
+        async def fetch(limit: int) -> list[Task[bytes]]:
+            reply = await script(keys=claim_keys, args=[k.base, repr(time.time()), limit, worker_id])
+            return [
+                Task(
+                    id=reply[i].decode(),
+                    args=reply[i + 1],
+                    ctx=TaskContext(
+                        queue=queue,
+                        status=Status.RUNNING,
+                        attempts=reply[i + 2],
+                        max_attempts=int(reply[i + 3]),
+                        run_at=float(reply[i + 4]),
+                        priority=int(reply[i + 5]),
+                        idempotency_key=reply[i + 6].decode() if reply[i + 6] else None,
+                        meta=json.loads(reply[i + 7]) if reply[i + 7] else _NO_META,
+                        lock_by=worker_id,
+                        last_error=reply[i + 9].decode() if reply[i + 9] else None,
+                        created_at=float(reply[i + 8]),
+                    ),
+                )
+                for i in range(0, len(reply), 10)
+            ]
+
+        async def release(tasks: Sequence[Task[bytes]]) -> None:
+            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+
+        return poll_batches(worker, fetch, release, self.store.wakeups.waker(queue))
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Apply many outcomes in one script call; a task whose lease was lost is left alone."""
+        k = self.keys
+        args: list[Any] = [k.base, repr(time.time()), k.wake, int(self.retention * 1000)]
+        for task, outcome in items:
+            kind = outcome.kind
+            text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
+            run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
+            args += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
+        await self.store.scripts["ack"](keys=[k.ready, k.scheduled, k.running, k.failed, k.done, k.killed], args=args)
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Register `worker` (an upsert, so it re-registers after any loss), sweep orphans and
+        the worker's own lost claims, and purge finished tasks past retention."""
+        k, script = self.keys, self.store.scripts["heartbeat"]
+        self.retention = worker.retention
+
+        async def beat() -> None:
+            for _ in range(20):  # more purging only when a backlog of finished tasks built up
+                now = time.time()
+                info = {
+                    "name": worker.name,
+                    "queue": self.queue,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "started_at": worker.started_at,
+                    "layers": list(worker.layers),
+                    "running": len(worker.running()),
+                }
+                _, purged = await script(
+                    keys=[k.ready, k.running, k.failed, k.done, k.killed, k.workers, k.winfo],
+                    args=[
+                        k.base,
+                        repr(now),
+                        k.wake,
+                        worker.id,
+                        json.dumps(info, separators=(",", ":")),
+                        repr(now - worker.stale_after),
+                        repr(now - worker.keep_alive),
+                        repr(now - worker.retention),
+                        PURGE_LIMIT,
+                        *worker.running(),
+                    ],
+                )
+                if purged < PURGE_LIMIT:
+                    return
+
+        async def farewell() -> None:
+            await self.store.scripts["farewell"](keys=[k.workers, k.winfo], args=[worker.id])
+
+        return beat_every(worker, beat, farewell)

@@ -1,0 +1,180 @@
+"""The Redis store's `Inspector`: reads with pipelined commands, changes through Lua scripts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.task import Status, Task, TaskContext, TaskId
+
+if TYPE_CHECKING:
+    from .backend import RedisStore
+    from .keys import QueueKeys
+
+__all__ = ["RedisInspector", "task_from_hash"]
+
+_PURGE_BATCH = 5000
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+def task_from_hash(task_id: str, queue: str, h: dict[bytes, bytes]) -> Task[bytes]:
+    """A task from its stored hash."""
+    done_at = h.get(b"d")
+    meta = h.get(b"mt")
+    return Task(
+        id=task_id,
+        args=h.get(b"p", b""),
+        ctx=TaskContext(
+            queue=queue,
+            status=Status(h[b"s"].decode()),
+            attempts=int(h.get(b"a", 0)),
+            max_attempts=int(h.get(b"m", 1)),
+            run_at=float(h.get(b"r", 0.0)),
+            priority=int(h.get(b"pr", 0)),
+            idempotency_key=_text(h.get(b"k")),
+            meta=json.loads(meta) if meta else {},
+            lock_by=_text(h.get(b"l")),
+            last_error=_text(h.get(b"e")),
+            result=_text(h.get(b"res")),
+            created_at=float(h.get(b"c", 0.0)),
+            done_at=float(done_at) if done_at is not None else None,
+        ),
+    )
+
+
+class RedisInspector:
+    """list/get/stats/workers/retry/kill/purge over one queue's keys."""
+
+    queue: str
+    keys: QueueKeys
+    store: RedisStore
+    retention: float
+
+    async def _ids_of(self, status: Status | None) -> list[bytes]:
+        k, client = self.keys, self.store.client
+        sources = {
+            Status.PENDING: [k.ready, k.scheduled],
+            Status.FAILED: [k.failed],
+            Status.RUNNING: [k.running],
+            Status.DONE: [k.done],
+            Status.KILLED: [k.killed],
+        }
+        wanted = sources[status] if status is not None else [k.ready, k.scheduled, k.running, k.done, k.killed]
+        async with client.pipeline(transaction=False) as pipe:
+            for key in wanted:
+                if key == k.failed:
+                    pipe.smembers(key)
+                else:
+                    pipe.zrange(key, 0, -1)
+            replies = await pipe.execute()
+        return list(dict.fromkeys(raw for reply in replies for raw in reply))
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Tasks of the queue (optionally of one status), oldest run_at first."""
+        ids = await self._ids_of(status)
+        async with self.store.client.pipeline(transaction=False) as pipe:
+            for raw in ids:
+                pipe.hgetall(self.keys.task(raw.decode()))
+            hashes = await pipe.execute()
+        tasks = [
+            task_from_hash(raw.decode(), self.queue, h)
+            for raw, h in zip(ids, hashes, strict=True)
+            if h and (status is None or h[b"s"].decode() == status.value)
+        ]
+        tasks.sort(key=lambda t: (t.ctx.run_at, t.id))
+        return tasks[offset : offset + limit]
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One task by id."""
+        h = await self.store.client.hgetall(self.keys.task(task_id))
+        return task_from_hash(task_id, self.queue, h) if h else None
+
+    async def stats(self) -> QueueStats:
+        """Counts per status, from the sizes of the status sets."""
+        k = self.keys
+        async with self.store.client.pipeline(transaction=False) as pipe:
+            for key in (k.ready, k.scheduled, k.running, k.done, k.killed):
+                pipe.zcard(key)
+            pipe.scard(k.failed)
+            ready, scheduled, running, done, killed, failed = await pipe.execute()
+        counts: dict[Status, int | None] = {
+            Status.PENDING: ready + scheduled - failed,
+            Status.RUNNING: running,
+            Status.DONE: done,
+            Status.FAILED: failed,
+            Status.KILLED: killed,
+        }
+        return QueueStats(queue=self.queue, counts=counts)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Registered workers of this queue, oldest first."""
+        k = self.keys
+        async with self.store.client.pipeline(transaction=False) as pipe:
+            pipe.zrange(k.workers, 0, -1, withscores=True)
+            pipe.hgetall(k.winfo)
+            seen, infos = await pipe.execute()
+        found = []
+        for raw_id, last_seen in seen:
+            raw = infos.get(raw_id)
+            if raw is None:
+                continue
+            info = json.loads(raw)
+            found.append(
+                WorkerInfo(
+                    id=raw_id.decode(),
+                    name=info["name"],
+                    queue=info["queue"],
+                    host=info["host"],
+                    pid=info["pid"],
+                    started_at=info["started_at"],
+                    last_seen=last_seen,
+                    layers=tuple(info["layers"]),
+                    running=info.get("running"),
+                )
+            )
+        return sorted(found, key=lambda w: w.started_at)
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """A failed or killed task runs again now with a fresh count of attempts."""
+        k = self.keys
+        done = await self.store.scripts["retry"](
+            keys=[k.ready, k.scheduled, k.failed, k.killed], args=[k.base, repr(time.time()), k.wake, task_id]
+        )
+        return bool(done)
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Kill a task that has not finished."""
+        k = self.keys
+        done = await self.store.scripts["kill"](
+            keys=[k.ready, k.scheduled, k.running, k.failed, k.killed],
+            args=[k.base, repr(time.time()), int(self.retention * 1000), task_id, reason],
+        )
+        return bool(done)
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete tasks of `status` finished (or created) more than `older_than` seconds ago."""
+        k = self.keys
+        sources = {
+            Status.PENDING: [k.ready, k.scheduled],
+            Status.FAILED: [k.failed],
+            Status.RUNNING: [k.running],
+            Status.DONE: [k.done],
+            Status.KILLED: [k.killed],
+        }[status]
+        cutoff = repr(time.time() - (older_than or 0.0))
+        total = 0
+        for source in sources:
+            while True:
+                deleted = await self.store.scripts["purge"](
+                    keys=[source, k.ready, k.scheduled, k.running, k.failed, k.done, k.killed],
+                    args=[k.base, status.value, cutoff, _PURGE_BATCH],
+                )
+                total += deleted
+                if deleted < _PURGE_BATCH:
+                    break
+        return total

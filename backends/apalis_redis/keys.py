@@ -1,0 +1,44 @@
+"""The key names of one queue (see the layout in `apalis_redis.backend`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["QueueKeys"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Every key of one queue shares the hash tag `{queue}`: one cluster slot per queue."""
+
+    base: str
+    ready: str
+    scheduled: str
+    running: str
+    failed: str
+    done: str
+    killed: str
+    workers: str
+    winfo: str
+    wake: str
+
+    @classmethod
+    def of(cls, namespace: str, queue: str) -> QueueKeys:
+        """The keys of `queue` under `namespace`."""
+        base = f"{namespace}:{{{queue}}}:"
+        return cls(
+            base=base,
+            ready=base + "ready",
+            scheduled=base + "scheduled",
+            running=base + "running",
+            failed=base + "failed",
+            done=base + "done",
+            killed=base + "killed",
+            workers=base + "workers",
+            winfo=base + "winfo",
+            wake=f"{namespace}:wake:{queue}",
+        )
+
+    def task(self, task_id: str) -> str:
+        """The hash of one task."""
+        return f"{self.base}t:{task_id}"

@@ -1,0 +1,83 @@
+"""`PostgresStore` (`kind = "postgres"`): durable tasks in PostgreSQL, woken by LISTEN/NOTIFY.
+
+The driver (psycopg 3 with psycopg-pool) is imported only when a store is built, so
+`import apalis_postgres` works without the extra and `from_spec` names it when it is missing.
+
+Clock: every time the store stamps or compares (claim readiness, created/done, heartbeats, the
+sweep's staleness, retention) is the server's `now()`, so workers on hosts with skewed clocks
+agree on leases. A `run_at` a producer sets (a delay, a retry's backoff) is an absolute epoch
+time computed on that host: keep hosts NTP-synchronised.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from apalis_cli.backend import Capabilities, StoreSpec
+from apalis_cli.codec import Codec
+from apalis_cli.errors import BackendError, MissingExtra
+
+from .config import PostgresConfig
+
+if TYPE_CHECKING:
+    from .database import Database
+    from .queues import PostgresQueue
+
+__all__ = ["PostgresStore"]
+
+
+def _require_driver() -> None:
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise MissingExtra("backend \"postgres\" needs the extra: pip install 'apalis-cli[postgres]'") from None
+
+
+class PostgresStore:
+    """Queues in one PostgreSQL schema, sharing a pool and one LISTEN connection."""
+
+    kind: ClassVar[str] = "postgres"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, config: PostgresConfig) -> None:
+        self.config = config
+        self._database: Database | None = None
+        self.migrations_applied: list[int] = []
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> PostgresStore:
+        """Validate the URL and options (`schema`, `application_name`, `min_size`, `max_size`,
+        `connect_timeout`) and build the store, unopened."""
+        config = PostgresConfig.parse(spec.url, spec.options)
+        _require_driver()
+        return cls(config)
+
+    @property
+    def database(self) -> Database:
+        """The open connections; raises if `open()` was not awaited."""
+        if self._database is None:
+            raise BackendError(f"postgres store at {self.config.redacted} is not open")
+        return self._database
+
+    async def open(self) -> None:
+        """Connect, then create or migrate the schema (idempotent)."""
+        if self._database is not None:
+            return
+        from .database import Database
+
+        database = Database(self.config)
+        self.migrations_applied = await database.open()
+        self._database = database
+
+    async def close(self) -> None:
+        """Close the pool and the listener."""
+        database, self._database = self._database, None
+        if database is not None:
+            await database.close()
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> PostgresQueue:
+        """The queue-bound backend."""
+        from .queues import PostgresQueue
+
+        return PostgresQueue(self, queue, codec=codec, max_attempts=max_attempts)

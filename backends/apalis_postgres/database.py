@@ -1,0 +1,136 @@
+"""The connections of one PostgreSQL store: a pool, the LISTEN connection, retries.
+
+Every operation goes through `Database.run`, which retries with capped backoff when the
+connection is lost (a server restart, `pg_terminate_backend`, a network cut): the pool drops
+broken connections, `check()` weeds out the idle ones that died with them, and the operation runs
+again on a fresh one. Every statement is safe to run twice: pushes skip ids already stored, acks
+apply only to tasks still running under the same worker, and a claim whose reply was lost is
+released by the worker's next heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.polling import Waker
+from apalis_sql import retrying
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .config import PostgresConfig
+from .listener import Listener
+from .schema import load_statements, migrate
+
+__all__ = ["Database"]
+
+T = TypeVar("T")
+Conn = AsyncConnection[tuple[Any, ...]]
+
+_RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, _RETRYABLE)
+
+
+class Database:
+    """A pool with retries, the statements bound to the schema, and the shared listener."""
+
+    def __init__(self, config: PostgresConfig, *, attempts: int = 10) -> None:
+        self.config = config
+        self.sql: dict[str, bytes] = {name: text.encode() for name, text in load_statements(config.schema).items()}
+        self.channel = config.schema
+        self.wakers: dict[str, Waker] = {}
+        self.attempts = attempts
+        self._password = str(conninfo_to_dict(config.url).get("password") or "")
+        self._conninfo = make_conninfo(
+            config.url,
+            application_name=config.application_name,
+            connect_timeout=max(int(config.connect_timeout), 1),
+            **_KEEPALIVES,
+        )
+        self._pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            timeout=config.connect_timeout,
+            name=f"apalis-{config.schema}",
+        )
+        self._listener = Listener(lambda: self._conninfo, self.channel, self.wakers)
+
+    async def open(self) -> list[int]:
+        """Connect and migrate; returns the migrations applied now."""
+        try:
+            await self._pool.open(wait=True, timeout=self.config.connect_timeout)
+        except (psycopg.Error, PoolTimeout) as exc:
+            await self._pool.close()
+            raise BackendError(f"cannot connect to postgres at {self.config.redacted}: {self.describe(exc)}") from None
+        try:
+            return await self.run(lambda conn: migrate(conn, self.config.schema))
+        except psycopg.Error as exc:
+            await self._pool.close()
+            raise BackendError(f"cannot migrate postgres at {self.config.redacted}: {self.describe(exc)}") from None
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        await self._listener.stop()
+        await self._pool.close()
+
+    def waker(self, queue: str) -> Waker:
+        """The `Waker` of `queue`, fed by NOTIFYs once polling has started."""
+        waker = self.wakers.get(queue)
+        if waker is None:
+            waker = self.wakers[queue] = Waker()
+        return waker
+
+    def listen(self) -> Listener:
+        """The store's one LISTEN connection, started on first use."""
+        self._listener.start()
+        return self._listener
+
+    def describe(self, exc: BaseException) -> str:
+        """An error's text without the password (libpq may echo parts of the conninfo)."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return text.replace(self._password, "***") if self._password else text
+
+    async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
+        """`op(conn)` on a pooled connection, retried with capped backoff while it is lost."""
+
+        async def once() -> T:
+            async with self._pool.connection() as conn:
+                return await op(conn)
+
+        async def recover(_: BaseException) -> None:
+            await self._pool.check()  # drop idle connections that died with the one we used
+
+        try:
+            return await retrying(once, transient=_transient, recover=recover, attempts=self.attempts)
+        except ConnectionLost as exc:
+            cause = exc.__cause__ or exc
+            raise ConnectionLost(f"postgres at {self.config.redacted}: {self.describe(cause)}") from None
+
+    async def fetch(self, query: bytes, params: Mapping[str, Any], *, binary: bool = False) -> list[Any]:
+        """All rows of `query`."""
+
+        async def op(conn: Conn) -> list[Any]:
+            async with conn.cursor(binary=binary) as cursor:
+                await cursor.execute(query, params)
+                return await cursor.fetchall()
+
+        return await self.run(op)
+
+    async def execute(self, query: bytes | sql.Composed, params: Mapping[str, Any] | Sequence[Any]) -> int:
+        """Run `query`; returns the number of rows it touched."""
+
+        async def op(conn: Conn) -> int:
+            cursor = await conn.execute(query, params)
+            return cursor.rowcount
+
+        return await self.run(op)

@@ -1,0 +1,87 @@
+"""One LISTEN connection per store: NOTIFYs from any process wake this process's pollers.
+
+Every push NOTIFYs the store's channel with the queue name as payload; the listener hands each
+notification to that queue's `Waker`. One channel per schema (not per queue) because a queue name
+is free text while a channel is an identifier of at most 63 bytes, and one LISTEN then serves
+every queue. When the connection drops, the listener reconnects with capped backoff, LISTENs
+again (peers forget this step and go deaf) and wakes every poller, since a notification may have
+been missed meanwhile; until then polling with backoff carries on alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import psycopg
+from apalis_cli.polling import Waker
+from psycopg import sql
+
+__all__ = ["Listener"]
+
+_log = logging.getLogger(__name__)
+_MAX_WAIT = 5.0
+
+
+class Listener:
+    """Feeds `Waker`s from LISTEN on one channel, over its own connection."""
+
+    def __init__(self, connect: Callable[[], str], channel: str, wakers: dict[str, Waker]) -> None:
+        self._conninfo = connect
+        self._channel = channel
+        self._wakers = wakers
+        self._task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self.connections = 0  # how many times a LISTEN was established (tests read it)
+
+    def start(self) -> None:
+        """Start listening in the background (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"apalis-listen-{self._channel}")
+
+    async def listening(self) -> None:
+        """Return once a LISTEN is in place."""
+        await self._listening.wait()
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    def _wake_all(self) -> None:
+        for waker in self._wakers.values():
+            waker.notify()
+
+    async def _run(self) -> None:
+        wait = 0.05
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
+            except psycopg.Error as exc:
+                _log.warning("LISTEN connection failed, retrying in %.2fs: %s", wait, type(exc).__name__)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_WAIT)
+                continue
+            try:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                self.connections += 1
+                self._listening.set()
+                wait = 0.05
+                self._wake_all()
+                async for note in conn.notifies():
+                    waker = self._wakers.get(note.payload)
+                    if waker is not None:
+                        waker.notify()
+            except psycopg.Error as exc:
+                _log.warning("LISTEN connection lost, reconnecting: %s", type(exc).__name__)
+            finally:
+                self._listening.clear()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, _MAX_WAIT)

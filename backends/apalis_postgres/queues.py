@@ -1,0 +1,238 @@
+"""`PostgresQueue`: one queue of a PostgreSQL store (worker primitives and the Inspector)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from apalis_cli.backend import Capabilities, NewTask, QueueStats, WorkerContext, WorkerInfo
+from apalis_cli.codec import Codec
+from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome
+from apalis_cli.task import Status, Task, TaskId
+from apalis_sql import encode_meta, plan_acks, task_from_row
+
+if TYPE_CHECKING:
+    from .backend import PostgresStore
+    from .database import Conn, Database
+
+__all__ = ["PostgresQueue"]
+
+_NOTIFY = b"SELECT pg_notify(%s, %s)"
+
+
+class PostgresQueue(QueueBase):
+    """One queue in a PostgreSQL schema."""
+
+    def __init__(self, store: PostgresStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._store = store
+        self.capabilities: Capabilities = store.capabilities
+
+    @property
+    def _db(self) -> Database:
+        return self._store.database
+
+    # -- the store's primitives ------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Insert tasks in one statement (NOTIFY included); known keys give the existing ids."""
+        if not tasks:
+            return []
+        db = self._db
+        params: dict[str, Any] = {
+            "queue": self.queue,
+            "channel": db.channel,
+            "ids": [t.id for t in tasks],
+            "payloads": [t.payload for t in tasks],
+            "run_ats": [t.run_at for t in tasks],
+            "priorities": [t.priority for t in tasks],
+            "max_attempts": [t.max_attempts for t in tasks],
+            "keys": [t.idempotency_key for t in tasks],
+            "metas": [encode_meta(t.meta) for t in tasks],
+        }
+        inserted = {row[0] for row in await db.fetch(db.sql["enqueue"], params)}
+        db.waker(self.queue).notify()
+        if len(inserted) == len(tasks):
+            return [t.id for t in tasks]
+        keys = [t.idempotency_key for t in tasks if t.id not in inserted and t.idempotency_key is not None]
+        holders: dict[str, str] = {}
+        if keys:
+            rows = await db.fetch(db.sql["keys"], {"queue": self.queue, "keys": keys})
+            holders = {key: task_id for key, task_id in rows}
+        # A task skipped without a key was stored by an earlier try of this very push.
+        return [
+            t.id if t.id in inserted or t.idempotency_key is None else holders.get(t.idempotency_key, t.id)
+            for t in tasks
+        ]
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Ready tasks claimed in batches of free slots; woken by LISTEN/NOTIFY, else polling."""
+        db = self._db
+        db.listen()
+        claim, queue = db.sql["claim"], self.queue
+        params: dict[str, Any] = {"queue": queue, "worker": worker.id, "limit": 1}
+
+        async def fetch(limit: int) -> list[Task[bytes]]:
+            params["limit"] = limit
+            rows = await db.fetch(claim, params, binary=True)
+            tasks = [task_from_row(row) for row in rows]
+            if len(tasks) > 1:  # RETURNING keeps no order
+                tasks.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at))
+            return tasks
+
+        async def release(tasks: Sequence[Task[bytes]]) -> None:
+            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+
+        return poll_batches(worker, fetch, release, db.waker(queue))
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Register and refresh `worker`; release its lost claims; sweep orphans and purge
+        expired tasks under an advisory lock, so one worker of the queue sweeps at a time."""
+        db, st = self._db, self._db.sql
+        base = {"queue": self.queue, "channel": db.channel}
+
+        async def beat_in(conn: Conn) -> bool:
+            woke = False
+            async with conn.transaction():
+                await conn.execute(
+                    st["beat"],
+                    {
+                        "id": worker.id,
+                        "name": worker.name,
+                        "queue": self.queue,
+                        "host": worker.host,
+                        "pid": worker.pid,
+                        "started_at": worker.started_at,
+                        "layers": json.dumps(list(worker.layers)),
+                        "running": len(worker.running()),
+                    },
+                )
+                released = await conn.execute(
+                    st["release_lost"],
+                    {**base, "worker": worker.id, "keep_alive": worker.keep_alive, "running": list(worker.running())},
+                )
+                woke = released.rowcount > 0
+                locked = await (await conn.execute(st["sweep_lock"], {**base, "scope": db.channel})).fetchone()
+                if locked and locked[0]:
+                    await conn.execute(st["forget_workers"], {**base, "stale_after": worker.stale_after})
+                    recovered = await (
+                        await conn.execute(st["recover"], {**base, "stale_after": worker.stale_after})
+                    ).fetchall()
+                    woke = woke or any(status == Status.FAILED.value for (status,) in recovered)
+                    await conn.execute(st["purge_expired"], {**base, "retention": worker.retention})
+                if woke:
+                    await conn.execute(_NOTIFY, (db.channel, self.queue))
+            return woke
+
+        async def beat() -> None:
+            if await db.run(beat_in):
+                db.waker(self.queue).notify()
+
+        async def farewell() -> None:
+            await db.execute(st["farewell"], {"id": worker.id})
+
+        return beat_every(worker, beat, farewell)
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Apply a batch of outcomes in one statement (the server's clock stamps done_at)."""
+        db = self._db
+        plan = plan_acks(items, time.time())
+        ids: list[str] = []
+        lock_bys: list[str | None] = []
+        statuses: list[str] = []
+        results: list[str | None] = []
+        errors: list[str | None] = []
+        run_ats: list[float | None] = []
+        for status, rows in (("done", plan.done), ("failed", plan.retry), ("killed", plan.kill)):
+            for value, at, task_id, lock_by in rows:
+                ids.append(task_id)
+                lock_bys.append(lock_by)
+                statuses.append(status)
+                results.append(value if status == "done" else None)
+                errors.append(None if status == "done" else value)
+                run_ats.append(at if status == "failed" else None)
+        for _, task_id, lock_by in plan.release:
+            ids.append(task_id)
+            lock_bys.append(lock_by)
+            statuses.append("pending")
+            results.append(None)
+            errors.append(None)
+            run_ats.append(None)
+        params = {
+            "ids": ids,
+            "lock_bys": lock_bys,
+            "statuses": statuses,
+            "results": results,
+            "errors": errors,
+            "run_ats": run_ats,
+        }
+        await db.execute(db.sql["ack"], params)
+        if plan.wake:  # released (or instantly retried) tasks are ready for other workers now
+            await db.execute(_NOTIFY, (db.channel, self.queue))
+            db.waker(self.queue).notify()
+
+    # -- Inspector -------------------------------------------------------------------------
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Tasks of the queue (optionally of one status), by run_at."""
+        params = {
+            "queue": self.queue,
+            "status": None if status is None else status.value,
+            "limit": limit,
+            "offset": offset,
+        }
+        rows = await self._db.fetch(self._db.sql["list"], params, binary=True)
+        return [task_from_row(row) for row in rows]
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One task by id."""
+        rows = await self._db.fetch(self._db.sql["get"], {"queue": self.queue, "id": task_id}, binary=True)
+        return task_from_row(rows[0]) if rows else None
+
+    async def stats(self) -> QueueStats:
+        """Counts per status."""
+        rows = await self._db.fetch(self._db.sql["stats"], {"queue": self.queue})
+        counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
+        for status, count in rows:
+            counts[Status(status)] = int(count)
+        return QueueStats(queue=self.queue, counts=counts)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers registered on this queue."""
+        rows = await self._db.fetch(self._db.sql["workers"], {"queue": self.queue})
+        return [
+            WorkerInfo(
+                id=wid,
+                name=name,
+                queue=queue,
+                host=host,
+                pid=pid,
+                started_at=started_at,
+                last_seen=last_seen,
+                layers=tuple(layers or ()),
+                running=running,
+            )
+            for wid, name, queue, host, pid, started_at, last_seen, layers, running in rows
+        ]
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """A failed or killed task runs again now with a fresh count of attempts."""
+        db = self._db
+        rows = await db.fetch(db.sql["retry"], {"queue": self.queue, "id": task_id, "channel": db.channel})
+        if rows:
+            db.waker(self.queue).notify()
+        return bool(rows)
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Kill a task that has not finished."""
+        rows = await self._db.fetch(self._db.sql["kill"], {"queue": self.queue, "id": task_id, "reason": reason})
+        return bool(rows)
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete tasks of `status` older than `older_than` seconds."""
+        params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
+        return await self._db.execute(self._db.sql["purge"], params)

@@ -1,0 +1,58 @@
+"""The store's SQL: statements loaded once from `sql/*.sql`, and forward-only migrations.
+
+Statements name their tables `{schema}.x`; the schema name was validated by the config and is
+quoted here with `psycopg.sql.Identifier` before it goes into the text. Task-returning
+statements alias the tasks table `t` and select `{columns}` (the shared `TASK_COLUMNS`, with the
+result read back as the exact JSON text that was written).
+"""
+
+from __future__ import annotations
+
+from apalis_sql import TASK_COLUMNS, Queries, load_migrations, load_queries
+from psycopg import AsyncConnection, sql
+
+__all__ = ["COLUMNS", "load_statements", "migrate"]
+
+COLUMNS = ", ".join("t.result::text AS result" if c == "result" else f"t.{c}" for c in TASK_COLUMNS)
+"""The columns every task-returning statement selects, in the order `task_from_row` reads."""
+
+
+def _names(schema: str) -> dict[str, str]:
+    return {"schema": sql.Identifier(schema).as_string(), "columns": COLUMNS}
+
+
+def load_statements(schema: str) -> Queries:
+    """Every named statement of the package, bound to `schema`."""
+    return load_queries(__package__ or "apalis_postgres", _names(schema))
+
+
+async def migrate(conn: AsyncConnection[tuple[object, ...]], schema: str) -> list[int]:
+    """Create the schema and apply the migrations it has not seen; returns those applied.
+
+    A transaction-scoped advisory lock serialises concurrent first starts, so two processes
+    opening the same fresh schema do not race on `CREATE ... IF NOT EXISTS`.
+    """
+    ident = sql.Identifier(schema)
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('apalis-migrate'), hashtext(%s))", (schema,))
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_version"
+                " (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(ident)
+        )
+        cursor = await conn.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(ident))
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0  # type: ignore[call-overload]
+        for migration in load_migrations(__package__ or "apalis_postgres", _names(schema)):
+            if migration.version <= current:
+                continue
+            await conn.execute(migration.sql.encode())
+            await conn.execute(
+                sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(ident),
+                (migration.version, migration.name),
+            )
+            applied.append(migration.version)
+    return applied

@@ -1,0 +1,18 @@
+-- Claim up to `limit` ready tasks of a queue for one worker, in one statement. SKIP LOCKED lets
+-- concurrent workers take disjoint batches without waiting on each other.
+UPDATE {schema}.tasks AS t
+SET status = 'running',
+    attempts = t.attempts + 1,
+    lock_by = %(worker)s,
+    lock_at = extract(epoch FROM now())::float8
+FROM (
+    SELECT id FROM {schema}.tasks
+    WHERE queue = %(queue)s
+      AND status IN ('pending', 'failed')
+      AND run_at <= extract(epoch FROM now())::float8
+    ORDER BY priority DESC, run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS ready
+WHERE t.id = ready.id
+RETURNING {columns}

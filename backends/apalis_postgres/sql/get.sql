@@ -1,0 +1,1 @@
+SELECT {columns} FROM {schema}.tasks AS t WHERE queue = %(queue)s AND id = %(id)s

@@ -1,0 +1,8 @@
+-- A failed or killed task runs again now with a fresh count of attempts.
+WITH retried AS (
+    UPDATE {schema}.tasks
+    SET status = 'pending', attempts = 0, run_at = extract(epoch FROM now())::float8, done_at = NULL
+    WHERE queue = %(queue)s AND id = %(id)s AND status IN ('failed', 'killed')
+    RETURNING id
+)
+SELECT retried.id FROM retried, (SELECT pg_notify(%(channel)s, %(queue)s)) AS notified

@@ -1,0 +1,364 @@
+"""The AMQP store (`kind = "amqp"`): one durable RabbitMQ queue per apalis queue, no plugins.
+
+Queues, for apalis queue `q` under prefix `p`:
+
+- `p.q`: the work queue (durable, `x-max-priority`); persistent messages, published with
+  confirms, consumed with manual acks and prefetch = the worker's concurrency.
+- `p.q.delay.<ms>`: one delay queue per delay (rounded up to two significant digits). It has no
+  consumer: its `x-message-ttl` expires messages, which dead-letter back into `p.q`. One queue
+  per delay because a TTL only expires at the head of a queue: mixed delays would block each
+  other. `x-expires` deletes a delay queue unused for a minute past its TTL. Scheduled pushes
+  and retry backoff both go through them.
+- `p.q.dead`: killed tasks, with the error in the `x-apalis-error` header.
+
+Outcomes: done = ack. Retry = publish a copy (attempts counted, error attached) into the delay
+queue, wait for the confirm, then ack the original; kill = the same into `p.q.dead`; release =
+the same into `p.q` with the attempt not counted. Nothing is lost between publish and ack: a
+crash there leaves a duplicate (at-least-once), never a gap.
+
+Counting attempts: RabbitMQ cannot edit a queued message, so the count travels in the
+`x-apalis-attempts` header and every counted hop is a new copy. A delivery flagged
+`redelivered` was held by a consumer whose channel closed without settling it (a dead worker, a
+lost connection): that run was lost and counts. The store persists the count before running it
+again (a copy with attempts + 1 replaces it, or it goes to `.dead` when exhausted), so a task
+that kills its worker every time is killed after `max_attempts`, never looped. Releases never
+use `nack(requeue)`, which would set the same flag.
+
+Orphans: the broker requeues a dead connection's unacknowledged messages by itself. Inside one
+process, a worker whose heartbeats stopped for `stale_after` has its channel closed by a live
+worker's sweep, which gives the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from apalis_cli.backend import Capabilities, Capability, NewTask, QueueStats, StoreSpec, WorkerContext, WorkerInfo
+from apalis_cli.codec import Codec
+from apalis_cli.errors import ConnectionLost, Unsupported
+from apalis_cli.polling import beat_every
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.task import Status, Task, TaskId
+
+from .broker import FAILURES, Broker, delay_bucket
+from .config import AmqpSettings
+from .consumer import Consumer
+from .messages import copy_message, new_message, read_envelope
+
+__all__ = ["AmqpQueue", "AmqpStore"]
+
+_CAPABILITIES = Capabilities(
+    {
+        Capability.PRIORITY: (
+            "RabbitMQ orders a queue by message priority (0..max_priority, negatives as 0) and then by arrival, "
+            "not by run_at; priorities are honoured that far"
+        ),
+        Capability.RESULTS: "a broker forgets a message once it is acknowledged: there is nowhere to keep a result",
+        Capability.IDEMPOTENCY: "RabbitMQ has no message deduplication: the same key twice makes two messages",
+        Capability.INSPECT: (
+            "a RabbitMQ queue cannot be browsed: a peek (basic.get + requeue) marks messages redelivered, which "
+            "this store reads as a lost run; stats count ready and dead messages, and only the dead-letter queue "
+            "is listed"
+        ),
+        Capability.WORKERS: "RabbitMQ knows connections and consumers, not apalis workers: there is no registry",
+        Capability.ADMIN: "a queue has no random access: a task cannot be found by id without consuming the queue",
+    }
+)
+
+_LOST = "worker {worker} stopped sending heartbeats (its channel closed) while running this task"
+
+
+class AmqpStore:
+    """A RabbitMQ connection shared by every queue of one `[backends.NAME]` table."""
+
+    kind: ClassVar[str] = "amqp"
+    capabilities: ClassVar[Capabilities] = _CAPABILITIES
+
+    def __init__(self, settings: AmqpSettings) -> None:
+        self.settings = settings
+        self.broker = Broker(settings)
+        self.beats: dict[str, float] = {}
+        self.consumers: dict[tuple[str, str], Consumer] = {}
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> AmqpStore:
+        """Validate the table (`url`, options `prefix` and `max_priority`)."""
+        return cls(AmqpSettings.parse(spec.url, spec.options))
+
+    async def open(self) -> None:
+        """Connect (the queues are declared when first used)."""
+        await self.broker.connection()
+
+    async def close(self) -> None:
+        """Close every consumer channel and the connection."""
+        for consumer in list(self.consumers.values()):
+            await consumer.close()
+        self.consumers.clear()
+        await self.broker.close()
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> AmqpQueue:
+        """The queue-bound backend."""
+        return AmqpQueue(self, queue, codec=codec, max_attempts=max_attempts)
+
+
+class AmqpQueue(QueueBase):
+    """One apalis queue on RabbitMQ."""
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, store: AmqpStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._store = store
+        self._broker = store.broker
+        self.work = f"{store.settings.prefix}.{queue}"
+        self.dead = f"{self.work}.dead"
+        self._max_priority = store.settings.max_priority
+        self._work_args: dict[str, Any] | None = {"x-max-priority": self._max_priority} if self._max_priority else None
+
+    # -- pushing ---------------------------------------------------------------------------
+
+    def _amqp_priority(self, priority: int) -> int:
+        return min(max(priority, 0), self._max_priority)
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Publish tasks (due ones to the work queue, later ones to delay queues), confirmed."""
+
+        async def publish() -> None:
+            await self._ensure_queues()
+            now = time.time()
+            batch = []
+            for task in tasks:
+                message = new_message(task, self._amqp_priority(task.priority))
+                batch.append((await self._route(task.run_at - now), message))
+            await self._broker.publish_many(batch)
+
+        await self._broker.retrying(publish)
+        return [task.id for task in tasks]
+
+    async def _ensure_queues(self) -> None:
+        await self._broker.declare(self.work, self._work_args)
+        await self._broker.declare(self.dead)
+
+    async def _route(self, delay: float, routes: dict[int, str] | None = None) -> str:
+        """The queue for a message due in `delay` seconds (delay queues declared once per batch)."""
+        if delay <= 0.0005:
+            return self.work
+        ms = delay_bucket(delay)
+        if routes is not None and ms in routes:
+            return routes[ms]
+        name = await self._broker.declare_delay(self.work, ms)
+        if routes is not None:
+            routes[ms] = name
+        return name
+
+    # -- polling ---------------------------------------------------------------------------
+
+    async def _consumer(self, worker: WorkerContext) -> Consumer:
+        key = (self.queue, worker.id)
+        consumer = self._store.consumers.get(key)
+        if consumer is None or consumer.closed:
+            await self._ensure_queues()
+            channel = await self._broker.channel()
+            queue = await channel.declare_queue(self.work, durable=True, arguments=self._work_args)
+            consumer = self._store.consumers[key] = Consumer(worker.id, channel, queue)
+        await consumer.start(worker.concurrency)
+        return consumer
+
+    async def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Tasks as the broker pushes them (at most the worker's concurrency unacknowledged)."""
+        consumer = await self._consumer(worker)
+        try:
+            while True:
+                if consumer.buffer:
+                    task = await self._admit(consumer, consumer.buffer.popleft(), worker)
+                    if task is not None:
+                        yield task
+                    continue
+                if consumer.closed:
+                    raise ConnectionLost("the RabbitMQ channel closed")
+                consumer.arrived.clear()
+                yield None
+                if not consumer.buffer and not consumer.closed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(consumer.arrived.wait(), worker.poll_interval)
+        finally:
+            unclaimed = await consumer.stop()
+            if unclaimed and not consumer.closed:
+                await self._requeue(unclaimed)
+
+    async def _admit(
+        self, consumer: Consumer, message: AbstractIncomingMessage, worker: WorkerContext
+    ) -> Task[bytes] | None:
+        """The task a delivery starts, or None when it was a lost run now persisted instead."""
+        envelope = read_envelope(message, self.max_attempts)
+        if message.redelivered:
+            lost = envelope.attempts + 1
+            if lost >= envelope.max_attempts:
+                error = _LOST.format(worker="(unknown)")
+                target = self.dead, copy_message(message, attempts=lost, error=error, done_at=time.time())
+            else:
+                target = self.work, copy_message(message, attempts=lost)
+            await self._broker.retrying(lambda: self._broker.publish_many([target]))
+            await message.ack()
+            return None
+        attempts = envelope.attempts + 1
+        consumer.hold(envelope.id, message, attempts)
+        return envelope.task(self.queue, message.body, status=Status.RUNNING, attempts=attempts, lock_by=worker.id)
+
+    async def _requeue(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        """Hand back deliveries that never started: copies to the work queue, then acks."""
+        await self._broker.retrying(lambda: self._broker.publish_many([(self.work, copy_message(m)) for m in messages]))
+        for message in messages:
+            await message.ack()
+
+    # -- acknowledging ---------------------------------------------------------------------
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Settle outcomes: copies published (and confirmed) first, then the originals acked."""
+        now = time.time()
+        copies: list[tuple[str, aio_pika.Message]] = []
+        settled: list[AbstractIncomingMessage] = []
+        routes: dict[int, str] = {}
+        for task, outcome in items:
+            consumer = self._store.consumers.get((self.queue, task.ctx.lock_by or ""))
+            held = consumer.held.pop(task.id, None) if consumer is not None else None
+            if held is None or consumer is None or consumer.closed:
+                continue  # the lease was lost: the broker redelivers the message
+            message, kind = held.message, outcome.kind
+            if kind is OutcomeKind.RETRY:
+                run_at = outcome.run_at if outcome.run_at is not None else now
+                copy = copy_message(message, attempts=held.attempts, error=outcome.error, run_at=run_at)
+                copies.append((await self._route(run_at - now, routes), copy))
+            elif kind is OutcomeKind.KILL:
+                copies.append(
+                    (self.dead, copy_message(message, attempts=held.attempts, error=outcome.error, done_at=now))
+                )
+            elif kind is OutcomeKind.RELEASE:
+                copies.append((self.work, copy_message(message, attempts=max(held.attempts - 1, 0))))
+            settled.append(message)
+        await self._broker.publish_many(copies)
+        # An ack that fails found its channel gone: the broker redelivers that message (a
+        # duplicate run, never a loss), so the failure is not this batch's.
+        await asyncio.gather(*(message.ack() for message in settled), return_exceptions=True)
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Prove the connection, note this worker's beat, and close stale workers' channels."""
+        store = self._store
+
+        async def beat() -> None:
+            await self._broker.connection()
+            now = time.time()
+            store.beats[worker.id] = now
+            for (queue, worker_id), consumer in list(store.consumers.items()):
+                if queue != self.queue:
+                    continue
+                if worker_id == worker.id:
+                    await self._release_idle(consumer, worker, now)
+                elif store.beats.get(worker_id, 0.0) < now - worker.stale_after:
+                    del store.consumers[(queue, worker_id)]
+                    store.beats.pop(worker_id, None)
+                    unclaimed = await consumer.stop()
+                    if unclaimed and not consumer.closed:
+                        await self._requeue(unclaimed)
+                    await consumer.close()  # the broker requeues its held tasks, flagged redelivered
+
+        async def farewell() -> None:
+            store.beats.pop(worker.id, None)
+            consumer = store.consumers.pop((self.queue, worker.id), None)
+            if consumer is not None:
+                unclaimed = await consumer.stop()
+                if unclaimed and not consumer.closed:
+                    await self._requeue(unclaimed)
+                await consumer.close()
+
+        return beat_every(worker, beat, farewell)
+
+    async def _release_idle(self, consumer: Consumer, worker: WorkerContext, now: float) -> None:
+        """Tasks this worker holds but does not run (a hand-over lost mid-way) go back."""
+        running = worker.running()
+        idle = [
+            tid for tid, held in consumer.held.items() if tid not in running and held.since < now - worker.keep_alive
+        ]
+        for task_id in idle:
+            held = consumer.held.pop(task_id)
+            copy = copy_message(held.message, attempts=max(held.attempts - 1, 0))
+            await self._broker.publish_many([(self.work, copy)])
+            await held.message.ack()
+
+    # -- what can be inspected -------------------------------------------------------------
+
+    async def stats(self) -> QueueStats:
+        """Ready messages in the work queue and in the dead-letter queue (passive declares)."""
+        counts: dict[Status, int | None] = dict.fromkeys(Status)
+        channel = await self._broker.channel()
+        try:
+            for name, status in ((self.work, Status.PENDING), (self.dead, Status.KILLED)):
+                declared = await channel.declare_queue(name, passive=True)
+                counts[status] = declared.declaration_result.message_count
+        except FAILURES:
+            pass  # a queue not declared yet has no messages to count
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return QueueStats(queue=self.queue, counts=counts)
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Killed tasks, peeked from the dead-letter queue (basic.get, then requeued by closing
+        the channel; nothing consumes that queue, so its redelivered flags do no harm)."""
+        if status is not Status.KILLED:
+            raise Unsupported(_CAPABILITIES.lacking[Capability.INSPECT])
+        channel = await self._broker.channel()
+        tasks: list[Task[bytes]] = []
+        try:
+            queue = await channel.declare_queue(self.dead, durable=True)
+            for index in range(offset + limit):
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                if index >= offset:
+                    env = read_envelope(message, self.max_attempts)
+                    tasks.append(
+                        env.task(self.queue, message.body, status=Status.KILLED, attempts=env.attempts, lock_by=None)
+                    )
+        finally:
+            if not channel.is_closed:
+                await channel.close()  # requeues every peeked message
+        return tasks
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """Not offered: see the INSPECT capability."""
+        raise Unsupported(_CAPABILITIES.lacking[Capability.INSPECT])
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Not offered: see the WORKERS capability."""
+        raise Unsupported(_CAPABILITIES.lacking[Capability.WORKERS])
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """Not offered: see the ADMIN capability."""
+        raise Unsupported(_CAPABILITIES.lacking[Capability.ADMIN])
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Not offered: see the ADMIN capability."""
+        raise Unsupported(_CAPABILITIES.lacking[Capability.ADMIN])
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Empty the dead-letter queue (`status` killed, no age filter); nothing else."""
+        if status is not Status.KILLED or older_than:
+            raise Unsupported(_CAPABILITIES.lacking[Capability.ADMIN])
+        channel = await self._broker.channel()
+        try:
+            queue = await channel.declare_queue(self.dead, durable=True)
+            result = await queue.purge()
+            return int(result.message_count or 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()

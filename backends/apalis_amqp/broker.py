@@ -1,0 +1,163 @@
+"""One AMQP connection per store: reconnection, queue declarations and confirmed publishing.
+
+Every publish goes through one channel in confirm mode, so `publish_many` returns only once the
+broker has taken responsibility for each message (written to disk for persistent messages on
+durable queues). Messages are published together and their confirms awaited together: one
+round trip's latency for a whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.exceptions import AMQPError
+from apalis_cli.errors import BackendError, ConnectionLost
+
+from .config import AmqpSettings, redact_url
+
+__all__ = ["FAILURES", "Broker"]
+
+T = TypeVar("T")
+
+FAILURES: tuple[type[BaseException], ...] = (AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+"""What a lost or refused connection raises: the operation is retried after reconnecting."""
+
+RETRYABLE: tuple[type[BaseException], ...] = (*FAILURES, ConnectionLost)
+
+_RETRY_FOR = 30.0
+_MAX_WAIT = 2.0
+_DELAY_QUEUE_GRACE_MS = 60_000
+
+
+def delay_bucket(seconds: float) -> int:
+    """The delay in ms, rounded *up* to two significant digits: a task never runs early, and
+    there are at most ~90 delay queues per decade of delays."""
+    ms = max(math.ceil(seconds * 1000), 1)
+    if ms < 100:
+        return ms
+    step = 10 ** (len(str(ms)) - 2)
+    rounded: int = -(-ms // step) * step
+    return rounded
+
+
+def _alive(conn: AbstractConnection) -> bool:
+    """aio-pika learns of a dropped socket a little after aiormq: ask both."""
+    if conn.is_closed:
+        return False
+    underlay = getattr(conn, "transport", None)
+    return underlay is not None and not underlay.connection.is_closed
+
+
+class Broker:
+    """The store's connection, its publishing channel, and what has been declared on it."""
+
+    def __init__(self, settings: AmqpSettings) -> None:
+        self.settings = settings
+        self._connection: AbstractConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+        self._declared: set[str] = set()
+        self.created: set[str] = set()  # every queue name this process declared (tests drop them)
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def connection(self) -> AbstractConnection:
+        """The open connection, reconnecting if it was lost."""
+        conn = self._connection
+        if conn is not None and _alive(conn):
+            return conn
+        async with self._lock:
+            if self._connection is not None and _alive(self._connection):
+                return self._connection
+            try:
+                self._connection = await aio_pika.connect(
+                    self.settings.url,
+                    timeout=10,
+                    client_properties={
+                        "connection_name": "apalis-cli",
+                    },
+                )
+            except FAILURES as exc:
+                raise ConnectionLost(f"cannot reach RabbitMQ at {redact_url(self.settings.url)}: {exc!r}") from None
+            self._publisher = None
+            self._declared.clear()
+            return self._connection
+
+    async def channel(self) -> AbstractChannel:
+        """A new channel without confirms (consumers, peeks)."""
+        conn = await self.connection()
+        return await conn.channel(publisher_confirms=False)
+
+    async def publisher(self) -> AbstractChannel:
+        """The confirming channel every publish goes through."""
+        channel = self._publisher
+        if channel is None or channel.is_closed:
+            conn = await self.connection()
+            channel = self._publisher = await conn.channel(publisher_confirms=True)
+            self._declared.clear()
+        return channel
+
+    @property
+    def current(self) -> AbstractConnection | None:
+        """The connection as it is now, without reconnecting (None before the first use)."""
+        return self._connection
+
+    async def close(self) -> None:
+        """Close the connection (the broker requeues whatever is unacknowledged on it)."""
+        conn, self._connection, self._publisher = self._connection, None, None
+        if conn is not None and not conn.is_closed:
+            with contextlib.suppress(*FAILURES):
+                await conn.close()
+
+    async def retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation`, reconnecting and retrying with capped backoff for up to 30 s."""
+        loop = asyncio.get_running_loop()
+        deadline, wait = loop.time() + _RETRY_FOR, 0.05
+        while True:
+            try:
+                return await operation()
+            except RETRYABLE as exc:
+                if loop.time() + wait > deadline:
+                    raise BackendError(f"RabbitMQ kept failing: {exc!r}") from exc
+                self._publisher = None
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_WAIT)
+
+    # -- declarations ----------------------------------------------------------------------
+
+    async def declare(self, name: str, arguments: dict[str, Any] | None = None, *, always: bool = False) -> None:
+        """Declare durable queue `name` once per connection (or `always`, to reset x-expires)."""
+        if name in self._declared and not always:
+            return
+        channel = await self.publisher()
+        await channel.declare_queue(name, durable=True, arguments=arguments)
+        self._declared.add(name)
+        self.created.add(name)
+
+    async def declare_delay(self, work: str, delay_ms: int) -> str:
+        """The delay queue that dead-letters into `work` after `delay_ms`: declared on every use,
+        because publishing does not count as use for `x-expires`."""
+        name = f"{work}.delay.{delay_ms}"
+        arguments: dict[str, Any] = {
+            "x-message-ttl": delay_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": work,
+            "x-expires": delay_ms + _DELAY_QUEUE_GRACE_MS,
+        }
+        await self.declare(name, arguments, always=True)
+        return name
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish_many(self, messages: Sequence[tuple[str, aio_pika.Message]]) -> None:
+        """Publish (routing key, message) pairs and wait until the broker confirmed them all."""
+        if not messages:
+            return
+        exchange = (await self.publisher()).default_exchange
+        await asyncio.gather(*(exchange.publish(message, routing_key=key) for key, message in messages))

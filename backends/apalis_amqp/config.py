@@ -1,0 +1,60 @@
+"""The AMQP store's settings: the broker URL, the queue-name prefix and the priority range."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from apalis_cli.errors import ConfigError
+
+__all__ = ["AmqpSettings", "redact_url"]
+
+_SCHEMES = ("amqp", "amqps")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_KEYS = {"prefix", "max_priority"}
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:
+        return url.split("://", 1)[0] + "://***"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AmqpSettings:
+    """A validated `[backends.NAME]` table of kind amqp.
+
+    `prefix` starts every queue name (`<prefix>.<queue>`, `.dead`, `.delay.<ms>`); `max_priority`
+    is the work queues' `x-max-priority` (0 turns priorities off). RabbitMQ refuses to redeclare
+    a queue with other arguments, so changing it needs new queues (another prefix).
+    """
+
+    url: str
+    prefix: str = "apalis"
+    max_priority: int = 9
+
+    @classmethod
+    def parse(cls, url: str, options: Mapping[str, Any]) -> AmqpSettings:
+        """Validate the URL and the options; errors name the key."""
+        unknown = set(options) - _KEYS
+        if unknown:
+            raise ConfigError("unknown key", key=sorted(unknown)[0])
+        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+            shown = redact_url(url) if isinstance(url, str) else repr(url)
+            raise ConfigError(f'amqp needs an "amqp://" or "amqps://" URL, got "{shown}"', key="url")
+        prefix = options.get("prefix", "apalis")
+        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+            raise ConfigError(f"must be 1-64 letters, digits, '_', '.' or '-', got {prefix!r}", key="prefix")
+        max_priority = options.get("max_priority", 9)
+        if isinstance(max_priority, bool) or not isinstance(max_priority, int) or not 0 <= max_priority <= 255:
+            raise ConfigError(f"must be an integer from 0 to 255, got {max_priority!r}", key="max_priority")
+        return cls(url=url, prefix=prefix, max_priority=max_priority)

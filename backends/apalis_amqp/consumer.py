@@ -1,0 +1,96 @@
+"""One worker's consumer on one queue: its own channel, prefetch = the worker's concurrency.
+
+The broker pushes at most `prefetch` unacknowledged messages, so a worker never holds more than
+it can run (backpressure at the broker) and a new message wakes it at once. The channel outlives
+a poll stream (the worker may restart its stream after an error while runs go on: their
+acknowledgements need the channel that delivered them); it closes when the worker says goodbye
+or is found stale, and the broker then requeues whatever it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from apalis_cli.task import TaskId
+
+from .broker import FAILURES
+
+__all__ = ["Consumer", "Held"]
+
+
+@dataclass(slots=True)
+class Held:
+    """A delivered message whose task was handed to the worker and is not yet settled."""
+
+    message: AbstractIncomingMessage
+    attempts: int
+    since: float
+
+
+class Consumer:
+    """A channel consuming one work queue for one worker."""
+
+    def __init__(self, worker_id: str, channel: AbstractChannel, queue: AbstractQueue) -> None:
+        self.worker_id = worker_id
+        self.channel = channel
+        self.queue = queue
+        self.buffer: deque[AbstractIncomingMessage] = deque()
+        self.held: dict[TaskId, Held] = {}
+        self.arrived = asyncio.Event()
+        self._tag: str | None = None
+        self.strays: list[AbstractIncomingMessage] = []  # delivered after consuming stopped
+        channel.close_callbacks.add(self._on_close)
+
+    @property
+    def closed(self) -> bool:
+        """True once the channel (or its connection) is gone."""
+        return self.channel.is_closed
+
+    @property
+    def consuming(self) -> bool:
+        """True while the broker pushes messages to this consumer."""
+        return self._tag is not None
+
+    def _on_close(self, *_: Any) -> None:
+        self.arrived.set()  # a waiting poll stream notices at once
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._tag is None:
+            self.strays.append(message)
+        else:
+            self.buffer.append(message)
+        self.arrived.set()
+
+    async def start(self, prefetch: int) -> None:
+        """Set the prefetch window and start consuming (once)."""
+        if self._tag is None:
+            await self.channel.set_qos(prefetch_count=prefetch)
+            self._tag = await self.queue.consume(self._on_message)
+
+    async def stop(self) -> list[AbstractIncomingMessage]:
+        """Stop consuming; returns the messages delivered but never handed to the worker."""
+        tag, self._tag = self._tag, None
+        if tag is not None and not self.closed:
+            with contextlib.suppress(*FAILURES):
+                await self.queue.cancel(tag)
+        unclaimed = [*self.buffer, *self.strays]
+        self.buffer.clear()
+        self.strays.clear()
+        return unclaimed
+
+    def hold(self, task_id: TaskId, message: AbstractIncomingMessage, attempts: int) -> None:
+        """Remember the delivery of a task handed to the worker, for its acknowledgement."""
+        self.held[task_id] = Held(message, attempts, time.time())
+
+    async def close(self) -> None:
+        """Close the channel: the broker requeues every message still unacknowledged on it."""
+        self._tag = None
+        if not self.closed:
+            with contextlib.suppress(*FAILURES):
+                await self.channel.close()

@@ -1,0 +1,153 @@
+"""Tasks as AMQP messages: the payload is the body, everything else travels in headers.
+
+A message's `x-apalis-attempts` header counts the runs that finished (or were lost) before it was
+published; the run a delivery starts is number `attempts + 1`. Copies published for a retry, a
+release or a lost run carry the updated count, so the count survives every hop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from apalis_cli.backend import NewTask
+from apalis_cli.task import Status, Task, TaskContext, new_task_id
+
+__all__ = ["Envelope", "copy_message", "new_message", "read_envelope"]
+
+ID = "x-apalis-id"
+ATTEMPTS = "x-apalis-attempts"
+MAX_ATTEMPTS = "x-apalis-max-attempts"
+RUN_AT = "x-apalis-run-at"
+PRIORITY = "x-apalis-priority"
+META = "x-apalis-meta"
+KEY = "x-apalis-key"
+ERROR = "x-apalis-error"
+CREATED = "x-apalis-created-at"
+DONE_AT = "x-apalis-done-at"
+
+_PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+
+
+def new_message(task: NewTask, amqp_priority: int) -> aio_pika.Message:
+    """The persistent message for a task about to be pushed."""
+    headers: dict[str, Any] = {
+        ID: task.id,
+        ATTEMPTS: 0,
+        MAX_ATTEMPTS: task.max_attempts,
+        RUN_AT: task.run_at,
+        CREATED: time.time(),
+    }
+    if task.priority:
+        headers[PRIORITY] = task.priority
+    if task.meta:
+        headers[META] = json.dumps(task.meta, separators=(",", ":"))
+    if task.idempotency_key is not None:
+        headers[KEY] = task.idempotency_key
+    return aio_pika.Message(
+        task.payload,
+        headers=headers,
+        delivery_mode=_PERSISTENT,
+        priority=amqp_priority or None,
+        message_id=task.id,
+    )
+
+
+def copy_message(message: AbstractIncomingMessage, **changes: Any) -> aio_pika.Message:
+    """A persistent copy of a delivered message with some headers changed (None removes one)."""
+    headers = dict(message.headers or {})
+    for name, value in changes.items():
+        header = "x-apalis-" + name.replace("_", "-")
+        if value is None:
+            headers.pop(header, None)
+        else:
+            headers[header] = value
+    headers.pop("x-death", None)  # the delay queue's trail: no use to the next reader
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        delivery_mode=_PERSISTENT,
+        priority=message.priority,
+        message_id=message.message_id,
+        content_type=message.content_type,
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _number(value: Any, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """What the headers of a delivered message say about its task."""
+
+    id: str
+    attempts: int
+    max_attempts: int
+    run_at: float
+    priority: int = 0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    done_at: float | None = None
+
+    def task(self, queue: str, payload: bytes, *, status: Status, attempts: int, lock_by: str | None) -> Task[bytes]:
+        """The task this envelope describes, in `status`."""
+        return Task(
+            id=self.id,
+            args=payload,
+            ctx=TaskContext(
+                queue=queue,
+                status=status,
+                attempts=attempts,
+                max_attempts=self.max_attempts,
+                run_at=self.run_at,
+                priority=self.priority,
+                idempotency_key=self.key,
+                meta=self.meta,
+                lock_by=lock_by,
+                last_error=self.error,
+                created_at=self.created_at,
+                done_at=self.done_at,
+            ),
+        )
+
+
+def read_envelope(message: AbstractIncomingMessage, default_max_attempts: int) -> Envelope:
+    """The envelope of `message`; a message published by another client gets defaults."""
+    headers = message.headers or {}
+    meta: Mapping[str, Any] = {}
+    raw_meta = _text(headers.get(META))
+    if raw_meta:
+        try:
+            meta = json.loads(raw_meta)
+        except ValueError:
+            meta = {"raw": raw_meta}
+    done_at = headers.get(DONE_AT)
+    return Envelope(
+        id=_text(headers.get(ID)) or message.message_id or new_task_id(),
+        attempts=int(_number(headers.get(ATTEMPTS), 0)),
+        max_attempts=int(_number(headers.get(MAX_ATTEMPTS), default_max_attempts)),
+        run_at=_number(headers.get(RUN_AT), 0.0),
+        priority=int(_number(headers.get(PRIORITY), message.priority or 0)),
+        meta=meta,
+        key=_text(headers.get(KEY)),
+        error=_text(headers.get(ERROR)),
+        created_at=_number(headers.get(CREATED), 0.0),
+        done_at=None if done_at is None else _number(done_at, 0.0),
+    )

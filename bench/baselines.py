@@ -1,0 +1,163 @@
+"""Raw-driver ceilings measured in the same run (`--baseline`), for the ratios.
+
+Each one is a loop in this process with the plain driver, no queue library: what a Python queue
+on that store could reach at best on this machine right now. None of them keeps attempts,
+results, leases or heartbeats, so they bound rather than compete.
+
+- raw sqlite3: claim 100 with `UPDATE … RETURNING` (status, lock, attempts), decode each payload,
+  then one ack `UPDATE … SET status='done'` for the 100; WAL, synchronous=NORMAL, autocommit.
+- raw psycopg: peers-bench's raw-pg `k100`: `DELETE … WHERE id IN (SELECT … FOR UPDATE SKIP
+  LOCKED LIMIT 100) RETURNING payload` (delete on claim, no ack), one autocommit connection.
+- raw redis-py: peers-bench's raw-redis `k100`: asyncio redis-py, `RPOP q 100` then json.loads.
+
+Drain rate = tasks / (time of the last decoded task - time of the first), like the drains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from typing import Any
+
+__all__ = ["BASELINES", "raw_psycopg", "raw_redis", "raw_sqlite"]
+
+
+def _rate(n: int, first: float, last: float) -> float:
+    return round(n / (last - first), 1) if last > first else float("nan")
+
+
+def raw_sqlite(n: int = 20000, k: int = 100) -> dict[str, Any]:
+    """sqlite3: claim `k` with UPDATE … RETURNING, ack them with one UPDATE, until drained."""
+    with tempfile.TemporaryDirectory(prefix="apalis-bench-raw-") as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "raw.db"), isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE q (id INTEGER PRIMARY KEY, payload BLOB NOT NULL, status TEXT NOT NULL,"
+            " run_at REAL NOT NULL, priority INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,"
+            " lock_by TEXT, lock_at REAL)"
+        )
+        db.execute("CREATE INDEX q_ready ON q (status, priority DESC, run_at)")
+        body = json.dumps({"enq_ts": 0.0}).encode()
+        now = time.time()
+        t0 = time.perf_counter()
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO q (payload, status, run_at) VALUES (?, 'pending', ?)", [(body, now)] * n)
+        db.execute("COMMIT")
+        bulk = n / (time.perf_counter() - t0)
+        claim = (
+            "UPDATE q SET status='running', lock_by=?, lock_at=?, attempts=attempts+1 WHERE id IN"
+            " (SELECT id FROM q WHERE status='pending' AND run_at<=? ORDER BY priority DESC, run_at LIMIT ?)"
+            " RETURNING id, payload"
+        )
+        loads = json.loads
+        done, first, last = 0, 0.0, 0.0
+        while True:
+            t = time.time()
+            rows = db.execute(claim, ("raw", t, t, k)).fetchall()
+            if not rows:
+                break
+            for _, payload in rows:
+                loads(payload)
+                done += 1
+                last = time.time()
+                if done == 1:
+                    first = last
+            marks = ",".join("?" * len(rows))
+            db.execute(f"UPDATE q SET status='done', lock_by=NULL WHERE id IN ({marks})", [r[0] for r in rows])
+        db.close()
+    return {
+        "name": "raw sqlite3",
+        "store": "sqlite",
+        "k": k,
+        "n": done,
+        "rate": _rate(done, first, last),
+        "enqueue_bulk_rate": round(bulk, 1),
+    }
+
+
+def raw_psycopg(url: str, n: int = 20000, k: int = 100) -> dict[str, Any]:
+    """psycopg 3: peers-bench's raw-pg consumer (SKIP LOCKED delete of `k`), in a scratch schema."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    schema = f"apalis_bench_raw_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0, connect_timeout=3) as c:
+        c.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        c.execute(f"SET search_path = {schema}")
+        try:
+            c.execute("CREATE TABLE q (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+            body = Jsonb({"enq_ts": 0.0})
+            t0 = time.perf_counter()
+            for i in range(0, n, 1000):
+                c.execute("INSERT INTO q (payload) SELECT unnest(%s::jsonb[])", ([body] * min(1000, n - i),))
+            bulk = n / (time.perf_counter() - t0)
+            pop = (
+                "DELETE FROM q WHERE id IN (SELECT id FROM q ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s)"
+                " RETURNING payload"
+            )
+            done, first, last = 0, 0.0, 0.0
+            while True:
+                rows = c.execute(pop, (k,)).fetchall()
+                if not rows:
+                    break
+                for (p,) in rows:
+                    _ = p["enq_ts"]
+                    done += 1
+                    last = time.time()
+                    if done == 1:
+                        first = last
+        finally:
+            c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    return {
+        "name": "raw psycopg SKIP LOCKED",
+        "store": "postgres",
+        "k": k,
+        "n": done,
+        "rate": _rate(done, first, last),
+        "enqueue_bulk_rate": round(bulk, 1),
+    }
+
+
+async def raw_redis(url: str, n: int = 50000, k: int = 100) -> dict[str, Any]:
+    """asyncio redis-py: peers-bench's raw-redis consumer (`RPOP q k`), on a scratch key."""
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(url)
+    key = f"apalis_bench_raw_{os.getpid()}"
+    try:
+        await r.delete(key)
+        body = json.dumps({"enq_ts": 0.0})
+        t0 = time.perf_counter()
+        for i in range(0, n, 1000):
+            await r.lpush(key, *([body] * min(1000, n - i)))
+        bulk = n / (time.perf_counter() - t0)
+        loads = json.loads
+        done, first, last = 0, 0.0, 0.0
+        while True:
+            items = await r.rpop(key, k)
+            if not items:
+                break
+            for it in items:
+                _ = loads(bytes(it))["enq_ts"]  # type: ignore[arg-type]
+                done += 1
+                last = time.time()
+                if done == 1:
+                    first = last
+    finally:
+        await r.delete(key)
+        await r.aclose()
+    return {
+        "name": "raw redis-py RPOP",
+        "store": "redis",
+        "k": k,
+        "n": done,
+        "rate": _rate(done, first, last),
+        "enqueue_bulk_rate": round(bulk, 1),
+    }
+
+
+BASELINES = ("sqlite", "postgres", "redis")

@@ -1,0 +1,114 @@
+"""The peer queues, measured in the same run by ../shared/peers-bench (`--peers LABEL,...`).
+
+`run_peers` calls peers-bench's `run_all.sh` with the given labels into a results folder of its
+own (PEERS_OUT) and a session name of ours; `load_peers` reads that session's
+`results.jsonl` (one JSON object per measurement, written by peers-bench/harness.py) and takes
+the median per peer over the passes, as peers-bench's report.py does. The definitions of every
+figure are the same on both sides (see measure.py), so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PEERS_DIR", "list_labels", "load_peers", "run_peers", "same_store"]
+
+PEERS_DIR = Path(os.environ.get("APALIS_PEERS_BENCH", Path(__file__).resolve().parents[2] / "shared" / "peers-bench"))
+RUN_ALL = PEERS_DIR / "run_all.sh"
+
+# Which peers-bench backend runs on the same store as each of our kinds.
+_SAME_STORE = {"redis": "redis", "rsmq": "redis", "postgres": "postgres", "pgmq": "postgres", "amqp": "rabbitmq"}
+
+
+def same_store(kind: str, peer_backend: str) -> bool:
+    """True when a peer measured on `peer_backend` uses the same server as our `kind`."""
+    return _SAME_STORE.get(kind) == peer_backend
+
+
+def list_labels() -> list[str]:
+    """The run labels peers-bench knows (`run_all.sh --list`)."""
+    out = subprocess.run(["bash", str(RUN_ALL), "--list"], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.split()
+
+
+def run_peers(labels: list[str], out_dir: Path, repeats: int, log: Any) -> str:
+    """Run peers-bench for `labels` into `out_dir`; returns the session name to load."""
+    known = list_labels()
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise ValueError(f"unknown peer label(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    session = "apalis-bench-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PEERS_OUT": str(out_dir),
+        "PEERS_SESSION": session,
+        "PEERS_RESULTS": str(out_dir / "results.jsonl"),
+        "REPEATS": str(repeats),
+    }
+    log(f"peers: run_all.sh {' '.join(labels)} (REPEATS={repeats}; about 1-3 min per label and pass)")
+    with open(out_dir / f"run_all-{session}.out", "w") as out:
+        proc = subprocess.Popen(["bash", str(RUN_ALL), *labels], stdout=subprocess.PIPE, stderr=out, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if line.startswith(("pass ", "!!", "session ", "creating")):
+                log("peers: " + line.rstrip())
+        proc.wait()
+    return session
+
+
+def _med(xs: list[Any]) -> float | None:
+    vals = [x for x in xs if isinstance(x, (int, float)) and x == x]
+    return statistics.median(vals) if vals else None
+
+
+def load_peers(results: Path, session: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """Per peer (peer, backend, variant): median figures over the session's passes."""
+    recs = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    if session is None:
+        named = [r.get("session", "manual") for r in recs if r.get("session", "manual") != "manual"]
+        session = named[-1] if named else "manual"
+    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in recs:
+        if r.get("session", "manual") != session or r.get("metric") == "redis_benchmark":
+            continue
+        key = (r["peer"], r["backend"], r.get("variant") or "default")
+        metric = r["metric"]
+        groups[key][f"drain:{r['conc']}" if metric == "drain" else metric].append(r)
+    peers = []
+    for (peer, backend, variant), g in groups.items():
+        drains: dict[str, float | None] = {}
+        for name, rs in g.items():
+            if name.startswith("drain:"):
+                kind = rs[0].get("conc_kind", "c")
+                drains[f"{kind}{name[6:]}"] = _med([r["rate"] for r in rs if not r.get("timed_out")])
+        lat = [r for r in g.get("latency", []) if "p50_ms" in r and r.get("rate") == 200.0]
+        wake = g.get("wakeup", [])
+        rss = [r.get("rss_mb") for name, rs in g.items() if name.startswith("drain:") for r in rs]
+        best = max((v for v in drains.values() if v is not None), default=None)
+        peers.append(
+            {
+                "peer": peer,
+                "backend": backend,
+                "variant": variant,
+                "enqueue_single": _med([r["rate"] for r in g.get("enqueue_single", [])]),
+                "enqueue_bulk": _med([r["rate"] for r in g.get("enqueue_bulk", [])]),
+                "drain": drains,
+                "drain_best": best,
+                "latency_p50_ms": _med([r["p50_ms"] for r in lat]),
+                "latency_p99_ms": _med([r["p99_ms"] for r in lat]),
+                "wakeup_p50_ms": _med([r["p50_ms"] for r in wake]),
+                "wakeup_max_ms": _med([r["max_ms"] for r in wake]),
+                "rss_mb": max((x for x in rss if x is not None), default=None),
+                "runs": len({r["run_id"] for rs in g.values() for r in rs}),
+            }
+        )
+    return session, peers

@@ -1,0 +1,171 @@
+"""The measured side: one apalis-cli `Worker` with a no-op handler that stamps start times.
+
+Run as its own process (`python -m bench.workerproc SPEC_JSON`) so its RSS and CPU are its own,
+like a peer's worker process; the memory store, which lives in one process, runs the same
+`Recorder` and `Worker` in the driver's process instead (`InProcessWorker` in measure.py).
+
+The handler is the peers' job body: one clock read and a few counters (`Recorder.record`),
+nothing sent anywhere while tasks run. The driver talks to the process over stdin/stdout, one
+JSON object per line:
+
+    -> {"cmd": "wait", "n": N, "timeout": T, "stall": S}   <- {"count", "first", "last"}
+    -> {"cmd": "lat"}                                      <- {"lat": [[enq_ts, seconds], ...]}
+    -> {"cmd": "reset"}                                    <- {"ok": true}
+    -> {"cmd": "stop"}   (or EOF)                          <- {"stopped": true}
+
+On start it prints {"started": true} once the worker's first heartbeat went through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import time
+from typing import Any
+
+from apalis_cli.events import Event, Started
+from apalis_cli.task import Task
+from apalis_cli.worker import Worker
+
+from .stores import CODEC, Target, open_store
+
+__all__ = ["Recorder", "make_worker"]
+
+
+class Recorder:
+    """Counts handler starts: first/last start time and enqueue->start latencies."""
+
+    __slots__ = ("count", "first", "last", "lat", "reached", "target")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = math.nan
+        self.last = math.nan
+        self.lat: list[tuple[float, float]] = []
+        self.target = 0
+        self.reached = asyncio.Event()
+
+    def reset(self) -> None:
+        """Forget everything recorded so far."""
+        self.count = 0
+        self.first = self.last = math.nan
+        self.lat = []
+        self.target = 0
+        self.reached.clear()
+
+    async def record(self, args: Any, task: Task[bytes]) -> None:
+        """The no-op handler: stamp the start (and latency when the payload carries enq_ts)."""
+        now = time.time()
+        self.count += 1
+        if self.count == 1:
+            self.first = now
+        self.last = now
+        enq = args.get("enq_ts") if type(args) is dict else None
+        if enq:
+            self.lat.append((enq, now - enq))
+        if self.count == self.target:
+            self.reached.set()
+
+    async def wait(self, n: int, within: float, stall: float) -> dict[str, Any]:
+        """Until `n` starts were recorded, `within` s passed, or nothing started for `stall` s."""
+        deadline = time.monotonic() + within
+        self.target = n
+        if self.count >= n:
+            self.reached.set()
+        last_count, last_change = self.count, time.monotonic()
+        while not self.reached.is_set():
+            now = time.monotonic()
+            if now >= deadline or now - last_change >= stall:
+                break
+            try:
+                await asyncio.wait_for(self.reached.wait(), min(0.25, deadline - now))
+            except TimeoutError:
+                if self.count != last_count:
+                    last_count, last_change = self.count, time.monotonic()
+        self.reached.clear()
+        self.target = 0
+        return {"count": self.count, "first": self.first, "last": self.last}
+
+
+def make_worker(backend: Any, recorder: Recorder, concurrency: int, on_event: Any = ()) -> Worker:
+    """The worker under test: daemon defaults, the no-op recording handler."""
+    return Worker(
+        name="bench",
+        backend=backend,
+        handler=recorder.record,
+        concurrency=concurrency,
+        on_event=list(on_event),
+    )
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def _main(spec: dict[str, Any]) -> None:
+    target = Target(kind=spec["kind"], url=spec["url"], options=spec["options"])
+    store = await open_store(target)
+    backend = store.backend(spec["queue"], codec=CODEC, max_attempts=1)
+    recorder = Recorder()
+    started = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, Started):
+            started.set()
+
+    worker = make_worker(backend, recorder, spec["concurrency"], [on_event])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.wait({running, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if running.done():
+        running.result()
+    _emit({"started": True})
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            cmd = json.loads(line)
+            op = cmd["cmd"]
+            if op == "wait":
+                _emit(await recorder.wait(cmd["n"], cmd["within"], cmd["stall"]))
+            elif op == "lat":
+                _emit({"lat": recorder.lat})
+            elif op == "reset":
+                recorder.reset()
+                _emit({"ok": True})
+            elif op == "stop":
+                break
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await store.close()
+    _emit({"stopped": True})
+
+
+def main() -> None:
+    """Entry point of the worker process: the spec is one JSON argument."""
+    spec = json.loads(sys.argv[1])
+    profile = spec.get("profile")
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            asyncio.run(_main(spec))
+        finally:
+            prof.disable()
+            prof.dump_stats(profile)
+    else:
+        asyncio.run(_main(spec))
+
+
+if __name__ == "__main__":
+    main()

@@ -61,7 +61,7 @@ class PostgresQueue(QueueBase):
         keys = [t.idempotency_key for t in tasks if t.id not in inserted and t.idempotency_key is not None]
         holders: dict[str, str] = {}
         if keys:
-            rows = await db.fetch(db.sql["keys"], {"queue": self.queue, "keys": keys})
+            rows = await db.fetch(db.sql["key_holders"], {"queue": self.queue, "keys": keys})
             holders = {key: task_id for key, task_id in rows}
         # A task skipped without a key was stored by an earlier try of this very push.
         return [
@@ -190,7 +190,7 @@ class PostgresQueue(QueueBase):
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One task by id."""
-        rows = await self._db.fetch(self._db.sql["get"], {"queue": self.queue, "id": task_id}, binary=True)
+        rows = await self._db.fetch(self._db.sql["get_task"], {"queue": self.queue, "id": task_id}, binary=True)
         return task_from_row(rows[0]) if rows else None
 
     async def stats(self) -> QueueStats:

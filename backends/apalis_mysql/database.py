@@ -1,0 +1,174 @@
+"""The connections of one MySQL/MariaDB store: an asyncmy pool with retries, and migrations.
+
+Every operation goes through `Database.run`: when its connection is lost (a server restart,
+`KILL`, a network cut) the broken connection is closed so the pool drops it, and the operation
+runs again on a fresh one with capped backoff. Every operation is safe to run twice: inserts skip
+stored ids, acks apply only to tasks still running under the same worker, and a claim whose
+reply was lost is released by the worker's next heartbeat.
+
+Sessions run at READ COMMITTED: a claim's `FOR UPDATE SKIP LOCKED` then locks only the rows it
+returns (no gap locks), so claimers and producers do not block each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncmy
+from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.polling import Waker
+from apalis_sql import TASK_COLUMNS, load_migrations, load_queries, retrying
+
+from .config import MysqlConfig
+
+__all__ = ["Database"]
+
+T = TypeVar("T")
+Conn = Any  # asyncmy ships no usable annotations for its Cython classes
+
+NOW = "UNIX_TIMESTAMP(NOW(6))"
+COLUMNS = ", ".join(TASK_COLUMNS)
+# Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
+_TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2014, 2055}
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, asyncmy.errors.OperationalError | asyncmy.errors.InternalError):
+        code = exc.args[0] if exc.args else None
+        return code in _TRANSIENT_CODES or not isinstance(code, int)
+    return isinstance(exc, asyncmy.errors.InterfaceError | ConnectionError | OSError | EOFError)
+
+
+class Database:
+    """A pool with retries and the statements bound to the table prefix."""
+
+    def __init__(self, config: MysqlConfig, *, attempts: int = 10) -> None:
+        self.config = config
+        self.attempts = attempts
+        self.names = {"prefix": config.table_prefix, "now": NOW, "columns": COLUMNS}
+        self.sql = dict(load_queries(__package__ or "apalis_mysql", self.names).items())
+        self.wakers: dict[str, Waker] = {}
+        self._pool: Any = None
+
+    async def open(self) -> list[int]:
+        """Connect and migrate; returns the migrations applied now."""
+        c = self.config
+        try:
+            self._pool = await asyncmy.create_pool(
+                minsize=c.min_size,
+                maxsize=c.max_size,
+                host=c.host,
+                port=c.port,
+                user=c.user,
+                password=c.password,
+                database=c.database,
+                unix_socket=c.unix_socket,
+                connect_timeout=c.connect_timeout,
+                autocommit=True,
+                charset="utf8mb4",
+                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                echo=False,
+            )
+        except Exception as exc:
+            raise BackendError(f"cannot connect to mysql at {c.redacted}: {self.describe(exc)}") from None
+        try:
+            return await self.run(self._migrate)
+        except Exception as exc:
+            await self.close()
+            raise BackendError(f"cannot migrate mysql at {c.redacted}: {self.describe(exc)}") from None
+
+    async def close(self) -> None:
+        """Close every connection."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            await pool.wait_closed()
+
+    def waker(self, queue: str) -> Waker:
+        """The in-process `Waker` of `queue` (a push here wakes pollers here at once)."""
+        waker = self.wakers.get(queue)
+        if waker is None:
+            waker = self.wakers[queue] = Waker()
+        return waker
+
+    def describe(self, exc: BaseException) -> str:
+        """An error's text without the password."""
+        text = str(exc).strip() or type(exc).__name__
+        return text.replace(self.config.password, "***") if self.config.password else text
+
+    async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
+        """`op(conn)` on a pooled connection, retried with capped backoff while it is lost."""
+        if self._pool is None:
+            raise BackendError(f"mysql store at {self.config.redacted} is not open")
+
+        async def once() -> T:
+            conn = await self._pool.acquire()
+            try:
+                return await op(conn)
+            except BaseException as exc:
+                if _transient(exc) or not conn.get_autocommit():
+                    conn.close()  # broken or mid-transaction: the pool must not hand it out again
+                raise
+            finally:
+                self._pool.release(conn)
+
+        try:
+            return await retrying(once, transient=_transient, attempts=self.attempts)
+        except ConnectionLost as exc:
+            cause = exc.__cause__ or exc
+            raise ConnectionLost(f"mysql at {self.config.redacted}: {self.describe(cause)}") from None
+
+    async def fetch(self, query: str, params: Any = None) -> list[Any]:
+        """All rows of `query`."""
+
+        async def op(conn: Conn) -> list[Any]:
+            async with conn.cursor() as cursor:
+                await cursor.execute(query, params)
+                return list(await cursor.fetchall())
+
+        return await self.run(op)
+
+    async def execute(self, query: str, params: Any = None) -> int:
+        """Run `query`; returns the number of rows it changed."""
+
+        async def op(conn: Conn) -> int:
+            async with conn.cursor() as cursor:
+                return int(await cursor.execute(query, params))
+
+        return await self.run(op)
+
+    async def _migrate(self, conn: Conn) -> list[int]:
+        """Apply the migrations not yet recorded, under a named lock against concurrent starts."""
+        prefix = self.config.table_prefix
+        lock = f"apalis-migrate:{self.config.database}:{prefix}"[:64]
+        applied: list[int] = []
+        async with conn.cursor() as cursor:
+            await cursor.execute("SELECT GET_LOCK(%s, 30)", (lock,))
+            try:
+                await cursor.execute(
+                    f"CREATE TABLE IF NOT EXISTS {prefix}schema_version (version INT NOT NULL PRIMARY KEY,"
+                    " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB"
+                )
+                await cursor.execute(f"SELECT COALESCE(MAX(version), 0) FROM {prefix}schema_version")
+                row = await cursor.fetchone()
+                current = int(row[0]) if row else 0
+                for migration in load_migrations(__package__ or "apalis_mysql", self.names):
+                    if migration.version <= current:
+                        continue
+                    for statement in _split(migration.sql):
+                        await cursor.execute(statement)
+                    await cursor.execute(
+                        f"INSERT INTO {prefix}schema_version (version, name, applied_at) VALUES (%s, %s, {NOW})",
+                        (migration.version, migration.name),
+                    )
+                    applied.append(migration.version)
+            finally:
+                await cursor.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+        return applied
+
+
+def _split(script: str) -> Sequence[str]:
+    """The statements of a migration (they hold no `;` inside literals)."""
+    body = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    return [part.strip() for part in body.split(";") if part.strip()]

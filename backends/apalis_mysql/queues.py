@@ -1,0 +1,253 @@
+"""`MysqlQueue`: one queue of a MySQL/MariaDB store (worker primitives and the Inspector).
+
+MariaDB has no `UPDATE ... RETURNING`, so a claim is one short transaction: `SELECT ... FOR
+UPDATE SKIP LOCKED` then `UPDATE` of those ids; the tasks handed out are the selected rows with
+the claim applied. Wake-ups: a push in this process wakes its pollers at once; pushes from other
+processes are found by polling with backoff capped at `poll_interval`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from apalis_cli.backend import Capabilities, NewTask, QueueStats, WorkerContext, WorkerInfo
+from apalis_cli.codec import Codec
+from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome
+from apalis_cli.task import Status, Task, TaskId
+from apalis_sql import encode_meta, plan_acks, task_from_row
+
+from .database import NOW
+
+if TYPE_CHECKING:
+    from .backend import MysqlStore
+    from .database import Conn, Database
+
+__all__ = ["MysqlQueue"]
+
+_INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, {NOW})"
+_OUTCOME_FIRST = "SELECT %s AS id, %s AS lock_by, %s AS status, %s AS result, %s AS error, %s AS run_at"
+_OUTCOME_MORE = " UNION ALL SELECT %s, %s, %s, %s, %s, %s"
+_CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allowed_packet (16 MiB)
+
+
+def _marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+class MysqlQueue(QueueBase):
+    """One queue in a MySQL/MariaDB database."""
+
+    def __init__(self, store: MysqlStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._store = store
+        self.capabilities: Capabilities = store.capabilities
+
+    @property
+    def _db(self) -> Database:
+        return self._store.database
+
+    # -- the store's primitives ------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Insert tasks, many rows per statement; known keys give the existing ids."""
+        db, queue = self._db, self.queue
+        inserted = 0
+        for chunk in _chunks(tasks):
+            args: list[Any] = []
+            for t in chunk:
+                args += (t.id, queue, t.payload, t.max_attempts, t.run_at, t.priority, t.idempotency_key)
+                args.append(encode_meta(t.meta))
+            query = db.sql["insert"].replace("{rows}", ", ".join([_INSERT_ROW] * len(chunk)))
+            inserted += await db.execute(query, args)
+        if tasks:
+            db.waker(queue).notify()
+        keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+        if inserted == len(tasks) or not keys:
+            return [t.id for t in tasks]  # a task skipped without a key was stored by an earlier try
+        rows = await db.fetch(db.sql["key_holders"].replace("{keys}", _marks(len(keys))), [queue, *keys])
+        holders = {key: task_id for key, task_id in rows}
+        return [holders.get(t.idempotency_key, t.id) if t.idempotency_key is not None else t.id for t in tasks]
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Ready tasks claimed in batches of free slots, one short transaction per batch."""
+        db, queue, worker_id = self._db, self.queue, worker.id
+        select, update = db.sql["claim_select"], db.sql["claim_update"]
+
+        async def claim(conn: Conn, limit: int) -> list[Task[bytes]]:
+            await conn.begin()
+            try:
+                async with conn.cursor() as cursor:
+                    await cursor.execute(select, {"queue": queue, "limit": limit})
+                    rows = await cursor.fetchall()
+                    if rows:
+                        await cursor.execute(
+                            update.replace("{ids}", _marks(len(rows))), [worker_id, *(r[0] for r in rows)]
+                        )
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+            return [_claimed(task_from_row(row), worker_id) for row in rows]
+
+        async def fetch(limit: int) -> list[Task[bytes]]:
+            return await db.run(lambda conn: claim(conn, limit))
+
+        async def release(tasks: Sequence[Task[bytes]]) -> None:
+            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+
+        return poll_batches(worker, fetch, release, db.waker(queue))
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Register and refresh `worker`; release its lost claims; sweep orphans and purge
+        expired tasks under a named lock (GET_LOCK), so one worker of the queue sweeps at a time."""
+        db, st, queue = self._db, self._db.sql, self.queue
+        lock = (
+            "apalis-sweep:"
+            + hashlib.sha1(f"{db.config.database}:{db.config.table_prefix}:{queue}".encode()).hexdigest()
+        )
+
+        async def beat_in(conn: Conn) -> bool:
+            running = list(worker.running())
+            async with conn.cursor() as cursor:
+                await cursor.execute(
+                    st["beat"],
+                    {
+                        "id": worker.id,
+                        "name": worker.name,
+                        "queue": queue,
+                        "host": worker.host,
+                        "pid": worker.pid,
+                        "started_at": worker.started_at,
+                        "layers": json.dumps(list(worker.layers)),
+                        "running": len(running),
+                    },
+                )
+                release = st["release_lost"].replace("{running}", _marks(len(running)) if running else "''")
+                woke = bool(await cursor.execute(release, [queue, worker.id, worker.keep_alive, *running]))
+                await cursor.execute(st["sweep_lock"], {"lock": lock})
+                locked = await cursor.fetchone()
+                if not (locked and locked[0] == 1):
+                    return woke
+                try:
+                    await cursor.execute(st["forget_workers"], {"queue": queue, "stale_after": worker.stale_after})
+                    recovered = await cursor.execute(st["recover"], {"queue": queue, "stale_after": worker.stale_after})
+                    woke = woke or bool(recovered)
+                    await cursor.execute(st["purge_expired"], {"queue": queue, "retention": worker.retention})
+                finally:
+                    await cursor.execute(st["sweep_unlock"], {"lock": lock})
+            return woke
+
+        async def beat() -> None:
+            if await db.run(beat_in):
+                db.waker(queue).notify()
+
+        async def farewell() -> None:
+            await db.execute(st["farewell"], {"id": worker.id})
+
+        return beat_every(worker, beat, farewell)
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Apply a batch of outcomes in one statement (the server's clock stamps done_at)."""
+        if not items:
+            return
+        db = self._db
+        plan = plan_acks(items, time.time())
+        args: list[Any] = []
+        for status, rows in (("done", plan.done), ("failed", plan.retry), ("killed", plan.kill)):
+            for value, at, task_id, lock_by in rows:
+                if status == "done":
+                    args += (task_id, lock_by, status, value, None, None)
+                else:
+                    args += (task_id, lock_by, status, None, value, at if status == "failed" else None)
+        for _, task_id, lock_by in plan.release:
+            args += (task_id, lock_by, "pending", None, None, None)
+        outcomes = _OUTCOME_FIRST + _OUTCOME_MORE * (len(items) - 1)
+        await db.execute(db.sql["ack"].replace("{outcomes}", outcomes), args)
+        if plan.wake:
+            db.waker(self.queue).notify()
+
+    # -- Inspector -------------------------------------------------------------------------
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Tasks of the queue (optionally of one status), by run_at."""
+        params = {"queue": self.queue, "limit": limit, "offset": offset}
+        if status is None:
+            rows = await self._db.fetch(self._db.sql["list_all"], params)
+        else:
+            rows = await self._db.fetch(self._db.sql["list_status"], {**params, "status": status.value})
+        return [task_from_row(row) for row in rows]
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One task by id."""
+        rows = await self._db.fetch(self._db.sql["get_task"], {"queue": self.queue, "id": task_id})
+        return task_from_row(rows[0]) if rows else None
+
+    async def stats(self) -> QueueStats:
+        """Counts per status."""
+        rows = await self._db.fetch(self._db.sql["stats"], {"queue": self.queue})
+        counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
+        for status, count in rows:
+            counts[Status(status)] = int(count)
+        return QueueStats(queue=self.queue, counts=counts)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers registered on this queue."""
+        rows = await self._db.fetch(self._db.sql["workers"], {"queue": self.queue})
+        return [
+            WorkerInfo(
+                id=wid,
+                name=name,
+                queue=queue,
+                host=host,
+                pid=pid,
+                started_at=started_at,
+                last_seen=last_seen,
+                layers=tuple(json.loads(layers)) if layers else (),
+                running=running,
+            )
+            for wid, name, queue, host, pid, started_at, last_seen, layers, running in rows
+        ]
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """A failed or killed task runs again now with a fresh count of attempts."""
+        changed = await self._db.execute(self._db.sql["retry"], {"queue": self.queue, "id": task_id})
+        if changed:
+            self._db.waker(self.queue).notify()
+        return changed > 0
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Kill a task that has not finished."""
+        params = {"queue": self.queue, "id": task_id, "reason": reason}
+        return await self._db.execute(self._db.sql["kill"], params) > 0
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete tasks of `status` older than `older_than` seconds."""
+        params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
+        return await self._db.execute(self._db.sql["purge"], params)
+
+
+def _claimed(task: Task[bytes], worker_id: str) -> Task[bytes]:
+    """The selected row as the claim's UPDATE left it."""
+    ctx = dataclasses.replace(task.ctx, status=Status.RUNNING, attempts=task.ctx.attempts + 1, lock_by=worker_id)
+    return Task(id=task.id, args=task.args, ctx=ctx)
+
+
+def _chunks(tasks: Sequence[NewTask]) -> list[Sequence[NewTask]]:
+    """Tasks cut into statements of at most about `_CHUNK_BYTES` of payload (usually one)."""
+    out: list[Sequence[NewTask]] = []
+    start, size = 0, 0
+    for i, task in enumerate(tasks):
+        size += len(task.payload) + 256
+        if size > _CHUNK_BYTES and i > start:
+            out.append(tasks[start:i])
+            start, size = i, len(task.payload) + 256
+    if start < len(tasks):
+        out.append(tasks[start:])
+    return out

@@ -1,0 +1,25 @@
+-- name: list_all
+SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s ORDER BY run_at, id LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: list_status
+SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s AND status = %(status)s
+ORDER BY run_at, id LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: get_task
+SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s AND id = %(id)s
+
+-- name: stats
+SELECT status, COUNT(*) FROM {prefix}tasks WHERE queue = %(queue)s GROUP BY status
+
+-- name: retry
+UPDATE {prefix}tasks SET status = 'pending', attempts = 0, run_at = {now}, done_at = NULL
+WHERE queue = %(queue)s AND id = %(id)s AND status IN ('failed', 'killed')
+
+-- name: kill
+UPDATE {prefix}tasks
+SET status = 'killed', last_error = %(reason)s, lock_by = NULL, lock_at = NULL, done_at = {now}
+WHERE queue = %(queue)s AND id = %(id)s AND status IN ('pending', 'running', 'failed')
+
+-- name: purge
+DELETE FROM {prefix}tasks
+WHERE queue = %(queue)s AND status = %(status)s AND COALESCE(done_at, created_at) <= {now} - %(older_than)s

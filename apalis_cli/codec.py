@@ -92,7 +92,9 @@ def codec_by_name(name: str) -> Codec:
     raise BadPayload(f'unknown codec "{name}" (expected "json" or "msgpack")')
 
 
-_RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr)
+# allow_nan=False: NaN/Infinity are not JSON (PostgreSQL jsonb rejects them); such a result is
+# kept as its repr, like any other value JSON cannot hold.
+_RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr, allow_nan=False)
 
 
 def encode_result(value: Any) -> str | None:

@@ -255,7 +255,8 @@ class Worker:
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
-        return len(late)
+        # Count every run that ended cancelled, so runs cut short by `hurry()` are counted too.
+        return sum(1 for task in pending if task.cancelled())
 
     def _beat_sent(self) -> None:
         if self._listeners:

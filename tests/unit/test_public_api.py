@@ -1,0 +1,47 @@
+"""`apalis_cli.__all__` is the public API: every public name is exported, every export exists."""
+
+from __future__ import annotations
+import __future__
+
+from types import ModuleType
+
+import apalis_cli
+
+
+def public_names(module: ModuleType) -> set[str]:
+    """What a reader of `module` would take as its API: no underscores, no submodules."""
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not isinstance(value, ModuleType)
+        and not isinstance(value, __future__._Feature)  # `from __future__ import annotations`
+    }
+
+
+def test_all_lists_every_public_name() -> None:
+    missing = public_names(apalis_cli) - set(apalis_cli.__all__)
+    assert not missing, f"public names not in apalis_cli.__all__: {sorted(missing)}"
+
+
+def test_every_name_in_all_exists() -> None:
+    absent = [name for name in apalis_cli.__all__ if not hasattr(apalis_cli, name)]
+    assert not absent
+
+
+def test_all_is_sorted_without_duplicates() -> None:
+    names = [name for name in apalis_cli.__all__ if name != "__version__"]
+    assert names == sorted(set(names))
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from apalis_cli import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(apalis_cli.__all__)
+
+
+def test_what_handlers_and_producers_need_is_exported() -> None:
+    assert {"Retry", "Abort", "Worker", "Task", "Status", "compose", "JsonCodec", "MsgpackCodec"} <= set(
+        apalis_cli.__all__
+    )
+    assert apalis_cli.__version__

@@ -6,6 +6,7 @@ handler-facing `Retry` and `Abort`, and the contract types for writing a backend
 
 from __future__ import annotations
 
+from .api import open_sink, open_sink_sync
 from .backend import (
     Backend,
     BackendExt,
@@ -59,4 +60,6 @@ __all__ = [
     "WorkerInfo",
     "__version__",
     "compose",
+    "open_sink",
+    "open_sink_sync",
 ]

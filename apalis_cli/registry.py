@@ -15,7 +15,7 @@ from .backend import Store
 from .config import BackendConfig, Config
 from .errors import ConfigError, MissingExtra
 
-__all__ = ["ENTRY_POINT_GROUP", "Registry", "build_store", "redact_url"]
+__all__ = ["ENTRY_POINT_GROUP", "Registry", "build_store", "redact_text", "redact_url"]
 
 ENTRY_POINT_GROUP = "apalis_cli.backends"
 
@@ -71,6 +71,7 @@ def _implicit(name: str) -> BackendConfig:
     return BackendConfig(name=name, kind=name, url="memory://" if name == "memory" else "")
 
 
+_PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", re.IGNORECASE)
 _QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|secret)=)[^&#]*")
 
 
@@ -86,3 +87,8 @@ def redact_url(url: str) -> str:
         return url
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}{slash}{tail}"
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error message, say) with the password of every URL in it masked."""
+    return _QUERY_SECRET.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))

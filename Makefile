@@ -1,0 +1,33 @@
+# Two entry points on a fresh clone with only python3 and make:
+#   make run    set up .venv, push the demo tasks, run the daemon on config.example.toml
+#   make test   set up .venv, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.example.toml
+
+.PHONY: run test lint venv clean
+
+venv: $(VENV)/.installed
+
+# Re-installed when pyproject.toml changes; `pip install -e` keeps the checkout live.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $@
+
+run: venv
+	$(BIN)/apalis push --config $(CONFIG) --file examples/demo.jsonl > /dev/null
+	$(BIN)/apalis run --config $(CONFIG)
+
+test: venv
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check apalis_cli backends
+	$(BIN)/ruff format --check apalis_cli backends
+	$(BIN)/mypy --strict apalis_cli backends
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache apalis.db apalis.db-wal apalis.db-shm

@@ -1,0 +1,135 @@
+"""Pushing tasks from application code: the same queue-bound `TaskSink` the CLI uses.
+
+    async with apalis_cli.open_sink("jobs.toml", worker="emails") as sink:
+        await sink.push({"to": "ada@example.com"}, delay=30)
+
+    sink = apalis_cli.open_sink_sync("jobs.toml", worker="emails")   # e.g. once per Django process
+    sink.push({"to": "ada@example.com"})
+
+The sync twin runs its own event loop in a background thread, so it works from code that has no
+loop (a Django view, a script) and may be shared by many threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .backend import BackendExt, Store, TaskSink
+from .codec import codec_by_name
+from .config import Config, load_config
+from .errors import Unsupported, UsageError
+from .registry import build_store
+from .task import TaskId
+
+__all__ = ["QueueTarget", "SyncSink", "open_queue", "open_sink", "open_sink_sync", "resolve_target"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueTarget:
+    """Which queue of which backend, with the codec and default max_attempts to push with."""
+
+    backend: str
+    queue: str
+    codec: str = "json"
+    max_attempts: int = 3
+    worker: str | None = None
+
+
+def resolve_target(config: Config, worker: str | None = None, queue: str | None = None) -> QueueTarget:
+    """The queue named by `worker` and/or `queue` (with neither: the config's only worker)."""
+    if worker is None and queue is not None:
+        matches = [w for w in config.workers if w.queue == queue]
+        if len(matches) == 1:
+            worker = matches[0].name
+        elif len(config.backends) == 1 and not matches:
+            return QueueTarget(backend=next(iter(config.backends)), queue=queue)
+        else:
+            raise UsageError(f'say which worker the queue "{queue}" belongs to, with --worker')
+    w = config.worker(worker)
+    return QueueTarget(
+        backend=w.backend, queue=queue or w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_queue(config: Config, target: QueueTarget) -> AsyncIterator[tuple[Store, BackendExt]]:
+    """Open the target's store and yield it with the queue-bound backend; closes the store after."""
+    store = build_store(config, target.backend)
+    await store.open()
+    try:
+        yield store, store.backend(target.queue, codec=codec_by_name(target.codec), max_attempts=target.max_attempts)
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_sink(
+    config: str | Path | Config, *, worker: str | None = None, queue: str | None = None
+) -> AsyncIterator[TaskSink]:
+    """A `TaskSink` for `worker`'s queue (or `queue`), open for the duration of the block."""
+    loaded = config if isinstance(config, Config) else load_config(config)
+    target = resolve_target(loaded, worker, queue)
+    async with open_queue(loaded, target) as (_, backend):
+        if not isinstance(backend, TaskSink):
+            raise Unsupported(f'backend "{target.backend}" cannot take pushed tasks')
+        yield backend
+
+
+class SyncSink:
+    """A blocking `TaskSink` for code without an event loop; thread-safe; `close()` when done."""
+
+    def __init__(self, config: str | Path | Config, *, worker: str | None = None, queue: str | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="apalis-sink", daemon=True)
+        self._thread.start()
+        self._context = open_sink(config, worker=worker, queue=queue)
+        try:
+            self._sink: TaskSink = self._call(self._context.__aenter__())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def push(self, args: Any, **options: Any) -> TaskId:
+        """Encode `args` and enqueue it (options as `TaskSink.push`); returns the id."""
+        return self._call(self._sink.push(args, **options))
+
+    def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+        """Enqueue many values with the same options, in as few round trips as the store can."""
+        return self._call(self._sink.push_bulk(list(items), **options))
+
+    def close(self) -> None:
+        """Close the store's connections and stop the background loop."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._call(self._context.__aexit__(None, None, None))
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> SyncSink:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def open_sink_sync(config: str | Path | Config, *, worker: str | None = None, queue: str | None = None) -> SyncSink:
+    """A blocking sink for `worker`'s queue; use it as a context manager or call `close()`."""
+    return SyncSink(config, worker=worker, queue=queue)

@@ -1,0 +1,62 @@
+"""The `apalis` command: one module per command group, errors as one line and an exit code.
+
+Exit codes: 0 ok; 1 a runtime failure (the store failed, a task was not found); 2 bad usage,
+config or input. Errors are a single `apalis: error: ...` line on stderr, never a traceback, and
+passwords inside URLs are masked before anything is printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer
+from typer._click.exceptions import ClickException
+from typer.exceptions import Abort, Exit
+
+from ..errors import ApalisError, MissingExtra, UsageError
+from ..layers.retry import describe_error
+from ..logs import quiet_stdlib_logging
+from ..registry import redact_text
+from . import admin, inspect, push, run, setup
+from .app import app
+
+__all__ = ["app", "fail_line", "main"]
+
+_ = (admin, inspect, push, run, setup)  # imported for their commands
+
+
+def fail_line(message: str) -> str:
+    """`message` as the one line printed on failure: no newlines, no passwords."""
+    text = " ".join(message.split())
+    return "apalis: error: " + redact_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `apalis` console script."""
+    sys.exit(_run(list(argv) if argv is not None else sys.argv[1:]))
+
+
+def _run(argv: list[str]) -> int:
+    command = typer.main.get_command(app)
+    quiet_stdlib_logging()  # `run` replaces this with structured logging
+    try:
+        result = command.main(args=argv, prog_name="apalis", standalone_mode=False)
+    except Exit as exc:
+        return exc.exit_code
+    except ClickException as exc:
+        print(fail_line(exc.format_message()), file=sys.stderr)
+        return 2 if exc.exit_code == 2 else max(exc.exit_code, 1)
+    except (Abort, KeyboardInterrupt):
+        print("apalis: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, MissingExtra) as exc:
+        print(fail_line(str(exc)), file=sys.stderr)
+        return 2
+    except ApalisError as exc:
+        print(fail_line(str(exc)), file=sys.stderr)
+        return 1
+    except Exception as exc:  # a store or driver failure: one line, never a traceback
+        print(fail_line(describe_error(exc)), file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,58 @@
+"""What the commands share: opening the queue a command is about, and capability checks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..api import QueueTarget, open_queue, resolve_target
+from ..backend import BackendExt, Capability, Inspector, Store
+from ..config import Config, load_config
+from ..errors import Unsupported
+
+__all__ = ["Opened", "open_target", "require", "require_inspector"]
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A command's open queue: the config, the target, the store and the queue-bound backend."""
+
+    config: Config
+    target: QueueTarget
+    store: Store
+    backend: BackendExt
+
+    def describe(self) -> str:
+        """`queue "emails" on backend "main" (sqlite)` for messages."""
+        kind = self.store.kind
+        return f'queue "{self.target.queue}" on backend "{self.target.backend}" ({kind})'
+
+
+@contextlib.asynccontextmanager
+async def open_target(config_path: Path, worker: str | None, queue: str | None) -> AsyncIterator[Opened]:
+    """Load the config, resolve `--worker`/`--queue` and open that queue's store."""
+    config = load_config(config_path)
+    target = resolve_target(config, worker, queue)
+    async with open_queue(config, target) as (store, backend):
+        yield Opened(config, target, store, backend)
+
+
+def require(opened: Opened, capability: Capability, doing: str) -> None:
+    """Raise `Unsupported` (exit 2, one line) when the store lacks `capability`."""
+    why = opened.backend.capabilities.why_not(capability)
+    if why is not None:
+        raise Unsupported(f"{opened.describe()} cannot {doing}: {why}")
+
+
+def require_inspector(opened: Opened, capability: Capability, doing: str) -> Inspector:
+    """The backend as an `Inspector` offering `capability`, or `Unsupported`."""
+    backend: Any = opened.backend
+    if not isinstance(backend, Inspector):
+        raise Unsupported(f"{opened.describe()} cannot {doing}: the store has no random access to its tasks")
+    require(opened, capability, doing)
+    return backend

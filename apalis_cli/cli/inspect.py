@@ -1,0 +1,176 @@
+"""`apalis inspect`, `workers` and `stats`: look at queues without consuming anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..api import QueueTarget, open_queue
+from ..backend import Capability, QueueStats, WorkerInfo
+from ..config import Config, load_config
+from ..errors import ApalisError, DecodeError
+from ..task import Status, Task, iso
+from . import console
+from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app
+from .common import Opened, open_target, require_inspector
+
+__all__ = ["inspect", "stats", "task_json", "workers"]
+
+StatusOption = Annotated[Status | None, typer.Option("--status", "-s", help="Only tasks in this status.")]
+
+
+@app.command()
+def inspect(
+    config: ConfigOption = DEFAULT_CONFIG,
+    worker: WorkerOption = None,
+    queue: QueueOption = None,
+    status: StatusOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many tasks.")] = 50,
+    task_id: Annotated[str | None, typer.Option("--id", help="One task by id.")] = None,
+    decode: Annotated[bool, typer.Option(help="Also show the arguments decoded by the worker's codec.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Peek at a queue's tasks without consuming them."""
+    tasks, opened_codec = asyncio.run(_inspect(config, worker, queue, status, limit, task_id))
+    rows = [task_json(task, opened_codec if decode else None) for task in tasks]
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        console.print_tasks(rows, decode=decode)
+
+
+async def _inspect(
+    config: Path, worker: str | None, queue: str | None, status: Status | None, limit: int, task_id: str | None
+) -> tuple[list[Task[bytes]], Any]:
+    async with open_target(config, worker, queue) as opened:
+        inspector = require_inspector(opened, Capability.INSPECT, "list its tasks")
+        if task_id is not None:
+            task = await inspector.get(task_id)
+            if task is None:
+                raise ApalisError(f"no task {task_id} in {opened.describe()}")
+            return [task], opened.backend.codec
+        return await inspector.list_tasks(status, limit), opened.backend.codec
+
+
+def task_json(task: Task[bytes], codec: Any = None) -> dict[str, Any]:
+    """The `inspect --json` object of one task (`codec` given: with the decoded `args`)."""
+    payload = bytes(task.args)
+    try:
+        text, encoding = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = payload.hex(), "hex"
+    ctx = task.ctx
+    row: dict[str, Any] = {
+        "id": task.id,
+        "status": ctx.status.value,
+        "attempts": ctx.attempts,
+        "max_attempts": ctx.max_attempts,
+        "run_at": iso(ctx.run_at),
+        "queue": ctx.queue,
+        "priority": ctx.priority,
+        "payload": text,
+        "payload_encoding": encoding,
+        "last_error": ctx.last_error,
+        "result": _result(ctx.result),
+        "lock_by": ctx.lock_by,
+        "idempotency_key": ctx.idempotency_key,
+        "created_at": iso(ctx.created_at) if ctx.created_at else None,
+        "done_at": iso(ctx.done_at),
+    }
+    if codec is not None:
+        try:
+            row["args"] = codec.decode(payload)
+        except DecodeError as exc:
+            row["decode_error"] = str(exc)
+    return row
+
+
+def _result(result: Any) -> Any:
+    # Stores keep results as JSON text (`encode_result`); show the value itself.
+    if isinstance(result, str):
+        try:
+            return json.loads(result)
+        except ValueError:
+            return result
+    return result
+
+
+@app.command()
+def workers(
+    config: ConfigOption = DEFAULT_CONFIG,
+    worker: WorkerOption = None,
+    queue: QueueOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The workers registered on each queue, with their last heartbeat."""
+    found = asyncio.run(_each_queue(config, worker, queue, _workers_of))
+    infos = [info for group in found for info in group]
+    if as_json:
+        print(json.dumps([_worker_json(info) for info in infos], indent=2))
+    else:
+        console.print_workers([_worker_json(info) for info in infos])
+
+
+@app.command()
+def stats(
+    config: ConfigOption = DEFAULT_CONFIG,
+    worker: WorkerOption = None,
+    queue: QueueOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """How many tasks each queue holds in each status."""
+    found = asyncio.run(_each_queue(config, worker, queue, _stats_of))
+    rows = [{"queue": s.queue, **{str(k): v for k, v in s.counts.items()}} for s in found]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        console.print_stats(rows)
+
+
+async def _workers_of(opened: Opened) -> list[WorkerInfo]:
+    return await require_inspector(opened, Capability.WORKERS, "list its workers").workers()
+
+
+async def _stats_of(opened: Opened) -> QueueStats:
+    return await require_inspector(opened, Capability.INSPECT, "count its tasks").stats()
+
+
+async def _each_queue(config_path: Path, worker: str | None, queue: str | None, fn: Any) -> list[Any]:
+    """`fn(opened)` for the chosen queue, or for every worker's queue when none is chosen."""
+    if worker is not None or queue is not None:
+        async with open_target(config_path, worker, queue) as opened:
+            return [await fn(opened)]
+    config = load_config(config_path)
+    results = []
+    for target in _all_targets(config):
+        async with open_queue(config, target) as (store, backend):
+            results.append(await fn(Opened(config, target, store, backend)))
+    return results
+
+
+def _all_targets(config: Config) -> list[QueueTarget]:
+    seen: dict[tuple[str, str], QueueTarget] = {}
+    for w in config.workers:
+        target = QueueTarget(
+            backend=w.backend, queue=w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name
+        )
+        seen.setdefault((w.backend, w.queue), target)
+    return list(seen.values())
+
+
+def _worker_json(info: WorkerInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "name": info.name,
+        "queue": info.queue,
+        "host": info.host,
+        "pid": info.pid,
+        "started_at": iso(info.started_at),
+        "last_seen": iso(info.last_seen),
+        "layers": list(info.layers),
+        "running": info.running,
+    }

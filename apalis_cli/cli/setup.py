@@ -1,0 +1,126 @@
+"""`apalis init` (a commented starter config) and `apalis check` (validate, then connect)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomli_w
+import typer
+
+from ..config import Config, load_config
+from ..errors import ApalisError, ConfigError, UsageError
+from ..handlers import load_handler
+from ..layers.retry import describe_error
+from ..registry import Registry, build_store, redact_text, redact_url
+from .app import DEFAULT_CONFIG, ConfigOption, app
+from .assembly import build_layers
+
+__all__ = ["check", "init", "starter_config"]
+
+
+def _line(key: str, value: Any, comment: str) -> str:
+    text = tomli_w.dumps({key: value}).strip()
+    return f"{text:<40} # {comment}"
+
+
+def starter_config() -> str:
+    """The text `apalis init` writes: runnable as is on embedded SQLite, every key explained."""
+    return "\n".join(
+        [
+            '# apalis config. Durations are strings: "250ms", "30s", "5m", "2h", "7d".',
+            "# ${ENV_VAR} (or ${ENV_VAR:-default}) is substituted in every string: keep secrets out of files.",
+            "",
+            "# One table per store. kind: sqlite | postgres | mysql | redis | rsmq | amqp | nats | pgmq | memory",
+            "[backends.main]",
+            _line("kind", "sqlite", "the store class (installed through entry points)"),
+            _line("url", "sqlite:///apalis.db", "relative to this file; postgresql://user:${PGPASSWORD}@host/db"),
+            "",
+            "# One table per worker: a queue, a handler and how to run it.",
+            "[[workers]]",
+            _line("name", "default", "used by --worker"),
+            _line("backend", "main", "a [backends.NAME] table (optional with one backend)"),
+            _line("queue", "default", "default: the worker's name"),
+            _line("codec", "json", "json | msgpack"),
+            _line("handler", "apalis_cli.demo:resize_image", '"module:function", or { command = ["./run.sh"] }'),
+            _line("concurrency", 4, "tasks run at once by this worker (default 1)"),
+            _line("poll_interval", "1s", "longest wait between polls when idle (default 1s)"),
+            _line("keep_alive", "10s", "heartbeat period (default 10s)"),
+            _line("stale_after", "30s", "a worker silent this long loses its tasks (default 3 x keep_alive)"),
+            _line("shutdown_timeout", "30s", "on SIGTERM, running tasks get this long to finish (default 30s)"),
+            _line("max_attempts", 5, "runs before a task is killed (default 3, or the retry layer's)"),
+            _line("retention", "7d", "done and killed tasks are kept this long (default 7d)"),
+            "# Middleware, the first listed outermost:",
+            _line(
+                "middleware",
+                [
+                    {"kind": "retry", "backoff": "exponential", "base": "1s", "max": "10m"},
+                    {"kind": "timeout", "after": "30s"},
+                ],
+                "also rate_limit, concurrency, catch, tracing",
+            ),
+            "",
+        ]
+    )
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = DEFAULT_CONFIG,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config (embedded SQLite, the demo handler)."""
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists (use --force to overwrite it)")
+    try:
+        path.write_text(starter_config(), encoding="utf-8")
+    except OSError as exc:
+        raise ApalisError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"wrote {path}; try: apalis check --config {path}")
+
+
+@app.command()
+def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Validate the config, import every handler, and connect to every backend."""
+    loaded = load_config(config)
+    registry = Registry()
+    stores = {name: build_store(loaded, name, registry) for name in _backend_names(loaded)}
+    for worker in loaded.workers:
+        build_layers(loaded, worker)
+        if worker.handler is not None:
+            load_handler(loaded, worker, concurrency=1).close()
+    failures = asyncio.run(_connect(loaded, stores))
+    for worker in loaded.workers:
+        print(f"ok    worker {worker.name}: queue {worker.queue} on {worker.backend}")
+    if failures:
+        raise ApalisError(f"{failures} backend{'s' if failures > 1 else ''} could not be reached")
+
+
+def _backend_names(config: Config) -> list[str]:
+    names = list(config.backends)
+    for worker in config.workers:
+        if worker.backend not in names:
+            names.append(worker.backend)
+    return names
+
+
+async def _connect(config: Config, stores: dict[str, Any]) -> int:
+    failures = 0
+    for name, store in stores.items():
+        backend = config.backends.get(name)
+        shown = f"backend {name} ({store.kind}) {redact_url(backend.url) if backend else ''}".rstrip()
+        try:
+            await store.open()
+        except (ConfigError, UsageError):
+            raise
+        except Exception as exc:
+            failures += 1
+            print(f"FAIL  {shown}: {redact_text(describe_error(exc))}")
+            continue
+        try:
+            await store.close()
+        except Exception as exc:
+            print(f"warn  {shown}: opened, but closing failed: {describe_error(exc)}")
+        print(f"ok    {shown}")
+    return failures

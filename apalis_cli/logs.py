@@ -1,0 +1,127 @@
+"""Structured logging (structlog): console lines for people, JSON lines for machines.
+
+Logs go to stderr, read at write time, so the rich live view can redirect them above itself.
+Levels below the chosen one are dropped before any formatting: a quiet daemon pays nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+from .events import (
+    BackendUnavailable,
+    Event,
+    EventListener,
+    HeartbeatFailed,
+    Idle,
+    Started,
+    Stopped,
+    TaskFinished,
+    WorkerCrashed,
+)
+
+__all__ = ["LOG_LEVELS", "LogFormat", "event_logger", "quiet_stdlib_logging", "setup_logging"]
+
+LogFormat = Literal["console", "json"]
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is at the moment of writing."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def setup_logging(fmt: LogFormat | None = None, level: str = "info") -> LogFormat:
+    """Configure structlog; `fmt` None picks console for a terminal, JSON otherwise."""
+    chosen: LogFormat = fmt or ("console" if sys.stderr.isatty() else "json")
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if chosen == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if chosen == "json" else _passthrough,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )
+    # Drivers log through the standard library (psycopg's pool, aio-pika): same lines, same place.
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    return chosen
+
+
+def quiet_stdlib_logging() -> None:
+    """Keep drivers' standard-library log records off a command's output (errors say enough)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+
+
+class _ToStructlog(logging.Handler):
+    """Hands standard-library log records to structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger(record.name)
+            log.log(record.levelno, record.getMessage(), logger=record.name)
+        except Exception:
+            self.handleError(record)
+
+
+def _passthrough(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    return event
+
+
+def event_logger(*, tasks: bool = True) -> EventListener:
+    """An `on_event` listener writing one structured line per worker event.
+
+    With `tasks` False the per-task lines are skipped (only lifecycle and trouble are logged).
+    """
+    log = structlog.get_logger("apalis")
+
+    def on_event(event: Event) -> None:
+        fields = {"worker": event.worker, "queue": event.queue}
+        if isinstance(event, TaskFinished):
+            if not tasks:
+                return
+            line = {**fields, "task_id": event.task_id, "attempt": event.attempt, "duration": round(event.duration, 6)}
+            if event.outcome == "done":
+                log.info("task done", **line)
+            elif event.outcome == "retry":
+                log.warning("task failed, will retry", error=event.error, **line)
+            elif event.outcome == "kill":
+                log.error("task killed", error=event.error, **line)
+            else:
+                log.info(f"task {event.outcome}", error=event.error, **line)
+        elif isinstance(event, Started):
+            log.info("worker started", worker_id=event.worker_id, concurrency=event.concurrency, **fields)
+        elif isinstance(event, Idle):
+            log.debug("queue idle", **fields)
+        elif isinstance(event, HeartbeatFailed):
+            log.warning("heartbeat failed", error=event.error, **fields)
+        elif isinstance(event, BackendUnavailable):
+            log.warning("store unavailable, retrying", error=event.error, retry_in=event.retry_in, **fields)
+        elif isinstance(event, WorkerCrashed):
+            log.error("worker crashed, restarting", error=event.error, restart_in=event.restart_in, **fields)
+        elif isinstance(event, Stopped):
+            log.info("worker stopped", released=event.released, **fields)
+
+    return on_event

@@ -1,0 +1,155 @@
+"""What is special to MySQL/MariaDB: the GET_LOCK-guarded sweep, idempotent migrations, validated
+table prefixes, redacted passwords, claims by concurrent workers that never overlap."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from apalis_cli.backend import StoreSpec
+from apalis_cli.codec import JsonCodec
+from apalis_cli.errors import BackendError, ConfigError
+from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
+from apalis_mysql import MysqlStore
+
+from tests.conformance.stores.mysql import admin_connect, admin_execute
+from tests.services import need_server
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    """A fresh database of its own, dropped afterwards."""
+    server = need_server("mysql")
+    database = f"apalis_t_{uuid.uuid4().hex[:12]}"
+    await admin_execute(server, f"CREATE DATABASE {database}")
+    yield urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
+    await admin_execute(server, f"DROP DATABASE IF EXISTS {database}")
+
+
+def make_store(url: str, **options: Any) -> MysqlStore:
+    return MysqlStore.from_spec(StoreSpec(name="t", kind="mysql", url=url, options=options))
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[MysqlStore]:
+    made = make_store(url)
+    await made.open()
+    yield made
+    await made.close()
+
+
+async def test_only_the_named_lock_holder_sweeps(url: str, store: MysqlStore) -> None:
+    queue = store.backend("q", codec=JsonCodec())
+    task_id = await queue.push({"orphan": True}, max_attempts=3)
+    await admin_execute(
+        url, "UPDATE apalis_tasks SET status = 'running', attempts = 1, lock_by = 'ghost' WHERE id = %s", (task_id,)
+    )
+    database = urlsplit(url).path.lstrip("/")
+    lock = "apalis-sweep:" + hashlib.sha1(f"{database}:apalis_:q".encode()).hexdigest()
+    admin = await admin_connect(url)
+    started = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.set()
+
+    worker = Worker(name="w", backend=queue, handler=handler, keep_alive=0.1, stale_after=0.2, poll_interval=0.05)
+    stop = asyncio.Event()
+    try:
+        async with admin.cursor() as cursor:
+            await cursor.execute("SELECT GET_LOCK(%s, 0)", (lock,))
+            assert (await cursor.fetchone())[0] == 1
+            running = asyncio.create_task(worker.run(stop))
+            try:
+                await asyncio.sleep(0.8)
+                held = await queue.get(task_id)
+                assert held is not None
+                assert (held.ctx.status, held.ctx.lock_by) == (Status.RUNNING, "ghost")
+                await cursor.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+                await asyncio.wait_for(started.wait(), 5)
+            finally:
+                stop.set()
+                await running
+    finally:
+        admin.close()
+    done = await queue.get(task_id)
+    assert done is not None
+    assert done.ctx.status is Status.DONE
+    assert done.ctx.attempts == 2
+
+
+async def test_migrations_applied_twice_are_a_no_op(url: str) -> None:
+    first, second = make_store(url), make_store(url)
+    await first.open()
+    await second.open()
+    try:
+        assert first.migrations_applied == [1]
+        assert second.migrations_applied == []
+        assert await admin_execute(url, "SELECT version FROM apalis_schema_version") == [(1,)]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_table_prefix_keeps_stores_apart(url: str) -> None:
+    one, two = make_store(url, table_prefix="one_"), make_store(url, table_prefix="two_")
+    await one.open()
+    await two.open()
+    try:
+        task_id = await one.backend("q", codec=JsonCodec()).push(1)
+        assert await two.backend("q", codec=JsonCodec()).get(task_id) is None
+        assert await one.backend("q", codec=JsonCodec()).get(task_id) is not None
+    finally:
+        await one.close()
+        await two.close()
+
+
+@pytest.mark.parametrize("bad", ["x`; DROP TABLE t; --", "a-b", "1abc", "x" * 49, 3])
+def test_a_malicious_or_bad_table_prefix_is_a_config_error(bad: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        MysqlStore.from_spec(StoreSpec(name="t", kind="mysql", url="mysql://u@h/db", options={"table_prefix": bad}))
+    assert caught.value.key == "table_prefix"
+
+
+async def test_passwords_never_appear_in_errors() -> None:
+    secret = "s3cr3t-pw"
+    with pytest.raises(ConfigError) as no_database:
+        MysqlStore.from_spec(StoreSpec(name="t", kind="mysql", url=f"mysql://u:{secret}@h:3306/"))
+    assert secret not in str(no_database.value)
+    assert "***" in str(no_database.value)
+
+    server = urlsplit(need_server("mysql"))
+    url = f"mysql://nobody:{secret}@{server.hostname}:{server.port or 3306}/test"
+    store = MysqlStore.from_spec(StoreSpec(name="t", kind="mysql", url=url, options={"connect_timeout": "2s"}))
+    with pytest.raises(BackendError) as refused:
+        await store.open()
+    assert secret not in str(refused.value)
+    assert "nobody:***@" in str(refused.value)
+
+
+async def test_concurrent_workers_claim_disjoint_batches(store: MysqlStore) -> None:
+    queue = store.backend("q", codec=JsonCodec())
+    ids = await queue.push_bulk(range(300))
+    seen: list[str] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(task.id)
+
+    workers = [
+        Worker(name=f"w{i}", backend=store.backend("q", codec=JsonCodec()), handler=handler, concurrency=20)
+        for i in range(3)
+    ]
+    stop = asyncio.Event()
+    runs = [asyncio.create_task(w.run(stop)) for w in workers]
+    for _ in range(500):
+        if len(seen) >= len(ids):
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.gather(*runs)
+    assert sorted(seen) == sorted(ids)  # every task once, none twice

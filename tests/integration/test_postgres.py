@@ -1,0 +1,209 @@
+"""What is special to PostgreSQL: LISTEN/NOTIFY wake-ups (also after a reconnect), the
+advisory-locked sweep, idempotent migrations, quoted identifiers, redacted passwords."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from apalis_cli.backend import StoreSpec
+from apalis_cli.codec import JsonCodec
+from apalis_cli.errors import BackendError, ConfigError
+from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
+from apalis_postgres import PostgresStore
+from psycopg import sql
+
+from tests.conformance.stores.postgres import drop_schema, terminate_backends
+from tests.services import need_server
+
+
+def make_store(url: str, schema: str, **options: Any) -> PostgresStore:
+    spec = StoreSpec(
+        name="t", kind="postgres", url=url, options={"schema": schema, "application_name": schema, **options}
+    )
+    return PostgresStore.from_spec(spec)
+
+
+@pytest.fixture
+async def url() -> str:
+    return need_server("postgres")
+
+
+@pytest.fixture
+async def schema(url: str) -> AsyncIterator[str]:
+    name = f"apalis_t_{uuid.uuid4().hex[:12]}"
+    yield name
+    await drop_schema(url, name)
+
+
+@pytest.fixture
+async def store(url: str, schema: str) -> AsyncIterator[PostgresStore]:
+    made = make_store(url, schema)
+    await made.open()
+    yield made
+    await made.close()
+
+
+class Starts:
+    """Records when each task's handler started."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.event = asyncio.Event()
+
+    async def handler(self, args: Any, task: Task[bytes]) -> None:
+        self.at[task.id] = time.time()
+        self.event.set()
+
+
+async def start_worker(
+    store: PostgresStore, queue: str, starts: Starts, **options: Any
+) -> tuple[Worker, asyncio.Event, asyncio.Task[None]]:
+    worker = Worker(name="w", backend=store.backend(queue, codec=JsonCodec()), handler=starts.handler, **options)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    return worker, stop, running
+
+
+async def pushed_start_latency(producer: PostgresStore, queue: str, starts: Starts) -> float:
+    starts.event.clear()
+    before = time.time()
+    task_id = await producer.backend(queue, codec=JsonCodec()).push({"n": 1})
+    await asyncio.wait_for(starts.event.wait(), 5)
+    return starts.at[task_id] - before
+
+
+async def test_an_idle_worker_is_woken_by_notify_from_another_process(
+    url: str, schema: str, store: PostgresStore
+) -> None:
+    # poll_interval is long, and the producer is another store (no shared in-process Waker):
+    # only the NOTIFY can start the task quickly.
+    starts = Starts()
+    _, stop, running = await start_worker(store, "q", starts, poll_interval=10.0, keep_alive=1.0)
+    producer = make_store(url, schema, application_name="producer")
+    await producer.open()
+    try:
+        listener = store.database.listen()
+        await asyncio.wait_for(listener.listening(), 5)
+        await asyncio.sleep(0.5)  # idle long enough for the poll back-off to grow
+        latencies = [await pushed_start_latency(producer, "q", starts) for _ in range(5)]
+        assert max(latencies) < 0.5, latencies  # typically a few ms; loose for busy machines
+
+        # The listener comes back after its connection is killed, and LISTENs again.
+        await terminate_backends(url, schema)
+        for _ in range(500):
+            if listener.connections >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert listener.connections >= 2
+        await asyncio.sleep(0.3)
+        assert await pushed_start_latency(producer, "q", starts) < 0.5
+    finally:
+        stop.set()
+        await running
+        await producer.close()
+
+
+async def test_only_the_advisory_lock_holder_sweeps(url: str, schema: str, store: PostgresStore) -> None:
+    queue = store.backend("q", codec=JsonCodec())
+    task_id = await queue.push({"orphan": True}, max_attempts=3)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        # A task left running by a worker that vanished without a farewell.
+        await admin.execute(
+            sql.SQL("UPDATE {}.tasks SET status = 'running', attempts = 1, lock_by = 'ghost' WHERE id = %s").format(
+                sql.Identifier(schema)
+            ),
+            (task_id,),
+        )
+        # Another sweeper holds the queue's sweep lock: this worker must leave the orphan alone.
+        await admin.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (schema, "q"))
+        starts = Starts()
+        _, stop, running = await start_worker(store, "q", starts, keep_alive=0.1, stale_after=0.2, poll_interval=0.05)
+        try:
+            await asyncio.sleep(0.8)
+            held = await queue.get(task_id)
+            assert held is not None
+            assert (held.ctx.status, held.ctx.lock_by) == (Status.RUNNING, "ghost")
+            await admin.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (schema, "q"))
+            await asyncio.wait_for(starts.event.wait(), 5)
+        finally:
+            stop.set()
+            await running
+    done = await queue.get(task_id)
+    assert done is not None
+    assert done.ctx.status is Status.DONE
+    assert done.ctx.attempts == 2  # the orphaned run counted
+
+
+async def test_migrations_applied_twice_are_a_no_op(url: str, schema: str) -> None:
+    first = make_store(url, schema)
+    await first.open()
+    second = make_store(url, schema)
+    await second.open()
+    try:
+        assert first.migrations_applied == [1]
+        assert second.migrations_applied == []
+        await first.open()  # idempotent on an open store too
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+            cursor = await admin.execute(
+                sql.SQL("SELECT version FROM {}.schema_version").format(sql.Identifier(schema))
+            )
+            assert await cursor.fetchall() == [(1,)]
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize("bad", ['apalis"; DROP TABLE x; --', "a b", "1abc", "x" * 49, "", 7])
+def test_a_malicious_or_bad_schema_name_is_a_config_error(bad: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        PostgresStore.from_spec(
+            StoreSpec(name="t", kind="postgres", url="postgresql://u@h/db", options={"schema": bad})
+        )
+    assert caught.value.key == "schema"
+
+
+async def test_schema_names_are_quoted(url: str) -> None:
+    name = f"Apalis_T_{uuid.uuid4().hex[:8]}"  # mixed case only survives when quoted
+    store = make_store(url, name)
+    await store.open()
+    try:
+        queue = store.backend("q", codec=JsonCodec())
+        task_id = await queue.push(1)
+        assert (await queue.get(task_id)) is not None
+    finally:
+        await store.close()
+        await drop_schema(url, name)
+
+
+async def test_passwords_never_appear_in_errors() -> None:
+    secret = "s3cr3t-pw"
+    with pytest.raises(ConfigError) as bad_url:
+        PostgresStore.from_spec(StoreSpec(name="t", kind="postgres", url=f"mysql://u:{secret}@h/db"))
+    assert secret not in str(bad_url.value)
+    assert "***" in str(bad_url.value)
+
+    store = PostgresStore.from_spec(
+        StoreSpec(
+            name="t",
+            kind="postgres",
+            url=f"postgresql://nobody:{secret}@127.0.0.1:1/db",
+            options={"connect_timeout": "1s"},
+        )
+    )
+    with pytest.raises(BackendError) as unreachable:
+        await store.open()
+    assert secret not in str(unreachable.value)
+    assert "nobody:***@127.0.0.1:1" in str(unreachable.value)
+
+
+async def test_unknown_option_names_its_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        PostgresStore.from_spec(StoreSpec(name="t", kind="postgres", url="postgresql://u@h/db", options={"shema": "x"}))
+    assert caught.value.key == "shema"

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import msgpack
 from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec, encode_result
 from apalis_cli.errors import BackendError
@@ -54,6 +55,20 @@ _NO_META: MappingProxyType[str, Any] = MappingProxyType({})
 _KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
 _ENQUEUE_CHUNK = 2000  # tasks per script call: big pushes stay in one round trip, no call is huge
 PURGE_LIMIT = 5000
+
+
+def _pack(items: list[Any]) -> bytes:
+    """Script arguments as one MessagePack array (old raw strings: what Lua's cmsgpack reads)."""
+    packed: bytes = msgpack.packb(items, use_bin_type=False)
+    return packed
+
+
+def _unpack(reply: bytes) -> list[Any]:
+    """A script's MessagePack reply; strings stay bytes."""
+    unpacked: list[Any] = msgpack.unpackb(reply, raw=True)
+    return unpacked
+
+
 DEFAULT_RETENTION = 7 * 86400.0
 
 
@@ -138,17 +153,18 @@ class RedisQueue(RedisInspector, QueueBase):
         now = repr(time.time())
         calls = []
         for start in range(0, len(tasks), _ENQUEUE_CHUNK):
-            args: list[Any] = [k.base, now, k.wake]
+            items: list[Any] = []
             for new in tasks[start : start + _ENQUEUE_CHUNK]:
-                args += (
+                items += (
                     new.id,
                     new.payload,
                     repr(float(new.run_at)),
-                    int(new.priority),
-                    int(new.max_attempts),
+                    str(int(new.priority)),
+                    str(int(new.max_attempts)),
                     new.idempotency_key or "",
                     json.dumps(dict(new.meta), separators=(",", ":")) if new.meta else "",
                 )
+            args = [k.base, now, k.wake, _pack(items)]
             calls.append(args)
         if len(calls) == 1:
             replies = [await script(keys=[k.ready, k.scheduled], args=calls[0])]
@@ -165,7 +181,7 @@ class RedisQueue(RedisInspector, QueueBase):
         claim_keys = [k.ready, k.scheduled, k.running, k.failed]
 
         async def fetch(limit: int) -> list[Task[bytes]]:
-            reply = await script(keys=claim_keys, args=[k.base, repr(time.time()), limit, worker_id])
+            reply = _unpack(await script(keys=claim_keys, args=[k.base, repr(time.time()), limit, worker_id]))
             return [
                 Task(
                     id=reply[i].decode(),
@@ -195,12 +211,13 @@ class RedisQueue(RedisInspector, QueueBase):
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply many outcomes in one script call; a task whose lease was lost is left alone."""
         k = self.keys
-        args: list[Any] = [k.base, repr(time.time()), k.wake, int(self.retention * 1000)]
+        packed: list[Any] = []
         for task, outcome in items:
             kind = outcome.kind
             text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
-            args += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
+            packed += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
+        args = [k.base, repr(time.time()), k.wake, int(self.retention * 1000), _pack(packed)]
         await self.store.scripts["ack"](keys=[k.ready, k.scheduled, k.running, k.failed, k.done, k.killed], args=args)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:

@@ -1,14 +1,15 @@
 -- Apply a batch of outcomes; each only to a task still running under the same lock.
 -- KEYS: ready, scheduled, running, failed, done, killed
--- ARGV: base, now, wake channel, retention ms, then 5 per outcome:
+-- ARGV: base, now, wake channel, retention ms, and one MessagePack array of 5 per outcome:
 --       id, lock_by, kind (d=done k=kill r=retry l=release), text (result or error), run_at
 local base, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local woke = false
-for i = 5, #ARGV, 5 do
-  local id, kind, text = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+local items = cmsgpack.unpack(ARGV[5])
+for i = 1, #items, 5 do
+  local id, kind, text = items[i], items[i + 2], items[i + 3]
   local task = base .. 't:' .. id
   local f = redis.call('HMGET', task, 's', 'l', 'pr', 'a', 'r', 'k')
-  if f[1] == 'running' and f[2] == ARGV[i + 1] then
+  if f[1] == 'running' and f[2] == items[i + 1] then
     redis.call('ZREM', KEYS[3], id)
     redis.call('HDEL', task, 'l', 'la')
     if kind == 'd' or kind == 'k' then
@@ -24,9 +25,9 @@ for i = 5, #ARGV, 5 do
       redis.call('PEXPIRE', task, ttl)
       if f[6] then redis.call('PEXPIRE', base .. 'k:' .. f[6], ttl) end
     else
-      local priority, run_at, attempts = tonumber(f[3]), tonumber(ARGV[i + 4]), tonumber(f[4])
+      local priority, run_at, attempts = tonumber(f[3]), tonumber(items[i + 4]), tonumber(f[4])
       if kind == 'r' then
-        redis.call('HSET', task, 's', 'failed', 'e', text, 'r', ARGV[i + 4])
+        redis.call('HSET', task, 's', 'failed', 'e', text, 'r', items[i + 4])
         redis.call('SADD', KEYS[4], id)
       else
         run_at = math.min(tonumber(f[5]), now)
@@ -36,7 +37,7 @@ for i = 5, #ARGV, 5 do
         redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + run_at), id)
         woke = true
       else
-        redis.call('ZADD', KEYS[2], ARGV[i + 4], id)
+        redis.call('ZADD', KEYS[2], items[i + 4], id)
       end
     end
   end

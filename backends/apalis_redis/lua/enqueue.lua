@@ -1,12 +1,13 @@
 -- Insert tasks (one call for a whole batch); a known idempotency key or task id returns the
 -- existing id instead, so a retried call after a lost reply inserts nothing twice.
 -- KEYS: ready, scheduled
--- ARGV: base, now, wake channel, then 7 per task: id, payload, run_at, priority, max_attempts,
---       idempotency key ('' = none), meta JSON ('' = none)
+-- ARGV: base, now, wake channel, and one MessagePack array of 7 per task: id, payload, run_at,
+--       priority, max_attempts, idempotency key ('' = none), meta JSON ('' = none)
 local base, now = ARGV[1], tonumber(ARGV[2])
 local out, woke = {}, false
-for i = 4, #ARGV, 7 do
-  local id, key = ARGV[i], ARGV[i + 5]
+local items = cmsgpack.unpack(ARGV[4])
+for i = 1, #items, 7 do
+  local id, key = items[i], items[i + 5]
   local existing = false
   if key ~= '' then
     existing = redis.call('GET', base .. 'k:' .. key)
@@ -16,20 +17,20 @@ for i = 4, #ARGV, 7 do
   if existing then
     out[#out + 1] = existing
   else
-    local run_at, priority = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    local run_at, priority = tonumber(items[i + 2]), tonumber(items[i + 3])
     local task = base .. 't:' .. id
-    redis.call('HSET', task, 'p', ARGV[i + 1], 's', 'pending', 'a', 0, 'm', ARGV[i + 4],
-      'r', ARGV[i + 2], 'pr', ARGV[i + 3], 'c', ARGV[2])
+    redis.call('HSET', task, 'p', items[i + 1], 's', 'pending', 'a', 0, 'm', items[i + 4],
+      'r', items[i + 2], 'pr', items[i + 3], 'c', ARGV[2])
     if key ~= '' then
       redis.call('HSET', task, 'k', key)
       redis.call('SET', base .. 'k:' .. key, id)
     end
-    if ARGV[i + 6] ~= '' then redis.call('HSET', task, 'mt', ARGV[i + 6]) end
+    if items[i + 6] ~= '' then redis.call('HSET', task, 'mt', items[i + 6]) end
     if run_at <= now then
       redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + run_at), id)
       woke = true
     else
-      redis.call('ZADD', KEYS[2], ARGV[i + 2], id)
+      redis.call('ZADD', KEYS[2], items[i + 2], id)
     end
     out[#out + 1] = id
   end

@@ -54,6 +54,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--conc", default="1,10,50", help="drain concurrencies (1,10,50)")
     ap.add_argument("--drain-max", type=float, default=10.0, help="seconds a drain may take before it is cut (10)")
     ap.add_argument("--single-max", type=float, default=6.0, help="seconds for one-at-a-time enqueue at most (6)")
+    ap.add_argument("--bulk-max", type=float, default=6.0, help="seconds for each bulk enqueue at most (6)")
     ap.add_argument("--lat-n", type=int, default=500, help="measured latency tasks (500)")
     ap.add_argument("--lat-rate", type=float, default=200.0, help="latency stream rate, tasks/s (200)")
     ap.add_argument("--wakeup-probes", type=int, default=5, help="wake-up probes after 2 s idle (5)")
@@ -93,6 +94,7 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
     settings = Settings(
         tasks=args.tasks,
         single_max_s=args.single_max,
+        bulk_max_s=args.bulk_max,
         concs=tuple(int(c) for c in args.conc.split(",")),
         drain_max_s=args.drain_max,
         lat_n=args.lat_n,

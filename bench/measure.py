@@ -44,6 +44,7 @@ class Settings:
 
     tasks: int = 20000
     single_max_s: float = 6.0
+    bulk_max_s: float = 6.0
     concs: tuple[int, ...] = (1, 10, 50)
     drain_max_s: float = 10.0
     lat_n: int = 500
@@ -227,14 +228,19 @@ async def enqueue_single(queue: Any, n: int, max_s: float) -> dict[str, Any]:
     return {"n": done, "secs": round(secs, 3), "rate": round(done / secs, 1)}
 
 
-async def enqueue_bulk(queue: Any, n: int, chunk: int) -> dict[str, Any]:
-    """`n` tasks through `push_bulk`, `chunk` per call."""
+async def enqueue_bulk(queue: Any, n: int, chunk: int, max_s: float) -> dict[str, Any]:
+    """`n` tasks through `push_bulk`, `chunk` per call (stopping early after `max_s`)."""
     body = _payload(0.0)
     t0 = time.perf_counter()
-    for i in range(0, n, chunk):
-        await queue.push_bulk([body] * min(chunk, n - i))
+    done = 0
+    while done < n:
+        size = min(chunk, n - done)
+        await queue.push_bulk([body] * size)
+        done += size
+        if time.perf_counter() - t0 > max_s:
+            break
     secs = time.perf_counter() - t0
-    return {"n": n, "secs": round(secs, 3), "rate": round(n / secs, 1)}
+    return {"n": done, "secs": round(secs, 3), "rate": round(done / secs, 1)}
 
 
 def _handle(store: Store, target: Target, queue: str, conc: int, s: Settings, tag: str) -> WorkerHandle:
@@ -248,14 +254,15 @@ async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[d
     """Bulk-enqueue a backlog into a fresh queue, then drain it with one worker at `conc`."""
     queue_name = f"{s.run_id}-drain-c{conc}"
     queue: Any = store.backend(queue_name, codec=CODEC, max_attempts=1)  # a TaskSink too
-    bulk = await enqueue_bulk(queue, s.tasks, s.bulk_chunk)
+    bulk = await enqueue_bulk(queue, s.tasks, s.bulk_chunk, s.bulk_max_s)
+    n = bulk["n"]  # the backlog: fewer than --tasks when the bulk enqueue was cut
     worker = _handle(store, target, queue_name, conc, s, f"drain-c{conc}")
     await worker.start()
     try:
         cpu0 = worker.cpu_seconds()
-        res = await worker.wait(s.tasks, s.drain_max_s, stall=5.0)
+        res = await worker.wait(n, s.drain_max_s, stall=5.0)
         cpu1 = worker.cpu_seconds()
-        extra = await worker.wait(s.tasks + 1, 0.3, stall=0.3) if res["count"] >= s.tasks else res
+        extra = await worker.wait(n + 1, 0.3, stall=0.3) if res["count"] >= n else res
         rss = worker.peak_rss_mb()
     finally:
         await worker.stop()
@@ -264,10 +271,10 @@ async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[d
     rate = done / span if span and span > 0 else math.nan  # as peers-bench computes it
     out = {
         "conc": conc,
-        "n": s.tasks,
+        "n": n,
         "done": done,
-        "complete": done >= s.tasks,
-        "duplicates": max(0, extra["count"] - s.tasks),
+        "complete": done >= n,
+        "duplicates": max(0, extra["count"] - n),
         "secs": round(span, 3),
         "rate": round(rate, 1),
         "rss_mb": round(rss, 1),
@@ -361,7 +368,7 @@ async def measure_backend(store: Store, target: Target, s: Settings, log: Any) -
         drains.append(d)
         bulks.append(b)
     result["enqueue_bulk"] = {
-        "n": s.tasks,
+        "n": [b["n"] for b in bulks],
         "chunk": s.bulk_chunk,
         "rate": round(statistics.median(b["rate"] for b in bulks), 1) if bulks else None,
         "runs": [b["rate"] for b in bulks],

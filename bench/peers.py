@@ -89,7 +89,10 @@ def load_peers(results: Path, session: str | None = None) -> tuple[str, list[dic
         for name, rs in g.items():
             if name.startswith("drain:"):
                 kind = rs[0].get("conc_kind", "c")
-                drains[f"{kind}{name[6:]}"] = _med([r["rate"] for r in rs if not r.get("timed_out")])
+                # as peers-bench's report.py: complete runs only, unless every run was cut
+                drains[f"{kind}{name[6:]}"] = _med(
+                    [r["rate"] for r in rs if not r.get("timed_out")] or [r["rate"] for r in rs]
+                )
         lat = [r for r in g.get("latency", []) if "p50_ms" in r and r.get("rate") == 200.0]
         wake = g.get("wakeup", [])
         rss = [r.get("rss_mb") for name, rs in g.items() if name.startswith("drain:") for r in rs]

@@ -174,7 +174,8 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
             t.add_row(r["kind"], f"[yellow]skipped: {r['error']}[/]", *[""] * 7)
             continue
         drains = " · ".join(
-            f"c{d['conc']}: {_f(d['rate'])}" + ("" if d["complete"] else f" ({d['done']} done)") for d in r["drain"]
+            f"c{d['conc']}: {_f(d['rate'])}" + ("" if d["complete"] else f" ({d['done']}/{d['n']} in time)")
+            for d in r["drain"]
         )
         lat, wake = r.get("latency", {}), r.get("wakeup", {})
         c10 = [d for d in r["drain"] if d["conc"] == 10] or r["drain"]
@@ -210,7 +211,7 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
             c.add_row(x["kind"], x["ceiling"], _f(x["ceiling_rate"]), _f(x["fraction"], 2))
         con.print(c)
     if doc.get("peers"):
-        p = Table(title=f"peers measured in this run (session {doc.get('peers_session')})")
+        p = Table(title=f"peers (peers-bench session {doc.get('peers_session')})")
         for col in (
             "peer",
             "store",

@@ -1,0 +1,9 @@
+"""The RSMQ backend (`kind = "rsmq"`): the rsmq 0.12 / pyrsmq data layout on Redis, so other
+rsmq clients send us tasks and receive ours; see `apalis_rsmq.backend` for the mapping."""
+
+from __future__ import annotations
+
+from .backend import RsmqQueue, RsmqStore
+from .config import RsmqSettings
+
+__all__ = ["RsmqQueue", "RsmqSettings", "RsmqStore"]

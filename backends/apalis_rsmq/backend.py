@@ -1,0 +1,266 @@
+"""The RSMQ store (`kind = "rsmq"`): speaks the data layout of npm `rsmq` 0.12 and PyPI `pyrsmq`.
+
+Layout under namespace `ns` (default "rsmq"), exactly as rsmq writes it:
+
+    ns:QUEUES      set    queue names
+    ns:<q>         zset   message id -> the ms timestamp (Redis TIME) at which it becomes visible
+    ns:<q>:Q       hash   vt, delay, maxsize, created, modified, totalsent, totalrecv, and per
+                          message: <id> (the body), <id>:rc (receive count), <id>:fr (first receive ms)
+    ns:rt:<q>      pub/sub channel, published after a send when `realtime` is on
+
+Ids are 32 characters: base36 of Redis TIME in µs, then 22 random `[A-Za-z0-9]`. A message sent
+by any rsmq client is a task whose compact payload is the body; a task pushed here is a message
+any rsmq client receives with the same body.
+
+How tasks map onto messages:
+- Claim = receiveMessage for up to n messages at once; the lease is the visibility timeout, the
+  longer of the `vt` option and the worker's `stale_after`, and each heartbeat extends it for
+  the tasks the worker runs (changeMessageVisibility). attempts = rc.
+- Done = deleteMessage. Retry = visible again at now + backoff, the error kept. Release = visible
+  now, rc decremented. Kill = moved to the dead-letter queue `<q>-dead`, itself a plain rsmq
+  queue (same id and body), where dead letters are purged after the worker's `retention`.
+- A message whose lease ran out while its worker was locked on it was orphaned: it comes back
+  with rc + 1, and when rc passes max_attempts it is dead-lettered instead of delivered.
+- What rsmq has no place for lives in our side hash `ns:<q>:apalis`: `<id>:ma` (max attempts,
+  written by our pushes; messages from other clients get the worker's default), `<id>:lk` (the
+  worker holding the lease), `<id>:e` (the last error). The dead-letter queue's side hash keeps
+  `<id>:e`, `<id>:rc`, `<id>:ma`, `<id>:at` (killed at, ms). Other clients ignore these keys.
+- Every time is Redis TIME, read inside the scripts, as rsmq does; every change is one script.
+
+rsmq keeps queues outside any hash tag (`ns:QUEUES` and `ns:<q>` are different slots): like
+rsmq itself, this store needs a single Redis server, not a Cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
+
+import msgpack
+from apalis_cli.backend import Capabilities, Capability, NewTask, StoreSpec, WorkerContext
+from apalis_cli.codec import Codec
+from apalis_cli.errors import BackendError, BadPayload, UsageError
+from apalis_cli.polling import Waker, beat_every, poll_batches
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.task import Status, Task, TaskContext, TaskId
+from apalis_redis.config import redact_url
+from apalis_redis.connection import Wakeups, connect, lua, require_driver
+
+from .config import QUEUE_NAME, RsmqSettings
+from .inspect import RsmqInspector, created_at
+from .keys import RsmqKeys
+
+__all__ = ["RsmqQueue", "RsmqStore"]
+
+_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry")
+_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
+_SEND_CHUNK = 2000
+_PURGE_LIMIT = 5000
+
+_CAPABILITIES = Capabilities(
+    {
+        Capability.PRIORITY: "rsmq orders messages by visibility time only; it has no priorities",
+        Capability.RESULTS: "rsmq deletes a message once it is processed: there is no place for a result",
+        Capability.IDEMPOTENCY: "rsmq messages carry no key: the same message sent twice is two messages",
+        Capability.WORKERS: "rsmq has no worker registry: a worker's liveness is its leases (visibility timeouts)",
+        Capability.INSPECT: (
+            "rsmq deletes done messages, so done tasks cannot be listed or counted "
+            "(pending, running, failed and dead-lettered ones can)"
+        ),
+        Capability.ADMIN: "done tasks are deleted by rsmq; retry/kill/purge work on the others and on dead letters",
+    }
+)
+
+
+class RsmqStore:
+    """rsmq queues in one Redis database under one namespace."""
+
+    kind: ClassVar[str] = "rsmq"
+    capabilities: ClassVar[Capabilities] = _CAPABILITIES
+
+    def __init__(self, settings: RsmqSettings) -> None:
+        self.settings = settings
+        self.client_name = f"apalis-rsmq:{settings.namespace}:{random.getrandbits(48):012x}"
+        self._client: Any = None
+        self.scripts: dict[str, Any] = {}
+        self._wakeups: Wakeups | None = None
+        self._local: dict[str, Waker] = {}
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> RsmqStore:
+        """Validate the table (`url`, `namespace`, `vt`, `delay`, `maxsize`, `realtime`)."""
+        settings = RsmqSettings.parse(spec.url, spec.options)
+        require_driver("rsmq")
+        return cls(settings)
+
+    async def open(self) -> None:
+        """Connect and load the scripts; idempotent (queues are created on first use)."""
+        if self._client is not None:
+            return
+        client = connect(self.settings.url, self.client_name)
+        try:
+            await client.ping()
+        except Exception as exc:
+            await client.aclose()
+            raise BackendError(f"cannot reach redis at {redact_url(self.settings.url)}: {exc}") from None
+        self.scripts = {name: client.register_script(lua("apalis_rsmq", name)) for name in _SCRIPTS}
+        if self.settings.realtime:
+            self._wakeups = Wakeups(client, f"{self.settings.namespace}:rt:")
+        self._client = client
+
+    async def close(self) -> None:
+        """Stop listening and release every connection."""
+        if self._wakeups is not None:
+            await self._wakeups.close()
+            self._wakeups = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (after `open`)."""
+        if self._client is None:
+            raise BackendError("the rsmq store is not open")
+        return self._client
+
+    def waker(self, queue: str) -> Waker:
+        """What wakes the idle pollers of `queue`: realtime messages, or pushes in this process."""
+        if self._wakeups is not None:
+            return self._wakeups.waker(queue)
+        return self._local.setdefault(queue, Waker())
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> RsmqQueue:
+        """The queue-bound backend; the name must be a valid rsmq queue name."""
+        if not QUEUE_NAME.match(queue):
+            raise UsageError(f'rsmq queue names are 1-155 letters, digits, "_" or "-", got "{queue}"')
+        return RsmqQueue(self, queue, codec=codec, max_attempts=max_attempts)
+
+
+class RsmqQueue(RsmqInspector, QueueBase):
+    """One rsmq queue (and its dead-letter queue) of an `RsmqStore`."""
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, store: RsmqStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self.store = store
+        self.keys = RsmqKeys.of(store.settings.namespace, queue)
+        self._channel = self.keys.realtime if store.settings.realtime else ""
+        self._created = False
+
+    async def ensure_queue(self) -> None:
+        """createQueue for the queue and its dead-letter queue, unless they exist."""
+        if self._created:
+            return
+        k, s = self.keys, self.store.settings
+        await self.store.scripts["create"](
+            keys=[k.queues, k.hash, k.dead_hash],
+            args=[math.ceil(s.vt), math.ceil(s.delay), s.maxsize, k.queue, k.dead_queue],
+        )
+        self._created = True
+
+    def _lease_ms(self, worker: WorkerContext) -> int:
+        return int(max(self.store.settings.vt, worker.stale_after) * 1000)
+
+    # -- the store's primitives ------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """sendMessage for each task; the ids are rsmq's (made from Redis TIME), not the task's."""
+        await self.ensure_queue()
+        k, script = self.keys, self.store.scripts["send"]
+        ids: list[TaskId] = []
+        for start in range(0, len(tasks), _SEND_CHUNK):
+            now, items = time.time(), list[Any]()
+            for new in tasks[start : start + _SEND_CHUNK]:
+                delay = (new.run_at - now) * 1000
+                items += ("".join(random.choices(_CHARSET, k=22)), round(delay) if delay > 1 else -1)
+                items += (new.payload, new.max_attempts)
+            args = [self._channel, msgpack.packb(items, use_bin_type=False)]
+            try:
+                reply = await script(keys=[k.zset, k.hash, k.side], args=args)
+            except Exception as exc:
+                if "messageTooLong" in str(exc):
+                    raise BadPayload(f'a payload is larger than the maxsize of rsmq queue "{self.queue}"') from None
+                if "queueNotFound" not in str(exc):
+                    raise
+                self._created = False  # deleted by another client, or a server that lost its data
+                await self.ensure_queue()
+                reply = await script(keys=[k.zset, k.hash, k.side], args=args)
+            ids += (raw.decode() for raw in reply)
+        waker = self.store.waker(self.queue)
+        if not self._channel:
+            waker.notify()
+        return ids
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Messages received for `worker` in batches of its free slots."""
+        script, queue, worker_id, six = self.store.scripts["receive"], self.queue, worker.id, self.keys.six
+        lease, default_max = self._lease_ms(worker), self.max_attempts
+
+        async def fetch(limit: int) -> list[Task[bytes]]:
+            await self.ensure_queue()
+            raw = await script(keys=six, args=[limit, lease, worker_id, default_max])
+            reply: list[Any] = msgpack.unpackb(raw, raw=True)
+            now = time.time()
+            tasks = []
+            for i in range(0, len(reply), 6):
+                task_id = reply[i].decode()
+                tasks.append(
+                    Task(
+                        id=task_id,
+                        args=reply[i + 1],
+                        ctx=TaskContext(
+                            queue=queue,
+                            status=Status.RUNNING,
+                            attempts=reply[i + 2],
+                            max_attempts=reply[i + 4],
+                            run_at=now,
+                            lock_by=worker_id,
+                            last_error=reply[i + 5].decode() if reply[i + 5] else None,
+                            created_at=created_at(task_id),
+                        ),
+                    )
+                )
+            return tasks
+
+        async def release(tasks: Sequence[Task[bytes]]) -> None:
+            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+
+        return poll_batches(worker, fetch, release, self.store.waker(queue))
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Apply many outcomes in one script call; a message whose lease was lost is left alone."""
+        now, packed = time.time(), list[Any]()
+        local_wake = False
+        for task, outcome in items:
+            delay = max(round((outcome.run_at - now) * 1000), 0) if outcome.run_at is not None else 0
+            packed += (task.id, task.ctx.lock_by or "", task.ctx.attempts, _KIND_CODES[outcome.kind])
+            packed += (outcome.error or "", delay)
+            local_wake = local_wake or outcome.kind is OutcomeKind.RELEASE
+        args = [self._channel, msgpack.packb(packed, use_bin_type=False)]
+        await self.store.scripts["ack"](keys=self.keys.six, args=args)
+        if local_wake and not self._channel:
+            self.store.waker(self.queue).notify()
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Extend the leases of the messages `worker` runs; purge old dead letters."""
+        k, script, lease = self.keys, self.store.scripts["beat"], self._lease_ms(worker)
+        retention_ms = int(worker.retention * 1000)
+
+        async def beat() -> None:
+            await self.ensure_queue()
+            for _ in range(20):  # more purging only when a backlog of dead letters built up
+                _, purged = await script(
+                    keys=[k.zset, k.side, k.dead_zset, k.dead_hash, k.dead_side],
+                    args=[lease, worker.id, retention_ms, _PURGE_LIMIT, *worker.running()],
+                )
+                if purged < _PURGE_LIMIT:
+                    return
+
+        return beat_every(worker, beat)

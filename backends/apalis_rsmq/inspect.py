@@ -1,0 +1,140 @@
+"""What can be inspected in an rsmq queue: its waiting, running and failed messages and its dead
+letters (done messages are deleted by rsmq, so they cannot be listed or counted)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.task import Status, Task, TaskContext, TaskId
+
+if TYPE_CHECKING:
+    from .backend import RsmqStore
+    from .keys import RsmqKeys
+
+__all__ = ["RsmqInspector", "created_at"]
+
+
+def created_at(message_id: str) -> float:
+    """When an rsmq message was sent: its id starts with base36 of Redis TIME in µs."""
+    try:
+        return int(message_id[:10], 36) / 1e6
+    except ValueError:
+        return 0.0
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value else None
+
+
+class RsmqInspector:
+    """list/get/stats/retry/kill/purge over one rsmq queue and its dead-letter queue."""
+
+    queue: str
+    keys: RsmqKeys
+    store: RsmqStore
+    max_attempts: int
+    _channel: str
+
+    async def _fetch(self, ids: list[tuple[bytes, float]], dead: bool) -> list[Task[bytes]]:
+        k = self.keys
+        qhash, side = (k.dead_hash, k.dead_side) if dead else (k.hash, k.side)
+        async with self.store.client.pipeline(transaction=False) as pipe:
+            for raw, _ in ids:
+                i = raw.decode()
+                pipe.hmget(qhash, [i, f"{i}:rc"])
+                pipe.hmget(side, [f"{i}:ma", f"{i}:lk", f"{i}:e", f"{i}:rc", f"{i}:at"])
+            replies = await pipe.execute()
+        now = time.time()
+        tasks = []
+        for n, (raw, score) in enumerate(ids):
+            (body, rc), (ma, lock, error, dead_rc, at) = replies[2 * n], replies[2 * n + 1]
+            if body is None:
+                continue
+            if dead:
+                status, attempts = Status.KILLED, int(dead_rc or 0)
+            else:
+                attempts = int(rc or 0)
+                status = Status.RUNNING if lock else Status.FAILED if error else Status.PENDING
+            tasks.append(
+                Task(
+                    id=raw.decode(),
+                    args=body,
+                    ctx=TaskContext(
+                        queue=self.queue,
+                        status=status,
+                        attempts=attempts,
+                        max_attempts=int(ma) if ma else self.max_attempts,
+                        run_at=score / 1000 if not dead else now,
+                        lock_by=_text(lock),
+                        last_error=_text(error),
+                        created_at=created_at(raw.decode()),
+                        done_at=int(at) / 1000 if dead and at else None,
+                    ),
+                )
+            )
+        return tasks
+
+    async def _all(self) -> list[Task[bytes]]:
+        client = self.store.client
+        live = await client.zrange(self.keys.zset, 0, -1, withscores=True)
+        dead = await client.zrange(self.keys.dead_zset, 0, -1, withscores=True)
+        return await self._fetch(live, False) + await self._fetch(dead, True)
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Messages of the queue and its dead letters (optionally of one status), by run_at."""
+        tasks = [t for t in await self._all() if status is None or t.ctx.status is status]
+        tasks.sort(key=lambda t: (t.ctx.run_at, t.id))
+        return tasks[offset : offset + limit]
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One message by id, in the queue or among its dead letters."""
+        client, k = self.store.client, self.keys
+        for zset, dead in ((k.zset, False), (k.dead_zset, True)):
+            score = await client.zscore(zset, task_id)
+            if score is not None:
+                found = await self._fetch([(task_id.encode(), score)], dead)
+                if found:
+                    return found[0]
+        return None
+
+    async def stats(self) -> QueueStats:
+        """Counts per status; done is unknown (rsmq deletes done messages)."""
+        counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
+        for task in await self._all():
+            counts[task.ctx.status] = (counts[task.ctx.status] or 0) + 1
+        counts[Status.DONE] = None
+        return QueueStats(queue=self.queue, counts=counts)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """rsmq has no worker registry: always empty."""
+        return []
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """A dead letter goes back to the queue, or a failed message runs now; rc starts afresh."""
+        done = await self.store.scripts["retry"](keys=self.keys.six, args=[task_id, self._channel])
+        return bool(done)
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Move a message to the dead-letter queue with `reason`."""
+        return bool(await self.store.scripts["kill"](keys=self.keys.six, args=[task_id, reason]))
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete messages of `status` killed (or sent) more than `older_than` seconds ago."""
+        cutoff = time.time() - (older_than or 0.0)
+        k = self.keys
+        doomed = [
+            t for t in await self._all() if t.ctx.status is status and (t.ctx.done_at or t.ctx.created_at) <= cutoff
+        ]
+        if not doomed:
+            return 0
+        async with self.store.client.pipeline(transaction=True) as pipe:
+            for task in doomed:
+                i = task.id
+                dead = task.ctx.status is Status.KILLED
+                pipe.zrem(k.dead_zset if dead else k.zset, i)
+                pipe.hdel(k.dead_hash if dead else k.hash, i, f"{i}:rc", f"{i}:fr")
+                pipe.hdel(k.dead_side if dead else k.side, *(f"{i}:{f}" for f in ("ma", "lk", "e", "rc", "at")))
+            await pipe.execute()
+        return len(doomed)

@@ -1,0 +1,48 @@
+"""The rsmq key names of one queue and of its dead-letter queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RsmqKeys"]
+
+DEAD_SUFFIX = "-dead"
+
+
+@dataclass(frozen=True, slots=True)
+class RsmqKeys:
+    """`ns:<q>` (zset), `ns:<q>:Q` (hash), our side hash `ns:<q>:apalis`, and the same three for
+    the dead-letter queue `<q>-dead`; `ns:QUEUES` and the realtime channel `ns:rt:<q>`."""
+
+    queue: str
+    dead_queue: str
+    queues: str
+    zset: str
+    hash: str
+    side: str
+    dead_zset: str
+    dead_hash: str
+    dead_side: str
+    realtime: str
+
+    @classmethod
+    def of(cls, namespace: str, queue: str) -> RsmqKeys:
+        """The keys of `queue` under `namespace`."""
+        dead = queue + DEAD_SUFFIX
+        return cls(
+            queue=queue,
+            dead_queue=dead,
+            queues=f"{namespace}:QUEUES",
+            zset=f"{namespace}:{queue}",
+            hash=f"{namespace}:{queue}:Q",
+            side=f"{namespace}:{queue}:apalis",
+            dead_zset=f"{namespace}:{dead}",
+            dead_hash=f"{namespace}:{dead}:Q",
+            dead_side=f"{namespace}:{dead}:apalis",
+            realtime=f"{namespace}:rt:{queue}",
+        )
+
+    @property
+    def six(self) -> list[str]:
+        """The keys most scripts take: queue zset, hash, side hash, then the dead queue's."""
+        return [self.zset, self.hash, self.side, self.dead_zset, self.dead_hash, self.dead_side]

@@ -1,0 +1,47 @@
+-- Apply a batch of outcomes, each only to a message still locked by the worker that ran it:
+-- done deletes it (deleteMessage); retry makes it visible after the backoff with its error;
+-- release makes it visible now without counting the receive; kill moves it to the dead-letter
+-- queue (a plain rsmq queue) with its error.
+-- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis
+-- ARGV: realtime channel ('' = off), MessagePack array of 6 per outcome:
+--       id, lock_by, rc when claimed, kind (d=done k=kill r=retry l=release), error, delay ms
+-- (a changed rc means another client received the message since: the lease was lost)
+local items = cmsgpack.unpack(ARGV[2])
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = string.format('%.0f', ts)
+local woke = false
+for i = 1, #items, 6 do
+  local id, kind = items[i], items[i + 3]
+  local side = redis.call('HMGET', KEYS[3], id .. ':lk', id .. ':ma')
+  if side[1] == items[i + 1] and tonumber(redis.call('HGET', KEYS[2], id .. ':rc')) == tonumber(items[i + 2]) then
+    if kind == 'd' or kind == 'k' then
+      if kind == 'k' then
+        local body = redis.call('HGET', KEYS[2], id)
+        redis.call('ZADD', KEYS[4], now, id)
+        redis.call('HSET', KEYS[5], id, body)
+        redis.call('HINCRBY', KEYS[5], 'totalsent', 1)
+        redis.call('HSET', KEYS[6], id .. ':e', items[i + 4], id .. ':rc',
+          redis.call('HGET', KEYS[2], id .. ':rc') or 0, id .. ':ma', side[2] or '', id .. ':at', now)
+      end
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id, id .. ':rc', id .. ':fr')
+      redis.call('HDEL', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e')
+    elseif kind == 'r' then
+      local delay = tonumber(items[i + 5])
+      redis.call('ZADD', KEYS[1], string.format('%.0f', ts + delay), id)
+      redis.call('HSET', KEYS[3], id .. ':e', items[i + 4])
+      redis.call('HDEL', KEYS[3], id .. ':lk')
+      if delay <= 0 then woke = true end
+    else
+      redis.call('ZADD', KEYS[1], now, id)
+      if redis.call('HINCRBY', KEYS[2], id .. ':rc', -1) <= 0 then
+        redis.call('HDEL', KEYS[2], id .. ':rc', id .. ':fr')
+      end
+      redis.call('HDEL', KEYS[3], id .. ':lk')
+      woke = true
+    end
+  end
+end
+if woke and ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], redis.call('ZCARD', KEYS[1])) end
+return 0

@@ -1,0 +1,53 @@
+-- receiveMessage for up to `limit` messages at once, each hidden for the lease (the visibility
+-- timeout), its rc counted and fr set on the first receive, exactly as rsmq does. A message
+-- that comes back while still locked by a worker was orphaned (its lease ran out): it carries
+-- that error, and goes to the dead-letter queue instead when its attempts are exhausted.
+-- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis
+-- ARGV: limit, lease ms, worker id, default max attempts
+-- Returns one MessagePack array of 6 per message: id, body, rc, fr, max_attempts, last error.
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = string.format('%.0f', ts)
+local hidden = string.format('%.0f', ts + tonumber(ARGV[2]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if not body then
+    redis.call('ZREM', KEYS[1], id) -- a score without a body: deleted under our feet
+  else
+    redis.call('ZADD', KEYS[1], hidden, id)
+    redis.call('HINCRBY', KEYS[2], 'totalrecv', 1)
+    local rc = redis.call('HINCRBY', KEYS[2], id .. ':rc', 1)
+    local fr
+    if rc == 1 then
+      fr = now
+      redis.call('HSET', KEYS[2], id .. ':fr', now)
+    else
+      fr = redis.call('HGET', KEYS[2], id .. ':fr')
+    end
+    local side = redis.call('HMGET', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e')
+    local max_attempts = tonumber(side[1]) or tonumber(ARGV[4])
+    local err = side[3]
+    if side[2] then
+      err = 'worker ' .. side[2] .. ' stopped sending heartbeats while running this task'
+        .. ' (its lease, the visibility timeout, ran out)'
+      redis.call('HSET', KEYS[3], id .. ':e', err)
+    end
+    if rc > max_attempts then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HDEL', KEYS[2], id, id .. ':rc', id .. ':fr')
+      redis.call('HDEL', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e')
+      redis.call('ZADD', KEYS[4], now, id)
+      redis.call('HSET', KEYS[5], id, body)
+      redis.call('HINCRBY', KEYS[5], 'totalsent', 1)
+      redis.call('HSET', KEYS[6], id .. ':e', err or 'attempts exhausted', id .. ':rc', rc - 1,
+        id .. ':ma', max_attempts, id .. ':at', now)
+    else
+      redis.call('HSET', KEYS[3], id .. ':lk', ARGV[3])
+      local n = #out
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = id, body, rc, fr, max_attempts, err or false
+    end
+  end
+end
+return cmsgpack.pack(out)

@@ -1,0 +1,180 @@
+"""The `apalis` command end to end on embedded SQLite: push, run --burst, inspect, admin, errors."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+from .conftest import CONFIG, Apalis, lines
+
+ID = re.compile(r"^[0-9A-Z]{20,32}$")
+
+
+def test_push_prints_the_new_id_alone(apalis: Apalis) -> None:
+    result = apalis("push", '{"to": "ada"}')
+    assert result.code == 0, result.err
+    assert ID.match(result.out.strip())
+    assert result.out.count("\n") == 1
+
+
+def test_push_file_run_burst_inspect(apalis: Apalis, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(f'{{"n": {i}}}\n' for i in range(300)))
+    pushed = apalis("push", "--file", str(tasks))
+    assert pushed.code == 0, pushed.err
+    ids = lines(pushed.out)
+    assert len(set(ids)) == 300
+    assert apalis.statuses() == {"pending": 300}
+
+    ran = apalis("run", "--burst", "--no-live", "--log-format", "json")
+    assert ran.code == 0, ran.err
+    rows = apalis.inspect()
+    assert {row["status"] for row in rows} == {"done"}
+    assert {row["id"] for row in rows} == set(ids)
+    by_n = {row["result"]["echo"]["n"] for row in rows}
+    assert by_n == set(range(300))
+
+
+def test_inspect_json_shape(apalis: Apalis) -> None:
+    task_id = apalis("push", "--priority", "3", "--max-attempts", "7", "--delay", "1h", '{"x": "é"}').out.strip()
+    (row,) = apalis.inspect("--id", task_id, "--decode")
+    assert row["id"] == task_id
+    assert row["status"] == "pending"
+    assert (row["attempts"], row["max_attempts"], row["priority"]) == (0, 7, 3)
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$", row["run_at"])
+    assert row["queue"] == "echo"
+    assert (row["payload"], row["payload_encoding"]) == ('{"x":"é"}', "utf-8")
+    assert row["args"] == {"x": "é"}
+    for key in ("last_error", "result", "lock_by"):
+        assert row[key] is None
+    # A delayed task is not ready: a burst run leaves it alone.
+    assert apalis("run", "--burst", "--no-live").code == 0
+    assert apalis.statuses() == {"pending": 1}
+
+
+def test_msgpack_payload_is_shown_as_hex(apalis: Apalis) -> None:
+    apalis.write_config(CONFIG.replace('handler = "acc_handlers:ok"', 'handler = "acc_handlers:ok"\ncodec = "msgpack"'))
+    task_id = apalis("push", '{"a": 1}').out.strip()
+    (row,) = apalis.inspect("--id", task_id, "--decode")
+    assert (row["payload"], row["payload_encoding"]) == ("81a16101", "hex")
+    assert row["args"] == {"a": 1}
+
+
+def test_stdin_takes_one_value_per_line(apalis: Apalis) -> None:
+    result = apalis("push", "-", stdin='{"n": 1}\n{"n": 2}\n[3]\n')
+    assert result.code == 0, result.err
+    assert len(lines(result.out)) == 3
+
+
+def test_idempotency_key(apalis: Apalis) -> None:
+    first = apalis("push", "--key", "invoice-42", '{"n": 1}').out
+    second = apalis("push", "--key", "invoice-42", '{"n": 2}').out
+    assert first == second
+    assert apalis.statuses() == {"pending": 1}
+
+
+def test_bad_input_is_one_line_exit_2(apalis: Apalis, tmp_path: Path) -> None:
+    bad_json = apalis("push", "{nope")
+    assert bad_json.code == 2
+    assert lines(bad_json.err) == [bad_json.err.strip()]
+    assert bad_json.err.startswith("apalis: error: the argument is not valid JSON")
+
+    unknown = apalis("push", "--worker", "nobody", "{}")
+    assert unknown.code == 2
+    assert unknown.err.strip() == f'apalis: error: no worker named "nobody" in {apalis.config} (workers: echo)'
+
+    apalis.write_config(CONFIG.replace("concurrency = 4", "concurrency = 0"))
+    bad_config = apalis("run", "--burst")
+    assert bad_config.code == 2
+    assert bad_config.err == f"apalis: error: {apalis.config}:8: workers[0].concurrency: must be >= 1, got 0\n"
+
+    (tmp_path / "broken.toml").write_text("[[workers]\n")
+    syntax = apalis("check", "--config", str(tmp_path / "broken.toml"))
+    assert syntax.code == 2
+    assert syntax.err.startswith(f"apalis: error: {tmp_path / 'broken.toml'}:1:")
+    assert "Traceback" not in bad_json.err + unknown.err + bad_config.err + syntax.err
+
+
+def test_check_redacts_passwords(apalis: Apalis) -> None:
+    apalis.write_config(
+        CONFIG.replace('name = "echo"', 'name = "echo"\nbackend = "main"')
+        + '\n[backends.pg]\nkind = "postgres"\nurl = "postgresql://app:hunter2@127.0.0.1:1/app"\n'
+        + 'connect_timeout = "1s"\n'
+    )
+    result = apalis("check")
+    assert result.code in (1, 2)
+    assert "hunter2" not in result.out + result.err
+    assert "backend main (sqlite) sqlite:///jobs.db" in result.out
+
+
+def test_failures_then_retry_kill_purge(apalis: Apalis) -> None:
+    apalis.write_config(CONFIG.replace("acc_handlers:ok", "acc_handlers:boom") + "max_attempts = 1\n")
+    task_id = apalis("push", "{}").out.strip()
+    assert apalis("run", "--burst", "--no-live").code == 0
+    (row,) = apalis.inspect()
+    assert row["status"] == "killed"
+    assert "ValueError: boom" in row["last_error"]
+
+    assert apalis("retry", task_id).out.strip() == f"retried {task_id}"
+    assert apalis.statuses() == {"pending": 1}
+    assert apalis("kill", task_id, "--reason", "enough").out.strip() == f"killed {task_id}"
+    (row,) = apalis.inspect()
+    assert (row["status"], row["last_error"]) == ("killed", "enough")
+    assert apalis("purge", "--status", "killed").out.strip() == "purged 1 killed task"
+    assert apalis.inspect() == []
+    missing = apalis("retry", task_id)
+    assert missing.code == 1
+    assert missing.err.startswith(f"apalis: error: no task {task_id}")
+
+
+def test_stats_and_workers_json(apalis: Apalis) -> None:
+    apalis("push", "{}")
+    stats = apalis("stats", "--json")
+    assert stats.code == 0, stats.err
+    (row,) = stats.json()
+    assert row["queue"] == "echo"
+    assert row["pending"] == 1
+    workers = apalis("workers", "--json")
+    assert (workers.code, workers.json()) == (0, [])
+
+
+def test_command_handler(apalis: Apalis, tmp_path: Path) -> None:
+    script = tmp_path / "shout.sh"
+    script.write_text('#!/bin/sh\ncat | tr a-z A-Z\necho " $APALIS_QUEUE $APALIS_ATTEMPT"\n')
+    script.chmod(0o755)
+    apalis.write_config(CONFIG.replace('handler = "acc_handlers:ok"', 'handler = { command = ["./shout.sh"] }'))
+    task_id = apalis("push", '{"word": "hi"}').out.strip()
+    assert apalis("run", "--burst", "--no-live").code == 0
+    (row,) = apalis.inspect("--id", task_id)
+    assert row["status"] == "done"
+    assert row["result"] == '{"WORD":"HI"} echo 1'
+
+
+def test_sigterm_drains_gracefully(apalis: Apalis) -> None:
+    apalis.write_config(
+        CONFIG.replace("acc_handlers:ok", "acc_handlers:slow").replace("concurrency = 4", "concurrency = 2")
+    )
+    for _ in range(6):
+        apalis("push", '{"sleep": 1.5}')
+    daemon = apalis.start("run", "--no-live", "--log-format", "json")
+    try:
+        deadline = time.monotonic() + 30
+        while apalis.statuses().get("running", 0) < 2:
+            assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert daemon.returncode == 0, err
+    assert "Traceback" not in err
+    counts = apalis.statuses()
+    # The two running tasks finished; nothing was lost or left running.
+    assert counts.get("done", 0) >= 2
+    assert counts.get("running", 0) == 0
+    assert counts.get("done", 0) + counts.get("pending", 0) == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from ..events import (
     BackendUnavailable,
     Event,
     HeartbeatFailed,
+    HeartbeatSent,
     Idle,
     Started,
     Stopped,
@@ -83,12 +85,11 @@ class Dashboard:
                 view.killed += 1
             if event.error:
                 view.last_error = event.error
-            if view.state == "idle":
-                view.state = "running"
-        elif isinstance(event, Started):
-            view.state = "running"
-        elif isinstance(event, Idle):
-            view.state = "idle"
+            if view.state == "reconnecting":
+                view.state = "up"
+        elif isinstance(event, Started | Idle | HeartbeatSent):
+            if view.state != "stopped":
+                view.state = "up"
         elif isinstance(event, HeartbeatFailed | BackendUnavailable):
             view.state, view.last_error = "reconnecting", event.error
         elif isinstance(event, WorkerCrashed):
@@ -102,15 +103,21 @@ class Dashboard:
         stopping = self._stopping()
         table = Table(title="apalis" + (" - stopping, finishing running tasks" if stopping else ""))
         for column in ("worker", "queue", "state", "running", "done", "failed", "retried", "killed", "tasks/s"):
-            table.add_column(column, justify="right" if column not in ("worker", "queue", "state") else "left")
+            left = column in ("worker", "queue", "state")
+            table.add_column(column, justify="left" if left else "right", no_wrap=True)
         table.add_column("last error", overflow="ellipsis", max_width=60, no_wrap=True)
         for view in self.views.values():
-            state = "stopping" if stopping and view.state not in ("stopped", "crashed") else view.state
+            running = self._running(view.name)
+            state = view.state
+            if state == "up":
+                state = "running" if running else "idle"
+            if stopping and state not in ("stopped", "crashed"):
+                state = "stopping"
             table.add_row(
                 view.name,
                 view.queue,
                 Text(state, style=_STATE_STYLE.get(state, "")),
-                str(self._running(view.name)),
+                str(running),
                 str(view.done),
                 str(view.failed),
                 str(view.retried),
@@ -124,15 +131,22 @@ class Dashboard:
 def print_tasks(rows: Sequence[Mapping[str, Any]], *, decode: bool) -> None:
     """`apalis inspect` as a table."""
     table = Table()
-    for column in ("id", "status", "attempts", "run_at", "priority", "args" if decode else "payload", "last error"):
-        table.add_column(column, overflow="ellipsis", no_wrap=column in ("id", "run_at"))
+    for column in ("id", "status", "att", "run_at (UTC)", "prio"):
+        table.add_column(column, no_wrap=True)
+    for column in ("args" if decode else "payload", "last error"):
+        table.add_column(column, overflow="ellipsis", ratio=1, min_width=12)
     for row in rows:
-        shown = repr(row.get("args", row.get("decode_error"))) if decode else row["payload"]
+        if not decode:
+            shown = row["payload"]
+        elif "args" in row:
+            shown = json.dumps(row["args"], ensure_ascii=False, default=repr)
+        else:
+            shown = row.get("decode_error") or ""
         table.add_row(
             row["id"],
             Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
             f"{row['attempts']}/{row['max_attempts']}",
-            row["run_at"],
+            (row["run_at"] or "").replace("T", " ")[:19],
             str(row["priority"]),
             _clip(shown, 60),
             _clip(row["last_error"] or "", 60),
@@ -177,4 +191,7 @@ def _clip(text: str, width: int) -> str:
 
 
 def _out() -> Console:
-    return Console(soft_wrap=False)
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:  # piped: no terminal to fit, keep rows readable
+        console = Console(soft_wrap=False, width=200)
+    return console

@@ -98,6 +98,7 @@ class PostgresQueue(QueueBase):
         async def beat_in(conn: Conn) -> bool:
             woke = False
             async with conn.transaction():
+                await conn.execute(b"SET LOCAL synchronous_commit = off")  # a lost beat is redone
                 await conn.execute(
                     st["beat"],
                     {

@@ -1,5 +1,6 @@
 -- Apply a batch of outcomes in one statement; a task no longer running under the same worker
--- (its lease was lost) is left alone. `u.status` is the new status of each task.
+-- (its lease was lost) is left alone. `u.status` is the new status of each task. Like a claim,
+-- it commits without waiting for the WAL flush: an ack lost in a server crash runs its task again.
 UPDATE {schema}.tasks AS t
 SET status = u.status,
     attempts = CASE WHEN u.status = 'pending' THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
@@ -13,6 +14,7 @@ SET status = u.status,
     lock_by = NULL,
     lock_at = NULL
 FROM unnest(%(ids)s::text[], %(lock_bys)s::text[], %(statuses)s::text[], %(results)s::text[],
-            %(errors)s::text[], %(run_ats)s::float8[]) AS u(id, lock_by, status, result, error, run_at)
+            %(errors)s::text[], %(run_ats)s::float8[]) AS u(id, lock_by, status, result, error, run_at),
+     (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE t.id = u.id AND t.status = 'running' AND t.lock_by = u.lock_by
 RETURNING t.status

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.live import Live
 
+from ..backend import Capability, Inspector
+from ..codec import codec_by_name
 from ..config import load_config
 from ..errors import UsageError
 from ..events import EventListener
 from ..logs import LOG_LEVELS, LogFormat, event_logger, setup_logging
 from ..supervisor import Supervisor
+from ..worker import Worker
 from .app import DEFAULT_CONFIG, ConfigOption, app
 from .assembly import Assembly, assemble, opened_stores
 from .console import Dashboard
@@ -37,12 +42,16 @@ def run(
     live: Annotated[
         bool | None, typer.Option("--live/--no-live", help="The live view (default: on when stdout is a terminal).")
     ] = None,
+    metrics_addr: Annotated[
+        str | None, typer.Option(help="Serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9464.")
+    ] = None,
 ) -> None:
     """Run the workers until SIGTERM/SIGINT (a second SIGINT stops at once) or, with --burst, until idle."""
     if log_format not in (None, "console", "json"):
         raise UsageError(f'--log-format: expected console or json, got "{log_format}"')
     if log_level.lower() not in LOG_LEVELS:
         raise UsageError(f'--log-level: expected one of {", ".join(LOG_LEVELS)}, got "{log_level}"')
+    address = _address(metrics_addr) if metrics_addr else None
     loaded = load_config(config)
     selected = [loaded.worker(name) for name in worker] if worker else list(loaded.workers)
     if not selected:
@@ -51,11 +60,21 @@ def run(
     setup_logging(fmt, log_level.lower())
     assembly = assemble(loaded, selected, concurrency)
     show_live = sys.stdout.isatty() if live is None else live
-    asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_level.lower() in ("debug", "info")))
+    log_tasks = log_level.lower() in ("debug", "info")
+    asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, metrics_addr=address))
 
 
-async def _run(assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool) -> None:
-    async with opened_stores(assembly):
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f'--metrics-addr: expected HOST:PORT such as "127.0.0.1:9464", got "{text}"')
+    return host.strip("[]"), int(port)
+
+
+async def _run(
+    assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, metrics_addr: tuple[str, int] | None
+) -> None:
+    async with opened_stores(assembly), contextlib.AsyncExitStack() as stack:
         factories = [lambda w=w: assembly.factory(w) for w in assembly.workers]
         dashboard: Dashboard | None = None
         listeners: list[EventListener] = []
@@ -69,6 +88,10 @@ async def _run(assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool) 
             listeners.append(dashboard.on_event)
         else:
             listeners.append(event_logger(tasks=log_tasks))
+        if metrics_addr is not None:
+            listeners.append(
+                await stack.enter_async_context(_metrics(assembly, lambda: supervisor.workers, metrics_addr))
+            )
         supervisor = Supervisor(factories, on_event=listeners)
         supervisor.install_signal_handlers()
         try:
@@ -80,3 +103,26 @@ async def _run(assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool) 
                     await supervisor.run(burst=burst)
         finally:
             supervisor.remove_signal_handlers()
+
+
+@contextlib.asynccontextmanager
+async def _metrics(
+    assembly: Assembly, workers: Callable[[], Sequence[Worker | None]], address: tuple[str, int]
+) -> AsyncIterator[EventListener]:
+    from ..metrics import Metrics, serve  # prometheus-client is an extra: imported only when asked for
+
+    queues: dict[str, Inspector] = {}
+    for w in assembly.workers:
+        backend: Any = assembly.stores[w.backend].backend(w.queue, codec=codec_by_name(w.codec))
+        if backend.capabilities.has(Capability.INSPECT) and isinstance(backend, Inspector):
+            queues.setdefault(w.queue, backend)
+    metrics = Metrics(workers, queues)
+    try:
+        server = await serve(metrics, *address)
+    except OSError as exc:
+        raise UsageError(f"--metrics-addr: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+    try:
+        yield metrics
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 from .conftest import CONFIG, Apalis, lines
@@ -178,3 +181,35 @@ def test_sigterm_drains_gracefully(apalis: Apalis) -> None:
     assert counts.get("done", 0) >= 2
     assert counts.get("running", 0) == 0
     assert counts.get("done", 0) + counts.get("pending", 0) == 6
+
+
+def test_metrics_and_healthz_are_served(apalis: Apalis) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    apalis("push", '{"n": 1}')
+    daemon = apalis.start("run", "--no-live", "--metrics-addr", f"127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+                    health = json.loads(reply.read())
+                if health["healthy"]:
+                    break
+            except (OSError, ValueError):
+                pass
+            assert daemon.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        while apalis.statuses() != {"done": 1}:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+        assert 'apalis_tasks_total{queue="echo",status="done",worker="echo"} 1.0' in text
+        assert health["workers"]["echo"]["state"] == "running"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=30)
+    assert daemon.returncode == 0

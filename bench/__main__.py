@@ -89,7 +89,7 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
         store = await open_store(target)
     except Unavailable as exc:
         _log(f"[yellow]{kind}: skipped: {exc}[/]")
-        target.cleanup()
+        await target.cleanup()
         return {"kind": kind, "error": str(exc)}
     settings = Settings(
         tasks=args.tasks,
@@ -119,7 +119,7 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
         try:
             await store.close()
         finally:
-            target.cleanup()
+            await target.cleanup()
     return result
 
 
@@ -142,7 +142,7 @@ async def _baselines(kinds: list[str]) -> list[dict[str, Any]]:
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - before any timing
-    run_id = time.strftime("%H%M%S", time.gmtime()) + f"_{os.getpid()}"
+    run_id = time.strftime("%H%M%S", time.gmtime()) + f"_{os.getpid()}"  # a-z0-9_: a valid name anywhere
     load = os.getloadavg()
     doc: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

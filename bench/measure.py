@@ -252,7 +252,7 @@ def _handle(store: Store, target: Target, queue: str, conc: int, s: Settings, ta
 
 async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """Bulk-enqueue a backlog into a fresh queue, then drain it with one worker at `conc`."""
-    queue_name = f"{s.run_id}-drain-c{conc}"
+    queue_name = target.queue(f"drain_c{conc}")
     queue: Any = store.backend(queue_name, codec=CODEC, max_attempts=1)  # a TaskSink too
     bulk = await enqueue_bulk(queue, s.tasks, s.bulk_chunk, s.bulk_max_s)
     n = bulk["n"]  # the backlog: fewer than --tasks when the bulk enqueue was cut
@@ -285,7 +285,7 @@ async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[d
 
 async def latency_and_wakeup(store: Store, target: Target, s: Settings) -> dict[str, Any]:
     """Paced stream at `lat_rate` to a running worker, then wake-up probes and idle CPU."""
-    queue_name = f"{s.run_id}-lat"
+    queue_name = target.queue("lat")
     queue: Any = store.backend(queue_name, codec=CODEC, max_attempts=1)  # a TaskSink too
     worker = _handle(store, target, queue_name, s.lat_conc, s, "lat")
     await worker.start()
@@ -359,7 +359,7 @@ async def measure_backend(store: Store, target: Target, s: Settings, log: Any) -
     }
     log(f"{target.kind}: enqueue single")
     result["enqueue_single"] = await enqueue_single(
-        store.backend(f"{s.run_id}-single", codec=CODEC, max_attempts=1), s.tasks, s.single_max_s
+        store.backend(target.queue("single"), codec=CODEC, max_attempts=1), s.tasks, s.single_max_s
     )
     drains, bulks = [], []
     for conc in s.concs:

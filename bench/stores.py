@@ -11,6 +11,7 @@ run creates on a server is dropped at the end (best effort) by `Target.cleanup()
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import os
@@ -39,14 +40,15 @@ DEFAULT_URLS: dict[str, str] = {
 }
 KINDS = tuple(DEFAULT_URLS)
 
-# The option that isolates a run, per kind, as each backend's config.py names it. A kind not
-# listed here is isolated by its fresh queue names alone.
-_NAMESPACE_OPTION: dict[str, str] = {
-    "postgres": "schema",
-    "pgmq": "schema",
-    "redis": "namespace",
-    "rsmq": "namespace",
-    "amqp": "prefix",
+# The options that isolate a run, per kind, as each backend's config.py names them ("{ns}" is the
+# run's namespace). A kind not listed (pgmq) is isolated by its fresh queue names alone.
+_NAMESPACE_OPTIONS: dict[str, dict[str, str]] = {
+    "postgres": {"schema": "{ns}"},
+    "mysql": {"table_prefix": "{ns}_"},
+    "redis": {"namespace": "{ns}"},
+    "rsmq": {"namespace": "{ns}"},
+    "amqp": {"prefix": "{ns}"},
+    "nats": {"stream": "{NS}", "prefix": "{ns}"},
 }
 
 
@@ -63,15 +65,23 @@ class Target:
     options: dict[str, Any] = field(default_factory=dict)
     namespace: str = ""
     temp_dir: str | None = None
+    scratch_db: str | None = None  # a database this run created (pgmq's SQL install), dropped after
+    queues: list[str] = field(default_factory=list)
+
+    def queue(self, phase: str) -> str:
+        """A fresh queue name for one phase (a-z, 0-9 and _ only: pgmq's rule, the strictest)."""
+        name = f"{self.namespace}_{phase}"
+        self.queues.append(name)
+        return name
 
     def spec(self) -> StoreSpec:
         """The `[backends.bench]` table this target stands for."""
         return StoreSpec(name="bench", kind=self.kind, url=self.url, options=dict(self.options))
 
-    def cleanup(self) -> None:
-        """Drop what this run created (schema, keys, temp file); never raises."""
+    async def cleanup(self) -> None:
+        """Drop what this run created (schema, tables, keys, queues, stream, file); never raises."""
         with contextlib.suppress(Exception):  # best effort: the figures are already out
-            _cleanup(self)
+            await asyncio.wait_for(_cleanup(self), 30)
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -97,15 +107,16 @@ def prepare(kind: str, url: str | None, run_id: str) -> Target:
     if kind == "sqlite" and not url:
         target.temp_dir = tempfile.mkdtemp(prefix="apalis-bench-")
         target.url = f"sqlite:///{os.path.join(target.temp_dir, 'bench.db')}"
-    option = _NAMESPACE_OPTION.get(kind)
-    if option:
-        target.options[option] = namespace
+    for option, value in _NAMESPACE_OPTIONS.get(kind, {}).items():
+        target.options[option] = value.format(ns=namespace, NS=namespace.upper())
     return target
 
 
 async def open_store(target: Target) -> Store:
     """Build and open the store for `target` through the registry, as the daemon does."""
     cls = store_class(target.kind)
+    if target.kind == "pgmq" and target.url == DEFAULT_URLS["pgmq"]:
+        await _pgmq_database(target)
     spec = target.spec()
     try:
         store: Store = cls.from_spec(spec)
@@ -114,7 +125,10 @@ async def open_store(target: Target) -> Store:
         if key and key in target.options:
             # This backend isolates runs some other way: drop the guess and rely on queue names.
             target.options.pop(key)
-            store = cls.from_spec(target.spec())
+            try:
+                store = cls.from_spec(target.spec())
+            except ApalisError as again:
+                raise Unavailable(str(again)) from None
         else:
             raise Unavailable(str(exc)) from None
     try:
@@ -129,28 +143,95 @@ async def open_store(target: Target) -> Store:
 CODEC = JsonCodec()
 
 
-def _cleanup(target: Target) -> None:
-    """Drop the per-run schema or keys with the plain drivers (the store API has no 'drop all')."""
-    if target.kind in ("postgres", "pgmq") and "schema" in target.options:
+async def _pgmq_database(target: Target) -> None:
+    """pgmq's install script cannot run twice in one database: load it into a scratch one."""
+    import importlib.resources
+
+    import psycopg
+
+    try:
+        sql = (importlib.resources.files("pgmq") / "sql" / "pgmq.sql").read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise Unavailable("pgmq's SQL comes from the pgmq package (dev extra): pip install pgmq") from None
+    base = urlsplit(target.url)
+    try:
+        async with await psycopg.AsyncConnection.connect(target.url, autocommit=True, connect_timeout=3) as conn:
+            await conn.execute(f'CREATE DATABASE "{target.namespace}"')
+        target.scratch_db = target.namespace
+        target.url = base._replace(path=f"/{target.namespace}").geturl()
+        async with await psycopg.AsyncConnection.connect(target.url, connect_timeout=3) as conn:
+            await conn.execute(sql.encode())
+    except psycopg.Error as exc:
+        raise Unavailable(f"cannot prepare a pgmq database: {exc}") from None
+
+
+async def _cleanup(target: Target) -> None:
+    """Drop what the run made with the plain drivers (the store API has no 'drop everything')."""
+    kind, opts = target.kind, target.options
+    if target.scratch_db:
         import psycopg
 
-        with psycopg.connect(_pg_dsn(target.url), autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{target.options["schema"]}" CASCADE')
-    elif target.kind in ("redis", "rsmq") and "namespace" in target.options:
-        import redis
+        admin = urlsplit(target.url)._replace(path="/" + urlsplit(DEFAULT_URLS[kind]).path.lstrip("/")).geturl()
+        async with await psycopg.AsyncConnection.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{target.scratch_db}" WITH (FORCE)')
+    elif kind in ("postgres", "pgmq"):
+        import psycopg
 
-        client = redis.Redis.from_url(target.url, socket_timeout=5)
+        url = urlsplit(target.url)._replace(scheme="postgresql").geturl()
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=3) as conn:
+            if "schema" in opts:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{opts["schema"]}" CASCADE')
+            if kind == "pgmq":
+                for queue in target.queues:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("SELECT pgmq.drop_queue(%s)", (queue,))
+    elif kind in ("redis", "rsmq"):
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(target.url, socket_timeout=5)
         try:
-            keys = list(client.scan_iter(match=f"*{target.namespace}*", count=1000))
+            keys = [k async for k in client.scan_iter(match=f"*{target.namespace}*", count=1000)]
             for i in range(0, len(keys), 1000):
-                client.delete(*keys[i : i + 1000])
+                await client.delete(*keys[i : i + 1000])
         finally:
-            client.close()
+            await client.aclose()
+    elif kind == "mysql" and "table_prefix" in opts:
+        import asyncmy
 
+        u = urlsplit(target.url)
+        my = await asyncmy.connect(
+            host=u.hostname or "127.0.0.1",
+            port=u.port or 3306,
+            user=u.username or "root",
+            password=u.password or "",
+            database=u.path.lstrip("/") or "test",
+        )
+        try:
+            async with my.cursor() as cur:
+                await cur.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+                    " AND table_name LIKE %s",
+                    (opts["table_prefix"].replace("_", "\\_") + "%",),
+                )
+                for (name,) in await cur.fetchall():
+                    await cur.execute(f"DROP TABLE IF EXISTS `{name}`")
+        finally:
+            my.close()
+    elif kind == "amqp" and "prefix" in opts:
+        import aio_pika
 
-def _pg_dsn(url: str) -> str:
-    """A libpq URL (psycopg accepts postgresql:// URLs as they are; drop our own scheme tweaks)."""
-    parts = urlsplit(url)
-    if parts.scheme.startswith("postgres"):
-        return parts._replace(scheme="postgresql").geturl()
-    return url
+        amqp = await aio_pika.connect(target.url, timeout=5)
+        async with amqp:
+            channel = await amqp.channel()
+            for queue in target.queues:
+                for name in (f"{opts['prefix']}.{queue}", f"{opts['prefix']}.{queue}.dead"):
+                    with contextlib.suppress(Exception):
+                        await channel.queue_delete(name)
+    elif kind == "nats" and "stream" in opts:
+        import nats
+
+        nc = await nats.connect(target.url, connect_timeout=3, max_reconnect_attempts=0)
+        try:
+            await nc.jetstream().delete_stream(opts["stream"])
+        finally:
+            await nc.close()

@@ -22,9 +22,7 @@ CREATE TABLE IF NOT EXISTS {prefix}tasks (
     PRIMARY KEY (id),
     UNIQUE KEY {prefix}tasks_idempotency (queue, idempotency_key),
     KEY {prefix}tasks_ready (queue, ready, priority DESC, run_at),
-    KEY {prefix}tasks_status (queue, status, lock_by),
-    KEY {prefix}tasks_finished (queue, status, done_at),
-    KEY {prefix}tasks_by_run_at (queue, run_at)
+    KEY {prefix}tasks_status (queue, status, done_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS {prefix}workers (

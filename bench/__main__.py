@@ -129,6 +129,8 @@ async def _baselines(kinds: list[str]) -> list[dict[str, Any]]:
         ("raw sqlite3", lambda: asyncio.to_thread(baselines.raw_sqlite)),
         ("raw psycopg SKIP LOCKED", lambda: asyncio.to_thread(baselines.raw_psycopg, DEFAULT_URLS["postgres"])),
         ("raw redis-py RPOP", lambda: baselines.raw_redis(DEFAULT_URLS["redis"])),
+        ("raw aio-pika prefetch", lambda: baselines.raw_amqp(DEFAULT_URLS["amqp"])),
+        ("raw nats-py JetStream fetch", lambda: baselines.raw_nats(DEFAULT_URLS["nats"])),
     ]
     for name, fn in runs:
         _log(f"baseline: {name}")

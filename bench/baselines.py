@@ -9,6 +9,10 @@ results, leases or heartbeats, so they bound rather than compete.
 - raw psycopg: peers-bench's raw-pg `k100`: `DELETE … WHERE id IN (SELECT … FOR UPDATE SKIP
   LOCKED LIMIT 100) RETURNING payload` (delete on claim, no ack), one autocommit connection.
 - raw redis-py: peers-bench's raw-redis `k100`: asyncio redis-py, `RPOP q 100` then json.loads.
+- raw aio-pika: a durable queue, prefetch 100, one `ack(multiple=True)` per 100 messages (the
+  batched ceiling of an AMQP consumer in Python; no confirms, no republish).
+- raw nats-py: a JetStream WorkQueue stream, a durable pull consumer, `fetch(100)` then one ack
+  per message (JetStream has no multiple-ack on WorkQueue streams).
 
 Drain rate = tasks / (time of the last decoded task - time of the first), like the drains.
 """
@@ -160,4 +164,93 @@ async def raw_redis(url: str, n: int = 50000, k: int = 100) -> dict[str, Any]:
     }
 
 
-BASELINES = ("sqlite", "postgres", "redis")
+async def raw_amqp(url: str, n: int = 20000, k: int = 100) -> dict[str, Any]:
+    """aio-pika: drain a backlog with prefetch `k`, acking every `k` messages at once."""
+    import asyncio
+
+    import aio_pika
+
+    name = f"apalis_bench_raw_{os.getpid()}"
+    conn = await aio_pika.connect(url, timeout=5)
+    async with conn:
+        channel = await conn.channel(publisher_confirms=False)
+        queue = await channel.declare_queue(name, durable=True)
+        try:
+            body = json.dumps({"enq_ts": 0.0}).encode()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await channel.default_exchange.publish(aio_pika.Message(body), routing_key=name)
+            bulk = n / (time.perf_counter() - t0)
+            await asyncio.sleep(0.5)  # let the broker take in the last published messages
+            await channel.set_qos(prefetch_count=k)
+            loads = json.loads
+            done, first, last = 0, 0.0, 0.0
+            async with queue.iterator() as it:
+                async for message in it:
+                    _ = loads(message.body)["enq_ts"]
+                    done += 1
+                    last = time.time()
+                    if done == 1:
+                        first = last
+                    if done % k == 0 or done == n:
+                        await message.ack(multiple=True)
+                    if done == n:
+                        break
+        finally:
+            await queue.delete(if_unused=False, if_empty=False)
+    return {
+        "name": "raw aio-pika prefetch",
+        "store": "amqp",
+        "k": k,
+        "n": done,
+        "rate": _rate(done, first, last),
+        "enqueue_bulk_rate": round(bulk, 1),
+    }
+
+
+async def raw_nats(url: str, n: int = 20000, k: int = 100) -> dict[str, Any]:
+    """nats-py JetStream: drain a WorkQueue stream with `fetch(k)`, acking each message."""
+    import nats
+    from nats.js.api import RetentionPolicy
+
+    name = f"APALIS_BENCH_RAW_{os.getpid()}"
+    subject = f"apalis_bench_raw_{os.getpid()}"
+    nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
+    js = nc.jetstream()
+    try:
+        await js.add_stream(name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE)
+        body = json.dumps({"enq_ts": 0.0}).encode()
+        t0 = time.perf_counter()
+        for i in range(0, n, 1000):  # published without waiting for each ack, 1000 in flight
+            futures = [await js.publish_async(subject, body) for _ in range(min(1000, n - i))]
+            for f in futures:
+                await f
+        bulk = n / (time.perf_counter() - t0)
+        sub = await js.pull_subscribe(subject, durable="raw")
+        loads = json.loads
+        done, first, last = 0, 0.0, 0.0
+        while done < n:
+            msgs = await sub.fetch(k, timeout=5)
+            for m in msgs:
+                _ = loads(m.data)["enq_ts"]
+                done += 1
+                last = time.time()
+                if done == 1:
+                    first = last
+                await m.ack()
+    finally:
+        try:
+            await js.delete_stream(name)
+        finally:
+            await nc.close()
+    return {
+        "name": "raw nats-py JetStream fetch",
+        "store": "nats",
+        "k": k,
+        "n": done,
+        "rate": _rate(done, first, last),
+        "enqueue_bulk_rate": round(bulk, 1),
+    }
+
+
+BASELINES = ("sqlite", "postgres", "redis", "amqp", "nats")

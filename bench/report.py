@@ -13,7 +13,15 @@ from .peers import same_store
 __all__ = ["baseline_ratios", "peer_ratios", "print_report", "targets"]
 
 # The raw baseline that bounds each of our kinds (baselines.py).
-_CEILING_STORE = {"sqlite": "sqlite", "postgres": "postgres", "pgmq": "postgres", "redis": "redis", "rsmq": "redis"}
+_CEILING_STORE = {
+    "sqlite": "sqlite",
+    "postgres": "postgres",
+    "pgmq": "postgres",
+    "redis": "redis",
+    "rsmq": "redis",
+    "amqp": "amqp",
+    "nats": "nats",
+}
 _PEER_CEILING = {"postgres": "raw-pg (psycopg3 SKIP LOCKED)", "redis": "raw-redis (asyncio redis-py)"}
 
 
@@ -135,6 +143,14 @@ def targets(
                 "drain >= 25% of the raw psycopg ceiling",
                 ceil[0]["fraction"] if ceil else None,
                 None if not ceil else ceil[0]["fraction"] >= 0.25,
+            )
+        if k in ("amqp", "nats"):
+            ceil = [c for c in ceilings if c["kind"] == k and c["fraction"] is not None]
+            add(
+                k,
+                "drain >= 30% of the raw client's batched ceiling",
+                ceil[0]["fraction"] if ceil else None,
+                None if not ceil else ceil[0]["fraction"] >= 0.30,
             )
         p50_cap = {"redis": 1.0, "rsmq": 1.0, "postgres": 2.0, "pgmq": 2.0}.get(k)
         if p50_cap is not None:

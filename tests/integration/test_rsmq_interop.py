@@ -1,0 +1,268 @@
+"""RSMQ wire compatibility with real second clients: PyPI `pyrsmq` always, npm `rsmq@0.12.4` when
+npm is present. Messages they send are tasks to our workers; tasks we push are messages they
+receive with the same body; dead letters are a plain rsmq queue they can read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from apalis_cli.backend import StoreSpec
+from apalis_cli.codec import JsonCodec
+from apalis_cli.errors import Abort, BadPayload
+from apalis_cli.task import Task
+from apalis_cli.worker import Worker
+from apalis_rsmq import RsmqStore
+from redis import Redis
+
+from ..conformance.stores.redis import drop_namespace
+from ..services import need_server
+
+ID = re.compile(r"^[a-z0-9]{10}[A-Za-z0-9]{22}$")
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[RsmqStore]:
+    url = need_server("redis")
+    options = {"namespace": f"it-rsmq-{uuid.uuid4().hex[:12]}", "vt": 1}
+    made = RsmqStore.from_spec(StoreSpec(name="it", kind="rsmq", url=url, options=options))
+    await made.open()
+    try:
+        yield made
+    finally:
+        await made.close()
+        await drop_namespace(url, made.settings.namespace)
+
+
+def pyrsmq(store: RsmqStore, queue: str) -> Any:
+    """A pyrsmq client on the same server and namespace."""
+    from rsmq import RedisSMQ
+
+    parts = urlsplit(store.settings.url)
+    return RedisSMQ(host=parts.hostname, port=parts.port or 6379, qname=queue, ns=store.settings.namespace)
+
+
+async def run_until(worker: Worker, done: asyncio.Event, within: float = 10.0) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(within):
+            await done.wait()
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_message_sent_by_pyrsmq_is_a_task_to_our_worker(store: RsmqStore) -> None:
+    client = pyrsmq(store, "from_py")
+    client.createQueue(vt=5).execute()
+    sent = client.sendMessage(message=json.dumps({"to": "ada", "n": 1})).execute()
+    backend = store.backend("from_py", codec=JsonCodec())
+    seen: list[tuple[str, Any, int]] = []
+    done = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append((task.id, args, task.ctx.attempts))
+        done.set()
+
+    await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=0.05), done)
+    assert seen == [(sent, {"to": "ada", "n": 1}, 1)]
+    await asyncio.sleep(0.05)
+    raw = Redis.from_url(store.settings.url)
+    try:
+        ns = store.settings.namespace
+        assert raw.zcard(f"{ns}:from_py") == 0, "done deletes the message"
+        assert not raw.hexists(f"{ns}:from_py:Q", sent)
+        assert client.getQueueAttributes().execute()["totalrecv"] == 1
+    finally:
+        raw.close()
+
+
+async def test_a_pushed_task_is_a_message_pyrsmq_receives(store: RsmqStore) -> None:
+    backend = store.backend("to_py", codec=JsonCodec())
+    task_id = await backend.push({"hello": "wörld"})
+    assert ID.match(task_id)
+    client = pyrsmq(store, "to_py")
+    message = client.receiveMessage(vt=5).execute()
+    assert message["id"] == task_id
+    assert message["message"] == JsonCodec().encode({"hello": "wörld"}).decode()
+    assert message["rc"] == 1
+    attributes = client.getQueueAttributes().execute()
+    assert attributes["totalsent"] == 1
+    assert attributes["maxsize"] == -1
+    assert client.deleteMessage(id=task_id).execute()
+
+
+async def test_the_layout_is_rsmqs(store: RsmqStore) -> None:
+    backend = store.backend("layout", codec=JsonCodec())
+    task_id = await backend.push({"a": 1}, delay=60)
+    ns = store.settings.namespace
+    raw = Redis.from_url(store.settings.url, decode_responses=True)
+    try:
+        assert raw.smembers(f"{ns}:QUEUES") == {"layout", "layout-dead"}
+        fields = raw.hgetall(f"{ns}:layout:Q")
+        assert {"vt", "delay", "maxsize", "created", "modified", "totalsent", task_id} <= set(fields)
+        assert fields[task_id] == '{"a":1}'
+        server_ms = int(raw.time()[0]) * 1000
+        score = raw.zscore(f"{ns}:layout", task_id)
+        assert score is not None
+        assert server_ms + 55_000 < score < server_ms + 65_000, "score = visible-at ms from Redis TIME"
+        assert abs(int(task_id[:10], 36) / 1e6 - server_ms / 1000) < 5
+    finally:
+        raw.close()
+
+
+async def test_retry_rc_and_dead_letters_are_visible_to_pyrsmq(store: RsmqStore) -> None:
+    backend = store.backend("dlq", codec=JsonCodec(), max_attempts=5)
+    task_id = await backend.push({"job": "doomed"})
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        attempts.append(task.ctx.attempts)
+        if task.ctx.attempts < 2:
+            raise RuntimeError("first try fails")
+        done.set()
+        raise Abort("second try gives up")
+
+    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=0.05)
+    await run_until(worker, done)
+    assert attempts == [1, 2], "attempts = rc"
+    dead = pyrsmq(store, "dlq-dead").receiveMessage(vt=5).execute()
+    assert dead["id"] == task_id
+    assert dead["message"] == '{"job":"doomed"}'
+    stored = await backend.get(task_id)
+    assert stored is not None
+    assert stored.ctx.last_error is not None
+    assert "second try gives up" in stored.ctx.last_error
+    assert stored.ctx.attempts == 2
+
+
+async def test_an_operator_retry_brings_a_dead_letter_back(store: RsmqStore) -> None:
+    backend = store.backend("revive", codec=JsonCodec())
+    task_id = await backend.push({"job": 1})
+    assert await backend.kill(task_id, "not now")
+    assert (await backend.stats()).counts
+    assert await backend.retry(task_id)
+    message = pyrsmq(store, "revive").receiveMessage(vt=5).execute()
+    assert (message["id"], message["rc"]) == (task_id, 1)
+
+
+async def test_maxsize_of_a_queue_made_by_another_client_is_honoured(store: RsmqStore) -> None:
+    pyrsmq(store, "small").createQueue(maxsize=1024).execute()
+    backend = store.backend("small", codec=JsonCodec())
+    await backend.push("x" * 100)
+    with pytest.raises(BadPayload):
+        await backend.push("x" * 2000)
+
+
+def _npm_rsmq(tmp: Path) -> Path:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("npm is not installed")
+    (tmp / "package.json").write_text('{"name":"rsmq-peer","version":"1.0.0","private":true}\n')
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--silent", "rsmq@0.12.4"],
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+        timeout=100,
+    )
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def npm_rsmq(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cached = os.environ.get("APALIS_TEST_NPM_RSMQ")  # a directory with rsmq installed, to skip npm
+    if cached:
+        return Path(cached)
+    return _npm_rsmq(tmp_path_factory.mktemp("npm-rsmq"))
+
+
+def node(directory: Path, store: RsmqStore, script: str) -> Any:
+    parts = urlsplit(store.settings.url)
+    prelude = (
+        'const R=require("rsmq");'
+        f'const r=new R({{host:"{parts.hostname}",port:{parts.port or 6379},ns:"{store.settings.namespace}"}});'
+    )
+    done = subprocess.run(
+        [
+            "node",
+            "-e",
+            prelude + "(async()=>{const out=await (async()=>{" + script + "})();"
+            "console.log(JSON.stringify(out));r.quit()})()",
+        ],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+async def test_npm_rsmq_sends_and_receives(store: RsmqStore, npm_rsmq: Path) -> None:
+    sent = await asyncio.to_thread(
+        node,
+        npm_rsmq,
+        store,
+        'await r.createQueueAsync({qname:"js"});return await r.sendMessageAsync({qname:"js",message:"{\\"n\\":7}"});',
+    )
+    backend = store.backend("js", codec=JsonCodec())
+    seen: list[tuple[str, Any]] = []
+    done = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append((task.id, args))
+        done.set()
+
+    await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=0.05), done)
+    assert seen == [(sent, {"n": 7})]
+
+    task_id = await backend.push({"back": "to node"})
+    got = await asyncio.to_thread(node, npm_rsmq, store, 'return await r.receiveMessageAsync({qname:"js"});')
+    assert (got["id"], got["message"], got["rc"]) == (task_id, '{"back":"to node"}', 1)
+    assert abs(got["sent"] / 1000 - int(task_id[:10], 36) / 1e6) < 0.01
+
+
+async def test_client_kill_mid_run_loses_nothing(store: RsmqStore) -> None:
+    from ..conformance.stores.redis import kill_clients
+
+    backend = store.backend("killed", codec=JsonCodec())
+    ids = await backend.push_bulk(range(300))
+    seen: set[str] = set()
+    done = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        await asyncio.sleep(0.002)
+        seen.add(task.id)
+        if len(seen) == len(ids):
+            done.set()
+
+    stop = asyncio.Event()
+    worker = Worker(name="w", backend=backend, handler=handler, concurrency=10, keep_alive=0.1, poll_interval=0.05)
+    running = asyncio.create_task(worker.run(stop))
+    kills = 0
+    while not done.is_set() and kills < 8:
+        await asyncio.sleep(0.1)
+        kills += await kill_clients(store.settings.url, store.client_name)
+    async with asyncio.timeout(30):
+        await done.wait()
+    stop.set()
+    await running
+    assert kills > 0
+    assert seen == set(ids)
+    raw = Redis.from_url(store.settings.url)
+    try:
+        assert raw.zcard(f"{store.settings.namespace}:killed") == 0, "every message was deleted once done"
+    finally:
+        raw.close()

@@ -55,8 +55,15 @@ def resolve_target(config: Config, worker: str | None = None, queue: str | None 
         else:
             raise UsageError(f'say which worker the queue "{queue}" belongs to, with --worker')
     w = config.worker(worker)
+    backend = w.backend
+    if w.pipe_to is not None:
+        backend = w.pipe_to  # a cron worker's ticks are tasks in that durable store
+    elif w.cron is not None:
+        raise Unsupported(
+            f'worker "{w.name}" is a cron worker without pipe_to: its ticks exist only inside the running daemon'
+        )
     return QueueTarget(
-        backend=w.backend, queue=queue or w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name
+        backend=backend, queue=queue or w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name
     )
 
 

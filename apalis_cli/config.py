@@ -13,8 +13,12 @@ store class itself (`apalis_cli.registry.build_store`), so a config with a postg
 loads for `push` to a sqlite worker on a machine without the postgres driver. With no
 `[backends]` table at all the default is one embedded SQLite store, `sqlite:///apalis.db`.
 
-To add worker keys (cron's `schedule`, `pipe_to`, ...): add a field to `WorkerConfig` and a line
-to `_parse_worker`; `_Table` does the type checks, defaults and unknown-key detection.
+A worker on a `kind = "cron"` backend (or `backend = "cron"`, no table needed) takes the cron
+keys `schedule`, `timezone`, `catch_up`, `catch_up_limit` (validated by the cron store, which gets
+them as its options) and `pipe_to`, the durable backend its ticks are pushed into.
+
+To add worker keys: add a field to `WorkerConfig` and a line to `_parse_worker`; `_Table` does
+the type checks, defaults and unknown-key detection.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .layers.retry import Backoff
 from .tomllines import KeyPath, LineIndex, render_path
 
 __all__ = [
+    "CRON_KEYS",
     "DEFAULT_BACKEND",
     "BackendConfig",
     "CommandHandler",
@@ -47,6 +52,9 @@ __all__ = [
 
 DEFAULT_BACKEND = ("default", "sqlite", "sqlite:///apalis.db")
 """(name, kind, url) of the store used when the file has no `[backends]` table."""
+
+CRON_KEYS = ("schedule", "timezone", "catch_up", "catch_up_limit")
+"""Worker keys handed to the cron store as its options."""
 
 # Backends a worker may name without a table: they need no URL.
 _IMPLICIT_BACKENDS = {"memory": "memory://", "cron": ""}
@@ -121,6 +129,8 @@ class WorkerConfig:
     max_attempts: int = 3
     retention: float = 7 * 86400.0
     middleware: tuple[MiddlewareConfig, ...] = ()
+    cron: Mapping[str, Any] | None = None  # the cron keys given, for a worker on a cron backend
+    pipe_to: str | None = None  # cron: the durable backend the ticks are pushed into
 
     @property
     def key(self) -> KeyPath:
@@ -157,6 +167,11 @@ class Config:
     def error(self, path: KeyPath, message: str) -> ConfigError:
         """A `ConfigError` about the key at `path`, placed at its line."""
         return ConfigError(message, where=self.where(path), key=render_path(path))
+
+    def kind_of(self, backend: str) -> str:
+        """The kind of the backend named `backend` (a table's kind, or an implicit one's name)."""
+        table = self.backends.get(backend)
+        return table.kind if table is not None else backend
 
     def worker(self, name: str | None) -> WorkerConfig:
         """The worker called `name`; with None, the only worker (an error when there are several)."""
@@ -246,6 +261,7 @@ def _parse_worker(table: _Table, index: int, backends: Mapping[str, BackendConfi
     )
     retry_attempts = next((m.max_attempts for m in middleware if m.kind == "retry" and m.max_attempts), None)
     keep_alive = table.take("keep_alive", _duration, 10.0, positive=True)
+    cron, pipe_to = _parse_cron_keys(table, backend, backends)
     worker = WorkerConfig(
         index=index,
         name=name,
@@ -261,6 +277,8 @@ def _parse_worker(table: _Table, index: int, backends: Mapping[str, BackendConfi
         max_attempts=table.take("max_attempts", _int(1), retry_attempts or 3),
         retention=table.take("retention", _duration, 7 * 86400.0),
         middleware=middleware,
+        cron=cron,
+        pipe_to=pipe_to,
     )
     if worker.stale_after <= worker.keep_alive:
         table.fail(
@@ -268,6 +286,28 @@ def _parse_worker(table: _Table, index: int, backends: Mapping[str, BackendConfi
         )
     table.finish()
     return worker
+
+
+def _parse_cron_keys(
+    table: _Table, backend: str, backends: Mapping[str, BackendConfig]
+) -> tuple[dict[str, Any] | None, str | None]:
+    kind = backends[backend].kind if backend in backends else backend
+    if kind != "cron":
+        for key in (*CRON_KEYS, "pipe_to"):
+            if key in table.data:
+                table.fail(key, f'only for a cron worker (backend "{backend}" is {kind})')
+        return None, None
+    cron = {key: table.data[key] for key in CRON_KEYS if key in table.data}
+    table.seen.update(CRON_KEYS)
+    pipe_to = table.take("pipe_to", _string, None)
+    if pipe_to is not None:
+        target = backends.get(pipe_to)
+        if target is None:
+            known = ", ".join(name for name, b in backends.items() if b.kind != "cron") or "none"
+            table.fail("pipe_to", f'no backend named "{pipe_to}" (defined: {known})')
+        elif target.kind == "cron":
+            table.fail("pipe_to", f'must name a durable backend, "{pipe_to}" is cron')
+    return cron, pipe_to
 
 
 def _parse_middleware(table: _Table) -> MiddlewareConfig:

@@ -7,15 +7,17 @@ kinds keep the `Registry` they made.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, cast
 
-from .backend import Store
-from .config import BackendConfig, Config
+from .backend import Store, StoreSpec
+from .config import BackendConfig, Config, WorkerConfig
 from .errors import ConfigError, MissingExtra
+from .tomllines import KeyPath
 
-__all__ = ["ENTRY_POINT_GROUP", "Registry", "build_store", "redact_text", "redact_url"]
+__all__ = ["ENTRY_POINT_GROUP", "Registry", "build_store", "build_worker_store", "redact_text", "redact_url"]
 
 ENTRY_POINT_GROUP = "apalis_cli.backends"
 
@@ -51,17 +53,32 @@ def _missing_extra(kind: str, exc: ImportError) -> str:
 
 def build_store(config: Config, name: str, registry: Registry | None = None) -> Store:
     """The (unopened) store of `[backends.NAME]`, validated by its class; errors carry file:line."""
-    backend = config.backends.get(name)
-    if backend is None:
-        backend = _implicit(name)
-    path = ("backends", name)
-    registry = registry or Registry()
+    backend = config.backends.get(name) or _implicit(name)
+    return _build(config, backend, backend.spec(config.base_dir), (), registry)
+
+
+def build_worker_store(config: Config, worker: WorkerConfig, registry: Registry | None = None) -> Store:
+    """The store `worker` consumes: its backend's, or for a cron worker one of its own, built with
+    the worker's cron keys (schedule, timezone, ...) as options."""
+    if worker.cron is None:
+        return build_store(config, worker.backend, registry)
+    backend = config.backends.get(worker.backend) or _implicit(worker.backend)
+    spec = dataclasses.replace(backend.spec(config.base_dir), options={**backend.options, **worker.cron})
+    return _build(config, backend, spec, worker.key, registry)
+
+
+def _build(
+    config: Config, backend: BackendConfig, spec: StoreSpec, worker_key: KeyPath, registry: Registry | None
+) -> Store:
+    path: KeyPath = ("backends", backend.name)
     try:
-        cls = registry.store_class(backend.kind)
-        return cls.from_spec(backend.spec(config.base_dir))
+        cls = (registry or Registry()).store_class(backend.kind)
+        return cls.from_spec(spec)
     except ConfigError as exc:
-        key = (*path, *exc.key.split(".")) if exc.key else path
-        raise config.error(key, exc.message) from None
+        parts = tuple(exc.key.split(".")) if exc.key else ()
+        # A key the worker gave (a cron schedule, say) is reported at the worker's line.
+        base = worker_key if worker_key and parts and parts[0] not in backend.options else path
+        raise config.error((*base, *parts), exc.message) from None
     except ImportError as exc:
         raise MissingExtra(_missing_extra(backend.kind, exc)) from None
 

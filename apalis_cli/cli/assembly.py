@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..backend import Store
+from ..backend import BackendExt, Store
 from ..codec import codec_by_name
 from ..config import Config, MiddlewareConfig, WorkerConfig
+from ..errors import ConfigError
 from ..handlers import LoadedHandler, load_handler, resolve_exception
 from ..layers import CatchLayer, ConcurrencyLayer, RateLimitLayer, RetryLayer, TimeoutLayer, TracingLayer
-from ..registry import Registry, build_store
+from ..registry import Registry, build_store, build_worker_store
 from ..service import Layer
 from ..worker import Worker
 
@@ -42,19 +44,41 @@ def _layer(config: Config, worker: WorkerConfig, index: int, mw: MiddlewareConfi
 
 @dataclass(slots=True)
 class Assembly:
-    """Everything `run` needs, built and validated before any store is opened."""
+    """Everything `run` needs, built and validated before any store is opened.
+
+    `stores` holds every store to open, by backend name (a cron worker has one of its own, under
+    `cron:<worker>`); `store_of` maps each worker to the store it consumes.
+    """
 
     config: Config
     workers: list[WorkerConfig]
     stores: dict[str, Store]
+    store_of: dict[str, Store]
     handlers: dict[str, LoadedHandler]
     layers: dict[str, list[Layer]]
     concurrency: dict[str, int] = field(default_factory=dict)
 
+    def backend(self, worker: WorkerConfig) -> BackendExt:
+        """The queue-bound backend `worker` consumes (for cron with pipe_to: piped into that store)."""
+        store: Any = self.store_of[worker.name]
+        codec = codec_by_name(worker.codec)
+        try:
+            if worker.pipe_to is None:
+                backend: BackendExt = store.backend(worker.queue, codec=codec, max_attempts=worker.max_attempts)
+                return backend
+            sink = self.stores[worker.pipe_to].backend(worker.queue, codec=codec, max_attempts=worker.max_attempts)
+            pipe = getattr(store, "pipe", None)
+            if pipe is None:
+                raise ConfigError(f"a {store.kind} store cannot be piped", key="pipe_to")
+            piped: BackendExt = pipe(sink)
+            return piped
+        except ConfigError as exc:
+            key = (*worker.key, *exc.key.split(".")) if exc.key else worker.key
+            raise self.config.error(key, exc.message) from None
+
     def factory(self, worker: WorkerConfig) -> Worker:
         """A fresh `Worker` for `worker` (the supervisor calls this again after a crash)."""
-        store = self.stores[worker.backend]
-        backend = store.backend(worker.queue, codec=codec_by_name(worker.codec), max_attempts=worker.max_attempts)
+        backend = self.backend(worker)
         return Worker(
             name=worker.name,
             backend=backend,
@@ -74,9 +98,16 @@ def assemble(config: Config, workers: Sequence[WorkerConfig], concurrency: int |
     """Validate and build everything for `workers`; errors are `ConfigError`s with file:line."""
     registry = Registry()
     stores: dict[str, Store] = {}
+    store_of: dict[str, Store] = {}
     for worker in workers:
-        if worker.backend not in stores:
+        if worker.cron is not None:
+            store_of[worker.name] = stores[f"cron:{worker.name}"] = build_worker_store(config, worker, registry)
+        elif worker.backend not in stores:
             stores[worker.backend] = build_store(config, worker.backend, registry)
+        if worker.pipe_to is not None and worker.pipe_to not in stores:
+            stores[worker.pipe_to] = build_store(config, worker.pipe_to, registry)
+        if worker.name not in store_of:
+            store_of[worker.name] = stores[worker.backend]
     sizes = {w.name: concurrency or w.concurrency for w in workers}
     layers = {w.name: build_layers(config, w) for w in workers}
     handlers: dict[str, LoadedHandler] = {}
@@ -87,7 +118,7 @@ def assemble(config: Config, workers: Sequence[WorkerConfig], concurrency: int |
         for loaded in handlers.values():
             loaded.close()
         raise
-    return Assembly(config, list(workers), stores, handlers, layers, sizes)
+    return Assembly(config, list(workers), stores, store_of, handlers, layers, sizes)
 
 
 @contextlib.asynccontextmanager
@@ -98,6 +129,8 @@ async def opened_stores(assembly: Assembly) -> AsyncIterator[None]:
         for store in assembly.stores.values():
             await store.open()
             opened.append(store)
+        for worker in assembly.workers:
+            assembly.backend(worker)  # a bad pipe_to or catch_up fails here, before any worker starts
         yield
     finally:
         for store in reversed(opened):

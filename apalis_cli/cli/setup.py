@@ -13,7 +13,7 @@ from ..config import Config, load_config
 from ..errors import ApalisError, ConfigError, UsageError
 from ..handlers import load_handler
 from ..layers.retry import describe_error
-from ..registry import Registry, build_store, redact_text, redact_url
+from ..registry import Registry, build_store, build_worker_store, redact_text, redact_url
 from .app import DEFAULT_CONFIG, ConfigOption, app
 from .assembly import build_layers
 
@@ -87,6 +87,8 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     registry = Registry()
     stores = {name: build_store(loaded, name, registry) for name in _backend_names(loaded)}
     for worker in loaded.workers:
+        if worker.cron is not None:
+            build_worker_store(loaded, worker, registry)  # validates the schedule
         build_layers(loaded, worker)
         if worker.handler is not None:
             load_handler(loaded, worker, concurrency=1).close()
@@ -98,9 +100,10 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 
 def _backend_names(config: Config) -> list[str]:
-    names = list(config.backends)
+    # Cron stores are built per worker (their schedule is the worker's); the rest are connected.
+    names = [name for name, backend in config.backends.items() if backend.kind != "cron"]
     for worker in config.workers:
-        if worker.backend not in names:
+        if worker.backend not in names and worker.cron is None:
             names.append(worker.backend)
     return names
 

@@ -213,3 +213,34 @@ def test_metrics_and_healthz_are_served(apalis: Apalis) -> None:
         daemon.send_signal(signal.SIGTERM)
         daemon.communicate(timeout=30)
     assert daemon.returncode == 0
+
+
+def test_cron_worker_piped_into_sqlite(apalis: Apalis) -> None:
+    apalis.write_config(
+        CONFIG
+        + '\n[[workers]]\nname = "tick"\nbackend = "cron"\nschedule = "* * * * * *"\npipe_to = "main"\n'
+        + 'handler = "acc_handlers:ok"\nkeep_alive = "1s"\npoll_interval = "100ms"\n'
+    )
+    assert apalis("push", "--worker", "echo", "{}").code == 0  # the other worker is unaffected
+    daemon = apalis.start("run", "--no-live", "--worker", "tick")
+    try:
+        deadline = time.monotonic() + 30
+        while apalis.statuses("--worker", "tick").get("done", 0) < 2:
+            assert daemon.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+    done = [row for row in apalis.inspect("--worker", "tick") if row["status"] == "done"]
+    assert all(row["idempotency_key"].startswith("cron:") for row in done)
+    assert all("scheduled_at" in row["result"]["echo"] for row in done)
+    assert apalis.statuses("--worker", "echo") == {"pending": 1}
+
+
+def test_bad_cron_schedule_is_a_config_error(apalis: Apalis) -> None:
+    apalis.write_config(CONFIG + '\n[[workers]]\nname = "tick"\nbackend = "cron"\nschedule = "now and then"\n')
+    result = apalis("check")
+    assert result.code == 2
+    assert result.err.startswith(f"apalis: error: {apalis.config}:15: workers[1].schedule: ")

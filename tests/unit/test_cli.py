@@ -119,10 +119,10 @@ def test_run_burst_on_an_empty_queue_exits_0(capsys: pytest.CaptureFixture[str],
 
 def test_a_store_without_a_sink_says_why(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "cron.toml"
-    path.write_text('[backends.tick]\nkind = "cron"\nschedule = "* * * * *"\n\n[[workers]]\nname = "t"\n')
+    path.write_text('[[workers]]\nname = "t"\nbackend = "cron"\nschedule = "* * * * *"\nhandler = "m:f"\n')
     code, _, err = apalis(capsys, "push", "--config", str(path), "{}")
     assert code == 2
-    assert "cannot take pushed tasks" in err
+    assert "cron worker without pipe_to" in err
     assert err.count("\n") == 1
 
 

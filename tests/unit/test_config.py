@@ -166,3 +166,33 @@ def test_lines_after_multiline_arrays_and_strings_stay_right(tmp_path: Path) -> 
 def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+CRON = """\
+[backends.main]
+kind = "memory"
+
+[[workers]]
+name = "nightly"
+backend = "cron"
+schedule = "0 0 3 * * *"
+timezone = "Europe/Paris"
+pipe_to = "main"
+handler = "m:f"
+"""
+
+
+def test_cron_worker_keys() -> None:
+    (worker,) = parse(CRON).workers
+    assert worker.cron == {"schedule": "0 0 3 * * *", "timezone": "Europe/Paris"}
+    assert worker.pipe_to == "main"
+
+
+def test_cron_keys_only_for_cron_workers() -> None:
+    message = error_of(CRON.replace('backend = "cron"', 'backend = "main"'))
+    assert message == 'jobs.toml:7: workers[0].schedule: only for a cron worker (backend "main" is memory)'
+
+
+def test_pipe_to_names_a_durable_backend() -> None:
+    message = error_of(CRON.replace('pipe_to = "main"', 'pipe_to = "mian"'))
+    assert message == 'jobs.toml:9: workers[0].pipe_to: no backend named "mian" (defined: main)'

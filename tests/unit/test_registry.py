@@ -49,3 +49,12 @@ def test_implicit_memory_backend() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_cron_schedule_errors_point_at_the_worker() -> None:
+    from apalis_cli.registry import build_worker_store
+
+    source = '[[workers]]\nname = "tick"\nbackend = "cron"\nschedule = "every tuesday"\n'
+    config = parse_config(source, Path("c.toml"))
+    with pytest.raises(ConfigError, match=r"^c\.toml:4: workers\[0\]\.schedule: "):
+        build_worker_store(config, config.workers[0])

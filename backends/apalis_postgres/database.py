@@ -66,17 +66,23 @@ class Database:
         self._listener = Listener(lambda: self._conninfo, self.channel, self.wakers)
 
     async def open(self) -> list[int]:
-        """Connect and migrate; returns the migrations applied now."""
+        """Connect and migrate; returns the migrations applied now.
+
+        One direct connection comes first: it migrates, and a refused login fails here at once
+        with the server's reason (a pool would retry it until its timeout and say only that).
+        """
+        where = self.config.redacted
+        try:
+            async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                applied = await migrate(conn, self.config.schema)
+        except psycopg.Error as exc:
+            raise BackendError(f"cannot open postgres at {where}: {self.describe(exc)}") from None
         try:
             await self._pool.open(wait=True, timeout=self.config.connect_timeout)
         except (psycopg.Error, PoolTimeout) as exc:
             await self._pool.close()
-            raise BackendError(f"cannot connect to postgres at {self.config.redacted}: {self.describe(exc)}") from None
-        try:
-            return await self.run(lambda conn: migrate(conn, self.config.schema))
-        except psycopg.Error as exc:
-            await self._pool.close()
-            raise BackendError(f"cannot migrate postgres at {self.config.redacted}: {self.describe(exc)}") from None
+            raise BackendError(f"cannot connect to postgres at {where}: {self.describe(exc)}") from None
+        return applied
 
     async def close(self) -> None:
         """Stop listening and close every connection."""

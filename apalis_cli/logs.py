@@ -6,6 +6,7 @@ Levels below the chosen one are dropped before any formatting: a quiet daemon pa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -24,6 +25,7 @@ from .events import (
     TaskFinished,
     WorkerCrashed,
 )
+from .registry import redact_text
 
 __all__ = ["LOG_LEVELS", "LogFormat", "event_logger", "quiet_stdlib_logging", "setup_logging"]
 
@@ -98,6 +100,8 @@ def event_logger(*, tasks: bool = True) -> EventListener:
     log = structlog.get_logger("apalis")
 
     def on_event(event: Event) -> None:
+        if getattr(event, "error", None):
+            event = dataclasses.replace(event, error=redact_text(event.error))  # type: ignore[call-arg, attr-defined]
         fields = {"worker": event.worker, "queue": event.queue}
         if isinstance(event, TaskFinished):
             if not tasks:

@@ -24,6 +24,7 @@ from ..events import (
     TaskFinished,
     WorkerCrashed,
 )
+from ..registry import redact_text
 from ..task import Status
 
 __all__ = ["Dashboard", "WorkerView", "print_stats", "print_tasks", "print_workers"]
@@ -123,7 +124,7 @@ class Dashboard:
                 str(view.retried),
                 str(view.killed),
                 f"{view.rate(now):.1f}",
-                Text(view.last_error or "", style="red"),
+                Text(redact_text(view.last_error or ""), style="red"),
             )
         return table
 

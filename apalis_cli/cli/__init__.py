@@ -11,15 +11,20 @@ import sys
 from collections.abc import Sequence
 
 import typer
-from typer._click.exceptions import ClickException
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.exceptions import Abort, Exit
 
 from ..errors import ApalisError, MissingExtra, UsageError
 from ..layers.retry import describe_error
 from ..logs import quiet_stdlib_logging
 from ..registry import redact_text
-from . import admin, inspect, push, run, setup
 from .app import app
+
+# isort: off
+# Imported for their commands, in the order `apalis --help` lists them.
+from . import run, push, inspect, admin, setup
+
+# isort: on
 
 __all__ = ["app", "fail_line", "main"]
 
@@ -44,6 +49,9 @@ def _run(argv: list[str]) -> int:
         result = command.main(args=argv, prog_name="apalis", standalone_mode=False)
     except Exit as exc:
         return exc.exit_code
+    except NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        return 2
     except ClickException as exc:
         print(fail_line(exc.format_message()), file=sys.stderr)
         return 2 if exc.exit_code == 2 else max(exc.exit_code, 1)

@@ -27,7 +27,7 @@ def retry(
     worker: WorkerOption = None,
     queue: QueueOption = None,
 ) -> None:
-    """Make a failed or killed task pending again now, its attempts reset."""
+    """Make a failed or killed task pending again (attempts reset)."""
     asyncio.run(_change(config, worker, queue, task_id, "retry"))
     print(f"retried {task_id}")
 

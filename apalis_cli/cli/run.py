@@ -46,7 +46,11 @@ def run(
         str | None, typer.Option(help="Serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9464.")
     ] = None,
 ) -> None:
-    """Run the workers until SIGTERM/SIGINT (a second SIGINT stops at once) or, with --burst, until idle."""
+    """Run the workers: the daemon.
+
+    SIGTERM or SIGINT stops gracefully (a second SIGINT at once); --burst exits when nothing is
+    ready or running.
+    """
     if log_format not in (None, "console", "json"):
         raise UsageError(f'--log-format: expected console or json, got "{log_format}"')
     if log_level.lower() not in LOG_LEVELS:

@@ -70,7 +70,7 @@ def init(
     path: Annotated[Path, typer.Argument(help="Where to write the config.")] = DEFAULT_CONFIG,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented starter config (embedded SQLite, the demo handler)."""
+    """Write a commented starter config (SQLite, the demo handler)."""
     if path.exists() and not force:
         raise UsageError(f"{path} already exists (use --force to overwrite it)")
     try:
@@ -82,7 +82,7 @@ def init(
 
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Validate the config, import every handler, and connect to every backend."""
+    """Validate the config, import handlers, connect to every backend."""
     loaded = load_config(config)
     registry = Registry()
     stores = {name: build_store(loaded, name, registry) for name in _backend_names(loaded)}

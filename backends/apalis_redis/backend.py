@@ -5,7 +5,7 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
 
     ns:{q}:t:<id>      hash   one task: p payload, s status, a attempts, m max_attempts,
                               r run_at, pr priority, c created_at, k idempotency key, mt meta JSON,
-                              l lock_by, la locked_at, e last_error, res result JSON, d done_at
+                              l lock_by ('' when none), e last_error, res result JSON, d done_at
     ns:{q}:ready       zset   pending/failed tasks that are due; score -priority*1e10 + run_at, so
                               ZPOPMIN takes priority DESC then run_at ASC (exact for |priority| < 1e5)
     ns:{q}:scheduled   zset   pending/failed tasks not yet due, by run_at; promoted by the claim

@@ -19,7 +19,7 @@ _PURGE_BATCH = 5000
 
 
 def _text(value: bytes | None) -> str | None:
-    return value.decode() if value is not None else None
+    return value.decode() if value else None
 
 
 def task_from_hash(task_id: str, queue: str, h: dict[bytes, bytes]) -> Task[bytes]:

@@ -11,14 +11,16 @@ for i = 1, #items, 5 do
   local f = redis.call('HMGET', task, 's', 'l', 'pr', 'a', 'r', 'k')
   if f[1] == 'running' and f[2] == items[i + 1] then
     redis.call('ZREM', KEYS[3], id)
-    redis.call('HDEL', task, 'l', 'la')
     if kind == 'd' or kind == 'k' then
       if kind == 'd' then
-        redis.call('HSET', task, 's', 'done', 'd', ARGV[2])
-        if text ~= '' then redis.call('HSET', task, 'res', text) end
+        if text ~= '' then
+          redis.call('HSET', task, 's', 'done', 'd', ARGV[2], 'l', '', 'res', text)
+        else
+          redis.call('HSET', task, 's', 'done', 'd', ARGV[2], 'l', '')
+        end
         redis.call('ZADD', KEYS[5], ARGV[2], id)
       else
-        redis.call('HSET', task, 's', 'killed', 'd', ARGV[2], 'e', text)
+        redis.call('HSET', task, 's', 'killed', 'd', ARGV[2], 'e', text, 'l', '')
         redis.call('ZADD', KEYS[6], ARGV[2], id)
       end
       -- A safety net: the heartbeat purges finished tasks, this expires them even if none runs.
@@ -27,11 +29,11 @@ for i = 1, #items, 5 do
     else
       local priority, run_at, attempts = tonumber(f[3]), tonumber(items[i + 4]), tonumber(f[4])
       if kind == 'r' then
-        redis.call('HSET', task, 's', 'failed', 'e', text, 'r', items[i + 4])
+        redis.call('HSET', task, 's', 'failed', 'e', text, 'r', items[i + 4], 'l', '')
         redis.call('SADD', KEYS[4], id)
       else
         run_at = math.min(tonumber(f[5]), now)
-        redis.call('HSET', task, 's', 'pending', 'a', math.max(attempts - 1, 0), 'r', string.format('%.17g', run_at))
+        redis.call('HSET', task, 's', 'pending', 'a', math.max(attempts - 1, 0), 'r', string.format('%.17g', run_at), 'l', '')
       end
       if run_at <= now then
         redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + run_at), id)

@@ -22,7 +22,7 @@ for i = 1, #popped, 2 do
   local f = redis.call('HMGET', task, 's', 'p', 'a', 'm', 'r', 'pr', 'k', 'mt', 'c', 'e')
   if f[1] == 'pending' or f[1] == 'failed' then
     local attempts = tonumber(f[3]) + 1
-    redis.call('HSET', task, 's', 'running', 'a', attempts, 'l', ARGV[4], 'la', now)
+    redis.call('HSET', task, 's', 'running', 'a', attempts, 'l', ARGV[4])
     redis.call('ZADD', KEYS[3], now, id)
     if f[1] == 'failed' then redis.call('SREM', KEYS[4], id) end
     local n = #out

@@ -19,7 +19,6 @@ local release_cutoff = tonumber(ARGV[7])
 local recovered, woke = 0, false
 local function back_to_ready(id, task, priority)
   redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + now), id)
-  redis.call('HDEL', task, 'l', 'la')
   redis.call('ZREM', KEYS[2], id)
   woke = true
 end
@@ -32,19 +31,18 @@ for i = 1, #running, 2 do
     redis.call('ZREM', KEYS[2], id)
   elseif f[2] == me then
     if not mine[id] and claimed < release_cutoff then
-      redis.call('HSET', task, 's', 'pending', 'a', math.max(tonumber(f[3]) - 1, 0), 'r', ARGV[2])
+      redis.call('HSET', task, 's', 'pending', 'a', math.max(tonumber(f[3]) - 1, 0), 'r', ARGV[2], 'l', '')
       back_to_ready(id, task, tonumber(f[5]))
     end
   elseif not redis.call('ZSCORE', KEYS[6], f[2]) then
     local err = 'worker ' .. f[2] .. ' stopped sending heartbeats while running this task'
     recovered = recovered + 1
     if tonumber(f[3]) >= tonumber(f[4]) then
-      redis.call('HSET', task, 's', 'killed', 'e', err, 'd', ARGV[2])
-      redis.call('HDEL', task, 'l', 'la')
+      redis.call('HSET', task, 's', 'killed', 'e', err, 'd', ARGV[2], 'l', '')
       redis.call('ZREM', KEYS[2], id)
       redis.call('ZADD', KEYS[5], ARGV[2], id)
     else
-      redis.call('HSET', task, 's', 'failed', 'e', err, 'r', ARGV[2])
+      redis.call('HSET', task, 's', 'failed', 'e', err, 'r', ARGV[2], 'l', '')
       redis.call('SADD', KEYS[3], id)
       back_to_ready(id, task, tonumber(f[5]))
     end

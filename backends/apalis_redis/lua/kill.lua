@@ -7,7 +7,7 @@ local f = redis.call('HMGET', task, 's', 'k')
 if f[1] ~= 'pending' and f[1] ~= 'failed' and f[1] ~= 'running' then return 0 end
 for i = 1, 4 do redis.call(i == 4 and 'SREM' or 'ZREM', KEYS[i], id) end
 redis.call('HSET', task, 's', 'killed', 'e', ARGV[5], 'd', ARGV[2])
-redis.call('HDEL', task, 'l', 'la')
+redis.call('HSET', task, 'l', '')
 redis.call('ZADD', KEYS[5], ARGV[2], id)
 redis.call('PEXPIRE', task, ARGV[3])
 if f[2] then redis.call('PEXPIRE', base .. 'k:' .. f[2], ARGV[3]) end

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.exceptions import Abort, Exit
 
 from ..errors import ApalisError, MissingExtra, UsageError
@@ -49,22 +48,32 @@ def _run(argv: list[str]) -> int:
         result = command.main(args=argv, prog_name="apalis", standalone_mode=False)
     except Exit as exc:
         return exc.exit_code
-    except NoArgsIsHelpError as exc:
-        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
-        return 2
-    except ClickException as exc:
-        print(fail_line(exc.format_message()), file=sys.stderr)
-        return 2 if exc.exit_code == 2 else max(exc.exit_code, 1)
     except (Abort, KeyboardInterrupt):
         print("apalis: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, MissingExtra) as exc:
+    except Exception as exc:
+        return _report(exc)
+    return result if isinstance(result, int) else 0
+
+
+def _report(exc: Exception) -> int:
+    """Print `exc` as one line and return the exit code it calls for."""
+    if isinstance(exc, UsageError | MissingExtra):
         print(fail_line(str(exc)), file=sys.stderr)
         return 2
-    except ApalisError as exc:
+    if isinstance(exc, ApalisError):
         print(fail_line(str(exc)), file=sys.stderr)
         return 1
-    except Exception as exc:  # a store or driver failure: one line, never a traceback
-        print(fail_line(describe_error(exc)), file=sys.stderr)
-        return 1
-    return result if isinstance(result, int) else 0
+    format_message = getattr(exc, "format_message", None)
+    exit_code = getattr(exc, "exit_code", None)
+    if callable(format_message) and isinstance(exit_code, int):
+        # Click's usage errors (typer vendors click in newer releases, so match by shape).
+        context = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            print(context.get_help())
+            return 2
+        print(fail_line(str(format_message())), file=sys.stderr)
+        return 2 if exit_code == 2 else max(exit_code, 1)
+    # A store or driver failure: one line, never a traceback.
+    print(fail_line(describe_error(exc)), file=sys.stderr)
+    return 1

@@ -26,6 +26,7 @@ __all__ = ["Migration", "Queries", "identifier", "load_migrations", "load_querie
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _NAME_LINE = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_RESERVED = frozenset(name for name in dir(Mapping) if not name.startswith("_"))
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
 
@@ -39,7 +40,10 @@ class Migration:
 
 
 class Queries(Mapping[str, str]):
-    """Named statements; `queries["claim"]` or `queries.claim`, a clear error when missing."""
+    """Named statements; `queries["claim"]` or `queries.claim`, a clear error when missing.
+
+    Names that `Mapping` itself uses (`get`, `keys`, `items`, `values`) are refused at load.
+    """
 
     __slots__ = ("_package", "_queries")
 
@@ -98,6 +102,8 @@ def split_named(text: str, default: str) -> dict[str, str]:
     for i, mark in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         name = mark.group(1)
+        if name in _RESERVED:
+            raise ValueError(f"statement name {name!r} is taken by Mapping: choose another")
         if name in out:
             raise ValueError(f"statement {name!r} is defined twice")
         out[name] = text[mark.end() : end].strip()

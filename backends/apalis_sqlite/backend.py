@@ -1,0 +1,205 @@
+"""The embedded SQLite store (`kind = "sqlite"`): the default, durable, no server to run.
+
+One aiosqlite connection per store and process (`connection.Database`), WAL, STRICT tables, the
+SQL in `sql/*.sql`. Every operation is one hop to the connection's thread and one short
+transaction: a claim is a single `UPDATE ... RETURNING` of up to free-slots tasks, the outcomes
+of one event-loop turn are one transaction of `executemany` per outcome kind, a bulk push is one
+`executemany`. Several processes may share the file (daemons, `apalis push`): writers take turns
+on SQLite's lock, waiting up to `busy_timeout`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
+
+from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
+from apalis_cli.codec import Codec
+from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome
+from apalis_cli.task import Task, TaskId
+from apalis_sql import insert_params, load_migrations, load_queries, plan_acks, task_from_row
+
+from .config import SqliteConfig
+from .connection import Database
+from .inspector import SqliteInspector
+from .signal import QueueSignal
+
+__all__ = ["SqliteQueue", "SqliteStore"]
+
+_PURGE_PER_BEAT = 10_000
+
+
+class SqliteStore:
+    """A SQLite database file shared by every queue of one `[backends.NAME]` table."""
+
+    kind: ClassVar[str] = "sqlite"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, config: SqliteConfig) -> None:
+        self.config = config
+        names = {"prefix": config.table_prefix}
+        self.queries = load_queries(__package__ or "apalis_sqlite", names)
+        self.db = Database(config, self.queries, load_migrations(__package__ or "apalis_sqlite", names))
+        self._signals: dict[str, QueueSignal] = {}
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> SqliteStore:
+        """Validate the URL and options (`ConfigError` names the bad key); nothing is opened."""
+        return cls(SqliteConfig.from_spec(spec))
+
+    async def open(self) -> None:
+        """Open the database file (created if missing) and migrate its schema; idempotent."""
+        await self.db.open()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.db.close()
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> SqliteQueue:
+        """The queue-bound backend; every one of the same queue shares one wake-up signal."""
+        signal = self._signals.get(queue)
+        if signal is None:
+            signal = self._signals[queue] = QueueSignal()
+        return SqliteQueue(self, signal, queue, codec=codec, max_attempts=max_attempts)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.config.path!r})"
+
+
+def _sort_key(task: Task[bytes]) -> tuple[int, float, str]:
+    return (-task.ctx.priority, task.ctx.run_at, task.id)
+
+
+class SqliteQueue(SqliteInspector, QueueBase):
+    """One queue of a `SqliteStore`: push, claim, acknowledge, heartbeat, inspect."""
+
+    capabilities = SqliteStore.capabilities
+
+    def __init__(self, store: SqliteStore, signal: QueueSignal, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._db = store.db
+        self._q = store.queries
+        self._signal = signal
+
+    # -- push --------------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Insert `tasks` in one transaction; a known idempotency key gives the existing id."""
+        if not tasks:
+            return []
+        params = insert_params(self.queue, tasks, time.time())
+        keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+        insert, by_key, queue = self._q.insert, self._q.ids_by_key, self.queue
+
+        def work(conn: sqlite3.Connection) -> dict[str, str]:
+            conn.executemany(insert, params)
+            if not keys:
+                return {}
+            return dict(conn.execute(by_key, {"queue": queue, "keys": json.dumps(keys)}).fetchall())
+
+        owners = await self._db.write(work)
+        self._signal.notify_at([min(t.run_at for t in tasks)] if len(tasks) > 1 else [tasks[0].run_at])
+        if not owners:
+            return [t.id for t in tasks]
+        return [owners.get(t.idempotency_key, t.id) if t.idempotency_key is not None else t.id for t in tasks]
+
+    # -- poll --------------------------------------------------------------------------------
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Ready tasks, claimed for `worker` in batches of its free slots (one statement each)."""
+        claim, params = self._q.claim, {"queue": self.queue, "worker": worker.id, "now": 0.0, "limit": 1}
+
+        def work(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(claim, params).fetchall()
+
+        async def fetch(limit: int) -> list[Task[bytes]]:
+            params["now"], params["limit"] = time.time(), limit
+            rows = await self._db.write(work)
+            if not rows:
+                return []
+            tasks = [task_from_row(row) for row in rows]
+            tasks.sort(key=_sort_key)  # RETURNING order is not the claim order
+            return tasks
+
+        async def release(tasks: Sequence[Task[bytes]]) -> None:
+            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+
+        return poll_batches(worker, fetch, release, self._signal.waker)
+
+    # -- acknowledge -------------------------------------------------------------------------
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Apply outcomes in one transaction, only to tasks still running under the same lock."""
+        plan = plan_acks(items, time.time())
+        if not plan:
+            return
+        q = self._q
+
+        def work(conn: sqlite3.Connection) -> None:
+            if plan.done:
+                conn.executemany(q.ack_done, plan.done)
+            if plan.retry:
+                conn.executemany(q.ack_retry, plan.retry)
+            if plan.kill:
+                conn.executemany(q.ack_kill, plan.kill)
+            if plan.release:
+                conn.executemany(q.ack_release, plan.release)
+
+        await self._db.write(work)
+        if plan.retry:
+            self._signal.notify_at([min(row[1] for row in plan.retry)])
+        if plan.wake:
+            self._signal.notify()
+
+    # -- heartbeat ---------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Register `worker`, recover orphans, release lost claims, purge expired tasks."""
+        q, queue = self._q, self.queue
+        layers = json.dumps(list(worker.layers))
+
+        def beat_work(conn: sqlite3.Connection, now: float, running: list[str]) -> int:
+            conn.execute(
+                q.beat,
+                {
+                    "id": worker.id,
+                    "name": worker.name,
+                    "queue": queue,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "started_at": worker.started_at,
+                    "now": now,
+                    "layers": layers,
+                    "running": len(running),
+                },
+            )
+            stale_before = now - worker.stale_after
+            conn.execute(q.forget_stale_workers, {"queue": queue, "stale_before": stale_before})
+            moved = conn.execute(q.recover_orphans, {"queue": queue, "now": now, "stale_before": stale_before}).rowcount
+            moved += conn.execute(
+                q.release_unowned,
+                {
+                    "queue": queue,
+                    "id": worker.id,
+                    "now": now,
+                    "locked_before": now - worker.keep_alive,
+                    "running": json.dumps(running),
+                },
+            ).rowcount
+            conn.execute(q.purge_expired, {"queue": queue, "cutoff": now - worker.retention, "limit": _PURGE_PER_BEAT})
+            return moved
+
+        async def beat() -> None:
+            now, running = time.time(), list(worker.running())
+            if await self._db.write(lambda conn: beat_work(conn, now, running)):
+                self._signal.notify()
+
+        async def farewell() -> None:
+            await self._db.write(lambda conn: conn.execute(q.farewell, {"id": worker.id}).rowcount)
+
+        return beat_every(worker, beat, farewell)

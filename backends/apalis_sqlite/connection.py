@@ -1,0 +1,215 @@
+"""One aiosqlite connection per store and process: pragmas, migrations, one-hop transactions,
+and reconnecting when the connection was closed or broke under us.
+
+aiosqlite runs every call on the connection's own thread, in order. A whole transaction is
+queued there as ONE function (`aiosqlite.Connection._execute`), so a batch costs one hop between
+the event loop and that thread, and no other coroutine's statement can land inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+from apalis_cli.errors import BackendError
+from apalis_sql import Migration, Queries, retrying
+
+from .config import SqliteConfig
+
+__all__ = ["Database", "split_statements"]
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], T]
+
+_CLOSED = ("connection closed", "no active connection", "closed database")
+_RECONNECT = ("disk i/o error", "unable to open", *_CLOSED)
+_BUSY = ("database is locked", "database is busy", "database table is locked")
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc).lower()
+
+
+def transient(exc: BaseException) -> bool:
+    """True for errors worth another try: a closed or broken connection, a busy database."""
+    if isinstance(exc, ValueError | sqlite3.ProgrammingError | sqlite3.OperationalError):
+        message = _message(exc)
+        return any(part in message for part in _RECONNECT + _BUSY)
+    return False
+
+
+def _needs_reconnect(exc: BaseException) -> bool:
+    message = _message(exc)
+    return any(part in message for part in _RECONNECT)
+
+
+class Database:
+    """The store's connection: opened lazily, migrated on connect, reopened after a drop."""
+
+    def __init__(self, config: SqliteConfig, queries: Queries, migrations: Sequence[Migration]) -> None:
+        self.config = config
+        self._queries = queries
+        self._migrations = list(migrations)
+        self._conn: aiosqlite.Connection | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._closed = True
+
+    async def open(self) -> None:
+        """Connect and migrate (idempotent)."""
+        self._closed = False
+        await self._connection()
+
+    async def close(self) -> None:
+        """Close the connection; later operations fail until `open()` again."""
+        self._closed = True
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await _close_quietly(conn)
+
+    async def drop(self) -> None:
+        """Close the connection out from under the store, as a failure would (for tests)."""
+        conn = self._conn
+        if conn is not None:
+            await conn.close()
+
+    async def read(self, work: Work[T]) -> T:
+        """Run `work(connection)` on the connection's thread, outside a transaction."""
+        return await self._run(work)
+
+    async def write(self, work: Work[T]) -> T:
+        """Run `work(connection)` in one `BEGIN IMMEDIATE` transaction on the connection's thread.
+
+        IMMEDIATE takes the write lock up front, so a read-modify-write never fails half way
+        with SQLITE_BUSY_SNAPSHOT when another process wrote in between: it waits (busy_timeout).
+        """
+        return await self._run(lambda conn: _transaction(conn, work))
+
+    async def _run(self, work: Work[T]) -> T:
+        seen = self._generation
+
+        async def once() -> T:
+            nonlocal seen
+            conn = await self._connection()
+            seen = self._generation
+            # `_execute` is aiosqlite's own queueing primitive (see the module docstring).
+            result = await cast(Any, conn)._execute(_call, conn, work)
+            return cast(T, result)
+
+        async def recover(exc: BaseException) -> None:
+            if _needs_reconnect(exc):
+                await self._discard(seen)
+
+        return await retrying(once, transient=transient, recover=recover)
+
+    async def _connection(self) -> aiosqlite.Connection:
+        conn = self._conn
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise BackendError("the sqlite store is closed")
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._connect()
+            return self._conn
+
+    async def _discard(self, generation: int) -> None:
+        """Forget a connection that failed (once, however many operations saw it fail)."""
+        async with self._lock:
+            if generation != self._generation:
+                return
+            self._generation += 1
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await _close_quietly(conn)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        config = self.config
+        if not config.in_memory:
+            Path(config.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(config.path, isolation_level=None, timeout=config.busy_timeout)
+        except sqlite3.Error as exc:
+            raise BackendError(f"cannot open sqlite database {config.path}: {exc}") from exc
+        try:
+            await cast(Any, conn)._execute(_call, conn, self._prepare)
+        except BaseException:
+            await _close_quietly(conn)
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Pragmas for this connection, then the schema brought up to date."""
+        config = self.config
+        conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000)}")
+        if not config.in_memory:
+            # WAL: readers never block the writer; NORMAL is durable across crashes of the
+            # process (not of the machine's power) and skips an fsync per commit.
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {config.synchronous.upper()}")
+        _transaction(conn, self._migrate)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        queries = self._queries
+        conn.execute(queries.version_table)
+        row = conn.execute(queries.get_version).fetchone()
+        current = row[0] if row else 0
+        latest = self._migrations[-1].version if self._migrations else 0
+        if current > latest:
+            raise BackendError(
+                f"the database {self.config.path} has schema version {current}, newer than this "
+                f"apalis-cli knows ({latest}): upgrade apalis-cli"
+            )
+        for migration in self._migrations:
+            if migration.version > current:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(queries.set_version, {"version": migration.version, "now": time.time()})
+
+
+def _call(conn: aiosqlite.Connection, work: Work[T]) -> T:
+    # Runs on the connection's thread; `_conn` raises if the connection was closed meanwhile.
+    return work(cast(Any, conn)._conn)
+
+
+def _transaction(conn: sqlite3.Connection, work: Work[T]) -> T:
+    if conn.in_transaction:  # left open by a failure we could not roll back: start clean
+        conn.rollback()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    return result
+
+
+async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(Exception):  # already closed or broken: nothing left to release
+        await conn.close()
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, split where SQLite itself sees one end."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if _has_sql(buffer):
+                yield buffer.strip()
+            buffer = ""
+    if _has_sql(buffer):
+        yield buffer.strip()
+
+
+def _has_sql(text: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())

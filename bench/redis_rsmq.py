@@ -3,7 +3,8 @@
     .venv/bin/python bench/redis_rsmq.py [--kinds redis,rsmq] [--tasks 20000] [--url redis://...]
 
 Drain (no-op handler, one worker process) at concurrency 1/10/50, bulk enqueue, and latency from
-push to handler start on an idle worker; the raw baseline is LPUSH then RPOP 100 per round trip.
+push to handler start on an idle worker; the raw baseline is bare redis-py: LPUSH 1000 values per call, then RPOP 100
+per round trip (as in ../shared/peers-bench/bench_raw_redis.py).
 Figures are printed as rates and as ratios to the baseline (absolute figures drift on shared
 machines, ratios less so).
 """
@@ -22,23 +23,30 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.worker import Worker
 
 
-async def raw_baseline(url: str, n: int) -> float:
-    """Tasks per second through bare LPUSH / RPOP, 100 per round trip."""
+async def raw_baseline(url: str, n: int) -> tuple[float, float]:
+    """(bulk LPUSH rate, drain rate) of bare redis-py: LPUSH 1000 values per call, then one
+    consumer popping `RPOP q 100` and decoding each JSON value (the peers' raw ceiling)."""
+    import json
+
     from redis.asyncio import Redis
 
     client = Redis.from_url(url)
     key = f"bench-raw-{uuid.uuid4().hex}"
     payload = b'{"n":1}'
     started = time.perf_counter()
-    for _ in range(0, n, 100):
-        await client.lpush(key, *([payload] * 100))
+    for _ in range(0, n, 1000):
+        await client.lpush(key, *([payload] * 1000))
+    enqueue_rate = n / (time.perf_counter() - started)
+    started = time.perf_counter()
     got = 0
     while got < n:
-        got += len(await client.rpop(key, 100) or [])
-    elapsed = time.perf_counter() - started
+        for item in await client.rpop(key, 100) or []:
+            json.loads(item)
+            got += 1
+    drain_rate = n / (time.perf_counter() - started)
     await client.delete(key)
     await client.aclose()
-    return n / elapsed
+    return enqueue_rate, drain_rate
 
 
 def make_store(kind: str, url: str) -> Any:
@@ -73,20 +81,22 @@ async def drain(kind: str, url: str, n: int, concurrency: int) -> tuple[float, f
         await queue.push_bulk([{"n": j} for j in range(i, min(i + 10000, n))])
     enqueue_rate = n / (time.perf_counter() - started)
     count = 0
+    first = 0.0
     finished = asyncio.Event()
 
     async def handler(args: Any, task: Any) -> None:
-        nonlocal count
+        nonlocal count, first
         count += 1
+        if count == 1:
+            first = time.perf_counter()
         if count >= n:
             finished.set()
 
     worker = Worker(name="bench", backend=queue, handler=handler, concurrency=concurrency, keep_alive=5.0)
     stop = asyncio.Event()
-    started = time.perf_counter()
     running = asyncio.create_task(worker.run(stop))
     await finished.wait()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - first  # first start to last start, as the peers count
     stop.set()
     await running
     await store.close()
@@ -128,14 +138,14 @@ async def main() -> None:
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     options = parser.parse_args()
-    raw = await raw_baseline(options.url, options.tasks * 5)
-    print(f"raw redis-py LPUSH/RPOP x100: {raw:,.0f}/s")
+    raw_enqueue, raw = await raw_baseline(options.url, options.tasks * 5)
+    print(f"raw redis-py: bulk LPUSH x1000 {raw_enqueue:,.0f}/s, drain RPOP x100 {raw:,.0f}/s")
     for kind in options.kinds.split(","):
         for concurrency in (1, 10, 50):
             enqueue_rate, rate = await drain(kind, options.url, options.tasks, concurrency)
             print(
                 f"{kind:5} drain c={concurrency:<3} {rate:>9,.0f}/s  ({rate / raw:.3f} of raw)"
-                f"   bulk enqueue {enqueue_rate:>9,.0f}/s ({enqueue_rate / raw:.3f} of raw)"
+                f"   bulk enqueue {enqueue_rate:>9,.0f}/s ({enqueue_rate / raw_enqueue:.3f} of raw)"
             )
         p50, p99 = await latency(kind, options.url, 200)
         print(f"{kind:5} latency push->start p50 {p50:.2f} ms  p99 {p99:.2f} ms")

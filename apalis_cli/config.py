@@ -17,7 +17,7 @@ A worker on a `kind = "cron"` backend (or `backend = "cron"`, no table needed) t
 keys `schedule`, `timezone`, `catch_up`, `catch_up_limit` (validated by the cron store, which gets
 them as its options) and `pipe_to`, the durable backend its ticks are pushed into.
 
-To add worker keys: add a field to `WorkerConfig` and a line to `_parse_worker`; `_Table` does
+To add worker keys: add a field to `WorkerConfig` and a line to `_parse_worker`; `Table` does
 the type checks, defaults and unknown-key detection.
 """
 
@@ -26,13 +26,28 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from .backend import StoreSpec
-from .durations import parse_duration
+from .config_fields import (
+    Table,
+    boolean,
+    choice,
+    duration,
+    integer,
+    key_error,
+    list_of_tables,
+    non_empty,
+    string,
+    substitute_env,
+    syntax_message,
+    syntax_where,
+    table_value,
+    type_name,
+)
 from .errors import ConfigError, UsageError
 from .layers.retry import Backoff
 from .tomllines import KeyPath, LineIndex, render_path
@@ -59,13 +74,11 @@ CRON_KEYS = ("schedule", "timezone", "catch_up", "catch_up_limit")
 # Backends a worker may name without a table: they need no URL.
 _IMPLICIT_BACKENDS = {"memory": "memory://", "cron": ""}
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _HANDLER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 MiddlewareKind = Literal["retry", "timeout", "rate_limit", "concurrency", "catch", "tracing"]
 _MIDDLEWARE_KINDS: tuple[MiddlewareKind, ...] = ("retry", "timeout", "rate_limit", "concurrency", "catch", "tracing")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,19 +220,19 @@ def parse_config(source: str, path: Path, environ: Mapping[str, str] | None = No
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_syntax_message(exc), where=_syntax_where(exc, path)) from None
+        raise ConfigError(syntax_message(exc), where=syntax_where(exc, path)) from None
     lines = LineIndex(source, path)
     env = os.environ if environ is None else environ
-    data = _substitute(data, (), env, lines)
-    root = _Table(data, (), lines)
+    data = substitute_env(data, (), env, lines)
+    root = Table(data, (), lines)
     backends = _parse_backends(root)
-    raw_workers = root.take("workers", _list_of_tables, [])
+    raw_workers = root.take("workers", list_of_tables, [])
     root.finish()
     workers: list[WorkerConfig] = []
     for index, table in enumerate(raw_workers):
-        worker = _parse_worker(_Table(table, ("workers", index), lines), index, backends)
+        worker = _parse_worker(Table(table, ("workers", index), lines), index, backends)
         if any(w.name == worker.name for w in workers):
-            raise _error(lines, ("workers", index, "name"), f'"{worker.name}" is already the name of another worker')
+            raise key_error(lines, ("workers", index, "name"), f'"{worker.name}" is already the name of another worker')
         workers.append(worker)
     return Config(path=path, backends=backends, workers=tuple(workers), lines=lines)
 
@@ -227,8 +240,8 @@ def parse_config(source: str, path: Path, environ: Mapping[str, str] | None = No
 # -- sections ------------------------------------------------------------------------------
 
 
-def _parse_backends(root: _Table) -> dict[str, BackendConfig]:
-    raw = root.take("backends", _table, None)
+def _parse_backends(root: Table) -> dict[str, BackendConfig]:
+    raw = root.take("backends", table_value, None)
     if raw is None:
         name, kind, url = DEFAULT_BACKEND
         return {name: BackendConfig(name=name, kind=kind, url=url)}
@@ -236,18 +249,18 @@ def _parse_backends(root: _Table) -> dict[str, BackendConfig]:
     for name, value in raw.items():
         path: KeyPath = ("backends", name)
         if not isinstance(value, dict):
-            raise _error(root.lines, path, f"expected a table ([backends.{name}]), got {_type(value)}")
-        table = _Table(value, path, root.lines)
-        kind = table.take("kind", _string)
-        url = table.take("url", _string, "")
+            raise key_error(root.lines, path, f"expected a table ([backends.{name}]), got {type_name(value)}")
+        table = Table(value, path, root.lines)
+        kind = table.take("kind", string)
+        url = table.take("url", string, "")
         options = {key: table.data[key] for key in table.data if key not in table.seen}
         backends[name] = BackendConfig(name=name, kind=kind, url=url, options=options)
     return backends
 
 
-def _parse_worker(table: _Table, index: int, backends: Mapping[str, BackendConfig]) -> WorkerConfig:
-    name = table.take("name", _name)
-    backend = table.take("backend", _string, None)
+def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig]) -> WorkerConfig:
+    name = table.take("name", non_empty)
+    backend = table.take("backend", string, None)
     if backend is None:
         if len(backends) != 1:
             table.fail("backend", f"required when there are several backends ({', '.join(backends)})")
@@ -256,26 +269,26 @@ def _parse_worker(table: _Table, index: int, backends: Mapping[str, BackendConfi
         known = ", ".join(backends) or "none"
         table.fail("backend", f'no backend named "{backend}" (defined: {known})')
     middleware = tuple(
-        _parse_middleware(_Table(raw, (*table.path, "middleware", i), table.lines))
-        for i, raw in enumerate(table.take("middleware", _list_of_tables, []))
+        _parse_middleware(Table(raw, (*table.path, "middleware", i), table.lines))
+        for i, raw in enumerate(table.take("middleware", list_of_tables, []))
     )
     retry_attempts = next((m.max_attempts for m in middleware if m.kind == "retry" and m.max_attempts), None)
-    keep_alive = table.take("keep_alive", _duration, 10.0, positive=True)
+    keep_alive = table.take("keep_alive", duration, 10.0, positive=True)
     cron, pipe_to = _parse_cron_keys(table, backend, backends)
     worker = WorkerConfig(
         index=index,
         name=name,
         backend=backend,
-        queue=table.take("queue", _name, name),
-        codec=table.take("codec", _choice("json", "msgpack"), "json"),
+        queue=table.take("queue", non_empty, name),
+        codec=table.take("codec", choice("json", "msgpack"), "json"),
         handler=table.take("handler", _handler, None),
-        concurrency=table.take("concurrency", _int(1), 1),
-        poll_interval=table.take("poll_interval", _duration, 1.0, positive=True),
+        concurrency=table.take("concurrency", integer(1), 1),
+        poll_interval=table.take("poll_interval", duration, 1.0, positive=True),
         keep_alive=keep_alive,
-        stale_after=table.take("stale_after", _duration, 3 * keep_alive, positive=True),
-        shutdown_timeout=table.take("shutdown_timeout", _duration, 30.0),
-        max_attempts=table.take("max_attempts", _int(1), retry_attempts or 3),
-        retention=table.take("retention", _duration, 7 * 86400.0),
+        stale_after=table.take("stale_after", duration, 3 * keep_alive, positive=True),
+        shutdown_timeout=table.take("shutdown_timeout", duration, 30.0),
+        max_attempts=table.take("max_attempts", integer(1), retry_attempts or 3),
+        retention=table.take("retention", duration, 7 * 86400.0),
         middleware=middleware,
         cron=cron,
         pipe_to=pipe_to,
@@ -289,7 +302,7 @@ def _parse_worker(table: _Table, index: int, backends: Mapping[str, BackendConfi
 
 
 def _parse_cron_keys(
-    table: _Table, backend: str, backends: Mapping[str, BackendConfig]
+    table: Table, backend: str, backends: Mapping[str, BackendConfig]
 ) -> tuple[dict[str, Any] | None, str | None]:
     kind = backends[backend].kind if backend in backends else backend
     if kind != "cron":
@@ -299,7 +312,7 @@ def _parse_cron_keys(
         return None, None
     cron = {key: table.data[key] for key in CRON_KEYS if key in table.data}
     table.seen.update(CRON_KEYS)
-    pipe_to = table.take("pipe_to", _string, None)
+    pipe_to = table.take("pipe_to", string, None)
     if pipe_to is not None:
         target = backends.get(pipe_to)
         if target is None:
@@ -310,135 +323,31 @@ def _parse_cron_keys(
     return cron, pipe_to
 
 
-def _parse_middleware(table: _Table) -> MiddlewareConfig:
-    kind: MiddlewareKind = table.take("kind", _choice(*_MIDDLEWARE_KINDS))
+def _parse_middleware(table: Table) -> MiddlewareConfig:
+    kind: MiddlewareKind = table.take("kind", choice(*_MIDDLEWARE_KINDS))
     config: MiddlewareConfig
     if kind == "retry":
         backoff = Backoff(
-            kind=table.take("backoff", _choice("constant", "linear", "exponential"), "exponential"),
-            base=table.take("base", _duration, 1.0),
-            max=table.take("max", _duration, 3600.0),
-            jitter=table.take("jitter", _bool, True),
+            kind=table.take("backoff", choice("constant", "linear", "exponential"), "exponential"),
+            base=table.take("base", duration, 1.0),
+            max=table.take("max", duration, 3600.0),
+            jitter=table.take("jitter", boolean, True),
         )
-        config = MiddlewareConfig(kind=kind, max_attempts=table.take("max_attempts", _int(1), None), backoff=backoff)
+        config = MiddlewareConfig(kind=kind, max_attempts=table.take("max_attempts", integer(1), None), backoff=backoff)
     elif kind == "timeout":
-        config = MiddlewareConfig(kind=kind, after=table.take("after", _duration, positive=True))
+        config = MiddlewareConfig(kind=kind, after=table.take("after", duration, positive=True))
     elif kind == "rate_limit":
         config = MiddlewareConfig(
-            kind=kind, rate=table.take("rate", _int(1)), per=table.take("per", _duration, 1.0, positive=True)
+            kind=kind, rate=table.take("rate", integer(1)), per=table.take("per", duration, 1.0, positive=True)
         )
     elif kind == "concurrency":
-        config = MiddlewareConfig(kind=kind, limit=table.take("limit", _int(1)))
+        config = MiddlewareConfig(kind=kind, limit=table.take("limit", integer(1)))
     elif kind == "catch":
         config = MiddlewareConfig(kind=kind, kill_on=table.take("kill_on", _exception_names))
     else:
-        config = MiddlewareConfig(kind=kind, level=table.take("level", _choice(*_LOG_LEVELS), "info"))
+        config = MiddlewareConfig(kind=kind, level=table.take("level", choice(*_LOG_LEVELS), "info"))
     table.finish()
     return config
-
-
-# -- typed access to one table -------------------------------------------------------------
-
-_REQUIRED: Any = object()
-Parse = Callable[[Any], T]
-
-
-class _Table:
-    """One TOML table being read: typed `take`s, then `finish` rejects the keys left over."""
-
-    def __init__(self, data: dict[str, Any], path: KeyPath, lines: LineIndex) -> None:
-        self.data = data
-        self.path = path
-        self.lines = lines
-        self.seen: set[str] = set()
-
-    def take(self, key: str, parse: Parse[T], default: Any = _REQUIRED, *, positive: bool = False) -> T:
-        self.seen.add(key)
-        if key not in self.data:
-            if default is _REQUIRED:
-                raise _error(self.lines, self.path, f'missing required key "{key}"')
-            return default  # type: ignore[no-any-return]
-        try:
-            value = parse(self.data[key])
-        except ValueError as exc:
-            raise _error(self.lines, (*self.path, key), str(exc)) from None
-        if positive and isinstance(value, float) and value <= 0:
-            raise _error(self.lines, (*self.path, key), f"must be more than 0, got {self.data[key]!r}")
-        return value
-
-    def fail(self, key: str, message: str) -> None:
-        raise _error(self.lines, (*self.path, key), message)
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.seen:
-                raise _error(self.lines, (*self.path, key), "unknown key")
-
-
-def _error(lines: LineIndex, path: KeyPath, message: str) -> ConfigError:
-    return ConfigError(message, where=lines.where(path), key=render_path(path) or None)
-
-
-def _type(value: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array"}
-    return names.get(type(value), "a table" if isinstance(value, dict) else type(value).__name__)
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_type(value)}")
-    return value
-
-
-def _name(value: Any) -> str:
-    text = _string(value)
-    if not text.strip():
-        raise ValueError("must not be empty")
-    return text
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_type(value)}")
-    return value
-
-
-def _int(minimum: int) -> Parse[int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {_type(value)}")
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f'expected a duration such as "30s", got {_type(value)}')
-    return parse_duration(value)
-
-
-def _choice(*options: str) -> Parse[Any]:
-    def parse(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
-        return str(value)
-
-    return parse
-
-
-def _table(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a table, got {_type(value)}")
-    return value
-
-
-def _list_of_tables(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise ValueError("expected an array of tables")
-    return value
 
 
 def _handler(value: Any) -> ImportHandler | CommandHandler:
@@ -454,7 +363,7 @@ def _handler(value: Any) -> ImportHandler | CommandHandler:
         if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
             raise ValueError('expected command = ["program", "arg", ...] (a non-empty array of strings)')
         return CommandHandler(command=tuple(command))
-    raise ValueError(f'expected "package.module:function" or {{ command = [...] }}, got {_type(value)}')
+    raise ValueError(f'expected "package.module:function" or {{ command = [...] }}, got {type_name(value)}')
 
 
 def _exception_names(value: Any) -> tuple[str, ...]:
@@ -463,39 +372,3 @@ def _exception_names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ValueError('expected exception names, e.g. ["ValueError", "myapp.errors:NotFound"]')
     return tuple(value)
-
-
-# -- environment and syntax errors ---------------------------------------------------------
-
-
-def _substitute(value: Any, path: KeyPath, env: Mapping[str, str], lines: LineIndex) -> Any:
-    if isinstance(value, str):
-        if "${" not in value:
-            return value
-
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            raise _error(lines, path, f"environment variable {name} is not set")
-
-        return _ENV.sub(replace, value)
-    if isinstance(value, dict):
-        return {k: _substitute(v, (*path, k), env, lines) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, (*path, i), env, lines) for i, v in enumerate(value)]
-    return value
-
-
-_SYNTAX_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
-
-
-def _syntax_where(exc: tomllib.TOMLDecodeError, path: Path) -> str:
-    match = _SYNTAX_POSITION.search(str(exc))
-    return f"{path}:{match.group(1)}:{match.group(2)}" if match else str(path)
-
-
-def _syntax_message(exc: tomllib.TOMLDecodeError) -> str:
-    return "invalid TOML: " + _SYNTAX_POSITION.sub("", str(exc))

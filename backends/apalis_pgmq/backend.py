@@ -1,0 +1,217 @@
+"""`PgmqStore` (`kind = "pgmq"`): apalis queues on the real pgmq SQL API in PostgreSQL.
+
+A queue is a pgmq queue (`pgmq.create`); a task is a message, its id the message id, its
+attempts the message's `read_ct`. The claim is `pgmq.read` with a visibility timeout (the
+lease), the heartbeat `pgmq.set_vt` on every running message, done and killed tasks are
+`pgmq.archive`d (the archive is where `inspect` finds them until `retention` purges them),
+retries are `pgmq.set_vt` to the retry time. A worker that dies stops extending its leases, so its
+messages reappear by themselves with `read_ct + 1`; a message read more often than its
+max_attempts is archived as killed instead of run. Idle workers wake on
+`pgmq.enable_notify_insert` notifications (throttled, see `PgmqConfig`) and otherwise poll with
+capped backoff. The pgmq schema must already be installed (extension or SQL script); apalis keeps
+only a worker registry and idempotency keys in its own schema `apalis_pgmq`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from apalis_cli.backend import Capabilities, Capability, StoreSpec
+from apalis_cli.codec import Codec
+from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra, UsageError
+from apalis_cli.layers.retry import describe_error
+from apalis_cli.polling import Waker
+
+from .config import PgmqConfig, redact_url
+from .listener import Listener
+from .statements import SCHEMA, check_queue_name, statements_for
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+    from .queue import PgmqQueue
+
+__all__ = ["CAPABILITIES", "PgmqStore"]
+
+T = TypeVar("T")
+
+CAPABILITIES = Capabilities(
+    {
+        Capability.PRIORITY: "pgmq has no priorities: pgmq.read hands out messages oldest first",
+    }
+)
+
+DEFAULT_APPLICATION_NAME = "apalis-pgmq"
+
+
+class PgmqStore:
+    """Connections to one PostgreSQL database with pgmq, shared by every queue on it."""
+
+    kind: ClassVar[str] = "pgmq"
+    capabilities: ClassVar[Capabilities] = CAPABILITIES
+
+    def __init__(self, config: PgmqConfig) -> None:
+        self.config = config
+        self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+        self._listener: Listener | None = None
+        self._notify_available = False
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._wakers: dict[str, Waker] = {}
+        self._open_lock = asyncio.Lock()
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> PgmqStore:
+        """Validate the table; the driver must be installed (extra "postgres")."""
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            raise MissingExtra("backend \"pgmq\" needs the extra: pip install 'apalis-cli[postgres]'") from None
+        return cls(PgmqConfig.from_options(spec.url, spec.options))
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        from psycopg.conninfo import conninfo_to_dict
+
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "application_name" not in conninfo_to_dict(self.config.url):
+            kwargs["application_name"] = DEFAULT_APPLICATION_NAME
+        return kwargs
+
+    async def open(self) -> None:
+        """Connect, check that pgmq is installed and create the `apalis_pgmq` schema."""
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            from psycopg_pool import AsyncConnectionPool
+
+            pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+                self.config.url,
+                min_size=1,
+                max_size=self.config.pool_size,
+                kwargs=self._connect_kwargs(),
+                timeout=self.config.connect_timeout,
+                open=False,
+            )
+            try:
+                await pool.open(wait=True, timeout=self.config.connect_timeout)
+            except Exception as exc:
+                await pool.close()
+                raise BackendError(f"cannot connect to {redact_url(self.config.url)}: {describe_error(exc)}") from None
+            self._pool = pool
+        try:
+            installed, notify = await self.run(self._install)
+        except BaseException:
+            await self.close()
+            raise
+        if not installed:
+            await self.close()
+            raise BackendError(
+                f"pgmq is not installed in {redact_url(self.config.url)}: "
+                "run CREATE EXTENSION pgmq, or load pgmq's SQL install script"
+            )
+        self._notify_available = notify and self.config.notify
+        if self._notify_available:
+            self._listener = Listener(self.config.url, self._connect_kwargs(), self._wakers)
+
+    async def _install(self, conn: AsyncConnection[Any]) -> tuple[bool, bool]:
+        cur = await conn.execute("SELECT to_regprocedure('pgmq.read(text,integer,integer,jsonb)') IS NOT NULL")
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            return False, False
+        cur = await conn.execute("SELECT to_regclass('pgmq.notify_insert_throttle') IS NOT NULL")
+        notify = await cur.fetchone()
+        async with conn.transaction():
+            for statement in _split(SCHEMA):
+                await conn.execute(statement)
+        return True, bool(notify and notify[0])
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
+        pool, self._pool = self._pool, None
+        self._ready.clear()
+        if pool is not None:
+            await pool.close()
+
+    async def run(self, op: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`op` on a pooled connection; a dropped connection is retried with capped backoff for
+        up to `connect_timeout`, then reported as `ConnectionLost`."""
+        from psycopg import OperationalError
+
+        if self._pool is None:
+            await self.open()
+        pool = self._pool
+        if pool is None:
+            raise BackendError("the pgmq store is closed")
+        deadline = time.monotonic() + self.config.connect_timeout
+        wait = 0.02
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    return await op(conn)
+            except OperationalError as exc:
+                if time.monotonic() + wait > deadline:
+                    raise ConnectionLost(f"pgmq at {redact_url(self.config.url)}: {describe_error(exc)}") from None
+                # Drop every idle connection the server has closed; the server may still be down,
+                # which the next try will tell.
+                with contextlib.suppress(Exception):
+                    await pool.check()
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 1.0)
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> PgmqQueue:
+        """The queue-bound backend (the pgmq queue is created on first use)."""
+        from .queue import PgmqQueue
+
+        if (why := check_queue_name(queue)) is not None:
+            raise UsageError(why)
+        return PgmqQueue(self, queue, codec=codec, max_attempts=max_attempts)
+
+    def waker(self, queue: str) -> Waker:
+        """The waker of every poller of `queue` in this process."""
+        return self._wakers.setdefault(queue, Waker())
+
+    def listen(self, queue: str) -> None:
+        """Have notifications of inserts into `queue` wake its pollers (when available)."""
+        if self._listener is not None:
+            self._listener.add(queue)
+
+    async def ensure_queue(self, queue: str) -> None:
+        """`pgmq.create` the queue (once per store) and enable insert notifications on it."""
+        ready = self._ready.get(queue)
+        if ready is None:
+            ready = self._ready[queue] = asyncio.ensure_future(self.run(lambda conn: self._create(conn, queue)))
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            if ready.done() and self._ready.get(queue) is ready:
+                del self._ready[queue]  # a failed creation is tried again next time
+            raise
+
+    async def _create(self, conn: AsyncConnection[Any], queue: str) -> None:
+        sql = statements_for(queue)
+        params = {"queue": queue, "throttle_ms": round(self.config.notify_throttle * 1000)}
+        async with conn.transaction():
+            await conn.execute(sql["lock_queue"], params)
+            await conn.execute(sql["create_queue"], params)
+            if self._notify_available:
+                cur = await conn.execute(sql["notify_enabled"], params)
+                row = await cur.fetchone()
+                if not row or not row[0]:  # a throttle someone else chose is left alone
+                    await conn.execute(sql["enable_notify"], params)
+
+
+def _split(script: str) -> list[str]:
+    body = "\n".join(line for line in script.splitlines() if not line.startswith("--"))
+    return [part.strip() for part in body.split(";") if part.strip()]

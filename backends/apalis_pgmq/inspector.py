@@ -1,0 +1,123 @@
+"""Inspection and admin of a pgmq queue: plain SELECTs on `pgmq.q_<name>` and `pgmq.a_<name>`.
+
+Reading the tables never changes a message (unlike `pgmq.read`, which would count an attempt).
+Statuses come from the columns and the "apalis" headers (see `sql/status.sql`); messages in
+the archive are done, or killed when their headers say so. What pgmq has no call for (lowering
+`read_ct` for a retry, moving a killed message back from the archive) writes the tables directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.task import Status, Task, TaskId
+
+from .messages import task_of
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+    from .backend import PgmqStore
+
+__all__ = ["InspectorMixin"]
+
+
+class InspectorMixin(QueueBase):
+    """The `Inspector` protocol over a pgmq queue's tables."""
+
+    _store: PgmqStore
+    _sql: dict[str, str]
+
+    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _task(self, row: tuple[Any, ...]) -> Task[bytes]:
+        msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at = row
+        return task_of(
+            self.queue,
+            msg_id,
+            read_ct,
+            message,
+            apalis,
+            status=Status(status),
+            default_max_attempts=self.max_attempts,
+            created_at=enqueued_at,
+            run_at=run_at,
+            done_at=done_at,
+        )
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Messages of the queue and its archive, by visibility time."""
+        params = {"status": status.value if status else None, "id": None, "limit": limit, "offset": offset}
+        return [self._task(row) for row in await self._rows("tasks", params)]
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One message by id, from the queue or the archive."""
+        if not task_id.isdigit():
+            return None
+        rows = await self._rows("tasks", {"status": None, "id": int(task_id), "limit": 1, "offset": 0})
+        return self._task(rows[0]) if rows else None
+
+    async def stats(self) -> QueueStats:
+        """Counts per status (queue table and archive)."""
+        counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
+        for status, count in await self._rows("stats", {}):
+            counts[Status(status)] = (counts[Status(status)] or 0) + count
+        return QueueStats(queue=self.queue, counts=counts)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers registered on this queue in `apalis_pgmq.workers`."""
+        rows = await self._rows("list_workers", {})
+        return [
+            WorkerInfo(
+                id=row[0],
+                name=row[1],
+                queue=row[2],
+                host=row[3],
+                pid=row[4],
+                started_at=row[5],
+                last_seen=row[6],
+                layers=tuple(row[7] or ()),
+                running=row[8],
+            )
+            for row in rows
+        ]
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """A failed message runs again now with `read_ct` reset; a killed one comes back from the
+        archive under its own id."""
+        if not task_id.isdigit():
+            return False
+        params = {"id": int(task_id)}
+        found = await self._rows("retry_failed", params) or await self._rows("retry_killed", params)
+        if found:
+            self._store.waker(self.queue).notify()
+        return bool(found)
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Mark the message killed in its headers and archive it."""
+        if not task_id.isdigit():
+            return False
+        await self._store.ensure_queue(self.queue)
+        sql, queue = self._sql, self.queue
+        params = {"queue": queue, "id": int(task_id), "patch": json.dumps({"status": "killed", "error": reason})}
+
+        async def op(conn: AsyncConnection[Any]) -> bool:
+            async with conn.transaction():
+                await conn.execute(sql["kill"], params)
+                cur = await conn.execute(sql["archive_one"], params)
+                row = await cur.fetchone()
+            return bool(row and row[0])
+
+        return await self._store.run(op)
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete messages of `status` archived (or enqueued, for live ones) before the cutoff."""
+        params = {"status": status.value, "cutoff": time.time() - (older_than or 0.0)}
+        name = "purge_archive_status" if status.is_final else "purge_queue_status"
+        rows = await self._rows(name, params)
+        return int(rows[0][0]) if rows else 0

@@ -1,0 +1,276 @@
+"""`PgmqQueue`: one pgmq queue as an apalis backend (claim, lease, acknowledge, push)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from apalis_cli.backend import NewTask, WorkerContext
+from apalis_cli.codec import Codec, encode_result
+from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.task import Status, Task, TaskId
+
+from .backend import CAPABILITIES
+from .inspector import InspectorMixin
+from .messages import encode_headers, encode_message, task_of
+from .statements import statements_for
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+    from .backend import PgmqStore
+
+__all__ = ["PgmqQueue"]
+
+EXHAUSTED = "its worker stopped extending its lease while running this task, and its attempts are exhausted"
+
+Statement = tuple[str, dict[str, Any]]
+
+
+class PgmqQueue(InspectorMixin):
+    """One pgmq queue of a `PgmqStore`."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, store: PgmqStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._store = store
+        self._sql = statements_for(queue)
+        self._as_json = codec.name == "json"
+        self._waker = store.waker(queue)
+
+    # -- running statements ----------------------------------------------------------------
+
+    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        await self._store.ensure_queue(self.queue)
+        query = self._sql[name]
+        params = {"queue": self.queue, **params}
+
+        async def op(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
+
+        return await self._store.run(op)
+
+    async def _execute(self, statements: Sequence[Statement], *, atomic: bool = True) -> None:
+        """Run `statements` in one round trip (a pipeline), in one transaction when `atomic`."""
+        if not statements:
+            return
+        await self._store.ensure_queue(self.queue)
+        sql = self._sql
+        base = {"queue": self.queue}
+
+        async def op(conn: AsyncConnection[Any]) -> None:
+            if len(statements) == 1:
+                name, params = statements[0]
+                await conn.execute(sql[name], {**base, **params})
+                return
+            async with conn.pipeline():
+                if atomic:
+                    async with conn.transaction():
+                        for name, params in statements:
+                            await conn.execute(sql[name], {**base, **params})
+                else:
+                    for name, params in statements:
+                        await conn.execute(sql[name], {**base, **params})
+
+        await self._store.run(op)
+
+    # -- push ------------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Send the tasks as messages (`pgmq.send_batch`); a known idempotency key gives the id
+        of the message first sent with it."""
+        if not tasks:
+            return []
+        await self._store.ensure_queue(self.queue)
+        if any(task.idempotency_key is not None for task in tasks):
+            ids = await self._store.run(lambda conn: self._send_keyed(conn, tasks))
+        else:
+            ids = await self._store.run(lambda conn: self._send(conn, tasks))
+        self._waker.notify()
+        return [str(i) for i in ids]
+
+    async def _send(self, conn: AsyncConnection[Any], tasks: Sequence[NewTask]) -> list[int]:
+        now = time.time()
+        groups: dict[str, list[int]] = {}
+        for index, task in enumerate(tasks):
+            groups.setdefault("now" if task.run_at <= now else "later", []).append(index)
+        encoded = [encode_message(task.payload, self._as_json) for task in tasks]
+        headers = [encode_headers(task, enc, text) for task, (text, enc) in zip(tasks, encoded, strict=True)]
+        plans: list[tuple[list[int], str, dict[str, Any]]] = []
+        for group, indexes in groups.items():
+            params: dict[str, Any] = {
+                "queue": self.queue,
+                "messages": [encoded[i][0] for i in indexes],
+                "headers": [headers[i] for i in indexes],
+            }
+            if group == "now":
+                plans.append((indexes, "send_now", params))
+            elif len({tasks[i].run_at for i in indexes}) == 1:
+                plans.append((indexes, "send_at", {**params, "at": tasks[indexes[0]].run_at}))
+            else:
+                plans.append((indexes, "send_each", {**params, "ats": [tasks[i].run_at for i in indexes]}))
+        ids = [0] * len(tasks)
+        cursors = []
+        async with conn.pipeline():
+            for _, name, params in plans:
+                cursors.append(await conn.execute(self._sql[name], params))
+        for (indexes, name, _), cur in zip(plans, cursors, strict=True):
+            got = [row[0] for row in await cur.fetchall()]
+            if name != "send_each":
+                got.sort()  # identities are drawn in insertion order
+            for index, msg_id in zip(indexes, got, strict=True):
+                ids[index] = msg_id
+        return ids
+
+    async def _send_keyed(self, conn: AsyncConnection[Any], tasks: Sequence[NewTask]) -> list[int]:
+        sql = self._sql
+        keys = list(dict.fromkeys(t.idempotency_key for t in tasks if t.idempotency_key is not None))
+        async with conn.transaction():
+            # A concurrent push of the same key waits here until ours commits, then sees it.
+            cur = await conn.execute(sql["claim_keys"], {"queue": self.queue, "keys": keys})
+            fresh = {row[0] for row in await cur.fetchall()}
+            first: dict[str, int] = {}
+            to_send: list[int] = []
+            for index, task in enumerate(tasks):
+                key = task.idempotency_key
+                if key is None:
+                    to_send.append(index)
+                elif key in fresh and key not in first:
+                    first[key] = index
+                    to_send.append(index)
+            sent = await self._send(conn, [tasks[i] for i in to_send]) if to_send else []
+            by_index = dict(zip(to_send, sent, strict=True))
+            by_key = {key: by_index[index] for key, index in first.items()}
+            if by_key:
+                await conn.execute(
+                    sql["bind_keys"],
+                    {"queue": self.queue, "keys": list(by_key), "ids": list(by_key.values())},
+                )
+            old = [key for key in keys if key not in fresh]
+            if old:
+                cur = await conn.execute(sql["known_keys"], {"queue": self.queue, "keys": old})
+                by_key.update({row[0]: row[1] for row in await cur.fetchall()})
+        return [by_index[i] if i in by_index else by_key[t.idempotency_key or ""] for i, t in enumerate(tasks)]
+
+    # -- the worker's side -----------------------------------------------------------------
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Messages read with `pgmq.read` in batches of the worker's free slots, leased for
+        `stale_after` (rounded up to whole seconds, as pgmq.read takes)."""
+        lease = max(1, math.ceil(worker.stale_after))
+        self._store.listen(self.queue)
+
+        async def fetch(limit: int) -> list[Task[bytes]]:
+            while True:
+                rows = await self._rows("read", {"lease": lease, "qty": limit})
+                tasks: list[Task[bytes]] = []
+                exhausted: list[Task[bytes]] = []
+                for msg_id, read_ct, enqueued_at, message, apalis in rows:
+                    task = task_of(
+                        self.queue,
+                        msg_id,
+                        read_ct,
+                        message,
+                        apalis,
+                        status=Status.RUNNING,
+                        default_max_attempts=self.max_attempts,
+                        created_at=enqueued_at,
+                        run_at=enqueued_at,
+                        lock_by=worker.id,
+                    )
+                    (exhausted if task.ctx.attempts > task.ctx.max_attempts else tasks).append(task)
+                if exhausted:
+                    # Read once more than allowed: the previous reader died on its last attempt.
+                    await self.ack_batch([(task, Outcome.kill(EXHAUSTED)) for task in exhausted])
+                if tasks or not rows:
+                    return tasks
+
+        async def release(tasks: Sequence[Task[bytes]]) -> None:
+            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+
+        return poll_batches(worker, fetch, release, self._waker)
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Extend the lease of every running task in one `pgmq.set_vt`, keep the worker row,
+        and purge archived tasks older than `retention`."""
+        lease = max(worker.stale_after, 1.0)
+        layers = json.dumps(list(worker.layers))
+
+        async def beat() -> None:
+            running = [int(task_id) for task_id in worker.running() if task_id.isdigit()]
+            statements: list[Statement] = []
+            if running:
+                statements.append(("extend", {"ids": running, "lease": lease}))
+            worker_row = {
+                "id": worker.id,
+                "name": worker.name,
+                "host": worker.host,
+                "pid": worker.pid,
+                "started_at": worker.started_at,
+                "layers": layers,
+                "running": len(running),
+            }
+            statements.append(("upsert_worker", worker_row))
+            statements.append(("forget_stale_workers", {"stale_after": worker.stale_after}))
+            statements.append(("purge_archive", {"retention": worker.retention}))
+            statements.append(("purge_keys", {"retention": worker.retention}))
+            await self._execute(statements, atomic=False)
+
+        async def farewell() -> None:
+            await self._execute([("delete_worker", {"id": worker.id})])
+
+        return beat_every(worker, beat, farewell)
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Write outcomes of runs whose message nobody has read since (same read_ct): done and
+        killed are archived, retries `set_vt` to their time, releases made visible at once."""
+        archive: tuple[list[int], list[int]] = ([], [])
+        notes: tuple[list[int], list[int], list[str]] = ([], [], [])
+        retry: tuple[list[int], list[int], list[float]] = ([], [], [])
+        release: tuple[list[int], list[int]] = ([], [])
+        for task, outcome in items:
+            if not task.id.isdigit():
+                continue
+            msg_id, read_ct, kind = int(task.id), task.ctx.attempts, outcome.kind
+            if kind is OutcomeKind.DONE:
+                archive[0].append(msg_id)
+                archive[1].append(read_ct)
+                result = encode_result(outcome.result)
+                if result is not None:
+                    _note(notes, msg_id, read_ct, {"result": result})
+            elif kind is OutcomeKind.KILL:
+                archive[0].append(msg_id)
+                archive[1].append(read_ct)
+                _note(notes, msg_id, read_ct, {"status": "killed", "error": outcome.error})
+            elif kind is OutcomeKind.RETRY:
+                retry[0].append(msg_id)
+                retry[1].append(read_ct)
+                retry[2].append(outcome.run_at if outcome.run_at is not None else time.time())
+                _note(notes, msg_id, read_ct, {"error": outcome.error, "failed_ct": read_ct})
+            else:
+                release[0].append(msg_id)
+                release[1].append(read_ct)
+        statements: list[Statement] = []
+        if notes[0]:
+            statements.append(("annotate", {"ids": notes[0], "cts": notes[1], "patches": notes[2]}))
+        if archive[0]:
+            statements.append(("archive", {"ids": archive[0], "cts": archive[1]}))
+        if retry[0]:
+            statements.append(("set_vt", {"ids": retry[0], "cts": retry[1], "ats": retry[2]}))
+        if release[0]:
+            statements.append(("release", {"ids": release[0], "cts": release[1]}))
+        await self._execute(statements)
+        if release[0]:
+            self._waker.notify()
+
+
+def _note(notes: tuple[list[int], list[int], list[str]], msg_id: int, read_ct: int, patch: dict[str, Any]) -> None:
+    notes[0].append(msg_id)
+    notes[1].append(read_ct)
+    notes[2].append(json.dumps(patch, ensure_ascii=False, separators=(",", ":")))

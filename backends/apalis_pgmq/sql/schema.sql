@@ -1,0 +1,22 @@
+-- What apalis keeps beside pgmq, in its own schema: pgmq has no worker registry and no
+-- idempotency keys. The pgmq queue and archive tables themselves are never altered.
+SELECT pg_advisory_xact_lock(hashtext('apalis_pgmq.schema'));
+CREATE SCHEMA IF NOT EXISTS apalis_pgmq;
+CREATE TABLE IF NOT EXISTS apalis_pgmq.workers (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    queue text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    started_at double precision NOT NULL,
+    last_seen double precision NOT NULL,
+    layers jsonb NOT NULL,
+    running integer
+);
+CREATE TABLE IF NOT EXISTS apalis_pgmq.keys (
+    queue text NOT NULL,
+    key text NOT NULL,
+    msg_id bigint,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue, key)
+);

@@ -58,6 +58,8 @@ class Database:
         self._migrations = list(migrations)
         self._conn: aiosqlite.Connection | None = None
         self._generation = 0
+        self.reconnects = 0
+        """How many times a failed connection was dropped to open a new one."""
         self._lock = asyncio.Lock()
         self._closed = True
 
@@ -126,6 +128,7 @@ class Database:
             if generation != self._generation:
                 return
             self._generation += 1
+            self.reconnects += 1
             conn, self._conn = self._conn, None
             if conn is not None:
                 await _close_quietly(conn)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from apalis_cli.backend import Store, StoreSpec
+
 from tests.integration.pgmq_install import scratch_database
 from tests.services import need_server
 

@@ -1,0 +1,309 @@
+"""What is special to the pgmq backend, on the real pgmq 1.13 SQL: interop with the official
+`pgmq` client both ways, the message layout, leases, reconnect after pg_terminate_backend."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from apalis_cli.backend import Capability, StoreSpec
+from apalis_cli.codec import JsonCodec, MsgpackCodec
+from apalis_cli.errors import ConfigError, UsageError
+from apalis_cli.layers.retry import Backoff
+from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
+from apalis_pgmq import PgmqStore
+from psycopg.conninfo import conninfo_to_dict
+
+from tests.integration.pgmq_install import scratch_database
+from tests.services import need_server
+
+FAST = Backoff(kind="constant", base=0.05, max=0.05, jitter=False)
+
+
+@pytest.fixture
+def url() -> str:
+    return scratch_database(need_server("postgres"))
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[PgmqStore]:
+    app = f"apalis_it_{os.urandom(4).hex()}"
+    made = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=f"{url}?application_name={app}"))
+    await made.open()
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"it_{os.urandom(6).hex()}"
+
+
+async def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall() if cur.description else []
+
+
+async def run_until(worker: Worker, condition: Any, within: float = 10.0) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    deadline = time.monotonic() + within
+    try:
+        while not condition():
+            if running.done():
+                running.result()
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+
+
+def official_client(url: str) -> Any:
+    from pgmq import PGMQueue
+
+    return PGMQueue(conn_string=url, init_extension=False, pool_size=1)
+
+
+async def test_official_client_send_is_a_task_for_us(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
+    await backend.stats()  # creates the queue
+    client = official_client(url)
+    try:
+        msg_id = await asyncio.to_thread(client.send, queue, {"to": "ann", "n": 1})
+    finally:
+        await asyncio.to_thread(client.close)
+    seen: list[tuple[str, Any, int]] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> str:
+        seen.append((task.id, args, task.ctx.attempts))
+        return "sent"
+
+    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, backoff=FAST)
+    await run_until(worker, lambda: bool(seen))
+    assert seen == [(str(msg_id), {"to": "ann", "n": 1}, 1)]
+    archived = await sql(url, f"SELECT message, headers FROM pgmq.a_{queue} WHERE msg_id = %s", (msg_id,))
+    assert archived == [({"to": "ann", "n": 1}, {"apalis": {"result": '"sent"'}})]
+
+
+async def test_our_push_is_a_message_for_the_official_client(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=4)
+    task_id = await backend.push({"to": "bob"}, meta={"trace": "t1"})
+    client = official_client(url)
+    try:
+        message = await asyncio.to_thread(client.read, queue, 30)
+        assert await asyncio.to_thread(client.archive, queue, message.msg_id)
+    finally:
+        await asyncio.to_thread(client.close)
+    assert str(message.msg_id) == task_id
+    assert message.message == {"to": "bob"}
+    assert message.read_ct == 1
+    assert message.headers == {"apalis": {"max_attempts": 4, "meta": {"trace": "t1"}}}
+    stored = await backend.get(task_id)
+    assert stored is not None
+    assert stored.ctx.status is Status.DONE
+
+
+async def test_msgpack_payload_is_base64_with_a_header(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=MsgpackCodec(), max_attempts=1)
+    value = {"blob": b"\x00\xff", "n": -3}
+    task_id = await backend.push(value)
+    rows = await sql(url, f"SELECT message, headers FROM pgmq.q_{queue} WHERE msg_id = %s", (int(task_id),))
+    assert rows == [
+        (base64.b64encode(backend.codec.encode(value)).decode(), {"apalis": {"max_attempts": 1, "enc": "base64"}})
+    ]
+    got: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        got.append(args)
+
+    await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2), lambda: bool(got))
+    assert got == [value]
+
+
+async def test_json_text_that_jsonb_would_reorder_travels_exactly(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec())
+    plain = await backend.push_compact(b'{"a":1,"bb":[1.5,"x"]}')
+    reordered = await backend.push_compact(b'{"long":1,"s":2}')
+    rows = dict(await sql(url, f"SELECT msg_id::text, headers -> 'apalis' ? 'text' FROM pgmq.q_{queue}"))
+    assert rows == {plain: False, reordered: True}
+    assert [t.args for t in await backend.list_tasks()] == [b'{"a":1,"bb":[1.5,"x"]}', b'{"long":1,"s":2}']
+
+
+async def test_a_dead_workers_message_comes_back_with_read_ct_plus_one(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
+    task_id = await backend.push({"x": 1})
+    # A worker that read the message and died: pgmq.read with a 1 s lease, never acknowledged.
+    await sql(url, "SELECT * FROM pgmq.read(%s, 1, 1)", (queue,))
+    assert (await backend.get(task_id)).ctx.status is Status.RUNNING  # type: ignore[union-attr]
+    seen: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(task.ctx.attempts)
+
+    await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2), lambda: bool(seen))
+    assert seen == [2]
+
+
+async def test_read_beyond_max_attempts_is_killed_not_run(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=1)
+    task_id = await backend.push({"x": 1})
+    await sql(url, "SELECT * FROM pgmq.read(%s, 0, 1)", (queue,))  # read once, lease already over
+    seen: list[str] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(task.id)
+
+    async def killed() -> bool:
+        got = await backend.get(task_id)
+        return got is not None and got.ctx.status is Status.KILLED
+
+    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 10
+        while not await killed():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await running
+    assert seen == []
+    got = await backend.get(task_id)
+    assert got is not None
+    assert "lease" in (got.ctx.last_error or "")
+
+
+async def test_heartbeat_extends_the_lease_of_a_long_task(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=1)
+    await backend.push({"x": 1})
+    runs: list[int] = []
+    first_run = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        runs.append(task.ctx.attempts)
+        first_run.set()
+        await asyncio.sleep(2.5)  # longer than the 1 s lease: only set_vt keeps it ours
+
+    other: list[int] = []
+
+    async def other_handler(args: Any, task: Task[bytes]) -> None:
+        other.append(task.ctx.attempts)
+
+    one = Worker(name="a", backend=backend, handler=handler, keep_alive=0.2, stale_after=0.6)
+    two = Worker(name="b", backend=store.backend(queue, codec=JsonCodec()), handler=other_handler, keep_alive=0.2)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(one.run(stop))]
+    await first_run.wait()
+    tasks.append(asyncio.create_task(two.run(stop)))
+    await asyncio.sleep(2.7)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert runs == [1]
+    assert other == []
+
+
+async def test_worker_survives_pg_terminate_backend(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec())
+    done: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        done.append(args)
+
+    worker = Worker(name="w", backend=backend, handler=handler, concurrency=4, keep_alive=0.2, backoff=FAST)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await backend.push_bulk(range(20))
+        deadline = time.monotonic() + 10
+        while len(done) < 20:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        app = conninfo_to_dict(store.config.url)["application_name"]
+        killed = await sql(
+            url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s", (app,)
+        )
+        assert killed[0][0] >= 2  # the pool and the LISTEN connection
+        await backend.push_bulk(range(20, 40))
+        while len(done) < 40:
+            assert time.monotonic() < deadline
+            if running.done():
+                running.result()
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+    assert sorted(done) == list(range(40))
+
+
+async def test_an_idle_worker_wakes_on_a_foreign_send(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec())
+    started: list[float] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append(time.monotonic())
+
+    # poll_interval 5 s: only the notification can make this quick.
+    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=5.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.sleep(1.5)  # idle long enough for the poll backoff to reach seconds
+        sent = time.monotonic()
+        await sql(url, "SELECT pgmq.send(%s, '{\"a\": 1}'::jsonb)", (queue,))
+        deadline = time.monotonic() + 10
+        while not started:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        await running
+    assert started[0] - sent < 1.0  # loose: polling alone would take up to 5 s
+
+
+async def test_idempotency_key_returns_the_first_message(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec())
+    first = await backend.push({"a": 1}, idempotency_key="k")
+    again = await asyncio.gather(*(backend.push({"a": 2}, idempotency_key="k") for _ in range(5)))
+    assert set(again) == {first}
+    assert await sql(url, f"SELECT count(*) FROM pgmq.q_{queue}") == [(1,)]
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="url"):
+        PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url="redis://x"))
+    with pytest.raises(ConfigError, match="pool_size"):
+        PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url="postgresql://h/db", options={"pool_size": 0}))
+    with pytest.raises(ConfigError, match="nope"):
+        PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url="postgresql://h/db", options={"nope": 1}))
+    with pytest.raises(ConfigError) as caught:
+        PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url="mysql://u:secret@h/db"))
+    assert "secret" not in str(caught.value)
+
+
+def test_queue_names_must_suit_pgmq() -> None:
+    made = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url="postgresql://h/db"))
+    with pytest.raises(UsageError, match="47"):
+        made.backend("Bad-Name", codec=JsonCodec())
+    assert not made.capabilities.has(Capability.PRIORITY)
+
+
+async def test_open_without_pgmq_says_so(url: str) -> None:
+    plain = need_server("postgres")
+    made = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=plain))
+    rows = await sql(plain, "SELECT to_regnamespace('pgmq') IS NOT NULL")
+    if rows[0][0]:
+        pytest.skip("the default database has pgmq installed")
+    with pytest.raises(Exception, match="pgmq is not installed"):
+        await made.open()

@@ -172,7 +172,10 @@ class RunningWorker:
             async with asyncio.timeout(within):
                 await asyncio.shield(self._task)
         except TimeoutError:
+            # Leave nothing running against a store that is about to be destroyed.
             self.worker.hurry()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
             raise AssertionError(f"worker {self.worker.name} did not stop within {within}s") from None
 
     def check(self) -> None:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from apalis_cli.backend import Store
+from apalis_cli.backend import Store, WorkerContext
+from apalis_cli.service import Outcome
 
 from .stores import CODEC, Target
 from .workerproc import Recorder, make_worker
@@ -54,6 +55,7 @@ class Settings:
     bulk_chunk: int = 1000
     in_process: bool = False
     profile_dir: str | None = None
+    store_loop: bool = False
     run_id: str = "run"
     notes: list[str] = field(default_factory=list)
 
@@ -178,7 +180,10 @@ class InProcessWorker:
 
     def __init__(self, store: Store, queue: str, concurrency: int) -> None:
         self.recorder = Recorder()
-        self.worker = make_worker(store.backend(queue, codec=CODEC, max_attempts=1), self.recorder, concurrency)
+        backend = store.backend(queue, codec=CODEC, max_attempts=1)
+        # One listener, as in the worker process (and the daemon: console, logs, metrics), so the
+        # per-task TaskFinished event is built in both modes.
+        self.worker = make_worker(backend, self.recorder, concurrency, [lambda event: None])
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -283,6 +288,42 @@ async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[d
     return out, bulk
 
 
+async def store_loop(store: Store, target: Target, s: Settings, k: int = 50) -> dict[str, Any]:
+    """The store alone: a backlog drained through its `poll_compact` and `ack_batch` in this
+    process, `k` per claim, with no Worker, layers or handler. Next to the c50 drain this splits
+    the per-task cost between the store and the core (`--store-loop`; QueueBase stores only)."""
+    queue: Any = store.backend(target.queue("loop"), codec=CODEC, max_attempts=1)
+    if not hasattr(queue, "ack_batch"):
+        return {"error": "the store has no ack_batch (not a QueueBase store)"}
+    bulk = await enqueue_bulk(queue, s.tasks, s.bulk_chunk, s.bulk_max_s)
+    n = bulk["n"]
+    ctx = WorkerContext(id=f"{s.run_id}-loop", name="loop", queue=queue.queue, concurrency=k, free_slots=lambda: k)
+    beats = queue.heartbeat(ctx)
+    await anext(beats)
+    stream = queue.poll_compact(ctx)
+    done_outcome, decode = Outcome.done(None), CODEC.decode
+    batch: list[tuple[Any, Outcome]] = []
+    done, t0 = 0, time.perf_counter()
+    deadline = t0 + s.drain_max_s
+    try:
+        while done < n and time.perf_counter() < deadline:
+            task = await anext(stream)
+            if task is not None:
+                decode(task.args)
+                batch.append((task, done_outcome))
+                done += 1
+            if batch and (task is None or len(batch) >= k):
+                await queue.ack_batch(batch)
+                batch = []
+        if batch:
+            await queue.ack_batch(batch)
+    finally:
+        await stream.aclose()
+        await beats.aclose()
+    secs = time.perf_counter() - t0
+    return {"k": k, "n": n, "done": done, "rate": round(done / secs, 1)}
+
+
 async def latency_and_wakeup(store: Store, target: Target, s: Settings) -> dict[str, Any]:
     """Paced stream at `lat_rate` to a running worker, then wake-up probes and idle CPU."""
     queue_name = target.queue("lat")
@@ -377,6 +418,9 @@ async def measure_backend(store: Store, target: Target, s: Settings, log: Any) -
     rates = [d["rate"] for d in drains if d["rate"] == d["rate"]]
     result["drain_best"] = max(rates) if rates else None
     result["rss_mb"] = max((d["rss_mb"] for d in drains), default=None)
+    if s.store_loop:
+        log(f"{target.kind}: store loop (poll_compact + ack_batch, no Worker)")
+        result["store_loop"] = await store_loop(store, target, s)
     log(f"{target.kind}: latency at {s.lat_rate:.0f}/s, wake-up, idle CPU")
     result.update(await latency_and_wakeup(store, target, s))
     return result

@@ -207,6 +207,17 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
             _f(c10[0].get("cpu_us_per_task")) if c10 else "-",
         )
     con.print(t)
+    loops = [r for r in ours if "store_loop" in r]
+    if loops:
+        s = Table(title="the store alone (poll_compact + ack_batch, k=50, no Worker) vs the worker at c50")
+        for col in ("backend", "store loop /s", "worker c50 /s", "core share of the per-task time"):
+            s.add_column(col)
+        for r in loops:
+            loop = r["store_loop"]
+            c50 = next((d["rate"] for d in r["drain"] if d["conc"] == 50), None)
+            share = 1 - c50 / loop["rate"] if c50 and loop.get("rate") else None
+            s.add_row(r["kind"], _f(loop.get("rate")) if "error" not in loop else loop["error"], _f(c50), _f(share, 2))
+        con.print(s)
     if doc.get("baselines"):
         b = Table(title="raw-driver ceilings (same run)")
         for col in ("baseline", "store", "drain /s", "bulk insert /s"):

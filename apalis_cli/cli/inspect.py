@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from ..api import QueueTarget, open_queue
-from ..backend import Capability, QueueStats, WorkerInfo
+from ..backend import Capability, Inspector, QueueStats, WorkerInfo
 from ..config import Config, load_config
-from ..errors import ApalisError, DecodeError
+from ..errors import ApalisError, DecodeError, Unsupported
 from ..task import Status, Task, iso
 from . import console
 from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app
@@ -136,7 +136,13 @@ async def _workers_of(opened: Opened) -> list[WorkerInfo]:
 
 
 async def _stats_of(opened: Opened) -> QueueStats:
-    return await require_inspector(opened, Capability.INSPECT, "count its tasks").stats()
+    # Counting is often possible where browsing is not (a broker counts its queues): ask the
+    # store, which raises `Unsupported` with its reason if it cannot.
+    backend: Any = opened.backend
+    if not isinstance(backend, Inspector):
+        raise Unsupported(f"{opened.describe()} cannot count its tasks: the store has no inspector")
+    stats: QueueStats = await backend.stats()
+    return stats
 
 
 async def _each_queue(config_path: Path, worker: str | None, queue: str | None, fn: Any) -> list[Any]:

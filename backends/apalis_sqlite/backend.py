@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
-from apalis_cli.service import Outcome
+from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Task, TaskId
 from apalis_sql import insert_params, load_migrations, load_queries, plan_acks, task_from_row
 
@@ -75,6 +76,24 @@ def _sort_key(task: Task[bytes]) -> tuple[int, float, str]:
     return (-task.ctx.priority, task.ctx.run_at, task.id)
 
 
+def _tasks(rows: list[Any]) -> list[Task[bytes]]:
+    tasks = [task_from_row(row) for row in rows]
+    if len(tasks) > 1:
+        tasks.sort(key=_sort_key)  # RETURNING order is not the claim order
+    return tasks
+
+
+class _Ahead:
+    """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out."""
+
+    __slots__ = ("open", "tasks", "worker_id")
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.tasks: deque[Task[bytes]] = deque()
+        self.open = True
+
+
 class SqliteQueue(SqliteInspector, QueueBase):
     """One queue of a `SqliteStore`: push, claim, acknowledge, heartbeat, inspect."""
 
@@ -85,6 +104,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
         self._db = store.db
         self._q = store.queries
         self._signal = signal
+        self._ahead: dict[str, _Ahead] = {}
 
     # -- push --------------------------------------------------------------------------------
 
@@ -111,36 +131,62 @@ class SqliteQueue(SqliteInspector, QueueBase):
     # -- poll --------------------------------------------------------------------------------
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        """Ready tasks, claimed for `worker` in batches of its free slots (one statement each)."""
-        claim, params = self._q.claim, {"queue": self.queue, "worker": worker.id, "now": 0.0, "limit": 1}
+        """Ready tasks, claimed for `worker` in batches of its free slots (one statement each).
 
-        def work(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(claim, params).fetchall()
+        Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
+        busy worker makes one round trip per batch, not two.
+        """
+        ahead = _Ahead(worker.id)
+        self._ahead[worker.id] = ahead
+        claim = self._claim
 
         async def fetch(limit: int) -> list[Task[bytes]]:
-            params["now"], params["limit"] = time.time(), limit
-            rows = await self._db.write(work)
-            if not rows:
-                return []
-            tasks = [task_from_row(row) for row in rows]
-            tasks.sort(key=_sort_key)  # RETURNING order is not the claim order
-            return tasks
+            if ahead.tasks:
+                return [ahead.tasks.popleft() for _ in range(min(limit, len(ahead.tasks)))]
+            rows = await self._db.write(lambda conn: claim(conn, worker.id, limit, time.time()))
+            return _tasks(rows)
 
-        async def release(tasks: Sequence[Task[bytes]]) -> None:
-            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+        return self._stream(ahead, poll_batches(worker, fetch, self._release, self._signal.waker))
 
-        return poll_batches(worker, fetch, release, self._signal.waker)
+    async def _stream(
+        self, ahead: _Ahead, inner: AsyncIterator[Task[bytes] | None]
+    ) -> AsyncIterator[Task[bytes] | None]:
+        try:
+            async for task in inner:
+                yield task
+        finally:
+            ahead.open = False
+            if self._ahead.get(ahead.worker_id) is ahead:
+                del self._ahead[ahead.worker_id]
+            await inner.aclose()  # type: ignore[attr-defined]
+            if ahead.tasks:
+                leftover = list(ahead.tasks)
+                ahead.tasks.clear()
+                await self._release(leftover)
+
+    def _claim(self, conn: sqlite3.Connection, worker_id: str, limit: int, now: float) -> list[Any]:
+        params = {"queue": self.queue, "worker": worker_id, "now": now, "limit": limit}
+        return conn.execute(self._q.claim, params).fetchall()
+
+    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
+        await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
     # -- acknowledge -------------------------------------------------------------------------
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Apply outcomes in one transaction, only to tasks still running under the same lock."""
-        plan = plan_acks(items, time.time())
+        """Apply outcomes in one transaction, only to tasks still running under the same lock.
+
+        In the same transaction, each polling worker whose runs ended here gets up to as many
+        new tasks claimed as those runs free slots (never more: backpressure holds).
+        """
+        now = time.time()
+        plan = plan_acks(items, now)
         if not plan:
             return
-        q = self._q
+        q, claim = self._q, self._claim
+        wanted = self._wanted(items) if self._ahead else []
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> list[list[Any]]:
             if plan.done:
                 conn.executemany(q.ack_done, plan.done)
             if plan.retry:
@@ -149,12 +195,37 @@ class SqliteQueue(SqliteInspector, QueueBase):
                 conn.executemany(q.ack_kill, plan.kill)
             if plan.release:
                 conn.executemany(q.ack_release, plan.release)
+            return [claim(conn, ahead.worker_id, count, now) for ahead, count in wanted]
 
-        await self._db.write(work)
+        claimed = await self._db.write(work)
         if plan.retry:
             self._signal.notify_at([min(row[1] for row in plan.retry)])
         if plan.wake:
             self._signal.notify()
+        for (ahead, _), rows in zip(wanted, claimed, strict=True):
+            if rows:
+                await self._hand_over(ahead, _tasks(rows))
+
+    def _wanted(self, items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[_Ahead, int]]:
+        """How many tasks to claim ahead per polling worker: the slots its finished runs free."""
+        freed: dict[str | None, int] = {}
+        for task, outcome in items:
+            if outcome.kind is not OutcomeKind.RELEASE:  # a release means the worker is stopping
+                lock = task.ctx.lock_by
+                freed[lock] = freed.get(lock, 0) + 1
+        wanted = []
+        for lock, count in freed.items():
+            ahead = self._ahead.get(lock) if lock is not None else None
+            if ahead is not None and ahead.open and count > len(ahead.tasks):
+                wanted.append((ahead, count - len(ahead.tasks)))
+        return wanted
+
+    async def _hand_over(self, ahead: _Ahead, tasks: list[Task[bytes]]) -> None:
+        if not ahead.open:  # the worker stopped polling while we claimed: give them back
+            await self._release(tasks)
+            return
+        ahead.tasks.extend(tasks)
+        self._signal.notify()  # a poller idling with free slots takes them at once
 
     # -- heartbeat ---------------------------------------------------------------------------
 

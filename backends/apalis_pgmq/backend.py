@@ -190,6 +190,8 @@ class PgmqStore:
     async def ensure_queue(self, queue: str) -> None:
         """`pgmq.create` the queue (once per store) and enable insert notifications on it."""
         ready = self._ready.get(queue)
+        if ready is not None and ready.done() and ready.exception() is None:
+            return  # the hot path: created long ago
         if ready is None:
             ready = self._ready[queue] = asyncio.ensure_future(self.run(lambda conn: self._create(conn, queue)))
         try:
@@ -198,6 +200,10 @@ class PgmqStore:
             if ready.done() and self._ready.get(queue) is ready:
                 del self._ready[queue]  # a failed creation is tried again next time
             raise
+
+    def forget_queue(self, queue: str) -> None:
+        """Create `queue` again on next use (someone dropped it)."""
+        self._ready.pop(queue, None)
 
     async def _create(self, conn: AsyncConnection[Any], queue: str) -> None:
         sql = statements_for(queue)

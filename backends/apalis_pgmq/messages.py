@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from functools import lru_cache
 from typing import Any
 
 from apalis_cli.backend import NewTask
@@ -58,8 +59,18 @@ def encode_message(payload: bytes, as_json: bool) -> tuple[str, str | None]:
     return '"' + base64.b64encode(payload).decode() + '"', "base64"
 
 
+@lru_cache(maxsize=64)
+def _plain_headers(max_attempts: int, enc: str | None) -> str:
+    apalis: dict[str, Any] = {"max_attempts": max_attempts}
+    if enc is not None:
+        apalis["enc"] = enc
+    return _COMPACT.encode({"apalis": apalis})
+
+
 def encode_headers(task: NewTask, enc: str | None, text: str) -> str:
     """The message headers carrying what pgmq has no column for."""
+    if task.idempotency_key is None and not task.meta and not task.priority and enc != "text":
+        return _plain_headers(task.max_attempts, enc)  # the common case, built once
     apalis: dict[str, Any] = {"max_attempts": task.max_attempts}
     if task.idempotency_key is not None:
         apalis["key"] = task.idempotency_key

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.backend import NewTask, WorkerContext
 from apalis_cli.codec import Codec, encode_result
@@ -29,6 +29,7 @@ __all__ = ["PgmqQueue"]
 EXHAUSTED = "its worker stopped extending its lease while running this task, and its attempts are exhausted"
 
 Statement = tuple[str, dict[str, Any]]
+T = TypeVar("T")
 
 
 class PgmqQueue(InspectorMixin):
@@ -54,7 +55,18 @@ class PgmqQueue(InspectorMixin):
             cur = await conn.execute(query, params)
             return await cur.fetchall() if cur.description else []
 
-        return await self._store.run(op)
+        return await self._checked(op)
+
+    async def _checked(self, op: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`op` through the store; a queue dropped meanwhile (pgmq.drop_queue) is created again."""
+        from psycopg.errors import UndefinedTable
+
+        try:
+            return await self._store.run(op)
+        except UndefinedTable:
+            self._store.forget_queue(self.queue)
+            await self._store.ensure_queue(self.queue)
+            return await self._store.run(op)
 
     async def _execute(self, statements: Sequence[Statement], *, atomic: bool = True) -> None:
         """Run `statements` in one round trip (a pipeline), in one transaction when `atomic`."""
@@ -78,7 +90,7 @@ class PgmqQueue(InspectorMixin):
                     for name, params in statements:
                         await conn.execute(sql[name], {**base, **params})
 
-        await self._store.run(op)
+        await self._checked(op)
 
     # -- push ------------------------------------------------------------------------------
 
@@ -89,9 +101,9 @@ class PgmqQueue(InspectorMixin):
             return []
         await self._store.ensure_queue(self.queue)
         if any(task.idempotency_key is not None for task in tasks):
-            ids = await self._store.run(lambda conn: self._send_keyed(conn, tasks))
+            ids = await self._checked(lambda conn: self._send_keyed(conn, tasks))
         else:
-            ids = await self._store.run(lambda conn: self._send(conn, tasks))
+            ids = await self._checked(lambda conn: self._send(conn, tasks))
         self._waker.notify()
         return [str(i) for i in ids]
 
@@ -117,9 +129,12 @@ class PgmqQueue(InspectorMixin):
                 plans.append((indexes, "send_each", {**params, "ats": [tasks[i].run_at for i in indexes]}))
         ids = [0] * len(tasks)
         cursors = []
-        async with conn.pipeline():
-            for _, name, params in plans:
-                cursors.append(await conn.execute(self._sql[name], params))
+        if len(plans) == 1:
+            cursors.append(await conn.execute(self._sql[plans[0][1]], plans[0][2]))
+        else:
+            async with conn.pipeline():
+                for _, name, params in plans:
+                    cursors.append(await conn.execute(self._sql[name], params))
         for (indexes, name, _), cur in zip(plans, cursors, strict=True):
             got = [row[0] for row in await cur.fetchall()]
             if name != "send_each":

@@ -280,6 +280,14 @@ async def test_idempotency_key_returns_the_first_message(store: PgmqStore, url: 
     assert await sql(url, f"SELECT count(*) FROM pgmq.q_{queue}") == [(1,)]
 
 
+async def test_a_dropped_queue_is_created_again(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec())
+    await backend.push(1)
+    await sql(url, "SELECT pgmq.drop_queue(%s)", (queue,))
+    task_id = await backend.push(2)
+    assert [t.id for t in await backend.list_tasks()] == [task_id]
+
+
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="url"):
         PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url="redis://x"))

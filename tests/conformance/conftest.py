@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import pkgutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -172,16 +173,26 @@ class RunningWorker:
             async with asyncio.timeout(within):
                 await asyncio.shield(self._task)
         except TimeoutError:
+            stacks = _task_stacks()  # where it hangs: the one clue a backend's owner needs
             # Leave nothing running against a store that is about to be destroyed.
             self.worker.hurry()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-            raise AssertionError(f"worker {self.worker.name} did not stop within {within}s") from None
+            raise AssertionError(f"worker {self.worker.name} did not stop within {within}s\n{stacks}") from None
 
     def check(self) -> None:
         """Raise now if the worker crashed (or returned while it should still run)."""
         if self._task is not None and self._task.done() and not self._stop.is_set():
             self._task.result()
+
+
+def _task_stacks() -> str:
+    """The stack of every other asyncio task, innermost frames last."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.print_stack(limit=12, file=out)
+    return out.getvalue()
 
 
 async def wait_until(condition: Callable[[], Any], within: float = 10.0, what: str = "condition") -> None:

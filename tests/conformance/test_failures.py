@@ -170,3 +170,22 @@ async def test_timeout_on_the_last_attempt_kills(harness: Harness, calls: Calls)
     assert killed.outcome == "kill"
     assert killed.error is not None
     assert killed.error.startswith("TaskTimeout: timed out after 100ms")
+
+
+async def test_a_pending_retry_survives_a_worker_restart(harness: Harness, calls: Calls) -> None:
+    backend = harness.backend(max_attempts=3)
+    task_id = await backend.push({"job": "flaky"})
+    first = harness.worker(
+        backend, calls.handler(fail_first(1)), backoff=Backoff(kind="constant", base=0.3, jitter=False)
+    )
+    await first.start()
+    await harness.wait_until(lambda: first.finished("retry"), what="the first run to fail")
+    await first.stop()
+
+    second = await harness.worker(harness.backend(max_attempts=3), calls.handler(fail_first(0))).start()
+    await harness.wait_until(lambda: second.finished("done"), what="the retry to run in the new worker")
+    await second.stop()
+
+    assert [e.task_id for e in second.finished()] == [task_id]
+    if harness.store.capabilities.has(Capability.MAX_ATTEMPTS):
+        assert [c.attempts for c in calls.of(task_id)] == [1, 2]

@@ -16,9 +16,11 @@ from apalis_cli.layers import (
     RetryLayer,
     TaskTimeout,
     TimeoutLayer,
+    TracingLayer,
 )
 from apalis_cli.service import Outcome, OutcomeKind, Service, compose
 from apalis_cli.task import Task, TaskContext
+from structlog.testing import capture_logs
 
 
 def make_task(attempts: int = 1, max_attempts: int = 3) -> Task[Any]:
@@ -243,3 +245,23 @@ def test_layers_describe_themselves_for_the_worker_registry() -> None:
     assert (
         repr(RetryLayer(Backoff(kind="constant", base=2, max=60, jitter=False))) == "retry(constant, base=2s, max=60s)"
     )
+
+
+async def test_tracing_logs_one_line_per_run_with_its_decision() -> None:
+    with capture_logs() as logs:
+        await compose([TracingLayer(), RetryLayer()], raising(ValueError("bad")))(make_task(attempts=1, max_attempts=2))
+        await TracingLayer()(succeed)(make_task(attempts=2))
+    assert [(e["event"], e["outcome"], e["attempt"], e["error"]) for e in logs] == [
+        ("task finished", "retry", 1, "ValueError: bad"),
+        ("task finished", "done", 2, None),
+    ]
+    assert all(e["task_id"] == "t1" and e["queue"] == "q" and e["duration"] >= 0 for e in logs)
+
+
+async def test_tracing_inside_retry_sees_the_exception() -> None:
+    with capture_logs() as logs:
+        outcome = await compose([RetryLayer(), TracingLayer()], raising(ValueError("bad")))(make_task())
+    assert outcome.kind is OutcomeKind.RETRY
+    [entry] = logs
+    assert entry["event"] == "task raised"
+    assert entry["log_level"] == "error"

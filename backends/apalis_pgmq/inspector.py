@@ -2,7 +2,9 @@
 
 Reading the tables never changes a message (unlike `pgmq.read`, which would count an attempt).
 Statuses come from the columns and the "apalis" headers (see `sql/status.sql`); messages in
-the archive are done, or killed when their headers say so. What pgmq has no call for (lowering
+the archive are done, or killed when their headers say so. `pgmq.metrics()` counts only queued
+and visible messages, which cannot tell pending from failed or running, so `stats` counts the
+tables itself (the same scan metrics() makes). What pgmq has no call for (lowering
 `read_ct` for a retry, moving a killed message back from the archive) writes the tables directly.
 """
 

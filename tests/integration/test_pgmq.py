@@ -247,29 +247,41 @@ async def test_worker_survives_pg_terminate_backend(store: PgmqStore, url: str, 
     assert sorted(done) == list(range(40))
 
 
-async def test_an_idle_worker_wakes_on_a_foreign_send(store: PgmqStore, url: str, queue: str) -> None:
-    backend = store.backend(queue, codec=JsonCodec())
-    started: list[float] = []
+async def test_idle_workers_wake_on_a_foreign_send(store: PgmqStore, url: str, queue: str) -> None:
+    started: dict[str, float] = {}
 
-    async def handler(args: Any, task: Task[bytes]) -> None:
-        started.append(time.monotonic())
+    def handler_for(name: str) -> Any:
+        async def handler(args: Any, task: Task[bytes]) -> None:
+            started.setdefault(name, time.monotonic())
 
-    # poll_interval 5 s: only the notification can make this quick.
-    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=5.0)
+        return handler
+
+    # poll_interval 5 s: only the notifications can make this quick. The second queue is
+    # listened to while the listener already waits on the first one's channel.
+    queues = [queue, f"{queue}_2"]
+    workers = [
+        Worker(name=q, backend=store.backend(q, codec=JsonCodec()), handler=handler_for(q), poll_interval=5.0)
+        for q in queues
+    ]
     stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
+    running = [asyncio.create_task(workers[0].run(stop))]
     try:
+        await asyncio.sleep(0.5)
+        running.append(asyncio.create_task(workers[1].run(stop)))
         await asyncio.sleep(1.5)  # idle long enough for the poll backoff to reach seconds
-        sent = time.monotonic()
-        await sql(url, "SELECT pgmq.send(%s, '{\"a\": 1}'::jsonb)", (queue,))
+        sent = {}
+        for q in reversed(queues):
+            sent[q] = time.monotonic()
+            await sql(url, "SELECT pgmq.send(%s, '{\"a\": 1}'::jsonb)", (q,))
         deadline = time.monotonic() + 10
-        while not started:
+        while len(started) < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.005)
     finally:
         stop.set()
-        await running
-    assert started[0] - sent < 1.0  # loose: polling alone would take up to 5 s
+        await asyncio.gather(*running)
+    for q in queues:
+        assert started[q] - sent[q] < 1.0  # loose: polling alone would take up to 5 s
 
 
 async def test_idempotency_key_returns_the_first_message(store: PgmqStore, url: str, queue: str) -> None:

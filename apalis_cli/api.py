@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass
@@ -78,12 +79,21 @@ async def open_queue(config: Config, target: QueueTarget) -> AsyncIterator[tuple
         await store.close()
 
 
+def _load(config: str | Path | Config | None) -> Config:
+    if isinstance(config, Config):
+        return config
+    return load_config(config if config is not None else os.environ.get("APALIS_CONFIG", "apalis.toml"))
+
+
 @contextlib.asynccontextmanager
 async def open_sink(
-    config: str | Path | Config, *, worker: str | None = None, queue: str | None = None
+    config: str | Path | Config | None = None, *, worker: str | None = None, queue: str | None = None
 ) -> AsyncIterator[TaskSink]:
-    """A `TaskSink` for `worker`'s queue (or `queue`), open for the duration of the block."""
-    loaded = config if isinstance(config, Config) else load_config(config)
+    """A `TaskSink` for `worker`'s queue (or `queue`), open for the duration of the block.
+
+    `config` is a path (default: `$APALIS_CONFIG`, then `apalis.toml`) or a loaded `Config`.
+    """
+    loaded = _load(config)
     target = resolve_target(loaded, worker, queue)
     async with open_queue(loaded, target) as (_, backend):
         if not isinstance(backend, TaskSink):
@@ -94,7 +104,9 @@ async def open_sink(
 class SyncSink:
     """A blocking `TaskSink` for code without an event loop; thread-safe; `close()` when done."""
 
-    def __init__(self, config: str | Path | Config, *, worker: str | None = None, queue: str | None = None) -> None:
+    def __init__(
+        self, config: str | Path | Config | None = None, *, worker: str | None = None, queue: str | None = None
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="apalis-sink", daemon=True)
         self._thread.start()
@@ -137,6 +149,8 @@ class SyncSink:
         self._loop.close()
 
 
-def open_sink_sync(config: str | Path | Config, *, worker: str | None = None, queue: str | None = None) -> SyncSink:
+def open_sink_sync(
+    config: str | Path | Config | None = None, *, worker: str | None = None, queue: str | None = None
+) -> SyncSink:
     """A blocking sink for `worker`'s queue; use it as a context manager or call `close()`."""
     return SyncSink(config, worker=worker, queue=queue)

@@ -41,3 +41,10 @@ def test_open_sink_sync_from_threads(apalis: Apalis) -> None:
 def test_unknown_worker_raises_a_usage_error(apalis: Apalis) -> None:
     with pytest.raises(UsageError, match='no worker named "nope"'):
         apalis_cli.open_sink_sync(apalis.config, worker="nope")
+
+
+def test_config_defaults_to_apalis_config(apalis: Apalis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APALIS_CONFIG", str(apalis.config))
+    with apalis_cli.open_sink_sync() as sink:
+        task_id = sink.push({"n": 1})
+    assert [row["id"] for row in apalis.inspect()] == [task_id]

@@ -57,7 +57,7 @@ def run(
         raise UsageError(f'--log-level: expected one of {", ".join(LOG_LEVELS)}, got "{log_level}"')
     address = _address(metrics_addr) if metrics_addr else None
     loaded = load_config(config)
-    selected = [loaded.worker(name) for name in worker] if worker else list(loaded.workers)
+    selected = [loaded.worker(name) for name in dict.fromkeys(worker)] if worker else list(loaded.workers)
     if not selected:
         raise UsageError(f"{config}: no [[workers]] to run")
     fmt: LogFormat | None = "json" if log_format == "json" else "console" if log_format == "console" else None

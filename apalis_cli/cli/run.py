@@ -40,7 +40,10 @@ def run(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     live: Annotated[
-        bool | None, typer.Option("--live/--no-live", help="The live view (default: on when stdout is a terminal).")
+        bool | None,
+        typer.Option(
+            "--live/--no-live", help="The live view (default: on in a terminal unless --log-format is given)."
+        ),
     ] = None,
     metrics_addr: Annotated[
         str | None, typer.Option(help="Serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9464.")
@@ -63,7 +66,8 @@ def run(
     fmt: LogFormat | None = "json" if log_format == "json" else "console" if log_format == "console" else None
     setup_logging(fmt, log_level.lower())
     assembly = assemble(loaded, selected, concurrency)
-    show_live = sys.stdout.isatty() if live is None else live
+    # Asking for a log format asks for log lines; otherwise a terminal gets the live view.
+    show_live = (sys.stdout.isatty() and log_format is None) if live is None else live
     log_tasks = log_level.lower() in ("debug", "info")
     asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, metrics_addr=address))
 

@@ -58,3 +58,15 @@ def test_cron_schedule_errors_point_at_the_worker() -> None:
     config = parse_config(source, Path("c.toml"))
     with pytest.raises(ConfigError, match=r"^c\.toml:4: workers\[0\]\.schedule: "):
         build_worker_store(config, config.workers[0])
+
+
+def test_a_missing_driver_names_the_extra() -> None:
+    from importlib.metadata import EntryPoint
+
+    from apalis_cli.errors import MissingExtra
+    from apalis_cli.registry import ENTRY_POINT_GROUP
+
+    registry = Registry()
+    registry._points["ghost"] = EntryPoint(name="ghost", value="apalis_ghost_driverless:Store", group=ENTRY_POINT_GROUP)
+    with pytest.raises(MissingExtra, match=r"^backend \"ghost\" needs the extra: pip install 'apalis-cli\[ghost\]'"):
+        registry.store_class("ghost")

@@ -244,3 +244,29 @@ def test_bad_cron_schedule_is_a_config_error(apalis: Apalis) -> None:
     result = apalis("check")
     assert result.code == 2
     assert result.err.startswith(f"apalis: error: {apalis.config}:15: workers[1].schedule: ")
+
+
+def test_the_example_config_runs_as_is(apalis: Apalis, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    example = tmp_path / "config.example.toml"
+    example.write_text((root / "config.example.toml").read_text())
+    apalis.config = example
+    pushed = apalis("push", "--file", str(root / "examples" / "demo.jsonl"))
+    assert pushed.code == 0, pushed.err
+    assert len(lines(pushed.out)) == 20
+    ran = apalis("run", "--burst", "--no-live", "--concurrency", "20")
+    assert ran.code == 0, ran.err
+    counts = apalis.statuses()
+    # The demo handler fails now and then: those wait for their retry, the rest are done.
+    assert counts.get("done", 0) >= 5
+    assert set(counts) <= {"done", "failed"}
+
+
+def test_init_then_run(apalis: Apalis, tmp_path: Path) -> None:
+    starter = tmp_path / "starter.toml"
+    assert apalis("init", str(starter)).code == 0
+    apalis.config = starter
+    assert apalis("check").code == 0
+    assert apalis("push", '{"image": "a.png"}').code == 0
+    assert apalis("run", "--burst", "--no-live").code == 0
+    assert set(apalis.statuses()) <= {"done", "failed"}

@@ -118,8 +118,8 @@ class PgmqQueue(InspectorMixin):
         for group, indexes in groups.items():
             params: dict[str, Any] = {
                 "queue": self.queue,
-                "messages": [encoded[i][0] for i in indexes],
-                "headers": [headers[i] for i in indexes],
+                "messages": "[" + ",".join([encoded[i][0] for i in indexes]) + "]",
+                "headers": "[" + ",".join([headers[i] for i in indexes]) + "]",
             }
             if group == "now":
                 plans.append((indexes, "send_now", params))
@@ -273,7 +273,8 @@ class PgmqQueue(InspectorMixin):
                 release[1].append(read_ct)
         statements: list[Statement] = []
         if notes[0]:
-            statements.append(("annotate", {"ids": notes[0], "cts": notes[1], "patches": notes[2]}))
+            patches = "[" + ",".join(notes[2]) + "]"
+            statements.append(("annotate", {"ids": notes[0], "cts": notes[1], "patches": patches}))
         if archive[0]:
             statements.append(("archive", {"ids": archive[0], "cts": archive[1]}))
         if retry[0]:

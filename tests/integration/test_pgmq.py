@@ -16,6 +16,7 @@ from apalis_cli.backend import Capability, StoreSpec
 from apalis_cli.codec import JsonCodec, MsgpackCodec
 from apalis_cli.errors import ConfigError, UsageError
 from apalis_cli.layers.retry import Backoff
+from apalis_cli.sink import new_task
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
 from apalis_pgmq import PgmqStore
@@ -138,6 +139,21 @@ async def test_json_text_that_jsonb_would_reorder_travels_exactly(store: PgmqSto
     rows = dict(await sql(url, f"SELECT msg_id::text, headers -> 'apalis' ? 'text' FROM pgmq.q_{queue}"))
     assert rows == {plain: False, reordered: True}
     assert [t.args for t in await backend.list_tasks()] == [b'{"a":1,"bb":[1.5,"x"]}', b'{"long":1,"s":2}']
+
+
+async def test_a_batch_due_at_different_times_keeps_its_order(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec())
+    now = time.time()
+    tasks = [
+        new_task(f'{{"n":{n}}}'.encode(), default_max_attempts=1, run_at=at)
+        for n, at in enumerate([now + 60, now - 1, now + 30, now + 60, now - 1])
+    ]
+    ids = await backend.enqueue(tasks)
+    rows = await sql(url, f"SELECT msg_id::text, message ->> 'n', extract(epoch FROM vt)::float8 FROM pgmq.q_{queue}")
+    by_id = {msg_id: (int(n), vt) for msg_id, n, vt in rows}
+    assert [by_id[i][0] for i in ids] == [0, 1, 2, 3, 4]
+    for task, task_id in zip(tasks, ids, strict=True):
+        assert by_id[task_id][1] == pytest.approx(max(task.run_at, now), abs=2.0)
 
 
 async def test_a_dead_workers_message_comes_back_with_read_ct_plus_one(store: PgmqStore, url: str, queue: str) -> None:

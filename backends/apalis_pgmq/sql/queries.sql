@@ -18,17 +18,24 @@ SELECT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle WHERE queue_name = %(qu
 SELECT pgmq.enable_notify_insert(%(queue)s, %(throttle_ms)s)
 
 -- name: send_now
-SELECT pgmq.send_batch(%(queue)s, %(messages)s::jsonb[], %(headers)s::jsonb[])
+-- Messages and headers arrive as one JSON array each: cheaper to send than a text[] of JSON.
+SELECT pgmq.send_batch(%(queue)s,
+    ARRAY(SELECT e FROM jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n),
+    ARRAY(SELECT e FROM jsonb_array_elements(%(headers)s::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n))
 
 -- name: send_at
-SELECT pgmq.send_batch(%(queue)s, %(messages)s::jsonb[], %(headers)s::jsonb[], to_timestamp(%(at)s))
+SELECT pgmq.send_batch(%(queue)s,
+    ARRAY(SELECT e FROM jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n),
+    ARRAY(SELECT e FROM jsonb_array_elements(%(headers)s::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n),
+    to_timestamp(%(at)s))
 
 -- name: send_each
 -- Tasks due at different times: pgmq.send once per message, still one round trip.
-SELECT pgmq.send(%(queue)s, u.message, u.headers, to_timestamp(u.at))
-FROM unnest(%(messages)s::jsonb[], %(headers)s::jsonb[], %(ats)s::float8[]) WITH ORDINALITY
-     AS u(message, headers, at, n)
-ORDER BY u.n
+SELECT pgmq.send(%(queue)s, m.e, h.e, to_timestamp(t.at))
+FROM jsonb_array_elements(%(messages)s::jsonb) WITH ORDINALITY AS m(e, n)
+JOIN jsonb_array_elements(%(headers)s::jsonb) WITH ORDINALITY AS h(e, n) USING (n)
+JOIN unnest(%(ats)s::float8[]) WITH ORDINALITY AS t(at, n) USING (n)
+ORDER BY n
 
 -- name: read
 -- The claim: pgmq.read hides up to qty messages for the lease; read_ct counts the attempts.
@@ -52,7 +59,11 @@ SELECT count(*) FROM pgmq.archive(%(queue)s, ARRAY(
 -- message's headers under "apalis", before the message is archived or made visible again.
 UPDATE {q} m
 SET headers = jsonb_set(coalesce(m.headers, '{{}}'), '{{apalis}}', coalesce(m.headers -> 'apalis', '{{}}') || u.patch)
-FROM unnest(%(ids)s::bigint[], %(cts)s::int[], %(patches)s::jsonb[]) AS u(id, ct, patch)
+FROM (
+    SELECT u.id, u.ct, p.e AS patch
+    FROM unnest(%(ids)s::bigint[], %(cts)s::int[]) WITH ORDINALITY AS u(id, ct, n)
+    JOIN jsonb_array_elements(%(patches)s::jsonb) WITH ORDINALITY AS p(e, n) USING (n)
+) AS u
 WHERE m.msg_id = u.id AND m.read_ct = u.ct
 
 -- name: set_vt

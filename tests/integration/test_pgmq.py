@@ -300,6 +300,33 @@ async def test_idle_workers_wake_on_a_foreign_send(store: PgmqStore, url: str, q
         assert started[q] - sent[q] < 1.0  # loose: polling alone would take up to 5 s
 
 
+async def test_the_listener_reconnects_after_pg_terminate_backend(store: PgmqStore, url: str, queue: str) -> None:
+    started: list[float] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append(time.monotonic())
+
+    backend = store.backend(queue, codec=JsonCodec())
+    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=5.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        app = conninfo_to_dict(store.config.url)["application_name"]
+        await sql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app,))
+        await asyncio.sleep(2.5)  # reconnected, and idle long enough for the poll backoff to reach seconds
+        sent = time.monotonic()
+        await sql(url, "SELECT pgmq.send(%s, '{}'::jsonb)", (queue,))
+        deadline = time.monotonic() + 10
+        while not started:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        await running
+    assert started[0] - sent < 1.0
+
+
 async def test_idempotency_key_returns_the_first_message(store: PgmqStore, url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec())
     first = await backend.push({"a": 1}, idempotency_key="k")

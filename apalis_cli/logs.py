@@ -95,7 +95,7 @@ def _passthrough(logger: Any, method: str, event: MutableMapping[str, Any]) -> M
 def event_logger(*, tasks: bool = True) -> EventListener:
     """An `on_event` listener writing one structured line per worker event.
 
-    With `tasks` False the per-task lines are skipped (only lifecycle and trouble are logged).
+    With `tasks` False the lines of successful runs are skipped (lifecycle and trouble are logged).
     """
     log = structlog.get_logger("apalis")
 
@@ -104,7 +104,7 @@ def event_logger(*, tasks: bool = True) -> EventListener:
             event = dataclasses.replace(event, error=redact_text(event.error))  # type: ignore[call-arg, attr-defined]
         fields = {"worker": event.worker, "queue": event.queue}
         if isinstance(event, TaskFinished):
-            if not tasks:
+            if not tasks and event.outcome == "done":
                 return
             line = {**fields, "task_id": event.task_id, "attempt": event.attempt, "duration": round(event.duration, 6)}
             if event.outcome == "done":

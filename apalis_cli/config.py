@@ -181,11 +181,6 @@ class Config:
         """A `ConfigError` about the key at `path`, placed at its line."""
         return ConfigError(message, where=self.where(path), key=render_path(path))
 
-    def kind_of(self, backend: str) -> str:
-        """The kind of the backend named `backend` (a table's kind, or an implicit one's name)."""
-        table = self.backends.get(backend)
-        return table.kind if table is not None else backend
-
     def worker(self, name: str | None) -> WorkerConfig:
         """The worker called `name`; with None, the only worker (an error when there are several)."""
         if name is None:

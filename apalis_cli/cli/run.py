@@ -121,7 +121,10 @@ async def _metrics(
 
     queues: dict[str, Inspector] = {}
     for w in assembly.workers:
-        backend: Any = assembly.stores[w.backend].backend(w.queue, codec=codec_by_name(w.codec))
+        if w.cron is not None and w.pipe_to is None:
+            continue  # in-process ticks: no queue depth to ask for
+        store = assembly.stores[w.pipe_to] if w.pipe_to is not None else assembly.store_of[w.name]
+        backend: Any = store.backend(w.queue, codec=codec_by_name(w.codec))
         if backend.capabilities.has(Capability.INSPECT) and isinstance(backend, Inspector):
             queues.setdefault(w.queue, backend)
     metrics = Metrics(workers, queues)

@@ -222,7 +222,10 @@ def test_cron_worker_piped_into_sqlite(apalis: Apalis) -> None:
         + 'handler = "acc_handlers:ok"\nkeep_alive = "1s"\npoll_interval = "100ms"\n'
     )
     assert apalis("push", "--worker", "echo", "{}").code == 0  # the other worker is unaffected
-    daemon = apalis.start("run", "--no-live", "--worker", "tick")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon = apalis.start("run", "--no-live", "--worker", "tick", "--metrics-addr", f"127.0.0.1:{port}")
     try:
         deadline = time.monotonic() + 30
         while apalis.statuses("--worker", "tick").get("done", 0) < 2:

@@ -173,7 +173,7 @@ class RedisQueue(RedisInspector, QueueBase):
                 for args in calls:
                     await script(keys=[k.ready, k.scheduled], args=args, client=pipe)
                 replies = await pipe.execute()
-        return [raw.decode() for reply in replies for raw in reply]
+        return [raw.decode() for reply in replies for raw in _unpack(reply)]
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Ready tasks, claimed for `worker` in batches of its free slots; a push wakes it."""

@@ -192,7 +192,7 @@ class RsmqQueue(RsmqInspector, QueueBase):
                 self._created = False  # deleted by another client, or a server that lost its data
                 await self.ensure_queue()
                 reply = await script(keys=[k.zset, k.hash, k.side], args=args)
-            ids += (raw.decode() for raw in reply)
+            ids += (raw.decode() for raw in msgpack.unpackb(reply, raw=True))
         waker = self.store.waker(self.queue)
         if not self._channel:
             waker.notify()

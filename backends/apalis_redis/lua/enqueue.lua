@@ -1,5 +1,6 @@
 -- Insert tasks (one call for a whole batch); a known idempotency key or task id returns the
--- existing id instead, so a retried call after a lost reply inserts nothing twice.
+-- existing id instead, so a retried call after a lost reply inserts nothing twice. Returns
+-- the ids as one MessagePack array.
 -- KEYS: ready, scheduled
 -- ARGV: base, now, wake channel, and one MessagePack array of 7 per task: id, payload, run_at,
 --       priority, max_attempts, idempotency key ('' = none), meta JSON ('' = none)
@@ -36,4 +37,4 @@ for i = 1, #items, 7 do
   end
 end
 if woke then redis.call('PUBLISH', ARGV[3], '') end
-return out
+return cmsgpack.pack(out)

@@ -3,6 +3,7 @@
 -- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis (side hash: max attempts per message)
 -- ARGV: realtime channel ('' = off), MessagePack array of 4 per message:
 --       22 random characters, delay ms (-1 = the queue's delay), body, max_attempts
+-- Returns the ids as one MessagePack array.
 local items = cmsgpack.unpack(ARGV[2])
 local q = redis.call('HMGET', KEYS[2], 'delay', 'maxsize')
 if not q[1] then return redis.error_reply('queueNotFound') end
@@ -35,4 +36,4 @@ for i = 1, #items, 4 do
 end
 redis.call('HINCRBY', KEYS[2], 'totalsent', #out)
 if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], redis.call('ZCARD', KEYS[1])) end
-return out
+return cmsgpack.pack(out)

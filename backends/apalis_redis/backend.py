@@ -45,7 +45,7 @@ from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 from .config import RedisSettings, redact_url
 from .connection import Wakeups, connect, lua, require_driver
-from .inspect import RedisInspector
+from .inspector import RedisInspector
 from .keys import QueueKeys
 
 __all__ = ["RedisQueue", "RedisStore"]

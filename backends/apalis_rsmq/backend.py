@@ -51,7 +51,7 @@ from apalis_redis.config import redact_url
 from apalis_redis.connection import Wakeups, connect, lua, require_driver
 
 from .config import QUEUE_NAME, RsmqSettings
-from .inspect import RsmqInspector, created_at
+from .inspector import RsmqInspector, created_at
 from .keys import RsmqKeys
 
 __all__ = ["RsmqQueue", "RsmqStore"]

@@ -26,6 +26,9 @@ How tasks map onto messages:
   worker holding the lease), `<id>:e` (the last error). The dead-letter queue's side hash keeps
   `<id>:e`, `<id>:rc`, `<id>:ma`, `<id>:at` (killed at, ms). Other clients ignore these keys.
 - Every time is Redis TIME, read inside the scripts, as rsmq does; every change is one script.
+- A dropped connection is retried with capped backoff. A claim or an acknowledgement retried
+  after a lost reply is harmless (the lease runs out; the lock check ignores a second ack), but a
+  send retried after a lost reply may deliver that message twice: rsmq ids come from the server.
 
 rsmq keeps queues outside any hash tag (`ns:QUEUES` and `ns:<q>` are different slots): like
 rsmq itself, this store needs a single Redis server, not a Cluster.

@@ -117,12 +117,15 @@ SELECT key, msg_id FROM apalis_pgmq.keys WHERE queue = %(queue)s AND key = ANY(%
 -- name: tasks
 -- Inspection reads the queue and archive tables: a SELECT changes nothing, unlike pgmq.read.
 SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM (
+    -- run_at is when the message is (or was) due: its vt, except that a running or archived
+    -- message's vt is only its lease's end, so its last read is shown.
     SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8 AS enqueued_at,
-           extract(epoch FROM vt)::float8 AS run_at, message, headers -> 'apalis' AS apalis,
-           {status} AS status, NULL::float8 AS done_at
-    FROM {q}
+           extract(epoch FROM CASE WHEN status = 'running' THEN last_read_at ELSE vt END)::float8 AS run_at,
+           message, headers -> 'apalis' AS apalis, status, NULL::float8 AS done_at
+    FROM (SELECT *, {status} AS status FROM {q}) AS live
     UNION ALL
-    SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8, extract(epoch FROM vt)::float8,
+    SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8,
+           extract(epoch FROM coalesce(last_read_at, vt))::float8,
            message, headers -> 'apalis',
            CASE WHEN headers -> 'apalis' ->> 'status' = 'killed' THEN 'killed' ELSE 'done' END,
            extract(epoch FROM archived_at)::float8

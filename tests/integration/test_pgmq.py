@@ -97,6 +97,26 @@ async def test_official_client_send_is_a_task_for_us(store: PgmqStore, url: str,
     assert archived == [({"to": "ann", "n": 1}, {"apalis": {"result": '"sent"'}})]
 
 
+async def test_foreign_headers_of_any_shape_are_acknowledged(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
+    await backend.stats()  # creates the queue
+    for headers in ("[1, 2]", '"text"', '{"apalis": 5, "trace": "t"}'):
+        await sql(url, "SELECT pgmq.send(%s, '{\"n\": 1}'::jsonb, %s::jsonb)", (queue, headers))
+    runs: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        runs.append(task.ctx.attempts)
+        if task.ctx.attempts == 1:
+            raise RuntimeError("once")
+
+    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, backoff=FAST)
+    await run_until(worker, lambda: len(runs) == 6)
+    stats = await backend.stats()
+    assert stats.counts[Status.DONE] == 3
+    rows = await sql(url, f"SELECT headers -> 'trace' FROM pgmq.a_{queue} WHERE headers ? 'trace'")
+    assert rows == [("t",)]
+
+
 async def test_our_push_is_a_message_for_the_official_client(store: PgmqStore, url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=4)
     task_id = await backend.push({"to": "bob"}, meta={"trace": "t1"})

@@ -57,8 +57,11 @@ SELECT count(*) FROM pgmq.archive(%(queue)s, ARRAY(
 -- name: annotate
 -- What pgmq has no column for (error, result, killed, the attempt that failed) goes into the
 -- message's headers under "apalis", before the message is archived or made visible again.
+-- Foreign headers that are not an object (pgmq allows any jsonb) give way to ours.
 UPDATE {q} m
-SET headers = jsonb_set(coalesce(m.headers, '{{}}'), '{{apalis}}', coalesce(m.headers -> 'apalis', '{{}}') || u.patch)
+SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{{}}' END
+    || jsonb_build_object('apalis',
+        CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{{}}' END || u.patch)
 FROM (
     SELECT u.id, u.ct, p.e AS patch
     FROM unnest(%(ids)s::bigint[], %(cts)s::int[]) WITH ORDINALITY AS u(id, ct, n)
@@ -161,8 +164,10 @@ RETURNING msg_id
 -- name: kill
 WITH marked AS (
     UPDATE {q} m
-    SET headers = jsonb_set(coalesce(m.headers, '{{}}'), '{{apalis}}',
-                            coalesce(m.headers -> 'apalis', '{{}}') || %(patch)s::jsonb)
+    SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{{}}' END
+        || jsonb_build_object('apalis',
+            CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{{}}' END
+            || %(patch)s::jsonb)
     WHERE m.msg_id = %(id)s
     RETURNING msg_id
 )

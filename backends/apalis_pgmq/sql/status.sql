@@ -3,7 +3,7 @@
 -- hidden by a live lease -> running; lease expired after a read (orphan) -> failed.
 CASE
     WHEN read_ct = 0 THEN 'pending'
-    WHEN (headers -> 'apalis' ->> 'failed_ct')::int = read_ct THEN 'failed'
+    WHEN headers -> 'apalis' -> 'failed_ct' = to_jsonb(read_ct) THEN 'failed'
     WHEN vt > clock_timestamp() THEN 'running'
     ELSE 'failed'
 END

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from ..backend import BackendExt, Store
 from ..codec import codec_by_name
 from ..config import Config, MiddlewareConfig, WorkerConfig
-from ..errors import ConfigError
+from ..errors import ApalisError, BackendError, ConfigError
 from ..handlers import LoadedHandler, load_handler, resolve_exception
 from ..layers import CatchLayer, ConcurrencyLayer, RateLimitLayer, RetryLayer, TimeoutLayer, TracingLayer
-from ..registry import Registry, build_store, build_worker_store
+from ..layers.retry import describe_error
+from ..registry import Registry, build_store, build_worker_store, redact_text
 from ..service import Layer
 from ..worker import Worker
 
-__all__ = ["Assembly", "assemble", "build_layers"]
+__all__ = ["Assembly", "assemble", "build_layers", "opened_stores"]
+
+_OPEN_RETRY_FIRST = 0.5
+_OPEN_RETRY_MAX = 30.0
 
 
 def build_layers(config: Config, worker: WorkerConfig) -> list[Layer]:
@@ -122,12 +129,16 @@ def assemble(config: Config, workers: Sequence[WorkerConfig], concurrency: int |
 
 
 @contextlib.asynccontextmanager
-async def opened_stores(assembly: Assembly) -> AsyncIterator[None]:
-    """Open every store (closing those opened if one fails) and close them all after."""
+async def opened_stores(assembly: Assembly, *, wait: bool = False) -> AsyncIterator[None]:
+    """Open every store and close them all after.
+
+    With `wait`, a store that cannot be reached is tried again with capped backoff (a daemon may
+    start before its database); otherwise the first failure is raised.
+    """
     opened: list[Store] = []
     try:
-        for store in assembly.stores.values():
-            await store.open()
+        for name, store in assembly.stores.items():
+            await (_open_patiently(name, store) if wait else store.open())
             opened.append(store)
         for worker in assembly.workers:
             assembly.backend(worker)  # a bad pipe_to or catch_up fails here, before any worker starts
@@ -138,3 +149,22 @@ async def opened_stores(assembly: Assembly) -> AsyncIterator[None]:
                 await store.close()
         for loaded in assembly.handlers.values():
             loaded.close()
+
+
+async def _open_patiently(name: str, store: Store) -> None:
+    delay = _OPEN_RETRY_FIRST
+    while True:
+        try:
+            await store.open()
+            return
+        except ApalisError as exc:
+            if not isinstance(exc, BackendError):
+                raise  # bad config or a missing driver: waiting will not help
+            error = str(exc)
+        except Exception as exc:
+            error = describe_error(exc)
+        structlog.get_logger("apalis").warning(
+            "cannot open the backend, retrying", backend=name, error=redact_text(error), retry_in=delay
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _OPEN_RETRY_MAX)

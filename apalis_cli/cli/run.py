@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -69,7 +70,8 @@ def run(
     # Asking for a log format asks for log lines; otherwise a terminal gets the live view.
     show_live = (sys.stdout.isatty() and log_format is None) if live is None else live
     log_tasks = log_level.lower() in ("debug", "info")
-    asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, metrics_addr=address))
+    with contextlib.suppress(asyncio.CancelledError):  # a signal while still waiting for a store
+        asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, metrics_addr=address))
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -82,7 +84,33 @@ def _address(text: str) -> tuple[str, int]:
 async def _run(
     assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, metrics_addr: tuple[str, int] | None
 ) -> None:
-    async with opened_stores(assembly), contextlib.AsyncExitStack() as stack:
+    # A daemon waits for a store that is not up yet (a signal ends the wait); a burst run is a
+    # script's step: it fails at once.
+    async with contextlib.AsyncExitStack() as stores:
+        with _cancel_on_signals():
+            await stores.enter_async_context(opened_stores(assembly, wait=not burst))
+        await _supervise(assembly, burst=burst, live=live, log_tasks=log_tasks, metrics_addr=metrics_addr)
+
+
+@contextlib.contextmanager
+def _cancel_on_signals() -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        if task is not None:
+            loop.add_signal_handler(sig, task.cancel)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _supervise(
+    assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, metrics_addr: tuple[str, int] | None
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
         factories = [lambda w=w: assembly.factory(w) for w in assembly.workers]
         dashboard: Dashboard | None = None
         listeners: list[EventListener] = []

@@ -273,3 +273,25 @@ def test_init_then_run(apalis: Apalis, tmp_path: Path) -> None:
     assert apalis("push", '{"image": "a.png"}').code == 0
     assert apalis("run", "--burst", "--no-live").code == 0
     assert set(apalis.statuses()) <= {"done", "failed"}
+
+
+def test_daemon_waits_for_a_store_that_is_down(apalis: Apalis) -> None:
+    apalis.write_config(
+        '[backends.pg]\nkind = "postgres"\nurl = "postgresql://app:hunter2@127.0.0.1:1/app"\n'
+        'connect_timeout = "300ms"\n\n[[workers]]\nname = "w"\nhandler = "acc_handlers:ok"\n'
+    )
+    burst = apalis("run", "--burst")
+    assert burst.code == 1
+    assert "hunter2" not in burst.err
+    assert len(lines(burst.err)) == 1
+    daemon = apalis.start("run", "--no-live", "--log-format", "json")
+    try:
+        assert daemon.stderr is not None
+        first = daemon.stderr.readline()  # the daemon is up and waiting once it says so
+        assert "cannot open the backend, retrying" in first
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+    assert "hunter2" not in first + err

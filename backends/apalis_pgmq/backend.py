@@ -28,7 +28,7 @@ from apalis_cli.polling import Waker
 
 from .config import PgmqConfig, redact_url
 from .listener import Listener
-from .statements import SCHEMA, check_queue_name, statements_for
+from .statements import SCHEMA, check_queue_name, statement, statements_for
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -121,16 +121,14 @@ class PgmqStore:
             self._listener = Listener(self.config.url, self._connect_kwargs(), self._wakers)
 
     async def _install(self, conn: AsyncConnection[Any]) -> tuple[bool, bool]:
-        cur = await conn.execute("SELECT to_regprocedure('pgmq.read(text,integer,integer,jsonb)') IS NOT NULL")
+        cur = await conn.execute(statement("installed"))
         row = await cur.fetchone()
         if not row or not row[0]:
             return False, False
-        cur = await conn.execute("SELECT to_regclass('pgmq.notify_insert_throttle') IS NOT NULL")
-        notify = await cur.fetchone()
         async with conn.transaction():
-            for statement in _split(SCHEMA):
-                await conn.execute(statement)
-        return True, bool(notify and notify[0])
+            for part in _split(SCHEMA):
+                await conn.execute(part)
+        return True, bool(row[1])
 
     async def close(self) -> None:
         """Stop listening and close every connection."""

@@ -6,7 +6,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-__all__ = ["SCHEMA", "check_queue_name", "statements_for"]
+__all__ = ["SCHEMA", "check_queue_name", "statement", "statements_for"]
 
 _DIR = Path(__file__).parent / "sql"
 _NAME = re.compile(r"^[a-z0-9_]{1,47}$")
@@ -23,6 +23,11 @@ def _named(text: str) -> dict[str, str]:
 
 _QUERIES = _named((_DIR / "queries.sql").read_text())
 _STATUS = "\n".join(line for line in (_DIR / "status.sql").read_text().splitlines() if not line.startswith("--"))
+
+
+def statement(name: str) -> str:
+    """A statement that names no queue table."""
+    return _QUERIES[name]
 
 
 def check_queue_name(queue: str) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -189,6 +190,51 @@ async def test_a_dead_workers_message_comes_back_with_read_ct_plus_one(store: Pg
 
     await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2), lambda: bool(seen))
     assert seen == [2]
+
+
+_DYING_WORKER = """
+import asyncio, sys
+from apalis_cli.backend import StoreSpec
+from apalis_cli.codec import JsonCodec
+from apalis_cli.worker import Worker
+from apalis_pgmq import PgmqStore
+
+async def main(url, queue):
+    store = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=url))
+    await store.open()
+
+    async def handler(args, task):
+        print("running", task.id, flush=True)
+        await asyncio.sleep(3600)
+
+    worker = Worker(name="doomed", backend=store.backend(queue, codec=JsonCodec(), max_attempts=2),
+                    handler=handler, keep_alive=0.2, stale_after=0.6)
+    await worker.run(asyncio.Event())
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_a_task_of_a_worker_killed_with_sigkill_runs_again(store: PgmqStore, url: str, queue: str) -> None:
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
+    task_id = await backend.push({"x": 1})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DYING_WORKER, url, queue, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line.decode().split() == ["running", task_id]
+    finally:
+        proc.kill()
+        await proc.wait()
+    seen: list[tuple[str, int]] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append((task.id, task.ctx.attempts))
+
+    await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2), lambda: bool(seen))
+    assert seen == [(task_id, 2)]
 
 
 async def test_read_beyond_max_attempts_is_killed_not_run(store: PgmqStore, url: str, queue: str) -> None:

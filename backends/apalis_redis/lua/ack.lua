@@ -2,15 +2,17 @@
 -- KEYS: ready, scheduled, running, failed, done, killed
 -- ARGV: base, now, wake channel, retention ms, and one MessagePack array of 5 per outcome:
 --       id, lock_by, kind (d=done k=kill r=retry l=release), text (result or error), run_at
+-- The sorted-set changes of the whole batch go in one command each: fewer calls per task.
 local base, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
-local woke = false
 local items = cmsgpack.unpack(ARGV[5])
+local unrun, done, killed = {}, {}, {}
+local woke = false
 for i = 1, #items, 5 do
   local id, kind, text = items[i], items[i + 2], items[i + 3]
   local task = base .. 't:' .. id
   local f = redis.call('HMGET', task, 's', 'l', 'pr', 'a', 'r', 'k')
   if f[1] == 'running' and f[2] == items[i + 1] then
-    redis.call('ZREM', KEYS[3], id)
+    unrun[#unrun + 1] = id
     if kind == 'd' or kind == 'k' then
       if kind == 'd' then
         if text ~= '' then
@@ -18,10 +20,10 @@ for i = 1, #items, 5 do
         else
           redis.call('HSET', task, 's', 'done', 'd', ARGV[2], 'l', '')
         end
-        redis.call('ZADD', KEYS[5], ARGV[2], id)
+        done[#done + 1], done[#done + 2] = ARGV[2], id
       else
         redis.call('HSET', task, 's', 'killed', 'd', ARGV[2], 'e', text, 'l', '')
-        redis.call('ZADD', KEYS[6], ARGV[2], id)
+        killed[#killed + 1], killed[#killed + 2] = ARGV[2], id
       end
       -- A safety net: the heartbeat purges finished tasks, this expires them even if none runs.
       redis.call('PEXPIRE', task, ttl)
@@ -44,5 +46,14 @@ for i = 1, #items, 5 do
     end
   end
 end
+-- unpack() is bounded by Lua's stack: apply in slices.
+local function each_slice(list, step, apply)
+  for first = 1, #list, step do
+    apply(unpack(list, first, math.min(first + step - 1, #list)))
+  end
+end
+each_slice(unrun, 2000, function(...) redis.call('ZREM', KEYS[3], ...) end)
+each_slice(done, 2000, function(...) redis.call('ZADD', KEYS[5], ...) end)
+each_slice(killed, 2000, function(...) redis.call('ZADD', KEYS[6], ...) end)
 if woke then redis.call('PUBLISH', ARGV[3], '') end
 return 0

@@ -15,7 +15,7 @@ for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
 end
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[3]))
-local out = {}
+local out, running = {}, {}
 for i = 1, #popped, 2 do
   local id = popped[i]
   local task = base .. 't:' .. id
@@ -23,11 +23,14 @@ for i = 1, #popped, 2 do
   if f[1] == 'pending' or f[1] == 'failed' then
     local attempts = tonumber(f[3]) + 1
     redis.call('HSET', task, 's', 'running', 'a', attempts, 'l', ARGV[4])
-    redis.call('ZADD', KEYS[3], now, id)
+    running[#running + 1], running[#running + 2] = now, id
     if f[1] == 'failed' then redis.call('SREM', KEYS[4], id) end
     local n = #out
     out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, f[2], attempts, f[4], f[5]
     out[n + 6], out[n + 7], out[n + 8], out[n + 9], out[n + 10] = f[6], f[7], f[8], f[9], f[10]
   end
+end
+for first = 1, #running, 2000 do -- unpack() is bounded by Lua's stack: add in slices
+  redis.call('ZADD', KEYS[3], unpack(running, first, math.min(first + 1999, #running)))
 end
 return cmsgpack.pack(out)

@@ -11,6 +11,7 @@ local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now = string.format('%.0f', ts)
 local woke = false
+local gone, bodies, sides = {}, {}, {}
 for i = 1, #items, 6 do
   local id, kind = items[i], items[i + 3]
   local side = redis.call('HMGET', KEYS[3], id .. ':lk', id .. ':ma')
@@ -24,9 +25,10 @@ for i = 1, #items, 6 do
         redis.call('HSET', KEYS[6], id .. ':e', items[i + 4], id .. ':rc',
           redis.call('HGET', KEYS[2], id .. ':rc') or 0, id .. ':ma', side[2] or '', id .. ':at', now)
       end
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('HDEL', KEYS[2], id, id .. ':rc', id .. ':fr')
-      redis.call('HDEL', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e')
+      local n, m = #bodies, #sides
+      gone[#gone + 1] = id
+      bodies[n + 1], bodies[n + 2], bodies[n + 3] = id, id .. ':rc', id .. ':fr'
+      sides[m + 1], sides[m + 2], sides[m + 3] = id .. ':ma', id .. ':lk', id .. ':e'
     elseif kind == 'r' then
       local delay = tonumber(items[i + 5])
       redis.call('ZADD', KEYS[1], string.format('%.0f', ts + delay), id)
@@ -42,6 +44,13 @@ for i = 1, #items, 6 do
       woke = true
     end
   end
+end
+-- deleteMessage for the whole batch in three commands, in slices (unpack() is bounded).
+for first = 1, #gone, 1000 do
+  local last = math.min(first + 999, #gone)
+  redis.call('ZREM', KEYS[1], unpack(gone, first, last))
+  redis.call('HDEL', KEYS[2], unpack(bodies, 3 * first - 2, 3 * last))
+  redis.call('HDEL', KEYS[3], unpack(sides, 3 * first - 2, 3 * last))
 end
 if woke and ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], redis.call('ZCARD', KEYS[1])) end
 return 0

@@ -39,7 +39,7 @@ class Listener:
         if queue not in self._queues:
             self._queues.add(queue)
             self._changed.set()
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="apalis-pgmq-listener")
 
     async def close(self) -> None:
@@ -62,7 +62,7 @@ class Listener:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._url, **self._kwargs)
-            except psycopg.OperationalError:
+            except Exception:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 2.0)
                 continue
@@ -78,7 +78,7 @@ class Listener:
                         first, wait = False, 0.05
                         self._wake_all()
                     await self._pump(conn)
-            except psycopg.OperationalError:
+            except Exception:  # a lost connection above all; polling covers the gap meanwhile
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 2.0)
             finally:

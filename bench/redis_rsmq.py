@@ -104,8 +104,9 @@ async def drain(kind: str, url: str, n: int, concurrency: int) -> tuple[float, f
     return enqueue_rate, n / elapsed
 
 
-async def latency(kind: str, url: str, rounds: int) -> tuple[float, float]:
-    """p50 and p99 (ms) from push to handler start, on an idle worker."""
+async def latency(kind: str, url: str, rounds: int) -> tuple[float, float, float]:
+    """p50 and p99 (ms) from push to handler start, one push every 20 ms; then the median
+    wake-up (ms) of a push after 2 s of idleness (3 probes)."""
     store = make_store(kind, url)
     await store.open()
     queue = store.backend("bench", codec=JsonCodec())
@@ -124,12 +125,18 @@ async def latency(kind: str, url: str, rounds: int) -> tuple[float, float]:
         sent = time.perf_counter()
         await queue.push({"t": 1})
         samples.append((await arrived.get() - sent) * 1000)
+    wakes = []
+    for _ in range(3):
+        await asyncio.sleep(2.0)
+        sent = time.perf_counter()
+        await queue.push({"t": 2})
+        wakes.append((await arrived.get() - sent) * 1000)
     stop.set()
     await running
     await store.close()
     await cleanup(url, store.settings.namespace)
     samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1], statistics.median(wakes)
 
 
 async def main() -> None:
@@ -147,8 +154,8 @@ async def main() -> None:
                 f"{kind:5} drain c={concurrency:<3} {rate:>9,.0f}/s  ({rate / raw:.3f} of raw)"
                 f"   bulk enqueue {enqueue_rate:>9,.0f}/s ({enqueue_rate / raw_enqueue:.3f} of raw)"
             )
-        p50, p99 = await latency(kind, options.url, 200)
-        print(f"{kind:5} latency push->start p50 {p50:.2f} ms  p99 {p99:.2f} ms")
+        p50, p99, wake = await latency(kind, options.url, 200)
+        print(f"{kind:5} latency push->start p50 {p50:.2f} ms  p99 {p99:.2f} ms; after 2 s idle {wake:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import time
 import uuid
@@ -58,7 +59,8 @@ def make_store(kind: str, url: str) -> Any:
         return RedisStore.from_spec(spec)
     from apalis_rsmq import RsmqStore
 
-    return RsmqStore.from_spec(spec)
+    # realtime: idle workers wake by pub/sub, as they would for a push from another process
+    return RsmqStore.from_spec(dataclasses.replace(spec, options={**spec.options, "realtime": True}))
 
 
 async def cleanup(url: str, namespace: str) -> None:

@@ -71,7 +71,10 @@ async def poll_batches(
                 continue
             yield None
             try:
-                await asyncio.wait_for(event.wait(), idle_wait)
+                # Not wait_for: on Python 3.11 it swallows a cancellation that arrives as the
+                # event is set, and a stopping worker's poller would then run on for ever.
+                async with asyncio.timeout(idle_wait):
+                    await event.wait()
                 idle_wait = FIRST_IDLE_WAIT
             except TimeoutError:
                 idle_wait = min(idle_wait * 2, worker.poll_interval)

@@ -21,6 +21,7 @@ from apalis_cli.polling import Waker
 from apalis_sql import TASK_COLUMNS, load_migrations, load_queries, retrying
 
 from .config import MysqlConfig
+from .pool import Pool
 
 __all__ = ["Database"]
 
@@ -49,15 +50,14 @@ class Database:
         self.names = {"prefix": config.table_prefix, "now": NOW, "columns": COLUMNS}
         self.sql = dict(load_queries(__package__ or "apalis_mysql", self.names).items())
         self.wakers: dict[str, Waker] = {}
-        self._pool: Any = None
+        self._pool: Pool | None = None
 
     async def open(self) -> list[int]:
         """Connect and migrate; returns the migrations applied now."""
         c = self.config
-        try:
-            self._pool = await asyncmy.create_pool(
-                minsize=c.min_size,
-                maxsize=c.max_size,
+
+        async def connect() -> Any:
+            return await asyncmy.connect(
                 host=c.host,
                 port=c.port,
                 user=c.user,
@@ -68,9 +68,13 @@ class Database:
                 autocommit=True,
                 charset="utf8mb4",
                 init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-                echo=False,
             )
+
+        self._pool = Pool(connect, c.max_size)
+        try:
+            await self._pool.fill(max(c.min_size, 1))
         except Exception as exc:
+            await self.close()
             raise BackendError(f"cannot connect to mysql at {c.redacted}: {self.describe(exc)}") from None
         try:
             return await self.run(self._migrate)
@@ -83,7 +87,6 @@ class Database:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-            await pool.wait_closed()
 
     def waker(self, queue: str) -> Waker:
         """The in-process `Waker` of `queue` (a push here wakes pollers here at once)."""
@@ -102,16 +105,11 @@ class Database:
         if self._pool is None:
             raise BackendError(f"mysql store at {self.config.redacted} is not open")
 
+        pool = self._pool
+
         async def once() -> T:
-            conn = await self._pool.acquire()
-            try:
+            async with pool.connection() as conn:
                 return await op(conn)
-            except BaseException as exc:
-                if _transient(exc) or not conn.get_autocommit():
-                    conn.close()  # broken or mid-transaction: the pool must not hand it out again
-                raise
-            finally:
-                self._pool.release(conn)
 
         try:
             return await retrying(once, transient=_transient, attempts=self.attempts)
@@ -123,9 +121,9 @@ class Database:
         """All rows of `query`."""
 
         async def op(conn: Conn) -> list[Any]:
-            async with conn.cursor() as cursor:
-                await cursor.execute(query, params)
-                return list(await cursor.fetchall())
+            cursor = conn.cursor()
+            await cursor.execute(query, params)
+            return list(await cursor.fetchall())
 
         return await self.run(op)
 
@@ -133,8 +131,7 @@ class Database:
         """Run `query`; returns the number of rows it changed."""
 
         async def op(conn: Conn) -> int:
-            async with conn.cursor() as cursor:
-                return int(await cursor.execute(query, params))
+            return int(await conn.cursor().execute(query, params))
 
         return await self.run(op)
 
@@ -143,28 +140,26 @@ class Database:
         prefix = self.config.table_prefix
         lock = f"apalis-migrate:{self.config.database}:{prefix}"[:64]
         applied: list[int] = []
-        async with conn.cursor() as cursor:
-            await cursor.execute("SELECT GET_LOCK(%s, 30)", (lock,))
-            try:
-                await cursor.execute(
-                    f"CREATE TABLE IF NOT EXISTS {prefix}schema_version (version INT NOT NULL PRIMARY KEY,"
-                    " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB"
-                )
-                await cursor.execute(f"SELECT COALESCE(MAX(version), 0) FROM {prefix}schema_version")
-                row = await cursor.fetchone()
-                current = int(row[0]) if row else 0
-                for migration in load_migrations(__package__ or "apalis_mysql", self.names):
-                    if migration.version <= current:
-                        continue
-                    for statement in _split(migration.sql):
-                        await cursor.execute(statement)
-                    await cursor.execute(
-                        f"INSERT INTO {prefix}schema_version (version, name, applied_at) VALUES (%s, %s, {NOW})",
-                        (migration.version, migration.name),
-                    )
-                    applied.append(migration.version)
-            finally:
-                await cursor.execute("SELECT RELEASE_LOCK(%s)", (lock,))
+        cursor = conn.cursor()
+        await cursor.execute("SELECT GET_LOCK(%s, 30)", (lock,))
+        await cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {prefix}schema_version (version INT NOT NULL PRIMARY KEY,"
+            " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB"
+        )
+        await cursor.execute(f"SELECT COALESCE(MAX(version), 0) FROM {prefix}schema_version")
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        for migration in load_migrations(__package__ or "apalis_mysql", self.names):
+            if migration.version <= current:
+                continue
+            for statement in _split(migration.sql):
+                await cursor.execute(statement)
+            await cursor.execute(
+                f"INSERT INTO {prefix}schema_version (version, name, applied_at) VALUES (%s, %s, {NOW})",
+                (migration.version, migration.name),
+            )
+            applied.append(migration.version)
+        await cursor.execute("SELECT RELEASE_LOCK(%s)", (lock,))  # on an error, closing frees it
         return applied
 
 

@@ -81,19 +81,14 @@ class MysqlQueue(QueueBase):
         select, update = db.sql["claim_select"], db.sql["claim_update"]
 
         async def claim(conn: Conn, limit: int) -> list[Task[bytes]]:
+            # On any error the pool closes this connection, which rolls the transaction back.
             await conn.begin()
-            try:
-                async with conn.cursor() as cursor:
-                    await cursor.execute(select, {"queue": queue, "limit": limit})
-                    rows = await cursor.fetchall()
-                    if rows:
-                        await cursor.execute(
-                            update.replace("{ids}", _marks(len(rows))), [worker_id, *(r[0] for r in rows)]
-                        )
-                await conn.commit()
-            except BaseException:
-                await conn.rollback()
-                raise
+            cursor = conn.cursor()
+            await cursor.execute(select, {"queue": queue, "limit": limit})
+            rows = await cursor.fetchall()
+            if rows:
+                await cursor.execute(update.replace("{ids}", _marks(len(rows))), [worker_id, *(r[0] for r in rows)])
+            await conn.commit()
             return [_claimed(task_from_row(row), worker_id) for row in rows]
 
         async def fetch(limit: int) -> list[Task[bytes]]:
@@ -115,34 +110,32 @@ class MysqlQueue(QueueBase):
 
         async def beat_in(conn: Conn) -> bool:
             running = list(worker.running())
-            async with conn.cursor() as cursor:
-                await cursor.execute(
-                    st["beat"],
-                    {
-                        "id": worker.id,
-                        "name": worker.name,
-                        "queue": queue,
-                        "host": worker.host,
-                        "pid": worker.pid,
-                        "started_at": worker.started_at,
-                        "layers": json.dumps(list(worker.layers)),
-                        "running": len(running),
-                    },
-                )
-                release = st["release_lost"].replace("{running}", _marks(len(running)) if running else "''")
-                woke = bool(await cursor.execute(release, [queue, worker.id, worker.keep_alive, *running]))
-                await cursor.execute(st["sweep_lock"], {"lock": lock})
-                locked = await cursor.fetchone()
-                if not (locked and locked[0] == 1):
-                    return woke
-                try:
-                    await cursor.execute(st["forget_workers"], {"queue": queue, "stale_after": worker.stale_after})
-                    recovered = await cursor.execute(st["recover"], {"queue": queue, "stale_after": worker.stale_after})
-                    woke = woke or bool(recovered)
-                    await cursor.execute(st["purge_expired"], {"queue": queue, "retention": worker.retention})
-                finally:
-                    await cursor.execute(st["sweep_unlock"], {"lock": lock})
-            return woke
+            cursor = conn.cursor()
+            await cursor.execute(
+                st["beat"],
+                {
+                    "id": worker.id,
+                    "name": worker.name,
+                    "queue": queue,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "started_at": worker.started_at,
+                    "layers": json.dumps(list(worker.layers)),
+                    "running": len(running),
+                },
+            )
+            release = st["release_lost"].replace("{running}", _marks(len(running)) if running else "''")
+            woke = bool(await cursor.execute(release, [queue, worker.id, worker.keep_alive, *running]))
+            await cursor.execute(st["sweep_lock"], {"lock": lock})
+            locked = await cursor.fetchone()
+            if not (locked and locked[0] == 1):
+                return woke
+            # On an error the pool closes this connection, and the server frees the lock with it.
+            await cursor.execute(st["forget_workers"], {"queue": queue, "stale_after": worker.stale_after})
+            recovered = await cursor.execute(st["recover"], {"queue": queue, "stale_after": worker.stale_after})
+            await cursor.execute(st["purge_expired"], {"queue": queue, "retention": worker.retention})
+            await cursor.execute(st["sweep_unlock"], {"lock": lock})
+            return woke or bool(recovered)
 
         async def beat() -> None:
             if await db.run(beat_in):

@@ -19,7 +19,7 @@ from apalis_cli.polling import Waker
 from apalis_sql import retrying
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .config import PostgresConfig
 from .listener import Listener
@@ -35,7 +35,8 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, _RETRYABLE)
+    # A closed pool (the store was closed) is final; a pool timeout or a lost connection is not.
+    return isinstance(exc, _RETRYABLE) and not isinstance(exc, PoolClosed)
 
 
 class Database:

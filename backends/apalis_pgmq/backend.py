@@ -10,6 +10,16 @@ max_attempts is archived as killed instead of run. Idle workers wake on
 `pgmq.enable_notify_insert` notifications (throttled, see `PgmqConfig`) and otherwise poll with
 capped backoff. The pgmq schema must already be installed (extension or SQL script); apalis keeps
 only a worker registry and idempotency keys in its own schema `apalis_pgmq`.
+
+Decisions, for other pgmq clients and for `inspect`:
+- Killed tasks are archived (no dead-letter queue), with `status: "killed"` and the error in the
+  message headers under "apalis"; a done task's result (JSON text) goes there too.
+- Idempotency keys live in `apalis_pgmq.keys` (queue, key -> msg_id) until `retention` passes.
+- Priorities are not offered: pgmq.read hands out the oldest visible message first.
+- A task id given to `push` is not kept: pgmq numbers its messages, and that number is the id.
+- Two writes go past the pgmq functions, because pgmq has no call for them: a released task gets
+  its `read_ct` back (the attempt did not start), and `retry` of a killed task moves it back from
+  the archive under its own id.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ Decisions, for other pgmq clients and for `inspect`:
 - Idempotency keys live in `apalis_pgmq.keys` (queue, key -> msg_id) until `retention` passes.
 - Priorities are not offered: pgmq.read hands out the oldest visible message first.
 - A task id given to `push` is not kept: pgmq numbers its messages, and that number is the id.
-- Two writes go past the pgmq functions, because pgmq has no call for them: a released task gets
-  its `read_ct` back (the attempt did not start), and `retry` of a killed task moves it back from
-  the archive under its own id.
+- What pgmq has no function for writes its tables directly: the "apalis" headers (error, result,
+  killed) just before `pgmq.archive` / `pgmq.set_vt`, `read_ct` given back to a released task (its
+  attempt never started), an operator's `retry` (read_ct reset, or a killed message moved back
+  from the archive under its own id), and the `retention` purge of old archive rows.
 """
 
 from __future__ import annotations

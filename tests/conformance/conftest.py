@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import io
 import pkgutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -187,12 +186,19 @@ class RunningWorker:
 
 
 def _task_stacks() -> str:
-    """The stack of every other asyncio task, innermost frames last."""
-    out = io.StringIO()
+    """Where every other asyncio task waits: its chain of awaits, outermost first."""
+    lines = []
     for task in asyncio.all_tasks():
-        if task is not asyncio.current_task():
-            task.print_stack(limit=12, file=out)
-    return out.getvalue()
+        if task is asyncio.current_task():
+            continue
+        lines.append(f"task {task.get_name()}:")
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return "\n".join(lines)
 
 
 async def wait_until(condition: Callable[[], Any], within: float = 10.0, what: str = "condition") -> None:

@@ -125,7 +125,7 @@ class MysqlQueue(QueueBase):
                 },
             )
             release = st["release_lost"].replace("{running}", _marks(len(running)) if running else "''")
-            woke = bool(await cursor.execute(release, [queue, worker.id, worker.keep_alive, *running]))
+            woke = bool(await cursor.execute(release, [queue, worker.id, worker.stale_after, *running]))
             await cursor.execute(st["sweep_lock"], {"lock": lock})
             locked = await cursor.fetchone()
             if not (locked and locked[0] == 1):

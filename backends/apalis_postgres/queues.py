@@ -114,7 +114,7 @@ class PostgresQueue(QueueBase):
                 )
                 released = await conn.execute(
                     st["release_lost"],
-                    {**base, "worker": worker.id, "keep_alive": worker.keep_alive, "running": list(worker.running())},
+                    {**base, "worker": worker.id, "grace": worker.stale_after, "running": list(worker.running())},
                 )
                 woke = released.rowcount > 0
                 locked = await (await conn.execute(st["sweep_lock"], {**base, "scope": db.channel})).fetchone()

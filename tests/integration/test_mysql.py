@@ -153,3 +153,31 @@ async def test_concurrent_workers_claim_disjoint_batches(store: MysqlStore) -> N
     stop.set()
     await asyncio.gather(*runs)
     assert sorted(seen) == sorted(ids)  # every task once, none twice
+
+
+async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(url: str, store: MysqlStore) -> None:
+    queue = store.backend("q", codec=JsonCodec())
+    task_id = await queue.push({"lost": True})
+    started = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.set()
+
+    worker = Worker(name="w", backend=queue, handler=handler, keep_alive=0.1, stale_after=0.3)
+    # As if this worker's claim committed but the reply never reached it.
+    await admin_execute(
+        url,
+        "UPDATE apalis_tasks SET status = 'running', attempts = 1, lock_by = %s,"
+        " lock_at = UNIX_TIMESTAMP(NOW(6)) - 1 WHERE id = %s",
+        (worker.context.id, task_id),
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+    finally:
+        stop.set()
+        await running
+    done = await queue.get(task_id)
+    assert done is not None
+    assert (done.ctx.status, done.ctx.attempts) == (Status.DONE, 1)  # the lost claim was not counted

@@ -207,3 +207,31 @@ async def test_unknown_option_names_its_key() -> None:
     with pytest.raises(ConfigError) as caught:
         PostgresStore.from_spec(StoreSpec(name="t", kind="postgres", url="postgresql://u@h/db", options={"shema": "x"}))
     assert caught.value.key == "shema"
+
+
+async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(
+    url: str, schema: str, store: PostgresStore
+) -> None:
+    queue = store.backend("q", codec=JsonCodec())
+    task_id = await queue.push({"lost": True})
+    starts = Starts()
+    worker = Worker(name="w", backend=queue, handler=starts.handler, keep_alive=0.1, stale_after=0.3)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        # As if this worker's claim committed but the reply never reached it.
+        await admin.execute(
+            sql.SQL(
+                "UPDATE {}.tasks SET status = 'running', attempts = 1, lock_by = %s,"
+                " lock_at = extract(epoch FROM now()) - 1 WHERE id = %s"
+            ).format(sql.Identifier(schema)),
+            (worker.context.id, task_id),
+        )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(starts.event.wait(), 5)
+    finally:
+        stop.set()
+        await running
+    done = await queue.get(task_id)
+    assert done is not None
+    assert (done.ctx.status, done.ctx.attempts) == (Status.DONE, 1)  # the lost claim was not counted

@@ -43,7 +43,7 @@ WHERE t.status = 'running'
 
 -- name: release_lost
 -- Tasks this worker claimed but is not running (a claim whose reply was lost with its
--- connection), locked longer than a heartbeat ago: back to pending, the attempt not counted.
+-- connection), locked longer than stale_after ago: back to pending, the attempt not counted.
 UPDATE {prefix}tasks
 SET status = 'pending', attempts = GREATEST(attempts - 1, 0), lock_by = NULL, lock_at = NULL
 WHERE queue = %s AND status = 'running' AND lock_by = %s

@@ -19,7 +19,7 @@ def test_task_ids_are_unique_and_time_ordered() -> None:
     ids = [new_task_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
     assert len({len(i) for i in ids}) == 1, "fixed width, so text order is time order"
-    assert all(re.fullmatch("[0-9A-Z]+", i) for i in ids), "URL-safe"
+    assert all(re.fullmatch("[0-9a-f]+", i) for i in ids), "URL-safe"
     assert all(first < i for i in ids), "an id made later sorts later (ms resolution)"
 
 

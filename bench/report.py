@@ -182,7 +182,7 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
         "wake-up p50/max ms",
         "idle CPU %",
         "RSS MB",
-        "CPU µs/task",
+        "CPU µs/task c10 / c50",
     ):
         t.add_column(col, justify="right" if col != "backend" else "left")
     for r in ours:
@@ -194,7 +194,7 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
             for d in r["drain"]
         )
         lat, wake = r.get("latency", {}), r.get("wakeup", {})
-        c10 = [d for d in r["drain"] if d["conc"] == 10] or r["drain"]
+        cpu = {d["conc"]: d.get("cpu_us_per_task") for d in r["drain"]}
         t.add_row(
             r["kind"] + (" (in-process)" if r["worker"].startswith("in-process") else ""),
             _f(r["enqueue_single"]["rate"]),
@@ -204,7 +204,7 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
             f"{_f(wake.get('p50_ms'))} / {_f(wake.get('max_ms'))}",
             _f(r.get("idle_cpu_pct"), 2),
             _f(r.get("rss_mb")),
-            _f(c10[0].get("cpu_us_per_task")) if c10 else "-",
+            f"{_f(cpu.get(10))} / {_f(cpu.get(50))}",
         )
     con.print(t)
     loops = [r for r in ours if "store_loop" in r]

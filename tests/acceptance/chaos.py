@@ -29,6 +29,7 @@ __all__ = [
     "RECORDER",
     "Backend",
     "all_settled",
+    "kill",
     "make_backend",
     "push_numbers",
     "runs",
@@ -78,43 +79,44 @@ def _toml_table(kind: str, url: str, **options: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_backend(kind: str, tmp_path: Path, server: str | None = None) -> Backend:
-    """A table for `kind` on `server` (default: the shared test server, skipped if absent)."""
+def make_backend(kind: str, tmp_path: Path, server: str | None = None, **options: object) -> Backend:
+    """A table for `kind` on `server` (default: the shared test server, skipped if absent), with
+    extra `options` for that kind (e.g. rsmq's `vt`)."""
     if kind != "memory" and not (ROOT / "backends" / f"apalis_{kind}" / "backend.py").exists():
         pytest.skip(f"the {kind} backend has not landed yet")
     tag = uuid.uuid4().hex[:10]
     if kind == "sqlite":
-        return Backend(kind, _toml_table("sqlite", "sqlite:///jobs.db"))
+        return Backend(kind, _toml_table("sqlite", "sqlite:///jobs.db", **options))
     if kind == "postgres":
         url = server or need_server("postgres")
         schema = f"apalis_chaos_{tag}"
-        backend = Backend(kind, _toml_table("postgres", url, schema=schema))
+        backend = Backend(kind, _toml_table("postgres", url, schema=schema, **options))
         backend.cleanups.append(lambda: _pg_execute(url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         return backend
     if kind == "pgmq":
         from tests.integration.pgmq_install import scratch_database
 
         url = server or scratch_database(need_server("postgres"))
-        return Backend(kind, _toml_table("pgmq", url))  # queue names keep tests apart
+        return Backend(kind, _toml_table("pgmq", url, **options))  # queue names keep tests apart
     if kind == "mysql":
         url = server or need_server("mysql")
         prefix = f"chaos_{tag}_"
-        backend = Backend(kind, _toml_table("mysql", url, table_prefix=prefix))
+        backend = Backend(kind, _toml_table("mysql", url, table_prefix=prefix, **options))
         backend.cleanups.append(lambda: _mysql_drop_prefix(url, prefix))
         return backend
     if kind in ("redis", "rsmq"):
         url = server or need_server("redis")
         namespace = f"chaos-{tag}"
-        backend = Backend(kind, _toml_table(kind, url, namespace=namespace))
+        backend = Backend(kind, _toml_table(kind, url, namespace=namespace, **options))
         backend.cleanups.append(lambda: _redis_drop(url, namespace))
         return backend
     if kind == "amqp":
         url = server or need_server("amqp")
-        return Backend(kind, _toml_table("amqp", url, prefix=f"chaos-{tag}"))
+        return Backend(kind, _toml_table("amqp", url, prefix=f"chaos-{tag}", **options))
     if kind == "nats":
         url = server or need_server("nats")
         stream = f"CHAOS{tag}"
-        backend = Backend(kind, _toml_table("nats", url, stream=stream, prefix=f"chaos{tag}"))
+        backend = Backend(kind, _toml_table("nats", url, stream=stream, prefix=f"chaos{tag}", **options))
         backend.cleanups.append(lambda: _nats_drop(url, stream))
         return backend
     raise ValueError(f"no chaos table for kind {kind!r}")
@@ -215,6 +217,14 @@ def stop(daemons: Iterable[subprocess.Popen[str]], timeout: float = 30) -> list[
             _, err = daemon.communicate()
         errors.append(err or "")
     return errors
+
+
+def kill(daemon: subprocess.Popen[str]) -> str:
+    """SIGKILL `daemon` (no farewell, no release, unflushed acks lost); its stderr."""
+    if daemon.poll() is None:
+        daemon.kill()
+    _, err = daemon.communicate(timeout=10)
+    return err or ""
 
 
 def _pg_execute(url: str, sql: str) -> None:

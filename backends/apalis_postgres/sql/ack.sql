@@ -13,8 +13,8 @@ SET status = u.status,
     done_at = CASE WHEN u.status IN ('done', 'killed') THEN extract(epoch FROM now())::float8 END,
     lock_by = NULL,
     lock_at = NULL
-FROM unnest(%(ids)s::text[], %(lock_bys)s::text[], %(statuses)s::text[], %(results)s::text[],
-            %(errors)s::text[], %(run_ats)s::float8[]) AS u(id, lock_by, status, result, error, run_at),
+FROM unnest(%(ids)b::text[], %(lock_bys)b::text[], %(statuses)b::text[], %(results)b::text[],
+            %(errors)b::text[], %(run_ats)b::float8[]) AS u(id, lock_by, status, result, error, run_at),
      (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE t.id = u.id AND t.status = 'running' AND t.lock_by = u.lock_by
 RETURNING t.status

@@ -5,8 +5,8 @@ WITH inserted AS (
         (id, queue, payload, run_at, priority, max_attempts, idempotency_key, meta, created_at)
     SELECT u.id, %(queue)s, u.payload, u.run_at, u.priority, u.max_attempts, u.key, coalesce(u.meta::jsonb, '{}'),
            extract(epoch FROM now())::float8
-    FROM unnest(%(ids)s::text[], %(payloads)s::bytea[], %(run_ats)s::float8[], %(priorities)s::int[],
-                %(max_attempts)s::int[], %(keys)s::text[], %(metas)s::text[])
+    FROM unnest(%(ids)b::text[], %(payloads)b::bytea[], %(run_ats)b::float8[], %(priorities)b::int[],
+                %(max_attempts)b::int[], %(keys)b::text[], %(metas)b::text[])
          AS u(id, payload, run_at, priority, max_attempts, key, meta)
     ON CONFLICT DO NOTHING
     RETURNING id

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,12 +79,15 @@ def _toml_table(kind: str, url: str, **options: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_backend(kind: str, tmp_path: Path, server: str | None = None, **options: object) -> Backend:
+def make_backend(
+    kind: str, tmp_path: Path, *, server: str | None = None, options: Mapping[str, object] | None = None
+) -> Backend:
     """A table for `kind` on `server` (default: the shared test server, skipped if absent), with
     extra `options` for that kind (e.g. rsmq's `vt`)."""
     if kind != "memory" and not (ROOT / "backends" / f"apalis_{kind}" / "backend.py").exists():
         pytest.skip(f"the {kind} backend has not landed yet")
     tag = uuid.uuid4().hex[:10]
+    options = options or {}
     if kind == "sqlite":
         return Backend(kind, _toml_table("sqlite", "sqlite:///jobs.db", **options))
     if kind == "postgres":

@@ -39,7 +39,7 @@ RUN = ("run", "--no-live", "--log-format", "json", "--log-level", "warning")
 def backend(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Backend]:
     # rsmq's lease is the longer of the queue's `vt` and stale_after: keep it short here.
     options: dict[str, object] = {"vt": 1} if request.param == "rsmq" else {}
-    made = make_backend(request.param, tmp_path, **options)
+    made = make_backend(request.param, tmp_path, options=options)
     (apalis.cwd / "chaos_handlers.py").write_text(RECORDER)
     apalis.write_config(made.table + "\n" + worker_table(concurrency=CONCURRENCY))
     try:

@@ -61,7 +61,7 @@ async def test_retry_is_persisted_as_failed_with_its_run_at_and_error(harness: H
     inspector = harness.inspector(backend)
     task_id = await backend.push({"job": "flaky"})
     worker = harness.worker(
-        backend, calls.handler(fail_first(1)), backoff=Backoff(kind="constant", base=1.0, jitter=False)
+        backend, calls.handler(fail_first(1)), backoff=Backoff(kind="constant", base=0.6, jitter=False)
     )
     await worker.start()
     await harness.wait_until(lambda: worker.finished("retry"), what="the first run to fail")

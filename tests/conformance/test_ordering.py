@@ -13,7 +13,7 @@ from .conftest import Calls, Harness
 async def test_scheduled_task_waits_for_its_time(harness: Harness, calls: Calls) -> None:
     harness.require(Capability.SCHEDULE)
     backend = harness.backend()
-    delay = 0.8
+    delay = 0.5
     pushed = time.time()
     later = await backend.push({"when": "later"}, delay=delay)
     at = await backend.push({"when": "at"}, run_at=pushed + delay)

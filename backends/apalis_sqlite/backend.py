@@ -10,6 +10,7 @@ on SQLite's lock, waiting up to `busy_timeout`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -29,6 +30,7 @@ from .config import SqliteConfig
 from .connection import Database
 from .inspector import SqliteInspector
 from .signal import QueueSignal
+from .watch import WalWatch
 
 __all__ = ["SqliteQueue", "SqliteStore"]
 
@@ -47,6 +49,7 @@ class SqliteStore:
         self.queries = load_queries(__package__ or "apalis_sqlite", names)
         self.db = Database(config, self.queries, load_migrations(__package__ or "apalis_sqlite", names))
         self._signals: dict[str, QueueSignal] = {}
+        self._watch = WalWatch(config.path, self._wake_all) if config.watch and not config.in_memory else None
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> SqliteStore:
@@ -58,7 +61,9 @@ class SqliteStore:
         await self.db.open()
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection and stop watching the file."""
+        if self._watch is not None:
+            self._watch.stop()
         await self.db.close()
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> SqliteQueue:
@@ -67,6 +72,17 @@ class SqliteStore:
         if signal is None:
             signal = self._signals[queue] = QueueSignal()
         return SqliteQueue(self, signal, queue, codec=codec, max_attempts=max_attempts)
+
+    def watch(self) -> None:
+        """Start waking this process's idle pollers on writes by other processes (once a worker
+        polls: a producer alone has no one to wake)."""
+        if self._watch is not None and not self._watch.active:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to wake anyway
+                self._watch.start()
+
+    def _wake_all(self) -> None:
+        for signal in self._signals.values():
+            signal.notify()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.config.path!r})"
@@ -101,6 +117,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
 
     def __init__(self, store: SqliteStore, signal: QueueSignal, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._store = store
         self._db = store.db
         self._q = store.queries
         self._signal = signal
@@ -136,6 +153,11 @@ class SqliteQueue(SqliteInspector, QueueBase):
         Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
         busy worker makes one round trip per batch, not two.
         """
+        return self._stream(worker)
+
+    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        # Registered only once iterated: a stream closed before its first item leaves nothing.
+        self._store.watch()
         ahead = _Ahead(worker.id)
         self._ahead[worker.id] = ahead
         claim = self._claim
@@ -146,18 +168,14 @@ class SqliteQueue(SqliteInspector, QueueBase):
             rows = await self._db.write(lambda conn: claim(conn, worker.id, limit, time.time()))
             return _tasks(rows)
 
-        return self._stream(ahead, poll_batches(worker, fetch, self._release, self._signal.waker))
-
-    async def _stream(
-        self, ahead: _Ahead, inner: AsyncIterator[Task[bytes] | None]
-    ) -> AsyncIterator[Task[bytes] | None]:
+        inner = poll_batches(worker, fetch, self._release, self._signal.waker)
         try:
             async for task in inner:
                 yield task
         finally:
             ahead.open = False
-            if self._ahead.get(ahead.worker_id) is ahead:
-                del self._ahead[ahead.worker_id]
+            if self._ahead.get(worker.id) is ahead:
+                del self._ahead[worker.id]
             await inner.aclose()  # type: ignore[attr-defined]
             if ahead.tasks:
                 leftover = list(ahead.tasks)

@@ -6,6 +6,10 @@ and `sqlite://:memory:` (one private database per store, gone with the process).
 - `table_prefix` (default "apalis_"): tables are `<prefix>tasks`, `<prefix>workers`, ...
 - `busy_timeout` (default "5s"): how long a statement waits for another process's write lock.
 - `synchronous` (default "normal"): "normal" (WAL-safe, fast) or "full" (fsync every commit).
+- `watch` (default true): on Linux, wake idle workers when another process writes the database
+  (inotify); false leaves cross-process pushes to polling within `poll_interval`.
+
+`:memory:` lives as long as the store's one connection: a reconnect starts from an empty one.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ __all__ = ["MEMORY", "SqliteConfig"]
 MEMORY = ":memory:"
 _SCHEME = "sqlite://"
 _SYNCHRONOUS = ("normal", "full")
-_OPTIONS = ("table_prefix", "busy_timeout", "synchronous")
+_OPTIONS = ("table_prefix", "busy_timeout", "synchronous", "watch")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +41,7 @@ class SqliteConfig:
     table_prefix: str = "apalis_"
     busy_timeout: float = 5.0
     synchronous: str = "normal"
+    watch: bool = True
 
     @property
     def in_memory(self) -> bool:
@@ -56,6 +61,7 @@ class SqliteConfig:
             table_prefix=identifier(options.get("table_prefix", "apalis_"), key="table_prefix"),
             busy_timeout=_duration(options, "busy_timeout", 5.0),
             synchronous=_synchronous(options.get("synchronous", "normal")),
+            watch=_boolean(options, "watch", True),
         )
 
 
@@ -92,3 +98,10 @@ def _synchronous(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in _SYNCHRONOUS:
         raise ConfigError(f'must be "normal" or "full", got {value!r}', key="synchronous")
     return value.lower()
+
+
+def _boolean(options: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be true or false, got {value!r}", key=key)
+    return value

@@ -74,6 +74,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--store-loop", action="store_true", help="also drain through the store alone (no Worker): core vs store"
     )
+    ap.add_argument(
+        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the worker process's event loop (asyncio)"
+    )
     ap.add_argument("--profile", action="store_true", help="cProfile each worker process into OUT/profiles/")
     ap.add_argument("--json", action="store_true", help="print the whole run as one JSON document on stdout")
     args = ap.parse_args(argv)
@@ -106,6 +109,7 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
         in_process=args.in_process or kind == "memory",
         profile_dir=str(out / "profiles") if args.profile else None,
         store_loop=args.store_loop,
+        loop=args.loop,
         run_id=f"bench-{run_id}",
     )
     if settings.profile_dir:

@@ -56,6 +56,7 @@ class Settings:
     in_process: bool = False
     profile_dir: str | None = None
     store_loop: bool = False
+    loop: str = "asyncio"
     run_id: str = "run"
     notes: list[str] = field(default_factory=list)
 
@@ -99,7 +100,9 @@ def _proc_cpu(pid: int) -> float:
 class ProcessWorker:
     """The worker in its own process (`python -m bench.workerproc`), driven over stdin/stdout."""
 
-    def __init__(self, target: Target, queue: str, concurrency: int, profile: str | None = None) -> None:
+    def __init__(
+        self, target: Target, queue: str, concurrency: int, profile: str | None = None, loop: str = "asyncio"
+    ) -> None:
         self.spec = {
             "kind": target.kind,
             "url": target.url,
@@ -107,6 +110,7 @@ class ProcessWorker:
             "queue": queue,
             "concurrency": concurrency,
             "profile": profile,
+            "loop": loop,
         }
         self.proc: asyncio.subprocess.Process | None = None
         self.log_path = LOG_DIR / f"worker-{target.kind}-{queue}.log"
@@ -252,7 +256,7 @@ def _handle(store: Store, target: Target, queue: str, conc: int, s: Settings, ta
     if s.in_process:
         return InProcessWorker(store, queue, conc)
     profile = os.path.join(s.profile_dir, f"{target.kind}-{tag}.prof") if s.profile_dir else None
-    return ProcessWorker(target, queue, conc, profile)
+    return ProcessWorker(target, queue, conc, profile, s.loop)
 
 
 async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -394,6 +398,7 @@ async def measure_backend(store: Store, target: Target, s: Settings, log: Any) -
     result: dict[str, Any] = {
         "kind": target.kind,
         "worker": "in-process (driver and worker share one process)" if s.in_process else "own process",
+        "loop": "asyncio" if s.in_process else s.loop,
         "rss_method": "peak RSS (VmHWM) of the whole process, queue held in it"
         if s.in_process
         else "peak RSS (VmHWM) of the worker process",

@@ -16,5 +16,5 @@ SET status = u.status,
 FROM unnest(%(ids)b::text[], %(lock_bys)b::text[], %(statuses)b::text[], %(results)b::text[],
             %(errors)b::text[], %(run_ats)b::float8[]) AS u(id, lock_by, status, result, error, run_at),
      (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
-WHERE t.id = u.id AND t.status = 'running' AND t.lock_by = u.lock_by
+WHERE t.id = ANY(%(ids)b::text[]) AND t.id = u.id AND t.status = 'running' AND t.lock_by = u.lock_by
 RETURNING t.status

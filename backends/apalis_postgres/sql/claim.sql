@@ -7,7 +7,10 @@ SET status = 'running',
     attempts = t.attempts + 1,
     lock_by = %(worker)s,
     lock_at = extract(epoch FROM now())::float8
-FROM (
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+-- ARRAY(...) runs the locking subquery once, then each row is fetched by primary key, whatever
+-- the size of the table (a join here lets the planner pick a full scan on small tables).
+WHERE t.id = ANY(ARRAY(
     SELECT id FROM {schema}.tasks
     WHERE queue = %(queue)s
       AND status IN ('pending', 'failed')
@@ -15,6 +18,5 @@ FROM (
     ORDER BY priority DESC, run_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-) AS ready, (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
-WHERE t.id = ready.id
+))
 RETURNING {columns}

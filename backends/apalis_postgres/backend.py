@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from apalis_cli.backend import Capabilities, StoreSpec
 from apalis_cli.codec import Codec
-from apalis_cli.errors import BackendError, MissingExtra
+from apalis_cli.errors import BackendError, ConfigError, MissingExtra
 
 from .config import PostgresConfig
 
@@ -51,6 +51,13 @@ class PostgresStore:
         `connect_timeout`) and build the store, unopened."""
         config = PostgresConfig.parse(spec.url, spec.options)
         _require_driver()
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(config.url)  # libpq's own parse: bad ports, unknown parameters
+        except ProgrammingError:
+            raise ConfigError(f'not a valid PostgreSQL URL: "{config.redacted}"', key="url") from None
         return cls(config)
 
     @property

@@ -19,6 +19,8 @@ __all__ = ["Wakeups", "connect", "lua", "require_driver"]
 
 _RECONNECT_TRIES = 12
 _RECONNECT_CAP = 1.0
+_COMMAND_TIMEOUT = 10.0  # far above any script's run time: the scripts work in bounded batches
+_CONNECT_TIMEOUT = 5.0
 
 
 def require_driver(kind: str) -> None:
@@ -31,7 +33,11 @@ def require_driver(kind: str) -> None:
 
 def connect(url: str, client_name: str) -> Any:
     """A redis-py asyncio client that reconnects and retries a command on a dropped connection
-    (about 6 s in all, backoff capped at 1 s), with bytes replies."""
+    (about 6 s of backoff in all, capped at 1 s), with bytes replies.
+
+    A reply that never comes (a peer gone without a reset) times out after `_COMMAND_TIMEOUT`
+    and counts as a dropped connection: an acknowledgement must never wait forever. Blocking
+    pub/sub reads are exempt (redis-py reads them without a timeout)."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
@@ -43,7 +49,9 @@ def connect(url: str, client_name: str) -> Any:
         retry=Retry(ExponentialBackoff(cap=_RECONNECT_CAP, base=0.02), _RECONNECT_TRIES),
         retry_on_error=[ConnectionError, TimeoutError],
         decode_responses=False,
-        health_check_interval=0,
+        socket_timeout=_COMMAND_TIMEOUT,
+        socket_connect_timeout=_CONNECT_TIMEOUT,
+        socket_keepalive=True,
     )
 
 

@@ -24,7 +24,10 @@ How tasks map onto messages:
 - What rsmq has no place for lives in our side hash `ns:<q>:apalis`: `<id>:ma` (max attempts,
   written by our pushes; messages from other clients get the worker's default), `<id>:lk` (the
   worker holding the lease), `<id>:e` (the last error). The dead-letter queue's side hash keeps
-  `<id>:e`, `<id>:rc`, `<id>:ma`, `<id>:at` (killed at, ms). Other clients ignore these keys.
+  `<id>:e`, `<id>:rc`, `<id>:ma`, `<id>:at` (killed at, ms). `ns:<q>:apalis:claims` is a zset of
+  the messages our workers hold, by claim time: a worker's beat gives back (visible now, rc not
+  counted) those it holds but does not run, e.g. a claim whose reply was lost with its
+  connection. Other clients ignore these keys.
 - Every time is Redis TIME, read inside the scripts, as rsmq does; every change is one script.
 - A dropped connection is retried with capped backoff. A claim or an acknowledgement retried
   after a lost reply is harmless (the lease runs out; the lock check ignores a second ack), but a
@@ -203,12 +206,12 @@ class RsmqQueue(RsmqInspector, QueueBase):
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Messages received for `worker` in batches of its free slots."""
-        script, queue, worker_id, six = self.store.scripts["receive"], self.queue, worker.id, self.keys.six
+        script, queue, worker_id, keys = self.store.scripts["receive"], self.queue, worker.id, self.keys.all
         lease, default_max = self._lease_ms(worker), self.max_attempts
 
         async def fetch(limit: int) -> list[Task[bytes]]:
             await self.ensure_queue()
-            raw = await script(keys=six, args=[limit, lease, worker_id, default_max])
+            raw = await script(keys=keys, args=[limit, lease, worker_id, default_max])
             reply: list[Any] = msgpack.unpackb(raw, raw=True)
             now = time.time()
             tasks = []
@@ -247,21 +250,22 @@ class RsmqQueue(RsmqInspector, QueueBase):
             packed += (outcome.error or "", delay)
             local_wake = local_wake or outcome.kind is OutcomeKind.RELEASE
         args = [self._channel, msgpack.packb(packed, use_bin_type=False)]
-        await self.store.scripts["ack"](keys=self.keys.six, args=args)
+        await self.store.scripts["ack"](keys=self.keys.all, args=args)
         if local_wake and not self._channel:
             self.store.waker(self.queue).notify()
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
-        """Extend the leases of the messages `worker` runs; purge old dead letters."""
-        k, script, lease = self.keys, self.store.scripts["beat"], self._lease_ms(worker)
-        retention_ms = int(worker.retention * 1000)
+        """Extend the leases of the messages `worker` runs, give back those it holds but does
+        not run, and purge old dead letters."""
+        keys, script, lease = self.keys.all, self.store.scripts["beat"], self._lease_ms(worker)
+        retention_ms, keep_alive_ms = int(worker.retention * 1000), int(worker.keep_alive * 1000)
 
         async def beat() -> None:
             await self.ensure_queue()
             for _ in range(20):  # more purging only when a backlog of dead letters built up
                 _, purged = await script(
-                    keys=[k.zset, k.side, k.dead_zset, k.dead_hash, k.dead_side],
-                    args=[lease, worker.id, retention_ms, _PURGE_LIMIT, *worker.running()],
+                    keys=keys,
+                    args=[lease, worker.id, retention_ms, _PURGE_LIMIT, keep_alive_ms, *worker.running()],
                 )
                 if purged < _PURGE_LIMIT:
                     return

@@ -113,12 +113,12 @@ class RsmqInspector:
 
     async def retry(self, task_id: TaskId) -> bool:
         """A dead letter goes back to the queue, or a failed message runs now; rc starts afresh."""
-        done = await self.store.scripts["retry"](keys=self.keys.six, args=[task_id, self._channel])
+        done = await self.store.scripts["retry"](keys=self.keys.all, args=[task_id, self._channel])
         return bool(done)
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
         """Move a message to the dead-letter queue with `reason`."""
-        return bool(await self.store.scripts["kill"](keys=self.keys.six, args=[task_id, reason]))
+        return bool(await self.store.scripts["kill"](keys=self.keys.all, args=[task_id, reason]))
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete messages of `status` killed (or sent) more than `older_than` seconds ago."""
@@ -136,5 +136,6 @@ class RsmqInspector:
                 pipe.zrem(k.dead_zset if dead else k.zset, i)
                 pipe.hdel(k.dead_hash if dead else k.hash, i, f"{i}:rc", f"{i}:fr")
                 pipe.hdel(k.dead_side if dead else k.side, *(f"{i}:{f}" for f in ("ma", "lk", "e", "rc", "at")))
+                pipe.zrem(k.claims, i)
             await pipe.execute()
         return len(doomed)

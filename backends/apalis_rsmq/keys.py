@@ -12,7 +12,8 @@ DEAD_SUFFIX = "-dead"
 @dataclass(frozen=True, slots=True)
 class RsmqKeys:
     """`ns:<q>` (zset), `ns:<q>:Q` (hash), our side hash `ns:<q>:apalis`, and the same three for
-    the dead-letter queue `<q>-dead`; `ns:QUEUES` and the realtime channel `ns:rt:<q>`."""
+    the dead-letter queue `<q>-dead`; our claims zset `ns:<q>:apalis:claims`; `ns:QUEUES` and the
+    realtime channel `ns:rt:<q>`."""
 
     queue: str
     dead_queue: str
@@ -23,6 +24,7 @@ class RsmqKeys:
     dead_zset: str
     dead_hash: str
     dead_side: str
+    claims: str
     realtime: str
 
     @classmethod
@@ -39,10 +41,12 @@ class RsmqKeys:
             dead_zset=f"{namespace}:{dead}",
             dead_hash=f"{namespace}:{dead}:Q",
             dead_side=f"{namespace}:{dead}:apalis",
+            claims=f"{namespace}:{queue}:apalis:claims",
             realtime=f"{namespace}:rt:{queue}",
         )
 
     @property
-    def six(self) -> list[str]:
-        """The keys most scripts take: queue zset, hash, side hash, then the dead queue's."""
-        return [self.zset, self.hash, self.side, self.dead_zset, self.dead_hash, self.dead_side]
+    def all(self) -> list[str]:
+        """The keys every script takes: queue zset, hash, side hash, the dead queue's three, and
+        the claims zset."""
+        return [self.zset, self.hash, self.side, self.dead_zset, self.dead_hash, self.dead_side, self.claims]

@@ -5,6 +5,7 @@ receive with the same body; dead letters are a plain rsmq queue they can read.""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -53,6 +54,8 @@ def pyrsmq(store: RsmqStore, queue: str) -> Any:
 
 
 async def run_until(worker: Worker, done: asyncio.Event, within: float = 10.0) -> None:
+    """Run `worker` until `done` is set, then stop it; a worker that will not stop fails the
+    test with the stack of every asyncio task."""
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
@@ -60,7 +63,14 @@ async def run_until(worker: Worker, done: asyncio.Event, within: float = 10.0) -
             await done.wait()
     finally:
         stop.set()
-        await running
+        try:
+            await asyncio.wait_for(asyncio.shield(running), 20)
+        except TimeoutError:
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(file=stacks)
+            worker.hurry()
+            raise AssertionError(f"the worker did not stop:\n{stacks.getvalue()}") from None
 
 
 async def test_a_message_sent_by_pyrsmq_is_a_task_to_our_worker(store: RsmqStore) -> None:

@@ -2,7 +2,7 @@
 -- done deletes it (deleteMessage); retry makes it visible after the backoff with its error;
 -- release makes it visible now without counting the receive; kill moves it to the dead-letter
 -- queue (a plain rsmq queue) with its error.
--- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis
+-- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis, claims
 -- ARGV: realtime channel ('' = off), MessagePack array of 6 per outcome:
 --       id, lock_by, rc when claimed, kind (d=done k=kill r=retry l=release), error, delay ms
 -- (a changed rc means another client received the message since: the lease was lost)
@@ -11,11 +11,12 @@ local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now = string.format('%.0f', ts)
 local woke = false
-local gone, bodies, sides = {}, {}, {}
+local gone, bodies, sides, settled = {}, {}, {}, {}
 for i = 1, #items, 6 do
   local id, kind = items[i], items[i + 3]
   local side = redis.call('HMGET', KEYS[3], id .. ':lk', id .. ':ma')
   if side[1] == items[i + 1] and tonumber(redis.call('HGET', KEYS[2], id .. ':rc')) == tonumber(items[i + 2]) then
+    settled[#settled + 1] = id
     if kind == 'd' or kind == 'k' then
       if kind == 'k' then
         local body = redis.call('HGET', KEYS[2], id)
@@ -51,6 +52,9 @@ for first = 1, #gone, 1000 do
   redis.call('ZREM', KEYS[1], unpack(gone, first, last))
   redis.call('HDEL', KEYS[2], unpack(bodies, 3 * first - 2, 3 * last))
   redis.call('HDEL', KEYS[3], unpack(sides, 3 * first - 2, 3 * last))
+end
+for first = 1, #settled, 2000 do
+  redis.call('ZREM', KEYS[7], unpack(settled, first, math.min(first + 1999, #settled)))
 end
 if woke and ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], redis.call('ZCARD', KEYS[1])) end
 return 0

@@ -2,7 +2,7 @@
 -- timeout), its rc counted and fr set on the first receive, exactly as rsmq does. A message
 -- that comes back while still locked by a worker was orphaned (its lease ran out): it carries
 -- that error, and goes to the dead-letter queue instead when its attempts are exhausted.
--- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis
+-- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis, claims
 -- ARGV: limit, lease ms, worker id, default max attempts
 -- Returns one MessagePack array of 6 per message: id, body, rc, fr, max_attempts, last error.
 local t = redis.call('TIME')
@@ -10,7 +10,7 @@ local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now = string.format('%.0f', ts)
 local hidden = string.format('%.0f', ts + tonumber(ARGV[2]))
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local out, hide, received = {}, {}, 0
+local out, hide, claims, received = {}, {}, {}, 0
 for _, id in ipairs(ids) do
   local body = redis.call('HGET', KEYS[2], id)
   if not body then
@@ -37,6 +37,7 @@ for _, id in ipairs(ids) do
     if rc > max_attempts then
       hide[#hide - 1], hide[#hide] = nil, nil
       redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', KEYS[7], id)
       redis.call('HDEL', KEYS[2], id, id .. ':rc', id .. ':fr')
       redis.call('HDEL', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e')
       redis.call('ZADD', KEYS[4], now, id)
@@ -46,6 +47,7 @@ for _, id in ipairs(ids) do
         id .. ':ma', max_attempts, id .. ':at', now)
     else
       redis.call('HSET', KEYS[3], id .. ':lk', ARGV[3])
+      claims[#claims + 1], claims[#claims + 2] = now, id
       local n = #out
       out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] = id, body, rc, fr, max_attempts, err or false
     end
@@ -54,6 +56,9 @@ end
 -- One ZADD and one HINCRBY for the batch: the same end state as rsmq's per-message calls.
 for first = 1, #hide, 2000 do -- unpack() is bounded by Lua's stack: add in slices
   redis.call('ZADD', KEYS[1], unpack(hide, first, math.min(first + 1999, #hide)))
+end
+for first = 1, #claims, 2000 do
+  redis.call('ZADD', KEYS[7], unpack(claims, first, math.min(first + 1999, #claims)))
 end
 if received > 0 then redis.call('HINCRBY', KEYS[2], 'totalrecv', received) end
 return cmsgpack.pack(out)

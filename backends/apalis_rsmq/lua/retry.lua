@@ -1,6 +1,6 @@
 -- An operator's retry: a dead letter goes back to its queue, or a failed message (one with an
 -- error, not running) becomes visible now; either way with a fresh count of receives.
--- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis
+-- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis, claims
 -- ARGV: id, realtime channel ('' = off)
 local id = ARGV[1]
 local t = redis.call('TIME')

@@ -121,3 +121,27 @@ async def test_admin_purge_deletes_by_status_and_age(harness: Harness, calls: Ca
     remaining = await inspector.get(pending)
     assert remaining is not None
     assert remaining.ctx.status is Status.PENDING
+
+
+async def test_an_operator_kill_wins_over_the_running_workers_ack(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.INSPECT, Capability.ADMIN)
+    backend = harness.backend(max_attempts=3)
+    inspector = harness.inspector(backend)
+    release = asyncio.Event()
+
+    async def held(args: Any, task: Task[bytes]) -> Any:
+        await release.wait()
+        return "finished anyway"
+
+    task_id = await backend.push({"job": "long"})
+    worker = await harness.worker(backend, calls.handler(held)).start()
+    await harness.wait_until(lambda: calls.calls, what="the task to start")
+    assert await inspector.kill(task_id, "cancelled by support") is True
+    release.set()
+    await harness.wait_until(lambda: worker.finished(), what="the run to end")
+    await worker.stop()
+
+    stored = await inspector.get(task_id)
+    assert stored is not None
+    assert stored.ctx.status is Status.KILLED, "the lease was lost: the worker's ack is ignored"
+    assert stored.ctx.last_error == "cancelled by support"

@@ -119,3 +119,29 @@ async def test_a_live_workers_tasks_are_not_taken(harness: Harness, calls: Calls
 
     assert [c.worker for c in calls.calls] == ["holder"], "only the holder ran the task"
     assert [(e.task_id, e.outcome) for e in holder.finished()] == [(task_id, "done")]
+
+
+async def test_a_claim_whose_reply_was_lost_is_released_by_the_next_heartbeat(harness: Harness, calls: Calls) -> None:
+    # A claim can commit on the server while its reply is lost with the connection: the task is
+    # then locked by a live worker that is not running it. Its own heartbeat gives it back.
+    harness.require(Capability.RECONNECT, Capability.ORPHANS)
+    backend = harness.backend(max_attempts=3)
+    task_id = await backend.push({"job": "lost reply"})
+    # The worker beats all along, so the orphan sweep never takes its tasks: only the release
+    # of claims it is not running (after keep_alive, or stale_after, as the store decides) can.
+    worker = harness.worker(backend, calls.handler(), keep_alive=0.1, stale_after=0.3)
+    stream = backend.poll_compact(worker.worker.context)
+    try:
+        async with asyncio.timeout(10):
+            claimed = await anext(stream)
+            while claimed is None:
+                claimed = await anext(stream)
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert claimed.id == task_id
+
+    await worker.start()
+    await harness.wait_until(lambda: calls.finished, what="the lost claim to be released and run")
+    await worker.stop()
+    if harness.store.capabilities.has(Capability.MAX_ATTEMPTS):
+        assert [c.attempts for c in calls.of(task_id)] == [1], "a released claim is not an attempt"

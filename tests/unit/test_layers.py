@@ -188,13 +188,13 @@ async def test_rate_limit_allows_a_burst_then_spaces_runs_out() -> None:
         starts.append(time.monotonic())
         return Outcome.done()
 
-    service = RateLimitLayer(rate=5, per=0.25)(record)
+    service = RateLimitLayer(rate=5, per=0.5)(record)
     began = time.monotonic()
     await asyncio.gather(*(service(make_task()) for _ in range(10)))
     burst, rest = starts[:5], starts[5:]
-    assert max(burst) - began < 0.1, "the first `rate` runs start at once"
+    assert max(burst) - began < 0.25, "the first `rate` runs start at once"
     # Five more tokens take `per` seconds to refill (loose bounds: a shared machine).
-    assert max(rest) - began >= 0.2
+    assert max(rest) - began >= 0.45
     assert max(rest) - began < 2.0
 
 

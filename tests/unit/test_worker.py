@@ -61,7 +61,7 @@ async def test_burst_runs_what_is_ready_then_returns() -> None:
     assert isinstance(events[-1], Stopped)
 
 
-async def test_burst_waits_for_retries_that_are_due_soon_only_while_running() -> None:
+async def test_burst_leaves_a_distant_retry_for_later() -> None:
     queue = memory_queue(max_attempts=2)
     await queue.push("flaky")
     calls = 0

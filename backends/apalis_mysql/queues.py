@@ -65,6 +65,8 @@ class MysqlQueue(QueueBase):
                 args += (t.id, queue, t.payload, t.max_attempts, t.run_at, t.priority, t.idempotency_key)
                 args.append(encode_meta(t.meta))
             query = db.sql["insert"].replace("{rows}", ", ".join([_INSERT_ROW] * len(chunk)))
+            # Affected rows count inserts only (asyncmy sets no CLIENT_FOUND_ROWS): a skipped
+            # duplicate counts 0, so a shortfall means some id or key was already there.
             inserted += await db.execute(query, args)
         if tasks:
             db.waker(queue).notify()

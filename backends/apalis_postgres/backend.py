@@ -7,6 +7,11 @@ Clock: every time the store stamps or compares (claim readiness, created/done, h
 sweep's staleness, retention) is the server's `now()`, so workers on hosts with skewed clocks
 agree on leases. A `run_at` a producer sets (a delay, a retry's backoff) is an absolute epoch
 time computed on that host: keep hosts NTP-synchronised.
+
+Durability: a push commits like any transaction of the server (it waits for the WAL flush, so
+its task survives a crash); `durable_push = false` trades that for latency. Claims, acks and
+heartbeats never wait for the flush: one lost in a crash makes a task run again, which
+at-least-once delivery allows.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class PostgresStore:
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> PostgresStore:
         """Validate the URL and options (`schema`, `application_name`, `min_size`, `max_size`,
-        `connect_timeout`) and build the store, unopened."""
+        `connect_timeout`, `durable_push`) and build the store, unopened."""
         config = PostgresConfig.parse(spec.url, spec.options)
         _require_driver()
         from psycopg import ProgrammingError

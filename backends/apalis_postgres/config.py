@@ -13,7 +13,7 @@ from apalis_sql import identifier, redact_url
 
 __all__ = ["PostgresConfig"]
 
-_OPTIONS = {"schema", "application_name", "min_size", "max_size", "connect_timeout"}
+_OPTIONS = {"schema", "application_name", "min_size", "max_size", "connect_timeout", "durable_push"}
 
 
 def _schema(value: Any) -> str:
@@ -40,6 +40,7 @@ class PostgresConfig:
     min_size: int = 1
     max_size: int = 10
     connect_timeout: float = 10.0
+    durable_push: bool = True
 
     @classmethod
     def parse(cls, url: str, options: Mapping[str, Any]) -> PostgresConfig:
@@ -62,6 +63,9 @@ class PostgresConfig:
             timeout = parse_duration(options.get("connect_timeout", "10s"))
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc), key="connect_timeout") from None
+        durable = options.get("durable_push", True)
+        if not isinstance(durable, bool):
+            raise ConfigError(f"must be true or false, got {durable!r}", key="durable_push")
         return cls(
             url=url,
             schema=_schema(options.get("schema", "apalis")),
@@ -69,6 +73,7 @@ class PostgresConfig:
             min_size=min_size,
             max_size=max_size,
             connect_timeout=max(timeout, 0.1),
+            durable_push=durable,
         )
 
     @property

@@ -46,6 +46,7 @@ class PostgresQueue(QueueBase):
         params: dict[str, Any] = {
             "queue": self.queue,
             "channel": db.channel,
+            "commit": None if db.config.durable_push else "off",
             "ids": [t.id for t in tasks],
             "payloads": [t.payload for t in tasks],
             "run_ats": [t.run_at for t in tasks],

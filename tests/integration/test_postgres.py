@@ -235,3 +235,19 @@ async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(
     done = await queue.get(task_id)
     assert done is not None
     assert (done.ctx.status, done.ctx.attempts) == (Status.DONE, 1)  # the lost claim was not counted
+
+
+async def test_durable_push_can_be_traded_for_latency(url: str, schema: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_store(url, schema, durable_push="no")
+    assert caught.value.key == "durable_push"
+    store = make_store(url, schema, durable_push=False)
+    await store.open()
+    try:
+        queue = store.backend("q", codec=JsonCodec())
+        task_id = await queue.push({"fast": True})
+        pushed = await queue.get(task_id)
+        assert pushed is not None
+        assert pushed.ctx.status is Status.PENDING
+    finally:
+        await store.close()

@@ -1,5 +1,6 @@
 -- Insert many tasks in one round trip; an id or idempotency key already there is skipped (the
 -- caller looks those up). The NOTIFY is part of the same statement, so it is sent on commit.
+-- A push commits durably by default: its task must survive a server crash.
 WITH inserted AS (
     INSERT INTO {schema}.tasks
         (id, queue, payload, run_at, priority, max_attempts, idempotency_key, meta, created_at)
@@ -11,4 +12,9 @@ WITH inserted AS (
     ON CONFLICT DO NOTHING
     RETURNING id
 )
-SELECT inserted.id FROM inserted, (SELECT pg_notify(%(channel)s, %(queue)s)) AS notified
+SELECT inserted.id
+FROM inserted,
+     (SELECT pg_notify(%(channel)s, %(queue)s)) AS notified,
+     -- The server's own setting unless the store has `durable_push = false` (then 'off').
+     (SELECT set_config('synchronous_commit', coalesce(%(commit)s, current_setting('synchronous_commit')), true))
+         AS durability

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PG_BIN", "PrivateServer", "free_port", "need_binary", "private_postgres"]
+__all__ = ["PG_BIN", "PrivateServer", "free_port", "need_binary", "owned_tmpdir", "private_mariadb", "private_postgres"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -157,6 +157,33 @@ def private_postgres(port: int) -> Iterator[PrivateServer]:
             capture_output=True,
             user="postgres",
             group="postgres",
+            timeout=120,
+        )
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_MARIADB_INSTALL = ("--auth-root-authentication-method=normal", "--skip-test-db")
+
+
+@contextlib.contextmanager
+def private_mariadb(port: int) -> Iterator[PrivateServer]:
+    """A fresh MariaDB data directory (root without a password over TCP, loopback only)."""
+    install = need_binary("mariadb-install-db")
+    mariadbd = need_binary("mariadbd")
+    base = owned_tmpdir("apalis-chaos-mariadb-", "mysql")
+    data = base / "data"
+    argv = [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}", "--bind-address=127.0.0.1"]
+    argv += [f"--socket={base}/sock", f"--pid-file={base}/pid", "--user=mysql"]
+    server = PrivateServer("mariadb", argv, port, base / "server.log")
+    try:
+        subprocess.run(
+            [install, "--no-defaults", f"--datadir={data}", "--user=mysql", *_MARIADB_INSTALL],
+            check=True,
+            capture_output=True,
             timeout=120,
         )
         server.start()

@@ -25,7 +25,7 @@ import pytest
 from tests.integration.pgmq_install import pgmq_sql
 
 from .chaos import RECORDER, Backend, all_settled, make_backend, push_numbers, runs, stop, wait_for, worker_table
-from .chaos_servers import PrivateServer, free_port, need_binary, owned_tmpdir, private_postgres
+from .chaos_servers import PrivateServer, free_port, need_binary, owned_tmpdir, private_mariadb, private_postgres
 from .conftest import Apalis
 
 N = 300
@@ -35,6 +35,12 @@ RUN = ("run", "--no-live", "--log-format", "json", "--log-level", "warning")
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[PrivateServer]:
     with private_postgres(free_port(15432)) as server:
+        yield server
+
+
+@pytest.fixture
+def mariadb_server() -> Iterator[PrivateServer]:
+    with private_mariadb(free_port(13306)) as server:
         yield server
 
 
@@ -122,6 +128,25 @@ def test_postgres_restart_mid_run(apalis: Apalis, tmp_path: Path, postgres_serve
     backend = make_backend(kind, tmp_path, server=url)
     _configure(apalis, backend)
     _ride_out(apalis, postgres_server.restart, kind)
+
+
+def test_mariadb_restart_mid_run(apalis: Apalis, tmp_path: Path, mariadb_server: PrivateServer) -> None:
+    import asyncio
+
+    import asyncmy
+
+    async def create() -> None:
+        conn = await asyncmy.connect(host="127.0.0.1", port=mariadb_server.port, user="root", password="")
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("CREATE DATABASE IF NOT EXISTS chaos")
+        finally:
+            conn.close()
+
+    asyncio.run(create())
+    backend = make_backend("mysql", tmp_path, server=f"mysql://root@127.0.0.1:{mariadb_server.port}/chaos")
+    _configure(apalis, backend)
+    _ride_out(apalis, mariadb_server.restart, "mysql")
 
 
 @pytest.mark.parametrize("kind", ["redis", "rsmq"])

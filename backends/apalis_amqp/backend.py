@@ -186,8 +186,11 @@ class AmqpQueue(QueueBase):
                 consumer.arrived.clear()
                 yield None
                 if not consumer.buffer and not consumer.closed:
+                    # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
+                    # arrives as the event is set, and the stream would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(consumer.arrived.wait(), worker.poll_interval)
+                        async with asyncio.timeout(worker.poll_interval):
+                            await consumer.arrived.wait()
         finally:
             unclaimed = await consumer.stop()
             if unclaimed and not consumer.closed:

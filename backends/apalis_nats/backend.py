@@ -1,0 +1,391 @@
+"""The NATS JetStream store (`kind = "nats"`), on what server 2.9 offers.
+
+One WorkQueue stream (option `stream`, default APALIS) holds every queue of the table, on
+subjects under `prefix` (default apalis). For queue `q`:
+
+- `apalis.q.q`: ready work, read by the durable pull consumer of `q` (filter_subject), with
+  `ack_wait` = the workers' `stale_after`. A worker fetches up to its free slots per request.
+- `apalis.sched.q`: tasks pushed for later. JetStream 2.9 has no delayed publish, so a mover
+  in every polling worker reads them through a second consumer, `nak(delay)`s each until it is
+  due, then publishes it to `apalis.q.q` (deduplicated by its sequence) and acks it.
+- `apalis.dead.q`: killed tasks, with the error in a header. No consumer reads it, so a
+  WorkQueue stream keeps them.
+
+Outcomes: done = ack; retry = `nak(delay=backoff)` (JetStream redelivers it then, its
+`num_delivered` counting the attempt); kill = publish to the dead subject, then `term`;
+release = publish a copy whose count leaves this run out, then ack. Running tasks get
+`in_progress()` at every heartbeat, so a long task is not redelivered; a worker that stops
+beating loses its tasks to another worker after `ack_wait`, the lost run counted, and a task
+whose lost runs exhaust its attempts is killed, never looped. An idempotency key is the
+`Nats-Msg-Id`, so the server drops a duplicate within the stream's `duplicate_window`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from apalis_cli.backend import Capabilities, Capability, NewTask, StoreSpec, WorkerContext
+from apalis_cli.codec import Codec
+from apalis_cli.errors import ConfigError
+from apalis_cli.polling import FIRST_IDLE_WAIT, beat_every
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.task import Status, Task, TaskId
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from . import messages as m
+from .client import FAILURES, Connection, Puller, flush
+from .config import NatsSettings
+from .inspect import NatsInspector
+
+__all__ = ["NatsQueue", "NatsStore"]
+
+_CAPABILITIES = Capabilities(
+    {
+        Capability.PRIORITY: "a JetStream stream is delivered in sequence order: it has no priorities",
+        Capability.RESULTS: "an acknowledged message leaves a WorkQueue stream: there is nowhere to keep a result",
+        Capability.INSPECT: (
+            "an acknowledged message leaves a WorkQueue stream, so done tasks cannot be listed or counted; "
+            "pending, running and killed tasks are read by sequence without consuming them"
+        ),
+        Capability.WORKERS: "JetStream knows consumers shared by all workers of a queue, not apalis workers",
+        Capability.ADMIN: "retry, kill and purge by id are not implemented for JetStream yet",
+    }
+)
+
+_QUEUE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_SCHEDULE_POLL = 0.25
+_LOST = "a worker stopped sending heartbeats while running this task (ack_wait passed without an ack)"
+
+
+@dataclass(slots=True)
+class _Held:
+    msg: Msg
+    worker: str
+    attempts: int
+    since: float
+
+
+class NatsStore:
+    """A NATS connection and one WorkQueue stream shared by every queue of one table."""
+
+    kind: ClassVar[str] = "nats"
+    capabilities: ClassVar[Capabilities] = _CAPABILITIES
+
+    def __init__(self, settings: NatsSettings) -> None:
+        self.settings = settings
+        self.connection = Connection(settings)
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec) -> NatsStore:
+        """Validate the table (`url`, options `stream`, `prefix`, `duplicate_window`, `storage`)."""
+        return cls(NatsSettings.parse(spec.url, spec.options))
+
+    async def open(self) -> None:
+        """Connect and create the stream if it does not exist."""
+        await self.connection.client()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.connection.close()
+
+    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> NatsQueue:
+        """The queue-bound backend; the queue name must be valid in a subject."""
+        if not _QUEUE.match(queue):
+            raise ConfigError(f"a NATS queue name is subject tokens of letters, digits, '_' and '-', got {queue!r}")
+        return NatsQueue(self, queue, codec=codec, max_attempts=max_attempts)
+
+
+class NatsQueue(QueueBase, NatsInspector):
+    """One apalis queue on a JetStream stream."""
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, store: NatsStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        s = store.settings
+        self._conn = store.connection
+        self.stream = s.stream
+        self.work = f"{s.prefix}.q.{queue}"
+        self.sched = f"{s.prefix}.sched.{queue}"
+        self.dead = f"{s.prefix}.dead.{queue}"
+        digest = hashlib.sha1(queue.encode()).hexdigest()[:8]
+        self.durable = f"{re.sub(r'[^A-Za-z0-9_-]', '_', queue)[:40]}-{digest}"
+        self._held: dict[TaskId, _Held] = {}
+        self._ack_wait: float | None = None
+
+    # -- pushing ---------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Publish tasks (due ones as work, later ones for the mover), each acked by the stream."""
+        now = time.time()
+        client = await self._conn.retrying(self._conn.client)
+        outgoing = []
+        for task in tasks:
+            headers = m.headers_for(task, self.queue)
+            payload = m.shrink(task.payload, headers, client.max_payload)
+            outgoing.append((self.sched if task.run_at > now + 0.001 else self.work, payload, headers))
+
+        async def publish() -> list[Any]:
+            js = await self._conn.js()
+            return await asyncio.gather(*(js.publish(subject, data, headers=h) for subject, data, h in outgoing))
+
+        acks = await self._conn.retrying(publish)
+        ids = [task.id for task in tasks]
+        for index, ack in enumerate(acks):
+            if ack.duplicate:
+                ids[index] = await self._existing_id(ack.seq, ids[index])
+        return ids
+
+    async def _existing_id(self, seq: int, fallback: TaskId) -> TaskId:
+        """The id of the task a duplicate key points at (gone once consumed: then `fallback`)."""
+        js = await self._conn.js()
+        try:
+            stored = await js.get_msg(self.stream, seq)
+        except FAILURES:
+            return fallback
+        return (stored.headers or {}).get(m.ID) or fallback
+
+    # -- polling ---------------------------------------------------------------------------
+
+    async def _ensure_consumers(self, ack_wait: float) -> None:
+        """Create (or update) the work and schedule consumers; `ack_wait` follows the workers'
+        `stale_after`, so a silent worker's tasks come back after that long."""
+        if self._ack_wait == ack_wait:
+            return
+        js = await self._conn.js()
+        common: dict[str, Any] = {
+            "ack_policy": AckPolicy.EXPLICIT,
+            "deliver_policy": DeliverPolicy.ALL,
+            "max_deliver": -1,
+            "max_ack_pending": -1,
+        }
+        await js.add_consumer(
+            self.stream,
+            ConsumerConfig(durable_name=self.durable, filter_subject=self.work, ack_wait=ack_wait, **common),
+        )
+        await js.add_consumer(
+            self.stream,
+            ConsumerConfig(durable_name=f"{self.durable}-s", filter_subject=self.sched, ack_wait=30.0, **common),
+        )
+        self._ack_wait = ack_wait
+
+    async def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Tasks fetched in batches of the worker's free slots (`no_wait` pulls). While idle, a
+        core subscription to the work subject wakes the worker on the next publish; redelivered
+        retries are found by polling with a backoff capped at `poll_interval`."""
+        await self._ensure_consumers(worker.stale_after)
+        client = await self._conn.client()
+        puller = Puller(client, self.stream, self.durable)
+        mover = asyncio.create_task(self._move_due(), name=f"apalis-nats-mover-{self.queue}")
+        ready: deque[Task[bytes]] = deque()
+        wake = asyncio.Event()
+        watch: Subscription | None = None
+        idle_wait = FIRST_IDLE_WAIT
+        try:
+            while True:
+                if ready:
+                    yield ready.popleft()
+                    continue
+                if mover.done():
+                    mover.result()  # the mover's failure is the stream's
+                wake.clear()
+                msgs = await puller.fetch(max(worker.free_slots(), 1))
+                if msgs:
+                    idle_wait = FIRST_IDLE_WAIT
+                    if watch is not None:  # busy: stop receiving a copy of every publish
+                        await _unsubscribe(watch)
+                        watch = None
+                    ready.extend(await self._admit(msgs, worker))
+                    continue
+                if watch is None:
+                    # Subscribe, then fetch once more: a publish after that fetch wakes us.
+                    watch = await client.subscribe(self.work, cb=_setter(wake))
+                    continue
+                yield None
+                try:
+                    # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
+                    # that arrives as the event is set, and the stream would never stop.
+                    async with asyncio.timeout(idle_wait):
+                        await wake.wait()
+                    idle_wait = FIRST_IDLE_WAIT
+                except TimeoutError:
+                    idle_wait = min(idle_wait * 2, worker.poll_interval)
+        finally:
+            mover.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *FAILURES):
+                await mover
+            if watch is not None:
+                await _unsubscribe(watch)
+            await puller.close()
+            if ready:
+                await self.ack_batch([(task, Outcome.release()) for task in ready])
+
+    async def _admit(self, msgs: Sequence[Msg], worker: WorkerContext) -> list[Task[bytes]]:
+        """Tasks for the delivered messages; lost runs that exhausted a task kill it instead."""
+        tasks: list[Task[bytes]] = []
+        dead: list[tuple[Msg, dict[str, str]]] = []
+        now = time.time()
+        for msg in msgs:
+            meta = msg.metadata
+            env = m.envelope_of(msg.headers, f"{self.stream}-{meta.sequence.stream}", self.max_attempts)
+            attempts = env.attempts + meta.num_delivered
+            if attempts > env.max_attempts:
+                changes = {"attempts": str(attempts - 1), "error": m.one_line(_LOST), "done_at": repr(now)}
+                dead.append((msg, m.copy_headers(msg.headers, **changes)))
+                continue
+            self._held[env.id] = _Held(msg, worker.id, attempts, now)
+            payload = m.payload_of(msg.data, msg.headers)
+            tasks.append(env.task(self.queue, payload, status=Status.RUNNING, attempts=attempts, lock_by=worker.id))
+        if dead:
+            await self._publish([(self.dead, msg.data, headers) for msg, headers in dead])
+            for msg, _ in dead:
+                await msg.term()
+        return tasks
+
+    async def _release_msgs(self, msgs: Sequence[Msg]) -> None:
+        """Messages fetched for a stream that is stopping: copies back, not counted."""
+        copies = []
+        for msg in msgs:
+            env = m.envelope_of(msg.headers, "", self.max_attempts)
+            attempts = env.attempts + msg.metadata.num_delivered - 1
+            copies.append((self.work, msg.data, m.copy_headers(msg.headers, attempts=str(attempts))))
+        await self._publish(copies)
+        for msg in msgs:
+            await msg.ack()
+
+    async def _publish(self, items: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
+        async def publish() -> None:
+            js = await self._conn.js()
+            await asyncio.gather(*(js.publish(subject, data, headers=h) for subject, data, h in items))
+
+        if items:
+            await self._conn.retrying(publish)
+
+    async def _move_due(self) -> None:
+        """Moves scheduled tasks to the work subject when due (runs while the worker polls).
+
+        An early one is `nak`ed with the time it has left; the mover sleeps until the next due
+        time it knows of, at most `_SCHEDULE_POLL`, or until a new scheduled push arrives."""
+        client = await self._conn.client()
+        puller = Puller(client, self.stream, f"{self.durable}-s")
+        wake = asyncio.Event()
+        watch = await client.subscribe(self.sched, cb=_setter(wake))
+        next_due = math.inf
+        try:
+            while True:
+                try:
+                    wake.clear()
+                    msgs = await puller.fetch(100)
+                    now = time.time()
+                    due = []
+                    for msg in msgs:
+                        run_at = m.envelope_of(msg.headers, "", 1).run_at
+                        if run_at > now + 0.0005:
+                            await msg.nak(delay=run_at - now + 0.001)
+                            next_due = min(next_due, run_at)
+                        else:
+                            due.append(msg)
+                    if due:
+                        await self._publish([(self.work, msg.data, self._moved_headers(msg)) for msg in due])
+                        for msg in due:
+                            await msg.ack()
+                    if msgs:
+                        continue
+                    if next_due < now - 1.0:
+                        next_due = math.inf  # another mover took it
+                    pause = min(max(next_due - now, 0.002), _SCHEDULE_POLL)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(pause):  # not wait_for: see poll_compact
+                            await wake.wait()
+                except FAILURES:
+                    await asyncio.sleep(0.5)  # NATS is away: the client reconnects meanwhile
+        finally:
+            await _unsubscribe(watch)
+            await puller.close()
+
+    def _moved_headers(self, msg: Msg) -> dict[str, str]:
+        """A due task's headers for the work subject, deduplicated by its scheduled sequence
+        (a mover that dies between publish and ack makes no second copy)."""
+        return {**m.copy_headers(msg.headers), m.MSG_ID: f"{self.stream}:moved:{msg.metadata.sequence.stream}"}
+
+    # -- acknowledging ---------------------------------------------------------------------
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Settle outcomes; every ack of the batch goes out together, then one flush."""
+        now = time.time()
+        copies: list[tuple[str, bytes, dict[str, str]]] = []
+        after: list[tuple[Msg, OutcomeKind]] = []
+        for task, outcome in items:
+            held = self._held.get(task.id)
+            if held is None or held.worker != task.ctx.lock_by:
+                continue  # the lease was lost: JetStream redelivers it
+            del self._held[task.id]
+            msg, kind = held.msg, outcome.kind
+            if kind is OutcomeKind.RETRY:
+                delay = (outcome.run_at if outcome.run_at is not None else now) - now
+                await msg.nak(delay=max(delay, 0.0))
+                continue
+            if kind is OutcomeKind.KILL:
+                headers = m.copy_headers(
+                    msg.headers, attempts=str(held.attempts), error=m.one_line(outcome.error), done_at=repr(now)
+                )
+                copies.append((self.dead, msg.data, headers))
+            elif kind is OutcomeKind.RELEASE:
+                copies.append((self.work, msg.data, m.copy_headers(msg.headers, attempts=str(held.attempts - 1))))
+            after.append((msg, kind))
+        await self._publish(copies)
+        for msg, kind in after:
+            await (msg.term() if kind is OutcomeKind.KILL else msg.ack())
+        client = await self._conn.retrying(self._conn.client)
+        await flush(client)
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Keep the running tasks' messages from redelivery (`in_progress`), release held ones
+        that are not running, and prove the connection with a flush."""
+
+        async def beat() -> None:
+            client = await self._conn.client()
+            running, now = worker.running(), time.time()
+            idle: list[tuple[Task[Any], Outcome]] = []
+            for task_id, held in list(self._held.items()):
+                if held.worker != worker.id:
+                    continue
+                if task_id in running:
+                    await held.msg.in_progress()
+                elif held.since < now - worker.keep_alive:
+                    idle.append((self._stub(task_id, held), Outcome.release()))
+            if idle:
+                await self.ack_batch(idle)
+            await flush(client)
+
+        return beat_every(worker, beat)
+
+    def _stub(self, task_id: TaskId, held: _Held) -> Task[bytes]:
+        env = m.envelope_of(held.msg.headers, task_id, self.max_attempts)
+        return env.task(self.queue, b"", status=Status.RUNNING, attempts=held.attempts, lock_by=held.worker)
+
+
+def _setter(event: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
+    async def notified(_: Msg) -> None:
+        event.set()
+
+    return notified
+
+
+async def _unsubscribe(subscription: Subscription) -> None:
+    with contextlib.suppress(*FAILURES):
+        await subscription.unsubscribe()

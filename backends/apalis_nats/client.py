@@ -1,0 +1,183 @@
+"""The store's NATS connection, its stream, and pull requests made by hand.
+
+nats-py reconnects by itself (its subscriptions come back with it); operations that fail while
+it does are retried here with capped backoff. Pulls are raw `CONSUMER.MSG.NEXT` requests on an
+inbox of our own, so a fetch asks for exactly what it needs: `no_wait` for up to n ready
+messages, or a long poll for one (it returns the moment a message arrives, which is how an idle
+worker wakes at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+from apalis_cli.errors import BackendError, ConnectionLost
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from .config import NatsSettings, redact_url
+
+__all__ = ["FAILURES", "Connection", "Puller", "flush"]
+
+T = TypeVar("T")
+
+FAILURES: tuple[type[BaseException], ...] = (NatsError, ConnectionError, OSError, asyncio.TimeoutError, ConnectionLost)
+"""What a lost connection raises: the operation is retried once the client has reconnected."""
+
+_RETRY_FOR = 30.0
+_MAX_WAIT = 2.0
+
+
+async def _quiet(_: Exception) -> None:
+    """nats-py reports every reconnect attempt; the worker reports what matters."""
+
+
+async def flush(client: Client) -> None:
+    """`client.flush()`, shielded: nats-py 2.16 leaves a cancelled flush's PONG future in its
+    queue, and the PONG that later completes it crashes the client's read loop."""
+    await asyncio.shield(client.flush(timeout=5))
+
+
+class Connection:
+    """One NATS client per store, with its JetStream context and the stream made sure of."""
+
+    def __init__(self, settings: NatsSettings) -> None:
+        self.settings = settings
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        """The connected client (connecting on first use); raises `ConnectionLost` while the
+        client is reconnecting."""
+        client = self._client
+        if client is None:
+            async with self._lock:
+                if self._client is None:
+                    self._client = await self._connect()
+                client = self._client
+        if not client.is_connected:
+            raise ConnectionLost("NATS is reconnecting")
+        return client
+
+    async def js(self) -> JetStreamContext:
+        """The JetStream context of the connected client."""
+        return (await self.client()).jetstream(timeout=5.0)
+
+    async def _connect(self) -> Client:
+        try:
+            client = await nats.connect(
+                servers=self.settings.servers,
+                name="apalis-cli",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=5,
+                error_cb=_quiet,
+            )
+        except Exception as exc:  # nats-py raises many kinds when the first connect fails
+            raise ConnectionLost(f"cannot reach NATS at {redact_url(self.settings.url)}: {exc!r}") from None
+        await self._ensure_stream(client.jetstream(timeout=5.0))
+        return client
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        s = self.settings
+        config = StreamConfig(
+            name=s.stream,
+            subjects=[f"{s.prefix}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
+            duplicate_window=s.duplicate_window,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # it exists with another configuration: use it if it fits
+            info = await js.stream_info(s.stream)
+            if info.config.retention is not RetentionPolicy.WORK_QUEUE:
+                raise BackendError(f'NATS stream "{s.stream}" exists but is not a WorkQueue stream') from None
+
+    @property
+    def current(self) -> Client | None:
+        """The client as it is, without connecting (None before the first use)."""
+        return self._client
+
+    async def close(self) -> None:
+        """Drain nothing, just close: unacknowledged messages come back after `ack_wait`."""
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            await client.close()
+
+    async def retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation`, retrying with capped backoff for up to 30 s while NATS is away."""
+        loop = asyncio.get_running_loop()
+        deadline, wait = loop.time() + _RETRY_FOR, 0.05
+        while True:
+            try:
+                return await operation()
+            except FAILURES as exc:
+                if loop.time() + wait > deadline:
+                    raise BackendError(f"NATS kept failing: {exc!r}") from exc
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_WAIT)
+
+
+def _reraise_cancel() -> None:
+    """Raise the cancellation that an `asyncio.wait_for` inside nats-py swallowed (Python 3.11
+    drops a cancel that arrives as the awaited result does)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class Puller:
+    """Pull requests to one durable consumer, answered on an inbox of this puller's own."""
+
+    def __init__(self, client: Client, stream: str, consumer: str) -> None:
+        self._client = client
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = client.new_inbox()
+        self._sub: Subscription | None = None
+
+    async def fetch(self, batch: int, wait: float = 0.0) -> list[Msg]:
+        """Up to `batch` messages: those ready now, or (with `wait`) the first one to arrive
+        within `wait` seconds."""
+        if self._sub is None:
+            self._sub = await self._client.subscribe(self._inbox)
+        request: dict[str, Any] = {"batch": batch}
+        if wait > 0:
+            request["expires"] = int(wait * 1e9)
+        else:
+            request["no_wait"] = True
+        await self._client.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait + 2.0  # past it, the request was lost with a connection
+        messages: list[Msg] = []
+        while len(messages) < batch:
+            try:
+                msg = await self._sub.next_msg(timeout=max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                break
+            finally:
+                _reraise_cancel()  # next_msg uses 3.11's wait_for, which may swallow one
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is None:
+                messages.append(msg)
+            elif status in ("404", "408", "409"):
+                break  # no (more) messages, request expired, or the consumer went away
+        return messages
+
+    async def close(self) -> None:
+        """Stop listening on the inbox."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(*FAILURES):
+                await sub.unsubscribe()

@@ -256,6 +256,7 @@ class Harness:
         stale_after: float | None = None,
         poll_interval: float = 0.05,
         shutdown_timeout: float = 2.0,
+        retention: float = 3600.0,
         backoff: Backoff = FAST_BACKOFF,
     ) -> RunningWorker:
         """A worker with short timings, not yet started; it is stopped when the test ends."""
@@ -269,6 +270,7 @@ class Harness:
             stale_after=stale_after,
             poll_interval=poll_interval,
             shutdown_timeout=shutdown_timeout,
+            retention=retention,
             backoff=backoff,
         )
         running = RunningWorker(worker, self.events)

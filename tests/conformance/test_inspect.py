@@ -145,3 +145,32 @@ async def test_an_operator_kill_wins_over_the_running_workers_ack(harness: Harne
     assert stored is not None
     assert stored.ctx.status is Status.KILLED, "the lease was lost: the worker's ack is ignored"
     assert stored.ctx.last_error == "cancelled by support"
+
+
+async def test_finished_tasks_are_purged_after_retention(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.INSPECT)
+    backend = harness.backend()
+    inspector = harness.inspector(backend)
+
+    async def refuse_odd(args: Any, task: Task[bytes]) -> Any:
+        if args % 2:
+            raise Abort("odd")
+        return args
+
+    ids = await backend.push_bulk(range(4))
+    later = await backend.push(10, delay=3600) if harness.store.capabilities.has(Capability.SCHEDULE) else None
+    worker = harness.worker(backend, calls.handler(refuse_odd), keep_alive=0.1, retention=0.3)
+    await worker.start()
+    await harness.wait_until(lambda: len(worker.finished()) >= 4, what="four tasks to finish")
+
+    async def gone() -> bool:
+        return all([await inspector.get(task_id) is None for task_id in ids])
+
+    for _ in range(100):
+        if await gone():
+            break
+        await asyncio.sleep(0.05)
+    await worker.stop()
+    assert await gone(), "done and killed tasks are deleted once retention has passed"
+    if later is not None:
+        assert await inspector.get(later) is not None, "unfinished tasks are kept"

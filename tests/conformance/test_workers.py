@@ -154,3 +154,30 @@ async def test_survives_dropped_connections(harness: Harness, calls: Calls) -> N
     await worker.stop()
 
     assert sorted({c.args for c in calls.finished}) == list(range(40))
+
+
+async def test_a_busy_worker_does_not_hoard_tasks(harness: Harness, calls: Calls) -> None:
+    # Backpressure: a worker claims only what it has free slots for, so a second worker gets
+    # the rest while the first is busy.
+    backend = harness.backend()
+    release = asyncio.Event()
+
+    async def held(args: Any, task: Task[bytes]) -> Any:
+        await release.wait()
+        return args
+
+    ids = await backend.push_bulk(range(5))
+    busy = await harness.worker(backend, calls.handler(held, worker="busy"), name="busy").start()
+    await harness.wait_until(lambda: calls.calls, what="the busy worker to take one task")
+    other = harness.worker(harness.backend(), calls.handler(worker="other"), name="other", concurrency=2)
+    await other.start()
+    try:
+        await harness.wait_until(lambda: len(calls.finished) >= 4, what="the other worker to run the other four")
+    finally:
+        release.set()
+    await harness.wait_until(lambda: len(calls.finished) >= 5, what="the held task to finish")
+    await other.stop()
+    await busy.stop()
+
+    assert sorted(c.id for c in calls.finished) == sorted(ids)
+    assert [c.worker for c in calls.calls].count("busy") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from apalis_cli.backend import Capability
@@ -174,3 +175,20 @@ async def test_finished_tasks_are_purged_after_retention(harness: Harness, calls
     assert await gone(), "done and killed tasks are deleted once retention has passed"
     if later is not None:
         assert await inspector.get(later) is not None, "unfinished tasks are kept"
+
+
+async def test_list_tasks_is_oldest_run_at_first_and_counts_by_status(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.INSPECT, Capability.SCHEDULE)
+    backend = harness.backend()
+    inspector = harness.inspector(backend)
+    now = time.time()
+    newest = await backend.push({"n": 3}, run_at=now + 3600)
+    oldest = await backend.push({"n": 1}, run_at=now - 60)
+    middle = await backend.push({"n": 2}, run_at=now - 30)
+
+    assert [t.id for t in await inspector.list_tasks()] == [oldest, middle, newest]
+    assert [t.id for t in await inspector.list_tasks(limit=1, offset=1)] == [middle]
+    stats = await inspector.stats()
+    assert stats.queue == harness.queue
+    assert stats.counts[Status.PENDING] == 3
+    assert all(stats.counts.get(s, 0) in (0, None) for s in Status if s is not Status.PENDING)

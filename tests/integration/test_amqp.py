@@ -1,0 +1,150 @@
+"""What is special to the AMQP store, on the real RabbitMQ: delay queues, the dead-letter queue,
+redelivery of a dead worker's task (counted), and reconnection after a cut socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from apalis_amqp import AmqpQueue, AmqpStore
+from apalis_cli.backend import StoreSpec, WorkerContext
+from apalis_cli.codec import JsonCodec
+from apalis_cli.errors import Abort, ConnectionLost, Unsupported
+from apalis_cli.layers.retry import Backoff
+from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
+
+from ..conformance.stores.amqp import abort_connection
+from ..services import need_server
+
+
+async def _store(prefix: str) -> AmqpStore:
+    spec = StoreSpec(name="it", kind="amqp", url=need_server("amqp"), options={"prefix": prefix})
+    store = AmqpStore.from_spec(spec)
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[AmqpStore]:
+    made = await _store(f"it{uuid.uuid4().hex[:10]}")
+    try:
+        yield made
+    finally:
+        names = set(made.broker.created)
+        await made.close()
+        channel = await made.broker.channel()
+        for name in sorted(names):
+            await channel.queue_delete(name)
+        await made.broker.close()
+
+
+async def _run(worker: Worker, until: Any, within: float = 10.0) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    deadline = time.monotonic() + within
+    try:
+        while not until():
+            assert time.monotonic() < deadline, "timed out"
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+
+
+def _worker(queue: AmqpQueue, handler: Any, **options: Any) -> Worker:
+    options.setdefault("keep_alive", 0.2)
+    options.setdefault("poll_interval", 0.05)
+    return Worker(name="it", backend=queue, handler=handler, **options)
+
+
+async def test_retry_waits_in_a_delay_queue_then_runs(store: AmqpStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    task_id = await queue.push({"n": 1})
+    runs: list[tuple[int, float]] = []
+
+    async def flaky(args: Any, task: Task[bytes]) -> Any:
+        runs.append((task.ctx.attempts, time.time()))
+        if len(runs) == 1:
+            raise RuntimeError("first run fails")
+        return "ok"
+
+    backoff = Backoff(kind="constant", base=0.4, jitter=False)
+    await _run(_worker(queue, flaky, backoff=backoff), lambda: len(runs) >= 2)
+    assert [attempts for attempts, _ in runs] == [1, 2]
+    assert runs[1][1] - runs[0][1] >= 0.4 - 0.02
+    assert f"{queue.work}.delay.400" in store.broker.created, "the retry went through a 400 ms delay queue"
+    assert task_id
+
+
+async def test_killed_task_is_peekable_in_the_dead_letter_queue(store: AmqpStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    task_id = await queue.push({"account": 7})
+
+    async def refuse(args: Any, task: Task[bytes]) -> Any:
+        raise Abort("the account is closed")
+
+    done: list[str] = []
+    worker = _worker(queue, refuse, on_event=[lambda e: done.append(type(e).__name__)])
+    await _run(worker, lambda: "TaskFinished" in done)
+
+    for _ in range(2):  # peeking twice shows the same: nothing was consumed
+        [dead] = await queue.list_tasks(Status.KILLED)
+        assert dead.id == task_id
+        assert dead.ctx.status is Status.KILLED
+        assert dead.ctx.last_error == "aborted: the account is closed"
+        assert dead.ctx.attempts == 1
+        assert JsonCodec().decode(dead.args) == {"account": 7}
+    stats = await queue.stats()
+    assert stats.counts[Status.KILLED] == 1
+    assert stats.counts[Status.PENDING] == 0
+    with pytest.raises(Unsupported):
+        await queue.list_tasks(Status.PENDING)
+    assert await queue.purge(Status.KILLED) == 1
+    assert await queue.list_tasks(Status.KILLED) == []
+
+
+async def test_a_dead_workers_task_is_redelivered_and_the_lost_run_counted(store: AmqpStore) -> None:
+    prefix = store.settings.prefix
+    doomed = await _store(prefix)  # another connection: the "process" that dies
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    task_id = await queue.push({"n": 1})
+    ghost = WorkerContext(id="ghost", name="ghost", queue="jobs", concurrency=1, free_slots=lambda: 1)
+    stream = doomed.backend("jobs", codec=JsonCodec(), max_attempts=3).poll_compact(ghost)
+    claimed = await anext(stream)
+    while claimed is None:
+        claimed = await anext(stream)
+    assert (claimed.id, claimed.ctx.attempts) == (task_id, 1)
+
+    abort_connection(doomed.broker.current)  # the process dies without a word: no ack, no close
+    runs: list[int] = []
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        runs.append(task.ctx.attempts)
+
+    await _run(_worker(queue, record), lambda: runs)
+    assert runs == [2], "the broker redelivered the task and its lost run counted"
+    with pytest.raises(ConnectionLost):  # the dead "process" learns it too, if it ever asks
+        await anext(stream)
+    await doomed.close()
+
+
+async def test_scheduled_push_and_producer_survive_a_cut_connection(store: AmqpStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec())
+    pushed = time.time()
+    later = await queue.push({"when": "later"}, delay=0.5)
+    abort_connection(store.broker.current)
+    now = await queue.push({"when": "now"})  # reconnects by itself
+    runs: dict[str, float] = {}
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        runs[task.id] = time.time()
+
+    await _run(_worker(queue, record), lambda: len(runs) == 2)
+    assert runs[now] < runs[later]
+    assert runs[later] >= pushed + 0.5 - 0.01

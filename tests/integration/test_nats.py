@@ -1,0 +1,174 @@
+"""What is special to the NATS JetStream store, on the real server: redelivery after ack_wait
+(counted), in_progress keeping a long task, the dead-letter subject, keys as Nats-Msg-Id,
+big payloads, peeking by sequence, and reconnection after a cut socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from apalis_cli.backend import StoreSpec, WorkerContext
+from apalis_cli.codec import JsonCodec
+from apalis_cli.errors import Abort, BadPayload
+from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
+from apalis_nats import NatsQueue, NatsStore
+
+from ..conformance.stores.nats import abort_connection
+from ..services import need_server
+
+
+async def _store(tag: str) -> NatsStore:
+    options = {"stream": f"I{tag}", "prefix": f"i{tag}", "storage": "memory"}
+    store = NatsStore.from_spec(StoreSpec(name="it", kind="nats", url=need_server("nats"), options=options))
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[NatsStore]:
+    made = await _store(uuid.uuid4().hex[:10])
+    try:
+        yield made
+    finally:
+        js = await made.connection.js()
+        await js.delete_stream(made.settings.stream)
+        await made.close()
+
+
+async def _run(worker: Worker, until: Any, within: float = 10.0) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    deadline = time.monotonic() + within
+    try:
+        while not until():
+            assert time.monotonic() < deadline, "timed out"
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+
+
+def _worker(queue: NatsQueue, handler: Any, **options: Any) -> Worker:
+    options.setdefault("keep_alive", 0.1)
+    options.setdefault("poll_interval", 0.05)
+    return Worker(name="it", backend=queue, handler=handler, **options)
+
+
+async def test_a_dead_workers_task_comes_back_after_ack_wait_counted(store: NatsStore) -> None:
+    doomed = await _store(store.settings.stream[1:])  # another connection: the "process" that dies
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    task_id = await queue.push({"n": 1})
+    ghost = WorkerContext(id="ghost", name="ghost", queue="jobs", stale_after=0.5, free_slots=lambda: 1)
+    stream = doomed.backend("jobs", codec=JsonCodec(), max_attempts=3).poll_compact(ghost)
+    claimed = await anext(stream)
+    while claimed is None:
+        claimed = await anext(stream)
+    claimed_at = time.time()
+    assert (claimed.id, claimed.ctx.attempts) == (task_id, 1)
+    abort_connection(doomed.connection.current)  # dies without a word: no ack, no release
+    runs: list[tuple[int, float]] = []
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        runs.append((task.ctx.attempts, time.time()))
+
+    await _run(_worker(store.backend("jobs", codec=JsonCodec()), record, stale_after=0.5), lambda: runs)
+    assert [attempts for attempts, _ in runs] == [2], "redelivered once, the lost run counted"
+    assert runs[0][1] >= claimed_at + 0.5 - 0.05, "not before ack_wait (= stale_after)"
+    await doomed.close()
+
+
+async def test_in_progress_keeps_a_long_task_from_redelivery(store: NatsStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    await queue.push({"n": 1})
+    runs: list[int] = []
+
+    async def slow(args: Any, task: Task[bytes]) -> Any:
+        runs.append(task.ctx.attempts)
+        await asyncio.sleep(1.2)  # four times ack_wait
+
+    finished: list[str] = []
+    worker = _worker(
+        queue, slow, concurrency=2, stale_after=0.3, on_event=[lambda e: finished.append(type(e).__name__)]
+    )
+    await _run(worker, lambda: "TaskFinished" in finished)
+    await asyncio.sleep(0.5)
+    assert runs == [1]
+
+
+async def test_killed_task_is_kept_on_the_dead_subject(store: NatsStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    task_id = await queue.push({"account": 7})
+
+    async def refuse(args: Any, task: Task[bytes]) -> Any:
+        raise Abort("the account is closed")
+
+    finished: list[str] = []
+    await _run(
+        _worker(queue, refuse, on_event=[lambda e: finished.append(type(e).__name__)]),
+        lambda: "TaskFinished" in finished,
+    )
+    for _ in range(2):  # reading by sequence consumes nothing
+        dead = await queue.get(task_id)
+        assert dead is not None
+        assert dead.ctx.status is Status.KILLED
+        assert dead.ctx.last_error == "aborted: the account is closed"
+        assert JsonCodec().decode(dead.args) == {"account": 7}
+    assert (await queue.stats()).counts[Status.KILLED] == 1
+
+
+async def test_peeking_pending_and_scheduled_tasks_consumes_nothing(store: NatsStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=2)
+    now_id = await queue.push({"when": "now"})
+    later_id = await queue.push({"when": "later"}, delay=3600)
+    for _ in range(2):
+        listed = await queue.list_tasks(Status.PENDING)
+        assert {t.id for t in listed} == {now_id, later_id}
+        assert all(t.ctx.attempts == 0 and t.ctx.max_attempts == 2 for t in listed)
+    stats = await queue.stats()
+    assert stats.counts[Status.PENDING] == 2
+    assert stats.counts[Status.DONE] is None, "done tasks leave a WorkQueue stream: not counted"
+
+
+async def test_key_is_the_msg_id_and_big_payloads_are_compressed(store: NatsStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec())
+    first = await queue.push({"copy": 1}, idempotency_key="order-1")
+    assert await queue.push({"copy": 2}, idempotency_key="order-1") == first
+    big = {"blob": "x" * (2 * 1024 * 1024)}  # twice max_payload, compressible
+    big_id = await queue.push(big)
+    with pytest.raises(BadPayload, match="max_payload"):
+        await queue.push({"noise": os.urandom(1024 * 1024).hex()})
+    seen: dict[str, Any] = {}
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        seen[task.id] = args
+
+    await _run(_worker(queue, record), lambda: len(seen) == 2)
+    assert seen == {first: {"copy": 1}, big_id: big}
+
+
+async def test_worker_and_producer_survive_a_cut_connection(store: NatsStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=5)
+    await queue.push_bulk(range(10))
+    seen: set[int] = set()
+    cut = asyncio.Event()
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        seen.add(args)
+        if args == 5:
+            abort_connection(store.connection.current)
+            cut.set()
+
+    async def produce_more() -> None:
+        await cut.wait()
+        await queue.push_bulk(range(10, 20))
+
+    producer = asyncio.create_task(produce_more())
+    await _run(_worker(queue, record, concurrency=2), lambda: seen >= set(range(20)), within=30)
+    await producer

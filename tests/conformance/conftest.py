@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import pkgutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -195,9 +196,15 @@ def _task_stacks() -> str:
         awaited: Any = task.get_coro()
         while awaited is not None:
             frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
-            if frame is not None:
-                lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+            if frame is None:
+                break
+            lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+            if awaited is not None and not hasattr(awaited, "cr_frame"):
+                # `await anext(stream)` hides the generator behind an opaque awaitable: find
+                # the running async generator among the frame's locals instead.
+                running = [v for v in frame.f_locals.values() if inspect.isasyncgen(v) and v.ag_running]
+                awaited = running[0] if running else awaited
     return "\n".join(lines)
 
 

@@ -76,6 +76,7 @@ def test_kill9_mid_run_loses_no_task(apalis: Apalis, backend: Backend) -> None:
     assert all(k == 2 for k in again.values()), again
     assert len(again) <= 3 * CONCURRENCY, f"{len(again)} tasks ran twice: {sorted(again)}"
     assert os.getpid() not in first_pid.values()
+    print(f"{backend.kind}: killed after {killed_at} runs; {len(again)} tasks ran twice")
 
     stats = apalis("stats", "--json")
     assert stats.code == 0, stats.err

@@ -108,5 +108,6 @@ class Supervisor:
                 for listener in self._listeners:
                     listener(event)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    async with asyncio.timeout(delay):  # not wait_for: 3.11's can swallow a cancel
+                        await self._stop.wait()
                 delay = min(delay * 2, self._restart_backoff_max)

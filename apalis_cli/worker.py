@@ -217,6 +217,10 @@ class Worker:
                 self._emit(Idle(worker=self.name, queue=self.context.queue))
 
     def _start(self, task: Task[bytes]) -> None:
+        if task.id in self._running:
+            # The store handed out a task this worker is still running (its lease lapsed and it
+            # was claimed again): the run in flight acknowledges it; a second would race it.
+            return
         self._running[task.id] = asyncio.create_task(self._run_one(task))
 
     async def _run_one(self, task: Task[bytes]) -> None:

@@ -60,7 +60,6 @@ _CAPABILITIES = Capabilities(
             "pending, running and killed tasks are read by sequence without consuming them"
         ),
         Capability.WORKERS: "JetStream knows consumers shared by all workers of a queue, not apalis workers",
-        Capability.ADMIN: "retry, kill and purge by id are not implemented for JetStream yet",
     }
 )
 

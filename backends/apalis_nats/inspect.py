@@ -4,10 +4,12 @@
 A work message at or below the consumer's last delivered sequence is running (delivered, not
 yet acknowledged; a retry waiting out its `nak` delay looks the same); above it, pending.
 Acknowledged messages are gone from a WorkQueue stream: done tasks cannot be shown.
+Admin moves a message by publishing a copy and deleting the original by sequence.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,14 +110,59 @@ class NatsInspector:
         """Not offered: see the WORKERS capability."""
         raise Unsupported(self.capabilities.why_not("workers"))
 
+    async def _find(self, task_id: TaskId, *subjects: str) -> tuple[str, RawStreamMsg] | None:
+        for subject in subjects:
+            async for raw in self._walk(subject, _SCAN):
+                if (raw.headers or {}).get(m.ID) == task_id:
+                    return subject, raw
+        return None
+
+    async def _move(self, raw: RawStreamMsg, subject: str, headers: dict[str, str]) -> None:
+        """Publish `raw` as a new message on `subject`, then delete the original."""
+        js = await self._conn.js()
+        await js.publish(subject, raw.data or b"", headers=headers)
+        await js.delete_msg(self.stream, raw.seq or 0)
+
     async def retry(self, task_id: TaskId) -> bool:
-        """Not offered: see the ADMIN capability."""
-        raise Unsupported(self.capabilities.why_not("admin"))
+        """A killed task goes back to work now, its attempts counted afresh."""
+        found = await self._find(task_id, self.dead)
+        if found is None:
+            return False
+        _, raw = found
+        run_at = repr(time.time())
+        await self._move(
+            raw, self.work, m.copy_headers(raw.headers, attempts="0", error=None, done_at=None, run_at=run_at)
+        )
+        return True
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
-        """Not offered: see the ADMIN capability."""
-        raise Unsupported(self.capabilities.why_not("admin"))
+        """A pending or running task moves to the dead subject (a running one's ack is then
+        ignored by the server: its message is gone)."""
+        found = await self._find(task_id, self.work, self.sched)
+        if found is None:
+            return False
+        _, raw = found
+        headers = m.copy_headers(raw.headers, error=m.one_line(reason), done_at=repr(time.time()))
+        await self._move(raw, self.dead, headers)
+        return True
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
-        """Not offered: see the ADMIN capability."""
-        raise Unsupported(self.capabilities.why_not("admin"))
+        """Delete killed tasks finished (or pending ones created) more than `older_than` ago;
+        done tasks are already gone."""
+        if status is Status.KILLED:
+            subjects, stamp = [self.dead], m.DONE_AT
+        elif status is Status.PENDING:
+            subjects, stamp = [self.work, self.sched], m.CREATED
+        else:
+            return 0
+        cutoff = time.time() - (older_than or 0.0)
+        js = await self._conn.js()
+        doomed = [
+            raw.seq
+            for subject in subjects
+            async for raw in self._walk(subject, _SCAN)
+            if raw.seq is not None and float((raw.headers or {}).get(stamp, 0.0)) <= cutoff
+        ]
+        for seq in doomed:
+            await js.delete_msg(self.stream, seq)
+        return len(doomed)

@@ -172,3 +172,32 @@ async def test_worker_and_producer_survive_a_cut_connection(store: NatsStore) ->
     producer = asyncio.create_task(produce_more())
     await _run(_worker(queue, record, concurrency=2), lambda: seen >= set(range(20)), within=30)
     await producer
+
+
+async def test_admin_kill_retry_and_purge_by_sequence(store: NatsStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    doomed = await queue.push({"job": "doomed"})
+    kept = await queue.push({"job": "kept"})
+    assert await queue.kill(doomed, "no longer wanted") is True
+    assert await queue.kill(doomed) is False, "a killed task cannot be killed again"
+    dead = await queue.get(doomed)
+    assert dead is not None
+    assert (dead.ctx.status, dead.ctx.last_error) == (Status.KILLED, "no longer wanted")
+
+    runs: list[tuple[str, int]] = []
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        runs.append((task.id, task.ctx.attempts))
+
+    await _run(_worker(queue, record), lambda: runs)
+    assert runs == [(kept, 1)]
+    assert await queue.retry(doomed) is True
+    assert await queue.retry("no-such-task") is False
+    await _run(_worker(queue, record), lambda: len(runs) == 2)
+    assert runs[1] == (doomed, 1), "an operator's retry starts the count afresh"
+
+    again = await queue.push({"job": "again"})
+    await queue.kill(again)
+    assert await queue.purge(Status.KILLED, older_than=3600) == 0
+    assert await queue.purge(Status.KILLED) == 1
+    assert await queue.get(again) is None

@@ -53,6 +53,8 @@ class Capability(StrEnum):
     ADMIN = "admin"  # retry/kill/purge by id or status
     MAX_ATTEMPTS = "max_attempts"  # attempts counted and exhausted tasks killed
     RECONNECT = "reconnect"  # a dropped connection is re-established by itself
+    OWNED_LEASES = "owned_leases"  # a lease names its worker: a claim whose reply was lost is
+    # handed back by that worker without counting an attempt (an anonymous lease cannot be)
 
 
 @dataclass(frozen=True, slots=True)

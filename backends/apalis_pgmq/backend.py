@@ -54,6 +54,10 @@ T = TypeVar("T")
 CAPABILITIES = Capabilities(
     {
         Capability.PRIORITY: "pgmq has no priorities: pgmq.read hands out messages oldest first",
+        Capability.OWNED_LEASES: (
+            "a pgmq lease is the message's vt, with no owner: a claim whose reply was lost comes back "
+            "when its vt ends and counts as a read, like a dead worker's"
+        ),
     }
 )
 

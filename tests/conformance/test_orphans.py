@@ -124,7 +124,7 @@ async def test_a_live_workers_tasks_are_not_taken(harness: Harness, calls: Calls
 async def test_a_claim_whose_reply_was_lost_is_released_by_the_next_heartbeat(harness: Harness, calls: Calls) -> None:
     # A claim can commit on the server while its reply is lost with the connection: the task is
     # then locked by a live worker that is not running it. Its own heartbeat gives it back.
-    harness.require(Capability.RECONNECT, Capability.ORPHANS)
+    harness.require(Capability.RECONNECT, Capability.ORPHANS, Capability.OWNED_LEASES)
     backend = harness.backend(max_attempts=3)
     task_id = await backend.push({"job": "lost reply"})
     # The worker beats all along, so the orphan sweep never takes its tasks: only the release

@@ -12,12 +12,15 @@ subjects under `prefix` (default apalis). For queue `q`:
   WorkQueue stream keeps them.
 
 Outcomes: done = ack; retry = `nak(delay=backoff)` (JetStream redelivers it then, its
-`num_delivered` counting the attempt); kill = publish to the dead subject, then `term`;
+`num_delivered` counting the attempt; a message cannot be edited, so the error of a retry is
+reported by the worker, not kept with the task); kill = publish to the dead subject, then `term`;
 release = publish a copy whose count leaves this run out, then ack. Running tasks get
 `in_progress()` at every heartbeat, so a long task is not redelivered; a worker that stops
 beating loses its tasks to another worker after `ack_wait`, the lost run counted, and a task
-whose lost runs exhaust its attempts is killed, never looped. An idempotency key is the
-`Nats-Msg-Id`, so the server drops a duplicate within the stream's `duplicate_window`.
+whose lost runs exhaust its attempts is killed, never looped. Consumers have `max_deliver = -1`:
+the store counts and kills by itself, because a message whose `max_deliver` ran out stays
+stuck in a WorkQueue stream. An idempotency key is the `Nats-Msg-Id`, so the server drops a
+duplicate within the stream's `duplicate_window` (later, the key is forgotten).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 nats-py reconnects by itself (its subscriptions come back with it); operations that fail while
 it does are retried here with capped backoff. Pulls are raw `CONSUMER.MSG.NEXT` requests on an
-inbox of our own, so a fetch asks for exactly what it needs: `no_wait` for up to n ready
-messages, or a long poll for one (it returns the moment a message arrives, which is how an idle
-worker wakes at once).
+inbox of our own, `no_wait` for up to n ready messages. No long polls: on server 2.9.10 a
+delivery that falls due as a pull request expires was seen to vanish (counted as delivered,
+never received, back only after `ack_wait`), so an idle worker waits on a core subscription to
+the work subject instead, which wakes it on the next publish.
 """
 
 from __future__ import annotations

@@ -89,9 +89,11 @@ def load_peers(results: Path, session: str | None = None) -> tuple[str, list[dic
         for name, rs in g.items():
             if name.startswith("drain:"):
                 kind = rs[0].get("conc_kind", "c")
-                # as peers-bench's report.py: complete runs only, unless every run was cut
+                # as peers-bench's report.py: complete runs only, unless every run was cut; a run that
+                # started less than half its backlog failed (a stalled worker) and says nothing
+                ok = [r for r in rs if r.get("done", 0) >= r.get("n", 0) / 2]
                 drains[f"{kind}{name[6:]}"] = _med(
-                    [r["rate"] for r in rs if not r.get("timed_out")] or [r["rate"] for r in rs]
+                    [r["rate"] for r in ok if not r.get("timed_out")] or [r["rate"] for r in ok]
                 )
         lat = [r for r in g.get("latency", []) if "p50_ms" in r and r.get("rate") == 200.0]
         wake = g.get("wakeup", [])

@@ -196,3 +196,8 @@ def _out() -> Console:
     if not console.is_terminal:  # piped: no terminal to fit, keep rows readable
         console = Console(soft_wrap=False, width=200)
     return console
+
+
+def note(text: str) -> None:
+    """A one-line remark on stderr, so stdout stays clean for `--json`."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"note: {text}", markup=False)

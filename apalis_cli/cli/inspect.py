@@ -47,13 +47,25 @@ async def _inspect(
     config: Path, worker: str | None, queue: str | None, status: Status | None, limit: int, task_id: str | None
 ) -> tuple[list[Task[bytes]], Any]:
     async with open_target(config, worker, queue) as opened:
-        inspector = require_inspector(opened, Capability.INSPECT, "list its tasks")
-        if task_id is not None:
-            task = await inspector.get(task_id)
-            if task is None:
-                raise ApalisError(f"no task {task_id} in {opened.describe()}")
-            return [task], opened.backend.codec
-        return await inspector.list_tasks(status, limit), opened.backend.codec
+        backend: Any = opened.backend
+        if not isinstance(backend, Inspector):
+            require_inspector(opened, Capability.INSPECT, "list its tasks")  # raises, saying why
+        # A store without full INSPECT may still list some statuses (a broker's dead letters):
+        # ask, and let it refuse what it cannot; say on stderr that the view is partial.
+        partial = opened.backend.capabilities.why_not(Capability.INSPECT)
+        try:
+            if task_id is not None:
+                task = await backend.get(task_id)
+                if task is None:
+                    raise ApalisError(f"no task {task_id} in {opened.describe()}")
+                tasks = [task]
+            else:
+                tasks = await backend.list_tasks(status, limit)
+        except Unsupported as exc:
+            raise Unsupported(f"{opened.describe()} cannot list its tasks: {exc}") from None
+        if partial:
+            console.note(f"{opened.describe()} shows only part of its tasks: {partial}")
+        return tasks, opened.backend.codec
 
 
 def task_json(task: Task[bytes], codec: Any = None) -> dict[str, Any]:

@@ -26,7 +26,9 @@ RUN = ("run", "--no-live", "--log-format", "json", "--log-level", "warning")
 def backend(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Backend]:
     made = make_backend(request.param, tmp_path)
     (apalis.cwd / "chaos_handlers.py").write_text(RECORDER)
-    apalis.write_config(made.table + "\n" + worker_table(codec="msgpack", concurrency=4, max_attempts=3))
+    apalis.write_config(
+        made.table + "\n" + worker_table(queue=made.queue, codec="msgpack", concurrency=4, max_attempts=3)
+    )
     try:
         yield made
     finally:
@@ -44,16 +46,6 @@ class InspectRefused(AssertionError):
     """`apalis inspect --status killed` refused to list a store's killed tasks."""
 
 
-BROKERS_UNLISTED = pytest.mark.xfail(
-    strict=True,
-    raises=InspectRefused,
-    reason=(
-        "core CLI bug: `apalis inspect` requires Capability.INSPECT as a whole, so `--status killed` is refused "
-        "on stores that lack it but can list their killed (dead-lettered) tasks (rsmq, amqp, nats say so)"
-    ),
-)
-
-
 def killed_count(apalis: Apalis) -> int:
     result = apalis("stats", "--json")
     return int(result.json()[0].get("killed") or 0) if result.code == 0 else 0
@@ -69,7 +61,7 @@ def killed_rows(apalis: Apalis) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize(
     "backend",
-    [pytest.param(kind, marks=BROKERS_UNLISTED) if kind in ("rsmq", "amqp", "nats") else kind for kind in DURABLE],
+    DURABLE,
     indirect=True,
 )
 async def test_undecodable_payload_is_killed_and_the_worker_goes_on(apalis: Apalis, backend: Backend) -> None:

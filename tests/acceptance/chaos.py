@@ -64,6 +64,8 @@ class Backend:
 
     kind: str
     table: str
+    queue: str = field(default_factory=lambda: f"chaos_{uuid.uuid4().hex[:8]}")
+    """The queue of the test's worker (also unique: brokers and pgmq share a namespace per server)."""
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def cleanup(self) -> None:
@@ -115,7 +117,12 @@ def make_backend(
         return backend
     if kind == "amqp":
         url = server or need_server("amqp")
-        return Backend(kind, _toml_table("amqp", url, prefix=f"chaos-{tag}", **options))
+        prefix = f"chaos-{tag}"
+        backend = Backend(kind, _toml_table("amqp", url, prefix=prefix, **options))
+        # Delay queues expire by themselves (x-expires); the work and dead-letter queues do not.
+        names = [f"{prefix}.{backend.queue}", f"{prefix}.{backend.queue}.dead"]
+        backend.cleanups.append(lambda: _amqp_delete(url, names))
+        return backend
     if kind == "nats":
         url = server or need_server("nats")
         stream = f"CHAOS{tag}"
@@ -127,6 +134,7 @@ def make_backend(
 
 def worker_table(
     *,
+    queue: str | None = None,
     handler: str = "chaos_handlers:record",
     concurrency: int = 8,
     keep_alive: str = "500ms",
@@ -134,11 +142,12 @@ def worker_table(
     codec: str = "json",
     max_attempts: int = 5,
 ) -> str:
-    """The one `[[workers]]` table of the chaos tests (queue `chaos-<random>` for shared servers)."""
+    """The one `[[workers]]` table of the chaos tests, on `queue` (the backend's; default: a new one)."""
+    queue = queue or f"chaos_{uuid.uuid4().hex[:8]}"
     return (
         "[[workers]]\n"
         'name = "chaos"\n'
-        f'queue = "chaos_{uuid.uuid4().hex[:8]}"\n'
+        f'queue = "{queue}"\n'
         f'handler = "{handler}"\n'
         f'codec = "{codec}"\n'
         f"concurrency = {concurrency}\n"
@@ -275,6 +284,26 @@ def _redis_drop(url: str, namespace: str) -> None:
             client.delete(*keys[start : start + 500])
     finally:
         client.close()
+
+
+def _amqp_delete(url: str, names: list[str]) -> None:
+    import asyncio
+
+    import aio_pika
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        try:
+            for name in names:
+                channel = await connection.channel()
+                with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                    await channel.queue_delete(name)
+                if not channel.is_closed:
+                    await channel.close()
+        finally:
+            await connection.close()
+
+    asyncio.run(delete())
 
 
 def _nats_drop(url: str, stream: str) -> None:

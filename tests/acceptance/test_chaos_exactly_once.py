@@ -30,7 +30,7 @@ N = 500
 def backend(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Backend]:
     made = make_backend(request.param, tmp_path)
     (apalis.cwd / "chaos_handlers.py").write_text(RECORDER)
-    apalis.write_config(made.table + "\n" + worker_table(concurrency=8))
+    apalis.write_config(made.table + "\n" + worker_table(queue=made.queue, concurrency=8))
     try:
         yield made
     finally:

@@ -41,7 +41,7 @@ def backend(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> I
     options: dict[str, object] = {"vt": 1} if request.param == "rsmq" else {}
     made = make_backend(request.param, tmp_path, options=options)
     (apalis.cwd / "chaos_handlers.py").write_text(RECORDER)
-    apalis.write_config(made.table + "\n" + worker_table(concurrency=CONCURRENCY))
+    apalis.write_config(made.table + "\n" + worker_table(queue=made.queue, concurrency=CONCURRENCY))
     try:
         yield made
     finally:

@@ -93,7 +93,7 @@ def _pg_database(server: PrivateServer, pgmq: bool) -> str:
 
 def _configure(apalis: Apalis, backend: Backend) -> None:
     (apalis.cwd / "chaos_handlers.py").write_text(RECORDER)
-    apalis.write_config(backend.table + "\n" + worker_table(concurrency=8))
+    apalis.write_config(backend.table + "\n" + worker_table(queue=backend.queue, concurrency=8))
 
 
 def _ride_out(apalis: Apalis, fault: Callable[[], None], kind: str, sleep: float = 0.02) -> None:
@@ -204,4 +204,7 @@ def test_amqp_connections_closed_mid_run(apalis: Apalis, tmp_path: Path) -> None
         return process
 
     apalis.start = start  # type: ignore[method-assign]
-    _ride_out(apalis, fault, "amqp", sleep=0.3)  # slower tasks: rabbitmqctl takes seconds
+    try:
+        _ride_out(apalis, fault, "amqp", sleep=0.3)  # slower tasks: rabbitmqctl takes seconds
+    finally:
+        backend.cleanup()

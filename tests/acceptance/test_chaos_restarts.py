@@ -119,7 +119,9 @@ def _ride_out(apalis: Apalis, fault: Callable[[], None], kind: str, sleep: float
     if row.get("done") is not None:
         assert row["done"] == N, row
     twice = sum(1 for k in counted.values() if k > 1)
-    print(f"{kind}: {twice} of {N} tasks ran more than once around the fault")
+    seen = {event: err.count(f'"{event}') for event in ("heartbeat failed", "store unavailable", "worker crashed")}
+    # With -s: what the fault cost, and what the daemon said about it (reconnects inside a store are silent).
+    print(f"{kind}: {twice} of {N} tasks ran more than once around the fault; daemon warnings: {seen}")
 
 
 @pytest.mark.parametrize("kind", ["postgres", "pgmq"])

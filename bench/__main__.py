@@ -50,6 +50,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--backend", default="sqlite", help=f"comma list of kinds: {','.join(KINDS)} (default sqlite)")
     ap.add_argument("--url", default=None, help="store URL (only with one --backend); default: the local server")
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a store option (VALUE as JSON when it parses, else text), e.g. realtime=true for rsmq; repeatable",
+    )
     ap.add_argument("--tasks", type=int, default=20000, help="tasks per enqueue and per drain backlog (20000)")
     ap.add_argument("--conc", default="1,10,50", help="drain concurrencies (1,10,50)")
     ap.add_argument("--drain-max", type=float, default=10.0, help="seconds a drain may take before it is cut (10)")
@@ -91,6 +98,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Path) -> dict[str, Any]:
     target = prepare(kind, args.url, run_id)
+    for item in args.option:
+        key, _, value = item.partition("=")
+        try:
+            target.options[key] = json.loads(value)
+        except ValueError:
+            target.options[key] = value
     try:
         store = await open_store(target)
     except Unavailable as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .conftest import CONFIG, Apalis, lines
 
-ID = re.compile(r"^[0-9A-Z]{20,32}$")
+ID = re.compile(r"^[0-9a-f]{30}$")
 
 
 def test_push_prints_the_new_id_alone(apalis: Apalis) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from apalis_cli.backend import NewTask
-from apalis_cli.task import Status, Task, TaskContext, new_task_id
+from apalis_cli.envelope import Envelope
+from apalis_cli.task import new_task_id
 
 __all__ = ["Envelope", "copy_message", "new_message", "read_envelope"]
 
@@ -89,43 +89,6 @@ def _number(value: Any, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         return default
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Envelope:
-    """What the headers of a delivered message say about its task."""
-
-    id: str
-    attempts: int
-    max_attempts: int
-    run_at: float
-    priority: int = 0
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    key: str | None = None
-    error: str | None = None
-    created_at: float = 0.0
-    done_at: float | None = None
-
-    def task(self, queue: str, payload: bytes, *, status: Status, attempts: int, lock_by: str | None) -> Task[bytes]:
-        """The task this envelope describes, in `status`."""
-        return Task(
-            id=self.id,
-            args=payload,
-            ctx=TaskContext(
-                queue=queue,
-                status=status,
-                attempts=attempts,
-                max_attempts=self.max_attempts,
-                run_at=self.run_at,
-                priority=self.priority,
-                idempotency_key=self.key,
-                meta=self.meta,
-                lock_by=lock_by,
-                last_error=self.error,
-                created_at=self.created_at,
-                done_at=self.done_at,
-            ),
-        )
 
 
 def read_envelope(message: AbstractIncomingMessage, default_max_attempts: int) -> Envelope:

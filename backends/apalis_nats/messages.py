@@ -14,12 +14,11 @@ import json
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from apalis_cli.backend import NewTask
+from apalis_cli.envelope import Envelope
 from apalis_cli.errors import BadPayload
-from apalis_cli.task import Status, Task, TaskContext
 
 __all__ = ["Envelope", "envelope_of", "headers_for", "payload_of", "shrink"]
 
@@ -101,43 +100,6 @@ def _unescape(value: str | None) -> str | None:
         return text
     except ValueError:
         return value
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Envelope:
-    """What the headers of a stored message say about its task."""
-
-    id: str
-    attempts: int
-    max_attempts: int
-    run_at: float
-    priority: int = 0
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    key: str | None = None
-    error: str | None = None
-    created_at: float = 0.0
-    done_at: float | None = None
-
-    def task(self, queue: str, payload: bytes, *, status: Status, attempts: int, lock_by: str | None) -> Task[bytes]:
-        """The task this envelope describes, in `status`."""
-        return Task(
-            id=self.id,
-            args=payload,
-            ctx=TaskContext(
-                queue=queue,
-                status=status,
-                attempts=attempts,
-                max_attempts=self.max_attempts,
-                run_at=self.run_at,
-                priority=self.priority,
-                idempotency_key=self.key,
-                meta=self.meta,
-                lock_by=lock_by,
-                last_error=self.error,
-                created_at=self.created_at,
-                done_at=self.done_at,
-            ),
-        )
 
 
 def envelope_of(headers: Mapping[str, str] | None, fallback_id: str, default_max_attempts: int) -> Envelope:

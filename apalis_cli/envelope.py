@@ -1,0 +1,52 @@
+"""`Envelope`: a task's context as a broker carries it beside the payload, in message headers.
+
+Brokers (AMQP, NATS) keep no table: everything a worker needs besides the payload travels with
+the message. Each store names and encodes its own headers; this is the shape they all decode to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .task import Status, Task, TaskContext
+
+__all__ = ["Envelope"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """What a broker message's headers say about its task (the payload travels apart)."""
+
+    id: str
+    attempts: int
+    max_attempts: int
+    run_at: float
+    priority: int = 0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    done_at: float | None = None
+
+    def task(self, queue: str, payload: bytes, *, status: Status, attempts: int, lock_by: str | None) -> Task[bytes]:
+        """The task this envelope describes, in `status`."""
+        return Task(
+            id=self.id,
+            args=payload,
+            ctx=TaskContext(
+                queue=queue,
+                status=status,
+                attempts=attempts,
+                max_attempts=self.max_attempts,
+                run_at=self.run_at,
+                priority=self.priority,
+                idempotency_key=self.key,
+                meta=self.meta,
+                lock_by=lock_by,
+                last_error=self.error,
+                created_at=self.created_at,
+                done_at=self.done_at,
+            ),
+        )

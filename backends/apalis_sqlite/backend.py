@@ -285,6 +285,9 @@ class SqliteQueue(SqliteInspector, QueueBase):
 
         async def beat() -> None:
             now, running = time.time(), list(worker.running())
+            ahead = self._ahead.get(worker.id)
+            if ahead is not None:  # claimed for it and about to start: not lost claims
+                running.extend(task.id for task in ahead.tasks)
             if await self._db.write(lambda conn: beat_work(conn, now, running)):
                 self._signal.notify()
 

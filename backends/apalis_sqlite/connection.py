@@ -29,6 +29,7 @@ Work = Callable[[sqlite3.Connection], T]
 
 _CLOSED = ("connection closed", "no active connection", "closed database")
 _RECONNECT = ("disk i/o error", "unable to open", *_CLOSED)
+_CLOSE_WITHIN = 10.0
 _BUSY = ("database is locked", "database is busy", "database table is locked")
 
 
@@ -62,6 +63,12 @@ class Database:
         """How many times a failed connection was dropped to open a new one."""
         self._lock = asyncio.Lock()
         self._closed = True
+        self._closing: dict[aiosqlite.Connection, asyncio.Future[None]] = {}
+
+    @property
+    def connected(self) -> bool:
+        """True while the store holds a connection (it may still turn out to be broken)."""
+        return self._conn is not None
 
     async def open(self) -> None:
         """Connect and migrate (idempotent)."""
@@ -74,13 +81,22 @@ class Database:
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
-                await _close_quietly(conn)
+                await self._close(conn)
 
     async def drop(self) -> None:
         """Close the connection out from under the store, as a failure would (for tests)."""
         conn = self._conn
         if conn is not None:
-            await conn.close()
+            await self._close(conn)
+
+    async def _close(self, conn: aiosqlite.Connection) -> None:
+        """Close `conn` once, however many callers ask at the same time: aiosqlite's `close()`
+        run twice concurrently waits for ever on a worker thread that already stopped."""
+        closing = self._closing.get(conn)
+        if closing is None:
+            closing = self._closing[conn] = asyncio.ensure_future(_close_quietly(conn))
+            closing.add_done_callback(lambda _: self._closing.pop(conn, None))
+        await asyncio.shield(closing)
 
     async def read(self, work: Work[T]) -> T:
         """Run `work(connection)` on the connection's thread, outside a transaction."""
@@ -131,7 +147,7 @@ class Database:
             self.reconnects += 1
             conn, self._conn = self._conn, None
             if conn is not None:
-                await _close_quietly(conn)
+                await self._close(conn)
 
     async def _connect(self) -> aiosqlite.Connection:
         config = self.config
@@ -144,7 +160,7 @@ class Database:
         try:
             await cast(Any, conn)._execute(_call, conn, self._prepare)
         except BaseException:
-            await _close_quietly(conn)
+            await self._close(conn)
             raise
         return conn
 
@@ -197,8 +213,9 @@ def _transaction(conn: sqlite3.Connection, work: Work[T]) -> T:
 
 
 async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    # Bounded: a close that never finishes must not hold the store's lock for ever.
     with contextlib.suppress(Exception):  # already closed or broken: nothing left to release
-        await conn.close()
+        await asyncio.wait_for(conn.close(), _CLOSE_WITHIN)
 
 
 def split_statements(script: str) -> Iterator[str]:

@@ -7,12 +7,13 @@ a missing server fails them, never skips.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from urllib.parse import urlsplit
 
 import pytest
 
-__all__ = ["need_server", "test_url"]
+__all__ = ["need_binary", "need_server", "test_url"]
 
 DEFAULT_URLS = {
     "postgres": "postgresql://postgres@127.0.0.1:5432/test",
@@ -27,6 +28,17 @@ DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306, "redis": 6379, "amqp": 5672, "
 def test_url(service: str) -> str:
     """The URL of `service` for tests: APALIS_TEST_<SERVICE>_URL, or the local default."""
     return os.environ.get(f"APALIS_TEST_{service.upper()}_URL", DEFAULT_URLS[service])
+
+
+def need_binary(name: str) -> str:
+    """The path of program `name` (npm, redis-server, ...); skip without it, or fail under CI."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    reason = f"{name} is not installed"
+    if os.environ.get("APALIS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"APALIS_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
 
 
 def need_server(service: str) -> str:

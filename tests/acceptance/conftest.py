@@ -15,7 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 APALIS = str(Path(sys.executable).with_name("apalis"))
-SQLITE_LANDED = (ROOT / "backends" / "apalis_sqlite" / "backend.py").exists()
 
 HANDLERS = """
 import time
@@ -108,8 +107,6 @@ class Apalis:
 
 @pytest.fixture
 def apalis(tmp_path: Path) -> Apalis:
-    if not SQLITE_LANDED:
-        pytest.skip("the sqlite backend (backends/apalis_sqlite) has not landed yet")
     (tmp_path / "acc_handlers.py").write_text(HANDLERS)
     config = tmp_path / "jobs.toml"
     config.write_text(CONFIG)

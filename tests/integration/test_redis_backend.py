@@ -4,7 +4,6 @@ errors, and surviving CLIENT KILL and a server restart (the worker re-registers 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import time
@@ -23,7 +22,7 @@ from apalis_redis import RedisStore
 from redis.asyncio import Redis
 
 from ..conformance.stores.redis import drop_namespace, kill_clients
-from ..services import need_server
+from ..services import need_binary, need_server
 
 
 def make_store(url: str, namespace: str | None = None) -> RedisStore:
@@ -213,8 +212,7 @@ def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_a_server_restart_is_survived_and_the_worker_re_registers(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    need_binary("redis-server")
     port = _free_port()
     server = _start_redis(port, tmp_path)
     store = make_store(f"redis://127.0.0.1:{port}/0")

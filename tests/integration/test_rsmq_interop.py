@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +26,7 @@ from apalis_rsmq import RsmqStore
 from redis import Redis
 
 from ..conformance.stores.redis import drop_namespace
-from ..services import need_server
+from ..services import need_binary, need_server
 
 ID = re.compile(r"^[a-z0-9]{10}[A-Za-z0-9]{22}$")
 
@@ -177,8 +176,8 @@ async def test_maxsize_of_a_queue_made_by_another_client_is_honoured(store: Rsmq
 
 
 def _npm_rsmq(tmp: Path) -> Path:
-    if shutil.which("npm") is None or shutil.which("node") is None:
-        pytest.skip("npm is not installed")
+    need_binary("npm")
+    need_binary("node")
     (tmp / "package.json").write_text('{"name":"rsmq-peer","version":"1.0.0","private":true}\n')
     subprocess.run(
         ["npm", "install", "--no-audit", "--no-fund", "--silent", "rsmq@0.12.4"],

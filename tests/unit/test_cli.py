@@ -16,8 +16,6 @@ from apalis_cli.cli.setup import starter_config
 from apalis_cli.config import parse_config
 from apalis_cli.errors import UsageError
 
-SQLITE_LANDED = (Path(__file__).resolve().parents[2] / "backends" / "apalis_sqlite" / "backend.py").exists()
-
 MEMORY = """\
 [backends.mem]
 kind = "memory"
@@ -136,8 +134,6 @@ def test_init_writes_a_config_that_checks(
     assert code == 0
     assert "wrote apalis.toml" in out
     assert apalis(capsys, "init")[0] == 2  # no silent overwrite
-    if not SQLITE_LANDED:
-        pytest.skip("the sqlite backend (backends/apalis_sqlite) has not landed yet")
     code, out, _ = apalis(capsys, "check")
     assert code == 0
     assert "ok    backend main (sqlite) sqlite:///apalis.db" in out

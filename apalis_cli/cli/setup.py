@@ -82,7 +82,8 @@ def init(
 
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Validate the config, import handlers, connect to every backend."""
+    """Validate the config, import handlers, connect to every backend (creating or migrating its
+    schema: every store migrates idempotently when opened)."""
     loaded = load_config(config)
     registry = Registry()
     stores = {name: build_store(loaded, name, registry) for name in _backend_names(loaded)}

@@ -9,6 +9,7 @@ a LISTEN/NOTIFY, a pub/sub message) or after an idle backoff capped at `poll_int
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -122,4 +123,8 @@ async def beat_every(
             await asyncio.sleep(worker.keep_alive)
     finally:
         if farewell is not None:
-            await farewell()
+            # Best effort: a store that is down cannot hear it (the sweep recovers the worker's
+            # tasks after stale_after anyway), and a failure here must not replace the
+            # cancellation or GeneratorExit that is closing the stream.
+            with contextlib.suppress(Exception):
+                await farewell()

@@ -73,6 +73,8 @@ class Worker:
         self._listeners = list(on_event)
         self._running: dict[TaskId, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
+        self._stopped = False
+        self._heartbeat: AsyncIterator[None] = _no_beats()
         self.context = WorkerContext(
             id=f"{name}-{socket.gethostname()}-{os.getpid()}-{new_task_id()[-6:]}",
             name=name,
@@ -122,9 +124,9 @@ class Worker:
         On stop: take no more tasks, give running ones `shutdown_timeout` to finish, then cancel
         them (they go back to the queue). Nothing unacknowledged is lost either way.
         """
-        heartbeat = self.backend.heartbeat(self.context)
-        await self._first_beat(heartbeat, stop)
-        beats = asyncio.create_task(self._beat_forever(heartbeat), name=f"{self.name}-heartbeat")
+        self._heartbeat = self.backend.heartbeat(self.context)
+        await self._first_beat(self._heartbeat, stop)
+        beats = asyncio.create_task(self._beat_forever(), name=f"{self.name}-heartbeat")
         poller = asyncio.create_task(self._poll_loop(burst), name=f"{self.name}-poll")
         stopper = asyncio.create_task(stop.wait())
         released = 0
@@ -137,10 +139,11 @@ class Worker:
                 task.cancel()
             await asyncio.gather(poller, stopper, return_exceptions=True)
             released = await self._drain()
+            self._stopped = True
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await heartbeat.aclose()  # type: ignore[attr-defined]
+                await self._heartbeat.aclose()  # type: ignore[attr-defined]
             self._emit(Stopped(worker=self.name, queue=self.context.queue, released=released))
 
     async def _first_beat(self, heartbeat: AsyncIterator[None], stop: asyncio.Event) -> None:
@@ -165,18 +168,20 @@ class Worker:
             )
         )
 
-    async def _beat_forever(self, heartbeat: AsyncIterator[None]) -> None:
+    async def _beat_forever(self) -> None:
         while True:
             try:
-                await anext(heartbeat)
+                await anext(self._heartbeat)
                 self._beat_sent()
             except StopAsyncIteration:
                 return
             except Exception as exc:
+                if self._stopped:
+                    return
                 # A failed beat ends the generator; start a new one after keep_alive.
                 self._emit(HeartbeatFailed(worker=self.name, queue=self.context.queue, error=describe_error(exc)))
                 await asyncio.sleep(self.context.keep_alive)
-                heartbeat = self.backend.heartbeat(self.context)
+                self._heartbeat = self.backend.heartbeat(self.context)
 
     async def _poll_loop(self, burst: bool) -> None:
         wait = 0.1
@@ -276,3 +281,9 @@ def _handler_service(handler: Handler, decode: Callable[[bytes], Any]) -> Servic
         return Outcome.done(await handler(decode(task.args), task))
 
     return invoke
+
+
+async def _no_beats() -> AsyncIterator[None]:
+    """The heartbeat stream of a worker that has not started."""
+    return
+    yield

@@ -21,7 +21,7 @@ from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import encode_meta, plan_acks, task_from_row
+from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
 
 from .database import NOW
 
@@ -187,28 +187,12 @@ class MysqlQueue(QueueBase):
     async def stats(self) -> QueueStats:
         """Counts per status."""
         rows = await self._db.fetch(self._db.sql["stats"], {"queue": self.queue})
-        counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
-        for status, count in rows:
-            counts[Status(status)] = int(count)
-        return QueueStats(queue=self.queue, counts=counts)
+        return stats_from_rows(self.queue, rows)
 
     async def workers(self) -> list[WorkerInfo]:
         """Workers registered on this queue."""
         rows = await self._db.fetch(self._db.sql["workers"], {"queue": self.queue})
-        return [
-            WorkerInfo(
-                id=wid,
-                name=name,
-                queue=queue,
-                host=host,
-                pid=pid,
-                started_at=started_at,
-                last_seen=last_seen,
-                layers=tuple(json.loads(layers)) if layers else (),
-                running=running,
-            )
-            for wid, name, queue, host, pid, started_at, last_seen, layers, running in rows
-        ]
+        return [worker_from_row(row) for row in rows]
 
     async def retry(self, task_id: TaskId) -> bool:
         """A failed or killed task runs again now with a fresh count of attempts."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.task import Status, Task, TaskId
+from apalis_sql import worker_from_row
 
 from .messages import task_of
 
@@ -74,20 +75,7 @@ class InspectorMixin(QueueBase):
     async def workers(self) -> list[WorkerInfo]:
         """Workers registered on this queue in `apalis_pgmq.workers`."""
         rows = await self._rows("list_workers", {})
-        return [
-            WorkerInfo(
-                id=row[0],
-                name=row[1],
-                queue=row[2],
-                host=row[3],
-                pid=row[4],
-                started_at=row[5],
-                last_seen=row[6],
-                layers=tuple(row[7] or ()),
-                running=row[8],
-            )
-            for row in rows
-        ]
+        return [worker_from_row(row) for row in rows]
 
     async def retry(self, task_id: TaskId) -> bool:
         """A failed message runs again now with `read_ct` reset; a killed one comes back from the

@@ -13,7 +13,16 @@ from __future__ import annotations
 from .acks import AckPlan, plan_acks
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
 from .retrying import retrying
-from .rows import INSERT_COLUMNS, TASK_COLUMNS, decode_meta, encode_meta, insert_params, task_from_row
+from .rows import (
+    INSERT_COLUMNS,
+    TASK_COLUMNS,
+    decode_meta,
+    encode_meta,
+    insert_params,
+    stats_from_rows,
+    task_from_row,
+    worker_from_row,
+)
 from .status import CLAIMABLE, FINAL, orphan_error
 from .urls import redact_url
 
@@ -37,5 +46,7 @@ __all__ = [
     "render",
     "retrying",
     "split_named",
+    "stats_from_rows",
     "task_from_row",
+    "worker_from_row",
 ]

@@ -14,11 +14,20 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from apalis_cli.backend import NewTask
+from apalis_cli.backend import NewTask, QueueStats, WorkerInfo
 from apalis_cli.codec import encode_result
 from apalis_cli.task import Status, Task, TaskContext
 
-__all__ = ["INSERT_COLUMNS", "TASK_COLUMNS", "decode_meta", "encode_meta", "insert_params", "task_from_row"]
+__all__ = [
+    "INSERT_COLUMNS",
+    "TASK_COLUMNS",
+    "decode_meta",
+    "encode_meta",
+    "insert_params",
+    "stats_from_rows",
+    "task_from_row",
+    "worker_from_row",
+]
 
 TASK_COLUMNS: tuple[str, ...] = (
     "id",
@@ -142,3 +151,30 @@ def insert_params(queue: str, tasks: Sequence[NewTask], now: float) -> list[tupl
         )
         for t in tasks
     ]
+
+
+def worker_from_row(row: Sequence[Any]) -> WorkerInfo:
+    """A worker registry row (id, name, queue, host, pid, started_at, last_seen, layers, running)
+    as a `WorkerInfo`; `layers` may be JSON text or an already-parsed list."""
+    wid, name, queue, host, pid, started_at, last_seen, layers, running = row
+    if isinstance(layers, str | bytes):
+        layers = json.loads(layers or "[]")
+    return WorkerInfo(
+        id=wid,
+        name=name,
+        queue=queue,
+        host=host,
+        pid=pid,
+        started_at=_epoch(started_at),
+        last_seen=_epoch(last_seen),
+        layers=tuple(layers or ()),
+        running=running,
+    )
+
+
+def stats_from_rows(queue: str, rows: Sequence[Sequence[Any]]) -> QueueStats:
+    """`(status, count)` rows as `QueueStats`; a status without a row counts 0, repeated rows add."""
+    counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
+    for status, count in rows:
+        counts[Status(status)] = (counts[Status(status)] or 0) + int(count)
+    return QueueStats(queue=queue, counts=counts)

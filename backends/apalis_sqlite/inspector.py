@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import Queries, task_from_row
+from apalis_sql import Queries, task_from_row, worker_from_row
 
 from .connection import Database
 from .signal import QueueSignal
@@ -54,20 +53,7 @@ class SqliteInspector:
         """The workers registered on this queue, oldest first."""
         sql, params = self._q.list_workers, {"queue": self.queue}
         rows = await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
-        return [
-            WorkerInfo(
-                id=row[0],
-                name=row[1],
-                queue=row[2],
-                host=row[3],
-                pid=row[4],
-                started_at=row[5],
-                last_seen=row[6],
-                layers=tuple(json.loads(row[7] or "[]")),
-                running=row[8],
-            )
-            for row in rows
-        ]
+        return [worker_from_row(row) for row in rows]
 
     async def retry(self, task_id: TaskId) -> bool:
         """Make a failed or killed task pending again now, attempts reset; False if not found."""

@@ -44,7 +44,7 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 from .config import RedisSettings, redact_url
-from .connection import Wakeups, connect, lua, require_driver
+from .connection import Wakeups, connect_checked, lua, require_driver
 from .inspector import RedisInspector
 from .keys import QueueKeys
 
@@ -96,12 +96,7 @@ class RedisStore:
         """Connect and load the scripts; idempotent."""
         if self._client is not None:
             return
-        client = connect(self.settings.url, self.client_name)
-        try:
-            await client.ping()
-        except Exception as exc:
-            await client.aclose()
-            raise BackendError(f"cannot reach redis at {redact_url(self.settings.url)}: {exc}") from None
+        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url))
         self.scripts = {name: client.register_script(lua("apalis_redis", name)) for name in _SCRIPTS}
         self._wakeups = Wakeups(client, f"{self.settings.namespace}:wake:")
         self._client = client

@@ -12,10 +12,10 @@ import contextlib
 from importlib import resources
 from typing import Any
 
-from apalis_cli.errors import MissingExtra
+from apalis_cli.errors import BackendError, MissingExtra
 from apalis_cli.polling import Waker
 
-__all__ = ["Wakeups", "connect", "lua", "require_driver"]
+__all__ = ["Wakeups", "connect", "connect_checked", "lua", "require_driver"]
 
 _RECONNECT_TRIES = 12
 _RECONNECT_CAP = 1.0
@@ -53,6 +53,17 @@ def connect(url: str, client_name: str) -> Any:
         socket_connect_timeout=_CONNECT_TIMEOUT,
         socket_keepalive=True,
     )
+
+
+async def connect_checked(url: str, client_name: str, shown_url: str) -> Any:
+    """`connect`, then a PING, so an unreachable server is one clear `BackendError` at open."""
+    client = connect(url, client_name)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        raise BackendError(f"cannot reach redis at {shown_url}: {exc}") from None
+    return client
 
 
 def lua(package: str, name: str) -> str:

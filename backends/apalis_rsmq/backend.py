@@ -54,7 +54,7 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 from apalis_redis.config import redact_url
-from apalis_redis.connection import Wakeups, connect, lua, require_driver
+from apalis_redis.connection import Wakeups, connect_checked, lua, require_driver
 
 from .config import QUEUE_NAME, RsmqSettings
 from .inspector import RsmqInspector, created_at
@@ -108,12 +108,7 @@ class RsmqStore:
         """Connect and load the scripts; idempotent (queues are created on first use)."""
         if self._client is not None:
             return
-        client = connect(self.settings.url, self.client_name)
-        try:
-            await client.ping()
-        except Exception as exc:
-            await client.aclose()
-            raise BackendError(f"cannot reach redis at {redact_url(self.settings.url)}: {exc}") from None
+        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url))
         self.scripts = {name: client.register_script(lua("apalis_rsmq", name)) for name in _SCRIPTS}
         if self.settings.realtime:
             self._wakeups = Wakeups(client, f"{self.settings.namespace}:rt:")

@@ -7,20 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
-from apalis_sql import identifier, redact_url
+from apalis_sql import identifier, pool_options, redact_url
 
 __all__ = ["MysqlConfig"]
 
 _OPTIONS = {"table_prefix", "min_size", "max_size", "connect_timeout"}
-
-
-def _int(options: Mapping[str, Any], key: str, default: int, low: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"must be an integer >= {low}, got {value!r}", key=key)
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,17 +45,7 @@ class MysqlConfig:
         if parts.scheme not in ("mysql", "mariadb") or not database or "/" in database:
             raise ConfigError(expected, key="url")
         query = parse_qs(parts.query)
-        for key in options:
-            if key not in _OPTIONS:
-                raise ConfigError(f"unknown key (known: {', '.join(sorted(_OPTIONS))})", key=key)
-        min_size = _int(options, "min_size", 1, 0)
-        max_size = _int(options, "max_size", 10, 1)
-        if max_size < min_size:
-            raise ConfigError(f"must be >= min_size ({min_size}), got {max_size}", key="max_size")
-        try:
-            timeout = parse_duration(options.get("connect_timeout", "10s"))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(str(exc), key="connect_timeout") from None
+        pool = pool_options(options, _OPTIONS)
         return cls(
             url=url,
             host=parts.hostname or "127.0.0.1",
@@ -73,9 +55,9 @@ class MysqlConfig:
             database=database,
             unix_socket=query.get("unix_socket", [None])[0],
             table_prefix=identifier(options.get("table_prefix", "apalis_"), key="table_prefix"),
-            min_size=min_size,
-            max_size=max_size,
-            connect_timeout=max(timeout, 0.1),
+            min_size=pool.min_size,
+            max_size=pool.max_size,
+            connect_timeout=max(pool.connect_timeout, 0.1),
         )
 
     @property

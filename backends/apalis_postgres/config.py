@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
-from apalis_sql import identifier, redact_url
+from apalis_sql import identifier, pool_options, redact_url
 
 __all__ = ["PostgresConfig"]
 
@@ -21,13 +20,6 @@ def _schema(value: Any) -> str:
     if not name:
         raise ConfigError("must not be empty", key="schema")
     return name
-
-
-def _int(options: Mapping[str, Any], key: str, default: int, low: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"must be an integer >= {low}, got {value!r}", key=key)
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,20 +41,10 @@ class PostgresConfig:
         if parts is None or parts.scheme not in ("postgresql", "postgres"):
             shown = redact_url(url) if isinstance(url, str) else repr(url)
             raise ConfigError(f'expected a "postgresql://user:pass@host:port/db" URL, got "{shown}"', key="url")
-        for key in options:
-            if key not in _OPTIONS:
-                raise ConfigError(f"unknown key (known: {', '.join(sorted(_OPTIONS))})", key=key)
+        pool = pool_options(options, _OPTIONS)
         name = options.get("application_name", "apalis-cli")
         if not isinstance(name, str) or not name.isprintable() or len(name) > 63:
             raise ConfigError(f"must be printable text of at most 63 characters, got {name!r}", key="application_name")
-        min_size = _int(options, "min_size", 1, 0)
-        max_size = _int(options, "max_size", 10, 1)
-        if max_size < min_size:
-            raise ConfigError(f"must be >= min_size ({min_size}), got {max_size}", key="max_size")
-        try:
-            timeout = parse_duration(options.get("connect_timeout", "10s"))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(str(exc), key="connect_timeout") from None
         durable = options.get("durable_push", True)
         if not isinstance(durable, bool):
             raise ConfigError(f"must be true or false, got {durable!r}", key="durable_push")
@@ -70,9 +52,9 @@ class PostgresConfig:
             url=url,
             schema=_schema(options.get("schema", "apalis")),
             application_name=name,
-            min_size=min_size,
-            max_size=max_size,
-            connect_timeout=max(timeout, 0.1),
+            min_size=pool.min_size,
+            max_size=pool.max_size,
+            connect_timeout=max(pool.connect_timeout, 0.1),
             durable_push=durable,
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .acks import AckPlan, plan_acks
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
+from .options import PoolOptions, pool_options
 from .retrying import retrying
 from .rows import (
     INSERT_COLUMNS,
@@ -33,6 +34,7 @@ __all__ = [
     "TASK_COLUMNS",
     "AckPlan",
     "Migration",
+    "PoolOptions",
     "Queries",
     "decode_meta",
     "encode_meta",
@@ -42,6 +44,7 @@ __all__ = [
     "load_queries",
     "orphan_error",
     "plan_acks",
+    "pool_options",
     "redact_url",
     "render",
     "retrying",

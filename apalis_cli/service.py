@@ -40,6 +40,8 @@ class Outcome:
     @classmethod
     def done(cls, result: Any = None) -> Outcome:
         """The task succeeded with `result`."""
+        if result is None and cls is Outcome:
+            return _DONE  # most handlers return nothing: one frozen instance serves every run
         return cls(kind=OutcomeKind.DONE, result=result)
 
     @classmethod
@@ -55,7 +57,11 @@ class Outcome:
     @classmethod
     def release(cls) -> Outcome:
         """The task goes back to pending without counting the attempt."""
-        return cls(kind=OutcomeKind.RELEASE)
+        return _RELEASE if cls is Outcome else cls(kind=OutcomeKind.RELEASE)
+
+
+_DONE = Outcome(kind=OutcomeKind.DONE)
+_RELEASE = Outcome(kind=OutcomeKind.RELEASE)
 
 
 Service = Callable[[Task[Any]], Awaitable[Outcome]]

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+import pytest
 from apalis_cli.backend import WorkerContext
 from apalis_cli.polling import Waker, beat_every, poll_batches
 from apalis_cli.task import Task, TaskContext
@@ -121,3 +122,57 @@ async def test_beat_every_beats_then_says_farewell() -> None:
     assert len(beats) == 3
     assert beats[2] - beats[0] >= 0.035, "beats are keep_alive apart"
     assert farewells == [True]
+
+
+class SlowSource(Source):
+    """A `Source` whose claim takes a while (a round trip), so a stop can land in the middle."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.claiming = asyncio.Event()
+
+    async def fetch(self, limit: int) -> list[Task[bytes]]:
+        self.claiming.set()
+        await asyncio.sleep(0.05)
+        return await super().fetch(limit)
+
+
+async def test_a_claim_cancelled_mid_flight_is_released_not_stranded() -> None:
+    source = SlowSource(3)
+    stream = poll_batches(context(free=2), source.fetch, source.release)
+    poller = asyncio.ensure_future(anext(stream))
+    await source.claiming.wait()
+    poller.cancel()  # a stopping worker cancels its poller while the store is claiming
+    done, _ = await asyncio.wait({poller}, timeout=2)
+    assert done, "the poller ends once the claim it waited for is over"
+    assert poller.cancelled(), "the cancellation reaches the poller"
+    assert source.released == ["t0", "t1"], "what the claim took goes back to the queue"
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_claim_that_fails_while_the_poller_is_cancelled_releases_nothing() -> None:
+    class Failing(SlowSource):
+        async def fetch(self, limit: int) -> list[Task[bytes]]:
+            self.claiming.set()
+            await asyncio.sleep(0.05)
+            raise ConnectionError("store went away")
+
+    source = Failing(3)
+    stream = poll_batches(context(free=2), source.fetch, source.release)
+    poller = asyncio.ensure_future(anext(stream))
+    await source.claiming.wait()
+    poller.cancel()
+    await asyncio.wait({poller}, timeout=2)
+    assert poller.cancelled()
+    assert source.released == []
+
+
+async def test_a_failed_claim_raises_to_the_poller() -> None:
+    class Failing(Source):
+        async def fetch(self, limit: int) -> list[Task[bytes]]:
+            await asyncio.sleep(0)
+            raise ConnectionError("store went away")
+
+    stream = poll_batches(context(), Failing(1).fetch, Source(0).release)
+    with pytest.raises(ConnectionError, match="went away"):
+        await anext(stream)

@@ -27,7 +27,7 @@ from .events import (
 )
 from .registry import redact_text
 
-__all__ = ["LOG_LEVELS", "LogFormat", "event_logger", "quiet_stdlib_logging", "setup_logging"]
+__all__ = ["LOG_LEVELS", "LogFormat", "event_logger", "setup_logging"]
 
 LogFormat = Literal["console", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -68,13 +68,6 @@ def setup_logging(fmt: LogFormat | None = None, level: str = "info") -> LogForma
     root.handlers[:] = [_ToStructlog()]
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
     return chosen
-
-
-def quiet_stdlib_logging() -> None:
-    """Keep drivers' standard-library log records off a command's output (errors say enough)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(logging.NullHandler())
 
 
 class _ToStructlog(logging.Handler):

@@ -7,6 +7,7 @@ passwords inside URLs are masked before anything is printed.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -14,13 +15,11 @@ import typer
 from typer.exceptions import Abort, Exit
 
 from ..errors import ApalisError, MissingExtra, UsageError
-from ..layers.retry import describe_error
-from ..logs import quiet_stdlib_logging
-from ..registry import redact_text
 from .app import app
 
 # isort: off
-# Imported for their commands, in the order `apalis --help` lists them.
+# Imported for their commands, in the order `apalis --help` lists them. Each imports what its
+# commands need when they run, so that `apalis --help` or `apalis push` loads little else.
 from . import run, push, inspect, admin, setup
 
 # isort: on
@@ -32,6 +31,8 @@ _ = (admin, inspect, push, run, setup)  # imported for their commands
 
 def fail_line(message: str) -> str:
     """`message` as the one line printed on failure: no newlines, no passwords."""
+    from ..registry import redact_text
+
     text = " ".join(message.split())
     return "apalis: error: " + redact_text(text)
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run(argv: list[str]) -> int:
     command = typer.main.get_command(app)
-    quiet_stdlib_logging()  # `run` replaces this with structured logging
+    _quiet_stdlib_logging()  # `run` replaces this with structured logging
     try:
         result = command.main(args=argv, prog_name="apalis", standalone_mode=False)
     except Exit as exc:
@@ -75,5 +76,14 @@ def _report(exc: Exception) -> int:
         print(fail_line(str(format_message())), file=sys.stderr)
         return 2 if exit_code == 2 else max(exit_code, 1)
     # A store or driver failure: one line, never a traceback.
+    from ..layers.retry import describe_error
+
     print(fail_line(describe_error(exc)), file=sys.stderr)
     return 1
+
+
+def _quiet_stdlib_logging() -> None:
+    """Keep drivers' standard-library log records off a command's output (errors say enough)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,9 @@ from ..durations import parse_duration
 from ..errors import ApalisError, UsageError
 from ..task import Status
 from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app
-from .common import open_target, require_inspector
+
+# asyncio and the store's machinery are imported inside the commands: `apalis --help` and the
+# other commands do without them.
 
 __all__ = ["kill", "purge", "retry"]
 
@@ -28,6 +29,8 @@ def retry(
     queue: QueueOption = None,
 ) -> None:
     """Make a failed or killed task pending again (attempts reset)."""
+    import asyncio
+
     asyncio.run(_change(config, worker, queue, task_id, "retry"))
     print(f"retried {task_id}")
 
@@ -41,6 +44,8 @@ def kill(
     reason: Annotated[str, typer.Option(help="Kept as the task's last error.")] = "killed by an operator",
 ) -> None:
     """Kill a pending, failed or running task: it will not run again."""
+    import asyncio
+
     asyncio.run(_change(config, worker, queue, task_id, "kill", reason))
     print(f"killed {task_id}")
 
@@ -48,6 +53,8 @@ def kill(
 async def _change(
     config: Path, worker: str | None, queue: str | None, task_id: str, action: str, reason: str = ""
 ) -> None:
+    from .common import open_target, require_inspector
+
     async with open_target(config, worker, queue) as opened:
         inspector = require_inspector(opened, Capability.ADMIN, f"{action} tasks")
         changed = await (inspector.retry(task_id) if action == "retry" else inspector.kill(task_id, reason))
@@ -75,10 +82,14 @@ def purge(
             age = parse_duration(older_than)
         except ValueError as exc:
             raise UsageError(f"--older-than: {exc}") from None
+    import asyncio
+
     count = asyncio.run(_purge(config, worker, queue, status, age))
     print(f"purged {count} {status.value} task{'s' if count != 1 else ''}")
 
 
 async def _purge(config: Path, worker: str | None, queue: str | None, status: Status, age: float | None) -> int:
+    from .common import open_target, require_inspector
+
     async with open_target(config, worker, queue) as opened:
         return await require_inspector(opened, Capability.ADMIN, "purge tasks").purge(status, age)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..api import QueueTarget, open_queue
 from ..backend import Capability, Inspector, QueueStats, WorkerInfo
-from ..config import Config, load_config
 from ..errors import ApalisError, DecodeError, Unsupported
 from ..task import Status, Task, iso
-from . import console
 from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app
-from .common import Opened, open_target, require_inspector
+
+if TYPE_CHECKING:
+    from ..api import QueueTarget
+    from ..config import Config
+    from .common import Opened
+
+# The store's machinery (asyncio, the config, the store registry) and rich's tables are imported
+# inside the commands: `apalis --help` and the other commands do without them.
 
 __all__ = ["inspect", "stats", "task_json", "workers"]
 
@@ -35,17 +38,23 @@ def inspect(
     as_json: JsonOption = False,
 ) -> None:
     """Peek at a queue's tasks without consuming them."""
+    import asyncio
+
     tasks, opened_codec = asyncio.run(_inspect(config, worker, queue, status, limit, task_id))
     rows = [task_json(task, opened_codec if decode else None) for task in tasks]
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
     else:
+        from . import console
+
         console.print_tasks(rows, decode=decode)
 
 
 async def _inspect(
     config: Path, worker: str | None, queue: str | None, status: Status | None, limit: int, task_id: str | None
 ) -> tuple[list[Task[bytes]], Any]:
+    from .common import open_target, require_inspector
+
     async with open_target(config, worker, queue) as opened:
         backend: Any = opened.backend
         if not isinstance(backend, Inspector):
@@ -64,6 +73,8 @@ async def _inspect(
         except Unsupported as exc:
             raise Unsupported(f"{opened.describe()} cannot list its tasks: {exc}") from None
         if partial:
+            from . import console
+
             console.note(f"{opened.describe()} shows only part of its tasks: {partial}")
         return tasks, opened.backend.codec
 
@@ -119,11 +130,15 @@ def workers(
     as_json: JsonOption = False,
 ) -> None:
     """The workers registered on each queue, with their last heartbeat."""
+    import asyncio
+
     found = asyncio.run(_each_queue(config, worker, queue, _workers_of))
     infos = [info for group in found for info in group]
     if as_json:
         print(json.dumps([_worker_json(info) for info in infos], indent=2))
     else:
+        from . import console
+
         console.print_workers([_worker_json(info) for info in infos])
 
 
@@ -135,15 +150,21 @@ def stats(
     as_json: JsonOption = False,
 ) -> None:
     """How many tasks each queue holds in each status."""
+    import asyncio
+
     found = asyncio.run(_each_queue(config, worker, queue, _stats_of))
     rows = [{"queue": s.queue, **{str(k): v for k, v in s.counts.items()}} for s in found]
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
+        from . import console
+
         console.print_stats(rows)
 
 
 async def _workers_of(opened: Opened) -> list[WorkerInfo]:
+    from .common import require_inspector
+
     return await require_inspector(opened, Capability.WORKERS, "list its workers").workers()
 
 
@@ -159,6 +180,10 @@ async def _stats_of(opened: Opened) -> QueueStats:
 
 async def _each_queue(config_path: Path, worker: str | None, queue: str | None, fn: Any) -> list[Any]:
     """`fn(opened)` for the chosen queue, or for every worker's queue when none is chosen."""
+    from ..api import open_queue
+    from ..config import load_config
+    from .common import Opened, open_target
+
     if worker is not None or queue is not None:
         async with open_target(config_path, worker, queue) as opened:
             return [await fn(opened)]
@@ -171,6 +196,8 @@ async def _each_queue(config_path: Path, worker: str | None, queue: str | None, 
 
 
 def _all_targets(config: Config) -> list[QueueTarget]:
+    from ..api import QueueTarget
+
     seen: dict[tuple[str, str], QueueTarget] = {}
     for w in config.workers:
         target = QueueTarget(

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..backend import Capability, TaskSink
 from ..durations import parse_duration
 from ..errors import Unsupported, UsageError
 from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app
-from .common import Opened, open_target, require
+
+if TYPE_CHECKING:
+    from .common import Opened
 
 __all__ = ["parse_at", "push"]
 
@@ -45,6 +44,8 @@ def push(
     options = _options(delay, at, priority, max_attempts)
     if key is not None and len(values) != 1:
         raise UsageError("--key names one task; it cannot be used when pushing several")
+    import asyncio  # here, not at the top: `apalis --help` and the other commands do without
+
     asyncio.run(_push(config, worker, queue, values, options, key, show_progress=file is not None))
 
 
@@ -58,12 +59,17 @@ async def _push(
     *,
     show_progress: bool,
 ) -> None:
+    from .common import open_target
+
     async with open_target(config, worker, queue) as opened:
         sink = _sink(opened, options, key)
         if len(values) == 1 and not show_progress:
             task_id = await sink.push(values[0], idempotency_key=key, **options)
             print(task_id, flush=True)
             return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         console = Console(stderr=True)
         with Progress(
             TextColumn("pushing"),
@@ -84,6 +90,8 @@ async def _push(
 
 
 def _sink(opened: Opened, options: dict[str, Any], key: str | None) -> TaskSink:
+    from .common import require
+
     backend: Any = opened.backend
     if not isinstance(backend, TaskSink):
         raise Unsupported(f"{opened.describe()} cannot take pushed tasks (its tasks come from the store itself)")

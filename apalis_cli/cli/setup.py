@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tomli_w
 import typer
 
-from ..config import Config, load_config
 from ..errors import ApalisError, ConfigError, UsageError
-from ..handlers import load_handler
-from ..layers.retry import describe_error
-from ..registry import Registry, build_store, build_worker_store, redact_text, redact_url
 from .app import DEFAULT_CONFIG, ConfigOption, app
-from .assembly import build_layers
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["check", "init", "starter_config"]
 
@@ -84,6 +81,14 @@ def init(
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate the config, import handlers, connect to every backend (creating or migrating its
     schema: every store migrates idempotently when opened)."""
+    # Imported here, not at the top: `apalis --help` and `apalis init` do without them.
+    import asyncio
+
+    from ..config import load_config
+    from ..handlers import load_handler
+    from ..registry import Registry, build_store, build_worker_store
+    from .assembly import build_layers
+
     loaded = load_config(config)
     registry = Registry()
     stores = {name: build_store(loaded, name, registry) for name in _backend_names(loaded)}
@@ -110,6 +115,9 @@ def _backend_names(config: Config) -> list[str]:
 
 
 async def _connect(config: Config, stores: dict[str, Any]) -> int:
+    from ..layers.retry import describe_error
+    from ..registry import redact_text, redact_url
+
     failures = 0
     for name, store in stores.items():
         backend = config.backends.get(name)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import structlog
-
 from ..service import Outcome, Service
 from ..task import Task
 
@@ -27,6 +25,9 @@ class TracingLayer:
         return f"tracing({self.level})"
 
     def __call__(self, inner: Service) -> Service:
+        # Imported here: the config and every command import this package, most never trace.
+        import structlog
+
         logger = structlog.get_logger("apalis.task")
         log = getattr(logger, self.level)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 import __future__
 
+import subprocess
+import sys
 from types import ModuleType
 
 import apalis_cli
@@ -45,3 +47,11 @@ def test_what_handlers_and_producers_need_is_exported() -> None:
         apalis_cli.__all__
     )
     assert apalis_cli.__version__
+
+
+def test_the_command_line_starts_without_the_daemon_machinery() -> None:
+    # `apalis --help` (and every command's start) should not pay for what only `run` needs.
+    heavy = ("asyncio", "structlog", "rich", "apalis_cli.config", "apalis_cli.registry", "apalis_cli.worker")
+    code = f"import sys, apalis_cli.cli; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""

@@ -1,0 +1,155 @@
+"""What `apalis run` does once its options are read: assemble the workers and supervise them.
+
+Kept apart from the command's definition (`run.py`) so that `apalis --help` and the other
+commands do not import the daemon's machinery (asyncio, structlog, rich's live view, workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from ..backend import Capability, Inspector
+from ..codec import codec_by_name
+from ..config import load_config
+from ..errors import UsageError
+from ..events import EventListener
+from ..logs import LOG_LEVELS, LogFormat, event_logger, setup_logging
+from ..supervisor import Supervisor
+from ..worker import Worker
+from .assembly import Assembly, assemble, opened_stores
+from .console import Dashboard
+
+__all__ = ["run_daemon"]
+
+
+def run_daemon(
+    config: Path,
+    worker: list[str] | None,
+    *,
+    burst: bool,
+    concurrency: int | None,
+    log_format: str | None,
+    log_level: str,
+    live: bool | None,
+    metrics_addr: str | None,
+) -> None:
+    """`apalis run` with its options (see `run.run` for what they mean)."""
+    if log_format not in (None, "console", "json"):
+        raise UsageError(f'--log-format: expected console or json, got "{log_format}"')
+    if log_level.lower() not in LOG_LEVELS:
+        raise UsageError(f'--log-level: expected one of {", ".join(LOG_LEVELS)}, got "{log_level}"')
+    address = _address(metrics_addr) if metrics_addr else None
+    loaded = load_config(config)
+    selected = [loaded.worker(name) for name in dict.fromkeys(worker)] if worker else list(loaded.workers)
+    if not selected:
+        raise UsageError(f"{config}: no [[workers]] to run")
+    fmt: LogFormat | None = "json" if log_format == "json" else "console" if log_format == "console" else None
+    setup_logging(fmt, log_level.lower())
+    assembly = assemble(loaded, selected, concurrency)
+    # Asking for a log format asks for log lines; otherwise a terminal gets the live view.
+    show_live = (sys.stdout.isatty() and log_format is None) if live is None else live
+    log_tasks = log_level.lower() in ("debug", "info")
+    with contextlib.suppress(asyncio.CancelledError):  # a signal while still waiting for a store
+        asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, metrics_addr=address))
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f'--metrics-addr: expected HOST:PORT such as "127.0.0.1:9464", got "{text}"')
+    return host.strip("[]"), int(port)
+
+
+async def _run(
+    assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, metrics_addr: tuple[str, int] | None
+) -> None:
+    # A daemon waits for a store that is not up yet (a signal ends the wait); a burst run is a
+    # script's step: it fails at once.
+    async with contextlib.AsyncExitStack() as stores:
+        with _cancel_on_signals():
+            await stores.enter_async_context(opened_stores(assembly, wait=not burst))
+        await _supervise(assembly, burst=burst, live=live, log_tasks=log_tasks, metrics_addr=metrics_addr)
+
+
+@contextlib.contextmanager
+def _cancel_on_signals() -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        if task is not None:
+            loop.add_signal_handler(sig, task.cancel)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _supervise(
+    assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, metrics_addr: tuple[str, int] | None
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        factories = [lambda w=w: assembly.factory(w) for w in assembly.workers]
+        dashboard: Dashboard | None = None
+        listeners: list[EventListener] = []
+        supervisor: Supervisor
+
+        def running(name: str) -> int:
+            return sum(w.running for w in supervisor.workers if w is not None and w.name == name)
+
+        if live:
+            dashboard = Dashboard([(w.name, w.queue) for w in assembly.workers], running, lambda: supervisor.stopping)
+            listeners.append(dashboard.on_event)
+        else:
+            listeners.append(event_logger(tasks=log_tasks))
+        if metrics_addr is not None:
+            listeners.append(
+                await stack.enter_async_context(_metrics(assembly, lambda: supervisor.workers, metrics_addr))
+            )
+        supervisor = Supervisor(factories, on_event=listeners)
+        supervisor.install_signal_handlers()
+        try:
+            if dashboard is None:
+                await supervisor.run(burst=burst)
+            else:
+                console = Console()
+                with Live(console=console, get_renderable=dashboard.render, refresh_per_second=4, redirect_stderr=True):
+                    await supervisor.run(burst=burst)
+        finally:
+            supervisor.remove_signal_handlers()
+
+
+@contextlib.asynccontextmanager
+async def _metrics(
+    assembly: Assembly, workers: Callable[[], Sequence[Worker | None]], address: tuple[str, int]
+) -> AsyncIterator[EventListener]:
+    from ..metrics import Metrics, serve  # prometheus-client is an extra: imported only when asked for
+
+    queues: dict[str, Inspector] = {}
+    for w in assembly.workers:
+        if w.cron is not None and w.pipe_to is None:
+            continue  # in-process ticks: no queue depth to ask for
+        store = assembly.stores[w.pipe_to] if w.pipe_to is not None else assembly.store_of[w.name]
+        backend: Any = store.backend(w.queue, codec=codec_by_name(w.codec))
+        if backend.capabilities.has(Capability.INSPECT) and isinstance(backend, Inspector):
+            queues.setdefault(w.queue, backend)
+    metrics = Metrics(workers, queues)
+    try:
+        server = await serve(metrics, *address)
+    except OSError as exc:
+        raise UsageError(f"--metrics-addr: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+    try:
+        yield metrics
+    finally:
+        server.close()
+        await server.wait_closed()

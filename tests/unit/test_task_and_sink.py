@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 import time
+from typing import Any
 
 import pytest
 from apalis_cli.codec import JsonCodec, MsgpackCodec
 from apalis_cli.durations import format_duration, parse_duration
 from apalis_cli.errors import BadPayload, UsageError
 from apalis_cli.memory import MemoryStore
-from apalis_cli.task import Status, TaskContext, iso, new_task_id
+from apalis_cli.task import Status, Task, TaskContext, iso, new_task_id
 
 
 def test_task_ids_are_unique_and_time_ordered() -> None:
@@ -21,6 +24,33 @@ def test_task_ids_are_unique_and_time_ordered() -> None:
     assert len({len(i) for i in ids}) == 1, "fixed width, so text order is time order"
     assert all(re.fullmatch("[0-9a-f]+", i) for i in ids), "URL-safe"
     assert all(first < i for i in ids), "an id made later sorts later (ms resolution)"
+
+
+@pytest.mark.parametrize("cls", [Task, TaskContext])
+def test_task_and_context_take_every_field_and_stay_frozen(cls: Any) -> None:
+    # Their __init__ is written by hand (it is on the hot path): it must set each field, with
+    # the declared default, and leave the object as frozen as a generated one would.
+    fields = dataclasses.fields(cls)
+    params = inspect.signature(cls).parameters
+    assert list(params) == [f.name for f in fields]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    given = {f.name: object() for f in fields}
+    made = cls(**given)
+    assert {f.name: getattr(made, f.name) for f in fields} == given
+    assert type(made) is cls
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, fields[0].name, "changed")
+    assert dataclasses.replace(made, **{fields[0].name: "x"}) == cls(**{**given, fields[0].name: "x"})
+
+
+def test_a_context_gets_the_declared_defaults() -> None:
+    ctx = TaskContext(queue="q")
+    for f in dataclasses.fields(TaskContext):
+        if f.name != "queue":
+            factory: Any = f.default_factory
+            default = factory() if f.default is dataclasses.MISSING else f.default
+            assert getattr(ctx, f.name) == default, f.name
+    assert ctx.meta is not TaskContext(queue="q").meta, "each context has its own meta"
 
 
 def test_final_statuses() -> None:

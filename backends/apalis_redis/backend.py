@@ -9,7 +9,7 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:ready       zset   pending/failed tasks that are due; score -priority*1e10 + run_at, so
                               ZPOPMIN takes priority DESC then run_at ASC (exact for |priority| < 1e5)
     ns:{q}:scheduled   zset   pending/failed tasks not yet due, by run_at; promoted by the claim
-    ns:{q}:running     zset   claimed tasks, by claim time (the orphan sweep walks it)
+    ns:{q}:running     zset   claimed tasks, by claim time in integer ms (the orphan sweep walks it)
     ns:{q}:failed      set    tasks whose status is failed (ready or scheduled), for counts
     ns:{q}:done        zset   done tasks, by done_at    (purged after `retention` by the heartbeat;
     ns:{q}:killed      zset   killed tasks, by done_at   their hashes also expire by PEXPIRE)
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -51,6 +52,7 @@ from .keys import QueueKeys
 __all__ = ["RedisQueue", "RedisStore"]
 
 _SCRIPTS = ("enqueue", "claim", "ack", "heartbeat", "farewell", "retry", "kill", "purge")
+_CLAIMING = ("claim", "ack")  # the scripts that start with lua/claiming.lua's claim()
 _NO_META: MappingProxyType[str, Any] = MappingProxyType({})
 _KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
 _ENQUEUE_CHUNK = 2000  # tasks per script call: big pushes stay in one round trip, no call is huge
@@ -97,7 +99,11 @@ class RedisStore:
         if self._client is not None:
             return
         client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url))
-        self.scripts = {name: client.register_script(lua("apalis_redis", name)) for name in _SCRIPTS}
+        claiming = lua("apalis_redis", "claiming")
+        self.scripts = {
+            name: client.register_script((claiming if name in _CLAIMING else "") + lua("apalis_redis", name))
+            for name in _SCRIPTS
+        }
         self._wakeups = Wakeups(client, f"{self.settings.namespace}:wake:")
         self._client = client
 
@@ -129,6 +135,17 @@ class RedisStore:
         return RedisQueue(self, queue, codec=codec, max_attempts=max_attempts)
 
 
+class _Ahead:
+    """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out."""
+
+    __slots__ = ("open", "tasks", "worker_id")
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.tasks: deque[Task[bytes]] = deque()
+        self.open = True
+
+
 class RedisQueue(RedisInspector, QueueBase):
     """One queue of a `RedisStore`."""
 
@@ -139,6 +156,7 @@ class RedisQueue(RedisInspector, QueueBase):
         self.store = store
         self.keys = QueueKeys.of(store.settings.namespace, queue)
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
+        self._ahead: dict[str, _Ahead] = {}
 
     # -- the store's primitives ------------------------------------------------------------
 
@@ -171,40 +189,76 @@ class RedisQueue(RedisInspector, QueueBase):
         return [raw.decode() for reply in replies for raw in _unpack(reply)]
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        """Ready tasks, claimed for `worker` in batches of its free slots; a push wakes it."""
-        k, script, queue, worker_id = self.keys, self.store.scripts["claim"], self.queue, worker.id
+        """Ready tasks, claimed for `worker` in batches of its free slots; a push wakes it.
+
+        Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
+        busy worker makes one round trip per batch, not two.
+        """
+        return self._stream(worker)
+
+    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        # Registered only once iterated: a stream closed before its first item leaves nothing.
+        k, script, worker_id = self.keys, self.store.scripts["claim"], worker.id
         claim_keys = [k.ready, k.scheduled, k.running, k.failed]
+        ahead = _Ahead(worker_id)
+        self._ahead[worker_id] = ahead
 
         async def fetch(limit: int) -> list[Task[bytes]]:
-            reply = _unpack(await script(keys=claim_keys, args=[k.base, repr(time.time()), limit, worker_id]))
-            return [
-                Task(
-                    id=reply[i].decode(),
-                    args=reply[i + 1],
-                    ctx=TaskContext(
-                        queue=queue,
-                        status=Status.RUNNING,
-                        attempts=reply[i + 2],
-                        max_attempts=int(reply[i + 3]),
-                        run_at=float(reply[i + 4]),
-                        priority=int(reply[i + 5]),
-                        idempotency_key=reply[i + 6].decode() if reply[i + 6] else None,
-                        meta=json.loads(reply[i + 7]) if reply[i + 7] else _NO_META,
-                        lock_by=worker_id,
-                        last_error=reply[i + 9].decode() if reply[i + 9] else None,
-                        created_at=float(reply[i + 8]),
-                    ),
-                )
-                for i in range(0, len(reply), 10)
-            ]
+            if ahead.tasks:
+                return [ahead.tasks.popleft() for _ in range(min(limit, len(ahead.tasks)))]
+            reply = await script(keys=claim_keys, args=[k.base, repr(time.time()), limit, worker_id])
+            return self._tasks(_unpack(reply), worker_id)
 
-        async def release(tasks: Sequence[Task[bytes]]) -> None:
-            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+        inner = poll_batches(worker, fetch, self._release, self.store.wakeups.waker(self.queue))
+        try:
+            async for task in inner:
+                yield task
+        finally:
+            ahead.open = False
+            if self._ahead.get(worker_id) is ahead:
+                del self._ahead[worker_id]
+            await inner.aclose()  # type: ignore[attr-defined]
+            if ahead.tasks:
+                leftover = list(ahead.tasks)
+                ahead.tasks.clear()
+                await self._release(leftover)
 
-        return poll_batches(worker, fetch, release, self.store.wakeups.waker(queue))
+    def _tasks(self, reply: list[Any], worker_id: str) -> list[Task[bytes]]:
+        """Tasks from a claim's reply: 10 fields each (see lua/claiming.lua)."""
+        queue, fields = self.queue, iter(reply)
+        # Ten at a time by zip: cheaper per task than indexing the reply ten times.
+        return [
+            Task(
+                id=task_id.decode(),
+                args=payload,
+                ctx=TaskContext(
+                    queue=queue,
+                    status=Status.RUNNING,
+                    attempts=attempts,
+                    max_attempts=int(max_attempts),
+                    run_at=float(run_at),
+                    priority=int(priority),
+                    idempotency_key=key.decode() if key else None,
+                    meta=json.loads(meta) if meta else _NO_META,
+                    lock_by=worker_id,
+                    last_error=error.decode() if error else None,
+                    created_at=float(created_at),
+                ),
+            )
+            for task_id, payload, attempts, max_attempts, run_at, priority, key, meta, created_at, error in zip(
+                *[fields] * 10, strict=False
+            )
+        ]
+
+    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
+        await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Apply many outcomes in one script call; a task whose lease was lost is left alone."""
+        """Apply many outcomes in one script call; a task whose lease was lost is left alone.
+
+        In the same call, each polling worker whose runs ended here gets up to as many new
+        tasks claimed as those runs free slots (never more: backpressure holds).
+        """
         k = self.keys
         packed: list[Any] = []
         for task, outcome in items:
@@ -213,7 +267,37 @@ class RedisQueue(RedisInspector, QueueBase):
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
             packed += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
         args = [k.base, repr(time.time()), k.wake, int(self.retention * 1000), _pack(packed)]
-        await self.store.scripts["ack"](keys=[k.ready, k.scheduled, k.running, k.failed, k.done, k.killed], args=args)
+        wanted = self._wanted(items) if self._ahead else []
+        if wanted:
+            args.append(_pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]))
+        keys = [k.ready, k.scheduled, k.running, k.failed, k.done, k.killed]
+        reply = await self.store.scripts["ack"](keys=keys, args=args)
+        if wanted:
+            for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
+                if rows:
+                    await self._hand_over(ahead, self._tasks(rows, ahead.worker_id))
+
+    def _wanted(self, items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[_Ahead, int]]:
+        """How many tasks to claim ahead per polling worker: the slots its finished runs free."""
+        freed: dict[str | None, int] = {}
+        for task, outcome in items:
+            if outcome.kind is not OutcomeKind.RELEASE:  # a release means the worker is stopping
+                lock = task.ctx.lock_by
+                freed[lock] = freed.get(lock, 0) + 1
+        wanted = []
+        for lock, count in freed.items():
+            ahead = self._ahead.get(lock) if lock is not None else None
+            if ahead is not None and ahead.open and count > len(ahead.tasks):
+                wanted.append((ahead, count - len(ahead.tasks)))
+        return wanted
+
+    async def _hand_over(self, ahead: _Ahead, tasks: list[Task[bytes]]) -> None:
+        if not ahead.open:  # the worker stopped polling while we claimed: give them back
+            await self._release(tasks)
+            return
+        ahead.tasks.extend(tasks)
+        # A poller idling with free slots (its own fetch came back empty) takes them at once.
+        self.store.wakeups.waker(self.queue).notify()
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register `worker` (an upsert, so it re-registers after any loss), sweep orphans and
@@ -223,7 +307,10 @@ class RedisQueue(RedisInspector, QueueBase):
 
         async def beat() -> None:
             for _ in range(20):  # more purging only when a backlog of finished tasks built up
-                now = time.time()
+                now, running = time.time(), list(worker.running())
+                ahead = self._ahead.get(worker.id)
+                if ahead is not None:  # claimed for it and about to start: not lost claims
+                    running.extend(task.id for task in ahead.tasks)
                 info = {
                     "name": worker.name,
                     "queue": self.queue,
@@ -245,7 +332,7 @@ class RedisQueue(RedisInspector, QueueBase):
                         repr(now - worker.keep_alive),
                         repr(now - worker.retention),
                         PURGE_LIMIT,
-                        *worker.running(),
+                        *running,
                     ],
                 )
                 if purged < PURGE_LIMIT:

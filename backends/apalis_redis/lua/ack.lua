@@ -1,7 +1,12 @@
--- Apply a batch of outcomes; each only to a task still running under the same lock.
+-- Apply a batch of outcomes; each only to a task still running under the same lock. Then, in
+-- the same call, claim ahead for the workers whose runs ended here (claiming.lua's claim), so a
+-- busy worker's acknowledgements and its next claim are one round trip.
 -- KEYS: ready, scheduled, running, failed, done, killed
--- ARGV: base, now, wake channel, retention ms, and one MessagePack array of 5 per outcome:
---       id, lock_by, kind (d=done k=kill r=retry l=release), text (result or error), run_at
+-- ARGV: base, now, wake channel, retention ms, one MessagePack array of 5 per outcome:
+--       id, lock_by, kind (d=done k=kill r=retry l=release), text (result or error), run_at;
+--       then, optionally, one MessagePack array of 2 per claim: worker id, limit
+-- Returns 0 without claims, else one MessagePack array holding, per claim, an array of 10
+-- fields per task claimed.
 -- The sorted-set changes of the whole batch go in one command each: fewer calls per task.
 local base, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local items = cmsgpack.unpack(ARGV[5])
@@ -56,4 +61,9 @@ each_slice(unrun, 2000, function(...) redis.call('ZREM', KEYS[3], ...) end)
 each_slice(done, 2000, function(...) redis.call('ZADD', KEYS[5], ...) end)
 each_slice(killed, 2000, function(...) redis.call('ZADD', KEYS[6], ...) end)
 if woke then redis.call('PUBLISH', ARGV[3], '') end
-return 0
+if not ARGV[6] then return 0 end
+local claims, claimed = cmsgpack.unpack(ARGV[6]), {}
+for i = 1, #claims, 2 do
+  claimed[#claimed + 1] = claim(KEYS, base, ARGV[2], claims[i + 1], claims[i], {})
+end
+return cmsgpack.pack(claimed)

@@ -24,7 +24,7 @@ local function back_to_ready(id, task, priority)
 end
 local running = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for i = 1, #running, 2 do
-  local id, claimed = running[i], tonumber(running[i + 1])
+  local id, claimed = running[i], tonumber(running[i + 1]) / 1000 -- scored in ms
   local task = base .. 't:' .. id
   local f = redis.call('HMGET', task, 's', 'l', 'a', 'm', 'pr')
   if f[1] ~= 'running' then

@@ -1,0 +1,40 @@
+-- The claim shared by claim.lua and ack.lua: the store prepends this file to both when it loads
+-- them (a Redis script cannot call another), so a claim made alongside acknowledgements is the
+-- very same claim.
+-- claim(keys, base, now, limit, worker, out): promote the due scheduled tasks, then take up to
+-- `limit` ready tasks for `worker`, priority DESC then run_at ASC (the ready score is
+-- -priority * 1e10 + run_at); appends 10 fields per task to `out`: id, payload, attempts,
+-- max_attempts, run_at, priority, idempotency key, meta, created_at, last_error.
+-- keys: {ready, scheduled, running, failed}
+local function claim(keys, base, now, limit, worker, out)
+  local due = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    local f = redis.call('HMGET', base .. 't:' .. id, 'pr', 'r')
+    if f[1] then
+      redis.call('ZADD', keys[1], string.format('%.17g', -tonumber(f[1]) * 1e10 + tonumber(f[2])), id)
+    end
+    redis.call('ZREM', keys[2], id)
+  end
+  local popped = redis.call('ZPOPMIN', keys[1], limit)
+  -- Claim time in integer milliseconds: a small sorted set is a listpack, which parses a
+  -- fractional score from text at every entry it walks past, but reads an integer as is.
+  local claimed_ms, running = string.format('%d', math.floor(tonumber(now) * 1000)), {}
+  for i = 1, #popped, 2 do
+    local id = popped[i]
+    local task = base .. 't:' .. id
+    local f = redis.call('HMGET', task, 's', 'p', 'a', 'm', 'r', 'pr', 'k', 'mt', 'c', 'e')
+    if f[1] == 'pending' or f[1] == 'failed' then
+      local attempts = tonumber(f[3]) + 1
+      redis.call('HSET', task, 's', 'running', 'a', attempts, 'l', worker)
+      running[#running + 1], running[#running + 2] = claimed_ms, id
+      if f[1] == 'failed' then redis.call('SREM', keys[4], id) end
+      local n = #out
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, f[2], attempts, f[4], f[5]
+      out[n + 6], out[n + 7], out[n + 8], out[n + 9], out[n + 10] = f[6], f[7], f[8], f[9], f[10]
+    end
+  end
+  for first = 1, #running, 2000 do -- unpack() is bounded by Lua's stack: add in slices
+    redis.call('ZADD', keys[3], unpack(running, first, math.min(first + 1999, #running)))
+  end
+  return out
+end

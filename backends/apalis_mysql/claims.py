@@ -19,9 +19,9 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task
 from apalis_sql import task_from_row
 
-__all__ = ["Ahead", "claim", "wanted"]
+__all__ = ["Ahead", "transact", "wanted"]
 
-Cursor = Any  # asyncmy ships no usable annotations for its Cython classes
+Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
 
 class Ahead:
@@ -39,16 +39,45 @@ class Ahead:
         return [self.tasks.popleft() for _ in range(min(limit, len(self.tasks)))]
 
 
-async def claim(cursor: Cursor, sql: Mapping[str, str], queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
-    """Lock up to `limit` ready tasks of `queue` for `worker_id`; run inside a transaction, so
-    the rows `FOR UPDATE SKIP LOCKED` picks stay locked until the UPDATE that claims them."""
-    await cursor.execute(sql["claim_select"], {"queue": queue, "limit": limit})
-    rows = await cursor.fetchall()
-    if not rows:
-        return []
-    ids = [row[0] for row in rows]
-    await cursor.execute(sql["claim_update"].replace("{ids}", ", ".join(["%s"] * len(ids))), [worker_id, *ids])
-    return [_claimed(task_from_row(row), worker_id) for row in rows]
+async def transact(
+    conn: Conn, sql: Mapping[str, str], queue: str, first: Sequence[str], want: Sequence[tuple[str, int]]
+) -> tuple[list[int], list[list[Task[bytes]]]]:
+    """Run the statements `first` (already bound) and claim, for each `(worker_id, limit)` of
+    `want`, up to `limit` ready tasks: one transaction in two round trips.
+
+    The first trip sends BEGIN, `first` and the SKIP LOCKED select of every task wanted; the
+    second, the UPDATEs that claim the rows it locked, and COMMIT. One select serves all the
+    workers: a second one in the same transaction would see the rows the first locked again
+    (a transaction never skips its own locks). Returns the rows each of `first` changed and the
+    tasks claimed per worker, in claim order. On an error the caller closes the connection,
+    which rolls the transaction back.
+    """
+    cursor = conn.cursor()
+    total = sum(limit for _, limit in want)
+    script = ["START TRANSACTION", *first]
+    if total:
+        script.append(cursor.mogrify(sql["claim_select"], {"queue": queue, "limit": total}))
+    await cursor.execute(";\n".join(script))
+    changed = []
+    for _ in first:
+        await cursor.nextset()
+        changed.append(int(cursor.rowcount))
+    rows: list[Any] = []
+    if total:
+        await cursor.nextset()
+        rows = list(await cursor.fetchall())
+    claimed: list[list[Task[bytes]]] = []
+    script = []
+    for worker_id, limit in want:
+        mine, rows = rows[:limit], rows[limit:]
+        claimed.append([_claimed(task_from_row(row), worker_id) for row in mine])
+        if mine:
+            update = sql["claim_update"].replace("{ids}", ", ".join(["%s"] * len(mine)))
+            script.append(cursor.mogrify(update, [worker_id, *(row[0] for row in mine)]))
+    await cursor.execute(";\n".join([*script, "COMMIT"]))
+    while await cursor.nextset():
+        pass
+    return changed, claimed
 
 
 def wanted(ahead: Mapping[str, Ahead], items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[Ahead, int]]:

@@ -3,8 +3,9 @@
 MariaDB has no `UPDATE ... RETURNING`, so a claim is one short transaction: `SELECT ... FOR
 UPDATE SKIP LOCKED` then `UPDATE` of those ids; the tasks handed out are the selected rows with
 the claim applied. A batch of acknowledgements claims, in its own transaction, the tasks for the
-slots it frees (`claims`), so a busy worker waits for one commit per batch. Wake-ups: a push in this process wakes its pollers at once; pushes from other
-processes are found by polling with backoff capped at `poll_interval`.
+slots it frees (`claims`), so a busy worker waits for one commit per batch. Wake-ups: a push in
+this process wakes its pollers at once; pushes from other processes are found by polling with
+backoff capped at `poll_interval`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
 
-from .claims import Ahead, claim, wanted
+from .acks import ack_statements
+from .claims import Ahead, transact, wanted
 from .database import NOW
 
 if TYPE_CHECKING:
@@ -33,8 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["MysqlQueue"]
 
 _INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, {NOW})"
-_OUTCOME_FIRST = "SELECT %s AS id, %s AS lock_by, %s AS status, %s AS result, %s AS error, %s AS run_at"
-_OUTCOME_MORE = " UNION ALL SELECT %s, %s, %s, %s, %s, %s"
 _CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allowed_packet (16 MiB)
 
 
@@ -93,17 +93,11 @@ class MysqlQueue(QueueBase):
         ahead = Ahead(worker_id)
         self._ahead[worker_id] = ahead
 
-        async def claim_in(conn: Conn, limit: int) -> list[Task[bytes]]:
-            # On any error the pool closes this connection, which rolls the transaction back.
-            await conn.begin()
-            claimed = await claim(conn.cursor(), db.sql, queue, worker_id, limit)
-            await conn.commit()
-            return claimed
-
         async def fetch(limit: int) -> list[Task[bytes]]:
             if ahead.tasks:
                 return ahead.take(limit)
-            return await db.run(lambda conn: claim_in(conn, limit))
+            _, (claimed,) = await db.run(lambda conn: transact(conn, db.sql, queue, (), [(worker_id, limit)]))
+            return claimed
 
         inner = poll_batches(worker, fetch, self._release, db.waker(queue))
         try:
@@ -173,7 +167,7 @@ class MysqlQueue(QueueBase):
         return beat_every(worker, beat, farewell)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Apply a batch of outcomes in one statement (the server's clock stamps done_at).
+        """Apply a batch of outcomes in one transaction (the server's clock stamps done_at).
 
         In the same transaction, each polling worker whose runs ended here gets up to as many
         new tasks claimed as those runs free slots (see `claims`).
@@ -182,28 +176,16 @@ class MysqlQueue(QueueBase):
             return
         db, queue = self._db, self.queue
         plan = plan_acks(items, time.time())
-        args: list[Any] = []
-        for status, rows in (("done", plan.done), ("failed", plan.retry), ("killed", plan.kill)):
-            for value, at, task_id, lock_by in rows:
-                if status == "done":
-                    args += (task_id, lock_by, status, value, None, None)
-                else:
-                    args += (task_id, lock_by, status, None, value, at if status == "failed" else None)
-        for _, task_id, lock_by in plan.release:
-            args += (task_id, lock_by, "pending", None, None, None)
-        query = db.sql["ack"].replace("{outcomes}", _OUTCOME_FIRST + _OUTCOME_MORE * (len(items) - 1))
+        statements = ack_statements(db.sql, plan)
         want = wanted(self._ahead, items) if self._ahead else []
 
         async def ack_in(conn: Conn) -> list[list[Task[bytes]]]:
             cursor = conn.cursor()
-            if not want:
-                await cursor.execute(query, args)
+            if len(statements) == 1 and not want:
+                await cursor.execute(*statements[0])
                 return []
-            # On any error the pool closes this connection, which rolls the transaction back.
-            await conn.begin()
-            await cursor.execute(query, args)
-            claimed = [await claim(cursor, db.sql, queue, holder.worker_id, count) for holder, count in want]
-            await conn.commit()
+            bound = [cursor.mogrify(query, args) for query, args in statements]
+            _, claimed = await transact(conn, db.sql, queue, bound, [(h.worker_id, n) for h, n in want])
             return claimed
 
         claimed = await db.run(ack_in)

@@ -3,6 +3,8 @@ tasks for the slots they free; those are never lost, never run twice, and go bac
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -105,3 +107,41 @@ async def test_tasks_claimed_ahead_are_not_released_by_the_heartbeat_as_lost_cla
     await stream.aclose()  # type: ignore[attr-defined]
     assert ahead is not None
     assert ahead.id == second
+
+
+async def test_one_batch_applies_every_kind_of_outcome_and_ignores_lost_leases(store: MysqlStore) -> None:
+    q = store.backend("q", codec=JsonCodec(), max_attempts=3)
+    ids = await q.push_bulk(range(7))
+    stream = q.poll_compact(WorkerContext(id="w1", name="w1", queue="q", free_slots=lambda: 6))
+    tasks = [await anext(stream) for _ in range(6)]
+    assert all(t is not None for t in tasks)
+    done_a, done_b, done_none, retried, killed, released = (t for t in tasks if t is not None)
+    later = await store.backend("q", codec=JsonCodec()).get(ids[6])
+    assert later is not None
+    stolen = Task(id=later.id, args=later.args, ctx=dataclasses.replace(later.ctx, lock_by="w1"))
+    await q.ack_batch(
+        [
+            (done_a, Outcome.done({"n": 1})),
+            (done_b, Outcome.done({"n": 2})),
+            (done_none, Outcome.done()),
+            (retried, Outcome.retry("flaky", time.time() + 60)),
+            (killed, Outcome.kill("broken")),
+            (released, Outcome.release()),
+            (stolen, Outcome.done("not mine")),  # never claimed by w1: left alone
+        ]
+    )
+    got = {task.id: task for task in await q.list_tasks(limit=10)}
+    assert [got[t.id].ctx.result for t in (done_a, done_b, done_none)] == ['{"n":1}', '{"n":2}', None]
+    assert all(got[t.id].ctx.status is Status.DONE for t in (done_a, done_b, done_none))
+    assert (got[retried.id].ctx.status, got[retried.id].ctx.last_error) == (Status.FAILED, "flaky")
+    assert (got[killed.id].ctx.status, got[killed.id].ctx.last_error) == (Status.KILLED, "broken")
+    # The six acks that are not releases free six slots: the two tasks then ready (the released
+    # one, its attempt not counted, and the one never claimed) are claimed ahead in the same commit.
+    for task in (released, stolen):
+        assert (got[task.id].ctx.status, got[task.id].ctx.attempts, got[task.id].ctx.lock_by) == (
+            Status.RUNNING,
+            1,
+            "w1",
+        )
+    assert got[stolen.id].ctx.result is None
+    await stream.aclose()  # type: ignore[attr-defined]

@@ -23,6 +23,13 @@ ON DUPLICATE KEY UPDATE id = id
 -- name: key_holders
 SELECT idempotency_key, id FROM {prefix}tasks WHERE queue = %s AND idempotency_key IN ({keys})
 
+-- name: ack_done
+-- Runs that ended done under one worker with the same result; a task no longer running under
+-- that worker (its lease was lost) is left alone.
+UPDATE {prefix}tasks
+SET status = 'done', result = %s, done_at = {now}, lock_by = NULL, lock_at = NULL
+WHERE id IN ({ids}) AND lock_by = %s AND status = 'running'
+
 -- name: ack
 -- Apply a batch of outcomes in one statement; a task no longer running under the same worker
 -- (its lease was lost) is left alone. `u` holds one row per outcome with the new status.

@@ -157,6 +157,11 @@ class RedisQueue(RedisInspector, QueueBase):
         self.keys = QueueKeys.of(store.settings.namespace, queue)
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
         self._ahead: dict[str, _Ahead] = {}
+        # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
+        # on every call (the ack call's packing took a third less time with these).
+        k = self.keys
+        self._ack_keys = [key.encode() for key in (k.ready, k.scheduled, k.running, k.failed, k.done, k.killed)]
+        self._base, self._wake = k.base.encode(), k.wake.encode()
 
     # -- the store's primitives ------------------------------------------------------------
 
@@ -198,15 +203,15 @@ class RedisQueue(RedisInspector, QueueBase):
 
     async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         # Registered only once iterated: a stream closed before its first item leaves nothing.
-        k, script, worker_id = self.keys, self.store.scripts["claim"], worker.id
-        claim_keys = [k.ready, k.scheduled, k.running, k.failed]
+        script, worker_id, base = self.store.scripts["claim"], worker.id, self._base
+        claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
         ahead = _Ahead(worker_id)
         self._ahead[worker_id] = ahead
 
         async def fetch(limit: int) -> list[Task[bytes]]:
             if ahead.tasks:
                 return [ahead.tasks.popleft() for _ in range(min(limit, len(ahead.tasks)))]
-            reply = await script(keys=claim_keys, args=[k.base, repr(time.time()), limit, worker_id])
+            reply = await script(keys=claim_keys, args=[base, repr(time.time()), limit, worker_id])
             return self._tasks(_unpack(reply), worker_id)
 
         inner = poll_batches(worker, fetch, self._release, self.store.wakeups.waker(self.queue))
@@ -259,19 +264,17 @@ class RedisQueue(RedisInspector, QueueBase):
         In the same call, each polling worker whose runs ended here gets up to as many new
         tasks claimed as those runs free slots (never more: backpressure holds).
         """
-        k = self.keys
         packed: list[Any] = []
         for task, outcome in items:
             kind = outcome.kind
             text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
             packed += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
-        args = [k.base, repr(time.time()), k.wake, int(self.retention * 1000), _pack(packed)]
+        args = [self._base, repr(time.time()), self._wake, int(self.retention * 1000), _pack(packed)]
         wanted = self._wanted(items) if self._ahead else []
         if wanted:
             args.append(_pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]))
-        keys = [k.ready, k.scheduled, k.running, k.failed, k.done, k.killed]
-        reply = await self.store.scripts["ack"](keys=keys, args=args)
+        reply = await self.store.scripts["ack"](keys=self._ack_keys, args=args)
         if wanted:
             for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
                 if rows:

@@ -26,14 +26,20 @@ Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
 
 class Ahead:
-    """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out."""
+    """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out.
 
-    __slots__ = ("open", "tasks", "worker_id")
+    `backlog` says whether its last claim got all it asked for: only then do its acks claim
+    ahead. When tasks trickle in, claims come back short and acks stay a single statement
+    (a locking select in every ack would find nothing and cost the server for nothing).
+    """
+
+    __slots__ = ("backlog", "open", "tasks", "worker_id")
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self.tasks: deque[Task[bytes]] = deque()
         self.open = True
+        self.backlog = False
 
     def take(self, limit: int) -> list[Task[bytes]]:
         """Up to `limit` of the tasks claimed ahead, in claim order."""
@@ -82,8 +88,8 @@ async def transact(
 
 
 def wanted(ahead: Mapping[str, Ahead], items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[Ahead, int]]:
-    """How many tasks to claim ahead per polling worker: the slots its finished runs free, less
-    what it already holds."""
+    """How many tasks to claim ahead per polling worker with a backlog: the slots its finished
+    runs free, less what it already holds."""
     freed: dict[str, int] = {}
     for task, outcome in items:
         lock = task.ctx.lock_by
@@ -92,7 +98,7 @@ def wanted(ahead: Mapping[str, Ahead], items: Sequence[tuple[Task[Any], Outcome]
     out = []
     for lock, count in freed.items():
         holder = ahead.get(lock)
-        if holder is not None and holder.open and count > len(holder.tasks):
+        if holder is not None and holder.open and holder.backlog and count > len(holder.tasks):
             out.append((holder, count - len(holder.tasks)))
     return out
 

@@ -97,6 +97,7 @@ class MysqlQueue(QueueBase):
             if ahead.tasks:
                 return ahead.take(limit)
             _, (claimed,) = await db.run(lambda conn: transact(conn, db.sql, queue, (), [(worker_id, limit)]))
+            ahead.backlog = len(claimed) == limit
             return claimed
 
         inner = poll_batches(worker, fetch, self._release, db.waker(queue))
@@ -191,7 +192,8 @@ class MysqlQueue(QueueBase):
         claimed = await db.run(ack_in)
         if plan.wake:
             db.waker(queue).notify()
-        for (holder, _), tasks in zip(want, claimed, strict=True):
+        for (holder, count), tasks in zip(want, claimed, strict=True):
+            holder.backlog = len(tasks) == count
             if tasks:
                 await self._hand_over(holder, tasks)
 

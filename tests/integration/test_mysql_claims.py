@@ -145,3 +145,19 @@ async def test_one_batch_applies_every_kind_of_outcome_and_ignores_lost_leases(s
         )
     assert got[stolen.id].ctx.result is None
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_acks_claim_ahead_only_while_claims_come_back_full(store: MysqlStore) -> None:
+    q = store.backend("q", codec=JsonCodec())
+    (first,) = await q.push_bulk(["a"])
+    stream = q.poll_compact(WorkerContext(id="w1", name="w1", queue="q", free_slots=lambda: 2))
+    task = await anext(stream)  # asked for two, got one: no backlog
+    assert task is not None
+    assert task.id == first
+    (second,) = await q.push_bulk(["b"])
+    await q.ack_batch([(task, Outcome.done())])
+    assert await status(store, second) == (Status.PENDING, 0, None)  # left to the poller
+    again = await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert again is not None
+    assert again.id == second

@@ -163,7 +163,8 @@ async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            async with asyncio.timeout(5.0):
+                request = await reader.readuntil(b"\r\n\r\n")
             method, _, rest = request.decode("latin-1").partition(" ")
             path = rest.partition(" ")[0].split("?")[0]
             if method != "GET":

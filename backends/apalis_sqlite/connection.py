@@ -215,7 +215,8 @@ def _transaction(conn: sqlite3.Connection, work: Work[T]) -> T:
 async def _close_quietly(conn: aiosqlite.Connection) -> None:
     # Bounded: a close that never finishes must not hold the store's lock for ever.
     with contextlib.suppress(Exception):  # already closed or broken: nothing left to release
-        await asyncio.wait_for(conn.close(), _CLOSE_WITHIN)
+        async with asyncio.timeout(_CLOSE_WITHIN):
+            await conn.close()
 
 
 def split_statements(script: str) -> Iterator[str]:

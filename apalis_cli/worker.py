@@ -140,8 +140,7 @@ class Worker:
             await asyncio.gather(poller, stopper, return_exceptions=True)
             released = await self._drain()
             self._stopped = True
-            beats.cancel()
-            await asyncio.gather(beats, return_exceptions=True)
+            await _cancelled(beats)
             with contextlib.suppress(Exception):
                 await self._heartbeat.aclose()  # type: ignore[attr-defined]
             self._emit(Stopped(worker=self.name, queue=self.context.queue, released=released))
@@ -169,7 +168,7 @@ class Worker:
         )
 
     async def _beat_forever(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 await anext(self._heartbeat)
                 self._beat_sent()
@@ -281,6 +280,16 @@ def _handler_service(handler: Handler, decode: Callable[[bytes], Any]) -> Servic
         return Outcome.done(await handler(decode(task.args), task))
 
     return invoke
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it ends, asking again while it runs on: a driver may swallow
+    a cancellation (Python 3.11's wait_for does, when it arrives as its awaitable finishes)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(BaseException):
+        task.result()
 
 
 async def _no_beats() -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -272,3 +273,26 @@ async def test_a_failing_farewell_does_not_swallow_the_cancellation_of_the_heart
     beating.cancel()
     with pytest.raises(asyncio.CancelledError):
         await beating
+
+
+async def test_a_heartbeat_whose_driver_swallows_the_cancellation_still_lets_the_worker_stop() -> None:
+    class DeafBeats(MemoryQueue):
+        """Beats through a driver that turns a cancellation into a normal reply, every time."""
+
+        def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+            return self._beats(worker)
+
+        async def _beats(self, worker: WorkerContext) -> AsyncIterator[None]:
+            while True:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(worker.keep_alive)
+                yield None
+
+    store = MemoryStore()
+    plain = store.backend("jobs", codec=JsonCodec())
+    queue = DeafBeats(store, plain._state, "jobs", codec=JsonCodec(), max_attempts=1)
+    await queue.push("one")
+    worker, events = make_worker(queue, noop)
+    async with asyncio.timeout(10):
+        await worker.run(asyncio.Event(), burst=True)
+    assert isinstance(events[-1], Stopped)

@@ -1,4 +1,8 @@
-"""`PostgresQueue`: one queue of a PostgreSQL store (worker primitives and the Inspector)."""
+"""`PostgresQueue`: one queue of a PostgreSQL store (worker primitives and the Inspector).
+
+The statement that acknowledges a worker's runs also claims the tasks for the slots they free
+(`claims`), so a busy worker waits for one round trip per batch.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
+
+from .claims import Ahead, wanted
 
 if TYPE_CHECKING:
     from .backend import PostgresStore
@@ -31,6 +37,7 @@ class PostgresQueue(QueueBase):
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
         self._store = store
         self.capabilities: Capabilities = store.capabilities
+        self._ahead: dict[str, Ahead] = {}
 
     @property
     def _db(self) -> Database:
@@ -71,24 +78,44 @@ class PostgresQueue(QueueBase):
         ]
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        """Ready tasks claimed in batches of free slots; woken by LISTEN/NOTIFY, else polling."""
+        """Ready tasks claimed in batches of free slots; woken by LISTEN/NOTIFY, else polling.
+
+        Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
+        busy worker makes one round trip per batch, not two.
+        """
+        return self._stream(worker)
+
+    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        # Registered only once iterated: a stream closed before its first item leaves nothing.
         db = self._db
         db.listen()
-        claim, queue = db.sql["claim"], self.queue
-        params: dict[str, Any] = {"queue": queue, "worker": worker.id, "limit": 1}
+        claim, queue, worker_id = db.sql["claim"], self.queue, worker.id
+        params: dict[str, Any] = {"queue": queue, "worker": worker_id, "limit": 1}
+        ahead = Ahead(worker_id)
+        self._ahead[worker_id] = ahead
 
         async def fetch(limit: int) -> list[Task[bytes]]:
+            if ahead.tasks:
+                return ahead.take(limit)
             params["limit"] = limit
-            rows = await db.fetch(claim, params, binary=True)
-            tasks = [task_from_row(row) for row in rows]
-            if len(tasks) > 1:  # RETURNING keeps no order
-                tasks.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at))
-            return tasks
+            return _in_claim_order(await db.fetch(claim, params, binary=True))
 
-        async def release(tasks: Sequence[Task[bytes]]) -> None:
-            await self.ack_batch([(task, Outcome.release()) for task in tasks])
+        inner = poll_batches(worker, fetch, self._release, db.waker(queue))
+        try:
+            async for task in inner:
+                yield task
+        finally:
+            ahead.open = False
+            if self._ahead.get(worker_id) is ahead:
+                del self._ahead[worker_id]
+            await inner.aclose()  # type: ignore[attr-defined]
+            if ahead.tasks:
+                leftover = list(ahead.tasks)
+                ahead.tasks.clear()
+                await self._release(leftover)
 
-        return poll_batches(worker, fetch, release, db.waker(queue))
+    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
+        await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; release its lost claims; sweep orphans and purge
@@ -98,6 +125,10 @@ class PostgresQueue(QueueBase):
 
         async def beat_in(conn: Conn) -> bool:
             woke = False
+            running = list(worker.running())
+            holder = self._ahead.get(worker.id)
+            if holder is not None:  # claimed for it and about to start: not lost claims
+                running.extend(task.id for task in holder.tasks)
             async with conn.transaction():
                 await conn.execute(b"SET LOCAL synchronous_commit = off")  # a lost beat is redone
                 await conn.execute(
@@ -110,12 +141,12 @@ class PostgresQueue(QueueBase):
                         "pid": worker.pid,
                         "started_at": worker.started_at,
                         "layers": json.dumps(list(worker.layers)),
-                        "running": len(worker.running()),
+                        "running": len(running),
                     },
                 )
                 released = await conn.execute(
                     st["release_lost"],
-                    {**base, "worker": worker.id, "grace": worker.stale_after, "running": list(worker.running())},
+                    {**base, "worker": worker.id, "grace": worker.stale_after, "running": running},
                 )
                 woke = released.rowcount > 0
                 locked = await (await conn.execute(st["sweep_lock"], {**base, "scope": db.channel})).fetchone()
@@ -140,8 +171,15 @@ class PostgresQueue(QueueBase):
         return beat_every(worker, beat, farewell)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Apply a batch of outcomes in one statement (the server's clock stamps done_at)."""
+        """Apply a batch of outcomes in one statement (the server's clock stamps done_at).
+
+        The same statement claims, for each polling worker whose runs ended here, up to as many
+        new tasks as those runs free slots (see `claims`).
+        """
+        if not items:
+            return
         db = self._db
+        want = wanted(self._ahead, items) if self._ahead else []
         plan = plan_acks(items, time.time())
         ids: list[str] = []
         lock_bys: list[str | None] = []
@@ -171,11 +209,29 @@ class PostgresQueue(QueueBase):
             "results": results,
             "errors": errors,
             "run_ats": run_ats,
+            "queue": self.queue,
+            "slots": [holder.worker_id for holder, count in want for _ in range(count)],
+            "wake": plan.wake,
+            "channel": db.channel,
         }
-        await db.execute(db.sql["ack"], params)
-        if plan.wake:  # released (or instantly retried) tasks are ready for other workers now
-            await db.execute(_NOTIFY, (db.channel, self.queue))
+        if want:
+            claimed = _in_claim_order(await db.fetch(db.sql["ack"], params, binary=True))
+        else:
+            claimed = []
+            await db.execute(db.sql["ack"], params)
+        if plan.wake:  # released (or instantly retried) tasks are ready for this process's pollers too
             db.waker(self.queue).notify()
+        for holder, _ in want:
+            mine = [task for task in claimed if task.ctx.lock_by == holder.worker_id]
+            if mine:
+                await self._hand_over(holder, mine)
+
+    async def _hand_over(self, holder: Ahead, tasks: list[Task[bytes]]) -> None:
+        if not holder.open:  # the worker stopped polling while we claimed: give them back
+            await self._release(tasks)
+            return
+        holder.tasks.extend(tasks)
+        self._db.waker(self.queue).notify()  # a poller idling with free slots takes them at once
 
     # -- Inspector -------------------------------------------------------------------------
 
@@ -222,3 +278,11 @@ class PostgresQueue(QueueBase):
         """Delete tasks of `status` older than `older_than` seconds."""
         params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
         return await self._db.execute(self._db.sql["purge"], params)
+
+
+def _in_claim_order(rows: Sequence[Any]) -> list[Task[bytes]]:
+    """Claimed rows as tasks, highest priority and oldest first (RETURNING keeps no order)."""
+    tasks = [task_from_row(row) for row in rows]
+    if len(tasks) > 1:
+        tasks.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at))
+    return tasks

@@ -1,20 +1,60 @@
--- Apply a batch of outcomes in one statement; a task no longer running under the same worker
--- (its lease was lost) is left alone. `u.status` is the new status of each task. Like a claim,
--- it commits without waiting for the WAL flush: an ack lost in a server crash runs its task again.
+-- Apply a batch of outcomes and, in the same statement, claim ready tasks for the slots those
+-- runs free (`slots` names the worker of each task wanted, possibly none): a busy worker pays
+-- one round trip and one commit per batch, not two.
+--
+-- The ack leaves alone a task no longer running under the same worker (its lease was lost);
+-- `u.status` is the new status of each task. The two UPDATEs never touch the same row: both
+-- read the statement's one snapshot, where the acked tasks are running and the claimed ones
+-- ready. So a task released or retried here is not claimed again by this statement (the
+-- NOTIFY offers it to every worker). Like a claim, it commits without waiting for the WAL
+-- flush: an ack lost in a server crash runs its task again.
+WITH acked AS (
+    UPDATE {schema}.tasks AS t
+    SET status = u.status,
+        attempts = CASE WHEN u.status = 'pending' THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
+        run_at = CASE u.status
+            WHEN 'failed' THEN coalesce(u.run_at, extract(epoch FROM now())::float8)
+            WHEN 'pending' THEN least(t.run_at, extract(epoch FROM now())::float8)
+            ELSE t.run_at END,
+        result = CASE WHEN u.status = 'done' THEN u.result::json ELSE t.result END,
+        last_error = CASE WHEN u.status IN ('failed', 'killed') THEN u.error ELSE t.last_error END,
+        done_at = CASE WHEN u.status IN ('done', 'killed') THEN extract(epoch FROM now())::float8 END,
+        lock_by = NULL,
+        lock_at = NULL
+    FROM unnest(%(ids)b::text[], %(lock_bys)b::text[], %(statuses)b::text[], %(results)b::text[],
+                %(errors)b::text[], %(run_ats)b::float8[]) AS u(id, lock_by, status, result, error, run_at),
+         -- `wake`: some task is ready at once (released, retried without delay), so NOTIFY the
+         -- listening pollers, in this round trip. The server sends it once, on commit; it is
+         -- evaluated only when some task was acknowledged (a batch of lost leases wakes no one).
+         (SELECT set_config('synchronous_commit', 'off', true),
+                 CASE WHEN %(wake)s THEN pg_notify(%(channel)s, %(queue)s) END) AS effects
+    -- Each task is fetched by primary key: the ids come as a subquery's result, unknown when the
+    -- statement is planned, and the running check is that lock_by matches (a task has a lock_by
+    -- exactly while it runs: every way out of 'running' clears it). Given the array itself, or
+    -- status = 'running', the planner may rather scan the table or the partial index of running
+    -- tasks, whose dead entries pile up while a backlog drains.
+    WHERE t.id = ANY((SELECT %(ids)b::text[])::text[]) AND t.id = u.id AND t.lock_by = u.lock_by
+    RETURNING t.id
+),
+-- The claim as in claim.sql, for `slots` tasks: the n-th task claimed goes to the n-th slot's
+-- worker. MATERIALIZED: the locking select runs once, however often its result is read. The
+-- claimed ids then reach the UPDATE as an array, so each row is fetched by primary key (a join
+-- with the CTE makes the planner scan the whole table).
+picked AS MATERIALIZED (
+    SELECT ARRAY(
+        SELECT id FROM {schema}.tasks
+        WHERE queue = %(queue)s
+          AND status IN ('pending', 'failed')
+          AND run_at <= extract(epoch FROM now())::float8
+        ORDER BY priority DESC, run_at
+        LIMIT cardinality(%(slots)b::text[])
+        FOR UPDATE SKIP LOCKED
+    ) AS ids
+)
 UPDATE {schema}.tasks AS t
-SET status = u.status,
-    attempts = CASE WHEN u.status = 'pending' THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
-    run_at = CASE u.status
-        WHEN 'failed' THEN coalesce(u.run_at, extract(epoch FROM now())::float8)
-        WHEN 'pending' THEN least(t.run_at, extract(epoch FROM now())::float8)
-        ELSE t.run_at END,
-    result = CASE WHEN u.status = 'done' THEN u.result::json ELSE t.result END,
-    last_error = CASE WHEN u.status IN ('failed', 'killed') THEN u.error ELSE t.last_error END,
-    done_at = CASE WHEN u.status IN ('done', 'killed') THEN extract(epoch FROM now())::float8 END,
-    lock_by = NULL,
-    lock_at = NULL
-FROM unnest(%(ids)b::text[], %(lock_bys)b::text[], %(statuses)b::text[], %(results)b::text[],
-            %(errors)b::text[], %(run_ats)b::float8[]) AS u(id, lock_by, status, result, error, run_at),
-     (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
-WHERE t.id = ANY(%(ids)b::text[]) AND t.id = u.id AND t.status = 'running' AND t.lock_by = u.lock_by
-RETURNING t.status
+SET status = 'running',
+    attempts = t.attempts + 1,
+    lock_by = (%(slots)b::text[])[array_position((SELECT ids FROM picked), t.id)],
+    lock_at = extract(epoch FROM now())::float8
+WHERE t.id = ANY((SELECT ids FROM picked)::text[])
+RETURNING {columns}

@@ -3,29 +3,29 @@
 A commit waits for the server's redo-log flush, which costs milliseconds, far more than a round
 trip. So the transaction that acknowledges a worker's finished runs also claims as many new
 tasks as those runs free slots (never more: backpressure holds), and the worker's poll stream
-takes them from its `Ahead` before it claims on its own: a busy worker pays one commit per
+takes them (`apalis_cli.ahead`) before it claims on its own: a busy worker pays one commit per
 batch, not two. Tasks claimed ahead count as running for the worker's heartbeat (they are not
 lost claims) and go back to the queue when the stream closes.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.ahead import Held
+from apalis_cli.polling import Waker
 from apalis_cli.task import Task
 from apalis_sql import TASK_COLUMNS, task_from_row
 
-__all__ = ["Ahead", "transact", "wanted"]
+__all__ = ["Backlog", "transact"]
 
 _STATUS, _ATTEMPTS, _LOCK_BY = (TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by"))
 
 Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
 
-class Ahead:
+class Backlog(Held):
     """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out.
 
     `backlog` says whether its last claim got all it asked for: only then do its acks claim
@@ -33,17 +33,11 @@ class Ahead:
     (a locking select in every ack would find nothing and cost the server for nothing).
     """
 
-    __slots__ = ("backlog", "open", "tasks", "worker_id")
+    __slots__ = ("backlog",)
 
-    def __init__(self, worker_id: str) -> None:
-        self.worker_id = worker_id
-        self.tasks: deque[Task[bytes]] = deque()
-        self.open = True
+    def __init__(self, worker_id: str, waker: Waker) -> None:
+        super().__init__(worker_id, waker)
         self.backlog = False
-
-    def take(self, limit: int) -> list[Task[bytes]]:
-        """Up to `limit` of the tasks claimed ahead, in claim order."""
-        return [self.tasks.popleft() for _ in range(min(limit, len(self.tasks)))]
 
 
 async def transact(
@@ -85,22 +79,6 @@ async def transact(
     while await cursor.nextset():
         pass
     return changed, claimed
-
-
-def wanted(ahead: Mapping[str, Ahead], items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[Ahead, int]]:
-    """How many tasks to claim ahead per polling worker with a backlog: the slots its finished
-    runs free, less what it already holds."""
-    freed: dict[str, int] = {}
-    for task, outcome in items:
-        lock = task.ctx.lock_by
-        if lock is not None and outcome.kind is not OutcomeKind.RELEASE:  # a release: it is stopping
-            freed[lock] = freed.get(lock, 0) + 1
-    out = []
-    for lock, count in freed.items():
-        holder = ahead.get(lock)
-        if holder is not None and holder.open and holder.backlog and count > len(holder.tasks):
-            out.append((holder, count - len(holder.tasks)))
-    return out
 
 
 def _claimed(row: Sequence[Any], worker_id: str) -> Task[bytes]:

@@ -16,16 +16,17 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from apalis_cli.ahead import ClaimsAhead, Fetch
 from apalis_cli.backend import Capabilities, NewTask, QueueStats, WorkerContext, WorkerInfo
 from apalis_cli.codec import Codec
-from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
 
 from .acks import ack_statements
-from .claims import Ahead, transact, wanted
+from .claims import Backlog, transact
 from .database import NOW
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class MysqlQueue(QueueBase):
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
         self._store = store
         self.capabilities: Capabilities = store.capabilities
-        self._ahead: dict[str, Ahead] = {}
+        self._ahead = ClaimsAhead(self.ack_batch, Backlog)
 
     @property
     def _db(self) -> Database:
@@ -85,37 +86,20 @@ class MysqlQueue(QueueBase):
         Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
         busy worker commits once per batch, not twice.
         """
-        return self._stream(worker)
 
-    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        # Registered only once iterated: a stream closed before its first item leaves nothing.
-        db, queue, worker_id = self._db, self.queue, worker.id
-        ahead = Ahead(worker_id)
-        self._ahead[worker_id] = ahead
+        def start() -> tuple[Fetch, Waker]:
+            db, queue, worker_id = self._db, self.queue, worker.id
 
-        async def fetch(limit: int) -> list[Task[bytes]]:
-            if ahead.tasks:
-                return ahead.take(limit)
-            _, (claimed,) = await db.run(lambda conn: transact(conn, db.sql, queue, (), [(worker_id, limit)]))
-            ahead.backlog = len(claimed) == limit
-            return claimed
+            async def fetch(limit: int) -> list[Task[bytes]]:
+                _, (claimed,) = await db.run(lambda conn: transact(conn, db.sql, queue, (), [(worker_id, limit)]))
+                holder = self._ahead.holder(worker_id)
+                if holder is not None:
+                    holder.backlog = len(claimed) == limit
+                return claimed
 
-        inner = poll_batches(worker, fetch, self._release, db.waker(queue))
-        try:
-            async for task in inner:
-                yield task
-        finally:
-            ahead.open = False
-            if self._ahead.get(worker_id) is ahead:
-                del self._ahead[worker_id]
-            await inner.aclose()  # type: ignore[attr-defined]
-            if ahead.tasks:
-                leftover = list(ahead.tasks)
-                ahead.tasks.clear()
-                await self._release(leftover)
+            return fetch, db.waker(queue)
 
-    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
-        await self.ack_batch([(task, Outcome.release()) for task in tasks])
+        return self._ahead.poll(worker, start)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; release its lost claims; sweep orphans and purge
@@ -127,10 +111,7 @@ class MysqlQueue(QueueBase):
         )
 
         async def beat_in(conn: Conn) -> bool:
-            running = list(worker.running())
-            holder = self._ahead.get(worker.id)
-            if holder is not None:  # claimed for it and about to start: not lost claims
-                running.extend(task.id for task in holder.tasks)
+            running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
             cursor = conn.cursor()
             await cursor.execute(
                 st["beat"],
@@ -178,7 +159,7 @@ class MysqlQueue(QueueBase):
         db, queue = self._db, self.queue
         plan = plan_acks(items, time.time())
         statements = ack_statements(db.sql, plan)
-        want = wanted(self._ahead, items) if self._ahead else []
+        want = [(holder, count) for holder, count in self._ahead.wanted(items) if holder.backlog]
 
         async def ack_in(conn: Conn) -> list[list[Task[bytes]]]:
             cursor = conn.cursor()
@@ -195,14 +176,7 @@ class MysqlQueue(QueueBase):
         for (holder, count), tasks in zip(want, claimed, strict=True):
             holder.backlog = len(tasks) == count
             if tasks:
-                await self._hand_over(holder, tasks)
-
-    async def _hand_over(self, holder: Ahead, tasks: list[Task[bytes]]) -> None:
-        if not holder.open:  # the worker stopped polling while we claimed: give them back
-            await self._release(tasks)
-            return
-        holder.tasks.extend(tasks)
-        self._db.waker(self.queue).notify()  # a poller idling with free slots takes them at once
+                await self._ahead.hand_over(holder, tasks)
 
     # -- Inspector -------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """`PostgresQueue`: one queue of a PostgreSQL store (worker primitives and the Inspector).
 
 The statement that acknowledges a worker's runs also claims the tasks for the slots they free
-(`claims`), so a busy worker waits for one round trip per batch.
+(`apalis_cli.ahead`), so a busy worker waits for one round trip per batch.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from apalis_cli.ahead import ClaimsAhead, Fetch, Held
 from apalis_cli.backend import Capabilities, NewTask, QueueStats, WorkerContext, WorkerInfo
 from apalis_cli.codec import Codec
-from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
-
-from .claims import Ahead, wanted
 
 if TYPE_CHECKING:
     from .backend import PostgresStore
@@ -37,7 +36,7 @@ class PostgresQueue(QueueBase):
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
         self._store = store
         self.capabilities: Capabilities = store.capabilities
-        self._ahead: dict[str, Ahead] = {}
+        self._ahead = ClaimsAhead(self.ack_batch, Held)
 
     @property
     def _db(self) -> Database:
@@ -83,39 +82,20 @@ class PostgresQueue(QueueBase):
         Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
         busy worker makes one round trip per batch, not two.
         """
-        return self._stream(worker)
 
-    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        # Registered only once iterated: a stream closed before its first item leaves nothing.
-        db = self._db
-        db.listen()
-        claim, queue, worker_id = db.sql["claim"], self.queue, worker.id
-        params: dict[str, Any] = {"queue": queue, "worker": worker_id, "limit": 1}
-        ahead = Ahead(worker_id)
-        self._ahead[worker_id] = ahead
+        def start() -> tuple[Fetch, Waker]:
+            db = self._db
+            db.listen()
+            claim, queue = db.sql["claim"], self.queue
+            params: dict[str, Any] = {"queue": queue, "worker": worker.id, "limit": 1}
 
-        async def fetch(limit: int) -> list[Task[bytes]]:
-            if ahead.tasks:
-                return ahead.take(limit)
-            params["limit"] = limit
-            return _in_claim_order(await db.fetch(claim, params, binary=True))
+            async def fetch(limit: int) -> list[Task[bytes]]:
+                params["limit"] = limit
+                return _in_claim_order(await db.fetch(claim, params, binary=True))
 
-        inner = poll_batches(worker, fetch, self._release, db.waker(queue))
-        try:
-            async for task in inner:
-                yield task
-        finally:
-            ahead.open = False
-            if self._ahead.get(worker_id) is ahead:
-                del self._ahead[worker_id]
-            await inner.aclose()  # type: ignore[attr-defined]
-            if ahead.tasks:
-                leftover = list(ahead.tasks)
-                ahead.tasks.clear()
-                await self._release(leftover)
+            return fetch, db.waker(queue)
 
-    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
-        await self.ack_batch([(task, Outcome.release()) for task in tasks])
+        return self._ahead.poll(worker, start)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; release its lost claims; sweep orphans and purge
@@ -125,10 +105,7 @@ class PostgresQueue(QueueBase):
 
         async def beat_in(conn: Conn) -> bool:
             woke = False
-            running = list(worker.running())
-            holder = self._ahead.get(worker.id)
-            if holder is not None:  # claimed for it and about to start: not lost claims
-                running.extend(task.id for task in holder.tasks)
+            running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
             async with conn.transaction():
                 await conn.execute(b"SET LOCAL synchronous_commit = off")  # a lost beat is redone
                 await conn.execute(
@@ -174,12 +151,12 @@ class PostgresQueue(QueueBase):
         """Apply a batch of outcomes in one statement (the server's clock stamps done_at).
 
         The same statement claims, for each polling worker whose runs ended here, up to as many
-        new tasks as those runs free slots (see `claims`).
+        new tasks as those runs free slots (see `apalis_cli.ahead`).
         """
         if not items:
             return
         db = self._db
-        want = wanted(self._ahead, items) if self._ahead else []
+        want = self._ahead.wanted(items)
         plan = plan_acks(items, time.time())
         ids: list[str] = []
         lock_bys: list[str | None] = []
@@ -224,14 +201,7 @@ class PostgresQueue(QueueBase):
         for holder, _ in want:
             mine = [task for task in claimed if task.ctx.lock_by == holder.worker_id]
             if mine:
-                await self._hand_over(holder, mine)
-
-    async def _hand_over(self, holder: Ahead, tasks: list[Task[bytes]]) -> None:
-        if not holder.open:  # the worker stopped polling while we claimed: give them back
-            await self._release(tasks)
-            return
-        holder.tasks.extend(tasks)
-        self._db.waker(self.queue).notify()  # a poller idling with free slots takes them at once
+                await self._ahead.hand_over(holder, mine)
 
     # -- Inspector -------------------------------------------------------------------------
 

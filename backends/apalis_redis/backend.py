@@ -30,16 +30,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 import msgpack
+from apalis_cli.ahead import ClaimsAhead, Fetch, Held
 from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec, encode_result
 from apalis_cli.errors import BackendError
-from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskContext, TaskId
@@ -135,17 +135,6 @@ class RedisStore:
         return RedisQueue(self, queue, codec=codec, max_attempts=max_attempts)
 
 
-class _Ahead:
-    """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out."""
-
-    __slots__ = ("open", "tasks", "worker_id")
-
-    def __init__(self, worker_id: str) -> None:
-        self.worker_id = worker_id
-        self.tasks: deque[Task[bytes]] = deque()
-        self.open = True
-
-
 class RedisQueue(RedisInspector, QueueBase):
     """One queue of a `RedisStore`."""
 
@@ -156,7 +145,7 @@ class RedisQueue(RedisInspector, QueueBase):
         self.store = store
         self.keys = QueueKeys.of(store.settings.namespace, queue)
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
-        self._ahead: dict[str, _Ahead] = {}
+        self._ahead = ClaimsAhead(self.ack_batch, Held)
         # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
         # on every call (the ack call's packing took a third less time with these).
         k = self.keys
@@ -199,34 +188,18 @@ class RedisQueue(RedisInspector, QueueBase):
         Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
         busy worker makes one round trip per batch, not two.
         """
-        return self._stream(worker)
 
-    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        # Registered only once iterated: a stream closed before its first item leaves nothing.
-        script, worker_id, base = self.store.scripts["claim"], worker.id, self._base
-        claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
-        ahead = _Ahead(worker_id)
-        self._ahead[worker_id] = ahead
+        def start() -> tuple[Fetch, Waker]:
+            script, worker_id, base = self.store.scripts["claim"], worker.id, self._base
+            claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
 
-        async def fetch(limit: int) -> list[Task[bytes]]:
-            if ahead.tasks:
-                return [ahead.tasks.popleft() for _ in range(min(limit, len(ahead.tasks)))]
-            reply = await script(keys=claim_keys, args=[base, repr(time.time()), limit, worker_id])
-            return self._tasks(_unpack(reply), worker_id)
+            async def fetch(limit: int) -> list[Task[bytes]]:
+                reply = await script(keys=claim_keys, args=[base, repr(time.time()), limit, worker_id])
+                return self._tasks(_unpack(reply), worker_id)
 
-        inner = poll_batches(worker, fetch, self._release, self.store.wakeups.waker(self.queue))
-        try:
-            async for task in inner:
-                yield task
-        finally:
-            ahead.open = False
-            if self._ahead.get(worker_id) is ahead:
-                del self._ahead[worker_id]
-            await inner.aclose()  # type: ignore[attr-defined]
-            if ahead.tasks:
-                leftover = list(ahead.tasks)
-                ahead.tasks.clear()
-                await self._release(leftover)
+            return fetch, self.store.wakeups.waker(self.queue)
+
+        return self._ahead.poll(worker, start)
 
     def _tasks(self, reply: list[Any], worker_id: str) -> list[Task[bytes]]:
         """Tasks from a claim's reply: 10 fields each (see lua/claiming.lua)."""
@@ -255,9 +228,6 @@ class RedisQueue(RedisInspector, QueueBase):
             )
         ]
 
-    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
-        await self.ack_batch([(task, Outcome.release()) for task in tasks])
-
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply many outcomes in one script call; a task whose lease was lost is left alone.
 
@@ -271,36 +241,14 @@ class RedisQueue(RedisInspector, QueueBase):
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
             packed += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
         args = [self._base, repr(time.time()), self._wake, int(self.retention * 1000), _pack(packed)]
-        wanted = self._wanted(items) if self._ahead else []
+        wanted = self._ahead.wanted(items)
         if wanted:
             args.append(_pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]))
         reply = await self.store.scripts["ack"](keys=self._ack_keys, args=args)
         if wanted:
             for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
                 if rows:
-                    await self._hand_over(ahead, self._tasks(rows, ahead.worker_id))
-
-    def _wanted(self, items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[_Ahead, int]]:
-        """How many tasks to claim ahead per polling worker: the slots its finished runs free."""
-        freed: dict[str | None, int] = {}
-        for task, outcome in items:
-            if outcome.kind is not OutcomeKind.RELEASE:  # a release means the worker is stopping
-                lock = task.ctx.lock_by
-                freed[lock] = freed.get(lock, 0) + 1
-        wanted = []
-        for lock, count in freed.items():
-            ahead = self._ahead.get(lock) if lock is not None else None
-            if ahead is not None and ahead.open and count > len(ahead.tasks):
-                wanted.append((ahead, count - len(ahead.tasks)))
-        return wanted
-
-    async def _hand_over(self, ahead: _Ahead, tasks: list[Task[bytes]]) -> None:
-        if not ahead.open:  # the worker stopped polling while we claimed: give them back
-            await self._release(tasks)
-            return
-        ahead.tasks.extend(tasks)
-        # A poller idling with free slots (its own fetch came back empty) takes them at once.
-        self.store.wakeups.waker(self.queue).notify()
+                    await self._ahead.hand_over(ahead, self._tasks(rows, ahead.worker_id))
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register `worker` (an upsert, so it re-registers after any loss), sweep orphans and
@@ -310,10 +258,8 @@ class RedisQueue(RedisInspector, QueueBase):
 
         async def beat() -> None:
             for _ in range(20):  # more purging only when a backlog of finished tasks built up
-                now, running = time.time(), list(worker.running())
-                ahead = self._ahead.get(worker.id)
-                if ahead is not None:  # claimed for it and about to start: not lost claims
-                    running.extend(task.id for task in ahead.tasks)
+                now = time.time()
+                running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
                 info = {
                     "name": worker.name,
                     "queue": self.queue,
@@ -321,7 +267,7 @@ class RedisQueue(RedisInspector, QueueBase):
                     "pid": worker.pid,
                     "started_at": worker.started_at,
                     "layers": list(worker.layers),
-                    "running": len(worker.running()),
+                    "running": len(running),
                 }
                 _, purged = await script(
                     keys=[k.ready, k.running, k.failed, k.done, k.killed, k.workers, k.winfo],

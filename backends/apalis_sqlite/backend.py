@@ -14,15 +14,15 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
+from apalis_cli.ahead import ClaimsAhead, Fetch, Held
 from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
-from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.service import Outcome
 from apalis_cli.task import Task, TaskId
 from apalis_sql import insert_params, load_migrations, load_queries, plan_acks, task_from_row
 
@@ -99,17 +99,6 @@ def _tasks(rows: list[Any]) -> list[Task[bytes]]:
     return tasks
 
 
-class _Ahead:
-    """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out."""
-
-    __slots__ = ("open", "tasks", "worker_id")
-
-    def __init__(self, worker_id: str) -> None:
-        self.worker_id = worker_id
-        self.tasks: deque[Task[bytes]] = deque()
-        self.open = True
-
-
 class SqliteQueue(SqliteInspector, QueueBase):
     """One queue of a `SqliteStore`: push, claim, acknowledge, heartbeat, inspect."""
 
@@ -121,7 +110,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
         self._db = store.db
         self._q = store.queries
         self._signal = signal
-        self._ahead: dict[str, _Ahead] = {}
+        self._ahead = ClaimsAhead(self.ack_batch, Held)
 
     # -- push --------------------------------------------------------------------------------
 
@@ -153,41 +142,22 @@ class SqliteQueue(SqliteInspector, QueueBase):
         Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first, so a
         busy worker makes one round trip per batch, not two.
         """
-        return self._stream(worker)
 
-    async def _stream(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        # Registered only once iterated: a stream closed before its first item leaves nothing.
-        self._store.watch()
-        ahead = _Ahead(worker.id)
-        self._ahead[worker.id] = ahead
-        claim = self._claim
+        def start() -> tuple[Fetch, Waker]:
+            self._store.watch()
+            claim, worker_id = self._claim, worker.id
 
-        async def fetch(limit: int) -> list[Task[bytes]]:
-            if ahead.tasks:
-                return [ahead.tasks.popleft() for _ in range(min(limit, len(ahead.tasks)))]
-            rows = await self._db.write(lambda conn: claim(conn, worker.id, limit, time.time()))
-            return _tasks(rows)
+            async def fetch(limit: int) -> list[Task[bytes]]:
+                rows = await self._db.write(lambda conn: claim(conn, worker_id, limit, time.time()))
+                return _tasks(rows)
 
-        inner = poll_batches(worker, fetch, self._release, self._signal.waker)
-        try:
-            async for task in inner:
-                yield task
-        finally:
-            ahead.open = False
-            if self._ahead.get(worker.id) is ahead:
-                del self._ahead[worker.id]
-            await inner.aclose()  # type: ignore[attr-defined]
-            if ahead.tasks:
-                leftover = list(ahead.tasks)
-                ahead.tasks.clear()
-                await self._release(leftover)
+            return fetch, self._signal.waker
+
+        return self._ahead.poll(worker, start)
 
     def _claim(self, conn: sqlite3.Connection, worker_id: str, limit: int, now: float) -> list[Any]:
         params = {"queue": self.queue, "worker": worker_id, "now": now, "limit": limit}
         return conn.execute(self._q.claim, params).fetchall()
-
-    async def _release(self, tasks: Sequence[Task[bytes]]) -> None:
-        await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
     # -- acknowledge -------------------------------------------------------------------------
 
@@ -202,7 +172,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
         if not plan:
             return
         q, claim = self._q, self._claim
-        wanted = self._wanted(items) if self._ahead else []
+        wanted = self._ahead.wanted(items)
 
         def work(conn: sqlite3.Connection) -> list[list[Any]]:
             if plan.done:
@@ -222,28 +192,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
             self._signal.notify()
         for (ahead, _), rows in zip(wanted, claimed, strict=True):
             if rows:
-                await self._hand_over(ahead, _tasks(rows))
-
-    def _wanted(self, items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[_Ahead, int]]:
-        """How many tasks to claim ahead per polling worker: the slots its finished runs free."""
-        freed: dict[str | None, int] = {}
-        for task, outcome in items:
-            if outcome.kind is not OutcomeKind.RELEASE:  # a release means the worker is stopping
-                lock = task.ctx.lock_by
-                freed[lock] = freed.get(lock, 0) + 1
-        wanted = []
-        for lock, count in freed.items():
-            ahead = self._ahead.get(lock) if lock is not None else None
-            if ahead is not None and ahead.open and count > len(ahead.tasks):
-                wanted.append((ahead, count - len(ahead.tasks)))
-        return wanted
-
-    async def _hand_over(self, ahead: _Ahead, tasks: list[Task[bytes]]) -> None:
-        if not ahead.open:  # the worker stopped polling while we claimed: give them back
-            await self._release(tasks)
-            return
-        ahead.tasks.extend(tasks)
-        self._signal.notify()  # a poller idling with free slots takes them at once
+                await self._ahead.hand_over(ahead, _tasks(rows))
 
     # -- heartbeat ---------------------------------------------------------------------------
 
@@ -284,10 +233,8 @@ class SqliteQueue(SqliteInspector, QueueBase):
             return moved
 
         async def beat() -> None:
-            now, running = time.time(), list(worker.running())
-            ahead = self._ahead.get(worker.id)
-            if ahead is not None:  # claimed for it and about to start: not lost claims
-                running.extend(task.id for task in ahead.tasks)
+            now = time.time()
+            running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
             if await self._db.write(lambda conn: beat_work(conn, now, running)):
                 self._signal.notify()
 

@@ -1,106 +1,31 @@
-"""Redis claims ahead: the script that acknowledges a worker's runs also claims the tasks for the
-slots they free; those are never lost, never run twice, and go back on stop."""
+"""Redis claims ahead: a busy worker's claims ride on the script that acknowledges its runs.
+
+The cases every store that claims ahead shares are in `test_claims_ahead.py`."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from apalis_cli.backend import StoreSpec, WorkerContext
 from apalis_cli.codec import JsonCodec
-from apalis_cli.service import Outcome
-from apalis_cli.task import Status, Task
+from apalis_cli.task import Task
 from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
 
-from ..conformance.stores.redis import drop_namespace
-from ..services import need_server
+from ..conformance.stores.redis import FACTORY
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[RedisStore]:
-    options = {"namespace": f"it-claims-{uuid.uuid4().hex[:12]}"}
-    made = RedisStore.from_spec(StoreSpec(name="t", kind="redis", url=need_server("redis"), options=options))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
-        await drop_namespace(made.settings.url, made.settings.namespace)
-
-
-def context(worker_id: str, **settings: Any) -> WorkerContext:
-    return WorkerContext(id=worker_id, name=worker_id, queue="q", free_slots=lambda: 1, **settings)
-
-
-async def status(store: RedisStore, task_id: str) -> tuple[Status, int, str | None]:
-    task = await store.backend("q", codec=JsonCodec()).get(task_id)
-    assert task is not None
-    return task.ctx.status, task.ctx.attempts, task.ctx.lock_by
-
-
-async def test_acks_claim_ahead_for_the_slots_they_free_and_give_back_what_was_not_taken(store: RedisStore) -> None:
-    q = store.backend("q", codec=JsonCodec())
-    first, second, third = await q.push_bulk(["a", "b", "c"])
-    stream = q.poll_compact(context("w1"))
-    task = await anext(stream)
-    assert task is not None
-    assert task.id == first
-    await q.ack_batch([(task, Outcome.done())])  # frees one slot: one task claimed in the same call
-    assert await status(store, second) == (Status.RUNNING, 1, "w1")
-    assert await status(store, third) == (Status.PENDING, 0, None)
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert await status(store, second) == (Status.PENDING, 0, None)  # the attempt is not counted
-
-    other = q.poll_compact(context("w2"))
-    again = await anext(other)
-    await other.aclose()  # type: ignore[attr-defined]
-    assert again is not None
-    assert again.id == second
-    await q.ack_batch([(again, Outcome.done())])  # no stream of w2 is open: nothing claimed ahead
-    assert await status(store, third) == (Status.PENDING, 0, None)
-
-
-async def test_the_stream_hands_out_what_was_claimed_ahead_once_and_in_order(store: RedisStore) -> None:
-    q = store.backend("q", codec=JsonCodec())
-    ids = await q.push_bulk(range(4))
-    stream = q.poll_compact(context("w1"))
-    handed: list[Task[bytes]] = []
-    for _ in ids:
-        task = await anext(stream)
-        assert task is not None
-        handed.append(task)
-        await q.ack_batch([(task, Outcome.done())])
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert [t.id for t in handed] == ids
-    assert all(t.ctx.lock_by == "w1" and t.ctx.attempts == 1 for t in handed)
-    assert [await status(store, i) for i in ids] == [(Status.DONE, 1, None)] * len(ids)
-
-
-async def test_tasks_claimed_ahead_are_not_released_by_the_heartbeat_as_lost_claims(store: RedisStore) -> None:
-    q = store.backend("q", codec=JsonCodec())
-    _, second = await q.push_bulk(["a", "b"])
-    worker = context("w1", keep_alive=0.5)
-    stream = q.poll_compact(worker)
-    task = await anext(stream)
-    assert task is not None
-    await q.ack_batch([(task, Outcome.done())])
-    # Held ahead longer than keep_alive (a slow handler elsewhere kept the slot busy).
-    claimed_ms = (time.time() - 60) * 1000
-    await store.client.zadd(q.keys.running, {second: claimed_ms}, xx=True)
-    beats = q.heartbeat(worker)
-    await anext(beats)
-    await beats.aclose()  # type: ignore[attr-defined]
-    assert await status(store, second) == (Status.RUNNING, 1, "w1")
-    ahead = await anext(stream)
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert ahead is not None
-    assert ahead.id == second
+async def store(tmp_path: Path) -> AsyncIterator[RedisStore]:
+    """A store under a fresh namespace of its own, dropped afterwards."""
+    made = await FACTORY.create(tmp_path)
+    assert isinstance(made, RedisStore)
+    yield made
+    await FACTORY.destroy(made)
 
 
 async def test_a_busy_worker_claims_with_its_acknowledgements_not_in_a_round_trip_of_its_own(

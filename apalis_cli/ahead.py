@@ -1,0 +1,135 @@
+"""Claims ahead: tasks claimed for a polling worker by the write that acknowledges its runs.
+
+A busy worker would otherwise wait for two round trips (and two commits) per batch: one to
+acknowledge the runs that ended, one to claim the tasks for the slots they freed. A store whose
+acknowledging write can also claim asks `wanted` how many tasks to claim for whom (the slots the
+finished runs free, never more: backpressure holds) and gives what it claimed to `hand_over`.
+The worker's poll stream (`poll`) serves those tasks before it claims on its own. Tasks held
+ahead count as running for the worker's heartbeat (`held`: they are not lost claims) and go
+back to the queue when the stream closes. The store keeps its own claiming (SQL, Lua); this
+module is only the bookkeeping every such store shares.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from .backend import WorkerContext
+from .polling import Waker, poll_batches
+from .service import Outcome, OutcomeKind
+from .task import Task, TaskId
+
+__all__ = ["ClaimsAhead", "Fetch", "Held", "Start"]
+
+Ack = Callable[[Sequence[tuple[Task[Any], Outcome]]], Awaitable[None]]
+Fetch = Callable[[int], Awaitable[Sequence[Task[bytes]]]]
+Start = Callable[[], tuple[Fetch, Waker]]
+
+
+class Held:
+    """Tasks claimed ahead for one polling worker, not yet handed out."""
+
+    __slots__ = ("open", "tasks", "waker", "worker_id")
+
+    def __init__(self, worker_id: str, waker: Waker) -> None:
+        self.worker_id = worker_id
+        self.waker = waker
+        self.tasks: deque[Task[bytes]] = deque()
+        self.open = True
+
+    def take(self, limit: int) -> list[Task[bytes]]:
+        """Up to `limit` of the tasks held, in claim order."""
+        tasks = self.tasks
+        return [tasks.popleft() for _ in range(min(limit, len(tasks)))]
+
+
+H = TypeVar("H", bound=Held)
+
+
+class ClaimsAhead(Generic[H]):
+    """The tasks claimed ahead for the polling workers of one queue in this process.
+
+    `holder` makes each stream's `Held` (a store may keep more per worker in a subclass);
+    `ack` is the queue's `ack_batch`, through which tasks are given back.
+    """
+
+    __slots__ = ("_ack", "_holder", "_holders")
+
+    def __init__(self, ack: Ack, holder: Callable[[str, Waker], H]) -> None:
+        self._ack = ack
+        self._holder = holder
+        self._holders: dict[str, H] = {}
+
+    async def release(self, tasks: Sequence[Task[bytes]]) -> None:
+        """Give `tasks` back to the queue, their attempts not counted."""
+        await self._ack([(task, Outcome.release()) for task in tasks])
+
+    async def poll(self, worker: WorkerContext, start: Start) -> AsyncIterator[Task[bytes] | None]:
+        """`poll_batches` over the store's claims, serving the tasks claimed ahead for `worker`
+        first; those left when the stream closes are released.
+
+        `start()` gives the store's claim, `fetch(limit)`, and the queue's `Waker`. It is called
+        once the stream is first iterated, as the body of a store's own generator would be (an
+        unopened store raises there, a store may start listening there).
+        """
+        # Registered only once iterated: a stream closed before its first item leaves nothing.
+        fetch, waker = start()
+        worker_id = worker.id
+        holder = self._holder(worker_id, waker)
+        self._holders[worker_id] = holder
+
+        async def fetch_held_first(limit: int) -> Sequence[Task[bytes]]:
+            if holder.tasks:
+                return holder.take(limit)
+            return await fetch(limit)
+
+        inner = poll_batches(worker, fetch_held_first, self.release, waker)
+        try:
+            async for task in inner:
+                yield task
+        finally:
+            holder.open = False  # an ack claiming for it meanwhile gives its tasks back
+            if self._holders.get(worker_id) is holder:
+                del self._holders[worker_id]
+            await inner.aclose()  # type: ignore[attr-defined]
+            if holder.tasks:
+                leftover = list(holder.tasks)
+                holder.tasks.clear()
+                await self.release(leftover)
+
+    def holder(self, worker_id: str) -> H | None:
+        """The open stream's `Held` of `worker_id`, if it polls here."""
+        return self._holders.get(worker_id)
+
+    def held(self, worker_id: str) -> list[TaskId]:
+        """The tasks claimed ahead for `worker_id` and about to start: running, for its heartbeat."""
+        holder = self._holders.get(worker_id)
+        return [task.id for task in holder.tasks] if holder is not None else []
+
+    def wanted(self, items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[H, int]]:
+        """How many tasks to claim ahead per polling worker: the slots its finished runs free,
+        less what it already holds."""
+        holders = self._holders
+        if not holders:
+            return []
+        freed: dict[str, int] = {}
+        for task, outcome in items:
+            lock = task.ctx.lock_by
+            if lock is not None and outcome.kind is not OutcomeKind.RELEASE:  # a release: it is stopping
+                freed[lock] = freed.get(lock, 0) + 1
+        out = []
+        for lock, count in freed.items():
+            holder = holders.get(lock)
+            if holder is not None and holder.open and count > len(holder.tasks):
+                out.append((holder, count - len(holder.tasks)))
+        return out
+
+    async def hand_over(self, holder: H, tasks: Sequence[Task[bytes]]) -> None:
+        """Give `tasks`, claimed for `holder`, to its stream; released if it closed meanwhile."""
+        if not holder.open:  # the worker stopped polling while we claimed: give them back
+            await self.release(tasks)
+            return
+        holder.tasks.extend(tasks)
+        holder.waker.notify()  # a poller idling with free slots takes them at once

@@ -1,0 +1,191 @@
+"""ClaimsAhead: the bookkeeping of tasks claimed for a polling worker by its acknowledgements.
+
+A fake store here: `Store.fetch` hands out numbered tasks and `Store.ack` records what comes
+back, which is all the bookkeeping sees of a real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+from apalis_cli.ahead import ClaimsAhead, Fetch, Held
+from apalis_cli.backend import WorkerContext
+from apalis_cli.polling import Waker
+from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.task import Task, TaskContext
+
+H = TypeVar("H", bound=Held)
+
+
+def context(worker_id: str = "w1", free: int = 1, poll_interval: float = 0.05) -> WorkerContext:
+    return WorkerContext(id=worker_id, name=worker_id, queue="q", poll_interval=poll_interval, free_slots=lambda: free)
+
+
+def task(task_id: str, lock_by: str | None = "w1") -> Task[bytes]:
+    return Task(id=task_id, args=b"", ctx=TaskContext(queue="q", lock_by=lock_by))
+
+
+class Store:
+    """Ready tasks `s0, s1, ...` claimed by `fetch(n)`; acknowledgements recorded by `ack`."""
+
+    def __init__(self, ready: int = 0) -> None:
+        self.ready = [task(f"s{n}") for n in range(ready)]
+        self.limits: list[int] = []
+        self.acked: list[tuple[str, OutcomeKind]] = []
+        self.waker = Waker()
+        self.started = 0
+
+    async def fetch(self, limit: int) -> list[Task[bytes]]:
+        self.limits.append(limit)
+        batch, self.ready = self.ready[:limit], self.ready[limit:]
+        return batch
+
+    async def ack(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        self.acked.extend((t.id, outcome.kind) for t, outcome in items)
+
+    def start(self) -> tuple[Fetch, Waker]:
+        self.started += 1
+        return self.fetch, self.waker
+
+    def released(self) -> list[str]:
+        return [task_id for task_id, kind in self.acked if kind is OutcomeKind.RELEASE]
+
+
+def polling(ahead: ClaimsAhead[H], worker_id: str = "w1") -> H:
+    """The `Held` of the open stream of `worker_id`."""
+    holder = ahead.holder(worker_id)
+    assert holder is not None
+    return holder
+
+
+def poll(ahead: ClaimsAhead[Held], store: Store, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+    return ahead.poll(worker, store.start)
+
+
+async def test_a_stream_is_registered_only_once_iterated() -> None:
+    store = Store(ready=1)
+    ahead = ClaimsAhead(store.ack, Held)
+    stream = poll(ahead, store, context())
+    assert (store.started, ahead.holder("w1")) == (0, None)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert store.started == 0
+    assert store.acked == []
+
+
+async def test_tasks_claimed_ahead_are_served_before_the_store_is_asked() -> None:
+    store = Store(ready=2)
+    ahead = ClaimsAhead(store.ack, Held)
+    stream = poll(ahead, store, context(free=2))
+    first = await anext(stream)  # the store's own claim: s0, s1
+    holder = polling(ahead)
+    await ahead.hand_over(holder, [task("a0"), task("a1"), task("a2")])
+    got = [await anext(stream) for _ in range(4)]
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert first is not None
+    assert [first.id, *(t.id for t in got if t is not None)] == ["s0", "s1", "a0", "a1", "a2"]
+    assert store.limits == [2]  # the held tasks were taken two at a time (free slots), not claimed
+    assert store.acked == []
+
+
+async def test_closing_the_stream_releases_what_it_holds_and_unregisters_it() -> None:
+    store = Store(ready=1)
+    ahead = ClaimsAhead(store.ack, Held)
+    stream = poll(ahead, store, context())
+    await anext(stream)
+    holder = polling(ahead)
+    await ahead.hand_over(holder, [task("a0"), task("a1")])
+    assert ahead.held("w1") == ["a0", "a1"]
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert store.released() == ["a0", "a1"]
+    assert ahead.holder("w1") is None
+    assert ahead.held("w1") == []
+    assert ahead.wanted([(task("s0"), Outcome.done())]) == []
+
+
+async def test_tasks_claimed_for_a_stream_that_closed_meanwhile_go_back() -> None:
+    store = Store(ready=1)
+    ahead = ClaimsAhead(store.ack, Held)
+    stream = poll(ahead, store, context())
+    await anext(stream)
+    holder = polling(ahead)
+    await stream.aclose()  # type: ignore[attr-defined]
+    await ahead.hand_over(holder, [task("late")])  # the ack that claimed it was in flight
+    assert store.released() == ["late"]
+    assert list(holder.tasks) == []
+
+
+async def test_a_hand_over_wakes_the_queues_idle_pollers() -> None:
+    store = Store()
+    ahead = ClaimsAhead(store.ack, Held)
+    stream = poll(ahead, store, context(poll_interval=30.0))
+    assert await anext(stream) is None  # nothing ready: the poller would wait
+    holder = polling(ahead)
+    idle = store.waker.subscribe()
+    await ahead.hand_over(holder, [task("a0")])
+    got = await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert idle.is_set()
+    assert got is not None
+    assert got.id == "a0"
+    assert store.limits == [1]  # served from what was held, not claimed again
+
+
+async def test_wanted_counts_the_slots_each_workers_finished_runs_free_less_what_it_holds() -> None:
+    store = Store(ready=2)
+    ahead = ClaimsAhead(store.ack, Held)
+    one, two = poll(ahead, store, context("w1")), poll(ahead, store, context("w2"))
+    await anext(one)
+    await anext(two)
+    w1, w2 = ahead.holder("w1"), ahead.holder("w2")
+    assert w1 is not None
+    assert w2 is not None
+    await ahead.hand_over(w2, [task("held", "w2")])
+    items = [
+        (task("a", "w1"), Outcome.done()),
+        (task("b", "w1"), Outcome.retry("flaky", 0.0)),
+        (task("c", "w1"), Outcome.kill("broken")),
+        (task("d", "w1"), Outcome.release()),  # a release: the worker is stopping, no slot freed
+        (task("e", "w2"), Outcome.done()),  # one slot freed, one task held already
+        (task("f", "w2"), Outcome.done()),
+        (task("g", "w3"), Outcome.done()),  # no stream of w3 polls here
+        (task("h", None), Outcome.done()),  # never claimed
+    ]
+    assert ahead.wanted(items) == [(w1, 3), (w2, 1)]
+    assert ahead.wanted(items[4:5]) == []
+    for stream in (one, two):
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_newer_stream_of_the_same_worker_keeps_its_registration_when_an_older_closes() -> None:
+    store = Store(ready=2)
+    ahead = ClaimsAhead(store.ack, Held)
+    old = poll(ahead, store, context())
+    await anext(old)
+    new = poll(ahead, store, context())
+    await anext(new)
+    newer = ahead.holder("w1")
+    await old.aclose()  # type: ignore[attr-defined]
+    assert ahead.holder("w1") is newer
+    await new.aclose()  # type: ignore[attr-defined]
+    assert ahead.holder("w1") is None
+
+
+class Tagged(Held):
+    __slots__ = ("tag",)
+
+    def __init__(self, worker_id: str, waker: Waker) -> None:
+        super().__init__(worker_id, waker)
+        self.tag = f"made for {worker_id}"
+
+
+async def test_each_stream_gets_the_stores_own_kind_of_holder() -> None:
+    store = Store(ready=1)
+    ahead = ClaimsAhead(store.ack, Tagged)
+    stream = ahead.poll(context(), store.start)
+    await anext(stream)
+    holder = ahead.holder("w1")
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert holder is not None
+    assert holder.tag == "made for w1"
+    assert holder.waker is store.waker

@@ -284,10 +284,11 @@ def _handler_service(handler: Handler, decode: Callable[[bytes], Any]) -> Servic
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
     """Cancel `task` and wait until it ends, asking again while it runs on: a driver may swallow
-    a cancellation (Python 3.11's wait_for does, when it arrives as its awaitable finishes)."""
+    a cancellation (Python 3.11's wait_for does, when it arrives as its awaitable finishes).
+    Asked again only after a few seconds, so a heartbeat's farewell has time to finish."""
     while not task.done():
         task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
+        await asyncio.wait({task}, timeout=5.0)
     with contextlib.suppress(BaseException):
         task.result()
 

@@ -3,7 +3,6 @@ redelivery of a dead worker's task (counted), and reconnection after a cut socke
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from apalis_cli.worker import Worker
 
 from ..conformance.stores.amqp import abort_connection
 from ..services import need_server
+from .running import run_until
 
 
 async def _store(prefix: str) -> AmqpStore:
@@ -43,20 +43,6 @@ async def store() -> AsyncIterator[AmqpStore]:
         await made.broker.close()
 
 
-async def _run(worker: Worker, until: Any, within: float = 10.0) -> None:
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    deadline = time.monotonic() + within
-    try:
-        while not until():
-            assert time.monotonic() < deadline, "timed out"
-            assert not running.done(), running.result()
-            await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await running
-
-
 def _worker(queue: AmqpQueue, handler: Any, **options: Any) -> Worker:
     options.setdefault("keep_alive", 0.2)
     options.setdefault("poll_interval", 0.05)
@@ -75,7 +61,7 @@ async def test_retry_waits_in_a_delay_queue_then_runs(store: AmqpStore) -> None:
         return "ok"
 
     backoff = Backoff(kind="constant", base=0.4, jitter=False)
-    await _run(_worker(queue, flaky, backoff=backoff), lambda: len(runs) >= 2)
+    await run_until(_worker(queue, flaky, backoff=backoff), lambda: len(runs) >= 2)
     assert [attempts for attempts, _ in runs] == [1, 2]
     assert runs[1][1] - runs[0][1] >= 0.4 - 0.02
     assert f"{queue.work}.delay.400" in store.broker.created, "the retry went through a 400 ms delay queue"
@@ -91,7 +77,7 @@ async def test_killed_task_is_peekable_in_the_dead_letter_queue(store: AmqpStore
 
     done: list[str] = []
     worker = _worker(queue, refuse, on_event=[lambda e: done.append(type(e).__name__)])
-    await _run(worker, lambda: "TaskFinished" in done)
+    await run_until(worker, lambda: "TaskFinished" in done)
 
     for _ in range(2):  # peeking twice shows the same: nothing was consumed
         [dead] = await queue.list_tasks(Status.KILLED)
@@ -127,7 +113,7 @@ async def test_a_dead_workers_task_is_redelivered_and_the_lost_run_counted(store
     async def record(args: Any, task: Task[bytes]) -> Any:
         runs.append(task.ctx.attempts)
 
-    await _run(_worker(queue, record), lambda: runs)
+    await run_until(_worker(queue, record), lambda: runs)
     assert runs == [2], "the broker redelivered the task and its lost run counted"
     with pytest.raises(ConnectionLost):  # the dead "process" learns it too, if it ever asks
         await anext(stream)
@@ -145,6 +131,6 @@ async def test_scheduled_push_and_producer_survive_a_cut_connection(store: AmqpS
     async def record(args: Any, task: Task[bytes]) -> Any:
         runs[task.id] = time.time()
 
-    await _run(_worker(queue, record), lambda: len(runs) == 2)
+    await run_until(_worker(queue, record), lambda: len(runs) == 2)
     assert runs[now] < runs[later]
     assert runs[later] >= pushed + 0.5 - 0.01

@@ -21,6 +21,7 @@ from apalis_nats import NatsQueue, NatsStore
 
 from ..conformance.stores.nats import abort_connection
 from ..services import need_server
+from .running import run_until
 
 
 async def _store(tag: str) -> NatsStore:
@@ -39,20 +40,6 @@ async def store() -> AsyncIterator[NatsStore]:
         js = await made.connection.js()
         await js.delete_stream(made.settings.stream)
         await made.close()
-
-
-async def _run(worker: Worker, until: Any, within: float = 10.0) -> None:
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    deadline = time.monotonic() + within
-    try:
-        while not until():
-            assert time.monotonic() < deadline, "timed out"
-            assert not running.done(), running.result()
-            await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await running
 
 
 def _worker(queue: NatsQueue, handler: Any, **options: Any) -> Worker:
@@ -78,7 +65,7 @@ async def test_a_dead_workers_task_comes_back_after_ack_wait_counted(store: Nats
     async def record(args: Any, task: Task[bytes]) -> Any:
         runs.append((task.ctx.attempts, time.time()))
 
-    await _run(_worker(store.backend("jobs", codec=JsonCodec()), record, stale_after=0.5), lambda: runs)
+    await run_until(_worker(store.backend("jobs", codec=JsonCodec()), record, stale_after=0.5), lambda: runs)
     assert [attempts for attempts, _ in runs] == [2], "redelivered once, the lost run counted"
     assert runs[0][1] >= claimed_at + 0.5 - 0.05, "not before ack_wait (= stale_after)"
     await doomed.close()
@@ -97,7 +84,7 @@ async def test_in_progress_keeps_a_long_task_from_redelivery(store: NatsStore) -
     worker = _worker(
         queue, slow, concurrency=2, stale_after=0.3, on_event=[lambda e: finished.append(type(e).__name__)]
     )
-    await _run(worker, lambda: "TaskFinished" in finished)
+    await run_until(worker, lambda: "TaskFinished" in finished)
     await asyncio.sleep(0.5)
     assert runs == [1]
 
@@ -110,7 +97,7 @@ async def test_killed_task_is_kept_on_the_dead_subject(store: NatsStore) -> None
         raise Abort("the account is closed")
 
     finished: list[str] = []
-    await _run(
+    await run_until(
         _worker(queue, refuse, on_event=[lambda e: finished.append(type(e).__name__)]),
         lambda: "TaskFinished" in finished,
     )
@@ -149,7 +136,7 @@ async def test_key_is_the_msg_id_and_big_payloads_are_compressed(store: NatsStor
     async def record(args: Any, task: Task[bytes]) -> Any:
         seen[task.id] = args
 
-    await _run(_worker(queue, record), lambda: len(seen) == 2)
+    await run_until(_worker(queue, record), lambda: len(seen) == 2)
     assert seen == {first: {"copy": 1}, big_id: big}
 
 
@@ -170,7 +157,7 @@ async def test_worker_and_producer_survive_a_cut_connection(store: NatsStore) ->
         await queue.push_bulk(range(10, 20))
 
     producer = asyncio.create_task(produce_more())
-    await _run(_worker(queue, record, concurrency=2), lambda: seen >= set(range(20)), within=30)
+    await run_until(_worker(queue, record, concurrency=2), lambda: seen >= set(range(20)), within=30)
     await producer
 
 
@@ -189,11 +176,11 @@ async def test_admin_kill_retry_and_purge_by_sequence(store: NatsStore) -> None:
     async def record(args: Any, task: Task[bytes]) -> Any:
         runs.append((task.id, task.ctx.attempts))
 
-    await _run(_worker(queue, record), lambda: runs)
+    await run_until(_worker(queue, record), lambda: runs)
     assert runs == [(kept, 1)]
     assert await queue.retry(doomed) is True
     assert await queue.retry("no-such-task") is False
-    await _run(_worker(queue, record), lambda: len(runs) == 2)
+    await run_until(_worker(queue, record), lambda: len(runs) == 2)
     assert runs[1] == (doomed, 1), "an operator's retry starts the count afresh"
 
     again = await queue.push({"job": "again"})

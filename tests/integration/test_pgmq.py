@@ -26,6 +26,8 @@ from psycopg.conninfo import conninfo_to_dict
 from tests.integration.pgmq_install import scratch_database
 from tests.services import need_server
 
+from .running import run_until
+
 FAST = Backoff(kind="constant", base=0.05, max=0.05, jitter=False)
 
 
@@ -54,21 +56,6 @@ async def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute(query, params)
         return await cur.fetchall() if cur.description else []
-
-
-async def run_until(worker: Worker, condition: Any, within: float = 10.0) -> None:
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    deadline = time.monotonic() + within
-    try:
-        while not condition():
-            if running.done():
-                running.result()
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await running
 
 
 def official_client(url: str) -> Any:

@@ -100,10 +100,10 @@ def _track(text: str, depth: int, string: str | None) -> tuple[int, str | None]:
     i, n = 0, len(text)
     while i < n:
         if string is not None:
-            end = text.find(string, i)
+            end = _close(text, i, string)
             if end < 0:
                 return depth, string
-            i, string = end + len(string), None
+            i, string = end, None
             continue
         ch = text[i]
         if ch == "#":
@@ -121,6 +121,27 @@ def _track(text: str, depth: int, string: str | None) -> tuple[int, str | None]:
             depth = max(depth - 1, 0)
         i += 1
     return depth, string
+
+
+def _close(text: str, start: int, quotes: str) -> int:
+    """Where the multi-line string closed by `quotes` ends in `text` (from `start`), or -1.
+
+    In a basic string a backslash escapes the next character, so an escaped quote and two more
+    do not close it; one or two quotes just before the delimiter belong to the string, so a
+    run of up to five quotes closes it after the last three.
+    """
+    i, n = start, len(text)
+    while i < n:
+        if text[i] == "\\" and quotes == '"""':
+            i += 2
+            continue
+        if text.startswith(quotes, i):
+            end = i + 3
+            while end < n and end - i < 5 and text[end] == quotes[0]:
+                end += 1
+            return end
+        i += 1
+    return -1
 
 
 def _skip_string(text: str, start: int) -> int:

@@ -127,10 +127,16 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueStats:
-    """How many tasks a queue holds in each status (None: the store cannot count it)."""
+    """How many tasks a queue holds in each status (None: the store cannot count it).
+
+    `scheduled` is how many of the tasks waiting to run (pending, or failed and waiting for their
+    retry) have a `run_at` still to come: delayed pushes and retries in their backoff. None where
+    the store cannot tell them from the tasks that are due.
+    """
 
     queue: str
     counts: Mapping[Status, int | None]
+    scheduled: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,13 +46,16 @@ class Idle(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskFinished(Event):
-    """A run ended: `outcome` is done, retry, kill or release."""
+    """A run ended: `outcome` is done, retry, kill or release. `waited` is how long the task
+    waited from its `run_at` until this run started (its start latency), None where the store
+    does not say when it was due."""
 
     task_id: str
     attempt: int
     outcome: str
     duration: float
     error: str | None = None
+    waited: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

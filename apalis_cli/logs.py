@@ -25,6 +25,7 @@ from .events import (
     TaskFinished,
     WorkerCrashed,
 )
+from .printable import printable
 from .registry import redact_text
 
 __all__ = ["LOG_LEVELS", "LogFormat", "event_logger", "setup_logging"]
@@ -56,7 +57,7 @@ def setup_logging(fmt: LogFormat | None = None, level: str = "info") -> LogForma
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if chosen == "json" else _passthrough,
+            structlog.processors.format_exc_info if chosen == "json" else _printable_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
@@ -81,7 +82,18 @@ class _ToStructlog(logging.Handler):
             self.handleError(record)
 
 
-def _passthrough(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+# structlog's console renderer prints a value with one of these characters as its `repr`, which
+# escapes control characters already; escaping those values first would double the backslashes.
+_QUOTED_BY_RENDERER = frozenset(" \t=\r\n\"'")
+
+
+def _printable_values(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Console lines go to a terminal: a handler's error or a driver's message must not carry its
+    # escape sequences there (JSON lines escape control characters by themselves). The message
+    # itself is never quoted by the renderer; a test checks both kinds of value.
+    for key, value in event.items():
+        if isinstance(value, str) and (key == "event" or not _QUOTED_BY_RENDERER.intersection(value)):
+            event[key] = printable(value)
     return event
 
 

@@ -220,10 +220,12 @@ class MemoryQueue(QueueBase):
 
     async def stats(self) -> QueueStats:
         """Counts per status."""
-        counts = dict.fromkeys(Status, 0)
+        counts, scheduled, now = dict.fromkeys(Status, 0), 0, time.time()
         for row in self._state.rows.values():
             counts[row.status] += 1
-        return QueueStats(queue=self.queue, counts=dict(counts))
+            if row.status in (Status.PENDING, Status.FAILED) and row.run_at > now:
+                scheduled += 1
+        return QueueStats(queue=self.queue, counts=dict(counts), scheduled=scheduled)
 
     async def workers(self) -> list[WorkerInfo]:
         """Registered workers of this queue."""

@@ -229,6 +229,8 @@ class Worker:
 
     async def _run_one(self, task: Task[bytes]) -> None:
         started = time.perf_counter()
+        due = task.ctx.run_at
+        waited = max(time.time() - due, 0.0) if due > 0 and self._listeners else None
         outcome: Outcome | None = None
         error: str | None = None
         try:
@@ -251,6 +253,7 @@ class Worker:
                         outcome=outcome.kind.value if outcome else "error",
                         duration=time.perf_counter() - started,
                         error=outcome.error if outcome else error,
+                        waited=waited,
                     )
                 )
 

@@ -30,11 +30,12 @@ _ = (admin, inspect, push, run, setup)  # imported for their commands
 
 
 def fail_line(message: str) -> str:
-    """`message` as the one line printed on failure: no newlines, no passwords."""
+    """`message` as the one line printed on failure: no newlines, no passwords, no escape sequences."""
+    from ..printable import printable
     from ..registry import redact_text
 
     text = " ".join(message.split())
-    return "apalis: error: " + redact_text(text)
+    return "apalis: error: " + printable(redact_text(text))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,132 +1,22 @@
-"""What people see: the rich live view of `apalis run` and the tables of the other commands."""
+"""What people see of the other commands: the tables of `inspect`, `workers` and `stats` (the live
+view of `apalis run` is `live.py`). Stored text is printed through `printable`, as `Text`."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..events import (
-    BackendUnavailable,
-    Event,
-    HeartbeatFailed,
-    HeartbeatSent,
-    Idle,
-    Started,
-    Stopped,
-    TaskFinished,
-    WorkerCrashed,
-)
-from ..registry import redact_text
+from ..printable import printable
 from ..task import Status
 
-__all__ = ["Dashboard", "WorkerView", "print_stats", "print_tasks", "print_workers"]
+__all__ = ["note", "print_stats", "print_task", "print_tasks", "print_workers"]
 
-_RATE_WINDOW = 5.0
-_STATE_STYLE = {"running": "green", "idle": "cyan", "stopped": "dim", "crashed": "red", "reconnecting": "yellow"}
 _STATUS_STYLE = {"pending": "cyan", "running": "green", "done": "dim", "failed": "yellow", "killed": "red"}
-
-
-@dataclass(slots=True)
-class WorkerView:
-    """The counters of one worker in the live view."""
-
-    name: str
-    queue: str
-    state: str = "starting"
-    done: int = 0
-    retried: int = 0
-    killed: int = 0
-    last_error: str | None = None
-    samples: deque[tuple[float, int]] = field(default_factory=deque)
-
-    @property
-    def failed(self) -> int:
-        """Runs that ended in an error (retried or killed)."""
-        return self.retried + self.killed
-
-    def rate(self, now: float) -> float:
-        """Finished runs per second over the last few seconds."""
-        finished = self.done + self.failed
-        self.samples.append((now, finished))
-        while len(self.samples) > 2 and now - self.samples[0][0] > _RATE_WINDOW:
-            self.samples.popleft()
-        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-class Dashboard:
-    """Collects worker events (an `on_event` listener) and renders the live table."""
-
-    def __init__(
-        self, workers: Sequence[tuple[str, str]], running: Callable[[str], int], stopping: Callable[[], bool]
-    ) -> None:
-        self.views = {name: WorkerView(name=name, queue=queue) for name, queue in workers}
-        self._running = running
-        self._stopping = stopping
-
-    def on_event(self, event: Event) -> None:
-        """Update the counters from one worker event."""
-        view = self.views.get(event.worker)
-        if view is None:
-            return
-        if isinstance(event, TaskFinished):
-            if event.outcome == "done":
-                view.done += 1
-            elif event.outcome == "retry":
-                view.retried += 1
-            elif event.outcome == "kill":
-                view.killed += 1
-            if event.error:
-                view.last_error = event.error
-            if view.state == "reconnecting":
-                view.state = "up"
-        elif isinstance(event, Started | Idle | HeartbeatSent):
-            if view.state != "stopped":
-                view.state = "up"
-        elif isinstance(event, HeartbeatFailed | BackendUnavailable):
-            view.state, view.last_error = "reconnecting", event.error
-        elif isinstance(event, WorkerCrashed):
-            view.state, view.last_error = "crashed", event.error
-        elif isinstance(event, Stopped):
-            view.state = "stopped"
-
-    def render(self) -> Table:
-        """The table as it is now."""
-        now = time.monotonic()
-        stopping = self._stopping()
-        table = Table(title="apalis" + (" - stopping, finishing running tasks" if stopping else ""))
-        for column in ("worker", "queue", "state", "running", "done", "failed", "retried", "killed", "tasks/s"):
-            left = column in ("worker", "queue", "state")
-            table.add_column(column, justify="left" if left else "right", no_wrap=True)
-        table.add_column("last error", overflow="ellipsis", max_width=60, no_wrap=True)
-        for view in self.views.values():
-            running = self._running(view.name)
-            state = view.state
-            if state == "up":
-                state = "running" if running else "idle"
-            if stopping and state not in ("stopped", "crashed"):
-                state = "stopping"
-            table.add_row(
-                view.name,
-                view.queue,
-                Text(state, style=_STATE_STYLE.get(state, "")),
-                str(running),
-                str(view.done),
-                str(view.failed),
-                str(view.retried),
-                str(view.killed),
-                f"{view.rate(now):.1f}",
-                Text(redact_text(view.last_error or ""), style="red"),
-            )
-        return table
 
 
 def print_tasks(rows: Sequence[Mapping[str, Any]], *, decode: bool) -> None:
@@ -137,22 +27,44 @@ def print_tasks(rows: Sequence[Mapping[str, Any]], *, decode: bool) -> None:
     for column in ("args" if decode else "payload", "last error"):
         table.add_column(column, overflow="ellipsis", ratio=1, min_width=12)
     for row in rows:
-        if not decode:
-            shown = row["payload"]
-        elif "args" in row:
-            shown = json.dumps(row["args"], ensure_ascii=False, default=repr)
-        else:
-            shown = row.get("decode_error") or ""
         table.add_row(
-            row["id"],
-            Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
+            _cell(row["id"]),
+            _status(row["status"]),
             f"{row['attempts']}/{row['max_attempts']}",
-            (row["run_at"] or "").replace("T", " ")[:19],
+            _when(row["run_at"]),
             str(row["priority"]),
-            _clip(shown, 60),
-            _clip(row["last_error"] or "", 60),
+            _cell(_clip(_shown_payload(row, decode), 60)),
+            _cell(_clip(row["last_error"] or "", 60)),
         )
     _out().print(table if rows else "no tasks")
+
+
+def print_task(row: Mapping[str, Any], *, decode: bool) -> None:
+    """`apalis inspect --id`: one task, every field, nothing clipped (line breaks kept)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    fields: list[tuple[str, Text | str]] = [
+        ("id", _cell(row["id"])),
+        ("status", _status(row["status"])),
+        ("queue", _cell(row["queue"])),
+        ("attempts", f"{row['attempts']}/{row['max_attempts']}"),
+        ("priority", str(row["priority"])),
+        ("run_at (UTC)", _when(row["run_at"])),
+        ("created (UTC)", _when(row["created_at"])),
+        ("done (UTC)", _when(row["done_at"])),
+        ("locked by", _cell(row["lock_by"] or "")),
+        ("key", _cell(row["idempotency_key"] or "")),
+        (f"payload ({row['payload_encoding']})", _cell(row["payload"], newlines=True)),
+    ]
+    if decode:
+        fields.append(("args", _cell(_shown_payload(row, decode=True), newlines=True)))
+    if row["result"] is not None:
+        fields.append(("result", _cell(_json(row["result"], indent=2), newlines=True)))
+    fields.append(("last error", Text(printable(row["last_error"] or "", newlines=True), style="red")))
+    for name, value in fields:
+        grid.add_row(name, value)
+    _out().print(grid)
 
 
 def print_workers(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -163,14 +75,14 @@ def print_workers(rows: Sequence[Mapping[str, Any]]) -> None:
     for row in rows:
         running = "" if row["running"] is None else str(row["running"])
         table.add_row(
-            row["name"],
-            row["queue"],
-            row["host"],
+            _cell(row["name"]),
+            _cell(row["queue"]),
+            _cell(row["host"]),
             str(row["pid"]),
-            row["started_at"],
-            row["last_seen"],
+            _when(row["started_at"]),
+            _when(row["last_seen"]),
             running,
-            ", ".join(row["layers"]),
+            _cell(", ".join(row["layers"])),
         )
     _out().print(table if rows else "no workers registered")
 
@@ -183,8 +95,34 @@ def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
         table.add_column(status.value, justify="right")
     for row in rows:
         counts = [row.get(status.value) for status in Status]
-        table.add_row(row["queue"], *("-" if n is None else str(n) for n in counts))
+        table.add_row(_cell(row["queue"]), *("-" if n is None else str(n) for n in counts))
     _out().print(table)
+
+
+def _cell(value: Any, *, newlines: bool = False) -> Text:
+    # Stored text goes in as `Text`: a string cell would be read as rich markup ("[red]" styles,
+    # ":emoji:" codes) and its escape sequences would reach the terminal.
+    return Text(printable(str(value), newlines=newlines))
+
+
+def _status(status: str) -> Text:
+    return Text(printable(status), style=_STATUS_STYLE.get(status, ""))
+
+
+def _when(iso_time: str | None) -> Text:
+    return _cell((iso_time or "").replace("T", " ")[:19])
+
+
+def _shown_payload(row: Mapping[str, Any], decode: bool) -> str:
+    if not decode:
+        return str(row["payload"])
+    if "args" in row:
+        return _json(row["args"])
+    return str(row.get("decode_error") or "")
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, ensure_ascii=False, default=repr, indent=indent)
 
 
 def _clip(text: str, width: int) -> str:
@@ -200,4 +138,4 @@ def _out() -> Console:
 
 def note(text: str) -> None:
     """A one-line remark on stderr, so stdout stays clean for `--json`."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"note: {text}", markup=False)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text(printable(f"note: {text}")))

@@ -10,14 +10,15 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
-from ..backend import Capability, Inspector
+from ..backend import Inspector
 from ..codec import codec_by_name
 from ..config import load_config
 from ..errors import UsageError
@@ -26,9 +27,12 @@ from ..logs import LOG_LEVELS, LogFormat, event_logger, setup_logging
 from ..supervisor import Supervisor
 from ..worker import Worker
 from .assembly import Assembly, assemble, opened_stores
-from .console import Dashboard
+from .live import Dashboard
 
 __all__ = ["run_daemon"]
+
+_DEPTH_EVERY = 2.0
+_DEPTH_TIMEOUT = 10.0
 
 
 def run_daemon(
@@ -110,6 +114,7 @@ async def _supervise(
         if live:
             dashboard = Dashboard([(w.name, w.queue) for w in assembly.workers], running, lambda: supervisor.stopping)
             listeners.append(dashboard.on_event)
+            await stack.enter_async_context(_watching_depths(_inspectors(assembly), dashboard))
         else:
             listeners.append(event_logger(tasks=log_tasks))
         if metrics_addr is not None:
@@ -135,15 +140,7 @@ async def _metrics(
 ) -> AsyncIterator[EventListener]:
     from ..metrics import Metrics, serve  # prometheus-client is an extra: imported only when asked for
 
-    queues: dict[str, Inspector] = {}
-    for w in assembly.workers:
-        if w.cron is not None and w.pipe_to is None:
-            continue  # in-process ticks: no queue depth to ask for
-        store = assembly.stores[w.pipe_to] if w.pipe_to is not None else assembly.store_of[w.name]
-        backend: Any = store.backend(w.queue, codec=codec_by_name(w.codec))
-        if backend.capabilities.has(Capability.INSPECT) and isinstance(backend, Inspector):
-            queues.setdefault(w.queue, backend)
-    metrics = Metrics(workers, queues)
+    metrics = Metrics(workers, _inspectors(assembly))
     try:
         server = await serve(metrics, *address)
     except OSError as exc:
@@ -153,3 +150,45 @@ async def _metrics(
     finally:
         server.close()
         await server.wait_closed()
+
+
+def _inspectors(assembly: Assembly) -> dict[str, Inspector]:
+    """The Inspector of each worker's queue, where its store has one (the first, for a queue name
+    that several stores hold)."""
+    queues: dict[str, Inspector] = {}
+    for w in assembly.workers:
+        if w.cron is not None and w.pipe_to is None:
+            continue  # in-process ticks: no queue depth to ask for
+        store = assembly.stores[w.pipe_to] if w.pipe_to is not None else assembly.store_of[w.name]
+        backend: Any = store.backend(w.queue, codec=codec_by_name(w.codec))
+        if isinstance(backend, Inspector):  # a broker that cannot browse may still count
+            queues.setdefault(w.queue, backend)
+    return queues
+
+
+@contextlib.asynccontextmanager
+async def _watching_depths(queues: Mapping[str, Inspector], dashboard: Dashboard) -> AsyncIterator[None]:
+    """Count each queue's tasks for the live view now and then, in a task of its own."""
+    watcher = asyncio.create_task(_watch_depths(queues, dashboard), name="apalis-live-depths")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch_depths(queues: Mapping[str, Inspector], dashboard: Dashboard) -> None:
+    # Off the hot path: one count per queue every _DEPTH_EVERY seconds, and never more than a
+    # tenth of the store's time (a count that takes 0.5 s on a large queue is asked every 5 s).
+    while True:
+        started = time.monotonic()
+        for queue, inspector in queues.items():
+            try:
+                async with asyncio.timeout(_DEPTH_TIMEOUT):
+                    stats = await inspector.stats()
+            except Exception:  # a store that is down: the view keeps the last figures, dimmed
+                dashboard.set_depth(queue, None)
+            else:
+                dashboard.set_depth(queue, stats)
+        await asyncio.sleep(max(_DEPTH_EVERY, 10 * (time.monotonic() - started)))

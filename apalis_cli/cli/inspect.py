@@ -43,11 +43,16 @@ def inspect(
     tasks, opened_codec = asyncio.run(_inspect(config, worker, queue, status, limit, task_id))
     rows = [task_json(task, opened_codec if decode else None) for task in tasks]
     if as_json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        from ..printable import printable_json
+
+        print(printable_json(rows))
     else:
         from . import console
 
-        console.print_tasks(rows, decode=decode)
+        if task_id is not None:
+            console.print_task(rows[0], decode=decode)
+        else:
+            console.print_tasks(rows, decode=decode)
 
 
 async def _inspect(

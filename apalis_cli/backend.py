@@ -31,6 +31,7 @@ __all__ = [
     "Capability",
     "Inspector",
     "NewTask",
+    "Preparable",
     "QueueStats",
     "Store",
     "StoreSpec",
@@ -258,6 +259,17 @@ class Inspector(Protocol):
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete tasks of `status` finished (or created) more than `older_than` seconds ago."""
+        ...
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """A queue that exists in its broker apart from the tasks in it (an AMQP queue, a NATS
+    stream and consumer, an rsmq or pgmq queue): `apalis check` creates it, so another program
+    can send to it before any worker ran."""
+
+    async def prepare(self) -> None:
+        """Create the queue (and what it needs) unless it exists; idempotent."""
         ...
 
 

@@ -11,6 +11,12 @@ Queues, for apalis queue `q` under prefix `p`:
   and retry backoff both go through them.
 - `p.q.dead`: killed tasks, with the error in the `x-apalis-error` header.
 
+A work or dead-letter queue someone else declared first with other arguments (a producer that
+followed the RabbitMQ tutorial: durable, no `x-max-priority`) is used as it is, said once in the
+log; a delay queue with other arguments is refused in one line (its TTL is what makes it work).
+A queue deleted while in use is declared again: a message the broker returns unroutable is
+published again, and a consumer the broker cancelled consumes again.
+
 Outcomes: done = ack. Retry = publish a copy (attempts counted, error attached) into the delay
 queue, wait for the confirm, then ack the original; kill = the same into `p.q.dead`; release =
 the same into `p.q` with the attempt not counted. Nothing is lost between publish and ack: a
@@ -71,6 +77,22 @@ _CAPABILITIES = Capabilities(
         Capability.ADMIN: "a queue has no random access: a task cannot be found by id without consuming the queue",
     }
 )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a shielded call nobody awaits any more (a stopped poll's)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _arrival(consumer: Consumer, within: float) -> None:
+    """Wait up to `within` seconds for a delivery (or the channel's end)."""
+    # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that arrives as the
+    # event is set, and the stream would never stop.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await consumer.arrived.wait()
+
 
 _LOST = "worker {worker} stopped sending heartbeats (its channel closed) while running this task"
 
@@ -142,6 +164,10 @@ class AmqpQueue(QueueBase):
         await self._broker.retrying(publish)
         return [task.id for task in tasks]
 
+    async def prepare(self) -> None:
+        """Declare the work queue and the dead-letter queue (`apalis check` does this)."""
+        await self._broker.retrying(self._ensure_queues)
+
     async def _ensure_queues(self) -> None:
         await self._broker.declare(self.work, self._work_args)
         await self._broker.declare(self.dead)
@@ -164,15 +190,23 @@ class AmqpQueue(QueueBase):
         key = (self.queue, worker.id)
         consumer = self._store.consumers.get(key)
         if consumer is None or consumer.closed:
+            self._broker.forget(self.work)  # a channel closes on a deleted queue, too
             await self._ensure_queues()
             channel = await self._broker.channel()
-            queue = await channel.declare_queue(self.work, durable=True, arguments=self._work_args)
+            queue = await channel.declare_queue(self.work, passive=True)  # as declared: ours or not
             consumer = self._store.consumers[key] = Consumer(worker.id, channel, queue)
+        elif consumer.cancelled:  # its queue was deleted: declare it again, consume on the same channel
+            self._broker.forget(self.work)
+            await self._ensure_queues()
+            await consumer.start(worker.concurrency, await consumer.channel.declare_queue(self.work, passive=True))
         await consumer.start(worker.concurrency)
         return consumer
 
     async def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        """Tasks as the broker pushes them (at most the worker's concurrency unacknowledged)."""
+        """Tasks as the broker pushes them (at most the worker's concurrency unacknowledged).
+
+        Idle (None) only once the broker says no message is ready: a burst run must not end
+        while the broker is about to push what the queue holds."""
         consumer = await self._consumer(worker)
         try:
             while True:
@@ -183,14 +217,24 @@ class AmqpQueue(QueueBase):
                     continue
                 if consumer.closed:
                     raise ConnectionLost("the RabbitMQ channel closed")
+                if consumer.cancelled:
+                    raise ConnectionLost(f'RabbitMQ cancelled the consumer of "{self.work}" (the queue was deleted?)')
                 consumer.arrived.clear()
+                # Shielded: aiormq closes a channel whose RPC is cancelled (a stopping worker
+                # cancels its poll), and that channel still has to acknowledge the running tasks.
+                asking = asyncio.ensure_future(consumer.ready())
+                asking.add_done_callback(_retrieved)
+                if await asyncio.shield(asking) and not consumer.buffer:
+                    # Ready messages the broker has not pushed yet: wait for them (another
+                    # consumer may take them first, so not for ever).
+                    await _arrival(consumer, worker.poll_interval)
+                    if consumer.buffer or consumer.closed or consumer.cancelled:
+                        continue
+                if consumer.buffer:
+                    continue
                 yield None
                 if not consumer.buffer and not consumer.closed:
-                    # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
-                    # arrives as the event is set, and the stream would never stop.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(worker.poll_interval):
-                            await consumer.arrived.wait()
+                    await _arrival(consumer, worker.poll_interval)
         finally:
             unclaimed = await consumer.stop()
             if unclaimed and not consumer.closed:
@@ -205,9 +249,10 @@ class AmqpQueue(QueueBase):
             lost = envelope.attempts + 1
             if lost >= envelope.max_attempts:
                 error = _LOST.format(worker="(unknown)")
-                target = self.dead, copy_message(message, attempts=lost, error=error, done_at=time.time())
+                copy = copy_message(message, id=envelope.id, attempts=lost, error=error, done_at=time.time())
+                target = self.dead, copy
             else:
-                target = self.work, copy_message(message, attempts=lost)
+                target = self.work, copy_message(message, id=envelope.id, attempts=lost)
             await self._broker.retrying(lambda: self._broker.publish_many([target]))
             await message.ack()
             return None
@@ -237,14 +282,13 @@ class AmqpQueue(QueueBase):
             message, kind = held.message, outcome.kind
             if kind is OutcomeKind.RETRY:
                 run_at = outcome.run_at if outcome.run_at is not None else now
-                copy = copy_message(message, attempts=held.attempts, error=outcome.error, run_at=run_at)
+                copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, run_at=run_at)
                 copies.append((await self._route(run_at - now, routes), copy))
             elif kind is OutcomeKind.KILL:
-                copies.append(
-                    (self.dead, copy_message(message, attempts=held.attempts, error=outcome.error, done_at=now))
-                )
+                copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, done_at=now)
+                copies.append((self.dead, copy))
             elif kind is OutcomeKind.RELEASE:
-                copies.append((self.work, copy_message(message, attempts=max(held.attempts - 1, 0))))
+                copies.append((self.work, copy_message(message, id=task.id, attempts=max(held.attempts - 1, 0))))
             settled.append(message)
         await self._broker.publish_many(copies)
         # An ack that fails found its channel gone: the broker redelivers that message (a
@@ -293,7 +337,7 @@ class AmqpQueue(QueueBase):
         ]
         for task_id in idle:
             held = consumer.held.pop(task_id)
-            copy = copy_message(held.message, attempts=max(held.attempts - 1, 0))
+            copy = copy_message(held.message, id=task_id, attempts=max(held.attempts - 1, 0))
             await self._broker.publish_many([(self.work, copy)])
             await held.message.ack()
 

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aio_pika.exceptions import AMQPError
+from aio_pika.exceptions import AMQPError, ChannelPreconditionFailed, PublishError
+from aiormq.exceptions import ChannelAccessRefused
 from apalis_cli.errors import BackendError, ConnectionLost
 
 from .config import AmqpSettings, redact_url
 
-__all__ = ["FAILURES", "Broker"]
+__all__ = ["FAILURES", "Broker", "refusal"]
+
+_log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -29,6 +33,9 @@ FAILURES: tuple[type[BaseException], ...] = (AMQPError, ConnectionError, OSError
 """What a lost or refused connection raises: the operation is retried after reconnecting."""
 
 RETRYABLE: tuple[type[BaseException], ...] = (*FAILURES, ConnectionLost)
+
+REFUSED: tuple[type[BaseException], ...] = (ChannelPreconditionFailed, ChannelAccessRefused)
+"""What the broker will refuse again however often it is asked: reported at once, not retried."""
 
 _RETRY_FOR = 30.0
 _MAX_WAIT = 2.0
@@ -44,6 +51,12 @@ def delay_bucket(seconds: float) -> int:
     step = 10 ** (len(str(ms)) - 2)
     rounded: int = -(-ms // step) * step
     return rounded
+
+
+def refusal(exc: BaseException) -> str:
+    """The broker's reason for refusing, without the client library's preamble."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    return text.split(" - ", 1)[1] if " - " in text else text
 
 
 def _alive(conn: AbstractConnection) -> bool:
@@ -63,6 +76,8 @@ class Broker:
         self._publisher: AbstractChannel | None = None
         self._lock = asyncio.Lock()
         self._declared: set[str] = set()
+        self._arguments: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # how each queue is declared
+        self.existing: dict[str, str] = {}  # queues made by others with other arguments, used as they are
         self.created: set[str] = set()  # every queue name this process declared (tests drop them)
 
     # -- connection ------------------------------------------------------------------------
@@ -99,7 +114,9 @@ class Broker:
         channel = self._publisher
         if channel is None or channel.is_closed:
             conn = await self.connection()
-            channel = self._publisher = await conn.channel(publisher_confirms=True)
+            # on_return_raises: a message the broker cannot route (its queue was deleted) is an
+            # error to act on, not a confirmed publish that silently went nowhere.
+            channel = self._publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
             self._declared.clear()
         return channel
 
@@ -122,6 +139,8 @@ class Broker:
         while True:
             try:
                 return await operation()
+            except REFUSED as exc:
+                raise BackendError(f"RabbitMQ refused: {refusal(exc)}") from None
             except RETRYABLE as exc:
                 if loop.time() + wait > deadline:
                     raise BackendError(f"RabbitMQ kept failing: {exc!r}") from exc
@@ -131,14 +150,41 @@ class Broker:
 
     # -- declarations ----------------------------------------------------------------------
 
-    async def declare(self, name: str, arguments: dict[str, Any] | None = None, *, always: bool = False) -> None:
-        """Declare durable queue `name` once per connection (or `always`, to reset x-expires)."""
+    async def declare(
+        self, name: str, arguments: dict[str, Any] | None = None, *, always: bool = False, adopt: bool = True
+    ) -> None:
+        """Declare durable queue `name` once per connection (or `always`, to reset x-expires).
+
+        A queue someone else declared with other arguments (a producer that followed the RabbitMQ
+        tutorial: durable, no x-max-priority) is used as it is when `adopt`, said once in the
+        log; otherwise the broker's refusal is one line saying what to change."""
         if name in self._declared and not always:
             return
+        self._arguments[name] = (arguments, adopt)
         channel = await self.publisher()
-        await channel.declare_queue(name, durable=True, arguments=arguments)
+        try:
+            await channel.declare_queue(name, durable=True, arguments=arguments)
+        except ChannelPreconditionFailed as exc:  # the channel is closed now: declare on a new one
+            if not adopt:
+                raise BackendError(
+                    f'RabbitMQ queue "{name}" exists with other arguments ({refusal(exc)}): '
+                    "delete it (apalis declares it again) or set another prefix"
+                ) from None
+            await (await self.publisher()).declare_queue(name, passive=True)
+            self._adopted(name, refusal(exc))
         self._declared.add(name)
         self.created.add(name)
+
+    def forget(self, name: str) -> None:
+        """Declare `name` again on next use (it may have been deleted)."""
+        self._declared.discard(name)
+
+    def _adopted(self, name: str, reason: str) -> None:
+        if name in self.existing:
+            return
+        self.existing[name] = reason
+        without = " (without priorities: it has no x-max-priority)" if "'x-max-priority'" in reason else ""
+        _log.warning('RabbitMQ queue "%s" exists with other arguments (%s): using it as it is%s', name, reason, without)
 
     async def declare_delay(self, work: str, delay_ms: int) -> str:
         """The delay queue that dead-letters into `work` after `delay_ms`: declared on every use,
@@ -150,14 +196,33 @@ class Broker:
             "x-dead-letter-routing-key": work,
             "x-expires": delay_ms + _DELAY_QUEUE_GRACE_MS,
         }
-        await self.declare(name, arguments, always=True)
+        await self.declare(name, arguments, always=True, adopt=False)
         return name
 
     # -- publishing ------------------------------------------------------------------------
 
     async def publish_many(self, messages: Sequence[tuple[str, aio_pika.Message]]) -> None:
-        """Publish (routing key, message) pairs and wait until the broker confirmed them all."""
+        """Publish (routing key, message) pairs and wait until the broker confirmed them all.
+
+        A message returned unroutable (its queue was deleted since it was declared) is published
+        again once the queue is declared again: a confirmed publish is never one that was lost."""
         if not messages:
             return
         exchange = (await self.publisher()).default_exchange
-        await asyncio.gather(*(exchange.publish(message, routing_key=key) for key, message in messages))
+        results = await asyncio.gather(
+            *(exchange.publish(message, routing_key=key) for key, message in messages), return_exceptions=True
+        )
+        returned = [pair for pair, result in zip(messages, results, strict=True) if isinstance(result, PublishError)]
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, PublishError):
+                raise result
+        if not returned:
+            return
+        for key in sorted({key for key, _ in returned}):
+            self._declared.discard(key)
+            if key not in self._arguments:
+                raise BackendError(f'RabbitMQ has no queue "{key}" to take the message')
+            arguments, adopt = self._arguments[key]
+            await self.declare(key, arguments, always=True, adopt=adopt)
+        exchange = (await self.publisher()).default_exchange
+        await asyncio.gather(*(exchange.publish(message, routing_key=key) for key, message in returned))

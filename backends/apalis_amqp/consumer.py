@@ -5,6 +5,11 @@ it can run (backpressure at the broker) and a new message wakes it at once. The 
 a poll stream (the worker may restart its stream after an error while runs go on: their
 acknowledgements need the channel that delivered them); it closes when the worker says goodbye
 or is found stale, and the broker then requeues whatever it held.
+
+"Idle" is the broker's word, not a guess: messages are pushed a moment after a consumer starts or
+after an ack frees a prefetch slot, so an empty buffer alone does not mean an empty queue. A
+passive declare on the consumer's own channel answers after every delivery the broker sent
+before it, with the count of messages still ready.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Consumer:
         self.arrived = asyncio.Event()
         self._tag: str | None = None
         self.strays: list[AbstractIncomingMessage] = []  # delivered after consuming stopped
+        self.cancelled = False  # the broker cancelled the consumer (its queue was deleted)
         channel.close_callbacks.add(self._on_close)
 
     @property
@@ -67,11 +73,28 @@ class Consumer:
             self.buffer.append(message)
         self.arrived.set()
 
-    async def start(self, prefetch: int) -> None:
-        """Set the prefetch window and start consuming (once)."""
+    def _on_cancel(self, *_: Any) -> None:
+        self._tag = None
+        self.cancelled = True
+        self.arrived.set()
+
+    async def start(self, prefetch: int, queue: AbstractQueue | None = None) -> None:
+        """Set the prefetch window and start consuming (once; again on `queue` after the
+        broker cancelled the consumer)."""
+        if queue is not None:
+            self.queue, self.cancelled = queue, False
         if self._tag is None:
+            underlay = await self.channel.get_underlay_channel()
+            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
             await self.channel.set_qos(prefetch_count=prefetch)
             self._tag = await self.queue.consume(self._on_message)
+
+    async def ready(self) -> int:
+        """How many messages of the queue are ready and not yet delivered to anyone; any message
+        the broker pushed to this consumer before answering is in `buffer` when this returns."""
+        declared = await self.channel.declare_queue(self.queue.name, passive=True)
+        await asyncio.sleep(0)  # let a delivery that arrived with the answer reach the buffer
+        return int(declared.declaration_result.message_count or 0)
 
     async def stop(self) -> list[AbstractIncomingMessage]:
         """Stop consuming; returns the messages delivered but never handed to the worker."""

@@ -59,7 +59,10 @@ def new_message(task: NewTask, amqp_priority: int) -> aio_pika.Message:
 
 
 def copy_message(message: AbstractIncomingMessage, **changes: Any) -> aio_pika.Message:
-    """A persistent copy of a delivered message with some headers changed (None removes one)."""
+    """A persistent copy of a delivered message with some headers changed (None removes one).
+
+    Pass the task's `id` for a message another client sent without `x-apalis-id` or a
+    message_id: otherwise each copy would be read as a new task."""
     headers = dict(message.headers or {})
     for name, value in changes.items():
         header = "x-apalis-" + name.replace("_", "-")

@@ -3,16 +3,19 @@ redelivery of a dead worker's task (counted), and reconnection after a cut socke
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aio_pika
+import pika
 import pytest
 from apalis_amqp import AmqpQueue, AmqpStore
 from apalis_cli.backend import StoreSpec, WorkerContext
 from apalis_cli.codec import JsonCodec
-from apalis_cli.errors import Abort, ConnectionLost, Unsupported
+from apalis_cli.errors import Abort, BackendError, ConnectionLost, Unsupported
 from apalis_cli.layers.retry import Backoff
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
@@ -134,3 +137,114 @@ async def test_scheduled_push_and_producer_survive_a_cut_connection(store: AmqpS
     await run_until(_worker(queue, record), lambda: len(runs) == 2)
     assert runs[now] < runs[later]
     assert runs[later] >= pushed + 0.5 - 0.01
+
+
+async def _plain_channel() -> tuple[Any, Any]:
+    """A connection and channel of a plain aio-pika client (another program)."""
+    connection = await aio_pika.connect(need_server("amqp"))
+    return connection, await connection.channel()
+
+
+async def test_a_queue_a_tutorial_producer_declared_is_used_as_it_is(
+    store: AmqpStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RabbitMQ's tutorial declares its queue durable with no arguments: no x-max-priority.
+    connection, channel = await _plain_channel()
+    work = f"{store.settings.prefix}.jobs"
+    await channel.declare_queue(work, durable=True)
+    await channel.default_exchange.publish(aio_pika.Message(b'{"from": "tutorial"}'), routing_key=work)
+
+    queue = store.backend("jobs", codec=JsonCodec())
+    started = time.monotonic()
+    ours = await queue.push({"from": "apalis"}, priority=5)
+    assert time.monotonic() - started < 5, "the push did not retry on PRECONDITION_FAILED"
+    runs: list[Any] = []
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        runs.append(args)
+
+    await run_until(_worker(queue, record), lambda: len(runs) == 2)
+    assert sorted(run["from"] for run in runs) == ["apalis", "tutorial"]
+    assert ours
+    warned = [r.getMessage() for r in caplog.records if work in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "using it as it is" in warned[0]
+    assert "without priorities" in warned[0]
+    await channel.queue_delete(work)
+    await connection.close()
+
+
+async def test_a_delay_queue_made_with_other_arguments_fails_at_once_saying_what_to_do(store: AmqpStore) -> None:
+    connection, channel = await _plain_channel()
+    delay_queue = f"{store.settings.prefix}.jobs.delay.30000"  # 30 s, rounded up to 2 digits
+    await channel.declare_queue(delay_queue, durable=True)
+    queue = store.backend("jobs", codec=JsonCodec())
+    started = time.monotonic()
+    with pytest.raises(BackendError) as refused:
+        await queue.push({"n": 1}, delay=30)
+    assert time.monotonic() - started < 5, "refused at once, not after 30 s of retries"
+    message = str(refused.value)
+    assert "\n" not in message
+    assert delay_queue in message
+    assert "delete it" in message
+    await channel.queue_delete(delay_queue)
+    await connection.close()
+
+
+async def test_a_queue_deleted_under_a_running_worker_loses_no_push(store: AmqpStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec())
+    await queue.push({"n": 0})
+    runs: list[int] = []
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        runs.append(args["n"])
+
+    worker = _worker(queue, record)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await _until(lambda: runs == [0])
+        connection, channel = await _plain_channel()
+        await channel.queue_delete(queue.work)  # the broker cancels the worker's consumer
+        await connection.close()
+        await queue.push({"n": 1})  # declared again, not published into nowhere
+        await _until(lambda: runs == [0, 1])
+    finally:
+        stop.set()
+        await running
+
+
+def _pika_publish(queue: str, *bodies: bytes) -> None:
+    """Publish as pika does by default: no headers, no message_id."""
+    connection = pika.BlockingConnection(pika.URLParameters(need_server("amqp")))
+    channel = connection.channel()
+    for body in bodies:
+        channel.basic_publish(exchange="", routing_key=queue, body=body)
+    connection.close()
+
+
+async def test_a_plain_message_keeps_one_id_across_retries_and_a_bad_body_is_killed(store: AmqpStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
+    await queue.prepare()
+    await asyncio.to_thread(_pika_publish, queue.work, b'{"n": 1}', b"\xff not json")
+    seen: list[tuple[str, int]] = []
+
+    async def flaky(args: Any, task: Task[bytes]) -> Any:
+        seen.append((task.id, task.ctx.attempts))
+        if len(seen) == 1:
+            raise RuntimeError("first run fails")
+
+    backoff = Backoff(kind="constant", base=0.05, jitter=False)
+    await run_until(_worker(queue, flaky, backoff=backoff), lambda: len(seen) == 2)
+    assert [attempts for _, attempts in seen] == [1, 2]
+    assert seen[0][0] == seen[1][0], "the retried copy is the same task"
+    [dead] = await queue.list_tasks(Status.KILLED)
+    assert dead.args == b"\xff not json"
+    assert "not valid JSON" in (dead.ctx.last_error or "")
+
+
+async def _until(condition: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

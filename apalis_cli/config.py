@@ -50,6 +50,7 @@ from .config_fields import (
 )
 from .errors import ConfigError, UsageError
 from .layers.retry import Backoff
+from .sizes import parse_size
 from .tomllines import KeyPath, LineIndex, render_path
 
 __all__ = [
@@ -76,6 +77,8 @@ _IMPLICIT_BACKENDS = {"memory": "memory://", "cron": ""}
 
 _HANDLER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
+Isolation = Literal["thread", "process"]
+_PROCESS_KEYS = ("max_tasks_per_child", "max_memory_per_child", "kill_grace")
 MiddlewareKind = Literal["retry", "timeout", "rate_limit", "concurrency", "catch", "tracing"]
 _MIDDLEWARE_KINDS: tuple[MiddlewareKind, ...] = ("retry", "timeout", "rate_limit", "concurrency", "catch", "tracing")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -144,6 +147,10 @@ class WorkerConfig:
     middleware: tuple[MiddlewareConfig, ...] = ()
     cron: Mapping[str, Any] | None = None  # the cron keys given, for a worker on a cron backend
     pipe_to: str | None = None  # cron: the durable backend the ticks are pushed into
+    isolation: Isolation = "thread"  # "process": the handler runs in a pool of child processes
+    max_tasks_per_child: int | None = None  # process: recycle a child after this many tasks
+    max_memory_per_child: int | None = None  # process: ... once its RSS after a task is above (bytes)
+    kill_grace: float = 5.0  # process: SIGTERM, then SIGKILL after this long
 
     @property
     def key(self) -> KeyPath:
@@ -287,6 +294,7 @@ def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig
         middleware=middleware,
         cron=cron,
         pipe_to=pipe_to,
+        **_parse_isolation(table),
     )
     if worker.stale_after <= worker.keep_alive:
         table.fail(
@@ -316,6 +324,23 @@ def _parse_cron_keys(
         elif target.kind == "cron":
             table.fail("pipe_to", f'must name a durable backend, "{pipe_to}" is cron')
     return cron, pipe_to
+
+
+def _parse_isolation(table: Table) -> dict[str, Any]:
+    isolation: Isolation = table.take("isolation", choice("thread", "process"), "thread")
+    if isolation != "process":
+        for key in _PROCESS_KEYS:
+            if key in table.data:
+                table.fail(key, 'only with isolation = "process"')
+        return {"isolation": isolation}
+    if isinstance(table.data.get("handler"), dict):
+        table.fail("isolation", 'a command handler already runs in its own process; leave out isolation = "process"')
+    return {
+        "isolation": isolation,
+        "max_tasks_per_child": table.take("max_tasks_per_child", integer(1), None),
+        "max_memory_per_child": table.take("max_memory_per_child", parse_size, None),
+        "kill_grace": table.take("kill_grace", duration, 5.0),
+    }
 
 
 def _parse_middleware(table: Table) -> MiddlewareConfig:

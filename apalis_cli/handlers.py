@@ -26,15 +26,27 @@ import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import CommandHandler, Config, ImportHandler, WorkerConfig
 from .layers.retry import describe_error
 from .task import Task
 from .worker import Handler
 
-__all__ = ["CommandFailed", "LoadedHandler", "import_object", "load_handler", "resolve_exception"]
+if TYPE_CHECKING:
+    from .isolation import ProcessPool
+
+__all__ = [
+    "CallShape",
+    "CommandFailed",
+    "LoadedHandler",
+    "call_shape",
+    "import_object",
+    "load_handler",
+    "resolve_exception",
+]
 
 _STDERR_TAIL = 2000
 
@@ -44,17 +56,27 @@ class CommandFailed(Exception):
 
 
 class LoadedHandler:
-    """An adapted handler plus what it holds (the thread pool); `close()` when done."""
+    """An adapted handler plus what it holds (a thread pool, or child processes); `start()` before
+    the first task, `aclose()` (or `close()` outside a loop) when done."""
+
+    children: ProcessPool | None = None  # the child processes, with isolation = "process"
 
     def __init__(self, handler: Handler, description: str, pool: ThreadPoolExecutor | None = None) -> None:
         self.handler = handler
         self.description = description
         self._pool = pool
 
+    async def start(self) -> None:
+        """Get ready to run (start the child processes); a handler that cannot start is a ConfigError."""
+
     def close(self) -> None:
         """Release the thread pool (running calls finish on their own)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        """Release what the handler holds, child processes included (they are stopped)."""
+        self.close()
 
 
 def load_handler(config: Config, worker: WorkerConfig, *, concurrency: int | None = None) -> LoadedHandler:
@@ -65,6 +87,10 @@ def load_handler(config: Config, worker: WorkerConfig, *, concurrency: int | Non
         raise config.error(worker.key, 'missing required key "handler" (needed to run this worker)')
     if isinstance(spec, CommandHandler):
         return LoadedHandler(_command_handler(spec, worker.queue, config.base_dir), " ".join(spec.command))
+    if worker.isolation == "process":  # imported in the children only, not in the daemon
+        from .isolation.handler import process_handler
+
+        return process_handler(config, worker, spec, concurrency or worker.concurrency)
     try:
         fn = import_object(spec.path, config.base_dir)
     except ValueError as exc:
@@ -112,7 +138,23 @@ def _add_import_paths(base_dir: Path) -> None:
             sys.path.insert(0, entry)
 
 
-def _adapt(fn: Callable[..., Any], spec: ImportHandler, concurrency: int, config: Config, path: Any) -> LoadedHandler:
+@dataclass(frozen=True, slots=True)
+class CallShape:
+    """How a handler is called, decided once from its signature."""
+
+    wants_second: bool  # takes a second parameter at all
+    wants_ctx: bool  # ... named ctx/context: the TaskContext; otherwise the Task
+    is_async: bool
+
+    def extra(self, task: Task[bytes]) -> tuple[Any, ...]:
+        """What follows the arguments in a call: (), (task.ctx,) or (task,)."""
+        if not self.wants_second:
+            return ()
+        return (task.ctx,) if self.wants_ctx else (task,)
+
+
+def call_shape(fn: Callable[..., Any], name: str) -> CallShape:
+    """The `CallShape` of `fn`; raises ValueError with a message for a person when it has none."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -120,19 +162,24 @@ def _adapt(fn: Callable[..., Any], spec: ImportHandler, concurrency: int, config
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
     if not positional and not varargs:
-        raise config.error(path, f'"{spec.path}" must take the task\'s arguments as its first parameter')
+        raise ValueError(f'"{name}" must take the task\'s arguments as its first parameter')
     required = [p for p in positional if p.default is p.empty]
     if len(required) > 2:
-        raise config.error(path, f'"{spec.path}" takes {len(required)} parameters; expected (args) or (args, task)')
+        raise ValueError(f'"{name}" takes {len(required)} parameters; expected (args) or (args, task)')
     wants_second = varargs or len(positional) >= 2
     wants_ctx = wants_second and len(positional) >= 2 and positional[1].name in ("ctx", "context")
     # A callable object's `__call__` may be the coroutine function.
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    return CallShape(wants_second, wants_ctx, is_async)
 
-    def extra(task: Task[bytes]) -> tuple[Any, ...]:
-        if not wants_second:
-            return ()
-        return (task.ctx,) if wants_ctx else (task,)
+
+def _adapt(fn: Callable[..., Any], spec: ImportHandler, concurrency: int, config: Config, path: Any) -> LoadedHandler:
+    try:
+        shape = call_shape(fn, spec.path)
+    except ValueError as exc:
+        raise config.error(path, str(exc)) from None
+    extra = shape.extra
+    is_async = shape.is_async
 
     if is_async:
 

@@ -27,6 +27,7 @@ from .events import (
     TaskFinished,
     WorkerCrashed,
 )
+from .isolation import RECYCLE_REASONS, ProcessPool
 from .task import Status
 from .worker import Worker
 
@@ -57,6 +58,7 @@ class Metrics:
         self,
         workers: Callable[[], Sequence[Worker | None]],
         queues: Mapping[str, Inspector],
+        pools: Mapping[str, ProcessPool] | None = None,
     ) -> None:
         try:
             from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -84,6 +86,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_RunningCollector(workers))
+        if pools:
+            self.registry.register(_ChildrenCollector(pools))
 
     def __call__(self, event: Event) -> None:
         """The `on_event` listener."""
@@ -156,6 +160,35 @@ class _RunningCollector:
             if worker is not None:
                 family.add_metric([worker.name, worker.context.queue], worker.running)
         yield family
+
+
+class _ChildrenCollector:
+    """The child processes of workers with isolation = "process", read from their pools when scraped."""
+
+    def __init__(self, pools: Mapping[str, ProcessPool]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        children = GaugeMetricFamily("apalis_worker_children", "Live child processes.", labels=["worker"])
+        rss = GaugeMetricFamily(
+            "apalis_child_rss_bytes", "Resident memory of each child process, by slot.", labels=["worker", "slot"]
+        )
+        recycles = CounterMetricFamily(
+            "apalis_child_recycles",
+            "Child processes replaced, by reason: max_tasks, max_memory, died, timeout_or_stop, killed.",
+            labels=["worker", "reason"],
+        )
+        for name, pool in self._pools.items():
+            stats = pool.stats()
+            children.add_metric([name], len(stats.children))
+            for child in stats.children:
+                if child.rss is not None:
+                    rss.add_metric([name, str(child.slot)], child.rss)
+            for reason in RECYCLE_REASONS:
+                recycles.add_metric([name, reason], stats.recycled.get(reason, 0))
+        yield from (children, rss, recycles)
 
 
 async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:

@@ -15,6 +15,7 @@ from ..codec import codec_by_name
 from ..config import Config, MiddlewareConfig, WorkerConfig
 from ..errors import ApalisError, BackendError, ConfigError
 from ..handlers import LoadedHandler, load_handler, resolve_exception
+from ..isolation import ProcessPool
 from ..layers import CatchLayer, ConcurrencyLayer, RateLimitLayer, RetryLayer, TimeoutLayer, TracingLayer
 from ..layers.retry import describe_error
 from ..registry import Registry, build_store, build_worker_store, redact_text
@@ -83,6 +84,10 @@ class Assembly:
             key = (*worker.key, *exc.key.split(".")) if exc.key else worker.key
             raise self.config.error(key, exc.message) from None
 
+    def pools(self) -> dict[str, ProcessPool]:
+        """The child-process pools, by worker name (workers with isolation = "process")."""
+        return {name: loaded.children for name, loaded in self.handlers.items() if loaded.children is not None}
+
     def factory(self, worker: WorkerConfig) -> Worker:
         """A fresh `Worker` for `worker` (the supervisor calls this again after a crash)."""
         backend = self.backend(worker)
@@ -130,13 +135,17 @@ def assemble(config: Config, workers: Sequence[WorkerConfig], concurrency: int |
 
 @contextlib.asynccontextmanager
 async def opened_stores(assembly: Assembly, *, wait: bool = False) -> AsyncIterator[None]:
-    """Open every store and close them all after.
+    """Start every handler (child processes), open every store; close them all after.
 
     With `wait`, a store that cannot be reached is tried again with capped backoff (a daemon may
     start before its database); otherwise the first failure is raised.
     """
     opened: list[Store] = []
     try:
+        # Child processes first: a handler they cannot import is a config error, found before
+        # waiting for any store.
+        for loaded in assembly.handlers.values():
+            await loaded.start()
         for name, store in assembly.stores.items():
             await (_open_patiently(name, store) if wait else store.open())
             opened.append(store)
@@ -148,7 +157,7 @@ async def opened_stores(assembly: Assembly, *, wait: bool = False) -> AsyncItera
             with contextlib.suppress(Exception):
                 await store.close()
         for loaded in assembly.handlers.values():
-            loaded.close()
+            await loaded.aclose()
 
 
 async def _open_patiently(name: str, store: Store) -> None:

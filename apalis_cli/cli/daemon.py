@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 
 from ..backend import Inspector
@@ -23,6 +23,7 @@ from ..codec import codec_by_name
 from ..config import load_config
 from ..errors import UsageError
 from ..events import EventListener
+from ..isolation import ProcessPool
 from ..logs import LOG_LEVELS, LogFormat, event_logger, setup_logging
 from ..supervisor import Supervisor
 from ..worker import Worker
@@ -128,10 +129,22 @@ async def _supervise(
                 await supervisor.run(burst=burst)
             else:
                 console = Console()
-                with Live(console=console, get_renderable=dashboard.render, refresh_per_second=4, redirect_stderr=True):
+                view = _with_children(dashboard.render, assembly.pools())
+                with Live(console=console, get_renderable=view, refresh_per_second=4, redirect_stderr=True):
                     await supervisor.run(burst=burst)
         finally:
             supervisor.remove_signal_handlers()
+
+
+def _with_children(render: Callable[[], RenderableType], pools: Mapping[str, ProcessPool]) -> Callable[[], Group]:
+    """The live view with the child-process table under it, for workers that have children."""
+    from .children import children_table
+
+    def both() -> Group:
+        children = children_table(pools)
+        return Group(render()) if children is None else Group(render(), children)
+
+    return both
 
 
 @contextlib.asynccontextmanager
@@ -140,7 +153,7 @@ async def _metrics(
 ) -> AsyncIterator[EventListener]:
     from ..metrics import Metrics, serve  # prometheus-client is an extra: imported only when asked for
 
-    metrics = Metrics(workers, _inspectors(assembly))
+    metrics = Metrics(workers, _inspectors(assembly), assembly.pools())
     try:
         server = await serve(metrics, *address)
     except OSError as exc:

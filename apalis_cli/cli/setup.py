@@ -97,12 +97,20 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
             build_worker_store(loaded, worker, registry)  # validates the schedule
         build_layers(loaded, worker)
         if worker.handler is not None:
-            load_handler(loaded, worker, concurrency=1).close()
+            handler = load_handler(loaded, worker, concurrency=1)
+            asyncio.run(_start_and_close(handler))  # with isolation = "process": imported by a child
     failures = asyncio.run(_connect(loaded, stores))
     for worker in loaded.workers:
         print(f"ok    worker {worker.name}: queue {worker.queue} on {worker.backend}")
     if failures:
         raise ApalisError(f"{failures} backend{'s' if failures > 1 else ''} could not be reached")
+
+
+async def _start_and_close(handler: Any) -> None:
+    try:
+        await handler.start()
+    finally:
+        await handler.aclose()
 
 
 def _backend_names(config: Config) -> list[str]:

@@ -69,14 +69,25 @@ _CAPABILITIES = Capabilities(
 _QUEUE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _SCHEDULE_POLL = 0.25
 _LOST = "a worker stopped sending heartbeats while running this task (ack_wait passed without an ack)"
+_LEASE_KEPT = 0.9
+"""The share of `ack_wait` a worker counts as its lease: JetStream starts the timer when it sends
+the message (or receives an `in_progress`), a little before the worker's clock does."""
 
 
 @dataclass(slots=True)
 class _Held:
+    """A message this process fetched and has not settled.
+
+    `lease_ends` (monotonic) is when JetStream may hand the message to another worker: it accepts
+    an ack, nak or term from any past delivery, so a worker whose lease ran out (a long pause)
+    must not settle it. Past that time the message is forgotten and never renewed again.
+    """
+
     msg: Msg
     worker: str
     attempts: int
     since: float
+    lease_ends: float
 
 
 class NatsStore:
@@ -238,7 +249,7 @@ class NatsQueue(QueueBase, NatsInspector):
         """Tasks for the delivered messages; lost runs that exhausted a task kill it instead."""
         tasks: list[Task[bytes]] = []
         dead: list[tuple[Msg, dict[str, str]]] = []
-        now = time.time()
+        now, lease_ends = time.time(), time.monotonic() + worker.stale_after * _LEASE_KEPT
         for msg in msgs:
             meta = msg.metadata
             env = m.envelope_of(msg.headers, f"{self.stream}-{meta.sequence.stream}", self.max_attempts)
@@ -247,7 +258,7 @@ class NatsQueue(QueueBase, NatsInspector):
                 changes = {"attempts": str(attempts - 1), "error": m.one_line(_LOST), "done_at": repr(now)}
                 dead.append((msg, m.copy_headers(msg.headers, **changes)))
                 continue
-            self._held[env.id] = _Held(msg, worker.id, attempts, now)
+            self._held[env.id] = _Held(msg, worker.id, attempts, now, lease_ends)
             payload = m.payload_of(msg.data, msg.headers)
             tasks.append(env.task(self.queue, payload, status=Status.RUNNING, attempts=attempts, lock_by=worker.id))
         if dead:
@@ -326,7 +337,7 @@ class NatsQueue(QueueBase, NatsInspector):
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Settle outcomes; every ack of the batch goes out together, then one flush."""
-        now = time.time()
+        now, clock = time.time(), time.monotonic()
         copies: list[tuple[str, bytes, dict[str, str]]] = []
         after: list[tuple[Msg, OutcomeKind]] = []
         for task, outcome in items:
@@ -334,6 +345,8 @@ class NatsQueue(QueueBase, NatsInspector):
             if held is None or held.worker != task.ctx.lock_by:
                 continue  # the lease was lost: JetStream redelivers it
             del self._held[task.id]
+            if held.lease_ends < clock:
+                continue  # the lease ran out: the message may be another worker's run by now
             msg, kind = held.msg, outcome.kind
             if kind is OutcomeKind.RETRY:
                 delay = (outcome.run_at if outcome.run_at is not None else now) - now
@@ -361,12 +374,15 @@ class NatsQueue(QueueBase, NatsInspector):
 
         async def beat() -> None:
             client = await self._conn.client()
-            running, now = worker.running(), time.time()
+            running, now, clock = worker.running(), time.time(), time.monotonic()
             idle: list[tuple[Task[Any], Outcome]] = []
             for task_id, held in list(self._held.items()):
                 if held.worker != worker.id:
                     continue
-                if task_id in running:
+                if held.lease_ends < clock:
+                    del self._held[task_id]  # lost: renewing now would not make it ours again
+                elif task_id in running:
+                    held.lease_ends = clock + worker.stale_after * _LEASE_KEPT
                     await held.msg.in_progress()
                 elif held.since < now - worker.keep_alive:
                     idle.append((self._stub(task_id, held), Outcome.release()))

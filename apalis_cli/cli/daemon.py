@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.live import Live
 
 from ..backend import Inspector
@@ -23,11 +23,11 @@ from ..codec import codec_by_name
 from ..config import load_config
 from ..errors import UsageError
 from ..events import EventListener
-from ..isolation import ProcessPool
 from ..logs import LOG_LEVELS, LogFormat, event_logger, setup_logging
 from ..supervisor import Supervisor
 from ..worker import Worker
 from .assembly import Assembly, assemble, opened_stores
+from .children import children_details
 from .live import Dashboard
 
 __all__ = ["run_daemon"]
@@ -113,7 +113,12 @@ async def _supervise(
             return sum(w.running for w in supervisor.workers if w is not None and w.name == name)
 
         if live:
-            dashboard = Dashboard([(w.name, w.queue) for w in assembly.workers], running, lambda: supervisor.stopping)
+            dashboard = Dashboard(
+                [(w.name, w.queue) for w in assembly.workers],
+                running,
+                lambda: supervisor.stopping,
+                details=children_details(assembly.pools()),
+            )
             listeners.append(dashboard.on_event)
             await stack.enter_async_context(_watching_depths(_inspectors(assembly), dashboard))
         else:
@@ -129,22 +134,10 @@ async def _supervise(
                 await supervisor.run(burst=burst)
             else:
                 console = Console()
-                view = _with_children(dashboard.render, assembly.pools())
-                with Live(console=console, get_renderable=view, refresh_per_second=4, redirect_stderr=True):
+                with Live(console=console, get_renderable=dashboard.render, refresh_per_second=4, redirect_stderr=True):
                     await supervisor.run(burst=burst)
         finally:
             supervisor.remove_signal_handlers()
-
-
-def _with_children(render: Callable[[], RenderableType], pools: Mapping[str, ProcessPool]) -> Callable[[], Group]:
-    """The live view with the child-process table under it, for workers that have children."""
-    from .children import children_table
-
-    def both() -> Group:
-        children = children_table(pools)
-        return Group(render()) if children is None else Group(render(), children)
-
-    return both
 
 
 @contextlib.asynccontextmanager

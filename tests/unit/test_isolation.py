@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from apalis_cli.cli.children import children_table
+from apalis_cli.cli.children import children_details
+from apalis_cli.cli.live import Dashboard
 from apalis_cli.config import parse_config
 from apalis_cli.errors import ConfigError, Retry
 from apalis_cli.handlers import load_handler
@@ -117,15 +118,15 @@ async def test_children_show_in_the_live_view_and_metrics(pool: ProcessPool) -> 
     task = Task(id="t", args=b"", ctx=TaskContext(queue="q"))
     assert await pool.run({"n": 1}, task) == {"n": 1}
     pool.recycled["max_memory"] += 1  # as after a recycle
-    table = children_table({"images": pool})
-    assert table is not None
+    dashboard = Dashboard(
+        [("images", "images")], lambda name: 0, lambda: False, details=children_details({"images": pool})
+    )
     console = Console(width=80, record=True)
-    console.print(table)
+    console.print(dashboard.render())
     text = console.export_text()
-    assert "images" in text
-    assert "2/2" in text
-    assert "recycled" in text
-    assert children_table({}) is None
+    assert "  2/2 children, RSS " in text
+    assert "MiB, recycled 1, died 0, killed 0" in text
+    assert children_details({})("images") == ()
 
     metrics = Metrics(lambda: [], {}, {"images": pool}).render().decode()
     assert 'apalis_worker_children{worker="images"} 2.0' in metrics

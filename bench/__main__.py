@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from . import baselines
+from .isolation import compare_isolation, print_isolation
 from .measure import Settings, measure_backend
 from .peers import load_peers, run_peers
 from .report import baseline_ratios, peer_ratios, print_report, targets
@@ -85,6 +86,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the worker process's event loop (asyncio)"
     )
     ap.add_argument("--profile", action="store_true", help="cProfile each worker process into OUT/profiles/")
+    ap.add_argument(
+        "--isolation",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead of the usual figures: a sync handler in threads vs in child processes, ROUNDS interleaved rounds",
+    )
     ap.add_argument("--json", action="store_true", help="print the whole run as one JSON document on stdout")
     args = ap.parse_args(argv)
     args.kinds = [k.strip() for k in args.backend.split(",") if k.strip()]
@@ -129,6 +137,8 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
         os.makedirs(settings.profile_dir, exist_ok=True)
     t0 = time.monotonic()
     try:
+        if args.isolation:
+            return await compare_isolation(store, target, settings, _log, args.isolation)
         result = await measure_backend(store, target, settings, _log)
         result["url"] = _redact(target.url)
         result["options"] = target.options
@@ -179,6 +189,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for kind in args.kinds:
         doc["backends"].append(await _one_backend(kind, args, run_id, out))
+    if args.isolation:
+        return doc
     if args.baseline:
         doc["baselines"] = await _baselines(args.kinds)
     peers: list[dict[str, Any]] = []
@@ -208,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
+    elif args.isolation:
+        print_isolation([b for b in doc["backends"] if "modes" in b])
     else:
         print_report(doc)
     return 0

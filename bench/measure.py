@@ -57,6 +57,7 @@ class Settings:
     profile_dir: str | None = None
     store_loop: bool = False
     loop: str = "asyncio"
+    handler: str = "async"  # or "thread" / "process": bench.probe:stamp with that isolation
     run_id: str = "run"
     notes: list[str] = field(default_factory=list)
 
@@ -101,9 +102,16 @@ class ProcessWorker:
     """The worker in its own process (`python -m bench.workerproc`), driven over stdin/stdout."""
 
     def __init__(
-        self, target: Target, queue: str, concurrency: int, profile: str | None = None, loop: str = "asyncio"
+        self,
+        target: Target,
+        queue: str,
+        concurrency: int,
+        profile: str | None = None,
+        loop: str = "asyncio",
+        handler: str = "async",
     ) -> None:
         self.spec = {
+            "handler": handler,
             "kind": target.kind,
             "url": target.url,
             "options": target.options,
@@ -254,9 +262,11 @@ async def enqueue_bulk(queue: Any, n: int, chunk: int, max_s: float) -> dict[str
 
 def _handle(store: Store, target: Target, queue: str, conc: int, s: Settings, tag: str) -> WorkerHandle:
     if s.in_process:
+        if s.handler != "async":
+            raise ValueError("--isolation needs the worker in its own process (not memory, not --in-process)")
         return InProcessWorker(store, queue, conc)
     profile = os.path.join(s.profile_dir, f"{target.kind}-{tag}.prof") if s.profile_dir else None
-    return ProcessWorker(target, queue, conc, profile, s.loop)
+    return ProcessWorker(target, queue, conc, profile, s.loop, s.handler)
 
 
 async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -13,7 +13,9 @@ JSON object per line:
     -> {"cmd": "reset"}                                    <- {"ok": true}
     -> {"cmd": "stop"}   (or EOF)                          <- {"stopped": true}
 
-On start it prints {"started": true} once the worker's first heartbeat went through.
+On start it prints {"started": true} once the worker's first heartbeat went through. With
+`"handler": "thread"` or `"process"` in the spec, the handler is `bench.probe:stamp` (sync) run
+in the daemon's thread pool or in its child processes (`isolation`), instead of the async no-op.
 """
 
 from __future__ import annotations
@@ -23,15 +25,20 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from apalis_cli.config import parse_config
 from apalis_cli.events import Event, Started
+from apalis_cli.handlers import LoadedHandler, load_handler
 from apalis_cli.task import Task
-from apalis_cli.worker import Worker
+from apalis_cli.worker import Handler, Worker
 
 from .stores import CODEC, Target, open_store
 
-__all__ = ["Recorder", "make_worker"]
+__all__ = ["Recorder", "make_worker", "sync_handler"]
+
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Recorder:
@@ -57,7 +64,10 @@ class Recorder:
 
     async def record(self, args: Any, task: Task[bytes]) -> None:
         """The no-op handler: stamp the start (and latency when the payload carries enq_ts)."""
-        now = time.time()
+        self.stamp(args, time.time())
+
+    def stamp(self, args: Any, now: float) -> None:
+        """Count a handler start at `now` (a sync handler's own clock, in a thread or a child)."""
         self.count += 1
         if self.count == 1:
             self.first = now
@@ -89,15 +99,36 @@ class Recorder:
         return {"count": self.count, "first": self.first, "last": self.last}
 
 
-def make_worker(backend: Any, recorder: Recorder, concurrency: int, on_event: Any = ()) -> Worker:
-    """The worker under test: daemon defaults, the no-op recording handler."""
+def make_worker(
+    backend: Any, recorder: Recorder, concurrency: int, on_event: Any = (), handler: Handler | None = None
+) -> Worker:
+    """The worker under test: daemon defaults, the no-op recording handler (or `handler`)."""
     return Worker(
         name="bench",
         backend=backend,
-        handler=recorder.record,
+        handler=handler or recorder.record,
         concurrency=concurrency,
         on_event=list(on_event),
     )
+
+
+async def sync_handler(recorder: Recorder, isolation: str, concurrency: int) -> tuple[Handler, LoadedHandler]:
+    """`bench.probe:stamp`, a sync no-op handler, loaded as the daemon loads it with `isolation`
+    ("thread": its thread pool; "process": its child processes); each start is stamped by the
+    handler's own clock and recorded here."""
+    source = (
+        f'[[workers]]\nname = "bench"\nhandler = "bench.probe:stamp"\nconcurrency = {concurrency}\n'
+        f'isolation = "{isolation}"\n'
+    )
+    config = parse_config(source, _ROOT / "bench.toml")
+    loaded = load_handler(config, config.workers[0])
+    await loaded.start()
+    inner = loaded.handler
+
+    async def stamped(args: Any, task: Task[bytes]) -> None:
+        recorder.stamp(args, await inner(args, task))
+
+    return stamped, loaded
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -116,7 +147,11 @@ async def _main(spec: dict[str, Any]) -> None:
         if isinstance(event, Started):
             started.set()
 
-    worker = make_worker(backend, recorder, spec["concurrency"], [on_event])
+    handler: Handler | None = None
+    loaded: LoadedHandler | None = None
+    if spec.get("handler", "async") != "async":
+        handler, loaded = await sync_handler(recorder, spec["handler"], spec["concurrency"])
+    worker = make_worker(backend, recorder, spec["concurrency"], [on_event], handler)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -146,6 +181,8 @@ async def _main(spec: dict[str, Any]) -> None:
         stop.set()
         await asyncio.wait_for(running, 10)
         await store.close()
+        if loaded is not None:
+            await loaded.aclose()
     _emit({"stopped": True})
 
 

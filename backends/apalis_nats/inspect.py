@@ -104,7 +104,9 @@ class NatsInspector:
         counts[Status.PENDING] = max(work - running, 0) + per_subject.get(self.sched, 0)
         counts[Status.RUNNING] = running
         counts[Status.KILLED] = per_subject.get(self.dead, 0)
-        return QueueStats(queue=self.queue, counts=counts)
+        # Pushed for later: on the schedule subject until the mover finds them due. A retry in its
+        # backoff waits on the work subject (a delayed redelivery) and counts as pending.
+        return QueueStats(queue=self.queue, counts=counts, scheduled=per_subject.get(self.sched, 0))
 
     async def workers(self) -> list[WorkerInfo]:
         """Not offered: see the WORKERS capability."""

@@ -68,9 +68,11 @@ class InspectorMixin(QueueBase):
     async def stats(self) -> QueueStats:
         """Counts per status (queue table and archive)."""
         counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
-        for status, count in await self._rows("stats", {}):
+        scheduled = 0
+        for status, count, waiting in await self._rows("stats", {}):
             counts[Status(status)] = (counts[Status(status)] or 0) + count
-        return QueueStats(queue=self.queue, counts=counts)
+            scheduled += waiting
+        return QueueStats(queue=self.queue, counts=counts, scheduled=scheduled)
 
     async def workers(self) -> list[WorkerInfo]:
         """Workers registered on this queue in `apalis_pgmq.workers`."""

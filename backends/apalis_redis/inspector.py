@@ -95,13 +95,15 @@ class RedisInspector:
         return task_from_hash(task_id, self.queue, h) if h else None
 
     async def stats(self) -> QueueStats:
-        """Counts per status, from the sizes of the status sets."""
+        """Counts per status, from the sizes of the status sets; scheduled: the entries of the
+        scheduled set (delayed tasks and retries in their backoff) not yet due."""
         k = self.keys
         async with self.store.client.pipeline(transaction=False) as pipe:
             for key in (k.ready, k.scheduled, k.running, k.done, k.killed):
                 pipe.zcard(key)
             pipe.scard(k.failed)
-            ready, scheduled, running, done, killed, failed = await pipe.execute()
+            pipe.zcount(k.scheduled, f"({time.time()!r}", "+inf")
+            ready, scheduled, running, done, killed, failed, waiting = await pipe.execute()
         counts: dict[Status, int | None] = {
             Status.PENDING: ready + scheduled - failed,
             Status.RUNNING: running,
@@ -109,7 +111,7 @@ class RedisInspector:
             Status.FAILED: failed,
             Status.KILLED: killed,
         }
-        return QueueStats(queue=self.queue, counts=counts)
+        return QueueStats(queue=self.queue, counts=counts, scheduled=waiting)
 
     async def workers(self) -> list[WorkerInfo]:
         """Registered workers of this queue, oldest first."""

@@ -102,10 +102,13 @@ class RsmqInspector:
     async def stats(self) -> QueueStats:
         """Counts per status; done is unknown (rsmq deletes done messages)."""
         counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
+        scheduled, now = 0, time.time()
         for task in await self._all():
             counts[task.ctx.status] = (counts[task.ctx.status] or 0) + 1
+            if task.ctx.status in (Status.PENDING, Status.FAILED) and task.ctx.run_at > now:
+                scheduled += 1  # hidden until a visibility time still to come, with no lock
         counts[Status.DONE] = None
-        return QueueStats(queue=self.queue, counts=counts)
+        return QueueStats(queue=self.queue, counts=counts, scheduled=scheduled)
 
     async def workers(self) -> list[WorkerInfo]:
         """rsmq has no worker registry: always empty."""

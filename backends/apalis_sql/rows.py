@@ -173,8 +173,11 @@ def worker_from_row(row: Sequence[Any]) -> WorkerInfo:
 
 
 def stats_from_rows(queue: str, rows: Sequence[Sequence[Any]]) -> QueueStats:
-    """`(status, count)` rows as `QueueStats`; a status without a row counts 0, repeated rows add."""
+    """`(status, count, scheduled)` rows as `QueueStats`, `scheduled` counting the row's tasks
+    waiting for a run_at still to come; a status without a row counts 0, repeated rows add."""
     counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
-    for status, count in rows:
+    scheduled = 0
+    for status, count, waiting in rows:
         counts[Status(status)] = (counts[Status(status)] or 0) + int(count)
-    return QueueStats(queue=queue, counts=counts)
+        scheduled += int(waiting or 0)
+    return QueueStats(queue=queue, counts=counts, scheduled=scheduled)

@@ -8,7 +8,7 @@ from typing import Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import Queries, task_from_row, worker_from_row
+from apalis_sql import Queries, stats_from_rows, task_from_row, worker_from_row
 
 from .connection import Database
 from .signal import QueueSignal
@@ -42,12 +42,9 @@ class SqliteInspector:
 
     async def stats(self) -> QueueStats:
         """How many tasks the queue holds in each status."""
-        sql, params = self._q.stats, {"queue": self.queue}
+        sql, params = self._q.stats, {"queue": self.queue, "now": time.time()}
         rows = await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
-        counts: dict[Status, int | None] = dict.fromkeys(Status, 0)
-        for status, count in rows:
-            counts[Status(status)] = count
-        return QueueStats(queue=self.queue, counts=counts)
+        return stats_from_rows(self.queue, rows)
 
     async def workers(self) -> list[WorkerInfo]:
         """The workers registered on this queue, oldest first."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from apalis_cli.backend import Capability
 from apalis_cli.errors import Abort
+from apalis_cli.layers.retry import Backoff
 from apalis_cli.task import Status, Task
 
 from .conftest import Calls, Harness
@@ -192,3 +193,32 @@ async def test_list_tasks_is_oldest_run_at_first_and_counts_by_status(harness: H
     assert stats.queue == harness.queue
     assert stats.counts[Status.PENDING] == 3
     assert all(stats.counts.get(s, 0) in (0, None) for s in Status if s is not Status.PENDING)
+
+
+async def test_stats_count_what_waits_for_its_time(harness: Harness, calls: Calls) -> None:
+    """A delayed push and a retry in its backoff are counted apart from what is due (the live
+    view's ready / scheduled depth); a store that cannot tell them apart says None."""
+    harness.require(Capability.SCHEDULE)
+    backend = harness.backend(max_attempts=3)
+    inspector = harness.inspector(backend)
+    can_tell = harness.store.capabilities.has(Capability.INSPECT)
+    failing = await backend.push({"n": 0})
+    await backend.push({"n": 1}, delay=3600)
+    await backend.push({"n": 2})
+    stats = await inspector.stats()
+    assert stats.scheduled == 1 if can_tell else stats.scheduled in (None, 1)
+    if not can_tell:
+        return
+
+    async def fail_one(args: Any, task: Task[bytes]) -> Any:
+        if task.id == failing:
+            raise ValueError("later")
+        return None
+
+    worker = await harness.worker(
+        backend, calls.handler(fail_one), backoff=Backoff(kind="constant", base=3600.0, jitter=False)
+    ).start()
+    await harness.wait_until(lambda: worker.finished("retry") and worker.finished("done"), what="one retry, one done")
+    await worker.stop()
+    stats = await inspector.stats()
+    assert (stats.counts[Status.FAILED], stats.scheduled) == (1, 2)

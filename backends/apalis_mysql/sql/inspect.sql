@@ -9,7 +9,11 @@ ORDER BY run_at, id LIMIT %(limit)s OFFSET %(offset)s
 SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s AND id = %(id)s
 
 -- name: stats
-SELECT status, COUNT(*) FROM {prefix}tasks WHERE queue = %(queue)s GROUP BY status
+-- Per status: how many (from the status index); then, as a row of its own, how many of the tasks
+-- waiting to run have a run_at still to come (from the ready index: neither reads a table row).
+SELECT status, COUNT(*), 0 FROM {prefix}tasks WHERE queue = %(queue)s GROUP BY status
+UNION ALL
+SELECT 'pending', 0, COUNT(*) FROM {prefix}tasks WHERE queue = %(queue)s AND ready = 1 AND run_at > {now}
 
 -- name: retry
 UPDATE {prefix}tasks SET status = 'pending', attempts = 0, run_at = {now}, done_at = NULL

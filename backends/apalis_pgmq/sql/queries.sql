@@ -139,9 +139,12 @@ ORDER BY run_at, msg_id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: stats
-SELECT {status} AS status, count(*) FROM {q} GROUP BY 1
+-- Per status: how many, and how many wait for a time still to come (a delayed send, or a retry
+-- in its backoff: hidden until vt without a live lease).
+SELECT status, count(*), count(*) FILTER (WHERE status IN ('pending', 'failed') AND vt > clock_timestamp())
+FROM (SELECT {status} AS status, vt FROM {q}) AS t GROUP BY 1
 UNION ALL
-SELECT CASE WHEN headers -> 'apalis' ->> 'status' = 'killed' THEN 'killed' ELSE 'done' END, count(*)
+SELECT CASE WHEN headers -> 'apalis' ->> 'status' = 'killed' THEN 'killed' ELSE 'done' END, count(*), 0
 FROM {a} GROUP BY 1
 
 -- name: retry_failed

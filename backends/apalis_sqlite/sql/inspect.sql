@@ -16,7 +16,9 @@ SELECT id, queue, payload, status, attempts, max_attempts, run_at, priority, ide
 FROM {prefix}tasks WHERE queue = :queue AND id = :id;
 
 -- name: stats
-SELECT status, count(*) FROM {prefix}tasks WHERE queue = :queue GROUP BY status;
+-- Per status: how many, and how many wait for a run_at still to come (read from the status index).
+SELECT status, count(*), sum(status IN ('pending', 'failed') AND run_at > :now)
+FROM {prefix}tasks WHERE queue = :queue GROUP BY status;
 
 -- name: retry
 -- A failed or killed task runs again now, with a fresh count of attempts.

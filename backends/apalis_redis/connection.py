@@ -95,11 +95,17 @@ class Wakeups:
 
     async def close(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # redis-py's read can swallow a cancellation that arrives as its reply does (seen as a
+        # store close that never returned, its listener "cancelling" in get_message): ask again
+        # until the listener has ended, as the worker does with its heartbeat.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
 
     async def _listen(self) -> None:
         pattern = self._prefix + b"*"

@@ -11,58 +11,100 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .service import Layer, Outcome, Service
+from .errors import BackendError
+from .service import Layer, Outcome, OutcomeKind, Service
+from .storable import describe_error
 from .task import Task
 
 __all__ = ["AckBatcher", "ack_layer"]
 
 Flush = Callable[[Sequence[tuple[Task[Any], Outcome]]], Awaitable[None]]
+"""Writes many outcomes in one round trip; raises `BackendError` (or `OSError`) when the store
+cannot be reached, anything else when it refuses what it was given."""
+
+_Waiting = tuple[Task[Any], Outcome, asyncio.Future[Outcome]]
 
 
 class AckBatcher:
-    """Coalesces acknowledgements: one `flush` at a time, carrying all that waited for it."""
+    """Coalesces acknowledgements: one `flush` at a time, carrying all that waited for it.
+
+    A flush that fails for a reason other than a lost store (`BackendError`, `OSError`: then
+    every outcome of the batch fails, and the runs' tasks come back as the store's leases say)
+    is tried again one outcome at a time, so an outcome the store refuses fails its own task
+    alone. Such an outcome is replaced by a kill that says why, so its task is not left running.
+    """
 
     __slots__ = ("_drainer", "_flush", "_pending", "_running")
 
     def __init__(self, flush: Flush) -> None:
         self._flush = flush
-        self._pending: list[tuple[Task[Any], Outcome, asyncio.Future[None]]] = []
+        self._pending: list[_Waiting] = []
         self._running = False
         self._drainer: asyncio.Future[None] | None = None
 
-    async def ack(self, task: Task[Any], outcome: Outcome) -> None:
-        """Record `outcome` for `task` in the store; returns once it is written."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def ack(self, task: Task[Any], outcome: Outcome) -> Outcome:
+        """Record `outcome` for `task` in the store; returns, once written, the outcome written."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.append((task, outcome, future))
         if not self._running:
             self._running = True
             # The drain's first step runs after every run already scheduled in this loop turn,
             # so the runs that finish together still share its first write.
             self._drainer = asyncio.ensure_future(self._drain())
-        await future
+        return await future
 
     async def _drain(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._flush([(task, outcome) for task, outcome, _ in batch])
+                    await self._write(batch)
                 except BaseException as exc:  # every waiter must hear of the failure
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    _fail(batch, exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
-                    continue
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
         finally:
             self._running = False
 
+    async def _write(self, batch: list[_Waiting]) -> None:
+        try:
+            await self._flush([(task, outcome) for task, outcome, _ in batch])
+        except Exception as exc:
+            if isinstance(exc, BackendError | OSError):
+                raise  # the store is out of reach: no outcome of this batch could be written
+            if len(batch) == 1:
+                await self._refused(batch[0], exc)
+            else:
+                for waiting in batch:  # find the outcome the store refuses: each alone
+                    await self._write([waiting])
+            return
+        for _, outcome, future in batch:
+            if not future.done():
+                future.set_result(outcome)
 
-def ack_layer(ack: Callable[[Task[Any], Outcome], Awaitable[None]]) -> Layer:
-    """The acknowledging layer: writes each final outcome; a cancelled run is released."""
+    async def _refused(self, waiting: _Waiting, exc: Exception) -> None:
+        task, outcome, future = waiting
+        if outcome.kind is OutcomeKind.RELEASE:
+            raise exc  # nothing of the run's own is in a release: it is the store's fault
+        written = Outcome.kill(f"the store refused this run's outcome ({outcome.kind.value}): {describe_error(exc)}")
+        try:
+            await self._flush([(task, written)])
+        except Exception:
+            raise exc from None
+        future.set_result(written)
+
+
+def _fail(batch: list[_Waiting], exc: BaseException) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def ack_layer(ack: Callable[[Task[Any], Outcome], Awaitable[Outcome | None]]) -> Layer:
+    """The acknowledging layer: writes each final outcome; a cancelled run is released.
+
+    When `ack` returns an outcome, that is what the store recorded (it may have refused the
+    run's own), and what the run reports."""
 
     def layer(inner: Service) -> Service:
         async def acknowledged(task: Task[Any]) -> Outcome:
@@ -72,8 +114,8 @@ def ack_layer(ack: Callable[[Task[Any], Outcome], Awaitable[None]]) -> Layer:
                 # The worker gave up on this run (shutdown_timeout passed): hand it back.
                 await asyncio.shield(ack(task, Outcome.release()))
                 raise
-            await ack(task, outcome)
-            return outcome
+            written = await ack(task, outcome)
+            return outcome if written is None else written
 
         return acknowledged
 

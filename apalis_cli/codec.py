@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import BadPayload, DecodeError, MissingExtra
 
-__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "codec_by_name", "encode_result"]
+__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "codec_by_name"]
 
 
 @runtime_checkable
@@ -90,18 +90,3 @@ def codec_by_name(name: str) -> Codec:
     if name == "msgpack":
         return MsgpackCodec()
     raise BadPayload(f'unknown codec "{name}" (expected "json" or "msgpack")')
-
-
-# allow_nan=False: NaN/Infinity are not JSON (PostgreSQL jsonb rejects them); such a result is
-# kept as its repr, like any other value JSON cannot hold.
-_RESULT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr, allow_nan=False)
-
-
-def encode_result(value: Any) -> str | None:
-    """A handler's return value as JSON text for the store; what JSON cannot hold is its repr."""
-    if value is None:
-        return None
-    try:
-        return _RESULT_ENCODER.encode(value)
-    except ValueError:  # NaN or a circular structure
-        return _RESULT_ENCODER.encode(repr(value))

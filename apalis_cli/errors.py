@@ -9,6 +9,8 @@ ApalisError                      base of the errors apalis-cli raises itself
 ├── BackendError                 the store failed or cannot be reached; exit code 1
 │   └── ConnectionLost           the connection dropped; callers reconnect and retry
 ├── DecodeError                  a stored payload the codec cannot decode: kills that task
+├── UnstorableResult             a handler's return value no store can keep: fails that task
+├── HandlerExit                  SystemExit, KeyboardInterrupt, ... raised by a handler: fails that task
 └── TaskControl                  raised by handlers to steer their own task
     ├── Retry(delay)             run again after `delay` seconds (counts an attempt)
     └── Abort(reason)            kill the task now, no retry
@@ -24,9 +26,11 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "DecodeError",
+    "HandlerExit",
     "MissingExtra",
     "Retry",
     "TaskControl",
+    "UnstorableResult",
     "Unsupported",
     "UsageError",
 ]
@@ -80,6 +84,15 @@ class ConnectionLost(BackendError):
 
 class DecodeError(ApalisError):
     """A stored payload that the codec cannot decode; the task is killed with this error."""
+
+
+class UnstorableResult(ApalisError):
+    """A handler's return value that no store can keep (the message says why): that run fails."""
+
+
+class HandlerExit(ApalisError):
+    """A `BaseException` a handler raised (`SystemExit`, `KeyboardInterrupt`, ...), carried as
+    an ordinary error so it fails its own task and never stops the daemon. `__cause__` is it."""
 
 
 class TaskControl(Exception):

@@ -19,6 +19,7 @@ __all__ = [
     "Started",
     "Stopped",
     "TaskFinished",
+    "WaitingForRuns",
     "WorkerCrashed",
 ]
 
@@ -93,6 +94,14 @@ class Stopped(Event):
     """The worker stopped; `released` tasks went back to the queue unfinished."""
 
     released: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitingForRuns(Event):
+    """A stop's `shutdown_timeout` passed with `running` runs that cannot be stopped (a sync
+    handler's threads): the worker waits for them, their tasks still its own."""
+
+    running: int
 
 
 EventListener = Callable[[Event], None]

@@ -8,9 +8,12 @@ per task. How a callable is called is decided once, at start-up, from its signat
 - `def f(args, task)` (any other second parameter): also the `Task` (id, context).
 
 Sync callables run in a thread pool sized to the worker's concurrency, so a blocking handler
-never stalls the event loop. A command (`{ command = ["./resize.sh"] }`) gets the compact payload
-on stdin and `APALIS_TASK_ID`, `APALIS_ATTEMPT`, `APALIS_QUEUE` in its environment; exit 0 is
-success (stdout is the result), anything else a failure whose error is the tail of stderr.
+never stalls the event loop; a thread cannot be stopped, so a cancelled run waits for its thread
+before its task may go back to the queue (`LoadedHandler.stoppable`).
+
+A command (`{ command = ["./resize.sh"] }`) gets the compact payload on stdin and
+`APALIS_TASK_ID`, `APALIS_ATTEMPT`, `APALIS_QUEUE` in its environment; exit 0 is success (stdout
+is the result), anything else a failure whose error is the tail of stderr.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import CommandHandler, Config, ImportHandler, WorkerConfig
+from .errors import HandlerExit
 from .layers.retry import describe_error
 from .task import Task
 from .worker import Handler
@@ -57,13 +61,18 @@ class CommandFailed(Exception):
 
 class LoadedHandler:
     """An adapted handler plus what it holds (a thread pool, or child processes); `start()` before
-    the first task, `aclose()` (or `close()` outside a loop) when done."""
+    the first task, `aclose()` (or `close()` outside a loop) when done.
+
+    `stoppable` is False for a sync callable run in a thread: nothing can stop a thread, so a
+    stopping worker must wait for its runs rather than release their tasks (see `Worker`).
+    """
 
     children: ProcessPool | None = None  # the child processes, with isolation = "process"
 
     def __init__(self, handler: Handler, description: str, pool: ThreadPoolExecutor | None = None) -> None:
         self.handler = handler
         self.description = description
+        self.stoppable = pool is None
         self._pool = pool
 
     async def start(self) -> None:
@@ -192,10 +201,49 @@ def _adapt(fn: Callable[..., Any], spec: ImportHandler, concurrency: int, config
 
     async def call_sync(args: Any, task: Task[bytes]) -> Any:
         context = contextvars.copy_context()  # structlog's bound variables follow into the thread
-        call = functools.partial(context.run, fn, args, *extra(task))
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+        result = await _in_thread(pool, functools.partial(context.run, fn, args, *extra(task)))
+        if inspect.iscoroutine(result):  # a sync wrapper around an async function (a decorator's)
+            result = await result
+        return result
 
     return LoadedHandler(call_sync, spec.path, pool)
+
+
+async def _in_thread(pool: ThreadPoolExecutor, call: Callable[[], Any]) -> Any:
+    """`call()` in one of `pool`'s threads.
+
+    A thread cannot be stopped, so a run cancelled (a timeout, a stop) while its thread runs lets
+    the cancellation through only once the thread has returned: its task is never retried or
+    released while its handler still runs. A call still waiting for a thread is simply dropped.
+    """
+    running = pool.submit(_carried, call)
+    try:
+        return await asyncio.wrap_future(running)
+    except asyncio.CancelledError:
+        if not running.cancel():
+            await _outlive(running)
+        raise
+
+
+def _carried(call: Callable[[], Any]) -> Any:
+    """`call()`, with a `BaseException` it raises carried as a `HandlerExit`: a `GeneratorExit`
+    crossing into the event loop would close the worker's whole chain of awaits on its way."""
+    try:
+        return call()
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise HandlerExit(type(exc).__name__) from exc
+
+
+async def _outlive(running: Future[Any]) -> None:
+    while not running.done():
+        try:
+            await asyncio.shield(asyncio.wrap_future(running))
+        except asyncio.CancelledError:
+            continue  # asked again: the thread still runs, so the answer is still to wait
+        except BaseException:
+            return  # the thread failed: its error is of no use to a cancelled run
 
 
 def _command_handler(spec: CommandHandler, queue: str, base_dir: Path) -> Handler:

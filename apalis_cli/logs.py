@@ -23,6 +23,7 @@ from .events import (
     Started,
     Stopped,
     TaskFinished,
+    WaitingForRuns,
     WorkerCrashed,
 )
 from .printable import printable
@@ -130,6 +131,13 @@ def event_logger(*, tasks: bool = True) -> EventListener:
             log.warning("store unavailable, retrying", error=event.error, retry_in=event.retry_in, **fields)
         elif isinstance(event, WorkerCrashed):
             log.error("worker crashed, restarting", error=event.error, restart_in=event.restart_in, **fields)
+        elif isinstance(event, WaitingForRuns):
+            log.warning(
+                "waiting for runs that cannot be stopped (a second signal exits at once; their tasks"
+                " then come back after stale_after)",
+                running=event.running,
+                **fields,
+            )
         elif isinstance(event, Stopped):
             log.info("worker stopped", released=event.released, **fields)
 

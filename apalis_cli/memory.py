@@ -24,11 +24,12 @@ from .backend import (
     WorkerContext,
     WorkerInfo,
 )
-from .codec import Codec, encode_result
+from .codec import Codec
 from .errors import ConfigError
 from .polling import Waker, beat_every, poll_batches
 from .queue_base import QueueBase
 from .service import Outcome, OutcomeKind
+from .storable import encode_result
 from .task import Status, Task, TaskContext, TaskId
 
 __all__ = ["MemoryQueue", "MemoryStore"]

@@ -9,14 +9,20 @@ logs one line per run with the final decision, inside it logs the raw exception.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .storable import storable_text
 from .task import Task
 
-__all__ = ["Layer", "Outcome", "OutcomeKind", "Service", "compose"]
+__all__ = ["MAX_RETRY_DELAY", "Layer", "Outcome", "OutcomeKind", "Service", "compose", "stop_requested"]
+
+MAX_RETRY_DELAY = 365 * 86400.0
+"""The furthest ahead a retry is scheduled: past it, a delay is a mistake (an infinite `Retry`
+delay), and some stores cannot keep it (RabbitMQ's message TTL ends at about 8 years)."""
 
 
 class OutcomeKind(StrEnum):
@@ -46,13 +52,18 @@ class Outcome:
 
     @classmethod
     def retry(cls, error: str, run_at: float) -> Outcome:
-        """The task failed with `error` and runs again at `run_at` (epoch seconds)."""
-        return cls(kind=OutcomeKind.RETRY, error=error, run_at=run_at)
+        """The task failed with `error` and runs again at `run_at` (epoch seconds).
+
+        `error` is kept as every store takes it (see `storable_text`), and `run_at` at most
+        `MAX_RETRY_DELAY` ahead (NaN: now), a time every store can keep and schedule."""
+        if not run_at <= (latest := time.time() + MAX_RETRY_DELAY):
+            run_at = latest if run_at > latest else time.time()
+        return cls(kind=OutcomeKind.RETRY, error=storable_text(error), run_at=run_at)
 
     @classmethod
     def kill(cls, error: str) -> Outcome:
-        """The task failed for good with `error`."""
-        return cls(kind=OutcomeKind.KILL, error=error)
+        """The task failed for good with `error` (kept as every store takes it)."""
+        return cls(kind=OutcomeKind.KILL, error=storable_text(error))
 
     @classmethod
     def release(cls) -> Outcome:
@@ -73,3 +84,14 @@ def compose(layers: Iterable[Layer], service: Service) -> Service:
     for layer in reversed(list(layers)):
         service = layer(service)
     return service
+
+
+def stop_requested() -> bool:
+    """True when the running asyncio task was asked to stop (`cancel()`: a stop, a timeout).
+
+    A `CancelledError` is a real cancellation only then; one that a handler raises on its own,
+    or gets from awaiting something else that was cancelled, is that run's error."""
+    import asyncio  # here: the command line imports this module, and starts faster without asyncio
+
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

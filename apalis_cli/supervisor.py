@@ -2,7 +2,9 @@
 
 Signals belong here (and to the CLI), never to `Worker`: the first SIGTERM or SIGINT asks every
 worker to stop taking tasks and finish within its `shutdown_timeout`; a second SIGINT (or
-SIGTERM) cancels the runs still going, which go back to their queues.
+SIGTERM) cancels the runs still going, which go back to their queues. Runs that no cancel can
+stop (a sync handler's threads) end only with the process: given `exit_now`, the second signal
+calls it once the runs that could be stopped were released (or after a few seconds).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ WorkerFactory = Callable[[], Worker]
 """Builds a fresh worker; called once at start and again after each crash."""
 
 _HEALTHY_AFTER = 60.0  # a worker that ran this long before crashing restarts without delay
+_HURRY_GRACE = 3.0  # after a second signal, how long released runs may take to be written
 
 
 class Supervisor:
@@ -40,7 +43,10 @@ class Supervisor:
         self._restart_backoff_max = restart_backoff_max
         self._listeners = list(on_event)
         self._stop = asyncio.Event()
+        self._ended = asyncio.Event()
         self._signals = 0
+        self._exit_now: Callable[[int], None] | None = None
+        self._forcing: asyncio.Task[None] | None = None
         self.workers: list[Worker | None] = [None] * len(self._factories)
 
     def subscribe(self, listener: EventListener) -> None:
@@ -54,7 +60,10 @@ class Supervisor:
 
     async def run(self, *, burst: bool = False) -> None:
         """Run every worker until a stop (each restarted after a crash, with backoff)."""
-        await asyncio.gather(*(self._keep_running(i, burst) for i in range(len(self._factories))))
+        try:
+            await asyncio.gather(*(self._keep_running(i, burst) for i in range(len(self._factories))))
+        finally:
+            self._ended.set()
 
     def stop(self) -> None:
         """Stop taking tasks; running ones get their worker's `shutdown_timeout` to finish."""
@@ -67,12 +76,17 @@ class Supervisor:
             if worker is not None:
                 worker.hurry()
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: first a graceful stop, then an immediate one. Call inside the loop."""
+    def install_signal_handlers(self, *, exit_now: Callable[[int], None] | None = None) -> None:
+        """SIGTERM/SIGINT: first a graceful stop, then an immediate one. Call inside the loop.
+
+        With `exit_now`, the second signal also ends the process: `exit_now(signal_number)` is
+        called (it must not return) unless every worker stopped within a few seconds. That is
+        what ends runs no cancel can stop; their tasks come back once the heartbeat is stale."""
+        self._exit_now = exit_now
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal)
+                loop.add_signal_handler(sig, self._on_signal, sig)
 
     def remove_signal_handlers(self) -> None:
         """Give the signals back to Python's defaults."""
@@ -81,12 +95,32 @@ class Supervisor:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 
-    def _on_signal(self) -> None:
+    def _on_signal(self, signum: int) -> None:
         self._signals += 1
         if self._signals == 1:
             self.stop()
-        else:
-            self.stop_now()
+            return
+        self.stop_now()
+        if self._exit_now is not None and self._forcing is None:
+            self._forcing = asyncio.ensure_future(self._exit_unless_ended(self._exit_now, signum))
+
+    async def _exit_unless_ended(self, exit_now: Callable[[int], None], signum: int) -> None:
+        ended = asyncio.ensure_future(self._ended.wait())
+        deadline = asyncio.get_running_loop().time() + _HURRY_GRACE
+        try:
+            # Looked at every 20 ms: the runs that could stop are released, or time is up.
+            while not self._only_unstoppable_runs() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.wait({ended}, timeout=0.02)
+                if ended.done():
+                    return
+        finally:
+            ended.cancel()
+        exit_now(signum)
+
+    def _only_unstoppable_runs(self) -> bool:
+        """True when runs go on and none of them can be stopped: the released ones are written."""
+        workers = [w for w in self.workers if w is not None and w.running]
+        return bool(workers) and not any(w.stoppable for w in workers)
 
     async def _keep_running(self, index: int, burst: bool) -> None:
         delay = self._restart_backoff

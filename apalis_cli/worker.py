@@ -7,8 +7,10 @@ service each run goes through is, outermost first:
     store ack (middleware())  ->  safety-net retry  ->  the configured layers  ->  decode + handler
 
 The safety net turns any exception that escapes the configured layers into a persisted retry or a
-kill, so no run can end without an acknowledgement. Signals are not handled here: the supervisor
-(or any caller) sets the `stop` event.
+kill, so no run can end without an acknowledgement. Whatever a handler returns or raises fails
+its own run at worst: a result no store can keep and a `SystemExit` or `KeyboardInterrupt` are
+that run's errors, and a `CancelledError` is a stop only when the run was really cancelled.
+Signals are not handled here: the supervisor (or any caller) sets the `stop` event.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from .backend import BackendExt, WorkerContext
+from .errors import HandlerExit
 from .events import (
     BackendUnavailable,
     Event,
@@ -32,9 +35,11 @@ from .events import (
     Started,
     Stopped,
     TaskFinished,
+    WaitingForRuns,
 )
-from .layers.retry import Backoff, RetryLayer, describe_error
-from .service import Layer, Outcome, Service, compose
+from .layers.retry import Backoff, RetryLayer
+from .service import Layer, Outcome, Service, compose, stop_requested
+from .storable import check_result, describe_error
 from .task import Task, TaskId, new_task_id
 
 __all__ = ["Handler", "Worker"]
@@ -63,13 +68,18 @@ class Worker:
         retention: float = 7 * 86400.0,
         backoff: Backoff | None = None,
         on_event: Sequence[EventListener] = (),
+        stoppable: bool = True,
     ) -> None:
+        """`stoppable=False` says a cancel cannot stop `handler`'s runs (a sync callable's
+        threads): a stop then waits for them past `shutdown_timeout`, their tasks kept under
+        this worker's heartbeat, rather than release tasks whose handler still runs."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.name = name
         self.backend = backend
         self.concurrency = concurrency
         self.shutdown_timeout = shutdown_timeout
+        self.stoppable = stoppable
         self._listeners = list(on_event)
         self._running: dict[TaskId, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
@@ -108,7 +118,12 @@ class Worker:
         return len(self._running)
 
     def hurry(self) -> None:
-        """Stop now: cancel every run (each goes back to the queue) instead of waiting."""
+        """Stop now: cancel every run (each goes back to the queue) instead of waiting.
+
+        Runs that cannot be stopped (`stoppable=False`) go on: only ending the process ends
+        them, and their tasks then come back once this worker's heartbeat is stale."""
+        if not self.stoppable:
+            return
         for task in list(self._running.values()):
             task.cancel()
 
@@ -122,7 +137,8 @@ class Worker:
         """Work until `stop` is set (or, with `burst`, until nothing is ready or running).
 
         On stop: take no more tasks, give running ones `shutdown_timeout` to finish, then cancel
-        them (they go back to the queue). Nothing unacknowledged is lost either way.
+        them (they go back to the queue), or wait on for runs that cannot be stopped. Nothing
+        unacknowledged is lost either way, and no task goes back while its handler runs.
         """
         self._heartbeat = self.backend.heartbeat(self.context)
         await self._first_beat(self._heartbeat, stop)
@@ -238,7 +254,7 @@ class Worker:
         except asyncio.CancelledError:
             outcome = Outcome.release()
             raise
-        except Exception as exc:  # only the acknowledgement itself can fail here
+        except BaseException as exc:  # only the acknowledgement itself can fail here
             error = f"acknowledgement failed, the task will run again: {describe_error(exc)}"
         finally:
             del self._running[task.id]
@@ -258,11 +274,15 @@ class Worker:
                 )
 
     async def _drain(self) -> int:
-        """Let running tasks finish within `shutdown_timeout`; cancel (release) the rest."""
+        """Let running tasks finish within `shutdown_timeout`; cancel (release) the rest, or
+        wait for them when they cannot be stopped (the heartbeat keeps their tasks meanwhile)."""
         if not self._running:
             return 0
         pending = set(self._running.values())
         _, late = await asyncio.wait(pending, timeout=self.shutdown_timeout)
+        if late and not self.stoppable:
+            self._emit(WaitingForRuns(worker=self.name, queue=self.context.queue, running=len(late)))
+            await asyncio.wait(late)
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
@@ -280,7 +300,21 @@ class Worker:
 
 def _handler_service(handler: Handler, decode: Callable[[bytes], Any]) -> Service:
     async def invoke(task: Task[Any]) -> Outcome:
-        return Outcome.done(await handler(decode(task.args), task))
+        try:
+            result = await handler(decode(task.args), task)
+        except Exception:
+            raise
+        except asyncio.CancelledError as exc:
+            if stop_requested():
+                raise
+            raise HandlerExit("CancelledError") from exc
+        except BaseException as exc:
+            # SystemExit or KeyboardInterrupt from a handler would end the event loop, and the
+            # daemon with it: carried as an ordinary error, it fails this run alone.
+            raise HandlerExit(type(exc).__name__) from exc
+        if result is not None:
+            check_result(result)  # a result no store can keep fails this run, not its batch's ack
+        return Outcome.done(result)
 
     return invoke
 

@@ -103,6 +103,7 @@ class Assembly:
             shutdown_timeout=worker.shutdown_timeout,
             retention=worker.retention,
             backoff=worker.backoff,
+            stoppable=self.handlers[worker.name].stoppable,
         )
 
 

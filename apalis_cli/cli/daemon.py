@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import structlog
 from rich.console import Console
 from rich.live import Live
 
@@ -128,16 +130,36 @@ async def _supervise(
                 await stack.enter_async_context(_metrics(assembly, lambda: supervisor.workers, metrics_addr))
             )
         supervisor = Supervisor(factories, on_event=listeners)
-        supervisor.install_signal_handlers()
+        screens: list[Live] = []
+        supervisor.install_signal_handlers(exit_now=lambda signum: _exit_now(signum, screens))
         try:
             if dashboard is None:
                 await supervisor.run(burst=burst)
             else:
                 console = Console()
-                with Live(console=console, get_renderable=dashboard.render, refresh_per_second=4, redirect_stderr=True):
+                with Live(
+                    console=console, get_renderable=dashboard.render, refresh_per_second=4, redirect_stderr=True
+                ) as screen:
+                    screens.append(screen)
                     await supervisor.run(burst=burst)
         finally:
             supervisor.remove_signal_handlers()
+
+
+def _exit_now(signum: int, screens: list[Live]) -> NoReturn:
+    """The second signal found runs that nothing but the end of the process stops (a sync
+    handler's threads): end it now. Their tasks were never released, so no other worker runs
+    them meanwhile; they come back when this worker's heartbeat is stale."""
+    for live in screens:
+        with contextlib.suppress(Exception):
+            live.stop()  # give the terminal its cursor back
+    structlog.get_logger("apalis").warning(
+        "exiting at once: runs still going end with the process; their tasks come back after stale_after"
+    )
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import Abort, DecodeError, Retry
-from ..service import Outcome, Service
+from ..service import Outcome, Service, stop_requested
+from ..storable import describe_error
 from ..task import Task
 
 __all__ = ["Backoff", "RetryLayer", "describe_error"]
@@ -46,13 +47,6 @@ class Backoff:
         return capped * random.uniform(0.5, 1.0) if self.jitter else capped
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line naming the exception and its message."""
-    text = str(exc).strip().splitlines()
-    name = type(exc).__name__
-    return f"{name}: {text[0]}" if text and text[0] else name
-
-
 class RetryLayer:
     """Catches a run's exception and decides: retry after the backoff, or kill."""
 
@@ -70,7 +64,9 @@ class RetryLayer:
             try:
                 return await inner(task)
             except asyncio.CancelledError:
-                raise
+                if stop_requested():
+                    raise
+                return _retry_or_kill(task, "CancelledError (not a stop of this run)", backoff.delay(task.ctx.attempts))
             except Abort as exc:
                 return Outcome.kill(f"aborted: {exc.reason}")
             except DecodeError as exc:
@@ -78,7 +74,7 @@ class RetryLayer:
             except Retry as exc:
                 delay = exc.delay if exc.delay is not None else backoff.delay(task.ctx.attempts)
                 return _retry_or_kill(task, exc.reason, delay)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt: this run's failure, not the daemon's
                 return _retry_or_kill(task, describe_error(exc), backoff.delay(task.ctx.attempts))
 
         return retrying
@@ -88,4 +84,5 @@ def _retry_or_kill(task: Task[Any], error: str, delay: float) -> Outcome:
     ctx = task.ctx
     if ctx.attempts >= ctx.max_attempts:
         return Outcome.kill(f"{error} (attempt {ctx.attempts} of {ctx.max_attempts}, giving up)")
-    return Outcome.retry(error, time.time() + delay)
+    # max(0.0, ...) first: a negative or NaN delay is no delay (Outcome.retry caps the far end).
+    return Outcome.retry(error, time.time() + max(0.0, delay))

@@ -1,9 +1,10 @@
 """The timeout layer: a run that takes longer than `after` fails with `TaskTimeout`.
 
 Put it inside `retry` so the timeout becomes a persisted retry. A sync handler's thread cannot
-be interrupted: the run is given up and counted as failed, the thread finishes on its own. With
-`isolation = "process"` the cancellation kills the handler's child process (SIGTERM, then SIGKILL
-after the grace period) before the run ends, so the slot is really free again.
+be interrupted: its run fails only once the thread has returned (see `handlers._in_thread`), so
+the task is never retried while its handler still runs. With `isolation = "process"` the
+cancellation kills the handler's child process (SIGTERM, then SIGKILL after the grace period)
+before the run ends, so the slot is really free again.
 """
 
 from __future__ import annotations

@@ -269,31 +269,40 @@ class AmqpQueue(QueueBase):
     # -- acknowledging ---------------------------------------------------------------------
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Settle outcomes: copies published (and confirmed) first, then the originals acked."""
+        """Settle outcomes: copies published (and confirmed) first, then the originals acked.
+
+        A message stays held until its copy is confirmed: after a failed publish the heartbeat
+        still sees it (and puts it back once its run is over), and a lost connection is raised
+        as `ConnectionLost` (the broker then redelivers what the channel held)."""
         now = time.time()
         copies: list[tuple[str, aio_pika.Message]] = []
-        settled: list[AbstractIncomingMessage] = []
+        settled: list[tuple[Consumer, TaskId, AbstractIncomingMessage]] = []
         routes: dict[int, str] = {}
-        for task, outcome in items:
-            consumer = self._store.consumers.get((self.queue, task.ctx.lock_by or ""))
-            held = consumer.held.pop(task.id, None) if consumer is not None else None
-            if held is None or consumer is None or consumer.closed:
-                continue  # the lease was lost: the broker redelivers the message
-            message, kind = held.message, outcome.kind
-            if kind is OutcomeKind.RETRY:
-                run_at = outcome.run_at if outcome.run_at is not None else now
-                copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, run_at=run_at)
-                copies.append((await self._route(run_at - now, routes), copy))
-            elif kind is OutcomeKind.KILL:
-                copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, done_at=now)
-                copies.append((self.dead, copy))
-            elif kind is OutcomeKind.RELEASE:
-                copies.append((self.work, copy_message(message, id=task.id, attempts=max(held.attempts - 1, 0))))
-            settled.append(message)
-        await self._broker.publish_many(copies)
+        try:
+            for task, outcome in items:
+                consumer = self._store.consumers.get((self.queue, task.ctx.lock_by or ""))
+                held = consumer.held.get(task.id) if consumer is not None else None
+                if held is None or consumer is None or consumer.closed:
+                    continue  # the lease was lost: the broker redelivers the message
+                message, kind = held.message, outcome.kind
+                if kind is OutcomeKind.RETRY:
+                    run_at = outcome.run_at if outcome.run_at is not None else now
+                    copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, run_at=run_at)
+                    copies.append((await self._route(run_at - now, routes), copy))
+                elif kind is OutcomeKind.KILL:
+                    copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, done_at=now)
+                    copies.append((self.dead, copy))
+                elif kind is OutcomeKind.RELEASE:
+                    copies.append((self.work, copy_message(message, id=task.id, attempts=max(held.attempts - 1, 0))))
+                settled.append((consumer, task.id, message))
+            await self._broker.publish_many(copies)
+        except FAILURES as exc:
+            raise ConnectionLost(f"RabbitMQ: {exc!r}") from exc
+        for consumer, task_id, _ in settled:
+            consumer.held.pop(task_id, None)
         # An ack that fails found its channel gone: the broker redelivers that message (a
         # duplicate run, never a loss), so the failure is not this batch's.
-        await asyncio.gather(*(message.ack() for message in settled), return_exceptions=True)
+        await asyncio.gather(*(message.ack() for _, _, message in settled), return_exceptions=True)
 
     # -- heartbeat -------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from apalis_cli.backend import Capabilities, Capability, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.errors import ConfigError
+from apalis_cli.errors import ConfigError, ConnectionLost
 from apalis_cli.polling import FIRST_IDLE_WAIT, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
@@ -336,22 +336,22 @@ class NatsQueue(QueueBase, NatsInspector):
     # -- acknowledging ---------------------------------------------------------------------
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Settle outcomes; every ack of the batch goes out together, then one flush."""
+        """Settle outcomes; every ack of the batch goes out together, then one flush.
+
+        A message stays held until it is settled: after a failure the heartbeat still sees it
+        (and puts it back once its run is over); a lost connection is raised as `ConnectionLost`
+        (JetStream then redelivers what was not acknowledged), a refusal as it came."""
         now, clock = time.time(), time.monotonic()
         copies: list[tuple[str, bytes, dict[str, str]]] = []
-        after: list[tuple[Msg, OutcomeKind]] = []
+        after: list[tuple[TaskId, Msg, Outcome]] = []
         for task, outcome in items:
             held = self._held.get(task.id)
             if held is None or held.worker != task.ctx.lock_by:
                 continue  # the lease was lost: JetStream redelivers it
-            del self._held[task.id]
             if held.lease_ends < clock:
+                del self._held[task.id]
                 continue  # the lease ran out: the message may be another worker's run by now
             msg, kind = held.msg, outcome.kind
-            if kind is OutcomeKind.RETRY:
-                delay = (outcome.run_at if outcome.run_at is not None else now) - now
-                await msg.nak(delay=max(delay, 0.0))
-                continue
             if kind is OutcomeKind.KILL:
                 headers = m.copy_headers(
                     msg.headers, attempts=str(held.attempts), error=m.one_line(outcome.error), done_at=repr(now)
@@ -359,12 +359,25 @@ class NatsQueue(QueueBase, NatsInspector):
                 copies.append((self.dead, msg.data, headers))
             elif kind is OutcomeKind.RELEASE:
                 copies.append((self.work, msg.data, m.copy_headers(msg.headers, attempts=str(held.attempts - 1))))
-            after.append((msg, kind))
-        await self._publish(copies)
-        for msg, kind in after:
-            await (msg.term() if kind is OutcomeKind.KILL else msg.ack())
-        client = await self._conn.retrying(self._conn.client)
-        await flush(client)
+            after.append((task.id, msg, outcome))
+        try:
+            await self._publish(copies)
+            for task_id, msg, outcome in after:
+                if outcome.kind is OutcomeKind.RETRY:
+                    delay = (outcome.run_at if outcome.run_at is not None else now) - now
+                    await msg.nak(delay=max(delay, 0.0))
+                elif outcome.kind is OutcomeKind.KILL:
+                    await msg.term()
+                else:
+                    await msg.ack()
+                self._held.pop(task_id, None)
+            client = await self._conn.retrying(self._conn.client)
+            await flush(client)
+        except FAILURES as exc:
+            current = self._conn.current
+            if current is not None and current.is_connected:
+                raise  # NATS refused what it was given (a message too large, ...), not the link
+            raise ConnectionLost(f"NATS: {exc!r}") from exc
 
     # -- heartbeat -------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.backend import NewTask, WorkerContext
-from apalis_cli.codec import Codec, encode_result
+from apalis_cli.codec import Codec
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
 
 from .backend import CAPABILITIES

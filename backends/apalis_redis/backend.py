@@ -37,15 +37,16 @@ from typing import Any, ClassVar
 import msgpack
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
 from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
-from apalis_cli.codec import Codec, encode_result
+from apalis_cli.codec import Codec
 from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 from .config import RedisSettings, redact_url
-from .connection import Wakeups, connect_checked, lua, require_driver
+from .connection import Wakeups, connect_checked, link_kept, lua, require_driver
 from .inspector import RedisInspector
 from .keys import QueueKeys
 
@@ -244,7 +245,8 @@ class RedisQueue(RedisInspector, QueueBase):
         wanted = self._ahead.wanted(items)
         if wanted:
             args.append(_pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]))
-        reply = await self.store.scripts["ack"](keys=self._ack_keys, args=args)
+        with link_kept("acknowledging"):
+            reply = await self.store.scripts["ack"](keys=self._ack_keys, args=args)
         if wanted:
             for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
                 if rows:

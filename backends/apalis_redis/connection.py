@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
-from apalis_cli.errors import BackendError, MissingExtra
+from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra
 from apalis_cli.polling import Waker
 
-__all__ = ["Wakeups", "connect", "connect_checked", "lua", "require_driver"]
+__all__ = ["Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
 
 _RECONNECT_TRIES = 12
 _RECONNECT_CAP = 1.0
@@ -64,6 +65,18 @@ async def connect_checked(url: str, client_name: str, shown_url: str) -> Any:
         await client.aclose()
         raise BackendError(f"cannot reach redis at {shown_url}: {exc}") from None
     return client
+
+
+@contextlib.contextmanager
+def link_kept(what: str) -> Iterator[None]:
+    """Raise a dropped connection (after redis-py's own retries) as `ConnectionLost`: a write
+    that failed because the server is away, not because it refused what it was given."""
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    try:
+        yield
+    except (ConnectionError, TimeoutError) as exc:
+        raise ConnectionLost(f"redis: {what}: {exc}") from exc
 
 
 def lua(package: str, name: str) -> str:

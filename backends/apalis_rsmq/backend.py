@@ -54,7 +54,7 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 from apalis_redis.config import redact_url
-from apalis_redis.connection import Wakeups, connect_checked, lua, require_driver
+from apalis_redis.connection import Wakeups, connect_checked, link_kept, lua, require_driver
 
 from .config import QUEUE_NAME, RsmqSettings
 from .inspector import RsmqInspector, created_at
@@ -245,7 +245,8 @@ class RsmqQueue(RsmqInspector, QueueBase):
             packed += (outcome.error or "", delay)
             local_wake = local_wake or outcome.kind is OutcomeKind.RELEASE
         args = [self._channel, msgpack.packb(packed, use_bin_type=False)]
-        await self.store.scripts["ack"](keys=self.keys.all, args=args)
+        with link_kept("acknowledging"):
+            await self.store.scripts["ack"](keys=self.keys.all, args=args)
         if local_wake and not self._channel:
             self.store.waker(self.queue).notify()
 

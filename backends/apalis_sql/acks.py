@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from apalis_cli.codec import encode_result
 from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Task, TaskId
 
 __all__ = ["AckPlan", "plan_acks"]

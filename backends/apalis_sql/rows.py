@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from apalis_cli.backend import NewTask, QueueStats, WorkerInfo
-from apalis_cli.codec import encode_result
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext
 
 __all__ = [

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from apalis_cli.backend import Capability
-from apalis_cli.codec import encode_result
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task
 
 from .conftest import Calls, Harness

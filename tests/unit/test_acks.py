@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from apalis_cli.acks import AckBatcher, ack_layer
+from apalis_cli.errors import ConnectionLost
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Task, TaskContext
 
@@ -70,6 +71,47 @@ async def test_a_failed_flush_fails_every_waiter_and_the_next_flush_works() -> N
     assert all(isinstance(r, ConnectionError) for r in results)
     await batcher.ack(make_task(9), Outcome.done())
     assert [len(batch) for batch in flushes.batches] == [3, 1]
+
+
+class Refusing:
+    """A store that refuses, whole, any batch holding the result "bad"."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.written: dict[str, Outcome] = {}
+
+    async def __call__(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        self.batches.append([task.id for task, _ in items])
+        if any(outcome.result == "bad" for _, outcome in items):
+            raise ValueError("the driver cannot encode this")
+        self.written.update((task.id, outcome) for task, outcome in items)
+
+
+async def test_an_outcome_the_store_refuses_fails_its_own_task_alone() -> None:
+    store = Refusing()
+    batcher = AckBatcher(store)
+    outcomes = [Outcome.done(n) for n in range(5)]
+    outcomes[2] = Outcome.done("bad")
+    results = await asyncio.gather(*(batcher.ack(make_task(n), outcome) for n, outcome in enumerate(outcomes)))
+
+    assert store.batches[0] == ["t0", "t1", "t2", "t3", "t4"]
+    for n in (0, 1, 3, 4):
+        assert results[n] == store.written[f"t{n}"] == Outcome.done(n)
+    # The refused outcome is replaced by a kill saying why: its task is not left running.
+    assert results[2] == store.written["t2"]
+    assert results[2].kind is OutcomeKind.KILL
+    assert results[2].error == "the store refused this run's outcome (done): ValueError: the driver cannot encode this"
+
+
+async def test_a_lost_store_fails_the_whole_batch_at_once() -> None:
+    flushes = Flushes()
+    flushes.fail_next = ConnectionLost("the connection dropped")
+    batcher = AckBatcher(flushes)
+    results = await asyncio.gather(
+        *(batcher.ack(make_task(n), Outcome.done()) for n in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, ConnectionLost) for r in results)
+    assert [len(batch) for batch in flushes.batches] == [3], "no outcome is tried alone, nor replaced"
 
 
 async def test_ack_layer_writes_the_outcome_of_each_run() -> None:

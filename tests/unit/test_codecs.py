@@ -8,8 +8,9 @@ from typing import Any
 
 import msgpack
 import pytest
-from apalis_cli.codec import JsonCodec, MsgpackCodec, codec_by_name, encode_result
+from apalis_cli.codec import JsonCodec, MsgpackCodec, codec_by_name
 from apalis_cli.errors import BadPayload, DecodeError, UsageError
+from apalis_cli.storable import encode_result
 
 
 def strict_json(text: str) -> Any:

@@ -129,8 +129,34 @@ async def test_decode_error_kills_with_attempts_left() -> None:
 
 
 async def test_cancellation_is_not_a_failure() -> None:
+    entered = asyncio.Event()
+
+    async def hangs(task: Task[Any]) -> Outcome:
+        entered.set()
+        await asyncio.sleep(30)
+        return Outcome.done()
+
+    run = asyncio.ensure_future(RetryLayer()(hangs)(make_task()))
+    await entered.wait()
+    run.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await RetryLayer()(raising(asyncio.CancelledError()))(make_task())
+        await run
+
+
+async def test_a_cancelled_error_that_is_no_stop_is_the_runs_failure() -> None:
+    # Raised by the run itself (or got from awaiting something else that was cancelled): were
+    # it taken for a stop, the task would be released, its attempt uncounted, again and again.
+    outcome = await RetryLayer()(raising(asyncio.CancelledError()))(make_task(attempts=1, max_attempts=3))
+    assert outcome.kind is OutcomeKind.RETRY
+    assert outcome.error == "CancelledError (not a stop of this run)"
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+async def test_a_base_exception_from_a_layer_fails_the_run(exc: BaseException) -> None:
+    outcome = await RetryLayer()(raising(exc))(make_task(attempts=1, max_attempts=3))
+    assert outcome.kind is OutcomeKind.RETRY
+    assert outcome.error is not None
+    assert outcome.error.startswith(type(exc).__name__)
 
 
 # -- timeout -------------------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""What a store keeps of a run: its result as JSON text and its error as one line of safe text.
+
+Stores write many runs' outcomes in one statement, so text one store refuses would fail the
+acknowledgement of every run written with it. Some text no store takes whole: a lone surrogate
+(a file name that is not UTF-8, as `os.fsdecode` gives it) has no UTF-8 form, PostgreSQL refuses
+a NUL character, and MySQL a statement past `max_allowed_packet`, RabbitMQ a header past its frame
+size. Here, once, in the core: a result is JSON that every store takes (or the run fails with
+`UnstorableResult`), and an error is text that every store takes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from .errors import HandlerExit, UnstorableResult
+
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "MAX_RESULT_BYTES",
+    "check_result",
+    "describe_error",
+    "encode_result",
+    "storable_text",
+]
+
+MAX_RESULT_BYTES = 1 << 20
+"""The largest result a task keeps (its JSON text, in UTF-8): well inside what one statement of
+every store carries, many results of a batch included."""
+
+MAX_ERROR_CHARS = 4000
+"""The longest error a task keeps; the start of a longer one is kept, with how much was cut."""
+
+# allow_nan=False: NaN/Infinity are not JSON (PostgreSQL jsonb rejects them); such a result is
+# kept as its repr, like any other value JSON cannot hold.
+_RESULT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr, allow_nan=False)
+# A result with a lone surrogate: \u escapes keep it exactly, and every store takes ASCII.
+_RESULT_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=repr, allow_nan=False)
+
+
+def encode_result(value: Any) -> str | None:
+    """A handler's return value as the JSON text stores keep (None for None); what JSON cannot
+    hold is kept as its repr. Raises `UnstorableResult` when no JSON can be made of it."""
+    if value is None:
+        return None
+    try:
+        text = _encode(_RESULT, value)
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                text = _encode(_RESULT_ASCII, value)
+    except Exception as exc:  # a repr that raises, a structure nested too deep to encode
+        raise UnstorableResult(f"result cannot be stored: {describe_error(exc)}") from None
+    return text
+
+
+def _encode(encoder: json.JSONEncoder, value: Any) -> str:
+    try:
+        return encoder.encode(value)
+    except ValueError:  # NaN or a circular structure
+        return encoder.encode(repr(value))
+
+
+def check_result(value: Any) -> None:
+    """Raise `UnstorableResult` unless every store can keep `value` as a task's result.
+
+    A coroutine or generator is refused (and closed): it means the handler's work never ran.
+    """
+    if inspect.iscoroutine(value) or inspect.isgenerator(value):
+        value.close()
+        kind = "coroutine (a missing await?)" if inspect.iscoroutine(value) else "generator"
+        raise UnstorableResult(f"result cannot be stored: the handler returned a {kind}, whose code never ran")
+    if inspect.isasyncgen(value):
+        raise UnstorableResult("result cannot be stored: the handler returned an async generator, whose code never ran")
+    text = encode_result(value)
+    # A character is 1 to 4 bytes: most results are measured without encoding them.
+    if text is not None and len(text) > MAX_RESULT_BYTES // 4:
+        size = len(text.encode())
+        if size > MAX_RESULT_BYTES:
+            raise UnstorableResult(
+                f"result cannot be stored: {size:,} bytes of JSON, more than the {MAX_RESULT_BYTES:,} a task"
+                " keeps (store large data elsewhere and return where it is)"
+            )
+
+
+def storable_text(text: str) -> str:
+    """`text` as every store takes it: NUL removed, lone surrogates as `\\udcxx` escapes, and at
+    most `MAX_ERROR_CHARS` characters."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode()
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]} [... {len(text) - MAX_ERROR_CHARS:,} more characters]"
+    return text
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming the exception and its message, as every store takes it."""
+    if isinstance(exc, HandlerExit) and exc.__cause__ is not None:
+        exc = exc.__cause__  # what the handler raised, not the envelope that carried it
+    elif isinstance(exc, UnstorableResult):
+        return storable_text(str(exc))  # "result cannot be stored: ..." says it all
+    name = type(exc).__name__
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:  # an exception whose __str__ fails still names its type
+        return storable_text(f"{name}: (its message could not be read)")
+    return storable_text(f"{name}: {lines[0]}" if lines and lines[0] else name)

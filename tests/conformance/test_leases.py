@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 from apalis_cli.backend import Capability, Inspector
-from apalis_cli.codec import encode_result
 from apalis_cli.errors import Unsupported
 from apalis_cli.service import Outcome
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task
 
 from .conftest import Backend, Calls, Harness

@@ -12,7 +12,7 @@ from ..errors import ApalisError, ConfigError, UsageError
 from .app import DEFAULT_CONFIG, ConfigOption, app
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config import Config, WorkerConfig
 
 __all__ = ["check", "init", "starter_config"]
 
@@ -80,7 +80,9 @@ def init(
 @app.command()
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate the config, import handlers, connect to every backend (creating or migrating its
-    schema: every store migrates idempotently when opened)."""
+    schema: every store migrates idempotently when opened) and create each worker's queue where
+    a broker keeps queues (AMQP, NATS, rsmq, pgmq), so other programs can send before any worker
+    ran."""
     # Imported here, not at the top: `apalis --help` and `apalis init` do without them.
     import asyncio
 
@@ -103,7 +105,7 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     for worker in loaded.workers:
         print(f"ok    worker {worker.name}: queue {worker.queue} on {worker.backend}")
     if failures:
-        raise ApalisError(f"{failures} backend{'s' if failures > 1 else ''} could not be reached")
+        raise ApalisError(f"{failures} check{'s' if failures > 1 else ''} failed (see FAIL above)")
 
 
 async def _start_and_close(handler: Any) -> None:
@@ -123,8 +125,15 @@ def _backend_names(config: Config) -> list[str]:
 
 
 async def _connect(config: Config, stores: dict[str, Any]) -> int:
+    from ..backend import Preparable
+    from ..codec import codec_by_name
     from ..layers.retry import describe_error
     from ..registry import redact_text, redact_url
+
+    async def prepare(store: Any, worker: WorkerConfig) -> None:
+        backend = store.backend(worker.queue, codec=codec_by_name(worker.codec), max_attempts=worker.max_attempts)
+        if isinstance(backend, Preparable):
+            await backend.prepare()
 
     failures = 0
     for name, store in stores.items():
@@ -138,6 +147,16 @@ async def _connect(config: Config, stores: dict[str, Any]) -> int:
             failures += 1
             print(f"FAIL  {shown}: {redact_text(describe_error(exc))}")
             continue
+        # The queues of its workers (and of cron workers piping into it).
+        for worker in config.workers:
+            if (worker.backend == name and worker.cron is None) or worker.pipe_to == name:
+                try:
+                    await prepare(store, worker)
+                except (ConfigError, UsageError):
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    print(f"FAIL  {shown}: queue {worker.queue}: {redact_text(describe_error(exc))}")
         try:
             await store.close()
         except Exception as exc:

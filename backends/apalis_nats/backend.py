@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from apalis_cli.backend import Capabilities, Capability, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.errors import ConfigError, ConnectionLost
+from apalis_cli.errors import BackendError, ConfigError, ConnectionLost
 from apalis_cli.polling import FIRST_IDLE_WAIT, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
@@ -46,6 +46,7 @@ from apalis_cli.task import Status, Task, TaskId
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError, NotFoundError
 
 from . import messages as m
 from .client import FAILURES, Connection, Puller, flush
@@ -68,6 +69,8 @@ _CAPABILITIES = Capabilities(
 
 _QUEUE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _SCHEDULE_POLL = 0.25
+_DEFAULT_ACK_WAIT = 30.0  # the default stale_after; a worker sets its own when it starts
+_NOT_UNIQUE = (10099, 10100)  # a second unfiltered / overlapping consumer on a WorkQueue stream
 _LOST = "a worker stopped sending heartbeats while running this task (ack_wait passed without an ack)"
 _LEASE_KEPT = 0.9
 """The share of `ack_wait` a worker counts as its lease: JetStream starts the timer when it sends
@@ -172,27 +175,55 @@ class NatsQueue(QueueBase, NatsInspector):
 
     # -- polling ---------------------------------------------------------------------------
 
+    async def prepare(self) -> None:
+        """Create the stream and this queue's consumers unless they exist (`apalis check`), so a
+        plain client may publish before any worker ran; a consumer that exists is left as it is."""
+        await self._conn.retrying(self._conn.client)
+        js = await self._conn.js()
+        for durable, subject in ((self.durable, self.work), (f"{self.durable}-s", self.sched)):
+            try:
+                await js.consumer_info(self.stream, durable)
+            except NotFoundError:
+                await self._add_consumer(durable, subject, _DEFAULT_ACK_WAIT)
+
     async def _ensure_consumers(self, ack_wait: float) -> None:
         """Create (or update) the work and schedule consumers; `ack_wait` follows the workers'
         `stale_after`, so a silent worker's tasks come back after that long."""
         if self._ack_wait == ack_wait:
             return
-        js = await self._conn.js()
-        common: dict[str, Any] = {
-            "ack_policy": AckPolicy.EXPLICIT,
-            "deliver_policy": DeliverPolicy.ALL,
-            "max_deliver": -1,
-            "max_ack_pending": -1,
-        }
-        await js.add_consumer(
-            self.stream,
-            ConsumerConfig(durable_name=self.durable, filter_subject=self.work, ack_wait=ack_wait, **common),
-        )
-        await js.add_consumer(
-            self.stream,
-            ConsumerConfig(durable_name=f"{self.durable}-s", filter_subject=self.sched, ack_wait=30.0, **common),
-        )
+        await self._add_consumer(self.durable, self.work, ack_wait)
+        await self._add_consumer(f"{self.durable}-s", self.sched, 30.0)
         self._ack_wait = ack_wait
+
+    async def _add_consumer(self, durable: str, subject: str, ack_wait: float) -> None:
+        """A WorkQueue stream lets one consumer read a subject: a consumer another client made on
+        ours is named in one line rather than retried."""
+        js = await self._conn.js()
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_wait=ack_wait,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_deliver=-1,
+            max_ack_pending=-1,
+        )
+        try:
+            await js.add_consumer(self.stream, config)
+        except BadRequestError as exc:
+            if exc.err_code not in _NOT_UNIQUE:
+                raise
+            others = [
+                info.name
+                for info in await js.consumers_info(self.stream)
+                if info.name != durable and _overlaps(info.config.filter_subject, subject)
+            ]
+            raise BackendError(
+                f'NATS consumer {", ".join(others) or "(another)"} on stream "{self.stream}" already reads '
+                f'"{subject}", and a WorkQueue stream lets one consumer read a subject: delete it, and send '
+                "from that client without consuming (or read through the apalis consumer "
+                f'"{durable}")'
+            ) from None
 
     async def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Tasks fetched in batches of the worker's free slots (`no_wait` pulls). While idle, a
@@ -255,8 +286,8 @@ class NatsQueue(QueueBase, NatsInspector):
             env = m.envelope_of(msg.headers, f"{self.stream}-{meta.sequence.stream}", self.max_attempts)
             attempts = env.attempts + meta.num_delivered
             if attempts > env.max_attempts:
-                changes = {"attempts": str(attempts - 1), "error": m.one_line(_LOST), "done_at": repr(now)}
-                dead.append((msg, m.copy_headers(msg.headers, **changes)))
+                lost = {"attempts": str(attempts - 1), "error": m.one_line(_LOST), "done_at": repr(now)}
+                dead.append((msg, m.copy_headers(msg.headers, id=env.id, **lost)))
                 continue
             self._held[env.id] = _Held(msg, worker.id, attempts, now, lease_ends)
             payload = m.payload_of(msg.data, msg.headers)
@@ -271,9 +302,9 @@ class NatsQueue(QueueBase, NatsInspector):
         """Messages fetched for a stream that is stopping: copies back, not counted."""
         copies = []
         for msg in msgs:
-            env = m.envelope_of(msg.headers, "", self.max_attempts)
+            env = m.envelope_of(msg.headers, f"{self.stream}-{msg.metadata.sequence.stream}", self.max_attempts)
             attempts = env.attempts + msg.metadata.num_delivered - 1
-            copies.append((self.work, msg.data, m.copy_headers(msg.headers, attempts=str(attempts))))
+            copies.append((self.work, msg.data, m.copy_headers(msg.headers, id=env.id, attempts=str(attempts))))
         await self._publish(copies)
         for msg in msgs:
             await msg.ack()
@@ -331,7 +362,9 @@ class NatsQueue(QueueBase, NatsInspector):
     def _moved_headers(self, msg: Msg) -> dict[str, str]:
         """A due task's headers for the work subject, deduplicated by its scheduled sequence
         (a mover that dies between publish and ack makes no second copy)."""
-        return {**m.copy_headers(msg.headers), m.MSG_ID: f"{self.stream}:moved:{msg.metadata.sequence.stream}"}
+        seq = msg.metadata.sequence.stream
+        task_id = m.envelope_of(msg.headers, f"{self.stream}-{seq}", 1).id
+        return {**m.copy_headers(msg.headers, id=task_id), m.MSG_ID: f"{self.stream}:moved:{seq}"}
 
     # -- acknowledging ---------------------------------------------------------------------
 
@@ -353,12 +386,12 @@ class NatsQueue(QueueBase, NatsInspector):
                 continue  # the lease ran out: the message may be another worker's run by now
             msg, kind = held.msg, outcome.kind
             if kind is OutcomeKind.KILL:
-                headers = m.copy_headers(
-                    msg.headers, attempts=str(held.attempts), error=m.one_line(outcome.error), done_at=repr(now)
-                )
+                killed = {"attempts": str(held.attempts), "error": m.one_line(outcome.error), "done_at": repr(now)}
+                headers = m.copy_headers(msg.headers, id=task.id, **killed)
                 copies.append((self.dead, msg.data, headers))
             elif kind is OutcomeKind.RELEASE:
-                copies.append((self.work, msg.data, m.copy_headers(msg.headers, attempts=str(held.attempts - 1))))
+                headers = m.copy_headers(msg.headers, id=task.id, attempts=str(held.attempts - 1))
+                copies.append((self.work, msg.data, headers))
             after.append((task.id, msg, outcome))
         try:
             await self._publish(copies)
@@ -408,6 +441,19 @@ class NatsQueue(QueueBase, NatsInspector):
     def _stub(self, task_id: TaskId, held: _Held) -> Task[bytes]:
         env = m.envelope_of(held.msg.headers, task_id, self.max_attempts)
         return env.task(self.queue, b"", status=Status.RUNNING, attempts=held.attempts, lock_by=held.worker)
+
+
+def _overlaps(filter_subject: str | None, subject: str) -> bool:
+    """True when a consumer filtered on `filter_subject` (None: everything) gets `subject`."""
+    if not filter_subject:
+        return True
+    have, want = filter_subject.split("."), subject.split(".")
+    for index, token in enumerate(have):
+        if token == ">":
+            return True
+        if index >= len(want) or (token != "*" and token != want[index]):
+            return False
+    return len(have) == len(want)
 
 
 def _setter(event: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:

@@ -36,6 +36,7 @@ FAILURES: tuple[type[BaseException], ...] = (NatsError, ConnectionError, OSError
 """What a lost connection raises: the operation is retried once the client has reconnected."""
 
 _RETRY_FOR = 30.0
+_SUBJECTS_OVERLAP = 10065
 _MAX_WAIT = 2.0
 
 
@@ -87,24 +88,50 @@ class Connection:
             )
         except Exception as exc:  # nats-py raises many kinds when the first connect fails
             raise ConnectionLost(f"cannot reach NATS at {redact_url(self.settings.url)}: {exc!r}") from None
-        await self._ensure_stream(client.jetstream(timeout=5.0))
+        try:
+            await self._ensure_stream(client.jetstream(timeout=5.0))
+        except BaseException:
+            await client.close()
+            raise
         return client
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
+        """Create the stream, or use the one that exists when it can serve: a WorkQueue stream
+        whose subjects take `<prefix>.>`. Anything else is one line saying what to change (it
+        would be the same on every retry)."""
         s = self.settings
+        wanted = f"{s.prefix}.>"
         config = StreamConfig(
             name=s.stream,
-            subjects=[f"{s.prefix}.>"],
+            subjects=[wanted],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
             duplicate_window=s.duplicate_window,
         )
         try:
             await js.add_stream(config)
-        except BadRequestError:  # it exists with another configuration: use it if it fits
-            info = await js.stream_info(s.stream)
-            if info.config.retention is not RetentionPolicy.WORK_QUEUE:
-                raise BackendError(f'NATS stream "{s.stream}" exists but is not a WorkQueue stream') from None
+            return
+        except BadRequestError as exc:
+            if exc.err_code == _SUBJECTS_OVERLAP:
+                owner = await _stream_of(js, wanted)
+                raise BackendError(
+                    f'NATS subjects "{wanted}" belong to stream "{owner}", so stream "{s.stream}" cannot take them: '
+                    f'set stream = "{owner}" to use it, or another prefix'
+                ) from None
+        # It exists with another configuration (storage, limits, subjects...): use it if it fits.
+        info = await js.stream_info(s.stream)
+        retention = str(getattr(info.config.retention, "value", info.config.retention))  # a str, as nats-py reads it
+        if retention != RetentionPolicy.WORK_QUEUE.value:
+            raise BackendError(
+                f'NATS stream "{s.stream}" has retention "{retention}", and apalis needs a WorkQueue stream: '
+                "set stream to another name (apalis creates it) or recreate it with retention workqueue"
+            )
+        subjects = info.config.subjects or []
+        if not any(_covers(subject, wanted) for subject in subjects):
+            raise BackendError(
+                f'NATS stream "{s.stream}" takes subjects {", ".join(subjects) or "(none)"}, not "{wanted}": '
+                f'add "{wanted}" to its subjects, or set prefix to a subject prefix it takes'
+            )
 
     @property
     def current(self) -> Client | None:
@@ -129,6 +156,25 @@ class Connection:
                     raise BackendError(f"NATS kept failing: {exc!r}") from exc
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, _MAX_WAIT)
+
+
+def _covers(pattern: str, wanted: str) -> bool:
+    """True when subject filter `pattern` matches every subject `wanted` matches."""
+    have, want = pattern.split("."), wanted.split(".")
+    for index, token in enumerate(have):
+        if token == ">":
+            return True
+        if index >= len(want) or want[index] == ">" or (token != "*" and token != want[index]):
+            return False
+    return len(have) == len(want)
+
+
+async def _stream_of(js: JetStreamContext, subject: str) -> str:
+    """The name of the stream that takes `subject` ("another stream" if none is found)."""
+    try:
+        return await js.find_stream_name_by_subject(subject)
+    except NatsError:
+        return "another stream"
 
 
 def _reraise_cancel() -> None:

@@ -132,9 +132,8 @@ class NatsInspector:
             return False
         _, raw = found
         run_at = repr(time.time())
-        await self._move(
-            raw, self.work, m.copy_headers(raw.headers, attempts="0", error=None, done_at=None, run_at=run_at)
-        )
+        headers = m.copy_headers(raw.headers, id=task_id, attempts="0", error=None, done_at=None, run_at=run_at)
+        await self._move(raw, self.work, headers)
         return True
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
@@ -144,7 +143,7 @@ class NatsInspector:
         if found is None:
             return False
         _, raw = found
-        headers = m.copy_headers(raw.headers, error=m.one_line(reason), done_at=repr(time.time()))
+        headers = m.copy_headers(raw.headers, id=task_id, error=m.one_line(reason), done_at=repr(time.time()))
         await self._move(raw, self.dead, headers)
         return True
 

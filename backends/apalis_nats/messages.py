@@ -128,7 +128,10 @@ def envelope_of(headers: Mapping[str, str] | None, fallback_id: str, default_max
 
 
 def copy_headers(headers: Mapping[str, str] | None, **changes: str | None) -> dict[str, str]:
-    """`headers` with some `Apalis-*` values changed (None removes one) and no `Nats-*` ones."""
+    """`headers` with some `Apalis-*` values changed (None removes one) and no `Nats-*` ones.
+
+    Pass the task's `id` for a message a plain client sent without `Apalis-Id`: its fallback
+    id names its sequence, which a copy does not keep."""
     copied = {k: v for k, v in (headers or {}).items() if not k.startswith("Nats-")}
     for name, value in changes.items():
         header = "Apalis-" + "-".join(part.capitalize() for part in name.split("_"))

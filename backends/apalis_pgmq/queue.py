@@ -45,6 +45,11 @@ class PgmqQueue(InspectorMixin):
         self._as_json = codec.name == "json"
         self._waker = store.waker(queue)
 
+    async def prepare(self) -> None:
+        """`pgmq.create` the queue unless it exists (`apalis check`); a queue pgmq's own client
+        made (logged or unlogged) is used as it is."""
+        await self._store.ensure_queue(self.queue)
+
     # -- running statements ----------------------------------------------------------------
 
     async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -155,6 +155,12 @@ class RsmqQueue(RsmqInspector, QueueBase):
         self._channel = self.keys.realtime if store.settings.realtime else ""
         self._created = False
 
+    async def prepare(self) -> None:
+        """createQueue for the queue and its dead-letter queue unless they exist (`apalis check`);
+        a queue another rsmq client made keeps its own vt, delay and maxsize."""
+        self._created = False
+        await self.ensure_queue()
+
     async def ensure_queue(self) -> None:
         """createQueue for the queue and its dead-letter queue, unless they exist."""
         if self._created:

@@ -11,13 +11,15 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import nats
 import pytest
 from apalis_cli.backend import StoreSpec, WorkerContext
 from apalis_cli.codec import JsonCodec
-from apalis_cli.errors import Abort, BadPayload
+from apalis_cli.errors import Abort, BackendError, BadPayload
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
 from apalis_nats import NatsQueue, NatsStore
+from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from ..conformance.stores.nats import abort_connection
 from ..services import need_server
@@ -188,3 +190,104 @@ async def test_admin_kill_retry_and_purge_by_sequence(store: NatsStore) -> None:
     assert await queue.purge(Status.KILLED, older_than=3600) == 0
     assert await queue.purge(Status.KILLED) == 1
     assert await queue.get(again) is None
+
+
+async def _plain_js() -> tuple[Any, Any]:
+    """A plain nats-py client (another program) and its JetStream context."""
+    client = await nats.connect(need_server("nats"))
+    return client, client.jetstream()
+
+
+def _settings(tag: str, **options: Any) -> NatsStore:
+    defaults = {"stream": f"I{tag}", "prefix": f"i{tag}", "storage": "memory"}
+    spec = StoreSpec(name="it", kind="nats", url=need_server("nats"), options={**defaults, **options})
+    return NatsStore.from_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("made", "said"),
+    [
+        ({"retention": RetentionPolicy.LIMITS}, 'has retention "limits", and apalis needs a WorkQueue stream'),
+        ({"subjects": ["orders.>"]}, 'takes subjects orders.>, not "i{tag}.>"'),
+    ],
+)
+async def test_a_stream_someone_made_that_cannot_serve_is_one_line_at_once(made: dict[str, Any], said: str) -> None:
+    tag = uuid.uuid4().hex[:10]
+    client, js = await _plain_js()
+    config = {"subjects": [f"i{tag}.>"], "retention": RetentionPolicy.WORK_QUEUE, "storage": StorageType.MEMORY}
+    await js.add_stream(StreamConfig(name=f"I{tag}", **{**config, **made}))
+    store = _settings(tag)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendError) as refused:
+            await store.open()
+        assert time.monotonic() - started < 5, "at once, not after 30 s of retries"
+        assert said.format(tag=tag) in str(refused.value)
+        assert "\n" not in str(refused.value)
+    finally:
+        await store.close()
+        await js.delete_stream(f"I{tag}")
+        await client.close()
+
+
+async def test_subjects_another_stream_owns_are_named_with_that_stream() -> None:
+    tag = uuid.uuid4().hex[:10]
+    client, js = await _plain_js()
+    await js.add_stream(StreamConfig(name=f"OWNER{tag}", subjects=[f"i{tag}.>"], storage=StorageType.MEMORY))
+    store = _settings(tag)
+    try:
+        with pytest.raises(BackendError, match=f'belong to stream "OWNER{tag}".*set stream = "OWNER{tag}"'):
+            await store.open()
+    finally:
+        await store.close()
+        await js.delete_stream(f"OWNER{tag}")
+        await client.close()
+
+
+async def test_a_workqueue_stream_someone_made_with_other_settings_is_used_as_it_is() -> None:
+    tag = uuid.uuid4().hex[:10]
+    client, js = await _plain_js()
+    # File storage, a short duplicate window and a second subject: not what apalis would make.
+    await js.add_stream(
+        StreamConfig(
+            name=f"I{tag}",
+            subjects=[f"i{tag}.>", f"other{tag}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=5,
+        )
+    )
+    store = _settings(tag)
+    try:
+        await store.open()
+        queue = store.backend("jobs", codec=JsonCodec())
+        await queue.prepare()
+        await js.publish(f"i{tag}.q.jobs", b'{"from": "plain"}')  # no headers at all
+        seen: list[tuple[str, Any]] = []
+
+        async def refuse(args: Any, task: Task[bytes]) -> Any:
+            seen.append((task.id, args))
+            raise Abort("no")
+
+        await run_until(_worker(queue, refuse), lambda: seen)
+        [dead] = await queue.list_tasks(Status.KILLED)
+        assert seen == [(dead.id, {"from": "plain"})], "the dead copy is the task the worker ran"
+    finally:
+        await store.close()
+        await js.delete_stream(f"I{tag}")
+        await client.close()
+
+
+async def test_a_consumer_another_client_made_on_our_subject_is_named(store: NatsStore) -> None:
+    client, js = await _plain_js()
+    subject = f"{store.settings.prefix}.q.jobs"
+    await js.add_consumer(store.settings.stream, ConsumerConfig(durable_name="theirs", filter_subject=subject))
+    queue = store.backend("jobs", codec=JsonCodec())
+    try:
+        with pytest.raises(BackendError) as refused:
+            await queue.prepare()
+        message = str(refused.value)
+        assert "consumer theirs on stream" in message
+        assert "one consumer" in message
+    finally:
+        await client.close()

@@ -423,3 +423,26 @@ async def test_open_without_pgmq_says_so(url: str) -> None:
         pytest.skip("the default database has pgmq installed")
     with pytest.raises(Exception, match="pgmq is not installed"):
         await made.open()
+
+
+async def test_an_unlogged_queue_the_official_client_made_is_used_as_it_is(
+    store: PgmqStore, url: str, queue: str
+) -> None:
+    client = official_client(url)
+    try:
+        await asyncio.to_thread(client.create_queue, queue, True)  # unlogged
+        await asyncio.to_thread(client.send, queue, {"from": "client"})
+    finally:
+        await asyncio.to_thread(client.close)
+    backend = store.backend(queue, codec=JsonCodec())
+    await backend.prepare()
+    await backend.push({"from": "apalis"})
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(args["from"])
+
+    await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2), lambda: len(seen) == 2)
+    assert seen == ["client", "apalis"]
+    [(persistence,)] = await sql(url, f"SELECT relpersistence FROM pg_class WHERE relname = 'q_{queue}'")
+    assert persistence == "u", "still the client's unlogged table"

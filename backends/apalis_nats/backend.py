@@ -19,7 +19,8 @@ release = publish a copy whose count leaves this run out, then ack. Running task
 beating loses its tasks to another worker after `ack_wait`, the lost run counted, and a task
 whose lost runs exhaust its attempts is killed, never looped. Consumers have `max_deliver = -1`:
 the store counts and kills by itself, because a message whose `max_deliver` ran out stays
-stuck in a WorkQueue stream. An idempotency key is the `Nats-Msg-Id`, so the server drops a
+stuck in a WorkQueue stream. A stream or consumer deleted while in use is made again (at the
+next heartbeat, or by the push that found no stream). An idempotency key is the `Nats-Msg-Id`, so the server drops a
 duplicate within the stream's `duplicate_window` (later, the key is forgotten).
 """
 
@@ -45,8 +46,9 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskId
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from . import messages as m
 from .client import FAILURES, Connection, Puller, flush
@@ -155,7 +157,14 @@ class NatsQueue(QueueBase, NatsInspector):
 
         async def publish() -> list[Any]:
             js = await self._conn.js()
-            return await asyncio.gather(*(js.publish(subject, data, headers=h) for subject, data, h in outgoing))
+            try:
+                return await asyncio.gather(*(js.publish(subject, data, headers=h) for subject, data, h in outgoing))
+            except (NoStreamResponseError, NatsTimeoutError):
+                # No stream takes the subject (or, with a worker's core subscription on it, nobody
+                # answers): the stream was deleted. Make it again; `retrying` publishes again.
+                if not await self._conn.stream_exists():
+                    await self._recreate()
+                raise
 
         acks = await self._conn.retrying(publish)
         ids = [task.id for task in tasks]
@@ -185,6 +194,12 @@ class NatsQueue(QueueBase, NatsInspector):
                 await js.consumer_info(self.stream, durable)
             except NotFoundError:
                 await self._add_consumer(durable, subject, _DEFAULT_ACK_WAIT)
+
+    async def _recreate(self) -> None:
+        """The stream (or this queue's consumer) was deleted while in use: make both again."""
+        await self._conn.ensure_stream()
+        ack_wait, self._ack_wait = self._ack_wait, None
+        await self._ensure_consumers(ack_wait or _DEFAULT_ACK_WAIT)
 
     async def _ensure_consumers(self, ack_wait: float) -> None:
         """Create (or update) the work and schedule consumers; `ack_wait` follows the workers'

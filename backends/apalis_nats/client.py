@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from .config import NatsSettings, redact_url
 
@@ -94,6 +94,18 @@ class Connection:
             await client.close()
             raise
         return client
+
+    async def stream_exists(self) -> bool:
+        """True when the stream is there."""
+        try:
+            await (await self.js()).stream_info(self.settings.stream)
+        except NotFoundError:
+            return False
+        return True
+
+    async def ensure_stream(self) -> None:
+        """Create the stream again (someone deleted it while apalis used it)."""
+        await self._ensure_stream(await self.js())
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         """Create the stream, or use the one that exists when it can serve: a WorkQueue stream

@@ -291,3 +291,30 @@ async def test_a_consumer_another_client_made_on_our_subject_is_named(store: Nat
         assert "one consumer" in message
     finally:
         await client.close()
+
+
+async def test_a_stream_deleted_under_a_running_worker_is_made_again(store: NatsStore) -> None:
+    queue = store.backend("jobs", codec=JsonCodec())
+    await queue.push({"n": 0})
+    runs: list[int] = []
+
+    async def record(args: Any, task: Task[bytes]) -> Any:
+        runs.append(args["n"])
+
+    stop = asyncio.Event()
+    running = asyncio.create_task(_worker(queue, record).run(stop))
+    try:
+        deadline = time.monotonic() + 10
+        while runs != [0]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        client, js = await _plain_js()
+        await js.delete_stream(store.settings.stream)
+        await client.close()
+        await queue.push({"n": 1})  # the stream is made again, not 30 s of "no responders"
+        while runs != [0, 1]:
+            assert time.monotonic() < deadline + 10, runs
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running

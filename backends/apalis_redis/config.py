@@ -33,6 +33,19 @@ def check_url(url: str, kind: str) -> str:
     if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
         shown = redact_url(url) if isinstance(url, str) else repr(url)
         raise ConfigError(f'{kind} needs a "redis://", "rediss://" or "unix://" URL, got "{shown}"', key="url")
+    parts = urlsplit(url)
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    # redis-py reads a path that is not a number as database 0: a typo would share another's data.
+    if database and not (database.isascii() and database.isdigit() and int(database) < 2**31):
+        raise ConfigError(f'the database after the host must be a number such as "/0", got "/{database}"', key="url")
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # the store class says which extra is missing
+        return url
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]  # the driver's own reading of the query options, without connecting
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="url") from None
     return url
 
 

@@ -44,6 +44,8 @@ def connect(url: str, client_name: str) -> Any:
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError, TimeoutError
 
+    # TCP keepalive is a TCP option: redis-py refuses it for a unix:// socket.
+    tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}
     return Redis.from_url(
         url,
         client_name=client_name,
@@ -52,7 +54,7 @@ def connect(url: str, client_name: str) -> Any:
         decode_responses=False,
         socket_timeout=_COMMAND_TIMEOUT,
         socket_connect_timeout=_CONNECT_TIMEOUT,
-        socket_keepalive=True,
+        **tcp,
     )
 
 

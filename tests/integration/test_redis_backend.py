@@ -153,6 +153,9 @@ async def test_an_idle_worker_wakes_on_push_not_by_polling(store: RedisStore) ->
         ("postgresql://u:secret@h/db", {}, "url"),
         ("redis://localhost", {"nmespace": "x"}, "nmespace"),
         ("redis://localhost", {"namespace": "has space"}, "namespace"),
+        # redis-py would read "notadb" as database 0: another application's data, silently.
+        ("redis://u:secret@localhost/notadb", {}, "url"),
+        ("redis://u:secret@localhost/0?socket_timeout=soon", {}, "url"),
     ],
 )
 def test_bad_config_names_the_key_and_hides_the_password(url: str, options: dict[str, Any], key: str) -> None:
@@ -211,6 +214,21 @@ def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
     raise AssertionError("the private redis-server did not start")
 
 
+def _start_redis_on_socket(sock: Path) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(sock.parent)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError("the private redis-server did not start")
+        time.sleep(0.05)
+    return server
+
+
 async def test_a_server_restart_is_survived_and_the_worker_re_registers(tmp_path: Path) -> None:
     need_binary("redis-server")
     port = _free_port()
@@ -237,6 +255,25 @@ async def test_a_server_restart_is_survived_and_the_worker_re_registers(tmp_path
         registered = [w.id for w in await backend.workers()]
         await running.stop()
         assert running.worker.context.id in registered, "the worker registered itself again"
+    finally:
+        await store.close()
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
+    need_binary("redis-server")
+    sock = tmp_path / "redis.sock"
+    server = _start_redis_on_socket(sock)
+    store = make_store(f"unix://{sock}?db=2")
+    try:
+        await store.open()  # refused "socket_keepalive" (a TCP option) before
+        backend = store.backend("unix", codec=JsonCodec())
+        seen: list[Any] = []
+        running = worker(backend, lambda args, task: seen.append(args))
+        await backend.push({"over": "unix"})
+        await until(lambda: seen == [{"over": "unix"}])
+        await running.stop()
     finally:
         await store.close()
         server.terminate()

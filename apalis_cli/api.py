@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from .backend import BackendExt, Store, TaskSink
 from .codec import codec_by_name
 from .config import Config, load_config
+from .config_fields import did_you_mean
 from .errors import Unsupported, UsageError
 from .registry import build_store
 from .task import TaskId
@@ -47,8 +48,17 @@ class QueueTarget:
 
 def resolve_target(config: Config, worker: str | None = None, queue: str | None = None) -> QueueTarget:
     """The queue named by `worker` and/or `queue` (with neither: the config's only worker)."""
+    if queue is not None and not queue.strip():
+        raise UsageError("the queue name must not be empty")
     if worker is None and queue is not None:
         matches = [w for w in config.workers if w.queue == queue]
+        hint = "" if matches else did_you_mean(queue, sorted({w.queue for w in config.workers}))
+        if hint:
+            # Most likely a typo, and tasks pushed there would wait for a worker that never comes.
+            raise UsageError(
+                f'no worker in {config.path} takes the queue "{queue}"{hint} '
+                "(to use that queue all the same, name the worker whose backend holds it with --worker)"
+            )
         if len(matches) == 1:
             worker = matches[0].name
         elif len(config.backends) == 1 and not matches:

@@ -45,6 +45,8 @@ class JsonCodec:
             return self._encoder.encode(value).encode()
         except (TypeError, ValueError) as exc:
             raise BadPayload(f"cannot encode as JSON: {exc}") from None
+        except RecursionError:
+            raise BadPayload("cannot encode as JSON: nested too deeply") from None
 
     def decode(self, data: bytes) -> Any:
         """The JSON value in `data`."""
@@ -52,6 +54,8 @@ class JsonCodec:
             return self._decoder.decode(bytes(data).decode())
         except (UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"payload is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DecodeError("payload is JSON nested too deeply to decode") from None
 
 
 class MsgpackCodec:

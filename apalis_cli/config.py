@@ -32,15 +32,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .backend import StoreSpec
+from .bounds import ATTEMPTS, CONCURRENCY, COUNT
 from .config_fields import (
     Table,
     boolean,
     choice,
+    did_you_mean,
     duration,
     integer,
     key_error,
     list_of_tables,
     non_empty,
+    store_url,
     string,
     substitute_env,
     syntax_message,
@@ -199,7 +202,8 @@ class Config:
         for worker in self.workers:
             if worker.name == name:
                 return worker
-        raise UsageError(f'no worker named "{name}" in {self.path} (workers: {self._names()})')
+        hint = did_you_mean(name, (w.name for w in self.workers))
+        raise UsageError(f'no worker named "{name}" in {self.path}{hint} (workers: {self._names()})')
 
     def _names(self) -> str:
         return ", ".join(w.name for w in self.workers) or "none"
@@ -212,8 +216,11 @@ def load_config(path: str | Path) -> Config:
         source = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"{file}: config file not found (create one with: apalis init {file})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{file}: cannot read the config file: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"{file}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", where=f"{file}:{line}") from None
     return parse_config(source, file)
 
 
@@ -254,7 +261,7 @@ def _parse_backends(root: Table) -> dict[str, BackendConfig]:
             raise key_error(root.lines, path, f"expected a table ([backends.{name}]), got {type_name(value)}")
         table = Table(value, path, root.lines)
         kind = table.take("kind", string)
-        url = table.take("url", string, "")
+        url = table.take("url", store_url, "")
         options = {key: table.data[key] for key in table.data if key not in table.seen}
         backends[name] = BackendConfig(name=name, kind=kind, url=url, options=options)
     return backends
@@ -269,7 +276,8 @@ def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig
         backend = next(iter(backends))
     elif backend not in backends and backend not in _IMPLICIT_BACKENDS:
         known = ", ".join(backends) or "none"
-        table.fail("backend", f'no backend named "{backend}" (defined: {known})')
+        hint = did_you_mean(backend, [*backends, *_IMPLICIT_BACKENDS])
+        table.fail("backend", f'no backend named "{backend}"{hint} (defined: {known})')
     middleware = tuple(
         _parse_middleware(Table(raw, (*table.path, "middleware", i), table.lines))
         for i, raw in enumerate(table.take("middleware", list_of_tables, []))
@@ -284,12 +292,12 @@ def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig
         queue=table.take("queue", non_empty, name),
         codec=table.take("codec", choice("json", "msgpack"), "json"),
         handler=table.take("handler", _handler, None),
-        concurrency=table.take("concurrency", integer(1), 1),
+        concurrency=table.take("concurrency", integer(CONCURRENCY), 1),
         poll_interval=table.take("poll_interval", duration, 1.0, positive=True),
         keep_alive=keep_alive,
         stale_after=table.take("stale_after", duration, 3 * keep_alive, positive=True),
         shutdown_timeout=table.take("shutdown_timeout", duration, 30.0),
-        max_attempts=table.take("max_attempts", integer(1), retry_attempts or 3),
+        max_attempts=table.take("max_attempts", integer(ATTEMPTS), retry_attempts or 3),
         retention=table.take("retention", duration, 7 * 86400.0),
         middleware=middleware,
         cron=cron,
@@ -319,8 +327,9 @@ def _parse_cron_keys(
     if pipe_to is not None:
         target = backends.get(pipe_to)
         if target is None:
-            known = ", ".join(name for name, b in backends.items() if b.kind != "cron") or "none"
-            table.fail("pipe_to", f'no backend named "{pipe_to}" (defined: {known})')
+            durable = [name for name, b in backends.items() if b.kind != "cron"]
+            hint = did_you_mean(pipe_to, durable)
+            table.fail("pipe_to", f'no backend named "{pipe_to}"{hint} (defined: {", ".join(durable) or "none"})')
         elif target.kind == "cron":
             table.fail("pipe_to", f'must name a durable backend, "{pipe_to}" is cron')
     return cron, pipe_to
@@ -337,7 +346,7 @@ def _parse_isolation(table: Table) -> dict[str, Any]:
         table.fail("isolation", 'a command handler already runs in its own process; leave out isolation = "process"')
     return {
         "isolation": isolation,
-        "max_tasks_per_child": table.take("max_tasks_per_child", integer(1), None),
+        "max_tasks_per_child": table.take("max_tasks_per_child", integer(COUNT), None),
         "max_memory_per_child": table.take("max_memory_per_child", parse_size, None),
         "kill_grace": table.take("kill_grace", duration, 5.0),
     }
@@ -353,15 +362,17 @@ def _parse_middleware(table: Table) -> MiddlewareConfig:
             max=table.take("max", duration, 3600.0),
             jitter=table.take("jitter", boolean, True),
         )
-        config = MiddlewareConfig(kind=kind, max_attempts=table.take("max_attempts", integer(1), None), backoff=backoff)
+        config = MiddlewareConfig(
+            kind=kind, max_attempts=table.take("max_attempts", integer(ATTEMPTS), None), backoff=backoff
+        )
     elif kind == "timeout":
         config = MiddlewareConfig(kind=kind, after=table.take("after", duration, positive=True))
     elif kind == "rate_limit":
         config = MiddlewareConfig(
-            kind=kind, rate=table.take("rate", integer(1)), per=table.take("per", duration, 1.0, positive=True)
+            kind=kind, rate=table.take("rate", integer(COUNT)), per=table.take("per", duration, 1.0, positive=True)
         )
     elif kind == "concurrency":
-        config = MiddlewareConfig(kind=kind, limit=table.take("limit", integer(1)))
+        config = MiddlewareConfig(kind=kind, limit=table.take("limit", integer(CONCURRENCY)))
     elif kind == "catch":
         config = MiddlewareConfig(kind=kind, kill_on=table.take("kill_on", _exception_names))
     else:

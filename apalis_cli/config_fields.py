@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .bounds import IntRange
 from .durations import parse_duration
 from .errors import ConfigError
 from .tomllines import KeyPath, LineIndex, render_path
+from .url_syntax import check_url
 
 __all__ = [
     "Parse",
     "Table",
     "boolean",
     "choice",
+    "did_you_mean",
     "duration",
     "integer",
     "key_error",
     "list_of_tables",
     "non_empty",
+    "store_url",
     "string",
     "substitute_env",
     "syntax_message",
@@ -74,6 +78,16 @@ class Table:
                 raise key_error(self.lines, (*self.path, key), "unknown key")
 
 
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`; did you mean "emails"?` when `word` looks like a typo of one of `known`, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=3)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(f'"{name}"' for name in close) + "?"
+
+
 def key_error(lines: LineIndex, path: KeyPath, message: str) -> ConfigError:
     """A `ConfigError` about the key at `path`, placed at its line."""
     return ConfigError(message, where=lines.where(path), key=render_path(path) or None)
@@ -100,6 +114,13 @@ def non_empty(value: Any) -> str:
     return text
 
 
+def store_url(value: Any) -> str:
+    """A store's URL: a string whose hosts and ports, when it is a URL, a driver can read."""
+    text = string(value)
+    check_url(text)
+    return text
+
+
 def boolean(value: Any) -> bool:
     """true or false."""
     if not isinstance(value, bool):
@@ -107,15 +128,13 @@ def boolean(value: Any) -> bool:
     return value
 
 
-def integer(minimum: int) -> Parse[int]:
-    """A parser of integers >= `minimum` (booleans refused)."""
+def integer(bounds: IntRange) -> Parse[int]:
+    """A parser of integers within `bounds` (booleans refused)."""
 
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {type_name(value)}")
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
-        return value
+        return bounds.check(value)
 
     return parse
 

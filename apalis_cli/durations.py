@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
+
+from .bounds import check_duration
 
 __all__ = ["format_duration", "parse_duration"]
 
@@ -11,17 +14,22 @@ _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Seconds in `text`; raises ValueError with a message fit for a person."""
+    """Seconds in `text`; raises ValueError with a message fit for a person.
+
+    A duration is finite and at most 100 years (`bounds.MAX_DURATION`): TOML can spell `nan` and
+    `inf`, and a timer or a run time that far away breaks whatever computes with it.
+    """
     if isinstance(text, bool):
         raise ValueError(f'expected a duration such as "30s", got {text!r}')
     if isinstance(text, int | float):
-        if text < 0:
-            raise ValueError(f"a duration cannot be negative, got {text}")
-        return float(text)
+        try:
+            return check_duration(float(text))
+        except OverflowError:  # an integer too large for a float
+            return check_duration(math.inf)
     match = _PATTERN.match(text)
     if match is None:
         raise ValueError(f'expected a duration such as "250ms", "30s", "5m", "2h" or "7d", got "{text}"')
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    return check_duration(float(match.group(1)) * _UNITS[match.group(2) or "s"])
 
 
 def format_duration(seconds: float) -> str:

@@ -26,6 +26,7 @@ import functools
 import importlib
 import inspect
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,7 @@ __all__ = [
     "CommandFailed",
     "LoadedHandler",
     "call_shape",
+    "find_program",
     "import_object",
     "load_handler",
     "resolve_exception",
@@ -95,7 +97,12 @@ def load_handler(config: Config, worker: WorkerConfig, *, concurrency: int | Non
     if spec is None:
         raise config.error(worker.key, 'missing required key "handler" (needed to run this worker)')
     if isinstance(spec, CommandHandler):
-        return LoadedHandler(_command_handler(spec, worker.queue, config.base_dir), " ".join(spec.command))
+        try:
+            program = find_program(spec.command[0], config.base_dir)
+        except ValueError as exc:
+            raise config.error(path, str(exc)) from None
+        command = CommandHandler(command=(program, *spec.command[1:]))
+        return LoadedHandler(_command_handler(command, worker.queue), " ".join(spec.command))
     if worker.isolation == "process":  # imported in the children only, not in the daemon
         from .isolation.handler import process_handler
 
@@ -124,6 +131,10 @@ def import_object(path: str, base_dir: Path) -> Any:
         raise ValueError(f'cannot import "{path}": {describe_error(exc)}') from None
     except Exception as exc:  # the user's module failed while importing
         raise ValueError(f'cannot import "{path}": {describe_error(exc)}') from None
+    except SystemExit as exc:  # a script's `sys.exit()` at import time would end the daemon, silently
+        raise ValueError(
+            f'cannot import "{path}": the module raised SystemExit (sys.exit({exc.code!r})) while being imported'
+        ) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -246,12 +257,27 @@ async def _outlive(running: Future[Any]) -> None:
             return  # the thread failed: its error is of no use to a cancelled run
 
 
-def _command_handler(spec: CommandHandler, queue: str, base_dir: Path) -> Handler:
-    program, *rest = spec.command
+def find_program(program: str, base_dir: Path) -> str:
+    """The path a command handler's `program` runs from; ValueError when it is missing or not
+    executable, so that `check` and `run` say so at start-up rather than on every task."""
+    if "/" not in program:
+        if shutil.which(program) is None:
+            raise ValueError(f'program "{program}" not found on PATH')
+        return program
     # "./resize.sh" in the config means next to the config file, wherever the daemon runs.
-    if "/" in program and not os.path.isabs(program) and (base_dir / program).exists():
-        program = str((base_dir / program).resolve())
-    command = (program, *rest)
+    path = Path(program)
+    if not path.is_absolute() and (base_dir / path).exists():
+        path = base_dir / path
+    if not path.exists():
+        raise ValueError(f'program "{program}" not found (a relative path starts next to the config file)')
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ValueError(f'program "{program}" is not an executable file (chmod +x {path}?)')
+    return str(path.resolve())  # the daemon may start tasks from another directory
+
+
+def _command_handler(spec: CommandHandler, queue: str) -> Handler:
+    program = spec.command[0]
+    command = spec.command
 
     async def run_command(args: Any, task: Task[bytes]) -> Any:
         env = {

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .backend import NewTask
+from .bounds import ATTEMPTS, EARLIEST_TIME, LATEST_TIME, PRIORITY, check_time
 from .codec import Codec
 from .errors import UsageError
 from .task import TaskId, new_task_id
@@ -29,18 +30,37 @@ def new_task(
     """A `NewTask` with the defaults filled in: a fresh id, due now (or after `delay`)."""
     if run_at is not None and delay is not None:
         raise UsageError("give either a delay or a run_at time, not both")
-    if max_attempts is not None and max_attempts < 1:
-        raise UsageError(f"max_attempts must be at least 1, got {max_attempts}")
-    now = time.time()
+    if run_at is None:
+        run_at = time.time() + (delay or 0.0)
+    # The bounds every store can hold (`apalis_cli.bounds`), checked before anything is written.
+    if not (PRIORITY.low <= priority <= PRIORITY.high and EARLIEST_TIME <= run_at <= LATEST_TIME) or (
+        max_attempts is not None and not ATTEMPTS.low <= max_attempts <= ATTEMPTS.high
+    ):
+        _refuse(priority, max_attempts, run_at)
     return NewTask(
         id=task_id or new_task_id(),
         payload=payload,
-        run_at=run_at if run_at is not None else now + (delay or 0.0),
+        run_at=run_at,
         priority=priority,
         max_attempts=max_attempts if max_attempts is not None else default_max_attempts,
         idempotency_key=idempotency_key,
         meta=dict(meta) if meta else {},
     )
+
+
+def _refuse(priority: int, max_attempts: int | None, run_at: float) -> None:
+    try:
+        PRIORITY.check(priority)
+    except ValueError as exc:
+        raise UsageError(f"priority {exc}") from None
+    try:
+        ATTEMPTS.check(max_attempts if max_attempts is not None else 1)
+    except ValueError as exc:
+        raise UsageError(f"max_attempts {exc}") from None
+    try:
+        check_time(run_at)
+    except ValueError as exc:
+        raise UsageError(f"the run time (run_at or now + delay) {exc}") from None
 
 
 class PushMixin:

@@ -150,4 +150,9 @@ def iso(epoch: float | None) -> str | None:
     """Epoch seconds as ISO 8601 in UTC (None stays None)."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        # Outside years 1..9999 (written by an older version or another client): shown as the
+        # number it is, so that one such task does not break the listing of a whole queue.
+        return repr(epoch)

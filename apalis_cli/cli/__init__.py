@@ -50,6 +50,8 @@ def _run(argv: list[str]) -> int:
         result = command.main(args=argv, prog_name="apalis", standalone_mode=False)
     except Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:  # typer's --install-completion and --show-completion end this way
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except (Abort, KeyboardInterrupt):
         print("apalis: interrupted", file=sys.stderr)
         return 130

@@ -9,9 +9,9 @@ import typer
 
 from ..backend import Capability
 from ..durations import parse_duration
-from ..errors import ApalisError, UsageError
+from ..errors import ApalisError
 from ..task import Status
-from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app
+from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, checked
 
 # asyncio and the store's machinery are imported inside the commands: `apalis --help` and the
 # other commands do without them.
@@ -76,12 +76,7 @@ def purge(
     ] = None,
 ) -> None:
     """Delete tasks of one status from a queue; prints how many."""
-    age = None
-    if older_than is not None:
-        try:
-            age = parse_duration(older_than)
-        except ValueError as exc:
-            raise UsageError(f"--older-than: {exc}") from None
+    age = None if older_than is None else checked("--older-than", older_than, parse_duration)
     import asyncio
 
     count = asyncio.run(_purge(config, worker, queue, status, age))

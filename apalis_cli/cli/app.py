@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
-__all__ = ["ConfigOption", "JsonOption", "QueueOption", "WorkerOption", "app"]
+from ..errors import UsageError
+
+__all__ = ["ConfigOption", "JsonOption", "QueueOption", "WorkerOption", "app", "checked"]
 
 app = typer.Typer(
     name="apalis",
     help="Background jobs as a CLI worker daemon: push tasks, run workers, inspect queues.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -32,3 +35,33 @@ QueueOption = Annotated[str | None, typer.Option("--queue", "-q", help="A queue 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 DEFAULT_CONFIG = Path("apalis.toml")
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+
+def checked(option: str, value: V, check: Callable[[V], T]) -> T:
+    """`check(value)` (a bound from `apalis_cli.bounds`, a parser), its ValueError as a usage error
+    naming the option: `--priority: must be <= 2147483647, got 99999999999`."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"apalis {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Background jobs as a CLI worker daemon: push tasks, run workers, inspect queues."""

@@ -13,7 +13,7 @@ from ..backend import BackendExt, Capability, Inspector, Store
 from ..config import Config, load_config
 from ..errors import Unsupported
 
-__all__ = ["Opened", "open_target", "require", "require_inspector"]
+__all__ = ["Opened", "open_resolved", "open_target", "require", "require_inspector", "resolve"]
 
 P = TypeVar("P")
 
@@ -33,13 +33,25 @@ class Opened:
         return f'queue "{self.target.queue}" on backend "{self.target.backend}" ({kind})'
 
 
+def resolve(config_path: Path, worker: str | None, queue: str | None) -> tuple[Config, QueueTarget]:
+    """Load the config and resolve `--worker`/`--queue` to the queue a command is about."""
+    config = load_config(config_path)
+    return config, resolve_target(config, worker, queue)
+
+
+@contextlib.asynccontextmanager
+async def open_resolved(config: Config, target: QueueTarget) -> AsyncIterator[Opened]:
+    """Open the store of a resolved target."""
+    async with open_queue(config, target) as (store, backend):
+        yield Opened(config, target, store, backend)
+
+
 @contextlib.asynccontextmanager
 async def open_target(config_path: Path, worker: str | None, queue: str | None) -> AsyncIterator[Opened]:
     """Load the config, resolve `--worker`/`--queue` and open that queue's store."""
-    config = load_config(config_path)
-    target = resolve_target(config, worker, queue)
-    async with open_queue(config, target) as (store, backend):
-        yield Opened(config, target, store, backend)
+    config, target = resolve(config_path, worker, queue)
+    async with open_resolved(config, target) as opened:
+        yield opened
 
 
 def require(opened: Opened, capability: Capability, doing: str) -> None:

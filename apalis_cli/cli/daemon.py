@@ -70,10 +70,15 @@ def run_daemon(
 
 
 def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f'--metrics-addr: expected HOST:PORT such as "127.0.0.1:9464", got "{text}"')
-    return host.strip("[]"), int(port)
+    from ..url_syntax import host_and_port
+
+    try:
+        host, port = host_and_port(text)
+    except ValueError as exc:
+        raise UsageError(f"--metrics-addr: {exc}") from None
+    if not host or port is None:
+        raise UsageError(f'--metrics-addr: expected HOST:PORT such as "127.0.0.1:9464" or "[::1]:9464", got "{text}"')
+    return host, port
 
 
 async def _run(

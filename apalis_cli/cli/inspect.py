@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..backend import Capability, Inspector, QueueStats, WorkerInfo
+from ..bounds import COUNT
 from ..errors import ApalisError, DecodeError, Unsupported
 from ..task import Status, Task, iso
-from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app
+from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app, checked
 
 if TYPE_CHECKING:
     from ..api import QueueTarget
@@ -32,12 +33,13 @@ def inspect(
     worker: WorkerOption = None,
     queue: QueueOption = None,
     status: StatusOption = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many tasks.")] = 50,
+    limit: Annotated[int, typer.Option(help="At most this many tasks.")] = 50,
     task_id: Annotated[str | None, typer.Option("--id", help="One task by id.")] = None,
     decode: Annotated[bool, typer.Option(help="Also show the arguments decoded by the worker's codec.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Peek at a queue's tasks without consuming them."""
+    checked("--limit", limit, COUNT.check)
     import asyncio
 
     tasks, opened_codec = asyncio.run(_inspect(config, worker, queue, status, limit, task_id))

@@ -1,8 +1,13 @@
-"""`apalis push`: enqueue tasks from the shell; new ids on stdout, one per line."""
+"""`apalis push`: enqueue tasks from the shell; new ids on stdout, one per line.
+
+All or nothing for what can be known in advance: the whole input is read, checked and encoded
+before the first task is written, so a bad line stores nothing and is named. The tasks are then
+written in batches; a store that fails part-way leaves the batches already written (their ids are
+on stdout) and the error says how many.
+"""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -12,11 +17,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..backend import Capability, TaskSink
+from ..bounds import ATTEMPTS, PRIORITY, check_time
 from ..durations import parse_duration
-from ..errors import Unsupported, UsageError
-from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app
+from ..errors import ApalisError, Unsupported, UsageError
+from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, checked
+from .push_input import Value, read_argument, read_lines, read_stdin
 
 if TYPE_CHECKING:
+    from ..api import QueueTarget
+    from ..backend import NewTask
+    from ..config import Config
     from .common import Opened
 
 __all__ = ["parse_at", "push"]
@@ -36,57 +46,112 @@ def push(
     delay: Annotated[str | None, typer.Option(help='Run after this long, e.g. "30s", "5m".')] = None,
     at: Annotated[str | None, typer.Option(help="Run at this ISO 8601 time (UTC without an offset).")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first among ready tasks.")] = 0,
-    max_attempts: Annotated[int | None, typer.Option(min=1, help="Runs before the task is killed.")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Runs before the task is killed.")] = None,
     key: Annotated[str | None, typer.Option(help="Idempotency key: the same key twice makes one task.")] = None,
 ) -> None:
-    """Push tasks; prints each new task id on stdout."""
-    values = _read_values(args, file)
+    """Push tasks; prints each new task id on stdout.
+
+    A file or stdin is read and encoded whole before the first task is written: a bad line
+    pushes nothing.
+    """
     options = _options(delay, at, priority, max_attempts)
+    if key is not None and not key.strip():
+        # Most likely an unset shell variable (`--key "$ID"`): every such push would be one task.
+        raise UsageError("--key must not be empty")
+    values = _read_values(args, file)
     if key is not None and len(values) != 1:
         raise UsageError("--key names one task; it cannot be used when pushing several")
+    from .common import resolve
+
+    loaded, target = resolve(config, worker, queue)
+    tasks = _new_tasks(values, target, options, key)
     import asyncio  # here, not at the top: `apalis --help` and the other commands do without
 
-    asyncio.run(_push(config, worker, queue, values, options, key, show_progress=file is not None))
+    asyncio.run(_push(loaded, target, tasks, [v.where for v in values], options, key))
+
+
+def _new_tasks(values: Sequence[Value], target: QueueTarget, options: dict[str, Any], key: str | None) -> list[NewTask]:
+    """Every value encoded by the target's codec, as tasks: a value the codec refuses is named."""
+    from ..codec import codec_by_name
+    from ..sink import new_task
+
+    codec = codec_by_name(target.codec)
+    tasks = []
+    for value in values:
+        try:
+            payload = codec.encode(value.value)
+        except UsageError as exc:
+            message = f"{value.where} cannot be pushed: {exc}"
+            if len(values) > 1:
+                message += "; nothing was pushed"
+            raise UsageError(message) from None
+        tasks.append(new_task(payload, default_max_attempts=target.max_attempts, idempotency_key=key, **options))
+    return tasks
 
 
 async def _push(
-    config: Path,
-    worker: str | None,
-    queue: str | None,
-    values: Sequence[Any],
+    config: Config,
+    target: QueueTarget,
+    tasks: Sequence[NewTask],
+    wheres: Sequence[str],
     options: dict[str, Any],
     key: str | None,
-    *,
-    show_progress: bool,
 ) -> None:
-    from .common import open_target
+    from .common import open_resolved
 
-    async with open_target(config, worker, queue) as opened:
+    async with open_resolved(config, target) as opened:
         sink = _sink(opened, options, key)
-        if len(values) == 1 and not show_progress:
-            task_id = await sink.push(values[0], idempotency_key=key, **options)
-            print(task_id, flush=True)
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        stored = 0
+        with _progress(len(tasks)) as advance:
+            try:
+                for start in range(0, len(tasks), _CHUNK):
+                    chunk = tasks[start : start + _CHUNK]
+                    ids = await sink.enqueue(chunk)
+                    # Straight to stdout, line by line as batches land: `> ids.txt` gets every id.
+                    sys.stdout.write("".join(f"{task_id}\n" for task_id in ids))
+                    sys.stdout.flush()
+                    stored += len(chunk)
+                    advance(len(chunk))
+            except BaseException as exc:
+                if stored == 0:
+                    raise
+                done = (
+                    f"{stored} of {len(tasks)} tasks were pushed (their ids are on stdout), up to {wheres[stored - 1]}"
+                )
+                if isinstance(exc, Exception):
+                    from ..layers.retry import describe_error
 
-        console = Console(stderr=True)
+                    raise ApalisError(f"{done}; then the store failed: {describe_error(exc)}") from None
+                print(f"apalis: {done}", file=sys.stderr)  # interrupted: say what is stored, then stop
+                raise
+
+
+def _progress(total: int) -> Any:
+    """A context manager yielding `advance(n)`: a bar on stderr when it is a terminal and the ids
+    are not going there too (the bar never takes stdout, so `> ids.txt` gets every id)."""
+    import contextlib
+
+    if total < 2 or not sys.stderr.isatty() or sys.stdout.isatty():
+        return contextlib.nullcontext(lambda n: None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def bar() -> Any:
         with Progress(
             TextColumn("pushing"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=console,
-            disable=not console.is_terminal,
+            console=Console(stderr=True),
             transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
         ) as progress:
-            bar = progress.add_task("push", total=len(values))
-            for start in range(0, len(values), _CHUNK):
-                chunk = values[start : start + _CHUNK]
-                ids = await sink.push_bulk(chunk, **options)
-                sys.stdout.write("".join(f"{task_id}\n" for task_id in ids))
-                sys.stdout.flush()
-                progress.advance(bar, len(chunk))
+            task = progress.add_task("push", total=total)
+            yield lambda n: progress.advance(task, n)
+
+    return bar()
 
 
 def _sink(opened: Opened, options: dict[str, Any], key: str | None) -> TaskSink:
@@ -105,14 +170,13 @@ def _sink(opened: Opened, options: dict[str, Any], key: str | None) -> TaskSink:
 
 
 def _options(delay: str | None, at: str | None, priority: int, max_attempts: int | None) -> dict[str, Any]:
+    """The push options, each checked against the bounds every store can hold."""
     if delay is not None and at is not None:
         raise UsageError("give either --delay or --at, not both")
-    options: dict[str, Any] = {"priority": priority, "max_attempts": max_attempts}
+    options: dict[str, Any] = {"priority": checked("--priority", priority, PRIORITY.check)}
+    options["max_attempts"] = None if max_attempts is None else checked("--max-attempts", max_attempts, ATTEMPTS.check)
     if delay is not None:
-        try:
-            options["delay"] = parse_duration(delay)
-        except ValueError as exc:
-            raise UsageError(f"--delay: {exc}") from None
+        options["delay"] = checked("--delay", delay, parse_duration)
     if at is not None:
         options["run_at"] = parse_at(at)
     return options
@@ -126,40 +190,23 @@ def parse_at(text: str) -> float:
         raise UsageError(f'--at: expected an ISO 8601 time such as "2030-01-31T09:30:00Z", got "{text}"') from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:
+        # An offset can carry a time in year 1 or 9999 over the edge of what can be stored.
+        return check_time(moment.timestamp())
+    except (ValueError, OverflowError):
+        raise UsageError(f'--at: "{text}" must fall in the years 1 to 9999 once in UTC') from None
 
 
-def _read_values(args: str | None, file: Path | None) -> list[Any]:
+def _read_values(args: str | None, file: Path | None) -> list[Value]:
     if (args is None) == (file is None):
         raise UsageError("give the task's arguments as JSON (or - for stdin), or --file FILE.jsonl")
     if file is not None:
         try:
-            text = file.read_text(encoding="utf-8")
+            data = file.read_bytes()
         except OSError as exc:
             raise UsageError(f"{file}: cannot read: {exc.strerror or exc}") from None
-        return _json_lines(text, str(file))
+        return read_lines(data, str(file))
     assert args is not None
     if args != "-":
-        return [_json(args, "the argument")]
-    text = sys.stdin.read()
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return [_json(text, "stdin")]
-    try:
-        return [json.loads(text)]  # one value spread over several lines
-    except ValueError:
-        return _json_lines(text, "stdin")
-
-
-def _json_lines(text: str, source: str) -> list[Any]:
-    values = [_json(line, f"{source}:{number}") for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not values:
-        raise UsageError(f"{source}: no tasks in it")
-    return values
-
-
-def _json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc}") from None
+        return [read_argument(args)]
+    return read_stdin(sys.stdin.buffer.read())

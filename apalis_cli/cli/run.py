@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .app import DEFAULT_CONFIG, ConfigOption, app
+from ..bounds import CONCURRENCY
+from .app import DEFAULT_CONFIG, ConfigOption, app, checked
 
 __all__ = ["run"]
 
@@ -18,7 +19,7 @@ def run(
         list[str] | None, typer.Option("--worker", "-w", help="Run only this worker (repeat for several).")
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once no task is ready or running.")] = False,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Override every worker's concurrency.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Override every worker's concurrency.")] = None,
     log_format: Annotated[
         str | None, typer.Option(help="console or json (default: console in a terminal, json otherwise).")
     ] = None,
@@ -38,6 +39,8 @@ def run(
     SIGTERM or SIGINT stops gracefully (a second SIGINT at once); --burst exits when nothing is
     ready or running.
     """
+    if concurrency is not None:
+        checked("--concurrency", concurrency, CONCURRENCY.check)
     from .daemon import run_daemon  # the daemon's machinery: imported only when it runs
 
     run_daemon(

@@ -68,8 +68,12 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starter config (SQLite, the demo handler)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give the config file's name, e.g. {path / DEFAULT_CONFIG}")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists (use --force to overwrite it)")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: there is no directory {path.parent}")
     try:
         path.write_text(starter_config(), encoding="utf-8")
     except OSError as exc:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
+import select
 import signal
 import socket
+import subprocess
+import termios
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import CONFIG, Apalis, lines
+import pytest
+
+from ..services import need_binary
+from .conftest import APALIS, CONFIG, Apalis, Result, lines
 
 ID = re.compile(r"^[0-9a-f]{30}$")
 
@@ -295,3 +306,226 @@ def test_daemon_waits_for_a_store_that_is_down(apalis: Apalis) -> None:
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0
     assert "hunter2" not in first + err
+
+
+def one_line_exit_2(result: Result) -> str:
+    """The error line of a refused command (exit 2, one line, no traceback, nothing on stdout)."""
+    assert (result.code, result.out) == (2, ""), result.err
+    assert len(lines(result.err)) == 1, result.err
+    assert "Traceback" not in result.err
+    return result.err.strip()
+
+
+@pytest.mark.parametrize(
+    ("codec", "bad", "refusal"),
+    [
+        ("json", "NaN", "cannot encode as JSON: Out of range float values are not JSON compliant"),
+        ("msgpack", str(2**70), "cannot encode as msgpack: Integer value out of range"),
+    ],
+)
+def test_push_file_is_all_or_nothing(apalis: Apalis, tmp_path: Path, codec: str, bad: str, refusal: str) -> None:
+    apalis.write_config(CONFIG + f'codec = "{codec}"\n')
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join((f'{{"n": {bad}}}' if n == 1200 else json.dumps({"n": n})) + "\n" for n in range(1, 1501)))
+    error = one_line_exit_2(apalis("push", "--file", str(tasks)))
+    assert error == f"apalis: error: {tasks}:1200 cannot be pushed: {refusal}; nothing was pushed"
+    assert apalis.inspect() == []
+
+
+def test_push_file_from_a_terminal_writes_the_ids_to_stdout(apalis: Apalis, tmp_path: Path) -> None:
+    # `apalis push --file tasks.jsonl > ids.txt` typed in a terminal: stdin and stderr are the
+    # terminal, stdout the file. The progress bar goes to the terminal, every id to the file.
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(2500)))
+    ids = tmp_path / "ids.txt"
+    terminal, seen = run_in_terminal(apalis, ["push", "--file", str(tasks)], stdout=ids)
+    assert terminal.returncode == 0, seen
+    pushed = lines(ids.read_text())
+    assert len(set(pushed)) == 2500
+    assert all(ID.match(task_id) for task_id in pushed)
+    assert "pushing" in seen  # the bar was drawn, on the terminal
+    assert not any(task_id in seen for task_id in pushed[:10])
+    assert {row["id"] for row in apalis.inspect()} == set(pushed)
+
+
+def run_in_terminal(apalis: Apalis, argv: list[str], stdout: Path) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Run `apalis argv` with a pseudo-terminal as stdin and stderr, stdout to a file; returns
+    what the terminal received."""
+    master, slave = pty.openpty()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the terminal's other end closed
+                return
+            if not data:
+                return
+            received.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        with stdout.open("wb") as out:
+            done = subprocess.run(
+                [APALIS, *argv],
+                cwd=apalis.cwd,
+                env={**apalis.env(), "TERM": "xterm-256color"},
+                stdin=slave,
+                stdout=out,
+                stderr=slave,
+                timeout=60,
+                check=False,
+            )
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    return done, b"".join(received).decode("utf-8", "replace")
+
+
+def test_values_out_of_bounds_are_refused_before_anything_is_written(apalis: Apalis, tmp_path: Path) -> None:
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"n": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"n": 1}\n{"file": "caf\xe9.png"}\n')
+    refused = {
+        ("push", "--priority", str(2**31), "{}"): "--priority: must be <= 2147483647, got 2147483648",
+        ("push", "--max-attempts", str(2**40), "{}"): "--max-attempts: must be <= 2147483647",
+        ("push", "--at", "0001-01-01T00:00:00+05:00", "{}"): '--at: "0001-01-01T00:00:00+05:00" must fall in',
+        ("push", "--at", "9999-12-31T23:00:00-05:00", "{}"): '--at: "9999-12-31T23:00:00-05:00" must fall in',
+        ("push", "--delay", "99999999999d", "{}"): "--delay: a duration must be at most 100 years",
+        ("push", "--queue", "", "{}"): "the queue name must not be empty",
+        ("push", "--file", str(deep)): f"{deep}:2 is JSON nested too deeply to read; nothing was pushed",
+        ("push", "--file", str(latin1)): f"{latin1}:2 is not UTF-8 text (byte 0xe9 at column 14); nothing was pushed",
+        ("inspect", "--limit", str(2**63)): "--limit: must be <= 2147483647",
+        ("run", "--burst", "--concurrency", str(2**40)): "--concurrency: must be <= 10000",
+    }
+    for argv, message in refused.items():
+        assert one_line_exit_2(apalis(*argv)).startswith(f"apalis: error: {message}"), argv
+    assert apalis.inspect() == []  # nothing was written, and the queue still reads
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://[::1/0", 'the IPv6 host "[::1" has no closing "]"'),
+        ("redis://127.0.0.1:99999/0", 'the port must be a number from 1 to 65535, got "99999"'),
+        (
+            "postgresql://app:hunter2@127.0.0.1:notaport/app",
+            'the port must be a number from 1 to 65535, got "notaport"',
+        ),
+        ("amqp://guest:hunter2@[::1]:99999/", 'the port must be a number from 1 to 65535, got "99999"'),
+        ("redis://127.0.0.1:6379/notadb", 'the database after the host must be a number such as "/0", got "/notadb"'),
+    ],
+)
+def test_a_bad_url_is_a_config_error_at_its_line(apalis: Apalis, url: str, message: str) -> None:
+    kind = {"redis": "redis", "postgresql": "postgres", "amqp": "amqp"}[url.partition(":")[0]]
+    apalis.write_config(CONFIG.replace('kind = "sqlite"\nurl = "sqlite:///jobs.db"', f'kind = "{kind}"\nurl = "{url}"'))
+    for argv in (("check",), ("push", "{}"), ("run", "--burst")):
+        error = one_line_exit_2(apalis(*argv))
+        assert error == f"apalis: error: {apalis.config}:3: backends.main.url: {message}", argv
+        assert "hunter2" not in error
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (
+            '"exits_on_import:ok"',
+            'cannot import "exits_on_import:ok": the module raised SystemExit (sys.exit(0)) while being imported',
+        ),
+        ('{ command = ["./missing.sh"] }', 'program "./missing.sh" not found'),
+        ('{ command = ["./not_executable.sh"] }', 'program "./not_executable.sh" is not an executable file'),
+    ],
+)
+def test_a_handler_that_cannot_run_fails_check_and_run_at_its_line(
+    apalis: Apalis, tmp_path: Path, handler: str, message: str
+) -> None:
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(0)\n\ndef ok(args):\n    return args\n")
+    (tmp_path / "not_executable.sh").write_text("#!/bin/sh\ncat\n")
+    apalis.write_config(CONFIG.replace('"acc_handlers:ok"', handler))
+    apalis("push", "{}")
+    for argv in (("check",), ("run", "--burst", "--no-live")):
+        error = one_line_exit_2(apalis(*argv))
+        assert error.startswith(f"apalis: error: {apalis.config}:7: workers[0].handler: {message}"), argv
+    assert apalis.statuses() == {"pending": 1}
+
+
+def test_version(apalis: Apalis) -> None:
+    version = apalis("--version")
+    assert (version.code, version.err) == (0, "")
+    assert re.fullmatch(r"apalis \d+\.\d+\.\d+\S*\n", version.out)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_installs_and_completes(apalis: Apalis, tmp_path: Path, shell: str) -> None:
+    # As a user does it: `apalis --install-completion` in their shell, then a new shell, then TAB.
+    binary = need_binary(shell)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**apalis.env(), "HOME": str(home), "PATH": f"{Path(APALIS).parent}:{os.environ['PATH']}"}
+    installed = subprocess.run(
+        [binary, "-c", "apalis --install-completion; true"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert f"{shell} completion installed" in installed.stdout
+    # Twice: bash lists on the second TAB, and zsh loads typer's completion function on the first.
+    screen = type_in_a_shell([binary, "-i"], env, b"apalis pu\t\t", expect=("push", "purge"))
+    assert "push" in screen
+    assert "purge" in screen
+    screen = type_in_a_shell([binary, "-i"], env, b"apalis inspect --sta\t\t", expect=("--status",))
+    assert "--status" in screen
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\([A-Z]|\x1b[=>]|[\x07\x08]")
+
+
+def type_in_a_shell(argv: list[str], env: dict[str, str], keys: bytes, expect: tuple[str, ...]) -> str:
+    """What an interactive shell shows (escapes removed) once `keys` are typed at its prompt: read
+    until every `expect` string is on screen, or 15 s have passed."""
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    shell = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"}, preexec_fn=controlling_terminal
+    )
+    os.close(slave)
+    try:
+        _read(master, until=lambda seen: False, timeout=15, quiet=1.0)  # the prompt, once output pauses
+        os.write(master, keys)
+        screen = ""
+
+        def shown(seen: bytes) -> bool:
+            nonlocal screen
+            screen = _ANSI.sub("", seen.decode("utf-8", "replace"))
+            return all(word in screen for word in expect)
+
+        _read(master, until=shown, timeout=15)
+        return screen
+    finally:
+        shell.kill()
+        shell.wait(timeout=10)
+        os.close(master)
+
+
+def _read(fd: int, until: Callable[[bytes], bool], timeout: float, quiet: float | None = None) -> bytes:
+    """Read `fd` until `until(data)`, `timeout` seconds, or (with `quiet`) a pause that long after
+    some output."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not until(data) and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], min(left, quiet) if quiet and data else left)
+        if not ready:
+            if quiet and data:
+                break
+            continue
+        try:
+            data += os.read(fd, 65536)
+        except OSError:  # the shell is gone
+            break
+    return data

@@ -6,9 +6,12 @@ command's contract quickly, where one process is enough.
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
+import apalis_cli
 import pytest
 from apalis_cli.cli import _run, fail_line
 from apalis_cli.cli.push import parse_at
@@ -56,6 +59,61 @@ def test_push_many_from_a_file(capsys: pytest.CaptureFixture[str], memory_config
 
 
 @pytest.mark.parametrize(
+    ("codec", "bad", "refusal"),
+    [
+        ("json", "NaN", "cannot encode as JSON: Out of range float values are not JSON compliant"),
+        ("msgpack", str(2**70), "cannot encode as msgpack: Integer value out of range"),
+    ],
+)
+def test_a_value_the_codec_refuses_names_its_line_and_pushes_nothing(
+    capsys: pytest.CaptureFixture[str], memory_config: Path, tmp_path: Path, codec: str, bad: str, refusal: str
+) -> None:
+    memory_config.write_text(MEMORY + f'codec = "{codec}"\n')
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join((f'{{"n": {bad}}}' if i == 1200 else json.dumps({"n": i})) + "\n" for i in range(1, 1501)))
+    code, out, err = apalis(capsys, "push", "-c", str(memory_config), "--file", str(tasks))
+    assert (code, out) == (2, "")
+    assert err == f"apalis: error: {tasks}:1200 cannot be pushed: {refusal}; nothing was pushed\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"a": "caf\xe9"}', "is not UTF-8 text (byte 0xe9 at column 11); nothing was pushed"),
+        (b"[" * 100_000 + b"]" * 100_000, "is JSON nested too deeply to read; nothing was pushed"),
+        (b'{"a": ', "is not valid JSON: Expecting value: line 1 column 7 (char 6); nothing was pushed"),
+    ],
+)
+def test_a_bad_line_in_a_file_or_stdin_is_named(
+    capsys: pytest.CaptureFixture[str],
+    memory_config: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    line: bytes,
+    message: str,
+) -> None:
+    data = b'{"n": 1}\n\n' + line + b'\n{"n": 4}\n'
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_bytes(data)
+    code, out, err = apalis(capsys, "push", "-c", str(memory_config), "--file", str(tasks))
+    assert (code, out, err) == (2, "", f"apalis: error: {tasks}:3 {message}\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    code, out, err = apalis(capsys, "push", "-c", str(memory_config), "-")
+    assert (code, out, err) == (2, "", f"apalis: error: stdin:3 {message}\n")
+
+
+def test_a_file_is_split_on_line_ends_only(
+    capsys: pytest.CaptureFixture[str], memory_config: Path, tmp_path: Path
+) -> None:
+    # JSON strings may hold U+2028 and U+0085 raw; a UTF-8 BOM (from Windows editors) is skipped.
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_bytes('\ufeff{"a": "x\u2028y\u0085z"}\r\n{"b": 1}\r\n'.encode())
+    code, out, err = apalis(capsys, "push", "-c", str(memory_config), "--file", str(tasks))
+    assert (code, err) == (0, "")
+    assert len(out.split()) == 2
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["push", "{bad"], "apalis: error: the argument is not valid JSON"),
@@ -67,6 +125,31 @@ def test_push_many_from_a_file(capsys: pytest.CaptureFixture[str], memory_config
         (["push", "--no-such-flag", "{}"], "apalis: error: No such option: --no-such-flag"),
         (["inspect", "--status", "sleeping"], "apalis: error: "),
         (["purge", "--status", "done", "--older-than", "ages"], "apalis: error: --older-than: expected a duration"),
+        # Bounds every store can hold, checked before anything is opened or written.
+        (["push", "--priority", str(2**31), "{}"], "apalis: error: --priority: must be <= 2147483647, got 2147483648"),
+        (["push", "--priority", str(-(2**31) - 1), "{}"], "apalis: error: --priority: must be >= -2147483648"),
+        (["push", "--priority", str(10**20), "{}"], "apalis: error: --priority: must be <= 2147483647"),
+        (["push", "--max-attempts", str(2**31), "{}"], "apalis: error: --max-attempts: must be <= 2147483647"),
+        (["push", "--delay", "999999999999d", "{}"], "apalis: error: --delay: a duration must be at most 100 years"),
+        (["push", "--at", "0001-01-01T00:00:00+05:00", "{}"], "apalis: error: --at: "),
+        (["push", "--at", "9999-12-31T23:59:59-05:00", "{}"], "apalis: error: --at: "),
+        (["push", "--queue", "", "{}"], "apalis: error: the queue name must not be empty"),
+        (["push", "--queue", "  ", "{}"], "apalis: error: the queue name must not be empty"),
+        (["push", "--key", "", "{}"], "apalis: error: --key must not be empty"),
+        (["push", "[" * 100_000 + "]" * 100_000], "apalis: error: the argument is JSON nested too deeply"),
+        (["push", "1e400"], "apalis: error: the argument cannot be pushed: cannot encode as JSON"),
+        (["inspect", "--limit", str(2**31)], "apalis: error: --limit: must be <= 2147483647"),
+        (["inspect", "--limit", "0"], "apalis: error: --limit: must be >= 1, got 0"),
+        (["inspect", "--queue", ""], "apalis: error: the queue name must not be empty"),
+        (["run", "--burst", "--concurrency", str(10**11)], "apalis: error: --concurrency: must be <= 10000"),
+        (["run", "--burst", "--metrics-addr", "[::1:9464"], 'apalis: error: --metrics-addr: the IPv6 host "[::1:9464"'),
+        (["run", "--burst", "--metrics-addr", "127.0.0.1:99999"], "apalis: error: --metrics-addr: the port must be"),
+        (["purge", "--status", "done", "--older-than", "1e400s"], "apalis: error: --older-than: expected a duration"),
+        (["purge", "--status", "done", "--older-than", "99999999999d"], "apalis: error: --older-than: a duration must"),
+        # A typo in a name gets the known names suggested.
+        (["push", "--worker", "emials", "{}"], 'apalis: error: no worker named "emials" in '),
+        (["push", "--queue", "emials", "{}"], "apalis: error: no worker in "),
+        (["run", "--burst", "--worker", "emials"], 'apalis: error: no worker named "emials" in '),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(
@@ -77,6 +160,26 @@ def test_bad_usage_is_one_line_and_exit_2(
     assert out == ""
     assert err.startswith(message)
     assert err.count("\n") == 1
+
+
+def test_a_typo_gets_the_known_names_suggested(capsys: pytest.CaptureFixture[str], memory_config: Path) -> None:
+    code, _, err = apalis(capsys, "inspect", "--worker", "emials", "--config", str(memory_config))
+    assert (code, err) == (
+        2,
+        f'apalis: error: no worker named "emials" in {memory_config}; did you mean "emails"? (workers: emails)\n',
+    )
+    code, _, err = apalis(capsys, "stats", "--queue", "emial", "--config", str(memory_config))
+    assert code == 2
+    assert err.startswith(
+        f'apalis: error: no worker in {memory_config} takes the queue "emial"; did you mean "emails"?'
+    )
+    # A name that resembles none is a queue of its own, as before (several producers may share one).
+    assert apalis(capsys, "push", "--queue", "reports", "{}", "--config", str(memory_config))[0] == 0
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert apalis(capsys, "--version") == (0, f"apalis {apalis_cli.__version__}\n", "")
+    assert apalis(capsys, "-V") == (0, f"apalis {apalis_cli.__version__}\n", "")
 
 
 def test_bad_config_names_file_and_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -112,7 +112,10 @@ def test_toml_syntax_error_has_line_and_column() -> None:
 
 def test_unknown_backend_lists_the_defined_ones() -> None:
     source = GOOD.replace('backend = "main"\nhandler = "myapp', 'backend = "mian"\nhandler = "myapp')
-    assert error_of(source) == 'jobs.toml:8: workers[0].backend: no backend named "mian" (defined: main)'
+    assert (
+        error_of(source)
+        == 'jobs.toml:8: workers[0].backend: no backend named "mian"; did you mean "main"? (defined: main)'
+    )
 
 
 def test_bad_handler_path() -> None:
@@ -195,4 +198,81 @@ def test_cron_keys_only_for_cron_workers() -> None:
 
 def test_pipe_to_names_a_durable_backend() -> None:
     message = error_of(CRON.replace('pipe_to = "main"', 'pipe_to = "mian"'))
-    assert message == 'jobs.toml:9: workers[0].pipe_to: no backend named "mian" (defined: main)'
+    assert message == 'jobs.toml:9: workers[0].pipe_to: no backend named "mian"; did you mean "main"? (defined: main)'
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("keep_alive = nan", "jobs.toml:10: workers[0].keep_alive: a duration must be a number, got nan"),
+        ("poll_interval = inf", "jobs.toml:10: workers[0].poll_interval: a duration must be at most 100 years"),
+        ('retention = "999999999999d"', "jobs.toml:10: workers[0].retention: a duration must be at most 100 years"),
+        ("shutdown_timeout = -inf", "jobs.toml:10: workers[0].shutdown_timeout: a duration cannot be negative"),
+        ("concurrency = 10001", "jobs.toml:10: workers[0].concurrency: must be <= 10000, got 10001"),
+        ("max_attempts = 2147483648", "jobs.toml:10: workers[0].max_attempts: must be <= 2147483647, got 2147483648"),
+    ],
+)
+def test_numbers_beyond_what_a_store_or_a_timer_can_hold_are_refused(setting: str, message: str) -> None:
+    source = GOOD.replace('keep_alive = "2s"\n', "").replace("concurrency = 8\n", setting + "\n", 1)
+    assert error_of(source).startswith(message)
+
+
+def test_middleware_numbers_are_bounded_too() -> None:
+    message = error_of(GOOD.replace('base = "1s"', "base = nan"))
+    assert message == "jobs.toml:12: workers[0].middleware[0].base: a duration must be a number, got nan"
+    message = error_of(GOOD.replace("rate = 100", "rate = 9223372036854775807"))
+    assert message.startswith("jobs.toml:12: workers[0].middleware[2].rate: must be <= 2147483647")
+
+
+@pytest.mark.parametrize("kind", ["postgres", "pgmq", "mysql", "redis", "rsmq", "amqp", "nats", "someone-elses"])
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("[::1", 'the IPv6 host "[::1" has no closing "]"'),
+        ("[zz::1]:80", '"zz::1" is not an IPv6 address'),
+        ("::1:6379", 'an IPv6 host goes in brackets, as in "[::1]:6379"; got "::1:6379"'),
+        ("db:99999", 'the port must be a number from 1 to 65535, got "99999"'),
+        ("db:notaport", 'the port must be a number from 1 to 65535, got "notaport"'),
+        ("db:0", 'the port must be a number from 1 to 65535, got "0"'),
+        ("a:5432,b:99999", 'the port must be a number from 1 to 65535, got "99999"'),
+    ],
+)
+def test_a_url_a_driver_cannot_read_is_an_error_at_the_url_line(kind: str, host: str, message: str) -> None:
+    scheme = {"postgres": "postgresql", "pgmq": "postgresql", "rsmq": "redis", "someone-elses": "x"}.get(kind, kind)
+    source = f'[backends.main]\nkind = "{kind}"\nurl = "{scheme}://user:hunter2@{host}/db"\n'
+    message_seen = error_of(source)
+    assert message_seen == f"jobs.toml:3: backends.main.url: {message}"
+    assert "hunter2" not in message_seen
+
+
+def test_a_password_with_a_slash_is_not_read_as_a_port_nor_printed() -> None:
+    message = error_of('[backends.main]\nkind = "redis"\nurl = "redis://user:hun/ter2@db:6379/0"\n')
+    assert message.startswith('jobs.toml:3: backends.main.url: cannot read the host and port: a "/", "?" or "#"')
+    assert "hun" not in message.partition("url:")[2].replace("host and port", "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:p@ss@db:5432/app",  # an "@" in the password: the host is after the last one
+        "postgresql://a:5432,b:5433/app",  # libpq's several hosts
+        "nats://a:4222, nats://b:4222",  # nats' several servers
+        "redis://[::1]:6379/0",
+        "redis://[fe80::1%25eth0]:6379/0",
+        "redis://db/0",
+        "sqlite:////var/lib/my jobs@2024.db",
+        "memory://",
+        "host=db port=5432",  # not a URL: left to the store
+    ],
+)
+def test_urls_drivers_accept_are_accepted(url: str) -> None:
+    config = parse(f'[backends.main]\nkind = "any"\nurl = "{url}"\n')
+    assert config.backends["main"].url == url
+
+
+def test_a_config_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_bytes(b'[[workers]]\nname = "w"\nhandler = "m:f" # caf\xe9\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}:3: not UTF-8 text (byte 0xe9)"

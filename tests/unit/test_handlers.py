@@ -114,10 +114,46 @@ async def test_command_failure_keeps_the_stderr_tail(tmp_path: Path) -> None:
         await call(config, None)
 
 
-async def test_missing_program_fails_the_task(tmp_path: Path) -> None:
-    config = make_config(tmp_path, '{ command = ["./no-such-program"] }')
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ('["./no-such-program"]', 'program "./no-such-program" not found'),
+        ('["no-such-program-on-path"]', 'program "no-such-program-on-path" not found on PATH'),
+        ('["./not-executable.sh"]', 'program "./not-executable.sh" is not an executable file'),
+        ('["./"]', 'program "./" is not an executable file'),
+    ],
+)
+def test_a_program_that_cannot_run_is_a_config_error_at_the_handler_line(
+    tmp_path: Path, command: str, message: str
+) -> None:
+    (tmp_path / "not-executable.sh").write_text("#!/bin/sh\necho hi\n")  # mode 644: not executable
+    config = make_config(tmp_path, f"{{ command = {command} }}")
+    with pytest.raises(ConfigError) as info:
+        load_handler(config, config.workers[0])
+    assert str(info.value).startswith(f"{tmp_path / 'jobs.toml'}:7: workers[0].handler: {message}")
+
+
+async def test_a_program_removed_after_start_fails_the_task(tmp_path: Path) -> None:
+    script = tmp_path / "gone.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    config = make_config(tmp_path, '{ command = ["./gone.sh"] }')
+    loaded = load_handler(config, config.workers[0])
+    script.unlink()
     with pytest.raises(CommandFailed, match="cannot start"):
-        await call(config, None)
+        await loaded.handler(None, task())
+
+
+def test_a_module_that_exits_while_imported_is_a_config_error(tmp_path: Path) -> None:
+    name = f"exits_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("import sys\nsys.exit(0)\n\ndef f(args):\n    return args\n")
+    config = make_config(tmp_path, f'"{name}:f"')
+    with pytest.raises(ConfigError) as info:
+        load_handler(config, config.workers[0])
+    assert str(info.value) == (
+        f'{tmp_path / "jobs.toml"}:7: workers[0].handler: cannot import "{name}:f": '
+        "the module raised SystemExit (sys.exit(0)) while being imported"
+    )
 
 
 def test_resolve_exception(tmp_path: Path) -> None:

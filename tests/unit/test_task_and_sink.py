@@ -68,6 +68,13 @@ def test_iso_renders_utc_milliseconds() -> None:
     assert iso(None) is None
 
 
+def test_iso_of_a_time_no_date_can_show_is_the_number() -> None:
+    # Stored by an older version or another client: one such task must not break a whole listing.
+    assert iso(-62135614800.0) == "-62135614800.0"
+    assert iso(float("inf")) == "inf"
+    assert iso(float("nan")) == "nan"
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("2h", 7200.0), ("7d", 604800.0), ("1.5s", 1.5), (3, 3.0)],
@@ -123,13 +130,35 @@ async def test_push_rejects_contradictions_and_bad_values() -> None:
     queue = MemoryStore().backend("q", codec=JsonCodec())
     with pytest.raises(UsageError, match="either a delay or a run_at"):
         await queue.push(1, delay=5, run_at=time.time())
-    with pytest.raises(UsageError, match="max_attempts must be at least 1"):
+    with pytest.raises(UsageError, match="max_attempts must be >= 1"):
         await queue.push(1, max_attempts=0)
     with pytest.raises(UsageError, match="idempotency_key"):
         await queue.push_bulk([1, 2], idempotency_key="same")
     with pytest.raises(BadPayload):
         await queue.push({"not": object()})
     assert (await queue.stats()).counts[Status.PENDING] == 0, "nothing was pushed by a failed call"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priority": 2**31}, "priority must be <= 2147483647, got 2147483648"),
+        ({"priority": -(2**31) - 1}, "priority must be >= -2147483648"),
+        ({"max_attempts": 2**31}, "max_attempts must be <= 2147483647"),
+        ({"delay": float("nan")}, "the run time (run_at or now + delay) must fall in the years 1 to 9999"),
+        ({"delay": 1e12}, "the run time"),
+        ({"run_at": -1e12}, "the run time"),
+        ({"run_at": float("inf")}, "the run time"),
+    ],
+)
+async def test_push_refuses_what_a_store_cannot_hold(options: dict[str, Any], message: str) -> None:
+    # The bounds are the same for the command line and for code that pushes (one place).
+    queue = MemoryStore().backend("q", codec=JsonCodec())
+    with pytest.raises(UsageError, match=re.escape(message)):
+        await queue.push(1, **options)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        await queue.push_bulk([1, 2], **options)
+    assert (await queue.stats()).counts[Status.PENDING] == 0
 
 
 async def test_push_bulk_with_shared_options() -> None:

@@ -11,14 +11,16 @@ from ..backend import Capability
 from ..durations import parse_duration
 from ..errors import ApalisError
 from ..task import Status
-from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, checked
+from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, check_task_id, checked, text
 
 # asyncio and the store's machinery are imported inside the commands: `apalis --help` and the
 # other commands do without them.
 
 __all__ = ["kill", "purge", "retry"]
 
-TaskIdArgument = Annotated[str, typer.Argument(help="The task's id.", show_default=False)]
+TaskIdArgument = Annotated[
+    str, typer.Argument(callback=check_task_id, metavar="TASK_ID", help="The task's id.", show_default=False)
+]
 
 
 @app.command()
@@ -41,7 +43,9 @@ def kill(
     config: ConfigOption = DEFAULT_CONFIG,
     worker: WorkerOption = None,
     queue: QueueOption = None,
-    reason: Annotated[str, typer.Option(help="Kept as the task's last error.")] = "killed by an operator",
+    reason: Annotated[
+        str, typer.Option(callback=text, help="Kept as the task's last error.")
+    ] = "killed by an operator",
 ) -> None:
     """Kill a pending, failed or running task: it will not run again."""
     import asyncio

@@ -10,7 +10,10 @@ import typer
 
 from ..errors import UsageError
 
-__all__ = ["ConfigOption", "JsonOption", "QueueOption", "WorkerOption", "app", "checked"]
+__all__ = ["ConfigOption", "JsonOption", "QueueOption", "WorkerOption", "app", "check_task_id", "checked", "text"]
+
+T = TypeVar("T")
+V = TypeVar("V")
 
 app = typer.Typer(
     name="apalis",
@@ -22,6 +25,26 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def text(value: T) -> T:
+    """A text option's value (or each of a list's), refused when it is not UTF-8: the shell passes
+    bytes, Python keeps what is not UTF-8 as lone surrogates, and no store can write those."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise typer.BadParameter("not UTF-8 text") from None
+    return value
+
+
+def check_task_id(value: str | None) -> str | None:
+    """A task id: UTF-8 text with more than blanks in it."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("a task id cannot be empty")
+    return text(value)
+
+
 ConfigOption = Annotated[
     Path,
     typer.Option(
@@ -29,15 +52,15 @@ ConfigOption = Annotated[
     ),
 ]
 WorkerOption = Annotated[
-    str | None, typer.Option("--worker", "-w", help="The worker (queue) to use; optional with one worker.")
+    str | None,
+    typer.Option("--worker", "-w", callback=text, help="The worker (queue) to use; optional with one worker."),
 ]
-QueueOption = Annotated[str | None, typer.Option("--queue", "-q", help="A queue name instead of a worker's queue.")]
+QueueOption = Annotated[
+    str | None, typer.Option("--queue", "-q", callback=text, help="A queue name instead of a worker's queue.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 DEFAULT_CONFIG = Path("apalis.toml")
-
-T = TypeVar("T")
-V = TypeVar("V")
 
 
 def checked(option: str, value: V, check: Callable[[V], T]) -> T:

@@ -12,7 +12,7 @@ from ..backend import Capability, Inspector, QueueStats, WorkerInfo
 from ..bounds import COUNT
 from ..errors import ApalisError, DecodeError, Unsupported
 from ..task import Status, Task, iso
-from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app, checked
+from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app, check_task_id, checked
 
 if TYPE_CHECKING:
     from ..api import QueueTarget
@@ -34,7 +34,7 @@ def inspect(
     queue: QueueOption = None,
     status: StatusOption = None,
     limit: Annotated[int, typer.Option(help="At most this many tasks.")] = 50,
-    task_id: Annotated[str | None, typer.Option("--id", help="One task by id.")] = None,
+    task_id: Annotated[str | None, typer.Option("--id", callback=check_task_id, help="One task by id.")] = None,
     decode: Annotated[bool, typer.Option(help="Also show the arguments decoded by the worker's codec.")] = False,
     as_json: JsonOption = False,
 ) -> None:

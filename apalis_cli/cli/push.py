@@ -20,7 +20,7 @@ from ..backend import Capability, TaskSink
 from ..bounds import ATTEMPTS, PRIORITY, check_time
 from ..durations import parse_duration
 from ..errors import ApalisError, Unsupported, UsageError
-from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, checked
+from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, checked, text
 from .push_input import Value, read_argument, read_lines, read_stdin
 
 if TYPE_CHECKING:
@@ -47,7 +47,9 @@ def push(
     at: Annotated[str | None, typer.Option(help="Run at this ISO 8601 time (UTC without an offset).")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first among ready tasks.")] = 0,
     max_attempts: Annotated[int | None, typer.Option(help="Runs before the task is killed.")] = None,
-    key: Annotated[str | None, typer.Option(help="Idempotency key: the same key twice makes one task.")] = None,
+    key: Annotated[
+        str | None, typer.Option(callback=text, help="Idempotency key: the same key twice makes one task.")
+    ] = None,
 ) -> None:
     """Push tasks; prints each new task id on stdout.
 

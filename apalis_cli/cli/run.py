@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..bounds import CONCURRENCY
-from .app import DEFAULT_CONFIG, ConfigOption, app, checked
+from .app import DEFAULT_CONFIG, ConfigOption, app, checked, text
 
 __all__ = ["run"]
 
@@ -16,7 +16,8 @@ __all__ = ["run"]
 def run(
     config: ConfigOption = DEFAULT_CONFIG,
     worker: Annotated[
-        list[str] | None, typer.Option("--worker", "-w", help="Run only this worker (repeat for several).")
+        list[str] | None,
+        typer.Option("--worker", "-w", callback=text, help="Run only this worker (repeat for several)."),
     ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once no task is ready or running.")] = False,
     concurrency: Annotated[int | None, typer.Option(help="Override every worker's concurrency.")] = None,

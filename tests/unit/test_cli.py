@@ -146,6 +146,17 @@ def test_a_file_is_split_on_line_ends_only(
         (["run", "--burst", "--metrics-addr", "127.0.0.1:99999"], "apalis: error: --metrics-addr: the port must be"),
         (["purge", "--status", "done", "--older-than", "1e400s"], "apalis: error: --older-than: expected a duration"),
         (["purge", "--status", "done", "--older-than", "99999999999d"], "apalis: error: --older-than: a duration must"),
+        # Text the shell passed as bytes that are not UTF-8 (no store can write it), and empty ids.
+        (["kill", "T1", "--reason", "caf\udce9"], "apalis: error: Invalid value for '--reason': not UTF-8 text"),
+        (["push", "--key", "caf\udce9", "{}"], "apalis: error: Invalid value for '--key': not UTF-8 text"),
+        (["push", "--queue", "caf\udce9", "{}"], "apalis: error: Invalid value for '--queue' / '-q': not UTF-8"),
+        (["run", "--burst", "--worker", "caf\udce9"], "apalis: error: Invalid value for '--worker' / '-w': not UTF"),
+        (["inspect", "--id", "caf\udce9"], "apalis: error: Invalid value for '--id': not UTF-8 text"),
+        (["retry", "caf\udce9"], "apalis: error: Invalid value for 'TASK_ID': not UTF-8 text"),
+        (["push", "caf\udce9"], "apalis: error: the argument is not UTF-8 text (byte 0xe9 at column 4)"),
+        (["retry", ""], "apalis: error: Invalid value for 'TASK_ID': a task id cannot be empty"),
+        (["kill", " "], "apalis: error: Invalid value for 'TASK_ID': a task id cannot be empty"),
+        (["inspect", "--id", ""], "apalis: error: Invalid value for '--id': a task id cannot be empty"),
         # A typo in a name gets the known names suggested.
         (["push", "--worker", "emials", "{}"], 'apalis: error: no worker named "emials" in '),
         (["push", "--queue", "emials", "{}"], "apalis: error: no worker in "),
@@ -240,6 +251,19 @@ def test_init_writes_a_config_that_checks(
     code, out, _ = apalis(capsys, "check")
     assert code == 0
     assert "ok    backend main (sqlite) sqlite:///apalis.db" in out
+
+
+def test_init_says_what_is_wrong_with_the_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = apalis(capsys, "init", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert (
+        err
+        == f"apalis: error: {tmp_path} is a directory; give the config file's name, e.g. {tmp_path / 'apalis.toml'}\n"
+    )
+    target = tmp_path / "no" / "such" / "jobs.toml"
+    code, out, err = apalis(capsys, "init", str(target))
+    assert (code, out) == (2, "")
+    assert err == f"apalis: error: cannot write {target}: there is no directory {target.parent}\n"
 
 
 def test_starter_config_is_valid_toml_with_comments() -> None:

@@ -36,6 +36,7 @@ __all__ = ["run_daemon"]
 
 _DEPTH_EVERY = 2.0
 _DEPTH_TIMEOUT = 10.0
+_LAST_COUNT_TIMEOUT = 2.0
 
 
 def run_daemon(
@@ -114,6 +115,7 @@ async def _supervise(
         factories = [lambda w=w: assembly.factory(w) for w in assembly.workers]
         dashboard: Dashboard | None = None
         listeners: list[EventListener] = []
+        depths: Mapping[str, Inspector] = {}
         supervisor: Supervisor
 
         def running(name: str) -> int:
@@ -127,7 +129,8 @@ async def _supervise(
                 details=children_details(assembly.pools()),
             )
             listeners.append(dashboard.on_event)
-            await stack.enter_async_context(_watching_depths(_inspectors(assembly), dashboard))
+            depths = _inspectors(assembly)
+            await stack.enter_async_context(_watching_depths(depths, dashboard))
         else:
             listeners.append(event_logger(tasks=log_tasks))
         if metrics_addr is not None:
@@ -147,6 +150,7 @@ async def _supervise(
                 ) as screen:
                     screens.append(screen)
                     await supervisor.run(burst=burst)
+                    await _count_depths(depths, dashboard, _LAST_COUNT_TIMEOUT)  # the last frame stays on screen
         finally:
             supervisor.remove_signal_handlers()
 
@@ -216,12 +220,16 @@ async def _watch_depths(queues: Mapping[str, Inspector], dashboard: Dashboard) -
     # tenth of the store's time (a count that takes 0.5 s on a large queue is asked every 5 s).
     while True:
         started = time.monotonic()
-        for queue, inspector in queues.items():
-            try:
-                async with asyncio.timeout(_DEPTH_TIMEOUT):
-                    stats = await inspector.stats()
-            except Exception:  # a store that is down: the view keeps the last figures, dimmed
-                dashboard.set_depth(queue, None)
-            else:
-                dashboard.set_depth(queue, stats)
+        await _count_depths(queues, dashboard, _DEPTH_TIMEOUT)
         await asyncio.sleep(max(_DEPTH_EVERY, 10 * (time.monotonic() - started)))
+
+
+async def _count_depths(queues: Mapping[str, Inspector], dashboard: Dashboard, per_queue: float) -> None:
+    for queue, inspector in queues.items():
+        try:
+            async with asyncio.timeout(per_queue):
+                stats = await inspector.stats()
+        except Exception:  # a store that is down: the view keeps the last figures, dimmed
+            dashboard.set_depth(queue, None)
+        else:
+            dashboard.set_depth(queue, stats)

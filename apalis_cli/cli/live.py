@@ -205,7 +205,9 @@ class Dashboard:
         now = time.monotonic()
         yield _clipped(self._title(now))
         # The stop notice takes the blank line under the title: the view keeps its height.
-        notice = "stopping: finishing running tasks (Ctrl-C again: stop now)" if self._stopping() else ""
+        still_running = any(view.state not in ("stopped", "crashed") for view in self.views.values())
+        stopping = self._stopping() and still_running
+        notice = "stopping: finishing running tasks (Ctrl-C again: stop now)" if stopping else ""
         yield _clipped(Text(notice, style="yellow"))
         yield from self._workers(width, now)
         yield Text()
@@ -218,6 +220,9 @@ class Dashboard:
             yield Text("recent errors", style="bold")
             for seen in self.errors:
                 yield from _error_lines(seen, width)
+        # A blank last line: the cursor rests at its start, so the terminal's echo of a Ctrl-C
+        # cannot wrap past a full-width line and shift the next frame down by one.
+        yield Text()
 
     def _title(self, now: float) -> Text:
         up = int(now - self._started)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Coroutine, Mapping
@@ -271,7 +272,7 @@ class ProcessPool:
 
     async def _lost(self, child: _Child) -> ChildLost:
         """The child's pipe closed mid-task: wait for its exit, count it, replace it."""
-        await self._stop(child, None, politely=True)
+        await self._stop(child, None)  # what its handler started goes too: the task runs again
         self._replace(child)
         if child.killed is not None:
             return ChildKilled(f"the handler's process was killed: {child.killed}")
@@ -329,27 +330,45 @@ def _keep(tasks: set[asyncio.Future[None]], work: Coroutine[Any, Any, None]) -> 
 
 
 async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM, SIGKILL after `grace` if it still runs, then wait for it and close its pipes."""
+    """SIGTERM to the child's process group (the child, and any program its handler started),
+    SIGKILL to what is left of it after `grace`; then wait for the child and close its pipes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
     if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
+        _signal_group(process, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+    # The handler's own programs get the grace too; nothing signals the end of a process that
+    # is not our child, so the group is polled.
+    while _signal_group(process, 0) and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    _signal_group(process, signal.SIGKILL)
+    await process.wait()
     if process.stdin is not None:
         process.stdin.close()
 
 
+def _signal_group(process: asyncio.subprocess.Process, sig: int) -> bool:
+    """Send `sig` to the group the child leads (started with process_group=0); False when no
+    process of it is left. The group cannot be another's while a process of it exists."""
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 async def _wait_then_terminate(process: asyncio.subprocess.Process, grace: float) -> None:
-    """Give a child whose input was closed (or whose output ended) `grace` to exit by itself."""
+    """Give a child whose input was closed `grace` to exit by itself; what its handler started
+    and left running is then its own business, as after any task that returned."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace):
             await process.wait()
-    await _terminate(process, grace)
+    if process.returncode is None:
+        await _terminate(process, grace)
+    elif process.stdin is not None:
+        process.stdin.close()
 
 
 async def _despite_cancellation(work: Awaitable[None]) -> None:

@@ -63,6 +63,11 @@ def work(args):
         os.kill(os.getpid(), signal.SIGKILL)
     elif do == "sys.exit":
         raise SystemExit(4)
+    elif do == "spawn":
+        import subprocess
+        program = subprocess.Popen(["sleep", "3600"])
+        Path(args["pidfile"] + ".program").write_text(str(program.pid))
+        time.sleep(3600)
     return {"pid": os.getpid(), "rss_before": before, "rss_after": rss()}
 """
 
@@ -249,3 +254,35 @@ async def test_kill_task_stops_the_child_running_that_task(tmp_path: Path) -> No
         assert done["pid"] != int(pidfile.read_text())  # a fresh child took the slot
     finally:
         await pool.close()
+
+
+async def test_what_a_killed_handler_started_is_killed_with_it(tmp_path: Path) -> None:
+    (tmp_path / "iso_handlers.py").write_text(HANDLERS)
+    pool = ProcessPool(PoolSettings(handler="iso_handlers:work", base_dir=tmp_path, size=1, kill_grace=0.5))
+    await pool.start()
+    try:
+        task = Task(id="t1", args=b"", ctx=TaskContext(queue="q", attempts=1))
+        program = tmp_path / "spawn.pid.program"
+        running = asyncio.ensure_future(pool.run({"do": "spawn", "pidfile": str(tmp_path / "spawn.pid")}, task))
+        while not program.exists() or not program.read_text():  # noqa: ASYNC110 - written by the child
+            await asyncio.sleep(0.01)
+        running.cancel()  # as a timeout or a stop does
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert gone(int((tmp_path / "spawn.pid").read_text()))
+        # The program the handler started was in its child's process group: killed too.
+        pid = int(program.read_text())
+        deadline = time.monotonic() + 10
+        while not gone(pid) and not _zombie(pid):
+            assert time.monotonic() < deadline, "the handler's program outlived its child"
+            await asyncio.sleep(0.02)
+    finally:
+        await pool.close()
+
+
+def _zombie(pid: int) -> bool:
+    """Killed, waiting for its (re)parent to reap it."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True

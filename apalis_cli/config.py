@@ -153,7 +153,7 @@ class WorkerConfig:
     isolation: Isolation = "thread"  # "process": the handler runs in a pool of child processes
     max_tasks_per_child: int | None = None  # process: recycle a child after this many tasks
     max_memory_per_child: int | None = None  # process: ... once its RSS after a task is above (bytes)
-    kill_grace: float = 5.0  # process: SIGTERM, then SIGKILL after this long
+    kill_grace: float = 5.0  # process or command handler: SIGTERM, then SIGKILL after this long
 
     @property
     def key(self) -> KeyPath:
@@ -337,12 +337,13 @@ def _parse_cron_keys(
 
 def _parse_isolation(table: Table) -> dict[str, Any]:
     isolation: Isolation = table.take("isolation", choice("thread", "process"), "thread")
+    command = isinstance(table.data.get("handler"), dict)
     if isolation != "process":
         for key in _PROCESS_KEYS:
-            if key in table.data:
-                table.fail(key, 'only with isolation = "process"')
-        return {"isolation": isolation}
-    if isinstance(table.data.get("handler"), dict):
+            if key in table.data and not (key == "kill_grace" and command):
+                table.fail(key, 'only with isolation = "process" (kill_grace also with a command handler)')
+        return {"isolation": isolation, "kill_grace": table.take("kill_grace", duration, 5.0)}
+    if command:
         table.fail("isolation", 'a command handler already runs in its own process; leave out isolation = "process"')
     return {
         "isolation": isolation,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import contextvars
 import functools
 import importlib
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import CommandHandler, Config, ImportHandler, WorkerConfig
 from .errors import HandlerExit
+from .isolation.stopping import despite_cancellation, terminate_group
 from .layers.retry import describe_error
 from .task import Task
 from .worker import Handler
@@ -102,7 +102,7 @@ def load_handler(config: Config, worker: WorkerConfig, *, concurrency: int | Non
         except ValueError as exc:
             raise config.error(path, str(exc)) from None
         command = CommandHandler(command=(program, *spec.command[1:]))
-        return LoadedHandler(_command_handler(command, worker.queue), " ".join(spec.command))
+        return LoadedHandler(_command_handler(command, worker.queue, worker.kill_grace), " ".join(spec.command))
     if worker.isolation == "process":  # imported in the children only, not in the daemon
         from .isolation.handler import process_handler
 
@@ -275,7 +275,7 @@ def find_program(program: str, base_dir: Path) -> str:
     return str(path.resolve())  # the daemon may start tasks from another directory
 
 
-def _command_handler(spec: CommandHandler, queue: str) -> Handler:
+def _command_handler(spec: CommandHandler, queue: str, grace: float) -> Handler:
     program = spec.command[0]
     command = spec.command
 
@@ -294,15 +294,15 @@ def _command_handler(spec: CommandHandler, queue: str) -> Handler:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
+                process_group=0,  # a Ctrl-C reaches the daemon only; a kill reaches what it started
             )
         except OSError as exc:
             raise CommandFailed(f"cannot start {program}: {exc.strerror or exc}") from None
         try:
             stdout, stderr = await process.communicate(bytes(task.args))
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+            # A timeout or a stop: the run ends only once the command and its programs are gone.
+            await despite_cancellation(terminate_group(process, grace))
             raise
         if process.returncode != 0:
             raise CommandFailed(f"{program} exited with {process.returncode}: {_tail(stderr)}")

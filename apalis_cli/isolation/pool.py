@@ -23,10 +23,9 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from ..task import Task, TaskId
 from .child import BOOT
 from .procinfo import describe_exit, rss_of
+from .stopping import despite_cancellation, terminate_group
 from .wire import Done, Failed, Init, Ready, StartFailed, Wants, encode, load_known, rebuild_error, receive
 
 __all__ = ["ChildInfo", "ChildKilled", "ChildLost", "ChildStartFailed", "PoolSettings", "PoolStats", "ProcessPool"]
@@ -152,7 +152,7 @@ class ProcessPool:
             reply = await receive(child.stdout)
         except asyncio.CancelledError:
             # A timeout, or a stop past shutdown_timeout: the run must end with its child dead.
-            await _despite_cancellation(self._stop(child, "timeout_or_stop"))
+            await despite_cancellation(self._stop(child, "timeout_or_stop"))
             self._replace(child)
             raise
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -222,7 +222,7 @@ class ProcessPool:
                 stdin.write(encode(Init(self.settings.handler, str(self.settings.base_dir))))
                 reply = await receive(stdout)
         except BaseException as exc:
-            await _terminate(process, 0.0)
+            await terminate_group(process, 0.0)
             await forward
             if isinstance(exc, TimeoutError):
                 raise ChildStartFailed(
@@ -233,7 +233,7 @@ class ProcessPool:
                 raise ChildStartFailed(f'the process of "{self.settings.handler}" {how} while starting') from None
             raise
         if not isinstance(reply, Ready):
-            await _terminate(process, self.settings.kill_grace)
+            await terminate_group(process, self.settings.kill_grace)
             await forward
             raise ChildStartFailed(reply.message if isinstance(reply, StartFailed) else "unexpected start reply")
         self._wants = reply.wants
@@ -301,7 +301,7 @@ class ProcessPool:
         if child.stopping is None:
             grace = self.settings.kill_grace
             child.stopping = asyncio.ensure_future(
-                _wait_then_terminate(child.process, grace) if politely else _terminate(child.process, grace)
+                _wait_then_terminate(child.process, grace) if politely else terminate_group(child.process, grace)
             )
             if reason is not None:
                 self.recycled[reason] += 1
@@ -329,36 +329,6 @@ def _keep(tasks: set[asyncio.Future[None]], work: Coroutine[Any, Any, None]) -> 
     future.add_done_callback(tasks.discard)
 
 
-async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM to the child's process group (the child, and any program its handler started),
-    SIGKILL to what is left of it after `grace`; then wait for the child and close its pipes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    if process.returncode is None:
-        _signal_group(process, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await process.wait()
-    # The handler's own programs get the grace too; nothing signals the end of a process that
-    # is not our child, so the group is polled.
-    while _signal_group(process, 0) and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    _signal_group(process, signal.SIGKILL)
-    await process.wait()
-    if process.stdin is not None:
-        process.stdin.close()
-
-
-def _signal_group(process: asyncio.subprocess.Process, sig: int) -> bool:
-    """Send `sig` to the group the child leads (started with process_group=0); False when no
-    process of it is left. The group cannot be another's while a process of it exists."""
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 async def _wait_then_terminate(process: asyncio.subprocess.Process, grace: float) -> None:
     """Give a child whose input was closed `grace` to exit by itself; what its handler started
     and left running is then its own business, as after any task that returned."""
@@ -366,18 +336,9 @@ async def _wait_then_terminate(process: asyncio.subprocess.Process, grace: float
         async with asyncio.timeout(grace):
             await process.wait()
     if process.returncode is None:
-        await _terminate(process, grace)
+        await terminate_group(process, grace)
     elif process.stdin is not None:
         process.stdin.close()
-
-
-async def _despite_cancellation(work: Awaitable[None]) -> None:
-    """Await `work` to its end even if this task is cancelled again meanwhile (the caller re-raises)."""
-    future = asyncio.ensure_future(work)
-    while not future.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(future)
-    future.result()
 
 
 async def _forward_stderr(stream: asyncio.StreamReader) -> None:

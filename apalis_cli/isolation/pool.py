@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..layers.timeout import handler_started
 from ..task import Task, TaskId
 from .child import BOOT
 from .procinfo import describe_exit, rss_of
@@ -144,6 +145,7 @@ class ProcessPool:
         extra = () if wants == "args" else (task.ctx,) if wants == "ctx" else (task,)
         frame = encode((args, extra))
         child = await self._take()
+        handler_started()  # a timeout counts from here, not from the wait for a fresh child
         child.task_id = task.id
         self._busy[task.id] = child
         try:

@@ -16,14 +16,16 @@ break a frame.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import pickle
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import asyncio  # the daemon's side only: a child never imports asyncio for the wire
 
 __all__ = [
     "Done",

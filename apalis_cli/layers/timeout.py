@@ -10,17 +10,30 @@ before the run ends, so the slot is really free again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from collections.abc import Callable
 from typing import Any
 
 from ..durations import format_duration
 from ..service import Outcome, Service
 from ..task import Task
 
-__all__ = ["TaskTimeout", "TimeoutLayer"]
+__all__ = ["TaskTimeout", "TimeoutLayer", "handler_started"]
 
 
 class TaskTimeout(Exception):
     """A run took longer than its timeout."""
+
+
+_RESTART: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("apalis_timeout", default=None)
+
+
+def handler_started() -> None:
+    """Start the run's timeout clock again, now: called by a handler that first waited for its
+    turn (a child process to start), so that wait is not counted as the handler's time."""
+    restart = _RESTART.get()
+    if restart is not None:
+        restart()
 
 
 class TimeoutLayer:
@@ -37,8 +50,13 @@ class TimeoutLayer:
 
         async def limited(task: Task[Any]) -> Outcome:
             try:
-                async with asyncio.timeout(after):
-                    return await inner(task)
+                async with asyncio.timeout(after) as clock:
+                    loop = asyncio.get_running_loop()
+                    token = _RESTART.set(lambda: clock.reschedule(loop.time() + after))
+                    try:
+                        return await inner(task)
+                    finally:
+                        _RESTART.reset(token)
             except TimeoutError:
                 raise TaskTimeout(f"timed out after {format_duration(after)}") from None
 

@@ -3,6 +3,7 @@ exception crosses from a child, a failed start, and what the live view and /metr
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from apalis_cli.isolation import PoolSettings, ProcessPool
 from apalis_cli.isolation.procinfo import describe_exit
 from apalis_cli.isolation.wire import Failed, rebuild_error
 from apalis_cli.layers.retry import describe_error
+from apalis_cli.layers.timeout import TimeoutLayer, handler_started
 from apalis_cli.metrics import Metrics
+from apalis_cli.service import Outcome
 from apalis_cli.sizes import format_size, parse_size
 from apalis_cli.task import Task, TaskContext
 from rich.console import Console
@@ -143,3 +146,16 @@ async def test_a_handler_the_children_cannot_import_is_a_config_error_at_its_lin
     await loaded.aclose()
     assert str(info.value).startswith(f'{tmp_path / "jobs.toml"}:3: workers[0].handler: cannot import "iso_unit:work"')
     assert "SystemExit" in str(info.value)
+
+
+async def test_a_timeout_counts_from_when_the_handler_really_starts() -> None:
+    async def waits_for_a_child_then_runs(task: Task[bytes]) -> Outcome:
+        await asyncio.sleep(0.4)  # a fresh child process starting, under load
+        handler_started()
+        await asyncio.sleep(0.3)  # the handler itself: well within its 0.5 s
+        return Outcome.done("ran")
+
+    limited = TimeoutLayer(0.5)(waits_for_a_child_then_runs)
+    outcome = await limited(Task(id="t", args=b"", ctx=TaskContext(queue="q")))
+    assert outcome.result == "ran"
+    handler_started()  # outside any timeout layer: nothing to restart

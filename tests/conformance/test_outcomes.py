@@ -18,6 +18,7 @@ from typing import Any
 from apalis_cli.backend import Capability
 from apalis_cli.errors import Retry
 from apalis_cli.service import MAX_RETRY_DELAY
+from apalis_cli.storable import MAX_RESULT_BYTES
 from apalis_cli.task import Status, Task
 
 from .conftest import Calls, Harness
@@ -155,3 +156,31 @@ async def test_a_retry_at_any_delay_is_kept_and_fails_no_other_task(harness: Har
                 assert stored is not None
                 assert stored.ctx.status is Status.FAILED
                 assert time.time() + 300 * 86400 < stored.ctx.run_at <= time.time() + MAX_RETRY_DELAY
+
+
+async def test_results_at_the_limit_all_kept_when_they_end_together(harness: Harness, calls: Calls) -> None:
+    # Each result is storable alone; together they are more than one statement of some stores
+    # may carry (MySQL's max_allowed_packet is 16 MiB by default).
+    count, size = 24, MAX_RESULT_BYTES - 100
+    backend = harness.backend(max_attempts=1)
+    ids = await backend.push_bulk([{"n": n} for n in range(count)])
+    all_started = asyncio.Event()
+
+    async def big(args: Any, task: Task[bytes]) -> Any:
+        if len(calls.calls) >= count:
+            all_started.set()
+        await all_started.wait()
+        return chr(ord("a") + args["n"]) * size
+
+    worker = await harness.worker(backend, calls.handler(big), concurrency=count).start()
+    await harness.wait_until(lambda: len(worker.finished()) >= count, within=30, what="every run to end")
+    await worker.stop()
+
+    assert sorted(e.outcome for e in worker.finished()) == ["done"] * count, [e.error for e in worker.finished()]
+    if harness.store.capabilities.has(Capability.INSPECT) and harness.store.capabilities.has(Capability.RESULTS):
+        inspector = harness.inspector(backend)
+        for n, task_id in enumerate(ids):
+            stored = await inspector.get(task_id)
+            assert stored is not None
+            assert stored.ctx.status is Status.DONE
+            assert stored.ctx.result == json.dumps(chr(ord("a") + n) * size)

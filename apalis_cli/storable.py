@@ -59,7 +59,7 @@ def encode_result(value: Any) -> str | None:
 def _encode(encoder: json.JSONEncoder, value: Any) -> str:
     try:
         return encoder.encode(value)
-    except ValueError:  # NaN or a circular structure
+    except (ValueError, TypeError):  # NaN, a circular structure, a dict with tuple keys
         return encoder.encode(repr(value))
 
 

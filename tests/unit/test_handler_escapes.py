@@ -24,7 +24,8 @@ from apalis_cli.handlers import LoadedHandler, load_handler
 from apalis_cli.layers.retry import Backoff
 from apalis_cli.layers.timeout import TimeoutLayer
 from apalis_cli.memory import MemoryQueue, MemoryStore
-from apalis_cli.task import Status
+from apalis_cli.service import Outcome, Service
+from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
 
 MODULE = """
@@ -241,3 +242,27 @@ def test_module_threads_do_not_leak() -> None:
     while any(t.name.startswith("apalis-handler") for t in threading.enumerate()):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+async def test_a_layer_that_raises_fails_the_run_not_the_worker() -> None:
+    def exiting(inner: Service) -> Service:
+        async def service(task: Task[Any]) -> Outcome:
+            if bytes(task.args) == b'"bad"':
+                raise SystemExit(5)  # a layer's bug, or its use of sys.exit
+            return await inner(task)
+
+        return service
+
+    async def handler(args: Any, task: Task[bytes]) -> Any:
+        return args
+
+    queue = MemoryStore().backend("jobs", codec=JsonCodec(), max_attempts=1)
+    bad = await queue.push("bad")
+    good = await queue.push("good")
+    events: list[Event] = []
+    worker = Worker(name="w", backend=queue, handler=handler, layers=[exiting], on_event=[events.append])
+    async with asyncio.timeout(10):
+        await worker.run(asyncio.Event(), burst=True)
+    ended = finished(events)
+    assert (ended[bad].outcome, ended[bad].error) == ("kill", "SystemExit: 5 (attempt 1 of 1, giving up)")
+    assert ended[good].outcome == "done"

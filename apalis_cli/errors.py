@@ -104,13 +104,13 @@ class Retry(TaskControl):
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
         self.delay = delay
-        self.reason = reason
-        super().__init__(reason)
+        self.reason = str(reason)  # an exception given as the reason is kept as its message
+        super().__init__(self.reason)
 
 
 class Abort(TaskControl):
     """Kill this task now, whatever attempts it has left."""
 
     def __init__(self, reason: str = "aborted") -> None:
-        self.reason = reason
-        super().__init__(reason)
+        self.reason = str(reason)  # an exception given as the reason is kept as its message
+        super().__init__(self.reason)

@@ -291,3 +291,11 @@ async def test_tracing_inside_retry_sees_the_exception() -> None:
     [entry] = logs
     assert entry["event"] == "task raised"
     assert entry["log_level"] == "error"
+
+
+async def test_a_reason_that_is_no_string_is_kept_as_its_text() -> None:
+    # `raise Retry(60, exc)` is natural to write: the task must still get its outcome.
+    retried = await RetryLayer()(raising(Retry(60, ValueError("rate limited"))))(make_task(max_attempts=3))  # type: ignore[arg-type]
+    assert (retried.kind, retried.error) == (OutcomeKind.RETRY, "rate limited")
+    aborted = await RetryLayer()(raising(Abort(KeyError("gone"))))(make_task())  # type: ignore[arg-type]
+    assert aborted == Outcome.kill("aborted: 'gone'")

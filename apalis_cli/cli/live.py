@@ -33,6 +33,7 @@ from ..events import (
     Started,
     Stopped,
     TaskFinished,
+    WaitingForRuns,
     WorkerCrashed,
 )
 from ..printable import printable
@@ -173,6 +174,13 @@ class Dashboard:
         elif isinstance(event, WorkerCrashed):
             view.state = "crashed"
             self._error(view.name, "crashed", event.error)
+        elif isinstance(event, WaitingForRuns):
+            self._error(
+                view.name,
+                "stopping",
+                f"waiting for {event.running} run(s) in threads, which cannot be stopped"
+                " (Ctrl-C again exits at once; their tasks come back after stale_after)",
+            )
         elif isinstance(event, Stopped):
             view.state = "stopped"
 

@@ -8,7 +8,7 @@ import re
 
 from apalis_cli.backend import QueueStats
 from apalis_cli.cli.live import Dashboard
-from apalis_cli.events import BackendUnavailable, Idle, Started, Stopped, TaskFinished
+from apalis_cli.events import BackendUnavailable, Idle, Started, Stopped, TaskFinished, WaitingForRuns
 from apalis_cli.task import Status
 from rich.console import Console
 
@@ -182,3 +182,12 @@ def test_extra_lines_under_a_worker() -> None:
     at = next(i for i, line in enumerate(lines) if line.startswith("a "))
     assert lines[at + 1].strip().startswith("child 4242 of a")
     assert lines[at + 2].startswith("b ")
+
+
+def test_a_stop_that_waits_for_threads_says_so() -> None:
+    board = Dashboard([("w", "q")], lambda name: 1, lambda: True)
+    board.on_event(Started(worker="w", queue="q", worker_id="w-1", concurrency=2))
+    board.on_event(WaitingForRuns(worker="w", queue="q", running=1))
+    text = rendered(board)
+    assert "waiting for 1 run(s) in threads, which cannot be stopped" in text
+    assert "Ctrl-C again exits at once" in text

@@ -5,9 +5,11 @@ import __future__
 
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import apalis_cli
+import pytest
 
 
 def public_names(module: ModuleType) -> set[str]:
@@ -55,3 +57,37 @@ def test_the_command_line_starts_without_the_daemon_machinery() -> None:
     code = f"import sys, apalis_cli.cli; print(','.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
+
+
+# What `apalis` loads by the time it exits, written to the file named by argv[1].
+_LOADED_AT_EXIT = """
+import atexit, sys
+report, sys.argv = sys.argv[1], ["apalis", *sys.argv[2:]]
+atexit.register(lambda: open(report, "w").write(",".join(sorted(m.split(".")[0] for m in sys.modules))))
+from apalis_cli.cli import main
+main()
+"""
+
+
+def _loaded_by(tmp_path: Path, *argv: str) -> set[str]:
+    report = tmp_path / "loaded.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED_AT_EXIT, str(report), *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    return set(report.read_text().split(","))
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("push", "--help")], ids=" ".join)
+def test_help_loads_no_validation_library_event_loop_logging_or_terminal_ui(tmp_path: Path, argv: tuple[str]) -> None:
+    # A producer pushing from a shell loop or cron pays each start: pydantic alone was ~60 ms.
+    assert _loaded_by(tmp_path, *argv) & {"pydantic", "asyncio", "structlog", "rich"} == set()
+
+
+def test_push_loads_no_validation_library_logging_or_terminal_ui(tmp_path: Path) -> None:
+    (tmp_path / "apalis.toml").write_text(
+        '[backends.main]\nkind = "sqlite"\nurl = "sqlite:///jobs.db"\n\n'
+        '[[workers]]\nname = "w"\nbackend = "main"\nhandler = "json:loads"\n'
+    )
+    # asyncio it needs: every store's driver is asynchronous.
+    assert _loaded_by(tmp_path, "push", '{"n": 1}') & {"pydantic", "structlog", "rich"} == set()

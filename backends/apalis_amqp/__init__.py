@@ -1,9 +1,9 @@
 """The AMQP backend (`kind = "amqp"`): RabbitMQ queues with confirms, manual acks, delay queues
-and a dead-letter queue, no plugins; see `apalis_amqp.backend` for the layout."""
+and a dead-letter queue, no plugins; see `apalis_amqp.queue` for the layout."""
 
 from __future__ import annotations
 
-from .backend import AmqpQueue, AmqpStore
 from .config import AmqpSettings
+from .queue import AmqpQueue, AmqpStore
 
 __all__ = ["AmqpQueue", "AmqpSettings", "AmqpStore"]

@@ -24,7 +24,7 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from apalis_cli.task import TaskId
 
-from .broker import FAILURES
+from .connection import FAILURES
 
 __all__ = ["Consumer", "Held"]
 

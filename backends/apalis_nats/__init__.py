@@ -1,9 +1,9 @@
 """The NATS JetStream backend (`kind = "nats"`): a WorkQueue stream, durable pull consumers,
-`nak(delay)` retries, `in_progress` heartbeats; see `apalis_nats.backend` for the layout."""
+`nak(delay)` retries, `in_progress` heartbeats; see `apalis_nats.queue` for the layout."""
 
 from __future__ import annotations
 
-from .backend import NatsQueue, NatsStore
 from .config import NatsSettings
+from .queue import NatsQueue, NatsStore
 
 __all__ = ["NatsQueue", "NatsSettings", "NatsStore"]

@@ -38,12 +38,12 @@ async def store() -> AsyncIterator[AmqpStore]:
     try:
         yield made
     finally:
-        names = set(made.broker.created)
+        names = set(made.connection.created)
         await made.close()
-        channel = await made.broker.channel()
+        channel = await made.connection.channel()
         for name in sorted(names):
             await channel.queue_delete(name)
-        await made.broker.close()
+        await made.connection.close()
 
 
 def _worker(queue: AmqpQueue, handler: Any, **options: Any) -> Worker:
@@ -67,7 +67,7 @@ async def test_retry_waits_in_a_delay_queue_then_runs(store: AmqpStore) -> None:
     await run_until(_worker(queue, flaky, backoff=backoff), lambda: len(runs) >= 2)
     assert [attempts for attempts, _ in runs] == [1, 2]
     assert runs[1][1] - runs[0][1] >= 0.4 - 0.02
-    assert f"{queue.work}.delay.400" in store.broker.created, "the retry went through a 400 ms delay queue"
+    assert f"{queue.work}.delay.400" in store.connection.created, "the retry went through a 400 ms delay queue"
     assert task_id
 
 
@@ -110,7 +110,7 @@ async def test_a_dead_workers_task_is_redelivered_and_the_lost_run_counted(store
         claimed = await anext(stream)
     assert (claimed.id, claimed.ctx.attempts) == (task_id, 1)
 
-    abort_connection(doomed.broker.current)  # the process dies without a word: no ack, no close
+    abort_connection(doomed.connection.current)  # the process dies without a word: no ack, no close
     runs: list[int] = []
 
     async def record(args: Any, task: Task[bytes]) -> Any:
@@ -127,7 +127,7 @@ async def test_scheduled_push_and_producer_survive_a_cut_connection(store: AmqpS
     queue = store.backend("jobs", codec=JsonCodec())
     pushed = time.time()
     later = await queue.push({"when": "later"}, delay=0.5)
-    abort_connection(store.broker.current)
+    abort_connection(store.connection.current)
     now = await queue.push({"when": "now"})  # reconnects by itself
     runs: dict[str, float] = {}
 

@@ -36,16 +36,16 @@ class AmqpFactory(StoreFactory):
 
     async def destroy(self, store: Store) -> None:
         assert isinstance(store, AmqpStore)
-        names = set(store.broker.created)
+        names = set(store.connection.created)
         await store.close()
-        channel = await store.broker.channel()
+        channel = await store.connection.channel()
         for name in sorted(names):
             await channel.queue_delete(name)
-        await store.broker.close()
+        await store.connection.close()
 
     async def drop_connections(self, store: Store) -> None:
         assert isinstance(store, AmqpStore)
-        abort_connection(store.broker.current)
+        abort_connection(store.connection.current)
 
 
 FACTORY = AmqpFactory()

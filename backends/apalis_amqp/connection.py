@@ -23,7 +23,7 @@ from apalis_cli.errors import BackendError, ConnectionLost
 
 from .config import AmqpSettings, redact_url
 
-__all__ = ["FAILURES", "Broker", "refusal"]
+__all__ = ["FAILURES", "Connection", "refusal"]
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _alive(conn: AbstractConnection) -> bool:
     return underlay is not None and not underlay.connection.is_closed
 
 
-class Broker:
+class Connection:
     """The store's connection, its publishing channel, and what has been declared on it."""
 
     def __init__(self, settings: AmqpSettings) -> None:

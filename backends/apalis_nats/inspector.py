@@ -20,7 +20,7 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from . import messages as m
-from .client import Connection
+from .connection import Connection
 
 __all__ = ["NatsInspector"]
 

@@ -51,9 +51,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from . import messages as m
-from .client import FAILURES, Connection, Puller, flush
 from .config import NatsSettings
-from .inspect import NatsInspector
+from .connection import FAILURES, Connection, Puller, flush
+from .inspector import NatsInspector
 
 __all__ = ["NatsQueue", "NatsStore"]
 

@@ -53,8 +53,8 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskId
 
-from .broker import FAILURES, Broker, delay_bucket
 from .config import AmqpSettings
+from .connection import FAILURES, Connection, delay_bucket
 from .consumer import Consumer
 from .messages import copy_message, new_message, read_envelope
 
@@ -105,7 +105,7 @@ class AmqpStore:
 
     def __init__(self, settings: AmqpSettings) -> None:
         self.settings = settings
-        self.broker = Broker(settings)
+        self.connection = Connection(settings)
         self.beats: dict[str, float] = {}
         self.consumers: dict[tuple[str, str], Consumer] = {}
 
@@ -116,14 +116,14 @@ class AmqpStore:
 
     async def open(self) -> None:
         """Connect (the queues are declared when first used)."""
-        await self.broker.connection()
+        await self.connection.connection()
 
     async def close(self) -> None:
         """Close every consumer channel and the connection."""
         for consumer in list(self.consumers.values()):
             await consumer.close()
         self.consumers.clear()
-        await self.broker.close()
+        await self.connection.close()
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> AmqpQueue:
         """The queue-bound backend."""
@@ -138,7 +138,7 @@ class AmqpQueue(QueueBase):
     def __init__(self, store: AmqpStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
         self._store = store
-        self._broker = store.broker
+        self._conn = store.connection
         self.work = f"{store.settings.prefix}.{queue}"
         self.dead = f"{self.work}.dead"
         self._max_priority = store.settings.max_priority
@@ -159,18 +159,18 @@ class AmqpQueue(QueueBase):
             for task in tasks:
                 message = new_message(task, self._amqp_priority(task.priority))
                 batch.append((await self._route(task.run_at - now), message))
-            await self._broker.publish_many(batch)
+            await self._conn.publish_many(batch)
 
-        await self._broker.retrying(publish)
+        await self._conn.retrying(publish)
         return [task.id for task in tasks]
 
     async def prepare(self) -> None:
         """Declare the work queue and the dead-letter queue (`apalis check` does this)."""
-        await self._broker.retrying(self._ensure_queues)
+        await self._conn.retrying(self._ensure_queues)
 
     async def _ensure_queues(self) -> None:
-        await self._broker.declare(self.work, self._work_args)
-        await self._broker.declare(self.dead)
+        await self._conn.declare(self.work, self._work_args)
+        await self._conn.declare(self.dead)
 
     async def _route(self, delay: float, routes: dict[int, str] | None = None) -> str:
         """The queue for a message due in `delay` seconds (delay queues declared once per batch)."""
@@ -179,7 +179,7 @@ class AmqpQueue(QueueBase):
         ms = delay_bucket(delay)
         if routes is not None and ms in routes:
             return routes[ms]
-        name = await self._broker.declare_delay(self.work, ms)
+        name = await self._conn.declare_delay(self.work, ms)
         if routes is not None:
             routes[ms] = name
         return name
@@ -190,13 +190,13 @@ class AmqpQueue(QueueBase):
         key = (self.queue, worker.id)
         consumer = self._store.consumers.get(key)
         if consumer is None or consumer.closed:
-            self._broker.forget(self.work)  # a channel closes on a deleted queue, too
+            self._conn.forget(self.work)  # a channel closes on a deleted queue, too
             await self._ensure_queues()
-            channel = await self._broker.channel()
+            channel = await self._conn.channel()
             queue = await channel.declare_queue(self.work, passive=True)  # as declared: ours or not
             consumer = self._store.consumers[key] = Consumer(worker.id, channel, queue)
         elif consumer.cancelled:  # its queue was deleted: declare it again, consume on the same channel
-            self._broker.forget(self.work)
+            self._conn.forget(self.work)
             await self._ensure_queues()
             await consumer.start(worker.concurrency, await consumer.channel.declare_queue(self.work, passive=True))
         await consumer.start(worker.concurrency)
@@ -253,7 +253,7 @@ class AmqpQueue(QueueBase):
                 target = self.dead, copy
             else:
                 target = self.work, copy_message(message, id=envelope.id, attempts=lost)
-            await self._broker.retrying(lambda: self._broker.publish_many([target]))
+            await self._conn.retrying(lambda: self._conn.publish_many([target]))
             await message.ack()
             return None
         attempts = envelope.attempts + 1
@@ -262,7 +262,7 @@ class AmqpQueue(QueueBase):
 
     async def _requeue(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         """Hand back deliveries that never started: copies to the work queue, then acks."""
-        await self._broker.retrying(lambda: self._broker.publish_many([(self.work, copy_message(m)) for m in messages]))
+        await self._conn.retrying(lambda: self._conn.publish_many([(self.work, copy_message(m)) for m in messages]))
         for message in messages:
             await message.ack()
 
@@ -295,7 +295,7 @@ class AmqpQueue(QueueBase):
                 elif kind is OutcomeKind.RELEASE:
                     copies.append((self.work, copy_message(message, id=task.id, attempts=max(held.attempts - 1, 0))))
                 settled.append((consumer, task.id, message))
-            await self._broker.publish_many(copies)
+            await self._conn.publish_many(copies)
         except FAILURES as exc:
             raise ConnectionLost(f"RabbitMQ: {exc!r}") from exc
         for consumer, task_id, _ in settled:
@@ -311,7 +311,7 @@ class AmqpQueue(QueueBase):
         store = self._store
 
         async def beat() -> None:
-            await self._broker.connection()
+            await self._conn.connection()
             now = time.time()
             store.beats[worker.id] = now
             for (queue, worker_id), consumer in list(store.consumers.items()):
@@ -347,7 +347,7 @@ class AmqpQueue(QueueBase):
         for task_id in idle:
             held = consumer.held.pop(task_id)
             copy = copy_message(held.message, id=task_id, attempts=max(held.attempts - 1, 0))
-            await self._broker.publish_many([(self.work, copy)])
+            await self._conn.publish_many([(self.work, copy)])
             await held.message.ack()
 
     # -- what can be inspected -------------------------------------------------------------
@@ -355,7 +355,7 @@ class AmqpQueue(QueueBase):
     async def stats(self) -> QueueStats:
         """Ready messages in the work queue and in the dead-letter queue (passive declares)."""
         counts: dict[Status, int | None] = dict.fromkeys(Status)
-        channel = await self._broker.channel()
+        channel = await self._conn.channel()
         try:
             for name, status in ((self.work, Status.PENDING), (self.dead, Status.KILLED)):
                 declared = await channel.declare_queue(name, passive=True)
@@ -372,7 +372,7 @@ class AmqpQueue(QueueBase):
         the channel; nothing consumes that queue, so its redelivered flags do no harm)."""
         if status is not Status.KILLED:
             raise Unsupported(_CAPABILITIES.lacking[Capability.INSPECT])
-        channel = await self._broker.channel()
+        channel = await self._conn.channel()
         tasks: list[Task[bytes]] = []
         try:
             queue = await channel.declare_queue(self.dead, durable=True)
@@ -410,7 +410,7 @@ class AmqpQueue(QueueBase):
         """Empty the dead-letter queue (`status` killed, no age filter); nothing else."""
         if status is not Status.KILLED or older_than:
             raise Unsupported(_CAPABILITIES.lacking[Capability.ADMIN])
-        channel = await self._broker.channel()
+        channel = await self._conn.channel()
         try:
             queue = await channel.declare_queue(self.dead, durable=True)
             result = await queue.purge()

@@ -35,7 +35,6 @@ from .backend import StoreSpec
 from .bounds import ATTEMPTS, CONCURRENCY, COUNT
 from .config_fields import (
     Table,
-    boolean,
     choice,
     did_you_mean,
     duration,
@@ -52,7 +51,7 @@ from .config_fields import (
     type_name,
 )
 from .errors import ConfigError, UsageError
-from .layers.retry import Backoff
+from .layers import LAYERS, Backoff, ConfiguredLayer, RetryLayer
 from .sizes import parse_size
 from .tomllines import KeyPath, LineIndex, render_path
 
@@ -63,7 +62,6 @@ __all__ = [
     "CommandHandler",
     "Config",
     "ImportHandler",
-    "MiddlewareConfig",
     "WorkerConfig",
     "load_config",
     "parse_config",
@@ -82,9 +80,6 @@ _HANDLER_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 Isolation = Literal["thread", "process"]
 _PROCESS_KEYS = ("max_tasks_per_child", "max_memory_per_child", "kill_grace")
-MiddlewareKind = Literal["retry", "timeout", "rate_limit", "concurrency", "catch", "tracing"]
-_MIDDLEWARE_KINDS: tuple[MiddlewareKind, ...] = ("retry", "timeout", "rate_limit", "concurrency", "catch", "tracing")
-_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,21 +111,6 @@ class CommandHandler:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MiddlewareConfig:
-    """One `{ kind = ..., ... }` entry of a worker's `middleware` list, validated."""
-
-    kind: MiddlewareKind
-    max_attempts: int | None = None  # retry
-    backoff: Backoff | None = None  # retry
-    after: float = 0.0  # timeout
-    rate: int = 0  # rate_limit
-    per: float = 1.0  # rate_limit
-    limit: int = 0  # concurrency
-    kill_on: tuple[str, ...] = ()  # catch: "ValueError" or "package.module:ClassName"
-    level: str = "info"  # tracing
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig:
     """One `[[workers]]` table, validated, defaults filled in."""
 
@@ -147,7 +127,7 @@ class WorkerConfig:
     shutdown_timeout: float = 30.0
     max_attempts: int = 3
     retention: float = 7 * 86400.0
-    middleware: tuple[MiddlewareConfig, ...] = ()
+    middleware: tuple[ConfiguredLayer, ...] = ()  # as configured: see `apalis_cli.layers.LAYERS`
     cron: Mapping[str, Any] | None = None  # the cron keys given, for a worker on a cron backend
     pipe_to: str | None = None  # cron: the durable backend the ticks are pushed into
     isolation: Isolation = "thread"  # "process": the handler runs in a pool of child processes
@@ -163,10 +143,7 @@ class WorkerConfig:
     @property
     def backoff(self) -> Backoff | None:
         """The backoff of the (first) retry middleware, if any."""
-        for mw in self.middleware:
-            if mw.kind == "retry":
-                return mw.backoff
-        return None
+        return next((mw.backoff for mw in self.middleware if isinstance(mw, RetryLayer)), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,7 +259,7 @@ def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig
         _parse_middleware(Table(raw, (*table.path, "middleware", i), table.lines))
         for i, raw in enumerate(table.take("middleware", list_of_tables, []))
     )
-    retry_attempts = next((m.max_attempts for m in middleware if m.kind == "retry" and m.max_attempts), None)
+    retry_attempts = next((m.max_attempts for m in middleware if isinstance(m, RetryLayer) and m.max_attempts), None)
     keep_alive = table.take("keep_alive", duration, 10.0, positive=True)
     cron, pipe_to = _parse_cron_keys(table, backend, backends)
     worker = WorkerConfig(
@@ -353,33 +330,10 @@ def _parse_isolation(table: Table) -> dict[str, Any]:
     }
 
 
-def _parse_middleware(table: Table) -> MiddlewareConfig:
-    kind: MiddlewareKind = table.take("kind", choice(*_MIDDLEWARE_KINDS))
-    config: MiddlewareConfig
-    if kind == "retry":
-        backoff = Backoff(
-            kind=table.take("backoff", choice("constant", "linear", "exponential"), "exponential"),
-            base=table.take("base", duration, 1.0),
-            max=table.take("max", duration, 3600.0),
-            jitter=table.take("jitter", boolean, True),
-        )
-        config = MiddlewareConfig(
-            kind=kind, max_attempts=table.take("max_attempts", integer(ATTEMPTS), None), backoff=backoff
-        )
-    elif kind == "timeout":
-        config = MiddlewareConfig(kind=kind, after=table.take("after", duration, positive=True))
-    elif kind == "rate_limit":
-        config = MiddlewareConfig(
-            kind=kind, rate=table.take("rate", integer(COUNT)), per=table.take("per", duration, 1.0, positive=True)
-        )
-    elif kind == "concurrency":
-        config = MiddlewareConfig(kind=kind, limit=table.take("limit", integer(CONCURRENCY)))
-    elif kind == "catch":
-        config = MiddlewareConfig(kind=kind, kill_on=table.take("kill_on", _exception_names))
-    else:
-        config = MiddlewareConfig(kind=kind, level=table.take("level", choice(*_LOG_LEVELS), "info"))
+def _parse_middleware(table: Table) -> ConfiguredLayer:
+    layer = LAYERS[table.take("kind", choice(*LAYERS))].from_config(table)
     table.finish()
-    return config
+    return layer
 
 
 def _handler(value: Any) -> ImportHandler | CommandHandler:
@@ -396,11 +350,3 @@ def _handler(value: Any) -> ImportHandler | CommandHandler:
             raise ValueError('expected command = ["program", "arg", ...] (a non-empty array of strings)')
         return CommandHandler(command=tuple(command))
     raise ValueError(f'expected "package.module:function" or {{ command = [...] }}, got {type_name(value)}')
-
-
-def _exception_names(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ValueError('expected exception names, e.g. ["ValueError", "myapp.errors:NotFound"]')
-    return tuple(value)

@@ -12,11 +12,11 @@ import structlog
 
 from ..backend import BackendExt, Store
 from ..codec import codec_by_name
-from ..config import Config, MiddlewareConfig, WorkerConfig
+from ..config import Config, WorkerConfig
 from ..errors import ApalisError, BackendError, ConfigError
-from ..handlers import LoadedHandler, load_handler, resolve_exception
+from ..handlers import LoadedHandler, load_handler
 from ..isolation import ProcessPool
-from ..layers import CatchLayer, ConcurrencyLayer, RateLimitLayer, RetryLayer, TimeoutLayer, TracingLayer
+from ..layers import Resolvable
 from ..layers.retry import describe_error
 from ..registry import Registry, build_store, build_worker_store, redact_text
 from ..service import Layer
@@ -29,25 +29,19 @@ _OPEN_RETRY_MAX = 30.0
 
 
 def build_layers(config: Config, worker: WorkerConfig) -> list[Layer]:
-    """The worker's middleware, in the order listed (the first outermost)."""
-    return [_layer(config, worker, index, mw) for index, mw in enumerate(worker.middleware)]
-
-
-def _layer(config: Config, worker: WorkerConfig, index: int, mw: MiddlewareConfig) -> Layer:
-    if mw.kind == "retry":
-        return RetryLayer(mw.backoff)
-    if mw.kind == "timeout":
-        return TimeoutLayer(mw.after)
-    if mw.kind == "rate_limit":
-        return RateLimitLayer(mw.rate, mw.per)
-    if mw.kind == "concurrency":
-        return ConcurrencyLayer(mw.limit)
-    if mw.kind == "catch":
-        try:
-            return CatchLayer(tuple(resolve_exception(name, config.base_dir) for name in mw.kill_on))
-        except ValueError as exc:
-            raise config.error((*worker.key, "middleware", index, "kill_on"), str(exc)) from None
-    return TracingLayer(mw.level)
+    """The worker's middleware, in the order listed (the first outermost), with the code each
+    layer names imported (a name that fails is a config error at its line)."""
+    layers: list[Layer] = []
+    for index, layer in enumerate(worker.middleware):
+        if isinstance(layer, Resolvable):
+            try:
+                layers.append(layer.resolved(config.base_dir))
+            except ConfigError as exc:
+                key = (*worker.key, "middleware", index, *(exc.key.split(".") if exc.key else ()))
+                raise config.error(key, exc.message) from None
+        else:
+            layers.append(layer)
+    return layers
 
 
 @dataclass(slots=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, ClassVar
 
+from ..bounds import CONCURRENCY, COUNT
+from ..config_fields import Table, duration, integer
 from ..durations import format_duration
 from ..service import Outcome, Service
 from ..task import Task
@@ -20,8 +22,15 @@ __all__ = ["ConcurrencyLayer", "RateLimitLayer"]
 class ConcurrencyLayer:
     """At most `limit` runs inside this layer at once."""
 
+    kind: ClassVar[str] = "concurrency"
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
+
+    @classmethod
+    def from_config(cls, table: Table) -> ConcurrencyLayer:
+        """`{ kind = "concurrency", limit = 4 }`"""
+        return cls(table.take("limit", integer(CONCURRENCY)))
 
     def __repr__(self) -> str:
         return f"concurrency({self.limit})"
@@ -39,9 +48,16 @@ class ConcurrencyLayer:
 class RateLimitLayer:
     """At most `rate` runs start per `per` seconds (a token bucket, bursts up to `rate`)."""
 
+    kind: ClassVar[str] = "rate_limit"
+
     def __init__(self, rate: int, per: float) -> None:
         self.rate = rate
         self.per = per
+
+    @classmethod
+    def from_config(cls, table: Table) -> RateLimitLayer:
+        """`{ kind = "rate_limit", rate = 100, per = "1s" }`"""
+        return cls(table.take("rate", integer(COUNT)), table.take("per", duration, 1.0, positive=True))
 
     def __repr__(self) -> str:
         return f"rate_limit({self.rate}/{format_duration(self.per)})"

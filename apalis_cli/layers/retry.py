@@ -11,8 +11,10 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from ..bounds import ATTEMPTS
+from ..config_fields import Table, boolean, choice, duration, integer
 from ..errors import Abort, DecodeError, Retry
 from ..service import Outcome, Service, stop_requested
 from ..storable import describe_error
@@ -48,10 +50,27 @@ class Backoff:
 
 
 class RetryLayer:
-    """Catches a run's exception and decides: retry after the backoff, or kill."""
+    """Catches a run's exception and decides: retry after the backoff, or kill.
 
-    def __init__(self, backoff: Backoff | None = None) -> None:
+    `max_attempts` is the worker's default number of runs per task when the config names it
+    here; the decision itself reads each task's own `max_attempts`."""
+
+    kind: ClassVar[str] = "retry"
+
+    def __init__(self, backoff: Backoff | None = None, *, max_attempts: int | None = None) -> None:
         self.backoff = backoff or Backoff()
+        self.max_attempts = max_attempts
+
+    @classmethod
+    def from_config(cls, table: Table) -> RetryLayer:
+        """`{ kind = "retry", max_attempts = 5, backoff = "exponential", base = "1s", max = "1h", jitter = true }`"""
+        backoff = Backoff(
+            kind=table.take("backoff", choice("constant", "linear", "exponential"), "exponential"),
+            base=table.take("base", duration, 1.0),
+            max=table.take("max", duration, 3600.0),
+            jitter=table.take("jitter", boolean, True),
+        )
+        return cls(backoff, max_attempts=table.take("max_attempts", integer(ATTEMPTS), None))
 
     def __repr__(self) -> str:
         b = self.backoff

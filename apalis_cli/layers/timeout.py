@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+from ..config_fields import Table, duration
 from ..durations import format_duration
 from ..service import Outcome, Service
 from ..task import Task
@@ -39,8 +40,15 @@ def handler_started() -> None:
 class TimeoutLayer:
     """Fails a run that takes longer than `after` seconds."""
 
+    kind: ClassVar[str] = "timeout"
+
     def __init__(self, after: float) -> None:
         self.after = after
+
+    @classmethod
+    def from_config(cls, table: Table) -> TimeoutLayer:
+        """`{ kind = "timeout", after = "30s" }`"""
+        return cls(table.take("after", duration, positive=True))
 
     def __repr__(self) -> str:
         return f"timeout({format_duration(self.after)})"

@@ -7,19 +7,29 @@ Outside `retry` it logs the final decision of each run; inside `retry` it also s
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
+from ..config_fields import Table, choice
 from ..service import Outcome, Service
 from ..task import Task
 
 __all__ = ["TracingLayer"]
 
+_LEVELS = ("debug", "info", "warning", "error")
+
 
 class TracingLayer:
     """Logs each run through structlog at `level`."""
 
+    kind: ClassVar[str] = "tracing"
+
     def __init__(self, level: str = "info") -> None:
         self.level = level
+
+    @classmethod
+    def from_config(cls, table: Table) -> TracingLayer:
+        """`{ kind = "tracing", level = "info" }` (debug, info, warning or error)"""
+        return cls(table.take("level", choice(*_LEVELS), "info"))
 
     def __repr__(self) -> str:
         return f"tracing({self.level})"

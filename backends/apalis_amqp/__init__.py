@@ -3,7 +3,7 @@ and a dead-letter queue, no plugins; see `apalis_amqp.queue` for the layout."""
 
 from __future__ import annotations
 
-from .config import AmqpSettings
+from .config import AmqpConfig
 from .queue import AmqpQueue, AmqpStore
 
-__all__ = ["AmqpQueue", "AmqpSettings", "AmqpStore"]
+__all__ = ["AmqpConfig", "AmqpQueue", "AmqpStore"]

@@ -1,4 +1,4 @@
-"""The AMQP store's settings: the broker URL, the queue-name prefix and the priority range."""
+"""The AMQP store's config: the broker URL, the queue-name prefix and the priority range."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from apalis_cli.errors import ConfigError
 
-__all__ = ["AmqpSettings", "redact_url"]
+__all__ = ["AmqpConfig", "redact_url"]
 
 _SCHEMES = ("amqp", "amqps")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -30,7 +30,7 @@ def redact_url(url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AmqpSettings:
+class AmqpConfig:
     """A validated `[backends.NAME]` table of kind amqp.
 
     `prefix` starts every queue name (`<prefix>.<queue>`, `.dead`, `.delay.<ms>`); `max_priority`
@@ -43,7 +43,7 @@ class AmqpSettings:
     max_priority: int = 9
 
     @classmethod
-    def parse(cls, url: str, options: Mapping[str, Any]) -> AmqpSettings:
+    def parse(cls, url: str, options: Mapping[str, Any]) -> AmqpConfig:
         """Validate the URL and the options; errors name the key."""
         unknown = set(options) - _KEYS
         if unknown:

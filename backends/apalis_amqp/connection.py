@@ -21,7 +21,7 @@ from aio_pika.exceptions import AMQPError, ChannelPreconditionFailed, PublishErr
 from aiormq.exceptions import ChannelAccessRefused
 from apalis_cli.errors import BackendError, ConnectionLost
 
-from .config import AmqpSettings, redact_url
+from .config import AmqpConfig, redact_url
 
 __all__ = ["FAILURES", "Connection", "refusal"]
 
@@ -70,8 +70,8 @@ def _alive(conn: AbstractConnection) -> bool:
 class Connection:
     """The store's connection, its publishing channel, and what has been declared on it."""
 
-    def __init__(self, settings: AmqpSettings) -> None:
-        self.settings = settings
+    def __init__(self, config: AmqpConfig) -> None:
+        self.config = config
         self._connection: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -92,14 +92,14 @@ class Connection:
                 return self._connection
             try:
                 self._connection = await aio_pika.connect(
-                    self.settings.url,
+                    self.config.url,
                     timeout=10,
                     client_properties={
                         "connection_name": "apalis-cli",
                     },
                 )
             except FAILURES as exc:
-                raise ConnectionLost(f"cannot reach RabbitMQ at {redact_url(self.settings.url)}: {exc!r}") from None
+                raise ConnectionLost(f"cannot reach RabbitMQ at {redact_url(self.config.url)}: {exc!r}") from None
             self._publisher = None
             self._declared.clear()
             return self._connection

@@ -53,7 +53,7 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskId
 
-from .config import AmqpSettings
+from .config import AmqpConfig
 from .connection import FAILURES, Connection, delay_bucket
 from .consumer import Consumer
 from .messages import copy_message, new_message, read_envelope
@@ -103,16 +103,16 @@ class AmqpStore:
     kind: ClassVar[str] = "amqp"
     capabilities: ClassVar[Capabilities] = _CAPABILITIES
 
-    def __init__(self, settings: AmqpSettings) -> None:
-        self.settings = settings
-        self.connection = Connection(settings)
+    def __init__(self, config: AmqpConfig) -> None:
+        self.config = config
+        self.connection = Connection(config)
         self.beats: dict[str, float] = {}
         self.consumers: dict[tuple[str, str], Consumer] = {}
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> AmqpStore:
         """Validate the table (`url`, options `prefix` and `max_priority`)."""
-        return cls(AmqpSettings.parse(spec.url, spec.options))
+        return cls(AmqpConfig.parse(spec.url, spec.options))
 
     async def open(self) -> None:
         """Connect (the queues are declared when first used)."""
@@ -139,9 +139,9 @@ class AmqpQueue(QueueBase):
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
         self._store = store
         self._conn = store.connection
-        self.work = f"{store.settings.prefix}.{queue}"
+        self.work = f"{store.config.prefix}.{queue}"
         self.dead = f"{self.work}.dead"
-        self._max_priority = store.settings.max_priority
+        self._max_priority = store.config.max_priority
         self._work_args: dict[str, Any] | None = {"x-max-priority": self._max_priority} if self._max_priority else None
 
     # -- pushing ---------------------------------------------------------------------------

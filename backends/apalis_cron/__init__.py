@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .config import CronSettings
+from .config import CronConfig
 from .queue import CronBackend, CronStore, Ticker, tick_key
 from .schedule import Schedule
 
-__all__ = ["CronBackend", "CronSettings", "CronStore", "Schedule", "Ticker", "tick_key"]
+__all__ = ["CronBackend", "CronConfig", "CronStore", "Schedule", "Ticker", "tick_key"]

@@ -1,4 +1,4 @@
-"""The cron worker's settings: its schedule (5 or 6 fields, or an alias), timezone and catch-up."""
+"""The cron worker's config: its schedule (5 or 6 fields, or an alias), timezone and catch-up."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apalis_cli.errors import ConfigError, MissingExtra
 
-__all__ = ["CatchUp", "CronSettings"]
+__all__ = ["CatchUp", "CronConfig"]
 
 CatchUp = Literal["none", "latest", "all"]
 _CATCH_UP: tuple[CatchUp, ...] = ("none", "latest", "all")
@@ -18,7 +18,7 @@ _KEYS = {"schedule", "timezone", "catch_up", "catch_up_limit"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CronSettings:
+class CronConfig:
     """A validated schedule.
 
     `schedule` has 6 fields (seconds first: "0 0 3 * * *"), 5 fields (minutes first, as in
@@ -38,7 +38,7 @@ class CronSettings:
         return len(self.schedule.split()) == 6
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> CronSettings:
+    def parse(cls, options: Mapping[str, Any]) -> CronConfig:
         """Validate a cron worker's keys; errors name the key."""
         unknown = set(options) - _KEYS
         if unknown:

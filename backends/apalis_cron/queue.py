@@ -33,7 +33,7 @@ from apalis_cli.memory import MemoryStore
 from apalis_cli.service import Layer
 from apalis_cli.task import Task, iso
 
-from .config import CronSettings
+from .config import CronConfig
 from .schedule import Schedule
 
 __all__ = ["CronBackend", "CronStore", "Ticker", "tick_key"]
@@ -55,9 +55,9 @@ class _SinkBackend(BackendExt, TaskSink, Protocol):
 class Ticker:
     """Pushes the schedule's ticks into `sink`, each at its time, with its idempotency key."""
 
-    def __init__(self, settings: CronSettings, sink: TaskSink, *, inspector: Inspector | None) -> None:
-        self.settings = settings
-        self.schedule = Schedule(settings)
+    def __init__(self, config: CronConfig, sink: TaskSink, *, inspector: Inspector | None) -> None:
+        self.config = config
+        self.schedule = Schedule(config)
         self._sink = sink
         self._inspector = inspector
 
@@ -84,7 +84,7 @@ class Ticker:
                 await asyncio.sleep(_RETRY_PUSH)
 
     async def _missed(self, now: float) -> list[float]:
-        s = self.settings
+        s = self.config
         if s.catch_up == "none" or self._inspector is None:
             return []
         last = await self._last_recorded_tick()
@@ -122,15 +122,15 @@ def _tick_of(task: Task[bytes]) -> float | None:
 class CronBackend:
     """The cron worker's backend: the ticker runs while the worker polls the sink's queue."""
 
-    def __init__(self, settings: CronSettings, sink: _SinkBackend, *, durable: bool) -> None:
-        self.settings = settings
+    def __init__(self, config: CronConfig, sink: _SinkBackend, *, durable: bool) -> None:
+        self.config = config
         self.sink = sink
         self.durable = durable
         self.codec: Codec = sink.codec
         self.queue = sink.get_queue()
         self.capabilities: Capabilities = sink.capabilities
         inspector = sink if durable and isinstance(sink, Inspector) else None
-        self.ticker = Ticker(settings, sink, inspector=inspector)
+        self.ticker = Ticker(config, sink, inspector=inspector)
 
     def get_queue(self) -> str:
         """The queue the ticks go to."""
@@ -170,14 +170,14 @@ class CronStore:
         {Capability.RECONNECT: "cron without pipe_to keeps its ticks in this process"}
     )
 
-    def __init__(self, settings: CronSettings) -> None:
-        self.settings = settings
+    def __init__(self, config: CronConfig) -> None:
+        self.config = config
         self._memory = MemoryStore()
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> CronStore:
         """Validate the schedule, timezone and catch-up settings."""
-        return cls(CronSettings.parse(spec.options))
+        return cls(CronConfig.parse(spec.options))
 
     async def open(self) -> None:
         """Nothing to connect: ticks come from the clock."""
@@ -187,12 +187,12 @@ class CronStore:
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> CronBackend:
         """Ticks run in this process only (no `pipe_to`)."""
-        if self.settings.catch_up != "none":
+        if self.config.catch_up != "none":
             raise ConfigError(
                 "needs pipe_to: without a durable backend there is no record of missed ticks", key="catch_up"
             )
         sink = self._memory.backend(queue, codec=codec, max_attempts=max_attempts)
-        return CronBackend(self.settings, sink, durable=False)
+        return CronBackend(self.config, sink, durable=False)
 
     def pipe(self, sink: BackendExt) -> CronBackend:
         """Ticks pushed into `sink`, a durable backend's queue, once per tick across replicas."""
@@ -201,9 +201,9 @@ class CronStore:
         if not sink.capabilities.has(Capability.IDEMPOTENCY):
             why = sink.capabilities.why_not(Capability.IDEMPOTENCY)
             raise ConfigError(f"pipe_to needs idempotency keys to run each tick once, but {why}", key="pipe_to")
-        if self.settings.catch_up != "none" and not (
+        if self.config.catch_up != "none" and not (
             isinstance(sink, Inspector) and sink.capabilities.has(Capability.INSPECT)
         ):
             raise ConfigError("catch_up needs a pipe_to backend that can be inspected", key="catch_up")
         assert isinstance(sink, _SinkBackend)
-        return CronBackend(self.settings, sink, durable=True)
+        return CronBackend(self.config, sink, durable=True)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .config import CronSettings
+from .config import CronConfig
 
 __all__ = ["Schedule"]
 
 
 class Schedule:
-    """The ticks of one `CronSettings`."""
+    """The ticks of one `CronConfig`."""
 
-    def __init__(self, settings: CronSettings) -> None:
+    def __init__(self, config: CronConfig) -> None:
         from croniter import croniter  # the config already checked that it is installed
 
         self._croniter = croniter
-        self._settings = settings
+        self._config = config
 
     def _iter(self, start: float, *, backwards: bool = False) -> object:
-        s = self._settings
+        s = self._config
         moment = datetime.fromtimestamp(start, s.timezone)
         return self._croniter(s.schedule, moment, is_prev=backwards, second_at_beginning=s.seconds_first)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .config import NatsSettings
+from .config import NatsConfig
 from .queue import NatsQueue, NatsStore
 
-__all__ = ["NatsQueue", "NatsSettings", "NatsStore"]
+__all__ = ["NatsConfig", "NatsQueue", "NatsStore"]

@@ -1,4 +1,4 @@
-"""The NATS store's settings: server URL(s), the JetStream stream and its subject prefix."""
+"""The NATS store's config: server URL(s), the JetStream stream and its subject prefix."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
 
-__all__ = ["NatsSettings", "redact_url"]
+__all__ = ["NatsConfig", "redact_url"]
 
 _SCHEMES = ("nats", "tls", "ws", "wss")
 _STREAM = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -49,7 +49,7 @@ def _seconds(value: Any, key: str) -> float:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NatsSettings:
+class NatsConfig:
     """A validated `[backends.NAME]` table of kind nats.
 
     `stream` is the WorkQueue stream holding every queue of this table, on subjects
@@ -68,7 +68,7 @@ class NatsSettings:
         return [one.strip() for one in self.url.split(",") if one.strip()]
 
     @classmethod
-    def parse(cls, url: str, options: Mapping[str, Any]) -> NatsSettings:
+    def parse(cls, url: str, options: Mapping[str, Any]) -> NatsConfig:
         """Validate the URL and the options; errors name the key."""
         unknown = set(options) - _KEYS
         if unknown:

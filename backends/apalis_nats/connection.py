@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from .config import NatsSettings, redact_url
+from .config import NatsConfig, redact_url
 
 __all__ = ["FAILURES", "Connection", "Puller", "flush"]
 
@@ -53,8 +53,8 @@ async def flush(client: Client) -> None:
 class Connection:
     """One NATS client per store, with its JetStream context and the stream made sure of."""
 
-    def __init__(self, settings: NatsSettings) -> None:
-        self.settings = settings
+    def __init__(self, config: NatsConfig) -> None:
+        self.config = config
         self._client: Client | None = None
         self._lock = asyncio.Lock()
 
@@ -78,7 +78,7 @@ class Connection:
     async def _connect(self) -> Client:
         try:
             client = await nats.connect(
-                servers=self.settings.servers,
+                servers=self.config.servers,
                 name="apalis-cli",
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
@@ -87,7 +87,7 @@ class Connection:
                 error_cb=_quiet,
             )
         except Exception as exc:  # nats-py raises many kinds when the first connect fails
-            raise ConnectionLost(f"cannot reach NATS at {redact_url(self.settings.url)}: {exc!r}") from None
+            raise ConnectionLost(f"cannot reach NATS at {redact_url(self.config.url)}: {exc!r}") from None
         try:
             await self._ensure_stream(client.jetstream(timeout=5.0))
         except BaseException:
@@ -98,7 +98,7 @@ class Connection:
     async def stream_exists(self) -> bool:
         """True when the stream is there."""
         try:
-            await (await self.js()).stream_info(self.settings.stream)
+            await (await self.js()).stream_info(self.config.stream)
         except NotFoundError:
             return False
         return True
@@ -111,7 +111,7 @@ class Connection:
         """Create the stream, or use the one that exists when it can serve: a WorkQueue stream
         whose subjects take `<prefix>.>`. Anything else is one line saying what to change (it
         would be the same on every retry)."""
-        s = self.settings
+        s = self.config
         wanted = f"{s.prefix}.>"
         config = StreamConfig(
             name=s.stream,

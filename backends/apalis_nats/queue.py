@@ -51,7 +51,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from . import messages as m
-from .config import NatsSettings
+from .config import NatsConfig
 from .connection import FAILURES, Connection, Puller, flush
 from .inspector import NatsInspector
 
@@ -101,14 +101,14 @@ class NatsStore:
     kind: ClassVar[str] = "nats"
     capabilities: ClassVar[Capabilities] = _CAPABILITIES
 
-    def __init__(self, settings: NatsSettings) -> None:
-        self.settings = settings
-        self.connection = Connection(settings)
+    def __init__(self, config: NatsConfig) -> None:
+        self.config = config
+        self.connection = Connection(config)
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> NatsStore:
         """Validate the table (`url`, options `stream`, `prefix`, `duplicate_window`, `storage`)."""
-        return cls(NatsSettings.parse(spec.url, spec.options))
+        return cls(NatsConfig.parse(spec.url, spec.options))
 
     async def open(self) -> None:
         """Connect and create the stream if it does not exist."""
@@ -132,7 +132,7 @@ class NatsQueue(QueueBase, NatsInspector):
 
     def __init__(self, store: NatsStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        s = store.settings
+        s = store.config
         self._conn = store.connection
         self.stream = s.stream
         self.work = f"{s.prefix}.q.{queue}"

@@ -99,7 +99,7 @@ async def test_killed_task_is_peekable_in_the_dead_letter_queue(store: AmqpStore
 
 
 async def test_a_dead_workers_task_is_redelivered_and_the_lost_run_counted(store: AmqpStore) -> None:
-    prefix = store.settings.prefix
+    prefix = store.config.prefix
     doomed = await _store(prefix)  # another connection: the "process" that dies
     queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
     task_id = await queue.push({"n": 1})
@@ -150,7 +150,7 @@ async def test_a_queue_a_tutorial_producer_declared_is_used_as_it_is(
 ) -> None:
     # RabbitMQ's tutorial declares its queue durable with no arguments: no x-max-priority.
     connection, channel = await _plain_channel()
-    work = f"{store.settings.prefix}.jobs"
+    work = f"{store.config.prefix}.jobs"
     await channel.declare_queue(work, durable=True)
     await channel.default_exchange.publish(aio_pika.Message(b'{"from": "tutorial"}'), routing_key=work)
 
@@ -176,7 +176,7 @@ async def test_a_queue_a_tutorial_producer_declared_is_used_as_it_is(
 
 async def test_a_delay_queue_made_with_other_arguments_fails_at_once_saying_what_to_do(store: AmqpStore) -> None:
     connection, channel = await _plain_channel()
-    delay_queue = f"{store.settings.prefix}.jobs.delay.30000"  # 30 s, rounded up to 2 digits
+    delay_queue = f"{store.config.prefix}.jobs.delay.30000"  # 30 s, rounded up to 2 digits
     await channel.declare_queue(delay_queue, durable=True)
     queue = store.backend("jobs", codec=JsonCodec())
     started = time.monotonic()

@@ -62,10 +62,10 @@ def test_passwords_are_redacted_in_url_errors() -> None:
 
 def test_defaults_and_options_are_read() -> None:
     amqp = AmqpStore.from_spec(_spec("amqp", "amqps://h/vhost", prefix="jobs", max_priority=0))
-    assert (amqp.settings.prefix, amqp.settings.max_priority) == ("jobs", 0)
+    assert (amqp.config.prefix, amqp.config.max_priority) == ("jobs", 0)
     nats = NatsStore.from_spec(_spec("nats", "nats://a:4222, nats://b:4222", duplicate_window="5m"))
-    assert nats.settings.servers == ["nats://a:4222", "nats://b:4222"]
-    assert (nats.settings.stream, nats.settings.prefix, nats.settings.duplicate_window) == ("APALIS", "apalis", 300.0)
+    assert nats.config.servers == ["nats://a:4222", "nats://b:4222"]
+    assert (nats.config.stream, nats.config.prefix, nats.config.duplicate_window) == ("APALIS", "apalis", 300.0)
 
 
 def test_nats_queue_names_must_fit_a_subject() -> None:

@@ -17,7 +17,7 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConfigError
 from apalis_cli.task import Task, iso
 from apalis_cli.worker import Worker
-from apalis_cron import CronSettings, CronStore, Schedule, tick_key
+from apalis_cron import CronConfig, CronStore, Schedule, tick_key
 
 from tests.conformance.factory import StoreFactory
 
@@ -25,8 +25,8 @@ from tests.conformance.factory import StoreFactory
 DURABLE_KINDS = sorted(p.stem for p in (Path(__file__).parent.parent / "conformance" / "stores").glob("[a-z]*.py"))
 
 
-def settings(**options: Any) -> CronSettings:
-    return CronSettings.parse(options)
+def settings(**options: Any) -> CronConfig:
+    return CronConfig.parse(options)
 
 
 def at(text: str) -> float:
@@ -64,7 +64,7 @@ def test_alias_and_timezone_follow_daylight_saving_time() -> None:
 )
 def test_bad_settings_name_the_key(options: dict[str, Any], key: str, words: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        CronSettings.parse(options)
+        CronConfig.parse(options)
     assert caught.value.key == key
     assert words in str(caught.value)
 
@@ -125,7 +125,7 @@ async def test_three_replicas_run_each_tick_exactly_once(durable: Store) -> None
     assert set(runs.values()) == {1}, {tick: n for tick, n in runs.items() if n != 1}
     ran = sorted(runs)
     assert len(ran) >= 3, ran
-    schedule = Schedule(cron.settings)
+    schedule = Schedule(cron.config)
     first = datetime.fromisoformat(ran[0].replace("Z", "+00:00")).timestamp()
     assert ran == [iso(t) for t in schedule.ticks_between(first - 0.5, first + len(ran) - 0.5, 100)]
 

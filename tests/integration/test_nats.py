@@ -40,7 +40,7 @@ async def store() -> AsyncIterator[NatsStore]:
         yield made
     finally:
         js = await made.connection.js()
-        await js.delete_stream(made.settings.stream)
+        await js.delete_stream(made.config.stream)
         await made.close()
 
 
@@ -51,7 +51,7 @@ def _worker(queue: NatsQueue, handler: Any, **options: Any) -> Worker:
 
 
 async def test_a_dead_workers_task_comes_back_after_ack_wait_counted(store: NatsStore) -> None:
-    doomed = await _store(store.settings.stream[1:])  # another connection: the "process" that dies
+    doomed = await _store(store.config.stream[1:])  # another connection: the "process" that dies
     queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
     task_id = await queue.push({"n": 1})
     ghost = WorkerContext(id="ghost", name="ghost", queue="jobs", stale_after=0.5, free_slots=lambda: 1)
@@ -280,8 +280,8 @@ async def test_a_workqueue_stream_someone_made_with_other_settings_is_used_as_it
 
 async def test_a_consumer_another_client_made_on_our_subject_is_named(store: NatsStore) -> None:
     client, js = await _plain_js()
-    subject = f"{store.settings.prefix}.q.jobs"
-    await js.add_consumer(store.settings.stream, ConsumerConfig(durable_name="theirs", filter_subject=subject))
+    subject = f"{store.config.prefix}.q.jobs"
+    await js.add_consumer(store.config.stream, ConsumerConfig(durable_name="theirs", filter_subject=subject))
     queue = store.backend("jobs", codec=JsonCodec())
     try:
         with pytest.raises(BackendError) as refused:
@@ -309,7 +309,7 @@ async def test_a_stream_deleted_under_a_running_worker_is_made_again(store: Nats
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         client, js = await _plain_js()
-        await js.delete_stream(store.settings.stream)
+        await js.delete_stream(store.config.stream)
         await client.close()
         await queue.push({"n": 1})  # the stream is made again, not 30 s of "no responders"
         while runs != [0, 1]:

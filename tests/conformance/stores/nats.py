@@ -34,7 +34,7 @@ class NatsFactory(StoreFactory):
     async def destroy(self, store: Store) -> None:
         assert isinstance(store, NatsStore)
         js = await store.connection.js()
-        await js.delete_stream(store.settings.stream)
+        await js.delete_stream(store.config.stream)
         await store.close()
 
     async def drop_connections(self, store: Store) -> None:

@@ -3,7 +3,6 @@ and a dead-letter queue, no plugins; see `apalis_amqp.queue` for the layout."""
 
 from __future__ import annotations
 
-from .config import AmqpConfig
-from .queue import AmqpQueue, AmqpStore
+from .store import AmqpStore
 
-__all__ = ["AmqpConfig", "AmqpQueue", "AmqpStore"]
+__all__ = ["AmqpStore"]

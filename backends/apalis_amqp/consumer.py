@@ -26,7 +26,7 @@ from apalis_cli.task import TaskId
 
 from .connection import FAILURES
 
-__all__ = ["Consumer", "Held"]
+__all__ = ["Consumer", "Consumers", "Held"]
 
 
 @dataclass(slots=True)
@@ -117,3 +117,18 @@ class Consumer:
         if not self.closed:
             with contextlib.suppress(*FAILURES):
                 await self.channel.close()
+
+
+class Consumers:
+    """The consumers of one store, by (queue, worker id), and when each worker last beat: a live
+    worker's heartbeat closes the channels of the workers in this process that stopped beating."""
+
+    def __init__(self) -> None:
+        self.by_worker: dict[tuple[str, str], Consumer] = {}
+        self.beats: dict[str, float] = {}
+
+    async def close(self) -> None:
+        """Close every consumer's channel (the broker requeues what each one held)."""
+        for consumer in list(self.by_worker.values()):
+            await consumer.close()
+        self.by_worker.clear()

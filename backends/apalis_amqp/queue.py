@@ -1,4 +1,4 @@
-"""The AMQP store (`kind = "amqp"`): one durable RabbitMQ queue per apalis queue, no plugins.
+"""An apalis queue on RabbitMQ (`kind = "amqp"`): one durable RabbitMQ queue per apalis queue, no plugins.
 
 Queues, for apalis queue `q` under prefix `p`:
 
@@ -41,26 +41,26 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from apalis_cli.backend import Capabilities, Capability, NewTask, QueueStats, StoreSpec, WorkerContext, WorkerInfo
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.errors import ConnectionLost, Unsupported
+from apalis_cli.errors import ConnectionLost
 from apalis_cli.polling import beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskId
 
-from .config import AmqpConfig
 from .connection import FAILURES, Connection, delay_bucket
-from .consumer import Consumer
+from .consumer import Consumer, Consumers
+from .inspector import AmqpInspector
 from .messages import copy_message, new_message, read_envelope
 
-__all__ = ["AmqpQueue", "AmqpStore"]
+__all__ = ["CAPABILITIES", "AmqpQueue"]
 
-_CAPABILITIES = Capabilities(
+CAPABILITIES = Capabilities(
     {
         Capability.PRIORITY: (
             "RabbitMQ orders a queue by message priority (0..max_priority, negatives as 0) and then by arrival, "
@@ -97,51 +97,20 @@ async def _arrival(consumer: Consumer, within: float) -> None:
 _LOST = "worker {worker} stopped sending heartbeats (its channel closed) while running this task"
 
 
-class AmqpStore:
-    """A RabbitMQ connection shared by every queue of one `[backends.NAME]` table."""
-
-    kind: ClassVar[str] = "amqp"
-    capabilities: ClassVar[Capabilities] = _CAPABILITIES
-
-    def __init__(self, config: AmqpConfig) -> None:
-        self.config = config
-        self.connection = Connection(config)
-        self.beats: dict[str, float] = {}
-        self.consumers: dict[tuple[str, str], Consumer] = {}
-
-    @classmethod
-    def from_spec(cls, spec: StoreSpec) -> AmqpStore:
-        """Validate the table (`url`, options `prefix` and `max_priority`)."""
-        return cls(AmqpConfig.parse(spec.url, spec.options))
-
-    async def open(self) -> None:
-        """Connect (the queues are declared when first used)."""
-        await self.connection.connection()
-
-    async def close(self) -> None:
-        """Close every consumer channel and the connection."""
-        for consumer in list(self.consumers.values()):
-            await consumer.close()
-        self.consumers.clear()
-        await self.connection.close()
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> AmqpQueue:
-        """The queue-bound backend."""
-        return AmqpQueue(self, queue, codec=codec, max_attempts=max_attempts)
-
-
-class AmqpQueue(QueueBase):
+class AmqpQueue(QueueBase, AmqpInspector):
     """One apalis queue on RabbitMQ."""
 
-    capabilities = _CAPABILITIES
+    capabilities = CAPABILITIES
 
-    def __init__(self, store: AmqpStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(
+        self, connection: Connection, consumers: Consumers, queue: str, *, codec: Codec, max_attempts: int
+    ) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        self._store = store
-        self._conn = store.connection
-        self.work = f"{store.config.prefix}.{queue}"
+        self._conn = connection
+        self._consumers = consumers
+        self.work = f"{connection.config.prefix}.{queue}"
         self.dead = f"{self.work}.dead"
-        self._max_priority = store.config.max_priority
+        self._max_priority = connection.config.max_priority
         self._work_args: dict[str, Any] | None = {"x-max-priority": self._max_priority} if self._max_priority else None
 
     # -- pushing ---------------------------------------------------------------------------
@@ -188,13 +157,13 @@ class AmqpQueue(QueueBase):
 
     async def _consumer(self, worker: WorkerContext) -> Consumer:
         key = (self.queue, worker.id)
-        consumer = self._store.consumers.get(key)
+        consumer = self._consumers.by_worker.get(key)
         if consumer is None or consumer.closed:
             self._conn.forget(self.work)  # a channel closes on a deleted queue, too
             await self._ensure_queues()
             channel = await self._conn.channel()
             queue = await channel.declare_queue(self.work, passive=True)  # as declared: ours or not
-            consumer = self._store.consumers[key] = Consumer(worker.id, channel, queue)
+            consumer = self._consumers.by_worker[key] = Consumer(worker.id, channel, queue)
         elif consumer.cancelled:  # its queue was deleted: declare it again, consume on the same channel
             self._conn.forget(self.work)
             await self._ensure_queues()
@@ -280,7 +249,7 @@ class AmqpQueue(QueueBase):
         routes: dict[int, str] = {}
         try:
             for task, outcome in items:
-                consumer = self._store.consumers.get((self.queue, task.ctx.lock_by or ""))
+                consumer = self._consumers.by_worker.get((self.queue, task.ctx.lock_by or ""))
                 held = consumer.held.get(task.id) if consumer is not None else None
                 if held is None or consumer is None or consumer.closed:
                     continue  # the lease was lost: the broker redelivers the message
@@ -308,28 +277,28 @@ class AmqpQueue(QueueBase):
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Prove the connection, note this worker's beat, and close stale workers' channels."""
-        store = self._store
+        shared = self._consumers
 
         async def beat() -> None:
             await self._conn.connection()
             now = time.time()
-            store.beats[worker.id] = now
-            for (queue, worker_id), consumer in list(store.consumers.items()):
+            shared.beats[worker.id] = now
+            for (queue, worker_id), consumer in list(shared.by_worker.items()):
                 if queue != self.queue:
                     continue
                 if worker_id == worker.id:
                     await self._release_idle(consumer, worker, now)
-                elif store.beats.get(worker_id, 0.0) < now - worker.stale_after:
-                    del store.consumers[(queue, worker_id)]
-                    store.beats.pop(worker_id, None)
+                elif shared.beats.get(worker_id, 0.0) < now - worker.stale_after:
+                    del shared.by_worker[(queue, worker_id)]
+                    shared.beats.pop(worker_id, None)
                     unclaimed = await consumer.stop()
                     if unclaimed and not consumer.closed:
                         await self._requeue(unclaimed)
                     await consumer.close()  # the broker requeues its held tasks, flagged redelivered
 
         async def farewell() -> None:
-            store.beats.pop(worker.id, None)
-            consumer = store.consumers.pop((self.queue, worker.id), None)
+            shared.beats.pop(worker.id, None)
+            consumer = shared.by_worker.pop((self.queue, worker.id), None)
             if consumer is not None:
                 unclaimed = await consumer.stop()
                 if unclaimed and not consumer.closed:
@@ -349,72 +318,3 @@ class AmqpQueue(QueueBase):
             copy = copy_message(held.message, id=task_id, attempts=max(held.attempts - 1, 0))
             await self._conn.publish_many([(self.work, copy)])
             await held.message.ack()
-
-    # -- what can be inspected -------------------------------------------------------------
-
-    async def stats(self) -> QueueStats:
-        """Ready messages in the work queue and in the dead-letter queue (passive declares)."""
-        counts: dict[Status, int | None] = dict.fromkeys(Status)
-        channel = await self._conn.channel()
-        try:
-            for name, status in ((self.work, Status.PENDING), (self.dead, Status.KILLED)):
-                declared = await channel.declare_queue(name, passive=True)
-                counts[status] = declared.declaration_result.message_count
-        except FAILURES:
-            pass  # a queue not declared yet has no messages to count
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-        return QueueStats(queue=self.queue, counts=counts)
-
-    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
-        """Killed tasks, peeked from the dead-letter queue (basic.get, then requeued by closing
-        the channel; nothing consumes that queue, so its redelivered flags do no harm)."""
-        if status is not Status.KILLED:
-            raise Unsupported(_CAPABILITIES.lacking[Capability.INSPECT])
-        channel = await self._conn.channel()
-        tasks: list[Task[bytes]] = []
-        try:
-            queue = await channel.declare_queue(self.dead, durable=True)
-            for index in range(offset + limit):
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                if index >= offset:
-                    env = read_envelope(message, self.max_attempts)
-                    tasks.append(
-                        env.task(self.queue, message.body, status=Status.KILLED, attempts=env.attempts, lock_by=None)
-                    )
-        finally:
-            if not channel.is_closed:
-                await channel.close()  # requeues every peeked message
-        return tasks
-
-    async def get(self, task_id: TaskId) -> Task[bytes] | None:
-        """Not offered: see the INSPECT capability."""
-        raise Unsupported(_CAPABILITIES.lacking[Capability.INSPECT])
-
-    async def workers(self) -> list[WorkerInfo]:
-        """Not offered: see the WORKERS capability."""
-        raise Unsupported(_CAPABILITIES.lacking[Capability.WORKERS])
-
-    async def retry(self, task_id: TaskId) -> bool:
-        """Not offered: see the ADMIN capability."""
-        raise Unsupported(_CAPABILITIES.lacking[Capability.ADMIN])
-
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
-        """Not offered: see the ADMIN capability."""
-        raise Unsupported(_CAPABILITIES.lacking[Capability.ADMIN])
-
-    async def purge(self, status: Status, older_than: float | None = None) -> int:
-        """Empty the dead-letter queue (`status` killed, no age filter); nothing else."""
-        if status is not Status.KILLED or older_than:
-            raise Unsupported(_CAPABILITIES.lacking[Capability.ADMIN])
-        channel = await self._conn.channel()
-        try:
-            queue = await channel.declare_queue(self.dead, durable=True)
-            result = await queue.purge()
-            return int(result.message_count or 0)
-        finally:
-            if not channel.is_closed:
-                await channel.close()

@@ -12,7 +12,8 @@ from typing import Any
 import aio_pika
 import pika
 import pytest
-from apalis_amqp import AmqpQueue, AmqpStore
+from apalis_amqp import AmqpStore
+from apalis_amqp.queue import AmqpQueue
 from apalis_cli.backend import StoreSpec, WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import Abort, BackendError, ConnectionLost, Unsupported

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from .config import NatsConfig
-from .queue import NatsQueue, NatsStore
+from .store import NatsStore
 
-__all__ = ["NatsConfig", "NatsQueue", "NatsStore"]
+__all__ = ["NatsStore"]

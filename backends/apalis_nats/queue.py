@@ -1,4 +1,4 @@
-"""The NATS JetStream store (`kind = "nats"`), on what server 2.9 offers.
+"""An apalis queue on NATS JetStream (`kind = "nats"`), on what server 2.9 offers.
 
 One WorkQueue stream (option `stream`, default APALIS) holds every queue of the table, on
 subjects under `prefix` (default apalis). For queue `q`:
@@ -35,11 +35,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from apalis_cli.backend import Capabilities, Capability, NewTask, StoreSpec, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.errors import BackendError, ConfigError, ConnectionLost
+from apalis_cli.errors import BackendError, ConnectionLost
 from apalis_cli.polling import FIRST_IDLE_WAIT, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
@@ -51,13 +51,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from . import messages as m
-from .config import NatsConfig
 from .connection import FAILURES, Connection, Puller, flush
 from .inspector import NatsInspector
 
-__all__ = ["NatsQueue", "NatsStore"]
+__all__ = ["CAPABILITIES", "NatsQueue"]
 
-_CAPABILITIES = Capabilities(
+CAPABILITIES = Capabilities(
     {
         Capability.PRIORITY: "a JetStream stream is delivered in sequence order: it has no priorities",
         Capability.RESULTS: "an acknowledged message leaves a WorkQueue stream: there is nowhere to keep a result",
@@ -69,7 +68,6 @@ _CAPABILITIES = Capabilities(
     }
 )
 
-_QUEUE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _SCHEDULE_POLL = 0.25
 _DEFAULT_ACK_WAIT = 30.0  # the default stale_after; a worker sets its own when it starts
 _NOT_UNIQUE = (10099, 10100)  # a second unfiltered / overlapping consumer on a WorkQueue stream
@@ -95,45 +93,15 @@ class _Held:
     lease_ends: float
 
 
-class NatsStore:
-    """A NATS connection and one WorkQueue stream shared by every queue of one table."""
-
-    kind: ClassVar[str] = "nats"
-    capabilities: ClassVar[Capabilities] = _CAPABILITIES
-
-    def __init__(self, config: NatsConfig) -> None:
-        self.config = config
-        self.connection = Connection(config)
-
-    @classmethod
-    def from_spec(cls, spec: StoreSpec) -> NatsStore:
-        """Validate the table (`url`, options `stream`, `prefix`, `duplicate_window`, `storage`)."""
-        return cls(NatsConfig.parse(spec.url, spec.options))
-
-    async def open(self) -> None:
-        """Connect and create the stream if it does not exist."""
-        await self.connection.client()
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await self.connection.close()
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> NatsQueue:
-        """The queue-bound backend; the queue name must be valid in a subject."""
-        if not _QUEUE.match(queue):
-            raise ConfigError(f"a NATS queue name is subject tokens of letters, digits, '_' and '-', got {queue!r}")
-        return NatsQueue(self, queue, codec=codec, max_attempts=max_attempts)
-
-
 class NatsQueue(QueueBase, NatsInspector):
     """One apalis queue on a JetStream stream."""
 
-    capabilities = _CAPABILITIES
+    capabilities = CAPABILITIES
 
-    def __init__(self, store: NatsStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(self, connection: Connection, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        s = store.config
-        self._conn = store.connection
+        s = connection.config
+        self._conn = connection
         self.stream = s.stream
         self.work = f"{s.prefix}.q.{queue}"
         self.sched = f"{s.prefix}.sched.{queue}"

@@ -18,7 +18,8 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import Abort, BackendError, BadPayload
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
-from apalis_nats import NatsQueue, NatsStore
+from apalis_nats import NatsStore
+from apalis_nats.queue import NatsQueue
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from ..conformance.stores.nats import abort_connection

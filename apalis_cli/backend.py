@@ -8,6 +8,8 @@ protocols below, each a capability checked with `isinstance`:
 - `TaskSink`: push tasks (cron without `pipe_to` has none).
 - `Inspector`: list/get/stats/workers/retry/kill/purge (a broker may lack random access).
 
+A store may offer more than queues of its own: a `PipeSource` (cron) feeds another store's queue.
+
 What a store cannot do is declared in its `Capabilities`, each with the reason; the conformance
 suite skips exactly those cases and the CLI prints that reason.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "Capability",
     "Inspector",
     "NewTask",
+    "PipeSource",
     "Preparable",
     "QueueStats",
     "Store",
@@ -270,6 +273,16 @@ class Preparable(Protocol):
 
     async def prepare(self) -> None:
         """Create the queue (and what it needs) unless it exists; idempotent."""
+        ...
+
+
+@runtime_checkable
+class PipeSource(Protocol):
+    """A store whose worker consumes another store's queue, which this store feeds (cron with
+    `pipe_to`: its ticks are pushed into a durable store's queue)."""
+
+    def pipe(self, sink: BackendExt) -> BackendExt:
+        """The backend a worker consumes: `sink`'s queue, with this store feeding it."""
         ...
 
 

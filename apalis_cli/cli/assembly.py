@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from ..backend import BackendExt, Store
+from ..backend import BackendExt, PipeSource, Store
 from ..codec import codec_by_name
 from ..config import Config, WorkerConfig
 from ..errors import ApalisError, BackendError, ConfigError
@@ -69,11 +69,9 @@ class Assembly:
                 backend: BackendExt = store.backend(worker.queue, codec=codec, max_attempts=worker.max_attempts)
                 return backend
             sink = self.stores[worker.pipe_to].backend(worker.queue, codec=codec, max_attempts=worker.max_attempts)
-            pipe = getattr(store, "pipe", None)
-            if pipe is None:
+            if not isinstance(store, PipeSource):
                 raise ConfigError(f"a {store.kind} store cannot be piped", key="pipe_to")
-            piped: BackendExt = pipe(sink)
-            return piped
+            return store.pipe(sink)
         except ConfigError as exc:
             key = (*worker.key, *exc.key.split(".")) if exc.key else worker.key
             raise self.config.error(key, exc.message) from None

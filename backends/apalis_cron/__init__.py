@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .config import CronConfig
-from .queue import CronBackend, CronStore, Ticker, tick_key
-from .schedule import Schedule
+from .store import CronStore
 
-__all__ = ["CronBackend", "CronConfig", "CronStore", "Schedule", "Ticker", "tick_key"]
+__all__ = ["CronStore"]

@@ -16,27 +16,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from apalis_cli.backend import (
     BackendExt,
     Capabilities,
-    Capability,
     Inspector,
-    StoreSpec,
     TaskSink,
     WorkerContext,
 )
 from apalis_cli.codec import Codec
-from apalis_cli.errors import ConfigError
-from apalis_cli.memory import MemoryStore
 from apalis_cli.service import Layer
 from apalis_cli.task import Task, iso
 
 from .config import CronConfig
 from .schedule import Schedule
 
-__all__ = ["CronBackend", "CronStore", "Ticker", "tick_key"]
+__all__ = ["CronQueue", "SinkQueue", "Ticker", "tick_key"]
 
 _KEY_PREFIX = "cron:"
 _RETRY_PUSH = 1.0
@@ -48,7 +44,7 @@ def tick_key(tick: float) -> str:
 
 
 @runtime_checkable
-class _SinkBackend(BackendExt, TaskSink, Protocol):
+class SinkQueue(BackendExt, TaskSink, Protocol):
     """A queue-bound backend that can also be pushed to."""
 
 
@@ -119,10 +115,10 @@ def _tick_of(task: Task[bytes]) -> float | None:
         return None
 
 
-class CronBackend:
+class CronQueue:
     """The cron worker's backend: the ticker runs while the worker polls the sink's queue."""
 
-    def __init__(self, config: CronConfig, sink: _SinkBackend, *, durable: bool) -> None:
+    def __init__(self, config: CronConfig, sink: SinkQueue, *, durable: bool) -> None:
         self.config = config
         self.sink = sink
         self.durable = durable
@@ -160,50 +156,3 @@ class CronBackend:
     def middleware(self) -> Layer:
         """The sink's acknowledgement."""
         return self.sink.middleware()
-
-
-class CronStore:
-    """Builds cron backends; its options are the cron worker's keys (schedule, timezone, …)."""
-
-    kind: ClassVar[str] = "cron"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        {Capability.RECONNECT: "cron without pipe_to keeps its ticks in this process"}
-    )
-
-    def __init__(self, config: CronConfig) -> None:
-        self.config = config
-        self._memory = MemoryStore()
-
-    @classmethod
-    def from_spec(cls, spec: StoreSpec) -> CronStore:
-        """Validate the schedule, timezone and catch-up settings."""
-        return cls(CronConfig.parse(spec.options))
-
-    async def open(self) -> None:
-        """Nothing to connect: ticks come from the clock."""
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> CronBackend:
-        """Ticks run in this process only (no `pipe_to`)."""
-        if self.config.catch_up != "none":
-            raise ConfigError(
-                "needs pipe_to: without a durable backend there is no record of missed ticks", key="catch_up"
-            )
-        sink = self._memory.backend(queue, codec=codec, max_attempts=max_attempts)
-        return CronBackend(self.config, sink, durable=False)
-
-    def pipe(self, sink: BackendExt) -> CronBackend:
-        """Ticks pushed into `sink`, a durable backend's queue, once per tick across replicas."""
-        if not isinstance(sink, TaskSink):
-            raise ConfigError("pipe_to needs a backend that can be pushed to", key="pipe_to")
-        if not sink.capabilities.has(Capability.IDEMPOTENCY):
-            why = sink.capabilities.why_not(Capability.IDEMPOTENCY)
-            raise ConfigError(f"pipe_to needs idempotency keys to run each tick once, but {why}", key="pipe_to")
-        if self.config.catch_up != "none" and not (
-            isinstance(sink, Inspector) and sink.capabilities.has(Capability.INSPECT)
-        ):
-            raise ConfigError("catch_up needs a pipe_to backend that can be inspected", key="catch_up")
-        assert isinstance(sink, _SinkBackend)
-        return CronBackend(self.config, sink, durable=True)

@@ -17,7 +17,10 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConfigError
 from apalis_cli.task import Task, iso
 from apalis_cli.worker import Worker
-from apalis_cron import CronConfig, CronStore, Schedule, tick_key
+from apalis_cron import CronStore
+from apalis_cron.config import CronConfig
+from apalis_cron.queue import tick_key
+from apalis_cron.schedule import Schedule
 
 from tests.conformance.factory import StoreFactory
 

@@ -70,3 +70,13 @@ def test_a_missing_driver_names_the_extra() -> None:
     registry._points["ghost"] = EntryPoint(name="ghost", value="apalis_ghost_driverless:Store", group=ENTRY_POINT_GROUP)
     with pytest.raises(MissingExtra, match=r"^backend \"ghost\" needs the extra: pip install 'apalis-cli\[ghost\]'"):
         registry.store_class("ghost")
+
+
+def test_only_cron_feeds_another_store_and_says_so_by_protocol() -> None:
+    """A cron worker with pipe_to is assembled through the checked `PipeSource` protocol, not a
+    method looked up by name: the registered kinds that feed other stores' queues are exactly cron."""
+    from apalis_cli.backend import PipeSource
+
+    registry = Registry()
+    feeding = {kind for kind in registry.kinds if issubclass(registry.store_class(kind), PipeSource)}
+    assert feeding == {"cron"}

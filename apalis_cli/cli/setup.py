@@ -132,7 +132,12 @@ async def _connect(config: Config, stores: dict[str, Any]) -> int:
     from ..backend import Preparable
     from ..codec import codec_by_name
     from ..layers.retry import describe_error
+    from ..printable import printable
     from ..registry import redact_text, redact_url
+
+    def problem(exc: Exception) -> str:
+        # A driver's message can quote the server, and the server what was stored.
+        return printable(redact_text(describe_error(exc)))
 
     async def prepare(store: Any, worker: WorkerConfig) -> None:
         backend = store.backend(worker.queue, codec=codec_by_name(worker.codec), max_attempts=worker.max_attempts)
@@ -149,7 +154,7 @@ async def _connect(config: Config, stores: dict[str, Any]) -> int:
             raise
         except Exception as exc:
             failures += 1
-            print(f"FAIL  {shown}: {redact_text(describe_error(exc))}")
+            print(f"FAIL  {shown}: {problem(exc)}")
             continue
         # The queues of its workers (and of cron workers piping into it).
         for worker in config.workers:
@@ -160,10 +165,10 @@ async def _connect(config: Config, stores: dict[str, Any]) -> int:
                     raise
                 except Exception as exc:
                     failures += 1
-                    print(f"FAIL  {shown}: queue {worker.queue}: {redact_text(describe_error(exc))}")
+                    print(f"FAIL  {shown}: queue {worker.queue}: {problem(exc)}")
         try:
             await store.close()
         except Exception as exc:
-            print(f"warn  {shown}: opened, but closing failed: {describe_error(exc)}")
+            print(f"warn  {shown}: opened, but closing failed: {problem(exc)}")
         print(f"ok    {shown}")
     return failures

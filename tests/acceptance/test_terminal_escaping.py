@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+from ..services import need_server
 from .conftest import APALIS, CONFIG, Apalis, Result
 
 HOSTILE = "[red]x[/red] \x1b[2J \x1b]0;title\x07 \r end"
@@ -71,3 +73,15 @@ def test_hostile_stored_text_is_escaped_everywhere(tmp_path: Path, apalis: Apali
     missing = apalis("inspect", "--id", HOSTILE)  # an error naming what was asked for
     assert missing.code == 1
     assert not any(raw in missing.err for raw in RAW)
+
+
+def test_check_prints_what_the_server_quotes_visibly(apalis: Apalis) -> None:
+    # The server quotes the database name it was asked for, escape sequence included.
+    base = urlsplit(need_server("postgres"))
+    url = urlunsplit(base._replace(path="/no%1B%5B2Jsuch%07db"))
+    apalis = InTerminal(apalis.cwd, apalis.config)
+    apalis.write_config(f'[backends.main]\nkind = "postgres"\nurl = "{url}"\n\n[[workers]]\nname = "w"\n')
+    checked = apalis("check")
+    assert checked.code == 1
+    assert "no\\x1b[2Jsuch\\x07db" in checked.out
+    assert not any(raw in checked.out + checked.err for raw in RAW)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -51,7 +52,7 @@ def setup_logging(fmt: LogFormat | None = None, level: str = "info") -> LogForma
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if chosen == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=_printable_traceback)
     )
     structlog.configure(
         processors=[
@@ -86,6 +87,12 @@ class _ToStructlog(logging.Handler):
 # structlog's console renderer prints a value with one of these characters as its `repr`, which
 # escapes control characters already; escaping those values first would double the backslashes.
 _QUOTED_BY_RENDERER = frozenset(" \t=\r\n\"'")
+
+
+def _printable_traceback(sio: TextIO, exc_info: Any) -> None:
+    # The plain traceback, escaped: an exception's message is a handler's text (rich's pretty
+    # traceback would print the escape sequences in it as they are).
+    sio.write("\n" + printable("".join(traceback.format_exception(*exc_info)), newlines=True))
 
 
 def _printable_values(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

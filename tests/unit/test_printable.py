@@ -111,7 +111,12 @@ def test_console_log_lines_print_stored_text_visibly(capsys: pytest.CaptureFixtu
             )
         )
         logging.getLogger("driver").warning("driver says %s", HOSTILE)  # the standard library's records
+        try:  # the tracing layer logs a handler's exception with its traceback
+            raise ValueError(HOSTILE)
+        except ValueError:
+            structlog.get_logger("apalis.task").exception("task raised")
         err = capsys.readouterr().err
+        assert "ValueError: [red]x[/red] \\x1b[2J" in err
         assert_visible(err, markup=False)
         assert "w\\x1b[2J\\x07" in err
         assert "[red]x[/red]" in err

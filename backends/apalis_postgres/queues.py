@@ -254,5 +254,5 @@ def _in_claim_order(rows: Sequence[Any]) -> list[Task[bytes]]:
     """Claimed rows as tasks, highest priority and oldest first (RETURNING keeps no order)."""
     tasks = [task_from_row(row) for row in rows]
     if len(tasks) > 1:
-        tasks.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at))
+        tasks.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
     return tasks

@@ -147,14 +147,19 @@ async def test_migrations_applied_twice_are_a_no_op(url: str, schema: str) -> No
     second = make_store(url, schema)
     await second.open()
     try:
-        assert first.migrations_applied == [1]
+        assert first.migrations_applied == [1, 2]
         assert second.migrations_applied == []
         await first.open()  # idempotent on an open store too
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
             cursor = await admin.execute(
                 sql.SQL("SELECT version FROM {}.schema_version").format(sql.Identifier(schema))
             )
-            assert await cursor.fetchall() == [(1,)]
+            assert sorted(await cursor.fetchall()) == [(1,), (2,)]
+            cursor = await admin.execute(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'tasks_ready'", (schema,)
+            )
+            [(ready,)] = await cursor.fetchall()
+            assert "(queue, priority DESC, run_at, id)" in ready, "ties in priority and run_at are claimed in id order"
     finally:
         await first.close()
         await second.close()

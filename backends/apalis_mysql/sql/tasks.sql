@@ -5,7 +5,7 @@
 -- Lock up to `limit` ready tasks; SKIP LOCKED leaves those another claimer holds to it.
 SELECT {columns} FROM {prefix}tasks
 WHERE queue = %(queue)s AND ready = 1 AND run_at <= {now}
-ORDER BY priority DESC, run_at
+ORDER BY priority DESC, run_at, id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 

@@ -46,7 +46,7 @@ picked AS MATERIALIZED (
         WHERE queue = %(queue)s
           AND status IN ('pending', 'failed')
           AND run_at <= extract(epoch FROM now())::float8
-        ORDER BY priority DESC, run_at
+        ORDER BY priority DESC, run_at, id
         LIMIT cardinality(%(slots)b::text[])
         FOR UPDATE SKIP LOCKED
     ) AS ids

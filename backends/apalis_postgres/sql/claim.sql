@@ -15,7 +15,7 @@ WHERE t.id = ANY(ARRAY(
     WHERE queue = %(queue)s
       AND status IN ('pending', 'failed')
       AND run_at <= extract(epoch FROM now())::float8
-    ORDER BY priority DESC, run_at
+    ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ))

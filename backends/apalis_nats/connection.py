@@ -37,6 +37,7 @@ FAILURES: tuple[type[BaseException], ...] = (NatsError, ConnectionError, OSError
 
 _RETRY_FOR = 30.0
 _SUBJECTS_OVERLAP = 10065
+_FIRST_CONNECT_ATTEMPTS = 3
 _MAX_WAIT = 2.0
 
 
@@ -77,17 +78,22 @@ class Connection:
 
     async def _connect(self) -> Client:
         try:
+            # nats-py applies max_reconnect_attempts to the first connect too: unlimited, it would
+            # never give up on a server that is down, and `apalis push` would hang instead of
+            # saying so. The first connect tries each server a few times; once connected, the
+            # client reconnects for as long as it takes.
             client = await nats.connect(
                 servers=self.config.servers,
                 name="apalis-cli",
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=_FIRST_CONNECT_ATTEMPTS,
                 reconnect_time_wait=0.25,
                 connect_timeout=5,
                 error_cb=_quiet,
             )
         except Exception as exc:  # nats-py raises many kinds when the first connect fails
             raise ConnectionLost(f"cannot reach NATS at {redact_url(self.config.url)}: {exc!r}") from None
+        client.options["max_reconnect_attempts"] = -1
         try:
             await self._ensure_stream(client.jetstream(timeout=5.0))
         except BaseException:

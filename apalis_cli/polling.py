@@ -17,9 +17,44 @@ from typing import Any
 from .backend import WorkerContext
 from .task import Task
 
-__all__ = ["Waker", "beat_every", "poll_batches"]
+__all__ = ["IdleWait", "Waker", "beat_every", "poll_batches", "woken"]
 
 FIRST_IDLE_WAIT = 0.005
+
+
+async def woken(event: asyncio.Event, within: float) -> bool:
+    """Wait up to `within` seconds for `event`; True when it was set in time."""
+    # Not wait_for: on Python 3.11 it swallows a cancellation that arrives as the event is set,
+    # and a stopping worker's poller would then run on for ever.
+    try:
+        async with asyncio.timeout(within):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+class IdleWait:
+    """How long an idle poll stream waits for a wake-up before it asks the store again: briefly
+    after work, then doubled after each wait that no wake-up ended (work nobody signals: a retry
+    falling due), up to the worker's `poll_interval`."""
+
+    __slots__ = ("_cap", "_next")
+
+    def __init__(self, cap: float) -> None:
+        self._cap = cap
+        self._next = FIRST_IDLE_WAIT
+
+    def reset(self) -> None:
+        """Work was found: the next idle wait is short again."""
+        self._next = FIRST_IDLE_WAIT
+
+    async def wait(self, event: asyncio.Event) -> None:
+        """Wait for `event`, at most the current idle wait."""
+        if await woken(event, self._next):
+            self._next = FIRST_IDLE_WAIT
+        else:
+            self._next = min(self._next * 2, self._cap)
 
 
 class Waker:
@@ -59,7 +94,7 @@ async def poll_batches(
     """
     buffer: deque[Task[bytes]] = deque()
     event = waker.subscribe() if waker is not None else asyncio.Event()
-    idle_wait = FIRST_IDLE_WAIT
+    idle = IdleWait(worker.poll_interval)
     try:
         while True:
             if buffer:
@@ -69,17 +104,10 @@ async def poll_batches(
             batch = await _fetch_shielded(fetch, max(worker.free_slots(), 1), release)
             if batch:
                 buffer.extend(batch)
-                idle_wait = FIRST_IDLE_WAIT
+                idle.reset()
                 continue
             yield None
-            try:
-                # Not wait_for: on Python 3.11 it swallows a cancellation that arrives as the
-                # event is set, and a stopping worker's poller would then run on for ever.
-                async with asyncio.timeout(idle_wait):
-                    await event.wait()
-                idle_wait = FIRST_IDLE_WAIT
-            except TimeoutError:
-                idle_wait = min(idle_wait * 2, worker.poll_interval)
+            await idle.wait(event)
     finally:
         if waker is not None:
             waker.unsubscribe(event)

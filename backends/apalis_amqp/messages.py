@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from apalis_cli.backend import NewTask
-from apalis_cli.envelope import Envelope
+from apalis_cli.envelope import Envelope, header_meta, header_number
 from apalis_cli.task import new_task_id
 
 __all__ = ["Envelope", "copy_message", "new_message", "read_envelope"]
@@ -87,33 +86,19 @@ def _text(value: Any) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _number(value: Any, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
 def read_envelope(message: AbstractIncomingMessage, default_max_attempts: int) -> Envelope:
     """The envelope of `message`; a message published by another client gets defaults."""
     headers = message.headers or {}
-    meta: Mapping[str, Any] = {}
-    raw_meta = _text(headers.get(META))
-    if raw_meta:
-        try:
-            meta = json.loads(raw_meta)
-        except ValueError:
-            meta = {"raw": raw_meta}
     done_at = headers.get(DONE_AT)
     return Envelope(
         id=_text(headers.get(ID)) or message.message_id or new_task_id(),
-        attempts=int(_number(headers.get(ATTEMPTS), 0)),
-        max_attempts=int(_number(headers.get(MAX_ATTEMPTS), default_max_attempts)),
-        run_at=_number(headers.get(RUN_AT), 0.0),
-        priority=int(_number(headers.get(PRIORITY), message.priority or 0)),
-        meta=meta,
+        attempts=int(header_number(headers.get(ATTEMPTS), 0)),
+        max_attempts=int(header_number(headers.get(MAX_ATTEMPTS), default_max_attempts)),
+        run_at=header_number(headers.get(RUN_AT), 0.0),
+        priority=int(header_number(headers.get(PRIORITY), message.priority or 0)),
+        meta=header_meta(_text(headers.get(META))),
         key=_text(headers.get(KEY)),
         error=_text(headers.get(ERROR)),
-        created_at=_number(headers.get(CREATED), 0.0),
-        done_at=None if done_at is None else _number(done_at, 0.0),
+        created_at=header_number(headers.get(CREATED), 0.0),
+        done_at=None if done_at is None else header_number(done_at, 0.0),
     )

@@ -38,7 +38,6 @@ worker's sweep, which gives the same result.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -48,7 +47,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.errors import ConnectionLost
-from apalis_cli.polling import beat_every
+from apalis_cli.polling import beat_every, woken
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskId
@@ -83,15 +82,6 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
     """Retrieve the outcome of a shielded call nobody awaits any more (a stopped poll's)."""
     if not future.cancelled():
         future.exception()
-
-
-async def _arrival(consumer: Consumer, within: float) -> None:
-    """Wait up to `within` seconds for a delivery (or the channel's end)."""
-    # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that arrives as the
-    # event is set, and the stream would never stop.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within):
-            await consumer.arrived.wait()
 
 
 _LOST = "worker {worker} stopped sending heartbeats (its channel closed) while running this task"
@@ -196,14 +186,14 @@ class AmqpQueue(QueueBase, AmqpInspector):
                 if await asyncio.shield(asking) and not consumer.buffer:
                     # Ready messages the broker has not pushed yet: wait for them (another
                     # consumer may take them first, so not for ever).
-                    await _arrival(consumer, worker.poll_interval)
+                    await woken(consumer.arrived, worker.poll_interval)
                     if consumer.buffer or consumer.closed or consumer.cancelled:
                         continue
                 if consumer.buffer:
                     continue
                 yield None
                 if not consumer.buffer and not consumer.closed:
-                    await _arrival(consumer, worker.poll_interval)
+                    await woken(consumer.arrived, worker.poll_interval)
         finally:
             unclaimed = await consumer.stop()
             if unclaimed and not consumer.closed:

@@ -14,10 +14,9 @@ import json
 import time
 import zlib
 from collections.abc import Mapping
-from typing import Any
 
 from apalis_cli.backend import NewTask
-from apalis_cli.envelope import Envelope
+from apalis_cli.envelope import Envelope, header_meta, header_number
 from apalis_cli.errors import BadPayload
 
 __all__ = ["Envelope", "envelope_of", "headers_for", "payload_of", "shrink"]
@@ -85,13 +84,6 @@ def payload_of(data: bytes, headers: Mapping[str, str] | None) -> bytes:
     return bytes(data)
 
 
-def _number(value: str | None, default: float) -> float:
-    try:
-        return float(value) if value is not None else default
-    except ValueError:
-        return default
-
-
 def _unescape(value: str | None) -> str | None:
     if value is None:
         return None
@@ -105,25 +97,18 @@ def _unescape(value: str | None) -> str | None:
 def envelope_of(headers: Mapping[str, str] | None, fallback_id: str, default_max_attempts: int) -> Envelope:
     """The envelope in `headers`; a message published by another client gets defaults."""
     headers = headers or {}
-    meta: Mapping[str, Any] = {}
-    raw_meta = headers.get(META)
-    if raw_meta:
-        try:
-            meta = json.loads(raw_meta)
-        except ValueError:
-            meta = {"raw": raw_meta}
     done_at = headers.get(DONE_AT)
     return Envelope(
         id=headers.get(ID) or fallback_id,
-        attempts=int(_number(headers.get(ATTEMPTS), 0)),
-        max_attempts=int(_number(headers.get(MAX_ATTEMPTS), default_max_attempts)),
-        run_at=_number(headers.get(RUN_AT), 0.0),
-        priority=int(_number(headers.get(PRIORITY), 0)),
-        meta=meta,
+        attempts=int(header_number(headers.get(ATTEMPTS), 0)),
+        max_attempts=int(header_number(headers.get(MAX_ATTEMPTS), default_max_attempts)),
+        run_at=header_number(headers.get(RUN_AT), 0.0),
+        priority=int(header_number(headers.get(PRIORITY), 0)),
+        meta=header_meta(headers.get(META)),
         key=_unescape(headers.get(KEY)),
         error=_unescape(headers.get(ERROR)),
-        created_at=_number(headers.get(CREATED), 0.0),
-        done_at=None if done_at is None else _number(done_at, 0.0),
+        created_at=header_number(headers.get(CREATED), 0.0),
+        done_at=None if done_at is None else header_number(done_at, 0.0),
     )
 
 

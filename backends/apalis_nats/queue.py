@@ -40,7 +40,7 @@ from typing import Any
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.errors import BackendError, ConnectionLost
-from apalis_cli.polling import FIRST_IDLE_WAIT, beat_every
+from apalis_cli.polling import IdleWait, beat_every, woken
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskId
@@ -219,7 +219,7 @@ class NatsQueue(QueueBase, NatsInspector):
         ready: deque[Task[bytes]] = deque()
         wake = asyncio.Event()
         watch: Subscription | None = None
-        idle_wait = FIRST_IDLE_WAIT
+        idle = IdleWait(worker.poll_interval)
         try:
             while True:
                 if ready:
@@ -230,7 +230,7 @@ class NatsQueue(QueueBase, NatsInspector):
                 wake.clear()
                 msgs = await puller.fetch(max(worker.free_slots(), 1))
                 if msgs:
-                    idle_wait = FIRST_IDLE_WAIT
+                    idle.reset()
                     if watch is not None:  # busy: stop receiving a copy of every publish
                         await _unsubscribe(watch)
                         watch = None
@@ -241,14 +241,7 @@ class NatsQueue(QueueBase, NatsInspector):
                     watch = await client.subscribe(self.work, cb=_setter(wake))
                     continue
                 yield None
-                try:
-                    # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
-                    # that arrives as the event is set, and the stream would never stop.
-                    async with asyncio.timeout(idle_wait):
-                        await wake.wait()
-                    idle_wait = FIRST_IDLE_WAIT
-                except TimeoutError:
-                    idle_wait = min(idle_wait * 2, worker.poll_interval)
+                await idle.wait(wake)
         finally:
             mover.cancel()
             with contextlib.suppress(asyncio.CancelledError, *FAILURES):
@@ -333,9 +326,7 @@ class NatsQueue(QueueBase, NatsInspector):
                     if next_due < now - 1.0:
                         next_due = math.inf  # another mover took it
                     pause = min(max(next_due - now, 0.002), _SCHEDULE_POLL)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(pause):  # not wait_for: see poll_compact
-                            await wake.wait()
+                    await woken(wake, pause)
                 except FAILURES:
                     await asyncio.sleep(0.5)  # NATS is away: the client reconnects meanwhile
         finally:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .events import EventListener, WorkerCrashed
 from .layers.retry import describe_error
+from .retrying import delays
 from .worker import Worker
 
 __all__ = ["Supervisor", "WorkerFactory"]
@@ -122,8 +123,13 @@ class Supervisor:
         workers = [w for w in self.workers if w is not None and w.running]
         return bool(workers) and not any(w.stoppable for w in workers)
 
+    def _restart_delays(self) -> Iterator[float]:
+        # Without jitter: a restart is this process's own worker's, and the store operations
+        # and reconnects inside it spread themselves already.
+        return delays(self._restart_backoff, self._restart_backoff_max, jitter=False)
+
     async def _keep_running(self, index: int, burst: bool) -> None:
-        delay = self._restart_backoff
+        waits = self._restart_delays()
         while not self._stop.is_set():
             worker = self._factories[index]()
             for listener in self._listeners:
@@ -135,7 +141,8 @@ class Supervisor:
                 return  # a clean return: stopped, or a burst that found nothing left
             except Exception as exc:
                 if asyncio.get_running_loop().time() - started > _HEALTHY_AFTER:
-                    delay = self._restart_backoff
+                    waits = self._restart_delays()
+                delay = next(waits)
                 event = WorkerCrashed(
                     worker=worker.name, queue=worker.context.queue, error=describe_error(exc), restart_in=delay
                 )
@@ -144,4 +151,3 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):  # not wait_for: 3.11's can swallow a cancel
                         await self._stop.wait()
-                delay = min(delay * 2, self._restart_backoff_max)

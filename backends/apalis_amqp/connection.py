@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import AMQPError, ChannelPreconditionFailed, PublishError
 from aiormq.exceptions import ChannelAccessRefused
 from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.retrying import retrying
 
 from .config import AmqpConfig, redact_url
 
@@ -37,8 +38,6 @@ RETRYABLE: tuple[type[BaseException], ...] = (*FAILURES, ConnectionLost)
 REFUSED: tuple[type[BaseException], ...] = (ChannelPreconditionFailed, ChannelAccessRefused)
 """What the broker will refuse again however often it is asked: reported at once, not retried."""
 
-_RETRY_FOR = 30.0
-_MAX_WAIT = 2.0
 _DELAY_QUEUE_GRACE_MS = 60_000
 
 
@@ -57,6 +56,10 @@ def refusal(exc: BaseException) -> str:
     """The broker's reason for refusing, without the client library's preamble."""
     text = str(exc.args[0]) if exc.args else str(exc)
     return text.split(" - ", 1)[1] if " - " in text else text
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, RETRYABLE) and not isinstance(exc, REFUSED)
 
 
 def _alive(conn: AbstractConnection) -> bool:
@@ -133,20 +136,15 @@ class Connection:
                 await conn.close()
 
     async def retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run `operation`, reconnecting and retrying with capped backoff for up to 30 s."""
-        loop = asyncio.get_running_loop()
-        deadline, wait = loop.time() + _RETRY_FOR, 0.05
-        while True:
-            try:
-                return await operation()
-            except REFUSED as exc:
-                raise BackendError(f"RabbitMQ refused: {refusal(exc)}") from None
-            except RETRYABLE as exc:
-                if loop.time() + wait > deadline:
-                    raise BackendError(f"RabbitMQ kept failing: {exc!r}") from exc
-                self._publisher = None
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, _MAX_WAIT)
+        """Run `operation`, reconnecting and retrying with the core's backoff and budget
+        (`apalis_cli.retrying`); what the broker refuses is said at once, it would refuse again."""
+        try:
+            return await retrying(operation, transient=_transient, recover=self._drop_publisher, what="RabbitMQ")
+        except REFUSED as exc:
+            raise BackendError(f"RabbitMQ refused: {refusal(exc)}") from None
+
+    async def _drop_publisher(self, _: BaseException) -> None:
+        self._publisher = None  # its channel may have died with the failed operation: open another
 
     # -- declarations ----------------------------------------------------------------------
 

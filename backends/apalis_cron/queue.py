@@ -8,6 +8,10 @@ A `Ticker` pushes each tick into a sink; the worker consumes that sink's queue a
   idempotency key `cron:<tick time>`, so N replicas produce each tick once and the durable
   store's semantics (retries, orphans, inspect) apply. `catch_up` recovers ticks missed while
   no daemon ran, counted from the newest tick recorded in that queue.
+
+A tick the store does not take is pushed again with the core's backoff (`apalis_cli.retrying`);
+past its budget the ticker fails the worker's poll stream, so the worker reports the store as
+unavailable and polls again, which starts the ticker again: the tick is kept and pushed first.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from apalis_cli.backend import (
     WorkerContext,
 )
 from apalis_cli.codec import Codec
+from apalis_cli.retrying import RECONNECT_BUDGET, retrying
 from apalis_cli.service import Layer
 from apalis_cli.task import Task, iso
 
@@ -35,7 +40,6 @@ from .schedule import Schedule
 __all__ = ["CronQueue", "SinkQueue", "Ticker", "tick_key"]
 
 _KEY_PREFIX = "cron:"
-_RETRY_PUSH = 1.0
 
 
 def tick_key(tick: float) -> str:
@@ -56,9 +60,15 @@ class Ticker:
         self.schedule = Schedule(config)
         self._sink = sink
         self._inspector = inspector
+        self.budget = RECONNECT_BUDGET
+        """How long one tick's push is retried before this run of the ticker fails."""
+        self._unpushed: float | None = None  # a tick a failed or cancelled run could not push
 
     async def run(self) -> None:
-        """Catch up as configured, then push every tick as it comes, until cancelled."""
+        """Push the tick a previous run could not, catch up as configured, then push every
+        tick as it comes, until cancelled."""
+        if self._unpushed is not None:
+            await self._push(self._unpushed)
         now = time.time()
         for tick in await self._missed(now):
             await self._push(tick)
@@ -69,15 +79,17 @@ class Ticker:
             tick = self.schedule.next_after(tick)
 
     async def _push(self, tick: float) -> None:
+        """Push `tick`, again while the store fails (any error: its key makes a second push of
+        one that got through a no-op); kept for the next run if this one ends first."""
         args: Mapping[str, Any] = {"scheduled_at": iso(tick)}
-        while True:
-            try:
-                await self._sink.push(args, run_at=tick, idempotency_key=tick_key(tick))
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the store is down: keep this tick and try again
-                await asyncio.sleep(_RETRY_PUSH)
+        self._unpushed = tick
+        await retrying(
+            lambda: self._sink.push(args, run_at=tick, idempotency_key=tick_key(tick)),
+            transient=lambda _: True,
+            budget=self.budget,
+            what=f"cron tick {iso(tick)}",
+        )
+        self._unpushed = None
 
     async def _missed(self, now: float) -> list[float]:
         s = self.config

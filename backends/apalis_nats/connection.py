@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import nats
 from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.retrying import retrying
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -35,10 +36,8 @@ T = TypeVar("T")
 FAILURES: tuple[type[BaseException], ...] = (NatsError, ConnectionError, OSError, asyncio.TimeoutError, ConnectionLost)
 """What a lost connection raises: the operation is retried once the client has reconnected."""
 
-_RETRY_FOR = 30.0
 _SUBJECTS_OVERLAP = 10065
 _FIRST_CONNECT_ATTEMPTS = 3
-_MAX_WAIT = 2.0
 
 
 async def _quiet(_: Exception) -> None:
@@ -163,17 +162,9 @@ class Connection:
             await client.close()
 
     async def retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run `operation`, retrying with capped backoff for up to 30 s while NATS is away."""
-        loop = asyncio.get_running_loop()
-        deadline, wait = loop.time() + _RETRY_FOR, 0.05
-        while True:
-            try:
-                return await operation()
-            except FAILURES as exc:
-                if loop.time() + wait > deadline:
-                    raise BackendError(f"NATS kept failing: {exc!r}") from exc
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, _MAX_WAIT)
+        """Run `operation`, retried with the core's backoff and budget (`apalis_cli.retrying`)
+        while NATS is away (nats-py reconnects by itself meanwhile)."""
+        return await retrying(operation, transient=lambda exc: isinstance(exc, FAILURES), what="NATS")
 
 
 def _covers(pattern: str, wanted: str) -> bool:

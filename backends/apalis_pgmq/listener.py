@@ -2,7 +2,8 @@
 
 `pgmq.enable_notify_insert` makes every insert into `pgmq.q_<name>` send a NOTIFY on channel
 `pgmq.q_<name>.INSERT` (throttled). The listener reconnects by itself after a dropped
-connection, and then wakes every poller, since notifications may have been missed meanwhile.
+connection (with the core's backoff, `apalis_cli.retrying.delays`), and then wakes every
+poller, since notifications may have been missed meanwhile.
 Polling with backoff stays the fallback: retries and scheduled messages become visible without
 any insert, so no notification announces them.
 """
@@ -14,6 +15,7 @@ import contextlib
 from typing import Any
 
 from apalis_cli.polling import Waker
+from apalis_cli.retrying import delays
 
 __all__ = ["Listener", "channel_of"]
 
@@ -58,13 +60,12 @@ class Listener:
         import psycopg
         from psycopg import sql
 
-        wait = 0.05
+        waits = delays()
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._url, **self._kwargs)
             except Exception:
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 2.0)
+                await asyncio.sleep(next(waits))
                 continue
             try:
                 listened: set[str] = set()
@@ -75,12 +76,11 @@ class Listener:
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel_of(queue))))
                         listened.add(queue)
                     if first:
-                        first, wait = False, 0.05
+                        first, waits = False, delays()  # listening again: back off from the start
                         self._wake_all()
                     await self._pump(conn)
             except Exception:  # a lost connection above all; polling covers the gap meanwhile
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 2.0)
+                await asyncio.sleep(next(waits))
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()

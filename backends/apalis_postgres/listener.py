@@ -3,7 +3,8 @@
 Every push NOTIFYs the store's channel with the queue name as payload; the listener hands each
 notification to that queue's `Waker`. One channel per schema (not per queue) because a queue name
 is free text while a channel is an identifier of at most 63 bytes, and one LISTEN then serves
-every queue. When the connection drops, the listener reconnects with capped backoff, LISTENs
+every queue. When the connection drops, the listener reconnects with the core's backoff
+(`apalis_cli.retrying.delays`), LISTENs
 again (peers forget this step and go deaf) and wakes every poller, since a notification may have
 been missed meanwhile; until then polling with backoff carries on alone.
 """
@@ -17,12 +18,12 @@ from collections.abc import Callable
 
 import psycopg
 from apalis_cli.polling import Waker
+from apalis_cli.retrying import delays
 from psycopg import sql
 
 __all__ = ["Listener"]
 
 _log = logging.getLogger(__name__)
-_MAX_WAIT = 5.0
 
 
 class Listener:
@@ -58,20 +59,20 @@ class Listener:
             waker.notify()
 
     async def _run(self) -> None:
-        wait = 0.05
+        waits = delays()
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
             except psycopg.Error as exc:
+                wait = next(waits)
                 _log.warning("LISTEN connection failed, retrying in %.2fs: %s", wait, type(exc).__name__)
                 await asyncio.sleep(wait)
-                wait = min(wait * 2, _MAX_WAIT)
                 continue
             try:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 self.connections += 1
                 self._listening.set()
-                wait = 0.05
+                waits = delays()  # listening again: the next outage backs off from the start
                 self._wake_all()
                 async for note in conn.notifies():
                     waker = self._wakers.get(note.payload)
@@ -83,5 +84,4 @@ class Listener:
                 self._listening.clear()
                 with contextlib.suppress(Exception):
                     await conn.close()
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, _MAX_WAIT)
+            await asyncio.sleep(next(waits))

@@ -15,6 +15,7 @@ from typing import Any
 
 from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra
 from apalis_cli.polling import Waker
+from apalis_cli.retrying import delays
 
 __all__ = ["Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
 
@@ -90,7 +91,8 @@ class Wakeups:
     """One pub/sub connection per store: a message on `<prefix><queue>` wakes that queue's pollers.
 
     It listens with a pattern subscription (`<prefix>*`) started by the first poller; after a
-    dropped connection it resubscribes and wakes everyone, since a message may have been missed.
+    dropped connection it resubscribes (with the core's backoff, `apalis_cli.retrying.delays`)
+    and wakes everyone, since a message may have been missed.
     """
 
     def __init__(self, client: Any, prefix: str) -> None:
@@ -125,13 +127,13 @@ class Wakeups:
     async def _listen(self) -> None:
         pattern = self._prefix + b"*"
         cut = len(self._prefix)
-        wait = 0.05
+        waits = delays()
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(pattern)
                 self._wake_all()  # anything pushed while we were not listening
-                wait = 0.05
+                waits = delays()  # listening again: the next outage backs off from the start
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is None:
@@ -142,8 +144,7 @@ class Wakeups:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a dropped connection: listen again after a short backoff
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, _RECONNECT_CAP)
+                await asyncio.sleep(next(waits))
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pubsub.aclose())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import importlib
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,7 +16,9 @@ import pytest
 from apalis_cli.backend import Capability, Store, StoreSpec, TaskSink
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConfigError
-from apalis_cli.task import Task, iso
+from apalis_cli.events import BackendUnavailable, Event
+from apalis_cli.memory import MemoryQueue, MemoryStore
+from apalis_cli.task import Task, TaskId, iso
 from apalis_cli.worker import Worker
 from apalis_cron import CronStore
 from apalis_cron.config import CronConfig
@@ -158,3 +161,50 @@ async def test_catch_up_recovers_ticks_missed_since_the_last_recorded_one(
 def test_tick_key_is_the_same_in_every_replica() -> None:
     tick = datetime(2026, 11, 29, 3, 0, tzinfo=UTC).timestamp()
     assert tick_key(tick) == "cron:2026-11-29T03:00:00.000Z"
+
+
+class RefusingQueue(MemoryQueue):
+    """The memory store behind a link that refuses pushes until `until` (time.monotonic())."""
+
+    until = 0.0
+
+    async def push(self, args: Any, **options: Any) -> TaskId:
+        if time.monotonic() < self.until:
+            raise ConnectionError("connection refused")
+        return await super().push(args, **options)
+
+
+async def test_a_tick_the_store_refuses_is_reported_and_pushed_once_it_is_back() -> None:
+    store = MemoryStore()
+    plain = store.backend("ticks", codec=JsonCodec())
+    sink = RefusingQueue(store, plain._state, "ticks", codec=JsonCodec(), max_attempts=1)
+    cron = CronStore.from_spec(StoreSpec(name="c", kind="cron", url="", options={"schedule": "* * * * * *"}))
+    backend = cron.pipe(sink)
+    backend.ticker.budget = 0.3  # a store away for longer than this is reported
+    ran: list[str] = []
+    events: list[Event] = []
+    back_a_while = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        ran.append(args["scheduled_at"])
+        if time.monotonic() > sink.until + 1.2:
+            back_a_while.set()
+
+    worker = Worker(name="nightly", backend=backend, handler=handler, poll_interval=0.05, on_event=[events.append])
+    sink.until = time.monotonic() + 2.5  # the store refuses the first tick or two
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    async with asyncio.timeout(20):
+        await back_a_while.wait()
+    stop.set()
+    await running
+
+    outages = [e.error for e in events if isinstance(e, BackendUnavailable)]
+    assert outages, "the refused pushes were said, not retried in silence"
+    assert re.fullmatch(
+        r"ConnectionLost: cron tick \S+Z: ConnectionError: connection refused \(failing for 0\.\d s, gave up\)",
+        outages[0],
+    )
+    first_refused = outages[0].split()[3].rstrip(":")
+    assert ran[0] == first_refused, "the refused tick was kept and ran once the store took it"
+    assert len(ran) == len(set(ran))

@@ -1,0 +1,78 @@
+"""Waiting for a store, one way everywhere: the stores' operations and their listening
+connections, the worker's reconnects, the daemon's wait at start, cron's pushes and the
+supervisor's restarts all back off the same way.
+
+- `delays(first, cap)`: the waits, doubling from `first` up to `cap`, each with jitter: drawn
+  from the upper half of its value, so a wait is never near zero by chance, and a fleet that
+  lost its server together does not come back in lock-step.
+- `retrying(operation, transient=..., recover=..., budget=...)`: `operation` again while it fails
+  with a transient error, for up to `budget` seconds (`RECONNECT_BUDGET` unless the caller knows
+  better), then one `ConnectionLost` line saying what failed, why, and for how long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from .errors import ConnectionLost
+from .storable import describe_error
+
+__all__ = ["RECONNECT_BUDGET", "delays", "retrying"]
+
+T = TypeVar("T")
+
+RECONNECT_BUDGET = 30.0
+"""How long a store's operation is retried while the store is away before its caller hears of
+it: a server restart is ridden out, and an outage is reported within half a minute."""
+
+
+def delays(first: float = 0.05, cap: float = 2.0, *, jitter: bool = True) -> Iterator[float]:
+    """Endless waits in seconds: `first`, doubling up to `cap`; with `jitter` each is drawn
+    from [50%, 100%) of that, so they still grow and never pass `cap`."""
+    wait = first
+    while True:
+        yield wait * random.uniform(0.5, 1.0) if jitter else wait
+        wait = min(wait * 2, cap)
+
+
+async def retrying(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    transient: Callable[[BaseException], bool],
+    recover: Callable[[BaseException], Awaitable[None]] | None = None,
+    budget: float = RECONNECT_BUDGET,
+    what: str = "the store",
+    describe: Callable[[BaseException], str] = describe_error,
+) -> T:
+    """`await operation()`, tried again while it fails with an error `transient` accepts.
+
+    Between tries it waits (`delays()`), then `recover(error)` runs (a reconnect; a transient
+    failure of its own just costs the try). An error that is not transient is raised at once.
+    Once the next wait would end past `budget` seconds, the last error is raised as
+    `ConnectionLost`: "`what`: `describe(error)` (failing for N s, gave up)".
+
+    `operation` must be safe to run twice: one transaction, or an idempotent write.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waits = delays()
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            wait = next(waits)
+            spent = loop.time() - started
+            if spent + wait > budget:
+                raise ConnectionLost(f"{what}: {describe(exc)} (failing for {spent:.1f} s, gave up)") from exc
+            await asyncio.sleep(wait)
+            if recover is not None:
+                try:
+                    await recover(exc)
+                except Exception as again:
+                    if not transient(again):
+                        raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -24,12 +24,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from .config import NatsConfig, redact_url
 
-__all__ = ["FAILURES", "Connection", "Puller", "flush"]
+__all__ = ["FAILURES", "Connection", "Puller", "flush", "unsubscribe", "wakes"]
 
 T = TypeVar("T")
 
@@ -37,6 +37,7 @@ FAILURES: tuple[type[BaseException], ...] = (NatsError, ConnectionError, OSError
 """What a lost connection raises: the operation is retried once the client has reconnected."""
 
 _SUBJECTS_OVERLAP = 10065
+_NOT_UNIQUE = (10099, 10100)  # a second unfiltered / overlapping consumer on a WorkQueue stream
 _FIRST_CONNECT_ATTEMPTS = 3
 
 
@@ -150,6 +151,49 @@ class Connection:
                 f'add "{wanted}" to its subjects, or set prefix to a subject prefix it takes'
             )
 
+    async def add_consumer(self, durable: str, subject: str, ack_wait: float) -> None:
+        """Create (or update) durable pull consumer `durable` on `subject`. A WorkQueue stream
+        lets one consumer read a subject: a consumer another client made on ours is named in one
+        line rather than retried."""
+        stream = self.config.stream
+        js = await self.js()
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_wait=ack_wait,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_deliver=-1,
+            max_ack_pending=-1,
+        )
+        try:
+            await js.add_consumer(stream, config)
+        except BadRequestError as exc:
+            if exc.err_code not in _NOT_UNIQUE:
+                raise
+            others = [
+                info.name
+                for info in await js.consumers_info(stream)
+                if info.name != durable and _covers(info.config.filter_subject or ">", subject)  # none: all
+            ]
+            raise BackendError(
+                f'NATS consumer {", ".join(others) or "(another)"} on stream "{stream}" already reads '
+                f'"{subject}", and a WorkQueue stream lets one consumer read a subject: delete it, and send '
+                "from that client without consuming (or read through the apalis consumer "
+                f'"{durable}")'
+            ) from None
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
+        """Publish (subject, data, headers) triples, each acked by the stream; retried while
+        NATS is away."""
+
+        async def publish() -> None:
+            js = await self.js()
+            await asyncio.gather(*(js.publish(subject, data, headers=h) for subject, data, h in items))
+
+        if items:
+            await self.retrying(publish)
+
     @property
     def current(self) -> Client | None:
         """The client as it is, without connecting (None before the first use)."""
@@ -237,3 +281,18 @@ class Puller:
         if sub is not None:
             with contextlib.suppress(*FAILURES):
                 await sub.unsubscribe()
+
+
+def wakes(event: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
+    """A subscription callback that sets `event` (a publish wakes a waiting poller)."""
+
+    async def notified(_: Msg) -> None:
+        event.set()
+
+    return notified
+
+
+async def unsubscribe(subscription: Subscription) -> None:
+    """Unsubscribe; a connection lost meanwhile took the subscription with it."""
+    with contextlib.suppress(*FAILURES):
+        await subscription.unsubscribe()

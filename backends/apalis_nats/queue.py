@@ -29,30 +29,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import math
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.errors import BackendError, ConnectionLost
-from apalis_cli.polling import IdleWait, beat_every, woken
+from apalis_cli.errors import ConnectionLost
+from apalis_cli.polling import IdleWait, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskId
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from . import messages as m
-from .connection import FAILURES, Connection, Puller, flush
+from .connection import FAILURES, Connection, Puller, flush, unsubscribe, wakes
 from .inspector import NatsInspector
+from .mover import move_due
 
 __all__ = ["CAPABILITIES", "NatsQueue"]
 
@@ -68,9 +67,7 @@ CAPABILITIES = Capabilities(
     }
 )
 
-_SCHEDULE_POLL = 0.25
 _DEFAULT_ACK_WAIT = 30.0  # the default stale_after; a worker sets its own when it starts
-_NOT_UNIQUE = (10099, 10100)  # a second unfiltered / overlapping consumer on a WorkQueue stream
 _LOST = "a worker stopped sending heartbeats while running this task (ack_wait passed without an ack)"
 _LEASE_KEPT = 0.9
 """The share of `ack_wait` a worker counts as its lease: JetStream starts the timer when it sends
@@ -161,7 +158,7 @@ class NatsQueue(QueueBase, NatsInspector):
             try:
                 await js.consumer_info(self.stream, durable)
             except NotFoundError:
-                await self._add_consumer(durable, subject, _DEFAULT_ACK_WAIT)
+                await self._conn.add_consumer(durable, subject, _DEFAULT_ACK_WAIT)
 
     async def _recreate(self) -> None:
         """The stream (or this queue's consumer) was deleted while in use: make both again."""
@@ -174,39 +171,9 @@ class NatsQueue(QueueBase, NatsInspector):
         `stale_after`, so a silent worker's tasks come back after that long."""
         if self._ack_wait == ack_wait:
             return
-        await self._add_consumer(self.durable, self.work, ack_wait)
-        await self._add_consumer(f"{self.durable}-s", self.sched, 30.0)
+        await self._conn.add_consumer(self.durable, self.work, ack_wait)
+        await self._conn.add_consumer(f"{self.durable}-s", self.sched, 30.0)
         self._ack_wait = ack_wait
-
-    async def _add_consumer(self, durable: str, subject: str, ack_wait: float) -> None:
-        """A WorkQueue stream lets one consumer read a subject: a consumer another client made on
-        ours is named in one line rather than retried."""
-        js = await self._conn.js()
-        config = ConsumerConfig(
-            durable_name=durable,
-            filter_subject=subject,
-            ack_wait=ack_wait,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=-1,
-            max_ack_pending=-1,
-        )
-        try:
-            await js.add_consumer(self.stream, config)
-        except BadRequestError as exc:
-            if exc.err_code not in _NOT_UNIQUE:
-                raise
-            others = [
-                info.name
-                for info in await js.consumers_info(self.stream)
-                if info.name != durable and _overlaps(info.config.filter_subject, subject)
-            ]
-            raise BackendError(
-                f'NATS consumer {", ".join(others) or "(another)"} on stream "{self.stream}" already reads '
-                f'"{subject}", and a WorkQueue stream lets one consumer read a subject: delete it, and send '
-                "from that client without consuming (or read through the apalis consumer "
-                f'"{durable}")'
-            ) from None
 
     async def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Tasks fetched in batches of the worker's free slots (`no_wait` pulls). While idle, a
@@ -215,7 +182,10 @@ class NatsQueue(QueueBase, NatsInspector):
         await self._ensure_consumers(worker.stale_after)
         client = await self._conn.client()
         puller = Puller(client, self.stream, self.durable)
-        mover = asyncio.create_task(self._move_due(), name=f"apalis-nats-mover-{self.queue}")
+        mover = asyncio.create_task(
+            move_due(self._conn, consumer=f"{self.durable}-s", sched=self.sched, work=self.work),
+            name=f"apalis-nats-mover-{self.queue}",
+        )
         ready: deque[Task[bytes]] = deque()
         wake = asyncio.Event()
         watch: Subscription | None = None
@@ -232,13 +202,13 @@ class NatsQueue(QueueBase, NatsInspector):
                 if msgs:
                     idle.reset()
                     if watch is not None:  # busy: stop receiving a copy of every publish
-                        await _unsubscribe(watch)
+                        await unsubscribe(watch)
                         watch = None
                     ready.extend(await self._admit(msgs, worker))
                     continue
                 if watch is None:
                     # Subscribe, then fetch once more: a publish after that fetch wakes us.
-                    watch = await client.subscribe(self.work, cb=_setter(wake))
+                    watch = await client.subscribe(self.work, cb=wakes(wake))
                     continue
                 yield None
                 await idle.wait(wake)
@@ -247,7 +217,7 @@ class NatsQueue(QueueBase, NatsInspector):
             with contextlib.suppress(asyncio.CancelledError, *FAILURES):
                 await mover
             if watch is not None:
-                await _unsubscribe(watch)
+                await unsubscribe(watch)
             await puller.close()
             if ready:
                 await self.ack_batch([(task, Outcome.release()) for task in ready])
@@ -269,76 +239,10 @@ class NatsQueue(QueueBase, NatsInspector):
             payload = m.payload_of(msg.data, msg.headers)
             tasks.append(env.task(self.queue, payload, status=Status.RUNNING, attempts=attempts, lock_by=worker.id))
         if dead:
-            await self._publish([(self.dead, msg.data, headers) for msg, headers in dead])
+            await self._conn.publish_many([(self.dead, msg.data, headers) for msg, headers in dead])
             for msg, _ in dead:
                 await msg.term()
         return tasks
-
-    async def _release_msgs(self, msgs: Sequence[Msg]) -> None:
-        """Messages fetched for a stream that is stopping: copies back, not counted."""
-        copies = []
-        for msg in msgs:
-            env = m.envelope_of(msg.headers, f"{self.stream}-{msg.metadata.sequence.stream}", self.max_attempts)
-            attempts = env.attempts + msg.metadata.num_delivered - 1
-            copies.append((self.work, msg.data, m.copy_headers(msg.headers, id=env.id, attempts=str(attempts))))
-        await self._publish(copies)
-        for msg in msgs:
-            await msg.ack()
-
-    async def _publish(self, items: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
-        async def publish() -> None:
-            js = await self._conn.js()
-            await asyncio.gather(*(js.publish(subject, data, headers=h) for subject, data, h in items))
-
-        if items:
-            await self._conn.retrying(publish)
-
-    async def _move_due(self) -> None:
-        """Moves scheduled tasks to the work subject when due (runs while the worker polls).
-
-        An early one is `nak`ed with the time it has left; the mover sleeps until the next due
-        time it knows of, at most `_SCHEDULE_POLL`, or until a new scheduled push arrives."""
-        client = await self._conn.client()
-        puller = Puller(client, self.stream, f"{self.durable}-s")
-        wake = asyncio.Event()
-        watch = await client.subscribe(self.sched, cb=_setter(wake))
-        next_due = math.inf
-        try:
-            while True:
-                try:
-                    wake.clear()
-                    msgs = await puller.fetch(100)
-                    now = time.time()
-                    due = []
-                    for msg in msgs:
-                        run_at = m.envelope_of(msg.headers, "", 1).run_at
-                        if run_at > now + 0.0005:
-                            await msg.nak(delay=run_at - now + 0.001)
-                            next_due = min(next_due, run_at)
-                        else:
-                            due.append(msg)
-                    if due:
-                        await self._publish([(self.work, msg.data, self._moved_headers(msg)) for msg in due])
-                        for msg in due:
-                            await msg.ack()
-                    if msgs:
-                        continue
-                    if next_due < now - 1.0:
-                        next_due = math.inf  # another mover took it
-                    pause = min(max(next_due - now, 0.002), _SCHEDULE_POLL)
-                    await woken(wake, pause)
-                except FAILURES:
-                    await asyncio.sleep(0.5)  # NATS is away: the client reconnects meanwhile
-        finally:
-            await _unsubscribe(watch)
-            await puller.close()
-
-    def _moved_headers(self, msg: Msg) -> dict[str, str]:
-        """A due task's headers for the work subject, deduplicated by its scheduled sequence
-        (a mover that dies between publish and ack makes no second copy)."""
-        seq = msg.metadata.sequence.stream
-        task_id = m.envelope_of(msg.headers, f"{self.stream}-{seq}", 1).id
-        return {**m.copy_headers(msg.headers, id=task_id), m.MSG_ID: f"{self.stream}:moved:{seq}"}
 
     # -- acknowledging ---------------------------------------------------------------------
 
@@ -368,7 +272,7 @@ class NatsQueue(QueueBase, NatsInspector):
                 copies.append((self.work, msg.data, headers))
             after.append((task.id, msg, outcome))
         try:
-            await self._publish(copies)
+            await self._conn.publish_many(copies)
             for task_id, msg, outcome in after:
                 if outcome.kind is OutcomeKind.RETRY:
                     delay = (outcome.run_at if outcome.run_at is not None else now) - now
@@ -415,28 +319,3 @@ class NatsQueue(QueueBase, NatsInspector):
     def _stub(self, task_id: TaskId, held: _Held) -> Task[bytes]:
         env = m.envelope_of(held.msg.headers, task_id, self.max_attempts)
         return env.task(self.queue, b"", status=Status.RUNNING, attempts=held.attempts, lock_by=held.worker)
-
-
-def _overlaps(filter_subject: str | None, subject: str) -> bool:
-    """True when a consumer filtered on `filter_subject` (None: everything) gets `subject`."""
-    if not filter_subject:
-        return True
-    have, want = filter_subject.split("."), subject.split(".")
-    for index, token in enumerate(have):
-        if token == ">":
-            return True
-        if index >= len(want) or (token != "*" and token != want[index]):
-            return False
-    return len(have) == len(want)
-
-
-def _setter(event: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
-    async def notified(_: Msg) -> None:
-        event.set()
-
-    return notified
-
-
-async def _unsubscribe(subscription: Subscription) -> None:
-    with contextlib.suppress(*FAILURES):
-        await subscription.unsubscribe()

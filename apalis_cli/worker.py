@@ -48,6 +48,7 @@ Handler = Callable[[Any, Task[bytes]], Awaitable[Any]]
 """The adapted user handler: called with the decoded args and the task (for its context)."""
 
 _MAX_RECONNECT_WAIT = 5.0
+_FIRST_RETRY = 0.1
 
 
 class Worker:
@@ -83,6 +84,8 @@ class Worker:
         self._listeners = list(on_event)
         self._running: dict[TaskId, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
+        self._beating = asyncio.Event()
+        """Set while the last beat got through: the poll loop claims again only after one."""
         self._stopped = False
         self._heartbeat: AsyncIterator[None] = _no_beats()
         self.context = WorkerContext(
@@ -141,7 +144,7 @@ class Worker:
         unacknowledged is lost either way, and no task goes back while its handler runs.
         """
         self._heartbeat = self.backend.heartbeat(self.context)
-        await self._first_beat(self._heartbeat, stop)
+        await self._first_beat(stop)
         beats = asyncio.create_task(self._beat_forever(), name=f"{self.name}-heartbeat")
         poller = asyncio.create_task(self._poll_loop(burst), name=f"{self.name}-poll")
         stopper = asyncio.create_task(stop.wait())
@@ -161,19 +164,18 @@ class Worker:
                 await self._heartbeat.aclose()  # type: ignore[attr-defined]
             self._emit(Stopped(worker=self.name, queue=self.context.queue, released=released))
 
-    async def _first_beat(self, heartbeat: AsyncIterator[None], stop: asyncio.Event) -> None:
-        wait = 0.1
+    async def _first_beat(self, stop: asyncio.Event) -> None:
+        wait = _FIRST_RETRY
         while True:
             try:
-                await anext(heartbeat)
-                self._beat_sent()
+                await anext(self._heartbeat)
                 break
             except Exception as exc:
                 if stop.is_set():
                     raise
-                self._emit(HeartbeatFailed(worker=self.name, queue=self.context.queue, error=describe_error(exc)))
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, _MAX_RECONNECT_WAIT)
+                wait = await self._beat_failed(exc, wait)
+        self._beating.set()
+        self._beat_sent()
         self._emit(
             Started(
                 worker=self.name,
@@ -184,19 +186,35 @@ class Worker:
         )
 
     async def _beat_forever(self) -> None:
+        wait = _FIRST_RETRY
         while not self._stopped:
             try:
                 await anext(self._heartbeat)
-                self._beat_sent()
             except StopAsyncIteration:
                 return
             except Exception as exc:
                 if self._stopped:
                     return
-                # A failed beat ends the generator; start a new one after keep_alive.
-                self._emit(HeartbeatFailed(worker=self.name, queue=self.context.queue, error=describe_error(exc)))
-                await asyncio.sleep(self.context.keep_alive)
-                self._heartbeat = self.backend.heartbeat(self.context)
+                wait = await self._beat_failed(exc, wait)
+                continue
+            wait = _FIRST_RETRY
+            self._beating.set()
+            self._beat_sent()
+
+    async def _beat_failed(self, exc: Exception, wait: float) -> float:
+        """Report a failed beat, wait `wait`, and start a new heartbeat stream (a failure ends
+        the old one); returns the next wait.
+
+        The store has already retried the beat itself, so the worker tries again soon (never
+        later than `keep_alive`): once the store answers, other workers must see this one alive
+        within `stale_after`, or they take its tasks. Until it has beaten again it claims
+        nothing (`_poll_loop`).
+        """
+        self._beating.clear()
+        self._emit(HeartbeatFailed(worker=self.name, queue=self.context.queue, error=describe_error(exc)))
+        await asyncio.sleep(wait)
+        self._heartbeat = self.backend.heartbeat(self.context)
+        return min(wait * 2, self.context.keep_alive, _MAX_RECONNECT_WAIT)
 
     async def _poll_loop(self, burst: bool) -> None:
         wait = 0.1
@@ -213,6 +231,9 @@ class Worker:
                 )
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, _MAX_RECONNECT_WAIT)
+                # A reconnecting worker beats before it claims: a task claimed while the others
+                # still see it gone would be swept from under it.
+                await self._beating.wait()
             finally:
                 with contextlib.suppress(Exception):
                     await stream.aclose()  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from .backend import WorkerContext
+from .contact import Contact
 from .task import Task
 
 __all__ = ["IdleWait", "Waker", "beat_every", "poll_batches", "woken"]
@@ -166,17 +167,21 @@ async def beat_every(
     worker: WorkerContext,
     beat: Callable[[], Awaitable[None]],
     farewell: Callable[[], Awaitable[None]] | None = None,
+    contact: Contact | None = None,
 ) -> AsyncIterator[None]:
     """The heartbeat stream: `beat()` now and then every `keep_alive`, one item per success.
 
     `farewell()` runs when the stream is closed (the worker stopped): a store unregisters the
     worker there, so its leftovers are recovered at once rather than after `stale_after`.
+    With the store's `contact`, the worker beats as soon as the store is reached again after an
+    outage, not at its next tick: its heartbeat is the first thing other workers need to see.
     """
+    sleep = asyncio.sleep if contact is None else contact.sleep
     try:
         while True:
             await beat()
             yield None
-            await asyncio.sleep(worker.keep_alive)
+            await sleep(worker.keep_alive)
     finally:
         if farewell is not None:
             # Best effort: a store that is down cannot hear it (the sweep recovers the worker's

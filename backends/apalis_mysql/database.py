@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncmy
+from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost
 from apalis_cli.polling import Waker
 from apalis_sql import TASK_COLUMNS, load_migrations, load_queries, retrying
@@ -32,6 +33,7 @@ NOW = "UNIX_TIMESTAMP(NOW(6))"
 COLUMNS = ", ".join(TASK_COLUMNS)
 # Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
 _TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2014, 2055}
+_DEADLOCK = 1213  # retried, but the server answered: not a loss of contact
 
 
 def _transient(exc: BaseException) -> bool:
@@ -39,6 +41,12 @@ def _transient(exc: BaseException) -> bool:
         code = exc.args[0] if exc.args else None
         return code in _TRANSIENT_CODES or not isinstance(code, int)
     return isinstance(exc, asyncmy.errors.InterfaceError | ConnectionError | OSError | EOFError)
+
+
+def _deadlock(exc: BaseException) -> bool:
+    return isinstance(exc, asyncmy.errors.OperationalError | asyncmy.errors.InternalError) and (
+        bool(exc.args) and exc.args[0] == _DEADLOCK
+    )
 
 
 class Database:
@@ -50,6 +58,8 @@ class Database:
         self.names = {"prefix": config.table_prefix, "now": NOW, "columns": COLUMNS}
         self.sql = dict(load_queries(__package__ or "apalis_mysql", self.names).items())
         self.wakers: dict[str, Waker] = {}
+        self.contact = Contact()
+        """This process's contact with the server: the orphan sweep waits for a steady one."""
         self._pool: Pool | None = None
 
     async def open(self) -> list[int]:
@@ -112,7 +122,9 @@ class Database:
                 return await op(conn)
 
         try:
-            return await retrying(once, transient=_transient, attempts=self.attempts)
+            return await retrying(
+                once, transient=_transient, attempts=self.attempts, contact=self.contact, answered=_deadlock
+            )
         except ConnectionLost as exc:
             cause = exc.__cause__ or exc
             raise ConnectionLost(f"mysql at {self.config.redacted}: {self.describe(cause)}") from None

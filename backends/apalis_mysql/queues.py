@@ -103,7 +103,9 @@ class MysqlQueue(QueueBase):
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; release its lost claims; sweep orphans and purge
-        expired tasks under a named lock (GET_LOCK), so one worker of the queue sweeps at a time."""
+        expired tasks under a named lock (GET_LOCK), so one worker of the queue sweeps at a time,
+        and only once this process has had the server reachable for `stale_after`
+        (`apalis_cli.contact`)."""
         db, st, queue = self._db, self._db.sql, self.queue
         lock = (
             "apalis-sweep:"
@@ -128,6 +130,9 @@ class MysqlQueue(QueueBase):
             )
             release = st["release_lost"].replace("{running}", _marks(len(running)) if running else "''")
             woke = bool(await cursor.execute(release, [queue, worker.id, worker.stale_after, *running]))
+            # Asked at each try: a beat retried across an outage does not sweep right after it.
+            if not db.contact.steady_for(worker.stale_after):
+                return woke
             await cursor.execute(st["sweep_lock"], {"lock": lock})
             locked = await cursor.fetchone()
             if not (locked and locked[0] == 1):
@@ -146,7 +151,7 @@ class MysqlQueue(QueueBase):
         async def farewell() -> None:
             await db.execute(st["farewell"], {"id": worker.id})
 
-        return beat_every(worker, beat, farewell)
+        return beat_every(worker, beat, farewell, db.contact)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply a batch of outcomes in one transaction (the server's clock stamps done_at).

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from apalis_cli.backend import Capabilities, Capability, StoreSpec
 from apalis_cli.codec import Codec
+from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra, UsageError
 from apalis_cli.layers.retry import describe_error
 from apalis_cli.polling import Waker
@@ -78,6 +79,8 @@ class PgmqStore:
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._wakers: dict[str, Waker] = {}
         self._open_lock = asyncio.Lock()
+        self.contact = Contact()
+        """This process's contact with the server: a heartbeat goes at once when it comes back."""
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> PgmqStore:
@@ -167,18 +170,22 @@ class PgmqStore:
             raise BackendError("the pgmq store is closed")
         deadline = time.monotonic() + self.config.connect_timeout
         wait = 0.02
+        contact = self.contact
         while True:
             try:
                 async with pool.connection() as conn:
-                    return await op(conn)
+                    result = await op(conn)
+                contact.reached()
+                return result
             except OperationalError as exc:
+                contact.lost()
                 if time.monotonic() + wait > deadline:
                     raise ConnectionLost(f"pgmq at {redact_url(self.config.url)}: {describe_error(exc)}") from None
                 # Drop every idle connection the server has closed; the server may still be down,
                 # which the next try will tell.
                 with contextlib.suppress(Exception):
                     await pool.check()
-            await asyncio.sleep(wait)
+            await contact.sleep(wait)  # or less: another operation found the server back
             wait = min(wait * 2, 1.0)
 
     # -- queues ----------------------------------------------------------------------------

@@ -246,7 +246,7 @@ class PgmqQueue(InspectorMixin):
         async def farewell() -> None:
             await self._execute([("delete_worker", {"id": worker.id})])
 
-        return beat_every(worker, beat, farewell)
+        return beat_every(worker, beat, farewell, self._store.contact)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Write outcomes of runs whose message nobody has read since (same read_ct): done and

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
+from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost
 from apalis_cli.polling import Waker
 from apalis_sql import retrying
@@ -39,6 +40,12 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, _RETRYABLE) and not isinstance(exc, PoolClosed)
 
 
+def _answered(exc: BaseException) -> bool:
+    # A deadlock or serialization failure the server rolled back, or a lock it would not wait
+    # for: retried at once, and not a loss of contact.
+    return isinstance(exc, psycopg.errors.TransactionRollback | psycopg.errors.LockNotAvailable)
+
+
 class Database:
     """A pool with retries, the statements bound to the schema, and the shared listener."""
 
@@ -48,6 +55,8 @@ class Database:
         self.channel = config.schema
         self.wakers: dict[str, Waker] = {}
         self.attempts = attempts
+        self.contact = Contact()
+        """This process's contact with the server: the orphan sweep waits for a steady one."""
         self._password = str(conninfo_to_dict(config.url).get("password") or "")
         self._conninfo = make_conninfo(
             config.url,
@@ -118,7 +127,14 @@ class Database:
             await self._pool.check()  # drop idle connections that died with the one we used
 
         try:
-            return await retrying(once, transient=_transient, recover=recover, attempts=self.attempts)
+            return await retrying(
+                once,
+                transient=_transient,
+                recover=recover,
+                attempts=self.attempts,
+                contact=self.contact,
+                answered=_answered,
+            )
         except ConnectionLost as exc:
             cause = exc.__cause__ or exc
             raise ConnectionLost(f"postgres at {self.config.redacted}: {self.describe(cause)}") from None

@@ -99,7 +99,9 @@ class PostgresQueue(QueueBase):
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; release its lost claims; sweep orphans and purge
-        expired tasks under an advisory lock, so one worker of the queue sweeps at a time."""
+        expired tasks under an advisory lock, so one worker of the queue sweeps at a time, and
+        only once this process has had the server reachable for `stale_after`
+        (`apalis_cli.contact`)."""
         db, st = self._db, self._db.sql
         base = {"queue": self.queue, "channel": db.channel}
 
@@ -126,7 +128,11 @@ class PostgresQueue(QueueBase):
                     {**base, "worker": worker.id, "grace": worker.stale_after, "running": running},
                 )
                 woke = released.rowcount > 0
-                locked = await (await conn.execute(st["sweep_lock"], {**base, "scope": db.channel})).fetchone()
+                # Asked at each try: a beat retried across an outage does not sweep right after it.
+                if db.contact.steady_for(worker.stale_after):
+                    locked = await (await conn.execute(st["sweep_lock"], {**base, "scope": db.channel})).fetchone()
+                else:
+                    locked = None
                 if locked and locked[0]:
                     await conn.execute(st["forget_workers"], {**base, "stale_after": worker.stale_after})
                     recovered = await (
@@ -145,7 +151,7 @@ class PostgresQueue(QueueBase):
         async def farewell() -> None:
             await db.execute(st["farewell"], {"id": worker.id})
 
-        return beat_every(worker, beat, farewell)
+        return beat_every(worker, beat, farewell, db.contact)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply a batch of outcomes in one statement (the server's clock stamps done_at).

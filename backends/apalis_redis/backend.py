@@ -38,6 +38,7 @@ import msgpack
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
 from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec
+from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -87,6 +88,8 @@ class RedisStore:
         self._client: Any = None
         self.scripts: dict[str, Any] = {}
         self._wakeups: Wakeups | None = None
+        self.contact = Contact()
+        """This process's contact with the server: the orphan sweep waits for a steady one."""
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> RedisStore:
@@ -99,7 +102,7 @@ class RedisStore:
         """Connect and load the scripts; idempotent."""
         if self._client is not None:
             return
-        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url))
+        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url), self.contact)
         claiming = lua("apalis_redis", "claiming")
         self.scripts = {
             name: client.register_script((claiming if name in _CLAIMING else "") + lua("apalis_redis", name))
@@ -254,13 +257,18 @@ class RedisQueue(RedisInspector, QueueBase):
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register `worker` (an upsert, so it re-registers after any loss), sweep orphans and
-        the worker's own lost claims, and purge finished tasks past retention."""
-        k, script = self.keys, self.store.scripts["heartbeat"]
+        the worker's own lost claims, and purge finished tasks past retention.
+
+        Orphans are swept only once this process has had the server reachable for `stale_after`
+        (`apalis_cli.contact`). The cutoff is taken before the call: a call that redis-py retries
+        across an outage still judges workers by their heartbeats from before it."""
+        k, script, contact = self.keys, self.store.scripts["heartbeat"], self.store.contact
         self.retention = worker.retention
 
         async def beat() -> None:
             for _ in range(20):  # more purging only when a backlog of finished tasks built up
                 now = time.time()
+                stale = repr(now - worker.stale_after) if contact.steady_for(worker.stale_after) else "-inf"
                 running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
                 info = {
                     "name": worker.name,
@@ -279,7 +287,7 @@ class RedisQueue(RedisInspector, QueueBase):
                         k.wake,
                         worker.id,
                         json.dumps(info, separators=(",", ":")),
-                        repr(now - worker.stale_after),
+                        stale,
                         repr(now - worker.keep_alive),
                         repr(now - worker.retention),
                         PURGE_LIMIT,
@@ -292,4 +300,4 @@ class RedisQueue(RedisInspector, QueueBase):
         async def farewell() -> None:
             await self.store.scripts["farewell"](keys=[k.workers, k.winfo], args=[worker.id])
 
-        return beat_every(worker, beat, farewell)
+        return beat_every(worker, beat, farewell, contact)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import copy
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
+from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra
 from apalis_cli.polling import Waker
 from apalis_cli.retrying import delays
@@ -24,6 +26,8 @@ _RECONNECT_CAP = 1.0
 _COMMAND_TIMEOUT = 10.0  # far above any script's run time: the scripts work in bounded batches
 _CONNECT_TIMEOUT = 5.0
 
+T = TypeVar("T")
+
 
 def require_driver(kind: str) -> None:
     """Raise `MissingExtra` when redis-py is not installed."""
@@ -33,15 +37,15 @@ def require_driver(kind: str) -> None:
         raise MissingExtra(f"backend \"{kind}\" needs the extra: pip install 'apalis-cli[redis]'") from None
 
 
-def connect(url: str, client_name: str) -> Any:
+def connect(url: str, client_name: str, contact: Contact | None = None) -> Any:
     """A redis-py asyncio client that reconnects and retries a command on a dropped connection
-    (about 6 s of backoff in all, capped at 1 s), with bytes replies.
+    (about 6 s of backoff in all, capped at 1 s), with bytes replies; `contact` hears of every
+    try of every command (see `apalis_cli.contact`).
 
     A reply that never comes (a peer gone without a reset) times out after `_COMMAND_TIMEOUT`
     and counts as a dropped connection: an acknowledgement must never wait forever. Blocking
     pub/sub reads are exempt (redis-py reads them without a timeout)."""
     from redis.asyncio import Redis
-    from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError, TimeoutError
 
@@ -50,7 +54,7 @@ def connect(url: str, client_name: str) -> Any:
     return Redis.from_url(
         url,
         client_name=client_name,
-        retry=Retry(ExponentialBackoff(cap=_RECONNECT_CAP, base=0.02), _RECONNECT_TRIES),
+        retry=_retry(ExponentialBackoff(cap=_RECONNECT_CAP, base=0.02), _RECONNECT_TRIES, contact or Contact()),
         retry_on_error=[ConnectionError, TimeoutError],
         decode_responses=False,
         socket_timeout=_COMMAND_TIMEOUT,
@@ -59,9 +63,36 @@ def connect(url: str, client_name: str) -> Any:
     )
 
 
-async def connect_checked(url: str, client_name: str, shown_url: str) -> Any:
+def _retry(backoff: Any, tries: int, contact: Contact) -> Any:
+    """redis-py's retry policy, telling `contact` whether each try reached the server."""
+    from redis.asyncio.retry import Retry
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    class Watched(Retry):
+        async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any) -> T:
+            async def attempt() -> T:
+                try:
+                    result = await do()
+                except (ConnectionError, TimeoutError, OSError):
+                    contact.lost()
+                    raise
+                contact.reached()
+                return result
+
+            return await super().call_with_retry(attempt, fail, *args, **kwargs)
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> Watched:
+            # redis-py copies the policy into every connection: the copies share `contact`.
+            clone = copy.copy(self)
+            clone._backoff = copy.deepcopy(self._backoff, memo)
+            return clone
+
+    return Watched(backoff, tries)
+
+
+async def connect_checked(url: str, client_name: str, shown_url: str, contact: Contact | None = None) -> Any:
     """`connect`, then a PING, so an unreachable server is one clear `BackendError` at open."""
-    client = connect(url, client_name)
+    client = connect(url, client_name, contact)
     try:
         await client.ping()
     except Exception as exc:

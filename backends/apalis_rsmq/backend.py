@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 import msgpack
 from apalis_cli.backend import Capabilities, Capability, NewTask, StoreSpec, WorkerContext
 from apalis_cli.codec import Codec
+from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, BadPayload, UsageError
 from apalis_cli.polling import Waker, beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
@@ -96,6 +97,8 @@ class RsmqStore:
         self.scripts: dict[str, Any] = {}
         self._wakeups: Wakeups | None = None
         self._local: dict[str, Waker] = {}
+        self.contact = Contact()
+        """This process's contact with the server: a heartbeat goes at once when it comes back."""
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> RsmqStore:
@@ -108,7 +111,7 @@ class RsmqStore:
         """Connect and load the scripts; idempotent (queues are created on first use)."""
         if self._client is not None:
             return
-        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url))
+        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url), self.contact)
         self.scripts = {name: client.register_script(lua("apalis_rsmq", name)) for name in _SCRIPTS}
         if self.settings.realtime:
             self._wakeups = Wakeups(client, f"{self.settings.namespace}:rt:")
@@ -272,4 +275,4 @@ class RsmqQueue(RsmqInspector, QueueBase):
                 if purged < _PURGE_LIMIT:
                     return
 
-        return beat_every(worker, beat)
+        return beat_every(worker, beat, contact=self.store.contact)

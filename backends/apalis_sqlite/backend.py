@@ -197,8 +197,9 @@ class SqliteQueue(SqliteInspector, QueueBase):
     # -- heartbeat ---------------------------------------------------------------------------
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
-        """Register `worker`, recover orphans, release lost claims, purge expired tasks."""
-        q, queue = self._q, self.queue
+        """Register `worker`, recover orphans (once this process has had the database steady
+        for `stale_after`, `apalis_cli.contact`), release lost claims, purge expired tasks."""
+        q, queue, contact = self._q, self.queue, self._db.contact
         layers = json.dumps(list(worker.layers))
 
         def beat_work(conn: sqlite3.Connection, now: float, running: list[str]) -> int:
@@ -216,9 +217,15 @@ class SqliteQueue(SqliteInspector, QueueBase):
                     "running": len(running),
                 },
             )
-            stale_before = now - worker.stale_after
-            conn.execute(q.forget_stale_workers, {"queue": queue, "stale_before": stale_before})
-            moved = conn.execute(q.recover_orphans, {"queue": queue, "now": now, "stale_before": stale_before}).rowcount
+            moved = 0
+            # Asked at each try: a beat that waited out a busy or broken database does not sweep
+            # right after it (every other worker was held up as long).
+            if contact.steady_for(worker.stale_after):
+                stale_before = now - worker.stale_after
+                conn.execute(q.forget_stale_workers, {"queue": queue, "stale_before": stale_before})
+                moved = conn.execute(
+                    q.recover_orphans, {"queue": queue, "now": now, "stale_before": stale_before}
+                ).rowcount
             moved += conn.execute(
                 q.release_unowned,
                 {
@@ -241,4 +248,4 @@ class SqliteQueue(SqliteInspector, QueueBase):
         async def farewell() -> None:
             await self._db.write(lambda conn: conn.execute(q.farewell, {"id": worker.id}).rowcount)
 
-        return beat_every(worker, beat, farewell)
+        return beat_every(worker, beat, farewell, contact)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
+from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_sql import Migration, Queries, retrying
 
@@ -61,6 +62,9 @@ class Database:
         self._generation = 0
         self.reconnects = 0
         """How many times a failed connection was dropped to open a new one."""
+        self.contact = Contact()
+        """This process's contact with the file: a busy or broken database stalls every worker,
+        so the orphan sweep waits for a steady one."""
         self._lock = asyncio.Lock()
         self._closed = True
         self._closing: dict[aiosqlite.Connection, asyncio.Future[None]] = {}
@@ -125,7 +129,7 @@ class Database:
             if _needs_reconnect(exc):
                 await self._discard(seen)
 
-        return await retrying(once, transient=transient, recover=recover)
+        return await retrying(once, transient=transient, recover=recover, contact=self.contact)
 
     async def _connection(self) -> aiosqlite.Connection:
         conn = self._conn

@@ -16,13 +16,26 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-__all__ = ["PG_BIN", "PrivateServer", "free_port", "need_binary", "owned_tmpdir", "private_mariadb", "private_postgres"]
+__all__ = [
+    "PG_BIN",
+    "PrivateServer",
+    "free_port",
+    "mariadb_database",
+    "need_binary",
+    "owned_tmpdir",
+    "pg_database",
+    "private_mariadb",
+    "private_nats",
+    "private_postgres",
+    "private_rabbitmq",
+    "private_redis",
+]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -70,6 +83,10 @@ class PrivateServer:
     stop_signal: int = signal.SIGTERM
     ready: Callable[[int], bool] | None = None
     """Beyond an open port: is the server ready for clients (PostgreSQL listens while starting)?"""
+    env: Mapping[str, str] | None = None
+    pid_file: Path | None = None
+    """Where a server started through a wrapper script writes its own PID: that process is the
+    one stopped (RabbitMQ's script runs the Erlang VM as a child)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self, timeout: float = 30) -> None:
@@ -82,6 +99,7 @@ class PrivateServer:
                 stdin=subprocess.DEVNULL,
                 user=self.user,
                 group=self.user,
+                env=None if self.env is None else {**os.environ, **self.env},
                 start_new_session=True,  # a Ctrl-C of pytest does not reach it before the fixture's stop
             )
         deadline = time.monotonic() + timeout
@@ -99,12 +117,30 @@ class PrivateServer:
         process = self.process
         if process is None or process.poll() is not None:
             return
-        process.send_signal(self.stop_signal)
+        server = self._server_pid()
+        if server is None:
+            process.send_signal(self.stop_signal)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, self.stop_signal)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            if server is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server, signal.SIGKILL)
             process.kill()
             process.wait(timeout=10)
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+    def _server_pid(self) -> int | None:
+        if self.pid_file is None:
+            return None
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def restart(self, down_for: float = 2.0) -> None:
         """Stop, stay down for `down_for` seconds, start again on the same data."""
@@ -191,3 +227,99 @@ def private_mariadb(port: int) -> Iterator[PrivateServer]:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_redis(port: int) -> Iterator[PrivateServer]:
+    """A Redis that persists every write (`appendfsync always`): a Redis that persists nothing
+    loses its data on restart by design, so a durable queue on Redis needs persistence."""
+    binary = need_binary("redis-server")
+    base = owned_tmpdir("apalis-chaos-redis-", None)
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base), "--daemonize", "no"]
+    argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    server = PrivateServer("redis", argv, port, base / "server.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_nats(port: int) -> Iterator[PrivateServer]:
+    """A NATS server with JetStream, its streams stored in a temporary directory."""
+    binary = need_binary("nats-server")
+    base = owned_tmpdir("apalis-chaos-nats-", None)
+    argv = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(base)]
+    server = PrivateServer("nats", argv, port, base / "server.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_rabbitmq(port: int) -> Iterator[PrivateServer]:
+    """A RabbitMQ node of its own (own node name, ports, database and cookie), run as the
+    `rabbitmq` user; `guest` may log in over loopback."""
+    binary = need_binary("rabbitmq-server")
+    base = owned_tmpdir("apalis-chaos-rabbitmq-", "rabbitmq")
+    env = {
+        "HOME": str(base),  # the Erlang cookie of this node only
+        "RABBITMQ_NODENAME": f"apalis-chaos-{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(free_port(port + 10)),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),  # absent: the defaults
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_PID_FILE": str(base / "pid"),
+    }
+    server = PrivateServer(
+        "rabbitmq", [binary], port, base / "server.log", user="rabbitmq", env=env, pid_file=base / "pid"
+    )
+    try:
+        server.start(timeout=60)
+        yield server
+    finally:
+        server.stop(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pg_database(server: PrivateServer, name: str, *, pgmq: bool = False) -> str:
+    """The URL of a new, empty database `name` on a private PostgreSQL (with pgmq installed)."""
+    import psycopg
+
+    from tests.integration.pgmq_install import pgmq_sql
+
+    admin = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    url = f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+    if pgmq:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute(pgmq_sql().encode())
+    return url
+
+
+def mariadb_database(server: PrivateServer, name: str) -> str:
+    """The URL of database `name` (created if missing) on a private MariaDB."""
+    import asyncio
+
+    import asyncmy
+
+    async def create() -> None:
+        conn = await asyncmy.connect(host="127.0.0.1", port=server.port, user="root", password="")
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(f"CREATE DATABASE IF NOT EXISTS `{name}`")
+        finally:
+            conn.close()
+
+    asyncio.run(create())
+    return f"mysql://root@127.0.0.1:{server.port}/{name}"

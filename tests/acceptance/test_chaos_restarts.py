@@ -15,17 +15,24 @@ daemon's own connections (and only those) with `rabbitmqctl close_connection`.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.pgmq_install import pgmq_sql
-
 from .chaos import RECORDER, Backend, all_settled, make_backend, push_numbers, runs, stop, wait_for, worker_table
-from .chaos_servers import PrivateServer, free_port, need_binary, owned_tmpdir, private_mariadb, private_postgres
+from .chaos_servers import (
+    PrivateServer,
+    free_port,
+    mariadb_database,
+    need_binary,
+    pg_database,
+    private_mariadb,
+    private_nats,
+    private_postgres,
+    private_redis,
+)
 from .conftest import Apalis
 
 N = 300
@@ -46,49 +53,14 @@ def mariadb_server() -> Iterator[PrivateServer]:
 
 @pytest.fixture
 def redis_server() -> Iterator[PrivateServer]:
-    binary = need_binary("redis-server")
-    base = owned_tmpdir("apalis-chaos-redis-", None)
-    port = free_port(16379)
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base), "--daemonize", "no"]
-    argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-    server = PrivateServer("redis", argv, port, base / "server.log")
-    try:
-        server.start()
+    with private_redis(free_port(16379)) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def nats_server() -> Iterator[PrivateServer]:
-    binary = need_binary("nats-server")
-    base = owned_tmpdir("apalis-chaos-nats-", None)
-    port = free_port(14222)
-    server = PrivateServer(
-        "nats", [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(base)], port, base / "server.log"
-    )
-    try:
-        server.start()
+    with private_nats(free_port(14222)) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _pg_database(server: PrivateServer, pgmq: bool) -> str:
-    import psycopg
-
-    name = "chaos_pgmq" if pgmq else "chaos"
-    admin = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    url = f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
-    if pgmq:
-        with psycopg.connect(url, connect_timeout=5) as conn:
-            conn.execute(pgmq_sql().encode())
-    return url
 
 
 def _configure(apalis: Apalis, backend: Backend) -> None:
@@ -126,27 +98,14 @@ def _ride_out(apalis: Apalis, fault: Callable[[], None], kind: str, sleep: float
 
 @pytest.mark.parametrize("kind", ["postgres", "pgmq"])
 def test_postgres_restart_mid_run(apalis: Apalis, tmp_path: Path, postgres_server: PrivateServer, kind: str) -> None:
-    url = _pg_database(postgres_server, pgmq=kind == "pgmq")
+    url = pg_database(postgres_server, "chaos_pgmq" if kind == "pgmq" else "chaos", pgmq=kind == "pgmq")
     backend = make_backend(kind, tmp_path, server=url)
     _configure(apalis, backend)
     _ride_out(apalis, postgres_server.restart, kind)
 
 
 def test_mariadb_restart_mid_run(apalis: Apalis, tmp_path: Path, mariadb_server: PrivateServer) -> None:
-    import asyncio
-
-    import asyncmy
-
-    async def create() -> None:
-        conn = await asyncmy.connect(host="127.0.0.1", port=mariadb_server.port, user="root", password="")
-        try:
-            async with conn.cursor() as cur:
-                await cur.execute("CREATE DATABASE IF NOT EXISTS chaos")
-        finally:
-            conn.close()
-
-    asyncio.run(create())
-    backend = make_backend("mysql", tmp_path, server=f"mysql://root@127.0.0.1:{mariadb_server.port}/chaos")
+    backend = make_backend("mysql", tmp_path, server=mariadb_database(mariadb_server, "chaos"))
     _configure(apalis, backend)
     _ride_out(apalis, mariadb_server.restart, "mysql")
 

@@ -2,7 +2,8 @@
 -- (killed when attempts are exhausted), release this worker's claims it is not running
 -- (a claim whose reply was lost), and purge finished tasks past retention.
 -- KEYS: ready, running, failed, done, killed, workers, worker info
--- ARGV: base, now, wake channel, worker id, info JSON, stale cutoff, release cutoff,
+-- ARGV: base, now, wake channel, worker id, info JSON, stale cutoff ('-inf' while the caller's
+--       own contact with the server is not steady: no worker is judged stale), release cutoff,
 --       retention cutoff, purge limit, then the ids this worker is running
 local base, now, me = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 redis.call('ZADD', KEYS[6], ARGV[2], me)

@@ -7,7 +7,9 @@ supervisor's restarts all back off the same way.
   lost its server together does not come back in lock-step.
 - `retrying(operation, transient=..., recover=..., budget=...)`: `operation` again while it fails
   with a transient error, for up to `budget` seconds (`RECONNECT_BUDGET` unless the caller knows
-  better), then one `ConnectionLost` line saying what failed, why, and for how long.
+  better), then one `ConnectionLost` line saying what failed, why, and for how long. With the
+  store's `Contact` (`apalis_cli.contact`) it reports each try, and its waits end as soon as
+  another operation found the store back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
+from .contact import Contact
 from .errors import ConnectionLost
 from .storable import describe_error
 
@@ -46,6 +49,8 @@ async def retrying(
     budget: float = RECONNECT_BUDGET,
     what: str = "the store",
     describe: Callable[[BaseException], str] = describe_error,
+    contact: Contact | None = None,
+    answered: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """`await operation()`, tried again while it fails with an error `transient` accepts.
 
@@ -54,25 +59,40 @@ async def retrying(
     Once the next wait would end past `budget` seconds, the last error is raised as
     `ConnectionLost`: "`what`: `describe(error)` (failing for N s, gave up)".
 
+    `answered(error)` tells a transient error the store answered with (a deadlock it rolled
+    back) from a store that is away: the waits start short again, since a conflict clears in
+    moments, not after an outage's backoff. `contact` hears of every try: any other transient
+    error is a loss of contact, a try that got through a reach; and a wait ends early once
+    another operation of the store got through (the store is back: this one goes too).
+
     `operation` must be safe to run twice: one transaction, or an idempotent write.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
     waits = delays()
+    sleep = asyncio.sleep if contact is None else contact.sleep
     while True:
         try:
-            return await operation()
+            result = await operation()
         except Exception as exc:
             if not transient(exc):
                 raise
+            if answered is not None and answered(exc):
+                waits = delays()
+            elif contact is not None:
+                contact.lost()
             wait = next(waits)
             spent = loop.time() - started
             if spent + wait > budget:
                 raise ConnectionLost(f"{what}: {describe(exc)} (failing for {spent:.1f} s, gave up)") from exc
-            await asyncio.sleep(wait)
+            await sleep(wait)
             if recover is not None:
                 try:
                     await recover(exc)
                 except Exception as again:
                     if not transient(again):
                         raise
+        else:
+            if contact is not None:
+                contact.reached()
+            return result

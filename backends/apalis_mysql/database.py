@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 
 import asyncmy
 from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
-from apalis_sql import TASK_COLUMNS, load_migrations, load_queries, retrying
+from apalis_cli.retrying import retrying
+from apalis_sql import TASK_COLUMNS, load_migrations, load_queries
 
 from .config import MysqlConfig
 from .pool import Pool
@@ -52,9 +53,8 @@ def _deadlock(exc: BaseException) -> bool:
 class Database:
     """A pool with retries and the statements bound to the table prefix."""
 
-    def __init__(self, config: MysqlConfig, *, attempts: int = 10) -> None:
+    def __init__(self, config: MysqlConfig) -> None:
         self.config = config
-        self.attempts = attempts
         self.names = {"prefix": config.table_prefix, "now": NOW, "columns": COLUMNS}
         self.sql = dict(load_queries(__package__ or "apalis_mysql", self.names).items())
         self.wakers: dict[str, Waker] = {}
@@ -121,13 +121,14 @@ class Database:
             async with pool.connection() as conn:
                 return await op(conn)
 
-        try:
-            return await retrying(
-                once, transient=_transient, attempts=self.attempts, contact=self.contact, answered=_deadlock
-            )
-        except ConnectionLost as exc:
-            cause = exc.__cause__ or exc
-            raise ConnectionLost(f"mysql at {self.config.redacted}: {self.describe(cause)}") from None
+        return await retrying(
+            once,
+            transient=_transient,
+            what=f"mysql at {self.config.redacted}",
+            describe=self.describe,
+            contact=self.contact,
+            answered=_deadlock,
+        )
 
     async def fetch(self, query: str, params: Any = None) -> list[Any]:
         """All rows of `query`."""

@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from apalis_cli.backend import Capabilities, Capability, StoreSpec
 from apalis_cli.codec import Codec
 from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra, UsageError
+from apalis_cli.errors import BackendError, MissingExtra, UsageError
 from apalis_cli.layers.retry import describe_error
 from apalis_cli.polling import Waker
+from apalis_cli.retrying import retrying
 
 from .config import PgmqConfig, redact_url
 from .listener import Listener
@@ -159,8 +159,8 @@ class PgmqStore:
             await pool.close()
 
     async def run(self, op: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """`op` on a pooled connection; a dropped connection is retried with capped backoff for
-        up to `connect_timeout`, then reported as `ConnectionLost`."""
+        """`op` on a pooled connection; a dropped connection is retried with capped backoff
+        (`apalis_cli.retrying`) while the server is away, then reported as `ConnectionLost`."""
         from psycopg import OperationalError
 
         if self._pool is None:
@@ -168,25 +168,24 @@ class PgmqStore:
         pool = self._pool
         if pool is None:
             raise BackendError("the pgmq store is closed")
-        deadline = time.monotonic() + self.config.connect_timeout
-        wait = 0.02
-        contact = self.contact
-        while True:
-            try:
-                async with pool.connection() as conn:
-                    result = await op(conn)
-                contact.reached()
-                return result
-            except OperationalError as exc:
-                contact.lost()
-                if time.monotonic() + wait > deadline:
-                    raise ConnectionLost(f"pgmq at {redact_url(self.config.url)}: {describe_error(exc)}") from None
-                # Drop every idle connection the server has closed; the server may still be down,
-                # which the next try will tell.
-                with contextlib.suppress(Exception):
-                    await pool.check()
-            await contact.sleep(wait)  # or less: another operation found the server back
-            wait = min(wait * 2, 1.0)
+
+        async def once() -> T:
+            async with pool.connection() as conn:
+                return await op(conn)
+
+        async def recover(_: BaseException) -> None:
+            # Drop every idle connection the server has closed; the server may still be down,
+            # which the next try will tell.
+            with contextlib.suppress(Exception):
+                await pool.check()
+
+        return await retrying(
+            once,
+            transient=lambda exc: isinstance(exc, OperationalError),
+            recover=recover,
+            what=f"pgmq at {redact_url(self.config.url)}",
+            contact=self.contact,
+        )
 
     # -- queues ----------------------------------------------------------------------------
 

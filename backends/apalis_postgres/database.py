@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import psycopg
 from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
-from apalis_sql import retrying
+from apalis_cli.retrying import retrying
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -49,12 +49,11 @@ def _answered(exc: BaseException) -> bool:
 class Database:
     """A pool with retries, the statements bound to the schema, and the shared listener."""
 
-    def __init__(self, config: PostgresConfig, *, attempts: int = 10) -> None:
+    def __init__(self, config: PostgresConfig) -> None:
         self.config = config
         self.sql: dict[str, bytes] = {name: text.encode() for name, text in load_statements(config.schema).items()}
         self.channel = config.schema
         self.wakers: dict[str, Waker] = {}
-        self.attempts = attempts
         self.contact = Contact()
         """This process's contact with the server: the orphan sweep waits for a steady one."""
         self._password = str(conninfo_to_dict(config.url).get("password") or "")
@@ -126,18 +125,15 @@ class Database:
         async def recover(_: BaseException) -> None:
             await self._pool.check()  # drop idle connections that died with the one we used
 
-        try:
-            return await retrying(
-                once,
-                transient=_transient,
-                recover=recover,
-                attempts=self.attempts,
-                contact=self.contact,
-                answered=_answered,
-            )
-        except ConnectionLost as exc:
-            cause = exc.__cause__ or exc
-            raise ConnectionLost(f"postgres at {self.config.redacted}: {self.describe(cause)}") from None
+        return await retrying(
+            once,
+            transient=_transient,
+            recover=recover,
+            what=f"postgres at {self.config.redacted}",
+            describe=self.describe,
+            contact=self.contact,
+            answered=_answered,
+        )
 
     async def fetch(self, query: bytes, params: Mapping[str, Any], *, binary: bool = False) -> list[Any]:
         """All rows of `query`."""

@@ -4,7 +4,6 @@
 - `rows`: the canonical task columns, a row -> `Task` mapping and the insert parameters.
 - `acks`: a batch of outcomes grouped into per-kind statement parameters (`AckPlan`).
 - `status`: the status machine as the SQL sees it (claimable, final, the orphan message).
-- `retrying`: run an operation again after a dropped connection, with capped backoff.
 - `urls`: passwords out of URLs before they reach a message.
 """
 
@@ -13,7 +12,6 @@ from __future__ import annotations
 from .acks import AckPlan, plan_acks
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
 from .options import PoolOptions, pool_options
-from .retrying import retrying
 from .rows import (
     INSERT_COLUMNS,
     TASK_COLUMNS,
@@ -47,7 +45,6 @@ __all__ = [
     "pool_options",
     "redact_url",
     "render",
-    "retrying",
     "split_named",
     "stats_from_rows",
     "task_from_row",

@@ -19,7 +19,8 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
-from apalis_sql import Migration, Queries, retrying
+from apalis_cli.retrying import retrying
+from apalis_sql import Migration, Queries
 
 from .config import SqliteConfig
 
@@ -129,7 +130,7 @@ class Database:
             if _needs_reconnect(exc):
                 await self._discard(seen)
 
-        return await retrying(once, transient=transient, recover=recover, contact=self.contact)
+        return await retrying(once, transient=transient, recover=recover, what="sqlite", contact=self.contact)
 
     async def _connection(self) -> aiosqlite.Connection:
         conn = self._conn

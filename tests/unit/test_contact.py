@@ -9,10 +9,11 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
+import apalis_cli.retrying as retrying_module
 import pytest
 from apalis_cli.contact import Contact
 from apalis_cli.errors import ConnectionLost
-from apalis_sql import retrying
+from apalis_cli.retrying import retrying
 
 
 class Down(Exception):
@@ -75,7 +76,7 @@ async def test_retrying_tells_the_contact_of_each_try() -> None:
         assert not contact.steady_for(0), "lost while the store did not answer"
         return "ok"
 
-    assert await retrying(flaky, transient=transient, contact=contact, base=0.01) == "ok"
+    assert await retrying(flaky, transient=transient, contact=contact) == "ok"
     assert contact.steady_for(0)
     assert not contact.steady_for(0.5), "the steady time started at the try that got through"
 
@@ -87,23 +88,31 @@ async def test_an_error_the_store_answered_is_not_a_loss_and_is_retried_at_once(
 
     async def busy() -> str:
         tries.append(time.monotonic())
-        if len(tries) in (1, 2, 3):
-            raise Down
-        if len(tries) < 7:
+        if len(tries) <= 5:
+            raise Down  # the waits grow: 0.05, 0.1, 0.2, 0.4, 0.8 s (less jitter)
+        if len(tries) <= 8:
             raise Deadlock
         return "ok"
 
-    await retrying(busy, transient=transient, answered=answered, contact=contact, base=0.01, cap=5.0)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(tries[3:])]
-    assert max(gaps) < 0.5, f"a deadlock after an outage waited for the outage's backoff: {gaps}"
-    contact.lost()
-    contact.reached()
+    await retrying(busy, transient=transient, answered=answered, contact=contact)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tries[5:])]
+    assert max(gaps) < 0.4, f"a deadlock after an outage waited for the outage's backoff: {gaps}"
+    assert not contact.steady_for(0.3), "the outage counted, the deadlocks did not end it"
+    await asyncio.sleep(0.35)
+    assert contact.steady_for(0.3)
+
+
+async def test_a_store_away_for_the_whole_budget_is_a_loss_of_contact() -> None:
+    contact = Contact()
     with pytest.raises(ConnectionLost):
-        await retrying(_always(Down), transient=transient, contact=contact, attempts=2, base=0.01)
+        await retrying(_always(Down), transient=transient, contact=contact, budget=0.01)
     assert not contact.steady_for(0)
 
 
-async def test_a_retry_waiting_for_the_store_goes_once_another_operation_got_through() -> None:
+async def test_a_retry_waiting_for_the_store_goes_once_another_operation_got_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(retrying_module, "delays", lambda: itertools.repeat(30.0))  # long waits
     contact = Contact()
     store_up = False
 
@@ -112,7 +121,7 @@ async def test_a_retry_waiting_for_the_store_goes_once_another_operation_got_thr
             raise Down
         return "written"
 
-    waiting = asyncio.create_task(retrying(write, transient=transient, contact=contact, base=30.0, cap=30.0))
+    waiting = asyncio.create_task(retrying(write, transient=transient, contact=contact, budget=60))
     await asyncio.sleep(0.05)  # its first try failed: it now waits 30 s
     store_up = True
     assert await retrying(write, transient=transient, contact=contact) == "written"

@@ -23,10 +23,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .backend import BackendExt, Store, TaskSink
+from .bounds import check_name
 from .codec import codec_by_name
 from .config import Config, load_config
 from .config_fields import did_you_mean
-from .errors import Unsupported, UsageError
+from .errors import ConfigError, Unsupported, UsageError
 from .registry import build_store
 from .task import TaskId
 
@@ -48,8 +49,11 @@ class QueueTarget:
 
 def resolve_target(config: Config, worker: str | None = None, queue: str | None = None) -> QueueTarget:
     """The queue named by `worker` and/or `queue` (with neither: the config's only worker)."""
-    if queue is not None and not queue.strip():
-        raise UsageError("the queue name must not be empty")
+    if queue is not None:
+        try:
+            check_name(queue)
+        except ValueError as exc:
+            raise UsageError(f"the queue name {exc}") from None
     if worker is None and queue is not None:
         matches = [w for w in config.workers if w.queue == queue]
         hint = "" if matches else did_you_mean(queue, sorted({w.queue for w in config.workers}))
@@ -84,9 +88,21 @@ async def open_queue(config: Config, target: QueueTarget) -> AsyncIterator[tuple
     store = build_store(config, target.backend)
     await store.open()
     try:
-        yield store, store.backend(target.queue, codec=codec_by_name(target.codec), max_attempts=target.max_attempts)
+        try:
+            backend = store.backend(target.queue, codec=codec_by_name(target.codec), max_attempts=target.max_attempts)
+        except ConfigError as exc:  # a queue name the store refuses
+            raise _at_worker(config, target, exc) from None
+        yield store, backend
     finally:
         await store.close()
+
+
+def _at_worker(config: Config, target: QueueTarget, exc: ConfigError) -> ConfigError:
+    """`exc` placed at the line of the worker whose config named the queue, if one did."""
+    worker = next((w for w in config.workers if w.name == target.worker), None)
+    if exc.where is not None or worker is None or worker.queue != target.queue:
+        return exc
+    return config.error((*worker.key, *exc.key.split(".")) if exc.key else worker.key, exc.message)
 
 
 def _load(config: str | Path | Config | None) -> Config:

@@ -18,11 +18,16 @@ __all__ = [
     "CONCURRENCY",
     "COUNT",
     "EARLIEST_TIME",
+    "ID_LENGTH",
+    "KEY_LENGTH",
     "LATEST_TIME",
     "MAX_DURATION",
+    "NAME_LENGTH",
     "PRIORITY",
     "IntRange",
     "check_duration",
+    "check_length",
+    "check_name",
     "check_time",
 ]
 
@@ -57,6 +62,16 @@ COUNT = IntRange(1, _INT32_MAX)
 CONCURRENCY = IntRange(1, 10_000)
 """Tasks one worker runs at once: each may hold a thread, so beyond this is a typo, not a plan."""
 
+NAME_LENGTH = 100
+"""Worker and queue names, in characters: a worker's id (name, host, pid) and a broker's queue names
+(prefix, name, suffix) are built from them and must fit the stores' columns (191) and AMQP's 255."""
+
+KEY_LENGTH = 255
+"""An idempotency key, in characters (the SQL stores' column)."""
+
+ID_LENGTH = 64
+"""A task id given by the producer, in characters (the SQL stores' column)."""
+
 MAX_DURATION = 100 * 365 * 86400.0
 """The longest duration taken (100 years): delays, timeouts, retention, intervals."""
 
@@ -81,3 +96,22 @@ def check_time(epoch: float) -> float:
     if math.isnan(epoch) or not EARLIEST_TIME <= epoch <= LATEST_TIME:
         raise ValueError("must fall in the years 1 to 9999 (UTC)")
     return epoch
+
+
+def check_name(name: str) -> str:
+    """`name` if it can name a worker or a queue in every store: not blank, at most `NAME_LENGTH`
+    characters, no control characters."""
+    if not name.strip():
+        raise ValueError("must not be empty")
+    if len(name) > NAME_LENGTH:
+        raise ValueError(f"must be at most {NAME_LENGTH} characters, got {len(name)}")
+    if not name.isprintable():
+        raise ValueError(f"must not contain control characters, got {name!r}")
+    return name
+
+
+def check_length(text: str, limit: int) -> str:
+    """`text` if it has at most `limit` characters."""
+    if len(text) > limit:
+        raise ValueError(f"must be at most {limit} characters, got {len(text)}")
+    return text

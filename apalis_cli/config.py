@@ -41,7 +41,7 @@ from .config_fields import (
     integer,
     key_error,
     list_of_tables,
-    non_empty,
+    safe_name,
     store_url,
     string,
     substitute_env,
@@ -245,7 +245,7 @@ def _parse_backends(root: Table) -> dict[str, BackendConfig]:
 
 
 def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig]) -> WorkerConfig:
-    name = table.take("name", non_empty)
+    name = table.take("name", safe_name)
     backend = table.take("backend", string, None)
     if backend is None:
         if len(backends) != 1:
@@ -266,7 +266,7 @@ def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig
         index=index,
         name=name,
         backend=backend,
-        queue=table.take("queue", non_empty, name),
+        queue=table.take("queue", safe_name, name),
         codec=table.take("codec", choice("json", "msgpack"), "json"),
         handler=table.take("handler", _handler, None),
         concurrency=table.take("concurrency", integer(CONCURRENCY), 1),

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .bounds import IntRange
+from .bounds import IntRange, check_name
 from .durations import parse_duration
 from .errors import ConfigError
 from .tomllines import KeyPath, LineIndex, render_path
@@ -26,6 +26,7 @@ __all__ = [
     "key_error",
     "list_of_tables",
     "non_empty",
+    "safe_name",
     "store_url",
     "string",
     "substitute_env",
@@ -104,6 +105,11 @@ def string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type_name(value)}")
     return value
+
+
+def safe_name(value: Any) -> str:
+    """A worker's or a queue's name (`bounds.check_name`)."""
+    return check_name(string(value))
 
 
 def non_empty(value: Any) -> str:

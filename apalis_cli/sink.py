@@ -7,7 +7,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .backend import NewTask
-from .bounds import ATTEMPTS, EARLIEST_TIME, LATEST_TIME, PRIORITY, check_time
+from .bounds import (
+    ATTEMPTS,
+    EARLIEST_TIME,
+    ID_LENGTH,
+    KEY_LENGTH,
+    LATEST_TIME,
+    PRIORITY,
+    check_length,
+    check_time,
+)
 from .codec import Codec
 from .errors import UsageError
 from .task import TaskId, new_task_id
@@ -33,10 +42,13 @@ def new_task(
     if run_at is None:
         run_at = time.time() + (delay or 0.0)
     # The bounds every store can hold (`apalis_cli.bounds`), checked before anything is written.
-    if not (PRIORITY.low <= priority <= PRIORITY.high and EARLIEST_TIME <= run_at <= LATEST_TIME) or (
-        max_attempts is not None and not ATTEMPTS.low <= max_attempts <= ATTEMPTS.high
+    if (
+        not (PRIORITY.low <= priority <= PRIORITY.high and EARLIEST_TIME <= run_at <= LATEST_TIME)
+        or (max_attempts is not None and not ATTEMPTS.low <= max_attempts <= ATTEMPTS.high)
+        or (idempotency_key is not None and len(idempotency_key) > KEY_LENGTH)
+        or (task_id is not None and len(task_id) > ID_LENGTH)
     ):
-        _refuse(priority, max_attempts, run_at)
+        _refuse(priority, max_attempts, run_at, idempotency_key, task_id)
     return NewTask(
         id=task_id or new_task_id(),
         payload=payload,
@@ -48,7 +60,7 @@ def new_task(
     )
 
 
-def _refuse(priority: int, max_attempts: int | None, run_at: float) -> None:
+def _refuse(priority: int, max_attempts: int | None, run_at: float, key: str | None, task_id: str | None) -> None:
     try:
         PRIORITY.check(priority)
     except ValueError as exc:
@@ -61,6 +73,14 @@ def _refuse(priority: int, max_attempts: int | None, run_at: float) -> None:
         check_time(run_at)
     except ValueError as exc:
         raise UsageError(f"the run time (run_at or now + delay) {exc}") from None
+    try:
+        check_length(key or "", KEY_LENGTH)
+    except ValueError as exc:
+        raise UsageError(f"idempotency_key {exc}") from None
+    try:
+        check_length(task_id or "", ID_LENGTH)
+    except ValueError as exc:
+        raise UsageError(f"task_id {exc}") from None
 
 
 class PushMixin:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..backend import Capability, TaskSink
-from ..bounds import ATTEMPTS, PRIORITY, check_time
+from ..bounds import ATTEMPTS, KEY_LENGTH, PRIORITY, check_length, check_time
 from ..durations import parse_duration
 from ..errors import ApalisError, Unsupported, UsageError
 from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, checked, text
@@ -60,6 +60,8 @@ def push(
     if key is not None and not key.strip():
         # Most likely an unset shell variable (`--key "$ID"`): every such push would be one task.
         raise UsageError("--key must not be empty")
+    if key is not None:
+        checked("--key", key, lambda text: check_length(text, KEY_LENGTH))
     values = _read_values(args, file)
     if key is not None and len(values) != 1:
         raise UsageError("--key names one task; it cannot be used when pushing several")

@@ -156,19 +156,24 @@ async def _connect(config: Config, stores: dict[str, Any]) -> int:
             failures += 1
             print(f"FAIL  {shown}: {problem(exc)}")
             continue
-        # The queues of its workers (and of cron workers piping into it).
-        for worker in config.workers:
-            if (worker.backend == name and worker.cron is None) or worker.pipe_to == name:
-                try:
-                    await prepare(store, worker)
-                except (ConfigError, UsageError):
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    print(f"FAIL  {shown}: queue {worker.queue}: {problem(exc)}")
         try:
-            await store.close()
-        except Exception as exc:
-            print(f"warn  {shown}: opened, but closing failed: {problem(exc)}")
+            # The queues of its workers (and of cron workers piping into it).
+            for worker in config.workers:
+                if (worker.backend == name and worker.cron is None) or worker.pipe_to == name:
+                    try:
+                        await prepare(store, worker)
+                    except ConfigError as exc:  # a queue name the store refuses: at the worker's line
+                        key = (*worker.key, *exc.key.split(".")) if exc.key else worker.key
+                        raise exc if exc.where else config.error(key, exc.message) from None
+                    except UsageError:
+                        raise
+                    except Exception as exc:
+                        failures += 1
+                        print(f"FAIL  {shown}: queue {worker.queue}: {problem(exc)}")
+        finally:
+            try:
+                await store.close()
+            except Exception as exc:
+                print(f"warn  {shown}: opened, but closing failed: {problem(exc)}")
         print(f"ok    {shown}")
     return failures

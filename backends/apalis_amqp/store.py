@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from apalis_cli.backend import Capabilities, StoreSpec
 from apalis_cli.codec import Codec
+from apalis_cli.errors import ConfigError
 
 from .config import AmqpConfig
 from .connection import Connection
@@ -13,6 +15,9 @@ from .consumer import Consumers
 from .queue import CAPABILITIES, AmqpQueue
 
 __all__ = ["AmqpStore"]
+
+# What pamqp (aio-pika's codec) accepts in a queue name; anything else failed at the first declare.
+_QUEUE = re.compile(r"^[A-Za-z0-9\-_.:@#,/+ ]+$")
 
 
 class AmqpStore:
@@ -41,5 +46,11 @@ class AmqpStore:
         await self.connection.close()
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> AmqpQueue:
-        """The queue-bound backend."""
+        """The queue-bound backend; the name must be one the AMQP client takes in a queue's name."""
+        if not _QUEUE.match(queue):
+            raise ConfigError(
+                "an AMQP queue name is letters, digits, spaces and - _ . : @ # , / + (what the AMQP client "
+                f"takes), got {queue!r}",
+                key="queue",
+            )
         return AmqpQueue(self.connection, self.consumers, queue, codec=codec, max_attempts=max_attempts)

@@ -75,3 +75,13 @@ def test_nats_queue_names_must_fit_a_subject() -> None:
         store.backend("bad queue", codec=JsonCodec())
     with pytest.raises(ConfigError):
         store.backend("wild.*", codec=JsonCodec())
+
+
+@pytest.mark.parametrize("queue", ["é", "x.>", "tab\there", "a*b"])
+def test_amqp_refuses_a_queue_name_its_client_cannot_declare(queue: str) -> None:
+    # aio-pika refused it at the first declare, as "ValueError: Invalid value for queue" (exit 1).
+    store = AmqpStore.from_spec(_spec("amqp", "amqp://localhost"))
+    with pytest.raises(ConfigError) as caught:
+        store.backend(queue, codec=JsonCodec())
+    assert caught.value.key == "queue"
+    assert store.backend("emails:high/eu", codec=JsonCodec()).queue == "emails:high/eu"

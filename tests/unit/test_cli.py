@@ -157,6 +157,8 @@ def test_a_file_is_split_on_line_ends_only(
         (["retry", ""], "apalis: error: Invalid value for 'TASK_ID': a task id cannot be empty"),
         (["kill", " "], "apalis: error: Invalid value for 'TASK_ID': a task id cannot be empty"),
         (["inspect", "--id", ""], "apalis: error: Invalid value for '--id': a task id cannot be empty"),
+        (["push", "--queue", "q" * 101, "{}"], "apalis: error: the queue name must be at most 100 characters, got 101"),
+        (["push", "--key", "k" * 256, "{}"], "apalis: error: --key: must be at most 255 characters, got 256"),
         # A typo in a name gets the known names suggested.
         (["push", "--worker", "emials", "{}"], 'apalis: error: no worker named "emials" in '),
         (["push", "--queue", "emials", "{}"], "apalis: error: no worker in "),

@@ -276,3 +276,22 @@ def test_a_config_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}:3: not UTF-8 text (byte 0xe9)"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (f'name = "{"w" * 101}"', "jobs.toml:7: workers[0].name: must be at most 100 characters, got 101"),
+        (f'queue = "{"q" * 101}"', "jobs.toml:10: workers[0].queue: must be at most 100 characters, got 101"),
+        ('queue = "a\\u0007b"', "jobs.toml:10: workers[0].queue: must not contain control characters, got 'a\\x07b'"),
+        ('queue = " "', "jobs.toml:10: workers[0].queue: must not be empty"),
+    ],
+)
+def test_worker_and_queue_names_fit_every_store(setting: str, message: str) -> None:
+    # A worker's id and a broker's queue names are built from them: they must fit a 191-character
+    # column (MySQL) and AMQP's 255, and never carry control characters into logs and terminals.
+    key = setting.partition(" ")[0]
+    source = GOOD.replace('name = "emails"', setting if key == "name" else 'name = "emails"', 1)
+    if key == "queue":
+        source = source.replace("concurrency = 8", setting, 1)
+    assert error_of(source) == message

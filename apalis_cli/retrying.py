@@ -35,7 +35,7 @@ it: a server restart is ridden out, and an outage is reported within half a minu
 def delays(first: float = 0.05, cap: float = 2.0, *, jitter: bool = True) -> Iterator[float]:
     """Endless waits in seconds: `first`, doubling up to `cap`; with `jitter` each is drawn
     from [50%, 100%) of that, so they still grow and never pass `cap`."""
-    wait = first
+    wait = min(first, cap)
     while True:
         yield wait * random.uniform(0.5, 1.0) if jitter else wait
         wait = min(wait * 2, cap)

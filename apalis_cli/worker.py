@@ -20,7 +20,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from .backend import BackendExt, WorkerContext
@@ -38,6 +38,7 @@ from .events import (
     WaitingForRuns,
 )
 from .layers.retry import Backoff, RetryLayer
+from .retrying import delays
 from .service import Layer, Outcome, Service, compose, stop_requested
 from .storable import check_result, describe_error
 from .task import Task, TaskId, new_task_id
@@ -165,7 +166,7 @@ class Worker:
             self._emit(Stopped(worker=self.name, queue=self.context.queue, released=released))
 
     async def _first_beat(self, stop: asyncio.Event) -> None:
-        wait = _FIRST_RETRY
+        waits = self._beat_delays()
         while True:
             try:
                 await anext(self._heartbeat)
@@ -173,7 +174,7 @@ class Worker:
             except Exception as exc:
                 if stop.is_set():
                     raise
-                wait = await self._beat_failed(exc, wait)
+                await self._beat_failed(exc, waits)
         self._beating.set()
         self._beat_sent()
         self._emit(
@@ -186,7 +187,7 @@ class Worker:
         )
 
     async def _beat_forever(self) -> None:
-        wait = _FIRST_RETRY
+        waits = self._beat_delays()
         while not self._stopped:
             try:
                 await anext(self._heartbeat)
@@ -195,42 +196,42 @@ class Worker:
             except Exception as exc:
                 if self._stopped:
                     return
-                wait = await self._beat_failed(exc, wait)
+                await self._beat_failed(exc, waits)
                 continue
-            wait = _FIRST_RETRY
+            waits = self._beat_delays()
             self._beating.set()
             self._beat_sent()
 
-    async def _beat_failed(self, exc: Exception, wait: float) -> float:
-        """Report a failed beat, wait `wait`, and start a new heartbeat stream (a failure ends
-        the old one); returns the next wait.
+    def _beat_delays(self) -> Iterator[float]:
+        # The store has already retried the beat itself, so the worker tries again soon, and
+        # never later than `keep_alive`: once the store answers, other workers must see this
+        # one alive within `stale_after`, or they take its tasks.
+        return delays(_FIRST_RETRY, min(self.context.keep_alive, _MAX_RECONNECT_WAIT))
 
-        The store has already retried the beat itself, so the worker tries again soon (never
-        later than `keep_alive`): once the store answers, other workers must see this one alive
-        within `stale_after`, or they take its tasks. Until it has beaten again it claims
-        nothing (`_poll_loop`).
-        """
+    async def _beat_failed(self, exc: Exception, waits: Iterator[float]) -> None:
+        """Report a failed beat, wait the next of `waits`, and start a new heartbeat stream (a
+        failure ends the old one). Until it has beaten again the worker claims nothing
+        (`_poll_loop`)."""
         self._beating.clear()
         self._emit(HeartbeatFailed(worker=self.name, queue=self.context.queue, error=describe_error(exc)))
-        await asyncio.sleep(wait)
+        await asyncio.sleep(next(waits))
         self._heartbeat = self.backend.heartbeat(self.context)
-        return min(wait * 2, self.context.keep_alive, _MAX_RECONNECT_WAIT)
 
     async def _poll_loop(self, burst: bool) -> None:
-        wait = 0.1
+        waits = delays(_FIRST_RETRY, _MAX_RECONNECT_WAIT)
         while True:
             stream = self.backend.poll_compact(self.context)
             try:
                 await self._consume(stream, burst)
                 return
             except Exception as exc:
+                wait = next(waits)
                 self._emit(
                     BackendUnavailable(
                         worker=self.name, queue=self.context.queue, error=describe_error(exc), retry_in=wait
                     )
                 )
                 await asyncio.sleep(wait)
-                wait = min(wait * 2, _MAX_RECONNECT_WAIT)
                 # A reconnecting worker beats before it claims: a task claimed while the others
                 # still see it gone would be swept from under it.
                 await self._beating.wait()

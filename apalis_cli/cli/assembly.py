@@ -19,6 +19,7 @@ from ..isolation import ProcessPool
 from ..layers import Resolvable
 from ..layers.retry import describe_error
 from ..registry import Registry, build_store, build_worker_store, redact_text
+from ..retrying import delays
 from ..service import Layer
 from ..worker import Worker
 
@@ -154,7 +155,8 @@ async def opened_stores(assembly: Assembly, *, wait: bool = False) -> AsyncItera
 
 
 async def _open_patiently(name: str, store: Store) -> None:
-    delay = _OPEN_RETRY_FIRST
+    # No budget: a daemon waits for its store as long as it takes, saying so at each try.
+    waits = delays(_OPEN_RETRY_FIRST, _OPEN_RETRY_MAX)
     while True:
         try:
             await store.open()
@@ -165,8 +167,8 @@ async def _open_patiently(name: str, store: Store) -> None:
             error = str(exc)
         except Exception as exc:
             error = describe_error(exc)
+        delay = next(waits)
         structlog.get_logger("apalis").warning(
             "cannot open the backend, retrying", backend=name, error=redact_text(error), retry_in=delay
         )
         await asyncio.sleep(delay)
-        delay = min(delay * 2, _OPEN_RETRY_MAX)

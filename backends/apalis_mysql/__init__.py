@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .backend import MysqlStore
-from .config import MysqlConfig
+from .store import MysqlStore
 
-__all__ = ["MysqlConfig", "MysqlStore"]
+__all__ = ["MysqlStore"]

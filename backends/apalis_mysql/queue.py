@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch
-from apalis_cli.backend import Capabilities, NewTask, QueueStats, WorkerContext, WorkerInfo
+from apalis_cli.backend import NewTask, QueueStats, WorkerContext, WorkerInfo
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -27,11 +27,10 @@ from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, w
 
 from .acks import ack_statements
 from .claims import Backlog, transact
-from .database import NOW
+from .connection import NOW
 
 if TYPE_CHECKING:
-    from .backend import MysqlStore
-    from .database import Conn, Database
+    from .connection import Conn, Database
 
 __all__ = ["MysqlQueue"]
 
@@ -46,15 +45,10 @@ def _marks(n: int) -> str:
 class MysqlQueue(QueueBase):
     """One queue in a MySQL/MariaDB database."""
 
-    def __init__(self, store: MysqlStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(self, database: Database, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        self._store = store
-        self.capabilities: Capabilities = store.capabilities
+        self._db = database
         self._ahead = ClaimsAhead(self.ack_batch, Backlog)
-
-    @property
-    def _db(self) -> Database:
-        return self._store.database
 
     # -- the store's primitives ------------------------------------------------------------
 

@@ -12,7 +12,9 @@ returns (no gap locks), so claimers and producers do not block each other.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncmy
@@ -23,9 +25,8 @@ from apalis_cli.retrying import retrying
 from apalis_sql import TASK_COLUMNS, load_migrations, load_queries
 
 from .config import MysqlConfig
-from .pool import Pool
 
-__all__ = ["Database"]
+__all__ = ["Database", "Pool"]
 
 T = TypeVar("T")
 Conn = Any  # asyncmy ships no usable annotations for its Cython classes
@@ -48,6 +49,51 @@ def _deadlock(exc: BaseException) -> bool:
     return isinstance(exc, asyncmy.errors.OperationalError | asyncmy.errors.InternalError) and (
         bool(exc.args) and exc.args[0] == _DEADLOCK
     )
+
+
+class Pool:
+    """At most `max_size` connections made by `connect()`, idle ones kept for reuse.
+
+    asyncmy's own pool can be left waiting for ever when a task is cancelled in the middle of a
+    query (a worker stopping while its heartbeat runs). Here a connection that saw any error or a
+    cancellation is closed, never reused, since its protocol state is unknown; the slot it held is
+    freed in all cases, and a fresh connection is made on demand.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], max_size: int) -> None:
+        self._connect = connect
+        self._slots = asyncio.Semaphore(max_size)
+        self._idle: list[Any] = []
+        self._closed = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A connection for the duration of the block; closed instead of kept if it failed."""
+        if self._closed:
+            raise RuntimeError("the pool is closed")
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                yield conn
+            except BaseException:
+                conn.close()
+                raise
+            if self._closed or not conn.connected:
+                conn.close()
+            else:
+                self._idle.append(conn)
+
+    async def fill(self, size: int) -> None:
+        """Open `size` connections now (so a bad login fails at `open()`)."""
+        made = [await self._connect() for _ in range(size)]
+        self._idle.extend(made)
+
+    def close(self) -> None:
+        """Close the idle connections; busy ones are closed when they come back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 class Database:

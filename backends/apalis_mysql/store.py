@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from apalis_cli.backend import Capabilities, StoreSpec
 from apalis_cli.codec import Codec
-from apalis_cli.errors import BackendError, MissingExtra
+from apalis_cli.errors import MissingExtra
 
 from .config import MysqlConfig
 
 if TYPE_CHECKING:
-    from .database import Database
-    from .queues import MysqlQueue
+    from .connection import Database
+    from .queue import MysqlQueue
 
 __all__ = ["MysqlStore"]
 
@@ -40,8 +40,12 @@ class MysqlStore:
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: MysqlConfig) -> None:
+        from .connection import Database
+
         self.config = config
-        self._database: Database | None = None
+        self.database: Database = Database(config)
+        """The pool, unopened until `open()` (an operation before that fails saying so)."""
+        self._open = False
         self.migrations_applied: list[int] = []
 
     @classmethod
@@ -52,31 +56,21 @@ class MysqlStore:
         _require_driver()
         return cls(config)
 
-    @property
-    def database(self) -> Database:
-        """The open connections; raises if `open()` was not awaited."""
-        if self._database is None:
-            raise BackendError(f"mysql store at {self.config.redacted} is not open")
-        return self._database
-
     async def open(self) -> None:
         """Connect, then create or migrate the tables (idempotent)."""
-        if self._database is not None:
+        if self._open:
             return
-        from .database import Database
-
-        database = Database(self.config)
-        self.migrations_applied = await database.open()
-        self._database = database
+        self.migrations_applied = await self.database.open()
+        self._open = True
 
     async def close(self) -> None:
         """Close the pool."""
-        database, self._database = self._database, None
-        if database is not None:
-            await database.close()
+        if self._open:
+            self._open = False
+            await self.database.close()
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> MysqlQueue:
         """The queue-bound backend."""
-        from .queues import MysqlQueue
+        from .queue import MysqlQueue
 
-        return MysqlQueue(self, queue, codec=codec, max_attempts=max_attempts)
+        return MysqlQueue(self.database, queue, codec=codec, max_attempts=max_attempts)

@@ -29,6 +29,7 @@ from .isolation import compare_isolation, print_isolation
 from .measure import Settings, measure_backend
 from .peers import load_peers, run_peers
 from .report import baseline_ratios, peer_ratios, print_report, targets
+from .soak import print_soak, soak
 from .stores import DEFAULT_URLS, KINDS, Unavailable, open_store, prepare
 
 _ERR = Console(stderr=True)
@@ -93,6 +94,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ROUNDS",
         help="instead of the usual figures: a sync handler in threads vs in child processes, ROUNDS interleaved rounds",
     )
+    ap.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="TASKS",
+        help="instead of the usual figures: one worker drains TASKS tasks (e.g. 1000000); its RSS at every tenth",
+    )
+    ap.add_argument("--soak-conc", type=int, default=50, help="the --soak worker's concurrency (50)")
     ap.add_argument("--json", action="store_true", help="print the whole run as one JSON document on stdout")
     args = ap.parse_args(argv)
     args.kinds = [k.strip() for k in args.backend.split(",") if k.strip()]
@@ -139,6 +148,8 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
     try:
         if args.isolation:
             return await compare_isolation(store, target, settings, _log, args.isolation)
+        if args.soak:
+            return await soak(store, target, settings, _log, args.soak, args.soak_conc)
         result = await measure_backend(store, target, settings, _log)
         result["url"] = _redact(target.url)
         result["options"] = target.options
@@ -189,7 +200,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for kind in args.kinds:
         doc["backends"].append(await _one_backend(kind, args, run_id, out))
-    if args.isolation:
+    if args.isolation or args.soak:
         return doc
     if args.baseline:
         doc["baselines"] = await _baselines(args.kinds)
@@ -222,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
     elif args.isolation:
         print_isolation([b for b in doc["backends"] if "modes" in b])
+    elif args.soak:
+        print_soak(doc["backends"])
     else:
         print_report(doc)
     return 0

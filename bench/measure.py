@@ -99,7 +99,8 @@ def _proc_cpu(pid: int) -> float:
 
 
 class ProcessWorker:
-    """The worker in its own process (`python -m bench.workerproc`), driven over stdin/stdout."""
+    """The worker in its own process (`python -m bench.workerproc`), driven over stdin/stdout;
+    `settings` are Worker keyword arguments beyond the daemon's defaults (keep_alive, ...)."""
 
     def __init__(
         self,
@@ -109,8 +110,10 @@ class ProcessWorker:
         profile: str | None = None,
         loop: str = "asyncio",
         handler: str = "async",
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.spec = {
+            "settings": settings or {},
             "handler": handler,
             "kind": target.kind,
             "url": target.url,

@@ -100,15 +100,22 @@ class Recorder:
 
 
 def make_worker(
-    backend: Any, recorder: Recorder, concurrency: int, on_event: Any = (), handler: Handler | None = None
+    backend: Any,
+    recorder: Recorder,
+    concurrency: int,
+    on_event: Any = (),
+    handler: Handler | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Worker:
-    """The worker under test: daemon defaults, the no-op recording handler (or `handler`)."""
+    """The worker under test: daemon defaults (but `settings`: keep_alive, retention, ...), the
+    no-op recording handler (or `handler`)."""
     return Worker(
         name="bench",
         backend=backend,
         handler=handler or recorder.record,
         concurrency=concurrency,
         on_event=list(on_event),
+        **(settings or {}),
     )
 
 
@@ -151,7 +158,7 @@ async def _main(spec: dict[str, Any]) -> None:
     loaded: LoadedHandler | None = None
     if spec.get("handler", "async") != "async":
         handler, loaded = await sync_handler(recorder, spec["handler"], spec["concurrency"])
-    worker = make_worker(backend, recorder, spec["concurrency"], [on_event], handler)
+    worker = make_worker(backend, recorder, spec["concurrency"], [on_event], handler, spec.get("settings"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

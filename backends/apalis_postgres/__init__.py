@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .backend import PostgresStore
-from .config import PostgresConfig
+from .store import PostgresStore
 
-__all__ = ["PostgresConfig", "PostgresStore"]
+__all__ = ["PostgresStore"]

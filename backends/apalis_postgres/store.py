@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from apalis_cli.backend import Capabilities, StoreSpec
 from apalis_cli.codec import Codec
-from apalis_cli.errors import BackendError, ConfigError, MissingExtra
+from apalis_cli.errors import ConfigError, MissingExtra
 
 from .config import PostgresConfig
 
 if TYPE_CHECKING:
-    from .database import Database
-    from .queues import PostgresQueue
+    from .connection import Database
+    from .queue import PostgresQueue
 
 __all__ = ["PostgresStore"]
 
@@ -46,8 +46,12 @@ class PostgresStore:
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: PostgresConfig) -> None:
+        from .connection import Database
+
         self.config = config
-        self._database: Database | None = None
+        self.database: Database = Database(config)
+        """The pool and the listener, unopened until `open()` (an operation before that fails saying so)."""
+        self._open = False
         self.migrations_applied: list[int] = []
 
     @classmethod
@@ -65,31 +69,21 @@ class PostgresStore:
             raise ConfigError(f'not a valid PostgreSQL URL: "{config.redacted}"', key="url") from None
         return cls(config)
 
-    @property
-    def database(self) -> Database:
-        """The open connections; raises if `open()` was not awaited."""
-        if self._database is None:
-            raise BackendError(f"postgres store at {self.config.redacted} is not open")
-        return self._database
-
     async def open(self) -> None:
         """Connect, then create or migrate the schema (idempotent)."""
-        if self._database is not None:
+        if self._open:
             return
-        from .database import Database
-
-        database = Database(self.config)
-        self.migrations_applied = await database.open()
-        self._database = database
+        self.migrations_applied = await self.database.open()
+        self._open = True
 
     async def close(self) -> None:
         """Close the pool and the listener."""
-        database, self._database = self._database, None
-        if database is not None:
-            await database.close()
+        if self._open:
+            self._open = False
+            await self.database.close()
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> PostgresQueue:
         """The queue-bound backend."""
-        from .queues import PostgresQueue
+        from .queue import PostgresQueue
 
-        return PostgresQueue(self, queue, codec=codec, max_attempts=max_attempts)
+        return PostgresQueue(self.database, queue, codec=codec, max_attempts=max_attempts)

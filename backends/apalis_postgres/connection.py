@@ -47,7 +47,7 @@ def _answered(exc: BaseException) -> bool:
 
 
 class Database:
-    """A pool with retries, the statements bound to the schema, and the shared listener."""
+    """A pool with retries (made by `open()`), the statements bound to the schema, and the shared listener."""
 
     def __init__(self, config: PostgresConfig) -> None:
         self.config = config
@@ -63,15 +63,7 @@ class Database:
             connect_timeout=max(int(config.connect_timeout), 1),
             **_KEEPALIVES,
         )
-        self._pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-            self._conninfo,
-            min_size=config.min_size,
-            max_size=config.max_size,
-            open=False,
-            kwargs={"autocommit": True},
-            timeout=config.connect_timeout,
-            name=f"apalis-{config.schema}",
-        )
+        self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener = Listener(lambda: self._conninfo, self.channel, self.wakers)
 
     async def open(self) -> list[int]:
@@ -86,17 +78,30 @@ class Database:
                 applied = await migrate(conn, self.config.schema)
         except psycopg.Error as exc:
             raise BackendError(f"cannot open postgres at {where}: {self.describe(exc)}") from None
+        config = self.config
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            timeout=config.connect_timeout,
+            name=f"apalis-{config.schema}",
+        )
         try:
-            await self._pool.open(wait=True, timeout=self.config.connect_timeout)
+            await pool.open(wait=True, timeout=config.connect_timeout)
         except (psycopg.Error, PoolTimeout) as exc:
-            await self._pool.close()
+            await pool.close()
             raise BackendError(f"cannot connect to postgres at {where}: {self.describe(exc)}") from None
+        self._pool = pool
         return applied
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
         await self._listener.stop()
-        await self._pool.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     def waker(self, queue: str) -> Waker:
         """The `Waker` of `queue`, fed by NOTIFYs once polling has started."""
@@ -117,13 +122,16 @@ class Database:
 
     async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
         """`op(conn)` on a pooled connection, retried with capped backoff while it is lost."""
+        if self._pool is None:
+            raise BackendError(f"postgres store at {self.config.redacted} is not open")
+        pool = self._pool
 
         async def once() -> T:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
                 return await op(conn)
 
         async def recover(_: BaseException) -> None:
-            await self._pool.check()  # drop idle connections that died with the one we used
+            await pool.check()  # drop idle connections that died with the one we used
 
         return await retrying(
             once,

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, NewTask, QueueStats, WorkerContext, WorkerInfo
+from apalis_cli.backend import NewTask, QueueStats, WorkerContext, WorkerInfo
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -21,8 +21,7 @@ from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
 
 if TYPE_CHECKING:
-    from .backend import PostgresStore
-    from .database import Conn, Database
+    from .connection import Conn, Database
 
 __all__ = ["PostgresQueue"]
 
@@ -32,15 +31,10 @@ _NOTIFY = b"SELECT pg_notify(%s, %s)"
 class PostgresQueue(QueueBase):
     """One queue in a PostgreSQL schema."""
 
-    def __init__(self, store: PostgresStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(self, database: Database, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        self._store = store
-        self.capabilities: Capabilities = store.capabilities
+        self._db = database
         self._ahead = ClaimsAhead(self.ack_batch, Held)
-
-    @property
-    def _db(self) -> Database:
-        return self._store.database
 
     # -- the store's primitives ------------------------------------------------------------
 

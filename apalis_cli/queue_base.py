@@ -8,7 +8,7 @@ It gives a store's queue object the decoded `poll`, `get_queue`, the batched ack
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from .acks import AckBatcher, ack_layer
@@ -18,7 +18,7 @@ from .service import Layer, Outcome
 from .sink import PushMixin
 from .task import Task
 
-__all__ = ["QueueBase"]
+__all__ = ["QueueBase", "decoded"]
 
 
 class QueueBase(PushMixin):
@@ -46,10 +46,30 @@ class QueueBase(PushMixin):
 
     async def poll(self, worker: WorkerContext) -> AsyncIterator[Task[Any] | None]:
         """Tasks with decoded args; a payload that cannot be decoded raises `DecodeError`."""
-        decode = self.codec.decode
-        async for task in self.poll_compact(worker):
-            yield None if task is None else dataclasses.replace(task, args=decode(task.args))
+        # A generator of its own, closing `decoded` when it is closed: `poll_compact` is called
+        # at the first step, as before (some stores start listening when it is called).
+        stream = decoded(self.poll_compact(worker), self.codec)
+        try:
+            async for task in stream:
+                yield task
+        finally:
+            await stream.aclose()
 
     def middleware(self) -> Layer:
         """Acknowledges each final outcome, batched with the others of the same loop turn."""
         return ack_layer(self._acks.ack)
+
+
+async def decoded(stream: AsyncIterator[Task[bytes] | None], codec: Codec) -> AsyncGenerator[Task[Any] | None, None]:
+    """`stream` (a `poll_compact`) with each task's args decoded by `codec`: the seed's `poll`.
+    A payload that cannot be decoded raises `DecodeError`."""
+    decode = codec.decode
+    try:
+        async for task in stream:
+            yield None if task is None else dataclasses.replace(task, args=decode(task.args))
+    finally:
+        # Closed with this stream, not at a later garbage collection: its `finally` hands back
+        # the tasks it fetched and never handed out.
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()

@@ -30,6 +30,7 @@ from apalis_cli.backend import (
     WorkerContext,
 )
 from apalis_cli.codec import Codec
+from apalis_cli.queue_base import decoded
 from apalis_cli.retrying import RECONNECT_BUDGET, retrying
 from apalis_cli.service import Layer
 from apalis_cli.task import Task, iso
@@ -158,8 +159,8 @@ class CronQueue:
                 await ticking
 
     def poll(self, worker: WorkerContext) -> AsyncIterator[Task[Any] | None]:
-        """Decoded ticks (the sink's decoding poll, with the ticker running)."""
-        return self.sink.poll(worker)
+        """Decoded ticks: `poll_compact` (the ticker running), decoded by the sink's codec."""
+        return decoded(self.poll_compact(worker), self.codec)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """The sink's heartbeat."""

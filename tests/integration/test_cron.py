@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apalis_cli.backend import Capability, Store, StoreSpec, TaskSink
+from apalis_cli.backend import Capability, Store, StoreSpec, TaskSink, WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConfigError
 from apalis_cli.events import BackendUnavailable, Event
@@ -208,3 +208,20 @@ async def test_a_tick_the_store_refuses_is_reported_and_pushed_once_it_is_back()
     first_refused = outages[0].split()[3].rstrip(":")
     assert ran[0] == first_refused, "the refused tick was kept and ran once the store took it"
     assert len(ran) == len(set(ran))
+
+
+async def test_the_decoded_poll_stream_gets_the_ticks_too() -> None:
+    """`poll`, the seed's decoded stream, runs the ticker as `poll_compact` does."""
+    cron = CronStore.from_spec(StoreSpec(name="c", kind="cron", url="", options={"schedule": "* * * * * *"}))
+    backend = cron.backend("ticks", codec=JsonCodec())
+    stream = backend.poll(WorkerContext(id="w1", name="w", queue="ticks", poll_interval=0.05))
+    tick: Task[Any] | None = None
+    try:
+        async with asyncio.timeout(5):  # a tick a second: it did not hang
+            async for tick in stream:
+                if tick is not None:
+                    break
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert tick is not None, "a tick arrived"
+    assert set(tick.args) == {"scheduled_at"}, "decoded"

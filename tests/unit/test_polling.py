@@ -176,3 +176,23 @@ async def test_a_failed_claim_raises_to_the_poller() -> None:
     stream = poll_batches(context(), Failing(1).fetch, Source(0).release)
     with pytest.raises(ConnectionError, match="went away"):
         await anext(stream)
+
+
+async def test_closing_the_decoded_poll_stream_hands_back_what_it_fetched_at_once() -> None:
+    """`poll` (the seed's decoded stream) closes the `poll_compact` under it: the tasks it
+    fetched and never handed out are pending again when `aclose()` returns, not at some later
+    garbage collection."""
+    from apalis_cli.codec import JsonCodec
+    from apalis_cli.memory import MemoryStore
+    from apalis_cli.task import Status
+
+    queue = MemoryStore().backend("q", codec=JsonCodec())
+    for n in range(3):
+        await queue.push({"n": n})
+    stream = queue.poll(context(free=3))
+    first = await anext(stream)
+    assert first is not None
+    assert first.args == {"n": 0}
+    await stream.aclose()  # type: ignore[attr-defined]
+    counts = (await queue.stats()).counts
+    assert (counts[Status.RUNNING], counts[Status.PENDING]) == (1, 2)

@@ -22,8 +22,8 @@ from apalis_cli.task import Task, TaskId, iso
 from apalis_cli.worker import Worker
 from apalis_cron import CronStore
 from apalis_cron.config import CronConfig
-from apalis_cron.queue import tick_key
 from apalis_cron.schedule import Schedule
+from apalis_cron.ticker import tick_key
 
 from tests.conformance.factory import StoreFactory
 

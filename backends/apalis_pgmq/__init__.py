@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .backend import CAPABILITIES, PgmqStore
-from .config import PgmqConfig
-from .queue import PgmqQueue
+from .store import PgmqStore
 
-__all__ = ["CAPABILITIES", "PgmqConfig", "PgmqQueue", "PgmqStore"]
+__all__ = ["PgmqStore"]

@@ -24,7 +24,7 @@ from .messages import task_of
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-    from .backend import PgmqStore
+    from .connection import Connection
 
 __all__ = ["InspectorMixin"]
 
@@ -32,7 +32,7 @@ __all__ = ["InspectorMixin"]
 class InspectorMixin(QueueBase):
     """The `Inspector` protocol over a pgmq queue's tables."""
 
-    _store: PgmqStore
+    _connection: Connection
     _sql: dict[str, str]
 
     async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -87,14 +87,14 @@ class InspectorMixin(QueueBase):
         params = {"id": int(task_id)}
         found = await self._rows("retry_failed", params) or await self._rows("retry_killed", params)
         if found:
-            self._store.waker(self.queue).notify()
+            self._connection.waker(self.queue).notify()
         return bool(found)
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
         """Mark the message killed in its headers and archive it."""
         if not task_id.isdigit():
             return False
-        await self._store.ensure_queue(self.queue)
+        await self._connection.ensure_queue(self.queue)
         sql, queue = self._sql, self.queue
         params = {"queue": queue, "id": int(task_id), "patch": json.dumps({"status": "killed", "error": reason})}
 
@@ -105,7 +105,7 @@ class InspectorMixin(QueueBase):
                 row = await cur.fetchone()
             return bool(row and row[0])
 
-        return await self._store.run(op)
+        return await self._connection.run(op)
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete messages of `status` archived (or enqueued, for live ones) before the cutoff."""

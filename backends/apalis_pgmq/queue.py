@@ -8,14 +8,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from apalis_cli.backend import NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
 
-from .backend import CAPABILITIES
 from .inspector import InspectorMixin
 from .messages import encode_headers, encode_message, task_of
 from .statements import statements_for
@@ -23,9 +22,19 @@ from .statements import statements_for
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-    from .backend import PgmqStore
+    from .connection import Connection
 
-__all__ = ["PgmqQueue"]
+__all__ = ["CAPABILITIES", "PgmqQueue"]
+
+CAPABILITIES = Capabilities(
+    {
+        Capability.PRIORITY: "pgmq has no priorities: pgmq.read hands out messages oldest first",
+        Capability.OWNED_LEASES: (
+            "a pgmq lease is the message's vt, with no owner: a claim whose reply was lost comes back "
+            "when its vt ends and counts as a read, like a dead worker's"
+        ),
+    }
+)
 
 EXHAUSTED = "its worker stopped extending its lease while running this task, and its attempts are exhausted"
 
@@ -34,26 +43,26 @@ T = TypeVar("T")
 
 
 class PgmqQueue(InspectorMixin):
-    """One pgmq queue of a `PgmqStore`."""
+    """One pgmq queue of a `PgmqStore`, on the store's connection."""
 
     capabilities = CAPABILITIES
 
-    def __init__(self, store: PgmqStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(self, connection: Connection, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        self._store = store
+        self._connection = connection
         self._sql = statements_for(queue)
         self._as_json = codec.name == "json"
-        self._waker = store.waker(queue)
+        self._waker = connection.waker(queue)
 
     async def prepare(self) -> None:
         """`pgmq.create` the queue unless it exists (`apalis check`); a queue pgmq's own client
         made (logged or unlogged) is used as it is."""
-        await self._store.ensure_queue(self.queue)
+        await self._connection.ensure_queue(self.queue)
 
     # -- running statements ----------------------------------------------------------------
 
     async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        await self._store.ensure_queue(self.queue)
+        await self._connection.ensure_queue(self.queue)
         query = self._sql[name]
         params = {"queue": self.queue, **params}
 
@@ -64,21 +73,21 @@ class PgmqQueue(InspectorMixin):
         return await self._checked(op)
 
     async def _checked(self, op: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """`op` through the store; a queue dropped meanwhile (pgmq.drop_queue) is created again."""
+        """`op` through the connection; a queue dropped meanwhile (pgmq.drop_queue) is created again."""
         from psycopg.errors import UndefinedTable
 
         try:
-            return await self._store.run(op)
+            return await self._connection.run(op)
         except UndefinedTable:
-            self._store.forget_queue(self.queue)
-            await self._store.ensure_queue(self.queue)
-            return await self._store.run(op)
+            self._connection.forget_queue(self.queue)
+            await self._connection.ensure_queue(self.queue)
+            return await self._connection.run(op)
 
     async def _execute(self, statements: Sequence[Statement], *, atomic: bool = True) -> None:
         """Run `statements` in one round trip (a pipeline), in one transaction when `atomic`."""
         if not statements:
             return
-        await self._store.ensure_queue(self.queue)
+        await self._connection.ensure_queue(self.queue)
         sql = self._sql
         base = {"queue": self.queue}
 
@@ -105,7 +114,7 @@ class PgmqQueue(InspectorMixin):
         of the message first sent with it."""
         if not tasks:
             return []
-        await self._store.ensure_queue(self.queue)
+        await self._connection.ensure_queue(self.queue)
         if any(task.idempotency_key is not None for task in tasks):
             ids = await self._checked(lambda conn: self._send_keyed(conn, tasks))
         else:
@@ -185,7 +194,7 @@ class PgmqQueue(InspectorMixin):
         """Messages read with `pgmq.read` in batches of the worker's free slots, leased for
         `stale_after` (rounded up to whole seconds, as pgmq.read takes)."""
         lease = max(1, math.ceil(worker.stale_after))
-        self._store.listen(self.queue)
+        self._connection.listen(self.queue)
 
         async def fetch(limit: int) -> list[Task[bytes]]:
             while True:
@@ -246,7 +255,7 @@ class PgmqQueue(InspectorMixin):
         async def farewell() -> None:
             await self._execute([("delete_worker", {"id": worker.id})])
 
-        return beat_every(worker, beat, farewell, self._store.contact)
+        return beat_every(worker, beat, farewell, self._connection.contact)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Write outcomes of runs whose message nobody has read since (same read_ct): done and

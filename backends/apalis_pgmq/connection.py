@@ -1,26 +1,8 @@
-"""`PgmqStore` (`kind = "pgmq"`): apalis queues on the real pgmq SQL API in PostgreSQL.
+"""The connections of one pgmq store: a psycopg pool with retries, the listener of insert
+notifications, and the creation of pgmq queues on first use.
 
-A queue is a pgmq queue (`pgmq.create`); a task is a message, its id the message id, its
-attempts the message's `read_ct`. The claim is `pgmq.read` with a visibility timeout (the
-lease), the heartbeat `pgmq.set_vt` on every running message, done and killed tasks are
-`pgmq.archive`d (the archive is where `inspect` finds them until `retention` purges them),
-retries are `pgmq.set_vt` to the retry time. A worker that dies stops extending its leases, so its
-messages reappear by themselves with `read_ct + 1`; a message read more often than its
-max_attempts is archived as killed instead of run. Idle workers wake on
-`pgmq.enable_notify_insert` notifications (throttled, see `PgmqConfig`) and otherwise poll with
-capped backoff. The pgmq schema must already be installed (extension or SQL script); apalis keeps
-only a worker registry and idempotency keys in its own schema `apalis_pgmq`.
-
-Decisions, for other pgmq clients and for `inspect`:
-- Killed tasks are archived (no dead-letter queue), with `status: "killed"` and the error in the
-  message headers under "apalis"; a done task's result (JSON text) goes there too.
-- Idempotency keys live in `apalis_pgmq.keys` (queue, key -> msg_id) until `retention` passes.
-- Priorities are not offered: pgmq.read hands out the oldest visible message first.
-- A task id given to `push` is not kept: pgmq numbers its messages, and that number is the id.
-- What pgmq has no function for writes its tables directly: the "apalis" headers (error, result,
-  killed) just before `pgmq.archive` / `pgmq.set_vt`, `read_ct` given back to a released task (its
-  attempt never started), an operator's `retry` (read_ct reset, or a killed message moved back
-  from the archive under its own id), and the `retention` purge of old archive rows.
+The driver is imported only when the store opens, so `import apalis_pgmq` works without the
+extra; `PgmqStore.from_spec` names it when it is missing.
 """
 
 from __future__ import annotations
@@ -28,48 +10,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from apalis_cli.backend import Capabilities, Capability, StoreSpec
-from apalis_cli.codec import Codec
 from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError, MissingExtra, UsageError
+from apalis_cli.errors import BackendError
 from apalis_cli.layers.retry import describe_error
 from apalis_cli.polling import Waker
 from apalis_cli.retrying import retrying
 
 from .config import PgmqConfig, redact_url
 from .listener import Listener
-from .statements import SCHEMA, check_queue_name, statement, statements_for
+from .statements import SCHEMA, statement, statements_for
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
-    from .queue import PgmqQueue
-
-__all__ = ["CAPABILITIES", "PgmqStore"]
+__all__ = ["Connection"]
 
 T = TypeVar("T")
-
-CAPABILITIES = Capabilities(
-    {
-        Capability.PRIORITY: "pgmq has no priorities: pgmq.read hands out messages oldest first",
-        Capability.OWNED_LEASES: (
-            "a pgmq lease is the message's vt, with no owner: a claim whose reply was lost comes back "
-            "when its vt ends and counts as a read, like a dead worker's"
-        ),
-    }
-)
 
 DEFAULT_APPLICATION_NAME = "apalis-pgmq"
 
 
-class PgmqStore:
+class Connection:
     """Connections to one PostgreSQL database with pgmq, shared by every queue on it."""
-
-    kind: ClassVar[str] = "pgmq"
-    capabilities: ClassVar[Capabilities] = CAPABILITIES
 
     def __init__(self, config: PgmqConfig) -> None:
         self.config = config
@@ -81,18 +46,6 @@ class PgmqStore:
         self._open_lock = asyncio.Lock()
         self.contact = Contact()
         """This process's contact with the server: a heartbeat goes at once when it comes back."""
-
-    @classmethod
-    def from_spec(cls, spec: StoreSpec) -> PgmqStore:
-        """Validate the table; the driver must be installed (extra "postgres")."""
-        try:
-            import psycopg  # noqa: F401
-            import psycopg_pool  # noqa: F401
-        except ImportError:
-            raise MissingExtra("backend \"pgmq\" needs the extra: pip install 'apalis-cli[postgres]'") from None
-        return cls(PgmqConfig.from_options(spec.url, spec.options))
-
-    # -- connections -----------------------------------------------------------------------
 
     def _connect_kwargs(self) -> dict[str, Any]:
         from psycopg.conninfo import conninfo_to_dict
@@ -188,14 +141,6 @@ class PgmqStore:
         )
 
     # -- queues ----------------------------------------------------------------------------
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> PgmqQueue:
-        """The queue-bound backend (the pgmq queue is created on first use)."""
-        from .queue import PgmqQueue
-
-        if (why := check_queue_name(queue)) is not None:
-            raise UsageError(why)
-        return PgmqQueue(self, queue, codec=codec, max_attempts=max_attempts)
 
     def waker(self, queue: str) -> Waker:
         """The waker of every poller of `queue` in this process."""

@@ -1,4 +1,4 @@
-"""`PostgresQueue`: one queue of a PostgreSQL store (worker primitives and the Inspector).
+"""`PostgresQueue`: one queue of a PostgreSQL store (worker primitives; the Inspector is `inspector`).
 
 The statement that acknowledges a worker's runs also claims the tasks for the slots they free
 (`apalis_cli.ahead`), so a busy worker waits for one round trip per batch.
@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import NewTask, QueueStats, WorkerContext, WorkerInfo
+from apalis_cli.backend import NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
+from apalis_sql import encode_meta, plan_acks, task_from_row
+
+from .inspector import PostgresInspector
 
 if TYPE_CHECKING:
     from .connection import Conn, Database
@@ -28,7 +30,7 @@ __all__ = ["PostgresQueue"]
 _NOTIFY = b"SELECT pg_notify(%s, %s)"
 
 
-class PostgresQueue(QueueBase):
+class PostgresQueue(QueueBase, PostgresInspector):
     """One queue in a PostgreSQL schema."""
 
     def __init__(self, database: Database, queue: str, *, codec: Codec, max_attempts: int) -> None:
@@ -202,52 +204,6 @@ class PostgresQueue(QueueBase):
             mine = [task for task in claimed if task.ctx.lock_by == holder.worker_id]
             if mine:
                 await self._ahead.hand_over(holder, mine)
-
-    # -- Inspector -------------------------------------------------------------------------
-
-    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
-        """Tasks of the queue (optionally of one status), by run_at."""
-        params = {
-            "queue": self.queue,
-            "status": None if status is None else status.value,
-            "limit": limit,
-            "offset": offset,
-        }
-        rows = await self._db.fetch(self._db.sql["list"], params, binary=True)
-        return [task_from_row(row) for row in rows]
-
-    async def get(self, task_id: TaskId) -> Task[bytes] | None:
-        """One task by id."""
-        rows = await self._db.fetch(self._db.sql["get_task"], {"queue": self.queue, "id": task_id}, binary=True)
-        return task_from_row(rows[0]) if rows else None
-
-    async def stats(self) -> QueueStats:
-        """Counts per status."""
-        rows = await self._db.fetch(self._db.sql["stats"], {"queue": self.queue})
-        return stats_from_rows(self.queue, rows)
-
-    async def workers(self) -> list[WorkerInfo]:
-        """Workers registered on this queue."""
-        rows = await self._db.fetch(self._db.sql["workers"], {"queue": self.queue})
-        return [worker_from_row(row) for row in rows]
-
-    async def retry(self, task_id: TaskId) -> bool:
-        """A failed or killed task runs again now with a fresh count of attempts."""
-        db = self._db
-        rows = await db.fetch(db.sql["retry"], {"queue": self.queue, "id": task_id, "channel": db.channel})
-        if rows:
-            db.waker(self.queue).notify()
-        return bool(rows)
-
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
-        """Kill a task that has not finished."""
-        rows = await self._db.fetch(self._db.sql["kill"], {"queue": self.queue, "id": task_id, "reason": reason})
-        return bool(rows)
-
-    async def purge(self, status: Status, older_than: float | None = None) -> int:
-        """Delete tasks of `status` older than `older_than` seconds."""
-        params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
-        return await self._db.execute(self._db.sql["purge"], params)
 
 
 def _in_claim_order(rows: Sequence[Any]) -> list[Task[bytes]]:

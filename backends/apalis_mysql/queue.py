@@ -1,4 +1,4 @@
-"""`MysqlQueue`: one queue of a MySQL/MariaDB store (worker primitives and the Inspector).
+"""`MysqlQueue`: one queue of a MySQL/MariaDB store (worker primitives; the Inspector is `inspector`).
 
 MariaDB has no `UPDATE ... RETURNING`, so a claim is one short transaction: `SELECT ... FOR
 UPDATE SKIP LOCKED` then `UPDATE` of those ids; the tasks handed out are the selected rows with
@@ -17,17 +17,18 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch
-from apalis_cli.backend import NewTask, QueueStats, WorkerContext, WorkerInfo
+from apalis_cli.backend import NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
-from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import encode_meta, plan_acks, stats_from_rows, task_from_row, worker_from_row
+from apalis_cli.task import Task, TaskId
+from apalis_sql import encode_meta, plan_acks
 
 from .acks import ack_statements
 from .claims import Backlog, transact
 from .connection import NOW
+from .inspector import MysqlInspector
 
 if TYPE_CHECKING:
     from .connection import Conn, Database
@@ -42,7 +43,7 @@ def _marks(n: int) -> str:
     return ", ".join(["%s"] * n)
 
 
-class MysqlQueue(QueueBase):
+class MysqlQueue(QueueBase, MysqlInspector):
     """One queue in a MySQL/MariaDB database."""
 
     def __init__(self, database: Database, queue: str, *, codec: Codec, max_attempts: int) -> None:
@@ -176,49 +177,6 @@ class MysqlQueue(QueueBase):
             holder.backlog = len(tasks) == count
             if tasks:
                 await self._ahead.hand_over(holder, tasks)
-
-    # -- Inspector -------------------------------------------------------------------------
-
-    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
-        """Tasks of the queue (optionally of one status), by run_at."""
-        params = {"queue": self.queue, "limit": limit, "offset": offset}
-        if status is None:
-            rows = await self._db.fetch(self._db.sql["list_all"], params)
-        else:
-            rows = await self._db.fetch(self._db.sql["list_status"], {**params, "status": status.value})
-        return [task_from_row(row) for row in rows]
-
-    async def get(self, task_id: TaskId) -> Task[bytes] | None:
-        """One task by id."""
-        rows = await self._db.fetch(self._db.sql["get_task"], {"queue": self.queue, "id": task_id})
-        return task_from_row(rows[0]) if rows else None
-
-    async def stats(self) -> QueueStats:
-        """Counts per status."""
-        rows = await self._db.fetch(self._db.sql["stats"], {"queue": self.queue})
-        return stats_from_rows(self.queue, rows)
-
-    async def workers(self) -> list[WorkerInfo]:
-        """Workers registered on this queue."""
-        rows = await self._db.fetch(self._db.sql["workers"], {"queue": self.queue})
-        return [worker_from_row(row) for row in rows]
-
-    async def retry(self, task_id: TaskId) -> bool:
-        """A failed or killed task runs again now with a fresh count of attempts."""
-        changed = await self._db.execute(self._db.sql["retry"], {"queue": self.queue, "id": task_id})
-        if changed:
-            self._db.waker(self.queue).notify()
-        return changed > 0
-
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
-        """Kill a task that has not finished."""
-        params = {"queue": self.queue, "id": task_id, "reason": reason}
-        return await self._db.execute(self._db.sql["kill"], params) > 0
-
-    async def purge(self, status: Status, older_than: float | None = None) -> int:
-        """Delete tasks of `status` older than `older_than` seconds."""
-        params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
-        return await self._db.execute(self._db.sql["purge"], params)
 
 
 def _chunks(tasks: Sequence[NewTask]) -> list[Sequence[NewTask]]:

@@ -1,0 +1,64 @@
+"""Inspecting and administering a MySQL/MariaDB queue: plain statements on the tasks table
+(`sql/inspect.sql`) and the workers table (`workers` in `sql/workers.sql`); a retry wakes this
+process's pollers (other processes find it by polling)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.task import Status, Task, TaskId
+from apalis_sql import stats_from_rows, task_from_row, worker_from_row
+
+if TYPE_CHECKING:
+    from .connection import Database
+
+__all__ = ["MysqlInspector"]
+
+
+class MysqlInspector:
+    """The `Inspector` half of a `MysqlQueue`."""
+
+    queue: str
+    _db: Database
+
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Tasks of the queue (optionally of one status), by run_at."""
+        params = {"queue": self.queue, "limit": limit, "offset": offset}
+        if status is None:
+            rows = await self._db.fetch(self._db.sql["list_all"], params)
+        else:
+            rows = await self._db.fetch(self._db.sql["list_status"], {**params, "status": status.value})
+        return [task_from_row(row) for row in rows]
+
+    async def get(self, task_id: TaskId) -> Task[bytes] | None:
+        """One task by id."""
+        rows = await self._db.fetch(self._db.sql["get_task"], {"queue": self.queue, "id": task_id})
+        return task_from_row(rows[0]) if rows else None
+
+    async def stats(self) -> QueueStats:
+        """Counts per status."""
+        rows = await self._db.fetch(self._db.sql["stats"], {"queue": self.queue})
+        return stats_from_rows(self.queue, rows)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers registered on this queue."""
+        rows = await self._db.fetch(self._db.sql["workers"], {"queue": self.queue})
+        return [worker_from_row(row) for row in rows]
+
+    async def retry(self, task_id: TaskId) -> bool:
+        """A failed or killed task runs again now with a fresh count of attempts."""
+        changed = await self._db.execute(self._db.sql["retry"], {"queue": self.queue, "id": task_id})
+        if changed:
+            self._db.waker(self.queue).notify()
+        return changed > 0
+
+    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+        """Kill a task that has not finished."""
+        params = {"queue": self.queue, "id": task_id, "reason": reason}
+        return await self._db.execute(self._db.sql["kill"], params) > 0
+
+    async def purge(self, status: Status, older_than: float | None = None) -> int:
+        """Delete tasks of `status` older than `older_than` seconds."""
+        params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
+        return await self._db.execute(self._db.sql["purge"], params)

@@ -15,7 +15,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
-from apalis_cli.queue_base import QueueBase
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import worker_from_row
 
@@ -26,17 +25,19 @@ if TYPE_CHECKING:
 
     from .connection import Connection
 
-__all__ = ["InspectorMixin"]
+__all__ = ["PgmqInspector"]
 
 
-class InspectorMixin(QueueBase):
-    """The `Inspector` protocol over a pgmq queue's tables."""
+class PgmqInspector:
+    """The `Inspector` half of a `PgmqQueue`: the protocol over a pgmq queue's tables."""
 
+    queue: str
+    max_attempts: int
     _connection: Connection
     _sql: dict[str, str]
 
     async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        raise NotImplementedError  # the queue's: statements run with a dropped queue made again
 
     def _task(self, row: tuple[Any, ...]) -> Task[bytes]:
         msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at = row

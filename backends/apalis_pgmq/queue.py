@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import beat_every, poll_batches
+from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
 
-from .inspector import InspectorMixin
+from .inspector import PgmqInspector
 from .messages import encode_headers, encode_message, task_of
 from .statements import statements_for
 
@@ -42,7 +43,7 @@ Statement = tuple[str, dict[str, Any]]
 T = TypeVar("T")
 
 
-class PgmqQueue(InspectorMixin):
+class PgmqQueue(QueueBase, PgmqInspector):
     """One pgmq queue of a `PgmqStore`, on the store's connection."""
 
     capabilities = CAPABILITIES

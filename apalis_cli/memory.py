@@ -24,6 +24,7 @@ from .backend import (
     WorkerContext,
     WorkerInfo,
 )
+from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch
 from .codec import Codec
 from .errors import ConfigError
 from .polling import Waker, beat_every, poll_batches
@@ -257,6 +258,47 @@ class MemoryQueue(QueueBase):
         for row in doomed:
             self._forget(row)
         return len(doomed)
+
+    # -- TaskBrowser and ActivitySource ----------------------------------------------------
+
+    async def browse(
+        self,
+        where: TaskSearch,
+        *,
+        after: PageCursor | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> list[Task[bytes]]:
+        """Tasks matching `where`, by (run_at, id), strictly past `after`."""
+        tasks = [t for t in (r.task(self.queue) for r in self._state.rows.values()) if where.matches(t)]
+        if after is not None:
+            key = (after.run_at, after.id)
+            tasks = [t for t in tasks if ((t.ctx.run_at, t.id) < key if newest_first else (t.ctx.run_at, t.id) > key)]
+        tasks.sort(key=lambda t: (t.ctx.run_at, t.id), reverse=newest_first)
+        page = tasks[:limit]
+        if preview is not None:
+            page = [Task(id=t.id, args=t.args[:preview], ctx=t.ctx) for t in page]
+        return page
+
+    async def activity(self, since: float) -> QueueActivity:
+        """The oldest ready task's run_at and the tasks finished per minute since `since`."""
+        now = time.time()
+        waiting = [r.run_at for r in self._state.rows.values() if r.status in (Status.PENDING, Status.FAILED)]
+        oldest = min(waiting, default=None)
+        per_minute: dict[int, MinuteCounts] = {}
+        for row in self._state.rows.values():
+            if row.done_at is None or row.done_at < since:
+                continue
+            minute = int(row.done_at // 60)
+            counts = per_minute.get(minute, MinuteCounts())
+            if row.status is Status.DONE:
+                per_minute[minute] = MinuteCounts(counts.done + 1, counts.failed)
+            elif row.status in FAILED_FOR_GOOD:
+                per_minute[minute] = MinuteCounts(counts.done, counts.failed + 1)
+        return QueueActivity(
+            oldest_ready_at=oldest if oldest is not None and oldest <= now else None, per_minute=per_minute
+        )
 
     # -- internals -------------------------------------------------------------------------
 

@@ -1,16 +1,15 @@
 """Prometheus metrics and a health probe for a running daemon (`apalis run --metrics-addr`).
 
 `Metrics` listens to worker events (it is an `on_event` callback, not middleware) and keeps its
-own `CollectorRegistry`, so two daemons in one process never share counters. `serve()` answers
-`GET /metrics` (Prometheus text format) and `GET /healthz` (200 when every worker is alive and
-its store answered its last heartbeat in time, 503 otherwise, with a JSON body saying which).
+own `CollectorRegistry`, so two daemons in one process never share counters. `apalis_cli.web.health`
+serves it: `GET /metrics` (Prometheus text format) and `GET /healthz` (200 when every worker is
+alive and its store answered its last heartbeat in time, 503 otherwise, with a JSON body saying
+which), alone or beside the web board.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from .isolation import RECYCLE_REASONS, ProcessPool
 from .task import Status
 from .worker import Worker
 
-__all__ = ["Metrics", "WorkerHealth", "serve"]
+__all__ = ["Metrics", "WorkerHealth"]
 
 _STATUS_OF_OUTCOME = {"done": "done", "retry": "retried", "kill": "killed", "release": "released", "error": "error"}
 _DEPTH_EVERY = 5.0
@@ -189,37 +188,3 @@ class _ChildrenCollector:
             for reason in RECYCLE_REASONS:
                 recycles.add_metric([name, reason], stats.recycled.get(reason, 0))
         yield from (children, rss, recycles)
-
-
-async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:
-    """Serve /metrics and /healthz on host:port; queue depths refresh in the background."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5.0):
-                request = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = request.decode("latin-1").partition(" ")
-            path = rest.partition(" ")[0].split("?")[0]
-            if method != "GET":
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"only GET\n"
-            elif path == "/metrics":
-                await metrics.refresh_depth()
-                status, ctype, body = "200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()
-            elif path == "/healthz":
-                ok, report = metrics.healthy()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "application/json", json.dumps({"healthy": ok, "workers": report}).encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,12 +27,12 @@ from ..errors import UsageError
 from ..events import EventListener
 from ..logs import LOG_LEVELS, LogFormat, event_logger, setup_logging
 from ..supervisor import Supervisor
-from ..worker import Worker
 from .assembly import Assembly, assemble, opened_stores
 from .children import children_details
+from .daemon_http import HttpOptions, parse_http_options, serving_http
 from .live import Dashboard
 
-__all__ = ["run_daemon"]
+__all__ = ["inspectors", "run_daemon"]
 
 _DEPTH_EVERY = 2.0
 _DEPTH_TIMEOUT = 10.0
@@ -49,13 +49,15 @@ def run_daemon(
     log_level: str,
     live: bool | None,
     metrics_addr: str | None,
+    web: str | None = None,
+    web_admin: bool = False,
 ) -> None:
     """`apalis run` with its options (see `run.run` for what they mean)."""
     if log_format not in (None, "console", "json"):
         raise UsageError(f'--log-format: expected console or json, got "{log_format}"')
     if log_level.lower() not in LOG_LEVELS:
         raise UsageError(f'--log-level: expected one of {", ".join(LOG_LEVELS)}, got "{log_level}"')
-    address = _address(metrics_addr) if metrics_addr else None
+    http = parse_http_options(metrics_addr, web, web_admin)
     loaded = load_config(config)
     selected = [loaded.worker(name) for name in dict.fromkeys(worker)] if worker else list(loaded.workers)
     if not selected:
@@ -67,30 +69,16 @@ def run_daemon(
     show_live = (sys.stdout.isatty() and log_format is None) if live is None else live
     log_tasks = log_level.lower() in ("debug", "info")
     with contextlib.suppress(asyncio.CancelledError):  # a signal while still waiting for a store
-        asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, metrics_addr=address))
+        asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, http=http))
 
 
-def _address(text: str) -> tuple[str, int]:
-    from ..url_syntax import host_and_port
-
-    try:
-        host, port = host_and_port(text)
-    except ValueError as exc:
-        raise UsageError(f"--metrics-addr: {exc}") from None
-    if not host or port is None:
-        raise UsageError(f'--metrics-addr: expected HOST:PORT such as "127.0.0.1:9464" or "[::1]:9464", got "{text}"')
-    return host, port
-
-
-async def _run(
-    assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, metrics_addr: tuple[str, int] | None
-) -> None:
+async def _run(assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, http: HttpOptions) -> None:
     # A daemon waits for a store that is not up yet (a signal ends the wait); a burst run is a
     # script's step: it fails at once.
     async with contextlib.AsyncExitStack() as stores:
         with _cancel_on_signals():
             await stores.enter_async_context(opened_stores(assembly, wait=not burst))
-        await _supervise(assembly, burst=burst, live=live, log_tasks=log_tasks, metrics_addr=metrics_addr)
+        await _supervise(assembly, burst=burst, live=live, log_tasks=log_tasks, http=http)
 
 
 @contextlib.contextmanager
@@ -108,9 +96,7 @@ def _cancel_on_signals() -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-async def _supervise(
-    assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, metrics_addr: tuple[str, int] | None
-) -> None:
+async def _supervise(assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, http: HttpOptions) -> None:
     async with contextlib.AsyncExitStack() as stack:
         factories = [lambda w=w: assembly.factory(w) for w in assembly.workers]
         dashboard: Dashboard | None = None
@@ -129,14 +115,12 @@ async def _supervise(
                 details=children_details(assembly.pools()),
             )
             listeners.append(dashboard.on_event)
-            depths = _inspectors(assembly)
+            depths = inspectors(assembly)
             await stack.enter_async_context(_watching_depths(depths, dashboard))
         else:
             listeners.append(event_logger(tasks=log_tasks))
-        if metrics_addr is not None:
-            listeners.append(
-                await stack.enter_async_context(_metrics(assembly, lambda: supervisor.workers, metrics_addr))
-            )
+        if http:
+            listeners.append(await stack.enter_async_context(serving_http(assembly, lambda: supervisor.workers, http)))
         supervisor = Supervisor(factories, on_event=listeners)
         screens: list[Live] = []
         supervisor.install_signal_handlers(exit_now=lambda signum: _exit_now(signum, screens))
@@ -171,25 +155,7 @@ def _exit_now(signum: int, screens: list[Live]) -> NoReturn:
     os._exit(128 + signum)
 
 
-@contextlib.asynccontextmanager
-async def _metrics(
-    assembly: Assembly, workers: Callable[[], Sequence[Worker | None]], address: tuple[str, int]
-) -> AsyncIterator[EventListener]:
-    from ..metrics import Metrics, serve  # prometheus-client is an extra: imported only when asked for
-
-    metrics = Metrics(workers, _inspectors(assembly), assembly.pools())
-    try:
-        server = await serve(metrics, *address)
-    except OSError as exc:
-        raise UsageError(f"--metrics-addr: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-    try:
-        yield metrics
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-def _inspectors(assembly: Assembly) -> dict[str, Inspector]:
+def inspectors(assembly: Assembly) -> dict[str, Inspector]:
     """The Inspector of each worker's queue, where its store has one (the first, for a queue name
     that several stores hold)."""
     queues: dict[str, Inspector] = {}

@@ -207,10 +207,11 @@ def _all_targets(config: Config) -> list[QueueTarget]:
 
     seen: dict[tuple[str, str], QueueTarget] = {}
     for w in config.workers:
-        target = QueueTarget(
-            backend=w.backend, queue=w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name
-        )
-        seen.setdefault((w.backend, w.queue), target)
+        if w.cron is not None and w.pipe_to is None:
+            continue  # its ticks live in its daemon only: no queue to count
+        backend = w.pipe_to or w.backend  # a piped cron worker's ticks are tasks of that store
+        target = QueueTarget(backend=backend, queue=w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name)
+        seen.setdefault((backend, w.queue), target)
     return list(seen.values())
 
 

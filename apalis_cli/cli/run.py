@@ -34,6 +34,15 @@ def run(
     metrics_addr: Annotated[
         str | None, typer.Option(help="Serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9464.")
     ] = None,
+    web: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR", callback=text, help="Serve the web board (with /metrics and /healthz) on HOST:PORT."
+        ),
+    ] = None,
+    web_admin: Annotated[
+        bool, typer.Option(help="Allow the board's actions (off loopback it needs APALIS_WEB_TOKEN).")
+    ] = False,
 ) -> None:
     """Run the workers: the daemon.
 
@@ -53,4 +62,6 @@ def run(
         log_level=log_level,
         live=live,
         metrics_addr=metrics_addr,
+        web=web,
+        web_admin=web_admin,
     )

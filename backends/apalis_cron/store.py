@@ -12,6 +12,7 @@ from apalis_cli.memory import MemoryStore
 
 from .config import CronConfig
 from .queue import CronQueue, SinkQueue
+from .schedule import Schedule
 
 __all__ = ["CronStore"]
 
@@ -32,6 +33,15 @@ class CronStore:
     def from_spec(cls, spec: StoreSpec) -> CronStore:
         """Validate the schedule, timezone and catch-up settings."""
         return cls(CronConfig.parse(spec.options))
+
+    def next_ticks(self, after: float, count: int) -> list[float]:
+        """The next `count` ticks strictly after `after` (a `TickSource`, for the board)."""
+        schedule, moment = Schedule(self.config), after
+        ticks: list[float] = []
+        for _ in range(count):
+            moment = schedule.next_after(moment)
+            ticks.append(moment)
+        return ticks
 
     async def open(self) -> None:
         """Nothing to connect: ticks come from the clock."""

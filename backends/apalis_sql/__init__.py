@@ -2,6 +2,7 @@
 
 - `files`: loading `sql/*.sql` (named statements, numbered migrations) and identifier checks.
 - `rows`: the canonical task columns, a row -> `Task` mapping and the insert parameters.
+- `browse`: the board's pages by keyset and activity, over a store's fetch.
 - `acks`: a batch of outcomes grouped into per-kind statement parameters (`AckPlan`).
 - `status`: the status machine as the SQL sees it (claimable, final, the orphan message).
 - `urls`: passwords out of URLs before they reach a message.
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 from .acks import AckPlan, plan_acks
+from .browse import Fetch, browse_tasks, queue_activity
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
 from .options import PoolOptions, pool_options
 from .rows import (
@@ -31,9 +33,11 @@ __all__ = [
     "INSERT_COLUMNS",
     "TASK_COLUMNS",
     "AckPlan",
+    "Fetch",
     "Migration",
     "PoolOptions",
     "Queries",
+    "browse_tasks",
     "decode_meta",
     "encode_meta",
     "identifier",
@@ -43,6 +47,7 @@ __all__ = [
     "orphan_error",
     "plan_acks",
     "pool_options",
+    "queue_activity",
     "redact_url",
     "render",
     "split_named",

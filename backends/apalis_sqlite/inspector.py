@@ -1,14 +1,24 @@
-"""The SQLite queue as an `Inspector`: peek, count, and the operator's retry, kill and purge."""
+"""The SQLite queue as an `Inspector` (peek, count, and the operator's retry, kill and purge), a
+`TaskBrowser` and an `ActivitySource` (the board's pages and activity)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import Queries, stats_from_rows, task_from_row, worker_from_row
+from apalis_sql import (
+    Queries,
+    browse_tasks,
+    queue_activity,
+    stats_from_rows,
+    task_from_row,
+    worker_from_row,
+)
 
 from .connection import Database
 from .signal import QueueSignal
@@ -25,14 +35,9 @@ class SqliteInspector:
     _signal: QueueSignal
 
     async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
-        """Tasks of the queue (optionally of one status), oldest run_at first."""
-        params: dict[str, Any] = {"queue": self.queue, "limit": limit, "offset": offset}
-        if status is None:
-            sql = self._q.list_all
-        else:
-            sql, params["status"] = self._q.list_status, Status(status).value
-        rows = await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
-        return [task_from_row(row) for row in rows]
+        """Tasks of the queue (optionally of one status), oldest run_at first: the first pages by
+        keyset (a listing of every status merges one index range per status instead of sorting)."""
+        return (await self.browse(TaskSearch(status=status), limit=offset + limit))[offset:]
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One task by id (None when this queue has no such task)."""
@@ -71,6 +76,29 @@ class SqliteInspector:
         sql = self._q.purge
         params = {"queue": self.queue, "status": Status(status).value, "cutoff": time.time() - (older_than or 0.0)}
         return await self._db.write(lambda conn: _rowcount(conn, sql, params))
+
+    async def browse(
+        self,
+        where: TaskSearch,
+        *,
+        after: PageCursor | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> list[Task[bytes]]:
+        """A page of tasks matching `where`, by (run_at, id), strictly past `after`."""
+        return await browse_tasks(
+            self._fetch, self.queue, where, after=after, limit=limit, newest_first=newest_first, preview=preview
+        )
+
+    async def activity(self, since: float) -> QueueActivity:
+        """The oldest ready task's run_at and the tasks finished per minute since `since`."""
+        return await queue_activity(self._fetch, self.queue, since)
+
+    async def _fetch(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        sql = self._q[name]
+        rows: list[Any] = await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
+        return rows
 
 
 def _rowcount(conn: sqlite3.Connection, sql: str, params: dict[str, Any]) -> int:

@@ -15,6 +15,7 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import BackendError, ConfigError
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task
+from apalis_sql import load_migrations
 from apalis_sqlite import SqliteQueue, SqliteStore
 
 
@@ -116,7 +117,8 @@ async def test_open_makes_a_wal_database_with_strict_tables_and_a_version(tmp_pa
 
     with sqlite3.connect(tmp_path / "sub/dir/jobs.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM t_schema_version").fetchall() == [(1,)]
+        latest = load_migrations("apalis_sqlite")[-1].version
+        assert conn.execute("SELECT version FROM t_schema_version").fetchall() == [(latest,)]
         assert conn.execute("SELECT strict FROM pragma_table_list WHERE name = 't_tasks'").fetchone() == (1,)
         with pytest.raises(sqlite3.IntegrityError):  # STRICT: a text is no time
             conn.execute(

@@ -53,7 +53,17 @@ def test_what_handlers_and_producers_need_is_exported() -> None:
 
 def test_the_command_line_starts_without_the_daemon_machinery() -> None:
     # `apalis --help` (and every command's start) should not pay for what only `run` needs.
-    heavy = ("asyncio", "structlog", "rich", "apalis_cli.config", "apalis_cli.registry", "apalis_cli.worker")
+    heavy = (
+        "asyncio",
+        "structlog",
+        "rich",
+        "apalis_cli.config",
+        "apalis_cli.registry",
+        "apalis_cli.worker",
+        "starlette",
+        "uvicorn",
+        "jinja2",
+    )
     code = f"import sys, apalis_cli.cli; print(','.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
@@ -78,10 +88,12 @@ def _loaded_by(tmp_path: Path, *argv: str) -> set[str]:
     return set(report.read_text().split(","))
 
 
-@pytest.mark.parametrize("argv", [("--help",), ("push", "--help")], ids=" ".join)
+@pytest.mark.parametrize("argv", [("--help",), ("push", "--help"), ("web", "--help")], ids=" ".join)
 def test_help_loads_no_validation_library_event_loop_logging_or_terminal_ui(tmp_path: Path, argv: tuple[str]) -> None:
     # A producer pushing from a shell loop or cron pays each start: pydantic alone was ~60 ms.
-    assert _loaded_by(tmp_path, *argv) & {"pydantic", "asyncio", "structlog", "rich"} == set()
+    # The web board's stack (the web extra) is imported only when `apalis web` runs.
+    heavy = {"pydantic", "asyncio", "structlog", "rich", "starlette", "uvicorn", "jinja2"}
+    assert _loaded_by(tmp_path, *argv) & heavy == set()
 
 
 def test_push_loads_no_validation_library_logging_or_terminal_ui(tmp_path: Path) -> None:

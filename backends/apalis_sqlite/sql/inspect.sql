@@ -1,15 +1,5 @@
 -- The Inspector: peek, count, and the operator's retry/kill/purge.
 
--- name: list_all
-SELECT id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
-    lock_by, last_error, result, created_at, done_at
-FROM {prefix}tasks WHERE queue = :queue ORDER BY run_at, id LIMIT :limit OFFSET :offset;
-
--- name: list_status
-SELECT id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
-    lock_by, last_error, result, created_at, done_at
-FROM {prefix}tasks WHERE queue = :queue AND status = :status ORDER BY run_at, id LIMIT :limit OFFSET :offset;
-
 -- name: get_task
 SELECT id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
     lock_by, last_error, result, created_at, done_at

@@ -1,0 +1,134 @@
+"""What a board asks a queue beyond the `Inspector`: pages of tasks by a keyset, and activity.
+
+Two capabilities, each a protocol checked with `isinstance` like the others in `backend.py`:
+
+- `TaskBrowser`: tasks matching a `TaskSearch`, a page at a time after a `PageCursor` (the
+  `(run_at, id)` of the last task seen), so the thousandth page costs what the first does: no
+  OFFSET that makes the store walk and drop every earlier row.
+- `ActivitySource`: the run_at of the oldest task ready now, and how many tasks finished done or
+  failed (killed) in each minute since a time.
+
+A cron store is a `TickSource`: the board shows its next ticks.
+
+A store that has neither is still shown, through `Inspector.list_tasks` (by offset) and `stats`.
+`TaskSearch.matches` is the reference meaning of a search: the memory store filters with it, and
+a caller filters with it what a store that cannot browse lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .task import Status, Task, TaskId
+
+__all__ = [
+    "ActivitySource",
+    "MinuteCounts",
+    "PageCursor",
+    "QueueActivity",
+    "TaskBrowser",
+    "TaskSearch",
+    "TickSource",
+    "like_pattern",
+]
+
+FAILED_FOR_GOOD = frozenset({Status.KILLED})
+"""The final statuses counted as failures in `QueueActivity.per_minute`."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where a page ended: the `(run_at, id)` of its last task, the key the pages are ordered by."""
+
+    run_at: float
+    id: TaskId
+
+    @classmethod
+    def of(cls, task: Task[bytes]) -> PageCursor:
+        """The cursor just past `task`."""
+        return cls(task.ctx.run_at, task.id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSearch:
+    """Which tasks a page lists: of one status (None: every status), matching a text.
+
+    `text` matches a task whose id or idempotency key is exactly that text, or whose last error
+    contains it, ignoring case (ASCII letters at least: SQLite's LIKE folds no others).
+    """
+
+    status: Status | None = None
+    text: str | None = None
+
+    def matches(self, task: Task[bytes]) -> bool:
+        """True when `task` is one this search lists."""
+        ctx = task.ctx
+        if self.status is not None and ctx.status is not self.status:
+            return False
+        if self.text:
+            wanted = self.text
+            error = ctx.last_error or ""
+            return task.id == wanted or ctx.idempotency_key == wanted or wanted.casefold() in error.casefold()
+        return True
+
+
+@runtime_checkable
+class TaskBrowser(Protocol):
+    """Pages of a queue's tasks by keyset, ordered by `(run_at, id)`."""
+
+    async def browse(
+        self,
+        where: TaskSearch,
+        *,
+        after: PageCursor | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> list[Task[bytes]]:
+        """Up to `limit` tasks matching `where`, ordered by `(run_at, id)` (descending with
+        `newest_first`), strictly past `after`. With `preview`, each task's `args` holds at most
+        that many bytes of its payload (a listing shows no more; a payload may be megabytes)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """Tasks that finished in one minute: done, and failed for good (killed)."""
+
+    done: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueActivity:
+    """The oldest ready task's run_at (None: nothing is ready), and finished tasks per minute
+    (keyed by the minute's start, in whole epoch minutes: `int(t // 60)`)."""
+
+    oldest_ready_at: float | None
+    per_minute: Mapping[int, MinuteCounts] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ActivitySource(Protocol):
+    """A queue that can say how long its oldest ready task has waited and how much finished."""
+
+    async def activity(self, since: float) -> QueueActivity:
+        """The oldest ready task's run_at now, and the tasks finished at or after `since`."""
+        ...
+
+
+@runtime_checkable
+class TickSource(Protocol):
+    """A store whose tasks come from a clock (cron): the board shows its next ticks."""
+
+    def next_ticks(self, after: float, count: int) -> list[float]:
+        """The next `count` tick times strictly after `after` (epoch seconds)."""
+        ...
+
+
+def like_pattern(text: str) -> str:
+    """`%text%` for a SQL `LIKE ... ESCAPE '\\'`, with the wildcards in `text` taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

@@ -1,0 +1,98 @@
+"""A board served over real HTTP (uvicorn on a loopback port) on a real store, for the web tests."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from apalis_cli.backend import BackendExt
+from apalis_cli.config import load_config
+from apalis_cli.web.app import create_app
+from apalis_cli.web.board import Board
+from apalis_cli.web.server import bind, serving
+
+from ..conformance.stores.postgres import drop_schema
+from ..services import need_server
+
+__all__ = ["Served", "backend_table", "serve_board"]
+
+WORKERS = """
+[[workers]]
+name = "thumbnails"
+queue = "thumbnails"
+handler = "apalis_cli.demo:resize_image"
+max_attempts = 2
+
+[[workers]]
+name = "packed"
+queue = "packed"
+codec = "msgpack"
+handler = "apalis_cli.demo:resize_image"
+
+[[workers]]
+name = "markup"
+queue = "<script>alert('q')</script>"
+handler = "apalis_cli.demo:resize_image"
+"""
+
+
+@dataclass
+class Served:
+    """A running board: its URL, a client for it, the board itself (its queues' backends)."""
+
+    url: str
+    client: httpx.AsyncClient
+    board: Board
+
+    def queue(self, name: str) -> BackendExt:
+        """The backend of queue `name` (to push and change tasks behind the board's back)."""
+        view = self.board.find_view(name)
+        assert view is not None, name
+        return view.backend
+
+    async def csrf(self, path: str = "/") -> str:
+        """The CSRF token of a page (its cookie is kept by the client)."""
+        page = await self.client.get(path)
+        match = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+        assert match, "no CSRF field on the page (is the board started with admin?)"
+        return match.group(1)
+
+
+def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
+    """A `[backends.main]` table for `kind` and, for postgres, the schema to drop afterwards."""
+    if kind == "sqlite":
+        return '[backends.main]\nkind = "sqlite"\nurl = "sqlite:///board.db"\n', None
+    url = need_server("postgres")
+    schema = f"apalis_w_{uuid.uuid4().hex[:12]}"
+    table = f'[backends.main]\nkind = "postgres"\nurl = "{url}"\nschema = "{schema}"\nmax_size = 4\n'
+    return table, schema
+
+
+@contextlib.asynccontextmanager
+async def serve_board(
+    kind: str, tmp_path: Path, *, admin: bool = True, token: str | None = None, workers: str = WORKERS, **app: Any
+) -> AsyncIterator[Served]:
+    """Serve a board over `kind` (sqlite or postgres) on a free loopback port."""
+    table, schema = backend_table(kind, tmp_path)
+    path = tmp_path / "jobs.toml"
+    path.write_text(table + workers)
+    board = Board(load_config(path))
+    await board.open()
+    try:
+        sock = bind("127.0.0.1", 0, option="--addr")
+        port = sock.getsockname()[1]
+        application = create_app(board, admin=admin, token=token, fresh_for=0.0, **app)
+        async with serving(application, sock):
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+                yield Served(url, client, board)
+    finally:
+        await board.close()
+        if schema is not None:
+            await drop_schema(need_server("postgres"), schema)

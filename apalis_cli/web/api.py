@@ -88,9 +88,7 @@ def _guarded(handler: Handler) -> Handler:
     async def run(request: Request) -> Response:
         try:
             return await handler(request)
-        except (ApalisError, OSError, TimeoutError) as exc:
-            return error_response(exc)
-        except Exception as exc:  # a driver's own error: the store failed
+        except Exception as exc:  # ours (bad input, not found, unsupported) or the store's driver's
             return error_response(exc)
 
     run.__name__ = handler.__name__

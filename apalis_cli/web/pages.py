@@ -101,7 +101,9 @@ def chart(minutes: list[tuple[int, MinuteCounts]]) -> dict[str, Any]:
     for i, (minute, counts) in enumerate(minutes):
         total = counts.done + counts.failed
         full = 0.0 if top == 0 else max(height * total / top, 1.0 if total else 0.0)
-        failed = 0.0 if total == 0 else full * counts.failed / total
+        # A failure shows as at least a sliver of red, however many runs went well that minute.
+        failed = 0.0 if total == 0 else max(full * counts.failed / total, 1.5 if counts.failed else 0.0)
+        failed = min(failed, full)
         bars.append(
             {
                 "x": i * (width + gap),

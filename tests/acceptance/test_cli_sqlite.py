@@ -251,6 +251,11 @@ def test_cron_worker_piped_into_sqlite(apalis: Apalis) -> None:
     assert all(row["idempotency_key"].startswith("cron:") for row in done)
     assert all("scheduled_at" in row["result"]["echo"] for row in done)
     assert apalis.statuses("--worker", "echo") == {"pending": 1}
+    # Every queue counted, the piped ticks' queue on the store they go into.
+    stats = apalis("stats", "--json")
+    assert stats.code == 0, stats.err
+    assert {row["queue"]: row["pending"] for row in stats.json()} == {"echo": 1, "tick": 0}
+    assert apalis("workers", "--json").code == 0
 
 
 def test_bad_cron_schedule_is_a_config_error(apalis: Apalis) -> None:

@@ -66,7 +66,7 @@ async def test_pages_of_fifty_follow_the_keyset_to_the_end(kind: str, tmp_path: 
             keys += [(t["run_at_epoch"], t["id"]) for t in body["tasks"]]
             assert len(body["tasks"]) <= 50
             after = body["next"]
-            if after is None:
+            if after is None or pages > 5:
                 break
         assert pages == 3
         assert sorted(seen) == sorted(pushed)  # every task once

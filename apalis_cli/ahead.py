@@ -29,20 +29,23 @@ Start = Callable[[], tuple[Fetch, Waker]]
 
 
 class Held:
-    """Tasks claimed ahead for one polling worker, not yet handed out."""
+    """Tasks claimed ahead for one polling worker, not yet handed out (`tasks`), and the last
+    batch taken from them for the worker's poll stream (`taken`)."""
 
-    __slots__ = ("open", "tasks", "waker", "worker_id")
+    __slots__ = ("open", "taken", "tasks", "waker", "worker_id")
 
     def __init__(self, worker_id: str, waker: Waker) -> None:
         self.worker_id = worker_id
         self.waker = waker
         self.tasks: deque[Task[bytes]] = deque()
+        self.taken: list[Task[bytes]] = []
         self.open = True
 
     def take(self, limit: int) -> list[Task[bytes]]:
-        """Up to `limit` of the tasks held, in claim order."""
+        """Up to `limit` of the tasks held, in claim order; they are `taken` until the next take."""
         tasks = self.tasks
-        return [tasks.popleft() for _ in range(min(limit, len(tasks)))]
+        self.taken = [tasks.popleft() for _ in range(min(limit, len(tasks)))]
+        return self.taken
 
 
 H = TypeVar("H", bound=Held)
@@ -81,9 +84,10 @@ class ClaimsAhead(Generic[H]):
         self._holders[worker_id] = holder
 
         async def fetch_held_first(limit: int) -> Sequence[Task[bytes]]:
-            if holder.tasks:
-                return holder.take(limit)
-            return await fetch(limit)
+            # Asked only once the stream handed all it had to the worker: the tasks taken last
+            # time are its own now, and leave `taken` here.
+            taken = holder.take(limit)
+            return taken if taken else await fetch(limit)
 
         inner = poll_batches(worker, fetch_held_first, self.release, waker)
         try:
@@ -104,9 +108,16 @@ class ClaimsAhead(Generic[H]):
         return self._holders.get(worker_id)
 
     def held(self, worker_id: str) -> list[TaskId]:
-        """The tasks claimed ahead for `worker_id` and about to start: running, for its heartbeat."""
+        """The tasks claimed ahead for `worker_id` and about to start: running, for its heartbeat.
+
+        Those on their way to the worker count too (taken from the holder, not yet started): a
+        beat that read the worker's tasks just then would see a held task in neither place, and
+        give back as a lost claim (claimed long ago, after an outage) a task the worker runs.
+        """
         holder = self._holders.get(worker_id)
-        return [task.id for task in holder.tasks] if holder is not None else []
+        if holder is None:
+            return []
+        return [task.id for task in holder.tasks] + [task.id for task in holder.taken]
 
     def wanted(self, items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[H, int]]:
         """How many tasks to claim ahead per polling worker: the slots its finished runs free,

@@ -6,6 +6,7 @@ back, which is all the bookkeeping sees of a real one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
@@ -189,3 +190,28 @@ async def test_each_stream_gets_the_stores_own_kind_of_holder() -> None:
     assert holder is not None
     assert holder.tag == "made for w1"
     assert holder.waker is store.waker
+
+
+async def test_tasks_taken_from_the_held_ones_count_as_running_until_the_worker_has_them() -> None:
+    # The heartbeat gives back the tasks a worker holds but does not run (a claim whose reply was
+    # lost). Held tasks on their way to the worker (taken from the holder, not yet started) must
+    # not look lost: after an outage they were claimed long ago, and a beat that reads the
+    # worker's tasks at that moment would hand them to another worker while this one runs them.
+    store = Store()
+    ahead: ClaimsAhead[Held] = ClaimsAhead(store.ack, Held)
+    stream = ahead.poll(context(free=2), store.start)
+    try:
+        assert await anext(stream) is None  # registered; nothing ready
+        holder = polling(ahead)
+        await ahead.hand_over(holder, [task("a"), task("b")])
+        asked = asyncio.ensure_future(anext(stream))
+        seen: list[set[str]] = []
+        while not asked.done():
+            seen.append(set(ahead.held("w1")))
+            await asyncio.sleep(0)
+        first = await asked
+        assert first is not None
+        assert first.id == "a"
+        assert all(ids == {"a", "b"} for ids in seen), f"held tasks vanished on their way: {seen}"
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]

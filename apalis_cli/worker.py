@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -41,7 +42,7 @@ from .layers.retry import Backoff, RetryLayer
 from .retrying import delays
 from .service import Layer, Outcome, Service, compose, stop_requested
 from .storable import check_result, describe_error
-from .task import Task, TaskId, new_task_id
+from .task import Task, TaskId
 
 __all__ = ["Handler", "Worker"]
 
@@ -90,7 +91,8 @@ class Worker:
         self._stopped = False
         self._heartbeat: AsyncIterator[None] = _no_beats()
         self.context = WorkerContext(
-            id=f"{name}-{socket.gethostname()}-{os.getpid()}-{new_task_id()[-6:]}",
+            # The random tail tells apart two processes with one host name and pid (containers).
+            id=f"{name}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             name=name,
             queue=backend.get_queue(),
             concurrency=concurrency,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,15 +52,18 @@ def need_binary(path: str | Path) -> str:
     pytest.skip(reason)
 
 
-def free_port(preferred: int) -> int:
-    """`preferred` if nothing listens there on loopback, else a free ephemeral port."""
-    for port in (preferred, 0):
+def free_port() -> int:
+    """A loopback port nothing listens on, drawn at random below the kernel's ephemeral range:
+    test runs side by side (another suite's private servers) do not pick the same one, and a
+    server stopped for a restart does not find its port taken by another run's server."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
+            return port
     raise AssertionError("no free port on 127.0.0.1")
 
 
@@ -272,7 +276,7 @@ def private_rabbitmq(port: int) -> Iterator[PrivateServer]:
         "RABBITMQ_NODENAME": f"apalis-chaos-{port}@localhost",
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
         "RABBITMQ_NODE_PORT": str(port),
-        "RABBITMQ_DIST_PORT": str(free_port(port + 10)),
+        "RABBITMQ_DIST_PORT": str(free_port()),
         "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
         "RABBITMQ_LOG_BASE": str(base / "log"),
         "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),  # absent: the defaults

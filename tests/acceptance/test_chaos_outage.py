@@ -66,19 +66,19 @@ def _server(kind: str) -> Iterator[tuple[PrivateServer | None, str | None]]:
     if kind == "sqlite":
         yield None, None
     elif kind in ("postgres", "pgmq"):
-        with private_postgres(free_port(15432)) as server:
+        with private_postgres(free_port()) as server:
             yield server, pg_database(server, "outage", pgmq=kind == "pgmq")
     elif kind == "mysql":
-        with private_mariadb(free_port(13306)) as server:
+        with private_mariadb(free_port()) as server:
             yield server, mariadb_database(server, "outage")
     elif kind in ("redis", "rsmq"):
-        with private_redis(free_port(16379)) as server:
+        with private_redis(free_port()) as server:
             yield server, f"redis://127.0.0.1:{server.port}/0"
     elif kind == "amqp":
-        with private_rabbitmq(free_port(15672)) as server:
+        with private_rabbitmq(free_port()) as server:
             yield server, f"amqp://guest:guest@127.0.0.1:{server.port}/"
     elif kind == "nats":
-        with private_nats(free_port(14222)) as server:
+        with private_nats(free_port()) as server:
             yield server, f"nats://127.0.0.1:{server.port}"
     else:
         raise ValueError(kind)
@@ -119,6 +119,7 @@ def _run(apalis: Apalis, backend: Backend, restart: Callable[[], None]) -> None:
     lines = run_lines(apalis)
     counted = collections.Counter(n for n, _ in lines)
     assert set(counted) == set(range(N)), f"{N - len(counted)} tasks never ran"
+    assert victim.pid in {pid for _, pid in lines}, "the killed daemon had run nothing: the kill tested nothing"
     after = {pid for _, pid in lines[back_at:]}
     assert all(d.pid in after for d in survivors), "a daemon did not resume after the restart by itself"
 

@@ -41,25 +41,25 @@ RUN = ("run", "--no-live", "--log-format", "json", "--log-level", "warning")
 
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[PrivateServer]:
-    with private_postgres(free_port(15432)) as server:
+    with private_postgres(free_port()) as server:
         yield server
 
 
 @pytest.fixture
 def mariadb_server() -> Iterator[PrivateServer]:
-    with private_mariadb(free_port(13306)) as server:
+    with private_mariadb(free_port()) as server:
         yield server
 
 
 @pytest.fixture
 def redis_server() -> Iterator[PrivateServer]:
-    with private_redis(free_port(16379)) as server:
+    with private_redis(free_port()) as server:
         yield server
 
 
 @pytest.fixture
 def nats_server() -> Iterator[PrivateServer]:
-    with private_nats(free_port(14222)) as server:
+    with private_nats(free_port()) as server:
         yield server
 
 

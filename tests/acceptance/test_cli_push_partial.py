@@ -23,7 +23,7 @@ from .conftest import Apalis, lines
 def small_redis() -> Iterator[int]:
     binary = need_binary("redis-server")
     base = owned_tmpdir("apalis-push-redis-", None)
-    port = free_port(16399)
+    port = free_port()
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base), "--save", ""]
     argv += ["--maxmemory", "7mb", "--maxmemory-policy", "noeviction"]
     server = PrivateServer("redis", argv, port, base / "server.log")

@@ -11,13 +11,13 @@ Two capabilities, each a protocol checked with `isinstance` like the others in `
 A cron store is a `TickSource`: the board shows its next ticks.
 
 A store that has neither is still shown, through `Inspector.list_tasks` (by offset) and `stats`.
-`TaskSearch.matches` is the reference meaning of a search: the memory store filters with it, and
-a caller filters with it what a store that cannot browse lists.
+`TaskSearch.select` is the reference meaning of a search: the memory store selects with it, and
+a caller selects with it from what a store that cannot browse lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -53,25 +53,35 @@ class PageCursor:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskSearch:
-    """Which tasks a page lists: of one status (None: every status), matching a text.
+    """Which tasks a page lists: of one status (None: every status), found by a text.
 
-    `text` matches a task whose id or idempotency key is exactly that text, or whose last error
+    `text` finds the task whose id or idempotency key is exactly that text (a question with one
+    answer, found by index); when no task has it as id or key, the tasks whose last error
     contains it, ignoring case (ASCII letters at least: SQLite's LIKE folds no others).
     """
 
     status: Status | None = None
     text: str | None = None
 
-    def matches(self, task: Task[bytes]) -> bool:
-        """True when `task` is one this search lists."""
-        ctx = task.ctx
-        if self.status is not None and ctx.status is not self.status:
-            return False
-        if self.text:
-            wanted = self.text
-            error = ctx.last_error or ""
-            return task.id == wanted or ctx.idempotency_key == wanted or wanted.casefold() in error.casefold()
-        return True
+    def of_status(self, task: Task[bytes]) -> bool:
+        """True when `task` has the status asked for (or any, when none was)."""
+        return self.status is None or task.ctx.status is self.status
+
+    def exactly(self, task: Task[bytes]) -> bool:
+        """True when the text is the task's id or idempotency key."""
+        return bool(self.text) and (task.id == self.text or task.ctx.idempotency_key == self.text)
+
+    def in_error(self, task: Task[bytes]) -> bool:
+        """True when there is no text, or the task's last error contains it (any case)."""
+        if not self.text:
+            return True
+        return self.text.casefold() in (task.ctx.last_error or "").casefold()
+
+    def select(self, tasks: Iterable[Task[bytes]]) -> list[Task[bytes]]:
+        """What the search finds among `tasks`, in their order (the reference for every store)."""
+        candidates = [t for t in tasks if self.of_status(t)]
+        exact = [t for t in candidates if self.exactly(t)]
+        return exact if exact else [t for t in candidates if self.in_error(t)]
 
 
 @runtime_checkable

@@ -271,7 +271,14 @@ class MemoryQueue(QueueBase):
         preview: int | None = None,
     ) -> list[Task[bytes]]:
         """Tasks matching `where`, by (run_at, id), strictly past `after`."""
-        tasks = [t for t in (r.task(self.queue) for r in self._state.rows.values()) if where.matches(t)]
+        every = [r.task(self.queue) for r in self._state.rows.values()]
+        tasks = where.select(every)
+        if tasks and where.text and where.exactly(tasks[0]):
+            return (
+                []
+                if after is not None
+                else sorted(tasks, key=lambda t: (t.ctx.run_at, t.id), reverse=newest_first)[:limit]
+            )
         if after is not None:
             key = (after.run_at, after.id)
             tasks = [t for t in tasks if ((t.ctx.run_at, t.id) < key if newest_first else (t.ctx.run_at, t.id) > key)]

@@ -111,6 +111,7 @@ def snapshot_json(snap: QueueSnapshot, now: float) -> dict[str, Any]:
         "queue": view.queue,
         "backend": view.backend_name,
         "kind": view.kind,
+        "url": view.url,
         "workers_configured": list(view.workers),
         "counts": counts,
         "scheduled": snap.stats.scheduled if snap.stats else None,

@@ -19,7 +19,7 @@ from ..browsing import ActivitySource, TaskBrowser
 from ..codec import codec_by_name
 from ..config import Config, WorkerConfig
 from ..errors import ApalisError, Unsupported
-from ..registry import build_store
+from ..registry import build_store, redact_url
 from ..task import Task, TaskId
 from .present import problem
 
@@ -40,6 +40,7 @@ class _StoreSlot:
     name: str
     store: Store
     owned: bool
+    url: str = ""  # passwords masked
     opened: bool = False
     error: str | None = None
     tried_at: float = float("-inf")
@@ -61,6 +62,11 @@ class QueueView:
     def key(self) -> str:
         """`backend/queue`: unique in the board."""
         return f"{self.backend_name}/{self.queue}"
+
+    @property
+    def url(self) -> str:
+        """The store's URL, its password masked."""
+        return self.slot.url
 
     @property
     def error(self) -> str | None:
@@ -120,7 +126,13 @@ class Board:
             slot = self._slots.get(backend_name)
             if slot is None:
                 store = lent.get(backend_name)
-                slot = _StoreSlot(backend_name, store or build_store(config, backend_name), owned=store is None)
+                table = config.backends.get(backend_name)
+                slot = _StoreSlot(
+                    backend_name,
+                    store or build_store(config, backend_name),
+                    owned=store is None,
+                    url=redact_url(table.url) if table is not None else "",
+                )
                 slot.opened = store is not None
                 self._slots[backend_name] = slot
             view = self.find_view(worker.queue, backend_name)

@@ -144,7 +144,7 @@ async def list_page(
         raise Unsupported(f'queue "{view.queue}" on backend "{view.backend_name}" cannot list its tasks')
     start = cursor if isinstance(cursor, int) else 0
     listed = await inspector.list_tasks(status, _FALLBACK_SCAN)
-    found = [t for t in listed if search.matches(t)]
+    found = search.select(listed)
     found.sort(key=lambda t: (t.ctx.run_at, t.id), reverse=newest_first)
     chunk = found[start : start + limit]
     nxt = encode_cursor(start + limit) if len(found) > start + limit else None

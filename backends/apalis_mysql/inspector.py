@@ -1,14 +1,17 @@
 """Inspecting and administering a MySQL/MariaDB queue: plain statements on the tasks table
-(`sql/inspect.sql`) and the workers table (`workers` in `sql/workers.sql`); a retry wakes this
-process's pollers (other processes find it by polling)."""
+(`sql/inspect.sql`) and the workers table (`workers` in `sql/workers.sql`), pages by keyset and
+activity (`sql/browse.sql`, read through `apalis_sql.browse`); a retry wakes this process's
+pollers (other processes find it by polling)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import stats_from_rows, task_from_row, worker_from_row
+from apalis_sql import browse_tasks, queue_activity, stats_from_rows, task_from_row, worker_from_row
 
 if TYPE_CHECKING:
     from .connection import Database
@@ -17,19 +20,14 @@ __all__ = ["MysqlInspector"]
 
 
 class MysqlInspector:
-    """The `Inspector` half of a `MysqlQueue`."""
+    """The `Inspector` half of a `MysqlQueue` (also a `TaskBrowser` and an `ActivitySource`)."""
 
     queue: str
     _db: Database
 
     async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
-        """Tasks of the queue (optionally of one status), by run_at."""
-        params = {"queue": self.queue, "limit": limit, "offset": offset}
-        if status is None:
-            rows = await self._db.fetch(self._db.sql["list_all"], params)
-        else:
-            rows = await self._db.fetch(self._db.sql["list_status"], {**params, "status": status.value})
-        return [task_from_row(row) for row in rows]
+        """Tasks of the queue (optionally of one status), by run_at: the first pages by keyset."""
+        return (await self.browse(TaskSearch(status=status), limit=offset + limit))[offset:]
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One task by id."""
@@ -62,3 +60,25 @@ class MysqlInspector:
         """Delete tasks of `status` older than `older_than` seconds."""
         params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
         return await self._db.execute(self._db.sql["purge"], params)
+
+    async def browse(
+        self,
+        where: TaskSearch,
+        *,
+        after: PageCursor | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> list[Task[bytes]]:
+        """A page of tasks matching `where`, by (run_at, id), strictly past `after`."""
+        return await browse_tasks(
+            self._fetch, self.queue, where, after=after, limit=limit, newest_first=newest_first, preview=preview
+        )
+
+    async def activity(self, since: float) -> QueueActivity:
+        """The oldest ready task's run_at and the tasks finished per minute since `since`."""
+        return await queue_activity(self._fetch, self.queue, since)
+
+    async def _fetch(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        rows: list[Any] = await self._db.fetch(self._db.sql[name], dict(params))
+        return rows

@@ -49,6 +49,12 @@ async def browse_tasks(
 ) -> list[Task[bytes]]:
     """`TaskBrowser.browse` over `fetch`."""
     params = _search_params(queue, where)
+    if params["search"] is not None:
+        # An id or a key is a question with one answer: two index lookups, no scan of errors.
+        exact = [task_from_row(row) for row in await fetch("find_exact", params)]
+        exact = [t for t in exact if where.status is None or t.ctx.status is where.status]
+        if exact:
+            return [] if after is not None else _ordered(exact, newest_first)[:limit]
     if after is None:
         params["run_at"], params["id"] = (_FAR, "") if newest_first else (-_FAR, "")
     else:
@@ -61,8 +67,16 @@ async def browse_tasks(
         pages.append([task_from_row(row) for row in rows])
     if len(pages) == 1:
         return pages[0]
-    merged = heapq.merge(*pages, key=lambda t: (t.ctx.run_at, t.id), reverse=newest_first)
+    merged = heapq.merge(*pages, key=_key, reverse=newest_first)
     return [task for task, _ in zip(merged, range(limit), strict=False)]
+
+
+def _key(task: Task[bytes]) -> tuple[float, str]:
+    return (task.ctx.run_at, task.id)
+
+
+def _ordered(tasks: list[Task[bytes]], newest_first: bool) -> list[Task[bytes]]:
+    return sorted(tasks, key=_key, reverse=newest_first)
 
 
 async def queue_activity(fetch: Fetch, queue: str, since: float) -> QueueActivity:

@@ -1,4 +1,4 @@
-"""The board's JSON API over real HTTP, on real stores (SQLite and PostgreSQL)."""
+"""The board's JSON API over real HTTP, on real stores (SQLite, PostgreSQL, MySQL/MariaDB)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from apalis_cli.backend import Inspector, TaskSink
 from apalis_cli.task import Status
 
-from .web_board import Served, serve_board
+from .web_board import WORKERS, Served, serve_board
 
-pytestmark = pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+pytestmark = pytest.mark.parametrize("kind", ["sqlite", "postgres", "mysql"])
 
 
 def sink(served: Served, queue: str) -> TaskSink:
@@ -267,3 +267,36 @@ async def test_a_foreign_host_is_refused_on_loopback(kind: str, tmp_path: Path) 
         assert rebound.status_code == 421
         for host in ("localhost:1", "127.0.0.1", "[::1]:8080"):
             assert (await served.client.get("/api/queues", headers={"host": host})).status_code == 200, host
+
+
+DOWN = """
+[backends.down]
+kind = "postgres"
+url = "postgresql://apalis:hunter2@127.0.0.1:1/jobs?password=hunter2"
+
+[[workers]]
+name = "elsewhere"
+backend = "down"
+handler = "apalis_cli.demo:resize_image"
+"""
+
+
+async def test_an_unreachable_store_is_shown_with_its_password_masked(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path, workers=WORKERS + DOWN) as served:
+        queues = {q["queue"]: q for q in (await served.client.get("/api/queues")).json()}
+        down = queues["elsewhere"]
+        assert down["counts"] is None
+        assert down["error"]
+        assert down["url"] == "postgresql://apalis:***@127.0.0.1:1/jobs?password=***"
+        assert queues["thumbnails"]["error"] is None  # the others are served all the same
+        pages = [
+            await served.client.get("/"),
+            await served.client.get("/queues/elsewhere"),
+            await served.client.get("/api/queues"),
+            await served.client.get("/healthz"),
+        ]
+        for page in pages:
+            assert "hunter2" not in page.text
+        assert "unreachable" in pages[0].text
+        assert "postgresql://apalis:***@127.0.0.1:1/jobs" in pages[1].text
+        assert pages[3].status_code == 503

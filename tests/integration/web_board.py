@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from apalis_cli.backend import BackendExt
@@ -17,6 +18,7 @@ from apalis_cli.web.app import create_app
 from apalis_cli.web.board import Board
 from apalis_cli.web.server import bind, serving
 
+from ..conformance.stores.mysql import admin_execute
 from ..conformance.stores.postgres import drop_schema
 from ..services import need_server
 
@@ -25,18 +27,21 @@ __all__ = ["Served", "backend_table", "serve_board"]
 WORKERS = """
 [[workers]]
 name = "thumbnails"
+backend = "main"
 queue = "thumbnails"
 handler = "apalis_cli.demo:resize_image"
 max_attempts = 2
 
 [[workers]]
 name = "packed"
+backend = "main"
 queue = "packed"
 codec = "msgpack"
 handler = "apalis_cli.demo:resize_image"
 
 [[workers]]
 name = "markup"
+backend = "main"
 queue = "<script>alert('q')</script>"
 handler = "apalis_cli.demo:resize_image"
 """
@@ -65,9 +70,14 @@ class Served:
 
 
 def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
-    """A `[backends.main]` table for `kind` and, for postgres, the schema to drop afterwards."""
+    """A `[backends.main]` table for `kind` and what to drop afterwards (a schema, a database)."""
     if kind == "sqlite":
         return '[backends.main]\nkind = "sqlite"\nurl = "sqlite:///board.db"\n', None
+    if kind == "mysql":
+        server = need_server("mysql")
+        database = f"apalis_w_{uuid.uuid4().hex[:12]}"
+        url = urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
+        return f'[backends.main]\nkind = "mysql"\nurl = "{url}"\n', database
     url = need_server("postgres")
     schema = f"apalis_w_{uuid.uuid4().hex[:12]}"
     table = f'[backends.main]\nkind = "postgres"\nurl = "{url}"\nschema = "{schema}"\nmax_size = 4\n'
@@ -79,7 +89,9 @@ async def serve_board(
     kind: str, tmp_path: Path, *, admin: bool = True, token: str | None = None, workers: str = WORKERS, **app: Any
 ) -> AsyncIterator[Served]:
     """Serve a board over `kind` (sqlite or postgres) on a free loopback port."""
-    table, schema = backend_table(kind, tmp_path)
+    table, made = backend_table(kind, tmp_path)
+    if kind == "mysql":
+        await admin_execute(need_server("mysql"), f"CREATE DATABASE {made}")
     path = tmp_path / "jobs.toml"
     path.write_text(table + workers)
     board = Board(load_config(path))
@@ -94,5 +106,7 @@ async def serve_board(
                 yield Served(url, client, board)
     finally:
         await board.close()
-        if schema is not None:
-            await drop_schema(need_server("postgres"), schema)
+        if kind == "postgres" and made is not None:
+            await drop_schema(need_server("postgres"), made)
+        elif kind == "mysql":
+            await admin_execute(need_server("mysql"), f"DROP DATABASE IF EXISTS {made}")

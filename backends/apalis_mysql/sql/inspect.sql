@@ -1,10 +1,3 @@
--- name: list_all
-SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s ORDER BY run_at, id LIMIT %(limit)s OFFSET %(offset)s
-
--- name: list_status
-SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s AND status = %(status)s
-ORDER BY run_at, id LIMIT %(limit)s OFFSET %(offset)s
-
 -- name: get_task
 SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s AND id = %(id)s
 

@@ -1,5 +1,12 @@
 -- The board's reads: pages by keyset (run_at, id) within one status, and activity.
--- %(search)s matches an id or idempotency key exactly, or a piece of the last error (any case).
+-- A search first looks for an id or idempotency key equal to it (two index lookups); only when
+-- none is, the pages hold the tasks whose last error contains it (%(pattern)s, any case).
+
+-- name: find_exact
+SELECT t.id, t.queue, t.payload, t.status, t.attempts, t.max_attempts, t.run_at, t.priority,
+    t.idempotency_key, t.meta, t.lock_by, t.last_error, t.result::text, t.created_at, t.done_at
+FROM {schema}.tasks AS t
+WHERE t.queue = %(queue)s AND (t.id = %(search)s::text OR t.idempotency_key = %(search)s::text)
 
 -- name: page_forward
 SELECT t.id, t.queue,
@@ -8,8 +15,7 @@ SELECT t.id, t.queue,
     t.lock_by, t.last_error, t.result::text, t.created_at, t.done_at
 FROM {schema}.tasks AS t
 WHERE t.queue = %(queue)s AND t.status = %(status)s AND (t.run_at, t.id) > (%(run_at)s::float8, %(id)s::text)
-  AND (%(search)s::text IS NULL OR t.id = %(search)s::text OR t.idempotency_key = %(search)s::text
-       OR t.last_error ILIKE %(pattern)s::text)
+  AND (%(pattern)s::text IS NULL OR t.last_error ILIKE %(pattern)s::text)
 ORDER BY t.run_at, t.id
 LIMIT %(limit)s
 
@@ -20,8 +26,7 @@ SELECT t.id, t.queue,
     t.lock_by, t.last_error, t.result::text, t.created_at, t.done_at
 FROM {schema}.tasks AS t
 WHERE t.queue = %(queue)s AND t.status = %(status)s AND (t.run_at, t.id) < (%(run_at)s::float8, %(id)s::text)
-  AND (%(search)s::text IS NULL OR t.id = %(search)s::text OR t.idempotency_key = %(search)s::text
-       OR t.last_error ILIKE %(pattern)s::text)
+  AND (%(pattern)s::text IS NULL OR t.last_error ILIKE %(pattern)s::text)
 ORDER BY t.run_at DESC, t.id DESC
 LIMIT %(limit)s
 

@@ -52,6 +52,7 @@ from .config_fields import (
 )
 from .errors import ConfigError, UsageError
 from .layers import LAYERS, Backoff, ConfiguredLayer, RetryLayer
+from .redact import secrets_in
 from .sizes import parse_size
 from .tomllines import KeyPath, LineIndex, render_path
 
@@ -159,6 +160,11 @@ class Config:
     def base_dir(self) -> Path:
         """The directory of the config file: relative paths and handler imports start there."""
         return self.path.parent
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The passwords and tokens in the backends' URLs, for `apalis_cli.redact.redact`."""
+        return frozenset().union(*(secrets_in(backend.url) for backend in self.backends.values()))
 
     def where(self, path: KeyPath) -> str:
         """`file:line` of a key path."""

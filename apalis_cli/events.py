@@ -6,8 +6,11 @@ when someone listens, so an unobserved worker pays nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+from .redact import redact
 
 __all__ = [
     "BackendUnavailable",
@@ -21,6 +24,7 @@ __all__ = [
     "TaskFinished",
     "WaitingForRuns",
     "WorkerCrashed",
+    "masking",
 ]
 
 
@@ -105,3 +109,18 @@ class WaitingForRuns(Event):
 
 
 EventListener = Callable[[Event], None]
+
+
+def masking(listeners: Sequence[EventListener], secrets: Iterable[str]) -> EventListener:
+    """One listener handing each event to `listeners` with the `secrets` in its error masked
+    (the console, the logs and `/healthz` then show the same masked text)."""
+    known = frozenset(secrets)
+
+    def on_event(event: Event) -> None:
+        error = getattr(event, "error", None)
+        if error:
+            event = dataclasses.replace(event, error=redact(error, known))  # type: ignore[call-arg]
+        for listener in listeners:
+            listener(event)
+
+    return on_event

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .config import CommandHandler, Config, ImportHandler, WorkerConfig
 from .errors import HandlerExit
 from .isolation.stopping import despite_cancellation, terminate_group
-from .layers.retry import describe_error
+from .storable import describe_error
 from .task import Task
 from .worker import Handler
 

@@ -6,12 +6,10 @@ Levels below the chosen one are dropped before any formatting: a quiet daemon pa
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
-import traceback
-from collections.abc import MutableMapping
-from typing import Any, Literal, TextIO
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal
 
 import structlog
 
@@ -28,7 +26,7 @@ from .events import (
     WorkerCrashed,
 )
 from .printable import printable
-from .registry import redact_text
+from .redact import redact
 
 __all__ = ["LOG_LEVELS", "LogFormat", "event_logger", "setup_logging"]
 
@@ -46,20 +44,23 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def setup_logging(fmt: LogFormat | None = None, level: str = "info") -> LogFormat:
-    """Configure structlog; `fmt` None picks console for a terminal, JSON otherwise."""
+def setup_logging(fmt: LogFormat | None = None, level: str = "info", secrets: Iterable[str] = ()) -> LogFormat:
+    """Configure structlog; `fmt` None picks console for a terminal, JSON otherwise. Every line
+    is masked (`apalis_cli.redact`) with `secrets` known: drivers log through here too."""
     chosen: LogFormat = fmt or ("console" if sys.stderr.isatty() else "json")
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if chosen == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=_printable_traceback)
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if chosen == "json" else _printable_values,
+            structlog.processors.format_exc_info,  # a traceback is text to mask, like the rest
+            _Masking(secrets),
+            *([_printable_values] if chosen == "console" else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
@@ -84,23 +85,37 @@ class _ToStructlog(logging.Handler):
             self.handleError(record)
 
 
+class _Masking:
+    """A structlog processor: every text value of a line with its secrets masked."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = frozenset(secrets)
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = redact(value, self.secrets)
+        return event
+
+
 # structlog's console renderer prints a value with one of these characters as its `repr`, which
 # escapes control characters already; escaping those values first would double the backslashes.
 _QUOTED_BY_RENDERER = frozenset(" \t=\r\n\"'")
 
 
-def _printable_traceback(sio: TextIO, exc_info: Any) -> None:
-    # The plain traceback, escaped: an exception's message is a handler's text (rich's pretty
-    # traceback would print the escape sequences in it as they are).
-    sio.write("\n" + printable("".join(traceback.format_exception(*exc_info)), newlines=True))
-
-
 def _printable_values(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # Console lines go to a terminal: a handler's error or a driver's message must not carry its
     # escape sequences there (JSON lines escape control characters by themselves). The message
-    # itself is never quoted by the renderer; a test checks both kinds of value.
+    # itself is never quoted by the renderer, nor is a traceback (the plain one format_exc_info
+    # made, printed below the line with its line breaks kept: rich's pretty traceback would
+    # print the escape sequences in an exception's message as they are, and its locals unmasked);
+    # a test checks each kind of value.
     for key, value in event.items():
-        if isinstance(value, str) and (key == "event" or not _QUOTED_BY_RENDERER.intersection(value)):
+        if not isinstance(value, str):
+            continue
+        if key == "exception":
+            event[key] = printable(value, newlines=True)
+        elif key == "event" or not _QUOTED_BY_RENDERER.intersection(value):
             event[key] = printable(value)
     return event
 
@@ -113,8 +128,6 @@ def event_logger(*, tasks: bool = True) -> EventListener:
     log = structlog.get_logger("apalis")
 
     def on_event(event: Event) -> None:
-        if getattr(event, "error", None):
-            event = dataclasses.replace(event, error=redact_text(event.error))  # type: ignore[call-arg, attr-defined]
         fields = {"worker": event.worker, "queue": event.queue}
         if isinstance(event, TaskFinished):
             if not tasks and event.outcome == "done":

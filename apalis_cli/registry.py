@@ -8,7 +8,6 @@ kinds keep the `Registry` they made.
 from __future__ import annotations
 
 import dataclasses
-import re
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, cast
 
@@ -17,7 +16,7 @@ from .config import BackendConfig, Config, WorkerConfig
 from .errors import ConfigError, MissingExtra
 from .tomllines import KeyPath
 
-__all__ = ["ENTRY_POINT_GROUP", "Registry", "build_store", "build_worker_store", "redact_text", "redact_url"]
+__all__ = ["ENTRY_POINT_GROUP", "Registry", "build_store", "build_worker_store"]
 
 ENTRY_POINT_GROUP = "apalis_cli.backends"
 
@@ -86,26 +85,3 @@ def _build(
 def _implicit(name: str) -> BackendConfig:
     # A worker may say `backend = "memory"` (or "cron") without defining the table.
     return BackendConfig(name=name, kind=name, url="memory://" if name == "memory" else "")
-
-
-_PASSWORD_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", re.IGNORECASE)
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|pass|token|secret)=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***` (`postgresql://app:***@db/app`)."""
-    url = _QUERY_SECRET.sub(r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{tail}"
-
-
-def redact_text(text: str) -> str:
-    """`text` (an error message, say) with the password of every URL in it masked."""
-    return _QUERY_SECRET.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))

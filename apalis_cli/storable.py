@@ -1,4 +1,5 @@
-"""What a store keeps of a run: its result as JSON text and its error as one line of safe text.
+"""What a store keeps of a run: its result as JSON text and its error as one line of safe text,
+secrets masked.
 
 Stores write many runs' outcomes in one statement, so text one store refuses would fail the
 acknowledgement of every run written with it. Some text no store takes whole: a lone surrogate
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import HandlerExit, UnstorableResult
+from .redact import redact
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -100,15 +103,17 @@ def storable_text(text: str) -> str:
     return text
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line naming the exception and its message, as every store takes it."""
+def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """One line naming the exception and its message, as every store takes it, with its secrets
+    masked (`apalis_cli.redact`; `secrets` are known ones, for a driver that echoes a piece of a
+    password no pattern recognises). Masked before it is cut, so no cut leaves half a secret."""
     if isinstance(exc, HandlerExit) and exc.__cause__ is not None:
         exc = exc.__cause__  # what the handler raised, not the envelope that carried it
     elif isinstance(exc, UnstorableResult):
-        return storable_text(str(exc))  # "result cannot be stored: ..." says it all
+        return storable_text(redact(str(exc), secrets))  # "result cannot be stored: ..." says it all
     name = type(exc).__name__
     try:
         lines = str(exc).strip().splitlines()
     except Exception:  # an exception whose __str__ fails still names its type
         return storable_text(f"{name}: (its message could not be read)")
-    return storable_text(f"{name}: {lines[0]}" if lines and lines[0] else name)
+    return storable_text(redact(f"{name}: {lines[0]}" if lines and lines[0] else name, secrets))

@@ -15,8 +15,8 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 
 from .events import EventListener, WorkerCrashed
-from .layers.retry import describe_error
 from .retrying import delays
+from .storable import describe_error
 from .worker import Worker
 
 __all__ = ["Supervisor", "WorkerFactory"]

@@ -15,6 +15,7 @@ import typer
 from typer.exceptions import Abort, Exit
 
 from ..errors import ApalisError, MissingExtra, UsageError
+from ..storable import describe_error
 from .app import app
 
 # isort: off
@@ -32,10 +33,10 @@ _ = (admin, inspect, push, run, setup, web)  # imported for their commands
 def fail_line(message: str) -> str:
     """`message` as the one line printed on failure: no newlines, no passwords, no escape sequences."""
     from ..printable import printable
-    from ..registry import redact_text
+    from ..redact import redact
 
     text = " ".join(message.split())
-    return "apalis: error: " + printable(redact_text(text))
+    return "apalis: error: " + printable(redact(text))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,8 +80,6 @@ def _report(exc: Exception) -> int:
         print(fail_line(str(format_message())), file=sys.stderr)
         return 2 if exit_code == 2 else max(exit_code, 1)
     # A store or driver failure: one line, never a traceback.
-    from ..layers.retry import describe_error
-
     print(fail_line(describe_error(exc)), file=sys.stderr)
     return 1
 

@@ -17,10 +17,10 @@ from ..errors import ApalisError, BackendError, ConfigError
 from ..handlers import LoadedHandler, load_handler
 from ..isolation import ProcessPool
 from ..layers import Resolvable
-from ..layers.retry import describe_error
-from ..registry import Registry, build_store, build_worker_store, redact_text
+from ..registry import Registry, build_store, build_worker_store
 from ..retrying import delays
 from ..service import Layer
+from ..storable import describe_error
 from ..worker import Worker
 
 __all__ = ["Assembly", "assemble", "build_layers", "opened_stores"]
@@ -169,6 +169,6 @@ async def _open_patiently(name: str, store: Store) -> None:
             error = describe_error(exc)
         delay = next(waits)
         structlog.get_logger("apalis").warning(
-            "cannot open the backend, retrying", backend=name, error=redact_text(error), retry_in=delay
+            "cannot open the backend, retrying", backend=name, error=error, retry_in=delay
         )
         await asyncio.sleep(delay)

@@ -1,9 +1,10 @@
-"""What the commands share: opening the queue a command is about, and capability checks."""
+"""What the commands share: opening the queue a command is about, capability checks, and
+keeping the config's secrets out of a driver's error."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,9 +12,10 @@ from typing import Any, TypeVar
 from ..api import QueueTarget, open_queue, resolve_target
 from ..backend import BackendExt, Capability, Inspector, Store
 from ..config import Config, load_config
-from ..errors import Unsupported
+from ..errors import ApalisError, BackendError, Unsupported
+from ..storable import describe_error
 
-__all__ = ["Opened", "open_resolved", "open_target", "require", "require_inspector", "resolve"]
+__all__ = ["Opened", "masked_errors", "open_resolved", "open_target", "require", "require_inspector", "resolve"]
 
 P = TypeVar("P")
 
@@ -42,8 +44,9 @@ def resolve(config_path: Path, worker: str | None, queue: str | None) -> tuple[C
 @contextlib.asynccontextmanager
 async def open_resolved(config: Config, target: QueueTarget) -> AsyncIterator[Opened]:
     """Open the store of a resolved target."""
-    async with open_queue(config, target) as (store, backend):
-        yield Opened(config, target, store, backend)
+    with masked_errors(config):
+        async with open_queue(config, target) as (store, backend):
+            yield Opened(config, target, store, backend)
 
 
 @contextlib.asynccontextmanager
@@ -52,6 +55,22 @@ async def open_target(config_path: Path, worker: str | None, queue: str | None) 
     config, target = resolve(config_path, worker, queue)
     async with open_resolved(config, target) as opened:
         yield opened
+
+
+@contextlib.contextmanager
+def masked_errors(config: Config) -> Iterator[None]:
+    """A driver's exception leaves as one `BackendError` line with `config`'s secrets masked.
+
+    Our own errors mask them where they are made; a driver's text is masked here, where the
+    config is known, because it may echo a piece of a password that no pattern recognises
+    (libpq's "failed to resolve host 'x@127.0.0.1'" for the password "S3cret@x").
+    """
+    try:
+        yield
+    except ApalisError:
+        raise
+    except Exception as exc:
+        raise BackendError(describe_error(exc, config.secrets)) from None
 
 
 def require(opened: Opened, capability: Capability, doing: str) -> None:

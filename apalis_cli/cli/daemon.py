@@ -24,11 +24,12 @@ from ..backend import Inspector
 from ..codec import codec_by_name
 from ..config import load_config
 from ..errors import UsageError
-from ..events import EventListener
+from ..events import EventListener, masking
 from ..logs import LOG_LEVELS, LogFormat, event_logger, setup_logging
 from ..supervisor import Supervisor
 from .assembly import Assembly, assemble, opened_stores
 from .children import children_details
+from .common import masked_errors
 from .daemon_http import HttpOptions, parse_http_options, serving_http
 from .live import Dashboard
 
@@ -63,12 +64,12 @@ def run_daemon(
     if not selected:
         raise UsageError(f"{config}: no [[workers]] to run")
     fmt: LogFormat | None = "json" if log_format == "json" else "console" if log_format == "console" else None
-    setup_logging(fmt, log_level.lower())
+    setup_logging(fmt, log_level.lower(), secrets=loaded.secrets)
     assembly = assemble(loaded, selected, concurrency)
     # Asking for a log format asks for log lines; otherwise a terminal gets the live view.
     show_live = (sys.stdout.isatty() and log_format is None) if live is None else live
     log_tasks = log_level.lower() in ("debug", "info")
-    with contextlib.suppress(asyncio.CancelledError):  # a signal while still waiting for a store
+    with contextlib.suppress(asyncio.CancelledError), masked_errors(loaded):  # a signal while waiting for a store
         asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, http=http))
 
 
@@ -121,7 +122,7 @@ async def _supervise(assembly: Assembly, *, burst: bool, live: bool, log_tasks: 
             listeners.append(event_logger(tasks=log_tasks))
         if http:
             listeners.append(await stack.enter_async_context(serving_http(assembly, lambda: supervisor.workers, http)))
-        supervisor = Supervisor(factories, on_event=listeners)
+        supervisor = Supervisor(factories, on_event=[masking(listeners, assembly.config.secrets)])
         screens: list[Live] = []
         supervisor.install_signal_handlers(exit_now=lambda signum: _exit_now(signum, screens))
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,6 +12,7 @@ import typer
 from ..backend import Capability, Inspector, QueueStats, WorkerInfo
 from ..bounds import COUNT
 from ..errors import ApalisError, DecodeError, Unsupported
+from ..redact import redact
 from ..task import Status, Task, iso
 from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app, check_task_id, checked
 
@@ -42,8 +44,8 @@ def inspect(
     checked("--limit", limit, COUNT.check)
     import asyncio
 
-    tasks, opened_codec = asyncio.run(_inspect(config, worker, queue, status, limit, task_id))
-    rows = [task_json(task, opened_codec if decode else None) for task in tasks]
+    tasks, opened_codec, secrets = asyncio.run(_inspect(config, worker, queue, status, limit, task_id))
+    rows = [task_json(task, opened_codec if decode else None, secrets) for task in tasks]
     if as_json:
         from ..printable import printable_json
 
@@ -59,7 +61,7 @@ def inspect(
 
 async def _inspect(
     config: Path, worker: str | None, queue: str | None, status: Status | None, limit: int, task_id: str | None
-) -> tuple[list[Task[bytes]], Any]:
+) -> tuple[list[Task[bytes]], Any, frozenset[str]]:
     from .common import open_target, require_inspector
 
     async with open_target(config, worker, queue) as opened:
@@ -83,11 +85,12 @@ async def _inspect(
             from . import console
 
             console.note(f"{opened.describe()} shows only part of its tasks: {partial}")
-        return tasks, opened.backend.codec
+        return tasks, opened.backend.codec, opened.config.secrets
 
 
-def task_json(task: Task[bytes], codec: Any = None) -> dict[str, Any]:
-    """The `inspect --json` object of one task (`codec` given: with the decoded `args`)."""
+def task_json(task: Task[bytes], codec: Any = None, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """The `inspect --json` object of one task (`codec` given: with the decoded `args`); the
+    stored error is shown with `secrets` masked (it may come from an older or another writer)."""
     payload = bytes(task.args)
     try:
         text, encoding = payload.decode("utf-8"), "utf-8"
@@ -104,7 +107,7 @@ def task_json(task: Task[bytes], codec: Any = None) -> dict[str, Any]:
         "priority": ctx.priority,
         "payload": text,
         "payload_encoding": encoding,
-        "last_error": ctx.last_error,
+        "last_error": redact(ctx.last_error, secrets) if ctx.last_error else ctx.last_error,
         "result": _result(ctx.result),
         "lock_by": ctx.lock_by,
         "idempotency_key": ctx.idempotency_key,
@@ -189,16 +192,17 @@ async def _each_queue(config_path: Path, worker: str | None, queue: str | None, 
     """`fn(opened)` for the chosen queue, or for every worker's queue when none is chosen."""
     from ..api import open_queue
     from ..config import load_config
-    from .common import Opened, open_target
+    from .common import Opened, masked_errors, open_target
 
     if worker is not None or queue is not None:
         async with open_target(config_path, worker, queue) as opened:
             return [await fn(opened)]
     config = load_config(config_path)
     results = []
-    for target in _all_targets(config):
-        async with open_queue(config, target) as (store, backend):
-            results.append(await fn(Opened(config, target, store, backend)))
+    with masked_errors(config):
+        for target in _all_targets(config):
+            async with open_queue(config, target) as (store, backend):
+                results.append(await fn(Opened(config, target, store, backend)))
     return results
 
 

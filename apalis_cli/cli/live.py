@@ -37,7 +37,7 @@ from ..events import (
     WorkerCrashed,
 )
 from ..printable import printable
-from ..registry import redact_text
+from ..redact import redact
 from ..task import Status
 from .columns import Column, layout
 from .latency import RollingQuantile
@@ -292,7 +292,7 @@ def _error_lines(seen: ErrorSeen, width: int) -> Iterator[Text]:
     head.append(f"  {printable(seen.worker)} {seen.what}")
     if seen.repeats > 1:
         head.append(f" (x{seen.repeats})")
-    error = Text(printable(redact_text(seen.error)), style="red")
+    error = Text(printable(redact(seen.error)), style="red")
     if width - head.cell_len - 2 >= _ERROR_BESIDE:
         yield _clipped(head.append("  ").append_text(error))
     else:

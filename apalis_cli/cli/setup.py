@@ -9,6 +9,7 @@ import tomli_w
 import typer
 
 from ..errors import ApalisError, ConfigError, UsageError
+from ..storable import describe_error
 from .app import DEFAULT_CONFIG, ConfigOption, app
 
 if TYPE_CHECKING:
@@ -131,13 +132,13 @@ def _backend_names(config: Config) -> list[str]:
 async def _connect(config: Config, stores: dict[str, Any]) -> int:
     from ..backend import Preparable
     from ..codec import codec_by_name
-    from ..layers.retry import describe_error
     from ..printable import printable
-    from ..registry import redact_text, redact_url
+    from ..redact import redact
 
     def problem(exc: Exception) -> str:
-        # A driver's message can quote the server, and the server what was stored.
-        return printable(redact_text(describe_error(exc)))
+        # A driver's message can quote the server (and the server what was stored), and pieces
+        # of the password it was given.
+        return printable(describe_error(exc, config.secrets))
 
     async def prepare(store: Any, worker: WorkerConfig) -> None:
         backend = store.backend(worker.queue, codec=codec_by_name(worker.codec), max_attempts=worker.max_attempts)
@@ -147,7 +148,7 @@ async def _connect(config: Config, stores: dict[str, Any]) -> int:
     failures = 0
     for name, store in stores.items():
         backend = config.backends.get(name)
-        shown = f"backend {name} ({store.kind}) {redact_url(backend.url) if backend else ''}".rstrip()
+        shown = redact(f"backend {name} ({store.kind}) {backend.url if backend else ''}".rstrip(), config.secrets)
         try:
             await store.open()
         except (ConfigError, UsageError):

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from ..config_fields import Table
 from ..errors import Abort, ConfigError
 from ..service import Outcome, Service
+from ..storable import describe_error
 from ..task import Task
-from .retry import describe_error
 
 __all__ = ["CatchLayer"]
 

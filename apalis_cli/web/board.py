@@ -19,7 +19,8 @@ from ..browsing import ActivitySource, TaskBrowser
 from ..codec import codec_by_name
 from ..config import Config, WorkerConfig
 from ..errors import ApalisError, Unsupported
-from ..registry import build_store, redact_url
+from ..redact import redact_url
+from ..registry import build_store
 from ..task import Task, TaskId
 from .present import problem
 
@@ -175,7 +176,7 @@ class Board:
             async with asyncio.timeout(_OPEN_TIMEOUT):
                 await slot.store.open()
         except Exception as exc:
-            slot.error = problem(exc)
+            slot.error = problem(exc, self.config.secrets)
             with contextlib.suppress(Exception):
                 await slot.store.close()
         else:

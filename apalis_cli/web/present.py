@@ -2,8 +2,9 @@
 
 A task's fields are those of `apalis inspect --json`; the task page adds its payload decoded
 (by the queue's codec, else JSON or MessagePack, whichever reads it) and pretty-printed.
-Stored text is returned as it was stored: the pages escape it (Jinja2 autoescaping), and JSON
-is text, not markup. Times are ISO 8601 in UTC, with the epoch seconds beside them for scripts.
+Stored text is returned as it was stored, but for the secrets a stored error may quote (masked):
+the pages escape it (Jinja2 autoescaping), and JSON is text, not markup. Times are ISO 8601 in
+UTC, with the epoch seconds beside them for scripts.
 """
 
 from __future__ import annotations
@@ -11,22 +12,24 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..backend import WorkerInfo
+from ..redact import redact
 from ..storable import describe_error
 from ..task import Task, iso
 
 __all__ = ["decode_payload", "payload_text", "pretty", "problem", "result_value", "task_json", "worker_json"]
 
 
-def problem(exc: BaseException) -> str:
-    """An exception as one line for a page or a JSON error, passwords in URLs masked."""
+def problem(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """An exception as one line for a page or a JSON error, secrets masked (`secrets`: the
+    config's, for a driver that echoes a piece of a password)."""
     from ..errors import ApalisError
-    from ..registry import redact_text
 
     text = str(exc) if isinstance(exc, ApalisError) else describe_error(exc)
-    return redact_text(" ".join(text.split()))
+    return redact(" ".join(text.split()), secrets)
 
 
 def payload_text(payload: bytes) -> tuple[str, str]:
@@ -103,7 +106,7 @@ def task_json(task: Task[bytes], *, codec: str | None = None, backend: str = "")
         "done_at_epoch": ctx.done_at,
         "payload": text,
         "payload_encoding": encoding,
-        "last_error": ctx.last_error,
+        "last_error": redact(ctx.last_error) if ctx.last_error else ctx.last_error,
         "result": result_value(ctx.result),
         "lock_by": ctx.lock_by,
         "idempotency_key": ctx.idempotency_key,

@@ -6,27 +6,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from apalis_cli.errors import ConfigError
+from apalis_cli.redact import redact_url
 
-__all__ = ["AmqpConfig", "redact_url"]
+__all__ = ["AmqpConfig"]
 
 _SCHEMES = ("amqp", "amqps")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _KEYS = {"prefix", "max_priority"}
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    except ValueError:
-        return url.split("://", 1)[0] + "://***"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

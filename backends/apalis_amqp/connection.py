@@ -20,9 +20,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import AMQPError, ChannelPreconditionFailed, PublishError
 from aiormq.exceptions import ChannelAccessRefused
 from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.redact import redact, secrets_in
 from apalis_cli.retrying import retrying
 
-from .config import AmqpConfig, redact_url
+from .config import AmqpConfig
 
 __all__ = ["FAILURES", "Connection", "refusal"]
 
@@ -102,7 +103,8 @@ class Connection:
                     },
                 )
             except FAILURES as exc:
-                raise ConnectionLost(f"cannot reach RabbitMQ at {redact_url(self.config.url)}: {exc!r}") from None
+                url = self.config.url
+                raise ConnectionLost(redact(f"cannot reach RabbitMQ at {url}: {exc!r}", secrets_in(url))) from None
             self._publisher = None
             self._declared.clear()
             return self._connection

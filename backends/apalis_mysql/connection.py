@@ -21,6 +21,7 @@ import asyncmy
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
+from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
 from apalis_sql import TASK_COLUMNS, load_migrations, load_queries
 
@@ -153,8 +154,7 @@ class Database:
 
     def describe(self, exc: BaseException) -> str:
         """An error's text without the password."""
-        text = str(exc).strip() or type(exc).__name__
-        return text.replace(self.config.password, "***") if self.config.password else text
+        return redact(str(exc).strip() or type(exc).__name__, self.config.secrets)
 
     async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
         """`op(conn)` on a pooled connection, retried with capped backoff while it is lost."""

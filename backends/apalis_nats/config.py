@@ -6,34 +6,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
+from apalis_cli.redact import redact_url
 
-__all__ = ["NatsConfig", "redact_url"]
+__all__ = ["NatsConfig"]
 
 _SCHEMES = ("nats", "tls", "ws", "wss")
 _STREAM = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _KEYS = {"stream", "prefix", "duplicate_window", "storage"}
-
-
-def redact_url(url: str) -> str:
-    """`url` (one or several, comma-separated) with passwords and tokens replaced by `***`."""
-    shown = []
-    for one in url.split(","):
-        try:
-            parts = urlsplit(one.strip())
-            if parts.username is None and parts.password is None:
-                shown.append(one.strip())
-                continue
-            user = "***" if parts.password is None else f"{parts.username}:***"
-            netloc = f"{user}@{parts.netloc.rsplit('@', 1)[1]}"
-            shown.append(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
-        except ValueError:
-            shown.append(one.split("://", 1)[0] + "://***")
-    return ",".join(shown)
 
 
 def _seconds(value: Any, key: str) -> float:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import nats
 from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.redact import redact, secrets_in
 from apalis_cli.retrying import retrying
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -27,7 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from .config import NatsConfig, redact_url
+from .config import NatsConfig
 
 __all__ = ["FAILURES", "Connection", "Puller", "flush", "unsubscribe", "wakes"]
 
@@ -92,7 +93,8 @@ class Connection:
                 error_cb=_quiet,
             )
         except Exception as exc:  # nats-py raises many kinds when the first connect fails
-            raise ConnectionLost(f"cannot reach NATS at {redact_url(self.config.url)}: {exc!r}") from None
+            url = self.config.url
+            raise ConnectionLost(redact(f"cannot reach NATS at {url}: {exc!r}", secrets_in(url))) from None
         client.options["max_reconnect_attempts"] = -1
         try:
             await self._ensure_stream(client.jetstream(timeout=5.0))

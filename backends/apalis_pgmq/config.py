@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
+from apalis_cli.redact import redact_url
 
-__all__ = ["PgmqConfig", "redact_url"]
+__all__ = ["PgmqConfig"]
 
 _SCHEMES = ("postgresql", "postgres")
 
@@ -56,17 +56,3 @@ class PgmqConfig:
             else:
                 raise ConfigError("unknown key", key=key)
         return cls(url=url, **values)
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, ""))
-    except ValueError:
-        return url.split("://", 1)[0] + "://***"

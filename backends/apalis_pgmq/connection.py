@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
-from apalis_cli.layers.retry import describe_error
 from apalis_cli.polling import Waker
+from apalis_cli.redact import redact_url, secrets_in
 from apalis_cli.retrying import retrying
+from apalis_cli.storable import describe_error
 
-from .config import PgmqConfig, redact_url
+from .config import PgmqConfig
 from .listener import Listener
 from .statements import SCHEMA, statement, statements_for
 
@@ -60,8 +61,19 @@ class Connection:
         async with self._open_lock:
             if self._pool is not None:
                 return
+            from psycopg import AsyncConnection as Connection
+            from psycopg import Error
             from psycopg_pool import AsyncConnectionPool
 
+            # One direct connection first, so that a server that is not there or a refused login
+            # fails at once with libpq's reason (the pool would retry it for `connect_timeout`
+            # and then say only "pool initialization incomplete").
+            try:
+                timeout = max(round(self.config.connect_timeout), 1)
+                probe = await Connection.connect(self.config.url, connect_timeout=timeout, **self._connect_kwargs())
+            except Error as exc:
+                raise BackendError(f"cannot connect to {redact_url(self.config.url)}: {self._describe(exc)}") from None
+            await probe.close()
             pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
                 self.config.url,
                 min_size=1,
@@ -74,7 +86,7 @@ class Connection:
                 await pool.open(wait=True, timeout=self.config.connect_timeout)
             except Exception as exc:
                 await pool.close()
-                raise BackendError(f"cannot connect to {redact_url(self.config.url)}: {describe_error(exc)}") from None
+                raise BackendError(f"cannot connect to {redact_url(self.config.url)}: {self._describe(exc)}") from None
             self._pool = pool
         try:
             installed, notify = await self.run(self._install)
@@ -90,6 +102,10 @@ class Connection:
         self._notify_available = notify and self.config.notify
         if self._notify_available:
             self._listener = Listener(self.config.url, self._connect_kwargs(), self._wakers)
+
+    def _describe(self, exc: BaseException) -> str:
+        # libpq may echo pieces of the URL (a host that took part of a password with an '@').
+        return describe_error(exc, secrets_in(self.config.url))
 
     async def _install(self, conn: AsyncConnection[Any]) -> tuple[bool, bool]:
         cur = await conn.execute(statement("installed"))
@@ -137,6 +153,7 @@ class Connection:
             transient=lambda exc: isinstance(exc, OperationalError),
             recover=recover,
             what=f"pgmq at {redact_url(self.config.url)}",
+            describe=self._describe,
             contact=self.contact,
         )
 

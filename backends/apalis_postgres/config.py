@@ -8,7 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from apalis_cli.errors import ConfigError
-from apalis_sql import identifier, pool_options, redact_url
+from apalis_cli.redact import redact_url, secrets_in
+from apalis_sql import identifier, pool_options
 
 __all__ = ["PostgresConfig"]
 
@@ -62,3 +63,8 @@ class PostgresConfig:
     def redacted(self) -> str:
         """The URL without its password."""
         return redact_url(self.url)
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The URL's password and the pieces of it a driver may echo, for `redact`."""
+        return secrets_in(self.url)

@@ -17,9 +17,10 @@ import psycopg
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
+from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
 from psycopg import AsyncConnection, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .config import PostgresConfig
@@ -56,7 +57,6 @@ class Database:
         self.wakers: dict[str, Waker] = {}
         self.contact = Contact()
         """This process's contact with the server: the orphan sweep waits for a steady one."""
-        self._password = str(conninfo_to_dict(config.url).get("password") or "")
         self._conninfo = make_conninfo(
             config.url,
             application_name=config.application_name,
@@ -118,7 +118,7 @@ class Database:
     def describe(self, exc: BaseException) -> str:
         """An error's text without the password (libpq may echo parts of the conninfo)."""
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return text.replace(self._password, "***") if self._password else text
+        return redact(text, self.config.secrets)
 
     async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
         """`op(conn)` on a pooled connection, retried with capped backoff while it is lost."""

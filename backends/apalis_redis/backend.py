@@ -46,7 +46,7 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
-from .config import RedisSettings, redact_url
+from .config import RedisSettings
 from .connection import Wakeups, connect_checked, link_kept, lua, require_driver
 from .inspector import RedisInspector
 from .keys import QueueKeys
@@ -102,7 +102,7 @@ class RedisStore:
         """Connect and load the scripts; idempotent."""
         if self._client is not None:
             return
-        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url), self.contact)
+        client = await connect_checked(self.settings.url, self.client_name, self.contact)
         claiming = lua("apalis_redis", "claiming")
         self.scripts = {
             name: client.register_script((claiming if name in _CLAIMING else "") + lua("apalis_redis", name))

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra
 from apalis_cli.polling import Waker
+from apalis_cli.redact import redact, secrets_in
 from apalis_cli.retrying import delays
 
 __all__ = ["Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
@@ -90,14 +91,22 @@ def _retry(backoff: Any, tries: int, contact: Contact) -> Any:
     return Watched(backoff, tries)
 
 
-async def connect_checked(url: str, client_name: str, shown_url: str, contact: Contact | None = None) -> Any:
-    """`connect`, then a PING, so an unreachable server is one clear `BackendError` at open."""
+async def connect_checked(url: str, client_name: str, contact: Contact | None = None) -> Any:
+    """`connect`, then one PING, so an unreachable server (or a refused password) is one clear
+    `BackendError` at open, at once: the reconnect backoff is for a server lost while running
+    (`apalis run` waits for a store that is not up yet by opening again with its own backoff)."""
+    from redis.backoff import NoBackoff
+
+    contact = contact or Contact()
     client = connect(url, client_name, contact)
+    patient = client.get_retry()
+    client.set_retry(_retry(NoBackoff(), 0, contact))
     try:
         await client.ping()
     except Exception as exc:
         await client.aclose()
-        raise BackendError(f"cannot reach redis at {shown_url}: {exc}") from None
+        raise BackendError(redact(f"cannot reach redis at {url}: {exc}", secrets_in(url))) from None
+    client.set_retry(patient)
     return client
 
 

@@ -54,7 +54,6 @@ from apalis_cli.polling import Waker, beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskContext, TaskId
-from apalis_redis.config import redact_url
 from apalis_redis.connection import Wakeups, connect_checked, link_kept, lua, require_driver
 
 from .config import QUEUE_NAME, RsmqSettings
@@ -111,7 +110,7 @@ class RsmqStore:
         """Connect and load the scripts; idempotent (queues are created on first use)."""
         if self._client is not None:
             return
-        client = await connect_checked(self.settings.url, self.client_name, redact_url(self.settings.url), self.contact)
+        client = await connect_checked(self.settings.url, self.client_name, self.contact)
         self.scripts = {name: client.register_script(lua("apalis_rsmq", name)) for name in _SCRIPTS}
         if self.settings.realtime:
             self._wakeups = Wakeups(client, f"{self.settings.namespace}:rt:")

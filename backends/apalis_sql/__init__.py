@@ -5,7 +5,6 @@
 - `browse`: the board's pages by keyset and activity, over a store's fetch.
 - `acks`: a batch of outcomes grouped into per-kind statement parameters (`AckPlan`).
 - `status`: the status machine as the SQL sees it (claimable, final, the orphan message).
-- `urls`: passwords out of URLs before they reach a message.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from .rows import (
     worker_from_row,
 )
 from .status import CLAIMABLE, FINAL, orphan_error
-from .urls import redact_url
 
 __all__ = [
     "CLAIMABLE",
@@ -48,7 +46,6 @@ __all__ = [
     "plan_acks",
     "pool_options",
     "queue_activity",
-    "redact_url",
     "render",
     "split_named",
     "stats_from_rows",

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
-from apalis_cli.memory import MemoryStore
+from apalis_cli.events import masking
+from apalis_cli.memory import MemoryQueue, MemoryStore
 from apalis_cli.metrics import Metrics
+from apalis_cli.redact import secrets_in
 from apalis_cli.supervisor import Supervisor
 from apalis_cli.task import Status, Task
 from apalis_cli.web.health import serving_metrics
@@ -63,3 +67,39 @@ async def test_metrics_count_outcomes_and_healthz_follows_the_workers() -> None:
         assert status == 503
         assert json.loads(body)["workers"]["mailer"]["state"] == "stopped"
         assert (await http_get(port, "/nothing"))[0] == 404
+
+
+async def test_healthz_shows_a_failed_heartbeat_without_the_secrets_it_echoed() -> None:
+    # How `apalis run` wires it: every listener hears events through `masking`, with the secrets
+    # of the config's URLs; the store's error names the URL and echoes a piece of the password.
+    url = "postgresql://u:S3cr3tPw@x@db/app?sslpassword=Ssl5ecret"
+
+    class LostBeats(MemoryQueue):
+        def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+            return self._beats()
+
+        async def _beats(self) -> AsyncIterator[None]:
+            raise ConnectionError(f"lost {url}: failed to resolve host 'x@db'")
+            yield None  # pragma: no cover - makes this an async generator
+
+    store = MemoryStore()
+    plain = store.backend("mail", codec=JsonCodec())
+    queue = LostBeats(store, plain._state, "mail", codec=JsonCodec(), max_attempts=1)
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        return None
+
+    supervisor = Supervisor([lambda: Worker(name="mailer", backend=queue, handler=handler, keep_alive=0.05)])
+    metrics = Metrics(lambda: supervisor.workers, {})
+    supervisor.subscribe(masking([metrics], secrets_in(url)))
+    async with serving_metrics(metrics, "127.0.0.1", 0, option="--metrics-addr") as port:
+        running = asyncio.create_task(supervisor.run())
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if metrics.health.get("mailer") and metrics.health["mailer"].error:
+                break
+        _, body = await http_get(port, "/healthz")
+        supervisor.stop()
+        await running
+    error = json.loads(body)["workers"]["mailer"]["error"]
+    assert error == "ConnectionError: lost postgresql://u:***@db/app?sslpassword=***: failed to resolve host '***@db'"

@@ -1,4 +1,4 @@
-"""The registry: entry points by kind, store validation errors with file:line, URL redaction."""
+"""The registry: entry points by kind, store validation errors with file:line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from apalis_cli.config import parse_config
 from apalis_cli.errors import ConfigError
 from apalis_cli.memory import MemoryStore
-from apalis_cli.registry import Registry, build_store, redact_url
+from apalis_cli.registry import Registry, build_store
 
 
 def test_memory_is_registered() -> None:
@@ -35,20 +35,6 @@ def test_store_option_errors_point_at_their_line() -> None:
 def test_implicit_memory_backend() -> None:
     config = parse_config('[[workers]]\nname = "w"\nbackend = "memory"\n', Path("c.toml"))
     assert isinstance(build_store(config, config.workers[0].backend), MemoryStore)
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
-        ("redis://:pw@localhost/0", "redis://:***@localhost/0"),
-        ("amqp://guest@localhost/", "amqp://guest@localhost/"),
-        ("sqlite:///apalis.db", "sqlite:///apalis.db"),
-        ("mysql://u:p@h/db?password=x&ssl=1", "mysql://u:***@h/db?password=***&ssl=1"),
-    ],
-)
-def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
 
 
 def test_cron_schedule_errors_point_at_the_worker() -> None:

@@ -18,6 +18,10 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:winfo       hash   worker id -> JSON (name, queue, host, pid, started_at, layers, running)
     ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake
 
+On a Redis Cluster (`cluster = true`) the client is redis-py's `RedisCluster`: each script goes
+to the node of its queue's slot, and the wake channel is classic pub/sub, which the cluster
+delivers to a subscriber on any node.
+
 Times are the client's clock (epoch seconds, passed into each script), the same clock that gives
 `run_at` to pushed tasks, so a due task is never hidden by a skew between client and server.
 Scripts are loaded with SCRIPT LOAD and run with EVALSHA (redis-py reloads them after NOSCRIPT,
@@ -102,7 +106,7 @@ class RedisStore:
         """Connect and load the scripts; idempotent."""
         if self._client is not None:
             return
-        client = await connect_checked(self.settings.url, self.client_name, self.contact)
+        client = await connect_checked(self.settings.url, self.client_name, self.contact, cluster=self.settings.cluster)
         claiming = lua("apalis_redis", "claiming")
         self.scripts = {
             name: client.register_script((claiming if name in _CLAIMING else "") + lua("apalis_redis", name))

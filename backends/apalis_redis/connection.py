@@ -20,6 +20,8 @@ from apalis_cli.polling import Waker
 from apalis_cli.redact import redact, secrets_in
 from apalis_cli.retrying import delays
 
+from .config import cluster_seeds
+
 __all__ = ["Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
 
 _RECONNECT_TRIES = 12
@@ -38,30 +40,43 @@ def require_driver(kind: str) -> None:
         raise MissingExtra(f"backend \"{kind}\" needs the extra: pip install 'apalis-cli[redis]'") from None
 
 
-def connect(url: str, client_name: str, contact: Contact | None = None) -> Any:
+def connect(
+    url: str, client_name: str, contact: Contact | None = None, *, cluster: bool = False, retry: Any = None
+) -> Any:
     """A redis-py asyncio client that reconnects and retries a command on a dropped connection
-    (about 6 s of backoff in all, capped at 1 s), with bytes replies; `contact` hears of every
-    try of every command (see `apalis_cli.contact`).
+    (about 6 s of backoff in all, capped at 1 s, unless `retry` says otherwise), with bytes
+    replies; `contact` hears of every try of every command (see `apalis_cli.contact`). With
+    `cluster`, a `RedisCluster` on the URL's seed nodes (`cluster_seeds`), which finds the others
+    and sends each queue's scripts to the node of its slot (it retries without telling `contact`).
 
     A reply that never comes (a peer gone without a reset) times out after `_COMMAND_TIMEOUT`
     and counts as a dropped connection: an acknowledgement must never wait forever. Blocking
     pub/sub reads are exempt (redis-py reads them without a timeout)."""
     from redis.asyncio import Redis
-    from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError, TimeoutError
 
-    # TCP keepalive is a TCP option: redis-py refuses it for a unix:// socket.
-    tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}
-    return Redis.from_url(
-        url,
-        client_name=client_name,
-        retry=_retry(ExponentialBackoff(cap=_RECONNECT_CAP, base=0.02), _RECONNECT_TRIES, contact or Contact()),
-        retry_on_error=[ConnectionError, TimeoutError],
-        decode_responses=False,
-        socket_timeout=_COMMAND_TIMEOUT,
-        socket_connect_timeout=_CONNECT_TIMEOUT,
-        **tcp,
-    )
+    options: dict[str, Any] = {
+        "client_name": client_name,
+        "retry": retry or _patient(contact or Contact()),
+        "retry_on_error": [ConnectionError, TimeoutError],
+        "decode_responses": False,
+        "socket_timeout": _COMMAND_TIMEOUT,
+        "socket_connect_timeout": _CONNECT_TIMEOUT,
+    }
+    if not url.startswith("unix:"):
+        options["socket_keepalive"] = True  # a TCP option: redis-py refuses it for a unix:// socket
+    if not cluster:
+        return Redis.from_url(url, **options)
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    first, others = cluster_seeds(url)
+    return RedisCluster.from_url(first, startup_nodes=[ClusterNode(host, port) for host, port in others], **options)
+
+
+def _patient(contact: Contact) -> Any:
+    from redis.backoff import ExponentialBackoff
+
+    return _retry(ExponentialBackoff(cap=_RECONNECT_CAP, base=0.02), _RECONNECT_TRIES, contact)
 
 
 def _retry(backoff: Any, tries: int, contact: Contact) -> Any:
@@ -91,22 +106,21 @@ def _retry(backoff: Any, tries: int, contact: Contact) -> Any:
     return Watched(backoff, tries)
 
 
-async def connect_checked(url: str, client_name: str, contact: Contact | None = None) -> Any:
+async def connect_checked(url: str, client_name: str, contact: Contact | None = None, *, cluster: bool = False) -> Any:
     """`connect`, then one PING, so an unreachable server (or a refused password) is one clear
     `BackendError` at open, at once: the reconnect backoff is for a server lost while running
     (`apalis run` waits for a store that is not up yet by opening again with its own backoff)."""
     from redis.backoff import NoBackoff
 
     contact = contact or Contact()
-    client = connect(url, client_name, contact)
-    patient = client.get_retry()
-    client.set_retry(_retry(NoBackoff(), 0, contact))
+    client = connect(url, client_name, contact, cluster=cluster, retry=_retry(NoBackoff(), 0, contact))
     try:
         await client.ping()
     except Exception as exc:
         await client.aclose()
-        raise BackendError(redact(f"cannot reach redis at {url}: {exc}", secrets_in(url))) from None
-    client.set_retry(patient)
+        where = "redis cluster" if cluster else "redis"
+        raise BackendError(redact(f"cannot reach {where} at {url}: {exc}", secrets_in(url))) from None
+    client.set_retry(_patient(contact))
     return client
 
 

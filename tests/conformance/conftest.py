@@ -13,7 +13,7 @@ import importlib
 import inspect
 import pkgutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -48,6 +48,14 @@ def factory(request: pytest.FixtureRequest) -> StoreFactory:
     """The `StoreFactory` of one backend kind."""
     built: StoreFactory = request.param.FACTORY
     return built
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _factories_shut_down() -> Iterator[None]:
+    """Private servers a factory started for the session (a Redis Cluster) stop at its end."""
+    yield
+    for module in STORE_MODULES:
+        module.FACTORY.shutdown()
 
 
 @pytest.fixture

@@ -30,3 +30,7 @@ class StoreFactory:
         KILL, ...), as a network failure or server restart would. Only called when the store
         declares the RECONNECT capability."""
         raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Stop what the factory started for the whole session (a private server); called once,
+        after the last test."""

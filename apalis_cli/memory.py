@@ -29,6 +29,7 @@ from .codec import Codec
 from .errors import ConfigError
 from .polling import Waker, beat_every, poll_batches
 from .queue_base import QueueBase
+from .redact import redact_url
 from .service import Outcome, OutcomeKind
 from .storable import encode_result
 from .task import Status, Task, TaskContext, TaskId
@@ -101,7 +102,7 @@ class MemoryStore:
     def from_spec(cls, spec: StoreSpec) -> MemoryStore:
         """A memory store; it takes no options and any `memory://` URL."""
         if spec.url and not spec.url.startswith("memory://"):
-            raise ConfigError(f'expected a "memory://" URL, got "{spec.url}"', key="url")
+            raise ConfigError(f'expected a "memory://" URL, got "{redact_url(spec.url)}"', key="url")
         if spec.options:
             raise ConfigError("unknown key", key=next(iter(spec.options)))
         return cls()

@@ -22,6 +22,7 @@ from typing import Any
 from apalis_cli.backend import StoreSpec
 from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
+from apalis_cli.redact import redact_url
 from apalis_sql import identifier
 
 __all__ = ["MEMORY", "SqliteConfig"]
@@ -68,7 +69,8 @@ class SqliteConfig:
 def parse_url(url: str, base_dir: Path) -> str:
     """The database path a `sqlite://` URL names (relative paths resolved against `base_dir`)."""
     if not isinstance(url, str) or not url.startswith(_SCHEME):
-        raise ConfigError(f'expected "sqlite:///relative.db" or "sqlite:////abs/path.db", got "{url}"', key="url")
+        shown = redact_url(url) if isinstance(url, str) else repr(url)  # another store's URL, say
+        raise ConfigError(f'expected "sqlite:///relative.db" or "sqlite:////abs/path.db", got "{shown}"', key="url")
     rest = url[len(_SCHEME) :]
     if "?" in rest or "#" in rest:
         raise ConfigError("a sqlite URL takes no query string: set table_prefix and the rest as options", key="url")
@@ -76,7 +78,8 @@ def parse_url(url: str, base_dir: Path) -> str:
         return MEMORY
     if not rest.startswith("/"):
         raise ConfigError(
-            f'a sqlite URL has no host: write "sqlite:///relative.db" or "sqlite:////abs/path.db", got "{url}"',
+            f'a sqlite URL has no host: write "sqlite:///relative.db" or "sqlite:////abs/path.db", '
+            f'got "{redact_url(url)}"',
             key="url",
         )
     name = rest[1:]

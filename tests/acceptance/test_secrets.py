@@ -55,6 +55,8 @@ FORMS = {
     # tokens and comma lists
     "nats-token": Form("nats", f"nats://{SECRET}@127.0.0.1:1"),
     "nats-list": Form("nats", f"nats://u:{SECRET}@127.0.0.1:1,nats://u:{SECRET}@127.0.0.1:2"),
+    # another store's URL given to sqlite
+    "sqlite-given-a-dsn": Form("sqlite", f"host=127.0.0.1 user=app password='{SECRET} x' dbname=app"),
     # a server that refuses the password
     "mysql-wrong-password": Form("mysql", f"mysql://root:{SECRET}@127.0.0.1:3306/test", "mysql"),
     "redis-wrong-password": Form("redis", f"redis://nobody:{SECRET}@127.0.0.1:6379/0", "redis"),

@@ -209,7 +209,10 @@ async def test_a_dying_child_fails_only_its_own_task(store: Store, tmp_path: Pat
             assert task.ctx.status is Status.KILLED
             assert error in (task.ctx.last_error or "")
         assert run.finished[slow].outcome == "done"
-        assert (await run.result(slow))["pid"] not in {run.pid(task_id) for task_id in deaths}
+        # Only the children that died: the one whose handler called sys.exit lives on and may
+        # take the slow task after its own (seen under load).
+        died = {run.pid(task_id) for task_id, error in deaths.items() if not error.startswith("SystemExit")}
+        assert (await run.result(slow))["pid"] not in died
         assert run.finished[after].outcome == "done"
         assert run.pool.recycled["died"] == 3  # sys.exit fails its task, the child lives on
     finally:

@@ -11,9 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .errors import BackendError
+from .errors import BackendError, describe_error
 from .service import Layer, Outcome, OutcomeKind, Service
-from .storable import describe_error
 from .task import Task
 
 __all__ = ["AckBatcher", "ack_layer"]

@@ -14,11 +14,20 @@ ApalisError                      base of the errors apalis-cli raises itself
 └── TaskControl                  raised by handlers to steer their own task
     ├── Retry(delay)             run again after `delay` seconds (counts an attempt)
     └── Abort(reason)            kill the task now, no retry
+
+And an error as the one line of text a store keeps, a log or the CLI shows: `describe_error`
+(its type and first line, secrets masked, at most `MAX_ERROR_CHARS`), `storable_text` for any
+such text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from .redact import redact
+
 __all__ = [
+    "MAX_ERROR_CHARS",
     "Abort",
     "ApalisError",
     "BackendError",
@@ -33,6 +42,8 @@ __all__ = [
     "UnstorableResult",
     "Unsupported",
     "UsageError",
+    "describe_error",
+    "storable_text",
 ]
 
 
@@ -114,3 +125,40 @@ class Abort(TaskControl):
     def __init__(self, reason: str = "aborted") -> None:
         self.reason = str(reason)  # an exception given as the reason is kept as its message
         super().__init__(self.reason)
+
+
+# -- an error as one line of text, as every store keeps it -------------------------------------
+
+MAX_ERROR_CHARS = 4000
+"""The longest error a task keeps; the start of a longer one is kept, with how much was cut."""
+
+
+def storable_text(text: str) -> str:
+    """`text` as every store takes it: NUL removed, lone surrogates as `\\udcxx` escapes, and at
+    most `MAX_ERROR_CHARS` characters."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode()
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]} [... {len(text) - MAX_ERROR_CHARS:,} more characters]"
+    return text
+
+
+def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """One line naming the exception and its message, as every store takes it, with its secrets
+    masked (`apalis_cli.redact`; `secrets` are known ones, for a driver that echoes a piece of a
+    password no pattern recognises). Masked before it is cut, so no cut leaves half a secret."""
+    if isinstance(exc, HandlerExit) and exc.__cause__ is not None:
+        exc = exc.__cause__  # what the handler raised, not the envelope that carried it
+    elif isinstance(exc, UnstorableResult):
+        return storable_text(redact(str(exc), secrets))  # "result cannot be stored: ..." says it all
+    name = type(exc).__name__
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:  # an exception whose __str__ fails still names its type
+        return storable_text(f"{name}: (its message could not be read)")
+    return storable_text(redact(f"{name}: {lines[0]}" if lines and lines[0] else name, secrets))

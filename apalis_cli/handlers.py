@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import CommandHandler, Config, ImportHandler, WorkerConfig
-from .errors import HandlerExit
+from .errors import HandlerExit, describe_error
 from .isolation.stopping import despite_cancellation, terminate_group
-from .storable import describe_error
 from .task import Task
 from .worker import Handler
 

@@ -20,8 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from .contact import Contact
-from .errors import ConnectionLost
-from .storable import describe_error
+from .errors import ConnectionLost, describe_error
 
 __all__ = ["RECONNECT_BUDGET", "delays", "retrying"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .storable import storable_text
+from .errors import storable_text
 from .task import Task
 
 __all__ = ["MAX_RETRY_DELAY", "Layer", "Outcome", "OutcomeKind", "Service", "compose", "stop_requested"]

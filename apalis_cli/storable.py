@@ -1,39 +1,28 @@
-"""What a store keeps of a run: its result as JSON text and its error as one line of safe text,
-secrets masked.
+"""What a store keeps of a run's result: JSON text that every store takes.
 
 Stores write many runs' outcomes in one statement, so text one store refuses would fail the
 acknowledgement of every run written with it. Some text no store takes whole: a lone surrogate
 (a file name that is not UTF-8, as `os.fsdecode` gives it) has no UTF-8 form, PostgreSQL refuses
 a NUL character, and MySQL a statement past `max_allowed_packet`, RabbitMQ a header past its frame
-size. Here, once, in the core: a result is JSON that every store takes (or the run fails with
-`UnstorableResult`), and an error is text that every store takes.
+size. Here, once, in the core: a result is JSON that every store takes, or the run fails with
+`UnstorableResult`. A run's error is made storable the same way by `apalis_cli.errors`
+(`describe_error`, `storable_text`).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterable
 from typing import Any
 
-from .errors import HandlerExit, UnstorableResult
-from .redact import redact
+from .errors import UnstorableResult, describe_error
 
-__all__ = [
-    "MAX_ERROR_CHARS",
-    "MAX_RESULT_BYTES",
-    "check_result",
-    "describe_error",
-    "encode_result",
-    "storable_text",
-]
+__all__ = ["MAX_RESULT_BYTES", "check_result", "encode_result"]
 
 MAX_RESULT_BYTES = 1 << 20
 """The largest result a task keeps (its JSON text, in UTF-8): well inside what one statement of
 every store carries, many results of a batch included."""
 
-MAX_ERROR_CHARS = 4000
-"""The longest error a task keeps; the start of a longer one is kept, with how much was cut."""
 
 # allow_nan=False: NaN/Infinity are not JSON (PostgreSQL jsonb rejects them); such a result is
 # kept as its repr, like any other value JSON cannot hold.
@@ -86,34 +75,3 @@ def check_result(value: Any) -> None:
                 f"result cannot be stored: {size:,} bytes of JSON, more than the {MAX_RESULT_BYTES:,} a task"
                 " keeps (store large data elsewhere and return where it is)"
             )
-
-
-def storable_text(text: str) -> str:
-    """`text` as every store takes it: NUL removed, lone surrogates as `\\udcxx` escapes, and at
-    most `MAX_ERROR_CHARS` characters."""
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "backslashreplace").decode()
-    if len(text) > MAX_ERROR_CHARS:
-        text = f"{text[:MAX_ERROR_CHARS]} [... {len(text) - MAX_ERROR_CHARS:,} more characters]"
-    return text
-
-
-def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
-    """One line naming the exception and its message, as every store takes it, with its secrets
-    masked (`apalis_cli.redact`; `secrets` are known ones, for a driver that echoes a piece of a
-    password no pattern recognises). Masked before it is cut, so no cut leaves half a secret."""
-    if isinstance(exc, HandlerExit) and exc.__cause__ is not None:
-        exc = exc.__cause__  # what the handler raised, not the envelope that carried it
-    elif isinstance(exc, UnstorableResult):
-        return storable_text(redact(str(exc), secrets))  # "result cannot be stored: ..." says it all
-    name = type(exc).__name__
-    try:
-        lines = str(exc).strip().splitlines()
-    except Exception:  # an exception whose __str__ fails still names its type
-        return storable_text(f"{name}: (its message could not be read)")
-    return storable_text(redact(f"{name}: {lines[0]}" if lines and lines[0] else name, secrets))

@@ -14,9 +14,9 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator, Sequence
 
+from .errors import describe_error
 from .events import EventListener, WorkerCrashed
 from .retrying import delays
-from .storable import describe_error
 from .worker import Worker
 
 __all__ = ["Supervisor", "WorkerFactory"]

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import Any
 
 from .backend import BackendExt, WorkerContext
-from .errors import HandlerExit
+from .errors import HandlerExit, describe_error
 from .events import (
     BackendUnavailable,
     Event,
@@ -41,7 +41,7 @@ from .events import (
 from .layers.retry import Backoff, RetryLayer
 from .retrying import delays
 from .service import Layer, Outcome, Service, compose, stop_requested
-from .storable import check_result, describe_error
+from .storable import check_result
 from .task import Task, TaskId
 
 __all__ = ["Handler", "Worker"]

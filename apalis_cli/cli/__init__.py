@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import typer
 from typer.exceptions import Abort, Exit
 
-from ..errors import ApalisError, MissingExtra, UsageError
-from ..storable import describe_error
+from ..errors import ApalisError, MissingExtra, UsageError, describe_error
 from .app import app
 
 # isort: off

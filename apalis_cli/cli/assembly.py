@@ -13,14 +13,13 @@ import structlog
 from ..backend import BackendExt, PipeSource, Store
 from ..codec import codec_by_name
 from ..config import Config, WorkerConfig
-from ..errors import ApalisError, BackendError, ConfigError
+from ..errors import ApalisError, BackendError, ConfigError, describe_error
 from ..handlers import LoadedHandler, load_handler
 from ..isolation import ProcessPool
 from ..layers import Resolvable
 from ..registry import Registry, build_store, build_worker_store
 from ..retrying import delays
 from ..service import Layer
-from ..storable import describe_error
 from ..worker import Worker
 
 __all__ = ["Assembly", "assemble", "build_layers", "opened_stores"]

@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 from ..api import QueueTarget, open_queue, resolve_target
 from ..backend import BackendExt, Capability, Inspector, Store
 from ..config import Config, load_config
-from ..errors import ApalisError, BackendError, Unsupported
-from ..storable import describe_error
+from ..errors import ApalisError, BackendError, Unsupported, describe_error
 
 __all__ = ["Opened", "masked_errors", "open_resolved", "open_target", "require", "require_inspector", "resolve"]
 

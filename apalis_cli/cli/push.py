@@ -123,7 +123,7 @@ async def _push(
                     f"{stored} of {len(tasks)} tasks were pushed (their ids are on stdout), up to {wheres[stored - 1]}"
                 )
                 if isinstance(exc, Exception):
-                    from ..layers.retry import describe_error
+                    from ..errors import describe_error
 
                     raise ApalisError(f"{done}; then the store failed: {describe_error(exc)}") from None
                 print(f"apalis: {done}", file=sys.stderr)  # interrupted: say what is stored, then stop

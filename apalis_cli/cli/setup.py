@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import tomli_w
 import typer
 
-from ..errors import ApalisError, ConfigError, UsageError
-from ..storable import describe_error
+from ..errors import ApalisError, ConfigError, UsageError, describe_error
 from .app import DEFAULT_CONFIG, ConfigOption, app
 
 if TYPE_CHECKING:

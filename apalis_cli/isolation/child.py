@@ -70,8 +70,8 @@ class _CannotStart(Exception):
 
 
 def _load(init: Init) -> tuple[Callable[..., Any], Wants, bool]:
+    from ..errors import describe_error
     from ..handlers import call_shape, import_object
-    from ..layers.retry import describe_error
 
     try:
         fn = import_object(init.handler, Path(init.base_dir))

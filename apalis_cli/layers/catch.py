@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config_fields import Table
-from ..errors import Abort, ConfigError
+from ..errors import Abort, ConfigError, describe_error
 from ..service import Outcome, Service
-from ..storable import describe_error
 from ..task import Task
 
 __all__ = ["CatchLayer"]

@@ -15,12 +15,11 @@ from typing import Any, ClassVar, Literal
 
 from ..bounds import ATTEMPTS
 from ..config_fields import Table, boolean, choice, duration, integer
-from ..errors import Abort, DecodeError, Retry
+from ..errors import Abort, DecodeError, Retry, describe_error
 from ..service import Outcome, Service, stop_requested
-from ..storable import describe_error
 from ..task import Task
 
-__all__ = ["Backoff", "RetryLayer", "describe_error"]
+__all__ = ["Backoff", "RetryLayer"]
 
 BackoffKind = Literal["constant", "linear", "exponential"]
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..backend import WorkerInfo
+from ..errors import describe_error
 from ..redact import redact
-from ..storable import describe_error
 from ..task import Task, iso
 
 __all__ = ["decode_payload", "payload_text", "pretty", "problem", "result_value", "task_json", "worker_json"]

@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError
+from apalis_cli.errors import BackendError, describe_error
 from apalis_cli.polling import Waker
 from apalis_cli.redact import redact_url, secrets_in
 from apalis_cli.retrying import retrying
-from apalis_cli.storable import describe_error
 
 from .config import PgmqConfig
 from .listener import Listener

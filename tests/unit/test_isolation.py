@@ -12,12 +12,11 @@ import pytest
 from apalis_cli.cli.children import children_details
 from apalis_cli.cli.live import Dashboard
 from apalis_cli.config import parse_config
-from apalis_cli.errors import ConfigError, Retry
+from apalis_cli.errors import ConfigError, Retry, describe_error
 from apalis_cli.handlers import load_handler
 from apalis_cli.isolation import PoolSettings, ProcessPool
 from apalis_cli.isolation.procinfo import describe_exit
 from apalis_cli.isolation.wire import Failed, rebuild_error
-from apalis_cli.layers.retry import describe_error
 from apalis_cli.layers.timeout import TimeoutLayer, handler_started
 from apalis_cli.metrics import Metrics
 from apalis_cli.service import Outcome

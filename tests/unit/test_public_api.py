@@ -3,6 +3,8 @@
 from __future__ import annotations
 import __future__
 
+import importlib
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,10 @@ def test_push_loads_no_validation_library_logging_or_terminal_ui(tmp_path: Path)
     )
     # asyncio it needs: every store's driver is asynchronous.
     assert _loaded_by(tmp_path, "push", '{"n": 1}') & {"pydantic", "structlog", "rich"} == set()
+
+
+def test_an_error_line_is_made_in_one_place() -> None:
+    # Every module, store and command describes an error with apalis_cli.errors.describe_error.
+    modules = [importlib.import_module(info.name) for info in pkgutil.walk_packages(apalis_cli.__path__, "apalis_cli.")]
+    exporters = [m.__name__ for m in modules if {"describe_error", "storable_text"} & set(getattr(m, "__all__", ()))]
+    assert exporters == ["apalis_cli.errors"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from apalis_cli.config import parse_config
+from apalis_cli.errors import describe_error
 from apalis_cli.redact import redact, redact_url, secrets_in
-from apalis_cli.storable import describe_error
 
 SECRET = "S3cr3tPw"
 

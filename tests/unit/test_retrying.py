@@ -101,4 +101,3 @@ async def test_a_retry_waiting_for_the_store_can_be_cancelled() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-

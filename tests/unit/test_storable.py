@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 import pytest
-from apalis_cli.errors import HandlerExit, UnstorableResult
+from apalis_cli.errors import MAX_ERROR_CHARS, HandlerExit, UnstorableResult, describe_error
 from apalis_cli.service import MAX_RETRY_DELAY, Outcome
-from apalis_cli.storable import MAX_ERROR_CHARS, MAX_RESULT_BYTES, check_result, describe_error, encode_result
+from apalis_cli.storable import MAX_RESULT_BYTES, check_result, encode_result
 
 FILENAME = os.fsdecode(b"caf\xe9.png")
 

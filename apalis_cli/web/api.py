@@ -20,7 +20,7 @@ the page it came from, the outcome in a one-time cookie.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -69,8 +69,8 @@ def _state(request: Request) -> WebState:
     return web_state(request)
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    """One line and the status code that fits the failure."""
+def error_response(exc: BaseException, secrets: Iterable[str] = ()) -> JSONResponse:
+    """One line (the config's `secrets` masked) and the status code that fits the failure."""
     if isinstance(exc, NotFound):
         code = 404
     elif isinstance(exc, Ambiguous | ops.BadInput):
@@ -81,7 +81,7 @@ def error_response(exc: BaseException) -> JSONResponse:
         code = 400
     else:
         code = 503
-    return JSONResponse({"error": problem(exc)}, status_code=code)
+    return JSONResponse({"error": problem(exc, secrets)}, status_code=code)
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -89,7 +89,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except Exception as exc:  # ours (bad input, not found, unsupported) or the store's driver's
-            return error_response(exc)
+            return error_response(exc, _state(request).board.config.secrets)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
@@ -232,8 +232,10 @@ def _action(work: Work) -> Handler:
         except _Forbidden as exc:
             return _answer(request, is_form, {"error": str(exc)}, 403, str(exc), data)
         except Exception as exc:
-            message = problem(exc)
-            return _answer(request, is_form, {"error": message}, error_response(exc).status_code, message, data)
+            secrets = _state(request).board.config.secrets
+            message = problem(exc, secrets)
+            code = error_response(exc, secrets).status_code
+            return _answer(request, is_form, {"error": message}, code, message, data)
         return _answer(request, is_form, body, 200, said, data)
 
     run.__name__ = work.__name__

@@ -192,7 +192,7 @@ def _failed(request: Request, exc: BaseException) -> Response:
         "error.html",
         status_code=error_response(exc).status_code,
         code=error_response(exc).status_code,
-        message=problem(exc),
+        message=problem(exc, _state(request).board.config.secrets),
         title="error",
     )
 
@@ -282,7 +282,7 @@ async def queue_page(request: Request) -> Response:
         except ops.BadInput:
             raise
         except Exception as exc:  # the store cannot list (or failed): the page says why
-            page_error = problem(exc)
+            page_error = problem(exc, state.board.config.secrets)
     except ApalisError as exc:
         return _failed(request, exc)
     counts = snap.stats.counts if snap.stats else {}
@@ -385,7 +385,7 @@ def _cron_rows(state: WebState, now: float) -> list[dict[str, Any]]:
             if isinstance(store, TickSource):
                 ticks = store.next_ticks(now, 3)
         except Exception as exc:
-            error = problem(exc)
+            error = problem(exc, state.board.config.secrets)
         cron = worker.cron or {}
         rows.append(
             {

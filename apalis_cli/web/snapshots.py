@@ -128,7 +128,7 @@ class Snapshots:
                 if source is not None:
                     await _gather_activity(snap, source, now)
         except Exception as exc:  # a store that fails keeps its last figures, with the reason
-            snap.error = problem(exc)
+            snap.error = problem(exc, self.board.config.secrets)
         else:
             snap.error = None
 

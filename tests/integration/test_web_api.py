@@ -272,7 +272,7 @@ async def test_a_foreign_host_is_refused_on_loopback(kind: str, tmp_path: Path) 
 DOWN = """
 [backends.down]
 kind = "postgres"
-url = "postgresql://apalis:hunter2@127.0.0.1:1/jobs?password=hunter2"
+url = "postgresql://apalis:hunter2@127.0.0.1:1/jobs?sslpassword=hunter2"
 
 [[workers]]
 name = "elsewhere"
@@ -287,7 +287,7 @@ async def test_an_unreachable_store_is_shown_with_its_password_masked(kind: str,
         down = queues["elsewhere"]
         assert down["counts"] is None
         assert down["error"]
-        assert down["url"] == "postgresql://apalis:***@127.0.0.1:1/jobs?password=***"
+        assert down["url"] == "postgresql://apalis:***@127.0.0.1:1/jobs?sslpassword=***"
         assert queues["thumbnails"]["error"] is None  # the others are served all the same
         pages = [
             await served.client.get("/"),

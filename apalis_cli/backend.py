@@ -159,7 +159,11 @@ class Backend(Protocol):
     """The minimum a worker needs from a store, for one queue."""
 
     def poll(self, worker: WorkerContext) -> AsyncIterator[Task[Any] | None]:
-        """Decoded tasks as they become ready; None each time the queue is found idle."""
+        """Decoded tasks as they become ready; None each time the queue is found idle.
+
+        A task whose payload cannot be decoded is killed in the store ("decode error: ..."), as
+        the worker kills it, and the stream goes on. The worker itself takes `poll_compact`
+        (worker.py says why); the conformance suite proves both on every store."""
         ...
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:

@@ -66,6 +66,12 @@ class Outcome:
         return cls(kind=OutcomeKind.KILL, error=storable_text(error))
 
     @classmethod
+    def undecodable(cls, error: Exception) -> Outcome:
+        """The task's payload cannot be decoded (`DecodeError`): killed, never retried, since
+        the same bytes would fail the same way."""
+        return cls.kill(f"decode error: {error}")
+
+    @classmethod
     def release(cls) -> Outcome:
         """The task goes back to pending without counting the attempt."""
         return _RELEASE if cls is Outcome else cls(kind=OutcomeKind.RELEASE)

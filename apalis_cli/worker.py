@@ -2,9 +2,31 @@
 
 Three things run side by side: the heartbeat stream (registration, leases, orphan sweep), the
 poll loop (takes a task only when a slot is free: backpressure), and the runs themselves. The
-service each run goes through is, outermost first:
+whole loop, for a store that claims ahead (apalis_cli/ahead.py):
 
-    store ack (middleware())  ->  safety-net retry  ->  the configured layers  ->  decode + handler
+    heartbeat() ── every keep_alive ──▶ store: register, renew leases, sweep orphans
+                                          │  (tasks held ahead count as this worker's)
+    _poll_loop ◀── poll_compact() ◀───────┤  tasks held ahead first, else a claim of
+        │          (None when idle)       │  free_slots() tasks; idle: wait for a wake-up
+        ▼                                 │
+    _start ─▶ _run_one: one asyncio task a run, through the service (outermost first):
+                store ack (middleware())  ->  safety-net retry  ->  the layers  ->  decode + handler
+                   │
+                   ▼
+              AckBatcher (acks.py): the outcomes of one loop turn go in one write, `ack_batch`;
+              that write also claims, for each worker whose runs it ends, as many tasks as
+              those runs free, and hands them to that worker's poll stream (ClaimsAhead)
+
+A store without claims ahead runs the same loop: its ack only acknowledges, and the next claim
+is the poll stream's own. Releasing a slot wakes the poll loop (`_slot_freed`).
+
+The worker takes `poll_compact`, not the seed's decoded `poll` (the contract keeps both, and the
+conformance suite proves both on every store): decoding is part of a run, not of the poll loop.
+A payload that cannot be decoded is then that run's outcome (killed by the safety net, seen by
+the layers and events like any other ending, written in the same batched acknowledgement),
+where `poll` has to kill it out of band (queue_base.decoded); decoding runs in each run's own
+asyncio task, not serially in the loop that claims for every slot; and the handler's task keeps
+the bytes as stored (a command handler gets them on stdin as they are).
 
 The safety net turns any exception that escapes the configured layers into a persisted retry or a
 kill, so no run can end without an acknowledgement. Whatever a handler returns or raises fails

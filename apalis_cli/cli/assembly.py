@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -62,7 +61,7 @@ class Assembly:
 
     def backend(self, worker: WorkerConfig) -> BackendExt:
         """The queue-bound backend `worker` consumes (for cron with pipe_to: piped into that store)."""
-        store: Any = self.store_of[worker.name]
+        store = self.store_of[worker.name]
         codec = codec_by_name(worker.codec)
         try:
             if worker.pipe_to is None:

@@ -88,7 +88,7 @@ class RetryLayer:
             except Abort as exc:
                 return Outcome.kill(f"aborted: {exc.reason}")
             except DecodeError as exc:
-                return Outcome.kill(f"decode error: {exc}")
+                return Outcome.undecodable(exc)
             except Retry as exc:
                 delay = exc.delay if exc.delay is not None else backoff.delay(task.ctx.attempts)
                 return _retry_or_kill(task, exc.reason, delay)

@@ -71,8 +71,9 @@ class CronQueue:
                 await ticking
 
     def poll(self, worker: WorkerContext) -> AsyncIterator[Task[Any] | None]:
-        """Decoded ticks: `poll_compact` (the ticker running), decoded by the sink's codec."""
-        return decoded(self.poll_compact(worker), self.codec)
+        """Decoded ticks: `poll_compact` (the ticker running), decoded by the sink's codec; an
+        undecodable one is killed through the sink's acknowledgement."""
+        return decoded(self.poll_compact(worker), self.codec, self.middleware())
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """The sink's heartbeat."""

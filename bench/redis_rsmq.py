@@ -102,7 +102,7 @@ async def drain(kind: str, url: str, n: int, concurrency: int) -> tuple[float, f
     stop.set()
     await running
     await store.close()
-    await cleanup(url, store.settings.namespace)
+    await cleanup(url, store.config.namespace)
     return enqueue_rate, n / elapsed
 
 
@@ -136,7 +136,7 @@ async def latency(kind: str, url: str, rounds: int) -> tuple[float, float, float
     stop.set()
     await running
     await store.close()
-    await cleanup(url, store.settings.namespace)
+    await cleanup(url, store.config.namespace)
     samples.sort()
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1], statistics.median(wakes)
 

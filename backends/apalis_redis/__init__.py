@@ -1,9 +1,8 @@
 """The Redis backend (`kind = "redis"`): atomic Lua scripts over one hash-tagged key space per
-queue; see `apalis_redis.backend` for the data layout."""
+queue; see `apalis_redis.queue` for the data layout."""
 
 from __future__ import annotations
 
-from .backend import RedisQueue, RedisStore
-from .config import RedisSettings
+from .store import RedisStore
 
-__all__ = ["RedisQueue", "RedisSettings", "RedisStore"]
+__all__ = ["RedisStore"]

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from apalis_cli.errors import ConfigError
 from apalis_cli.redact import redact, redact_url, secrets_in
 
-__all__ = ["RedisSettings", "check_namespace", "check_url", "cluster_seeds"]
+__all__ = ["RedisConfig", "check_namespace", "check_url", "cluster_seeds"]
 
 _SCHEMES = ("redis", "rediss", "unix")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -78,7 +78,7 @@ def _host_port(text: str, url: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RedisSettings:
+class RedisConfig:
     """A validated `[backends.NAME]` table of kind redis."""
 
     url: str
@@ -86,7 +86,7 @@ class RedisSettings:
     cluster: bool = False
 
     @classmethod
-    def parse(cls, url: str, options: Mapping[str, Any]) -> RedisSettings:
+    def parse(cls, url: str, options: Mapping[str, Any]) -> RedisConfig:
         """Validate the URL and the options; errors name the key."""
         unknown = set(options) - {"namespace", "cluster"}
         if unknown:

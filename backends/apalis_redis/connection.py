@@ -1,5 +1,5 @@
 """Connections shared by the Redis-based stores: a named client that retries with capped
-backoff, and one pub/sub listener per store that wakes idle pollers.
+backoff, its registered scripts, and one pub/sub listener per store that wakes idle pollers.
 
 Every connection is named with `CLIENT SETNAME` (`client_name`), so an operator (or a test) can
 find and kill exactly this store's connections with `CLIENT LIST` / `CLIENT KILL`.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from apalis_cli.retrying import delays
 
 from .config import cluster_seeds
 
-__all__ = ["Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
+__all__ = ["Connection", "Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
 
 _RECONNECT_TRIES = 12
 _RECONNECT_CAP = 1.0
@@ -206,3 +206,70 @@ class Wakeups:
     def _wake_all(self) -> None:
         for waker in self._wakers.values():
             waker.notify()
+
+
+class Connection:
+    """One store's connection: the client, its scripts and its wake-up listener, made by `open`.
+
+    Queues take this, not their store. `wake_prefix` names the pub/sub channels that wake idle
+    pollers (`<prefix><queue>`); without it, only pushes made in this process wake them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_name: str,
+        scripts: Mapping[str, str],
+        *,
+        what: str,
+        cluster: bool = False,
+        wake_prefix: str | None = None,
+    ) -> None:
+        self.url = url
+        self.client_name = client_name
+        self.cluster = cluster
+        self.contact = Contact()
+        """This process's contact with the server: the orphan sweep waits for a steady one."""
+        self.scripts: dict[str, Any] = {}
+        """The registered scripts, by name (after `open`)."""
+        self._texts = dict(scripts)
+        self._what = what
+        self._wake_prefix = wake_prefix
+        self._client: Any = None
+        self._wakeups: Wakeups | None = None
+        self._local: dict[str, Waker] = {}
+
+    async def open(self) -> None:
+        """Connect (one clear `BackendError` when the server cannot be reached) and register the
+        scripts; idempotent."""
+        if self._client is not None:
+            return
+        client = await connect_checked(self.url, self.client_name, self.contact, cluster=self.cluster)
+        self.scripts = {name: client.register_script(text) for name, text in self._texts.items()}
+        if self._wake_prefix is not None:
+            self._wakeups = Wakeups(client, self._wake_prefix)
+        self._client = client
+
+    async def close(self) -> None:
+        """Stop listening and release every connection."""
+        if self._wakeups is not None:
+            await self._wakeups.close()
+            self._wakeups = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (after `open`)."""
+        if self._client is None:
+            raise BackendError(f"the {self._what} store is not open")
+        return self._client
+
+    def waker(self, queue: str) -> Waker:
+        """What wakes the idle pollers of `queue`: its pub/sub channel, or pushes in this process."""
+        if self._wake_prefix is not None:
+            if self._wakeups is None:
+                raise BackendError(f"the {self._what} store is not open")
+            return self._wakeups.waker(queue)
+        return self._local.setdefault(queue, Waker())

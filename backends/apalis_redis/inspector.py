@@ -10,7 +10,7 @@ from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 if TYPE_CHECKING:
-    from .backend import RedisStore
+    from .connection import Connection
     from .keys import QueueKeys
 
 __all__ = ["RedisInspector", "task_from_hash"]
@@ -52,11 +52,11 @@ class RedisInspector:
 
     queue: str
     keys: QueueKeys
-    store: RedisStore
+    connection: Connection
     retention: float
 
     async def _ids_of(self, status: Status | None) -> list[bytes]:
-        k, client = self.keys, self.store.client
+        k, client = self.keys, self.connection.client
         sources = {
             Status.PENDING: [k.ready, k.scheduled],
             Status.FAILED: [k.failed],
@@ -77,7 +77,7 @@ class RedisInspector:
     async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
         """Tasks of the queue (optionally of one status), oldest run_at first."""
         ids = await self._ids_of(status)
-        async with self.store.client.pipeline(transaction=False) as pipe:
+        async with self.connection.client.pipeline(transaction=False) as pipe:
             for raw in ids:
                 pipe.hgetall(self.keys.task(raw.decode()))
             hashes = await pipe.execute()
@@ -91,14 +91,14 @@ class RedisInspector:
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One task by id."""
-        h = await self.store.client.hgetall(self.keys.task(task_id))
+        h = await self.connection.client.hgetall(self.keys.task(task_id))
         return task_from_hash(task_id, self.queue, h) if h else None
 
     async def stats(self) -> QueueStats:
         """Counts per status, from the sizes of the status sets; scheduled: the entries of the
         scheduled set (delayed tasks and retries in their backoff) not yet due."""
         k = self.keys
-        async with self.store.client.pipeline(transaction=False) as pipe:
+        async with self.connection.client.pipeline(transaction=False) as pipe:
             for key in (k.ready, k.scheduled, k.running, k.done, k.killed):
                 pipe.zcard(key)
             pipe.scard(k.failed)
@@ -116,7 +116,7 @@ class RedisInspector:
     async def workers(self) -> list[WorkerInfo]:
         """Registered workers of this queue, oldest first."""
         k = self.keys
-        async with self.store.client.pipeline(transaction=False) as pipe:
+        async with self.connection.client.pipeline(transaction=False) as pipe:
             pipe.zrange(k.workers, 0, -1, withscores=True)
             pipe.hgetall(k.winfo)
             seen, infos = await pipe.execute()
@@ -144,7 +144,7 @@ class RedisInspector:
     async def retry(self, task_id: TaskId) -> bool:
         """A failed or killed task runs again now with a fresh count of attempts."""
         k = self.keys
-        done = await self.store.scripts["retry"](
+        done = await self.connection.scripts["retry"](
             keys=[k.ready, k.scheduled, k.failed, k.killed], args=[k.base, repr(time.time()), k.wake, task_id]
         )
         return bool(done)
@@ -152,7 +152,7 @@ class RedisInspector:
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
         """Kill a task that has not finished."""
         k = self.keys
-        done = await self.store.scripts["kill"](
+        done = await self.connection.scripts["kill"](
             keys=[k.ready, k.scheduled, k.running, k.failed, k.killed],
             args=[k.base, repr(time.time()), int(self.retention * 1000), task_id, reason],
         )
@@ -172,7 +172,7 @@ class RedisInspector:
         total = 0
         for source in sources:
             while True:
-                deleted = await self.store.scripts["purge"](
+                deleted = await self.connection.scripts["purge"](
                     keys=[source, k.ready, k.scheduled, k.running, k.failed, k.done, k.killed],
                     args=[k.base, status.value, cutoff, _PURGE_BATCH],
                 )

@@ -1,4 +1,4 @@
-"""The key names of one queue (see the layout in `apalis_redis.backend`)."""
+"""The key names of one queue (see the layout in `apalis_redis.queue`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """The RSMQ backend (`kind = "rsmq"`): the rsmq 0.12 / pyrsmq data layout on Redis, so other
-rsmq clients send us tasks and receive ours; see `apalis_rsmq.backend` for the mapping."""
+rsmq clients send us tasks and receive ours; see `apalis_rsmq.queue` for the mapping."""
 
 from __future__ import annotations
 
-from .backend import RsmqQueue, RsmqStore
-from .config import RsmqSettings
+from .store import RsmqStore
 
-__all__ = ["RsmqQueue", "RsmqSettings", "RsmqStore"]
+__all__ = ["RsmqStore"]

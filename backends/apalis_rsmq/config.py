@@ -10,7 +10,7 @@ from typing import Any
 from apalis_cli.errors import ConfigError
 from apalis_redis.config import check_namespace, check_url
 
-__all__ = ["QUEUE_NAME", "RsmqSettings"]
+__all__ = ["QUEUE_NAME", "RsmqConfig"]
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,155}$")
 """rsmq's queue names (`[A-Za-z0-9_-]{1,160}`), leaving room for the `-dead` suffix."""
@@ -27,7 +27,7 @@ def _seconds(options: Mapping[str, Any], key: str, default: float) -> float:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RsmqSettings:
+class RsmqConfig:
     """A validated `[backends.NAME]` table of kind rsmq.
 
     `vt` (seconds, default 30) is the shortest lease a worker takes on a message it receives (the
@@ -46,7 +46,7 @@ class RsmqSettings:
     realtime: bool = False
 
     @classmethod
-    def parse(cls, url: str, options: Mapping[str, Any]) -> RsmqSettings:
+    def parse(cls, url: str, options: Mapping[str, Any]) -> RsmqConfig:
         """Validate the URL and the options; errors name the key."""
         unknown = set(options) - _KEYS
         if unknown:

@@ -10,7 +10,8 @@ from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 if TYPE_CHECKING:
-    from .backend import RsmqStore
+    from apalis_redis.connection import Connection
+
     from .keys import RsmqKeys
 
 __all__ = ["RsmqInspector", "created_at"]
@@ -33,14 +34,14 @@ class RsmqInspector:
 
     queue: str
     keys: RsmqKeys
-    store: RsmqStore
+    connection: Connection
     max_attempts: int
     _channel: str
 
     async def _fetch(self, ids: list[tuple[bytes, float]], dead: bool) -> list[Task[bytes]]:
         k = self.keys
         qhash, side = (k.dead_hash, k.dead_side) if dead else (k.hash, k.side)
-        async with self.store.client.pipeline(transaction=False) as pipe:
+        async with self.connection.client.pipeline(transaction=False) as pipe:
             for raw, _ in ids:
                 i = raw.decode()
                 pipe.hmget(qhash, [i, f"{i}:rc"])
@@ -77,7 +78,7 @@ class RsmqInspector:
         return tasks
 
     async def _all(self) -> list[Task[bytes]]:
-        client = self.store.client
+        client = self.connection.client
         live = await client.zrange(self.keys.zset, 0, -1, withscores=True)
         dead = await client.zrange(self.keys.dead_zset, 0, -1, withscores=True)
         return await self._fetch(live, False) + await self._fetch(dead, True)
@@ -90,7 +91,7 @@ class RsmqInspector:
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One message by id, in the queue or among its dead letters."""
-        client, k = self.store.client, self.keys
+        client, k = self.connection.client, self.keys
         for zset, dead in ((k.zset, False), (k.dead_zset, True)):
             score = await client.zscore(zset, task_id)
             if score is not None:
@@ -116,12 +117,12 @@ class RsmqInspector:
 
     async def retry(self, task_id: TaskId) -> bool:
         """A dead letter goes back to the queue, or a failed message runs now; rc starts afresh."""
-        done = await self.store.scripts["retry"](keys=self.keys.all, args=[task_id, self._channel])
+        done = await self.connection.scripts["retry"](keys=self.keys.all, args=[task_id, self._channel])
         return bool(done)
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
         """Move a message to the dead-letter queue with `reason`."""
-        return bool(await self.store.scripts["kill"](keys=self.keys.all, args=[task_id, reason]))
+        return bool(await self.connection.scripts["kill"](keys=self.keys.all, args=[task_id, reason]))
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete messages of `status` killed (or sent) more than `older_than` seconds ago."""
@@ -132,7 +133,7 @@ class RsmqInspector:
         ]
         if not doomed:
             return 0
-        async with self.store.client.pipeline(transaction=True) as pipe:
+        async with self.connection.client.pipeline(transaction=True) as pipe:
             for task in doomed:
                 i = task.id
                 dead = task.ctx.status is Status.KILLED

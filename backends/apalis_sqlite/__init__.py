@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .backend import SqliteQueue, SqliteStore
-from .config import SqliteConfig
+from .store import SqliteStore
 
-__all__ = ["SqliteConfig", "SqliteQueue", "SqliteStore"]
+__all__ = ["SqliteStore"]

@@ -38,7 +38,7 @@ async def store() -> AsyncIterator[RedisStore]:
         yield made
     finally:
         await made.close()
-        await drop_namespace(made.settings.url, made.settings.namespace)
+        await drop_namespace(made.config.url, made.config.namespace)
 
 
 class Running:
@@ -77,7 +77,7 @@ async def test_every_key_of_a_queue_shares_its_hash_tag(store: RedisStore) -> No
 
     running = worker(backend, handler)
     await asyncio.wait_for(done.wait(), 10)
-    ns = store.settings.namespace
+    ns = store.config.namespace
     keys = [k.decode() async for k in store.client.scan_iter(match=f"{ns}:*")]
     await running.stop()
     assert keys
@@ -137,7 +137,7 @@ async def test_an_idle_worker_wakes_on_push_not_by_polling(store: RedisStore) ->
 
     running = worker(backend, handler, poll_interval=30.0)
     await asyncio.sleep(1.0)  # idle long enough for the poll backoff to reach its cap
-    other = make_store(store.settings.url, store.settings.namespace)  # a pusher elsewhere
+    other = make_store(store.config.url, store.config.namespace)  # a pusher elsewhere
     await other.open()
     pushed = time.perf_counter()
     await other.backend("wake", codec=JsonCodec()).push({"x": 1})
@@ -178,7 +178,7 @@ async def test_client_kill_mid_run_loses_nothing_and_the_worker_stays_registered
     kills = 0
     while len(seen) < len(ids) and kills < 8:
         await asyncio.sleep(0.1)
-        kills += await kill_clients(store.settings.url, store.client_name)
+        kills += await kill_clients(store.config.url, store.client_name)
     await until(lambda: len(seen) == len(ids), 30)
     await asyncio.sleep(0.3)
     registered = [w.id for w in await backend.workers()]

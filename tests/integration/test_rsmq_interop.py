@@ -41,15 +41,15 @@ async def store() -> AsyncIterator[RsmqStore]:
         yield made
     finally:
         await made.close()
-        await drop_namespace(url, made.settings.namespace)
+        await drop_namespace(url, made.config.namespace)
 
 
 def pyrsmq(store: RsmqStore, queue: str) -> Any:
     """A pyrsmq client on the same server and namespace."""
     from rsmq import RedisSMQ
 
-    parts = urlsplit(store.settings.url)
-    return RedisSMQ(host=parts.hostname, port=parts.port or 6379, qname=queue, ns=store.settings.namespace)
+    parts = urlsplit(store.config.url)
+    return RedisSMQ(host=parts.hostname, port=parts.port or 6379, qname=queue, ns=store.config.namespace)
 
 
 async def run_until(worker: Worker, done: asyncio.Event, within: float = 10.0) -> None:
@@ -87,9 +87,9 @@ async def test_a_message_sent_by_pyrsmq_is_a_task_to_our_worker(store: RsmqStore
     await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=0.05), done)
     assert seen == [(sent, {"to": "ada", "n": 1}, 1)]
     await asyncio.sleep(0.05)
-    raw = Redis.from_url(store.settings.url)
+    raw = Redis.from_url(store.config.url)
     try:
-        ns = store.settings.namespace
+        ns = store.config.namespace
         assert raw.zcard(f"{ns}:from_py") == 0, "done deletes the message"
         assert not raw.hexists(f"{ns}:from_py:Q", sent)
         assert client.getQueueAttributes().execute()["totalrecv"] == 1
@@ -115,8 +115,8 @@ async def test_a_pushed_task_is_a_message_pyrsmq_receives(store: RsmqStore) -> N
 async def test_the_layout_is_rsmqs(store: RsmqStore) -> None:
     backend = store.backend("layout", codec=JsonCodec())
     task_id = await backend.push({"a": 1}, delay=60)
-    ns = store.settings.namespace
-    raw = Redis.from_url(store.settings.url, decode_responses=True)
+    ns = store.config.namespace
+    raw = Redis.from_url(store.config.url, decode_responses=True)
     try:
         assert raw.smembers(f"{ns}:QUEUES") == {"layout", "layout-dead"}
         fields = raw.hgetall(f"{ns}:layout:Q")
@@ -198,10 +198,10 @@ def npm_rsmq(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def node(directory: Path, store: RsmqStore, script: str) -> Any:
-    parts = urlsplit(store.settings.url)
+    parts = urlsplit(store.config.url)
     prelude = (
         'const R=require("rsmq");'
-        f'const r=new R({{host:"{parts.hostname}",port:{parts.port or 6379},ns:"{store.settings.namespace}"}});'
+        f'const r=new R({{host:"{parts.hostname}",port:{parts.port or 6379},ns:"{store.config.namespace}"}});'
     )
     done = subprocess.run(
         [
@@ -263,15 +263,15 @@ async def test_client_kill_mid_run_loses_nothing(store: RsmqStore) -> None:
     kills = 0
     while not done.is_set() and kills < 8:
         await asyncio.sleep(0.1)
-        kills += await kill_clients(store.settings.url, store.client_name)
+        kills += await kill_clients(store.config.url, store.client_name)
     async with asyncio.timeout(30):
         await done.wait()
     stop.set()
     await running
     assert kills > 0
     assert seen == set(ids)
-    raw = Redis.from_url(store.settings.url)
+    raw = Redis.from_url(store.config.url)
     try:
-        assert raw.zcard(f"{store.settings.namespace}:killed") == 0, "every message was deleted once done"
+        assert raw.zcard(f"{store.config.namespace}:killed") == 0, "every message was deleted once done"
     finally:
         raw.close()

@@ -16,7 +16,8 @@ from apalis_cli.errors import BackendError, ConfigError
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task
 from apalis_sql import load_migrations
-from apalis_sqlite import SqliteQueue, SqliteStore
+from apalis_sqlite import SqliteStore
+from apalis_sqlite.queue import SqliteQueue
 
 
 def spec(tmp_path: Path, url: str = "sqlite:///jobs.db", **options: Any) -> StoreSpec:

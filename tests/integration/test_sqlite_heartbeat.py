@@ -15,7 +15,8 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
-from apalis_sqlite import SqliteQueue, SqliteStore
+from apalis_sqlite import SqliteStore
+from apalis_sqlite.queue import SqliteQueue
 
 from .test_sqlite import beat, claim, context
 

@@ -1,18 +1,23 @@
 """Every backend package is a set of rooms that import one way: no import circle inside a package
-(a queue takes its connection, not its store; a store imports its queue, never the reverse)."""
+(a queue takes its connection, not its store; a store imports its queue, never the reverse), and
+every store package has the same rooms with the same names (issue 11)."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
 
 BACKENDS = Path(__file__).resolve().parents[2] / "backends"
 
-# Packages whose store and queue modules still import each other; each leaves this set when its
-# rooms are done (issue 11).
-STILL_CIRCULAR = {"apalis_redis", "apalis_rsmq"}
+# The shared SQL queue is a library for the SQL stores, not a store: it has no rooms of its own.
+LIBRARIES = {"apalis_sql"}
+# Cron makes its tasks from a schedule into another store: it has no connection of its own.
+NO_CONNECTION = {"apalis_cron"}
+PACKAGES = sorted(p.name for p in BACKENDS.iterdir() if (p / "__init__.py").exists())
+STORES = [name for name in PACKAGES if name not in LIBRARIES]
 
 
 def _imports(package: Path) -> dict[str, set[str]]:
@@ -55,13 +60,24 @@ def _circle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize(
-    "package",
-    sorted(p.name for p in BACKENDS.iterdir() if (p / "__init__.py").exists() and p.name not in STILL_CIRCULAR),
-)
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_circle_inside_a_backend_package(package: str) -> None:
     circle = _circle(_imports(BACKENDS / package))
     assert circle is None, f"{package}: {' -> '.join(circle or [])}"
+
+
+@pytest.mark.parametrize("package", STORES)
+def test_every_store_package_has_the_same_rooms(package: str) -> None:
+    rooms = {"config", "store", "queue"} | (set() if package in NO_CONNECTION else {"connection"})
+    missing = sorted(room for room in rooms if not (BACKENDS / package / f"{room}.py").exists())
+    assert not missing, f"{package} has no {', '.join(f'{room}.py' for room in missing)}"
+    # The face is the store alone; its settings class is <Kind>Config in config.py.
+    face = importlib.import_module(package)
+    (store_name,) = face.__all__
+    assert store_name.endswith("Store")
+    kind = store_name.removesuffix("Store")
+    assert hasattr(importlib.import_module(f"{package}.config"), f"{kind}Config")
+    assert getattr(importlib.import_module(f"{package}.store"), store_name) is getattr(face, store_name)
 
 
 def test_the_circle_finder_finds_a_circle() -> None:

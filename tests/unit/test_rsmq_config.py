@@ -8,7 +8,8 @@ import pytest
 from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConfigError, UsageError
-from apalis_rsmq import RsmqSettings, RsmqStore
+from apalis_rsmq import RsmqStore
+from apalis_rsmq.config import RsmqConfig
 
 
 def spec(url: str = "redis://127.0.0.1:6379/0", **options: Any) -> StoreSpec:
@@ -41,7 +42,7 @@ def test_a_bad_url_is_named_without_its_password() -> None:
 
 
 def test_defaults_are_rsmqs_except_maxsize() -> None:
-    settings = RsmqSettings.parse("redis://localhost", {})
+    settings = RsmqConfig.parse("redis://localhost", {})
     assert (settings.namespace, settings.vt, settings.delay, settings.realtime) == ("rsmq", 30.0, 0.0, False)
     assert settings.maxsize == -1
 

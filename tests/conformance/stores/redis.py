@@ -60,13 +60,13 @@ class RedisFactory(StoreFactory):
 
         assert isinstance(store, RedisStore)
         await store.close()
-        await drop_namespace(store.settings.url, store.settings.namespace)
+        await drop_namespace(store.config.url, store.config.namespace)
 
     async def drop_connections(self, store: Store) -> None:
         from apalis_redis import RedisStore
 
         assert isinstance(store, RedisStore)
-        await kill_clients(store.settings.url, store.client_name)
+        await kill_clients(store.config.url, store.client_name)
 
 
 FACTORY = RedisFactory()

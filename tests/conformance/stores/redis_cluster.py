@@ -47,7 +47,7 @@ class RedisClusterFactory(StoreFactory):
 
         admin = RedisCluster(host="127.0.0.1", port=self._ports()[0])
         try:
-            doomed = [key async for key in admin.scan_iter(match=f"{store.settings.namespace}:*", count=1000)]
+            doomed = [key async for key in admin.scan_iter(match=f"{store.config.namespace}:*", count=1000)]
             if doomed:
                 await admin.delete(*doomed)  # redis-py splits it by slot
         finally:

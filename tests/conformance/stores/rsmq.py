@@ -35,13 +35,13 @@ class RsmqFactory(StoreFactory):
 
         assert isinstance(store, RsmqStore)
         await store.close()
-        await drop_namespace(store.settings.url, store.settings.namespace)
+        await drop_namespace(store.config.url, store.config.namespace)
 
     async def drop_connections(self, store: Store) -> None:
         from apalis_rsmq import RsmqStore
 
         assert isinstance(store, RsmqStore)
-        await kill_clients(store.settings.url, store.client_name)
+        await kill_clients(store.config.url, store.client_name)
 
 
 FACTORY = RsmqFactory()

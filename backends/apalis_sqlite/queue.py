@@ -1,4 +1,4 @@
-"""The embedded SQLite store (`kind = "sqlite"`): the default, durable, no server to run.
+"""One queue of the SQLite store (`kind = "sqlite"`): push, claim, acknowledge, heartbeat.
 
 One aiosqlite connection per store and process (`connection.Database`), WAL, STRICT tables, the
 SQL in `sql/*.sql`. Every operation is one hop to the connection's thread and one short
@@ -10,82 +10,30 @@ on SQLite's lock, waiting up to `busy_timeout`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
+from apalis_cli.backend import Capabilities, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Task, TaskId
-from apalis_sql import insert_params, load_migrations, load_queries, plan_acks, task_from_row
+from apalis_sql import Queries, insert_params, plan_acks, task_from_row
 
-from .config import SqliteConfig
 from .connection import Database
 from .inspector import SqliteInspector
 from .signal import QueueSignal
-from .watch import WalWatch
 
-__all__ = ["SqliteQueue", "SqliteStore"]
+__all__ = ["CAPABILITIES", "SqliteQueue"]
 
 _PURGE_PER_BEAT = 10_000
 
-
-class SqliteStore:
-    """A SQLite database file shared by every queue of one `[backends.NAME]` table."""
-
-    kind: ClassVar[str] = "sqlite"
-    capabilities: ClassVar[Capabilities] = Capabilities()
-
-    def __init__(self, config: SqliteConfig) -> None:
-        self.config = config
-        names = {"prefix": config.table_prefix}
-        self.queries = load_queries(__package__ or "apalis_sqlite", names)
-        self.db = Database(config, self.queries, load_migrations(__package__ or "apalis_sqlite", names))
-        self._signals: dict[str, QueueSignal] = {}
-        self._watch = WalWatch(config.path, self._wake_all) if config.watch and not config.in_memory else None
-
-    @classmethod
-    def from_spec(cls, spec: StoreSpec) -> SqliteStore:
-        """Validate the URL and options (`ConfigError` names the bad key); nothing is opened."""
-        return cls(SqliteConfig.from_spec(spec))
-
-    async def open(self) -> None:
-        """Open the database file (created if missing) and migrate its schema; idempotent."""
-        await self.db.open()
-
-    async def close(self) -> None:
-        """Close the connection and stop watching the file."""
-        if self._watch is not None:
-            self._watch.stop()
-        await self.db.close()
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> SqliteQueue:
-        """The queue-bound backend; every one of the same queue shares one wake-up signal."""
-        signal = self._signals.get(queue)
-        if signal is None:
-            signal = self._signals[queue] = QueueSignal()
-        return SqliteQueue(self, signal, queue, codec=codec, max_attempts=max_attempts)
-
-    def watch(self) -> None:
-        """Start waking this process's idle pollers on writes by other processes (once a worker
-        polls: a producer alone has no one to wake)."""
-        if self._watch is not None and not self._watch.active:
-            with contextlib.suppress(RuntimeError):  # no running loop: nothing to wake anyway
-                self._watch.start()
-
-    def _wake_all(self) -> None:
-        for signal in self._signals.values():
-            signal.notify()
-
-    def __repr__(self) -> str:
-        return f"SqliteStore({self.config.path!r})"
+CAPABILITIES = Capabilities()
 
 
 def _sort_key(task: Task[bytes]) -> tuple[int, float, str]:
@@ -100,16 +48,27 @@ def _tasks(rows: list[Any]) -> list[Task[bytes]]:
 
 
 class SqliteQueue(SqliteInspector, QueueBase):
-    """One queue of a `SqliteStore`: push, claim, acknowledge, heartbeat, inspect."""
+    """One queue of a `SqliteStore`, built from its connection (not the store): push, claim,
+    acknowledge, heartbeat, inspect."""
 
-    capabilities = SqliteStore.capabilities
+    capabilities = CAPABILITIES
 
-    def __init__(self, store: SqliteStore, signal: QueueSignal, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        queries: Queries,
+        signal: QueueSignal,
+        watch: Callable[[], None],
+        queue: str,
+        *,
+        codec: Codec,
+        max_attempts: int,
+    ) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        self._store = store
-        self._db = store.db
-        self._q = store.queries
+        self._db = db
+        self._q = queries
         self._signal = signal
+        self._watch = watch  # the store's: starts waking this process on other processes' writes
         self._ahead = ClaimsAhead(self.ack_batch, Held)
 
     # -- push --------------------------------------------------------------------------------
@@ -144,7 +103,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
         """
 
         def start() -> tuple[Fetch, Waker]:
-            self._store.watch()
+            self._watch()
             claim, worker_id = self._claim, worker.id
 
             async def fetch(limit: int) -> list[Task[bytes]]:

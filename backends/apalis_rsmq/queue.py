@@ -1,4 +1,5 @@
-"""The RSMQ store (`kind = "rsmq"`): speaks the data layout of npm `rsmq` 0.12 and PyPI `pyrsmq`.
+"""One queue of the RSMQ store (`kind = "rsmq"`), in the data layout of npm `rsmq` 0.12 and
+PyPI `pyrsmq`.
 
 Layout under namespace `ns` (default "rsmq"), exactly as rsmq writes it:
 
@@ -43,32 +44,30 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import msgpack
-from apalis_cli.backend import Capabilities, Capability, NewTask, StoreSpec, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError, BadPayload, UsageError
-from apalis_cli.polling import Waker, beat_every, poll_batches
+from apalis_cli.errors import BadPayload
+from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.task import Status, Task, TaskContext, TaskId
-from apalis_redis.connection import Wakeups, connect_checked, link_kept, lua, require_driver
+from apalis_redis.connection import Connection, link_kept
 
-from .config import QUEUE_NAME, RsmqSettings
+from .config import RsmqConfig
 from .inspector import RsmqInspector, created_at
 from .keys import RsmqKeys
 
-__all__ = ["RsmqQueue", "RsmqStore"]
+__all__ = ["CAPABILITIES", "RsmqQueue"]
 
-_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry")
 _CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
 _SEND_CHUNK = 2000
 _PURGE_LIMIT = 5000
 
-_CAPABILITIES = Capabilities(
+CAPABILITIES = Capabilities(
     {
         Capability.PRIORITY: "rsmq orders messages by visibility time only; it has no priorities",
         Capability.RESULTS: "rsmq deletes a message once it is processed: there is no place for a result",
@@ -83,78 +82,19 @@ _CAPABILITIES = Capabilities(
 )
 
 
-class RsmqStore:
-    """rsmq queues in one Redis database under one namespace."""
-
-    kind: ClassVar[str] = "rsmq"
-    capabilities: ClassVar[Capabilities] = _CAPABILITIES
-
-    def __init__(self, settings: RsmqSettings) -> None:
-        self.settings = settings
-        self.client_name = f"apalis-rsmq:{settings.namespace}:{random.getrandbits(48):012x}"
-        self._client: Any = None
-        self.scripts: dict[str, Any] = {}
-        self._wakeups: Wakeups | None = None
-        self._local: dict[str, Waker] = {}
-        self.contact = Contact()
-        """This process's contact with the server: a heartbeat goes at once when it comes back."""
-
-    @classmethod
-    def from_spec(cls, spec: StoreSpec) -> RsmqStore:
-        """Validate the table (`url`, `namespace`, `vt`, `delay`, `maxsize`, `realtime`)."""
-        settings = RsmqSettings.parse(spec.url, spec.options)
-        require_driver("rsmq")
-        return cls(settings)
-
-    async def open(self) -> None:
-        """Connect and load the scripts; idempotent (queues are created on first use)."""
-        if self._client is not None:
-            return
-        client = await connect_checked(self.settings.url, self.client_name, self.contact)
-        self.scripts = {name: client.register_script(lua("apalis_rsmq", name)) for name in _SCRIPTS}
-        if self.settings.realtime:
-            self._wakeups = Wakeups(client, f"{self.settings.namespace}:rt:")
-        self._client = client
-
-    async def close(self) -> None:
-        """Stop listening and release every connection."""
-        if self._wakeups is not None:
-            await self._wakeups.close()
-            self._wakeups = None
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    @property
-    def client(self) -> Any:
-        """The redis-py client (after `open`)."""
-        if self._client is None:
-            raise BackendError("the rsmq store is not open")
-        return self._client
-
-    def waker(self, queue: str) -> Waker:
-        """What wakes the idle pollers of `queue`: realtime messages, or pushes in this process."""
-        if self._wakeups is not None:
-            return self._wakeups.waker(queue)
-        return self._local.setdefault(queue, Waker())
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> RsmqQueue:
-        """The queue-bound backend; the name must be a valid rsmq queue name."""
-        if not QUEUE_NAME.match(queue):
-            raise UsageError(f'rsmq queue names are 1-155 letters, digits, "_" or "-", got "{queue}"')
-        return RsmqQueue(self, queue, codec=codec, max_attempts=max_attempts)
-
-
 class RsmqQueue(RsmqInspector, QueueBase):
-    """One rsmq queue (and its dead-letter queue) of an `RsmqStore`."""
+    """One rsmq queue (and its dead-letter queue) of an `RsmqStore`, built from its connection."""
 
-    capabilities = _CAPABILITIES
+    capabilities = CAPABILITIES
 
-    def __init__(self, store: RsmqStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(
+        self, connection: Connection, config: RsmqConfig, queue: str, *, codec: Codec, max_attempts: int
+    ) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        self.store = store
-        self.keys = RsmqKeys.of(store.settings.namespace, queue)
-        self._channel = self.keys.realtime if store.settings.realtime else ""
+        self.connection = connection
+        self.config = config
+        self.keys = RsmqKeys.of(config.namespace, queue)
+        self._channel = self.keys.realtime if config.realtime else ""
         self._created = False
 
     async def prepare(self) -> None:
@@ -167,22 +107,22 @@ class RsmqQueue(RsmqInspector, QueueBase):
         """createQueue for the queue and its dead-letter queue, unless they exist."""
         if self._created:
             return
-        k, s = self.keys, self.store.settings
-        await self.store.scripts["create"](
+        k, s = self.keys, self.config
+        await self.connection.scripts["create"](
             keys=[k.queues, k.hash, k.dead_hash],
             args=[math.ceil(s.vt), math.ceil(s.delay), s.maxsize, k.queue, k.dead_queue],
         )
         self._created = True
 
     def _lease_ms(self, worker: WorkerContext) -> int:
-        return int(max(self.store.settings.vt, worker.stale_after) * 1000)
+        return int(max(self.config.vt, worker.stale_after) * 1000)
 
     # -- the store's primitives ------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """sendMessage for each task; the ids are rsmq's (made from Redis TIME), not the task's."""
         await self.ensure_queue()
-        k, script = self.keys, self.store.scripts["send"]
+        k, script = self.keys, self.connection.scripts["send"]
         ids: list[TaskId] = []
         for start in range(0, len(tasks), _SEND_CHUNK):
             now, items = time.time(), list[Any]()
@@ -202,14 +142,14 @@ class RsmqQueue(RsmqInspector, QueueBase):
                 await self.ensure_queue()
                 reply = await script(keys=[k.zset, k.hash, k.side], args=args)
             ids += (raw.decode() for raw in msgpack.unpackb(reply, raw=True))
-        waker = self.store.waker(self.queue)
+        waker = self.connection.waker(self.queue)
         if not self._channel:
             waker.notify()
         return ids
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Messages received for `worker` in batches of its free slots."""
-        script, queue, worker_id, keys = self.store.scripts["receive"], self.queue, worker.id, self.keys.all
+        script, queue, worker_id, keys = self.connection.scripts["receive"], self.queue, worker.id, self.keys.all
         lease, default_max = self._lease_ms(worker), self.max_attempts
 
         async def fetch(limit: int) -> list[Task[bytes]]:
@@ -241,7 +181,7 @@ class RsmqQueue(RsmqInspector, QueueBase):
         async def release(tasks: Sequence[Task[bytes]]) -> None:
             await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
-        return poll_batches(worker, fetch, release, self.store.waker(queue))
+        return poll_batches(worker, fetch, release, self.connection.waker(queue))
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply many outcomes in one script call; a message whose lease was lost is left alone."""
@@ -254,14 +194,14 @@ class RsmqQueue(RsmqInspector, QueueBase):
             local_wake = local_wake or outcome.kind is OutcomeKind.RELEASE
         args = [self._channel, msgpack.packb(packed, use_bin_type=False)]
         with link_kept("acknowledging"):
-            await self.store.scripts["ack"](keys=self.keys.all, args=args)
+            await self.connection.scripts["ack"](keys=self.keys.all, args=args)
         if local_wake and not self._channel:
-            self.store.waker(self.queue).notify()
+            self.connection.waker(self.queue).notify()
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Extend the leases of the messages `worker` runs, give back those it holds but does
         not run, and purge old dead letters."""
-        keys, script, lease = self.keys.all, self.store.scripts["beat"], self._lease_ms(worker)
+        keys, script, lease = self.keys.all, self.connection.scripts["beat"], self._lease_ms(worker)
         retention_ms, keep_alive_ms = int(worker.retention * 1000), int(worker.keep_alive * 1000)
 
         async def beat() -> None:
@@ -274,4 +214,4 @@ class RsmqQueue(RsmqInspector, QueueBase):
                 if purged < _PURGE_LIMIT:
                     return
 
-        return beat_every(worker, beat, contact=self.store.contact)
+        return beat_every(worker, beat, contact=self.connection.contact)

@@ -1,4 +1,4 @@
-"""The Redis store (`kind = "redis"`): every state change is one atomic Lua script.
+"""One queue of the Redis store (`kind = "redis"`): every state change is one atomic Lua script.
 
 Layout, for queue `q` under namespace `ns` (default "apalis"); every key of a queue carries the
 hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may touch all of it:
@@ -33,32 +33,38 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any
 
 import msgpack
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, NewTask, StoreSpec, WorkerContext
+from apalis_cli.backend import Capabilities, NewTask, WorkerContext
 from apalis_cli.codec import Codec
-from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
-from .config import RedisSettings
-from .connection import Wakeups, connect_checked, link_kept, lua, require_driver
+from .connection import Connection, link_kept, lua
 from .inspector import RedisInspector
 from .keys import QueueKeys
 
-__all__ = ["RedisQueue", "RedisStore"]
+__all__ = ["CAPABILITIES", "RedisQueue", "scripts"]
 
 _SCRIPTS = ("enqueue", "claim", "ack", "heartbeat", "farewell", "retry", "kill", "purge")
 _CLAIMING = ("claim", "ack")  # the scripts that start with lua/claiming.lua's claim()
+
+CAPABILITIES = Capabilities()
+
+
+def scripts() -> dict[str, str]:
+    """The text of every script the queue runs, by name."""
+    claiming = lua("apalis_redis", "claiming")
+    return {name: (claiming if name in _CLAIMING else "") + lua("apalis_redis", name) for name in _SCRIPTS}
+
+
 _NO_META: MappingProxyType[str, Any] = MappingProxyType({})
 _KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
 _ENQUEUE_CHUNK = 2000  # tasks per script call: big pushes stay in one round trip, no call is huge
@@ -80,78 +86,15 @@ def _unpack(reply: bytes) -> list[Any]:
 DEFAULT_RETENTION = 7 * 86400.0
 
 
-class RedisStore:
-    """Queues in one Redis database under one namespace."""
-
-    kind: ClassVar[str] = "redis"
-    capabilities: ClassVar[Capabilities] = Capabilities()
-
-    def __init__(self, settings: RedisSettings) -> None:
-        self.settings = settings
-        self.client_name = f"apalis:{settings.namespace}:{uuid.uuid4().hex[:12]}"
-        self._client: Any = None
-        self.scripts: dict[str, Any] = {}
-        self._wakeups: Wakeups | None = None
-        self.contact = Contact()
-        """This process's contact with the server: the orphan sweep waits for a steady one."""
-
-    @classmethod
-    def from_spec(cls, spec: StoreSpec) -> RedisStore:
-        """Validate the table (`url`, `namespace`) and build the store, unopened."""
-        settings = RedisSettings.parse(spec.url, spec.options)
-        require_driver("redis")
-        return cls(settings)
-
-    async def open(self) -> None:
-        """Connect and load the scripts; idempotent."""
-        if self._client is not None:
-            return
-        client = await connect_checked(self.settings.url, self.client_name, self.contact, cluster=self.settings.cluster)
-        claiming = lua("apalis_redis", "claiming")
-        self.scripts = {
-            name: client.register_script((claiming if name in _CLAIMING else "") + lua("apalis_redis", name))
-            for name in _SCRIPTS
-        }
-        self._wakeups = Wakeups(client, f"{self.settings.namespace}:wake:")
-        self._client = client
-
-    async def close(self) -> None:
-        """Stop listening and release every connection."""
-        if self._wakeups is not None:
-            await self._wakeups.close()
-            self._wakeups = None
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    @property
-    def client(self) -> Any:
-        """The redis-py client (after `open`)."""
-        if self._client is None:
-            raise BackendError("the redis store is not open")
-        return self._client
-
-    @property
-    def wakeups(self) -> Wakeups:
-        """The store's pub/sub listener."""
-        if self._wakeups is None:
-            raise BackendError("the redis store is not open")
-        return self._wakeups
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> RedisQueue:
-        """The queue-bound backend."""
-        return RedisQueue(self, queue, codec=codec, max_attempts=max_attempts)
-
-
 class RedisQueue(RedisInspector, QueueBase):
-    """One queue of a `RedisStore`."""
+    """One queue of a `RedisStore`, built from its connection (not the store)."""
 
-    capabilities = RedisStore.capabilities
+    capabilities = CAPABILITIES
 
-    def __init__(self, store: RedisStore, queue: str, *, codec: Codec, max_attempts: int) -> None:
+    def __init__(self, connection: Connection, namespace: str, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
-        self.store = store
-        self.keys = QueueKeys.of(store.settings.namespace, queue)
+        self.connection = connection
+        self.keys = QueueKeys.of(namespace, queue)
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
         self._ahead = ClaimsAhead(self.ack_batch, Held)
         # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
@@ -164,7 +107,7 @@ class RedisQueue(RedisInspector, QueueBase):
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks, many per script call and every call in one pipeline round trip."""
-        k, script = self.keys, self.store.scripts["enqueue"]
+        k, script = self.keys, self.connection.scripts["enqueue"]
         now = repr(time.time())
         calls = []
         for start in range(0, len(tasks), _ENQUEUE_CHUNK):
@@ -184,7 +127,7 @@ class RedisQueue(RedisInspector, QueueBase):
         if len(calls) == 1:
             replies = [await script(keys=[k.ready, k.scheduled], args=calls[0])]
         else:
-            async with self.store.client.pipeline(transaction=False) as pipe:
+            async with self.connection.client.pipeline(transaction=False) as pipe:
                 for args in calls:
                     await script(keys=[k.ready, k.scheduled], args=args, client=pipe)
                 replies = await pipe.execute()
@@ -198,14 +141,14 @@ class RedisQueue(RedisInspector, QueueBase):
         """
 
         def start() -> tuple[Fetch, Waker]:
-            script, worker_id, base = self.store.scripts["claim"], worker.id, self._base
+            script, worker_id, base = self.connection.scripts["claim"], worker.id, self._base
             claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
 
             async def fetch(limit: int) -> list[Task[bytes]]:
                 reply = await script(keys=claim_keys, args=[base, repr(time.time()), limit, worker_id])
                 return self._tasks(_unpack(reply), worker_id)
 
-            return fetch, self.store.wakeups.waker(self.queue)
+            return fetch, self.connection.waker(self.queue)
 
         return self._ahead.poll(worker, start)
 
@@ -253,7 +196,7 @@ class RedisQueue(RedisInspector, QueueBase):
         if wanted:
             args.append(_pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]))
         with link_kept("acknowledging"):
-            reply = await self.store.scripts["ack"](keys=self._ack_keys, args=args)
+            reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
         if wanted:
             for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
                 if rows:
@@ -266,7 +209,7 @@ class RedisQueue(RedisInspector, QueueBase):
         Orphans are swept only once this process has had the server reachable for `stale_after`
         (`apalis_cli.contact`). The cutoff is taken before the call: a call that redis-py retries
         across an outage still judges workers by their heartbeats from before it."""
-        k, script, contact = self.keys, self.store.scripts["heartbeat"], self.store.contact
+        k, script, contact = self.keys, self.connection.scripts["heartbeat"], self.connection.contact
         self.retention = worker.retention
 
         async def beat() -> None:
@@ -302,6 +245,6 @@ class RedisQueue(RedisInspector, QueueBase):
                     return
 
         async def farewell() -> None:
-            await self.store.scripts["farewell"](keys=[k.workers, k.winfo], args=[worker.id])
+            await self.connection.scripts["farewell"](keys=[k.workers, k.winfo], args=[worker.id])
 
         return beat_every(worker, beat, farewell, contact)

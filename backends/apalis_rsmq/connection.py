@@ -1,0 +1,25 @@
+"""The rsmq store's connection: the Redis one (`apalis_redis.connection.Connection`) with the
+rsmq scripts, listening on rsmq's realtime channels when `realtime` is on."""
+
+from __future__ import annotations
+
+import random
+
+from apalis_redis.connection import Connection, lua
+
+from .config import RsmqConfig
+
+__all__ = ["connect_store"]
+
+_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry")
+
+
+def connect_store(config: RsmqConfig) -> Connection:
+    """The connection of an rsmq store, unopened."""
+    return Connection(
+        config.url,
+        f"apalis-rsmq:{config.namespace}:{random.getrandbits(48):012x}",
+        {name: lua("apalis_rsmq", name) for name in _SCRIPTS},
+        what="rsmq",
+        wake_prefix=f"{config.namespace}:rt:" if config.realtime else None,
+    )

@@ -7,6 +7,8 @@ protocols below, each a capability checked with `isinstance`:
 - `Backend` / `BackendExt`: what a worker needs (poll, heartbeat, the acknowledging layer).
 - `TaskSink`: push tasks (cron without `pipe_to` has none).
 - `Inspector`: list/get/stats/workers/retry/kill/purge (a broker may lack random access).
+- The control plane (`apalis_cli.control`, re-exported here): `Canceller`, `Pausable`, `Waiter`,
+  `BulkActor`; how a store implements them is told in that module's docstring.
 
 A store may offer more than queues of its own: a `PipeSource` (cron) feeds another store's queue.
 
@@ -23,22 +25,42 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from .codec import Codec
+from .control import (
+    NOT_BUILT,
+    BulkAction,
+    BulkActor,
+    BulkFilter,
+    Canceller,
+    CancelResult,
+    CancelState,
+    Pausable,
+    Waiter,
+)
 from .service import Layer
 from .task import Status, Task, TaskId
 
 __all__ = [
+    "CONTROL_NOT_BUILT",
     "Backend",
     "BackendExt",
+    "BulkAction",
+    "BulkActor",
+    "BulkFilter",
+    "CancelResult",
+    "CancelState",
+    "Canceller",
     "Capabilities",
     "Capability",
     "Inspector",
     "NewTask",
+    "Pausable",
     "PipeSource",
     "Preparable",
     "QueueStats",
     "Store",
     "StoreSpec",
     "TaskSink",
+    "Waiter",
     "WorkerContext",
     "WorkerInfo",
 ]
@@ -59,6 +81,20 @@ class Capability(StrEnum):
     RECONNECT = "reconnect"  # a dropped connection is re-established by itself
     OWNED_LEASES = "owned_leases"  # a lease names its worker: a claim whose reply was lost is
     # handed back by that worker without counting an attempt (an anonymous lease cannot be)
+    CANCEL = "cancel"  # cancel a task: never starts if pending, its worker stops it if running
+    PAUSE = "pause"  # pause/resume a queue, the state kept in the store
+    WAIT = "wait"  # wait for a task to end, woken by the store
+    BULK = "bulk"  # retry/cancel/kill/purge by filter, a statement per batch
+
+
+CONTROL_NOT_BUILT: Mapping[Capability, str] = {
+    Capability.CANCEL: NOT_BUILT,
+    Capability.PAUSE: NOT_BUILT,
+    Capability.WAIT: NOT_BUILT,
+    Capability.BULK: NOT_BUILT,
+}
+"""The control plane as lacking, for a store that has not implemented it yet (spread it into the
+store's `Capabilities`, and drop it, or the entries it has done, once it has)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +119,12 @@ class WorkerContext:
     `free_slots()` is how many more tasks the worker can start now: a poll fetches at most that
     many (backpressure). `running()` is the ids the worker is running now: a heartbeat extends
     their leases and may release tasks locked by this worker that it is not running.
+
+    `on_cancel(task_id, reason)` is how a store tells the worker that a task it runs was
+    cancelled (from its listener, and from each heartbeat while the request stands); the worker
+    stops that run and acknowledges it cancelled, and ignores ids it does not run. `on_paused`
+    tells it whether its queue is paused, for the live view (the store's claim enforces it).
+    Both are called on the worker's event loop.
     """
 
     id: str
@@ -99,6 +141,8 @@ class WorkerContext:
     layers: tuple[str, ...] = ()
     free_slots: Callable[[], int] = lambda: 1
     running: Callable[[], Collection[TaskId]] = lambda: ()
+    on_cancel: Callable[[TaskId, str], object] = lambda task_id, reason: None
+    on_paused: Callable[[bool], None] = lambda paused: None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,11 +14,13 @@ from .redact import redact
 
 __all__ = [
     "BackendUnavailable",
+    "CancelRequested",
     "Event",
     "EventListener",
     "HeartbeatFailed",
     "HeartbeatSent",
     "Idle",
+    "QueuePaused",
     "Started",
     "Stopped",
     "TaskFinished",
@@ -51,7 +53,7 @@ class Idle(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskFinished(Event):
-    """A run ended: `outcome` is done, retry, kill or release. `waited` is how long the task
+    """A run ended: `outcome` is done, retry, kill, cancel or release. `waited` is how long the task
     waited from its `run_at` until this run started (its start latency), None where the store
     does not say when it was due."""
 
@@ -61,6 +63,23 @@ class TaskFinished(Event):
     duration: float
     error: str | None = None
     waited: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRequested(Event):
+    """The store told the worker that a task it runs was cancelled: the run is being stopped
+    (its `TaskFinished` follows, with the outcome `cancel`)."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuePaused(Event):
+    """The store said the worker's queue was paused (`paused`) or resumed: a paused queue's
+    claims hand out nothing; running tasks finish."""
+
+    paused: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

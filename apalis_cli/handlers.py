@@ -9,7 +9,8 @@ per task. How a callable is called is decided once, at start-up, from its signat
 
 Sync callables run in a thread pool sized to the worker's concurrency, so a blocking handler
 never stalls the event loop; a thread cannot be stopped, so a cancelled run waits for its thread
-before its task may go back to the queue (`LoadedHandler.stoppable`).
+before its task may go back to the queue (`LoadedHandler.stoppable`). A run cancelled by an
+operator sets `ctx.cancelled` for the thread to see (a handler that takes `ctx` polls it).
 
 A command (`{ command = ["./resize.sh"] }`) gets the compact payload on stdin and
 `APALIS_TASK_ID`, `APALIS_ATTEMPT`, `APALIS_QUEUE` in its environment; exit 0 is success (stdout
@@ -47,10 +48,12 @@ __all__ = [
     "CommandFailed",
     "LoadedHandler",
     "call_shape",
+    "command_handler",
     "find_program",
     "import_object",
     "load_handler",
     "resolve_exception",
+    "threaded",
 ]
 
 _STDERR_TAIL = 2000
@@ -101,7 +104,7 @@ def load_handler(config: Config, worker: WorkerConfig, *, concurrency: int | Non
         except ValueError as exc:
             raise config.error(path, str(exc)) from None
         command = CommandHandler(command=(program, *spec.command[1:]))
-        return LoadedHandler(_command_handler(command, worker.queue, worker.kill_grace), " ".join(spec.command))
+        return LoadedHandler(command_handler(command, worker.queue, worker.kill_grace), " ".join(spec.command))
     if worker.isolation == "process":  # imported in the children only, not in the daemon
         from .isolation.handler import process_handler
 
@@ -207,6 +210,12 @@ def _adapt(fn: Callable[..., Any], spec: ImportHandler, concurrency: int, config
 
         return LoadedHandler(call_async, spec.path)
 
+    return threaded(fn, shape, concurrency, spec.path)
+
+
+def threaded(fn: Callable[..., Any], shape: CallShape, concurrency: int, description: str) -> LoadedHandler:
+    """The sync callable `fn`, called as `shape` says in a pool of `concurrency` threads."""
+    extra = shape.extra
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="apalis-handler")
 
     async def call_sync(args: Any, task: Task[bytes]) -> Any:
@@ -216,7 +225,7 @@ def _adapt(fn: Callable[..., Any], spec: ImportHandler, concurrency: int, config
             result = await result
         return result
 
-    return LoadedHandler(call_sync, spec.path, pool)
+    return LoadedHandler(call_sync, description, pool)
 
 
 async def _in_thread(pool: ThreadPoolExecutor, call: Callable[[], Any]) -> Any:
@@ -274,7 +283,9 @@ def find_program(program: str, base_dir: Path) -> str:
     return str(path.resolve())  # the daemon may start tasks from another directory
 
 
-def _command_handler(spec: CommandHandler, queue: str, grace: float) -> Handler:
+def command_handler(spec: CommandHandler, queue: str, grace: float) -> Handler:
+    """Runs `spec`'s command once per task; a cancelled run (a timeout, a stop, an operator's
+    cancel) ends only once SIGTERM, then SIGKILL after `grace` seconds, ended its process group."""
     program = spec.command[0]
     command = spec.command
 

@@ -1,13 +1,15 @@
 """The in-memory backend (`kind = "memory"`): the full contract, nothing kept past the process.
 
 It keeps the same semantics as the durable stores (leases by worker heartbeat, orphan recovery,
-persisted retries, idempotency, retention) so the unit tests and the conformance suite exercise
-the core against it. Ready tasks wait in a heap by (priority, run_at); scheduled ones in a heap
-by run_at, promoted when due.
+persisted retries, idempotency, retention, and the control plane: cancel, pause, wait, bulk) so
+the unit tests and the conformance suite exercise the core against it; it is the reference a
+store's control plane is written against (see `apalis_cli.control`). Ready tasks wait in a heap
+by (priority, run_at); scheduled ones in a heap by run_at, promoted when due.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
@@ -26,6 +28,7 @@ from .backend import (
 )
 from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch
 from .codec import Codec
+from .control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
 from .errors import ConfigError
 from .polling import Waker, beat_every, poll_batches
 from .queue_base import QueueBase
@@ -55,6 +58,7 @@ class _Row:
     last_error: str | None = None
     result: str | None = None
     done_at: float | None = None
+    cancel_reason: str | None = None  # a cancel requested while it runs
 
     def task(self, queue: str) -> Task[bytes]:
         return Task(
@@ -86,6 +90,9 @@ class _QueueState:
     keys: dict[str, TaskId] = field(default_factory=dict)
     workers: dict[str, WorkerInfo] = field(default_factory=dict)
     waker: Waker = field(default_factory=Waker)
+    contexts: dict[str, WorkerContext] = field(default_factory=dict)  # how to tell a worker of a cancel
+    paused: bool = False
+    waiting: dict[TaskId, list[asyncio.Future[Task[bytes]]]] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -189,11 +196,18 @@ class MemoryQueue(QueueBase):
                 layers=worker.layers,
                 running=len(worker.running()),
             )
+            self._state.contexts[worker.id] = worker
+            worker.on_paused(self._state.paused)
+            for task_id in list(worker.running()):  # cancels requested of its runs, told again
+                row = self._state.rows.get(task_id)
+                if row is not None and row.cancel_reason is not None and row.lock_by == worker.id:
+                    worker.on_cancel(task_id, row.cancel_reason)
             self._recover_orphans(now - worker.stale_after)
             self._purge_final(now - worker.retention)
 
         async def farewell() -> None:
             self._state.workers.pop(worker.id, None)
+            self._state.contexts.pop(worker.id, None)
 
         return beat_every(worker, beat, farewell)
 
@@ -237,10 +251,9 @@ class MemoryQueue(QueueBase):
     async def retry(self, task_id: TaskId) -> bool:
         """A failed or killed task runs again now with a fresh count of attempts."""
         row = self._state.rows.get(task_id)
-        if row is None or row.status not in (Status.FAILED, Status.KILLED):
+        if row is None or row.status not in (Status.FAILED, Status.KILLED, Status.CANCELLED):
             return False
-        row.status, row.attempts, row.run_at, row.done_at = Status.PENDING, 0, time.time(), None
-        self._schedule(row)
+        self._retry(row)
         self._state.waker.notify()
         return True
 
@@ -249,7 +262,7 @@ class MemoryQueue(QueueBase):
         row = self._state.rows.get(task_id)
         if row is None or row.status.is_final:
             return False
-        row.status, row.last_error, row.lock_by, row.done_at = Status.KILLED, reason, None, time.time()
+        self._end(row, Status.KILLED, reason, time.time())
         return True
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
@@ -259,6 +272,76 @@ class MemoryQueue(QueueBase):
         for row in doomed:
             self._forget(row)
         return len(doomed)
+
+    # -- the control plane (apalis_cli.control) ---------------------------------------------
+
+    async def cancel(self, task_id: TaskId, reason: str = DEFAULT_CANCEL_REASON) -> CancelResult:
+        """Cancel a task: at once if it waits, by telling its worker if it runs."""
+        row = self._state.rows.get(task_id)
+        if row is None:
+            return CancelResult.not_found()
+        if row.status.is_final:
+            return CancelResult.already_final(row.status)
+        self._cancel(row, reason)
+        return CancelResult.requested() if row.status is Status.RUNNING else CancelResult.cancelled()
+
+    async def pause(self) -> None:
+        """Claims hand out nothing until `resume`."""
+        self._state.paused = True
+        self._tell_paused()
+
+    async def resume(self) -> None:
+        """Claims hand out tasks again; waiting pollers are woken."""
+        self._state.paused = False
+        self._tell_paused()
+        self._state.waker.notify()
+
+    async def paused(self) -> bool:
+        """True while the queue is paused."""
+        return self._state.paused
+
+    async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
+        """The task once it is final; None after `timeout` seconds or for an unknown id."""
+        row = self._state.rows.get(task_id)
+        if row is None:
+            return None
+        if row.status.is_final:
+            return row.task(self.queue)
+        future: asyncio.Future[Task[bytes]] = asyncio.get_running_loop().create_future()
+        waiting = self._state.waiting.setdefault(task_id, [])
+        waiting.append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._state.waiting.pop(task_id, None)
+
+    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+        """Apply `action` to every task `where` matches (at most `where.limit`, oldest first)."""
+        rows = [r for r in self._state.rows.values() if where.matches(r.task(self.queue), action)]
+        if where.limit is not None:
+            rows = sorted(rows, key=lambda r: (r.done_at if r.done_at is not None else r.created_at, r.id))
+            rows = rows[: where.limit]
+        if dry_run:
+            return len(rows)
+        now = time.time()
+        for row in rows:
+            if action is BulkAction.RETRY:
+                self._retry(row)
+            elif action is BulkAction.CANCEL:
+                self._cancel(row, DEFAULT_CANCEL_REASON)
+            elif action is BulkAction.KILL:
+                self._end(row, Status.KILLED, "killed by an operator", now)
+            else:
+                self._forget(row)
+        if rows and action is BulkAction.RETRY:
+            self._state.waker.notify()
+        return len(rows)
 
     # -- TaskBrowser and ActivitySource ----------------------------------------------------
 
@@ -323,6 +406,8 @@ class MemoryQueue(QueueBase):
 
     def _claim(self, worker_id: str, limit: int) -> Iterator[_Row]:
         state, now = self._state, time.time()
+        if state.paused:
+            return
         while state.scheduled and state.scheduled[0][0] <= now:
             run_at, seq, task_id = heapq.heappop(state.scheduled)
             row = self._claimable(task_id)
@@ -340,12 +425,23 @@ class MemoryQueue(QueueBase):
             yield row
 
     def _settle(self, row: _Row, outcome: Outcome, now: float) -> None:
+        kind = outcome.kind
+        if row.cancel_reason is not None and kind in (OutcomeKind.RELEASE, OutcomeKind.RETRY):
+            # Cancelled while it ran, and back without its run's end: cancelled, never again.
+            self._end(row, Status.CANCELLED, row.cancel_reason, now)
+            return
+        if kind is OutcomeKind.DONE:
+            row.result = encode_result(outcome.result)
+            self._end(row, Status.DONE, row.last_error, now)
+            return
+        if kind is OutcomeKind.KILL:
+            self._end(row, Status.KILLED, outcome.error, now)
+            return
+        if kind is OutcomeKind.CANCEL:
+            self._end(row, Status.CANCELLED, outcome.error, now)
+            return
         row.lock_by = None
-        if outcome.kind is OutcomeKind.DONE:
-            row.status, row.result, row.done_at = Status.DONE, encode_result(outcome.result), now
-        elif outcome.kind is OutcomeKind.KILL:
-            row.status, row.last_error, row.done_at = Status.KILLED, outcome.error, now
-        elif outcome.kind is OutcomeKind.RETRY:
+        if kind is OutcomeKind.RETRY:
             row.status, row.last_error = Status.FAILED, outcome.error
             row.run_at = outcome.run_at if outcome.run_at is not None else now
             self._schedule(row)
@@ -355,16 +451,53 @@ class MemoryQueue(QueueBase):
             self._schedule(row)
             self._state.waker.notify()
 
+    def _end(self, row: _Row, status: Status, error: str | None, now: float) -> None:
+        """`row` is final from now on; whoever waits for it is told."""
+        row.status, row.last_error, row.lock_by, row.done_at, row.cancel_reason = status, error, None, now, None
+        waiting = self._state.waiting.pop(row.id, None)
+        if waiting:
+            task = row.task(self.queue)
+            for future in waiting:
+                if not future.done():
+                    future.set_result(task)
+
+    def _retry(self, row: _Row) -> None:
+        row.status, row.attempts, row.run_at, row.done_at, row.cancel_reason = (
+            Status.PENDING,
+            0,
+            time.time(),
+            None,
+            None,
+        )
+        self._schedule(row)
+
+    def _cancel(self, row: _Row, reason: str) -> None:
+        """Cancel a waiting task at once; for a running one, tell its worker."""
+        if row.status is not Status.RUNNING:
+            self._end(row, Status.CANCELLED, reason, time.time())
+            return
+        row.cancel_reason = reason
+        worker = self._state.contexts.get(row.lock_by or "")
+        if worker is not None:
+            worker.on_cancel(row.id, reason)
+
+    def _tell_paused(self) -> None:
+        for worker in list(self._state.contexts.values()):
+            worker.on_paused(self._state.paused)
+
     def _recover_orphans(self, stale_before: float) -> None:
         state = self._state
         alive = {w.id for w in state.workers.values() if w.last_seen >= stale_before}
         for worker_id in [w for w in state.workers if w not in alive]:
             del state.workers[worker_id]
+            state.contexts.pop(worker_id, None)
         now, recovered = time.time(), False
         for row in state.rows.values():
             if row.status is Status.RUNNING and row.lock_by not in alive:
                 error = f"worker {row.lock_by} stopped sending heartbeats while running this task"
-                if row.attempts >= row.max_attempts:
+                if row.cancel_reason is not None:
+                    self._end(row, Status.CANCELLED, row.cancel_reason, now)
+                elif row.attempts >= row.max_attempts:
                     self._settle(row, Outcome.kill(error), now)
                 else:
                     self._settle(row, Outcome.retry(error, now), now)

@@ -32,6 +32,7 @@ class OutcomeKind(StrEnum):
     RETRY = "retry"  # failed: run again at `run_at` (the attempt is counted)
     KILL = "kill"  # failed for good: attempts exhausted, aborted or undecodable
     RELEASE = "release"  # not run (graceful stop): back to pending, the attempt not counted
+    CANCEL = "cancel"  # stopped on an operator's cancel: status cancelled, `error` the reason
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +71,12 @@ class Outcome:
         """The task's payload cannot be decoded (`DecodeError`): killed, never retried, since
         the same bytes would fail the same way."""
         return cls.kill(f"decode error: {error}")
+
+    @classmethod
+    def cancel(cls, reason: str) -> Outcome:
+        """The run was stopped because an operator cancelled the task: it ends cancelled, with
+        `reason` as its last error, and is never retried."""
+        return cls(kind=OutcomeKind.CANCEL, error=storable_text(reason))
 
     @classmethod
     def release(cls) -> Outcome:

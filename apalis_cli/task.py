@@ -25,18 +25,23 @@ TaskId = str
 
 
 class Status(StrEnum):
-    """Where a task is in its life: pending -> running -> done | failed (runs again) | killed."""
+    """Where a task is in its life: pending -> running -> done | failed (runs again) | killed,
+    and cancelled (by an operator, from pending, failed or running: never retried)."""
 
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     KILLED = "killed"
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
         """True for the states a task never leaves by itself."""
-        return self in (Status.DONE, Status.KILLED)
+        return self in _FINAL
+
+
+_FINAL = frozenset({Status.DONE, Status.KILLED, Status.CANCELLED})
 
 
 @final  # its __init__ relies on the layout of exactly these slots
@@ -46,6 +51,10 @@ class TaskContext:
 
     `attempts` counts the runs started so far: it is 1 while the first run is in progress, and a
     task whose `attempts` reached `max_attempts` is killed instead of retried.
+
+    `cancelled` turns true, in the worker running the task, once an operator cancelled this run
+    (`cancel_reason` says why): a sync handler running in a thread, which nothing can interrupt,
+    polls it and returns early; an async handler gets `CancelledError` instead.
     """
 
     queue: str
@@ -61,6 +70,7 @@ class TaskContext:
     result: Any = None
     created_at: float = 0.0
     done_at: float | None = None
+    cancel_reason: str | None = field(default=None, init=False, compare=False, repr=False)
 
     def __init__(
         self,
@@ -98,7 +108,18 @@ class TaskContext:
         ctx.result = result
         ctx.created_at = created_at
         ctx.done_at = done_at
+        ctx.cancel_reason = None
         object.__setattr__(self, "__class__", cls)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this run was cancelled: a handler that sees it should return soon."""
+        return self.cancel_reason is not None
+
+    def mark_cancelled(self, reason: str) -> None:
+        """Set `cancelled` (the worker does, when a store tells it of a cancel): the one field
+        that changes, read by a handler's thread while the loop writes it."""
+        object.__setattr__(self, "cancel_reason", reason)
 
     @property
     def attempts_left(self) -> int:

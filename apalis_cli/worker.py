@@ -10,7 +10,7 @@ whole loop, for a store that claims ahead (apalis_cli/ahead.py):
         │          (None when idle)       │  free_slots() tasks; idle: wait for a wake-up
         ▼                                 │
     _start ─▶ _run_one: one asyncio task a run, through the service (outermost first):
-                store ack (middleware())  ->  safety-net retry  ->  the layers  ->  decode + handler
+                store ack (middleware())  ->  cancel  ->  safety-net retry  ->  the layers  ->  decode + handler
                    │
                    ▼
               AckBatcher (acks.py): the outcomes of one loop turn go in one write, `ack_batch`;
@@ -33,6 +33,12 @@ kill, so no run can end without an acknowledgement. Whatever a handler returns o
 its own run at worst: a result no store can keep and a `SystemExit` or `KeyboardInterrupt` are
 that run's errors, and a `CancelledError` is a stop only when the run was really cancelled.
 Signals are not handled here: the supervisor (or any caller) sets the `stop` event.
+
+A cancel (`WorkerContext.on_cancel`, called by the store) stops one run where it runs: its asyncio
+task is cancelled, so an async handler gets `CancelledError`, a command gets SIGTERM then SIGKILL,
+a handler in a child process has its child killed, and a sync handler in a thread, which nothing
+can stop, sees `ctx.cancelled` turn true and the run ends when the thread returns. The cancel
+layer, just inside the store's acknowledgement, turns that cancellation into `Outcome.cancel`.
 """
 
 from __future__ import annotations
@@ -50,11 +56,13 @@ from .backend import BackendExt, WorkerContext
 from .errors import HandlerExit, describe_error
 from .events import (
     BackendUnavailable,
+    CancelRequested,
     Event,
     EventListener,
     HeartbeatFailed,
     HeartbeatSent,
     Idle,
+    QueuePaused,
     Started,
     Stopped,
     TaskFinished,
@@ -107,6 +115,10 @@ class Worker:
         self.stoppable = stoppable
         self._listeners = list(on_event)
         self._running: dict[TaskId, asyncio.Task[None]] = {}
+        self._handling: dict[TaskId, tuple[asyncio.Task[Any], Task[Any]]] = {}
+        """The runs a cancel may stop now: between the acknowledgement and the handler."""
+        self.paused = False
+        """Whether the store last said this worker's queue is paused (for the live view)."""
         self._slot_freed = asyncio.Event()
         self._beating = asyncio.Event()
         """Set while the last beat got through: the poll loop claims again only after one."""
@@ -128,9 +140,11 @@ class Worker:
             layers=tuple(repr(layer) for layer in layers),
             free_slots=self.free_slots,
             running=self._running.keys,
+            on_cancel=self.cancel_run,
+            on_paused=self._paused,
         )
         self._service = compose(
-            [backend.middleware(), RetryLayer(backoff), *layers],
+            [backend.middleware(), self._cancellable, RetryLayer(backoff), *layers],
             _handler_service(handler, backend.codec.decode),
         )
 
@@ -154,6 +168,52 @@ class Worker:
             return
         for task in list(self._running.values()):
             task.cancel()
+
+    def cancel_run(self, task_id: TaskId, reason: str) -> bool:
+        """Stop the run of `task_id` (a store calls this, as `WorkerContext.on_cancel`): it is
+        acknowledged cancelled with `reason`. False when this worker is not running that task,
+        or no longer can stop it (its outcome is being written), or was already asked to."""
+        handling = self._handling.get(task_id)
+        if handling is None:
+            return False
+        run, task = handling
+        if task.ctx.cancelled:
+            return False
+        task.ctx.mark_cancelled(reason)
+        run.cancel()
+        self._emit(CancelRequested(worker=self.name, queue=self.context.queue, task_id=task_id, reason=reason))
+        return True
+
+    def _cancellable(self, inner: Service) -> Service:
+        """The layer that lets `cancel_run` stop a run, and writes a stopped run as cancelled."""
+        handling = self._handling
+
+        async def run(task: Task[Any]) -> Outcome:
+            current = asyncio.current_task()
+            assert current is not None
+            handling[task.id] = (current, task)
+            try:
+                outcome = await inner(task)
+            except asyncio.CancelledError:
+                reason = task.ctx.cancel_reason
+                # A stop of the worker at the same time wins: the task is released (and the store
+                # turns a released task with a cancel requested into a cancelled one).
+                if reason is None or current.uncancel() > 0:
+                    raise
+                return Outcome.cancel(reason)
+            finally:
+                del handling[task.id]
+            reason = task.ctx.cancel_reason
+            if reason is not None and current.uncancel() == 0:
+                return Outcome.cancel(reason)  # the handler swallowed the cancellation
+            return outcome
+
+        return run
+
+    def _paused(self, paused: bool) -> None:
+        if paused != self.paused:
+            self.paused = paused
+            self._emit(QueuePaused(worker=self.name, queue=self.context.queue, paused=paused))
 
     def subscribe(self, listener: EventListener) -> None:
         """Call `listener` with every event of this worker from now on."""

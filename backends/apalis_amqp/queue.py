@@ -44,7 +44,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.polling import beat_every, woken
@@ -61,6 +61,7 @@ __all__ = ["CAPABILITIES", "AmqpQueue"]
 
 CAPABILITIES = Capabilities(
     {
+        **CONTROL_NOT_BUILT,
         Capability.PRIORITY: (
             "RabbitMQ orders a queue by message priority (0..max_priority, negatives as 0) and then by arrival, "
             "not by run_at; priorities are honoured that far"

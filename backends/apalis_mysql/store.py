@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from apalis_cli.backend import Capabilities, StoreSpec
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, StoreSpec
 from apalis_cli.codec import Codec
 from apalis_cli.errors import MissingExtra
 
@@ -37,7 +37,7 @@ class MysqlStore:
     """Queues in one MySQL/MariaDB database, sharing a connection pool."""
 
     kind: ClassVar[str] = "mysql"
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: ClassVar[Capabilities] = Capabilities({**CONTROL_NOT_BUILT})
 
     def __init__(self, config: MysqlConfig) -> None:
         from .connection import Database

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.polling import IdleWait, beat_every
@@ -57,6 +57,7 @@ __all__ = ["CAPABILITIES", "NatsQueue"]
 
 CAPABILITIES = Capabilities(
     {
+        **CONTROL_NOT_BUILT,
         Capability.PRIORITY: "a JetStream stream is delivered in sequence order: it has no priorities",
         Capability.RESULTS: "an acknowledged message leaves a WorkQueue stream: there is nowhere to keep a result",
         Capability.INSPECT: (

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
@@ -29,6 +29,7 @@ __all__ = ["CAPABILITIES", "PgmqQueue"]
 
 CAPABILITIES = Capabilities(
     {
+        **CONTROL_NOT_BUILT,
         Capability.PRIORITY: "pgmq has no priorities: pgmq.read hands out messages oldest first",
         Capability.OWNED_LEASES: (
             "a pgmq lease is the message's vt, with no owner: a claim whose reply was lost comes back "

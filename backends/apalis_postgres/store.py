@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from apalis_cli.backend import Capabilities, StoreSpec
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, StoreSpec
 from apalis_cli.codec import Codec
 from apalis_cli.errors import ConfigError, MissingExtra
 
@@ -43,7 +43,7 @@ class PostgresStore:
     """Queues in one PostgreSQL schema, sharing a pool and one LISTEN connection."""
 
     kind: ClassVar[str] = "postgres"
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: ClassVar[Capabilities] = Capabilities({**CONTROL_NOT_BUILT})
 
     def __init__(self, config: PostgresConfig) -> None:
         from .connection import Database

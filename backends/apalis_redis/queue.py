@@ -39,7 +39,7 @@ from typing import Any
 
 import msgpack
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, NewTask, WorkerContext
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -56,7 +56,7 @@ __all__ = ["CAPABILITIES", "RedisQueue", "scripts"]
 _SCRIPTS = ("enqueue", "claim", "ack", "heartbeat", "farewell", "retry", "kill", "purge")
 _CLAIMING = ("claim", "ack")  # the scripts that start with lua/claiming.lua's claim()
 
-CAPABILITIES = Capabilities()
+CAPABILITIES = Capabilities({**CONTROL_NOT_BUILT})
 
 
 def scripts() -> dict[str, str]:

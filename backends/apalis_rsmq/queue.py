@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgpack
-from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.errors import BadPayload
 from apalis_cli.polling import beat_every, poll_batches
@@ -69,6 +69,7 @@ _PURGE_LIMIT = 5000
 
 CAPABILITIES = Capabilities(
     {
+        **CONTROL_NOT_BUILT,
         Capability.PRIORITY: "rsmq orders messages by visibility time only; it has no priorities",
         Capability.RESULTS: "rsmq deletes a message once it is processed: there is no place for a result",
         Capability.IDEMPOTENCY: "rsmq messages carry no key: the same message sent twice is two messages",

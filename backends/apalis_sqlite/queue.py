@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, NewTask, WorkerContext
+from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -33,7 +33,7 @@ __all__ = ["CAPABILITIES", "SqliteQueue"]
 
 _PURGE_PER_BEAT = 10_000
 
-CAPABILITIES = Capabilities()
+CAPABILITIES = Capabilities({**CONTROL_NOT_BUILT})
 
 
 def _sort_key(task: Task[bytes]) -> tuple[int, float, str]:

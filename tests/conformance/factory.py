@@ -31,6 +31,15 @@ class StoreFactory:
         declares the RECONNECT capability."""
         raise NotImplementedError
 
+    async def reopen(self, store: Store) -> Store:
+        """Close `store` and open a store over the same data, as a restarted daemon would: the
+        default opens the same object again; a factory whose stores keep state on the server
+        should return a new store object on the same schema/namespace (the caller closes it).
+        `destroy` is still called with the original store."""
+        await store.close()
+        await store.open()
+        return store
+
     def shutdown(self) -> None:
         """Stop what the factory started for the whole session (a private server); called once,
         after the last test."""

@@ -30,7 +30,7 @@ def test_task_ids_are_unique_and_time_ordered() -> None:
 def test_task_and_context_take_every_field_and_stay_frozen(cls: Any) -> None:
     # Their __init__ is written by hand (it is on the hot path): it must set each field, with
     # the declared default, and leave the object as frozen as a generated one would.
-    fields = dataclasses.fields(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # not `cancel_reason`: set by the worker
     params = inspect.signature(cls).parameters
     assert list(params) == [f.name for f in fields]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
@@ -54,7 +54,20 @@ def test_a_context_gets_the_declared_defaults() -> None:
 
 
 def test_final_statuses() -> None:
-    assert {s for s in Status if s.is_final} == {Status.DONE, Status.KILLED}
+    assert {s for s in Status if s.is_final} == {Status.DONE, Status.KILLED, Status.CANCELLED}
+
+
+def test_a_context_is_marked_cancelled_for_the_handler_to_see() -> None:
+    ctx = TaskContext(queue="q")
+    assert not ctx.cancelled
+    assert ctx.cancel_reason is None
+
+    ctx.mark_cancelled("not wanted")
+
+    assert ctx.cancelled
+    assert ctx.cancel_reason == "not wanted"
+    assert ctx == TaskContext(queue="q"), "the mark is not part of what the context is"
+    assert not dataclasses.replace(ctx, attempts=2).cancelled, "a new run's context starts unmarked"
 
 
 def test_attempts_left() -> None:

@@ -1,0 +1,248 @@
+"""The control plane: cancel a task, pause a queue, wait for a result, act on many tasks at once.
+
+Each is a capability (`Capability.CANCEL`, `PAUSE`, `WAIT`, `BULK`) and a protocol below that the
+queue-bound backend implements; the CLI and the Python API check both (`isinstance` on the
+protocol, `Capabilities.has` for the reason when it is missing). The conformance suite
+(`tests/conformance/test_control*.py`) proves each on every store that does not declare it lacking.
+
+How to implement the control plane in a store
+---------------------------------------------
+1. **Cancel** (`Canceller.cancel(task_id, reason) -> CancelResult`):
+   - a pending or failed (awaiting its retry, scheduled or not) task becomes `Status.CANCELLED` at
+     once, `last_error = reason`, `done_at = now`, in the same atomic step a claim uses (one
+     `UPDATE ... WHERE id = ? AND status IN ('pending', 'failed')`, one Lua script): a claim and a
+     cancel never both win, so a cancelled task never starts. Answer `CancelResult.cancelled()`.
+   - a running task keeps running in the store's eyes: record the request and its reason on the
+     task (a `cancel_reason` column, a hash field) and tell the worker holding it (`lock_by`)
+     through the store's push path (NOTIFY, pub/sub, the WAL doorbell, a control subject) within
+     milliseconds. Answer `CancelResult.requested()`. The worker learns of it through
+     `WorkerContext.on_cancel(task_id, reason)`: the store calls it, on the worker's event loop,
+     from its listener, and in any case from every heartbeat for each task of `worker.running()`
+     that has a cancel requested (a store that cannot push relies on that alone; calling it again
+     for the same task is harmless). The worker then stops the run and acknowledges it with an
+     `Outcome.cancel(reason)`; if the run ended before the cancel reached it, its own outcome
+     stands when final (done, killed), and a retry is written as cancelled instead.
+   - a done, killed or cancelled task is left as it is: `CancelResult.already_final(status)`.
+   - an unknown id: `CancelResult.not_found()`.
+2. **The acknowledgement of a cancelled run** (`OutcomeKind.CANCEL`, `outcome.error` the reason):
+   like a kill, only the status is `cancelled` (under the same `WHERE id = ? AND lock_by = ?` as
+   every other outcome). A running task with a cancel requested that would run again (its run
+   ended in a retry, its worker released it while stopping, or vanished and the orphan sweep
+   found it) is cancelled instead, with the requested reason: it never runs again.
+3. **Retry** of a cancelled task (`Inspector.retry`, bulk retry) makes it pending as for a killed
+   one, with its cancel request cleared.
+4. **Pause** (`Pausable.pause()`, `resume()`, `paused()`): the state lives in the store (a
+   `queues` row, a Redis key, a KV entry), so it holds for every daemon on every host and survives
+   restarts. A paused queue's claim hands out nothing, checked in the claim itself where it can
+   be (the same statement or script); pushes are still accepted and running tasks finish. A
+   resume wakes the pollers as a push does. A store that learns of the state with a heartbeat
+   calls `WorkerContext.on_paused(paused)` so the live view can show it (optional).
+5. **Wait** (`Waiter.wait(task_id, timeout) -> Task[bytes] | None`): the task once it is final
+   (done, killed, cancelled), at once if it already is; None on timeout or for an unknown id.
+   Woken through the store's push path (a NOTIFY on the ack, a pub/sub message, the WAL doorbell);
+   polling (at most every 50 ms) only where the store cannot push.
+6. **Bulk** (`BulkActor.bulk(action, where, dry_run=False) -> int`): the number of tasks acted on
+   (or, with `dry_run`, that would be). `where.statuses_for(action)` is the set of statuses to
+   match; a store writes one statement or script per batch (of at most its own batch size), never
+   one round trip per task. `cancel` behaves as `cancel` above for each task (running ones get a
+   request and their workers are told); `kill` as `Inspector.kill`; `retry` as `Inspector.retry`;
+   `purge` deletes.
+7. Until a store does one of these, it declares the capability lacking with the reason
+   (`NOT_BUILT`), and the conformance suite skips its cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from .task import Status, Task, TaskId
+
+__all__ = [
+    "DEFAULT_CANCEL_REASON",
+    "NOT_BUILT",
+    "BulkAction",
+    "BulkActor",
+    "BulkFilter",
+    "CancelResult",
+    "CancelState",
+    "Canceller",
+    "Pausable",
+    "Waiter",
+    "statuses_text",
+]
+
+NOT_BUILT = "not built yet for this store"
+"""The reason a store gives for a control capability it does not implement yet."""
+
+DEFAULT_CANCEL_REASON = "cancelled by an operator"
+
+
+class CancelState(StrEnum):
+    """What a cancel did."""
+
+    CANCELLED = "cancelled"  # it had not started: it is cancelled now and will never start
+    REQUESTED = "requested"  # it is running: the cancel is recorded and its worker told
+    ALREADY_FINAL = "already_final"  # done, killed or cancelled before: nothing changed
+    NOT_FOUND = "not_found"  # no task with this id in the queue
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """The answer to a cancel: what happened, and the task's status now (None: not found)."""
+
+    state: CancelState
+    status: Status | None = None
+
+    @classmethod
+    def cancelled(cls) -> CancelResult:
+        """A task that had not started is cancelled."""
+        return cls(CancelState.CANCELLED, Status.CANCELLED)
+
+    @classmethod
+    def requested(cls) -> CancelResult:
+        """A running task's worker was asked to stop it."""
+        return cls(CancelState.REQUESTED, Status.RUNNING)
+
+    @classmethod
+    def already_final(cls, status: Status) -> CancelResult:
+        """The task had already ended with `status`."""
+        return cls(CancelState.ALREADY_FINAL, status)
+
+    @classmethod
+    def not_found(cls) -> CancelResult:
+        """No such task."""
+        return cls(CancelState.NOT_FOUND, None)
+
+    @property
+    def changed(self) -> bool:
+        """True when the cancel took effect (cancelled, or requested of a running task)."""
+        return self.state in (CancelState.CANCELLED, CancelState.REQUESTED)
+
+
+class BulkAction(StrEnum):
+    """What a bulk request does to each task it matches."""
+
+    RETRY = "retry"
+    CANCEL = "cancel"
+    KILL = "kill"
+    PURGE = "purge"
+
+    @property
+    def applies_to(self) -> frozenset[Status]:
+        """The statuses this action can change; `BulkFilter.statuses` narrows them."""
+        return _APPLIES_TO[self]
+
+    @property
+    def default_statuses(self) -> frozenset[Status]:
+        """What the action matches when the filter names no status."""
+        return _DEFAULTS[self]
+
+
+_APPLIES_TO = {
+    BulkAction.RETRY: frozenset({Status.FAILED, Status.KILLED, Status.CANCELLED}),
+    BulkAction.CANCEL: frozenset({Status.PENDING, Status.FAILED, Status.RUNNING}),
+    BulkAction.KILL: frozenset({Status.PENDING, Status.FAILED, Status.RUNNING}),
+    BulkAction.PURGE: frozenset(set(Status) - {Status.RUNNING}),
+}
+_DEFAULTS = {
+    # Retrying `failed` tasks (which retry by themselves) is asked for by name only.
+    BulkAction.RETRY: frozenset({Status.KILLED, Status.CANCELLED}),
+    BulkAction.CANCEL: _APPLIES_TO[BulkAction.CANCEL],
+    BulkAction.KILL: _APPLIES_TO[BulkAction.KILL],
+    # Purging work still to do is asked for by name only.
+    BulkAction.PURGE: frozenset({Status.DONE, Status.KILLED, Status.CANCELLED}),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkFilter:
+    """Which tasks of a queue a bulk action takes. Every condition given must hold.
+
+    - `statuses`: the statuses to match (empty: the action's `default_statuses`); a status the
+      action cannot change is ignored (`statuses_for`).
+    - `since` / `until`: epoch seconds, inclusive, compared with the task's last change the
+      store keeps: `done_at` when it has one, `created_at` otherwise (as `purge` does).
+    - `error_contains`: a substring of `last_error`, ignoring case (ASCII letters at least).
+    - `limit`: act on at most this many tasks (None: all that match); which ones is the store's
+      choice, oldest first where it can.
+    """
+
+    statuses: frozenset[Status] = frozenset()
+    since: float | None = None
+    until: float | None = None
+    error_contains: str | None = None
+    limit: int | None = None
+
+    def statuses_for(self, action: BulkAction) -> frozenset[Status]:
+        """The statuses `action` matches under this filter (maybe empty: then nothing matches)."""
+        if not self.statuses:
+            return action.default_statuses
+        return self.statuses & action.applies_to
+
+    def matches(self, task: Task[bytes], action: BulkAction) -> bool:
+        """True when `task` is one `action` takes under this filter (a store that filters in
+        Python, such as memory, uses this; a SQL store says the same in its WHERE clause)."""
+        ctx = task.ctx
+        if ctx.status not in self.statuses_for(action):
+            return False
+        changed = ctx.done_at if ctx.done_at is not None else ctx.created_at
+        if (self.since is not None and changed < self.since) or (self.until is not None and changed > self.until):
+            return False
+        if self.error_contains is not None:
+            return self.error_contains.lower() in (ctx.last_error or "").lower()
+        return True
+
+
+@runtime_checkable
+class Canceller(Protocol):
+    """Cancels a task by id (`Capability.CANCEL`)."""
+
+    async def cancel(self, task_id: TaskId, reason: str = DEFAULT_CANCEL_REASON) -> CancelResult:
+        """Cancel `task_id`: at once if it has not started, by asking its worker if it runs."""
+        ...
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """Pauses and resumes a queue, the state kept in the store (`Capability.PAUSE`)."""
+
+    async def pause(self) -> None:
+        """Claims hand out nothing from now on (pushes are accepted, running tasks finish)."""
+        ...
+
+    async def resume(self) -> None:
+        """Claims hand out tasks again; waiting workers are woken."""
+        ...
+
+    async def paused(self) -> bool:
+        """True while the queue is paused."""
+        ...
+
+
+@runtime_checkable
+class Waiter(Protocol):
+    """Waits for a task to end (`Capability.WAIT`)."""
+
+    # A timeout parameter (not the caller's asyncio.timeout): a store that polls must know when to
+    # stop, and a timeout is an answer (None) here, not an error.
+    async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
+        """The task once it is done, killed or cancelled; None after `timeout` seconds (None:
+        no limit) or when there is no such task."""
+        ...
+
+
+@runtime_checkable
+class BulkActor(Protocol):
+    """Retries, cancels, kills or purges every task a filter matches (`Capability.BULK`)."""
+
+    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+        """How many tasks `action` changed (with `dry_run`: would change, changing nothing)."""
+        ...
+
+
+def statuses_text(statuses: Collection[Status]) -> str:
+    """Statuses as a stable, readable list (for messages)."""
+    return ", ".join(sorted(status.value for status in statuses))

@@ -1,0 +1,89 @@
+"""Bulk actions by filter, on every store that offers them: the tasks one bad deploy killed are
+retried in one request, and a dry run counts what a request would change, changing nothing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from apalis_cli.backend import Capability
+from apalis_cli.control import BulkAction, BulkFilter
+from apalis_cli.errors import Abort
+from apalis_cli.task import Status, Task
+
+from .conftest import Calls, Harness
+from .controls import bulk_actor, status_of
+
+FAILING = 5
+
+
+async def _killed_and_done(harness: Harness, calls: Calls) -> tuple[list[str], list[str]]:
+    """Push tasks of which the first FAILING are killed by their handler ("disk full" for even
+    ones, "timeout" for odd ones) and two more are done; returns (killed ids, done ids)."""
+    backend = harness.backend()
+    killed = [await backend.push({"n": i, "fail": True}) for i in range(FAILING)]
+    done = [await backend.push({"n": i, "fail": False}) for i in range(2)]
+
+    async def deploy(args: Any, task: Task[bytes]) -> None:
+        if args["fail"] and len(calls.of(task.id)) == 1:  # the bad deploy: only first runs fail
+            raise Abort("disk full on /var" if args["n"] % 2 == 0 else "Timeout talking to the bank")
+
+    await harness.worker(backend, calls.handler(deploy)).start()
+    await harness.wait_until(lambda: len(harness.finished()) == FAILING + 2, what="every first run to end")
+    return killed, done
+
+
+async def test_bulk_retry_runs_every_killed_task_again(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.BULK)
+    killed, done = await _killed_and_done(harness, calls)
+    bulk = bulk_actor(harness, harness.backend())
+
+    assert await bulk.bulk(BulkAction.RETRY, BulkFilter(statuses=frozenset({Status.KILLED})), dry_run=True) == FAILING
+    changed = await bulk.bulk(BulkAction.RETRY, BulkFilter(statuses=frozenset({Status.KILLED})))
+
+    assert changed == FAILING
+    await harness.wait_until(lambda: len(harness.finished("done")) == FAILING + 2, what="the retried tasks to run")
+    assert all(len(calls.of(task_id)) == 2 for task_id in killed)
+    assert all(len(calls.of(task_id)) == 1 for task_id in done)
+    for task_id in killed:
+        assert await status_of(harness, harness.backend(), task_id) in (Status.DONE, None)
+
+
+async def test_bulk_dry_run_counts_what_a_filter_matches_and_changes_nothing(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.BULK)
+    killed, _ = await _killed_and_done(harness, calls)
+    bulk = bulk_actor(harness, harness.backend())
+
+    def count(action: BulkAction, **where: Any) -> Any:
+        return bulk.bulk(action, BulkFilter(**where), dry_run=True)
+
+    assert await count(BulkAction.RETRY) == FAILING  # killed (and cancelled) by default
+    assert await count(BulkAction.RETRY, error_contains="DISK FULL") == 3  # ignoring case
+    assert await count(BulkAction.RETRY, error_contains="bank") == 2
+    assert await count(BulkAction.RETRY, limit=2) == 2
+    assert await count(BulkAction.RETRY, statuses=frozenset({Status.DONE})) == 0  # done is not retried
+    assert await count(BulkAction.PURGE) == FAILING + 2  # done and killed by default
+    assert await count(BulkAction.PURGE, statuses=frozenset({Status.DONE})) == 2
+    assert await count(BulkAction.RETRY, since=time.time() + 3600) == 0
+    assert await count(BulkAction.RETRY, until=time.time() - 3600) == 0
+    assert await count(BulkAction.RETRY, since=time.time() - 3600, until=time.time() + 60) == FAILING
+    assert await count(BulkAction.CANCEL) == 0  # nothing waits or runs
+
+    assert calls.ids().count(killed[0]) == 1
+    for task_id in killed:
+        assert await status_of(harness, harness.backend(), task_id) in (Status.KILLED, None)
+
+
+async def test_bulk_cancel_then_purge(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.BULK)
+    backend = harness.backend()
+    waiting = [await backend.push({"n": i}, delay=60) for i in range(4)]
+    bulk = bulk_actor(harness, backend)
+
+    assert await bulk.bulk(BulkAction.CANCEL, BulkFilter()) == 4
+
+    for task_id in waiting:
+        assert await status_of(harness, backend, task_id) in (Status.CANCELLED, None)
+    assert await bulk.bulk(BulkAction.CANCEL, BulkFilter()) == 0
+    assert await bulk.bulk(BulkAction.PURGE, BulkFilter(statuses=frozenset({Status.CANCELLED}))) == 4
+    assert await bulk.bulk(BulkAction.PURGE, BulkFilter(), dry_run=True) == 0

@@ -10,7 +10,7 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
-    from .api import open_sink, open_sink_sync
+    from .api import Sink, SyncSink, WaitTimeout, open_sink, open_sink_sync, result_of
     from .backend import (
         Backend,
         BackendExt,
@@ -26,6 +26,7 @@ if typing.TYPE_CHECKING:
         WorkerInfo,
     )
     from .codec import Codec, JsonCodec, MsgpackCodec
+    from .control import BulkAction, BulkFilter, CancelResult, CancelState
     from .errors import Abort, ApalisError, ConfigError, Retry
     from .service import Layer, Outcome, OutcomeKind, Service, compose
     from .task import Status, Task, TaskContext, TaskId
@@ -38,6 +39,10 @@ __all__ = [
     "ApalisError",
     "Backend",
     "BackendExt",
+    "BulkAction",
+    "BulkFilter",
+    "CancelResult",
+    "CancelState",
     "Capabilities",
     "Capability",
     "Codec",
@@ -52,13 +57,16 @@ __all__ = [
     "QueueStats",
     "Retry",
     "Service",
+    "Sink",
     "Status",
     "Store",
     "StoreSpec",
+    "SyncSink",
     "Task",
     "TaskContext",
     "TaskId",
     "TaskSink",
+    "WaitTimeout",
     "Worker",
     "WorkerContext",
     "WorkerInfo",
@@ -66,6 +74,7 @@ __all__ = [
     "compose",
     "open_sink",
     "open_sink_sync",
+    "result_of",
 ]
 
 # Where each public name is defined. A name's module is imported on first use, so that a handler
@@ -73,6 +82,14 @@ __all__ = [
 # the config and store registry, structlog, rich).
 _HOMES: dict[str, str] = {
     "open_sink": "api",
+    "result_of": "api",
+    "Sink": "api",
+    "SyncSink": "api",
+    "WaitTimeout": "api",
+    "BulkAction": "control",
+    "BulkFilter": "control",
+    "CancelResult": "control",
+    "CancelState": "control",
     "open_sink_sync": "api",
     "Backend": "backend",
     "BackendExt": "backend",

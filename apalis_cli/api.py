@@ -6,6 +6,9 @@
     sink = apalis_cli.open_sink_sync("jobs.toml", worker="emails")   # e.g. once per Django process
     sink.push({"to": "ada@example.com"})
 
+    task = await sink.push({"to": "ada@example.com"}, wait=True, timeout=30)  # once it has ended
+    task = await sink.wait(task_id, timeout=30)                            # None on timeout
+
 The sync twin runs its own event loop in a background thread, so it works from code that has no
 loop (a Django view, a script) and may be shared by many threads.
 """
@@ -14,24 +17,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
-from .backend import BackendExt, Store, TaskSink
+from .backend import BackendExt, Capabilities, Capability, NewTask, Store, TaskSink
 from .bounds import check_name
 from .codec import codec_by_name
 from .config import Config, load_config
 from .config_fields import did_you_mean
+from .control import Waiter
 from .errors import ConfigError, Unsupported, UsageError
 from .registry import build_store
-from .task import TaskId
+from .task import Task, TaskId
 
-__all__ = ["QueueTarget", "SyncSink", "open_queue", "open_sink", "open_sink_sync", "resolve_target"]
+__all__ = [
+    "QueueTarget",
+    "Sink",
+    "SyncSink",
+    "WaitTimeout",
+    "open_queue",
+    "open_sink",
+    "open_sink_sync",
+    "resolve_target",
+    "result_of",
+]
 
 T = TypeVar("T")
 
@@ -111,20 +126,119 @@ def _load(config: str | Path | Config | None) -> Config:
     return load_config(config if config is not None else os.environ.get("APALIS_CONFIG", "apalis.toml"))
 
 
+class WaitTimeout(TimeoutError):
+    """`push(..., wait=True)` gave up waiting: the task goes on (`task_id` says which)."""
+
+    def __init__(self, task_id: TaskId, timeout: float | None) -> None:
+        super().__init__(
+            f"task {task_id} had not ended after {timeout:g}s" if timeout else f"task {task_id} wait ended"
+        )
+        self.task_id = task_id
+
+
+def result_of(task: Task[Any]) -> Any:
+    """A finished task's result as the handler returned it (decoded from the JSON text that
+    stores keep); None when it has none or its store keeps no results."""
+    result = task.ctx.result
+    if isinstance(result, str | bytes):
+        try:
+            return json.loads(result)
+        except ValueError:
+            return result
+    return result
+
+
+class Sink:
+    """A queue's `TaskSink` (what `open_sink` yields), which can also wait for a task to end
+    where its store can (`Capability.WAIT`)."""
+
+    def __init__(self, backend: TaskSink, capabilities: Capabilities, name: str) -> None:
+        self.backend = backend
+        self.capabilities = capabilities
+        self._name = name
+
+    # `timeout` limits the wait of `wait=True`, whose end is an answer (WaitTimeout), not an error.
+    @overload
+    async def push(
+        self,
+        args: Any,
+        *,
+        wait: Literal[False] = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **options: Any,
+    ) -> TaskId: ...
+
+    @overload
+    async def push(
+        self,
+        args: Any,
+        *,
+        wait: Literal[True],
+        timeout: float | None = None,  # noqa: ASYNC109
+        **options: Any,
+    ) -> Task[bytes]: ...
+
+    async def push(
+        self,
+        args: Any,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **options: Any,
+    ) -> TaskId | Task[bytes]:
+        """Encode `args` and enqueue it (options as `TaskSink.push`); returns its id, or with
+        `wait=True` the task once it has ended (done, killed or cancelled: see `ctx.status`,
+        `result_of(task)`, `ctx.last_error`), raising `WaitTimeout` after `timeout` seconds."""
+        waiter = self._waiter() if wait else None
+        task_id = await self.backend.push(args, **options)
+        if waiter is None:
+            return task_id
+        return await self._ended(waiter, task_id, timeout)
+
+    async def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+        """Enqueue many values with the same options, in as few round trips as the store can."""
+        return await self.backend.push_bulk(items, **options)
+
+    async def push_compact(self, compact: bytes, **options: Any) -> TaskId:
+        """Enqueue already-encoded bytes as they are."""
+        return await self.backend.push_compact(compact, **options)
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """The store's primitive: insert encoded tasks."""
+        return await self.backend.enqueue(tasks)
+
+    async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
+        """The task once it has ended (done, killed or cancelled); None after `timeout` seconds
+        (the task goes on) or when the queue has no such task."""
+        return await self._waiter().wait(task_id, timeout)
+
+    async def _ended(self, waiter: Waiter, task_id: TaskId, within: float | None) -> Task[bytes]:
+        task = await waiter.wait(task_id, within)
+        if task is None:
+            raise WaitTimeout(task_id, within)
+        return task
+
+    def _waiter(self) -> Waiter:
+        why = self.capabilities.why_not(Capability.WAIT)
+        if why is not None or not isinstance(self.backend, Waiter):
+            raise Unsupported(f'backend "{self._name}" cannot wait for a task: {why or "it has no wait()"}')
+        return self.backend
+
+
 @contextlib.asynccontextmanager
 async def open_sink(
     config: str | Path | Config | None = None, *, worker: str | None = None, queue: str | None = None
-) -> AsyncIterator[TaskSink]:
-    """A `TaskSink` for `worker`'s queue (or `queue`), open for the duration of the block.
+) -> AsyncIterator[Sink]:
+    """A `Sink` for `worker`'s queue (or `queue`), open for the duration of the block.
 
     `config` is a path (default: `$APALIS_CONFIG`, then `apalis.toml`) or a loaded `Config`.
     """
     loaded = _load(config)
     target = resolve_target(loaded, worker, queue)
-    async with open_queue(loaded, target) as (_, backend):
+    async with open_queue(loaded, target) as (store, backend):
         if not isinstance(backend, TaskSink):
             raise Unsupported(f'backend "{target.backend}" cannot take pushed tasks')
-        yield backend
+        yield Sink(backend, store.capabilities, target.backend)
 
 
 class SyncSink:
@@ -138,14 +252,42 @@ class SyncSink:
         self._thread.start()
         self._context = open_sink(config, worker=worker, queue=queue)
         try:
-            self._sink: TaskSink = self._call(self._context.__aenter__())
+            self._sink: Sink = self._call(self._context.__aenter__())
         except BaseException:
             self._stop_loop()
             raise
 
-    def push(self, args: Any, **options: Any) -> TaskId:
-        """Encode `args` and enqueue it (options as `TaskSink.push`); returns the id."""
-        return self._call(self._sink.push(args, **options))
+    @overload
+    def push(
+        self,
+        args: Any,
+        *,
+        wait: Literal[False] = False,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> TaskId: ...
+
+    @overload
+    def push(self, args: Any, *, wait: Literal[True], timeout: float | None = None, **options: Any) -> Task[bytes]: ...
+
+    def push(
+        self,
+        args: Any,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> TaskId | Task[bytes]:
+        """Encode `args` and enqueue it (options as `TaskSink.push`); returns the id, or with
+        `wait=True` the task once it has ended (`Sink.push`), raising `WaitTimeout`."""
+        if wait:
+            return self._call(self._sink.push(args, wait=True, timeout=timeout, **options))
+        task_id: TaskId = self._call(self._sink.backend.push(args, **options))
+        return task_id
+
+    def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:
+        """The task once it has ended; None after `timeout` seconds (`Sink.wait`)."""
+        return self._call(self._sink.wait(task_id, timeout))
 
     def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
         """Enqueue many values with the same options, in as few round trips as the store can."""

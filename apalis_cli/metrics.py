@@ -4,7 +4,7 @@
 own `CollectorRegistry`, so two daemons in one process never share counters. `apalis_cli.web.health`
 serves it: `GET /metrics` (Prometheus text format) and `GET /healthz` (200 when every worker is
 alive and its store answered its last heartbeat in time, 503 otherwise, with a JSON body saying
-which), alone or beside the web board.
+which, and which queues are paused: a paused queue is not a fault), alone or beside the web board.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import Inspector
+from .backend import Capability, Inspector
+from .control import Pausable
 from .errors import MissingExtra
 from .events import (
     Event,
     HeartbeatFailed,
     HeartbeatSent,
+    QueuePaused,
     Started,
     Stopped,
     TaskFinished,
@@ -32,7 +34,14 @@ from .worker import Worker
 
 __all__ = ["Metrics", "WorkerHealth"]
 
-_STATUS_OF_OUTCOME = {"done": "done", "retry": "retried", "kill": "killed", "release": "released", "error": "error"}
+_STATUS_OF_OUTCOME = {
+    "done": "done",
+    "retry": "retried",
+    "kill": "killed",
+    "cancel": "cancelled",
+    "release": "released",
+    "error": "error",
+}
 _DEPTH_EVERY = 5.0
 
 
@@ -84,6 +93,14 @@ class Metrics:
             ["queue", "status"],
             registry=self.registry,
         )
+        self._paused = Gauge(
+            "apalis_queue_paused",
+            "1 while the queue is paused (its claims hand out nothing), 0 otherwise.",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.paused: dict[str, bool] = {}
+        """Each queue's paused state, as its workers or its store last said."""
         self.registry.register(_RunningCollector(workers))
         if pools:
             self.registry.register(_ChildrenCollector(pools))
@@ -94,6 +111,9 @@ class Metrics:
             status = _STATUS_OF_OUTCOME.get(event.outcome, event.outcome)
             self._tasks.labels(event.worker, event.queue, status).inc()
             self._duration.labels(event.worker, event.queue).observe(event.duration)
+            return
+        if isinstance(event, QueuePaused):
+            self._set_paused(event.queue, event.paused)
             return
         health = self.health.setdefault(event.worker, WorkerHealth())
         if isinstance(event, HeartbeatSent):
@@ -123,6 +143,14 @@ class Metrics:
         ok = bool(expected) and expected <= set(report) and all(r["healthy"] for r in report.values())
         return ok, report
 
+    def paused_queues(self) -> list[str]:
+        """The queues known to be paused now."""
+        return sorted(queue for queue, paused in self.paused.items() if paused)
+
+    def _set_paused(self, queue: str, paused: bool) -> None:
+        self.paused[queue] = paused
+        self._paused.labels(queue).set(1 if paused else 0)
+
     async def refresh_depth(self) -> None:
         """Ask each queue's store for its counts (what `apalis stats` shows); a query per queue,
         so at most once per `_DEPTH_EVERY` however often Prometheus scrapes."""
@@ -137,6 +165,10 @@ class Metrics:
                     count = stats.counts.get(status)
                     if count is not None:
                         self._depth.labels(queue, status.value).set(count)
+            capabilities = getattr(inspector, "capabilities", None)
+            if isinstance(inspector, Pausable) and (capabilities is None or capabilities.has(Capability.PAUSE)):
+                with contextlib.suppress(Exception):
+                    self._set_paused(queue, await inspector.paused())
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

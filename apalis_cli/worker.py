@@ -69,6 +69,7 @@ from .events import (
     WaitingForRuns,
 )
 from .layers.retry import Backoff, RetryLayer
+from .polling import woken
 from .retrying import delays
 from .service import Layer, Outcome, Service, compose, stop_requested
 from .storable import check_result
@@ -118,7 +119,9 @@ class Worker:
         self._handling: dict[TaskId, tuple[asyncio.Task[Any], Task[Any]]] = {}
         """The runs a cancel may stop now: between the acknowledgement and the handler."""
         self.paused = False
-        """Whether the store last said this worker's queue is paused (for the live view)."""
+        """Whether the store last said this worker's queue is paused: it then claims at most once
+        per poll_interval (and the store's claim hands out nothing)."""
+        self._resumed = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._beating = asyncio.Event()
         """Set while the last beat got through: the poll loop claims again only after one."""
@@ -213,6 +216,10 @@ class Worker:
     def _paused(self, paused: bool) -> None:
         if paused != self.paused:
             self.paused = paused
+            if paused:
+                self._resumed.clear()
+            else:
+                self._resumed.set()
             self._emit(QueuePaused(worker=self.name, queue=self.context.queue, paused=paused))
 
     def subscribe(self, listener: EventListener) -> None:
@@ -331,6 +338,10 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            if self.paused:
+                # The store's claim refuses too. Meanwhile the worker asks at most once per
+                # poll_interval: how it hears of a resume from a store that tells it only then.
+                await woken(self._resumed, self.context.poll_interval)
             task = await anext(stream)
             if task is not None:
                 idle = False

@@ -2,11 +2,12 @@
 
 Three parts, each readable in 80 columns:
 
-- workers: state, runs in flight, done/retried/killed, tasks per second (with room for a
+- workers: state (paused while the store says its queue is), runs in flight,
+  done/retried/killed/cancelled, tasks per second (with room for a
   per-worker extra, e.g. the child processes of a process worker, on lines below its row);
 - queues: depth as the store counts it (ready, scheduled, running), read now and then through
   the Inspector by the daemon (`set_depth`), and the start latency p50 over the last minute,
-  from the runs this daemon started;
+  from the runs this daemon started, and "paused" while the queue is;
 - recent errors: the last few, with the task id to look up (`apalis inspect --id`).
 
 `Dashboard` is an `on_event` listener; everything it shows of the store's text goes through
@@ -30,6 +31,7 @@ from ..events import (
     HeartbeatFailed,
     HeartbeatSent,
     Idle,
+    QueuePaused,
     Started,
     Stopped,
     TaskFinished,
@@ -50,7 +52,14 @@ WorkerDetails = Callable[[str], Sequence[str]]
 _RATE_WINDOW = 5.0
 _ERRORS_SHOWN = 5
 _ERROR_BESIDE = 32  # an error gets its own line when less than this is left beside its task id
-_STATE_STYLE = {"running": "green", "idle": "cyan", "stopped": "dim", "crashed": "red", "reconnecting": "yellow"}
+_STATE_STYLE = {
+    "running": "green",
+    "idle": "cyan",
+    "paused": "yellow",
+    "stopped": "dim",
+    "crashed": "red",
+    "reconnecting": "yellow",
+}
 _VERDICT = {"retry": "will retry", "kill": "killed", "error": "not acknowledged"}
 
 _WORKER_COLUMNS = (
@@ -61,15 +70,17 @@ _WORKER_COLUMNS = (
     Column("done", numeric=True),
     Column("retried", "retry", numeric=True),
     Column("killed", "kill", numeric=True),
+    Column("cancelled", "cncl", numeric=True),  # shown once a run was cancelled: room is short
     Column("tasks/s", "/s", numeric=True),
 )
-# Paused state joins these once queues can be paused (the control plane).
+_CANCELLED = 7
 _QUEUE_COLUMNS = (
     Column("queue", foldable=True),
     Column("ready", numeric=True),
     Column("scheduled", "sched", numeric=True),
     Column("running", "run", numeric=True),
     Column("start p50", "p50", numeric=True),
+    Column("state"),
 )
 
 
@@ -83,6 +94,7 @@ class WorkerView:
     done: int = 0
     retried: int = 0
     killed: int = 0
+    cancelled: int = 0
     samples: deque[tuple[float, int]] = field(default_factory=deque)
 
     @property
@@ -92,7 +104,7 @@ class WorkerView:
 
     def rate(self, now: float) -> float:
         """Finished runs per second over the last few seconds."""
-        finished = self.done + self.failed
+        finished = self.done + self.failed + self.cancelled
         self.samples.append((now, finished))
         while len(self.samples) > 2 and now - self.samples[0][0] > _RATE_WINDOW:
             self.samples.popleft()
@@ -107,6 +119,7 @@ class QueueView:
     name: str
     depth: QueueStats | None = None
     depth_stale: bool = False  # the last count failed: the figures shown are older
+    paused: bool = False  # as its workers last heard from the store
     latency: RollingQuantile = field(default_factory=RollingQuantile)
 
 
@@ -155,6 +168,8 @@ class Dashboard:
                 view.retried += 1
             elif event.outcome == "kill":
                 view.killed += 1
+            elif event.outcome == "cancel":
+                view.cancelled += 1
             if event.waited is not None:
                 self.queues[view.queue].latency.add(event.waited, time.monotonic())
             if event.error:
@@ -165,6 +180,8 @@ class Dashboard:
         elif isinstance(event, Started | Idle | HeartbeatSent):
             if view.state != "stopped":
                 view.state = "up"
+        elif isinstance(event, QueuePaused):
+            self.queues[view.queue].paused = event.paused
         elif isinstance(event, HeartbeatFailed):
             view.state = "reconnecting"
             self._error(view.name, "heartbeat failed", event.error)
@@ -241,12 +258,13 @@ class Dashboard:
 
     def _workers(self, width: int, now: float) -> Iterator[Text]:
         stopping = self._stopping()
+        cancels = any(view.cancelled for view in self.views.values())
         rows, extras = [], []
         for view in self.views.values():
             running = self._running(view.name)
             state = view.state
             if state == "up":
-                state = "running" if running else "idle"
+                state = "running" if running else "paused" if self.queues[view.queue].paused else "idle"
             if stopping and state not in ("stopped", "crashed"):
                 state = "stopping"
             rows.append(
@@ -258,11 +276,15 @@ class Dashboard:
                     Text(str(view.done)),
                     Text(str(view.retried)),
                     Text(str(view.killed), style="red" if view.killed else ""),
+                    Text(str(view.cancelled), style="yellow" if view.cancelled else ""),
                     Text(f"{view.rate(now):.1f}"),
                 ]
             )
+            if not cancels:
+                del rows[-1][_CANCELLED]
             extras.append(self._details(view.name) if self._details else ())
-        header, laid = layout(_WORKER_COLUMNS, rows, width)
+        columns = _WORKER_COLUMNS if cancels else _WORKER_COLUMNS[:_CANCELLED] + _WORKER_COLUMNS[_CANCELLED + 1 :]
+        header, laid = layout(columns, rows, width)
         yield header
         for lines, extra in zip(laid, extras, strict=True):
             yield from lines
@@ -282,6 +304,7 @@ class Dashboard:
             Text(printable(queue.name)),
             *(Text("-" if n is None else str(n), style=style) for n in (ready, scheduled, counts.get(Status.RUNNING))),
             Text("-" if p50 is None else _duration(p50)),
+            Text("paused", style="yellow") if queue.paused else Text(""),
         ]
 
 

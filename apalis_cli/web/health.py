@@ -21,9 +21,11 @@ __all__ = ["healthz_response", "metrics_app", "metrics_response", "serving_metri
 
 
 def healthz_response(metrics: Metrics) -> Response:
-    """200 when every worker is alive and its store answered its last heartbeat, else 503."""
+    """200 when every worker is alive and its store answered its last heartbeat, else 503; the
+    paused queues are listed (a pause is an operator's choice, not a fault)."""
     ok, report = metrics.healthy()
-    return JSONResponse({"healthy": ok, "workers": report}, status_code=200 if ok else 503)
+    body = {"healthy": ok, "workers": report, "paused_queues": metrics.paused_queues()}
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 async def metrics_response(metrics: Metrics) -> Response:

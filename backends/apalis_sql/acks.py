@@ -2,7 +2,7 @@
 
 Each statement applies only to a task still running under the same lock, so every tuple ends
 with `(id, lock_by)` for the WHERE clause; the SET values come first, in the order documented on
-each field. With positional placeholders, a store writes its four UPDATEs to match.
+each field. With positional placeholders, a store writes its UPDATEs (one per kind) to match.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class AckPlan:
     """`(error, run_at, id, lock_by)`: status failed, runs again at run_at, attempts kept."""
     kill: list[Row4] = field(default_factory=list)
     """`(error, done_at, id, lock_by)`: status killed."""
+    cancel: list[Row4] = field(default_factory=list)
+    """`(reason, done_at, id, lock_by)`: status cancelled (a run stopped by an operator's cancel;
+    see `apalis_cli.control`), the cancel request cleared."""
     release: list[tuple[float, TaskId, str | None]] = field(default_factory=list)
     """`(now, id, lock_by)`: status pending, attempts - 1, run_at = min(run_at, now)."""
     wake: bool = False
@@ -37,7 +40,7 @@ class AckPlan:
     waiting on this queue should be woken."""
 
     def __bool__(self) -> bool:
-        return bool(self.done or self.retry or self.kill or self.release)
+        return bool(self.done or self.retry or self.kill or self.cancel or self.release)
 
 
 def plan_acks(items: Sequence[tuple[Task[Any], Outcome]], now: float) -> AckPlan:
@@ -55,6 +58,8 @@ def plan_acks(items: Sequence[tuple[Task[Any], Outcome]], now: float) -> AckPlan
                 plan.wake = True
         elif kind is OutcomeKind.KILL:
             kill.append((outcome.error, now, task.id, task.ctx.lock_by))
+        elif kind is OutcomeKind.CANCEL:
+            plan.cancel.append((outcome.error, now, task.id, task.ctx.lock_by))
         else:
             release.append((now, task.id, task.ctx.lock_by))
             plan.wake = True

@@ -8,7 +8,7 @@ import re
 
 from apalis_cli.backend import QueueStats
 from apalis_cli.cli.live import Dashboard
-from apalis_cli.events import BackendUnavailable, Idle, Started, Stopped, TaskFinished, WaitingForRuns
+from apalis_cli.events import BackendUnavailable, Idle, QueuePaused, Started, Stopped, TaskFinished, WaitingForRuns
 from apalis_cli.task import Status
 from rich.console import Console
 
@@ -129,6 +129,19 @@ def test_every_count_is_readable_at_80_columns() -> None:
     # the task id of each recent error is whole, its error on the next line, cut at the edge
     assert text.count(TASK_ID) == 5
     assert "the image store did not answer" in text
+
+
+def test_cancelled_runs_and_a_paused_queue_show_once_there_are_some() -> None:
+    board = busy_board()
+    board.on_event(finished("cancel", "changed my mind", worker="thumbnails", queue="thumbnails"))
+    board.on_event(QueuePaused(worker="thumbnails", queue="thumbnails", paused=True))
+    text = rendered(board, width=80)
+    assert all(len(line) <= 80 for line in text.splitlines())
+    # worker, queue, state, running, done, retried, killed, cancelled
+    assert row(text, "emails-outbound")[:8] == ["emails-outbound", "mail", "running", "11", "98765", "432", "21", "0"]
+    assert row(text, "thumbnails")[7] == "1"
+    queue_rows = [line.split() for line in text.splitlines() if line.split()[:1] == ["thumbnails"]]
+    assert queue_rows[1][-1] == "paused"
 
 
 def test_wide_terminals_put_the_error_beside_its_task() -> None:

@@ -103,3 +103,42 @@ async def test_healthz_shows_a_failed_heartbeat_without_the_secrets_it_echoed() 
         await running
     error = json.loads(body)["workers"]["mailer"]["error"]
     assert error == "ConnectionError: lost postgresql://u:***@db/app?sslpassword=***: failed to resolve host '***@db'"
+
+
+async def test_a_paused_queue_and_cancelled_runs_show_in_metrics_and_healthz() -> None:
+    queue = MemoryStore().backend("mail", codec=JsonCodec(), max_attempts=3)
+    started = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    supervisor = Supervisor([lambda: Worker(name="mailer", backend=queue, handler=handler, keep_alive=0.05)])
+    metrics = Metrics(lambda: supervisor.workers, {"mail": queue})
+    supervisor.subscribe(metrics)
+    async with serving_metrics(metrics, "127.0.0.1", 0, option="--metrics-addr") as port:
+        running = asyncio.create_task(supervisor.run())
+        task_id = await queue.push("x")
+        await started.wait()
+        await queue.cancel(task_id, "not wanted")
+        await queue.pause()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if metrics.paused_queues() == ["mail"] and (await queue.stats()).counts[Status.CANCELLED] == 1:
+                break
+
+        status, body = await http_get(port, "/healthz")
+        assert status == 200, "a paused queue is no fault"
+        assert json.loads(body)["paused_queues"] == ["mail"]
+        _, text = await http_get(port, "/metrics")
+        lines = text.decode().splitlines()
+        assert 'apalis_queue_paused{queue="mail"} 1.0' in lines
+        assert 'apalis_tasks_total{queue="mail",status="cancelled",worker="mailer"} 1.0' in lines
+        assert 'apalis_queue_depth{queue="mail",status="cancelled"} 1.0' in lines
+
+        await queue.resume()
+        metrics._depth_at = float("-inf")  # the next scrape counts again
+        _, text = await http_get(port, "/metrics")
+        assert 'apalis_queue_paused{queue="mail"} 0.0' in text.decode().splitlines()
+        supervisor.stop()
+        await running

@@ -16,7 +16,14 @@ from ..task import Status
 
 __all__ = ["note", "print_stats", "print_task", "print_tasks", "print_workers"]
 
-_STATUS_STYLE = {"pending": "cyan", "running": "green", "done": "dim", "failed": "yellow", "killed": "red"}
+_STATUS_STYLE = {
+    "pending": "cyan",
+    "running": "green",
+    "done": "dim",
+    "failed": "yellow",
+    "killed": "red",
+    "cancelled": "magenta",
+}
 
 
 def print_tasks(rows: Sequence[Mapping[str, Any]], *, decode: bool) -> None:
@@ -93,9 +100,11 @@ def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
     table.add_column("queue")
     for status in Status:
         table.add_column(status.value, justify="right")
+    table.add_column("state")
     for row in rows:
         counts = [row.get(status.value) for status in Status]
-        table.add_row(_cell(row["queue"]), *("-" if n is None else str(n) for n in counts))
+        state = Text("paused", style="yellow") if row.get("paused") else Text("")
+        table.add_row(_cell(row["queue"]), *("-" if n is None else str(n) for n in counts), state)
     _out().print(table)
 
 

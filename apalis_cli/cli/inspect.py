@@ -163,7 +163,7 @@ def stats(
     import asyncio
 
     found = asyncio.run(_each_queue(config, worker, queue, _stats_of))
-    rows = [{"queue": s.queue, **{str(k): v for k, v in s.counts.items()}} for s in found]
+    rows = [{"queue": s.queue, **{str(k): v for k, v in s.counts.items()}, "paused": paused} for s, paused in found]
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
@@ -178,14 +178,19 @@ async def _workers_of(opened: Opened) -> list[WorkerInfo]:
     return await require_inspector(opened, Capability.WORKERS, "list its workers").workers()
 
 
-async def _stats_of(opened: Opened) -> QueueStats:
+async def _stats_of(opened: Opened) -> tuple[QueueStats, bool | None]:
+    """The queue's counts, and whether it is paused (None: the store cannot pause queues)."""
     # Counting is often possible where browsing is not (a broker counts its queues): ask the
     # store, which raises `Unsupported` with its reason if it cannot.
+    from ..control import Pausable
+
     backend: Any = opened.backend
     if not isinstance(backend, Inspector):
         raise Unsupported(f"{opened.describe()} cannot count its tasks: the store has no inspector")
     stats: QueueStats = await backend.stats()
-    return stats
+    if not (isinstance(backend, Pausable) and opened.backend.capabilities.has(Capability.PAUSE)):
+        return stats, None
+    return stats, await backend.paused()
 
 
 async def _each_queue(config_path: Path, worker: str | None, queue: str | None, fn: Any) -> list[Any]:

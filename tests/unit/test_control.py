@@ -202,3 +202,19 @@ def test_the_blocking_twin_waits_too(tmp_path: Path) -> None:
             sink.push({"n": 1}, wait=True, timeout=0.05)  # no worker runs in this process
         assert sink.wait(raised.value.task_id, timeout=0.01) is None
         assert isinstance(sink.push({"n": 2}), str)
+
+
+def test_stats_show_cancelled_counts_and_a_paused_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    from apalis_cli.cli.console import print_stats
+
+    counts = {status.value: n for n, status in enumerate(Status)}
+    print_stats([{"queue": "mail", **counts, "paused": True}, {"queue": "jobs", **counts, "paused": None}])
+
+    def cells(word: str) -> list[str]:
+        line = next(line for line in capsys_lines if word in line)
+        return [cell.strip() for cell in line.replace("┃", "│").strip().split("│")[1:-1]]
+
+    capsys_lines = capsys.readouterr().out.splitlines()
+    assert cells("queue")[-2:] == ["cancelled", "state"]
+    assert cells("mail")[-2:] == [str(counts["cancelled"]), "paused"]
+    assert cells("jobs")[-2:] == [str(counts["cancelled"]), ""]

@@ -3,8 +3,8 @@
 Each slot owns one child (a fresh interpreter started with `child.BOOT`) and its pipes, and the
 daemon hands each task to one idle child it chose. That is what makes the guarantees simple:
 
-- a run whose wait is cancelled (a `timeout` layer, a stop past `shutdown_timeout`) kills its
-  child, SIGTERM then SIGKILL after `kill_grace`, and ends only once the child is dead: a task
+- a run whose wait is cancelled (a `timeout` layer, a stop past `shutdown_timeout`, a cancel of
+  its task) kills its child, SIGTERM then SIGKILL after `kill_grace`, and ends only once the child is dead: a task
   released to the store is running nowhere;
 - a child that dies (segfault, `os._exit`, the OOM killer) fails its own task, with its exit code
   or signal as the error; no other task notices;
@@ -153,8 +153,10 @@ class ProcessPool:
             await child.stdin.drain()
             reply = await receive(child.stdout)
         except asyncio.CancelledError:
-            # A timeout, or a stop past shutdown_timeout: the run must end with its child dead.
-            await despite_cancellation(self._stop(child, "timeout_or_stop"))
+            # A timeout, a stop past shutdown_timeout, or an operator's cancel of the task (the
+            # worker marks its context first): the run must end with its child dead.
+            why = "killed" if task.ctx.cancelled else "timeout_or_stop"
+            await despite_cancellation(self._stop(child, why))
             self._replace(child)
             raise
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -14,7 +14,6 @@ from typing import Any
 from apalis_cli.backend import Capability, Inspector
 from apalis_cli.control import CancelResult, CancelState
 from apalis_cli.errors import Retry
-from apalis_cli.layers.retry import Backoff
 from apalis_cli.task import Status, Task, TaskContext
 
 from .conftest import Calls, Harness
@@ -213,9 +212,9 @@ async def test_cancel_racing_claims_never_lets_a_cancelled_task_start(harness: H
     assert all(len(calls.of(task_id)) <= 1 for task_id in requested), "a cancelled run was retried"
 
 
-async def test_cancel_reaches_a_run_whose_store_answer_came_by_heartbeat(harness: Harness, calls: Calls) -> None:
-    """However the store tells the worker (push or heartbeat), a cancel stops the run within a
-    few heartbeats, and the cancel-to-stopped time is reported by the run's end."""
+async def test_a_cancel_stops_its_run_within_a_few_heartbeats(harness: Harness, calls: Calls) -> None:
+    """However the store tells the worker (its push path, or the answer to a heartbeat, here
+    every 0.2 s), the run is stopped within a few heartbeats of the cancel."""
     harness.require(Capability.CANCEL)
     backend = harness.backend(max_attempts=3)
     task_id = await backend.push({"n": 1})
@@ -223,7 +222,7 @@ async def test_cancel_reaches_a_run_whose_store_answer_came_by_heartbeat(harness
     async def long(args: Any, task: Task[bytes]) -> None:
         await asyncio.sleep(60)
 
-    worker = harness.worker(backend, calls.handler(long), keep_alive=0.2, backoff=Backoff(kind="constant", base=5.0))
+    worker = harness.worker(backend, calls.handler(long), keep_alive=0.2)
     await worker.start()
     await harness.wait_until(lambda: calls.of(task_id), what="the run to start")
     begun = time.monotonic()

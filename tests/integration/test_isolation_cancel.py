@@ -67,6 +67,7 @@ async def test_cancel_kills_the_child_running_the_task(tmp_path: Path) -> None:
         while after not in finished:  # noqa: ASYNC110 - the run's event follows its ack
             await asyncio.sleep(0.01)
         assert len(finished) == 3, "a cancelled task was run again"
+        assert pool.recycled["killed"] == 2
     finally:
         stop.set()
         await running

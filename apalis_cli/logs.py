@@ -15,10 +15,12 @@ import structlog
 
 from .events import (
     BackendUnavailable,
+    CancelRequested,
     Event,
     EventListener,
     HeartbeatFailed,
     Idle,
+    QueuePaused,
     Started,
     Stopped,
     TaskFinished,
@@ -139,8 +141,17 @@ def event_logger(*, tasks: bool = True) -> EventListener:
                 log.warning("task failed, will retry", error=event.error, **line)
             elif event.outcome == "kill":
                 log.error("task killed", error=event.error, **line)
+            elif event.outcome == "cancel":
+                log.warning("task cancelled", reason=event.error, **line)
             else:
                 log.info(f"task {event.outcome}", error=event.error, **line)
+        elif isinstance(event, CancelRequested):
+            log.info("cancel requested, stopping the run", task_id=event.task_id, reason=event.reason, **fields)
+        elif isinstance(event, QueuePaused):
+            if event.paused:
+                log.warning("queue paused: taking no tasks", **fields)
+            else:
+                log.info("queue resumed", **fields)
         elif isinstance(event, Started):
             log.info("worker started", worker_id=event.worker_id, concurrency=event.concurrency, **fields)
         elif isinstance(event, Idle):

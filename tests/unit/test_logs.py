@@ -57,3 +57,29 @@ def test_a_traceback_on_the_console_is_masked_and_cannot_drive_the_terminal(caps
     assert "\\x1b[2Jcleared" in err
     assert "redis://:***@h:6379" in err
     assert "Traceback (most recent call last):\n" in err  # its lines stay lines
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_a_cancel_and_a_pause_are_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    from apalis_cli.events import CancelRequested, QueuePaused, TaskFinished
+    from apalis_cli.logs import event_logger
+
+    setup_logging("json", "info", secrets=())
+    log = event_logger()
+    log(CancelRequested(worker="w", queue="q", task_id="t1", reason="changed my mind"))
+    log(
+        TaskFinished(
+            worker="w", queue="q", task_id="t1", attempt=1, outcome="cancel", duration=0.1, error="changed my mind"
+        )
+    )
+    log(QueuePaused(worker="w", queue="q", paused=True))
+    log(QueuePaused(worker="w", queue="q", paused=False))
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("cancel requested, stopping the run", "info"),
+        ("task cancelled", "warning"),
+        ("queue paused: taking no tasks", "warning"),
+        ("queue resumed", "info"),
+    ]
+    assert lines[1]["reason"] == "changed my mind"
+    assert lines[1]["task_id"] == "t1"

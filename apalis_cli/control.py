@@ -3,7 +3,8 @@
 Each is a capability (`Capability.CANCEL`, `PAUSE`, `WAIT`, `BULK`) and a protocol below that the
 queue-bound backend implements; the CLI and the Python API check both (`isinstance` on the
 protocol, `Capabilities.has` for the reason when it is missing). The conformance suite
-(`tests/conformance/test_control*.py`) proves each on every store that does not declare it lacking.
+(`tests/conformance/test_control*.py`; `test_control_store.py` drives the store by hand as a worker
+would) proves each on every store that does not declare it lacking.
 
 How to implement the control plane in a store
 ---------------------------------------------

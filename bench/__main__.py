@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from . import baselines
+from .control import measure_control, print_control
 from .isolation import compare_isolation, print_isolation
 from .measure import Settings, measure_backend
 from .peers import load_peers, run_peers
@@ -102,6 +103,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="instead of the usual figures: one worker drains TASKS tasks (e.g. 1000000); its RSS at every tenth",
     )
     ap.add_argument("--soak-conc", type=int, default=50, help="the --soak worker's concurrency (50)")
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="measure the control plane instead: wait and cancel latency, bulk kill/retry rates (--lat-n, --tasks)",
+    )
     ap.add_argument("--json", action="store_true", help="print the whole run as one JSON document on stdout")
     args = ap.parse_args(argv)
     args.kinds = [k.strip() for k in args.backend.split(",") if k.strip()]
@@ -148,6 +154,8 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
     try:
         if args.isolation:
             return await compare_isolation(store, target, settings, _log, args.isolation)
+        if args.control:
+            return await measure_control(store, target, settings, _log)
         if args.soak:
             return await soak(store, target, settings, _log, args.soak, args.soak_conc)
         result = await measure_backend(store, target, settings, _log)
@@ -200,7 +208,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for kind in args.kinds:
         doc["backends"].append(await _one_backend(kind, args, run_id, out))
-    if args.isolation or args.soak:
+    if args.isolation or args.soak or args.control:
         return doc
     if args.baseline:
         doc["baselines"] = await _baselines(args.kinds)
@@ -233,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
     elif args.isolation:
         print_isolation([b for b in doc["backends"] if "modes" in b])
+    elif args.control:
+        print_control(doc["backends"])
     elif args.soak:
         print_soak(doc["backends"])
     else:

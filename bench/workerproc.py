@@ -15,7 +15,8 @@ JSON object per line:
 
 On start it prints {"started": true} once the worker's first heartbeat went through. With
 `"handler": "thread"` or `"process"` in the spec, the handler is `bench.probe:stamp` (sync) run
-in the daemon's thread pool or in its child processes (`isolation`), instead of the async no-op.
+in the daemon's thread pool or in its child processes (`isolation`), instead of the async no-op;
+with `"hold"`, the async no-op that then sleeps `args["hold"]` seconds (a run to cancel).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from apalis_cli.worker import Handler, Worker
 
 from .stores import CODEC, Target, open_store
 
-__all__ = ["Recorder", "make_worker", "sync_handler"]
+__all__ = ["Recorder", "holding", "make_worker", "sync_handler"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,6 +139,19 @@ async def sync_handler(recorder: Recorder, isolation: str, concurrency: int) -> 
     return stamped, loaded
 
 
+def holding(recorder: Recorder) -> Handler:
+    """The no-op recording handler, which then sleeps `args["hold"]` seconds when given (a run
+    that only a cancel ends early)."""
+
+    async def hold(args: Any, task: Task[bytes]) -> None:
+        recorder.stamp(args, time.time())
+        seconds = args.get("hold") if type(args) is dict else None
+        if seconds:
+            await asyncio.sleep(seconds)
+
+    return hold
+
+
 def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -156,7 +170,9 @@ async def _main(spec: dict[str, Any]) -> None:
 
     handler: Handler | None = None
     loaded: LoadedHandler | None = None
-    if spec.get("handler", "async") != "async":
+    if spec.get("handler") == "hold":
+        handler = holding(recorder)
+    elif spec.get("handler", "async") != "async":
         handler, loaded = await sync_handler(recorder, spec["handler"], spec["concurrency"])
     worker = make_worker(backend, recorder, spec["concurrency"], [on_event], handler, spec.get("settings"))
     stop = asyncio.Event()

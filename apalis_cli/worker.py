@@ -81,6 +81,7 @@ Handler = Callable[[Any, Task[bytes]], Awaitable[Any]]
 """The adapted user handler: called with the decoded args and the task (for its context)."""
 
 _MAX_RECONNECT_WAIT = 5.0
+_TOLD_MAX = 10_000
 _FIRST_RETRY = 0.1
 
 
@@ -118,6 +119,9 @@ class Worker:
         self._running: dict[TaskId, asyncio.Task[None]] = {}
         self._handling: dict[TaskId, tuple[asyncio.Task[Any], Task[Any]]] = {}
         """The runs a cancel may stop now: between the acknowledgement and the handler."""
+        self._told: dict[TaskId, tuple[str, float]] = {}
+        """Cancels told of tasks not running here yet (claimed ahead, or starting): the reason and
+        when; such a task ends cancelled without running, if it starts within stale_after."""
         self.paused = False
         """Whether the store last said this worker's queue is paused: it then claims at most once
         per poll_interval (and the store's claim hands out nothing)."""
@@ -174,10 +178,16 @@ class Worker:
 
     def cancel_run(self, task_id: TaskId, reason: str) -> bool:
         """Stop the run of `task_id` (a store calls this, as `WorkerContext.on_cancel`): it is
-        acknowledged cancelled with `reason`. False when this worker is not running that task,
-        or no longer can stop it (its outcome is being written), or was already asked to."""
+        acknowledged cancelled with `reason`. False when no run of it was stopped now: it was
+        already asked to, its outcome is being written (it stands), or it has not started here
+        (then, if it starts within stale_after, it ends cancelled without running)."""
         handling = self._handling.get(task_id)
         if handling is None:
+            # Not started yet (held ahead by the poll stream, or about to start): its run will
+            # not start. Bounded, in case a store tells of tasks this worker never gets.
+            if len(self._told) >= _TOLD_MAX:
+                del self._told[next(iter(self._told))]
+            self._told[task_id] = (reason, time.monotonic())
             return False
         run, task = handling
         if task.ctx.cancelled:
@@ -191,7 +201,18 @@ class Worker:
         """The layer that lets `cancel_run` stop a run, and writes a stopped run as cancelled."""
         handling = self._handling
 
+        told = self._told
+        stale_after = self.context.stale_after
+
         async def run(task: Task[Any]) -> Outcome:
+            if told:
+                early = told.pop(task.id, None)
+                if early is not None and time.monotonic() - early[1] < stale_after:
+                    task.ctx.mark_cancelled(early[0])
+                    self._emit(
+                        CancelRequested(worker=self.name, queue=self.context.queue, task_id=task.id, reason=early[0])
+                    )
+                    return Outcome.cancel(early[0])
             current = asyncio.current_task()
             assert current is not None
             handling[task.id] = (current, task)
@@ -375,6 +396,8 @@ class Worker:
             error = f"acknowledgement failed, the task will run again: {describe_error(exc)}"
         finally:
             del self._running[task.id]
+            if self._told:
+                self._told.pop(task.id, None)  # told while its outcome was being written: too late
             self._slot_freed.set()
             if self._listeners:
                 self._emit(

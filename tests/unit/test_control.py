@@ -218,3 +218,24 @@ def test_stats_show_cancelled_counts_and_a_paused_queue(capsys: pytest.CaptureFi
     assert cells("queue")[-2:] == ["cancelled", "state"]
     assert cells("mail")[-2:] == [str(counts["cancelled"]), "paused"]
     assert cells("jobs")[-2:] == [str(counts["cancelled"]), ""]
+
+
+async def test_a_cancel_told_before_the_run_starts_means_it_never_runs(
+    queue: MemoryQueue, running: list[Running]
+) -> None:
+    """A store may tell the worker of a task it holds but has not started (claimed ahead)."""
+    calls: list[str] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        calls.append(task.id)
+
+    task_id = await queue.push({})
+    later = Running(queue, handler)
+    assert later.worker.cancel_run(task_id, "too late to run") is False  # not running yet
+    later.task = asyncio.create_task(later.worker.run(later.stop))
+    running.append(later)
+    # The store still has it pending (it was told of nothing): the worker claims it, and ends
+    # it cancelled without running it.
+    await until(lambda: later.finished("cancel"))
+    assert calls == []
+    assert later.finished("cancel")[0].error == "too late to run"

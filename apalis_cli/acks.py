@@ -100,7 +100,10 @@ def _fail(batch: list[_Waiting], exc: BaseException) -> None:
 
 
 def ack_layer(ack: Callable[[Task[Any], Outcome], Awaitable[Outcome | None]]) -> Layer:
-    """The acknowledging layer: writes each final outcome; a cancelled run is released.
+    """The acknowledging layer: writes each final outcome; a run the worker gave up on (a stop
+    past shutdown_timeout: its asyncio task cancelled) is released. A run stopped by an
+    operator's cancel of its task is not released: the worker's cancel layer, inside this one,
+    turns it into `Outcome.cancel`, written like any other outcome.
 
     When `ack` returns an outcome, that is what the store recorded (it may have refused the
     run's own), and what the run reports."""

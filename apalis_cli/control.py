@@ -41,7 +41,7 @@ How to implement the control plane in a store
 5. **Wait** (`Waiter.wait(task_id, timeout) -> Task[bytes] | None`): the task once it is final
    (done, killed, cancelled), at once if it already is; None on timeout or for an unknown id.
    Woken through the store's push path (a NOTIFY on the ack, a pub/sub message, the WAL doorbell);
-   polling (at most every 50 ms) only where the store cannot push.
+   polling only where the store cannot push (`wait_by_polling` does it, every 50 ms at most).
 6. **Bulk** (`BulkActor.bulk(action, where, dry_run=False) -> int`): the number of tasks acted on
    (or, with `dry_run`, that would be). `where.statuses_for(action)` is the set of statuses to
    match; a store writes one statement or script per batch (of at most its own batch size), never
@@ -54,7 +54,9 @@ How to implement the control plane in a store
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -73,6 +75,7 @@ __all__ = [
     "Pausable",
     "Waiter",
     "statuses_text",
+    "wait_by_polling",
 ]
 
 NOT_BUILT = "not built yet for this store"
@@ -247,3 +250,28 @@ class BulkActor(Protocol):
 def statuses_text(statuses: Collection[Status]) -> str:
     """Statuses as a stable, readable list (for messages)."""
     return ", ".join(sorted(status.value for status in statuses))
+
+
+async def wait_by_polling(
+    get: Callable[[TaskId], Awaitable[Task[bytes] | None]],
+    task_id: TaskId,
+    timeout: float | None,  # noqa: ASYNC109 - as Waiter.wait: a timeout is an answer here
+    *,
+    every: float = 0.05,
+) -> Task[bytes] | None:
+    """`Waiter.wait` for a store that cannot push: `get(task_id)` until the task is final,
+    starting at 5 ms between reads and doubling up to `every`; None on timeout or when there
+    is no such task."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = min(0.005, every)
+    while True:
+        task = await get(task_id)
+        if task is None or task.ctx.status.is_final:
+            return task
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            pause = min(pause, left)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, every)

@@ -239,3 +239,23 @@ async def test_a_cancel_told_before_the_run_starts_means_it_never_runs(
     await until(lambda: later.finished("cancel"))
     assert calls == []
     assert later.finished("cancel")[0].error == "too late to run"
+
+
+async def test_waiting_by_polling_returns_the_task_once_final(queue: MemoryQueue) -> None:
+    from apalis_cli.control import wait_by_polling
+
+    task_id = await queue.push({})
+    assert await wait_by_polling(queue.get, task_id, 0.05) is None  # pending all along
+    assert await wait_by_polling(queue.get, "no-such-task", 5) is None
+
+    async def cancel_soon() -> None:
+        await asyncio.sleep(0.1)
+        await queue.cancel(task_id, "enough")
+
+    later = asyncio.ensure_future(cancel_soon())
+    begun = time.monotonic()
+    task = await wait_by_polling(queue.get, task_id, 5)
+    await later
+    assert task is not None
+    assert task.ctx.status is Status.CANCELLED
+    assert time.monotonic() - begun < 0.1 + 0.2

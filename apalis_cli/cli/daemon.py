@@ -200,3 +200,18 @@ async def _count_depths(queues: Mapping[str, Inspector], dashboard: Dashboard, p
             dashboard.set_depth(queue, None)
         else:
             dashboard.set_depth(queue, stats)
+            await _read_paused(queue, inspector, dashboard, per_queue)
+
+
+async def _read_paused(queue: str, inspector: Inspector, dashboard: Dashboard, within: float) -> None:
+    """Whether the queue is paused, as its store says (the workers hear it only at their
+    heartbeat, where the store tells them at all)."""
+    from ..backend import Capability
+    from ..control import Pausable
+
+    capabilities = getattr(inspector, "capabilities", None)
+    if not isinstance(inspector, Pausable) or (capabilities is not None and not capabilities.has(Capability.PAUSE)):
+        return
+    with contextlib.suppress(Exception):  # a store that is down: the last state stays
+        async with asyncio.timeout(within):
+            dashboard.set_paused(queue, await inspector.paused())

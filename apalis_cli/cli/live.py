@@ -119,7 +119,7 @@ class QueueView:
     name: str
     depth: QueueStats | None = None
     depth_stale: bool = False  # the last count failed: the figures shown are older
-    paused: bool = False  # as its workers last heard from the store
+    paused: bool = False  # as the store last said (asked with the depth, or told to a worker)
     latency: RollingQuantile = field(default_factory=RollingQuantile)
 
 
@@ -210,6 +210,12 @@ class Dashboard:
             view.depth_stale = True
         else:
             view.depth, view.depth_stale = stats, False
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Whether `queue` is paused, as its store said when asked."""
+        view = self.queues.get(queue)
+        if view is not None:
+            view.paused = paused
 
     def _error(self, worker: str, what: str, error: str, task_id: str | None = None) -> None:
         last = self.errors[-1] if self.errors else None

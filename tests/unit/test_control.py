@@ -259,3 +259,16 @@ async def test_waiting_by_polling_returns_the_task_once_final(queue: MemoryQueue
     assert task is not None
     assert task.ctx.status is Status.CANCELLED
     assert time.monotonic() - begun < 0.1 + 0.2
+
+
+async def test_the_live_view_asks_the_store_whether_a_queue_is_paused(queue: MemoryQueue) -> None:
+    from apalis_cli.cli.daemon import _count_depths
+    from apalis_cli.cli.live import Dashboard
+
+    board = Dashboard([("w", "q")], lambda name: 0, lambda: False)
+    await queue.pause()
+    await _count_depths({"q": queue}, board, 5.0)
+    assert board.queues["q"].paused
+    await queue.resume()
+    await _count_depths({"q": queue}, board, 5.0)
+    assert not board.queues["q"].paused

@@ -153,7 +153,11 @@ async def test_cancel_of_a_final_task_changes_nothing(harness: Harness, calls: C
     await harness.wait_until(lambda: harness.finished("done"), what="the task to be done")
 
     cancel = canceller(harness, backend)
-    assert await cancel.cancel(task_id, REASON) == CancelResult.already_final(Status.DONE)
+    answer = await cancel.cancel(task_id, REASON)
+    if harness.store.capabilities.has(Capability.INSPECT):
+        assert answer == CancelResult.already_final(Status.DONE)
+    else:  # a broker forgets a message once it is done: then there is nothing to cancel either
+        assert answer in (CancelResult.already_final(Status.DONE), CancelResult.not_found())
     assert await cancel.cancel("no-such-task", REASON) == CancelResult.not_found()
     assert await status_of(harness, backend, task_id) in (Status.DONE, None)
 

@@ -21,6 +21,7 @@ from apalis_cli.redact import redact, secrets_in
 from apalis_cli.retrying import delays
 
 from .config import cluster_seeds
+from .signals import ControlSignals
 
 __all__ = ["Connection", "Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
 
@@ -142,27 +143,47 @@ def lua(package: str, name: str) -> str:
 
 
 class Wakeups:
-    """One pub/sub connection per store: a message on `<prefix><queue>` wakes that queue's pollers.
+    """One pub/sub connection per store: a message on `<prefix><queue>` wakes that queue's pollers,
+    and one on `<control prefix><queue>` goes to `control` (a cancel, a task's end).
 
-    It listens with a pattern subscription (`<prefix>*`) started by the first poller; after a
-    dropped connection it resubscribes (with the core's backoff, `apalis_cli.retrying.delays`)
-    and wakes everyone, since a message may have been missed.
+    It listens with pattern subscriptions (`<prefix>*`) started by the first poller or the first
+    `listen()`; after a dropped connection it resubscribes (with the core's backoff,
+    `apalis_cli.retrying.delays`) and wakes everyone, since a message may have been missed.
     """
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str | None,
+        control_prefix: str | None = None,
+        control: ControlSignals | None = None,
+    ) -> None:
         self._client = client
-        self._prefix = prefix.encode()
+        self._prefix = prefix.encode() if prefix is not None else None
+        self._control_prefix = control_prefix.encode() if control_prefix is not None else None
+        self._control = control
         self._wakers: dict[str, Waker] = {}
         self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
 
     def waker(self, queue: str) -> Waker:
         """The waker of `queue`, listening from now on."""
         waker = self._wakers.get(queue)
         if waker is None:
             waker = self._wakers[queue] = Waker()
+        self.start()
+        return waker
+
+    async def listen(self) -> None:
+        """Listen from now on, and return once subscribed (a message published after this
+        returns is heard, unless the connection drops)."""
+        self.start()
+        await self._subscribed.wait()
+
+    def start(self) -> None:
+        """Listen from now on (without waiting for the subscription)."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._listen(), name="apalis-redis-wakeups")
-        return waker
 
     async def close(self) -> None:
         """Stop listening."""
@@ -179,40 +200,49 @@ class Wakeups:
             task.result()
 
     async def _listen(self) -> None:
-        pattern = self._prefix + b"*"
-        cut = len(self._prefix)
+        prefixes = [p for p in (self._prefix, self._control_prefix) if p is not None]
         waits = delays()
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(pattern)
+                await pubsub.psubscribe(*(prefix + b"*" for prefix in prefixes))
+                self._subscribed.set()
                 self._wake_all()  # anything pushed while we were not listening
                 waits = delays()  # listening again: the next outage backs off from the start
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if message is None:
-                        continue
-                    waker = self._wakers.get(message["channel"][cut:].decode())
-                    if waker is not None:
-                        waker.notify()
+                    if message is not None:
+                        self._heard(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception:  # a dropped connection: listen again after a short backoff
+                self._subscribed.clear()
                 await asyncio.sleep(next(waits))
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pubsub.aclose())
 
+    def _heard(self, channel: bytes, data: bytes) -> None:
+        if self._prefix is not None and channel.startswith(self._prefix):
+            waker = self._wakers.get(channel[len(self._prefix) :].decode())
+            if waker is not None:
+                waker.notify()
+        elif self._control is not None and self._control_prefix is not None:
+            self._control.heard(channel[len(self._control_prefix) :].decode(), data)
+
     def _wake_all(self) -> None:
         for waker in self._wakers.values():
             waker.notify()
+        if self._control is not None:
+            self._control.missed()
 
 
 class Connection:
-    """One store's connection: the client, its scripts and its wake-up listener, made by `open`.
+    """One store's connection: the client, its scripts and its pub/sub listener, made by `open`.
 
     Queues take this, not their store. `wake_prefix` names the pub/sub channels that wake idle
     pollers (`<prefix><queue>`); without it, only pushes made in this process wake them.
+    `control_prefix` names the control channels (`signals`: cancels and tasks' ends).
     """
 
     def __init__(
@@ -224,6 +254,7 @@ class Connection:
         what: str,
         cluster: bool = False,
         wake_prefix: str | None = None,
+        control_prefix: str | None = None,
     ) -> None:
         self.url = url
         self.client_name = client_name
@@ -235,6 +266,9 @@ class Connection:
         self._texts = dict(scripts)
         self._what = what
         self._wake_prefix = wake_prefix
+        self.control_prefix = control_prefix
+        self.signals = ControlSignals()
+        """Workers to tell of cancels and waiters to wake, heard on the control channels."""
         self._client: Any = None
         self._wakeups: Wakeups | None = None
         self._local: dict[str, Waker] = {}
@@ -246,8 +280,8 @@ class Connection:
             return
         client = await connect_checked(self.url, self.client_name, self.contact, cluster=self.cluster)
         self.scripts = {name: client.register_script(text) for name, text in self._texts.items()}
-        if self._wake_prefix is not None:
-            self._wakeups = Wakeups(client, self._wake_prefix)
+        if self._wake_prefix is not None or self.control_prefix is not None:
+            self._wakeups = Wakeups(client, self._wake_prefix, self.control_prefix, self.signals)
         self._client = client
 
     async def close(self) -> None:
@@ -265,6 +299,17 @@ class Connection:
         if self._client is None:
             raise BackendError(f"the {self._what} store is not open")
         return self._client
+
+    async def listen(self) -> None:
+        """Hear the control channels from now on (returns once subscribed)."""
+        if self._wakeups is None:
+            raise BackendError(f"the {self._what} store is not open")
+        await self._wakeups.listen()
+
+    def start_listening(self) -> None:
+        """Hear the control channels from now on (a worker that registers: its cancels)."""
+        if self._wakeups is not None:
+            self._wakeups.start()
 
     def waker(self, queue: str) -> Waker:
         """What wakes the idle pollers of `queue`: its pub/sub channel, or pushes in this process."""

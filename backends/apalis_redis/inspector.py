@@ -63,8 +63,11 @@ class RedisInspector:
             Status.RUNNING: [k.running],
             Status.DONE: [k.done],
             Status.KILLED: [k.killed],
+            Status.CANCELLED: [k.cancelled],
         }
-        wanted = sources[status] if status is not None else [k.ready, k.scheduled, k.running, k.done, k.killed]
+        wanted = (
+            sources[status] if status is not None else [k.ready, k.scheduled, k.running, k.done, k.killed, k.cancelled]
+        )
         async with client.pipeline(transaction=False) as pipe:
             for key in wanted:
                 if key == k.failed:
@@ -99,17 +102,18 @@ class RedisInspector:
         scheduled set (delayed tasks and retries in their backoff) not yet due."""
         k = self.keys
         async with self.connection.client.pipeline(transaction=False) as pipe:
-            for key in (k.ready, k.scheduled, k.running, k.done, k.killed):
+            for key in (k.ready, k.scheduled, k.running, k.done, k.killed, k.cancelled):
                 pipe.zcard(key)
             pipe.scard(k.failed)
             pipe.zcount(k.scheduled, f"({time.time()!r}", "+inf")
-            ready, scheduled, running, done, killed, failed, waiting = await pipe.execute()
+            ready, scheduled, running, done, killed, cancelled, failed, waiting = await pipe.execute()
         counts: dict[Status, int | None] = {
             Status.PENDING: ready + scheduled - failed,
             Status.RUNNING: running,
             Status.DONE: done,
             Status.FAILED: failed,
             Status.KILLED: killed,
+            Status.CANCELLED: cancelled,
         }
         return QueueStats(queue=self.queue, counts=counts, scheduled=waiting)
 
@@ -142,10 +146,10 @@ class RedisInspector:
         return sorted(found, key=lambda w: w.started_at)
 
     async def retry(self, task_id: TaskId) -> bool:
-        """A failed or killed task runs again now with a fresh count of attempts."""
+        """A failed, killed or cancelled task runs again now with a fresh count of attempts."""
         k = self.keys
         done = await self.connection.scripts["retry"](
-            keys=[k.ready, k.scheduled, k.failed, k.killed], args=[k.base, repr(time.time()), k.wake, task_id]
+            keys=k.statuses, args=[k.base, repr(time.time()), k.wake, task_id]
         )
         return bool(done)
 
@@ -153,8 +157,8 @@ class RedisInspector:
         """Kill a task that has not finished."""
         k = self.keys
         done = await self.connection.scripts["kill"](
-            keys=[k.ready, k.scheduled, k.running, k.failed, k.killed],
-            args=[k.base, repr(time.time()), int(self.retention * 1000), task_id, reason],
+            keys=k.statuses,
+            args=[k.base, repr(time.time()), int(self.retention * 1000), task_id, reason, k.control],
         )
         return bool(done)
 
@@ -167,13 +171,14 @@ class RedisInspector:
             Status.RUNNING: [k.running],
             Status.DONE: [k.done],
             Status.KILLED: [k.killed],
+            Status.CANCELLED: [k.cancelled],
         }[status]
         cutoff = repr(time.time() - (older_than or 0.0))
         total = 0
         for source in sources:
             while True:
                 deleted = await self.connection.scripts["purge"](
-                    keys=[source, k.ready, k.scheduled, k.running, k.failed, k.done, k.killed],
+                    keys=[*k.statuses, source],
                     args=[k.base, status.value, cutoff, _PURGE_BATCH],
                 )
                 total += deleted

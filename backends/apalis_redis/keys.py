@@ -18,9 +18,12 @@ class QueueKeys:
     failed: str
     done: str
     killed: str
+    cancelled: str
+    paused: str
     workers: str
     winfo: str
     wake: str
+    control: str
 
     @classmethod
     def of(cls, namespace: str, queue: str) -> QueueKeys:
@@ -34,10 +37,18 @@ class QueueKeys:
             failed=base + "failed",
             done=base + "done",
             killed=base + "killed",
+            cancelled=base + "cancelled",
+            paused=base + "paused",
             workers=base + "workers",
             winfo=base + "winfo",
             wake=f"{namespace}:wake:{queue}",
+            control=f"{namespace}:ctl:{queue}",
         )
+
+    @property
+    def statuses(self) -> list[str]:
+        """The seven keys every control-plane script takes (lua/control.lua), in its order."""
+        return [self.ready, self.scheduled, self.running, self.failed, self.done, self.killed, self.cancelled]
 
     def task(self, task_id: str) -> str:
         """The hash of one task."""

@@ -5,7 +5,8 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
 
     ns:{q}:t:<id>      hash   one task: p payload, s status, a attempts, m max_attempts,
                               r run_at, pr priority, c created_at, k idempotency key, mt meta JSON,
-                              l lock_by ('' when none), e last_error, res result JSON, d done_at
+                              l lock_by ('' when none), e last_error, res result JSON, d done_at,
+                              cr the reason of a cancel requested while it runs
     ns:{q}:ready       zset   pending/failed tasks that are due; score -priority*1e10 + run_at, so
                               ZPOPMIN takes priority DESC then run_at ASC (exact for |priority| < 1e5)
     ns:{q}:scheduled   zset   pending/failed tasks not yet due, by run_at; promoted by the claim
@@ -13,10 +14,15 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:failed      set    tasks whose status is failed (ready or scheduled), for counts
     ns:{q}:done        zset   done tasks, by done_at    (purged after `retention` by the heartbeat;
     ns:{q}:killed      zset   killed tasks, by done_at   their hashes also expire by PEXPIRE)
+    ns:{q}:cancelled   zset   cancelled tasks, by done_at (the same)
+    ns:{q}:paused      string present while the queue is paused: the claim hands out nothing
+    ns:{q}:waiting     zset   ids someone waits for (`wait`), so their end is published
     ns:{q}:k:<key>     string idempotency key -> task id (expires with its task)
     ns:{q}:workers     zset   worker id -> last_seen
     ns:{q}:winfo       hash   worker id -> JSON (name, queue, host, pid, started_at, layers, running)
     ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake
+    ns:ctl:q           pub/sub channel: a cancel requested of a running task (its worker stops
+                              it), a waited-for task's end (its waiters read it); `signals.py`
 
 On a Redis Cluster (`cluster = true`) the client is redis-py's `RedisCluster`: each script goes
 to the node of its queue's slot, and the wake channel is classic pub/sub, which the cluster
@@ -39,7 +45,7 @@ from typing import Any
 
 import msgpack
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -48,25 +54,38 @@ from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 from .connection import Connection, link_kept, lua
+from .control import RedisControl
 from .inspector import RedisInspector
 from .keys import QueueKeys
 
 __all__ = ["CAPABILITIES", "RedisQueue", "scripts"]
 
-_SCRIPTS = ("enqueue", "claim", "ack", "heartbeat", "farewell", "retry", "kill", "purge")
+_SCRIPTS = ("enqueue", "claim", "ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk")
 _CLAIMING = ("claim", "ack")  # the scripts that start with lua/claiming.lua's claim()
+_CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk")  # and lua/control.lua's
 
-CAPABILITIES = Capabilities({**CONTROL_NOT_BUILT})
+CAPABILITIES = Capabilities()
 
 
 def scripts() -> dict[str, str]:
     """The text of every script the queue runs, by name."""
-    claiming = lua("apalis_redis", "claiming")
-    return {name: (claiming if name in _CLAIMING else "") + lua("apalis_redis", name) for name in _SCRIPTS}
+    claiming, control = lua("apalis_redis", "claiming"), lua("apalis_redis", "control")
+    return {
+        name: (claiming if name in _CLAIMING else "")
+        + (control if name in _CONTROL else "")
+        + lua("apalis_redis", name)
+        for name in _SCRIPTS
+    }
 
 
 _NO_META: MappingProxyType[str, Any] = MappingProxyType({})
-_KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
+_KIND_CODES = {
+    OutcomeKind.DONE: b"d",
+    OutcomeKind.KILL: b"k",
+    OutcomeKind.CANCEL: b"c",
+    OutcomeKind.RETRY: b"r",
+    OutcomeKind.RELEASE: b"l",
+}
 _ENQUEUE_CHUNK = 2000  # tasks per script call: big pushes stay in one round trip, no call is huge
 PURGE_LIMIT = 5000
 
@@ -86,7 +105,7 @@ def _unpack(reply: bytes) -> list[Any]:
 DEFAULT_RETENTION = 7 * 86400.0
 
 
-class RedisQueue(RedisInspector, QueueBase):
+class RedisQueue(RedisInspector, RedisControl, QueueBase):
     """One queue of a `RedisStore`, built from its connection (not the store)."""
 
     capabilities = CAPABILITIES
@@ -100,8 +119,8 @@ class RedisQueue(RedisInspector, QueueBase):
         # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
         # on every call (the ack call's packing took a third less time with these).
         k = self.keys
-        self._ack_keys = [key.encode() for key in (k.ready, k.scheduled, k.running, k.failed, k.done, k.killed)]
-        self._base, self._wake = k.base.encode(), k.wake.encode()
+        self._ack_keys = [key.encode() for key in k.statuses]
+        self._base, self._wake, self._control = k.base.encode(), k.wake.encode(), k.control.encode()
 
     # -- the store's primitives ------------------------------------------------------------
 
@@ -191,10 +210,17 @@ class RedisQueue(RedisInspector, QueueBase):
             text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
             packed += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
-        args = [self._base, repr(time.time()), self._wake, int(self.retention * 1000), _pack(packed)]
         wanted = self._ahead.wanted(items)
-        if wanted:
-            args.append(_pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]))
+        claims = _pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]) if wanted else b""
+        args = [
+            self._base,
+            repr(time.time()),
+            self._wake,
+            int(self.retention * 1000),
+            _pack(packed),
+            claims,
+            self._control,
+        ]
         with link_kept("acknowledging"):
             reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
         if wanted:
@@ -211,6 +237,9 @@ class RedisQueue(RedisInspector, QueueBase):
         across an outage still judges workers by their heartbeats from before it."""
         k, script, contact = self.keys, self.connection.scripts["heartbeat"], self.connection.contact
         self.retention = worker.retention
+        signals = self.connection.signals
+        signals.register(worker)
+        self.connection.start_listening()
 
         async def beat() -> None:
             for _ in range(20):  # more purging only when a backlog of finished tasks built up
@@ -226,8 +255,8 @@ class RedisQueue(RedisInspector, QueueBase):
                     "layers": list(worker.layers),
                     "running": len(running),
                 }
-                _, purged = await script(
-                    keys=[k.ready, k.running, k.failed, k.done, k.killed, k.workers, k.winfo],
+                _, purged, cancels, paused = await script(
+                    keys=[*k.statuses, k.workers, k.winfo],
                     args=[
                         k.base,
                         repr(now),
@@ -238,13 +267,19 @@ class RedisQueue(RedisInspector, QueueBase):
                         repr(now - worker.keep_alive),
                         repr(now - worker.retention),
                         PURGE_LIMIT,
+                        int(worker.retention * 1000),
+                        k.control,
                         *running,
                     ],
                 )
+                for i in range(0, len(cancels), 2):  # the floor under the control channel
+                    worker.on_cancel(cancels[i].decode(), cancels[i + 1].decode())
+                worker.on_paused(bool(paused))
                 if purged < PURGE_LIMIT:
                     return
 
         async def farewell() -> None:
+            signals.forget(worker.id)
             await self.connection.scripts["farewell"](keys=[k.workers, k.winfo], args=[worker.id])
 
         return beat_every(worker, beat, farewell, contact)

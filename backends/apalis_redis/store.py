@@ -31,6 +31,7 @@ class RedisStore:
             what="redis",
             cluster=config.cluster,
             wake_prefix=f"{config.namespace}:wake:",
+            control_prefix=f"{config.namespace}:ctl:",
         )
 
     @classmethod

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -25,7 +25,9 @@ from apalis_cli.service import Outcome
 from apalis_cli.task import Task, TaskId
 from apalis_sql import Queries, insert_params, plan_acks, task_from_row
 
+from .bells import Bells
 from .connection import Database
+from .control import SqliteControl
 from .inspector import SqliteInspector
 from .signal import QueueSignal
 
@@ -33,7 +35,7 @@ __all__ = ["CAPABILITIES", "SqliteQueue"]
 
 _PURGE_PER_BEAT = 10_000
 
-CAPABILITIES = Capabilities({**CONTROL_NOT_BUILT})
+CAPABILITIES = Capabilities()
 
 
 def _sort_key(task: Task[bytes]) -> tuple[int, float, str]:
@@ -47,9 +49,9 @@ def _tasks(rows: list[Any]) -> list[Task[bytes]]:
     return tasks
 
 
-class SqliteQueue(SqliteInspector, QueueBase):
+class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
     """One queue of a `SqliteStore`, built from its connection (not the store): push, claim,
-    acknowledge, heartbeat, inspect."""
+    acknowledge, heartbeat, inspect, and the control plane (cancel, pause, wait, bulk)."""
 
     capabilities = CAPABILITIES
 
@@ -58,6 +60,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
         db: Database,
         queries: Queries,
         signal: QueueSignal,
+        bells: Bells,
         watch: Callable[[], None],
         queue: str,
         *,
@@ -68,6 +71,7 @@ class SqliteQueue(SqliteInspector, QueueBase):
         self._db = db
         self._q = queries
         self._signal = signal
+        self._bells = bells
         self._watch = watch  # the store's: starts waking this process on other processes' writes
         self._ahead = ClaimsAhead(self.ack_batch, Held)
 
@@ -140,11 +144,16 @@ class SqliteQueue(SqliteInspector, QueueBase):
                 conn.executemany(q.ack_retry, plan.retry)
             if plan.kill:
                 conn.executemany(q.ack_kill, plan.kill)
+            if plan.cancel:
+                conn.executemany(q.ack_cancel, plan.cancel)
             if plan.release:
                 conn.executemany(q.ack_release, plan.release)
             return [claim(conn, ahead.worker_id, count, now) for ahead, count in wanted]
 
         claimed = await self._db.write(work)
+        if plan.done or plan.kill or plan.cancel or plan.retry or plan.release:
+            # A retry or a release ends a run whose cancel was requested as cancelled.
+            self._bells.ended()
         if plan.retry:
             self._signal.notify_at([min(row[1] for row in plan.retry)])
         if plan.wake:
@@ -157,11 +166,14 @@ class SqliteQueue(SqliteInspector, QueueBase):
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register `worker`, recover orphans (once this process has had the database steady
-        for `stale_after`, `apalis_cli.contact`), release lost claims, purge expired tasks."""
+        for `stale_after`, `apalis_cli.contact`), release lost claims, purge expired tasks, and
+        tell the worker again of the cancels requested of its runs and whether the queue is
+        paused (the doorbell tells it of a cancel sooner; this is the floor)."""
         q, queue, contact = self._q, self.queue, self._db.contact
         layers = json.dumps(list(worker.layers))
+        self._bells.register(worker)
 
-        def beat_work(conn: sqlite3.Connection, now: float, running: list[str]) -> int:
+        def beat_work(conn: sqlite3.Connection, now: float, running: list[str]) -> tuple[int, list[Any], bool]:
             conn.execute(
                 q.beat,
                 {
@@ -196,15 +208,23 @@ class SqliteQueue(SqliteInspector, QueueBase):
                 },
             ).rowcount
             conn.execute(q.purge_expired, {"queue": queue, "cutoff": now - worker.retention, "limit": _PURGE_PER_BEAT})
-            return moved
+            cancels = conn.execute(q.cancels_of_worker, {"queue": queue, "id": worker.id}).fetchall()
+            paused = conn.execute(q.is_paused, {"queue": queue}).fetchone()
+            return moved, cancels, bool(paused and paused[0])
 
         async def beat() -> None:
             now = time.time()
             running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
-            if await self._db.write(lambda conn: beat_work(conn, now, running)):
+            moved, cancels, paused = await self._db.write(lambda conn: beat_work(conn, now, running))
+            if moved:
                 self._signal.notify()
+                self._bells.ended()  # a recovered run whose cancel was requested ended cancelled
+            for task_id, reason in cancels:
+                worker.on_cancel(task_id, reason)
+            worker.on_paused(paused)
 
         async def farewell() -> None:
+            self._bells.forget(worker.id)
             await self._db.write(lambda conn: conn.execute(q.farewell, {"id": worker.id}).rowcount)
 
         return beat_every(worker, beat, farewell, contact)

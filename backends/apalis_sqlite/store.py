@@ -2,7 +2,8 @@
 
 One aiosqlite connection per store and process (`connection.Database`), shared by every queue
 of the store; the queues of one name share one in-process wake-up signal, and the WAL watch
-(`watch.WalWatch`) wakes them all when another process writes the file.
+(`watch.WalWatch`) wakes them all when another process writes the file. The same watch hears
+the doorbells (`bells.Bells`) that other processes ring after a cancel or a task's end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from apalis_cli.backend import Capabilities, StoreSpec
 from apalis_cli.codec import Codec
 from apalis_sql import load_migrations, load_queries
 
+from .bells import Bells
 from .config import SqliteConfig
 from .connection import Database
 from .queue import CAPABILITIES, SqliteQueue
@@ -35,7 +37,13 @@ class SqliteStore:
         self.queries = load_queries(__package__ or "apalis_sqlite", names)
         self.db = Database(config, self.queries, load_migrations(__package__ or "apalis_sqlite", names))
         self._signals: dict[str, QueueSignal] = {}
-        self._watch = WalWatch(config.path, self._wake_all) if config.watch and not config.in_memory else None
+        self.bells = Bells(self.db, self.queries, None if config.in_memory else config.path)
+        self._watch = (
+            WalWatch(config.path, self._wake_all, self.bells.listeners())
+            if config.watch and not config.in_memory
+            else None
+        )
+        self.bells.watching = self._watching
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> SqliteStore:
@@ -50,6 +58,7 @@ class SqliteStore:
         """Close the connection and stop watching the file."""
         if self._watch is not None:
             self._watch.stop()
+        self.bells.close()
         await self.db.close()
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> SqliteQueue:
@@ -57,7 +66,9 @@ class SqliteStore:
         signal = self._signals.get(queue)
         if signal is None:
             signal = self._signals[queue] = QueueSignal()
-        return SqliteQueue(self.db, self.queries, signal, self.watch, queue, codec=codec, max_attempts=max_attempts)
+        return SqliteQueue(
+            self.db, self.queries, signal, self.bells, self.watch, queue, codec=codec, max_attempts=max_attempts
+        )
 
     def watch(self) -> None:
         """Start waking this process's idle pollers on writes by other processes (once a worker
@@ -65,6 +76,9 @@ class SqliteStore:
         if self._watch is not None and not self._watch.active:
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to wake anyway
                 self._watch.start()
+
+    def _watching(self) -> bool:
+        return self._watch is not None and self._watch.active
 
     def _wake_all(self) -> None:
         for signal in self._signals.values():

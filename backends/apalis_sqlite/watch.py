@@ -2,9 +2,11 @@
 
 A push from another process (`apalis push`, a web app) lands in the `-wal` file next to the
 database. Watching that folder for writes to it lets an idle worker poll at once instead of
-after its back-off; a write of our own only costs idle pollers one empty claim. Where inotify is
+after its back-off; a write of our own only costs idle pollers one empty claim. The same watch
+hears the store's doorbells (`bells.py`), files next to the database written after a commit
+that someone in another process may be waiting for (a cancel, a task's end). Where inotify is
 not there (macOS, a container without it), nothing is watched and polling within
-`poll_interval` finds the task as before.
+`poll_interval` finds the task as before (and the heartbeat tells a worker of a cancel).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import ctypes.util
 import os
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +39,18 @@ def _inotify() -> Any | None:
 
 
 class WalWatch:
-    """Calls `on_change()` (on the event loop) whenever the database's WAL file is written."""
+    """Calls `on_change()` (on the event loop) whenever the database's WAL file is written, and
+    `others[suffix]()` whenever the file named the database's name + suffix is."""
 
-    __slots__ = ("_fd", "_loop", "_name", "_on_change", "_path")
+    __slots__ = ("_calls", "_fd", "_loop", "_path")
 
-    def __init__(self, database: str, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, database: str, on_change: Callable[[], None], others: Mapping[str, Callable[[], None]] | None = None
+    ) -> None:
         self._path = Path(database)
-        self._name = os.fsencode(self._path.name + "-wal")
-        self._on_change = on_change
+        self._calls = {os.fsencode(self._path.name + "-wal"): on_change}
+        for suffix, call in (others or {}).items():
+            self._calls[os.fsencode(self._path.name + suffix)] = call
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -85,7 +91,8 @@ class WalWatch:
         os.close(fd)
 
     def _readable(self) -> None:
-        hit = False
+        hits: dict[bytes, Callable[[], None]] = {}
+        calls = self._calls
         while True:
             try:
                 data = os.read(self._fd, 65536)
@@ -95,8 +102,9 @@ class WalWatch:
             while offset + _EVENT.size <= len(data):
                 _, _, _, length = _EVENT.unpack_from(data, offset)
                 start = offset + _EVENT.size
-                if data[start : start + length].rstrip(b"\0") == self._name:
-                    hit = True
+                name = data[start : start + length].rstrip(b"\0")
+                if name in calls:
+                    hits[name] = calls[name]
                 offset = start + length
-        if hit:
-            self._on_change()
+        for call in hits.values():  # once per file, however many writes this read gathered
+            call()

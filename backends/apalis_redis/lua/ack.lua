@@ -1,17 +1,20 @@
 -- Apply a batch of outcomes; each only to a task still running under the same lock. Then, in
 -- the same call, claim ahead for the workers whose runs ended here (claiming.lua's claim), so a
 -- busy worker's acknowledgements and its next claim are one round trip.
--- KEYS: ready, scheduled, running, failed, done, killed
+-- A run whose cancel was requested and that would run again (retry, release) ends cancelled
+-- instead; whoever waits for a task that ends is told (control.lua's ended()).
+-- KEYS: ready, scheduled, running, failed, done, killed, cancelled
 -- ARGV: base, now, wake channel, retention ms, one MessagePack array of 5 per outcome:
---       id, lock_by, kind (d=done k=kill r=retry l=release), text (result or error), run_at;
---       then, optionally, one MessagePack array of 2 per claim: worker id, limit
+--       id, lock_by, kind (d=done k=kill c=cancel r=retry l=release), text (result, error or
+--       reason), run_at; then one MessagePack array of 2 per claim: worker id, limit (or ''),
+--       then the control channel
 -- Returns 0 without claims, else one MessagePack array holding, per claim, an array of 10
 -- fields per task claimed.
 -- The sorted-set changes of the whole batch go in one command each: fewer calls per task.
 local base, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local items = cmsgpack.unpack(ARGV[5])
-local unrun, done, killed = {}, {}, {}
-local woke = false
+local unrun, done, killed, cancelled = {}, {}, {}, {}
+local woke, ends = false, {}
 for i = 1, #items, 5 do
   local id, kind, text = items[i], items[i + 2], items[i + 3]
   local task = base .. 't:' .. id
@@ -20,7 +23,18 @@ for i = 1, #items, 5 do
   local f = redis.call('HMGET', task, 's', 'l', 'k')
   if f[1] == 'running' and f[2] == items[i + 1] then
     unrun[#unrun + 1] = id
-    if kind == 'd' or kind == 'k' then
+    if kind == 'r' or kind == 'l' then
+      local requested = redis.call('HGET', task, 'cr')
+      if requested then kind, text = 'c', requested end -- cancelled while it ran: never again
+    end
+    if kind ~= 'r' and kind ~= 'l' then ends[#ends + 1] = id end
+    if kind == 'c' then
+      redis.call('HSET', task, 's', 'cancelled', 'd', ARGV[2], 'e', text, 'l', '')
+      redis.call('HDEL', task, 'cr')
+      cancelled[#cancelled + 1], cancelled[#cancelled + 2] = ARGV[2], id
+      redis.call('PEXPIRE', task, ttl)
+      if f[3] then redis.call('PEXPIRE', base .. 'k:' .. f[3], ttl) end
+    elseif kind == 'd' or kind == 'k' then
       if kind == 'd' then
         if text ~= '' then
           redis.call('HSET', task, 's', 'done', 'd', ARGV[2], 'l', '', 'res', text)
@@ -63,8 +77,12 @@ end
 each_slice(unrun, 2000, function(...) redis.call('ZREM', KEYS[3], ...) end)
 each_slice(done, 2000, function(...) redis.call('ZADD', KEYS[5], ...) end)
 each_slice(killed, 2000, function(...) redis.call('ZADD', KEYS[6], ...) end)
+each_slice(cancelled, 2000, function(...) redis.call('ZADD', KEYS[7], ...) end)
 if woke then redis.call('PUBLISH', ARGV[3], '') end
-if not ARGV[6] then return 0 end
+if #ends > 0 and redis.call('EXISTS', base .. 'waiting') == 1 then
+  for _, id in ipairs(ends) do ended(base, id, ARGV[7]) end
+end
+if ARGV[6] == '' then return 0 end
 local claims, claimed = cmsgpack.unpack(ARGV[6]), {}
 for i = 1, #claims, 2 do
   claimed[#claimed + 1] = claim(KEYS, base, ARGV[2], claims[i + 1], claims[i], {})

@@ -1,12 +1,14 @@
 -- The claim shared by claim.lua and ack.lua: the store prepends this file to both when it loads
 -- them (a Redis script cannot call another), so a claim made alongside acknowledgements is the
 -- very same claim.
--- claim(keys, base, now, limit, worker, out): promote the due scheduled tasks, then take up to
+-- claim(keys, base, now, limit, worker, out): unless the queue is paused (the key base ..
+-- 'paused', see control.lua), promote the due scheduled tasks, then take up to
 -- `limit` ready tasks for `worker`, priority DESC then run_at ASC (the ready score is
 -- -priority * 1e10 + run_at); appends 10 fields per task to `out`: id, payload, attempts,
 -- max_attempts, run_at, priority, idempotency key, meta, created_at, last_error.
 -- keys: {ready, scheduled, running, failed}
 local function claim(keys, base, now, limit, worker, out)
+  if redis.call('EXISTS', base .. 'paused') == 1 then return out end -- paused: nothing handed out
   local due = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
     local f = redis.call('HMGET', base .. 't:' .. id, 'pr', 'r')

@@ -11,16 +11,17 @@ SELECT status, count(*), sum(status IN ('pending', 'failed') AND run_at > :now)
 FROM {prefix}tasks WHERE queue = :queue GROUP BY status;
 
 -- name: retry
--- A failed or killed task runs again now, with a fresh count of attempts.
+-- A failed, killed or cancelled task runs again now, with a fresh count of attempts.
 UPDATE {prefix}tasks
-SET status = 'pending', attempts = 0, run_at = :now, done_at = NULL, lock_by = NULL, locked_at = NULL
-WHERE queue = :queue AND id = :id AND status IN ('failed', 'killed');
+SET status = 'pending', attempts = 0, run_at = :now, done_at = NULL, lock_by = NULL, locked_at = NULL,
+    cancel_reason = NULL
+WHERE queue = :queue AND id = :id AND status IN ('failed', 'killed', 'cancelled');
 
 -- name: kill
 UPDATE {prefix}tasks
 SET status = 'killed', last_error = :reason, done_at = :now, run_at = min(run_at, :now), lock_by = NULL,
-    locked_at = NULL
-WHERE queue = :queue AND id = :id AND status NOT IN ('done', 'killed');
+    locked_at = NULL, cancel_reason = NULL
+WHERE queue = :queue AND id = :id AND status NOT IN ('done', 'killed', 'cancelled');
 
 -- name: purge
 DELETE FROM {prefix}tasks

@@ -13,13 +13,16 @@ SELECT idempotency_key, id FROM {prefix}tasks
 WHERE queue = :queue AND idempotency_key IN (SELECT value FROM json_each(:keys));
 
 -- name: claim
--- One atomic statement: lock up to :limit ready tasks for :worker. RETURNING order is not
--- guaranteed, so the caller sorts. Columns in apalis_sql.TASK_COLUMNS order.
+-- One atomic statement: lock up to :limit ready tasks for :worker, none while the queue is
+-- paused. A cancel is one UPDATE of the same rows, so SQLite's write lock orders the two: a
+-- cancelled task is never claimed. RETURNING order is not guaranteed, so the caller sorts.
+-- Columns in apalis_sql.TASK_COLUMNS order.
 UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
 WHERE id IN (
     SELECT id FROM {prefix}tasks
     WHERE queue = :queue AND status IN ('pending', 'failed') AND run_at <= :now
+      AND NOT EXISTS (SELECT 1 FROM {prefix}queues WHERE queue = :queue AND paused = 1)
     ORDER BY priority DESC, run_at, id
     LIMIT :limit
 )
@@ -29,23 +32,38 @@ RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, 
 -- name: ack_done
 -- (result, done_at, id, lock_by): only a task still running under the same lock.
 UPDATE {prefix}tasks
-SET status = 'done', result = ?1, done_at = ?2, lock_by = NULL, locked_at = NULL
+SET status = 'done', result = ?1, done_at = ?2, lock_by = NULL, locked_at = NULL, cancel_reason = NULL
 WHERE id = ?3 AND status = 'running' AND lock_by = ?4;
 
 -- name: ack_retry
--- (error, run_at, id, lock_by)
+-- (error, run_at, id, lock_by); a task with a cancel requested is cancelled instead, never run again.
 UPDATE {prefix}tasks
-SET status = 'failed', last_error = ?1, run_at = ?2, lock_by = NULL, locked_at = NULL
+SET status = CASE WHEN cancel_reason IS NULL THEN 'failed' ELSE 'cancelled' END,
+    last_error = coalesce(cancel_reason, ?1),
+    run_at = CASE WHEN cancel_reason IS NULL THEN ?2 ELSE min(run_at, ?2) END,
+    done_at = CASE WHEN cancel_reason IS NULL THEN NULL ELSE (julianday('now') - 2440587.5) * 86400.0 END,
+    lock_by = NULL, locked_at = NULL, cancel_reason = NULL
 WHERE id = ?3 AND status = 'running' AND lock_by = ?4;
 
 -- name: ack_kill
 -- (error, done_at, id, lock_by)
 UPDATE {prefix}tasks
-SET status = 'killed', last_error = ?1, done_at = ?2, lock_by = NULL, locked_at = NULL
+SET status = 'killed', last_error = ?1, done_at = ?2, lock_by = NULL, locked_at = NULL, cancel_reason = NULL
+WHERE id = ?3 AND status = 'running' AND lock_by = ?4;
+
+-- name: ack_cancel
+-- (reason, done_at, id, lock_by): the run was stopped on a cancel.
+UPDATE {prefix}tasks
+SET status = 'cancelled', last_error = ?1, done_at = ?2, run_at = min(run_at, ?2), lock_by = NULL,
+    locked_at = NULL, cancel_reason = NULL
 WHERE id = ?3 AND status = 'running' AND lock_by = ?4;
 
 -- name: ack_release
--- (now, id, lock_by): back to pending, the attempt not counted.
+-- (now, id, lock_by): back to pending, the attempt not counted; cancelled if a cancel was requested.
 UPDATE {prefix}tasks
-SET status = 'pending', attempts = max(attempts - 1, 0), run_at = min(run_at, ?1), lock_by = NULL, locked_at = NULL
+SET status = CASE WHEN cancel_reason IS NULL THEN 'pending' ELSE 'cancelled' END,
+    attempts = max(attempts - 1, 0), run_at = min(run_at, ?1),
+    last_error = coalesce(cancel_reason, last_error),
+    done_at = CASE WHEN cancel_reason IS NULL THEN done_at ELSE ?1 END,
+    lock_by = NULL, locked_at = NULL, cancel_reason = NULL
 WHERE id = ?2 AND status = 'running' AND lock_by = ?3;

@@ -1,0 +1,151 @@
+"""The Redis queue's control plane (`apalis_cli.control`): cancel, pause, wait and bulk actions.
+
+Every change is a script (lua/control.lua and the scripts that prepend it), so it is atomic with
+the claim, which is a script too: Redis runs one at a time, and a cancelled task is never
+claimed. A running task's cancel is recorded on its hash (`cr`) and published on the queue's
+control channel, where the process that runs it hears it (`signals.py`); the worker's heartbeat
+answers it too. Pause is a key the claim reads. A waiter adds its task's id to the queue's
+`waiting` set, and the acknowledgement that ends the task publishes its id, once, on the
+control channel. A bulk action walks one collection at a time, one script per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from apalis_cli.task import Status, Task, TaskId
+
+from .inspector import task_from_hash
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .keys import QueueKeys
+
+__all__ = ["RedisControl"]
+
+_BATCH = 5000
+"""Entries one bulk script looks at: each call holds the server for a few milliseconds at most."""
+_RECHECK = 1.0
+"""How often a waiter reads its task anyway (a message lost to a dropped connection costs this)."""
+_KILL_REASON = "killed by an operator"
+_NO_LIMIT = 2**31 - 1
+
+
+class RedisControl:
+    """Control-plane methods over the queue's `connection`, `keys`, `queue` and `retention`."""
+
+    queue: str
+    keys: QueueKeys
+    connection: Connection
+    retention: float
+
+    async def cancel(self, task_id: TaskId, reason: str = DEFAULT_CANCEL_REASON) -> CancelResult:
+        """Cancel `task_id`: at once if it has not started, by telling its worker if it runs."""
+        k = self.keys
+        answer = await self.connection.scripts["cancel"](
+            keys=k.statuses,
+            args=[k.base, repr(time.time()), int(self.retention * 1000), k.control, task_id, reason],
+        )
+        state = answer.decode()
+        if state == "cancelled":
+            return CancelResult.cancelled()
+        if state == "requested":
+            return CancelResult.requested()
+        return CancelResult.already_final(Status(state)) if state else CancelResult.not_found()
+
+    async def pause(self) -> None:
+        """Claims hand out nothing from now on (the claim script reads the key)."""
+        await self.connection.client.set(self.keys.paused, b"1")
+
+    async def resume(self) -> None:
+        """Claims hand out tasks again; idle pollers everywhere are woken."""
+        client, k = self.connection.client, self.keys
+        await client.delete(k.paused)
+        await client.publish(k.wake, b"")
+
+    async def paused(self) -> bool:
+        """True while the queue is paused."""
+        return bool(await self.connection.client.exists(self.keys.paused))
+
+    async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
+        """The task once it is done, killed or cancelled; None after `timeout` seconds or when
+        there is no such task. Woken by the message its end publishes."""
+        connection, k = self.connection, self.keys
+        await connection.listen()  # subscribed before the id is added: its end cannot be missed
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with connection.signals.waiting(self.queue, task_id) as event:
+            await connection.client.zadd(k.base + "waiting", {task_id: time.time()})
+            while True:
+                event.clear()  # before the read: a message during the read is not lost
+                task = await self._task(task_id)
+                if task is None or task.ctx.status.is_final:
+                    return task
+                left = _RECHECK if deadline is None else min(deadline - loop.time(), _RECHECK)
+                if left <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await event.wait()
+
+    async def _task(self, task_id: TaskId) -> Task[bytes] | None:
+        h = await self.connection.client.hgetall(self.keys.task(task_id))
+        return task_from_hash(task_id, self.queue, h) if h else None
+
+    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+        """Apply `action` to every task `where` matches: one script per batch of `_BATCH`
+        entries of one collection, collections in turn, until `where.limit` tasks changed."""
+        statuses = where.statuses_for(action)
+        if where.limit is not None and where.limit <= 0:
+            return 0
+        k, script = self.keys, self.connection.scripts["bulk"]
+        # Where each status is kept: waiting tasks in ready and scheduled (failed ones also in
+        # the failed set, walked for them alone), the others in one sorted set each.
+        sources = {
+            Status.PENDING: (1, 2),
+            Status.FAILED: (4,),
+            Status.RUNNING: (3,),
+            Status.DONE: (5,),
+            Status.KILLED: (6,),
+            Status.CANCELLED: (7,),
+        }
+        reason = _KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
+        needle = where.error_contains.lower() if where.error_contains else ""
+        since = "" if where.since is None else repr(where.since)
+        until = "" if where.until is None else repr(where.until)
+        total = 0
+        for status in sorted(statuses):
+            for source in sources[status]:
+                cursor = "0"
+                while cursor != "":
+                    room = _NO_LIMIT if where.limit is None else where.limit - total
+                    if room <= 0:
+                        return total
+                    raw_cursor, changed = await script(
+                        keys=k.statuses,
+                        args=[
+                            k.base,
+                            repr(time.time()),
+                            int(self.retention * 1000),
+                            k.control,
+                            k.wake,
+                            action.value,
+                            "1" if dry_run else "",
+                            source,
+                            cursor,
+                            _BATCH,
+                            room,
+                            f",{status.value},",
+                            since,
+                            until,
+                            needle,
+                            reason,
+                        ],
+                    )
+                    cursor = raw_cursor.decode() if isinstance(raw_cursor, bytes) else str(raw_cursor)
+                    total += int(changed)
+        return total

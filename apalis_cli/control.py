@@ -54,7 +54,6 @@ How to implement the control plane in a store
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -262,6 +261,8 @@ async def wait_by_polling(
     """`Waiter.wait` for a store that cannot push: `get(task_id)` until the task is final,
     starting at 5 ms between reads and doubling up to `every`; None on timeout or when there
     is no such task."""
+    import asyncio  # here: the command line imports this module, and starts faster without asyncio
+
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = min(0.005, every)
     while True:

@@ -20,13 +20,13 @@ from .app import app
 # isort: off
 # Imported for their commands, in the order `apalis --help` lists them. Each imports what its
 # commands need when they run, so that `apalis --help` or `apalis push` loads little else.
-from . import run, push, inspect, admin, web, setup
+from . import run, push, inspect, admin, control, web, setup
 
 # isort: on
 
 __all__ = ["app", "fail_line", "main"]
 
-_ = (admin, inspect, push, run, setup, web)  # imported for their commands
+_ = (admin, control, inspect, push, run, setup, web)  # imported for their commands
 
 
 def fail_line(message: str) -> str:

@@ -1,4 +1,5 @@
-"""`apalis retry`, `kill` and `purge`: an operator's changes to tasks."""
+"""`apalis retry`, `kill` and `purge`: an operator's changes to tasks, one by id or many by filter
+(`bulk`)."""
 
 from __future__ import annotations
 
@@ -7,30 +8,73 @@ from typing import Annotated
 
 import typer
 
-from ..backend import Capability
 from ..durations import parse_duration
-from ..errors import ApalisError
+from ..errors import ApalisError, UsageError
 from ..task import Status
 from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, check_task_id, checked, text
+from .bulk import (
+    DryRunOption,
+    ErrorContainsOption,
+    FilterOptions,
+    LimitOption,
+    SinceOption,
+    StatusesOption,
+    UntilOption,
+    YesOption,
+    run_bulk,
+)
 
 # asyncio and the store's machinery are imported inside the commands: `apalis --help` and the
 # other commands do without them.
 
-__all__ = ["kill", "purge", "retry"]
+__all__ = ["TaskIdArgument", "by_id_or_filter", "kill", "purge", "retry"]
 
 TaskIdArgument = Annotated[
-    str, typer.Argument(callback=check_task_id, metavar="TASK_ID", help="The task's id.", show_default=False)
+    str | None,
+    typer.Argument(
+        callback=check_task_id, metavar="TASK_ID", help="The task's id (or a filter instead).", show_default=False
+    ),
 ]
+
+
+def by_id_or_filter(
+    verb: str, task_id: str | None, options: FilterOptions, worker: str | None, queue: str | None
+) -> bool:
+    """True when the command acts on one task by id, False when on a filter; a usage error when
+    it is given both or neither (`--queue`/`--worker` alone are a filter: the whole queue)."""
+    if task_id is not None:
+        if options.given or options.dry_run or options.yes:
+            raise UsageError(f"give a task id or a filter (--status, --since, ...) to {verb}, not both")
+        return True
+    if not (options.given or worker is not None or queue is not None):
+        raise UsageError(
+            f"say which tasks to {verb}: a task id, or a filter (--status, --queue, --since, --until, "
+            "--error-contains, --limit)"
+        )
+    return False
 
 
 @app.command()
 def retry(
-    task_id: TaskIdArgument,
+    task_id: TaskIdArgument = None,
     config: ConfigOption = DEFAULT_CONFIG,
     worker: WorkerOption = None,
     queue: QueueOption = None,
+    status: StatusesOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    error_contains: ErrorContainsOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
 ) -> None:
-    """Make a failed or killed task pending again (attempts reset)."""
+    """Make a failed, killed or cancelled task pending again (attempts reset); by id, or every
+    task a filter matches (killed and cancelled ones unless --status says otherwise)."""
+    options = FilterOptions(status, since, until, error_contains, limit, dry_run, yes)
+    if not by_id_or_filter("retry", task_id, options, worker, queue):
+        run_bulk("retry", options, config, worker, queue)
+        return
+    assert task_id is not None
     import asyncio
 
     asyncio.run(_change(config, worker, queue, task_id, "retry"))
@@ -39,15 +83,28 @@ def retry(
 
 @app.command()
 def kill(
-    task_id: TaskIdArgument,
+    task_id: TaskIdArgument = None,
     config: ConfigOption = DEFAULT_CONFIG,
     worker: WorkerOption = None,
     queue: QueueOption = None,
     reason: Annotated[
         str, typer.Option(callback=text, help="Kept as the task's last error.")
     ] = "killed by an operator",
+    status: StatusesOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    error_contains: ErrorContainsOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
 ) -> None:
-    """Kill a pending, failed or running task: it will not run again."""
+    """Kill a pending, failed or running task: it will not run again; by id, or every task a
+    filter matches."""
+    options = FilterOptions(status, since, until, error_contains, limit, dry_run, yes)
+    if not by_id_or_filter("kill", task_id, options, worker, queue):
+        run_bulk("kill", options, config, worker, queue)
+        return
+    assert task_id is not None
     import asyncio
 
     asyncio.run(_change(config, worker, queue, task_id, "kill", reason))
@@ -57,6 +114,7 @@ def kill(
 async def _change(
     config: Path, worker: str | None, queue: str | None, task_id: str, action: str, reason: str = ""
 ) -> None:
+    from ..backend import Capability
     from .common import open_target, require_inspector
 
     async with open_target(config, worker, queue) as opened:
@@ -71,23 +129,48 @@ async def _change(
 
 @app.command()
 def purge(
-    status: Annotated[Status, typer.Option("--status", "-s", help="Delete tasks in this status.")],
+    status: StatusesOption = None,
     config: ConfigOption = DEFAULT_CONFIG,
     worker: WorkerOption = None,
     queue: QueueOption = None,
     older_than: Annotated[
         str | None, typer.Option(help='Only those finished (or created) longer ago than this, e.g. "7d".')
     ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    error_contains: ErrorContainsOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
 ) -> None:
-    """Delete tasks of one status from a queue; prints how many."""
+    """Delete tasks. `--status S [--older-than 7d]` deletes one status at once, as a retention
+    chore; any other filter counts, asks, then deletes (done, killed and cancelled tasks unless
+    --status says otherwise)."""
     age = None if older_than is None else checked("--older-than", older_than, parse_duration)
-    import asyncio
+    options = FilterOptions(status, since, until, error_contains, limit, dry_run, yes)
+    plain = status is not None and len(status) == 1 and not (options.given and _beyond_status(options))
+    if plain and not dry_run and not yes:
+        assert status is not None
+        import asyncio
 
-    count = asyncio.run(_purge(config, worker, queue, status, age))
-    print(f"purged {count} {status.value} task{'s' if count != 1 else ''}")
+        count = asyncio.run(_purge(config, worker, queue, status[0], age))
+        print(f"purged {count} {status[0].value} task{'s' if count != 1 else ''}")
+        return
+    if not options.given and not dry_run and worker is None and queue is None:
+        raise UsageError("say which tasks to purge: --status, or a filter (--since, --until, --error-contains, ...)")
+    if age is not None:
+        if until is not None:
+            raise UsageError("give --older-than or --until, not both")
+        options = FilterOptions(status, since, f"{age}s", error_contains, limit, dry_run, yes)
+    run_bulk("purge", options, config, worker, queue)
+
+
+def _beyond_status(options: FilterOptions) -> bool:
+    return any(value is not None for value in (options.since, options.until, options.error_contains, options.limit))
 
 
 async def _purge(config: Path, worker: str | None, queue: str | None, status: Status, age: float | None) -> int:
+    from ..backend import Capability
     from .common import open_target, require_inspector
 
     async with open_target(config, worker, queue) as opened:

@@ -14,7 +14,16 @@ from ..backend import BackendExt, Capability, Inspector, Store
 from ..config import Config, load_config
 from ..errors import ApalisError, BackendError, Unsupported, describe_error
 
-__all__ = ["Opened", "masked_errors", "open_resolved", "open_target", "require", "require_inspector", "resolve"]
+__all__ = [
+    "Opened",
+    "masked_errors",
+    "open_resolved",
+    "open_target",
+    "require",
+    "require_inspector",
+    "resolve",
+    "why_not",
+]
 
 P = TypeVar("P")
 
@@ -72,9 +81,16 @@ def masked_errors(config: Config) -> Iterator[None]:
         raise BackendError(describe_error(exc, config.secrets)) from None
 
 
+def why_not(opened: Opened, capability: Capability) -> str | None:
+    """Why the queue's store lacks `capability` (None: it has it). The store's declaration and the
+    queue-bound backend's are both asked: a store's queue may not carry its store's (postgres's
+    queue keeps the default of its shared base)."""
+    return opened.backend.capabilities.why_not(capability) or opened.store.capabilities.why_not(capability)
+
+
 def require(opened: Opened, capability: Capability, doing: str) -> None:
     """Raise `Unsupported` (exit 2, one line) when the store lacks `capability`."""
-    why = opened.backend.capabilities.why_not(capability)
+    why = why_not(opened, capability)
     if why is not None:
         raise Unsupported(f"{opened.describe()} cannot {doing}: {why}")
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..backend import Capability, Inspector, QueueStats, WorkerInfo
 from ..bounds import COUNT
 from ..errors import ApalisError, DecodeError, Unsupported
 from ..redact import redact
@@ -18,13 +17,14 @@ from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOp
 
 if TYPE_CHECKING:
     from ..api import QueueTarget
+    from ..backend import QueueStats, WorkerInfo
     from ..config import Config
     from .common import Opened
 
 # The store's machinery (asyncio, the config, the store registry) and rich's tables are imported
 # inside the commands: `apalis --help` and the other commands do without them.
 
-__all__ = ["inspect", "stats", "task_json", "workers"]
+__all__ = ["all_targets", "inspect", "stats", "task_json", "workers"]
 
 StatusOption = Annotated[Status | None, typer.Option("--status", "-s", help="Only tasks in this status.")]
 
@@ -62,6 +62,7 @@ def inspect(
 async def _inspect(
     config: Path, worker: str | None, queue: str | None, status: Status | None, limit: int, task_id: str | None
 ) -> tuple[list[Task[bytes]], Any, frozenset[str]]:
+    from ..backend import Capability, Inspector
     from .common import open_target, require_inspector
 
     async with open_target(config, worker, queue) as opened:
@@ -81,10 +82,13 @@ async def _inspect(
                 tasks = await backend.list_tasks(status, limit)
         except Unsupported as exc:
             raise Unsupported(f"{opened.describe()} cannot list its tasks: {exc}") from None
-        if partial:
-            from . import console
+        from . import console
+        from .control import paused_or_none
 
+        if partial:
             console.note(f"{opened.describe()} shows only part of its tasks: {partial}")
+        if await paused_or_none(opened):
+            console.note(f"{opened.describe()} is paused: its tasks wait for apalis resume")
         return tasks, opened.backend.codec, opened.config.secrets
 
 
@@ -173,24 +177,24 @@ def stats(
 
 
 async def _workers_of(opened: Opened) -> list[WorkerInfo]:
+    from ..backend import Capability
     from .common import require_inspector
 
     return await require_inspector(opened, Capability.WORKERS, "list its workers").workers()
 
 
 async def _stats_of(opened: Opened) -> tuple[QueueStats, bool | None]:
-    """The queue's counts, and whether it is paused (None: the store cannot pause queues)."""
+    """The queue's counts, and whether it is paused (None where the store cannot pause)."""
+    from ..backend import Inspector
+    from .control import paused_or_none
+
     # Counting is often possible where browsing is not (a broker counts its queues): ask the
     # store, which raises `Unsupported` with its reason if it cannot.
-    from ..control import Pausable
-
     backend: Any = opened.backend
     if not isinstance(backend, Inspector):
         raise Unsupported(f"{opened.describe()} cannot count its tasks: the store has no inspector")
     stats: QueueStats = await backend.stats()
-    if not (isinstance(backend, Pausable) and opened.backend.capabilities.has(Capability.PAUSE)):
-        return stats, None
-    return stats, await backend.paused()
+    return stats, await paused_or_none(opened)
 
 
 async def _each_queue(config_path: Path, worker: str | None, queue: str | None, fn: Any) -> list[Any]:
@@ -205,13 +209,14 @@ async def _each_queue(config_path: Path, worker: str | None, queue: str | None, 
     config = load_config(config_path)
     results = []
     with masked_errors(config):
-        for target in _all_targets(config):
+        for target in all_targets(config):
             async with open_queue(config, target) as (store, backend):
                 results.append(await fn(Opened(config, target, store, backend)))
     return results
 
 
-def _all_targets(config: Config) -> list[QueueTarget]:
+def all_targets(config: Config) -> list[QueueTarget]:
+    """Every queue the config's workers take (a piped cron worker's in its target store), once."""
     from ..api import QueueTarget
 
     seen: dict[tuple[str, str], QueueTarget] = {}

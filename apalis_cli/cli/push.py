@@ -16,22 +16,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..backend import Capability, TaskSink
 from ..bounds import ATTEMPTS, KEY_LENGTH, PRIORITY, check_length, check_time
-from ..durations import parse_duration
+from ..durations import format_duration, parse_duration
 from ..errors import ApalisError, Unsupported, UsageError
 from .app import DEFAULT_CONFIG, ConfigOption, QueueOption, WorkerOption, app, checked, text
 from .push_input import Value, read_argument, read_lines, read_stdin
 
 if TYPE_CHECKING:
     from ..api import QueueTarget
-    from ..backend import NewTask
+    from ..backend import NewTask, TaskSink
     from ..config import Config
     from .common import Opened
 
-__all__ = ["parse_at", "push"]
+__all__ = ["WAIT_TIMED_OUT", "parse_at", "push"]
 
 _CHUNK = 1000
+
+WAIT_TIMED_OUT = 124
+"""`push --wait`'s exit code when `--timeout` passed first (as `timeout(1)`): the task goes on."""
 
 
 @app.command()
@@ -50,13 +52,25 @@ def push(
     key: Annotated[
         str | None, typer.Option(callback=text, help="Idempotency key: the same key twice makes one task.")
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait for the task to end: its result as JSON on stdout (exit 0), or its last error on "
+            f"stderr when killed or cancelled (exit 1); exit {WAIT_TIMED_OUT} on --timeout, the task goes on.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        str | None, typer.Option(help='With --wait: give up waiting after this long, e.g. "30s".')
+    ] = None,
 ) -> None:
-    """Push tasks; prints each new task id on stdout.
+    """Push tasks; prints each new task id on stdout (with --wait: the task's result).
 
     A file or stdin is read and encoded whole before the first task is written: a bad line
     pushes nothing.
     """
     options = _options(delay, at, priority, max_attempts)
+    within = _wait_options(wait, timeout)
     if key is not None and not key.strip():
         # Most likely an unset shell variable (`--key "$ID"`): every such push would be one task.
         raise UsageError("--key must not be empty")
@@ -65,13 +79,65 @@ def push(
     values = _read_values(args, file)
     if key is not None and len(values) != 1:
         raise UsageError("--key names one task; it cannot be used when pushing several")
+    if wait and len(values) != 1:
+        raise UsageError("--wait waits for one task; it cannot be used when pushing several")
     from .common import resolve
 
     loaded, target = resolve(config, worker, queue)
     tasks = _new_tasks(values, target, options, key)
     import asyncio  # here, not at the top: `apalis --help` and the other commands do without
 
+    if wait:
+        raise typer.Exit(asyncio.run(_push_and_wait(loaded, target, tasks[0], options, key, within)))
     asyncio.run(_push(loaded, target, tasks, [v.where for v in values], options, key))
+
+
+def _wait_options(wait: bool, timeout: str | None) -> float | None:
+    if timeout is None:
+        return None
+    if not wait:
+        raise UsageError("--timeout goes with --wait")
+    seconds = checked("--timeout", timeout, parse_duration)
+    if seconds <= 0:
+        raise UsageError("--timeout must be longer than zero")
+    return seconds
+
+
+async def _push_and_wait(
+    config: Config, target: QueueTarget, task: NewTask, options: dict[str, Any], key: str | None, within: float | None
+) -> int:
+    """Push one task and wait for it to end; the exit code (0 done, 1 killed or cancelled,
+    `WAIT_TIMED_OUT`)."""
+    import json
+
+    from ..backend import Capability
+    from ..control import Waiter
+    from ..printable import printable
+    from ..redact import redact
+    from ..task import Status
+    from .common import open_resolved, require
+    from .inspect import task_json
+
+    async with open_resolved(config, target) as opened:
+        sink = _sink(opened, options, key)
+        # Checked before the push: a store that cannot wait must not leave a task behind.
+        require(opened, Capability.WAIT, "wait for a task")
+        waiter: Any = opened.backend
+        if not isinstance(waiter, Waiter):
+            raise Unsupported(f"{opened.describe()} cannot wait for a task: the store has no wait")
+        (task_id,) = await sink.enqueue([task])
+        ended = await waiter.wait(task_id, within)
+        if ended is None:
+            late = f"task {task_id} had not ended after {format_duration(within or 0)}; it goes on"
+            print(f"apalis: {late}", file=sys.stderr)
+            return WAIT_TIMED_OUT
+        if ended.ctx.status is Status.DONE:
+            print(json.dumps(task_json(ended)["result"], ensure_ascii=False))
+            return 0
+        error = redact(ended.ctx.last_error or "", config.secrets)
+        line = f"task {task_id} ended {ended.ctx.status.value}: {error}"
+        print(printable(f"apalis: {' '.join(line.split())}"), file=sys.stderr)
+        return 1
 
 
 def _new_tasks(values: Sequence[Value], target: QueueTarget, options: dict[str, Any], key: str | None) -> list[NewTask]:
@@ -159,6 +225,7 @@ def _progress(total: int) -> Any:
 
 
 def _sink(opened: Opened, options: dict[str, Any], key: str | None) -> TaskSink:
+    from ..backend import Capability, TaskSink
     from .common import require
 
     backend: Any = opened.backend

@@ -1,0 +1,243 @@
+"""The control plane from the shell, against a real daemon: `apalis cancel` stops a running
+task, `apalis pause` holds a queue that a running daemon obeys, `apalis push --wait` answers with
+the result or the error (and 124 on timeout), and the bulk verbs act by filter.
+
+Each test runs on every durable store that declares the capability it needs (memory keeps no
+state across processes); a store that lacks it is skipped with its reason, and checked to say
+that reason in one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from apalis_cli.backend import Capability
+from apalis_cli.registry import Registry
+
+from .chaos import DURABLE, Backend, make_backend, stop, wait_for
+from .conftest import Apalis
+
+HANDLERS = """
+import asyncio
+import os
+
+
+async def slow(args):
+    # Marks its start, then sleeps: a cancel must stop it before it writes "finished".
+    open(f"started-{args['n']}", "w").close()
+    await asyncio.sleep(args.get("sleep", 30))
+    open(f"finished-{args['n']}", "w").close()
+    return {"slept": args.get("sleep", 30)}
+
+
+def ok(args):
+    return {"echo": args}
+
+
+def boom(args):
+    raise ValueError(f"boom {args.get('n')}")
+"""
+
+RUN = ("run", "--no-live", "--log-format", "json", "--log-level", "warning")
+
+
+def _table(queue: str, name: str, handler: str, max_attempts: int = 3) -> str:
+    return (
+        "[[workers]]\n"
+        f'name = "{name}"\n'
+        f'queue = "{queue}"\n'
+        f'handler = "ctl_handlers:{handler}"\n'
+        "concurrency = 4\n"
+        'keep_alive = "500ms"\n'
+        'poll_interval = "100ms"\n'
+        'shutdown_timeout = "5s"\n'
+        f"max_attempts = {max_attempts}\n"
+    )
+
+
+def lacking(kind: str, capability: Capability) -> str | None:
+    """Why the store `kind` lacks `capability` (None: it has it), as it declares."""
+    return Registry().store_class(kind).capabilities.why_not(capability)
+
+
+@pytest.fixture(params=DURABLE)
+def backend(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Backend]:
+    made = make_backend(request.param, tmp_path)
+    (apalis.cwd / "ctl_handlers.py").write_text(HANDLERS)
+    apalis.write_config(
+        made.table
+        + "\n"
+        + _table(made.queue, "slow", "slow")
+        + "\n"
+        + _table(made.queue + "_ok", "ok", "ok")
+        + "\n"
+        + _table(made.queue + "_boom", "boom", "boom", max_attempts=1)
+    )
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+def needs(apalis: Apalis, backend: Backend, capability: Capability, argv: list[str]) -> None:
+    """Skip a store that lacks `capability`, once it has said so as the CLI must: one line, exit 2."""
+    why = lacking(backend.kind, capability)
+    if why is None:
+        return
+    result = apalis(*argv)
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert result.err.count("\n") == 1, result.err
+    assert why in result.err, result.err
+    pytest.skip(f"{backend.kind} lacks {capability.value}: {why}")
+
+
+def row(apalis: Apalis, worker: str, task_id: str) -> dict[str, object]:
+    (found,) = apalis.inspect("--worker", worker, "--id", task_id)
+    return found
+
+
+def status(apalis: Apalis, worker: str, task_id: str) -> object:
+    return row(apalis, worker, task_id)["status"]
+
+
+def push(apalis: Apalis, worker: str, value: object, *extra: str) -> str:
+    result = apalis("push", "--worker", worker, json.dumps(value), *extra)
+    assert result.code == 0, result.err
+    return result.out.strip()
+
+
+def test_cancel_stops_a_running_task(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.CANCEL, ["cancel", "-w", "slow", "NOPE"])
+    task_id = push(apalis, "slow", {"n": 1})
+    daemon = apalis.start(*RUN, "--worker", "slow")
+    try:
+        wait_for("the task started", (apalis.cwd / "started-1").exists, timeout=30, daemons=[daemon])
+        result = apalis("cancel", "-w", "slow", task_id, "--reason", "wrong customer")
+        assert result.code == 0, result.err
+        assert result.out == f"cancelling {task_id}: it is running, its worker was told to stop it\n"
+        wait_for("the task ended", lambda: status(apalis, "slow", task_id) == "cancelled", timeout=15, daemons=[daemon])
+        assert row(apalis, "slow", task_id)["last_error"] == "wrong customer"
+        assert not (apalis.cwd / "finished-1").exists()
+        again = apalis("cancel", "-w", "slow", task_id)
+        assert (again.code, again.err) == (1, f"apalis: error: cannot cancel task {task_id}: it is cancelled\n")
+    finally:
+        stop([daemon])
+
+
+def test_cancel_of_a_pending_task_means_it_never_starts(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.CANCEL, ["cancel", "-w", "slow", "NOPE"])
+    task_id = push(apalis, "slow", {"n": 2, "sleep": 0})
+    result = apalis("cancel", "-w", "slow", task_id)
+    assert (result.code, result.out) == (0, f"cancelled {task_id}\n"), result.err
+    later = push(apalis, "slow", {"n": 3, "sleep": 0})
+    assert apalis(*RUN, "--worker", "slow", "--burst").code == 0
+    assert status(apalis, "slow", later) == "done"
+    assert status(apalis, "slow", task_id) == "cancelled"
+    assert not (apalis.cwd / "started-2").exists()
+    stats = {r["queue"]: r for r in apalis("stats", "--json").json()}
+    assert stats[backend.queue]["cancelled"] == 1
+
+
+def test_a_running_daemon_obeys_pause_and_resume(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.PAUSE, ["pause", "-w", "ok"])
+    queue = backend.queue + "_ok"
+    daemon = apalis.start(*RUN, "--worker", "ok")
+    try:
+        first = push(apalis, "ok", {"n": 1})
+        wait_for("a task ran", lambda: status(apalis, "ok", first) == "done", timeout=30, daemons=[daemon])
+        paused = apalis("pause", queue)
+        assert (paused.code, paused.out) == (0, f'paused queue "{queue}" on backend "main" ({backend.kind})\n')
+        held = push(apalis, "ok", {"n": 2})  # pushes are still taken
+        stats = {r["queue"]: r for r in apalis("stats", "--json").json()}
+        assert stats[queue]["paused"] is True
+        assert stats[backend.queue]["paused"] is False
+        inspected = apalis("inspect", "--worker", "ok")
+        assert "is paused" in inspected.err
+        time.sleep(1.5)  # fifteen poll intervals: a daemon that ignored the pause would have run it
+        assert status(apalis, "ok", held) == "pending"
+        resumed = apalis("resume", queue)
+        assert (resumed.code, resumed.out) == (0, f'resumed queue "{queue}" on backend "main" ({backend.kind})\n')
+        wait_for("the held task ran", lambda: status(apalis, "ok", held) == "done", timeout=30, daemons=[daemon])
+    finally:
+        stop([daemon])
+
+
+def test_push_wait(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.WAIT, ["push", "-w", "ok", "--wait", "{}"])
+    daemons = [apalis.start(*RUN, "--worker", "ok"), apalis.start(*RUN, "--worker", "boom")]
+    try:
+        done = apalis("push", "-w", "ok", "--wait", "--timeout", "30s", '{"x": "é"}')
+        assert (done.code, done.err) == (0, "")
+        assert json.loads(done.out) == {"echo": {"x": "é"}}
+
+        failed = apalis("push", "-w", "boom", "--wait", "--timeout", "30s", '{"n": 7}')
+        assert (failed.code, failed.out) == (1, "")
+        assert failed.err.startswith("apalis: task ")
+        assert failed.err.endswith(" ended killed: ValueError: boom 7\n")
+    finally:
+        stop(daemons)
+
+
+def test_push_wait_timeout_leaves_the_task_running(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.WAIT, ["push", "-w", "ok", "--wait", "{}"])
+    daemon = apalis.start(*RUN, "--worker", "slow")
+    try:
+        started = time.monotonic()
+        late = apalis("push", "-w", "slow", "--wait", "--timeout", "1s", '{"n": 4, "sleep": 2}')
+        assert time.monotonic() - started < 10
+        assert (late.code, late.out) == (124, "")
+        task_id = late.err.split()[2]
+        assert late.err == f"apalis: task {task_id} had not ended after 1s; it goes on\n"
+        wait_for("the task ended", lambda: status(apalis, "slow", task_id) == "done", timeout=30, daemons=[daemon])
+    finally:
+        stop([daemon])
+
+
+def test_push_wait_on_a_cancelled_task(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.WAIT, ["push", "-w", "ok", "--wait", "{}"])
+    if lacking(backend.kind, Capability.CANCEL):
+        pytest.skip(f"{backend.kind} lacks cancel")
+    daemon = apalis.start(*RUN, "--worker", "slow")
+    waiting: subprocess.Popen[str] | None = None
+    try:
+        waiting = apalis.start("push", "-w", "slow", "--wait", '{"n": 5}')
+        wait_for("the task started", (apalis.cwd / "started-5").exists, timeout=30, daemons=[daemon])
+        (task,) = apalis.inspect("--worker", "slow", "--status", "running")
+        assert apalis("cancel", "-w", "slow", str(task["id"]), "--reason", "enough").code == 0
+        out, err = waiting.communicate(timeout=30)
+        assert (waiting.returncode, out) == (1, "")
+        assert err == f"apalis: task {task['id']} ended cancelled: enough\n"
+    finally:
+        if waiting is not None and waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+        stop([daemon])
+
+
+def test_bulk_retry_of_killed_tasks(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.BULK, ["retry", "-w", "boom", "--status", "killed", "--yes"])
+    path = apalis.cwd / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(20)))
+    assert apalis("push", "-w", "boom", "--file", str(path)).code == 0
+    assert apalis(*RUN, "--worker", "boom", "--burst").code == 0
+    assert apalis.statuses("--worker", "boom") == {"killed": 20}
+
+    counted = apalis("retry", "-w", "boom", "--error-contains", "BOOM 1", "--dry-run")
+    where = f'queue "{backend.queue}_boom" on backend "main" ({backend.kind})'
+    # "boom 1" and "boom 10" to "boom 19": eleven of them.
+    assert (counted.code, counted.out) == (0, f"would retry 11 tasks in {where}\n"), counted.err
+    refused = apalis("retry", "-w", "boom", "--status", "killed")  # no terminal, no --yes
+    assert refused.code == 2
+    assert apalis.statuses("--worker", "boom") == {"killed": 20}
+
+    retried = apalis("retry", "-w", "boom", "--error-contains", "BOOM 1", "--yes")
+    assert (retried.code, retried.out) == (0, f"retried 11 tasks in {where}\n"), retried.err
+    assert apalis.statuses("--worker", "boom") == {"killed": 9, "pending": 11}
+    purged = apalis("purge", "-w", "boom", "--status", "killed", "--limit", "5", "--yes")
+    assert (purged.code, purged.out) == (0, f"purged 5 tasks in {where}\n"), purged.err
+    assert apalis.statuses("--worker", "boom") == {"killed": 4, "pending": 11}

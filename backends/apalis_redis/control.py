@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .keys import QueueKeys
 
-__all__ = ["RedisControl"]
+__all__ = ["RedisControl", "wait_published"]
 
 _BATCH = 5000
 """Entries one bulk script looks at: each call holds the server for a few milliseconds at most."""
@@ -74,23 +75,12 @@ class RedisControl:
     async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
         """The task once it is done, killed or cancelled; None after `timeout` seconds or when
         there is no such task. Woken by the message its end publishes."""
-        connection, k = self.connection, self.keys
-        await connection.listen()  # subscribed before the id is added: its end cannot be missed
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        with connection.signals.waiting(self.queue, task_id) as event:
-            await connection.client.zadd(k.base + "waiting", {task_id: time.time()})
-            while True:
-                event.clear()  # before the read: a message during the read is not lost
-                task = await self._task(task_id)
-                if task is None or task.ctx.status.is_final:
-                    return task
-                left = _RECHECK if deadline is None else min(deadline - loop.time(), _RECHECK)
-                if left <= 0:
-                    return None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        await event.wait()
+        client, waiting = self.connection.client, self.keys.base + "waiting"
+
+        async def register() -> None:
+            await client.zadd(waiting, {task_id: time.time()})
+
+        return await wait_published(self.connection, self.queue, task_id, timeout, register, self._task)
 
     async def _task(self, task_id: TaskId) -> Task[bytes] | None:
         h = await self.connection.client.hgetall(self.keys.task(task_id))
@@ -149,3 +139,32 @@ class RedisControl:
                     cursor = raw_cursor.decode() if isinstance(raw_cursor, bytes) else str(raw_cursor)
                     total += int(changed)
         return total
+
+
+async def wait_published(
+    connection: Connection,
+    queue: str,
+    task_id: TaskId,
+    timeout: float | None,  # noqa: ASYNC109 - as Waiter.wait: a timeout is an answer here
+    register: Callable[[], Awaitable[None]],
+    read: Callable[[TaskId], Awaitable[Task[bytes] | None]],
+) -> Task[bytes] | None:
+    """`Waiter.wait` for a store whose scripts publish a waited-for task's end on the control
+    channel: subscribe, `register` the wait (where the scripts look), then `read` the task each
+    time a message says it may have ended (and every `_RECHECK` seconds anyway)."""
+    await connection.listen()  # subscribed before the wait is registered: its end cannot be missed
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    with connection.signals.waiting(queue, task_id) as event:
+        await register()
+        while True:
+            event.clear()  # before the read: a message during the read is not lost
+            task = await read(task_id)
+            if task is None or task.ctx.status.is_final:
+                return task
+            left = _RECHECK if deadline is None else min(deadline - loop.time(), _RECHECK)
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await event.wait()

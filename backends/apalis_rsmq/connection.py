@@ -1,5 +1,6 @@
 """The rsmq store's connection: the Redis one (`apalis_redis.connection.Connection`) with the
-rsmq scripts, listening on rsmq's realtime channels when `realtime` is on."""
+rsmq scripts, listening on rsmq's realtime channels when `realtime` is on, and on our control
+channels (`ns:apalis-ctl:<q>`: cancels, waited-for tasks' ends)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ from .config import RsmqConfig
 
 __all__ = ["connect_store"]
 
-_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry")
+_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry", "cancel", "bulk")
+_CONTROL = ("receive", "ack", "beat", "kill", "retry", "cancel", "bulk")  # start with lua/control.lua
 
 
 def connect_store(config: RsmqConfig) -> Connection:
     """The connection of an rsmq store, unopened."""
+    control = lua("apalis_rsmq", "control")
     return Connection(
         config.url,
         f"apalis-rsmq:{config.namespace}:{random.getrandbits(48):012x}",
-        {name: lua("apalis_rsmq", name) for name in _SCRIPTS},
+        {name: (control if name in _CONTROL else "") + lua("apalis_rsmq", name) for name in _SCRIPTS},
         what="rsmq",
         wake_prefix=f"{config.namespace}:rt:" if config.realtime else None,
+        control_prefix=f"{config.namespace}:apalis-ctl:",
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import msgpack
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
@@ -45,16 +46,17 @@ class RsmqInspector:
             for raw, _ in ids:
                 i = raw.decode()
                 pipe.hmget(qhash, [i, f"{i}:rc"])
-                pipe.hmget(side, [f"{i}:ma", f"{i}:lk", f"{i}:e", f"{i}:rc", f"{i}:at"])
+                pipe.hmget(side, [f"{i}:ma", f"{i}:lk", f"{i}:e", f"{i}:rc", f"{i}:at", f"{i}:st"])
             replies = await pipe.execute()
         now = time.time()
         tasks = []
         for n, (raw, score) in enumerate(ids):
-            (body, rc), (ma, lock, error, dead_rc, at) = replies[2 * n], replies[2 * n + 1]
+            (body, rc), (ma, lock, error, dead_rc, at, ended) = replies[2 * n], replies[2 * n + 1]
             if body is None:
                 continue
             if dead:
-                status, attempts = Status.KILLED, int(dead_rc or 0)
+                status = Status.CANCELLED if ended == b"cancelled" else Status.KILLED
+                attempts = int(dead_rc or 0)
             else:
                 attempts = int(rc or 0)
                 status = Status.RUNNING if lock else Status.FAILED if error else Status.PENDING
@@ -90,7 +92,8 @@ class RsmqInspector:
         return tasks[offset : offset + limit]
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
-        """One message by id, in the queue or among its dead letters."""
+        """One message by id, in the queue or among its dead letters, or done while someone
+        waited for it (its end is kept for them: rsmq deleted it)."""
         client, k = self.connection.client, self.keys
         for zset, dead in ((k.zset, False), (k.dead_zset, True)):
             score = await client.zscore(zset, task_id)
@@ -98,7 +101,24 @@ class RsmqInspector:
                 found = await self._fetch([(task_id.encode(), score)], dead)
                 if found:
                     return found[0]
-        return None
+        end = await client.get(k.end(task_id))
+        if end is None:
+            return None
+        result, done_ms, rc, ma, body = msgpack.unpackb(end, raw=True)
+        return Task(
+            id=task_id,
+            args=body or b"",
+            ctx=TaskContext(
+                queue=self.queue,
+                status=Status.DONE,
+                attempts=int(rc or 0),
+                max_attempts=int(ma) if ma else self.max_attempts,
+                run_at=created_at(task_id),
+                result=result.decode() if result else None,
+                created_at=created_at(task_id),
+                done_at=int(done_ms) / 1000,
+            ),
+        )
 
     async def stats(self) -> QueueStats:
         """Counts per status; done is unknown (rsmq deletes done messages)."""
@@ -122,7 +142,8 @@ class RsmqInspector:
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
         """Move a message to the dead-letter queue with `reason`."""
-        return bool(await self.connection.scripts["kill"](keys=self.keys.all, args=[task_id, reason]))
+        k = self.keys
+        return bool(await self.connection.scripts["kill"](keys=k.all, args=[task_id, reason, k.control]))
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete messages of `status` killed (or sent) more than `older_than` seconds ago."""
@@ -136,10 +157,12 @@ class RsmqInspector:
         async with self.connection.client.pipeline(transaction=True) as pipe:
             for task in doomed:
                 i = task.id
-                dead = task.ctx.status is Status.KILLED
+                dead = task.ctx.status in (Status.KILLED, Status.CANCELLED)
                 pipe.zrem(k.dead_zset if dead else k.zset, i)
                 pipe.hdel(k.dead_hash if dead else k.hash, i, f"{i}:rc", f"{i}:fr")
-                pipe.hdel(k.dead_side if dead else k.side, *(f"{i}:{f}" for f in ("ma", "lk", "e", "rc", "at")))
+                pipe.hdel(
+                    k.dead_side if dead else k.side, *(f"{i}:{f}" for f in ("ma", "lk", "e", "rc", "at", "st", "cr"))
+                )
                 pipe.zrem(k.claims, i)
             await pipe.execute()
         return len(doomed)

@@ -13,7 +13,8 @@ DEAD_SUFFIX = "-dead"
 class RsmqKeys:
     """`ns:<q>` (zset), `ns:<q>:Q` (hash), our side hash `ns:<q>:apalis`, and the same three for
     the dead-letter queue `<q>-dead`; our claims zset `ns:<q>:apalis:claims`; `ns:QUEUES` and the
-    realtime channel `ns:rt:<q>`."""
+    realtime channel `ns:rt:<q>`; our control record (`paused`, `waiting`, `end`) and control
+    channel `ns:apalis-ctl:<q>`."""
 
     queue: str
     dead_queue: str
@@ -26,6 +27,7 @@ class RsmqKeys:
     dead_side: str
     claims: str
     realtime: str
+    control: str
 
     @classmethod
     def of(cls, namespace: str, queue: str) -> RsmqKeys:
@@ -43,7 +45,22 @@ class RsmqKeys:
             dead_side=f"{namespace}:{dead}:apalis",
             claims=f"{namespace}:{queue}:apalis:claims",
             realtime=f"{namespace}:rt:{queue}",
+            control=f"{namespace}:apalis-ctl:{queue}",
         )
+
+    @property
+    def paused(self) -> str:
+        """Present while the queue is paused (lua/control.lua)."""
+        return self.side + ":paused"
+
+    @property
+    def waiting(self) -> str:
+        """The ids someone waits for."""
+        return self.side + ":waiting"
+
+    def end(self, task_id: str) -> str:
+        """How a waited-for task ended done (rsmq deleted the message)."""
+        return f"{self.side}:end:{task_id}"
 
     @property
     def all(self) -> list[str]:

@@ -47,31 +47,42 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgpack
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, Capability, NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.errors import BadPayload
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 from apalis_redis.connection import Connection, link_kept
 
 from .config import RsmqConfig
+from .control import RsmqControl
 from .inspector import RsmqInspector, created_at
 from .keys import RsmqKeys
 
 __all__ = ["CAPABILITIES", "RsmqQueue"]
 
 _CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_KIND_CODES = {OutcomeKind.DONE: b"d", OutcomeKind.KILL: b"k", OutcomeKind.RETRY: b"r", OutcomeKind.RELEASE: b"l"}
+_KIND_CODES = {
+    OutcomeKind.DONE: b"d",
+    OutcomeKind.KILL: b"k",
+    OutcomeKind.CANCEL: b"c",
+    OutcomeKind.RETRY: b"r",
+    OutcomeKind.RELEASE: b"l",
+}
 _SEND_CHUNK = 2000
 _PURGE_LIMIT = 5000
+DEFAULT_RETENTION = 7 * 86400.0
 
 CAPABILITIES = Capabilities(
     {
-        **CONTROL_NOT_BUILT,
         Capability.PRIORITY: "rsmq orders messages by visibility time only; it has no priorities",
-        Capability.RESULTS: "rsmq deletes a message once it is processed: there is no place for a result",
+        Capability.RESULTS: (
+            "rsmq deletes a message once it is processed: a result is kept only for a task someone "
+            "waits for (wait, apalis push --wait)"
+        ),
         Capability.IDEMPOTENCY: "rsmq messages carry no key: the same message sent twice is two messages",
         Capability.WORKERS: "rsmq has no worker registry: a worker's liveness is its leases (visibility timeouts)",
         Capability.INSPECT: (
@@ -83,7 +94,7 @@ CAPABILITIES = Capabilities(
 )
 
 
-class RsmqQueue(RsmqInspector, QueueBase):
+class RsmqQueue(RsmqInspector, RsmqControl, QueueBase):
     """One rsmq queue (and its dead-letter queue) of an `RsmqStore`, built from its connection."""
 
     capabilities = CAPABILITIES
@@ -97,6 +108,7 @@ class RsmqQueue(RsmqInspector, QueueBase):
         self.keys = RsmqKeys.of(config.namespace, queue)
         self._channel = self.keys.realtime if config.realtime else ""
         self._created = False
+        self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
 
     async def prepare(self) -> None:
         """createQueue for the queue and its dead-letter queue unless they exist (`apalis check`);
@@ -151,11 +163,11 @@ class RsmqQueue(RsmqInspector, QueueBase):
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Messages received for `worker` in batches of its free slots."""
         script, queue, worker_id, keys = self.connection.scripts["receive"], self.queue, worker.id, self.keys.all
-        lease, default_max = self._lease_ms(worker), self.max_attempts
+        lease, default_max, control = self._lease_ms(worker), self.max_attempts, self.keys.control
 
         async def fetch(limit: int) -> list[Task[bytes]]:
             await self.ensure_queue()
-            raw = await script(keys=keys, args=[limit, lease, worker_id, default_max])
+            raw = await script(keys=keys, args=[limit, lease, worker_id, default_max, control])
             reply: list[Any] = msgpack.unpackb(raw, raw=True)
             now = time.time()
             tasks = []
@@ -191,9 +203,12 @@ class RsmqQueue(RsmqInspector, QueueBase):
         for task, outcome in items:
             delay = max(round((outcome.run_at - now) * 1000), 0) if outcome.run_at is not None else 0
             packed += (task.id, task.ctx.lock_by or "", task.ctx.attempts, _KIND_CODES[outcome.kind])
-            packed += (outcome.error or "", delay)
+            # A done run's result is kept only if someone waits for it (the script decides).
+            text = encode_result(outcome.result) if outcome.kind is OutcomeKind.DONE else outcome.error
+            packed += (text or "", delay)
             local_wake = local_wake or outcome.kind is OutcomeKind.RELEASE
-        args = [self._channel, msgpack.packb(packed, use_bin_type=False)]
+        retention_ms = int(self.retention * 1000)
+        args = [self._channel, msgpack.packb(packed, use_bin_type=False), self.keys.control, retention_ms]
         with link_kept("acknowledging"):
             await self.connection.scripts["ack"](keys=self.keys.all, args=args)
         if local_wake and not self._channel:
@@ -201,18 +216,37 @@ class RsmqQueue(RsmqInspector, QueueBase):
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Extend the leases of the messages `worker` runs, give back those it holds but does
-        not run, and purge old dead letters."""
+        not run, purge old dead letters, and tell the worker again of the cancels requested of
+        its runs and whether the queue is paused."""
         keys, script, lease = self.keys.all, self.connection.scripts["beat"], self._lease_ms(worker)
         retention_ms, keep_alive_ms = int(worker.retention * 1000), int(worker.keep_alive * 1000)
+        self.retention = worker.retention
+        signals = self.connection.signals
+        signals.register(worker)
+        self.connection.start_listening()
 
         async def beat() -> None:
             await self.ensure_queue()
             for _ in range(20):  # more purging only when a backlog of dead letters built up
-                _, purged = await script(
+                _, purged, cancels, paused = await script(
                     keys=keys,
-                    args=[lease, worker.id, retention_ms, _PURGE_LIMIT, keep_alive_ms, *worker.running()],
+                    args=[
+                        lease,
+                        worker.id,
+                        retention_ms,
+                        _PURGE_LIMIT,
+                        keep_alive_ms,
+                        self.keys.control,
+                        *worker.running(),
+                    ],
                 )
+                for i in range(0, len(cancels), 2):  # the floor under the control channel
+                    worker.on_cancel(cancels[i].decode(), cancels[i + 1].decode())
+                worker.on_paused(bool(paused))
                 if purged < _PURGE_LIMIT:
                     return
 
-        return beat_every(worker, beat, contact=self.connection.contact)
+        async def farewell() -> None:
+            signals.forget(worker.id)
+
+        return beat_every(worker, beat, farewell, self.connection.contact)

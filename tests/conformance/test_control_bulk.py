@@ -62,8 +62,10 @@ async def test_bulk_dry_run_counts_what_a_filter_matches_and_changes_nothing(har
     assert await count(BulkAction.RETRY, error_contains="bank") == 2
     assert await count(BulkAction.RETRY, limit=2) == 2
     assert await count(BulkAction.RETRY, statuses=frozenset({Status.DONE})) == 0  # done is not retried
-    assert await count(BulkAction.PURGE) == FAILING + 2  # done and killed by default
-    assert await count(BulkAction.PURGE, statuses=frozenset({Status.DONE})) == 2
+    # A store that deletes done tasks (no INSPECT: rsmq) has none left to purge.
+    done_kept = 2 if harness.store.capabilities.has(Capability.INSPECT) else 0
+    assert await count(BulkAction.PURGE) == FAILING + done_kept  # done and killed by default
+    assert await count(BulkAction.PURGE, statuses=frozenset({Status.DONE})) == done_kept
     assert await count(BulkAction.RETRY, since=time.time() + 3600) == 0
     assert await count(BulkAction.RETRY, until=time.time() - 3600) == 0
     assert await count(BulkAction.RETRY, since=time.time() - 3600, until=time.time() + 60) == FAILING

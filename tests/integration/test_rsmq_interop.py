@@ -275,3 +275,48 @@ async def test_client_kill_mid_run_loses_nothing(store: RsmqStore) -> None:
         assert raw.zcard(f"{store.config.namespace}:killed") == 0, "every message was deleted once done"
     finally:
         raw.close()
+
+
+async def test_a_cancelled_message_is_gone_for_every_rsmq_client(store: RsmqStore) -> None:
+    backend = store.backend("cancelled_py", codec=JsonCodec())
+    doomed = await backend.push({"n": 1})
+    kept = await backend.push({"n": 2})
+
+    assert (await backend.cancel(doomed, "not wanted")).state.value == "cancelled"
+
+    client = pyrsmq(store, "cancelled_py")
+    received = client.receiveMessage(vt=30).exceptions(False).execute()
+    assert received, "pyrsmq received nothing"
+    assert received["id"] == kept, "pyrsmq received the cancelled message"
+    assert not client.receiveMessage(vt=30).exceptions(False).execute()
+    found = await backend.get(doomed)
+    assert found is not None
+    assert (found.ctx.status.value, found.ctx.last_error) == ("cancelled", "not wanted")
+    dead = pyrsmq(store, "cancelled_py-dead").receiveMessage(vt=30).exceptions(False).execute()
+    assert dead, "a cancelled task is a dead letter, as a killed one"
+    assert dead["id"] == doomed
+
+
+async def test_a_waiter_in_another_process_gets_the_result_rsmq_deleted(store: RsmqStore) -> None:
+    other = RsmqStore.from_spec(
+        StoreSpec(name="it", kind="rsmq", url=store.config.url, options={"namespace": store.config.namespace})
+    )
+    await other.open()
+    try:
+        backend = store.backend("waited", codec=JsonCodec())
+        task_id = await backend.push({"n": 21})
+        waiting = asyncio.create_task(other.backend("waited", codec=JsonCodec()).wait(task_id, timeout=10))
+        finished = asyncio.Event()
+
+        async def double(args: Any, task: Task[bytes]) -> int:
+            await asyncio.sleep(0.2)  # the waiter is registered by now
+            finished.set()
+            return int(args["n"]) * 2
+
+        await run_until(Worker(name="w", backend=backend, handler=double, poll_interval=0.05), finished)
+        task = await waiting
+        assert task is not None
+        assert (task.ctx.status.value, task.ctx.result) == ("done", "42")
+        assert not await store.client.zscore(backend.keys.zset, task_id), "rsmq deleted the message"
+    finally:
+        await other.close()

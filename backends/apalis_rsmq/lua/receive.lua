@@ -1,12 +1,13 @@
 -- receiveMessage for up to `limit` messages at once, each hidden for the lease (the visibility
 -- timeout), its rc counted and fr set on the first receive, exactly as rsmq does. A message
 -- that comes back while still locked by a worker was orphaned (its lease ran out): it carries
--- that error, and goes to the dead-letter queue instead when its attempts are exhausted.
+-- that error, and goes to the dead-letter queue instead when its attempts are exhausted, or as
+-- cancelled when a cancel was requested of the run it lost. A paused queue hands out nothing.
 -- KEYS: ns:<q>, ns:<q>:Q, ns:<q>:apalis, ns:<dead>, ns:<dead>:Q, ns:<dead>:apalis, claims
--- ARGV: limit, lease ms, worker id, default max attempts
+-- ARGV: limit, lease ms, worker id, default max attempts, control channel
 -- Returns one MessagePack array of 6 per message: id, body, rc, fr, max_attempts, last error.
-local t = redis.call('TIME')
-local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[3] .. ':paused') == 1 then return cmsgpack.pack({}) end
+local ts = now_ms()
 local now = string.format('%.0f', ts)
 local hidden = string.format('%.0f', ts + tonumber(ARGV[2]))
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -26,7 +27,7 @@ for _, id in ipairs(ids) do
     else
       fr = redis.call('HGET', KEYS[2], id .. ':fr')
     end
-    local side = redis.call('HMGET', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e')
+    local side = redis.call('HMGET', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e', id .. ':cr')
     local max_attempts = tonumber(side[1]) or tonumber(ARGV[4])
     local err = side[3]
     if side[2] then
@@ -34,17 +35,13 @@ for _, id in ipairs(ids) do
         .. ' (its lease, the visibility timeout, ran out)'
       redis.call('HSET', KEYS[3], id .. ':e', err)
     end
-    if rc > max_attempts then
+    if side[4] or rc > max_attempts then
       hide[#hide - 1], hide[#hide] = nil, nil
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZREM', KEYS[7], id)
-      redis.call('HDEL', KEYS[2], id, id .. ':rc', id .. ':fr')
-      redis.call('HDEL', KEYS[3], id .. ':ma', id .. ':lk', id .. ':e')
-      redis.call('ZADD', KEYS[4], now, id)
-      redis.call('HSET', KEYS[5], id, body)
-      redis.call('HINCRBY', KEYS[5], 'totalsent', 1)
-      redis.call('HSET', KEYS[6], id .. ':e', err or 'attempts exhausted', id .. ':rc', rc - 1,
-        id .. ':ma', max_attempts, id .. ':at', now)
+      if side[4] then -- cancelled while it ran: it never runs again
+        to_dead(id, body, side[4], 'cancelled', now, rc - 1, max_attempts, ARGV[5])
+      else
+        to_dead(id, body, err or 'attempts exhausted', 'killed', now, rc - 1, max_attempts, ARGV[5])
+      end
     else
       redis.call('HSET', KEYS[3], id .. ':lk', ARGV[3])
       claims[#claims + 1], claims[#claims + 2] = now, id

@@ -1,0 +1,128 @@
+"""The rsmq queue's control plane (`apalis_cli.control`): cancel, pause, wait and bulk actions.
+
+rsmq has no status per message, so apalis keeps a small control record next to the queue, in
+keys other rsmq clients ignore (lua/control.lua): the paused flag, the ids someone waits for,
+and the end of a waited-for task that rsmq deleted once done. A cancelled message moves to the
+dead-letter queue, marked cancelled; being a script, the move is atomic with our receive, and a
+message that any rsmq client receives next is already gone. A running message's cancel is
+recorded in our side hash and published on `ns:apalis-ctl:<q>`, where the process running it
+hears it (`apalis_redis.signals`); its worker's heartbeat answers it too.
+
+What rsmq's own clients do is beyond the record: they receive from a paused queue, and a
+message they hold is not "running" in our eyes (a cancel moves it to the dead letters).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from apalis_cli.task import Status, Task, TaskId
+from apalis_redis.control import wait_published
+
+if TYPE_CHECKING:
+    from apalis_redis.connection import Connection
+
+    from .keys import RsmqKeys
+
+__all__ = ["RsmqControl"]
+
+_BATCH = 5000
+_NO_LIMIT = 2**31 - 1
+_KILL_REASON = "killed by an operator"
+
+
+class RsmqControl:
+    """Control-plane methods over the queue's `connection`, `keys`, `queue` and `_channel`."""
+
+    queue: str
+    keys: RsmqKeys
+    connection: Connection
+    _channel: str
+
+    ensure_queue: Callable[[], Awaitable[None]]  # the queue's: createQueue unless it exists
+    get: Callable[[TaskId], Awaitable[Task[bytes] | None]]  # the inspector's
+
+    async def cancel(self, task_id: TaskId, reason: str = DEFAULT_CANCEL_REASON) -> CancelResult:
+        """Cancel `task_id`: at once if it is not running, by telling its worker if it runs."""
+        k = self.keys
+        state = (await self.connection.scripts["cancel"](keys=k.all, args=[task_id, reason, k.control])).decode()
+        if state == "cancelled":
+            return CancelResult.cancelled()
+        if state == "requested":
+            return CancelResult.requested()
+        return CancelResult.already_final(Status(state)) if state else CancelResult.not_found()
+
+    async def pause(self) -> None:
+        """Our receives hand out nothing from now on."""
+        await self.connection.client.set(self.keys.paused, b"1")
+
+    async def resume(self) -> None:
+        """Our receives hand out messages again; idle pollers listening are woken."""
+        client, k = self.connection.client, self.keys
+        await client.delete(k.paused)
+        if self._channel:
+            await client.publish(self._channel, await client.zcard(k.zset))
+        else:
+            self.connection.waker(self.queue).notify()
+
+    async def paused(self) -> bool:
+        """True while the queue is paused."""
+        return bool(await self.connection.client.exists(self.keys.paused))
+
+    async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
+        """The task once it is done, killed or cancelled; None after `timeout` seconds or when
+        there is no such task. Woken by the message its end publishes."""
+        client, waiting = self.connection.client, self.keys.waiting
+
+        async def register() -> None:
+            await client.zadd(waiting, {task_id: time.time() * 1000})
+
+        return await wait_published(self.connection, self.queue, task_id, timeout, register, self.get)
+
+    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+        """Apply `action` to every message `where` matches: one script per batch of `_BATCH`, the
+        queue then its dead letters, until `where.limit` tasks changed."""
+        if where.limit is not None and where.limit <= 0:
+            return 0
+        await self.ensure_queue()
+        statuses = where.statuses_for(action)
+        live = sorted(s.value for s in statuses & {Status.PENDING, Status.FAILED, Status.RUNNING})
+        dead = sorted(s.value for s in statuses & {Status.KILLED, Status.CANCELLED})
+        k, script = self.keys, self.connection.scripts["bulk"]
+        reason = _KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
+        needle = where.error_contains.lower() if where.error_contains else ""
+        since = "" if where.since is None else str(int(where.since * 1000))
+        until = "" if where.until is None else str(int(where.until * 1000))
+        total = 0
+        for source, names in ((1, live), (4, dead)):
+            if not names:
+                continue
+            cursor = "0"
+            while cursor != "":
+                room = _NO_LIMIT if where.limit is None else where.limit - total
+                if room <= 0:
+                    return total
+                raw_cursor, changed = await script(
+                    keys=k.all,
+                    args=[
+                        action.value,
+                        "1" if dry_run else "",
+                        source,
+                        cursor,
+                        _BATCH,
+                        room,
+                        f",{','.join(names)},",
+                        since,
+                        until,
+                        needle,
+                        reason,
+                        k.control,
+                        self._channel,
+                    ],
+                )
+                cursor = raw_cursor.decode()
+                total += int(changed)
+        return total

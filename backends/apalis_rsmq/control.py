@@ -15,12 +15,15 @@ message they hold is not "running" in our eyes (a cancel moves it to the dead le
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
-from apalis_cli.task import Status, Task, TaskId
+from apalis_cli.task import Status, Task, TaskContext, TaskId
 from apalis_redis.control import wait_published
+
+from .inspector import created_at
 
 if TYPE_CHECKING:
     from apalis_redis.connection import Connection
@@ -32,6 +35,25 @@ __all__ = ["RsmqControl"]
 _BATCH = 5000
 _NO_LIMIT = 2**31 - 1
 _KILL_REASON = "killed by an operator"
+_REMEMBERED = 10_000
+
+
+def _done_unseen(task_id: TaskId, queue: str, max_attempts: int) -> Task[bytes]:
+    """A task known to have been sent and deleted by rsmq (done), whose end nobody kept."""
+    sent_at = created_at(task_id)
+    return Task(
+        id=task_id,
+        args=b"",
+        ctx=TaskContext(
+            queue=queue,
+            status=Status.DONE,
+            attempts=1,
+            max_attempts=max_attempts,
+            run_at=sent_at,
+            created_at=sent_at,
+            done_at=time.time(),
+        ),
+    )
 
 
 class RsmqControl:
@@ -40,7 +62,9 @@ class RsmqControl:
     queue: str
     keys: RsmqKeys
     connection: Connection
+    max_attempts: int
     _channel: str
+    _sent: OrderedDict[str, None]
 
     ensure_queue: Callable[[], Awaitable[None]]  # the queue's: createQueue unless it exists
     get: Callable[[TaskId], Awaitable[Task[bytes] | None]]  # the inspector's
@@ -80,7 +104,24 @@ class RsmqControl:
         async def register() -> None:
             await client.zadd(waiting, {task_id: time.time() * 1000})
 
-        return await wait_published(self.connection, self.queue, task_id, timeout, register, self.get)
+        async def read(task_id: TaskId) -> Task[bytes] | None:
+            task = await self.get(task_id)
+            if task is None and task_id in self._sent:
+                # Pushed here, and gone before the wait was registered: rsmq deleted it, done,
+                # before anyone asked to keep its end (a worker faster than this process).
+                return _done_unseen(task_id, self.queue, self.max_attempts)
+            return task
+
+        return await wait_published(self.connection, self.queue, task_id, timeout, register, read)
+
+    def sent(self, ids: list[TaskId]) -> None:
+        """Remember the ids this queue object pushed last (a wait right after the push tells a
+        message done before the wait began from one that never was)."""
+        sent = self._sent
+        for task_id in ids:
+            sent[task_id] = None
+        while len(sent) > _REMEMBERED:
+            sent.popitem(last=False)
 
     async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
         """Apply `action` to every message `where` matches: one script per batch of `_BATCH`, the

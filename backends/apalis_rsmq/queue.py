@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -109,6 +110,7 @@ class RsmqQueue(RsmqInspector, RsmqControl, QueueBase):
         self._channel = self.keys.realtime if config.realtime else ""
         self._created = False
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
+        self._sent: OrderedDict[str, None] = OrderedDict()
 
     async def prepare(self) -> None:
         """createQueue for the queue and its dead-letter queue unless they exist (`apalis check`);
@@ -155,6 +157,7 @@ class RsmqQueue(RsmqInspector, RsmqControl, QueueBase):
                 await self.ensure_queue()
                 reply = await script(keys=[k.zset, k.hash, k.side], args=args)
             ids += (raw.decode() for raw in msgpack.unpackb(reply, raw=True))
+        self.sent(ids)
         waker = self.connection.waker(self.queue)
         if not self._channel:
             waker.notify()

@@ -320,3 +320,30 @@ async def test_a_waiter_in_another_process_gets_the_result_rsmq_deleted(store: R
         assert not await store.client.zscore(backend.keys.zset, task_id), "rsmq deleted the message"
     finally:
         await other.close()
+
+
+async def test_a_wait_right_after_the_push_sees_a_task_done_before_it_began(store: RsmqStore) -> None:
+    """A hot worker may receive, run and delete a message before the waiter registers: the
+    queue that pushed it knows it was sent, so its wait answers done, not 'no such task'."""
+    backend = store.backend("hot", codec=JsonCodec())
+    ran = asyncio.Event()
+
+    async def instant(args: Any, task: Task[bytes]) -> None:
+        ran.set()
+
+    worker = Worker(name="w", backend=backend, handler=instant, poll_interval=0.01, concurrency=4)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        for n in range(30):
+            task_id = await backend.push({"n": n})
+            if n % 2:
+                await asyncio.sleep(0.05)  # the odd ones surely ended before the wait began
+                assert await backend.get(task_id) is None, "rsmq kept a done message"
+            task = await backend.wait(task_id, timeout=10)
+            assert task is not None, f"task {n}: wait answered 'no such task'"
+            assert task.ctx.status.value == "done"
+        assert await backend.wait("0123456789abcdefghijABCDEFGHIJ01", timeout=0.2) is None
+    finally:
+        stop.set()
+        await running

@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, Unpack, overload
 
-from .backend import BackendExt, Capabilities, Capability, NewTask, Store, TaskSink
+from .backend import BackendExt, Capabilities, Capability, NewTask, PushOptions, Store, TaskSink
 from .bounds import check_name
 from .codec import codec_by_name
 from .config import Config, load_config
@@ -165,7 +165,7 @@ class Sink:
         *,
         wait: Literal[False] = False,
         timeout: float | None = None,  # noqa: ASYNC109
-        **options: Any,
+        **options: Unpack[PushOptions],
     ) -> TaskId: ...
 
     @overload
@@ -175,7 +175,7 @@ class Sink:
         *,
         wait: Literal[True],
         timeout: float | None = None,  # noqa: ASYNC109
-        **options: Any,
+        **options: Unpack[PushOptions],
     ) -> Task[bytes]: ...
 
     async def push(
@@ -184,7 +184,7 @@ class Sink:
         *,
         wait: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
-        **options: Any,
+        **options: Unpack[PushOptions],
     ) -> TaskId | Task[bytes]:
         """Encode `args` and enqueue it (options as `TaskSink.push`); returns its id, or with
         `wait=True` the task once it has ended (done, killed or cancelled: see `ctx.status`,
@@ -195,11 +195,11 @@ class Sink:
             return task_id
         return await self._ended(waiter, task_id, timeout)
 
-    async def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+    async def push_bulk(self, items: Iterable[Any], **options: Unpack[PushOptions]) -> list[TaskId]:
         """Enqueue many values with the same options, in as few round trips as the store can."""
         return await self.backend.push_bulk(items, **options)
 
-    async def push_compact(self, compact: bytes, **options: Any) -> TaskId:
+    async def push_compact(self, compact: bytes, **options: Unpack[PushOptions]) -> TaskId:
         """Enqueue already-encoded bytes as they are."""
         return await self.backend.push_compact(compact, **options)
 
@@ -264,11 +264,13 @@ class SyncSink:
         *,
         wait: Literal[False] = False,
         timeout: float | None = None,
-        **options: Any,
+        **options: Unpack[PushOptions],
     ) -> TaskId: ...
 
     @overload
-    def push(self, args: Any, *, wait: Literal[True], timeout: float | None = None, **options: Any) -> Task[bytes]: ...
+    def push(
+        self, args: Any, *, wait: Literal[True], timeout: float | None = None, **options: Unpack[PushOptions]
+    ) -> Task[bytes]: ...
 
     def push(
         self,
@@ -276,7 +278,7 @@ class SyncSink:
         *,
         wait: bool = False,
         timeout: float | None = None,
-        **options: Any,
+        **options: Unpack[PushOptions],
     ) -> TaskId | Task[bytes]:
         """Encode `args` and enqueue it (options as `TaskSink.push`); returns the id, or with
         `wait=True` the task once it has ended (`Sink.push`), raising `WaitTimeout`."""
@@ -289,7 +291,7 @@ class SyncSink:
         """The task once it has ended; None after `timeout` seconds (`Sink.wait`)."""
         return self._call(self._sink.wait(task_id, timeout))
 
-    def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+    def push_bulk(self, items: Iterable[Any], **options: Unpack[PushOptions]) -> list[TaskId]:
         """Enqueue many values with the same options, in as few round trips as the store can."""
         return self._call(self._sink.push_bulk(list(items), **options))
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypedDict, Unpack, runtime_checkable
 
 from .codec import Codec
 from .control import (
@@ -56,6 +56,7 @@ __all__ = [
     "Pausable",
     "PipeSource",
     "Preparable",
+    "PushOptions",
     "QueueStats",
     "Store",
     "StoreSpec",
@@ -236,41 +237,31 @@ class BackendExt(Backend, Protocol):
         ...
 
 
+class PushOptions(TypedDict, total=False):
+    """What a push may say about its task besides the payload; each is optional."""
+
+    run_at: float | None  # when it is due (epoch seconds); not with `delay`
+    delay: float | None  # due this many seconds from now; not with `run_at`
+    priority: int  # higher first among ready tasks (default 0)
+    max_attempts: int | None  # runs before it is killed (default: the queue's)
+    task_id: TaskId | None  # its id (default: a new one)
+    idempotency_key: str | None  # the same key twice makes one task
+    meta: Mapping[str, Any] | None  # kept with the task, shown by inspect
+
+
 @runtime_checkable
 class TaskSink(Protocol):
     """Pushes tasks into a queue."""
 
-    async def push(
-        self,
-        args: Any,
-        *,
-        run_at: float | None = None,
-        delay: float | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        task_id: TaskId | None = None,
-        idempotency_key: str | None = None,
-        meta: Mapping[str, Any] | None = None,
-    ) -> TaskId:
+    async def push(self, args: Any, **options: Unpack[PushOptions]) -> TaskId:
         """Encode `args` and enqueue it; returns the id (the existing one for a known key)."""
         ...
 
-    async def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+    async def push_bulk(self, items: Iterable[Any], **options: Unpack[PushOptions]) -> list[TaskId]:
         """Enqueue many argument values with the same options, in as few round trips as can be."""
         ...
 
-    async def push_compact(
-        self,
-        compact: bytes,
-        *,
-        run_at: float | None = None,
-        delay: float | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        task_id: TaskId | None = None,
-        idempotency_key: str | None = None,
-        meta: Mapping[str, Any] | None = None,
-    ) -> TaskId:
+    async def push_compact(self, compact: bytes, **options: Unpack[PushOptions]) -> TaskId:
         """Enqueue already-encoded bytes as they are."""
         ...
 

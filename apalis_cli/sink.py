@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Unpack
 
-from .backend import NewTask
+from .backend import NewTask, PushOptions
 from .bounds import (
     ATTEMPTS,
     EARLIEST_TIME,
@@ -24,19 +24,11 @@ from .task import TaskId, new_task_id
 __all__ = ["PushMixin", "new_task"]
 
 
-def new_task(
-    payload: bytes,
-    *,
-    default_max_attempts: int,
-    run_at: float | None = None,
-    delay: float | None = None,
-    priority: int = 0,
-    max_attempts: int | None = None,
-    task_id: TaskId | None = None,
-    idempotency_key: str | None = None,
-    meta: Mapping[str, Any] | None = None,
-) -> NewTask:
+def new_task(payload: bytes, *, default_max_attempts: int, **options: Unpack[PushOptions]) -> NewTask:
     """A `NewTask` with the defaults filled in: a fresh id, due now (or after `delay`)."""
+    run_at, delay = options.get("run_at"), options.get("delay")
+    priority, max_attempts = options.get("priority", 0), options.get("max_attempts")
+    task_id, idempotency_key, meta = options.get("task_id"), options.get("idempotency_key"), options.get("meta")
     if run_at is not None and delay is not None:
         raise UsageError("give either a delay or a run_at time, not both")
     if run_at is None:
@@ -94,16 +86,16 @@ class PushMixin:
         """The store's insert of encoded tasks (implemented by the store)."""
         raise NotImplementedError
 
-    async def push(self, args: Any, **options: Any) -> TaskId:
+    async def push(self, args: Any, **options: Unpack[PushOptions]) -> TaskId:
         """Encode `args` and enqueue it."""
         return await self.push_compact(self.codec.encode(args), **options)
 
-    async def push_compact(self, compact: bytes, **options: Any) -> TaskId:
+    async def push_compact(self, compact: bytes, **options: Unpack[PushOptions]) -> TaskId:
         """Enqueue already-encoded bytes."""
         ids = await self.enqueue([new_task(compact, default_max_attempts=self.max_attempts, **options)])
         return ids[0]
 
-    async def push_bulk(self, items: Iterable[Any], **options: Any) -> list[TaskId]:
+    async def push_bulk(self, items: Iterable[Any], **options: Unpack[PushOptions]) -> list[TaskId]:
         """Encode and enqueue many values with the same options, in one `enqueue` call."""
         if options.get("task_id") is not None or options.get("idempotency_key") is not None:
             raise UsageError("push_bulk takes no task_id or idempotency_key: they must be unique per task")

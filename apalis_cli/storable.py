@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import UnstorableResult, describe_error
 
-__all__ = ["MAX_RESULT_BYTES", "check_result", "encode_result"]
+__all__ = ["MAX_RESULT_BYTES", "check_result", "decode_result", "encode_result"]
 
 MAX_RESULT_BYTES = 1 << 20
 """The largest result a task keeps (its JSON text, in UTF-8): well inside what one statement of
@@ -46,6 +46,17 @@ def encode_result(value: Any) -> str | None:
     except Exception as exc:  # a repr that raises, a structure nested too deep to encode
         raise UnstorableResult(f"result cannot be stored: {describe_error(exc)}") from None
     return text
+
+
+def decode_result(stored: Any) -> Any:
+    """The value behind a result as a store keeps it (the JSON text of `encode_result`), for
+    showing it; text that is not JSON is shown as it is."""
+    if isinstance(stored, str):
+        try:
+            return json.loads(stored)
+        except ValueError:
+            return stored
+    return stored
 
 
 def _encode(encoder: json.JSONEncoder, value: Any) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..backend import BackendExt, PipeSource, Store
+from ..backend import BackendExt, Inspector, PipeSource, Store
 from ..codec import codec_by_name
 from ..config import Config, WorkerConfig
 from ..errors import ApalisError, BackendError, ConfigError, describe_error
@@ -74,6 +74,19 @@ class Assembly:
         except ConfigError as exc:
             key = (*worker.key, *exc.key.split(".")) if exc.key else worker.key
             raise self.config.error(key, exc.message) from None
+
+    def inspectors(self) -> dict[str, Inspector]:
+        """The Inspector of each worker's queue, where its store has one (the first, for a queue
+        name that several stores hold)."""
+        queues: dict[str, Inspector] = {}
+        for w in self.workers:
+            if w.cron is not None and w.pipe_to is None:
+                continue  # in-process ticks: no queue depth to ask for
+            store = self.stores[w.pipe_to] if w.pipe_to is not None else self.store_of[w.name]
+            backend = store.backend(w.queue, codec=codec_by_name(w.codec))
+            if isinstance(backend, Inspector):  # a broker that cannot browse may still count
+                queues.setdefault(w.queue, backend)
+        return queues
 
     def pools(self) -> dict[str, ProcessPool]:
         """The child-process pools, by worker name (workers with isolation = "process")."""

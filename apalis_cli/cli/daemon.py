@@ -14,14 +14,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import structlog
 from rich.console import Console
 from rich.live import Live
 
 from ..backend import Inspector
-from ..codec import codec_by_name
 from ..config import load_config
 from ..errors import UsageError
 from ..events import EventListener, masking
@@ -33,7 +32,7 @@ from .common import masked_errors
 from .daemon_http import HttpOptions, parse_http_options, serving_http
 from .live import Dashboard
 
-__all__ = ["inspectors", "run_daemon"]
+__all__ = ["run_daemon"]
 
 _DEPTH_EVERY = 2.0
 _DEPTH_TIMEOUT = 10.0
@@ -116,7 +115,7 @@ async def _supervise(assembly: Assembly, *, burst: bool, live: bool, log_tasks: 
                 details=children_details(assembly.pools()),
             )
             listeners.append(dashboard.on_event)
-            depths = inspectors(assembly)
+            depths = assembly.inspectors()
             await stack.enter_async_context(_watching_depths(depths, dashboard))
         else:
             listeners.append(event_logger(tasks=log_tasks))
@@ -154,20 +153,6 @@ def _exit_now(signum: int, screens: list[Live]) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(128 + signum)
-
-
-def inspectors(assembly: Assembly) -> dict[str, Inspector]:
-    """The Inspector of each worker's queue, where its store has one (the first, for a queue name
-    that several stores hold)."""
-    queues: dict[str, Inspector] = {}
-    for w in assembly.workers:
-        if w.cron is not None and w.pipe_to is None:
-            continue  # in-process ticks: no queue depth to ask for
-        store = assembly.stores[w.pipe_to] if w.pipe_to is not None else assembly.store_of[w.name]
-        backend: Any = store.backend(w.queue, codec=codec_by_name(w.codec))
-        if isinstance(backend, Inspector):  # a broker that cannot browse may still count
-            queues.setdefault(w.queue, backend)
-    return queues
 
 
 @contextlib.asynccontextmanager

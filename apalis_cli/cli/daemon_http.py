@@ -60,9 +60,7 @@ async def serving_http(
         raise MissingExtra(
             f"{needs} needs the extra: pip install 'apalis-cli[{extra}]' ({exc.name} is missing)"
         ) from None
-    from .daemon import inspectors
-
-    metrics = Metrics(workers, inspectors(assembly), assembly.pools())
+    metrics = Metrics(workers, assembly.inspectors(), assembly.pools())
     async with contextlib.AsyncExitStack() as stack:
         if options.metrics_addr is not None:
             await stack.enter_async_context(serving_metrics(metrics, *options.metrics_addr, option="--metrics-addr"))

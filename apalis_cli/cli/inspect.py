@@ -12,6 +12,7 @@ import typer
 from ..bounds import COUNT
 from ..errors import ApalisError, DecodeError, Unsupported
 from ..redact import redact
+from ..storable import decode_result
 from ..task import Status, Task, iso
 from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app, check_task_id, checked
 
@@ -112,7 +113,7 @@ def task_json(task: Task[bytes], codec: Any = None, secrets: Iterable[str] = ())
         "payload": text,
         "payload_encoding": encoding,
         "last_error": redact(ctx.last_error, secrets) if ctx.last_error else ctx.last_error,
-        "result": _result(ctx.result),
+        "result": decode_result(ctx.result),
         "lock_by": ctx.lock_by,
         "idempotency_key": ctx.idempotency_key,
         "created_at": iso(ctx.created_at) if ctx.created_at else None,
@@ -124,16 +125,6 @@ def task_json(task: Task[bytes], codec: Any = None, secrets: Iterable[str] = ())
         except DecodeError as exc:
             row["decode_error"] = str(exc)
     return row
-
-
-def _result(result: Any) -> Any:
-    # Stores keep results as JSON text (`encode_result`); show the value itself.
-    if isinstance(result, str):
-        try:
-            return json.loads(result)
-        except ValueError:
-            return result
-    return result
 
 
 @app.command()

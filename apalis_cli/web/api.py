@@ -34,9 +34,9 @@ from . import control, ops
 from .board import Ambiguous, NotFound, QueueView
 from .present import problem, task_json, worker_json
 from .security import CSRF_COOKIE
+from .state import web_state
 
 if TYPE_CHECKING:
-    from .app import WebState
     from .snapshots import QueueSnapshot
 
 __all__ = ["FLASH_COOKIE", "routes"]
@@ -63,12 +63,6 @@ def routes() -> list[Route]:
     ]
 
 
-def _state(request: Request) -> WebState:
-    from .app import web_state
-
-    return web_state(request)
-
-
 def error_response(exc: BaseException, secrets: Iterable[str] = ()) -> JSONResponse:
     """One line (the config's `secrets` masked) and the status code that fits the failure."""
     if isinstance(exc, NotFound):
@@ -89,7 +83,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except Exception as exc:  # ours (bad input, not found, unsupported) or the store's driver's
-            return error_response(exc, _state(request).board.config.secrets)
+            return error_response(exc, web_state(request).board.config.secrets)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
@@ -97,7 +91,7 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _view(request: Request) -> QueueView:
-    return _state(request).board.view(request.path_params["queue"], request.query_params.get("backend") or None)
+    return web_state(request).board.view(request.path_params["queue"], request.query_params.get("backend") or None)
 
 
 # -- reads ---------------------------------------------------------------------------------
@@ -129,7 +123,7 @@ def snapshot_json(snap: QueueSnapshot, now: float) -> dict[str, Any]:
 @_guarded
 async def queues(request: Request) -> Response:
     """Every queue of every backend in the config, with its figures."""
-    snaps = await _state(request).snapshots.all()
+    snaps = await web_state(request).snapshots.all()
     now = ops.board_time()
     return JSONResponse([snapshot_json(snap, now) for snap in snaps])
 
@@ -137,7 +131,7 @@ async def queues(request: Request) -> Response:
 @_guarded
 async def one_queue(request: Request) -> Response:
     """One queue with its figures."""
-    state = _state(request)
+    state = web_state(request)
     view = _view(request)
     await state.snapshots.all()
     return JSONResponse(snapshot_json(state.snapshots.of(view), ops.board_time()))
@@ -166,7 +160,7 @@ async def queue_tasks(request: Request) -> Response:
 @_guarded
 async def task(request: Request) -> Response:
     """One task, its payload decoded."""
-    board = _state(request).board
+    board = web_state(request).board
     q = request.query_params
     view, found = await board.find_task(
         request.path_params["task_id"], q.get("queue") or None, q.get("backend") or None
@@ -177,7 +171,7 @@ async def task(request: Request) -> Response:
 @_guarded
 async def workers(request: Request) -> Response:
     """Every registered worker of every queue, with its heartbeat's age."""
-    snaps = await _state(request).snapshots.all()
+    snaps = await web_state(request).snapshots.all()
     now = ops.board_time()
     rows = [worker_json(w, backend=s.view.backend_name, now=now) for s in snaps for w in (s.workers or [])]
     return JSONResponse(rows)
@@ -193,7 +187,7 @@ class _Forbidden(ApalisError):
 async def _action_input(request: Request) -> tuple[dict[str, Any], bool]:
     """The POST's fields and whether it came from a form; refuses a read-only board, a form
     without a valid CSRF token, and a body that is neither JSON nor a form."""
-    state = _state(request)
+    state = web_state(request)
     if not state.admin:
         raise _Forbidden("this board is read-only: start it with --admin to act on tasks and queues")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -232,7 +226,7 @@ def _action(work: Work) -> Handler:
         except _Forbidden as exc:
             return _answer(request, is_form, {"error": str(exc)}, 403, str(exc), data)
         except Exception as exc:
-            secrets = _state(request).board.config.secrets
+            secrets = web_state(request).board.config.secrets
             message = problem(exc, secrets)
             code = error_response(exc, secrets).status_code
             return _answer(request, is_form, {"error": message}, code, message, data)
@@ -289,7 +283,7 @@ async def cancel(request: Request, data: dict[str, Any], is_form: bool) -> tuple
 
 
 async def _task_view(request: Request, data: dict[str, Any]) -> QueueView:
-    board = _state(request).board
+    board = web_state(request).board
     queue = data.get("queue") or request.query_params.get("queue")
     backend = data.get("backend") or request.query_params.get("backend")
     if queue:
@@ -310,7 +304,7 @@ async def purge(request: Request, data: dict[str, Any], is_form: bool) -> tuple[
         count = await ops.purge_count(view, status, older_than)
         return {"would_purge": count}, f"{count} {status.value} tasks would be deleted."
     count = await ops.purge(view, status, older_than)
-    await _state(request).snapshots.refresh()
+    await web_state(request).snapshots.refresh()
     return {"purged": count}, f"Deleted {count} {status.value} task{'s' if count != 1 else ''}."
 
 
@@ -319,7 +313,7 @@ async def pause(request: Request, data: dict[str, Any], is_form: bool) -> tuple[
     """Pause the queue: no worker anywhere starts its tasks until it is resumed."""
     view = _view(request)
     changed = await control.pause(view)
-    await _state(request).snapshots.refresh()
+    await web_state(request).snapshots.refresh()
     return {"paused": True, "changed": changed}, f"Queue {view.queue} is paused."
 
 
@@ -328,7 +322,7 @@ async def resume(request: Request, data: dict[str, Any], is_form: bool) -> tuple
     """Resume the queue."""
     view = _view(request)
     changed = await control.resume(view)
-    await _state(request).snapshots.refresh()
+    await web_state(request).snapshots.refresh()
     return {"paused": False, "changed": changed}, f"Queue {view.queue} runs again."
 
 

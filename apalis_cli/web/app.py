@@ -1,6 +1,6 @@
 """The board as an ASGI application (Starlette): the pages, the JSON API, health and metrics.
 
-`create_app` wires the parts; `WebState` is what every route reads (`request.app.state.web`).
+`create_app` wires the parts; `WebState` (state.py) is what every route reads.
 The gate in front of every route refuses a foreign Host on a loopback address and, when a token
 is set, a request without it (see `security`).
 """
@@ -8,9 +8,7 @@ is set, a request without it (see `security`).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -26,6 +24,7 @@ from .board import Board
 from .health import healthz_response, metrics_response
 from .security import CSRF_COOKIE, SESSION_COOKIE, Guard
 from .snapshots import Snapshots
+from .state import WebState, web_state
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -39,19 +38,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OPEN_PATHS = ("/login", "/static/", "/healthz", "/metrics")
-
-
-@dataclass(slots=True, kw_only=True)
-class WebState:
-    """What the routes share: the board, its snapshots, the guard and the mode."""
-
-    board: Board
-    snapshots: Snapshots
-    guard: Guard
-    admin: bool
-    loopback: bool
-    metrics: Metrics | None = None
-    started: float = field(default_factory=time.time)
 
 
 def create_app(
@@ -84,12 +70,6 @@ def create_app(
     app.state.web = state
     app.add_middleware(_Gate, state=state)
     return app
-
-
-def web_state(request: Request) -> WebState:
-    """The shared state of the request's application."""
-    state: WebState = request.app.state.web
-    return state
 
 
 async def healthz(request: Request) -> Response:

@@ -18,15 +18,16 @@ from starlette.routing import Route
 from ..backend import Capability, WorkerInfo
 from ..browsing import MinuteCounts, TickSource
 from ..errors import ApalisError
+from ..storable import decode_result
 from ..task import Status, iso
 from . import control, ops
 from .api import FLASH_COOKIE, error_response, safe_next
 from .board import Board, QueueView
-from .present import decode_payload, payload_text, pretty, problem, result_value
+from .present import decode_payload, payload_text, pretty, problem
 from .security import SESSION_COOKIE
+from .state import WebState, web_state
 
 if TYPE_CHECKING:
-    from .app import WebState
     from .snapshots import QueueSnapshot
 
 __all__ = ["error_page", "routes"]
@@ -49,12 +50,6 @@ def routes() -> list[Route]:
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
     ]
-
-
-def _state(request: Request) -> WebState:
-    from .app import web_state
-
-    return web_state(request)
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -151,7 +146,7 @@ _ENV = _environment()
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     """A page, with what every page needs (mode, CSRF token, the one-time flash)."""
-    state = _state(request)
+    state = web_state(request)
     flash_raw = request.cookies.get(FLASH_COOKIE)
     flash = None
     if flash_raw:
@@ -192,7 +187,7 @@ def _failed(request: Request, exc: BaseException) -> Response:
         "error.html",
         status_code=error_response(exc).status_code,
         code=error_response(exc).status_code,
-        message=problem(exc, _state(request).board.config.secrets),
+        message=problem(exc, web_state(request).board.config.secrets),
         title="error",
     )
 
@@ -242,7 +237,7 @@ def _queue_row(snap: QueueSnapshot, now: float) -> dict[str, Any]:
 
 async def overview(request: Request) -> Response:
     """Every queue of every backend: counts, activity, the oldest ready task, workers."""
-    state = _state(request)
+    state = web_state(request)
     snaps = await state.snapshots.all()
     now = time.time()
     rows = [_queue_row(s, now) for s in snaps]
@@ -264,7 +259,7 @@ async def overview(request: Request) -> Response:
 
 async def queue_page(request: Request) -> Response:
     """One queue's tasks: by status, searched, 50 a page by keyset."""
-    state = _state(request)
+    state = web_state(request)
     q = request.query_params
     try:
         view = state.board.view(request.path_params["queue"], q.get("backend") or None)
@@ -321,7 +316,7 @@ async def queue_page(request: Request) -> Response:
 
 async def task_page(request: Request) -> Response:
     """One task: payload decoded and pretty-printed, attempts, error, result, times, holder."""
-    state = _state(request)
+    state = web_state(request)
     q = request.query_params
     task_id = request.path_params["task_id"]
     try:
@@ -332,7 +327,7 @@ async def task_page(request: Request) -> Response:
     value, how, decode_error = decode_payload(payload, view.codec)
     raw, encoding = payload_text(payload)
     holder = _holder(state, view, task.ctx.lock_by)
-    result = result_value(task.ctx.result)
+    result = decode_result(task.ctx.result)
     return render(
         request,
         "task.html",
@@ -365,7 +360,7 @@ def _holder(state: WebState, view: QueueView, lock_by: str | None) -> WorkerInfo
 
 async def workers_page(request: Request) -> Response:
     """Registered workers (host, pid, heartbeat age, running, layers); cron workers' next ticks."""
-    state = _state(request)
+    state = web_state(request)
     snaps = await state.snapshots.all()
     now = time.time()
     groups = [{"view": s.view, "snap": s, "workers": s.workers} for s in snaps]
@@ -403,7 +398,7 @@ def _cron_rows(state: WebState, now: float) -> list[dict[str, Any]]:
 
 async def purge_confirm(request: Request) -> Response:
     """What a purge would delete, and the button that does it (admin)."""
-    state = _state(request)
+    state = web_state(request)
     q = request.query_params
     try:
         if not state.admin:
@@ -429,7 +424,7 @@ async def purge_confirm(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     """The login form (when a token protects the board) and its post."""
-    state = _state(request)
+    state = web_state(request)
     target = safe_next(request.query_params.get("next") or "/")
     if not state.guard.needs_login:
         return RedirectResponse(target, status_code=303)

@@ -18,9 +18,10 @@ from typing import Any
 from ..backend import WorkerInfo
 from ..errors import describe_error
 from ..redact import redact
+from ..storable import decode_result
 from ..task import Task, iso
 
-__all__ = ["decode_payload", "payload_text", "pretty", "problem", "result_value", "task_json", "worker_json"]
+__all__ = ["decode_payload", "payload_text", "pretty", "problem", "task_json", "worker_json"]
 
 
 def problem(exc: BaseException, secrets: Iterable[str] = ()) -> str:
@@ -76,16 +77,6 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=repr)
 
 
-def result_value(result: Any) -> Any:
-    """A stored result (the JSON text a store keeps) as the value itself."""
-    if isinstance(result, str):
-        try:
-            return json.loads(result)
-        except ValueError:
-            return result
-    return result
-
-
 def task_json(task: Task[bytes], *, codec: str | None = None, backend: str = "") -> dict[str, Any]:
     """The API's object for one task (with `codec`: its payload decoded as `args` too)."""
     ctx = task.ctx
@@ -107,7 +98,7 @@ def task_json(task: Task[bytes], *, codec: str | None = None, backend: str = "")
         "payload": text,
         "payload_encoding": encoding,
         "last_error": redact(ctx.last_error) if ctx.last_error else ctx.last_error,
-        "result": result_value(ctx.result),
+        "result": decode_result(ctx.result),
         "lock_by": ctx.lock_by,
         "idempotency_key": ctx.idempotency_key,
         "meta": dict(ctx.meta),

@@ -86,6 +86,8 @@ class Capability(StrEnum):
     PAUSE = "pause"  # pause/resume a queue, the state kept in the store
     WAIT = "wait"  # wait for a task to end, woken by the store
     BULK = "bulk"  # retry/cancel/kill/purge by filter, a statement per batch
+    CLAIMS_AHEAD = "claims_ahead"  # the write that acknowledges a worker's runs also claims the
+    # tasks for the slots they free (apalis_cli/ahead.py): a busy worker saves a round trip a batch
 
 
 CONTROL_NOT_BUILT: Mapping[Capability, str] = {

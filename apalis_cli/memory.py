@@ -39,7 +39,12 @@ from .task import Status, Task, TaskContext, TaskId
 
 __all__ = ["MemoryQueue", "MemoryStore"]
 
-_CAPABILITIES = Capabilities({Capability.RECONNECT: "memory has no connection: its tasks live in this process"})
+_CAPABILITIES = Capabilities(
+    {
+        Capability.RECONNECT: "memory has no connection: its tasks live in this process",
+        Capability.CLAIMS_AHEAD: "memory claims without a round trip: an ack has none to save",
+    }
+)
 
 
 @dataclass(slots=True, kw_only=True)

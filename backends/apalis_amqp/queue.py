@@ -75,6 +75,7 @@ CAPABILITIES = Capabilities(
         ),
         Capability.WORKERS: "RabbitMQ knows connections and consumers, not apalis workers: there is no registry",
         Capability.ADMIN: "a queue has no random access: a task cannot be found by id without consuming the queue",
+        Capability.CLAIMS_AHEAD: "RabbitMQ pushes deliveries up to the consumer's prefetch: no claim rides on an ack",
     }
 )
 

@@ -22,7 +22,10 @@ class CronStore:
 
     kind: ClassVar[str] = "cron"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        {Capability.RECONNECT: "cron without pipe_to keeps its ticks in this process"}
+        {
+            Capability.RECONNECT: "cron without pipe_to keeps its ticks in this process",
+            Capability.CLAIMS_AHEAD: "cron without pipe_to keeps its ticks in this process",
+        }
     )
 
     def __init__(self, config: CronConfig) -> None:

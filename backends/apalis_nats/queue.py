@@ -65,6 +65,7 @@ CAPABILITIES = Capabilities(
             "pending, running and killed tasks are read by sequence without consuming them"
         ),
         Capability.WORKERS: "JetStream knows consumers shared by all workers of a queue, not apalis workers",
+        Capability.CLAIMS_AHEAD: "a JetStream ack is its own message and a claim a fetch: neither carries the other",
     }
 )
 

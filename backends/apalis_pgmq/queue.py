@@ -35,6 +35,7 @@ CAPABILITIES = Capabilities(
             "a pgmq lease is the message's vt, with no owner: a claim whose reply was lost comes back "
             "when its vt ends and counts as a read, like a dead worker's"
         ),
+        Capability.CLAIMS_AHEAD: "pgmq.delete/archive (the ack) and pgmq.read (the claim) are called apart",
     }
 )
 

@@ -91,6 +91,7 @@ CAPABILITIES = Capabilities(
             "(pending, running, failed and dead-lettered ones can)"
         ),
         Capability.ADMIN: "done tasks are deleted by rsmq; retry/kill/purge work on the others and on dead letters",
+        Capability.CLAIMS_AHEAD: "rsmq's deleteMessage and receiveMessage are separate commands of its protocol",
     }
 )
 

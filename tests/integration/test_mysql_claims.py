@@ -1,7 +1,7 @@
 """MySQL/MariaDB claims ahead: an ack claims ahead only while the worker's last claim came back
 full, so acks stay one statement when tasks trickle in.
 
-The cases every store that claims ahead shares are in `test_claims_ahead.py`."""
+The cases every store that claims ahead shares are in tests/conformance/test_claims_ahead.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Redis claims ahead: a busy worker's claims ride on the script that acknowledges its runs.
 
-The cases every store that claims ahead shares are in `test_claims_ahead.py`."""
+The cases every store that claims ahead shares are in tests/conformance/test_claims_ahead.py."""
 
 from __future__ import annotations
 

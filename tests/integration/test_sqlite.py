@@ -234,30 +234,3 @@ async def test_idempotency_keys_within_a_batch_and_across_pushes(store: SqliteSt
     assert ids[2] == first
     assert ids[3] == made[3].id
     assert (await q.stats()).counts[Status.PENDING] == 3
-
-
-async def test_acks_claim_ahead_for_the_slots_they_free_and_give_back_what_was_not_taken(store: SqliteStore) -> None:
-    q = queue(store)
-    first, second, third = await q.push_bulk(["a", "b", "c"])
-    worker = WorkerContext(id="w1", name="w1", queue="q", concurrency=1, free_slots=lambda: 1)
-    stream = q.poll_compact(worker)
-    task = await anext(stream)
-    assert task is not None
-    assert task.id == first
-    await q.ack_batch([(task, Outcome.done())])  # frees one slot: one task claimed in the same transaction
-    ahead = await q.get(second)
-    assert ahead is not None
-    assert (ahead.ctx.status, ahead.ctx.lock_by) == (Status.RUNNING, "w1")
-    assert (await q.get(third)).ctx.status is Status.PENDING  # type: ignore[union-attr]
-    await stream.aclose()  # type: ignore[attr-defined]
-    back = await q.get(second)
-    assert back is not None
-    assert (back.ctx.status, back.ctx.attempts, back.ctx.lock_by) == (Status.PENDING, 0, None)
-
-    other = q.poll_compact(WorkerContext(id="w2", name="w2", queue="q", free_slots=lambda: 1))
-    again = await anext(other)
-    await other.aclose()  # type: ignore[attr-defined]
-    assert again is not None
-    assert again.id == second
-    await q.ack_batch([(again, Outcome.done())])  # no stream of w2 is open: nothing claimed ahead
-    assert (await q.get(third)).ctx.status is Status.PENDING  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ __all__ = [
     "masked_errors",
     "open_resolved",
     "open_target",
+    "paused_or_none",
     "require",
     "require_inspector",
     "resolve",
@@ -102,3 +103,15 @@ def require_inspector(opened: Opened, capability: Capability, doing: str) -> Ins
         raise Unsupported(f"{opened.describe()} cannot {doing}: the store has no random access to its tasks")
     require(opened, capability, doing)
     return backend
+
+
+async def paused_or_none(opened: Opened) -> bool | None:
+    """Whether the queue is paused; None where the store cannot pause queues."""
+    from ..control import Pausable
+
+    if why_not(opened, Capability.PAUSE) is not None:
+        return None
+    backend: Any = opened.backend
+    if not isinstance(backend, Pausable):
+        return None
+    return await backend.paused()

@@ -186,17 +186,3 @@ def _pausable(opened: Opened, doing: str) -> Pausable:
     if not isinstance(backend, Pausable):
         raise Unsupported(f"{opened.describe()} cannot {doing}: the store has no pause")
     return backend
-
-
-async def paused_or_none(opened: Opened) -> bool | None:
-    """Whether the queue is paused; None where the store cannot pause queues."""
-    from ..backend import Capability
-    from ..control import Pausable
-    from .common import why_not
-
-    if why_not(opened, Capability.PAUSE) is not None:
-        return None
-    backend: Any = opened.backend
-    if not isinstance(backend, Pausable):
-        return None
-    return await backend.paused()

@@ -84,7 +84,7 @@ async def _inspect(
         except Unsupported as exc:
             raise Unsupported(f"{opened.describe()} cannot list its tasks: {exc}") from None
         from . import console
-        from .control import paused_or_none
+        from .common import paused_or_none
 
         if partial:
             console.note(f"{opened.describe()} shows only part of its tasks: {partial}")
@@ -177,7 +177,7 @@ async def _workers_of(opened: Opened) -> list[WorkerInfo]:
 async def _stats_of(opened: Opened) -> tuple[QueueStats, bool | None]:
     """The queue's counts, and whether it is paused (None where the store cannot pause)."""
     from ..backend import Inspector
-    from .control import paused_or_none
+    from .common import paused_or_none
 
     # Counting is often possible where browsing is not (a broker counts its queues): ask the
     # store, which raises `Unsupported` with its reason if it cannot.

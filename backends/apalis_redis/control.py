@@ -152,9 +152,13 @@ async def wait_published(
     """`Waiter.wait` for a store whose scripts publish a waited-for task's end on the control
     channel: subscribe, `register` the wait (where the scripts look), then `read` the task each
     time a message says it may have ended (and every `_RECHECK` seconds anyway)."""
-    await connection.listen()  # subscribed before the wait is registered: its end cannot be missed
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
+    try:
+        async with asyncio.timeout(timeout):  # a server away: the wait's own timeout still holds
+            await connection.listen()  # subscribed before the wait is registered: its end is heard
+    except TimeoutError:
+        return None
     with connection.signals.waiting(queue, task_id) as event:
         await register()
         while True:

@@ -29,12 +29,7 @@ def ack_statements(sql: Mapping[str, str], plan: AckPlan) -> list[tuple[str, lis
     for (lock_by, result), ids in done.items():
         query = sql["ack_done"].replace("{ids}", ", ".join(["%s"] * len(ids)))
         statements.append((query, [result, *ids, lock_by]))
-    args: list[Any] = []
-    for status, rows in (("failed", plan.retry), ("killed", plan.kill)):
-        for error, at, task_id, lock_by in rows:
-            args += (task_id, lock_by, status, None, error, at if status == "failed" else None)
-    for _, task_id, lock_by in plan.release:
-        args += (task_id, lock_by, "pending", None, None, None)
+    args: list[Any] = [value for row in plan.rows(done=False) for value in row]
     if args:
         outcomes = _OUTCOME_FIRST + _OUTCOME_MORE * (len(args) // 6 - 1)
         statements.append((sql["ack"].replace("{outcomes}", outcomes), args))

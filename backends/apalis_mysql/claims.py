@@ -5,7 +5,8 @@ trip. So the transaction that acknowledges a worker's finished runs also claims 
 tasks as those runs free slots (never more: backpressure holds), and the worker's poll stream
 takes them (`apalis_cli.ahead`) before it claims on its own: a busy worker pays one commit per
 batch, not two. Tasks claimed ahead count as running for the worker's heartbeat (they are not
-lost claims) and go back to the queue when the stream closes.
+lost claims) and go back to the queue when the stream closes. An ack claims ahead only for a
+worker whose last claim came back full (`apalis_sql.Backlog`).
 """
 
 from __future__ import annotations
@@ -13,31 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apalis_cli.ahead import Held
-from apalis_cli.polling import Waker
 from apalis_cli.task import Task
 from apalis_sql import TASK_COLUMNS, task_from_row
 
-__all__ = ["Backlog", "transact"]
+__all__ = ["transact"]
 
 _STATUS, _ATTEMPTS, _LOCK_BY = (TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by"))
 
 Conn = Any  # asyncmy ships no usable annotations for its Cython classes
-
-
-class Backlog(Held):
-    """Tasks claimed for one polling worker alongside its acknowledgements, not yet handed out.
-
-    `backlog` says whether its last claim got all it asked for: only then do its acks claim
-    ahead. When tasks trickle in, claims come back short and acks stay a single statement
-    (a locking select in every ack would find nothing and cost the server for nothing).
-    """
-
-    __slots__ = ("backlog",)
-
-    def __init__(self, worker_id: str, waker: Waker) -> None:
-        super().__init__(worker_id, waker)
-        self.backlog = False
 
 
 async def transact(

@@ -1,4 +1,7 @@
-"""The connections of one MySQL/MariaDB store: an asyncmy pool with retries, and migrations.
+"""The connections of one MySQL/MariaDB store: an asyncmy pool with retries, migrations, and
+the MySQL side of the shared SQL queue (`apalis_sql.SqlQueue`): multi-row inserts, claims and
+batched acks in short transactions (`claims`, `acks`); no push path, so other processes find
+work by polling.
 
 Every operation goes through `Database.run`: when its connection is lost (a server restart,
 `KILL`, a network cut) the broken connection is closed so the pool drops it, and the operation
@@ -13,18 +16,24 @@ returns (no gap locks), so claimers and producers do not block each other.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import functools
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncmy
+from apalis_cli.backend import NewTask
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
 from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
-from apalis_sql import TASK_COLUMNS, load_migrations, load_queries
+from apalis_cli.task import Task
+from apalis_sql import TASK_COLUMNS, AckPlan, Session, encode_meta, load_migrations, load_queries
 
+from .acks import ack_statements
+from .claims import transact
 from .config import MysqlConfig
 
 __all__ = ["Database", "Pool"]
@@ -34,6 +43,8 @@ Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
 NOW = "UNIX_TIMESTAMP(NOW(6))"
 COLUMNS = ", ".join(TASK_COLUMNS)
+_INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, {NOW})"
+_CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allowed_packet (16 MiB)
 # Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
 _TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2014, 2055}
 _DEADLOCK = 1213  # retried, but the server answered: not a loss of contact
@@ -98,7 +109,11 @@ class Pool:
 
 
 class Database:
-    """A pool with retries and the statements bound to the table prefix."""
+    """A pool with retries, the statements bound to the table prefix, and the dialect the
+    shared SQL queue asks for (`apalis_sql.SqlDatabase`)."""
+
+    ahead_on_backlog = True  # a locking select in every ack costs the server: only under a backlog
+    releases_sweep_lock = True  # GET_LOCK is the session's: `sweep_unlock` frees it
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config
@@ -176,23 +191,67 @@ class Database:
             answered=_deadlock,
         )
 
-    async def fetch(self, query: str, params: Any = None) -> list[Any]:
-        """All rows of `query`."""
+    async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
+        """All rows of the named statement."""
+        return await self.run(lambda conn: _fetch(conn, self.sql[name], _bind(params)))
 
-        async def op(conn: Conn) -> list[Any]:
+    async def execute(self, name: str, params: Mapping[str, Any]) -> int:
+        """Run the named statement; the rows it changed."""
+        return await self.run(lambda conn: _execute(conn, self.sql[name], _bind(params)))
+
+    async def session(self, op: Callable[[Session], Awaitable[T]]) -> T:
+        """`op` on one connection, each statement committed by itself (a named lock, not a
+        transaction, keeps two sweeps apart)."""
+        return await self.run(lambda conn: op(_Session(conn, self.sql)))
+
+    def listen(self) -> None:
+        """Nothing to start: the server cannot push, so other processes' work is found by polling."""
+
+    async def notify(self, queue: str) -> None:
+        """Wake the pollers of `queue` in this process (others find work by polling)."""
+        self.waker(queue).notify()
+
+    def sweep_params(self, queue: str) -> dict[str, Any]:
+        """The named lock of the queue's sweep (64 characters at most: a digest of its scope)."""
+        scope = f"{self.config.database}:{self.config.table_prefix}:{queue}"
+        return {"lock": "apalis-sweep:" + hashlib.sha1(scope.encode()).hexdigest()}
+
+    # -- the dialect: inserts, claims and acks as MySQL/MariaDB writes them --------------------
+
+    async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
+        """Insert tasks, many rows per statement; ids and keys already there are skipped."""
+        inserted = 0
+        for chunk in _chunks(tasks):
+            args: list[Any] = []
+            for t in chunk:
+                args += (t.id, queue, t.payload, t.max_attempts, t.run_at, t.priority, t.idempotency_key)
+                args.append(encode_meta(t.meta))
+            query = self.sql["insert"].replace("{rows}", ", ".join([_INSERT_ROW] * len(chunk)))
+            # Affected rows count inserts only (asyncmy sets no CLIENT_FOUND_ROWS): a skipped
+            # duplicate counts 0, so a shortfall means some id or key was already there.
+            inserted += await self.run(functools.partial(_execute, query=query, params=args))
+        return inserted
+
+    async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
+        """One short transaction: a SKIP LOCKED select, then the UPDATE of those ids (`claims`)."""
+        _, (claimed,) = await self.run(lambda conn: transact(conn, self.sql, queue, (), [(worker_id, limit)]))
+        return claimed
+
+    async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
+        """Apply `plan` in as few statements as `acks` makes (usually one) and claim for
+        `slots`, in one transaction when there is more than one statement or a claim."""
+        statements = ack_statements(self.sql, plan)
+
+        async def ack_in(conn: Conn) -> list[list[Task[bytes]]]:
             cursor = conn.cursor()
-            await cursor.execute(query, params)
-            return list(await cursor.fetchall())
+            if len(statements) == 1 and not slots:
+                await cursor.execute(*statements[0])
+                return []
+            bound = [cursor.mogrify(query, args) for query, args in statements]
+            _, claimed = await transact(conn, self.sql, queue, bound, slots)
+            return claimed
 
-        return await self.run(op)
-
-    async def execute(self, query: str, params: Any = None) -> int:
-        """Run `query`; returns the number of rows it changed."""
-
-        async def op(conn: Conn) -> int:
-            return int(await conn.cursor().execute(query, params))
-
-        return await self.run(op)
+        return await self.run(ack_in)
 
     async def _migrate(self, conn: Conn) -> list[int]:
         """Apply the migrations not yet recorded, under a named lock against concurrent starts."""
@@ -220,6 +279,52 @@ class Database:
             applied.append(migration.version)
         await cursor.execute("SELECT RELEASE_LOCK(%s)", (lock,))  # on an error, closing frees it
         return applied
+
+
+class _Session:
+    """Named statements on one connection (`Database.session`)."""
+
+    __slots__ = ("_conn", "_sql")
+
+    def __init__(self, conn: Conn, statements: Mapping[str, str]) -> None:
+        self._conn = conn
+        self._sql = statements
+
+    async def execute(self, name: str, params: Mapping[str, Any]) -> int:
+        return await _execute(self._conn, self._sql[name], _bind(params))
+
+    async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
+        return await _fetch(self._conn, self._sql[name], _bind(params))
+
+
+async def _fetch(conn: Conn, query: str, params: Any) -> list[Any]:
+    cursor = conn.cursor()
+    await cursor.execute(query, params)
+    return list(await cursor.fetchall())
+
+
+async def _execute(conn: Conn, query: str, params: Any) -> int:
+    return int(await conn.cursor().execute(query, params))
+
+
+def _bind(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Named parameters with each list as a tuple, which the driver writes as an `IN` list; an
+    empty list as `('')`, which no id or key equals (`IN ()` is not SQL)."""
+    return {k: (tuple(v) or ("",)) if isinstance(v, list) else v for k, v in params.items()}
+
+
+def _chunks(tasks: Sequence[NewTask]) -> list[Sequence[NewTask]]:
+    """Tasks cut into statements of at most about `_CHUNK_BYTES` of payload (usually one)."""
+    out: list[Sequence[NewTask]] = []
+    start, size = 0, 0
+    for i, task in enumerate(tasks):
+        size += len(task.payload) + 256
+        if size > _CHUNK_BYTES and i > start:
+            out.append(tasks[start:i])
+            start, size = i, len(task.payload) + 256
+    if start < len(tasks):
+        out.append(tasks[start:])
+    return out
 
 
 def _split(script: str) -> Sequence[str]:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, StoreSpec
-from apalis_cli.codec import Codec
+from apalis_cli.backend import StoreSpec
 from apalis_cli.errors import MissingExtra
+from apalis_sql import SqlStore
 
 from .config import MysqlConfig
+from .queue import MysqlQueue
 
 if TYPE_CHECKING:
     from .connection import Database
-    from .queue import MysqlQueue
 
 __all__ = ["MysqlStore"]
 
@@ -33,20 +33,19 @@ def _require_driver() -> None:
         raise MissingExtra("backend \"mysql\" needs the extra: pip install 'apalis-cli[mysql]'") from None
 
 
-class MysqlStore:
+class MysqlStore(SqlStore):
     """Queues in one MySQL/MariaDB database, sharing a connection pool."""
 
     kind: ClassVar[str] = "mysql"
-    capabilities: ClassVar[Capabilities] = Capabilities({**CONTROL_NOT_BUILT})
+    queue_class = MysqlQueue
+    database: Database
+    """The pool, unopened until `open()` (an operation before that fails saying so)."""
 
     def __init__(self, config: MysqlConfig) -> None:
         from .connection import Database
 
+        super().__init__(Database(config))
         self.config = config
-        self.database: Database = Database(config)
-        """The pool, unopened until `open()` (an operation before that fails saying so)."""
-        self._open = False
-        self.migrations_applied: list[int] = []
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> MysqlStore:
@@ -55,22 +54,3 @@ class MysqlStore:
         config = MysqlConfig.parse(spec.url, spec.options)
         _require_driver()
         return cls(config)
-
-    async def open(self) -> None:
-        """Connect, then create or migrate the tables (idempotent)."""
-        if self._open:
-            return
-        self.migrations_applied = await self.database.open()
-        self._open = True
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self._open:
-            self._open = False
-            await self.database.close()
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> MysqlQueue:
-        """The queue-bound backend."""
-        from .queue import MysqlQueue
-
-        return MysqlQueue(self.database, queue, codec=codec, max_attempts=max_attempts)

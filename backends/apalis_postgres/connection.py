@@ -1,4 +1,6 @@
-"""The connections of one PostgreSQL store: a pool, the LISTEN connection, retries.
+"""The connections of one PostgreSQL store: a pool, the LISTEN connection, retries, and the
+PostgreSQL side of the shared SQL queue (`apalis_sql.SqlQueue`): inserts, claims and acks as
+one statement each, woken across processes by NOTIFY.
 
 Every operation goes through `Database.run`, which retries with capped backoff when the
 connection is lost (a server restart, `pg_terminate_backend`, a network cut): the pool drops
@@ -14,12 +16,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
+from apalis_cli.backend import NewTask
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
 from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
-from psycopg import AsyncConnection, sql
+from apalis_cli.task import Task
+from apalis_sql import AckPlan, encode_meta, task_from_row
+from apalis_sql.database import Session
+from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -48,7 +54,11 @@ def _answered(exc: BaseException) -> bool:
 
 
 class Database:
-    """A pool with retries (made by `open()`), the statements bound to the schema, and the shared listener."""
+    """A pool with retries (made by `open()`), the statements bound to the schema, the shared
+    listener, and the dialect the shared SQL queue asks for (`apalis_sql.SqlDatabase`)."""
+
+    ahead_on_backlog = False  # an ack's claim ahead costs no commit of its own: always claim
+    releases_sweep_lock = False  # the advisory lock is the transaction's
 
     def __init__(self, config: PostgresConfig) -> None:
         self.config = config
@@ -143,21 +153,111 @@ class Database:
             answered=_answered,
         )
 
-    async def fetch(self, query: bytes, params: Mapping[str, Any], *, binary: bool = False) -> list[Any]:
-        """All rows of `query`."""
+    async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
+        """All rows of the named statement (read in binary: payloads come as bytes, unescaped)."""
+        query = self.sql[name]
 
         async def op(conn: Conn) -> list[Any]:
-            async with conn.cursor(binary=binary) as cursor:
+            async with conn.cursor(binary=True) as cursor:
                 await cursor.execute(query, params)
                 return await cursor.fetchall()
 
         return await self.run(op)
 
-    async def execute(self, query: bytes | sql.Composed, params: Mapping[str, Any] | Sequence[Any]) -> int:
-        """Run `query`; returns the number of rows it touched."""
+    async def execute(self, name: str, params: Mapping[str, Any]) -> int:
+        """Run the named statement; the rows it touched (or returned)."""
+        query = self.sql[name]
 
         async def op(conn: Conn) -> int:
             cursor = await conn.execute(query, params)
             return cursor.rowcount
 
         return await self.run(op)
+
+    async def session(self, op: Callable[[Session], Awaitable[T]]) -> T:
+        """`op` in one transaction, committed without waiting for the WAL flush (it serves the
+        heartbeat: a write lost in a crash is done again at the next beat)."""
+
+        async def in_transaction(conn: Conn) -> T:
+            async with conn.transaction():
+                await conn.execute(b"SET LOCAL synchronous_commit = off")
+                return await op(_Session(conn, self.sql))
+
+        return await self.run(in_transaction)
+
+    async def notify(self, queue: str) -> None:
+        """Wake the pollers of `queue` here at once, and in other processes by NOTIFY."""
+        self.waker(queue).notify()
+        await self.execute("notify", {"queue": queue})
+
+    def sweep_params(self, queue: str) -> dict[str, Any]:
+        """The advisory lock's two keys: the schema and the queue."""
+        return {"scope": self.channel, "queue": queue}
+
+    # -- the dialect: inserts, claims and acks as PostgreSQL writes them ----------------------
+
+    async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
+        """Insert `tasks` in one statement (NOTIFY included); ids and keys already there are skipped."""
+        params: dict[str, Any] = {
+            "queue": queue,
+            "commit": None if self.config.durable_push else "off",
+            "ids": [t.id for t in tasks],
+            "payloads": [t.payload for t in tasks],
+            "run_ats": [t.run_at for t in tasks],
+            "priorities": [t.priority for t in tasks],
+            "max_attempts": [t.max_attempts for t in tasks],
+            "keys": [t.idempotency_key for t in tasks],
+            "metas": [encode_meta(t.meta) for t in tasks],
+        }
+        return len(await self.fetch("enqueue", params))
+
+    async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
+        """One UPDATE over a SKIP LOCKED select (`claim.sql`)."""
+        return _in_claim_order(await self.fetch("claim", {"queue": queue, "worker": worker_id, "limit": limit}))
+
+    async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
+        """One statement applies every outcome of `plan` (arrays of one element per outcome) and
+        claims for `slots` (`ack.sql`)."""
+        rows = plan.rows()
+        columns: list[Sequence[Any]] = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 6
+        ids, lock_bys, statuses, results, errors, run_ats = columns
+        params = {
+            "ids": ids,
+            "lock_bys": lock_bys,
+            "statuses": statuses,
+            "results": results,
+            "errors": errors,
+            "run_ats": run_ats,
+            "queue": queue,
+            "slots": [worker_id for worker_id, count in slots for _ in range(count)],
+            "wake": plan.wake,
+        }
+        if not slots:
+            await self.execute("ack", params)
+            return []
+        claimed = _in_claim_order(await self.fetch("ack", params))
+        return [[task for task in claimed if task.ctx.lock_by == worker_id] for worker_id, _ in slots]
+
+
+class _Session:
+    """Named statements on one connection (`Database.session`)."""
+
+    __slots__ = ("_conn", "_sql")
+
+    def __init__(self, conn: Conn, statements: Mapping[str, bytes]) -> None:
+        self._conn = conn
+        self._sql = statements
+
+    async def execute(self, name: str, params: Mapping[str, Any]) -> int:
+        return (await self._conn.execute(self._sql[name], params)).rowcount
+
+    async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
+        return await (await self._conn.execute(self._sql[name], params)).fetchall()
+
+
+def _in_claim_order(rows: Sequence[Any]) -> list[Task[bytes]]:
+    """Claimed rows as tasks, highest priority and oldest first (RETURNING keeps no order)."""
+    tasks = [task_from_row(row) for row in rows]
+    if len(tasks) > 1:
+        tasks.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
+    return tasks

@@ -1,7 +1,8 @@
 """The store's SQL: statements loaded once from `sql/*.sql`, and forward-only migrations.
 
 Statements name their tables `{schema}.x`; the schema name was validated by the config and is
-quoted here with `psycopg.sql.Identifier` before it goes into the text. Task-returning
+quoted here with `psycopg.sql.Identifier` before it goes into the text; `{channel}` is the
+NOTIFY channel (the schema's name) as a string literal. Task-returning
 statements alias the tasks table `t` and select `{columns}` (the shared `TASK_COLUMNS`, with the
 result read back as the exact JSON text that was written).
 """
@@ -18,7 +19,8 @@ COLUMNS = ", ".join("t.result::text AS result" if c == "result" else f"t.{c}" fo
 
 
 def _names(schema: str) -> dict[str, str]:
-    return {"schema": sql.Identifier(schema).as_string(), "columns": COLUMNS}
+    # The NOTIFY channel is the schema's name (a validated identifier), as a string literal.
+    return {"schema": sql.Identifier(schema).as_string(), "columns": COLUMNS, "channel": f"'{schema}'"}
 
 
 def load_statements(schema: str) -> Queries:

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, StoreSpec
-from apalis_cli.codec import Codec
+from apalis_cli.backend import StoreSpec
 from apalis_cli.errors import ConfigError, MissingExtra
+from apalis_sql import SqlStore
 
 from .config import PostgresConfig
+from .queue import PostgresQueue
 
 if TYPE_CHECKING:
     from .connection import Database
-    from .queue import PostgresQueue
 
 __all__ = ["PostgresStore"]
 
@@ -39,20 +39,19 @@ def _require_driver() -> None:
         raise MissingExtra("backend \"postgres\" needs the extra: pip install 'apalis-cli[postgres]'") from None
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
     """Queues in one PostgreSQL schema, sharing a pool and one LISTEN connection."""
 
     kind: ClassVar[str] = "postgres"
-    capabilities: ClassVar[Capabilities] = Capabilities({**CONTROL_NOT_BUILT})
+    queue_class = PostgresQueue
+    database: Database
+    """The pool and the listener, unopened until `open()` (an operation before that fails saying so)."""
 
     def __init__(self, config: PostgresConfig) -> None:
         from .connection import Database
 
+        super().__init__(Database(config))
         self.config = config
-        self.database: Database = Database(config)
-        """The pool and the listener, unopened until `open()` (an operation before that fails saying so)."""
-        self._open = False
-        self.migrations_applied: list[int] = []
 
     @classmethod
     def from_spec(cls, spec: StoreSpec) -> PostgresStore:
@@ -68,22 +67,3 @@ class PostgresStore:
         except ProgrammingError:
             raise ConfigError(f'not a valid PostgreSQL URL: "{config.redacted}"', key="url") from None
         return cls(config)
-
-    async def open(self) -> None:
-        """Connect, then create or migrate the schema (idempotent)."""
-        if self._open:
-            return
-        self.migrations_applied = await self.database.open()
-        self._open = True
-
-    async def close(self) -> None:
-        """Close the pool and the listener."""
-        if self._open:
-            self._open = False
-            await self.database.close()
-
-    def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> PostgresQueue:
-        """The queue-bound backend."""
-        from .queue import PostgresQueue
-
-        return PostgresQueue(self.database, queue, codec=codec, max_attempts=max_attempts)

@@ -5,14 +5,20 @@
 - `browse`: the board's pages by keyset and activity, over a store's fetch.
 - `acks`: a batch of outcomes grouped into per-kind statement parameters (`AckPlan`).
 - `status`: the status machine as the SQL sees it (claimable, final, the orphan message).
+- `database`: what the shared queue asks of a server's `Database` (`SqlDatabase`, `Session`).
+- `queue`, `inspector`, `store`: the queue, its inspector and the store of PostgreSQL and
+  MySQL/MariaDB, written once over a `SqlDatabase` (SQLite keeps its own: one process, no pool).
 """
 
 from __future__ import annotations
 
-from .acks import AckPlan, plan_acks
+from .acks import AckPlan, AckRow, plan_acks
 from .browse import Fetch, browse_tasks, queue_activity
+from .database import Backlog, Session, SqlDatabase
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
+from .inspector import SqlInspector
 from .options import PoolOptions, pool_options
+from .queue import SqlQueue
 from .rows import (
     INSERT_COLUMNS,
     TASK_COLUMNS,
@@ -24,6 +30,7 @@ from .rows import (
     worker_from_row,
 )
 from .status import CLAIMABLE, FINAL, orphan_error
+from .store import SqlStore
 
 __all__ = [
     "CLAIMABLE",
@@ -31,10 +38,17 @@ __all__ = [
     "INSERT_COLUMNS",
     "TASK_COLUMNS",
     "AckPlan",
+    "AckRow",
+    "Backlog",
     "Fetch",
     "Migration",
     "PoolOptions",
     "Queries",
+    "Session",
+    "SqlDatabase",
+    "SqlInspector",
+    "SqlQueue",
+    "SqlStore",
     "browse_tasks",
     "decode_meta",
     "encode_meta",

@@ -15,9 +15,13 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Task, TaskId
 
-__all__ = ["AckPlan", "plan_acks"]
+__all__ = ["AckPlan", "AckRow", "plan_acks"]
 
 Row4 = tuple[Any, float, TaskId, str | None]
+AckRow = tuple[TaskId, str | None, str, Any, str | None, float | None]
+"""`(id, lock_by, new_status, result, error, run_at)`: one outcome as one row of a statement
+that joins the tasks to its outcomes (`result` only for done, `error` for failed, killed and
+cancelled, `run_at` for failed)."""
 
 
 @dataclass(slots=True)
@@ -41,6 +45,18 @@ class AckPlan:
 
     def __bool__(self) -> bool:
         return bool(self.done or self.retry or self.kill or self.cancel or self.release)
+
+    def rows(self, *, done: bool = True) -> list[AckRow]:
+        """Every outcome as an `AckRow` (done ones left out with `done=False`), for a store whose
+        one statement applies a batch of mixed outcomes."""
+        out: list[AckRow] = []
+        if done:
+            out += [(task_id, lock_by, "done", result, None, None) for result, _, task_id, lock_by in self.done]
+        out += [(task_id, lock_by, "failed", None, error, at) for error, at, task_id, lock_by in self.retry]
+        out += [(task_id, lock_by, "killed", None, error, None) for error, _, task_id, lock_by in self.kill]
+        out += [(task_id, lock_by, "cancelled", None, error, None) for error, _, task_id, lock_by in self.cancel]
+        out += [(task_id, lock_by, "pending", None, None, None) for _, task_id, lock_by in self.release]
+        return out
 
 
 def plan_acks(items: Sequence[tuple[Task[Any], Outcome]], now: float) -> AckPlan:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 from apalis_cli.backend import StoreSpec
@@ -20,40 +18,21 @@ from apalis_mysql import MysqlStore
 from apalis_sql import load_migrations
 
 from tests.conformance.stores.mysql import admin_connect, admin_execute
+from tests.integration.conftest import make_mysql_store
 from tests.services import need_server
 
 
-@pytest.fixture
-async def url() -> AsyncIterator[str]:
-    """A fresh database of its own, dropped afterwards."""
-    server = need_server("mysql")
-    database = f"apalis_t_{uuid.uuid4().hex[:12]}"
-    await admin_execute(server, f"CREATE DATABASE {database}")
-    yield urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
-    await admin_execute(server, f"DROP DATABASE IF EXISTS {database}")
-
-
-def make_store(url: str, **options: Any) -> MysqlStore:
-    return MysqlStore.from_spec(StoreSpec(name="t", kind="mysql", url=url, options=options))
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[MysqlStore]:
-    made = make_store(url)
-    await made.open()
-    yield made
-    await made.close()
-
-
-async def test_only_the_named_lock_holder_sweeps(url: str, store: MysqlStore) -> None:
-    queue = store.backend("q", codec=JsonCodec())
+async def test_only_the_named_lock_holder_sweeps(mysql_url: str, mysql_store: MysqlStore) -> None:
+    queue = mysql_store.backend("q", codec=JsonCodec())
     task_id = await queue.push({"orphan": True}, max_attempts=3)
     await admin_execute(
-        url, "UPDATE apalis_tasks SET status = 'running', attempts = 1, lock_by = 'ghost' WHERE id = %s", (task_id,)
+        mysql_url,
+        "UPDATE apalis_tasks SET status = 'running', attempts = 1, lock_by = 'ghost' WHERE id = %s",
+        (task_id,),
     )
-    database = urlsplit(url).path.lstrip("/")
+    database = urlsplit(mysql_url).path.lstrip("/")
     lock = "apalis-sweep:" + hashlib.sha1(f"{database}:apalis_:q".encode()).hexdigest()
-    admin = await admin_connect(url)
+    admin = await admin_connect(mysql_url)
     started = asyncio.Event()
 
     async def handler(args: Any, task: Task[bytes]) -> None:
@@ -84,23 +63,23 @@ async def test_only_the_named_lock_holder_sweeps(url: str, store: MysqlStore) ->
     assert done.ctx.attempts == 2
 
 
-async def test_migrations_applied_twice_are_a_no_op(url: str) -> None:
-    first, second = make_store(url), make_store(url)
+async def test_migrations_applied_twice_are_a_no_op(mysql_url: str) -> None:
+    first, second = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
     await first.open()
     await second.open()
     latest = load_migrations("apalis_mysql")[-1].version
     try:
         assert first.migrations_applied == list(range(1, latest + 1))
         assert second.migrations_applied == []
-        rows = await admin_execute(url, "SELECT version FROM apalis_schema_version ORDER BY version")
+        rows = await admin_execute(mysql_url, "SELECT version FROM apalis_schema_version ORDER BY version")
         assert rows == [(v,) for v in range(1, latest + 1)]
     finally:
         await first.close()
         await second.close()
 
 
-async def test_a_table_prefix_keeps_stores_apart(url: str) -> None:
-    one, two = make_store(url, table_prefix="one_"), make_store(url, table_prefix="two_")
+async def test_a_table_prefix_keeps_stores_apart(mysql_url: str) -> None:
+    one, two = make_mysql_store(mysql_url, table_prefix="one_"), make_mysql_store(mysql_url, table_prefix="two_")
     await one.open()
     await two.open()
     try:
@@ -135,8 +114,8 @@ async def test_passwords_never_appear_in_errors() -> None:
     assert "nobody:***@" in str(refused.value)
 
 
-async def test_concurrent_workers_claim_disjoint_batches(store: MysqlStore) -> None:
-    queue = store.backend("q", codec=JsonCodec())
+async def test_concurrent_workers_claim_disjoint_batches(mysql_store: MysqlStore) -> None:
+    queue = mysql_store.backend("q", codec=JsonCodec())
     ids = await queue.push_bulk(range(300))
     seen: list[str] = []
 
@@ -144,7 +123,7 @@ async def test_concurrent_workers_claim_disjoint_batches(store: MysqlStore) -> N
         seen.append(task.id)
 
     workers = [
-        Worker(name=f"w{i}", backend=store.backend("q", codec=JsonCodec()), handler=handler, concurrency=20)
+        Worker(name=f"w{i}", backend=mysql_store.backend("q", codec=JsonCodec()), handler=handler, concurrency=20)
         for i in range(3)
     ]
     stop = asyncio.Event()
@@ -158,8 +137,10 @@ async def test_concurrent_workers_claim_disjoint_batches(store: MysqlStore) -> N
     assert sorted(seen) == sorted(ids)  # every task once, none twice
 
 
-async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(url: str, store: MysqlStore) -> None:
-    queue = store.backend("q", codec=JsonCodec())
+async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(
+    mysql_url: str, mysql_store: MysqlStore
+) -> None:
+    queue = mysql_store.backend("q", codec=JsonCodec())
     task_id = await queue.push({"lost": True})
     started = asyncio.Event()
 
@@ -169,7 +150,7 @@ async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(url: s
     worker = Worker(name="w", backend=queue, handler=handler, keep_alive=0.1, stale_after=0.3)
     # As if this worker's claim committed but the reply never reached it.
     await admin_execute(
-        url,
+        mysql_url,
         "UPDATE apalis_tasks SET status = 'running', attempts = 1, lock_by = %s,"
         " lock_at = UNIX_TIMESTAMP(NOW(6)) - 1 WHERE id = %s",
         (worker.context.id, task_id),

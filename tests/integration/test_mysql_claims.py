@@ -5,30 +5,15 @@ The cases every store that claims ahead shares are in tests/conformance/test_cla
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status
 from apalis_mysql import MysqlStore
 
-from tests.conformance.stores.mysql import FACTORY
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MysqlStore]:
-    """A store in a fresh database of its own, dropped afterwards."""
-    made = await FACTORY.create(tmp_path)
-    assert isinstance(made, MysqlStore)
-    yield made
-    await FACTORY.destroy(made)
-
-
-async def test_acks_claim_ahead_only_while_claims_come_back_full(store: MysqlStore) -> None:
-    q = store.backend("q", codec=JsonCodec())
+async def test_acks_claim_ahead_only_while_claims_come_back_full(mysql_store: MysqlStore) -> None:
+    q = mysql_store.backend("q", codec=JsonCodec())
     (first,) = await q.push_bulk(["a"])
     stream = q.poll_compact(WorkerContext(id="w1", name="w1", queue="q", free_slots=lambda: 2))
     task = await anext(stream)  # asked for two, got one: no backlog

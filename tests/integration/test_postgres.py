@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -21,34 +20,7 @@ from apalis_sql import load_migrations
 from psycopg import sql
 
 from tests.conformance.stores.postgres import drop_schema, terminate_backends
-from tests.services import need_server
-
-
-def make_store(url: str, schema: str, **options: Any) -> PostgresStore:
-    spec = StoreSpec(
-        name="t", kind="postgres", url=url, options={"schema": schema, "application_name": schema, **options}
-    )
-    return PostgresStore.from_spec(spec)
-
-
-@pytest.fixture
-async def url() -> str:
-    return need_server("postgres")
-
-
-@pytest.fixture
-async def schema(url: str) -> AsyncIterator[str]:
-    name = f"apalis_t_{uuid.uuid4().hex[:12]}"
-    yield name
-    await drop_schema(url, name)
-
-
-@pytest.fixture
-async def store(url: str, schema: str) -> AsyncIterator[PostgresStore]:
-    made = make_store(url, schema)
-    await made.open()
-    yield made
-    await made.close()
+from tests.integration.conftest import make_postgres_store
 
 
 class Starts:
@@ -81,23 +53,23 @@ async def pushed_start_latency(producer: PostgresStore, queue: str, starts: Star
 
 
 async def test_an_idle_worker_is_woken_by_notify_from_another_process(
-    url: str, schema: str, store: PostgresStore
+    postgres_url: str, postgres_schema: str, postgres_store: PostgresStore
 ) -> None:
     # poll_interval is long, and the producer is another store (no shared in-process Waker):
     # only the NOTIFY can start the task quickly.
     starts = Starts()
-    _, stop, running = await start_worker(store, "q", starts, poll_interval=10.0, keep_alive=1.0)
-    producer = make_store(url, schema, application_name="producer")
+    _, stop, running = await start_worker(postgres_store, "q", starts, poll_interval=10.0, keep_alive=1.0)
+    producer = make_postgres_store(postgres_url, postgres_schema, application_name="producer")
     await producer.open()
     try:
-        listener = store.database.listen()
+        listener = postgres_store.database.listen()
         await asyncio.wait_for(listener.listening(), 5)
         await asyncio.sleep(0.5)  # idle long enough for the poll back-off to grow
         latencies = [await pushed_start_latency(producer, "q", starts) for _ in range(5)]
         assert max(latencies) < 0.5, latencies  # typically a few ms; loose for busy machines
 
         # The listener comes back after its connection is killed, and LISTENs again.
-        await terminate_backends(url, schema)
+        await terminate_backends(postgres_url, postgres_schema)
         for _ in range(500):
             if listener.connections >= 2:
                 break
@@ -111,27 +83,31 @@ async def test_an_idle_worker_is_woken_by_notify_from_another_process(
         await producer.close()
 
 
-async def test_only_the_advisory_lock_holder_sweeps(url: str, schema: str, store: PostgresStore) -> None:
-    queue = store.backend("q", codec=JsonCodec())
+async def test_only_the_advisory_lock_holder_sweeps(
+    postgres_url: str, postgres_schema: str, postgres_store: PostgresStore
+) -> None:
+    queue = postgres_store.backend("q", codec=JsonCodec())
     task_id = await queue.push({"orphan": True}, max_attempts=3)
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
         # A task left running by a worker that vanished without a farewell.
         await admin.execute(
             sql.SQL("UPDATE {}.tasks SET status = 'running', attempts = 1, lock_by = 'ghost' WHERE id = %s").format(
-                sql.Identifier(schema)
+                sql.Identifier(postgres_schema)
             ),
             (task_id,),
         )
         # Another sweeper holds the queue's sweep lock: this worker must leave the orphan alone.
-        await admin.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (schema, "q"))
+        await admin.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))", (postgres_schema, "q"))
         starts = Starts()
-        _, stop, running = await start_worker(store, "q", starts, keep_alive=0.1, stale_after=0.2, poll_interval=0.05)
+        _, stop, running = await start_worker(
+            postgres_store, "q", starts, keep_alive=0.1, stale_after=0.2, poll_interval=0.05
+        )
         try:
             await asyncio.sleep(0.8)
             held = await queue.get(task_id)
             assert held is not None
             assert (held.ctx.status, held.ctx.lock_by) == (Status.RUNNING, "ghost")
-            await admin.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (schema, "q"))
+            await admin.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (postgres_schema, "q"))
             await asyncio.wait_for(starts.event.wait(), 5)
         finally:
             stop.set()
@@ -142,23 +118,24 @@ async def test_only_the_advisory_lock_holder_sweeps(url: str, schema: str, store
     assert done.ctx.attempts == 2  # the orphaned run counted
 
 
-async def test_migrations_applied_twice_are_a_no_op(url: str, schema: str) -> None:
-    first = make_store(url, schema)
+async def test_migrations_applied_twice_are_a_no_op(postgres_url: str, postgres_schema: str) -> None:
+    first = make_postgres_store(postgres_url, postgres_schema)
     await first.open()
-    second = make_store(url, schema)
+    second = make_postgres_store(postgres_url, postgres_schema)
     await second.open()
     every = [m.version for m in load_migrations("apalis_postgres")]
     try:
         assert first.migrations_applied == every
         assert second.migrations_applied == []
         await first.open()  # idempotent on an open store too
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
             cursor = await admin.execute(
-                sql.SQL("SELECT version FROM {}.schema_version").format(sql.Identifier(schema))
+                sql.SQL("SELECT version FROM {}.schema_version").format(sql.Identifier(postgres_schema))
             )
             assert sorted(await cursor.fetchall()) == [(v,) for v in every]
             cursor = await admin.execute(
-                "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'tasks_ready'", (schema,)
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'tasks_ready'",
+                (postgres_schema,),
             )
             [(ready,)] = await cursor.fetchall()
             assert "(queue, priority DESC, run_at, id)" in ready, "ties in priority and run_at are claimed in id order"
@@ -176,9 +153,9 @@ def test_a_malicious_or_bad_schema_name_is_a_config_error(bad: object) -> None:
     assert caught.value.key == "schema"
 
 
-async def test_schema_names_are_quoted(url: str) -> None:
+async def test_schema_names_are_quoted(postgres_url: str) -> None:
     name = f"Apalis_T_{uuid.uuid4().hex[:8]}"  # mixed case only survives when quoted
-    store = make_store(url, name)
+    store = make_postgres_store(postgres_url, name)
     await store.open()
     try:
         queue = store.backend("q", codec=JsonCodec())
@@ -186,7 +163,7 @@ async def test_schema_names_are_quoted(url: str) -> None:
         assert (await queue.get(task_id)) is not None
     finally:
         await store.close()
-        await drop_schema(url, name)
+        await drop_schema(postgres_url, name)
 
 
 async def test_passwords_never_appear_in_errors() -> None:
@@ -217,19 +194,19 @@ async def test_unknown_option_names_its_key() -> None:
 
 
 async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(
-    url: str, schema: str, store: PostgresStore
+    postgres_url: str, postgres_schema: str, postgres_store: PostgresStore
 ) -> None:
-    queue = store.backend("q", codec=JsonCodec())
+    queue = postgres_store.backend("q", codec=JsonCodec())
     task_id = await queue.push({"lost": True})
     starts = Starts()
     worker = Worker(name="w", backend=queue, handler=starts.handler, keep_alive=0.1, stale_after=0.3)
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
         # As if this worker's claim committed but the reply never reached it.
         await admin.execute(
             sql.SQL(
                 "UPDATE {}.tasks SET status = 'running', attempts = 1, lock_by = %s,"
                 " lock_at = extract(epoch FROM now()) - 1 WHERE id = %s"
-            ).format(sql.Identifier(schema)),
+            ).format(sql.Identifier(postgres_schema)),
             (worker.context.id, task_id),
         )
     stop = asyncio.Event()
@@ -244,11 +221,11 @@ async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(
     assert (done.ctx.status, done.ctx.attempts) == (Status.DONE, 1)  # the lost claim was not counted
 
 
-async def test_durable_push_can_be_traded_for_latency(url: str, schema: str) -> None:
+async def test_durable_push_can_be_traded_for_latency(postgres_url: str, postgres_schema: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        make_store(url, schema, durable_push="no")
+        make_postgres_store(postgres_url, postgres_schema, durable_push="no")
     assert caught.value.key == "durable_push"
-    store = make_store(url, schema, durable_push=False)
+    store = make_postgres_store(postgres_url, postgres_schema, durable_push=False)
     await store.open()
     try:
         queue = store.backend("q", codec=JsonCodec())

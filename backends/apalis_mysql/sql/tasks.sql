@@ -1,5 +1,6 @@
 -- Statements on tasks: `columns` is the shared task column list, `now` the server's clock in
--- epoch seconds. Statements with a list built per call (ids, rows) take positional parameters.
+-- epoch seconds. Statements with a list built per call (ids, rows) take positional parameters;
+-- a named parameter given a list (`keys`, `running`) is bound as an `IN` list.
 
 -- name: claim_select
 -- Lock up to `limit` ready tasks; SKIP LOCKED leaves those another claimer holds to it.
@@ -21,7 +22,7 @@ VALUES {rows}
 ON DUPLICATE KEY UPDATE id = id
 
 -- name: key_holders
-SELECT idempotency_key, id FROM {prefix}tasks WHERE queue = %s AND idempotency_key IN ({keys})
+SELECT idempotency_key, id FROM {prefix}tasks WHERE queue = %(queue)s AND idempotency_key IN %(keys)s
 
 -- name: ack_done
 -- Runs that ended done under one worker with the same result; a task no longer running under
@@ -53,8 +54,8 @@ WHERE t.status = 'running'
 -- connection), locked longer than stale_after ago: back to pending, the attempt not counted.
 UPDATE {prefix}tasks
 SET status = 'pending', attempts = GREATEST(attempts - 1, 0), lock_by = NULL, lock_at = NULL
-WHERE queue = %s AND status = 'running' AND lock_by = %s
-  AND lock_at < {now} - %s AND id NOT IN ({running})
+WHERE queue = %(queue)s AND status = 'running' AND lock_by = %(worker)s
+  AND lock_at < {now} - %(grace)s AND id NOT IN %(running)s
 
 -- name: recover
 -- Running tasks whose worker stopped beating: run again now, or killed if out of attempts.

@@ -27,7 +27,7 @@ WITH acked AS (
          -- listening pollers, in this round trip. The server sends it once, on commit; it is
          -- evaluated only when some task was acknowledged (a batch of lost leases wakes no one).
          (SELECT set_config('synchronous_commit', 'off', true),
-                 CASE WHEN %(wake)s THEN pg_notify(%(channel)s, %(queue)s) END) AS effects
+                 CASE WHEN %(wake)s THEN pg_notify({channel}, %(queue)s) END) AS effects
     -- Each task is fetched by primary key: the ids come as a subquery's result, unknown when the
     -- statement is planned, and the running check is that lock_by matches (a task has a lock_by
     -- exactly while it runs: every way out of 'running' clears it). Given the array itself, or

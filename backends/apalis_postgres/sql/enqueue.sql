@@ -14,7 +14,7 @@ WITH inserted AS (
 )
 SELECT inserted.id
 FROM inserted,
-     (SELECT pg_notify(%(channel)s, %(queue)s)) AS notified,
+     (SELECT pg_notify({channel}, %(queue)s)) AS notified,
      -- The server's own setting unless the store has `durable_push = false` (then 'off').
      (SELECT set_config('synchronous_commit', coalesce(%(commit)s, current_setting('synchronous_commit')), true))
          AS durability

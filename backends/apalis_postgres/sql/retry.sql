@@ -5,4 +5,4 @@ WITH retried AS (
     WHERE queue = %(queue)s AND id = %(id)s AND status IN ('failed', 'killed')
     RETURNING id
 )
-SELECT retried.id FROM retried, (SELECT pg_notify(%(channel)s, %(queue)s)) AS notified
+SELECT retried.id FROM retried, (SELECT pg_notify({channel}, %(queue)s)) AS notified

@@ -1,29 +1,32 @@
-"""Inspecting and administering a MySQL/MariaDB queue: plain statements on the tasks table
-(`sql/inspect.sql`) and the workers table (`workers` in `sql/workers.sql`), pages by keyset and
-activity (`sql/browse.sql`, read through `apalis_sql.browse`); a retry wakes this process's
-pollers (other processes find it by polling)."""
+"""Inspecting and administering one queue of a server-backed SQL store, written once.
+
+Plain named statements on the tasks and workers tables (`get_task`, `stats`, `workers`,
+`retry`, `kill`, `purge`) and the board's pages and activity (`browse`), run through the
+store's `SqlDatabase`. A retry wakes the queue's pollers: here at once, elsewhere through the
+server's push path where it has one (PostgreSQL's `retry` statement NOTIFYs), else by polling.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import browse_tasks, queue_activity, stats_from_rows, task_from_row, worker_from_row
 
-if TYPE_CHECKING:
-    from .connection import Database
+from .browse import browse_tasks, queue_activity
+from .database import SqlDatabase
+from .rows import stats_from_rows, task_from_row, worker_from_row
 
-__all__ = ["MysqlInspector"]
+__all__ = ["SqlInspector"]
 
 
-class MysqlInspector:
-    """The `Inspector` half of a `MysqlQueue` (also a `TaskBrowser` and an `ActivitySource`)."""
+class SqlInspector:
+    """The `Inspector` half of a `SqlQueue` (also a `TaskBrowser` and an `ActivitySource`)."""
 
     queue: str
-    _db: Database
+    _db: SqlDatabase
 
     async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
         """Tasks of the queue (optionally of one status), by run_at: the first pages by keyset."""
@@ -31,35 +34,32 @@ class MysqlInspector:
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One task by id."""
-        rows = await self._db.fetch(self._db.sql["get_task"], {"queue": self.queue, "id": task_id})
+        rows = await self._db.fetch("get_task", {"queue": self.queue, "id": task_id})
         return task_from_row(rows[0]) if rows else None
 
     async def stats(self) -> QueueStats:
         """Counts per status."""
-        rows = await self._db.fetch(self._db.sql["stats"], {"queue": self.queue})
-        return stats_from_rows(self.queue, rows)
+        return stats_from_rows(self.queue, await self._db.fetch("stats", {"queue": self.queue}))
 
     async def workers(self) -> list[WorkerInfo]:
         """Workers registered on this queue."""
-        rows = await self._db.fetch(self._db.sql["workers"], {"queue": self.queue})
-        return [worker_from_row(row) for row in rows]
+        return [worker_from_row(row) for row in await self._db.fetch("workers", {"queue": self.queue})]
 
     async def retry(self, task_id: TaskId) -> bool:
         """A failed or killed task runs again now with a fresh count of attempts."""
-        changed = await self._db.execute(self._db.sql["retry"], {"queue": self.queue, "id": task_id})
+        changed = await self._db.execute("retry", {"queue": self.queue, "id": task_id})
         if changed:
             self._db.waker(self.queue).notify()
         return changed > 0
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
         """Kill a task that has not finished."""
-        params = {"queue": self.queue, "id": task_id, "reason": reason}
-        return await self._db.execute(self._db.sql["kill"], params) > 0
+        return await self._db.execute("kill", {"queue": self.queue, "id": task_id, "reason": reason}) > 0
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete tasks of `status` older than `older_than` seconds."""
         params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
-        return await self._db.execute(self._db.sql["purge"], params)
+        return await self._db.execute("purge", params)
 
     async def browse(
         self,
@@ -80,5 +80,4 @@ class MysqlInspector:
         return await queue_activity(self._fetch, self.queue, since)
 
     async def _fetch(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
-        rows: list[Any] = await self._db.fetch(self._db.sql[name], dict(params))
-        return rows
+        return await self._db.fetch(name, params)

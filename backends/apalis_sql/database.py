@@ -1,0 +1,116 @@
+"""What the shared SQL queue asks of one server's `Database` (PostgreSQL, MySQL/MariaDB).
+
+The queue, its inspector and its heartbeat are written once (`queue`, `inspector`); each store's
+`connection.Database` holds the pool, runs named statements of its `sql/` files with retries,
+and answers the few questions whose SQL differs in more than its text: how a batch is inserted,
+how a claim locks and returns its rows, how one statement applies a batch of acknowledgements
+(and claims ahead), how a transaction is opened, and how other processes are woken (NOTIFY; or
+not at all, where they find work by polling).
+
+Parameters are always named (`%(queue)s`); a list value is an array for PostgreSQL and an
+`IN (...)` list for MySQL (its `Database` binds it so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from apalis_cli.ahead import Held
+from apalis_cli.backend import NewTask
+from apalis_cli.contact import Contact
+from apalis_cli.polling import Waker
+from apalis_cli.task import Task
+
+from .acks import AckPlan
+
+__all__ = ["Backlog", "Rows", "Session", "SqlDatabase"]
+
+T = TypeVar("T")
+Rows = Sequence[Sequence[Any]]
+
+
+class Backlog(Held):
+    """Tasks claimed ahead for one polling worker, and whether its last claim got all it asked
+    for (`backlog`). A store that claims ahead only then (`SqlDatabase.ahead_on_backlog`) keeps
+    its acks one statement while tasks trickle in: a locking select in every ack would find
+    nothing and cost the server for nothing."""
+
+    __slots__ = ("backlog",)
+
+    def __init__(self, worker_id: str, waker: Waker) -> None:
+        super().__init__(worker_id, waker)
+        self.backlog = False
+
+
+class Session(Protocol):
+    """Named statements on one connection (in a transaction where the store opens one)."""
+
+    async def execute(self, name: str, params: Mapping[str, Any]) -> int:
+        """Run the statement; the rows it changed (or returned)."""
+        ...
+
+    async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
+        """Run the statement; its rows."""
+        ...
+
+
+class SqlDatabase(Protocol):
+    """One server's pool, statements and dialect, as the shared queue uses them."""
+
+    contact: Contact
+    """This process's contact with the server: the orphan sweep waits for a steady one."""
+    ahead_on_backlog: bool
+    """Claim ahead in an ack only for a worker whose last claim came back full."""
+    releases_sweep_lock: bool
+    """The sweep lock outlives the transaction: `sweep_unlock` frees it after the sweep."""
+
+    async def open(self) -> list[int]:
+        """Connect and migrate; the migrations applied now."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection."""
+        ...
+
+    def waker(self, queue: str) -> Waker:
+        """The in-process `Waker` of `queue`."""
+        ...
+
+    def listen(self) -> object:
+        """Start hearing other processes' wake-ups, where the server can push them."""
+        ...
+
+    async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
+        """All rows of the named statement, retried while the connection is lost."""
+        ...
+
+    async def execute(self, name: str, params: Mapping[str, Any]) -> int:
+        """Run the named statement, retried; the rows it changed (or returned)."""
+        ...
+
+    async def session(self, op: Callable[[Session], Awaitable[T]]) -> T:
+        """`op` on one connection (a transaction where the dialect wants one), retried whole."""
+        ...
+
+    async def notify(self, queue: str) -> None:
+        """Wake the pollers of `queue`, here and (where the server can push) in other processes."""
+        ...
+
+    def sweep_params(self, queue: str) -> dict[str, Any]:
+        """The parameters of `sweep_lock` (and `sweep_unlock`, where the store has one)."""
+        ...
+
+    async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
+        """Insert `tasks`, skipping ids and keys already stored, and wake other processes;
+        how many rows were inserted."""
+        ...
+
+    async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
+        """Up to `limit` ready tasks locked for `worker_id`, highest priority and oldest first."""
+        ...
+
+    async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
+        """Apply `plan` and, in the same write, claim up to `n` tasks for each `(worker_id, n)`
+        of `slots`; the tasks claimed per slot, in claim order."""
+        ...

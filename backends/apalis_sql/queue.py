@@ -1,0 +1,143 @@
+"""`SqlQueue`: one queue of a server-backed SQL store (PostgreSQL, MySQL/MariaDB), written once.
+
+The flow is the same on every server; what differs is asked of the store's `SqlDatabase`:
+
+- push: `insert` (skipping ids and keys already stored); a key held by another task gives its
+  id (`key_holders`). Pollers here are woken at once, elsewhere by the server's push path.
+- poll: `ClaimsAhead.poll` over `claim`: batches of free slots, tasks claimed ahead first.
+- ack: the batch grouped by outcome (`plan_acks`), applied by `ack` in one write that also
+  claims, for each polling worker whose runs ended here, as many tasks as those runs free (so
+  a busy worker waits for one round trip or commit per batch, not two).
+- heartbeat: register the worker, give back its lost claims, and (one worker of the queue at a
+  time, under the sweep lock, once this process's contact with the server is steady) forget
+  silent workers, recover their tasks and purge expired ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from apalis_cli.ahead import ClaimsAhead, Fetch
+from apalis_cli.backend import NewTask, WorkerContext
+from apalis_cli.codec import Codec
+from apalis_cli.polling import Waker, beat_every
+from apalis_cli.queue_base import QueueBase
+from apalis_cli.service import Outcome
+from apalis_cli.task import Task, TaskId
+
+from .acks import plan_acks
+from .database import Backlog, Session, SqlDatabase
+from .inspector import SqlInspector
+
+__all__ = ["SqlQueue"]
+
+
+class SqlQueue(QueueBase, SqlInspector):
+    """One queue of a SQL store, over its `SqlDatabase`."""
+
+    def __init__(self, database: SqlDatabase, queue: str, *, codec: Codec, max_attempts: int) -> None:
+        super().__init__(queue, codec=codec, max_attempts=max_attempts)
+        self._db = database
+        self._ahead = ClaimsAhead(self.ack_batch, Backlog)
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Insert tasks (other processes woken); known keys give the existing ids."""
+        if not tasks:
+            return []
+        db, queue = self._db, self.queue
+        inserted = await db.insert(queue, tasks)
+        db.waker(queue).notify()
+        keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+        if inserted == len(tasks) or not keys:
+            return [t.id for t in tasks]  # a task skipped without a key was stored by an earlier try
+        holders = {key: task_id for key, task_id in await db.fetch("key_holders", {"queue": queue, "keys": keys})}
+        return [t.id if t.idempotency_key is None else holders.get(t.idempotency_key, t.id) for t in tasks]
+
+    def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        """Ready tasks claimed in batches of free slots; woken by the server's push path where it
+        has one, else by polling with backoff capped at `poll_interval`.
+
+        Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first.
+        """
+
+        def start() -> tuple[Fetch, Waker]:
+            db, queue, worker_id = self._db, self.queue, worker.id
+            db.listen()
+
+            async def fetch(limit: int) -> list[Task[bytes]]:
+                claimed = await db.claim(queue, worker_id, limit)
+                holder = self._ahead.holder(worker_id)
+                if holder is not None:
+                    holder.backlog = len(claimed) == limit
+                return claimed
+
+            return fetch, db.waker(queue)
+
+        return self._ahead.poll(worker, start)
+
+    def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
+        """Register and refresh `worker`; release its lost claims; sweep orphans and purge
+        expired tasks under the sweep lock, so one worker of the queue sweeps at a time, and
+        only once this process has had the server reachable for `stale_after`
+        (`apalis_cli.contact`)."""
+        db, queue = self._db, self.queue
+        lock = db.sweep_params(queue)
+        stale = {"queue": queue, "stale_after": worker.stale_after}
+
+        async def beat_in(s: Session) -> bool:
+            running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
+            await s.execute(
+                "beat",
+                {
+                    "id": worker.id,
+                    "name": worker.name,
+                    "queue": queue,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "started_at": worker.started_at,
+                    "layers": json.dumps(list(worker.layers)),
+                    "running": len(running),
+                },
+            )
+            lost = {"queue": queue, "worker": worker.id, "grace": worker.stale_after, "running": running}
+            woke = await s.execute("release_lost", lost) > 0
+            # Asked at each try: a beat retried across an outage does not sweep right after it.
+            if not db.contact.steady_for(worker.stale_after):
+                return woke
+            locked = await s.fetch("sweep_lock", lock)
+            if not (locked and locked[0][0]):
+                return woke
+            await s.execute("forget_workers", stale)
+            woke = await s.execute("recover", stale) > 0 or woke  # counts the tasks that run again
+            await s.execute("purge_expired", {"queue": queue, "retention": worker.retention})
+            if db.releases_sweep_lock:
+                await s.execute("sweep_unlock", lock)
+            return woke
+
+        async def beat() -> None:
+            if await db.session(beat_in):
+                await db.notify(queue)
+
+        async def farewell() -> None:
+            await db.execute("farewell", {"id": worker.id})
+
+        return beat_every(worker, beat, farewell, db.contact)
+
+    async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
+        """Apply a batch of outcomes in one write (the server's clock stamps done_at), claiming
+        ahead for the polling workers whose runs ended here (see `apalis_cli.ahead`)."""
+        if not items:
+            return
+        db = self._db
+        plan = plan_acks(items, time.time())
+        want = [(h, n) for h, n in self._ahead.wanted(items) if h.backlog or not db.ahead_on_backlog]
+        claimed = await db.ack(self.queue, plan, [(holder.worker_id, n) for holder, n in want])
+        if plan.wake:  # released (or instantly retried) tasks are ready for this process's pollers too
+            db.waker(self.queue).notify()
+        for (holder, count), tasks in zip(want, claimed, strict=True):
+            holder.backlog = len(tasks) == count
+            if tasks:
+                await self._ahead.hand_over(holder, tasks)

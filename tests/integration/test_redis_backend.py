@@ -289,3 +289,32 @@ async def test_pushes_in_bulk_are_one_round_trip_and_idempotent(store: RedisStor
     assert await backend.push({"k": 2}, idempotency_key="same") == first
     client: Redis = store.client
     assert await client.get(f"{backend.keys.base}k:same") == first.encode()
+
+
+async def test_the_control_plane_keys_share_the_queue_hash_tag(store: RedisStore) -> None:
+    backend = store.backend("ctl", codec=JsonCodec())
+    doomed = await backend.push({"a": 1}, delay=60)
+    waited = await backend.push({"a": 2}, delay=60)
+    await backend.pause()
+    assert (await backend.cancel(doomed, "no")).state.value == "cancelled"
+    assert await backend.wait(waited, timeout=0.05) is None  # registers the wait
+    ns = store.config.namespace
+    keys = {k.decode() async for k in store.client.scan_iter(match=f"{ns}:*")}
+    assert {f"{ns}:{{ctl}}:{name}" for name in ("paused", "waiting", "cancelled")} <= keys
+    assert all(k.startswith(f"{ns}:{{ctl}}:") for k in keys), keys  # one Cluster slot per queue
+
+
+async def test_bulk_actions_go_batch_by_batch_up_to_their_limit(store: RedisStore) -> None:
+    from apalis_cli.control import BulkAction, BulkFilter
+    from apalis_cli.task import Status
+
+    backend = store.backend("bulky", codec=JsonCodec())
+    count = 12_000  # two and a half batches of one script call each
+    await backend.push_bulk([{"n": 1}] * count, delay=3600)
+    killed = frozenset({Status.KILLED})
+
+    assert await backend.bulk(BulkAction.KILL, BulkFilter(statuses=frozenset({Status.PENDING}))) == count
+    assert await backend.bulk(BulkAction.RETRY, BulkFilter(statuses=killed, limit=7_777)) == 7_777
+    assert await backend.bulk(BulkAction.RETRY, BulkFilter(statuses=killed), dry_run=True) == count - 7_777
+    counts = (await backend.stats()).counts
+    assert (counts[Status.PENDING], counts[Status.KILLED]) == (7_777, count - 7_777)

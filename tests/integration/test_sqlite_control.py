@@ -213,3 +213,23 @@ async def test_a_version_2_database_is_migrated_keeping_its_tasks(tmp_path: Path
         assert {"apalis_tasks_ready", "apalis_tasks_key", "apalis_tasks_by_status"} <= indexes
         assert check.execute("SELECT version FROM apalis_schema_version").fetchone() == (3,)
     check.close()
+
+
+async def test_bulk_actions_go_batch_by_batch_up_to_their_limit(tmp_path: Path) -> None:
+    from apalis_cli.control import BulkAction, BulkFilter
+
+    one = store(tmp_path)
+    await one.open()
+    try:
+        q = queue(one)
+        count = 25_000  # two and a half batches of one statement each
+        await q.push_bulk([{"n": 1}] * count, delay=3600)
+        killed = frozenset({Status.KILLED})
+
+        assert await q.bulk(BulkAction.KILL, BulkFilter(statuses=frozenset({Status.PENDING}))) == count
+        assert await q.bulk(BulkAction.RETRY, BulkFilter(statuses=killed, limit=12_345)) == 12_345
+        assert await q.bulk(BulkAction.RETRY, BulkFilter(statuses=killed), dry_run=True) == count - 12_345
+        counts = (await q.stats()).counts
+        assert (counts[Status.PENDING], counts[Status.KILLED]) == (12_345, count - 12_345)
+    finally:
+        await one.close()

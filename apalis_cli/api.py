@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
@@ -34,6 +33,7 @@ from .config_fields import did_you_mean
 from .control import Waiter
 from .errors import ConfigError, Unsupported, UsageError
 from .registry import build_store
+from .storable import decode_result
 from .task import Task, TaskId
 
 __all__ = [
@@ -139,13 +139,7 @@ class WaitTimeout(TimeoutError):
 def result_of(task: Task[Any]) -> Any:
     """A finished task's result as the handler returned it (decoded from the JSON text that
     stores keep); None when it has none or its store keeps no results."""
-    result = task.ctx.result
-    if isinstance(result, str | bytes):
-        try:
-            return json.loads(result)
-        except ValueError:
-            return result
-    return result
+    return decode_result(task.ctx.result)
 
 
 class Sink:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -14,7 +12,7 @@ import pika
 import pytest
 from apalis_amqp import AmqpStore
 from apalis_amqp.queue import AmqpQueue
-from apalis_cli.backend import StoreSpec, WorkerContext
+from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import Abort, BackendError, ConnectionLost, Unsupported
 from apalis_cli.layers.retry import Backoff
@@ -23,28 +21,11 @@ from apalis_cli.worker import Worker
 
 from ..conformance.stores.amqp import abort_connection
 from ..services import need_server
+from .conftest import open_amqp_store
 from .running import run_until
 
-
-async def _store(prefix: str) -> AmqpStore:
-    spec = StoreSpec(name="it", kind="amqp", url=need_server("amqp"), options={"prefix": prefix})
-    store = AmqpStore.from_spec(spec)
-    await store.open()
-    return store
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[AmqpStore]:
-    made = await _store(f"it{uuid.uuid4().hex[:10]}")
-    try:
-        yield made
-    finally:
-        names = set(made.connection.created)
-        await made.close()
-        channel = await made.connection.channel()
-        for name in sorted(names):
-            await channel.queue_delete(name)
-        await made.connection.close()
+STORE_KINDS = ("amqp",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 def _worker(queue: AmqpQueue, handler: Any, **options: Any) -> Worker:
@@ -101,7 +82,7 @@ async def test_killed_task_is_peekable_in_the_dead_letter_queue(store: AmqpStore
 
 async def test_a_dead_workers_task_is_redelivered_and_the_lost_run_counted(store: AmqpStore) -> None:
     prefix = store.config.prefix
-    doomed = await _store(prefix)  # another connection: the "process" that dies
+    doomed = await open_amqp_store(prefix)  # another connection: the "process" that dies
     queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
     task_id = await queue.push({"n": 1})
     ghost = WorkerContext(id="ghost", name="ghost", queue="jobs", concurrency=1, free_slots=lambda: 1)

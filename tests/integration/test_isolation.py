@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,6 @@ from apalis_cli.layers.retry import Backoff
 from apalis_cli.service import Layer
 from apalis_cli.task import Status, Task, TaskContext
 from apalis_cli.worker import Worker
-
-from tests.conformance.factory import StoreFactory
-from tests.conformance.stores.postgres import FACTORY as POSTGRES
-from tests.conformance.stores.sqlite import FACTORY as SQLITE
 
 from .running import run_until
 
@@ -75,14 +70,8 @@ MIB = 1024 * 1024
 FAST = Backoff(kind="constant", base=60.0, max=60.0, jitter=False)  # a retry stays out of the way
 
 
-@pytest.fixture(params=[SQLITE, POSTGRES], ids=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    factory: StoreFactory = request.param
-    created = await factory.create(tmp_path)
-    try:
-        yield created
-    finally:
-        await factory.destroy(created)
+STORE_KINDS = ("sqlite", "postgres")
+"""The store kinds the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 class Run:

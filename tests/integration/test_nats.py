@@ -8,7 +8,6 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -24,25 +23,11 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConf
 
 from ..conformance.stores.nats import abort_connection
 from ..services import need_server
+from .conftest import open_nats_store
 from .running import run_until
 
-
-async def _store(tag: str) -> NatsStore:
-    options = {"stream": f"I{tag}", "prefix": f"i{tag}", "storage": "memory"}
-    store = NatsStore.from_spec(StoreSpec(name="it", kind="nats", url=need_server("nats"), options=options))
-    await store.open()
-    return store
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[NatsStore]:
-    made = await _store(uuid.uuid4().hex[:10])
-    try:
-        yield made
-    finally:
-        js = await made.connection.js()
-        await js.delete_stream(made.config.stream)
-        await made.close()
+STORE_KINDS = ("nats",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 def _worker(queue: NatsQueue, handler: Any, **options: Any) -> Worker:
@@ -52,7 +37,7 @@ def _worker(queue: NatsQueue, handler: Any, **options: Any) -> Worker:
 
 
 async def test_a_dead_workers_task_comes_back_after_ack_wait_counted(store: NatsStore) -> None:
-    doomed = await _store(store.config.stream[1:])  # another connection: the "process" that dies
+    doomed = await open_nats_store(store.config.stream[1:])  # another connection: the "process" that dies
     queue = store.backend("jobs", codec=JsonCodec(), max_attempts=3)
     task_id = await queue.push({"n": 1})
     ghost = WorkerContext(id="ghost", name="ghost", queue="jobs", stale_after=0.5, free_slots=lambda: 1)

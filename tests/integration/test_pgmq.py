@@ -8,7 +8,6 @@ import base64
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -23,7 +22,6 @@ from apalis_cli.worker import Worker
 from apalis_pgmq import PgmqStore
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.integration.pgmq_install import scratch_database
 from tests.services import need_server
 
 from .running import run_until
@@ -31,20 +29,8 @@ from .running import run_until
 FAST = Backoff(kind="constant", base=0.05, max=0.05, jitter=False)
 
 
-@pytest.fixture
-def url() -> str:
-    return scratch_database(need_server("postgres"))
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[PgmqStore]:
-    app = f"apalis_it_{os.urandom(4).hex()}"
-    made = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=f"{url}?application_name={app}"))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
+STORE_KINDS = ("pgmq",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 @pytest.fixture
@@ -64,10 +50,10 @@ def official_client(url: str) -> Any:
     return PGMQueue(conn_string=url, init_extension=False, pool_size=1)
 
 
-async def test_official_client_send_is_a_task_for_us(store: PgmqStore, url: str, queue: str) -> None:
+async def test_official_client_send_is_a_task_for_us(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
     await backend.stats()  # creates the queue
-    client = official_client(url)
+    client = official_client(pgmq_url)
     try:
         msg_id = await asyncio.to_thread(client.send, queue, {"to": "ann", "n": 1})
     finally:
@@ -81,15 +67,15 @@ async def test_official_client_send_is_a_task_for_us(store: PgmqStore, url: str,
     worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, backoff=FAST)
     await run_until(worker, lambda: bool(seen))
     assert seen == [(str(msg_id), {"to": "ann", "n": 1}, 1)]
-    archived = await sql(url, f"SELECT message, headers FROM pgmq.a_{queue} WHERE msg_id = %s", (msg_id,))
+    archived = await sql(pgmq_url, f"SELECT message, headers FROM pgmq.a_{queue} WHERE msg_id = %s", (msg_id,))
     assert archived == [({"to": "ann", "n": 1}, {"apalis": {"result": '"sent"'}})]
 
 
-async def test_foreign_headers_of_any_shape_are_acknowledged(store: PgmqStore, url: str, queue: str) -> None:
+async def test_foreign_headers_of_any_shape_are_acknowledged(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
     await backend.stats()  # creates the queue
     for headers in ("[1, 2]", '"text"', '{"apalis": 5, "trace": "t"}'):
-        await sql(url, "SELECT pgmq.send(%s, '{\"n\": 1}'::jsonb, %s::jsonb)", (queue, headers))
+        await sql(pgmq_url, "SELECT pgmq.send(%s, '{\"n\": 1}'::jsonb, %s::jsonb)", (queue, headers))
     runs: list[int] = []
 
     async def handler(args: Any, task: Task[bytes]) -> None:
@@ -101,14 +87,14 @@ async def test_foreign_headers_of_any_shape_are_acknowledged(store: PgmqStore, u
     await run_until(worker, lambda: len(runs) == 6)
     stats = await backend.stats()
     assert stats.counts[Status.DONE] == 3
-    rows = await sql(url, f"SELECT headers -> 'trace' FROM pgmq.a_{queue} WHERE headers ? 'trace'")
+    rows = await sql(pgmq_url, f"SELECT headers -> 'trace' FROM pgmq.a_{queue} WHERE headers ? 'trace'")
     assert rows == [("t",)]
 
 
-async def test_our_push_is_a_message_for_the_official_client(store: PgmqStore, url: str, queue: str) -> None:
+async def test_our_push_is_a_message_for_the_official_client(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=4)
     task_id = await backend.push({"to": "bob"}, meta={"trace": "t1"})
-    client = official_client(url)
+    client = official_client(pgmq_url)
     try:
         message = await asyncio.to_thread(client.read, queue, 30)
         assert await asyncio.to_thread(client.archive, queue, message.msg_id)
@@ -123,11 +109,11 @@ async def test_our_push_is_a_message_for_the_official_client(store: PgmqStore, u
     assert stored.ctx.status is Status.DONE
 
 
-async def test_msgpack_payload_is_base64_with_a_header(store: PgmqStore, url: str, queue: str) -> None:
+async def test_msgpack_payload_is_base64_with_a_header(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=MsgpackCodec(), max_attempts=1)
     value = {"blob": b"\x00\xff", "n": -3}
     task_id = await backend.push(value)
-    rows = await sql(url, f"SELECT message, headers FROM pgmq.q_{queue} WHERE msg_id = %s", (int(task_id),))
+    rows = await sql(pgmq_url, f"SELECT message, headers FROM pgmq.q_{queue} WHERE msg_id = %s", (int(task_id),))
     assert rows == [
         (base64.b64encode(backend.codec.encode(value)).decode(), {"apalis": {"max_attempts": 1, "enc": "base64"}})
     ]
@@ -140,16 +126,16 @@ async def test_msgpack_payload_is_base64_with_a_header(store: PgmqStore, url: st
     assert got == [value]
 
 
-async def test_json_text_that_jsonb_would_reorder_travels_exactly(store: PgmqStore, url: str, queue: str) -> None:
+async def test_json_text_that_jsonb_would_reorder_travels_exactly(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec())
     plain = await backend.push_compact(b'{"a":1,"bb":[1.5,"x"]}')
     reordered = await backend.push_compact(b'{"long":1,"s":2}')
-    rows = dict(await sql(url, f"SELECT msg_id::text, headers -> 'apalis' ? 'text' FROM pgmq.q_{queue}"))
+    rows = dict(await sql(pgmq_url, f"SELECT msg_id::text, headers -> 'apalis' ? 'text' FROM pgmq.q_{queue}"))
     assert rows == {plain: False, reordered: True}
     assert [t.args for t in await backend.list_tasks()] == [b'{"a":1,"bb":[1.5,"x"]}', b'{"long":1,"s":2}']
 
 
-async def test_a_batch_due_at_different_times_keeps_its_order(store: PgmqStore, url: str, queue: str) -> None:
+async def test_a_batch_due_at_different_times_keeps_its_order(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec())
     now = time.time()
     tasks = [
@@ -157,18 +143,22 @@ async def test_a_batch_due_at_different_times_keeps_its_order(store: PgmqStore, 
         for n, at in enumerate([now + 60, now - 1, now + 30, now + 60, now - 1])
     ]
     ids = await backend.enqueue(tasks)
-    rows = await sql(url, f"SELECT msg_id::text, message ->> 'n', extract(epoch FROM vt)::float8 FROM pgmq.q_{queue}")
+    rows = await sql(
+        pgmq_url, f"SELECT msg_id::text, message ->> 'n', extract(epoch FROM vt)::float8 FROM pgmq.q_{queue}"
+    )
     by_id = {msg_id: (int(n), vt) for msg_id, n, vt in rows}
     assert [by_id[i][0] for i in ids] == [0, 1, 2, 3, 4]
     for task, task_id in zip(tasks, ids, strict=True):
         assert by_id[task_id][1] == pytest.approx(max(task.run_at, now), abs=2.0)
 
 
-async def test_a_dead_workers_message_comes_back_with_read_ct_plus_one(store: PgmqStore, url: str, queue: str) -> None:
+async def test_a_dead_workers_message_comes_back_with_read_ct_plus_one(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
     task_id = await backend.push({"x": 1})
     # A worker that read the message and died: pgmq.read with a 1 s lease, never acknowledged.
-    await sql(url, "SELECT * FROM pgmq.read(%s, 1, 1)", (queue,))
+    await sql(pgmq_url, "SELECT * FROM pgmq.read(%s, 1, 1)", (queue,))
     assert (await backend.get(task_id)).ctx.status is Status.RUNNING  # type: ignore[union-attr]
     seen: list[int] = []
 
@@ -202,11 +192,11 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-async def test_a_task_of_a_worker_killed_with_sigkill_runs_again(store: PgmqStore, url: str, queue: str) -> None:
+async def test_a_task_of_a_worker_killed_with_sigkill_runs_again(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=2)
     task_id = await backend.push({"x": 1})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _DYING_WORKER, url, queue, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", _DYING_WORKER, pgmq_url, queue, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
@@ -224,10 +214,10 @@ async def test_a_task_of_a_worker_killed_with_sigkill_runs_again(store: PgmqStor
     assert seen == [(task_id, 2)]
 
 
-async def test_read_beyond_max_attempts_is_killed_not_run(store: PgmqStore, url: str, queue: str) -> None:
+async def test_read_beyond_max_attempts_is_killed_not_run(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=1)
     task_id = await backend.push({"x": 1})
-    await sql(url, "SELECT * FROM pgmq.read(%s, 0, 1)", (queue,))  # read once, lease already over
+    await sql(pgmq_url, "SELECT * FROM pgmq.read(%s, 0, 1)", (queue,))  # read once, lease already over
     seen: list[str] = []
 
     async def handler(args: Any, task: Task[bytes]) -> None:
@@ -254,7 +244,7 @@ async def test_read_beyond_max_attempts_is_killed_not_run(store: PgmqStore, url:
     assert "lease" in (got.ctx.last_error or "")
 
 
-async def test_heartbeat_extends_the_lease_of_a_long_task(store: PgmqStore, url: str, queue: str) -> None:
+async def test_heartbeat_extends_the_lease_of_a_long_task(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec(), max_attempts=1)
     await backend.push({"x": 1})
     runs: list[int] = []
@@ -283,7 +273,7 @@ async def test_heartbeat_extends_the_lease_of_a_long_task(store: PgmqStore, url:
     assert other == []
 
 
-async def test_worker_survives_pg_terminate_backend(store: PgmqStore, url: str, queue: str) -> None:
+async def test_worker_survives_pg_terminate_backend(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec())
     done: list[int] = []
 
@@ -301,7 +291,9 @@ async def test_worker_survives_pg_terminate_backend(store: PgmqStore, url: str, 
             await asyncio.sleep(0.01)
         app = conninfo_to_dict(store.config.url)["application_name"]
         killed = await sql(
-            url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s", (app,)
+            pgmq_url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            (app,),
         )
         assert killed[0][0] >= 2  # the pool and the LISTEN connection
         await backend.push_bulk(range(20, 40))
@@ -316,7 +308,7 @@ async def test_worker_survives_pg_terminate_backend(store: PgmqStore, url: str, 
     assert sorted(done) == list(range(40))
 
 
-async def test_idle_workers_wake_on_a_foreign_send(store: PgmqStore, url: str, queue: str) -> None:
+async def test_idle_workers_wake_on_a_foreign_send(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     started: dict[str, float] = {}
 
     def handler_for(name: str) -> Any:
@@ -341,7 +333,7 @@ async def test_idle_workers_wake_on_a_foreign_send(store: PgmqStore, url: str, q
         sent = {}
         for q in reversed(queues):
             sent[q] = time.monotonic()
-            await sql(url, "SELECT pgmq.send(%s, '{\"a\": 1}'::jsonb)", (q,))
+            await sql(pgmq_url, "SELECT pgmq.send(%s, '{\"a\": 1}'::jsonb)", (q,))
         deadline = time.monotonic() + 10
         while len(started) < 2:
             assert time.monotonic() < deadline
@@ -353,7 +345,7 @@ async def test_idle_workers_wake_on_a_foreign_send(store: PgmqStore, url: str, q
         assert started[q] - sent[q] < 1.0  # loose: polling alone would take up to 5 s
 
 
-async def test_the_listener_reconnects_after_pg_terminate_backend(store: PgmqStore, url: str, queue: str) -> None:
+async def test_the_listener_reconnects_after_pg_terminate_backend(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     started: list[float] = []
 
     async def handler(args: Any, task: Task[bytes]) -> None:
@@ -366,10 +358,12 @@ async def test_the_listener_reconnects_after_pg_terminate_backend(store: PgmqSto
     try:
         await asyncio.sleep(0.5)
         app = conninfo_to_dict(store.config.url)["application_name"]
-        await sql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app,))
+        await sql(
+            pgmq_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app,)
+        )
         await asyncio.sleep(2.5)  # reconnected, and idle long enough for the poll backoff to reach seconds
         sent = time.monotonic()
-        await sql(url, "SELECT pgmq.send(%s, '{}'::jsonb)", (queue,))
+        await sql(pgmq_url, "SELECT pgmq.send(%s, '{}'::jsonb)", (queue,))
         deadline = time.monotonic() + 10
         while not started:
             assert time.monotonic() < deadline
@@ -380,18 +374,18 @@ async def test_the_listener_reconnects_after_pg_terminate_backend(store: PgmqSto
     assert started[0] - sent < 1.0
 
 
-async def test_idempotency_key_returns_the_first_message(store: PgmqStore, url: str, queue: str) -> None:
+async def test_idempotency_key_returns_the_first_message(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec())
     first = await backend.push({"a": 1}, idempotency_key="k")
     again = await asyncio.gather(*(backend.push({"a": 2}, idempotency_key="k") for _ in range(5)))
     assert set(again) == {first}
-    assert await sql(url, f"SELECT count(*) FROM pgmq.q_{queue}") == [(1,)]
+    assert await sql(pgmq_url, f"SELECT count(*) FROM pgmq.q_{queue}") == [(1,)]
 
 
-async def test_a_dropped_queue_is_created_again(store: PgmqStore, url: str, queue: str) -> None:
+async def test_a_dropped_queue_is_created_again(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec())
     await backend.push(1)
-    await sql(url, "SELECT pgmq.drop_queue(%s)", (queue,))
+    await sql(pgmq_url, "SELECT pgmq.drop_queue(%s)", (queue,))
     task_id = await backend.push(2)
     assert [t.id for t in await backend.list_tasks()] == [task_id]
 
@@ -415,7 +409,7 @@ def test_queue_names_must_suit_pgmq() -> None:
     assert not made.capabilities.has(Capability.PRIORITY)
 
 
-async def test_open_without_pgmq_says_so(url: str) -> None:
+async def test_open_without_pgmq_says_so(pgmq_url: str) -> None:
     plain = need_server("postgres")
     made = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=plain))
     rows = await sql(plain, "SELECT to_regnamespace('pgmq') IS NOT NULL")
@@ -426,9 +420,9 @@ async def test_open_without_pgmq_says_so(url: str) -> None:
 
 
 async def test_an_unlogged_queue_the_official_client_made_is_used_as_it_is(
-    store: PgmqStore, url: str, queue: str
+    store: PgmqStore, pgmq_url: str, queue: str
 ) -> None:
-    client = official_client(url)
+    client = official_client(pgmq_url)
     try:
         await asyncio.to_thread(client.create_queue, queue, True)  # unlogged
         await asyncio.to_thread(client.send, queue, {"from": "client"})
@@ -444,5 +438,5 @@ async def test_an_unlogged_queue_the_official_client_made_is_used_as_it_is(
 
     await run_until(Worker(name="w", backend=backend, handler=handler, keep_alive=0.2), lambda: len(seen) == 2)
     assert seen == ["client", "apalis"]
-    [(persistence,)] = await sql(url, f"SELECT relpersistence FROM pg_class WHERE relname = 'q_{queue}'")
+    [(persistence,)] = await sql(pgmq_url, f"SELECT relpersistence FROM pg_class WHERE relname = 'q_{queue}'")
     assert persistence == "u", "still the client's unlogged table"

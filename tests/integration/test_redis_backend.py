@@ -7,8 +7,6 @@ import asyncio
 import socket
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +19,12 @@ from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
 from redis.asyncio import Redis
 
-from ..conformance.stores.redis import drop_namespace, kill_clients
-from ..services import need_binary, need_server
+from ..conformance.stores.redis import kill_clients
+from ..services import need_binary
+from .conftest import make_redis_store
 
-
-def make_store(url: str, namespace: str | None = None) -> RedisStore:
-    options = {"namespace": namespace or f"it-redis-{uuid.uuid4().hex[:12]}"}
-    return RedisStore.from_spec(StoreSpec(name="it", kind="redis", url=url, options=options))
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[RedisStore]:
-    made = make_store(need_server("redis"))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
-        await drop_namespace(made.config.url, made.config.namespace)
+STORE_KINDS = ("redis",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 class Running:
@@ -137,7 +123,7 @@ async def test_an_idle_worker_wakes_on_push_not_by_polling(store: RedisStore) ->
 
     running = worker(backend, handler, poll_interval=30.0)
     await asyncio.sleep(1.0)  # idle long enough for the poll backoff to reach its cap
-    other = make_store(store.config.url, store.config.namespace)  # a pusher elsewhere
+    other = make_redis_store(store.config.url, store.config.namespace)  # a pusher elsewhere
     await other.open()
     pushed = time.perf_counter()
     await other.backend("wake", codec=JsonCodec()).push({"x": 1})
@@ -233,7 +219,7 @@ async def test_a_server_restart_is_survived_and_the_worker_re_registers(tmp_path
     need_binary("redis-server")
     port = _free_port()
     server = _start_redis(port, tmp_path)
-    store = make_store(f"redis://127.0.0.1:{port}/0")
+    store = make_redis_store(f"redis://127.0.0.1:{port}/0")
     try:
         await store.open()
         backend = store.backend("restart", codec=JsonCodec())
@@ -265,7 +251,7 @@ async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
     need_binary("redis-server")
     sock = tmp_path / "redis.sock"
     server = _start_redis_on_socket(sock)
-    store = make_store(f"unix://{sock}?db=2")
+    store = make_redis_store(f"unix://{sock}?db=2")
     try:
         await store.open()  # refused "socket_keepalive" (a TCP option) before
         backend = store.backend("unix", codec=JsonCodec())

@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from apalis_cli.codec import JsonCodec
 from apalis_cli.task import Task
 from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
 
-from ..conformance.stores.redis import FACTORY
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[RedisStore]:
-    """A store under a fresh namespace of its own, dropped afterwards."""
-    made = await FACTORY.create(tmp_path)
-    assert isinstance(made, RedisStore)
-    yield made
-    await FACTORY.destroy(made)
+STORE_KINDS = ("redis",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 async def test_a_busy_worker_claims_with_its_acknowledgements_not_in_a_round_trip_of_its_own(

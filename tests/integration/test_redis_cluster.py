@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import BackendError, ConfigError
 from apalis_cli.task import Status, Task
@@ -22,31 +20,11 @@ from apalis_redis.config import cluster_seeds
 from redis.asyncio.cluster import RedisCluster
 
 from ..redis_cluster import PrivateCluster
+from .conftest import redis_cluster_spec
 from .running import run_until
 
-
-def spec(url: str, **options: Any) -> StoreSpec:
-    return StoreSpec(name="it", kind="redis", url=url, options={"cluster": True, **options})
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PrivateCluster]:
-    started = PrivateCluster()
-    started.start()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture
-async def store(cluster: PrivateCluster) -> AsyncIterator[RedisStore]:
-    made = RedisStore.from_spec(spec(cluster.url, namespace=f"it-{uuid.uuid4().hex[:12]}"))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
+STORE_KINDS = ("redis_cluster",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 @pytest.mark.parametrize(
@@ -73,14 +51,14 @@ def test_a_cluster_url_names_its_seed_nodes(url: str, first: str, others: list[t
 )
 def test_cluster_settings_are_checked_naming_the_key(url: str, options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        RedisStore.from_spec(spec(url, **options))
+        RedisStore.from_spec(redis_cluster_spec(url, **options))
     assert caught.value.key in ("url", "cluster")
     assert message in str(caught.value)
     assert "S3cr3tPw" not in str(caught.value)
 
 
-async def test_an_unreachable_cluster_is_one_error_at_once(cluster: PrivateCluster) -> None:
-    store = RedisStore.from_spec(spec("redis://:S3cr3tPw@127.0.0.1:1,127.0.0.1:2"))
+async def test_an_unreachable_cluster_is_one_error_at_once(redis_cluster: PrivateCluster) -> None:
+    store = RedisStore.from_spec(redis_cluster_spec("redis://:S3cr3tPw@127.0.0.1:1,127.0.0.1:2"))
     with pytest.raises(BackendError) as caught:
         await store.open()
     assert str(caught.value).startswith("cannot reach redis cluster at redis://:***@127.0.0.1:1,127.0.0.1:2: ")
@@ -99,11 +77,11 @@ def queues_on_every_master(count: int = 3) -> list[str]:
     raise AssertionError("no queue name for every master")
 
 
-async def test_queues_on_every_master_are_served_side_by_side(store: RedisStore, cluster: PrivateCluster) -> None:
+async def test_queues_on_every_master_are_served_side_by_side(store: RedisStore, redis_cluster: PrivateCluster) -> None:
     names = queues_on_every_master()
     client: RedisCluster = store.client
     homes = {getattr(client.get_node_from_key(f"x:{{{name}}}:ready"), "port", None) for name in names}
-    assert homes == set(cluster.ports), "one queue on each master"
+    assert homes == set(redis_cluster.ports), "one queue on each master"
     backends = [store.backend(name, codec=JsonCodec()) for name in names]
     for backend in backends:
         await backend.push_bulk([{"n": n} for n in range(50)])

@@ -10,8 +10,6 @@ import json
 import os
 import re
 import subprocess
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,23 +23,13 @@ from apalis_cli.worker import Worker
 from apalis_rsmq import RsmqStore
 from redis import Redis
 
-from ..conformance.stores.redis import drop_namespace
-from ..services import need_binary, need_server
+from ..services import need_binary
 
 ID = re.compile(r"^[a-z0-9]{10}[A-Za-z0-9]{22}$")
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[RsmqStore]:
-    url = need_server("redis")
-    options = {"namespace": f"it-rsmq-{uuid.uuid4().hex[:12]}", "vt": 1}
-    made = RsmqStore.from_spec(StoreSpec(name="it", kind="rsmq", url=url, options=options))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
-        await drop_namespace(url, made.config.namespace)
+STORE_KINDS = ("rsmq",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 def pyrsmq(store: RsmqStore, queue: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +19,12 @@ from apalis_sql import load_migrations
 from apalis_sqlite import SqliteStore
 from apalis_sqlite.queue import SqliteQueue
 
+STORE_KINDS = ("sqlite",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
+
 
 def spec(tmp_path: Path, url: str = "sqlite:///jobs.db", **options: Any) -> StoreSpec:
     return StoreSpec(name="main", kind="sqlite", url=url, options=options, base_dir=tmp_path)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    made = SqliteStore.from_spec(spec(tmp_path))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 def queue(store: SqliteStore, name: str = "q", max_attempts: int = 3) -> SqliteQueue:

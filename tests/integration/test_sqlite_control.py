@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
 from apalis_cli.control import CancelState
 from apalis_cli.task import Status, Task
@@ -23,17 +22,16 @@ from apalis_sqlite import SqliteStore
 from apalis_sqlite.connection import split_statements
 from apalis_sqlite.queue import SqliteQueue
 
+from .conftest import make_sqlite_store
 
-def store(tmp_path: Path, **options: Any) -> SqliteStore:
-    return SqliteStore.from_spec(
-        StoreSpec(name="m", kind="sqlite", url="sqlite:///shared.db", base_dir=tmp_path, options=options)
-    )
+SHARED = "sqlite:///shared.db"
+"""The file every store of a test opens, as processes sharing one database would."""
 
 
 @pytest.fixture
 async def two(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
     """Two stores on one file, as two processes would have."""
-    mine, theirs = store(tmp_path), store(tmp_path)
+    mine, theirs = make_sqlite_store(tmp_path, SHARED), make_sqlite_store(tmp_path, SHARED)
     await mine.open()
     await theirs.open()
     yield mine, theirs
@@ -125,7 +123,7 @@ async def test_a_waiter_in_another_process_is_woken_by_the_done_doorbell(
 
 
 async def test_without_a_watch_the_heartbeat_tells_the_worker_of_a_cancel(tmp_path: Path) -> None:
-    mine, theirs = store(tmp_path, watch=False), store(tmp_path, watch=False)
+    mine, theirs = make_sqlite_store(tmp_path, SHARED, watch=False), make_sqlite_store(tmp_path, SHARED, watch=False)
     await mine.open()
     await theirs.open()
     stopped: list[float] = []
@@ -194,7 +192,7 @@ async def test_a_version_2_database_is_migrated_keeping_its_tasks(tmp_path: Path
     conn.commit()
     conn.close()
 
-    migrated = store(tmp_path)
+    migrated = make_sqlite_store(tmp_path, SHARED)
     await migrated.open()
     try:
         q = queue(migrated)
@@ -218,7 +216,7 @@ async def test_a_version_2_database_is_migrated_keeping_its_tasks(tmp_path: Path
 async def test_bulk_actions_go_batch_by_batch_up_to_their_limit(tmp_path: Path) -> None:
     from apalis_cli.control import BulkAction, BulkFilter
 
-    one = store(tmp_path)
+    one = make_sqlite_store(tmp_path, SHARED)
     await one.open()
     try:
         q = queue(one)

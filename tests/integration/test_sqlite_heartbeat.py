@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task
@@ -20,15 +16,8 @@ from apalis_sqlite.queue import SqliteQueue
 
 from .test_sqlite import beat, claim, context
 
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    made = SqliteStore.from_spec(StoreSpec(name="m", kind="sqlite", url="sqlite:///hb.db", base_dir=tmp_path))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
+STORE_KINDS = ("sqlite",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
 
 
 def queue(store: SqliteStore, max_attempts: int = 3) -> SqliteQueue:

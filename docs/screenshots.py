@@ -3,7 +3,8 @@
 A demo on embedded SQLite in a temporary folder: four queues, an hour of finished tasks written
 straight into the table (so the per-minute charts have a past), then the real daemon with the demo
 handler (which fails about one run in five) and its board; headless Chromium (Debian's, as in
-the browser tests) saves the overview, a queue and a failed task into docs/.
+the browser tests) saves the overview (one queue paused, where the store can pause), a queue and a
+failed task into docs/.
 """
 
 from __future__ import annotations
@@ -106,6 +107,14 @@ def main() -> None:
     for queue in QUEUES:
         apalis(folder, "push", "--worker", queue, "--file", "tasks.jsonl")
     apalis(folder, "push", "--worker", "reports", "--delay", "2h", '{"report": "weekly", "format": "pdf"}')
+    later = apalis(folder, "push", "--worker", "reports", "--delay", "3h", '{"report": "monthly"}').strip()
+    # The control plane, where the store has it: a paused queue and a cancelled task to show.
+    subprocess.run([sys.executable, "-m", "apalis_cli", "pause", "reports", "--config", "jobs.toml"], cwd=folder)
+    subprocess.run(
+        [sys.executable, "-m", "apalis_cli", "cancel", later, "-w", "reports", "--config", "jobs.toml",
+         "--reason", "superseded by the weekly report"],
+        cwd=folder,
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

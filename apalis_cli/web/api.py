@@ -4,6 +4,9 @@
     GET  /api/queues/{queue}/tasks            ?status= &search= &order=newest|oldest &limit= &after=
     POST /api/queues/{queue}/tasks            push: {"args": ..., "delay": "30s", "priority": 5, ...}
     POST /api/queues/{queue}/purge            {"status": "done", "older_than": "7d", "dry_run": true}
+    POST /api/queues/{queue}/bulk             {"action": "retry|cancel|kill|purge", "status": ["killed"],
+                                               "since": "2h", "until": "...", "error_contains": "timeout",
+                                               "limit": 1000, "dry_run": true}
     POST /api/queues/{queue}/pause | resume
     GET  /api/tasks/{id}                      ?queue= (faster; else every queue is asked)
     POST /api/tasks/{id}/retry | kill | cancel   {"reason": "..."} for kill and cancel
@@ -52,6 +55,7 @@ def routes() -> list[Route]:
         Route("/api/queues/{queue:path}/tasks", queue_tasks, methods=["GET"]),
         Route("/api/queues/{queue:path}/tasks", push_task, methods=["POST"]),
         Route("/api/queues/{queue:path}/purge", purge, methods=["POST"]),
+        Route("/api/queues/{queue:path}/bulk", bulk, methods=["POST"]),
         Route("/api/queues/{queue:path}/pause", pause, methods=["POST"]),
         Route("/api/queues/{queue:path}/resume", resume, methods=["POST"]),
         Route("/api/queues/{queue:path}", one_queue, methods=["GET"]),
@@ -278,8 +282,14 @@ async def cancel(request: Request, data: dict[str, Any], is_form: bool) -> tuple
     """Cancel a task that has not ended (a running one is stopped where it runs)."""
     task_id = request.path_params["task_id"]
     view = await _task_view(request, data)
-    await ops.cancel(view, task_id, str(data.get("reason") or ""))
-    return {"cancelled": task_id}, f"Task {task_id} was cancelled."
+    at_once = await ops.cancel(view, task_id, str(data.get("reason") or ""))
+    await web_state(request).snapshots.refresh()
+    if at_once:
+        return {"cancelled": task_id, "state": "cancelled"}, f"Task {task_id} was cancelled: it will never start."
+    return (
+        {"cancelled": task_id, "state": "requested"},
+        f"Task {task_id} is running: its worker was told to stop it.",
+    )
 
 
 async def _task_view(request: Request, data: dict[str, Any]) -> QueueView:
@@ -306,6 +316,22 @@ async def purge(request: Request, data: dict[str, Any], is_form: bool) -> tuple[
     count = await ops.purge(view, status, older_than)
     await web_state(request).snapshots.refresh()
     return {"purged": count}, f"Deleted {count} {status.value} task{'s' if count != 1 else ''}."
+
+
+@_action
+async def bulk(request: Request, data: dict[str, Any], is_form: bool) -> tuple[dict[str, Any], str]:
+    """Retry, cancel, kill or purge every task of the queue a filter matches (the CLI's filter:
+    status, since, until, error_contains, limit); `dry_run` counts them, changing nothing."""
+    view = _view(request)
+    action = ops.parse_action(data.get("action"))
+    where = ops.parse_bulk_filter(data, action)
+    if _truthy(data.get("dry_run")):
+        count = await ops.bulk(view, action, where, dry_run=True)
+        return {"action": action.value, "would_change": count}, f"{count} tasks would be changed."
+    count = await ops.bulk(view, action, where, dry_run=False)
+    await web_state(request).snapshots.refresh()
+    done = {"retry": "retried", "cancel": "cancelled", "kill": "killed", "purge": "purged"}[action.value]
+    return {"action": action.value, "changed": count}, f"{done.capitalize()} {count} task{'s' if count != 1 else ''}."
 
 
 @_action

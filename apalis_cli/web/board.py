@@ -75,8 +75,9 @@ class QueueView:
         return None if self.slot.opened else (self.slot.error or "not opened yet")
 
     def why_not(self, capability: Capability) -> str | None:
-        """Why this queue's store lacks `capability` (None when it has it)."""
-        return self.backend.capabilities.why_not(capability)
+        """Why this queue's store lacks `capability` (None when it has it): the queue's own
+        declaration or its store's (a queue may keep the default of a shared base)."""
+        return self.backend.capabilities.why_not(capability) or self.slot.store.capabilities.why_not(capability)
 
     @property
     def inspector(self) -> Inspector | None:

@@ -1,7 +1,8 @@
-"""The board's control verbs beyond the Inspector: cancel a task, pause and resume a queue.
+"""The board's control verbs beyond the Inspector: cancel a task, pause and resume a queue, and
+act on every task a filter matches (`apalis_cli.control`).
 
-They belong to the control plane (`Capability.CANCEL` and `PAUSE`, the `Controller` protocol);
-until a store offers them, the board shows the reason and no button.
+Each is a capability (`CANCEL`, `PAUSE`, `BULK`); where a store lacks one the board shows the
+reason and no button, and the API answers 409 with it.
 """
 
 from __future__ import annotations
@@ -9,33 +10,42 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import Capability
+from ..control import BulkAction, BulkActor, BulkFilter, Canceller, CancelResult, Pausable
 from ..errors import Unsupported
 from .board import QueueView
 
-__all__ = ["cancel", "pause", "paused_state", "resume", "why_no_cancel", "why_no_pause"]
+__all__ = [
+    "bulk",
+    "cancel",
+    "pause",
+    "paused_state",
+    "resume",
+    "why_no_bulk",
+    "why_no_cancel",
+    "why_no_pause",
+]
 
-_NOT_YET = "this version of apalis-cli has no control plane yet"
 
-
-def _why_not(view: QueueView, name: str, method: str) -> str | None:
-    try:
-        capability = Capability(name)
-    except ValueError:
-        return _NOT_YET
+def _why_not(view: QueueView, capability: Capability, protocol: type[Any], what: str) -> str | None:
     why = view.why_not(capability)
-    if why is None and not callable(getattr(view.backend, method, None)):
-        return "the store has no control plane"
+    if why is None and not isinstance(view.backend, protocol):
+        return f"the store has no {what}"
     return why
 
 
 def why_no_cancel(view: QueueView) -> str | None:
     """Why this queue's tasks cannot be cancelled (None: they can)."""
-    return _why_not(view, "cancel", "cancel")
+    return _why_not(view, Capability.CANCEL, Canceller, "cancel")
 
 
 def why_no_pause(view: QueueView) -> str | None:
     """Why this queue cannot be paused (None: it can)."""
-    return _why_not(view, "pause", "pause")
+    return _why_not(view, Capability.PAUSE, Pausable, "pause")
+
+
+def why_no_bulk(view: QueueView) -> str | None:
+    """Why this queue's tasks cannot be acted on by filter (None: they can)."""
+    return _why_not(view, Capability.BULK, BulkActor, "bulk actions")
 
 
 def _require(why: str | None, view: QueueView, doing: str) -> Any:
@@ -44,25 +54,37 @@ def _require(why: str | None, view: QueueView, doing: str) -> Any:
     return view.backend
 
 
-async def cancel(view: QueueView, task_id: str, reason: str) -> bool:
-    """Cancel the task; False when there is no such task or it had ended."""
-    backend = _require(why_no_cancel(view), view, "cancel tasks")
-    was = await backend.cancel(task_id, reason)
-    return was is not None and was is not False
+async def cancel(view: QueueView, task_id: str, reason: str) -> CancelResult:
+    """Cancel the task: what happened (cancelled, requested of its worker, already final, not found)."""
+    canceller: Canceller = _require(why_no_cancel(view), view, "cancel tasks")
+    return await canceller.cancel(task_id, reason)
 
 
 async def pause(view: QueueView) -> bool:
     """Pause the queue; False if it was paused already."""
-    return bool(await _require(why_no_pause(view), view, "be paused").pause())
+    pausable: Pausable = _require(why_no_pause(view), view, "be paused")
+    was = await pausable.paused()
+    await pausable.pause()
+    return not was
 
 
 async def resume(view: QueueView) -> bool:
     """Resume the queue; False if it was not paused."""
-    return bool(await _require(why_no_pause(view), view, "be paused").resume())
+    pausable: Pausable = _require(why_no_pause(view), view, "be paused")
+    was = await pausable.paused()
+    await pausable.resume()
+    return was
 
 
 async def paused_state(view: QueueView) -> bool | None:
     """Whether the queue is paused (None where the store cannot pause queues)."""
     if why_no_pause(view) is not None:
         return None
-    return bool(await view.backend.paused())  # type: ignore[attr-defined]
+    pausable: Pausable = view.backend  # type: ignore[assignment]
+    return await pausable.paused()
+
+
+async def bulk(view: QueueView, action: BulkAction, where: BulkFilter, *, dry_run: bool) -> int:
+    """How many tasks `action` changed (with `dry_run`: would change)."""
+    actor: BulkActor = _require(why_no_bulk(view), view, f"{action.value} tasks by filter")
+    return await actor.bulk(action, where, dry_run=dry_run)

@@ -11,12 +11,14 @@ import base64
 import binascii
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..backend import Capability
-from ..bounds import ATTEMPTS, PRIORITY, check_time
+from ..bounds import ATTEMPTS, COUNT, PRIORITY, check_time
 from ..browsing import PageCursor, TaskSearch
+from ..control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelState, statuses_text
 from ..durations import parse_duration
 from ..errors import ApalisError, BadPayload, Unsupported
 from ..task import Status, Task
@@ -27,8 +29,12 @@ __all__ = [
     "PAGE_SIZE",
     "BadInput",
     "Page",
+    "bulk",
+    "cancel",
     "kill",
     "list_page",
+    "parse_action",
+    "parse_bulk_filter",
     "parse_status",
     "purge",
     "push",
@@ -165,10 +171,80 @@ async def kill(view: QueueView, task_id: str, reason: str) -> None:
         await _explain(view, task_id, "kill")
 
 
-async def cancel(view: QueueView, task_id: str, reason: str) -> None:
-    """Cancel a task that has not ended; an error says why not."""
-    if not await control.cancel(view, task_id, reason or "cancelled by an operator"):
-        await _explain(view, task_id, "cancel")
+async def cancel(view: QueueView, task_id: str, reason: str) -> bool:
+    """Cancel a task that has not ended: True when it was cancelled at once, False when it runs
+    and its worker was told to stop it; an error says why not."""
+    from .board import NotFound
+
+    result = await control.cancel(view, task_id, reason or DEFAULT_CANCEL_REASON)
+    if result.state is CancelState.NOT_FOUND:
+        raise NotFound(f'no task {task_id} in queue "{view.queue}"')
+    if result.state is CancelState.ALREADY_FINAL:
+        status = result.status.value if result.status is not None else "final"
+        raise Unsupported(f"cannot cancel task {task_id}: it is {status}")
+    return result.state is CancelState.CANCELLED
+
+
+def parse_action(text: Any) -> BulkAction:
+    """A bulk action's name."""
+    try:
+        return BulkAction(str(text or ""))
+    except ValueError:
+        names = ", ".join(a.value for a in BulkAction)
+        raise BadInput(f'action: expected one of {names}, got "{text or ""}"') from None
+
+
+def parse_bulk_filter(data: Mapping[str, Any], action: BulkAction) -> BulkFilter:
+    """The filter of a bulk request, from a JSON body or a form or a query string (the CLI's
+    options by name: status (one or a list), since, until, error_contains, limit)."""
+    raw = data.get("status")
+    names = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else [] if raw is None else [raw]
+    statuses = set()
+    for name in names:
+        if name in ("", None, "default"):
+            continue
+        found = parse_status(str(name))
+        if found is not None:
+            statuses.add(found)
+    cannot = statuses - action.applies_to
+    if cannot:
+        raise BadInput(
+            f"status: {action.value} cannot change {statuses_text(cannot)} tasks "
+            f"(it takes {statuses_text(action.applies_to)})"
+        )
+    since = _moment(data.get("since"), "since")
+    until = _moment(data.get("until"), "until")
+    if since is not None and until is not None and since > until:
+        raise BadInput("since must come before until")
+    contains = _blank(data.get("error_contains"))
+    if contains is not None and not isinstance(contains, str):
+        raise BadInput("error_contains: expected text")
+    limit = _int(data.get("limit"), "limit", COUNT.check, None)
+    return BulkFilter(statuses=frozenset(statuses), since=since, until=until, error_contains=contains, limit=limit)
+
+
+def _moment(value: Any, field: str) -> float | None:
+    """A time as the CLI takes it: ISO 8601, epoch seconds, or a duration ago ("2h")."""
+    value = _blank(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return time.time() - parse_duration(value.strip())
+        except ValueError:
+            pass
+    try:
+        return _parse_time(value)
+    except BadInput:
+        raise BadInput(
+            f"{field}: expected an ISO 8601 time such as 2030-01-31T09:30:00Z, epoch seconds or a duration ago "
+            f'such as 2h, got "{value}"'
+        ) from None
+
+
+async def bulk(view: QueueView, action: BulkAction, where: BulkFilter, *, dry_run: bool) -> int:
+    """How many tasks of the queue `action` changed (with `dry_run`: would change)."""
+    return await control.bulk(view, action, where, dry_run=dry_run)
 
 
 async def _explain(view: QueueView, task_id: str, action: str) -> None:

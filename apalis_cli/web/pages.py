@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from ..backend import Capability, WorkerInfo
 from ..browsing import MinuteCounts, TickSource
+from ..control import BulkAction, statuses_text
 from ..errors import ApalisError
 from ..storable import decode_result
 from ..task import Status, iso
@@ -44,6 +45,7 @@ def routes() -> list[Route]:
     return [
         Route("/", overview),
         Route("/queues/{queue:path}/purge", purge_confirm),
+        Route("/queues/{queue:path}/bulk", bulk_confirm),
         Route("/queues/{queue:path}", queue_page),
         Route("/tasks/{task_id:path}", task_page),
         Route("/workers", workers_page),
@@ -309,6 +311,8 @@ async def queue_page(request: Request) -> Response:
         no_admin=view.why_not(Capability.ADMIN),
         no_cancel=control.why_no_cancel(view),
         no_pause=control.why_no_pause(view),
+        no_bulk=control.why_no_bulk(view),
+        bulk_actions=[a.value for a in BulkAction],
         no_push=None if view.sink is not None else "this store takes no pushed tasks",
         oldest_age=None if snap.oldest_ready_at is None else time.time() - snap.oldest_ready_at,
     )
@@ -418,6 +422,36 @@ async def purge_confirm(request: Request) -> Response:
         view=view,
         status=status.value,
         older_than=q.get("older_than") or "",
+        count=count,
+    )
+
+
+_BULK_FIELDS = ("status", "since", "until", "error_contains", "limit")
+
+
+async def bulk_confirm(request: Request) -> Response:
+    """How many tasks a bulk action would change (the store's dry run), and the button that does
+    it (admin)."""
+    state = web_state(request)
+    q = request.query_params
+    try:
+        if not state.admin:
+            raise ops.BadInput("this board is read-only: start it with --admin to act on tasks")
+        view = state.board.view(request.path_params["queue"], q.get("backend") or None)
+        action = ops.parse_action(q.get("action"))
+        where = ops.parse_bulk_filter(q, action)
+        count = await ops.bulk(view, action, where, dry_run=True)
+    except ApalisError as exc:
+        return _failed(request, exc)
+    fields = {name: q.get(name) or "" for name in _BULK_FIELDS}
+    return render(
+        request,
+        "bulk.html",
+        title=f"{action.value.capitalize()} tasks of {view.queue}",
+        view=view,
+        action=action.value,
+        statuses=statuses_text(where.statuses_for(action)),
+        fields=fields,
         count=count,
     )
 

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,127 @@ def test_every_page_loads_with_what_it_shows(apalis: Apalis, daemon: str, tmp_pa
 
         driver.get(daemon + "/")
         eventually(lambda: driver.find_elements(By.CSS_SELECTOR, 'tr[data-queue="reports"]'))
+
+
+CONTROL_HANDLERS = """
+import asyncio
+
+async def render(args):
+    await asyncio.sleep(args.get("sleep", 0))
+    return {"rendered": args["page"]}
+"""
+
+CONTROL_WORKER = """
+[[workers]]
+name = "pages"
+backend = "main"
+handler = "control_handlers:render"
+concurrency = 2
+keep_alive = "500ms"
+poll_interval = "100ms"
+"""
+
+CONTROL_TABLES = {
+    # The daemon lends its memory store to its board: one process, which is all this story needs.
+    "memory": '[backends.main]\nkind = "memory"\n',
+    "sqlite": '[backends.main]\nkind = "sqlite"\nurl = "sqlite:///jobs.db"\n',
+}
+
+
+@pytest.fixture(params=sorted(CONTROL_TABLES))
+def control_daemon(request: pytest.FixtureRequest, apalis: Apalis) -> Iterator[str]:
+    """`apalis run --web --web-admin` over a store that can cancel and pause (else skipped)."""
+    from apalis_cli.backend import Capability
+    from apalis_cli.registry import Registry
+
+    kind = request.param
+    capabilities = Registry().store_class(kind).capabilities
+    for capability in (Capability.CANCEL, Capability.PAUSE):
+        why = capabilities.why_not(capability)
+        if why is not None:
+            pytest.skip(f"{kind} lacks {capability.value}: {why}")
+    (apalis.cwd / "control_handlers.py").write_text(CONTROL_HANDLERS)
+    apalis.write_config(CONTROL_TABLES[kind] + CONTROL_WORKER)
+    yield from _serve(apalis)
+
+
+def _serve(apalis: Apalis) -> Iterator[str]:
+    port = free_port()
+    process = apalis.start("run", "--no-live", "--web", f"127.0.0.1:{port}", "--web-admin")
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as reply:
+                return bool(json.loads(reply.read())["healthy"])
+        except OSError:
+            return False
+
+    try:
+        eventually(up, what="the daemon's board to answer")
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def api(url: str, method: str = "GET", body: object = None) -> object:
+    """The board's JSON API (a JSON POST needs no CSRF token)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def task_status(board: str, task_id: str) -> str:
+    answer = api(f"{board}/api/tasks/{task_id}?queue=pages")
+    assert isinstance(answer, dict)
+    return str(answer["status"])
+
+
+def test_pause_a_queue_and_cancel_a_running_task_from_the_board(control_daemon: str, tmp_path: Path) -> None:
+    board = control_daemon
+    with chromium(tmp_path / "profile") as driver:
+        # Pause the queue from the overview: its row says so, and the daemon starts nothing.
+        driver.get(board + "/")
+        eventually(lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-queue="pages"] .badge.active'))
+        driver.find_element(By.CSS_SELECTOR, 'tr[data-queue="pages"] button[data-action="pause"]').click()
+        flash = eventually(lambda: driver.find_element(By.ID, "flash").text, what="the pause's outcome")
+        assert "is paused" in flash
+        eventually(lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-queue="pages"] .badge.paused'))
+        pushed = api(f"{board}/api/queues/pages/tasks", "POST", {"args": {"page": "cover"}})
+        assert isinstance(pushed, dict)
+        held = str(pushed["id"])
+        time.sleep(1.5)  # fifteen poll intervals: a daemon that ignored the pause would have run it
+        assert task_status(board, held) == "pending"
+
+        # Resume it from the queue's page: the held task runs.
+        driver.get(board + "/queues/pages")
+        eventually(lambda: "paused" in text_of(driver, "#paused-badge"))
+        driver.find_element(By.CSS_SELECTOR, 'button[data-action="resume"]').click()
+        eventually(lambda: "active" in text_of(driver, "#paused-badge"), what="the queue to show active")
+        eventually(lambda: task_status(board, held) == "done", what="the held task to run")
+
+        # A long task, cancelled from its page while it runs: it ends cancelled, with the reason.
+        pushed = api(f"{board}/api/queues/pages/tasks", "POST", {"args": {"page": "atlas", "sleep": 120}})
+        assert isinstance(pushed, dict)
+        slow = str(pushed["id"])
+        driver.get(f"{board}/tasks/{slow}?queue=pages")
+        eventually(lambda: "running" in text_of(driver, "#task-status"), what="the task to start")
+        driver.find_element(By.CSS_SELECTOR, 'button[data-action="cancel"]').click()
+        driver.switch_to.alert.accept()  # "Cancel task ...? It will not run again."
+        flash = eventually(lambda: driver.find_element(By.ID, "flash").text, what="the cancel's outcome")
+        assert "was told to stop it" in flash
+        eventually(lambda: "cancelled" in text_of(driver, "#task-status"), what="the run to be stopped")
+        assert text_of(driver, "#last-error") == "cancelled by an operator"
+        assert driver.find_element(By.CSS_SELECTOR, 'button[data-action="retry"]').is_displayed()
+
+        # The overview counts it.
+        driver.get(board + "/")
+        eventually(lambda: text_of(driver, 'tr[data-queue="pages"] td[data-count="cancelled"]') == "1")
+        assert text_of(driver, 'div[data-total="cancelled"]') == "1"

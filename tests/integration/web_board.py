@@ -73,6 +73,8 @@ def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
     """A `[backends.main]` table for `kind` and what to drop afterwards (a schema, a database)."""
     if kind == "sqlite":
         return '[backends.main]\nkind = "sqlite"\nurl = "sqlite:///board.db"\n', None
+    if kind == "memory":  # the board's own process holds the tasks: enough for what it does alone
+        return '[backends.main]\nkind = "memory"\n', None
     if kind == "mysql":
         server = need_server("mysql")
         database = f"apalis_w_{uuid.uuid4().hex[:12]}"
@@ -88,7 +90,7 @@ def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
 async def serve_board(
     kind: str, tmp_path: Path, *, admin: bool = True, token: str | None = None, workers: str = WORKERS, **app: Any
 ) -> AsyncIterator[Served]:
-    """Serve a board over `kind` (sqlite or postgres) on a free loopback port."""
+    """Serve a board over `kind` (memory, sqlite, postgres or mysql) on a free loopback port."""
     table, made = backend_table(kind, tmp_path)
     if kind == "mysql":
         await admin_execute(need_server("mysql"), f"CREATE DATABASE {made}")

@@ -20,54 +20,14 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.events import Event, TaskFinished
 from apalis_cli.isolation import ChildKilled, PoolSettings, ProcessPool
 from apalis_cli.layers import TimeoutLayer
-from apalis_cli.layers.retry import Backoff
 from apalis_cli.service import Layer
 from apalis_cli.task import Status, Task, TaskContext
 from apalis_cli.worker import Worker
 
+from ..isolation_children import FAST, HANDLERS, gone
 from .running import run_until
 
-HANDLERS = """
-import ctypes, os, signal, time
-from pathlib import Path
-
-LEAK = []
-
-def rss():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-def work(args):
-    Path(args["pidfile"]).write_text(str(os.getpid()))
-    do = args["do"]
-    before = rss()
-    if do == "sleep":
-        time.sleep(3600)
-    elif do == "stubborn":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        time.sleep(3600)
-    elif do == "slow":
-        time.sleep(args["seconds"])
-    elif do == "leak":
-        LEAK.append(b"x" * args["bytes"])
-    elif do == "segfault":
-        ctypes.string_at(0)
-    elif do == "exit":
-        os._exit(3)
-    elif do == "oom":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif do == "sys.exit":
-        raise SystemExit(4)
-    elif do == "spawn":
-        import subprocess
-        program = subprocess.Popen(["sleep", "3600"])
-        Path(args["pidfile"] + ".program").write_text(str(program.pid))
-        time.sleep(3600)
-    return {"pid": os.getpid(), "rss_before": before, "rss_after": rss()}
-"""
-
 MIB = 1024 * 1024
-FAST = Backoff(kind="constant", base=60.0, max=60.0, jitter=False)  # a retry stays out of the way
 
 
 STORE_KINDS = ("sqlite", "postgres")
@@ -117,15 +77,6 @@ class Run:
         task = await self.queue.get(task_id)
         assert task is not None
         return json.loads(task.ctx.result)  # stored as JSON text
-
-
-def gone(pid: int) -> bool:
-    """True once `pid` no longer exists (our children are reaped by the event loop)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def test_a_timeout_kills_a_stuck_child_and_frees_its_slot(store: Store, tmp_path: Path) -> None:

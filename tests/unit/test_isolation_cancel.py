@@ -16,7 +16,7 @@ from apalis_cli.memory import MemoryStore
 from apalis_cli.task import Status
 from apalis_cli.worker import Worker
 
-from .test_isolation import FAST, HANDLERS, gone
+from ..isolation_children import FAST, HANDLERS, gone
 
 
 async def test_cancel_kills_the_child_running_the_task(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from apalis_cli.backend import Inspector, TaskSink
 from apalis_cli.task import Status
 
-from .web_board import WORKERS, Served, serve_board
+from ..web_board import WORKERS, Served, serve_board
 
 pytestmark = pytest.mark.parametrize("kind", ["sqlite", "postgres", "mysql"])
 

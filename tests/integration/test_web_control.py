@@ -15,7 +15,7 @@ from apalis_cli.backend import Capability, Inspector, TaskSink
 from apalis_cli.registry import Registry
 from apalis_cli.task import Status
 
-from .web_board import Served, serve_board
+from ..web_board import Served, serve_board
 
 pytestmark = pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres", "mysql"])
 

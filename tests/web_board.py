@@ -18,9 +18,9 @@ from apalis_cli.web.app import create_app
 from apalis_cli.web.board import Board
 from apalis_cli.web.server import bind, serving
 
-from ..conformance.stores.mysql import admin_execute
-from ..conformance.stores.postgres import drop_schema
-from ..services import need_server
+from .conformance.stores.mysql import admin_execute
+from .conformance.stores.postgres import drop_schema
+from .services import need_server
 
 __all__ = ["Served", "backend_table", "serve_board"]
 

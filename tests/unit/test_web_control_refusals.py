@@ -9,7 +9,7 @@ import pytest
 from apalis_cli.backend import Inspector, TaskSink
 from apalis_cli.task import Status
 
-from .web_board import serve_board
+from ..web_board import serve_board
 
 
 @pytest.mark.parametrize(

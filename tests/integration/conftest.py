@@ -30,12 +30,11 @@ from apalis_redis import RedisStore
 from apalis_rsmq import RsmqStore
 from apalis_sqlite import SqliteStore
 
-from tests.conformance.stores.mysql import admin_execute
-from tests.conformance.stores.postgres import drop_schema
-from tests.conformance.stores.redis import drop_namespace
-from tests.redis_cluster import PrivateCluster
-from tests.services import need_server
-
+from ..conformance.stores.mysql import admin_execute
+from ..conformance.stores.postgres import drop_schema
+from ..conformance.stores.redis import drop_namespace
+from ..redis_cluster import PrivateCluster
+from ..services import need_server
 from .pgmq_install import scratch_database
 
 

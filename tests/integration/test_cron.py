@@ -25,7 +25,7 @@ from apalis_cron.config import CronConfig
 from apalis_cron.schedule import Schedule
 from apalis_cron.ticker import tick_key
 
-from tests.conformance.factory import StoreFactory
+from ..conformance.factory import StoreFactory
 
 # Every store in the conformance suite; those without idempotency keys cannot take pipe_to.
 DURABLE_KINDS = sorted(p.stem for p in (Path(__file__).parent.parent / "conformance" / "stores").glob("[a-z]*.py"))

@@ -17,9 +17,9 @@ from apalis_cli.worker import Worker
 from apalis_mysql import MysqlStore
 from apalis_sql import load_migrations
 
-from tests.conformance.stores.mysql import admin_connect, admin_execute
-from tests.integration.conftest import make_mysql_store
-from tests.services import need_server
+from ..conformance.stores.mysql import admin_connect, admin_execute
+from ..services import need_server
+from .conftest import make_mysql_store
 
 
 async def test_only_the_named_lock_holder_sweeps(mysql_url: str, mysql_store: MysqlStore) -> None:

@@ -22,8 +22,7 @@ from apalis_cli.worker import Worker
 from apalis_pgmq import PgmqStore
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.services import need_server
-
+from ..services import need_server
 from .running import run_until
 
 FAST = Backoff(kind="constant", base=0.05, max=0.05, jitter=False)

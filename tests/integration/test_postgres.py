@@ -19,8 +19,8 @@ from apalis_postgres import PostgresStore
 from apalis_sql import load_migrations
 from psycopg import sql
 
-from tests.conformance.stores.postgres import drop_schema, terminate_backends
-from tests.integration.conftest import make_postgres_store
+from ..conformance.stores.postgres import drop_schema, terminate_backends
+from .conftest import make_postgres_store
 
 
 class Starts:

@@ -115,9 +115,9 @@ async def _change(
     config: Path, worker: str | None, queue: str | None, task_id: str, action: str, reason: str = ""
 ) -> None:
     from ..backend import Capability
-    from .common import open_target, require_inspector
+    from .common import open_task_queue, require_inspector
 
-    async with open_target(config, worker, queue) as opened:
+    async with open_task_queue(config, worker, queue, task_id) as opened:
         inspector = require_inspector(opened, Capability.ADMIN, f"{action} tasks")
         changed = await (inspector.retry(task_id) if action == "retry" else inspector.kill(task_id, reason))
         if not changed:

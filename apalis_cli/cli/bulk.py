@@ -182,7 +182,7 @@ def _confirm(verb: str, total: int, counts: list[tuple[str, int]], where: BulkFi
 
 def _targets(config: Config, worker: str | None, queue: str | None) -> list[QueueTarget]:
     from ..api import resolve_target
-    from .inspect import all_targets
+    from .common import all_targets
 
     if worker is not None or queue is not None:
         return [resolve_target(config, worker, queue)]

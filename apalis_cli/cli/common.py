@@ -16,9 +16,11 @@ from ..errors import ApalisError, BackendError, Unsupported, describe_error
 
 __all__ = [
     "Opened",
+    "all_targets",
     "masked_errors",
     "open_resolved",
     "open_target",
+    "open_task_queue",
     "paused_or_none",
     "require",
     "require_inspector",
@@ -64,6 +66,46 @@ async def open_target(config_path: Path, worker: str | None, queue: str | None) 
     config, target = resolve(config_path, worker, queue)
     async with open_resolved(config, target) as opened:
         yield opened
+
+
+def all_targets(config: Config) -> list[QueueTarget]:
+    """Every queue the config's workers take (a piped cron worker's in its target store), once."""
+    seen: dict[tuple[str, str], QueueTarget] = {}
+    for w in config.workers:
+        if w.cron is not None and w.pipe_to is None:
+            continue  # its ticks live in its daemon only: no queue to count
+        backend = w.pipe_to or w.backend  # a piped cron worker's ticks are tasks of that store
+        target = QueueTarget(backend=backend, queue=w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name)
+        seen.setdefault((backend, w.queue), target)
+    return list(seen.values())
+
+
+@contextlib.asynccontextmanager
+async def open_task_queue(
+    config_path: Path, worker: str | None, queue: str | None, task_id: str
+) -> AsyncIterator[Opened]:
+    """The queue of task `task_id`: the one `--worker`/`--queue` name, or, when neither is given
+    and the config has several queues, the one whose store has that task (each asked in turn,
+    where it can be asked: `apalis cancel ID` needs no --worker)."""
+    config = load_config(config_path)
+    targets = all_targets(config)
+    if worker is not None or queue is not None or len(targets) < 2:
+        async with open_resolved(config, resolve_target(config, worker, queue)) as opened:
+            yield opened
+        return
+    for target in targets:
+        async with open_resolved(config, target) as opened:
+            backend: Any = opened.backend
+            if not isinstance(backend, Inspector):
+                continue
+            try:
+                found = await backend.get(task_id)
+            except Unsupported:  # a store that cannot find a task by id
+                continue
+            if found is not None:
+                yield opened
+                return
+    raise ApalisError(f"no task {task_id} in any queue of {config.path} (or name its queue with --worker)")
 
 
 @contextlib.contextmanager

@@ -80,9 +80,9 @@ def cancel(
 async def _cancel(config: Path, worker: str | None, queue: str | None, task_id: str, reason: str) -> CancelState:
     from ..backend import Capability
     from ..control import Canceller, CancelState
-    from .common import open_target, require
+    from .common import open_task_queue, require
 
-    async with open_target(config, worker, queue) as opened:
+    async with open_task_queue(config, worker, queue, task_id) as opened:
         require(opened, Capability.CANCEL, "cancel tasks")
         backend: Any = opened.backend
         if not isinstance(backend, Canceller):
@@ -132,7 +132,7 @@ def _switch(config_path: Path, queue: str | None, worker: str | None, every: boo
         raise UsageError(f"give a queue, --worker or --all to {verb}, not several")
     from ..api import resolve_target
     from ..config import load_config
-    from .inspect import all_targets
+    from .common import all_targets
 
     config = load_config(config_path)
     if every:

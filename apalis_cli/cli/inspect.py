@@ -17,15 +17,13 @@ from ..task import Status, Task, iso
 from .app import DEFAULT_CONFIG, ConfigOption, JsonOption, QueueOption, WorkerOption, app, check_task_id, checked
 
 if TYPE_CHECKING:
-    from ..api import QueueTarget
     from ..backend import QueueStats, WorkerInfo
-    from ..config import Config
     from .common import Opened
 
 # The store's machinery (asyncio, the config, the store registry) and rich's tables are imported
 # inside the commands: `apalis --help` and the other commands do without them.
 
-__all__ = ["all_targets", "inspect", "stats", "task_json", "workers"]
+__all__ = ["inspect", "stats", "task_json", "workers"]
 
 StatusOption = Annotated[Status | None, typer.Option("--status", "-s", help="Only tasks in this status.")]
 
@@ -192,7 +190,7 @@ async def _each_queue(config_path: Path, worker: str | None, queue: str | None, 
     """`fn(opened)` for the chosen queue, or for every worker's queue when none is chosen."""
     from ..api import open_queue
     from ..config import load_config
-    from .common import Opened, masked_errors, open_target
+    from .common import Opened, all_targets, masked_errors, open_target
 
     if worker is not None or queue is not None:
         async with open_target(config_path, worker, queue) as opened:
@@ -204,20 +202,6 @@ async def _each_queue(config_path: Path, worker: str | None, queue: str | None, 
             async with open_queue(config, target) as (store, backend):
                 results.append(await fn(Opened(config, target, store, backend)))
     return results
-
-
-def all_targets(config: Config) -> list[QueueTarget]:
-    """Every queue the config's workers take (a piped cron worker's in its target store), once."""
-    from ..api import QueueTarget
-
-    seen: dict[tuple[str, str], QueueTarget] = {}
-    for w in config.workers:
-        if w.cron is not None and w.pipe_to is None:
-            continue  # its ticks live in its daemon only: no queue to count
-        backend = w.pipe_to or w.backend  # a piped cron worker's ticks are tasks of that store
-        target = QueueTarget(backend=backend, queue=w.queue, codec=w.codec, max_attempts=w.max_attempts, worker=w.name)
-        seen.setdefault((backend, w.queue), target)
-    return list(seen.values())
 
 
 def _worker_json(info: WorkerInfo) -> dict[str, Any]:

@@ -311,3 +311,18 @@ def test_push_wait_refuses_before_pushing_where_the_store_cannot_wait(
     assert (code, out) == (2, "")
     assert err == 'apalis: error: queue "emails" on backend "mem" (memory) cannot wait for a task: no waiting here\n'
     assert asyncio.run(queue(shared).list_tasks(None, 10)) == []
+
+
+def test_a_task_is_found_in_any_queue_without_worker(
+    capsys: pytest.CaptureFixture[str], shared: MemoryStore, config: Path
+) -> None:
+    (task_id,) = push(shared, 1, "reports")
+    code, out, _ = apalis(capsys, config, "cancel", task_id)
+    assert (code, out) == (0, f"cancelled {task_id}\n")
+    assert status(shared, task_id, "reports") is Status.CANCELLED
+    code, out, _ = apalis(capsys, config, "retry", task_id)
+    assert (code, out) == (0, f"retried {task_id}\n")
+    assert status(shared, task_id, "reports") is Status.PENDING
+    code, out, err = apalis(capsys, config, "kill", "NOPE")
+    assert (code, out) == (1, "")
+    assert err == f"apalis: error: no task NOPE in any queue of {config} (or name its queue with --worker)\n"

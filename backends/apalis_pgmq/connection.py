@@ -19,6 +19,7 @@ from apalis_cli.redact import redact_url, secrets_in
 from apalis_cli.retrying import retrying
 
 from .config import PgmqConfig
+from .hub import ControlHub
 from .listener import Listener
 from .statements import SCHEMA, statement, statements_for
 
@@ -43,6 +44,8 @@ class Connection:
         self._notify_available = False
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._wakers: dict[str, Waker] = {}
+        self.hub = ControlHub(self._wakers)
+        """Where control messages (cancels, pauses, finished tasks) go in this process."""
         self._open_lock = asyncio.Lock()
         self.contact = Contact()
         """This process's contact with the server: a heartbeat goes at once when it comes back."""
@@ -99,8 +102,14 @@ class Connection:
                 "run CREATE EXTENSION pgmq, or load pgmq's SQL install script"
             )
         self._notify_available = notify and self.config.notify
-        if self._notify_available:
-            self._listener = Listener(self.config.url, self._connect_kwargs(), self._wakers)
+        if self.config.notify:
+            # The control channel is plain LISTEN/NOTIFY, there even where pgmq's insert trigger
+            # is not (an older pgmq); `notify = false` (a pooler without LISTEN) turns both off.
+            listener = Listener(
+                self.config.url, self._connect_kwargs(), self._wakers, self.hub.dispatch, inserts=self._notify_available
+            )
+            listener.reconnected = self.hub.wake_waiters
+            self._listener = listener
 
     def _describe(self, exc: BaseException) -> str:
         # libpq may echo pieces of the URL (a host that took part of a password with an '@').
@@ -163,9 +172,25 @@ class Connection:
         return self._wakers.setdefault(queue, Waker())
 
     def listen(self, queue: str) -> None:
-        """Have notifications of inserts into `queue` wake its pollers (when available)."""
+        """Have notifications of inserts into `queue` wake its pollers (when available), and
+        control messages reach this process."""
         if self._listener is not None:
             self._listener.add(queue)
+
+    async def control_listening(self, within: float = 2.0) -> bool:
+        """Start listening to the control channel; True once it is (False: poll instead)."""
+        if self._pool is None:
+            await self.open()
+        listener = self._listener
+        if listener is None:
+            return False
+        listener.start()
+        try:
+            async with asyncio.timeout(within):
+                await listener.listening.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def ensure_queue(self, queue: str) -> None:
         """`pgmq.create` the queue (once per store) and enable insert notifications on it."""

@@ -2,16 +2,17 @@
 
 Reading the tables never changes a message (unlike `pgmq.read`, which would count an attempt).
 Statuses come from the columns and the "apalis" headers (see `sql/status.sql`); messages in
-the archive are done, or killed when their headers say so. `pgmq.metrics()` counts only queued
-and visible messages, which cannot tell pending from failed or running, so `stats` counts the
-tables itself (the same scan metrics() makes). What pgmq has no call for (lowering
+the archive are done, or killed or cancelled when their headers say so (`sql/archived.sql`).
+`pgmq.metrics()` counts only queued and visible messages, which cannot tell pending from failed
+or running, so `stats` counts the tables itself (the same scan metrics() makes). What pgmq has
+no call for (lowering
 `read_ct` for a retry, moving a killed message back from the archive) writes the tables directly.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
@@ -21,11 +22,11 @@ from apalis_sql import worker_from_row
 from .messages import task_of
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection
-
     from .connection import Connection
 
 __all__ = ["PgmqInspector"]
+
+_KILLABLE = ["pending", "failed", "running"]
 
 
 class PgmqInspector:
@@ -81,11 +82,11 @@ class PgmqInspector:
         return [worker_from_row(row) for row in rows]
 
     async def retry(self, task_id: TaskId) -> bool:
-        """A failed message runs again now with `read_ct` reset; a killed one comes back from the
-        archive under its own id."""
+        """A failed message runs again now with `read_ct` reset; a killed or cancelled one comes
+        back from the archive under its own id."""
         if not task_id.isdigit():
             return False
-        params = {"id": int(task_id)}
+        params = {"ids": [int(task_id)]}
         found = await self._rows("retry_failed", params) or await self._rows("retry_killed", params)
         if found:
             self._connection.waker(self.queue).notify()
@@ -95,18 +96,12 @@ class PgmqInspector:
         """Mark the message killed in its headers and archive it."""
         if not task_id.isdigit():
             return False
-        await self._connection.ensure_queue(self.queue)
-        sql, queue = self._sql, self.queue
-        params = {"queue": queue, "id": int(task_id), "patch": json.dumps({"status": "killed", "error": reason})}
+        return await self._end([int(task_id)], _KILLABLE, {"status": "killed", "error": reason}) > 0
 
-        async def op(conn: AsyncConnection[Any]) -> bool:
-            async with conn.transaction():
-                await conn.execute(sql["kill"], params)
-                cur = await conn.execute(sql["archive_one"], params)
-                row = await cur.fetchone()
-            return bool(row and row[0])
+    if TYPE_CHECKING:
 
-        return await self._connection.run(op)
+        async def _end(self, ids: Sequence[int], statuses: Sequence[str], patch: dict[str, Any]) -> int:
+            """The control half's (`PgmqControl._end`)."""
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete messages of `status` archived (or enqueued, for live ones) before the cutoff."""

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, Capability, NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
@@ -16,6 +16,8 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
 
+from .control import PgmqControl
+from .hub import tell_cancel
 from .inspector import PgmqInspector
 from .messages import encode_headers, encode_message, task_of
 from .statements import statements_for
@@ -29,7 +31,6 @@ __all__ = ["CAPABILITIES", "PgmqQueue"]
 
 CAPABILITIES = Capabilities(
     {
-        **CONTROL_NOT_BUILT,
         Capability.PRIORITY: "pgmq has no priorities: pgmq.read hands out messages oldest first",
         Capability.OWNED_LEASES: (
             "a pgmq lease is the message's vt, with no owner: a claim whose reply was lost comes back "
@@ -45,7 +46,7 @@ Statement = tuple[str, dict[str, Any]]
 T = TypeVar("T")
 
 
-class PgmqQueue(QueueBase, PgmqInspector):
+class PgmqQueue(QueueBase, PgmqInspector, PgmqControl):
     """One pgmq queue of a `PgmqStore`, on the store's connection."""
 
     capabilities = CAPABILITIES
@@ -86,29 +87,32 @@ class PgmqQueue(QueueBase, PgmqInspector):
             await self._connection.ensure_queue(self.queue)
             return await self._connection.run(op)
 
-    async def _execute(self, statements: Sequence[Statement], *, atomic: bool = True) -> None:
-        """Run `statements` in one round trip (a pipeline), in one transaction when `atomic`."""
+    async def _execute(self, statements: Sequence[Statement], *, atomic: bool = True) -> list[list[tuple[Any, ...]]]:
+        """Run `statements` in one round trip (a pipeline), in one transaction when `atomic`;
+        returns each statement's rows."""
         if not statements:
-            return
+            return []
         await self._connection.ensure_queue(self.queue)
         sql = self._sql
         base = {"queue": self.queue}
 
-        async def op(conn: AsyncConnection[Any]) -> None:
+        async def op(conn: AsyncConnection[Any]) -> list[list[tuple[Any, ...]]]:
             if len(statements) == 1:
                 name, params = statements[0]
-                await conn.execute(sql[name], {**base, **params})
-                return
+                cur = await conn.execute(sql[name], {**base, **params})
+                return [await cur.fetchall() if cur.description else []]
+            cursors = []
             async with conn.pipeline():
                 if atomic:
                     async with conn.transaction():
                         for name, params in statements:
-                            await conn.execute(sql[name], {**base, **params})
+                            cursors.append(await conn.execute(sql[name], {**base, **params}))
                 else:
                     for name, params in statements:
-                        await conn.execute(sql[name], {**base, **params})
+                        cursors.append(await conn.execute(sql[name], {**base, **params}))
+            return [await cur.fetchall() if cur.description else [] for cur in cursors]
 
-        await self._checked(op)
+        return await self._checked(op)
 
     # -- push ------------------------------------------------------------------------------
 
@@ -203,7 +207,7 @@ class PgmqQueue(QueueBase, PgmqInspector):
             while True:
                 rows = await self._rows("read", {"lease": lease, "qty": limit})
                 tasks: list[Task[bytes]] = []
-                exhausted: list[Task[bytes]] = []
+                doomed: list[tuple[Task[bytes], Outcome]] = []
                 for msg_id, read_ct, enqueued_at, message, apalis in rows:
                     task = task_of(
                         self.queue,
@@ -217,10 +221,17 @@ class PgmqQueue(QueueBase, PgmqInspector):
                         run_at=enqueued_at,
                         lock_by=worker.id,
                     )
-                    (exhausted if task.ctx.attempts > task.ctx.max_attempts else tasks).append(task)
-                if exhausted:
-                    # Read once more than allowed: the previous reader died on its last attempt.
-                    await self.ack_batch([(task, Outcome.kill(EXHAUSTED)) for task in exhausted])
+                    cancel = apalis.get("cancel") if isinstance(apalis, dict) else None
+                    if isinstance(cancel, str):
+                        # Cancelled while a worker ran it, and that run was lost: it never runs again.
+                        doomed.append((task, Outcome.cancel(cancel)))
+                    elif task.ctx.attempts > task.ctx.max_attempts:
+                        # Read once more than allowed: the previous reader died on its last attempt.
+                        doomed.append((task, Outcome.kill(EXHAUSTED)))
+                    else:
+                        tasks.append(task)
+                if doomed:
+                    await self.ack_batch(doomed)
                 if tasks or not rows:
                     return tasks
 
@@ -230,14 +241,18 @@ class PgmqQueue(QueueBase, PgmqInspector):
         return poll_batches(worker, fetch, release, self._waker)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
-        """Extend the lease of every running task in one `pgmq.set_vt`, keep the worker row,
+        """Extend the lease of every running task in one `pgmq.set_vt` (telling the worker again
+        of the cancels requested of them), say whether the queue is paused, keep the worker row,
         and purge archived tasks older than `retention`."""
         lease = max(worker.stale_after, 1.0)
         layers = json.dumps(list(worker.layers))
+        hub = self._connection.hub
 
         async def beat() -> None:
+            hub.register(worker)
+            self._connection.listen(self.queue)
             running = [int(task_id) for task_id in worker.running() if task_id.isdigit()]
-            statements: list[Statement] = []
+            statements: list[Statement] = [("is_paused", {})]
             if running:
                 statements.append(("extend", {"ids": running, "lease": lease}))
             worker_row = {
@@ -253,9 +268,14 @@ class PgmqQueue(QueueBase, PgmqInspector):
             statements.append(("forget_stale_workers", {"stale_after": worker.stale_after}))
             statements.append(("purge_archive", {"retention": worker.retention}))
             statements.append(("purge_keys", {"retention": worker.retention}))
-            await self._execute(statements, atomic=False)
+            statements.append(("forget_waits", {}))
+            results = await self._execute(statements, atomic=False)
+            worker.on_paused(bool(results[0] and results[0][0][0]))
+            for msg_id, reason in results[1] if running else ():
+                tell_cancel(worker, str(msg_id), reason)
 
         async def farewell() -> None:
+            hub.unregister(worker)
             await self._execute([("delete_worker", {"id": worker.id})])
 
         return beat_every(worker, beat, farewell, self._connection.contact)
@@ -281,6 +301,10 @@ class PgmqQueue(QueueBase, PgmqInspector):
                 archive[0].append(msg_id)
                 archive[1].append(read_ct)
                 _note(notes, msg_id, read_ct, {"status": "killed", "error": outcome.error})
+            elif kind is OutcomeKind.CANCEL:
+                archive[0].append(msg_id)
+                archive[1].append(read_ct)
+                _note(notes, msg_id, read_ct, {"status": "cancelled", "error": outcome.error})
             elif kind is OutcomeKind.RETRY:
                 retry[0].append(msg_id)
                 retry[1].append(read_ct)
@@ -295,6 +319,11 @@ class PgmqQueue(QueueBase, PgmqInspector):
             statements.append(("annotate", {"ids": notes[0], "cts": notes[1], "patches": patches}))
         if archive[0]:
             statements.append(("archive", {"ids": archive[0], "cts": archive[1]}))
+        again = (retry[0] + release[0], retry[1] + release[1])
+        if again[0]:
+            # A run that would run again whose cancel was requested meanwhile ends cancelled.
+            statements.append(("cancel_instead", {"ids": again[0], "cts": again[1]}))
+            statements.append(("archive_marked", {"ids": again[0]}))
         if retry[0]:
             statements.append(("set_vt", {"ids": retry[0], "cts": retry[1], "ats": retry[2]}))
         if release[0]:

@@ -22,7 +22,15 @@ def _named(text: str) -> dict[str, str]:
 
 
 _QUERIES = _named((_DIR / "queries.sql").read_text())
-_STATUS = "\n".join(line for line in (_DIR / "status.sql").read_text().splitlines() if not line.startswith("--"))
+
+
+def _expression(name: str) -> str:
+    return "\n".join(line for line in (_DIR / name).read_text().splitlines() if not line.startswith("--")).strip()
+
+
+_STATUS = _expression("status.sql")
+_ARCHIVED = _expression("archived.sql")
+_NOTIFY_WAITERS = _expression("notify_waiters.sql")
 
 
 def statement(name: str) -> str:
@@ -42,5 +50,11 @@ def statements_for(queue: str) -> dict[str, str]:
     """Every named statement with the queue's tables filled in (the name is checked first)."""
     if (why := check_queue_name(queue)) is not None:
         raise ValueError(why)
-    tables = {"q": f'pgmq."q_{queue}"', "a": f'pgmq."a_{queue}"', "status": _STATUS.strip()}
+    tables = {
+        "q": f'pgmq."q_{queue}"',
+        "a": f'pgmq."a_{queue}"',
+        "status": _STATUS,
+        "archived": _ARCHIVED,
+        "notify_waiters": _NOTIFY_WAITERS,
+    }
     return {name: body.format(**tables) for name, body in _QUERIES.items()}

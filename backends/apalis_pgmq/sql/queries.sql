@@ -38,18 +38,24 @@ JOIN unnest(%(ats)s::float8[]) WITH ORDINALITY AS t(at, n) USING (n)
 ORDER BY n
 
 -- name: read
--- The claim: pgmq.read hides up to qty messages for the lease; read_ct counts the attempts.
+-- The claim: pgmq.read hides up to qty messages for the lease; read_ct counts the attempts. A
+-- paused queue's claim reads none (the flag is checked in the claim itself).
 SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8, message, headers -> 'apalis'
-FROM pgmq.read(%(queue)s, %(lease)s, %(qty)s)
+FROM pgmq.read(%(queue)s, %(lease)s, CASE
+    WHEN EXISTS (SELECT 1 FROM apalis_pgmq.queues WHERE queue = %(queue)s AND paused) THEN 0 ELSE %(qty)s END)
 
 -- name: extend
--- The heartbeat of running tasks: every lease of this worker extended in one call.
-SELECT count(*) FROM pgmq.set_vt(%(queue)s, %(ids)s::bigint[], clock_timestamp() + make_interval(secs => %(lease)s))
+-- The heartbeat of running tasks: every lease of this worker extended in one call; the runs whose
+-- cancel was requested are named (the worker is told again, in case the NOTIFY was missed).
+SELECT msg_id, headers -> 'apalis' ->> 'cancel'
+FROM pgmq.set_vt(%(queue)s, %(ids)s::bigint[], clock_timestamp() + make_interval(secs => %(lease)s))
+WHERE headers -> 'apalis' ? 'cancel'
 
 -- name: archive
--- Done (or killed): archive only the messages this run still holds, i.e. nobody read them again
--- since (same read_ct); FOR UPDATE keeps a concurrent pgmq.read off them until we commit.
-SELECT count(*) FROM pgmq.archive(%(queue)s, ARRAY(
+-- Done (or killed, cancelled): archive only the messages this run still holds, i.e. nobody read
+-- them again since (same read_ct); FOR UPDATE keeps a concurrent pgmq.read off them until we
+-- commit. Their waiters, if any, are woken (one statement: no transaction of its own needed).
+SELECT count(*), ({notify_waiters}) FROM pgmq.archive(%(queue)s, ARRAY(
     SELECT m.msg_id FROM {q} m
     JOIN unnest(%(ids)s::bigint[], %(cts)s::int[]) AS u(id, ct) ON m.msg_id = u.id AND m.read_ct = u.ct
     FOR UPDATE OF m))
@@ -130,7 +136,7 @@ SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FR
     SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8,
            extract(epoch FROM coalesce(last_read_at, vt))::float8,
            message, headers -> 'apalis',
-           CASE WHEN headers -> 'apalis' ->> 'status' = 'killed' THEN 'killed' ELSE 'done' END,
+           {archived},
            extract(epoch FROM archived_at)::float8
     FROM {a}
 ) AS t
@@ -144,40 +150,127 @@ LIMIT %(limit)s OFFSET %(offset)s
 SELECT status, count(*), count(*) FILTER (WHERE status IN ('pending', 'failed') AND vt > clock_timestamp())
 FROM (SELECT {status} AS status, vt FROM {q}) AS t GROUP BY 1
 UNION ALL
-SELECT CASE WHEN headers -> 'apalis' ->> 'status' = 'killed' THEN 'killed' ELSE 'done' END, count(*), 0
+SELECT {archived}, count(*), 0
 FROM {a} GROUP BY 1
 
 -- name: retry_failed
-UPDATE {q} SET read_ct = 0, vt = clock_timestamp(), headers = headers #- '{{apalis,failed_ct}}'
-WHERE msg_id = %(id)s AND {status} = 'failed'
+UPDATE {q} SET read_ct = 0, vt = clock_timestamp(), headers = headers #- '{{apalis,failed_ct}}' #- '{{apalis,cancel}}'
+WHERE msg_id = ANY(%(ids)s::bigint[]) AND {status} = 'failed'
 RETURNING msg_id
 
 -- name: retry_killed
--- pgmq has no "unarchive": the killed message goes back into the queue table with its own id.
+-- pgmq has no "unarchive": a killed or cancelled message goes back into the queue table with its
+-- own id.
 WITH moved AS (
-    DELETE FROM {a} WHERE msg_id = %(id)s AND headers -> 'apalis' ->> 'status' = 'killed'
+    DELETE FROM {a} WHERE msg_id = ANY(%(ids)s::bigint[]) AND headers -> 'apalis' ->> 'status' IN ('killed', 'cancelled')
     RETURNING msg_id, enqueued_at, message, headers
 )
 INSERT INTO {q} (msg_id, read_ct, enqueued_at, vt, message, headers) OVERRIDING SYSTEM VALUE
 SELECT msg_id, 0, enqueued_at, clock_timestamp(), message,
-       headers #- '{{apalis,status}}' #- '{{apalis,failed_ct}}'
+       headers #- '{{apalis,status}}' #- '{{apalis,failed_ct}}' #- '{{apalis,cancel}}'
 FROM moved
 RETURNING msg_id
 
--- name: kill
-WITH marked AS (
+-- name: mark
+-- A patch merged into the "apalis" headers of the given messages that are in one of `statuses`
+-- now (an operator's kill or cancel; the UPDATE waits for a claim that holds the row, then sees
+-- the claim's result, so a claim and a cancel never both win).
+UPDATE {q} m
+SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{{}}' END
+    || jsonb_build_object('apalis',
+        CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{{}}' END
+        || %(patch)s::jsonb)
+WHERE m.msg_id = ANY(%(ids)s::bigint[]) AND {status} = ANY(%(statuses)s::text[])
+RETURNING m.msg_id
+
+-- name: archive_marked
+-- The messages `mark` made killed or cancelled go to the archive (same transaction); their
+-- waiters, if any, are woken.
+SELECT count(*), ({notify_waiters}) FROM pgmq.archive(%(queue)s, ARRAY(
+    SELECT msg_id FROM {q} WHERE msg_id = ANY(%(ids)s::bigint[]) AND headers -> 'apalis' ->> 'status' IN ('killed', 'cancelled')
+    FOR UPDATE))
+
+-- name: request_cancel
+-- A running task: the request (its reason) is kept in its headers, for the heartbeat of the
+-- worker that runs it, and that worker is told at once through the control channel.
+WITH requested AS (
     UPDATE {q} m
     SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{{}}' END
         || jsonb_build_object('apalis',
             CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{{}}' END
-            || %(patch)s::jsonb)
-    WHERE m.msg_id = %(id)s
-    RETURNING msg_id
+            || jsonb_build_object('cancel', %(reason)s::text))
+    WHERE m.msg_id = ANY(%(ids)s::bigint[]) AND {status} = 'running'
+    RETURNING m.msg_id
 )
-SELECT count(*) FROM marked
+SELECT msg_id, pg_notify('apalis_pgmq', concat_ws(' ', 'c', %(queue)s::text, msg_id, left(%(reason)s::text, 3000)))
+FROM requested
 
--- name: archive_one
-SELECT pgmq.archive(%(queue)s, %(id)s::bigint)
+-- name: cancel_instead
+-- Runs that would run again (a retry, a release) but whose cancel was requested meanwhile end
+-- cancelled instead, with the requested reason.
+UPDATE {q} m
+SET headers = m.headers || jsonb_build_object('apalis', (m.headers -> 'apalis')
+    || jsonb_build_object('status', 'cancelled', 'error', m.headers -> 'apalis' -> 'cancel'))
+FROM unnest(%(ids)s::bigint[], %(cts)s::int[]) AS u(id, ct)
+WHERE m.msg_id = u.id AND m.read_ct = u.ct AND m.headers -> 'apalis' ? 'cancel'
+RETURNING m.msg_id
+
+-- name: final_status
+SELECT msg_id, {archived} FROM {a} WHERE msg_id = ANY(%(ids)s::bigint[])
+
+-- name: wait_begin
+INSERT INTO apalis_pgmq.waits (queue, msg_id, until)
+VALUES (%(queue)s, %(id)s, now() + make_interval(secs => %(within)s))
+RETURNING id
+
+-- name: wait_settle
+-- Waits for a transaction that is archiving the task right now (it holds the row) to commit:
+-- such an ack may have looked for waiters before this one's row existed, and sends no NOTIFY.
+SELECT 1 FROM {q} WHERE msg_id = %(id)s FOR SHARE
+
+-- name: wait_end
+DELETE FROM apalis_pgmq.waits WHERE id = %(wait)s
+
+-- name: forget_waits
+DELETE FROM apalis_pgmq.waits WHERE until < now()
+
+-- name: is_paused
+SELECT coalesce((SELECT paused FROM apalis_pgmq.queues WHERE queue = %(queue)s), false)
+
+-- name: set_paused
+WITH saved AS (
+    INSERT INTO apalis_pgmq.queues (queue, paused) VALUES (%(queue)s, %(paused)s)
+    ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused
+    RETURNING paused
+)
+SELECT pg_notify('apalis_pgmq', concat_ws(' ', 'p', %(queue)s::text, CASE WHEN paused THEN 1 ELSE 0 END)) FROM saved
+
+-- name: bulk_select
+-- The tasks a bulk action takes: the queue table and the archive by their status, the time of
+-- their last change (archived, else enqueued), their error; oldest first.
+SELECT src, msg_id FROM (
+    SELECT 'q' AS src, msg_id, enqueued_at AS changed, {status} AS status, headers -> 'apalis' ->> 'error' AS error
+    FROM {q}
+    UNION ALL
+    SELECT 'a', msg_id, archived_at, {archived}, headers -> 'apalis' ->> 'error'
+    FROM {a}
+) AS t
+WHERE status = ANY(%(statuses)s::text[])
+  AND (%(since)s::float8 IS NULL OR changed >= to_timestamp(%(since)s))
+  AND (%(until)s::float8 IS NULL OR changed <= to_timestamp(%(until)s))
+  AND (%(error)s::text IS NULL OR strpos(lower(coalesce(error, '')), lower(%(error)s)) > 0)
+ORDER BY changed, msg_id
+LIMIT %(limit)s
+
+-- name: bulk_delete_live
+SELECT count(*) FROM pgmq.delete(%(queue)s, ARRAY(
+    SELECT msg_id FROM {q} WHERE msg_id = ANY(%(ids)s::bigint[]) AND {status} = ANY(%(statuses)s::text[]) FOR UPDATE))
+
+-- name: bulk_delete_archived
+WITH gone AS (
+    DELETE FROM {a} WHERE msg_id = ANY(%(ids)s::bigint[]) AND {archived} = ANY(%(statuses)s::text[]) RETURNING 1
+)
+SELECT count(*) FROM gone
 
 -- name: purge_queue_status
 SELECT count(*) FROM pgmq.delete(%(queue)s, ARRAY(
@@ -186,7 +279,7 @@ SELECT count(*) FROM pgmq.delete(%(queue)s, ARRAY(
 -- name: purge_archive_status
 WITH gone AS (
     DELETE FROM {a}
-    WHERE CASE WHEN headers -> 'apalis' ->> 'status' = 'killed' THEN 'killed' ELSE 'done' END = %(status)s
+    WHERE {archived} = %(status)s
       AND archived_at <= to_timestamp(%(cutoff)s)
     RETURNING msg_id
 )

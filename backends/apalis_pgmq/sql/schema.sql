@@ -20,3 +20,18 @@ CREATE TABLE IF NOT EXISTS apalis_pgmq.keys (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (queue, key)
 );
+-- A queue's control record: pgmq has no paused flag. The claim (`read`) reads it.
+CREATE TABLE IF NOT EXISTS apalis_pgmq.queues (
+    queue text PRIMARY KEY,
+    paused boolean NOT NULL DEFAULT false
+);
+-- Who waits for which task: a transaction that ends one of these tasks sends the NOTIFY that
+-- wakes its waiters (no NOTIFY at all while nobody waits). A row outlives a waiter that died
+-- only until `until`.
+CREATE TABLE IF NOT EXISTS apalis_pgmq.waits (
+    id bigserial PRIMARY KEY,
+    queue text NOT NULL,
+    msg_id bigint NOT NULL,
+    until timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS waits_task ON apalis_pgmq.waits (queue, msg_id);

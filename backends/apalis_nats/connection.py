@@ -25,8 +25,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from .config import NatsConfig
 
@@ -38,6 +47,10 @@ FAILURES: tuple[type[BaseException], ...] = (NatsError, ConnectionError, OSError
 """What a lost connection raises: the operation is retried once the client has reconnected."""
 
 _SUBJECTS_OVERLAP = 10065
+_FINAL_TTL = 7 * 86400.0
+_FINAL_MAX_BYTES = {"file": 1 << 30, "memory": 64 << 20}
+"""The final records' bucket drops its oldest records past this size (a waiter reads its record
+within moments of its write; `inspect` does not list done tasks)."""
 _NOT_UNIQUE = (10099, 10100)  # a second unfiltered / overlapping consumer on a WorkQueue stream
 _FIRST_CONNECT_ATTEMPTS = 3
 
@@ -59,6 +72,7 @@ class Connection:
         self.config = config
         self._client: Client | None = None
         self._lock = asyncio.Lock()
+        self._buckets: dict[str, KeyValue] = {}
 
     async def client(self) -> Client:
         """The connected client (connecting on first use); raises `ConnectionLost` while the
@@ -98,6 +112,7 @@ class Connection:
         client.options["max_reconnect_attempts"] = -1
         try:
             await self._ensure_stream(client.jetstream(timeout=5.0))
+            await self._ensure_buckets(client.jetstream(timeout=5.0))
         except BaseException:
             await client.close()
             raise
@@ -152,6 +167,76 @@ class Connection:
                 f'NATS stream "{s.stream}" takes subjects {", ".join(subjects) or "(none)"}, not "{wanted}": '
                 f'add "{wanted}" to its subjects, or set prefix to a subject prefix it takes'
             )
+
+    # -- the control plane's buckets (see `apalis_nats.control`) ------------------------------
+
+    @property
+    def control_bucket(self) -> str:
+        """The bucket of paused flags."""
+        return f"{self.config.stream}_CTL"
+
+    @property
+    def final_bucket(self) -> str:
+        """The bucket of final records."""
+        return f"{self.config.stream}_FIN"
+
+    def final_subject(self, key: str) -> str:
+        """The subject a final record is written on (a plain publish there is a KV put)."""
+        return f"$KV.{self.final_bucket}.{key}"
+
+    async def _ensure_buckets(self, js: JetStreamContext) -> None:
+        storage = StorageType.FILE if self.config.storage == "file" else StorageType.MEMORY
+        wanted = {
+            self.control_bucket: KeyValueConfig(bucket=self.control_bucket, history=1, storage=storage),
+            self.final_bucket: KeyValueConfig(
+                bucket=self.final_bucket,
+                history=1,
+                storage=storage,
+                ttl=_FINAL_TTL,
+                max_bytes=_FINAL_MAX_BYTES[self.config.storage],
+            ),
+        }
+        for name, config in wanted.items():
+            try:
+                self._buckets[name] = await js.key_value(name)
+            except BucketNotFoundError:
+                self._buckets[name] = await js.create_key_value(config)
+
+    async def _bucket(self, name: str) -> KeyValue:
+        bucket = self._buckets.get(name)
+        if bucket is None:  # deleted while in use, or not made yet
+            await self.client()
+            await self._ensure_buckets(await self.js())
+            bucket = self._buckets[name]
+        return bucket
+
+    async def put_final(self, key: str, data: bytes) -> None:
+        """Write a final record and wait for the server to have it."""
+        await (await self._bucket(self.final_bucket)).put(key, data)
+
+    async def get_final(self, key: str) -> bytes | None:
+        """A final record, or None."""
+        try:
+            entry = await (await self._bucket(self.final_bucket)).get(key)
+        except NotFoundError:  # no such key, or deleted
+            return None
+        return entry.value
+
+    async def forget_final(self, key: str) -> None:
+        """Delete a final record (the task runs again)."""
+        await (await self._bucket(self.final_bucket)).delete(key)
+
+    async def put_paused(self, queue: str, paused: bool) -> None:
+        """Store the paused flag of `queue`."""
+        await (await self._bucket(self.control_bucket)).put(f"paused.{queue}", b"1" if paused else b"0")
+
+    async def get_paused(self, queue: str) -> bool:
+        """The paused flag of `queue` (never set: not paused)."""
+        try:
+            entry = await (await self._bucket(self.control_bucket)).get(f"paused.{queue}")
+        except NotFoundError:
+            return False
+        return entry.value == b"1"
 
     async def add_consumer(self, durable: str, subject: str, ack_wait: float) -> None:
         """Create (or update) durable pull consumer `durable` on `subject`. A WorkQueue stream

@@ -3,7 +3,8 @@
 
 A work message at or below the consumer's last delivered sequence is running (delivered, not
 yet acknowledged; a retry waiting out its `nak` delay looks the same); above it, pending.
-Acknowledged messages are gone from a WorkQueue stream: done tasks cannot be shown.
+Acknowledged messages are gone from a WorkQueue stream: done tasks cannot be listed, but one is
+found by id through its final record (see `apalis_nats.control`).
 Admin moves a message by publishing a copy and deleting the original by sequence.
 """
 
@@ -21,6 +22,7 @@ from nats.js.errors import NotFoundError
 
 from . import messages as m
 from .connection import Connection
+from .control import final_key, record, task_of_record
 
 __all__ = ["NatsInspector"]
 
@@ -35,6 +37,7 @@ class NatsInspector:
     work: str
     sched: str
     dead: str
+    cancelled: str
     durable: str
     max_attempts: int
     capabilities: Any
@@ -74,6 +77,8 @@ class NatsInspector:
         if status in (None, Status.PENDING, Status.RUNNING):
             delivered, _ = await self._delivered_upto()
             async for raw in self._walk(self.work, limit):
+                if (raw.headers or {}).get(m.TOMBSTONE):
+                    continue  # where a cancelled scheduled task's copy would have gone: no task
                 state = Status.RUNNING if (raw.seq or 0) <= delivered else Status.PENDING
                 if status in (None, state):
                     found.append(self._task(raw, state))
@@ -81,6 +86,8 @@ class NatsInspector:
             found.extend([self._task(raw, Status.PENDING) async for raw in self._walk(self.sched, limit)])
         if status in (None, Status.KILLED):
             found.extend([self._task(raw, Status.KILLED) async for raw in self._walk(self.dead, limit)])
+        if status in (None, Status.CANCELLED):
+            found.extend([self._task(raw, Status.CANCELLED) async for raw in self._walk(self.cancelled, limit)])
         return found
 
     async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
@@ -90,8 +97,12 @@ class NatsInspector:
         return found[offset : offset + limit]
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
-        """One task by id, found by reading up to 10,000 messages of the queue."""
-        return next((t for t in await self._tasks(None, _SCAN) if t.id == task_id), None)
+        """One task by id, found by reading up to 10,000 messages of the queue; a task that
+        ended and left the stream (done) by its final record (7 days; its payload not kept)."""
+        found = next((t for t in await self._tasks(None, _SCAN) if t.id == task_id), None)
+        if found is None and (data := await self._conn.get_final(final_key(self.queue, task_id))) is not None:
+            found = task_of_record(self.queue, task_id, data)
+        return found
 
     async def stats(self) -> QueueStats:
         """Counts from the stream's per-subject state and the consumer's unacknowledged count."""
@@ -104,6 +115,7 @@ class NatsInspector:
         counts[Status.PENDING] = max(work - running, 0) + per_subject.get(self.sched, 0)
         counts[Status.RUNNING] = running
         counts[Status.KILLED] = per_subject.get(self.dead, 0)
+        counts[Status.CANCELLED] = per_subject.get(self.cancelled, 0)
         # Pushed for later: on the schedule subject until the mover finds them due. A retry in its
         # backoff waits on the work subject (a delayed redelivery) and counts as pending.
         return QueueStats(queue=self.queue, counts=counts, scheduled=per_subject.get(self.sched, 0))
@@ -126,13 +138,15 @@ class NatsInspector:
         await js.delete_msg(self.stream, raw.seq or 0)
 
     async def retry(self, task_id: TaskId) -> bool:
-        """A killed task goes back to work now, its attempts counted afresh."""
-        found = await self._find(task_id, self.dead)
+        """A killed or cancelled task goes back to work now, its attempts counted afresh (and its
+        final record forgotten, so a waiter waits for its new end)."""
+        found = await self._find(task_id, self.dead, self.cancelled)
         if found is None:
             return False
         _, raw = found
         run_at = repr(time.time())
         headers = m.copy_headers(raw.headers, id=task_id, attempts="0", error=None, done_at=None, run_at=run_at)
+        await self._conn.forget_final(final_key(self.queue, task_id))
         await self._move(raw, self.work, headers)
         return True
 
@@ -145,6 +159,10 @@ class NatsInspector:
         _, raw = found
         headers = m.copy_headers(raw.headers, id=task_id, error=m.one_line(reason), done_at=repr(time.time()))
         await self._move(raw, self.dead, headers)
+        env = m.envelope_of(raw.headers, task_id, self.max_attempts)
+        await self._conn.put_final(
+            final_key(self.queue, task_id), record(Status.KILLED, envelope=env, attempts=env.attempts, error=reason)
+        )
         return True
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
@@ -152,6 +170,8 @@ class NatsInspector:
         done tasks are already gone."""
         if status is Status.KILLED:
             subjects, stamp = [self.dead], m.DONE_AT
+        elif status is Status.CANCELLED:
+            subjects, stamp = [self.cancelled], m.DONE_AT
         elif status is Status.PENDING:
             subjects, stamp = [self.work, self.sched], m.CREATED
         else:
@@ -159,11 +179,14 @@ class NatsInspector:
         cutoff = time.time() - (older_than or 0.0)
         js = await self._conn.js()
         doomed = [
-            raw.seq
+            raw
             for subject in subjects
             async for raw in self._walk(subject, _SCAN)
             if raw.seq is not None and float((raw.headers or {}).get(stamp, 0.0)) <= cutoff
         ]
-        for seq in doomed:
-            await js.delete_msg(self.stream, seq)
+        for raw in doomed:
+            await js.delete_msg(self.stream, raw.seq or 0)
+            if status.is_final:  # its final record goes with it
+                task_id = m.envelope_of(raw.headers, f"{self.stream}-{raw.seq}", 1).id
+                await self._conn.forget_final(final_key(self.queue, task_id))
         return len(doomed)

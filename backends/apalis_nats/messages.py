@@ -33,6 +33,8 @@ CREATED = "Apalis-Created-At"
 DONE_AT = "Apalis-Done-At"
 ENCODING = "Apalis-Encoding"
 MSG_ID = "Nats-Msg-Id"
+TOMBSTONE = "Apalis-Tombstone"
+"""On an empty message a cancel puts where a scheduled task's copy would go: not a task."""
 
 _HEADROOM = 4096  # room for the headers and the protocol line within max_payload
 

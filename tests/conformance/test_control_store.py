@@ -149,7 +149,11 @@ async def test_a_cancel_requested_of_a_vanished_workers_run_ends_cancelled(harne
     ghost = HandWorker(backend, stale_after=0.3)
     task = await ghost.claim()
     await ghost.close()  # it vanishes: no more heartbeats, no acknowledgement
-    assert (await canceller(harness, backend).cancel(task.id, REASON)).state is CancelState.REQUESTED
+    answer = await canceller(harness, backend).cancel(task.id, REASON)
+    if harness.store.capabilities.has(Capability.INSPECT):
+        assert answer.state is CancelState.REQUESTED
+    else:  # a broker cannot tell a vanished worker's run from one waiting for its redelivery
+        assert answer.state in (CancelState.REQUESTED, CancelState.CANCELLED)
 
     rescuer = harness.worker(backend, calls.handler(), name="rescuer", keep_alive=0.1, stale_after=0.5)
     await rescuer.start()

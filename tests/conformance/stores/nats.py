@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
 
 from apalis_cli.backend import Store, StoreSpec
 from apalis_nats import NatsStore
+from nats.js.errors import NotFoundError
 
 from ...services import need_server
 from ..factory import StoreFactory
@@ -19,7 +21,8 @@ def abort_connection(client: Any) -> None:
 
 
 class NatsFactory(StoreFactory):
-    """A store on a stream of its own (subjects under a fresh prefix), deleted afterwards."""
+    """A store on a stream of its own (subjects under a fresh prefix) and its control buckets,
+    deleted afterwards."""
 
     kind = "nats"
 
@@ -35,6 +38,9 @@ class NatsFactory(StoreFactory):
         assert isinstance(store, NatsStore)
         js = await store.connection.js()
         await js.delete_stream(store.config.stream)
+        for bucket in (store.connection.control_bucket, store.connection.final_bucket):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_key_value(bucket)
         await store.close()
 
     async def drop_connections(self, store: Store) -> None:

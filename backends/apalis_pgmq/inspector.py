@@ -11,11 +11,13 @@ no call for (lowering
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import worker_from_row
 
@@ -27,10 +29,25 @@ if TYPE_CHECKING:
 __all__ = ["PgmqInspector"]
 
 _KILLABLE = ["pending", "failed", "running"]
+_FAR = 1e300
+_MAX_ID = (1 << 63) - 1
+
+
+def _msg_id(task_id: TaskId) -> int:
+    """A cursor's id as a message id (a cursor of another store's ids sorts before every one)."""
+    return int(task_id) if task_id.isdigit() and len(task_id) < 19 else -1
+
+
+def _cut(task: Task[bytes], preview: int | None) -> Task[bytes]:
+    """`task` with at most `preview` bytes of its payload (a listing shows no more)."""
+    if preview is None or len(task.args) <= preview:
+        return task
+    return dataclasses.replace(task, args=task.args[:preview])
 
 
 class PgmqInspector:
-    """The `Inspector` half of a `PgmqQueue`: the protocol over a pgmq queue's tables."""
+    """The `Inspector` half of a `PgmqQueue`: the protocol over a pgmq queue's tables (also a
+    `TaskBrowser` and an `ActivitySource`: the board's pages and activity)."""
 
     queue: str
     max_attempts: int
@@ -59,6 +76,49 @@ class PgmqInspector:
         """Messages of the queue and its archive, by visibility time."""
         params = {"status": status.value if status else None, "id": None, "limit": limit, "offset": offset}
         return [self._task(row) for row in await self._rows("tasks", params)]
+
+    async def browse(
+        self,
+        where: TaskSearch,
+        *,
+        after: PageCursor | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> list[Task[bytes]]:
+        """A page of tasks by keyset `(run_at, msg_id)` (the board's; no OFFSET): the task whose
+        id or key is the search text, else those whose last error contains it."""
+        text = where.text or None
+        status = where.status.value if where.status is not None else None
+        tasks: list[Task[bytes]] = []
+        if text is not None:
+            exact = {"id": int(text) if text.isdigit() and len(text) < 19 else None, "search": text}
+            tasks = [self._task(row) for row in await self._rows("find_exact", exact)]
+            tasks = [t for t in tasks if where.status is None or t.ctx.status is where.status]
+            if tasks and after is not None:
+                return []
+        if not tasks:
+            far = (_FAR, _MAX_ID) if newest_first else (-_FAR, -1)
+            run_at, msg_id = (after.run_at, _msg_id(after.id)) if after is not None else far
+            params = {"status": status, "search": text, "run_at": run_at, "id": msg_id, "limit": limit}
+            page = "page_backward" if newest_first else "page_forward"
+            return [_cut(self._task(row), preview) for row in await self._rows(page, params)]
+        tasks.sort(key=lambda t: (t.ctx.run_at, int(t.id)), reverse=newest_first)
+        return [_cut(task, preview) for task in tasks[:limit]]
+
+    async def activity(self, since: float) -> QueueActivity:
+        """The oldest due waiting task's run_at, and the archive's done and killed per minute."""
+        oldest = await self._rows("oldest_waiting", {})
+        per_minute: dict[int, MinuteCounts] = {}
+        for minute, status, count in await self._rows("finished_per_minute", {"since": since}):
+            counts = per_minute.get(int(minute), MinuteCounts())
+            if status == Status.DONE.value:
+                counts = MinuteCounts(counts.done + int(count), counts.failed)
+            elif Status(status) in FAILED_FOR_GOOD:
+                counts = MinuteCounts(counts.done, counts.failed + int(count))
+            per_minute[int(minute)] = counts
+        ready = oldest[0][0] if oldest and oldest[0][0] is not None else None
+        return QueueActivity(oldest_ready_at=ready, per_minute=per_minute)
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One message by id, from the queue or the archive."""

@@ -31,6 +31,7 @@ def _expression(name: str) -> str:
 _STATUS = _expression("status.sql")
 _ARCHIVED = _expression("archived.sql")
 _NOTIFY_WAITERS = _expression("notify_waiters.sql")
+_TASKS = _expression("tasks.sql")
 
 
 def statement(name: str) -> str:
@@ -57,4 +58,5 @@ def statements_for(queue: str) -> dict[str, str]:
         "archived": _ARCHIVED,
         "notify_waiters": _NOTIFY_WAITERS,
     }
+    tables["tasks"] = _TASKS.format(**tables)
     return {name: body.format(**tables) for name, body in _QUERIES.items()}

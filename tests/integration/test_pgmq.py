@@ -439,3 +439,38 @@ async def test_an_unlogged_queue_the_official_client_made_is_used_as_it_is(
     assert seen == ["client", "apalis"]
     [(persistence,)] = await sql(pgmq_url, f"SELECT relpersistence FROM pg_class WHERE relname = 'q_{queue}'")
     assert persistence == "u", "still the client's unlogged table"
+
+
+async def test_the_board_pages_by_keyset_and_finds_by_id_key_and_error(store: PgmqStore, queue: str) -> None:
+    from apalis_cli.browsing import PageCursor, TaskBrowser, TaskSearch
+
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=1)
+    assert isinstance(backend, TaskBrowser)
+    begun = time.time()
+    ids = [await backend.push({"n": n}) for n in range(7)]
+    keyed = await backend.push({"n": "k"}, idempotency_key="order-42")
+    assert await backend.kill(ids[3], "Disk full on /var")
+
+    seen: list[str] = []
+    after: PageCursor | None = None
+    while True:
+        page = await backend.browse(TaskSearch(), after=after, limit=3)
+        if not page:
+            break
+        seen += [task.id for task in page]
+        after = PageCursor.of(page[-1])
+    assert sorted(seen, key=int) == sorted([*ids, keyed], key=int)
+    assert len(seen) == len(set(seen)), "a task shown on two pages"
+
+    newest = await backend.browse(TaskSearch(status=Status.PENDING), limit=2, newest_first=True)
+    assert [task.id for task in newest] == [keyed, ids[6]]
+    assert [t.id for t in await backend.browse(TaskSearch(text=ids[5]))] == [ids[5]]
+    assert [t.id for t in await backend.browse(TaskSearch(text="order-42"))] == [keyed]
+    found = await backend.browse(TaskSearch(text="disk FULL"))
+    assert [t.id for t in found] == [ids[3]]
+    assert found[0].ctx.status is Status.KILLED
+    assert (await backend.browse(TaskSearch(), limit=1, preview=2))[0].args == b'{"'
+    activity = await backend.activity(time.time() - 60)
+    assert activity.oldest_ready_at is not None
+    assert begun - 1 <= activity.oldest_ready_at <= time.time()
+    assert sum(minute.failed for minute in activity.per_minute.values()) == 1

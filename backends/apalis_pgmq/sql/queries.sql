@@ -125,24 +125,44 @@ SELECT key, msg_id FROM apalis_pgmq.keys WHERE queue = %(queue)s AND key = ANY(%
 
 -- name: tasks
 -- Inspection reads the queue and archive tables: a SELECT changes nothing, unlike pgmq.read.
-SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM (
-    -- run_at is when the message is (or was) due: its vt, except that a running or archived
-    -- message's vt is only its lease's end, so its last read is shown.
-    SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8 AS enqueued_at,
-           extract(epoch FROM CASE WHEN status = 'running' THEN last_read_at ELSE vt END)::float8 AS run_at,
-           message, headers -> 'apalis' AS apalis, status, NULL::float8 AS done_at
-    FROM (SELECT *, {status} AS status FROM {q}) AS live
-    UNION ALL
-    SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8,
-           extract(epoch FROM coalesce(last_read_at, vt))::float8,
-           message, headers -> 'apalis',
-           {archived},
-           extract(epoch FROM archived_at)::float8
-    FROM {a}
-) AS t
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
 WHERE (%(status)s::text IS NULL OR status = %(status)s) AND (%(id)s::bigint IS NULL OR msg_id = %(id)s)
 ORDER BY run_at, msg_id
 LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: find_exact
+-- The board's search: the task whose id or idempotency key is the text.
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
+WHERE msg_id = %(id)s OR apalis ->> 'key' = %(search)s
+
+-- name: page_forward
+-- The board's pages by keyset (run_at, msg_id): no OFFSET. pgmq keeps no status column and no
+-- index on this key, so each page scans both tables once (and sorts only the page's top rows).
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(search)s::text IS NULL OR strpos(lower(coalesce(apalis ->> 'error', '')), lower(%(search)s)) > 0)
+  AND (run_at, msg_id) > (%(run_at)s, %(id)s)
+ORDER BY run_at, msg_id
+LIMIT %(limit)s
+
+-- name: page_backward
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(search)s::text IS NULL OR strpos(lower(coalesce(apalis ->> 'error', '')), lower(%(search)s)) > 0)
+  AND (run_at, msg_id) < (%(run_at)s, %(id)s)
+ORDER BY run_at DESC, msg_id DESC
+LIMIT %(limit)s
+
+-- name: oldest_waiting
+-- The board's activity: the oldest due run_at of a task waiting to run (pending, or failed and
+-- waiting for its retry).
+SELECT extract(epoch FROM min(vt))::float8 FROM {q}
+WHERE vt <= clock_timestamp() AND {status} IN ('pending', 'failed')
+
+-- name: finished_per_minute
+SELECT floor(extract(epoch FROM archived_at) / 60)::bigint, {archived}, count(*)
+FROM {a} WHERE archived_at >= to_timestamp(%(since)s)
+GROUP BY 1, 2
 
 -- name: stats
 -- Per status: how many, and how many wait for a time still to come (a delayed send, or a retry

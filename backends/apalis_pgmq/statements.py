@@ -1,42 +1,32 @@
-"""The backend's SQL, read once from `sql/*.sql` and rendered per queue."""
+"""The backend's SQL, read once from `sql/*.sql` by the loader every SQL store uses
+(`apalis_sql.files`) and rendered per queue: `{q}` and `{a}` are the queue's pgmq tables, and
+`{status}`, `{archived}`, `{notify_waiters}` and `{all_tasks}` the fragments of the files of those
+names."""
 
 from __future__ import annotations
 
 import re
 from functools import cache
-from pathlib import Path
+
+from apalis_sql.files import Queries, load_queries, render
 
 __all__ = ["SCHEMA", "check_queue_name", "statement", "statements_for"]
 
-_DIR = Path(__file__).parent / "sql"
 _NAME = re.compile(r"^[a-z0-9_]{1,47}$")
-SCHEMA = (_DIR / "schema.sql").read_text()
+_FRAGMENTS = ("status", "archived", "notify_waiters")
 
 
-def _named(text: str) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for chunk in text.split("-- name: ")[1:]:
-        name, _, body = chunk.partition("\n")
-        found[name.strip()] = body.strip()
-    return found
+@cache
+def _queries() -> Queries:
+    return load_queries("apalis_pgmq")
 
 
-_QUERIES = _named((_DIR / "queries.sql").read_text())
-
-
-def _expression(name: str) -> str:
-    return "\n".join(line for line in (_DIR / name).read_text().splitlines() if not line.startswith("--")).strip()
-
-
-_STATUS = _expression("status.sql")
-_ARCHIVED = _expression("archived.sql")
-_NOTIFY_WAITERS = _expression("notify_waiters.sql")
-_TASKS = _expression("tasks.sql")
+SCHEMA = _queries()["schema"]
 
 
 def statement(name: str) -> str:
     """A statement that names no queue table."""
-    return _QUERIES[name]
+    return _queries()[name]
 
 
 def check_queue_name(queue: str) -> str | None:
@@ -51,12 +41,9 @@ def statements_for(queue: str) -> dict[str, str]:
     """Every named statement with the queue's tables filled in (the name is checked first)."""
     if (why := check_queue_name(queue)) is not None:
         raise ValueError(why)
-    tables = {
-        "q": f'pgmq."q_{queue}"',
-        "a": f'pgmq."a_{queue}"',
-        "status": _STATUS,
-        "archived": _ARCHIVED,
-        "notify_waiters": _NOTIFY_WAITERS,
-    }
-    tables["tasks"] = _TASKS.format(**tables)
-    return {name: body.format(**tables) for name, body in _QUERIES.items()}
+    queries = _queries()
+    names = {"q": f'pgmq."q_{queue}"', "a": f'pgmq."a_{queue}"'}
+    names.update({fragment: render(queries[fragment], names) for fragment in _FRAGMENTS})
+    names["all_tasks"] = render(queries["all_tasks"], names)
+    skip = {"schema", "all_tasks", *_FRAGMENTS}
+    return {name: render(sql, names) for name, sql in queries.items() if name not in skip}

@@ -65,9 +65,9 @@ SELECT count(*), ({notify_waiters}) FROM pgmq.archive(%(queue)s, ARRAY(
 -- message's headers under "apalis", before the message is archived or made visible again.
 -- Foreign headers that are not an object (pgmq allows any jsonb) give way to ours.
 UPDATE {q} m
-SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{{}}' END
+SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{}' END
     || jsonb_build_object('apalis',
-        CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{{}}' END || u.patch)
+        CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{}' END || u.patch)
 FROM (
     SELECT u.id, u.ct, p.e AS patch
     FROM unnest(%(ids)s::bigint[], %(cts)s::int[]) WITH ORDINALITY AS u(id, ct, n)
@@ -125,20 +125,20 @@ SELECT key, msg_id FROM apalis_pgmq.keys WHERE queue = %(queue)s AND key = ANY(%
 
 -- name: tasks
 -- Inspection reads the queue and archive tables: a SELECT changes nothing, unlike pgmq.read.
-SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({all_tasks}) AS t
 WHERE (%(status)s::text IS NULL OR status = %(status)s) AND (%(id)s::bigint IS NULL OR msg_id = %(id)s)
 ORDER BY run_at, msg_id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: find_exact
 -- The board's search: the task whose id or idempotency key is the text.
-SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({all_tasks}) AS t
 WHERE msg_id = %(id)s OR apalis ->> 'key' = %(search)s
 
 -- name: page_forward
 -- The board's pages by keyset (run_at, msg_id): no OFFSET. pgmq keeps no status column and no
 -- index on this key, so each page scans both tables once (and sorts only the page's top rows).
-SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({all_tasks}) AS t
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(search)s::text IS NULL OR strpos(lower(coalesce(apalis ->> 'error', '')), lower(%(search)s)) > 0)
   AND (run_at, msg_id) > (%(run_at)s, %(id)s)
@@ -146,7 +146,7 @@ ORDER BY run_at, msg_id
 LIMIT %(limit)s
 
 -- name: page_backward
-SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({tasks}) AS t
+SELECT msg_id, read_ct, enqueued_at, run_at, message, apalis, status, done_at FROM ({all_tasks}) AS t
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(search)s::text IS NULL OR strpos(lower(coalesce(apalis ->> 'error', '')), lower(%(search)s)) > 0)
   AND (run_at, msg_id) < (%(run_at)s, %(id)s)
@@ -174,7 +174,7 @@ SELECT {archived}, count(*), 0
 FROM {a} GROUP BY 1
 
 -- name: retry_failed
-UPDATE {q} SET read_ct = 0, vt = clock_timestamp(), headers = headers #- '{{apalis,failed_ct}}' #- '{{apalis,cancel}}'
+UPDATE {q} SET read_ct = 0, vt = clock_timestamp(), headers = headers #- '{apalis,failed_ct}' #- '{apalis,cancel}'
 WHERE msg_id = ANY(%(ids)s::bigint[]) AND {status} = 'failed'
 RETURNING msg_id
 
@@ -187,7 +187,7 @@ WITH moved AS (
 )
 INSERT INTO {q} (msg_id, read_ct, enqueued_at, vt, message, headers) OVERRIDING SYSTEM VALUE
 SELECT msg_id, 0, enqueued_at, clock_timestamp(), message,
-       headers #- '{{apalis,status}}' #- '{{apalis,failed_ct}}' #- '{{apalis,cancel}}'
+       headers #- '{apalis,status}' #- '{apalis,failed_ct}' #- '{apalis,cancel}'
 FROM moved
 RETURNING msg_id
 
@@ -196,9 +196,9 @@ RETURNING msg_id
 -- now (an operator's kill or cancel; the UPDATE waits for a claim that holds the row, then sees
 -- the claim's result, so a claim and a cancel never both win).
 UPDATE {q} m
-SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{{}}' END
+SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{}' END
     || jsonb_build_object('apalis',
-        CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{{}}' END
+        CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{}' END
         || %(patch)s::jsonb)
 WHERE m.msg_id = ANY(%(ids)s::bigint[]) AND {status} = ANY(%(statuses)s::text[])
 RETURNING m.msg_id
@@ -215,9 +215,9 @@ SELECT count(*), ({notify_waiters}) FROM pgmq.archive(%(queue)s, ARRAY(
 -- worker that runs it, and that worker is told at once through the control channel.
 WITH requested AS (
     UPDATE {q} m
-    SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{{}}' END
+    SET headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{}' END
         || jsonb_build_object('apalis',
-            CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{{}}' END
+            CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{}' END
             || jsonb_build_object('cancel', %(reason)s::text))
     WHERE m.msg_id = ANY(%(ids)s::bigint[]) AND {status} = 'running'
     RETURNING m.msg_id

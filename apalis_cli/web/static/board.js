@@ -11,7 +11,7 @@
     document.querySelectorAll(".live-toggle").forEach(function (el) {
       el.classList.toggle("off", !on);
       var label = el.querySelector(".label");
-      if (label) { label.textContent = on ? "Live" : "Paused"; }
+      if (label) { label.textContent = on ? "Live" : "Live off"; }
       el.setAttribute("aria-pressed", on ? "true" : "false");
     });
   }

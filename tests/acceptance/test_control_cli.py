@@ -275,3 +275,68 @@ def test_bulk_retry_of_killed_tasks(apalis: Apalis, backend: Backend) -> None:
     purged = apalis("purge", "-w", "boom", "--status", "killed", "--limit", "5", "--yes")
     assert (purged.code, purged.out) == (0, f"purged 5 tasks in {where}\n"), purged.err
     assert apalis.statuses("--worker", "boom") == {"killed": 4, "pending": 11}
+
+
+def answer_in_a_terminal(apalis: Apalis, argv: list[str], answer: bytes) -> tuple[int, str, str]:
+    """Run `apalis argv` with a pseudo-terminal as stdin and stderr, type `answer` once it asks
+    (`[y/N]`); its exit code, stdout, and what the terminal showed."""
+    import os
+    import pty
+    import select
+
+    from .conftest import APALIS
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [APALIS, *argv], cwd=apalis.cwd, env=apalis.env(), stdin=slave, stdout=subprocess.PIPE, stderr=slave
+    )
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"[y/N]" not in shown and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    shown += os.read(master, 65536)
+                except OSError:  # the command ended without asking
+                    break
+        os.write(master, answer)
+        out, _ = process.communicate(timeout=60)
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out.decode(), shown.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("kind", ["sqlite"])
+def test_a_bulk_action_asks_in_a_terminal_first(apalis: Apalis, tmp_path: Path, kind: str) -> None:
+    if lacking(kind, Capability.BULK):
+        pytest.skip(f"{kind} lacks bulk")
+    (apalis.cwd / "ctl_handlers.py").write_text(HANDLERS)
+    made = make_backend(kind, tmp_path)  # sqlite: a file in the test's folder, nothing to drop
+    apalis.write_config(made.table + "\n" + _table(made.queue, "boom", "boom", max_attempts=1))
+    path = apalis.cwd / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(3)))
+    assert apalis("push", "--file", str(path)).code == 0
+    assert apalis(*RUN, "--burst").code == 0
+    where = f'queue "{made.queue}" on backend "main" ({kind})'
+
+    code, out, shown = answer_in_a_terminal(apalis, ["retry", "--status", "killed"], b"n\n")
+    assert f"retry 3 tasks (killed): 3 in {where}? [y/N]" in shown
+    assert (code, out) == (1, "")
+    assert apalis.statuses() == {"killed": 3}
+
+    code, out, shown = answer_in_a_terminal(apalis, ["retry", "--status", "killed"], b"y\n")
+    assert (code, out) == (0, f"retried 3 tasks in {where}\n"), shown
+    assert apalis.statuses() == {"pending": 3}

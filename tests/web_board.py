@@ -20,6 +20,7 @@ from apalis_cli.web.server import bind, serving
 
 from .conformance.stores.mysql import admin_execute
 from .conformance.stores.postgres import drop_schema
+from .conformance.stores.redis import drop_namespace
 from .services import need_server
 
 __all__ = ["Served", "backend_table", "serve_board"]
@@ -70,11 +71,16 @@ class Served:
 
 
 def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
-    """A `[backends.main]` table for `kind` and what to drop afterwards (a schema, a database)."""
+    """A `[backends.main]` table for `kind` and what to drop afterwards (a schema, a database, a
+    Redis namespace)."""
     if kind == "sqlite":
         return '[backends.main]\nkind = "sqlite"\nurl = "sqlite:///board.db"\n', None
     if kind == "memory":  # the board's own process holds the tasks: enough for what it does alone
         return '[backends.main]\nkind = "memory"\n', None
+    if kind in ("redis", "rsmq"):  # (rsmq's queue names refuse WORKERS' markup queue)
+        namespace = f"apalis-w-{uuid.uuid4().hex[:12]}"
+        url = need_server("redis")
+        return f'[backends.main]\nkind = "{kind}"\nurl = "{url}"\nnamespace = "{namespace}"\n', namespace
     if kind == "mysql":
         server = need_server("mysql")
         database = f"apalis_w_{uuid.uuid4().hex[:12]}"
@@ -112,3 +118,5 @@ async def serve_board(
             await drop_schema(need_server("postgres"), made)
         elif kind == "mysql":
             await admin_execute(need_server("mysql"), f"DROP DATABASE IF EXISTS {made}")
+        elif kind in ("redis", "rsmq") and made is not None:
+            await drop_namespace(need_server("redis"), made)

@@ -83,6 +83,9 @@ class Connection:
         self._arguments: dict[str, tuple[dict[str, Any] | None, bool]] = {}  # how each queue is declared
         self.existing: dict[str, str] = {}  # queues made by others with other arguments, used as they are
         self.created: set[str] = set()  # every queue name this process declared (tests drop them)
+        self.exchanges: set[str] = set()  # every exchange this process declared
+        self._bound: set[tuple[str, str, str]] = set()
+        self._recorder: AbstractChannel | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -106,7 +109,9 @@ class Connection:
                 url = self.config.url
                 raise ConnectionLost(redact(f"cannot reach RabbitMQ at {url}: {exc!r}", secrets_in(url))) from None
             self._publisher = None
+            self._recorder = None
             self._declared.clear()
+            self._bound.clear()
             return self._connection
 
     async def channel(self) -> AbstractChannel:
@@ -123,6 +128,7 @@ class Connection:
             # error to act on, not a confirmed publish that silently went nowhere.
             channel = self._publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
             self._declared.clear()
+            self._bound.clear()
         return channel
 
     @property
@@ -175,9 +181,24 @@ class Connection:
         self._declared.add(name)
         self.created.add(name)
 
+    async def count(self, name: str, arguments: dict[str, Any] | None = None) -> int:
+        """How many messages queue `name` holds (declared as `arguments` if it is not there: a
+        passive declare of a missing queue would close the channel that asks)."""
+        channel = await self.publisher()
+        declared = await channel.declare_queue(name, durable=True, arguments=arguments)
+        self._declared.add(name)
+        self.created.add(name)
+        return int(declared.declaration_result.message_count or 0)
+
+    async def purge(self, name: str) -> None:
+        """Empty queue `name`."""
+        queue = await (await self.publisher()).get_queue(name, ensure=False)
+        await queue.purge()
+
     def forget(self, name: str) -> None:
         """Declare `name` again on next use (it may have been deleted)."""
         self._declared.discard(name)
+        self._bound = {bound for bound in self._bound if bound[0] != name}
 
     def _adopted(self, name: str, reason: str) -> None:
         if name in self.existing:
@@ -199,7 +220,42 @@ class Connection:
         await self.declare(name, arguments, always=True, adopt=False)
         return name
 
+    async def declare_exchange(self, name: str) -> None:
+        """Declare durable direct exchange `name` (once per connection)."""
+        if name in self._declared:
+            return
+        await (await self.publisher()).declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+        self._declared.add(name)
+        self.exchanges.add(name)
+
+    async def bind(self, queue: str, exchange: str, key: str) -> None:
+        """Bind `queue` to `exchange` with routing key `key` (once per connection)."""
+        if (queue, exchange, key) in self._bound:
+            return
+        channel = await self.publisher()
+        bound = await channel.declare_queue(queue, passive=True)
+        await bound.bind(exchange, key)
+        self._bound.add((queue, exchange, key))
+
     # -- publishing ------------------------------------------------------------------------
+
+    async def publish_to(self, exchange: str, key: str, message: aio_pika.Message) -> None:
+        """Publish `message` to `exchange` and wait for the broker's confirm (a message no queue
+        takes is dropped: nobody listens)."""
+        channel = await self.publisher()
+        target = await channel.get_exchange(exchange, ensure=False)
+        await target.publish(message, routing_key=key, mandatory=False)
+
+    async def record(self, messages: Sequence[tuple[str, aio_pika.Message]]) -> None:
+        """Publish (queue, message) pairs without waiting for confirms (final records: their
+        loss in a broker crash costs a waiter its wake-up, not a task)."""
+        if not messages:
+            return
+        channel = self._recorder
+        if channel is None or channel.is_closed:
+            channel = self._recorder = await (await self.connection()).channel(publisher_confirms=False)
+        for key, message in messages:
+            await channel.default_exchange.publish(message, routing_key=key)
 
     async def publish_many(self, messages: Sequence[tuple[str, aio_pika.Message]]) -> None:
         """Publish (routing key, message) pairs and wait until the broker confirmed them all.

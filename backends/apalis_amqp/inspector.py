@@ -1,9 +1,12 @@
 """What a RabbitMQ queue can tell without being consumed: counts from passive declares, and the
 dead-letter queue peeked (nothing consumes it, so a peek's redelivered flag does no harm). The
-work queue cannot be browsed and a task cannot be found by id: those answers are one line why.
+work queue cannot be browsed, and only a task that ended is found by id (by its final record,
+see `apalis_amqp.control`): other answers are one line why.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from apalis_cli.backend import Capabilities, Capability, QueueStats, WorkerInfo
 from apalis_cli.errors import Unsupported
@@ -64,8 +67,18 @@ class AmqpInspector:
         return tasks
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
-        """Not offered: see the INSPECT capability."""
-        raise Unsupported(self.capabilities.lacking[Capability.INSPECT])
+        """A task that ended (done or killed, in the last 7 days), by its final record; of any
+        other the store cannot say whether it waits or never was (see the INSPECT capability)."""
+        ended = await self._final(task_id)
+        if ended is None:
+            why = self.capabilities.lacking[Capability.INSPECT]
+            raise Unsupported(f"no task {task_id} ended in the last 7 days, and {why}")
+        return ended
+
+    if TYPE_CHECKING:
+
+        async def _final(self, task_id: TaskId) -> Task[bytes] | None:
+            """The control half's (`AmqpControl._final`)."""
 
     async def workers(self) -> list[WorkerInfo]:
         """Not offered: see the WORKERS capability."""

@@ -38,22 +38,25 @@ worker's sweep, which gives the same result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities, Capability, NewTask, WorkerContext
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.polling import beat_every, woken
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
+from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
 
 from .connection import FAILURES, Connection, delay_bucket
 from .consumer import Consumer, Consumers
+from .control import PAUSE_KEY, AmqpControl, final_record
 from .inspector import AmqpInspector
 from .messages import copy_message, new_message, read_envelope
 
@@ -61,7 +64,11 @@ __all__ = ["CAPABILITIES", "AmqpQueue"]
 
 CAPABILITIES = Capabilities(
     {
-        **CONTROL_NOT_BUILT,
+        Capability.CANCEL: (
+            "a RabbitMQ queue cannot be searched by id: a cancel could not tell a task that waits from one that "
+            "ended long ago or never existed, nor take it out of the queue"
+        ),
+        Capability.BULK: "a RabbitMQ queue cannot be filtered: a bulk action would have to consume the whole queue",
         Capability.PRIORITY: (
             "RabbitMQ orders a queue by message priority (0..max_priority, negatives as 0) and then by arrival, "
             "not by run_at; priorities are honoured that far"
@@ -89,7 +96,7 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
 _LOST = "worker {worker} stopped sending heartbeats (its channel closed) while running this task"
 
 
-class AmqpQueue(QueueBase, AmqpInspector):
+class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
     """One apalis queue on RabbitMQ."""
 
     capabilities = CAPABILITIES
@@ -104,6 +111,10 @@ class AmqpQueue(QueueBase, AmqpInspector):
         self.dead = f"{self.work}.dead"
         self._max_priority = connection.config.max_priority
         self._work_args: dict[str, Any] | None = {"x-max-priority": self._max_priority} if self._max_priority else None
+        self._paused = False  # as the control exchange or the paused queue last said
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._workers: dict[str, WorkerContext] = {}  # the workers polling through this object
 
     # -- pushing ---------------------------------------------------------------------------
 
@@ -132,6 +143,7 @@ class AmqpQueue(QueueBase, AmqpInspector):
     async def _ensure_queues(self) -> None:
         await self._conn.declare(self.work, self._work_args)
         await self._conn.declare(self.dead)
+        await self._ensure_control()
 
     async def _route(self, delay: float, routes: dict[int, str] | None = None) -> str:
         """The queue for a message due in `delay` seconds (delay queues declared once per batch)."""
@@ -147,7 +159,7 @@ class AmqpQueue(QueueBase, AmqpInspector):
 
     # -- polling ---------------------------------------------------------------------------
 
-    async def _consumer(self, worker: WorkerContext) -> Consumer:
+    async def _consumer(self, worker: WorkerContext, *, start: bool = True) -> Consumer:
         key = (self.queue, worker.id)
         consumer = self._consumers.by_worker.get(key)
         if consumer is None or consumer.closed:
@@ -160,17 +172,32 @@ class AmqpQueue(QueueBase, AmqpInspector):
             self._conn.forget(self.work)
             await self._ensure_queues()
             await consumer.start(worker.concurrency, await consumer.channel.declare_queue(self.work, passive=True))
-        await consumer.start(worker.concurrency)
+        if start:
+            await consumer.start(worker.concurrency)
         return consumer
 
     async def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Tasks as the broker pushes them (at most the worker's concurrency unacknowledged).
 
         Idle (None) only once the broker says no message is ready: a burst run must not end
-        while the broker is about to push what the queue holds."""
-        consumer = await self._consumer(worker)
+        while the broker is about to push what the queue holds. While the queue is paused the
+        worker does not consume at all (what it had been pushed goes back first)."""
+        await self._conn.retrying(self._ensure_queues)
+        self._apply_paused(await self._read_paused())
+        consumer = await self._consumer(worker, start=not self._paused)
+        self._workers[worker.id] = worker
+        control = await self._listen_control(consumer)
         try:
             while True:
+                if self._paused:
+                    unclaimed = await consumer.stop()
+                    if unclaimed and not consumer.closed:
+                        await self._requeue(unclaimed)
+                    yield None
+                    await woken(self._resumed, worker.poll_interval)
+                    continue
+                if not consumer.consuming and not consumer.closed and not consumer.cancelled:
+                    await consumer.start(worker.concurrency)
                 if consumer.buffer:
                     task = await self._admit(consumer, consumer.buffer.popleft(), worker)
                     if task is not None:
@@ -189,7 +216,7 @@ class AmqpQueue(QueueBase, AmqpInspector):
                     # Ready messages the broker has not pushed yet: wait for them (another
                     # consumer may take them first, so not for ever).
                     await woken(consumer.arrived, worker.poll_interval)
-                    if consumer.buffer or consumer.closed or consumer.cancelled:
+                    if consumer.buffer or consumer.closed or consumer.cancelled or self._paused:
                         continue
                 if consumer.buffer:
                     continue
@@ -197,9 +224,48 @@ class AmqpQueue(QueueBase, AmqpInspector):
                 if not consumer.buffer and not consumer.closed:
                     await woken(consumer.arrived, worker.poll_interval)
         finally:
+            self._workers.pop(worker.id, None)
+            if control is not None and not consumer.closed:
+                with contextlib.suppress(*FAILURES):
+                    await control[0].cancel(control[1])
             unclaimed = await consumer.stop()
             if unclaimed and not consumer.closed:
                 await self._requeue(unclaimed)
+
+    async def _listen_control(self, consumer: Consumer) -> tuple[AbstractQueue, str] | None:
+        """An exclusive queue of this worker's bound to the control exchange, consumed on its
+        channel: pauses and resumes arrive there within milliseconds."""
+        queue = await consumer.channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self.control_exchange, PAUSE_KEY)
+
+        async def on_control(message: AbstractIncomingMessage) -> None:
+            paused = message.body == b"1"
+            self._apply_paused(paused)
+            if paused:
+                # Stop consuming before answering: the pause returns once every consumer has.
+                unclaimed = await consumer.stop()
+                if unclaimed and not consumer.closed:
+                    await self._requeue(unclaimed)
+            if message.reply_to:
+                with contextlib.suppress(*FAILURES):
+                    reply = aio_pika.Message(b"stopped")
+                    await consumer.channel.default_exchange.publish(reply, routing_key=message.reply_to)
+
+        tag = await queue.consume(on_control, no_ack=True)
+        return queue, tag
+
+    def _apply_paused(self, paused: bool) -> None:
+        """Take the queue's paused state as now known: tell the workers, wake their polls."""
+        self._paused = paused
+        if paused:
+            self._resumed.clear()
+        else:
+            self._resumed.set()
+        for worker in list(self._workers.values()):
+            worker.on_paused(paused)
+            consumer = self._consumers.by_worker.get((self.queue, worker.id))
+            if consumer is not None:
+                consumer.arrived.set()
 
     async def _admit(
         self, consumer: Consumer, message: AbstractIncomingMessage, worker: WorkerContext
@@ -215,6 +281,9 @@ class AmqpQueue(QueueBase, AmqpInspector):
             else:
                 target = self.work, copy_message(message, id=envelope.id, attempts=lost)
             await self._conn.retrying(lambda: self._conn.publish_many([target]))
+            if target[0] == self.dead:
+                record = final_record(Status.KILLED, envelope, attempts=lost, error=error, result=None)
+                await self._conn.record([(self.finals, _record_message(envelope.id, record))])
             await message.ack()
             return None
         attempts = envelope.attempts + 1
@@ -237,6 +306,7 @@ class AmqpQueue(QueueBase, AmqpInspector):
         as `ConnectionLost` (the broker then redelivers what the channel held)."""
         now = time.time()
         copies: list[tuple[str, aio_pika.Message]] = []
+        records: list[tuple[str, aio_pika.Message]] = []
         settled: list[tuple[Consumer, TaskId, AbstractIncomingMessage]] = []
         routes: dict[int, str] = {}
         try:
@@ -250,13 +320,22 @@ class AmqpQueue(QueueBase, AmqpInspector):
                     run_at = outcome.run_at if outcome.run_at is not None else now
                     copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, run_at=run_at)
                     copies.append((await self._route(run_at - now, routes), copy))
-                elif kind is OutcomeKind.KILL:
+                elif kind in (OutcomeKind.KILL, OutcomeKind.CANCEL):
+                    # A cancel is not offered here (see CAPABILITIES); a run stopped as cancelled
+                    # by other means ends killed, with its reason.
                     copy = copy_message(message, id=task.id, attempts=held.attempts, error=outcome.error, done_at=now)
                     copies.append((self.dead, copy))
                 elif kind is OutcomeKind.RELEASE:
                     copies.append((self.work, copy_message(message, id=task.id, attempts=max(held.attempts - 1, 0))))
+                if kind in (OutcomeKind.DONE, OutcomeKind.KILL, OutcomeKind.CANCEL):
+                    envelope = read_envelope(message, self.max_attempts)
+                    status = Status.DONE if kind is OutcomeKind.DONE else Status.KILLED
+                    result = encode_result(outcome.result) if kind is OutcomeKind.DONE else None
+                    record = final_record(status, envelope, attempts=held.attempts, error=outcome.error, result=result)
+                    records.append((self.finals, _record_message(task.id, record)))
                 settled.append((consumer, task.id, message))
             await self._conn.publish_many(copies)
+            await self._conn.record(records)
         except FAILURES as exc:
             raise ConnectionLost(f"RabbitMQ: {exc!r}") from exc
         for consumer, task_id, _ in settled:
@@ -273,6 +352,8 @@ class AmqpQueue(QueueBase, AmqpInspector):
 
         async def beat() -> None:
             await self._conn.connection()
+            self._workers[worker.id] = worker
+            self._apply_paused(await self._read_paused())  # a control message missed meanwhile
             now = time.time()
             shared.beats[worker.id] = now
             for (queue, worker_id), consumer in list(shared.by_worker.items()):
@@ -289,6 +370,7 @@ class AmqpQueue(QueueBase, AmqpInspector):
                     await consumer.close()  # the broker requeues its held tasks, flagged redelivered
 
         async def farewell() -> None:
+            self._workers.pop(worker.id, None)
             shared.beats.pop(worker.id, None)
             consumer = shared.by_worker.pop((self.queue, worker.id), None)
             if consumer is not None:
@@ -310,3 +392,8 @@ class AmqpQueue(QueueBase, AmqpInspector):
             copy = copy_message(held.message, id=task_id, attempts=max(held.attempts - 1, 0))
             await self._conn.publish_many([(self.work, copy)])
             await held.message.ack()
+
+
+def _record_message(task_id: TaskId, body: bytes) -> aio_pika.Message:
+    """A final record as the finals stream keeps it (its message id: the task's, for waiters)."""
+    return aio_pika.Message(body, message_id=task_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)

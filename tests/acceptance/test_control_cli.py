@@ -188,10 +188,14 @@ def test_a_running_daemon_obeys_pause_and_resume(apalis: Apalis, backend: Backen
         assert stats[queue]["paused"] is True
         assert stats[backend.queue]["paused"] is False
         inspected = apalis("inspect", "--worker", "ok")
-        assert "is paused" in inspected.err
+        # A store that cannot list its waiting tasks (amqp) refuses the inspect, in one line.
+        listed = inspected.code == 0 or not lacking(backend.kind, Capability.INSPECT)
+        if listed:
+            assert "is paused" in inspected.err
         time.sleep(1.5)  # fifteen poll intervals: a daemon that ignored the pause would have run it
         assert not ran(apalis, "ran-2")
-        assert status(apalis, "ok", held) == "pending"
+        if listed:
+            assert status(apalis, "ok", held) == "pending"
         resumed = apalis("resume", queue)
         assert (resumed.code, resumed.out) == (0, f'resumed queue "{queue}" on backend "main" ({backend.kind})\n')
         wait_for("the held task ran", lambda: ran(apalis, "ran-2"), timeout=30, daemons=[daemon])

@@ -37,10 +37,13 @@ class AmqpFactory(StoreFactory):
     async def destroy(self, store: Store) -> None:
         assert isinstance(store, AmqpStore)
         names = set(store.connection.created)
+        exchanges = set(store.connection.exchanges)
         await store.close()
         channel = await store.connection.channel()
         for name in sorted(names):
             await channel.queue_delete(name)
+        for name in sorted(exchanges):
+            await channel.exchange_delete(name)
         await store.connection.close()
 
     async def drop_connections(self, store: Store) -> None:

@@ -1,0 +1,274 @@
+"""The control plane on RabbitMQ: pause and wait, with control records on the broker itself.
+
+RabbitMQ keeps no state beside its queues and forgets an acknowledged message, so the store
+keeps small records in queues of its own, for apalis queue `q` under prefix `p`:
+
+- `p.q.control`: a direct exchange. Every polling worker binds an exclusive queue of its own to
+  it (routing key `pause`), so a pause or resume reaches it within milliseconds. A worker told
+  to pause stops consuming and answers the pause's reply queue; `pause()` returns once every
+  consumer of the work queue (its passive declare counts them) has answered.
+- `p.q.paused`: a durable queue (`x-max-length` 1) that holds a message while the queue is
+  paused: a pause publishes one, a resume purges it. The flag outlives every restart, and
+  reading it (the message count a declare answers) changes nothing, whoever else reads it at
+  the same time. A worker reads it when it starts polling and at every heartbeat; a paused
+  worker stops consuming (`basic.cancel`: the broker pushes it nothing, and what it had been
+  pushed goes back).
+- `p.q.finals`: a stream queue (`x-queue-type: stream`, no plugin needed) of final records:
+  each task that ends (done with its result, killed) appends one, published beside its
+  acknowledgement without waiting for a confirm. A waiter reads the stream from the time the
+  task's id was made (ids are time-ordered), so it finds a record written before it came as
+  well as the one it waits for; records are kept 7 days, at most 1 GiB.
+
+Cancel is not offered (see `CAPABILITIES`): a RabbitMQ queue cannot be searched by id, so a
+cancel could not tell a task that waits from one that ended long ago or never existed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from apalis_cli.envelope import Envelope
+from apalis_cli.task import Status, Task, TaskContext, TaskId
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["FINALS_ARGUMENTS", "AmqpControl", "final_record", "task_of_record"]
+
+PAUSED_ARGUMENTS: dict[str, Any] = {"x-max-length": 1}
+FINALS_ARGUMENTS: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": "7D", "x-max-length-bytes": 1 << 30}
+PAUSE_KEY = "pause"
+_RECORD_MAX = 512 * 1024
+"""A final record larger than this is kept without its result (RESULTS is not offered: a waiter
+learns the task is done, and a result of that size is not carried)."""
+_STOPPED_WITHIN = 2.0
+"""How long a pause waits for the consuming workers to say they stopped."""
+_READ_WITHIN = 10.0
+"""How long a read of the finals stream may take to reach its end."""
+_EARLIER = 5.0
+"""A waiter starts reading this long before its id's time (clocks of hosts differ)."""
+
+
+def final_record(status: Status, envelope: Envelope, *, attempts: int, error: str | None, result: str | None) -> bytes:
+    """A task's final record, as `task_of_record` reads it back."""
+    body: dict[str, Any] = {
+        "id": envelope.id,
+        "status": status.value,
+        "attempts": attempts,
+        "max_attempts": envelope.max_attempts,
+        "created_at": envelope.created_at,
+        "run_at": envelope.run_at,
+        "done_at": time.time(),
+    }
+    if error is not None:
+        body["error"] = error
+    if envelope.meta:
+        body["meta"] = envelope.meta
+    if envelope.key is not None:
+        body["key"] = envelope.key
+    if result is not None:
+        data = json.dumps({**body, "result": result}, ensure_ascii=False, separators=(",", ":")).encode()
+        if len(data) <= _RECORD_MAX:
+            return data
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def task_of_record(queue: str, data: bytes) -> Task[bytes] | None:
+    """The final task a record describes (its payload is not kept: empty), None if unreadable."""
+    try:
+        body = json.loads(data)
+        status = Status(body["status"])
+        task_id = str(body["id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return Task(
+        id=task_id,
+        args=b"",
+        ctx=TaskContext(
+            queue=queue,
+            status=status,
+            attempts=int(body.get("attempts", 0)),
+            max_attempts=int(body.get("max_attempts", 1)),
+            run_at=float(body.get("run_at", 0.0)),
+            meta=body.get("meta") or {},
+            idempotency_key=body.get("key"),
+            last_error=body.get("error"),
+            result=body.get("result"),
+            created_at=float(body.get("created_at", 0.0)),
+            done_at=float(body.get("done_at", 0.0)),
+        ),
+    )
+
+
+def _offset_of(task_id: TaskId) -> Any:
+    """Where a reader of the finals stream starts for `task_id`: a little before its id was made
+    (its records cannot be older), or the first record for an id of another making."""
+    made = _made_at(task_id)
+    return "first" if made is None else datetime.datetime.fromtimestamp(made - _EARLIER, tz=datetime.UTC)
+
+
+def _made_at(task_id: TaskId) -> float | None:
+    """When an id of `apalis_cli.task.new_task_id` was made (its first 48 bits: milliseconds)."""
+    if len(task_id) != 30:
+        return None
+    try:
+        return int(task_id[:12], 16) / 1000.0
+    except ValueError:
+        return None
+
+
+class AmqpControl:
+    """The control half of an `AmqpQueue`: `Pausable` and `Waiter`."""
+
+    queue: str
+    work: str
+    _conn: Connection
+
+    if TYPE_CHECKING:
+
+        async def _ensure_queues(self) -> None:
+            """The queue's (work, dead and control)."""
+
+    @property
+    def control_exchange(self) -> str:
+        """The direct exchange control messages go through."""
+        return f"{self.work}.control"
+
+    @property
+    def paused_queue(self) -> str:
+        """The queue holding the last pause or resume."""
+        return f"{self.work}.paused"
+
+    @property
+    def finals(self) -> str:
+        """The stream of final records."""
+        return f"{self.work}.finals"
+
+    async def _ensure_control(self) -> None:
+        """Declare the control exchange and the finals stream."""
+        await self._conn.declare_exchange(self.control_exchange)
+        await self._conn.declare(self.paused_queue, PAUSED_ARGUMENTS, adopt=False)
+        await self._conn.declare(self.finals, FINALS_ARGUMENTS, adopt=False)
+
+    # -- pause -----------------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        """Every worker stops consuming this queue (now, and after any restart)."""
+        await self._conn.retrying(lambda: self._tell_paused(True))
+
+    async def resume(self) -> None:
+        """Workers consume again."""
+        await self._conn.retrying(lambda: self._tell_paused(False))
+
+    async def _tell_paused(self, paused: bool) -> None:
+        await self._ensure_queues()
+        if paused:
+            flag = aio_pika.Message(b"1", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await self._conn.publish_many([(self.paused_queue, flag)])
+        else:
+            await self._conn.purge(self.paused_queue)
+            message = aio_pika.Message(b"0", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await self._conn.publish_to(self.control_exchange, PAUSE_KEY, message)
+            return
+        # A pause returns once every worker consuming the queue has stopped (each answers on a
+        # reply queue of this call's own), so no task pushed after it is handed out; a worker
+        # that does not answer within `_STOPPED_WITHIN` obeys when its heartbeat reads the flag.
+        channel = await self._conn.channel()
+        try:
+            work = await channel.declare_queue(self.work, passive=True)
+            consuming = int(work.declaration_result.consumer_count or 0)
+            replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+            answered = 0
+            everyone = asyncio.Event()
+            if consuming == 0:
+                everyone.set()
+
+            async def on_reply(_: AbstractIncomingMessage) -> None:
+                nonlocal answered
+                answered += 1
+                if answered >= consuming:
+                    everyone.set()
+
+            await replies.consume(on_reply, no_ack=True)
+            message = aio_pika.Message(b"1", delivery_mode=aio_pika.DeliveryMode.PERSISTENT, reply_to=replies.name)
+            await self._conn.publish_to(self.control_exchange, PAUSE_KEY, message)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_STOPPED_WITHIN):
+                    await everyone.wait()
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def paused(self) -> bool:
+        """True while the queue is paused (the last message of the paused queue says so)."""
+        return await self._conn.retrying(self._read_paused)
+
+    async def _read_paused(self) -> bool:
+        return await self._conn.count(self.paused_queue, PAUSED_ARGUMENTS) > 0
+
+    # -- wait ------------------------------------------------------------------------------
+
+    async def _final(self, task_id: TaskId) -> Task[bytes] | None:
+        """The task's final record, read from the finals stream up to its end (a marker this
+        call appends), or None when it has none (it has not ended, or not in 7 days)."""
+        await self._conn.retrying(self._ensure_control)
+        marker = f"apalis-marker-{uuid.uuid4().hex}"
+        found: list[Task[bytes]] = []
+        reached = asyncio.Event()
+
+        async def on_record(message: AbstractIncomingMessage) -> None:
+            await message.ack()
+            if message.message_id == marker:
+                reached.set()
+            elif message.message_id == task_id and (task := task_of_record(self.queue, message.body)) is not None:
+                found.append(task)
+
+        channel = await self._conn.channel()
+        try:
+            await channel.set_qos(prefetch_count=500)
+            stream = await channel.declare_queue(self.finals, passive=True)
+            await self._conn.publish_many([(self.finals, aio_pika.Message(b"", message_id=marker))])
+            await stream.consume(on_record, arguments={"x-stream-offset": _offset_of(task_id)})
+            async with asyncio.timeout(_READ_WITHIN):
+                await reached.wait()
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return found[-1] if found else None
+
+    async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
+        """The task once its final record is in the finals stream (done or killed), read from
+        the time its id was made; None after `timeout`. An unknown id waits for the whole
+        timeout: a RabbitMQ queue cannot tell it from a task still to come."""
+        await self._conn.retrying(self._ensure_control)
+        found: asyncio.Future[Task[bytes]] = asyncio.get_running_loop().create_future()
+        channel = await self._conn.channel()
+        try:
+            await channel.set_qos(prefetch_count=500)  # a stream's consumer must have one
+            stream = await channel.declare_queue(self.finals, passive=True)
+
+            async def on_record(message: AbstractIncomingMessage) -> None:
+                await message.ack()
+                if found.done() or message.message_id != task_id:
+                    return
+                task = task_of_record(self.queue, message.body)
+                if task is not None:
+                    found.set_result(task)
+
+            await stream.consume(on_record, arguments={"x-stream-offset": _offset_of(task_id)})
+            try:
+                async with asyncio.timeout(timeout):
+                    return await found
+            except TimeoutError:
+                return None
+        finally:
+            if not channel.is_closed:
+                await channel.close()

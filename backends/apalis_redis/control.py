@@ -56,7 +56,9 @@ class RedisControl:
             return CancelResult.cancelled()
         if state == "requested":
             return CancelResult.requested()
-        return CancelResult.already_final(Status(state)) if state else CancelResult.not_found()
+        if state.startswith("final:"):
+            return CancelResult.already_final(Status(state.removeprefix("final:")))
+        return CancelResult.not_found()
 
     async def pause(self) -> None:
         """Claims hand out nothing from now on (the claim script reads the key)."""

@@ -77,7 +77,9 @@ class RsmqControl:
             return CancelResult.cancelled()
         if state == "requested":
             return CancelResult.requested()
-        return CancelResult.already_final(Status(state)) if state else CancelResult.not_found()
+        if state.startswith("final:"):
+            return CancelResult.already_final(Status(state.removeprefix("final:")))
+        return CancelResult.not_found()
 
     async def pause(self) -> None:
         """Our receives hand out nothing from now on."""

@@ -145,10 +145,6 @@ def test_cancel_stops_a_running_task(apalis: Apalis, backend: Backend) -> None:
             return  # the store forgot the task: nothing left to read or cancel again
         assert row(apalis, "slow", task_id)["last_error"] == "wrong customer"
         again = apalis("cancel", "-w", "slow", task_id)
-        if backend.kind == "redis" and again.code == 0:
-            # The store's bug, not the CLI's: redis answers a cancel of a cancelled task with
-            # CancelResult.cancelled() again instead of already_final(cancelled).
-            pytest.xfail("redis: a second cancel of a cancelled task answers `cancelled`, not `already_final`")
         assert (again.code, again.out, again.err) == (
             1,
             "",

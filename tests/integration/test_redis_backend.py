@@ -304,3 +304,14 @@ async def test_bulk_actions_go_batch_by_batch_up_to_their_limit(store: RedisStor
     assert await backend.bulk(BulkAction.RETRY, BulkFilter(statuses=killed), dry_run=True) == count - 7_777
     counts = (await backend.stats()).counts
     assert (counts[Status.PENDING], counts[Status.KILLED]) == (7_777, count - 7_777)
+
+
+async def test_a_second_cancel_answers_that_the_task_is_already_cancelled(store: RedisStore) -> None:
+    from apalis_cli.control import CancelResult
+    from apalis_cli.task import Status
+
+    backend = store.backend("twice", codec=JsonCodec())
+    task_id = await backend.push({"a": 1}, delay=60)
+    assert await backend.cancel(task_id, "first") == CancelResult.cancelled()
+    assert await backend.cancel(task_id, "again") == CancelResult.already_final(Status.CANCELLED)
+    assert await backend.cancel("no-such-task") == CancelResult.not_found()

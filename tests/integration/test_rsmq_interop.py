@@ -335,3 +335,14 @@ async def test_a_wait_right_after_the_push_sees_a_task_done_before_it_began(stor
     finally:
         stop.set()
         await running
+
+
+async def test_a_second_cancel_answers_that_the_task_is_already_cancelled(store: RsmqStore) -> None:
+    from apalis_cli.control import CancelResult
+    from apalis_cli.task import Status
+
+    backend = store.backend("twice", codec=JsonCodec())
+    task_id = await backend.push({"a": 1}, delay=60)
+    assert await backend.cancel(task_id, "first") == CancelResult.cancelled()
+    assert await backend.cancel(task_id, "again") == CancelResult.already_final(Status.CANCELLED)
+    assert await backend.cancel("no-such-task") == CancelResult.not_found()

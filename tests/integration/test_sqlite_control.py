@@ -231,3 +231,13 @@ async def test_bulk_actions_go_batch_by_batch_up_to_their_limit(tmp_path: Path) 
         assert (counts[Status.PENDING], counts[Status.KILLED]) == (12_345, count - 12_345)
     finally:
         await one.close()
+
+
+async def test_a_second_cancel_answers_that_the_task_is_already_cancelled(two: tuple[SqliteStore, SqliteStore]) -> None:
+    from apalis_cli.control import CancelResult
+
+    q = queue(two[0])
+    task_id = await q.push({"a": 1}, delay=60)
+    assert await q.cancel(task_id, "first") == CancelResult.cancelled()
+    assert await q.cancel(task_id, "again") == CancelResult.already_final(Status.CANCELLED)
+    assert await q.cancel("no-such-task") == CancelResult.not_found()

@@ -63,7 +63,8 @@ end
 
 -- Cancel `id`: a waiting task ends cancelled at once (scripts run one at a time, so no claim can
 -- take it meanwhile); a running one gets the request, and its worker is told on `channel`.
--- Returns 'cancelled', 'requested', the final status it already had, or false when not found.
+-- Returns 'cancelled', 'requested', 'final:' .. the status it had already ended with, or false
+-- when not found.
 local function cancel(base, id, reason, now, ttl, channel)
   local task = base .. 't:' .. id
   local f = redis.call('HMGET', task, 's', 'k', 'l')
@@ -78,5 +79,5 @@ local function cancel(base, id, reason, now, ttl, channel)
     redis.call('PUBLISH', channel, 'c' .. cmsgpack.pack({id, reason, f[3]}))
     return 'requested'
   end
-  return status
+  return 'final:' .. status
 end

@@ -68,8 +68,9 @@ end
 
 -- Cancel the message `id`: one not running goes to the dead-letter queue as cancelled at once
 -- (scripts run one at a time: no receive takes it meanwhile); a running one gets the request,
--- and its worker is told on `channel`. Returns 'cancelled', 'requested', the status it already
--- ended with ('killed', 'cancelled', 'done' while its end is kept), or false when not found.
+-- and its worker is told on `channel`. Returns 'cancelled', 'requested', 'final:' .. the status
+-- it had already ended with (killed, cancelled, done while its end is kept), or false when not
+-- found.
 local function cancel(id, reason, channel)
   if redis.call('ZSCORE', KEYS[1], id) and redis.call('HEXISTS', KEYS[2], id) == 1 then
     local lock = redis.call('HGET', KEYS[3], id .. ':lk')
@@ -82,8 +83,8 @@ local function cancel(id, reason, channel)
     return 'cancelled'
   end
   if redis.call('ZSCORE', KEYS[4], id) then
-    return redis.call('HGET', KEYS[6], id .. ':st') or 'killed'
+    return 'final:' .. (redis.call('HGET', KEYS[6], id .. ':st') or 'killed')
   end
-  if redis.call('EXISTS', KEYS[3] .. ':end:' .. id) == 1 then return 'done' end
+  if redis.call('EXISTS', KEYS[3] .. ':end:' .. id) == 1 then return 'final:done' end
   return false
 end

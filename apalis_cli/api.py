@@ -41,6 +41,7 @@ __all__ = [
     "Sink",
     "SyncSink",
     "WaitTimeout",
+    "keyed",
     "open_queue",
     "open_sink",
     "open_sink_sync",
@@ -232,7 +233,19 @@ async def open_sink(
     async with open_queue(loaded, target) as (store, backend):
         if not isinstance(backend, TaskSink):
             raise Unsupported(f'backend "{target.backend}" cannot take pushed tasks')
-        yield Sink(backend, store.capabilities, target.backend)
+        yield Sink(keyed(loaded, target, backend), store.capabilities, target.backend)
+
+
+def keyed(config: Config, target: QueueTarget, sink: TaskSink) -> TaskSink:
+    """`sink`, taking each task's limit key from its arguments when the target's worker has
+    global limits by key (`apalis_cli.fleet`)."""
+    worker = next((w for w in config.workers if w.name == target.worker), None)
+    limits = worker.limits if worker is not None and worker.queue == target.queue else None
+    if limits is None or not limits.keyed or limits.key is None:
+        return sink
+    from .fleet.keys import KeyedSink
+
+    return KeyedSink(sink, limits.key, codec_by_name(target.codec))
 
 
 class SyncSink:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypedDict, Unpack, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack, runtime_checkable
 
 from .codec import Codec
 from .control import (
@@ -39,8 +39,13 @@ from .control import (
 from .service import Layer
 from .task import Status, Task, TaskId
 
+if TYPE_CHECKING:
+    from .fleet.limits import FleetLimits
+    from .fleet.unique import Unique
+
 __all__ = [
     "CONTROL_NOT_BUILT",
+    "OPT_IN",
     "Backend",
     "BackendExt",
     "BulkAction",
@@ -88,6 +93,9 @@ class Capability(StrEnum):
     BULK = "bulk"  # retry/cancel/kill/purge by filter, a statement per batch
     CLAIMS_AHEAD = "claims_ahead"  # the write that acknowledges a worker's runs also claims the
     # tasks for the slots they free (apalis_cli/ahead.py): a busy worker saves a round trip a batch
+    FLEET_LIMITS = "fleet_limits"  # scope = "global" rate and concurrency limits, per key, held
+    # by the claim itself for every daemon at once (`apalis_cli.fleet`)
+    UNIQUE = "unique"  # push(unique=...): one task per key per window, from the store's rows
 
 
 CONTROL_NOT_BUILT: Mapping[Capability, str] = {
@@ -100,19 +108,34 @@ CONTROL_NOT_BUILT: Mapping[Capability, str] = {
 store's `Capabilities`, and drop it, or the entries it has done, once it has)."""
 
 
+OPT_IN: Mapping[Capability, str] = {
+    Capability.FLEET_LIMITS: "its claim does not enforce global limits yet",
+    Capability.UNIQUE: "its push does not check unique keys yet",
+}
+"""Capabilities a store has only by saying so (`Capabilities(offers=...)`), with the reason given
+for a store that does not: a store written before them (a third party's too) cannot hold them,
+and must not be taken to."""
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a store lacks, each with the reason; everything not listed is offered."""
+    """What a store lacks, each with the reason; everything not listed is offered, except the
+    `OPT_IN` capabilities, offered only when named in `offers`."""
 
     lacking: Mapping[Capability, str] = field(default_factory=dict)
+    offers: frozenset[Capability] = frozenset()
 
     def has(self, capability: Capability) -> bool:
         """True when the store offers `capability`."""
-        return capability not in self.lacking
+        return capability not in self.lacking and (capability not in OPT_IN or capability in self.offers)
 
     def why_not(self, capability: Capability) -> str | None:
         """Why the store lacks `capability`, or None when it has it."""
-        return self.lacking.get(capability)
+        if capability in self.lacking:
+            return self.lacking[capability]
+        if capability in OPT_IN and capability not in self.offers:
+            return OPT_IN[capability]
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +169,8 @@ class WorkerContext:
     running: Callable[[], Collection[TaskId]] = lambda: ()
     on_cancel: Callable[[TaskId, str], object] = lambda task_id, reason: None
     on_paused: Callable[[bool], None] = lambda paused: None
+    limits: FleetLimits | None = None
+    """The worker's `scope = "global"` limits, which its store's claim enforces."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +184,10 @@ class NewTask:
     max_attempts: int = 1
     idempotency_key: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    limit_key: str | None = None
+    """The key its queue's global limits count it under (None: pushed without one)."""
+    unique: Unique | None = None
+    """One task per key per window (`apalis_cli.fleet.unique`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,6 +278,8 @@ class PushOptions(TypedDict, total=False):
     task_id: TaskId | None  # its id (default: a new one)
     idempotency_key: str | None  # the same key twice makes one task
     meta: Mapping[str, Any] | None  # kept with the task, shown by inspect
+    limit_key: str | None  # the key its queue's global limits count it under (apalis_cli.fleet)
+    unique: Unique | Mapping[str, Any] | None  # one task per key per window (apalis_cli.fleet.unique)
 
 
 @runtime_checkable
@@ -256,7 +287,8 @@ class TaskSink(Protocol):
     """Pushes tasks into a queue."""
 
     async def push(self, args: Any, **options: Unpack[PushOptions]) -> TaskId:
-        """Encode `args` and enqueue it; returns the id (the existing one for a known key)."""
+        """Encode `args` and enqueue it; returns the id (the existing one for a known key, or
+        for a `unique` duplicate)."""
         ...
 
     async def push_bulk(self, items: Iterable[Any], **options: Unpack[PushOptions]) -> list[TaskId]:

@@ -51,6 +51,7 @@ from .config_fields import (
     type_name,
 )
 from .errors import ConfigError, UsageError
+from .fleet.limits import FleetLimits, fleet_limits
 from .layers import LAYERS, Backoff, ConfiguredLayer, RetryLayer
 from .redact import secrets_in
 from .sizes import parse_size
@@ -145,6 +146,11 @@ class WorkerConfig:
     def backoff(self) -> Backoff | None:
         """The backoff of the (first) retry middleware, if any."""
         return next((mw.backoff for mw in self.middleware if isinstance(mw, RetryLayer)), None)
+
+    @property
+    def limits(self) -> FleetLimits | None:
+        """The `scope = "global"` limits of its middleware (checked when the file was read)."""
+        return fleet_limits(self.middleware)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,6 +271,10 @@ def _parse_worker(table: Table, index: int, backends: Mapping[str, BackendConfig
         _parse_middleware(Table(raw, (*table.path, "middleware", i), table.lines))
         for i, raw in enumerate(table.take("middleware", list_of_tables, []))
     )
+    try:
+        fleet_limits(middleware)
+    except ValueError as exc:
+        table.fail("middleware", str(exc))
     retry_attempts = next((m.max_attempts for m in middleware if isinstance(m, RetryLayer) and m.max_attempts), None)
     keep_alive = table.take("keep_alive", duration, 10.0, positive=True)
     cron, pipe_to = _parse_cron_keys(table, backend, backends)

@@ -10,6 +10,7 @@ by (priority, run_at); scheduled ones in a heap by run_at, promoted when due.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import time
@@ -30,6 +31,9 @@ from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, 
 from .codec import Codec
 from .control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
 from .errors import ConfigError
+from .fleet.claim import claim_round
+from .fleet.limits import FleetLimits
+from .fleet.unique import Unique
 from .polling import Waker, beat_every, poll_batches
 from .queue_base import QueueBase
 from .redact import redact_url
@@ -43,7 +47,8 @@ _CAPABILITIES = Capabilities(
     {
         Capability.RECONNECT: "memory has no connection: its tasks live in this process",
         Capability.CLAIMS_AHEAD: "memory claims without a round trip: an ack has none to save",
-    }
+    },
+    offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}),
 )
 
 
@@ -59,6 +64,9 @@ class _Row:
     idempotency_key: str | None
     meta: dict[str, Any]
     created_at: float
+    limit_key: str | None = None
+    unique_key: str | None = None
+    unique_until: float | None = None
     lock_by: str | None = None
     last_error: str | None = None
     result: str | None = None
@@ -98,6 +106,8 @@ class _QueueState:
     contexts: dict[str, WorkerContext] = field(default_factory=dict)  # how to tell a worker of a cancel
     paused: bool = False
     waiting: dict[TaskId, list[asyncio.Future[Task[bytes]]]] = field(default_factory=dict)
+    unique: dict[str, list[TaskId]] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -154,6 +164,12 @@ class MemoryQueue(QueueBase):
             if new.idempotency_key is not None and new.idempotency_key in state.keys:
                 ids.append(state.keys[new.idempotency_key])
                 continue
+            if new.unique is not None:
+                duplicate = self._duplicate(new.unique, now)
+                if duplicate is not None:
+                    self._on_duplicate(duplicate, new)
+                    ids.append(duplicate.id)
+                    continue
             row = _Row(
                 id=new.id,
                 payload=new.payload,
@@ -165,10 +181,15 @@ class MemoryQueue(QueueBase):
                 idempotency_key=new.idempotency_key,
                 meta=dict(new.meta),
                 created_at=now,
+                limit_key=new.limit_key,
+                unique_key=None if new.unique is None else new.unique.key,
+                unique_until=None if new.unique is None else new.unique.until,
             )
             state.rows[row.id] = row
             if row.idempotency_key is not None:
                 state.keys[row.idempotency_key] = row.id
+            if row.unique_key is not None:
+                state.unique.setdefault(row.unique_key, []).append(row.id)
             self._schedule(row)
             ids.append(row.id)
         state.waker.notify()
@@ -177,7 +198,12 @@ class MemoryQueue(QueueBase):
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Ready tasks, claimed for `worker` in batches of its free slots."""
 
+        limits = worker.limits
+        after: list[str | None] = [None]  # where this worker's last limited claim stopped
+
         async def fetch(limit: int) -> list[Task[bytes]]:
+            if limits is not None:
+                return [row.task(self.queue) for row in self._claim_limited(worker.id, limit, limits, after)]
             return [row.task(self.queue) for row in self._claim(worker.id, limit)]
 
         async def release(tasks: Sequence[Task[bytes]]) -> None:
@@ -429,6 +455,74 @@ class MemoryQueue(QueueBase):
             claimed += 1
             yield row
 
+    def _claim_limited(self, worker_id: str, limit: int, limits: FleetLimits, after: list[str | None]) -> list[_Row]:
+        """Claim within `limits` (`apalis_cli.fleet.claim`): keys take turns, each up to its
+        limits, from the ready heap read in its order."""
+        state, now = self._state, time.time()
+        if state.paused:
+            return []
+        list(self._claim(worker_id, 0))  # promotes the tasks that fell due
+        running: dict[str | None, int] = {}
+        for row in state.rows.values():
+            if row.status is Status.RUNNING:
+                key = row.limit_key if limits.keyed else ""
+                running[key] = running.get(key, 0) + 1
+        by_key: dict[str | None, list[_Row]] = {}
+        seen: set[TaskId] = set()
+        for _, run_at, _, task_id in sorted(state.ready):
+            ready = self._claimable(task_id)
+            if ready is None or ready.run_at != run_at or task_id in seen:
+                continue  # stale, or queued twice (a replaced duplicate)
+            seen.add(task_id)
+            by_key.setdefault(ready.limit_key if limits.keyed else None, []).append(ready)
+        keys = sorted(k for k in by_key if k is not None)
+        claimed: list[_Row] = []
+
+        def next_key(key: str | None) -> str | None:
+            index = 0 if key is None else bisect.bisect_right(keys, key)
+            return keys[index] if index < len(keys) else None
+
+        def take(key: str | None, n: int) -> int:
+            rows = by_key.get(key, [])
+            chosen, by_key[key] = rows[:n], rows[n:]
+            for row in chosen:
+                row.status, row.lock_by = Status.RUNNING, worker_id
+                row.attempts += 1
+            claimed.extend(chosen)
+            return len(chosen)
+
+        done = claim_round(
+            limits,
+            limit,
+            now,
+            running=running,
+            rates=state.rates,
+            next_key=next_key,
+            take=take,
+            after=after[0],
+            unkeyed=take,
+        )
+        state.rates.update(done.rates)
+        after[0] = done.after
+        return claimed
+
+    def _duplicate(self, unique: Unique, now: float) -> _Row | None:
+        """The newest task holding `unique.key` in one of its states, within its window."""
+        for task_id in reversed(self._state.unique.get(unique.key, [])):
+            row = self._state.rows.get(task_id)
+            if row is not None and row.status in unique.states and (row.unique_until is None or row.unique_until > now):
+                return row
+        return None
+
+    def _on_duplicate(self, row: _Row, new: NewTask) -> None:
+        assert new.unique is not None
+        if new.unique.on_conflict == "extend":
+            row.unique_until = new.unique.until
+        elif new.unique.on_conflict == "replace" and row.status is Status.PENDING:
+            row.payload, row.priority, row.max_attempts = new.payload, new.priority, new.max_attempts
+            row.meta, row.limit_key, row.run_at = dict(new.meta), new.limit_key, new.run_at
+            self._schedule(row)
+
     def _settle(self, row: _Row, outcome: Outcome, now: float) -> None:
         kind = outcome.kind
         if row.cancel_reason is not None and kind in (OutcomeKind.RELEASE, OutcomeKind.RETRY):
@@ -518,3 +612,9 @@ class MemoryQueue(QueueBase):
         del self._state.rows[row.id]
         if row.idempotency_key is not None and self._state.keys.get(row.idempotency_key) == row.id:
             del self._state.keys[row.idempotency_key]
+        if row.unique_key is not None:
+            holders = self._state.unique.get(row.unique_key, [])
+            if row.id in holders:
+                holders.remove(row.id)
+            if not holders:
+                self._state.unique.pop(row.unique_key, None)

@@ -18,7 +18,8 @@ from .bounds import (
     check_time,
 )
 from .codec import Codec
-from .errors import UsageError
+from .errors import Unsupported, UsageError
+from .fleet.unique import unique_from
 from .task import TaskId, new_task_id
 
 __all__ = ["PushMixin", "new_task"]
@@ -29,6 +30,7 @@ def new_task(payload: bytes, *, default_max_attempts: int, **options: Unpack[Pus
     run_at, delay = options.get("run_at"), options.get("delay")
     priority, max_attempts = options.get("priority", 0), options.get("max_attempts")
     task_id, idempotency_key, meta = options.get("task_id"), options.get("idempotency_key"), options.get("meta")
+    limit_key, unique = options.get("limit_key"), options.get("unique")
     if run_at is not None and delay is not None:
         raise UsageError("give either a delay or a run_at time, not both")
     if run_at is None:
@@ -49,6 +51,8 @@ def new_task(payload: bytes, *, default_max_attempts: int, **options: Unpack[Pus
         max_attempts=max_attempts if max_attempts is not None else default_max_attempts,
         idempotency_key=idempotency_key,
         meta=dict(meta) if meta else {},
+        limit_key=None if limit_key is None else str(limit_key)[:KEY_LENGTH],
+        unique=None if unique is None else unique_from(unique),
     )
 
 
@@ -92,13 +96,25 @@ class PushMixin:
 
     async def push_compact(self, compact: bytes, **options: Unpack[PushOptions]) -> TaskId:
         """Enqueue already-encoded bytes."""
-        ids = await self.enqueue([new_task(compact, default_max_attempts=self.max_attempts, **options)])
+        task = new_task(compact, default_max_attempts=self.max_attempts, **options)
+        if task.unique is not None:
+            _require_unique(self)
+        ids = await self.enqueue([task])
         return ids[0]
 
     async def push_bulk(self, items: Iterable[Any], **options: Unpack[PushOptions]) -> list[TaskId]:
         """Encode and enqueue many values with the same options, in one `enqueue` call."""
-        if options.get("task_id") is not None or options.get("idempotency_key") is not None:
-            raise UsageError("push_bulk takes no task_id or idempotency_key: they must be unique per task")
+        if any(options.get(name) is not None for name in ("task_id", "idempotency_key", "unique")):
+            raise UsageError("push_bulk takes no task_id, idempotency_key or unique: they must be unique per task")
         encode = self.codec.encode
         tasks = [new_task(encode(item), default_max_attempts=self.max_attempts, **options) for item in items]
         return await self.enqueue(tasks) if tasks else []
+
+
+def _require_unique(sink: object) -> None:
+    """A store that would not check a unique key refuses it, rather than make duplicates."""
+    from .backend import Capabilities, Capability
+
+    capabilities = getattr(sink, "capabilities", Capabilities())
+    if not capabilities.has(Capability.UNIQUE):
+        raise Unsupported(f"this store cannot push a unique task: {capabilities.why_not(Capability.UNIQUE)}")

@@ -68,6 +68,7 @@ from .events import (
     TaskFinished,
     WaitingForRuns,
 )
+from .fleet.limits import FleetLimits, fleet_limits
 from .layers.retry import Backoff, RetryLayer
 from .polling import woken
 from .retrying import delays
@@ -149,6 +150,7 @@ class Worker:
             running=self._running.keys,
             on_cancel=self.cancel_run,
             on_paused=self._paused,
+            limits=_fleet_limits(backend, layers),
         )
         self._service = compose(
             [backend.middleware(), self._cancellable, RetryLayer(backoff), *layers],
@@ -474,3 +476,18 @@ async def _no_beats() -> AsyncIterator[None]:
     """The heartbeat stream of a worker that has not started."""
     return
     yield
+
+
+def _fleet_limits(backend: BackendExt, layers: Sequence[Layer]) -> FleetLimits | None:
+    """The `scope = "global"` limits among `layers`, which `backend`'s claim must hold."""
+    from .backend import Capability
+    from .errors import Unsupported, UsageError
+
+    try:
+        limits = fleet_limits(layers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if limits is not None and not backend.capabilities.has(Capability.FLEET_LIMITS):
+        reason = backend.capabilities.why_not(Capability.FLEET_LIMITS)
+        raise Unsupported(f"this store cannot hold a global limit ({limits}): {reason}")
+    return limits

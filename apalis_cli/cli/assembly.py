@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..backend import BackendExt, Inspector, PipeSource, Store
+from ..backend import BackendExt, Capability, Inspector, PipeSource, Store
 from ..codec import codec_by_name
 from ..config import Config, WorkerConfig
 from ..errors import ApalisError, BackendError, ConfigError, describe_error
@@ -66,11 +66,11 @@ class Assembly:
         try:
             if worker.pipe_to is None:
                 backend: BackendExt = store.backend(worker.queue, codec=codec, max_attempts=worker.max_attempts)
-                return backend
+                return _holding_limits(backend, worker)
             sink = self.stores[worker.pipe_to].backend(worker.queue, codec=codec, max_attempts=worker.max_attempts)
             if not isinstance(store, PipeSource):
                 raise ConfigError(f"a {store.kind} store cannot be piped", key="pipe_to")
-            return store.pipe(sink)
+            return _holding_limits(store.pipe(sink), worker)
         except ConfigError as exc:
             key = (*worker.key, *exc.key.split(".")) if exc.key else worker.key
             raise self.config.error(key, exc.message) from None
@@ -109,6 +109,15 @@ class Assembly:
             backoff=worker.backoff,
             stoppable=self.handlers[worker.name].stoppable,
         )
+
+
+def _holding_limits(backend: BackendExt, worker: WorkerConfig) -> BackendExt:
+    """`backend`, once it is known to hold the worker's global limits (a config error if not)."""
+    limits = worker.limits
+    if limits is not None and not backend.capabilities.has(Capability.FLEET_LIMITS):
+        reason = backend.capabilities.why_not(Capability.FLEET_LIMITS)
+        raise ConfigError(f"this store cannot hold a global limit ({limits}): {reason}", key="middleware")
+    return backend
 
 
 def assemble(config: Config, workers: Sequence[WorkerConfig], concurrency: int | None = None) -> Assembly:

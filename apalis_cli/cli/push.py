@@ -63,6 +63,20 @@ def push(
     timeout: Annotated[
         str | None, typer.Option(help='With --wait: give up waiting after this long, e.g. "30s".')
     ] = None,
+    unique_key: Annotated[
+        str | None,
+        typer.Option(callback=text, help="Unique key: no new task while one holds it (see --unique-period)."),
+    ] = None,
+    unique_period: Annotated[
+        str | None, typer.Option(help='How long a task holds its unique key, e.g. "10m" (default: no end).')
+    ] = None,
+    unique_states: Annotated[
+        str | None,
+        typer.Option(help="The states in which a task holds its unique key (default: pending,running,failed,done)."),
+    ] = None,
+    on_conflict: Annotated[
+        str | None, typer.Option(help="What a duplicate unique push does: skip (default), replace or extend.")
+    ] = None,
 ) -> None:
     """Push tasks; prints each new task id on stdout (with --wait: the task's result).
 
@@ -76,15 +90,20 @@ def push(
         raise UsageError("--key must not be empty")
     if key is not None:
         checked("--key", key, lambda text: check_length(text, KEY_LENGTH))
+    unique = _unique(unique_key, unique_period, unique_states, on_conflict)
     values = _read_values(args, file)
     if key is not None and len(values) != 1:
         raise UsageError("--key names one task; it cannot be used when pushing several")
     if wait and len(values) != 1:
         raise UsageError("--wait waits for one task; it cannot be used when pushing several")
+    if unique is not None and len(values) != 1:
+        raise UsageError("--unique-key names one task; it cannot be used when pushing several")
     from .common import resolve
 
     loaded, target = resolve(config, worker, queue)
-    tasks = _new_tasks(values, target, options, key)
+    if unique is not None:
+        options["unique"] = unique
+    tasks = _new_tasks(values, loaded, target, options, key)
     import asyncio  # here, not at the top: `apalis --help` and the other commands do without
 
     if wait:
@@ -140,14 +159,53 @@ async def _push_and_wait(
         return 1
 
 
-def _new_tasks(values: Sequence[Value], target: QueueTarget, options: dict[str, Any], key: str | None) -> list[NewTask]:
-    """Every value encoded by the target's codec, as tasks: a value the codec refuses is named."""
+def _unique(key: str | None, period: str | None, states: str | None, on_conflict: str | None) -> dict[str, Any] | None:
+    """The `unique` push option from the --unique-* options, checked now (nothing is pushed else)."""
+    if key is None:
+        flags = (("--unique-period", period), ("--unique-states", states), ("--on-conflict", on_conflict))
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --unique-key")
+        return None
+    if not key.strip():
+        raise UsageError("--unique-key must not be empty")  # most likely an unset shell variable
+    unique: dict[str, Any] = {"key": key, "period": period, "states": states}
+    if on_conflict is not None:
+        unique["on_conflict"] = on_conflict
+    from ..fleet.unique import unique_from
+
+    unique_from(unique, labels=_UNIQUE_FLAGS)
+    return unique
+
+
+_UNIQUE_FLAGS = {
+    "key": "--unique-key",
+    "period": "--unique-period",
+    "states": "--unique-states",
+    "on_conflict": "--on-conflict",
+}
+
+
+def _new_tasks(
+    values: Sequence[Value], config: Config, target: QueueTarget, options: dict[str, Any], key: str | None
+) -> list[NewTask]:
+    """Every value encoded by the target's codec, as tasks: a value the codec refuses is named.
+    Under a worker whose global limits are by key, each task carries its key from its value."""
     from ..codec import codec_by_name
     from ..sink import new_task
 
     codec = codec_by_name(target.codec)
+    worker = next((w for w in config.workers if w.name == target.worker), None)
+    limits = worker.limits if worker is not None and worker.queue == target.queue else None
+    limit_key = None
+    if limits is not None and limits.keyed and limits.key is not None:
+        from ..fleet.keys import key_of
+
+        limit_key = limits.key
     tasks = []
     for value in values:
+        if limit_key is not None:
+            options = {**options, "limit_key": key_of(value.value, limit_key)}
         try:
             payload = codec.encode(value.value)
         except UsageError as exc:
@@ -237,6 +295,8 @@ def _sink(opened: Opened, options: dict[str, Any], key: str | None) -> TaskSink:
         require(opened, Capability.PRIORITY, "order tasks by priority")
     if key is not None:
         require(opened, Capability.IDEMPOTENCY, "deduplicate by key")
+    if options.get("unique") is not None:
+        require(opened, Capability.UNIQUE, "push a unique task")
     return backend
 
 

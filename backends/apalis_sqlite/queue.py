@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -29,13 +29,14 @@ from .bells import Bells
 from .connection import Database
 from .control import SqliteControl
 from .inspector import SqliteInspector
+from .limits import KeyedClaims, claim_limited, enqueue_keyed
 from .signal import QueueSignal
 
 __all__ = ["CAPABILITIES", "SqliteQueue"]
 
 _PURGE_PER_BEAT = 10_000
 
-CAPABILITIES = Capabilities()
+CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 
 
 def _sort_key(task: Task[bytes]) -> tuple[int, float, str]:
@@ -74,6 +75,7 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
         self._bells = bells
         self._watch = watch  # the store's: starts waking this process on other processes' writes
         self._ahead = ClaimsAhead(self.ack_batch, Held)
+        self._limited: dict[str, KeyedClaims] = {}  # by worker id: those with global limits
 
     # -- push --------------------------------------------------------------------------------
 
@@ -81,21 +83,30 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
         """Insert `tasks` in one transaction; a known idempotency key gives the existing id."""
         if not tasks:
             return []
-        params = insert_params(self.queue, tasks, time.time())
+        now = time.time()
         keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
-        insert, by_key, queue = self._q.insert, self._q.ids_by_key, self.queue
+        q, queue = self._q, self.queue
+        # Tasks with a limit key or a unique key take their own path (`limits.py`).
+        keyed = any(t.limit_key is not None or t.unique is not None for t in tasks)
+        params = None if keyed else insert_params(queue, tasks, now)
 
-        def work(conn: sqlite3.Connection) -> dict[str, str]:
-            conn.executemany(insert, params)
+        def work(conn: sqlite3.Connection) -> tuple[list[TaskId] | None, dict[str, str]]:
+            ids = enqueue_keyed(conn, q, queue, tasks, now) if params is None else None
+            if params is not None:
+                conn.executemany(q.insert, params)
             if not keys:
-                return {}
-            return dict(conn.execute(by_key, {"queue": queue, "keys": json.dumps(keys)}).fetchall())
+                return ids, {}
+            return ids, dict(conn.execute(q.ids_by_key, {"queue": queue, "keys": json.dumps(keys)}).fetchall())
 
-        owners = await self._db.write(work)
+        ids, owners = await self._db.write(work)
         self._signal.notify_at([min(t.run_at for t in tasks)] if len(tasks) > 1 else [tasks[0].run_at])
+        answered = ids if ids is not None else [t.id for t in tasks]
         if not owners:
-            return [t.id for t in tasks]
-        return [owners.get(t.idempotency_key, t.id) if t.idempotency_key is not None else t.id for t in tasks]
+            return answered
+        return [
+            owners.get(t.idempotency_key, i) if t.idempotency_key is not None else i
+            for t, i in zip(tasks, answered, strict=True)
+        ]
 
     # -- poll --------------------------------------------------------------------------------
 
@@ -109,9 +120,12 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
         def start() -> tuple[Fetch, Waker]:
             self._watch()
             claim, worker_id = self._claim, worker.id
+            if worker.limits is not None:
+                self._limited[worker_id] = KeyedClaims(worker.limits)
 
             async def fetch(limit: int) -> list[Task[bytes]]:
                 rows = await self._db.write(lambda conn: claim(conn, worker_id, limit, time.time()))
+                self._wake_for_limits(worker_id)
                 return _tasks(rows)
 
             return fetch, self._signal.waker
@@ -119,8 +133,18 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
         return self._ahead.poll(worker, start)
 
     def _claim(self, conn: sqlite3.Connection, worker_id: str, limit: int, now: float) -> list[Any]:
+        limited = self._limited.get(worker_id)
+        if limited is not None:
+            return claim_limited(conn, self._q, self.queue, worker_id, limit, now, limited)
         params = {"queue": self.queue, "worker": worker_id, "now": now, "limit": limit}
         return conn.execute(self._q.claim, params).fetchall()
+
+    def _wake_for_limits(self, worker_id: str) -> None:
+        """Poll again when a rate lets the next start through, not a whole idle wait later."""
+        limited = self._limited.get(worker_id)
+        if limited is not None and limited.wake_at is not None:
+            self._signal.notify_at([limited.wake_at])
+            limited.wake_at = None
 
     # -- acknowledge -------------------------------------------------------------------------
 
@@ -159,6 +183,7 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
         if plan.wake:
             self._signal.notify()
         for (ahead, _), rows in zip(wanted, claimed, strict=True):
+            self._wake_for_limits(ahead.worker_id)
             if rows:
                 await self._ahead.hand_over(ahead, _tasks(rows))
 

@@ -1,0 +1,149 @@
+"""Global limits and unique pushes on SQLite: `apalis_cli.fleet` over statements in
+`sql/limits.sql`, run inside the store's one write transaction (`BEGIN IMMEDIATE`), which every
+daemon sharing the file takes in turn: what a claim reads cannot change before it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from apalis_cli.backend import NewTask
+from apalis_cli.fleet import ClaimRound, FleetLimits, claim_round
+from apalis_cli.task import TaskId
+from apalis_sql import Queries, encode_meta, insert_params
+
+__all__ = ["KeyedClaims", "claim_limited", "enqueue_keyed"]
+
+_KEYLESS_SCAN = 64
+"""How deep into the ready tasks a keyed claim looks for tasks pushed without a key."""
+_FORGET_EVERY = 256
+"""Claims of one worker between two sweeps of the rate states gone by."""
+
+
+class KeyedClaims:
+    """One worker's limited claiming: its limits, where its last claim stopped among the keys,
+    and when a rate next lets a start through for a key it passed over."""
+
+    __slots__ = ("after", "claims", "limits", "wake_at")
+
+    def __init__(self, limits: FleetLimits) -> None:
+        self.limits = limits
+        self.after: str | None = None
+        self.claims = 0
+        self.wake_at: float | None = None
+
+
+class _Rates(Mapping[str, float]):
+    """The stored rate states of a queue, each read when the claim first asks for it."""
+
+    def __init__(self, conn: sqlite3.Connection, q: Queries, queue: str) -> None:
+        self._conn, self._q, self._queue = conn, q, queue
+        self._seen: dict[str, float | None] = {}
+
+    def __getitem__(self, state: str) -> float:
+        if state not in self._seen:
+            row = self._conn.execute(self._q.rate_state, {"queue": self._queue, "state": state}).fetchone()
+            self._seen[state] = None if row is None else float(row[0])
+        value = self._seen[state]
+        if value is None:
+            raise KeyError(state)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(k for k, v in self._seen.items() if v is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for v in self._seen.values() if v is not None)
+
+
+def claim_limited(
+    conn: sqlite3.Connection, q: Queries, queue: str, worker_id: str, limit: int, now: float, state: KeyedClaims
+) -> list[Any]:
+    """Claim up to `limit` tasks for `worker_id` within `state.limits`; the claimed rows."""
+    limits = state.limits
+    paused = conn.execute(q.is_paused, {"queue": queue}).fetchone()
+    if paused and paused[0]:
+        return []  # a paused queue hands out nothing (apalis_cli.control)
+    params: dict[str, Any] = {"queue": queue, "worker": worker_id, "now": now}
+    running: dict[str | None, int] = dict(conn.execute(q.running_by_key, {"queue": queue}).fetchall())
+    rates = _Rates(conn, q, queue)
+    rows: list[Any] = []
+
+    def next_key(after: str | None) -> str | None:
+        if after is None:
+            found = conn.execute(q.first_key, params).fetchone()
+        else:
+            found = conn.execute(q.next_key, {"queue": queue, "after": after}).fetchone()
+        return None if found is None else str(found[0])
+
+    def take(key: str | None, n: int) -> int:
+        if key is None and limits.keyed:
+            got = conn.execute(q.claim_keyless, {**params, "limit": n, "scan": _KEYLESS_SCAN}).fetchall()
+        elif key is None:
+            got = conn.execute(q.claim, {**params, "limit": n}).fetchall()
+        else:
+            got = conn.execute(q.claim_key, {**params, "key": key, "limit": n}).fetchall()
+        rows.extend(got)
+        return len(got)
+
+    done: ClaimRound = claim_round(
+        limits, limit, now, running=running, rates=rates, next_key=next_key, take=take, after=state.after, unkeyed=take
+    )
+    if done.rates:
+        conn.executemany(q.set_rate_state, [(queue, name, tat) for name, tat in done.rates.items()])
+    state.claims += 1
+    if state.claims % _FORGET_EVERY == 0:
+        conn.execute(q.forget_rate_states, {"queue": queue, "now": now})
+    state.after = done.after
+    state.wake_at = done.wake_at
+    return rows
+
+
+def enqueue_keyed(
+    conn: sqlite3.Connection, q: Queries, queue: str, tasks: Sequence[NewTask], now: float
+) -> list[TaskId]:
+    """Insert tasks that carry a limit key or a unique key; the id each push answers with.
+
+    A unique task is checked against the rows and inserted one at a time, so two pushes of one
+    key in the same batch see each other. Runs inside the push's write transaction.
+    """
+    ids: list[TaskId] = []
+    for task, params in zip(tasks, insert_params(queue, tasks, now), strict=True):
+        unique = task.unique
+        if unique is not None:
+            found = conn.execute(
+                q.unique_holder,
+                {"queue": queue, "key": unique.key, "now": now, "states": json.dumps(unique.state_names())},
+            ).fetchone()
+            if found is not None:
+                holder = str(found[0])
+                if unique.on_conflict == "extend":
+                    conn.execute(q.unique_extend, {"id": holder, "until": unique.until})
+                elif unique.on_conflict == "replace":
+                    conn.execute(q.unique_replace, _replacement(holder, task))
+                ids.append(holder)
+                continue
+        keyed = (
+            *params,
+            task.limit_key,
+            None if unique is None else unique.key,
+            None if unique is None else unique.until,
+        )
+        conn.execute(q.insert_keyed, keyed)
+        ids.append(task.id)
+    return ids
+
+
+def _replacement(holder: TaskId, task: NewTask) -> dict[str, Any]:
+    return {
+        "id": holder,
+        "payload": task.payload,
+        "run_at": task.run_at,
+        "priority": task.priority,
+        "max_attempts": task.max_attempts,
+        "meta": encode_meta(task.meta),
+        "limit_key": task.limit_key,
+    }

@@ -1,0 +1,91 @@
+-- Claims within global limits and unique pushes (apalis_cli.fleet), each run inside the one
+-- write transaction of a claim or a push, so the counts they read cannot change under them.
+
+-- name: running_by_key
+-- The running tasks by key: the rows themselves, so a vanished worker's slots come back with
+-- its leases. Few rows (at most every worker's concurrency), found by the status index.
+SELECT limit_key, count(*) FROM {prefix}tasks
+WHERE queue = :queue AND status = 'running'
+GROUP BY limit_key;
+
+-- name: next_key
+-- The smallest key above :after with waiting tasks: one step in the keyed index.
+SELECT limit_key FROM {prefix}tasks
+WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > :after
+ORDER BY limit_key
+LIMIT 1;
+
+-- name: first_key
+SELECT limit_key FROM {prefix}tasks
+WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL
+ORDER BY limit_key
+LIMIT 1;
+
+-- name: claim_key
+-- Up to :limit ready tasks of one key, in their usual order. Columns in TASK_COLUMNS order.
+UPDATE {prefix}tasks
+SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
+WHERE id IN (
+    SELECT id FROM {prefix}tasks
+    WHERE queue = :queue AND limit_key = :key AND status IN ('pending', 'failed') AND run_at <= :now
+    ORDER BY priority DESC, run_at, id
+    LIMIT :limit
+)
+RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
+    lock_by, last_error, result, created_at, done_at;
+
+-- name: claim_keyless
+-- Tasks pushed without a key, among the first :scan ready tasks of the queue: bounded, since
+-- the ready index cannot find them apart from the keyed ones.
+UPDATE {prefix}tasks
+SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
+WHERE id IN (
+    SELECT id FROM (
+        SELECT id, limit_key FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND run_at <= :now
+        ORDER BY priority DESC, run_at, id
+        LIMIT :scan
+    )
+    WHERE limit_key IS NULL
+    LIMIT :limit
+)
+RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
+    lock_by, last_error, result, created_at, done_at;
+
+-- name: rate_state
+SELECT tat FROM {prefix}limit_rates WHERE queue = :queue AND state = :state;
+
+-- name: set_rate_state
+INSERT INTO {prefix}limit_rates (queue, state, tat) VALUES (?, ?, ?)
+ON CONFLICT (queue, state) DO UPDATE SET tat = excluded.tat;
+
+-- name: forget_rate_states
+-- States in the past carry nothing (a full burst is available): dropped now and then.
+DELETE FROM {prefix}limit_rates WHERE queue = :queue AND tat <= :now;
+
+-- name: insert_keyed
+-- As `insert`, with the limit key and the unique key and window (INSERT_COLUMNS, then these).
+INSERT INTO {prefix}tasks
+    (id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta, created_at,
+     limit_key, unique_key, unique_until)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING;
+
+-- name: unique_holder
+-- The newest task holding a unique key in one of the push's states, within its window.
+SELECT id, status FROM {prefix}tasks
+WHERE queue = :queue AND unique_key = :key
+    AND (unique_until IS NULL OR unique_until > :now)
+    AND status IN (SELECT value FROM json_each(:states))
+ORDER BY created_at DESC
+LIMIT 1;
+
+-- name: unique_extend
+UPDATE {prefix}tasks SET unique_until = :until WHERE id = :id;
+
+-- name: unique_replace
+-- A pending duplicate takes the new push's content; a running or finished one is left alone.
+UPDATE {prefix}tasks
+SET payload = :payload, run_at = :run_at, priority = :priority, max_attempts = :max_attempts, meta = :meta,
+    limit_key = :limit_key
+WHERE id = :id AND status = 'pending';

@@ -1,0 +1,132 @@
+"""Global limits: does a saturated key slow the others (head-of-line blocking), and what does a
+limit cost per task? Not part of the test suite.
+
+    .venv/bin/python -m bench.limits --backend memory,sqlite --tasks 5000 --hot 20000 --rounds 2
+
+Each round drains the same `--tasks` tasks over `--keys` keys through one in-process worker at
+concurrency 50 in four ways, one after the other (interleaved, so drift hits them alike):
+
+- `unlimited`: no global limit: the store's ordinary claim;
+- `keyed`: `concurrency = 1` per key, `scope = "global"`, no key saturated: the limit's own cost;
+- `saturated`: the same, with a key pushed first (and at a higher priority) whose `--hot` tasks
+  wait behind one that never ends: only the other keys' tasks are timed;
+- `queue-wide`: a global concurrency over the whole queue, never reached.
+
+It prints the medians of the rounds, `saturated / unlimited` (no head-of-line blocking: >= 0.9)
+and the cost of a limit per task (1/rate - 1/unlimited rate, in microseconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+from apalis_cli.backend import Store
+from apalis_cli.layers import ConcurrencyLayer
+from apalis_cli.service import Layer
+from apalis_cli.sink import new_task
+from apalis_cli.task import Task
+from apalis_cli.worker import Worker
+
+from .stores import CODEC, Unavailable, open_store, prepare
+
+MODES = ("unlimited", "keyed", "saturated", "queue-wide")
+CONCURRENCY = 50
+
+
+async def _push(backend: Any, values: list[dict[str, Any]], priority: int = 0) -> None:
+    for start in range(0, len(values), 1000):
+        chunk = values[start : start + 1000]
+        await backend.enqueue(
+            [
+                new_task(CODEC.encode(v), default_max_attempts=1, limit_key=v["account"], priority=priority)
+                for v in chunk
+            ]
+        )
+
+
+async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> float:
+    """Tasks per second of the cold keys' tasks in `mode`."""
+    queue = f"bench_limits_{mode.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    backend: Any = store.backend(queue, codec=CODEC, max_attempts=1)
+    layers: list[Layer] = []
+    if mode in ("keyed", "saturated"):
+        layers = [ConcurrencyLayer(1, scope="global", key="account")]
+    elif mode == "queue-wide":
+        layers = [ConcurrencyLayer(10_000, scope="global")]
+    release = asyncio.Event()
+    if mode == "saturated":
+        await _push(backend, [{"account": "hot", "n": n} for n in range(hot)], priority=5)
+    await _push(backend, [{"account": f"k{n % keys}", "n": n} for n in range(tasks)])
+    done = 0
+    finished = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        nonlocal done
+        if args["account"] == "hot":
+            await release.wait()
+            return
+        done += 1
+        if done == tasks:
+            finished.set()
+
+    worker = Worker(name="bench", backend=backend, handler=handler, concurrency=CONCURRENCY, layers=layers)
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(300):
+            await finished.wait()
+        elapsed = time.perf_counter() - started
+    finally:
+        release.set()
+        worker.hurry()
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
+    return tasks / elapsed
+
+
+async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) -> None:
+    for kind in kinds:
+        try:
+            target = prepare(kind, None, uuid.uuid4().hex[:8])
+            store = await open_store(target)
+        except Unavailable as exc:
+            print(f"{kind}: skipped ({exc})")
+            continue
+        try:
+            rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+            for _ in range(rounds):
+                for mode in MODES:
+                    rates[mode].append(await drain(store, mode, tasks, keys, hot))
+            med = {mode: statistics.median(values) for mode, values in rates.items()}
+            print(f"{kind}: {tasks} tasks over {keys} keys, concurrency {CONCURRENCY}, {rounds} rounds (medians)")
+            for mode in MODES:
+                line = f"  {mode:<11} {med[mode]:>9,.0f}/s  rounds: {', '.join(f'{r:,.0f}' for r in rates[mode])}"
+                if mode != "unlimited":
+                    cost = (1 / med[mode] - 1 / med["unlimited"]) * 1e6
+                    line += f"   {med[mode] / med['unlimited']:.2f} of unlimited, {cost:+.0f} us/task"
+                print(line)
+            print(f"  saturated / unlimited = {med['saturated'] / med['unlimited']:.2f} (a hot key of {hot} tasks)")
+        finally:
+            await store.close()
+            await target.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.limits", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="memory,sqlite")
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--keys", type=int, default=500)
+    parser.add_argument("--hot", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    asyncio.run(run(args.backend.split(","), args.tasks, args.keys, args.hot, args.rounds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Global limits (`scope = "global"`) on every store that holds them in its claim: several
+workers together never pass a per-key limit, tasks over a limit wait unclaimed while other keys
+run, a rate holds across workers, and a vanished worker's slots come back with its leases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from apalis_cli.backend import Capability, WorkerContext
+from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
+from apalis_cli.task import Status, Task
+
+from .conftest import Calls, Harness
+
+
+class Gauge:
+    """Runs in flight per key, and the most ever seen at once."""
+
+    def __init__(self) -> None:
+        self.now: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+
+    def handler(self, calls: Calls, hold: float | asyncio.Event = 0.05) -> Any:
+        async def run(args: Any, task: Task[bytes]) -> None:
+            key = args["account"]
+            self.now[key] += 1
+            self.most[key] = max(self.most[key], self.now[key])
+            try:
+                if isinstance(hold, asyncio.Event):
+                    await hold.wait()
+                else:
+                    await asyncio.sleep(hold)
+            finally:
+                self.now[key] -= 1
+
+        return calls.handler(run)
+
+
+async def test_a_per_key_concurrency_holds_across_workers(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    for n in range(30):
+        account = "abc"[n % 3]
+        await backend.push({"account": account, "n": n}, limit_key=account)
+    gauge = Gauge()
+    limit = ConcurrencyLayer(2, scope="global", key="account")
+    for name in ("w1", "w2", "w3"):
+        await harness.worker(backend, gauge.handler(calls), name=name, concurrency=10, layers=[limit]).start()
+    await harness.wait_until(lambda: len(calls.finished) >= 30, within=20, what="every task to run")
+
+    assert dict(gauge.most) == {"a": 2, "b": 2, "c": 2}, "each key ran at its limit, never above it"
+    assert sorted(c.args["n"] for c in calls.calls) == list(range(30)), "every task ran once"
+
+
+async def test_tasks_over_a_limit_wait_unclaimed_while_other_keys_run(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    # The saturated key comes first in every order the store knows (pushed first, higher priority).
+    hot = [await backend.push({"account": "hot", "n": n}, limit_key="hot", priority=5) for n in range(40)]
+    for n in range(20):
+        await backend.push({"account": f"c{n}", "n": n}, limit_key=f"c{n}")
+    release = asyncio.Event()
+
+    async def run(args: Any, task: Task[bytes]) -> None:
+        if args["account"] == "hot":
+            await release.wait()
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    worker = harness.worker(backend, calls.handler(run), concurrency=8, layers=[limit])
+    await worker.start()
+    await harness.wait_until(lambda: len(calls.finished) >= 20, what="every other key's task to run")
+
+    assert Counter(c.args["account"] == "hot" for c in calls.calls) == {False: 20, True: 1}, (
+        "one task of the saturated key runs; the others wait while every other key runs"
+    )
+    assert worker.worker.running == 1, "the waiting tasks take no slot of the worker"
+    if harness.store.capabilities.has(Capability.INSPECT):
+        running = next(c.id for c in calls.calls if c.args["account"] == "hot")
+        waiting = await harness.inspector(backend).list_tasks(Status.PENDING, limit=100)
+        assert sorted(t.id for t in waiting) == sorted(set(hot) - {running}), "the rest of the key waits, pending"
+    release.set()
+    await harness.wait_until(lambda: len(calls.finished) >= 60, within=20, what="the saturated key to drain")
+    assert len(set(calls.ids())) == 60, "every task ran once"
+
+
+async def test_a_queue_wide_rate_holds_across_workers(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    await backend.push_bulk([{"account": "x", "n": n} for n in range(40)])
+    limit = RateLimitLayer(20, 1.0, scope="global")
+    start = time.time()
+    for name in ("w1", "w2"):
+        await harness.worker(backend, calls.handler(), name=name, concurrency=20, layers=[limit]).start()
+    await harness.wait_until(lambda: len(calls.finished) >= 40, within=20, what="every task to run")
+
+    starts = sorted(c.at for c in calls.calls)
+    for i, at in enumerate(starts):
+        # A burst of `rate`, then `rate` per second: the (i+1)th start is no earlier than that allows.
+        assert i + 1 <= 20 + 20 * (at - start) + 1, f"start {i + 1} came {at - start:.2f}s in: over 20/s"
+    assert starts[-1] - start >= 0.9, "40 starts at 20/s with a burst of 20 take about a second"
+
+
+async def test_a_per_key_rate_holds_and_other_keys_keep_theirs(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    for n in range(30):
+        await backend.push({"account": "slow", "n": n}, limit_key="slow")
+    for n in range(30):
+        await backend.push({"account": f"k{n}", "n": n}, limit_key=f"k{n}")
+    limit = RateLimitLayer(5, 1.0, scope="global", key="account")
+    start = time.time()
+    for name in ("w1", "w2"):
+        await harness.worker(backend, calls.handler(), name=name, concurrency=10, layers=[limit]).start()
+    await harness.wait_until(
+        lambda: sum(1 for c in calls.calls if c.args["account"] != "slow") >= 30, what="the other keys to run"
+    )
+    others_done = time.time() - start
+    await asyncio.sleep(max(0.0, 1.0 - others_done))
+    slow = [c.at - start for c in calls.calls if c.args["account"] == "slow"]
+    assert others_done < 1.0, f"keys under their rate ran at once ({others_done:.2f}s), not behind the slow key"
+    assert 5 <= len(slow) <= 5 + 5 * (max(slow) + 0.05), f"the slow key kept to 5/s: {len(slow)} starts"
+
+
+async def test_a_vanished_workers_slots_come_back_with_its_leases(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS, Capability.ORPHANS)
+    backend = harness.backend(max_attempts=3)
+    first = await backend.push({"account": "a", "n": 0}, limit_key="a")
+    second = await backend.push({"account": "a", "n": 1}, limit_key="a")
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    from apalis_cli.fleet import fleet_limits
+
+    ghost = WorkerContext(
+        id=f"ghost-{time.monotonic_ns()}",
+        name="ghost",
+        queue=backend.get_queue(),
+        concurrency=2,
+        keep_alive=0.1,
+        stale_after=0.4,
+        poll_interval=0.05,
+        free_slots=lambda: 2,
+        limits=fleet_limits([limit]),
+    )
+    heartbeat = backend.heartbeat(ghost)
+    await anext(heartbeat)
+    stream = backend.poll_compact(ghost)
+    try:
+        async with asyncio.timeout(10):
+            claimed = await anext(stream)
+            while claimed is None:
+                claimed = await anext(stream)
+        assert claimed.id == first
+        # The ghost holds the key's one slot and stops beating: a live worker waits, then runs both.
+        rescuer = harness.worker(backend, calls.handler(), name="rescuer", stale_after=0.4, layers=[limit])
+        vanished = time.time()
+        await rescuer.start()
+        await harness.wait_until(lambda: len(calls.finished) >= 2, what="the key's slot to come back")
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        await heartbeat.aclose()  # type: ignore[attr-defined]
+    assert sorted(calls.ids()) == sorted([first, second])
+    assert min(c.at for c in calls.calls) >= vanished + 0.3, "the slot came back with the lease, not before"
+
+
+async def test_a_store_without_global_limits_refuses_them(harness: Harness, calls: Calls) -> None:
+    if harness.store.capabilities.has(Capability.FLEET_LIMITS):
+        return
+    from apalis_cli.errors import Unsupported
+
+    backend = harness.backend()
+    with pytest.raises(Unsupported, match="cannot hold a global limit"):
+        harness.worker(backend, calls.handler(), layers=[ConcurrencyLayer(1, scope="global")])

@@ -1,0 +1,171 @@
+"""Global limits and unique jobs, apart from any store: the config's layers, the rate's arithmetic,
+the keyed claim's turns, the key taken from a task's arguments, and the unique option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apalis_cli.config import load_config
+from apalis_cli.errors import ConfigError, UsageError
+from apalis_cli.fleet import FleetLimits, allowance, claim_round, spend, unique_from
+from apalis_cli.fleet.keys import key_of
+from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
+from apalis_cli.service import Outcome
+from apalis_cli.task import Status, Task
+
+WORKER = """\
+[backends.mem]
+kind = "memory"
+
+[[workers]]
+name = "imports"
+handler = "apalis_cli.demo:resize_image"
+middleware = [
+{layers}
+]
+"""
+
+
+def config_with(tmp_path: Path, layers: str) -> Path:
+    path = tmp_path / "jobs.toml"
+    path.write_text(WORKER.format(layers=layers))
+    return path
+
+
+def test_global_layers_become_the_workers_fleet_limits(tmp_path: Path) -> None:
+    path = config_with(
+        tmp_path,
+        '  { kind = "concurrency", limit = 1, scope = "global", key = "customer_id" },\n'
+        '  { kind = "rate_limit", rate = 100, per = "1m", scope = "global" },',
+    )
+    worker = load_config(path).worker("imports")
+    assert worker.limits == FleetLimits(key="customer_id", concurrency=1, keyed_concurrency=True, rate=100, per=60.0)
+    assert [repr(layer) for layer in worker.middleware] == [
+        "concurrency(1, global, key=customer_id)",
+        "rate_limit(100/1m, global)",
+    ]
+
+
+def test_local_layers_are_no_fleet_limits(tmp_path: Path) -> None:
+    path = config_with(tmp_path, '  { kind = "concurrency", limit = 2 },')
+    assert load_config(path).worker("imports").limits is None
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ('  { kind = "concurrency", limit = 1, key = "id" },', 'a key needs scope = "global"'),
+        ('  { kind = "concurrency", limit = 1, scope = "fleet" },', "expected one of local, global"),
+        ('  { kind = "rate_limit", rate = 1, scope = "global", key = "" },', "must not be empty"),
+        (
+            '  { kind = "concurrency", limit = 1, scope = "global" },\n'
+            '  { kind = "concurrency", limit = 2, scope = "global" },',
+            'one global "concurrency" layer',
+        ),
+        (
+            '  { kind = "concurrency", limit = 1, scope = "global", key = "a" },\n'
+            '  { kind = "rate_limit", rate = 2, scope = "global", key = "b" },',
+            "share one key, got a and b",
+        ),
+    ],
+)
+def test_a_bad_global_limit_is_a_config_error_at_its_line(tmp_path: Path, layers: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(config_with(tmp_path, layers))
+    assert caught.value.where is not None
+    assert ":" in caught.value.where, "the error names the file and line"
+
+
+async def test_a_global_layer_lets_every_run_through_locally() -> None:
+    async def inner(task: Task[Any]) -> Outcome:
+        return Outcome.done(None)
+
+    for layer in (ConcurrencyLayer(1, scope="global"), RateLimitLayer(1, 60.0, scope="global", key="k")):
+        assert layer(inner) is inner, "the store's claim holds a global limit, not the process"
+
+
+def test_a_rate_allows_a_burst_then_rate_per_period() -> None:
+    rate, per, now, tat = 10, 1.0, 1000.0, None
+    started: list[float] = []
+    while now < 1005.0:
+        n = allowance(tat, now, rate, per)
+        if n:
+            tat = spend(tat, now, n, rate, per)
+            started.extend([now] * n)
+        now += 0.013
+    assert len([t for t in started if t == 1000.0]) == 10, "a full burst at first"
+    for i, at in enumerate(started):
+        assert i + 1 <= rate + rate * (at - 1000.0) / per + 1e-6, "never ahead of rate per period"
+    assert 59 <= len(started) <= 60, "five seconds at 10/s after a burst of 10"
+
+
+def test_keys_take_turns_and_a_key_at_its_limit_is_passed_over() -> None:
+    ready = {"a": 5, "b": 5, "c": 5}
+    taken: list[tuple[str | None, int]] = []
+
+    def next_key(after: str | None) -> str | None:
+        keys = sorted(k for k, n in ready.items() if n)
+        later = [k for k in keys if after is None or k > after]
+        return later[0] if later else None
+
+    def take(key: str | None, n: int) -> int:
+        assert key is not None
+        got = min(n, ready[key])
+        ready[key] -= got
+        taken.append((key, got))
+        return got
+
+    limits = FleetLimits(key="account", concurrency=2, keyed_concurrency=True)
+    first = claim_round(limits, 3, 0.0, running={"a": 2}, rates={}, next_key=next_key, take=take)
+    assert taken == [("b", 2), ("c", 1)], "a is full; b takes its two slots; c the last one"
+    assert (first.claimed, first.after) == (3, "c")
+    taken.clear()
+    claim_round(
+        limits, 2, 0.0, running={"a": 1, "b": 2, "c": 1}, rates={}, next_key=next_key, take=take, after=first.after
+    )
+    assert taken == [("a", 1), ("c", 1)], "the next claim starts after c, comes round, passes over b"
+
+
+def test_a_keyed_rate_says_when_to_claim_again() -> None:
+    limits = FleetLimits(key="k", rate=2, per=1.0, keyed_rate=True)
+    done = claim_round(
+        limits,
+        10,
+        100.0,
+        running={},
+        rates={"k:a": 100.9},
+        next_key=lambda after: "a" if after is None else None,
+        take=lambda key, n: n,
+    )
+    assert done.claimed == 0
+    assert done.wake_at == pytest.approx(100.4), "a's next start is due at 100.4"
+
+
+def test_the_key_comes_from_the_arguments() -> None:
+    assert key_of({"account_id": 42}, "account_id") == "42"
+    assert key_of({"customer": {"id": "c-7"}}, "customer.id") == "c-7"
+    assert key_of({"other": 1}, "account_id") == "", "tasks without the key share one key of their own"
+    assert key_of([1, 2], "account_id") == ""
+
+
+def test_the_unique_option() -> None:
+    unique = unique_from({"key": "k", "period": "10m", "states": "pending,running"}, now=1000.0)
+    assert unique.until == 1600.0
+    assert unique.states == frozenset({Status.PENDING, Status.RUNNING})
+    assert unique.on_conflict == "skip"
+    assert unique_from({"key": "k"}).until is None, "without a period the window has no end"
+    with pytest.raises(UsageError, match="unique period must be more than 0"):
+        unique_from({"key": "k", "period": 0})
+
+
+def test_the_readmes_fleet_examples_load(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Limits across the fleet") :]
+    block = section[section.index("```toml\n") + len("```toml\n") : section.index("```\n", section.index("```toml"))]
+    path = tmp_path / "jobs.toml"
+    path.write_text('[backends.main]\nkind = "memory"\n\n' + block.replace("myapp.jobs:", "apalis_cli.demo:x_"))
+    config = load_config(path)
+    assert str(config.worker("geocode").limits) == "rate 100/1s"
+    assert str(config.worker("imports").limits) == "concurrency 1 per customer_id, rate 20/1m per customer_id"

@@ -478,9 +478,9 @@ class MemoryQueue(QueueBase):
         keys = sorted(k for k in by_key if k is not None)
         claimed: list[_Row] = []
 
-        def next_key(key: str | None) -> str | None:
+        def keys_after(key: str | None, count: int) -> list[str]:
             index = 0 if key is None else bisect.bisect_right(keys, key)
-            return keys[index] if index < len(keys) else None
+            return [k for k in keys[index : index + count] if by_key.get(k)]
 
         def take(key: str | None, n: int) -> int:
             rows = by_key.get(key, [])
@@ -497,10 +497,10 @@ class MemoryQueue(QueueBase):
             now,
             running=running,
             rates=state.rates,
-            next_key=next_key,
+            keys_after=keys_after,
+            take_heads=lambda chosen: {key: take(key, 1) for key in chosen},
             take=take,
             after=after[0],
-            unkeyed=take,
         )
         state.rates.update(done.rates)
         after[0] = done.after

@@ -12,14 +12,17 @@ concurrency 50 in four ways, one after the other (interleaved, so drift hits the
   wait behind one that never ends: only the other keys' tasks are timed;
 - `queue-wide`: a global concurrency over the whole queue, never reached.
 
-It prints the medians of the rounds, `saturated / unlimited` (no head-of-line blocking: >= 0.9)
-and the cost of a limit per task (1/rate - 1/unlimited rate, in microseconds).
+It prints the medians of the rounds: tasks per second, and this process's CPU time per task (a
+shared machine bends it less than the rate); `saturated / unlimited` (no head-of-line blocking:
+>= 0.9) and `saturated / keyed` (the saturated key's own effect); and the cost of each limit per
+task in CPU microseconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import time
 import uuid
@@ -49,8 +52,14 @@ async def _push(backend: Any, values: list[dict[str, Any]], priority: int = 0) -
         )
 
 
-async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> float:
-    """Tasks per second of the cold keys' tasks in `mode`."""
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> tuple[float, float]:
+    """Tasks per second of the cold keys' tasks in `mode`, and this process's CPU time per task
+    in microseconds (both threads: the event loop's and SQLite's), which a busy machine bends less."""
     queue = f"bench_limits_{mode.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
     backend: Any = store.backend(queue, codec=CODEC, max_attempts=1)
     layers: list[Layer] = []
@@ -76,18 +85,18 @@ async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> flo
 
     worker = Worker(name="bench", backend=backend, handler=handler, concurrency=CONCURRENCY, layers=layers)
     stop = asyncio.Event()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     running = asyncio.create_task(worker.run(stop))
     try:
         async with asyncio.timeout(300):
             await finished.wait()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     finally:
         release.set()
         worker.hurry()
         stop.set()
         await asyncio.gather(running, return_exceptions=True)
-    return tasks / elapsed
+    return tasks / elapsed, cpu / tasks * 1e6
 
 
 async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) -> None:
@@ -100,18 +109,32 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) ->
             continue
         try:
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+            cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
             for _ in range(rounds):
                 for mode in MODES:
-                    rates[mode].append(await drain(store, mode, tasks, keys, hot))
+                    rate, cpu = await drain(store, mode, tasks, keys, hot)
+                    rates[mode].append(rate)
+                    cpus[mode].append(cpu)
             med = {mode: statistics.median(values) for mode, values in rates.items()}
+            cpu_med = {mode: statistics.median(values) for mode, values in cpus.items()}
             print(f"{kind}: {tasks} tasks over {keys} keys, concurrency {CONCURRENCY}, {rounds} rounds (medians)")
             for mode in MODES:
-                line = f"  {mode:<11} {med[mode]:>9,.0f}/s  rounds: {', '.join(f'{r:,.0f}' for r in rates[mode])}"
+                line = (
+                    f"  {mode:<11} {med[mode]:>9,.0f}/s {cpu_med[mode]:>6.0f} us CPU/task"
+                    f"  rounds: {', '.join(f'{r:,.0f}' for r in rates[mode])}"
+                )
                 if mode != "unlimited":
-                    cost = (1 / med[mode] - 1 / med["unlimited"]) * 1e6
-                    line += f"   {med[mode] / med['unlimited']:.2f} of unlimited, {cost:+.0f} us/task"
+                    line += (
+                        f"   rate {med[mode] / med['unlimited']:.2f} of unlimited,"
+                        f" CPU {cpu_med[mode] - cpu_med['unlimited']:+.0f} us/task"
+                    )
                 print(line)
-            print(f"  saturated / unlimited = {med['saturated'] / med['unlimited']:.2f} (a hot key of {hot} tasks)")
+            print(
+                f"  saturated / unlimited: rate {med['saturated'] / med['unlimited']:.2f},"
+                f" CPU per task {cpu_med['unlimited'] / cpu_med['saturated']:.2f}"
+                f"; saturated / keyed: rate {med['saturated'] / med['keyed']:.2f},"
+                f" CPU per task {cpu_med['keyed'] / cpu_med['saturated']:.2f} (a hot key of {hot} tasks)"
+            )
         finally:
             await store.close()
             await target.cleanup()

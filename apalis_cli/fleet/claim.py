@@ -2,16 +2,19 @@
 claims in steps (SQLite and memory, inside their atomic step) runs over its own primitives.
 
 Without a keyed limit the claim is the store's ordinary one, taking no more than the queue-wide
-limits allow. With one, keys take turns: the claim visits the keys that have ready tasks in key
-order, starting after the key where the worker's last claim stopped, and takes from each as
-many as its limits allow (its ready tasks in their usual order: priority, then run_at). A key
-at its limit is passed over at the cost of one index step, so however deep its backlog, other
-keys keep their speed; priority and run_at order tasks within a key, not across keys.
+limits allow. With one, keys take turns: the claim walks the keys that have waiting tasks in key
+order, starting after the key where the worker's last claim stopped and coming round once, and
+takes the first ready task (priority, then run_at) of each key under its limits; while slots are
+left and some key had room, it walks again. Keys come in batches from one index walk
+(`KeysAfter`) and their tasks are claimed by one statement per batch (`TakeHeads`), so a claim
+costs a few statements, not a few per key. A key at its limit is passed over at the cost of one
+index step, so however deep its backlog, other keys keep their speed; priority and run_at order
+tasks within a key, not across keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .limits import FleetLimits
@@ -22,8 +25,10 @@ __all__ = ["QUEUE_RATE", "ClaimRound", "claim_round", "rate_key"]
 QUEUE_RATE = "*"
 """The rate state of a queue-wide rate limit (a keyed one's states are `rate_key(key)`)."""
 
-MAX_KEYS_PER_CLAIM = 5000
-"""Keys one claim visits at most: the next claim goes on from where this one stopped."""
+MAX_BATCH = 1000
+"""Keys one index walk returns at most."""
+MAX_KEYS_PER_CLAIM = 10_000
+"""Keys one claim looks at, at most: the next claim goes on from where this one stopped."""
 
 
 def rate_key(key: str | None) -> str:
@@ -47,10 +52,12 @@ class ClaimRound:
         self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
 
 
-NextKey = Callable[[str | None], str | None]
-"""The smallest key above the one given (None: from the first) that has waiting tasks; None at the end."""
+KeysAfter = Callable[[str | None, int], Sequence[str]]
+"""Up to n keys with waiting tasks, in key order, above the one given (None: from the first)."""
+TakeHeads = Callable[[Sequence[str]], Mapping[str, int]]
+"""Claim the first ready task of each key given; how many each key gave (0 or 1)."""
 Take = Callable[[str | None, int], int]
-"""Claim up to n ready tasks of a key (None: of the whole queue, in its usual order); how many."""
+"""Claim up to n ready tasks (None: of the whole queue in its usual order; a key: of that key)."""
 
 
 def claim_round(
@@ -60,17 +67,17 @@ def claim_round(
     *,
     running: Mapping[str | None, int],
     rates: Mapping[str, float],
-    next_key: NextKey,
+    keys_after: KeysAfter,
+    take_heads: TakeHeads,
     take: Take,
     after: str | None = None,
-    unkeyed: Take | None = None,
 ) -> ClaimRound:
     """Claim up to `want` tasks within `limits`.
 
     `running` counts the running tasks by key (the rows themselves, so a crashed worker's count
-    goes with its leases); `rates` are the stored rate states. `unkeyed` claims tasks pushed
-    without a key (by a producer that did not read the worker's config) as one group of their
-    own; they are offered what the keys leave.
+    goes with its leases); `rates` are the stored rate states. `take(None, n)` claims in the
+    queue's usual order; with a keyed limit it claims tasks pushed without a key (by a producer
+    that did not read the worker's config), one group of their own offered what the keys leave.
     """
     result = ClaimRound(after=after)
     budget = want
@@ -89,55 +96,94 @@ def claim_round(
         _spent(limits, result, rates, QUEUE_RATE, got, now)
         result.claimed = got
         return result
-
-    visited = 0
-    wrapped = after is None
-    key = next_key(after)
-    while budget > 0 and visited < MAX_KEYS_PER_CLAIM:
-        if key is None:
-            if wrapped:
-                break
-            wrapped, key = True, next_key(None)
-            continue
-        if wrapped and after is not None and key > after:
-            break  # every key has had its turn
-        visited += 1
-        got = _take_key(limits, result, key, budget, now, running, rates, take)
-        budget -= got
-        result.claimed += got
-        result.after = key
-        key = next_key(key)
-    if budget > 0 and unkeyed is not None:
-        result.claimed += _take_key(limits, result, None, budget, now, running, rates, unkeyed)
+    turns = _Turns(limits, result, now, running, rates)
+    start = after
+    while budget > 0:
+        taken = turns.walk(start, budget, keys_after, take_heads)
+        budget -= taken
+        if taken == 0 or not turns.room_left:
+            break
+        start = None  # another walk for the keys that still had room, from the first key
+    if budget > 0:
+        got = turns.room(None, budget)
+        if got > 0:
+            taken = take(None, got)
+            turns.took(None, taken)
+            budget -= taken
+    result.claimed = turns.claimed
     return result
 
 
-def _take_key(
-    limits: FleetLimits,
-    result: ClaimRound,
-    key: str | None,
-    budget: int,
-    now: float,
-    running: Mapping[str | None, int],
-    rates: Mapping[str, float],
-    take: Take,
-) -> int:
-    room = budget
-    if limits.keyed_concurrency and limits.concurrency is not None:
-        room = min(room, limits.concurrency - running.get(key, 0))
-    state = rate_key(key)
-    if limits.keyed_rate and limits.rate is not None:
-        tat = result.rates.get(state, rates.get(state))
-        allowed = allowance(tat, now, limits.rate, limits.per)
-        if allowed <= 0 and tat is not None:
-            result.wake(next_start(tat, limits.rate, limits.per))
-        room = min(room, allowed)
-    if room <= 0:
-        return 0
-    got = take(key, room)
-    if limits.keyed_rate:
-        _spent(limits, result, rates, state, got, now)
-    return got
+class _Turns:
+    """The keys' turns within one claim: each key's room under its limits, and what it took."""
+
+    __slots__ = ("claimed", "limits", "now", "rates", "result", "room_left", "running", "seen")
+
+    def __init__(
+        self,
+        limits: FleetLimits,
+        result: ClaimRound,
+        now: float,
+        running: Mapping[str | None, int],
+        rates: Mapping[str, float],
+    ) -> None:
+        self.limits, self.result, self.now, self.rates = limits, result, now, rates
+        self.running = dict(running)
+        self.claimed = 0
+        self.seen = 0
+        self.room_left = False
+
+    def room(self, key: str | None, budget: int) -> int:
+        """How many more tasks of `key` this claim may start."""
+        limits, room = self.limits, budget
+        if limits.keyed_concurrency and limits.concurrency is not None:
+            room = min(room, limits.concurrency - self.running.get(key, 0))
+        if limits.keyed_rate and limits.rate is not None:
+            state = rate_key(key)
+            tat = self.result.rates.get(state, self.rates.get(state))
+            allowed = allowance(tat, self.now, limits.rate, limits.per)
+            if allowed <= 0 and tat is not None:
+                self.result.wake(next_start(tat, limits.rate, limits.per))
+            room = min(room, allowed)
+        return max(room, 0)
+
+    def took(self, key: str | None, got: int) -> None:
+        if got:
+            self.running[key] = self.running.get(key, 0) + got
+            self.claimed += got
+            if self.limits.keyed_rate:
+                _spent(self.limits, self.result, self.rates, rate_key(key), got, self.now)
+
+    def walk(self, after: str | None, budget: int, keys_after: KeysAfter, take_heads: TakeHeads) -> int:
+        """One turn for every key with waiting tasks, from the one after `after`, coming round
+        once; the first task of each key with room, until `budget` is spent."""
+        taken, cursor, wrapped = 0, after, after is None
+        self.room_left = False
+        while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
+            batch = list(keys_after(cursor, min(MAX_BATCH, 2 * (budget - taken) + 16)))
+            if wrapped and after is not None:
+                batch = [key for key in batch if key <= after]  # round again up to where it began
+            if not batch:
+                if wrapped:
+                    break
+                wrapped, cursor = True, None
+                continue
+            chosen: list[str] = []
+            for key in batch:
+                self.seen += 1
+                self.result.after = key
+                room = self.room(key, budget - taken - len(chosen))
+                if room > 0:
+                    chosen.append(key)
+                    self.room_left = self.room_left or room > 1
+                    if len(chosen) == budget - taken:
+                        break
+            got = take_heads(chosen) if chosen else {}
+            for key, n in got.items():
+                self.took(key, n)
+                taken += n
+            cursor = self.result.after
+        return taken
 
 
 def _spent(

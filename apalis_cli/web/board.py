@@ -58,6 +58,8 @@ class QueueView:
     workers: tuple[str, ...]
     backend: BackendExt
     slot: _StoreSlot = field(repr=False)
+    limit_key: str | None = None
+    """The argument whose value a pushed task's global limits count it under (`apalis_cli.fleet`)."""
 
     @property
     def key(self) -> str:
@@ -151,6 +153,7 @@ class Board:
                     workers=(worker.name,),
                     backend=slot.store.backend(worker.queue, codec=codec, max_attempts=worker.max_attempts),
                     slot=slot,
+                    limit_key=_limit_key(worker),
                 )
             )
 
@@ -236,3 +239,8 @@ def _queue_backend(worker: WorkerConfig) -> str | None:
     if worker.cron is not None:
         return None
     return worker.backend
+
+
+def _limit_key(worker: WorkerConfig) -> str | None:
+    limits = worker.limits
+    return limits.key if limits is not None and limits.keyed else None

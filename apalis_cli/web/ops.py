@@ -362,7 +362,9 @@ def _parse_time(value: Any) -> float:
 
 
 async def push(view: QueueView, request: PushRequest) -> str:
-    """Push the task into the queue; its id."""
+    """Push the task into the queue (under its limit key, where the queue's limits have one); its id."""
+    from ..fleet.keys import key_of
+
     sink = view.sink
     if sink is None:
         raise Unsupported(f'queue "{view.queue}" on backend "{view.backend_name}" takes no pushed tasks')
@@ -374,6 +376,7 @@ async def push(view: QueueView, request: PushRequest) -> str:
             priority=request.priority,
             max_attempts=request.max_attempts,
             idempotency_key=request.idempotency_key,
+            limit_key=None if view.limit_key is None else key_of(request.args, view.limit_key),
         )
     except BadPayload as exc:  # the codec refused the value (NaN for json, say)
         raise BadInput(f"args: {exc}") from None

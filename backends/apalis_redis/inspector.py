@@ -55,10 +55,16 @@ class RedisInspector:
     connection: Connection
     retention: float
 
+    async def _parked(self) -> list[str]:
+        """The parked sets of keys at a global limit (`lua/claim_limited.lua`): pending tasks."""
+        keys = await self.connection.client.zrange(self.keys.base + "parked", 0, -1)
+        return [self.keys.base + "kp:" + key.decode() for key in keys]
+
     async def _ids_of(self, status: Status | None) -> list[bytes]:
         k, client = self.keys, self.connection.client
+        parked = await self._parked() if status in (None, Status.PENDING) else []
         sources = {
-            Status.PENDING: [k.ready, k.scheduled],
+            Status.PENDING: [k.ready, k.scheduled, *parked],
             Status.FAILED: [k.failed],
             Status.RUNNING: [k.running],
             Status.DONE: [k.done],
@@ -66,7 +72,9 @@ class RedisInspector:
             Status.CANCELLED: [k.cancelled],
         }
         wanted = (
-            sources[status] if status is not None else [k.ready, k.scheduled, k.running, k.done, k.killed, k.cancelled]
+            sources[status]
+            if status is not None
+            else [k.ready, k.scheduled, *parked, k.running, k.done, k.killed, k.cancelled]
         )
         async with client.pipeline(transaction=False) as pipe:
             for key in wanted:
@@ -101,14 +109,17 @@ class RedisInspector:
         """Counts per status, from the sizes of the status sets; scheduled: the entries of the
         scheduled set (delayed tasks and retries in their backoff) not yet due."""
         k = self.keys
+        parked = await self._parked()
         async with self.connection.client.pipeline(transaction=False) as pipe:
             for key in (k.ready, k.scheduled, k.running, k.done, k.killed, k.cancelled):
                 pipe.zcard(key)
             pipe.scard(k.failed)
             pipe.zcount(k.scheduled, f"({time.time()!r}", "+inf")
-            ready, scheduled, running, done, killed, cancelled, failed, waiting = await pipe.execute()
+            for key in parked:
+                pipe.zcard(key)
+            ready, scheduled, running, done, killed, cancelled, failed, waiting, *held = await pipe.execute()
         counts: dict[Status, int | None] = {
-            Status.PENDING: ready + scheduled - failed,
+            Status.PENDING: ready + scheduled + sum(held) - failed,
             Status.RUNNING: running,
             Status.DONE: done,
             Status.FAILED: failed,
@@ -166,7 +177,7 @@ class RedisInspector:
         """Delete tasks of `status` finished (or created) more than `older_than` seconds ago."""
         k = self.keys
         sources = {
-            Status.PENDING: [k.ready, k.scheduled],
+            Status.PENDING: [k.ready, k.scheduled, *(await self._parked() if status is Status.PENDING else [])],
             Status.FAILED: [k.failed],
             Status.RUNNING: [k.running],
             Status.DONE: [k.done],

@@ -45,7 +45,7 @@ from typing import Any
 
 import msgpack
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -57,14 +57,27 @@ from .connection import Connection, link_kept, lua
 from .control import RedisControl
 from .inspector import RedisInspector
 from .keys import QueueKeys
+from .limits import LimitedClaims, unique_args
 
 __all__ = ["CAPABILITIES", "RedisQueue", "scripts"]
 
-_SCRIPTS = ("enqueue", "claim", "ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk")
-_CLAIMING = ("claim", "ack")  # the scripts that start with lua/claiming.lua's claim()
-_CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk")  # and lua/control.lua's
+_SCRIPTS = (
+    "enqueue",
+    "claim",
+    "ack",
+    "heartbeat",
+    "farewell",
+    "retry",
+    "kill",
+    "purge",
+    "cancel",
+    "bulk",
+    "claim_limited",
+)
+_CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
+_CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # and lua/control.lua's
 
-CAPABILITIES = Capabilities()
+CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 
 
 def scripts() -> dict[str, str]:
@@ -116,6 +129,7 @@ class RedisQueue(RedisInspector, RedisControl, QueueBase):
         self.keys = QueueKeys.of(namespace, queue)
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
         self._ahead = ClaimsAhead(self.ack_batch, Held)
+        self._limited: set[str] = set()  # ids of the polling workers with global limits
         # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
         # on every call (the ack call's packing took a third less time with these).
         k = self.keys
@@ -140,6 +154,8 @@ class RedisQueue(RedisInspector, RedisControl, QueueBase):
                     str(int(new.max_attempts)),
                     new.idempotency_key or "",
                     json.dumps(dict(new.meta), separators=(",", ":")) if new.meta else "",
+                    "" if new.limit_key is None else "=" + new.limit_key,
+                    "" if new.unique is None else unique_args(new.unique),
                 )
             args = [k.base, now, k.wake, _pack(items)]
             calls.append(args)
@@ -162,12 +178,21 @@ class RedisQueue(RedisInspector, RedisControl, QueueBase):
         def start() -> tuple[Fetch, Waker]:
             script, worker_id, base = self.connection.scripts["claim"], worker.id, self._base
             claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
+            waker = self.connection.waker(self.queue)
+            if worker.limits is not None:
+                limited = LimitedClaims(self.connection.scripts["claim_limited"], claim_keys, base, worker, waker)
+                self._limited.add(worker_id)
+
+                async def fetch_limited(limit: int) -> list[Task[bytes]]:
+                    return self._tasks(await limited.claim(limit), worker_id)
+
+                return fetch_limited, waker
 
             async def fetch(limit: int) -> list[Task[bytes]]:
                 reply = await script(keys=claim_keys, args=[base, repr(time.time()), limit, worker_id])
                 return self._tasks(_unpack(reply), worker_id)
 
-            return fetch, self.connection.waker(self.queue)
+            return fetch, waker
 
         return self._ahead.poll(worker, start)
 
@@ -210,7 +235,8 @@ class RedisQueue(RedisInspector, RedisControl, QueueBase):
             text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
             packed += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
-        wanted = self._ahead.wanted(items)
+        # Workers with global limits claim by themselves (lua/claim_limited.lua), never ahead.
+        wanted = [(ahead, n) for ahead, n in self._ahead.wanted(items) if ahead.worker_id not in self._limited]
         claims = _pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]) if wanted else b""
         args = [
             self._base,

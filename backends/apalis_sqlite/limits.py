@@ -72,25 +72,37 @@ def claim_limited(
     rates = _Rates(conn, q, queue)
     rows: list[Any] = []
 
-    def next_key(after: str | None) -> str | None:
+    def keys_after(after: str | None, count: int) -> list[str]:
         if after is None:
-            found = conn.execute(q.first_key, params).fetchone()
+            found = conn.execute(q.keys_from_first, {"queue": queue, "count": count})
         else:
-            found = conn.execute(q.next_key, {"queue": queue, "after": after}).fetchone()
-        return None if found is None else str(found[0])
+            found = conn.execute(q.keys_after, {"queue": queue, "after": after, "count": count})
+        return [str(key) for (key,) in found]
+
+    def take_heads(keys: Sequence[str]) -> dict[str, int]:
+        got = conn.execute(q.claim_heads, {**params, "keys": json.dumps(list(keys))}).fetchall()
+        taken: dict[str, int] = {}
+        for row in got:
+            rows.append(row[:-1])
+            taken[row[-1]] = taken.get(row[-1], 0) + 1
+        return taken
 
     def take(key: str | None, n: int) -> int:
-        if key is None and limits.keyed:
-            got = conn.execute(q.claim_keyless, {**params, "limit": n, "scan": _KEYLESS_SCAN}).fetchall()
-        elif key is None:
-            got = conn.execute(q.claim, {**params, "limit": n}).fetchall()
-        else:
-            got = conn.execute(q.claim_key, {**params, "key": key, "limit": n}).fetchall()
+        statement = q.claim_keyless if limits.keyed else q.claim
+        got = conn.execute(statement, {**params, "limit": n, "scan": _KEYLESS_SCAN}).fetchall()
         rows.extend(got)
         return len(got)
 
     done: ClaimRound = claim_round(
-        limits, limit, now, running=running, rates=rates, next_key=next_key, take=take, after=state.after, unkeyed=take
+        limits,
+        limit,
+        now,
+        running=running,
+        rates=rates,
+        keys_after=keys_after,
+        take_heads=take_heads,
+        take=take,
+        after=state.after,
     )
     if done.rates:
         conn.executemany(q.set_rate_state, [(queue, name, tat) for name, tat in done.rates.items()])

@@ -1,6 +1,6 @@
-"""Global limits with real daemons: three `apalis run` processes on one SQLite file hold a per-key
-concurrency (sampled from the store all along), a fleet-wide rate over 20 seconds, and a killed
-daemon's slots come back within `stale_after`."""
+"""Global limits with real daemons: three `apalis run` processes on one store (a SQLite file, a
+Redis server) hold a per-key concurrency (sampled from the store all along), a fleet-wide rate
+over 20 seconds, and a killed daemon's slots come back within `stale_after`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import signal
 import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
+from ..services import need_server
 from .conftest import APALIS, Apalis
 
 HANDLERS = """
@@ -32,8 +35,7 @@ async def timed(args):
 
 CONFIG = """\
 [backends.main]
-kind = "sqlite"
-url = "sqlite:///fleet.db"
+{backend}
 
 [[workers]]
 name = "imports"
@@ -46,14 +48,122 @@ middleware = [{layer}]
 """
 
 
-@pytest.fixture
-def fleet(apalis: Apalis, tmp_path: Path) -> Apalis:
+class Sampler(Protocol):
+    """Reads the daemons' store directly: what runs, what is done, what the handler returned."""
+
+    backend: str
+
+    def running_by_key(self) -> dict[str, int]: ...
+
+    def done(self) -> int: ...
+
+    def results(self) -> list[float]: ...
+
+    def workers(self) -> int: ...
+
+    def last_beat(self, pid: int) -> float:
+        """When the worker of the daemon with this pid last beat (its row stays until swept)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteSampler:
+    backend = 'kind = "sqlite"\nurl = "sqlite:///fleet.db"'
+
+    def __init__(self, cwd: Path) -> None:
+        self._cwd = cwd
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:  # once the daemons created the file
+            self._conn = sqlite3.connect(self._cwd / "fleet.db", timeout=10)
+        return self._conn
+
+    def running_by_key(self) -> dict[str, int]:
+        rows = self.conn.execute(
+            "SELECT limit_key, count(*) FROM apalis_tasks WHERE status = 'running' GROUP BY limit_key"
+        )
+        return {str(key): int(n) for key, n in rows}
+
+    def done(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM apalis_tasks WHERE status = 'done'").fetchone()[0])
+
+    def results(self) -> list[float]:
+        return [float(r) for (r,) in self.conn.execute("SELECT result FROM apalis_tasks WHERE result IS NOT NULL")]
+
+    def workers(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM apalis_workers").fetchone()[0])
+
+    def last_beat(self, pid: int) -> float:
+        row = self.conn.execute("SELECT last_seen FROM apalis_workers WHERE id LIKE ?", (f"%-{pid}-%",)).fetchone()
+        return float(row[0])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class RedisSampler:
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.namespace = f"fleet{uuid.uuid4().hex[:8]}"
+        self.backend = f'kind = "redis"\nurl = "{url}"\nnamespace = "{self.namespace}"'
+        self._client = redis.Redis.from_url(url)
+        self._base = f"{self.namespace}:{{imports}}:"
+
+    def _fields(self, ids: Any, name: str) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hget(self._base + "t:" + task_id.decode(), name)
+        return list(pipe.execute())
+
+    def running_by_key(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for key in self._fields(self._client.zrange(self._base + "running", 0, -1), "lk"):
+            if key is not None:
+                counts[key.decode()] = counts.get(key.decode(), 0) + 1
+        return counts
+
+    def done(self) -> int:
+        return int(self._client.zcard(self._base + "done"))
+
+    def results(self) -> list[float]:
+        return [float(r) for r in self._fields(self._client.zrange(self._base + "done", 0, -1), "res") if r]
+
+    def workers(self) -> int:
+        return int(self._client.zcard(self._base + "workers"))
+
+    def last_beat(self, pid: int) -> float:
+        beats: Any = self._client.zrange(self._base + "workers", 0, -1, withscores=True)
+        return next(float(seen) for worker, seen in beats if f"-{pid}-" in bytes(worker).decode())
+
+    def close(self) -> None:
+        for key in self._client.scan_iter(match=f"{self.namespace}:*", count=1000):
+            self._client.delete(key)
+        self._client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Sampler]:
+    """The store the daemons share, and a way to read it apart from them."""
     (tmp_path / "fleet_handlers.py").write_text(HANDLERS)
+    sampler: Sampler = SqliteSampler(tmp_path) if request.param == "sqlite" else RedisSampler(need_server("redis"))
+    yield sampler
+    sampler.close()
+
+
+@pytest.fixture
+def fleet(apalis: Apalis, store: Sampler) -> Apalis:
     return apalis
 
 
-def configure(apalis: Apalis, layer: str, keep_alive: str = "1s", stale_after: str = "3s") -> None:
-    apalis.write_config(CONFIG.format(layer=layer, keep_alive=keep_alive, stale_after=stale_after))
+def configure(apalis: Apalis, store: Sampler, layer: str, keep_alive: str = "1s", stale_after: str = "3s") -> None:
+    apalis.write_config(
+        CONFIG.format(backend=store.backend, layer=layer, keep_alive=keep_alive, stale_after=stale_after)
+    )
 
 
 def push(apalis: Apalis, values: list[dict[str, object]]) -> None:
@@ -89,14 +199,6 @@ def daemons(fleet: Apalis) -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait()
 
 
-@pytest.fixture
-def db(fleet: Apalis) -> Iterator[sqlite3.Connection]:
-    """A connection of the test's own to the daemons' database file, to sample it."""
-    conn = sqlite3.connect(fleet.cwd / "fleet.db", timeout=10)
-    yield conn
-    conn.close()
-
-
 def wait_for(condition: object, within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not callable(condition) or not condition():
@@ -106,23 +208,20 @@ def wait_for(condition: object, within: float, what: str) -> None:
 
 
 def test_three_daemons_never_pass_a_per_key_concurrency(
-    fleet: Apalis, daemons: list[subprocess.Popen[bytes]], db: sqlite3.Connection
+    fleet: Apalis, store: Sampler, daemons: list[subprocess.Popen[bytes]]
 ) -> None:
-    configure(fleet, '{ kind = "concurrency", limit = 3, scope = "global", key = "account" }')
+    configure(fleet, store, '{ kind = "concurrency", limit = 3, scope = "global", key = "account" }')
     total = 400
     push(fleet, [{"account": f"a{n % 10}", "n": n, "sleep": 0.05} for n in range(total)])
     daemons.extend(daemon(fleet, f"d{i}") for i in range(3))
-    conn = db
     most: dict[str, int] = {}
     samples = 0
     deadline = time.monotonic() + 90
     while True:
-        for key, running in conn.execute(
-            "SELECT limit_key, count(*) FROM apalis_tasks WHERE status = 'running' GROUP BY limit_key"
-        ):
+        for key, running in store.running_by_key().items():
             most[key] = max(most.get(key, 0), running)
         samples += 1
-        (done,) = conn.execute("SELECT count(*) FROM apalis_tasks WHERE status = 'done'").fetchone()
+        done = store.done()
         if done == total:
             break
         assert time.monotonic() < deadline, f"only {done} of {total} tasks ran"
@@ -133,30 +232,27 @@ def test_three_daemons_never_pass_a_per_key_concurrency(
 
 
 def test_a_fleet_wide_rate_holds_within_ten_percent_over_20s(
-    fleet: Apalis, daemons: list[subprocess.Popen[bytes]], db: sqlite3.Connection
+    fleet: Apalis, store: Sampler, daemons: list[subprocess.Popen[bytes]]
 ) -> None:
     rate, window = 50, 20.0
-    configure(fleet, f'{{ kind = "rate_limit", rate = {rate}, per = "1s", scope = "global" }}')
+    configure(fleet, store, f'{{ kind = "rate_limit", rate = {rate}, per = "1s", scope = "global" }}')
     push(fleet, [{"n": n} for n in range(int(rate * (window + 6)))])
     daemons.extend(daemon(fleet, f"d{i}") for i in range(3))
-    conn = db
-    wait_for(
-        lambda: conn.execute("SELECT count(*) FROM apalis_tasks WHERE status = 'done'").fetchone()[0] > 0, 30, "a start"
-    )
-    first = min(float(r) for (r,) in conn.execute("SELECT result FROM apalis_tasks WHERE status = 'done'"))
+    wait_for(lambda: store.done() > 0, 30, "a start")
+    first = min(store.results())
     time.sleep(max(0.0, first + window + 1.0 - time.time()))
-    starts = [float(r) for (r,) in conn.execute("SELECT result FROM apalis_tasks WHERE result IS NOT NULL")]
-    within = sum(1 for at in starts if first <= at < first + window)
+    within = sum(1 for at in store.results() if first <= at < first + window)
     measured = within / window
-    print(f"fleet-wide rate over {window:.0f}s: {measured:.1f}/s for a limit of {rate}/s (burst {rate} included)")
+    kind = store.backend.split('"')[1]
+    print(f"{kind}: fleet-wide rate over {window:.0f}s: {measured:.1f}/s for {rate}/s (burst included)")
     assert abs(measured - rate) <= 0.1 * rate, f"{measured:.1f}/s is not within 10% of {rate}/s"
 
 
 def test_a_killed_daemons_slots_come_back_within_stale_after(
-    fleet: Apalis, daemons: list[subprocess.Popen[bytes]], db: sqlite3.Connection
+    fleet: Apalis, store: Sampler, daemons: list[subprocess.Popen[bytes]]
 ) -> None:
     keep_alive, stale_after = 0.5, 2.0
-    configure(fleet, '{ kind = "concurrency", limit = 1, scope = "global", key = "account" }', "500ms", "2s")
+    configure(fleet, store, '{ kind = "concurrency", limit = 1, scope = "global", key = "account" }', "500ms", "2s")
     marker = fleet.cwd / "held"
     push(fleet, [{"account": "a", "once": str(marker), "hold": 60}, {"account": "a", "n": 2}])
     first = daemon(fleet, "first")
@@ -164,23 +260,14 @@ def test_a_killed_daemons_slots_come_back_within_stale_after(
     wait_for(marker.exists, 30, "the first daemon to run the key's first task")
     second = daemon(fleet, "second")
     daemons.append(second)
-    conn = db
-    wait_for(
-        lambda: conn.execute("SELECT count(DISTINCT id) FROM apalis_workers").fetchone()[0] >= 2, 30, "both daemons"
-    )
+    wait_for(lambda: store.workers() >= 2, 30, "both daemons")
     time.sleep(stale_after)  # the second daemon is steady, and the key's task waits for the slot
-    assert conn.execute("SELECT count(*) FROM apalis_tasks WHERE status = 'done'").fetchone()[0] == 0
+    assert store.done() == 0, "the key's second task waits while the first holds the slot"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    (last_beat,) = conn.execute(
-        "SELECT last_seen FROM apalis_workers WHERE id LIKE ?", (f"%-{first.pid}-%",)
-    ).fetchone()
-    wait_for(
-        lambda: conn.execute("SELECT count(*) FROM apalis_tasks WHERE status = 'done'").fetchone()[0] == 2,
-        30,
-        "the key's tasks to run on the second daemon",
-    )
-    back = min(float(r) for (r,) in conn.execute("SELECT result FROM apalis_tasks WHERE result IS NOT NULL"))
+    last_beat = store.last_beat(first.pid)
+    wait_for(lambda: store.done() == 2, 30, "the key's tasks to run on the second daemon")
+    back = min(store.results())
     print(f"the killed daemon's slot came back {back - last_beat:.2f}s after its last heartbeat (stale_after 2s)")
     assert back - last_beat >= stale_after - 0.05, "the slot stayed held while the lease was alive"
     # The sweep runs at the second daemon's heartbeats (every keep_alive): a slot is back within

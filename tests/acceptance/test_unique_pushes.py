@@ -1,28 +1,42 @@
 """Unique pushes under contention: 100,000 pushes of one unique key from 8 processes at once make
-exactly one task, on every store that has unique jobs and can be shared by processes."""
+exactly one task, on the stores that have unique jobs and can be shared by processes."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from apalis_cli.backend import StoreSpec
+from apalis_cli.backend import Store, StoreSpec
 from apalis_cli.codec import JsonCodec
-from apalis_sqlite import SqliteStore
+
+from ..services import need_server
 
 PROCESSES = 8
 PUSHES = 100_000
 
 
-def _push_many(url: str, base_dir: str, count: int, start_at: float) -> list[str]:
+def _store(spec: StoreSpec) -> Store:
+    if spec.kind == "sqlite":
+        from apalis_sqlite import SqliteStore
+
+        return SqliteStore.from_spec(spec)
+    from apalis_redis import RedisStore
+
+    return RedisStore.from_spec(spec)
+
+
+def _push_many(spec: StoreSpec, count: int, start_at: float) -> list[str]:
     async def run() -> list[str]:
-        store = SqliteStore.from_spec(StoreSpec(name="u", kind="sqlite", url=url, base_dir=Path(base_dir)))
+        store = _store(spec)
         await store.open()
         try:
-            backend = store.backend("reports", codec=JsonCodec())
+            backend: Any = store.backend("reports", codec=JsonCodec())
             await asyncio.sleep(max(0.0, start_at - time.time()))  # every process starts at once
             ids = set()
             for n in range(count):
@@ -34,13 +48,23 @@ def _push_many(url: str, base_dir: str, count: int, start_at: float) -> list[str
     return asyncio.run(run())
 
 
-@pytest.mark.timeout(900)
-def test_100k_duplicate_pushes_from_8_processes_make_one_task(tmp_path: Path) -> None:
-    url = "sqlite:///unique.db"
-    spec = StoreSpec(name="u", kind="sqlite", url=url, base_dir=tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
+    if request.param == "sqlite":
+        yield StoreSpec(name="u", kind="sqlite", url="sqlite:///unique.db", base_dir=tmp_path)
+        return
+    url = need_server("redis")
+    namespace = f"uniq{uuid.uuid4().hex[:8]}"
+    yield StoreSpec(name="u", kind="redis", url=url, options={"namespace": namespace})
+    from ..conformance.stores.redis import drop_namespace
 
+    asyncio.run(drop_namespace(url, namespace))
+
+
+@pytest.mark.timeout(900)
+def test_100k_duplicate_pushes_from_8_processes_make_one_task(spec: StoreSpec) -> None:
     async def prepared() -> None:
-        store = SqliteStore.from_spec(spec)
+        store = _store(spec)
         await store.open()  # the schema exists before the race starts
         await store.close()
 
@@ -48,20 +72,21 @@ def test_100k_duplicate_pushes_from_8_processes_make_one_task(tmp_path: Path) ->
     start_at = time.time() + 2.0
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
-        answers = pool.starmap(
-            _push_many, [(url, str(tmp_path), PUSHES // PROCESSES, start_at) for _ in range(PROCESSES)]
-        )
+        answers = pool.starmap(_push_many, [(spec, PUSHES // PROCESSES, start_at) for _ in range(PROCESSES)])
     elapsed = time.perf_counter() - started - 2.0
 
     async def stored() -> int:
-        store = SqliteStore.from_spec(spec)
+        store = _store(spec)
         await store.open()
         try:
-            stats = await store.backend("reports", codec=JsonCodec()).stats()
+            backend: Any = store.backend("reports", codec=JsonCodec())
+            stats = await backend.stats()
             return sum(count or 0 for count in stats.counts.values())
         finally:
             await store.close()
 
-    print(f"{PUSHES} unique pushes from {PROCESSES} processes in {elapsed:.1f}s ({PUSHES / elapsed:,.0f}/s)")
+    print(
+        f"{spec.kind}: {PUSHES} unique pushes from {PROCESSES} processes in {elapsed:.1f}s ({PUSHES / elapsed:,.0f}/s)"
+    )
     assert asyncio.run(stored()) == 1, "exactly one task holds the key"
     assert len({task_id for ids in answers for task_id in ids}) == 1, "every push answered with that task's id"

@@ -77,6 +77,9 @@ async def test_tasks_over_a_limit_wait_unclaimed_while_other_keys_run(harness: H
     assert Counter(c.args["account"] == "hot" for c in calls.calls) == {False: 20, True: 1}, (
         "one task of the saturated key runs; the others wait while every other key runs"
     )
+    # Runs that returned are acknowledged in a batch just after: wait for that, not a sleep.
+    await harness.wait_until(lambda: worker.worker.running == 1, what="the other keys' runs to be acknowledged")
+    await asyncio.sleep(0.2)  # time enough to claim a second task of the saturated key, were it let
     assert worker.worker.running == 1, "the waiting tasks take no slot of the worker"
     if harness.store.capabilities.has(Capability.INSPECT):
         running = next(c.id for c in calls.calls if c.args["account"] == "hot")
@@ -173,3 +176,20 @@ async def test_a_store_without_global_limits_refuses_them(harness: Harness, call
     backend = harness.backend()
     with pytest.raises(Unsupported, match="cannot hold a global limit"):
         harness.worker(backend, calls.handler(), layers=[ConcurrencyLayer(1, scope="global")])
+
+
+async def test_a_paused_queue_hands_out_nothing_to_a_limited_worker(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS, Capability.PAUSE)
+    from apalis_cli.control import Pausable
+
+    backend = harness.backend()
+    assert isinstance(backend, Pausable)
+    await backend.pause()
+    for n in range(3):
+        await backend.push({"account": f"a{n}", "n": n}, limit_key=f"a{n}")
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    await harness.worker(backend, calls.handler(), concurrency=3, layers=[limit]).start()
+    await asyncio.sleep(0.3)
+    assert calls.calls == [], "a paused queue's limited claim hands out nothing"
+    await backend.resume()
+    await harness.wait_until(lambda: len(calls.finished) == 3, what="the tasks to run once resumed")

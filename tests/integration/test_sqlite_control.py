@@ -209,7 +209,8 @@ async def test_a_version_2_database_is_migrated_keeping_its_tasks(tmp_path: Path
     with sqlite3.connect(path) as check:
         indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"apalis_tasks_ready", "apalis_tasks_key", "apalis_tasks_by_status"} <= indexes
-        assert check.execute("SELECT version FROM apalis_schema_version").fetchone() == (3,)
+        latest = load_migrations("apalis_sqlite")[-1].version  # 3 and the ones after it
+        assert check.execute("SELECT version FROM apalis_schema_version").fetchone() == (latest,)
     check.close()
 
 

@@ -3,6 +3,7 @@ the keyed claim's turns, the key taken from a task's arguments, and the unique o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,34 +102,58 @@ def test_a_rate_allows_a_burst_then_rate_per_period() -> None:
     assert 59 <= len(started) <= 60, "five seconds at 10/s after a burst of 10"
 
 
+class Keys:
+    """Waiting tasks by key, with the callbacks a limited claim takes."""
+
+    def __init__(self, ready: dict[str, int]) -> None:
+        self.ready = ready
+        self.taken: list[str] = []
+
+    def keys_after(self, after: str | None, count: int) -> list[str]:
+        return [k for k in sorted(self.ready) if self.ready[k] and (after is None or k > after)][:count]
+
+    def take_heads(self, keys: Sequence[str]) -> dict[str, int]:
+        for key in keys:
+            self.ready[key] -= 1
+            self.taken.append(key)
+        return dict.fromkeys(keys, 1)
+
+    def take(self, key: str | None, n: int) -> int:
+        return 0
+
+
 def test_keys_take_turns_and_a_key_at_its_limit_is_passed_over() -> None:
-    ready = {"a": 5, "b": 5, "c": 5}
-    taken: list[tuple[str | None, int]] = []
-
-    def next_key(after: str | None) -> str | None:
-        keys = sorted(k for k, n in ready.items() if n)
-        later = [k for k in keys if after is None or k > after]
-        return later[0] if later else None
-
-    def take(key: str | None, n: int) -> int:
-        assert key is not None
-        got = min(n, ready[key])
-        ready[key] -= got
-        taken.append((key, got))
-        return got
-
+    keys = Keys({"a": 5, "b": 5, "c": 5})
     limits = FleetLimits(key="account", concurrency=2, keyed_concurrency=True)
-    first = claim_round(limits, 3, 0.0, running={"a": 2}, rates={}, next_key=next_key, take=take)
-    assert taken == [("b", 2), ("c", 1)], "a is full; b takes its two slots; c the last one"
-    assert (first.claimed, first.after) == (3, "c")
-    taken.clear()
-    claim_round(
-        limits, 2, 0.0, running={"a": 1, "b": 2, "c": 1}, rates={}, next_key=next_key, take=take, after=first.after
+    first = claim_round(
+        limits,
+        3,
+        0.0,
+        running={"a": 2},
+        rates={},
+        keys_after=keys.keys_after,
+        take_heads=keys.take_heads,
+        take=keys.take,
     )
-    assert taken == [("a", 1), ("c", 1)], "the next claim starts after c, comes round, passes over b"
+    assert keys.taken == ["b", "c", "b"], "a is full; b and c take turns; b again for the last slot"
+    assert (first.claimed, first.after) == (3, "b")
+    keys.taken.clear()
+    claim_round(
+        limits,
+        2,
+        0.0,
+        running={"a": 1, "b": 2, "c": 1},
+        rates={},
+        keys_after=keys.keys_after,
+        take_heads=keys.take_heads,
+        take=keys.take,
+        after="b",
+    )
+    assert keys.taken == ["c", "a"], "the next claim starts after b, comes round to a, passes over b"
 
 
 def test_a_keyed_rate_says_when_to_claim_again() -> None:
+    keys = Keys({"a": 5})
     limits = FleetLimits(key="k", rate=2, per=1.0, keyed_rate=True)
     done = claim_round(
         limits,
@@ -136,8 +161,9 @@ def test_a_keyed_rate_says_when_to_claim_again() -> None:
         100.0,
         running={},
         rates={"k:a": 100.9},
-        next_key=lambda after: "a" if after is None else None,
-        take=lambda key, n: n,
+        keys_after=keys.keys_after,
+        take_heads=keys.take_heads,
+        take=keys.take,
     )
     assert done.claimed == 0
     assert done.wake_at == pytest.approx(100.4), "a's next start is due at 100.4"
@@ -169,3 +195,19 @@ def test_the_readmes_fleet_examples_load(tmp_path: Path) -> None:
     config = load_config(path)
     assert str(config.worker("geocode").limits) == "rate 100/1s"
     assert str(config.worker("imports").limits) == "concurrency 1 per customer_id, rate 20/1m per customer_id"
+
+
+async def test_the_boards_push_stores_the_tasks_limit_key(tmp_path: Path) -> None:
+    from apalis_cli.memory import MemoryQueue, MemoryStore
+    from apalis_cli.web.board import Board
+    from apalis_cli.web.ops import PushRequest, push
+
+    path = config_with(tmp_path, '  { kind = "concurrency", limit = 1, scope = "global", key = "customer.id" },')
+    store = MemoryStore()
+    board = Board(load_config(path), lent={"mem": store})
+    view = board.find_view("imports")
+    assert view is not None
+    task_id = await push(view, PushRequest(args={"customer": {"id": 7}}))
+    queue = view.backend
+    assert isinstance(queue, MemoryQueue)
+    assert queue._state.rows[task_id].limit_key == "7", "the key is taken from the pushed arguments"

@@ -1,14 +1,10 @@
 -- The claim shared by claim.lua and ack.lua: the store prepends this file to both when it loads
 -- them (a Redis script cannot call another), so a claim made alongside acknowledgements is the
 -- very same claim.
--- claim(keys, base, now, limit, worker, out): unless the queue is paused (the key base ..
--- 'paused', see control.lua), promote the due scheduled tasks, then take up to
--- `limit` ready tasks for `worker`, priority DESC then run_at ASC (the ready score is
--- -priority * 1e10 + run_at); appends 10 fields per task to `out`: id, payload, attempts,
--- max_attempts, run_at, priority, idempotency key, meta, created_at, last_error.
 -- keys: {ready, scheduled, running, failed}
-local function claim(keys, base, now, limit, worker, out)
-  if redis.call('EXISTS', base .. 'paused') == 1 then return out end -- paused: nothing handed out
+
+-- promote(keys, base, now): the scheduled tasks that fell due join the ready set.
+local function promote(keys, base, now)
   local due = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
     local f = redis.call('HMGET', base .. 't:' .. id, 'pr', 'r')
@@ -17,6 +13,29 @@ local function claim(keys, base, now, limit, worker, out)
     end
     redis.call('ZREM', keys[2], id)
   end
+end
+
+-- unpark(keys, base): tasks parked by a claim within global limits (claim_limited.lua) go back
+-- to the ready set, for a worker that claims without those limits.
+local function unpark(keys, base)
+  local parked = base .. 'parked'
+  for _, key in ipairs(redis.call('ZRANGE', parked, 0, -1)) do
+    local set = base .. 'kp:' .. key
+    redis.call('ZUNIONSTORE', keys[1], 2, keys[1], set, 'AGGREGATE', 'MIN')
+    redis.call('DEL', set)
+  end
+  redis.call('DEL', parked)
+end
+
+-- claim(keys, base, now, limit, worker, out): unless the queue is paused (the key base ..
+-- 'paused', see control.lua), promote the due scheduled tasks, then take up to
+-- `limit` ready tasks for `worker`, priority DESC then run_at ASC (the ready score is
+-- -priority * 1e10 + run_at); appends 10 fields per task to `out`: id, payload, attempts,
+-- max_attempts, run_at, priority, idempotency key, meta, created_at, last_error.
+local function claim(keys, base, now, limit, worker, out)
+  if redis.call('EXISTS', base .. 'paused') == 1 then return out end -- paused: nothing handed out
+  promote(keys, base, now)
+  if redis.call('EXISTS', base .. 'parked') == 1 then unpark(keys, base) end
   local popped = redis.call('ZPOPMIN', keys[1], limit)
   -- Claim time in integer milliseconds: a small sorted set is a listpack, which parses a
   -- fractional score from text at every entry it walks past, but reads an integer as is.

@@ -6,11 +6,14 @@
 --   base .. 'waiting'  zset   task ids someone waits for (apalis push --wait), by when they began
 --   base .. 'paused'   string present while the queue is paused (the claim hands out nothing)
 
--- Take `id` out of the collection(s) that hold a task of `status`.
-local function leave(id, status)
+-- Take `id` out of the collection(s) that hold a task of `status` (a waiting task may also be
+-- parked in its key's set by a claim within global limits: claim_limited.lua).
+local function leave(id, status, base)
   if status == 'pending' or status == 'failed' then
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
+    local key = redis.call('HGET', base .. 't:' .. id, 'lk')
+    if key then redis.call('ZREM', base .. 'kp:' .. key, id) end
     if status == 'failed' then redis.call('SREM', KEYS[4], id) end
   elseif status == 'running' then
     redis.call('ZREM', KEYS[3], id)
@@ -34,7 +37,7 @@ end
 -- like the done ones; its cancel request, if any, is answered.
 local function finish(base, id, status, to, reason, now, ttl, key, channel)
   local task = base .. 't:' .. id
-  leave(id, status)
+  leave(id, status, base)
   redis.call('HSET', task, 's', to, 'e', reason, 'd', now, 'l', '')
   redis.call('HDEL', task, 'cr')
   redis.call('ZADD', to == 'killed' and KEYS[6] or KEYS[7], now, id)
@@ -46,7 +49,7 @@ end
 -- A failed, killed or cancelled task runs again now with a fresh count of attempts.
 local function again(base, id, status, priority, key, now)
   local task = base .. 't:' .. id
-  leave(id, status)
+  leave(id, status, base)
   redis.call('PERSIST', task)
   if key then redis.call('PERSIST', base .. 'k:' .. key) end
   redis.call('HSET', task, 's', 'pending', 'a', 0, 'r', now)
@@ -56,7 +59,7 @@ end
 
 -- Delete the task `id` (of `status`) and its idempotency key.
 local function forget(base, id, status, key)
-  leave(id, status)
+  leave(id, status, base)
   if key and redis.call('GET', base .. 'k:' .. key) == id then redis.call('DEL', base .. 'k:' .. key) end
   redis.call('DEL', base .. 't:' .. id)
 end

@@ -8,31 +8,57 @@ SELECT limit_key, count(*) FROM {prefix}tasks
 WHERE queue = :queue AND status = 'running'
 GROUP BY limit_key;
 
--- name: next_key
--- The smallest key above :after with waiting tasks: one step in the keyed index.
-SELECT limit_key FROM {prefix}tasks
-WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > :after
-ORDER BY limit_key
-LIMIT 1;
+-- name: keys_after
+-- Up to :count keys with waiting tasks above :after, in order: one step in the keyed index each.
+WITH RECURSIVE keys(key, n) AS (
+    SELECT (
+        SELECT limit_key FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > :after
+        ORDER BY limit_key LIMIT 1
+    ), 1
+    UNION ALL
+    SELECT (
+        SELECT limit_key FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > keys.key
+        ORDER BY limit_key LIMIT 1
+    ), n + 1
+    FROM keys WHERE keys.key IS NOT NULL AND n < :count
+)
+SELECT key FROM keys WHERE key IS NOT NULL;
 
--- name: first_key
-SELECT limit_key FROM {prefix}tasks
-WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL
-ORDER BY limit_key
-LIMIT 1;
+-- name: keys_from_first
+WITH RECURSIVE keys(key, n) AS (
+    SELECT (
+        SELECT limit_key FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL
+        ORDER BY limit_key LIMIT 1
+    ), 1
+    UNION ALL
+    SELECT (
+        SELECT limit_key FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > keys.key
+        ORDER BY limit_key LIMIT 1
+    ), n + 1
+    FROM keys WHERE keys.key IS NOT NULL AND n < :count
+)
+SELECT key FROM keys WHERE key IS NOT NULL;
 
--- name: claim_key
--- Up to :limit ready tasks of one key, in their usual order. Columns in TASK_COLUMNS order.
+-- name: claim_heads
+-- The first ready task of each key in :keys (a JSON array), in one statement. Columns in
+-- TASK_COLUMNS order, then the key.
 UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
 WHERE id IN (
-    SELECT id FROM {prefix}tasks
-    WHERE queue = :queue AND limit_key = :key AND status IN ('pending', 'failed') AND run_at <= :now
-    ORDER BY priority DESC, run_at, id
-    LIMIT :limit
+    SELECT (
+        SELECT id FROM {prefix}tasks
+        WHERE queue = :queue AND limit_key = keys.value AND status IN ('pending', 'failed') AND run_at <= :now
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+    )
+    FROM json_each(:keys) AS keys
 )
 RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
-    lock_by, last_error, result, created_at, done_at;
+    lock_by, last_error, result, created_at, done_at, limit_key;
 
 -- name: claim_keyless
 -- Tasks pushed without a key, among the first :scan ready tasks of the queue: bounded, since

@@ -224,14 +224,19 @@ async def _cleanup(target: Target) -> None:
         async with amqp:
             channel = await amqp.channel()
             for queue in target.queues:
-                for name in (f"{opts['prefix']}.{queue}", f"{opts['prefix']}.{queue}.dead"):
+                work = f"{opts['prefix']}.{queue}"
+                for name in (work, f"{work}.dead", f"{work}.paused", f"{work}.finals"):
                     with contextlib.suppress(Exception):
                         await channel.queue_delete(name)
+                with contextlib.suppress(Exception):
+                    await channel.exchange_delete(f"{work}.control")
     elif kind == "nats" and "stream" in opts:
         import nats
 
         nc = await nats.connect(target.url, connect_timeout=3, max_reconnect_attempts=0)
         try:
-            await nc.jetstream().delete_stream(opts["stream"])
+            for name in (opts["stream"], f"KV_{opts['stream']}_CTL", f"KV_{opts['stream']}_FIN"):
+                with contextlib.suppress(Exception):  # the stream and the control buckets beside it
+                    await nc.jetstream().delete_stream(name)
         finally:
             await nc.close()

@@ -29,6 +29,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -48,8 +49,8 @@ FAILURES: tuple[type[BaseException], ...] = (NatsError, ConnectionError, OSError
 
 _SUBJECTS_OVERLAP = 10065
 _FINAL_TTL = 7 * 86400.0
-_FINAL_MAX_BYTES = {"file": 1 << 30, "memory": 64 << 20}
-"""The final records' bucket drops its oldest records past this size (a waiter reads its record
+_FINAL_RECORDS = {"file": 1_000_000, "memory": 100_000}
+"""The final records' bucket drops its oldest records past this count (a waiter reads its record
 within moments of its write; `inspect` does not list done tasks)."""
 _NOT_UNIQUE = (10099, 10100)  # a second unfiltered / overlapping consumer on a WorkQueue stream
 _FIRST_CONNECT_ATTEMPTS = 3
@@ -186,21 +187,33 @@ class Connection:
 
     async def _ensure_buckets(self, js: JetStreamContext) -> None:
         storage = StorageType.FILE if self.config.storage == "file" else StorageType.MEMORY
-        wanted = {
-            self.control_bucket: KeyValueConfig(bucket=self.control_bucket, history=1, storage=storage),
-            self.final_bucket: KeyValueConfig(
-                bucket=self.final_bucket,
-                history=1,
-                storage=storage,
-                ttl=_FINAL_TTL,
-                max_bytes=_FINAL_MAX_BYTES[self.config.storage],
-            ),
-        }
-        for name, config in wanted.items():
-            try:
-                self._buckets[name] = await js.key_value(name)
-            except BucketNotFoundError:
-                self._buckets[name] = await js.create_key_value(config)
+        try:
+            self._buckets[self.control_bucket] = await js.key_value(self.control_bucket)
+        except BucketNotFoundError:
+            config = KeyValueConfig(bucket=self.control_bucket, history=1, storage=storage)
+            self._buckets[self.control_bucket] = await js.create_key_value(config)
+        try:
+            self._buckets[self.final_bucket] = await js.key_value(self.final_bucket)
+        except BucketNotFoundError:
+            # The bucket's stream made by hand: a KV bucket bounded by max_bytes would reserve
+            # that much of the server's JetStream storage (a few stores and it refuses every new
+            # stream), and one bounded by count refuses new records when full (discard new).
+            # This one drops its oldest records past a count, and reserves nothing.
+            await js.add_stream(
+                StreamConfig(
+                    name=f"KV_{self.final_bucket}",
+                    subjects=[f"$KV.{self.final_bucket}.>"],
+                    storage=storage,
+                    max_age=_FINAL_TTL,
+                    max_msgs=_FINAL_RECORDS[self.config.storage],
+                    max_msgs_per_subject=1,
+                    discard=DiscardPolicy.OLD,
+                    allow_rollup_hdrs=True,
+                    deny_delete=True,
+                    allow_direct=True,
+                )
+            )
+            self._buckets[self.final_bucket] = await js.key_value(self.final_bucket)
 
     async def _bucket(self, name: str) -> KeyValue:
         bucket = self._buckets.get(name)

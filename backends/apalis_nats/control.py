@@ -9,7 +9,8 @@ keeps a small control record beside it, in two JetStream key-value buckets of th
   pause or resume is also published on the queue's control subject, so workers obey within
   milliseconds and a resume wakes them.
 - **Wait**: every final outcome (done with its result, killed, cancelled) is written as key
-  `<queue>.<id>` of `<stream>_FIN` (kept 7 days, the oldest dropped past a size cap) by a plain
+  `<queue>.<id>` of `<stream>_FIN` (kept 7 days, the oldest dropped past a million records, or
+  100,000 in memory; the bucket reserves no storage) by a plain
   publish on the key's subject, beside the acknowledgement. A waiter subscribes to that subject
   and then reads the key: it is woken by the write itself.
 - **Cancel**: the cancel deletes the task's message by sequence, which is atomic against a

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.nats_streams import drop_stream
 from tests.services import need_server
 
 from .conftest import Apalis
@@ -115,9 +116,13 @@ def make_backend(
         url = server or need_server("amqp")
         prefix = f"chaos-{tag}"
         backend = Backend(kind, _toml_table("amqp", url, prefix=prefix, **options))
-        # Delay queues expire by themselves (x-expires); the work and dead-letter queues do not.
-        names = [f"{prefix}.{backend.queue}", f"{prefix}.{backend.queue}.dead"]
-        backend.cleanups.append(lambda: _amqp_delete(url, names))
+        # Delay queues expire by themselves (x-expires); the work and dead-letter queues, the
+        # control plane's queues and exchange do not (for the queue and the `_ok`/`_boom` ones
+        # the control CLI tests add).
+        works = [f"{prefix}.{backend.queue}{suffix}" for suffix in ("", "_ok", "_boom")]
+        names = [f"{work}{part}" for work in works for part in ("", ".dead", ".paused", ".finals")]
+        exchanges = [f"{work}.control" for work in works]
+        backend.cleanups.append(lambda: _amqp_delete(url, names, exchanges))
         return backend
     if kind == "nats":
         url = server or need_server("nats")
@@ -282,7 +287,7 @@ def _redis_drop(url: str, namespace: str) -> None:
         client.close()
 
 
-def _amqp_delete(url: str, names: list[str]) -> None:
+def _amqp_delete(url: str, names: list[str], exchanges: list[str] = []) -> None:  # noqa: B006 - never changed
     import asyncio
 
     import aio_pika
@@ -294,6 +299,12 @@ def _amqp_delete(url: str, names: list[str]) -> None:
                 channel = await connection.channel()
                 with contextlib.suppress(aio_pika.exceptions.AMQPError):
                     await channel.queue_delete(name)
+                if not channel.is_closed:
+                    await channel.close()
+            for name in exchanges:
+                channel = await connection.channel()
+                with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                    await channel.exchange_delete(name)
                 if not channel.is_closed:
                     await channel.close()
         finally:
@@ -310,7 +321,7 @@ def _nats_drop(url: str, stream: str) -> None:
     async def drop() -> None:
         client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=1)
         try:
-            await client.jetstream().delete_stream(stream)
+            await drop_stream(client.jetstream(), stream)
         finally:
             await client.close()
 

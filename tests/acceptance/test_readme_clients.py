@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from ..integration.pgmq_install import scratch_database
+from ..nats_streams import drop_stream
 from ..services import need_server
 from .conftest import ROOT, Apalis
 
@@ -112,8 +113,9 @@ def amqp_prefix() -> Iterator[str]:
     async def drop() -> None:
         connection = await aio_pika.connect(need_server("amqp"))
         channel = await connection.channel()
-        for name in (f"{prefix}.emails", f"{prefix}.emails.dead"):
+        for name in (f"{prefix}.emails", f"{prefix}.emails.dead", f"{prefix}.emails.paused", f"{prefix}.emails.finals"):
             await channel.queue_delete(name)
+        await channel.exchange_delete(f"{prefix}.emails.control")
         await connection.close()
 
     asyncio.run(drop())
@@ -157,7 +159,7 @@ def nats_tag() -> Iterator[str]:
 
     async def drop() -> None:
         client = await nats.connect(need_server("nats"))
-        await client.jetstream().delete_stream(f"README{tag}")
+        await drop_stream(client.jetstream(), f"README{tag}")
         await client.close()
 
     asyncio.run(drop())

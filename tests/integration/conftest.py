@@ -33,6 +33,7 @@ from apalis_sqlite import SqliteStore
 from ..conformance.stores.mysql import admin_execute
 from ..conformance.stores.postgres import drop_schema
 from ..conformance.stores.redis import drop_namespace
+from ..nats_streams import drop_stream
 from ..redis_cluster import PrivateCluster
 from ..services import need_server
 from .pgmq_install import scratch_database
@@ -212,11 +213,13 @@ async def amqp_store() -> AsyncIterator[AmqpStore]:
     try:
         yield made
     finally:
-        names = set(made.connection.created)
+        names, exchanges = set(made.connection.created), set(made.connection.exchanges)
         await made.close()
         channel = await made.connection.channel()
         for name in sorted(names):
             await channel.queue_delete(name)
+        for name in sorted(exchanges):
+            await channel.exchange_delete(name)
         await made.connection.close()
 
 
@@ -236,7 +239,7 @@ async def nats_store() -> AsyncIterator[NatsStore]:
         yield made
     finally:
         js = await made.connection.js()
-        await js.delete_stream(made.config.stream)
+        await drop_stream(js, made.config.stream)
         await made.close()
 
 

@@ -22,6 +22,7 @@ from apalis_nats.queue import NatsQueue
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from ..conformance.stores.nats import abort_connection
+from ..nats_streams import drop_stream
 from ..services import need_server
 from .conftest import open_nats_store
 from .running import run_until
@@ -212,7 +213,7 @@ async def test_a_stream_someone_made_that_cannot_serve_is_one_line_at_once(made:
         assert "\n" not in str(refused.value)
     finally:
         await store.close()
-        await js.delete_stream(f"I{tag}")
+        await drop_stream(js, f"I{tag}")
         await client.close()
 
 
@@ -226,7 +227,7 @@ async def test_subjects_another_stream_owns_are_named_with_that_stream() -> None
             await store.open()
     finally:
         await store.close()
-        await js.delete_stream(f"OWNER{tag}")
+        await drop_stream(js, f"OWNER{tag}")
         await client.close()
 
 
@@ -260,7 +261,7 @@ async def test_a_workqueue_stream_someone_made_with_other_settings_is_used_as_it
         assert seen == [(dead.id, {"from": "plain"})], "the dead copy is the task the worker ran"
     finally:
         await store.close()
-        await js.delete_stream(f"I{tag}")
+        await drop_stream(js, f"I{tag}")
         await client.close()
 
 
@@ -295,7 +296,7 @@ async def test_a_stream_deleted_under_a_running_worker_is_made_again(store: Nats
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         client, js = await _plain_js()
-        await js.delete_stream(store.config.stream)
+        await drop_stream(js, store.config.stream)
         await client.close()
         await queue.push({"n": 1})  # the stream is made again, not 30 s of "no responders"
         while runs != [0, 1]:

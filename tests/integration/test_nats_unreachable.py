@@ -11,6 +11,7 @@ from apalis_cli.backend import StoreSpec
 from apalis_cli.errors import ConnectionLost
 from apalis_nats import NatsStore
 
+from ..nats_streams import drop_stream
 from ..services import need_server
 
 
@@ -32,6 +33,6 @@ async def test_once_connected_the_client_reconnects_without_a_limit() -> None:
         assert client is not None
         assert client.options["max_reconnect_attempts"] == -1
         js = await store.connection.js()
-        await js.delete_stream(f"U{tag}")
+        await drop_stream(js, f"U{tag}")
     finally:
         await store.close()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
 
 from apalis_cli.backend import Store, StoreSpec
 from apalis_nats import NatsStore
-from nats.js.errors import NotFoundError
 
+from ...nats_streams import drop_stream
 from ...services import need_server
 from ..factory import StoreFactory
 
@@ -36,11 +35,7 @@ class NatsFactory(StoreFactory):
 
     async def destroy(self, store: Store) -> None:
         assert isinstance(store, NatsStore)
-        js = await store.connection.js()
-        await js.delete_stream(store.config.stream)
-        for bucket in (store.connection.control_bucket, store.connection.final_bucket):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_key_value(bucket)
+        await drop_stream(await store.connection.js(), store.config.stream)
         await store.close()
 
     async def drop_connections(self, store: Store) -> None:

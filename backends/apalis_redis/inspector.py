@@ -6,6 +6,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+import msgpack
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisInspector", "task_from_hash"]
 
 _PURGE_BATCH = 5000
+_HEADS = 5000  # entries a listing's script reads per call
 
 
 def _text(value: bytes | None) -> str | None:
@@ -60,8 +62,13 @@ class RedisInspector:
         keys = await self.connection.client.zrange(self.keys.base + "parked", 0, -1)
         return [self.keys.base + "kp:" + key.decode() for key in keys]
 
-    async def _ids_of(self, status: Status | None) -> list[bytes]:
-        k, client = self.keys, self.connection.client
+    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
+        """Tasks of the queue (optionally of one status), oldest run_at first.
+
+        A script returns the run_at and status of each task, a slice of a collection per call;
+        they are sorted here, and only the page's tasks read whole (a page of a queue of
+        100,000 took 8 s when every task was read whole, with its payload)."""
+        k, script = self.keys, self.connection.scripts["heads"]
         parked = await self._parked() if status in (None, Status.PENDING) else []
         sources = {
             Status.PENDING: [k.ready, k.scheduled, *parked],
@@ -71,34 +78,28 @@ class RedisInspector:
             Status.KILLED: [k.killed],
             Status.CANCELLED: [k.cancelled],
         }
-        wanted = (
-            sources[status]
-            if status is not None
-            else [k.ready, k.scheduled, *parked, k.running, k.done, k.killed, k.cancelled]
-        )
-        async with client.pipeline(transaction=False) as pipe:
-            for key in wanted:
-                if key == k.failed:
-                    pipe.smembers(key)
-                else:
-                    pipe.zrange(key, 0, -1)
-            replies = await pipe.execute()
-        return list(dict.fromkeys(raw for reply in replies for raw in reply))
-
-    async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
-        """Tasks of the queue (optionally of one status), oldest run_at first."""
-        ids = await self._ids_of(status)
+        every = [k.ready, k.scheduled, *parked, k.running, k.done, k.killed, k.cancelled]
+        wanted = None if status is None else status.value.encode()
+        heads: dict[bytes, float] = {}
+        for source in sources[status] if status is not None else every:
+            first = 0
+            while True:
+                last = first + _HEADS - 1
+                reply = await script(keys=[source], args=[k.base, first, last, "set" if source == k.failed else ""])
+                seen, fields = msgpack.unpackb(reply, raw=True)
+                for i in range(0, len(fields), 3):
+                    if wanted is None or fields[i + 2] == wanted:
+                        heads[fields[i]] = float(fields[i + 1])
+                if source == k.failed or seen < _HEADS:
+                    break
+                first = last + 1
+        order = sorted((run_at, raw) for raw, run_at in heads.items())
+        page = [raw.decode() for _, raw in order[offset : offset + limit]]
         async with self.connection.client.pipeline(transaction=False) as pipe:
-            for raw in ids:
-                pipe.hgetall(self.keys.task(raw.decode()))
+            for task_id in page:
+                pipe.hgetall(k.task(task_id))
             hashes = await pipe.execute()
-        tasks = [
-            task_from_hash(raw.decode(), self.queue, h)
-            for raw, h in zip(ids, hashes, strict=True)
-            if h and (status is None or h[b"s"].decode() == status.value)
-        ]
-        tasks.sort(key=lambda t: (t.ctx.run_at, t.id))
-        return tasks[offset : offset + limit]
+        return [task_from_hash(task_id, self.queue, h) for task_id, h in zip(page, hashes, strict=True) if h]
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One task by id."""

@@ -73,6 +73,7 @@ _SCRIPTS = (
     "cancel",
     "bulk",
     "claim_limited",
+    "heads",
 )
 _CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
 _CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # and lua/control.lua's

@@ -14,8 +14,9 @@ keeps small records in queues of its own, for apalis queue `q` under prefix `p`:
   worker stops consuming (`basic.cancel`: the broker pushes it nothing, and what it had been
   pushed goes back).
 - `p.q.finals`: a stream queue (`x-queue-type: stream`, no plugin needed) of final records:
-  each task that ends (done with its result, killed) appends one, published beside its
-  acknowledgement without waiting for a confirm. A waiter reads the stream from the time the
+  the tasks that end (done with their result, killed) in one acknowledgement batch append one
+  message listing their records, published beside the acknowledgement without waiting for a
+  confirm. A waiter reads the stream from the time the
   task's id was made (ids are time-ordered), so it finds a record written before it came as
   well as the one it waits for; records are kept 7 days, at most 1 GiB.
 
@@ -41,7 +42,7 @@ from apalis_cli.task import Status, Task, TaskContext, TaskId
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["FINALS_ARGUMENTS", "AmqpControl", "final_record", "task_of_record"]
+__all__ = ["FINALS_ARGUMENTS", "AmqpControl", "final_record", "records_message", "task_of_record"]
 
 PAUSED_ARGUMENTS: dict[str, Any] = {"x-max-length": 1}
 FINALS_ARGUMENTS: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": "7D", "x-max-length-bytes": 1 << 30}
@@ -57,8 +58,10 @@ _EARLIER = 5.0
 """A waiter starts reading this long before its id's time (clocks of hosts differ)."""
 
 
-def final_record(status: Status, envelope: Envelope, *, attempts: int, error: str | None, result: str | None) -> bytes:
-    """A task's final record, as `task_of_record` reads it back."""
+def final_record(
+    status: Status, envelope: Envelope, *, attempts: int, error: str | None, result: str | None
+) -> dict[str, Any]:
+    """A task's final record (one entry of a records message, see `records_message`)."""
     body: dict[str, Any] = {
         "id": envelope.id,
         "status": status.value,
@@ -74,20 +77,34 @@ def final_record(status: Status, envelope: Envelope, *, attempts: int, error: st
         body["meta"] = envelope.meta
     if envelope.key is not None:
         body["key"] = envelope.key
-    if result is not None:
-        data = json.dumps({**body, "result": result}, ensure_ascii=False, separators=(",", ":")).encode()
-        if len(data) <= _RECORD_MAX:
-            return data
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    if result is not None and len(result) <= _RECORD_MAX:
+        body["result"] = result
+    return body
 
 
-def task_of_record(queue: str, data: bytes) -> Task[bytes] | None:
-    """The final task a record describes (its payload is not kept: empty), None if unreadable."""
+def records_message(records: list[dict[str, Any]]) -> aio_pika.Message:
+    """The final records of one acknowledgement batch as one message of the finals stream: a
+    message per batch, not per task, keeps the stream's cost per task small."""
+    body = json.dumps(records, ensure_ascii=False, separators=(",", ":")).encode()
+    return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+
+def task_of_record(queue: str, data: bytes, task_id: TaskId) -> Task[bytes] | None:
+    """Task `task_id` as a records message tells its end (its payload is not kept: empty), or
+    None when the message does not name it."""
     try:
-        body = json.loads(data)
-        status = Status(body["status"])
-        task_id = str(body["id"])
-    except (ValueError, KeyError, TypeError):
+        records = json.loads(data)
+    except ValueError:
+        return None
+    found = None
+    for body in records if isinstance(records, list) else ():
+        if isinstance(body, dict) and body.get("id") == task_id:
+            found = body
+    if found is None:
+        return None
+    try:
+        status = Status(found["status"])
+    except (ValueError, KeyError):
         return None
     return Task(
         id=task_id,
@@ -95,15 +112,15 @@ def task_of_record(queue: str, data: bytes) -> Task[bytes] | None:
         ctx=TaskContext(
             queue=queue,
             status=status,
-            attempts=int(body.get("attempts", 0)),
-            max_attempts=int(body.get("max_attempts", 1)),
-            run_at=float(body.get("run_at", 0.0)),
-            meta=body.get("meta") or {},
-            idempotency_key=body.get("key"),
-            last_error=body.get("error"),
-            result=body.get("result"),
-            created_at=float(body.get("created_at", 0.0)),
-            done_at=float(body.get("done_at", 0.0)),
+            attempts=int(found.get("attempts", 0)),
+            max_attempts=int(found.get("max_attempts", 1)),
+            run_at=float(found.get("run_at", 0.0)),
+            meta=found.get("meta") or {},
+            idempotency_key=found.get("key"),
+            last_error=found.get("error"),
+            result=found.get("result"),
+            created_at=float(found.get("created_at", 0.0)),
+            done_at=float(found.get("done_at", 0.0)),
         ),
     )
 
@@ -228,7 +245,7 @@ class AmqpControl:
             await message.ack()
             if message.message_id == marker:
                 reached.set()
-            elif message.message_id == task_id and (task := task_of_record(self.queue, message.body)) is not None:
+            elif (task := task_of_record(self.queue, message.body, task_id)) is not None:
                 found.append(task)
 
         channel = await self._conn.channel()
@@ -257,9 +274,9 @@ class AmqpControl:
 
             async def on_record(message: AbstractIncomingMessage) -> None:
                 await message.ack()
-                if found.done() or message.message_id != task_id:
+                if found.done():
                     return
-                task = task_of_record(self.queue, message.body)
+                task = task_of_record(self.queue, message.body, task_id)
                 if task is not None:
                     found.set_result(task)
 

@@ -56,7 +56,7 @@ from apalis_cli.task import Status, Task, TaskId
 
 from .connection import FAILURES, Connection, delay_bucket
 from .consumer import Consumer, Consumers
-from .control import PAUSE_KEY, AmqpControl, final_record
+from .control import PAUSE_KEY, AmqpControl, final_record, records_message
 from .inspector import AmqpInspector
 from .messages import copy_message, new_message, read_envelope
 
@@ -283,7 +283,7 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
             await self._conn.retrying(lambda: self._conn.publish_many([target]))
             if target[0] == self.dead:
                 record = final_record(Status.KILLED, envelope, attempts=lost, error=error, result=None)
-                await self._conn.record([(self.finals, _record_message(envelope.id, record))])
+                await self._conn.record([(self.finals, records_message([record]))])
             await message.ack()
             return None
         attempts = envelope.attempts + 1
@@ -306,7 +306,7 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
         as `ConnectionLost` (the broker then redelivers what the channel held)."""
         now = time.time()
         copies: list[tuple[str, aio_pika.Message]] = []
-        records: list[tuple[str, aio_pika.Message]] = []
+        records: list[dict[str, Any]] = []
         settled: list[tuple[Consumer, TaskId, AbstractIncomingMessage]] = []
         routes: dict[int, str] = {}
         try:
@@ -332,10 +332,11 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
                     status = Status.DONE if kind is OutcomeKind.DONE else Status.KILLED
                     result = encode_result(outcome.result) if kind is OutcomeKind.DONE else None
                     record = final_record(status, envelope, attempts=held.attempts, error=outcome.error, result=result)
-                    records.append((self.finals, _record_message(task.id, record)))
+                    records.append(record)
                 settled.append((consumer, task.id, message))
             await self._conn.publish_many(copies)
-            await self._conn.record(records)
+            if records:
+                await self._conn.record([(self.finals, records_message(records))])
         except FAILURES as exc:
             raise ConnectionLost(f"RabbitMQ: {exc!r}") from exc
         for consumer, task_id, _ in settled:
@@ -392,8 +393,3 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
             copy = copy_message(held.message, id=task_id, attempts=max(held.attempts - 1, 0))
             await self._conn.publish_many([(self.work, copy)])
             await held.message.ack()
-
-
-def _record_message(task_id: TaskId, body: bytes) -> aio_pika.Message:
-    """A final record as the finals stream keeps it (its message id: the task's, for waiters)."""
-    return aio_pika.Message(body, message_id=task_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)

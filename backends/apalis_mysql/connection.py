@@ -30,7 +30,7 @@ from apalis_cli.polling import Waker
 from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
 from apalis_cli.task import Task
-from apalis_sql import TASK_COLUMNS, AckPlan, Session, encode_meta, load_migrations, load_queries
+from apalis_sql import TASK_COLUMNS, AckPlan, Controls, Session, encode_meta, load_migrations, load_queries
 
 from .acks import ack_statements
 from .claims import transact
@@ -43,6 +43,13 @@ Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
 NOW = "UNIX_TIMESTAMP(NOW(6))"
 COLUMNS = ", ".join(TASK_COLUMNS)
+BULK_WHERE = """queue = %(queue)s AND status IN %(statuses)s
+    AND (%(since)s IS NULL OR COALESCE(done_at, created_at) >= %(since)s)
+    AND (%(until)s IS NULL OR COALESCE(done_at, created_at) <= %(until)s)
+    AND (%(pattern)s IS NULL OR last_error COLLATE utf8mb4_general_ci LIKE %(pattern)s)
+    AND (NOT %(fresh)s OR cancel_reason IS NULL)"""
+"""The filter of every bulk statement: statuses, since/until on the last change, an error's
+substring in any case, and (`fresh`) only tasks not asked to cancel before."""
 _INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, {NOW})"
 _CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allowed_packet (16 MiB)
 # Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
@@ -114,12 +121,17 @@ class Database:
 
     ahead_on_backlog = True  # a locking select in every ack costs the server: only under a backlog
     releases_sweep_lock = True  # GET_LOCK is the session's: `sweep_unlock` frees it
+    wait_polls = (0.005, 0.05)  # no push path: a waiter reads its task at most every 50 ms
+    bulk_batch = 10_000
+    cancel_poll: float | None = 0.25  # no push path: a running worker asks 4 times a second
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config
-        self.names = {"prefix": config.table_prefix, "now": NOW, "columns": COLUMNS}
+        self.names = {"prefix": config.table_prefix, "now": NOW, "columns": COLUMNS, "bulk_where": BULK_WHERE}
         self.sql = dict(load_queries(__package__ or "apalis_mysql", self.names).items())
         self.wakers: dict[str, Waker] = {}
+        self.controls = Controls()
+        """This process's workers and waiters (told by no listener: MySQL cannot push)."""
         self.contact = Contact()
         """This process's contact with the server: the orphan sweep waits for a steady one."""
         self._pool: Pool | None = None
@@ -206,6 +218,9 @@ class Database:
 
     def listen(self) -> None:
         """Nothing to start: the server cannot push, so other processes' work is found by polling."""
+
+    async def listening(self) -> None:
+        """At once: there is nothing to listen to (waiters poll)."""
 
     async def notify(self, queue: str) -> None:
         """Wake the pollers of `queue` in this process (others find work by polling)."""

@@ -19,11 +19,11 @@ import psycopg
 from apalis_cli.backend import NewTask
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
-from apalis_cli.polling import Waker
+from apalis_cli.polling import Waker, woken
 from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
 from apalis_cli.task import Task
-from apalis_sql import AckPlan, encode_meta, task_from_row
+from apalis_sql import AckPlan, Controls, encode_meta, task_from_row
 from apalis_sql.database import Session
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .config import PostgresConfig
 from .listener import Listener
-from .schema import load_statements, migrate
+from .schema import control_channel, load_statements, migrate
 
 __all__ = ["Database"]
 
@@ -59,6 +59,9 @@ class Database:
 
     ahead_on_backlog = False  # an ack's claim ahead costs no commit of its own: always claim
     releases_sweep_lock = False  # the advisory lock is the transaction's
+    wait_polls = (1.0, 1.0)  # waiters are woken by NOTIFY; a read a second is the safety net
+    bulk_batch = 10_000
+    cancel_poll: float | None = None  # a NOTIFY tells the worker
 
     def __init__(self, config: PostgresConfig) -> None:
         self.config = config
@@ -74,7 +77,15 @@ class Database:
             **_KEEPALIVES,
         )
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._listener = Listener(lambda: self._conninfo, self.channel, self.wakers)
+        self.controls = Controls()
+        self._listener = Listener(
+            lambda: self._conninfo,
+            self.channel,
+            self.wakers,
+            control_channel(config.schema),
+            self.controls,
+            self._rejoined,
+        )
 
     async def open(self) -> list[int]:
         """Connect and migrate; returns the migrations applied now.
@@ -124,6 +135,20 @@ class Database:
         """The store's one LISTEN connection, started on first use."""
         self._listener.start()
         return self._listener
+
+    async def _rejoined(self) -> None:
+        """Listening (again): the cancels requested while no one listened are asked for, as the
+        heartbeat of each worker of this process would."""
+        for worker in list(self.controls.workers.values()):
+            runs = list(worker.running())
+            if runs:
+                for task_id, reason in await self.fetch("cancels_requested", {"running": runs}):
+                    worker.on_cancel(task_id, reason)
+
+    async def listening(self) -> None:
+        """Return once the LISTEN is in place, or after a second without it (a waiter then
+        reads its task every `wait_polls` until it is)."""
+        await woken(self.listen().ready, 1.0)
 
     def describe(self, exc: BaseException) -> str:
         """An error's text without the password (libpq may echo parts of the conninfo)."""

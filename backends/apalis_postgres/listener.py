@@ -7,6 +7,11 @@ every queue. When the connection drops, the listener reconnects with the core's 
 (`apalis_cli.retrying.delays`), LISTENs
 again (peers forget this step and go deaf) and wakes every poller, since a notification may have
 been missed meanwhile; until then polling with backoff carries on alone.
+
+A second channel, `<schema>:control`, carries the ends of tasks someone waits for and the
+cancels of running tasks (`apalis_sql.Controls.told`); once listening (again), every waiter
+reads its task again and the store asks which runs of its workers had a cancel requested
+meanwhile (`rejoined`).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psycopg
 from apalis_cli.polling import Waker
 from apalis_cli.retrying import delays
+from apalis_sql import Controls
 from psycopg import sql
 
 __all__ = ["Listener"]
@@ -27,12 +33,24 @@ _log = logging.getLogger(__name__)
 
 
 class Listener:
-    """Feeds `Waker`s from LISTEN on one channel, over its own connection."""
+    """Feeds `Waker`s from LISTEN on one channel, and `Controls` from another, over its own
+    connection."""
 
-    def __init__(self, connect: Callable[[], str], channel: str, wakers: dict[str, Waker]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], str],
+        channel: str,
+        wakers: dict[str, Waker],
+        control: str,
+        controls: Controls,
+        rejoined: Callable[[], Awaitable[None]],
+    ) -> None:
         self._conninfo = connect
         self._channel = channel
         self._wakers = wakers
+        self._control = control
+        self._controls = controls
+        self._rejoined = rejoined
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self.connections = 0  # how many times a LISTEN was established (tests read it)
@@ -46,6 +64,11 @@ class Listener:
         """Return once a LISTEN is in place."""
         await self._listening.wait()
 
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set while a LISTEN is in place."""
+        return self._listening
+
     async def stop(self) -> None:
         """Stop listening and close the connection."""
         if self._task is not None:
@@ -57,6 +80,7 @@ class Listener:
     def _wake_all(self) -> None:
         for waker in self._wakers.values():
             waker.notify()
+        self._controls.wake_waiters()
 
     async def _run(self) -> None:
         waits = delays()
@@ -69,12 +93,18 @@ class Listener:
                 await asyncio.sleep(wait)
                 continue
             try:
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                for channel in (self._channel, self._control):
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 self.connections += 1
                 self._listening.set()
                 waits = delays()  # listening again: the next outage backs off from the start
                 self._wake_all()
+                with contextlib.suppress(Exception):  # the heartbeat asks too
+                    await self._rejoined()
                 async for note in conn.notifies():
+                    if note.channel == self._control:
+                        self._controls.told(note.payload)
+                        continue
                     waker = self._wakers.get(note.payload)
                     if waker is not None:
                         waker.notify()

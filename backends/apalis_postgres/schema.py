@@ -2,7 +2,8 @@
 
 Statements name their tables `{schema}.x`; the schema name was validated by the config and is
 quoted here with `psycopg.sql.Identifier` before it goes into the text; `{channel}` is the
-NOTIFY channel (the schema's name) as a string literal. Task-returning
+NOTIFY channel of wake-ups (the schema's name) and `{control}` that of task ends and cancel
+requests, as string literals; `{bulk_where}` is the bulk statements' filter. Task-returning
 statements alias the tasks table `t` and select `{columns}` (the shared `TASK_COLUMNS`, with the
 result read back as the exact JSON text that was written).
 """
@@ -12,15 +13,35 @@ from __future__ import annotations
 from apalis_sql import TASK_COLUMNS, Queries, load_migrations, load_queries
 from psycopg import AsyncConnection, sql
 
-__all__ = ["COLUMNS", "load_statements", "migrate"]
+__all__ = ["BULK_WHERE", "COLUMNS", "control_channel", "load_statements", "migrate"]
 
 COLUMNS = ", ".join("t.result::text AS result" if c == "result" else f"t.{c}" for c in TASK_COLUMNS)
 """The columns every task-returning statement selects, in the order `task_from_row` reads."""
 
 
+BULK_WHERE = """queue = %(queue)s AND status = ANY(%(statuses)s::text[])
+    AND (%(since)s::float8 IS NULL OR coalesce(done_at, created_at) >= %(since)s::float8)
+    AND (%(until)s::float8 IS NULL OR coalesce(done_at, created_at) <= %(until)s::float8)
+    AND (%(pattern)s::text IS NULL OR last_error ILIKE %(pattern)s::text)
+    AND (NOT %(fresh)s OR cancel_reason IS NULL)"""
+"""The filter of every bulk statement: statuses, since/until on the last change, an error's
+substring in any case, and (`fresh`) only tasks not asked to cancel before."""
+
+
+def control_channel(schema: str) -> str:
+    """The channel of task ends and cancel requests (a ':' keeps it apart from any schema's name)."""
+    return f"{schema}:control"
+
+
 def _names(schema: str) -> dict[str, str]:
-    # The NOTIFY channel is the schema's name (a validated identifier), as a string literal.
-    return {"schema": sql.Identifier(schema).as_string(), "columns": COLUMNS, "channel": f"'{schema}'"}
+    # The NOTIFY channels are named after the schema (a validated identifier), as string literals.
+    return {
+        "schema": sql.Identifier(schema).as_string(),
+        "columns": COLUMNS,
+        "channel": f"'{schema}'",
+        "control": f"'{control_channel(schema)}'",
+        "bulk_where": BULK_WHERE,
+    }
 
 
 def load_statements(schema: str) -> Queries:

@@ -5,7 +5,9 @@
 - `browse`: the board's pages by keyset and activity, over a store's fetch.
 - `acks`: a batch of outcomes grouped into per-kind statement parameters (`AckPlan`).
 - `status`: the status machine as the SQL sees it (claimable, final, the orphan message).
-- `database`: what the shared queue asks of a server's `Database` (`SqlDatabase`, `Session`).
+- `database`: what the shared queue asks of a server's `Database` (`SqlDatabase`, `Session`),
+  and what one process knows of its workers and waiters (`Controls`).
+- `control`: cancel, pause, wait and bulk actions (`SqlControl`).
 - `queue`, `inspector`, `store`: the queue, its inspector and the store of PostgreSQL and
   MySQL/MariaDB, written once over a `SqlDatabase` (SQLite keeps its own: one process, no pool).
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 from .acks import AckPlan, AckRow, plan_acks
 from .browse import Fetch, browse_tasks, queue_activity
-from .database import Backlog, Session, SqlDatabase
+from .control import SqlControl
+from .database import Backlog, Controls, Session, SqlDatabase
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
 from .inspector import SqlInspector
 from .options import PoolOptions, pool_options
@@ -40,11 +43,13 @@ __all__ = [
     "AckPlan",
     "AckRow",
     "Backlog",
+    "Controls",
     "Fetch",
     "Migration",
     "PoolOptions",
     "Queries",
     "Session",
+    "SqlControl",
     "SqlDatabase",
     "SqlInspector",
     "SqlQueue",

@@ -1,4 +1,5 @@
-"""What the shared SQL queue asks of one server's `Database` (PostgreSQL, MySQL/MariaDB).
+"""What the shared SQL queue asks of one server's `Database` (PostgreSQL, MySQL/MariaDB), and
+what one process knows of its workers and waiters (`Controls`).
 
 The queue, its inspector and its heartbeat are written once (`queue`, `inspector`); each store's
 `connection.Database` holds the pool, runs named statements of its `sql/` files with retries,
@@ -13,18 +14,21 @@ Parameters are always named (`%(queue)s`); a list value is an array for PostgreS
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from apalis_cli.ahead import Held
-from apalis_cli.backend import NewTask
+from apalis_cli.backend import NewTask, WorkerContext
 from apalis_cli.contact import Contact
 from apalis_cli.polling import Waker
-from apalis_cli.task import Task
+from apalis_cli.task import Task, TaskId
 
 from .acks import AckPlan
 
-__all__ = ["Backlog", "Rows", "Session", "SqlDatabase"]
+__all__ = ["Backlog", "Controls", "Rows", "Session", "SqlDatabase"]
 
 T = TypeVar("T")
 Rows = Sequence[Sequence[Any]]
@@ -41,6 +45,57 @@ class Backlog(Held):
     def __init__(self, worker_id: str, waker: Waker) -> None:
         super().__init__(worker_id, waker)
         self.backlog = False
+
+
+class Controls:
+    """This process's workers by id (told of cancels of their runs) and waiters by task id."""
+
+    __slots__ = ("_waiters", "workers")
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerContext] = {}
+        self._waiters: dict[TaskId, set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def waiting(self, task_id: TaskId) -> Iterator[asyncio.Event]:
+        """An event set when `task_id` is said to have ended, for the duration of the block."""
+        event = asyncio.Event()
+        self._waiters.setdefault(task_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._waiters.get(task_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[task_id]
+
+    def ended(self, task_id: TaskId) -> None:
+        """`task_id` ended: its waiters read it again."""
+        for event in self._waiters.get(task_id, ()):
+            event.set()
+
+    def wake_waiters(self) -> None:
+        """Every waiter reads its task again (a notification may have been missed)."""
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    def cancel(self, worker_id: str | None, task_id: TaskId, reason: str) -> None:
+        """Tell `worker_id`, if it runs in this process, that the run of `task_id` is cancelled."""
+        worker = self.workers.get(worker_id or "")
+        if worker is not None:
+            worker.on_cancel(task_id, reason)
+
+    def told(self, payload: str) -> None:
+        """A message of the control channel: `d<id>` (a task ended) or `["c", worker, id, reason]`."""
+        if payload.startswith("d"):
+            self.ended(payload[1:])
+            return
+        with contextlib.suppress(ValueError, TypeError):
+            kind, worker_id, task_id, reason = json.loads(payload)
+            if kind == "c":
+                self.cancel(worker_id, task_id, reason)
 
 
 class Session(Protocol):
@@ -64,6 +119,16 @@ class SqlDatabase(Protocol):
     """Claim ahead in an ack only for a worker whose last claim came back full."""
     releases_sweep_lock: bool
     """The sweep lock outlives the transaction: `sweep_unlock` frees it after the sweep."""
+    controls: Controls
+    """This process's workers and waiters, told by the listener where the server can push."""
+    wait_polls: tuple[float, float]
+    """A waiter reads its task again after the first of these, then twice as long each time,
+    up to the second (polling where the server cannot push; a safety net where it can)."""
+    bulk_batch: int
+    """How many tasks one statement of a bulk action changes at most."""
+    cancel_poll: float | None
+    """Where the server cannot push: how often a running worker asks which of its runs have a
+    cancel requested (its heartbeat asks too). None where a NOTIFY tells it."""
 
     async def open(self) -> list[int]:
         """Connect and migrate; the migrations applied now."""
@@ -79,6 +144,11 @@ class SqlDatabase(Protocol):
 
     def listen(self) -> object:
         """Start hearing other processes' wake-ups, where the server can push them."""
+        ...
+
+    async def listening(self) -> None:
+        """Return once other processes' messages are heard (at once where the server cannot
+        push them, or after a short wait for a listener that cannot connect)."""
         ...
 
     async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:

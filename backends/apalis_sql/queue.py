@@ -8,13 +8,17 @@ The flow is the same on every server; what differs is asked of the store's `SqlD
 - ack: the batch grouped by outcome (`plan_acks`), applied by `ack` in one write that also
   claims, for each polling worker whose runs ended here, as many tasks as those runs free (so
   a busy worker waits for one round trip or commit per batch, not two).
-- heartbeat: register the worker, give back its lost claims, and (one worker of the queue at a
-  time, under the sweep lock, once this process's contact with the server is steady) forget
-  silent workers, recover their tasks and purge expired ones.
+- heartbeat: register the worker, tell it of the cancels of its runs and of a pause, give back
+  its lost claims, and (one worker of the queue at a time, under the sweep lock, once this
+  process's contact with the server is steady) forget silent workers, recover their tasks and
+  purge expired ones.
+- control: cancel, pause, wait and bulk actions (`control`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -29,14 +33,15 @@ from apalis_cli.service import Outcome
 from apalis_cli.task import Task, TaskId
 
 from .acks import plan_acks
-from .database import Backlog, Session, SqlDatabase
+from .control import SqlControl
+from .database import Backlog, Rows, Session, SqlDatabase
 from .inspector import SqlInspector
 
 __all__ = ["SqlQueue"]
 
 
-class SqlQueue(QueueBase, SqlInspector):
-    """One queue of a SQL store, over its `SqlDatabase`."""
+class SqlQueue(QueueBase, SqlInspector, SqlControl):
+    """One queue of a SQL store, over its `SqlDatabase` (its control plane is `SqlControl`)."""
 
     def __init__(self, database: SqlDatabase, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
@@ -66,8 +71,13 @@ class SqlQueue(QueueBase, SqlInspector):
         def start() -> tuple[Fetch, Waker]:
             db, queue, worker_id = self._db, self.queue, worker.id
             db.listen()
+            heard = False
 
             async def fetch(limit: int) -> list[Task[bytes]]:
+                nonlocal heard
+                if not heard:  # no claim before the listener hears: a cancel of it would go unheard
+                    await db.listening()
+                    heard = True
                 claimed = await db.claim(queue, worker_id, limit)
                 holder = self._ahead.holder(worker_id)
                 if holder is not None:
@@ -79,16 +89,17 @@ class SqlQueue(QueueBase, SqlInspector):
         return self._ahead.poll(worker, start)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
-        """Register and refresh `worker`; release its lost claims; sweep orphans and purge
-        expired tasks under the sweep lock, so one worker of the queue sweeps at a time, and
-        only once this process has had the server reachable for `stale_after`
-        (`apalis_cli.contact`)."""
+        """Register and refresh `worker`; tell it which of its runs have a cancel requested and
+        whether its queue is paused; release its lost claims; sweep orphans and purge expired
+        tasks under the sweep lock, so one worker of the queue sweeps at a time, and only once
+        this process has had the server reachable for `stale_after` (`apalis_cli.contact`)."""
         db, queue = self._db, self.queue
         lock = db.sweep_params(queue)
         stale = {"queue": queue, "stale_after": worker.stale_after}
 
-        async def beat_in(s: Session) -> bool:
-            running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
+        async def beat_in(s: Session) -> tuple[bool, Rows, bool]:
+            runs = list(worker.running())
+            running = [*runs, *self._ahead.held(worker.id)]  # held: not lost claims
             await s.execute(
                 "beat",
                 {
@@ -102,26 +113,44 @@ class SqlQueue(QueueBase, SqlInspector):
                     "running": len(running),
                 },
             )
+            cancels = await s.fetch("cancels_requested", {"running": runs}) if runs else []
+            paused = await s.fetch("paused", {"queue": queue})
+            told = (cancels, bool(paused and paused[0][0]))
             lost = {"queue": queue, "worker": worker.id, "grace": worker.stale_after, "running": running}
             woke = await s.execute("release_lost", lost) > 0
             # Asked at each try: a beat retried across an outage does not sweep right after it.
             if not db.contact.steady_for(worker.stale_after):
-                return woke
+                return (woke, *told)
             locked = await s.fetch("sweep_lock", lock)
             if not (locked and locked[0][0]):
-                return woke
+                return (woke, *told)
             await s.execute("forget_workers", stale)
-            woke = await s.execute("recover", stale) > 0 or woke  # counts the tasks that run again
+            woke = await s.execute("recover", stale) > 0 or woke  # the tasks that run again (where it can tell)
             await s.execute("purge_expired", {"queue": queue, "retention": worker.retention})
             if db.releases_sweep_lock:
                 await s.execute("sweep_unlock", lock)
-            return woke
+            return (woke, *told)
+
+        watch: asyncio.Task[None] | None = None
 
         async def beat() -> None:
-            if await db.session(beat_in):
+            nonlocal watch
+            db.controls.workers[worker.id] = worker  # told of cancels by the listener from now on
+            if watch is None and db.cancel_poll is not None:
+                watch = asyncio.create_task(
+                    _watch_cancels(db, worker, db.cancel_poll), name=f"apalis-cancels-{worker.id}"
+                )
+            woke, cancels, paused = await db.session(beat_in)
+            for task_id, reason in cancels:
+                worker.on_cancel(task_id, reason)
+            worker.on_paused(paused)
+            if woke:
                 await db.notify(queue)
 
         async def farewell() -> None:
+            db.controls.workers.pop(worker.id, None)
+            if watch is not None:
+                watch.cancel()
             await db.execute("farewell", {"id": worker.id})
 
         return beat_every(worker, beat, farewell, db.contact)
@@ -141,3 +170,17 @@ class SqlQueue(QueueBase, SqlInspector):
             holder.backlog = len(tasks) == count
             if tasks:
                 await self._ahead.hand_over(holder, tasks)
+
+
+async def _watch_cancels(db: SqlDatabase, worker: WorkerContext, every: float) -> None:
+    """Ask every `every` seconds which runs of `worker` have a cancel requested, while it runs
+    some: a server that cannot push tells a worker of a cancel this soon, not at its heartbeat.
+    One lookup of its running tasks by id; a failure is left to the heartbeat, which asks too."""
+    while True:
+        await asyncio.sleep(every)
+        runs = list(worker.running())
+        if not runs:
+            continue
+        with contextlib.suppress(Exception):
+            for task_id, reason in await db.fetch("cancels_requested", {"running": runs}):
+                worker.on_cancel(task_id, reason)

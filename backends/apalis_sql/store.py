@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from apalis_cli.backend import CONTROL_NOT_BUILT, Capabilities
+from apalis_cli.backend import Capabilities
 from apalis_cli.codec import Codec
 
 from .database import SqlDatabase
@@ -21,7 +21,7 @@ class SqlStore:
     """Queues in one SQL database, sharing its pool (and its listener, where it has one)."""
 
     kind: ClassVar[str]
-    capabilities: ClassVar[Capabilities] = Capabilities({**CONTROL_NOT_BUILT})
+    capabilities: ClassVar[Capabilities] = Capabilities()
     queue_class: ClassVar[type[SqlQueue]] = SqlQueue
 
     def __init__(self, database: SqlDatabase) -> None:

@@ -22,12 +22,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from apalis_amqp import AmqpStore
 from apalis_cli.backend import Store, StoreSpec
+from apalis_cli.control import CancelState
+from apalis_cli.task import Status
 from apalis_mysql import MysqlStore
 from apalis_nats import NatsStore
 from apalis_pgmq import PgmqStore
 from apalis_postgres import PostgresStore
 from apalis_redis import RedisStore
 from apalis_rsmq import RsmqStore
+from apalis_sql import SqlQueue
 from apalis_sqlite import SqliteStore
 
 from ..conformance.stores.mysql import admin_execute
@@ -82,6 +85,19 @@ def make_postgres_store(url: str, schema: str, **options: Any) -> PostgresStore:
         name="t", kind="postgres", url=url, options={"schema": schema, "application_name": schema, **options}
     )
     return PostgresStore.from_spec(spec)
+
+
+async def controls_after_migration(queue: SqlQueue) -> None:
+    """A queue of a database made before the control plane, migrated on open: its pending task
+    `old-pending` can be cancelled (and ends so, with the reason), its done task `old-done` (if
+    any) is already final, the queue can be paused."""
+    assert (await queue.cancel("old-pending", "migrated")).state is CancelState.CANCELLED
+    assert (await queue.cancel("old-done", "migrated")).state in (CancelState.ALREADY_FINAL, CancelState.NOT_FOUND)
+    await queue.pause()
+    assert await queue.paused()
+    cancelled = await queue.get("old-pending")
+    assert cancelled is not None
+    assert (cancelled.ctx.status, cancelled.ctx.last_error) == (Status.CANCELLED, "migrated")
 
 
 def make_mysql_store(url: str, **options: Any) -> MysqlStore:

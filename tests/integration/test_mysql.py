@@ -19,7 +19,7 @@ from apalis_sql import load_migrations
 
 from ..conformance.stores.mysql import admin_connect, admin_execute
 from ..services import need_server
-from .conftest import make_mysql_store
+from .conftest import controls_after_migration, make_mysql_store
 
 
 async def test_only_the_named_lock_holder_sweeps(mysql_url: str, mysql_store: MysqlStore) -> None:
@@ -165,3 +165,38 @@ async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(
     done = await queue.get(task_id)
     assert done is not None
     assert (done.ctx.status, done.ctx.attempts) == (Status.DONE, 1)  # the lost claim was not counted
+
+
+async def test_a_database_of_an_earlier_version_gains_the_control_plane_and_keeps_its_tasks(mysql_url: str) -> None:
+    """A database made before the control plane (schema version 2) is migrated on open: its
+    pending task can be cancelled (a status longer than the old column), its queue paused."""
+    names = {"prefix": "apalis_", "now": "UNIX_TIMESTAMP(NOW(6))", "columns": "", "bulk_where": ""}
+    await admin_execute(
+        mysql_url,
+        "CREATE TABLE apalis_schema_version (version INT NOT NULL PRIMARY KEY,"
+        " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB",
+    )
+    for migration in load_migrations("apalis_mysql", names):
+        if migration.version > 2:
+            continue
+        body = "\n".join(line for line in migration.sql.splitlines() if not line.strip().startswith("--"))
+        for statement in (part.strip() for part in body.split(";")):
+            if statement:
+                await admin_execute(mysql_url, statement)
+        await admin_execute(
+            mysql_url,
+            "INSERT INTO apalis_schema_version VALUES (%s, %s, UNIX_TIMESTAMP())",
+            (migration.version, migration.name),
+        )
+    await admin_execute(
+        mysql_url,
+        "INSERT INTO apalis_tasks (id, queue, payload, status, run_at, created_at)"
+        " VALUES ('old-pending', 'q', '{}', 'pending', UNIX_TIMESTAMP(), UNIX_TIMESTAMP())",
+    )
+    store = make_mysql_store(mysql_url)
+    await store.open()
+    try:
+        assert store.migrations_applied == [m.version for m in load_migrations("apalis_mysql") if m.version > 2]
+        await controls_after_migration(store.backend("q", codec=JsonCodec()))
+    finally:
+        await store.close()

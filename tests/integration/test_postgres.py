@@ -20,7 +20,7 @@ from apalis_sql import load_migrations
 from psycopg import sql
 
 from ..conformance.stores.postgres import drop_schema, terminate_backends
-from .conftest import make_postgres_store
+from .conftest import controls_after_migration, make_postgres_store
 
 
 class Starts:
@@ -233,5 +233,44 @@ async def test_durable_push_can_be_traded_for_latency(postgres_url: str, postgre
         pushed = await queue.get(task_id)
         assert pushed is not None
         assert pushed.ctx.status is Status.PENDING
+    finally:
+        await store.close()
+
+
+async def test_a_schema_of_an_earlier_version_gains_the_control_plane_and_keeps_its_tasks(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    """A database made before the control plane (schema version 3) is migrated on open: its
+    pending task can be cancelled, its queue paused, its tasks' statuses kept."""
+    ident = sql.Identifier(postgres_schema)
+    names = {"schema": ident.as_string(), "columns": "", "channel": "''", "control": "''", "bulk_where": ""}
+    earlier = [m for m in load_migrations("apalis_postgres", names) if m.version <= 3]
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+        await admin.execute(
+            sql.SQL(
+                "CREATE TABLE {}.schema_version (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(ident)
+        )
+        for migration in earlier:
+            await admin.execute(migration.sql.encode())
+            await admin.execute(
+                sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(ident),
+                (migration.version, migration.name),
+            )
+        for task_id, status in (("old-pending", "pending"), ("old-done", "done")):
+            await admin.execute(
+                sql.SQL(
+                    "INSERT INTO {}.tasks (id, queue, payload, status, run_at, created_at)"
+                    " VALUES (%s, 'q', '{{}}', %s, extract(epoch FROM now()), extract(epoch FROM now()))"
+                ).format(ident),
+                (task_id, status),
+            )
+    store = make_postgres_store(postgres_url, postgres_schema)
+    await store.open()
+    try:
+        assert store.migrations_applied == [m.version for m in load_migrations("apalis_postgres") if m.version > 3]
+        await controls_after_migration(store.backend("q", codec=JsonCodec()))
     finally:
         await store.close()

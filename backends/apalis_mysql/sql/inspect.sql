@@ -9,8 +9,8 @@ UNION ALL
 SELECT 'pending', 0, COUNT(*) FROM {prefix}tasks WHERE queue = %(queue)s AND ready = 1 AND run_at > {now}
 
 -- name: retry
-UPDATE {prefix}tasks SET status = 'pending', attempts = 0, run_at = {now}, done_at = NULL
-WHERE queue = %(queue)s AND id = %(id)s AND status IN ('failed', 'killed')
+UPDATE {prefix}tasks SET status = 'pending', attempts = 0, run_at = {now}, done_at = NULL, cancel_reason = NULL
+WHERE queue = %(queue)s AND id = %(id)s AND status IN ('failed', 'killed', 'cancelled')
 
 -- name: kill
 UPDATE {prefix}tasks

@@ -6,6 +6,8 @@
 -- Lock up to `limit` ready tasks; SKIP LOCKED leaves those another claimer holds to it.
 SELECT {columns} FROM {prefix}tasks
 WHERE queue = %(queue)s AND ready = 1 AND run_at <= {now}
+  -- A paused queue hands out nothing: checked here, so no claim races a pause.
+  AND NOT EXISTS (SELECT 1 FROM {prefix}queues AS p WHERE p.queue = %(queue)s AND p.paused = 1)
 ORDER BY priority DESC, run_at, id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -33,39 +35,50 @@ WHERE id IN ({ids}) AND lock_by = %s AND status = 'running'
 
 -- name: ack
 -- Apply a batch of outcomes in one statement; a task no longer running under the same worker
--- (its lease was lost) is left alone. `u` holds one row per outcome with the new status.
+-- (its lease was lost) is left alone. `u` holds one row per outcome with the new status. A run
+-- whose task had a cancel requested (`cancel_reason`) and that would run again (retried,
+-- released) ends cancelled instead. Assignments read the values set before them: status last.
 UPDATE {prefix}tasks AS t
 JOIN ({outcomes}) AS u ON t.id = u.id AND t.lock_by = u.lock_by
-SET t.attempts = IF(u.status = 'pending', GREATEST(t.attempts - 1, 0), t.attempts),
-    t.run_at = CASE u.status
-        WHEN 'failed' THEN COALESCE(u.run_at, {now})
-        WHEN 'pending' THEN LEAST(t.run_at, {now})
+SET t.attempts = IF(u.status = 'pending' AND t.cancel_reason IS NULL, GREATEST(t.attempts - 1, 0), t.attempts),
+    t.run_at = CASE WHEN t.cancel_reason IS NOT NULL THEN t.run_at
+        WHEN u.status = 'failed' THEN COALESCE(u.run_at, {now})
+        WHEN u.status = 'pending' THEN LEAST(t.run_at, {now})
         ELSE t.run_at END,
     t.result = IF(u.status = 'done', u.result, t.result),
-    t.last_error = IF(u.status IN ('failed', 'killed'), u.error, t.last_error),
-    t.done_at = IF(u.status IN ('done', 'killed'), {now}, NULL),
+    t.last_error = CASE WHEN t.cancel_reason IS NOT NULL AND u.status IN ('failed', 'pending') THEN t.cancel_reason
+        WHEN u.status IN ('failed', 'killed', 'cancelled') THEN u.error
+        ELSE t.last_error END,
+    t.done_at = IF(u.status IN ('done', 'killed', 'cancelled') OR t.cancel_reason IS NOT NULL, {now}, NULL),
     t.lock_by = NULL,
     t.lock_at = NULL,
-    t.status = u.status
+    t.status = IF(t.cancel_reason IS NOT NULL AND u.status IN ('failed', 'pending'), 'cancelled', u.status)
 WHERE t.status = 'running'
 
 -- name: release_lost
 -- Tasks this worker claimed but is not running (a claim whose reply was lost with its
--- connection), locked longer than stale_after ago: back to pending, the attempt not counted.
+-- connection), locked longer than stale_after ago: back to pending, the attempt not counted;
+-- cancelled instead if a cancel was asked meanwhile.
 UPDATE {prefix}tasks
-SET status = 'pending', attempts = GREATEST(attempts - 1, 0), lock_by = NULL, lock_at = NULL
+SET attempts = IF(cancel_reason IS NULL, GREATEST(attempts - 1, 0), attempts),
+    last_error = COALESCE(cancel_reason, last_error),
+    done_at = IF(cancel_reason IS NULL, NULL, {now}),
+    lock_by = NULL, lock_at = NULL,
+    status = IF(cancel_reason IS NULL, 'pending', 'cancelled')
 WHERE queue = %(queue)s AND status = 'running' AND lock_by = %(worker)s
   AND lock_at < {now} - %(grace)s AND id NOT IN %(running)s
 
 -- name: recover
--- Running tasks whose worker stopped beating: run again now, or killed if out of attempts.
+-- Running tasks whose worker stopped beating: run again now, or killed if out of attempts, or
+-- cancelled if a cancel was asked of the run.
 UPDATE {prefix}tasks AS t
-SET t.last_error = CONCAT('worker ', t.lock_by, ' stopped sending heartbeats while running this task'),
-    t.done_at = IF(t.attempts >= t.max_attempts, {now}, NULL),
-    t.run_at = IF(t.attempts >= t.max_attempts, t.run_at, {now}),
+SET t.last_error = COALESCE(t.cancel_reason, CONCAT('worker ', t.lock_by, ' stopped sending heartbeats while running this task')),
+    t.done_at = IF(t.cancel_reason IS NOT NULL OR t.attempts >= t.max_attempts, {now}, NULL),
+    t.run_at = IF(t.cancel_reason IS NOT NULL OR t.attempts >= t.max_attempts, t.run_at, {now}),
     t.lock_by = NULL,
     t.lock_at = NULL,
-    t.status = IF(t.attempts >= t.max_attempts, 'killed', 'failed')
+    t.status = CASE WHEN t.cancel_reason IS NOT NULL THEN 'cancelled'
+        WHEN t.attempts >= t.max_attempts THEN 'killed' ELSE 'failed' END
 WHERE t.queue = %(queue)s AND t.status = 'running'
   AND NOT EXISTS (
       SELECT 1 FROM {prefix}workers AS w
@@ -74,4 +87,4 @@ WHERE t.queue = %(queue)s AND t.status = 'running'
 
 -- name: purge_expired
 DELETE FROM {prefix}tasks
-WHERE queue = %(queue)s AND status IN ('done', 'killed') AND done_at < {now} - %(retention)s
+WHERE queue = %(queue)s AND status IN ('done', 'killed', 'cancelled') AND done_at < {now} - %(retention)s

@@ -9,16 +9,23 @@
 -- NOTIFY offers it to every worker). Like a claim, it commits without waiting for the WAL
 -- flush: an ack lost in a server crash runs its task again.
 WITH acked AS (
+    -- A run whose task had a cancel requested (`cancel_reason`) and that would run again
+    -- (retried, released) ends cancelled instead, with the reason asked for.
     UPDATE {schema}.tasks AS t
-    SET status = u.status,
-        attempts = CASE WHEN u.status = 'pending' THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
-        run_at = CASE u.status
-            WHEN 'failed' THEN coalesce(u.run_at, extract(epoch FROM now())::float8)
-            WHEN 'pending' THEN least(t.run_at, extract(epoch FROM now())::float8)
+    SET status = CASE WHEN t.cancel_reason IS NOT NULL AND u.status IN ('failed', 'pending') THEN 'cancelled'
+                      ELSE u.status END,
+        attempts = CASE WHEN u.status = 'pending' AND t.cancel_reason IS NULL THEN greatest(t.attempts - 1, 0)
+                        ELSE t.attempts END,
+        run_at = CASE WHEN t.cancel_reason IS NOT NULL THEN t.run_at
+            WHEN u.status = 'failed' THEN coalesce(u.run_at, extract(epoch FROM now())::float8)
+            WHEN u.status = 'pending' THEN least(t.run_at, extract(epoch FROM now())::float8)
             ELSE t.run_at END,
         result = CASE WHEN u.status = 'done' THEN u.result::json ELSE t.result END,
-        last_error = CASE WHEN u.status IN ('failed', 'killed') THEN u.error ELSE t.last_error END,
-        done_at = CASE WHEN u.status IN ('done', 'killed') THEN extract(epoch FROM now())::float8 END,
+        last_error = CASE WHEN t.cancel_reason IS NOT NULL AND u.status IN ('failed', 'pending') THEN t.cancel_reason
+                          WHEN u.status IN ('failed', 'killed', 'cancelled') THEN u.error
+                          ELSE t.last_error END,
+        done_at = CASE WHEN u.status IN ('done', 'killed', 'cancelled') OR t.cancel_reason IS NOT NULL
+                       THEN extract(epoch FROM now())::float8 END,
         lock_by = NULL,
         lock_at = NULL
     FROM unnest(%(ids)b::text[], %(lock_bys)b::text[], %(statuses)b::text[], %(results)b::text[],
@@ -34,7 +41,8 @@ WITH acked AS (
     -- status = 'running', the planner may rather scan the table or the partial index of running
     -- tasks, whose dead entries pile up while a backlog drains.
     WHERE t.id = ANY((SELECT %(ids)b::text[])::text[]) AND t.id = u.id AND t.lock_by = u.lock_by
-    RETURNING t.id
+    -- Whoever waits for a task that ended here is told (`waited`: the others send nothing).
+    RETURNING t.id, CASE WHEN t.waited AND t.done_at IS NOT NULL THEN pg_notify({control}, 'd' || t.id) END
 ),
 -- The claim as in claim.sql, for `slots` tasks: the n-th task claimed goes to the n-th slot's
 -- worker. MATERIALIZED: the locking select runs once, however often its result is read. The
@@ -46,6 +54,7 @@ picked AS MATERIALIZED (
         WHERE queue = %(queue)s
           AND status IN ('pending', 'failed')
           AND run_at <= extract(epoch FROM now())::float8
+          AND NOT EXISTS (SELECT 1 FROM {schema}.queues AS p WHERE p.queue = %(queue)s AND p.paused)
         ORDER BY priority DESC, run_at, id
         LIMIT cardinality(%(slots)b::text[])
         FOR UPDATE SKIP LOCKED

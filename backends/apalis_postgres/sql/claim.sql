@@ -15,6 +15,8 @@ WHERE t.id = ANY(ARRAY(
     WHERE queue = %(queue)s
       AND status IN ('pending', 'failed')
       AND run_at <= extract(epoch FROM now())::float8
+      -- A paused queue hands out nothing: checked here, so no claim races a pause.
+      AND NOT EXISTS (SELECT 1 FROM {schema}.queues AS p WHERE p.queue = %(queue)s AND p.paused)
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

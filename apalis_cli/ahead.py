@@ -87,7 +87,15 @@ class ClaimsAhead(Generic[H]):
             # Asked only once the stream handed all it had to the worker: the tasks taken last
             # time are its own now, and leave `taken` here.
             taken = holder.take(limit)
-            return taken if taken else await fetch(limit)
+            if taken:
+                return taken
+            claimed = await fetch(limit)
+            if claimed:
+                return claimed
+            # An ack may have claimed ahead for this worker while the store's claim was in
+            # flight, taking the very tasks that claim then found gone: serve them rather than
+            # answer idle (a burst run would stop on that None and give them back unrun).
+            return holder.take(limit)
 
         inner = poll_batches(worker, fetch_held_first, self.release, waker)
         try:

@@ -132,6 +132,26 @@ async def test_a_hand_over_wakes_the_queues_idle_pollers() -> None:
     assert store.limits == [1]  # served from what was held, not claimed again
 
 
+async def test_tasks_claimed_ahead_while_the_store_is_asked_are_served_not_reported_idle() -> None:
+    # The last runs' ack claims the queue's last tasks for this worker while its own claim is in
+    # flight; that claim finds nothing. The stream must hand out what the ack claimed: a burst
+    # run stops at the first None with nothing running, and the tasks would go back unrun.
+    store = Store()
+    ahead = ClaimsAhead(store.ack, Held)
+    stream = poll(ahead, store, context(poll_interval=30.0))
+
+    async def fetch_raced_by_an_ack(limit: int) -> list[Task[bytes]]:
+        await ahead.hand_over(polling(ahead), [task("a0")])
+        return []
+
+    store.fetch = fetch_raced_by_an_ack  # type: ignore[method-assign]
+    got = await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert got is not None
+    assert got.id == "a0"
+    assert store.released() == []
+
+
 async def test_wanted_counts_the_slots_each_workers_finished_runs_free_less_what_it_holds() -> None:
     store = Store(ready=2)
     ahead = ClaimsAhead(store.ack, Held)

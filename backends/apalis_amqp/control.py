@@ -254,8 +254,14 @@ class AmqpControl:
             stream = await channel.declare_queue(self.finals, passive=True)
             await self._conn.publish_many([(self.finals, aio_pika.Message(b"", message_id=marker))])
             await stream.consume(on_record, arguments={"x-stream-offset": _offset_of(task_id)})
-            async with asyncio.timeout(_READ_WITHIN):
-                await reached.wait()
+            try:
+                async with asyncio.timeout(_READ_WITHIN):
+                    await reached.wait()
+            except TimeoutError:
+                # A bare TimeoutError reads as "apalis: error: TimeoutError": say what timed out.
+                raise TimeoutError(
+                    f"the finals stream {self.finals!r} did not reach its end within {_READ_WITHIN:g} s"
+                ) from None
         finally:
             if not channel.is_closed:
                 await channel.close()

@@ -44,12 +44,14 @@ async def test_wait_is_woken_soon_after_the_run_ends(harness: Harness, calls: Ca
     await harness.worker(backend, calls.handler()).start()
     task_id = await backend.push({"n": 1})
 
-    task = await waiter(harness, backend).wait(task_id, timeout=10)
+    task = await waiter(harness, backend).wait(task_id, timeout=30)
     ended = time.time()
 
     assert task is not None
     assert task.ctx.status is Status.DONE
-    assert ended - calls.of(task_id)[0].at < 1.0
+    # Woken by the run's end, not by its timeout running out. How soon is a figure for
+    # `python -m bench --control`, not for a test: a loaded machine (CI) took over 1 s on AMQP.
+    assert ended - calls.of(task_id)[0].at < 5.0
 
 
 async def test_wait_returns_a_killed_task(harness: Harness, calls: Calls) -> None:

@@ -177,8 +177,10 @@ def run_lines(apalis: Apalis) -> list[tuple[int, int]]:
     """Every `(n, pid)` line of `runs.log`, in order."""
     log = apalis.cwd / "runs.log"
     text = log.read_text() if log.exists() else ""
+    # Handlers append while this reads: a last line without its newline is still being written.
+    complete = text[: text.rfind("\n") + 1]
     pairs = []
-    for line in text.splitlines():
+    for line in complete.splitlines():
         n, pid = line.split()
         pairs.append((int(n), int(pid)))
     return pairs

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .keys import QueueKeys
 
-__all__ = ["RedisControl", "wait_published"]
+__all__ = ["RedisControl", "cancel_result", "wait_published"]
 
 _BATCH = 5000
 """Entries one bulk script looks at: each call holds the server for a few milliseconds at most."""
@@ -34,6 +34,19 @@ _RECHECK = 1.0
 """How often a waiter reads its task anyway (a message lost to a dropped connection costs this)."""
 _KILL_REASON = "killed by an operator"
 _NO_LIMIT = 2**31 - 1
+
+
+def cancel_result(answer: bytes) -> CancelResult:
+    """What a cancel script answered ("cancelled", "requested", "final:<status>" or anything
+    else for an unknown id), as a `CancelResult`: Redis's and rsmq's scripts answer alike."""
+    state = answer.decode()
+    if state == "cancelled":
+        return CancelResult.cancelled()
+    if state == "requested":
+        return CancelResult.requested()
+    if state.startswith("final:"):
+        return CancelResult.already_final(Status(state.removeprefix("final:")))
+    return CancelResult.not_found()
 
 
 class RedisControl:
@@ -51,14 +64,7 @@ class RedisControl:
             keys=k.statuses,
             args=[k.base, repr(time.time()), int(self.retention * 1000), k.control, task_id, reason],
         )
-        state = answer.decode()
-        if state == "cancelled":
-            return CancelResult.cancelled()
-        if state == "requested":
-            return CancelResult.requested()
-        if state.startswith("final:"):
-            return CancelResult.already_final(Status(state.removeprefix("final:")))
-        return CancelResult.not_found()
+        return cancel_result(answer)
 
     async def pause(self) -> None:
         """Claims hand out nothing from now on (the claim script reads the key)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
 from apalis_cli.task import Status, Task, TaskContext, TaskId
-from apalis_redis.control import wait_published
+from apalis_redis.control import cancel_result, wait_published
 
 from .inspector import created_at
 
@@ -72,14 +72,7 @@ class RsmqControl:
     async def cancel(self, task_id: TaskId, reason: str = DEFAULT_CANCEL_REASON) -> CancelResult:
         """Cancel `task_id`: at once if it is not running, by telling its worker if it runs."""
         k = self.keys
-        state = (await self.connection.scripts["cancel"](keys=k.all, args=[task_id, reason, k.control])).decode()
-        if state == "cancelled":
-            return CancelResult.cancelled()
-        if state == "requested":
-            return CancelResult.requested()
-        if state.startswith("final:"):
-            return CancelResult.already_final(Status(state.removeprefix("final:")))
-        return CancelResult.not_found()
+        return cancel_result(await self.connection.scripts["cancel"](keys=k.all, args=[task_id, reason, k.control]))
 
     async def pause(self) -> None:
         """Our receives hand out nothing from now on."""

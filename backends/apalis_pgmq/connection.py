@@ -1,5 +1,6 @@
-"""The connections of one pgmq store: a psycopg pool with retries, the listener of insert
-notifications, and the creation of pgmq queues on first use.
+"""The connections of one pgmq store: the PostgreSQL store's pool with retries and its
+listener (`apalis_postgres.connection.Pool`, `apalis_postgres.listener.Listener`), the pgmq
+check and schema at open, and the creation of pgmq queues on first use.
 
 The driver is imported only when the store opens, so `import apalis_pgmq` works without the
 extra; `PgmqStore.from_spec` names it when it is missing.
@@ -8,38 +9,52 @@ extra; `PgmqStore.from_spec` names it when it is missing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError, describe_error
+from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
 from apalis_cli.redact import redact_url, secrets_in
-from apalis_cli.retrying import retrying
 
 from .config import PgmqConfig
 from .hub import ControlHub
-from .listener import Listener
 from .statements import SCHEMA, statement, statements_for
 
 if TYPE_CHECKING:
+    from apalis_postgres.connection import Pool
+    from apalis_postgres.listener import Listener
     from psycopg import AsyncConnection
-    from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["Connection"]
+__all__ = ["CONTROL", "Connection", "channel_of"]
 
 T = TypeVar("T")
 
 DEFAULT_APPLICATION_NAME = "apalis-pgmq"
 
+CONTROL = "apalis_pgmq"
+"""The channel of the control plane, one per database (see `apalis_pgmq.control`)."""
+
+_INSERT = ("pgmq.q_", ".INSERT")
+
+
+def channel_of(queue: str) -> str:
+    """The channel pgmq's insert trigger notifies for `queue` (`pgmq.enable_notify_insert`)."""
+    return f"{_INSERT[0]}{queue}{_INSERT[1]}"
+
 
 class Connection:
-    """Connections to one PostgreSQL database with pgmq, shared by every queue on it."""
+    """Connections to one PostgreSQL database with pgmq, shared by every queue on it.
+
+    pgmq's insert trigger NOTIFYs channel `pgmq.q_<name>.INSERT` (throttled) on every insert
+    into a queue this store enabled it on: the listener wakes that queue's pollers. Channel
+    `apalis_pgmq` carries the control plane. Polling with backoff stays the fallback: retries
+    and scheduled messages become visible without any insert, so no notification announces them.
+    """
 
     def __init__(self, config: PgmqConfig) -> None:
         self.config = config
-        self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+        self._pool: Pool | None = None
         self._listener: Listener | None = None
         self._notify_available = False
         self._ready: dict[str, asyncio.Future[None]] = {}
@@ -50,70 +65,64 @@ class Connection:
         self.contact = Contact()
         """This process's contact with the server: a heartbeat goes at once when it comes back."""
 
-    def _connect_kwargs(self) -> dict[str, Any]:
+    def _make_pool(self) -> Pool:
+        from apalis_postgres.connection import Pool, conninfo
         from psycopg.conninfo import conninfo_to_dict
 
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if "application_name" not in conninfo_to_dict(self.config.url):
-            kwargs["application_name"] = DEFAULT_APPLICATION_NAME
-        return kwargs
+        config = self.config
+        # The URL's application_name, where it has one, names the connections (tests find them so).
+        named = {"application_name": DEFAULT_APPLICATION_NAME}
+        if "application_name" in conninfo_to_dict(config.url):
+            named = {}
+        pool = Pool(
+            conninfo(config.url, config.connect_timeout, **named),
+            what=f"pgmq at {redact_url(config.url)}",
+            secrets=secrets_in(config.url),
+            min_size=1,
+            max_size=config.pool_size,
+            timeout=config.connect_timeout,
+            name="apalis-pgmq",
+        )
+        pool.contact = self.contact
+        return pool
 
     async def open(self) -> None:
         """Connect, check that pgmq is installed and create the `apalis_pgmq` schema."""
         async with self._open_lock:
             if self._pool is not None:
                 return
-            from psycopg import AsyncConnection as Connection
-            from psycopg import Error
-            from psycopg_pool import AsyncConnectionPool
-
-            # One direct connection first, so that a server that is not there or a refused login
-            # fails at once with libpq's reason (the pool would retry it for `connect_timeout`
-            # and then say only "pool initialization incomplete").
-            try:
-                timeout = max(round(self.config.connect_timeout), 1)
-                probe = await Connection.connect(self.config.url, connect_timeout=timeout, **self._connect_kwargs())
-            except Error as exc:
-                raise BackendError(f"cannot connect to {redact_url(self.config.url)}: {self._describe(exc)}") from None
-            await probe.close()
-            pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-                self.config.url,
-                min_size=1,
-                max_size=self.config.pool_size,
-                kwargs=self._connect_kwargs(),
-                timeout=self.config.connect_timeout,
-                open=False,
-            )
-            try:
-                await pool.open(wait=True, timeout=self.config.connect_timeout)
-            except Exception as exc:
+            pool = self._make_pool()
+            installed, notify = await pool.open(self._install)
+            if not installed:
                 await pool.close()
-                raise BackendError(f"cannot connect to {redact_url(self.config.url)}: {self._describe(exc)}") from None
+                raise BackendError(
+                    f"pgmq is not installed in {redact_url(self.config.url)}: "
+                    "run CREATE EXTENSION pgmq, or load pgmq's SQL install script"
+                )
             self._pool = pool
-        try:
-            installed, notify = await self.run(self._install)
-        except BaseException:
-            await self.close()
-            raise
-        if not installed:
-            await self.close()
-            raise BackendError(
-                f"pgmq is not installed in {redact_url(self.config.url)}: "
-                "run CREATE EXTENSION pgmq, or load pgmq's SQL install script"
-            )
         self._notify_available = notify and self.config.notify
         if self.config.notify:
+            from apalis_postgres.listener import Listener
+
             # The control channel is plain LISTEN/NOTIFY, there even where pgmq's insert trigger
             # is not (an older pgmq); `notify = false` (a pooler without LISTEN) turns both off.
-            listener = Listener(
-                self.config.url, self._connect_kwargs(), self._wakers, self.hub.dispatch, inserts=self._notify_available
+            self._listener = Listener(
+                lambda: pool.conninfo, (CONTROL,), self._heard, self._rejoined, name="apalis-pgmq-listener"
             )
-            listener.reconnected = self.hub.wake_waiters
-            self._listener = listener
 
-    def _describe(self, exc: BaseException) -> str:
-        # libpq may echo pieces of the URL (a host that took part of a password with an '@').
-        return describe_error(exc, secrets_in(self.config.url))
+    def _heard(self, channel: str, payload: str) -> None:
+        if channel == CONTROL:
+            self.hub.dispatch(payload)
+            return
+        queue = channel.removeprefix(_INSERT[0]).removesuffix(_INSERT[1])
+        if (waker := self._wakers.get(queue)) is not None:
+            waker.notify()
+
+    async def _rejoined(self) -> None:
+        # Listening (again): notifications may have been missed meanwhile.
+        for waker in self._wakers.values():
+            waker.notify()
+        self.hub.wake_waiters()
 
     async def _install(self, conn: AsyncConnection[Any]) -> tuple[bool, bool]:
         cur = await conn.execute(statement("installed"))
@@ -129,41 +138,22 @@ class Connection:
         """Stop listening and close every connection."""
         listener, self._listener = self._listener, None
         if listener is not None:
-            await listener.close()
+            await listener.stop()
         pool, self._pool = self._pool, None
         self._ready.clear()
         if pool is not None:
             await pool.close()
 
     async def run(self, op: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """`op` on a pooled connection; a dropped connection is retried with capped backoff
-        (`apalis_cli.retrying`) while the server is away, then reported as `ConnectionLost`."""
-        from psycopg import OperationalError
-
+        """`op` on a pooled connection, opened on first use; a dropped connection is retried with
+        capped backoff (`apalis_cli.retrying`) while the server is away, then reported as
+        `ConnectionLost`."""
         if self._pool is None:
             await self.open()
         pool = self._pool
         if pool is None:
             raise BackendError("the pgmq store is closed")
-
-        async def once() -> T:
-            async with pool.connection() as conn:
-                return await op(conn)
-
-        async def recover(_: BaseException) -> None:
-            # Drop every idle connection the server has closed; the server may still be down,
-            # which the next try will tell.
-            with contextlib.suppress(Exception):
-                await pool.check()
-
-        return await retrying(
-            once,
-            transient=lambda exc: isinstance(exc, OperationalError),
-            recover=recover,
-            what=f"pgmq at {redact_url(self.config.url)}",
-            describe=self._describe,
-            contact=self.contact,
-        )
+        return await pool.run(op)
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -175,7 +165,9 @@ class Connection:
         """Have notifications of inserts into `queue` wake its pollers (when available), and
         control messages reach this process."""
         if self._listener is not None:
-            self._listener.add(queue)
+            if self._notify_available:
+                self._listener.add(channel_of(queue))
+            self._listener.start()
 
     async def control_listening(self, within: float = 2.0) -> bool:
         """Start listening to the control channel; True once it is (False: poll instead)."""
@@ -187,7 +179,7 @@ class Connection:
         listener.start()
         try:
             async with asyncio.timeout(within):
-                await listener.listening.wait()
+                await listener.listening()
         except TimeoutError:
             return False
         return True

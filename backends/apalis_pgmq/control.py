@@ -10,7 +10,7 @@ keeps what it needs next to it, never altering pgmq's own tables' shape:
 - the paused flag is a row of `apalis_pgmq.queues`, read by the claim itself (`read`);
 - waiters are woken by a NOTIFY in every transaction that archives tasks of their queue.
 
-The control channel is `apalis_pgmq` (one LISTEN per store, see `listener.py`); a message is
+The control channel is `apalis_pgmq` (one LISTEN per store, see `connection.py`); a message is
 `c <queue> <msg_id> <reason>` (cancel a run), `p <queue> 1|0` (paused or resumed) or
 `f <queue>` (tasks of the queue became final).
 """

@@ -53,6 +53,110 @@ def _answered(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.errors.TransactionRollback | psycopg.errors.LockNotAvailable)
 
 
+class Pool:
+    """A psycopg pool with the core's retries, for every store on PostgreSQL (this one and pgmq).
+
+    `open(setup)` makes one direct connection first and runs `setup` on it (a migration, a
+    check): a server that is not there or a refused login fails at once with the server's
+    reason (a pool would retry it until its timeout and say only that). `run(op)` runs `op` on a
+    pooled connection, retried with capped backoff (`apalis_cli.retrying`) while the connection
+    is lost: the pool drops broken connections, `check()` weeds out the idle ones that died with
+    them, and `op` runs again on a fresh one.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        what: str,
+        secrets: frozenset[str],
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        name: str,
+    ) -> None:
+        self.conninfo = conninfo
+        self.what = what
+        """The store and where it is, password left out ("postgres at postgresql://u:***@h/db")."""
+        self._secrets = secrets
+        self._sizes = (min_size, max_size)
+        self._timeout = timeout
+        self._name = name
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self.contact = Contact()
+        """This process's contact with the server: the orphan sweep waits for a steady one."""
+
+    @property
+    def opened(self) -> bool:
+        """True between `open()` and `close()`."""
+        return self._pool is not None
+
+    async def open(self, setup: Callable[[Conn], Awaitable[T]]) -> T:
+        """Connect, run `setup` on a direct connection, then fill the pool; `setup`'s answer."""
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                answer = await setup(conn)
+        except psycopg.Error as exc:
+            raise BackendError(f"cannot open {self.what}: {self.describe(exc)}") from None
+        min_size, max_size = self._sizes
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            timeout=self._timeout,
+            name=self._name,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except (psycopg.Error, PoolTimeout) as exc:
+            await pool.close()
+            raise BackendError(f"cannot connect to {self.what}: {self.describe(exc)}") from None
+        self._pool = pool
+        return answer
+
+    async def close(self) -> None:
+        """Close every connection."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def describe(self, exc: BaseException) -> str:
+        """An error's text without the password (libpq may echo parts of the conninfo)."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return redact(text, self._secrets)
+
+    async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
+        """`op(conn)` on a pooled connection, retried with capped backoff while it is lost."""
+        pool = self._pool
+        if pool is None:
+            raise BackendError(f"{self.what} is not open")
+
+        async def once() -> T:
+            async with pool.connection() as conn:
+                return await op(conn)
+
+        async def recover(_: BaseException) -> None:
+            await pool.check()  # drop idle connections that died with the one we used
+
+        return await retrying(
+            once,
+            transient=_transient,
+            recover=recover,
+            what=self.what,
+            describe=self.describe,
+            contact=self.contact,
+            answered=_answered,
+        )
+
+
+def conninfo(url: str, connect_timeout: float, **params: Any) -> str:
+    """`url` as libpq's conninfo, with TCP keepalives (a silently dead server is noticed within
+    half a minute) and `params` added."""
+    return make_conninfo(url, connect_timeout=max(int(connect_timeout), 1), **_KEEPALIVES, **params)
+
+
 class Database:
     """A pool with retries (made by `open()`), the statements bound to the schema, the shared
     listener, and the dialect the shared SQL queue asks for (`apalis_sql.SqlDatabase`)."""
@@ -68,61 +172,38 @@ class Database:
         self.sql: dict[str, bytes] = {name: text.encode() for name, text in load_statements(config.schema).items()}
         self.channel = config.schema
         self.wakers: dict[str, Waker] = {}
-        self.contact = Contact()
-        """This process's contact with the server: the orphan sweep waits for a steady one."""
-        self._conninfo = make_conninfo(
-            config.url,
-            application_name=config.application_name,
-            connect_timeout=max(int(config.connect_timeout), 1),
-            **_KEEPALIVES,
-        )
-        self._pool: AsyncConnectionPool[Conn] | None = None
-        self.controls = Controls()
-        self._listener = Listener(
-            lambda: self._conninfo,
-            self.channel,
-            self.wakers,
-            control_channel(config.schema),
-            self.controls,
-            self._rejoined,
-        )
-
-    async def open(self) -> list[int]:
-        """Connect and migrate; returns the migrations applied now.
-
-        One direct connection comes first: it migrates, and a refused login fails here at once
-        with the server's reason (a pool would retry it until its timeout and say only that).
-        """
-        where = self.config.redacted
-        try:
-            async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
-                applied = await migrate(conn, self.config.schema)
-        except psycopg.Error as exc:
-            raise BackendError(f"cannot open postgres at {where}: {self.describe(exc)}") from None
-        config = self.config
-        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-            self._conninfo,
+        self.pool = Pool(
+            conninfo(config.url, config.connect_timeout, application_name=config.application_name),
+            what=f"postgres at {config.redacted}",
+            secrets=config.secrets,
             min_size=config.min_size,
             max_size=config.max_size,
-            open=False,
-            kwargs={"autocommit": True},
             timeout=config.connect_timeout,
             name=f"apalis-{config.schema}",
         )
-        try:
-            await pool.open(wait=True, timeout=config.connect_timeout)
-        except (psycopg.Error, PoolTimeout) as exc:
-            await pool.close()
-            raise BackendError(f"cannot connect to postgres at {where}: {self.describe(exc)}") from None
-        self._pool = pool
-        return applied
+        self.contact = self.pool.contact
+        """This process's contact with the server: the orphan sweep waits for a steady one."""
+        self.run = self.pool.run
+        self.describe = self.pool.describe
+        self.controls = Controls()
+        self._control = control_channel(config.schema)
+        self._listener = Listener(
+            lambda: self.pool.conninfo,
+            (self.channel, self._control),
+            self._heard,
+            self._rejoined,
+            name=f"apalis-listen-{self.channel}",
+        )
+
+    async def open(self) -> list[int]:
+        """Connect and migrate; returns the migrations applied now (on the direct connection
+        that comes first)."""
+        return await self.pool.open(lambda conn: migrate(conn, self.config.schema))
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
         await self._listener.stop()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self.pool.close()
 
     def waker(self, queue: str) -> Waker:
         """The `Waker` of `queue`, fed by NOTIFYs once polling has started."""
@@ -136,9 +217,19 @@ class Database:
         self._listener.start()
         return self._listener
 
+    def _heard(self, channel: str, payload: str) -> None:
+        if channel == self._control:
+            self.controls.told(payload)
+        elif (waker := self.wakers.get(payload)) is not None:
+            waker.notify()
+
     async def _rejoined(self) -> None:
-        """Listening (again): the cancels requested while no one listened are asked for, as the
-        heartbeat of each worker of this process would."""
+        """Listening (again): every poller and waiter looks again, and the cancels requested
+        while no one listened are asked for, as the heartbeat of each worker of this process
+        would."""
+        for waker in self.wakers.values():
+            waker.notify()
+        self.controls.wake_waiters()
         for worker in list(self.controls.workers.values()):
             runs = list(worker.running())
             if runs:
@@ -149,34 +240,6 @@ class Database:
         """Return once the LISTEN is in place, or after a second without it (a waiter then
         reads its task every `wait_polls` until it is)."""
         await woken(self.listen().ready, 1.0)
-
-    def describe(self, exc: BaseException) -> str:
-        """An error's text without the password (libpq may echo parts of the conninfo)."""
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return redact(text, self.config.secrets)
-
-    async def run(self, op: Callable[[Conn], Awaitable[T]]) -> T:
-        """`op(conn)` on a pooled connection, retried with capped backoff while it is lost."""
-        if self._pool is None:
-            raise BackendError(f"postgres store at {self.config.redacted} is not open")
-        pool = self._pool
-
-        async def once() -> T:
-            async with pool.connection() as conn:
-                return await op(conn)
-
-        async def recover(_: BaseException) -> None:
-            await pool.check()  # drop idle connections that died with the one we used
-
-        return await retrying(
-            once,
-            transient=_transient,
-            recover=recover,
-            what=f"postgres at {self.config.redacted}",
-            describe=self.describe,
-            contact=self.contact,
-            answered=_answered,
-        )
 
     async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
         """All rows of the named statement (read in binary: payloads come as bytes, unescaped)."""

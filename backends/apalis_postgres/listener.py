@@ -1,17 +1,13 @@
-"""One LISTEN connection per store: NOTIFYs from any process wake this process's pollers.
+"""One LISTEN connection per store, for the PostgreSQL store and pgmq alike: the notifications
+of other processes reach this one.
 
-Every push NOTIFYs the store's channel with the queue name as payload; the listener hands each
-notification to that queue's `Waker`. One channel per schema (not per queue) because a queue name
-is free text while a channel is an identifier of at most 63 bytes, and one LISTEN then serves
-every queue. When the connection drops, the listener reconnects with the core's backoff
-(`apalis_cli.retrying.delays`), LISTENs
-again (peers forget this step and go deaf) and wakes every poller, since a notification may have
-been missed meanwhile; until then polling with backoff carries on alone.
-
-A second channel, `<schema>:control`, carries the ends of tasks someone waits for and the
-cancels of running tasks (`apalis_sql.Controls.told`); once listening (again), every waiter
-reads its task again and the store asks which runs of its workers had a cancel requested
-meanwhile (`rejoined`).
+The listener LISTENs on its channels over a connection of its own and hands every notification
+to `heard(channel, payload)`; a channel added later (pgmq listens per queue) is LISTENed to at
+once. When the connection drops, it reconnects with the core's backoff
+(`apalis_cli.retrying.delays`), LISTENs again on every channel (peers forget this step and go
+deaf) and calls `rejoined()`: a notification may have been missed meanwhile, so the store wakes
+its pollers and waiters and asks again what it could have been told. Until then polling with
+backoff carries on alone.
 """
 
 from __future__ import annotations
@@ -19,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import psycopg
-from apalis_cli.polling import Waker
 from apalis_cli.retrying import delays
-from apalis_sql import Controls
 from psycopg import sql
 
 __all__ = ["Listener"]
@@ -33,24 +28,23 @@ _log = logging.getLogger(__name__)
 
 
 class Listener:
-    """Feeds `Waker`s from LISTEN on one channel, and `Controls` from another, over its own
-    connection."""
+    """LISTENs on a set of channels over its own connection and passes on what it hears."""
 
     def __init__(
         self,
-        connect: Callable[[], str],
-        channel: str,
-        wakers: dict[str, Waker],
-        control: str,
-        controls: Controls,
+        conninfo: Callable[[], str],
+        channels: Iterable[str],
+        heard: Callable[[str, str], None],
         rejoined: Callable[[], Awaitable[None]],
+        *,
+        name: str,
     ) -> None:
-        self._conninfo = connect
-        self._channel = channel
-        self._wakers = wakers
-        self._control = control
-        self._controls = controls
+        self._conninfo = conninfo
+        self._channels = set(channels)
+        self._heard = heard
         self._rejoined = rejoined
+        self._name = name
+        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self.connections = 0  # how many times a LISTEN was established (tests read it)
@@ -58,7 +52,13 @@ class Listener:
     def start(self) -> None:
         """Start listening in the background (idempotent)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"apalis-listen-{self._channel}")
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    def add(self, channel: str) -> None:
+        """LISTEN on `channel` too, at once if listening already (and from now on)."""
+        if channel not in self._channels:
+            self._channels.add(channel)
+            self._changed.set()
 
     async def listening(self) -> None:
         """Return once a LISTEN is in place."""
@@ -71,47 +71,59 @@ class Listener:
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-
-    def _wake_all(self) -> None:
-        for waker in self._wakers.values():
-            waker.notify()
-        self._controls.wake_waiters()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         waits = delays()
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
-            except psycopg.Error as exc:
+            except Exception as exc:
                 wait = next(waits)
                 _log.warning("LISTEN connection failed, retrying in %.2fs: %s", wait, type(exc).__name__)
                 await asyncio.sleep(wait)
                 continue
             try:
-                for channel in (self._channel, self._control):
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                self.connections += 1
-                self._listening.set()
-                waits = delays()  # listening again: the next outage backs off from the start
-                self._wake_all()
-                with contextlib.suppress(Exception):  # the heartbeat asks too
-                    await self._rejoined()
-                async for note in conn.notifies():
-                    if note.channel == self._control:
-                        self._controls.told(note.payload)
-                        continue
-                    waker = self._wakers.get(note.payload)
-                    if waker is not None:
-                        waker.notify()
-            except psycopg.Error as exc:
+                listened: set[str] = set()
+                while True:
+                    self._changed.clear()
+                    for channel in sorted(self._channels - listened):
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                        listened.add(channel)
+                    if not self._listening.is_set():
+                        self.connections += 1
+                        self._listening.set()
+                        waits = delays()  # listening again: the next outage backs off from the start
+                        with contextlib.suppress(Exception):  # the heartbeat asks too
+                            await self._rejoined()
+                    await self._pump(conn)
+            except Exception as exc:
                 _log.warning("LISTEN connection lost, reconnecting: %s", type(exc).__name__)
             finally:
                 self._listening.clear()
                 with contextlib.suppress(Exception):
                     await conn.close()
             await asyncio.sleep(next(waits))
+
+    async def _pump(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Pass on notifications until a channel is added (or the connection fails)."""
+        heard = self._heard
+
+        async def consume() -> None:
+            async for note in conn.notifies():
+                heard(note.channel, note.payload)
+
+        consumer = asyncio.create_task(consume())
+        changed = asyncio.create_task(self._changed.wait())
+        try:
+            done, _ = await asyncio.wait({consumer, changed}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer in done:
+                consumer.result()
+                raise psycopg.OperationalError("the notifications ended")
+        finally:
+            for task in (consumer, changed):
+                task.cancel()
+            await asyncio.gather(consumer, changed, return_exceptions=True)

@@ -185,6 +185,8 @@ class Sink:
         `wait=True` the task once it has ended (done, killed or cancelled: see `ctx.status`,
         `result_of(task)`, `ctx.last_error`), raising `WaitTimeout` after `timeout` seconds."""
         waiter = self._waiter() if wait else None
+        if waiter is not None:
+            options["waited"] = True  # a run faster than the wait's registration keeps its end
         task_id = await self.backend.push(args, **options)
         if waiter is None:
             return task_id

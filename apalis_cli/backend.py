@@ -188,6 +188,9 @@ class NewTask:
     """The key its queue's global limits count it under (None: pushed without one)."""
     unique: Unique | None = None
     """One task per key per window (`apalis_cli.fleet.unique`)."""
+    waited: bool = False
+    """Someone will wait for its end: a store that deletes a done task (rsmq) keeps this one's end
+    for the wait, even when the run ends before the wait is registered."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,6 +283,7 @@ class PushOptions(TypedDict, total=False):
     meta: Mapping[str, Any] | None  # kept with the task, shown by inspect
     limit_key: str | None  # the key its queue's global limits count it under (apalis_cli.fleet)
     unique: Unique | Mapping[str, Any] | None  # one task per key per window (apalis_cli.fleet.unique)
+    waited: bool  # someone will wait for its end (`Sink.push(wait=True)`): kept even where done is deleted
 
 
 @runtime_checkable

@@ -53,6 +53,7 @@ def new_task(payload: bytes, *, default_max_attempts: int, **options: Unpack[Pus
         meta=dict(meta) if meta else {},
         limit_key=None if limit_key is None else str(limit_key)[:KEY_LENGTH],
         unique=None if unique is None else unique_from(unique),
+        waited=options.get("waited", False),
     )
 
 

@@ -127,6 +127,7 @@ async def _push_and_wait(
 ) -> int:
     """Push one task and wait for it to end; the exit code (0 done, 1 killed or cancelled,
     `WAIT_TIMED_OUT`)."""
+    import dataclasses
     import json
 
     from ..backend import Capability
@@ -144,7 +145,8 @@ async def _push_and_wait(
         waiter: Any = opened.backend
         if not isinstance(waiter, Waiter):
             raise Unsupported(f"{opened.describe()} cannot wait for a task: the store has no wait")
-        (task_id,) = await sink.enqueue([task])
+        # Marked waited: a worker that ends it before the wait registers leaves its end kept.
+        (task_id,) = await sink.enqueue([dataclasses.replace(task, waited=True)])
         ended = await waiter.wait(task_id, within)
         if ended is None:
             late = f"task {task_id} had not ended after {format_duration(within or 0)}; it goes on"

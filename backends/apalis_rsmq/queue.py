@@ -145,7 +145,7 @@ class RsmqQueue(RsmqInspector, RsmqControl, QueueBase):
             for new in tasks[start : start + _SEND_CHUNK]:
                 delay = (new.run_at - now) * 1000
                 items += ("".join(random.choices(_CHARSET, k=22)), round(delay) if delay > 1 else -1)
-                items += (new.payload, new.max_attempts)
+                items += (new.payload, new.max_attempts, 1 if new.waited else 0)
             args = [self._channel, msgpack.packb(items, use_bin_type=False)]
             try:
                 reply = await script(keys=[k.zset, k.hash, k.side], args=args)

@@ -11,7 +11,7 @@ from apalis_cli.backend import Capability
 from apalis_cli.errors import Abort
 from apalis_cli.task import Status, Task
 
-from .conftest import Calls, Harness
+from .conftest import Calls, Harness, wait_until
 from .controls import canceller, waiter
 
 
@@ -36,6 +36,28 @@ async def test_wait_returns_a_done_task_with_its_result(harness: Harness, calls:
     assert task.ctx.status is Status.DONE
     if harness.store.capabilities.has(Capability.RESULTS):
         assert task.ctx.result in (4, "4")
+
+
+async def test_a_push_marked_waited_keeps_its_end_for_a_wait_that_starts_late(harness: Harness, calls: Calls) -> None:
+    # `push(wait=True)` and `push --wait` push, then register their wait: a worker faster than
+    # that registration must not leave them without the result (rsmq deletes a done message).
+    harness.require(Capability.WAIT)
+    backend = harness.backend()
+    task_id = await backend.push({"n": 5}, waited=True)
+
+    async def double(args: Any, task: Task[bytes]) -> int:
+        return int(args["n"]) * 2
+
+    worker = await harness.worker(backend, calls.handler(double)).start()
+    await wait_until(lambda: bool(worker.finished()), 10, "the run")
+    await worker.stop()  # its acknowledgement written before the wait begins
+    task = await waiter(harness, backend).wait(task_id, timeout=10)
+
+    assert task is not None
+    assert task.ctx.status is Status.DONE
+    # rsmq keeps no results, but for a task someone waits for (its RESULTS reason says so).
+    if harness.store.capabilities.has(Capability.RESULTS) or harness.kind == "rsmq":
+        assert task.ctx.result in (10, "10")
 
 
 async def test_wait_is_woken_soon_after_the_run_ends(harness: Harness, calls: Calls) -> None:

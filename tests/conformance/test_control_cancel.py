@@ -32,6 +32,8 @@ async def test_cancel_of_a_pending_task_means_it_never_starts(harness: Harness, 
 
     assert result == CancelResult.cancelled()
     await assert_cancelled(harness, backend, doomed, REASON)
+    # A second cancel is told the task has already ended, cancelled: nothing was cancelled twice.
+    assert await canceller(harness, backend).cancel(doomed, REASON) == CancelResult.already_final(Status.CANCELLED)
     await harness.worker(backend, calls.handler()).start()
     await harness.wait_until(lambda: kept in calls.ids(), what="the task that was not cancelled to run")
     await asyncio.sleep(0.3)  # a few more polls: the cancelled task still never comes

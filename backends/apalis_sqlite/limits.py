@@ -17,8 +17,6 @@ from apalis_sql import Queries, encode_meta, insert_params
 
 __all__ = ["KeyedClaims", "claim_limited", "enqueue_keyed"]
 
-_KEYLESS_SCAN = 64
-"""How deep into the ready tasks a keyed claim looks for tasks pushed without a key."""
 _FORGET_EVERY = 256
 """Claims of one worker between two sweeps of the rate states gone by."""
 
@@ -89,7 +87,7 @@ def claim_limited(
 
     def take(key: str | None, n: int) -> int:
         statement = q.claim_keyless if limits.keyed else q.claim
-        got = conn.execute(statement, {**params, "limit": n, "scan": _KEYLESS_SCAN}).fetchall()
+        got = conn.execute(statement, {**params, "limit": n}).fetchall()
         rows.extend(got)
         return len(got)
 

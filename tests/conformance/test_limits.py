@@ -90,6 +90,33 @@ async def test_tasks_over_a_limit_wait_unclaimed_while_other_keys_run(harness: H
     assert len(set(calls.ids())) == 60, "every task ran once"
 
 
+async def test_tasks_without_a_key_run_past_a_deep_backlog_of_a_key_at_its_limit(
+    harness: Harness, calls: Calls
+) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    # Ahead of everything else in the queue's order: far more tasks of the saturated key than
+    # a claim reads at once, so stepping over them one claim at a time cannot find the rest.
+    await backend.push_bulk([{"account": "hot", "n": n} for n in range(300)], limit_key="hot", priority=5)
+    for n in range(3):
+        await backend.push({"n": n})  # pushed by a producer that knows of no key
+        await backend.push({"account": f"c{n}", "n": n}, limit_key=f"c{n}")
+    release = asyncio.Event()
+
+    async def run(args: Any, task: Task[bytes]) -> None:
+        if args.get("account") == "hot":
+            await release.wait()
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    await harness.worker(backend, calls.handler(run), concurrency=4, layers=[limit]).start()
+    try:
+        await harness.wait_until(lambda: len(calls.finished) >= 6, what="the tasks of no key and of other keys to run")
+        ran = Counter(c.args.get("account", "-") for c in calls.calls)
+        assert ran == {"hot": 1, "-": 3, "c0": 1, "c1": 1, "c2": 1}, "one of the saturated key, all the others"
+    finally:
+        release.set()
+
+
 async def test_a_queue_wide_rate_holds_across_workers(harness: Harness, calls: Calls) -> None:
     harness.require(Capability.FLEET_LIMITS)
     backend = harness.backend()

@@ -61,18 +61,14 @@ RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, 
     lock_by, last_error, result, created_at, done_at, limit_key;
 
 -- name: claim_keyless
--- Tasks pushed without a key, among the first :scan ready tasks of the queue: bounded, since
--- the ready index cannot find them apart from the keyed ones.
+-- Tasks pushed without a key, in the queue's order, from their own index (0005_ready_split.sql):
+-- however many tasks of keys at their limit wait before them, none is stepped over.
 UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
 WHERE id IN (
-    SELECT id FROM (
-        SELECT id, limit_key FROM {prefix}tasks
-        WHERE queue = :queue AND status IN ('pending', 'failed') AND run_at <= :now
-        ORDER BY priority DESC, run_at, id
-        LIMIT :scan
-    )
-    WHERE limit_key IS NULL
+    SELECT id FROM {prefix}tasks
+    WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NULL AND run_at <= :now
+    ORDER BY priority DESC, run_at, id
     LIMIT :limit
 )
 RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,

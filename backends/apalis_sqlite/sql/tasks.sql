@@ -16,15 +16,21 @@ WHERE queue = :queue AND idempotency_key IN (SELECT value FROM json_each(:keys))
 -- One atomic statement: lock up to :limit ready tasks for :worker, none while the queue is
 -- paused. A cancel is one UPDATE of the same rows, so SQLite's write lock orders the two: a
 -- cancelled task is never claimed. RETURNING order is not guaranteed, so the caller sorts.
--- Columns in apalis_sql.TASK_COLUMNS order.
+-- Columns in apalis_sql.TASK_COLUMNS order. The ready tasks are in two indexes of one order
+-- (without a limit key, with one: 0005_ready_split.sql), read in step by a merge.
 UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
 WHERE id IN (
-    SELECT id FROM {prefix}tasks
-    WHERE queue = :queue AND status IN ('pending', 'failed') AND run_at <= :now
-      AND NOT EXISTS (SELECT 1 FROM {prefix}queues WHERE queue = :queue AND paused = 1)
-    ORDER BY priority DESC, run_at, id
-    LIMIT :limit
+    SELECT id FROM (
+        SELECT id, priority, run_at FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NULL AND run_at <= :now
+        UNION ALL
+        SELECT id, priority, run_at FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL AND run_at <= :now
+        ORDER BY priority DESC, run_at, id
+        LIMIT :limit
+    )
+    WHERE NOT EXISTS (SELECT 1 FROM {prefix}queues WHERE queue = :queue AND paused = 1)
 )
 RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
     lock_by, last_error, result, created_at, done_at;

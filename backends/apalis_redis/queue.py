@@ -18,6 +18,9 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:paused      string present while the queue is paused: the claim hands out nothing
     ns:{q}:waiting     zset   ids someone waits for (`wait`), so their end is published
     ns:{q}:k:<key>     string idempotency key -> task id (expires with its task)
+    ns:{q}:u:<key>     zset   the tasks pushed with unique key <key>, by the end of their window
+                              (expires with the last window; lua/unique.lua)
+    ns:{q}:uniques     zset   unique keys with a task of no window, swept by the heartbeat
     ns:{q}:workers     zset   worker id -> last_seen
     ns:{q}:winfo       hash   worker id -> JSON (name, queue, host, pid, started_at, layers, running)
     ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake
@@ -77,16 +80,18 @@ _SCRIPTS = (
 )
 _CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
 _CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # and lua/control.lua's
+_UNIQUE = ("enqueue", "heartbeat")  # and lua/unique.lua's
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 
 
 def scripts() -> dict[str, str]:
     """The text of every script the queue runs, by name."""
-    claiming, control = lua("apalis_redis", "claiming"), lua("apalis_redis", "control")
+    claiming, control, unique = (lua("apalis_redis", name) for name in ("claiming", "control", "unique"))
     return {
         name: (claiming if name in _CLAIMING else "")
         + (control if name in _CONTROL else "")
+        + (unique if name in _UNIQUE else "")
         + lua("apalis_redis", name)
         for name in _SCRIPTS
     }

@@ -6,8 +6,8 @@
 --       priority, max_attempts, idempotency key ('' = none), meta JSON ('' = none), limit key
 --       ('' = none, else '=' .. key), unique ('' = none, else {key, until ('' = no end), states
 --       as "pending,running", on_conflict})
--- A unique task's holders are listed in ns:{q}:u:<key> (by push time); the answer comes from
--- their hashes (status, window end `uu`), so nothing else is kept that could go stale.
+-- A unique task's holders are listed in ns:{q}:u:<key> (unique.lua, prepended); the answer comes
+-- from their hashes (status, window end `uu`), so nothing else is kept that could go stale.
 local base, now = ARGV[1], tonumber(ARGV[2])
 local out, woke = {}, false
 local items = cmsgpack.unpack(ARGV[4])
@@ -21,9 +21,11 @@ local function place(id, run_at, priority)
   end
 end
 
--- The newest task holding a unique key in one of `states`, within its window.
+-- The newest task holding a unique key in one of `states`, within its window (the list is in
+-- the order of the windows' ends, and of the tasks' ids, which are made in order, among ties).
 local function holder(ukey, states)
   local set = base .. 'u:' .. ukey
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', ARGV[2])
   for _, hid in ipairs(redis.call('ZREVRANGE', set, 0, -1)) do
     local f = redis.call('HMGET', base .. 't:' .. hid, 's', 'uu')
     if not f[1] then
@@ -52,6 +54,8 @@ for i = 1, #items, 9 do
       local task = base .. 't:' .. hid
       if unique[4] == 'extend' then
         redis.call('HSET', task, 'uu', unique[2])
+        redis.call('ZADD', base .. 'u:' .. unique[1], unique[2] == '' and 'inf' or unique[2], hid)
+        unique_tidy(base, unique[1], ARGV[2])
       elseif unique[4] == 'replace' and status == 'pending' then
         local old = redis.call('HGET', task, 'lk')
         redis.call('ZREM', KEYS[1], hid)
@@ -78,7 +82,8 @@ for i = 1, #items, 9 do
     if lk ~= '' then redis.call('HSET', task, 'lk', string.sub(lk, 2)) end
     if unique ~= '' then
       redis.call('HSET', task, 'uk', unique[1], 'uu', unique[2])
-      redis.call('ZADD', base .. 'u:' .. unique[1], ARGV[2], id)
+      redis.call('ZADD', base .. 'u:' .. unique[1], unique[2] == '' and 'inf' or unique[2], id)
+      unique_tidy(base, unique[1], ARGV[2])
     end
     place(id, tonumber(items[i + 2]), tonumber(items[i + 3]))
     out[#out + 1] = id

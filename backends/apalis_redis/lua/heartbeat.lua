@@ -1,8 +1,9 @@
 -- One beat of one worker: register it, forget stale workers, recover their running tasks
 -- (killed when attempts are exhausted, cancelled when a cancel was requested), release this
 -- worker's claims it is not running (a claim whose reply was lost), purge finished tasks past
--- retention, and answer the cancels requested of this worker's runs and whether the queue is
--- paused (the control channel tells a worker of a cancel at once; this is the floor).
+-- retention, drop gone tasks from unique keys' lists, and answer the cancels requested of this
+-- worker's runs and whether the queue is paused (the control channel tells a worker of a cancel
+-- at once; this is the floor).
 -- KEYS: ready, scheduled, running, failed, done, killed, cancelled, workers, worker info
 -- ARGV: base, now, wake channel, worker id, info JSON, stale cutoff ('-inf' while the caller's
 --       own contact with the server is not steady: no worker is judged stale), release cutoff,
@@ -84,5 +85,7 @@ for _, finished in ipairs({KEYS[5], KEYS[6], KEYS[7]}) do
 end
 -- Waiters that gave up long ago on tasks that never ended (they were purged unfinished).
 redis.call('ZREMRANGEBYSCORE', base .. 'waiting', '-inf', ARGV[8])
+-- Unique keys' lists: the tasks that are gone leave them (unique.lua).
+unique_sweep(base, ARGV[2], 20, 100)
 if woke then redis.call('PUBLISH', ARGV[3], '') end
 return {recovered, purged, cancels, redis.call('EXISTS', base .. 'paused')}

@@ -1,10 +1,12 @@
 """What a board asks a queue beyond the `Inspector`: pages of tasks by a keyset, and activity.
 
-Two capabilities, each a protocol checked with `isinstance` like the others in `backend.py`:
+Capabilities, each a protocol checked with `isinstance` like the others in `backend.py`:
 
 - `TaskBrowser`: tasks matching a `TaskSearch`, a page at a time after a `PageCursor` (the
   `(run_at, id)` of the last task seen), so the thousandth page costs what the first does: no
   OFFSET that makes the store walk and drop every earlier row.
+- `CursorBrowser`: the same, in an order and by a cursor the store defines, for a store that
+  keeps no index on `(run_at, id)` (Redis keeps a sorted set per state, each in its own order).
 - `ActivitySource`: the run_at of the oldest task ready now, and how many tasks finished done or
   failed (killed) in each minute since a time.
 
@@ -25,12 +27,15 @@ from .task import Status, Task, TaskId
 
 __all__ = [
     "ActivitySource",
+    "BrowsedPage",
+    "CursorBrowser",
     "MinuteCounts",
     "PageCursor",
     "QueueActivity",
     "TaskBrowser",
     "TaskSearch",
     "TickSource",
+    "fold_ascii",
     "like_pattern",
 ]
 
@@ -104,6 +109,39 @@ class TaskBrowser(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class BrowsedPage:
+    """A page of a `CursorBrowser`: its tasks, and the store's cursor of the next (None: the last).
+
+    A page may hold fewer tasks than asked and still have a next one: a search by error text
+    reads a bounded number of tasks per page, so a page never scans a whole queue."""
+
+    tasks: list[Task[bytes]]
+    next: str | None
+
+
+@runtime_checkable
+class CursorBrowser(Protocol):
+    """Pages of a queue's tasks by a keyset of the store's own: `after` is the `next` of the page
+    before, opaque to everyone but the store. `order` says in one line what the pages follow."""
+
+    order: str
+
+    async def browse_page(
+        self,
+        where: TaskSearch,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> BrowsedPage:
+        """Up to `limit` tasks matching `where` past `after`, in the store's order (reversed with
+        `newest_first`); `preview` as in `TaskBrowser.browse`. `ValueError` for an `after` the
+        store did not make."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class MinuteCounts:
     """Tasks that finished in one minute: done, and failed for good (killed)."""
 
@@ -136,6 +174,14 @@ class TickSource(Protocol):
     def next_ticks(self, after: float, count: int) -> list[float]:
         """The next `count` tick times strictly after `after` (epoch seconds)."""
         ...
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_ascii(text: str) -> str:
+    """`text` with its ASCII letters lowercased, as a store's script folds (Lua's string.lower)."""
+    return text.translate(_ASCII_LOWER)
 
 
 def like_pattern(text: str) -> str:

@@ -158,7 +158,9 @@ async def queue_tasks(request: Request) -> Response:
     rows = [task_json(t, backend=view.backend_name) for t in page.tasks]
     for row in rows:
         row["payload_preview"] = True  # at most ops.PREVIEW_BYTES of the payload; GET the task for all
-    return JSONResponse({"tasks": rows, "next": page.next, "order": "newest" if page.newest_first else "oldest"})
+    order = "newest" if page.newest_first else "oldest"
+    sorted_by = page.order or "run_at, then id"
+    return JSONResponse({"tasks": rows, "next": page.next, "order": order, "sorted_by": sorted_by})
 
 
 @_guarded

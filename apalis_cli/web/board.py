@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backend import BackendExt, Capability, Inspector, Store, TaskSink
-from ..browsing import ActivitySource, TaskBrowser
+from ..browsing import ActivitySource, CursorBrowser, TaskBrowser
 from ..codec import codec_by_name
 from ..config import Config, WorkerConfig
 from ..errors import ApalisError, Unsupported
@@ -92,6 +92,12 @@ class QueueView:
         """The queue as a `TaskBrowser` (keyset pages), where its store has one."""
         backend: Any = self.backend
         return backend if isinstance(backend, TaskBrowser) else None
+
+    @property
+    def cursor_browser(self) -> CursorBrowser | None:
+        """The queue as a `CursorBrowser` (keyset pages in the store's order), where it is one."""
+        backend: Any = self.backend
+        return backend if isinstance(backend, CursorBrowser) else None
 
     @property
     def activity_source(self) -> ActivitySource | None:

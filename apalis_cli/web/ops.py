@@ -59,6 +59,7 @@ class Page:
     next: str | None
     newest_first: bool
     keyset: bool  # False: the store cannot page by keyset (a broker), the page was cut from a list
+    order: str | None = None  # the store's own order of its pages (None: by run_at, then id)
 
 
 def parse_status(text: str | None) -> Status | None:
@@ -99,16 +100,35 @@ def parse_limit(text: str | int | None) -> int:
     return value
 
 
-def encode_cursor(cursor: PageCursor | int) -> str:
+@dataclass(frozen=True, slots=True)
+class StoreCursor:
+    """The cursor a `CursorBrowser` made, which only its store reads."""
+
+    text: str
+
+
+_NOT_A_CURSOR = "after: not a cursor this board made (follow the `next` of a page)"
+
+
+def encode_cursor(cursor: PageCursor | StoreCursor | int) -> str:
     """A cursor as an opaque URL-safe string."""
-    raw = json.dumps([cursor] if isinstance(cursor, int) else [cursor.run_at, cursor.id], separators=(",", ":"))
+    value: object
+    if isinstance(cursor, int):
+        value = [cursor]
+    elif isinstance(cursor, StoreCursor):
+        value = {"store": cursor.text}
+    else:
+        value = [cursor.run_at, cursor.id]
+    raw = json.dumps(value, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(text: str) -> PageCursor | int:
+def decode_cursor(text: str) -> PageCursor | StoreCursor | int:
     """The cursor `encode_cursor` made; `BadInput` for anything else."""
     try:
         value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if isinstance(value, dict) and list(value) == ["store"] and isinstance(value["store"], str):
+            return StoreCursor(value["store"])
         if isinstance(value, list) and len(value) == 1 and type(value[0]) is int and value[0] >= 0:
             return int(value[0])
         run_at, task_id = value
@@ -116,7 +136,7 @@ def decode_cursor(text: str) -> PageCursor | int:
             return PageCursor(float(run_at), task_id)
     except (ValueError, TypeError, binascii.Error):
         pass
-    raise BadInput("after: not a cursor this board made (follow the `next` of a page)")
+    raise BadInput(_NOT_A_CURSOR)
 
 
 async def list_page(
@@ -133,9 +153,25 @@ async def list_page(
         raise Unsupported(f'backend "{view.backend_name}" is not reachable: {view.error}')
     search = TaskSearch(status=status, text=text or None)
     cursor = decode_cursor(after) if after else None
+    by_store = view.cursor_browser
+    if by_store is not None:
+        if cursor is not None and not isinstance(cursor, StoreCursor):
+            raise BadInput("after: not a cursor of this queue")
+        try:
+            browsed = await by_store.browse_page(
+                search,
+                after=cursor.text if cursor else None,
+                limit=limit,
+                newest_first=newest_first,
+                preview=PREVIEW_BYTES,
+            )
+        except ValueError:
+            raise BadInput(_NOT_A_CURSOR) from None
+        nxt = encode_cursor(StoreCursor(browsed.next)) if browsed.next is not None else None
+        return Page(browsed.tasks, nxt, newest_first, keyset=True, order=by_store.order)
     browser = view.browser
     if browser is not None:
-        if isinstance(cursor, int):
+        if isinstance(cursor, int | StoreCursor):
             raise BadInput("after: not a cursor of this queue")
         tasks = await browser.browse(
             search, after=cursor, limit=limit + 1, newest_first=newest_first, preview=PREVIEW_BYTES

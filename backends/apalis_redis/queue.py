@@ -56,9 +56,9 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
+from .browse import RedisBrowser
 from .connection import Connection, link_kept, lua
 from .control import RedisControl
-from .inspector import RedisInspector
 from .keys import QueueKeys
 from .limits import LimitedClaims, unique_args
 
@@ -77,6 +77,7 @@ _SCRIPTS = (
     "bulk",
     "claim_limited",
     "heads",
+    "browse",
 )
 _CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
 _CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # and lua/control.lua's
@@ -87,11 +88,12 @@ CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capabilit
 
 def scripts() -> dict[str, str]:
     """The text of every script the queue runs, by name."""
-    claiming, control, unique = (lua("apalis_redis", name) for name in ("claiming", "control", "unique"))
+    claiming, control, unique, walk = (lua("apalis_redis", name) for name in ("claiming", "control", "unique", "walk"))
     return {
         name: (claiming if name in _CLAIMING else "")
         + (control if name in _CONTROL else "")
         + (unique if name in _UNIQUE else "")
+        + (walk if name == "browse" else "")
         + lua("apalis_redis", name)
         for name in _SCRIPTS
     }
@@ -124,7 +126,7 @@ def _unpack(reply: bytes) -> list[Any]:
 DEFAULT_RETENTION = 7 * 86400.0
 
 
-class RedisQueue(RedisInspector, RedisControl, QueueBase):
+class RedisQueue(RedisBrowser, RedisControl, QueueBase):
     """One queue of a `RedisStore`, built from its connection (not the store)."""
 
     capabilities = CAPABILITIES

@@ -12,17 +12,21 @@ from .config import RsmqConfig
 
 __all__ = ["connect_store"]
 
-_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry", "cancel", "bulk")
+_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry", "cancel", "bulk", "browse")
 _CONTROL = ("receive", "ack", "beat", "kill", "retry", "cancel", "bulk")  # start with lua/control.lua
 
 
 def connect_store(config: RsmqConfig) -> Connection:
     """The connection of an rsmq store, unopened."""
-    control = lua("apalis_rsmq", "control")
+    control, walk = lua("apalis_rsmq", "control"), lua("apalis_redis", "walk")
+    texts = {
+        name: (control if name in _CONTROL else "") + (walk if name == "browse" else "") + lua("apalis_rsmq", name)
+        for name in _SCRIPTS
+    }
     return Connection(
         config.url,
         f"apalis-rsmq:{config.namespace}:{random.getrandbits(48):012x}",
-        {name: (control if name in _CONTROL else "") + lua("apalis_rsmq", name) for name in _SCRIPTS},
+        texts,
         what="rsmq",
         wake_prefix=f"{config.namespace}:rt:" if config.realtime else None,
         control_prefix=f"{config.namespace}:apalis-ctl:",

@@ -4,7 +4,7 @@ letters (done messages are deleted by rsmq, so they cannot be listed or counted)
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from apalis_cli.backend import QueueStats, WorkerInfo
@@ -39,6 +39,33 @@ class RsmqInspector:
     max_attempts: int
     _channel: str
 
+    def _task(self, raw: bytes, score: float, dead: bool, fields: list[Any]) -> Task[bytes]:
+        """A task from a message's fields: its body and receive count (the queue's hash), then
+        from the side hash max attempts, lock, error, the dead letter's receive count, when it
+        died and how it ended (`lua/browse.lua` reads the same)."""
+        body, rc, ma, lock, error, dead_rc, at, ended = fields
+        if dead:
+            status = Status.CANCELLED if ended == b"cancelled" else Status.KILLED
+            attempts = int(dead_rc or 0)
+        else:
+            attempts = int(rc or 0)
+            status = Status.RUNNING if lock else Status.FAILED if error else Status.PENDING
+        return Task(
+            id=raw.decode(),
+            args=body,
+            ctx=TaskContext(
+                queue=self.queue,
+                status=status,
+                attempts=attempts,
+                max_attempts=int(ma) if ma else self.max_attempts,
+                run_at=score / 1000 if not dead else time.time(),
+                lock_by=_text(lock),
+                last_error=_text(error),
+                created_at=created_at(raw.decode()),
+                done_at=int(at) / 1000 if dead and at else None,
+            ),
+        )
+
     async def _fetch(self, ids: list[tuple[bytes, float]], dead: bool) -> list[Task[bytes]]:
         k = self.keys
         qhash, side = (k.dead_hash, k.dead_side) if dead else (k.hash, k.side)
@@ -48,36 +75,11 @@ class RsmqInspector:
                 pipe.hmget(qhash, [i, f"{i}:rc"])
                 pipe.hmget(side, [f"{i}:ma", f"{i}:lk", f"{i}:e", f"{i}:rc", f"{i}:at", f"{i}:st"])
             replies = await pipe.execute()
-        now = time.time()
-        tasks = []
-        for n, (raw, score) in enumerate(ids):
-            (body, rc), (ma, lock, error, dead_rc, at, ended) = replies[2 * n], replies[2 * n + 1]
-            if body is None:
-                continue
-            if dead:
-                status = Status.CANCELLED if ended == b"cancelled" else Status.KILLED
-                attempts = int(dead_rc or 0)
-            else:
-                attempts = int(rc or 0)
-                status = Status.RUNNING if lock else Status.FAILED if error else Status.PENDING
-            tasks.append(
-                Task(
-                    id=raw.decode(),
-                    args=body,
-                    ctx=TaskContext(
-                        queue=self.queue,
-                        status=status,
-                        attempts=attempts,
-                        max_attempts=int(ma) if ma else self.max_attempts,
-                        run_at=score / 1000 if not dead else now,
-                        lock_by=_text(lock),
-                        last_error=_text(error),
-                        created_at=created_at(raw.decode()),
-                        done_at=int(at) / 1000 if dead and at else None,
-                    ),
-                )
-            )
-        return tasks
+        return [
+            self._task(raw, score, dead, [*replies[2 * n], *replies[2 * n + 1]])
+            for n, (raw, score) in enumerate(ids)
+            if replies[2 * n][0] is not None
+        ]
 
     async def _all(self) -> list[Task[bytes]]:
         client = self.connection.client

@@ -58,9 +58,10 @@ from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 from apalis_redis.connection import Connection, link_kept
 
+from .browse import RsmqBrowser
 from .config import RsmqConfig
 from .control import RsmqControl
-from .inspector import RsmqInspector, created_at
+from .inspector import created_at
 from .keys import RsmqKeys
 
 __all__ = ["CAPABILITIES", "RsmqQueue"]
@@ -96,7 +97,7 @@ CAPABILITIES = Capabilities(
 )
 
 
-class RsmqQueue(RsmqInspector, RsmqControl, QueueBase):
+class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
     """One rsmq queue (and its dead-letter queue) of an `RsmqStore`, built from its connection."""
 
     capabilities = CAPABILITIES

@@ -1,0 +1,142 @@
+"""The Redis store's pages of a queue's tasks (a `CursorBrowser`): a keyset walk through the sorted
+set of each state, by `lua/browse.lua`, so a page deep in a million tasks costs what the first does.
+
+The order is the store's: pending tasks due now (by priority, then run_at), then those not due
+yet (by run_at), then those held at a global limit (by key), then running ones (by claim time),
+then done, killed and cancelled ones (by when they ended); a status lists its own sets in that
+order. The cursor is `[set, score, id]` of the last task of a page, as JSON. A search by error
+text reads at most `SCAN_BUDGET` tasks per page, so it may answer a short page with a next one.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+from apalis_cli.browsing import BrowsedPage, TaskSearch, fold_ascii
+from apalis_cli.task import Status, Task
+
+from .inspector import RedisInspector, task_from_hash
+
+__all__ = ["ORDER", "SCAN_BUDGET", "RedisBrowser"]
+
+ORDER = "due tasks by priority then run_at, then later ones by run_at, running by claim, ended by end time"
+SCAN_BUDGET = 20_000  # tasks a page reads at most (a search by error text walks, no index has it)
+_STEP = 2_000  # tasks one script call reads at most: Redis serves nobody else meanwhile
+
+# The sets of each state, in the order a page walks them ('parked': the sets of keys at a limit).
+_GROUPS: dict[Status | None, tuple[str, ...]] = {
+    None: ("ready", "scheduled", "parked", "running", "done", "killed", "cancelled"),
+    Status.PENDING: ("ready", "scheduled", "parked"),
+    Status.FAILED: ("ready", "scheduled"),
+    Status.RUNNING: ("running",),
+    Status.DONE: ("done",),
+    Status.KILLED: ("killed",),
+    Status.CANCELLED: ("cancelled",),
+}
+_RANK = {name: n for n, name in enumerate(_GROUPS[None])}
+
+
+def _cursor(text: str) -> tuple[str, str, str]:
+    value = json.loads(text)
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
+        raise ValueError("not a cursor of the redis store")
+    name, score, member = value
+    float(score)  # a score Redis gave, or this is no cursor
+    if name.split(":", 1)[0] not in ("kp", *_RANK):
+        raise ValueError("not a cursor of the redis store")
+    return name, score, member
+
+
+def _place(name: str) -> tuple[int, str]:
+    """Where the set `name` ('ready', 'kp:<key>', ...) is in the walk's order."""
+    return (_RANK["parked"], name) if name.startswith("kp:") else (_RANK[name], "")
+
+
+class RedisBrowser(RedisInspector):
+    """The `Inspector` and `browse_page` over one queue's keys."""
+
+    order = ORDER
+
+    async def _exact(self, where: TaskSearch) -> Task[bytes] | None:
+        """The task whose id, or idempotency key, is the search's text."""
+        client, k = self.connection.client, self.keys
+        text = where.text or ""
+        h = await client.hgetall(k.task(text))
+        task_id = text
+        if not h:
+            owner = await client.get(k.base + "k:" + text)
+            if owner is None:
+                return None
+            task_id = owner.decode()
+            h = await client.hgetall(k.task(task_id))
+        return task_from_hash(task_id, self.queue, h) if h else None
+
+    async def browse_page(
+        self,
+        where: TaskSearch,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> BrowsedPage:
+        """Up to `limit` tasks matching `where` past `after`, in the store's order (see above)."""
+        resume = _cursor(after) if after else None
+        if where.text:
+            found = await self._exact(where)
+            if found is not None:
+                hit = after is None and where.of_status(found)
+                payload = found.args[:preview] if preview is not None else found.args
+                task = Task(id=found.id, args=payload, ctx=found.ctx)
+                return BrowsedPage([task] if hit else [], None)
+        k = self.keys
+        sets: list[str] = []
+        for group in _GROUPS[where.status]:
+            if group == "parked":
+                sets += sorted(key.removeprefix(k.base) for key in await self._parked())
+            else:
+                sets.append(group)
+        if newest_first:
+            sets.reverse()
+        if resume is not None:
+            here = _place(resume[0])
+            sets = [s for s in sets if (_place(s) <= here if newest_first else _place(s) >= here)]
+        args: list[str | bytes | int] = [
+            k.base,
+            "1" if newest_first else "",
+            "",
+            "",
+            0,
+            0,
+            where.status.value if where.status is not None else "",
+            fold_ascii(where.text or ""),
+            preview if preview is not None else "",
+        ]
+        script = self.connection.scripts["browse"]
+        rows: list[tuple[str, bytes, bytes, list[bytes]]] = []  # set, id, score, fields
+        budget = SCAN_BUDGET
+        for name in sets:
+            args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
+            while True:
+                args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
+                reply = await script(keys=[k.base + name], args=args)
+                got, last_score, last_member, done, read = msgpack.unpackb(reply, raw=True)
+                rows += [(name, member, score, fields) for member, score, fields in got]
+                budget -= read
+                if len(rows) > limit:
+                    name, member, score, _ = rows[limit - 1]
+                    return self._page(rows[:limit], [name, score.decode(), member.decode()])
+                if done:
+                    break
+                if budget <= 0:  # a search that read its share: the next page goes on from here
+                    return self._page(rows, [name, last_score.decode(), last_member.decode()])
+                args[2], args[3] = last_score, last_member
+        return self._page(rows, None)
+
+    def _page(self, rows: list[tuple[str, bytes, bytes, list[bytes]]], cursor: list[str] | None) -> BrowsedPage:
+        tasks = [
+            task_from_hash(member.decode(), self.queue, dict(zip(fields[::2], fields[1::2], strict=True)))
+            for _, member, _, fields in rows
+        ]
+        return BrowsedPage(tasks, json.dumps(cursor, separators=(",", ":")) if cursor is not None else None)

@@ -1,0 +1,112 @@
+"""The rsmq store's pages of a queue's tasks (a `CursorBrowser`): a keyset walk through the queue's
+sorted set and its dead letters', by `lua/browse.lua` (on apalis_redis's `walk.lua`), so a page
+deep in a million messages costs what the first does.
+
+The order is the store's: waiting and running messages by the time they become visible (rsmq's
+own score), then dead letters by when they died; pending, running and failed are told apart by
+our side hash, so a page of one of them reads past the others, at most `SCAN_BUDGET` messages a
+page (a short page then has a next one). Done messages are deleted by rsmq: none is listed.
+The cursor is `[set, score, id]` of the last message of a page, as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+from apalis_cli.browsing import BrowsedPage, TaskSearch, fold_ascii
+from apalis_cli.task import Status, Task
+
+from .inspector import RsmqInspector
+
+__all__ = ["ORDER", "SCAN_BUDGET", "RsmqBrowser"]
+
+ORDER = "messages by the time they become visible, then dead letters by when they died"
+SCAN_BUDGET = 20_000  # messages a page reads at most
+_STEP = 2_000  # messages one script call reads at most: Redis serves nobody else meanwhile
+
+_SETS: dict[Status | None, tuple[str, ...]] = {
+    None: ("live", "dead"),
+    Status.PENDING: ("live",),
+    Status.RUNNING: ("live",),
+    Status.FAILED: ("live",),
+    Status.DONE: (),
+    Status.KILLED: ("dead",),
+    Status.CANCELLED: ("dead",),
+}
+
+
+def _cursor(text: str) -> tuple[str, str, str]:
+    value = json.loads(text)
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
+        raise ValueError("not a cursor of the rsmq store")
+    name, score, member = value
+    float(score)  # a score Redis gave, or this is no cursor
+    if name not in ("live", "dead"):
+        raise ValueError("not a cursor of the rsmq store")
+    return name, score, member
+
+
+class RsmqBrowser(RsmqInspector):
+    """The `Inspector` and `browse_page` over one rsmq queue and its dead letters."""
+
+    order = ORDER
+
+    async def browse_page(
+        self,
+        where: TaskSearch,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+        newest_first: bool = False,
+        preview: int | None = None,
+    ) -> BrowsedPage:
+        """Up to `limit` messages matching `where` past `after`, in the store's order (see above)."""
+        resume = _cursor(after) if after else None
+        if where.text:
+            found = await self.get(where.text)
+            if found is not None and found.ctx.status is not Status.DONE:
+                hit = after is None and where.of_status(found)
+                payload = found.args[:preview] if preview is not None else found.args
+                return BrowsedPage([Task(id=found.id, args=payload, ctx=found.ctx)] if hit else [], None)
+        sets = list(_SETS[where.status])
+        if newest_first:
+            sets.reverse()
+        if resume is not None and resume[0] in sets:
+            sets = sets[sets.index(resume[0]) :]
+        args: list[str | bytes | int] = [
+            "",
+            "1" if newest_first else "",
+            "",
+            "",
+            0,
+            0,
+            where.status.value if where.status is not None else "",
+            fold_ascii(where.text or ""),
+            preview if preview is not None else "",
+        ]
+        script, keys = self.connection.scripts["browse"], self.keys.all[:6]
+        rows: list[tuple[str, bytes, bytes, list[bytes]]] = []  # set, id, score, fields
+        budget = SCAN_BUDGET
+        for name in sets:
+            args[0] = name
+            args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
+            while True:
+                args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
+                reply = await script(keys=keys, args=args)
+                got, last_score, last_member, done, read = msgpack.unpackb(reply, raw=True)
+                rows += [(name, member, score, fields) for member, score, fields in got]
+                budget -= read
+                if len(rows) > limit:
+                    name, member, score, _ = rows[limit - 1]
+                    return self._page(rows[:limit], [name, score.decode(), member.decode()])
+                if done:
+                    break
+                if budget <= 0:  # a page that read its share: the next one goes on from here
+                    return self._page(rows, [name, last_score.decode(), last_member.decode()])
+                args[2], args[3] = last_score, last_member
+        return self._page(rows, None)
+
+    def _page(self, rows: list[tuple[str, bytes, bytes, list[bytes]]], cursor: list[str] | None) -> BrowsedPage:
+        tasks = [self._task(member, float(score), name == "dead", fields) for name, member, score, fields in rows]
+        return BrowsedPage(tasks, json.dumps(cursor, separators=(",", ":")) if cursor is not None else None)

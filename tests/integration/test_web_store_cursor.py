@@ -1,0 +1,111 @@
+"""The board's queue pages on the stores that page by a cursor of their own (Redis, rsmq): a
+walk through their sorted sets by (score, member), over real HTTP on a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from apalis_cli.backend import Inspector, TaskSink
+
+from ..web_board import Served, serve_board
+
+pytestmark = pytest.mark.parametrize("kind", ["redis", "rsmq"])
+
+WORKERS = """
+[[workers]]
+name = "thumbnails"
+backend = "main"
+queue = "thumbnails"
+handler = "apalis_cli.demo:resize_image"
+"""
+
+
+def queue(served: Served) -> TaskSink:
+    backend = served.queue("thumbnails")
+    assert isinstance(backend, TaskSink)
+    return backend
+
+
+def inspector(served: Served) -> Inspector:
+    backend = served.queue("thumbnails")
+    assert isinstance(backend, Inspector)
+    return backend
+
+
+async def walk(served: Served, **params: str) -> tuple[list[str], int]:
+    """Every page of a listing, following `next`: the ids in order, and how many pages."""
+    seen: list[str] = []
+    after: str | None = None
+    for pages in range(1, 50):
+        answer = await served.client.get(
+            "/api/queues/thumbnails/tasks", params={**params, **({"after": after} if after else {})}
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert len(body["tasks"]) <= 50
+        seen += [t["id"] for t in body["tasks"]]
+        after = body["next"]
+        if after is None:
+            return seen, pages
+    raise AssertionError("the pages never ended")
+
+
+async def test_pages_of_fifty_follow_the_stores_cursor_to_the_end(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        sink = queue(served)
+        pushed = await sink.push_bulk([{"n": i} for i in range(120)])
+        oldest, pages = await walk(served, status="pending", order="oldest")
+        assert pages == 3
+        assert sorted(oldest) == sorted(pushed)  # every task once
+        newest, _ = await walk(served, status="pending", order="newest")
+        assert newest == oldest[::-1]
+        answer = (await served.client.get("/api/queues/thumbnails/tasks", params={"status": "pending"})).json()
+        assert answer["sorted_by"].startswith(("due tasks", "messages"))  # the store's order, said
+
+
+async def test_a_page_goes_on_after_its_last_task_has_moved(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        sink = queue(served)
+        await sink.push_bulk([{"n": i} for i in range(120)])
+        first = (await served.client.get("/api/queues/thumbnails/tasks", params={"status": "pending"})).json()
+        shown = [t["id"] for t in first["tasks"]]
+        assert len(shown) == 50
+        assert await inspector(served).kill(shown[-1], "gone while a person read the page")
+        rest = (
+            await served.client.get(
+                "/api/queues/thumbnails/tasks", params={"status": "pending", "after": first["next"], "limit": "500"}
+            )
+        ).json()
+        following = [t["id"] for t in rest["tasks"]]
+        assert len(following) == 70
+        assert not set(following) & set(shown)
+
+
+async def test_search_and_status_find_what_they_name(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        sink = queue(served)
+        plain, broken, other = await sink.push_bulk([{"n": 1}, {"n": 2}, {"n": 3}])
+        await inspector(served).kill(broken, "ValueError: Image 100% too LARGE_x")
+        await inspector(served).kill(other, "TimeoutError")
+
+        async def found(text: str, **extra: str) -> list[str]:
+            answer = await served.client.get("/api/queues/thumbnails/tasks", params={"search": text, **extra})
+            assert answer.status_code == 200, answer.text
+            return [t["id"] for t in answer.json()["tasks"]]
+
+        assert await found(plain) == [plain]
+        assert await found("too large") == [broken]  # any case
+        assert await found("100%") == [broken]
+        assert await found("too large", status="pending") == []
+        assert await found("nothing like it") == []
+        killed, _ = await walk(served, status="killed")
+        assert sorted(killed) == sorted([broken, other])
+        assert (await walk(served, status="done"))[0] == []
+
+
+async def test_a_cursor_not_made_by_the_board_is_refused_in_one_line(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        answer = await served.client.get("/api/queues/thumbnails/tasks", params={"after": "eyJzdG9yZSI6IngifQ"})
+        assert answer.status_code == 400
+        assert answer.json()["error"] == "after: not a cursor this board made (follow the `next` of a page)"

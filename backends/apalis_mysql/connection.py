@@ -1,7 +1,7 @@
 """The connections of one MySQL/MariaDB store: an asyncmy pool with retries, migrations, and
 the MySQL side of the shared SQL queue (`apalis_sql.SqlQueue`): multi-row inserts, claims and
-batched acks in short transactions (`claims`, `acks`); no push path, so other processes find
-work by polling.
+batched acks in short transactions (`claims`, `acks`), and wake-ups across processes by a
+sleeping connection that a signal's `KILL QUERY` ends (`listener`: MySQL has no LISTEN/NOTIFY).
 
 Every operation goes through `Database.run`: when its connection is lost (a server restart,
 `KILL`, a network cut) the broken connection is closed so the pool drops it, and the operation
@@ -16,6 +16,7 @@ returns (no gap locks), so claimers and producers do not block each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from apalis_sql import TASK_COLUMNS, AckPlan, Controls, Session, encode_meta, lo
 from .acks import ack_statements
 from .claims import transact
 from .config import MysqlConfig
+from .listener import Listener, Signals, tag
 
 __all__ = ["Database", "Pool"]
 
@@ -121,9 +123,9 @@ class Database:
 
     ahead_on_backlog = True  # a locking select in every ack costs the server: only under a backlog
     releases_sweep_lock = True  # GET_LOCK is the session's: `sweep_unlock` frees it
-    wait_polls = (0.005, 0.05)  # no push path: a waiter reads its task at most every 50 ms
+    wait_polls = (0.02, 0.5)  # a waiter is woken by a signal; a read now and then is the safety net
     bulk_batch = 10_000
-    cancel_poll: float | None = 0.25  # no push path: a running worker asks 4 times a second
+    cancel_poll: float | None = None  # the control listener tells the worker (and its heartbeat)
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config
@@ -131,30 +133,35 @@ class Database:
         self.sql = dict(load_queries(__package__ or "apalis_mysql", self.names).items())
         self.wakers: dict[str, Waker] = {}
         self.controls = Controls()
-        """This process's workers and waiters (told by no listener: MySQL cannot push)."""
+        """This process's workers and waiters, told by the control listener."""
         self.contact = Contact()
         """This process's contact with the server: the orphan sweep waits for a steady one."""
         self._pool: Pool | None = None
+        self.signals = Signals()
+        self._listeners: dict[str, Listener] = {}
+        self._control_tag = tag(config.database, config.table_prefix)
+        self._asking: asyncio.Task[None] | None = None
+        self._ask_again = False
+
+    async def _connect(self) -> Any:
+        c = self.config
+        return await asyncmy.connect(
+            host=c.host,
+            port=c.port,
+            user=c.user,
+            password=c.password,
+            database=c.database,
+            unix_socket=c.unix_socket,
+            connect_timeout=c.connect_timeout,
+            autocommit=True,
+            charset="utf8mb4",
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
 
     async def open(self) -> list[int]:
         """Connect and migrate; returns the migrations applied now."""
         c = self.config
-
-        async def connect() -> Any:
-            return await asyncmy.connect(
-                host=c.host,
-                port=c.port,
-                user=c.user,
-                password=c.password,
-                database=c.database,
-                unix_socket=c.unix_socket,
-                connect_timeout=c.connect_timeout,
-                autocommit=True,
-                charset="utf8mb4",
-                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-            )
-
-        self._pool = Pool(connect, c.max_size)
+        self._pool = Pool(self._connect, c.max_size)
         try:
             await self._pool.fill(max(c.min_size, 1))
         except Exception as exc:
@@ -167,10 +174,21 @@ class Database:
             raise BackendError(f"cannot migrate mysql at {c.redacted}: {self.describe(exc)}") from None
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Stop listening and close every connection."""
+        listeners, self._listeners = list(self._listeners.values()), {}
+        ids = [i for i in [await listener.stop() for listener in listeners] if i is not None]
+        if self._asking is not None:
+            self._asking.cancel()
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+        if pool is None:
+            return
+        if ids:  # the server would notice the closed connections only when their sleeps end
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0), pool.connection() as conn:
+                    for i in ids:
+                        with contextlib.suppress(asyncmy.errors.OperationalError, asyncmy.errors.InternalError):
+                            await conn.cursor().execute(f"KILL {i}")
+        pool.close()
 
     def waker(self, queue: str) -> Waker:
         """The in-process `Waker` of `queue` (a push here wakes pollers here at once)."""
@@ -194,9 +212,13 @@ class Database:
             async with pool.connection() as conn:
                 return await op(conn)
 
+        async def recover(_: BaseException) -> None:
+            self.signals.forget()  # a restarted server numbers its connections again
+
         return await retrying(
             once,
             transient=_transient,
+            recover=recover,
             what=f"mysql at {self.config.redacted}",
             describe=self.describe,
             contact=self.contact,
@@ -216,15 +238,64 @@ class Database:
         transaction, keeps two sweeps apart)."""
         return await self.run(lambda conn: op(_Session(conn, self.sql)))
 
-    def listen(self) -> None:
-        """Nothing to start: the server cannot push, so other processes' work is found by polling."""
+    def listen(self, queue: str | None = None) -> None:
+        """Start hearing the control plane's signals, and other processes' wake-ups of `queue`."""
+        self._listener(self._control_tag, self._control_woken)
+        if queue is not None:
+            self._listener(self._queue_tag(queue), self.waker(queue).notify)
 
     async def listening(self) -> None:
-        """At once: there is nothing to listen to (waiters poll)."""
+        """Return once every listener started sleeps, or after a second without (a waiter
+        then reads its task every `wait_polls` until it does)."""
+        self.listen()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                for listener in list(self._listeners.values()):
+                    await listener.ready.wait()
 
     async def notify(self, queue: str) -> None:
-        """Wake the pollers of `queue` in this process (others find work by polling)."""
+        """Wake the pollers of `queue`, here at once and in other processes by a signal."""
         self.waker(queue).notify()
+        await self.signal(self._queue_tag(queue))
+
+    async def notify_control(self) -> None:
+        """Tell the other processes' control listeners to look: a cancel was asked of a running
+        task, or a task someone may wait for ended."""
+        await self.signal(self._control_tag)
+
+    async def signal(self, tag: str) -> None:
+        """End the sleep of the other processes' listeners of `tag` (`listener.Signals`)."""
+        await self.run(lambda conn: self.signals.send(conn, tag))
+
+    def _queue_tag(self, queue: str) -> str:
+        return tag(self.config.database, self.config.table_prefix, queue)
+
+    def _listener(self, name: str, woken: Callable[[], object]) -> None:
+        listener = self._listeners.get(name)
+        if listener is None:
+            listener = self._listeners[name] = Listener(self._connect, name, woken, self.signals.own)
+            listener.start()
+
+    def _control_woken(self) -> None:
+        """A control signal: waiters read their tasks again, and the runs of this process's
+        workers that have a cancel requested are asked for (one lookup at a time)."""
+        self.controls.wake_waiters()
+        if self._asking is not None and not self._asking.done():
+            self._ask_again = True
+            return
+        self._asking = asyncio.create_task(self._ask_cancels(), name="apalis-mysql-cancels")
+
+    async def _ask_cancels(self) -> None:
+        self._ask_again = True
+        while self._ask_again:
+            self._ask_again = False
+            for worker in list(self.controls.workers.values()):
+                runs = list(worker.running())
+                if not runs:
+                    continue
+                with contextlib.suppress(Exception):  # the heartbeat asks too
+                    for task_id, reason in await self.fetch("cancels_requested", {"running": runs}):
+                        worker.on_cancel(task_id, reason)
 
     def sweep_params(self, queue: str) -> dict[str, Any]:
         """The named lock of the queue's sweep (64 characters at most: a digest of its scope)."""
@@ -245,6 +316,8 @@ class Database:
             # Affected rows count inserts only (asyncmy sets no CLIENT_FOUND_ROWS): a skipped
             # duplicate counts 0, so a shortfall means some id or key was already there.
             inserted += await self.run(functools.partial(_execute, query=query, params=args))
+        if inserted:
+            await self.signal(self._queue_tag(queue))
         return inserted
 
     async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
@@ -256,17 +329,31 @@ class Database:
         """Apply `plan` in as few statements as `acks` makes (usually one) and claim for
         `slots`, in one transaction when there is more than one statement or a claim."""
         statements = ack_statements(self.sql, plan)
+        ids = [row[0] for row in plan.rows()]
+        # In the same round trip: did a task someone waits for end here? Then they are told.
+        statements.append((self.sql["ended_waited"].replace("{ids}", ", ".join(["%s"] * len(ids))), ids))
+        waited = False
 
         async def ack_in(conn: Conn) -> list[list[Task[bytes]]]:
+            nonlocal waited
             cursor = conn.cursor()
-            if len(statements) == 1 and not slots:
-                await cursor.execute(*statements[0])
+            if len(statements) == 2 and not slots:
+                (query, args), (check, ids) = statements
+                await cursor.execute(f"{query};\n{check}", [*args, *ids])
+                await cursor.nextset()
+                waited = bool(await cursor.fetchall())
                 return []
             bound = [cursor.mogrify(query, args) for query, args in statements]
-            _, claimed = await transact(conn, self.sql, queue, bound, slots)
+            changed, claimed = await transact(conn, self.sql, queue, bound, slots)
+            waited = changed[-1] > 0
             return claimed
 
-        return await self.run(ack_in)
+        claimed = await self.run(ack_in)
+        if waited:
+            await self.notify_control()
+        if plan.wake:
+            await self.signal(self._queue_tag(queue))
+        return claimed
 
     async def _migrate(self, conn: Conn) -> list[int]:
         """Apply the migrations not yet recorded, under a named lock against concurrent starts."""
@@ -313,9 +400,13 @@ class _Session:
 
 
 async def _fetch(conn: Conn, query: str, params: Any) -> list[Any]:
+    """The rows of the statement (of the last one, where it is a script of several)."""
     cursor = conn.cursor()
     await cursor.execute(query, params)
-    return list(await cursor.fetchall())
+    rows = await cursor.fetchall()
+    while await cursor.nextset():
+        rows = await cursor.fetchall()
+    return list(rows)
 
 
 async def _execute(conn: Conn, query: str, params: Any) -> int:

@@ -212,8 +212,9 @@ class Database:
             waker = self.wakers[queue] = Waker()
         return waker
 
-    def listen(self) -> Listener:
-        """The store's one LISTEN connection, started on first use."""
+    def listen(self, queue: str | None = None) -> Listener:
+        """The store's one LISTEN connection (every queue's, and the control channel's),
+        started on first use."""
         self._listener.start()
         return self._listener
 
@@ -277,6 +278,9 @@ class Database:
         """Wake the pollers of `queue` here at once, and in other processes by NOTIFY."""
         self.waker(queue).notify()
         await self.execute("notify", {"queue": queue})
+
+    async def notify_control(self) -> None:
+        """Nothing to do: the statements that cancel or end a task NOTIFY the control channel."""
 
     def sweep_params(self, queue: str) -> dict[str, Any]:
         """The advisory lock's two keys: the schema and the queue."""

@@ -52,8 +52,11 @@ class SqlControl:
         while True:  # each turn ends unless a claim or a release moved the task meanwhile
             if await db.execute("cancel_waiting", params):
                 db.controls.ended(task_id)
+                await db.notify_control()
                 return CancelResult.cancelled()
             requested = await db.execute("cancel_running", params) > 0
+            if requested:
+                await db.notify_control()
             rows = await db.fetch("task_status", params)
             if requested:  # whatever it is now: its worker may have stopped it already
                 if rows and rows[0][0] == Status.RUNNING.value:
@@ -147,4 +150,6 @@ class SqlControl:
                     break
         if action is BulkAction.RETRY and total and not dry_run:
             db.waker(self.queue).notify()
+        elif total and not dry_run and action is not BulkAction.PURGE:
+            await db.notify_control()
         return total

@@ -142,8 +142,9 @@ class SqlDatabase(Protocol):
         """The in-process `Waker` of `queue`."""
         ...
 
-    def listen(self) -> object:
-        """Start hearing other processes' wake-ups, where the server can push them."""
+    def listen(self, queue: str | None = None) -> object:
+        """Start hearing other processes' control messages and wake-ups (of `queue`, where the
+        store listens per queue), where the server can push them."""
         ...
 
     async def listening(self) -> None:
@@ -165,6 +166,11 @@ class SqlDatabase(Protocol):
 
     async def notify(self, queue: str) -> None:
         """Wake the pollers of `queue`, here and (where the server can push) in other processes."""
+        ...
+
+    async def notify_control(self) -> None:
+        """Tell other processes to look at their runs' cancels and their waiters' tasks (after a
+        cancel or an end that the statement itself did not announce, as PostgreSQL's do)."""
         ...
 
     def sweep_params(self, queue: str) -> dict[str, Any]:

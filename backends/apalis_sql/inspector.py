@@ -54,7 +54,10 @@ class SqlInspector:
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
         """Kill a task that has not finished."""
-        return await self._db.execute("kill", {"queue": self.queue, "id": task_id, "reason": reason}) > 0
+        killed = await self._db.execute("kill", {"queue": self.queue, "id": task_id, "reason": reason}) > 0
+        if killed:
+            await self._db.notify_control()
+        return killed
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
         """Delete tasks of `status` older than `older_than` seconds."""

@@ -70,7 +70,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
 
         def start() -> tuple[Fetch, Waker]:
             db, queue, worker_id = self._db, self.queue, worker.id
-            db.listen()
+            db.listen(queue)
             heard = False
 
             async def fetch(limit: int) -> list[Task[bytes]]:

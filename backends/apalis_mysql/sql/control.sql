@@ -1,6 +1,6 @@
--- The control plane: cancel, pause, bulk actions. The server cannot push: a worker hears of a
--- cancel of its run with its heartbeat's answer (`cancels_requested`), a waiter reads the task
--- again. `{bulk_where}` is the filter of the bulk statements (see `connection`).
+-- The control plane: cancel, pause, bulk actions. The server cannot push: after a cancel or an
+-- end, the store signals the control listeners (`listener`), which ask `cancels_requested` for
+-- their workers' runs (as each heartbeat does) and wake their waiters, who read the task again. `{bulk_where}` is the filter of the bulk statements (see `connection`).
 
 -- name: cancel_waiting
 -- A task that has not started is cancelled in the statement a claim would race: a task claimed
@@ -28,6 +28,8 @@ ON DUPLICATE KEY UPDATE paused = VALUES(paused), changed_at = VALUES(changed_at)
 SELECT paused FROM {prefix}queues WHERE queue = %(queue)s
 
 -- name: watch
+-- The task is marked as waited for (its end then signals the control listeners), then read.
+UPDATE {prefix}tasks SET waited = 1 WHERE queue = %(queue)s AND id = %(id)s;
 SELECT {columns} FROM {prefix}tasks WHERE queue = %(queue)s AND id = %(id)s
 
 -- name: bulk_count

@@ -26,6 +26,10 @@ ON DUPLICATE KEY UPDATE id = id
 -- name: key_holders
 SELECT idempotency_key, id FROM {prefix}tasks WHERE queue = %(queue)s AND idempotency_key IN %(keys)s
 
+-- name: ended_waited
+-- Whether some task of an acknowledged batch ended while someone waits for it.
+SELECT 1 FROM {prefix}tasks WHERE id IN ({ids}) AND waited = 1 AND done_at IS NOT NULL LIMIT 1
+
 -- name: ack_done
 -- Runs that ended done under one worker with the same result; a task no longer running under
 -- that worker (its lease was lost) is left alone.

@@ -1,0 +1,197 @@
+"""Wake-ups across processes on MySQL/MariaDB, which has no LISTEN/NOTIFY.
+
+A listener holds a connection of its own that sleeps in `SELECT SLEEP(n) /* apalis-wake <tag> */`;
+a signal is `KILL QUERY` of every connection the server lists running that statement (the
+`information_schema.PROCESSLIST`): the sleep ends at once with an error, the listener wakes its
+pollers (or asks which runs have a cancel requested) and sleeps again. One tag per queue (a push
+wakes only that queue's pollers) and one per store for the control plane (a cancel asked of a
+running task, the end of a task someone waits for). The tags are digests of the database, table
+prefix and queue, so the statement's text is plain hex whatever the names hold.
+
+Measured here (MariaDB 10.11, loopback): a KILL QUERY ends the sleep within 0.2 ms; the
+PROCESSLIST lookup costs 0.7-1 ms, so a signaller keeps the connection ids it found for a second
+(`Signals`) and kills those first, then looks again when its list is older than that. KILL needs
+the same user (or the CONNECTION ADMIN privilege): a connection it may not kill is skipped, and
+its pollers find work by polling, as before.
+
+A signal that arrives while a listener is between two sleeps is lost; so the listener sends its
+next sleep before it wakes the pollers: they claim after it is on its way, and a push they miss
+has a signal that finds it sleeping. A task nothing wakes for is still found by the pollers' idle
+backoff (`poll_interval`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from apalis_cli.retrying import delays
+
+__all__ = ["Listener", "Signals", "sleep_statement", "tag"]
+
+_log = logging.getLogger(__name__)
+
+SLEEP_S = 30  # a listener's sleep ends at least this often: a lost connection is noticed then
+KNOWN_FOR = 1.0  # seconds a signaller trusts its list of sleeping listeners before looking again
+_INTERRUPTED = 1317  # "Query execution was interrupted": the KILL QUERY of a signal
+_GONE = {1094, 1095}  # unknown thread id; not the owner of the thread (another user's listener)
+
+Conn = Any  # asyncmy ships no usable annotations for its Cython classes
+
+
+def tag(*scope: str) -> str:
+    """The tag of a queue (`database, prefix, queue`) or of a store's control plane (`database,
+    prefix`): hex, safe inside a comment."""
+    return hashlib.sha1("\0".join(scope).encode()).hexdigest()[:24] + ("q" if len(scope) > 2 else "c")
+
+
+def sleep_statement(tag: str) -> str:
+    """The statement a listener of `tag` sleeps in, as the server lists it."""
+    return f"SELECT SLEEP({SLEEP_S}) /* apalis-wake {tag} */"
+
+
+class Listener:
+    """One connection that sleeps under one tag and calls `woken()` when a signal ends its sleep
+    (and once each time it is (re)connected: a signal may have been missed meanwhile)."""
+
+    def __init__(
+        self, connect: Callable[[], Awaitable[Conn]], tag: str, woken: Callable[[], object], own: set[int]
+    ) -> None:
+        self._connect = connect
+        self._own = own
+        self.tag = tag
+        self._woken = woken
+        self._statement = sleep_statement(tag)
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        """Set while a sleep is in place."""
+        self.connection_id: int | None = None
+        """The server's id of the listening connection, also in `own` (the signals sent from
+        this process leave it out: they tell its pollers directly)."""
+
+    def start(self) -> None:
+        """Start listening in the background (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"apalis-wake-{self.tag}")
+
+    async def stop(self) -> int | None:
+        """Stop listening; the connection id whose sleep the caller should end (`KILL`), since
+        the server notices a closed connection only when its sleep ends."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.ready.clear()
+        gone = self.connection_id
+        self._forget_id()
+        return gone
+
+    def _forget_id(self) -> None:
+        if self.connection_id is not None:
+            self._own.discard(self.connection_id)
+            self.connection_id = None
+
+    async def _run(self) -> None:
+        waits = delays()
+        while True:
+            try:
+                conn = await self._connect()
+            except Exception as exc:
+                wait = next(waits)
+                _log.warning("wake-up listener cannot connect, retrying in %.2fs: %s", wait, type(exc).__name__)
+                await asyncio.sleep(wait)
+                continue
+            try:
+                cursor = conn.cursor()
+                await cursor.execute("SELECT CONNECTION_ID()")
+                self._forget_id()
+                self.connection_id = int((await cursor.fetchone())[0])
+                self._own.add(self.connection_id)
+                waits = delays()
+                woke = True  # (re)connected: a signal may have been missed
+                while True:
+                    sleeping = asyncio.ensure_future(self._sleep(cursor))
+                    await asyncio.sleep(0)  # the sleep is sent before the pollers claim
+                    self.ready.set()
+                    if woke:
+                        self._woken()
+                    woke = await sleeping
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+            except Exception as exc:
+                _log.warning("wake-up listener lost its connection, reconnecting: %s", type(exc).__name__)
+            self.ready.clear()
+            with contextlib.suppress(Exception):
+                conn.close()
+            await asyncio.sleep(next(waits))
+
+    async def _sleep(self, cursor: Any) -> bool:
+        """One sleep; True when a signal ended it."""
+        try:
+            await cursor.execute(self._statement)
+            row = await cursor.fetchone()
+        except Exception as exc:
+            if exc.args and exc.args[0] == _INTERRUPTED:
+                return True
+            raise
+        return bool(row and row[0])  # MySQL answers 1 to an interrupted SLEEP, MariaDB an error
+
+
+class Signals:
+    """The signalling side: which connections sleep under each tag, as last looked up, and the
+    statements that end their sleeps."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[float, list[int]]] = {}
+        self.own: set[int] = set()
+        """This process's listeners: told directly, never killed."""
+
+    def forget(self) -> None:
+        """Look every tag up again (the connection to the server was lost: ids restart)."""
+        self._known.clear()
+
+    async def send(self, conn: Conn, tag: str) -> None:
+        """End the sleep of every other listener of `tag`: those known at once, then (when the
+        list is older than `KNOWN_FOR`) the ones a fresh lookup finds besides."""
+        now = time.monotonic()
+        at, ids = self._known.get(tag, (0.0, []))
+        stale = now - at > KNOWN_FOR
+        killed = await self._kill(conn, tag, ids)
+        if not stale:
+            return
+        cursor = conn.cursor()
+        await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = %s", (sleep_statement(tag),))
+        found = [int(row[0]) for row in await cursor.fetchall() if int(row[0]) not in self.own]
+        self._known[tag] = (now, found)
+        await self._kill(conn, tag, [i for i in found if i not in killed])
+
+    async def _kill(self, conn: Conn, tag: str, ids: list[int]) -> set[int]:
+        """KILL QUERY each of `ids` in one round trip (a failed one is dropped from the list and
+        the rest sent again); the ids killed."""
+        killed: set[int] = set()
+        while ids:
+            cursor = conn.cursor()
+            done = 0
+            try:
+                await cursor.execute(";".join(f"KILL QUERY {i}" for i in ids))
+                done = 1
+                while done < len(ids) and await cursor.nextset():
+                    done += 1
+                killed.update(ids)
+                return killed
+            except Exception as exc:
+                if not (exc.args and exc.args[0] in _GONE):
+                    raise
+                killed.update(ids[:done])
+                gone = ids[done]
+                at, known = self._known.get(tag, (0.0, []))
+                self._known[tag] = (at, [i for i in known if i != gone])
+                ids = ids[done + 1 :]
+        return killed

@@ -52,7 +52,7 @@ BULK_WHERE = """queue = %(queue)s AND status IN %(statuses)s
     AND (NOT %(fresh)s OR cancel_reason IS NULL)"""
 """The filter of every bulk statement: statuses, since/until on the last change, an error's
 substring in any case, and (`fresh`) only tasks not asked to cancel before."""
-_INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, {NOW})"
+_INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, %s, {NOW})"
 _CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allowed_packet (16 MiB)
 # Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
 _TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2014, 2055}
@@ -311,7 +311,7 @@ class Database:
             args: list[Any] = []
             for t in chunk:
                 args += (t.id, queue, t.payload, t.max_attempts, t.run_at, t.priority, t.idempotency_key)
-                args.append(encode_meta(t.meta))
+                args += (encode_meta(t.meta), t.waited)
             query = self.sql["insert"].replace("{rows}", ", ".join([_INSERT_ROW] * len(chunk)))
             # Affected rows count inserts only (asyncmy sets no CLIENT_FOUND_ROWS): a skipped
             # duplicate counts 0, so a shortfall means some id or key was already there.

@@ -19,7 +19,8 @@ WHERE id IN ({ids})
 
 -- name: insert
 INSERT INTO {prefix}tasks
-    (id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta, created_at)
+    (id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta, waited,
+     created_at)
 VALUES {rows}
 ON DUPLICATE KEY UPDATE id = id
 

@@ -74,8 +74,14 @@ __all__ = [
     "Pausable",
     "Waiter",
     "statuses_text",
+    "tell_cancel",
     "wait_by_polling",
 ]
+
+_TELL_AGAIN = 0.05
+_TELL_TRIES = 40
+"""A cancel that reaches a worker between handing a task out and starting it is told again, every
+50 ms for up to 2 s (the heartbeat tells it anyway, but later)."""
 
 NOT_BUILT = "not built yet for this store"
 """The reason a store gives for a control capability it does not implement yet."""
@@ -276,3 +282,27 @@ async def wait_by_polling(
             pause = min(pause, left)
         await asyncio.sleep(pause)
         pause = min(pause * 2, every)
+
+
+class Told(Protocol):
+    """What `tell_cancel` needs of a worker (`WorkerContext` has it)."""
+
+    @property
+    def running(self) -> Callable[[], Collection[TaskId]]:
+        """The ids of the tasks the worker holds (started or about to be)."""
+        ...
+
+    @property
+    def on_cancel(self) -> Callable[[TaskId, str], object]:
+        """Stop the run of a task; False when the worker does not run it (yet)."""
+        ...
+
+
+def tell_cancel(worker: Told, task_id: TaskId, reason: str, tries: int = _TELL_TRIES) -> None:
+    """`worker.on_cancel`, told again shortly while the worker holds the task without having
+    started it (it ignores a cancel of a task it does not run yet): for a store whose listener
+    hears of a cancel once (a NOTIFY, a control subject)."""
+    if worker.on_cancel(task_id, reason) is False and tries > 0 and task_id in worker.running():
+        import asyncio  # here: the command line imports this module, and starts faster without asyncio
+
+        asyncio.get_running_loop().call_later(_TELL_AGAIN, tell_cancel, worker, task_id, reason, tries - 1)

@@ -30,14 +30,14 @@ import asyncio
 import contextlib
 import datetime
 import json
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from apalis_cli.envelope import Envelope
-from apalis_cli.task import Status, Task, TaskContext, TaskId
+from apalis_cli.envelope import Envelope, task_of_final
+from apalis_cli.envelope import final_record as envelope_record
+from apalis_cli.task import Status, Task, TaskId
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -61,25 +61,10 @@ _EARLIER = 5.0
 def final_record(
     status: Status, envelope: Envelope, *, attempts: int, error: str | None, result: str | None
 ) -> dict[str, Any]:
-    """A task's final record (one entry of a records message, see `records_message`)."""
-    body: dict[str, Any] = {
-        "id": envelope.id,
-        "status": status.value,
-        "attempts": attempts,
-        "max_attempts": envelope.max_attempts,
-        "created_at": envelope.created_at,
-        "run_at": envelope.run_at,
-        "done_at": time.time(),
-    }
-    if error is not None:
-        body["error"] = error
-    if envelope.meta:
-        body["meta"] = envelope.meta
-    if envelope.key is not None:
-        body["key"] = envelope.key
-    if result is not None and len(result) <= _RECORD_MAX:
-        body["result"] = result
-    return body
+    """A task's final record (one entry of a records message, see `records_message`); a result
+    past `_RECORD_MAX` is left out."""
+    kept = result if result is not None and len(result) <= _RECORD_MAX else None
+    return envelope_record(status, envelope, attempts=attempts, error=error, result=kept)
 
 
 def records_message(records: list[dict[str, Any]]) -> aio_pika.Message:
@@ -100,29 +85,7 @@ def task_of_record(queue: str, data: bytes, task_id: TaskId) -> Task[bytes] | No
     for body in records if isinstance(records, list) else ():
         if isinstance(body, dict) and body.get("id") == task_id:
             found = body
-    if found is None:
-        return None
-    try:
-        status = Status(found["status"])
-    except (ValueError, KeyError):
-        return None
-    return Task(
-        id=task_id,
-        args=b"",
-        ctx=TaskContext(
-            queue=queue,
-            status=status,
-            attempts=int(found.get("attempts", 0)),
-            max_attempts=int(found.get("max_attempts", 1)),
-            run_at=float(found.get("run_at", 0.0)),
-            meta=found.get("meta") or {},
-            idempotency_key=found.get("key"),
-            last_error=found.get("error"),
-            result=found.get("result"),
-            created_at=float(found.get("created_at", 0.0)),
-            done_at=float(found.get("done_at", 0.0)),
-        ),
-    )
+    return None if found is None else task_of_final(queue, task_id, found)
 
 
 def _offset_of(task_id: TaskId) -> Any:

@@ -37,9 +37,9 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from apalis_cli.backend import WorkerContext
 from apalis_cli.control import DEFAULT_CANCEL_REASON, CancelResult
-from apalis_cli.task import Status, Task, TaskContext, TaskId
+from apalis_cli.envelope import final_record, task_of_final
+from apalis_cli.task import Status, Task, TaskId
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import RawStreamMsg
@@ -58,13 +58,10 @@ __all__ = [
     "final_key",
     "record",
     "task_of_record",
-    "tell_cancel",
 ]
 
 _ASK_HOLDER = 1.0
 """How long a cancel waits for the worker that holds a delivered task to answer."""
-_TELL_AGAIN = 0.05
-_TELL_TRIES = 40
 _KEY = re.compile(r"^[-_=A-Za-z0-9]+$")
 
 
@@ -81,18 +78,8 @@ def record(
     error: str | None = None,
     result: str | None = None,
 ) -> bytes:
-    """A final record: the task's end as `task_of_record` reads it back."""
-    body: dict[str, Any] = {"status": status.value, "done_at": time.time(), "attempts": attempts}
-    if error is not None:
-        body["error"] = error
-    if result is not None:
-        body["result"] = result
-    if envelope is not None:
-        body.update(max_attempts=envelope.max_attempts, created_at=envelope.created_at, run_at=envelope.run_at)
-        if envelope.meta:
-            body["meta"] = envelope.meta
-        if envelope.key is not None:
-            body["key"] = envelope.key
+    """A final record (`apalis_cli.envelope.final_record`), as the `<stream>_FIN` bucket keeps it."""
+    body = final_record(status, envelope, attempts=attempts, error=error, result=result)
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -100,33 +87,9 @@ def task_of_record(queue: str, task_id: TaskId, data: bytes) -> Task[bytes] | No
     """The final task a record describes (its payload is not kept: empty), None if unreadable."""
     try:
         body = json.loads(data)
-        status = Status(body["status"])
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
         return None
-    return Task(
-        id=task_id,
-        args=b"",
-        ctx=TaskContext(
-            queue=queue,
-            status=status,
-            attempts=int(body.get("attempts", 0)),
-            max_attempts=int(body.get("max_attempts", 1)),
-            run_at=float(body.get("run_at", 0.0)),
-            meta=body.get("meta") or {},
-            idempotency_key=body.get("key"),
-            last_error=body.get("error"),
-            result=body.get("result"),
-            created_at=float(body.get("created_at", 0.0)),
-            done_at=float(body.get("done_at", 0.0)),
-        ),
-    )
-
-
-def tell_cancel(worker: WorkerContext, task_id: TaskId, reason: str, tries: int = _TELL_TRIES) -> None:
-    """`worker.on_cancel`, told again shortly while the worker holds the task without having
-    started it (it ignores a cancel of a task it does not run yet)."""
-    if worker.on_cancel(task_id, reason) is False and tries > 0 and task_id in worker.running():
-        asyncio.get_running_loop().call_later(_TELL_AGAIN, tell_cancel, worker, task_id, reason, tries - 1)
+    return task_of_final(queue, task_id, body)
 
 
 class Recent(OrderedDict[TaskId, str]):

@@ -41,6 +41,7 @@ from typing import Any
 
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
+from apalis_cli.control import tell_cancel
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.polling import IdleWait, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -54,7 +55,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from . import messages as m
 from .connection import FAILURES, Connection, Puller, flush, unsubscribe, wakes
-from .control import NatsControl, PushedLately, Recent, cancelled_copy, final_key, record, task_of_record, tell_cancel
+from .control import NatsControl, PushedLately, Recent, cancelled_copy, final_key, record, task_of_record
 from .inspector import NatsInspector
 from .mover import move_due
 

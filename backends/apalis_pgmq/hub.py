@@ -3,18 +3,11 @@ workers of the queue, pauses to them too, finished tasks to the waiters."""
 
 from __future__ import annotations
 
-import asyncio
-
 from apalis_cli.backend import WorkerContext
+from apalis_cli.control import tell_cancel
 from apalis_cli.polling import Waker
-from apalis_cli.task import TaskId
 
-__all__ = ["ControlHub", "tell_cancel"]
-
-_TELL_AGAIN = 0.05
-_TELL_TRIES = 40
-"""A cancel that reaches a worker between handing a task out and starting it is told again, every
-50 ms for up to 2 s (the heartbeat tells it anyway, but later)."""
+__all__ = ["ControlHub"]
 
 
 class ControlHub:
@@ -60,10 +53,3 @@ class ControlHub:
                 worker.on_paused(flag == "1")
             if flag == "0" and (waker := self._pollers.get(queue)) is not None:
                 waker.notify()
-
-
-def tell_cancel(worker: WorkerContext, task_id: TaskId, reason: str, tries: int = _TELL_TRIES) -> None:
-    """`worker.on_cancel`, told again shortly while the worker holds the task without having
-    started it (it ignores a cancel of a task it does not run yet)."""
-    if worker.on_cancel(task_id, reason) is False and tries > 0 and task_id in worker.running():
-        asyncio.get_running_loop().call_later(_TELL_AGAIN, tell_cancel, worker, task_id, reason, tries - 1)

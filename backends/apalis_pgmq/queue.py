@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
+from apalis_cli.control import tell_cancel
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
@@ -17,7 +18,6 @@ from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
 
 from .control import PgmqControl
-from .hub import tell_cancel
 from .inspector import PgmqInspector
 from .messages import encode_headers, encode_message, task_of
 from .statements import statements_for
@@ -65,7 +65,7 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl):
 
     # -- running statements ----------------------------------------------------------------
 
-    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _rows(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         await self._connection.ensure_queue(self.queue)
         query = self._sql[name]
         params = {"queue": self.queue, **params}

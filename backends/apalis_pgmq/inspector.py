@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
-from apalis_cli.browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch
+from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch
 from apalis_cli.task import Status, Task, TaskId
-from apalis_sql import worker_from_row
+from apalis_sql import queue_activity, worker_from_row
 
 from .messages import task_of
 
@@ -54,7 +54,7 @@ class PgmqInspector:
     _connection: Connection
     _sql: dict[str, str]
 
-    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _rows(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError  # the queue's: statements run with a dropped queue made again
 
     def _task(self, row: tuple[Any, ...]) -> Task[bytes]:
@@ -108,17 +108,7 @@ class PgmqInspector:
 
     async def activity(self, since: float) -> QueueActivity:
         """The oldest due waiting task's run_at, and the archive's done and killed per minute."""
-        oldest = await self._rows("oldest_waiting", {})
-        per_minute: dict[int, MinuteCounts] = {}
-        for minute, status, count in await self._rows("finished_per_minute", {"since": since}):
-            counts = per_minute.get(int(minute), MinuteCounts())
-            if status == Status.DONE.value:
-                counts = MinuteCounts(counts.done + int(count), counts.failed)
-            elif Status(status) in FAILED_FOR_GOOD:
-                counts = MinuteCounts(counts.done, counts.failed + int(count))
-            per_minute[int(minute)] = counts
-        ready = oldest[0][0] if oldest and oldest[0][0] is not None else None
-        return QueueActivity(oldest_ready_at=ready, per_minute=per_minute)
+        return await queue_activity(self._rows, self.queue, since)
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One message by id, from the queue or the archive."""

@@ -19,7 +19,7 @@ from .browse import Fetch, browse_tasks, queue_activity
 from .control import SqlControl
 from .database import Backlog, Controls, Session, SqlDatabase
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
-from .inspector import SqlInspector
+from .inspector import SqlInspector, StatementInspector
 from .options import PoolOptions, pool_options
 from .queue import SqlQueue
 from .rows import (
@@ -54,6 +54,7 @@ __all__ = [
     "SqlInspector",
     "SqlQueue",
     "SqlStore",
+    "StatementInspector",
     "browse_tasks",
     "decode_meta",
     "encode_meta",

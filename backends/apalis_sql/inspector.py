@@ -1,13 +1,18 @@
-"""Inspecting and administering one queue of a server-backed SQL store, written once.
+"""Inspecting and administering one queue of a SQL store, written once.
 
 Plain named statements on the tasks and workers tables (`get_task`, `stats`, `workers`,
-`retry`, `kill`, `purge`) and the board's pages and activity (`browse`), run through the
-store's `SqlDatabase`. A retry wakes the queue's pollers: here at once, elsewhere through the
-server's push path where it has one (PostgreSQL's `retry` statement NOTIFYs), else by polling.
+`retry`, `kill`, `purge`) and the board's pages and activity (`browse`): `StatementInspector`
+runs them through three hooks, which `SqlInspector` fills with the server stores' `SqlDatabase`
+(PostgreSQL, MySQL/MariaDB) and SQLite's inspector with its own connection. Every statement is
+given the same parameters; each dialect uses those it needs (SQLite takes its times from this
+host, `now` and `cutoff`; the servers from their own clock). A retry wakes the queue's pollers:
+here at once, elsewhere through the store's push path where it has one (PostgreSQL's `retry`
+statement NOTIFYs), else by polling.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,14 +24,26 @@ from .browse import browse_tasks, queue_activity
 from .database import SqlDatabase
 from .rows import stats_from_rows, task_from_row, worker_from_row
 
-__all__ = ["SqlInspector"]
+__all__ = ["SqlInspector", "StatementInspector"]
 
 
-class SqlInspector:
-    """The `Inspector` half of a `SqlQueue` (also a `TaskBrowser` and an `ActivitySource`)."""
+class StatementInspector:
+    """`Inspector`, `TaskBrowser` and `ActivitySource` of one queue, as named statements run
+    through `_fetch` and `_execute`; `_woken` wakes the queue's pollers in this process."""
 
     queue: str
-    _db: SqlDatabase
+
+    async def _fetch(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        raise NotImplementedError
+
+    async def _execute(self, name: str, params: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
+    def _woken(self) -> None:
+        raise NotImplementedError
+
+    async def _killed(self) -> None:
+        """A task was killed: tell whom the store tells (nobody, unless overridden)."""
 
     async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
         """Tasks of the queue (optionally of one status), by run_at: the first pages by keyset."""
@@ -34,35 +51,38 @@ class SqlInspector:
 
     async def get(self, task_id: TaskId) -> Task[bytes] | None:
         """One task by id."""
-        rows = await self._db.fetch("get_task", {"queue": self.queue, "id": task_id})
+        rows = await self._fetch("get_task", {"queue": self.queue, "id": task_id})
         return task_from_row(rows[0]) if rows else None
 
     async def stats(self) -> QueueStats:
-        """Counts per status."""
-        return stats_from_rows(self.queue, await self._db.fetch("stats", {"queue": self.queue}))
+        """How many tasks the queue holds in each status (and how many wait for their time)."""
+        return stats_from_rows(self.queue, await self._fetch("stats", {"queue": self.queue, "now": time.time()}))
 
     async def workers(self) -> list[WorkerInfo]:
-        """Workers registered on this queue."""
-        return [worker_from_row(row) for row in await self._db.fetch("workers", {"queue": self.queue})]
+        """The workers registered on this queue."""
+        return [worker_from_row(row) for row in await self._fetch("workers", {"queue": self.queue})]
 
     async def retry(self, task_id: TaskId) -> bool:
-        """A failed or killed task runs again now with a fresh count of attempts."""
-        changed = await self._db.execute("retry", {"queue": self.queue, "id": task_id})
+        """A failed, killed or cancelled task runs again now with a fresh count of attempts;
+        False when there is no such task."""
+        changed = await self._execute("retry", {"queue": self.queue, "id": task_id, "now": time.time()})
         if changed:
-            self._db.waker(self.queue).notify()
+            self._woken()
         return changed > 0
 
     async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
-        """Kill a task that has not finished."""
-        killed = await self._db.execute("kill", {"queue": self.queue, "id": task_id, "reason": reason}) > 0
+        """Kill a task that has not finished; False when there is none, or it is final."""
+        params = {"queue": self.queue, "id": task_id, "reason": reason, "now": time.time()}
+        killed = await self._execute("kill", params) > 0
         if killed:
-            await self._db.notify_control()
+            await self._killed()
         return killed
 
     async def purge(self, status: Status, older_than: float | None = None) -> int:
-        """Delete tasks of `status` older than `older_than` seconds."""
-        params = {"queue": self.queue, "status": status.value, "older_than": older_than or 0.0}
-        return await self._db.execute("purge", params)
+        """Delete tasks of `status` finished (or made) more than `older_than` seconds ago."""
+        age = older_than or 0.0
+        params = {"queue": self.queue, "status": Status(status).value, "older_than": age, "cutoff": time.time() - age}
+        return await self._execute("purge", params)
 
     async def browse(
         self,
@@ -82,5 +102,20 @@ class SqlInspector:
         """The oldest ready task's run_at and the tasks finished per minute since `since`."""
         return await queue_activity(self._fetch, self.queue, since)
 
+
+class SqlInspector(StatementInspector):
+    """The `Inspector` half of a `SqlQueue`: its statements run through the store's `SqlDatabase`."""
+
+    _db: SqlDatabase
+
     async def _fetch(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
         return await self._db.fetch(name, params)
+
+    async def _execute(self, name: str, params: Mapping[str, Any]) -> int:
+        return await self._db.execute(name, params)
+
+    def _woken(self) -> None:
+        self._db.waker(self.queue).notify()
+
+    async def _killed(self) -> None:
+        await self._db.notify_control()

@@ -55,6 +55,6 @@ WHERE queue = :queue AND status = 'running' AND lock_by = :id AND cancel_reason 
 -- name: farewell
 DELETE FROM {prefix}workers WHERE id = :id;
 
--- name: list_workers
+-- name: workers
 SELECT id, name, queue, host, pid, started_at, last_seen, layers, running
 FROM {prefix}workers WHERE queue = :queue ORDER BY started_at, id;

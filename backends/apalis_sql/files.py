@@ -10,6 +10,9 @@ A package's `sql/` folder holds two kinds of file:
 `{placeholder}`s are replaced by the names the store passes (a table prefix, say); only those
 names are touched, so other braces in the SQL are left alone. Names must be validated
 identifiers: they go into the SQL text, not into parameters.
+
+A statement whose name starts with `_` is a fragment, not a statement: a piece several statements
+share (a filter, say), written once and put where they say `{_name}` (a fragment may use another).
 """
 
 from __future__ import annotations
@@ -120,7 +123,10 @@ def load_queries(package: str, names: Mapping[str, str] | None = None) -> Querie
             if name in queries:
                 raise ValueError(f"statement {name!r} is defined twice in {package}/sql")
             queries[name] = render(sql, names or {})
-    return Queries(queries, package)
+    fragments = {name: sql for name, sql in queries.items() if name.startswith("_")}
+    for _ in fragments:  # a fragment may use another: as many passes as there are fragments
+        fragments = {name: render(sql, fragments) for name, sql in fragments.items()}
+    return Queries({name: render(sql, fragments) for name, sql in queries.items() if name not in fragments}, package)
 
 
 def load_migrations(package: str, names: Mapping[str, str] | None = None) -> list[Migration]:

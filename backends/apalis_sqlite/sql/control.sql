@@ -29,19 +29,22 @@ ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused, changed_at = exclude
 -- name: is_paused
 SELECT paused FROM {prefix}queues WHERE queue = :queue;
 
--- Bulk actions: each statement takes at most :limit tasks matching the filter (:statuses a JSON
--- array; :since, :until and :pattern NULL when not given), read along the status index; the
--- caller repeats it until a batch comes back short. Every action moves the tasks it takes out
--- of what the filter matches (a running task it cancels keeps its request), so no batch takes
--- a task twice.
+-- Bulk actions: each statement takes at most :limit tasks matching the filter (_bulk_match;
+-- :statuses a JSON array; :since, :until and :pattern NULL when not given), read along the status
+-- index; the caller repeats it until a batch comes back short. Every action moves the tasks it
+-- takes out of what the filter matches (a running task it cancels keeps its request), so no batch
+-- takes a task twice.
+
+-- name: _bulk_match
+queue = :queue AND status IN (SELECT value FROM json_each(:statuses))
+      AND (:since IS NULL OR coalesce(done_at, created_at) >= :since)
+      AND (:until IS NULL OR coalesce(done_at, created_at) <= :until)
+      AND (:pattern IS NULL OR last_error LIKE :pattern ESCAPE '\')
 
 -- name: bulk_count
 SELECT count(*) FROM (
     SELECT 1 FROM {prefix}tasks
-    WHERE queue = :queue AND status IN (SELECT value FROM json_each(:statuses))
-      AND (:since IS NULL OR coalesce(done_at, created_at) >= :since)
-      AND (:until IS NULL OR coalesce(done_at, created_at) <= :until)
-      AND (:pattern IS NULL OR last_error LIKE :pattern ESCAPE '\')
+    WHERE {_bulk_match}
       AND (status <> 'running' OR cancel_reason IS NULL OR NOT :cancel)
     LIMIT :limit
 );
@@ -52,10 +55,7 @@ SET status = 'pending', attempts = 0, run_at = :now, done_at = NULL, lock_by = N
     cancel_reason = NULL
 WHERE id IN (
     SELECT id FROM {prefix}tasks
-    WHERE queue = :queue AND status IN (SELECT value FROM json_each(:statuses))
-      AND (:since IS NULL OR coalesce(done_at, created_at) >= :since)
-      AND (:until IS NULL OR coalesce(done_at, created_at) <= :until)
-      AND (:pattern IS NULL OR last_error LIKE :pattern ESCAPE '\')
+    WHERE {_bulk_match}
     LIMIT :limit
 );
 
@@ -65,10 +65,7 @@ SET status = 'killed', last_error = :reason, done_at = :now, run_at = min(run_at
     locked_at = NULL, cancel_reason = NULL
 WHERE id IN (
     SELECT id FROM {prefix}tasks
-    WHERE queue = :queue AND status IN (SELECT value FROM json_each(:statuses))
-      AND (:since IS NULL OR coalesce(done_at, created_at) >= :since)
-      AND (:until IS NULL OR coalesce(done_at, created_at) <= :until)
-      AND (:pattern IS NULL OR last_error LIKE :pattern ESCAPE '\')
+    WHERE {_bulk_match}
     LIMIT :limit
 );
 
@@ -82,10 +79,7 @@ SET status = CASE WHEN status = 'running' THEN 'running' ELSE 'cancelled' END,
     run_at = CASE WHEN status = 'running' THEN run_at ELSE min(run_at, :now) END
 WHERE id IN (
     SELECT id FROM {prefix}tasks
-    WHERE queue = :queue AND status IN (SELECT value FROM json_each(:statuses))
-      AND (:since IS NULL OR coalesce(done_at, created_at) >= :since)
-      AND (:until IS NULL OR coalesce(done_at, created_at) <= :until)
-      AND (:pattern IS NULL OR last_error LIKE :pattern ESCAPE '\')
+    WHERE {_bulk_match}
       AND (status <> 'running' OR cancel_reason IS NULL)
     LIMIT :limit
 )
@@ -95,9 +89,6 @@ RETURNING id, status, lock_by;
 DELETE FROM {prefix}tasks
 WHERE id IN (
     SELECT id FROM {prefix}tasks
-    WHERE queue = :queue AND status IN (SELECT value FROM json_each(:statuses))
-      AND (:since IS NULL OR coalesce(done_at, created_at) >= :since)
-      AND (:until IS NULL OR coalesce(done_at, created_at) <= :until)
-      AND (:pattern IS NULL OR last_error LIKE :pattern ESCAPE '\')
+    WHERE {_bulk_match}
     LIMIT :limit
 );

@@ -152,10 +152,13 @@ class MinuteCounts:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueActivity:
     """The oldest ready task's run_at (None: nothing is ready), and finished tasks per minute
-    (keyed by the minute's start, in whole epoch minutes: `int(t // 60)`)."""
+    (keyed by the minute's start, in whole epoch minutes: `int(t // 60)`). `finished_kept` is
+    False where the store keeps no record of finished tasks (rsmq deletes a done message): then
+    `per_minute` is empty because nobody knows, not because nothing finished."""
 
     oldest_ready_at: float | None
     per_minute: Mapping[int, MinuteCounts] = field(default_factory=dict)
+    finished_kept: bool = True
 
 
 @runtime_checkable

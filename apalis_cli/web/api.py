@@ -115,10 +115,13 @@ def snapshot_json(snap: QueueSnapshot, now: float) -> dict[str, Any]:
         "scheduled": snap.stats.scheduled if snap.stats else None,
         "paused": snap.paused,
         "oldest_ready_age": None if snap.oldest_ready_at is None else round(max(now - snap.oldest_ready_at, 0.0), 3),
+        "oldest_ready_known": snap.activity_known,
         "workers": None if snap.workers is None else len(snap.workers),
         "finished_per_minute": [
             {"minute": iso(minute * 60.0), "done": c.done, "failed": c.failed} for minute, c in snap.minutes(now)
-        ],
+        ]
+        if snap.finished_known
+        else None,
         "counted_at": iso(snap.taken_at) if snap.taken_at else None,
         "error": snap.error,
     }

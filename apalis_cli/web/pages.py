@@ -231,7 +231,8 @@ def _queue_row(snap: QueueSnapshot, now: float) -> dict[str, Any]:
         "counts": {s.value: counts.get(s) for s in Status},
         "scheduled": snap.stats.scheduled if snap.stats else None,
         "oldest_age": None if snap.oldest_ready_at is None else now - snap.oldest_ready_at,
-        "chart": chart(snap.minutes(now)),
+        "chart": chart(snap.minutes(now)) if snap.finished_known else None,
+        "oldest_known": snap.activity_known,
         "workers": None if snap.workers is None else len(snap.workers),
         "no_pause": control.why_no_pause(view),
     }
@@ -245,8 +246,8 @@ async def overview(request: Request) -> Response:
     rows = [_queue_row(s, now) for s in snaps]
     totals = {s.value: sum(r["counts"][s.value] or 0 for r in rows) for s in Status}
     workers = sum(r["workers"] or 0 for r in rows)
-    done = sum(r["chart"]["done"] for r in rows)
-    failed = sum(r["chart"]["failed"] for r in rows)
+    done = sum(r["chart"]["done"] for r in rows if r["chart"])
+    failed = sum(r["chart"]["failed"] for r in rows if r["chart"])
     return render(
         request,
         "overview.html",
@@ -315,6 +316,7 @@ async def queue_page(request: Request) -> Response:
         bulk_actions=[a.value for a in BulkAction],
         no_push=None if view.sink is not None else "this store takes no pushed tasks",
         oldest_age=None if snap.oldest_ready_at is None else time.time() - snap.oldest_ready_at,
+        oldest_known=snap.activity_known,
     )
 
 

@@ -54,6 +54,7 @@ async def serving(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server
         app,
         lifespan="off",
         log_config=None,
+        log_level="warning",  # its "Started server process" lines would land on the live view
         access_log=False,
         timeout_graceful_shutdown=2,
         server_header=False,

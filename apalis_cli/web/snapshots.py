@@ -43,6 +43,8 @@ class QueueSnapshot:
     taken_at: float = 0.0
     per_minute: dict[int, MinuteCounts] = field(default_factory=dict)
     settled_before: int | None = None  # minutes before this one are final in `per_minute`
+    activity_known: bool = False  # the store told the oldest ready task (None there: nothing)
+    finished_known: bool = False  # the store keeps finished tasks: `per_minute` counts them
 
     def minutes(self, now: float) -> list[tuple[int, MinuteCounts]]:
         """The last hour, minute by minute, oldest first (missing minutes count zero)."""
@@ -139,6 +141,7 @@ async def _gather_activity(snap: QueueSnapshot, source: ActivitySource, now: flo
     since_minute = first if snap.settled_before is None else max(first, snap.settled_before - 1)
     activity = await source.activity(since_minute * 60.0)
     snap.oldest_ready_at = activity.oldest_ready_at
+    snap.activity_known, snap.finished_known = True, activity.finished_kept
     kept = {m: c for m, c in snap.per_minute.items() if first <= m < since_minute}
     kept.update({m: c for m, c in activity.per_minute.items() if m >= since_minute})
     snap.per_minute = kept

@@ -1,5 +1,7 @@
-"""The Redis store's pages of a queue's tasks (a `CursorBrowser`): a keyset walk through the sorted
-set of each state, by `lua/browse.lua`, so a page deep in a million tasks costs what the first does.
+"""What the board reads of a Redis queue beyond the `Inspector`: pages of its tasks (a
+`CursorBrowser`), a keyset walk through the sorted set of each state by `lua/browse.lua`, so a page
+deep in a million tasks costs what the first does; and its activity (an `ActivitySource`, by
+`lua/activity.lua`: counts of the done and killed sets by minute, and the oldest ready task).
 
 The order is the store's: pending tasks due now (by priority, then run_at), then those not due
 yet (by run_at), then those held at a global limit (by key), then running ones (by claim time),
@@ -11,9 +13,10 @@ text reads at most `SCAN_BUDGET` tasks per page, so it may answer a short page w
 from __future__ import annotations
 
 import json
+import time
 
 import msgpack
-from apalis_cli.browsing import BrowsedPage, TaskSearch, fold_ascii
+from apalis_cli.browsing import BrowsedPage, MinuteCounts, QueueActivity, TaskSearch, fold_ascii
 from apalis_cli.task import Status, Task
 
 from .inspector import RedisInspector, task_from_hash
@@ -133,6 +136,20 @@ class RedisBrowser(RedisInspector):
                     return self._page(rows, [name, last_score.decode(), last_member.decode()])
                 args[2], args[3] = last_score, last_member
         return self._page(rows, None)
+
+    async def activity(self, since: float) -> QueueActivity:
+        """The oldest ready task's run_at now, and the tasks done and killed each minute since
+        `since` (from the done and killed sets, by when they ended: kept for `retention`)."""
+        k, now = self.keys, time.time()
+        first, last = int(since // 60), int(now // 60)
+        reply = await self.connection.scripts["activity"](
+            keys=[k.ready, k.scheduled, k.done, k.killed], args=[k.base, repr(now), first, last]
+        )
+        oldest, done, killed = msgpack.unpackb(reply, raw=True)
+        per_minute = {
+            first + n: MinuteCounts(d, f) for n, (d, f) in enumerate(zip(done, killed, strict=True)) if d or f
+        }
+        return QueueActivity(oldest_ready_at=float(oldest) if oldest is not False else None, per_minute=per_minute)
 
     def _page(self, rows: list[tuple[str, bytes, bytes, list[bytes]]], cursor: list[str] | None) -> BrowsedPage:
         tasks = [

@@ -78,6 +78,7 @@ _SCRIPTS = (
     "claim_limited",
     "heads",
     "browse",
+    "activity",
 )
 _CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
 _CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # and lua/control.lua's

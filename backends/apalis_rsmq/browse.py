@@ -1,6 +1,8 @@
-"""The rsmq store's pages of a queue's tasks (a `CursorBrowser`): a keyset walk through the queue's
-sorted set and its dead letters', by `lua/browse.lua` (on apalis_redis's `walk.lua`), so a page
-deep in a million messages costs what the first does.
+"""What the board reads of an rsmq queue beyond the `Inspector`: pages of its tasks (a
+`CursorBrowser`), a keyset walk through the queue's sorted set and its dead letters', by
+`lua/browse.lua` (on apalis_redis's `walk.lua`), so a page deep in a million messages costs what
+the first does; and the oldest ready message (an `ActivitySource` that keeps no record of
+finished tasks: rsmq deletes a done message).
 
 The order is the store's: waiting and running messages by the time they become visible (rsmq's
 own score), then dead letters by when they died; pending, running and failed are told apart by
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 
 import msgpack
-from apalis_cli.browsing import BrowsedPage, TaskSearch, fold_ascii
+from apalis_cli.browsing import BrowsedPage, QueueActivity, TaskSearch, fold_ascii
 from apalis_cli.task import Status, Task
 
 from .inspector import RsmqInspector
@@ -106,6 +108,16 @@ class RsmqBrowser(RsmqInspector):
                     return self._page(rows, [name, last_score.decode(), last_member.decode()])
                 args[2], args[3] = last_score, last_member
         return self._page(rows, None)
+
+    async def activity(self, since: float) -> QueueActivity:
+        """The oldest message visible now (by rsmq's clock, Redis TIME); nothing per minute: rsmq
+        deletes done messages, so what finished is not known (`finished_kept` is False)."""
+        client = self.connection.client
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        head = await client.zrangebyscore(self.keys.zset, "-inf", now_ms, start=0, num=1, withscores=True)
+        oldest = head[0][1] / 1000 if head else None
+        return QueueActivity(oldest_ready_at=oldest, finished_kept=False)
 
     def _page(self, rows: list[tuple[str, bytes, bytes, list[bytes]]], cursor: list[str] | None) -> BrowsedPage:
         tasks = [self._task(member, float(score), name == "dead", fields) for name, member, score, fields in rows]

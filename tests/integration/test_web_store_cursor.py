@@ -109,3 +109,24 @@ async def test_a_cursor_not_made_by_the_board_is_refused_in_one_line(kind: str, 
         answer = await served.client.get("/api/queues/thumbnails/tasks", params={"after": "eyJzdG9yZSI6IngifQ"})
         assert answer.status_code == 400
         assert answer.json()["error"] == "after: not a cursor this board made (follow the `next` of a page)"
+
+
+async def test_the_overview_shows_what_the_store_keeps_of_its_activity(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        first, broken = await queue(served).push_bulk([{"n": 1}, {"n": 2}])
+        await inspector(served).kill(broken, "ValueError")
+        (thumbs,) = (await served.client.get("/api/queues")).json()
+        assert thumbs["oldest_ready_known"] is True
+        assert thumbs["oldest_ready_age"] is not None
+        assert thumbs["oldest_ready_age"] >= 0
+        page = (await served.client.get("/")).text
+        if kind == "redis":  # the done and killed sets, by when each task ended
+            assert len(thumbs["finished_per_minute"]) == 60
+            assert sum(m["failed"] for m in thumbs["finished_per_minute"]) == 1
+            assert "not kept by this store" not in page
+        else:  # rsmq deletes a done message: how many finished is not known, and said so
+            assert thumbs["finished_per_minute"] is None
+            assert "not kept by this store" in page
+        await inspector(served).kill(first, "ValueError")
+        (thumbs,) = (await served.client.get("/api/queues")).json()
+        assert thumbs["oldest_ready_age"] is None  # nothing is ready

@@ -61,7 +61,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="a store option (VALUE as JSON when it parses, else text), e.g. realtime=true for rsmq; repeatable",
     )
     ap.add_argument("--tasks", type=int, default=20000, help="tasks per enqueue and per drain backlog (20000)")
-    ap.add_argument("--conc", default="1,10,50", help="drain concurrencies (1,10,50)")
+    ap.add_argument("--conc", default="1,10,50", help="drain concurrencies (1,10,50; '' for none)")
     ap.add_argument("--drain-max", type=float, default=10.0, help="seconds a drain may take before it is cut (10)")
     ap.add_argument("--single-max", type=float, default=6.0, help="seconds for one-at-a-time enqueue at most (6)")
     ap.add_argument("--bulk-max", type=float, default=6.0, help="seconds for each bulk enqueue at most (6)")
@@ -137,7 +137,7 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
         tasks=args.tasks,
         single_max_s=args.single_max,
         bulk_max_s=args.bulk_max,
-        concs=tuple(int(c) for c in args.conc.split(",")),
+        concs=tuple(int(c) for c in args.conc.split(",") if c.strip()),
         drain_max_s=args.drain_max,
         lat_n=args.lat_n,
         lat_rate=args.lat_rate,

@@ -21,6 +21,7 @@ from apalis_cli.redact import redact, secrets_in
 from apalis_cli.retrying import delays
 
 from .config import cluster_seeds
+from .scripts import Lane, Script, register
 from .signals import ControlSignals
 
 __all__ = ["Connection", "Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
@@ -261,7 +262,7 @@ class Connection:
         self.cluster = cluster
         self.contact = Contact()
         """This process's contact with the server: the orphan sweep waits for a steady one."""
-        self.scripts: dict[str, Any] = {}
+        self.scripts: dict[str, Script] = {}
         """The registered scripts, by name (after `open`)."""
         self._texts = dict(scripts)
         self._what = what
@@ -270,6 +271,7 @@ class Connection:
         self.signals = ControlSignals()
         """Workers to tell of cancels and waiters to wake, heard on the control channels."""
         self._client: Any = None
+        self._lane: Lane | None = None
         self._wakeups: Wakeups | None = None
         self._local: dict[str, Waker] = {}
 
@@ -279,7 +281,8 @@ class Connection:
         if self._client is not None:
             return
         client = await connect_checked(self.url, self.client_name, self.contact, cluster=self.cluster)
-        self.scripts = {name: client.register_script(text) for name, text in self._texts.items()}
+        self._lane = None if self.cluster else Lane(client)
+        self.scripts = register(client, self._texts, self._lane)
         if self._wake_prefix is not None or self.control_prefix is not None:
             self._wakeups = Wakeups(client, self._wake_prefix, self.control_prefix, self.signals)
         self._client = client
@@ -289,6 +292,9 @@ class Connection:
         if self._wakeups is not None:
             await self._wakeups.close()
             self._wakeups = None
+        if self._lane is not None:
+            lane, self._lane = self._lane, None
+            await lane.close()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()

@@ -33,9 +33,9 @@ delivers to a subscriber on any node.
 
 Times are the client's clock (epoch seconds, passed into each script), the same clock that gives
 `run_at` to pushed tasks, so a due task is never hidden by a skew between client and server.
-Scripts are loaded with SCRIPT LOAD and run with EVALSHA (redis-py reloads them after NOSCRIPT,
-e.g. after a server restart); a dropped connection is retried with capped backoff, and a claim
-whose reply was lost is released by the claiming worker's next heartbeat.
+Scripts run with EVALSHA (`scripts.py`: loaded again after NOSCRIPT, e.g. after a server
+restart); a dropped connection is retried with capped backoff, and a claim whose reply was lost
+is released by the claiming worker's next heartbeat.
 """
 
 from __future__ import annotations

@@ -142,6 +142,7 @@ def test_find_a_failed_task_read_it_retry_it_and_watch_it_succeed(apalis: Apalis
         page = driver.find_element(By.TAG_NAME, "html")
         eventually(lambda: "done" in text_of(driver, "#task-status"), what="the task to run again and succeed")
         assert json.loads(text_of(driver, "#result")) == {"thumbnail": "thumb-broken.png"}
+        shoot(driver, "board-task-retried")
         assert driver.find_element(By.TAG_NAME, "html") == page  # no reload: the live refresh did it
         assert not driver.find_elements(By.ID, "last-error") or "507" in text_of(driver, "#last-error")
     assert apalis.statuses("--worker", "images") == {"done": 3}

@@ -26,6 +26,7 @@ from . import control
 from .board import Board, QueueView
 
 __all__ = [
+    "FALLBACK_SCAN",
     "PAGE_SIZE",
     "BadInput",
     "Page",
@@ -44,7 +45,7 @@ __all__ = [
 PAGE_SIZE = 50
 MAX_PAGE = 500
 PREVIEW_BYTES = 256
-_FALLBACK_SCAN = 5000  # tasks read from a store without keyset pages, to search and page through
+FALLBACK_SCAN = 5000  # tasks read from a store without keyset pages, to search and page through
 
 
 class BadInput(ApalisError):
@@ -185,7 +186,7 @@ async def list_page(
     if inspector is None:
         raise Unsupported(f'queue "{view.queue}" on backend "{view.backend_name}" cannot list its tasks')
     start = cursor if isinstance(cursor, int) else 0
-    listed = await inspector.list_tasks(status, _FALLBACK_SCAN)
+    listed = await inspector.list_tasks(status, FALLBACK_SCAN)
     found = search.select(listed)
     found.sort(key=lambda t: (t.ctx.run_at, t.id), reverse=newest_first)
     chunk = found[start : start + limit]

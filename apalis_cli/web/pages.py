@@ -246,8 +246,9 @@ async def overview(request: Request) -> Response:
     rows = [_queue_row(s, now) for s in snaps]
     totals = {s.value: sum(r["counts"][s.value] or 0 for r in rows) for s in Status}
     workers = sum(r["workers"] or 0 for r in rows)
-    done = sum(r["chart"]["done"] for r in rows if r["chart"])
-    failed = sum(r["chart"]["failed"] for r in rows if r["chart"])
+    charts = [r["chart"] for r in rows if r["chart"]]
+    done = sum(c["done"] for c in charts) if charts else None
+    failed = sum(c["failed"] for c in charts) if charts else None
     return render(
         request,
         "overview.html",
@@ -317,6 +318,7 @@ async def queue_page(request: Request) -> Response:
         no_push=None if view.sink is not None else "this store takes no pushed tasks",
         oldest_age=None if snap.oldest_ready_at is None else time.time() - snap.oldest_ready_at,
         oldest_known=snap.activity_known,
+        fallback_scan=ops.FALLBACK_SCAN,
     )
 
 

@@ -24,7 +24,7 @@ from .config import cluster_seeds
 from .scripts import Lane, Script, register
 from .signals import ControlSignals
 
-__all__ = ["Connection", "Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
+__all__ = ["Connection", "OnConnection", "Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
 
 _RECONNECT_TRIES = 12
 _RECONNECT_CAP = 1.0
@@ -324,3 +324,28 @@ class Connection:
                 raise BackendError(f"the {self._what} store is not open")
             return self._wakeups.waker(queue)
         return self._local.setdefault(queue, Waker())
+
+
+class OnConnection:
+    """What a store on one `Connection` shows of it (Redis and rsmq): open, close, the client and
+    the name its connections give the server. A helper base: each store builds its connection."""
+
+    connection: Connection
+
+    async def open(self) -> None:
+        """Connect and load the scripts; idempotent (queues are made on first use)."""
+        await self.connection.open()
+
+    async def close(self) -> None:
+        """Stop listening and release every connection."""
+        await self.connection.close()
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (after `open`)."""
+        return self.connection.client
+
+    @property
+    def client_name(self) -> str:
+        """The name every connection of this store gives the server (`CLIENT LIST`)."""
+        return self.connection.client_name

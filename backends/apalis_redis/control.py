@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from apalis_cli.backend import WorkerContext
 from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
 from apalis_cli.task import Status, Task, TaskId
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .keys import QueueKeys
 
-__all__ = ["RedisControl", "cancel_result", "wait_published"]
+__all__ = ["RedisControl", "cancel_result", "tell_beat", "wait_published"]
 
 _BATCH = 5000
 """Entries one bulk script looks at: each call holds the server for a few milliseconds at most."""
@@ -47,6 +48,15 @@ def cancel_result(answer: bytes) -> CancelResult:
     if state.startswith("final:"):
         return CancelResult.already_final(Status(state.removeprefix("final:")))
     return CancelResult.not_found()
+
+
+def tell_beat(worker: WorkerContext, cancels: Sequence[bytes], paused: object) -> None:
+    """Tell `worker` what a heartbeat script answered: the runs with a cancel requested (id,
+    reason, id, reason, ...: the floor under the control channel) and whether its queue is
+    paused. Redis's and rsmq's scripts answer alike."""
+    for i in range(0, len(cancels), 2):
+        worker.on_cancel(cancels[i].decode(), cancels[i + 1].decode())
+    worker.on_paused(bool(paused))
 
 
 class RedisControl:

@@ -58,7 +58,7 @@ from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 from .browse import RedisBrowser
 from .connection import Connection, link_kept, lua
-from .control import RedisControl
+from .control import RedisControl, tell_beat
 from .keys import QueueKeys
 from .limits import LimitedClaims, unique_args
 
@@ -307,9 +307,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                         *running,
                     ],
                 )
-                for i in range(0, len(cancels), 2):  # the floor under the control channel
-                    worker.on_cancel(cancels[i].decode(), cancels[i + 1].decode())
-                worker.on_paused(bool(paused))
+                tell_beat(worker, cancels, paused)
                 if purged < PURGE_LIMIT:
                     return
 

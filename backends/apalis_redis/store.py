@@ -10,13 +10,13 @@ from apalis_cli.backend import Capabilities, StoreSpec
 from apalis_cli.codec import Codec
 
 from .config import RedisConfig
-from .connection import Connection, require_driver
+from .connection import Connection, OnConnection, require_driver
 from .queue import CAPABILITIES, RedisQueue, scripts
 
 __all__ = ["RedisStore"]
 
 
-class RedisStore:
+class RedisStore(OnConnection):
     """Queues in one Redis database under one namespace, sharing one connection."""
 
     kind: ClassVar[str] = "redis"
@@ -40,24 +40,6 @@ class RedisStore:
         config = RedisConfig.parse(spec.url, spec.options)
         require_driver("redis")
         return cls(config)
-
-    async def open(self) -> None:
-        """Connect and load the scripts; idempotent."""
-        await self.connection.open()
-
-    async def close(self) -> None:
-        """Stop listening and release every connection."""
-        await self.connection.close()
-
-    @property
-    def client(self) -> Any:
-        """The redis-py client (after `open`)."""
-        return self.connection.client
-
-    @property
-    def client_name(self) -> str:
-        """The name every connection of this store gives the server (`CLIENT LIST`)."""
-        return self.connection.client_name
 
     @property
     def scripts(self) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 from apalis_redis.connection import Connection, link_kept
+from apalis_redis.control import tell_beat
 
 from .browse import RsmqBrowser
 from .config import RsmqConfig
@@ -245,9 +246,7 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
                         *worker.running(),
                     ],
                 )
-                for i in range(0, len(cancels), 2):  # the floor under the control channel
-                    worker.on_cancel(cancels[i].decode(), cancels[i + 1].decode())
-                worker.on_paused(bool(paused))
+                tell_beat(worker, cancels, paused)
                 if purged < _PURGE_LIMIT:
                     return
 

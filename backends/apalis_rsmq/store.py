@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from apalis_cli.backend import Capabilities, StoreSpec
 from apalis_cli.codec import Codec
 from apalis_cli.errors import UsageError
-from apalis_redis.connection import require_driver
+from apalis_redis.connection import OnConnection, require_driver
 
 from .config import QUEUE_NAME, RsmqConfig
 from .connection import connect_store
@@ -17,7 +17,7 @@ from .queue import CAPABILITIES, RsmqQueue
 __all__ = ["RsmqStore"]
 
 
-class RsmqStore:
+class RsmqStore(OnConnection):
     """rsmq queues in one Redis database under one namespace, sharing one connection."""
 
     kind: ClassVar[str] = "rsmq"
@@ -33,24 +33,6 @@ class RsmqStore:
         config = RsmqConfig.parse(spec.url, spec.options)
         require_driver("rsmq")
         return cls(config)
-
-    async def open(self) -> None:
-        """Connect and load the scripts; idempotent (queues are created on first use)."""
-        await self.connection.open()
-
-    async def close(self) -> None:
-        """Stop listening and release every connection."""
-        await self.connection.close()
-
-    @property
-    def client(self) -> Any:
-        """The redis-py client (after `open`)."""
-        return self.connection.client
-
-    @property
-    def client_name(self) -> str:
-        """The name every connection of this store gives the server (`CLIENT LIST`)."""
-        return self.connection.client_name
 
     def backend(self, queue: str, *, codec: Codec, max_attempts: int = 1) -> RsmqQueue:
         """The queue-bound backend; the name must be a valid rsmq queue name."""

@@ -8,8 +8,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from apalis_cli.errors import ConfigError
-from apalis_cli.redact import redact_url, secrets_in
+from apalis_cli.redact import redact_url
 from apalis_sql import identifier, pool_options
+from apalis_sql.options import ServerUrl
 
 __all__ = ["MysqlConfig"]
 
@@ -17,7 +18,7 @@ _OPTIONS = {"table_prefix", "min_size", "max_size", "connect_timeout"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MysqlConfig:
+class MysqlConfig(ServerUrl):
     """A validated MySQL/MariaDB store configuration (`mysql://user:pass@host:port/db`)."""
 
     url: str
@@ -60,13 +61,3 @@ class MysqlConfig:
             max_size=pool.max_size,
             connect_timeout=max(pool.connect_timeout, 0.1),
         )
-
-    @property
-    def redacted(self) -> str:
-        """The URL without its password."""
-        return redact_url(self.url)
-
-    @property
-    def secrets(self) -> frozenset[str]:
-        """The URL's password and the pieces of it a driver may echo, for `redact`."""
-        return secrets_in(self.url)

@@ -9,6 +9,7 @@ from typing import Any
 from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
 from apalis_cli.redact import redact_url
+from apalis_sql.options import ServerUrl
 
 __all__ = ["PgmqConfig"]
 
@@ -16,7 +17,7 @@ _SCHEMES = ("postgresql", "postgres")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PgmqConfig:
+class PgmqConfig(ServerUrl):
     """Settings of a pgmq store.
 
     - `pool_size`: connections shared by every queue of the store (plus one for LISTEN).

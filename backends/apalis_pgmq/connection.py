@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_cli.polling import Waker
-from apalis_cli.redact import redact_url, secrets_in
 
 from .config import PgmqConfig
 from .hub import ControlHub
@@ -76,8 +75,8 @@ class Connection:
             named = {}
         pool = Pool(
             conninfo(config.url, config.connect_timeout, **named),
-            what=f"pgmq at {redact_url(config.url)}",
-            secrets=secrets_in(config.url),
+            what=f"pgmq at {config.redacted}",
+            secrets=config.secrets,
             min_size=1,
             max_size=config.pool_size,
             timeout=config.connect_timeout,
@@ -96,7 +95,7 @@ class Connection:
             if not installed:
                 await pool.close()
                 raise BackendError(
-                    f"pgmq is not installed in {redact_url(self.config.url)}: "
+                    f"pgmq is not installed in {self.config.redacted}: "
                     "run CREATE EXTENSION pgmq, or load pgmq's SQL install script"
                 )
             self._pool = pool

@@ -8,8 +8,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from apalis_cli.errors import ConfigError
-from apalis_cli.redact import redact_url, secrets_in
+from apalis_cli.redact import redact_url
 from apalis_sql import identifier, pool_options
+from apalis_sql.options import ServerUrl
 
 __all__ = ["PostgresConfig"]
 
@@ -24,7 +25,7 @@ def _schema(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PostgresConfig:
+class PostgresConfig(ServerUrl):
     """A validated PostgreSQL store configuration."""
 
     url: str
@@ -58,13 +59,3 @@ class PostgresConfig:
             connect_timeout=max(pool.connect_timeout, 0.1),
             durable_push=durable,
         )
-
-    @property
-    def redacted(self) -> str:
-        """The URL without its password."""
-        return redact_url(self.url)
-
-    @property
-    def secrets(self) -> frozenset[str]:
-        """The URL's password and the pieces of it a driver may echo, for `redact`."""
-        return secrets_in(self.url)

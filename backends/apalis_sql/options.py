@@ -1,4 +1,5 @@
-"""Options the server-backed SQL stores share: known keys, pool sizes and the connect timeout."""
+"""Options the server-backed SQL stores share: known keys, pool sizes and the connect timeout,
+and what a config reached by a URL says of it without its password."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 from apalis_cli.durations import parse_duration
 from apalis_cli.errors import ConfigError
+from apalis_cli.redact import redact_url, secrets_in
 
-__all__ = ["PoolOptions", "pool_options"]
+__all__ = ["PoolOptions", "ServerUrl", "pool_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +21,24 @@ class PoolOptions:
     min_size: int
     max_size: int
     connect_timeout: float
+
+
+class ServerUrl:
+    """A helper base of a store's config whose server is reached by `url` (PostgreSQL, MySQL,
+    pgmq): the URL to show, and the secrets to mask wherever a driver may echo them."""
+
+    __slots__ = ()
+    url: str
+
+    @property
+    def redacted(self) -> str:
+        """The URL without its password."""
+        return redact_url(self.url)
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The URL's password and the pieces of it a driver may echo, for `redact`."""
+        return secrets_in(self.url)
 
 
 def pool_options(options: Mapping[str, Any], known: Collection[str]) -> PoolOptions:

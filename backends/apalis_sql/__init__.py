@@ -31,6 +31,7 @@ from .rows import (
     stats_from_rows,
     task_from_row,
     worker_from_row,
+    worker_params,
 )
 from .status import CLAIMABLE, FINAL, orphan_error
 from .store import SqlStore
@@ -71,4 +72,5 @@ __all__ = [
     "stats_from_rows",
     "task_from_row",
     "worker_from_row",
+    "worker_params",
 ]

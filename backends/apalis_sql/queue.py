@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -36,6 +35,7 @@ from .acks import plan_acks
 from .control import SqlControl
 from .database import Backlog, Rows, Session, SqlDatabase
 from .inspector import SqlInspector
+from .rows import worker_params
 
 __all__ = ["SqlQueue"]
 
@@ -96,23 +96,12 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         db, queue = self._db, self.queue
         lock = db.sweep_params(queue)
         stale = {"queue": queue, "stale_after": worker.stale_after}
+        row = worker_params(worker, queue)
 
         async def beat_in(s: Session) -> tuple[bool, Rows, bool]:
             runs = list(worker.running())
             running = [*runs, *self._ahead.held(worker.id)]  # held: not lost claims
-            await s.execute(
-                "beat",
-                {
-                    "id": worker.id,
-                    "name": worker.name,
-                    "queue": queue,
-                    "host": worker.host,
-                    "pid": worker.pid,
-                    "started_at": worker.started_at,
-                    "layers": json.dumps(list(worker.layers)),
-                    "running": len(running),
-                },
-            )
+            await s.execute("beat", {**row, "running": len(running)})
             cancels = await s.fetch("cancels_requested", {"running": runs}) if runs else []
             paused = await s.fetch("paused", {"queue": queue})
             told = (cancels, bool(paused and paused[0][0]))

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from apalis_cli.backend import NewTask, QueueStats, WorkerInfo
+from apalis_cli.backend import NewTask, QueueStats, WorkerContext, WorkerInfo
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext
 
@@ -27,6 +27,7 @@ __all__ = [
     "stats_from_rows",
     "task_from_row",
     "worker_from_row",
+    "worker_params",
 ]
 
 TASK_COLUMNS: tuple[str, ...] = (
@@ -151,6 +152,20 @@ def insert_params(queue: str, tasks: Sequence[NewTask], now: float) -> list[tupl
         )
         for t in tasks
     ]
+
+
+def worker_params(worker: WorkerContext, queue: str) -> dict[str, Any]:
+    """A worker's registry row as the `beat` statements take it (the caller adds `running`, and
+    SQLite its `now`): the reverse of `worker_from_row`."""
+    return {
+        "id": worker.id,
+        "name": worker.name,
+        "queue": queue,
+        "host": worker.host,
+        "pid": worker.pid,
+        "started_at": worker.started_at,
+        "layers": json.dumps(list(worker.layers)),
+    }
 
 
 def worker_from_row(row: Sequence[Any]) -> WorkerInfo:

@@ -23,7 +23,7 @@ from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Task, TaskId
-from apalis_sql import Queries, insert_params, plan_acks, task_from_row
+from apalis_sql import Queries, insert_params, plan_acks, task_from_row, worker_params
 
 from .bells import Bells
 from .connection import Database
@@ -195,24 +195,11 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
         tell the worker again of the cancels requested of its runs and whether the queue is
         paused (the doorbell tells it of a cancel sooner; this is the floor)."""
         q, queue, contact = self._q, self.queue, self._db.contact
-        layers = json.dumps(list(worker.layers))
+        row = worker_params(worker, queue)
         self._bells.register(worker)
 
         def beat_work(conn: sqlite3.Connection, now: float, running: list[str]) -> tuple[int, list[Any], bool]:
-            conn.execute(
-                q.beat,
-                {
-                    "id": worker.id,
-                    "name": worker.name,
-                    "queue": queue,
-                    "host": worker.host,
-                    "pid": worker.pid,
-                    "started_at": worker.started_at,
-                    "now": now,
-                    "layers": layers,
-                    "running": len(running),
-                },
-            )
+            conn.execute(q.beat, {**row, "now": now, "running": len(running)})
             moved = 0
             # Asked at each try: a beat that waited out a busy or broken database does not sweep
             # right after it (every other worker was held up as long).

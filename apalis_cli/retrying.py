@@ -10,21 +10,28 @@ supervisor's restarts all back off the same way.
   better), then one `ConnectionLost` line saying what failed, why, and for how long. With the
   store's `Contact` (`apalis_cli.contact`) it reports each try, and its waits end as soon as
   another operation found the store back.
+- `keep_connected(session, what=...)`: a connection that must always be there (a LISTEN, a
+  pub/sub subscription, a wake-up listener) is made again for as long as it takes, without a
+  budget: `session` connects and serves until its connection is lost; once it is connected, it
+  says so (`steady()`) and the next outage backs off from the start again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from .contact import Contact
 from .errors import ConnectionLost, describe_error
 
-__all__ = ["RECONNECT_BUDGET", "delays", "retrying"]
+__all__ = ["RECONNECT_BUDGET", "delays", "keep_connected", "retrying"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 RECONNECT_BUDGET = 30.0
 """How long a store's operation is retried while the store is away before its caller hears of
@@ -95,3 +102,27 @@ async def retrying(
             if contact is not None:
                 contact.reached()
             return result
+
+
+async def keep_connected(session: Callable[[Callable[[], None]], Awaitable[None]], *, what: str) -> NoReturn:
+    """Run `session(steady)` again and again, until cancelled.
+
+    A session connects, sets up (LISTEN, SUBSCRIBE), calls `steady()` once it is in place, and
+    serves until its connection fails (it returns or raises). Between two sessions the next of
+    `delays()` is waited, from the start again after a `steady()`; each failure is one warning
+    naming `what` and the error's type (never its text: a driver may quote the URL)."""
+    waits = delays()
+
+    def steady() -> None:
+        nonlocal waits
+        waits = delays()
+
+    while True:
+        try:
+            await session(steady)
+            error = "its connection ended"
+        except Exception as exc:
+            error = type(exc).__name__
+        wait = next(waits)
+        _log.warning("%s: %s, connecting again in %.2fs", what, error, wait)
+        await asyncio.sleep(wait)

@@ -25,16 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from apalis_cli.retrying import delays
+from apalis_cli.retrying import keep_connected
 
 __all__ = ["Listener", "Signals", "sleep_statement", "tag"]
 
-_log = logging.getLogger(__name__)
 
 SLEEP_S = 30  # a listener's sleep ends at least this often: a lost connection is noticed then
 KNOWN_FOR = 1.0  # seconds a signaller trusts its list of sleeping listeners before looking again
@@ -98,39 +96,29 @@ class Listener:
             self.connection_id = None
 
     async def _run(self) -> None:
-        waits = delays()
-        while True:
-            try:
-                conn = await self._connect()
-            except Exception as exc:
-                wait = next(waits)
-                _log.warning("wake-up listener cannot connect, retrying in %.2fs: %s", wait, type(exc).__name__)
-                await asyncio.sleep(wait)
-                continue
-            try:
-                cursor = conn.cursor()
-                await cursor.execute("SELECT CONNECTION_ID()")
-                self._forget_id()
-                self.connection_id = int((await cursor.fetchone())[0])
-                self._own.add(self.connection_id)
-                waits = delays()
-                woke = True  # (re)connected: a signal may have been missed
-                while True:
-                    sleeping = asyncio.ensure_future(self._sleep(cursor))
-                    await asyncio.sleep(0)  # the sleep is sent before the pollers claim
-                    self.ready.set()
-                    if woke:
-                        self._woken()
-                    woke = await sleeping
-            except asyncio.CancelledError:
-                conn.close()
-                raise
-            except Exception as exc:
-                _log.warning("wake-up listener lost its connection, reconnecting: %s", type(exc).__name__)
+        await keep_connected(self._session, what=f"wake-up listener {self.tag}")
+
+    async def _session(self, steady: Callable[[], None]) -> None:
+        conn = await self._connect()
+        try:
+            cursor = conn.cursor()
+            await cursor.execute("SELECT CONNECTION_ID()")
+            self._forget_id()
+            self.connection_id = int((await cursor.fetchone())[0])
+            self._own.add(self.connection_id)
+            steady()
+            woke = True  # (re)connected: a signal may have been missed
+            while True:
+                sleeping = asyncio.ensure_future(self._sleep(cursor))
+                await asyncio.sleep(0)  # the sleep is sent before the pollers claim
+                self.ready.set()
+                if woke:
+                    self._woken()
+                woke = await sleeping
+        finally:
             self.ready.clear()
             with contextlib.suppress(Exception):
                 conn.close()
-            await asyncio.sleep(next(waits))
 
     async def _sleep(self, cursor: Any) -> bool:
         """One sleep; True when a signal ended it."""

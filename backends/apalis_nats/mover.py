@@ -12,6 +12,7 @@ import math
 import time
 
 from apalis_cli.polling import woken
+from apalis_cli.retrying import delays
 from nats.aio.msg import Msg
 
 from . import messages as m
@@ -20,6 +21,8 @@ from .connection import FAILURES, Connection, Puller, unsubscribe, wakes
 __all__ = ["move_due"]
 
 _SCHEDULE_POLL = 0.25
+_AWAY_CAP = 0.5
+"""The longest wait between two looks while NATS is away (the client reconnects meanwhile)."""
 
 
 async def move_due(conn: Connection, *, consumer: str, sched: str, work: str) -> None:
@@ -33,11 +36,13 @@ async def move_due(conn: Connection, *, consumer: str, sched: str, work: str) ->
     wake = asyncio.Event()
     watch = await client.subscribe(sched, cb=wakes(wake))
     next_due = math.inf
+    waits = delays(cap=_AWAY_CAP)
     try:
         while True:
             try:
                 wake.clear()
                 msgs = await puller.fetch(100)
+                waits = delays(cap=_AWAY_CAP)  # NATS answered: the next outage backs off from the start
                 now = time.time()
                 due = []
                 for msg in msgs:
@@ -58,7 +63,7 @@ async def move_due(conn: Connection, *, consumer: str, sched: str, work: str) ->
                 pause = min(max(next_due - now, 0.002), _SCHEDULE_POLL)
                 await woken(wake, pause)
             except FAILURES:
-                await asyncio.sleep(0.5)  # NATS is away: the client reconnects meanwhile
+                await asyncio.sleep(next(waits))  # NATS is away: the client reconnects meanwhile
     finally:
         await unsubscribe(watch)
         await puller.close()

@@ -4,7 +4,7 @@ of other processes reach this one.
 The listener LISTENs on its channels over a connection of its own and hands every notification
 to `heard(channel, payload)`; a channel added later (pgmq listens per queue) is LISTENed to at
 once. When the connection drops, it reconnects with the core's backoff
-(`apalis_cli.retrying.delays`), LISTENs again on every channel (peers forget this step and go
+(`apalis_cli.retrying.keep_connected`), LISTENs again on every channel (peers forget this step and go
 deaf) and calls `rejoined()`: a notification may have been missed meanwhile, so the store wakes
 its pollers and waiters and asks again what it could have been told. Until then polling with
 backoff carries on alone.
@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import psycopg
-from apalis_cli.retrying import delays
+from apalis_cli.retrying import keep_connected
 from psycopg import sql
 
 __all__ = ["Listener"]
-
-_log = logging.getLogger(__name__)
 
 
 class Listener:
@@ -77,36 +74,28 @@ class Listener:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
-        waits = delays()
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
-            except Exception as exc:
-                wait = next(waits)
-                _log.warning("LISTEN connection failed, retrying in %.2fs: %s", wait, type(exc).__name__)
-                await asyncio.sleep(wait)
-                continue
-            try:
-                listened: set[str] = set()
-                while True:
-                    self._changed.clear()
-                    for channel in sorted(self._channels - listened):
-                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                        listened.add(channel)
-                    if not self._listening.is_set():
-                        self.connections += 1
-                        self._listening.set()
-                        waits = delays()  # listening again: the next outage backs off from the start
-                        with contextlib.suppress(Exception):  # the heartbeat asks too
-                            await self._rejoined()
-                    await self._pump(conn)
-            except Exception as exc:
-                _log.warning("LISTEN connection lost, reconnecting: %s", type(exc).__name__)
-            finally:
-                self._listening.clear()
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            await asyncio.sleep(next(waits))
+        await keep_connected(self._session, what=f"LISTEN connection {self._name}")
+
+    async def _session(self, steady: Callable[[], None]) -> None:
+        conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
+        try:
+            listened: set[str] = set()
+            while True:
+                self._changed.clear()
+                for channel in sorted(self._channels - listened):
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    listened.add(channel)
+                if not self._listening.is_set():
+                    self.connections += 1
+                    self._listening.set()
+                    steady()
+                    with contextlib.suppress(Exception):  # the heartbeat asks too
+                        await self._rejoined()
+                await self._pump(conn)
+        finally:
+            self._listening.clear()
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def _pump(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Pass on notifications until a channel is added (or the connection fails)."""

@@ -18,7 +18,7 @@ from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra
 from apalis_cli.polling import Waker
 from apalis_cli.redact import redact, secrets_in
-from apalis_cli.retrying import delays
+from apalis_cli.retrying import keep_connected
 
 from .config import cluster_seeds
 from .scripts import Lane, Script, register
@@ -149,7 +149,7 @@ class Wakeups:
 
     It listens with pattern subscriptions (`<prefix>*`) started by the first poller or the first
     `listen()`; after a dropped connection it resubscribes (with the core's backoff,
-    `apalis_cli.retrying.delays`) and wakes everyone, since a message may have been missed.
+    `apalis_cli.retrying.keep_connected`) and wakes everyone, since a message may have been missed.
     """
 
     def __init__(
@@ -201,27 +201,24 @@ class Wakeups:
             task.result()
 
     async def _listen(self) -> None:
+        await keep_connected(self._session, what="redis pub/sub")
+
+    async def _session(self, steady: Callable[[], None]) -> None:
         prefixes = [p for p in (self._prefix, self._control_prefix) if p is not None]
-        waits = delays()
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.psubscribe(*(prefix + b"*" for prefix in prefixes))
-                self._subscribed.set()
-                self._wake_all()  # anything pushed while we were not listening
-                waits = delays()  # listening again: the next outage backs off from the start
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if message is not None:
-                        self._heard(message["channel"], message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a dropped connection: listen again after a short backoff
-                self._subscribed.clear()
-                await asyncio.sleep(next(waits))
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.psubscribe(*(prefix + b"*" for prefix in prefixes))
+            self._subscribed.set()
+            self._wake_all()  # anything pushed while we were not listening
+            steady()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message is not None:
+                    self._heard(message["channel"], message["data"])
+        finally:
+            self._subscribed.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pubsub.aclose())
 
     def _heard(self, channel: bytes, data: bytes) -> None:
         if self._prefix is not None and channel.startswith(self._prefix):

@@ -7,10 +7,11 @@ import asyncio
 import itertools
 import re
 import time
+from collections.abc import Callable
 
 import pytest
 from apalis_cli.errors import ConnectionLost
-from apalis_cli.retrying import delays, retrying
+from apalis_cli.retrying import delays, keep_connected, retrying
 
 
 def test_waits_double_up_to_the_cap() -> None:
@@ -101,3 +102,39 @@ async def test_a_retry_waiting_for_the_store_can_be_cancelled() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_connection_kept_is_made_again_and_backs_off_from_the_start_once_steady(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    waited: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr("apalis_cli.retrying.asyncio.sleep", sleep)
+    sessions: list[str] = []
+    done = asyncio.Event()
+
+    async def session(steady: Callable[[], None]) -> None:
+        sessions.append("try")
+        if len(sessions) in (1, 2, 3):
+            raise ConnectionError("refused by postgresql://u:s3cret@db/app")  # never connected
+        if len(sessions) == 4:
+            steady()  # connected and listening, then lost
+            raise ConnectionError("lost")
+        done.set()
+        await asyncio.Event().wait()  # listening for good
+
+    kept = asyncio.create_task(keep_connected(session, what="LISTEN connection"))
+    await asyncio.wait_for(done.wait(), 5)
+    kept.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await kept
+    assert len(sessions) == 5
+    assert waited[0] < waited[1] < waited[2], "the waits grow while it cannot connect"
+    assert waited[3] < waited[2], "after a steady session the next outage backs off from the start"
+    assert "LISTEN connection: ConnectionError, connecting again in" in caplog.text
+    assert "s3cret" not in caplog.text

@@ -2,6 +2,7 @@
 
     python -m bench.web --backend sqlite,postgres              # 1,000,000 tasks, 50 queues
     python -m bench.web --backend sqlite --tasks 100000 --requests 50
+    python -m bench.web --backend redis,rsmq                   # pages by the store's own cursor
 
 For each store: one queue of `--tasks` tasks (70% done, 20% pending, 5% failed, 4% killed,
 1% running, errors on the failed and killed ones, finished over the last two hours) and 50
@@ -9,6 +10,8 @@ queues of 2,000 tasks; then `apalis web` serves them in its own process and this
 request at a time over HTTP, for the pages and API calls a person and a script make: the queue's
 first page of every status and of one status, pages deep behind the keyset cursor, a task, the
 overview of 51 queues. Each line gives p50, p95 and the slowest; the target is p95 < 200 ms.
+On Redis and rsmq, whose tasks change state only by running or by an operator, the big queue is
+96% pending and 4% killed (by `kill`, with the same errors); pages deep are of killed tasks.
 The overview's figures are counted in the background (at most every 2 s, whoever asks); how long
 one such count of every queue takes is printed too. Not part of the test suite.
 """
@@ -46,7 +49,8 @@ def _log(message: str) -> None:
 
 
 async def _fill(target: Target, tasks: int) -> None:
-    """Push the big queue and the small ones through the store, as producers would."""
+    """Push the big queue and the small ones through the store, as producers would; on a store
+    without SQL (Redis, rsmq), kill one task in 25 of the big queue with an error."""
     store = await open_store(target)
     try:
         codec = JsonCodec()
@@ -54,7 +58,16 @@ async def _fill(target: Target, tasks: int) -> None:
         batch = 10_000
         for start in range(0, tasks, batch):
             count = min(batch, tasks - start)
-            await big.push_bulk([{"image": f"img{start + i}.png", "width": 256} for i in range(count)])  # type: ignore[attr-defined]
+            ids = await big.push_bulk([{"image": f"img{start + i}.png", "width": 256} for i in range(count)])  # type: ignore[attr-defined]
+            if target.kind in ("redis", "rsmq"):
+                doomed = list(range(0, count, 25))
+                for at in range(0, len(doomed), 50):  # 50 at a time: one connection each
+                    await asyncio.gather(
+                        *(
+                            big.kill(ids[i], f"ConnectionError: image store did not answer for img{start + i}.png")  # type: ignore[attr-defined]
+                            for i in doomed[at : at + 50]
+                        )
+                    )
             if start % 200_000 == 0:
                 _log(f"{target.kind}: pushed {start + count:,} of {tasks:,}")
         for q in range(SMALL_QUEUES):
@@ -145,17 +158,20 @@ def _line(label: str, took: list[float]) -> dict[str, Any]:
     return row
 
 
-def _measure(url: str, requests: int) -> list[dict[str, Any]]:
+def _measure(url: str, requests: int, deep: str) -> list[dict[str, Any]]:
+    """Each line's requests; pages deep are of status `deep` (done, or killed where nothing ran)."""
     rows = []
     with httpx.Client(base_url=url, timeout=60.0) as client:
         client.get("/")  # the first count of every queue happens here, once
-        first = client.get("/api/queues/big/tasks", params={"status": "done", "limit": 50}).json()
+        first = client.get("/api/queues/big/tasks", params={"status": deep, "limit": 50}).json()
         task_id = first["tasks"][0]["id"]
         # Cursors deep in the queue: follow `next` 200 pages (10,000 tasks) in.
         cursors, after = [], first["next"]
         for _ in range(200):
+            if after is None:  # a smaller queue: fewer pages
+                break
             cursors.append(after)
-            after = client.get("/api/queues/big/tasks", params={"status": "done", "after": after}).json()["next"]
+            after = client.get("/api/queues/big/tasks", params={"status": deep, "after": after}).json()["next"]
         pending = client.get("/api/queues/big/tasks", params={"status": "pending", "order": "oldest"}).json()
         rows.append(_line("queue page, every status (HTML)", _timed(client, lambda i: "/queues/big", requests)))
         rows.append(
@@ -163,17 +179,17 @@ def _measure(url: str, requests: int) -> list[dict[str, Any]]:
         )
         rows.append(
             _line(
-                "queue page, done, pages 1-200 deep (HTML)",
-                _timed(client, lambda i: f"/queues/big?status=done&after={cursors[i % len(cursors)]}", requests),
+                f"queue page, {deep}, pages 1-200 deep (HTML)",
+                _timed(client, lambda i: f"/queues/big?status={deep}&after={cursors[i % len(cursors)]}", requests),
             )
         )
         rows.append(_line("API tasks, every status", _timed(client, lambda i: "/api/queues/big/tasks", requests)))
         rows.append(
             _line(
-                "API tasks, done, pages 1-200 deep",
+                f"API tasks, {deep}, pages 1-200 deep",
                 _timed(
                     client,
-                    lambda i: f"/api/queues/big/tasks?status=done&after={cursors[i % len(cursors)]}",
+                    lambda i: f"/api/queues/big/tasks?status={deep}&after={cursors[i % len(cursors)]}",
                     requests,
                 ),
             )
@@ -234,14 +250,14 @@ async def _run_kind(kind: str, tasks: int, requests: int) -> dict[str, Any]:
         await _fill(target, tasks)
         if kind == "sqlite":
             _statuses_sqlite(target)
-        else:
+        elif kind == "postgres":
             await _statuses_postgres(target)
         config = _config(target, folder)
         refresh_ms = await _count_all(config)
         process, url = _serve(config)
         try:
             print(f"{kind}: {tasks:,} tasks in one queue, {SMALL_QUEUES} more queues of {SMALL_TASKS:,}", flush=True)
-            rows = _measure(url, requests)
+            rows = _measure(url, requests, "done" if kind in ("sqlite", "postgres") else "killed")
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -253,7 +269,7 @@ async def _run_kind(kind: str, tasks: int, requests: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.web", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="sqlite,postgres", help="sqlite and/or postgres")
+    parser.add_argument("--backend", default="sqlite,postgres", help="sqlite, postgres, redis, rsmq")
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=200, help="requests per line")
     parser.add_argument("--json", action="store_true", help="print one JSON document at the end")

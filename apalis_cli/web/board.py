@@ -223,13 +223,22 @@ class Board:
         self, task_id: TaskId, queue: str | None = None, backend: str | None = None
     ) -> tuple[QueueView, Task[bytes]]:
         """The task `task_id`, looked for in `queue` (on `backend`) or, without one, in every
-        queue that can be inspected; `NotFound` when none has it."""
+        queue that can be inspected; `NotFound` when none has it.
+
+        A named queue whose store can inspect only part of its tasks (rsmq, NATS: not the done
+        ones) is asked too, as `apalis inspect --id` asks it; a store that cannot find a task
+        by id at all says so (`Unsupported`) and is passed over."""
         views = [self.view(queue, backend)] if queue is not None else self.queues
         for view in views:
             inspector = view.inspector
-            if inspector is None or view.error is not None or view.why_not(Capability.INSPECT) is not None:
+            if inspector is None or view.error is not None:
                 continue
-            task = await inspector.get(task_id)
+            if queue is None and view.why_not(Capability.INSPECT) is not None:
+                continue
+            try:
+                task = await inspector.get(task_id)
+            except Unsupported:
+                continue
             if task is not None:
                 return view, task
         raise NotFound(f"no task {task_id}" + (f' in queue "{queue}"' if queue is not None else ""))

@@ -40,12 +40,17 @@ _GROUPS: dict[Status | None, tuple[str, ...]] = {
 _RANK = {name: n for n, name in enumerate(_GROUPS[None])}
 
 
+def _text(value: str | bytes | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _cursor(text: str) -> tuple[str, str, str]:
     value = json.loads(text)
     if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
         raise ValueError("not a cursor of the redis store")
     name, score, member = value
-    float(score)  # a score Redis gave, or this is no cursor
+    if score or member:
+        float(score)  # a score Redis gave, or this is no cursor ('' and '': the set's start)
     if name.split(":", 1)[0] not in ("kp", *_RANK):
         raise ValueError("not a cursor of the redis store")
     return name, score, member
@@ -88,11 +93,10 @@ class RedisBrowser(RedisInspector):
         resume = _cursor(after) if after else None
         if where.text:
             found = await self._exact(where)
-            if found is not None:
-                hit = after is None and where.of_status(found)
+            if found is not None and where.of_status(found):  # else: the text may be in errors
                 payload = found.args[:preview] if preview is not None else found.args
                 task = Task(id=found.id, args=payload, ctx=found.ctx)
-                return BrowsedPage([task] if hit else [], None)
+                return BrowsedPage([task] if after is None else [], None)
         k = self.keys
         sets: list[str] = []
         for group in _GROUPS[where.status]:
@@ -122,6 +126,8 @@ class RedisBrowser(RedisInspector):
         for name in sets:
             args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
             while True:
+                if budget <= 0:  # a page that read its share: the next one goes on from here
+                    return self._page(rows, [name, _text(args[2]), _text(args[3])])
                 args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
                 reply = await script(keys=[k.base + name], args=args)
                 got, last_score, last_member, done, read = msgpack.unpackb(reply, raw=True)
@@ -132,8 +138,6 @@ class RedisBrowser(RedisInspector):
                     return self._page(rows[:limit], [name, score.decode(), member.decode()])
                 if done:
                     break
-                if budget <= 0:  # a search that read its share: the next page goes on from here
-                    return self._page(rows, [name, last_score.decode(), last_member.decode()])
                 args[2], args[3] = last_score, last_member
         return self._page(rows, None)
 

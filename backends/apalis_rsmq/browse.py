@@ -38,12 +38,17 @@ _SETS: dict[Status | None, tuple[str, ...]] = {
 }
 
 
+def _text(value: str | bytes | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _cursor(text: str) -> tuple[str, str, str]:
     value = json.loads(text)
     if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
         raise ValueError("not a cursor of the rsmq store")
     name, score, member = value
-    float(score)  # a score Redis gave, or this is no cursor
+    if score or member:
+        float(score)  # a score Redis gave, or this is no cursor ('' and '': the set's start)
     if name not in ("live", "dead"):
         raise ValueError("not a cursor of the rsmq store")
     return name, score, member
@@ -67,10 +72,9 @@ class RsmqBrowser(RsmqInspector):
         resume = _cursor(after) if after else None
         if where.text:
             found = await self.get(where.text)
-            if found is not None and found.ctx.status is not Status.DONE:
-                hit = after is None and where.of_status(found)
+            if found is not None and found.ctx.status is not Status.DONE and where.of_status(found):
                 payload = found.args[:preview] if preview is not None else found.args
-                return BrowsedPage([Task(id=found.id, args=payload, ctx=found.ctx)] if hit else [], None)
+                return BrowsedPage([Task(id=found.id, args=payload, ctx=found.ctx)] if after is None else [], None)
         sets = list(_SETS[where.status])
         if newest_first:
             sets.reverse()
@@ -94,6 +98,8 @@ class RsmqBrowser(RsmqInspector):
             args[0] = name
             args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
             while True:
+                if budget <= 0:  # a page that read its share: the next one goes on from here
+                    return self._page(rows, [name, _text(args[2]), _text(args[3])])
                 args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
                 reply = await script(keys=keys, args=args)
                 got, last_score, last_member, done, read = msgpack.unpackb(reply, raw=True)
@@ -104,8 +110,6 @@ class RsmqBrowser(RsmqInspector):
                     return self._page(rows[:limit], [name, score.decode(), member.decode()])
                 if done:
                     break
-                if budget <= 0:  # a page that read its share: the next one goes on from here
-                    return self._page(rows, [name, last_score.decode(), last_member.decode()])
                 args[2], args[3] = last_score, last_member
         return self._page(rows, None)
 

@@ -3,6 +3,7 @@ walk through their sorted sets by (score, member), over real HTTP on a real serv
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,30 @@ async def test_the_overview_shows_what_the_store_keeps_of_its_activity(kind: str
         await inspector(served).kill(first, "ValueError")
         (thumbs,) = (await served.client.get("/api/queues")).json()
         assert thumbs["oldest_ready_age"] is None  # nothing is ready
+
+
+async def test_a_search_reads_a_bounded_share_per_page_and_goes_on(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importlib.import_module(f"apalis_{kind}.browse"), "SCAN_BUDGET", 25)
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        ids = await queue(served).push_bulk([{"n": i} for i in range(100)])
+        broken = [ids[10], ids[60], ids[99]]
+        for task_id in broken:
+            await inspector(served).kill(task_id, f"OSError: disk full under {task_id}")
+        found, pages = await walk(served, search="disk full", order="oldest")
+        assert sorted(found) == sorted(broken)  # each once, though no page read the whole queue
+        assert pages >= 100 // 25
+
+
+async def test_a_listed_task_opens_on_its_page(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        waiting, broken = await queue(served).push_bulk([{"image": "cat.png"}, {"image": "<b>broken</b>.png"}])
+        await inspector(served).kill(broken, "ValueError: 507")
+        for task_id, status in ((waiting, "pending"), (broken, "killed")):
+            answer = await served.client.get(f"/api/tasks/{task_id}", params={"queue": "thumbnails"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["status"] == status
+            page = await served.client.get(f"/tasks/{task_id}", params={"queue": "thumbnails"})
+            assert page.status_code == 200
+            assert "&lt;b&gt;broken&lt;/b&gt;" in page.text or status == "pending"

@@ -15,7 +15,7 @@ its leases (the orphan sweep after `stale_after`); nothing is counted apart that
 
 from __future__ import annotations
 
-from .claim import ClaimRound, claim_round
+from .claim import ClaimRound, KeyedClaims, claim_round, claim_round_async
 from .limits import FleetLimits, fleet_limits
 from .rates import allowance, next_start, spend
 from .unique import CONFLICTS, DEFAULT_STATES, Unique, unique_from
@@ -25,9 +25,11 @@ __all__ = [
     "DEFAULT_STATES",
     "ClaimRound",
     "FleetLimits",
+    "KeyedClaims",
     "Unique",
     "allowance",
     "claim_round",
+    "claim_round_async",
     "fleet_limits",
     "next_start",
     "spend",

@@ -10,17 +10,34 @@ left and some key had room, it walks again. Keys come in batches from one index 
 costs a few statements, not a few per key. A key at its limit is passed over at the cost of one
 index step, so however deep its backlog, other keys keep their speed; priority and run_at order
 tasks within a key, not across keys.
+
+The algorithm is written once, as steps that ask for I/O (`claim_steps`, a generator of `Keys`,
+`Heads` and `Take` requests answered with their results), driven by `claim_round` over a sync
+store's callables (SQLite's thread, memory) and by `claim_round_async` over an async driver's
+(PostgreSQL, MySQL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .limits import FleetLimits
 from .rates import allowance, next_start, spend
 
-__all__ = ["QUEUE_RATE", "ClaimRound", "claim_round", "rate_key"]
+__all__ = [
+    "QUEUE_RATE",
+    "ClaimRound",
+    "Heads",
+    "KeyedClaims",
+    "Keys",
+    "Take",
+    "claim_round",
+    "claim_round_async",
+    "claim_steps",
+    "rate_key",
+]
 
 QUEUE_RATE = "*"
 """The rate state of a queue-wide rate limit (a keyed one's states are `rate_key(key)`)."""
@@ -52,12 +69,59 @@ class ClaimRound:
         self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
 
 
+class KeyedClaims:
+    """One worker's limited claiming, kept by its store between claims: its limits, where its
+    last claim stopped among the keys (`after`), how many claims it made (`claims`: a store
+    forgets rate states gone by every so many), and when a rate next lets a start through for
+    a key it passed over (`wake_at`)."""
+
+    __slots__ = ("after", "claims", "limits", "wake_at")
+
+    def __init__(self, limits: FleetLimits) -> None:
+        self.limits = limits
+        self.after: str | None = None
+        self.claims = 0
+        self.wake_at: float | None = None
+
+    def claimed(self, done: ClaimRound) -> None:
+        """Remember where `done` stopped and when to try again."""
+        self.claims += 1
+        self.after = done.after
+        self.wake_at = done.wake_at
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Asks for up to `count` keys with waiting tasks, in key order, above `after` (None: from
+    the first); answered with a `Sequence[str]`. A store whose `rates` mapping it fills as it
+    reads may fill it here with the keys' rate states (the claim reads them after this step)."""
+
+    after: str | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heads:
+    """Asks to claim the first ready task of each of `keys`; answered with how many each key
+    gave (a `Mapping[str, int]` of 0 or 1)."""
+
+    keys: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """Asks to claim up to `count` ready tasks (`key` None: of the whole queue in its usual
+    order, or with a keyed limit those pushed without a key); answered with how many it took."""
+
+    key: str | None
+    count: int
+
+
+Step = Keys | Heads | Take
+Steps = Generator[Step, Any, ClaimRound]
 KeysAfter = Callable[[str | None, int], Sequence[str]]
-"""Up to n keys with waiting tasks, in key order, above the one given (None: from the first)."""
 TakeHeads = Callable[[Sequence[str]], Mapping[str, int]]
-"""Claim the first ready task of each key given; how many each key gave (0 or 1)."""
-Take = Callable[[str | None, int], int]
-"""Claim up to n ready tasks (None: of the whole queue in its usual order; a key: of that key)."""
+TakeSome = Callable[[str | None, int], int]
 
 
 def claim_round(
@@ -69,13 +133,68 @@ def claim_round(
     rates: Mapping[str, float],
     keys_after: KeysAfter,
     take_heads: TakeHeads,
-    take: Take,
+    take: TakeSome,
     after: str | None = None,
 ) -> ClaimRound:
-    """Claim up to `want` tasks within `limits`.
+    """Claim up to `want` tasks within `limits` through a sync store's callables (`claim_steps`)."""
+    steps = claim_steps(limits, want, now, running=running, rates=rates, after=after)
+    answer: Any = None
+    try:
+        while True:
+            step = steps.send(answer)
+            if isinstance(step, Keys):
+                answer = keys_after(step.after, step.count)
+            elif isinstance(step, Heads):
+                answer = take_heads(step.keys)
+            else:
+                answer = take(step.key, step.count)
+    except StopIteration as done:
+        result: ClaimRound = done.value
+        return result
+
+
+async def claim_round_async(
+    limits: FleetLimits,
+    want: int,
+    now: float,
+    *,
+    running: Mapping[str | None, int],
+    rates: Mapping[str, float],
+    keys_after: Callable[[str | None, int], Awaitable[Sequence[str]]],
+    take_heads: Callable[[Sequence[str]], Awaitable[Mapping[str, int]]],
+    take: Callable[[str | None, int], Awaitable[int]],
+    after: str | None = None,
+) -> ClaimRound:
+    """`claim_round` through an async store's callables."""
+    steps = claim_steps(limits, want, now, running=running, rates=rates, after=after)
+    answer: Any = None
+    try:
+        while True:
+            step = steps.send(answer)
+            if isinstance(step, Keys):
+                answer = await keys_after(step.after, step.count)
+            elif isinstance(step, Heads):
+                answer = await take_heads(step.keys)
+            else:
+                answer = await take(step.key, step.count)
+    except StopIteration as done:
+        result: ClaimRound = done.value
+        return result
+
+
+def claim_steps(
+    limits: FleetLimits,
+    want: int,
+    now: float,
+    *,
+    running: Mapping[str | None, int],
+    rates: Mapping[str, float],
+    after: str | None = None,
+) -> Steps:
+    """Claim up to `want` tasks within `limits`, asking for each read and claim in turn.
 
     `running` counts the running tasks by key (the rows themselves, so a crashed worker's count
-    goes with its leases); `rates` are the stored rate states. `take(None, n)` claims in the
+    goes with its leases); `rates` are the stored rate states. `Take(None, n)` claims in the
     queue's usual order; with a keyed limit it claims tasks pushed without a key (by a producer
     that did not read the worker's config), one group of their own offered what the keys leave.
     """
@@ -92,14 +211,14 @@ def claim_round(
     if budget <= 0:
         return result
     if not limits.keyed:
-        got = take(None, budget)
+        got = yield Take(None, budget)
         _spent(limits, result, rates, QUEUE_RATE, got, now)
         result.claimed = got
         return result
     turns = _Turns(limits, result, now, running, rates)
     start = after
     while budget > 0:
-        taken = turns.walk(start, budget, keys_after, take_heads)
+        taken = yield from turns.walk(start, budget)
         budget -= taken
         if taken == 0 or not turns.room_left:
             break
@@ -107,7 +226,7 @@ def claim_round(
     if budget > 0:
         got = turns.room(None, budget)
         if got > 0:
-            taken = take(None, got)
+            taken = yield Take(None, got)
             turns.took(None, taken)
             budget -= taken
     result.claimed = turns.claimed
@@ -154,13 +273,13 @@ class _Turns:
             if self.limits.keyed_rate:
                 _spent(self.limits, self.result, self.rates, rate_key(key), got, self.now)
 
-    def walk(self, after: str | None, budget: int, keys_after: KeysAfter, take_heads: TakeHeads) -> int:
+    def walk(self, after: str | None, budget: int) -> Generator[Step, Any, int]:
         """One turn for every key with waiting tasks, from the one after `after`, coming round
         once; the first task of each key with room, until `budget` is spent."""
         taken, cursor, wrapped = 0, after, after is None
         self.room_left = False
         while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
-            batch = list(keys_after(cursor, min(MAX_BATCH, 2 * (budget - taken) + 16)))
+            batch = list((yield Keys(cursor, min(MAX_BATCH, 2 * (budget - taken) + 16))))
             if wrapped and after is not None:
                 batch = [key for key in batch if key <= after]  # round again up to where it began
             if not batch:
@@ -178,7 +297,7 @@ class _Turns:
                     self.room_left = self.room_left or room > 1
                     if len(chosen) == budget - taken:
                         break
-            got = take_heads(chosen) if chosen else {}
+            got: Mapping[str, int] = (yield Heads(chosen)) if chosen else {}
             for key, n in got.items():
                 self.took(key, n)
                 taken += n

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from apalis_cli.backend import NewTask
-from apalis_cli.fleet import ClaimRound, FleetLimits, claim_round
+from apalis_cli.fleet import ClaimRound, KeyedClaims, claim_round
 from apalis_cli.task import TaskId
 from apalis_sql import Queries, encode_meta, insert_params
 
@@ -19,19 +19,6 @@ __all__ = ["KeyedClaims", "claim_limited", "enqueue_keyed"]
 
 _FORGET_EVERY = 256
 """Claims of one worker between two sweeps of the rate states gone by."""
-
-
-class KeyedClaims:
-    """One worker's limited claiming: its limits, where its last claim stopped among the keys,
-    and when a rate next lets a start through for a key it passed over."""
-
-    __slots__ = ("after", "claims", "limits", "wake_at")
-
-    def __init__(self, limits: FleetLimits) -> None:
-        self.limits = limits
-        self.after: str | None = None
-        self.claims = 0
-        self.wake_at: float | None = None
 
 
 class _Rates(Mapping[str, float]):
@@ -104,11 +91,9 @@ def claim_limited(
     )
     if done.rates:
         conn.executemany(q.set_rate_state, [(queue, name, tat) for name, tat in done.rates.items()])
-    state.claims += 1
+    state.claimed(done)
     if state.claims % _FORGET_EVERY == 0:
         conn.execute(q.forget_rate_states, {"queue": queue, "now": now})
-    state.after = done.after
-    state.wake_at = done.wake_at
     return rows
 
 

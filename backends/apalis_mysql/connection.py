@@ -53,6 +53,7 @@ BULK_WHERE = """queue = %(queue)s AND status IN %(statuses)s
 """The filter of every bulk statement: statuses, since/until on the last change, an error's
 substring in any case, and (`fresh`) only tasks not asked to cancel before."""
 _INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, %s, {NOW})"
+_INSERT_ROW_KEYED = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, %s, {NOW}, %s)"
 _CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allowed_packet (16 MiB)
 # Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
 _TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2014, 2055}
@@ -126,6 +127,7 @@ class Database:
     wait_polls = (0.02, 0.5)  # a waiter is woken by a signal; a read now and then is the safety net
     bulk_batch = 10_000
     cancel_poll: float | None = None  # the control listener tells the worker (and its heartbeat)
+    claims_by_select = True  # no UPDATE ... RETURNING: a claim locks rows, then marks them
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config
@@ -297,6 +299,32 @@ class Database:
                     for task_id, reason in await self.fetch("cancels_requested", {"running": runs}):
                         worker.on_cancel(task_id, reason)
 
+    async def locked(
+        self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
+    ) -> T:
+        """`op` in one transaction inside a named lock of the database, prefix, `lock`, `queue`
+        and `key` (`named_lock`, 64 characters at most: a digest of them), freed after the
+        commit; a connection that fails is closed (`Pool`), which rolls back and frees it.
+        Every commit waits for the server's log flush (`durable` is the server's setting)."""
+        scope = f"{self.config.database}:{self.config.table_prefix}:{queue}:{key}"
+        name = {"lock": f"apalis-{lock}:" + hashlib.sha1(scope.encode()).hexdigest()}
+        take, free = self.sql["named_lock"], self.sql["named_unlock"]
+
+        async def in_lock(conn: Conn) -> T:
+            cursor = conn.cursor()
+            while True:  # asked again while another session holds it for long
+                await cursor.execute(take, name)
+                if (await cursor.fetchone())[0] == 1:
+                    break
+            await cursor.execute("START TRANSACTION")
+            result = await op(_Session(conn, self.sql))
+            await cursor.execute("COMMIT")
+            await cursor.execute(free, name)
+            await cursor.fetchall()
+            return result
+
+        return await self.run(in_lock)
+
     def sweep_params(self, queue: str) -> dict[str, Any]:
         """The named lock of the queue's sweep (64 characters at most: a digest of its scope)."""
         scope = f"{self.config.database}:{self.config.table_prefix}:{queue}"
@@ -307,12 +335,16 @@ class Database:
     async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
         """Insert tasks, many rows per statement; ids and keys already there are skipped."""
         inserted = 0
+        keyed = any(t.limit_key is not None for t in tasks)  # then with each task's limit key
+        statement, row = (self.sql["insert_keyed"], _INSERT_ROW_KEYED) if keyed else (self.sql["insert"], _INSERT_ROW)
         for chunk in _chunks(tasks):
             args: list[Any] = []
             for t in chunk:
                 args += (t.id, queue, t.payload, t.max_attempts, t.run_at, t.priority, t.idempotency_key)
                 args += (encode_meta(t.meta), t.waited)
-            query = self.sql["insert"].replace("{rows}", ", ".join([_INSERT_ROW] * len(chunk)))
+                if keyed:
+                    args.append(t.limit_key)
+            query = statement.replace("{rows}", ", ".join([row] * len(chunk)))
             # Affected rows count inserts only (asyncmy sets no CLIENT_FOUND_ROWS): a skipped
             # duplicate counts 0, so a shortfall means some id or key was already there.
             inserted += await self.run(functools.partial(_execute, query=query, params=args))

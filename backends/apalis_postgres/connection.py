@@ -166,6 +166,7 @@ class Database:
     wait_polls = (1.0, 1.0)  # waiters are woken by NOTIFY; a read a second is the safety net
     bulk_batch = 10_000
     cancel_poll: float | None = None  # a NOTIFY tells the worker
+    claims_by_select = False  # UPDATE ... RETURNING claims in one statement
 
     def __init__(self, config: PostgresConfig) -> None:
         self.config = config
@@ -274,6 +275,26 @@ class Database:
 
         return await self.run(in_transaction)
 
+    async def locked(
+        self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
+    ) -> T:
+        """`op` in one transaction that first takes a transaction-scoped advisory lock on the
+        schema, `lock`, `queue` and `key` (`advisory_lock`): freed by the commit or rollback, or
+        by the server when the connection is lost."""
+        params = {
+            "scope": f"{self.channel}:{lock}:{queue}",
+            "key": key,
+            "commit": None if durable and self.config.durable_push else "off",
+        }
+        statement = self.sql["advisory_lock"]
+
+        async def in_transaction(conn: Conn) -> T:
+            async with conn.transaction():
+                await conn.execute(statement, params)
+                return await op(_Session(conn, self.sql))
+
+        return await self.run(in_transaction)
+
     async def notify(self, queue: str) -> None:
         """Wake the pollers of `queue` here at once, and in other processes by NOTIFY."""
         self.waker(queue).notify()
@@ -289,7 +310,8 @@ class Database:
     # -- the dialect: inserts, claims and acks as PostgreSQL writes them ----------------------
 
     async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
-        """Insert `tasks` in one statement (NOTIFY included); ids and keys already there are skipped."""
+        """Insert `tasks` in one statement (NOTIFY included); ids and keys already there are
+        skipped. Tasks with a limit key go in with it (`enqueue_keyed`)."""
         params: dict[str, Any] = {
             "queue": queue,
             "commit": None if self.config.durable_push else "off",
@@ -301,6 +323,9 @@ class Database:
             "keys": [t.idempotency_key for t in tasks],
             "metas": [encode_meta(t.meta) for t in tasks],
         }
+        if any(t.limit_key is not None for t in tasks):
+            params["limit_keys"] = [t.limit_key for t in tasks]
+            return len(await self.fetch("enqueue_keyed", params))
         return len(await self.fetch("enqueue", params))
 
     async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:

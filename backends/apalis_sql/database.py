@@ -129,6 +129,9 @@ class SqlDatabase(Protocol):
     cancel_poll: float | None
     """Where the server cannot push: how often a running worker asks which of its runs have a
     cancel requested (its heartbeat asks too). None where a NOTIFY tells it."""
+    claims_by_select: bool
+    """The limited claim statements lock their rows and `limit_mark` claims them (no UPDATE
+    ... RETURNING), rather than claim them themselves (`apalis_sql.limits`)."""
 
     async def open(self) -> list[int]:
         """Connect and migrate; the migrations applied now."""
@@ -171,6 +174,15 @@ class SqlDatabase(Protocol):
     async def notify_control(self) -> None:
         """Tell other processes to look at their runs' cancels and their waiters' tasks (after a
         cancel or an end that the statement itself did not announce, as PostgreSQL's do)."""
+        ...
+
+    async def locked(
+        self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
+    ) -> T:
+        """`op` in one transaction holding the lock `lock` of `queue` and `key` (`limits`: the
+        queue's limited claims; `unique`: a unique key's pushes) from before its first read to
+        after its commit, retried whole; `durable`: its commit waits for the log flush as a
+        push's does (a claim's need not)."""
         ...
 
     def sweep_params(self, queue: str) -> dict[str, Any]:

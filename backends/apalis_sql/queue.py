@@ -3,8 +3,10 @@
 The flow is the same on every server; what differs is asked of the store's `SqlDatabase`:
 
 - push: `insert` (skipping ids and keys already stored); a key held by another task gives its
-  id (`key_holders`). Pollers here are woken at once, elsewhere by the server's push path.
-- poll: `ClaimsAhead.poll` over `claim`: batches of free slots, tasks claimed ahead first.
+  id (`key_holders`). Pollers here are woken at once, elsewhere by the server's push path. A
+  task with a unique key is pushed on its own, in its key's locked transaction (`limits`).
+- poll: `ClaimsAhead.poll` over `claim`: batches of free slots, tasks claimed ahead first; a
+  worker with global limits claims within them instead (`limits`).
 - ack: the batch grouped by outcome (`plan_acks`), applied by `ack` in one write that also
   claims, for each polling worker whose runs ended here, as many tasks as those runs free (so
   a busy worker waits for one round trip or commit per batch, not two).
@@ -23,9 +25,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from apalis_cli.ahead import ClaimsAhead, Fetch
-from apalis_cli.backend import NewTask, WorkerContext
+from apalis_cli.ahead import ClaimsAhead, Fetch, Start
+from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
+from apalis_cli.fleet import KeyedClaims
 from apalis_cli.polling import Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
@@ -35,31 +38,66 @@ from .acks import plan_acks
 from .control import SqlControl
 from .database import Backlog, Rows, Session, SqlDatabase
 from .inspector import SqlInspector
+from .limits import LimitedClaims, push_unique
 from .rows import worker_params
 
-__all__ = ["SqlQueue"]
+__all__ = ["CAPABILITIES", "SqlQueue"]
+
+CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 
 
 class SqlQueue(QueueBase, SqlInspector, SqlControl):
     """One queue of a SQL store, over its `SqlDatabase` (its control plane is `SqlControl`)."""
 
+    capabilities = CAPABILITIES
+
     def __init__(self, database: SqlDatabase, queue: str, *, codec: Codec, max_attempts: int) -> None:
         super().__init__(queue, codec=codec, max_attempts=max_attempts)
         self._db = database
         self._ahead = ClaimsAhead(self.ack_batch, Backlog)
+        self._limited = LimitedClaims(database, queue)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks (other processes woken); known keys give the existing ids."""
         if not tasks:
             return []
         db, queue = self._db, self.queue
+        if any(t.unique is not None for t in tasks):
+            return await self._enqueue_unique(tasks)
         inserted = await db.insert(queue, tasks)
         db.waker(queue).notify()
         keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
         if inserted == len(tasks) or not keys:
             return [t.id for t in tasks]  # a task skipped without a key was stored by an earlier try
-        holders = {key: task_id for key, task_id in await db.fetch("key_holders", {"queue": queue, "keys": keys})}
-        return [t.id if t.idempotency_key is None else holders.get(t.idempotency_key, t.id) for t in tasks]
+        return await self._key_holders(tasks, [t.id for t in tasks])
+
+    async def _enqueue_unique(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Tasks with a unique key one at a time, in order (two of one key in a batch see each
+        other), those without in one insert."""
+        db, queue = self._db, self.queue
+        plain = [t for t in tasks if t.unique is None]
+        woken = bool(plain) and await db.insert(queue, plain) > 0  # other processes woken by it
+        ids, wrote = [], False
+        for task in tasks:
+            if task.unique is None:
+                ids.append(task.id)
+                continue
+            task_id, changed = await push_unique(db, queue, task)
+            ids.append(task_id)
+            wrote = wrote or changed
+        if wrote and not woken:
+            await db.notify(queue)  # here and in other processes
+        else:
+            db.waker(queue).notify()
+        return await self._key_holders(tasks, ids) if any(t.idempotency_key for t in tasks) else ids
+
+    async def _key_holders(self, tasks: Sequence[NewTask], ids: list[TaskId]) -> list[TaskId]:
+        """`ids`, with the holder of each idempotency key in place of the task that had it."""
+        keys = [t.idempotency_key for t in tasks if t.idempotency_key is not None]
+        params = {"queue": self.queue, "keys": keys}
+        holders = {key: task_id for key, task_id in await self._db.fetch("key_holders", params)}
+        pairs = zip(tasks, ids, strict=True)
+        return [i if t.idempotency_key is None else holders.get(t.idempotency_key, i) for t, i in pairs]
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Ready tasks claimed in batches of free slots; woken by the server's push path where it
@@ -69,15 +107,19 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         """
 
         def start() -> tuple[Fetch, Waker]:
-            db, queue, worker_id = self._db, self.queue, worker.id
+            db, queue, worker_id, limited = self._db, self.queue, worker.id, self._limited
             db.listen(queue)
             heard = False
+            if worker.limits is not None:
+                limited.workers[worker_id] = KeyedClaims(worker.limits)
 
             async def fetch(limit: int) -> list[Task[bytes]]:
                 nonlocal heard
                 if not heard:  # no claim before the listener hears: a cancel of it would go unheard
                     await db.listening()
                     heard = True
+                if worker_id in limited.workers:
+                    return await limited.claim(worker_id, limit)
                 claimed = await db.claim(queue, worker_id, limit)
                 holder = self._ahead.holder(worker_id)
                 if holder is not None:
@@ -86,7 +128,17 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
 
             return fetch, db.waker(queue)
 
-        return self._ahead.poll(worker, start)
+        return self._polling(worker, start)
+
+    async def _polling(self, worker: WorkerContext, start: Start) -> AsyncIterator[Task[bytes] | None]:
+        """The poll stream; a worker's limited claiming is forgotten when it closes."""
+        stream = self._ahead.poll(worker, start)
+        try:
+            async for task in stream:
+                yield task
+        finally:
+            self._limited.forget(worker.id)
+            await stream.aclose()  # type: ignore[attr-defined]
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; tell it which of its runs have a cancel requested and
@@ -149,9 +201,12 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         ahead for the polling workers whose runs ended here (see `apalis_cli.ahead`)."""
         if not items:
             return
-        db = self._db
+        db, limited = self._db, self._limited.workers
         plan = plan_acks(items, time.time())
         want = [(h, n) for h, n in self._ahead.wanted(items) if h.backlog or not db.ahead_on_backlog]
+        # A worker with global limits claims within them, in a transaction of its own, after the ack.
+        within = [(h, n) for h, n in want if h.worker_id in limited]
+        want = [(h, n) for h, n in want if h.worker_id not in limited]
         claimed = await db.ack(self.queue, plan, [(holder.worker_id, n) for holder, n in want])
         if plan.wake:  # released (or instantly retried) tasks are ready for this process's pollers too
             db.waker(self.queue).notify()
@@ -159,6 +214,12 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             holder.backlog = len(tasks) == count
             if tasks:
                 await self._ahead.hand_over(holder, tasks)
+        for holder, count in within:
+            if holder.worker_id in limited:
+                tasks = await self._limited.claim(holder.worker_id, count)
+                holder.backlog = len(tasks) == count
+                if tasks:
+                    await self._ahead.hand_over(holder, tasks)
 
 
 async def _watch_cancels(db: SqlDatabase, worker: WorkerContext, every: float) -> None:

@@ -12,7 +12,7 @@ from apalis_cli.backend import Capabilities
 from apalis_cli.codec import Codec
 
 from .database import SqlDatabase
-from .queue import SqlQueue
+from .queue import CAPABILITIES, SqlQueue
 
 __all__ = ["SqlStore"]
 
@@ -21,7 +21,7 @@ class SqlStore:
     """Queues in one SQL database, sharing its pool (and its listener, where it has one)."""
 
     kind: ClassVar[str]
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: ClassVar[Capabilities] = CAPABILITIES
     queue_class: ClassVar[type[SqlQueue]] = SqlQueue
 
     def __init__(self, database: SqlDatabase) -> None:

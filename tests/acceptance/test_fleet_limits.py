@@ -1,9 +1,11 @@
 """Global limits with real daemons: three `apalis run` processes on one store (a SQLite file, a
-Redis server) hold a per-key concurrency (sampled from the store all along), a fleet-wide rate
-over 20 seconds, and a killed daemon's slots come back within `stale_after`."""
+Redis, PostgreSQL or MariaDB server) hold a per-key concurrency (sampled from the store all
+along), a fleet-wide rate over 20 seconds, and a killed daemon's slots come back within
+`stale_after`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -146,11 +148,111 @@ class RedisSampler:
         self._client.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+class SqlSampler:
+    """The tables of a PostgreSQL schema or a MariaDB table prefix of the test's own, read by
+    one connection on a loop of the sampler's own (the test itself is synchronous)."""
+
+    backend: str
+    tasks_table: str
+    workers_table: str
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+
+    def query(self, statement: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        return self._loop.run_until_complete(self._query(statement, args))
+
+    async def _query(self, statement: str, args: tuple[Any, ...]) -> list[Any]:
+        raise NotImplementedError
+
+    def running_by_key(self) -> dict[str, int]:
+        rows = self.query(
+            f"SELECT limit_key, count(*) FROM {self.tasks_table} WHERE status = 'running' GROUP BY limit_key"
+        )
+        return {str(key): int(n) for key, n in rows}
+
+    def done(self) -> int:
+        return int(self.query(f"SELECT count(*) FROM {self.tasks_table} WHERE status = 'done'")[0][0])
+
+    def results(self) -> list[float]:
+        return [float(r) for (r,) in self.query(f"SELECT result FROM {self.tasks_table} WHERE result IS NOT NULL")]
+
+    def workers(self) -> int:
+        return int(self.query(f"SELECT count(*) FROM {self.workers_table}")[0][0])
+
+    def last_beat(self, pid: int) -> float:
+        return float(self.query(f"SELECT last_seen FROM {self.workers_table} WHERE id LIKE %s", (f"%-{pid}-%",))[0][0])
+
+
+class PostgresSampler(SqlSampler):
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.schema = f"fleet{uuid.uuid4().hex[:8]}"
+        self.backend = f'kind = "postgres"\nurl = "{url}"\nschema = "{self.schema}"'
+        self.tasks_table, self.workers_table = f"{self.schema}.tasks", f"{self.schema}.workers"
+        self._conn: Any = None
+
+    async def _query(self, statement: str, args: tuple[Any, ...]) -> list[Any]:
+        import psycopg
+
+        if self._conn is None:
+            self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        return list(await (await self._conn.execute(statement, args)).fetchall())
+
+    def close(self) -> None:
+        from ..conformance.stores.postgres import drop_schema
+
+        if self._conn is not None:
+            self._loop.run_until_complete(self._conn.close())
+        self._loop.run_until_complete(drop_schema(self.url, self.schema))
+        self._loop.close()
+
+
+class MysqlSampler(SqlSampler):
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.prefix = f"fleet{uuid.uuid4().hex[:8]}_"
+        self.backend = f'kind = "mysql"\nurl = "{url}"\ntable_prefix = "{self.prefix}"'
+        self.tasks_table, self.workers_table = f"{self.prefix}tasks", f"{self.prefix}workers"
+        self._conn: Any = None
+
+    async def _query(self, statement: str, args: tuple[Any, ...]) -> list[Any]:
+        from ..conformance.stores.mysql import admin_connect
+
+        if self._conn is None:
+            self._conn = await admin_connect(self.url)
+        async with self._conn.cursor() as cursor:
+            await cursor.execute(statement, args or None)
+            return list(await cursor.fetchall())
+
+    def close(self) -> None:
+        tables = self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name LIKE %s",
+            (self.prefix.replace("_", "\\_") + "%",),
+        )
+        for (name,) in tables:
+            self.query(f"DROP TABLE IF EXISTS `{name}`")
+        if self._conn is not None:
+            self._loop.run_until_complete(self._conn.ensure_closed())
+        self._loop.close()
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres", "mysql"])
 def store(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Sampler]:
     """The store the daemons share, and a way to read it apart from them."""
     (tmp_path / "fleet_handlers.py").write_text(HANDLERS)
-    sampler: Sampler = SqliteSampler(tmp_path) if request.param == "sqlite" else RedisSampler(need_server("redis"))
+    kind = request.param
+    sampler: Sampler
+    if kind == "sqlite":
+        sampler = SqliteSampler(tmp_path)
+    elif kind == "redis":
+        sampler = RedisSampler(need_server("redis"))
+    elif kind == "postgres":
+        sampler = PostgresSampler(need_server("postgres"))
+    else:
+        sampler = MysqlSampler(need_server("mysql"))
     yield sampler
     sampler.close()
 

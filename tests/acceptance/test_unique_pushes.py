@@ -1,5 +1,6 @@
 """Unique pushes under contention: 100,000 pushes of one unique key from 8 processes at once make
-exactly one task, on the stores that have unique jobs and can be shared by processes."""
+exactly one task, on the stores that have unique jobs and can be shared by processes (SQLite,
+Redis, PostgreSQL, MariaDB)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,9 @@ PUSHES = 100_000
 
 
 def _store(spec: StoreSpec) -> Store:
-    if spec.kind == "sqlite":
-        from apalis_sqlite import SqliteStore
+    from apalis_cli.registry import Registry
 
-        return SqliteStore.from_spec(spec)
-    from apalis_redis import RedisStore
-
-    return RedisStore.from_spec(spec)
+    return Registry().store_class(spec.kind).from_spec(spec)
 
 
 def _push_many(spec: StoreSpec, count: int, start_at: float) -> list[str]:
@@ -48,17 +45,30 @@ def _push_many(spec: StoreSpec, count: int, start_at: float) -> list[str]:
     return asyncio.run(run())
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres", "mysql"])
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSpec]:
-    if request.param == "sqlite":
+    kind = request.param
+    if kind == "sqlite":
         yield StoreSpec(name="u", kind="sqlite", url="sqlite:///unique.db", base_dir=tmp_path)
         return
-    url = need_server("redis")
+    url = need_server(kind)
     namespace = f"uniq{uuid.uuid4().hex[:8]}"
-    yield StoreSpec(name="u", kind="redis", url=url, options={"namespace": namespace})
-    from ..conformance.stores.redis import drop_namespace
+    if kind == "redis":
+        yield StoreSpec(name="u", kind="redis", url=url, options={"namespace": namespace})
+        from ..conformance.stores.redis import drop_namespace
 
-    asyncio.run(drop_namespace(url, namespace))
+        asyncio.run(drop_namespace(url, namespace))
+    elif kind == "postgres":
+        yield StoreSpec(name="u", kind="postgres", url=url, options={"schema": namespace})
+        from ..conformance.stores.postgres import drop_schema
+
+        asyncio.run(drop_schema(url, namespace))
+    else:
+        from ..conformance.stores.mysql import admin_execute
+
+        asyncio.run(admin_execute(url, f"CREATE DATABASE {namespace}"))
+        yield StoreSpec(name="u", kind="mysql", url=url.rsplit("/", 1)[0] + f"/{namespace}")
+        asyncio.run(admin_execute(url, f"DROP DATABASE IF EXISTS {namespace}"))
 
 
 @pytest.mark.timeout(900)

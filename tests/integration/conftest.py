@@ -90,7 +90,8 @@ def make_postgres_store(url: str, schema: str, **options: Any) -> PostgresStore:
 async def controls_after_migration(queue: SqlQueue) -> None:
     """A queue of a database made before the control plane, migrated on open: its pending task
     `old-pending` can be cancelled (and ends so, with the reason), its done task `old-done` (if
-    any) is already final, the queue can be paused."""
+    any) is already final, the queue can be paused, and a unique key holds (global limits and
+    unique jobs came later still)."""
     assert (await queue.cancel("old-pending", "migrated")).state is CancelState.CANCELLED
     assert (await queue.cancel("old-done", "migrated")).state in (CancelState.ALREADY_FINAL, CancelState.NOT_FOUND)
     await queue.pause()
@@ -98,6 +99,8 @@ async def controls_after_migration(queue: SqlQueue) -> None:
     cancelled = await queue.get("old-pending")
     assert cancelled is not None
     assert (cancelled.ctx.status, cancelled.ctx.last_error) == (Status.CANCELLED, "migrated")
+    first = await queue.push({"n": 1}, unique={"key": "after-migration"}, limit_key="a")
+    assert await queue.push({"n": 2}, unique={"key": "after-migration"}) == first
 
 
 def make_mysql_store(url: str, **options: Any) -> MysqlStore:

@@ -1,0 +1,149 @@
+-- Claims within global limits and unique pushes (apalis_cli.fleet, apalis_sql.limits). Each runs
+-- in a transaction inside a named lock (`named_lock`: one per queue for claims, one per queue
+-- and key for unique pushes), so the counts it reads cannot change before it commits; the lock
+-- is the session's, freed after the commit (or by the server when the connection closes).
+-- MariaDB has no UPDATE ... RETURNING: a claim statement locks its rows (FOR UPDATE SKIP
+-- LOCKED) and `limit_mark` claims them by id. Keys and rate states come as JSON text.
+
+-- name: named_lock
+SELECT GET_LOCK(%(lock)s, 10)
+
+-- name: named_unlock
+SELECT RELEASE_LOCK(%(lock)s)
+
+-- name: limit_state
+-- The server's clock, the pause, the queue-wide rate states, and the running tasks by key: the
+-- rows themselves, so a vanished worker's slots come back with its leases. One row at least.
+SELECT s.now, s.paused, s.queue_tat, s.keyless_tat, r.limit_key, r.running
+FROM (
+    SELECT {now} AS now,
+           EXISTS (SELECT 1 FROM {prefix}queues AS p WHERE p.queue = %(queue)s AND p.paused = 1) AS paused,
+           (SELECT tat FROM {prefix}limit_rates WHERE queue = %(queue)s AND state = '*') AS queue_tat,
+           (SELECT tat FROM {prefix}limit_rates WHERE queue = %(queue)s AND state = '-') AS keyless_tat
+) AS s
+LEFT JOIN (
+    SELECT limit_key, COUNT(*) AS running FROM {prefix}tasks
+    WHERE queue = %(queue)s AND status = 'running'
+    GROUP BY limit_key
+) AS r ON 1 = 1
+
+-- name: limit_keys_after
+-- Up to :count keys with waiting tasks above :after, in order (a loose index scan: one step per
+-- key), with each key's rate state.
+SELECT walk.k, r.tat
+FROM (
+    SELECT ready_key AS k FROM {prefix}tasks FORCE INDEX ({prefix}tasks_ready_keys)
+    WHERE queue = %(queue)s AND ready_key > %(after)s
+    GROUP BY queue, ready_key
+    ORDER BY queue, ready_key
+    LIMIT %(count)s
+) AS walk
+LEFT JOIN {prefix}limit_rates AS r ON r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
+ORDER BY walk.k
+
+-- name: limit_keys_first
+SELECT walk.k, r.tat
+FROM (
+    SELECT ready_key AS k FROM {prefix}tasks FORCE INDEX ({prefix}tasks_ready_keys)
+    WHERE queue = %(queue)s AND ready_key IS NOT NULL
+    GROUP BY queue, ready_key
+    ORDER BY queue, ready_key
+    LIMIT %(count)s
+) AS walk
+LEFT JOIN {prefix}limit_rates AS r ON r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
+ORDER BY walk.k
+
+-- name: limit_heads
+-- Lock the first ready task of each key in :keys (each found by one step in the keyed index,
+-- then read by primary key). Columns in TASK_COLUMNS order, then the key.
+SELECT STRAIGHT_JOIN {columns}, limit_key
+FROM (
+    SELECT (
+        SELECT h.id FROM {prefix}tasks AS h
+        WHERE h.queue = %(queue)s AND h.ready_key = k.k AND h.run_at <= {now}
+        ORDER BY h.priority DESC, h.run_at, h.id
+        LIMIT 1
+    ) AS head
+    FROM JSON_TABLE(%(keys)s, '$[*]' COLUMNS (k VARCHAR(255) PATH '$')) AS k
+) AS heads
+JOIN {prefix}tasks ON id = heads.head
+WHERE ready = 1
+FOR UPDATE SKIP LOCKED
+
+-- name: limit_keyless
+-- Lock tasks pushed without a key, among the first :scan ready tasks of the queue: bounded,
+-- since the ready index cannot find them apart from the keyed ones.
+SELECT STRAIGHT_JOIN {columns}
+FROM (
+    SELECT first.id AS head FROM (
+        SELECT id, limit_key FROM {prefix}tasks
+        WHERE queue = %(queue)s AND ready = 1 AND run_at <= {now}
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(scan)s
+    ) AS first
+    WHERE first.limit_key IS NULL
+    LIMIT %(limit)s
+) AS heads
+JOIN {prefix}tasks ON id = heads.head
+WHERE ready = 1
+FOR UPDATE SKIP LOCKED
+
+-- name: limit_take
+-- Lock up to :limit ready tasks in the queue's order (a queue-wide limit, no key).
+SELECT {columns} FROM {prefix}tasks
+WHERE queue = %(queue)s AND ready = 1 AND run_at <= {now}
+ORDER BY priority DESC, run_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: limit_mark
+-- Claim the tasks a claim statement above locked.
+UPDATE {prefix}tasks
+SET status = 'running', attempts = attempts + 1, lock_by = %(worker)s, lock_at = {now}
+WHERE id IN %(ids)s
+
+-- name: limit_rates_set
+-- :rates is a JSON array of [state, tat] pairs.
+INSERT INTO {prefix}limit_rates (queue, state, tat)
+SELECT %(queue)s, r.state, r.tat
+FROM JSON_TABLE(%(rates)s, '$[*]' COLUMNS (state VARCHAR(300) PATH '$[0]', tat DOUBLE PATH '$[1]')) AS r
+ON DUPLICATE KEY UPDATE tat = VALUES(tat)
+
+-- name: limit_rates_forget
+-- States in the past carry nothing (a full burst is available): dropped now and then.
+DELETE FROM {prefix}limit_rates WHERE queue = %(queue)s AND tat <= %(now)s
+
+-- name: insert_keyed
+-- As `insert`, with each task's limit key.
+INSERT INTO {prefix}tasks
+    (id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta, waited,
+     created_at, limit_key)
+VALUES {rows}
+ON DUPLICATE KEY UPDATE id = id
+
+-- name: unique_holder
+-- The newest task holding a unique key in one of the push's states, within its window.
+SELECT id FROM {prefix}tasks
+WHERE queue = %(queue)s AND unique_key = %(key)s
+  AND (unique_until IS NULL OR unique_until > %(now)s)
+  AND status IN %(states)s
+ORDER BY created_at DESC
+LIMIT 1
+
+-- name: unique_insert
+INSERT INTO {prefix}tasks
+    (id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta, waited,
+     created_at, limit_key, unique_key, unique_until)
+VALUES (%(id)s, %(queue)s, %(payload)s, 'pending', 0, %(max_attempts)s, %(run_at)s, %(priority)s, %(idempotency_key)s,
+        %(meta)s, %(waited)s, {now}, %(limit_key)s, %(unique_key)s, %(unique_until)s)
+ON DUPLICATE KEY UPDATE id = id
+
+-- name: unique_extend
+UPDATE {prefix}tasks SET unique_until = %(until)s WHERE id = %(id)s
+
+-- name: unique_replace
+-- A pending duplicate takes the new push's content; a running or finished one is left alone.
+UPDATE {prefix}tasks
+SET payload = %(payload)s, run_at = %(run_at)s, priority = %(priority)s, max_attempts = %(max_attempts)s,
+    meta = %(meta)s, limit_key = %(limit_key)s
+WHERE id = %(id)s AND status = 'pending'

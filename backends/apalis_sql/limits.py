@@ -1,0 +1,200 @@
+"""Global limits and unique pushes on the server-backed SQL stores, written once.
+
+A limited claim is `apalis_cli.fleet`'s claim over named statements (each store's
+`sql/limits.sql`), run in one transaction that first takes the queue's limit lock
+(`SqlDatabase.locked`: a transaction-scoped advisory lock on PostgreSQL, a named lock around the
+transaction on MySQL), so every daemon's limited claims of a queue take turns and none reads a
+count another is about to change. Running counts come from the running rows themselves, so a
+dead worker's slots come back with its leases (the orphan sweep, after `stale_after`); a rate
+is one GCRA time per key in `limit_rates`; the clock is the server's. Tasks over a limit stay
+pending and unclaimed; keys under theirs are claimed past them.
+
+A unique push is answered from the rows: a duplicate found by a plain read answers a `skip` at
+once (the holder was committed: the push is as if it came just then); otherwise the push takes
+the lock of its queue and key, reads again, and inserts, skips, replaces or extends in that
+transaction. No lock outlives it, so none can go stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from apalis_cli.backend import NewTask
+from apalis_cli.fleet import KeyedClaims, claim_round_async
+from apalis_cli.fleet.claim import QUEUE_RATE, ClaimRound, rate_key
+from apalis_cli.task import Task, TaskId
+
+from .database import Rows, Session, SqlDatabase
+from .rows import TASK_COLUMNS, encode_meta, task_from_row
+
+__all__ = ["LimitedClaims", "push_unique"]
+
+_KEYLESS_SCAN = 1000
+"""How deep into the ready tasks a keyed claim looks for tasks pushed without a key (the ready
+index cannot tell them from keyed ones; a partial index of their own would cost every push of
+every queue an entry more)."""
+_FORGET_EVERY = 256
+"""Claims of one worker between two sweeps of the rate states gone by."""
+_STATUS, _ATTEMPTS, _LOCK_BY = (TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by"))
+
+
+class LimitedClaims:
+    """The limited claiming of one queue's polling workers in this process, by worker id."""
+
+    __slots__ = ("_db", "_queue", "_timers", "workers")
+
+    def __init__(self, db: SqlDatabase, queue: str) -> None:
+        self._db = db
+        self._queue = queue
+        self.workers: dict[str, KeyedClaims] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def forget(self, worker_id: str) -> None:
+        """`worker_id` stopped polling."""
+        self.workers.pop(worker_id, None)
+        timer = self._timers.pop(worker_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def claim(self, worker_id: str, want: int) -> list[Task[bytes]]:
+        """Up to `want` tasks for `worker_id` within its limits, in one locked transaction."""
+        state = self.workers[worker_id]
+        claimed, done, now = await self._db.locked(
+            "limits", self._queue, "", lambda s: self._claim(s, worker_id, want, state), durable=False
+        )
+        if done is not None:
+            state.claimed(done)
+            if done.wake_at is not None:
+                self._wake_at(worker_id, done.wake_at - now)
+        return claimed
+
+    def _wake_at(self, worker_id: str, delay: float) -> None:
+        """Poll again when a rate lets the next start through, not a whole idle wait later."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        timer = self._timers.get(worker_id)
+        if timer is not None and not timer.cancelled() and timer.when() <= when and timer.when() > loop.time():
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[worker_id] = loop.call_at(when, self._db.waker(self._queue).notify)
+
+    async def _claim(
+        self, s: Session, worker_id: str, want: int, state: KeyedClaims
+    ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
+        db, queue, limits = self._db, self._queue, state.limits
+        rows = await s.fetch("limit_state", {"queue": queue})
+        now, paused, queue_tat, keyless_tat = float(rows[0][0]), bool(rows[0][1]), rows[0][2], rows[0][3]
+        if paused:
+            return [], None, now  # a paused queue hands out nothing (apalis_cli.control)
+        running: dict[str | None, int] = {row[4]: int(row[5]) for row in rows if row[5] is not None}
+        rates: dict[str, float] = {}
+        if queue_tat is not None:
+            rates[QUEUE_RATE] = float(queue_tat)
+        if keyless_tat is not None:
+            rates[rate_key(None)] = float(keyless_tat)
+        claimed: list[Task[bytes]] = []
+
+        async def lock(name: str, params: Mapping[str, Any]) -> Rows:
+            got = await s.fetch(name, {"queue": queue, "worker": worker_id, **params})
+            if got and db.claims_by_select:  # the rows are locked, not yet claimed
+                await s.execute("limit_mark", {"worker": worker_id, "ids": [row[0] for row in got]})
+                return [_as_claimed(row, worker_id) for row in got]
+            return got
+
+        async def keys_after(after: str | None, count: int) -> Sequence[str]:
+            if after is None:
+                found = await s.fetch("limit_keys_first", {"queue": queue, "count": count})
+            else:
+                found = await s.fetch("limit_keys_after", {"queue": queue, "after": after, "count": count})
+            for key, tat in found:
+                if tat is not None:
+                    rates[rate_key(key)] = float(tat)
+            return [str(key) for key, _ in found]
+
+        async def take_heads(keys: Sequence[str]) -> Mapping[str, int]:
+            taken: dict[str, int] = {}
+            for row in await lock("limit_heads", {"keys": json.dumps(list(keys))}):
+                claimed.append(task_from_row(row[:-1]))
+                taken[row[-1]] = taken.get(row[-1], 0) + 1
+            return taken
+
+        async def take(key: str | None, count: int) -> int:
+            statement = "limit_keyless" if limits.keyed else "limit_take"
+            got = await lock(statement, {"limit": count, "scan": _KEYLESS_SCAN})
+            claimed.extend(task_from_row(row) for row in got)
+            return len(got)
+
+        done = await claim_round_async(
+            limits,
+            want,
+            now,
+            running=running,
+            rates=rates,
+            keys_after=keys_after,
+            take_heads=take_heads,
+            take=take,
+            after=state.after,
+        )
+        if done.rates:
+            await s.execute("limit_rates_set", {"queue": queue, "rates": json.dumps(list(done.rates.items()))})
+        if (state.claims + 1) % _FORGET_EVERY == 0:
+            await s.execute("limit_rates_forget", {"queue": queue, "now": now})
+        if len(claimed) > 1:
+            claimed.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
+        return claimed, done, now
+
+
+def _as_claimed(row: Sequence[Any], worker_id: str) -> list[Any]:
+    """A row locked by a claim statement, as `limit_mark` left it."""
+    patched = list(row)
+    patched[_STATUS], patched[_ATTEMPTS], patched[_LOCK_BY] = "running", row[_ATTEMPTS] + 1, worker_id
+    return patched
+
+
+async def push_unique(db: SqlDatabase, queue: str, task: NewTask) -> tuple[TaskId, bool]:
+    """Push one task with a unique key; the id of the task that holds the key after it, and
+    whether a task is new or changed (its queue's pollers are then to be woken)."""
+    unique = task.unique
+    assert unique is not None
+    now = time.time()  # the clock `until` was stamped with
+    holder = {"queue": queue, "key": unique.key, "now": now, "states": unique.state_names()}
+    if unique.on_conflict == "skip":
+        found = await db.fetch("unique_holder", holder)
+        if found:
+            return str(found[0][0]), False
+
+    async def push(s: Session) -> tuple[TaskId, bool]:
+        found = await s.fetch("unique_holder", holder)
+        if not found:
+            return task.id, await s.execute("unique_insert", _insert(queue, task)) > 0
+        held = str(found[0][0])
+        if unique.on_conflict == "extend":
+            await s.execute("unique_extend", {"id": held, "until": unique.until})
+        elif unique.on_conflict == "replace":
+            return held, await s.execute("unique_replace", {**_insert(queue, task), "id": held}) > 0
+        return held, False
+
+    return await db.locked("unique", queue, unique.key, push, durable=True)
+
+
+def _insert(queue: str, task: NewTask) -> dict[str, Any]:
+    unique = task.unique
+    return {
+        "id": task.id,
+        "queue": queue,
+        "payload": task.payload,
+        "run_at": task.run_at,
+        "priority": task.priority,
+        "max_attempts": task.max_attempts,
+        "idempotency_key": task.idempotency_key,
+        "meta": encode_meta(task.meta),
+        "limit_key": task.limit_key,
+        "waited": task.waited,
+        "unique_key": None if unique is None else unique.key,
+        "unique_until": None if unique is None else unique.until,
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgpack
 from apalis_cli.browsing import BrowsedPage, MinuteCounts, QueueActivity, TaskSearch, fold_ascii
@@ -21,11 +22,47 @@ from apalis_cli.task import Status, Task
 
 from .inspector import RedisInspector, task_from_hash
 
-__all__ = ["ORDER", "SCAN_BUDGET", "RedisBrowser"]
+__all__ = ["ORDER", "SCAN_BUDGET", "RedisBrowser", "Row", "walk_sets"]
 
 ORDER = "due tasks by priority then run_at, then later ones by run_at, running by claim, ended by end time"
 SCAN_BUDGET = 20_000  # tasks a page reads at most (a search by error text walks, no index has it)
 _STEP = 2_000  # tasks one script call reads at most: Redis serves nobody else meanwhile
+
+Row = tuple[str, bytes, bytes, list[bytes]]
+"""One task a walk found: its set, id, score and the fields the script read of it."""
+
+
+async def walk_sets(
+    call: Callable[[str, list[str | bytes | int]], Awaitable[bytes]],
+    sets: Sequence[str],
+    args: list[str | bytes | int],
+    resume: tuple[str, str, str] | None,
+    limit: int,
+    budget: int,
+) -> tuple[list[Row], list[str] | None]:
+    """A page by keyset over `sets` in turn (Redis's and rsmq's `browse` scripts, on
+    `lua/walk.lua`): `call(set, args)` runs the script, which reads from `args[2:4]` (the score
+    and id to go on after) at most `args[5]` entries and answers at most `args[4]` rows. The rows
+    (up to `limit`) and the cursor of the next page, `[set, score, id]`, or None after the last;
+    a page that read `budget` entries ends there, short."""
+    rows: list[Row] = []
+    for name in sets:
+        args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
+        while True:
+            if budget <= 0:  # a page that read its share: the next one goes on from here
+                return rows, [name, _text(args[2]), _text(args[3])]
+            args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
+            got, last_score, last_member, done, read = msgpack.unpackb(await call(name, args), raw=True)
+            rows += [(name, member, score, fields) for member, score, fields in got]
+            budget -= read
+            if len(rows) > limit:
+                name, member, score, _ = rows[limit - 1]
+                return rows[:limit], [name, score.decode(), member.decode()]
+            if done:
+                break
+            args[2], args[3] = last_score, last_member
+    return rows, None
+
 
 # The sets of each state, in the order a page walks them ('parked': the sets of keys at a limit).
 _GROUPS: dict[Status | None, tuple[str, ...]] = {
@@ -121,25 +158,12 @@ class RedisBrowser(RedisInspector):
             preview if preview is not None else "",
         ]
         script = self.connection.scripts["browse"]
-        rows: list[tuple[str, bytes, bytes, list[bytes]]] = []  # set, id, score, fields
-        budget = SCAN_BUDGET
-        for name in sets:
-            args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
-            while True:
-                if budget <= 0:  # a page that read its share: the next one goes on from here
-                    return self._page(rows, [name, _text(args[2]), _text(args[3])])
-                args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
-                reply = await script(keys=[k.base + name], args=args)
-                got, last_score, last_member, done, read = msgpack.unpackb(reply, raw=True)
-                rows += [(name, member, score, fields) for member, score, fields in got]
-                budget -= read
-                if len(rows) > limit:
-                    name, member, score, _ = rows[limit - 1]
-                    return self._page(rows[:limit], [name, score.decode(), member.decode()])
-                if done:
-                    break
-                args[2], args[3] = last_score, last_member
-        return self._page(rows, None)
+
+        async def call(name: str, args: list[str | bytes | int]) -> bytes:
+            reply: bytes = await script(keys=[k.base + name], args=args)
+            return reply
+
+        return self._page(*await walk_sets(call, sets, args, resume, limit, SCAN_BUDGET))
 
     async def activity(self, since: float) -> QueueActivity:
         """The oldest ready task's run_at now, and the tasks done and killed each minute since
@@ -155,7 +179,7 @@ class RedisBrowser(RedisInspector):
         }
         return QueueActivity(oldest_ready_at=float(oldest) if oldest is not False else None, per_minute=per_minute)
 
-    def _page(self, rows: list[tuple[str, bytes, bytes, list[bytes]]], cursor: list[str] | None) -> BrowsedPage:
+    def _page(self, rows: list[Row], cursor: list[str] | None) -> BrowsedPage:
         tasks = [
             task_from_hash(member.decode(), self.queue, dict(zip(fields[::2], fields[1::2], strict=True)))
             for _, member, _, fields in rows

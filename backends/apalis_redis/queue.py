@@ -61,6 +61,7 @@ from .connection import Connection, link_kept, lua
 from .control import RedisControl, tell_beat
 from .keys import QueueKeys
 from .limits import LimitedClaims, unique_args
+from .scripts import OUTCOME_CODES
 
 __all__ = ["CAPABILITIES", "RedisQueue", "scripts"]
 
@@ -101,13 +102,6 @@ def scripts() -> dict[str, str]:
 
 
 _NO_META: MappingProxyType[str, Any] = MappingProxyType({})
-_KIND_CODES = {
-    OutcomeKind.DONE: b"d",
-    OutcomeKind.KILL: b"k",
-    OutcomeKind.CANCEL: b"c",
-    OutcomeKind.RETRY: b"r",
-    OutcomeKind.RELEASE: b"l",
-}
 _ENQUEUE_CHUNK = 2000  # tasks per script call: big pushes stay in one round trip, no call is huge
 PURGE_LIMIT = 5000
 
@@ -243,7 +237,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             kind = outcome.kind
             text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
-            packed += (task.id, task.ctx.lock_by or "", _KIND_CODES[kind], text, run_at)
+            packed += (task.id, task.ctx.lock_by or "", OUTCOME_CODES[kind], text, run_at)
         # Workers with global limits claim by themselves (lua/claim_limited.lua), never ahead.
         wanted = [(ahead, n) for ahead, n in self._ahead.wanted(items) if ahead.worker_id not in self._limited]
         claims = _pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]) if wanted else b""

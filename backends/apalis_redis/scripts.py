@@ -19,7 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Lane", "Script", "register"]
+from apalis_cli.service import OutcomeKind
+
+__all__ = ["OUTCOME_CODES", "Lane", "Script", "register"]
+
+OUTCOME_CODES = {
+    OutcomeKind.DONE: b"d",
+    OutcomeKind.KILL: b"k",
+    OutcomeKind.CANCEL: b"c",
+    OutcomeKind.RETRY: b"r",
+    OutcomeKind.RELEASE: b"l",
+}
+"""An outcome's kind as Redis's and rsmq's acknowledgement scripts read it: one byte."""
 
 
 class Lane:

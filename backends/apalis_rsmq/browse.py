@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 
-import msgpack
 from apalis_cli.browsing import BrowsedPage, QueueActivity, TaskSearch, fold_ascii
 from apalis_cli.task import Status, Task
+from apalis_redis.browse import Row, walk_sets
 
 from .inspector import RsmqInspector
 
@@ -25,7 +25,6 @@ __all__ = ["ORDER", "SCAN_BUDGET", "RsmqBrowser"]
 
 ORDER = "messages by the time they become visible, then dead letters by when they died"
 SCAN_BUDGET = 20_000  # messages a page reads at most
-_STEP = 2_000  # messages one script call reads at most: Redis serves nobody else meanwhile
 
 _SETS: dict[Status | None, tuple[str, ...]] = {
     None: ("live", "dead"),
@@ -36,10 +35,6 @@ _SETS: dict[Status | None, tuple[str, ...]] = {
     Status.KILLED: ("dead",),
     Status.CANCELLED: ("dead",),
 }
-
-
-def _text(value: str | bytes | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _cursor(text: str) -> tuple[str, str, str]:
@@ -92,26 +87,13 @@ class RsmqBrowser(RsmqInspector):
             preview if preview is not None else "",
         ]
         script, keys = self.connection.scripts["browse"], self.keys.all[:6]
-        rows: list[tuple[str, bytes, bytes, list[bytes]]] = []  # set, id, score, fields
-        budget = SCAN_BUDGET
-        for name in sets:
+
+        async def call(name: str, args: list[str | bytes | int]) -> bytes:
             args[0] = name
-            args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
-            while True:
-                if budget <= 0:  # a page that read its share: the next one goes on from here
-                    return self._page(rows, [name, _text(args[2]), _text(args[3])])
-                args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
-                reply = await script(keys=keys, args=args)
-                got, last_score, last_member, done, read = msgpack.unpackb(reply, raw=True)
-                rows += [(name, member, score, fields) for member, score, fields in got]
-                budget -= read
-                if len(rows) > limit:
-                    name, member, score, _ = rows[limit - 1]
-                    return self._page(rows[:limit], [name, score.decode(), member.decode()])
-                if done:
-                    break
-                args[2], args[3] = last_score, last_member
-        return self._page(rows, None)
+            reply: bytes = await script(keys=keys, args=args)
+            return reply
+
+        return self._page(*await walk_sets(call, sets, args, resume, limit, SCAN_BUDGET))
 
     async def activity(self, since: float) -> QueueActivity:
         """The oldest message visible now (by rsmq's clock, Redis TIME); nothing per minute: rsmq
@@ -123,6 +105,6 @@ class RsmqBrowser(RsmqInspector):
         oldest = head[0][1] / 1000 if head else None
         return QueueActivity(oldest_ready_at=oldest, finished_kept=False)
 
-    def _page(self, rows: list[tuple[str, bytes, bytes, list[bytes]]], cursor: list[str] | None) -> BrowsedPage:
+    def _page(self, rows: list[Row], cursor: list[str] | None) -> BrowsedPage:
         tasks = [self._task(member, float(score), name == "dead", fields) for name, member, score, fields in rows]
         return BrowsedPage(tasks, json.dumps(cursor, separators=(",", ":")) if cursor is not None else None)

@@ -58,6 +58,7 @@ from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 from apalis_redis.connection import Connection, link_kept
 from apalis_redis.control import tell_beat
+from apalis_redis.scripts import OUTCOME_CODES
 
 from .browse import RsmqBrowser
 from .config import RsmqConfig
@@ -68,13 +69,6 @@ from .keys import RsmqKeys
 __all__ = ["CAPABILITIES", "RsmqQueue"]
 
 _CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_KIND_CODES = {
-    OutcomeKind.DONE: b"d",
-    OutcomeKind.KILL: b"k",
-    OutcomeKind.CANCEL: b"c",
-    OutcomeKind.RETRY: b"r",
-    OutcomeKind.RELEASE: b"l",
-}
 _SEND_CHUNK = 2000
 _PURGE_LIMIT = 5000
 DEFAULT_RETENTION = 7 * 86400.0
@@ -208,7 +202,7 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
         local_wake = False
         for task, outcome in items:
             delay = max(round((outcome.run_at - now) * 1000), 0) if outcome.run_at is not None else 0
-            packed += (task.id, task.ctx.lock_by or "", task.ctx.attempts, _KIND_CODES[outcome.kind])
+            packed += (task.id, task.ctx.lock_by or "", task.ctx.attempts, OUTCOME_CODES[outcome.kind])
             # A done run's result is kept only if someone waits for it (the script decides).
             text = encode_result(outcome.result) if outcome.kind is OutcomeKind.DONE else outcome.error
             packed += (text or "", delay)

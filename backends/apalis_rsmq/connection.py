@@ -12,7 +12,7 @@ from .config import RsmqConfig
 
 __all__ = ["connect_store"]
 
-_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry", "cancel", "bulk", "browse")
+_SCRIPTS = ("create", "send", "receive", "ack", "beat", "kill", "retry", "cancel", "bulk", "browse", "counts")
 _CONTROL = ("receive", "ack", "beat", "kill", "retry", "cancel", "bulk")  # start with lua/control.lua
 
 

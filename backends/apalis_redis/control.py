@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.backend import WorkerContext
 from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
@@ -27,14 +27,15 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .keys import QueueKeys
 
-__all__ = ["RedisControl", "cancel_result", "tell_beat", "wait_published"]
+__all__ = ["BATCH", "RedisControl", "bulk_in_batches", "bulk_reason", "cancel_result", "tell_beat", "wait_published"]
 
-_BATCH = 5000
+BATCH = 5000
 """Entries one bulk script looks at: each call holds the server for a few milliseconds at most."""
 _RECHECK = 1.0
 """How often a waiter reads its task anyway (a message lost to a dropped connection costs this)."""
 _KILL_REASON = "killed by an operator"
 _NO_LIMIT = 2**31 - 1
+T = TypeVar("T")
 
 
 def cancel_result(answer: bytes) -> CancelResult:
@@ -57,6 +58,31 @@ def tell_beat(worker: WorkerContext, cancels: Sequence[bytes], paused: object) -
     for i in range(0, len(cancels), 2):
         worker.on_cancel(cancels[i].decode(), cancels[i + 1].decode())
     worker.on_paused(bool(paused))
+
+
+def bulk_reason(action: BulkAction) -> str:
+    """The last error a bulk kill or cancel leaves on the tasks it ends."""
+    return _KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
+
+
+async def bulk_in_batches(
+    call: Callable[[T, str, int], Awaitable[Sequence[Any]]], sources: Iterable[T], limit: int | None
+) -> int:
+    """A bulk action as Redis's and rsmq's scripts make it: `call(source, cursor, room)` acts on
+    one batch (at most `BATCH` entries read, `room` tasks changed) of one collection and answers
+    the cursor to go on from ("" at its end) and how many tasks it changed; collections in turn
+    until `limit` tasks changed. How many changed in all."""
+    total = 0
+    for source in sources:
+        cursor = "0"
+        while cursor != "":
+            room = _NO_LIMIT if limit is None else limit - total
+            if room <= 0:
+                return total
+            raw_cursor, changed = await call(source, cursor, room)
+            cursor = raw_cursor.decode() if isinstance(raw_cursor, bytes) else str(raw_cursor)
+            total += int(changed)
+    return total
 
 
 class RedisControl:
@@ -105,7 +131,7 @@ class RedisControl:
         return task_from_hash(task_id, self.queue, h) if h else None
 
     async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
-        """Apply `action` to every task `where` matches: one script per batch of `_BATCH`
+        """Apply `action` to every task `where` matches: one script per batch of `BATCH`
         entries of one collection, collections in turn, until `where.limit` tasks changed."""
         statuses = where.statuses_for(action)
         if where.limit is not None and where.limit <= 0:
@@ -121,42 +147,37 @@ class RedisControl:
             Status.KILLED: (6,),
             Status.CANCELLED: (7,),
         }
-        reason = _KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
+        reason = bulk_reason(action)
         needle = where.error_contains.lower() if where.error_contains else ""
         since = "" if where.since is None else repr(where.since)
         until = "" if where.until is None else repr(where.until)
-        total = 0
-        for status in sorted(statuses):
-            for source in sources[status]:
-                cursor = "0"
-                while cursor != "":
-                    room = _NO_LIMIT if where.limit is None else where.limit - total
-                    if room <= 0:
-                        return total
-                    raw_cursor, changed = await script(
-                        keys=k.statuses,
-                        args=[
-                            k.base,
-                            repr(time.time()),
-                            int(self.retention * 1000),
-                            k.control,
-                            k.wake,
-                            action.value,
-                            "1" if dry_run else "",
-                            source,
-                            cursor,
-                            _BATCH,
-                            room,
-                            f",{status.value},",
-                            since,
-                            until,
-                            needle,
-                            reason,
-                        ],
-                    )
-                    cursor = raw_cursor.decode() if isinstance(raw_cursor, bytes) else str(raw_cursor)
-                    total += int(changed)
-        return total
+
+        async def batch(source: tuple[Status, int], cursor: str, room: int) -> Sequence[Any]:
+            status, collection = source
+            answer: Sequence[Any] = await script(
+                keys=k.statuses,
+                args=[
+                    k.base,
+                    repr(time.time()),
+                    int(self.retention * 1000),
+                    k.control,
+                    k.wake,
+                    action.value,
+                    "1" if dry_run else "",
+                    collection,
+                    cursor,
+                    BATCH,
+                    room,
+                    f",{status.value},",
+                    since,
+                    until,
+                    needle,
+                    reason,
+                ],
+            )
+            return answer
+
+        return await bulk_in_batches(batch, [(s, c) for s in sorted(statuses) for c in sources[s]], where.limit)
 
 
 async def wait_published(

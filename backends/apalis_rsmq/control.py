@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
 from apalis_cli.task import Status, Task, TaskContext, TaskId
-from apalis_redis.control import cancel_result, wait_published
+from apalis_redis.control import BATCH, bulk_in_batches, bulk_reason, cancel_result, wait_published
 
 from .inspector import created_at
 
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RsmqControl"]
 
-_BATCH = 5000
-_NO_LIMIT = 2**31 - 1
-_KILL_REASON = "killed by an operator"
 _REMEMBERED = 10_000
 
 
@@ -119,7 +116,7 @@ class RsmqControl:
             sent.popitem(last=False)
 
     async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
-        """Apply `action` to every message `where` matches: one script per batch of `_BATCH`, the
+        """Apply `action` to every message `where` matches: one script per batch of `BATCH`, the
         queue then its dead letters, until `where.limit` tasks changed."""
         if where.limit is not None and where.limit <= 0:
             return 0
@@ -128,37 +125,32 @@ class RsmqControl:
         live = sorted(s.value for s in statuses & {Status.PENDING, Status.FAILED, Status.RUNNING})
         dead = sorted(s.value for s in statuses & {Status.KILLED, Status.CANCELLED})
         k, script = self.keys, self.connection.scripts["bulk"]
-        reason = _KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
+        reason = bulk_reason(action)
         needle = where.error_contains.lower() if where.error_contains else ""
         since = "" if where.since is None else str(int(where.since * 1000))
         until = "" if where.until is None else str(int(where.until * 1000))
-        total = 0
-        for source, names in ((1, live), (4, dead)):
-            if not names:
-                continue
-            cursor = "0"
-            while cursor != "":
-                room = _NO_LIMIT if where.limit is None else where.limit - total
-                if room <= 0:
-                    return total
-                raw_cursor, changed = await script(
-                    keys=k.all,
-                    args=[
-                        action.value,
-                        "1" if dry_run else "",
-                        source,
-                        cursor,
-                        _BATCH,
-                        room,
-                        f",{','.join(names)},",
-                        since,
-                        until,
-                        needle,
-                        reason,
-                        k.control,
-                        self._channel,
-                    ],
-                )
-                cursor = raw_cursor.decode()
-                total += int(changed)
-        return total
+
+        async def batch(source: tuple[int, list[str]], cursor: str, room: int) -> Sequence[Any]:
+            collection, names = source
+            answer: Sequence[Any] = await script(
+                keys=k.all,
+                args=[
+                    action.value,
+                    "1" if dry_run else "",
+                    collection,
+                    cursor,
+                    BATCH,
+                    room,
+                    f",{','.join(names)},",
+                    since,
+                    until,
+                    needle,
+                    reason,
+                    k.control,
+                    self._channel,
+                ],
+            )
+            return answer
+
+        sources = [(collection, names) for collection, names in ((1, live), (4, dead)) if names]
+        return await bulk_in_batches(batch, sources, where.limit)

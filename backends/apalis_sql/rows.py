@@ -49,19 +49,7 @@ TASK_COLUMNS: tuple[str, ...] = (
 )
 """The columns `task_from_row` expects, in this order."""
 
-INSERT_COLUMNS: tuple[str, ...] = (
-    "id",
-    "queue",
-    "payload",
-    "status",
-    "attempts",
-    "max_attempts",
-    "run_at",
-    "priority",
-    "idempotency_key",
-    "meta",
-    "created_at",
-)
+INSERT_COLUMNS: tuple[str, ...] = (*TASK_COLUMNS[: TASK_COLUMNS.index("lock_by")], "created_at")
 """The columns of the tuples `insert_params` makes, in this order."""
 
 _STATUS = {status.value: status for status in Status}

@@ -147,8 +147,14 @@ class ClaimsAhead(Generic[H]):
 
     async def hand_over(self, holder: H, tasks: Sequence[Task[bytes]]) -> None:
         """Give `tasks`, claimed for `holder`, to its stream; released if it closed meanwhile."""
-        if not holder.open:  # the worker stopped polling while we claimed: give them back
+        if not self.give(holder, tasks):  # the worker stopped polling while we claimed
             await self.release(tasks)
-            return
+
+    def give(self, holder: H | None, tasks: Sequence[Task[bytes]]) -> bool:
+        """Give `tasks`, claimed for `holder`, to its stream, at once; False (nothing given) when
+        it has closed: then they are the caller's to release."""
+        if holder is None or not holder.open:
+            return False
         holder.tasks.extend(tasks)
         holder.waker.notify()  # a poller idling with free slots takes them at once
+        return True

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
+import msgpack
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra
 from apalis_cli.polling import Waker
@@ -150,6 +151,8 @@ class Wakeups:
     It listens with pattern subscriptions (`<prefix>*`) started by the first poller or the first
     `listen()`; after a dropped connection it resubscribes (with the core's backoff,
     `apalis_cli.retrying.keep_connected`) and wakes everyone, since a message may have been missed.
+    A message that hands a task to a worker (`h` + MessagePack, lua/enqueue.lua) goes to the
+    queue's `takers` instead, and wakes no one else: the task is that worker's.
     """
 
     def __init__(
@@ -164,6 +167,8 @@ class Wakeups:
         self._control_prefix = control_prefix.encode() if control_prefix is not None else None
         self._control = control
         self._wakers: dict[str, Waker] = {}
+        self.takers: dict[str, list[Callable[[list[Any]], None]]] = {}
+        """Per queue, who reads the tasks handed to workers (each ignores other processes' workers)."""
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -222,7 +227,15 @@ class Wakeups:
 
     def _heard(self, channel: bytes, data: bytes) -> None:
         if self._prefix is not None and channel.startswith(self._prefix):
-            waker = self._wakers.get(channel[len(self._prefix) :].decode())
+            queue = channel[len(self._prefix) :].decode()
+            if data[:1] == b"h":
+                takers = self.takers.get(queue)
+                if takers:
+                    handed = msgpack.unpackb(data[1:], raw=True)
+                    for take in takers:
+                        take(handed)
+                return
+            waker = self._wakers.get(queue)
             if waker is not None:
                 waker.notify()
         elif self._control is not None and self._control_prefix is not None:
@@ -313,6 +326,15 @@ class Connection:
         """Hear the control channels from now on (a worker that registers: its cancels)."""
         if self._wakeups is not None:
             self._wakeups.start()
+
+    def take_handed(self, queue: str, take: Callable[[list[Any]], None]) -> None:
+        """Call `take` with every task handed over on `queue`'s wake channel (lua/enqueue.lua):
+        `[worker id, the 10 fields of claiming.lua]`, for whichever worker it is."""
+        if self._wakeups is None:
+            raise BackendError(f"the {self._what} store is not open")
+        takers = self._wakeups.takers.setdefault(queue, [])
+        if take not in takers:
+            takers.append(take)
 
     def waker(self, queue: str) -> Waker:
         """What wakes the idle pollers of `queue`: its pub/sub channel, or pushes in this process."""

@@ -22,6 +22,8 @@ class QueueKeys:
     paused: str
     workers: str
     winfo: str
+    idle: str
+    handed: str
     wake: str
     control: str
 
@@ -41,6 +43,8 @@ class QueueKeys:
             paused=base + "paused",
             workers=base + "workers",
             winfo=base + "winfo",
+            idle=base + "idle",
+            handed=base + "handed",
             wake=f"{namespace}:wake:{queue}",
             control=f"{namespace}:ctl:{queue}",
         )

@@ -23,7 +23,11 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:uniques     zset   unique keys with a task of no window, swept by the heartbeat
     ns:{q}:workers     zset   worker id -> last_seen
     ns:{q}:winfo       hash   worker id -> JSON (name, queue, host, pid, started_at, layers, running)
-    ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake
+    ns:{q}:idle        zset   polling workers whose last claim found nothing, by the time (ms)
+                              until which that holds: a push hands its task to the first one
+    ns:{q}:handed      hash   worker id -> the id of the last task handed to it (lua/claiming.lua)
+    ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake;
+                              a task handed to an idle worker travels on it ('h' + the task)
     ns:ctl:q           pub/sub channel: a cancel requested of a running task (its worker stops
                               it), a waited-for task's end (its waiters read it); `signals.py`
 
@@ -36,10 +40,20 @@ Times are the client's clock (epoch seconds, passed into each script), the same 
 Scripts run with EVALSHA (`scripts.py`: loaded again after NOSCRIPT, e.g. after a server
 restart); a dropped connection is retried with capped backoff, and a claim whose reply was lost
 is released by the claiming worker's next heartbeat.
+
+Handing over: a lone task would otherwise cost its worker a second round trip after the wake-up
+(the claim). A polling worker whose claim finds nothing is listed idle (`idle`), and a push whose
+task would be the next claimed claims it for the first listed worker in the same script and
+publishes the task itself; that worker's process gives it to the worker's poll stream
+(`_handed`), which starts it at once. A handed task is an ordinary claim: if the message is lost
+the worker's heartbeat gives it back as a lost claim, if the worker vanished the orphan sweep
+does, and a worker that stops gives back the one still on its way (lua/farewell.lua).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -82,7 +96,7 @@ _SCRIPTS = (
     "activity",
 )
 _CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
-_CONTROL = ("ack", "heartbeat", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # and lua/control.lua's
+_CONTROL = ("ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # control.lua
 _UNIQUE = ("enqueue", "heartbeat")  # and lua/unique.lua's
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
@@ -133,10 +147,14 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
         self._ahead = ClaimsAhead(self.ack_batch, Held)
         self._limited: set[str] = set()  # ids of the polling workers with global limits
+        self._got: dict[str, str] = {}  # polling worker id -> the id of the last task handed to it
+        self._spans: dict[str, float] = {}  # polling worker id -> how long its idle listing holds (s)
+        self._releasing: set[asyncio.Future[None]] = set()
         # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
         # on every call (the ack call's packing took a third less time with these).
         k = self.keys
-        self._ack_keys = [key.encode() for key in k.statuses]
+        self._ack_keys = [key.encode() for key in (*k.statuses, k.idle, k.handed)]
+        self._claim_keys = [*self._ack_keys[:4], *self._ack_keys[7:]]  # ready, scheduled, running, failed, idle, handed
         self._base, self._wake, self._control = k.base.encode(), k.wake.encode(), k.control.encode()
 
     # -- the store's primitives ------------------------------------------------------------
@@ -162,12 +180,13 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                 )
             args = [k.base, now, k.wake, _pack(items)]
             calls.append(args)
+        keys = [k.ready, k.scheduled, k.idle, k.handed, k.running]
         if len(calls) == 1:
-            replies = [await script(keys=[k.ready, k.scheduled], args=calls[0])]
+            replies = [await script(keys=keys, args=calls[0])]
         else:
             async with self.connection.client.pipeline(transaction=False) as pipe:
                 for args in calls:
-                    await script(keys=[k.ready, k.scheduled], args=args, client=pipe)
+                    await script(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute()
         return [raw.decode() for reply in replies for raw in _unpack(reply)]
 
@@ -180,9 +199,9 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
 
         def start() -> tuple[Fetch, Waker]:
             script, worker_id, base = self.connection.scripts["claim"], worker.id, self._base
-            claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
             waker = self.connection.waker(self.queue)
             if worker.limits is not None:
+                claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
                 limited = LimitedClaims(self.connection.scripts["claim_limited"], claim_keys, base, worker, waker)
                 self._limited.add(worker_id)
 
@@ -191,13 +210,47 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
 
                 return fetch_limited, waker
 
+            # Listed idle by a claim that finds nothing: pushes hand it their tasks (`_handed`).
+            self.connection.take_handed(self.queue, self._handed)
+            got, keys, span = self._got, self._claim_keys, worker.poll_interval + worker.keep_alive
+            got.setdefault(worker_id, "")
+            self._spans[worker_id] = span
+
             async def fetch(limit: int) -> list[Task[bytes]]:
-                reply = await script(keys=claim_keys, args=[base, repr(time.time()), limit, worker_id])
-                return self._tasks(_unpack(reply), worker_id)
+                now = time.time()
+                args = [base, repr(now), limit, worker_id, got[worker_id], int((now + span) * 1000)]
+                return self._tasks(_unpack(await script(keys=keys, args=args)), worker_id)
 
             return fetch, waker
 
-        return self._ahead.poll(worker, start)
+        return self._unlisted(worker, self._ahead.poll(worker, start))
+
+    async def _unlisted(
+        self, worker: WorkerContext, stream: AsyncIterator[Task[bytes] | None]
+    ) -> AsyncIterator[Task[bytes] | None]:
+        """`stream`, after which `worker` is no longer listed idle: nothing is handed to a worker
+        that stopped polling (a task on its way is given back: `_handed`, lua/farewell.lua)."""
+        try:
+            async for task in stream:
+                yield task
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            if worker.id in self._got:
+                with contextlib.suppress(Exception):  # the store is away: the listing expires
+                    await self.connection.client.zrem(self.keys.idle, worker.id)
+
+    def _handed(self, message: list[Any]) -> None:
+        """A task handed to a worker on the wake channel: to its poll stream, if it is ours."""
+        worker_id = message[0].decode()
+        if worker_id not in self._got:
+            return  # another process's worker, or one that stopped
+        tasks = self._tasks(message[1:], worker_id)
+        self._got[worker_id] = tasks[0].id
+        if not self._ahead.give(self._ahead.holder(worker_id), tasks):
+            # Its poll stream has closed (the worker stops, or polls again after an error).
+            release = asyncio.ensure_future(self._ahead.release(tasks))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
 
     def _tasks(self, reply: list[Any], worker_id: str) -> list[Task[bytes]]:
         """Tasks from a claim's reply: 10 fields each (see lua/claiming.lua)."""
@@ -240,7 +293,16 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             packed += (task.id, task.ctx.lock_by or "", OUTCOME_CODES[kind], text, run_at)
         # Workers with global limits claim by themselves (lua/claim_limited.lua), never ahead.
         wanted = [(ahead, n) for ahead, n in self._ahead.wanted(items) if ahead.worker_id not in self._limited]
-        claims = _pack([field for ahead, count in wanted for field in (ahead.worker_id, count)]) if wanted else b""
+        claims = b""
+        if wanted:
+            now = time.time()
+            got, spans = self._got, self._spans
+            fields: list[Any] = []
+            for ahead, count in wanted:
+                wid = ahead.worker_id
+                span = spans.get(wid)
+                fields += (wid, count, got.get(wid, ""), "" if span is None else int((now + span) * 1000))
+            claims = _pack(fields)
         args = [
             self._base,
             repr(time.time()),
@@ -285,7 +347,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                     "running": len(running),
                 }
                 _, purged, cancels, paused = await script(
-                    keys=[*k.statuses, k.workers, k.winfo],
+                    keys=[*k.statuses, k.workers, k.winfo, k.idle, k.handed],
                     args=[
                         k.base,
                         repr(now),
@@ -307,6 +369,22 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
 
         async def farewell() -> None:
             signals.forget(worker.id)
-            await self.connection.scripts["farewell"](keys=[k.workers, k.winfo], args=[worker.id])
+            await self.connection.scripts["farewell"](
+                keys=[*k.statuses, k.workers, k.winfo, k.idle, k.handed],
+                args=[
+                    worker.id,
+                    self._got.get(worker.id, ""),
+                    k.base,
+                    repr(time.time()),
+                    k.wake,
+                    int(self.retention * 1000),
+                    k.control,
+                ],
+            )
+            if self._ahead.holder(worker.id) is None:  # it stopped (not a beat that failed)
+                # Forgotten only now: a task still on its way to it went back with the farewell,
+                # and one that arrived until then was given back by `_handed`.
+                self._got.pop(worker.id, None)
+                self._spans.pop(worker.id, None)
 
         return beat_every(worker, beat, farewell, contact)

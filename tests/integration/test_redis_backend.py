@@ -102,7 +102,9 @@ async def test_a_claim_whose_reply_was_lost_is_released_by_the_next_beat(store: 
     await anext(beats)
     k = backend.keys
     # The claim runs on the server, but the worker never sees its reply.
-    await store.scripts["claim"](keys=[k.ready, k.scheduled, k.running, k.failed], args=[k.base, time.time(), 1, me.id])
+    await store.scripts["claim"](
+        keys=[k.ready, k.scheduled, k.running, k.failed, k.idle, k.handed], args=[k.base, time.time(), 1, me.id, "", 0]
+    )
     claimed = await backend.get(task_id)
     assert claimed is not None
     assert (claimed.ctx.status, claimed.ctx.lock_by) == (Status.RUNNING, me.id)

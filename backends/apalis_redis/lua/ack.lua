@@ -3,11 +3,13 @@
 -- busy worker's acknowledgements and its next claim are one round trip.
 -- A run whose cancel was requested and that would run again (retry, release) ends cancelled
 -- instead; whoever waits for a task that ends is told (control.lua's ended()).
--- KEYS: ready, scheduled, running, failed, done, killed, cancelled
+-- A worker for which the claim found nothing is listed as idle, as by claim.lua.
+-- KEYS: ready, scheduled, running, failed, done, killed, cancelled, idle, handed
 -- ARGV: base, now, wake channel, retention ms, one MessagePack array of 5 per outcome:
 --       id, lock_by, kind (d=done k=kill c=cancel r=retry l=release), text (result, error or
---       reason), run_at; then one MessagePack array of 2 per claim: worker id, limit (or ''),
---       then the control channel
+--       reason), run_at; then one MessagePack array of 4 per claim: worker id, limit, the id of
+--       the last task handed to it that it received, the time in ms until which its idle
+--       listing holds (or '' for none); then the control channel
 -- Returns 0 without claims, else one MessagePack array holding, per claim, an array of 10
 -- fields per task claimed.
 -- The sorted-set changes of the whole batch go in one command each: fewer calls per task.
@@ -84,7 +86,13 @@ if #ends > 0 and redis.call('EXISTS', base .. 'waiting') == 1 then
 end
 if ARGV[6] == '' then return 0 end
 local claims, claimed = cmsgpack.unpack(ARGV[6]), {}
-for i = 1, #claims, 2 do
-  claimed[#claimed + 1] = claim(KEYS, base, ARGV[2], claims[i + 1], claims[i], {})
+for i = 1, #claims, 4 do
+  local worker, limit = claims[i], claims[i + 1]
+  local coming = in_flight(KEYS[9], base, worker, claims[i + 2])
+  if coming then limit = limit - 1 end
+  local out = {}
+  if limit > 0 then out = claim(KEYS, base, ARGV[2], limit, worker, out) end
+  if claims[i + 3] ~= '' then enlist(KEYS[8], worker, #out == 0 and not coming, claims[i + 3]) end
+  claimed[#claimed + 1] = out
 end
 return cmsgpack.pack(claimed)

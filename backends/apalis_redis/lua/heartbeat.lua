@@ -4,7 +4,8 @@
 -- retention, drop gone tasks from unique keys' lists, and answer the cancels requested of this
 -- worker's runs and whether the queue is paused (the control channel tells a worker of a cancel
 -- at once; this is the floor).
--- KEYS: ready, scheduled, running, failed, done, killed, cancelled, workers, worker info
+-- KEYS: ready, scheduled, running, failed, done, killed, cancelled, workers, worker info, idle,
+--       handed (claiming.lua: a stale worker is no longer listed idle)
 -- ARGV: base, now, wake channel, worker id, info JSON, stale cutoff ('-inf' while the caller's
 --       own contact with the server is not steady: no worker is judged stale), release cutoff,
 --       retention cutoff, purge limit, retention ms, control channel, then the ids this worker
@@ -18,6 +19,8 @@ local stale = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[6])
 for _, worker in ipairs(stale) do
   redis.call('ZREM', KEYS[8], worker)
   redis.call('HDEL', KEYS[9], worker)
+  redis.call('ZREM', KEYS[10], worker)
+  redis.call('HDEL', KEYS[11], worker)
 end
 
 local mine, cancels = {}, {}

@@ -1,0 +1,128 @@
+"""Redis hands a pushed task to an idle worker: the push claims it for a worker whose last claim
+found nothing and publishes the task itself, so the worker starts it without a claim of its own.
+
+A handed task is an ordinary claim, so it keeps every promise a claim keeps: a worker that
+vanished gives it back through the orphan sweep, a worker that stops gives back the one still on
+its way, backpressure holds, and nothing is handed out of a paused queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgpack
+from apalis_cli.backend import WorkerContext
+from apalis_cli.codec import JsonCodec
+from apalis_cli.task import Status, Task
+from apalis_redis import RedisStore
+from apalis_redis.queue import RedisQueue
+
+from .test_redis_backend import until, worker
+
+STORE_KINDS = ("redis",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
+
+
+async def list_idle(store: RedisStore, q: RedisQueue, worker_id: str, *, got: str = "", limit: int = 1) -> Any:
+    """A claim by `worker_id` as its poll stream makes it: one that finds nothing lists it idle."""
+    k = q.keys
+    keys = [k.ready, k.scheduled, k.running, k.failed, k.idle, k.handed]
+    now = time.time()
+    return msgpack.unpackb(
+        await store.scripts["claim"](keys=keys, args=[k.base, repr(now), limit, worker_id, got, int((now + 60) * 1000)])
+    )
+
+
+async def status_of(q: RedisQueue, task_id: str) -> tuple[Status, str | None, int]:
+    task = await q.get(task_id)
+    assert task is not None
+    return task.ctx.status, task.ctx.lock_by, task.ctx.attempts
+
+
+async def test_an_idle_worker_starts_a_pushed_task_without_claiming_it(store: RedisStore) -> None:
+    q = store.backend("handed", codec=JsonCodec())
+    started: list[Task[bytes]] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append(task)
+
+    running = worker(q, handler, poll_interval=30.0)
+    await until(lambda: running.worker.context.id in q._got)
+    await asyncio.sleep(0.3)  # its first claims found nothing: it is listed idle
+    claims = 0
+
+    async def no_claim(**kwargs: Any) -> bytes:
+        nonlocal claims
+        claims += 1
+        return bytes(msgpack.packb([]))
+
+    store.scripts["claim"] = no_claim  # from now on the worker's own claims find nothing
+    task_id = await q.push({"x": 1})
+    await until(lambda: started)
+    await running.stop()
+    assert [t.id for t in started] == [task_id]
+    assert (started[0].ctx.attempts, started[0].ctx.lock_by) == (1, running.worker.context.id)
+    assert (await status_of(q, task_id))[0] is Status.DONE
+
+
+async def test_a_task_handed_to_a_worker_that_vanished_comes_back(store: RedisStore) -> None:
+    q = store.backend("ghost", codec=JsonCodec(), max_attempts=3)
+    ghost = WorkerContext(id="ghost", name="ghost", queue="ghost", keep_alive=0.1, stale_after=0.3)
+    beats = q.heartbeat(ghost)
+    await anext(beats)  # registered, then never beats again (its stream is left open: no farewell)
+    await list_idle(store, q, "ghost")
+    task_id = await q.push({"x": 1})
+    assert await status_of(q, task_id) == (Status.RUNNING, "ghost", 1)
+    started: list[Task[bytes]] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append(task)
+
+    running = worker(q, handler, keep_alive=0.1, stale_after=0.3)
+    await until(lambda: started)
+    await running.stop()
+    assert [(t.id, t.ctx.attempts) for t in started] == [(task_id, 2)]  # the sweep counts the attempt
+
+
+async def test_a_worker_that_stops_gives_back_the_task_on_its_way(store: RedisStore) -> None:
+    q = store.backend("leaving", codec=JsonCodec())
+    me = WorkerContext(id="leaving", name="leaving", queue="leaving")
+    beats = q.heartbeat(me)
+    await anext(beats)
+    await list_idle(store, q, "leaving")
+    task_id = await q.push({"x": 1})
+    assert await status_of(q, task_id) == (Status.RUNNING, "leaving", 1)
+    await beats.aclose()  # type: ignore[attr-defined]  # the farewell: it never received the task
+    assert await status_of(q, task_id) == (Status.PENDING, None, 0)
+    assert await store.client.zscore(q.keys.idle, "leaving") is None
+
+
+async def test_a_task_on_its_way_takes_one_of_the_free_slots_the_worker_counted(store: RedisStore) -> None:
+    q = store.backend("slots", codec=JsonCodec())
+    await list_idle(store, q, "w1")
+    first = await q.push({"n": 1})
+    assert (await status_of(q, first))[:2] == (Status.RUNNING, "w1")
+    # w1 claims again before the message reached it, with the one slot it thinks free: that slot
+    # is the task on its way, so it claims nothing and is not listed idle again.
+    await list_idle(store, q, "w1", got="")
+    second = await q.push({"n": 2})
+    assert (await status_of(q, second))[:2] == (Status.PENDING, None)
+    # Once it has the first task, its claim takes the second.
+    claimed = await list_idle(store, q, "w1", got=first)
+    assert claimed[0] == second
+
+
+async def test_nothing_is_handed_out_of_a_paused_queue_or_to_a_listing_past_its_time(store: RedisStore) -> None:
+    q = store.backend("held", codec=JsonCodec())
+    await list_idle(store, q, "w1")
+    await q.pause()
+    paused = await q.push({"n": 1})
+    assert (await status_of(q, paused))[0] is Status.PENDING
+    await q.resume()
+    await q.cancel(paused, "out of the way")  # a ready task is served before any handing
+    k = q.keys
+    await store.client.zadd(k.idle, {"w1": int((time.time() - 1) * 1000)})
+    late = await q.push({"n": 2})
+    assert (await status_of(q, late))[0] is Status.PENDING
+    assert await store.client.zcard(k.idle) == 0

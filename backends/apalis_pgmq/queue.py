@@ -21,6 +21,7 @@ from .control import PgmqControl
 from .inspector import PgmqInspector
 from .messages import encode_headers, encode_message, task_of
 from .statements import statements_for
+from .unique import PgmqUnique
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -37,7 +38,12 @@ CAPABILITIES = Capabilities(
             "when its vt ends and counts as a read, like a dead worker's"
         ),
         Capability.CLAIMS_AHEAD: "pgmq.delete/archive (the ack) and pgmq.read (the claim) are called apart",
-    }
+        Capability.FLEET_LIMITS: (
+            "a pgmq message has no key column and its queue table no index apalis may add, so a claim "
+            "cannot find the next task of a key, nor count the running ones, without reading the whole queue"
+        ),
+    },
+    offers=frozenset({Capability.UNIQUE}),
 )
 
 EXHAUSTED = "its worker stopped extending its lease while running this task, and its attempts are exhausted"
@@ -46,7 +52,7 @@ Statement = tuple[str, dict[str, Any]]
 T = TypeVar("T")
 
 
-class PgmqQueue(QueueBase, PgmqInspector, PgmqControl):
+class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
     """One pgmq queue of a `PgmqStore`, on the store's connection."""
 
     capabilities = CAPABILITIES
@@ -122,12 +128,25 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl):
         if not tasks:
             return []
         await self._connection.ensure_queue(self.queue)
+        if any(task.unique is not None for task in tasks):
+            return await self._enqueue_unique(tasks)
         if any(task.idempotency_key is not None for task in tasks):
             ids = await self._checked(lambda conn: self._send_keyed(conn, tasks))
         else:
             ids = await self._checked(lambda conn: self._send(conn, tasks))
         self._waker.notify()
         return [str(i) for i in ids]
+
+    async def _enqueue_unique(self, tasks: Sequence[NewTask]) -> list[TaskId]:
+        """Tasks one at a time, in order: two of one unique key in a batch see each other."""
+        ids: list[TaskId] = []
+        for task in tasks:
+            if task.unique is None:
+                ids += await self.enqueue([task])
+            else:
+                ids.append((await self._push_unique(task))[0])
+        self._waker.notify()
+        return ids
 
     async def _send(self, conn: AsyncConnection[Any], tasks: Sequence[NewTask]) -> list[int]:
         now = time.time()
@@ -268,6 +287,7 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl):
             statements.append(("forget_stale_workers", {"stale_after": worker.stale_after}))
             statements.append(("purge_archive", {"retention": worker.retention}))
             statements.append(("purge_keys", {"retention": worker.retention}))
+            statements.append(("unique_forget", {}))
             statements.append(("forget_waits", {}))
             results = await self._execute(statements, atomic=False)
             worker.on_paused(bool(results[0] and results[0][0][0]))

@@ -35,3 +35,16 @@ CREATE TABLE IF NOT EXISTS apalis_pgmq.waits (
     until timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS waits_task ON apalis_pgmq.waits (queue, msg_id);
+-- The tasks pushed with a unique key, by queue and key: which message holds the key until when
+-- (NULL: no end). Whether it still holds it is read from the message itself (its status in
+-- the queue or archive table); a row whose message is gone or whose window ended is dropped by
+-- the heartbeat (the oldest first). A push of a key takes a transaction-scoped lock of its
+-- queue and key.
+CREATE TABLE IF NOT EXISTS apalis_pgmq.uniques (
+    queue text NOT NULL,
+    key text NOT NULL,
+    msg_id bigint NOT NULL,
+    until double precision,
+    PRIMARY KEY (queue, key, msg_id)
+);
+CREATE INDEX IF NOT EXISTS uniques_by_age ON apalis_pgmq.uniques (queue, msg_id);

@@ -126,7 +126,6 @@ class Database:
     releases_sweep_lock = True  # GET_LOCK is the session's: `sweep_unlock` frees it
     wait_polls = (0.02, 0.5)  # a waiter is woken by a signal; a read now and then is the safety net
     bulk_batch = 10_000
-    cancel_poll: float | None = None  # the control listener tells the worker (and its heartbeat)
     claims_by_select = True  # no UPDATE ... RETURNING: a claim locks rows, then marks them
 
     def __init__(self, config: MysqlConfig) -> None:
@@ -264,6 +263,9 @@ class Database:
         """Tell the other processes' control listeners to look: a cancel was asked of a running
         task, or a task someone may wait for ended."""
         await self.signal(self._control_tag)
+
+    async def tidy(self) -> None:
+        """Nothing to do: InnoDB's purge removes old row versions by itself."""
 
     async def signal(self, tag: str) -> None:
         """End the sleep of the other processes' listeners of `tag` (`listener.Signals`)."""

@@ -12,6 +12,7 @@ released by the worker's next heartbeat.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from .schema import control_channel, load_statements, migrate
 __all__ = ["Database"]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 Conn = AsyncConnection[tuple[Any, ...]]
 
 _RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
@@ -165,7 +167,6 @@ class Database:
     releases_sweep_lock = False  # the advisory lock is the transaction's
     wait_polls = (1.0, 1.0)  # waiters are woken by NOTIFY; a read a second is the safety net
     bulk_batch = 10_000
-    cancel_poll: float | None = None  # a NOTIFY tells the worker
     claims_by_select = False  # UPDATE ... RETURNING claims in one statement
 
     def __init__(self, config: PostgresConfig) -> None:
@@ -299,6 +300,23 @@ class Database:
         """Wake the pollers of `queue` here at once, and in other processes by NOTIFY."""
         self.waker(queue).notify()
         await self.execute("notify", {"queue": queue})
+
+    async def tidy(self) -> None:
+        """VACUUM the tasks table when the server's autovacuum is off and dead row versions
+        piled up (`vacuum.sql`): the claim's index scan would otherwise walk every task ever
+        handed out. A failure (not the table's owner, say) is logged and left at that."""
+
+        async def op(conn: Conn) -> None:
+            due = await (await conn.execute(self.sql["vacuum_due"], prepare=False)).fetchone()
+            if due and due[0]:
+                await conn.execute(self.sql["vacuum"], prepare=False)
+
+        try:
+            await self.run(op)
+        except Exception as exc:  # the sweep is done; a vacuum is only a help
+            _log.warning(
+                "postgres at %s: VACUUM of the tasks table failed: %s", self.config.redacted, self.describe(exc)
+            )
 
     async def notify_control(self) -> None:
         """Nothing to do: the statements that cancel or end a task NOTIFY the control channel."""

@@ -3,13 +3,14 @@
 - Cancel: one UPDATE cancels a task that has not started (`status IN ('pending', 'failed')`):
   the claim is an UPDATE of the same rows, so one of the two wins and a cancelled task never
   starts. A running task gets the request (`cancel_reason`) and its worker is told through the
-  server's push path (PostgreSQL: a NOTIFY on the control channel, within milliseconds), in
-  this process directly, and by the answer to each of its heartbeats in any case (MySQL has no
-  push path: that is how its workers hear of it, within `keep_alive`).
+  server's push path (PostgreSQL: a NOTIFY on the control channel; MySQL: a signal to the
+  control listeners, `notify_control`; both within milliseconds), in this process directly, and
+  by the answer to each of its heartbeats in any case.
 - Pause: a `queues` row, read by every claim statement, so every worker on every host obeys it
   at its next claim; a resume wakes the pollers as a push does.
-- Wait: the task is marked as waited for (PostgreSQL NOTIFYs the end of such tasks only), then
-  read; a waiter sleeps until woken or its store's poll interval (`SqlDatabase.wait_polls`).
+- Wait: the task is marked as waited for (the end of such a task is told: NOTIFYd by the
+  statement on PostgreSQL, signalled by the ack on MySQL), then read; a waiter sleeps until
+  woken or its store's poll interval (`SqlDatabase.wait_polls`).
 - Bulk: one statement per batch of `SqlDatabase.bulk_batch` tasks, the filter in its WHERE.
 """
 

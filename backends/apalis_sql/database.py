@@ -126,9 +126,6 @@ class SqlDatabase(Protocol):
     up to the second (polling where the server cannot push; a safety net where it can)."""
     bulk_batch: int
     """How many tasks one statement of a bulk action changes at most."""
-    cancel_poll: float | None
-    """Where the server cannot push: how often a running worker asks which of its runs have a
-    cancel requested (its heartbeat asks too). None where a NOTIFY tells it."""
     claims_by_select: bool
     """The limited claim statements lock their rows and `limit_mark` claims them (no UPDATE
     ... RETURNING), rather than claim them themselves (`apalis_sql.limits`)."""
@@ -169,6 +166,11 @@ class SqlDatabase(Protocol):
 
     async def notify(self, queue: str) -> None:
         """Wake the pollers of `queue`, here and (where the server can push) in other processes."""
+        ...
+
+    async def tidy(self) -> None:
+        """After a sweep: clean up the row versions claims and acks left, where the server
+        would not by itself (PostgreSQL with autovacuum off)."""
         ...
 
     async def notify_control(self) -> None:

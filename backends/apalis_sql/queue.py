@@ -19,8 +19,6 @@ The flow is the same on every server; what differs is asked of the store's `SqlD
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -150,7 +148,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         stale = {"queue": queue, "stale_after": worker.stale_after}
         row = worker_params(worker, queue)
 
-        async def beat_in(s: Session) -> tuple[bool, Rows, bool]:
+        async def beat_in(s: Session) -> tuple[bool, Rows, bool, bool]:
             runs = list(worker.running())
             running = [*runs, *self._ahead.held(worker.id)]  # held: not lost claims
             await s.execute("beat", {**row, "running": len(running)})
@@ -161,37 +159,30 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             woke = await s.execute("release_lost", lost) > 0
             # Asked at each try: a beat retried across an outage does not sweep right after it.
             if not db.contact.steady_for(worker.stale_after):
-                return (woke, *told)
+                return (woke, *told, False)
             locked = await s.fetch("sweep_lock", lock)
             if not (locked and locked[0][0]):
-                return (woke, *told)
+                return (woke, *told, False)
             await s.execute("forget_workers", stale)
             woke = await s.execute("recover", stale) > 0 or woke  # the tasks that run again (where it can tell)
             await s.execute("purge_expired", {"queue": queue, "retention": worker.retention})
             if db.releases_sweep_lock:
                 await s.execute("sweep_unlock", lock)
-            return (woke, *told)
-
-        watch: asyncio.Task[None] | None = None
+            return (woke, *told, True)
 
         async def beat() -> None:
-            nonlocal watch
             db.controls.workers[worker.id] = worker  # told of cancels by the listener from now on
-            if watch is None and db.cancel_poll is not None:
-                watch = asyncio.create_task(
-                    _watch_cancels(db, worker, db.cancel_poll), name=f"apalis-cancels-{worker.id}"
-                )
-            woke, cancels, paused = await db.session(beat_in)
+            woke, cancels, paused, swept = await db.session(beat_in)
             for task_id, reason in cancels:
                 worker.on_cancel(task_id, reason)
             worker.on_paused(paused)
             if woke:
                 await db.notify(queue)
+            if swept:
+                await db.tidy()
 
         async def farewell() -> None:
             db.controls.workers.pop(worker.id, None)
-            if watch is not None:
-                watch.cancel()
             await db.execute("farewell", {"id": worker.id})
 
         return beat_every(worker, beat, farewell, db.contact)
@@ -220,17 +211,3 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                 holder.backlog = len(tasks) == count
                 if tasks:
                     await self._ahead.hand_over(holder, tasks)
-
-
-async def _watch_cancels(db: SqlDatabase, worker: WorkerContext, every: float) -> None:
-    """Ask every `every` seconds which runs of `worker` have a cancel requested, while it runs
-    some: a server that cannot push tells a worker of a cancel this soon, not at its heartbeat.
-    One lookup of its running tasks by id; a failure is left to the heartbeat, which asks too."""
-    while True:
-        await asyncio.sleep(every)
-        runs = list(worker.running())
-        if not runs:
-            continue
-        with contextlib.suppress(Exception):
-            for task_id, reason in await db.fetch("cancels_requested", {"running": runs}):
-                worker.on_cancel(task_id, reason)

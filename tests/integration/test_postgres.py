@@ -274,3 +274,34 @@ async def test_a_schema_of_an_earlier_version_gains_the_control_plane_and_keeps_
         await controls_after_migration(store.backend("q", codec=JsonCodec()))
     finally:
         await store.close()
+
+
+async def test_a_sweep_vacuums_the_tasks_table_when_the_servers_autovacuum_is_off(
+    postgres_url: str, postgres_schema: str, postgres_store: PostgresStore
+) -> None:
+    # Without a vacuum, every task ever claimed leaves an entry in the claim's index that each
+    # claim walks: claims slow down as tasks pile up (bench/README.md).
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
+        setting = await (await admin.execute("SELECT current_setting('autovacuum')")).fetchone()
+        if setting != ("off",):
+            pytest.skip("the server's autovacuum is on: the store leaves the vacuuming to it")
+        queue = postgres_store.backend("q", codec=JsonCodec())
+        await queue.push_bulk([{"n": n} for n in range(11_000)])
+        starts = Starts()
+        worker = Worker(name="w", backend=queue, handler=starts.handler, concurrency=50, keep_alive=0.2)
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        stats = sql.SQL("SELECT last_vacuum FROM pg_stat_user_tables WHERE relid = to_regclass(%s)")
+        try:
+            vacuumed = None
+            for _ in range(600):  # the server counts dead rows a moment after each commit
+                await asyncio.sleep(0.1)
+                row = await (await admin.execute(stats, (f'"{postgres_schema}".tasks',))).fetchone()
+                vacuumed = row[0] if row else None
+                if vacuumed is not None and len(starts.at) == 11_000:
+                    break
+        finally:
+            stop.set()
+            await running
+        assert vacuumed is not None
+        assert (await queue.stats()).counts.get(Status.DONE) == 11_000

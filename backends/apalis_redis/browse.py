@@ -25,7 +25,7 @@ from .inspector import RedisInspector, task_from_hash
 __all__ = ["ORDER", "SCAN_BUDGET", "RedisBrowser", "Row", "walk_sets"]
 
 ORDER = "due tasks by priority then run_at, then later ones by run_at, running by claim, ended by end time"
-SCAN_BUDGET = 20_000  # tasks a page reads at most (a search by error text walks, no index has it)
+SCAN_BUDGET = 10_000  # tasks a page reads at most (a search by error text walks, no index has it)
 _STEP = 2_000  # tasks one script call reads at most: Redis serves nobody else meanwhile
 
 Row = tuple[str, bytes, bytes, list[bytes]]

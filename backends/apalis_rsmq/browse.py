@@ -24,7 +24,7 @@ from .inspector import RsmqInspector
 __all__ = ["ORDER", "SCAN_BUDGET", "RsmqBrowser"]
 
 ORDER = "messages by the time they become visible, then dead letters by when they died"
-SCAN_BUDGET = 20_000  # messages a page reads at most
+SCAN_BUDGET = 10_000  # messages a page reads at most
 
 _SETS: dict[Status | None, tuple[str, ...]] = {
     None: ("live", "dead"),

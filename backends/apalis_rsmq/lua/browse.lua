@@ -12,19 +12,21 @@ local zset, qhash, side = KEYS[1], KEYS[2], KEYS[3]
 if dead then zset, qhash, side = KEYS[4], KEYS[5], KEYS[6] end
 
 local function accept(id)
-  local f = redis.call('HMGET', side, id .. ':ma', id .. ':lk', id .. ':e', id .. ':rc', id .. ':at', id .. ':st')
+  -- What tells the status and the error first: most entries a search reads are stepped over.
+  local lock, error, ended = unpack(redis.call('HMGET', side, id .. ':lk', id .. ':e', id .. ':st'))
   local is
   if dead then
-    is = f[6] == 'cancelled' and 'cancelled' or 'killed'
+    is = ended == 'cancelled' and 'cancelled' or 'killed'
   else
-    is = f[2] and 'running' or (f[3] and 'failed' or 'pending')
+    is = lock and 'running' or (error and 'failed' or 'pending')
   end
-  if (status ~= '' and is ~= status) or not holds(f[3], needle) then return nil end
+  if (status ~= '' and is ~= status) or not holds(error, needle) then return nil end
   local q = redis.call('HMGET', qhash, id, id .. ':rc')
   if not q[1] then return nil end
   local body = q[1]
   if keep then body = string.sub(body, 1, keep) end
-  return {body, q[2], f[1], f[2], f[3], f[4], f[5], f[6]}
+  local more = redis.call('HMGET', side, id .. ':ma', id .. ':rc', id .. ':at')
+  return {body, q[2], more[1], lock, error, more[2], more[3], ended}
 end
 
 local rows, last_score, last_member, done, read = walk(zset, ARGV[2] == '1', ARGV[3], ARGV[4],

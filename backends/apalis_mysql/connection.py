@@ -310,19 +310,24 @@ class Database:
         Every commit waits for the server's log flush (`durable` is the server's setting)."""
         scope = f"{self.config.database}:{self.config.table_prefix}:{queue}:{key}"
         name = {"lock": f"apalis-{lock}:" + hashlib.sha1(scope.encode()).hexdigest()}
-        take, free = self.sql["named_lock"], self.sql["named_unlock"]
 
         async def in_lock(conn: Conn) -> T:
             cursor = conn.cursor()
+            # One round trip takes the lock and opens the transaction, one commits and frees it.
+            take = cursor.mogrify(self.sql["named_lock"], name) + ";\nSTART TRANSACTION"
+            free = "COMMIT;\n" + cursor.mogrify(self.sql["named_unlock"], name)
             while True:  # asked again while another session holds it for long
-                await cursor.execute(take, name)
-                if (await cursor.fetchone())[0] == 1:
+                await cursor.execute(take)
+                got = (await cursor.fetchone())[0]
+                while await cursor.nextset():
+                    pass
+                if got == 1:
                     break
-            await cursor.execute("START TRANSACTION")
+                await cursor.execute("ROLLBACK")
             result = await op(_Session(conn, self.sql))
-            await cursor.execute("COMMIT")
-            await cursor.execute(free, name)
-            await cursor.fetchall()
+            await cursor.execute(free)
+            while await cursor.nextset():
+                pass
             return result
 
         return await self.run(in_lock)

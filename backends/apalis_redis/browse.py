@@ -7,7 +7,8 @@ The order is the store's: pending tasks due now (by priority, then run_at), then
 yet (by run_at), then those held at a global limit (by key), then running ones (by claim time),
 then done, killed and cancelled ones (by when they ended); a status lists its own sets in that
 order. The cursor is `[set, score, id]` of the last task of a page, as JSON. A search by error
-text reads at most `SCAN_BUDGET` tasks per page, so it may answer a short page with a next one.
+text reads at most `SCAN_BUDGET` tasks, for at most `SCAN_SECONDS`, per page, so it may answer a
+short page with a next one.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from apalis_cli.task import Status, Task
 
 from .inspector import RedisInspector, task_from_hash
 
-__all__ = ["ORDER", "SCAN_BUDGET", "RedisBrowser", "Row", "walk_sets"]
+__all__ = ["ORDER", "SCAN_BUDGET", "SCAN_SECONDS", "RedisBrowser", "Row", "walk_sets"]
 
 ORDER = "due tasks by priority then run_at, then later ones by run_at, running by claim, ended by end time"
 SCAN_BUDGET = 10_000  # tasks a page reads at most (a search by error text walks, no index has it)
-_STEP = 2_000  # tasks one script call reads at most: Redis serves nobody else meanwhile
+SCAN_SECONDS = 0.1  # ... and for how long, however loaded the server is (then a short page ends)
+_STEP = 1_000  # tasks one script call reads at most: Redis serves nobody else meanwhile
 
 Row = tuple[str, bytes, bytes, list[bytes]]
 """One task a walk found: its set, id, score and the fields the script read of it."""
@@ -39,19 +41,22 @@ async def walk_sets(
     resume: tuple[str, str, str] | None,
     limit: int,
     budget: int,
+    seconds: float = SCAN_SECONDS,
 ) -> tuple[list[Row], list[str] | None]:
     """A page by keyset over `sets` in turn (Redis's and rsmq's `browse` scripts, on
     `lua/walk.lua`): `call(set, args)` runs the script, which reads from `args[2:4]` (the score
     and id to go on after) at most `args[5]` entries and answers at most `args[4]` rows. The rows
     (up to `limit`) and the cursor of the next page, `[set, score, id]`, or None after the last;
-    a page that read `budget` entries ends there, short."""
+    a page that read `budget` entries, or read for `seconds`, ends there, short."""
     rows: list[Row] = []
+    deadline, asked = time.monotonic() + seconds, False
     for name in sets:
         args[2], args[3] = (resume[1], resume[2]) if resume is not None and name == resume[0] else ("", "")
         while True:
-            if budget <= 0:  # a page that read its share: the next one goes on from here
+            if budget <= 0 or (asked and time.monotonic() > deadline):  # the next page goes on here
                 return rows, [name, _text(args[2]), _text(args[3])]
             args[4], args[5] = limit + 1 - len(rows), min(_STEP, budget)
+            asked = True
             got, last_score, last_member, done, read = msgpack.unpackb(await call(name, args), raw=True)
             rows += [(name, member, score, fields) for member, score, fields in got]
             budget -= read

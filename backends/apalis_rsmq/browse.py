@@ -7,8 +7,9 @@ finished tasks: rsmq deletes a done message).
 The order is the store's: waiting and running messages by the time they become visible (rsmq's
 own score), then dead letters by when they died; pending, running and failed are told apart by
 our side hash, so a page of one of them reads past the others, at most `SCAN_BUDGET` messages a
-page (a short page then has a next one). Done messages are deleted by rsmq: none is listed.
-The cursor is `[set, score, id]` of the last message of a page, as JSON.
+page, for at most apalis_redis's `SCAN_SECONDS` (a short page then has a next one). Done
+messages are deleted by rsmq: none is listed. The cursor is `[set, score, id]` of the last
+message of a page, as JSON.
 """
 
 from __future__ import annotations

@@ -22,9 +22,21 @@ local SCAN = 4000 -- ready entries one call looks at, at most (a backlog is park
 if redis.call('EXISTS', base .. 'paused') == 1 then return cmsgpack.pack({{}, after, '', 0}) end -- paused
 promote(KEYS, base, now)
 
-local running, total = {}, 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  local key = redis.call('HGET', base .. 't:' .. id, 'lk') or NONE
+-- The limit key of each running task, by one SORT ... GET (a read of every hash in one command),
+-- or one HGET each where SORT cannot: a Redis Cluster refuses its GET, and the key names may hold
+-- its '*' or '->'.
+local running, total, keys_running = {}, 0, nil
+if not string.find(base, '*', 1, true) and not string.find(base, '->', 1, true) then
+  keys_running = redis.pcall('SORT', KEYS[3], 'BY', 'nosort', 'GET', base .. 't:*->lk')
+  if keys_running.err then keys_running = nil end
+end
+if not keys_running then
+  keys_running = {}
+  for i, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    keys_running[i] = redis.call('HGET', base .. 't:' .. id, 'lk')
+  end
+end
+for _, key in ipairs(keys_running) do
   if key then running[key] = (running[key] or 0) + 1 end
   total = total + 1
 end
@@ -78,6 +90,7 @@ local function took(key)
 end
 
 local claimed_ms = string.format('%d', math.floor(now * 1000))
+local started = {} -- claimed_ms, id, ...: added to the running set in one call at the end
 -- take(id): claim one task if it is still waiting (a parked or ready entry may be stale)
 local function take(id)
   local task = base .. 't:' .. id
@@ -85,12 +98,19 @@ local function take(id)
   if f[1] ~= 'pending' and f[1] ~= 'failed' then return false end
   local attempts = tonumber(f[3]) + 1
   redis.call('HSET', task, 's', 'running', 'a', attempts, 'l', worker)
-  redis.call('ZADD', KEYS[3], claimed_ms, id)
+  started[#started + 1], started[#started + 2] = claimed_ms, id
   if f[1] == 'failed' then redis.call('SREM', KEYS[4], id) end
   local n = #out
   out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, f[2], attempts, f[4], f[5]
   out[n + 6], out[n + 7], out[n + 8], out[n + 9], out[n + 10] = f[6], f[7], f[8], f[9], f[10]
   return true
+end
+
+-- unpack() is bounded by Lua's stack: one command per slice of a long list.
+local function each_slice(command, key, list)
+  for first = 1, #list, 2000 do
+    redis.call(command, key, unpack(list, first, math.min(first + 1999, #list)))
+  end
 end
 
 -- 1. Parked keys with room, in turns from the one after `after`, coming round once.
@@ -129,28 +149,42 @@ for pass = 1, 2 do
 end
 
 -- 2. The ready set in its order: a task whose key has room is claimed, one whose key has none
--- is parked (tasks without a key are left where they are).
+-- is parked (tasks without a key are left where they are). The entries a window took out of
+-- the ready set leave it in one call before the next window is read (they shift its ranks), and
+-- those parked join their keys' sets in one call per key; a window that parked half of what it
+-- read doubles, up to 1000 (a backlog is stepped over in a few reads).
 local skipped, scanned, more = 0, 0, 0
+local size = 2 * (budget - claimed) + 16
 while claimed < budget do
   if scanned >= SCAN then more = 1 break end -- bounded: the caller claims again at once
-  local window = redis.call('ZRANGE', KEYS[1], skipped, skipped + 2 * (budget - claimed) + 15, 'WITHSCORES')
+  local window = redis.call('ZRANGE', KEYS[1], skipped, skipped + size - 1, 'WITHSCORES')
   if #window == 0 then break end
+  local gone, park, parked_now = {}, {}, 0
   for i = 1, #window, 2 do
     local id, score = window[i], window[i + 1]
     scanned = scanned + 1
     local key = redis.call('HGET', base .. 't:' .. id, 'lk') or NONE
     if room(key) > 0 then
-      redis.call('ZREM', KEYS[1], id)
+      gone[#gone + 1] = id
       if take(id) then took(key) end
     elseif key then
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZADD', base .. 'kp:' .. key, score, id)
-      redis.call('ZADD', parked, 0, key)
+      gone[#gone + 1] = id
+      local set = park[key]
+      if not set then set = {} park[key] = set end
+      set[#set + 1], set[#set + 2] = score, id
+      parked_now = parked_now + 1
     else
       skipped = skipped + 1
     end
     if claimed >= budget then break end
   end
+  each_slice('ZREM', KEYS[1], gone)
+  for key, set in pairs(park) do
+    each_slice('ZADD', base .. 'kp:' .. key, set)
+    redis.call('ZADD', parked, 0, key)
+  end
+  if parked_now * 4 >= #window then size = math.min(size * 2, 1000) end
 end
+each_slice('ZADD', KEYS[3], started)
 if rate >= 0 and not keyed_rate and claimed > 0 then spend('*', claimed) end
 return cmsgpack.pack({out, after, wake_at and string.format('%.17g', wake_at) or '', more})

@@ -15,6 +15,7 @@ import pytest
 from apalis_cli.backend import Capability, StoreSpec
 from apalis_cli.codec import JsonCodec, MsgpackCodec
 from apalis_cli.errors import ConfigError, UsageError
+from apalis_cli.events import HeartbeatSent
 from apalis_cli.layers.retry import Backoff
 from apalis_cli.sink import new_task
 from apalis_cli.task import Status, Task
@@ -474,3 +475,31 @@ async def test_the_board_pages_by_keyset_and_finds_by_id_key_and_error(store: Pg
     assert activity.oldest_ready_at is not None
     assert begun - 1 <= activity.oldest_ready_at <= time.time()
     assert sum(minute.failed for minute in activity.per_minute.values()) == 1
+
+
+async def test_unique_holders_that_hold_nothing_leave_the_list(store: PgmqStore, pgmq_url: str, queue: str) -> None:
+    """A listed holder whose window ended, or whose message is gone, is dropped by a heartbeat;
+    one that still holds its key stays (it ran: done holds a key by default), and a push of its
+    key still meets it."""
+    backend = store.backend(queue, codec=JsonCodec())
+    short = await backend.push({"n": 1}, unique={"key": "short", "period": "200ms"})
+    held = await backend.push({"n": 2}, unique={"key": "held"})
+    gone = await backend.push({"n": 3}, unique={"key": "gone"})
+    await sql(pgmq_url, "SELECT pgmq.delete(%s, %s::bigint)", (queue, int(gone)))
+    listed = "SELECT key FROM apalis_pgmq.uniques WHERE queue = %s ORDER BY key"
+    assert [key for (key,) in await sql(pgmq_url, listed, (queue,))] == ["gone", "held", "short"]
+    await asyncio.sleep(0.3)
+    beats = 0
+
+    def beat(event: Any) -> None:
+        nonlocal beats
+        beats += isinstance(event, HeartbeatSent)
+
+    async def run(args: Any, task: Task[bytes]) -> None:
+        pass
+
+    worker = Worker(name="w", backend=backend, handler=run, keep_alive=0.1, on_event=[beat])
+    await run_until(worker, lambda: beats >= 2)
+    assert [key for (key,) in await sql(pgmq_url, listed, (queue,))] == ["held"]
+    assert await backend.push({"n": 4}, unique={"key": "held"}) == held
+    assert await backend.push({"n": 5}, unique={"key": "short"}) != short

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from apalis_cli.browsing import TaskSearch
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import BackendError, ConfigError
 from apalis_cli.task import Status, Task
@@ -128,3 +129,20 @@ async def test_an_idle_worker_is_woken_by_a_push_on_any_master(store: RedisStore
     await asyncio.gather(*workers)
     late = {name: round(at - pushed, 3) for name, at in started.items() if at - pushed >= 1.0}
     assert not late, f"not woken by the push: {late}"
+
+
+async def test_the_boards_pages_and_activity_read_a_queue_on_each_master(store: RedisStore) -> None:
+    for name in queues_on_every_master():
+        backend = store.backend(name, codec=JsonCodec())
+        ids = await backend.push_bulk([{"n": n} for n in range(70)])
+        await backend.kill(ids[3], "OSError: disk full")
+        first = await backend.browse_page(TaskSearch(status=Status.PENDING), limit=50)
+        assert first.next is not None
+        rest = await backend.browse_page(TaskSearch(status=Status.PENDING), after=first.next, limit=50)
+        assert rest.next is None
+        assert sorted(t.id for t in first.tasks + rest.tasks) == sorted(set(ids) - {ids[3]})
+        found = await backend.browse_page(TaskSearch(text="disk full"))
+        assert [t.id for t in found.tasks] == [ids[3]]
+        activity = await backend.activity(time.time() - 3600)
+        assert activity.oldest_ready_at is not None
+        assert sum(m.failed for m in activity.per_minute.values()) == 1

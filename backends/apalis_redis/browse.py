@@ -25,9 +25,13 @@ from .inspector import RedisInspector, task_from_hash
 
 __all__ = ["ORDER", "SCAN_BUDGET", "SCAN_SECONDS", "RedisBrowser", "Row", "walk_sets"]
 
-ORDER = "due tasks by priority then run_at, then later ones by run_at, running by claim, ended by end time"
+ORDER = (
+    "due tasks by priority then run_at, then later ones by run_at, running by claim, ended by end time"
+    " (failed ones alone: by run_at)"
+)
 SCAN_BUDGET = 10_000  # tasks a page reads at most (a search by error text walks, no index has it)
 SCAN_SECONDS = 0.1  # ... and for how long, however loaded the server is (then a short page ends)
+FAILED_WHOLE = 10_000  # failed tasks read whole (by their set) to page them by run_at; past that, the walk
 _STEP = 1_000  # tasks one script call reads at most: Redis serves nobody else meanwhile
 
 Row = tuple[str, bytes, bytes, list[bytes]]
@@ -93,7 +97,7 @@ def _cursor(text: str) -> tuple[str, str, str]:
     name, score, member = value
     if score or member:
         float(score)  # a score Redis gave, or this is no cursor ('' and '': the set's start)
-    if name.split(":", 1)[0] not in ("kp", *_RANK):
+    if name.split(":", 1)[0] not in ("kp", "failed", *_RANK):
         raise ValueError("not a cursor of the redis store")
     return name, score, member
 
@@ -139,6 +143,12 @@ class RedisBrowser(RedisInspector):
                 payload = found.args[:preview] if preview is not None else found.args
                 task = Task(id=found.id, args=payload, ctx=found.ctx)
                 return BrowsedPage([task] if after is None else [], None)
+        if where.status is Status.FAILED:
+            failed = await self._failed_page(where, resume, limit, newest_first, preview)
+            if failed is not None:
+                return failed
+        if resume is not None and resume[0] == "failed":  # the failed set has grown past FAILED_WHOLE
+            resume = None
         k = self.keys
         sets: list[str] = []
         for group in _GROUPS[where.status]:
@@ -169,6 +179,52 @@ class RedisBrowser(RedisInspector):
             return reply
 
         return self._page(*await walk_sets(call, sets, args, resume, limit, SCAN_BUDGET))
+
+    async def _failed_page(
+        self,
+        where: TaskSearch,
+        resume: tuple[str, str, str] | None,
+        limit: int,
+        newest_first: bool,
+        preview: int | None,
+    ) -> BrowsedPage | None:
+        """A page of failed tasks (waiting for a retry) by (run_at, id), from the failed set read
+        whole: they are few, and a walk would read every pending task around them, a short page
+        at a time. None when there are more than `FAILED_WHOLE`."""
+        client, k = self.connection.client, self.keys
+        if await client.scard(k.failed) > FAILED_WHOLE:
+            return None
+        ids = [raw.decode() for raw in await client.smembers(k.failed)]
+        async with client.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(k.task(task_id), ["s", "r", "e"])
+            heads = await pipe.execute()
+        needle = (where.text or "").casefold()
+        keyed = sorted(
+            (
+                (float(run_at), task_id)
+                for task_id, (status, run_at, error) in zip(ids, heads, strict=True)
+                if status == b"failed" and (not needle or needle in (error or b"").decode(errors="replace").casefold())
+            ),
+            reverse=newest_first,
+        )
+        if resume is not None and resume[0] == "failed" and resume[1]:
+            key = (float(resume[1]), resume[2])
+            keyed = [head for head in keyed if (head < key if newest_first else head > key)]
+        page = keyed[:limit]
+        async with client.pipeline(transaction=False) as pipe:
+            for _, task_id in page:
+                pipe.hgetall(k.task(task_id))
+            hashes = await pipe.execute()
+        tasks = []
+        for (_, task_id), h in zip(page, hashes, strict=True):
+            if h:
+                task = task_from_hash(task_id, self.queue, h)
+                payload = task.args[:preview] if preview is not None else task.args
+                tasks.append(Task(id=task.id, args=payload, ctx=task.ctx))
+        more = len(keyed) > limit
+        cursor = json.dumps(["failed", repr(page[-1][0]), page[-1][1]], separators=(",", ":")) if more else None
+        return BrowsedPage(tasks, cursor)
 
     async def activity(self, since: float) -> QueueActivity:
         """The oldest ready task's run_at now, and the tasks done and killed each minute since

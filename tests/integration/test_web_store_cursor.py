@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apalis_cli.backend import Inspector, TaskSink
+from apalis_cli.layers.retry import Backoff
+from apalis_cli.task import Task
+from apalis_cli.worker import Worker
 
 from ..web_board import Served, serve_board
+from .running import run_until
 
 pytestmark = pytest.mark.parametrize("kind", ["redis", "rsmq"])
 
@@ -19,6 +24,7 @@ name = "thumbnails"
 backend = "main"
 queue = "thumbnails"
 handler = "apalis_cli.demo:resize_image"
+max_attempts = 3
 """
 
 
@@ -158,3 +164,26 @@ async def test_a_listed_task_opens_on_its_page(kind: str, tmp_path: Path) -> Non
             page = await served.client.get(f"/tasks/{task_id}", params={"queue": "thumbnails"})
             assert page.status_code == 200
             assert "&lt;b&gt;broken&lt;/b&gt;" in page.text or status == "pending"
+
+
+async def test_the_failed_tab_finds_tasks_waiting_for_a_retry_among_many_pending(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importlib.import_module(f"apalis_{kind}.browse"), "SCAN_BUDGET", 500)
+    async with serve_board(kind, tmp_path, workers=WORKERS) as served:
+        backend = served.queue("thumbnails")
+        failing = set(await queue(served).push_bulk([{"n": n} for n in range(3)]))
+        ran: set[str] = set()
+
+        async def flaky(args: Any, task: Task[bytes]) -> None:
+            ran.add(task.id)
+            raise ValueError("image store refused it")
+
+        later = Backoff(kind="constant", base=3600.0, jitter=False)
+        worker = Worker(name="w", backend=backend, handler=flaky, keep_alive=0.2, poll_interval=0.05, backoff=later)
+        await run_until(worker, lambda: ran == failing)
+        await queue(served).push_bulk([{"n": n} for n in range(3000)])
+        found, pages = await walk(served, status="failed")
+        assert set(found) == failing
+        # Redis reads them from its failed set; rsmq has none and walks every message, 500 a page.
+        assert pages == 1 if kind == "redis" else pages >= 7

@@ -90,6 +90,7 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     # Imported here, not at the top: `apalis --help` and `apalis init` do without them.
     import asyncio
 
+    from ..backend import Capability
     from ..config import load_config
     from ..handlers import load_handler
     from ..registry import Registry, build_store, build_worker_store
@@ -102,6 +103,12 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
         if worker.cron is not None:
             build_worker_store(loaded, worker, registry)  # validates the schedule
         build_layers(loaded, worker)
+        store = stores.get(worker.backend)
+        if worker.limits is not None and store is not None and not store.capabilities.has(Capability.FLEET_LIMITS):
+            # As `apalis run` would refuse the worker at start, with the same line.
+            reason = store.capabilities.why_not(Capability.FLEET_LIMITS)
+            message = f"this store cannot hold a global limit ({worker.limits}): {reason}"
+            raise loaded.error((*worker.key, "middleware"), message)
         if worker.handler is not None:
             handler = load_handler(loaded, worker, concurrency=1)
             asyncio.run(_start_and_close(handler))  # with isolation = "process": imported by a child

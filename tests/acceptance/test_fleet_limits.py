@@ -375,3 +375,20 @@ def test_a_killed_daemons_slots_come_back_within_stale_after(
     # The sweep runs at the second daemon's heartbeats (every keep_alive): a slot is back within
     # stale_after and one beat; the rest is slack for a loaded machine's scheduling.
     assert back - last_beat <= stale_after + keep_alive + 1.5, "the slot came back with the lease"
+
+
+def test_check_refuses_a_global_limit_the_store_cannot_hold(apalis: Apalis) -> None:
+    """`apalis check` says what `apalis run` would: one line at the layer, exit 2 (before it
+    connects: no server needed)."""
+    apalis.write_config(
+        CONFIG.format(
+            backend='kind = "rsmq"\nurl = "redis://127.0.0.1:1/0"',
+            layer='{ kind = "concurrency", limit = 1, scope = "global", key = "account" }',
+            keep_alive="1s",
+            stale_after="3s",
+        ).replace('handler = "fleet_handlers:timed"', 'handler = "apalis_cli.demo:resize_image"')
+    )
+    result = apalis("check")
+    assert result.code == 2, result.err
+    assert "middleware: this store cannot hold a global limit (concurrency 1 per account)" in result.err
+    assert "Traceback" not in result.err

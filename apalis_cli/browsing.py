@@ -37,6 +37,7 @@ __all__ = [
     "TickSource",
     "fold_ascii",
     "like_pattern",
+    "previewed",
 ]
 
 FAILED_FOR_GOOD = frozenset({Status.KILLED})
@@ -177,6 +178,13 @@ class TickSource(Protocol):
     def next_ticks(self, after: float, count: int) -> list[float]:
         """The next `count` tick times strictly after `after` (epoch seconds)."""
         ...
+
+
+def previewed(task: Task[bytes], preview: int | None) -> Task[bytes]:
+    """`task` with at most `preview` bytes of its payload (None: all of it): what a listing shows."""
+    if preview is None or len(task.args) <= preview:
+        return task
+    return Task(id=task.id, args=task.args[:preview], ctx=task.ctx)
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

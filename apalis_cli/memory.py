@@ -27,7 +27,7 @@ from .backend import (
     WorkerContext,
     WorkerInfo,
 )
-from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch
+from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch, previewed
 from .codec import Codec
 from .control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
 from .errors import ConfigError
@@ -399,9 +399,7 @@ class MemoryQueue(QueueBase):
             tasks = [t for t in tasks if ((t.ctx.run_at, t.id) < key if newest_first else (t.ctx.run_at, t.id) > key)]
         tasks.sort(key=lambda t: (t.ctx.run_at, t.id), reverse=newest_first)
         page = tasks[:limit]
-        if preview is not None:
-            page = [Task(id=t.id, args=t.args[:preview], ctx=t.ctx) for t in page]
-        return page
+        return [previewed(t, preview) for t in page]
 
     async def activity(self, since: float) -> QueueActivity:
         """The oldest ready task's run_at and the tasks finished per minute since `since`."""

@@ -11,13 +11,12 @@ no call for (lowering
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
-from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch
+from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch, previewed
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import queue_activity, worker_from_row
 
@@ -36,13 +35,6 @@ _MAX_ID = (1 << 63) - 1
 def _msg_id(task_id: TaskId) -> int:
     """A cursor's id as a message id (a cursor of another store's ids sorts before every one)."""
     return int(task_id) if task_id.isdigit() and len(task_id) < 19 else -1
-
-
-def _cut(task: Task[bytes], preview: int | None) -> Task[bytes]:
-    """`task` with at most `preview` bytes of its payload (a listing shows no more)."""
-    if preview is None or len(task.args) <= preview:
-        return task
-    return dataclasses.replace(task, args=task.args[:preview])
 
 
 class PgmqInspector:
@@ -102,9 +94,9 @@ class PgmqInspector:
             run_at, msg_id = (after.run_at, _msg_id(after.id)) if after is not None else far
             params = {"status": status, "search": text, "run_at": run_at, "id": msg_id, "limit": limit}
             page = "page_backward" if newest_first else "page_forward"
-            return [_cut(self._task(row), preview) for row in await self._rows(page, params)]
+            return [previewed(self._task(row), preview) for row in await self._rows(page, params)]
         tasks.sort(key=lambda t: (t.ctx.run_at, int(t.id)), reverse=newest_first)
-        return [_cut(task, preview) for task in tasks[:limit]]
+        return [previewed(task, preview) for task in tasks[:limit]]
 
     async def activity(self, since: float) -> QueueActivity:
         """The oldest due waiting task's run_at, and the archive's done and killed per minute."""

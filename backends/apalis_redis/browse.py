@@ -18,12 +18,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgpack
-from apalis_cli.browsing import BrowsedPage, MinuteCounts, QueueActivity, TaskSearch, fold_ascii
+from apalis_cli.browsing import BrowsedPage, MinuteCounts, QueueActivity, TaskSearch, fold_ascii, previewed
 from apalis_cli.task import Status, Task
 
 from .inspector import RedisInspector, task_from_hash
 
-__all__ = ["ORDER", "SCAN_BUDGET", "SCAN_SECONDS", "RedisBrowser", "Row", "walk_sets"]
+__all__ = ["ORDER", "SCAN_BUDGET", "SCAN_SECONDS", "RedisBrowser", "Row", "parse_cursor", "walk_sets"]
 
 ORDER = (
     "due tasks by priority then run_at, then later ones by run_at, running by claim, ended by end time"
@@ -90,16 +90,22 @@ def _text(value: str | bytes | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _cursor(text: str) -> tuple[str, str, str]:
+def parse_cursor(text: str, store: str, sets: Callable[[str], bool]) -> tuple[str, str, str]:
+    """The `[set, score, id]` of a page's cursor (`walk_sets`); `ValueError` for a text that is
+    not one of `store`'s, whose set names pass `sets`."""
     value = json.loads(text)
     if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
-        raise ValueError("not a cursor of the redis store")
+        raise ValueError(f"not a cursor of the {store} store")
     name, score, member = value
     if score or member:
         float(score)  # a score Redis gave, or this is no cursor ('' and '': the set's start)
-    if name.split(":", 1)[0] not in ("kp", "failed", *_RANK):
-        raise ValueError("not a cursor of the redis store")
+    if not sets(name):
+        raise ValueError(f"not a cursor of the {store} store")
     return name, score, member
+
+
+def _cursor(text: str) -> tuple[str, str, str]:
+    return parse_cursor(text, "redis", lambda name: name.split(":", 1)[0] in ("kp", "failed", *_RANK))
 
 
 def _place(name: str) -> tuple[int, str]:
@@ -140,9 +146,7 @@ class RedisBrowser(RedisInspector):
         if where.text:
             found = await self._exact(where)
             if found is not None and where.of_status(found):  # else: the text may be in errors
-                payload = found.args[:preview] if preview is not None else found.args
-                task = Task(id=found.id, args=payload, ctx=found.ctx)
-                return BrowsedPage([task] if after is None else [], None)
+                return BrowsedPage([previewed(found, preview)] if after is None else [], None)
         if where.status is Status.FAILED:
             failed = await self._failed_page(where, resume, limit, newest_first, preview)
             if failed is not None:
@@ -219,9 +223,7 @@ class RedisBrowser(RedisInspector):
         tasks = []
         for (_, task_id), h in zip(page, hashes, strict=True):
             if h:
-                task = task_from_hash(task_id, self.queue, h)
-                payload = task.args[:preview] if preview is not None else task.args
-                tasks.append(Task(id=task.id, args=payload, ctx=task.ctx))
+                tasks.append(previewed(task_from_hash(task_id, self.queue, h), preview))
         more = len(keyed) > limit
         cursor = json.dumps(["failed", repr(page[-1][0]), page[-1][1]], separators=(",", ":")) if more else None
         return BrowsedPage(tasks, cursor)

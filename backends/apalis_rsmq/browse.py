@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 
-from apalis_cli.browsing import BrowsedPage, QueueActivity, TaskSearch, fold_ascii
-from apalis_cli.task import Status, Task
-from apalis_redis.browse import Row, walk_sets
+from apalis_cli.browsing import BrowsedPage, QueueActivity, TaskSearch, fold_ascii, previewed
+from apalis_cli.task import Status
+from apalis_redis.browse import Row, parse_cursor, walk_sets
 
 from .inspector import RsmqInspector
 
@@ -39,15 +39,7 @@ _SETS: dict[Status | None, tuple[str, ...]] = {
 
 
 def _cursor(text: str) -> tuple[str, str, str]:
-    value = json.loads(text)
-    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
-        raise ValueError("not a cursor of the rsmq store")
-    name, score, member = value
-    if score or member:
-        float(score)  # a score Redis gave, or this is no cursor ('' and '': the set's start)
-    if name not in ("live", "dead"):
-        raise ValueError("not a cursor of the rsmq store")
-    return name, score, member
+    return parse_cursor(text, "rsmq", lambda name: name in ("live", "dead"))
 
 
 class RsmqBrowser(RsmqInspector):
@@ -69,8 +61,7 @@ class RsmqBrowser(RsmqInspector):
         if where.text:
             found = await self.get(where.text)
             if found is not None and found.ctx.status is not Status.DONE and where.of_status(found):
-                payload = found.args[:preview] if preview is not None else found.args
-                return BrowsedPage([Task(id=found.id, args=payload, ctx=found.ctx)] if after is None else [], None)
+                return BrowsedPage([previewed(found, preview)] if after is None else [], None)
         sets = list(_SETS[where.status])
         if newest_first:
             sets.reverse()

@@ -33,8 +33,7 @@ def limit_args(limits: FleetLimits) -> list[Any]:
 
 class LimitedClaims:
     """One worker's claims within its global limits: where its last claim stopped among the
-    parked keys, and a wake-up when a rate next lets a start through. A claim is made on its
-    own (`claim`) or ahead, in the pipeline that acknowledges the worker's runs (`claim_in`)."""
+    parked keys, and a wake-up when a rate next lets a start through."""
 
     def __init__(self, script: Any, keys: list[bytes], base: bytes, worker: WorkerContext, waker: Waker) -> None:
         assert worker.limits is not None
@@ -46,27 +45,14 @@ class LimitedClaims:
 
     async def claim(self, limit: int) -> list[Any]:
         """Claim up to `limit` tasks; the 10 fields of each, as claiming.lua lists them."""
-        return self.answer(await self._script(keys=self._keys, args=self._args(limit)))
-
-    def claim_in(self, pipe: Any, limit: int) -> None:
-        """Queue a claim of up to `limit` tasks in `pipe` (a pipeline); `answer` reads its reply.
-        By its hash alone: a pipeline given the script object asks first whether the server has
-        it, a round trip more (a server without it answers NoScriptError)."""
-        pipe.evalsha(self._script.sha, len(self._keys), *self._keys, *self._args(limit))
-
-    def answer(self, reply: bytes) -> list[Any]:
-        """The tasks a claim took (10 fields each), after noting where it stopped among the keys
-        and when to claim again."""
-        tasks, after, wake_at, more = msgpack.unpackb(reply, raw=True)
+        args = [self._base, repr(time.time()), limit, self._worker_id, *self._limits, self._after]
+        tasks, after, wake_at, more = msgpack.unpackb(await self._script(keys=self._keys, args=args), raw=True)
         self._after = after.decode() if isinstance(after, bytes) else str(after)
         if more:
             self._waker.notify()  # a backlog of a key at its limit is being parked: go on at once
         elif wake_at:
             self._wake_at(float(wake_at))
         return list(tasks)
-
-    def _args(self, limit: int) -> list[Any]:
-        return [self._base, repr(time.time()), limit, self._worker_id, *self._limits, self._after]
 
     def _wake_at(self, at: float) -> None:
         import asyncio

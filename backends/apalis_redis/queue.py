@@ -146,7 +146,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         self.keys = QueueKeys.of(namespace, queue)
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
         self._ahead = ClaimsAhead(self.ack_batch, Held)
-        self._limited: dict[str, LimitedClaims] = {}  # the polling workers with global limits, by id
+        self._limited: set[str] = set()  # ids of the polling workers with global limits
         self._got: dict[str, str] = {}  # polling worker id -> the id of the last task handed to it
         self._spans: dict[str, float] = {}  # polling worker id -> how long its idle listing holds (s)
         self._releasing: set[asyncio.Future[None]] = set()
@@ -203,7 +203,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             if worker.limits is not None:
                 claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
                 limited = LimitedClaims(self.connection.scripts["claim_limited"], claim_keys, base, worker, waker)
-                self._limited[worker_id] = limited
+                self._limited.add(worker_id)
 
                 async def fetch_limited(limit: int) -> list[Task[bytes]]:
                     return self._tasks(await limited.claim(limit), worker_id)
@@ -291,15 +291,8 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
             packed += (task.id, task.ctx.lock_by or "", OUTCOME_CODES[kind], text, run_at)
-        # Workers with global limits claim ahead by their own script (lua/claim_limited.lua), in
-        # the same pipeline as the acknowledgements: one round trip still.
-        wanted, limited = [], []
-        for ahead, n in self._ahead.wanted(items):
-            own = self._limited.get(ahead.worker_id)
-            if own is None:
-                wanted.append((ahead, n))
-            else:
-                limited.append((ahead, n, own))
+        # Workers with global limits claim by themselves (lua/claim_limited.lua), never ahead.
+        wanted = [(ahead, n) for ahead, n in self._ahead.wanted(items) if ahead.worker_id not in self._limited]
         claims = b""
         if wanted:
             now = time.time()
@@ -319,45 +312,12 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             claims,
             self._control,
         ]
-        limited_replies: list[Any] = []
         with link_kept("acknowledging"):
-            if not limited:
-                reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
-            else:
-                reply, *limited_replies = await self._ack_with_limited_claims(args, limited)
-        for (ahead, _, own), limited_reply in zip(limited, limited_replies, strict=True):
-            rows = own.answer(limited_reply)
-            if rows:
-                await self._ahead.hand_over(ahead, self._tasks(rows, ahead.worker_id))
+            reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
         if wanted:
             for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
                 if rows:
                     await self._ahead.hand_over(ahead, self._tasks(rows, ahead.worker_id))
-
-    async def _ack_with_limited_claims(self, args: list[Any], limited: list[tuple[Any, int, LimitedClaims]]) -> Any:
-        """The ack script and the claims of `limited` workers in one pipeline: their replies."""
-        from redis.exceptions import NoScriptError
-
-        scripts = self.connection.scripts
-
-        async def pipelined() -> Any:
-            async with self.connection.client.pipeline(transaction=False) as pipe:
-                ack = scripts["ack"]
-                pipe.evalsha(ack.sha, len(self._ack_keys), *self._ack_keys, *args)
-                for _, n, own in limited:
-                    own.claim_in(pipe, n)
-                return await pipe.execute()
-
-        try:
-            return await pipelined()
-        except NoScriptError:
-            # The scripts go by their hashes alone (see LimitedClaims.claim_in): a server that
-            # lacks one (restarted, or a cluster node never sent it) has them sent, and the
-            # whole again: the acknowledgements apply only to runs still held, and a claim whose
-            # reply was lost is released by the claiming worker's next beat.
-            for name in ("ack", "claim_limited"):
-                await self.connection.client.script_load(scripts[name].text)
-            return await pipelined()
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register `worker` (an upsert, so it re-registers after any loss), sweep orphans and

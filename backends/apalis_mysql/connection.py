@@ -314,7 +314,10 @@ class Database:
         async def in_lock(conn: Conn) -> T:
             cursor = conn.cursor()
             # One round trip takes the lock and opens the transaction, one commits and frees it.
-            take = cursor.mogrify(self.sql["named_lock"], name) + ";\nSTART TRANSACTION"
+            # A holder whose client stops mid-transaction (a frozen process keeps its connection
+            # open) is ended by the server after 10 s idle in it, which frees the lock.
+            lock = cursor.mogrify(self.sql["named_lock"], name)
+            take = ";\n".join((lock, self.sql["idle_limit"], "START TRANSACTION"))
             free = "COMMIT;\n" + cursor.mogrify(self.sql["named_unlock"], name)
             while True:  # asked again while another session holds it for long
                 await cursor.execute(take)

@@ -11,6 +11,11 @@ SELECT GET_LOCK(%(lock)s, 10)
 -- name: named_unlock
 SELECT RELEASE_LOCK(%(lock)s)
 
+-- name: idle_limit
+-- A session idle for 10 s inside a transaction is ended by the server (MariaDB), and its named
+-- lock freed with it: no lock outlives a live transaction.
+SET SESSION idle_transaction_timeout = 10
+
 -- name: limit_state
 -- The server's clock, the pause, the queue-wide rate states, and the running tasks by key: the
 -- rows themselves, so a vanished worker's slots come back with its leases. One row at least.

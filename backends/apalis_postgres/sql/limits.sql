@@ -4,9 +4,12 @@
 -- as JSON text.
 
 -- name: advisory_lock
--- Held to the end of the transaction; `commit` sets its durability ('off' for claims).
+-- Held to the end of the transaction; `commit` sets its durability ('off' for claims). A holder
+-- whose client stops mid-transaction (a frozen process keeps its connection open) is ended by
+-- the server after 10 s idle in it, which frees the lock: no lock outlives a live transaction.
 SELECT pg_advisory_xact_lock(hashtext(%(scope)s), hashtext(%(key)s)),
-       set_config('synchronous_commit', coalesce(%(commit)s, current_setting('synchronous_commit')), true)
+       set_config('synchronous_commit', coalesce(%(commit)s, current_setting('synchronous_commit')), true),
+       set_config('idle_in_transaction_session_timeout', '10s', true)
 
 -- name: limit_state
 -- The server's clock, the pause, the queue-wide rate states, and the running tasks by key: the

@@ -5,7 +5,8 @@
 -- holds only tasks that may run, and a busy key's backlog is stepped over once, not at every
 -- claim. A parked key with room again is served from its parked set, keys taking turns from the
 -- one after :after. Running counts are read from the running set (a vanished worker's tasks
--- leave it with the orphan sweep); a rate is one GCRA time per key in ns:{q}:rates.
+-- leave it with the orphan sweep); a rate is one GCRA time per key in ns:{q}:rate_tats (a sorted
+-- set by that time: a time gone by carries nothing, a full burst, and leaves it at the next claim).
 -- KEYS: ready, scheduled, running, failed
 -- ARGV: base, now, limit, worker, concurrency (-1: none), keyed concurrency (0/1), rate (-1: none),
 --       per, keyed rate (0/1), after ('' = from the first parked key)
@@ -15,12 +16,13 @@ local base, now, limit, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 
 local conc, keyed_conc = tonumber(ARGV[5]), ARGV[6] == '1'
 local rate, per, keyed_rate = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
 local after = ARGV[10]
-local parked, rates = base .. 'parked', base .. 'rates'
+local parked, rates = base .. 'parked', base .. 'rate_tats'
 local NONE = false -- the group of tasks pushed without a key
 local SCAN = 4000 -- ready entries one call looks at, at most (a backlog is parked over a few calls)
 
 if redis.call('EXISTS', base .. 'paused') == 1 then return cmsgpack.pack({{}, after, '', 0}) end -- paused
 promote(KEYS, base, now)
+redis.call('ZREMRANGEBYSCORE', rates, '-inf', now) -- rate states gone by: one per key ever limited
 
 -- The limit key of each running task, by one SORT ... GET (a read of every hash in one command),
 -- or one HGET each where SORT cannot: a Redis Cluster refuses its GET, and the key names may hold
@@ -45,9 +47,9 @@ for _, n in pairs(running) do keyless_running = keyless_running - n end
 
 local interval = (rate > 0) and (per / rate) or 0
 local wake_at = nil
-local tats = {}
+local tats, spent = {}, false
 local function tat_of(state)
-  if tats[state] == nil then tats[state] = tonumber(redis.call('HGET', rates, state)) or false end
+  if tats[state] == nil then tats[state] = tonumber(redis.call('ZSCORE', rates, state)) or false end
   return tats[state] or nil
 end
 local function allowance(state)
@@ -62,8 +64,8 @@ local function allowance(state)
 end
 local function spend(state, n)
   local tat = math.max(tat_of(state) or now, now) + n * interval
-  tats[state] = tat
-  redis.call('HSET', rates, state, string.format('%.17g', tat))
+  tats[state], spent = tat, true
+  redis.call('ZADD', rates, string.format('%.17g', tat), state)
 end
 
 local budget = limit
@@ -187,4 +189,8 @@ while claimed < budget do
 end
 each_slice('ZADD', KEYS[3], started)
 if rate >= 0 and not keyed_rate and claimed > 0 then spend('*', claimed) end
+if spent then -- the states go with the last of them, even if no claim comes again
+  local last = redis.call('ZRANGE', rates, -1, -1, 'WITHSCORES')
+  if #last > 0 then redis.call('PEXPIRE', rates, math.ceil((tonumber(last[2]) - now) * 1000) + 1000) end
+end
 return cmsgpack.pack({out, after, wake_at and string.format('%.17g', wake_at) or '', more})

@@ -80,9 +80,31 @@ class Lane:
             await conn.disconnect()
 
 
+def _pack(command: tuple[Any, ...]) -> list[bytes] | None:
+    """`command` in Redis's protocol, for arguments of the kinds the scripts take (bytes, str,
+    int, float); None for any other (redis-py packs those). A third of the CPU time of redis-py's
+    packing, which encodes each argument through generators and checks."""
+    parts = [b"*%d\r\n" % len(command)]
+    append = parts.append
+    for arg in command:
+        kind = type(arg)
+        if kind is bytes:
+            data = arg
+        elif kind is str:
+            data = arg.encode()
+        elif kind is int:
+            data = b"%d" % arg
+        elif kind is float:
+            data = repr(arg).encode()
+        else:
+            return None
+        append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return [b"".join(parts)]
+
+
 async def _call(conn: Any, command: tuple[Any, ...]) -> Any:
     """Write `command` and read its reply."""
-    packed = conn.pack_command(*command)
+    packed = _pack(command) or conn.pack_command(*command)
     writer = getattr(conn, "_writer", None)
     if not conn.is_connected or writer is None or writer.transport.is_closing():
         await conn.send_packed_command(packed, check_health=False)  # connects, maps errors

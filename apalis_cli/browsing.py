@@ -35,6 +35,7 @@ __all__ = [
     "TaskBrowser",
     "TaskSearch",
     "TickSource",
+    "exact_page",
     "fold_ascii",
     "like_pattern",
     "previewed",
@@ -118,6 +119,18 @@ class BrowsedPage:
 
     tasks: list[Task[bytes]]
     next: str | None
+    newest_first: bool | None = None  # the order served, where the store cannot serve the one asked
+
+
+def exact_page(
+    where: TaskSearch, found: Task[bytes] | None, *, after: str | None, preview: int | None
+) -> BrowsedPage | None:
+    """The page of a search whose text is the id or key of `found`: that task alone, on the first
+    page; None when no task was found or it has another status (then the text is looked for in
+    errors, as `TaskSearch.select` does)."""
+    if found is None or not where.of_status(found):
+        return None
+    return BrowsedPage([previewed(found, preview)] if after is None else [], None)
 
 
 @runtime_checkable

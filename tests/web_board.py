@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from apalis_cli.backend import BackendExt
+import nats
+from apalis_cli.backend import BackendExt, Inspector, TaskSink
 from apalis_cli.config import load_config
 from apalis_cli.web.app import create_app
 from apalis_cli.web.board import Board
@@ -21,9 +22,10 @@ from apalis_cli.web.server import bind, serving
 from .conformance.stores.mysql import admin_execute
 from .conformance.stores.postgres import drop_schema
 from .conformance.stores.redis import drop_namespace
+from .nats_streams import drop_stream
 from .services import need_server
 
-__all__ = ["Served", "backend_table", "serve_board"]
+__all__ = ["Served", "backend_table", "serve_board", "walk_pages"]
 
 WORKERS = """
 [[workers]]
@@ -62,12 +64,45 @@ class Served:
         assert view is not None, name
         return view.backend
 
+    def sink(self, name: str = "thumbnails") -> TaskSink:
+        """The queue `name` as a `TaskSink` (to push behind the board's back)."""
+        backend = self.queue(name)
+        assert isinstance(backend, TaskSink)
+        return backend
+
+    def inspector(self, name: str = "thumbnails") -> Inspector:
+        """The queue `name` as an `Inspector` (to kill or look behind the board's back)."""
+        backend = self.queue(name)
+        assert isinstance(backend, Inspector)
+        return backend
+
     async def csrf(self, path: str = "/") -> str:
         """The CSRF token of a page (its cookie is kept by the client)."""
         page = await self.client.get(path)
         match = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
         assert match, "no CSRF field on the page (is the board started with admin?)"
         return match.group(1)
+
+
+async def walk_pages(served: Served, queue: str = "thumbnails", **params: str) -> tuple[list[str], list[Any]]:
+    """Every page of a queue's listing through the API, following `next`: the ids in order, and
+    each page's answer."""
+    seen: list[str] = []
+    bodies: list[Any] = []
+    after: str | None = None
+    while len(bodies) < 50:
+        answer = await served.client.get(
+            f"/api/queues/{queue}/tasks", params={**params, **({"after": after} if after else {})}
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert len(body["tasks"]) <= int(params.get("limit", 50))
+        bodies.append(body)
+        seen += [t["id"] for t in body["tasks"]]
+        after = body["next"]
+        if after is None:
+            return seen, bodies
+    raise AssertionError("the pages never ended")
 
 
 def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
@@ -81,6 +116,11 @@ def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
         namespace = f"apalis-w-{uuid.uuid4().hex[:12]}"
         url = need_server("redis")
         return f'[backends.main]\nkind = "{kind}"\nurl = "{url}"\nnamespace = "{namespace}"\n', namespace
+    if kind == "nats":  # a stream of its own, in memory
+        tag = uuid.uuid4().hex[:12]
+        url = need_server("nats")
+        table = f'[backends.main]\nkind = "nats"\nurl = "{url}"\nstream = "W{tag}"\nprefix = "w{tag}"\n'
+        return table + 'storage = "memory"\n', f"W{tag}"
     if kind == "mysql":
         server = need_server("mysql")
         database = f"apalis_w_{uuid.uuid4().hex[:12]}"
@@ -96,7 +136,8 @@ def backend_table(kind: str, tmp_path: Path) -> tuple[str, str | None]:
 async def serve_board(
     kind: str, tmp_path: Path, *, admin: bool = True, token: str | None = None, workers: str = WORKERS, **app: Any
 ) -> AsyncIterator[Served]:
-    """Serve a board over `kind` (memory, sqlite, postgres or mysql) on a free loopback port."""
+    """Serve a board over `kind` (memory, sqlite, postgres, mysql, redis, rsmq or nats) on a free
+    loopback port."""
     table, made = backend_table(kind, tmp_path)
     if kind == "mysql":
         await admin_execute(need_server("mysql"), f"CREATE DATABASE {made}")
@@ -120,3 +161,9 @@ async def serve_board(
             await admin_execute(need_server("mysql"), f"DROP DATABASE IF EXISTS {made}")
         elif kind in ("redis", "rsmq") and made is not None:
             await drop_namespace(need_server("redis"), made)
+        elif kind == "nats" and made is not None:
+            nc = await nats.connect(need_server("nats"))
+            try:
+                await drop_stream(nc.jetstream(), made)
+            finally:
+                await nc.close()

@@ -169,7 +169,8 @@ async def list_page(
         except ValueError:
             raise BadInput(_NOT_A_CURSOR) from None
         nxt = encode_cursor(StoreCursor(browsed.next)) if browsed.next is not None else None
-        return Page(browsed.tasks, nxt, newest_first, keyset=True, order=by_store.order)
+        served = newest_first if browsed.newest_first is None else browsed.newest_first
+        return Page(browsed.tasks, nxt, served, keyset=True, order=by_store.order)
     browser = view.browser
     if browser is not None:
         if isinstance(cursor, int | StoreCursor):

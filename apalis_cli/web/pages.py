@@ -299,7 +299,7 @@ async def queue_page(request: Request) -> Response:
         counts={s.value: counts.get(s) for s in Status},
         status=status.value if status else "",
         search=search,
-        order="newest" if newest_first else "oldest",
+        order="newest" if (page.newest_first if page else newest_first) else "oldest",  # as served
         rows=rows,
         page=page,
         page_error=page_error,

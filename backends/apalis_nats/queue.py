@@ -54,9 +54,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from . import messages as m
+from .browse import NatsBrowser
 from .connection import FAILURES, Connection, Puller, flush, unsubscribe, wakes
 from .control import NatsControl, PushedLately, Recent, cancelled_copy, final_key, record, task_of_record
-from .inspector import NatsInspector
 from .mover import move_due
 
 __all__ = ["CAPABILITIES", "NatsQueue"]
@@ -108,7 +108,7 @@ class _Held:
     lease_ends: float
 
 
-class NatsQueue(QueueBase, NatsInspector, NatsControl):
+class NatsQueue(QueueBase, NatsBrowser, NatsControl):
     """One apalis queue on a JetStream stream."""
 
     capabilities = CAPABILITIES

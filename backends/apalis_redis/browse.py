@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgpack
-from apalis_cli.browsing import BrowsedPage, MinuteCounts, QueueActivity, TaskSearch, fold_ascii, previewed
+from apalis_cli.browsing import BrowsedPage, MinuteCounts, QueueActivity, TaskSearch, exact_page, fold_ascii, previewed
 from apalis_cli.task import Status, Task
 
 from .inspector import RedisInspector, task_from_hash
@@ -143,10 +143,8 @@ class RedisBrowser(RedisInspector):
     ) -> BrowsedPage:
         """Up to `limit` tasks matching `where` past `after`, in the store's order (see above)."""
         resume = _cursor(after) if after else None
-        if where.text:
-            found = await self._exact(where)
-            if found is not None and where.of_status(found):  # else: the text may be in errors
-                return BrowsedPage([previewed(found, preview)] if after is None else [], None)
+        if where.text and (exact := exact_page(where, await self._exact(where), after=after, preview=preview)):
+            return exact
         if where.status is Status.FAILED:
             failed = await self._failed_page(where, resume, limit, newest_first, preview)
             if failed is not None:

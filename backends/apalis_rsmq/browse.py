@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from apalis_cli.browsing import BrowsedPage, QueueActivity, TaskSearch, fold_ascii, previewed
+from apalis_cli.browsing import BrowsedPage, QueueActivity, TaskSearch, exact_page, fold_ascii
 from apalis_cli.task import Status
 from apalis_redis.browse import Row, parse_cursor, walk_sets
 
@@ -58,10 +58,8 @@ class RsmqBrowser(RsmqInspector):
     ) -> BrowsedPage:
         """Up to `limit` messages matching `where` past `after`, in the store's order (see above)."""
         resume = _cursor(after) if after else None
-        if where.text:
-            found = await self.get(where.text)
-            if found is not None and found.ctx.status is not Status.DONE and where.of_status(found):
-                return BrowsedPage([previewed(found, preview)] if after is None else [], None)
+        if where.text and (exact := exact_page(where, await self.get(where.text), after=after, preview=preview)):
+            return exact
         sets = list(_SETS[where.status])
         if newest_first:
             sets.reverse()

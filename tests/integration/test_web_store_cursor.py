@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apalis_cli.backend import Inspector, TaskSink
 from apalis_cli.layers.retry import Backoff
 from apalis_cli.task import Task
 from apalis_cli.worker import Worker
 
-from ..web_board import Served, serve_board
+from ..web_board import Served, serve_board, walk_pages
 from .running import run_until
 
 pytestmark = pytest.mark.parametrize("kind", ["redis", "rsmq"])
@@ -28,39 +27,15 @@ max_attempts = 3
 """
 
 
-def queue(served: Served) -> TaskSink:
-    backend = served.queue("thumbnails")
-    assert isinstance(backend, TaskSink)
-    return backend
-
-
-def inspector(served: Served) -> Inspector:
-    backend = served.queue("thumbnails")
-    assert isinstance(backend, Inspector)
-    return backend
-
-
 async def walk(served: Served, **params: str) -> tuple[list[str], int]:
-    """Every page of a listing, following `next`: the ids in order, and how many pages."""
-    seen: list[str] = []
-    after: str | None = None
-    for pages in range(1, 50):
-        answer = await served.client.get(
-            "/api/queues/thumbnails/tasks", params={**params, **({"after": after} if after else {})}
-        )
-        assert answer.status_code == 200, answer.text
-        body = answer.json()
-        assert len(body["tasks"]) <= 50
-        seen += [t["id"] for t in body["tasks"]]
-        after = body["next"]
-        if after is None:
-            return seen, pages
-    raise AssertionError("the pages never ended")
+    """Every page of the thumbnails queue's listing: the ids in order, and how many pages."""
+    seen, bodies = await walk_pages(served, **params)
+    return seen, len(bodies)
 
 
 async def test_pages_of_fifty_follow_the_stores_cursor_to_the_end(kind: str, tmp_path: Path) -> None:
     async with serve_board(kind, tmp_path, workers=WORKERS) as served:
-        sink = queue(served)
+        sink = served.sink()
         pushed = await sink.push_bulk([{"n": i} for i in range(120)])
         oldest, pages = await walk(served, status="pending", order="oldest")
         assert pages == 3
@@ -73,12 +48,12 @@ async def test_pages_of_fifty_follow_the_stores_cursor_to_the_end(kind: str, tmp
 
 async def test_a_page_goes_on_after_its_last_task_has_moved(kind: str, tmp_path: Path) -> None:
     async with serve_board(kind, tmp_path, workers=WORKERS) as served:
-        sink = queue(served)
+        sink = served.sink()
         await sink.push_bulk([{"n": i} for i in range(120)])
         first = (await served.client.get("/api/queues/thumbnails/tasks", params={"status": "pending"})).json()
         shown = [t["id"] for t in first["tasks"]]
         assert len(shown) == 50
-        assert await inspector(served).kill(shown[-1], "gone while a person read the page")
+        assert await served.inspector().kill(shown[-1], "gone while a person read the page")
         rest = (
             await served.client.get(
                 "/api/queues/thumbnails/tasks", params={"status": "pending", "after": first["next"], "limit": "500"}
@@ -91,10 +66,10 @@ async def test_a_page_goes_on_after_its_last_task_has_moved(kind: str, tmp_path:
 
 async def test_search_and_status_find_what_they_name(kind: str, tmp_path: Path) -> None:
     async with serve_board(kind, tmp_path, workers=WORKERS) as served:
-        sink = queue(served)
+        sink = served.sink()
         plain, broken, other = await sink.push_bulk([{"n": 1}, {"n": 2}, {"n": 3}])
-        await inspector(served).kill(broken, "ValueError: Image 100% too LARGE_x")
-        await inspector(served).kill(other, "TimeoutError")
+        await served.inspector().kill(broken, "ValueError: Image 100% too LARGE_x")
+        await served.inspector().kill(other, "TimeoutError")
 
         async def found(text: str, **extra: str) -> list[str]:
             answer = await served.client.get("/api/queues/thumbnails/tasks", params={"search": text, **extra})
@@ -120,8 +95,8 @@ async def test_a_cursor_not_made_by_the_board_is_refused_in_one_line(kind: str, 
 
 async def test_the_overview_shows_what_the_store_keeps_of_its_activity(kind: str, tmp_path: Path) -> None:
     async with serve_board(kind, tmp_path, workers=WORKERS) as served:
-        first, broken = await queue(served).push_bulk([{"n": 1}, {"n": 2}])
-        await inspector(served).kill(broken, "ValueError")
+        first, broken = await served.sink().push_bulk([{"n": 1}, {"n": 2}])
+        await served.inspector().kill(broken, "ValueError")
         (thumbs,) = (await served.client.get("/api/queues")).json()
         assert thumbs["oldest_ready_known"] is True
         assert thumbs["oldest_ready_age"] is not None
@@ -134,7 +109,7 @@ async def test_the_overview_shows_what_the_store_keeps_of_its_activity(kind: str
         else:  # rsmq deletes a done message: how many finished is not known, and said so
             assert thumbs["finished_per_minute"] is None
             assert "not kept by this store" in page
-        await inspector(served).kill(first, "ValueError")
+        await served.inspector().kill(first, "ValueError")
         (thumbs,) = (await served.client.get("/api/queues")).json()
         assert thumbs["oldest_ready_age"] is None  # nothing is ready
 
@@ -144,10 +119,10 @@ async def test_a_search_reads_a_bounded_share_per_page_and_goes_on(
 ) -> None:
     monkeypatch.setattr(importlib.import_module(f"apalis_{kind}.browse"), "SCAN_BUDGET", 25)
     async with serve_board(kind, tmp_path, workers=WORKERS) as served:
-        ids = await queue(served).push_bulk([{"n": i} for i in range(100)])
+        ids = await served.sink().push_bulk([{"n": i} for i in range(100)])
         broken = [ids[10], ids[60], ids[99]]
         for task_id in broken:
-            await inspector(served).kill(task_id, f"OSError: disk full under {task_id}")
+            await served.inspector().kill(task_id, f"OSError: disk full under {task_id}")
         found, pages = await walk(served, search="disk full", order="oldest")
         assert sorted(found) == sorted(broken)  # each once, though no page read the whole queue
         assert pages >= 100 // 25
@@ -155,8 +130,8 @@ async def test_a_search_reads_a_bounded_share_per_page_and_goes_on(
 
 async def test_a_listed_task_opens_on_its_page(kind: str, tmp_path: Path) -> None:
     async with serve_board(kind, tmp_path, workers=WORKERS) as served:
-        waiting, broken = await queue(served).push_bulk([{"image": "cat.png"}, {"image": "<b>broken</b>.png"}])
-        await inspector(served).kill(broken, "ValueError: 507")
+        waiting, broken = await served.sink().push_bulk([{"image": "cat.png"}, {"image": "<b>broken</b>.png"}])
+        await served.inspector().kill(broken, "ValueError: 507")
         for task_id, status in ((waiting, "pending"), (broken, "killed")):
             answer = await served.client.get(f"/api/tasks/{task_id}", params={"queue": "thumbnails"})
             assert answer.status_code == 200, answer.text
@@ -172,7 +147,7 @@ async def test_the_failed_tab_finds_tasks_waiting_for_a_retry_among_many_pending
     monkeypatch.setattr(importlib.import_module(f"apalis_{kind}.browse"), "SCAN_BUDGET", 500)
     async with serve_board(kind, tmp_path, workers=WORKERS) as served:
         backend = served.queue("thumbnails")
-        failing = set(await queue(served).push_bulk([{"n": n} for n in range(3)]))
+        failing = set(await served.sink().push_bulk([{"n": n} for n in range(3)]))
         ran: set[str] = set()
 
         async def flaky(args: Any, task: Task[bytes]) -> None:
@@ -182,7 +157,7 @@ async def test_the_failed_tab_finds_tasks_waiting_for_a_retry_among_many_pending
         later = Backoff(kind="constant", base=3600.0, jitter=False)
         worker = Worker(name="w", backend=backend, handler=flaky, keep_alive=0.2, poll_interval=0.05, backoff=later)
         await run_until(worker, lambda: ran == failing)
-        await queue(served).push_bulk([{"n": n} for n in range(3000)])
+        await served.sink().push_bulk([{"n": n} for n in range(3000)])
         found, pages = await walk(served, status="failed")
         assert set(found) == failing
         # Redis reads them from its failed set; rsmq has none and walks every message, 500 a page.

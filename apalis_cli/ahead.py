@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from .backend import WorkerContext
-from .polling import Waker, poll_batches
+from .polling import FIRST_IDLE_WAIT, Waker, poll_batches
 from .service import Outcome, OutcomeKind
 from .task import Task, TaskId
 
@@ -69,13 +69,16 @@ class ClaimsAhead(Generic[H]):
         """Give `tasks` back to the queue, their attempts not counted."""
         await self._ack([(task, Outcome.release()) for task in tasks])
 
-    async def poll(self, worker: WorkerContext, start: Start) -> AsyncIterator[Task[bytes] | None]:
+    async def poll(
+        self, worker: WorkerContext, start: Start, first_wait: float = FIRST_IDLE_WAIT
+    ) -> AsyncIterator[Task[bytes] | None]:
         """`poll_batches` over the store's claims, serving the tasks claimed ahead for `worker`
         first; those left when the stream closes are released.
 
         `start()` gives the store's claim, `fetch(limit)`, and the queue's `Waker`. It is called
         once the stream is first iterated, as the body of a store's own generator would be (an
-        unopened store raises there, a store may start listening there).
+        unopened store raises there, a store may start listening there). `first_wait`: see
+        `poll_batches`.
         """
         # Registered only once iterated: a stream closed before its first item leaves nothing.
         fetch, waker = start()
@@ -97,7 +100,7 @@ class ClaimsAhead(Generic[H]):
             # answer idle (a burst run would stop on that None and give them back unrun).
             return holder.take(limit)
 
-        inner = poll_batches(worker, fetch_held_first, self.release, waker)
+        inner = poll_batches(worker, fetch_held_first, self.release, waker, first_wait)
         try:
             async for task in inner:
                 yield task

@@ -18,7 +18,7 @@ from .backend import WorkerContext
 from .contact import Contact
 from .task import Task
 
-__all__ = ["IdleWait", "Waker", "beat_every", "poll_batches", "woken"]
+__all__ = ["FIRST_IDLE_WAIT", "IdleWait", "Waker", "beat_every", "poll_batches", "woken"]
 
 FIRST_IDLE_WAIT = 0.005
 
@@ -40,20 +40,20 @@ class IdleWait:
     after work, then doubled after each wait that no wake-up ended (work nobody signals: a retry
     falling due), up to the worker's `poll_interval`."""
 
-    __slots__ = ("_cap", "_next")
+    __slots__ = ("_cap", "_first", "_next")
 
-    def __init__(self, cap: float) -> None:
+    def __init__(self, cap: float, first: float = FIRST_IDLE_WAIT) -> None:
         self._cap = cap
-        self._next = FIRST_IDLE_WAIT
+        self._first = self._next = min(first, cap)
 
     def reset(self) -> None:
         """Work was found: the next idle wait is short again."""
-        self._next = FIRST_IDLE_WAIT
+        self._next = self._first
 
     async def wait(self, event: asyncio.Event) -> None:
         """Wait for `event`, at most the current idle wait."""
         if await woken(event, self._next):
-            self._next = FIRST_IDLE_WAIT
+            self._next = self._first
         else:
             self._next = min(self._next * 2, self._cap)
 
@@ -87,15 +87,18 @@ async def poll_batches(
     fetch: Callable[[int], Awaitable[Sequence[Task[bytes]]]],
     release: Callable[[Sequence[Task[bytes]]], Awaitable[None]],
     waker: Waker | None = None,
+    first_wait: float = FIRST_IDLE_WAIT,
 ) -> AsyncIterator[Task[bytes] | None]:
     """The poll stream over `fetch(n)`; tasks fetched but never handed out are `release`d.
 
     `fetch` is only called with an empty buffer, so an error it raises strands no task: the
-    worker may drop this stream and start a new one after a backoff.
+    worker may drop this stream and start a new one after a backoff. `first_wait` is the idle
+    wait after work (`IdleWait`): a store whose pushes reach an idle worker by themselves waits
+    longer, since its timer only claims work nobody signals.
     """
     buffer: deque[Task[bytes]] = deque()
     event = waker.subscribe() if waker is not None else asyncio.Event()
-    idle = IdleWait(worker.poll_interval)
+    idle = IdleWait(worker.poll_interval, first_wait)
     try:
         while True:
             if buffer:

@@ -467,12 +467,19 @@ class MemoryQueue(QueueBase):
                 running[key] = running.get(key, 0) + 1
         by_key: dict[str | None, list[_Row]] = {}
         seen: set[TaskId] = set()
-        for _, run_at, _, task_id in sorted(state.ready):
+        kept: list[tuple[int, float, int, TaskId]] = []
+        for entry in sorted(state.ready):
+            task_id, run_at = entry[3], entry[1]
             ready = self._claimable(task_id)
             if ready is None or ready.run_at != run_at or task_id in seen:
                 continue  # stale, or queued twice (a replaced duplicate)
             seen.add(task_id)
+            kept.append(entry)
             by_key.setdefault(ready.limit_key if limits.keyed else None, []).append(ready)
+        # The stale entries go: nothing else pops the heap while only limited workers claim, so
+        # it grew by every task ever claimed, and every claim sorted it whole. A sorted list is a
+        # heap; the entries of the tasks this claim takes go at the next one.
+        state.ready = kept
         keys = sorted(k for k in by_key if k is not None)
         claimed: list[_Row] = []
 

@@ -211,3 +211,35 @@ async def test_the_boards_push_stores_the_tasks_limit_key(tmp_path: Path) -> Non
     queue = view.backend
     assert isinstance(queue, MemoryQueue)
     assert queue._state.rows[task_id].limit_key == "7", "the key is taken from the pushed arguments"
+
+
+async def test_the_memory_stores_ready_heap_does_not_keep_what_limited_workers_claimed() -> None:
+    import asyncio
+
+    from apalis_cli.codec import JsonCodec
+    from apalis_cli.memory import MemoryQueue, MemoryStore
+    from apalis_cli.worker import Worker
+
+    queue = MemoryStore().backend("limited", codec=JsonCodec())
+    assert isinstance(queue, MemoryQueue)
+    for n in range(600):
+        await queue.push({"account": f"a{n % 7}", "n": n}, limit_key=f"a{n % 7}")
+    done = asyncio.Event()
+    ran = 0
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        nonlocal ran
+        ran += 1
+        if ran == 600:
+            done.set()
+
+    stop = asyncio.Event()
+    limit = ConcurrencyLayer(2, scope="global", key="account")
+    worker = Worker(name="w", backend=queue, handler=handler, concurrency=10, layers=[limit], poll_interval=0.01)
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(done.wait(), 20)
+    finally:
+        stop.set()
+        await running
+    assert len(queue._state.ready) <= 10, "the heap holds what waits (and the last claim's), not every task claimed"

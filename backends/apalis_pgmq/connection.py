@@ -73,7 +73,7 @@ class Connection:
         named = {"application_name": DEFAULT_APPLICATION_NAME}
         if "application_name" in conninfo_to_dict(config.url):
             named = {}
-        pool = Pool(
+        return Pool(
             conninfo(config.url, config.connect_timeout, **named),
             what=f"pgmq at {config.redacted}",
             secrets=config.secrets,
@@ -81,9 +81,8 @@ class Connection:
             max_size=config.pool_size,
             timeout=config.connect_timeout,
             name="apalis-pgmq",
+            contact=self.contact,
         )
-        pool.contact = self.contact
-        return pool
 
     async def open(self) -> None:
         """Connect, check that pgmq is installed and create the `apalis_pgmq` schema."""

@@ -76,6 +76,7 @@ class Pool:
         max_size: int,
         timeout: float,
         name: str,
+        contact: Contact | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.what = what
@@ -85,7 +86,7 @@ class Pool:
         self._timeout = timeout
         self._name = name
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self.contact = Contact()
+        self.contact = contact or Contact()
         """This process's contact with the server: the orphan sweep waits for a steady one."""
 
     @property

@@ -19,6 +19,7 @@ The flow is the same on every server; what differs is asked of the store's `SqlD
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -101,8 +102,12 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         """Ready tasks claimed in batches of free slots; woken by the server's push path where it
         has one, else by polling with backoff capped at `poll_interval`.
 
-        Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first.
+        Tasks claimed ahead by `ack_batch` (for the slots its outcomes free) come first. A claim
+        that got fewer tasks than it asked for took every ready one: the next claim is skipped
+        (the stream answers idle at once) unless something was pushed or released since, as the
+        queue's `Waker` tells; a lone task thus costs one claim, not a second that finds nothing.
         """
+        told: list[tuple[Waker, asyncio.Event]] = []
 
         def start() -> tuple[Fetch, Waker]:
             db, queue, worker_id, limited = self._db, self.queue, worker.id, self._limited
@@ -110,25 +115,36 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             heard = False
             if worker.limits is not None:
                 limited.workers[worker_id] = KeyedClaims(worker.limits)
+            waker = db.waker(queue)
+            pushed = waker.subscribe()
+            told.append((waker, pushed))
+            drained = False
 
             async def fetch(limit: int) -> list[Task[bytes]]:
-                nonlocal heard
+                nonlocal heard, drained
                 if not heard:  # no claim before the listener hears: a cancel of it would go unheard
                     await db.listening()
                     heard = True
                 if worker_id in limited.workers:
                     return await limited.claim(worker_id, limit)
+                if drained and not pushed.is_set():
+                    drained = False  # once: tasks falling due are found by the idle backoff
+                    return []
+                pushed.clear()
                 claimed = await db.claim(queue, worker_id, limit)
+                drained = 0 < len(claimed) < limit
                 holder = self._ahead.holder(worker_id)
                 if holder is not None:
                     holder.backlog = len(claimed) == limit
                 return claimed
 
-            return fetch, db.waker(queue)
+            return fetch, waker
 
-        return self._polling(worker, start)
+        return self._polling(worker, start, told)
 
-    async def _polling(self, worker: WorkerContext, start: Start) -> AsyncIterator[Task[bytes] | None]:
+    async def _polling(
+        self, worker: WorkerContext, start: Start, told: list[tuple[Waker, asyncio.Event]]
+    ) -> AsyncIterator[Task[bytes] | None]:
         """The poll stream; a worker's limited claiming is forgotten when it closes."""
         stream = self._ahead.poll(worker, start)
         try:
@@ -136,6 +152,8 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                 yield task
         finally:
             self._limited.forget(worker.id)
+            for waker, event in told:
+                waker.unsubscribe(event)
             await stream.aclose()  # type: ignore[attr-defined]
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:

@@ -185,10 +185,19 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         if len(calls) == 1:
             replies = [await script(keys=keys, args=calls[0])]
         else:
+            from redis.exceptions import NoScriptError
+
             async with self.connection.client.pipeline(transaction=False) as pipe:
                 for args in calls:
                     await script(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
+            # A cluster's pipeline does not load a script its node has not seen: a batch that
+            # answered NOSCRIPT did nothing, and goes again alone (a lone call loads the script).
+            for n, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):
+                    replies[n] = await script(keys=keys, args=calls[n])
+                elif isinstance(reply, Exception):
+                    raise reply
         return [raw.decode() for reply in replies for raw in _unpack(reply)]
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:

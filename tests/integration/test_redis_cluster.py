@@ -99,6 +99,18 @@ async def test_queues_on_every_master_are_served_side_by_side(store: RedisStore,
         assert (await backend.stats()).counts[Status.DONE] == 50
 
 
+async def test_a_push_of_many_batches_works_on_masters_that_never_ran_its_script(store: RedisStore) -> None:
+    # More than one enqueue batch (2,000 tasks) goes out as one pipeline; a cluster pipeline
+    # does not load a script a node has not seen, so the first such push answered NOSCRIPT.
+    client: RedisCluster = store.client
+    await client.execute_command("SCRIPT", "FLUSH", target_nodes=RedisCluster.PRIMARIES)
+    for name in queues_on_every_master():
+        backend = store.backend(name, codec=JsonCodec())
+        ids = await backend.push_bulk(range(2500))
+        assert len(set(ids)) == 2500
+        assert (await backend.stats()).counts[Status.PENDING] == 2500
+
+
 async def test_an_idle_worker_is_woken_by_a_push_on_any_master(store: RedisStore) -> None:
     # Idle workers of queues on each master, polling at most every 30 s: each starts its task
     # within a second of the push only if the PUBLISH (from the node of its queue's slot)

@@ -261,7 +261,9 @@ class Database:
 
     async def notify_control(self) -> None:
         """Tell the other processes' control listeners to look: a cancel was asked of a running
-        task, or a task someone may wait for ended."""
+        task, or a task someone may wait for ended. This process looks too (its own listener
+        is left out of its signals)."""
+        self._control_woken()
         await self.signal(self._control_tag)
 
     async def tidy(self) -> None:
@@ -281,18 +283,25 @@ class Database:
             listener.start()
 
     def _control_woken(self) -> None:
-        """A control signal: waiters read their tasks again, and the runs of this process's
-        workers that have a cancel requested are asked for (one lookup at a time)."""
-        self.controls.wake_waiters()
+        """A control signal (it says not which task): one lookup finds which tasks waited for
+        here have ended, and their waiters alone read them; the runs of this process's workers
+        that have a cancel requested are asked for (one round of lookups at a time)."""
         if self._asking is not None and not self._asking.done():
             self._ask_again = True
             return
-        self._asking = asyncio.create_task(self._ask_cancels(), name="apalis-mysql-cancels")
+        self._asking = asyncio.create_task(self._ask(), name="apalis-mysql-control")
 
-    async def _ask_cancels(self) -> None:
+    async def _ask(self) -> None:
         self._ask_again = True
         while self._ask_again:
             self._ask_again = False
+            waited = self.controls.waited()
+            if waited:
+                try:
+                    for (task_id,) in await self.fetch("ended_of", {"ids": waited}):
+                        self.controls.ended(task_id)
+                except Exception:  # the waiters read their tasks themselves, then
+                    self.controls.wake_waiters()
             for worker in list(self.controls.workers.values()):
                 runs = list(worker.running())
                 if not runs:

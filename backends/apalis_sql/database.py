@@ -70,6 +70,10 @@ class Controls:
                 if not events:
                     del self._waiters[task_id]
 
+    def waited(self) -> list[TaskId]:
+        """The tasks waited for in this process."""
+        return list(self._waiters)
+
     def ended(self, task_id: TaskId) -> None:
         """`task_id` ended: its waiters read it again."""
         for event in self._waiters.get(task_id, ()):

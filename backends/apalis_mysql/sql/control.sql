@@ -16,6 +16,10 @@ WHERE queue = %(queue)s AND id = %(id)s AND status = 'running'
 -- name: task_status
 SELECT status, lock_by FROM {prefix}tasks WHERE queue = %(queue)s AND id = %(id)s
 
+-- name: ended_of
+-- Which of the tasks waited for in a process have ended (its control listener was signalled).
+SELECT id FROM {prefix}tasks WHERE id IN %(ids)s AND done_at IS NOT NULL
+
 -- name: cancels_requested
 SELECT id, cancel_reason FROM {prefix}tasks
 WHERE id IN %(running)s AND status = 'running' AND cancel_reason IS NOT NULL

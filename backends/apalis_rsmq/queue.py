@@ -86,7 +86,6 @@ CAPABILITIES = Capabilities(
             "rsmq deletes done messages, so done tasks cannot be listed or counted "
             "(pending, running, failed and dead-lettered ones can)"
         ),
-        Capability.ADMIN: "done tasks are deleted by rsmq; retry/kill/purge work on the others and on dead letters",
         Capability.CLAIMS_AHEAD: "rsmq's deleteMessage and receiveMessage are separate commands of its protocol",
     }
 )

@@ -253,6 +253,29 @@ def test_push_wait_on_a_cancelled_task(apalis: Apalis, backend: Backend) -> None
         stop([daemon])
 
 
+def test_an_operator_kills_retries_and_purges_a_task_by_id(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.ADMIN, ["kill", "-w", "ok", "NOPE"])
+    task_id = push(apalis, "ok", {"n": "held"}, "--delay", "1h")
+    killed = apalis("kill", "-w", "ok", task_id, "--reason", "operator says no")
+    assert (killed.code, killed.out, killed.err) == (0, f"killed {task_id}\n", "")
+    assert status(apalis, "ok", task_id) == "killed"
+    retried = apalis("retry", "-w", "ok", task_id)
+    assert (retried.code, retried.out, retried.err) == (0, f"retried {task_id}\n", "")
+    daemon = apalis.start(*RUN, "--worker", "ok")
+    try:
+        wait_for("the retried task to run", lambda: ran(apalis, "ran-held"), timeout=30, daemons=[daemon])
+    finally:
+        stop([daemon])
+    if lacking(backend.kind, Capability.BULK):
+        return  # purge by status is a bulk action (NATS says why it has none)
+    doomed = push(apalis, "ok", {"n": "doomed"}, "--delay", "1h")
+    assert apalis("kill", "-w", "ok", doomed).code == 0
+    purged = apalis("purge", "-w", "ok", "--status", "killed", "--yes")
+    where = f'queue "{backend.queue}_ok" on backend "main" ({backend.kind})'
+    assert (purged.code, purged.out) == (0, f"purged 1 task in {where}\n"), purged.err
+    assert not ran(apalis, "ran-doomed")
+
+
 def test_bulk_retry_of_killed_tasks(apalis: Apalis, backend: Backend) -> None:
     needs(apalis, backend, Capability.BULK, ["retry", "-w", "boom", "--status", "killed", "--yes"])
     path = apalis.cwd / "tasks.jsonl"

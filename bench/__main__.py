@@ -28,7 +28,7 @@ from . import baselines
 from .control import measure_control, print_control
 from .isolation import compare_isolation, print_isolation
 from .measure import Settings, measure_backend
-from .peers import load_peers, run_peers
+from .peers import RUN_ALL, load_peers, run_peers
 from .report import baseline_ratios, peer_ratios, print_report, targets
 from .soak import print_soak, soak
 from .stores import DEFAULT_URLS, KINDS, Unavailable, open_store, prepare
@@ -116,6 +116,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     for k in args.kinds:
         if k not in DEFAULT_URLS:
             ap.error(f'unknown backend "{k}" (one of {", ".join(KINDS)})')
+    if args.peers and not RUN_ALL.is_file():  # said now, not after our own figures were measured
+        ap.error(f"--peers needs {RUN_ALL} (set APALIS_PEERS_BENCH to the peers-bench folder)")
     return args
 
 

@@ -20,7 +20,22 @@ from typing import Any
 
 __all__ = ["PEERS_DIR", "list_labels", "load_peers", "run_peers", "same_store"]
 
-PEERS_DIR = Path(os.environ.get("APALIS_PEERS_BENCH", Path(__file__).resolve().parents[2] / "shared" / "peers-bench"))
+
+def _peers_dir() -> Path:
+    """`$APALIS_PEERS_BENCH`, else the nearest `shared/peers-bench` beside the checkout or one of
+    its parents (a git worktree under /work/wt/NAME finds /work/shared/peers-bench too)."""
+    given = os.environ.get("APALIS_PEERS_BENCH")
+    if given:
+        return Path(given)
+    here = Path(__file__).resolve().parents[1]
+    for parent in here.parents:
+        candidate = parent / "shared" / "peers-bench"
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "shared" / "peers-bench"
+
+
+PEERS_DIR = _peers_dir()
 RUN_ALL = PEERS_DIR / "run_all.sh"
 
 # Which peers-bench backend runs on the same store as each of our kinds.

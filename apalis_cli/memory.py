@@ -4,18 +4,19 @@ It keeps the same semantics as the durable stores (leases by worker heartbeat, o
 persisted retries, idempotency, retention, and the control plane: cancel, pause, wait, bulk) so
 the unit tests and the conformance suite exercise the core against it; it is the reference a
 store's control plane is written against (see `apalis_cli.control`). Ready tasks wait in a heap
-by (priority, run_at); scheduled ones in a heap by run_at, promoted when due.
+per limit key by (priority, run_at), read in that order across keys (`apalis_cli.memory_ready`);
+scheduled ones in a heap by run_at, promoted when due.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 from .backend import (
@@ -31,9 +32,9 @@ from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, 
 from .codec import Codec
 from .control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
 from .errors import ConfigError
-from .fleet.claim import claim_round
-from .fleet.limits import FleetLimits
+from .fleet.claim import KeyedClaims, claim_round
 from .fleet.unique import Unique
+from .memory_ready import Entry, ReadyTasks
 from .polling import Waker, beat_every, poll_batches
 from .queue_base import QueueBase
 from .redact import redact_url
@@ -72,6 +73,7 @@ class _Row:
     result: str | None = None
     done_at: float | None = None
     cancel_reason: str | None = None  # a cancel requested while it runs
+    seq: int = -1  # the push sequence of its one live heap entry (the others are stale)
 
     def task(self, queue: str) -> Task[bytes]:
         return Task(
@@ -95,10 +97,15 @@ class _Row:
         )
 
 
+_WAITING = (Status.PENDING, Status.FAILED)
+_FORGET_EVERY = 256
+"""Limited claims between two sweeps of the rate states gone by."""
+
+
 @dataclass(slots=True)
 class _QueueState:
     rows: dict[TaskId, _Row] = field(default_factory=dict)
-    ready: list[tuple[int, float, int, TaskId]] = field(default_factory=list)
+    ready: ReadyTasks[_Row] = field(init=False)
     scheduled: list[tuple[float, int, TaskId]] = field(default_factory=list)
     keys: dict[str, TaskId] = field(default_factory=dict)
     workers: dict[str, WorkerInfo] = field(default_factory=dict)
@@ -108,6 +115,16 @@ class _QueueState:
     waiting: dict[TaskId, list[asyncio.Future[Task[bytes]]]] = field(default_factory=dict)
     unique: dict[str, list[TaskId]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
+    running: dict[str | None, int] = field(default_factory=dict)  # running tasks by limit key
+    limited_claims: int = 0
+
+    def __post_init__(self) -> None:
+        self.ready = ReadyTasks(self.live)
+
+    def live(self, entry: Entry) -> _Row | None:
+        """The waiting task `entry` stands for, unless it moved on since it was queued."""
+        row = self.rows.get(entry[3])
+        return row if row is not None and row.seq == entry[2] and row.status in _WAITING else None
 
 
 class MemoryStore:
@@ -198,12 +215,11 @@ class MemoryQueue(QueueBase):
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Ready tasks, claimed for `worker` in batches of its free slots."""
 
-        limits = worker.limits
-        after: list[str | None] = [None]  # where this worker's last limited claim stopped
+        claims = None if worker.limits is None else KeyedClaims(worker.limits)
 
         async def fetch(limit: int) -> list[Task[bytes]]:
-            if limits is not None:
-                return [row.task(self.queue) for row in self._claim_limited(worker.id, limit, limits, after)]
+            if claims is not None:
+                return [row.task(self.queue) for row in self._claim_limited(worker.id, limit, claims)]
             return [row.task(self.queue) for row in self._claim(worker.id, limit)]
 
         async def release(tasks: Sequence[Task[bytes]]) -> None:
@@ -423,92 +439,95 @@ class MemoryQueue(QueueBase):
     # -- internals -------------------------------------------------------------------------
 
     def _schedule(self, row: _Row) -> None:
-        seq = self._store.next_seq()
+        seq = row.seq = self._store.next_seq()
         if row.run_at <= time.time():
-            heapq.heappush(self._state.ready, (-row.priority, row.run_at, seq, row.id))
+            self._state.ready.push(row.limit_key, (-row.priority, row.run_at, seq, row.id))
         else:
             heapq.heappush(self._state.scheduled, (row.run_at, seq, row.id))
 
-    def _claimable(self, task_id: TaskId) -> _Row | None:
-        row = self._state.rows.get(task_id)
-        return row if row is not None and row.status in (Status.PENDING, Status.FAILED) else None
-
-    def _claim(self, worker_id: str, limit: int) -> Iterator[_Row]:
-        state, now = self._state, time.time()
-        if state.paused:
-            return
+    def _promote(self, now: float) -> None:
+        """The scheduled tasks that fell due join the ready ones."""
+        state = self._state
         while state.scheduled and state.scheduled[0][0] <= now:
             run_at, seq, task_id = heapq.heappop(state.scheduled)
-            row = self._claimable(task_id)
-            if row is not None and row.run_at == run_at:
-                heapq.heappush(state.ready, (-row.priority, run_at, seq, task_id))
-        claimed = 0
-        while state.ready and claimed < limit:
-            _, run_at, _, task_id = heapq.heappop(state.ready)
-            row = self._claimable(task_id)
-            if row is None or row.run_at != run_at:
-                continue  # a stale heap entry: the task moved on since it was queued
-            row.status, row.lock_by = Status.RUNNING, worker_id
-            row.attempts += 1
-            claimed += 1
-            yield row
+            row = state.rows.get(task_id)
+            if row is not None and row.seq == seq and row.status in _WAITING:
+                state.ready.push(row.limit_key, (-row.priority, run_at, seq, task_id))
 
-    def _claim_limited(self, worker_id: str, limit: int, limits: FleetLimits, after: list[str | None]) -> list[_Row]:
-        """Claim within `limits` (`apalis_cli.fleet.claim`): keys take turns, each up to its
-        limits, from the ready heap read in its order."""
-        state, now = self._state, time.time()
+    def _start(self, row: _Row, worker_id: str) -> None:
+        row.status, row.lock_by = Status.RUNNING, worker_id
+        row.attempts += 1
+        running = self._state.running
+        running[row.limit_key] = running.get(row.limit_key, 0) + 1
+
+    def _stopping(self, row: _Row) -> None:
+        """`row` leaves the running state (if it is in it): its key's slot comes back."""
+        if row.status is Status.RUNNING:
+            running = self._state.running
+            left = running.pop(row.limit_key, 0) - 1
+            if left > 0:
+                running[row.limit_key] = left
+
+    def _take(self, worker_id: str, limit: int, first: Callable[[], _Row | None]) -> list[_Row]:
+        """Up to `limit` tasks, each `first()`, started for `worker_id`."""
+        taken: list[_Row] = []
+        while len(taken) < limit:
+            row = first()
+            if row is None:
+                break
+            self._start(row, worker_id)
+            taken.append(row)
+        return taken
+
+    def _claim(self, worker_id: str, limit: int) -> list[_Row]:
+        if self._state.paused:
+            return []
+        self._promote(time.time())
+        return self._take(worker_id, limit, self._state.ready.first)
+
+    def _claim_limited(self, worker_id: str, limit: int, claims: KeyedClaims) -> list[_Row]:
+        """Claim within `claims.limits` (`apalis_cli.fleet.claim`): keys take turns, each up to
+        its limits, its first task each turn; without a keyed limit, in the queue's order."""
+        state, now, limits = self._state, time.time(), claims.limits
         if state.paused:
             return []
-        list(self._claim(worker_id, 0))  # promotes the tasks that fell due
-        running: dict[str | None, int] = {}
-        for row in state.rows.values():
-            if row.status is Status.RUNNING:
-                key = row.limit_key if limits.keyed else ""
-                running[key] = running.get(key, 0) + 1
-        by_key: dict[str | None, list[_Row]] = {}
-        seen: set[TaskId] = set()
-        kept: list[tuple[int, float, int, TaskId]] = []
-        for entry in sorted(state.ready):
-            task_id, run_at = entry[3], entry[1]
-            ready = self._claimable(task_id)
-            if ready is None or ready.run_at != run_at or task_id in seen:
-                continue  # stale, or queued twice (a replaced duplicate)
-            seen.add(task_id)
-            kept.append(entry)
-            by_key.setdefault(ready.limit_key if limits.keyed else None, []).append(ready)
-        # The stale entries go: nothing else pops the heap while only limited workers claim, so
-        # it grew by every task ever claimed, and every claim sorted it whole. A sorted list is a
-        # heap; the entries of the tasks this claim takes go at the next one.
-        state.ready = kept
-        keys = sorted(k for k in by_key if k is not None)
-        claimed: list[_Row] = []
+        self._promote(now)
+        ready, claimed = state.ready, []
 
-        def keys_after(key: str | None, count: int) -> list[str]:
-            index = 0 if key is None else bisect.bisect_right(keys, key)
-            return [k for k in keys[index : index + count] if by_key.get(k)]
+        def take_heads(keys: Sequence[str]) -> dict[str, int]:
+            got: dict[str, int] = {}
+            for key in keys:
+                heads = self._take(worker_id, 1, partial(ready.first_of, key))
+                claimed.extend(heads)
+                got[key] = len(heads)
+            return got
 
         def take(key: str | None, n: int) -> int:
-            rows = by_key.get(key, [])
-            chosen, by_key[key] = rows[:n], rows[n:]
-            for row in chosen:
-                row.status, row.lock_by = Status.RUNNING, worker_id
-                row.attempts += 1
-            claimed.extend(chosen)
-            return len(chosen)
+            # Without a keyed limit, the queue's order; with one, the tasks pushed without a key.
+            first: Callable[[], _Row | None] = (
+                ready.first if key is None and not limits.keyed else partial(ready.first_of, key)
+            )
+            rows = self._take(worker_id, n, first)
+            claimed.extend(rows)
+            return len(rows)
 
         done = claim_round(
             limits,
             limit,
             now,
-            running=running,
+            running=dict(state.running),
             rates=state.rates,
-            keys_after=keys_after,
-            take_heads=lambda chosen: {key: take(key, 1) for key in chosen},
+            keys_after=ready.keys_after,
+            take_heads=take_heads,
             take=take,
-            after=after[0],
+            after=claims.after,
         )
         state.rates.update(done.rates)
-        after[0] = done.after
+        claims.claimed(done)
+        state.limited_claims += 1
+        if state.limited_claims % _FORGET_EVERY == 0:
+            # A state gone by is a full burst, the same as none: keys used once leave nothing.
+            state.rates = {name: tat for name, tat in state.rates.items() if tat > now}
         return claimed
 
     def _duplicate(self, unique: Unique, now: float) -> _Row | None:
@@ -544,6 +563,7 @@ class MemoryQueue(QueueBase):
         if kind is OutcomeKind.CANCEL:
             self._end(row, Status.CANCELLED, outcome.error, now)
             return
+        self._stopping(row)
         row.lock_by = None
         if kind is OutcomeKind.RETRY:
             row.status, row.last_error = Status.FAILED, outcome.error
@@ -557,6 +577,7 @@ class MemoryQueue(QueueBase):
 
     def _end(self, row: _Row, status: Status, error: str | None, now: float) -> None:
         """`row` is final from now on; whoever waits for it is told."""
+        self._stopping(row)
         row.status, row.last_error, row.lock_by, row.done_at, row.cancel_reason = status, error, None, now, None
         waiting = self._state.waiting.pop(row.id, None)
         if waiting:
@@ -566,6 +587,7 @@ class MemoryQueue(QueueBase):
                     future.set_result(task)
 
     def _retry(self, row: _Row) -> None:
+        self._stopping(row)
         row.status, row.attempts, row.run_at, row.done_at, row.cancel_reason = (
             Status.PENDING,
             0,
@@ -614,6 +636,7 @@ class MemoryQueue(QueueBase):
             self._forget(row)
 
     def _forget(self, row: _Row) -> None:
+        self._stopping(row)
         del self._state.rows[row.id]
         if row.idempotency_key is not None and self._state.keys.get(row.idempotency_key) == row.id:
             del self._state.keys[row.idempotency_key]

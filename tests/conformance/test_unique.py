@@ -4,6 +4,7 @@ states, for a window, answered from the store's own rows; skip, replace and exte
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from apalis_cli.backend import Capability
@@ -65,6 +66,23 @@ async def test_replace_gives_a_pending_duplicate_the_new_content(harness: Harnes
     await harness.wait_until(lambda: calls.finished, what="the task to run")
     await asyncio.sleep(0.2)
     assert [(c.id, c.args) for c in calls.calls] == [(first, {"version": 2})], "one run, with the new content"
+
+
+async def test_a_replaced_duplicate_runs_in_its_new_place(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.UNIQUE, Capability.PRIORITY, Capability.SCHEDULE)
+    backend = harness.backend()
+    due = time.time() - 10
+    replace = {"key": "digest", "on_conflict": "replace"}
+    digest = await backend.push({"v": 1}, unique=replace, priority=9, run_at=due)
+    other = await backend.push({"v": "other"}, priority=5)
+    # The same time, a lower priority: nothing but the priority tells its old place from its new.
+    assert await backend.push({"v": 2}, unique=replace, priority=0, run_at=due) == digest
+    await harness.worker(backend, calls.handler(), concurrency=1).start()
+    await harness.wait_until(lambda: len(calls.finished) >= 2, what="both tasks to run")
+    await asyncio.sleep(0.2)
+    assert [(c.id, c.args) for c in calls.calls] == [(other, {"v": "other"}), (digest, {"v": 2})], (
+        "the replaced task runs once, at its new priority"
+    )
 
 
 async def test_extend_starts_the_window_again(harness: Harness) -> None:

@@ -116,6 +116,7 @@ class _QueueState:
     unique: dict[str, list[TaskId]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     running: dict[str | None, int] = field(default_factory=dict)  # running tasks by limit key
+    running_rows: dict[TaskId, _Row] = field(default_factory=dict)  # what the orphan sweep reads
     limited_claims: int = 0
 
     def __post_init__(self) -> None:
@@ -459,10 +460,12 @@ class MemoryQueue(QueueBase):
         row.attempts += 1
         running = self._state.running
         running[row.limit_key] = running.get(row.limit_key, 0) + 1
+        self._state.running_rows[row.id] = row
 
     def _stopping(self, row: _Row) -> None:
         """`row` leaves the running state (if it is in it): its key's slot comes back."""
         if row.status is Status.RUNNING:
+            del self._state.running_rows[row.id]
             running = self._state.running
             left = running.pop(row.limit_key, 0) - 1
             if left > 0:
@@ -497,9 +500,11 @@ class MemoryQueue(QueueBase):
         def take_heads(keys: Sequence[str]) -> dict[str, int]:
             got: dict[str, int] = {}
             for key in keys:
-                heads = self._take(worker_id, 1, partial(ready.first_of, key))
-                claimed.extend(heads)
-                got[key] = len(heads)
+                row = ready.first_of(key)
+                if row is not None:
+                    self._start(row, worker_id)
+                    claimed.append(row)
+                got[key] = int(row is not None)
             return got
 
         def take(key: str | None, n: int) -> int:
@@ -618,8 +623,8 @@ class MemoryQueue(QueueBase):
             del state.workers[worker_id]
             state.contexts.pop(worker_id, None)
         now, recovered = time.time(), False
-        for row in state.rows.values():
-            if row.status is Status.RUNNING and row.lock_by not in alive:
+        for row in list(state.running_rows.values()):
+            if row.lock_by not in alive:
                 error = f"worker {row.lock_by} stopped sending heartbeats while running this task"
                 if row.cancel_reason is not None:
                     self._end(row, Status.CANCELLED, row.cancel_reason, now)

@@ -10,7 +10,8 @@ however deep its backlog (the claim never reads the tasks behind a key's first).
 Nothing is removed from the middle of a heap. An entry whose task moved on (cancelled, killed,
 pushed again by a unique replace) is dropped when it comes to the top: `live` says which entries
 still stand for a waiting task. The heads heap gets an entry each time a key's first entry
-changes, and is rebuilt from the keys once it holds twice as many entries as there are keys.
+changes (when a limited claim took it, at the next ordinary claim), and is rebuilt from the keys
+once it holds twice as many entries as there are keys.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ _SPARE_HEADS = 64
 class ReadyTasks(Generic[R]):
     """Entries of waiting tasks by limit key (tasks pushed without one are under None)."""
 
-    __slots__ = ("_heads", "_heaps", "_keys", "_live")
+    __slots__ = ("_heads", "_heaps", "_keys", "_live", "_moved")
 
     def __init__(self, live: Callable[[Entry], R | None]) -> None:
         self._live = live
         self._heaps: dict[str | None, list[Entry]] = {}  # never an empty one
         self._heads: list[tuple[Entry, str | None]] = []
         self._keys: list[str] = []  # the keys of `_heaps` but None, sorted
+        self._moved: set[str | None] = set()  # keys whose first entry is not in `_heads` yet
 
     def __len__(self) -> int:
         """How many entries are held, stale ones included."""
@@ -62,12 +64,23 @@ class ReadyTasks(Generic[R]):
     def first(self) -> R | None:
         """Take the queue's first waiting task, across keys."""
         heads, heaps = self._heads, self._heaps
+        if self._moved:  # a limited claim took from these keys: their new firsts join the heads
+            for key in self._moved:
+                self._add_head(heaps[key][0], key)
+            self._moved.clear()
         while heads:
-            entry, key = heapq.heappop(heads)
+            entry, key = heads[0]
             heap = heaps.get(key)
             if heap is None or heap[0] is not entry:
-                continue  # no longer the key's first: that one is in the heap too
-            found = self._pop(key, heap)
+                heapq.heappop(heads)  # no longer the key's first: that one is in the heap too
+                continue
+            heapq.heappop(heap)
+            if heap:
+                heapq.heapreplace(heads, (heap[0], key))  # one sift, and the heap grows not
+            else:
+                heapq.heappop(heads)
+                self._drop(key)
+            found = self._live(entry)
             if found is not None:
                 return found
         return None
@@ -76,7 +89,12 @@ class ReadyTasks(Generic[R]):
         """Take the first waiting task of `key`."""
         heap = self._heaps.get(key)
         while heap:
-            found = self._pop(key, heap)
+            entry = heapq.heappop(heap)
+            if heap:
+                self._moved.add(key)
+            else:
+                self._drop(key)
+            found = self._live(entry)
             if found is not None:
                 return found
         return None
@@ -104,16 +122,8 @@ class ReadyTasks(Generic[R]):
         if not heap:
             self._drop(key)
             return False
-        self._add_head(heap[0], key)
+        self._moved.add(key)
         return True
-
-    def _pop(self, key: str | None, heap: list[Entry]) -> R | None:
-        entry = heapq.heappop(heap)
-        if heap:
-            self._add_head(heap[0], key)
-        else:
-            self._drop(key)
-        return self._live(entry)
 
     def _add_head(self, entry: Entry, key: str | None) -> None:
         heads = self._heads
@@ -124,5 +134,6 @@ class ReadyTasks(Generic[R]):
 
     def _drop(self, key: str | None) -> None:
         del self._heaps[key]
+        self._moved.discard(key)
         if key is not None:
             del self._keys[bisect.bisect_left(self._keys, key)]

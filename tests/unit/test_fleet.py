@@ -243,3 +243,44 @@ async def test_the_memory_stores_ready_heap_does_not_keep_what_limited_workers_c
         stop.set()
         await running
     assert len(queue._state.ready) <= 10, "the heap holds what waits (and the last claim's), not every task claimed"
+
+
+def test_the_memory_stores_ready_tasks_keep_the_queues_order_across_keys_and_claims() -> None:
+    import random
+
+    from apalis_cli.memory_ready import Entry, ReadyTasks
+    from apalis_cli.task import TaskId
+
+    # Ordinary claims (first) and limited ones (keys_after, first_of) take from the same tasks,
+    # some of which moved on meanwhile (cancelled): each must still get what a sorted list says.
+    chance = random.Random(15)
+    waiting: dict[TaskId, tuple[str | None, Entry]] = {}
+    ready: ReadyTasks[Entry] = ReadyTasks(lambda entry: entry if entry[3] in waiting else None)
+    for seq in range(3000):
+        roll = chance.random()
+        if roll < 0.5 or not waiting:
+            key = chance.choice([None, "a", "b", "c", "d", "e"])
+            entry: Entry = (-chance.randint(0, 3), chance.choice([1.0, 2.0]), seq, TaskId(f"t{seq}"))
+            waiting[entry[3]] = (key, entry)
+            ready.push(key, entry)
+        elif roll < 0.6:
+            del waiting[chance.choice(sorted(waiting))]  # cancelled while it waits
+        elif roll < 0.8:
+            expected = min(entry for _, entry in waiting.values())
+            assert ready.first() == expected, "an ordinary claim takes the queue's first task"
+            del waiting[expected[3]]
+        else:
+            keys = sorted({key for key, _ in waiting.values() if key is not None})
+            assert ready.keys_after(None, 10) == keys, "the keys with waiting tasks, in order"
+            key = chance.choice([None, *keys])
+            of_key = [entry for k, entry in waiting.values() if k == key]
+            taken = ready.first_of(key)
+            assert taken == (min(of_key) if of_key else None), "a key's first task"
+            if taken is not None:
+                del waiting[taken[3]]
+    while waiting:
+        expected = min(entry for _, entry in waiting.values())
+        assert ready.first() == expected
+        del waiting[expected[3]]
+    assert ready.first() is None
+    assert len(ready) == 0, "nothing is left behind"

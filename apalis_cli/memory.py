@@ -14,6 +14,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -117,6 +118,7 @@ class _QueueState:
     rates: dict[str, float] = field(default_factory=dict)
     running: dict[str | None, int] = field(default_factory=dict)  # running tasks by limit key
     running_rows: dict[TaskId, _Row] = field(default_factory=dict)  # what the orphan sweep reads
+    ended: deque[tuple[float, TaskId]] = field(default_factory=deque)  # by done_at: the purge's
     limited_claims: int = 0
 
     def __post_init__(self) -> None:
@@ -584,6 +586,7 @@ class MemoryQueue(QueueBase):
         """`row` is final from now on; whoever waits for it is told."""
         self._stopping(row)
         row.status, row.last_error, row.lock_by, row.done_at, row.cancel_reason = status, error, None, now, None
+        self._state.ended.append((now, row.id))
         waiting = self._state.waiting.pop(row.id, None)
         if waiting:
             task = row.task(self.queue)
@@ -637,8 +640,14 @@ class MemoryQueue(QueueBase):
             state.waker.notify()
 
     def _purge_final(self, cutoff: float) -> None:
-        for row in [r for r in self._state.rows.values() if r.status.is_final and (r.done_at or 0) < cutoff]:
-            self._forget(row)
+        """Forget the tasks that ended before `cutoff`, oldest first (not a read of every row at
+        every heartbeat: a backlog of waiting tasks made each beat as slow as its size)."""
+        state = self._state
+        while state.ended and state.ended[0][0] < cutoff:
+            done_at, task_id = state.ended.popleft()
+            row = state.rows.get(task_id)
+            if row is not None and row.status.is_final and row.done_at == done_at:
+                self._forget(row)  # else it ran again since, or is gone already
 
     def _forget(self, row: _Row) -> None:
         self._stopping(row)

@@ -42,12 +42,13 @@ How to implement the control plane in a store
    (done, killed, cancelled), at once if it already is; None on timeout or for an unknown id.
    Woken through the store's push path (a NOTIFY on the ack, a pub/sub message, the WAL doorbell);
    polling only where the store cannot push (`wait_by_polling` does it, every 50 ms at most).
-6. **Bulk** (`BulkActor.bulk(action, where, dry_run=False) -> int`): the number of tasks acted on
-   (or, with `dry_run`, that would be). `where.statuses_for(action)` is the set of statuses to
-   match; a store writes one statement or script per batch (of at most its own batch size), never
-   one round trip per task. `cancel` behaves as `cancel` above for each task (running ones get a
-   request and their workers are told); `kill` as `Inspector.kill`; `retry` as `Inspector.retry`;
-   `purge` deletes.
+6. **Bulk** (`BulkActor.bulk(action, where, dry_run=False, reason=None) -> int`): the number of
+   tasks acted on (or, with `dry_run`, that would be). `where.statuses_for(action)` is the set of
+   statuses to match; a store writes one statement or script per batch (of at most its own batch
+   size), never one round trip per task. `cancel` behaves as `cancel` above for each task (running
+   ones get a request and their workers are told); `kill` as `Inspector.kill`; `retry` as
+   `Inspector.retry`; `purge` deletes. The reason a cancel or kill leaves on each task is
+   `bulk_reason(action, reason)`: the operator's, as every store takes it, or the default one.
 7. Until a store does one of these, it declares the capability lacking with the reason
    (`NOT_BUILT`), and the conformance suite skips its cases.
 """
@@ -60,10 +61,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from .errors import storable_text
 from .task import Status, Task, TaskId
 
 __all__ = [
     "DEFAULT_CANCEL_REASON",
+    "DEFAULT_KILL_REASON",
     "NOT_BUILT",
     "BulkAction",
     "BulkActor",
@@ -73,6 +76,7 @@ __all__ = [
     "Canceller",
     "Pausable",
     "Waiter",
+    "bulk_reason",
     "statuses_text",
     "tell_cancel",
     "wait_by_polling",
@@ -87,6 +91,7 @@ NOT_BUILT = "not built yet for this store"
 """The reason a store gives for a control capability it does not implement yet."""
 
 DEFAULT_CANCEL_REASON = "cancelled by an operator"
+DEFAULT_KILL_REASON = "killed by an operator"
 
 
 class CancelState(StrEnum):
@@ -148,6 +153,11 @@ class BulkAction(StrEnum):
     def default_statuses(self) -> frozenset[Status]:
         """What the action matches when the filter names no status."""
         return _DEFAULTS[self]
+
+    @property
+    def takes_reason(self) -> bool:
+        """True for the actions that leave a reason on the tasks they end (cancel, kill)."""
+        return self in (BulkAction.CANCEL, BulkAction.KILL)
 
 
 _APPLIES_TO = {
@@ -247,9 +257,26 @@ class Waiter(Protocol):
 class BulkActor(Protocol):
     """Retries, cancels, kills or purges every task a filter matches (`Capability.BULK`)."""
 
-    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
-        """How many tasks `action` changed (with `dry_run`: would change, changing nothing)."""
+    async def bulk(
+        self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
+        """How many tasks `action` changed (with `dry_run`: would change, changing nothing).
+        `reason` (cancel and kill only) is kept on each task it ends: see `bulk_reason`."""
         ...
+
+
+def bulk_reason(action: BulkAction, reason: str | None = None) -> str:
+    """The reason a bulk cancel or kill leaves on each task it ends (its last error, a running
+    task's cancel request): the operator's `reason` as every store takes it (`storable_text`,
+    as a run's error is kept), or the default one. ValueError for a blank reason, or a reason
+    given to an action that keeps none (retry, purge)."""
+    if reason is not None:
+        if not action.takes_reason:
+            raise ValueError(f"a bulk {action.value} keeps no reason (cancel and kill do)")
+        if not reason.strip():
+            raise ValueError("a reason cannot be blank")
+        return storable_text(reason)
+    return DEFAULT_KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
 
 
 def statuses_text(statuses: Collection[Status]) -> str:

@@ -31,7 +31,7 @@ from .backend import (
 )
 from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch, previewed
 from .codec import Codec
-from .control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from .control import DEFAULT_CANCEL_REASON, DEFAULT_KILL_REASON, BulkAction, BulkFilter, CancelResult, bulk_reason
 from .errors import ConfigError
 from .fleet.claim import KeyedClaims, claim_round
 from .fleet.unique import Unique
@@ -307,7 +307,7 @@ class MemoryQueue(QueueBase):
         self._state.waker.notify()
         return True
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """Kill a task that has not finished."""
         row = self._state.rows.get(task_id)
         if row is None or row.status.is_final:
@@ -371,8 +371,11 @@ class MemoryQueue(QueueBase):
             if not waiting:
                 self._state.waiting.pop(task_id, None)
 
-    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+    async def bulk(
+        self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
         """Apply `action` to every task `where` matches (at most `where.limit`, oldest first)."""
+        kept = bulk_reason(action, reason)
         rows = [r for r in self._state.rows.values() if where.matches(r.task(self.queue), action)]
         if where.limit is not None:
             rows = sorted(rows, key=lambda r: (r.done_at if r.done_at is not None else r.created_at, r.id))
@@ -384,9 +387,9 @@ class MemoryQueue(QueueBase):
             if action is BulkAction.RETRY:
                 self._retry(row)
             elif action is BulkAction.CANCEL:
-                self._cancel(row, DEFAULT_CANCEL_REASON)
+                self._cancel(row, kept)
             elif action is BulkAction.KILL:
-                self._end(row, Status.KILLED, "killed by an operator", now)
+                self._end(row, Status.KILLED, kept, now)
             else:
                 self._forget(row)
         if rows and action is BulkAction.RETRY:

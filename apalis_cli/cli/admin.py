@@ -54,6 +54,15 @@ def by_id_or_filter(
     return False
 
 
+# Taken only to be refused with the reason: cancel and kill keep a reason, retry and purge none.
+NoReasonOption = Annotated[str | None, typer.Option("--reason", hidden=True)]
+
+
+def _no_reason(verb: str, reason: str | None) -> None:
+    if reason is not None:
+        raise UsageError(f"--reason: {verb} keeps no reason (cancel and kill do)")
+
+
 @app.command()
 def retry(
     task_id: TaskIdArgument = None,
@@ -67,9 +76,11 @@ def retry(
     limit: LimitOption = None,
     dry_run: DryRunOption = False,
     yes: YesOption = False,
+    reason: NoReasonOption = None,
 ) -> None:
     """Make a failed, killed or cancelled task pending again (attempts reset); by id, or every
     task a filter matches (killed and cancelled ones unless --status says otherwise)."""
+    _no_reason("retry", reason)
     options = FilterOptions(status, since, until, error_contains, limit, dry_run, yes)
     if not by_id_or_filter("retry", task_id, options, worker, queue):
         run_bulk("retry", options, config, worker, queue)
@@ -88,8 +99,9 @@ def kill(
     worker: WorkerOption = None,
     queue: QueueOption = None,
     reason: Annotated[
-        str, typer.Option(callback=text, help="Kept as the task's last error.")
-    ] = "killed by an operator",
+        str | None,
+        typer.Option(callback=text, help='Kept as the task\'s last error [default: "killed by an operator"].'),
+    ] = None,
     status: StatusesOption = None,
     since: SinceOption = None,
     until: UntilOption = None,
@@ -101,13 +113,17 @@ def kill(
     """Kill a pending, failed or running task: it will not run again; by id, or every task a
     filter matches."""
     options = FilterOptions(status, since, until, error_contains, limit, dry_run, yes)
+    if reason is not None and not reason.strip():
+        raise UsageError("--reason must not be empty")
     if not by_id_or_filter("kill", task_id, options, worker, queue):
-        run_bulk("kill", options, config, worker, queue)
+        run_bulk("kill", options, config, worker, queue, reason)
         return
     assert task_id is not None
     import asyncio
 
-    asyncio.run(_change(config, worker, queue, task_id, "kill", reason))
+    from ..control import DEFAULT_KILL_REASON
+
+    asyncio.run(_change(config, worker, queue, task_id, "kill", reason or DEFAULT_KILL_REASON))
     print(f"killed {task_id}")
 
 
@@ -142,10 +158,12 @@ def purge(
     limit: LimitOption = None,
     dry_run: DryRunOption = False,
     yes: YesOption = False,
+    reason: NoReasonOption = None,
 ) -> None:
     """Delete tasks. `--status S [--older-than 7d]` deletes one status at once, as a retention
     chore; any other filter counts, asks, then deletes (done, killed and cancelled tasks unless
     --status says otherwise)."""
+    _no_reason("purge", reason)
     age = None if older_than is None else checked("--older-than", older_than, parse_duration)
     options = FilterOptions(status, since, until, error_contains, limit, dry_run, yes)
     plain = status is not None and len(status) == 1 and not (options.given and _beyond_status(options))

@@ -4,7 +4,8 @@ The filter's options are the same on the four commands (`FilterOptions`). A run 
 (the store's dry run, per queue), prints what it would change, asks before changing anything
 unless `--yes` (and refuses to ask where nobody can answer: stdin not a terminal), then acts and
 prints what it changed. Without `--queue`/`--worker` it acts on every queue of the config, as
-`stats` counts them; `--limit` caps the total.
+`stats` counts them; `--limit` caps the total. `cancel` and `kill` take `--reason`, kept on each
+task they end as for one task by id.
 """
 
 from __future__ import annotations
@@ -130,8 +131,16 @@ def parse_moment(option: str, value: str) -> float:
         raise UsageError(f'{option}: "{value}" must fall in the years 1 to 9999 once in UTC') from None
 
 
-def run_bulk(verb: str, options: FilterOptions, config_path: Path, worker: str | None, queue: str | None) -> None:
-    """Count, confirm and act: the whole of a bulk command (`verb`: retry, cancel, kill, purge)."""
+def run_bulk(
+    verb: str,
+    options: FilterOptions,
+    config_path: Path,
+    worker: str | None,
+    queue: str | None,
+    reason: str | None = None,
+) -> None:
+    """Count, confirm and act: the whole of a bulk command (`verb`: retry, cancel, kill, purge;
+    `reason`, for cancel and kill, is kept on each task they end instead of the default one)."""
     from ..control import BulkAction, statuses_text
 
     action = BulkAction(verb)
@@ -146,7 +155,7 @@ def run_bulk(verb: str, options: FilterOptions, config_path: Path, worker: str |
 
     config = load_config(config_path)
     targets = _targets(config, worker, queue)
-    counts = asyncio.run(_each(config, targets, action, where, dry_run=True))
+    counts = asyncio.run(_each(config, targets, action, where, dry_run=True, reason=reason))
     total = sum(n for _, n in counts)
     if options.dry_run:
         for described, n in counts:
@@ -158,7 +167,7 @@ def run_bulk(verb: str, options: FilterOptions, config_path: Path, worker: str |
     if not options.yes and not _confirm(verb, total, counts, where, action):
         print("apalis: nothing changed", file=sys.stderr)
         raise typer.Exit(1)
-    changed = asyncio.run(_each(config, targets, action, where, dry_run=False))
+    changed = asyncio.run(_each(config, targets, action, where, dry_run=False, reason=reason))
     for described, n in changed:
         print(f"{done} {_tasks(n)} in {described}")
 
@@ -190,7 +199,13 @@ def _targets(config: Config, worker: str | None, queue: str | None) -> list[Queu
 
 
 async def _each(
-    config: Config, targets: Sequence[QueueTarget], action: BulkAction, where: BulkFilter, *, dry_run: bool
+    config: Config,
+    targets: Sequence[QueueTarget],
+    action: BulkAction,
+    where: BulkFilter,
+    *,
+    dry_run: bool,
+    reason: str | None,
 ) -> list[tuple[str, int]]:
     """The action (or its dry run) on each target, `where.limit` shared among them."""
     from dataclasses import replace
@@ -205,7 +220,7 @@ async def _each(
             if left == 0:
                 results.append((opened.describe(), 0))
                 continue
-            n = await actor.bulk(action, replace(where, limit=left), dry_run=dry_run)
+            n = await actor.bulk(action, replace(where, limit=left), dry_run=dry_run, reason=reason)
             if left is not None:
                 left = max(left - n, 0)
             results.append((opened.describe(), n))

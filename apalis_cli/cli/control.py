@@ -57,15 +57,12 @@ def cancel(
     """Cancel a task: one not started never starts; a running one is stopped where it runs. It
     ends `cancelled`, never retried. By id, or every task a filter matches."""
     options = FilterOptions(status, since, until, error_contains, limit, dry_run, yes)
-    if not by_id_or_filter("cancel", task_id, options, worker, queue):
-        if reason is not None:
-            # BulkActor.bulk takes no reason: refuse rather than drop the operator's words.
-            raise UsageError("--reason goes with one task id; a cancel by filter keeps the default reason")
-        run_bulk("cancel", options, config, worker, queue)
-        return
-    assert task_id is not None
     if reason is not None and not reason.strip():
         raise UsageError("--reason must not be empty")
+    if not by_id_or_filter("cancel", task_id, options, worker, queue):
+        run_bulk("cancel", options, config, worker, queue, reason)
+        return
+    assert task_id is not None
     import asyncio
 
     from ..control import DEFAULT_CANCEL_REASON, CancelState

@@ -6,7 +6,8 @@
     POST /api/queues/{queue}/purge            {"status": "done", "older_than": "7d", "dry_run": true}
     POST /api/queues/{queue}/bulk             {"action": "retry|cancel|kill|purge", "status": ["killed"],
                                                "since": "2h", "until": "...", "error_contains": "timeout",
-                                               "limit": 1000, "dry_run": true}
+                                               "limit": 1000, "dry_run": true,
+                                               "reason": "..." (cancel and kill only)}
     POST /api/queues/{queue}/pause | resume
     GET  /api/tasks/{id}                      ?queue= (faster; else every queue is asked)
     POST /api/tasks/{id}/retry | kill | cancel   {"reason": "..."} for kill and cancel
@@ -326,14 +327,16 @@ async def purge(request: Request, data: dict[str, Any], is_form: bool) -> tuple[
 @_action
 async def bulk(request: Request, data: dict[str, Any], is_form: bool) -> tuple[dict[str, Any], str]:
     """Retry, cancel, kill or purge every task of the queue a filter matches (the CLI's filter:
-    status, since, until, error_contains, limit); `dry_run` counts them, changing nothing."""
+    status, since, until, error_contains, limit); `dry_run` counts them, changing nothing;
+    `reason` (cancel, kill) is kept on each task they end."""
     view = _view(request)
     action = ops.parse_action(data.get("action"))
     where = ops.parse_bulk_filter(data, action)
+    reason = ops.parse_bulk_reason(data, action)
     if _truthy(data.get("dry_run")):
-        count = await ops.bulk(view, action, where, dry_run=True)
+        count = await ops.bulk(view, action, where, dry_run=True, reason=reason)
         return {"action": action.value, "would_change": count}, f"{count} tasks would be changed."
-    count = await ops.bulk(view, action, where, dry_run=False)
+    count = await ops.bulk(view, action, where, dry_run=False, reason=reason)
     await web_state(request).snapshots.refresh()
     done = {"retry": "retried", "cancel": "cancelled", "kill": "killed", "purge": "purged"}[action.value]
     return {"action": action.value, "changed": count}, f"{done.capitalize()} {count} task{'s' if count != 1 else ''}."

@@ -84,7 +84,10 @@ async def paused_state(view: QueueView) -> bool | None:
     return await pausable.paused()
 
 
-async def bulk(view: QueueView, action: BulkAction, where: BulkFilter, *, dry_run: bool) -> int:
-    """How many tasks `action` changed (with `dry_run`: would change)."""
+async def bulk(
+    view: QueueView, action: BulkAction, where: BulkFilter, *, dry_run: bool, reason: str | None = None
+) -> int:
+    """How many tasks `action` changed (with `dry_run`: would change); `reason` (cancel, kill)
+    is kept on each task it ends."""
     actor: BulkActor = _require(why_no_bulk(view), view, f"{action.value} tasks by filter")
-    return await actor.bulk(action, where, dry_run=dry_run)
+    return await actor.bulk(action, where, dry_run=dry_run, reason=reason)

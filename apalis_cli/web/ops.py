@@ -36,6 +36,7 @@ __all__ = [
     "list_page",
     "parse_action",
     "parse_bulk_filter",
+    "parse_bulk_reason",
     "parse_status",
     "purge",
     "push",
@@ -280,9 +281,25 @@ def _moment(value: Any, field: str) -> float | None:
         ) from None
 
 
-async def bulk(view: QueueView, action: BulkAction, where: BulkFilter, *, dry_run: bool) -> int:
-    """How many tasks of the queue `action` changed (with `dry_run`: would change)."""
-    return await control.bulk(view, action, where, dry_run=dry_run)
+def parse_bulk_reason(data: Mapping[str, Any], action: BulkAction) -> str | None:
+    """The reason a bulk cancel or kill keeps on each task it ends (None: blank or absent, the
+    default one); refused for the actions that keep none."""
+    reason = _blank(data.get("reason"))
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise BadInput("reason: expected text")
+    if not action.takes_reason:
+        raise BadInput(f"reason: {action.value} keeps no reason (cancel and kill do)")
+    return reason
+
+
+async def bulk(
+    view: QueueView, action: BulkAction, where: BulkFilter, *, dry_run: bool, reason: str | None = None
+) -> int:
+    """How many tasks of the queue `action` changed (with `dry_run`: would change); `reason`
+    (cancel, kill) is kept on each task it ends."""
+    return await control.bulk(view, action, where, dry_run=dry_run, reason=reason)
 
 
 async def _explain(view: QueueView, task_id: str, action: str) -> None:

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from ..backend import Capability, WorkerInfo
 from ..browsing import MinuteCounts, TickSource
-from ..control import BulkAction, statuses_text
+from ..control import BulkAction, bulk_reason, statuses_text
 from ..errors import ApalisError
 from ..storable import decode_result
 from ..task import Status, iso
@@ -430,7 +430,7 @@ async def purge_confirm(request: Request) -> Response:
     )
 
 
-_BULK_FIELDS = ("status", "since", "until", "error_contains", "limit")
+_BULK_FIELDS = ("status", "since", "until", "error_contains", "limit", "reason")
 
 
 async def bulk_confirm(request: Request) -> Response:
@@ -444,7 +444,8 @@ async def bulk_confirm(request: Request) -> Response:
         view = state.board.view(request.path_params["queue"], q.get("backend") or None)
         action = ops.parse_action(q.get("action"))
         where = ops.parse_bulk_filter(q, action)
-        count = await ops.bulk(view, action, where, dry_run=True)
+        reason = ops.parse_bulk_reason(q, action)
+        count = await ops.bulk(view, action, where, dry_run=True, reason=reason)
     except ApalisError as exc:
         return _failed(request, exc)
     fields = {name: q.get(name) or "" for name in _BULK_FIELDS}
@@ -456,6 +457,7 @@ async def bulk_confirm(request: Request) -> Response:
         action=action.value,
         statuses=statuses_text(where.statuses_for(action)),
         fields=fields,
+        kept=bulk_reason(action, reason) if action.takes_reason else None,
         count=count,
     )
 

@@ -23,9 +23,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult, bulk_reason
 from apalis_cli.polling import woken
 from apalis_cli.task import Status, Task, TaskId
+from apalis_sql import told_reason
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -105,7 +106,8 @@ class PgmqControl:
                 if cancelled:
                     await conn.execute(sql["archive_marked"], {"queue": queue, "ids": cancelled})
             if running:
-                cur = await conn.execute(sql["request_cancel"], {"queue": queue, "ids": list(ids), "reason": reason})
+                params = {"queue": queue, "ids": list(ids), "reason": reason, "told": told_reason(reason)}
+                cur = await conn.execute(sql["request_cancel"], params)
                 requested = [row[0] for row in await cur.fetchall()]
             return cancelled, requested
 
@@ -185,8 +187,11 @@ class PgmqControl:
 
     # -- bulk ------------------------------------------------------------------------------
 
-    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+    async def bulk(
+        self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
         """`action` on every task `where` matches, oldest first, a statement per 5,000 tasks."""
+        kept = bulk_reason(action, reason)
         statuses = sorted(status.value for status in where.statuses_for(action))
         if not statuses:
             return 0
@@ -204,22 +209,22 @@ class PgmqControl:
         archived = [msg_id for src, msg_id in rows if src == "a"]
         done = 0
         for chunk in _chunks(live):
-            done += await self._bulk_live(action, chunk, statuses)
+            done += await self._bulk_live(action, chunk, statuses, kept)
         for chunk in _chunks(archived):
             done += await self._bulk_archived(action, chunk, statuses)
         if done and action is BulkAction.RETRY:
             self._connection.waker(self.queue).notify()
         return done
 
-    async def _bulk_live(self, action: BulkAction, ids: list[int], statuses: list[str]) -> int:
+    async def _bulk_live(self, action: BulkAction, ids: list[int], statuses: list[str], reason: str) -> int:
         if action is BulkAction.RETRY:
             return len(await self._rows("retry_failed", {"ids": ids}))
         if action is BulkAction.KILL:
-            return await self._end(ids, statuses, {"status": "killed", "error": "killed by an operator"})
+            return await self._end(ids, statuses, {"status": "killed", "error": reason})
         if action is BulkAction.CANCEL:
             waiting = bool(set(_WAITING) & set(statuses))
             cancelled, requested = await self._cancel(
-                ids, DEFAULT_CANCEL_REASON, waiting=waiting, running=Status.RUNNING.value in statuses
+                ids, reason, waiting=waiting, running=Status.RUNNING.value in statuses
             )
             return len(cancelled) + len(requested)
         rows = await self._rows("bulk_delete_live", {"ids": ids, "statuses": statuses})

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from apalis_cli.backend import WorkerContext
-from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult, bulk_reason
 from apalis_cli.task import Status, Task, TaskId
 
 from .inspector import task_from_hash
@@ -27,13 +27,12 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .keys import QueueKeys
 
-__all__ = ["BATCH", "RedisControl", "bulk_in_batches", "bulk_reason", "cancel_result", "tell_beat", "wait_published"]
+__all__ = ["BATCH", "RedisControl", "bulk_in_batches", "cancel_result", "tell_beat", "wait_published"]
 
 BATCH = 5000
 """Entries one bulk script looks at: each call holds the server for a few milliseconds at most."""
 _RECHECK = 1.0
 """How often a waiter reads its task anyway (a message lost to a dropped connection costs this)."""
-_KILL_REASON = "killed by an operator"
 _NO_LIMIT = 2**31 - 1
 T = TypeVar("T")
 
@@ -58,11 +57,6 @@ def tell_beat(worker: WorkerContext, cancels: Sequence[bytes], paused: object) -
     for i in range(0, len(cancels), 2):
         worker.on_cancel(cancels[i].decode(), cancels[i + 1].decode())
     worker.on_paused(bool(paused))
-
-
-def bulk_reason(action: BulkAction) -> str:
-    """The last error a bulk kill or cancel leaves on the tasks it ends."""
-    return _KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
 
 
 async def bulk_in_batches(
@@ -130,9 +124,12 @@ class RedisControl:
         h = await self.connection.client.hgetall(self.keys.task(task_id))
         return task_from_hash(task_id, self.queue, h) if h else None
 
-    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+    async def bulk(
+        self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
         """Apply `action` to every task `where` matches: one script per batch of `BATCH`
         entries of one collection, collections in turn, until `where.limit` tasks changed."""
+        kept = bulk_reason(action, reason)
         statuses = where.statuses_for(action)
         if where.limit is not None and where.limit <= 0:
             return 0
@@ -147,7 +144,6 @@ class RedisControl:
             Status.KILLED: (6,),
             Status.CANCELLED: (7,),
         }
-        reason = bulk_reason(action)
         needle = where.error_contains.lower() if where.error_contains else ""
         since = "" if where.since is None else repr(where.since)
         until = "" if where.until is None else repr(where.until)
@@ -172,7 +168,7 @@ class RedisControl:
                     since,
                     until,
                     needle,
-                    reason,
+                    kept,
                 ],
             )
             return answer

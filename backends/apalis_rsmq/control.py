@@ -19,9 +19,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult, bulk_reason
 from apalis_cli.task import Status, Task, TaskContext, TaskId
-from apalis_redis.control import BATCH, bulk_in_batches, bulk_reason, cancel_result, wait_published
+from apalis_redis.control import BATCH, bulk_in_batches, cancel_result, wait_published
 
 from .inspector import created_at
 
@@ -115,9 +115,12 @@ class RsmqControl:
         while len(sent) > _REMEMBERED:
             sent.popitem(last=False)
 
-    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+    async def bulk(
+        self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
         """Apply `action` to every message `where` matches: one script per batch of `BATCH`, the
         queue then its dead letters, until `where.limit` tasks changed."""
+        kept = bulk_reason(action, reason)
         if where.limit is not None and where.limit <= 0:
             return 0
         await self.ensure_queue()
@@ -125,7 +128,6 @@ class RsmqControl:
         live = sorted(s.value for s in statuses & {Status.PENDING, Status.FAILED, Status.RUNNING})
         dead = sorted(s.value for s in statuses & {Status.KILLED, Status.CANCELLED})
         k, script = self.keys, self.connection.scripts["bulk"]
-        reason = bulk_reason(action)
         needle = where.error_contains.lower() if where.error_contains else ""
         since = "" if where.since is None else str(int(where.since * 1000))
         until = "" if where.until is None else str(int(where.until * 1000))
@@ -145,7 +147,7 @@ class RsmqControl:
                     since,
                     until,
                     needle,
-                    reason,
+                    kept,
                     k.control,
                     self._channel,
                 ],

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .acks import AckPlan, AckRow, plan_acks
 from .browse import Fetch, browse_tasks, queue_activity
 from .control import SqlControl
-from .database import Backlog, Controls, Session, SqlDatabase
+from .database import Backlog, Controls, Session, SqlDatabase, told_reason
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
 from .inspector import SqlInspector, StatementInspector
 from .options import PoolOptions, pool_options
@@ -71,6 +71,7 @@ __all__ = [
     "split_named",
     "stats_from_rows",
     "task_from_row",
+    "told_reason",
     "worker_from_row",
     "worker_params",
 ]

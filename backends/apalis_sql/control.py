@@ -20,17 +20,16 @@ import asyncio
 from typing import Any
 
 from apalis_cli.browsing import like_pattern
-from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult, bulk_reason
 from apalis_cli.polling import woken
 from apalis_cli.task import Status, Task, TaskId
 
-from .database import SqlDatabase
+from .database import SqlDatabase, told_reason
 from .rows import task_from_row
 
 __all__ = ["SqlControl"]
 
 _WAITING = frozenset({Status.PENDING, Status.FAILED})
-_KILLED_BY_BULK = "killed by an operator"
 _NO_LIMIT = 2**62  # a LIMIT every server takes, past any count of tasks
 _STATEMENTS = {
     BulkAction.RETRY: "bulk_retry",
@@ -49,7 +48,7 @@ class SqlControl:
     async def cancel(self, task_id: TaskId, reason: str = DEFAULT_CANCEL_REASON) -> CancelResult:
         """Cancel `task_id`: at once if it has not started, by asking its worker if it runs."""
         db = self._db
-        params = {"queue": self.queue, "id": task_id, "reason": reason}
+        params = {"queue": self.queue, "id": task_id, "reason": reason, "told": told_reason(reason)}
         while True:  # each turn ends unless a claim or a release moved the task meanwhile
             if await db.execute("cancel_waiting", params):
                 db.controls.ended(task_id)
@@ -115,9 +114,12 @@ class SqlControl:
                 rows = await db.fetch("get_task", params)
             return None
 
-    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+    async def bulk(
+        self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
         """Apply `action` to the tasks `where` matches, a statement per batch; how many it
         changed (with `dry_run`, would change)."""
+        kept = bulk_reason(action, reason)
         db = self._db
         statuses = where.statuses_for(action)
         base: dict[str, Any] = {
@@ -125,7 +127,8 @@ class SqlControl:
             "since": where.since,
             "until": where.until,
             "pattern": like_pattern(where.error_contains) if where.error_contains else None,
-            "reason": DEFAULT_CANCEL_REASON if action is BulkAction.CANCEL else _KILLED_BY_BULK,
+            "reason": kept,
+            "told": told_reason(kept),
             "status": Status.CANCELLED.value if action is BulkAction.CANCEL else Status.KILLED.value,
             "fresh": False,
         }

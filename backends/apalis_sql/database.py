@@ -28,7 +28,11 @@ from apalis_cli.task import Task, TaskId
 
 from .acks import AckPlan
 
-__all__ = ["Backlog", "Controls", "Rows", "Session", "SqlDatabase"]
+__all__ = ["Backlog", "Controls", "Rows", "Session", "SqlDatabase", "told_reason"]
+
+_TOLD_BYTES = 6000
+"""The most a cancel's reason takes of a control message (PostgreSQL refuses a NOTIFY payload of
+8,000 bytes or more; the rest of the message is the worker's and the task's names)."""
 
 T = TypeVar("T")
 Rows = Sequence[Sequence[Any]]
@@ -100,6 +104,20 @@ class Controls:
             kind, worker_id, task_id, reason = json.loads(payload)
             if kind == "c":
                 self.cancel(worker_id, task_id, reason)
+
+
+def told_reason(reason: str) -> str:
+    """`reason` as a control message carries it to the worker running the task: whole, unless its
+    JSON text passes `_TOLD_BYTES` (a long reason of emoji, or of control characters escaped in
+    six bytes each), then its start. The task's row keeps it whole, and its heartbeats tell it."""
+    if len(reason) * 6 <= _TOLD_BYTES:
+        return reason
+    used = 0
+    for at, char in enumerate(reason):
+        used += len(json.dumps(char, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
+        if used > _TOLD_BYTES:
+            return reason[:at]
+    return reason
 
 
 class Session(Protocol):

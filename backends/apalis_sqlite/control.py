@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apalis_cli.browsing import like_pattern
-from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult
+from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelResult, bulk_reason
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import Queries, task_from_row
 
@@ -37,7 +37,6 @@ _POLL = 0.05
 _RECHECK = 1.0
 """How often a waiter reads its task anyway while doorbells are heard (a bell lost to a full
 inotify queue costs this much, not the whole timeout)."""
-_KILL_REASON = "killed by an operator"
 
 
 class SqliteControl:
@@ -118,8 +117,11 @@ class SqliteControl:
         row = await self._db.read(lambda conn: conn.execute(sql, params).fetchone())
         return None if row is None else task_from_row(row)
 
-    async def bulk(self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False) -> int:
+    async def bulk(
+        self, action: BulkAction, where: BulkFilter, *, dry_run: bool = False, reason: str | None = None
+    ) -> int:
         """Apply `action` to every task `where` matches, one statement per batch of `_BATCH`."""
+        kept = bulk_reason(action, reason)
         statuses = where.statuses_for(action)
         if not statuses or (where.limit is not None and where.limit <= 0):
             return 0
@@ -129,7 +131,7 @@ class SqliteControl:
             "since": where.since,
             "until": where.until,
             "pattern": like_pattern(where.error_contains) if where.error_contains else None,
-            "reason": _KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON,
+            "reason": kept,
             "cancel": action is BulkAction.CANCEL,
         }
         if dry_run:

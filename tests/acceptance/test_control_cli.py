@@ -300,6 +300,40 @@ def test_bulk_retry_of_killed_tasks(apalis: Apalis, backend: Backend) -> None:
     assert apalis.statuses("--worker", "boom") == {"killed": 4, "pending": 11}
 
 
+def test_bulk_cancel_and_kill_keep_the_operators_reason(apalis: Apalis, backend: Backend) -> None:
+    needs(apalis, backend, Capability.BULK, ["cancel", "-w", "slow", "--reason", "x", "--yes"])
+    cancelled = [push(apalis, "slow", {"n": n}) for n in range(3)]
+    where = f'queue "{backend.queue}" on backend "main" ({backend.kind})'
+
+    result = apalis("cancel", "-w", "slow", "--reason", "wrong customer, ticket 4411", "--yes")
+    assert (result.code, result.out) == (0, f"cancelled 3 tasks in {where}\n"), result.err
+    killed = [push(apalis, "slow", {"n": n}) for n in range(3, 5)]
+    result = apalis("kill", "-w", "slow", "--status", "pending", "--reason", "poison batch", "--yes")
+    assert (result.code, result.out) == (0, f"killed 2 tasks in {where}\n"), result.err
+    if not lacking(backend.kind, Capability.INSPECT):
+        for task_id in cancelled:
+            assert row(apalis, "slow", task_id)["last_error"] == "wrong customer, ticket 4411"
+        for task_id in killed:
+            assert (row(apalis, "slow", task_id)["status"], row(apalis, "slow", task_id)["last_error"]) == (
+                "killed",
+                "poison batch",
+            )
+
+    # Retry and purge keep no reason; a blank one is no reason at all: one line, exit 2.
+    for argv in (
+        ["retry", "-w", "slow", "--reason", "again", "--yes"],
+        ["purge", "-w", "slow", "--status", "killed", "--reason", "tidy", "--yes"],
+        ["cancel", "-w", "slow", "--reason", " ", "--yes"],
+        ["kill", "-w", "slow", "--reason", "", "--yes"],
+    ):
+        refused = apalis(*argv)
+        assert refused.code == 2, (argv, refused.out, refused.err)
+        assert refused.err.count("\n") == 1, refused.err
+        assert "--reason" in refused.err, refused.err
+        assert "Possible options" not in refused.err, refused.err
+        assert refused.out == ""
+
+
 def answer_in_a_terminal(apalis: Apalis, argv: list[str], answer: bytes) -> tuple[int, str, str]:
     """Run `apalis argv` with a pseudo-terminal as stdin and stderr, type `answer` once it asks
     (`[y/N]`); its exit code, stdout, and what the terminal showed."""

@@ -153,3 +153,37 @@ async def test_bulk_by_filter_counts_then_acts(kind: str, tmp_path: Path) -> Non
         assert len(await inspector(served).list_tasks(Status.KILLED, 10)) == 1
         cancelled = await served.client.post(path, json={"action": "cancel"})
         assert cancelled.json() == {"action": "cancel", "changed": 3}
+
+
+async def test_bulk_cancel_and_kill_keep_the_operators_reason(kind: str, tmp_path: Path) -> None:
+    async with serve_board(kind, tmp_path) as served:
+        ids = await sink(served).push_bulk([{"n": n} for n in range(4)])
+        path = "/api/queues/thumbnails/bulk"
+        await needs(served, kind, Capability.BULK, path, {"action": "cancel", "reason": "x"})
+        reason = "wrong <b>customer</b>"
+        cancelled = await served.client.post(path, json={"action": "cancel", "limit": 2, "reason": reason})
+        assert cancelled.json() == {"action": "cancel", "changed": 2}, cancelled.text
+
+        # The form: the count page shows the reason as text and carries it to the button's post.
+        query = {"action": "kill", "status": "pending", "reason": "poison <i>batch</i>"}
+        confirm = await served.client.get("/queues/thumbnails/bulk", params=query)
+        assert confirm.status_code == 200, confirm.text
+        assert "Each keeps the reason “poison &lt;i&gt;batch&lt;/i&gt;”" in confirm.text
+        assert "<i>batch" not in confirm.text
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', confirm.text)
+        assert csrf is not None
+        form = {"csrf": csrf.group(1), "next": "/queues/thumbnails", **query}
+        assert (await served.client.post(path, data=form)).status_code == 303
+
+        ended = {task_id: await inspector(served).get(task_id) for task_id in ids}
+        kept = sorted((t.ctx.status.value, t.ctx.last_error or "") for t in ended.values() if t is not None)
+        assert kept == [("cancelled", reason)] * 2 + [("killed", "poison <i>batch</i>")] * 2
+        one = next(i for i, t in ended.items() if t is not None and t.ctx.status is Status.CANCELLED)
+        task_page = await served.client.get(f"/tasks/{one}", params={"queue": "thumbnails"})
+        assert "wrong &lt;b&gt;customer&lt;/b&gt;" in task_page.text
+
+        for action in ("retry", "purge"):  # they keep no reason
+            refused = await served.client.post(path, json={"action": action, "reason": "why not"})
+            assert refused.status_code == 400, refused.text
+            assert refused.json() == {"error": f"reason: {action} keeps no reason (cancel and kill do)"}
+        assert {await status(served, t) for t in ids} == {Status.CANCELLED, Status.KILLED}

@@ -222,7 +222,7 @@ WITH requested AS (
     WHERE m.msg_id = ANY(%(ids)s::bigint[]) AND {status} = 'running'
     RETURNING m.msg_id
 )
-SELECT msg_id, pg_notify('apalis_pgmq', concat_ws(' ', 'c', %(queue)s::text, msg_id, left(%(reason)s::text, 3000)))
+SELECT msg_id, pg_notify('apalis_pgmq', concat_ws(' ', 'c', %(queue)s::text, msg_id, %(told)s::text))
 FROM requested
 
 -- name: cancel_instead

@@ -16,7 +16,7 @@ RETURNING id, CASE WHEN waited THEN pg_notify({control}, 'd' || id) END
 UPDATE {schema}.tasks
 SET cancel_reason = %(reason)s
 WHERE queue = %(queue)s AND id = %(id)s AND status = 'running'
-RETURNING id, pg_notify({control}, json_build_array('c', lock_by, id, left(%(reason)s, 2000))::text)
+RETURNING id, pg_notify({control}, json_build_array('c', lock_by, id, %(told)s::text)::text)
 
 -- name: task_status
 SELECT status, lock_by FROM {schema}.tasks WHERE queue = %(queue)s AND id = %(id)s
@@ -63,7 +63,7 @@ SET cancel_reason = %(reason)s
 WHERE id = ANY(ARRAY(
     SELECT id FROM {schema}.tasks WHERE {bulk_where}
     ORDER BY coalesce(done_at, created_at), id LIMIT %(batch)s FOR UPDATE SKIP LOCKED))
-RETURNING id, pg_notify({control}, json_build_array('c', lock_by, id, left(%(reason)s, 2000))::text)
+RETURNING id, pg_notify({control}, json_build_array('c', lock_by, id, %(told)s::text)::text)
 
 -- name: bulk_end
 -- The tasks of the filter end now with `status` (killed; cancelled: its statuses are pending and

@@ -77,6 +77,7 @@ __all__ = [
     "Pausable",
     "Waiter",
     "bulk_reason",
+    "operator_reason",
     "statuses_text",
     "tell_cancel",
     "wait_by_polling",
@@ -270,13 +271,20 @@ def bulk_reason(action: BulkAction, reason: str | None = None) -> str:
     task's cancel request): the operator's `reason` as every store takes it (`storable_text`,
     as a run's error is kept), or the default one. ValueError for a blank reason, or a reason
     given to an action that keeps none (retry, purge)."""
-    if reason is not None:
-        if not action.takes_reason:
-            raise ValueError(f"a bulk {action.value} keeps no reason (cancel and kill do)")
-        if not reason.strip():
-            raise ValueError("a reason cannot be blank")
-        return storable_text(reason)
-    return DEFAULT_KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON
+    if reason is not None and not action.takes_reason:
+        raise ValueError(f"a bulk {action.value} keeps no reason (cancel and kill do)")
+    return operator_reason(reason, DEFAULT_KILL_REASON if action is BulkAction.KILL else DEFAULT_CANCEL_REASON)
+
+
+def operator_reason(reason: str | None, default: str) -> str:
+    """An operator's reason for a cancel or a kill as every store keeps it (`storable_text`, as a
+    run's error is kept: no NUL, at most `MAX_ERROR_CHARS`), or `default` when none is given.
+    ValueError for a blank one."""
+    if reason is None:
+        return default
+    if not reason.strip():
+        raise ValueError("a reason cannot be blank")
+    return storable_text(reason)
 
 
 def statuses_text(statuses: Collection[Status]) -> str:

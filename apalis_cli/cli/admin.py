@@ -121,9 +121,9 @@ def kill(
     assert task_id is not None
     import asyncio
 
-    from ..control import DEFAULT_KILL_REASON
+    from ..control import DEFAULT_KILL_REASON, operator_reason
 
-    asyncio.run(_change(config, worker, queue, task_id, "kill", reason or DEFAULT_KILL_REASON))
+    asyncio.run(_change(config, worker, queue, task_id, "kill", operator_reason(reason, DEFAULT_KILL_REASON)))
     print(f"killed {task_id}")
 
 

@@ -65,9 +65,9 @@ def cancel(
     assert task_id is not None
     import asyncio
 
-    from ..control import DEFAULT_CANCEL_REASON, CancelState
+    from ..control import DEFAULT_CANCEL_REASON, CancelState, operator_reason
 
-    state = asyncio.run(_cancel(config, worker, queue, task_id, reason or DEFAULT_CANCEL_REASON))
+    state = asyncio.run(_cancel(config, worker, queue, task_id, operator_reason(reason, DEFAULT_CANCEL_REASON)))
     if state is CancelState.REQUESTED:
         print(f"cancelling {task_id}: it is running, its worker was told to stop it")
     else:

@@ -18,7 +18,15 @@ from typing import Any
 from ..backend import Capability
 from ..bounds import ATTEMPTS, COUNT, PRIORITY, check_time
 from ..browsing import PageCursor, TaskSearch
-from ..control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, CancelState, statuses_text
+from ..control import (
+    DEFAULT_CANCEL_REASON,
+    DEFAULT_KILL_REASON,
+    BulkAction,
+    BulkFilter,
+    CancelState,
+    operator_reason,
+    statuses_text,
+)
 from ..durations import parse_duration
 from ..errors import ApalisError, BadPayload, Unsupported
 from ..task import Status, Task
@@ -206,7 +214,7 @@ async def retry(view: QueueView, task_id: str) -> None:
 async def kill(view: QueueView, task_id: str, reason: str) -> None:
     """Kill a task that has not ended; an error says why not."""
     inspector = view.require_inspector(Capability.ADMIN, "kill tasks")
-    if not await inspector.kill(task_id, reason or "killed by an operator"):
+    if not await inspector.kill(task_id, operator_reason(reason if reason.strip() else None, DEFAULT_KILL_REASON)):
         await _explain(view, task_id, "kill")
 
 
@@ -215,7 +223,9 @@ async def cancel(view: QueueView, task_id: str, reason: str) -> bool:
     and its worker was told to stop it; an error says why not."""
     from .board import NotFound
 
-    result = await control.cancel(view, task_id, reason or DEFAULT_CANCEL_REASON)
+    result = await control.cancel(
+        view, task_id, operator_reason(reason if reason.strip() else None, DEFAULT_CANCEL_REASON)
+    )
     if result.state is CancelState.NOT_FOUND:
         raise NotFound(f'no task {task_id} in queue "{view.queue}"')
     if result.state is CancelState.ALREADY_FINAL:

@@ -187,3 +187,21 @@ async def test_bulk_cancel_and_kill_keep_the_operators_reason(kind: str, tmp_pat
             assert refused.status_code == 400, refused.text
             assert refused.json() == {"error": f"reason: {action} keeps no reason (cancel and kill do)"}
         assert {await status(served, t) for t in ids} == {Status.CANCELLED, Status.KILLED}
+
+
+async def test_a_reason_is_kept_as_a_runs_error_is(kind: str, tmp_path: Path) -> None:
+    # No NUL (PostgreSQL refuses one) and at most MAX_ERROR_CHARS, by id as by filter.
+    from apalis_cli.errors import MAX_ERROR_CHARS, storable_text
+
+    async with serve_board(kind, tmp_path) as served:
+        cancelled, killed = await sink(served).push_bulk([{"n": 1}, {"n": 2}])
+        reason = "wrong\x00 customer " + "é" * MAX_ERROR_CHARS
+        await needs(served, kind, Capability.CANCEL, f"/api/tasks/{cancelled}/cancel", {"queue": "thumbnails"})
+        for task_id, verb in ((cancelled, "cancel"), (killed, "kill")):
+            answer = await served.client.post(
+                f"/api/tasks/{task_id}/{verb}", json={"queue": "thumbnails", "reason": reason}
+            )
+            assert answer.status_code == 200, answer.text
+            task = await inspector(served).get(task_id)
+            assert task is not None
+            assert task.ctx.last_error == storable_text(reason)

@@ -27,22 +27,25 @@ LEFT JOIN (
     GROUP BY limit_key
 ) AS r ON true
 
--- name: limit_keys_after
--- Up to :count keys with waiting tasks above :after, in order, one step in the keyed index each,
--- with each key's rate state.
-WITH RECURSIVE keys(key, n) AS (
-    SELECT (
-        SELECT limit_key FROM {schema}.tasks
-        WHERE queue = %(queue)s AND status IN ('pending', 'failed') AND limit_key > %(after)s
-        ORDER BY limit_key LIMIT 1
-    ), 1
-    UNION ALL
+-- name: _next_keys
+UNION ALL
     SELECT (
         SELECT limit_key FROM {schema}.tasks
         WHERE queue = %(queue)s AND status IN ('pending', 'failed') AND limit_key > keys.key
         ORDER BY limit_key LIMIT 1
     ), n + 1
     FROM keys WHERE keys.key IS NOT NULL AND n < %(count)s
+
+-- name: limit_keys_after
+-- Up to :count keys with waiting tasks above :after, in order, one step in the keyed index each
+-- (_next_keys), with each key's rate state.
+WITH RECURSIVE keys(key, n) AS (
+    SELECT (
+        SELECT limit_key FROM {schema}.tasks
+        WHERE queue = %(queue)s AND status IN ('pending', 'failed') AND limit_key > %(after)s
+        ORDER BY limit_key LIMIT 1
+    ), 1
+    {_next_keys}
 )
 SELECT keys.key, r.tat FROM keys
 LEFT JOIN {schema}.limit_rates AS r ON r.queue = %(queue)s AND r.state = 'k:' || keys.key
@@ -56,13 +59,7 @@ WITH RECURSIVE keys(key, n) AS (
         WHERE queue = %(queue)s AND status IN ('pending', 'failed') AND limit_key IS NOT NULL
         ORDER BY limit_key LIMIT 1
     ), 1
-    UNION ALL
-    SELECT (
-        SELECT limit_key FROM {schema}.tasks
-        WHERE queue = %(queue)s AND status IN ('pending', 'failed') AND limit_key > keys.key
-        ORDER BY limit_key LIMIT 1
-    ), n + 1
-    FROM keys WHERE keys.key IS NOT NULL AND n < %(count)s
+    {_next_keys}
 )
 SELECT keys.key, r.tat FROM keys
 LEFT JOIN {schema}.limit_rates AS r ON r.queue = %(queue)s AND r.state = 'k:' || keys.key

@@ -8,21 +8,25 @@ SELECT limit_key, count(*) FROM {prefix}tasks
 WHERE queue = :queue AND status = 'running'
 GROUP BY limit_key;
 
--- name: keys_after
--- Up to :count keys with waiting tasks above :after, in order: one step in the keyed index each.
-WITH RECURSIVE keys(key, n) AS (
-    SELECT (
-        SELECT limit_key FROM {prefix}tasks
-        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > :after
-        ORDER BY limit_key LIMIT 1
-    ), 1
-    UNION ALL
+-- name: _next_keys
+UNION ALL
     SELECT (
         SELECT limit_key FROM {prefix}tasks
         WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > keys.key
         ORDER BY limit_key LIMIT 1
     ), n + 1
     FROM keys WHERE keys.key IS NOT NULL AND n < :count
+
+-- name: keys_after
+-- Up to :count keys with waiting tasks above :after, in order: one step in the keyed index each
+-- (_next_keys).
+WITH RECURSIVE keys(key, n) AS (
+    SELECT (
+        SELECT limit_key FROM {prefix}tasks
+        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > :after
+        ORDER BY limit_key LIMIT 1
+    ), 1
+    {_next_keys}
 )
 SELECT key FROM keys WHERE key IS NOT NULL;
 
@@ -33,13 +37,7 @@ WITH RECURSIVE keys(key, n) AS (
         WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL
         ORDER BY limit_key LIMIT 1
     ), 1
-    UNION ALL
-    SELECT (
-        SELECT limit_key FROM {prefix}tasks
-        WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > keys.key
-        ORDER BY limit_key LIMIT 1
-    ), n + 1
-    FROM keys WHERE keys.key IS NOT NULL AND n < :count
+    {_next_keys}
 )
 SELECT key FROM keys WHERE key IS NOT NULL;
 

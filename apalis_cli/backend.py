@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, Unpack, ru
 
 from .codec import Codec
 from .control import (
+    DEFAULT_KILL_REASON,
     NOT_BUILT,
     BulkAction,
     BulkActor,
@@ -333,7 +334,7 @@ class Inspector(Protocol):
         """Make a failed or killed task pending again now, attempts reset; False if not found."""
         ...
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """Kill a pending, failed or running task; False if not found or already final."""
         ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from apalis_cli.backend import Capabilities, Capability, QueueStats, WorkerInfo
+from apalis_cli.control import DEFAULT_KILL_REASON
 from apalis_cli.errors import Unsupported
 from apalis_cli.task import Status, Task, TaskId
 
@@ -88,7 +89,7 @@ class AmqpInspector:
         """Not offered: see the ADMIN capability."""
         raise Unsupported(self.capabilities.lacking[Capability.ADMIN])
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """Not offered: see the ADMIN capability."""
         raise Unsupported(self.capabilities.lacking[Capability.ADMIN])
 

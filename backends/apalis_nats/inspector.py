@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.control import DEFAULT_KILL_REASON
 from apalis_cli.errors import Unsupported
 from apalis_cli.task import Status, Task, TaskId
 from nats.js.api import RawStreamMsg
@@ -150,7 +151,7 @@ class NatsInspector:
         await self._move(raw, self.work, headers)
         return True
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """A pending or running task moves to the dead subject (a running one's ack is then
         ignored by the server: its message is gone)."""
         found = await self._find(task_id, self.work, self.sched)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch, previewed
+from apalis_cli.control import DEFAULT_KILL_REASON
 from apalis_cli.task import Status, Task, TaskId
 from apalis_sql import queue_activity, worker_from_row
 
@@ -134,7 +135,7 @@ class PgmqInspector:
             self._connection.waker(self.queue).notify()
         return bool(found)
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """Mark the message killed in its headers and archive it."""
         if not task_id.isdigit():
             return False

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.control import DEFAULT_KILL_REASON
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class RedisInspector:
         )
         return bool(done)
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """Kill a task that has not finished."""
         k = self.keys
         done = await self.connection.scripts["kill"](

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 from apalis_cli.backend import QueueStats, WorkerInfo
+from apalis_cli.control import DEFAULT_KILL_REASON
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class RsmqInspector:
         done = await self.connection.scripts["retry"](keys=self.keys.all, args=[task_id, self._channel])
         return bool(done)
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """Move a message to the dead-letter queue with `reason`."""
         k = self.keys
         return bool(await self.connection.scripts["kill"](keys=k.all, args=[task_id, reason, k.control]))

@@ -18,6 +18,7 @@ from typing import Any
 
 from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.browsing import PageCursor, QueueActivity, TaskSearch
+from apalis_cli.control import DEFAULT_KILL_REASON
 from apalis_cli.task import Status, Task, TaskId
 
 from .browse import browse_tasks, queue_activity
@@ -70,7 +71,7 @@ class StatementInspector:
             self._woken()
         return changed > 0
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by an operator") -> bool:
+    async def kill(self, task_id: TaskId, reason: str = DEFAULT_KILL_REASON) -> bool:
         """Kill a task that has not finished; False when there is none, or it is final."""
         params = {"queue": self.queue, "id": task_id, "reason": reason, "now": time.time()}
         killed = await self._execute("kill", params) > 0

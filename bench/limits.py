@@ -1,7 +1,7 @@
 """Global limits: does a saturated key slow the others (head-of-line blocking), and what does a
 limit cost per task? Not part of the test suite.
 
-    .venv/bin/python -m bench.limits --backend memory,sqlite,redis,postgres,mysql --tasks 5000 --hot 20000 --rounds 2
+    .venv/bin/python -m bench.limits --backend memory,sqlite,redis,postgres,mysql,pgmq --tasks 5000 --rounds 2
 
 Each round drains the same `--tasks` tasks over `--keys` keys through one in-process worker at
 concurrency 50 in four ways, one after the other (interleaved, so drift hits them alike):
@@ -160,7 +160,7 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.limits", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", default="memory,sqlite,redis,postgres,mysql")
+    parser.add_argument("--backend", default="memory,sqlite,redis,postgres,mysql,pgmq")
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--hot", type=int, default=20000)

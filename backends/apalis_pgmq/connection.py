@@ -18,7 +18,7 @@ from apalis_cli.polling import Waker
 
 from .config import PgmqConfig
 from .hub import ControlHub
-from .statements import SCHEMA, statement, statements_for
+from .statements import SCHEMA, key_index_of, statement, statements_for
 
 if TYPE_CHECKING:
     from apalis_postgres.connection import Pool
@@ -57,6 +57,7 @@ class Connection:
         self._listener: Listener | None = None
         self._notify_available = False
         self._ready: dict[str, asyncio.Future[None]] = {}
+        self._indexed: dict[str, asyncio.Future[None]] = {}
         self._wakers: dict[str, Waker] = {}
         self.hub = ControlHub(self._wakers)
         """Where control messages (cancels, pauses, finished tasks) go in this process."""
@@ -139,6 +140,7 @@ class Connection:
             await listener.stop()
         pool, self._pool = self._pool, None
         self._ready.clear()
+        self._indexed.clear()
         if pool is not None:
             await pool.close()
 
@@ -187,18 +189,39 @@ class Connection:
         ready = self._ready.get(queue)
         if ready is not None and ready.done() and ready.exception() is None:
             return  # the hot path: created long ago
+        await self._once(self._ready, queue, self._create)
+
+    async def ensure_key_index(self, queue: str) -> None:
+        """Give `queue`'s table its index by limit key (once per store), for a keyed limit's
+        claim (`sql/limits.sql`); the queue is made sure of first."""
+        await self.ensure_queue(queue)
+        ready = self._indexed.get(queue)
+        if ready is not None and ready.done() and ready.exception() is None:
+            return
+        await self._once(self._indexed, queue, self._create_key_index)
+
+    async def _once(
+        self,
+        done: dict[str, asyncio.Future[None]],
+        queue: str,
+        make: Callable[[AsyncConnection[Any], str], Awaitable[None]],
+    ) -> None:
+        """`make(conn, queue)` once per store for `queue`, remembered in `done`; callers that
+        come meanwhile wait for the same run, and a failed one is tried again next time."""
+        ready = done.get(queue)
         if ready is None:
-            ready = self._ready[queue] = asyncio.ensure_future(self.run(lambda conn: self._create(conn, queue)))
+            ready = done[queue] = asyncio.ensure_future(self.run(lambda conn: make(conn, queue)))
         try:
             await asyncio.shield(ready)
         except BaseException:
-            if ready.done() and self._ready.get(queue) is ready:
-                del self._ready[queue]  # a failed creation is tried again next time
+            if ready.done() and done.get(queue) is ready:
+                del done[queue]
             raise
 
     def forget_queue(self, queue: str) -> None:
-        """Create `queue` again on next use (someone dropped it)."""
+        """Create `queue` (and its key index, if it had one) again on next use (someone dropped it)."""
         self._ready.pop(queue, None)
+        self._indexed.pop(queue, None)
 
     async def _create(self, conn: AsyncConnection[Any], queue: str) -> None:
         sql = statements_for(queue)
@@ -211,6 +234,16 @@ class Connection:
                 row = await cur.fetchone()
                 if not row or not row[0]:  # a throttle someone else chose is left alone
                     await conn.execute(sql["enable_notify"], params)
+
+    async def _create_key_index(self, conn: AsyncConnection[Any], queue: str) -> None:
+        sql = statements_for(queue)
+        cur = await conn.execute(sql["key_index_exists"], {"index": f'pgmq."{key_index_of(queue)}"'})
+        row = await cur.fetchone()
+        if row and row[0]:
+            return  # made by an earlier process: CREATE INDEX would take a lock even so
+        async with conn.transaction():
+            await conn.execute(sql["lock_queue"], {"queue": queue})
+            await conn.execute(sql["create_key_index"])
 
 
 def _split(script: str) -> list[str]:

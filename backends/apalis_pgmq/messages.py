@@ -7,9 +7,10 @@ msgpack codec, or bytes that do not parse) is stored as a JSON string of its bas
 that would change the payload's bytes, its exact text also travels in the headers (`"text"`).
 
 What pgmq has no column for lives in the message headers under the key "apalis": max_attempts,
-idempotency key, meta, and once known the last error, the attempt that failed (`failed_ct`),
-`status: "killed"` and the handler's `result` (JSON text). Foreign messages without these
-headers get the worker's defaults.
+idempotency key, meta, the key its queue's global limits count it under (`limit_key`, read by
+the claim within limits through an index: `sql/limits.sql`), and once known the last error, the
+attempt that failed (`failed_ct`), `status: "killed"` and the handler's `result` (JSON text).
+Foreign messages without these headers get the worker's defaults.
 """
 
 from __future__ import annotations
@@ -69,11 +70,14 @@ def _plain_headers(max_attempts: int, enc: str | None) -> str:
 
 def encode_headers(task: NewTask, enc: str | None, text: str) -> str:
     """The message headers carrying what pgmq has no column for."""
-    if task.idempotency_key is None and not task.meta and not task.priority and enc != "text":
+    plain = task.idempotency_key is None and task.limit_key is None
+    if plain and not task.meta and not task.priority and enc != "text":
         return _plain_headers(task.max_attempts, enc)  # the common case, built once
     apalis: dict[str, Any] = {"max_attempts": task.max_attempts}
     if task.idempotency_key is not None:
         apalis["key"] = task.idempotency_key
+    if task.limit_key is not None:
+        apalis["limit_key"] = task.limit_key
     if task.meta:
         apalis["meta"] = dict(task.meta)
     if task.priority:

@@ -11,14 +11,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.control import tell_cancel
+from apalis_cli.fleet import KeyedClaims
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
+from apalis_sql.limits import LimitedClaims
 
 from .control import PgmqControl
 from .inspector import PgmqInspector
+from .limits import PgmqLimits
 from .messages import encode_headers, encode_message, task_of
 from .statements import statements_for
 from .unique import PgmqUnique
@@ -38,12 +41,8 @@ CAPABILITIES = Capabilities(
             "when its vt ends and counts as a read, like a dead worker's"
         ),
         Capability.CLAIMS_AHEAD: "pgmq.delete/archive (the ack) and pgmq.read (the claim) are called apart",
-        Capability.FLEET_LIMITS: (
-            "a pgmq message has no key column and its queue table no index apalis may add, so a claim "
-            "cannot find the next task of a key, nor count the running ones, without reading the whole queue"
-        ),
     },
-    offers=frozenset({Capability.UNIQUE}),
+    offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}),
 )
 
 EXHAUSTED = "its worker stopped extending its lease while running this task, and its attempts are exhausted"
@@ -63,6 +62,7 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
         self._sql = statements_for(queue)
         self._as_json = codec.name == "json"
         self._waker = connection.waker(queue)
+        self._limited = LimitedClaims(PgmqLimits(connection, self._sql, self._checked), queue, decode=self._claimed)
 
     async def prepare(self) -> None:
         """`pgmq.create` the queue unless it exists (`apalis check`); a queue pgmq's own client
@@ -218,32 +218,30 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         """Messages read with `pgmq.read` in batches of the worker's free slots, leased for
-        `stale_after` (rounded up to whole seconds, as pgmq.read takes)."""
+        `stale_after` (rounded up to whole seconds, as pgmq.read takes); a worker with global
+        limits claims within them instead (`apalis_pgmq.limits`)."""
         lease = max(1, math.ceil(worker.stale_after))
         self._connection.listen(self.queue)
+        limits = worker.limits
+        if limits is not None:
+            self._limited.workers[worker.id] = KeyedClaims(limits)
+        claim_params = {"lease": lease}
 
         async def fetch(limit: int) -> list[Task[bytes]]:
             while True:
-                rows = await self._rows("read", {"lease": lease, "qty": limit})
+                if limits is None:
+                    rows = await self._rows("read", {"lease": lease, "qty": limit, "worker": worker.id})
+                    claimed = [self._claimed(row) for row in rows]
+                else:
+                    if limits.keyed:
+                        await self._connection.ensure_key_index(self.queue)
+                    claimed = await self._limited.claim(worker.id, limit, claim_params)
                 tasks: list[Task[bytes]] = []
                 doomed: list[tuple[Task[bytes], Outcome]] = []
-                for msg_id, read_ct, enqueued_at, message, apalis in rows:
-                    task = task_of(
-                        self.queue,
-                        msg_id,
-                        read_ct,
-                        message,
-                        apalis,
-                        status=Status.RUNNING,
-                        default_max_attempts=self.max_attempts,
-                        created_at=enqueued_at,
-                        run_at=enqueued_at,
-                        lock_by=worker.id,
-                    )
-                    cancel = apalis.get("cancel") if isinstance(apalis, dict) else None
-                    if isinstance(cancel, str):
+                for task in claimed:
+                    if task.ctx.cancel_reason is not None:
                         # Cancelled while a worker ran it, and that run was lost: it never runs again.
-                        doomed.append((task, Outcome.cancel(cancel)))
+                        doomed.append((task, Outcome.cancel(task.ctx.cancel_reason)))
                     elif task.ctx.attempts > task.ctx.max_attempts:
                         # Read once more than allowed: the previous reader died on its last attempt.
                         doomed.append((task, Outcome.kill(EXHAUSTED)))
@@ -251,13 +249,47 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
                         tasks.append(task)
                 if doomed:
                     await self.ack_batch(doomed)
-                if tasks or not rows:
+                if tasks or not claimed:
                     return tasks
 
         async def release(tasks: Sequence[Task[bytes]]) -> None:
             await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
-        return poll_batches(worker, fetch, release, self._waker)
+        stream = poll_batches(worker, fetch, release, self._waker)
+        return stream if limits is None else self._limited_stream(worker.id, stream)
+
+    async def _limited_stream(
+        self, worker_id: str, stream: AsyncIterator[Task[bytes] | None]
+    ) -> AsyncIterator[Task[bytes] | None]:
+        """`stream`; the worker's limited claiming is forgotten when it closes."""
+        try:
+            async for task in stream:
+                yield task
+        finally:
+            self._limited.forget(worker_id)
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    def _claimed(self, row: Sequence[Any]) -> Task[bytes]:
+        """The task of a message just read (`read` and the limited claim's statements:
+        msg_id, read_ct, enqueued_at, message, its "apalis" headers, the reader's id); one whose
+        cancel was requested in a run since lost is marked cancelled (it never runs again)."""
+        msg_id, read_ct, enqueued_at, message, apalis, worker_id = row
+        task = task_of(
+            self.queue,
+            msg_id,
+            read_ct,
+            message,
+            apalis,
+            status=Status.RUNNING,
+            default_max_attempts=self.max_attempts,
+            created_at=enqueued_at,
+            run_at=enqueued_at,
+            lock_by=worker_id,
+        )
+        cancel = apalis.get("cancel") if isinstance(apalis, dict) else None
+        if isinstance(cancel, str):
+            task.ctx.mark_cancelled(cancel)
+        return task
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Extend the lease of every running task in one `pgmq.set_vt` (telling the worker again
@@ -349,7 +381,8 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
         if release[0]:
             statements.append(("release", {"ids": release[0], "cts": release[1]}))
         await self._execute(statements)
-        if release[0]:
+        if release[0] or (archive[0] and self._limited.workers):
+            # Released tasks are ready again; an end frees a slot a limited worker here may wait for.
             self._waker.notify()
 
 

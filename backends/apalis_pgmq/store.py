@@ -9,7 +9,9 @@ messages reappear by themselves with `read_ct + 1`; a message read more often th
 max_attempts is archived as killed instead of run. Idle workers wake on
 `pgmq.enable_notify_insert` notifications (throttled, see `PgmqConfig`) and otherwise poll with
 capped backoff. The pgmq schema must already be installed (extension or SQL script); apalis keeps
-only a worker registry and idempotency keys in its own schema `apalis_pgmq`.
+only a worker registry, idempotency and unique keys, pauses, waiters and rate states in its own
+schema `apalis_pgmq`. Global limits (`scope = "global"`) are held by a claim of its own on
+pgmq's tables (`apalis_pgmq.limits`).
 
 Decisions, for other pgmq clients and for `inspect`:
 - Killed tasks are archived (no dead-letter queue), with `status: "killed"` and the error in the
@@ -17,10 +19,15 @@ Decisions, for other pgmq clients and for `inspect`:
 - Idempotency keys live in `apalis_pgmq.keys` (queue, key -> msg_id) until `retention` passes.
 - Priorities are not offered: pgmq.read hands out the oldest visible message first.
 - A task id given to `push` is not kept: pgmq numbers its messages, and that number is the id.
+- A task's global limit key is its "apalis" header `limit_key`; a queue claimed by a worker with
+  a keyed limit gets one index, `pgmq.q_<queue>_apalis_key`, as pgmq's own `create_fifo_index`
+  adds one (see `sql/limits.sql`).
 - What pgmq has no function for writes its tables directly: the "apalis" headers (error, result,
   killed) just before `pgmq.archive` / `pgmq.set_vt`, `read_ct` given back to a released task (its
   attempt never started), an operator's `retry` (read_ct reset, or a killed message moved back
-  from the archive under its own id), and the `retention` purge of old archive rows.
+  from the archive under its own id), the `retention` purge of old archive rows, and a keyed
+  limited claim's read of the messages it chose (vt, read_ct and last_read_at set as pgmq.read
+  sets them).
 """
 
 from __future__ import annotations

@@ -20,18 +20,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from apalis_cli.backend import NewTask
 from apalis_cli.fleet import KeyedClaims, claim_round_async
 from apalis_cli.fleet.claim import QUEUE_RATE, ClaimRound, rate_key
+from apalis_cli.polling import Waker
 from apalis_cli.task import Task, TaskId
 
 from .database import Rows, Session, SqlDatabase
 from .rows import TASK_COLUMNS, encode_meta, task_from_row
 
-__all__ = ["LimitedClaims", "push_unique"]
+__all__ = ["LimitedClaims", "LimitsDatabase", "push_unique"]
+
+T = TypeVar("T")
 
 _KEYLESS_SCAN = 1000
 """How deep into the ready tasks a keyed claim looks for tasks pushed without a key (the ready
@@ -42,14 +45,42 @@ _FORGET_EVERY = 256
 _STATUS, _ATTEMPTS, _LOCK_BY = (TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by"))
 
 
+class LimitsDatabase(Protocol):
+    """What a limited claim asks of its store (an `SqlDatabase` has it; so has pgmq's, whose
+    statements claim messages of pgmq's own tables)."""
+
+    claims_by_select: bool
+    """The claim statements lock their rows and `limit_mark` claims them (MySQL)."""
+
+    def waker(self, queue: str) -> Waker:
+        """The in-process `Waker` of `queue`."""
+        ...
+
+    async def locked(
+        self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
+    ) -> T:
+        """`op` in one transaction holding the lock `lock` of `queue` and `key` (`SqlDatabase.locked`)."""
+        ...
+
+
 class LimitedClaims:
-    """The limited claiming of one queue's polling workers in this process, by worker id."""
+    """The limited claiming of one queue's polling workers in this process, by worker id.
 
-    __slots__ = ("_db", "_queue", "_timers", "workers")
+    `decode` makes a task of a row the claim statements return (the key, where a statement
+    adds it, cut off first): `task_from_row` for the SQL stores' tasks table."""
 
-    def __init__(self, db: SqlDatabase, queue: str) -> None:
+    __slots__ = ("_db", "_decode", "_queue", "_timers", "workers")
+
+    def __init__(
+        self,
+        db: LimitsDatabase,
+        queue: str,
+        *,
+        decode: Callable[[Sequence[Any]], Task[bytes]] = task_from_row,
+    ) -> None:
         self._db = db
         self._queue = queue
+        self._decode = decode
         self.workers: dict[str, KeyedClaims] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
@@ -60,11 +91,13 @@ class LimitedClaims:
         if timer is not None:
             timer.cancel()
 
-    async def claim(self, worker_id: str, want: int) -> list[Task[bytes]]:
-        """Up to `want` tasks for `worker_id` within its limits, in one locked transaction."""
+    async def claim(self, worker_id: str, want: int, params: Mapping[str, Any] | None = None) -> list[Task[bytes]]:
+        """Up to `want` tasks for `worker_id` within its limits, in one locked transaction;
+        `params` go to the claim statements besides the queue and the worker (pgmq: the lease)."""
         state = self.workers[worker_id]
+        extra = params or {}
         claimed, done, now = await self._db.locked(
-            "limits", self._queue, "", lambda s: self._claim(s, worker_id, want, state), durable=False
+            "limits", self._queue, "", lambda s: self._claim(s, worker_id, want, state, extra), durable=False
         )
         if done is not None:
             state.claimed(done)
@@ -84,9 +117,9 @@ class LimitedClaims:
         self._timers[worker_id] = loop.call_at(when, self._db.waker(self._queue).notify)
 
     async def _claim(
-        self, s: Session, worker_id: str, want: int, state: KeyedClaims
+        self, s: Session, worker_id: str, want: int, state: KeyedClaims, extra: Mapping[str, Any]
     ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
-        db, queue, limits = self._db, self._queue, state.limits
+        db, queue, limits, decode = self._db, self._queue, state.limits, self._decode
         rows = await s.fetch("limit_state", {"queue": queue})
         now, paused, queue_tat, keyless_tat = float(rows[0][0]), bool(rows[0][1]), rows[0][2], rows[0][3]
         if paused:
@@ -100,7 +133,7 @@ class LimitedClaims:
         claimed: list[Task[bytes]] = []
 
         async def lock(name: str, params: Mapping[str, Any]) -> Rows:
-            got = await s.fetch(name, {"queue": queue, "worker": worker_id, **params})
+            got = await s.fetch(name, {"queue": queue, "worker": worker_id, **extra, **params})
             if got and db.claims_by_select:  # the rows are locked, not yet claimed
                 await s.execute("limit_mark", {"worker": worker_id, "ids": [row[0] for row in got]})
                 return [_as_claimed(row, worker_id) for row in got]
@@ -119,14 +152,14 @@ class LimitedClaims:
         async def take_heads(keys: Sequence[str]) -> Mapping[str, int]:
             taken: dict[str, int] = {}
             for row in await lock("limit_heads", {"keys": json.dumps(list(keys))}):
-                claimed.append(task_from_row(row[:-1]))
+                claimed.append(decode(row[:-1]))
                 taken[row[-1]] = taken.get(row[-1], 0) + 1
             return taken
 
         async def take(key: str | None, count: int) -> int:
             statement = "limit_keyless" if limits.keyed else "limit_take"
             got = await lock(statement, {"limit": count, "scan": _KEYLESS_SCAN})
-            claimed.extend(task_from_row(row) for row in got)
+            claimed.extend(decode(row) for row in got)
             return len(got)
 
         done = await claim_round_async(

@@ -1,5 +1,5 @@
 """Global limits with real daemons: three `apalis run` processes on one store (a SQLite file, a
-Redis, PostgreSQL or MariaDB server) hold a per-key concurrency (sampled from the store all
+Redis, PostgreSQL or MariaDB server, pgmq in PostgreSQL) hold a per-key concurrency (sampled from the store all
 along), a fleet-wide rate over 20 seconds, and a killed daemon's slots come back within
 `stale_after`."""
 
@@ -239,7 +239,66 @@ class MysqlSampler(SqlSampler):
         self._loop.close()
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres", "mysql"])
+class PgmqSampler(SqlSampler):
+    """A database of the test's own with pgmq's real SQL loaded: the daemons' queue is pgmq's
+    table `pgmq.q_imports` (its archive `pgmq.a_imports`), with what apalis keeps in the message
+    headers under "apalis", and the worker registry `apalis_pgmq.workers`."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        import psycopg
+
+        from ..integration.pgmq_install import pgmq_sql, with_database
+
+        self.server_url = url
+        self.database = f"fleet_pgmq_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        self.url = with_database(url, self.database)
+        with psycopg.connect(self.url) as conn:
+            conn.execute(pgmq_sql())
+        self.backend = f'kind = "pgmq"\nurl = "{self.url}"'
+        self.workers_table = "apalis_pgmq.workers"
+        self._conn: Any = None
+
+    async def _query(self, statement: str, args: tuple[Any, ...]) -> list[Any]:
+        import psycopg
+
+        if self._conn is None:
+            self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        return list(await (await self._conn.execute(statement, args)).fetchall())
+
+    def running_by_key(self) -> dict[str, int]:
+        # Running as apalis_pgmq's status says: read, its lease alive, not waiting for a retry.
+        rows = self.query(
+            "SELECT headers -> 'apalis' ->> 'limit_key', count(*) FROM pgmq.q_imports"
+            " WHERE read_ct > 0 AND vt > clock_timestamp()"
+            " AND (headers -> 'apalis' -> 'failed_ct') IS DISTINCT FROM to_jsonb(read_ct)"
+            " GROUP BY 1"
+        )
+        return {str(key): int(n) for key, n in rows}
+
+    def done(self) -> int:
+        statement = "SELECT count(*) FROM pgmq.a_imports WHERE NOT headers -> 'apalis' ? 'status'"
+        return int(self.query(statement)[0][0])
+
+    def results(self) -> list[float]:
+        rows = self.query(
+            "SELECT headers -> 'apalis' ->> 'result' FROM pgmq.a_imports WHERE headers -> 'apalis' ? 'result'"
+        )
+        return [float(r) for (r,) in rows]
+
+    def close(self) -> None:
+        import psycopg
+
+        if self._conn is not None:
+            self._loop.run_until_complete(self._conn.close())
+        self._loop.close()
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres", "mysql", "pgmq"])
 def store(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Sampler]:
     """The store the daemons share, and a way to read it apart from them."""
     (tmp_path / "fleet_handlers.py").write_text(HANDLERS)
@@ -251,6 +310,8 @@ def store(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Ite
         sampler = RedisSampler(need_server("redis"))
     elif kind == "postgres":
         sampler = PostgresSampler(need_server("postgres"))
+    elif kind == "pgmq":
+        sampler = PgmqSampler(need_server("postgres"))
     else:
         sampler = MysqlSampler(need_server("mysql"))
     yield sampler

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-__all__ = ["PGMQ_VERSION", "pgmq_sql", "scratch_database"]
+__all__ = ["PGMQ_VERSION", "pgmq_sql", "scratch_database", "with_database"]
 
 PGMQ_VERSION = "1.13.0"
 _WHEEL = "pgmq==1.1.4"
@@ -44,7 +44,8 @@ def pgmq_sql() -> str:
         return zipfile.ZipFile(wheel).read("pgmq/sql/pgmq.sql").decode()
 
 
-def _with_database(url: str, database: str) -> str:
+def with_database(url: str, database: str) -> str:
+    """`url` with `database` in place of its own."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
@@ -56,7 +57,7 @@ def scratch_database(url: str) -> str:
     name = f"apalis_pgmq_{os.urandom(5).hex()}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    made = _with_database(url, name)
+    made = with_database(url, name)
     atexit.register(_drop, url, name)
     with psycopg.connect(made) as conn:
         conn.execute(pgmq_sql())

@@ -503,3 +503,73 @@ async def test_unique_holders_that_hold_nothing_leave_the_list(store: PgmqStore,
     assert [key for (key,) in await sql(pgmq_url, listed, (queue,))] == ["held"]
     assert await backend.push({"n": 4}, unique={"key": "held"}) == held
     assert await backend.push({"n": 5}, unique={"key": "short"}) != short
+
+
+async def test_a_foreign_message_with_a_limit_key_header_waits_for_its_keys_slot(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """A producer on pgmq's own client keys its message for a global limit with the header
+    `{"apalis": {"limit_key": ...}}` (README): it waits while its key is at its limit, and a
+    message of another key runs past it."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    backend = store.backend(queue, codec=JsonCodec())
+    holder = await backend.push({"account": "a", "n": 0}, limit_key="a")
+    client = official_client(pgmq_url)
+    try:
+        same = await asyncio.to_thread(client.send, queue, {"account": "a", "n": 1}, {"apalis": {"limit_key": "a"}})
+        other = await asyncio.to_thread(client.send, queue, {"account": "b", "n": 2}, {"apalis": {"limit_key": "b"}})
+    finally:
+        await asyncio.to_thread(client.close)
+    release = asyncio.Event()
+    started: list[str] = []
+    ran = {str(other): asyncio.Event(), str(same): asyncio.Event()}
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append(task.id)
+        if task.id in ran:
+            ran[task.id].set()
+        if task.id == holder:
+            await release.wait()
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    worker = Worker(name="w", backend=backend, handler=handler, concurrency=3, layers=[limit], keep_alive=0.2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await ran[str(other)].wait()
+        await asyncio.sleep(0.3)  # time enough for a claim of the key's second message, were it let
+        assert started == [holder, str(other)], "the key's second message waits for its slot; key b runs"
+        release.set()
+        async with asyncio.timeout(10):
+            await ran[str(same)].wait()
+    finally:
+        release.set()
+        stop.set()
+        await running
+
+
+async def test_a_keyed_limit_gives_the_queue_its_key_index_again_after_a_drop(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """The index a keyed limit's claim steps through (README) is made at the first such claim,
+    and made again when the queue was dropped and created anew meanwhile."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    backend = store.backend(queue, codec=JsonCodec())
+    index = f"pgmq.q_{queue}_apalis_key"
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(args["n"])
+
+    for n in (0, 1):
+        await backend.push({"account": "a", "n": n}, limit_key="a")
+        worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+        await run_until(worker, lambda n=n: n in seen)
+        assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(True,)]
+        if n == 0:
+            await sql(pgmq_url, "SELECT pgmq.drop_queue(%s)", (queue,))
+            assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(False,)]

@@ -40,7 +40,7 @@ ORDER BY n
 -- name: read
 -- The claim: pgmq.read hides up to qty messages for the lease; read_ct counts the attempts. A
 -- paused queue's claim reads none (the flag is checked in the claim itself).
-SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8, message, headers -> 'apalis'
+SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8, message, headers -> 'apalis', %(worker)s::text
 FROM pgmq.read(%(queue)s, %(lease)s, CASE
     WHEN EXISTS (SELECT 1 FROM apalis_pgmq.queues WHERE queue = %(queue)s AND paused) THEN 0 ELSE %(qty)s END)
 

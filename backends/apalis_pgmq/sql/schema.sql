@@ -1,5 +1,8 @@
 -- What apalis keeps beside pgmq, in its own schema: pgmq has no worker registry and no
--- idempotency keys. The pgmq queue and archive tables themselves are never altered.
+-- idempotency keys. The pgmq queue and archive tables themselves are never altered (a queue a
+-- worker with a keyed global limit claims from gets one index more: see limits.sql). Every
+-- statement can run again: the schema is brought up to date at each open, as pgmq's own
+-- install script creates what is missing.
 SELECT pg_advisory_xact_lock(hashtext('apalis_pgmq.schema'));
 CREATE SCHEMA IF NOT EXISTS apalis_pgmq;
 CREATE TABLE IF NOT EXISTS apalis_pgmq.workers (
@@ -48,3 +51,11 @@ CREATE TABLE IF NOT EXISTS apalis_pgmq.uniques (
     PRIMARY KEY (queue, key, msg_id)
 );
 CREATE INDEX IF NOT EXISTS uniques_by_age ON apalis_pgmq.uniques (queue, msg_id);
+-- A global rate's state per queue and key (apalis_cli.fleet): its theoretical arrival time
+-- (GCRA). A time in the past means a full burst is available, so old rows are dropped at will.
+CREATE TABLE IF NOT EXISTS apalis_pgmq.limit_rates (
+    queue text NOT NULL,
+    state text NOT NULL,
+    tat   float8 NOT NULL,
+    PRIMARY KEY (queue, state)
+);

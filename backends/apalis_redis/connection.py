@@ -291,7 +291,7 @@ class Connection:
         if self._client is not None:
             return
         client = await connect_checked(self.url, self.client_name, self.contact, cluster=self.cluster)
-        self._lane = None if self.cluster else Lane(client)
+        self._lane = None if self.cluster else Lane(client, self.contact)
         self.scripts = register(client, self._texts, self._lane)
         if self._wake_prefix is not None or self.control_prefix is not None:
             self._wakeups = Wakeups(client, self._wake_prefix, self.control_prefix, self.signals)

@@ -1,13 +1,13 @@
 """The stores' Lua scripts, called the short way: EVALSHA written straight onto a connection of
-the store's own and its reply read back.
+the store's own (`link.Link`) and its reply read back.
 
-redis-py's connections still do everything a connection must (AUTH, SELECT, CLIENT SETNAME,
-TLS, unix sockets, the socket timeout on every read) and its retry policy still retries a
-dropped connection (and tells `Contact`), but a call skips the rest of its command machinery:
-the pool's lock and checks, the per-command observability hooks, the script object's checks,
-and the `asyncio.wait_for` around every write (on Python 3.11 a task and a loop pass of its
-own for a write that the socket took at once). One call cost about 75-100 µs of CPU through
-`Script.__call__` and 30-35 µs this way (bench/README.md, "Where a lone task's time goes").
+redis-py makes and greets that connection (AUTH, SELECT, CLIENT SETNAME, TLS, unix sockets) and
+its retry policy retries a call that found it dropped (and tells `Contact`), but a call skips
+the rest of its command machinery: the pool's lock and checks, the per-command observability
+hooks, the script object's checks, the `asyncio.wait_for` around every write, the stream reader
+and the timeout context around every read. One call cost about 75-100 µs of CPU through
+`Script.__call__`, 30-35 µs written on a redis-py connection, less on the link
+(bench/README.md, "Where a lone task's time goes").
 
 A script the server does not know (NOSCRIPT: a restarted or flushed server) is loaded and the
 call made again. Pipelines (`client=`) and Redis Cluster, which routes each call to its slot's
@@ -16,10 +16,15 @@ node, go through redis-py's own script objects.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from apalis_cli.contact import Contact
 from apalis_cli.service import OutcomeKind
+
+from .link import Link
 
 __all__ = ["OUTCOME_CODES", "Lane", "Script", "register"]
 
@@ -34,53 +39,99 @@ OUTCOME_CODES = {
 
 
 class Lane:
-    """The store's own connections for script calls: one per call in flight, kept for reuse."""
+    """The store's own connection for script calls (`link.Link`): every call in flight shares
+    it, and one that fails for want of the server is retried on a new one."""
 
-    __slots__ = ("_all", "_idle", "_make")
+    __slots__ = ("_client", "_contact", "_link", "_opening")
 
-    def __init__(self, client: Any) -> None:
-        self._make = client.connection_pool.make_connection  # the client's settings and retry policy
-        self._idle: list[Any] = []
-        self._all: list[Any] = []  # as many as calls were ever in flight at once
+    def __init__(self, client: Any, contact: Contact | None = None) -> None:
+        self._client = client  # its pool makes the connections (its settings), its retry policy retries
+        self._contact = contact
+        self._link: Link | None = None
+        self._opening: asyncio.Future[Link] | None = None
 
     async def evalsha(self, script: Script, keys: Sequence[Any], args: Iterable[Any]) -> Any:
         """Run `script`; a dropped connection is retried as redis-py retries any command."""
-        from redis.exceptions import NoScriptError, ResponseError
-
-        if self._idle:
-            conn = self._idle.pop()
-        else:
-            conn = self._make()
-            self._all.append(conn)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        packed = _pack(command)
+        link = self._link
+        if packed is not None and link is not None and link.usable:
+            # The common case, in one try: an open link, a script the server knows.
+            from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+
+            try:
+                reply = await link.call(packed)
+            except (ConnectionError, TimeoutError):
+                if self._contact is not None:
+                    self._contact.lost()  # as redis-py's retry policy tells it (connection.py)
+            except NoScriptError:
+                pass  # loaded the slow way, then called again
+            else:
+                if self._contact is not None:
+                    self._contact.reached()
+                return reply
+        # The slow way: a new link, a reload, redis-py's retry policy.
+        return await self._slow(script, command)
+
+    async def _slow(self, script: Script, command: tuple[Any, ...]) -> Any:
+        from redis.exceptions import NoScriptError
+
+        packed = _pack(command) or self._client.connection_pool.make_connection().pack_command(*command)
+        retry = self._client.get_retry()
+
+        async def call(what: bytes | list[bytes]) -> Any:
+            link = await self._linked()
+            return await link.call(what if isinstance(what, bytes) else b"".join(what))
 
         async def dropped(error: Exception) -> None:
-            await conn.disconnect(nowait=True)
+            link = self._link
+            if link is not None and not link.usable:  # closed by its loss; another may be open
+                self._link = None
 
         try:
-            try:
-                reply = await conn.retry.call_with_retry(lambda: _call(conn, command), dropped)
-            except NoScriptError:
-                await conn.retry.call_with_retry(lambda: _call(conn, ("SCRIPT", "LOAD", script.text)), dropped)
-                reply = await conn.retry.call_with_retry(lambda: _call(conn, command), dropped)
-        except ResponseError:
-            self._idle.append(conn)  # the server refused the call: its reply was read in full
-            raise
-        except BaseException:
-            # A call cut short may leave its reply on the wire: never reuse that connection.
-            await conn.disconnect(nowait=True)
-            raise
-        self._idle.append(conn)
-        return reply
+            return await retry.call_with_retry(lambda: call(packed), dropped)
+        except NoScriptError:
+            load = _pack(("SCRIPT", "LOAD", script.text))
+            assert load is not None
+            await retry.call_with_retry(lambda: call(load), dropped)
+            return await retry.call_with_retry(lambda: call(packed), dropped)
+
+    async def _linked(self) -> Link:
+        """The open link, or a new one (one connect at a time, shared by every call waiting)."""
+        link = self._link
+        if link is not None and link.usable:
+            return link
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        opening = self._opening
+        try:
+            return await asyncio.shield(opening)
+        finally:
+            if self._opening is opening and opening.done():
+                self._opening = None
+
+    async def _open(self) -> Link:
+        pool = self._client.connection_pool
+        link = await Link.open(pool.make_connection(), pool.connection_kwargs.get("socket_timeout") or _TIMEOUT)
+        self._link = link
+        return link
 
     async def close(self) -> None:
-        """Close every connection (a call still in flight fails as on a dropped connection)."""
-        every, self._all, self._idle = self._all, [], []
-        for conn in every:
-            await conn.disconnect()
+        """Close the connection (a call still in flight fails as on a dropped connection)."""
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
 
-def _pack(command: tuple[Any, ...]) -> list[bytes] | None:
+_TIMEOUT = 10.0  # a reply's wait when the client has no socket timeout
+
+
+def _pack(command: tuple[Any, ...]) -> bytes | None:
     """`command` in Redis's protocol, for arguments of the kinds the scripts take (bytes, str,
     int, float); None for any other (redis-py packs those). A third of the CPU time of redis-py's
     packing, which encodes each argument through generators and checks."""
@@ -99,22 +150,7 @@ def _pack(command: tuple[Any, ...]) -> list[bytes] | None:
         else:
             return None
         append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return [b"".join(parts)]
-
-
-async def _call(conn: Any, command: tuple[Any, ...]) -> Any:
-    """Write `command` and read its reply."""
-    packed = _pack(command) or conn.pack_command(*command)
-    writer = getattr(conn, "_writer", None)
-    if not conn.is_connected or writer is None or writer.transport.is_closing():
-        await conn.send_packed_command(packed, check_health=False)  # connects, maps errors
-    else:
-        writer.writelines(packed)
-        if writer.transport.get_write_buffer_size():
-            # The socket did not take it all at once: wait for it as redis-py does, bounded by
-            # the socket timeout, its errors mapped to redis-py's.
-            await conn.send_packed_command([], check_health=False)
-    return await conn.read_response()
+    return b"".join(parts)
 
 
 class Script:

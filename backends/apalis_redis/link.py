@@ -1,0 +1,149 @@
+"""`Link`: one connection of the store's for its script calls, read by a protocol of its own.
+
+redis-py makes and greets the connection (AUTH, HELLO, SELECT, CLIENT SETNAME, TLS, unix
+sockets: everything the URL and the client's settings say); then this protocol takes its
+transport over. A call writes its command and gets a future that the reply fulfils, parsed by
+hiredis where it arrives (`data_received`): no stream reader, no task, no `asyncio.timeout`
+per call. Calls in flight at once share the connection (replies come in the order the commands
+were written), so a burst of pushes needs one connection, not one each.
+
+A push one at a time cost 94-126 µs of the client's CPU through redis-py's connection (its
+stream reader, a timeout context per read, its retry wrapper around every call) and 69-93 µs
+this way (three interleaved pairs; bench/README.md, "Where a lone task's time goes").
+
+A reply that never comes (a peer gone without a reset) fails every call in flight with
+redis-py's `TimeoutError` once `reply_within` seconds passed without any reply (checked by one timer per
+connection, not one per call); a dropped connection fails them with its `ConnectionError`. The
+caller retries on a new link: the scripts are safe to run twice. A caller cancelled while it
+waits leaves its reply to be read and dropped: the connection stays in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+__all__ = ["Link"]
+
+
+class Link(asyncio.Protocol):
+    """A connection redis-py opened, taken over for pipelined calls (`open`, `call`, `close`)."""
+
+    def __init__(self, transport: asyncio.BaseTransport, reply_within: float) -> None:
+        import hiredis
+        from redis._parsers.base import BaseParser
+        from redis.exceptions import InvalidResponse
+
+        self._transport: Any = transport
+        self._writer: Any = None
+        self._timeout = reply_within
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._lost: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._replies = 0  # replies read so far, for the timer: did any come since it last looked?
+        self._looked_at = -1
+
+    @classmethod
+    async def open(cls, connection: Any, reply_within: float) -> Link:
+        """A link over redis-py's `connection` (from the client's pool: its settings), connected
+        and greeted by redis-py; the connection is this link's from now on."""
+        await connection.connect()
+        writer = getattr(connection, "_writer", None)
+        if writer is None:  # not a stream connection of the kind this knows: no fast path
+            await connection.disconnect()
+            raise TypeError(f"cannot take over a {type(connection).__name__}")
+        transport = writer.transport
+        link = cls(transport, reply_within)
+        link._writer = writer  # kept: a stream writer closes its transport when collected
+        left = bytes(getattr(connection._reader, "_buffer", b""))  # nothing, after a greeting
+        transport.set_protocol(link)
+        # redis-py lets go of it (its streams unused from now on; no "unclosed" warning).
+        connection._writer = connection._reader = None
+        if left:
+            link.data_received(left)
+        return link
+
+    @property
+    def usable(self) -> bool:
+        """False once the connection was lost or closed: make a new link."""
+        return self._lost is None
+
+    def call(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write one command (already packed in Redis's protocol); its reply fulfils the future
+        (an error reply raises, as redis-py raises it: `ResponseError`, `NoScriptError`...)."""
+        if self._lost is not None:
+            raise self._lost
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(reply)
+        self._transport.write(packed)
+        if self._timer is None:
+            self._looked_at = -1
+            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._look)
+        return reply
+
+    def close(self) -> None:
+        """Close the connection; calls still in flight fail as on a dropped connection."""
+        self._transport.close()
+        from redis.exceptions import ConnectionError
+
+        self._fail(ConnectionError("the connection was closed"))
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiting = self._reader, self._waiting
+        reader.feed(data)
+        while waiting:
+            try:
+                reply = reader.gets()
+            except Exception as exc:  # bytes that are not Redis's protocol: nothing after is safe
+                self._transport.close()
+                self._fail(exc)
+                return
+            if reply is False:  # not a whole reply yet (RESP2 has no boolean)
+                return
+            self._replies += 1
+            future = waiting.popleft()
+            if future.done():
+                continue  # its caller was cancelled: the reply is read and dropped
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        from redis.exceptions import ConnectionError
+
+        self._fail(ConnectionError(f"Error while reading from the server: {exc or 'connection closed'}"))
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself, then connection_lost fails what waits
+
+    # -- the reply timer -------------------------------------------------------------------
+
+    def _look(self) -> None:
+        """Every `reply_within` seconds while calls wait: fail them all when no reply came since the last look."""
+        self._timer = None
+        if not self._waiting or self._lost is not None:
+            return
+        if self._replies == self._looked_at:
+            from redis.exceptions import TimeoutError
+
+            self._transport.abort()
+            self._fail(TimeoutError(f"no reply from the server within {self._timeout:g} s"))
+            return
+        self._looked_at = self._replies
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._look)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._lost is None:
+            self._lost = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, collections.deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(self._lost)

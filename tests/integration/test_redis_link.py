@@ -1,0 +1,99 @@
+"""The Redis store's own connection for its scripts (`apalis_redis.link`): calls in flight share
+it and each gets its own reply, a cancelled call leaves it in step, and a server that stops
+answering fails the calls instead of leaving them waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from apalis_cli.codec import JsonCodec
+from apalis_redis import RedisStore
+from apalis_redis.link import Link
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError, TimeoutError
+
+from ..services import need_binary
+from .test_redis_backend import _free_port, _start_redis
+
+STORE_KINDS = ("redis",)
+"""The store kind(s) the tests taking `store` run on (tests/integration/conftest.py)."""
+
+
+async def _connections_named(store: RedisStore) -> int:
+    admin = Redis.from_url(store.config.url)
+    try:
+        listed = await admin.client_list()
+    finally:
+        await admin.aclose()
+    return sum(1 for client in listed if client.get("name") == store.client_name)
+
+
+async def test_pushes_in_flight_together_share_a_connection_and_each_gets_its_own_id(store: RedisStore) -> None:
+    backend = store.backend("together", codec=JsonCodec())
+    wanted = [f"t{n:04d}" for n in range(300)]
+    ids = await asyncio.gather(*(backend.push({"n": n}, task_id=tid) for n, tid in enumerate(wanted)))
+    assert ids == wanted
+    for n in (0, 150, 299):
+        task = await backend.get(wanted[n])
+        assert task is not None
+        assert JsonCodec().decode(task.args) == {"n": n}
+    # One connection for the 300 calls (and the client's own, that checked the server at open).
+    assert await _connections_named(store) <= 2
+
+
+async def test_a_push_cancelled_in_flight_leaves_later_pushes_their_own_replies(store: RedisStore) -> None:
+    backend = store.backend("cancelled", codec=JsonCodec())
+    calls = [asyncio.ensure_future(backend.push({"n": n}, task_id=f"c{n:03d}")) for n in range(40)]
+    await asyncio.sleep(0)  # written, their replies on their way
+    for call in calls[::2]:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    for n in range(40, 60):
+        assert await backend.push({"n": n}, task_id=f"c{n:03d}") == f"c{n:03d}"
+    assert [await backend.push({"again": n}, idempotency_key=f"k{n}") for n in range(3)] == [
+        await backend.push({"again": n}, idempotency_key=f"k{n}") for n in range(3)
+    ]
+    kept = [call.result() for call in calls[1::2]]
+    assert kept == [f"c{n:03d}" for n in range(1, 40, 2)]
+
+
+async def test_an_error_reply_fails_its_own_call_only(store: RedisStore) -> None:
+    connection = store.client.connection_pool.make_connection()
+    link = await Link.open(connection, 5.0)
+    try:
+        first = link.call(b"*3\r\n$4\r\nEVAL\r\n$14\r\nreturn 'first'\r\n$1\r\n0\r\n")
+        bad = link.call(b"*3\r\n$4\r\nEVAL\r\n$22\r\nreturn redis.call('x')\r\n$1\r\n0\r\n")
+        last = link.call(b"*1\r\n$4\r\nPING\r\n")
+        assert await first == b"first"
+        with pytest.raises(ResponseError):
+            await bad
+        assert await last == b"PONG"
+        assert link.usable
+    finally:
+        link.close()
+
+
+async def test_a_server_that_stops_answering_fails_the_calls_in_flight(tmp_path: Path) -> None:
+    need_binary("redis-server")
+    port = _free_port()
+    server = _start_redis(port, tmp_path)
+    client = Redis(host="127.0.0.1", port=port)
+    link = await Link.open(client.connection_pool.make_connection(), 0.2)  # type: ignore[no-untyped-call]
+    try:
+        assert await link.call(b"*1\r\n$4\r\nPING\r\n") == b"PONG"
+        os.kill(server.pid, signal.SIGSTOP)  # up, connected, and silent
+        calls = [link.call(b"*1\r\n$4\r\nPING\r\n") for _ in range(3)]
+        for call in calls:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(call, 30)  # a guard: the link's own timer fails it first
+        assert not link.usable
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        link.close()
+        await client.aclose()
+        server.terminate()
+        server.wait(10)

@@ -8,8 +8,10 @@ worker with a keyed limit first claims) lets a claim step from key to key and ta
 oldest ready message, so a key at its limit costs one index step however deep its backlog.
 Messages in flight are those read and hidden by a live lease (vt), the lease its worker's
 heartbeat extends: a killed worker's slots come back when its leases end. A chosen message is
-read as `pgmq.read` reads one (vt moved by the lease, read_ct + 1); a queue-wide limit without a
-key claims with `pgmq.read` itself. Rates are GCRA times per key in `apalis_pgmq.limit_rates`.
+read as `pgmq.read` reads one (vt moved by the lease, read_ct + 1), by a statement of ours that
+counts as ready what was due when the claim began: `pgmq.read` would read the clock in a snapshot
+of its own, and hand out a message pushed after a pause the claim had not seen yet. Rates are
+GCRA times per key in `apalis_pgmq.limit_rates`.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ Decisions, for other pgmq clients and for `inspect`:
 - What pgmq has no function for writes its tables directly: the "apalis" headers (error, result,
   killed) just before `pgmq.archive` / `pgmq.set_vt`, `read_ct` given back to a released task (its
   attempt never started), an operator's `retry` (read_ct reset, or a killed message moved back
-  from the archive under its own id), the `retention` purge of old archive rows, and a keyed
-  limited claim's read of the messages it chose (vt, read_ct and last_read_at set as pgmq.read
+  from the archive under its own id), the `retention` purge of old archive rows, and a limited
+  claim's read of the messages it chose (vt, read_ct and last_read_at set as pgmq.read
   sets them).
 """
 

@@ -7,7 +7,8 @@ transaction on MySQL), so every daemon's limited claims of a queue take turns an
 count another is about to change. Running counts come from the running rows themselves, so a
 dead worker's slots come back with its leases (the orphan sweep, after `stale_after`); a rate
 is one GCRA time per key in `limit_rates`; the clock is the server's. Tasks over a limit stay
-pending and unclaimed; keys under theirs are claimed past them.
+pending and unclaimed; keys under theirs are claimed past them. The pgmq store runs the same
+claim over statements of its own on pgmq's tables (`apalis_pgmq.limits`).
 
 A unique push is answered from the rows: a duplicate found by a plain read answers a `skip` at
 once (the holder was committed: the push is as if it came just then); otherwise the push takes

@@ -573,3 +573,46 @@ async def test_a_keyed_limit_gives_the_queue_its_key_index_again_after_a_drop(
         if n == 0:
             await sql(pgmq_url, "SELECT pgmq.drop_queue(%s)", (queue,))
             assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(False,)]
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "queue-wide"])
+async def test_a_pause_during_a_limited_claim_holds_back_what_was_pushed_after_it(
+    store: PgmqStore, pgmq_url: str, queue: str, monkeypatch: pytest.MonkeyPatch, keyed: bool
+) -> None:
+    """A limited claim reads the pause first, then the messages: a pause that commits between
+    the two, and a push after the pause, must not meet in that claim (the claim reads the pause
+    again in the snapshot it reads the messages in)."""
+    from apalis_cli.backend import WorkerContext
+    from apalis_cli.fleet import fleet_limits
+    from apalis_cli.layers import ConcurrencyLayer
+    from apalis_pgmq import limits
+
+    backend = store.backend(queue, codec=JsonCodec())
+    await backend.stats()  # creates the queue
+    fetch = limits._Session.fetch
+    pushed: list[str] = []
+
+    async def pause_and_push_after_the_state(session: Any, name: str, params: Any) -> Any:
+        rows = await fetch(session, name, params)
+        if name == "limit_state" and not pushed:  # another process pauses the queue, then pushes
+            await backend.pause()
+            pushed.append(await backend.push({"account": "a"}, limit_key="a"))
+        return rows
+
+    monkeypatch.setattr(limits._Session, "fetch", pause_and_push_after_the_state)
+    layer = ConcurrencyLayer(5, scope="global", key="account" if keyed else None)
+    worker = WorkerContext(
+        id=f"w-{os.urandom(4).hex()}",
+        name="w",
+        queue=queue,
+        concurrency=5,
+        stale_after=5.0,
+        free_slots=lambda: 5,
+        limits=fleet_limits([layer]),
+    )
+    stream = backend.poll_compact(worker)
+    try:
+        assert await anext(stream) is None, "the claim hands out nothing"
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert [(t.id, t.ctx.status) for t in await backend.list_tasks()] == [(pushed[0], Status.PENDING)]

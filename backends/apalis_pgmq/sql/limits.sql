@@ -5,8 +5,9 @@
 -- a queue's messages by key, then vt: a key's ready messages come first in its range, and the
 -- messages it has in flight last. "Ready" is `vt <= now()`, the transaction's start (a stable
 -- value, so the index can check it): a message that came due while the claim waited for the
--- lock waits for the next claim. A claimed message is read as pgmq.read reads it: vt moved by
--- the lease, read_ct + 1, last_read_at now.
+-- lock waits for the next claim, and so does one pushed after a pause that committed while the
+-- claim was under way (after `limit_state` read the pause): the pause holds it back. A claimed
+-- message is read as pgmq.read reads it: vt moved by the lease, read_ct + 1, last_read_at now.
 
 -- name: _key
 (headers -> 'apalis' ->> 'limit_key') COLLATE "C"
@@ -100,9 +101,19 @@ WHERE m.msg_id = ANY(ARRAY(
 {_claimed}
 
 -- name: limit_take
--- Up to :limit messages in the queue's order (a queue-wide limit, no key): pgmq.read itself.
-SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8, message, headers -> 'apalis', %(worker)s::text
-FROM pgmq.read(%(queue)s, %(lease)s, %(limit)s)
+-- Up to :limit messages in the queue's order (a queue-wide limit, no key): pgmq.read's own
+-- statement, ready by `now()` (pgmq.read reads `clock_timestamp()` in a snapshot of its own, so
+-- it would hand out a message pushed after a pause that `limit_state` did not see yet).
+UPDATE {q} AS m
+{_read}
+WHERE m.msg_id = ANY(ARRAY(
+    SELECT msg_id FROM {q}
+    WHERE vt <= now()
+    ORDER BY msg_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+{_claimed}
 
 -- name: limit_rates_set
 -- :rates is a JSON array of [state, tat] pairs.

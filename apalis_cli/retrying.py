@@ -27,7 +27,7 @@ from typing import NoReturn, TypeVar
 from .contact import Contact
 from .errors import ConnectionLost, describe_error
 
-__all__ = ["RECONNECT_BUDGET", "delays", "keep_connected", "retrying"]
+__all__ = ["RECONNECT_BUDGET", "delays", "keep_connected", "retrying", "tries_within", "wait_after"]
 
 T = TypeVar("T")
 
@@ -41,10 +41,28 @@ it: a server restart is ridden out, and an outage is reported within half a minu
 def delays(first: float = 0.05, cap: float = 2.0, *, jitter: bool = True) -> Iterator[float]:
     """Endless waits in seconds: `first`, doubling up to `cap`; with `jitter` each is drawn
     from [50%, 100%) of that, so they still grow and never pass `cap`."""
-    wait = min(first, cap)
+    failures = 0
     while True:
-        yield wait * random.uniform(0.5, 1.0) if jitter else wait
-        wait = min(wait * 2, cap)
+        failures += 1
+        yield wait_after(failures, first, cap, jitter=jitter)
+
+
+def wait_after(failures: int, first: float = 0.05, cap: float = 2.0, *, jitter: bool = True) -> float:
+    """The wait after `failures` failed tries in a row: the `failures`-th of `delays()`, for a
+    caller that counts its tries instead of drawing from an iterator (redis-py's cluster client)."""
+    wait = min(first * 2.0 ** min(failures - 1, 64), cap)
+    return wait * random.uniform(0.5, 1.0) if jitter else wait
+
+
+def tries_within(budget: float = RECONNECT_BUDGET) -> int:
+    """How many tries again fit in `budget` seconds of `delays()` at their longest: the count for
+    a caller that is told a number of tries, not a time (redis-py's cluster client)."""
+    spent, tries = 0.0, 0
+    for wait in delays(jitter=False):
+        if spent + wait > budget:
+            return tries
+        spent, tries = spent + wait, tries + 1
+    raise AssertionError("unreachable: delays() never ends")
 
 
 async def retrying(

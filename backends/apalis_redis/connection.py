@@ -9,26 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
 import msgpack
 from apalis_cli.contact import Contact
-from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra
+from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra, describe_error
 from apalis_cli.polling import Waker
-from apalis_cli.redact import redact, secrets_in
-from apalis_cli.retrying import keep_connected
+from apalis_cli.redact import redact, redact_url, secrets_in
+from apalis_cli.retrying import RECONNECT_BUDGET, keep_connected, retrying, tries_within, wait_after
 
 from .config import cluster_seeds
 from .scripts import Lane, Script, register
 from .signals import ControlSignals
 
-__all__ = ["Connection", "OnConnection", "Wakeups", "connect", "connect_checked", "link_kept", "lua", "require_driver"]
+__all__ = [
+    "Connection",
+    "OnConnection",
+    "Patience",
+    "Wakeups",
+    "connect",
+    "connect_checked",
+    "link_kept",
+    "lua",
+    "require_driver",
+    "transient",
+]
 
-_RECONNECT_TRIES = 12
-_RECONNECT_CAP = 1.0
 _COMMAND_TIMEOUT = 10.0  # far above any script's run time: the scripts work in bounded batches
 _CONNECT_TIMEOUT = 5.0
 
@@ -43,14 +51,174 @@ def require_driver(kind: str) -> None:
         raise MissingExtra(f"backend \"{kind}\" needs the extra: pip install 'apalis-cli[redis]'") from None
 
 
-def connect(
-    url: str, client_name: str, contact: Contact | None = None, *, cluster: bool = False, retry: Any = None
-) -> Any:
-    """A redis-py asyncio client that reconnects and retries a command on a dropped connection
-    (about 6 s of backoff in all, capped at 1 s, unless `retry` says otherwise), with bytes
-    replies; `contact` hears of every try of every command (see `apalis_cli.contact`). With
-    `cluster`, a `RedisCluster` on the URL's seed nodes (`cluster_seeds`), which finds the others
-    and sends each queue's scripts to the node of its slot (it retries without telling `contact`).
+def transient(error: BaseException) -> bool:
+    """An error that a later try may not meet: the server is away (refused, reset, timed out),
+    loading its data after a restart (LOADING), a replica that is not (yet) the master
+    (READONLY, MASTERDOWN), or a cluster between two configurations (TRYAGAIN, CLUSTERDOWN, no
+    node reached). A refused password, a script's own error or NOSCRIPT are not."""
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthorizationError,
+        ClusterDownError,
+        ConnectionError,
+        ReadOnlyError,
+        RedisClusterUnreachableError,
+        SlotNotCoveredError,
+        TimeoutError,
+        TryAgainError,
+    )
+
+    if isinstance(error, AuthenticationError | AuthorizationError):
+        return False
+    return isinstance(
+        error,
+        ConnectionError  # BusyLoadingError (LOADING) is one
+        | TimeoutError
+        | ReadOnlyError
+        | TryAgainError
+        | ClusterDownError  # MasterDownError (MASTERDOWN) is one
+        | SlotNotCoveredError
+        | RedisClusterUnreachableError
+        | OSError,
+    )
+
+
+class Patience:
+    """How a store's commands ride out an outage: the core's retry (`apalis_cli.retrying`), its
+    backoff and its budget, in place of redis-py's own policy (which counted 12 tries, about 6 s).
+
+    redis-py runs every command of the client, every pipeline and every script call of
+    `scripts.Lane` through its connection's policy (`call_with_retry`); `policy()` is the one
+    given to them. A first try that succeeds costs what redis-py's own did, less: no backoff
+    object is reset, no wrapper awaited. Only a failure goes to `retrying`, which tries again
+    with the shared backoff until `budget` seconds have passed since that failure, then raises
+    one `ConnectionLost` line naming the store and its URL without the password.
+
+    A command is tried again also when it was sent and only its reply was lost (a reset, a
+    timeout, a server stopped after it ran the call), so each must be safe to run twice:
+    - enqueue: a known task id (or idempotency key, unique key) returns the stored id, and
+      inserts nothing twice;
+    - claim, claim_limited, and the claims ahead of ack: the tasks a lost reply claimed stay
+      claimed for the worker, whose next beat gives them back (lua/heartbeat.lua; rsmq's
+      receive leaves them to their lease, and its beat gives them back too);
+    - ack (both stores): an outcome applies only to a task its worker still holds; the second
+      run finds it ended and leaves it alone;
+    - heartbeat, farewell, beat: an upsert of the worker and sweeps of what is past its time;
+    - cancel, kill, retry, purge (operators): each acts on a task in the state it expects,
+      which a first run has left; the second answers as for a task already changed;
+    - pause, resume, wait's registration, rsmq's create: a SET, DEL, ZADD or HSETNX of the same
+      value; a PUBLISH sent twice wakes a poller twice;
+    - reads (browse, heads, activity, counts, inspection): nothing changes.
+    Two are not, and are tried again only when nothing was sent (`scripts.Script.repeatable`):
+    rsmq's send (the server makes its ids: a second run stores a second copy), and a bulk
+    action's batch (a second run would change up to as many tasks again, past the operator's
+    limit).
+
+    A Redis Cluster client counts tries, not time: it is given as many as `budget` holds
+    (`cluster_policy`); redis-py does not retry on the nodes' own connections, and follows MOVED
+    and ASK redirections without counting them as tries.
+    """
+
+    def __init__(self, what: str, secrets: Iterable[str], contact: Contact) -> None:
+        self.what = what
+        """The store and its URL, password hidden: the head of the line an outage ends with."""
+        self.secrets = tuple(secrets)
+        self.contact = contact
+        self.budget = RECONNECT_BUDGET
+        """Seconds a failing command is tried again (set it before `open` for a cluster)."""
+        self._policy: Any = None
+
+    def describe(self, error: BaseException) -> str:
+        """`error` in one line, without the URL's secrets."""
+        return describe_error(error, self.secrets)
+
+    def unsure(self, error: BaseException) -> ConnectionLost:
+        """The line for a call that was sent and lost its reply, and must not run twice."""
+        return ConnectionLost(f"{self.what}: {self.describe(error)} (not sent again: it may have been done)")
+
+    def policy(self) -> Any:
+        """The redis-py retry policy of this store's connections (one object, shared by all)."""
+        if self._policy is None:
+            self._policy = _make_policy(self)
+        return self._policy
+
+    def cluster_policy(self) -> Any:
+        """The retry count of a cluster client: the core's waits that fit in `budget`."""
+        from redis.asyncio.retry import Retry
+        from redis.backoff import AbstractBackoff
+
+        class Core(AbstractBackoff):
+            def compute(self, failures: int) -> float:
+                return wait_after(failures)
+
+        return Retry(Core(), tries_within(self.budget))
+
+    async def again(
+        self,
+        error: Exception,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[[Exception, int], Awaitable[Any]],
+    ) -> T:
+        """After `do()` failed with `error`: `do()` again while its failures are transient,
+        within the budget; `fail` (redis-py's: drop the connection) runs after each failure."""
+        failures = 1
+        if not transient(error):
+            raise error
+        self.contact.lost()
+        await fail(error, failures)
+
+        async def recover(again: BaseException) -> None:
+            nonlocal failures
+            failures += 1
+            await fail(again, failures)  # type: ignore[arg-type]  # transient(): an Exception
+
+        return await retrying(
+            do,
+            transient=transient,
+            recover=recover,
+            budget=self.budget,
+            what=self.what,
+            describe=self.describe,
+            contact=self.contact,
+        )
+
+
+def _make_policy(patience: Patience) -> Any:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    contact = patience.contact
+
+    class Patient(Retry):
+        async def call_with_retry(
+            self,
+            do: Callable[[], Awaitable[T]],
+            fail: Callable[..., Awaitable[Any]],
+            is_retryable: Callable[[Exception], bool] | None = None,
+            with_failure_count: bool = False,
+        ) -> T:
+            try:
+                result = await do()
+            except Exception as error:
+                if is_retryable is not None and not is_retryable(error):
+                    raise
+                failed = fail if with_failure_count else (lambda error, _: fail(error))
+                return await patience.again(error, do, failed)
+            contact.reached()
+            return result
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> Patient:
+            return self  # redis-py copies the policy into every connection: it keeps no state
+
+    return Patient(NoBackoff(), 0)
+
+
+def connect(url: str, client_name: str, patience: Patience, *, cluster: bool = False, retry: Any = None) -> Any:
+    """A redis-py asyncio client whose commands are tried again as `patience` says (unless
+    `retry` says otherwise), with bytes replies. With `cluster`, a `RedisCluster` on the URL's
+    seed nodes (`cluster_seeds`), which finds the others and sends each queue's scripts to the
+    node of its slot; it counts its tries (`Patience.cluster_policy`) without telling the
+    contact, and gives up in the same one line.
 
     A reply that never comes (a peer gone without a reset) times out after `_COMMAND_TIMEOUT`
     and counts as a dropped connection: an acknowledgement must never wait forever. Blocking
@@ -60,7 +228,7 @@ def connect(
 
     options: dict[str, Any] = {
         "client_name": client_name,
-        "retry": retry or _patient(contact or Contact()),
+        "retry": retry or (patience.cluster_policy() if cluster else patience.policy()),
         "retry_on_error": [ConnectionError, TimeoutError],
         "decode_responses": False,
         "socket_timeout": _COMMAND_TIMEOUT,
@@ -72,58 +240,40 @@ def connect(
         return Redis.from_url(url, **options)
     from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-    first, others = cluster_seeds(url)
-    return RedisCluster.from_url(first, startup_nodes=[ClusterNode(host, port) for host, port in others], **options)
-
-
-def _patient(contact: Contact) -> Any:
-    from redis.backoff import ExponentialBackoff
-
-    return _retry(ExponentialBackoff(cap=_RECONNECT_CAP, base=0.02), _RECONNECT_TRIES, contact)
-
-
-def _retry(backoff: Any, tries: int, contact: Contact) -> Any:
-    """redis-py's retry policy, telling `contact` whether each try reached the server."""
-    from redis.asyncio.retry import Retry
-    from redis.exceptions import ConnectionError, TimeoutError
-
-    class Watched(Retry):
-        async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any) -> T:
-            async def attempt() -> T:
-                try:
-                    result = await do()
-                except (ConnectionError, TimeoutError, OSError):
-                    contact.lost()
+    class Cluster(RedisCluster):
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except Exception as error:
+                if not transient(error):
                     raise
-                contact.reached()
-                return result
+                # redis-py has tried it again as many times as the budget holds.
+                raise ConnectionLost(f"{patience.what}: {patience.describe(error)} (gave up)") from error
 
-            return await super().call_with_retry(attempt, fail, *args, **kwargs)
-
-        def __deepcopy__(self, memo: dict[int, Any]) -> Watched:
-            # redis-py copies the policy into every connection: the copies share `contact`.
-            clone = copy.copy(self)
-            clone._backoff = copy.deepcopy(self._backoff, memo)
-            return clone
-
-    return Watched(backoff, tries)
+    first, others = cluster_seeds(url)
+    return Cluster.from_url(first, startup_nodes=[ClusterNode(host, port) for host, port in others], **options)
 
 
-async def connect_checked(url: str, client_name: str, contact: Contact | None = None, *, cluster: bool = False) -> Any:
+def _once() -> Any:
+    """A policy that tries once (opening, and the pub/sub connection: `keep_connected` retries)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Retry(NoBackoff(), 0)
+
+
+async def connect_checked(url: str, client_name: str, patience: Patience, *, cluster: bool = False) -> Any:
     """`connect`, then one PING, so an unreachable server (or a refused password) is one clear
     `BackendError` at open, at once: the reconnect backoff is for a server lost while running
     (`apalis run` waits for a store that is not up yet by opening again with its own backoff)."""
-    from redis.backoff import NoBackoff
-
-    contact = contact or Contact()
-    client = connect(url, client_name, contact, cluster=cluster, retry=_retry(NoBackoff(), 0, contact))
+    client = connect(url, client_name, patience, cluster=cluster, retry=_once())
     try:
         await client.ping()
     except Exception as exc:
         await client.aclose()
         where = "redis cluster" if cluster else "redis"
         raise BackendError(redact(f"cannot reach {where} at {url}: {exc}", secrets_in(url))) from None
-    client.set_retry(_patient(contact))
+    client.set_retry(patience.cluster_policy() if cluster else patience.policy())
     return client
 
 
@@ -161,8 +311,11 @@ class Wakeups:
         prefix: str | None,
         control_prefix: str | None = None,
         control: ControlSignals | None = None,
+        *,
+        cluster: bool = False,
     ) -> None:
         self._client = client
+        self._cluster = cluster
         self._prefix = prefix.encode() if prefix is not None else None
         self._control_prefix = control_prefix.encode() if control_prefix is not None else None
         self._control = control
@@ -211,7 +364,15 @@ class Wakeups:
     async def _session(self, steady: Callable[[], None]) -> None:
         prefixes = [p for p in (self._prefix, self._control_prefix) if p is not None]
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        conn, kept = None, None
         try:
+            if not self._cluster:  # a cluster's pub/sub connections are tried once already
+                await pubsub.connect()
+                conn = pubsub.connection
+                # Tried once: redis-py's retry would reconnect and subscribe again in silence, and
+                # what was published meanwhile would be missed with no one woken. A failed read
+                # ends the session, and the next one (keep_connected) wakes everyone.
+                kept, conn.retry = conn.retry, _once()
             await pubsub.psubscribe(*(prefix + b"*" for prefix in prefixes))
             self._subscribed.set()
             self._wake_all()  # anything pushed while we were not listening
@@ -222,6 +383,8 @@ class Wakeups:
                     self._heard(message["channel"], message["data"])
         finally:
             self._subscribed.clear()
+            if conn is not None and kept is not None:
+                conn.retry = kept  # the connection goes back to the client's pool
             with contextlib.suppress(Exception):
                 await asyncio.shield(pubsub.aclose())
 
@@ -266,15 +429,19 @@ class Connection:
         cluster: bool = False,
         wake_prefix: str | None = None,
         control_prefix: str | None = None,
+        once: Collection[str] = (),
     ) -> None:
         self.url = url
         self.client_name = client_name
         self.cluster = cluster
         self.contact = Contact()
         """This process's contact with the server: the orphan sweep waits for a steady one."""
+        self.patience = Patience(f"{what} at {redact_url(url)}", secrets_in(url), self.contact)
+        """How its commands ride out an outage (`budget`: for how long)."""
         self.scripts: dict[str, Script] = {}
         """The registered scripts, by name (after `open`)."""
         self._texts = dict(scripts)
+        self._once = frozenset(once)  # scripts that must not run twice (`scripts.Script.repeatable`)
         self._what = what
         self._wake_prefix = wake_prefix
         self.control_prefix = control_prefix
@@ -290,12 +457,17 @@ class Connection:
         scripts; idempotent."""
         if self._client is not None:
             return
-        client = await connect_checked(self.url, self.client_name, self.contact, cluster=self.cluster)
-        self._lane = None if self.cluster else Lane(client, self.contact)
-        self.scripts = register(client, self._texts, self._lane)
+        client = await connect_checked(self.url, self.client_name, self.patience, cluster=self.cluster)
+        self._lane = None if self.cluster else Lane(client, self.contact, self._unsure)
+        self.scripts = register(client, self._texts, self._lane, self._once)
         if self._wake_prefix is not None or self.control_prefix is not None:
-            self._wakeups = Wakeups(client, self._wake_prefix, self.control_prefix, self.signals)
+            self._wakeups = Wakeups(client, self._wake_prefix, self.control_prefix, self.signals, cluster=self.cluster)
         self._client = client
+
+    def _unsure(self, error: Exception) -> Exception | None:
+        """For a call that must not run twice and failed after it was sent: the one line to
+        raise when the server was lost (the call may have been done), None for another error."""
+        return self.patience.unsure(error) if transient(error) else None
 
     async def close(self) -> None:
         """Stop listening and release every connection."""

@@ -12,13 +12,18 @@ and the timeout context around every read. One call cost about 75-100 µs of CPU
 A script the server does not know (NOSCRIPT: a restarted or flushed server) is loaded and the
 call made again. Pipelines (`client=`) and Redis Cluster, which routes each call to its slot's
 node, go through redis-py's own script objects.
+
+A call that failed for want of the server is made again (`connection.Patience`), also when it
+was sent and only its reply was lost: every script of the stores may run twice, except those
+registered as `once` (rsmq's send, whose ids the server makes, and a bulk action's batch). Those
+are made again only when nothing was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from apalis_cli.contact import Contact
@@ -42,11 +47,17 @@ class Lane:
     """The store's own connection for script calls (`link.Link`): every call in flight shares
     it, and one that fails for want of the server is retried on a new one."""
 
-    __slots__ = ("_client", "_contact", "_link", "_opening")
+    __slots__ = ("_client", "_contact", "_link", "_opening", "_unsure")
 
-    def __init__(self, client: Any, contact: Contact | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        contact: Contact | None = None,
+        unsure: Callable[[Exception], Exception | None] = lambda error: None,
+    ) -> None:
         self._client = client  # its pool makes the connections (its settings), its retry policy retries
         self._contact = contact
+        self._unsure = unsure  # what to raise when a `once` call was sent and lost (None: not lost)
         self._link: Link | None = None
         self._opening: asyncio.Future[Link] | None = None
 
@@ -61,9 +72,12 @@ class Lane:
 
             try:
                 reply = await link.call(packed)
-            except (ConnectionError, TimeoutError):
+            except (ConnectionError, TimeoutError) as error:
                 if self._contact is not None:
                     self._contact.lost()  # as redis-py's retry policy tells it (connection.py)
+                unsure = None if script.repeatable else self._unsure(error)
+                if unsure is not None:
+                    raise unsure from error  # sent, perhaps run: never sent again
             except NoScriptError:
                 pass  # loaded the slow way, then called again
             else:
@@ -80,8 +94,20 @@ class Lane:
         retry = self._client.get_retry()
 
         async def call(what: bytes | list[bytes]) -> Any:
-            link = await self._linked()
+            link = await self._linked()  # failing here, nothing was sent: it may be tried again
             return await link.call(what if isinstance(what, bytes) else b"".join(what))
+
+        async def once(what: bytes | list[bytes]) -> Any:
+            link = await self._linked()
+            try:
+                return await link.call(what if isinstance(what, bytes) else b"".join(what))
+            except Exception as error:
+                unsure = self._unsure(error)
+                if unsure is None:
+                    raise
+                raise unsure from error  # sent, perhaps run: never sent again
+
+        last = call if script.repeatable else once
 
         async def dropped(error: Exception) -> None:
             link = self._link
@@ -89,12 +115,12 @@ class Lane:
                 self._link = None
 
         try:
-            return await retry.call_with_retry(lambda: call(packed), dropped)
+            return await retry.call_with_retry(lambda: last(packed), dropped)
         except NoScriptError:
             load = _pack(("SCRIPT", "LOAD", script.text))
             assert load is not None
             await retry.call_with_retry(lambda: call(load), dropped)
-            return await retry.call_with_retry(lambda: call(packed), dropped)
+            return await retry.call_with_retry(lambda: last(packed), dropped)
 
     async def _linked(self) -> Link:
         """The open link, or a new one (one connect at a time, shared by every call waiting)."""
@@ -156,13 +182,15 @@ def _pack(command: tuple[Any, ...]) -> bytes | None:
 class Script:
     """One registered script: call it with `keys` and `args` (and `client=` a pipeline)."""
 
-    __slots__ = ("_lane", "_slow", "sha", "text")
+    __slots__ = ("_lane", "_slow", "repeatable", "sha", "text")
 
-    def __init__(self, slow: Any, lane: Lane | None) -> None:
+    def __init__(self, slow: Any, lane: Lane | None, *, repeatable: bool = True) -> None:
         self._slow = slow  # redis-py's script object: pipelines, clusters
         self._lane = lane
         self.sha: str = slow.sha
         self.text: str = slow.script
+        self.repeatable = repeatable
+        """False: a second run would do its work twice (sent again only if never sent)."""
 
     async def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = (), client: Any = None) -> Any:
         if client is not None or self._lane is None:
@@ -170,6 +198,9 @@ class Script:
         return await self._lane.evalsha(self, keys, args)
 
 
-def register(client: Any, texts: Mapping[str, str], lane: Lane | None) -> dict[str, Script]:
-    """The scripts `texts` (by name), registered with `client`, called through `lane` if any."""
-    return {name: Script(client.register_script(text), lane) for name, text in texts.items()}
+def register(client: Any, texts: Mapping[str, str], lane: Lane | None, once: Collection[str] = ()) -> dict[str, Script]:
+    """The scripts `texts` (by name), registered with `client`, called through `lane` if any;
+    those named in `once` must not run twice (see the module's docstring)."""
+    return {
+        name: Script(client.register_script(text), lane, repeatable=name not in once) for name, text in texts.items()
+    }

@@ -32,6 +32,7 @@ class RedisStore(OnConnection):
             cluster=config.cluster,
             wake_prefix=f"{config.namespace}:wake:",
             control_prefix=f"{config.namespace}:ctl:",
+            once=("bulk",),  # a second run of a batch changes up to as many tasks again
         )
 
     @classmethod

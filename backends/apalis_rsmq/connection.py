@@ -30,4 +30,8 @@ def connect_store(config: RsmqConfig) -> Connection:
         what="rsmq",
         wake_prefix=f"{config.namespace}:rt:" if config.realtime else None,
         control_prefix=f"{config.namespace}:apalis-ctl:",
+        # Not run twice (apalis_redis.connection.Patience says why the others may be): the
+        # server makes the ids of what send stores (a second run stores two copies), and a
+        # second run of a bulk batch changes up to as many messages again.
+        once=("send", "bulk"),
     )

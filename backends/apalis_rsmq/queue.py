@@ -30,9 +30,11 @@ How tasks map onto messages:
   counted) those it holds but does not run, e.g. a claim whose reply was lost with its
   connection. Other clients ignore these keys.
 - Every time is Redis TIME, read inside the scripts, as rsmq does; every change is one script.
-- A dropped connection is retried with capped backoff. A claim or an acknowledgement retried
-  after a lost reply is harmless (the lease runs out; the lock check ignores a second ack), but a
-  send retried after a lost reply may deliver that message twice: rsmq ids come from the server.
+- A dropped connection is retried with the core's backoff and budget (`apalis_redis.connection.
+  Patience`). A claim or an acknowledgement retried after a lost reply is harmless (the lease
+  runs out; the lock check ignores a second ack); a send is not sent again once it was sent
+  (rsmq ids come from the server: a second run would store the message twice), it fails in one
+  line saying it may have been stored.
 
 rsmq keeps queues outside any hash tag (`ns:QUEUES` and `ns:<q>` are different slots): like
 rsmq itself, this store needs a single Redis server, not a Cluster.

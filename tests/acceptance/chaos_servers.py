@@ -234,13 +234,15 @@ def private_mariadb(port: int) -> Iterator[PrivateServer]:
 
 
 @contextlib.contextmanager
-def private_redis(port: int) -> Iterator[PrivateServer]:
+def private_redis(port: int, *, persist: bool = True, password: str | None = None) -> Iterator[PrivateServer]:
     """A Redis that persists every write (`appendfsync always`): a Redis that persists nothing
-    loses its data on restart by design, so a durable queue on Redis needs persistence."""
+    loses its data on restart by design, so a durable queue on Redis needs persistence. Without
+    `persist` it keeps nothing on disk (a test of reaching it again, not of what it kept)."""
     binary = need_binary("redis-server")
     base = owned_tmpdir("apalis-chaos-redis-", None)
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base), "--daemonize", "no"]
-    argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    argv += ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
+    argv += ["--save", ""] + (["--requirepass", password] if password is not None else [])
     server = PrivateServer("redis", argv, port, base / "server.log")
     try:
         server.start()

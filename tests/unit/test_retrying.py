@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from apalis_cli.errors import ConnectionLost
-from apalis_cli.retrying import delays, keep_connected, retrying
+from apalis_cli.retrying import RECONNECT_BUDGET, delays, keep_connected, retrying, tries_within, wait_after
 
 
 def test_waits_double_up_to_the_cap() -> None:
@@ -25,6 +25,16 @@ def test_jitter_keeps_each_wait_in_the_upper_half_and_under_the_cap() -> None:
         assert all(b / 2 <= w < b for w, b in zip(waits, bounds, strict=True))
         assert waits[:4] == sorted(waits[:4]), "waits still grow while they double"
     assert len({next(delays(1.0, 1.0)) for _ in range(20)}) > 1, "not every wait is the same"
+
+
+def test_a_caller_that_counts_tries_gets_the_same_waits_and_as_many_as_the_budget_holds() -> None:
+    # redis-py's cluster client is told a number of tries and a wait per failure, not a time.
+    assert [wait_after(n, jitter=False) for n in range(1, 9)] == list(itertools.islice(delays(jitter=False), 8))
+    assert all(0.5 <= wait_after(n) / wait_after(n, jitter=False) < 1 for n in range(1, 30))
+    for budget in (0.01, 1.0, 2.5, RECONNECT_BUDGET, 120.0):
+        tries = tries_within(budget)
+        longest = [wait_after(n, jitter=False) for n in range(1, tries + 2)]
+        assert sum(longest[:tries]) <= budget < sum(longest), budget
 
 
 def refused(calls: list[float]) -> ConnectionError:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.control import tell_cancel
-from apalis_cli.fleet import KeyedClaims
+from apalis_cli.fleet import FleetLimits, KeyedClaims
 from apalis_cli.polling import beat_every, poll_batches
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
@@ -223,8 +223,6 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
         lease = max(1, math.ceil(worker.stale_after))
         self._connection.listen(self.queue)
         limits = worker.limits
-        if limits is not None:
-            self._limited.workers[worker.id] = KeyedClaims(limits)
         claim_params = {"lease": lease}
 
         async def fetch(limit: int) -> list[Task[bytes]]:
@@ -256,12 +254,14 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
             await self.ack_batch([(task, Outcome.release()) for task in tasks])
 
         stream = poll_batches(worker, fetch, release, self._waker)
-        return stream if limits is None else self._limited_stream(worker.id, stream)
+        return stream if limits is None else self._limited_stream(worker.id, limits, stream)
 
     async def _limited_stream(
-        self, worker_id: str, stream: AsyncIterator[Task[bytes] | None]
+        self, worker_id: str, limits: FleetLimits, stream: AsyncIterator[Task[bytes] | None]
     ) -> AsyncIterator[Task[bytes] | None]:
-        """`stream`; the worker's limited claiming is forgotten when it closes."""
+        """`stream`, with the worker's limited claiming kept while it is read (its claims are
+        made as it is read), and forgotten when it closes."""
+        self._limited.workers[worker_id] = KeyedClaims(limits)
         try:
             async for task in stream:
                 yield task

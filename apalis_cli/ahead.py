@@ -6,12 +6,14 @@ acknowledging write can also claim asks `wanted` how many tasks to claim for who
 finished runs free, never more: backpressure holds) and gives what it claimed to `hand_over`.
 The worker's poll stream (`poll`) serves those tasks before it claims on its own. Tasks held
 ahead count as running for the worker's heartbeat (`held`: they are not lost claims) and go
-back to the queue when the stream closes. The store keeps its own claiming (SQL, Lua); this
+back to the queue when the stream closes; so do the tasks of a claim whose reply is still on its
+way (`claiming_since`). The store keeps its own claiming (SQL, Lua); this
 module is only the bookkeeping every such store shares.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -32,7 +34,7 @@ class Held:
     """Tasks claimed ahead for one polling worker, not yet handed out (`tasks`), and the last
     batch taken from them for the worker's poll stream (`taken`)."""
 
-    __slots__ = ("open", "taken", "tasks", "waker", "worker_id")
+    __slots__ = ("claiming", "open", "taken", "tasks", "waker", "worker_id")
 
     def __init__(self, worker_id: str, waker: Waker) -> None:
         self.worker_id = worker_id
@@ -40,6 +42,9 @@ class Held:
         self.tasks: deque[Task[bytes]] = deque()
         self.taken: list[Task[bytes]] = []
         self.open = True
+        self.claiming: list[float] = []
+        """When each claim for this worker whose reply has not been read yet was asked (epoch
+        seconds): the poll stream's own, and an acknowledgement's claims ahead."""
 
     def take(self, limit: int) -> list[Task[bytes]]:
         """Up to `limit` of the tasks held, in claim order; they are `taken` until the next take."""
@@ -92,7 +97,12 @@ class ClaimsAhead(Generic[H]):
             taken = holder.take(limit)
             if taken:
                 return taken
-            claimed = await fetch(limit)
+            asked, claiming = time.time(), holder.claiming
+            claiming.append(asked)
+            try:
+                claimed = await fetch(limit)
+            finally:
+                claiming.remove(asked)
             if claimed:
                 return claimed
             # An ack may have claimed ahead for this worker while the store's claim was in
@@ -129,6 +139,16 @@ class ClaimsAhead(Generic[H]):
         if holder is None:
             return []
         return [task.id for task in holder.tasks] + [task.id for task in holder.taken]
+
+    def claiming_since(self, worker_id: str) -> float | None:
+        """When the oldest claim for `worker_id` still in flight was asked (None: none is).
+
+        The server locked its tasks for the worker, which does not run them yet: a heartbeat
+        that gave back as lost claims the tasks claimed since then would have them run twice
+        (once by the worker when the reply comes, once more from the queue). A store's beat
+        leaves alone what was claimed since."""
+        holder = self._holders.get(worker_id)
+        return min(holder.claiming) if holder is not None and holder.claiming else None
 
     def wanted(self, items: Sequence[tuple[Task[Any], Outcome]]) -> list[tuple[H, int]]:
         """How many tasks to claim ahead per polling worker: the slots its finished runs free,

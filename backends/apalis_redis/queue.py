@@ -326,12 +326,21 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             claims,
             self._control,
         ]
-        with link_kept("acknowledging"):
-            reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
-        if wanted:
+        if not wanted:
+            with link_kept("acknowledging"):
+                await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
+            return
+        for ahead, _ in wanted:
+            ahead.claiming.append(now)  # its beat leaves alone what this call claims for it
+        try:
+            with link_kept("acknowledging"):
+                reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
             for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
                 if rows:
                     await self._ahead.hand_over(ahead, self._tasks(rows, ahead.worker_id))
+        finally:
+            for ahead, _ in wanted:
+                ahead.claiming.remove(now)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register `worker` (an upsert, so it re-registers after any loss), sweep orphans and
@@ -351,6 +360,11 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                 now = time.time()
                 stale = repr(now - worker.stale_after) if contact.steady_for(worker.stale_after) else "-inf"
                 running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
+                # Nor are the tasks of a claim still on its way to the worker (ahead.claiming_since).
+                release = now - worker.keep_alive
+                asked = self._ahead.claiming_since(worker.id)
+                if asked is not None and asked - 0.001 < release:  # a claim's time is kept in whole ms
+                    release = asked - 0.001
                 info = {
                     "name": worker.name,
                     "queue": self.queue,
@@ -369,7 +383,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                         worker.id,
                         json.dumps(info, separators=(",", ":")),
                         stale,
-                        repr(now - worker.keep_alive),
+                        repr(release),
                         repr(now - worker.retention),
                         PURGE_LIMIT,
                         int(worker.retention * 1000),

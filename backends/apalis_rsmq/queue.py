@@ -109,6 +109,9 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
         self._created = False
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
         self._sent: OrderedDict[str, None] = OrderedDict()
+        self._claiming: dict[str, list[float]] = {}
+        """Per polling worker, when each of its receives whose reply has not been read yet was
+        asked: its beat gives none of their messages back (apalis_cli.ahead.claiming_since)."""
 
     async def prepare(self) -> None:
         """createQueue for the queue and its dead-letter queue unless they exist (`apalis check`);
@@ -165,10 +168,16 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
         """Messages received for `worker` in batches of its free slots."""
         script, queue, worker_id, keys = self.connection.scripts["receive"], self.queue, worker.id, self.keys.all
         lease, default_max, control = self._lease_ms(worker), self.max_attempts, self.keys.control
+        claiming = self._claiming.setdefault(worker_id, [])
 
         async def fetch(limit: int) -> list[Task[bytes]]:
             await self.ensure_queue()
-            raw = await script(keys=keys, args=[limit, lease, worker_id, default_max, control])
+            asked = time.time()
+            claiming.append(asked)
+            try:
+                raw = await script(keys=keys, args=[limit, lease, worker_id, default_max, control])
+            finally:
+                claiming.remove(asked)
             reply: list[Any] = msgpack.unpackb(raw, raw=True)
             now = time.time()
             tasks = []
@@ -229,6 +238,11 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
         async def beat() -> None:
             await self.ensure_queue()
             for _ in range(20):  # more purging only when a backlog of dead letters built up
+                # A message received for it by a receive whose reply is still on its way is not a
+                # lost claim: the age at which one is given back grows by that receive's age.
+                claiming, grace_ms = self._claiming.get(worker.id), keep_alive_ms
+                if claiming:
+                    grace_ms += int((time.time() - min(claiming)) * 1000) + 1
                 _, purged, cancels, paused = await script(
                     keys=keys,
                     args=[
@@ -236,7 +250,7 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
                         worker.id,
                         retention_ms,
                         _PURGE_LIMIT,
-                        keep_alive_ms,
+                        grace_ms,
                         self.keys.control,
                         *worker.running(),
                     ],
@@ -247,5 +261,7 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
 
         async def farewell() -> None:
             signals.forget(worker.id)
+            if not self._claiming.get(worker.id):
+                self._claiming.pop(worker.id, None)
 
         return beat_every(worker, beat, farewell, self.connection.contact)

@@ -32,31 +32,34 @@ LEFT JOIN (
     GROUP BY limit_key
 ) AS r ON 1 = 1
 
+-- name: _one_step_per_key
+GROUP BY queue, ready_key
+ORDER BY queue, ready_key
+LIMIT %(count)s
+
+-- name: _with_key_rates
+LEFT JOIN {prefix}limit_rates AS r ON r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
+ORDER BY walk.k
+
 -- name: limit_keys_after
--- Up to :count keys with waiting tasks above :after, in order (a loose index scan: one step per
--- key), with each key's rate state.
+-- Up to :count keys with waiting tasks above :after, in order (_one_step_per_key: a loose index
+-- scan, one step per key), with each key's rate state (_with_key_rates).
 SELECT walk.k, r.tat
 FROM (
     SELECT ready_key AS k FROM {prefix}tasks FORCE INDEX ({prefix}tasks_ready_keys)
     WHERE queue = %(queue)s AND ready_key > %(after)s
-    GROUP BY queue, ready_key
-    ORDER BY queue, ready_key
-    LIMIT %(count)s
+    {_one_step_per_key}
 ) AS walk
-LEFT JOIN {prefix}limit_rates AS r ON r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
-ORDER BY walk.k
+{_with_key_rates}
 
 -- name: limit_keys_first
 SELECT walk.k, r.tat
 FROM (
     SELECT ready_key AS k FROM {prefix}tasks FORCE INDEX ({prefix}tasks_ready_keys)
     WHERE queue = %(queue)s AND ready_key IS NOT NULL
-    GROUP BY queue, ready_key
-    ORDER BY queue, ready_key
-    LIMIT %(count)s
+    {_one_step_per_key}
 ) AS walk
-LEFT JOIN {prefix}limit_rates AS r ON r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
-ORDER BY walk.k
+{_with_key_rates}
 
 -- name: limit_heads
 -- Lock the first ready task of each key in :keys (each found by one step in the keyed index,

@@ -13,6 +13,11 @@ identifiers: they go into the SQL text, not into parameters.
 
 A statement whose name starts with `_` is a fragment, not a statement: a piece several statements
 share (a filter, say), written once and put where they say `{_name}` (a fragment may use another).
+
+Whole-line `--` comments and indentation stay in the files: a loaded statement goes without
+them, so it is the shorter text a driver parses and sends on each run (psycopg caches the parse
+of a statement of at most 4,096 bytes only: a longer one was parsed again at every run). No
+statement has a string literal over several lines, whose text that would change.
 """
 
 from __future__ import annotations
@@ -24,13 +29,24 @@ from importlib.resources import files
 
 from apalis_cli.errors import ConfigError
 
-__all__ = ["Migration", "Queries", "identifier", "load_migrations", "load_queries", "render", "split_named"]
+__all__ = [
+    "Migration",
+    "Queries",
+    "identifier",
+    "load_migrations",
+    "load_queries",
+    "render",
+    "split_named",
+    "without_comments",
+]
 
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _NAME_LINE = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _RESERVED = frozenset(name for name in dir(Mapping) if not name.startswith("_"))
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+_COMMENT_LINE = re.compile(r"^[ \t]*--[^\n]*\n?", re.MULTILINE)
+_INDENT = re.compile(r"^[ \t]+", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +142,16 @@ def load_queries(package: str, names: Mapping[str, str] | None = None) -> Querie
     fragments = {name: sql for name, sql in queries.items() if name.startswith("_")}
     for _ in fragments:  # a fragment may use another: as many passes as there are fragments
         fragments = {name: render(sql, fragments) for name, sql in fragments.items()}
-    return Queries({name: render(sql, fragments) for name, sql in queries.items() if name not in fragments}, package)
+    return Queries(
+        {name: without_comments(render(sql, fragments)) for name, sql in queries.items() if name not in fragments},
+        package,
+    )
+
+
+def without_comments(sql: str) -> str:
+    """`sql` without its whole-line `--` comments (a comment after code on its line stays) and
+    its indentation."""
+    return _INDENT.sub("", _COMMENT_LINE.sub("", sql)).strip()
 
 
 def load_migrations(package: str, names: Mapping[str, str] | None = None) -> list[Migration]:

@@ -10,10 +10,14 @@ concurrency 50 in four ways, one after the other (interleaved, so drift hits the
 - `keyed`: `concurrency = 1` per key, `scope = "global"`, no key saturated: the limit's own cost;
 - `saturated`: the same, with a key pushed first (and at a higher priority) whose `--hot` tasks
   wait behind one that never ends: only the other keys' tasks are timed;
-- `queue-wide`: a global concurrency over the whole queue, never reached.
+- `queue-wide`: a global concurrency over the whole queue, never reached;
+- `keyed-rate`: a global rate per key (10,000 a second), never reached: its cost (a rate
+  state read and written per key claimed).
 
-It prints the medians of the rounds: tasks per second, and this process's CPU time per task (a
-shared machine bends it less than the rate); `saturated / unlimited` (no head-of-line blocking:
+It prints the medians of the rounds: tasks per second, and CPU time per task (a shared machine
+bends it less than the rate): this process's, and the server's where it can be told apart
+(PostgreSQL: the backends of this run's `application_name`, from `/proc`; MariaDB and Redis: the
+whole server process, other clients' work included); `saturated / unlimited` (no head-of-line blocking:
 >= 0.9) and `saturated / keyed` (the saturated key's own effect); and the cost of each limit per
 task in CPU microseconds. `steady` is the rate over the last four fifths of the timed tasks: a
 store that sets a saturated key's backlog aside once (Redis parks it before the first other task
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import statistics
 import time
@@ -32,7 +37,7 @@ import uuid
 from typing import Any
 
 from apalis_cli.backend import Store
-from apalis_cli.layers import ConcurrencyLayer
+from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
 from apalis_cli.service import Layer
 from apalis_cli.sink import new_task
 from apalis_cli.task import Task
@@ -40,7 +45,7 @@ from apalis_cli.worker import Worker
 
 from .stores import CODEC, Unavailable, open_store, prepare
 
-MODES = ("unlimited", "keyed", "saturated", "queue-wide")
+MODES = ("unlimited", "keyed", "saturated", "queue-wide", "keyed-rate")
 CONCURRENCY = 50
 
 
@@ -60,11 +65,68 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> tuple[float, float, float]:
+_TICK = os.sysconf("SC_CLK_TCK")
+_SERVERS = {"mysql": ("mariadbd", "mysqld"), "redis": ("redis-server",)}
+
+
+def _proc_cpu(pid: int) -> float:
+    """A process's CPU time (user + system), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _pids_named(names: tuple[str, ...]) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() in names:
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class ServerCpu:
+    """The server's CPU time spent for this run: PostgreSQL's backends named by its
+    `application_name`; the whole `mariadbd` or `redis-server` process otherwise (other clients'
+    work included); none for the in-process stores."""
+
+    def __init__(self, kind: str, url: str, application_name: str | None) -> None:
+        self.kind, self.url, self.application_name = kind, url, application_name
+        self._start: dict[int, float] = {}
+
+    def _pids(self) -> list[int]:
+        if self.kind == "postgres" and self.application_name:
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.application_name,)
+                ).fetchall()
+            return [int(pid) for (pid,) in rows]
+        return _pids_named(_SERVERS.get(self.kind, ()))
+
+    def start(self) -> None:
+        self._start = {pid: _proc_cpu(pid) for pid in self._pids()}
+
+    def spent(self) -> float:
+        """CPU seconds since `start` (a backend that appeared since counts whole)."""
+        return sum(_proc_cpu(pid) - self._start.get(pid, 0.0) for pid in self._pids())
+
+
+async def drain(
+    store: Store, mode: str, tasks: int, keys: int, hot: int, server: ServerCpu
+) -> tuple[float, float, float, float]:
     """Tasks per second of the cold keys' tasks in `mode`, the same over the last four fifths of
     them (`steady`: a backlog set aside before the first cold task runs is not in it), and this
     process's CPU time per task in microseconds (both threads: the event loop's and SQLite's; a
-    server's own work is not counted), which a busy machine bends less."""
+    server's is apart, the last figure), which a busy machine bends less."""
     queue = f"bench_limits_{mode.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
     backend: Any = store.backend(queue, codec=CODEC, max_attempts=1)
     layers: list[Layer] = []
@@ -72,6 +134,8 @@ async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> tup
         layers = [ConcurrencyLayer(1, scope="global", key="account")]
     elif mode == "queue-wide":
         layers = [ConcurrencyLayer(10_000, scope="global")]
+    elif mode == "keyed-rate":
+        layers = [RateLimitLayer(10_000, 1.0, scope="global", key="account")]
     release = asyncio.Event()
     if mode == "saturated":
         await _push(backend, [{"account": "hot", "n": n} for n in range(hot)], priority=5)
@@ -93,6 +157,7 @@ async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> tup
 
     worker = Worker(name="bench", backend=backend, handler=handler, concurrency=CONCURRENCY, layers=layers)
     stop = asyncio.Event()
+    server.start()
     started, cpu = time.perf_counter(), _cpu()
     running = asyncio.create_task(worker.run(stop))
     try:
@@ -100,18 +165,23 @@ async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int) -> tup
             await finished.wait()
         ended = time.perf_counter()
         elapsed, steady, cpu = ended - started, ended - fifth_at, _cpu() - cpu
+        served = server.spent()
     finally:
         release.set()
         worker.hurry()
         stop.set()
         await asyncio.gather(running, return_exceptions=True)
-    return tasks / elapsed, (tasks - fifth) / steady, cpu / tasks * 1e6
+    return tasks / elapsed, (tasks - fifth) / steady, cpu / tasks * 1e6, served / tasks * 1e6
 
 
 async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) -> None:
     for kind in kinds:
         try:
             target = prepare(kind, None, uuid.uuid4().hex[:8])
+            name = None
+            if kind == "postgres":
+                name = target.options["application_name"] = f"bench-limits-{target.namespace}"[:63]
+            server = ServerCpu(kind, target.url, name)
             store = await open_store(target)
         except Unavailable as exc:
             print(f"{kind}: skipped ({exc})")
@@ -120,20 +190,27 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) ->
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
             steadies: dict[str, list[float]] = {mode: [] for mode in MODES}
             cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
+            served: dict[str, list[float]] = {mode: [] for mode in MODES}
             for _ in range(rounds):
                 for mode in MODES:
-                    rate, steady, cpu = await drain(store, mode, tasks, keys, hot)
+                    rate, steady, cpu, server_cpu = await drain(store, mode, tasks, keys, hot, server)
                     rates[mode].append(rate)
                     steadies[mode].append(steady)
                     cpus[mode].append(cpu)
+                    served[mode].append(server_cpu)
             med = {mode: statistics.median(values) for mode, values in rates.items()}
             steady_med = {mode: statistics.median(values) for mode, values in steadies.items()}
             cpu_med = {mode: statistics.median(values) for mode, values in cpus.items()}
-            print(f"{kind}: {tasks} tasks over {keys} keys, concurrency {CONCURRENCY}, {rounds} rounds (medians)")
+            server_med = {mode: statistics.median(values) for mode, values in served.items()}
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(
+                f"{kind}: {tasks} tasks over {keys} keys, concurrency {CONCURRENCY}, {rounds} rounds (medians),"
+                f" load {load}"
+            )
             for mode in MODES:
                 line = (
                     f"  {mode:<11} {med[mode]:>9,.0f}/s (steady {steady_med[mode]:>7,.0f}/s)"
-                    f" {cpu_med[mode]:>6.0f} us CPU/task"
+                    f" {cpu_med[mode]:>6.0f} us CPU/task (server {server_med[mode]:>4.0f})"
                     f"  rounds: {', '.join(f'{r:,.0f}' for r in rates[mode])}"
                 )
                 if mode != "unlimited":
@@ -147,6 +224,11 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) ->
                 f" CPU per task {cpu_med['unlimited'] / cpu_med['saturated']:.2f}"
                 f"; saturated / keyed: rate {med['saturated'] / med['keyed']:.2f},"
                 f" CPU per task {cpu_med['keyed'] / cpu_med['saturated']:.2f} (a hot key of {hot} tasks)"
+            )
+            total = {mode: cpu_med[mode] + server_med[mode] for mode in MODES}
+            print(
+                f"  CPU per task, this process + server: unlimited {total['unlimited']:.0f} us,"
+                f" keyed {total['keyed']:.0f} us, saturated {total['saturated']:.0f} us"
             )
             print(
                 f"  steady (the last four fifths): saturated / unlimited"
@@ -165,8 +247,17 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--hot", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile (process time) of the whole run to FILE")
     args = parser.parse_args()
-    asyncio.run(run(args.backend.split(","), args.tasks, args.keys, args.hot, args.rounds))
+    work = run(args.backend.split(","), args.tasks, args.keys, args.hot, args.rounds)
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)
+        profiler.runcall(asyncio.run, work)
+        profiler.dump_stats(args.profile)
+    else:
+        asyncio.run(work)
 
 
 if __name__ == "__main__":

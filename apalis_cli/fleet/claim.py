@@ -11,10 +11,16 @@ costs a few statements, not a few per key. A key at its limit is passed over at 
 index step, so however deep its backlog, other keys keep their speed; priority and run_at order
 tasks within a key, not across keys.
 
+A store that can walk the keys and claim their first tasks in one statement (PostgreSQL) is
+asked for a `Turn` instead of `Keys` then `Heads`: the keys without room are named to it
+(`blocked`: at their concurrency, or out of rate in this claim; a stored rate state it reads
+itself), so the walk steps once per key, the key's first task with that step, and the claim
+costs one statement per turn and about one index step per task, as an unlimited claim's scan.
+
 The algorithm is written once, as steps that ask for I/O (`claim_steps`, a generator of `Keys`,
-`Heads` and `Take` requests answered with their results), driven by `claim_round` over a sync
-store's callables (SQLite's thread, memory) and by `claim_round_async` over an async driver's
-(PostgreSQL, MySQL).
+`Heads`, `Turn` and `Take` requests answered with their results), driven by `claim_round` over a
+sync store's callables (SQLite's thread, memory) and by `claim_round_async` over an async
+driver's (PostgreSQL, MySQL).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .limits import FleetLimits
-from .rates import allowance, next_start, spend
+from .rates import EPSILON, allowance, next_start, spend
 
 __all__ = [
     "QUEUE_RATE",
@@ -33,6 +39,8 @@ __all__ = [
     "KeyedClaims",
     "Keys",
     "Take",
+    "Turn",
+    "Turned",
     "claim_round",
     "claim_round_async",
     "claim_steps",
@@ -117,7 +125,39 @@ class Take:
     count: int
 
 
-Step = Keys | Heads | Take
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Asks to claim, in one go, the first ready task of each key with waiting tasks, in key
+    order, above `after` (None: from the first) and up to `upto` (None: to the last), passing
+    over the keys in `blocked` and, where `ahead` is set (a keyed rate), those whose stored rate
+    state is more than `ahead` seconds past `now`; until `count` are claimed or `scan` keys
+    seen. Answered with a `Turned`. A store that answers it fills the `rates` mapping of the
+    claim with the rate state of each key it claimed for (as for `Keys`)."""
+
+    after: str | None
+    upto: str | None
+    count: int
+    scan: int
+    blocked: frozenset[str]
+    now: float
+    ahead: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Turned:
+    """What a `Turn` did: the keys it claimed a task of, in key order; how many keys it saw;
+    the last one (None: none); whether it stopped for want of keys (`ended`: none left in its
+    range) rather than having chosen `count` or seen `scan`; and the earliest rate state of a
+    key it passed over for its rate (`wake_tat`)."""
+
+    taken: Sequence[str]
+    seen: int
+    last: str | None
+    ended: bool
+    wake_tat: float | None = None
+
+
+Step = Keys | Heads | Take | Turn
 Steps = Generator[Step, Any, ClaimRound]
 KeysAfter = Callable[[str | None, int], Sequence[str]]
 TakeHeads = Callable[[Sequence[str]], Mapping[str, int]]
@@ -146,8 +186,10 @@ def claim_round(
                 answer = keys_after(step.after, step.count)
             elif isinstance(step, Heads):
                 answer = take_heads(step.keys)
-            else:
+            elif isinstance(step, Take):
                 answer = take(step.key, step.count)
+            else:  # a Turn is asked only by claim_steps(in_turns=True)
+                raise TypeError(f"claim_round cannot answer {step!r}")
     except StopIteration as done:
         result: ClaimRound = done.value
         return result
@@ -164,14 +206,19 @@ async def claim_round_async(
     take_heads: Callable[[Sequence[str]], Awaitable[Mapping[str, int]]],
     take: Callable[[str | None, int], Awaitable[int]],
     after: str | None = None,
+    turn: Callable[[Turn], Awaitable[Turned]] | None = None,
 ) -> ClaimRound:
-    """`claim_round` through an async store's callables."""
-    steps = claim_steps(limits, want, now, running=running, rates=rates, after=after)
+    """`claim_round` through an async store's callables; with `turn`, keys take their turns
+    through it (`Turn`) rather than through `keys_after` and `take_heads`."""
+    steps = claim_steps(limits, want, now, running=running, rates=rates, after=after, in_turns=turn is not None)
     answer: Any = None
     try:
         while True:
             step = steps.send(answer)
-            if isinstance(step, Keys):
+            if isinstance(step, Turn):
+                assert turn is not None
+                answer = await turn(step)
+            elif isinstance(step, Keys):
                 answer = await keys_after(step.after, step.count)
             elif isinstance(step, Heads):
                 answer = await take_heads(step.keys)
@@ -190,8 +237,10 @@ def claim_steps(
     running: Mapping[str | None, int],
     rates: Mapping[str, float],
     after: str | None = None,
+    in_turns: bool = False,
 ) -> Steps:
-    """Claim up to `want` tasks within `limits`, asking for each read and claim in turn.
+    """Claim up to `want` tasks within `limits`, asking for each read and claim in turn (with
+    `in_turns`, each walk of the keys as one `Turn`).
 
     `running` counts the running tasks by key (the rows themselves, so a crashed worker's count
     goes with its leases); `rates` are the stored rate states. `Take(None, n)` claims in the
@@ -217,8 +266,9 @@ def claim_steps(
         return result
     turns = _Turns(limits, result, now, running, rates)
     start = after
+    walk = turns.turn if in_turns else turns.walk
     while budget > 0:
-        taken = yield from turns.walk(start, budget)
+        taken = yield from walk(start, budget)
         budget -= taken
         if taken == 0 or not turns.room_left:
             break
@@ -279,7 +329,7 @@ class _Turns:
         taken, cursor, wrapped = 0, after, after is None
         self.room_left = False
         while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
-            batch = list((yield Keys(cursor, min(MAX_BATCH, 2 * (budget - taken) + 16))))
+            batch = list((yield Keys(cursor, _batch(budget - taken))))
             if wrapped and after is not None:
                 batch = [key for key in batch if key <= after]  # round again up to where it began
             if not batch:
@@ -303,6 +353,55 @@ class _Turns:
                 taken += n
             cursor = self.result.after
         return taken
+
+    def turn(self, after: str | None, budget: int) -> Generator[Step, Any, int]:
+        """`walk` as `Turn`s: the store walks the keys and claims their first tasks in one go,
+        passing over those this claim knows to have no room (`blocked`)."""
+        limits, taken, cursor, wrapped = self.limits, 0, after, after is None
+        ahead = None
+        if limits.keyed_rate and limits.rate is not None:
+            # allowance() is 0 exactly when a state is further ahead than this (less a margin:
+            # the server's float arithmetic must never let through a start it would refuse)
+            ahead = limits.per - (1 - EPSILON) * limits.per / limits.rate - 1e-6
+        self.room_left = False
+        while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
+            upto = after if wrapped else None
+            ask = Turn(cursor, upto, budget - taken, MAX_KEYS_PER_CLAIM - self.seen, self._blocked(), self.now, ahead)
+            turned: Turned = yield ask
+            self.seen += turned.seen
+            if turned.wake_tat is not None and limits.rate is not None:
+                self.result.wake(next_start(turned.wake_tat, limits.rate, limits.per))
+            for key in turned.taken:
+                self.room_left = self.room_left or self.room(key, budget - taken) > 1
+                self.took(key, 1)
+                taken += 1
+            if turned.last is not None:
+                self.result.after = cursor = turned.last
+            if turned.ended:
+                if wrapped:
+                    break
+                wrapped, cursor = True, None
+        return taken
+
+    def _blocked(self) -> frozenset[str]:
+        """The keys this claim knows to have no room: at their concurrency (the running rows and
+        this claim's), or out of rate by what this claim started."""
+        limits, blocked = self.limits, set[str]()
+        if limits.keyed_concurrency and limits.concurrency is not None:
+            cap = limits.concurrency
+            blocked.update(key for key, n in self.running.items() if key is not None and n >= cap)
+        if limits.keyed_rate and limits.rate is not None:
+            for state, tat in self.result.rates.items():
+                if state.startswith("k:") and allowance(tat, self.now, limits.rate, limits.per) <= 0:
+                    blocked.add(state[2:])
+        return frozenset(blocked)
+
+
+def _batch(wanted: int) -> int:
+    """How many keys to read for `wanted` more tasks: a quarter more, for keys without room
+    (those at their limit are mostly the ones the last claims took, behind the walk), and a
+    few; another batch follows where they were not enough."""
+    return min(MAX_BATCH, wanted + wanted // 4 + 8)
 
 
 def _spent(

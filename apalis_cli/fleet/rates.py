@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["allowance", "next_start", "spend"]
+__all__ = ["EPSILON", "allowance", "next_start", "spend"]
 
-_EPSILON = 1e-9
+EPSILON = 1e-9
+"""Slack for float rounding in `allowance`."""
 
 
 def allowance(tat: float | None, now: float, rate: int, per: float) -> int:
     """How many starts may happen at `now` for a key whose state is `tat` (None: never started)."""
     ahead = max((tat or now) - now, 0.0)
-    return max(0, min(rate, math.floor((per - ahead) / (per / rate) + _EPSILON)))
+    return max(0, min(rate, math.floor((per - ahead) / (per / rate) + EPSILON)))
 
 
 def spend(tat: float | None, now: float, starts: int, rate: int, per: float) -> float:

@@ -169,6 +169,7 @@ class Database:
     wait_polls = (1.0, 1.0)  # waiters are woken by NOTIFY; a read a second is the safety net
     bulk_batch = 10_000
     claims_by_select = False  # UPDATE ... RETURNING claims in one statement
+    claims_in_turns = True  # a limited claim walks the keys and claims their heads in one statement
 
     def __init__(self, config: PostgresConfig) -> None:
         self.config = config

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from apalis_cli.backend import NewTask
 from apalis_cli.fleet import KeyedClaims, claim_round_async
-from apalis_cli.fleet.claim import QUEUE_RATE, ClaimRound, rate_key
+from apalis_cli.fleet.claim import QUEUE_RATE, ClaimRound, Turn, Turned, rate_key
 from apalis_cli.polling import Waker
 from apalis_cli.task import Task, TaskId
 
@@ -44,6 +44,8 @@ every queue an entry more)."""
 _FORGET_EVERY = 256
 """Claims of one worker between two sweeps of the rate states gone by."""
 _STATUS, _ATTEMPTS, _LOCK_BY = (TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by"))
+_TURN_KEY = len(TASK_COLUMNS)
+"""Where a claimed task's key is in a row of `limit_turn_*` (its task's columns before it)."""
 
 
 class LimitsDatabase(Protocol):
@@ -157,6 +159,39 @@ class LimitedClaims:
                 taken[row[-1]] = taken.get(row[-1], 0) + 1
             return taken
 
+        async def turn(ask: Turn) -> Turned:
+            params = {
+                "queue": queue,
+                "worker": worker_id,
+                **extra,
+                "after": ask.after,
+                "upto": ask.upto,
+                "count": ask.count,
+                "scan": ask.scan,
+                "blocked": sorted(ask.blocked),
+                "now": ask.now,
+                "ahead": ask.ahead,
+            }
+            rows = await s.fetch("limit_turn_first" if ask.after is None else "limit_turn_after", params)
+            # columns: TASK_COLUMNS, the key, its rate state, then the walk's account
+            taken: list[str] = []
+            for row in rows:
+                if row[0] is not None:
+                    claimed.append(decode(row[:_TURN_KEY]))
+                    key = row[_TURN_KEY]
+                    taken.append(key)
+                    if row[_TURN_KEY + 1] is not None:
+                        rates[rate_key(key)] = float(row[_TURN_KEY + 1])
+            seen, chosen, last, wake_tat = rows[0][_TURN_KEY + 2 :]
+            taken.sort()
+            return Turned(
+                taken=taken,
+                seen=int(seen),
+                last=last,
+                ended=int(chosen) < ask.count and int(seen) < ask.scan,
+                wake_tat=None if wake_tat is None else float(wake_tat),
+            )
+
         async def take(key: str | None, count: int) -> int:
             statement = "limit_keyless" if limits.keyed else "limit_take"
             got = await lock(statement, {"limit": count, "scan": _KEYLESS_SCAN})
@@ -173,6 +208,8 @@ class LimitedClaims:
             take_heads=take_heads,
             take=take,
             after=state.after,
+            # a store whose statements walk and claim in one go says so (PostgreSQL's); optional
+            turn=turn if getattr(db, "claims_in_turns", False) else None,
         )
         if done.rates:
             await s.execute("limit_rates_set", {"queue": queue, "rates": json.dumps(list(done.rates.items()))})

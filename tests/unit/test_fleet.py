@@ -3,6 +3,7 @@ the keyed claim's turns, the key taken from a task's arguments, and the unique o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from apalis_cli.config import load_config
 from apalis_cli.errors import ConfigError, UsageError
 from apalis_cli.fleet import FleetLimits, allowance, claim_round, spend, unique_from
+from apalis_cli.fleet.claim import Turn, Turned, claim_round_async
 from apalis_cli.fleet.keys import key_of
 from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
 from apalis_cli.service import Outcome
@@ -121,6 +123,61 @@ class Keys:
     def take(self, key: str | None, n: int) -> int:
         return 0
 
+    def turn(self, ask: Turn, rates: dict[str, float]) -> Turned:
+        """A `Turn` as a store answers it: walk, pass over the keys without room, take heads."""
+        taken: list[str] = []
+        seen, last, wake_tat = 0, None, None
+        for key in self.keys_after(ask.after, len(self.ready)):
+            if (ask.upto is not None and key > ask.upto) or seen == ask.scan or len(taken) == ask.count:
+                break
+            seen, last = seen + 1, key
+            tat = rates.get(f"k:{key}")
+            if ask.ahead is not None and tat is not None and tat - ask.now >= ask.ahead:
+                wake_tat = tat if wake_tat is None else min(wake_tat, tat)
+            elif key not in ask.blocked:
+                taken.extend(self.take_heads([key]))
+        ended = len(taken) < ask.count and seen < ask.scan
+        return Turned(taken=taken, seen=seen, last=last, ended=ended, wake_tat=wake_tat)
+
+
+def _in_turns(
+    keys: Keys,
+    limits: FleetLimits,
+    want: int,
+    now: float,
+    running: dict[str | None, int],
+    rates: dict[str, float],
+    after: str | None = None,
+) -> Any:
+    """`claim_round_async` with keys taking turns through `Turn` (as PostgreSQL claims)."""
+
+    async def no_keys(after: str | None, count: int) -> list[str]:
+        raise AssertionError("a store that walks in turns is not asked for keys")
+
+    async def no_heads(keys: Sequence[str]) -> dict[str, int]:
+        raise AssertionError("a store that walks in turns is not asked for heads")
+
+    async def take(key: str | None, n: int) -> int:
+        return 0
+
+    async def turn(ask: Turn) -> Turned:
+        return keys.turn(ask, rates)
+
+    return asyncio.run(
+        claim_round_async(
+            limits,
+            want,
+            now,
+            running=running,
+            rates=rates,
+            keys_after=no_keys,
+            take_heads=no_heads,
+            take=take,
+            after=after,
+            turn=turn,
+        )
+    )
+
 
 def test_keys_take_turns_and_a_key_at_its_limit_is_passed_over() -> None:
     keys = Keys({"a": 5, "b": 5, "c": 5})
@@ -150,6 +207,27 @@ def test_keys_take_turns_and_a_key_at_its_limit_is_passed_over() -> None:
         after="b",
     )
     assert keys.taken == ["c", "a"], "the next claim starts after b, comes round to a, passes over b"
+
+
+def test_keys_taking_turns_in_one_statement_take_the_same_tasks() -> None:
+    keys = Keys({"a": 5, "b": 5, "c": 5})
+    limits = FleetLimits(key="account", concurrency=2, keyed_concurrency=True)
+    first = _in_turns(keys, limits, 3, 0.0, {"a": 2}, {})
+    assert keys.taken == ["b", "c", "b"], "a is full; b and c take turns; b again for the last slot"
+    assert (first.claimed, first.after) == (3, "b")
+    keys.taken.clear()
+    _in_turns(keys, limits, 2, 0.0, {"a": 1, "b": 2, "c": 1}, {}, after="b")
+    assert keys.taken == ["c", "a"], "the next claim starts after b, comes round to a, passes over b"
+
+
+def test_a_keyed_rate_in_turns_holds_and_says_when_to_claim_again() -> None:
+    keys = Keys({"a": 5, "b": 5})
+    limits = FleetLimits(key="k", rate=2, per=1.0, keyed_rate=True)
+    done = _in_turns(keys, limits, 10, 100.0, {}, {"k:a": 100.9})
+    assert keys.taken == ["b", "b"], "a is out of rate by its stored state; b takes its burst of 2 and no more"
+    assert done.claimed == 2
+    assert done.rates["k:b"] == pytest.approx(101.0), "b's state moved by its two starts"
+    assert done.wake_at == pytest.approx(100.4), "a's next start is due at 100.4"
 
 
 def test_a_keyed_rate_says_when_to_claim_again() -> None:

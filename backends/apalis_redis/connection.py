@@ -248,7 +248,9 @@ def connect(url: str, client_name: str, patience: Patience, *, cluster: bool = F
                 if not transient(error):
                     raise
                 # redis-py has tried it again as many times as the budget holds.
-                raise ConnectionLost(f"{patience.what}: {patience.describe(error)} (gave up)") from error
+                tries = self.retry.get_retries() + 1
+                line = f"{patience.what}: {patience.describe(error)} (tried {tries} times, gave up)"
+                raise ConnectionLost(line) from error
 
     first, others = cluster_seeds(url)
     return Cluster.from_url(first, startup_nodes=[ClusterNode(host, port) for host, port in others], **options)

@@ -19,6 +19,7 @@ from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.events import BackendUnavailable, Event
+from apalis_cli.retrying import tries_within
 from apalis_cli.task import Task
 from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
@@ -26,6 +27,8 @@ from apalis_rsmq import RsmqStore
 
 from ..acceptance.chaos_servers import PrivateServer, free_port, private_redis
 from ..conformance.stores.redis import kill_clients
+from ..redis_cluster import PrivateCluster
+from .conftest import redis_cluster_spec
 
 PASSWORD = "s3cret-Outage"
 
@@ -142,3 +145,39 @@ async def test_a_listener_whose_connection_dropped_wakes_every_poller(redis_stor
     woken.clear()
     assert await kill_clients(redis_store.config.url, redis_store.client_name) > 0
     await until(woken.is_set, within=10)
+
+
+async def test_a_cluster_rides_out_a_restart_and_fails_in_one_line_once_away_past_its_budget() -> None:
+    # A cluster client counts tries, not time: it is given as many as the budget holds.
+    cluster = PrivateCluster()
+    await asyncio.to_thread(cluster.start)
+    store = RedisStore.from_spec(redis_cluster_spec(cluster.url, namespace=f"outage-{uuid.uuid4().hex[:8]}"))
+    store.connection.patience.budget = 20.0
+    try:
+        await store.open()
+        backend = store.backend("q", codec=JsonCodec())
+        await backend.push({"n": 1})
+
+        for server in cluster.servers:
+            await asyncio.to_thread(server.stop)
+        push = asyncio.create_task(backend.push({"n": 2}))
+        await asyncio.sleep(1.0)
+        assert not push.done(), "the push waits for the cluster instead of failing"
+        for server in cluster.servers:
+            await asyncio.to_thread(server.start)  # its slots are kept in nodes.conf
+        await push
+
+        store.connection.patience.budget = 1.0  # a new client counts its tries from it
+        await store.close()
+        await store.open()
+        for server in cluster.servers:
+            await asyncio.to_thread(server.stop)
+        with pytest.raises(ConnectionLost) as lost:
+            await store.backend("q", codec=JsonCodec()).push({"n": 3})
+        line = str(lost.value)
+        assert line.startswith(f"redis at {cluster.url}: "), line
+        assert line.endswith(f" (tried {tries_within(1.0) + 1} times, gave up)"), line
+        assert "\n" not in line
+    finally:
+        await store.close()
+        await asyncio.to_thread(cluster.stop)

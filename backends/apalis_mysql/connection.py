@@ -127,6 +127,7 @@ class Database:
     wait_polls = (0.02, 0.5)  # a waiter is woken by a signal; a read now and then is the safety net
     bulk_batch = 10_000
     claims_by_select = True  # no UPDATE ... RETURNING: a claim locks rows, then marks them
+    handing = None  # pushes never hand a task over: workers always claim
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config

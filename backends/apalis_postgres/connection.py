@@ -31,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .config import PostgresConfig
+from .handing import Handing
 from .listener import Listener
 from .schema import control_channel, load_statements, migrate
 
@@ -40,6 +41,8 @@ T = TypeVar("T")
 _log = logging.getLogger(__name__)
 Conn = AsyncConnection[tuple[Any, ...]]
 
+_NO_LISTING = {"channel": "", "list_workers": [], "list_spans": [], "list_gots": []}
+"""The `_listing` parameters of a claim for a worker no push hands to."""
 _RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
@@ -191,9 +194,12 @@ class Database:
         self.describe = self.pool.describe
         self.controls = Controls()
         self._control = control_channel(config.schema)
+        self.handing = Handing(self, lambda: self._listener.ready.is_set())
+        """Pushes hand their task to this process's idle workers (`handing`)."""
+        self._handed = self.handing.channel
         self._listener = Listener(
             lambda: self.pool.conninfo,
-            (self.channel, self._control),
+            (self.channel, self._control, self._handed),
             self._heard,
             self._rejoined,
             name=f"apalis-listen-{self.channel}",
@@ -223,7 +229,9 @@ class Database:
         return self._listener
 
     def _heard(self, channel: str, payload: str) -> None:
-        if channel == self._control:
+        if channel == self._handed:
+            self.handing.heard(payload)
+        elif channel == self._control:
             self.controls.told(payload)
         elif (waker := self.wakers.get(payload)) is not None:
             waker.notify()
@@ -235,6 +243,7 @@ class Database:
         for waker in self.wakers.values():
             waker.notify()
         self.controls.wake_waiters()
+        await self.handing.rejoined()
         for worker in list(self.controls.workers.values()):
             runs = list(worker.running())
             if runs:
@@ -331,7 +340,22 @@ class Database:
 
     async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
         """Insert `tasks` in one statement (NOTIFY included); ids and keys already there are
-        skipped. Tasks with a limit key go in with it (`enqueue_keyed`)."""
+        skipped. Tasks with a limit key go in with it (`enqueue_keyed`); one task alone may be
+        handed to an idle worker (`enqueue_hand`)."""
+        if len(tasks) == 1 and tasks[0].limit_key is None:
+            task = tasks[0]
+            one = {
+                "queue": queue,
+                "commit": None if self.config.durable_push else "off",
+                "id": task.id,
+                "payload": task.payload,
+                "run_at": task.run_at,
+                "priority": task.priority,
+                "max_attempts": task.max_attempts,
+                "key": task.idempotency_key,
+                "meta": encode_meta(task.meta),
+            }
+            return len(await self.fetch("enqueue_hand", one))
         params: dict[str, Any] = {
             "queue": queue,
             "commit": None if self.config.durable_push else "off",
@@ -349,8 +373,13 @@ class Database:
         return len(await self.fetch("enqueue", params))
 
     async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
-        """One UPDATE over a SKIP LOCKED select (`claim.sql`)."""
-        return _in_claim_order(await self.fetch("claim", {"queue": queue, "worker": worker_id, "limit": limit}))
+        """One UPDATE over a SKIP LOCKED select (`claim.sql`), which lists the worker idle when
+        it finds nothing (`handing`)."""
+        handing = self.handing
+        params = {"queue": queue, "worker": worker_id, "limit": limit, **(handing.params((worker_id,)) or _NO_LISTING)}
+        claimed = _in_claim_order(await self.fetch("claim", params))
+        handing.claimed(worker_id, len(claimed) == limit)
+        return claimed
 
     async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
         """One statement applies every outcome of `plan` (arrays of one element per outcome) and
@@ -372,8 +401,16 @@ class Database:
         if not slots:
             await self.execute("ack", params)
             return []
-        claimed = _in_claim_order(await self.fetch("ack", params))
-        return [[task for task in claimed if task.ctx.lock_by == worker_id] for worker_id, _ in slots]
+        handing = self.handing
+        listing = handing.params([worker_id for worker_id, _ in slots], ack=True)
+        if listing is None:
+            claimed = _in_claim_order(await self.fetch("ack", params))
+        else:
+            claimed = _in_claim_order(await self.fetch("ack_listing", {**params, **listing}))
+        per_slot = [[task for task in claimed if task.ctx.lock_by == worker_id] for worker_id, _ in slots]
+        for (worker_id, count), tasks in zip(slots, per_slot, strict=True):
+            handing.claimed(worker_id, len(tasks) == count)
+        return per_slot
 
 
 class _Session:

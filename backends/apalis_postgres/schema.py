@@ -15,7 +15,12 @@ from psycopg import AsyncConnection, sql
 
 __all__ = ["BULK_WHERE", "COLUMNS", "control_channel", "load_statements", "migrate"]
 
-COLUMNS = ", ".join("t.result::text AS result" if c == "result" else f"t.{c}" for c in TASK_COLUMNS)
+_READ_AS = {
+    "result": "t.result::text AS result",
+    # Most tasks carry no meta: NULL costs no JSON parse per row, and reads back as no meta.
+    "meta": "nullif(t.meta, '{}'::jsonb) AS meta",
+}
+COLUMNS = ", ".join(_READ_AS.get(c, f"t.{c}") for c in TASK_COLUMNS)
 """The columns every task-returning statement selects, in the order `task_from_row` reads."""
 
 

@@ -28,7 +28,7 @@ from apalis_cli.task import Task, TaskId
 
 from .acks import AckPlan
 
-__all__ = ["Backlog", "Controls", "Rows", "Session", "SqlDatabase", "told_reason"]
+__all__ = ["Backlog", "Controls", "Handing", "Rows", "Session", "SqlDatabase", "told_reason"]
 
 _TOLD_BYTES = 6000
 """The most a cancel's reason takes of a control message (PostgreSQL refuses a NOTIFY payload of
@@ -132,6 +132,23 @@ class Session(Protocol):
         ...
 
 
+class Handing(Protocol):
+    """A store whose push may hand its task to an idle worker (PostgreSQL: `apalis_postgres.handing`)."""
+
+    def enlist(self, queue: str, worker: WorkerContext, give: Callable[[str, list[Task[bytes]]], None]) -> None:
+        """Pushes may hand `worker` its tasks from now on, given to it by `give(worker_id, tasks)`."""
+        ...
+
+    async def unlist(self, worker_id: str) -> None:
+        """The worker's poll stream closed: nothing more is handed to it."""
+        ...
+
+    async def farewell(self, worker_id: str, *, stopped: bool) -> None:
+        """The worker says farewell: a task handed to it and never received goes back; with
+        `stopped` (its poll stream closed too) it is forgotten."""
+        ...
+
+
 class SqlDatabase(Protocol):
     """One server's pool, statements and dialect, as the shared queue uses them."""
 
@@ -151,6 +168,11 @@ class SqlDatabase(Protocol):
     claims_by_select: bool
     """The limited claim statements lock their rows and `limit_mark` claims them (no UPDATE
     ... RETURNING), rather than claim them themselves (`apalis_sql.limits`)."""
+
+    @property
+    def handing(self) -> Handing | None:
+        """Pushes hand their task to idle workers (None: the store's workers always claim)."""
+        ...
 
     async def open(self) -> list[int]:
         """Connect and migrate; the migrations applied now."""

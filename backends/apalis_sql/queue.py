@@ -28,14 +28,14 @@ from apalis_cli.ahead import ClaimsAhead, Fetch, Start
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.fleet import KeyedClaims
-from apalis_cli.polling import Waker, beat_every
+from apalis_cli.polling import FIRST_IDLE_WAIT, Waker, beat_every
 from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Task, TaskId
 
 from .acks import plan_acks
 from .control import SqlControl
-from .database import Backlog, Rows, Session, SqlDatabase
+from .database import Backlog, Handing, Rows, Session, SqlDatabase
 from .inspector import SqlInspector
 from .limits import LimitedClaims, push_unique
 from .rows import worker_params
@@ -43,6 +43,8 @@ from .rows import worker_params
 __all__ = ["CAPABILITIES", "SqlQueue"]
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
+LISTED_IDLE_WAIT = 0.05
+"""The first idle wait of a worker that pushes hand their tasks to."""
 
 
 class SqlQueue(QueueBase, SqlInspector, SqlControl):
@@ -55,6 +57,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         self._db = database
         self._ahead = ClaimsAhead(self.ack_batch, Backlog)
         self._limited = LimitedClaims(database, queue)
+        self._releasing: set[asyncio.Future[None]] = set()  # handed tasks going back (`_handed`)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks (other processes woken); known keys give the existing ids."""
@@ -108,17 +111,32 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         queue's `Waker` tells; a lone task thus costs one claim, not a second that finds nothing.
         """
         told: list[tuple[Waker, asyncio.Event]] = []
+        handing = self._db.handing if worker.limits is None else None
 
         def start() -> tuple[Fetch, Waker]:
             db, queue, worker_id, limited = self._db, self.queue, worker.id, self._limited
             db.listen(queue)
             heard = False
-            if worker.limits is not None:
-                limited.workers[worker_id] = KeyedClaims(worker.limits)
             waker = db.waker(queue)
             pushed = waker.subscribe()
             told.append((waker, pushed))
             drained = False
+
+            def given(worker_id: str, tasks: list[Task[bytes]]) -> None:
+                # A handed task wakes the stream, but is no sign of other tasks ready: the next
+                # claim is skipped as after a claim that took every ready task (the
+                # acknowledgement's claim ahead lists the worker idle again).
+                nonlocal drained
+                signalled = pushed.is_set()
+                self._handed(worker_id, tasks)
+                if not signalled:
+                    pushed.clear()
+                    drained = True
+
+            if worker.limits is not None:
+                limited.workers[worker_id] = KeyedClaims(worker.limits)
+            elif handing is not None:
+                handing.enlist(queue, worker, given)  # its claims that find nothing list it idle
 
             async def fetch(limit: int) -> list[Task[bytes]]:
                 nonlocal heard, drained
@@ -140,13 +158,16 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
 
             return fetch, waker
 
-        return self._polling(worker, start, told)
+        return self._polling(worker, start, told, handing)
 
     async def _polling(
-        self, worker: WorkerContext, start: Start, told: list[tuple[Waker, asyncio.Event]]
+        self, worker: WorkerContext, start: Start, told: list[tuple[Waker, asyncio.Event]], handing: Handing | None
     ) -> AsyncIterator[Task[bytes] | None]:
-        """The poll stream; a worker's limited claiming is forgotten when it closes."""
-        stream = self._ahead.poll(worker, start)
+        """The poll stream; a worker's limited claiming is forgotten when it closes, and nothing
+        more is handed to it."""
+        # A worker pushes hand their tasks to has its idle timer claim only what nobody signals
+        # (a delayed task or a retry falling due): its first wait is longer (see the Redis store).
+        stream = self._ahead.poll(worker, start, FIRST_IDLE_WAIT if handing is None else LISTED_IDLE_WAIT)
         try:
             async for task in stream:
                 yield task
@@ -155,6 +176,16 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             for waker, event in told:
                 waker.unsubscribe(event)
             await stream.aclose()  # type: ignore[attr-defined]
+            if handing is not None:
+                await handing.unlist(worker.id)
+
+    def _handed(self, worker_id: str, tasks: list[Task[bytes]]) -> None:
+        """Tasks a push handed to `worker_id`: to its poll stream, or back to the queue if it has
+        closed (the worker stops, or polls again after an error)."""
+        if not self._ahead.give(self._ahead.holder(worker_id), tasks):
+            release = asyncio.ensure_future(self._ahead.release(tasks))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
         """Register and refresh `worker`; tell it which of its runs have a cancel requested and
@@ -201,6 +232,8 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
 
         async def farewell() -> None:
             db.controls.workers.pop(worker.id, None)
+            if db.handing is not None:  # a task on its way to it goes back
+                await db.handing.farewell(worker.id, stopped=self._ahead.holder(worker.id) is None)
             await db.execute("farewell", {"id": worker.id})
 
         return beat_every(worker, beat, farewell, db.contact)

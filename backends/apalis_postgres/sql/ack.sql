@@ -8,7 +8,13 @@
 -- ready. So a task released or retried here is not claimed again by this statement (the
 -- NOTIFY offers it to every worker). Like a claim, it commits without waiting for the WAL
 -- flush: an ack lost in a server crash runs its task again.
-WITH acked AS (
+--
+-- `ack_listing` is the same statement for a worker pushes may hand tasks to whose last claim
+-- did not come back full: it is listed idle if the claim gets it nothing (handing.sql). Under
+-- a backlog `ack` serves, and pays nothing for it.
+
+-- name: _ack_first
+acked AS (
     -- A run whose task had a cancel requested (`cancel_reason`) and that would run again
     -- (retried, released) ends cancelled instead, with the reason asked for.
     UPDATE {schema}.tasks AS t
@@ -60,6 +66,8 @@ picked AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED
     ) AS ids
 )
+
+-- name: _ack_claim
 UPDATE {schema}.tasks AS t
 SET status = 'running',
     attempts = t.attempts + 1,
@@ -67,3 +75,15 @@ SET status = 'running',
     lock_at = extract(epoch FROM now())::float8
 WHERE t.id = ANY((SELECT ids FROM picked)::text[])
 RETURNING {columns}
+
+-- name: ack
+WITH {_ack_first}
+{_ack_claim}
+
+-- name: ack_listing
+WITH {_ack_first},
+claimed AS (
+{_ack_claim}
+),
+{_listing}
+SELECT * FROM claimed

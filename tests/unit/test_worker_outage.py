@@ -2,7 +2,9 @@
 claims nothing before that beat (DESIGN.md §3 "Server faults").
 
 The store is the memory store behind a switch: while `down` is set, every beat and every claim
-fails as a connection to a server that went away would, after the store's own retries.
+fails as a connection to a server that went away would, after the store's own retries. The claim
+itself fails, not only the next read of the poll stream: a stream already waiting when the
+outage began (idle, or woken by the push made during it) must not claim through it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.events import Event, HeartbeatFailed, Started, TaskFinished
-from apalis_cli.memory import MemoryQueue, MemoryStore
+from apalis_cli.memory import MemoryQueue, MemoryStore, _Row
 from apalis_cli.task import Task
 from apalis_cli.worker import Worker
 
@@ -55,6 +57,11 @@ class Switched(MemoryQueue):
                         await self.down.wait()
         finally:
             await inner.aclose()  # type: ignore[attr-defined]
+
+    def _claim(self, worker_id: str, limit: int) -> list[_Row]:
+        if self.down.is_set():
+            raise ConnectionLost("the store went away")
+        return super()._claim(worker_id, limit)
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
         return self._claims(worker)
@@ -122,5 +129,5 @@ async def test_after_an_outage_the_worker_beats_at_once_and_before_it_claims() -
         stop.set()
         await running
     after = [(what, at - back) for what, at in queue.log if at >= back]
-    assert after[0][0] == "beat", f"the first thing after the outage was not a beat: {after}"
+    assert [what for what, _ in after][:2] == ["beat", "claim"], f"the worker did not beat, then claim: {after}"
     assert after[0][1] < KEEP_ALIVE / 2, f"the worker waited for its next keep_alive to beat: {after}"

@@ -4,10 +4,11 @@ pgmq has no status column, no paused flag and no notification of a finished mess
 keeps what it needs next to it, never altering pgmq's own tables' shape:
 - a cancel is a patch of the message's "apalis" headers: a waiting message is marked cancelled
   and archived in the transaction that finds it waiting (`mark` locks the row, so it waits for a
-  `pgmq.read` that holds it and then sees that claim's result: a claim and a cancel never both
+  claim that holds it and then sees that claim's result: a claim and a cancel never both
   win); a running one keeps `cancel: <reason>` in its headers, which its worker's heartbeat reads
   back, and its worker is told at once on the control channel;
-- the paused flag is a row of `apalis_pgmq.queues`, read by the claim itself (`read`);
+- the paused flag is a row of `apalis_pgmq.queues`, read by the claim itself (`read`), in the
+  snapshot it reads the messages in;
 - waiters are woken by a NOTIFY in every transaction that archives tasks of their queue.
 
 The control channel is `apalis_pgmq` (one LISTEN per store, see `connection.py`); a message is

@@ -35,12 +35,12 @@ __all__ = ["CAPABILITIES", "PgmqQueue"]
 
 CAPABILITIES = Capabilities(
     {
-        Capability.PRIORITY: "pgmq has no priorities: pgmq.read hands out messages oldest first",
+        Capability.PRIORITY: "pgmq has no priorities: the claim, as pgmq.read, reads messages oldest first",
         Capability.OWNED_LEASES: (
             "a pgmq lease is the message's vt, with no owner: a claim whose reply was lost comes back "
             "when its vt ends and counts as a read, like a dead worker's"
         ),
-        Capability.CLAIMS_AHEAD: "pgmq.delete/archive (the ack) and pgmq.read (the claim) are called apart",
+        Capability.CLAIMS_AHEAD: "pgmq.delete/archive (the ack) and the read (the claim) are called apart",
     },
     offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}),
 )
@@ -217,8 +217,8 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
     # -- the worker's side -----------------------------------------------------------------
 
     def poll_compact(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
-        """Messages read with `pgmq.read` in batches of the worker's free slots, leased for
-        `stale_after` (rounded up to whole seconds, as pgmq.read takes); a worker with global
+        """Messages read as `pgmq.read` reads them (`read`) in batches of the worker's free slots,
+        leased for `stale_after` (rounded up to whole seconds, as pgmq.read takes); a worker with global
         limits claims within them instead (`apalis_pgmq.limits`)."""
         lease = max(1, math.ceil(worker.stale_after))
         self._connection.listen(self.queue)

@@ -1,8 +1,8 @@
 """`PgmqStore` (`kind = "pgmq"`): apalis queues on the real pgmq SQL API in PostgreSQL.
 
 A queue is a pgmq queue (`pgmq.create`); a task is a message, its id the message id, its
-attempts the message's `read_ct`. The claim is `pgmq.read` with a visibility timeout (the
-lease), the heartbeat `pgmq.set_vt` on every running message, done and killed tasks are
+attempts the message's `read_ct`. The claim reads messages as `pgmq.read` does, with a visibility
+timeout (the lease), the heartbeat `pgmq.set_vt` on every running message, done and killed tasks are
 `pgmq.archive`d (the archive is where `inspect` finds them until `retention` purges them),
 retries are `pgmq.set_vt` to the retry time. A worker that dies stops extending its leases, so its
 messages reappear by themselves with `read_ct + 1`; a message read more often than its
@@ -17,7 +17,7 @@ Decisions, for other pgmq clients and for `inspect`:
 - Killed tasks are archived (no dead-letter queue), with `status: "killed"` and the error in the
   message headers under "apalis"; a done task's result (JSON text) goes there too.
 - Idempotency keys live in `apalis_pgmq.keys` (queue, key -> msg_id) until `retention` passes.
-- Priorities are not offered: pgmq.read hands out the oldest visible message first.
+- Priorities are not offered: the claim, as pgmq.read, hands out the oldest visible message first.
 - A task id given to `push` is not kept: pgmq numbers its messages, and that number is the id.
 - A task's global limit key is its "apalis" header `limit_key`; a queue claimed by a worker with
   a keyed limit gets one index, `pgmq.q_<queue>_apalis_key`, as pgmq's own `create_fifo_index`
@@ -25,9 +25,10 @@ Decisions, for other pgmq clients and for `inspect`:
 - What pgmq has no function for writes its tables directly: the "apalis" headers (error, result,
   killed) just before `pgmq.archive` / `pgmq.set_vt`, `read_ct` given back to a released task (its
   attempt never started), an operator's `retry` (read_ct reset, or a killed message moved back
-  from the archive under its own id), the `retention` purge of old archive rows, and a limited
-  claim's read of the messages it chose (vt, read_ct and last_read_at set as pgmq.read
-  sets them).
+  from the archive under its own id), the `retention` purge of old archive rows, and the claim's
+  read of the messages it chose (vt, read_ct and last_read_at set as pgmq.read sets them), by
+  pgmq.read's own statement rather than pgmq.read itself, which reads the messages in a snapshot
+  later than the pause's: a task pushed after a pause could be claimed.
 """
 
 from __future__ import annotations

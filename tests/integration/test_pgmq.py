@@ -616,3 +616,37 @@ async def test_a_pause_during_a_limited_claim_holds_back_what_was_pushed_after_i
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
     assert [(t.id, t.ctx.status) for t in await backend.list_tasks()] == [(pushed[0], Status.PENDING)]
+
+
+async def test_a_pause_during_a_claim_holds_back_what_was_pushed_after_it(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """A pause and a push that both commit while a claim is under way must not meet in that
+    claim: it reads the pause and the messages in one snapshot. The push's transaction holds the
+    queue table (EXCLUSIVE) from before the claim until after the pause has committed, so the
+    claim waits for it in the middle of its work, and the push commits while it waits."""
+    from apalis_cli.backend import WorkerContext
+
+    backend = store.backend(queue, codec=JsonCodec())
+    await backend.stats()  # creates the queue
+    worker = WorkerContext(id=f"w-{os.urandom(4).hex()}", name="w", queue=queue, concurrency=5, free_slots=lambda: 5)
+    stream = backend.poll_compact(worker)
+    table = f"pgmq.q_{queue}"
+    try:
+        async with await psycopg.AsyncConnection.connect(pgmq_url) as pusher:  # one transaction until commit
+            await pusher.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            claim = asyncio.ensure_future(anext(stream))
+            waiting = "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted"
+            deadline = time.monotonic() + 10
+            while await sql(pgmq_url, waiting, (table,)) == [(0,)]:
+                assert not claim.done(), "the claim did not wait for the queue table"
+                assert time.monotonic() < deadline, "the claim never waited for the queue table"
+                await asyncio.sleep(0.01)
+            await backend.pause()
+            sent = await pusher.execute("SELECT pgmq.send(%s, '{\"n\": 1}'::jsonb)", (queue,))
+            pushed = (await sent.fetchall())[0][0]
+            await pusher.commit()
+            assert await claim is None, "the claim handed out a task of a paused queue"
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert [(t.id, t.ctx.status) for t in await backend.list_tasks()] == [(str(pushed), Status.PENDING)]

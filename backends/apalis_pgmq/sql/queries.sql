@@ -38,11 +38,27 @@ JOIN unnest(%(ats)s::float8[]) WITH ORDINALITY AS t(at, n) USING (n)
 ORDER BY n
 
 -- name: read
--- The claim: pgmq.read hides up to qty messages for the lease; read_ct counts the attempts. A
--- paused queue's claim reads none (the flag is checked in the claim itself).
-SELECT msg_id, read_ct, extract(epoch FROM enqueued_at)::float8, message, headers -> 'apalis', %(worker)s::text
-FROM pgmq.read(%(queue)s, %(lease)s, CASE
-    WHEN EXISTS (SELECT 1 FROM apalis_pgmq.queues WHERE queue = %(queue)s AND paused) THEN 0 ELSE %(qty)s END)
+-- The claim: up to qty messages read as pgmq.read reads them (oldest msg_id first, vt moved by
+-- the lease, read_ct + 1 counting the attempts, last_read_at: `_read` and `_claimed` of
+-- limits.sql), by pgmq.read's own statement with the pause read in the same snapshot: a paused
+-- queue's claim reads none. pgmq.read itself reads the messages in a snapshot of its own, later
+-- than the one its arguments are read in, so a pause and a push that both committed in between
+-- met in one claim, and the pushed task ran on a paused queue. "Ready" is what was due when the
+-- claim began (now(), before its snapshot), not pgmq.read's clock_timestamp(): a message that
+-- came due after a pause the claim did not see waits for the next claim, which sees the pause.
+-- now() is read once, as a parameter the planner cannot see: the plan stays pgmq.read's (along
+-- msg_id), where with `vt <= now()` a plan cached while a delayed backlog was not due sorted the
+-- whole backlog at every claim once it was (46 ms a claim at 50,000 messages).
+UPDATE {q} AS m
+{_read}
+WHERE m.msg_id = ANY(ARRAY(
+    SELECT msg_id FROM {q}
+    WHERE vt <= (SELECT now()) AND NOT EXISTS (SELECT 1 FROM apalis_pgmq.queues WHERE queue = %(queue)s AND paused)
+    ORDER BY msg_id
+    LIMIT %(qty)s
+    FOR UPDATE SKIP LOCKED
+))
+{_claimed}
 
 -- name: extend
 -- The heartbeat of running tasks: every lease of this worker extended in one call; the runs whose

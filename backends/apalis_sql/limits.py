@@ -182,7 +182,7 @@ class LimitedClaims:
                     taken.append(key)
                     if row[_TURN_KEY + 1] is not None:
                         rates[rate_key(key)] = float(row[_TURN_KEY + 1])
-            seen, chosen, last, wake_tat = rows[0][_TURN_KEY + 2 :]
+            seen, chosen, last, wake_tat = rows[0][_TURN_KEY + 2 : _TURN_KEY + 6]
             taken.sort()
             return Turned(
                 taken=taken,

@@ -250,3 +250,19 @@ async def test_a_task_waiting_over_a_limit_can_be_cancelled_and_is_counted_as_pe
     await harness.wait_until(lambda: len(calls.finished) == 2, what="the key's other task to run")
     await asyncio.sleep(0.2)
     assert sorted(c.id for c in calls.calls) == sorted([ids[0], ids[2]]), "the cancelled task never started"
+
+
+async def test_a_keys_next_task_starts_when_its_slot_frees_not_a_poll_later(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    for n in range(4):
+        await backend.push({"account": "a", "n": n}, limit_key="a")
+    gauge = Gauge()
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    # A poll an hour apart: only the end of a run can start the key's next task in time.
+    worker = harness.worker(backend, gauge.handler(calls), concurrency=4, layers=[limit], poll_interval=3600)
+    await worker.start()
+    await harness.wait_until(lambda: len(calls.finished) >= 4, within=20, what="the key's tasks one after another")
+
+    assert gauge.most["a"] == 1, "one at a time"
+    assert [c.args["n"] for c in calls.calls] == [0, 1, 2, 3], "in the order they were pushed"

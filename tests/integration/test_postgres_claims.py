@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
+from apalis_cli.fleet import FleetLimits
 from apalis_cli.service import Outcome
 from apalis_postgres import PostgresStore
 from psycopg import sql
@@ -35,3 +36,22 @@ async def test_a_task_ready_again_is_announced_to_listening_workers_once_acknowl
         heard = [(n.channel, n.payload) async for n in listener.notifies(timeout=5.0, stop_after=1)]
     await stream.aclose()  # type: ignore[attr-defined]
     assert heard == [(postgres_store.config.schema, "q")]
+
+
+@pytest.mark.parametrize(("slots", "told"), [(2, True), (5, False)], ids=["took-all-it-asked", "took-fewer"])
+async def test_a_limited_claim_that_took_all_it_asked_for_tells_the_other_daemons(
+    postgres_store: PostgresStore, slots: int, told: bool
+) -> None:
+    """Another daemon idle since every key was at its limit hears of the slots a claim could not
+    fill; a claim that took fewer than it asked for took all there was, and tells no one."""
+    q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    for n in range(3):
+        await q.push({"account": f"k{n}"}, limit_key=f"k{n}")
+    limits = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
+    async with await psycopg.AsyncConnection.connect(postgres_store.config.url, autocommit=True) as listener:
+        await listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(postgres_store.config.schema)))
+        stream = q.poll_compact(context("w1", slots=slots, limits=limits))
+        assert await anext(stream) is not None
+        heard = [(n.channel, n.payload) async for n in listener.notifies(timeout=1.0, stop_after=1)]
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert heard == ([(postgres_store.config.schema, "q")] if told else [])

@@ -69,8 +69,9 @@ CROSS JOIN LATERAL (
 -- :upto (where the walk came round), then the claim of the chosen (SKIP LOCKED). One row per
 -- task claimed (columns in TASK_COLUMNS order, then its key and rate state), each with the
 -- walk's account: keys seen, tasks chosen (some may have been skipped, locked by another
--- transaction), the last key, and the earliest rate state of a key passed over for
--- its rate; where none was claimed, one row of NULL task columns with that account.
+-- transaction), the last key, the earliest rate state of a key passed over for its rate, and
+-- whether the queue was announced; where none was claimed, one row of NULL task columns with
+-- that account.
   UNION ALL
     SELECT nxt.key, head.id, rate.tat, gate.open, w.n + 1, w.chosen + (head.id IS NOT NULL)::int
     FROM walk AS w
@@ -102,13 +103,18 @@ claimed AS (
     WHERE t.id = ANY((SELECT ids FROM picked)::text[])
     RETURNING {columns}, t.limit_key
 ),
+-- A turn that chose all it was asked for may have left more that other daemons could start:
+-- the queue's listeners are told (on commit), as by a push. Without it a daemon idle since its
+-- last claim found every key at its limit would learn that a slot freed only at its next poll,
+-- when the daemon that freed it took other keys' tasks for its own slots.
 account AS (
     SELECT coalesce(max(n), 0) AS seen, coalesce(max(chosen), 0) AS chosen,
            (SELECT key FROM walk ORDER BY n DESC LIMIT 1) AS last,
-           min(tat) FILTER (WHERE NOT open AND key <> ALL(%(blocked)s::text[])) AS wake_tat
+           min(tat) FILTER (WHERE NOT open AND key <> ALL(%(blocked)s::text[])) AS wake_tat,
+           CASE WHEN max(chosen) >= %(count)s THEN pg_notify({channel}, %(queue)s)::text END AS told
     FROM walk
 )
-SELECT claimed.*, walk.tat, account.seen, account.chosen, account.last, account.wake_tat
+SELECT claimed.*, walk.tat, account.seen, account.chosen, account.last, account.wake_tat, account.told
 FROM account
 LEFT JOIN claimed ON true
 LEFT JOIN walk ON walk.key = claimed.limit_key

@@ -46,8 +46,9 @@ Handing over: a lone task would otherwise cost its worker a second round trip af
 task would be the next claimed claims it for the first listed worker in the same script and
 publishes the task itself; that worker's process gives it to the worker's poll stream
 (`_handed`), which starts it at once. A handed task is an ordinary claim: if the message is lost
-the worker's heartbeat gives it back as a lost claim, if the worker vanished the orphan sweep
-does, and a worker that stops gives back the one still on its way (lua/farewell.lua).
+the worker's heartbeat gives it back as a lost claim (once it is `stale_after` late: a message
+merely slow must not have it run twice), if the worker vanished the orphan sweep does, and a
+worker that stops gives back the one still on its way (lua/farewell.lua).
 """
 
 from __future__ import annotations
@@ -388,6 +389,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                         PURGE_LIMIT,
                         int(worker.retention * 1000),
                         k.control,
+                        self._got.get(worker.id, ""),
                         *running,
                     ],
                 )

@@ -126,3 +126,30 @@ async def test_nothing_is_handed_out_of_a_paused_queue_or_to_a_listing_past_its_
     late = await q.push({"n": 2})
     assert (await status_of(q, late))[0] is Status.PENDING
     assert await store.client.zcard(k.idle) == 0
+
+
+async def test_a_task_whose_message_comes_late_runs_once(store: RedisStore) -> None:
+    # The message handing a task over is on its way for longer than a beat (a busy process, a
+    # slow network): the worker's beat must not give the task back as a lost claim, or it runs
+    # twice (once from the message, once more from the queue).
+    q = store.backend("late", codec=JsonCodec(), max_attempts=3)
+    pusher = store.backend("late", codec=JsonCodec())
+    loop = asyncio.get_running_loop()
+    deliver = q._handed
+    q._handed = lambda message: loop.call_later(0.6, deliver, message)  # type: ignore[method-assign,assignment]
+    started: list[tuple[str, int]] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append((task.id, task.ctx.attempts))
+
+    running = worker(q, handler, keep_alive=0.1, stale_after=2.0, poll_interval=5.0)
+    deadline = time.monotonic() + 10
+    while await store.client.zscore(q.keys.idle, running.worker.context.id) is None:  # its claim found nothing
+        assert time.monotonic() < deadline, "the worker was never listed idle"
+        await asyncio.sleep(0.01)
+    task_id = await pusher.push({"x": 1})
+    await until(lambda: started)
+    await asyncio.sleep(1.0)  # beats, and a second run if the task was given back
+    await running.stop()
+    assert started == [(task_id, 1)]
+    assert (await status_of(q, task_id))[0] is Status.DONE

@@ -8,8 +8,8 @@
 --       handed (claiming.lua: a stale worker is no longer listed idle)
 -- ARGV: base, now, wake channel, worker id, info JSON, stale cutoff ('-inf' while the caller's
 --       own contact with the server is not steady: no worker is judged stale), release cutoff,
---       retention cutoff, purge limit, retention ms, control channel, then the ids this worker
---       is running
+--       retention cutoff, purge limit, retention ms, control channel, the id of the last task
+--       handed to this worker that it received ('' = none), then the ids this worker is running
 -- Returns {recovered, purged, {id, reason, ...} of cancels requested, 1 when paused}
 local base, now, me = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local ttl, channel = ARGV[10], ARGV[11]
@@ -24,8 +24,13 @@ for _, worker in ipairs(stale) do
 end
 
 local mine, cancels = {}, {}
-for i = 12, #ARGV do mine[ARGV[i]] = true end
+for i = 13, #ARGV do mine[ARGV[i]] = true end
 local release_cutoff = tonumber(ARGV[7])
+-- A task handed to this worker (claiming.lua) that it has not received may still be on its way
+-- on the wake channel: given back only once as late as a worker is stale (its message lost).
+local coming = redis.call('HGET', KEYS[11], me)
+if coming == ARGV[12] then coming = nil end
+local coming_cutoff = ARGV[6] == '-inf' and -math.huge or tonumber(ARGV[6])
 local recovered, woke = 0, false
 local function back_to_ready(id, task, priority)
   redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + now), id)
@@ -41,7 +46,7 @@ for i = 1, #running, 2 do
   -- claim it does not run).
   local lost = false
   if f[1] == 'running' and f[2] == me then
-    lost = not mine[id] and claimed < release_cutoff
+    lost = not mine[id] and claimed < (id == coming and coming_cutoff or release_cutoff)
   elseif f[1] == 'running' then
     lost = not redis.call('ZSCORE', KEYS[8], f[2])
   end

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import Any
 
 __all__ = ["Link"]
@@ -44,6 +45,7 @@ class Link(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._replies = 0  # replies read so far, for the timer: did any come since it last looked?
         self._looked_at = -1
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def open(cls, connection: Any, reply_within: float) -> Link:
@@ -90,6 +92,13 @@ class Link(asyncio.Protocol):
 
         self._fail(ConnectionError("the connection was closed"))
 
+    async def aclose(self) -> None:
+        """`close`, and wait until the socket is closed (the loop closes it on a later turn)."""
+        self.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(self._closed)
+
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
@@ -114,6 +123,8 @@ class Link(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
         from redis.exceptions import ConnectionError
 
         self._fail(ConnectionError(f"Error while reading from the server: {exc or 'connection closed'}"))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from apalis_cli.contact import Contact
+from apalis_cli.errors import BackendError
 from apalis_cli.service import OutcomeKind
 
 from .link import Link
@@ -47,7 +48,7 @@ class Lane:
     """The store's own connection for script calls (`link.Link`): every call in flight shares
     it, and one that fails for want of the server is retried on a new one."""
 
-    __slots__ = ("_client", "_contact", "_link", "_opening", "_unsure")
+    __slots__ = ("_client", "_closed", "_contact", "_link", "_opening", "_unsure")
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class Lane:
         self._unsure = unsure  # what to raise when a `once` call was sent and lost (None: not lost)
         self._link: Link | None = None
         self._opening: asyncio.Future[Link] | None = None
+        self._closed = False
 
     async def evalsha(self, script: Script, keys: Sequence[Any], args: Iterable[Any]) -> Any:
         """Run `script`; a dropped connection is retried as redis-py retries any command."""
@@ -127,6 +129,10 @@ class Lane:
         link = self._link
         if link is not None and link.usable:
             return link
+        if self._closed:
+            # A call that outlived its store (a worker's last release after the close): a new
+            # connection would never be closed.
+            raise BackendError("the redis store is closed")
         if self._opening is None:
             self._opening = asyncio.ensure_future(self._open())
         opening = self._opening
@@ -138,12 +144,20 @@ class Lane:
 
     async def _open(self) -> Link:
         pool = self._client.connection_pool
-        link = await Link.open(pool.make_connection(), pool.connection_kwargs.get("socket_timeout") or _TIMEOUT)
+        connection = pool.make_connection()
+        try:
+            link = await Link.open(connection, pool.connection_kwargs.get("socket_timeout") or _TIMEOUT)
+        except BaseException:  # refused, or the lane closed meanwhile: no socket left open
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
+            raise
         self._link = link
         return link
 
     async def close(self) -> None:
-        """Close the connection (a call still in flight fails as on a dropped connection)."""
+        """Close the connection (a call still in flight fails as on a dropped connection); no
+        call opens one again."""
+        self._closed = True
         opening, self._opening = self._opening, None
         if opening is not None:
             opening.cancel()
@@ -151,7 +165,7 @@ class Lane:
                 await opening
         link, self._link = self._link, None
         if link is not None:
-            link.close()
+            await link.aclose()
 
 
 _TIMEOUT = 10.0  # a reply's wait when the client has no socket timeout

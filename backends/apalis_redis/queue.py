@@ -82,6 +82,7 @@ __all__ = ["CAPABILITIES", "RedisQueue", "scripts"]
 
 _SCRIPTS = (
     "enqueue",
+    "push",
     "claim",
     "ack",
     "heartbeat",
@@ -99,17 +100,21 @@ _SCRIPTS = (
 _CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
 _CONTROL = ("ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # control.lua
 _UNIQUE = ("enqueue", "heartbeat")  # and lua/unique.lua's
+_PUSHING = ("enqueue", "push")  # and lua/pushing.lua's (the hand-over)
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 
 
 def scripts() -> dict[str, str]:
     """The text of every script the queue runs, by name."""
-    claiming, control, unique, walk = (lua("apalis_redis", name) for name in ("claiming", "control", "unique", "walk"))
+    claiming, control, unique, walk, pushing = (
+        lua("apalis_redis", name) for name in ("claiming", "control", "unique", "walk", "pushing")
+    )
     return {
         name: (claiming if name in _CLAIMING else "")
         + (control if name in _CONTROL else "")
         + (unique if name in _UNIQUE else "")
+        + (pushing if name in _PUSHING else "")
         + (walk if name == "browse" else "")
         + lua("apalis_redis", name)
         for name in _SCRIPTS
@@ -158,11 +163,28 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         self._ack_keys = [key.encode() for key in (*k.statuses, k.idle, k.handed)]
         self._claim_keys = [*self._ack_keys[:4], *self._ack_keys[7:]]  # ready, scheduled, running, failed, idle, handed
         self._base, self._wake, self._control = k.base.encode(), k.wake.encode(), k.control.encode()
+        self._push_keys = [key.encode() for key in (k.ready, k.scheduled, k.idle, k.handed, k.running)]
 
     # -- the store's primitives ------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks, many per script call and every call in one pipeline round trip."""
+        if len(tasks) == 1:
+            new = tasks[0]
+            if not (new.idempotency_key or new.meta or new.limit_key is not None or new.unique is not None):
+                # The common push, one at a time: lua/push.lua, from plain arguments.
+                plain = (
+                    self._base,
+                    repr(time.time()),
+                    self._wake,
+                    new.id,
+                    new.payload,
+                    repr(float(new.run_at)),
+                    int(new.priority),
+                    int(new.max_attempts),
+                )
+                task_id: bytes = await self.connection.scripts["push"](keys=self._push_keys, args=plain)
+                return [task_id.decode()]
         k, script = self.keys, self.connection.scripts["enqueue"]
         now = repr(time.time())
         calls = []

@@ -153,3 +153,28 @@ async def test_a_task_whose_message_comes_late_runs_once(store: RedisStore) -> N
     await running.stop()
     assert started == [(task_id, 1)]
     assert (await status_of(q, task_id))[0] is Status.DONE
+
+
+async def test_pushes_with_a_key_or_meta_are_handed_over_as_plain_ones_are(store: RedisStore) -> None:
+    # A plain push goes through lua/push.lua, any other through lua/enqueue.lua: both hand over.
+    q = store.backend("either", codec=JsonCodec())
+    pushes: list[dict[str, Any]] = [{}, {"idempotency_key": "k"}, {"meta": {"m": 1}}, {"priority": 5}]
+    for n, options in enumerate(pushes):
+        await list_idle(store, q, f"w{n}")
+        task_id = await q.push({"n": n}, **options)
+        assert await status_of(q, task_id) == (Status.RUNNING, f"w{n}", 1)
+        assert await store.client.hget(q.keys.handed, f"w{n}") == task_id.encode()
+
+
+async def test_a_delayed_push_waits_and_a_plain_push_made_again_inserts_nothing(store: RedisStore) -> None:
+    q = store.backend("again", codec=JsonCodec())
+    await list_idle(store, q, "w1")
+    later = await q.push({"n": 1}, delay=60)
+    assert await status_of(q, later) == (Status.PENDING, None, 0)
+    assert await store.client.zscore(q.keys.idle, "w1") is not None  # still listed: nothing handed
+    first = await q.push({"n": 2}, task_id="same")
+    assert await q.push({"n": 3}, task_id="same") == first  # a call made again after a lost reply
+    task = await q.get(first)
+    assert task is not None
+    assert JsonCodec().decode(task.args) == {"n": 2}
+    assert (await q.stats()).counts[Status.RUNNING] == 1  # handed once, to w1

@@ -1,9 +1,8 @@
 -- Insert tasks (one call for a whole batch); a known idempotency key or task id returns the
 -- existing id instead, so a retried call after a lost reply inserts nothing twice. Returns
--- the ids as one MessagePack array. A new task that would be claimed next (due, nothing ready
--- before it, no limit key, the queue not paused) is handed to a worker listed as idle: claimed
--- for it here and published on the wake channel ('h' + MessagePack [worker id, the 10 fields
--- claiming.lua lists]), so that worker starts it at once (see claiming.lua's enlist).
+-- the ids as one MessagePack array. A new task that would be claimed next is handed to a worker
+-- listed as idle (pushing.lua, prepended). A task pushed alone with none of an idempotency key,
+-- meta, limit key or unique key goes through push.lua instead.
 -- KEYS: ready, scheduled, idle, handed, running
 -- ARGV: base, now, wake channel, and one MessagePack array of 9 per task: id, payload, run_at,
 --       priority, max_attempts, idempotency key ('' = none), meta JSON ('' = none), limit key
@@ -14,37 +13,12 @@
 local base, now = ARGV[1], tonumber(ARGV[2])
 local out, woke = {}, false
 local items = cmsgpack.unpack(ARGV[4])
-local HAND_MAX = 16384 -- larger payloads are not sent to every listening process
 
--- Whether a task pushed now would be the next one claimed, and a worker may be listed idle.
-local handing = redis.call('EXISTS', KEYS[3]) == 1 and redis.call('EXISTS', KEYS[1]) == 0
-  and redis.call('EXISTS', base .. 'paused') == 0 and redis.call('EXISTS', base .. 'parked') == 0
-  and #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) == 0
-local now_ms = math.floor(now * 1000)
-
--- Claim the new task `id` for the first worker listed idle (listings past their time are
--- dropped); true when handed.
-local function hand(id, i)
-  while true do
-    local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    if #first == 0 then return false end
-    local worker = first[1]
-    redis.call('ZREM', KEYS[3], worker)
-    if tonumber(first[2]) >= now_ms then
-      redis.call('HSET', base .. 't:' .. id, 's', 'running', 'a', 1, 'l', worker)
-      redis.call('ZADD', KEYS[5], string.format('%d', now_ms), id)
-      redis.call('HSET', KEYS[4], worker, id)
-      local key, meta = items[i + 5], items[i + 6]
-      redis.call('PUBLISH', ARGV[3], 'h' .. cmsgpack.pack({worker, id, items[i + 1], 1, items[i + 4],
-        items[i + 2], items[i + 3], key, meta, ARGV[2], ''}))
-      return true
-    end
-  end
-end
+local handing = may_hand(KEYS, base, now)
 
 local function place(id, run_at, priority)
   if run_at <= now then
-    redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + run_at), id)
+    redis.call('ZADD', KEYS[1], ready_score(priority, run_at), id)
     woke = true
   else
     redis.call('ZADD', KEYS[2], string.format('%.17g', run_at), id)
@@ -116,7 +90,8 @@ for i = 1, #items, 9 do
       unique_tidy(base, unique[1], ARGV[2])
     end
     local run_at = tonumber(items[i + 2])
-    if not (handing and run_at <= now and lk == '' and #items[i + 1] <= HAND_MAX and hand(id, i)) then
+    if not (handing and run_at <= now and lk == ''
+        and hand(KEYS, base, ARGV[2], ARGV[3], {id, items[i + 1], items[i + 4], items[i + 2], items[i + 3], key, items[i + 6]})) then
       if run_at <= now then handing = false end -- ready now: what comes after it waits behind it
       place(id, run_at, tonumber(items[i + 3]))
     end

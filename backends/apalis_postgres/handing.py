@@ -76,8 +76,13 @@ class Handing:
         """This process's channel: unique, so only this process hears the tasks handed to it."""
 
     def enlist(self, queue: str, worker: WorkerContext, give: Give) -> None:
-        """Let pushes hand `worker`'s tasks from now on (its claims list it when idle)."""
-        self._listed[worker.id] = _Listed(queue, worker.poll_interval + worker.keep_alive, give)
+        """Let pushes hand `worker`'s tasks from now on (its claims list it when idle). A worker
+        that polls again after an error keeps what it received (`got`)."""
+        listed = _Listed(queue, worker.poll_interval + worker.keep_alive, give)
+        before = self._listed.get(worker.id)
+        if before is not None:
+            listed.got = before.got
+        self._listed[worker.id] = listed
 
     def params(self, worker_ids: Sequence[str], *, ack: bool = False) -> dict[str, Any] | None:
         """The `_listing` parameters of a claim for `worker_ids` (those a push may hand to), or

@@ -223,3 +223,17 @@ async def test_a_keyed_or_unique_task_is_never_handed(postgres_store: PostgresSt
     unique = await q.push({"n": 2}, unique={"key": "u"})
     assert [(await status_of(q, i))[0] for i in (keyed, unique)] == [Status.PENDING, Status.PENDING]
     assert given.tasks == {}
+
+
+async def test_a_worker_polling_again_after_an_error_is_listed_again(postgres_store: PostgresStore) -> None:
+    q = postgres_store.backend("again", codec=JsonCodec())
+    given = Given()
+    await list_idle(postgres_store, "again", "w1", given)
+    await q.push({"n": 1})
+    await until(lambda: "w1" in given.tasks)  # received, and still running
+    # Its poll stream starts anew (after a lost connection, say) and claims nothing: what it
+    # received is not mistaken for a task still on its way, so pushes may hand to it again.
+    assert await list_idle(postgres_store, "again", "w1", given) == []
+    row = await listing(postgres_store, "w1")
+    assert row is not None
+    assert row[0] > 0

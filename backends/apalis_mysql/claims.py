@@ -11,7 +11,7 @@ worker whose last claim came back full (`apalis_sql.Backlog`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from apalis_cli.task import Task
@@ -25,7 +25,12 @@ Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
 
 async def transact(
-    conn: Conn, sql: Mapping[str, str], queue: str, first: Sequence[str], want: Sequence[tuple[str, int]]
+    conn: Conn,
+    sql: Mapping[str, str],
+    queue: str,
+    first: Sequence[str],
+    want: Sequence[tuple[str, int]],
+    last: Callable[[list[list[Task[bytes]]]], list[tuple[str, Mapping[str, Any]]]] | None = None,
 ) -> tuple[list[int], list[list[Task[bytes]]]]:
     """Run the statements `first` (already bound) and claim, for each `(worker_id, limit)` of
     `want`, up to `limit` ready tasks: one transaction in two round trips.
@@ -33,8 +38,9 @@ async def transact(
     The first trip sends BEGIN, `first` and the SKIP LOCKED select of every task wanted; the
     second, the UPDATEs that claim the rows it locked, and COMMIT. One select serves all the
     workers: a second one in the same transaction would see the rows the first locked again
-    (a transaction never skips its own locks). Returns the rows each of `first` changed and the
-    tasks claimed per worker, in claim order. On an error the caller closes the connection,
+    (a transaction never skips its own locks). `last(claimed)` gives statements and their parameters for
+    the second trip, before the COMMIT, from what was claimed. Returns the rows each of `first`
+    changed and the tasks claimed per worker, in claim order. On an error the caller closes the connection,
     which rolls the transaction back.
     """
     cursor = conn.cursor()
@@ -59,6 +65,8 @@ async def transact(
         if mine:
             update = sql["claim_update"].replace("{ids}", ", ".join(["%s"] * len(mine)))
             script.append(cursor.mogrify(update, [worker_id, *(row[0] for row in mine)]))
+    if last is not None:
+        script += [cursor.mogrify(query, params) for query, params in last(claimed)]
     await cursor.execute(";\n".join([*script, "COMMIT"]))
     while await cursor.nextset():
         pass

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -31,11 +32,21 @@ from apalis_cli.polling import Waker
 from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
 from apalis_cli.task import Task
-from apalis_sql import TASK_COLUMNS, AckPlan, Controls, Session, encode_meta, load_migrations, load_queries
+from apalis_sql import (
+    TASK_COLUMNS,
+    AckPlan,
+    Controls,
+    Session,
+    encode_meta,
+    load_migrations,
+    load_queries,
+    task_from_row,
+)
 
 from .acks import ack_statements
 from .claims import transact
 from .config import MysqlConfig
+from .handing import SPAN, Listing
 from .listener import Listener, Signals, tag
 
 __all__ = ["Database", "Pool"]
@@ -131,7 +142,13 @@ class Database:
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config
-        self.names = {"prefix": config.table_prefix, "now": NOW, "columns": COLUMNS, "bulk_where": BULK_WHERE}
+        self.names = {
+            "prefix": config.table_prefix,
+            "now": NOW,
+            "columns": COLUMNS,
+            "task_columns": ", ".join(f"t.{name}" for name in TASK_COLUMNS),  # joined as `t`
+            "bulk_where": BULK_WHERE,
+        }
         self.sql = dict(load_queries(__package__ or "apalis_mysql", self.names).items())
         self.wakers: dict[str, Waker] = {}
         self.controls = Controls()
@@ -144,6 +161,8 @@ class Database:
         self._control_tag = tag(config.database, config.table_prefix)
         self._asking: asyncio.Task[None] | None = None
         self._ask_again = False
+        self._listings: dict[str, Listing] = {}
+        """Polling workers of this process that pushes may hand tasks to (`handing`)."""
 
     async def _connect(self) -> Any:
         c = self.config
@@ -353,7 +372,10 @@ class Database:
     # -- the dialect: inserts, claims and acks as MySQL/MariaDB writes them --------------------
 
     async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
-        """Insert tasks, many rows per statement; ids and keys already there are skipped."""
+        """Insert tasks, many rows per statement; ids and keys already there are skipped. A
+        lone task due now may be handed to an idle worker (`handing`)."""
+        if len(tasks) == 1 and _handable(tasks[0]):
+            return await self._hand(queue, tasks[0])
         inserted = 0
         keyed = any(t.limit_key is not None for t in tasks)  # then with each task's limit key
         statement, row = (self.sql["insert_keyed"], _INSERT_ROW_KEYED) if keyed else (self.sql["insert"], _INSERT_ROW)
@@ -372,16 +394,74 @@ class Database:
             await self.signal(self._queue_tag(queue))
         return inserted
 
+    async def _hand(self, queue: str, task: NewTask) -> int:
+        """Push one task, claimed for the most recently listed idle worker if there is one
+        (`hand_push`); then wake that worker's listener alone, or every listener of the queue."""
+        params = {
+            "id": task.id,
+            "queue": queue,
+            "payload": task.payload,
+            "max_attempts": task.max_attempts,
+            "run_at": task.run_at,
+            "priority": task.priority,
+            "meta": encode_meta(task.meta),
+            "waited": task.waited,
+        }
+        ((worker, listener, inserted),) = await self.fetch("hand_push", params)
+        if not inserted:
+            return 0
+        if worker is None:
+            await self.signal(self._queue_tag(queue))
+        elif int(listener) not in self.signals.own:  # ours is told by the queue's waker
+            await self.run(lambda conn: self.signals.kill_one(conn, int(listener)))
+        return 1
+
     async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
-        """One short transaction: a SKIP LOCKED select, then the UPDATE of those ids (`claims`)."""
-        _, (claimed,) = await self.run(lambda conn: transact(conn, self.sql, queue, (), [(worker_id, limit)]))
+        """The tasks pushes handed to this worker while it was listed idle, if any came (a
+        plain read); else one short transaction: a SKIP LOCKED select, then the UPDATE of those
+        ids (`claims`), which also lists the worker idle when it comes back short (or again,
+        when its listing runs low), or unlists it when it comes back full (`handing`)."""
+        listing = self._listings.setdefault(worker_id, Listing())
+        if listing.until:
+            rows = await self.fetch("handed", {"worker": worker_id, "seen": listing.seen_json()})
+            if rows:
+                handed = [task_from_row(row) for row in rows[:limit]]
+                listing.free -= len(handed)
+                listing.seen.update(task.id for task in handed)
+                return handed
+        listener = self._listeners.get(self._queue_tag(queue))
+
+        def list_or_unlist(claimed: list[list[Task[bytes]]]) -> list[tuple[str, Mapping[str, Any]]]:
+            if len(claimed[0]) < limit:
+                if listener is None or listener.connection_id is None or not listing.due(limit):
+                    return []
+                listing.listed(limit - len(claimed[0]))
+                params = {"worker": worker_id, "queue": queue, "listener": listener.connection_id}
+                return [(self.sql["list"], {**params, "span": SPAN, "free": listing.free})]
+            if not listing.until:
+                return []
+            listing.until = 0.0
+            return [(self.sql["unlist"], {"worker": worker_id})]
+
+        _, (claimed,) = await self.run(
+            lambda conn: transact(conn, self.sql, queue, (), [(worker_id, limit)], list_or_unlist)
+        )
+        listing.seen.update(task.id for task in claimed)
         return claimed
+
+    async def stopped_polling(self, worker_id: str) -> None:
+        """`worker_id` stopped polling: unlisted, and the tasks handed to it that it never read
+        go back to the queue, their attempts not counted (`farewell_idle`)."""
+        listing = self._listings.pop(worker_id, None)
+        if listing is not None:
+            await self.fetch("farewell_idle", {"worker": worker_id, "seen": listing.seen_json()})
 
     async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
         """Apply `plan` in as few statements as `acks` makes (usually one) and claim for
         `slots`, in one transaction when there is more than one statement or a claim."""
         statements = ack_statements(self.sql, plan)
-        ids = [row[0] for row in plan.rows()]
+        rows = plan.rows()
+        ids = [row[0] for row in rows]
         # In the same round trip: did a task someone waits for end here? Then they are told.
         statements.append((self.sql["ended_waited"].replace("{ids}", ", ".join(["%s"] * len(ids))), ids))
         waited = False
@@ -401,6 +481,16 @@ class Database:
             return claimed
 
         claimed = await self.run(ack_in)
+        listings = self._listings
+        if listings:
+            for task_id, lock_by, *_ in rows:  # no longer running under that worker
+                listing = listings.get(lock_by) if lock_by is not None else None
+                if listing is not None:
+                    listing.seen.discard(task_id)
+            for (worker_id, _), tasks in zip(slots, claimed, strict=False):
+                listing = listings.get(worker_id)
+                if listing is not None:
+                    listing.seen.update(task.id for task in tasks)
         if waited:
             await self.notify_control()
         if plan.wake:
@@ -469,6 +559,13 @@ def _bind(params: Mapping[str, Any]) -> dict[str, Any]:
     """Named parameters with each list as a tuple, which the driver writes as an `IN` list; an
     empty list as `('')`, which no id or key equals (`IN ()` is not SQL)."""
     return {k: (tuple(v) or ("",)) if isinstance(v, list) else v for k, v in params.items()}
+
+
+def _handable(task: NewTask) -> bool:
+    """A task a push may hand to an idle worker: due now, and claimed by any worker (no key a
+    global limit counts, no unique or idempotency key to look up)."""
+    plain = task.limit_key is None and task.unique is None and task.idempotency_key is None
+    return plain and task.run_at <= time.time()
 
 
 def _chunks(tasks: Sequence[NewTask]) -> list[Sequence[NewTask]]:

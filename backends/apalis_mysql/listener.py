@@ -160,6 +160,15 @@ class Signals:
         self._known[tag] = (now, found)
         await self._kill(conn, tag, [i for i in found if i not in killed])
 
+    async def kill_one(self, conn: Conn, listener: int) -> None:
+        """End the sleep of one listener (a push handed its worker a task); one that is gone
+        (its process stopped) is no error."""
+        try:
+            await conn.cursor().execute(f"KILL QUERY {int(listener)}")
+        except Exception as exc:
+            if not (exc.args and exc.args[0] in _GONE):
+                raise
+
     async def _kill(self, conn: Conn, tag: str, ids: list[int]) -> set[int]:
         """KILL QUERY each of `ids` in one round trip (a failed one is dropped from the list and
         the rest sent again); the ids killed."""

@@ -1,0 +1,51 @@
+"""Hand-over: a push of one task claims it for an idle worker, so the worker starts it after a
+plain read instead of a claim of its own (migration 0006, `sql/idle.sql`).
+
+A lone task otherwise waits for two redo-log flushes in a row: the push's commit, then the
+claim's (the worker's listener wakes it, it claims, the claim commits). MariaDB cannot relax
+durability per transaction, and a flush here is 0.5-2 ms. So a polling worker whose claim came
+back short is listed idle with its free slots, in that claim's own transaction (with the
+connection id of its process's listener for the queue); a push of one task due now claims it
+for the most recently listed worker with a free slot, in the push's transaction, and ends that
+listener's sleep; the worker reads the tasks handed to it (`handed`) and starts them. Each hand
+takes a slot of the listing; the worker's next short claim lists it again when half are gone.
+
+A handed task is an ordinary claim: a worker that stops polling gives back those it never saw
+(`farewell_idle`), one whose wake-up was lost gives them back by its heartbeat (lost claims),
+and one that vanished by the orphan sweep. A listing lapses after `SPAN` seconds unless the
+worker's idle claims refresh it, so a vanished worker stops being handed tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["SPAN", "Listing"]
+
+SPAN = 5.0
+"""Seconds a listing holds; an idle worker's claims refresh it once half of that is gone."""
+
+
+@dataclass(slots=True)
+class Listing:
+    """What this process knows of one polling worker's listing."""
+
+    until: float = 0.0
+    """When the server's listing lapses (this machine's clock; 0: not listed)."""
+    free: int = 0
+    """Slots left in the listing, as far as this process knows (each hand read takes one)."""
+    seen: set[str] = field(default_factory=set)
+    """Tasks given to the worker (handed or claimed) and not yet acknowledged: a task handed to
+    it that is still running under it is new to it only if it is not among these."""
+
+    def due(self, slots: int) -> bool:
+        """Whether a short claim with `slots` free should (re)list the worker."""
+        return self.until - time.time() < SPAN / 2 or self.free < max(slots // 2, 1)
+
+    def listed(self, slots: int) -> None:
+        self.until, self.free = time.time() + SPAN, slots
+
+    def seen_json(self) -> str:
+        return json.dumps(sorted(self.seen))

@@ -1,0 +1,71 @@
+-- Hand-over (migration 0006): workers listed idle, pushes that claim for them, and what a
+-- listed worker reads when woken. `handed` lists the tasks handed to a worker that may still be
+-- running; the worker tells those it has seen apart itself (`seen`: a JSON array of ids).
+
+-- name: hand_push
+-- One task due now, pushed in one transaction: claimed for the most recently listed idle worker
+-- of the queue with a free slot (none while the queue is paused), else left pending; then which
+-- worker and listener got it, and whether it was inserted (a known id is skipped). SKIP LOCKED:
+-- a worker whose listing another transaction holds is passed by.
+START TRANSACTION;
+SET @apalis_worker = NULL, @apalis_listener = NULL;
+SELECT worker_id, listener INTO @apalis_worker, @apalis_listener FROM {prefix}idle
+WHERE queue = %(queue)s AND until > {now} AND free > 0 AND %(run_at)s <= {now}
+  AND NOT EXISTS (SELECT 1 FROM {prefix}queues AS p WHERE p.queue = %(queue)s AND p.paused = 1)
+ORDER BY until DESC
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+INSERT INTO {prefix}tasks
+    (id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta, waited,
+     created_at, lock_by, lock_at)
+VALUES (%(id)s, %(queue)s, %(payload)s, IF(@apalis_worker IS NULL, 'pending', 'running'),
+        IF(@apalis_worker IS NULL, 0, 1), %(max_attempts)s, %(run_at)s, %(priority)s, NULL, %(meta)s, %(waited)s,
+        {now}, @apalis_worker, IF(@apalis_worker IS NULL, NULL, {now}))
+ON DUPLICATE KEY UPDATE id = id;
+SET @apalis_inserted = ROW_COUNT() = 1;
+UPDATE {prefix}idle
+SET free = free - 1, handed = JSON_ARRAY_APPEND(COALESCE(handed, '[]'), '$', %(id)s)
+WHERE worker_id = @apalis_worker AND @apalis_inserted;
+COMMIT;
+SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted
+
+-- name: handed
+-- The tasks handed to a listed worker that it has not seen, still running under it (a plain
+-- read), in the order they were handed.
+SELECT STRAIGHT_JOIN {task_columns}
+FROM {prefix}idle AS i
+JOIN JSON_TABLE(i.handed, '$[*]' COLUMNS (
+    n FOR ORDINALITY,
+    task VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS h
+JOIN {prefix}tasks AS t ON t.id = h.task
+WHERE i.worker_id = %(worker)s AND t.lock_by = %(worker)s AND t.status = 'running'
+  AND NOT JSON_CONTAINS(%(seen)s, JSON_QUOTE(h.task))
+ORDER BY h.n
+
+-- name: list
+-- List a worker idle (or again) until `until` with `free` slots; its handed tasks that no longer
+-- run under it are forgotten. Rows of workers gone for a minute are dropped on the way.
+INSERT INTO {prefix}idle (worker_id, queue, listener, until, free, handed)
+VALUES (%(worker)s, %(queue)s, %(listener)s, {now} + %(span)s, %(free)s, NULL)
+ON DUPLICATE KEY UPDATE listener = VALUES(listener), until = VALUES(until), free = VALUES(free),
+    handed = (SELECT JSON_ARRAYAGG(t.id) FROM JSON_TABLE(handed, '$[*]' COLUMNS (
+        task VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS h
+        JOIN {prefix}tasks AS t ON t.id = h.task
+        WHERE t.lock_by = %(worker)s AND t.status = 'running');
+DELETE FROM {prefix}idle WHERE queue = %(queue)s AND until < {now} - 60
+
+-- name: unlist
+-- The worker is busy: no more hand-overs until it lists itself again (tasks already handed
+-- stay listed, for its next claim to read).
+UPDATE {prefix}idle SET free = 0 WHERE worker_id = %(worker)s
+
+-- name: farewell_idle
+-- The worker stopped polling: the tasks handed to it that it never saw go back, not counted.
+UPDATE {prefix}idle AS i
+JOIN JSON_TABLE(i.handed, '$[*]' COLUMNS (
+    task VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS h
+JOIN {prefix}tasks AS t ON t.id = h.task
+SET t.status = 'pending', t.attempts = GREATEST(t.attempts - 1, 0), t.lock_by = NULL, t.lock_at = NULL
+WHERE i.worker_id = %(worker)s AND t.lock_by = %(worker)s AND t.status = 'running'
+  AND NOT JSON_CONTAINS(%(seen)s, JSON_QUOTE(t.id));
+DELETE FROM {prefix}idle WHERE worker_id = %(worker)s

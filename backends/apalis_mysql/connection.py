@@ -422,7 +422,7 @@ class Database:
         ids (`claims`), which also lists the worker idle when it comes back short (or again,
         when its listing runs low), or unlists it when it comes back full (`handing`)."""
         listing = self._listings.setdefault(worker_id, Listing())
-        if listing.until:
+        if listing.until > time.time() - SPAN:  # listed, or was until lately: hands may have come
             rows = await self.fetch("handed", {"worker": worker_id, "seen": listing.seen_json()})
             if rows:
                 handed = [task_from_row(row) for row in rows[:limit]]
@@ -438,9 +438,11 @@ class Database:
                 listing.listed(limit - len(claimed[0]))
                 params = {"worker": worker_id, "queue": queue, "listener": listener.connection_id}
                 return [(self.sql["list"], {**params, "span": SPAN, "free": listing.free})]
-            if not listing.until:
+            if not listing.until or not listing.free:
                 return []
-            listing.until = 0.0
+            # No more hands; those already made are still read by its claims until the listing
+            # would have lapsed (one may have come just before this transaction).
+            listing.free = 0
             return [(self.sql["unlist"], {"worker": worker_id})]
 
         _, (claimed,) = await self.run(

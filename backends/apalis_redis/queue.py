@@ -160,10 +160,11 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
         # on every call (the ack call's packing took a third less time with these).
         k = self.keys
-        self._ack_keys = [key.encode() for key in (*k.statuses, k.idle, k.handed)]
-        self._claim_keys = [*self._ack_keys[:4], *self._ack_keys[7:]]  # ready, scheduled, running, failed, idle, handed
+        # Tuples: the scripts pack a tuple of keys once (`Script.head`).
+        self._ack_keys = tuple(key.encode() for key in (*k.statuses, k.idle, k.handed))
+        self._claim_keys = (*self._ack_keys[:4], *self._ack_keys[7:])  # ready, scheduled, running, failed, idle, handed
         self._base, self._wake, self._control = k.base.encode(), k.wake.encode(), k.control.encode()
-        self._push_keys = [key.encode() for key in (k.ready, k.scheduled, k.idle, k.handed, k.running)]
+        self._push_keys = tuple(key.encode() for key in (k.ready, k.scheduled, k.idle, k.handed, k.running))
 
     # -- the store's primitives ------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             script, worker_id, base = self.connection.scripts["claim"], worker.id, self._base
             waker = self.connection.waker(self.queue)
             if worker.limits is not None:
-                claim_keys = self._ack_keys[:4]  # ready, scheduled, running, failed
+                claim_keys = list(self._ack_keys[:4])  # ready, scheduled, running, failed
                 limited = LimitedClaims(self.connection.scripts["claim_limited"], claim_keys, base, worker, waker)
                 self._limited.add(worker_id)
 

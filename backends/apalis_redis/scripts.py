@@ -65,8 +65,10 @@ class Lane:
 
     async def evalsha(self, script: Script, keys: Sequence[Any], args: Iterable[Any]) -> Any:
         """Run `script`; a dropped connection is retried as redis-py retries any command."""
+        args = tuple(args)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        packed = _pack(command)
+        head, tail = script.head(keys), _pack_items(args)
+        packed = None if head is None or tail is None else b"*%d\r\n%s%s" % (len(command), head, tail)
         link = self._link
         if packed is not None and link is not None and link.usable:
             # The common case, in one try: an open link, a script the server knows.
@@ -175,9 +177,16 @@ def _pack(command: tuple[Any, ...]) -> bytes | None:
     """`command` in Redis's protocol, for arguments of the kinds the scripts take (bytes, str,
     int, float); None for any other (redis-py packs those). A third of the CPU time of redis-py's
     packing, which encodes each argument through generators and checks."""
-    parts = [b"*%d\r\n" % len(command)]
+    items = _pack_items(command)
+    return None if items is None else b"*%d\r\n%s" % (len(command), items)
+
+
+def _pack_items(items: Sequence[Any]) -> bytes | None:
+    """`items` as the bulk strings of a command in Redis's protocol (no count before them); None
+    for a kind `_pack` does not take."""
+    parts: list[bytes] = []
     append = parts.append
-    for arg in command:
+    for arg in items:
         kind = type(arg)
         if kind is bytes:
             data = arg
@@ -196,7 +205,7 @@ def _pack(command: tuple[Any, ...]) -> bytes | None:
 class Script:
     """One registered script: call it with `keys` and `args` (and `client=` a pipeline)."""
 
-    __slots__ = ("_lane", "_slow", "repeatable", "sha", "text")
+    __slots__ = ("_head", "_lane", "_slow", "repeatable", "sha", "text")
 
     def __init__(self, slow: Any, lane: Lane | None, *, repeatable: bool = True) -> None:
         self._slow = slow  # redis-py's script object: pipelines, clusters
@@ -205,6 +214,22 @@ class Script:
         self.text: str = slow.script
         self.repeatable = repeatable
         """False: a second run would do its work twice (sent again only if never sent)."""
+        self._head: tuple[tuple[Any, ...], bytes | None] | None = None
+
+    def head(self, keys: Sequence[Any]) -> bytes | None:
+        """EVALSHA, the script's sha, the number of keys and `keys`, packed (`_pack_items`).
+
+        Kept for the last tuple of keys asked for: a queue passes the same tuple on every push,
+        claim and acknowledgement (a tuple: it cannot change while it is kept), so the part of a
+        call that never changes is packed once (a push's 16 arguments took 4.9 us to pack, its 7
+        own ones 2.3 us)."""
+        kept = self._head
+        if kept is not None and kept[0] is keys:
+            return kept[1]
+        packed = _pack_items(("EVALSHA", self.sha, len(keys), *keys))
+        if type(keys) is tuple:
+            self._head = (keys, packed)
+        return packed
 
     async def __call__(self, keys: Sequence[Any] = (), args: Iterable[Any] = (), client: Any = None) -> Any:
         if client is not None or self._lane is None:

@@ -10,11 +10,18 @@
 -- the server after 10 s idle in it, which frees the lock: no lock outlives a live transaction.
 -- The statements after it run their prepared plans as planned once (generic): planned at each
 -- run, as the server would choose for most of them here, planning took longer than the run
--- (1.0-1.4 ms for a `limit_turn_*`, about a third of a limited claim's server time).
+-- (1.0-1.4 ms for a `limit_turn_*`, about a third of a limited claim's server time). And they
+-- are planned without explicit sorts where an index gives the order: a queue the statistics do
+-- not know is taken for one of a row or two, and a walk's step then read the queue's whole
+-- ready index and sorted it (`tasks_ready`, 3 ms a key, 30-150 ms a claim) rather than step in
+-- the keyed one. A sort that cannot be avoided then costs the planner a fortune, which would
+-- have the statement compiled to machine code (JIT, a second at each planning): no JIT.
 SELECT pg_advisory_xact_lock(hashtext(%(scope)s), hashtext(%(key)s)),
        set_config('synchronous_commit', coalesce(%(commit)s, current_setting('synchronous_commit')), true),
        set_config('idle_in_transaction_session_timeout', '10s', true),
-       set_config('plan_cache_mode', 'force_generic_plan', true)
+       set_config('plan_cache_mode', 'force_generic_plan', true),
+       set_config('enable_sort', 'off', true),
+       set_config('jit', 'off', true)
 
 -- name: limit_state
 -- The server's clock, the pause, the queue-wide rate states, and the running tasks by key: the

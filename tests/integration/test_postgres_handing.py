@@ -46,13 +46,13 @@ async def list_idle(store: PostgresStore, queue: str, worker_id: str, given: Giv
     return await db.claim(queue, worker_id, 1)
 
 
-async def listing(store: PostgresStore, worker_id: str) -> tuple[float, str | None] | None:
-    """The worker's row of `idle_workers`: (until, handed), or None."""
-    rows = await store.database.pool.run(
-        lambda conn: _all(
-            conn, f'SELECT until, handed FROM "{store.config.schema}".idle_workers WHERE worker = %s', worker_id
-        )
+async def listing(store: PostgresStore, worker_id: str) -> tuple[bool, str | None] | None:
+    """The worker's row of `idle_workers`: (listed, handed), or None."""
+    query = (
+        "SELECT channel <> '' AND until >= extract(epoch FROM now()), handed"
+        f' FROM "{store.config.schema}".idle_workers WHERE worker = %s'
     )
+    rows = await store.database.pool.run(lambda conn: _all(conn, query, worker_id))
     return (rows[0][0], rows[0][1]) if rows else None
 
 
@@ -69,7 +69,7 @@ async def status_of(q: SqlQueue, task_id: str) -> tuple[Status, str | None, int]
 async def listed_idle(store: PostgresStore, worker_id: str) -> None:
     """Return once `worker_id` is listed idle."""
     deadline = time.monotonic() + 10
-    while (row := await listing(store, worker_id)) is None or row[0] <= 0:
+    while (row := await listing(store, worker_id)) is None or not row[0]:
         assert time.monotonic() < deadline, "never listed idle"
         await asyncio.sleep(0.02)
 
@@ -236,4 +236,4 @@ async def test_a_worker_polling_again_after_an_error_is_listed_again(postgres_st
     assert await list_idle(postgres_store, "again", "w1", given) == []
     row = await listing(postgres_store, "w1")
     assert row is not None
-    assert row[0] > 0
+    assert row[0]

@@ -1,12 +1,19 @@
 -- Handing a pushed task to an idle worker (apalis_postgres.handing, migration 0007): the push
 -- claims it for a worker listed in `idle_workers` and NOTIFYs the task on the channel of that
 -- worker's process, so the worker starts it without a claim round trip.
+--
+-- A worker is listed while its row has a `channel` and an `until` still to come. Listing and
+-- unlisting write `channel` (its process's, or '') and leave `until` alone until half the
+-- listing's time is gone: an update that changes no indexed column is HOT, adding no index
+-- entry. (Every hand-over and listing is a new row version: written to both indexes each time,
+-- a busy worker's row left thousands of dead entries that every push and listing walked until a
+-- vacuum, more server CPU per lone task than the claim the hand-over saves.)
 
 -- name: enqueue_hand
 -- One task pushed (as enqueue.sql pushes it), claimed in the same statement for the worker
 -- listed idle the longest on its queue when the task would be the next one claimed: due now, no
 -- other task of the queue ready (whatever its priority), the queue not paused. The listing is
--- used up (`until` 0, `handed` the task) and the NOTIFY on the worker's channel carries the task
+-- used up (`channel` '', `handed` the task) and the NOTIFY on the worker's channel carries the task
 -- as a JSON array (worker id, id, base64 payload, max_attempts, run_at, priority, idempotency
 -- key, meta, created_at); one of 8,000 bytes or more (a large payload) is not handed: the task
 -- is inserted ready and the queue's pollers are woken, as a push without idle workers does.
@@ -24,7 +31,7 @@ idle AS MATERIALIZED (
                             n.key, n.meta, n.created_at)::text AS note
     FROM new AS n, {schema}.idle_workers AS w
     WHERE n.run_at <= n.created_at
-      AND w.queue = %(queue)s AND w.until >= n.created_at
+      AND w.queue = %(queue)s AND w.until >= n.created_at AND w.channel <> ''
       AND NOT EXISTS (
           SELECT 1 FROM {schema}.tasks AS t
           WHERE t.queue = w.queue AND t.status IN ('pending', 'failed') AND t.run_at <= n.created_at
@@ -48,7 +55,7 @@ inserted AS (
     RETURNING t.id, t.lock_by
 ),
 handed AS (
-    UPDATE {schema}.idle_workers AS w SET until = 0, handed = ins.id
+    UPDATE {schema}.idle_workers AS w SET channel = '', handed = ins.id
     FROM inserted AS ins
     WHERE w.worker = ins.lock_by
 )
@@ -72,21 +79,27 @@ listed AS (
     SELECT l.worker, %(queue)s::text, %(channel)s::text, extract(epoch FROM now())::float8 + l.span, nullif(l.got, '')
     FROM unnest(%(list_workers)s::text[], %(list_spans)s::float8[], %(list_gots)s::text[]) AS l(worker, span, got)
     WHERE NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.lock_by = l.worker)
-    ON CONFLICT (worker) DO UPDATE SET until = excluded.until, queue = excluded.queue, channel = excluded.channel
-    -- (The task is read by its id alone: a filter on lock_by lets the planner walk tasks_running.)
-    WHERE w.handed IS NOT DISTINCT FROM excluded.handed OR NOT coalesce((
-        SELECT t.status = 'running' AND t.lock_by = w.worker FROM {schema}.tasks AS t WHERE t.id = w.handed
-    ), false)
+    ON CONFLICT (worker) DO UPDATE SET channel = excluded.channel, queue = excluded.queue,
+        until = CASE WHEN w.until * 2 < excluded.until + extract(epoch FROM now())::float8 THEN excluded.until
+                     ELSE w.until END
+    -- Not when listed already with time to spare (no row version for nothing); not while a task
+    -- handed to it is on its way (read by its id alone: a filter on lock_by lets the planner walk
+    -- tasks_running).
+    WHERE (w.channel IS DISTINCT FROM excluded.channel OR w.queue IS DISTINCT FROM excluded.queue
+           OR w.until * 2 < excluded.until + extract(epoch FROM now())::float8)
+      AND (w.handed IS NOT DISTINCT FROM excluded.handed OR NOT coalesce((
+          SELECT t.status = 'running' AND t.lock_by = w.worker FROM {schema}.tasks AS t WHERE t.id = w.handed
+      ), false))
 ),
 unlisted AS (
-    UPDATE {schema}.idle_workers AS w SET until = 0
-    WHERE w.worker = ANY(%(list_workers)s::text[]) AND w.until > 0
+    UPDATE {schema}.idle_workers AS w SET channel = ''
+    WHERE w.worker = ANY(%(list_workers)s::text[]) AND w.channel <> ''
       AND EXISTS (SELECT 1 FROM claimed AS c WHERE c.lock_by = w.worker)
 )
 
 -- name: unlist
 -- A worker stopped polling: nothing is handed to it any more.
-UPDATE {schema}.idle_workers SET until = 0 WHERE worker = %(worker)s AND until > 0
+UPDATE {schema}.idle_workers SET channel = '' WHERE worker = %(worker)s AND channel <> ''
 
 -- name: handed_lost
 -- The tasks handed to these workers that still run under them (their processes compare each with

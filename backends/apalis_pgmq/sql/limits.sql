@@ -103,12 +103,15 @@ WHERE m.msg_id = ANY(ARRAY(
 -- name: limit_take
 -- Up to :limit messages in the queue's order (a queue-wide limit, no key): pgmq.read's own
 -- statement, ready by `now()` (pgmq.read reads `clock_timestamp()` in a snapshot of its own, so
--- it would hand out a message pushed after a pause that `limit_state` did not see yet).
+-- it would hand out a message pushed after a pause that `limit_state` did not see yet). now() is
+-- read once, as a parameter the planner cannot see, so the plan stays along msg_id as the
+-- ordinary claim's (`read`): with `vt <= now()` a plan cached while a delayed backlog was not due
+-- sorted the whole backlog at every claim once it was.
 UPDATE {q} AS m
 {_read}
 WHERE m.msg_id = ANY(ARRAY(
     SELECT msg_id FROM {q}
-    WHERE vt <= now()
+    WHERE vt <= (SELECT now())
     ORDER BY msg_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

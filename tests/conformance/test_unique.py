@@ -88,14 +88,28 @@ async def test_a_replaced_duplicate_runs_in_its_new_place(harness: Harness, call
 async def test_extend_starts_the_window_again(harness: Harness) -> None:
     harness.require(Capability.UNIQUE)
     backend = harness.backend()
-    extend = {"key": "debounced", "period": "400ms", "on_conflict": "extend"}
-    first = await backend.push({"n": 1}, unique=extend)
-    await asyncio.sleep(0.25)
-    assert await backend.push({"n": 2}, unique=extend) == first
-    await asyncio.sleep(0.25)  # past the first window, within the extended one
-    assert await backend.push({"n": 3}, unique=extend) == first, "the window ran again from the last push"
-    await asyncio.sleep(0.5)
-    assert await backend.push({"n": 4}, unique=extend) != first
+    period = 1.0
+    # Each push is stamped by the store somewhere between the call's start and its end; the
+    # third push must land past the first window and within the one the second push began. The
+    # waits are taken from those bounds, and a round that a stalled machine stretched past them
+    # proves nothing either way, so it is run again under a new key (a real failure fails every round).
+    for round_ in range(4):
+        extend = {"key": f"debounced-{round_}", "period": f"{int(period * 1000)}ms", "on_conflict": "extend"}
+        first = await backend.push({"n": 1}, unique=extend)
+        first_done = time.monotonic()
+        await asyncio.sleep(0.5 * period)
+        second_sent = time.monotonic()
+        assert await backend.push({"n": 2}, unique=extend) == first
+        await asyncio.sleep(max(0.0, first_done + period + 0.1 - time.monotonic()))
+        third = await backend.push({"n": 3}, unique=extend)
+        if time.monotonic() >= second_sent + period:
+            continue  # the third push may have landed past the extended window too
+        assert third == first, "the window ran again from the last push"
+        third_done = time.monotonic()
+        await asyncio.sleep(max(0.0, third_done + period + 0.1 - time.monotonic()))
+        assert await backend.push({"n": 4}, unique=extend) != first, "a push past the extended window is a new task"
+        return
+    pytest.fail("the machine stalled every round past the window; nothing was shown")
 
 
 async def test_duplicates_in_one_batch_make_one_task(harness: Harness) -> None:

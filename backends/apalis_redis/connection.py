@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar
@@ -115,8 +116,10 @@ class Patience:
     limit).
 
     A Redis Cluster client counts tries, not time: it is given as many as `budget` holds
-    (`cluster_policy`); redis-py does not retry on the nodes' own connections, and follows MOVED
-    and ASK redirections without counting them as tries.
+    (`cluster_policy`, its pipelines too), and a command it gave up on is tried again here for
+    what is left of the budget (redis-py gives up early once no node answers a topology refresh);
+    it does not retry on the nodes' own connections, and follows MOVED and ASK redirections
+    without counting them as tries.
     """
 
     def __init__(self, what: str, secrets: Iterable[str], contact: Contact) -> None:
@@ -158,9 +161,11 @@ class Patience:
         error: Exception,
         do: Callable[[], Awaitable[T]],
         fail: Callable[[Exception, int], Awaitable[Any]],
+        spent: float = 0.0,
     ) -> T:
         """After `do()` failed with `error`: `do()` again while its failures are transient,
-        within the budget; `fail` (redis-py's: drop the connection) runs after each failure."""
+        within the budget (less `spent` seconds already spent on it); `fail` (redis-py's: drop
+        the connection) runs after each failure."""
         failures = 1
         if not transient(error):
             raise error
@@ -176,7 +181,7 @@ class Patience:
             do,
             transient=transient,
             recover=recover,
-            budget=self.budget,
+            budget=self.budget - spent,
             what=self.what,
             describe=self.describe,
             contact=self.contact,
@@ -217,8 +222,9 @@ def connect(url: str, client_name: str, patience: Patience, *, cluster: bool = F
     """A redis-py asyncio client whose commands are tried again as `patience` says (unless
     `retry` says otherwise), with bytes replies. With `cluster`, a `RedisCluster` on the URL's
     seed nodes (`cluster_seeds`), which finds the others and sends each queue's scripts to the
-    node of its slot; it counts its tries (`Patience.cluster_policy`) without telling the
-    contact, and gives up in the same one line.
+    node of its slot; it counts its tries (`Patience.cluster_policy`), and what is left of the
+    budget when it gives up is spent by `Patience.again` (it gives up early when no node
+    answers), so it too fails in the same one line.
 
     A reply that never comes (a peer gone without a reset) times out after `_COMMAND_TIMEOUT`
     and counts as a dropped connection: an acknowledgement must never wait forever. Blocking
@@ -242,18 +248,23 @@ def connect(url: str, client_name: str, patience: Patience, *, cluster: bool = F
 
     class Cluster(RedisCluster):
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
             try:
                 return await super().execute_command(*args, **kwargs)
             except Exception as error:
-                if not transient(error):
-                    raise
-                # redis-py has tried it again as many times as the budget holds.
-                tries = self.retry.get_retries() + 1
-                line = f"{patience.what}: {patience.describe(error)} (tried {tries} times, gave up)"
-                raise ConnectionLost(line) from error
+                # redis-py tried it as many times as the budget holds, but gives up before once
+                # a topology refresh reached no node (every master away): what is left of the
+                # budget is spent here, so a restart of the whole cluster is ridden out too.
+                again = super().execute_command
+                spent = time.monotonic() - started
+                return await patience.again(error, lambda: again(*args, **kwargs), _no_drop, spent)
 
     first, others = cluster_seeds(url)
     return Cluster.from_url(first, startup_nodes=[ClusterNode(host, port) for host, port in others], **options)
+
+
+async def _no_drop(error: Exception, failures: int) -> None:
+    """A cluster client drops a failed node's connection by itself."""
 
 
 def _once() -> Any:

@@ -19,7 +19,6 @@ from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.events import BackendUnavailable, Event
-from apalis_cli.retrying import tries_within
 from apalis_cli.task import Task
 from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
@@ -92,11 +91,24 @@ async def test_a_push_and_a_worker_ride_out_a_restart_within_the_budget(kind: st
     async with working(kind, server, budget=20.0) as (backend, seen, running):
         await asyncio.to_thread(server.stop)
         push = asyncio.create_task(backend.push({"n": 2}))  # refused, and tried again meanwhile
+
+        # An operator's commands and reads too: plain commands, pipelines, scripts.
+        async def pause() -> bool:
+            await backend.pause()
+            paused: bool = await backend.paused()
+            return paused
+
+        asked = [asyncio.create_task(pause()), asyncio.create_task(backend.stats())]
         await asyncio.sleep(1.0)
         assert not push.done(), "the push waits for the server instead of failing"
+        assert not any(ask.done() for ask in asked), "so do the operator's commands"
         await asyncio.to_thread(server.start)
 
         await push
+        paused, stats = await asyncio.gather(*asked)
+        assert paused is True
+        assert stats.queue == "q"
+        await backend.resume()
         await until(lambda: seen == [1, 2])
         await backend.push({"n": 3})
         await until(lambda: seen == [1, 2, 3])
@@ -148,7 +160,8 @@ async def test_a_listener_whose_connection_dropped_wakes_every_poller(redis_stor
 
 
 async def test_a_cluster_rides_out_a_restart_and_fails_in_one_line_once_away_past_its_budget() -> None:
-    # A cluster client counts tries, not time: it is given as many as the budget holds.
+    # A cluster client counts tries, not time (as many as the budget holds), and gives up early
+    # once no node answers: what is left of the budget is spent on it all the same.
     cluster = PrivateCluster()
     await asyncio.to_thread(cluster.start)
     store = RedisStore.from_spec(redis_cluster_spec(cluster.url, namespace=f"outage-{uuid.uuid4().hex[:8]}"))
@@ -176,7 +189,7 @@ async def test_a_cluster_rides_out_a_restart_and_fails_in_one_line_once_away_pas
             await store.backend("q", codec=JsonCodec()).push({"n": 3})
         line = str(lost.value)
         assert line.startswith(f"redis at {cluster.url}: "), line
-        assert line.endswith(f" (tried {tries_within(1.0) + 1} times, gave up)"), line
+        assert line.endswith(" s, gave up)"), line
         assert "\n" not in line
     finally:
         await store.close()

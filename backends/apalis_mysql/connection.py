@@ -46,7 +46,7 @@ from apalis_sql import (
 from .acks import ack_statements
 from .claims import transact
 from .config import MysqlConfig
-from .handing import SPAN, Listing
+from .handing import NONE_IDLE_FOR, SPAN, Listing
 from .listener import Listener, Signals, tag
 
 __all__ = ["Database", "Pool"]
@@ -163,6 +163,9 @@ class Database:
         self._ask_again = False
         self._listings: dict[str, Listing] = {}
         """Polling workers of this process that pushes may hand tasks to (`handing`)."""
+        self._none_idle: dict[str, float] = {}
+        """Per queue, until when (monotonic) its pushes insert plainly: the last hand found no
+        idle worker (a hand costs a push about twice the statements of a plain insert)."""
 
     async def _connect(self) -> Any:
         c = self.config
@@ -374,7 +377,7 @@ class Database:
     async def insert(self, queue: str, tasks: Sequence[NewTask]) -> int:
         """Insert tasks, many rows per statement; ids and keys already there are skipped. A
         lone task due now may be handed to an idle worker (`handing`)."""
-        if len(tasks) == 1 and _handable(tasks[0]):
+        if len(tasks) == 1 and _handable(tasks[0]) and time.monotonic() >= self._none_idle.get(queue, 0.0):
             return await self._hand(queue, tasks[0])
         inserted = 0
         keyed = any(t.limit_key is not None for t in tasks)  # then with each task's limit key
@@ -408,6 +411,8 @@ class Database:
             "waited": task.waited,
         }
         ((worker, listener, inserted),) = await self.fetch("hand_push", params)
+        if worker is None:
+            self._none_idle[queue] = time.monotonic() + NONE_IDLE_FOR
         if not inserted:
             return 0
         if worker is None:

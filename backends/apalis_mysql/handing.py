@@ -13,7 +13,8 @@ takes a slot of the listing; the worker's next short claim lists it again when h
 A handed task is an ordinary claim: a worker that stops polling gives back those it never saw
 (`farewell_idle`), one whose wake-up was lost gives them back by its heartbeat (lost claims),
 and one that vanished by the orphan sweep. A listing lapses after `SPAN` seconds unless the
-worker's idle claims refresh it, so a vanished worker stops being handed tasks.
+worker's idle claims refresh it, so a vanished worker stops being handed tasks. A push that found
+no idle worker makes this process's next pushes to the queue plain inserts for `NONE_IDLE_FOR`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ import json
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["SPAN", "Listing"]
+__all__ = ["NONE_IDLE_FOR", "SPAN", "Listing"]
 
 SPAN = 5.0
 """Seconds a listing holds; an idle worker's claims refresh it once half of that is gone."""
+NONE_IDLE_FOR = 0.05
+"""Seconds a process pushes to a queue without trying to hand over, after a push found no idle
+worker there: a hand is a transaction of several statements where a plain push is one insert,
+and while the queue's workers are busy (or there are none) every try would find none."""
 
 
 @dataclass(slots=True)

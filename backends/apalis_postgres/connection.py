@@ -355,7 +355,8 @@ class Database:
                 "key": task.idempotency_key,
                 "meta": encode_meta(task.meta),
             }
-            return len(await self.fetch("enqueue_hand", one))
+            [(pushed,)] = await self.fetch("enqueue_hand", one)  # its id, None when already stored
+            return 0 if pushed is None else 1
         params: dict[str, Any] = {
             "queue": queue,
             "commit": None if self.config.durable_push else "off",

@@ -4,9 +4,10 @@ A polling worker whose claim found nothing is listed idle in `idle_workers` (by 
 own statement: `handing.sql`'s `_listing`), with the channel its process LISTENs on. A push of
 one task that would be the next one claimed (due now, nothing else of its queue ready, the queue
 not paused, no limit key) claims it for the worker listed the longest, in the push's own
-statement, and NOTIFYs the task on that channel (`enqueue_hand`); the process gives it to the
-worker's poll stream, which starts it at once. The listing is used up: the worker lists itself
-again with its next claim that finds nothing.
+call, and NOTIFYs the task on that channel (`enqueue_hand`: migration 0008's `push_one`, which
+runs the hand-over's statement only when a worker of the queue is listed, a plain insert
+otherwise); the process gives it to the worker's poll stream, which starts it at once. The
+listing is used up: the worker lists itself again with its next claim that finds nothing.
 
 A handed task is an ordinary claim (running, its first attempt counted, locked by the worker):
 - its NOTIFY lost with the LISTEN connection: once listening again, the process asks for the

@@ -215,6 +215,24 @@ async def test_nothing_is_handed_out_of_order_out_of_a_paused_queue_or_past_a_li
     assert given.tasks == {}
 
 
+async def test_a_push_of_a_stored_id_stores_nothing_and_leaves_the_worker_listed(
+    postgres_store: PostgresStore,
+) -> None:
+    q = postgres_store.backend("stored", codec=JsonCodec())
+    given = Given()
+    await list_idle(postgres_store, "stored", "w1", given)
+    later = await q.push({"n": 1}, delay=60, task_id="t-later")  # not due: not handed
+    again = await q.push({"n": 2}, task_id="t-later")  # due now, but its id is taken
+    assert again == later
+    task = await q.get(later)
+    assert task is not None
+    assert (json.loads(task.args), task.ctx.status) == ({"n": 1}, Status.PENDING)  # the first push's, unchanged
+    assert await listing(postgres_store, "w1") == (True, None)  # the listing was not used up
+    fresh = await q.push({"n": 3})
+    assert await status_of(q, fresh) == (Status.RUNNING, "w1", 1)
+    await until(lambda: [t.id for t in given.tasks.get("w1", [])] == [fresh])
+
+
 async def test_a_keyed_or_unique_task_is_never_handed(postgres_store: PostgresStore) -> None:
     q = postgres_store.backend("keyed", codec=JsonCodec())
     given = Given()

@@ -10,62 +10,12 @@
 -- vacuum, more server CPU per lone task than the claim the hand-over saves.)
 
 -- name: enqueue_hand
--- One task pushed (as enqueue.sql pushes it), claimed in the same statement for the worker
--- listed idle the longest on its queue when the task would be the next one claimed: due now, no
--- other task of the queue ready (whatever its priority), the queue not paused. The listing is
--- used up (`channel` '', `handed` the task) and the NOTIFY on the worker's channel carries the task
--- as a JSON array (worker id, id, base64 payload, max_attempts, run_at, priority, idempotency
--- key, meta, created_at); one of 8,000 bytes or more (a large payload) is not handed: the task
--- is inserted ready and the queue's pollers are woken, as a push without idle workers does.
--- The task counts its first attempt and is locked by the worker, as a claim would leave it.
--- SKIP LOCKED: two pushes at once hand to two workers, or one of them to none.
+-- One task pushed (as enqueue.sql pushes it), handed to a worker listed idle when it would be the
+-- next one claimed: migration 0008's `push_one`, which runs the hand-over's statement only when a
+-- worker of the queue is listed. Its id, NULL when it was already stored.
 -- Its fields come as plain parameters, not arrays of one: cheaper to send and to read.
-WITH new AS MATERIALIZED (
-    SELECT %(id)s::text AS id, %(payload)b::bytea AS payload, %(run_at)s::float8 AS run_at,
-           %(priority)s::int AS priority, %(max_attempts)s::int AS max_attempts, %(key)s::text AS key,
-           coalesce(%(meta)s::jsonb, '{}') AS meta, extract(epoch FROM now())::float8 AS created_at
-),
-idle AS MATERIALIZED (
-    SELECT w.worker, w.channel,
-           json_build_array(w.worker, n.id, encode(n.payload, 'base64'), n.max_attempts, n.run_at, n.priority,
-                            n.key, n.meta, n.created_at)::text AS note
-    FROM new AS n, {schema}.idle_workers AS w
-    WHERE n.run_at <= n.created_at
-      AND w.queue = %(queue)s AND w.until >= n.created_at AND w.channel <> ''
-      AND NOT EXISTS (
-          SELECT 1 FROM {schema}.tasks AS t
-          WHERE t.queue = w.queue AND t.status IN ('pending', 'failed') AND t.run_at <= n.created_at
-      )
-      AND NOT EXISTS (SELECT 1 FROM {schema}.queues AS p WHERE p.queue = w.queue AND p.paused)
-    ORDER BY w.until
-    LIMIT 1
-    FOR UPDATE OF w SKIP LOCKED
-),
-inserted AS (
-    INSERT INTO {schema}.tasks AS t
-        (id, queue, payload, run_at, priority, max_attempts, idempotency_key, meta, created_at,
-         status, attempts, lock_by, lock_at)
-    SELECT n.id, %(queue)s, n.payload, n.run_at, n.priority, n.max_attempts, n.key, n.meta, n.created_at,
-           CASE WHEN i.worker IS NULL THEN 'pending' ELSE 'running' END,
-           CASE WHEN i.worker IS NULL THEN 0 ELSE 1 END,
-           i.worker,
-           CASE WHEN i.worker IS NOT NULL THEN n.created_at END
-    FROM new AS n LEFT JOIN idle AS i ON octet_length(i.note) < 7990
-    ON CONFLICT DO NOTHING
-    RETURNING t.id, t.lock_by
-),
-handed AS (
-    UPDATE {schema}.idle_workers AS w SET channel = '', handed = ins.id
-    FROM inserted AS ins
-    WHERE w.worker = ins.lock_by
-)
-SELECT ins.id,
-       CASE WHEN ins.lock_by IS NULL THEN pg_notify({channel}, %(queue)s)
-            ELSE pg_notify((SELECT channel FROM idle), (SELECT note FROM idle)) END
-FROM inserted AS ins,
-     -- The server's own setting unless the store has `durable_push = false` (then 'off').
-     (SELECT set_config('synchronous_commit', coalesce(%(commit)s, current_setting('synchronous_commit')), true))
-         AS durability
+SELECT {schema}.push_one(%(queue)s, %(id)s, %(payload)b, %(run_at)s, %(priority)s, %(max_attempts)s, %(key)s,
+                         %(meta)s::jsonb, %(commit)s)
 
 -- name: _listing
 -- The claim's side of handing (claim.sql, ack.sql's `ack_listing`), after a CTE `claimed` (the

@@ -20,11 +20,12 @@ The flow is the same on every server; what differs is asked of the store's `SqlD
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from apalis_cli.ahead import ClaimsAhead, Fetch, Start
+from apalis_cli.ahead import ClaimsAhead, Fetch, Held, Start
 from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.fleet import KeyedClaims
@@ -197,6 +198,14 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         stale = {"queue": queue, "stale_after": worker.stale_after}
         row = worker_params(worker, queue)
 
+        def lost_grace(worker_id: str) -> float:
+            # A claim still on its way to the worker (`ClaimsAhead.claiming_since`) locked its
+            # tasks on the server, and the worker does not run them yet: not lost claims. The
+            # grace counts from when the oldest such claim was asked (a duration, so the server's
+            # clock need not agree with ours).
+            asked = self._ahead.claiming_since(worker_id)
+            return worker.stale_after + (max(time.time() - asked, 0.0) if asked is not None else 0.0)
+
         async def beat_in(s: Session) -> tuple[bool, Rows, bool, bool]:
             runs = list(worker.running())
             running = [*runs, *self._ahead.held(worker.id)]  # held: not lost claims
@@ -204,7 +213,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             cancels = await s.fetch("cancels_requested", {"running": runs}) if runs else []
             paused = await s.fetch("paused", {"queue": queue})
             told = (cancels, bool(paused and paused[0][0]))
-            lost = {"queue": queue, "worker": worker.id, "grace": worker.stale_after, "running": running}
+            lost = {"queue": queue, "worker": worker.id, "grace": lost_grace(worker.id), "running": running}
             woke = await s.execute("release_lost", lost) > 0
             # Asked at each try: a beat retried across an outage does not sweep right after it.
             if not db.contact.steady_for(worker.stale_after):
@@ -249,7 +258,8 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         # A worker with global limits claims within them, in a transaction of its own, after the ack.
         within = [(h, n) for h, n in want if h.worker_id in limited]
         want = [(h, n) for h, n in want if h.worker_id not in limited]
-        claimed = await db.ack(self.queue, plan, [(holder.worker_id, n) for holder, n in want])
+        with claiming([holder for holder, _ in want]):  # their beats leave alone what this claims
+            claimed = await db.ack(self.queue, plan, [(holder.worker_id, n) for holder, n in want])
         if plan.wake:  # released (or instantly retried) tasks are ready for this process's pollers too
             db.waker(self.queue).notify()
         for (holder, count), tasks in zip(want, claimed, strict=True):
@@ -258,7 +268,24 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                 await self._ahead.hand_over(holder, tasks)
         for holder, count in within:
             if holder.worker_id in limited:
-                tasks = await self._limited.claim(holder.worker_id, count)
+                with claiming([holder]):
+                    tasks = await self._limited.claim(holder.worker_id, count)
                 holder.backlog = len(tasks) == count
                 if tasks:
                     await self._ahead.hand_over(holder, tasks)
+
+
+@contextlib.contextmanager
+def claiming(holders: Sequence[Held]) -> Iterator[None]:
+    """A claim for `holders`' workers is in flight for the block (`Held.claiming`)."""
+    if not holders:
+        yield
+        return
+    asked = time.time()
+    for holder in holders:
+        holder.claiming.append(asked)
+    try:
+        yield
+    finally:
+        for holder in holders:
+            holder.claiming.remove(asked)

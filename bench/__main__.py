@@ -28,8 +28,9 @@ from . import baselines
 from .control import measure_control, print_control
 from .isolation import compare_isolation, print_isolation
 from .measure import Settings, measure_backend
-from .peers import RUN_ALL, load_peers, run_peers
+from .peers import RUN_ALL, load_peers, merge_rounds, run_peers
 from .report import baseline_ratios, peer_ratios, print_report, targets
+from .rounds import Opened, RoundSettings, interleave
 from .soak import print_soak, soak
 from .stores import DEFAULT_URLS, KINDS, Unavailable, open_store, prepare
 
@@ -67,7 +68,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--bulk-max", type=float, default=6.0, help="seconds for each bulk enqueue at most (6)")
     ap.add_argument("--lat-n", type=int, default=500, help="measured latency tasks (500)")
     ap.add_argument("--lat-rate", type=float, default=200.0, help="latency stream rate, tasks/s (200)")
-    ap.add_argument("--wakeup-probes", type=int, default=5, help="wake-up probes after 2 s idle (5)")
+    ap.add_argument("--wakeup-probes", type=int, default=3, help="wake-up probes after 2 s idle, per latency round (3)")
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds of the push one at a time, ours and peers' (5)"
+    )
+    ap.add_argument("--push-n", type=int, default=10000, help="pushes one at a time per round (10000)")
+    ap.add_argument(
+        "--lat-rounds", type=int, default=3, help="interleaved rounds of latency and wake-up, ours and peers' (3)"
+    )
     ap.add_argument("--in-process", action="store_true", help="run the worker in this process (memory always does)")
     ap.add_argument("--baseline", action="store_true", help="also measure raw sqlite3 / psycopg / redis-py ceilings")
     ap.add_argument("--peers", default="", help="comma list of peers-bench labels to run now (run_all.sh --list)")
@@ -121,7 +129,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Path) -> dict[str, Any]:
+def _interleaved(args: argparse.Namespace) -> bool:
+    """Push, latency and wake-up measured in rounds (bench.rounds), not in each backend's run."""
+    return not (args.isolation or args.soak or args.control)
+
+
+async def _one_backend(
+    kind: str, args: argparse.Namespace, run_id: str, out: Path, kept: list[Opened]
+) -> dict[str, Any]:
+    """Measure `kind`; with the rounds to come, its store is left open in `kept`."""
     target = prepare(kind, args.url, run_id)
     for item in args.option:
         key, _, value = item.partition("=")
@@ -149,10 +165,12 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
         store_loop=args.store_loop,
         loop=args.loop,
         run_id=f"bench-{run_id}",
+        interleaved=_interleaved(args),
     )
     if settings.profile_dir:
         os.makedirs(settings.profile_dir, exist_ok=True)
     t0 = time.monotonic()
+    keep = False
     try:
         if args.isolation:
             return await compare_isolation(store, target, settings, _log, args.isolation)
@@ -164,15 +182,23 @@ async def _one_backend(kind: str, args: argparse.Namespace, run_id: str, out: Pa
         result["url"] = _redact(target.url)
         result["options"] = target.options
         result["secs"] = round(time.monotonic() - t0, 1)
+        keep = settings.interleaved
     except Exception as exc:  # one backend failing must not lose the others' figures
         _log(f"[red]{kind}: failed: {type(exc).__name__}: {exc}[/]")
         result = {"kind": kind, "error": f"failed: {type(exc).__name__}: {exc}"}
     finally:
-        try:
-            await store.close()
-        finally:
-            await target.cleanup()
+        if keep:
+            kept.append(Opened(store, target, settings, result))
+        else:
+            await _close(store, target)
     return result
+
+
+async def _close(store: Any, target: Any) -> None:
+    try:
+        await store.close()
+    finally:
+        await target.cleanup()
 
 
 async def _baselines(kinds: list[str]) -> list[dict[str, Any]]:
@@ -208,21 +234,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             "RSS: peak (VmHWM) of the worker's own process; memory runs in-process (whole process, queue included).",
         ],
     }
-    for kind in args.kinds:
-        doc["backends"].append(await _one_backend(kind, args, run_id, out))
-    if args.isolation or args.soak or args.control:
-        return doc
-    if args.baseline:
-        doc["baselines"] = await _baselines(args.kinds)
-    peers: list[dict[str, Any]] = []
-    if args.peers:
-        labels = [x.strip() for x in args.peers.split(",") if x.strip()]
-        session = await asyncio.to_thread(run_peers, labels, out / "peers", args.peers_repeats, _log)
-        doc["peers_session"], peers = load_peers(out / "peers" / "results.jsonl", session)
-    elif args.peers_from:
-        path, _, session = args.peers_from.partition("@")
-        doc["peers_session"], peers = load_peers(Path(path), session or None)
-        doc["notes"].append(f"Peers from an earlier run ({path}, session {doc['peers_session']}): not the same run.")
+    kept: list[Opened] = []
+    try:
+        for kind in args.kinds:
+            doc["backends"].append(await _one_backend(kind, args, run_id, out, kept))
+        if not _interleaved(args):
+            return doc
+        peers = await _peers_and_rounds(args, doc, kept, out)
+    finally:
+        for opened in kept:
+            await _close(opened.store, opened.target)
     doc["peers"] = peers
     doc["peer_ratios"] = peer_ratios(doc["backends"], peers)
     doc["ceiling_ratios"] = baseline_ratios(doc["backends"], doc.get("baselines", []), peers)
@@ -232,6 +253,39 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         json.dump(doc, f, indent=1)
     _log(f"saved {out / f'bench-{run_id}.json'}")
     return doc
+
+
+async def _peers_and_rounds(
+    args: argparse.Namespace, doc: dict[str, Any], kept: list[Opened], out: Path
+) -> list[dict[str, Any]]:
+    """Baselines, the peers' full run, then the interleaved rounds (ours and the peers' push,
+    latency and wake-up); the peers' figures with the rounds' medians in place."""
+    if args.baseline:
+        doc["baselines"] = await _baselines(args.kinds)
+    peers: list[dict[str, Any]] = []
+    labels: list[str] = []
+    session = ""
+    if args.peers:
+        labels = [x.strip() for x in args.peers.split(",") if x.strip()]
+        session = await asyncio.to_thread(run_peers, labels, out / "peers", args.peers_repeats, _log)
+        doc["peers_session"], peers = load_peers(out / "peers" / "results.jsonl", session)
+    elif args.peers_from:
+        path, _, named = args.peers_from.partition("@")
+        doc["peers_session"], peers = load_peers(Path(path), named or None)
+        doc["notes"].append(f"Peers from an earlier run ({path}, session {doc['peers_session']}): not the same run.")
+    rounds_session = (session or "apalis-bench") + "-rounds"
+    rs = RoundSettings(push_rounds=args.rounds, push_n=args.push_n, lat_rounds=args.lat_rounds)
+    (out / "peers").mkdir(parents=True, exist_ok=True)
+    doc["rounds"] = await interleave(kept, labels, rs, out / "peers", rounds_session, _log)
+    if labels:
+        doc["rounds"]["peers_session"] = rounds_session
+        _, in_rounds = load_peers(out / "peers" / "results.jsonl", rounds_session)
+        peers = merge_rounds(peers, in_rounds)
+    doc["notes"].append(
+        f"Push one at a time: median of {rs.push_rounds} interleaved rounds (ours and each peer's, in turn); "
+        f"latency and wake-up: of {rs.lat_rounds}; (min-max) the spread over the rounds."
+    )
+    return peers
 
 
 def main(argv: list[str] | None = None) -> int:

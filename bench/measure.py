@@ -59,6 +59,7 @@ class Settings:
     loop: str = "asyncio"
     handler: str = "async"  # or "thread" / "process": bench.probe:stamp with that isolation
     run_id: str = "run"
+    interleaved: bool = False  # push, latency and wake-up left to bench.rounds (measured in rounds)
     notes: list[str] = field(default_factory=list)
 
 
@@ -416,10 +417,11 @@ async def measure_backend(store: Store, target: Target, s: Settings, log: Any) -
         if s.in_process
         else "peak RSS (VmHWM) of the worker process",
     }
-    log(f"{target.kind}: enqueue single")
-    result["enqueue_single"] = await enqueue_single(
-        store.backend(target.queue("single"), codec=CODEC, max_attempts=1), s.tasks, s.single_max_s
-    )
+    if not s.interleaved:
+        log(f"{target.kind}: enqueue single")
+        result["enqueue_single"] = await enqueue_single(
+            store.backend(target.queue("single"), codec=CODEC, max_attempts=1), s.tasks, s.single_max_s
+        )
     drains, bulks = [], []
     for conc in s.concs:
         log(f"{target.kind}: drain c{conc} ({s.tasks} tasks)")
@@ -439,6 +441,7 @@ async def measure_backend(store: Store, target: Target, s: Settings, log: Any) -
     if s.store_loop:
         log(f"{target.kind}: store loop (poll_compact + ack_batch, no Worker)")
         result["store_loop"] = await store_loop(store, target, s)
-    log(f"{target.kind}: latency at {s.lat_rate:.0f}/s, wake-up, idle CPU")
-    result.update(await latency_and_wakeup(store, target, s))
+    if not s.interleaved:
+        log(f"{target.kind}: latency at {s.lat_rate:.0f}/s, wake-up, idle CPU")
+        result.update(await latency_and_wakeup(store, target, s))
     return result

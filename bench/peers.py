@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import time
@@ -18,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PEERS_DIR", "list_labels", "load_peers", "run_peers", "same_store"]
+__all__ = ["PEERS_DIR", "list_labels", "load_peers", "merge_rounds", "peer_phase", "run_peers", "same_store"]
 
 
 def _peers_dir() -> Path:
@@ -80,6 +81,52 @@ def run_peers(labels: list[str], out_dir: Path, repeats: int, log: Any) -> str:
     return session
 
 
+def _commands() -> dict[str, str]:
+    """Each label's script and arguments, as `run_all.sh` lists them (`"label|server|script args"`)."""
+    text = RUN_ALL.read_text()
+    return {m[1]: m[3] for m in re.finditer(r'^\s*"([^|"\s]+)\|([^|"]+)\|([^"]+)"', text, re.MULTILINE)}
+
+
+def peer_phase(label: str, phase: str, out_dir: Path, session: str, run_id: str, extra: list[str]) -> int:
+    """One phase of one peer, alone, in a process of its own: its script as `run_all.sh` runs it,
+    with harness.py's `--skip` for every other phase (`phase` "single": the pushes one at a time;
+    "lat": the latency stream and the wake-ups). The figures land in `out_dir/results.jsonl`
+    under `session` (`load_peers`). Returns the script's exit status (124: cut by the timeout)."""
+    skip = {"single": "bulk,drain,lat", "lat": "single,bulk,drain"}[phase]
+    command = _commands()[label].split()
+    python = os.environ.get("PEERS_VENV", "/tmp/peers-venv") + "/bin/python"
+    env = {
+        **os.environ,
+        "PEERS_OUT": str(out_dir),
+        "PEERS_SESSION": session,
+        "PEERS_RESULTS": str(out_dir / "results.jsonl"),
+    }
+    argv = [python, *command, "--skip", skip, "--run-id", run_id, "--deadline", "150", *extra]
+    with open(out_dir / f"rounds-{session}.log", "a") as log:
+        try:
+            return subprocess.run(argv, cwd=PEERS_DIR, env=env, stdout=log, stderr=log, timeout=170).returncode
+        except subprocess.TimeoutExpired:  # the harness stops its own workers at its deadline
+            return 124
+
+
+def merge_rounds(peers: list[dict[str, Any]], rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The peers of the full run, their push, latency and wake-up figures replaced by the medians
+    of the interleaved rounds (`rounds`: `load_peers` of the rounds' session), with each round's
+    figure beside them (`*_runs`). A peer measured only in the rounds is listed as it is."""
+    by_key = {(p["peer"], p["backend"], p["variant"]): p for p in rounds}
+    out = []
+    for p in peers:
+        r = by_key.pop((p["peer"], p["backend"], p["variant"]), None)
+        if r is not None:
+            p = {**p, **{k: v for k, v in r.items() if k in _ROUND_FIGURES or k.endswith("_runs")}}
+            p["rounds"] = r["runs"]
+        out.append(p)
+    return out + list(by_key.values())
+
+
+_ROUND_FIGURES = ("enqueue_single", "latency_p50_ms", "latency_p99_ms", "wakeup_p50_ms", "wakeup_max_ms")
+
+
 def _med(xs: list[Any]) -> float | None:
     vals = [x for x in xs if isinstance(x, (int, float)) and x == x]
     return statistics.median(vals) if vals else None
@@ -123,10 +170,14 @@ def load_peers(results: Path, session: str | None = None) -> tuple[str, list[dic
                 "enqueue_bulk": _med([r["rate"] for r in g.get("enqueue_bulk", [])]),
                 "drain": drains,
                 "drain_best": best,
+                "enqueue_single_runs": [r["rate"] for r in g.get("enqueue_single", [])],
                 "latency_p50_ms": _med([r["p50_ms"] for r in lat]),
                 "latency_p99_ms": _med([r["p99_ms"] for r in lat]),
                 "wakeup_p50_ms": _med([r["p50_ms"] for r in wake]),
-                "wakeup_max_ms": _med([r["max_ms"] for r in wake]),
+                "wakeup_max_ms": max((r["max_ms"] for r in wake), default=None),
+                "latency_p50_ms_runs": [r["p50_ms"] for r in lat],
+                "latency_p99_ms_runs": [r["p99_ms"] for r in lat],
+                "wakeup_p50_ms_runs": [r["p50_ms"] for r in wake],
                 "rss_mb": max((x for x in rss if x is not None), default=None),
                 "runs": len({r["run_id"] for rs in g.values() for r in rs}),
             }

@@ -33,6 +33,14 @@ def _f(x: Any, digits: int = 0) -> str:
     return f"{x:,.0f}" if x >= 100 else (f"{x:.1f}" if x >= 1 else f"{x:.2f}")
 
 
+def _range(runs: Any, digits: int = 0) -> str:
+    """The spread of a figure over the interleaved rounds, e.g. " (6,217-9,910)"; "" for one run."""
+    vals = [x for x in runs or [] if isinstance(x, (int, float)) and x == x]
+    if len(vals) < 2:
+        return ""
+    return f" ({_f(min(vals), digits)}-{_f(max(vals), digits)})"
+
+
 def _ratio(a: Any, b: Any) -> float | None:
     if not a or not b or a != a or b != b:
         return None
@@ -62,7 +70,7 @@ def peer_ratios(ours: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list
                     "peer_backend": p["backend"],
                     "peer_variant": p["variant"],
                     "same_store": same_store(r["kind"], p["backend"]),
-                    "enqueue_single": _ratio(r["enqueue_single"]["rate"], p["enqueue_single"]),
+                    "enqueue_single": _ratio(r.get("enqueue_single", {}).get("rate"), p["enqueue_single"]),
                     "enqueue_bulk": _ratio(r["enqueue_bulk"]["rate"], p["enqueue_bulk"]),
                     "drain_best": _ratio(r["drain_best"], p["drain_best"]),
                     "ours_drain_best": r["drain_best"],
@@ -197,11 +205,12 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
         cpu = {d["conc"]: d.get("cpu_us_per_task") for d in r["drain"]}
         t.add_row(
             r["kind"] + (" (in-process)" if r["worker"].startswith("in-process") else ""),
-            _f(r["enqueue_single"]["rate"]),
+            _f(r.get("enqueue_single", {}).get("rate")) + _range(r.get("enqueue_single", {}).get("runs")),
             _f(r["enqueue_bulk"]["rate"]),
             drains,
-            f"{_f(lat.get('p50_ms'))} / {_f(lat.get('p99_ms'))}",
-            f"{_f(wake.get('p50_ms'))} / {_f(wake.get('max_ms'))}",
+            f"{_f(lat.get('p50_ms'))}{_range(lat.get('p50_runs'))}"
+            f" / {_f(lat.get('p99_ms'))}{_range(lat.get('p99_runs'))}",
+            f"{_f(wake.get('p50_ms'))}{_range(wake.get('p50_runs'))} / {_f(wake.get('max_ms'))}",
             _f(r.get("idle_cpu_pct"), 2),
             _f(r.get("rss_mb")),
             f"{_f(cpu.get(10))} / {_f(cpu.get(50))}",
@@ -256,11 +265,12 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
                 x["peer"],
                 x["backend"],
                 x["variant"],
-                _f(x["enqueue_single"]),
+                _f(x["enqueue_single"]) + _range(x.get("enqueue_single_runs")),
                 _f(x["enqueue_bulk"]),
                 " · ".join(f"{k}: {_f(v)}" for k, v in x["drain"].items()),
-                f"{_f(x['latency_p50_ms'])} / {_f(x['latency_p99_ms'])}",
-                f"{_f(x['wakeup_p50_ms'])} / {_f(x['wakeup_max_ms'])}",
+                f"{_f(x['latency_p50_ms'])}{_range(x.get('latency_p50_ms_runs'))}"
+                f" / {_f(x['latency_p99_ms'])}{_range(x.get('latency_p99_ms_runs'))}",
+                f"{_f(x['wakeup_p50_ms'])}{_range(x.get('wakeup_p50_ms_runs'))} / {_f(x['wakeup_max_ms'])}",
                 _f(x["rss_mb"]),
             )
         con.print(p)

@@ -11,6 +11,15 @@ A push one at a time cost 94-126 µs of the client's CPU through redis-py's conn
 stream reader, a timeout context per read, its retry wrapper around every call) and 69-93 µs
 this way (three interleaved pairs; bench/README.md, "Where a lone task's time goes").
 
+The takeover reads redis-py's private attributes (the connection's stream writer and what its
+reader holds unread). A redis-py that keeps them elsewhere gets `Plain` instead: its connection
+used the ordinary way (`send_packed_command`, `read_response`), one call at a time, with one
+debug line saying so; the store works as before, only slower.
+
+A burst of calls larger than the transport's write buffer (its high-water mark, e.g. a server
+that stopped reading) makes `crowded` true: the caller waits for `room()` before writing more,
+so a stalled server does not make the client buffer every call in memory.
+
 A reply that never comes (a peer gone without a reset) fails every call in flight with
 redis-py's `TimeoutError` once `reply_within` seconds passed without any reply (checked by one timer per
 connection, not one per call); a dropped connection fails them with its `ConnectionError`. The
@@ -23,9 +32,44 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from typing import Any
 
-__all__ = ["Link"]
+__all__ = ["Link", "Plain", "open_line"]
+
+log = logging.getLogger(__name__)
+
+
+async def open_line(connection: Any, reply_within: float) -> Link | Plain:
+    """A `Link` over redis-py's `connection` (connected and greeted by redis-py), or `Plain` when
+    this redis-py's connection is not one a link can take over."""
+    await connection.connect()
+    streams = _streams(connection)
+    if streams is None:
+        import redis
+
+        log.debug(
+            "redis-py %s keeps its connection's streams where this does not expect them: "
+            "its %s is used the ordinary way, one call at a time",
+            redis.__version__,
+            type(connection).__name__,
+        )
+        return Plain(connection)
+    return Link.take(connection, *streams, reply_within)
+
+
+def _streams(connection: Any) -> tuple[asyncio.StreamWriter, bytes] | None:
+    """redis-py's stream writer of `connection` and the bytes its reader holds unread (none,
+    after a greeting); None when they are not where this redis-py release was known to keep
+    them (private attributes, `_writer` and `_reader._buffer`)."""
+    writer = getattr(connection, "_writer", None)
+    reader = getattr(connection, "_reader", None)
+    if not isinstance(writer, asyncio.StreamWriter) or not isinstance(reader, asyncio.StreamReader):
+        return None
+    unread = getattr(reader, "_buffer", None)
+    if not isinstance(unread, (bytes, bytearray)):
+        return None
+    return writer, bytes(unread)
 
 
 class Link(asyncio.Protocol):
@@ -46,31 +90,48 @@ class Link(asyncio.Protocol):
         self._replies = 0  # replies read so far, for the timer: did any come since it last looked?
         self._looked_at = -1
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room: asyncio.Future[None] | None = None  # set while the transport's buffer is full
 
     @classmethod
     async def open(cls, connection: Any, reply_within: float) -> Link:
         """A link over redis-py's `connection` (from the client's pool: its settings), connected
-        and greeted by redis-py; the connection is this link's from now on."""
-        await connection.connect()
-        writer = getattr(connection, "_writer", None)
-        if writer is None:  # not a stream connection of the kind this knows: no fast path
+        and greeted by redis-py; the connection is this link's from now on. `TypeError` when
+        this redis-py's connection cannot be taken over (`open_line` falls back instead)."""
+        line = await open_line(connection, reply_within)
+        if not isinstance(line, Link):
             await connection.disconnect()
             raise TypeError(f"cannot take over a {type(connection).__name__}")
+        return line
+
+    @classmethod
+    def take(cls, connection: Any, writer: asyncio.StreamWriter, unread: bytes, reply_within: float) -> Link:
+        """Take `connection`'s transport over (`writer` its stream writer, `unread` what its reader held)."""
         transport = writer.transport
         link = cls(transport, reply_within)
         link._writer = writer  # kept: a stream writer closes its transport when collected
-        left = bytes(getattr(connection._reader, "_buffer", b""))  # nothing, after a greeting
         transport.set_protocol(link)
         # redis-py lets go of it (its streams unused from now on; no "unclosed" warning).
         connection._writer = connection._reader = None
-        if left:
-            link.data_received(left)
+        if unread:
+            link.data_received(unread)
         return link
 
     @property
     def usable(self) -> bool:
         """False once the connection was lost or closed: make a new link."""
         return self._lost is None
+
+    @property
+    def crowded(self) -> bool:
+        """True while the transport holds more than its high-water mark unsent: await `room()`
+        before the next `call`."""
+        return self._room is not None
+
+    async def room(self) -> None:
+        """Wait until the transport's buffer drained below its low-water mark (or the link was lost)."""
+        room = self._room
+        if room is not None:
+            await asyncio.shield(room)
 
     def call(self, packed: bytes) -> asyncio.Future[Any]:
         """Write one command (already packed in Redis's protocol); its reply fulfils the future
@@ -132,6 +193,15 @@ class Link(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # the transport closes itself, then connection_lost fails what waits
 
+    def pause_writing(self) -> None:
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
     # -- the reply timer -------------------------------------------------------------------
 
     def _look(self) -> None:
@@ -158,3 +228,52 @@ class Link(asyncio.Protocol):
         for future in waiting:
             if not future.done():
                 future.set_exception(self._lost)
+        self.resume_writing()  # who waits for room finds the link lost
+
+
+class Plain:
+    """redis-py's own connection used the ordinary way (`send_packed_command`, `read_response`),
+    one call at a time: for a redis-py release whose connection `Link` cannot take over. The same
+    calls as a link's; a dropped connection or a reply that never came fails the call with
+    redis-py's `ConnectionError` or `TimeoutError`, and the link is not used again."""
+
+    crowded = False  # redis-py's own write drains its stream writer
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._turn = asyncio.Lock()  # one command and its reply at a time, in the order called
+        self._lost: BaseException | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self._lost is None
+
+    async def room(self) -> None:
+        return None
+
+    def call(self, packed: bytes) -> asyncio.Future[Any]:
+        if self._lost is not None:
+            raise self._lost
+        return asyncio.ensure_future(self._ask(packed))
+
+    async def _ask(self, packed: bytes) -> Any:
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        async with self._turn:
+            if self._lost is not None:
+                raise self._lost
+            try:
+                # A call cancelled in flight: redis-py drops the connection, the next reconnects.
+                await self._connection.send_packed_command(packed, check_health=False)
+                return await self._connection.read_response()
+            except (ConnectionError, TimeoutError) as error:
+                self._lost = error
+                raise
+
+    async def aclose(self) -> None:
+        if self._lost is None:
+            from redis.exceptions import ConnectionError
+
+            self._lost = ConnectionError("the connection was closed")
+        with contextlib.suppress(Exception):
+            await self._connection.disconnect(nowait=True)

@@ -30,7 +30,7 @@ from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError
 from apalis_cli.service import OutcomeKind
 
-from .link import Link
+from .link import Link, Plain, open_line
 
 __all__ = ["OUTCOME_CODES", "Lane", "Script", "register"]
 
@@ -59,8 +59,8 @@ class Lane:
         self._client = client  # its pool makes the connections (its settings), its retry policy retries
         self._contact = contact
         self._unsure = unsure  # what to raise when a `once` call was sent and lost (None: not lost)
-        self._link: Link | None = None
-        self._opening: asyncio.Future[Link] | None = None
+        self._link: Link | Plain | None = None
+        self._opening: asyncio.Future[Link | Plain] | None = None
         self._closed = False
 
     async def evalsha(self, script: Script, keys: Sequence[Any], args: Iterable[Any]) -> Any:
@@ -75,6 +75,8 @@ class Lane:
             from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 
             try:
+                if link.crowded:  # the transport's buffer is full: the server reads slower than we write
+                    await link.room()
                 reply = await link.call(packed)
             except (ConnectionError, TimeoutError) as error:
                 if self._contact is not None:
@@ -126,10 +128,12 @@ class Lane:
             await retry.call_with_retry(lambda: call(load), dropped)
             return await retry.call_with_retry(lambda: last(packed), dropped)
 
-    async def _linked(self) -> Link:
+    async def _linked(self) -> Link | Plain:
         """The open link, or a new one (one connect at a time, shared by every call waiting)."""
         link = self._link
         if link is not None and link.usable:
+            if link.crowded:
+                await link.room()
             return link
         if self._closed:
             # A call that outlived its store (a worker's last release after the close): a new
@@ -144,11 +148,11 @@ class Lane:
             if self._opening is opening and opening.done():
                 self._opening = None
 
-    async def _open(self) -> Link:
+    async def _open(self) -> Link | Plain:
         pool = self._client.connection_pool
         connection = pool.make_connection()
         try:
-            link = await Link.open(connection, pool.connection_kwargs.get("socket_timeout") or _TIMEOUT)
+            link = await open_line(connection, pool.connection_kwargs.get("socket_timeout") or _TIMEOUT)
         except BaseException:  # refused, or the lane closed meanwhile: no socket left open
             with contextlib.suppress(Exception):
                 await connection.disconnect(nowait=True)

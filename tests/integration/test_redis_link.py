@@ -5,18 +5,26 @@ answering fails the calls instead of leaving them waiting."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from apalis_cli.codec import JsonCodec
+from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
 from apalis_redis.link import Link
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError, TimeoutError
 
 from ..services import need_binary
+from .conftest import make_redis_store
+from .running import run_until
 from .test_redis_backend import _free_port, _start_redis
 
 STORE_KINDS = ("redis",)
@@ -95,5 +103,76 @@ async def test_a_server_that_stops_answering_fails_the_calls_in_flight(tmp_path:
         os.kill(server.pid, signal.SIGCONT)
         link.close()
         await client.aclose()
+        server.terminate()
+        server.wait(10)
+
+
+class _ReaderOfItsOwn:
+    """The reader of a redis-py release that reads through a class of its own, not asyncio's
+    stream reader (whose private buffer `Link` takes over): every method there, delegated."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._inner = reader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _RenamedInternals(Connection):
+    """A redis-py connection whose private stream attributes are not the ones `Link` takes over."""
+
+    async def _connect(self) -> None:
+        await super()._connect()
+        self._reader = _ReaderOfItsOwn(self._reader)  # type: ignore[assignment]
+
+
+async def test_a_redis_py_whose_connection_cannot_be_taken_over_still_runs_the_store(
+    redis_store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_store.client.connection_pool.connection_class = _RenamedInternals
+    backend = redis_store.backend("plain", codec=JsonCodec())
+    with caplog.at_level(logging.DEBUG, logger="apalis_redis.link"):
+        ids = await asyncio.gather(*(backend.push({"n": n}, task_id=f"p{n:03d}") for n in range(100)))
+    assert ids == [f"p{n:03d}" for n in range(100)]
+    assert any("used the ordinary way" in r.getMessage() for r in caplog.records)
+    assert await backend.push({"n": 0}, idempotency_key="once") == await backend.push({"n": 1}, idempotency_key="once")
+    ran: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        ran.append(args["n"])
+
+    worker = Worker(name="w", backend=backend, handler=handler, concurrency=8, keep_alive=0.2, poll_interval=0.05)
+    await run_until(worker, lambda: len(ran) == 101, within=30)
+    assert sorted(ran) == [0, *range(100)]
+    assert (await backend.stats()).counts[Status.DONE] == 101
+
+
+async def test_pushes_to_a_server_that_stopped_reading_wait_instead_of_piling_up_in_memory(tmp_path: Path) -> None:
+    need_binary("redis-server")
+    port = _free_port()
+    server = _start_redis(port, tmp_path)
+    store = make_redis_store(f"redis://127.0.0.1:{port}/0")
+    await store.open()
+    try:
+        backend = store.backend("stalled", codec=JsonCodec())
+        await backend.push({"warm": True})  # the link is open
+        os.kill(server.pid, signal.SIGSTOP)
+        body = {"pad": "x" * 20000}
+        pushes = [asyncio.ensure_future(backend.push(body, task_id=f"s{n:03d}")) for n in range(400)]  # ~8 MB
+        link: Any = store.connection._lane._link  # the scripts' connection
+        deadline = time.monotonic() + 30
+        while not link.crowded:
+            assert time.monotonic() < deadline, "the transport never filled up"
+            await asyncio.sleep(0.01)
+        for _ in range(20):
+            await asyncio.sleep(0)  # every push has had its turns to write
+        assert link._transport.get_write_buffer_size() < 1_000_000
+        os.kill(server.pid, signal.SIGCONT)
+        ids = await asyncio.wait_for(asyncio.gather(*pushes), 60)
+        assert ids == [f"s{n:03d}" for n in range(400)]
+        assert await backend.get("s399") is not None
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        await store.close()
         server.terminate()
         server.wait(10)

@@ -11,7 +11,7 @@ costs a few statements, not a few per key. A key at its limit is passed over at 
 index step, so however deep its backlog, other keys keep their speed; priority and run_at order
 tasks within a key, not across keys.
 
-A store that can walk the keys and claim their first tasks in one statement (PostgreSQL) is
+A store that can walk the keys and claim their first tasks in one statement is
 asked for a `Turn` instead of `Keys` then `Heads`: the keys without room are named to it
 (`blocked`: at their concurrency, or out of rate in this claim; a stored rate state it reads
 itself), so the walk steps once per key, the key's first task with that step, and the claim
@@ -20,7 +20,8 @@ costs one statement per turn and about one index step per task, as an unlimited 
 The algorithm is written once, as steps that ask for I/O (`claim_steps`, a generator of `Keys`,
 `Heads`, `Turn` and `Take` requests answered with their results), driven by `claim_round` over a
 sync store's callables (SQLite's thread, memory) and by `claim_round_async` over an async
-driver's (PostgreSQL, MySQL).
+driver's (MySQL, pgmq). PostgreSQL runs it once more on the server, whole (its migration 0009,
+a PL/pgSQL function with `Turn`'s walk), as Redis does in Lua: one round trip a claim.
 """
 
 from __future__ import annotations

@@ -172,7 +172,6 @@ class Database:
     wait_polls = (1.0, 1.0)  # waiters are woken by NOTIFY; a read a second is the safety net
     bulk_batch = 10_000
     claims_by_select = False  # UPDATE ... RETURNING claims in one statement
-    claims_in_turns = True  # a limited claim walks the keys and claims their heads in one statement
 
     def __init__(self, config: PostgresConfig) -> None:
         self.config = config
@@ -287,6 +286,11 @@ class Database:
 
         return await self.run(in_transaction)
 
+    def lock_scope(self, lock: str, queue: str) -> str:
+        """The scope of the advisory lock `locked` takes (a limited claim, migration 0009's
+        `limit_claim`, takes the one of `limits` itself)."""
+        return f"{self.channel}:{lock}:{queue}"
+
     async def locked(
         self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
     ) -> T:
@@ -294,7 +298,7 @@ class Database:
         schema, `lock`, `queue` and `key` (`advisory_lock`): freed by the commit or rollback, or
         by the server when the connection is lost."""
         params = {
-            "scope": f"{self.channel}:{lock}:{queue}",
+            "scope": self.lock_scope(lock, queue),
             "key": key,
             "commit": None if durable and self.config.durable_push else "off",
         }

@@ -55,3 +55,31 @@ async def test_a_limited_claim_that_took_all_it_asked_for_tells_the_other_daemon
         heard = [(n.channel, n.payload) async for n in listener.notifies(timeout=1.0, stop_after=1)]
         await stream.aclose()  # type: ignore[attr-defined]
     assert heard == ([(postgres_store.config.schema, "q")] if told else [])
+
+
+async def test_tasks_without_a_key_run_behind_a_keyed_backlog_deeper_than_one_scan(
+    postgres_store: PostgresStore,
+) -> None:
+    """A limited claim finds the tasks pushed without a key however many keyed tasks come before
+    them in the queue's order: each claim reads the next part of the ready tasks (1,000 at most),
+    so those behind 2,500 tasks of a key at its limit are reached within a few claims. (Tasks
+    without a key share the limit as one key of their own: one at a time here.)"""
+    q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    await q.push_bulk([{"account": "hot", "n": n} for n in range(2500)], limit_key="hot", priority=5)
+    keyless = set(await q.push_bulk([{"n": n} for n in range(3)]))
+    limits = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
+    stream = q.poll_compact(context("w1", slots=4, limits=limits))
+    got: list[Any] = []
+    try:
+        for _ in range(100):  # each turn of the stream is a claim, or an idle wait after one
+            task = await anext(stream)
+            if task is not None:
+                got.append(task)
+                if task.id in keyless:
+                    await q.ack_batch([(task, Outcome.done())])
+            if keyless <= {t.id for t in got}:
+                break
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert keyless <= {t.id for t in got}, "every task without a key ran"
+    assert sum(t.id not in keyless for t in got) == 1, "one task of the key at its limit, no more"

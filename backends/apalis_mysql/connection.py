@@ -43,11 +43,13 @@ from apalis_sql import (
     task_from_row,
 )
 
+from . import turns
 from .acks import ack_statements
 from .claims import transact
 from .config import MysqlConfig
 from .handing import NONE_IDLE_FOR, SPAN, Listing
 from .listener import Listener, Signals, tag
+from .locked import in_named_lock
 
 __all__ = ["Database", "Pool"]
 
@@ -138,6 +140,7 @@ class Database:
     wait_polls = (0.02, 0.5)  # a waiter is woken by a signal; a read now and then is the safety net
     bulk_batch = 10_000
     claims_by_select = True  # no UPDATE ... RETURNING: a claim locks rows, then marks them
+    turn_walk = turns  # a limited claim walks the keys and locks their heads in one statement per turn
     handing = None  # pushes never hand a task over: workers always claim
 
     def __init__(self, config: MysqlConfig) -> None:
@@ -282,6 +285,12 @@ class Database:
         self.waker(queue).notify()
         await self.signal(self._queue_tag(queue))
 
+    async def limited_claim_filled(self, queue: str) -> None:
+        """A limited claim took all it asked for (`apalis_sql.limits`): it may have left tasks
+        with room that the queue's other daemons, idle since their last claim found every key at
+        its limit, could start; their listeners are woken as by a push."""
+        await self.notify(queue)
+
     async def notify_control(self) -> None:
         """Tell the other processes' control listeners to look: a cancel was asked of a running
         task, or a task someone may wait for ended. This process looks too (its own listener
@@ -344,26 +353,13 @@ class Database:
         name = {"lock": f"apalis-{lock}:" + hashlib.sha1(scope.encode()).hexdigest()}
 
         async def in_lock(conn: Conn) -> T:
+            # The lock and BEGIN ride with the first read, the commit and the unlock with the
+            # statements left (`locked`). A holder whose client stops mid-transaction (a frozen
+            # process keeps its connection open) is ended by the server after 10 s idle in it,
+            # which frees the lock.
             cursor = conn.cursor()
-            # One round trip takes the lock and opens the transaction, one commits and frees it.
-            # A holder whose client stops mid-transaction (a frozen process keeps its connection
-            # open) is ended by the server after 10 s idle in it, which frees the lock.
-            lock = cursor.mogrify(self.sql["named_lock"], name)
-            take = ";\n".join((lock, self.sql["idle_limit"], "START TRANSACTION"))
-            free = "COMMIT;\n" + cursor.mogrify(self.sql["named_unlock"], name)
-            while True:  # asked again while another session holds it for long
-                await cursor.execute(take)
-                got = (await cursor.fetchone())[0]
-                while await cursor.nextset():
-                    pass
-                if got == 1:
-                    break
-                await cursor.execute("ROLLBACK")
-            result = await op(_Session(conn, self.sql))
-            await cursor.execute(free)
-            while await cursor.nextset():
-                pass
-            return result
+            lock, unlock = (cursor.mogrify(self.sql[which], name) for which in ("named_lock", "named_unlock"))
+            return await in_named_lock(conn, self.sql, _bind, lock, unlock, op)
 
         return await self.run(in_lock)
 

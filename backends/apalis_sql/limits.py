@@ -45,6 +45,8 @@ index cannot tell them from keyed ones; a partial index of their own would cost 
 every queue an entry more)."""
 _FORGET_EVERY = 256
 """Claims of one worker between two sweeps of the rate states gone by."""
+_STOPPED_KEPT = 1024
+"""Stopped workers a process remembers (`LimitedClaims.stopped`): their last acks come soon."""
 _STATUS, _ATTEMPTS, _LOCK_BY = (TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by"))
 _ACCOUNT = len(TASK_COLUMNS)
 """Where the account's columns start in a row of `limit_claim`."""
@@ -90,7 +92,7 @@ class LimitedClaims:
     `decode` makes a task of a row the claim statements return (the key, where a statement
     adds it, cut off first): `task_from_row` for the SQL stores' tasks table."""
 
-    __slots__ = ("_db", "_decode", "_keyless", "_queue", "_timers", "_whole", "workers")
+    __slots__ = ("_db", "_decode", "_keyless", "_queue", "_timers", "_whole", "stopped", "workers")
 
     def __init__(
         self,
@@ -106,10 +108,16 @@ class LimitedClaims:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._keyless: dict[str, tuple[Any, Any, Any]] = {}
         self._whole = db if isinstance(db, WholeClaims) else None
+        self.stopped: set[str] = set()
+        """Workers that claimed within limits here and stopped polling: the slots their last
+        runs free are claimed by no one here (`SqlQueue.ack_batch` tells the other daemons)."""
 
     def forget(self, worker_id: str) -> None:
         """`worker_id` stopped polling."""
-        self.workers.pop(worker_id, None)
+        if self.workers.pop(worker_id, None) is not None:
+            if len(self.stopped) >= _STOPPED_KEPT:
+                self.stopped.clear()
+            self.stopped.add(worker_id)
         self._keyless.pop(worker_id, None)
         timer = self._timers.pop(worker_id, None)
         if timer is not None:
@@ -130,6 +138,11 @@ class LimitedClaims:
             state.claimed(done)
             if done.wake_at is not None:
                 self._wake_at(worker_id, done.wake_at - now)
+        filled = getattr(self._db, "limited_claim_filled", None)
+        if filled is not None and 0 < want <= len(claimed):
+            # It may have left tasks with room that other daemons, idle since their last claim
+            # found every key at its limit, could start (PostgreSQL's claim tells them itself).
+            await filled(self._queue)
         return claimed
 
     def _wake_at(self, worker_id: str, delay: float) -> None:
@@ -191,11 +204,20 @@ class LimitedClaims:
         if keyless_tat is not None:
             rates[rate_key(None)] = float(keyless_tat)
         claimed: list[Task[bytes]] = []
+        defer: Callable[[str, Mapping[str, Any]], None] | None = getattr(s, "later", None)
+
+        async def later(name: str, params: Mapping[str, Any]) -> None:
+            """A write whose answer the claim needs not: sent with the next statement or the
+            commit where the session can (MySQL's locked session: a round trip less)."""
+            if defer is None:
+                await s.execute(name, params)
+            else:
+                defer(name, params)
 
         async def lock(name: str, params: Mapping[str, Any]) -> Rows:
             got = await s.fetch(name, {"queue": queue, "worker": worker_id, **extra, **params})
             if got and db.claims_by_select:  # the rows are locked, not yet claimed
-                await s.execute("limit_mark", {"worker": worker_id, "ids": [row[0] for row in got]})
+                await later("limit_mark", {"worker": worker_id, "ids": [row[0] for row in got]})
                 return [_as_claimed(row, worker_id) for row in got]
             return got
 
@@ -216,7 +238,12 @@ class LimitedClaims:
                 taken[row[-1]] = taken.get(row[-1], 0) + 1
             return taken
 
+        # A store that walks the keys and locks their first tasks in one statement per turn
+        # has the turn's account worked out by its `turn_walk` (MySQL's `apalis_mysql.turns`).
+        walked = getattr(db, "turn_walk", None)
+
         async def turn(ask: Turn) -> Turned:
+            assert walked is not None
             params = {
                 "queue": queue,
                 "worker": worker_id,
@@ -224,30 +251,23 @@ class LimitedClaims:
                 "after": ask.after,
                 "upto": ask.upto,
                 "count": ask.count,
-                "scan": ask.scan,
+                "walk": walked.walk_length(ask),
                 "blocked": sorted(ask.blocked),
                 "now": ask.now,
                 "ahead": ask.ahead,
             }
             rows = await s.fetch("limit_turn_first" if ask.after is None else "limit_turn_after", params)
-            # columns: TASK_COLUMNS, the key, its rate state, then the walk's account
-            taken: list[str] = []
-            for row in rows:
-                if row[0] is not None:
-                    claimed.append(decode(row[:_TURN_KEY]))
-                    key = row[_TURN_KEY]
-                    taken.append(key)
-                    if row[_TURN_KEY + 1] is not None:
-                        rates[rate_key(key)] = float(row[_TURN_KEY + 1])
-            seen, chosen, last, wake_tat = rows[0][_TURN_KEY + 2 : _TURN_KEY + 6]
-            taken.sort()
-            return Turned(
-                taken=taken,
-                seen=int(seen),
-                last=last,
-                ended=int(chosen) < ask.count and int(seen) < ask.scan,
-                wake_tat=None if wake_tat is None else float(wake_tat),
-            )
+            # columns: TASK_COLUMNS, the key, its rate state, whether it was open
+            taking, turned = walked.account(ask, params["walk"], rows, _TURN_KEY)
+            if taking and db.claims_by_select:  # the rows are locked, not yet claimed
+                await later("limit_mark", {"worker": worker_id, "ids": [row[0] for row in taking]})
+                taking = [_as_claimed(row, worker_id) for row in taking]
+            for row in taking:
+                claimed.append(decode(row[:_TURN_KEY]))
+                if row[_TURN_KEY + 1] is not None:
+                    rates[rate_key(row[_TURN_KEY])] = float(row[_TURN_KEY + 1])
+            result: Turned = turned
+            return result
 
         async def take(key: str | None, count: int) -> int:
             statement = "limit_keyless" if limits.keyed else "limit_take"
@@ -265,13 +285,12 @@ class LimitedClaims:
             take_heads=take_heads,
             take=take,
             after=state.after,
-            # a store whose statements walk and claim in one go says so (PostgreSQL's); optional
-            turn=turn if getattr(db, "claims_in_turns", False) else None,
+            turn=turn if walked is not None else None,
         )
         if done.rates:
-            await s.execute("limit_rates_set", {"queue": queue, "rates": json.dumps(list(done.rates.items()))})
+            await later("limit_rates_set", {"queue": queue, "rates": json.dumps(list(done.rates.items()))})
         if (state.claims + 1) % _FORGET_EVERY == 0:
-            await s.execute("limit_rates_forget", {"queue": queue, "now": now})
+            await later("limit_rates_forget", {"queue": queue, "now": now})
         if len(claimed) > 1:
             claimed.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
         return claimed, done, now

@@ -262,6 +262,10 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             claimed = await db.ack(self.queue, plan, [(holder.worker_id, n) for holder, n in want])
         if plan.wake:  # released (or instantly retried) tasks are ready for this process's pollers too
             db.waker(self.queue).notify()
+        elif self._limited.stopped and any(task.ctx.lock_by in self._limited.stopped for task, _ in items):
+            # The slots a stopped worker's last runs free under a global limit: no claim here
+            # follows them, so the other daemons are told (a key's next task waits on them).
+            await db.notify(self.queue)
         for (holder, count), tasks in zip(want, claimed, strict=True):
             holder.backlog = len(tasks) == count
             if tasks:

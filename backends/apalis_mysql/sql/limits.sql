@@ -78,6 +78,58 @@ JOIN {prefix}tasks ON id = heads.head
 WHERE ready = 1
 FOR UPDATE SKIP LOCKED
 
+-- name: _turn
+-- One turn of a keyed claim in one statement (`apalis_cli.fleet.claim.Turn`, `turns`): the walk
+-- (up to :walk keys in order, a loose index scan, one step per key however deep its backlog),
+-- each key's rate state, whether it is open (not in :blocked, at its concurrency or out of rate
+-- in this claim, nor by its stored state more than :ahead seconds ahead of :now), and the
+-- first due task of each open key (one step in `tasks_ready_by_key`), locked (SKIP LOCKED: NULL
+-- where another transaction holds it). One row per key walked, in key order: TASK_COLUMNS (NULL
+-- where no task was locked), the key, its rate state, whether it was open. Which of them the
+-- turn takes (`limit_mark` claims them) is worked out by the caller (`turns.account`): window
+-- functions to count them here cost the server more than the whole statement.
+SELECT STRAIGHT_JOIN {task_columns}, w.k, w.tat, w.is_open
+FROM (
+    SELECT g.k, g.tat, g.is_open,
+           CASE WHEN g.is_open THEN (
+               SELECT h.id FROM {prefix}tasks AS h
+               WHERE h.queue = %(queue)s AND h.ready_key = g.k AND h.run_at <= {now}
+               ORDER BY h.priority DESC, h.run_at, h.id
+               LIMIT 1
+           ) END AS head
+    FROM (
+        SELECT walk.k, r.tat,
+               walk.k NOT IN %(blocked)s AND (%(ahead)s IS NULL OR r.tat IS NULL OR r.tat - %(now)s < %(ahead)s) AS is_open
+        FROM walk
+        LEFT JOIN {prefix}limit_rates AS r ON r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
+    ) AS g
+) AS w
+LEFT JOIN {prefix}tasks AS t ON t.id = w.head AND t.ready = 1
+ORDER BY w.k
+FOR UPDATE SKIP LOCKED
+
+-- name: _turn_bounds
+AND (%(upto)s IS NULL OR ready_key <= %(upto)s)
+GROUP BY queue, ready_key
+ORDER BY queue, ready_key
+LIMIT %(walk)s
+
+-- name: limit_turn_after
+WITH walk AS (
+    SELECT ready_key AS k FROM {prefix}tasks FORCE INDEX ({prefix}tasks_ready_keys)
+    WHERE queue = %(queue)s AND ready_key > %(after)s
+    {_turn_bounds}
+)
+{_turn}
+
+-- name: limit_turn_first
+WITH walk AS (
+    SELECT ready_key AS k FROM {prefix}tasks FORCE INDEX ({prefix}tasks_ready_keys)
+    WHERE queue = %(queue)s AND ready_key IS NOT NULL
+    {_turn_bounds}
+)
+{_turn}
+
 -- name: limit_keyless
 -- Lock tasks pushed without a key, among the first :scan ready tasks of the queue: bounded,
 -- since the ready index cannot find them apart from the keyed ones.

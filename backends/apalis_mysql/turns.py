@@ -1,0 +1,56 @@
+"""A keyed claim's turn on MySQL/MariaDB (`apalis_cli.fleet.claim.Turn`) in one statement.
+
+`limit_turn_*` walks the keys in order and locks the first due task of each open key (one row
+per key walked); which of them the turn takes is worked out here, from those rows: the first
+`count` tasks in key order. Counting them in the statement (window functions over the walk)
+cost the server more than the whole statement. Its heads beyond the `count` taken stay locked,
+unclaimed, until the claim commits (a few: the walk is `count` keys long, plus those it knows
+to be blocked in its range, plus a margin where a stored rate state may close a key); a later
+turn of the same claim may take them.
+
+Before, a turn was two statements (`limit_keys_*`, then `limit_heads` for the keys with room),
+two round trips per turn of a claim whose few round trips bound a drain at full speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from apalis_cli.fleet.claim import Turn, Turned
+
+__all__ = ["account", "walk_length"]
+
+
+def walk_length(ask: Turn) -> int:
+    """How many keys the statement walks for `ask`: enough for `count` open ones where there
+    are as many, the keys `ask` names blocked in its range being passed over."""
+    after, upto = ask.after, ask.upto
+    blocked = sum(1 for key in ask.blocked if (after is None or key > after) and (upto is None or key <= upto))
+    margin = ask.count // 4 + 8 if ask.ahead is not None else 2  # keys a stored rate state closes
+    return max(1, min(ask.scan, ask.count + blocked + margin))
+
+
+def account(ask: Turn, length: int, rows: Sequence[Sequence[Any]], key_at: int) -> tuple[list[Sequence[Any]], Turned]:
+    """The rows the turn takes (task columns, then key and rate state) and its `Turned`, from
+    the statement's `rows` (one per key walked, in key order; the key at `key_at`, its rate
+    state and whether it was open after it) for a walk of at most `length` keys."""
+    taken: list[Sequence[Any]] = []
+    seen = 0
+    wake_tat: float | None = None
+    for row in rows:
+        if len(taken) == ask.count:
+            break
+        seen += 1
+        if row[0] is not None:
+            taken.append(row)
+        elif not row[key_at + 2] and row[key_at + 1] is not None and row[key_at] not in ask.blocked:
+            tat = float(row[key_at + 1])  # closed by its stored rate state: when it opens again
+            wake_tat = tat if wake_tat is None else min(wake_tat, tat)
+    return taken, Turned(
+        taken=sorted(row[key_at] for row in taken),
+        seen=seen,
+        last=rows[seen - 1][key_at] if seen else None,
+        ended=len(taken) < ask.count and len(rows) < length,  # the walk ran out of keys
+        wake_tat=wake_tat,
+    )

@@ -1,0 +1,82 @@
+"""MySQL/MariaDB global limits across processes (a store of its own stands for each): the
+daemons idle since their last claim found every key at its limit hear of the slots another
+daemon's claim or last runs left, through the queue's listeners (`listener`), not at their next
+poll. The cases every store with global limits shares are in tests/conformance/test_limits.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apalis_cli.backend import WorkerContext
+from apalis_cli.codec import JsonCodec
+from apalis_cli.fleet import FleetLimits
+from apalis_cli.polling import woken
+from apalis_cli.service import Outcome
+from apalis_mysql import MysqlStore
+
+from .conftest import make_mysql_store
+
+ONE_PER_KEY = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
+HEARD_WITHIN = 20.0
+"""Below the listener's sleep (30 s): only a signal wakes it before then."""
+
+
+def context(worker_id: str, slots: int, **settings: Any) -> WorkerContext:
+    return WorkerContext(
+        id=worker_id, name=worker_id, queue="q", free_slots=lambda: slots, limits=ONE_PER_KEY, **settings
+    )
+
+
+async def _listening(store: MysqlStore) -> Any:
+    """An event the queue's wake-ups in `store`'s process set, once its listener sleeps (the
+    wake-up of its first sleep is past)."""
+    store.database.listen("q")
+    await store.database.listening()
+    return store.database.waker("q").subscribe()
+
+
+async def test_a_limited_claim_that_took_all_it_asked_for_wakes_the_other_daemons(mysql_url: str) -> None:
+    claimer, idle = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await claimer.open()
+    await idle.open()
+    try:
+        for n in range(3):  # pushed by the idle daemon's process: the claimer looks its listeners up afresh
+            await idle.backend("q", codec=JsonCodec()).push({"account": f"k{n}"}, limit_key=f"k{n}")
+        heard = await _listening(idle)
+        stream = claimer.backend("q", codec=JsonCodec()).poll_compact(context("w1", slots=2))
+        try:
+            assert await anext(stream) is not None  # took the two it asked for: k2 may be left
+            assert await woken(heard, HEARD_WITHIN), "the other process was not told"
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await claimer.close()
+        await idle.close()
+
+
+async def test_a_stopped_daemons_last_run_frees_its_keys_slot_for_another_daemon(mysql_url: str) -> None:
+    leaving, staying = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await leaving.open()
+    await staying.open()
+    try:
+        pusher = staying.backend("q", codec=JsonCodec())  # the leaving one looks its listeners up afresh
+        first = await pusher.push({"account": "a", "n": 0}, limit_key="a")
+        second = await pusher.push({"account": "a", "n": 1}, limit_key="a")
+        q = leaving.backend("q", codec=JsonCodec())
+        stream = q.poll_compact(context("w1", slots=2))
+        running = await anext(stream)  # asked for two, got one: nobody told
+        assert running is not None
+        assert running.id == first
+        other = staying.backend("q", codec=JsonCodec()).poll_compact(context("w2", slots=1, poll_interval=3600))
+        assert await anext(other) is None  # the key is at its limit
+        heard = await _listening(staying)
+        await stream.aclose()  # type: ignore[attr-defined]  # the daemon stops polling, its run ends
+        await q.ack_batch([(running, Outcome.done())])
+        assert await woken(heard, HEARD_WITHIN), "the other daemon was not told of the freed slot"
+        picked = await anext(other)
+        await other.aclose()  # type: ignore[attr-defined]
+        assert picked is not None
+        assert picked.id == second
+    finally:
+        await leaving.close()
+        await staying.close()

@@ -19,9 +19,15 @@ from apalis_sql import TASK_COLUMNS, task_from_row
 
 __all__ = ["transact"]
 
-_STATUS, _ATTEMPTS, _LOCK_BY = (TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by"))
+_STATUS, _ATTEMPTS, _LOCK_BY, _PRIORITY, _RUN_AT = (
+    TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by", "priority", "run_at")
+)
 
 Conn = Any  # asyncmy ships no usable annotations for its Cython classes
+
+CANDIDATES = 3
+"""Ready tasks read per task wanted (`claim_select`): enough for three claims at once to each
+find theirs past those the others hold (a claim that finds fewer comes back short)."""
 
 
 async def transact(
@@ -47,7 +53,8 @@ async def transact(
     total = sum(limit for _, limit in want)
     script = ["START TRANSACTION", *first]
     if total:
-        script.append(cursor.mogrify(sql["claim_select"], {"queue": queue, "limit": total}))
+        params = {"queue": queue, "limit": total, "candidates": CANDIDATES * total}
+        script.append(cursor.mogrify(sql["claim_select"], params))
     await cursor.execute(";\n".join(script))
     changed = []
     for _ in first:
@@ -56,7 +63,8 @@ async def transact(
     rows: list[Any] = []
     if total:
         await cursor.nextset()
-        rows = list(await cursor.fetchall())
+        # In claim order (the rows come in the candidates' order, which no statement promises).
+        rows = sorted(await cursor.fetchall(), key=lambda row: (-row[_PRIORITY], row[_RUN_AT], row[0]))
     claimed: list[list[Task[bytes]]] = []
     script = []
     for worker_id, limit in want:

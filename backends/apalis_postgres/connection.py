@@ -386,13 +386,13 @@ class Database:
         handing.claimed(worker_id, len(claimed) == limit)
         return claimed
 
-    async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
-        """One statement applies every outcome of `plan` (arrays of one element per outcome) and
-        claims for `slots` (`ack.sql`)."""
+    def ack_params(self, queue: str, plan: AckPlan, slots: Sequence[str] = ()) -> dict[str, Any]:
+        """The parameters of `ack.sql`'s statements for `plan` (arrays of one element per
+        outcome), claiming a task for each worker of `slots`."""
         rows = plan.rows()
         columns: list[Sequence[Any]] = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 6
         ids, lock_bys, statuses, results, errors, run_ats = columns
-        params = {
+        return {
             "ids": ids,
             "lock_bys": lock_bys,
             "statuses": statuses,
@@ -400,9 +400,14 @@ class Database:
             "errors": errors,
             "run_ats": run_ats,
             "queue": queue,
-            "slots": [worker_id for worker_id, count in slots for _ in range(count)],
+            "slots": list(slots),
             "wake": plan.wake,
         }
+
+    async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
+        """One statement applies every outcome of `plan` (arrays of one element per outcome) and
+        claims for `slots` (`ack.sql`)."""
+        params = self.ack_params(queue, plan, [worker_id for worker_id, count in slots for _ in range(count)])
         if not slots:
             await self.execute("ack", params)
             return []

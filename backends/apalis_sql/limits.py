@@ -32,6 +32,7 @@ from apalis_cli.fleet.claim import QUEUE_RATE, ClaimRound, Turn, Turned, rate_ke
 from apalis_cli.polling import Waker
 from apalis_cli.task import Task, TaskId
 
+from .acks import AckPlan
 from .database import Rows, Session, SqlDatabase
 from .rows import TASK_COLUMNS, encode_meta, task_from_row
 
@@ -81,6 +82,10 @@ class WholeClaims(Protocol):
         """The scope of the advisory lock `locked` takes for `lock` and `queue`."""
         ...
 
+    def ack_params(self, queue: str, plan: AckPlan, slots: Sequence[str] = ()) -> dict[str, Any]:
+        """The parameters of the statement that applies `plan` (`ack_limit_claim` carries them)."""
+        ...
+
     async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
         """All rows of the named statement."""
         ...
@@ -123,13 +128,21 @@ class LimitedClaims:
         if timer is not None:
             timer.cancel()
 
-    async def claim(self, worker_id: str, want: int, params: Mapping[str, Any] | None = None) -> list[Task[bytes]]:
+    @property
+    def carries_acks(self) -> bool:
+        """Whether a claim can apply a batch of outcomes in its own statement (`claim`'s `ack`)."""
+        return self._whole is not None
+
+    async def claim(
+        self, worker_id: str, want: int, params: Mapping[str, Any] | None = None, *, ack: AckPlan | None = None
+    ) -> list[Task[bytes]]:
         """Up to `want` tasks for `worker_id` within its limits, in one locked transaction;
-        `params` go to the claim statements besides the queue and the worker (pgmq: the lease)."""
+        `params` go to the claim statements besides the queue and the worker (pgmq: the lease).
+        With `ack` (where `carries_acks`), the same statement first applies those outcomes."""
         state = self.workers[worker_id]
         extra = params or {}
         if self._whole is not None:
-            claimed, done, now = await self._claim_whole(self._whole, worker_id, want, state)
+            claimed, done, now = await self._claim_whole(self._whole, worker_id, want, state, ack)
         else:
             claimed, done, now = await self._db.locked(
                 "limits", self._queue, "", lambda s: self._claim(s, worker_id, want, state, extra), durable=False
@@ -157,10 +170,11 @@ class LimitedClaims:
         self._timers[worker_id] = loop.call_at(when, self._db.waker(self._queue).notify)
 
     async def _claim_whole(
-        self, db: WholeClaims, worker_id: str, want: int, state: KeyedClaims
+        self, db: WholeClaims, worker_id: str, want: int, state: KeyedClaims, ack: AckPlan | None
     ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
         """The claim as one call of the store's `limit_claim` (PostgreSQL: migration 0009), the
-        same algorithm on the server; the keyless scan's place is kept here, by worker."""
+        same algorithm on the server, carried by the statement of `ack` where there is one; the
+        keyless scan's place is kept here, by worker."""
         limits, decode = state.limits, self._decode
         keyless = self._keyless.get(worker_id, (None, None, None))
         params = {
@@ -179,7 +193,10 @@ class LimitedClaims:
             "keyless_run_at": keyless[1],
             "keyless_id": keyless[2],
         }
-        rows = await db.fetch("limit_claim", params)
+        if ack is None:
+            rows = await db.fetch("limit_claim", params)
+        else:
+            rows = await db.fetch("ack_limit_claim", {**db.ack_params(self._queue, ack), **params})
         # one row per task claimed, then the account (task columns NULL)
         after, wake_at, now, *place = rows[-1][_ACCOUNT:]
         self._keyless[worker_id] = (place[0], place[1], place[2])

@@ -34,7 +34,7 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome
 from apalis_cli.task import Task, TaskId
 
-from .acks import plan_acks
+from .acks import AckPlan, plan_acks
 from .control import SqlControl
 from .database import Backlog, Handing, Rows, Session, SqlDatabase
 from .inspector import SqlInspector
@@ -255,11 +255,24 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         db, limited = self._db, self._limited.workers
         plan = plan_acks(items, time.time())
         want = [(h, n) for h, n in self._ahead.wanted(items) if h.backlog or not db.ahead_on_backlog]
-        # A worker with global limits claims within them, in a transaction of its own, after the ack.
+        # A worker with global limits claims within them, in a transaction of its own, after the ack;
+        # on a store whose limited claim is one statement, that statement applies the acks too.
         within = [(h, n) for h, n in want if h.worker_id in limited]
         want = [(h, n) for h, n in want if h.worker_id not in limited]
-        with claiming([holder for holder, _ in want]):  # their beats leave alone what this claims
-            claimed = await db.ack(self.queue, plan, [(holder.worker_id, n) for holder, n in want])
+        if within and not want and self._limited.carries_acks:
+            holder, count = within.pop(0)
+            with claiming([holder]):
+                tasks = await self._limited.claim(holder.worker_id, count, ack=plan)
+            if plan.wake:
+                db.waker(self.queue).notify()
+            holder.backlog = len(tasks) == count
+            if tasks:
+                await self._ahead.hand_over(holder, tasks)
+            plan = AckPlan()  # applied
+        claimed: list[list[Task[bytes]]] = []
+        if plan or want:
+            with claiming([holder for holder, _ in want]):  # their beats leave alone what this claims
+                claimed = await db.ack(self.queue, plan, [(holder.worker_id, n) for holder, n in want])
         if plan.wake:  # released (or instantly retried) tasks are ready for this process's pollers too
             db.waker(self.queue).notify()
         elif self._limited.stopped and any(task.ctx.lock_by in self._limited.stopped for task, _ in items):

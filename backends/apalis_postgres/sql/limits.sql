@@ -33,6 +33,22 @@ SELECT * FROM {schema}.limit_claim(
     %(keyless_priority)s::int, %(keyless_run_at)s::float8, %(keyless_id)s::text
 )
 
+-- name: ack_limit_claim
+-- A batch of outcomes (ack.sql's `ack`, claiming nothing ahead) and, in the same statement, the
+-- claim within limits for the slots they free: one round trip and one commit, not two. The acks
+-- run first (the claim's argument names their count); the function's statements then see them
+-- (each reads a fresh snapshot, after the statement's own changes so far), so the slots these
+-- runs held count as free.
+WITH {_ack_first}
+SELECT c.*
+FROM (SELECT count(*) AS n FROM acked) AS a
+CROSS JOIN LATERAL {schema}.limit_claim(
+    %(queue)s::text, %(worker)s::text, CASE WHEN a.n >= 0 THEN %(want)s::int END, %(after)s::text,
+    %(concurrency)s::int, %(keyed_concurrency)s::boolean, %(rate)s::int, %(per)s::float8, %(keyed_rate)s::boolean,
+    %(scope)s::text, %(forget)s::boolean,
+    %(keyless_priority)s::int, %(keyless_run_at)s::float8, %(keyless_id)s::text
+) AS c
+
 -- name: enqueue_keyed
 -- As `enqueue`, with each task's limit key.
 WITH inserted AS (

@@ -359,7 +359,9 @@ class Database:
                 "key": task.idempotency_key,
                 "meta": encode_meta(task.meta),
             }
-            [(pushed,)] = await self.fetch("enqueue_hand", one)  # its id, None when already stored
+            [(pushed, unflushed)] = await self.fetch("enqueue_hand", one)  # its id, None when already stored
+            if unflushed:  # handed: the worker was told before the flush, the caller is told after it
+                await self.execute("flush_push", {})
             return 0 if pushed is None else 1
         params: dict[str, Any] = {
             "queue": queue,

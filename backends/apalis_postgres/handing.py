@@ -4,10 +4,12 @@ A polling worker whose claim found nothing is listed idle in `idle_workers` (by 
 own statement: `handing.sql`'s `_listing`), with the channel its process LISTENs on. A push of
 one task that would be the next one claimed (due now, nothing else of its queue ready, the queue
 not paused, no limit key) claims it for the worker listed the longest, in the push's own
-call, and NOTIFYs the task on that channel (`enqueue_hand`: migration 0008's `push_one`, which
+call, and NOTIFYs the task on that channel (`enqueue_hand`: migration 0010's `push_lone`, which
 runs the hand-over's statement only when a worker of the queue is listed, a plain insert
 otherwise); the process gives it to the worker's poll stream, which starts it at once. The
-listing is used up: the worker lists itself again with its next claim that finds nothing.
+listing is used up: the worker lists itself again with its next claim that finds nothing. A
+durable push that hands its task commits without waiting for the WAL flush, so its NOTIFY is
+not held back by it, and makes it durable after (`flush_push`) before it returns.
 
 A handed task is an ordinary claim (running, its first attempt counted, locked by the worker):
 - its NOTIFY lost with the LISTEN connection: once listening again, the process asks for the

@@ -233,6 +233,37 @@ async def test_a_push_of_a_stored_id_stores_nothing_and_leaves_the_worker_listed
     await until(lambda: [t.id for t in given.tasks.get("w1", [])] == [fresh])
 
 
+async def test_a_handed_push_returns_once_its_task_is_on_disk(
+    postgres_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The push that hands its task commits without waiting for the WAL flush (its NOTIFY would
+    # wait for it), and makes it durable before it returns: everything written before its call
+    # returned is flushed by then.
+    q = postgres_store.backend("durable", codec=JsonCodec())
+    given = Given()
+    await list_idle(postgres_store, "durable", "w1", given)
+    db = postgres_store.database
+    written: list[str] = []
+    fetch = db.fetch
+
+    async def lsn(conn: psycopg.AsyncConnection[Any], what: str) -> Any:
+        return (await _all(conn, f"SELECT pg_current_wal_{what}_lsn() - '0/0'::pg_lsn"))[0][0]
+
+    async def noting_fetch(name: str, params: Any) -> Any:
+        rows = await fetch(name, params)
+        if name == "enqueue_hand":
+            written.append(await db.pool.run(lambda conn: lsn(conn, "insert")))
+        return rows
+
+    monkeypatch.setattr(db, "fetch", noting_fetch)
+    task_id = await q.push({"n": 1})
+    flushed = await db.pool.run(lambda conn: lsn(conn, "flush"))
+    assert await status_of(q, task_id) == (Status.RUNNING, "w1", 1)  # handed
+    assert len(written) == 1
+    assert flushed >= written[0], "the push returned before its task was on disk"
+    await until(lambda: [t.id for t in given.tasks.get("w1", [])] == [task_id])
+
+
 async def test_a_keyed_or_unique_task_is_never_handed(postgres_store: PostgresStore) -> None:
     q = postgres_store.backend("keyed", codec=JsonCodec())
     given = Given()

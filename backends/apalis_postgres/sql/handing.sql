@@ -11,11 +11,20 @@
 
 -- name: enqueue_hand
 -- One task pushed (as enqueue.sql pushes it), handed to a worker listed idle when it would be the
--- next one claimed: migration 0008's `push_one`, which runs the hand-over's statement only when a
--- worker of the queue is listed. Its id, NULL when it was already stored.
+-- next one claimed: migration 0010's `push_lone`, which runs the hand-over's statement only when
+-- a worker of the queue is listed. Its id (NULL when it was already stored), and whether the
+-- caller must make it durable (`flush_push`): a durable push that hands its task commits without
+-- waiting for the WAL flush, so that the NOTIFY reaches the worker at once.
 -- Its fields come as plain parameters, not arrays of one: cheaper to send and to read.
-SELECT {schema}.push_one(%(queue)s, %(id)s, %(payload)b, %(run_at)s, %(priority)s, %(max_attempts)s, %(key)s,
-                         %(meta)s::jsonb, %(commit)s)
+SELECT pushed, unflushed
+FROM {schema}.push_lone(%(queue)s, %(id)s, %(payload)b, %(run_at)s, %(priority)s, %(max_attempts)s, %(key)s,
+                        %(meta)s::jsonb, %(commit)s)
+
+-- name: flush_push
+-- After a push that said `unflushed`: a commit that writes a WAL record (an empty transactional
+-- logical message; no table is touched) waits, at the server's own `synchronous_commit`, for the
+-- flush of the WAL up to it, the push's insert included.
+SELECT pg_logical_emit_message(true, 'apalis-flush', '')
 
 -- name: _listing
 -- The claim's side of handing (claim.sql, ack.sql's `ack_listing`), after a CTE `claimed` (the

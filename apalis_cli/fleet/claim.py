@@ -281,6 +281,8 @@ def claim_steps(
             turns.took(None, taken)
             budget -= taken
     result.claimed = turns.claimed
+    if not limits.keyed_rate:  # a queue-wide rate beside a keyed concurrency: the claim spends it
+        _spent(limits, result, rates, QUEUE_RATE, turns.claimed, now)
     return result
 
 

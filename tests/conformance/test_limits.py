@@ -134,6 +134,25 @@ async def test_a_queue_wide_rate_holds_across_workers(harness: Harness, calls: C
     assert starts[-1] - start >= 0.9, "40 starts at 20/s with a burst of 20 take about a second"
 
 
+async def test_a_queue_wide_rate_holds_beside_a_per_key_concurrency(harness: Harness, calls: Calls) -> None:
+    """ "At most 20 calls a second to the API, one import per customer at a time": the rate is
+    the queue's, the concurrency each key's, and every claim spends the rate."""
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    for n in range(40):
+        await backend.push({"account": f"k{n}", "n": n}, limit_key=f"k{n}")
+    layers = [RateLimitLayer(20, 1.0, scope="global"), ConcurrencyLayer(1, scope="global", key="account")]
+    start = time.time()
+    for name in ("w1", "w2"):
+        await harness.worker(backend, calls.handler(), name=name, concurrency=20, layers=layers).start()
+    await harness.wait_until(lambda: len(calls.finished) >= 40, within=20, what="every task to run")
+
+    starts = sorted(c.at for c in calls.calls)
+    for i, at in enumerate(starts):
+        assert i + 1 <= 20 + 20 * (at - start) + 1, f"start {i + 1} came {at - start:.2f}s in: over 20/s"
+    assert starts[-1] - start >= 0.9, "40 starts at 20/s with a burst of 20 take about a second"
+
+
 async def test_a_per_key_rate_holds_and_other_keys_keep_theirs(harness: Harness, calls: Calls) -> None:
     harness.require(Capability.FLEET_LIMITS)
     backend = harness.backend()

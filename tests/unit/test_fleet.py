@@ -247,6 +247,28 @@ def test_a_keyed_rate_says_when_to_claim_again() -> None:
     assert done.wake_at == pytest.approx(100.4), "a's next start is due at 100.4"
 
 
+def test_a_queue_wide_rate_beside_a_keyed_concurrency_is_spent_by_each_claim() -> None:
+    keys = Keys({f"k{n:02}": 1 for n in range(40)})
+    limits = FleetLimits(key="account", concurrency=1, keyed_concurrency=True, rate=10, per=1.0)
+    rates: dict[str, float] = {}
+    claimed = []
+    for _ in range(3):  # three claims at one instant: one burst between them
+        done = claim_round(
+            limits,
+            50,
+            100.0,
+            running={},
+            rates=rates,
+            keys_after=keys.keys_after,
+            take_heads=keys.take_heads,
+            take=keys.take,
+        )
+        rates.update(done.rates)
+        claimed.append(done.claimed)
+    assert claimed == [10, 0, 0], "the burst of 10, then nothing until the rate allows"
+    assert rates["*"] == pytest.approx(101.0), "the queue's state moved by the ten starts"
+
+
 def test_the_key_comes_from_the_arguments() -> None:
     assert key_of({"account_id": 42}, "account_id") == "42"
     assert key_of({"customer": {"id": "c-7"}}, "customer.id") == "c-7"

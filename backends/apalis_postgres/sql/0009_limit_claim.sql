@@ -127,6 +127,7 @@ DECLARE
     v_ids text[] := '{}';  -- the tasks this claim took
     v_rates jsonb := '{}';  -- the rate states this claim moved, by state name
     v_tat float8;
+    v_queue_tat float8;  -- a queue-wide rate's state
     v_room int;
     v_got int;
     v_wake float8;
@@ -187,10 +188,10 @@ BEGIN
         v_budget := least(v_budget, p_concurrency - v_total);
     END IF;
     IF p_rate IS NOT NULL AND NOT p_keyed_rate THEN
-        SELECT r.tat INTO v_tat FROM {schema}.limit_rates AS r WHERE r.queue = p_queue AND r.state = '*';
-        v_room := {schema}.limit_allowance(v_tat, v_now, p_rate, p_per);
+        SELECT r.tat INTO v_queue_tat FROM {schema}.limit_rates AS r WHERE r.queue = p_queue AND r.state = '*';
+        v_room := {schema}.limit_allowance(v_queue_tat, v_now, p_rate, p_per);
         IF v_room < v_budget THEN
-            v_wake := greatest(coalesce(v_tat, v_now), v_now) - p_per + v_interval;
+            v_wake := greatest(coalesce(v_queue_tat, v_now), v_now) - p_per + v_interval;
         END IF;
         v_budget := least(v_budget, v_room);
     END IF;
@@ -212,9 +213,6 @@ BEGIN
         )
         SELECT coalesce(array_agg(claimed.id), '{}') INTO v_ids FROM claimed;
         v_got := cardinality(v_ids);
-        IF v_got > 0 AND p_rate IS NOT NULL THEN
-            v_rates := jsonb_build_object('*', greatest(coalesce(v_tat, v_now), v_now) + v_got * v_interval);
-        END IF;
     ELSIF v_budget > 0 THEN
         -- Keys take turns (fleet.claim._Turns.turn): walks from the key after the last claim's,
         -- coming round once; another walk from the first key while a key had room for more.
@@ -400,6 +398,10 @@ BEGIN
         END IF;
     END IF;
 
+    -- A queue-wide rate (beside a keyed concurrency, or alone) is spent by all this claim took.
+    IF p_rate IS NOT NULL AND NOT p_keyed_rate AND cardinality(v_ids) > 0 THEN
+        v_rates := v_rates || jsonb_build_object('*', greatest(coalesce(v_queue_tat, v_now), v_now) + cardinality(v_ids) * v_interval);
+    END IF;
     IF v_rates <> '{}' THEN
         INSERT INTO {schema}.limit_rates AS r (queue, state, tat)
         SELECT p_queue, s.key, s.value::float8 FROM jsonb_each_text(v_rates) AS s

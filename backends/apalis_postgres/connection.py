@@ -409,16 +409,23 @@ class Database:
     async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
         """One statement applies every outcome of `plan` (arrays of one element per outcome) and
         claims for `slots` (`ack.sql`)."""
-        params = self.ack_params(queue, plan, [worker_id for worker_id, count in slots for _ in range(count)])
+        wanted = [worker_id for worker_id, count in slots for _ in range(count)]
+        lock_by = _done_by(plan)
+        if lock_by is None:
+            ack, params = "ack", self.ack_params(queue, plan, wanted)
+        else:  # the common batch, sent as its ids alone
+            ack = "ack_done"
+            params = {"ids": [task_id for _, _, task_id, _ in plan.done], "lock_by": lock_by, "queue": queue}
+            params["slots"] = wanted
         if not slots:
-            await self.execute("ack", params)
+            await self.execute(ack, params)
             return []
         handing = self.handing
         listing = handing.params([worker_id for worker_id, _ in slots], ack=True)
         if listing is None:
-            claimed = _in_claim_order(await self.fetch("ack", params))
+            claimed = _in_claim_order(await self.fetch(ack, params))
         else:
-            claimed = _in_claim_order(await self.fetch("ack_listing", {**params, **listing}))
+            claimed = _in_claim_order(await self.fetch(f"{ack}_listing", {**params, **listing}))
         per_slot = [[task for task in claimed if task.ctx.lock_by == worker_id] for worker_id, _ in slots]
         for (worker_id, count), tasks in zip(slots, per_slot, strict=True):
             handing.claimed(worker_id, len(tasks) == count)
@@ -439,6 +446,18 @@ class _Session:
 
     async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
         return await (await self._conn.execute(self._sql[name], params)).fetchall()
+
+
+def _done_by(plan: AckPlan) -> str | None:
+    """The worker whose runs `plan` acknowledges, when every one of them is done with no result
+    (`ack_done`); None for any other batch."""
+    if not plan.done or plan.retry or plan.kill or plan.cancel or plan.release:
+        return None
+    lock_by = plan.done[0][3]
+    for result, _, _, lock in plan.done:
+        if result is not None or lock != lock_by:
+            return None
+    return lock_by
 
 
 def _in_claim_order(rows: Sequence[Any]) -> list[Task[bytes]]:

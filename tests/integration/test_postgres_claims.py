@@ -5,6 +5,7 @@ The cases every store that claims ahead shares are in tests/conformance/test_cla
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -13,6 +14,7 @@ from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.fleet import FleetLimits
 from apalis_cli.service import Outcome
+from apalis_cli.task import Status
 from apalis_postgres import PostgresStore
 from psycopg import sql
 
@@ -83,3 +85,28 @@ async def test_tasks_without_a_key_run_behind_a_keyed_backlog_deeper_than_one_sc
         await stream.aclose()  # type: ignore[attr-defined]
     assert keyless <= {t.id for t in got}, "every task without a key ran"
     assert sum(t.id not in keyless for t in got) == 1, "one task of the key at its limit, no more"
+
+
+async def test_a_batch_of_runs_that_returned_nothing_ends_them_done_and_tells_their_waiters(
+    postgres_store: PostgresStore,
+) -> None:
+    # Such a batch is sent as its ids alone (`ack_done`): it still ends only the runs still held
+    # by the worker, and tells whoever waits for them.
+    q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=3)
+    ids = [await q.push({"n": n}) for n in range(3)]
+    stream = q.poll_compact(context("w1", slots=3))
+    tasks = [await anext(stream) for _ in range(3)]
+    assert all(task is not None for task in tasks)
+    lost = ids[2]  # its lease lost meanwhile: the orphan sweep gave it to another worker
+    schema = sql.Identifier(postgres_store.config.schema)
+    async with await psycopg.AsyncConnection.connect(postgres_store.config.url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("UPDATE {}.tasks SET lock_by = 'w2' WHERE id = %s").format(schema), (lost,))
+    waiting = asyncio.ensure_future(q.wait(ids[0], timeout=30))
+    await asyncio.sleep(0.2)  # its waiter listens
+    await q.ack_batch([(task, Outcome.done(None)) for task in tasks if task is not None])
+    waited = await waiting
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert waited is not None
+    assert waited.ctx.status is Status.DONE
+    states = [(t.ctx.status, t.ctx.lock_by, t.ctx.attempts) for t in [await q.get(i) for i in ids] if t is not None]
+    assert states == [(Status.DONE, None, 1), (Status.DONE, None, 1), (Status.RUNNING, "w2", 1)]

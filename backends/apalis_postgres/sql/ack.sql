@@ -14,6 +14,10 @@
 -- a backlog `ack` serves, and pays nothing for it.
 
 -- name: _ack_first
+{_acked},
+{_ack_picked}
+
+-- name: _acked
 acked AS (
     -- A run whose task had a cancel requested (`cancel_reason`) and that would run again
     -- (retried, released) ends cancelled instead, with the reason asked for.
@@ -49,7 +53,23 @@ acked AS (
     WHERE t.id = ANY((SELECT %(ids)b::text[])::text[]) AND t.id = u.id AND t.lock_by = u.lock_by
     -- Whoever waits for a task that ended here is told (`waited`: the others send nothing).
     RETURNING t.id, CASE WHEN t.waited AND t.done_at IS NOT NULL THEN pg_notify({control}, 'd' || t.id) END
+)
+
+-- name: _ack_done
+-- `_ack_first` for a batch whose every outcome is done with no result, all of one worker's runs
+-- (a drain of tasks that return nothing): only the ids are sent (`ids`, `lock_by`), no arrays of
+-- outcomes to send and join (psycopg's dump of the six arrays of 50 took 4.7 us a task of the
+-- worker's CPU here, the ids alone 1.3 us; the server no longer joins them either).
+acked AS (
+    UPDATE {schema}.tasks AS t
+    SET status = 'done', result = NULL, done_at = extract(epoch FROM now())::float8, lock_by = NULL, lock_at = NULL
+    FROM (SELECT set_config('synchronous_commit', 'off', true)) AS effects
+    WHERE t.id = ANY((SELECT %(ids)b::text[])::text[]) AND t.lock_by = %(lock_by)s
+    RETURNING t.id, CASE WHEN t.waited THEN pg_notify({control}, 'd' || t.id) END
 ),
+{_ack_picked}
+
+-- name: _ack_picked
 -- The claim as in claim.sql, for `slots` tasks: the n-th task claimed goes to the n-th slot's
 -- worker. MATERIALIZED: the locking select runs once, however often its result is read. The
 -- claimed ids then reach the UPDATE as an array, so each row is fetched by primary key (a join
@@ -82,6 +102,18 @@ WITH {_ack_first}
 
 -- name: ack_listing
 WITH {_ack_first},
+claimed AS (
+{_ack_claim}
+),
+{_listing}
+SELECT * FROM claimed
+
+-- name: ack_done
+WITH {_ack_done}
+{_ack_claim}
+
+-- name: ack_done_listing
+WITH {_ack_done},
 claimed AS (
 {_ack_claim}
 ),

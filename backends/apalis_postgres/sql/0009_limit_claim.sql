@@ -28,8 +28,9 @@ $$;
 -- than `p_ahead` seconds ahead of `p_now`: GCRA, no start allowed); and, where open, its first
 -- task due now: its first in the index or, rarely (one scheduled ahead of the others), one more
 -- step. (Inlined where it is used. OFFSET 0: each is worked out once per key, however often it
--- is read; the state is looked up by the whole primary key, in the column's collation, not the
--- key's.)
+-- is read. Each comparison names its column's collation: the key's ("C") is the call's, so it
+-- is every parameter's here, and the queue or the rate state compared in it would be a filter
+-- over the whole index, not a lookup.)
 CREATE OR REPLACE FUNCTION {schema}.limit_head(
     p_queue text, p_key text, p_id text, p_run_at float8, p_blocked text[], p_now float8, p_ahead float8
 ) RETURNS TABLE (tat float8, open boolean, head text)
@@ -38,7 +39,7 @@ SELECT rate.tat, gate.open, head.id
 FROM (
     SELECT CASE WHEN p_ahead IS NOT NULL THEN (
         SELECT r.tat FROM {schema}.limit_rates AS r
-        WHERE r.queue = p_queue AND r.state = ('k:' || p_key) COLLATE "default"
+        WHERE r.queue = p_queue COLLATE "default" AND r.state = ('k:' || p_key) COLLATE "default"
     ) END AS tat
     OFFSET 0
 ) AS rate
@@ -50,7 +51,7 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN gate.open THEN coalesce(
         CASE WHEN p_run_at <= p_now THEN p_id END,
         (SELECT d.id FROM {schema}.tasks AS d
-         WHERE d.queue = p_queue AND d.limit_key = p_key AND d.status IN ('pending', 'failed')
+         WHERE d.queue = p_queue COLLATE "default" AND d.limit_key = p_key AND d.status IN ('pending', 'failed')
            AND d.run_at <= p_now
          ORDER BY d.priority DESC, d.run_at, d.id
          LIMIT 1)

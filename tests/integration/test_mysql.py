@@ -200,3 +200,19 @@ async def test_a_database_of_an_earlier_version_gains_the_control_plane_and_keep
         await controls_after_migration(store.backend("q", codec=JsonCodec()))
     finally:
         await store.close()
+
+
+async def test_stamps_are_read_in_utc_whatever_the_servers_time_zone(mysql_store: MysqlStore) -> None:
+    """UNIX_TIMESTAMP(NOW(6)) read back through a zone with daylight saving is an hour off for one
+    of the two hours that repeat (leases would look an hour old or new); the store's sessions
+    read it in UTC."""
+
+    async def zone_and_clock(conn: Any) -> tuple[str, float]:
+        cursor = conn.cursor()
+        await cursor.execute("SELECT @@session.time_zone, UNIX_TIMESTAMP(NOW(6)) - UNIX_TIMESTAMP()")
+        ((zone, skew),) = await cursor.fetchall()
+        return str(zone), float(skew)
+
+    zone, skew = await mysql_store.database.run(zone_and_clock)
+    assert zone == "+00:00"
+    assert 0 <= skew < 1, "the stamp is the epoch the server's own clock gives"

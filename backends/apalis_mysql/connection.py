@@ -495,9 +495,37 @@ class Database:
             return claimed
 
         claimed = await self.run(ack_in)
+        await self._acked(queue, plan, waited, slots, claimed)
+        return claimed
+
+    def ack_ahead(self, session: Any, plan: AckPlan) -> list[Any]:
+        """Send the acknowledgement of `plan` ahead of a limited claim's first read, in its
+        transaction (`locked.LockedSession.ahead`); the rows filled once sent say whether some
+        task of it ended while someone waits for it (`acked_ahead`, after the commit)."""
+        for query, args in ack_statements(self.sql, plan):
+            session.ahead(query, args)
+        ids = [row[0] for row in plan.rows()]
+        kept: list[Any] = session.ahead(self.sql["ended_waited"].replace("{ids}", ", ".join(["%s"] * len(ids))), ids)
+        return kept
+
+    async def acked_ahead(self, queue: str, plan: AckPlan, waited: list[Any]) -> None:
+        """`plan`, sent ahead of a limited claim (`ack_ahead`), was committed with it."""
+        await self._acked(queue, plan, bool(waited), (), [])
+
+    async def _acked(
+        self,
+        queue: str,
+        plan: AckPlan,
+        waited: bool,
+        slots: Sequence[tuple[str, int]],
+        claimed: list[list[Task[bytes]]],
+    ) -> None:
+        """After the commit of `plan` and of the claims for `slots`: the hand-over's listings
+        follow the tasks, waiters of a task that ended are told, and a task ready again wakes
+        the queue's pollers in other processes."""
         listings = self._listings
         if listings:
-            for task_id, lock_by, *_ in rows:  # no longer running under that worker
+            for task_id, lock_by, *_ in plan.rows():  # no longer running under that worker
                 listing = listings.get(lock_by) if lock_by is not None else None
                 if listing is not None:
                     listing.seen.discard(task_id)
@@ -509,7 +537,6 @@ class Database:
             await self.notify_control()
         if plan.wake:
             await self.signal(self._queue_tag(queue))
-        return claimed
 
     async def _migrate(self, conn: Conn) -> list[int]:
         """Apply the migrations not yet recorded, under a named lock against concurrent starts."""

@@ -9,14 +9,15 @@ worker draining at full speed waits for between two batches.
 So the lock and `START TRANSACTION` ride with the transaction's first read (the server runs a
 script's statements in order: the read starts once the lock is held), and the statements whose
 answer the caller does not need (`later`: the UPDATE that claims the rows a select locked, the
-rate states) ride with the next statement or with the commit. A first statement that writes is
-sent after the lock is known to be held, never with it: a lock not got (another session held
-it for the whole wait) runs the script's read in vain, and the transaction is tried again.
+rate states) ride with the next statement or with the commit. A lock not got (another session
+held it for the whole wait) runs the script's statements in vain: the transaction is rolled back
+and tried again. A limited worker's acknowledgement rides with its next claim's first read
+(`ahead`): one commit, one log flush, for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 __all__ = ["LockBusy", "LockedSession", "in_named_lock"]
@@ -34,7 +35,7 @@ class LockedSession:
     """Named statements in the locked transaction (`Session`), with `later` for those whose
     answer is not needed."""
 
-    __slots__ = ("_ahead", "_bind", "_conn", "_locking", "_sql")
+    __slots__ = ("_ahead", "_bind", "_conn", "_kept", "_locking", "_sql")
 
     def __init__(self, conn: Conn, statements: Mapping[str, str], bind: Bind, take: list[str]) -> None:
         self._conn = conn
@@ -42,6 +43,7 @@ class LockedSession:
         self._bind = bind
         self._ahead = list(take)  # bound statements not sent yet, in order
         self._locking = True  # the first of them is the GET_LOCK, its answer not read yet
+        self._kept: dict[int, list[Any]] = {}  # where in `_ahead` a statement's rows are kept
 
     @property
     def sent(self) -> bool:
@@ -56,6 +58,15 @@ class LockedSession:
     def later(self, name: str, params: Mapping[str, Any]) -> None:
         """Send the statement with the next one (or the commit); its answer is not read."""
         self._ahead.append(self._bound(name, params))
+
+    def ahead(self, query: str, args: Sequence[Any]) -> list[Any]:
+        """Send `query` (bound to `args`) with the next statement; the list returned receives
+        its rows once it is sent. Where that is the transaction's first read, it goes with the
+        lock: a lock not got rolls it back with the rest, and the transaction is tried again."""
+        rows: list[Any] = []
+        self._kept[len(self._ahead)] = rows
+        self._ahead.append(str(self._conn.cursor().mogrify(query, args)))
+        return rows
 
     async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
         cursor = await self._send([self._bound(name, params)])
@@ -78,8 +89,8 @@ class LockedSession:
         """Send the statements ahead, then `last`, in one round trip; the cursor at the result of
         the script's last statement, the others' read past. Raises `LockBusy` when the lock ahead
         was not got."""
-        script = [*self._ahead, *last]
-        self._ahead.clear()
+        script, kept = [*self._ahead, *last], self._kept
+        self._ahead, self._kept = [], {}
         cursor = self._conn.cursor()
         await cursor.execute(";\n".join(script))
         if self._locking:
@@ -88,8 +99,10 @@ class LockedSession:
                 while await cursor.nextset():
                     pass
                 raise LockBusy
-        for _ in range(len(script) - 1):
+        for at in range(1, len(script)):
             await cursor.nextset()
+            if at in kept:
+                kept[at].extend(await cursor.fetchall())
         return cursor
 
 

@@ -130,23 +130,33 @@ class LimitedClaims:
 
     @property
     def carries_acks(self) -> bool:
-        """Whether a claim can apply a batch of outcomes in its own statement (`claim`'s `ack`)."""
-        return self._whole is not None
+        """Whether a claim can apply a batch of outcomes in its own transaction (`claim`'s
+        `ack`): in its one statement (`limit_claim`), or sent ahead of its first read (MySQL's
+        `ack_ahead`: one commit, one log flush, for both)."""
+        return self._whole is not None or getattr(self._db, "ack_ahead", None) is not None
 
     async def claim(
         self, worker_id: str, want: int, params: Mapping[str, Any] | None = None, *, ack: AckPlan | None = None
     ) -> list[Task[bytes]]:
         """Up to `want` tasks for `worker_id` within its limits, in one locked transaction;
         `params` go to the claim statements besides the queue and the worker (pgmq: the lease).
-        With `ack` (where `carries_acks`), the same statement first applies those outcomes."""
+        With `ack` (where `carries_acks`), the same transaction first applies those outcomes."""
         state = self.workers[worker_id]
         extra = params or {}
         if self._whole is not None:
             claimed, done, now = await self._claim_whole(self._whole, worker_id, want, state, ack)
         else:
-            claimed, done, now = await self._db.locked(
-                "limits", self._queue, "", lambda s: self._claim(s, worker_id, want, state, extra), durable=False
-            )
+            db: Any = self._db
+            sent: list[Any] = []
+
+            async def claim_in(s: Session) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
+                if ack is not None:  # again where the transaction is tried again
+                    sent.append(db.ack_ahead(s, ack))
+                return await self._claim(s, worker_id, want, state, extra)
+
+            claimed, done, now = await db.locked("limits", self._queue, "", claim_in, durable=False)
+            if ack is not None:
+                await db.acked_ahead(self._queue, ack, sent[-1])
         if done is not None:
             state.claimed(done)
             if done.wake_at is not None:

@@ -145,7 +145,11 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                     await db.listening()
                     heard = True
                 if worker_id in limited.workers:
-                    return await limited.claim(worker_id, limit)
+                    claimed = await limited.claim(worker_id, limit)
+                    holder = self._ahead.holder(worker_id)
+                    if holder is not None:  # then the acknowledgement of its runs claims for it
+                        holder.backlog = len(claimed) == limit
+                    return claimed
                 if drained and not pushed.is_set():
                     drained = False  # once: tasks falling due are found by the idle backoff
                     return []

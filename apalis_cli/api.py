@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, Unpack, overload
 
+from . import loops
 from .backend import BackendExt, Capabilities, Capability, NewTask, PushOptions, Store, TaskSink
 from .bounds import check_name
 from .codec import codec_by_name
@@ -256,7 +257,7 @@ class SyncSink:
     def __init__(
         self, config: str | Path | Config | None = None, *, worker: str | None = None, queue: str | None = None
     ) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = loops.new_event_loop()  # uvloop's when installed (`apalis_cli.loops`)
         self._thread = threading.Thread(target=self._loop.run_forever, name="apalis-sink", daemon=True)
         self._thread.start()
         self._context = open_sink(config, worker=worker, queue=queue)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import loops
 from .config import CommandHandler, Config, ImportHandler, WorkerConfig
 from .errors import HandlerExit, describe_error
 from .isolation.stopping import despite_cancellation, terminate_group
@@ -304,7 +305,7 @@ def command_handler(spec: CommandHandler, queue: str, grace: float) -> Handler:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
-                process_group=0,  # a Ctrl-C reaches the daemon only; a kill reaches what it started
+                **loops.own_group(),  # a Ctrl-C reaches the daemon only; a kill reaches what it started
             )
         except OSError as exc:
             raise CommandFailed(f"cannot start {program}: {exc.strerror or exc}") from None

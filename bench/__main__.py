@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from apalis_cli import loops
 from rich.console import Console
 
 from . import baselines
@@ -93,7 +94,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--store-loop", action="store_true", help="also drain through the store alone (no Worker): core vs store"
     )
     ap.add_argument(
-        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the worker process's event loop (asyncio)"
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="the event loop of the worker process and of this one, which pushes (auto: as the daemon picks it, "
+        "uvloop's when installed unless APALIS_LOOP=asyncio)",
     )
     ap.add_argument("--profile", action="store_true", help="cProfile each worker process into OUT/profiles/")
     ap.add_argument(
@@ -226,7 +231,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     load = os.getloadavg()
     doc: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{os.cpu_count()} cores, load {load[0]:.2f} at start, Python {platform.python_version()}",
+        "machine": f"{os.cpu_count()} cores, load {load[0]:.2f} at start, Python {platform.python_version()}"
+        f" on {args.loop}",
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "kinds")},
         "backends": [],
         "notes": [
@@ -291,7 +297,10 @@ async def _peers_and_rounds(
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print tables (or JSON with --json)."""
     args = _args(argv)
-    doc = asyncio.run(_run(args))
+    if args.loop != "auto":
+        os.environ[loops.ENV] = args.loop  # the worker processes inherit it
+    args.loop = "uvloop" if loops.loop_factory() is not None else "asyncio"
+    doc = loops.run(_run(args))  # the pushes on the loop the daemon and `apalis push` would use
     if args.json:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -237,6 +237,7 @@ def _payload(enq_ts: float) -> dict[str, float]:
 async def enqueue_single(queue: Any, n: int, max_s: float) -> dict[str, Any]:
     """`n` awaited pushes one at a time (stopping early after `max_s`)."""
     push = queue.push
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     deadline = t0 + max_s
     done = 0
@@ -246,7 +247,10 @@ async def enqueue_single(queue: Any, n: int, max_s: float) -> dict[str, Any]:
         if done % 100 == 0 and time.perf_counter() > deadline:
             break
     secs = time.perf_counter() - t0
-    return {"n": done, "secs": round(secs, 3), "rate": round(done / secs, 1)}
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    # this process's CPU per push (a memory store's worker, in-process, is idle meanwhile)
+    return {"n": done, "secs": round(secs, 3), "rate": round(done / secs, 1), "cpu_us": round(cpu / done * 1e6, 1)}
 
 
 async def enqueue_bulk(queue: Any, n: int, chunk: int, max_s: float) -> dict[str, Any]:

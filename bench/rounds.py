@@ -8,8 +8,8 @@ weighs on both sides alike; the table shows each figure's median over the rounds
 
 - push rounds (`--rounds`, 5): per round, each of our stores pushes `--push-n` tasks one at a time
   into a fresh queue (at most `--single-max` s), then each peer does the same in a process of its
-  own (its first round `--push-n` pushes, later ones as many as its first round's rate fits in
-  `--single-max` s, at least 1,000).
+  own (its first round 2,000 pushes, later ones as many as its first round's rate fits in
+  `--single-max` s, at least 1,000 and at most `--push-n`).
 - latency rounds (`--lat-rounds`, 3): per round, each store's latency stream at `--lat-rate` and
   `--wakeup-probes` wake-ups after 2 s idle, with a worker of its own; then each peer's.
 
@@ -37,6 +37,7 @@ from .stores import CODEC, Target
 __all__ = ["Opened", "RoundSettings", "interleave"]
 
 _PEER_MIN_PUSHES = 1000
+_PEER_FIRST_PUSHES = 2000  # a peer's first round, whose rate sizes its later ones (some push 200/s)
 
 
 @dataclass(slots=True)
@@ -83,6 +84,8 @@ def _ours_summary(o: Opened, pushes: list[dict[str, Any]], lats: list[dict[str, 
             "min": spread["min"],
             "max": spread["max"],
             "runs": spread["runs"],
+            "cpu_us": _spread([p["cpu_us"] for p in pushes])["median"],
+            "cpu_us_runs": [p["cpu_us"] for p in pushes],
         }
     done = [x for x in lats if "latency" in x]
     if not done:
@@ -144,7 +147,7 @@ async def interleave(
     async def peers_turn(phase: str, rnd: int) -> None:
         for label in labels:
             if phase == "single":
-                extra = ["--n-single", str(peer_n.get(label, rs.push_n))]
+                extra = ["--n-single", str(peer_n.get(label, min(rs.push_n, _PEER_FIRST_PUSHES)))]
             else:
                 extra = ["--lat-rate", f"{lat_rate:g}", "--wakeup-probes", str(probes)]
             run_id = f"{session}-{label}-{phase}-r{rnd + 1}"

@@ -20,6 +20,7 @@ import structlog
 from rich.console import Console
 from rich.live import Live
 
+from .. import loops
 from ..backend import Inspector
 from ..config import load_config
 from ..errors import UsageError
@@ -69,7 +70,7 @@ def run_daemon(
     show_live = (sys.stdout.isatty() and log_format is None) if live is None else live
     log_tasks = log_level.lower() in ("debug", "info")
     with contextlib.suppress(asyncio.CancelledError), masked_errors(loaded):  # a signal while waiting for a store
-        asyncio.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, http=http))
+        loops.run(_run(assembly, burst=burst, live=show_live, log_tasks=log_tasks, http=http))
 
 
 async def _run(assembly: Assembly, *, burst: bool, live: bool, log_tasks: bool, http: HttpOptions) -> None:

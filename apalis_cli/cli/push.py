@@ -104,11 +104,11 @@ def push(
     if unique is not None:
         options["unique"] = unique
     tasks = _new_tasks(values, loaded, target, options, key)
-    import asyncio  # here, not at the top: `apalis --help` and the other commands do without
+    from .. import loops  # here, not at the top: `apalis --help` and the other commands do without
 
     if wait:
-        raise typer.Exit(asyncio.run(_push_and_wait(loaded, target, tasks[0], options, key, within)))
-    asyncio.run(_push(loaded, target, tasks, [v.where for v in values], options, key))
+        raise typer.Exit(loops.run(_push_and_wait(loaded, target, tasks[0], options, key, within)))
+    loops.run(_push(loaded, target, tasks, [v.where for v in values], options, key))
 
 
 def _wait_options(wait: bool, timeout: str | None) -> float | None:

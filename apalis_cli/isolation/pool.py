@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import loops
 from ..layers.timeout import handler_started
 from ..task import Task, TaskId
 from .child import BOOT
@@ -217,7 +218,7 @@ class ProcessPool:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
-            process_group=0,  # a Ctrl-C in the terminal reaches the daemon only: it decides
+            **loops.own_group(),  # a Ctrl-C in the terminal reaches the daemon only: it decides
         )
         stdin, stdout, stderr = _pipes(process)
         forward = asyncio.ensure_future(_forward_stderr(stderr))

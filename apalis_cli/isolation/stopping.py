@@ -1,8 +1,9 @@
 """Stopping a process the daemon started, and everything it started: its process group.
 
-Children of a process pool and command handlers are started with `process_group=0`, so each
-leads a group of its own: a Ctrl-C in the terminal reaches only the daemon (which decides how to
-stop), and a kill reaches the programs a handler started as well as the handler.
+Children of a process pool and command handlers are started with `process_group=0` (a session
+of their own on uvloop's loop: `apalis_cli.loops.own_group`), so each leads a group of its own:
+a Ctrl-C in the terminal reaches only the daemon (which decides how to stop), and a kill reaches
+the programs a handler started as well as the handler.
 """
 
 from __future__ import annotations

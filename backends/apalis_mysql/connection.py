@@ -141,6 +141,7 @@ class Database:
     bulk_batch = 10_000
     claims_by_select = True  # no UPDATE ... RETURNING: a claim locks rows, then marks them
     turn_walk = turns  # a limited claim walks the keys and locks their heads in one statement per turn
+    keyless_from = True  # a keyed claim's keyless scan starts where the worker's last one stopped
     handing = None  # pushes never hand a task over: workers always claim
 
     def __init__(self, config: MysqlConfig) -> None:

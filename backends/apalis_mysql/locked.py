@@ -68,6 +68,14 @@ class LockedSession:
         self._ahead.append(str(self._conn.cursor().mogrify(query, args)))
         return rows
 
+    def read_later(self, name: str, params: Mapping[str, Any]) -> list[Any]:
+        """Send the named statement with the next one (or the commit); the list returned
+        receives its rows once it is sent."""
+        rows: list[Any] = []
+        self._kept[len(self._ahead)] = rows
+        self._ahead.append(self._bound(name, params))
+        return rows
+
     async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
         cursor = await self._send([self._bound(name, params)])
         return list(await cursor.fetchall())
@@ -99,6 +107,8 @@ class LockedSession:
                 while await cursor.nextset():
                     pass
                 raise LockBusy
+        elif 0 in kept:
+            kept[0].extend(await cursor.fetchall())
         for at in range(1, len(script)):
             await cursor.nextset()
             if at in kept:

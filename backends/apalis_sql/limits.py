@@ -41,9 +41,10 @@ __all__ = ["LimitedClaims", "LimitsDatabase", "push_unique"]
 T = TypeVar("T")
 
 _KEYLESS_SCAN = 1000
-"""How deep into the ready tasks a keyed claim looks for tasks pushed without a key (the ready
-index cannot tell them from keyed ones; a partial index of their own would cost every push of
-every queue an entry more)."""
+"""How many ready tasks one scan of a keyed claim reads for tasks pushed without a key (the
+ready index cannot tell them from keyed ones; a partial index of their own would cost every push
+of every queue an entry more). MySQL's scan starts where the worker's last one that found none
+stopped (`limit_keyless_from`); pgmq's reads the first ones only."""
 _FORGET_EVERY = 256
 """Claims of one worker between two sweeps of the rate states gone by."""
 _STOPPED_KEPT = 1024
@@ -148,15 +149,19 @@ class LimitedClaims:
         else:
             db: Any = self._db
             sent: list[Any] = []
+            scans: list[tuple[list[Any], int]] = []  # each keyless scan's place, read with the commit
 
             async def claim_in(s: Session) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
                 if ack is not None:  # again where the transaction is tried again
                     sent.append(db.ack_ahead(s, ack))
-                return await self._claim(s, worker_id, want, state, extra)
+                scans.clear()
+                return await self._claim(s, worker_id, want, state, extra, scans)
 
             claimed, done, now = await db.locked("limits", self._queue, "", claim_in, durable=False)
             if ack is not None:
                 await db.acked_ahead(self._queue, ack, sent[-1])
+            for place, found in scans:
+                self._keyless_scanned(worker_id, place, found)
         if done is not None:
             state.claimed(done)
             if done.wake_at is not None:
@@ -167,6 +172,19 @@ class LimitedClaims:
             # found every key at its limit, could start (PostgreSQL's claim tells them itself).
             await filled(self._queue)
         return claimed
+
+    def _keyless_scanned(self, worker_id: str, place: list[Any], found: int) -> None:
+        """Where the worker's next keyless scan (`limit_keyless_from`) starts, after one that
+        scanned `place` (its count and last place, read with the commit) and found `found`
+        tasks: there again where it found some, from the first where it reached the last ready
+        task, else past the place it stopped at."""
+        if not place:
+            return
+        count, *last = place[0]
+        if count is None or int(count) < _KEYLESS_SCAN:
+            self._keyless.pop(worker_id, None)
+        elif not found:
+            self._keyless[worker_id] = (int(last[0]), float(last[1]), str(last[2]))
 
     def _wake_at(self, worker_id: str, delay: float) -> None:
         """Poll again when a rate lets the next start through, not a whole idle wait later."""
@@ -217,7 +235,13 @@ class LimitedClaims:
         return claimed, done, float(now)
 
     async def _claim(
-        self, s: Session, worker_id: str, want: int, state: KeyedClaims, extra: Mapping[str, Any]
+        self,
+        s: Session,
+        worker_id: str,
+        want: int,
+        state: KeyedClaims,
+        extra: Mapping[str, Any],
+        scans: list[tuple[list[Any], int]],
     ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
         db, queue, limits, decode = self._db, self._queue, state.limits, self._decode
         rows = await s.fetch("limit_state", {"queue": queue})
@@ -296,9 +320,30 @@ class LimitedClaims:
             result: Turned = turned
             return result
 
+        # A store whose session reads a statement's rows with the commit (MySQL's locked
+        # session) scans for keyless tasks from where the worker's last scan stopped.
+        read_later: Callable[[str, Mapping[str, Any]], list[Any]] | None = getattr(s, "read_later", None)
+        scans_on = getattr(db, "keyless_from", False) and read_later is not None
+
         async def take(key: str | None, count: int) -> int:
-            statement = "limit_keyless" if limits.keyed else "limit_take"
-            got = await lock(statement, {"limit": count, "scan": _KEYLESS_SCAN})
+            if not limits.keyed:
+                got = await lock("limit_take", {"limit": count, "scan": _KEYLESS_SCAN})
+            elif scans_on and read_later is not None:
+                kp, kr, ki = self._keyless.get(worker_id, (None, None, None))
+                await later("limit_keyless_count", {})  # rides with the scan
+                got = await lock(
+                    "limit_keyless_from",
+                    {
+                        "limit": count,
+                        "scan": _KEYLESS_SCAN,
+                        "kp": kp,
+                        "kr": kr,
+                        "ki": ki,
+                    },
+                )
+                scans.append((read_later("limit_keyless_place", {}), len(got)))
+            else:
+                got = await lock("limit_keyless", {"limit": count, "scan": _KEYLESS_SCAN})
             claimed.extend(decode(row) for row in got)
             return len(got)
 

@@ -80,3 +80,28 @@ async def test_a_stopped_daemons_last_run_frees_its_keys_slot_for_another_daemon
     finally:
         await leaving.close()
         await staying.close()
+
+
+async def test_tasks_without_a_key_run_behind_a_keyed_backlog_deeper_than_one_scan(mysql_store: MysqlStore) -> None:
+    """A limited claim finds the tasks pushed without a key however many keyed tasks come before
+    them in the queue's order: each claim reads the next part of the ready tasks (1,000 at most),
+    so those behind 2,500 tasks of a key at its limit are reached within a few claims. (Tasks
+    without a key share the limit as one key of their own: one at a time here.)"""
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    await q.push_bulk([{"account": "hot", "n": n} for n in range(2500)], limit_key="hot", priority=5)
+    keyless = set(await q.push_bulk([{"n": n} for n in range(3)]))
+    stream = q.poll_compact(context("w1", slots=4))
+    got: list[Any] = []
+    try:
+        for _ in range(100):  # each turn of the stream is a claim, or an idle wait after one
+            task = await anext(stream)
+            if task is not None:
+                got.append(task)
+                if task.id in keyless:
+                    await q.ack_batch([(task, Outcome.done())])
+            if keyless <= {t.id for t in got}:
+                break
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert keyless <= {t.id for t in got}, "every task without a key ran"
+    assert sum(t.id not in keyless for t in got) == 1, "one task of the key at its limit, no more"

@@ -130,23 +130,41 @@ WITH walk AS (
 )
 {_turn}
 
--- name: limit_keyless
--- Lock tasks pushed without a key, among the first :scan ready tasks of the queue: bounded,
--- since the ready index cannot find them apart from the keyed ones.
+-- name: limit_keyless_from
+-- Lock tasks pushed without a key among the next :scan ready tasks of the queue in its order,
+-- from the place (:kp, :kr, :ki: priority, run_at, id) where the worker's last scan that found
+-- none stopped (NULL: from the first), so those behind a keyed backlog of any depth are reached
+-- within a few claims (the ready index cannot find them apart from the keyed ones; an index of
+-- their own would cost every push an entry). One range scan of `tasks_ready` in its order: the
+-- rest of the place's priority, then the lower ones. The scan counts its rows and keeps its
+-- last place in session variables (`limit_keyless_place` reads them, sent with the commit):
+-- no second scan.
 SELECT STRAIGHT_JOIN {columns}
 FROM (
-    SELECT first.id AS head FROM (
-        SELECT id, limit_key FROM {prefix}tasks
-        WHERE queue = %(queue)s AND ready = 1 AND run_at <= {now}
+    SELECT s.id AS head FROM (
+        SELECT id, limit_key, run_at,
+               @keyless_n := @keyless_n + 1 AS n, @keyless_p := priority AS p,
+               @keyless_r := run_at AS r, @keyless_i := id AS i
+        FROM {prefix}tasks FORCE INDEX ({prefix}tasks_ready)
+        WHERE queue = %(queue)s AND ready = 1
+          AND (%(ki)s IS NULL OR priority < %(kp)s OR (priority = %(kp)s AND run_at >= %(kr)s))
+          AND (%(ki)s IS NULL OR priority < %(kp)s OR run_at > %(kr)s OR id > %(ki)s)
         ORDER BY priority DESC, run_at, id
         LIMIT %(scan)s
-    ) AS first
-    WHERE first.limit_key IS NULL
+    ) AS s
+    WHERE s.limit_key IS NULL AND s.run_at <= {now}
     LIMIT %(limit)s
 ) AS heads
 JOIN {prefix}tasks ON id = heads.head
 WHERE ready = 1
 FOR UPDATE SKIP LOCKED
+
+-- name: limit_keyless_count
+SET @keyless_n = 0, @keyless_p = NULL, @keyless_r = NULL, @keyless_i = NULL
+
+-- name: limit_keyless_place
+-- How many ready tasks `limit_keyless_from` scanned, and the place of the last.
+SELECT @keyless_n, @keyless_p, @keyless_r, @keyless_i
 
 -- name: limit_take
 -- Lock up to :limit ready tasks in the queue's order (a queue-wide limit, no key).

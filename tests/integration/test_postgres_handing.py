@@ -233,12 +233,13 @@ async def test_a_push_of_a_stored_id_stores_nothing_and_leaves_the_worker_listed
     await until(lambda: [t.id for t in given.tasks.get("w1", [])] == [fresh])
 
 
-async def test_a_handed_push_returns_once_its_task_is_on_disk(
+async def test_a_push_to_a_polled_queue_returns_once_its_task_is_on_disk(
     postgres_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The push that hands its task commits without waiting for the WAL flush (its NOTIFY would
-    # wait for it), and makes it durable before it returns: everything written before its call
-    # returned is flushed by then.
+    # A push to a queue whose worker was listed lately commits without waiting for the WAL flush
+    # (its NOTIFY would wait for it), and makes it durable before it returns: everything written
+    # before its call returned is flushed by then. The first push is handed to the idle worker,
+    # the second wakes it (busy now) to claim.
     q = postgres_store.backend("durable", codec=JsonCodec())
     given = Given()
     await list_idle(postgres_store, "durable", "w1", given)
@@ -256,12 +257,13 @@ async def test_a_handed_push_returns_once_its_task_is_on_disk(
         return rows
 
     monkeypatch.setattr(db, "fetch", noting_fetch)
-    task_id = await q.push({"n": 1})
-    flushed = await db.pool.run(lambda conn: lsn(conn, "flush"))
-    assert await status_of(q, task_id) == (Status.RUNNING, "w1", 1)  # handed
-    assert len(written) == 1
-    assert flushed >= written[0], "the push returned before its task was on disk"
-    await until(lambda: [t.id for t in given.tasks.get("w1", [])] == [task_id])
+    for n, status in enumerate([(Status.RUNNING, "w1", 1), (Status.PENDING, None, 0)]):
+        task_id = await q.push({"n": n})
+        flushed = await db.pool.run(lambda conn: lsn(conn, "flush"))
+        assert await status_of(q, task_id) == status  # handed, then left to be claimed
+        assert len(written) == n + 1
+        assert flushed >= written[n], "the push returned before its task was on disk"
+    await until(lambda: len(given.tasks.get("w1", [])) == 1)
 
 
 async def test_a_keyed_or_unique_task_is_never_handed(postgres_store: PostgresStore) -> None:

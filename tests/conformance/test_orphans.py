@@ -103,15 +103,17 @@ async def test_a_live_workers_tasks_are_not_taken(harness: Harness, calls: Calls
         await release.wait()
         return args
 
+    # stale_after is six beats, not three: on a loaded 2-core machine an event loop can stall for
+    # a few beats, and a lease that lapses then is a real (and correct) redelivery, not this test.
     task_id = await backend.push({"kind": "long"})
     holder = await harness.worker(
-        backend, calls.handler(held, worker="holder"), name="holder", keep_alive=0.1, stale_after=0.3
+        backend, calls.handler(held, worker="holder"), name="holder", keep_alive=0.1, stale_after=0.6
     ).start()
     await harness.wait_until(lambda: calls.calls, what="the long task to start")
     sweeper = await harness.worker(
-        backend, calls.handler(worker="sweeper"), name="sweeper", keep_alive=0.1, stale_after=0.3
+        backend, calls.handler(worker="sweeper"), name="sweeper", keep_alive=0.1, stale_after=0.6
     ).start()
-    await asyncio.sleep(1.0)  # many sweeps, each past stale_after of a worker that does beat
+    await asyncio.sleep(1.5)  # many sweeps, each past stale_after of a worker that does beat
     release.set()
     await harness.wait_until(lambda: calls.finished, what="the long task to finish")
     await sweeper.stop()

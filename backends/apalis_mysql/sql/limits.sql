@@ -87,7 +87,10 @@ FOR UPDATE SKIP LOCKED
 -- where another transaction holds it). One row per key walked, in key order: TASK_COLUMNS (NULL
 -- where no task was locked), the key, its rate state, whether it was open. Which of them the
 -- turn takes (`limit_mark` claims them) is worked out by the caller (`turns.account`): window
--- functions to count them here cost the server more than the whole statement.
+-- functions to count them here cost the server more than the whole statement. The rate states
+-- are read only under a keyed rate (:ahead set): without one, the lookup of each key's was a
+-- sixth of the statement's server CPU (300 runs, walks of 70 keys, 5 interleaved rounds on a
+-- private mariadbd: 1,233 -> 1,033 us median, lower in each round).
 SELECT STRAIGHT_JOIN {task_columns}, w.k, w.tat, w.is_open
 FROM (
     SELECT g.k, g.tat, g.is_open,
@@ -101,7 +104,8 @@ FROM (
         SELECT walk.k, r.tat,
                walk.k NOT IN %(blocked)s AND (%(ahead)s IS NULL OR r.tat IS NULL OR r.tat - %(now)s < %(ahead)s) AS is_open
         FROM walk
-        LEFT JOIN {prefix}limit_rates AS r ON r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
+        LEFT JOIN {prefix}limit_rates AS r
+            ON %(ahead)s IS NOT NULL AND r.queue = %(queue)s AND r.state = CONCAT('k:', walk.k)
     ) AS g
 ) AS w
 LEFT JOIN {prefix}tasks AS t ON t.id = w.head AND t.ready = 1

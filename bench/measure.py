@@ -36,6 +36,7 @@ __all__ = ["Settings", "measure_backend", "pct"]
 WAKEUP_IDLE_S = 2.0
 _ROOT = Path(__file__).resolve().parent.parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_REPLY_LIMIT = 16 * 1024 * 1024  # one reply line: the latencies of a --lat-n 2000 stream pass 64 KiB
 LOG_DIR = Path(os.environ.get("APALIS_BENCH_LOGS", "/tmp/apalis-bench/logs"))
 
 
@@ -139,6 +140,7 @@ class ProcessWorker:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 cwd=_ROOT,
+                limit=_REPLY_LIMIT,
             )
         reply = await self._read(60.0)
         if not reply.get("started"):

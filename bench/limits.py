@@ -20,9 +20,9 @@ bends it less than the rate): this process's, and the server's where it can be t
 whole server process, other clients' work included); `saturated / unlimited` (no head-of-line blocking:
 >= 0.9) and `saturated / keyed` (the saturated key's own effect); and the cost of each limit per
 task in CPU microseconds. `steady` is the rate over the last four fifths of the timed tasks: a
-store that sets a saturated key's backlog aside once (Redis parks it before the first other task
-runs) pays that in the whole drain's rate, not in the steady one, which is the speed of unrelated
-keys while one key stays saturated.
+store that sets a saturated key's backlog aside once pays that in the whole drain's rate, not in
+the steady one, which is the speed of unrelated keys while one key stays saturated (Redis did so
+until a key's tasks waited in its own line from the push: bench/README.md).
 """
 
 from __future__ import annotations

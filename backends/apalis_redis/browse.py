@@ -77,7 +77,7 @@ async def walk_sets(
 _GROUPS: dict[Status | None, tuple[str, ...]] = {
     None: ("ready", "scheduled", "parked", "running", "done", "killed", "cancelled"),
     Status.PENDING: ("ready", "scheduled", "parked"),
-    Status.FAILED: ("ready", "scheduled"),
+    Status.FAILED: ("ready", "scheduled", "parked"),
     Status.RUNNING: ("running",),
     Status.DONE: ("done",),
     Status.KILLED: ("killed",),

@@ -22,6 +22,7 @@ from apalis_cli.control import DEFAULT_CANCEL_REASON, BulkAction, BulkFilter, Ca
 from apalis_cli.task import Status, Task, TaskId
 
 from .inspector import task_from_hash
+from .limits import line_sets
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -134,10 +135,13 @@ class RedisControl:
         if where.limit is not None and where.limit <= 0:
             return 0
         k, script = self.keys, self.connection.scripts["bulk"]
-        # Where each status is kept: waiting tasks in ready and scheduled (failed ones also in
-        # the failed set, walked for them alone), the others in one sorted set each.
-        sources = {
-            Status.PENDING: (1, 2),
+        # Where each status is kept: waiting tasks in the limit keys' lines (lua/lines.lua;
+        # walked first: a head taken out of the ready set is followed by its line's next), ready
+        # and scheduled (failed ones also in the failed set, walked for them alone), the others
+        # in one sorted set each. A line is the script's eighth key (collection 8).
+        lines = await line_sets(self.connection.client, k.base) if Status.PENDING in statuses else []
+        sources: dict[Status, tuple[int | str, ...]] = {
+            Status.PENDING: (*lines, 1, 2),
             Status.FAILED: (4,),
             Status.RUNNING: (3,),
             Status.DONE: (5,),
@@ -148,10 +152,11 @@ class RedisControl:
         since = "" if where.since is None else repr(where.since)
         until = "" if where.until is None else repr(where.until)
 
-        async def batch(source: tuple[Status, int], cursor: str, room: int) -> Sequence[Any]:
+        async def batch(source: tuple[Status, int | str], cursor: str, room: int) -> Sequence[Any]:
             status, collection = source
+            line = isinstance(collection, str)
             answer: Sequence[Any] = await script(
-                keys=k.statuses,
+                keys=[*k.statuses, collection] if line else k.statuses,
                 args=[
                     k.base,
                     repr(time.time()),
@@ -160,7 +165,7 @@ class RedisControl:
                     k.wake,
                     action.value,
                     "1" if dry_run else "",
-                    collection,
+                    8 if line else collection,
                     cursor,
                     BATCH,
                     room,

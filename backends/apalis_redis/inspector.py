@@ -11,6 +11,8 @@ from apalis_cli.backend import QueueStats, WorkerInfo
 from apalis_cli.control import DEFAULT_KILL_REASON
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
+from .limits import line_sets
+
 if TYPE_CHECKING:
     from .connection import Connection
     from .keys import QueueKeys
@@ -59,9 +61,8 @@ class RedisInspector:
     retention: float
 
     async def _parked(self) -> list[str]:
-        """The parked sets of keys at a global limit (`lua/claim_limited.lua`): pending tasks."""
-        keys = await self.connection.client.zrange(self.keys.base + "parked", 0, -1)
-        return [self.keys.base + "kp:" + key.decode() for key in keys]
+        """The limit keys' lines: pending tasks out of the ready set (`limits.line_sets`)."""
+        return await line_sets(self.connection.client, self.keys.base)
 
     async def list_tasks(self, status: Status | None = None, limit: int = 50, offset: int = 0) -> list[Task[bytes]]:
         """Tasks of the queue (optionally of one status), oldest run_at first.
@@ -179,7 +180,8 @@ class RedisInspector:
         """Delete tasks of `status` finished (or created) more than `older_than` seconds ago."""
         k = self.keys
         sources = {
-            Status.PENDING: [k.ready, k.scheduled, *(await self._parked() if status is Status.PENDING else [])],
+            # The lines first: a head deleted from the ready set is followed by its line's next.
+            Status.PENDING: [*(await self._parked() if status is Status.PENDING else []), k.ready, k.scheduled],
             Status.FAILED: [k.failed],
             Status.RUNNING: [k.running],
             Status.DONE: [k.done],

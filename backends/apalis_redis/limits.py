@@ -1,5 +1,6 @@
 """Global limits and unique pushes on Redis: the claim within limits (`lua/claim_limited.lua`,
-one atomic script per claim) and a unique push's arguments for `lua/enqueue.lua`."""
+one atomic script per claim, over the limit keys' lines of `lua/lines.lua`) and a unique push's
+arguments for `lua/enqueue.lua`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ from apalis_cli.backend import WorkerContext
 from apalis_cli.fleet import FleetLimits, Unique
 from apalis_cli.polling import Waker
 
-__all__ = ["LimitedClaims", "limit_args", "unique_args"]
+__all__ = ["LimitedClaims", "limit_args", "line_sets", "unique_args"]
+
+
+async def line_sets(client: Any, base: str) -> list[str]:
+    """The limit keys' lines (`lua/lines.lua`), pending tasks out of the ready set: those of the
+    keys listed in the heads and of the keys parked at their limit."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zrange(base + "heads", 0, -1)
+        pipe.zrange(base + "parked", 0, -1)
+        heads, parked = await pipe.execute()
+    return [base + "kp:" + key.decode() for key in sorted({*heads, *parked})]
 
 
 def unique_args(unique: Unique) -> list[str]:

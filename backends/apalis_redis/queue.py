@@ -8,8 +8,13 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
                               l lock_by ('' when none), e last_error, res result JSON, d done_at,
                               cr the reason of a cancel requested while it runs
     ns:{q}:ready       zset   pending/failed tasks that are due; score -priority*1e10 + run_at, so
-                              ZPOPMIN takes priority DESC then run_at ASC (exact for |priority| < 1e5)
+                              ZPOPMIN takes priority DESC then run_at ASC (exact for |priority| < 1e5);
+                              those with a limit key wait in their key's line instead (kp:<key>)
     ns:{q}:scheduled   zset   pending/failed tasks not yet due, by run_at; promoted by the claim
+    ns:{q}:kp:<key>    zset   the line of limit key <key>: its due pending/failed tasks, scored as in
+                              the ready set and not in it (global limits: lua/lines.lua)
+    ns:{q}:heads       zset   the limit keys with a line, by the score of its first task
+    ns:{q}:parked      zset   keys a claim within limits set aside at their limit (lua/claim_limited.lua)
     ns:{q}:running     zset   claimed tasks, by claim time in integer ms (the orphan sweep walks it)
     ns:{q}:failed      set    tasks whose status is failed (ready or scheduled), for counts
     ns:{q}:done        zset   done tasks, by done_at    (purged after `retention` by the heartbeat;
@@ -101,17 +106,19 @@ _CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua
 _CONTROL = ("ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # control.lua
 _UNIQUE = ("enqueue", "heartbeat")  # and lua/unique.lua's
 _PUSHING = ("enqueue", "push")  # and lua/pushing.lua's (the hand-over)
+_LINES = (*_CLAIMING, *_CONTROL, "enqueue")  # and lua/lines.lua's (the limit keys' lines), first
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 
 
 def scripts() -> dict[str, str]:
     """The text of every script the queue runs, by name."""
-    claiming, control, unique, walk, pushing = (
-        lua("apalis_redis", name) for name in ("claiming", "control", "unique", "walk", "pushing")
+    lines, claiming, control, unique, walk, pushing = (
+        lua("apalis_redis", name) for name in ("lines", "claiming", "control", "unique", "walk", "pushing")
     )
     return {
-        name: (claiming if name in _CLAIMING else "")
+        name: (lines if name in _LINES else "")
+        + (claiming if name in _CLAIMING else "")
         + (control if name in _CONTROL else "")
         + (unique if name in _UNIQUE else "")
         + (pushing if name in _PUSHING else "")

@@ -1,5 +1,7 @@
-"""Redis global limits: what a limit keeps in the store lasts no longer than it carries anything
-(the contract itself is proven on every store in tests/conformance/test_limits.py)."""
+"""Redis global limits: what a limit keeps in the store lasts no longer than it carries anything,
+and a task with a limit key waits in its key's line (lua/lines.lua), out of the ready set, yet
+every task is started in order, seen, counted and acted on (the contract itself is
+proven on every store in tests/conformance/test_limits.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ import asyncio
 import time
 from typing import Any
 
+from apalis_cli.browsing import TaskSearch
 from apalis_cli.codec import JsonCodec
-from apalis_cli.layers import RateLimitLayer
-from apalis_cli.task import Task
+from apalis_cli.control import BulkAction, BulkFilter
+from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
+from apalis_cli.layers.retry import Backoff
+from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
 
@@ -51,3 +56,144 @@ async def test_a_per_key_rates_states_go_once_they_carry_nothing(store: RedisSto
         stop.set()
         await running
     assert sorted(ran) == sorted(accounts)
+
+
+async def _run_all(backend: Any, handler: Any, count: int, **settings: Any) -> None:
+    """Run a worker until `handler` has been called `count` times."""
+    calls: list[Any] = []
+
+    async def counted(args: Any, task: Task[bytes]) -> None:
+        calls.append(args)
+        await handler(args, task)
+
+    stop = asyncio.Event()
+    worker = Worker(name="w", backend=backend, handler=counted, keep_alive=0.1, poll_interval=0.05, **settings)
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 20
+        while len(calls) < count:
+            assert time.monotonic() < deadline, f"timed out: {len(calls)} of {count} tasks ran"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_keys_backlog_waits_in_its_line_and_order_holds_across_keys(store: RedisStore) -> None:
+    backend = store.backend("lines", codec=JsonCodec())
+    base = backend.keys.base
+    pushed = [("a", 0), ("a", 0), ("b", 0), ("a", 9), ("c", 5), ("b", 9), ("c", 0)]
+    for n, (account, priority) in enumerate(pushed):
+        await backend.push({"account": account, "n": n}, limit_key=account, priority=priority)
+    for n in range(500):
+        await backend.push({"account": "hot", "n": 100 + n}, limit_key="hot", priority=-1)
+    assert await store.client.zcard(base + "ready") == 0, "tasks with a limit key wait in their lines"
+    assert await store.client.zcard(base + "heads") == 4, "the claim meets one entry per key"
+    assert (await backend.stats()).counts[Status.PENDING] == 507, "every waiting task is counted"
+
+    order: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        order.append(args["n"])
+
+    limit = ConcurrencyLayer(2, scope="global", key="account")
+    await _run_all(backend, handler, 507, layers=[limit], concurrency=1)
+    # One at a time: priority first, then the order of pushing, whatever the keys' lines.
+    assert order == [3, 5, 4, 0, 1, 2, 6, *range(100, 600)]
+    left = [key async for key in store.client.scan_iter(match=f"{base}kp:*")]
+    assert left == [], "the lines are gone"
+    assert not await store.client.exists(base + "heads", base + "parked"), "and the keys' lists with them"
+
+
+async def test_every_task_of_a_line_is_listed_browsed_and_acted_on(store: RedisStore) -> None:
+    backend = store.backend("acted", codec=JsonCodec())
+    ids = [await backend.push({"account": "abc"[n % 3], "n": n}, limit_key="abc"[n % 3]) for n in range(30)]
+    assert len(await backend.list_tasks(Status.PENDING, limit=100)) == 30
+    page = await backend.browse_page(TaskSearch(status=Status.PENDING), limit=100)
+    assert sorted(t.id for t in page.tasks) == sorted(ids), "a page of pending tasks holds the lines' too"
+    assert await backend.cancel(ids[0], "head") is not None  # a line's head: the next one leads
+    assert await backend.bulk(BulkAction.CANCEL, BulkFilter(statuses=frozenset({Status.PENDING}), limit=10)) == 10
+    assert (await backend.stats()).counts[Status.PENDING] == 19
+    assert await backend.bulk(BulkAction.CANCEL, BulkFilter(statuses=frozenset({Status.PENDING}))) == 19
+    assert (await backend.stats()).counts[Status.CANCELLED] == 30
+    assert await backend.bulk(BulkAction.RETRY, BulkFilter(statuses=frozenset({Status.CANCELLED}))) == 30
+    assert (await backend.stats()).counts[Status.PENDING] == 30, "retried tasks join their lines again"
+
+    ran: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        ran.append(args["n"])
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    await _run_all(backend, handler, 30, layers=[limit], concurrency=5)
+    assert sorted(ran) == list(range(30))
+
+
+async def test_a_worker_without_limits_runs_every_task_of_the_lines(store: RedisStore) -> None:
+    backend = store.backend("unlimited", codec=JsonCodec())
+    for n in range(20):
+        await backend.push({"account": "ab"[n % 2], "n": n}, limit_key="ab"[n % 2])
+    await backend.push({"account": "a", "n": 20}, limit_key="a", delay=0.2)  # joins its line when due
+    ran: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        ran.append(args["n"])
+
+    await _run_all(backend, handler, 21, concurrency=4)
+    assert sorted(ran) == list(range(21))
+
+
+async def test_a_delayed_or_retried_task_joins_its_keys_line_when_due(store: RedisStore) -> None:
+    backend = store.backend("due", codec=JsonCodec())
+    for n in range(4):
+        await backend.push({"account": "a", "n": n}, limit_key="a", delay=0.1 * n, max_attempts=2)
+    ran: list[int] = []
+    most, now = 0, 0
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        nonlocal most, now
+        now += 1
+        most = max(most, now)
+        try:
+            ran.append(args["n"])
+            if args["n"] == 1 and task.ctx.attempts == 1:
+                raise RuntimeError("once more")
+            await asyncio.sleep(0.05)
+        finally:
+            now -= 1
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    backoff = Backoff(kind="constant", base=0.05, max=0.05, jitter=False)
+    await _run_all(backend, handler, 5, layers=[limit], concurrency=4, backoff=backoff)
+    assert sorted(ran) == [0, 1, 1, 2, 3], "every task ran, the failed one twice"
+    assert most == 1, "one at a time"
+
+
+async def test_many_keys_at_their_limit_at_once_each_run_one_at_a_time(store: RedisStore) -> None:
+    # More keys at their limit than a claim passes over (claim_limited.lua's PASS_OVER): the
+    # ones past that are parked, and come back when their slot frees.
+    backend = store.backend("parked", codec=JsonCodec())
+    accounts = [f"acct-{n}" for n in range(150)]
+    for round_ in range(3):
+        for account in accounts:
+            await backend.push({"account": account, "n": round_}, limit_key=account)
+    now: dict[str, int] = {}
+    most, parked, ran = 0, 0, set()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        nonlocal most, parked
+        ran.add(task.id)
+        account = args["account"]
+        now[account] = now.get(account, 0) + 1
+        most = max(most, now[account])
+        try:
+            parked = max(parked, await store.client.zcard(backend.keys.base + "parked"))
+            await asyncio.sleep(0.02)
+        finally:
+            now[account] -= 1
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    await _run_all(backend, handler, 450, layers=[limit], concurrency=200)
+    assert parked > 0, "keys past those a claim passes over were parked"
+    assert most == 1, "never two tasks of one key at once"
+    assert len(ran) == 450, "every task ran once"

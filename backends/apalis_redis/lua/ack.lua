@@ -52,7 +52,7 @@ for i = 1, #items, 5 do
       redis.call('PEXPIRE', task, ttl)
       if f[3] then redis.call('PEXPIRE', base .. 'k:' .. f[3], ttl) end
     else
-      local g = redis.call('HMGET', task, 'pr', 'a', 'r')
+      local g = redis.call('HMGET', task, 'pr', 'a', 'r', 'lk')
       local priority, run_at, attempts = tonumber(g[1]), tonumber(items[i + 4]), tonumber(g[2])
       if kind == 'r' then
         redis.call('HSET', task, 's', 'failed', 'e', text, 'r', items[i + 4], 'l', '')
@@ -62,7 +62,7 @@ for i = 1, #items, 5 do
         redis.call('HSET', task, 's', 'pending', 'a', math.max(attempts - 1, 0), 'r', string.format('%.17g', run_at), 'l', '')
       end
       if run_at <= now then
-        redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + run_at), id)
+        to_ready(KEYS[1], base, g[4], id, string.format('%.17g', -priority * 1e10 + run_at))
         woke = true
       else
         redis.call('ZADD', KEYS[2], items[i + 4], id)

@@ -1,9 +1,10 @@
 -- One batch of a bulk action (retry, cancel, kill, purge) over one of the queue's collections,
 -- in the order it keeps (finished tasks by done_at, waiting ones by run_at), or a count of what
 -- it would change (dry run). The caller calls it again with the cursor it returns.
--- KEYS: ready, scheduled, running, failed, done, killed, cancelled
+-- KEYS: ready, scheduled, running, failed, done, killed, cancelled, and a limit key's line
+--       (lines.lua) when that is walked
 -- ARGV: base, now, retention ms, control channel, wake channel, action, dry run ('1' or ''),
---       source (1-7: which of KEYS to walk), cursor (a rank in a sorted set; an SSCAN cursor in
+--       source (1-8: which of KEYS to walk), cursor (a rank in a sorted set; an SSCAN cursor in
 --       the failed set), batch (entries to look at), room (tasks to change at most),
 --       statuses (',pending,failed,': what to take), since, until ('' when not given),
 --       needle (lowercase text the last error must contain, '' for any), reason

@@ -1,12 +1,17 @@
--- A claim within global limits (apalis_cli.fleet), for one worker; claiming.lua is prepended
--- (for `promote`).
--- A task whose key is at its limit is parked: moved from the ready set into its key's own
--- parked set (ns:{q}:kp:<key>, same score), its key listed in ns:{q}:parked. The ready set so
--- holds only tasks that may run, and a busy key's backlog is stepped over once, not at every
--- claim. A parked key with room again is served from its parked set, keys taking turns from the
--- one after :after. Running counts are read from the running set (a vanished worker's tasks
--- leave it with the orphan sweep); a rate is one GCRA time per key in ns:{q}:rate_tats (a sorted
--- set by that time: a time gone by carries nothing, a full burst, and leaves it at the next claim).
+-- A claim within global limits (apalis_cli.fleet), for one worker; lines.lua and claiming.lua
+-- are prepended (for the keys' lines and `promote`).
+-- A task with a limit key waits in its key's line, and the key is listed in the heads by its line's
+-- first task (lines.lua): the claim walks the ready set (tasks without a key) and the heads
+-- together in one order (priority, then run_at; across keys to the millisecond, the heads' unit),
+-- so it meets one entry per key however long that key's backlog. A key with room gives its line's
+-- first tasks (up to its room, while they come before the next entry of either set) and is listed
+-- again by its next task; a key at its limit is passed over where it is (one entry), and past
+-- PASS_OVER such keys in one claim the next ones are parked in ns:{q}:parked, so a claim never
+-- walks many keys at their limit: a parked key with room again is listed in the heads again, keys
+-- taking turns from the one after :after. Running counts are read from the running set (a vanished
+-- worker's tasks leave it with the orphan sweep: its slots come back with its leases); a rate is
+-- one GCRA time per key in ns:{q}:rate_tats (a sorted set by that time: a time gone by carries
+-- nothing, a full burst, and leaves it at the next claim).
 -- KEYS: ready, scheduled, running, failed
 -- ARGV: base, now, limit, worker, concurrency (-1: none), keyed concurrency (0/1), rate (-1: none),
 --       per, keyed rate (0/1), after ('' = from the first parked key)
@@ -16,9 +21,11 @@ local base, now, limit, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 
 local conc, keyed_conc = tonumber(ARGV[5]), ARGV[6] == '1'
 local rate, per, keyed_rate = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
 local after = ARGV[10]
-local parked, rates = base .. 'parked', base .. 'rate_tats'
+local parked, heads, rates = base .. 'parked', base .. 'heads', base .. 'rate_tats'
 local NONE = false -- the group of tasks pushed without a key
-local SCAN = 4000 -- ready entries one call looks at, at most (a backlog is parked over a few calls)
+local SCAN = 4000 -- entries of the ready set and the heads one call looks at, at most
+local PASS_OVER = 64 -- keys at their limit one call passes over before it parks the next ones
+local TURNS = 10000 -- parked keys one call looks at, at most (the next call goes on after them)
 
 if redis.call('EXISTS', base .. 'paused') == 1 then return cmsgpack.pack({{}, after, '', 0}) end -- paused
 promote(KEYS, base, now)
@@ -115,78 +122,143 @@ local function each_slice(command, key, list)
   end
 end
 
--- 1. Parked keys with room, in turns from the one after `after`, coming round once.
-local function serve(key)
-  local r = room(key)
-  local set = base .. 'kp:' .. key
-  while r > 0 do
-    local popped = redis.call('ZPOPMIN', set, r)
-    if #popped == 0 then redis.call('ZREM', parked, key) return end
-    for i = 1, #popped, 2 do
-      if take(popped[i]) then took(key) r = r - 1 end
-    end
-  end
-  if redis.call('EXISTS', set) == 0 then redis.call('ZREM', parked, key) end
-end
+-- 1. Parked keys with room again, in turns from the one after `after`, coming round once: each is
+-- listed in the heads again, where the walk below meets it in order with the others.
 local from = (after == '') and '-' or ('(' .. after)
-local seen = 0
+local seen, freed = 0, 0
 for pass = 1, 2 do
   local lo, hi = from, '+'
   if pass == 2 then
     if after == '' then break end
     lo, hi = '-', '[' .. after
   end
-  while claimed < budget and seen < 10000 do
-    local keys = redis.call('ZRANGEBYLEX', parked, lo, hi, 'LIMIT', 0, 2 * (budget - claimed) + 16)
+  while freed < budget and seen < TURNS do
+    local keys = redis.call('ZRANGEBYLEX', parked, lo, hi, 'LIMIT', 0, math.min(2 * budget + 16, TURNS - seen))
     if #keys == 0 then break end
     for _, key in ipairs(keys) do
       seen = seen + 1
       after = key
-      serve(key)
-      if claimed >= budget then break end
+      if room(key) > 0 then
+        redis.call('ZREM', parked, key)
+        line_head(base, key, true)
+        freed = freed + 1
+        if freed >= budget then break end
+      end
     end
     lo = '(' .. after
   end
-  if claimed >= budget then break end
+  if freed >= budget or seen >= TURNS then break end
 end
 
--- 2. The ready set in its order: a task whose key has room is claimed, one whose key has none
--- is parked (tasks without a key are left where they are). The entries a window took out of
--- the ready set leave it in one call before the next window is read (they shift its ranks), and
--- those parked join their keys' sets in one call per key; a window that parked half of what it
--- read doubles, up to 1000 (a backlog is stepped over in a few reads).
-local skipped, scanned, more = 0, 0, 0
-local size = 2 * (budget - claimed) + 16
+-- 2. The ready set and the heads, merged in their order, a window of each at a time. Entries a
+-- window took out of a set leave it in one call before the next windows are read (they shift its
+-- ranks); entries passed over stay, and the next window starts after them. A window is taken
+-- only up to the last score read of a full window of the other set (what lies past it is unseen).
+local relisted, emptied = {}, {} -- keys whose line gave tasks: by their next task, or none left
+local r_skip, h_skip, scanned, passed, more = 0, 0, 0, 0, 0
+local size = 2 * budget + 16
+local function score_at(window, i) return window[i + 1] and tonumber(window[i + 1]) end
+local function head_at(window, j) return window[j + 1] and tonumber(window[j + 1]) / 1000 end -- ms
+-- visit(key, got, gone, bound): claim the tasks of `key`'s line in `got` (id, score, ...; their
+-- ids appended to `gone`) while the key has room and they come before `bound` (the first of the
+-- line always); the score of the first task it leaves, or nil when it took them all.
+local function visit(key, got, gone, bound)
+  for k = 1, #got, 2 do
+    if #gone > 0 and (tonumber(got[k + 1]) > bound or room(key) <= 0 or claimed >= budget) then
+      return got[k + 1]
+    end
+    gone[#gone + 1] = got[k]
+    if take(got[k]) then took(key) end
+  end
+  return nil
+end
 while claimed < budget do
   if scanned >= SCAN then more = 1 break end -- bounded: the caller claims again at once
-  local window = redis.call('ZRANGE', KEYS[1], skipped, skipped + size - 1, 'WITHSCORES')
-  if #window == 0 then break end
-  local gone, park, parked_now = {}, {}, 0
-  for i = 1, #window, 2 do
-    local id, score = window[i], window[i + 1]
+  local rw = redis.call('ZRANGE', KEYS[1], r_skip, r_skip + size - 1, 'WITHSCORES')
+  -- The heads' scores only to merge them with the ready set's (a score read is formatted, then
+  -- parsed again: about a tenth of the server's time when every entry's was read).
+  local scored = #rw > 0
+  local hw, hstep
+  if scored then
+    hw, hstep = redis.call('ZRANGE', heads, h_skip, h_skip + size - 1, 'WITHSCORES'), 2
+  else
+    hw, hstep = redis.call('ZRANGE', heads, h_skip, h_skip + size - 1), 1
+  end
+  if #rw == 0 and #hw == 0 then break end
+  local horizon = math.huge
+  if #rw == 2 * size then horizon = tonumber(rw[#rw]) end
+  if scored and #hw == 2 * size then horizon = math.min(horizon, tonumber(hw[#hw]) / 1000) end
+  local gone_r, gone_h, park, to_line = {}, {}, {}, {}
+  local i, j = 1, 1
+  while claimed < budget do
+    local rs = score_at(rw, i)
+    local hs = hw[j] and (scored and tonumber(hw[j + 1]) / 1000 or -math.huge)
+    if not rs and not hs then break end
+    if (rs or math.huge) > horizon and (hs or math.huge) > horizon then break end
     scanned = scanned + 1
-    local key = redis.call('HGET', base .. 't:' .. id, 'lk') or NONE
-    if room(key) > 0 then
-      gone[#gone + 1] = id
-      if take(id) then took(key) end
-    elseif key then
-      gone[#gone + 1] = id
-      local set = park[key]
-      if not set then set = {} park[key] = set end
-      set[#set + 1], set[#set + 2] = score, id
-      parked_now = parked_now + 1
-    else
-      skipped = skipped + 1
+    if rs and (not hs or rs <= hs) then -- the ready set's: a task without a key (or one put there)
+      local id = rw[i]
+      i = i + 2
+      local key = redis.call('HGET', base .. 't:' .. id, 'lk') or NONE
+      if room(key) > 0 then
+        gone_r[#gone_r + 1] = id
+        if take(id) then took(key) end
+      elseif key then -- put into the ready set by a claim without limits: back into its line
+        gone_r[#gone_r + 1] = id
+        to_line[#to_line + 1] = {key, id, rw[i - 1]}
+      else
+        r_skip = r_skip + 1
+      end
+    else -- a key listed in the heads
+      local key = hw[j]
+      j = j + hstep
+      local r = math.min(room(key), budget - claimed)
+      if r > 0 then
+        h_skip = h_skip + 1 -- it stays where it is until the end, listed then by its next task
+        -- Its line's first tasks, up to its room, while they come before the next entry of either
+        -- set; the first one left gives the key its place in the heads.
+        local bound = -math.huge -- room for one: its first task alone
+        if scored then
+          bound = math.min(score_at(rw, i) or math.huge, head_at(hw, j) or math.huge, horizon)
+        elseif r > 1 then
+          local next_at = hw[j] and redis.call('ZSCORE', heads, hw[j])
+          bound = next_at and tonumber(next_at) / 1000 or math.huge
+        end
+        local line = base .. 'kp:' .. key
+        local gone = {}
+        local got = redis.call('ZRANGE', line, 0, 1, 'WITHSCORES')
+        local next_score = visit(key, got, gone, bound)
+        local ended = #got < 4
+        if not next_score and not ended then -- more of its tasks may come first: those before the bound
+          got = redis.call('ZRANGEBYSCORE', line, '-inf', string.format('%.17g', bound), 'WITHSCORES', 'LIMIT', 2, r)
+          next_score = visit(key, got, gone, bound)
+        end
+        redis.call('ZREM', line, unpack(gone))
+        if not next_score and not ended then next_score = redis.call('ZRANGE', line, 0, 0, 'WITHSCORES')[2] end
+        if next_score then
+          relisted[#relisted + 1], relisted[#relisted + 2] = head_ms(next_score), key
+        else
+          emptied[#emptied + 1] = key
+        end
+      else
+        passed = passed + 1
+        if passed > PASS_OVER then
+          gone_h[#gone_h + 1] = key
+          park[#park + 1] = key
+        else
+          h_skip = h_skip + 1
+        end
+      end
     end
     if claimed >= budget then break end
   end
-  each_slice('ZREM', KEYS[1], gone)
-  for key, set in pairs(park) do
-    each_slice('ZADD', base .. 'kp:' .. key, set)
-    redis.call('ZADD', parked, 0, key)
-  end
-  if parked_now * 4 >= #window then size = math.min(size * 2, 1000) end
+  each_slice('ZREM', KEYS[1], gone_r)
+  each_slice('ZREM', heads, gone_h)
+  for _, key in ipairs(park) do redis.call('ZADD', parked, 0, key) end
+  for _, entry in ipairs(to_line) do line_add(base, entry[1], entry[2], entry[3]) end
 end
+each_slice('ZADD', heads, relisted)
+each_slice('ZREM', heads, emptied)
 each_slice('ZADD', KEYS[3], started)
 if rate >= 0 and not keyed_rate and claimed > 0 then spend('*', claimed) end
 if spent then -- the states go with the last of them, even if no claim comes again

@@ -3,28 +3,35 @@
 -- very same claim.
 -- keys: {ready, scheduled, running, failed}
 
--- promote(keys, base, now): the scheduled tasks that fell due join the ready set.
+-- promote(keys, base, now): the scheduled tasks that fell due join the ready set (a task with a
+-- limit key joins its key's line: lines.lua, prepended).
 local function promote(keys, base, now)
   local due = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
-    local f = redis.call('HMGET', base .. 't:' .. id, 'pr', 'r')
+    local f = redis.call('HMGET', base .. 't:' .. id, 'pr', 'r', 'lk')
     if f[1] then
-      redis.call('ZADD', keys[1], string.format('%.17g', -tonumber(f[1]) * 1e10 + tonumber(f[2])), id)
+      to_ready(keys[1], base, f[3], id, string.format('%.17g', -tonumber(f[1]) * 1e10 + tonumber(f[2])))
     end
     redis.call('ZREM', keys[2], id)
   end
 end
 
--- unpark(keys, base): tasks parked by a claim within global limits (claim_limited.lua) go back
--- to the ready set, for a worker that claims without those limits.
+-- unpark(keys, base): the limit keys' lines (lines.lua) go back into the ready set whole, for a
+-- worker that claims without those limits: one ZUNIONSTORE per 1000 lines (each rebuilds the
+-- ready set, so not one per line).
 local function unpark(keys, base)
-  local parked = base .. 'parked'
-  for _, key in ipairs(redis.call('ZRANGE', parked, 0, -1)) do
-    local set = base .. 'kp:' .. key
-    redis.call('ZUNIONSTORE', keys[1], 2, keys[1], set, 'AGGREGATE', 'MIN')
-    redis.call('DEL', set)
+  local parked, heads = base .. 'parked', base .. 'heads'
+  local sets = {}
+  for _, key in ipairs(redis.call('ZRANGE', parked, 0, -1)) do sets[#sets + 1] = base .. 'kp:' .. key end
+  for _, key in ipairs(redis.call('ZRANGE', heads, 0, -1)) do sets[#sets + 1] = base .. 'kp:' .. key end
+  for first = 1, #sets, 1000 do
+    local last = math.min(first + 999, #sets)
+    local union = {keys[1], unpack(sets, first, last)}
+    union[#union + 1], union[#union + 2] = 'AGGREGATE', 'MIN'
+    redis.call('ZUNIONSTORE', keys[1], #union - 2, unpack(union))
+    redis.call('DEL', unpack(sets, first, last))
   end
-  redis.call('DEL', parked)
+  redis.call('DEL', parked, heads)
 end
 
 -- claim(keys, base, now, limit, worker, out): unless the queue is paused (the key base ..
@@ -35,7 +42,7 @@ end
 local function claim(keys, base, now, limit, worker, out)
   if redis.call('EXISTS', base .. 'paused') == 1 then return out end -- paused: nothing handed out
   promote(keys, base, now)
-  if redis.call('EXISTS', base .. 'parked') == 1 then unpark(keys, base) end
+  if redis.call('EXISTS', base .. 'parked', base .. 'heads') > 0 then unpark(keys, base) end
   local popped = redis.call('ZPOPMIN', keys[1], limit)
   -- Claim time in integer milliseconds: a small sorted set is a listpack, which parses a
   -- fractional score from text at every entry it walks past, but reads an integer as is.

@@ -6,14 +6,14 @@
 --   base .. 'waiting'  zset   task ids someone waits for (apalis push --wait), by when they began
 --   base .. 'paused'   string present while the queue is paused (the claim hands out nothing)
 
--- Take `id` out of the collection(s) that hold a task of `status` (a waiting task may also be
--- parked in its key's set by a claim within global limits: claim_limited.lua).
+-- Take `id` out of the collection(s) that hold a task of `status` (a waiting task with a limit
+-- key may be in its key's line instead: lines.lua, prepended).
 local function leave(id, status, base)
   if status == 'pending' or status == 'failed' then
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
     local key = redis.call('HGET', base .. 't:' .. id, 'lk')
-    if key then redis.call('ZREM', base .. 'kp:' .. key, id) end
+    if key then line_leave(base, key, id) end
     if status == 'failed' then redis.call('SREM', KEYS[4], id) end
   elseif status == 'running' then
     redis.call('ZREM', KEYS[3], id)
@@ -54,7 +54,8 @@ local function again(base, id, status, priority, key, now)
   if key then redis.call('PERSIST', base .. 'k:' .. key) end
   redis.call('HSET', task, 's', 'pending', 'a', 0, 'r', now)
   redis.call('HDEL', task, 'd', 'cr')
-  redis.call('ZADD', KEYS[1], string.format('%.17g', -tonumber(priority) * 1e10 + tonumber(now)), id)
+  local score = string.format('%.17g', -tonumber(priority) * 1e10 + tonumber(now))
+  to_ready(KEYS[1], base, redis.call('HGET', task, 'lk'), id, score)
 end
 
 -- Delete the task `id` (of `status`) and its idempotency key.

@@ -1,8 +1,9 @@
 -- Insert tasks (one call for a whole batch); a known idempotency key or task id returns the
 -- existing id instead, so a retried call after a lost reply inserts nothing twice. Returns
 -- the ids as one MessagePack array. A new task that would be claimed next is handed to a worker
--- listed as idle (pushing.lua, prepended). A task pushed alone with none of an idempotency key,
--- meta, limit key or unique key goes through push.lua instead.
+-- listed as idle (pushing.lua, prepended); a due task with a limit key joins its key's line
+-- (lines.lua, prepended). A task pushed alone with none of an idempotency key, meta, limit key or
+-- unique key goes through push.lua instead.
 -- KEYS: ready, scheduled, idle, handed, running
 -- ARGV: base, now, wake channel, and one MessagePack array of 9 per task: id, payload, run_at,
 --       priority, max_attempts, idempotency key ('' = none), meta JSON ('' = none), limit key
@@ -16,9 +17,14 @@ local items = cmsgpack.unpack(ARGV[4])
 
 local handing = may_hand(KEYS, base, now)
 
-local function place(id, run_at, priority)
+-- A task with a limit key (`lk`: '' = none, else '=' .. key) joins its key's line (lines.lua).
+local function place(id, run_at, priority, lk)
   if run_at <= now then
-    redis.call('ZADD', KEYS[1], ready_score(priority, run_at), id)
+    if lk == '' then
+      redis.call('ZADD', KEYS[1], ready_score(priority, run_at), id)
+    else
+      line_add(base, string.sub(lk, 2), id, ready_score(priority, run_at))
+    end
     woke = true
   else
     redis.call('ZADD', KEYS[2], string.format('%.17g', run_at), id)
@@ -64,11 +70,11 @@ for i = 1, #items, 9 do
         local old = redis.call('HGET', task, 'lk')
         redis.call('ZREM', KEYS[1], hid)
         redis.call('ZREM', KEYS[2], hid)
-        if old then redis.call('ZREM', base .. 'kp:' .. old, hid) end
+        if old then line_leave(base, old, hid) end
         redis.call('HSET', task, 'p', items[i + 1], 'r', items[i + 2], 'pr', items[i + 3], 'm', items[i + 4])
         if items[i + 6] ~= '' then redis.call('HSET', task, 'mt', items[i + 6]) else redis.call('HDEL', task, 'mt') end
         if lk ~= '' then redis.call('HSET', task, 'lk', string.sub(lk, 2)) else redis.call('HDEL', task, 'lk') end
-        place(hid, tonumber(items[i + 2]), tonumber(items[i + 3]))
+        place(hid, tonumber(items[i + 2]), tonumber(items[i + 3]), lk)
       end
     end
   end
@@ -93,7 +99,7 @@ for i = 1, #items, 9 do
     if not (handing and run_at <= now and lk == ''
         and hand(KEYS, base, ARGV[2], ARGV[3], {id, items[i + 1], items[i + 4], items[i + 2], items[i + 3], key, items[i + 6]})) then
       if run_at <= now then handing = false end -- ready now: what comes after it waits behind it
-      place(id, run_at, tonumber(items[i + 3]))
+      place(id, run_at, tonumber(items[i + 3]), lk)
     end
     out[#out + 1] = id
   end

@@ -12,7 +12,7 @@ local last = redis.call('HGET', KEYS[11], me)
 redis.call('HDEL', KEYS[11], me)
 if last and last ~= ARGV[2] then
   local task = base .. 't:' .. last
-  local f = redis.call('HMGET', task, 's', 'l', 'a', 'pr', 'r', 'cr', 'k')
+  local f = redis.call('HMGET', task, 's', 'l', 'a', 'pr', 'r', 'cr', 'k', 'lk')
   if f[1] == 'running' and f[2] == me then
     if f[6] then
       finish(base, last, 'running', 'cancelled', f[6], ARGV[4], ARGV[6], f[7], ARGV[7])
@@ -20,7 +20,7 @@ if last and last ~= ARGV[2] then
       local run_at = math.min(tonumber(f[5]), tonumber(ARGV[4]))
       redis.call('HSET', task, 's', 'pending', 'a', math.max(tonumber(f[3]) - 1, 0), 'l', '')
       redis.call('ZREM', KEYS[3], last)
-      redis.call('ZADD', KEYS[1], string.format('%.17g', -tonumber(f[4]) * 1e10 + run_at), last)
+      to_ready(KEYS[1], base, f[8], last, string.format('%.17g', -tonumber(f[4]) * 1e10 + run_at))
       redis.call('PUBLISH', ARGV[5], '')
     end
   end

@@ -32,8 +32,8 @@ local coming = redis.call('HGET', KEYS[11], me)
 if coming == ARGV[12] then coming = nil end
 local coming_cutoff = ARGV[6] == '-inf' and -math.huge or tonumber(ARGV[6])
 local recovered, woke = 0, false
-local function back_to_ready(id, task, priority)
-  redis.call('ZADD', KEYS[1], string.format('%.17g', -priority * 1e10 + now), id)
+local function back_to_ready(id, key, priority)
+  to_ready(KEYS[1], base, key, id, string.format('%.17g', -priority * 1e10 + now))
   redis.call('ZREM', KEYS[3], id)
   woke = true
 end
@@ -41,7 +41,7 @@ local running = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
 for i = 1, #running, 2 do
   local id, claimed = running[i], tonumber(running[i + 1]) / 1000 -- scored in ms
   local task = base .. 't:' .. id
-  local f = redis.call('HMGET', task, 's', 'l', 'a', 'm', 'pr', 'k', 'cr')
+  local f = redis.call('HMGET', task, 's', 'l', 'a', 'm', 'pr', 'k', 'cr', 'lk')
   -- Lost: no worker will acknowledge this run (its worker vanished, or this worker holds a
   -- claim it does not run).
   local lost = false
@@ -61,7 +61,7 @@ for i = 1, #running, 2 do
       cancels[#cancels + 1], cancels[#cancels + 2] = id, f[7]
     elseif lost then
       redis.call('HSET', task, 's', 'pending', 'a', math.max(tonumber(f[3]) - 1, 0), 'r', ARGV[2], 'l', '')
-      back_to_ready(id, task, tonumber(f[5]))
+      back_to_ready(id, f[8], tonumber(f[5]))
     end
   elseif lost then
     local err = 'worker ' .. f[2] .. ' stopped sending heartbeats while running this task'
@@ -74,7 +74,7 @@ for i = 1, #running, 2 do
     else
       redis.call('HSET', task, 's', 'failed', 'e', err, 'r', ARGV[2], 'l', '')
       redis.call('SADD', KEYS[4], id)
-      back_to_ready(id, task, tonumber(f[5]))
+      back_to_ready(id, f[8], tonumber(f[5]))
     end
   end
 end

@@ -1,7 +1,8 @@
 -- The hand-over shared by enqueue.lua and push.lua: the store prepends this file to both (a
 -- Redis script cannot call another), so a task pushed alone is handed over exactly as one of a
--- batch is. A new task that would be claimed next (due, nothing ready before it, no limit key,
--- the queue not paused) is handed to a worker listed as idle: claimed for it here and published
+-- batch is. A new task that would be claimed next (due, nothing ready before it nor in a limit
+-- key's line (lines.lua), no limit key, the queue not paused) is handed to a worker listed as
+-- idle: claimed for it here and published
 -- on the wake channel ('h' + MessagePack [worker id, the 10 fields claiming.lua lists]), so that
 -- worker starts it at once (see claiming.lua's enlist).
 -- keys: {ready, scheduled, idle, handed, running}
@@ -12,7 +13,7 @@ local HAND_MAX = 16384 -- larger payloads are not sent to every listening proces
 -- worker may be listed idle.
 local function may_hand(keys, base, now)
   return redis.call('EXISTS', keys[3]) == 1 and redis.call('EXISTS', keys[1]) == 0
-    and redis.call('EXISTS', base .. 'paused') == 0 and redis.call('EXISTS', base .. 'parked') == 0
+    and redis.call('EXISTS', base .. 'paused') == 0 and redis.call('EXISTS', base .. 'parked', base .. 'heads') == 0
     and #redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1) == 0
 end
 

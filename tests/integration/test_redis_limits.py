@@ -32,7 +32,9 @@ async def test_a_per_key_rates_states_go_once_they_carry_nothing(store: RedisSto
     held: list[Any] = []
 
     async def rate_states() -> list[Any]:
-        return [key async for key in client.scan_iter(match=f"{base}rate*")]
+        # A large COUNT: with SCAN's default of 10 keys a call, walking a shared server that holds
+        # other tests' keys can outlast the half-second window whose state this reads.
+        return [key async for key in client.scan_iter(match=f"{base}rate*", count=10_000)]
 
     async def handler(args: Any, task: Task[bytes]) -> None:
         if not ran:

@@ -141,7 +141,7 @@ async def test_a_queue_wide_rate_holds_beside_a_per_key_concurrency(harness: Har
     backend = harness.backend()
     for n in range(40):
         await backend.push({"account": f"k{n}", "n": n}, limit_key=f"k{n}")
-    layers = [RateLimitLayer(20, 1.0, scope="global"), ConcurrencyLayer(1, scope="global", key="account")]
+    layers: list[Any] = [RateLimitLayer(20, 1.0, scope="global"), ConcurrencyLayer(1, scope="global", key="account")]
     start = time.time()
     for name in ("w1", "w2"):
         await harness.worker(backend, calls.handler(), name=name, concurrency=20, layers=layers).start()

@@ -122,7 +122,8 @@ class _RenamedInternals(Connection):
     """A redis-py connection whose private stream attributes are not the ones `Link` takes over."""
 
     async def _connect(self) -> None:
-        await super()._connect()
+        await super()._connect()  # type: ignore[no-untyped-call]
+        assert self._reader is not None
         self._reader = _ReaderOfItsOwn(self._reader)  # type: ignore[assignment]
 
 
@@ -159,7 +160,8 @@ async def test_pushes_to_a_server_that_stopped_reading_wait_instead_of_piling_up
         os.kill(server.pid, signal.SIGSTOP)
         body = {"pad": "x" * 20000}
         pushes = [asyncio.ensure_future(backend.push(body, task_id=f"s{n:03d}")) for n in range(400)]  # ~8 MB
-        link: Any = store.connection._lane._link  # the scripts' connection
+        lane: Any = store.connection._lane
+        link: Any = lane._link  # the scripts' connection
         deadline = time.monotonic() + 30
         while not link.crowded:
             assert time.monotonic() < deadline, "the transport never filled up"

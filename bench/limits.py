@@ -93,8 +93,8 @@ def _pids_named(names: tuple[str, ...]) -> list[int]:
 
 
 class ServerCpu:
-    """The server's CPU time spent for this run: PostgreSQL's backends named by its
-    `application_name`; the whole `mariadbd` or `redis-server` process otherwise (other clients'
+    """The server's CPU time spent for this run: PostgreSQL's backends (postgres, pgmq) named by
+    its `application_name`; the whole `mariadbd` or `redis-server` process otherwise (other clients'
     work included); none for the in-process stores."""
 
     def __init__(self, kind: str, url: str, application_name: str | None) -> None:
@@ -102,7 +102,7 @@ class ServerCpu:
         self._start: dict[int, float] = {}
 
     def _pids(self) -> list[int]:
-        if self.kind == "postgres" and self.application_name:
+        if self.kind in ("postgres", "pgmq") and self.application_name:
             import psycopg
 
             with psycopg.connect(self.url, autocommit=True) as conn:
@@ -181,6 +181,9 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) ->
             name = None
             if kind == "postgres":
                 name = target.options["application_name"] = f"bench-limits-{target.namespace}"[:63]
+            elif kind == "pgmq":  # the pgmq store names its connections by its URL's application_name
+                name = f"bench-limits-{target.namespace}"[:63]
+                target.url += ("&" if "?" in target.url else "?") + f"application_name={name}"
             server = ServerCpu(kind, target.url, name)
             store = await open_store(target)
         except Unavailable as exc:

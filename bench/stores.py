@@ -115,7 +115,7 @@ def prepare(kind: str, url: str | None, run_id: str) -> Target:
 async def open_store(target: Target) -> Store:
     """Build and open the store for `target` through the registry, as the daemon does."""
     cls = store_class(target.kind)
-    if target.kind == "pgmq" and target.url == DEFAULT_URLS["pgmq"]:
+    if target.kind == "pgmq" and target.url.split("?")[0] == DEFAULT_URLS["pgmq"]:  # options kept
         await _pgmq_database(target)
     spec = target.spec()
     try:

@@ -145,6 +145,26 @@ async def test_a_worker_without_limits_runs_every_task_of_the_lines(store: Redis
     assert sorted(ran) == list(range(21))
 
 
+async def test_a_worker_without_limits_takes_keyed_tasks_by_priority_among_its_ready_backlog(
+    store: RedisStore,
+) -> None:
+    # Fewer lined tasks than the ready set holds are added to it one by one (claiming.lua's
+    # unpark): each keeps its score, so the keyed tasks of a higher priority run first.
+    backend = store.backend("unlimited-backlog", codec=JsonCodec())
+    for n in range(30):
+        await backend.push({"n": n})
+    for n in range(30, 33):
+        await backend.push({"account": "a", "n": n}, limit_key="a", priority=5)
+    ran: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        ran.append(args["n"])
+
+    await _run_all(backend, handler, 33, concurrency=1)
+    assert ran[:3] == [30, 31, 32], "the keyed tasks of priority 5 first, in push order"
+    assert sorted(ran) == list(range(33))
+
+
 async def test_a_delayed_or_retried_task_joins_its_keys_line_when_due(store: RedisStore) -> None:
     backend = store.backend("due", codec=JsonCodec())
     for n in range(4):

@@ -17,19 +17,37 @@ local function promote(keys, base, now)
 end
 
 -- unpark(keys, base): the limit keys' lines (lines.lua) go back into the ready set whole, for a
--- worker that claims without those limits: one ZUNIONSTORE per 1000 lines (each rebuilds the
--- ready set, so not one per line).
+-- worker that claims without those limits. Fewer tasks than the ready set holds are added one by
+-- one (each O(log N)): keyed pushes arriving for such a worker would otherwise rebuild the whole
+-- ready set at every claim. More are merged by one ZUNIONSTORE per 1000 lines (each rebuilds
+-- the ready set, so not one per line).
 local function unpark(keys, base)
   local parked, heads = base .. 'parked', base .. 'heads'
   local sets = {}
   for _, key in ipairs(redis.call('ZRANGE', parked, 0, -1)) do sets[#sets + 1] = base .. 'kp:' .. key end
   for _, key in ipairs(redis.call('ZRANGE', heads, 0, -1)) do sets[#sets + 1] = base .. 'kp:' .. key end
-  for first = 1, #sets, 1000 do
-    local last = math.min(first + 999, #sets)
-    local union = {keys[1], unpack(sets, first, last)}
-    union[#union + 1], union[#union + 2] = 'AGGREGATE', 'MIN'
-    redis.call('ZUNIONSTORE', keys[1], #union - 2, unpack(union))
-    redis.call('DEL', unpack(sets, first, last))
+  local moving = 0
+  for _, set in ipairs(sets) do moving = moving + redis.call('ZCARD', set) end
+  if moving < redis.call('ZCARD', keys[1]) then
+    for _, set in ipairs(sets) do
+      local lined = redis.call('ZRANGE', set, 0, -1, 'WITHSCORES')
+      for first = 1, #lined, 2000 do
+        local added = {}
+        for i = first, math.min(first + 1999, #lined), 2 do
+          added[#added + 1], added[#added + 2] = lined[i + 1], lined[i]
+        end
+        redis.call('ZADD', keys[1], unpack(added))
+      end
+      redis.call('DEL', set)
+    end
+  else
+    for first = 1, #sets, 1000 do
+      local last = math.min(first + 999, #sets)
+      local union = {keys[1], unpack(sets, first, last)}
+      union[#union + 1], union[#union + 2] = 'AGGREGATE', 'MIN'
+      redis.call('ZUNIONSTORE', keys[1], #union - 2, unpack(union))
+      redis.call('DEL', unpack(sets, first, last))
+    end
   end
   redis.call('DEL', parked, heads)
 end

@@ -15,6 +15,9 @@ A handed task is an ordinary claim (running, its first attempt counted, locked b
 - its NOTIFY lost with the LISTEN connection: once listening again, the process asks for the
   tasks handed to its workers that still run under them and gives those not received
   (`rejoined`); a worker is not listed while its process is not listening;
+- its NOTIFY late (a slow LISTEN connection): the worker's heartbeats do not give it back as a
+  lost claim (`release_lost` leaves alone the task handed to it that it has not `received`), so
+  no other claim runs it meanwhile; it is never lost while the process listens, as above;
 - its worker vanished: the listing holds only `poll_interval + keep_alive` after the worker's
   last claim, and the orphan sweep recovers a task handed just before, as any claim's;
 - its worker stops: the task still on its way goes back to the queue (`farewell`), and one that
@@ -104,6 +107,11 @@ class Handing:
             "list_spans": [listed[w].span for w in workers],
             "list_gots": [listed[w].got for w in workers],
         }
+
+    def received(self, worker_id: str) -> str | None:
+        """The id of the last task handed to `worker_id` that it received (None: none)."""
+        listed = self._listed.get(worker_id)
+        return listed.got or None if listed is not None else None
 
     def claimed(self, worker_id: str, full: bool) -> None:
         """A claim for `worker_id` got all it asked for (`full`), or not."""

@@ -139,6 +139,11 @@ class Handing(Protocol):
         """Pushes may hand `worker` its tasks from now on, given to it by `give(worker_id, tasks)`."""
         ...
 
+    def received(self, worker_id: str) -> str | None:
+        """The id of the last task handed to the worker that it received (its heartbeat's
+        `release_lost` leaves alone one handed to it since: its notice is on the way)."""
+        ...
+
     async def unlist(self, worker_id: str) -> None:
         """The worker's poll stream closed: nothing more is handed to it."""
         ...

@@ -218,6 +218,8 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             paused = await s.fetch("paused", {"queue": queue})
             told = (cancels, bool(paused and paused[0][0]))
             lost = {"queue": queue, "worker": worker.id, "grace": lost_grace(worker.id), "running": running}
+            if db.handing is not None:  # a task handed to it and not received yet is on its way, not lost
+                lost["received"] = db.handing.received(worker.id)
             woke = await s.execute("release_lost", lost) > 0
             # Asked at each try: a beat retried across an outage does not sweep right after it.
             if not db.contact.steady_for(worker.stale_after):

@@ -239,7 +239,8 @@ async def test_a_push_to_a_polled_queue_returns_once_its_task_is_on_disk(
     # A push to a queue whose worker was listed lately commits without waiting for the WAL flush
     # (its NOTIFY would wait for it), and makes it durable before it returns: everything written
     # before its call returned is flushed by then. The first push is handed to the idle worker,
-    # the second wakes it (busy now) to claim.
+    # the next ones wake it (busy now) to claim. Ten pushes: any other session's durable commit
+    # flushes ours too, so on a busy server one push returned too early may go unseen, not ten.
     q = postgres_store.backend("durable", codec=JsonCodec())
     given = Given()
     await list_idle(postgres_store, "durable", "w1", given)
@@ -257,7 +258,7 @@ async def test_a_push_to_a_polled_queue_returns_once_its_task_is_on_disk(
         return rows
 
     monkeypatch.setattr(db, "fetch", noting_fetch)
-    for n, status in enumerate([(Status.RUNNING, "w1", 1), (Status.PENDING, None, 0)]):
+    for n, status in enumerate([(Status.RUNNING, "w1", 1), *[(Status.PENDING, None, 0)] * 9]):
         task_id = await q.push({"n": n})
         flushed = await db.pool.run(lambda conn: lsn(conn, "flush"))
         assert await status_of(q, task_id) == status  # handed, then left to be claimed
@@ -288,3 +289,37 @@ async def test_a_worker_polling_again_after_an_error_is_listed_again(postgres_st
     row = await listing(postgres_store, "w1")
     assert row is not None
     assert row[0]
+
+
+async def test_a_task_whose_notify_is_late_runs_once(
+    postgres_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handed task's NOTIFY held up (a slow LISTEN connection) past its worker's stale_after:
+    # its worker's heartbeats, which do not know of the task, must not give it back as a lost
+    # claim, or another claim would run it while the NOTIFY is still on its way.
+    q = postgres_store.backend("late", codec=JsonCodec())
+    runs: list[str] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        runs.append(task.id)
+
+    held: list[str] = []
+    heard = Handing.heard
+    monkeypatch.setattr(Handing, "heard", lambda self, payload: held.append(payload))
+    running = worker(q, handler, keep_alive=0.1, stale_after=0.3, poll_interval=0.05)
+    worker_id = running.worker.context.id
+    await listed_idle(postgres_store, worker_id)
+    task_id = await q.push({"n": 1})
+    await until(lambda: bool(held))
+    assert await status_of(q, task_id) == (Status.RUNNING, worker_id, 1)
+    await asyncio.sleep(1.0)  # beats, and idle claims, past stale_after
+    monkeypatch.setattr(Handing, "heard", heard)
+    postgres_store.database.handing.heard(held[0])  # the NOTIFY arrives at last
+    await until(lambda: bool(runs))
+    deadline = time.monotonic() + 10
+    while (await status_of(q, task_id))[0] is not Status.DONE:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    await running.stop()
+    assert runs == [task_id]

@@ -18,7 +18,11 @@ keeps small records in queues of its own, for apalis queue `q` under prefix `p`:
   message listing their records, published beside the acknowledgement without waiting for a
   confirm. A waiter reads the stream from the time the
   task's id was made (ids are time-ordered), so it finds a record written before it came as
-  well as the one it waits for; records are kept 7 days, at most 1 GiB.
+  well as the one it waits for; records are kept 7 days, at most 1 GiB. It appends a marker
+  (confirmed) before it attaches: RabbitMQ attaches a reader whose start time is past every
+  record at the stream's end, which it reads a second time to attach, so a record written
+  between the two reads was skipped (a queue's first end, written as its waiter came); with
+  the marker there is always a record at or after the start.
 
 Cancel is not offered (see `CAPABILITIES`): a RabbitMQ queue cannot be searched by id, so a
 cancel could not tell a task that waits from one that ended long ago or never existed.
@@ -30,11 +34,13 @@ import asyncio
 import contextlib
 import datetime
 import json
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from apalis_cli.envelope import Envelope, task_of_final
 from apalis_cli.envelope import final_record as envelope_record
 from apalis_cli.task import Status, Task, TaskId
@@ -55,7 +61,8 @@ _STOPPED_WITHIN = 2.0
 _READ_WITHIN = 10.0
 """How long a read of the finals stream may take to reach its end."""
 _EARLIER = 5.0
-"""A waiter starts reading this long before its id's time (clocks of hosts differ)."""
+"""A waiter starts reading this long before its id's time, or its own (clocks of hosts differ:
+the broker's must not be this far behind the waiter's, or the marker would be before the start)."""
 
 
 def final_record(
@@ -88,11 +95,14 @@ def task_of_record(queue: str, data: bytes, task_id: TaskId) -> Task[bytes] | No
     return None if found is None else task_of_final(queue, task_id, found)
 
 
-def _offset_of(task_id: TaskId) -> Any:
+def _offset_of(task_id: TaskId, now: float) -> Any:
     """Where a reader of the finals stream starts for `task_id`: a little before its id was made
-    (its records cannot be older), or the first record for an id of another making."""
+    (its records cannot be older) and never after `now` (an id made by a host whose clock runs
+    ahead), or the first record for an id of another making."""
     made = _made_at(task_id)
-    return "first" if made is None else datetime.datetime.fromtimestamp(made - _EARLIER, tz=datetime.UTC)
+    if made is None:
+        return "first"
+    return datetime.datetime.fromtimestamp(min(made, now) - _EARLIER, tz=datetime.UTC)
 
 
 def _made_at(task_id: TaskId) -> float | None:
@@ -196,6 +206,21 @@ class AmqpControl:
 
     # -- wait ------------------------------------------------------------------------------
 
+    async def _read_from(
+        self,
+        channel: AbstractChannel,
+        task_id: TaskId,
+        on_record: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        marker: str,
+    ) -> None:
+        """Consume the finals stream on `channel` from where `task_id`'s records can start, once
+        `marker` is appended (confirmed): the start is then never past the stream's end (see the
+        module's docstring)."""
+        await channel.set_qos(prefetch_count=500)  # a stream's consumer must have one
+        stream = await channel.declare_queue(self.finals, passive=True)
+        await self._conn.publish_many([(self.finals, aio_pika.Message(b"", message_id=marker))])
+        await stream.consume(on_record, arguments={"x-stream-offset": _offset_of(task_id, time.time())})
+
     async def _final(self, task_id: TaskId) -> Task[bytes] | None:
         """The task's final record, read from the finals stream up to its end (a marker this
         call appends), or None when it has none (it has not ended, or not in 7 days)."""
@@ -213,10 +238,7 @@ class AmqpControl:
 
         channel = await self._conn.channel()
         try:
-            await channel.set_qos(prefetch_count=500)
-            stream = await channel.declare_queue(self.finals, passive=True)
-            await self._conn.publish_many([(self.finals, aio_pika.Message(b"", message_id=marker))])
-            await stream.consume(on_record, arguments={"x-stream-offset": _offset_of(task_id)})
+            await self._read_from(channel, task_id, on_record, marker)
             try:
                 async with asyncio.timeout(_READ_WITHIN):
                     await reached.wait()
@@ -232,24 +254,23 @@ class AmqpControl:
 
     async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
         """The task once its final record is in the finals stream (done or killed), read from
-        the time its id was made; None after `timeout`. An unknown id waits for the whole
-        timeout: a RabbitMQ queue cannot tell it from a task still to come."""
+        the time its id was made (or the waiter's time, if earlier); None after `timeout`. An
+        unknown id waits for the whole timeout: a RabbitMQ queue cannot tell it from a task
+        still to come."""
         await self._conn.retrying(self._ensure_control)
         found: asyncio.Future[Task[bytes]] = asyncio.get_running_loop().create_future()
+
+        async def on_record(message: AbstractIncomingMessage) -> None:
+            await message.ack()
+            if found.done():
+                return
+            task = task_of_record(self.queue, message.body, task_id)
+            if task is not None:
+                found.set_result(task)
+
         channel = await self._conn.channel()
         try:
-            await channel.set_qos(prefetch_count=500)  # a stream's consumer must have one
-            stream = await channel.declare_queue(self.finals, passive=True)
-
-            async def on_record(message: AbstractIncomingMessage) -> None:
-                await message.ack()
-                if found.done():
-                    return
-                task = task_of_record(self.queue, message.body, task_id)
-                if task is not None:
-                    found.set_result(task)
-
-            await stream.consume(on_record, arguments={"x-stream-offset": _offset_of(task_id)})
+            await self._read_from(channel, task_id, on_record, f"apalis-marker-{uuid.uuid4().hex}")
             try:
                 async with asyncio.timeout(timeout):
                     return await found

@@ -11,12 +11,14 @@ import aio_pika
 import pika
 import pytest
 from apalis_amqp import AmqpStore
+from apalis_amqp.control import final_record, records_message
 from apalis_amqp.queue import AmqpQueue
 from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
+from apalis_cli.envelope import Envelope
 from apalis_cli.errors import Abort, BackendError, ConnectionLost, Unsupported
 from apalis_cli.layers.retry import Backoff
-from apalis_cli.task import Status, Task
+from apalis_cli.task import Status, Task, new_task_id
 from apalis_cli.worker import Worker
 
 from ..conformance.stores.amqp import abort_connection
@@ -223,6 +225,28 @@ async def test_a_plain_message_keeps_one_id_across_retries_and_a_bad_body_is_kil
     [dead] = await queue.list_tasks(Status.KILLED)
     assert dead.args == b"\xff not json"
     assert "not valid JSON" in (dead.ctx.last_error or "")
+
+
+async def test_a_wait_finds_an_end_written_before_it_whatever_the_pushing_hosts_clock(store: AmqpStore) -> None:
+    """A waiter finds a task's end already in the finals stream, also when the task's id was
+    made by a host whose clock runs ahead of the broker's.
+
+    The waiter attached to the stream from its id's time: past every record there, RabbitMQ
+    (3.10) attaches at the stream's end, so the end already written was skipped and the wait
+    ran to its timeout. The same attach at the end, when the end was written between the two
+    reads of the stream's end RabbitMQ makes to attach, is how `test_push_wait[amqp]` failed
+    under load (its queue's first end, written as the waiter came)."""
+    queue = store.backend("ahead", codec=JsonCodec())
+    await queue.prepare()
+    for ahead in (0.0, 30.0):
+        made = f"{int((time.time() + ahead) * 1000):012x}"
+        task_id = made + new_task_id()[len(made) :]
+        envelope = Envelope(id=task_id, attempts=1, max_attempts=1, run_at=time.time())
+        record = final_record(Status.DONE, envelope, attempts=1, error=None, result="7")
+        await store.connection.record([(queue.finals, records_message([record]))])
+        ended = await queue.wait(task_id, timeout=3)
+        assert ended is not None, f"the end of a task made {ahead:g} s ahead was missed"
+        assert (ended.id, ended.ctx.status) == (task_id, Status.DONE)
 
 
 async def _until(condition: Any, within: float = 10.0) -> None:

@@ -388,6 +388,16 @@ class Database:
         handing.claimed(worker_id, len(claimed) == limit)
         return claimed
 
+    def ack_statement(self, queue: str, plan: AckPlan, slots: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+        """The `ack.sql` statement that applies `plan`, claiming a task for each worker of
+        `slots`, and its parameters: `ack_done` for the common batch, runs of one worker all done
+        with no result, sent as its ids alone; `ack` (arrays of one element per outcome) else."""
+        lock_by = _done_by(plan)
+        if lock_by is None:
+            return "ack", self.ack_params(queue, plan, slots)
+        ids = [task_id for _, _, task_id, _ in plan.done]
+        return "ack_done", {"ids": ids, "lock_by": lock_by, "queue": queue, "slots": list(slots)}
+
     def ack_params(self, queue: str, plan: AckPlan, slots: Sequence[str] = ()) -> dict[str, Any]:
         """The parameters of `ack.sql`'s statements for `plan` (arrays of one element per
         outcome), claiming a task for each worker of `slots`."""
@@ -410,13 +420,7 @@ class Database:
         """One statement applies every outcome of `plan` (arrays of one element per outcome) and
         claims for `slots` (`ack.sql`)."""
         wanted = [worker_id for worker_id, count in slots for _ in range(count)]
-        lock_by = _done_by(plan)
-        if lock_by is None:
-            ack, params = "ack", self.ack_params(queue, plan, wanted)
-        else:  # the common batch, sent as its ids alone
-            ack = "ack_done"
-            params = {"ids": [task_id for _, _, task_id, _ in plan.done], "lock_by": lock_by, "queue": queue}
-            params["slots"] = wanted
+        ack, params = self.ack_statement(queue, plan, wanted)
         if not slots:
             await self.execute(ack, params)
             return []

@@ -83,8 +83,8 @@ class WholeClaims(Protocol):
         """The scope of the advisory lock `locked` takes for `lock` and `queue`."""
         ...
 
-    def ack_params(self, queue: str, plan: AckPlan, slots: Sequence[str] = ()) -> dict[str, Any]:
-        """The parameters of the statement that applies `plan` (`ack_limit_claim` carries them)."""
+    def ack_statement(self, queue: str, plan: AckPlan) -> tuple[str, dict[str, Any]]:
+        """The statement that applies `plan` (`NAME_limit_claim` carries it) and its parameters."""
         ...
 
     async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
@@ -224,7 +224,8 @@ class LimitedClaims:
         if ack is None:
             rows = await db.fetch("limit_claim", params)
         else:
-            rows = await db.fetch("ack_limit_claim", {**db.ack_params(self._queue, ack), **params})
+            name, acking = db.ack_statement(self._queue, ack)
+            rows = await db.fetch(f"{name}_limit_claim", {**acking, **params})
         # one row per task claimed, then the account (task columns NULL)
         after, wake_at, now, *place = rows[-1][_ACCOUNT:]
         self._keyless[worker_id] = (place[0], place[1], place[2])

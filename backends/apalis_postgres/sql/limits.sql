@@ -40,6 +40,15 @@ SELECT * FROM {schema}.limit_claim(
 -- (each reads a fresh snapshot, after the statement's own changes so far), so the slots these
 -- runs held count as free.
 WITH {_ack_first}
+{_limit_claim_acked}
+
+-- name: ack_done_limit_claim
+-- The same for the common batch, runs of one worker all done with no result (ack.sql's
+-- `ack_done`: their ids alone, no arrays of outcomes to send and join).
+WITH {_ack_done}
+{_limit_claim_acked}
+
+-- name: _limit_claim_acked
 SELECT c.*
 FROM (SELECT count(*) AS n FROM acked) AS a
 CROSS JOIN LATERAL {schema}.limit_claim(

@@ -279,7 +279,7 @@ class Database:
 
     def listen(self, queue: str | None = None) -> None:
         """Start hearing the control plane's signals, and other processes' wake-ups of `queue`."""
-        self._listener(self._control_tag, self._control_woken)
+        self._listener(self._control_tag, self._control_heard)
         if queue is not None:
             self._listener(self._queue_tag(queue), self.waker(queue).notify)
 
@@ -323,8 +323,15 @@ class Database:
     def _listener(self, name: str, woken: Callable[[], object]) -> None:
         listener = self._listeners.get(name)
         if listener is None:
-            listener = self._listeners[name] = Listener(self._connect, name, woken, self.signals.own)
+            announce = functools.partial(self.signal, self._control_tag)
+            listener = self._listeners[name] = Listener(self._connect, name, woken, self.signals.own, announce)
             listener.start()
+
+    def _control_heard(self) -> None:
+        """The control listener was woken: by a control signal, or by a listener of another
+        process announcing itself (`listener.Signals.heard`)."""
+        self.signals.heard()
+        self._control_woken()
 
     def _control_woken(self) -> None:
         """A control signal (it says not which task): one lookup finds which tasks waited for

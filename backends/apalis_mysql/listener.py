@@ -14,6 +14,14 @@ PROCESSLIST lookup costs 0.7-1 ms, so a signaller keeps the connection ids it fo
 the same user (or the CONNECTION ADMIN privilege): a connection it may not kill is skipped, and
 its pollers find work by polling, as before.
 
+A listener that starts sleeping on a new connection (a daemon or a waiter starting, a listener
+reconnecting) would be missing from those lists until they go stale: it announces itself first,
+by a signal to the control plane's listeners, and a process whose control listener is woken
+looks its lists up again at its next signals (at most every `RECHECK_EVERY` per tag: a control
+signal also says a task ended or a cancel was asked, and those may come often). A process that
+listens to nothing (a plain producer) hears no announcement and keeps trusting its lists for
+`KNOWN_FOR`; its pushes of one task go to an idle worker's listener by id anyway (`handing`).
+
 A signal that arrives while a listener is between two sleeps is lost; so the listener sends its
 next sleep before it wakes the pollers: they claim after it is on its way, and a push they miss
 has a signal that finds it sleeping. A task nothing wakes for is still found by the pollers' idle
@@ -36,6 +44,8 @@ __all__ = ["Listener", "Signals", "sleep_statement", "tag"]
 
 SLEEP_S = 30  # a listener's sleep ends at least this often: a lost connection is noticed then
 KNOWN_FOR = 1.0  # seconds a signaller trusts its list of sleeping listeners before looking again
+RECHECK_EVERY = 0.1  # after its control listener was woken, a signaller looks again at most this often
+ANNOUNCE_WITHIN = 1.0  # seconds a new listener's announcement may take before it listens without
 _INTERRUPTED = 1317  # "Query execution was interrupted": the KILL QUERY of a signal
 _GONE = {1094, 1095}  # unknown thread id; not the owner of the thread (another user's listener)
 
@@ -55,15 +65,23 @@ def sleep_statement(tag: str) -> str:
 
 class Listener:
     """One connection that sleeps under one tag and calls `woken()` when a signal ends its sleep
-    (and once each time it is (re)connected: a signal may have been missed meanwhile)."""
+    (and once each time it is (re)connected: a signal may have been missed meanwhile). Once its
+    first sleep on a connection is on its way, it awaits `announce()` (the other processes look
+    their lists of sleeping listeners up again), then says it is `ready`."""
 
     def __init__(
-        self, connect: Callable[[], Awaitable[Conn]], tag: str, woken: Callable[[], object], own: set[int]
+        self,
+        connect: Callable[[], Awaitable[Conn]],
+        tag: str,
+        woken: Callable[[], object],
+        own: set[int],
+        announce: Callable[[], Awaitable[object]],
     ) -> None:
         self._connect = connect
         self._own = own
         self.tag = tag
         self._woken = woken
+        self._announce = announce
         self._statement = sleep_statement(tag)
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -108,9 +126,16 @@ class Listener:
             self._own.add(self.connection_id)
             steady()
             woke = True  # (re)connected: a signal may have been missed
+            announce = True  # a new connection: the others' lists lack it
             while True:
                 sleeping = asyncio.ensure_future(self._sleep(cursor))
                 await asyncio.sleep(0)  # the sleep is sent before the pollers claim
+                if announce:
+                    announce = False
+                    # Before the pollers claim: a push after their claim finds this listener.
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(ANNOUNCE_WITHIN):
+                            await self._announce()
                 self.ready.set()
                 if woke:
                     self._woken()
@@ -138,26 +163,37 @@ class Signals:
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[float, list[int]]] = {}
+        self._rechecked: dict[str, float] = {}
+        self._heard = float("-inf")
         self.own: set[int] = set()
         """This process's listeners: told directly, never killed."""
 
     def forget(self) -> None:
         """Look every tag up again (the connection to the server was lost: ids restart)."""
         self._known.clear()
+        self._rechecked.clear()
+
+    def heard(self) -> None:
+        """This process's control listener was woken: maybe by a new listener announcing itself,
+        so each list is looked up again at its next signal (at most every `RECHECK_EVERY`)."""
+        self._heard = time.monotonic()
 
     async def send(self, conn: Conn, tag: str) -> None:
         """End the sleep of every other listener of `tag`: those known at once, then (when the
-        list is older than `KNOWN_FOR`) the ones a fresh lookup finds besides."""
+        list is older than `KNOWN_FOR`, or than the last announcement heard) the ones a fresh
+        lookup finds besides."""
         now = time.monotonic()
         at, ids = self._known.get(tag, (0.0, []))
-        stale = now - at > KNOWN_FOR
+        recheck = self._heard >= at and now - self._rechecked.get(tag, float("-inf")) >= RECHECK_EVERY
         killed = await self._kill(conn, tag, ids)
-        if not stale:
+        if not (recheck or now - at > KNOWN_FOR):
             return
         cursor = conn.cursor()
         await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = %s", (sleep_statement(tag),))
         found = [int(row[0]) for row in await cursor.fetchall() if int(row[0]) not in self.own]
         self._known[tag] = (now, found)
+        if recheck:
+            self._rechecked[tag] = now
         await self._kill(conn, tag, [i for i in found if i not in killed])
 
     async def kill_one(self, conn: Conn, listener: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -135,6 +136,34 @@ async def test_concurrent_workers_claim_disjoint_batches(mysql_store: MysqlStore
     stop.set()
     await asyncio.gather(*runs)
     assert sorted(seen) == sorted(ids)  # every task once, none twice
+
+
+async def test_a_listener_that_starts_is_woken_by_the_next_push_of_a_process_that_knew_none(
+    mysql_url: str, mysql_store: MysqlStore
+) -> None:
+    """A daemon that starts listening is woken by another process's next push at once, not
+    after that process's list of sleeping listeners (looked up at its last push, trusted for
+    `KNOWN_FOR`) has gone stale: the new listener announces itself on the control plane, and a
+    process that hears it looks its lists up again. The pusher listens on the control plane as
+    a daemon or a waiter does; its pushes are bulk ones (a push of one task may be handed to an
+    idle worker instead, which wakes that worker's listener by its id)."""
+    jobs = mysql_store.backend("jobs", codec=JsonCodec())
+    await mysql_store.database.listening()
+    await jobs.push_bulk([1, 2])  # looks up the listeners of "jobs": none yet
+    daemon = make_mysql_store(mysql_url)  # another process's connections
+    await daemon.open()
+    try:
+        daemon.database.listen("jobs")
+        await daemon.database.listening()
+        woken = daemon.database.waker("jobs").subscribe()
+        woken.clear()  # the listener's own wake-up as it started
+        started = time.monotonic()
+        while not woken.is_set() and time.monotonic() - started < 0.6:
+            await jobs.push_bulk([3, 4])
+            await asyncio.sleep(0.05)
+        assert woken.is_set(), "the new listener heard no push for 0.6 s"
+    finally:
+        await daemon.close()
 
 
 async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(

@@ -6,6 +6,7 @@ a missing server fails them, never skips.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-__all__ = ["need_binary", "need_server", "test_url"]
+__all__ = ["need_binary", "need_module", "need_server", "test_url"]
 
 DEFAULT_URLS = {
     "postgres": "postgresql://postgres@127.0.0.1:5432/test",
@@ -36,6 +37,18 @@ def need_binary(name: str) -> str:
     if path is not None:
         return path
     reason = f"{name} is not installed"
+    if os.environ.get("APALIS_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"APALIS_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def need_module(name: str) -> object:
+    """Module `name` (an optional extra's, such as uvloop); skip without it, or fail under CI,
+    which installs every extra the tests use (`make venv`: `.[all,dev]`)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        reason = f"{name} is not installed ({exc})"
     if os.environ.get("APALIS_REQUIRE_SERVICES") == "1":
         pytest.fail(f"APALIS_REQUIRE_SERVICES=1 but {reason}")
     pytest.skip(reason)

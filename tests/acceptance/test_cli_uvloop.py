@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from apalis_cli import loops
 
+from ..services import need_module
 from .conftest import Apalis, lines
 
 
 def test_push_and_a_burst_run_on_uvloop(apalis: Apalis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pytest.importorskip("uvloop")
+    need_module("uvloop")
     monkeypatch.setenv(loops.ENV, "uvloop")
     ids = [apalis("push", f'{{"n": {n}}}').out.strip() for n in range(5)]
     assert all(ids)

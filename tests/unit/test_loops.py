@@ -14,6 +14,8 @@ from apalis_cli.api import SyncSink
 from apalis_cli.config import parse_config
 from apalis_cli.errors import ConfigError
 
+from ..services import need_module
+
 
 async def _loop_module() -> str:
     return type(asyncio.get_running_loop()).__module__
@@ -25,7 +27,7 @@ def test_apalis_loop_asyncio_runs_on_asyncios_own_loop(monkeypatch: pytest.Monke
 
 
 def test_uvloop_is_the_loop_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("uvloop")
+    need_module("uvloop")
     monkeypatch.delenv(loops.ENV, raising=False)
     assert loops.run(_loop_module()).startswith("uvloop")
 
@@ -50,7 +52,7 @@ def test_a_wrong_apalis_loop_is_refused_before_anything_runs(monkeypatch: pytest
 @pytest.mark.parametrize("chosen", ["asyncio", "uvloop"])
 def test_sync_sink_pushes_on_the_chosen_loop(chosen: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if chosen == "uvloop":
-        pytest.importorskip("uvloop")
+        need_module("uvloop")
     monkeypatch.setenv(loops.ENV, chosen)
     source = '[backends.main]\nkind = "sqlite"\nurl = "sqlite:///jobs.db"\n\n[[workers]]\nname = "w"\nhandler = "m:f"\n'
     with SyncSink(parse_config(source, tmp_path / "apalis.toml")) as sink:

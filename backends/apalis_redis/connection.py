@@ -7,29 +7,27 @@ find and kill exactly this store's connections with `CLIENT LIST` / `CLIENT KILL
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar
 
-import msgpack
 from apalis_cli.contact import Contact
 from apalis_cli.errors import BackendError, ConnectionLost, MissingExtra, describe_error
 from apalis_cli.polling import Waker
 from apalis_cli.redact import redact, redact_url, secrets_in
-from apalis_cli.retrying import RECONNECT_BUDGET, keep_connected, retrying, tries_within, wait_after
+from apalis_cli.retrying import RECONNECT_BUDGET, retrying, tries_within, wait_after
 
 from .config import cluster_seeds
 from .scripts import Lane, Script, register
 from .signals import ControlSignals
+from .wakeups import Wakeups
 
 __all__ = [
     "Connection",
     "OnConnection",
     "Patience",
-    "Wakeups",
     "connect",
     "connect_checked",
     "link_kept",
@@ -307,123 +305,6 @@ def lua(package: str, name: str) -> str:
     return resources.files(package).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
-class Wakeups:
-    """One pub/sub connection per store: a message on `<prefix><queue>` wakes that queue's pollers,
-    and one on `<control prefix><queue>` goes to `control` (a cancel, a task's end).
-
-    It listens with pattern subscriptions (`<prefix>*`) started by the first poller or the first
-    `listen()`; after a dropped connection it resubscribes (with the core's backoff,
-    `apalis_cli.retrying.keep_connected`) and wakes everyone, since a message may have been missed.
-    A message that hands a task to a worker (`h` + MessagePack, lua/enqueue.lua) goes to the
-    queue's `takers` instead, and wakes no one else: the task is that worker's.
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        prefix: str | None,
-        control_prefix: str | None = None,
-        control: ControlSignals | None = None,
-        *,
-        cluster: bool = False,
-    ) -> None:
-        self._client = client
-        self._cluster = cluster
-        self._prefix = prefix.encode() if prefix is not None else None
-        self._control_prefix = control_prefix.encode() if control_prefix is not None else None
-        self._control = control
-        self._wakers: dict[str, Waker] = {}
-        self.takers: dict[str, list[Callable[[list[Any]], None]]] = {}
-        """Per queue, who reads the tasks handed to workers (each ignores other processes' workers)."""
-        self._task: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
-
-    def waker(self, queue: str) -> Waker:
-        """The waker of `queue`, listening from now on."""
-        waker = self._wakers.get(queue)
-        if waker is None:
-            waker = self._wakers[queue] = Waker()
-        self.start()
-        return waker
-
-    async def listen(self) -> None:
-        """Listen from now on, and return once subscribed (a message published after this
-        returns is heard, unless the connection drops)."""
-        self.start()
-        await self._subscribed.wait()
-
-    def start(self) -> None:
-        """Listen from now on (without waiting for the subscription)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._listen(), name="apalis-redis-wakeups")
-
-    async def close(self) -> None:
-        """Stop listening."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        # redis-py's read can swallow a cancellation that arrives as its reply does (seen as a
-        # store close that never returned, its listener "cancelling" in get_message): ask again
-        # until the listener has ended, as the worker does with its heartbeat.
-        while not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.1)
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            task.result()
-
-    async def _listen(self) -> None:
-        await keep_connected(self._session, what="redis pub/sub")
-
-    async def _session(self, steady: Callable[[], None]) -> None:
-        prefixes = [p for p in (self._prefix, self._control_prefix) if p is not None]
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        conn, kept = None, None
-        try:
-            if not self._cluster:  # a cluster's pub/sub connections are tried once already
-                await pubsub.connect()
-                conn = pubsub.connection
-                # Tried once: redis-py's retry would reconnect and subscribe again in silence, and
-                # what was published meanwhile would be missed with no one woken. A failed read
-                # ends the session, and the next one (keep_connected) wakes everyone.
-                kept, conn.retry = conn.retry, _once()
-            await pubsub.psubscribe(*(prefix + b"*" for prefix in prefixes))
-            self._subscribed.set()
-            self._wake_all()  # anything pushed while we were not listening
-            steady()
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                if message is not None:
-                    self._heard(message["channel"], message["data"])
-        finally:
-            self._subscribed.clear()
-            if conn is not None and kept is not None:
-                conn.retry = kept  # the connection goes back to the client's pool
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pubsub.aclose())
-
-    def _heard(self, channel: bytes, data: bytes) -> None:
-        if self._prefix is not None and channel.startswith(self._prefix):
-            queue = channel[len(self._prefix) :].decode()
-            if data[:1] == b"h":
-                takers = self.takers.get(queue)
-                if takers:
-                    handed = msgpack.unpackb(data[1:], raw=True)
-                    for take in takers:
-                        take(handed)
-                return
-            waker = self._wakers.get(queue)
-            if waker is not None:
-                waker.notify()
-        elif self._control is not None and self._control_prefix is not None:
-            self._control.heard(channel[len(self._control_prefix) :].decode(), data)
-
-    def _wake_all(self) -> None:
-        for waker in self._wakers.values():
-            waker.notify()
-        if self._control is not None:
-            self._control.missed()
-
-
 class Connection:
     """One store's connection: the client, its scripts and its pub/sub listener, made by `open`.
 
@@ -474,7 +355,9 @@ class Connection:
         self._lane = None if self.cluster else Lane(client, self.contact, self._unsure)
         self.scripts = register(client, self._texts, self._lane, self._once)
         if self._wake_prefix is not None or self.control_prefix is not None:
-            self._wakeups = Wakeups(client, self._wake_prefix, self.control_prefix, self.signals, cluster=self.cluster)
+            self._wakeups = Wakeups(
+                client, self._wake_prefix, self.control_prefix, self.signals, cluster=self.cluster, once=_once
+            )
         self._client = client
 
     def _unsure(self, error: Exception) -> Exception | None:
@@ -520,6 +403,11 @@ class Connection:
         takers = self._wakeups.takers.setdefault(queue, [])
         if take not in takers:
             takers.append(take)
+
+    def wakes(self, queue: str) -> int:
+        """How many times `queue`'s pollers were woken by its channel (a task made ready, or
+        the listener reconnected: anything may have been missed); never by a hand-over."""
+        return 0 if self._wakeups is None else self._wakeups.wakes.get(queue, 0)
 
     def waker(self, queue: str) -> Waker:
         """What wakes the idle pollers of `queue`: its pub/sub channel, or pushes in this process."""

@@ -35,7 +35,7 @@ import contextlib
 import logging
 from typing import Any
 
-__all__ = ["Link", "Plain", "open_line"]
+__all__ = ["Link", "Plain", "open_line", "streams_of"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ async def open_line(connection: Any, reply_within: float) -> Link | Plain:
     """A `Link` over redis-py's `connection` (connected and greeted by redis-py), or `Plain` when
     this redis-py's connection is not one a link can take over."""
     await connection.connect()
-    streams = _streams(connection)
+    streams = streams_of(connection)
     if streams is None:
         import redis
 
@@ -58,7 +58,7 @@ async def open_line(connection: Any, reply_within: float) -> Link | Plain:
     return Link.take(connection, *streams, reply_within)
 
 
-def _streams(connection: Any) -> tuple[asyncio.StreamWriter, bytes] | None:
+def streams_of(connection: Any) -> tuple[asyncio.StreamWriter, bytes] | None:
     """redis-py's stream writer of `connection` and the bytes its reader holds unread (none,
     after a greeting); None when they are not where this redis-py release was known to keep
     them (private attributes, `_writer` and `_reader._buffer`)."""

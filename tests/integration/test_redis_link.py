@@ -178,3 +178,16 @@ async def test_pushes_to_a_server_that_stopped_reading_wait_instead_of_piling_up
         await store.close()
         server.terminate()
         server.wait(10)
+
+
+async def test_a_redis_py_whose_connection_cannot_be_taken_over_still_hears_wake_ups(redis_store: RedisStore) -> None:
+    # The pub/sub connection is read by a protocol of its own too (apalis_redis.wakeups.Hearing);
+    # on such a redis-py it is heard through redis-py's pub/sub instead.
+    redis_store.client.connection_pool.connection_class = _RenamedInternals
+    connection = redis_store.connection
+    woken = connection.waker("heard").subscribe()
+    await connection.listen()
+    woken.clear()
+    await redis_store.client.publish(f"{redis_store.config.namespace}:wake:heard", "")
+    await asyncio.wait_for(woken.wait(), 10)
+    assert connection.wakes("heard") == 2  # the subscription's, then the push's

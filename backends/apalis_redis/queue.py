@@ -50,10 +50,12 @@ Handing over: a lone task would otherwise cost its worker a second round trip af
 (the claim). A polling worker whose claim finds nothing is listed idle (`idle`), and a push whose
 task would be the next claimed claims it for the first listed worker in the same script and
 publishes the task itself; that worker's process gives it to the worker's poll stream
-(`_handed`), which starts it at once. A handed task is an ordinary claim: if the message is lost
-the worker's heartbeat gives it back as a lost claim (once it is `stale_after` late: a message
-merely slow must not have it run twice), if the worker vanished the orphan sweep does, and a
-worker that stops gives back the one still on its way (lua/farewell.lua).
+(`_handed`), which starts it at once. The stream's next claim is skipped when nothing woke the
+queue since (`Connection.wakes`): it would find nothing, and the handed task's acknowledgement
+claims for its slot and lists the worker idle again. A handed task is an ordinary claim: if the
+message is lost the worker's heartbeat gives it back as a lost claim (once it is `stale_after`
+late: a message merely slow must not have it run twice), if the worker vanished the orphan
+sweep does, and a worker that stops gives back the one still on its way (lua/farewell.lua).
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         self._limited: set[str] = set()  # ids of the polling workers with global limits
         self._got: dict[str, str] = {}  # polling worker id -> the id of the last task handed to it
         self._spans: dict[str, float] = {}  # polling worker id -> how long its idle listing holds (s)
+        # Polling worker id -> the queue's wake count when a task was last handed to it, until
+        # its next claim (`_handed`: that claim is skipped when nothing woke the queue since).
+        self._fresh: dict[str, int] = {}
         self._releasing: set[asyncio.Future[None]] = set()
         # The hot path's constant arguments as bytes: redis-py encodes every str argument anew
         # on every call (the ack call's packing took a third less time with these).
@@ -256,8 +261,17 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             got, keys, span = self._got, self._claim_keys, worker.poll_interval + worker.keep_alive
             got.setdefault(worker_id, "")
             self._spans[worker_id] = span
+            fresh, wakes, queue = self._fresh, self.connection.wakes, self.queue
+            fresh.pop(worker_id, None)  # a new stream (after an error) claims first
 
             async def fetch(limit: int) -> list[Task[bytes]]:
+                handed_at = fresh.pop(worker_id, None)
+                if handed_at is not None and handed_at == wakes(queue):
+                    # The first claim after a task was handed over: it would find nothing (the
+                    # push found nothing ready, and whatever became ready since woke the queue),
+                    # and the handed task's acknowledgement claims for its slot and lists the
+                    # worker idle again. One round trip less per lone task.
+                    return []
                 now = time.time()
                 args = [base, repr(now), limit, worker_id, got[worker_id], int((now + span) * 1000)]
                 return self._tasks(_unpack(await script(keys=keys, args=args)), worker_id)
@@ -291,7 +305,9 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             return  # another process's worker, or one that stopped
         tasks = self._tasks(message[1:], worker_id)
         self._got[worker_id] = tasks[0].id
-        if not self._ahead.give(self._ahead.holder(worker_id), tasks):
+        if self._ahead.give(self._ahead.holder(worker_id), tasks):
+            self._fresh[worker_id] = self.connection.wakes(self.queue)
+        else:
             # Its poll stream has closed (the worker stops, or polls again after an error).
             release = asyncio.ensure_future(self._ahead.release(tasks))
             self._releasing.add(release)
@@ -368,6 +384,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                 reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
             for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
                 if rows:
+                    self._fresh.pop(ahead.worker_id, None)  # more may be ready: its next claim is made
                     await self._ahead.hand_over(ahead, self._tasks(rows, ahead.worker_id))
         finally:
             for ahead, _ in wanted:
@@ -446,5 +463,6 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                 # and one that arrived until then was given back by `_handed`.
                 self._got.pop(worker.id, None)
                 self._spans.pop(worker.id, None)
+                self._fresh.pop(worker.id, None)
 
         return beat_every(worker, beat, farewell, contact)

@@ -8,14 +8,17 @@ its way, backpressure holds, and nothing is handed out of a paused queue."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from typing import Any
 
 import msgpack
-from apalis_cli.backend import WorkerContext
+import pytest
+from apalis_cli.backend import StoreSpec, WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.task import Status, Task
 from apalis_redis import RedisStore
+from apalis_redis import queue as queue_module
 from apalis_redis.queue import RedisQueue
 
 from .test_redis_backend import until, worker
@@ -178,3 +181,89 @@ async def test_a_delayed_push_waits_and_a_plain_push_made_again_inserts_nothing(
     assert task is not None
     assert JsonCodec().decode(task.args) == {"n": 2}
     assert (await q.stats()).counts[Status.RUNNING] == 1  # handed once, to w1
+
+
+async def test_a_worker_handed_its_tasks_makes_no_claim_of_its_own(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a handed task starts, a claim would find nothing (the push found nothing ready), and
+    # the task's acknowledgement claims for its slot and lists the worker idle again: the worker
+    # makes no claim of its own, one round trip less per lone task.
+    monkeypatch.setattr(queue_module, "_LISTED_IDLE_WAIT", 30.0)  # no idle timer claims meanwhile
+    q = store.backend("lone", codec=JsonCodec())
+    claims = 0
+    claim = store.scripts["claim"]
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return await claim(**kwargs)
+
+    store.scripts["claim"] = counted
+    ran: list[str] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        ran.append(task.id)
+
+    running = worker(q, handler, concurrency=4, poll_interval=30.0)
+    wid = running.worker.context.id
+    deadline = time.monotonic() + 10
+    while await store.client.zscore(q.keys.idle, wid) is None:  # its first claim found nothing
+        assert time.monotonic() < deadline, "the worker was never listed idle"
+        await asyncio.sleep(0.01)
+    before = claims
+    pushed = []
+    for n in range(10):
+        pushed.append(await q.push({"n": n}))
+        await until(lambda: len(ran) == len(pushed))
+        while (await status_of(q, pushed[-1]))[0] is not Status.DONE:  # acknowledged: listed again
+            assert time.monotonic() < deadline + 20, "never acknowledged"
+            await asyncio.sleep(0.005)
+    after = claims
+    await running.stop()
+    assert ran == pushed
+    assert [(await status_of(q, task_id))[2] for task_id in pushed] == [1] * 10  # each handed once
+    assert after - before == 0
+
+
+async def test_a_task_made_ready_as_another_is_handed_over_starts_at_once(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker skips its claim after a handed task only when nothing woke the queue since: a
+    # task pushed right after (not handed: the worker is no longer listed) wakes it, even when
+    # both messages reach it in one read, and starts while the first still runs.
+    monkeypatch.setattr(queue_module, "_LISTED_IDLE_WAIT", 30.0)  # only a wake-up can start it in time
+    q = store.backend("pair", codec=JsonCodec())
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append(args["n"])
+        if args["n"] == 1:
+            await release.wait()
+
+    running = worker(q, handler, concurrency=2, poll_interval=30.0)
+    deadline = time.monotonic() + 10
+    while await store.client.zscore(q.keys.idle, running.worker.context.id) is None:
+        assert time.monotonic() < deadline, "the worker was never listed idle"
+        await asyncio.sleep(0.01)
+
+    async def push_both() -> list[str]:
+        pusher = RedisStore.from_spec(
+            StoreSpec(name="p", kind="redis", url=store.config.url, options={"namespace": store.config.namespace})
+        )
+        await pusher.open()
+        try:
+            other = pusher.backend("pair", codec=JsonCodec())
+            return [await other.push({"n": 1}), await other.push({"n": 2})]
+        finally:
+            await pusher.close()
+
+    # Pushed from another thread while this loop is blocked: both messages wait in the socket.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first, second = pool.submit(asyncio.run, push_both()).result(30)
+    assert (await status_of(q, first))[:2] == (Status.RUNNING, running.worker.context.id)  # handed
+    await until(lambda: started == [1, 2], within=5)
+    release.set()
+    await running.stop()
+    assert (await status_of(q, second))[0] is Status.DONE

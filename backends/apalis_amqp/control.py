@@ -230,11 +230,13 @@ class AmqpControl:
         reached = asyncio.Event()
 
         async def on_record(message: AbstractIncomingMessage) -> None:
-            await message.ack()
+            # Read before the ack, which yields: each delivery runs as a task of its own, and the
+            # marker's must not be seen before the records ahead of it are.
             if message.message_id == marker:
                 reached.set()
             elif (task := task_of_record(self.queue, message.body, task_id)) is not None:
                 found.append(task)
+            await message.ack()
 
         channel = await self._conn.channel()
         try:
@@ -254,28 +256,34 @@ class AmqpControl:
 
     async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
         """The task once its final record is in the finals stream (done or killed), read from
-        the time its id was made (or the waiter's time, if earlier); None after `timeout`. An
-        unknown id waits for the whole timeout: a RabbitMQ queue cannot tell it from a task
-        still to come."""
+        the time its id was made (or the waiter's time, if earlier); None after `timeout`, unless
+        it had ended when the wait came (then it is the answer, whatever the timeout). An unknown
+        id waits for the whole timeout: a RabbitMQ queue cannot tell it from a task still to
+        come."""
         await self._conn.retrying(self._ensure_control)
         found: asyncio.Future[Task[bytes]] = asyncio.get_running_loop().create_future()
+        marker = f"apalis-marker-{uuid.uuid4().hex}"
+        caught_up = asyncio.Event()  # the records there when the wait came are read
 
         async def on_record(message: AbstractIncomingMessage) -> None:
-            await message.ack()
-            if found.done():
-                return
-            task = task_of_record(self.queue, message.body, task_id)
-            if task is not None:
+            if message.message_id == marker:  # read before the ack, which yields (see `_final`)
+                caught_up.set()
+            elif not found.done() and (task := task_of_record(self.queue, message.body, task_id)) is not None:
                 found.set_result(task)
+            await message.ack()
 
         channel = await self._conn.channel()
         try:
-            await self._read_from(channel, task_id, on_record, f"apalis-marker-{uuid.uuid4().hex}")
-            try:
+            await self._read_from(channel, task_id, on_record, marker)
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    return await found
-            except TimeoutError:
-                return None
+                    return await asyncio.shield(found)  # still there for the catching up
+            # A task that had ended when the wait came is its answer, however short the
+            # timeout: the records up to the marker are read first.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_READ_WITHIN):
+                    await caught_up.wait()
+            return found.result() if found.done() else None
         finally:
             if not channel.is_closed:
                 await channel.close()

@@ -78,6 +78,9 @@ class Listener:
 
     async def _session(self, steady: Callable[[], None]) -> None:
         conn = await psycopg.AsyncConnection.connect(self._conninfo(), autocommit=True)
+        # Notifications that come with a statement's reply (a LISTEN's) reach `heard` through
+        # psycopg's handler; those that come alone, through `_pump`'s reader, which calls the same.
+        conn.add_notify_handler(self._handle)
         try:
             listened: set[str] = set()
             while True:
@@ -97,22 +100,43 @@ class Listener:
             with contextlib.suppress(Exception):
                 await conn.close()
 
+    def _handle(self, note: psycopg.Notify) -> None:
+        self._heard(note.channel, note.payload)
+
     async def _pump(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Pass on notifications until a channel is added (or the connection fails)."""
-        heard = self._heard
+        """Pass on notifications until a channel is added (or the connection fails).
 
-        async def consume() -> None:
-            async for note in conn.notifies():
-                heard(note.channel, note.payload)
+        The socket is read by the event loop's reader callback, which passes each notification on
+        at once. (psycopg's `notifies()` passes it through a future and a step of its task first,
+        one loop pass more on a lone task's way to its worker, and wakes every 0.1 s while idle.)
+        Nothing else uses the connection meanwhile: LISTENs run between two pumps.
+        """
+        pgconn = conn.pgconn
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[Any] = loop.create_future()
 
-        consumer = asyncio.create_task(consume())
-        changed = asyncio.create_task(self._changed.wait())
+        def readable() -> None:
+            try:
+                pgconn.consume_input()  # raises once the connection is lost
+                while (note := pgconn.notifies()) is not None:
+                    if pgconn.notify_handler is not None:
+                        pgconn.notify_handler(note)  # psycopg's: decodes it and calls `_handle`
+                if pgconn.status != psycopg.pq.ConnStatus.OK:
+                    raise psycopg.OperationalError("the LISTEN connection was lost")
+            except Exception as exc:  # the session ends; it is started again
+                loop.remove_reader(fileno)
+                if not ended.done():
+                    ended.set_exception(exc)
+
+        fileno = pgconn.socket
+        loop.add_reader(fileno, readable)
+        changed: asyncio.Future[Any] = asyncio.ensure_future(self._changed.wait())
         try:
-            done, _ = await asyncio.wait({consumer, changed}, return_when=asyncio.FIRST_COMPLETED)
-            if consumer in done:
-                consumer.result()
-                raise psycopg.OperationalError("the notifications ended")
+            readable()  # what came before the reader was in place
+            await asyncio.wait({ended, changed}, return_when=asyncio.FIRST_COMPLETED)
+            if ended.done():
+                ended.result()
         finally:
-            for task in (consumer, changed):
-                task.cancel()
-            await asyncio.gather(consumer, changed, return_exceptions=True)
+            loop.remove_reader(fileno)
+            changed.cancel()
+            await asyncio.gather(changed, return_exceptions=True)

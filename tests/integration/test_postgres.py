@@ -16,6 +16,7 @@ from apalis_cli.errors import BackendError, ConfigError
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
 from apalis_postgres import PostgresStore
+from apalis_postgres.listener import Listener
 from apalis_sql import load_migrations
 from psycopg import sql
 
@@ -305,3 +306,46 @@ async def test_a_sweep_vacuums_the_tasks_table_when_the_servers_autovacuum_is_of
             await running
         assert vacuumed is not None
         assert (await queue.stats()).counts.get(Status.DONE) == 11_000
+
+
+async def test_an_idle_listen_connection_does_not_wake_its_process(postgres_url: str) -> None:
+    # Idle CPU ~ 0: a LISTEN connection with nothing to hear leaves the event loop asleep (it
+    # woke ten times a second: psycopg's wait for notifications re-arms itself every 0.1 s),
+    # and what it hears still arrives.
+    heard: list[tuple[str, str]] = []
+    channel = f"idle-{uuid.uuid4().hex[:8]}"
+
+    async def rejoined() -> None:
+        pass
+
+    listener = Listener(lambda: postgres_url, [channel], lambda c, p: heard.append((c, p)), rejoined, name="idle")
+    listener.start()
+    try:
+        await asyncio.wait_for(listener.listening(), 5)
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        selector = loop._selector  # type: ignore[attr-defined]
+        select = selector.select
+        wakes = 0
+
+        def counted(timeout: float | None = None) -> Any:
+            nonlocal wakes
+            events = select(timeout)
+            wakes += 1
+            return events
+
+        selector.select = counted
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            selector.select = select
+        assert wakes <= 3, f"the loop woke {wakes} times in 1 s of idle listening"
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute("SELECT pg_notify(%s, 'hello')", (channel,))
+        deadline = time.monotonic() + 5
+        while not heard:
+            assert time.monotonic() < deadline, "the NOTIFY never arrived"
+            await asyncio.sleep(0.01)
+        assert heard == [(channel, "hello")]
+    finally:
+        await listener.stop()

@@ -105,6 +105,15 @@ def _offset_of(task_id: TaskId, now: float) -> Any:
     return datetime.datetime.fromtimestamp(min(made, now) - _EARLIER, tz=datetime.UTC)
 
 
+class _Detached(Exception):
+    """A wait's channel was lost (its connection, or the broker cancelled its consumer)."""
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _made_at(task_id: TaskId) -> float | None:
     """When an id of `apalis_cli.task.new_task_id` was made (its first 48 bits: milliseconds)."""
     if len(task_id) != 30:
@@ -259,31 +268,57 @@ class AmqpControl:
         the time its id was made (or the waiter's time, if earlier); None after `timeout`, unless
         it had ended when the wait came (then it is the answer, whatever the timeout). An unknown
         id waits for the whole timeout: a RabbitMQ queue cannot tell it from a task still to
-        come."""
-        await self._conn.retrying(self._ensure_control)
-        found: asyncio.Future[Task[bytes]] = asyncio.get_running_loop().create_future()
+        come. A wait whose channel is lost (the connection, or the broker cancelling its
+        consumer) attaches again from the same start, so an end written meanwhile is read."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            try:
+                return await self._conn.retrying(lambda: self._wait_attached(task_id, deadline))
+            except _Detached:
+                continue  # a fresh reconnect budget: the wait was attached until now
+
+    async def _wait_attached(self, task_id: TaskId, deadline: float | None) -> Task[bytes] | None:
+        """One attachment of `wait` to the finals stream; `_Detached` when its channel is lost
+        before it has an answer."""
+        await self._ensure_control()
+        loop = asyncio.get_running_loop()
+        found: asyncio.Future[Task[bytes]] = loop.create_future()
+        lost: asyncio.Future[None] = loop.create_future()
         marker = f"apalis-marker-{uuid.uuid4().hex}"
-        caught_up = asyncio.Event()  # the records there when the wait came are read
+        caught_up: asyncio.Future[None] = loop.create_future()  # the records there when it came are read
 
         async def on_record(message: AbstractIncomingMessage) -> None:
             if message.message_id == marker:  # read before the ack, which yields (see `_final`)
-                caught_up.set()
+                _settle(caught_up)
             elif not found.done() and (task := task_of_record(self.queue, message.body, task_id)) is not None:
                 found.set_result(task)
             await message.ack()
 
         channel = await self._conn.channel()
+        channel.close_callbacks.add(lambda *_: _settle(lost))
+        (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(lambda *_: _settle(lost))
         try:
             await self._read_from(channel, task_id, on_record, marker)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    return await asyncio.shield(found)  # still there for the catching up
-            # A task that had ended when the wait came is its answer, however short the
-            # timeout: the records up to the marker are read first.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_READ_WITHIN):
-                    await caught_up.wait()
-            return found.result() if found.done() else None
+            left = None if deadline is None else deadline - loop.time()
+            answers: set[asyncio.Future[Any]] = {found, lost}
+            timed_out = False
+            try:
+                async with asyncio.timeout(left):
+                    await asyncio.wait(answers, return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                timed_out = True
+            if not found.done() and not lost.done():
+                # A task that had ended when the wait came is its answer, however short the
+                # timeout: the records up to the marker are read first.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_READ_WITHIN):
+                        await asyncio.wait({*answers, caught_up}, return_when=asyncio.FIRST_COMPLETED)
+            if found.done():
+                return found.result()
+            if lost.done() and not (timed_out and caught_up.done()):
+                raise _Detached
+            return None
         finally:
             if not channel.is_closed:
                 await channel.close()

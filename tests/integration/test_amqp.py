@@ -249,6 +249,27 @@ async def test_a_wait_finds_an_end_written_before_it_whatever_the_pushing_hosts_
         assert (ended.id, ended.ctx.status) == (task_id, Status.DONE)
 
 
+async def test_a_wait_whose_connection_is_cut_reads_the_end_written_meanwhile(store: AmqpStore) -> None:
+    """A wait whose connection is cut attaches again (from the same start) and reads the end
+    its task got while it was away; it used to sit out its whole timeout on a closed channel."""
+    queue = store.backend("cut", codec=JsonCodec())
+    await queue.prepare()
+    worker = await open_amqp_store(store.config.prefix)  # the worker's own connection
+    try:
+        task_id = new_task_id()
+        waiting = asyncio.create_task(queue.wait(task_id, timeout=8))
+        await asyncio.sleep(0.3)  # attached by now, most likely; cut earlier, it attaches after
+        abort_connection(store.connection.current)
+        envelope = Envelope(id=task_id, attempts=1, max_attempts=1, run_at=time.time())
+        record = final_record(Status.DONE, envelope, attempts=1, error=None, result="7")
+        await worker.connection.record([(queue.finals, records_message([record]))])
+        ended = await waiting
+        assert ended is not None, "the wait missed the end written while its connection was cut"
+        assert (ended.id, ended.ctx.status) == (task_id, Status.DONE)
+    finally:
+        await worker.close()
+
+
 async def _until(condition: Any, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not condition():

@@ -189,9 +189,12 @@ class Database:
         # time read back through the C library (about 1 us more per row it is evaluated for), and
         # in a zone with daylight saving one of the two hours that read the same reads back an hour
         # off (the mapping is not one-to-one: MySQL's manual on UNIX_TIMESTAMP). In UTC
-        # it is exact.
+        # it is exact. The literals' collation is the tables' (utf8mb4_bin): under the driver's
+        # utf8mb4_general_ci, a walk of the keys (`GROUP BY ready_key ORDER BY ready_key LIMIT n`,
+        # the keyed claim's turn) was not read in index order: every key with waiting tasks was
+        # read and sorted to keep the first n (500 keys: 1.4 ms a walk of 50 instead of 0.2).
         try:
-            await conn.cursor().execute("SET time_zone = '+00:00'")
+            await conn.cursor().execute("SET time_zone = '+00:00', collation_connection = 'utf8mb4_bin'")
         except BaseException:
             conn.close()
             raise

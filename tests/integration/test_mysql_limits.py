@@ -5,6 +5,7 @@ poll. The cases every store with global limits shares are in tests/conformance/t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from apalis_cli.backend import WorkerContext
@@ -12,6 +13,7 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.fleet import FleetLimits
 from apalis_cli.polling import woken
 from apalis_cli.service import Outcome
+from apalis_cli.sink import new_task
 from apalis_mysql import MysqlStore
 
 from .conftest import make_mysql_store
@@ -105,3 +107,38 @@ async def test_tasks_without_a_key_run_behind_a_keyed_backlog_deeper_than_one_sc
         await stream.aclose()  # type: ignore[attr-defined]
     assert keyless <= {t.id for t in got}, "every task without a key ran"
     assert sum(t.id not in keyless for t in got) == 1, "one task of the key at its limit, no more"
+
+
+def _group_walks(plan: Any) -> list[Any]:
+    """The tables of an ANALYZE FORMAT=JSON plan read by a loose index scan (one step per key)."""
+    found = []
+    if isinstance(plan, dict):
+        if plan.get("using_index_for_group_by"):
+            found.append(plan)
+        for value in plan.values():
+            found += _group_walks(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            found += _group_walks(value)
+    return found
+
+
+async def test_a_keyed_claims_walk_reads_the_keys_it_takes_not_every_key_waiting(mysql_store: MysqlStore) -> None:
+    """A turn of a keyed claim steps through as many keys as it may take, however many keys have
+    tasks waiting: its cost does not grow with the queue's keys. (Under the driver's default
+    collation, utf8mb4_general_ci, against the tables' utf8mb4_bin, the server read every key
+    with waiting tasks and sorted them to keep the first few.)"""
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    await q.enqueue([new_task(b"{}", default_max_attempts=1, limit_key=f"k{n:05}") for n in range(1200)])
+    db = mysql_store.database
+    params = {"queue": "q", "after": None, "upto": None, "count": 10, "walk": 12, "blocked": ("",), "now": 0.0}
+    params["ahead"] = None  # no keyed rate
+
+    async def analyze(conn: Any) -> Any:  # the statement of a claim's first turn, on the store's connection
+        cursor = conn.cursor()
+        await cursor.execute("ANALYZE FORMAT=JSON " + cursor.mogrify(db.sql["limit_turn_first"], params))
+        return json.loads((await cursor.fetchone())[0])
+
+    walks = _group_walks(await db.run(analyze))
+    assert walks, "the keys are walked by a loose index scan"
+    assert all(walk["r_rows"] <= 13 for walk in walks), [walk["r_rows"] for walk in walks]

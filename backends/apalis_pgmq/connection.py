@@ -58,6 +58,7 @@ class Connection:
         self._notify_available = False
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._indexed: dict[str, asyncio.Future[None]] = {}
+        self._claim_fns: dict[str, asyncio.Future[None]] = {}
         self._wakers: dict[str, Waker] = {}
         self.hub = ControlHub(self._wakers)
         """Where control messages (cancels, pauses, finished tasks) go in this process."""
@@ -141,6 +142,7 @@ class Connection:
         pool, self._pool = self._pool, None
         self._ready.clear()
         self._indexed.clear()
+        self._claim_fns.clear()
         if pool is not None:
             await pool.close()
 
@@ -191,14 +193,18 @@ class Connection:
             return  # the hot path: created long ago
         await self._once(self._ready, queue, self._create)
 
-    async def ensure_key_index(self, queue: str) -> None:
-        """Give `queue`'s table its index by limit key (once per store), for a keyed limit's
-        claim (`sql/limits.sql`); the queue is made sure of first."""
+    async def ensure_limits(self, queue: str, *, keyed: bool) -> None:
+        """Give `queue` what a claim within global limits runs on (once per store): its limited
+        claim function, and for a keyed limit its table's index by limit key (`sql/limits.sql`);
+        the queue is made sure of first."""
         await self.ensure_queue(queue)
-        ready = self._indexed.get(queue)
-        if ready is not None and ready.done() and ready.exception() is None:
-            return
-        await self._once(self._indexed, queue, self._create_key_index)
+        wanted = [(self._claim_fns, self._create_claim_fn)]
+        if keyed:
+            wanted.insert(0, (self._indexed, self._create_key_index))
+        for done, make in wanted:
+            ready = done.get(queue)
+            if ready is None or not ready.done() or ready.exception() is not None:
+                await self._once(done, queue, make)
 
     async def _once(
         self,
@@ -219,9 +225,11 @@ class Connection:
             raise
 
     def forget_queue(self, queue: str) -> None:
-        """Create `queue` (and its key index, if it had one) again on next use (someone dropped it)."""
+        """Create `queue` (and its key index and claim function, if it had them) again on next use
+        (someone dropped it)."""
         self._ready.pop(queue, None)
         self._indexed.pop(queue, None)
+        self._claim_fns.pop(queue, None)
 
     async def _create(self, conn: AsyncConnection[Any], queue: str) -> None:
         sql = statements_for(queue)
@@ -244,6 +252,14 @@ class Connection:
         async with conn.transaction():
             await conn.execute(sql["lock_queue"], {"queue": queue})
             await conn.execute(sql["create_key_index"])
+
+    async def _create_claim_fn(self, conn: AsyncConnection[Any], queue: str) -> None:
+        # Replaced at each process's first limited claim, so the function is this version's;
+        # under pgmq's queue lock, as two replacements at once would fail.
+        sql = statements_for(queue)
+        async with conn.transaction():
+            await conn.execute(sql["lock_queue"], {"queue": queue})
+            await conn.execute(sql["create_limit_claim"].encode())
 
 
 def _split(script: str) -> list[str]:

@@ -1,25 +1,28 @@
-"""Global limits on a pgmq queue: the SQL stores' limited claim (`apalis_sql.limits`, over the
-steps of `apalis_cli.fleet`) on pgmq's own tables.
+"""Global limits on a pgmq queue: the SQL stores' limited claim (`apalis_sql.limits`, the steps
+of `apalis_cli.fleet`) on pgmq's own tables.
 
-A limited claim runs in one transaction that first takes a transaction-scoped advisory lock of
-its queue (`limit_lock`), so every daemon's limited claims of the queue take turns. A message's
-key is its "apalis" header `limit_key`; an index of the queue table by key and vt (made when a
-worker with a keyed limit first claims) lets a claim step from key to key and take each key's
-oldest ready message, so a key at its limit costs one index step however deep its backlog.
-Messages in flight are those read and hidden by a live lease (vt), the lease its worker's
-heartbeat extends: a killed worker's slots come back when its leases end. A chosen message is
-read as `pgmq.read` reads one (vt moved by the lease, read_ct + 1), by a statement of ours that
-counts as ready what was due when the claim began: `pgmq.read` would read the clock in a snapshot
-of its own, and hand out a message pushed after a pause the claim had not seen yet. Rates are
-GCRA times per key in `apalis_pgmq.limit_rates`.
+A limited claim is one call of the queue's own PL/pgSQL function (`create_limit_claim` in
+`sql/limits.sql`, made or brought up to date by each process's first limited claim of the
+queue), as PostgreSQL's store runs its `limit_claim`. It first takes a transaction-scoped
+advisory lock of the queue (`lock_scope`), so every daemon's limited claims of the queue take
+turns. A message's key is its "apalis" header `limit_key`; an index of the queue table by key
+and vt (made when a worker with a keyed limit first claims) lets a claim step from key to key
+onto each key's oldest ready message, so a key at its limit costs one index step however deep
+its backlog. Messages in flight are those read and hidden by a live lease (vt), the lease its
+worker's heartbeat extends: a killed worker's slots come back when its leases end. A chosen
+message is read as `pgmq.read` reads one (vt moved by the lease, read_ct + 1), counting as
+ready what was due when the claim began: `pgmq.read` would read the clock in a snapshot of its
+own, and hand out a message pushed after a pause the claim had not seen yet. Rates are GCRA
+times per key in `apalis_pgmq.limit_rates`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from apalis_cli.polling import Waker
+from apalis_sql.acks import AckPlan
 from apalis_sql.database import Rows, Session
 
 if TYPE_CHECKING:
@@ -34,11 +37,13 @@ Run = Callable[[Callable[["AsyncConnection[Any]"], Awaitable[T]]], Awaitable[T]]
 
 
 class PgmqLimits:
-    """What `apalis_sql.limits.LimitedClaims` asks of a store (`LimitsDatabase`), for one pgmq
-    queue: its locked transaction over named statements, and its waker."""
+    """What `apalis_sql.limits.LimitedClaims` asks of a store whose limited claim is one call
+    (`WholeClaims`), for one pgmq queue: the call, its lock's scope, and the queue's waker."""
 
     claims_by_select = False
-    """The claim statements read the messages themselves (UPDATE ... RETURNING)."""
+    """The claim reads the messages itself (UPDATE ... RETURNING)."""
+    account_at = 6
+    """Where the account's columns start in a row of `limit_claim` (after a message's)."""
 
     def __init__(self, connection: Connection, sql: Mapping[str, str], run: Run[Any]) -> None:
         self._connection = connection
@@ -49,35 +54,36 @@ class PgmqLimits:
         """The in-process waker of `queue`."""
         return self._connection.waker(queue)
 
-    async def locked(
-        self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
-    ) -> T:
-        """`op` in one transaction that first takes the advisory lock of `lock`, `queue` and
-        `key` (`limit_lock`), freed by the commit or rollback, or by the server when the
-        connection is lost; retried whole while the server is away."""
-        sql = self._sql
-        params = {"lock": lock, "queue": queue, "key": key, "commit": None if durable else "off"}
-
-        async def in_transaction(conn: AsyncConnection[Any]) -> T:
-            async with conn.transaction():
-                await conn.execute(sql["limit_lock"], params)
-                return await op(_Session(conn, sql))
-
-        result: T = await self._run(in_transaction)
-        return result
-
-
-class _Session:
-    """Named statements of the queue on one connection (`PgmqLimits.locked`)."""
-
-    __slots__ = ("_conn", "_sql")
-
-    def __init__(self, conn: AsyncConnection[Any], sql: Mapping[str, str]) -> None:
-        self._conn = conn
-        self._sql = sql
-
-    async def execute(self, name: str, params: Mapping[str, Any]) -> int:
-        return (await self._conn.execute(self._sql[name], params)).rowcount
+    def lock_scope(self, lock: str, queue: str) -> str:
+        """The scope of the advisory lock the claim function takes for `lock` and `queue` (the
+        one the separate statements of earlier versions took: both take turns)."""
+        return f"apalis_pgmq:{lock}:{queue}"
 
     async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
-        return await (await self._conn.execute(self._sql[name], params)).fetchall()
+        """All rows of the named statement (`limit_claim`)."""
+        from psycopg.errors import UndefinedFunction
+
+        query = self._sql[name]
+
+        async def op(conn: AsyncConnection[Any]) -> Rows:
+            return await (await conn.execute(query, params)).fetchall()
+
+        try:
+            rows: Rows = await self._run(op)
+        except UndefinedFunction:
+            # Dropped since this process made it (pgmq.drop_queue leaves it): made again.
+            queue = params["queue"]
+            self._connection.forget_queue(queue)
+            await self._connection.ensure_limits(queue, keyed=bool(params["keyed_concurrency"] or params["keyed_rate"]))
+            rows = await self._run(op)
+        return rows
+
+    def ack_statement(self, queue: str, plan: AckPlan) -> NoReturn:
+        """Never asked: pgmq's acknowledgements carry no claim (it claims no tasks ahead)."""
+        raise NotImplementedError("pgmq's acknowledgements carry no limited claim")
+
+    async def locked(
+        self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
+    ) -> NoReturn:
+        """Never asked: the limited claim is one call (`fetch`), not a transaction of statements."""
+        raise NotImplementedError("pgmq's limited claim is one call of its queue's function")

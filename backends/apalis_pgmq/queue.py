@@ -231,8 +231,7 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
                     rows = await self._rows("read", {"lease": lease, "qty": limit, "worker": worker.id})
                     claimed = [self._claimed(row) for row in rows]
                 else:
-                    if limits.keyed:
-                        await self._connection.ensure_key_index(self.queue)
+                    await self._connection.ensure_limits(self.queue, keyed=limits.keyed)
                     claimed = await self._limited.claim(worker.id, limit, claim_params)
                 tasks: list[Task[bytes]] = []
                 doomed: list[tuple[Task[bytes], Outcome]] = []

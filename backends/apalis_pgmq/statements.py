@@ -1,7 +1,8 @@
 """The backend's SQL, read once from `sql/*.sql` by the loader every SQL store uses
 (`apalis_sql.files`) and rendered per queue: `{q}` and `{a}` are the queue's pgmq tables, and
 `{status}`, `{archived}`, `{notify_waiters}` and `{all_tasks}` the fragments of the files of those
-names; `{key_index}` is the name of the queue table's index by limit key (`limits.sql`)."""
+names; `{key_index}` is the name of the queue table's index by limit key and `{claim_fn}` that of
+the queue's limited claim function (`limits.sql`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from functools import cache
 
 from apalis_sql.files import Queries, load_queries, render
 
-__all__ = ["SCHEMA", "check_queue_name", "key_index_of", "statement", "statements_for"]
+__all__ = ["SCHEMA", "check_queue_name", "claim_fn_of", "key_index_of", "statement", "statements_for"]
 
 _NAME = re.compile(r"^[a-z0-9_]{1,47}$")
 _FRAGMENTS = ("status", "archived", "notify_waiters")
@@ -42,13 +43,23 @@ def key_index_of(queue: str) -> str:
     return f"q_{queue}_apalis_key"
 
 
+def claim_fn_of(queue: str) -> str:
+    """The name of `queue`'s limited claim function (in schema apalis_pgmq; 59 characters at most)."""
+    return f"limit_claim_{queue}"
+
+
 @cache
 def statements_for(queue: str) -> dict[str, str]:
     """Every named statement with the queue's tables filled in (the name is checked first)."""
     if (why := check_queue_name(queue)) is not None:
         raise ValueError(why)
     queries = _queries()
-    names = {"q": f'pgmq."q_{queue}"', "a": f'pgmq."a_{queue}"', "key_index": f'"{key_index_of(queue)}"'}
+    names = {
+        "q": f'pgmq."q_{queue}"',
+        "a": f'pgmq."a_{queue}"',
+        "key_index": f'"{key_index_of(queue)}"',
+        "claim_fn": f'apalis_pgmq."{claim_fn_of(queue)}"',
+    }
     names.update({fragment: render(queries[fragment], names) for fragment in _FRAGMENTS})
     names["all_tasks"] = render(queries["all_tasks"], names)
     skip = {"schema", "all_tasks", *_FRAGMENTS}

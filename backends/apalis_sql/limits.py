@@ -8,9 +8,9 @@ count another is about to change. Running counts come from the running rows them
 dead worker's slots come back with its leases (the orphan sweep, after `stale_after`); a rate
 is one GCRA time per key in `limit_rates`; the clock is the server's. Tasks over a limit stay
 pending and unclaimed; keys under theirs are claimed past them. The pgmq store runs the same
-claim over statements of its own on pgmq's tables (`apalis_pgmq.limits`). PostgreSQL runs it
-whole on the server, one call of a PL/pgSQL function (`WholeClaims`, its migration 0009): one
-round trip a claim, not five.
+claim on pgmq's tables (`apalis_pgmq.limits`). PostgreSQL runs it whole on the server, one call
+of a PL/pgSQL function (`WholeClaims`, its migration 0009): one round trip a claim, not five;
+pgmq too, one function per queue.
 
 A unique push is answered from the rows: a duplicate found by a plain read answers a `skip` at
 once (the holder was committed: the push is as if it came just then); otherwise the push takes
@@ -145,7 +145,7 @@ class LimitedClaims:
         state = self.workers[worker_id]
         extra = params or {}
         if self._whole is not None:
-            claimed, done, now = await self._claim_whole(self._whole, worker_id, want, state, ack)
+            claimed, done, now = await self._claim_whole(self._whole, worker_id, want, state, ack, extra)
         else:
             db: Any = self._db
             sent: list[Any] = []
@@ -198,14 +198,22 @@ class LimitedClaims:
         self._timers[worker_id] = loop.call_at(when, self._db.waker(self._queue).notify)
 
     async def _claim_whole(
-        self, db: WholeClaims, worker_id: str, want: int, state: KeyedClaims, ack: AckPlan | None
+        self,
+        db: WholeClaims,
+        worker_id: str,
+        want: int,
+        state: KeyedClaims,
+        ack: AckPlan | None,
+        extra: Mapping[str, Any],
     ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
-        """The claim as one call of the store's `limit_claim` (PostgreSQL: migration 0009), the
+        """The claim as one call of the store's `limit_claim` (PostgreSQL: migration 0009; pgmq:
+        the queue's function, whose rows have the account at `account_at`), the
         same algorithm on the server, carried by the statement of `ack` where there is one; the
         keyless scan's place is kept here, by worker."""
         limits, decode = state.limits, self._decode
         keyless = self._keyless.get(worker_id, (None, None, None))
         params = {
+            **extra,
             "queue": self._queue,
             "worker": worker_id,
             "want": want,
@@ -227,9 +235,10 @@ class LimitedClaims:
             name, acking = db.ack_statement(self._queue, ack)
             rows = await db.fetch(f"{name}_limit_claim", {**acking, **params})
         # one row per task claimed, then the account (task columns NULL)
-        after, wake_at, now, *place = rows[-1][_ACCOUNT:]
+        account = getattr(db, "account_at", _ACCOUNT)
+        after, wake_at, now, *place = rows[-1][account:]
         self._keyless[worker_id] = (place[0], place[1], place[2])
-        claimed = [decode(row[:_ACCOUNT]) for row in rows[:-1]]
+        claimed = [decode(row[:account]) for row in rows[:-1]]
         if len(claimed) > 1:
             claimed.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
         done = ClaimRound(claimed=len(claimed), after=after, wake_at=None if wake_at is None else float(wake_at))

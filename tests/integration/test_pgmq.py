@@ -575,31 +575,51 @@ async def test_a_keyed_limit_gives_the_queue_its_key_index_again_after_a_drop(
             assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(False,)]
 
 
+async def test_a_limited_claim_works_in_a_session_that_ran_it_before_a_drop(pgmq_url: str, queue: str) -> None:
+    """The queue's claim function outlives pgmq.drop_queue; a session that ran it before another
+    client dropped the queue and made it again (one connection: the same session) claims from
+    the new queue as from the old."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    store = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=pgmq_url, options={"pool_size": 1}))
+    await store.open()
+    try:
+        backend = store.backend(queue, codec=JsonCodec())
+        limit = ConcurrencyLayer(1, scope="global", key="account")
+        seen: list[Any] = []
+
+        async def handler(args: Any, task: Task[bytes]) -> None:
+            seen.append(args["n"])
+
+        await backend.push({"account": "a", "n": 0}, limit_key="a")
+        worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+        await run_until(worker, lambda: 0 in seen)
+        # Another client drops the queue, makes it again and sends to it: this store sees no error.
+        await sql(pgmq_url, "SELECT pgmq.drop_queue(%s)", (queue,))
+        await sql(pgmq_url, "SELECT pgmq.create(%s)", (queue,))
+        message, headers = '{"account": "a", "n": 1}', '{"apalis": {"limit_key": "a"}}'
+        await sql(pgmq_url, "SELECT pgmq.send(%s, %s::jsonb, %s::jsonb)", (queue, message, headers))
+        worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+        await run_until(worker, lambda: 1 in seen)
+        assert seen == [0, 1]
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "queue-wide"])
-async def test_a_pause_during_a_limited_claim_holds_back_what_was_pushed_after_it(
-    store: PgmqStore, pgmq_url: str, queue: str, monkeypatch: pytest.MonkeyPatch, keyed: bool
+async def test_a_limited_claim_hands_out_nothing_pushed_after_it_began(
+    store: PgmqStore, pgmq_url: str, queue: str, keyed: bool
 ) -> None:
-    """A limited claim reads the pause first, then the messages: a pause that commits between
-    the two, and a push after the pause, must not meet in that claim (the claim reads the pause
-    again in the snapshot it reads the messages in)."""
+    """A limited claim counts as ready what was due when it began: a message pushed while it
+    waits for the queue's limit lock (or runs) is not handed out by it, which is what holds back
+    a push that follows a pause the claim read before the pause committed. Here the claim waits
+    for the lock another daemon holds; meanwhile a message is pushed; then the lock is freed."""
     from apalis_cli.backend import WorkerContext
     from apalis_cli.fleet import fleet_limits
     from apalis_cli.layers import ConcurrencyLayer
-    from apalis_pgmq import limits
 
     backend = store.backend(queue, codec=JsonCodec())
     await backend.stats()  # creates the queue
-    fetch = limits._Session.fetch
-    pushed: list[str] = []
-
-    async def pause_and_push_after_the_state(session: Any, name: str, params: Any) -> Any:
-        rows = await fetch(session, name, params)
-        if name == "limit_state" and not pushed:  # another process pauses the queue, then pushes
-            await backend.pause()
-            pushed.append(await backend.push({"account": "a"}, limit_key="a"))
-        return rows
-
-    monkeypatch.setattr(limits._Session, "fetch", pause_and_push_after_the_state)
     layer = ConcurrencyLayer(5, scope="global", key="account" if keyed else None)
     worker = WorkerContext(
         id=f"w-{os.urandom(4).hex()}",
@@ -610,12 +630,25 @@ async def test_a_pause_during_a_limited_claim_holds_back_what_was_pushed_after_i
         free_slots=lambda: 5,
         limits=fleet_limits([layer]),
     )
-    stream = backend.poll_compact(worker)
-    try:
-        assert await anext(stream) is None, "the claim hands out nothing"
-    finally:
-        await stream.aclose()  # type: ignore[attr-defined]
-    assert [(t.id, t.ctx.status) for t in await backend.list_tasks()] == [(pushed[0], Status.PENDING)]
+    scope = f"apalis_pgmq:limits:{queue}"
+    async with await psycopg.AsyncConnection.connect(pgmq_url, autocommit=True) as other:
+        await other.execute("SELECT pg_advisory_lock(hashtext(%s), hashtext(''))", (scope,))
+        stream = backend.poll_compact(worker)
+        try:
+            claim = asyncio.ensure_future(anext(stream))
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND query LIKE %s"
+            for _ in range(500):  # until the claim waits for the lock
+                if (await sql(pgmq_url, waiting, ("%limit_claim%",)))[0][0]:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the claim never waited for the queue's limit lock")
+            pushed = await backend.push({"account": "a"}, limit_key="a")
+            await other.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(''))", (scope,))
+            assert await claim is None, "the claim hands out nothing"
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    assert [(t.id, t.ctx.status) for t in await backend.list_tasks()] == [(pushed, Status.PENDING)]
 
 
 async def test_a_pause_during_a_claim_holds_back_what_was_pushed_after_it(

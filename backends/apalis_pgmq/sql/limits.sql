@@ -1,13 +1,14 @@
--- Claims within global limits (apalis_sql.limits.LimitedClaims over pgmq's tables). Each runs in
--- a transaction that first takes `limit_lock`, so the counts it reads cannot change before it
--- commits. A message's limit key is its "apalis" header `limit_key` (`_key`, compared byte by
--- byte as the claim's turns compare keys in Python); the key index (`create_key_index`) orders
--- a queue's messages by key, then vt: a key's ready messages come first in its range, and the
--- messages it has in flight last. "Ready" is `vt <= now()`, the transaction's start (a stable
--- value, so the index can check it): a message that came due while the claim waited for the
--- lock waits for the next claim, and so does one pushed after a pause that committed while the
--- claim was under way (after `limit_state` read the pause): the pause holds it back. A claimed
--- message is read as pgmq.read reads it: vt moved by the lease, read_ct + 1, last_read_at now.
+-- Claims within global limits (apalis_sql.limits.LimitedClaims over pgmq's tables): one call of
+-- the queue's own function (`create_limit_claim`), which first takes the queue's limit lock, so
+-- the counts it reads cannot change before it commits. A message's limit key is its "apalis"
+-- header `limit_key` (`_key`, compared byte by byte as the claim's turns compare keys in Python);
+-- the key index (`create_key_index`) orders a queue's messages by key, then vt: a key's ready
+-- messages come first in its range, and the messages it has in flight last. "Ready" is
+-- `vt <= now()`, the transaction's start (a stable value, so the index can check it): a message
+-- that came due while the claim waited for the lock waits for the next claim, and so does one
+-- pushed after a pause that committed while the claim was under way (after it read the pause):
+-- the pause holds it back. A claimed message is read as pgmq.read reads it: vt moved by the
+-- lease, read_ct + 1, last_read_at now.
 
 -- name: _key
 (headers -> 'apalis' ->> 'limit_key') COLLATE "C"
@@ -20,114 +21,6 @@ SET vt = clock_timestamp() + make_interval(secs => %(lease)s::float8), read_ct =
 RETURNING m.msg_id, m.read_ct, extract(epoch FROM m.enqueued_at)::float8, m.message, m.headers -> 'apalis',
           %(worker)s::text
 
--- name: limit_lock
--- Held to the end of the transaction; `commit` sets its durability ('off' for claims: a claim
--- lost in a crash is only read again). A holder whose client stops mid-transaction is ended by
--- the server after 10 s idle in it, which frees the lock.
-SELECT pg_advisory_xact_lock(hashtext('apalis_pgmq:' || %(lock)s || ':' || %(queue)s), hashtext(%(key)s)),
-       set_config('synchronous_commit', coalesce(%(commit)s, current_setting('synchronous_commit')), true),
-       set_config('idle_in_transaction_session_timeout', '10s', true)
-
--- name: limit_state
--- The server's clock, the pause, the queue-wide rate states, and the messages in flight by key:
--- read and hidden by a live lease, so a vanished worker's slots come back when its leases end.
--- pgmq's vt index finds them (`vt > now()` can use it; the status then reads the clock). One row
--- at least.
-SELECT s.now, s.paused, s.queue_tat, s.keyless_tat, r.limit_key, r.running
-FROM (
-    SELECT extract(epoch FROM clock_timestamp())::float8 AS now,
-           EXISTS (SELECT 1 FROM apalis_pgmq.queues AS p WHERE p.queue = %(queue)s AND p.paused) AS paused,
-           (SELECT tat FROM apalis_pgmq.limit_rates WHERE queue = %(queue)s AND state = '*') AS queue_tat,
-           (SELECT tat FROM apalis_pgmq.limit_rates WHERE queue = %(queue)s AND state = '-') AS keyless_tat
-) AS s
-LEFT JOIN (
-    SELECT {_key} AS limit_key, count(*) AS running FROM {q}
-    WHERE vt > now() AND {status} = 'running'
-    GROUP BY 1
-) AS r ON true
-
--- name: _next_keys
-    UNION ALL
-    SELECT (SELECT {_key} FROM {q} WHERE {_key} > keys.key AND vt <= now() ORDER BY {_key} LIMIT 1), n + 1
-    FROM keys WHERE keys.key IS NOT NULL AND n < %(count)s
-)
-SELECT keys.key, r.tat FROM keys
-LEFT JOIN apalis_pgmq.limit_rates AS r ON r.queue = %(queue)s AND r.state = 'k:' || keys.key
-WHERE keys.key IS NOT NULL
-ORDER BY keys.n
-
--- name: limit_keys_after
--- Up to :count keys with ready messages above :after, in order, one step in the key index each
--- (the rest of the walk is `_next_keys`), with each key's rate state.
-WITH RECURSIVE keys(key, n) AS (
-    SELECT (SELECT {_key} FROM {q} WHERE {_key} > %(after)s AND vt <= now() ORDER BY {_key} LIMIT 1), 1
-    {_next_keys}
-
--- name: limit_keys_first
-WITH RECURSIVE keys(key, n) AS (
-    SELECT (SELECT {_key} FROM {q} WHERE {_key} IS NOT NULL AND vt <= now() ORDER BY {_key} LIMIT 1), 1
-    {_next_keys}
-
--- name: limit_heads
--- The first ready message of each key in :keys (oldest due first: vt, then msg_id), read in one
--- statement, each key's by one step in the key index. The key comes last.
-UPDATE {q} AS m
-{_read}
-WHERE m.msg_id = ANY(ARRAY(
-    SELECT head.msg_id
-    FROM json_array_elements_text(%(keys)s::json) AS k(key)
-    CROSS JOIN LATERAL (
-        SELECT msg_id FROM {q}
-        WHERE {_key} = k.key AND vt <= now()
-        ORDER BY vt, msg_id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    ) AS head
-))
-{_claimed}, {_key}
-
--- name: limit_keyless
--- Messages sent without a key (by a producer that knows of no keyed limit), oldest due first:
--- the key index holds them too (a NULL key), so they are found however deep the keyed backlog.
-UPDATE {q} AS m
-{_read}
-WHERE m.msg_id = ANY(ARRAY(
-    SELECT msg_id FROM {q}
-    WHERE {_key} IS NULL AND vt <= now()
-    ORDER BY vt, msg_id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-))
-{_claimed}
-
--- name: limit_take
--- Up to :limit messages in the queue's order (a queue-wide limit, no key): pgmq.read's own
--- statement, ready by `now()` (pgmq.read reads `clock_timestamp()` in a snapshot of its own, so
--- it would hand out a message pushed after a pause that `limit_state` did not see yet). now() is
--- read once, as a parameter the planner cannot see, so the plan stays along msg_id as the
--- ordinary claim's (`read`): with `vt <= now()` a plan cached while a delayed backlog was not due
--- sorted the whole backlog at every claim once it was.
-UPDATE {q} AS m
-{_read}
-WHERE m.msg_id = ANY(ARRAY(
-    SELECT msg_id FROM {q}
-    WHERE vt <= (SELECT now())
-    ORDER BY msg_id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-))
-{_claimed}
-
--- name: limit_rates_set
--- :rates is a JSON array of [state, tat] pairs.
-INSERT INTO apalis_pgmq.limit_rates AS r (queue, state, tat)
-SELECT %(queue)s, pair ->> 0, (pair ->> 1)::float8 FROM json_array_elements(%(rates)s::json) AS pair
-ON CONFLICT (queue, state) DO UPDATE SET tat = excluded.tat
-
--- name: limit_rates_forget
--- States in the past carry nothing (a full burst is available): dropped now and then.
-DELETE FROM apalis_pgmq.limit_rates WHERE queue = %(queue)s AND tat <= %(now)s
-
 -- name: key_index_exists
 SELECT to_regclass(%(index)s) IS NOT NULL
 
@@ -136,3 +29,354 @@ SELECT to_regclass(%(index)s) IS NOT NULL
 -- message groups: made when a worker with a keyed limit first claims from the queue, under
 -- pgmq's queue lock. It changes no column and no pgmq call; pgmq.drop_queue drops it.
 CREATE INDEX IF NOT EXISTS {key_index} ON {q} (({_key}), vt, msg_id)
+
+-- name: _gate
+-- Whether the key a walk stepped on (`nxt.key`) is open: not in `v_blocked` (at its concurrency
+-- or out of rate in this claim), nor by its stored rate state, where a keyed rate holds, more
+-- than `v_ahead` seconds ahead of `v_now` (GCRA: no start allowed); and that state.
+CROSS JOIN LATERAL (
+    SELECT rate.tat, nxt.key <> ALL(v_blocked) AND (rate.tat IS NULL OR rate.tat - v_now < v_ahead) AS open
+    FROM (SELECT CASE WHEN p_keyed_rate THEN (
+        SELECT r.tat FROM apalis_pgmq.limit_rates AS r
+        WHERE r.queue = p_queue AND r.state = ('k:' || nxt.key) COLLATE "default"
+    ) END AS tat) AS rate
+) AS g
+
+-- name: _taken
+-- A message a claim took, as `create_limit_claim` collects it.
+ROW(m.msg_id, m.read_ct, extract(epoch FROM m.enqueued_at)::float8, m.message, m.headers -> 'apalis')::apalis_pgmq.claimed AS m
+
+-- name: limit_claim
+-- A claim within global limits, whole, in one round trip: the queue's own function
+-- (`create_limit_claim`). One row per message claimed, then one account row
+-- (`apalis_sql.limits.LimitedClaims`, `PgmqLimits.account_at`).
+SELECT * FROM {claim_fn}(
+    %(queue)s::text, %(worker)s::text, %(want)s::int, %(after)s::text,
+    %(concurrency)s::int, %(keyed_concurrency)s::boolean, %(rate)s::int, %(per)s::float8, %(keyed_rate)s::boolean,
+    %(scope)s::text, %(forget)s::boolean, %(lease)s::float8
+)
+
+-- name: create_limit_claim
+-- The limited claim of one queue as one function of its own, made (or brought up to date) by the
+-- first limited claim of each process, under pgmq's queue lock: a function of the queue's own
+-- tables keeps its plans between calls, where one of any queue's would plan its statements
+-- (EXECUTE) at every call. It is `apalis_cli.fleet.claim`'s algorithm with `Turn`s run on the
+-- server, as PostgreSQL's migration 0009 runs it on its tasks table: one round trip where
+-- separate statements took six (BEGIN, the lock, the counts, the keys, their heads, COMMIT).
+-- Each statement of a VOLATILE function reads a fresh snapshot, so the counts read after the
+-- lock are those the last holder committed. The lock (`p_scope`, `PgmqLimits.lock_scope`) is the
+-- one those statements took, so a daemon of an earlier version takes turns with this one. The key index
+-- orders a key's ready messages by vt, msg_id: the walk's one step per key lands on the key's
+-- head (its first ready message), so a key at its limit or out of rate costs that step alone.
+-- Rows: msg_id, read_ct, enqueued_at, message, the "apalis" headers, the worker, then the account
+-- (the key to go on after, when a rate next allows a start it held back, the server's clock, and
+-- three NULLs: pgmq's keyless messages are found by the key index, no scan place is kept).
+CREATE OR REPLACE FUNCTION {claim_fn}(
+    p_queue text, p_worker text, p_want int, p_after text,
+    p_concurrency int, p_keyed_concurrency boolean, p_rate int, p_per float8, p_keyed_rate boolean,
+    p_scope text, p_forget boolean, p_lease float8
+) RETURNS TABLE (
+    o_msg_id bigint, o_read_ct int, o_enqueued_at float8, o_message jsonb, o_apalis jsonb, o_worker text,
+    o_after text, o_wake_at float8, o_now float8, o_keyless_a int, o_keyless_b float8, o_keyless_c text
+) LANGUAGE plpgsql AS $limit_claim$
+DECLARE
+    c_scan CONSTANT int := 10000;  -- keys one claim looks at (fleet.claim.MAX_KEYS_PER_CLAIM)
+    v_set text;
+    v_ready timestamptz := now();  -- "ready" is what was due when the claim began (limits.sql)
+    v_now float8;
+    v_lease interval := make_interval(secs => p_lease);
+    v_interval float8 := p_per / p_rate;
+    v_budget int := p_want;
+    v_paused boolean;
+    v_run_keys text[];  -- the messages in flight by key (a vanished worker's go with their leases)
+    v_run_counts int[];
+    v_total int;
+    v_keyless_running int;
+    v_first_blocked text[];  -- the keys at their concurrency before this claim took any
+    v_taken text[] := '{}';  -- the keys of the messages this claim took, one entry a message
+    v_rows apalis_pgmq.claimed[] := '{}';  -- the messages this claim took, as its UPDATEs left them
+    v_turn_rows apalis_pgmq.claimed[];
+    v_rates jsonb := '{}';  -- the rate states this claim moved, by state name
+    v_tat float8;
+    v_queue_tat float8;
+    v_room int;
+    v_got int;
+    v_wake float8;
+    v_after text := p_after;
+    v_ahead float8;
+    v_start text := p_after;
+    v_cursor text;
+    v_wrapped boolean;
+    v_walked int;
+    v_room_left boolean;
+    v_seen int := 0;
+    v_blocked text[];
+    v_heads tid[];
+    v_walk_keys text[];
+    v_walk_tats float8[];
+    v_turn_seen int;
+    v_turn_chosen int;
+    v_turn_last text;
+    v_wake_tat float8;
+    v_turn_keys text[];
+    v_turn_tats float8[];
+    v_key text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext(p_scope), hashtext(''));
+    -- No wait for the WAL flush (a claim lost in a crash is only read again);
+    -- plans made once (planning cost more than running here); no JIT.
+    v_set := set_config('synchronous_commit', 'off', true);
+    v_set := set_config('plan_cache_mode', 'force_generic_plan', true);
+    v_set := set_config('jit', 'off', true);
+    v_now := extract(epoch FROM clock_timestamp())::float8;
+    -- The pause, the messages in flight by key (read and hidden by a live lease: pgmq's vt index
+    -- finds them) and the keys at their concurrency.
+    SELECT EXISTS (SELECT 1 FROM apalis_pgmq.queues AS p WHERE p.queue = p_queue AND p.paused),
+           coalesce(array_agg(r.limit_key) FILTER (WHERE r.limit_key IS NOT NULL), '{}'),
+           coalesce(array_agg(r.running) FILTER (WHERE r.limit_key IS NOT NULL), '{}'),
+           coalesce(sum(r.running), 0), coalesce(sum(r.running) FILTER (WHERE r.limit_key IS NULL), 0),
+           coalesce(array_agg(r.limit_key) FILTER (
+               WHERE p_keyed_concurrency AND r.limit_key IS NOT NULL AND r.running >= p_concurrency), '{}')
+    INTO v_paused, v_run_keys, v_run_counts, v_total, v_keyless_running, v_first_blocked
+    FROM (
+        SELECT {_key} AS limit_key, count(*)::int AS running FROM {q}
+        WHERE vt > v_ready AND {status} = 'running'
+        GROUP BY 1
+    ) AS r;
+    IF v_paused THEN  -- a paused queue hands out nothing (apalis_cli.control)
+        RETURN QUERY SELECT NULL::bigint, NULL::int, NULL::float8, NULL::jsonb, NULL::jsonb, NULL::text,
+            p_after, NULL::float8, v_now, NULL::int, NULL::float8, NULL::text;
+        RETURN;
+    END IF;
+
+    -- Queue-wide limits bound the whole claim.
+    IF p_concurrency IS NOT NULL AND NOT p_keyed_concurrency THEN
+        v_budget := least(v_budget, p_concurrency - v_total);
+    END IF;
+    IF p_rate IS NOT NULL AND NOT p_keyed_rate THEN
+        SELECT r.tat INTO v_queue_tat FROM apalis_pgmq.limit_rates AS r WHERE r.queue = p_queue AND r.state = '*';
+        v_room := apalis_pgmq.limit_allowance(v_queue_tat, v_now, p_rate, p_per);
+        IF v_room < v_budget THEN
+            v_wake := greatest(coalesce(v_queue_tat, v_now), v_now) - p_per + v_interval;
+        END IF;
+        v_budget := least(v_budget, v_room);
+    END IF;
+
+    IF v_budget > 0 AND NOT (p_keyed_concurrency OR p_keyed_rate) THEN
+        -- No key: the queue's usual order (pgmq.read's, as `read`).
+        WITH claimed AS (
+            UPDATE {q} AS m
+            SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
+            WHERE m.msg_id = ANY(ARRAY(
+                SELECT d.msg_id FROM {q} AS d
+                WHERE d.vt <= v_ready
+                ORDER BY d.msg_id
+                LIMIT v_budget
+                FOR UPDATE SKIP LOCKED
+            ))
+            RETURNING {_taken}
+        )
+        SELECT coalesce(array_agg(c.m), '{}') INTO v_rows FROM claimed AS c;
+    ELSIF v_budget > 0 THEN
+        -- Keys take turns (fleet.claim._Turns.turn): walks from the key after the last claim's,
+        -- coming round once; another walk from the first key while a key had room for more.
+        IF p_keyed_rate THEN  -- allowance() is 0 exactly when a state is further ahead than this
+            v_ahead := p_per - (1 - 1e-9) * p_per / p_rate - 1e-6;
+        END IF;
+        LOOP
+            v_walked := 0;
+            v_cursor := v_start;
+            v_wrapped := v_start IS NULL;
+            v_room_left := false;
+            WHILE v_budget - v_walked > 0 AND v_seen < c_scan LOOP
+                -- the keys without room: at their concurrency, or out of rate by this claim
+                IF cardinality(v_taken) = 0 AND v_rates = '{}' THEN
+                    v_blocked := v_first_blocked;
+                ELSE
+                SELECT coalesce(array_agg(b.key), '{}') INTO v_blocked FROM (
+                    SELECT c.key FROM (
+                        SELECT * FROM unnest(v_run_keys, v_run_counts) AS r(key, n)
+                        UNION ALL
+                        SELECT k, 1 FROM unnest(v_taken) AS k
+                    ) AS c
+                    WHERE p_keyed_concurrency AND c.key IS NOT NULL
+                    GROUP BY c.key HAVING sum(c.n) >= p_concurrency
+                    UNION
+                    SELECT substr(s.key, 3) FROM jsonb_each_text(v_rates) AS s
+                    WHERE p_keyed_rate AND s.key LIKE 'k:%'
+                      AND apalis_pgmq.limit_allowance(s.value::float8, v_now, p_rate, p_per) <= 0
+                ) AS b;
+                END IF;
+                -- One turn: from the key after the cursor (up to where the walk began, once it
+                -- came round), one step of the key index per key, each landing on the key's
+                -- first ready message; an open key's is chosen, until the budget or the scan
+                -- is spent. (Two ranges of the index, one skipped: `v_cursor IS NULL OR key >
+                -- v_cursor` would read the index from its first key, a saturated key's whole
+                -- backlog at every claim.)
+                WITH RECURSIVE walk(key, head, tat, open, n, chosen) AS (
+                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, g.tat, g.open, 1, g.open::int
+                    FROM (
+                        (SELECT {_key} AS key, d.ctid FROM {q} AS d
+                         WHERE v_cursor IS NULL AND {_key} IS NOT NULL AND d.vt <= v_ready
+                         ORDER BY {_key}, d.vt, d.msg_id
+                         LIMIT 1)
+                        UNION ALL
+                        (SELECT {_key} AS key, d.ctid FROM {q} AS d
+                         WHERE v_cursor IS NOT NULL AND {_key} > v_cursor AND d.vt <= v_ready
+                         ORDER BY {_key}, d.vt, d.msg_id
+                         LIMIT 1)
+                    ) AS nxt
+                    {_gate}
+                    WHERE NOT v_wrapped OR v_start IS NULL OR nxt.key <= v_start
+                  UNION ALL
+                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, g.tat, g.open, w.n + 1, w.chosen + g.open::int
+                    FROM walk AS w
+                    CROSS JOIN LATERAL (
+                        SELECT {_key} AS key, d.ctid FROM {q} AS d
+                        WHERE {_key} > w.key AND d.vt <= v_ready
+                        ORDER BY {_key}, d.vt, d.msg_id
+                        LIMIT 1
+                    ) AS nxt
+                    {_gate}
+                    WHERE w.n < c_scan - v_seen AND w.chosen < v_budget - v_walked
+                      AND (NOT v_wrapped OR v_start IS NULL OR nxt.key <= v_start)
+                )
+                SELECT array_agg(w.head) FILTER (WHERE w.head IS NOT NULL),
+                       array_agg(w.key) FILTER (WHERE w.head IS NOT NULL),
+                       array_agg(w.tat) FILTER (WHERE w.head IS NOT NULL),
+                       coalesce(max(w.n), 0), coalesce(max(w.chosen), 0),
+                       (array_agg(w.key ORDER BY w.n DESC))[1],
+                       min(w.tat) FILTER (WHERE NOT w.open AND w.key <> ALL(v_blocked))
+                INTO v_heads, v_walk_keys, v_walk_tats, v_turn_seen, v_turn_chosen, v_turn_last, v_wake_tat
+                FROM walk AS w;
+                v_seen := v_seen + v_turn_seen;
+                IF v_wake_tat IS NOT NULL THEN
+                    v_wake := least(coalesce(v_wake, 'infinity'), v_wake_tat - p_per + v_interval);
+                END IF;
+                v_turn_keys := '{}';
+                v_turn_rows := '{}';
+                IF v_heads IS NOT NULL THEN
+                    -- The chosen, read as pgmq.read reads them, each where the walk found it
+                    -- (its ctid: a TID scan, no second and third descent of the primary key).
+                    -- One that another reader took since the walk's snapshot is passed over
+                    -- (SKIP LOCKED, or `vt` checked again on the locked row) and stays with its
+                    -- key; so is one changed otherwise meanwhile (not found where it was).
+                    WITH claimed AS (
+                        UPDATE {q} AS m
+                        SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
+                        WHERE m.ctid = ANY(ARRAY(
+                            SELECT d.ctid FROM {q} AS d
+                            WHERE d.ctid = ANY(v_heads) AND d.vt <= v_ready
+                            FOR UPDATE SKIP LOCKED
+                        ))
+                        RETURNING {_taken}, (m.headers -> 'apalis' ->> 'limit_key') AS key
+                    )
+                    SELECT coalesce(array_agg(c.key), '{}'), coalesce(array_agg(w.tat), '{}'), coalesce(array_agg(c.m), '{}')
+                    INTO v_turn_keys, v_turn_tats, v_turn_rows
+                    FROM claimed AS c JOIN unnest(v_walk_keys, v_walk_tats) AS w(key, tat) ON w.key = c.key COLLATE "C";
+                    -- a key with room for more than this one: walk again (fleet.claim `room_left`)
+                    IF NOT v_room_left AND v_budget - v_walked > 1 AND cardinality(v_turn_keys) > 0
+                       AND (NOT p_keyed_concurrency OR p_concurrency > 1) THEN
+                        SELECT EXISTS (
+                            SELECT 1 FROM unnest(v_turn_keys, v_turn_tats) AS k(key, tat)
+                            LEFT JOIN (
+                                SELECT c.key, sum(c.n) AS n FROM (
+                                    SELECT * FROM unnest(v_run_keys, v_run_counts) AS r(key, n)
+                                    UNION ALL
+                                    SELECT x, 1 FROM unnest(v_taken) AS x
+                                ) AS c
+                                GROUP BY c.key
+                            ) AS r ON r.key = k.key
+                            WHERE (NOT p_keyed_concurrency OR p_concurrency - coalesce(r.n, 0) > 1)
+                              AND (NOT p_keyed_rate OR apalis_pgmq.limit_allowance(
+                                       coalesce((v_rates ->> ('k:' || k.key))::float8, k.tat), v_now, p_rate, p_per) > 1)
+                        ) INTO v_room_left;
+                    END IF;
+                    IF p_keyed_rate THEN
+                        FOR i IN 1 .. cardinality(v_turn_keys) LOOP
+                            v_key := v_turn_keys[i];
+                            v_tat := coalesce((v_rates ->> ('k:' || v_key))::float8, v_turn_tats[i]);
+                            v_rates := jsonb_set(v_rates, ARRAY['k:' || v_key],
+                                                 to_jsonb(greatest(coalesce(v_tat, v_now), v_now) + v_interval));
+                        END LOOP;
+                    END IF;
+                    v_taken := v_taken || v_turn_keys;
+                    v_rows := v_rows || v_turn_rows;
+                    v_walked := v_walked + cardinality(v_turn_keys);
+                END IF;
+                IF v_turn_last IS NOT NULL THEN
+                    v_after := v_turn_last;
+                    v_cursor := v_turn_last;
+                END IF;
+                IF v_turn_chosen < v_budget - (v_walked - cardinality(v_turn_keys))
+                   AND v_turn_seen < c_scan - (v_seen - v_turn_seen) THEN
+                    EXIT WHEN v_wrapped;  -- no key left in its range: come round once
+                    v_wrapped := true;
+                    v_cursor := NULL;
+                END IF;
+            END LOOP;
+            v_budget := v_budget - v_walked;
+            EXIT WHEN v_budget <= 0 OR v_walked = 0 OR NOT v_room_left;
+            v_start := NULL;
+        END LOOP;
+
+        -- Messages sent without a key: one group of their own, offered what the keys leave
+        -- (by a producer that knows of no keyed limit): the key index holds them under a NULL
+        -- key, so they are found however deep the keyed backlog.
+        IF v_budget > 0 THEN
+            v_room := v_budget;
+            IF p_keyed_concurrency THEN
+                v_room := least(v_room, p_concurrency - v_keyless_running);
+            END IF;
+            IF p_keyed_rate THEN
+                v_tat := coalesce((v_rates ->> '-')::float8,
+                                  (SELECT r.tat FROM apalis_pgmq.limit_rates AS r WHERE r.queue = p_queue AND r.state = '-'));
+                v_got := apalis_pgmq.limit_allowance(v_tat, v_now, p_rate, p_per);
+                IF v_got <= 0 AND v_tat IS NOT NULL THEN
+                    v_wake := least(coalesce(v_wake, 'infinity'), v_tat - p_per + v_interval);
+                END IF;
+                v_room := least(v_room, v_got);
+            END IF;
+            IF v_room > 0 THEN
+                WITH claimed AS (
+                    UPDATE {q} AS m
+                    SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
+                    WHERE m.msg_id = ANY(ARRAY(
+                        SELECT d.msg_id FROM {q} AS d
+                        WHERE {_key} IS NULL AND d.vt <= v_ready
+                        ORDER BY {_key}, d.vt, d.msg_id
+                        LIMIT v_room
+                        FOR UPDATE SKIP LOCKED
+                    ))
+                    RETURNING {_taken}
+                )
+                SELECT coalesce(array_agg(c.m), '{}') INTO v_turn_rows FROM claimed AS c;
+                v_got := cardinality(v_turn_rows);
+                v_rows := v_rows || v_turn_rows;
+                IF v_got > 0 AND p_keyed_rate THEN
+                    v_rates := jsonb_set(v_rates, '{-}', to_jsonb(greatest(coalesce(v_tat, v_now), v_now) + v_got * v_interval));
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+
+    -- A queue-wide rate (beside a keyed concurrency, or alone) is spent by all this claim took.
+    IF p_rate IS NOT NULL AND NOT p_keyed_rate AND cardinality(v_rows) > 0 THEN
+        v_rates := v_rates || jsonb_build_object('*', greatest(coalesce(v_queue_tat, v_now), v_now) + cardinality(v_rows) * v_interval);
+    END IF;
+    IF v_rates <> '{}' THEN
+        INSERT INTO apalis_pgmq.limit_rates AS r (queue, state, tat)
+        SELECT p_queue, s.key, s.value::float8 FROM jsonb_each_text(v_rates) AS s
+        ON CONFLICT (queue, state) DO UPDATE SET tat = excluded.tat;
+    END IF;
+    IF p_forget THEN  -- states in the past carry nothing (a full burst is available)
+        DELETE FROM apalis_pgmq.limit_rates AS r WHERE r.queue = p_queue AND r.tat <= v_now;
+    END IF;
+    RETURN QUERY
+        SELECT t.msg_id, t.read_ct, t.enqueued_at, t.message, t.apalis, p_worker, NULL::text, NULL::float8, NULL::float8, NULL::int, NULL::float8, NULL::text
+        FROM unnest(v_rows) AS t
+        UNION ALL
+        SELECT NULL::bigint, NULL::int, NULL::float8, NULL::jsonb, NULL::jsonb, NULL::text,
+            v_after, v_wake, v_now, NULL::int, NULL::float8, NULL::text;
+END
+$limit_claim$

@@ -59,3 +59,20 @@ CREATE TABLE IF NOT EXISTS apalis_pgmq.limit_rates (
     tat   float8 NOT NULL,
     PRIMARY KEY (queue, state)
 );
+-- How many starts a rate state `tat` allows at `now` (apalis_cli.fleet.rates.allowance), for the
+-- queues' limited claims (limits.sql's `create_limit_claim`).
+CREATE OR REPLACE FUNCTION apalis_pgmq.limit_allowance(tat float8, now float8, rate int, per float8)
+RETURNS int LANGUAGE sql IMMUTABLE AS $$
+    SELECT greatest(0, least(rate, floor((per - greatest(coalesce(tat, now) - now, 0)) / (per / rate) + 1e-9)))::int
+$$;
+-- A message a limited claim took, as the claim collects them (limits.sql's `create_limit_claim`):
+-- a table that never holds a row, for its row type, which CREATE TABLE IF NOT EXISTS makes once
+-- (a queue table's own row type would go with pgmq.drop_queue, and fail the function's next
+-- call in every session that had run it).
+CREATE TABLE IF NOT EXISTS apalis_pgmq.claimed (
+    msg_id bigint,
+    read_ct integer,
+    enqueued_at float8,
+    message jsonb,
+    apalis jsonb
+);

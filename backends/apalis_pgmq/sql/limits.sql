@@ -71,6 +71,8 @@ SELECT * FROM {claim_fn}(
 -- Rows: msg_id, read_ct, enqueued_at, message, the "apalis" headers, the worker, then the account
 -- (the key to go on after, when a rate next allows a start it held back, the server's clock, and
 -- three NULLs: pgmq's keyless messages are found by the key index, no scan place is kept).
+-- The last process to start replaces the body every other one runs: a later version keeps the
+-- arguments and rows (or takes another name), as daemons of two versions may share a queue.
 CREATE OR REPLACE FUNCTION {claim_fn}(
     p_queue text, p_worker text, p_want int, p_after text,
     p_concurrency int, p_keyed_concurrency boolean, p_rate int, p_per float8, p_keyed_rate boolean,

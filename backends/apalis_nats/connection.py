@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import nats
 from apalis_cli.errors import BackendError, ConnectionLost
+from apalis_cli.polling import Waker
 from apalis_cli.redact import redact, secrets_in
 from apalis_cli.retrying import retrying
 from nats.aio.client import Client
@@ -74,6 +75,9 @@ class Connection:
         self._client: Client | None = None
         self._lock = asyncio.Lock()
         self._buckets: dict[str, KeyValue] = {}
+        self.reconnected = Waker()
+        """Notified once the client has reconnected, its subscriptions back: a message published
+        while it was away reached none of them (a waiter reads its task's record again)."""
 
     async def client(self) -> Client:
         """The connected client (connecting on first use); raises `ConnectionLost` while the
@@ -106,6 +110,7 @@ class Connection:
                 reconnect_time_wait=0.25,
                 connect_timeout=5,
                 error_cb=_quiet,
+                reconnected_cb=self._on_reconnected,
             )
         except Exception as exc:  # nats-py raises many kinds when the first connect fails
             url = self.config.url
@@ -118,6 +123,9 @@ class Connection:
             await client.close()
             raise
         return client
+
+    async def _on_reconnected(self) -> None:
+        self.reconnected.notify()
 
     async def stream_exists(self) -> bool:
         """True when the stream is there."""

@@ -271,27 +271,36 @@ class NatsControl:
     async def wait(self, task_id: TaskId, timeout: float | None = None) -> Task[bytes] | None:  # noqa: ASYNC109
         """The task once its final record is written (done, killed or cancelled), woken by that
         write; None after `timeout`. An unknown id waits for the whole timeout: a WorkQueue
-        stream cannot tell it from a task still to come without reading the whole queue."""
+        stream cannot tell it from a task still to come without reading the whole queue. The
+        record is read again each time the client reconnects: a write while it was away
+        reached no subscription."""
         key = final_key(self.queue, task_id)
         client = await self._conn.retrying(self._conn.client)
-        written: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        written: list[bytes] = []
+        stirred = self._conn.reconnected.subscribe()  # set by a write heard, too
 
         async def on_write(msg: Any) -> None:
-            if not written.done() and msg.data:
-                written.set_result(msg.data)
+            if msg.data:
+                written.append(msg.data)
+                stirred.set()
 
         sub = await client.subscribe(self._conn.final_subject(key), cb=on_write)
         try:
             await client.flush(timeout=5)  # subscribed before the key is read: no write missed
-            data = await self._conn.get_final(key)
-            if data is None:
-                try:
-                    async with asyncio.timeout(timeout):
-                        data = await written
-                except TimeoutError:
-                    return None
-            return task_of_record(self.queue, task_id, data)
+            stirred.clear()
+            data = await self._conn.retrying(lambda: self._conn.get_final(key))
+            try:
+                async with asyncio.timeout(timeout):
+                    while data is None and not written:
+                        await stirred.wait()
+                        stirred.clear()
+                        if not written:  # reconnected
+                            data = await self._conn.retrying(lambda: self._conn.get_final(key))
+            except TimeoutError:
+                return None
+            return task_of_record(self.queue, task_id, written[0] if data is None else data)
         finally:
+            self._conn.reconnected.unsubscribe(stirred)
             await sub.unsubscribe()
 
 

@@ -15,9 +15,10 @@ import pytest
 from apalis_cli.backend import StoreSpec, WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import Abort, BackendError, BadPayload
-from apalis_cli.task import Status, Task
+from apalis_cli.task import Status, Task, new_task_id
 from apalis_cli.worker import Worker
 from apalis_nats import NatsStore
+from apalis_nats.control import final_key, record
 from apalis_nats.queue import NatsQueue
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
@@ -148,6 +149,26 @@ async def test_worker_and_producer_survive_a_cut_connection(store: NatsStore) ->
     producer = asyncio.create_task(produce_more())
     await run_until(_worker(queue, record, concurrency=2), lambda: seen >= set(range(20)), within=30)
     await producer
+
+
+async def test_a_wait_whose_connection_is_cut_reads_the_end_written_meanwhile(store: NatsStore) -> None:
+    """A waiter hears its task's end on a core subscription, which a cut connection loses until
+    the client has subscribed again: an end written in between was never heard, and the wait
+    sat out its whole timeout. Once reconnected it reads the record again."""
+    queue = store.backend("cut", codec=JsonCodec())
+    await queue.prepare()
+    worker = await open_nats_store(store.config.stream[1:])  # the worker's own connection
+    try:
+        task_id = new_task_id()
+        waiting = asyncio.create_task(queue.wait(task_id, timeout=8))
+        await asyncio.sleep(0.3)  # subscribed by now, most likely; cut earlier, it reads after
+        abort_connection(store.connection.current)
+        await worker.connection.put_final(final_key(queue.queue, task_id), record(Status.DONE, result="7"))
+        ended = await waiting
+        assert ended is not None, "the wait missed the end written while its connection was cut"
+        assert (ended.id, ended.ctx.status) == (task_id, Status.DONE)
+    finally:
+        await worker.close()
 
 
 async def test_admin_kill_retry_and_purge_by_sequence(store: NatsStore) -> None:

@@ -110,7 +110,7 @@ class ClaimsAhead(Generic[H]):
             # answer idle (a burst run would stop on that None and give them back unrun).
             return holder.take(limit)
 
-        inner = poll_batches(worker, fetch_held_first, self.release, waker, first_wait)
+        inner = poll_batches(worker, fetch_held_first, self.release, waker, first_wait, holder.take)
         try:
             async for task in inner:
                 yield task

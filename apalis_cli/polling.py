@@ -88,13 +88,16 @@ async def poll_batches(
     release: Callable[[Sequence[Task[bytes]]], Awaitable[None]],
     waker: Waker | None = None,
     first_wait: float = FIRST_IDLE_WAIT,
+    take: Callable[[int], Sequence[Task[bytes]]] | None = None,
 ) -> AsyncIterator[Task[bytes] | None]:
     """The poll stream over `fetch(n)`; tasks fetched but never handed out are `release`d.
 
     `fetch` is only called with an empty buffer, so an error it raises strands no task: the
     worker may drop this stream and start a new one after a backoff. `first_wait` is the idle
     wait after work (`IdleWait`): a store whose pushes reach an idle worker by themselves waits
-    longer, since its timer only claims work nobody signals.
+    longer, since its timer only claims work nobody signals. `take(n)`, if given, is asked
+    first: up to n tasks already claimed (held ahead, handed over), served without a fetch and
+    the claim task around it (two loop turns less between a hand-over and the handler).
     """
     buffer: deque[Task[bytes]] = deque()
     event = waker.subscribe() if waker is not None else asyncio.Event()
@@ -105,7 +108,10 @@ async def poll_batches(
                 yield buffer.popleft()
                 continue
             event.clear()
-            batch = await _fetch_shielded(fetch, max(worker.free_slots(), 1), release)
+            limit = max(worker.free_slots(), 1)
+            batch = take(limit) if take is not None else None
+            if not batch:
+                batch = await _fetch_shielded(fetch, limit, release)
             if batch:
                 buffer.extend(batch)
                 idle.reset()

@@ -235,3 +235,26 @@ async def test_tasks_taken_from_the_held_ones_count_as_running_until_the_worker_
         assert all(ids == {"a", "b"} for ids in seen), f"held tasks vanished on their way: {seen}"
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_task_handed_to_an_idle_stream_reaches_it_within_two_loop_turns() -> None:
+    # The worker waits on the stream while idle; a hand-over must reach it without a claim task
+    # of its own around the held tasks (each turn of the loop is latency on a loaded machine).
+    store = Store()
+    ahead = ClaimsAhead(store.ack, Held)
+    stream = poll(ahead, store, context(poll_interval=30.0))
+    assert await anext(stream) is None
+    waiting = asyncio.ensure_future(anext(stream))
+    for _ in range(3):
+        await asyncio.sleep(0)  # it waits for a wake-up now
+    assert not waiting.done()
+    ahead.give(polling(ahead), [task("a0")])
+    turns = 0
+    while not waiting.done():
+        await asyncio.sleep(0)
+        turns += 1
+    got = waiting.result()
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert got is not None
+    assert got.id == "a0"
+    assert turns <= 2

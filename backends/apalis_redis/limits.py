@@ -1,6 +1,6 @@
-"""Global limits and unique pushes on Redis: the claim within limits (`lua/claim_limited.lua`,
-one atomic script per claim, over the limit keys' lines of `lua/lines.lua`) and a unique push's
-arguments for `lua/enqueue.lua`."""
+"""Global limits and unique pushes on Redis: the claim within limits (`lua/limited.lua`, one
+atomic script per claim, alone or carried by an acknowledgement, over the limit keys' lines of
+`lua/lines.lua`) and a unique push's arguments for `lua/enqueue.lua`."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def limit_args(limits: FleetLimits) -> list[Any]:
 
 class LimitedClaims:
     """One worker's claims within its global limits: where its last claim stopped among the
-    parked keys, and a wake-up when a rate next lets a start through."""
+    parked keys, and a wake-up when a rate next lets a start through. A claim is either the
+    worker's own (`claim`, lua/claim_limited.lua) or carried by the acknowledgement of its runs
+    (`ack_fields` and `took`, lua/ack.lua as the script ack_limited)."""
 
     def __init__(self, script: Any, keys: list[bytes], base: bytes, worker: WorkerContext, waker: Waker) -> None:
         assert worker.limits is not None
@@ -57,7 +59,16 @@ class LimitedClaims:
     async def claim(self, limit: int) -> list[Any]:
         """Claim up to `limit` tasks; the 10 fields of each, as claiming.lua lists them."""
         args = [self._base, repr(time.time()), limit, self._worker_id, *self._limits, self._after]
-        tasks, after, wake_at, more = msgpack.unpackb(await self._script(keys=self._keys, args=args), raw=True)
+        return self.took(msgpack.unpackb(await self._script(keys=self._keys, args=args), raw=True))
+
+    def ack_fields(self, limit: int) -> list[Any]:
+        """A claim of up to `limit` tasks as ack.lua reads it from an acknowledgement."""
+        return [self._worker_id, limit, self._after, *self._limits]
+
+    def took(self, reply: list[Any]) -> list[Any]:
+        """The tasks of a claim's reply {tasks, after, wake_at, more}; the next claim goes on
+        from its `after`, and the worker is woken as it says."""
+        tasks, after, wake_at, more = reply
         self._after = after.decode() if isinstance(after, bytes) else str(after)
         if more:
             self._waker.notify()  # a backlog of a key at its limit is being parked: go on at once

@@ -100,23 +100,26 @@ _SCRIPTS = (
     "cancel",
     "bulk",
     "claim_limited",
+    "ack_limited",
     "heads",
     "browse",
     "activity",
 )
-_CLAIMING = ("claim", "ack", "claim_limited")  # the scripts that start with lua/claiming.lua
-_CONTROL = ("ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk", "claim_limited")  # control.lua
+_LIMITED = ("claim_limited", "ack_limited")  # and lua/limited.lua's (the claim within limits)
+_CLAIMING = ("claim", "ack", *_LIMITED)  # the scripts that start with lua/claiming.lua
+_CONTROL = ("ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk", *_LIMITED)  # control.lua
 _UNIQUE = ("enqueue", "heartbeat")  # and lua/unique.lua's
 _PUSHING = ("enqueue", "push")  # and lua/pushing.lua's (the hand-over)
 _LINES = (*_CLAIMING, *_CONTROL, "enqueue")  # and lua/lines.lua's (the limit keys' lines), first
+_BODY = {"ack_limited": "ack"}  # a script whose own text is another's: ack.lua, with limited.lua before it
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 
 
 def scripts() -> dict[str, str]:
     """The text of every script the queue runs, by name."""
-    lines, claiming, control, unique, walk, pushing = (
-        lua("apalis_redis", name) for name in ("lines", "claiming", "control", "unique", "walk", "pushing")
+    lines, claiming, control, unique, walk, pushing, limited = (
+        lua("apalis_redis", name) for name in ("lines", "claiming", "control", "unique", "walk", "pushing", "limited")
     )
     return {
         name: (lines if name in _LINES else "")
@@ -124,8 +127,9 @@ def scripts() -> dict[str, str]:
         + (control if name in _CONTROL else "")
         + (unique if name in _UNIQUE else "")
         + (pushing if name in _PUSHING else "")
+        + (limited if name in _LIMITED else "")
         + (walk if name == "browse" else "")
-        + lua("apalis_redis", name)
+        + lua("apalis_redis", _BODY.get(name, name))
         for name in _SCRIPTS
     }
 
@@ -162,7 +166,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         self.keys = QueueKeys.of(namespace, queue)
         self.retention = DEFAULT_RETENTION  # the last heartbeat's worker.retention
         self._ahead = ClaimsAhead(self.ack_batch, Held)
-        self._limited: set[str] = set()  # ids of the polling workers with global limits
+        self._limited: dict[str, LimitedClaims] = {}  # the polling workers with global limits, by id
         self._got: dict[str, str] = {}  # polling worker id -> the id of the last task handed to it
         self._spans: dict[str, float] = {}  # polling worker id -> how long its idle listing holds (s)
         # Polling worker id -> the queue's wake count when a task was last handed to it, until
@@ -249,7 +253,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             if worker.limits is not None:
                 claim_keys = list(self._ack_keys[:4])  # ready, scheduled, running, failed
                 limited = LimitedClaims(self.connection.scripts["claim_limited"], claim_keys, base, worker, waker)
-                self._limited.add(worker_id)
+                self._limited[worker_id] = limited
 
                 async def fetch_limited(limit: int) -> list[Task[bytes]]:
                     return self._tasks(await limited.claim(limit), worker_id)
@@ -294,6 +298,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                 yield task
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+            self._limited.pop(worker.id, None)
             if worker.id in self._got:
                 with contextlib.suppress(Exception):  # the store is away: the listing expires
                     await self.connection.client.zrem(self.keys.idle, worker.id)
@@ -352,11 +357,18 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             text = (encode_result(outcome.result) if kind is OutcomeKind.DONE else outcome.error) or ""
             run_at = repr(float(outcome.run_at)) if outcome.run_at is not None else "0"
             packed += (task.id, task.ctx.lock_by or "", OUTCOME_CODES[kind], text, run_at)
-        # Workers with global limits claim by themselves (lua/claim_limited.lua), never ahead.
-        wanted = [(ahead, n) for ahead, n in self._ahead.wanted(items) if ahead.worker_id not in self._limited]
+        # Workers with global limits claim within them (lua/limited.lua), carried by the same
+        # call: the script ack_limited, which replies with their claims apart.
+        wanted, limited_wanted = [], []
+        limited = self._limited
+        for ahead, n in self._ahead.wanted(items):
+            if ahead.worker_id in limited:
+                limited_wanted.append((ahead, n))
+            else:
+                wanted.append((ahead, n))
         claims = b""
+        now = time.time()
         if wanted:
-            now = time.time()
             got, spans = self._got, self._spans
             fields: list[Any] = []
             for ahead, count in wanted:
@@ -366,28 +378,41 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             claims = _pack(fields)
         args = [
             self._base,
-            repr(time.time()),
+            repr(now),
             self._wake,
             int(self.retention * 1000),
             _pack(packed),
             claims,
             self._control,
         ]
-        if not wanted:
+        if limited_wanted:
+            limited_fields = [field for ahead, n in limited_wanted for field in limited[ahead.worker_id].ack_fields(n)]
+            args.append(_pack(limited_fields))
+        if not (wanted or limited_wanted):
             with link_kept("acknowledging"):
                 await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
             return
-        for ahead, _ in wanted:
+        claiming = [*wanted, *limited_wanted]
+        for ahead, _ in claiming:
             ahead.claiming.append(now)  # its beat leaves alone what this call claims for it
         try:
             with link_kept("acknowledging"):
-                reply = await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
-            for (ahead, _), rows in zip(wanted, _unpack(reply), strict=True):
+                reply = _unpack(
+                    await self.connection.scripts["ack_limited" if limited_wanted else "ack"](
+                        keys=self._ack_keys, args=args
+                    )
+                )
+            got_rows = reply if not limited_wanted else reply[0]
+            for (ahead, _), rows in zip(wanted, got_rows, strict=True):
                 if rows:
                     self._fresh.pop(ahead.worker_id, None)  # more may be ready: its next claim is made
                     await self._ahead.hand_over(ahead, self._tasks(rows, ahead.worker_id))
+            for (ahead, _), claim in zip(limited_wanted, reply[1] if limited_wanted else (), strict=True):
+                rows = limited[ahead.worker_id].took(claim)
+                if rows:
+                    await self._ahead.hand_over(ahead, self._tasks(rows, ahead.worker_id))
         finally:
-            for ahead, _ in wanted:
+            for ahead, _ in claiming:
                 ahead.claiming.remove(now)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.control import BulkAction, BulkFilter
 from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
 from apalis_cli.layers.retry import Backoff
+from apalis_cli.sink import new_task
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
@@ -192,7 +193,7 @@ async def test_a_delayed_or_retried_task_joins_its_keys_line_when_due(store: Red
 
 
 async def test_many_keys_at_their_limit_at_once_each_run_one_at_a_time(store: RedisStore) -> None:
-    # More keys at their limit than a claim passes over (claim_limited.lua's PASS_OVER): the
+    # More keys at their limit than a claim passes over (limited.lua's PASS_OVER): the
     # ones past that are parked, and come back when their slot frees.
     backend = store.backend("parked", codec=JsonCodec())
     accounts = [f"acct-{n}" for n in range(150)]
@@ -219,3 +220,48 @@ async def test_many_keys_at_their_limit_at_once_each_run_one_at_a_time(store: Re
     assert parked > 0, "keys past those a claim passes over were parked"
     assert most == 1, "never two tasks of one key at once"
     assert len(ran) == 450, "every task ran once"
+
+
+async def test_a_busy_limited_worker_claims_with_the_acknowledgements_of_its_runs(store: RedisStore) -> None:
+    # Its next claim rides on the call that acknowledges its runs (ack.lua as ack_limited), as a
+    # worker's without limits does: one round trip per batch, not two; and the limit holds.
+    backend = store.backend("carried", codec=JsonCodec())
+    accounts = [f"acct-{n}" for n in range(40)]
+    await backend.enqueue(
+        [
+            new_task(JsonCodec().encode({"account": account}), default_max_attempts=1, limit_key=account)
+            for _ in range(10)
+            for account in accounts
+        ]
+    )
+    scripts = store.connection.scripts
+    calls = {"claim_limited": 0, "ack_limited": 0}
+
+    def counted(name: str) -> Any:
+        script = scripts[name]
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return await script(*args, **kwargs)
+
+        return call
+
+    for name in calls:
+        if name in scripts:
+            scripts[name] = counted(name)
+    now: dict[str, int] = {}
+    most = 0
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        nonlocal most
+        account = args["account"]
+        now[account] = now.get(account, 0) + 1
+        most = max(most, now[account])
+        await asyncio.sleep(0.002)
+        now[account] -= 1
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    await _run_all(backend, handler, 400, layers=[limit], concurrency=20)
+    assert most == 1, "never two tasks of one key at once"
+    assert calls["ack_limited"] > 10, f"the acknowledgements claimed: {calls}"
+    assert calls["claim_limited"] < calls["ack_limited"] / 2, f"few claims of its own: {calls}"

@@ -9,9 +9,12 @@
 --       id, lock_by, kind (d=done k=kill c=cancel r=retry l=release), text (result, error or
 --       reason), run_at; then one MessagePack array of 4 per claim: worker id, limit, the id of
 --       the last task handed to it that it received, the time in ms until which its idle
---       listing holds (or '' for none); then the control channel
+--       listing holds (or '' for none); then the control channel; then, only in ack_limited
+--       (limited.lua prepended), one MessagePack array of 8 per claim of a worker with global
+--       limits: worker id, limit, after, and its limits as limited.lua's claim_within reads them
 -- Returns 0 without claims, else one MessagePack array holding, per claim, an array of 10
--- fields per task claimed.
+-- fields per task claimed; in ack_limited, {those arrays, per limited claim {tasks, after,
+-- wake_at, more} as claim_limited.lua returns them}.
 -- The sorted-set changes of the whole batch go in one command each: fewer calls per task.
 local base, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local items = cmsgpack.unpack(ARGV[5])
@@ -84,7 +87,20 @@ if woke then redis.call('PUBLISH', ARGV[3], '') end
 if #ends > 0 and redis.call('EXISTS', base .. 'waiting') == 1 then
   for _, id in ipairs(ends) do ended(base, id, ARGV[7]) end
 end
-if ARGV[6] == '' then return 0 end
+local limited = nil
+if ARGV[8] then -- ack_limited: claim_within is limited.lua's, prepended
+  local claims = cmsgpack.unpack(ARGV[8])
+  limited = {}
+  for i = 1, #claims, 8 do
+    local limits = {claims[i + 3], claims[i + 4], claims[i + 5], claims[i + 6], claims[i + 7]}
+    local out, after, wake_at, more = claim_within(base, ARGV[2], claims[i + 1], claims[i], limits, claims[i + 2])
+    limited[#limited + 1] = {out, after, wake_at, more}
+  end
+end
+if ARGV[6] == '' then
+  if limited then return cmsgpack.pack({{}, limited}) end
+  return 0
+end
 local claims, claimed = cmsgpack.unpack(ARGV[6]), {}
 for i = 1, #claims, 4 do
   local worker, limit = claims[i], claims[i + 1]
@@ -95,4 +111,5 @@ for i = 1, #claims, 4 do
   if claims[i + 3] ~= '' then enlist(KEYS[8], worker, #out == 0 and not coming, claims[i + 3]) end
   claimed[#claimed + 1] = out
 end
+if limited then return cmsgpack.pack({claimed, limited}) end
 return cmsgpack.pack(claimed)

@@ -12,7 +12,7 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
                               those with a limit key wait in their key's line instead (kp:<key>)
     ns:{q}:scheduled   zset   pending/failed tasks not yet due, by run_at; promoted by the claim
     ns:{q}:kp:<key>    zset   the line of limit key <key>: its due pending/failed tasks, scored as in
-                              the ready set and not in it (global limits: lua/lines.lua)
+                              the ready set but in whole ms, and not in it (global limits: lua/lines.lua)
     ns:{q}:heads       zset   the limit keys with a line, by the score of its first task
     ns:{q}:parked      zset   keys a claim within limits set aside at their limit (lua/claim_limited.lua)
     ns:{q}:running     zset   claimed tasks, by claim time in integer ms (the orphan sweep walks it)

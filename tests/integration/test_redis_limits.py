@@ -9,6 +9,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from apalis_cli.browsing import TaskSearch
 from apalis_cli.codec import JsonCodec
 from apalis_cli.control import BulkAction, BulkFilter
@@ -164,6 +165,28 @@ async def test_a_worker_without_limits_takes_keyed_tasks_by_priority_among_its_r
     await _run_all(backend, handler, 33, concurrency=1)
     assert ran[:3] == [30, 31, 32], "the keyed tasks of priority 5 first, in push order"
     assert sorted(ran) == list(range(33))
+
+
+@pytest.mark.parametrize(("keyed", "keyless"), [(3, 30), (30, 3)])
+async def test_a_worker_without_limits_takes_the_lines_tasks_in_their_place_in_time(
+    store: RedisStore, keyed: int, keyless: int
+) -> None:
+    # The lines are scored in whole milliseconds, the ready set in seconds: the lines' tasks go
+    # back into it converted, added one by one (fewer than it holds) or merged (more), and keep
+    # their place among tasks pushed after them.
+    backend = store.backend(f"unlimited-time-{keyed}", codec=JsonCodec())
+    for n in range(keyed):
+        await backend.push({"account": "ab"[n % 2], "n": n}, limit_key="ab"[n % 2])
+    await asyncio.sleep(0.01)
+    for n in range(keyed, keyed + keyless):
+        await backend.push({"n": n})
+    ran: list[int] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        ran.append(args["n"])
+
+    await _run_all(backend, handler, keyed + keyless, concurrency=1)
+    assert ran == list(range(keyed + keyless)), "every task in the order it was pushed"
 
 
 async def test_a_delayed_or_retried_task_joins_its_keys_line_when_due(store: RedisStore) -> None:

@@ -17,10 +17,11 @@ local function promote(keys, base, now)
 end
 
 -- unpark(keys, base): the limit keys' lines (lines.lua) go back into the ready set whole, for a
--- worker that claims without those limits. Fewer tasks than the ready set holds are added one by
--- one (each O(log N)): keyed pushes arriving for such a worker would otherwise rebuild the whole
--- ready set at every claim. More are merged by one ZUNIONSTORE per 1000 lines (each rebuilds
--- the ready set, so not one per line).
+-- worker that claims without those limits, their scores from milliseconds to the ready set's
+-- seconds. Fewer tasks than the ready set holds are added one by one (each O(log N)): keyed
+-- pushes arriving for such a worker would otherwise rebuild the whole ready set at every claim.
+-- More are merged by one ZUNIONSTORE per 1000 lines (each rebuilds the ready set, so not one per
+-- line).
 local function unpark(keys, base)
   local parked, heads = base .. 'parked', base .. 'heads'
   local sets = {}
@@ -34,7 +35,7 @@ local function unpark(keys, base)
       for first = 1, #lined, 2000 do
         local added = {}
         for i = first, math.min(first + 1999, #lined), 2 do
-          added[#added + 1], added[#added + 2] = lined[i + 1], lined[i]
+          added[#added + 1], added[#added + 2] = string.format('%.17g', tonumber(lined[i + 1]) / 1000), lined[i]
         end
         redis.call('ZADD', keys[1], unpack(added))
       end
@@ -44,8 +45,11 @@ local function unpark(keys, base)
     for first = 1, #sets, 1000 do
       local last = math.min(first + 999, #sets)
       local union = {keys[1], unpack(sets, first, last)}
+      local count = #union
+      union[#union + 1], union[#union + 2] = 'WEIGHTS', '1'
+      for _ = 2, count do union[#union + 1] = '0.001' end
       union[#union + 1], union[#union + 2] = 'AGGREGATE', 'MIN'
-      redis.call('ZUNIONSTORE', keys[1], #union - 2, unpack(union))
+      redis.call('ZUNIONSTORE', keys[1], count, unpack(union))
       redis.call('DEL', unpack(sets, first, last))
     end
   end

@@ -167,8 +167,9 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   local function score_at(window, i) return window[i + 1] and tonumber(window[i + 1]) end
   local function head_at(window, j) return window[j + 1] and tonumber(window[j + 1]) / 1000 end -- ms
   -- visit(key, got, gone, bound): claim the tasks of `key`'s line in `got` (id, score, ...; their
-  -- ids appended to `gone`) while the key has room and they come before `bound` (the first of the
-  -- line always); the score of the first task it leaves, or nil when it took them all.
+  -- ids appended to `gone`) while the key has room and they come before `bound` (in ms, as the
+  -- lines' scores; the first of the line always); the score of the first task it leaves, or nil
+  -- when it took them all.
   local function visit(key, got, gone, bound)
     for k = 1, #got, 2 do
       if #gone > 0 and (tonumber(got[k + 1]) > bound or room(key) <= 0 or claimed >= budget) then
@@ -234,6 +235,7 @@ local function claim_within(base, now_text, limit, worker, limits, after)
           local line = base .. 'kp:' .. key
           local gone = {}
           local got = redis.call('ZRANGE', line, '0', '1', 'WITHSCORES')
+          bound = bound * 1000 -- the lines' unit: ms
           local next_score = visit(key, got, gone, bound)
           local ended = #got < 4
           if not next_score and not ended then -- more of its tasks may come first: those before the bound
@@ -243,7 +245,7 @@ local function claim_within(base, now_text, limit, worker, limits, after)
           redis.call('ZREM', line, unpack(gone))
           if not next_score and not ended then next_score = redis.call('ZRANGE', line, '0', '0', 'WITHSCORES')[2] end
           if next_score then
-            relisted[#relisted + 1], relisted[#relisted + 2] = head_ms(next_score), key
+            relisted[#relisted + 1], relisted[#relisted + 2] = next_score, key -- in ms, as the heads
           else
             emptied[#emptied + 1] = key
           end

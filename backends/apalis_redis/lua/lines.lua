@@ -1,26 +1,30 @@
 -- A limit key's line (global limits, apalis_cli.fleet): a due task pushed with a limit key (its
--- field 'lk') waits in its key's own sorted set ns:{q}:kp:<key>, scored as in the ready set, not
--- in the ready set; the key is listed in ns:{q}:heads, scored by its line's first task (in whole
--- milliseconds: head_ms). A claim
--- within limits (claim_limited.lua) walks the ready set and the heads together, in one order: it
+-- field 'lk') waits in its key's own sorted set ns:{q}:kp:<key>, not in the ready set, scored by
+-- its ready set's score in whole milliseconds (head_ms; tasks of one key within a millisecond in
+-- the order of their ids, which is the order they were pushed); the key is listed in
+-- ns:{q}:heads, scored by its line's first task. A claim
+-- within limits (limited.lua) walks the ready set and the heads together, in one order: it
 -- meets one entry per key, however long that key's backlog, so a saturated key's tasks are never
 -- walked nor moved one by one. A claim without limits puts every line back into the ready set
 -- (claiming.lua's unpark). The store prepends this file to every script that puts a waiting task
 -- into the ready set or takes one out of it (a script cannot call another).
 
--- head_ms(score): a key's score in the heads, its line's first score in whole milliseconds
--- (floored): a small sorted set is a listpack, which parses a fractional score from text at every
--- entry an insert walks past (strtod took a quarter of the server's time with 50 keys listed),
--- but reads an integer as is, and replies with an integer faster too.
+-- head_ms(score): a task's score in its key's line and its key's in the heads: the ready set's
+-- `score` in whole milliseconds (floored). A small sorted set is a listpack, which parses a
+-- fractional score from text at every entry it reads or an insert walks past (strtod took a
+-- quarter of the server's time with 50 keys listed), but reads an integer as is; and a claim
+-- reads each line's first two scores, which the server prints and Lua parses again, cheaper
+-- for an integer.
 local function head_ms(score)
   return string.format('%d', math.floor(tonumber(score) * 1000))
 end
 
--- line_add(base, key, id, score): the due task `id` of `key` joins its key's line (a key parked
--- by a claim, see claim_limited.lua, may so be listed in the heads too: the claim sorts it out).
+-- line_add(base, key, id, score): the due task `id` of `key` (of the ready set's `score`) joins
+-- its key's line (a key parked by a claim, see limited.lua, may so be listed in the heads too:
+-- the claim sorts it out).
 local function line_add(base, key, id, score)
-  redis.call('ZADD', base .. 'kp:' .. key, score, id)
   local heads, ms = base .. 'heads', head_ms(score)
+  redis.call('ZADD', base .. 'kp:' .. key, ms, id)
   local at = redis.call('ZSCORE', heads, key) -- (ZADD's LT would do this in one call from Redis 6.2)
   if not at or tonumber(ms) < tonumber(at) then redis.call('ZADD', heads, ms, key) end
 end
@@ -28,14 +32,14 @@ end
 -- line_head(base, key, add): the key is listed in the heads by its line's first task (`add`:
 -- even when it was not listed), or leaves them (and the parked keys) when its line is empty.
 local function line_head(base, key, add)
-  local first = redis.call('ZRANGE', base .. 'kp:' .. key, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', base .. 'kp:' .. key, '0', '0', 'WITHSCORES')
   if #first == 0 then
     redis.call('ZREM', base .. 'heads', key)
     redis.call('ZREM', base .. 'parked', key)
   elseif add then
-    redis.call('ZADD', base .. 'heads', head_ms(first[2]), key)
+    redis.call('ZADD', base .. 'heads', first[2], key)
   else
-    redis.call('ZADD', base .. 'heads', 'XX', head_ms(first[2]), key)
+    redis.call('ZADD', base .. 'heads', 'XX', first[2], key)
   end
 end
 

@@ -19,6 +19,10 @@ SET SESSION idle_transaction_timeout = 10
 -- name: limit_state
 -- The server's clock, the pause, the queue-wide rate states, and the running tasks by key: the
 -- rows themselves, so a vanished worker's slots come back with its leases. One row at least.
+-- The running tasks are read from the status index, named: with the table's statistics as a
+-- bulk push left them the server was seen to read the whole table instead (every task of every
+-- queue, done ones included: 3,300 rows and 4.5 ms a claim in 55 claims of 100 after a push of
+-- 5,000), and naming it spares planning the table's other six indexes.
 SELECT s.now, s.paused, s.queue_tat, s.keyless_tat, r.limit_key, r.running
 FROM (
     SELECT {now} AS now,
@@ -27,9 +31,10 @@ FROM (
            (SELECT tat FROM {prefix}limit_rates WHERE queue = %(queue)s AND state = '-') AS keyless_tat
 ) AS s
 LEFT JOIN (
-    SELECT limit_key, COUNT(*) AS running FROM {prefix}tasks
+    SELECT limit_key, COUNT(*) AS running FROM {prefix}tasks FORCE INDEX ({prefix}tasks_status)
     WHERE queue = %(queue)s AND status = 'running'
     GROUP BY limit_key
+    ORDER BY NULL
 ) AS r ON 1 = 1
 
 -- name: _one_step_per_key

@@ -23,6 +23,8 @@ _STATUS, _ATTEMPTS, _LOCK_BY, _PRIORITY, _RUN_AT = (
     TASK_COLUMNS.index(name) for name in ("status", "attempts", "lock_by", "priority", "run_at")
 )
 
+_COLUMNS = len(TASK_COLUMNS)
+
 Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
 CANDIDATES = 3
@@ -39,22 +41,27 @@ async def transact(
     last: Callable[[list[list[Task[bytes]]]], list[tuple[str, Mapping[str, Any]]]] | None = None,
 ) -> tuple[list[int], list[list[Task[bytes]]]]:
     """Run the statements `first` (already bound) and claim, for each `(worker_id, limit)` of
-    `want`, up to `limit` ready tasks: one transaction in two round trips.
+    `want`, up to `limit` ready tasks: one transaction, in one round trip where it can be.
 
-    The first trip sends BEGIN, `first` and the SKIP LOCKED select of every task wanted; the
-    second, the UPDATEs that claim the rows it locked, and COMMIT. One select serves all the
-    workers: a second one in the same transaction would see the rows the first locked again
-    (a transaction never skips its own locks). `last(claimed)` gives statements and their parameters for
-    the second trip, before the COMMIT, from what was claimed. Returns the rows each of `first`
-    changed and the tasks claimed per worker, in claim order. On an error the caller closes the connection,
-    which rolls the transaction back.
+    The SKIP LOCKED select serves every worker: a second one in the same transaction would see
+    the rows the first locked again (a transaction never skips its own locks). For one worker,
+    the server claims the rows it locked (`claim_marked`) and commits in the same round trip;
+    for several (or with `last`), a second trip sends the UPDATE of each worker's rows, the
+    statements `last(claimed)` gives from what was claimed, and the COMMIT. Returns the rows
+    each of `first` changed and the tasks claimed per worker, in claim order. On an error the
+    caller closes the connection, which rolls the transaction back.
     """
     cursor = conn.cursor()
     total = sum(limit for _, limit in want)
+    one_trip = last is None and len(want) <= 1
     script = ["START TRANSACTION", *first]
     if total:
         params = {"queue": queue, "limit": total, "candidates": CANDIDATES * total}
-        script.append(cursor.mogrify(sql["claim_select"], params))
+        script += [sql["claim_start"], cursor.mogrify(sql["claim_select"], params)]
+        if one_trip:
+            script.append(cursor.mogrify(sql["claim_marked"], [want[0][0]]))
+    if one_trip:
+        script.append("COMMIT")
     await cursor.execute(";\n".join(script))
     changed = []
     for _ in first:
@@ -62,6 +69,7 @@ async def transact(
         changed.append(int(cursor.rowcount))
     rows: list[Any] = []
     if total:
+        await cursor.nextset()  # claim_start
         await cursor.nextset()
         # In claim order (the rows come in the candidates' order, which no statement promises).
         rows = sorted(await cursor.fetchall(), key=lambda row: (-row[_PRIORITY], row[_RUN_AT], row[0]))
@@ -70,12 +78,13 @@ async def transact(
     for worker_id, limit in want:
         mine, rows = rows[:limit], rows[limit:]
         claimed.append([_claimed(row, worker_id) for row in mine])
-        if mine:
+        if mine and not one_trip:
             update = sql["claim_update"].replace("{ids}", ", ".join(["%s"] * len(mine)))
             script.append(cursor.mogrify(update, [worker_id, *(row[0] for row in mine)]))
-    if last is not None:
-        script += [cursor.mogrify(query, params) for query, params in last(claimed)]
-    await cursor.execute(";\n".join([*script, "COMMIT"]))
+    if not one_trip:
+        if last is not None:
+            script += [cursor.mogrify(query, params) for query, params in last(claimed)]
+        await cursor.execute(";\n".join([*script, "COMMIT"]))
     while await cursor.nextset():
         pass
     return changed, claimed
@@ -84,6 +93,6 @@ async def transact(
 def _claimed(row: Sequence[Any], worker_id: str) -> Task[bytes]:
     """The selected row as the claim's UPDATE left it (patching the row is cheaper than
     replacing the task's context afterwards)."""
-    patched = list(row)
+    patched = list(row[:_COLUMNS])  # without the select's last column (`claim_select`)
     patched[_STATUS], patched[_ATTEMPTS], patched[_LOCK_BY] = "running", row[_ATTEMPTS] + 1, worker_id
     return task_from_row(patched)

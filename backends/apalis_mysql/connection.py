@@ -484,23 +484,21 @@ class Database:
     async def ack(self, queue: str, plan: AckPlan, slots: Sequence[tuple[str, int]]) -> list[list[Task[bytes]]]:
         """Apply `plan` in as few statements as `acks` makes (usually one) and claim for
         `slots`, in one transaction when there is more than one statement or a claim."""
-        statements = ack_statements(self.sql, plan)
-        rows = plan.rows()
-        ids = [row[0] for row in rows]
         # In the same round trip: did a task someone waits for end here? Then they are told.
-        statements.append((self.sql["ended_waited"].replace("{ids}", ", ".join(["%s"] * len(ids))), ids))
+        sql = self.sql
+        statements = [(sql["acked_start"], []), *ack_statements(sql, plan), (sql["acked_waited"], [])]
         waited = False
 
         async def ack_in(conn: Conn) -> list[list[Task[bytes]]]:
             nonlocal waited
             cursor = conn.cursor()
-            if len(statements) == 2 and not slots:
-                (query, args), (check, ids) = statements
-                await cursor.execute(f"{query};\n{check}", [*args, *ids])
+            bound = [cursor.mogrify(query, args) for query, args in statements]
+            if len(statements) == 3 and not slots:  # one UPDATE: no transaction
+                await cursor.execute(";\n".join(bound))
+                await cursor.nextset()
                 await cursor.nextset()
                 waited = bool(await cursor.fetchall())
                 return []
-            bound = [cursor.mogrify(query, args) for query, args in statements]
             changed, claimed = await transact(conn, self.sql, queue, bound, slots)
             waited = changed[-1] > 0
             return claimed

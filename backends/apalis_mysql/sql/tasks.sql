@@ -9,8 +9,10 @@
 -- checking each for a lock through its row (~110 pages read per task claimed, 40-47 us of the
 -- server's CPU); a plain read passes them. Then each candidate is locked by primary key, in the
 -- candidates' order, and checked again on its latest version; SKIP LOCKED leaves those another
--- claimer holds to it, and the LIMIT stops locking once `limit` are had.
-SELECT STRAIGHT_JOIN {task_columns}
+-- claimer holds to it, and the LIMIT stops locking once `limit` are had. Each row it returns
+-- (locked) also joins the session's list `@apalis_ids` (quoted ids, after a first '' that no id
+-- equals: `claim_start` sets it), which `claim_marked` claims in the same round trip.
+SELECT STRAIGHT_JOIN {task_columns}, (@apalis_ids := CONCAT(@apalis_ids, ',', QUOTE(t.id))) IS NULL
 FROM (
     SELECT id FROM {prefix}tasks
     WHERE queue = %(queue)s AND ready = 1 AND run_at <= {now}
@@ -31,6 +33,17 @@ UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = %s, lock_at = {now}
 WHERE id IN ({ids})
 
+-- name: claim_start
+SET @apalis_ids = QUOTE('')
+
+-- name: claim_marked
+-- The tasks `claim_select` just locked, claimed for one worker (`claim_update` with the ids the
+-- server listed): the claim's UPDATE goes in the same round trip as its select, not in a second
+-- one that waits for the client to read the rows and send their ids back.
+EXECUTE IMMEDIATE CONCAT(
+    'UPDATE {prefix}tasks SET status = ''running'', attempts = attempts + 1, lock_by = ', QUOTE(%s),
+    ', lock_at = {now} WHERE id IN (', @apalis_ids, ')')
+
 -- name: insert
 INSERT INTO {prefix}tasks
     (id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta, waited,
@@ -45,11 +58,21 @@ SELECT idempotency_key, id FROM {prefix}tasks WHERE queue = %(queue)s AND idempo
 -- Whether some task of an acknowledged batch ended while someone waits for it.
 SELECT 1 FROM {prefix}tasks WHERE id IN ({ids}) AND waited = 1 AND done_at IS NOT NULL LIMIT 1
 
+-- name: acked_start
+SET @apalis_waited = 0
+
+-- name: acked_waited
+-- `ended_waited` as the acknowledgement's UPDATEs found it, after `acked_start`: each that ends
+-- a task someone waits for sets `@apalis_waited` on the way (rewriting `waited` as it was), so no
+-- second lookup of the batch's rows.
+SELECT 1 FROM DUAL WHERE @apalis_waited = 1
+
 -- name: ack_done
 -- Runs that ended done under one worker with the same result; a task no longer running under
 -- that worker (its lease was lost) is left alone.
 UPDATE {prefix}tasks
-SET status = 'done', result = %s, done_at = {now}, lock_by = NULL, lock_at = NULL
+SET status = 'done', result = %s, done_at = {now}, lock_by = NULL, lock_at = NULL,
+    waited = IF(waited = 1, @apalis_waited := 1, 0)
 WHERE id IN ({ids}) AND lock_by = %s AND status = 'running'
 
 -- name: ack
@@ -71,6 +94,8 @@ SET t.attempts = IF(u.status = 'pending' AND t.cancel_reason IS NULL, GREATEST(t
     t.done_at = IF(u.status IN ('done', 'killed', 'cancelled') OR t.cancel_reason IS NOT NULL, {now}, NULL),
     t.lock_by = NULL,
     t.lock_at = NULL,
+    t.waited = IF(t.waited = 1 AND (u.status IN ('done', 'killed', 'cancelled') OR t.cancel_reason IS NOT NULL),
+        @apalis_waited := 1, t.waited),
     t.status = IF(t.cancel_reason IS NOT NULL AND u.status IN ('failed', 'pending'), 'cancelled', u.status)
 WHERE t.status = 'running'
 

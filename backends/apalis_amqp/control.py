@@ -43,6 +43,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from apalis_cli.envelope import Envelope, task_of_final
 from apalis_cli.envelope import final_record as envelope_record
+from apalis_cli.retrying import delays
 from apalis_cli.task import Status, Task, TaskId
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ _STOPPED_WITHIN = 2.0
 """How long a pause waits for the consuming workers to say they stopped."""
 _READ_WITHIN = 10.0
 """How long a read of the finals stream may take to reach its end."""
+_STEADY = 5.0
+"""A wait attached this long before its channel was lost attaches again at once; sooner, after
+a backoff (`apalis_cli.retrying.delays`)."""
 _EARLIER = 5.0
 """A waiter starts reading this long before its id's time, or its own (clocks of hosts differ:
 the broker's must not be this far behind the waiter's, or the marker would be before the start)."""
@@ -272,11 +276,19 @@ class AmqpControl:
         consumer) attaches again from the same start, so an end written meanwhile is read."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        waits = delays(0.1, 5.0)
         while True:
+            attached = loop.time()
             try:
                 return await self._conn.retrying(lambda: self._wait_attached(task_id, deadline))
-            except _Detached:
-                continue  # a fresh reconnect budget: the wait was attached until now
+            except _Detached:  # attached again with a fresh reconnect budget
+                if loop.time() - attached > _STEADY:
+                    waits = delays(0.1, 5.0)
+                    continue
+                # Lost again as soon as attached (a broker that fails this reader each time): not
+                # in a tight loop, each attachment appending a marker.
+                pause = next(waits)
+                await asyncio.sleep(pause if deadline is None else min(pause, max(deadline - loop.time(), 0.0)))
 
     async def _wait_attached(self, task_id: TaskId, deadline: float | None) -> Task[bytes] | None:
         """One attachment of `wait` to the finals stream; `_Detached` when its channel is lost

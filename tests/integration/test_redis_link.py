@@ -191,3 +191,36 @@ async def test_a_redis_py_whose_connection_cannot_be_taken_over_still_hears_wake
     await redis_store.client.publish(f"{redis_store.config.namespace}:wake:heard", "")
     await asyncio.wait_for(woken.wait(), 10)
     assert connection.wakes("heard") == 2  # the subscription's, then the push's
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_worker_is_handed_its_task_over_either_protocol(redis_store: RedisStore, protocol: int) -> None:
+    # The pub/sub protocol reads RESP2 messages (arrays) and RESP3 ones (pushes) alike.
+    url = redis_store.config.url
+    store = make_redis_store(f"{url}{'&' if '?' in url else '?'}protocol={protocol}", redis_store.config.namespace)
+    await store.open()
+    try:
+        backend = store.backend("either", codec=JsonCodec())
+        handed: list[bool] = []
+
+        async def handler(args: Any, task: Task[bytes]) -> None:
+            handed.append(backend._got.get(task.ctx.lock_by or "") == task.id)  # heard on the wake channel
+
+        worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, poll_interval=30.0)
+        listed = asyncio.Event()
+
+        async def push_when_listed() -> None:
+            deadline = time.monotonic() + 10
+            while await store.client.zscore(backend.keys.idle, worker.context.id) is None:
+                assert time.monotonic() < deadline, "the worker was never listed idle"
+                await asyncio.sleep(0.01)
+            listed.set()
+            await backend.push({"n": 1})
+
+        pushing = asyncio.ensure_future(push_when_listed())
+        await run_until(worker, lambda: bool(handed), within=10)
+        await pushing
+        assert listed.is_set()
+        assert handed == [True]
+    finally:
+        await store.close()

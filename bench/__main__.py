@@ -32,6 +32,7 @@ from .measure import Settings, measure_backend
 from .peers import RUN_ALL, load_peers, merge_rounds, run_peers
 from .report import baseline_ratios, peer_ratios, print_report, targets
 from .rounds import Opened, RoundSettings, interleave
+from .servercpu import name_target
 from .soak import print_soak, soak
 from .stores import DEFAULT_URLS, KINDS, Unavailable, open_store, prepare
 
@@ -150,6 +151,7 @@ async def _one_backend(
             target.options[key] = json.loads(value)
         except ValueError:
             target.options[key] = value
+    name_target(target, f"bench-{run_id}")  # PostgreSQL: this run's backends, for the server CPU
     try:
         store = await open_store(target)
     except Unavailable as exc:

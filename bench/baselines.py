@@ -15,22 +15,53 @@ results, leases or heartbeats, so they bound rather than compete.
   per message (JetStream has no multiple-ack on WorkQueue streams).
 
 Drain rate = tasks / (time of the last decoded task - time of the first), like the drains.
+For psycopg and redis-py, the drain's CPU per task too: this process's (`cpu_us_per_task`, the
+client's) and the server's (`server_cpu_us_per_task`, as bench.servercpu: PostgreSQL the backend
+of the baseline's own connection, Redis the whole server process), to set beside ours.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import sqlite3
 import tempfile
 import time
 from typing import Any
+
+from .servercpu import ServerCpu
 
 __all__ = ["BASELINES", "raw_psycopg", "raw_redis", "raw_sqlite"]
 
 
 def _rate(n: int, first: float, last: float) -> float:
     return round(n / (last - first), 1) if last > first else float("nan")
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Cpu:
+    """This process's and the server's CPU over one drain, per task in microseconds."""
+
+    def __init__(self, server: ServerCpu) -> None:
+        self.server = server
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.server.start()
+        self.t0 = _cpu()
+
+    def stop(self, done: int) -> dict[str, Any]:
+        client = _cpu() - self.t0
+        return {
+            "cpu_us_per_task": round(client / done * 1e6, 1) if done else None,
+            "server_cpu_us_per_task": self.server.per_task_us(done),
+            "server_cpu_scope": self.server.scope,
+        }
 
 
 def raw_sqlite(n: int = 20000, k: int = 100) -> dict[str, Any]:
@@ -89,7 +120,8 @@ def raw_psycopg(url: str, n: int = 20000, k: int = 100) -> dict[str, Any]:
     from psycopg.types.json import Jsonb
 
     schema = f"apalis_bench_raw_{os.getpid()}"
-    with psycopg.connect(url, autocommit=True, prepare_threshold=0, connect_timeout=3) as c:
+    cpu = _Cpu(ServerCpu("postgres", url, schema))
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0, connect_timeout=3, application_name=schema) as c:
         c.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         c.execute(f"SET search_path = {schema}")
         try:
@@ -104,6 +136,7 @@ def raw_psycopg(url: str, n: int = 20000, k: int = 100) -> dict[str, Any]:
                 " RETURNING payload"
             )
             done, first, last = 0, 0.0, 0.0
+            cpu.start()
             while True:
                 rows = c.execute(pop, (k,)).fetchall()
                 if not rows:
@@ -114,6 +147,7 @@ def raw_psycopg(url: str, n: int = 20000, k: int = 100) -> dict[str, Any]:
                     last = time.time()
                     if done == 1:
                         first = last
+            cpus = cpu.stop(done)
         finally:
             c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     return {
@@ -123,6 +157,7 @@ def raw_psycopg(url: str, n: int = 20000, k: int = 100) -> dict[str, Any]:
         "n": done,
         "rate": _rate(done, first, last),
         "enqueue_bulk_rate": round(bulk, 1),
+        **cpus,
     }
 
 
@@ -141,6 +176,8 @@ async def raw_redis(url: str, n: int = 50000, k: int = 100) -> dict[str, Any]:
         bulk = n / (time.perf_counter() - t0)
         loads = json.loads
         done, first, last = 0, 0.0, 0.0
+        cpu = _Cpu(ServerCpu("redis", url))
+        cpu.start()
         while True:
             items = await r.rpop(key, k)
             if not items:
@@ -151,6 +188,7 @@ async def raw_redis(url: str, n: int = 50000, k: int = 100) -> dict[str, Any]:
                 last = time.time()
                 if done == 1:
                     first = last
+        cpus = cpu.stop(done)
     finally:
         await r.delete(key)
         await r.aclose()
@@ -161,6 +199,7 @@ async def raw_redis(url: str, n: int = 50000, k: int = 100) -> dict[str, Any]:
         "n": done,
         "rate": _rate(done, first, last),
         "enqueue_bulk_rate": round(bulk, 1),
+        **cpus,
     }
 
 

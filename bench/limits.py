@@ -23,12 +23,17 @@ task in CPU microseconds. `steady` is the rate over the last four fifths of the 
 store that sets a saturated key's backlog aside once pays that in the whole drain's rate, not in
 the steady one, which is the speed of unrelated keys while one key stays saturated (Redis did so
 until a key's tasks waited in its own line from the push: bench/README.md).
+
+`--min-seconds S` (default 1.5) makes each timed drain last at least S seconds: an untimed
+round of `--tasks` first gives each mode's rate, and that mode's task count becomes rate x S when
+that is more than `--tasks` (a half-second drain cannot resolve a 10% difference here).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import resource
 import statistics
@@ -43,10 +48,17 @@ from apalis_cli.sink import new_task
 from apalis_cli.task import Task
 from apalis_cli.worker import Worker
 
+from .servercpu import ServerCpu, name_target
 from .stores import CODEC, Unavailable, open_store, prepare
 
 MODES = ("unlimited", "keyed", "saturated", "queue-wide", "keyed-rate")
 CONCURRENCY = 50
+MIN_SECONDS = 1.5  # a 10% difference is then ~0.15 s, well above the timer and scheduling noise
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 async def _push(backend: Any, values: list[dict[str, Any]], priority: int = 0) -> None:
@@ -65,68 +77,13 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-_SERVERS = {"mysql": ("mariadbd", "mysqld"), "redis": ("redis-server",)}
-
-
-def _proc_cpu(pid: int) -> float:
-    """A process's CPU time (user + system), 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _pids_named(names: tuple[str, ...]) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as comm:
-                    if comm.read().strip() in names:
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
-class ServerCpu:
-    """The server's CPU time spent for this run: PostgreSQL's backends (postgres, pgmq) named by
-    its `application_name`; the whole `mariadbd` or `redis-server` process otherwise (other clients'
-    work included); none for the in-process stores."""
-
-    def __init__(self, kind: str, url: str, application_name: str | None) -> None:
-        self.kind, self.url, self.application_name = kind, url, application_name
-        self._start: dict[int, float] = {}
-
-    def _pids(self) -> list[int]:
-        if self.kind in ("postgres", "pgmq") and self.application_name:
-            import psycopg
-
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                rows = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.application_name,)
-                ).fetchall()
-            return [int(pid) for (pid,) in rows]
-        return _pids_named(_SERVERS.get(self.kind, ()))
-
-    def start(self) -> None:
-        self._start = {pid: _proc_cpu(pid) for pid in self._pids()}
-
-    def spent(self) -> float:
-        """CPU seconds since `start` (a backend that appeared since counts whole)."""
-        return sum(_proc_cpu(pid) - self._start.get(pid, 0.0) for pid in self._pids())
-
-
 async def drain(
     store: Store, mode: str, tasks: int, keys: int, hot: int, server: ServerCpu
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float | None]:
     """Tasks per second of the cold keys' tasks in `mode`, the same over the last four fifths of
     them (`steady`: a backlog set aside before the first cold task runs is not in it), and this
     process's CPU time per task in microseconds (both threads: the event loop's and SQLite's; a
-    server's is apart, the last figure), which a busy machine bends less."""
+    server's is apart, the last figure, None where there is none), which a busy machine bends less."""
     queue = f"bench_limits_{mode.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
     backend: Any = store.backend(queue, codec=CODEC, max_attempts=1)
     layers: list[Layer] = []
@@ -171,32 +128,46 @@ async def drain(
         worker.hurry()
         stop.set()
         await asyncio.gather(running, return_exceptions=True)
-    return tasks / elapsed, (tasks - fifth) / steady, cpu / tasks * 1e6, served / tasks * 1e6
+    server_us = None if served is None else served / tasks * 1e6
+    return tasks / elapsed, (tasks - fifth) / steady, cpu / tasks * 1e6, server_us
 
 
-async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) -> None:
+def scaled_tasks(tasks: int, rate: float, min_seconds: float) -> int:
+    """The task count of each timed drain: `tasks`, or more (rounded up to a hundred) so that a
+    drain at `rate` lasts at least `min_seconds`."""
+    if min_seconds <= 0 or rate <= 0 or rate != rate:
+        return tasks
+    return max(tasks, -(-math.ceil(rate * min_seconds) // 100) * 100)
+
+
+def _us(x: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.0f}"
+
+
+async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int, min_seconds: float = 0.0) -> None:
     for kind in kinds:
         try:
             target = prepare(kind, None, uuid.uuid4().hex[:8])
-            name = None
-            if kind == "postgres":
-                name = target.options["application_name"] = f"bench-limits-{target.namespace}"[:63]
-            elif kind == "pgmq":  # the pgmq store names its connections by its URL's application_name
-                name = f"bench-limits-{target.namespace}"[:63]
-                target.url += ("&" if "?" in target.url else "?") + f"application_name={name}"
+            name = name_target(target, f"bench-limits-{target.namespace}")
             server = ServerCpu(kind, target.url, name)
             store = await open_store(target)
         except Unavailable as exc:
             print(f"{kind}: skipped ({exc})")
             continue
         try:
+            counts = dict.fromkeys(MODES, tasks)
+            if min_seconds > 0:  # an untimed drain of each mode (a warm-up too) sets its task count
+                for mode in MODES:
+                    counts[mode] = scaled_tasks(
+                        tasks, (await drain(store, mode, tasks, keys, hot, server))[0], min_seconds
+                    )
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
             steadies: dict[str, list[float]] = {mode: [] for mode in MODES}
             cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
-            served: dict[str, list[float]] = {mode: [] for mode in MODES}
+            served: dict[str, list[float | None]] = {mode: [] for mode in MODES}
             for _ in range(rounds):
                 for mode in MODES:
-                    rate, steady, cpu, server_cpu = await drain(store, mode, tasks, keys, hot, server)
+                    rate, steady, cpu, server_cpu = await drain(store, mode, counts[mode], keys, hot, server)
                     rates[mode].append(rate)
                     steadies[mode].append(steady)
                     cpus[mode].append(cpu)
@@ -204,16 +175,21 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) ->
             med = {mode: statistics.median(values) for mode, values in rates.items()}
             steady_med = {mode: statistics.median(values) for mode, values in steadies.items()}
             cpu_med = {mode: statistics.median(values) for mode, values in cpus.items()}
-            server_med = {mode: statistics.median(values) for mode, values in served.items()}
+            server_med = {mode: _median(values) for mode, values in served.items()}
             load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            scaling = (
+                f" or more (n: each drain >= {min_seconds:g} s, by a first untimed one)" if min_seconds > 0 else ""
+            )
             print(
-                f"{kind}: {tasks} tasks over {keys} keys, concurrency {CONCURRENCY}, {rounds} rounds (medians),"
+                f"{kind}: {tasks} tasks{scaling}"
+                f" over {keys} keys, concurrency {CONCURRENCY}, {rounds} rounds (medians),"
                 f" load {load}"
             )
             for mode in MODES:
                 line = (
-                    f"  {mode:<11} {med[mode]:>9,.0f}/s (steady {steady_med[mode]:>7,.0f}/s)"
-                    f" {cpu_med[mode]:>6.0f} us CPU/task (server {server_med[mode]:>4.0f})"
+                    f"  {mode:<11}{f' n={counts[mode]:<6}' if min_seconds > 0 else ''}"
+                    f" {med[mode]:>9,.0f}/s (steady {steady_med[mode]:>7,.0f}/s)"
+                    f" {cpu_med[mode]:>6.0f} us CPU/task (server {_us(server_med[mode], 4)})"
                     f"  rounds: {', '.join(f'{r:,.0f}' for r in rates[mode])}"
                 )
                 if mode != "unlimited":
@@ -228,9 +204,10 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int) ->
                 f"; saturated / keyed: rate {med['saturated'] / med['keyed']:.2f},"
                 f" CPU per task {cpu_med['keyed'] / cpu_med['saturated']:.2f} (a hot key of {hot} tasks)"
             )
-            total = {mode: cpu_med[mode] + server_med[mode] for mode in MODES}
+            total = {mode: cpu_med[mode] + (server_med[mode] or 0.0) for mode in MODES}
+            server_scope = server.scope or "no server process apart"
             print(
-                f"  CPU per task, this process + server: unlimited {total['unlimited']:.0f} us,"
+                f"  CPU per task, this process + server ({server_scope}): unlimited {total['unlimited']:.0f} us,"
                 f" keyed {total['keyed']:.0f} us, saturated {total['saturated']:.0f} us"
             )
             print(
@@ -250,9 +227,16 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--hot", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=MIN_SECONDS,
+        help="each timed drain lasts at least this long: an untimed unlimited drain first sets the task count"
+        f" ({MIN_SECONDS:g}; 0: --tasks as given)",
+    )
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile (process time) of the whole run to FILE")
     args = parser.parse_args()
-    work = run(args.backend.split(","), args.tasks, args.keys, args.hot, args.rounds)
+    work = run(args.backend.split(","), args.tasks, args.keys, args.hot, args.rounds, args.min_seconds)
     if args.profile:
         import cProfile
 

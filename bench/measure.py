@@ -3,7 +3,8 @@
 - enqueue single: one awaited `push` at a time, no worker running -> tasks/s
 - enqueue bulk: `push_bulk` in chunks of 1000 -> tasks/s (each drain's backlog; median)
 - drain: a backlog drained by ONE worker at concurrency c; tasks/s from the first handler start to
-  the last, both stamped by the handler; the worker's peak RSS and CPU per task
+  the last, both stamped by the handler; the worker's peak RSS and CPU per task, and the
+  server's CPU per task where it can be told apart (bench.servercpu)
 - latency: one worker (concurrency 10), proven up by one task; then one stream sent one push at a
   time at a fixed rate: rate/4 warm-up tasks then `lat_n` measured ones, each carrying the
   time.time() taken just before its push; latency = handler start - that stamp
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 from apalis_cli.backend import Store, WorkerContext
 from apalis_cli.service import Outcome
 
+from .servercpu import ServerCpu, proc_cpu
 from .stores import CODEC, Target
 from .workerproc import Recorder, make_worker
 
@@ -35,7 +37,6 @@ __all__ = ["Settings", "measure_backend", "pct"]
 
 WAKEUP_IDLE_S = 2.0
 _ROOT = Path(__file__).resolve().parent.parent
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _REPLY_LIMIT = 16 * 1024 * 1024  # one reply line: the latencies of a --lat-n 2000 stream pass 64 KiB
 LOG_DIR = Path(os.environ.get("APALIS_BENCH_LOGS", "/tmp/apalis-bench/logs"))
 
@@ -92,12 +93,6 @@ def _proc_status(pid: int | str, field_name: str) -> float:
             if line.startswith(field_name + ":"):
                 return int(line.split()[1]) / 1024.0
     return math.nan
-
-
-def _proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime (fields 14, 15)
 
 
 class ProcessWorker:
@@ -179,7 +174,7 @@ class ProcessWorker:
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
-        return _proc_cpu(self.proc.pid)
+        return proc_cpu(self.proc.pid)
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -286,11 +281,14 @@ async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[d
     bulk = await enqueue_bulk(queue, s.tasks, s.bulk_chunk, s.bulk_max_s)
     n = bulk["n"]  # the backlog: fewer than --tasks when the bulk enqueue was cut
     worker = _handle(store, target, queue_name, conc, s, f"drain-c{conc}")
+    server = ServerCpu(target.kind, target.url, target.application_name)
     await worker.start()
     try:
+        await asyncio.to_thread(server.start)
         cpu0 = worker.cpu_seconds()
         res = await worker.wait(n, s.drain_max_s, stall=5.0)
         cpu1 = worker.cpu_seconds()
+        served = await asyncio.to_thread(server.spent)
         extra = await worker.wait(n + 1, 0.3, stall=0.3) if res["count"] >= n else res
         rss = worker.peak_rss_mb()
     finally:
@@ -308,6 +306,8 @@ async def drain(store: Store, target: Target, conc: int, s: Settings) -> tuple[d
         "rate": round(rate, 1),
         "rss_mb": round(rss, 1),
         "cpu_us_per_task": round((cpu1 - cpu0) / done * 1e6, 1) if done else None,
+        # the server's, as bench.servercpu.scope_of(kind) says; None where it cannot be told apart
+        "server_cpu_us_per_task": round(served / done * 1e6, 1) if done and served is not None else None,
     }
     return out, bulk
 
@@ -422,6 +422,7 @@ async def measure_backend(store: Store, target: Target, s: Settings, log: Any) -
         "rss_method": "peak RSS (VmHWM) of the whole process, queue held in it"
         if s.in_process
         else "peak RSS (VmHWM) of the worker process",
+        "server_cpu_scope": ServerCpu(target.kind, target.url, target.application_name).scope,
     }
     if not s.interleaved:
         log(f"{target.kind}: enqueue single")

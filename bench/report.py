@@ -22,6 +22,11 @@ _CEILING_STORE = {
     "amqp": "amqp",
     "nats": "nats",
 }
+SERVER_NOTE = (
+    "server µs/task: the server's CPU time during the drain per task: PostgreSQL's backends of this run's"
+    " connections; * the whole server process (MariaDB, Redis: other clients' work included);"
+    " - where it cannot be told apart (in-process stores, brokers, peers)"
+)
 _PEER_CEILING = {"postgres": "raw-pg (psycopg3 SKIP LOCKED)", "redis": "raw-redis (asyncio redis-py)"}
 
 
@@ -39,6 +44,27 @@ def _range(runs: Any, digits: int = 0) -> str:
     if len(vals) < 2:
         return ""
     return f" ({_f(min(vals), digits)}-{_f(max(vals), digits)})"
+
+
+def _scope_mark(scope: Any) -> str:
+    """A mark after a server figure that covers the whole server process (other clients' work
+    included): " *"; "" for this run's own backends or no figure."""
+    return " *" if scope and "whole" in scope else ""
+
+
+def _pair(process: Any, server: Any) -> str:
+    """ "worker + server = total" in µs per task; the server "-" (and no total) when unknown."""
+    if process is None:
+        return "-"
+    if server is None:
+        return f"{_f(process)} + -"
+    return f"{_f(process)} + {_f(server)} = {_f(process + server)}"
+
+
+def _best_drain(r: dict[str, Any]) -> dict[str, Any]:
+    """The drain with our best rate (whose CPU per task the ceiling table sets beside the raw one)."""
+    known = [d for d in r.get("drain", []) if d.get("rate") == d.get("rate") and d.get("rate") is not None]
+    return max(known, key=lambda d: d["rate"]) if known else {}
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -93,6 +119,12 @@ def baseline_ratios(
         if "error" in r:
             continue
         store = _CEILING_STORE.get(r["kind"])
+        best = _best_drain(r)
+        ours_cpu = {
+            "ours_conc": best.get("conc"),
+            "ours_cpu_us_per_task": best.get("cpu_us_per_task"),
+            "ours_server_cpu_us_per_task": best.get("server_cpu_us_per_task"),
+        }
         for b in baselines:
             if b.get("store") == store and b.get("rate"):
                 rows.append(
@@ -101,6 +133,9 @@ def baseline_ratios(
                         "ceiling": f"{b['name']} k{b['k']}",
                         "ceiling_rate": b["rate"],
                         "fraction": _ratio(r["drain_best"], b["rate"]),
+                        **ours_cpu,
+                        "ceiling_cpu_us_per_task": b.get("cpu_us_per_task"),
+                        "ceiling_server_cpu_us_per_task": b.get("server_cpu_us_per_task"),
                     }
                 )
         for p in peers:
@@ -112,6 +147,7 @@ def baseline_ratios(
                         "ceiling": f"peers-bench {p['peer']} k100",
                         "ceiling_rate": k100,
                         "fraction": _ratio(r["drain_best"], k100),
+                        **ours_cpu,
                     }
                 )
     return rows
@@ -191,11 +227,12 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
         "idle CPU %",
         "RSS MB",
         "CPU µs/task c10 / c50",
+        "server µs/task c10 / c50",
     ):
         t.add_column(col, justify="right" if col != "backend" else "left")
     for r in ours:
         if "error" in r:
-            t.add_row(r["kind"], f"[yellow]skipped: {r['error']}[/]", *[""] * 7)
+            t.add_row(r["kind"], f"[yellow]skipped: {r['error']}[/]", *[""] * 8)
             continue
         drains = " · ".join(
             f"c{d['conc']}: {_f(d['rate'])}" + ("" if d["complete"] else f" ({d['done']}/{d['n']} in time)")
@@ -203,6 +240,7 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
         )
         lat, wake = r.get("latency", {}), r.get("wakeup", {})
         cpu = {d["conc"]: d.get("cpu_us_per_task") for d in r["drain"]}
+        served = {d["conc"]: d.get("server_cpu_us_per_task") for d in r["drain"]}
         t.add_row(
             r["kind"] + (" (in-process)" if r["worker"].startswith("in-process") else ""),
             _f(r.get("enqueue_single", {}).get("rate")) + _range(r.get("enqueue_single", {}).get("runs")),
@@ -214,8 +252,11 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
             _f(r.get("idle_cpu_pct"), 2),
             _f(r.get("rss_mb")),
             f"{_f(cpu.get(10))} / {_f(cpu.get(50))}",
+            f"{_f(served.get(10))} / {_f(served.get(50))}" + _scope_mark(r.get("server_cpu_scope")),
         )
     con.print(t)
+    if any(r.get("server_cpu_scope") for r in ours):
+        con.print(f"[dim]{SERVER_NOTE}[/]")
     loops = [r for r in ours if "store_loop" in r]
     if loops:
         s = Table(title="the store alone (poll_compact + ack_batch, k=50, no Worker) vs the worker at c50")
@@ -229,7 +270,7 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
         con.print(s)
     if doc.get("baselines"):
         b = Table(title="raw-driver ceilings (same run)")
-        for col in ("baseline", "store", "drain /s", "bulk insert /s"):
+        for col in ("baseline", "store", "drain /s", "bulk insert /s", "CPU µs/task client", "server µs/task"):
             b.add_column(col)
         for x in doc["baselines"]:
             b.add_row(
@@ -237,14 +278,32 @@ def print_report(doc: dict[str, Any], console: Console | None = None) -> None:
                 x.get("store", ""),
                 _f(x.get("rate")) if "error" not in x else f"[yellow]{x['error']}[/]",
                 _f(x.get("enqueue_bulk_rate")),
+                _f(x.get("cpu_us_per_task")),
+                _f(x.get("server_cpu_us_per_task")) + _scope_mark(x.get("server_cpu_scope")),
             )
         con.print(b)
+        if any(x.get("server_cpu_scope") for x in doc["baselines"]):
+            con.print(f"[dim]{SERVER_NOTE}; CPU µs/task client: this process's, which runs the raw loop[/]")
     if doc.get("ceiling_ratios"):
         c = Table(title="our best drain as a fraction of the raw ceiling")
-        for col in ("backend", "ceiling", "ceiling /s", "ours / ceiling"):
+        for col in (
+            "backend",
+            "ceiling",
+            "ceiling /s",
+            "ours / ceiling",
+            "CPU µs/task ours (worker + server)",
+            "ceiling (client + server)",
+        ):
             c.add_column(col)
         for x in doc["ceiling_ratios"]:
-            c.add_row(x["kind"], x["ceiling"], _f(x["ceiling_rate"]), _f(x["fraction"], 2))
+            c.add_row(
+                x["kind"],
+                x["ceiling"],
+                _f(x["ceiling_rate"]),
+                _f(x["fraction"], 2),
+                _pair(x.get("ours_cpu_us_per_task"), x.get("ours_server_cpu_us_per_task")),
+                _pair(x.get("ceiling_cpu_us_per_task"), x.get("ceiling_server_cpu_us_per_task")),
+            )
         con.print(c)
     if doc.get("peers"):
         p = Table(title=f"peers (peers-bench session {doc.get('peers_session')})")

@@ -67,6 +67,7 @@ class Target:
     temp_dir: str | None = None
     scratch_db: str | None = None  # a database this run created (pgmq's SQL install), dropped after
     queues: list[str] = field(default_factory=list)
+    application_name: str | None = None  # PostgreSQL: names this run's connections (bench.servercpu)
 
     def queue(self, phase: str) -> str:
         """A fresh queue name for one phase (a-z, 0-9 and _ only: pgmq's rule, the strictest)."""

@@ -233,17 +233,24 @@ local function claim_within(base, now_text, limit, worker, limits, after)
             bound = next_at and tonumber(next_at) / 1000 or math.huge
           end
           local line = base .. 'kp:' .. key
-          local gone = {}
-          local got = redis.call('ZRANGE', line, '0', '1', 'WITHSCORES')
-          bound = bound * 1000 -- the lines' unit: ms
-          local next_score = visit(key, got, gone, bound)
-          local ended = #got < 4
-          if not next_score and not ended then -- more of its tasks may come first: those before the bound
-            got = redis.call('ZRANGEBYSCORE', line, '-inf', string.format('%.17g', bound), 'WITHSCORES', 'LIMIT', '2', string.format('%d', r))
+          local next_score
+          if r == 1 then -- its first task alone (a key limited to one at a time, a claim's last slot)
+            local first = redis.call('ZPOPMIN', line)
+            if first[1] and take(first[1]) then took(key) end
+            next_score = redis.call('ZRANGE', line, '0', '0', 'WITHSCORES')[2]
+          else
+            local gone = {}
+            local got = redis.call('ZRANGE', line, '0', '1', 'WITHSCORES')
+            bound = bound * 1000 -- the lines' unit: ms
             next_score = visit(key, got, gone, bound)
+            local ended = #got < 4
+            if not next_score and not ended then -- more of its tasks may come first: those before the bound
+              got = redis.call('ZRANGEBYSCORE', line, '-inf', string.format('%.17g', bound), 'WITHSCORES', 'LIMIT', '2', string.format('%d', r))
+              next_score = visit(key, got, gone, bound)
+            end
+            redis.call('ZREM', line, unpack(gone))
+            if not next_score and not ended then next_score = redis.call('ZRANGE', line, '0', '0', 'WITHSCORES')[2] end
           end
-          redis.call('ZREM', line, unpack(gone))
-          if not next_score and not ended then next_score = redis.call('ZRANGE', line, '0', '0', 'WITHSCORES')[2] end
           if next_score then
             relisted[#relisted + 1], relisted[#relisted + 2] = next_score, key -- in ms, as the heads
           else

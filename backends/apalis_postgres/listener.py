@@ -138,5 +138,7 @@ class Listener:
                 ended.result()
         finally:
             loop.remove_reader(fileno)
+            if ended.done() and not ended.cancelled():
+                ended.exception()  # read: a failure met while this pump was cancelled is not logged as lost
             changed.cancel()
             await asyncio.gather(changed, return_exceptions=True)

@@ -49,28 +49,28 @@ class Hearing(asyncio.Protocol):
         self._subscribed: asyncio.Future[None] = loop.create_future()
 
     @classmethod
-    async def open(cls, connection: Any, heard: Callable[[bytes, bytes], None]) -> Hearing | None:
-        """`connection` (made by redis-py's pool) connected, greeted and taken over; None when
-        this redis-py's connection cannot be (then it is closed, for redis-py's own pub/sub)."""
+    async def open(cls, pool: Any, heard: Callable[[bytes, bytes], None]) -> Hearing | None:
+        """A connection of redis-py's `pool`, taken over: an idle one when the pool holds one (as
+        redis-py's pub/sub takes it: no new connection to greet), else a new one, connected and
+        greeted by redis-py. None when this redis-py's connection cannot be taken over."""
+        connection = await pool.get_connection()
         try:
-            await connection.connect()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.disconnect(nowait=True)
-            raise
-        streams = streams_of(connection)
-        if streams is None:
-            await connection.disconnect()
-            return None
-        writer, unread = streams
-        transport = writer.transport
-        hearing = cls(transport, heard)
-        hearing._writer = writer  # kept: a stream writer closes its transport when collected
-        transport.set_protocol(hearing)
-        connection._writer = connection._reader = None  # redis-py lets go of it
-        if unread:
-            hearing.data_received(unread)
-        return hearing
+            streams = streams_of(connection)
+            if streams is None:
+                return None
+            writer, unread = streams
+            transport = writer.transport
+            hearing = cls(transport, heard)
+            hearing._writer = writer  # kept: a stream writer closes its transport when collected
+            transport.set_protocol(hearing)
+            connection._writer = connection._reader = None  # redis-py lets go of it
+            if unread:
+                hearing.data_received(unread)
+            return hearing
+        finally:
+            # Back to the pool: without its socket when taken over (redis-py connects it again
+            # when it is next used), else as it was, for redis-py's own pub/sub.
+            await pool.release(connection)
 
     async def subscribe(self, patterns: list[bytes]) -> None:
         """PSUBSCRIBE to `patterns`; returns once the server confirmed each (raises when the
@@ -211,7 +211,7 @@ class Wakeups:
 
     async def _session(self, steady: Callable[[], None]) -> None:
         if not self._cluster:
-            hearing = await Hearing.open(self._client.connection_pool.make_connection(), self._heard)
+            hearing = await Hearing.open(self._client.connection_pool, self._heard)
             if hearing is not None:
                 try:
                     await hearing.subscribe(self._patterns())

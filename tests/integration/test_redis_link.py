@@ -224,3 +224,14 @@ async def test_a_worker_is_handed_its_task_over_either_protocol(redis_store: Red
         assert handed == [True]
     finally:
         await store.close()
+
+
+async def test_listening_takes_an_idle_connection_rather_than_greeting_a_new_one(store: RedisStore) -> None:
+    # A wait subscribes within its own timeout: a new connection and its greeting cost more
+    # round trips (a wait of 50 ms returned before it had registered, under load).
+    await store.client.ping()  # the client's pool holds one idle connection now
+    assert await _connections_named(store) == 1
+    await store.connection.listen()
+    assert await _connections_named(store) == 1  # that one, subscribed
+    await store.client.ping()  # the pool connects again what it lent
+    assert await _connections_named(store) == 2

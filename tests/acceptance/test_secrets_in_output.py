@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
+import threading
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -50,13 +51,47 @@ def assert_masked(text: str, what: str) -> None:
     assert SECRET not in text, f"{what} printed the password:\n{text}"
 
 
-def stop(daemon: subprocess.Popen[str]) -> tuple[str, str]:
-    daemon.send_signal(signal.SIGTERM)
-    try:
-        return daemon.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        raise
+class Lines:
+    """A running process's output, read line by line as it comes (a wait for a line does not
+    depend on how fast a loaded machine started the process)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.out: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read, args=(process.stderr, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(process.stdout, self.out), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: IO[str] | None, into: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            with self._changed:
+                into.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: any(text in line for line in self.lines), timeout)
+
+    def stop(self) -> tuple[str, str]:
+        """SIGTERM, then everything the process wrote."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        for reader in self._readers:
+            reader.join(timeout=30)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        return "".join(self.out), "".join(self.lines)
 
 
 @pytest.mark.parametrize("kind", sorted(URLS))
@@ -64,18 +99,18 @@ def test_no_output_of_a_store_that_cannot_be_reached_shows_the_password(apalis: 
     apalis.write_config(CONFIG.format(kind=kind, url=URLS[kind]))
     # All at once: some stores retry their first connect for seconds before they give up.
     commands = {argv: apalis.start(*argv) for argv in COMMANDS}
-    daemon = apalis.start("run", "--no-live", "--log-format", "json", "--log-level", "debug")
+    daemon = Lines(apalis.start("run", "--no-live", "--log-format", "json", "--log-level", "debug"))
     try:
         for argv, process in commands.items():
             out, err = process.communicate(timeout=90)
             assert process.returncode != 0, f"apalis {' '.join(argv)} reached a store on port 1"
             assert_masked(out + err, f"apalis {' '.join(argv)}")
-        time.sleep(1.5)  # the daemon has failed to open at least once by now, and retries
+        daemon.wait_for("retrying", timeout=60)  # it has failed to open at least once, and retries
     finally:
         for process in commands.values():
             if process.poll() is None:
                 process.kill()
-        out, err = stop(daemon)
+        out, err = daemon.stop()
     assert "retrying" in err, f"the daemon did not log its wait:\n{err}"
     assert_masked(out + err, "apalis run, waiting for its store")
 

@@ -48,7 +48,7 @@ from .acks import ack_statements
 from .claims import transact
 from .config import MysqlConfig
 from .handing import NONE_IDLE_FOR, SPAN, Listing
-from .listener import Listener, Signals, tag
+from .listener import Listener, Signals, gone, tag
 from .locked import in_named_lock
 
 __all__ = ["Database", "Pool"]
@@ -428,15 +428,15 @@ class Database:
             "meta": encode_meta(task.meta),
             "waited": task.waited,
         }
-        ((worker, listener, inserted),) = await self.fetch("hand_push", params)
+        # Ours are told by the queue's waker (0, which no connection is numbered, when none).
+        args = _bind({**params, "own": list(self.signals.own) or [0]})
+        worker, inserted = await self.run(lambda conn: _hand_push(conn, self.sql["hand_push"], args))
         if worker is None:
             self._none_idle[queue] = time.monotonic() + NONE_IDLE_FOR
         if not inserted:
             return 0
         if worker is None:
             await self.signal(self._queue_tag(queue))
-        elif int(listener) not in self.signals.own:  # ours is told by the queue's waker
-            await self.run(lambda conn: self.signals.kill_one(conn, int(listener)))
         return 1
 
     async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
@@ -599,6 +599,26 @@ async def _fetch(conn: Conn, query: str, params: Any) -> list[Any]:
     while await cursor.nextset():
         rows = await cursor.fetchall()
     return list(rows)
+
+
+async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, bool]:
+    """Run `hand_push`: the worker the task was handed to (None: left pending) and whether it
+    was inserted. The listener its last statement woke may be gone (its process stopped): no
+    error, the push is committed."""
+    cursor = conn.cursor()
+    await cursor.execute(query, params)
+    found: Sequence[Any] = ()
+    try:
+        while True:
+            if cursor.description:
+                found = await cursor.fetchall()
+            if not await cursor.nextset():
+                break
+    except Exception as exc:
+        if not (found and gone(exc)):
+            raise
+    ((worker, _, inserted),) = found
+    return worker, bool(inserted)
 
 
 async def _execute(conn: Conn, query: str, params: Any) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 
 from apalis_cli.retrying import keep_connected
 
-__all__ = ["Listener", "Signals", "sleep_statement", "tag"]
+__all__ = ["Listener", "Signals", "gone", "sleep_statement", "tag"]
 
 
 SLEEP_S = 30  # a listener's sleep ends at least this often: a lost connection is noticed then
@@ -56,6 +56,12 @@ def tag(*scope: str) -> str:
     """The tag of a queue (`database, prefix, queue`) or of a store's control plane (`database,
     prefix`): hex, safe inside a comment."""
     return hashlib.sha1("\0".join(scope).encode()).hexdigest()[:24] + ("q" if len(scope) > 2 else "c")
+
+
+def gone(exc: BaseException) -> bool:
+    """Whether `exc` is the server's answer to a KILL of a connection that is gone (its process
+    stopped) or not ours to end."""
+    return bool(exc.args) and exc.args[0] in _GONE
 
 
 def sleep_statement(tag: str) -> str:
@@ -196,15 +202,6 @@ class Signals:
             self._rechecked[tag] = now
         await self._kill(conn, tag, [i for i in found if i not in killed])
 
-    async def kill_one(self, conn: Conn, listener: int) -> None:
-        """End the sleep of one listener (a push handed its worker a task); one that is gone
-        (its process stopped) is no error."""
-        try:
-            await conn.cursor().execute(f"KILL QUERY {int(listener)}")
-        except Exception as exc:
-            if not (exc.args and exc.args[0] in _GONE):
-                raise
-
     async def _kill(self, conn: Conn, tag: str, ids: list[int]) -> set[int]:
         """KILL QUERY each of `ids` in one round trip (a failed one is dropped from the list and
         the rest sent again); the ids killed."""
@@ -220,11 +217,11 @@ class Signals:
                 killed.update(ids)
                 return killed
             except Exception as exc:
-                if not (exc.args and exc.args[0] in _GONE):
+                if not gone(exc):
                     raise
                 killed.update(ids[:done])
-                gone = ids[done]
+                lost = ids[done]
                 at, known = self._known.get(tag, (0.0, []))
-                self._known[tag] = (at, [i for i in known if i != gone])
+                self._known[tag] = (at, [i for i in known if i != lost])
                 ids = ids[done + 1 :]
         return killed

@@ -4,6 +4,7 @@ another process here: a store of its own), which starts it after a plain read (`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from apalis_cli.backend import WorkerContext
@@ -93,4 +94,25 @@ async def test_a_task_not_due_or_in_a_paused_queue_is_not_handed(mysql_url: str)
         await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await worker_store.close()
+        await pusher.close()
+
+
+async def test_a_push_handed_to_a_worker_whose_process_is_gone_is_stored(mysql_url: str) -> None:
+    # The push ends the listener's sleep itself, after its commit: a listener that is gone
+    # (the process stopped without unlisting its worker) is no error, and the task is kept.
+    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        stream = await _idle_worker(worker_store, "w1")  # listed idle, its stream left open
+        await worker_store.close()  # its listener's connection is gone, the listing stays
+        pushed = pusher.backend("q", codec=JsonCodec())
+        task_id = await pushed.push({"n": 1})
+        stored = await pushed.get(task_id)
+        assert stored is not None
+        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")
+        assert await pushed.push({"n": 2}) != task_id  # the connection is still fit for use
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
         await pusher.close()

@@ -6,7 +6,9 @@
 -- One task due now, pushed in one transaction: claimed for the most recently listed idle worker
 -- of the queue with a free slot (none while the queue is paused), else left pending; then which
 -- worker and listener got it, and whether it was inserted (a known id is skipped). SKIP LOCKED:
--- a worker whose listing another transaction holds is passed by.
+-- a worker whose listing another transaction holds is passed by. Last, after the commit, that
+-- worker's listener has its sleep ended from here (`listener`), unless it is one of the pushing
+-- process's own (`own`: told in-process): no second round trip of the client's on the task's way.
 START TRANSACTION;
 SET @apalis_worker = NULL, @apalis_listener = NULL;
 SELECT worker_id, listener INTO @apalis_worker, @apalis_listener FROM {prefix}idle
@@ -27,7 +29,9 @@ UPDATE {prefix}idle
 SET free = free - 1, handed = JSON_ARRAY_APPEND(COALESCE(handed, '[]'), '$', %(id)s)
 WHERE worker_id = @apalis_worker AND @apalis_inserted;
 COMMIT;
-SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted
+SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted;
+EXECUTE IMMEDIATE IF(@apalis_inserted AND @apalis_listener IS NOT NULL AND @apalis_listener NOT IN %(own)s,
+    CONCAT('KILL QUERY ', @apalis_listener), 'DO 0')
 
 -- name: handed
 -- The tasks handed to a listed worker that it has not seen, still running under it (a plain

@@ -352,19 +352,21 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
         shared = self._consumers
 
         async def beat() -> None:
+            # Noted before the round trips below: the worker is alive when its loop runs its
+            # beat, however long a loaded broker then takes to answer.
+            now = time.time()
+            steady = shared.beat(worker.id, now, worker.stale_after)
             await self._conn.connection()
             self._workers[worker.id] = worker
             self._apply_paused(await self._read_paused())  # a control message missed meanwhile
-            now = time.time()
-            shared.beats[worker.id] = now
             for (queue, worker_id), consumer in list(shared.by_worker.items()):
                 if queue != self.queue:
                     continue
                 if worker_id == worker.id:
                     await self._release_idle(consumer, worker, now)
-                elif shared.beats.get(worker_id, 0.0) < now - worker.stale_after:
+                elif steady and shared.beats.get(worker_id, 0.0) < now - worker.stale_after:
                     del shared.by_worker[(queue, worker_id)]
-                    shared.beats.pop(worker_id, None)
+                    shared.forget(worker_id)
                     unclaimed = await consumer.stop()
                     if unclaimed and not consumer.closed:
                         await self._requeue(unclaimed)
@@ -372,7 +374,7 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
 
         async def farewell() -> None:
             self._workers.pop(worker.id, None)
-            shared.beats.pop(worker.id, None)
+            shared.forget(worker.id)
             consumer = shared.by_worker.pop((self.queue, worker.id), None)
             if consumer is not None:
                 unclaimed = await consumer.stop()

@@ -275,3 +275,44 @@ async def _until(condition: Any, within: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def test_a_stall_of_the_whole_process_does_not_make_its_workers_take_each_others_tasks(
+    store: AmqpStore,
+) -> None:
+    # After the event loop was blocked past stale_after, every worker's last beat is old, the live
+    # ones' too: the first worker to beat again must not close its neighbour's channel (the broker
+    # would hand the neighbour's running task to someone else, a second run).
+    queue = store.backend("stalls", codec=JsonCodec(), max_attempts=3)
+    await queue.push({"kind": "long"})
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    def handler(name: str) -> Any:
+        async def run(args: Any, task: Task[bytes]) -> Any:
+            runs.append(name)
+            await release.wait()
+            return args
+
+        return run
+
+    stop = asyncio.Event()
+    options: dict[str, Any] = {"keep_alive": 0.1, "stale_after": 0.6, "poll_interval": 0.05}
+    holder = asyncio.create_task(Worker(name="holder", backend=queue, handler=handler("holder"), **options).run(stop))
+    deadline = time.monotonic() + 10
+    while not runs:
+        assert time.monotonic() < deadline, "the task did not start"
+        await asyncio.sleep(0.01)
+    sweeper = asyncio.create_task(
+        Worker(name="sweeper", backend=queue, handler=handler("sweeper"), **options).run(stop)
+    )
+    try:
+        await asyncio.sleep(0.7)  # the sweeper beats steadily for longer than stale_after
+        for _ in range(4):
+            time.sleep(1.0)  # noqa: ASYNC251 - the whole process stalls (a blocking call, a swapped-out host)
+            await asyncio.sleep(0.8)
+        assert runs == ["holder"], "a worker of the stalled process took its neighbour's task"
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.gather(holder, sweeper)

@@ -19,7 +19,9 @@ A handed task is an ordinary claim (running, its first attempt counted, locked b
   lost claim (`release_lost` leaves alone the task handed to it that it has not `received`), so
   no other claim runs it meanwhile; it is never lost while the process listens, as above;
 - its worker vanished: the listing holds only `poll_interval + keep_alive` after the worker's
-  last claim, and the orphan sweep recovers a task handed just before, as any claim's;
+  last claim, and the orphan sweep recovers a task handed just before, as any claim's, but with
+  its attempt not counted when the worker never beat after the hand-over (`recover.sql`: killed
+  while listed idle, no handler received it);
 - its worker stops: the task still on its way goes back to the queue (`farewell`), and one that
   arrives after the worker's poll stream closed is released by the queue;
 - a worker with global limits is never listed (its claims count within its limits), and a task

@@ -227,8 +227,9 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             locked = await s.fetch("sweep_lock", lock)
             if not (locked and locked[0][0]):
                 return (woke, *told, False)
-            await s.execute("forget_workers", stale)
+            # Recovered first: a store may read a stale worker's row to tell how its tasks end.
             woke = await s.execute("recover", stale) > 0 or woke  # the tasks that run again (where it can tell)
+            await s.execute("forget_workers", stale)
             await s.execute("purge_expired", {"queue": queue, "retention": worker.retention})
             if db.releases_sweep_lock:
                 await s.execute("sweep_unlock", lock)

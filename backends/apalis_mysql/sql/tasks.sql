@@ -114,15 +114,31 @@ WHERE queue = %(queue)s AND status = 'running' AND lock_by = %(worker)s
 
 -- name: recover
 -- Running tasks whose worker stopped beating: run again now, or killed if out of attempts, or
--- cancelled if a cancel was asked of the run.
+-- cancelled if a cancel was asked of the run. Run before `forget_workers`, which deletes the
+-- rows of the stale workers read here.
+-- A task a push handed to its worker (`idle.handed`, sql/idle.sql) that never beat after the
+-- hand-over goes back pending with its attempt not counted: such a worker was killed while
+-- listed idle (its listing outlives it for up to SPAN seconds), so no handler received the task,
+-- and an attempt counted would kill a task allowed one without its ever running. (A worker that
+-- received it and was killed before its next beat gets it back the same way: at most one run
+-- not counted, since a task that comes back is claimed, never handed, again.) The first
+-- assignment marks such a task (`lock_at` -1) for the ones after it, which MariaDB makes in
+-- order; `lock_at` ends NULL.
 UPDATE {prefix}tasks AS t
-SET t.last_error = COALESCE(t.cancel_reason, CONCAT('worker ', t.lock_by, ' stopped sending heartbeats while running this task')),
-    t.done_at = IF(t.cancel_reason IS NOT NULL OR t.attempts >= t.max_attempts, {now}, NULL),
-    t.run_at = IF(t.cancel_reason IS NOT NULL OR t.attempts >= t.max_attempts, t.run_at, {now}),
+SET t.lock_at = IF(
+        EXISTS (SELECT 1 FROM {prefix}idle AS i
+                WHERE i.worker_id = t.lock_by AND JSON_CONTAINS(i.handed, JSON_QUOTE(t.id)))
+        AND NOT EXISTS (SELECT 1 FROM {prefix}workers AS w WHERE w.id = t.lock_by AND w.last_seen >= t.lock_at),
+        -1, t.lock_at),
+    t.last_error = IF(t.lock_at <=> -1, COALESCE(t.cancel_reason, t.last_error),
+        COALESCE(t.cancel_reason, CONCAT('worker ', t.lock_by, ' stopped sending heartbeats while running this task'))),
+    t.done_at = IF(t.cancel_reason IS NOT NULL OR (NOT (t.lock_at <=> -1) AND t.attempts >= t.max_attempts), {now}, NULL),
+    t.run_at = IF(t.cancel_reason IS NOT NULL OR (NOT (t.lock_at <=> -1) AND t.attempts >= t.max_attempts), t.run_at, {now}),
+    t.status = CASE WHEN t.cancel_reason IS NOT NULL THEN 'cancelled' WHEN t.lock_at <=> -1 THEN 'pending'
+        WHEN t.attempts >= t.max_attempts THEN 'killed' ELSE 'failed' END,
+    t.attempts = IF(t.lock_at <=> -1 AND t.cancel_reason IS NULL, GREATEST(t.attempts - 1, 0), t.attempts),
     t.lock_by = NULL,
-    t.lock_at = NULL,
-    t.status = CASE WHEN t.cancel_reason IS NOT NULL THEN 'cancelled'
-        WHEN t.attempts >= t.max_attempts THEN 'killed' ELSE 'failed' END
+    t.lock_at = NULL
 WHERE t.queue = %(queue)s AND t.status = 'running'
   AND NOT EXISTS (
       SELECT 1 FROM {prefix}workers AS w

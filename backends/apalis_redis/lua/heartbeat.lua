@@ -15,8 +15,18 @@ local base, now, me = ARGV[1], tonumber(ARGV[2]), ARGV[4]
 local ttl, channel = ARGV[10], ARGV[11]
 redis.call('ZADD', KEYS[8], ARGV[2], me)
 redis.call('HSET', KEYS[9], me, ARGV[5])
-local stale = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[6])
-for _, worker in ipairs(stale) do
+local stale = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[6], 'WITHSCORES')
+-- The task handed to a stale worker (claiming.lua), by id: {worker, its last beat (s)}. One
+-- handed after that beat never reached a handler (the worker was killed while listed idle, its
+-- listing outliving it by up to a beat): it goes back ready with its attempt not counted, where
+-- a counted one would kill a task allowed one attempt without its ever running. (A worker that
+-- received it and was killed before its next beat gets it back so too: at most one run not
+-- counted, since a task that comes back is claimed, never handed, again.)
+local unreceived = {}
+for i = 1, #stale, 2 do
+  local worker = stale[i]
+  local handed = redis.call('HGET', KEYS[11], worker)
+  if handed then unreceived[handed] = {worker, tonumber(stale[i + 1])} end
   redis.call('ZREM', KEYS[8], worker)
   redis.call('HDEL', KEYS[9], worker)
   redis.call('ZREM', KEYS[10], worker)
@@ -63,6 +73,9 @@ for i = 1, #running, 2 do
       redis.call('HSET', task, 's', 'pending', 'a', math.max(tonumber(f[3]) - 1, 0), 'r', ARGV[2], 'l', '')
       back_to_ready(id, f[8], tonumber(f[5]))
     end
+  elseif lost and unreceived[id] and unreceived[id][1] == f[2] and unreceived[id][2] < claimed then
+    redis.call('HSET', task, 's', 'pending', 'a', math.max(tonumber(f[3]) - 1, 0), 'r', ARGV[2], 'l', '')
+    back_to_ready(id, f[8], tonumber(f[5]))
   elseif lost then
     local err = 'worker ' .. f[2] .. ' stopped sending heartbeats while running this task'
     recovered = recovered + 1

@@ -1,0 +1,90 @@
+"""A push hands its task to a worker listed idle (PostgreSQL, Redis, MariaDB). A worker killed
+with SIGKILL while idle stays listed until its listing lapses, so the next push may be handed to
+it: the task then comes back through the orphan sweep. It never reached a handler, so that trip
+is not an attempt: a task allowed one attempt still runs, once, and ends done."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from apalis_cli.backend import Store
+from apalis_cli.codec import JsonCodec
+from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
+from apalis_mysql import MysqlStore
+from apalis_postgres import PostgresStore
+from apalis_redis import RedisStore
+
+from .running import run_until
+
+STORE_KINDS = ("postgres", "redis", "mysql")
+
+_IDLE_WORKER = """
+import asyncio, json, sys
+from apalis_cli.backend import StoreSpec
+from apalis_cli.codec import JsonCodec
+from apalis_cli.events import Idle
+from apalis_cli.registry import Registry
+from apalis_cli.worker import Worker
+
+async def main(kind, url, options, queue):
+    store = Registry().store_class(kind).from_spec(StoreSpec(name="t", kind=kind, url=url, options=json.loads(options)))
+    await store.open()
+
+    async def handler(args, task):
+        print("ran", task.id, flush=True)
+
+    def on_event(event):
+        if isinstance(event, Idle):
+            print("idle", flush=True)
+
+    worker = Worker(name="doomed", backend=store.backend(queue, codec=JsonCodec(), max_attempts=1),
+                    handler=handler, keep_alive=0.2, stale_after=0.6, poll_interval=2.0, on_event=[on_event])
+    await worker.run(asyncio.Event())
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def spec_of(store: Store) -> tuple[str, str, dict[str, Any]]:
+    """The kind, URL and options that open `store`'s place again (in another process)."""
+    if isinstance(store, PostgresStore):
+        return "postgres", store.config.url, {"schema": store.config.schema}
+    if isinstance(store, RedisStore):
+        return "redis", store.config.url, {"namespace": store.config.namespace}
+    assert isinstance(store, MysqlStore)
+    return "mysql", store.config.url, {}
+
+
+async def test_a_task_handed_to_a_killed_idle_worker_is_not_an_attempt(store: Store) -> None:
+    queue = "handed-to-killed"
+    backend: Any = store.backend(queue, codec=JsonCodec(), max_attempts=1)
+    kind, url, options = spec_of(store)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _IDLE_WORKER, kind, url, json.dumps(options), queue, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.decode().split() == ["idle"]  # its claim found nothing: it is listed idle
+    finally:
+        proc.kill()
+        await proc.wait()
+    task_id = await backend.push({"x": 1})
+    handed = await backend.get(task_id)
+    assert handed is not None
+    assert handed.ctx.status is Status.RUNNING  # handed to the dead worker
+    seen: list[tuple[str, int]] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append((task.id, task.ctx.attempts))
+
+    worker = Worker(name="w", backend=backend, handler=handler, keep_alive=0.2, stale_after=0.6, poll_interval=0.05)
+    await run_until(worker, lambda: bool(seen), within=20)
+    assert seen == [(task_id, 1)]
+    done = await backend.get(task_id)
+    assert done is not None
+    assert done.ctx.status is Status.DONE

@@ -17,12 +17,14 @@ concurrency 50 in four ways, one after the other (interleaved, so drift hits the
 It prints the medians of the rounds: tasks per second, and CPU time per task (a shared machine
 bends it less than the rate): this process's, and the server's where it can be told apart
 (PostgreSQL: the backends of this run's `application_name`, from `/proc`; MariaDB and Redis: the
-whole server process, other clients' work included); `saturated / unlimited` (no head-of-line blocking:
->= 0.9) and `saturated / keyed` (the saturated key's own effect); and the cost of each limit per
-task in CPU microseconds. `steady` is the rate over the last four fifths of the timed tasks: a
-store that sets a saturated key's backlog aside once pays that in the whole drain's rate, not in
-the steady one, which is the speed of unrelated keys while one key stays saturated (Redis did so
-until a key's tasks waited in its own line from the push: bench/README.md).
+whole server process, other clients' work included); `saturated / unlimited` (no head-of-line
+blocking: a rate >= 0.9) and `saturated / keyed` (the saturated key's own effect), as rates and as
+CPU per task of this process and the server together (saturated over the other: above 1, dearer);
+and the cost of each limit per task in CPU microseconds, this process's and the server's.
+`steady` is the rate over the last four fifths of the timed tasks: a store that sets a saturated
+key's backlog aside once pays that in the whole drain's rate, not in the steady one, which is the
+speed of unrelated keys while one key stays saturated (Redis did so until a key's tasks waited in
+its own line from the push: bench/README.md).
 
 `--min-seconds S` (default 1.5) makes each timed drain last at least S seconds: an untimed
 round of `--tasks` first gives each mode's rate, and that mode's task count becomes rate x S when
@@ -132,6 +134,14 @@ async def drain(
     return tasks / elapsed, (tasks - fifth) / steady, cpu / tasks * 1e6, server_us
 
 
+def cpu_total(worker_us: float, server_us: float | None) -> float:
+    """A mode's CPU per task, this process's and the server's where it is known: a limited claim
+    moves work to the server (PostgreSQL's runs there whole), so the worker's share alone would
+    hide its cost. The ratios printed (`saturated / unlimited`: above 1, the limit costs CPU) are
+    of these totals."""
+    return worker_us + (server_us or 0.0)
+
+
 def scaled_tasks(tasks: int, rate: float, min_seconds: float) -> int:
     """The task count of each timed drain: `tasks`, or more (rounded up to a hundred) so that a
     drain at `rate` lasts at least `min_seconds`."""
@@ -185,6 +195,7 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int, mi
                 f" over {keys} keys, concurrency {CONCURRENCY}, {rounds} rounds (medians),"
                 f" load {load}"
             )
+            total = {mode: cpu_total(cpu_med[mode], server_med[mode]) for mode in MODES}
             for mode in MODES:
                 line = (
                     f"  {mode:<11}{f' n={counts[mode]:<6}' if min_seconds > 0 else ''}"
@@ -195,16 +206,15 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int, mi
                 if mode != "unlimited":
                     line += (
                         f"   rate {med[mode] / med['unlimited']:.2f} of unlimited,"
-                        f" CPU {cpu_med[mode] - cpu_med['unlimited']:+.0f} us/task"
+                        f" CPU {total[mode] - total['unlimited']:+.0f} us/task with the server"
                     )
                 print(line)
             print(
                 f"  saturated / unlimited: rate {med['saturated'] / med['unlimited']:.2f},"
-                f" CPU per task {cpu_med['unlimited'] / cpu_med['saturated']:.2f}"
+                f" CPU per task {total['saturated'] / total['unlimited']:.2f}"
                 f"; saturated / keyed: rate {med['saturated'] / med['keyed']:.2f},"
-                f" CPU per task {cpu_med['keyed'] / cpu_med['saturated']:.2f} (a hot key of {hot} tasks)"
+                f" CPU per task {total['saturated'] / total['keyed']:.2f} (a hot key of {hot} tasks)"
             )
-            total = {mode: cpu_med[mode] + (server_med[mode] or 0.0) for mode in MODES}
             server_scope = server.scope or "no server process apart"
             print(
                 f"  CPU per task, this process + server ({server_scope}): unlimited {total['unlimited']:.0f} us,"

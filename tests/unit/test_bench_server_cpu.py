@@ -4,12 +4,15 @@ missing one as "-". Nothing here is timed."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import bench.limits
+import pytest
 from bench.limits import scaled_tasks
 from bench.report import baseline_ratios, print_report
 from bench.servercpu import (
@@ -123,6 +126,24 @@ def test_min_seconds_scales_the_task_count_up_never_down() -> None:
     assert scaled_tasks(5000, 10_001.0, 1.5) == 15_100  # rounded up to a hundred
     assert scaled_tasks(5000, 10_000.0, 0.0) == 5000  # --min-seconds 0: as given
     assert scaled_tasks(5000, float("nan"), 1.5) == 5000
+
+
+def test_limits_ratio_is_saturated_over_unlimited_of_worker_and_server_cpu(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The limited claim runs on the server: the worker's share alone (20 -> 22 us) would hide
+    # that saturated costs 1.5 times the unlimited drain's CPU per task (20 + 30 -> 22 + 53).
+    figures = {"unlimited": (20.0, 30.0), "saturated": (22.0, 53.0)}
+
+    async def drain(store: Any, mode: str, *args: Any) -> tuple[float, float, float, float | None]:
+        worker, server = figures.get(mode, (21.0, 40.0))
+        return 1000.0, 1000.0, worker, server
+
+    monkeypatch.setattr(bench.limits, "drain", drain)
+    asyncio.run(bench.limits.run(["memory"], tasks=10, keys=2, hot=5, rounds=1))
+    out = capsys.readouterr().out
+    assert "saturated / unlimited: rate 1.00, CPU per task 1.50;" in out
+    assert "CPU +25 us/task with the server" in out
 
 
 def _drain(conc: int, rate: float, cpu: float, server: float | None) -> dict[str, Any]:

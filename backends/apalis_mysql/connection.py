@@ -603,8 +603,8 @@ async def _fetch(conn: Conn, query: str, params: Any) -> list[Any]:
 
 async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, bool]:
     """Run `hand_push`: the worker the task was handed to (None: left pending) and whether it
-    was inserted. The listener its last statement woke may be gone (its process stopped): no
-    error, the push is committed."""
+    was inserted. The listener it woke may be gone (its process stopped): that error stops the
+    script before its COMMIT, which is sent then; the push is committed either way."""
     cursor = conn.cursor()
     await cursor.execute(query, params)
     found: Sequence[Any] = ()
@@ -617,6 +617,7 @@ async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, b
     except Exception as exc:
         if not (found and gone(exc)):
             raise
+        await conn.cursor().execute("COMMIT")
     ((worker, _, inserted),) = found
     return worker, bool(inserted)
 

@@ -1,11 +1,13 @@
 """MySQL/MariaDB hand-over: a push of one task due now claims it for a worker listed idle (in
-another process here: a store of its own), which starts it after a plain read (`handing`)."""
+another process here: a store of its own), which starts it after a read of its hands (`handing`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
@@ -98,21 +100,72 @@ async def test_a_task_not_due_or_in_a_paused_queue_is_not_handed(mysql_url: str)
 
 
 async def test_a_push_handed_to_a_worker_whose_process_is_gone_is_stored(mysql_url: str) -> None:
-    # The push ends the listener's sleep itself, after its commit: a listener that is gone
-    # (the process stopped without unlisting its worker) is no error, and the task is kept.
+    # The push ends the listener's sleep itself, before its commit: a listener that is gone
+    # (the process stopped without unlisting its worker) is no error, and the task is committed
+    # (as another connection sees it).
     worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    reader = make_mysql_store(mysql_url)
     await worker_store.open()
     await pusher.open()
+    await reader.open()
     try:
         stream = await _idle_worker(worker_store, "w1")  # listed idle, its stream left open
         await worker_store.close()  # its listener's connection is gone, the listing stays
         pushed = pusher.backend("q", codec=JsonCodec())
         task_id = await pushed.push({"n": 1})
-        stored = await pushed.get(task_id)
+        stored = await reader.backend("q", codec=JsonCodec()).get(task_id)
         assert stored is not None
         assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")
         assert await pushed.push({"n": 2}) != task_id  # the connection is still fit for use
         with contextlib.suppress(Exception):
             await stream.aclose()  # type: ignore[attr-defined]
     finally:
+        await pusher.close()
+        await reader.close()
+
+
+async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits(mysql_url: str) -> None:
+    # A push ends the idle worker's sleep before its COMMIT (so the commit's redo-log flush is not
+    # on the task's way): the worker's read of its hands may reach the server before that COMMIT
+    # has run. It waits for it and finds the task, rather than coming back empty.
+    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        stream = await _idle_worker(worker_store, "w1")
+        script = pusher.database.sql["hand_push"].rstrip()
+        assert script.endswith(";\nCOMMIT")
+        params = {
+            "id": "t1",
+            "queue": "q",
+            "payload": b'{"n": 1}',
+            "max_attempts": 1,
+            "run_at": time.time(),
+            "priority": 0,
+            "meta": None,
+            "waited": 0,
+            "own": (0,),
+        }
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def push_held_before_its_commit(conn: Any) -> None:
+            cursor = conn.cursor()
+            await cursor.execute(script.removesuffix(";\nCOMMIT"), params)
+            while await cursor.nextset():
+                pass
+            held.set()
+            await release.wait()
+            await cursor.execute("COMMIT")
+
+        pushing = asyncio.ensure_future(pusher.database.run(push_held_before_its_commit))
+        await held.wait()
+        reading = asyncio.ensure_future(worker_store.database.claim("q", "w1", 5))
+        await asyncio.sleep(0.5)  # the read reaches the server before the push commits
+        release.set()
+        await pushing
+        assert [task.id for task in await reading] == ["t1"]
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await worker_store.close()
         await pusher.close()

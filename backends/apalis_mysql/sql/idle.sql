@@ -6,9 +6,14 @@
 -- One task due now, pushed in one transaction: claimed for the most recently listed idle worker
 -- of the queue with a free slot (none while the queue is paused), else left pending; then which
 -- worker and listener got it, and whether it was inserted (a known id is skipped). SKIP LOCKED:
--- a worker whose listing another transaction holds is passed by. Last, after the commit, that
--- worker's listener has its sleep ended from here (`listener`), unless it is one of the pushing
--- process's own (`own`: told in-process): no second round trip of the client's on the task's way.
+-- a worker whose listing another transaction holds is passed by. That worker's listener has its
+-- sleep ended from here (`listener`), unless it is one of the pushing process's own (`own`: told
+-- in-process): no second round trip of the client's on the task's way. The sleep is ended before
+-- the COMMIT, so the worker's read of its hands (`handed`, a locking read of the listing this
+-- transaction holds) runs while the commit waits for its redo-log flush: InnoDB releases a
+-- transaction's locks and shows its rows before that flush ends (as to any claim of a pushed
+-- task), so the flush is no longer on the task's way. A listener that is gone (an error) stops
+-- the script before the COMMIT: the client commits then (`_hand_push`).
 START TRANSACTION;
 SET @apalis_worker = NULL, @apalis_listener = NULL;
 SELECT worker_id, listener INTO @apalis_worker, @apalis_listener FROM {prefix}idle
@@ -28,14 +33,16 @@ SET @apalis_inserted = ROW_COUNT() = 1;
 UPDATE {prefix}idle
 SET free = free - 1, handed = JSON_ARRAY_APPEND(COALESCE(handed, '[]'), '$', %(id)s)
 WHERE worker_id = @apalis_worker AND @apalis_inserted;
-COMMIT;
 SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted;
 EXECUTE IMMEDIATE IF(@apalis_inserted AND @apalis_listener IS NOT NULL AND @apalis_listener NOT IN %(own)s,
-    CONCAT('KILL QUERY ', @apalis_listener), 'DO 0')
+    CONCAT('KILL QUERY ', @apalis_listener), 'DO 0');
+COMMIT
 
 -- name: handed
--- The tasks handed to a listed worker that it has not seen, still running under it (a plain
--- read), in the order they were handed.
+-- The tasks handed to a listed worker that it has not seen, still running under it, in the order
+-- they were handed. A locking read: a push that handed a task ends the worker's sleep before its
+-- COMMIT (`hand_push`), and this read waits for that commit (its lock on the listing), not for
+-- its redo-log flush; a plain read could come before it and miss the hand.
 SELECT STRAIGHT_JOIN {task_columns}
 FROM {prefix}idle AS i
 JOIN JSON_TABLE(i.handed, '$[*]' COLUMNS (
@@ -45,6 +52,7 @@ JOIN {prefix}tasks AS t ON t.id = h.task
 WHERE i.worker_id = %(worker)s AND t.lock_by = %(worker)s AND t.status = 'running'
   AND NOT JSON_CONTAINS(%(seen)s, JSON_QUOTE(h.task))
 ORDER BY h.n
+LOCK IN SHARE MODE
 
 -- name: list
 -- List a worker idle (or again) until `until` with `free` slots; its handed tasks that no longer

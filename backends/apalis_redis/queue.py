@@ -28,9 +28,11 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:uniques     zset   unique keys with a task of no window, swept by the heartbeat
     ns:{q}:workers     zset   worker id -> last_seen
     ns:{q}:winfo       hash   worker id -> JSON (name, queue, host, pid, started_at, layers, running)
-    ns:{q}:idle        zset   polling workers whose last claim found nothing, by the time (ms)
-                              until which that holds: a push hands its task to the first one
-    ns:{q}:handed      hash   worker id -> the id of the last task handed to it (lua/claiming.lua)
+    ns:{q}:idle        zset   polling workers whose last claim left free slots unfilled, scored
+                              until_ms * 1000 + slots: a push hands its task to the first one
+                              and takes one of its slots (lua/handing.lua)
+    ns:{q}:handed      hash   worker id -> MessagePack array of the tasks handed to it that it may
+                              not have received yet (lua/handing.lua)
     ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake;
                               a task handed to an idle worker travels on it ('h' + the task)
     ns:ctl:q           pub/sub channel: a cancel requested of a running task (its worker stops
@@ -47,15 +49,18 @@ restart); a dropped connection is retried with capped backoff, and a claim whose
 is released by the claiming worker's next heartbeat.
 
 Handing over: a lone task would otherwise cost its worker a second round trip after the wake-up
-(the claim). A polling worker whose claim finds nothing is listed idle (`idle`), and a push whose
-task would be the next claimed claims it for the first listed worker in the same script and
-publishes the task itself; that worker's process gives it to the worker's poll stream
-(`_handed`), which starts it at once. The stream's next claim is skipped when nothing woke the
-queue since (`Connection.wakes`): it would find nothing, and the handed task's acknowledgement
-claims for its slot and lists the worker idle again. A handed task is an ordinary claim: if the
-message is lost the worker's heartbeat gives it back as a lost claim (once it is `stale_after`
-late: a message merely slow must not have it run twice), if the worker vanished the orphan
-sweep does, and a worker that stops gives back the one still on its way (lua/farewell.lua).
+(the claim). A polling worker whose claim leaves free slots unfilled is listed idle for them
+(`idle`), and a push whose task would be the next claimed claims it for the first listed worker
+in the same script, takes one of its slots and publishes the task itself; that worker's process
+gives it to the worker's poll stream (`_handed`), which starts it at once. A run that ends gives
+its slot back to the listing when its acknowledgement finds nothing to claim ahead, so a worker
+running some tasks is handed the next ones too (one listing for several slots: a push that comes
+before the last run's acknowledgement is handed over as well). The stream's next claim is
+skipped when nothing woke the queue since (`Connection.wakes`): it would find nothing. A handed
+task is an ordinary claim: if the message is lost the worker's heartbeat gives it back as a lost
+claim (once it is `stale_after` late: a message merely slow must not have it run twice), if the
+worker vanished the orphan sweep does, and a worker that stops gives back those still on their
+way (lua/farewell.lua).
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ _CLAIMING = ("claim", "ack", *_LIMITED)  # the scripts that start with lua/claim
 _CONTROL = ("ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk", *_LIMITED)  # control.lua
 _UNIQUE = ("enqueue", "heartbeat")  # and lua/unique.lua's
 _PUSHING = ("enqueue", "push")  # and lua/pushing.lua's (the hand-over)
+_HANDING = (*_PUSHING, "claim", "ack", "heartbeat", "farewell")  # and lua/handing.lua's (listings, tasks on their way)
 _LINES = (*_CLAIMING, *_CONTROL, "enqueue")  # and lua/lines.lua's (the limit keys' lines), first
 _BODY = {"ack_limited": "ack"}  # a script whose own text is another's: ack.lua, with limited.lua before it
 
@@ -118,12 +124,14 @@ CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capabilit
 
 def scripts() -> dict[str, str]:
     """The text of every script the queue runs, by name."""
-    lines, claiming, control, unique, walk, pushing, limited = (
-        lua("apalis_redis", name) for name in ("lines", "claiming", "control", "unique", "walk", "pushing", "limited")
+    lines, claiming, control, unique, walk, handing, pushing, limited = (
+        lua("apalis_redis", name)
+        for name in ("lines", "claiming", "control", "unique", "walk", "handing", "pushing", "limited")
     )
     return {
         name: (lines if name in _LINES else "")
         + (claiming if name in _CLAIMING else "")
+        + (handing if name in _HANDING or _BODY.get(name) in _HANDING else "")
         + (control if name in _CONTROL else "")
         + (unique if name in _UNIQUE else "")
         + (pushing if name in _PUSHING else "")

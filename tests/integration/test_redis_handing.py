@@ -16,6 +16,7 @@ import msgpack
 import pytest
 from apalis_cli.backend import StoreSpec, WorkerContext
 from apalis_cli.codec import JsonCodec
+from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task
 from apalis_redis import RedisStore
 from apalis_redis import queue as queue_module
@@ -35,6 +36,14 @@ async def list_idle(store: RedisStore, q: RedisQueue, worker_id: str, *, got: st
     return msgpack.unpackb(
         await store.scripts["claim"](keys=keys, args=[k.base, repr(now), limit, worker_id, got, int((now + 60) * 1000)])
     )
+
+
+async def next_task(stream: Any) -> Task[bytes]:
+    """The poll stream's next task (its idle ticks skipped)."""
+    while (task := await asyncio.wait_for(anext(stream), 10)) is None:
+        pass
+    assert isinstance(task, Task)
+    return task
 
 
 async def status_of(q: RedisQueue, task_id: str) -> tuple[Status, str | None, int]:
@@ -93,16 +102,18 @@ async def test_a_task_handed_to_a_worker_that_vanished_comes_back(store: RedisSt
     assert [(t.id, t.ctx.attempts) for t in started] == [(task_id, 2 if beat_after else 1)]
 
 
-async def test_a_worker_that_stops_gives_back_the_task_on_its_way(store: RedisStore) -> None:
+async def test_a_worker_that_stops_gives_back_the_tasks_on_their_way(store: RedisStore) -> None:
     q = store.backend("leaving", codec=JsonCodec())
     me = WorkerContext(id="leaving", name="leaving", queue="leaving")
     beats = q.heartbeat(me)
     await anext(beats)
-    await list_idle(store, q, "leaving")
-    task_id = await q.push({"x": 1})
-    assert await status_of(q, task_id) == (Status.RUNNING, "leaving", 1)
-    await beats.aclose()  # type: ignore[attr-defined]  # the farewell: it never received the task
-    assert await status_of(q, task_id) == (Status.PENDING, None, 0)
+    await list_idle(store, q, "leaving", limit=3)
+    task_ids = [await q.push({"x": n}) for n in range(2)]
+    for task_id in task_ids:
+        assert await status_of(q, task_id) == (Status.RUNNING, "leaving", 1)
+    await beats.aclose()  # type: ignore[attr-defined]  # the farewell: it never received the tasks
+    for task_id in task_ids:
+        assert await status_of(q, task_id) == (Status.PENDING, None, 0)
     assert await store.client.zscore(q.keys.idle, "leaving") is None
 
 
@@ -119,6 +130,43 @@ async def test_a_task_on_its_way_takes_one_of_the_free_slots_the_worker_counted(
     # Once it has the first task, its claim takes the second.
     claimed = await list_idle(store, q, "w1", got=first)
     assert claimed[0] == second
+
+
+async def test_a_worker_is_handed_as_many_tasks_as_it_has_free_slots(store: RedisStore) -> None:
+    # Listed for its free slots, a worker running some tasks is handed the next pushes too: no
+    # wake-up and claim of its own. Never more than those slots: backpressure holds.
+    q = store.backend("several", codec=JsonCodec())
+    await list_idle(store, q, "w1", limit=2)
+    first, second, third = [await q.push({"n": n}) for n in range(3)]
+    assert (await status_of(q, first))[:2] == (Status.RUNNING, "w1")
+    assert (await status_of(q, second))[:2] == (Status.RUNNING, "w1")  # the first not received yet
+    assert (await status_of(q, third))[:2] == (Status.PENDING, None)
+    # Both on their way: a claim with its two slots counted free finds them taken.
+    assert await list_idle(store, q, "w1", limit=2) == []
+    assert await store.client.zscore(q.keys.idle, "w1") is None
+    # It received the first only: one slot for the third.
+    assert (await list_idle(store, q, "w1", got=first, limit=2))[0] == third
+
+
+async def test_a_run_that_ends_gives_its_slot_back_to_the_listing(store: RedisStore) -> None:
+    # A lone task's acknowledgement finds nothing to claim ahead: its slot goes back to the
+    # worker's listing, whose other slots it kept, so the next pushes are handed over too.
+    q = store.backend("back", codec=JsonCodec())
+    me = WorkerContext(id="w1", name="w1", queue="back", concurrency=2, free_slots=lambda: 2)
+    stream = q.poll_compact(me)
+    assert await anext(stream) is None  # its claim found nothing: listed for its two slots
+    first = await q.push({"n": 1})
+    task = await next_task(stream)
+    assert task.id == first  # handed
+    second = await q.push({"n": 2})
+    assert (await status_of(q, second))[:2] == (Status.RUNNING, "w1")  # its other slot
+    assert (await next_task(stream)).id == second
+    await q.ack_batch([(task, Outcome.done())])  # the first's run ended: one slot free
+    third = await q.push({"n": 3})
+    assert (await status_of(q, third))[:2] == (Status.RUNNING, "w1")
+    fourth = await q.push({"n": 4})
+    assert (await status_of(q, fourth))[:2] == (Status.PENDING, None)
+    await stream.aclose()  # type: ignore[attr-defined]
 
 
 async def test_nothing_is_handed_out_of_a_paused_queue_or_to_a_listing_past_its_time(store: RedisStore) -> None:
@@ -171,7 +219,7 @@ async def test_pushes_with_a_key_or_meta_are_handed_over_as_plain_ones_are(store
         await list_idle(store, q, f"w{n}")
         task_id = await q.push({"n": n}, **options)
         assert await status_of(q, task_id) == (Status.RUNNING, f"w{n}", 1)
-        assert await store.client.hget(q.keys.handed, f"w{n}") == task_id.encode()
+        assert msgpack.unpackb(await store.client.hget(q.keys.handed, f"w{n}")) == [task_id]
 
 
 async def test_a_delayed_push_waits_and_a_plain_push_made_again_inserts_nothing(store: RedisStore) -> None:
@@ -235,8 +283,8 @@ async def test_a_task_made_ready_as_another_is_handed_over_starts_at_once(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The worker skips its claim after a handed task only when nothing woke the queue since: a
-    # task pushed right after (not handed: the worker is no longer listed) wakes it, even when
-    # both messages reach it in one read, and starts while the first still runs.
+    # task pushed right after (not handed: the worker's listing had one slot left) wakes it,
+    # even when both messages reach it in one read, and starts while the first still runs.
     monkeypatch.setattr(queue_module, "_LISTED_IDLE_WAIT", 30.0)  # only a wake-up can start it in time
     q = store.backend("pair", codec=JsonCodec())
     release = asyncio.Event()
@@ -248,10 +296,13 @@ async def test_a_task_made_ready_as_another_is_handed_over_starts_at_once(
             await release.wait()
 
     running = worker(q, handler, concurrency=2, poll_interval=30.0)
+    wid = running.worker.context.id
     deadline = time.monotonic() + 10
-    while await store.client.zscore(q.keys.idle, running.worker.context.id) is None:
+    while (listed := await store.client.zscore(q.keys.idle, wid)) is None:
         assert time.monotonic() < deadline, "the worker was never listed idle"
         await asyncio.sleep(0.01)
+    # Listed for one of its two free slots (as an acknowledgement lists the slot its run freed).
+    await store.client.zadd(q.keys.idle, {wid: listed - listed % 1000 + 1})
 
     async def push_both() -> list[str]:
         pusher = RedisStore.from_spec(

@@ -3,7 +3,8 @@
 -- busy worker's acknowledgements and its next claim are one round trip.
 -- A run whose cancel was requested and that would run again (retry, release) ends cancelled
 -- instead; whoever waits for a task that ends is told (control.lua's ended()).
--- A worker for which the claim found nothing is listed as idle, as by claim.lua.
+-- A worker whose runs freed slots the claim could not fill is listed idle for them, its listing
+-- growing by as many (handing.lua).
 -- KEYS: ready, scheduled, running, failed, done, killed, cancelled, idle, handed
 -- ARGV: base, now, wake channel, retention ms, one MessagePack array of 5 per outcome:
 --       id, lock_by, kind (d=done k=kill c=cancel r=retry l=release), text (result, error or
@@ -104,11 +105,12 @@ end
 local claims, claimed = cmsgpack.unpack(ARGV[6]), {}
 for i = 1, #claims, 4 do
   local worker, limit = claims[i], claims[i + 1]
-  local coming = in_flight(KEYS[9], base, worker, claims[i + 2])
-  if coming then limit = limit - 1 end
-  local out = {}
-  if limit > 0 then out = claim(KEYS, base, ARGV[2], limit, worker, out) end
-  if claims[i + 3] ~= '' then enlist(KEYS[8], worker, #out == 0 and not coming, claims[i + 3]) end
+  -- The tasks on their way to it took slots of its listing, not these: only forgotten once it
+  -- has them (handing.lua).
+  on_its_way(KEYS[9], base, worker, claims[i + 2])
+  local out = claim(KEYS, base, ARGV[2], limit, worker, {})
+  -- Slots these runs freed that no ready task fills: pushes may hand them their tasks.
+  if claims[i + 3] ~= '' then list_more(KEYS[8], worker, limit - #out / 10, claims[i + 3]) end
   claimed[#claimed + 1] = out
 end
 if limited then return cmsgpack.pack({claimed, limited}) end

@@ -88,30 +88,3 @@ local function claim(keys, base, now, limit, worker, out)
   end
   return out
 end
-
--- Handing over (enqueue.lua): a polling worker whose claim found nothing is listed as idle in
--- the zset `idle` (worker id, scored by the time in ms until which the listing holds), and a
--- push of a task that would be claimed next claims it for the first listed worker and publishes
--- it on the wake channel, so that worker starts it without a claim of its own. One listing, one
--- task: the worker lists itself again with its next claim that finds nothing. `handed` (hash:
--- worker id -> the id of the last task handed to it) tells whether a task handed to a worker is
--- still on its way: the worker passes the id of the last one it received (`got`).
-
--- in_flight(handed, base, worker, got): a task handed to `worker` that it has not received
--- (and still holds: one the heartbeat gave back as a lost claim no longer counts).
-local function in_flight(handed, base, worker, got)
-  local last = redis.call('HGET', handed, worker)
-  if not last or last == got then return false end
-  local f = redis.call('HMGET', base .. 't:' .. last, 's', 'l')
-  return f[1] == 'running' and f[2] == worker
-end
-
--- enlist(idle, worker, found, until_ms): list `worker` as idle (until `until_ms`) when its
--- claim found nothing, unlist it otherwise.
-local function enlist(idle, worker, idle_now, until_ms)
-  if idle_now then
-    redis.call('ZADD', idle, until_ms, worker)
-  else
-    redis.call('ZREM', idle, worker)
-  end
-end

@@ -5,7 +5,7 @@
 -- worker's runs and whether the queue is paused (the control channel tells a worker of a cancel
 -- at once; this is the floor).
 -- KEYS: ready, scheduled, running, failed, done, killed, cancelled, workers, worker info, idle,
---       handed (claiming.lua: a stale worker is no longer listed idle)
+--       handed (handing.lua: a stale worker is no longer listed idle)
 -- ARGV: base, now, wake channel, worker id, info JSON, stale cutoff ('-inf' while the caller's
 --       own contact with the server is not steady: no worker is judged stale), release cutoff,
 --       retention cutoff, purge limit, retention ms, control channel, the id of the last task
@@ -16,7 +16,7 @@ local ttl, channel = ARGV[10], ARGV[11]
 redis.call('ZADD', KEYS[8], ARGV[2], me)
 redis.call('HSET', KEYS[9], me, ARGV[5])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[6], 'WITHSCORES')
--- The task handed to a stale worker (claiming.lua), by id: {worker, its last beat (s)}. One
+-- The tasks handed to a stale worker (handing.lua), by id: {worker, its last beat (s)}. One
 -- handed after that beat never reached a handler (the worker was killed while listed idle, its
 -- listing outliving it by up to a beat): it goes back ready with its attempt not counted, where
 -- a counted one would kill a task allowed one attempt without its ever running. (A worker that
@@ -26,7 +26,7 @@ local unreceived = {}
 for i = 1, #stale, 2 do
   local worker = stale[i]
   local handed = redis.call('HGET', KEYS[11], worker)
-  if handed then unreceived[handed] = {worker, tonumber(stale[i + 1])} end
+  for _, id in ipairs(handed and handed_ids(handed) or {}) do unreceived[id] = {worker, tonumber(stale[i + 1])} end
   redis.call('ZREM', KEYS[8], worker)
   redis.call('HDEL', KEYS[9], worker)
   redis.call('ZREM', KEYS[10], worker)
@@ -36,10 +36,10 @@ end
 local mine, cancels = {}, {}
 for i = 13, #ARGV do mine[ARGV[i]] = true end
 local release_cutoff = tonumber(ARGV[7])
--- A task handed to this worker (claiming.lua) that it has not received may still be on its way
+-- A task handed to this worker (handing.lua) that it has not received may still be on its way
 -- on the wake channel: given back only once as late as a worker is stale (its message lost).
-local coming = redis.call('HGET', KEYS[11], me)
-if coming == ARGV[12] then coming = nil end
+local coming = {}
+for _, id in ipairs(on_its_way(KEYS[11], base, me, ARGV[12])) do coming[id] = true end
 local coming_cutoff = ARGV[6] == '-inf' and -math.huge or tonumber(ARGV[6])
 local recovered, woke = 0, false
 local function back_to_ready(id, key, priority)
@@ -56,7 +56,7 @@ for i = 1, #running, 2 do
   -- claim it does not run).
   local lost = false
   if f[1] == 'running' and f[2] == me then
-    lost = not mine[id] and claimed < (id == coming and coming_cutoff or release_cutoff)
+    lost = not mine[id] and claimed < (coming[id] and coming_cutoff or release_cutoff)
   elseif f[1] == 'running' then
     lost = not redis.call('ZSCORE', KEYS[8], f[2])
   end

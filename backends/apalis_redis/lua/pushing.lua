@@ -2,9 +2,9 @@
 -- Redis script cannot call another), so a task pushed alone is handed over exactly as one of a
 -- batch is. A new task that would be claimed next (due, nothing ready before it nor in a limit
 -- key's line (lines.lua), no limit key, the queue not paused) is handed to a worker listed as
--- idle: claimed for it here and published
--- on the wake channel ('h' + MessagePack [worker id, the 10 fields claiming.lua lists]), so that
--- worker starts it at once (see claiming.lua's enlist).
+-- idle (handing.lua, prepended before this file): claimed for it here, one of its slots taken,
+-- and published on the wake channel ('h' + MessagePack [worker id, the 10 fields claiming.lua
+-- lists]), so that worker starts it at once.
 -- keys: {ready, scheduled, idle, handed, running}
 
 local HAND_MAX = 16384 -- larger payloads are not sent to every listening process
@@ -26,17 +26,17 @@ local function hand(keys, base, now_text, wake, task)
   while true do
     local first = redis.call('ZRANGE', keys[3], 0, 0, 'WITHSCORES')
     if #first == 0 then return false end
-    local worker = first[1]
-    redis.call('ZREM', keys[3], worker)
-    if tonumber(first[2]) >= now_ms then
+    local worker, score = first[1], tonumber(first[2])
+    if score - score % LISTED >= now_ms * LISTED then
       local id = task[1]
+      take_slot(keys[3], keys[4], worker, score, id)
       redis.call('HSET', base .. 't:' .. id, 's', 'running', 'a', 1, 'l', worker)
       redis.call('ZADD', keys[5], string.format('%d', now_ms), id)
-      redis.call('HSET', keys[4], worker, id)
       redis.call('PUBLISH', wake, 'h' .. cmsgpack.pack({worker, id, task[2], 1, task[3], task[4], task[5],
         task[6], task[7], now_text, ''}))
       return true
     end
+    redis.call('ZREM', keys[3], worker)
   end
 end
 

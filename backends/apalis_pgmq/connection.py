@@ -132,6 +132,7 @@ class Connection:
         async with conn.transaction():
             for part in _split(SCHEMA):
                 await conn.execute(part)
+        await conn.execute(statement("drop_orphan_claim_fns"))  # left by pgmq.drop_queue
         return True, bool(row[1])
 
     async def close(self) -> None:

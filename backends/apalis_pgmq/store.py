@@ -22,7 +22,8 @@ Decisions, for other pgmq clients and for `inspect`:
 - A task's global limit key is its "apalis" header `limit_key`; a queue claimed by a worker with
   a keyed limit gets one index, `pgmq.q_<queue>_apalis_key`, as pgmq's own `create_fifo_index`
   adds one, and the limited claim runs as one function of the queue's own,
-  `apalis_pgmq.limit_claim_<queue>` (see `sql/limits.sql`; pgmq.drop_queue leaves it behind).
+  `apalis_pgmq.limit_claim_<queue>` (see `sql/limits.sql`; pgmq.drop_queue leaves it behind, and
+  the next store to open drops it: `sql/cleanup.sql`).
 - What pgmq has no function for writes its tables directly: the "apalis" headers (error, result,
   killed) just before `pgmq.archive` / `pgmq.set_vt`, `read_ct` given back to a released task (its
   attempt never started), an operator's `retry` (read_ct reset, or a killed message moved back

@@ -683,3 +683,36 @@ async def test_a_pause_during_a_claim_holds_back_what_was_pushed_after_it(
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
     assert [(t.id, t.ctx.status) for t in await backend.list_tasks()] == [(str(pushed), Status.PENDING)]
+
+
+async def test_a_dropped_queues_claim_function_goes_when_a_store_opens(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """pgmq.drop_queue leaves behind the limited claim function apalis made for the queue: the
+    next store to open drops it (the schema does not gather one per queue ever dropped), and a
+    queue made again with the name claims within its limits as before."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    backend = store.backend(queue, codec=JsonCodec())
+    function = f"apalis_pgmq.limit_claim_{queue}"
+    limit = ConcurrencyLayer(1, scope="global")
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(args["n"])
+
+    await backend.push({"n": 0})
+    await run_until(
+        Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2), lambda: 0 in seen
+    )
+    assert await sql(pgmq_url, "SELECT to_regproc(%s) IS NOT NULL", (function,)) == [(True,)]
+    await sql(pgmq_url, "SELECT pgmq.drop_queue(%s)", (queue,))
+    opened = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=pgmq_url))
+    await opened.open()
+    await opened.close()
+    assert await sql(pgmq_url, "SELECT to_regproc(%s) IS NOT NULL", (function,)) == [(False,)]
+    await backend.push({"n": 1})
+    await run_until(
+        Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2), lambda: 1 in seen
+    )
+    assert seen == [0, 1]

@@ -143,6 +143,7 @@ class Database:
     turn_walk = turns  # a limited claim walks the keys and locks their heads in one statement per turn
     keyless_from = True  # a keyed claim's keyless scan starts where the worker's last one stopped
     handing = None  # pushes never hand a task over: workers always claim
+    whole_claims = None  # a limited claim is a transaction of statements (`turns`)
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from apalis_cli.polling import Waker
 from apalis_sql.acks import AckPlan
-from apalis_sql.database import Rows, Session
+from apalis_sql.database import Rows, Session, WholeClaims
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -49,6 +49,12 @@ class PgmqLimits:
         self._connection = connection
         self._sql = sql
         self._run = run
+
+    @property
+    def whole_claims(self) -> WholeClaims:
+        """The limited claim is one call (this returns self as a `WholeClaims`: the type check
+        proves it is one)."""
+        return self
 
     def waker(self, queue: str) -> Waker:
         """The in-process waker of `queue`."""

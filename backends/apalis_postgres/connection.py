@@ -25,7 +25,7 @@ from apalis_cli.redact import redact
 from apalis_cli.retrying import retrying
 from apalis_cli.task import Task
 from apalis_sql import AckPlan, Controls, encode_meta, task_from_row
-from apalis_sql.database import Session
+from apalis_sql.database import Session, WholeClaims
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -285,6 +285,12 @@ class Database:
                 return await op(_Session(conn, self.sql))
 
         return await self.run(in_transaction)
+
+    @property
+    def whole_claims(self) -> WholeClaims:
+        """A limited claim is one call of migration 0009's `limit_claim` (this returns self as a
+        `WholeClaims`: the type check proves it is one)."""
+        return self
 
     def lock_scope(self, lock: str, queue: str) -> str:
         """The scope of the advisory lock `locked` takes (a limited claim, migration 0009's

@@ -28,7 +28,7 @@ from apalis_cli.task import Task, TaskId
 
 from .acks import AckPlan
 
-__all__ = ["Backlog", "Controls", "Handing", "Rows", "Session", "SqlDatabase", "told_reason"]
+__all__ = ["Backlog", "Controls", "Handing", "Rows", "Session", "SqlDatabase", "WholeClaims", "told_reason"]
 
 _TOLD_BYTES = 6000
 """The most a cancel's reason takes of a control message (PostgreSQL refuses a NOTIFY payload of
@@ -132,6 +132,23 @@ class Session(Protocol):
         ...
 
 
+class WholeClaims(Protocol):
+    """A store whose limited claim is one call of a server-side function, `limit_claim`
+    (PostgreSQL, pgmq): no transaction of statements, one round trip (`apalis_sql.limits`)."""
+
+    def lock_scope(self, lock: str, queue: str) -> str:
+        """The scope of the advisory lock `locked` takes for `lock` and `queue`."""
+        ...
+
+    def ack_statement(self, queue: str, plan: AckPlan) -> tuple[str, dict[str, Any]]:
+        """The statement that applies `plan` (`NAME_limit_claim` carries it) and its parameters."""
+        ...
+
+    async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
+        """All rows of the named statement."""
+        ...
+
+
 class Handing(Protocol):
     """A store whose push may hand its task to an idle worker (PostgreSQL: `apalis_postgres.handing`)."""
 
@@ -173,6 +190,11 @@ class SqlDatabase(Protocol):
     claims_by_select: bool
     """The limited claim statements lock their rows and `limit_mark` claims them (no UPDATE
     ... RETURNING), rather than claim them themselves (`apalis_sql.limits`)."""
+
+    @property
+    def whole_claims(self) -> WholeClaims | None:
+        """The store itself where its limited claim is one call (`apalis_sql.limits.WholeClaims`)."""
+        ...
 
     @property
     def handing(self) -> Handing | None:

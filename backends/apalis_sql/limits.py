@@ -24,7 +24,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 from apalis_cli.backend import NewTask
 from apalis_cli.fleet import KeyedClaims, claim_round_async
@@ -33,7 +33,7 @@ from apalis_cli.polling import Waker
 from apalis_cli.task import Task, TaskId
 
 from .acks import AckPlan
-from .database import Rows, Session, SqlDatabase
+from .database import Rows, Session, SqlDatabase, WholeClaims
 from .rows import TASK_COLUMNS, encode_meta, task_from_row
 
 __all__ = ["LimitedClaims", "LimitsDatabase", "push_unique"]
@@ -63,6 +63,14 @@ class LimitsDatabase(Protocol):
     claims_by_select: bool
     """The claim statements lock their rows and `limit_mark` claims them (MySQL)."""
 
+    @property
+    def whole_claims(self) -> WholeClaims | None:
+        """The store itself where its limited claim is one call (`WholeClaims`), else None. Said
+        by a typed attribute, not found by `isinstance`, so a store that means to claim in one
+        call and stops matching the protocol fails the type check instead of falling back
+        silently to the claim by statements."""
+        ...
+
     def waker(self, queue: str) -> Waker:
         """The in-process `Waker` of `queue`."""
         ...
@@ -71,24 +79,6 @@ class LimitsDatabase(Protocol):
         self, lock: str, queue: str, key: str, op: Callable[[Session], Awaitable[T]], *, durable: bool
     ) -> T:
         """`op` in one transaction holding the lock `lock` of `queue` and `key` (`SqlDatabase.locked`)."""
-        ...
-
-
-@runtime_checkable
-class WholeClaims(Protocol):
-    """A store whose limited claim is one call of a server-side function, `limit_claim`
-    (PostgreSQL): no transaction of statements, one round trip."""
-
-    def lock_scope(self, lock: str, queue: str) -> str:
-        """The scope of the advisory lock `locked` takes for `lock` and `queue`."""
-        ...
-
-    def ack_statement(self, queue: str, plan: AckPlan) -> tuple[str, dict[str, Any]]:
-        """The statement that applies `plan` (`NAME_limit_claim` carries it) and its parameters."""
-        ...
-
-    async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
-        """All rows of the named statement."""
         ...
 
 
@@ -113,7 +103,7 @@ class LimitedClaims:
         self.workers: dict[str, KeyedClaims] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._keyless: dict[str, tuple[Any, Any, Any]] = {}
-        self._whole = db if isinstance(db, WholeClaims) else None
+        self._whole = db.whole_claims
         self.stopped: set[str] = set()
         """Workers that claimed within limits here and stopped polling: the slots their last
         runs free are claimed by no one here (`SqlQueue.ack_batch` tells the other daemons)."""

@@ -41,7 +41,7 @@ import resource
 import statistics
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from apalis_cli.backend import Store
 from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
@@ -79,13 +79,24 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def drain(
-    store: Store, mode: str, tasks: int, keys: int, hot: int, server: ServerCpu
-) -> tuple[float, float, float, float | None]:
-    """Tasks per second of the cold keys' tasks in `mode`, the same over the last four fifths of
-    them (`steady`: a backlog set aside before the first cold task runs is not in it), and this
-    process's CPU time per task in microseconds (both threads: the event loop's and SQLite's; a
-    server's is apart, the last figure, None where there is none), which a busy machine bends less."""
+class Drained(NamedTuple):
+    """One timed drain: the cold keys' tasks per second, over the whole drain and over its last
+    four fifths (`steady`: a backlog set aside before the first cold task runs is not in it, nor
+    is a queue's one-time setup, such as pgmq's key index built by the first limited claim), and
+    CPU per task in microseconds, this process's (both threads: the event loop's and SQLite's)
+    and the server's (None where there is none), over the same two spans."""
+
+    rate: float
+    steady: float
+    cpu: float
+    server: float | None
+    steady_cpu: float
+    steady_server: float | None
+
+
+async def drain(store: Store, mode: str, tasks: int, keys: int, hot: int, server: ServerCpu) -> Drained:
+    """A timed drain of `tasks` cold tasks over `keys` keys in `mode` (`hot` tasks of one key
+    before them in `saturated`)."""
     queue = f"bench_limits_{mode.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
     backend: Any = store.backend(queue, codec=CODEC, max_attempts=1)
     layers: list[Layer] = []
@@ -101,16 +112,17 @@ async def drain(
     await _push(backend, [{"account": f"k{n % keys}", "n": n} for n in range(tasks)])
     done = 0
     finished = asyncio.Event()
-    fifth, fifth_at = max(tasks // 5, 1), 0.0
+    fifth, fifth_at, fifth_cpu = max(tasks // 5, 1), 0.0, 0.0
+    fifth_server: dict[int, float] | None = None
 
     async def handler(args: Any, task: Task[bytes]) -> None:
-        nonlocal done, fifth_at
+        nonlocal done, fifth_at, fifth_cpu, fifth_server
         if args["account"] == "hot":
             await release.wait()
             return
         done += 1
         if done == fifth:
-            fifth_at = time.perf_counter()
+            fifth_at, fifth_cpu, fifth_server = time.perf_counter(), _cpu(), server.mark()
         if done == tasks:
             finished.set()
 
@@ -122,16 +134,24 @@ async def drain(
     try:
         async with asyncio.timeout(300):
             await finished.wait()
-        ended = time.perf_counter()
-        elapsed, steady, cpu = ended - started, ended - fifth_at, _cpu() - cpu
+        ended, ended_cpu = time.perf_counter(), _cpu()
+        elapsed, steady, cpu, steady_cpu = ended - started, ended - fifth_at, ended_cpu - cpu, ended_cpu - fifth_cpu
         served = server.spent()
+        served_steady = None if fifth_server is None else server.spent(since=fifth_server)
     finally:
         release.set()
         worker.hurry()
         stop.set()
         await asyncio.gather(running, return_exceptions=True)
-    server_us = None if served is None else served / tasks * 1e6
-    return tasks / elapsed, (tasks - fifth) / steady, cpu / tasks * 1e6, server_us
+    steady_tasks = tasks - fifth
+    return Drained(
+        tasks / elapsed,
+        steady_tasks / steady,
+        cpu / tasks * 1e6,
+        None if served is None else served / tasks * 1e6,
+        steady_cpu / steady_tasks * 1e6,
+        None if served_steady is None else served_steady / steady_tasks * 1e6,
+    )
 
 
 def cpu_total(worker_us: float, server_us: float | None) -> float:
@@ -169,19 +189,21 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int, mi
             if min_seconds > 0:  # an untimed drain of each mode (a warm-up too) sets its task count
                 for mode in MODES:
                     counts[mode] = scaled_tasks(
-                        tasks, (await drain(store, mode, tasks, keys, hot, server))[0], min_seconds
+                        tasks, (await drain(store, mode, tasks, keys, hot, server)).rate, min_seconds
                     )
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
             steadies: dict[str, list[float]] = {mode: [] for mode in MODES}
             cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
             served: dict[str, list[float | None]] = {mode: [] for mode in MODES}
+            steady_totals: dict[str, list[float]] = {mode: [] for mode in MODES}
             for _ in range(rounds):
                 for mode in MODES:
-                    rate, steady, cpu, server_cpu = await drain(store, mode, counts[mode], keys, hot, server)
-                    rates[mode].append(rate)
-                    steadies[mode].append(steady)
-                    cpus[mode].append(cpu)
-                    served[mode].append(server_cpu)
+                    got = await drain(store, mode, counts[mode], keys, hot, server)
+                    rates[mode].append(got.rate)
+                    steadies[mode].append(got.steady)
+                    cpus[mode].append(got.cpu)
+                    served[mode].append(got.server)
+                    steady_totals[mode].append(cpu_total(got.steady_cpu, got.steady_server))
             med = {mode: statistics.median(values) for mode, values in rates.items()}
             steady_med = {mode: statistics.median(values) for mode, values in steadies.items()}
             cpu_med = {mode: statistics.median(values) for mode, values in cpus.items()}
@@ -196,6 +218,7 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int, mi
                 f" load {load}"
             )
             total = {mode: cpu_total(cpu_med[mode], server_med[mode]) for mode in MODES}
+            steady_total = {mode: statistics.median(values) for mode, values in steady_totals.items()}
             for mode in MODES:
                 line = (
                     f"  {mode:<11}{f' n={counts[mode]:<6}' if min_seconds > 0 else ''}"
@@ -221,9 +244,12 @@ async def run(kinds: list[str], tasks: int, keys: int, hot: int, rounds: int, mi
                 f" keyed {total['keyed']:.0f} us, saturated {total['saturated']:.0f} us"
             )
             print(
-                f"  steady (the last four fifths): saturated / unlimited"
+                f"  steady (the last four fifths): saturated / unlimited rate"
                 f" {steady_med['saturated'] / steady_med['unlimited']:.2f},"
-                f" saturated / keyed {steady_med['saturated'] / steady_med['keyed']:.2f}"
+                f" CPU per task {steady_total['saturated'] / steady_total['unlimited']:.2f}"
+                f" ({steady_total['unlimited']:.0f} -> {steady_total['saturated']:.0f} us);"
+                f" saturated / keyed rate {steady_med['saturated'] / steady_med['keyed']:.2f},"
+                f" CPU per task {steady_total['saturated'] / steady_total['keyed']:.2f}"
             )
         finally:
             await store.close()

@@ -6,9 +6,9 @@
   so other clients' work in the same window is included (`scope` says so);
 - the in-process stores (memory, sqlite) and the brokers: none (`scope` is None).
 
-A figure is a difference of two readings (`start`, then `spent`); a backend that appeared in
-between counts whole, one that exited in between is lost (the bench's connections stay open
-through a drain).
+A figure is a difference of two readings (`start`, then `spent`; or a `mark` taken between them,
+then `spent(since=mark)`); a backend that appeared in between counts whole, one that exited in
+between is lost (the bench's connections stay open through a drain).
 """
 
 from __future__ import annotations
@@ -142,14 +142,22 @@ class ServerCpu:
         pids = self._pids()
         self._start = None if pids is None else {pid: proc_cpu(pid) for pid in pids}
 
-    def spent(self) -> float | None:
-        """CPU seconds since `start` (None: no server figure for this kind here)."""
+    def mark(self) -> dict[int, float] | None:
+        """A reading of the processes `start` read, from `/proc` alone (no query, so it can be
+        taken in the middle of a drain); for `spent(since=...)`."""
+        return None if self._start is None else {pid: proc_cpu(pid) for pid in self._start}
+
+    def spent(self, since: dict[int, float] | None = None) -> float | None:
+        """CPU seconds since `start`, or since the `mark` `since` (a process that appeared after
+        `start` counts whole: its part before the mark is not known); None: no server figure for
+        this kind here."""
         if self._start is None:
             return None
         pids = self._pids()
         if pids is None:
             return None
-        return sum(proc_cpu(pid) - self._start.get(pid, 0.0) for pid in pids)
+        first = self._start if since is None else since
+        return sum(proc_cpu(pid) - first.get(pid, 0.0) for pid in pids)
 
     def per_task_us(self, tasks: int) -> float | None:
         """`spent()` per task, in microseconds, rounded to 0.1 (None without a figure or tasks)."""

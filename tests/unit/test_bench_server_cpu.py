@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import bench.limits
+import bench.servercpu
 import pytest
 from bench.limits import scaled_tasks
 from bench.report import baseline_ratios, print_report
@@ -135,15 +136,33 @@ def test_limits_ratio_is_saturated_over_unlimited_of_worker_and_server_cpu(
     # that saturated costs 1.5 times the unlimited drain's CPU per task (20 + 30 -> 22 + 53).
     figures = {"unlimited": (20.0, 30.0), "saturated": (22.0, 53.0)}
 
-    async def drain(store: Any, mode: str, *args: Any) -> tuple[float, float, float, float | None]:
+    async def drain(store: Any, mode: str, *args: Any) -> bench.limits.Drained:
         worker, server = figures.get(mode, (21.0, 40.0))
-        return 1000.0, 1000.0, worker, server
+        # the steady part: a one-time setup (pgmq's key index) left out
+        return bench.limits.Drained(1000.0, 1000.0, worker, server, worker, server - 8.0)
 
     monkeypatch.setattr(bench.limits, "drain", drain)
     asyncio.run(bench.limits.run(["memory"], tasks=10, keys=2, hot=5, rounds=1))
     out = capsys.readouterr().out
     assert "saturated / unlimited: rate 1.00, CPU per task 1.50;" in out
     assert "CPU +25 us/task with the server" in out
+    assert "steady (the last four fifths): saturated / unlimited rate 1.00, CPU per task 1.60 (42 -> 67 us)" in out
+
+
+def test_a_mark_splits_the_servers_cpu_and_a_process_that_came_after_start_counts_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readings = {4242: 1.0}
+    monkeypatch.setattr(bench.servercpu, "proc_cpu", lambda pid, proc="/proc": readings.get(int(pid), 0.0))
+    server = ServerCpu("redis", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr(server, "_pids", lambda: sorted(readings))
+    server.start()
+    readings.update({4242: 3.0, 4243: 0.5})  # 4243 came after start
+    mark = server.mark()
+    assert mark == {4242: 3.0}
+    readings.update({4242: 7.0, 4243: 2.0})
+    assert server.spent() == 8.0  # 4242: 7 - 1, and 4243 whole
+    assert server.spent(since=mark) == 6.0  # 4242: 7 - 3, and 4243 whole
 
 
 def _drain(conc: int, rate: float, cpu: float, server: float | None) -> dict[str, Any]:

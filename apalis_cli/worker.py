@@ -361,9 +361,12 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            if self.paused:
+            if self.paused and idle:
                 # The store's claim refuses too. Meanwhile the worker asks at most once per
                 # poll_interval: how it hears of a resume from a store that tells it only then.
+                # Only after the stream said idle: tasks it gives come from a claim the store
+                # granted (a resume in another process, which this worker's next heartbeat
+                # would be the first to tell), and start at once, not one per poll_interval.
                 await woken(self._resumed, self.context.poll_interval)
             task = await anext(stream)
             if task is not None:

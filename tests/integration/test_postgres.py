@@ -349,3 +349,42 @@ async def test_an_idle_listen_connection_does_not_wake_its_process(postgres_url:
         assert heard == [(channel, "hello")]
     finally:
         await listener.stop()
+
+
+async def test_a_resume_from_another_process_lets_the_worker_take_its_tasks_at_once(
+    postgres_url: str, postgres_schema: str, postgres_store: PostgresStore
+) -> None:
+    # The worker hears of the pause from its heartbeat. The resume comes from another process
+    # (`apalis resume` has a store of its own), which only wakes the pollers: the worker's next
+    # heartbeat, a minute away here, would be the first to tell it. Until then it must not take
+    # its claimed tasks one per poll_interval (5 tasks: 12 s), but start them together.
+    control_store = make_postgres_store(postgres_url, postgres_schema, application_name="control")
+    await control_store.open()
+    try:
+        control = control_store.backend("q", codec=JsonCodec())
+        await control.pause()
+        starts = Starts()
+        worker, stop, running = await start_worker(
+            postgres_store, "q", starts, concurrency=5, poll_interval=3.0, keep_alive=60.0
+        )
+        for _ in range(200):
+            if worker.paused:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.paused, "the worker's first heartbeat did not tell it of the pause"
+        pushed = [await control.push({"n": n}) for n in range(5)]
+        await asyncio.sleep(0.2)
+        assert starts.at == {}, "a paused queue handed out a task"
+
+        await control.resume()
+
+        for _ in range(400):
+            if len(starts.at) == len(pushed):
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(starts.at) == sorted(pushed), f"{len(starts.at)} of 5 started 8 s after the resume"
+        assert worker.paused, "a heartbeat came: the test no longer shows what a resume alone does"
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    finally:
+        await control_store.close()

@@ -85,7 +85,6 @@ class Connection:
         self.created: set[str] = set()  # every queue name this process declared (tests drop them)
         self.exchanges: set[str] = set()  # every exchange this process declared
         self._bound: set[tuple[str, str, str]] = set()
-        self._recorder: AbstractChannel | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -109,7 +108,6 @@ class Connection:
                 url = self.config.url
                 raise ConnectionLost(redact(f"cannot reach RabbitMQ at {url}: {exc!r}", secrets_in(url))) from None
             self._publisher = None
-            self._recorder = None
             self._declared.clear()
             self._bound.clear()
             return self._connection
@@ -245,17 +243,6 @@ class Connection:
         channel = await self.publisher()
         target = await channel.get_exchange(exchange, ensure=False)
         await target.publish(message, routing_key=key, mandatory=False)
-
-    async def record(self, messages: Sequence[tuple[str, aio_pika.Message]]) -> None:
-        """Publish (queue, message) pairs without waiting for confirms (final records: their
-        loss in a broker crash costs a waiter its wake-up, not a task)."""
-        if not messages:
-            return
-        channel = self._recorder
-        if channel is None or channel.is_closed:
-            channel = self._recorder = await (await self.connection()).channel(publisher_confirms=False)
-        for key, message in messages:
-            await channel.default_exchange.publish(message, routing_key=key)
 
     async def publish_many(self, messages: Sequence[tuple[str, aio_pika.Message]]) -> None:
         """Publish (routing key, message) pairs and wait until the broker confirmed them all.

@@ -15,8 +15,9 @@ keeps small records in queues of its own, for apalis queue `q` under prefix `p`:
   pushed goes back).
 - `p.q.finals`: a stream queue (`x-queue-type: stream`, no plugin needed) of final records:
   the tasks that end (done with their result, killed) in one acknowledgement batch append one
-  message listing their records, published beside the acknowledgement without waiting for a
-  confirm. A waiter reads the stream from the time the
+  message listing their records, published with the batch's copies and confirmed with them
+  before the tasks' messages are acknowledged (a record the broker did not take leaves its task
+  to be redelivered: a waiter's answer is never lost). A waiter reads the stream from the time the
   task's id was made (ids are time-ordered), so it finds a record written before it came as
   well as the one it waits for; records are kept 7 days, at most 1 GiB. It appends a marker
   (confirmed) before it attaches: RabbitMQ attaches a reader whose start time is past every

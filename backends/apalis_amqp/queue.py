@@ -280,10 +280,11 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
                 target = self.dead, copy
             else:
                 target = self.work, copy_message(message, id=envelope.id, attempts=lost)
-            await self._conn.retrying(lambda: self._conn.publish_many([target]))
-            if target[0] == self.dead:
+            published = [target]
+            if target[0] == self.dead:  # its end, for waiters, confirmed with the copy before the ack
                 record = final_record(Status.KILLED, envelope, attempts=lost, error=error, result=None)
-                await self._conn.record([(self.finals, records_message([record]))])
+                published.append((self.finals, records_message([record])))
+            await self._conn.retrying(lambda: self._conn.publish_many(published))
             await message.ack()
             return None
         attempts = envelope.attempts + 1
@@ -299,7 +300,10 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
     # -- acknowledging ---------------------------------------------------------------------
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
-        """Settle outcomes: copies published (and confirmed) first, then the originals acked.
+        """Settle outcomes: copies and the batch's final records (one message of the finals
+        stream, which `wait` reads) published and confirmed first, then the originals acked: an
+        end the broker did not take (lost in its crash, or its stream deleted) leaves the task's
+        message unacknowledged, so the task is redelivered, not its waiter's answer lost.
 
         A message stays held until its copy is confirmed: after a failed publish the heartbeat
         still sees it (and puts it back once its run is over), and a lost connection is raised
@@ -334,9 +338,9 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
                     record = final_record(status, envelope, attempts=held.attempts, error=outcome.error, result=result)
                     records.append(record)
                 settled.append((consumer, task.id, message))
+            if records:  # the ends, for waiters: confirmed with the copies, in the same round trip
+                copies.append((self.finals, records_message(records)))
             await self._conn.publish_many(copies)
-            if records:
-                await self._conn.record([(self.finals, records_message(records))])
         except FAILURES as exc:
             raise ConnectionLost(f"RabbitMQ: {exc!r}") from exc
         for consumer, task_id, _ in settled:

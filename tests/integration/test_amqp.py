@@ -243,7 +243,7 @@ async def test_a_wait_finds_an_end_written_before_it_whatever_the_pushing_hosts_
         task_id = made + new_task_id()[len(made) :]
         envelope = Envelope(id=task_id, attempts=1, max_attempts=1, run_at=time.time())
         record = final_record(Status.DONE, envelope, attempts=1, error=None, result="7")
-        await store.connection.record([(queue.finals, records_message([record]))])
+        await store.connection.publish_many([(queue.finals, records_message([record]))])
         ended = await queue.wait(task_id, timeout=3)
         assert ended is not None, f"the end of a task made {ahead:g} s ahead was missed"
         assert (ended.id, ended.ctx.status) == (task_id, Status.DONE)
@@ -262,7 +262,7 @@ async def test_a_wait_whose_connection_is_cut_reads_the_end_written_meanwhile(st
         abort_connection(store.connection.current)
         envelope = Envelope(id=task_id, attempts=1, max_attempts=1, run_at=time.time())
         record = final_record(Status.DONE, envelope, attempts=1, error=None, result="7")
-        await worker.connection.record([(queue.finals, records_message([record]))])
+        await worker.connection.publish_many([(queue.finals, records_message([record]))])
         ended = await waiting
         assert ended is not None, "the wait missed the end written while its connection was cut"
         assert (ended.id, ended.ctx.status) == (task_id, Status.DONE)
@@ -316,3 +316,26 @@ async def test_a_stall_of_the_whole_process_does_not_make_its_workers_take_each_
         release.set()
         stop.set()
         await asyncio.gather(holder, sweeper)
+
+
+async def test_a_tasks_end_is_kept_for_its_waiter_when_the_finals_stream_was_lost(store: AmqpStore) -> None:
+    """A task's end is published confirmed before its message is acknowledged: an end the broker
+    did not take (here: its finals stream deleted under the worker) is published again once the
+    stream is declared again, so a waiter still gets its answer. Published unconfirmed, the end
+    went nowhere and the wait ran to its timeout."""
+    queue = store.backend("ends", codec=JsonCodec())
+    await queue.prepare()
+    connection, channel = await _plain_channel()
+    await channel.queue_delete(queue.finals)
+    await connection.close()
+    task_id = await queue.push({"n": 1})
+    runs: list[str] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> Any:
+        runs.append(task.id)
+        return 7
+
+    await run_until(_worker(queue, handler), lambda: bool(runs))
+    ended = await queue.wait(task_id, timeout=5)
+    assert ended is not None, "the task's end was lost"
+    assert (ended.id, ended.ctx.status) == (task_id, Status.DONE)

@@ -511,11 +511,12 @@ class Database:
     def ack_ahead(self, session: Any, plan: AckPlan) -> list[Any]:
         """Send the acknowledgement of `plan` ahead of a limited claim's first read, in its
         transaction (`locked.LockedSession.ahead`); the rows filled once sent say whether some
-        task of it ended while someone waits for it (`acked_ahead`, after the commit)."""
+        task of it ended while someone waits for it (`acked_ahead`, after the commit): the
+        UPDATEs say so as they run (`acked_waited`), no second read of the batch's rows."""
+        session.ahead(self.sql["acked_start"], [])
         for query, args in ack_statements(self.sql, plan):
             session.ahead(query, args)
-        ids = [row[0] for row in plan.rows()]
-        kept: list[Any] = session.ahead(self.sql["ended_waited"].replace("{ids}", ", ".join(["%s"] * len(ids))), ids)
+        kept: list[Any] = session.ahead(self.sql["acked_waited"], [])
         return kept
 
     async def acked_ahead(self, queue: str, plan: AckPlan, waited: list[Any]) -> None:

@@ -151,3 +151,37 @@ async def test_a_keyed_claims_walk_reads_the_keys_it_takes_not_every_key_waiting
     ]
     assert walks, "the keys are walked by a loose index scan"
     assert all(walk["r_rows"] <= 13 for walk in walks), [walk["r_rows"] for walk in walks]
+
+
+async def test_a_limited_claims_acknowledgement_tells_those_waiting_for_a_task_it_ended(
+    mysql_store: MysqlStore,
+) -> None:
+    """The acknowledgement a limited claim carries (`ack_ahead`) says whether it ended a task
+    someone waits for, so their processes are told (`notify_control`)."""
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    db = mysql_store.database
+    waited = await q.push({"account": "a"}, limit_key="a", waited=True)
+    await q.push({"account": "b"}, limit_key="b")
+    await q.push({"account": "c"}, limit_key="c")
+    carried, told = [], []
+    ack_ahead, notify_control = db.ack_ahead, db.notify_control
+
+    def spy_ack_ahead(session: Any, plan: Any) -> list[Any]:
+        carried.append(plan)
+        return ack_ahead(session, plan)
+
+    async def spy_notify_control() -> None:
+        told.append(True)
+        await notify_control()
+
+    db.ack_ahead, db.notify_control = spy_ack_ahead, spy_notify_control  # type: ignore[method-assign]
+    stream = q.poll_compact(context("w1", slots=2))
+    try:
+        first = await anext(stream)  # took the two it asked for: the worker has a backlog
+        assert first is not None
+        assert first.id == waited
+        await q.ack_batch([(first, Outcome.done())])  # claims the slot it frees, carrying the ack
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert carried, "the acknowledgement rode on a limited claim"
+    assert told, "the waiters of the task it ended were not told"

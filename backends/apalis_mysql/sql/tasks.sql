@@ -54,17 +54,14 @@ ON DUPLICATE KEY UPDATE id = id
 -- name: key_holders
 SELECT idempotency_key, id FROM {prefix}tasks WHERE queue = %(queue)s AND idempotency_key IN %(keys)s
 
--- name: ended_waited
--- Whether some task of an acknowledged batch ended while someone waits for it.
-SELECT 1 FROM {prefix}tasks WHERE id IN ({ids}) AND waited = 1 AND done_at IS NOT NULL LIMIT 1
-
 -- name: acked_start
 SET @apalis_waited = 0
 
 -- name: acked_waited
--- `ended_waited` as the acknowledgement's UPDATEs found it, after `acked_start`: each that ends
--- a task someone waits for sets `@apalis_waited` on the way (rewriting `waited` as it was), so no
--- second lookup of the batch's rows.
+-- Whether some task of an acknowledged batch ended while someone waits for it, as the
+-- acknowledgement's UPDATEs found it, after `acked_start`: each that ends such a task sets
+-- `@apalis_waited` on the way (rewriting `waited` as it was), so no second lookup of the batch's
+-- rows (an acknowledgement alone, or carried by a limited claim: `ack_ahead`).
 SELECT 1 FROM DUAL WHERE @apalis_waited = 1
 
 -- name: ack_done

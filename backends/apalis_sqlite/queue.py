@@ -102,7 +102,10 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
                 return ids, {}
             return ids, dict(conn.execute(q.ids_by_key, {"queue": queue, "keys": json.dumps(keys)}).fetchall())
 
-        done, result = self._db.write_now(work) if len(tasks) <= _WRITE_NOW_MAX else (False, None)
+        small = len(tasks) <= _WRITE_NOW_MAX
+        if small and self._db.holding:
+            await self._db.held()  # a checkpoint starts the WAL afresh: written right after it
+        done, result = self._db.write_now(work) if small else (False, None)
         if done and result is not None:
             ids, owners = result
             self._written_now += 1

@@ -22,7 +22,8 @@ as a drain of tasks that return nothing): as `bench.limits` with its worker take
   file (`{schema}`, `{channel}` and `{columns}` are filled in as in the store's SQL): a new
   version of the function measured against the old, in one schema and one backend.
 
-`--probes FN,...` calls each named function (same arguments as `limit_claim`, installed by
+`bench/claimpath_copies.sql` holds two such copies (a lean one and a flat one: bench/README.md
+says what they measured). `--probes FN,...` calls each named function (same arguments as `limit_claim`, installed by
 `--install`) after each limited claim, on that queue, and reports its CPU per call: a copy of
 `limit_claim` that returns after some stage gives that stage's cost (it must claim nothing).
 

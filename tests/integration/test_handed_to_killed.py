@@ -18,6 +18,7 @@ from apalis_mysql import MysqlStore
 from apalis_postgres import PostgresStore
 from apalis_redis import RedisStore
 
+from ..conformance.stores.mysql import admin_execute
 from .running import run_until
 
 STORE_KINDS = ("postgres", "redis", "mysql")
@@ -59,7 +60,9 @@ def spec_of(store: Store) -> tuple[str, str, dict[str, Any]]:
     return "mysql", store.config.url, {}
 
 
-async def test_a_task_handed_to_a_killed_idle_worker_is_not_an_attempt(store: Store) -> None:
+async def handed_to_a_killed_worker(store: Store) -> tuple[Any, str]:
+    """A queue whose one worker (another process) was killed with SIGKILL while listed idle, and
+    the id of a task (one attempt allowed) a push then handed to it."""
     queue = "handed-to-killed"
     backend: Any = store.backend(queue, codec=JsonCodec(), max_attempts=1)
     kind, url, options = spec_of(store)
@@ -77,6 +80,11 @@ async def test_a_task_handed_to_a_killed_idle_worker_is_not_an_attempt(store: St
     handed = await backend.get(task_id)
     assert handed is not None
     assert handed.ctx.status is Status.RUNNING  # handed to the dead worker
+    return backend, task_id
+
+
+async def runs_once_and_is_done(backend: Any, task_id: str) -> None:
+    """Another worker runs the task once, as its first attempt, and it ends done."""
     seen: list[tuple[str, int]] = []
 
     async def handler(args: Any, task: Task[bytes]) -> None:
@@ -88,3 +96,18 @@ async def test_a_task_handed_to_a_killed_idle_worker_is_not_an_attempt(store: St
     done = await backend.get(task_id)
     assert done is not None
     assert done.ctx.status is Status.DONE
+
+
+async def test_a_task_handed_to_a_killed_idle_worker_is_not_an_attempt(store: Store) -> None:
+    backend, task_id = await handed_to_a_killed_worker(store)
+    await runs_once_and_is_done(backend, task_id)
+
+
+async def test_a_killed_workers_listing_outlives_its_lapse_until_the_sweep(mysql_store: MysqlStore) -> None:
+    """MariaDB drops the rows of listings that lapsed a minute ago as other workers list
+    themselves; a dead worker's row (what was handed to it) stays until the orphan sweep has
+    forgotten the worker, or a stale_after past a minute would count the hand-over again."""
+    backend, task_id = await handed_to_a_killed_worker(mysql_store)
+    table = f"{mysql_store.config.database}.{mysql_store.config.table_prefix}idle"
+    await admin_execute(mysql_store.config.url, f"UPDATE {table} SET until = until - 120")  # lapsed long ago
+    await runs_once_and_is_done(backend, task_id)

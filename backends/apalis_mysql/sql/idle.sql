@@ -56,7 +56,9 @@ LOCK IN SHARE MODE
 
 -- name: list
 -- List a worker idle (or again) until `until` with `free` slots; its handed tasks that no longer
--- run under it are forgotten. Rows of workers gone for a minute are dropped on the way.
+-- run under it are forgotten. Rows of workers gone for a minute are dropped on the way, once
+-- the orphan sweep has forgotten the worker: until then its row tells the sweep which tasks were
+-- handed to it (`tasks.sql`'s `recover`: one handed after its last beat is not an attempt).
 INSERT INTO {prefix}idle (worker_id, queue, listener, until, free, handed)
 VALUES (%(worker)s, %(queue)s, %(listener)s, {now} + %(span)s, %(free)s, NULL)
 ON DUPLICATE KEY UPDATE listener = VALUES(listener), until = VALUES(until), free = VALUES(free),
@@ -65,6 +67,7 @@ ON DUPLICATE KEY UPDATE listener = VALUES(listener), until = VALUES(until), free
         JOIN {prefix}tasks AS t ON t.id = h.task
         WHERE t.lock_by = %(worker)s AND t.status = 'running');
 DELETE FROM {prefix}idle WHERE queue = %(queue)s AND until < {now} - 60
+    AND NOT EXISTS (SELECT 1 FROM {prefix}workers AS w WHERE w.id = worker_id)
 
 -- name: unlist
 -- The worker is busy: no more hand-overs until it lists itself again (tasks already handed

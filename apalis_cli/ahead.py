@@ -104,6 +104,9 @@ class ClaimsAhead(Generic[H]):
             finally:
                 claiming.remove(asked)
             if claimed:
+                # On their way to the worker through the stream's buffer, not started yet: its
+                # heartbeat counts them as it counts the tasks taken, until the next take.
+                holder.taken = list(claimed)
                 return claimed
             # An ack may have claimed ahead for this worker while the store's claim was in
             # flight, taking the very tasks that claim then found gone: serve them rather than
@@ -131,7 +134,8 @@ class ClaimsAhead(Generic[H]):
     def held(self, worker_id: str) -> list[TaskId]:
         """The tasks claimed ahead for `worker_id` and about to start: running, for its heartbeat.
 
-        Those on their way to the worker count too (taken from the holder, not yet started): a
+        Those on their way to the worker count too (taken from the holder, or claimed by its
+        stream's own claim, and not yet started): a
         beat that read the worker's tasks just then would see a held task in neither place, and
         give back as a lost claim (claimed long ago, after an outage) a task the worker runs.
         """

@@ -124,6 +124,31 @@ async def test_tasks_claimed_ahead_are_not_given_back_by_the_heartbeat_as_lost_c
     assert ahead.id == second
 
 
+async def test_tasks_a_claim_took_and_the_worker_has_not_started_are_not_lost_claims(harness: Harness) -> None:
+    q = claiming(harness)
+    _, second = await q.push_bulk(["a", "b"])
+    # The stream's own claim takes both tasks (two free slots) and the worker starts the first;
+    # the second is on its way to it. So is a whole batch when the claim's reply reached a
+    # starved process late: its worker's beat may run before the stream hands any of it out.
+    # A lost claim is one the worker will never run; this one it will, however old it is.
+    started: list[str] = []
+    worker = context(q, "w1", slots=2, stale_after=0.5, keep_alive=0.5, running=lambda: started)
+    stream = q.poll_compact(worker)
+    try:
+        task = await first(stream)
+        started.append(task.id)
+        claimed_at = time.monotonic()
+        await asyncio.sleep(max(0.0, claimed_at + 0.7 - time.monotonic()))  # the claim is old now
+        beats = q.heartbeat(worker)
+        await anext(beats)
+        await beats.aclose()  # type: ignore[attr-defined]
+        assert await status(harness, q, second) == (Status.RUNNING, 1, "w1"), "given back while on its way"
+        coming = await first(stream)
+    finally:
+        await closed(stream)
+    assert coming.id == second
+
+
 async def test_one_batch_applies_every_kind_of_outcome_and_ignores_lost_leases(harness: Harness) -> None:
     q = claiming(harness)
     ids = await q.push_bulk(range(7))

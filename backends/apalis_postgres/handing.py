@@ -4,7 +4,7 @@ A polling worker whose claim found nothing is listed idle in `idle_workers` (by 
 own statement: `handing.sql`'s `_listing`), with the channel its process LISTENs on. A push of
 one task that would be the next one claimed (due now, nothing else of its queue ready, the queue
 not paused, no limit key) claims it for the worker listed the longest, in the push's own
-call, and NOTIFYs the task on that channel (`enqueue_hand`: migration 0010's `push_lone`, which
+call, and NOTIFYs the task on that channel (`enqueue_hand`: migration 0013's `push_lone`, which
 runs the hand-over's statement only when a worker of the queue is listed, a plain insert
 otherwise); the process gives it to the worker's poll stream, which starts it at once. The
 listing is used up: the worker lists itself again with its next claim that finds nothing. A

@@ -11,8 +11,8 @@
 
 -- name: enqueue_hand
 -- One task pushed (as enqueue.sql pushes it), handed to a worker listed idle when it would be the
--- next one claimed: migration 0010's `push_lone`, which runs the hand-over's statement only when
--- a worker of the queue is listed. Its id (NULL when it was already stored), and whether the
+-- next one claimed: migration 0013's `push_lone`, which runs the hand-over's statement (planned
+-- once per connection) only when a worker of the queue is listed. Its id (NULL when it was already stored), and whether the
 -- caller must make it durable (`flush_push`): a durable push that hands its task commits without
 -- waiting for the WAL flush, so that the NOTIFY reaches the worker at once.
 -- Its fields come as plain parameters, not arrays of one: cheaper to send and to read.

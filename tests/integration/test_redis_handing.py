@@ -178,7 +178,7 @@ async def test_nothing_is_handed_out_of_a_paused_queue_or_to_a_listing_past_its_
     await q.resume()
     await q.cancel(paused, "out of the way")  # a ready task is served before any handing
     k = q.keys
-    await store.client.zadd(k.idle, {"w1": int((time.time() - 1) * 1000)})
+    await store.client.zadd(k.idle, {"w1": int((time.time() - 1) * 1000) * 1000 + 1})  # one slot, a second ago
     late = await q.push({"n": 2})
     assert (await status_of(q, late))[0] is Status.PENDING
     assert await store.client.zcard(k.idle) == 0

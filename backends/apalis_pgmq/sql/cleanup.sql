@@ -4,7 +4,8 @@
 -- Dropped when a store opens, so the schema does not gather one function per queue ever
 -- dropped. One this role may not drop is left as it is; one dropped while another process still
 -- claims with it (its queue made again meanwhile) is made again by that process's next claim
--- (`PgmqLimits.fetch`).
+-- (`PgmqLimits.fetch`). A pgmq whose queue list (`pgmq.meta`) this role cannot read is left
+-- alone: the store opens as before.
 DO $orphans$
 DECLARE
     v_fn regprocedure;
@@ -20,5 +21,7 @@ BEGIN
             NULL;
         END;
     END LOOP;
+EXCEPTION WHEN undefined_table OR undefined_column OR insufficient_privilege THEN
+    NULL;
 END
 $orphans$

@@ -34,6 +34,7 @@ _RECONNECT = ("disk i/o error", "unable to open", *_CLOSED)
 _CLOSE_WITHIN = 10.0
 _BUSY = ("database is locked", "database is busy", "database table is locked")
 _CHECKPOINT_EVERY = 200  # writes made by `write_now` between two checkpoints
+_READ_NOW_STEPS = 10_000  # SQLite VM steps a `read_now` may take (0.15 ms here) before it is cut
 _HOLD_AFTER = 400  # `write_now` writes between two checkpoints that hold them back (WAL ~8 MB)
 
 
@@ -133,6 +134,36 @@ class Database:
         """
         return await self._run(lambda conn: _transaction(conn, work))
 
+    def read_now(self, work: Work[T]) -> tuple[bool, T | None]:
+        """Run `work(connection)`, which only reads, right here on the event loop on
+        `write_now`'s connection, outside a transaction: `(True, result)`, or `(False, None)`
+        where that connection is not to be had (then `read` it). `work` reads its cursors to the
+        end: a statement left mid-way would hold its snapshot, and the WAL could not start afresh.
+
+        For a question asked often whose answer is usually no, such as an idle worker's "is
+        anything ready?": the hop to the connection's thread costs several times the read.
+        """
+        conn = self._now_connection()
+        if conn is None:
+            return False, None
+        # A read that turns out long (a scan past many tasks not due yet) is cut short and asked
+        # the usual way: the loop must not stall on it.
+        conn.set_progress_handler(_stop, _READ_NOW_STEPS)
+        try:
+            return True, work(conn)
+        except sqlite3.Error:
+            return False, None  # cut short, or the usual way says what is wrong, or retries
+        finally:
+            conn.set_progress_handler(None, 0)
+
+    def _now_connection(self) -> sqlite3.Connection | None:
+        conn = self._now
+        if conn is None:
+            if self._conn is None or self.config.in_memory or self.config.synchronous != "normal":
+                return None
+            conn = self._now = _open_now(self.config.path)
+        return conn
+
     def write_now(self, work: Work[T]) -> tuple[bool, T | None]:
         """Run `work(connection)` in one transaction right here on the event loop, when that
         costs no wait: `(True, result)`, else `(False, None)` and nothing was written (the
@@ -148,13 +179,11 @@ class Database:
         fsync per commit) and a file. A caller that writes this way in a loop yields to the
         event loop now and then.
         """
-        conn = self._now
         if self._holding:
             return False, None  # the WAL is being started afresh: no write may race it (see below)
+        conn = self._now_connection()
         if conn is None:
-            if self._conn is None or self.config.in_memory or self.config.synchronous != "normal":
-                return False, None
-            conn = self._now = _open_now(self.config.path)
+            return False, None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:
@@ -345,6 +374,10 @@ class _Copier:
     def close(self) -> None:
         """Close the connection (no checkpoint may be running)."""
         self._conn.close()
+
+
+def _stop() -> int:
+    return 1  # a progress handler's non-zero: interrupt the statement
 
 
 def _open_now(path: str) -> sqlite3.Connection:

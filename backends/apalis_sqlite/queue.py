@@ -133,11 +133,25 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
 
         def start() -> tuple[Fetch, Waker]:
             self._watch()
-            claim, worker_id = self._claim, worker.id
+            claim, worker_id, any_ready, queue = self._claim, worker.id, self._q.any_ready, self.queue
+
+            def ready(conn: sqlite3.Connection) -> bool:
+                rows = conn.execute(any_ready, {"queue": queue, "now": time.time()}).fetchall()
+                return bool(rows[0][0])
+
             if worker.limits is not None:
                 self._limited[worker_id] = KeyedClaims(worker.limits)
 
             async def fetch(limit: int) -> list[Task[bytes]]:
+                # Most claims of a lone task's worker find nothing (its own acknowledgement's
+                # write wakes it, so does its idle timer): asked on the loop first, they cost
+                # neither the hop to the connection's thread nor the write lock, which a push
+                # arriving then would wait for (a millisecond at least: SQLite's busy handler
+                # sleeps in whole milliseconds). A limited worker's claim reads more than that.
+                if worker_id not in self._limited:
+                    asked, anything = self._db.read_now(ready)
+                    if asked and not anything:
+                        return []
                 rows = await self._db.write(lambda conn: claim(conn, worker_id, limit, time.time()))
                 self._wake_for_limits(worker_id)
                 return _tasks(rows)

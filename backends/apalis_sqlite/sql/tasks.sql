@@ -35,6 +35,16 @@ WHERE id IN (
 RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
     lock_by, last_error, result, created_at, done_at;
 
+-- name: any_ready
+-- Whether `claim` would find a task (the queue's pause aside), read without the write lock.
+SELECT EXISTS (
+    SELECT 1 FROM {prefix}tasks
+    WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NULL AND run_at <= :now
+) OR EXISTS (
+    SELECT 1 FROM {prefix}tasks
+    WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL AND run_at <= :now
+);
+
 -- name: ack_done
 -- (result, done_at, id, lock_by): only a task still running under the same lock.
 UPDATE {prefix}tasks

@@ -466,7 +466,7 @@ class Database:
                 return []
             # No more hands; those already made are still read by its claims until the listing
             # would have lapsed (one may have come just before this transaction).
-            listing.free = 0
+            listing.unlisted()
             return [(self.sql["unlist"], {"worker": worker_id})]
 
         _, (claimed,) = await self.run(
@@ -487,7 +487,8 @@ class Database:
         `slots`, in one transaction when there is more than one statement or a claim."""
         # In the same round trip: did a task someone waits for end here? Then they are told.
         sql = self.sql
-        statements = [(sql["acked_start"], []), *ack_statements(sql, plan), (sql["acked_waited"], [])]
+        relist = self._relisting(queue, plan)
+        statements = [(sql["acked_start"], []), *ack_statements(sql, plan), *relist, (sql["acked_waited"], [])]
         waited = False
 
         async def ack_in(conn: Conn) -> list[list[Task[bytes]]]:
@@ -507,6 +508,34 @@ class Database:
         claimed = await self.run(ack_in)
         await self._acked(queue, plan, waited, slots, claimed)
         return claimed
+
+    def _relisting(self, queue: str, plan: AckPlan) -> list[tuple[str, Any]]:
+        """The statements that list again, with the slots the runs of `plan` give back, each
+        listed worker of this process whose listing runs low (`handing`), for the
+        acknowledgement's transaction: no round trip or flush of their own."""
+        listings = self._listings
+        freed: dict[str, int] = {}
+        for task_id, lock_by, *_ in plan.rows() if listings else ():
+            if lock_by is None:
+                continue
+            listing = listings.get(lock_by)
+            if listing is not None and listing.open and task_id in listing.seen:
+                freed[lock_by] = freed.get(lock_by, 0) + 1
+        listener = self._listeners.get(self._queue_tag(queue)) if freed else None
+        if listener is None or listener.connection_id is None:
+            return []
+        statements: list[tuple[str, Any]] = []
+        for worker_id, count in freed.items():
+            listing = listings[worker_id]
+            listing.freed += count
+            slots = listing.free + listing.freed
+            if listing.due(slots):
+                listing.listed(slots)
+                params = {"worker": worker_id, "queue": queue, "listener": listener.connection_id}
+                params |= {"span": SPAN, "free": slots}
+                # One entry a statement: the transaction counts its statements' results.
+                statements += [(part, params) for part in self.sql["list"].split(";\n")]
+        return statements
 
     def ack_ahead(self, session: Any, plan: AckPlan) -> list[Any]:
         """Send the acknowledgement of `plan` ahead of a limited claim's first read, in its

@@ -8,7 +8,10 @@ back short is listed idle with its free slots, in that claim's own transaction (
 connection id of its process's listener for the queue); a push of one task due now claims it
 for the most recently listed worker with a free slot, in the push's transaction, and ends that
 listener's sleep; the worker reads the tasks handed to it (`handed`) and starts them. Each hand
-takes a slot of the listing; the worker's next short claim lists it again when half are gone.
+takes a slot of the listing; the worker's next short claim lists it again when half are gone,
+and so does the acknowledgement of its runs while it is listed, in its own transaction (a worker
+fed by hands alone makes no claim: its listing ran out after as many hands as it had slots, and
+a third of a paced stream's tasks then took the slower way of a plain push and a claim).
 
 A handed task is an ordinary claim: a worker that stops polling gives back those it never saw
 (`farewell_idle`), one whose wake-up was lost gives them back by its heartbeat (lost claims),
@@ -44,13 +47,21 @@ class Listing:
     seen: set[str] = field(default_factory=set)
     """Tasks given to the worker (handed or claimed) and not yet acknowledged: a task handed to
     it that is still running under it is new to it only if it is not among these."""
+    open: bool = False
+    """Listed and not unlisted since (its last claim did not come back full)."""
+    freed: int = 0
+    """Slots its acknowledged runs gave back since it was listed: a worker fed by hands alone
+    makes no short claim to list it again, so its acknowledgements do (`Database.ack`)."""
 
     def due(self, slots: int) -> bool:
-        """Whether a short claim with `slots` free should (re)list the worker."""
+        """Whether a worker with `slots` free should be (re)listed."""
         return self.until - time.time() < SPAN / 2 or self.free < max(slots // 2, 1)
 
     def listed(self, slots: int) -> None:
-        self.until, self.free = time.time() + SPAN, slots
+        self.until, self.free, self.open, self.freed = time.time() + SPAN, slots, True, 0
+
+    def unlisted(self) -> None:
+        self.free, self.open = 0, False
 
     def seen_json(self) -> str:
         return json.dumps(sorted(self.seen))

@@ -169,3 +169,28 @@ async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits
     finally:
         await worker_store.close()
         await pusher.close()
+
+
+async def test_a_worker_fed_by_hands_alone_stays_listed(mysql_url: str) -> None:
+    # One task at a time, each run and acknowledged before the next push: the worker never
+    # makes a claim of its own, yet every push hands its task over (its listing had slots for
+    # five hands; its acknowledgements list it again as their runs give the slots back).
+    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        stream = await _idle_worker(worker_store, "w1")  # five slots
+        pushed = pusher.backend("q", codec=JsonCodec())
+        worker_queue = worker_store.backend("q", codec=JsonCodec())
+        for n in range(12):
+            task_id = await pushed.push({"n": n})
+            stored = await pushed.get(task_id)
+            assert stored is not None
+            assert (n, stored.ctx.lock_by) == (n, "w1"), "handed at its push"
+            got = await asyncio.wait_for(_next_task(stream), 10)
+            assert got.id == task_id
+            await worker_queue.ack_batch([(got, Outcome.done())])
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await worker_store.close()
+        await pusher.close()

@@ -41,10 +41,11 @@ __all__ = ["LimitedClaims", "LimitsDatabase", "push_unique"]
 T = TypeVar("T")
 
 _KEYLESS_SCAN = 1000
-"""How many ready tasks one scan of a keyed claim reads for tasks pushed without a key (the
-ready index cannot tell them from keyed ones; a partial index of their own would cost every push
-of every queue an entry more). MySQL's scan starts where the worker's last one that found none
-stopped (`limit_keyless_from`); pgmq's reads the first ones only."""
+"""How many ready tasks one scan of a keyed claim reads for tasks pushed without a key, where
+the ready index cannot tell them from keyed ones. MySQL's scan starts where the worker's last one
+that found none stopped (`limit_keyless_from`); pgmq's reads the first ones only. PostgreSQL has
+no scan: an index of keyless ready tasks (its migration 0014, an entry more for every keyless
+push) gives them in the queue's order, and its `limit_claim` returns no place to keep."""
 _FORGET_EVERY = 256
 """Claims of one worker between two sweeps of the rate states gone by."""
 _STOPPED_KEPT = 1024

@@ -63,9 +63,8 @@ async def test_tasks_without_a_key_run_behind_a_keyed_backlog_deeper_than_one_sc
     postgres_store: PostgresStore,
 ) -> None:
     """A limited claim finds the tasks pushed without a key however many keyed tasks come before
-    them in the queue's order: each claim reads the next part of the ready tasks (1,000 at most),
-    so those behind 2,500 tasks of a key at its limit are reached within a few claims. (Tasks
-    without a key share the limit as one key of their own: one at a time here.)"""
+    them in the queue's order (they have an index of their own, migration 0014). (Tasks without
+    a key share the limit as one key of their own: one at a time here.)"""
     q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=1)
     await q.push_bulk([{"account": "hot", "n": n} for n in range(2500)], limit_key="hot", priority=5)
     keyless = set(await q.push_bulk([{"n": n} for n in range(3)]))
@@ -85,6 +84,27 @@ async def test_tasks_without_a_key_run_behind_a_keyed_backlog_deeper_than_one_sc
         await stream.aclose()  # type: ignore[attr-defined]
     assert keyless <= {t.id for t in got}, "every task without a key ran"
     assert sum(t.id not in keyless for t in got) == 1, "one task of the key at its limit, no more"
+
+
+async def test_a_task_without_a_key_behind_a_saturated_key_is_taken_by_the_first_claim_with_room(
+    postgres_store: PostgresStore,
+) -> None:
+    """A task pushed without a key waits for no claim but one with room for it, however deep the
+    backlog of a key at its limit before it: the claim that takes the key's one task takes it too.
+    (Before, each claim read the next 1,000 ready tasks for keyless ones, so this one, behind
+    2,500, came a claim or two later: in a daemon that keeps up, a poll interval or two.)"""
+    q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    hot = await q.push_bulk([{"account": "hot", "n": n} for n in range(2500)], limit_key="hot", priority=5)
+    keyless = await q.push({"n": 0})
+    limits = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
+    stream = q.poll_compact(context("w1", slots=4, limits=limits))
+    try:
+        first, second = await anext(stream), await anext(stream)
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert [None if t is None else t.id for t in (first, second)] == [hot[0], keyless], (
+        "the saturated key's first task, then the task without a key, from the same claim"
+    )
 
 
 async def test_a_batch_of_runs_that_returned_nothing_ends_them_done_and_tells_their_waiters(

@@ -136,6 +136,10 @@ class NatsQueue(QueueBase, NatsBrowser, NatsControl):
         self._paused: tuple[bool, float] = (False, -math.inf)  # the flag, and when it was read
         self._told = 0  # how many pauses and resumes the control subject told of
         self._woken: set[asyncio.Event] = set()
+        # Polling worker id -> the tasks its stream fetched and has not handed to it yet: they
+        # run soon, so its beat keeps their leases and gives none back as idle (a beat can run
+        # between a fetch whose reply came late and the stream handing the batch out).
+        self._coming: dict[str, deque[Task[bytes]]] = {}
 
     # -- pushing ---------------------------------------------------------------------------
 
@@ -221,6 +225,7 @@ class NatsQueue(QueueBase, NatsBrowser, NatsControl):
             name=f"apalis-nats-mover-{self.queue}",
         )
         ready: deque[Task[bytes]] = deque()
+        self._coming[worker.id] = ready
         wake = asyncio.Event()
         self._woken.add(wake)
         await self._listen(worker)
@@ -264,6 +269,8 @@ class NatsQueue(QueueBase, NatsBrowser, NatsControl):
                 await idle.wait(wake)
         finally:
             self._woken.discard(wake)
+            if self._coming.get(worker.id) is ready:
+                del self._coming[worker.id]
             mover.cancel()
             with contextlib.suppress(asyncio.CancelledError, *FAILURES):
                 await mover
@@ -447,6 +454,9 @@ class NatsQueue(QueueBase, NatsBrowser, NatsControl):
             client = await self._conn.client()
             await self._listen(worker)
             running, now, clock = worker.running(), time.time(), time.monotonic()
+            coming = self._coming.get(worker.id)
+            if coming:
+                running = {*running, *(task.id for task in coming)}
             idle: list[tuple[Task[Any], Outcome]] = []
             long_runs: list[TaskId] = []
             for task_id, held in list(self._held.items()):

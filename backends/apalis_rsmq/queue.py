@@ -112,6 +112,10 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
         self._claiming: dict[str, list[float]] = {}
         """Per polling worker, when each of its receives whose reply has not been read yet was
         asked: its beat gives none of their messages back (apalis_cli.ahead.claiming_since)."""
+        self._coming: dict[str, list[str]] = {}
+        """Per polling worker, the messages its last receive brought, which its poll stream may
+        not have handed to it yet (a beat can run first): not lost claims either. Its next
+        receive is asked once the stream has handed them all out."""
 
     async def prepare(self) -> None:
         """createQueue for the queue and its dead-letter queue unless they exist (`apalis check`);
@@ -169,8 +173,11 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
         script, queue, worker_id, keys = self.connection.scripts["receive"], self.queue, worker.id, self.keys.all
         lease, default_max, control = self._lease_ms(worker), self.max_attempts, self.keys.control
         claiming = self._claiming.setdefault(worker_id, [])
+        coming: list[str] = []
 
         async def fetch(limit: int) -> list[Task[bytes]]:
+            coming.clear()  # the last receive's messages were all handed out: they run now
+            self._coming[worker_id] = coming  # again after a farewell (a beat that failed)
             await self.ensure_queue()
             asked = time.time()
             claiming.append(asked)
@@ -199,6 +206,7 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
                         ),
                     )
                 )
+            coming.extend(task.id for task in tasks)
             return tasks
 
         async def release(tasks: Sequence[Task[bytes]]) -> None:
@@ -253,6 +261,7 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
                         grace_ms,
                         self.keys.control,
                         *worker.running(),
+                        *self._coming.get(worker.id, ()),
                     ],
                 )
                 tell_beat(worker, cancels, paused)
@@ -263,5 +272,6 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
             signals.forget(worker.id)
             if not self._claiming.get(worker.id):
                 self._claiming.pop(worker.id, None)
+            self._coming.pop(worker.id, None)
 
         return beat_every(worker, beat, farewell, self.connection.contact)

@@ -147,3 +147,44 @@ async def test_a_claim_whose_reply_was_lost_is_released_by_the_next_heartbeat(ha
     await worker.stop()
     if harness.store.capabilities.has(Capability.MAX_ATTEMPTS):
         assert [c.attempts for c in calls.of(task_id)] == [1], "a released claim is not an attempt"
+
+
+async def test_tasks_a_claim_took_that_its_worker_has_not_started_are_not_lost_claims(harness: Harness) -> None:
+    # A claim takes two tasks (two free slots) and the worker starts the first; the second is on
+    # its way to it through the poll stream. So is a whole batch when the claim's reply reached a
+    # starved process late: the worker's beat may run before the stream hands any of it out. A
+    # lost claim is one its worker will never run; this one it will, however old the claim.
+    harness.require(Capability.ORPHANS, Capability.OWNED_LEASES)
+    backend = harness.backend(max_attempts=3)
+    _, second = await backend.push_bulk(["a", "b"])
+    started: list[str] = []
+    worker = WorkerContext(
+        id=f"w1-{time.monotonic_ns()}",
+        name="w1",
+        queue=backend.get_queue(),
+        concurrency=2,
+        keep_alive=0.3,
+        stale_after=0.9,
+        free_slots=lambda: 2 - len(started),
+        running=lambda: started,
+    )
+    rival = WorkerContext(id=f"w2-{time.monotonic_ns()}", name="w2", queue=backend.get_queue(), free_slots=lambda: 1)
+    heartbeat = backend.heartbeat(worker)
+    stream = backend.poll_compact(worker)
+    rivals = backend.poll_compact(rival)
+    try:
+        await anext(heartbeat)
+        async with asyncio.timeout(10):
+            while (task := await anext(stream)) is None:
+                pass
+        started.append(task.id)
+        for _ in range(4):  # beats a keep_alive apart: the claim is older than stale_after now
+            await anext(heartbeat)
+        assert await anext(rivals) is None, "the task on its way was given back to the queue"
+        async with asyncio.timeout(10):
+            coming = await anext(stream)
+        assert coming is not None
+        assert coming.id == second
+    finally:
+        for closing in (rivals, stream, heartbeat):
+            await closing.aclose()  # type: ignore[attr-defined]

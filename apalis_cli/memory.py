@@ -31,6 +31,7 @@ from .backend import (
 )
 from .browsing import FAILED_FOR_GOOD, MinuteCounts, PageCursor, QueueActivity, TaskSearch, previewed
 from .codec import Codec
+from .contact import Contact
 from .control import DEFAULT_CANCEL_REASON, DEFAULT_KILL_REASON, BulkAction, BulkFilter, CancelResult, bulk_reason
 from .errors import ConfigError
 from .fleet.claim import KeyedClaims, claim_round
@@ -111,6 +112,7 @@ class _QueueState:
     keys: dict[str, TaskId] = field(default_factory=dict)
     workers: dict[str, WorkerInfo] = field(default_factory=dict)
     waker: Waker = field(default_factory=Waker)
+    contact: Contact = field(default_factory=Contact)  # a stall of the process holds the sweep
     contexts: dict[str, WorkerContext] = field(default_factory=dict)  # how to tell a worker of a cancel
     paused: bool = False
     waiting: dict[TaskId, list[asyncio.Future[Task[bytes]]]] = field(default_factory=dict)
@@ -231,7 +233,8 @@ class MemoryQueue(QueueBase):
         return poll_batches(worker, fetch, release, self._state.waker)
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
-        """Register and refresh `worker`, recover orphans and purge expired tasks."""
+        """Register and refresh `worker`, recover orphans (not after a stall of this process:
+        `apalis_cli.contact`) and purge expired tasks."""
 
         async def beat() -> None:
             now = time.time()
@@ -252,14 +255,15 @@ class MemoryQueue(QueueBase):
                 row = self._state.rows.get(task_id)
                 if row is not None and row.cancel_reason is not None and row.lock_by == worker.id:
                     worker.on_cancel(task_id, row.cancel_reason)
-            self._recover_orphans(now - worker.stale_after)
+            if self._state.contact.may_sweep(worker.id, worker.stale_after):
+                self._recover_orphans(now - worker.stale_after)
             self._purge_final(now - worker.retention)
 
         async def farewell() -> None:
             self._state.workers.pop(worker.id, None)
             self._state.contexts.pop(worker.id, None)
 
-        return beat_every(worker, beat, farewell)
+        return beat_every(worker, beat, farewell, self._state.contact)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply outcomes to the tasks still locked by the worker that ran them."""

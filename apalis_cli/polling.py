@@ -184,14 +184,20 @@ async def beat_every(
     worker there, so its leftovers are recovered at once rather than after `stale_after`.
     With the store's `contact`, the worker beats as soon as the store is reached again after an
     outage, not at its next tick: its heartbeat is the first thing other workers need to see.
+    Each beat is noted in the `contact` before its round trips, so a stall of this process holds
+    its sweeps (`Contact.may_sweep`).
     """
     sleep = asyncio.sleep if contact is None else contact.sleep
     try:
         while True:
+            if contact is not None:
+                contact.beat(worker.id, worker.keep_alive, worker.stale_after)
             await beat()
             yield None
             await sleep(worker.keep_alive)
     finally:
+        if contact is not None:
+            contact.forget(worker.id)
         if farewell is not None:
             # Best effort: a store that is down cannot hear it (the sweep recovers the worker's
             # tasks after stale_after anyway), and a failure here must not replace the

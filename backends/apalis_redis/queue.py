@@ -427,9 +427,10 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         """Register `worker` (an upsert, so it re-registers after any loss), sweep orphans and
         the worker's own lost claims, and purge finished tasks past retention.
 
-        Orphans are swept only once this process has had the server reachable for `stale_after`
-        (`apalis_cli.contact`). The cutoff is taken before the call: a call that redis-py retries
-        across an outage still judges workers by their heartbeats from before it."""
+        Orphans are swept only once this process has had the server reachable, and been awake
+        itself (no stall), for `stale_after` (`apalis_cli.contact`). The cutoff is taken before
+        the call: a call that redis-py retries across an outage still judges workers by their
+        heartbeats from before it."""
         k, script, contact = self.keys, self.connection.scripts["heartbeat"], self.connection.contact
         self.retention = worker.retention
         signals = self.connection.signals
@@ -439,7 +440,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         async def beat() -> None:
             for _ in range(20):  # more purging only when a backlog of finished tasks built up
                 now = time.time()
-                stale = repr(now - worker.stale_after) if contact.steady_for(worker.stale_after) else "-inf"
+                stale = repr(now - worker.stale_after) if contact.may_sweep(worker.id, worker.stale_after) else "-inf"
                 running = [*worker.running(), *self._ahead.held(worker.id)]  # held: not lost claims
                 # Nor are the tasks of a claim still on its way to the worker (ahead.claiming_since).
                 release = now - worker.keep_alive

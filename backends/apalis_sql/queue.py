@@ -196,7 +196,8 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         """Register and refresh `worker`; tell it which of its runs have a cancel requested and
         whether its queue is paused; release its lost claims; sweep orphans and purge expired
         tasks under the sweep lock, so one worker of the queue sweeps at a time, and only once
-        this process has had the server reachable for `stale_after` (`apalis_cli.contact`)."""
+        this process has had the server reachable, and been awake itself, for `stale_after`
+        (`apalis_cli.contact`)."""
         db, queue = self._db, self.queue
         lock = db.sweep_params(queue)
         stale = {"queue": queue, "stale_after": worker.stale_after}
@@ -222,10 +223,16 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                 lost["received"] = db.handing.received(worker.id)
             woke = await s.execute("release_lost", lost) > 0
             # Asked at each try: a beat retried across an outage does not sweep right after it.
-            if not db.contact.steady_for(worker.stale_after):
+            if not db.contact.may_sweep(worker.id, worker.stale_after):
                 return (woke, *told, False)
             locked = await s.fetch("sweep_lock", lock)
             if not (locked and locked[0][0]):
+                return (woke, *told, False)
+            # Asked again: the server's clock judges staleness when the sweep runs, so a stall of
+            # this process during the lock's round trip must hold the sweep too.
+            if not db.contact.may_sweep(worker.id, worker.stale_after):
+                if db.releases_sweep_lock:
+                    await s.execute("sweep_unlock", lock)
                 return (woke, *told, False)
             # Recovered first: a store may read a stale worker's row to tell how its tasks end.
             woke = await s.execute("recover", stale) > 0 or woke  # the tasks that run again (where it can tell)

@@ -218,8 +218,8 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
     # -- heartbeat ---------------------------------------------------------------------------
 
     def heartbeat(self, worker: WorkerContext) -> AsyncIterator[None]:
-        """Register `worker`, recover orphans (once this process has had the database steady
-        for `stale_after`, `apalis_cli.contact`), release lost claims, purge expired tasks, and
+        """Register `worker`, recover orphans (once this process has had the database steady,
+        and been awake itself, for `stale_after`: `apalis_cli.contact`), release lost claims, purge expired tasks, and
         tell the worker again of the cancels requested of its runs and whether the queue is
         paused (the doorbell tells it of a cancel sooner; this is the floor)."""
         q, queue, contact = self._q, self.queue, self._db.contact
@@ -231,7 +231,7 @@ class SqliteQueue(SqliteInspector, SqliteControl, QueueBase):
             moved = 0
             # Asked at each try: a beat that waited out a busy or broken database does not sweep
             # right after it (every other worker was held up as long).
-            if contact.steady_for(worker.stale_after):
+            if contact.may_sweep(worker.id, worker.stale_after):
                 stale_before = now - worker.stale_after
                 conn.execute(q.forget_stale_workers, {"queue": queue, "stale_before": stale_before})
                 moved = conn.execute(

@@ -16,6 +16,9 @@ class StoreFactory:
     """Builds fresh stores of one kind for the conformance suite."""
 
     kind: str = ""
+    stall_redelivers: str | None = None
+    """Why a stall of a whole process, longer than `stale_after`, hands its running tasks to
+    another worker by itself (a lease the server ends), or None: the store's sweep waits."""
 
     async def create(self, tmp_path: Path) -> Store:
         """A new, opened store isolated from every other test (call `need_server` here)."""

@@ -1,5 +1,5 @@
 """`Contact` and the SQL stores' retry helper: what tells an orphan sweep that the store has been
-reachable long enough to trust the heartbeats it reads (the chaos test
+reachable, and its own process awake, long enough to trust the heartbeats it reads (the chaos test
 tests/acceptance/test_chaos_outage.py proves it on real servers restarted mid-run)."""
 
 from __future__ import annotations
@@ -8,10 +8,12 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
+import apalis_cli.contact as contact_module
 import apalis_cli.retrying as retrying_module
 import pytest
-from apalis_cli.contact import Contact
+from apalis_cli.contact import Contact, stall_gap
 from apalis_cli.errors import ConnectionLost
 from apalis_cli.retrying import retrying
 
@@ -134,3 +136,89 @@ def _always(exc: type[Exception]) -> Callable[[], Awaitable[None]]:
         raise exc
 
     return fail
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    made = Clock()
+    monkeypatch.setattr(contact_module, "time", SimpleNamespace(monotonic=made))
+    return made
+
+
+KEEP_ALIVE, STALE_AFTER = 0.2, 0.6  # stall_gap: 0.3
+
+
+def beats(contact: Contact, clock: Clock, *workers: str, every: float = 0.25, count: int = 1) -> None:
+    """`count` rounds in which each of `workers` begins a beat, `every` seconds apart."""
+    for _ in range(count):
+        clock.now += every
+        for worker in workers:
+            contact.beat(worker, KEEP_ALIVE, STALE_AFTER)
+
+
+def test_a_worker_sweeps_once_it_has_beaten_for_stale_after(clock: Clock) -> None:
+    contact = Contact()
+    beats(contact, clock, "x", count=2)
+    assert not contact.may_sweep("x", STALE_AFTER), "it has beaten for 0.25 s only"
+    assert not contact.may_sweep("y", STALE_AFTER), "a worker that never beat here never sweeps"
+    beats(contact, clock, "x", count=2)
+    assert contact.may_sweep("x", STALE_AFTER)
+    beats(contact, clock, "y")
+    assert not contact.may_sweep("y", STALE_AFTER), "a worker that joins now waits its own stale_after"
+
+
+def test_a_stall_of_the_process_holds_every_workers_sweep_for_stale_after(clock: Clock) -> None:
+    contact = Contact()
+    beats(contact, clock, "x", "y", count=4)
+    assert contact.may_sweep("x", STALE_AFTER)
+    clock.now += 1.0  # the event loop blocked: neither beats
+    contact.beat("x", KEEP_ALIVE, STALE_AFTER)
+    assert not contact.may_sweep("x", STALE_AFTER), "the first to beat after a stall must not sweep"
+    contact.beat("y", KEEP_ALIVE, STALE_AFTER)
+    beats(contact, clock, "x", "y", count=2)
+    assert not contact.may_sweep("x", STALE_AFTER)
+    assert not contact.may_sweep("y", STALE_AFTER)
+    beats(contact, clock, "x", "y")
+    assert contact.may_sweep("x", STALE_AFTER), "stale_after of steady beats since the stall"
+    assert contact.may_sweep("y", STALE_AFTER)
+
+
+def test_a_late_beat_within_the_gap_is_no_stall(clock: Clock) -> None:
+    contact = Contact()
+    beats(contact, clock, "x", count=4)
+    beats(contact, clock, "x", every=0.29)  # a round trip of 0.09 s: under stall_gap (0.3)
+    assert contact.may_sweep("x", STALE_AFTER)
+
+
+def test_a_stall_during_a_beat_holds_its_sweep(clock: Clock) -> None:
+    # A store whose server judges staleness when the sweep runs (PostgreSQL's now()) asks after
+    # its round trips: a stall since the beat began has not been noted by any beat yet.
+    contact = Contact()
+    beats(contact, clock, "x", count=4)
+    clock.now += 0.5
+    assert not contact.may_sweep("x", STALE_AFTER)
+
+
+def test_a_worker_whose_heartbeat_ended_starts_anew(clock: Clock) -> None:
+    contact = Contact()
+    beats(contact, clock, "x", count=4)
+    contact.forget("x")
+    assert not contact.may_sweep("x", STALE_AFTER)
+    beats(contact, clock, "x")
+    assert not contact.may_sweep("x", STALE_AFTER), "a new heartbeat waits stale_after again"
+
+
+def test_the_stall_gap_lies_between_a_beat_and_a_neighbour_judged_stale() -> None:
+    assert stall_gap(0.2, 0.6) == pytest.approx(0.3)
+    assert stall_gap(10, 30) == pytest.approx(15)
+    assert stall_gap(1.0, 1.0) == pytest.approx(1.5), "never less than one and a half beats"

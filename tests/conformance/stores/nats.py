@@ -24,6 +24,10 @@ class NatsFactory(StoreFactory):
     deleted afterwards."""
 
     kind = "nats"
+    stall_redelivers = (
+        "JetStream redelivers a message once ack_wait (= stale_after) passes without an "
+        "in_progress, and a stalled process sends none"
+    )
 
     async def create(self, tmp_path: Path) -> Store:
         url = need_server("nats")

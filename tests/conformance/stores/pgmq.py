@@ -17,6 +17,10 @@ class PgmqFactory(StoreFactory):
     """A store per test on the session's pgmq database, with its own application_name."""
 
     kind = "pgmq"
+    stall_redelivers = (
+        "a pgmq lease is the message's vt, max(stale_after, 1 s), extended by each heartbeat: a "
+        "stalled process extends none, and the message is read again once its vt passes"
+    )
 
     async def create(self, tmp_path: Path) -> Store:
         from apalis_pgmq import PgmqStore

@@ -3,6 +3,9 @@ one line once it is spent (apalis_cli.retrying): each test runs its own redis-se
 of its own (the shared one on 6379 is never stopped), stops it and starts it again.
 
 The budget is shortened for the tests (`Connection.patience.budget`); RECONNECT_BUDGET is 30 s.
+A push made once the server is stopped waits until its store has read that the scripts'
+connection was closed (`seen_gone`): written before, rsmq's send was sent as far as the client
+can tell, and is rightly not sent again (the test of that line says why).
 The last test drops only its store's connections to the shared server (CLIENT KILL)."""
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def seen_gone(backend: Any) -> None:
+    """Until the store has read the end of its scripts' connection (`scripts.Lane`), closed by
+    the server it stopped: the stopped server's close is already on the socket, but the loop
+    reads it on a later turn than the one that hears the stop."""
+    lane: Any = backend.connection._lane
+    await until(lambda: lane._link is None or not lane._link.usable)
+
+
 @contextlib.asynccontextmanager
 async def working(kind: str, server: PrivateServer, budget: float) -> AsyncIterator[tuple[Any, list[int], Running]]:
     """A store on `server` whose commands are tried again for `budget` seconds, its queue, the
@@ -90,6 +101,7 @@ async def working(kind: str, server: PrivateServer, budget: float) -> AsyncItera
 async def test_a_push_and_a_worker_ride_out_a_restart_within_the_budget(kind: str, server: PrivateServer) -> None:
     async with working(kind, server, budget=20.0) as (backend, seen, running):
         await asyncio.to_thread(server.stop)
+        await seen_gone(backend)
         push = asyncio.create_task(backend.push({"n": 2}))  # refused, and tried again meanwhile
 
         # An operator's commands and reads too: plain commands, pipelines, scripts.
@@ -126,6 +138,7 @@ async def test_a_push_and_a_worker_ride_out_a_restart_within_the_budget(kind: st
 async def test_a_store_that_stays_away_fails_in_one_line_after_its_budget(kind: str, server: PrivateServer) -> None:
     async with working(kind, server, budget=1.0) as (backend, seen, running):
         await asyncio.to_thread(server.stop)
+        await seen_gone(backend)
         started = time.monotonic()
         with pytest.raises(ConnectionLost) as lost:
             await backend.push({"n": 2})
@@ -145,6 +158,24 @@ async def test_a_store_that_stays_away_fails_in_one_line_after_its_budget(kind: 
         await asyncio.to_thread(server.start)  # empty: it kept nothing
         await backend.push({"n": 3})
         await until(lambda: 3 in seen)
+        await running.stop()
+
+
+async def test_an_rsmq_send_written_before_the_store_saw_its_server_go_is_not_sent_again(
+    server: PrivateServer,
+) -> None:
+    # The server is stopped without the loop turning: the send is written onto the connection
+    # before the client has read its close. From the client, that is a send whose reply was lost
+    # (the server could have stored it and gone before replying), and the server makes rsmq's
+    # ids: sent again, it could be stored twice. It fails at once, in one line saying so.
+    async with working("rsmq", server, budget=1.0) as (backend, _, running):
+        server.stop()
+        with pytest.raises(ConnectionLost) as lost:
+            await backend.push({"n": 2})
+        line = str(lost.value)
+        assert line.startswith(f"rsmq at redis://:***@127.0.0.1:{server.port}/0: ConnectionError: "), line
+        assert line.endswith(" (not sent again: it may have been done)"), line
+        assert "\n" not in line
         await running.stop()
 
 

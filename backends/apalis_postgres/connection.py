@@ -27,7 +27,7 @@ from apalis_cli.task import Task
 from apalis_sql import AckPlan, Controls, encode_meta, task_from_row
 from apalis_sql.database import Session, WholeClaims
 from psycopg import AsyncConnection
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .config import PostgresConfig
@@ -104,6 +104,11 @@ class Pool:
                 answer = await setup(conn)
         except psycopg.Error as exc:
             raise BackendError(f"cannot open {self.what}: {self.describe(exc)}") from None
+        await self.fill()
+        return answer
+
+    async def fill(self) -> None:
+        """Make the pool (its `min_size` connections at once), without a direct connection first."""
         min_size, max_size = self._sizes
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.conninfo,
@@ -120,7 +125,6 @@ class Pool:
             await pool.close()
             raise BackendError(f"cannot connect to {self.what}: {self.describe(exc)}") from None
         self._pool = pool
-        return answer
 
     async def close(self) -> None:
         """Close every connection."""
@@ -157,6 +161,19 @@ class Pool:
         )
 
 
+def generic_plans(url: str) -> str:
+    """The `options` of `url`'s sessions with `plan_cache_mode = force_generic_plan` added.
+
+    PostgreSQL keeps a prepared statement's generic plan only if it is estimated no dearer than
+    its first custom plans, and a `LIMIT` given as a parameter is costed at a tenth of the rows:
+    once the tasks table's statistics show a backlog, a claim (or an acknowledgement that claims
+    ahead) never passes that test and is planned again at every call (half the server's CPU of
+    a lone task). The worker's claims and acknowledgements run on sessions that always keep
+    the generic plan, which has the custom plans' shape (an index scan of `tasks_ready`)."""
+    options = conninfo_to_dict(url).get("options") or ""
+    return f"{options} -c plan_cache_mode=force_generic_plan".strip()
+
+
 def conninfo(url: str, connect_timeout: float, **params: Any) -> str:
     """`url` as libpq's conninfo, with TCP keepalives (a silently dead server is noticed within
     half a minute) and `params` added."""
@@ -189,6 +206,23 @@ class Database:
         )
         self.contact = self.pool.contact
         """This process's contact with the server: the orphan sweep waits for a steady one."""
+        self.claims = Pool(
+            conninfo(
+                config.url,
+                config.connect_timeout,
+                application_name=config.application_name,
+                options=generic_plans(config.url),
+            ),
+            what=f"postgres at {config.redacted}",
+            secrets=config.secrets,
+            min_size=0,
+            max_size=config.max_size,
+            timeout=config.connect_timeout,
+            name=f"apalis-{config.schema}-claims",
+            contact=self.contact,
+        )
+        """The sessions of the worker's claims and acknowledgements (`generic_plans`), opened on
+        a process's first claim: a process that only pushes or reads opens none."""
         self.run = self.pool.run
         self.describe = self.pool.describe
         self.controls = Controls()
@@ -207,11 +241,14 @@ class Database:
     async def open(self) -> list[int]:
         """Connect and migrate; returns the migrations applied now (on the direct connection
         that comes first)."""
-        return await self.pool.open(lambda conn: migrate(conn, self.config.schema))
+        applied = await self.pool.open(lambda conn: migrate(conn, self.config.schema))
+        await self.claims.fill()
+        return applied
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
         await self._listener.stop()
+        await self.claims.close()
         await self.pool.close()
 
     def waker(self, queue: str) -> Waker:
@@ -254,8 +291,9 @@ class Database:
         reads its task every `wait_polls` until it is)."""
         await woken(self.listen().ready, 1.0)
 
-    async def fetch(self, name: str, params: Mapping[str, Any]) -> list[Any]:
-        """All rows of the named statement (read in binary: payloads come as bytes, unescaped)."""
+    async def fetch(self, name: str, params: Mapping[str, Any], *, pool: Pool | None = None) -> list[Any]:
+        """All rows of the named statement (read in binary: payloads come as bytes, unescaped),
+        on `pool` (by default the store's)."""
         query = self.sql[name]
 
         async def op(conn: Conn) -> list[Any]:
@@ -263,7 +301,7 @@ class Database:
                 await cursor.execute(query, params)
                 return await cursor.fetchall()
 
-        return await self.run(op)
+        return await (pool or self.pool).run(op)
 
     async def execute(self, name: str, params: Mapping[str, Any]) -> int:
         """Run the named statement; the rows it touched (or returned)."""
@@ -390,7 +428,7 @@ class Database:
         it finds nothing (`handing`)."""
         handing = self.handing
         params = {"queue": queue, "worker": worker_id, "limit": limit, **(handing.params((worker_id,)) or _NO_LISTING)}
-        claimed = _in_claim_order(await self.fetch("claim", params))
+        claimed = _in_claim_order(await self.fetch("claim", params, pool=self.claims))
         handing.claimed(worker_id, len(claimed) == limit)
         return claimed
 
@@ -427,15 +465,15 @@ class Database:
         claims for `slots` (`ack.sql`)."""
         wanted = [worker_id for worker_id, count in slots for _ in range(count)]
         ack, params = self.ack_statement(queue, plan, wanted)
+        handing, claims = self.handing, self.claims
         if not slots:
-            await self.execute(ack, params)
+            await self.fetch(ack, params, pool=claims)
             return []
-        handing = self.handing
         listing = handing.params([worker_id for worker_id, _ in slots], ack=True)
         if listing is None:
-            claimed = _in_claim_order(await self.fetch(ack, params))
+            claimed = _in_claim_order(await self.fetch(ack, params, pool=claims))
         else:
-            claimed = _in_claim_order(await self.fetch(f"{ack}_listing", {**params, **listing}))
+            claimed = _in_claim_order(await self.fetch(f"{ack}_listing", {**params, **listing}, pool=claims))
         per_slot = [[task for task in claimed if task.ctx.lock_by == worker_id] for worker_id, _ in slots]
         for (worker_id, count), tasks in zip(slots, per_slot, strict=True):
             handing.claimed(worker_id, len(tasks) == count)

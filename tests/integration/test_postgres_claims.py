@@ -130,3 +130,32 @@ async def test_a_batch_of_runs_that_returned_nothing_ends_them_done_and_tells_th
     assert waited.ctx.status is Status.DONE
     states = [(t.ctx.status, t.ctx.lock_by, t.ctx.attempts) for t in [await q.get(i) for i in ids] if t is not None]
     assert states == [(Status.DONE, None, 1), (Status.DONE, None, 1), (Status.RUNNING, "w2", 1)]
+
+
+async def test_claims_keep_one_plan_per_connection_behind_a_backlog_the_statistics_show(
+    postgres_store: PostgresStore,
+) -> None:
+    # With a backlog in the table's statistics, a claim's LIMIT (a parameter) makes the generic
+    # plan look dearer than a custom one, so PostgreSQL planned every claim and acknowledgement
+    # again (half the server's CPU of a lone task). The worker's claims keep the generic plan.
+    db = postgres_store.database
+    schema = sql.Identifier(postgres_store.config.schema)
+    q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    await q.push_bulk(list(range(3000)))
+    async with await psycopg.AsyncConnection.connect(postgres_store.config.url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("ANALYZE {}.tasks").format(schema))
+    stream = q.poll_compact(context("w1", slots=5))
+    for _ in range(12):  # claims and acknowledgements that claim ahead, beyond psycopg's five
+        batch = [await anext(stream) for _ in range(5)]
+        await q.ack_batch([(task, Outcome.done(None)) for task in batch if task is not None])
+    await stream.aclose()  # type: ignore[attr-defined]
+
+    async def plans(conn: psycopg.AsyncConnection[Any]) -> list[tuple[int, int, str]]:
+        cursor = await conn.execute(
+            "SELECT generic_plans, custom_plans, statement FROM pg_prepared_statements", prepare=False
+        )
+        return await cursor.fetchall()
+
+    used = [row for row in await db.claims.run(plans) if "UPDATE" in row[2]]
+    assert used, "no claim ran on the claims' sessions"
+    assert all(custom <= 0 for _, custom, _ in used), [(generic, custom) for generic, custom, _ in used]

@@ -431,8 +431,8 @@ class Database:
         }
         # Ours are told by the queue's waker (0, which no connection is numbered, when none).
         args = _bind({**params, "own": list(self.signals.own) or [0]})
-        worker, inserted = await self.run(lambda conn: _hand_push(conn, self.sql["hand_push"], args))
-        if worker is None:
+        worker, inserted, listed = await self.run(lambda conn: _hand_push(conn, self.sql["hand_push"], args))
+        if not listed:  # not only passed by a listing held for a moment: none to hand to
             self._none_idle[queue] = time.monotonic() + NONE_IDLE_FOR
         if not inserted:
             return 0
@@ -632,10 +632,11 @@ async def _fetch(conn: Conn, query: str, params: Any) -> list[Any]:
     return list(rows)
 
 
-async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, bool]:
-    """Run `hand_push`: the worker the task was handed to (None: left pending) and whether it
-    was inserted. The listener it woke may be gone (its process stopped): that error stops the
-    script before its COMMIT, which is sent then; the push is committed either way."""
+async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, bool, bool]:
+    """Run `hand_push`: the worker the task was handed to (None: left pending), whether it was
+    inserted, and whether some worker was listed with a free slot (its listing maybe held). The
+    listener it woke may be gone (its process stopped): that error stops the script before its
+    COMMIT, which is sent then; the push is committed either way."""
     cursor = conn.cursor()
     await cursor.execute(query, params)
     found: Sequence[Any] = ()
@@ -649,8 +650,8 @@ async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, b
         if not (found and gone(exc)):
             raise
         await conn.cursor().execute("COMMIT")
-    ((worker, _, inserted),) = found
-    return worker, bool(inserted)
+    ((worker, _, inserted, listed),) = found
+    return worker, bool(inserted), bool(listed)
 
 
 async def _execute(conn: Conn, query: str, params: Any) -> int:

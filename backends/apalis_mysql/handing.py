@@ -17,7 +17,8 @@ A handed task is an ordinary claim: a worker that stops polling gives back those
 (`farewell_idle`), one whose wake-up was lost gives them back by its heartbeat (lost claims),
 and one that vanished by the orphan sweep. A listing lapses after `SPAN` seconds unless the
 worker's idle claims refresh it, so a vanished worker stops being handed tasks. A push that found
-no idle worker makes this process's next pushes to the queue plain inserts for `NONE_IDLE_FOR`.
+no idle worker makes this process's next pushes to the queue plain inserts for `NONE_IDLE_FOR`;
+one that found a listing only held for a moment by another transaction (SKIP LOCKED) does not.
 """
 
 from __future__ import annotations

@@ -124,19 +124,17 @@ async def test_a_push_handed_to_a_worker_whose_process_is_gone_is_stored(mysql_u
         await reader.close()
 
 
-async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits(mysql_url: str) -> None:
-    # A push ends the idle worker's sleep before its COMMIT (so the commit's redo-log flush is not
-    # on the task's way): the worker's read of its hands may reach the server before that COMMIT
-    # has run. It waits for it and finds the task, rather than coming back empty.
-    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
-    await worker_store.open()
-    await pusher.open()
-    try:
-        stream = await _idle_worker(worker_store, "w1")
+class HeldPush:
+    """A push of one task (`hand_push`) run up to its COMMIT, which waits for `release`: as the
+    server runs it while the COMMIT waits for its flush, or before it has come."""
+
+    def __init__(self, pusher: MysqlStore, task_id: str) -> None:
+        self.held, self.release = asyncio.Event(), asyncio.Event()
         script = pusher.database.sql["hand_push"].rstrip()
         assert script.endswith(";\nCOMMIT")
-        params = {
-            "id": "t1",
+        self._script = script.removesuffix(";\nCOMMIT")
+        self._params = {
+            "id": task_id,
             "queue": "q",
             "payload": b'{"n": 1}',
             "max_attempts": 1,
@@ -146,23 +144,33 @@ async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits
             "waited": 0,
             "own": (0,),
         }
-        held, release = asyncio.Event(), asyncio.Event()
+        self.done = asyncio.ensure_future(pusher.database.run(self._push))
 
-        async def push_held_before_its_commit(conn: Any) -> None:
-            cursor = conn.cursor()
-            await cursor.execute(script.removesuffix(";\nCOMMIT"), params)
-            while await cursor.nextset():
-                pass
-            held.set()
-            await release.wait()
-            await cursor.execute("COMMIT")
+    async def _push(self, conn: Any) -> None:
+        cursor = conn.cursor()
+        await cursor.execute(self._script, self._params)
+        while await cursor.nextset():
+            pass
+        self.held.set()
+        await self.release.wait()
+        await cursor.execute("COMMIT")
 
-        pushing = asyncio.ensure_future(pusher.database.run(push_held_before_its_commit))
-        await held.wait()
+
+async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits(mysql_url: str) -> None:
+    # A push ends the idle worker's sleep before its COMMIT (so the commit's redo-log flush is not
+    # on the task's way): the worker's read of its hands may reach the server before that COMMIT
+    # has run. It waits for it and finds the task, rather than coming back empty.
+    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        stream = await _idle_worker(worker_store, "w1")
+        push = HeldPush(pusher, "t1")
+        await push.held.wait()
         reading = asyncio.ensure_future(worker_store.database.claim("q", "w1", 5))
         await asyncio.sleep(0.5)  # the read reaches the server before the push commits
-        release.set()
-        await pushing
+        push.release.set()
+        await push.done
         assert [task.id for task in await reading] == ["t1"]
         with contextlib.suppress(Exception):
             await stream.aclose()  # type: ignore[attr-defined]
@@ -191,6 +199,44 @@ async def test_a_worker_fed_by_hands_alone_stays_listed(mysql_url: str) -> None:
             assert got.id == task_id
             await worker_queue.ack_batch([(got, Outcome.done())])
         await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await worker_store.close()
+        await pusher.close()
+
+
+async def test_a_push_that_finds_the_listing_held_does_not_stop_the_next_from_handing(mysql_url: str) -> None:
+    # A push passes by a listing another transaction holds (the worker reading its hands, say)
+    # and stores its task plainly; the next push, once the listing is free, hands again (a push
+    # that finds no listing at all makes the next ones plain for a while).
+    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        stream = await _idle_worker(worker_store, "w1")
+        pushed = pusher.backend("q", codec=JsonCodec())
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold_the_listing(conn: Any) -> None:
+            cursor = conn.cursor()
+            await cursor.execute("START TRANSACTION")
+            await cursor.execute(f"SELECT 1 FROM {worker_store.config.table_prefix}idle FOR UPDATE")
+            await cursor.fetchall()
+            held.set()
+            await release.wait()
+            await cursor.execute("ROLLBACK")
+
+        holding = asyncio.ensure_future(worker_store.database.run(hold_the_listing))
+        await held.wait()
+        passed = await pushed.get(await pushed.push({"n": 1}))
+        assert passed is not None
+        assert passed.ctx.lock_by is None
+        release.set()
+        await holding
+        handed = await pushed.get(await pushed.push({"n": 2}))
+        assert handed is not None
+        assert handed.ctx.lock_by == "w1"
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await worker_store.close()
         await pusher.close()

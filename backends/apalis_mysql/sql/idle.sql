@@ -5,8 +5,10 @@
 -- name: hand_push
 -- One task due now, pushed in one transaction: claimed for the most recently listed idle worker
 -- of the queue with a free slot (none while the queue is paused), else left pending; then which
--- worker and listener got it, and whether it was inserted (a known id is skipped). SKIP LOCKED:
--- a worker whose listing another transaction holds is passed by. That worker's listener has its
+-- worker and listener got it, whether it was inserted (a known id is skipped), and whether some
+-- worker is listed with a free slot at all. SKIP LOCKED: a worker whose listing another
+-- transaction holds for a moment (its read of its hands, its acknowledgement) is passed by; the
+-- last column, a plain read, tells that apart from no listing. That worker's listener has its
 -- sleep ended from here (`listener`), unless it is one of the pushing process's own (`own`: told
 -- in-process): no second round trip of the client's on the task's way. The sleep is ended before
 -- the COMMIT, so the worker's read of its hands (`handed`, a locking read of the listing this
@@ -33,7 +35,9 @@ SET @apalis_inserted = ROW_COUNT() = 1;
 UPDATE {prefix}idle
 SET free = free - 1, handed = JSON_ARRAY_APPEND(COALESCE(handed, '[]'), '$', %(id)s)
 WHERE worker_id = @apalis_worker AND @apalis_inserted;
-SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted;
+SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted,
+    @apalis_worker IS NOT NULL OR EXISTS (
+        SELECT 1 FROM {prefix}idle WHERE queue = %(queue)s AND until > {now} AND free > 0);
 EXECUTE IMMEDIATE IF(@apalis_inserted AND @apalis_listener IS NOT NULL AND @apalis_listener NOT IN %(own)s,
     CONCAT('KILL QUERY ', @apalis_listener), 'DO 0');
 COMMIT

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from apalis_cli.contact import Contact
 from apalis_cli.task import TaskId
 
 from .connection import FAILURES
@@ -123,29 +124,16 @@ class Consumers:
     """The consumers of one store, by (queue, worker id), and when each worker last beat: a live
     worker's heartbeat closes the channels of the workers in this process that stopped beating.
 
-    A worker sweeps only once it has itself beaten without a gap longer than `stale_after` for a
-    whole `stale_after` (`steady`): after a stall of the whole process (its event loop blocked, a
-    broker slow to answer) every worker's last beat is old, the live ones' too, and the first to
-    beat again would otherwise close its neighbours' channels and have their tasks run twice."""
+    A worker sweeps only when `contact` says it may (`apalis_cli.contact`): after a stall of the
+    whole process (its event loop blocked, a broker slow to answer) every worker's last beat is
+    old, the live ones' too, and the first to beat again would otherwise close its neighbours'
+    channels and have their tasks run twice."""
 
     def __init__(self) -> None:
         self.by_worker: dict[tuple[str, str], Consumer] = {}
         self.beats: dict[str, float] = {}
-        self._steady_since: dict[str, float] = {}
-
-    def beat(self, worker_id: str, now: float, stale_after: float) -> bool:
-        """Note a beat of `worker_id` at `now`; True when it has beaten steadily for `stale_after`
-        (it may take the channels of workers that stopped beating)."""
-        previous = self.beats.get(worker_id)
-        if previous is None or now - previous > stale_after:
-            self._steady_since[worker_id] = now
-        self.beats[worker_id] = now
-        return now - self._steady_since[worker_id] >= stale_after
-
-    def forget(self, worker_id: str) -> None:
-        """`worker_id` is gone: its beats no longer count."""
-        self.beats.pop(worker_id, None)
-        self._steady_since.pop(worker_id, None)
+        self.contact = Contact()
+        """This process's beats, noted by `beat_every`: a stall holds the sweep."""
 
     async def close(self) -> None:
         """Close every consumer's channel (the broker requeues what each one held)."""

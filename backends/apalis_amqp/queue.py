@@ -359,7 +359,8 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
             # Noted before the round trips below: the worker is alive when its loop runs its
             # beat, however long a loaded broker then takes to answer.
             now = time.time()
-            steady = shared.beat(worker.id, now, worker.stale_after)
+            shared.beats[worker.id] = now
+            steady = shared.contact.may_sweep(worker.id, worker.stale_after)
             await self._conn.connection()
             self._workers[worker.id] = worker
             self._apply_paused(await self._read_paused())  # a control message missed meanwhile
@@ -370,7 +371,7 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
                     await self._release_idle(consumer, worker, now)
                 elif steady and shared.beats.get(worker_id, 0.0) < now - worker.stale_after:
                     del shared.by_worker[(queue, worker_id)]
-                    shared.forget(worker_id)
+                    shared.beats.pop(worker_id, None)
                     unclaimed = await consumer.stop()
                     if unclaimed and not consumer.closed:
                         await self._requeue(unclaimed)
@@ -378,7 +379,7 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
 
         async def farewell() -> None:
             self._workers.pop(worker.id, None)
-            shared.forget(worker.id)
+            shared.beats.pop(worker.id, None)
             consumer = shared.by_worker.pop((self.queue, worker.id), None)
             if consumer is not None:
                 unclaimed = await consumer.stop()
@@ -386,7 +387,7 @@ class AmqpQueue(QueueBase, AmqpInspector, AmqpControl):
                     await self._requeue(unclaimed)
                 await consumer.close()
 
-        return beat_every(worker, beat, farewell)
+        return beat_every(worker, beat, farewell, shared.contact)
 
     async def _release_idle(self, consumer: Consumer, worker: WorkerContext, now: float) -> None:
         """Tasks this worker holds but does not run (a hand-over lost mid-way) go back."""

@@ -27,7 +27,7 @@ from apalis_cli.task import Task
 from apalis_sql import AckPlan, Controls, encode_meta, task_from_row
 from apalis_sql.database import Session, WholeClaims
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .config import PostgresConfig
@@ -80,8 +80,10 @@ class Pool:
         timeout: float,
         name: str,
         contact: Contact | None = None,
+        session_setup: str | None = None,
     ) -> None:
         self.conninfo = conninfo
+        self._session_setup = session_setup
         self.what = what
         """The store and where it is, password left out ("postgres at postgresql://u:***@h/db")."""
         self._secrets = secrets
@@ -116,6 +118,7 @@ class Pool:
             max_size=max_size,
             open=False,
             kwargs={"autocommit": True},
+            configure=self._configure if self._session_setup else None,
             timeout=self._timeout,
             name=self._name,
         )
@@ -125,6 +128,11 @@ class Pool:
             await pool.close()
             raise BackendError(f"cannot connect to {self.what}: {self.describe(exc)}") from None
         self._pool = pool
+
+    async def _configure(self, conn: Conn) -> None:
+        # A statement on each new session rather than the startup packet's `options`: poolers
+        # such as PgBouncer refuse a startup parameter they do not know.
+        await conn.execute(self._session_setup or "", prepare=False)
 
     async def close(self) -> None:
         """Close every connection."""
@@ -161,17 +169,15 @@ class Pool:
         )
 
 
-def generic_plans(url: str) -> str:
-    """The `options` of `url`'s sessions with `plan_cache_mode = force_generic_plan` added.
+GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
+"""The setup of the sessions that run the worker's claims and acknowledgements.
 
-    PostgreSQL keeps a prepared statement's generic plan only if it is estimated no dearer than
-    its first custom plans, and a `LIMIT` given as a parameter is costed at a tenth of the rows:
-    once the tasks table's statistics show a backlog, a claim (or an acknowledgement that claims
-    ahead) never passes that test and is planned again at every call (half the server's CPU of
-    a lone task). The worker's claims and acknowledgements run on sessions that always keep
-    the generic plan, which has the custom plans' shape (an index scan of `tasks_ready`)."""
-    options = conninfo_to_dict(url).get("options") or ""
-    return f"{options} -c plan_cache_mode=force_generic_plan".strip()
+PostgreSQL keeps a prepared statement's generic plan only if it is estimated no dearer than its
+first custom plans, and a `LIMIT` given as a parameter is costed at a tenth of the rows: once the
+tasks table's statistics show a backlog, a claim (or an acknowledgement that claims ahead) never
+passes that test and is planned again at every call (half the server's CPU of a lone task). The
+worker's claims and acknowledgements run on sessions that always keep the generic plan, which has
+the custom plans' shape (an index scan of `tasks_ready`)."""
 
 
 def conninfo(url: str, connect_timeout: float, **params: Any) -> str:
@@ -211,7 +217,6 @@ class Database:
                 config.url,
                 config.connect_timeout,
                 application_name=config.application_name,
-                options=generic_plans(config.url),
             ),
             what=f"postgres at {config.redacted}",
             secrets=config.secrets,
@@ -220,8 +225,9 @@ class Database:
             timeout=config.connect_timeout,
             name=f"apalis-{config.schema}-claims",
             contact=self.contact,
+            session_setup=GENERIC_PLANS,
         )
-        """The sessions of the worker's claims and acknowledgements (`generic_plans`), opened on
+        """The sessions of the worker's claims and acknowledgements (`GENERIC_PLANS`), opened on
         a process's first claim: a process that only pushes or reads opens none."""
         self.run = self.pool.run
         self.describe = self.pool.describe

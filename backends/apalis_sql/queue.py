@@ -214,7 +214,9 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         async def beat_in(s: Session) -> tuple[bool, Rows, bool, bool]:
             runs = list(worker.running())
             running = [*runs, *self._ahead.held(worker.id)]  # held: not lost claims
-            await s.execute("beat", {**row, "running": len(running)})
+            seen = {**row, "running": len(running)}
+            await s.execute("beat", seen)
+            stamped = time.monotonic()
             cancels = await s.fetch("cancels_requested", {"running": runs}) if runs else []
             paused = await s.fetch("paused", {"queue": queue})
             told = (cancels, bool(paused and paused[0][0]))
@@ -239,6 +241,12 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             await s.execute("forget_workers", stale)
             await s.execute("purge_expired", {"queue": queue, "retention": worker.retention})
             if db.releases_sweep_lock:
+                # Each statement committed by itself, so the beat above is as old as the sweep,
+                # which row locks and a loaded server hold up for seconds (1-2.5 s seen). Beaten
+                # again, this worker is alive to the next sweeper, which can start once the lock is
+                # freed: it found this one stale and ran its running tasks a second time.
+                if time.monotonic() - stamped > worker.keep_alive:
+                    await s.execute("beat", seen)
                 await s.execute("sweep_unlock", lock)
             return (woke, *told, True)
 

@@ -1,0 +1,101 @@
+"""MySQL/MariaDB: a worker whose heartbeat is slow is still alive to the orphan sweep.
+
+Each statement of a MariaDB heartbeat commits by itself, so its beat (`last_seen`) is as old as
+the statements that follow it, and a sweep is several of them. On a loaded server that took more
+than stale_after: the sweeper recovered its own running tasks, or the next worker to sweep (once
+the sweep lock was freed) found the sweeper stale and ran its tasks a second time
+(tests/acceptance/test_chaos_outage.py). Here a row lock holds the sweeper's heartbeat up for
+longer than stale_after inside its sweep, while a worker of another process beats (and sweeps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from apalis_cli.backend import WorkerContext
+from apalis_cli.codec import JsonCodec
+from apalis_cli.task import Status
+from apalis_mysql import MysqlStore
+
+from ..conformance.stores.mysql import admin_connect, admin_execute
+from .conftest import make_mysql_store
+
+STALE_AFTER = 1.0
+
+
+def _context(worker_id: str, running: tuple[str, ...] = ()) -> WorkerContext:
+    return WorkerContext(
+        id=worker_id, name=worker_id, queue="q", stale_after=STALE_AFTER, keep_alive=0.1, running=lambda: running
+    )
+
+
+async def _running_under(url: str, worker_id: str, task_id: str, ago: float) -> None:
+    await admin_execute(
+        url,
+        "UPDATE apalis_tasks SET status = 'running', attempts = 1, lock_by = %s,"
+        " lock_at = UNIX_TIMESTAMP(NOW(6)) - %s WHERE id = %s",
+        (worker_id, ago, task_id),
+    )
+
+
+async def _purging(admin: Any) -> bool:
+    """Whether a sweep's purge (the only DELETE of tasks here) runs on this database."""
+    async with admin.cursor() as cursor:
+        await cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+            " WHERE DB = DATABASE() AND COMMAND = 'Query' AND INFO LIKE 'DELETE FROM apalis_tasks%%'"
+        )
+        return bool((await cursor.fetchone())[0])
+
+
+async def test_a_worker_whose_sweep_is_held_up_keeps_its_running_task(mysql_url: str, mysql_store: MysqlStore) -> None:
+    queue = mysql_store.backend("q", codec=JsonCodec())
+    held = await queue.push({"held": True})
+    await _running_under(mysql_url, "w1", held, 0)
+    blocker = await queue.push({"blocker": True})
+    other = make_mysql_store(mysql_url)  # w2's process: its own contact with the server
+    await other.open()
+    w1, w2 = queue.heartbeat(_context("w1", (held,))), other.backend("q", codec=JsonCodec()).heartbeat(_context("w2"))
+    for _ in range(int(STALE_AFTER / 0.1) + 5):  # w1 beats for stale_after: its beats sweep
+        await anext(w1)
+    beats = 0
+    stop = asyncio.Event()
+
+    async def w2_beats() -> None:  # w2 beats all along, as a live worker of another process does
+        nonlocal beats
+        while not stop.is_set():
+            await anext(w2)
+            beats += 1
+
+    beating2 = asyncio.ensure_future(w2_beats())
+    # A task past its retention: w1's sweep, once it has recovered and forgotten, purges it, and
+    # waits for its row while another connection holds it.
+    await admin_execute(mysql_url, "UPDATE apalis_tasks SET status = 'done', done_at = 1 WHERE id = %s", (blocker,))
+    admin = await admin_connect(mysql_url)
+    try:
+        async with admin.cursor() as cursor:
+            await cursor.execute("START TRANSACTION")
+            await cursor.execute("SELECT id FROM apalis_tasks WHERE id = %s FOR UPDATE", (blocker,))
+        beating = asyncio.ensure_future(anext(w1))
+        async with asyncio.timeout(30):
+            while not await _purging(admin):  # noqa: ASYNC110 - the server's state, no event to wait on
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(STALE_AFTER * 1.5)  # w1's beat is held up past stale_after
+        async with admin.cursor() as cursor:
+            await cursor.execute("COMMIT")
+        await beating  # w1 swept, and freed the sweep lock
+        after = beats
+        async with asyncio.timeout(10):
+            while beats < after + 3:  # noqa: ASYNC110 - w2's beats, counted
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await beating2
+        admin.close()
+        for stream in (w1, w2):
+            await stream.aclose()  # type: ignore[attr-defined]
+        await other.close()
+    task = await queue.get(held)
+    assert task is not None
+    assert (task.ctx.status, task.ctx.lock_by) == (Status.RUNNING, "w1"), task.ctx.last_error

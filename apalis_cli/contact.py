@@ -4,9 +4,14 @@ After an outage every worker's last heartbeat is old, the live workers' too: the
 while the store was down. An orphan sweep that believed those heartbeats the moment the store
 answered again would take the tasks of live workers, tasks they may have finished while their
 acknowledgements waited for the store, and run them a second time. So a store sweeps only once
-its process has had the store reachable for a full `stale_after` (`steady_for`): every live
-worker has had that long to reconnect and beat. A store opened just now counts as reached now,
-so a new process also waits `stale_after` before it takes anyone's tasks.
+its process has had the store reachable for a full `stale_after` (`steady_for`), counted from
+`RETRY_WAIT_CAP` after it reached the store again: another process that lost the store too may
+be in the middle of a retry's wait when this one gets through, and reaches it up to that much
+later; only then has every live worker had `stale_after` to beat. (Counted from the first try
+that got through, a MariaDB daemon restarted under load swept a live daemon whose retry waited
+2 s, past a `stale_after` of 1.5 s, and ran its running tasks again: 7 of 20 runs of the outage
+test.) A store opened just now counts as reached now, so a new process also waits
+`stale_after` before it takes anyone's tasks.
 
 The store's connection layer reports each try: `lost()` when one failed for want of the store,
 `reached()` when one got its answer. A heartbeat or a retry waiting in `sleep` wakes as soon as
@@ -49,7 +54,11 @@ import asyncio
 import contextlib
 import time
 
-__all__ = ["Contact", "stall_gap"]
+__all__ = ["RETRY_WAIT_CAP", "Contact", "stall_gap"]
+
+RETRY_WAIT_CAP = 2.0
+"""The longest wait between two tries of an operation retried while its store is away
+(`apalis_cli.retrying.delays`): a process reaches a restarted store up to this much after another."""
 
 
 def stall_gap(keep_alive: float, stale_after: float) -> float:
@@ -78,13 +87,17 @@ class Contact:
         """A try got its answer from the store; after a loss, the steady time starts over."""
         if self._lost:
             self._lost = False
-            self._since = time.monotonic()
+            # The other processes that lost the store too may be in the middle of a retry's wait
+            # (`apalis_cli.retrying.delays`, up to RETRY_WAIT_CAP): they reach it up to that much
+            # later than this one, and only then can they beat again.
+            self._since = time.monotonic() + RETRY_WAIT_CAP
             restored, self._restored = self._restored, None
             if restored is not None:
                 restored.set()
 
     def steady_for(self, seconds: float) -> bool:
-        """True when the store has been reachable, without a failed try, for `seconds`."""
+        """True when the store has been reachable, without a failed try, for `seconds` (after a
+        loss, counted from RETRY_WAIT_CAP after this process reached it again)."""
         return not self._lost and time.monotonic() - self._since >= seconds
 
     def beat(self, worker_id: str, keep_alive: float, stale_after: float) -> None:

@@ -24,7 +24,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import NoReturn, TypeVar
 
-from .contact import Contact
+from .contact import RETRY_WAIT_CAP, Contact
 from .errors import ConnectionLost, describe_error
 
 __all__ = ["RECONNECT_BUDGET", "delays", "keep_connected", "retrying", "tries_within", "wait_after"]
@@ -38,7 +38,7 @@ RECONNECT_BUDGET = 30.0
 it: a server restart is ridden out, and an outage is reported within half a minute."""
 
 
-def delays(first: float = 0.05, cap: float = 2.0, *, jitter: bool = True) -> Iterator[float]:
+def delays(first: float = 0.05, cap: float = RETRY_WAIT_CAP, *, jitter: bool = True) -> Iterator[float]:
     """Endless waits in seconds: `first`, doubling up to `cap`; with `jitter` each is drawn
     from [50%, 100%) of that, so they still grow and never pass `cap`."""
     failures = 0
@@ -47,7 +47,7 @@ def delays(first: float = 0.05, cap: float = 2.0, *, jitter: bool = True) -> Ite
         yield wait_after(failures, first, cap, jitter=jitter)
 
 
-def wait_after(failures: int, first: float = 0.05, cap: float = 2.0, *, jitter: bool = True) -> float:
+def wait_after(failures: int, first: float = 0.05, cap: float = RETRY_WAIT_CAP, *, jitter: bool = True) -> float:
     """The wait after `failures` failed tries in a row: the `failures`-th of `delays()`, for a
     caller that counts its tries instead of drawing from an iterator (redis-py's cluster client)."""
     wait = min(first * 2.0 ** min(failures - 1, 64), cap)

@@ -18,6 +18,19 @@ from apalis_mysql import MysqlStore
 from .conftest import make_mysql_store
 
 
+@contextlib.asynccontextmanager
+async def _worker_and_pusher(mysql_url: str) -> AsyncIterator[tuple[MysqlStore, MysqlStore]]:
+    """Two open stores on the server, as two processes would have: a worker's and a pusher's."""
+    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        yield worker_store, pusher
+    finally:
+        await worker_store.close()
+        await pusher.close()
+
+
 async def _next_task(stream: AsyncIterator[Task[bytes] | None]) -> Task[bytes]:
     while True:
         task = await anext(stream)
@@ -34,10 +47,7 @@ async def _idle_worker(store: MysqlStore, worker_id: str) -> AsyncIterator[Task[
 
 
 async def test_a_lone_push_is_claimed_for_an_idle_worker_of_another_process(mysql_url: str) -> None:
-    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
-    await worker_store.open()
-    await pusher.open()
-    try:
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
         stream = await _idle_worker(worker_store, "w1")
         pushed = pusher.backend("q", codec=JsonCodec())
         task_id = await pushed.push({"n": 1})
@@ -55,16 +65,10 @@ async def test_a_lone_push_is_claimed_for_an_idle_worker_of_another_process(mysq
         got = await asyncio.wait_for(_next_task(stream), 10)
         assert got.id == second
         await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await worker_store.close()
-        await pusher.close()
 
 
 async def test_a_worker_that_stops_polling_gives_back_the_task_handed_to_it(mysql_url: str) -> None:
-    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
-    await worker_store.open()
-    await pusher.open()
-    try:
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
         stream = await _idle_worker(worker_store, "w1")
         pushed = pusher.backend("q", codec=JsonCodec())
         task_id = await pushed.push({"n": 1})
@@ -74,16 +78,10 @@ async def test_a_worker_that_stops_polling_gives_back_the_task_handed_to_it(mysq
         assert (back.ctx.status, back.ctx.lock_by, back.ctx.attempts) == (Status.PENDING, None, 0)
         again = pushed.push({"n": 2})
         assert (await pushed.get(await again)).ctx.status is Status.PENDING  # type: ignore[union-attr]
-    finally:
-        await worker_store.close()
-        await pusher.close()
 
 
 async def test_a_task_not_due_or_in_a_paused_queue_is_not_handed(mysql_url: str) -> None:
-    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
-    await worker_store.open()
-    await pusher.open()
-    try:
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
         stream = await _idle_worker(worker_store, "w1")
         pushed = pusher.backend("q", codec=JsonCodec())
         later = await pushed.push({"n": 1}, delay=60)
@@ -94,9 +92,6 @@ async def test_a_task_not_due_or_in_a_paused_queue_is_not_handed(mysql_url: str)
             assert stored is not None
             assert (stored.ctx.status, stored.ctx.lock_by) == (Status.PENDING, None)
         await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await worker_store.close()
-        await pusher.close()
 
 
 async def test_a_push_handed_to_a_worker_whose_process_is_gone_is_stored(mysql_url: str) -> None:
@@ -160,10 +155,7 @@ async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits
     # A push ends the idle worker's sleep before its COMMIT (so the commit's redo-log flush is not
     # on the task's way): the worker's read of its hands may reach the server before that COMMIT
     # has run. It waits for it and finds the task, rather than coming back empty.
-    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
-    await worker_store.open()
-    await pusher.open()
-    try:
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
         stream = await _idle_worker(worker_store, "w1")
         push = HeldPush(pusher, "t1")
         await push.held.wait()
@@ -174,19 +166,13 @@ async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits
         assert [task.id for task in await reading] == ["t1"]
         with contextlib.suppress(Exception):
             await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await worker_store.close()
-        await pusher.close()
 
 
 async def test_a_worker_fed_by_hands_alone_stays_listed(mysql_url: str) -> None:
     # One task at a time, each run and acknowledged before the next push: the worker never
     # makes a claim of its own, yet every push hands its task over (its listing had slots for
     # five hands; its acknowledgements list it again as their runs give the slots back).
-    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
-    await worker_store.open()
-    await pusher.open()
-    try:
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
         stream = await _idle_worker(worker_store, "w1")  # five slots
         pushed = pusher.backend("q", codec=JsonCodec())
         worker_queue = worker_store.backend("q", codec=JsonCodec())
@@ -199,19 +185,13 @@ async def test_a_worker_fed_by_hands_alone_stays_listed(mysql_url: str) -> None:
             assert got.id == task_id
             await worker_queue.ack_batch([(got, Outcome.done())])
         await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await worker_store.close()
-        await pusher.close()
 
 
 async def test_a_push_that_finds_the_listing_held_does_not_stop_the_next_from_handing(mysql_url: str) -> None:
     # A push passes by a listing another transaction holds (the worker reading its hands, say)
     # and stores its task plainly; the next push, once the listing is free, hands again (a push
     # that finds no listing at all makes the next ones plain for a while).
-    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
-    await worker_store.open()
-    await pusher.open()
-    try:
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
         stream = await _idle_worker(worker_store, "w1")
         pushed = pusher.backend("q", codec=JsonCodec())
         held, release = asyncio.Event(), asyncio.Event()
@@ -237,6 +217,3 @@ async def test_a_push_that_finds_the_listing_held_does_not_stop_the_next_from_ha
         assert handed.ctx.lock_by == "w1"
         with contextlib.suppress(Exception):
             await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await worker_store.close()
-        await pusher.close()

@@ -45,6 +45,7 @@ __all__ = [
     "claim_round",
     "claim_round_async",
     "claim_steps",
+    "rate_ahead",
     "rate_key",
 ]
 
@@ -361,11 +362,7 @@ class _Turns:
         """`walk` as `Turn`s: the store walks the keys and claims their first tasks in one go,
         passing over those this claim knows to have no room (`blocked`)."""
         limits, taken, cursor, wrapped = self.limits, 0, after, after is None
-        ahead = None
-        if limits.keyed_rate and limits.rate is not None:
-            # allowance() is 0 exactly when a state is further ahead than this (less a margin:
-            # the server's float arithmetic must never let through a start it would refuse)
-            ahead = limits.per - (1 - EPSILON) * limits.per / limits.rate - 1e-6
+        ahead = rate_ahead(limits)
         self.room_left = False
         while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
             upto = after if wrapped else None
@@ -398,6 +395,16 @@ class _Turns:
                 if state.startswith("k:") and allowance(tat, self.now, limits.rate, limits.per) <= 0:
                     blocked.add(state[2:])
         return frozenset(blocked)
+
+
+def rate_ahead(limits: FleetLimits) -> float | None:
+    """A `Turn`'s `ahead` under `limits`: how far past now a key's stored rate state closes it
+    (None: no keyed rate)."""
+    if not limits.keyed_rate or limits.rate is None:
+        return None
+    # allowance() is 0 exactly when a state is further ahead than this (less a margin: the
+    # server's float arithmetic must never let through a start it would refuse)
+    return limits.per - (1 - EPSILON) * limits.per / limits.rate - 1e-6
 
 
 def _batch(wanted: int) -> int:

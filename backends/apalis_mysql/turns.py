@@ -8,6 +8,12 @@ unclaimed, until the claim commits (a few: the walk is `count` keys long, plus t
 to be blocked in its range, plus a margin where a stored rate state may close a key); a later
 turn of the same claim may take them.
 
+A claim's first turn rides in the round trip that reads the claim's state (`limit_state`), sent
+before the claim knows which keys are at their concurrency: the statement finds them itself
+(`cap`), and the walk is as long as the keys at their limit after the worker's last claim
+suggest; one found too short costs a second turn, as before. A limited claim is then two round
+trips: the lock, the state and the first turn; the claim's UPDATE, the commit and the unlock.
+
 Before, a turn was two statements (`limit_keys_*`, then `limit_heads` for the keys with room),
 two round trips per turn of a claim whose few round trips bound a drain at full speed.
 """

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 from apalis_cli.backend import NewTask
 from apalis_cli.fleet import KeyedClaims, claim_round_async
-from apalis_cli.fleet.claim import QUEUE_RATE, ClaimRound, Turn, Turned, rate_key
+from apalis_cli.fleet.claim import MAX_KEYS_PER_CLAIM, QUEUE_RATE, ClaimRound, Turn, Turned, rate_ahead, rate_key
 from apalis_cli.polling import Waker
 from apalis_cli.task import Task, TaskId
 
@@ -89,7 +89,7 @@ class LimitedClaims:
     `decode` makes a task of a row the claim statements return (the key, where a statement
     adds it, cut off first): `task_from_row` for the SQL stores' tasks table."""
 
-    __slots__ = ("_db", "_decode", "_keyless", "_queue", "_timers", "_whole", "stopped", "workers")
+    __slots__ = ("_blocked", "_db", "_decode", "_keyless", "_queue", "_timers", "_whole", "stopped", "workers")
 
     def __init__(
         self,
@@ -104,6 +104,9 @@ class LimitedClaims:
         self.workers: dict[str, KeyedClaims] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._keyless: dict[str, tuple[Any, Any, Any]] = {}
+        self._blocked: dict[str, frozenset[str]] = {}
+        """By worker, the keys at their concurrency after its last claim: the first turn, sent
+        before the claim reads which are, walks past as many in its range (`walk_length`)."""
         self._whole = db.whole_claims
         self.stopped: set[str] = set()
         """Workers that claimed within limits here and stopped polling: the slots their last
@@ -116,6 +119,7 @@ class LimitedClaims:
                 self.stopped.clear()
             self.stopped.add(worker_id)
         self._keyless.pop(worker_id, None)
+        self._blocked.pop(worker_id, None)
         timer = self._timers.pop(worker_id, None)
         if timer is not None:
             timer.cancel()
@@ -245,6 +249,24 @@ class LimitedClaims:
         scans: list[tuple[list[Any], int]],
     ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
         db, queue, limits, decode = self._db, self._queue, state.limits, self._decode
+        # A store that walks the keys and locks their first tasks in one statement per turn
+        # has the turn's account worked out by its `turn_walk` (MySQL's `apalis_mysql.turns`).
+        walked = getattr(db, "turn_walk", None)
+        # A store whose session reads a statement's rows with the next one (MySQL's locked
+        # session) sends the claim's first turn with `limit_state`, before the claim knows which
+        # keys are at their concurrency (the statement finds them itself: `cap`): two round
+        # trips a claim, not three. The turn asked first is answered from its rows where it is
+        # that one (its keys from the worker's place, as many or fewer wanted); its heads not
+        # taken stay locked, unclaimed, until the commit, as a turn's extra heads do.
+        read_later: Callable[[str, Mapping[str, Any]], list[Any]] | None = getattr(s, "read_later", None)
+        first: tuple[Turn, int, list[Any]] | None = None
+        if walked is not None and read_later is not None and limits.keyed and want > 0:
+            guess = self._blocked.get(worker_id, frozenset())  # the keys at their limit last time
+            ask = Turn(state.after, None, want, MAX_KEYS_PER_CLAIM, guess, 0.0, rate_ahead(limits))
+            length = walked.walk_length(ask)
+            cap = limits.concurrency if limits.keyed_concurrency else None
+            params = self._turn_params(worker_id, extra, ask, length, [], None, cap)
+            first = (ask, length, read_later(_turn_statement(ask), params))
         rows = await s.fetch("limit_state", {"queue": queue})
         now, paused, queue_tat, keyless_tat = float(rows[0][0]), bool(rows[0][1]), rows[0][2], rows[0][3]
         if paused:
@@ -290,32 +312,27 @@ class LimitedClaims:
                 taken[row[-1]] = taken.get(row[-1], 0) + 1
             return taken
 
-        # A store that walks the keys and locks their first tasks in one statement per turn
-        # has the turn's account worked out by its `turn_walk` (MySQL's `apalis_mysql.turns`).
-        walked = getattr(db, "turn_walk", None)
+        taken_keys: list[str] = []
 
         async def turn(ask: Turn) -> Turned:
+            nonlocal first
             assert walked is not None
-            params = {
-                "queue": queue,
-                "worker": worker_id,
-                **extra,
-                "after": ask.after,
-                "upto": ask.upto,
-                "count": ask.count,
-                "walk": walked.walk_length(ask),
-                "blocked": sorted(ask.blocked),
-                "now": ask.now,
-                "ahead": ask.ahead,
-            }
-            rows = await s.fetch("limit_turn_first" if ask.after is None else "limit_turn_after", params)
+            walk: Rows
+            if first is not None and ask.after == first[0].after and ask.upto is None and ask.count <= want:
+                length, walk = first[1], first[2]  # sent with `limit_state`
+            else:
+                length = walked.walk_length(ask)
+                params = self._turn_params(worker_id, extra, ask, length, sorted(ask.blocked), ask.now, None)
+                walk = await s.fetch(_turn_statement(ask), params)
+            first = None
             # columns: TASK_COLUMNS, the key, its rate state, whether it was open
-            taking, turned = walked.account(ask, params["walk"], rows, _TURN_KEY)
+            taking, turned = walked.account(ask, length, walk, _TURN_KEY)
             if taking and db.claims_by_select:  # the rows are locked, not yet claimed
                 await later("limit_mark", {"worker": worker_id, "ids": [row[0] for row in taking]})
                 taking = [_as_claimed(row, worker_id) for row in taking]
             for row in taking:
                 claimed.append(decode(row[:_TURN_KEY]))
+                taken_keys.append(row[_TURN_KEY])
                 if row[_TURN_KEY + 1] is not None:
                     rates[rate_key(row[_TURN_KEY])] = float(row[_TURN_KEY + 1])
             result: Turned = turned
@@ -323,7 +340,6 @@ class LimitedClaims:
 
         # A store whose session reads a statement's rows with the commit (MySQL's locked
         # session) scans for keyless tasks from where the worker's last scan stopped.
-        read_later: Callable[[str, Mapping[str, Any]], list[Any]] | None = getattr(s, "read_later", None)
         scans_on = getattr(db, "keyless_from", False) and read_later is not None
 
         async def take(key: str | None, count: int) -> int:
@@ -366,7 +382,43 @@ class LimitedClaims:
             await later("limit_rates_forget", {"queue": queue, "now": now})
         if len(claimed) > 1:
             claimed.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
+        if walked is not None and limits.keyed_concurrency and limits.concurrency is not None:
+            for key in taken_keys:
+                running[key] = running.get(key, 0) + 1
+            cap = limits.concurrency
+            self._blocked[worker_id] = frozenset(k for k, n in running.items() if k is not None and n >= cap)
         return claimed, done, now
+
+    def _turn_params(
+        self,
+        worker_id: str,
+        extra: Mapping[str, Any],
+        ask: Turn,
+        length: int,
+        blocked: list[str],
+        now: float | None,
+        cap: int | None,
+    ) -> dict[str, Any]:
+        """The parameters of `limit_turn_*` for `ask`, a walk of `length` keys passing over
+        `blocked` and, with `cap`, the keys with as many running tasks (`now` None: the
+        server's clock)."""
+        return {
+            "queue": self._queue,
+            "worker": worker_id,
+            **extra,
+            "after": ask.after,
+            "upto": ask.upto,
+            "count": ask.count,
+            "walk": length,
+            "blocked": blocked,
+            "now": now,
+            "ahead": ask.ahead,
+            "cap": cap,
+        }
+
+
+def _turn_statement(ask: Turn) -> str:
+    return "limit_turn_first" if ask.after is None else "limit_turn_after"
 
 
 def _as_claimed(row: Sequence[Any], worker_id: str) -> list[Any]:

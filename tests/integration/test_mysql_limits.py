@@ -15,6 +15,7 @@ from apalis_cli.polling import woken
 from apalis_cli.service import Outcome
 from apalis_cli.sink import new_task
 from apalis_mysql import MysqlStore
+from apalis_mysql.locked import LockedSession
 
 from .conftest import make_mysql_store
 
@@ -143,7 +144,7 @@ async def test_a_keyed_claims_walk_reads_the_keys_it_takes_not_every_key_waiting
     q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
     await q.enqueue([new_task(b"{}", default_max_attempts=1, limit_key=f"k{n:05}") for n in range(1200)])
     params = {"queue": "q", "after": None, "upto": None, "count": 10, "walk": 12, "blocked": ("",), "now": 0.0}
-    params["ahead"] = None  # no keyed rate
+    params |= {"ahead": None, "cap": None}  # no keyed rate, the keys at their concurrency named
     walks = [
         table
         for table in await _analyze(mysql_store, "limit_turn_first", params)
@@ -185,3 +186,40 @@ async def test_a_limited_claims_acknowledgement_tells_those_waiting_for_a_task_i
         await stream.aclose()  # type: ignore[attr-defined]
     assert carried, "the acknowledgement rode on a limited claim"
     assert told, "the waiters of the task it ended were not told"
+
+
+async def test_a_keyed_claims_first_turn_rides_with_its_state_and_passes_over_a_key_at_its_limit(
+    mysql_store: MysqlStore, monkeypatch: Any
+) -> None:
+    """A keyed claim sends its first turn in the round trip that reads its state (`limit_state`),
+    before it knows which keys are at their concurrency: the turn finds them itself. A worker's
+    first claim, with a key another worker runs at its limit first in its walk, takes the other
+    keys' tasks and not that key's, in two round trips (lock, state and turn; the claim's UPDATE,
+    commit and unlock), not three."""
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    for key in ("a", "b", "c", "d"):
+        await q.push_bulk([{"account": key, "n": n} for n in range(2)], limit_key=key)
+    holder = q.poll_compact(context("w0", slots=1))
+    trips: list[int] = []
+    send = LockedSession._send
+
+    async def counted(session: LockedSession, last: list[str]) -> Any:
+        trips.append(1)
+        return await send(session, last)
+
+    try:
+        held = await anext(holder)
+        assert held is not None
+        assert json.loads(held.args)["account"] == "a"
+        monkeypatch.setattr(LockedSession, "_send", counted)
+        stream = q.poll_compact(context("w1", slots=3))  # filled by the keys: no keyless scan
+        try:
+            first = await anext(stream)
+            claimed_in = len(trips)
+            got = [first] + [await anext(stream) for _ in range(2)]
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await holder.aclose()  # type: ignore[attr-defined]
+    assert sorted(json.loads(t.args)["account"] for t in got if t is not None) == ["b", "c", "d"]
+    assert claimed_in == 2, f"{claimed_in} round trips"

@@ -99,3 +99,58 @@ async def test_a_worker_whose_sweep_is_held_up_keeps_its_running_task(mysql_url:
     task = await queue.get(held)
     assert task is not None
     assert (task.ctx.status, task.ctx.lock_by) == (Status.RUNNING, "w1"), task.ctx.last_error
+
+
+async def test_a_sweep_passes_by_a_claim_and_an_acknowledgement_in_flight(
+    mysql_url: str, mysql_store: MysqlStore
+) -> None:
+    """A sweeper recovers the tasks of stale workers without waiting for the row locks of a live
+    worker's acknowledgement and claim that are not committed yet (tasks it leaves alone). Its
+    recovery was a locking scan of the queue's running tasks in the status index, which waited
+    for every claim in flight in the queue, for up to the server's lock wait timeout (50 s by
+    default), while the sweeper's beat grew stale."""
+    queue = mysql_store.backend("q", codec=JsonCodec())
+    claimed, *_ = await queue.push_bulk(list(range(300)))  # enough rows for the planner to walk an index
+    acked = await queue.push({"acked": True})
+    await _running_under(mysql_url, "w2", acked, 0)
+    orphan = await queue.push({"orphan": True})
+    await _running_under(mysql_url, "gone", orphan, 60)
+    # A task done a moment ago (kept): the purge's range of expired tasks ends at its entry.
+    kept = await queue.push({"kept": True})
+    await admin_execute(
+        mysql_url,
+        "UPDATE apalis_tasks SET status = 'done', done_at = UNIX_TIMESTAMP(NOW(6)) - 1 WHERE id = %s",
+        (kept,),
+    )
+    w1, w2 = queue.heartbeat(_context("w1")), queue.heartbeat(_context("w2", (acked,)))
+    for _ in range(int(STALE_AFTER / 0.1) + 5):  # w1 beats for stale_after: its next beat sweeps
+        await anext(w1)
+    await anext(w2)  # w2 is alive
+    admin = await admin_connect(mysql_url)
+    try:
+        async with admin.cursor() as cursor:  # w2's acknowledgement, on its way
+            await cursor.execute("START TRANSACTION")
+            await cursor.execute(
+                "UPDATE apalis_tasks SET status = 'done', done_at = UNIX_TIMESTAMP(NOW(6)), lock_by = NULL,"
+                " lock_at = NULL WHERE id = %s",
+                (acked,),
+            )
+            await cursor.execute(  # and its claim of the next task
+                "UPDATE apalis_tasks SET status = 'running', attempts = 1, lock_by = 'w2',"
+                " lock_at = UNIX_TIMESTAMP(NOW(6)) WHERE id = %s",
+                (claimed,),
+            )
+        async with asyncio.timeout(20):  # far under the lock wait timeout
+            await anext(w1)
+        async with admin.cursor() as cursor:
+            await cursor.execute("COMMIT")
+    finally:
+        admin.close()
+        for stream in (w1, w2):
+            await stream.aclose()  # type: ignore[attr-defined]
+    recovered = await queue.get(orphan)
+    assert recovered is not None
+    assert recovered.ctx.status in (Status.FAILED, Status.KILLED), recovered.ctx.status
+    done = await queue.get(acked)
+    assert done is not None
+    assert done.ctx.status == Status.DONE

@@ -100,14 +100,29 @@ WHERE t.status = 'running'
 -- Tasks this worker claimed but is not running (a claim whose reply was lost with its
 -- connection), locked longer than stale_after ago: back to pending, the attempt not counted;
 -- cancelled instead if a cancel was asked meanwhile.
-UPDATE {prefix}tasks
-SET attempts = IF(cancel_reason IS NULL, GREATEST(attempts - 1, 0), attempts),
-    last_error = COALESCE(cancel_reason, last_error),
-    done_at = IF(cancel_reason IS NULL, NULL, {now}),
-    lock_by = NULL, lock_at = NULL,
-    status = IF(cancel_reason IS NULL, 'pending', 'cancelled')
-WHERE queue = %(queue)s AND status = 'running' AND lock_by = %(worker)s
-  AND lock_at < {now} - %(grace)s AND id NOT IN %(running)s
+-- Found by a plain read of the status index, then changed by primary key, checked again: a
+-- locking UPDATE over the queue's running tasks waited for every claim and acknowledgement in
+-- flight in the queue (the index entries they move are locked until their commit), for up to the
+-- lock wait timeout, while the worker's beat grew stale; and with `id NOT IN` the planner made it
+-- a scan of the whole table, done tasks included. The common case (none lost) changes nothing.
+-- `group_concat_max_len` is the session's (`connection._connect`): the LIMIT keeps the list
+-- under it; the rest go at the next beat.
+SET @apalis_ids = NULL;
+SELECT GROUP_CONCAT(QUOTE(id)) INTO @apalis_ids FROM (
+    SELECT id FROM {prefix}tasks FORCE INDEX ({prefix}tasks_status)
+    WHERE queue = %(queue)s AND status = 'running' AND lock_by = %(worker)s
+      AND lock_at < {now} - %(grace)s AND id NOT IN %(running)s
+    LIMIT 10000
+) AS lost;
+EXECUTE IMMEDIATE IF(@apalis_ids IS NULL, 'DO ?, ?', CONCAT(
+    'UPDATE {prefix}tasks
+    SET attempts = IF(cancel_reason IS NULL, GREATEST(attempts - 1, 0), attempts),
+        last_error = COALESCE(cancel_reason, last_error),
+        done_at = IF(cancel_reason IS NULL, NULL, {now}),
+        lock_by = NULL, lock_at = NULL,
+        status = IF(cancel_reason IS NULL, ''pending'', ''cancelled'')
+    WHERE id IN (', @apalis_ids, ') AND status = ''running'' AND lock_by = ? AND lock_at < {now} - ?'))
+    USING %(worker)s, %(grace)s
 
 -- name: recover
 -- Running tasks whose worker stopped beating: run again now, or killed if out of attempts, or
@@ -121,26 +136,40 @@ WHERE queue = %(queue)s AND status = 'running' AND lock_by = %(worker)s
 -- not counted, since a task that comes back is claimed, never handed, again.) The first
 -- assignment marks such a task (`lock_at` -1) for the ones after it, which MariaDB makes in
 -- order; `lock_at` ends NULL.
-UPDATE {prefix}tasks AS t
-SET t.lock_at = IF(
-        EXISTS (SELECT 1 FROM {prefix}idle AS i
-                WHERE i.worker_id = t.lock_by AND JSON_CONTAINS(i.handed, JSON_QUOTE(t.id)))
-        AND NOT EXISTS (SELECT 1 FROM {prefix}workers AS w WHERE w.id = t.lock_by AND w.last_seen >= t.lock_at),
-        -1, t.lock_at),
-    t.last_error = IF(t.lock_at <=> -1, COALESCE(t.cancel_reason, t.last_error),
-        COALESCE(t.cancel_reason, CONCAT('worker ', t.lock_by, ' stopped sending heartbeats while running this task'))),
-    t.done_at = IF(t.cancel_reason IS NOT NULL OR (NOT (t.lock_at <=> -1) AND t.attempts >= t.max_attempts), {now}, NULL),
-    t.run_at = IF(t.cancel_reason IS NOT NULL OR (NOT (t.lock_at <=> -1) AND t.attempts >= t.max_attempts), t.run_at, {now}),
-    t.status = CASE WHEN t.cancel_reason IS NOT NULL THEN 'cancelled' WHEN t.lock_at <=> -1 THEN 'pending'
-        WHEN t.attempts >= t.max_attempts THEN 'killed' ELSE 'failed' END,
-    t.attempts = IF(t.lock_at <=> -1 AND t.cancel_reason IS NULL, GREATEST(t.attempts - 1, 0), t.attempts),
-    t.lock_by = NULL,
-    t.lock_at = NULL
-WHERE t.queue = %(queue)s AND t.status = 'running'
-  AND NOT EXISTS (
-      SELECT 1 FROM {prefix}workers AS w
-      WHERE w.id = t.lock_by AND w.last_seen >= {now} - %(stale_after)s
-  )
+-- Found by a plain read, changed by primary key and checked again, as `release_lost` is: the
+-- sweep waits for no claim or acknowledgement of a live worker, and reads no done task.
+SET @apalis_ids = NULL;
+SELECT GROUP_CONCAT(QUOTE(id)) INTO @apalis_ids FROM (
+    SELECT t.id FROM {prefix}tasks AS t FORCE INDEX ({prefix}tasks_status)
+    WHERE t.queue = %(queue)s AND t.status = 'running'
+      AND NOT EXISTS (
+          SELECT 1 FROM {prefix}workers AS w
+          WHERE w.id = t.lock_by AND w.last_seen >= {now} - %(stale_after)s
+      )
+    LIMIT 10000
+) AS stale;
+EXECUTE IMMEDIATE IF(@apalis_ids IS NULL, 'DO ?', CONCAT(
+    'UPDATE {prefix}tasks AS t
+    SET t.lock_at = IF(
+            EXISTS (SELECT 1 FROM {prefix}idle AS i
+                    WHERE i.worker_id = t.lock_by AND JSON_CONTAINS(i.handed, JSON_QUOTE(t.id)))
+            AND NOT EXISTS (SELECT 1 FROM {prefix}workers AS w WHERE w.id = t.lock_by AND w.last_seen >= t.lock_at),
+            -1, t.lock_at),
+        t.last_error = IF(t.lock_at <=> -1, COALESCE(t.cancel_reason, t.last_error),
+            COALESCE(t.cancel_reason, CONCAT(''worker '', t.lock_by, '' stopped sending heartbeats while running this task''))),
+        t.done_at = IF(t.cancel_reason IS NOT NULL OR (NOT (t.lock_at <=> -1) AND t.attempts >= t.max_attempts), {now}, NULL),
+        t.run_at = IF(t.cancel_reason IS NOT NULL OR (NOT (t.lock_at <=> -1) AND t.attempts >= t.max_attempts), t.run_at, {now}),
+        t.status = CASE WHEN t.cancel_reason IS NOT NULL THEN ''cancelled'' WHEN t.lock_at <=> -1 THEN ''pending''
+            WHEN t.attempts >= t.max_attempts THEN ''killed'' ELSE ''failed'' END,
+        t.attempts = IF(t.lock_at <=> -1 AND t.cancel_reason IS NULL, GREATEST(t.attempts - 1, 0), t.attempts),
+        t.lock_by = NULL,
+        t.lock_at = NULL
+    WHERE t.id IN (', @apalis_ids, ') AND t.status = ''running''
+      AND NOT EXISTS (
+          SELECT 1 FROM {prefix}workers AS w
+          WHERE w.id = t.lock_by AND w.last_seen >= {now} - ?
+      )'))
+    USING %(stale_after)s
 
 -- name: purge_expired
 DELETE FROM {prefix}tasks

@@ -220,6 +220,10 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             cancels = await s.fetch("cancels_requested", {"running": runs}) if runs else []
             paused = await s.fetch("paused", {"queue": queue})
             told = (cancels, bool(paused and paused[0][0]))
+            # Read again now, with the grace: a claim whose reply came since the beat's round trips
+            # (one sent before a stall of this process is as old as the stall) is running or held by
+            # now, and is no lost claim.
+            running = [*worker.running(), *self._ahead.held(worker.id)]
             lost = {"queue": queue, "worker": worker.id, "grace": lost_grace(worker.id), "running": running}
             if db.handing is not None:  # a task handed to it and not received yet is on its way, not lost
                 lost["received"] = db.handing.received(worker.id)

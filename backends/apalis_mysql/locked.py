@@ -3,8 +3,8 @@
 A limited claim (`apalis_sql.limits`) or a unique push runs its statements in one transaction
 holding a named lock of the queue (`GET_LOCK`, freed after the commit). Sent one by one, the
 lock, each statement and the commit are a round trip each: six for a limited claim of ~48
-tasks (two now: `apalis_mysql.turns`), about as many milliseconds of the claiming worker's time on a loaded machine, which a
-worker draining at full speed waits for between two batches.
+tasks (two now: `apalis_mysql.turns`), about as many milliseconds of the claiming worker's time
+on a loaded machine, which a worker draining at full speed waits for between two batches.
 
 So the lock and `START TRANSACTION` ride with the transaction's first read (the server runs a
 script's statements in order: the read starts once the lock is held), and the statements whose

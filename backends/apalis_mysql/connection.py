@@ -401,7 +401,9 @@ class Database:
         """Insert tasks, many rows per statement; ids and keys already there are skipped. A
         lone task due now may be handed to an idle worker (`handing`)."""
         if len(tasks) == 1 and _handable(tasks[0]) and time.monotonic() >= self._none_idle.get(queue, 0.0):
-            return await self._hand(queue, tasks[0])
+            handed = await self._hand(queue, tasks[0])
+            if handed is not None:
+                return handed
         inserted = 0
         keyed = any(t.limit_key is not None for t in tasks)  # then with each task's limit key
         statement, row = (self.sql["insert_keyed"], _INSERT_ROW_KEYED) if keyed else (self.sql["insert"], _INSERT_ROW)
@@ -420,9 +422,10 @@ class Database:
             await self.signal(self._queue_tag(queue))
         return inserted
 
-    async def _hand(self, queue: str, task: NewTask) -> int:
+    async def _hand(self, queue: str, task: NewTask) -> int | None:
         """Push one task, claimed for the most recently listed idle worker if there is one
-        (`hand_push`); then wake that worker's listener alone, or every listener of the queue."""
+        (`hand_push`); then wake that worker's listener alone, or every listener of the queue.
+        None: not pushed, since that worker's listener was gone (it is unlisted now)."""
         params = {
             "id": task.id,
             "queue": queue,
@@ -435,7 +438,11 @@ class Database:
         }
         # Ours are told by the queue's waker (0, which no connection is numbered, when none).
         args = _bind({**params, "own": list(self.signals.own) or [0]})
-        worker, inserted, listed = await self.run(lambda conn: _hand_push(conn, self.sql["hand_push"], args))
+        sql = self.sql
+        pushed = await self.run(lambda conn: _hand_push(conn, sql["hand_push"], sql["hand_gone"], args))
+        if pushed is None:
+            return None
+        worker, inserted, listed = pushed
         if not listed:  # not only passed by a listing held for a moment: none to hand to
             self._none_idle[queue] = time.monotonic() + NONE_IDLE_FOR
         if not inserted:
@@ -636,11 +643,12 @@ async def _fetch(conn: Conn, query: str, params: Any) -> list[Any]:
     return list(rows)
 
 
-async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, bool, bool]:
+async def _hand_push(conn: Conn, query: str, gone_query: str, params: Any) -> tuple[str | None, bool, bool] | None:
     """Run `hand_push`: the worker the task was handed to (None: left pending), whether it was
-    inserted, and whether some worker was listed with a free slot (its listing maybe held). The
-    listener it woke may be gone (its process stopped): that error stops the script before its
-    COMMIT, which is sent then; the push is committed either way."""
+    inserted, and whether some worker was listed with a free slot (its listing maybe held). None
+    when the listener it woke was gone (its process stopped): that error stops the script before
+    its COMMIT; the push is rolled back and that worker unlisted (`hand_gone`), for the caller
+    to push plainly."""
     cursor = conn.cursor()
     await cursor.execute(query, params)
     found: Sequence[Any] = ()
@@ -651,9 +659,13 @@ async def _hand_push(conn: Conn, query: str, params: Any) -> tuple[str | None, b
             if not await cursor.nextset():
                 break
     except Exception as exc:
-        if not (found and gone(exc)):
+        if not gone(exc):
             raise
-        await conn.cursor().execute("COMMIT")
+        cursor = conn.cursor()
+        await cursor.execute(gone_query)
+        while await cursor.nextset():
+            pass
+        return None
     ((worker, _, inserted, listed),) = found
     return worker, bool(inserted), bool(listed)
 

@@ -94,10 +94,11 @@ async def test_a_task_not_due_or_in_a_paused_queue_is_not_handed(mysql_url: str)
         await stream.aclose()  # type: ignore[attr-defined]
 
 
-async def test_a_push_handed_to_a_worker_whose_process_is_gone_is_stored(mysql_url: str) -> None:
-    # The push ends the listener's sleep itself, before its commit: a listener that is gone
-    # (the process stopped without unlisting its worker) is no error, and the task is committed
-    # (as another connection sees it).
+async def test_a_push_to_a_worker_whose_process_is_gone_is_stored_for_the_others(mysql_url: str) -> None:
+    # The push ends the listener's sleep itself, before its INSERT: a listener that is gone
+    # (the process stopped without unlisting its worker) is no error; that worker is handed
+    # nothing more, and the task is committed pending, for any other worker to claim (as another
+    # connection sees it), not left to the dead worker until the orphan sweep.
     worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
     reader = make_mysql_store(mysql_url)
     await worker_store.open()
@@ -110,8 +111,11 @@ async def test_a_push_handed_to_a_worker_whose_process_is_gone_is_stored(mysql_u
         task_id = await pushed.push({"n": 1})
         stored = await reader.backend("q", codec=JsonCodec()).get(task_id)
         assert stored is not None
-        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")
-        assert await pushed.push({"n": 2}) != task_id  # the connection is still fit for use
+        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.PENDING, None)
+        again = await pushed.push({"n": 2})  # the connection is still fit for use
+        stored = await reader.backend("q", codec=JsonCodec()).get(again)
+        assert stored is not None
+        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.PENDING, None)  # w1 is unlisted
         with contextlib.suppress(Exception):
             await stream.aclose()  # type: ignore[attr-defined]
     finally:

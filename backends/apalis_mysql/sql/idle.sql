@@ -14,8 +14,10 @@
 -- the COMMIT, so the worker's read of its hands (`handed`, a locking read of the listing this
 -- transaction holds) runs while the commit waits for its redo-log flush: InnoDB releases a
 -- transaction's locks and shows its rows before that flush ends (as to any claim of a pushed
--- task), so the flush is no longer on the task's way. A listener that is gone (an error) stops
--- the script before the COMMIT: the client commits then (`_hand_push`).
+-- task), so the flush is no longer on the task's way. A listener that is gone (an error: its
+-- process stopped without unlisting its worker) stops the script before the COMMIT: the client
+-- rolls the push back, unlists that worker (`hand_gone`) and pushes the task plainly, for the
+-- other workers (it waited for the orphan sweep, `stale_after`, in the dead worker's name).
 START TRANSACTION;
 SET @apalis_worker = NULL, @apalis_listener = NULL;
 SELECT worker_id, listener INTO @apalis_worker, @apalis_listener FROM {prefix}idle
@@ -41,6 +43,12 @@ SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_ins
 EXECUTE IMMEDIATE IF(@apalis_inserted AND @apalis_listener IS NOT NULL AND @apalis_listener NOT IN %(own)s,
     CONCAT('KILL QUERY ', @apalis_listener), 'DO 0');
 COMMIT
+
+-- name: hand_gone
+-- The listener of the worker `hand_push` chose is gone: the push is rolled back, and that worker
+-- is handed no more tasks (its listing lapses; its orphans are swept as ever).
+ROLLBACK;
+UPDATE {prefix}idle SET free = 0 WHERE worker_id = @apalis_worker
 
 -- name: handed
 -- The tasks handed to a listed worker that it has not seen, still running under it, in the order

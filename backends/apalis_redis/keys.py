@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["QueueKeys"]
+__all__ = ["HANDING_FORMAT", "QueueKeys"]
+
+HANDING_FORMAT = "v2"
+"""The format of the idle listing and the tasks on their way (lua/handing.lua), in their keys'
+names. A daemon reads only the keys of its own format: the first format (`idle` scored by
+until_ms, `handed` holding one id) kept the same names, and an old daemon beside new ones read a
+new listing as live for ever (handing tasks to dead workers) and overwrote a worker's list of
+tasks on their way with one id (taking from the others the heartbeat's grace against a second
+run). A new format takes new names: pushes of each format hand only to workers of their own,
+and every other task reaches any worker as ready (its wake-up) as before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +52,8 @@ class QueueKeys:
             paused=base + "paused",
             workers=base + "workers",
             winfo=base + "winfo",
-            idle=base + "idle",
-            handed=base + "handed",
+            idle=f"{base}idle:{HANDING_FORMAT}",
+            handed=f"{base}handed:{HANDING_FORMAT}",
             wake=f"{namespace}:wake:{queue}",
             control=f"{namespace}:ctl:{queue}",
         )

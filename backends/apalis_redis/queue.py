@@ -28,11 +28,13 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:uniques     zset   unique keys with a task of no window, swept by the heartbeat
     ns:{q}:workers     zset   worker id -> last_seen
     ns:{q}:winfo       hash   worker id -> JSON (name, queue, host, pid, started_at, layers, running)
-    ns:{q}:idle        zset   polling workers whose last claim left free slots unfilled, scored
+    ns:{q}:idle:v2     zset   polling workers whose last claim left free slots unfilled, scored
                               until_ms * 1000 + slots: a push hands its task to the first one
                               and takes one of its slots (lua/handing.lua)
-    ns:{q}:handed      hash   worker id -> MessagePack array of the tasks handed to it that it may
+    ns:{q}:handed:v2   hash   worker id -> MessagePack array of the tasks handed to it that it may
                               not have received yet (lua/handing.lua)
+                              (v2: `keys.HANDING_FORMAT`; daemons of the first format read `idle`
+                              and `handed`, which this one neither reads nor writes)
     ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake;
                               a task handed to an idle worker travels on it ('h' + the task)
     ns:ctl:q           pub/sub channel: a cancel requested of a running task (its worker stops

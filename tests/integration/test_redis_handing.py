@@ -323,3 +323,32 @@ async def test_a_task_made_ready_as_another_is_handed_over_starts_at_once(
     release.set()
     await running.stop()
     assert (await status_of(q, second))[0] is Status.DONE
+
+
+async def test_a_daemon_of_the_first_handing_format_and_this_one_never_read_each_others_listings(
+    store: RedisStore,
+) -> None:
+    # During a rolling upgrade old and new daemons share a queue. The first format listed a worker
+    # in `idle` scored by until_ms and kept one id per worker in `handed`: an old push read a new
+    # listing (until_ms * 1000 + slots) as live for ever, handing tasks to dead workers, and wrote
+    # one id over a worker's list of tasks on their way (which the heartbeat's grace against a
+    # second run reads); a new push took an old listing for one past its time and dropped it.
+    # Each format now has keys of its own (keys.HANDING_FORMAT).
+    q = store.backend("upgrade", codec=JsonCodec())
+    k = q.keys
+    first_idle, first_handed = k.base + "idle", k.base + "handed"
+    await list_idle(store, q, "new", limit=2)
+    handed = await q.push({"n": 1})
+    assert await status_of(q, handed) == (Status.RUNNING, "new", 1)
+    # An old push finds no listing to hand to, and no list of this format to write over.
+    assert await store.client.exists(first_idle, first_handed) == 0
+    # An old worker's listing and the task on its way to it: a new push leaves them as they are.
+    old_until = int((time.time() + 60) * 1000)
+    await store.client.zadd(first_idle, {"old": old_until})
+    await store.client.hset(first_handed, "old", "an-old-id")
+    await store.client.zrem(k.idle, "new")
+    plain = await q.push({"n": 2})
+    assert await status_of(q, plain) == (Status.PENDING, None, 0)  # ready: the old worker is woken and claims it
+    assert await store.client.zscore(first_idle, "old") == old_until
+    assert await store.client.hget(first_handed, "old") == b"an-old-id"
+    assert msgpack.unpackb(await store.client.hget(k.handed, "new")) == [handed]

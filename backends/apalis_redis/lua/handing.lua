@@ -10,18 +10,11 @@
 -- `handed` (hash: worker id -> MessagePack array of the ids handed to it, in hand order, that it
 -- may not have received yet) tells which tasks are on their way: the worker passes the id of the
 -- last one it received (`got`; one pub/sub connection delivers them in order).
+-- Both keys carry their format in their names (`idle:v2`, `handed:v2`: keys.HANDING_FORMAT):
+-- daemons of the first format (a listing scored until_ms, one id per worker) use `idle` and
+-- `handed`, so neither misreads the other's listings; a change of either format takes new names.
 
 local LISTED = 1000
-
--- handed_ids(packed): the ids a `handed` field holds (a field written before they were a list
--- holds one id as it is).
-local function handed_ids(packed)
-  local first = string.byte(packed, 1)
-  if first and (first >= 0x90 and first <= 0x9f or first == 0xdc or first == 0xdd) then
-    return cmsgpack.unpack(packed)
-  end
-  return {packed}
-end
 
 -- on_its_way(handed, base, worker, got): the tasks handed to `worker` that it has not received
 -- (and still holds: one the heartbeat gave back as a lost claim no longer counts), in hand
@@ -29,7 +22,7 @@ end
 local function on_its_way(handed, base, worker, got)
   local packed = redis.call('HGET', handed, worker)
   if not packed then return {} end
-  local ids, out, from = handed_ids(packed), {}, 1
+  local ids, out, from = cmsgpack.unpack(packed), {}, 1
   for i = #ids, 1, -1 do
     if ids[i] == got then
       from = i + 1
@@ -75,7 +68,7 @@ local function take_slot(idle, handed, worker, score, id)
     redis.call('ZREM', idle, worker)
   end
   local packed = redis.call('HGET', handed, worker)
-  local ids = packed and handed_ids(packed) or {}
+  local ids = packed and cmsgpack.unpack(packed) or {}
   ids[#ids + 1] = id
   redis.call('HSET', handed, worker, cmsgpack.pack(ids))
 end

@@ -26,7 +26,7 @@ local unreceived = {}
 for i = 1, #stale, 2 do
   local worker = stale[i]
   local handed = redis.call('HGET', KEYS[11], worker)
-  for _, id in ipairs(handed and handed_ids(handed) or {}) do unreceived[id] = {worker, tonumber(stale[i + 1])} end
+  for _, id in ipairs(handed and cmsgpack.unpack(handed) or {}) do unreceived[id] = {worker, tonumber(stale[i + 1])} end
   redis.call('ZREM', KEYS[8], worker)
   redis.call('HDEL', KEYS[9], worker)
   redis.call('ZREM', KEYS[10], worker)

@@ -172,7 +172,8 @@ def targets(
         if k in ("redis", "rsmq"):
             mates = [x for x in ratios if x["kind"] == k and x["same_store"] and not x["peer"].startswith("raw")]
             top = max((x["peer_drain_best"] or 0 for x in mates), default=None)
-            add(k, "drain >= 5x the best peer on Redis", _ratio(best, top), None if not top else best >= 5 * top)
+            met = None if not top or best is None else best >= 5 * top  # no drain: --conc ''
+            add(k, "drain >= 5x the best peer on Redis", _ratio(best, top), met)
         if k in ("postgres", "pgmq"):
             pro = [x for x in ratios if x["kind"] == k and x["peer"] == "procrastinate"]
             add(

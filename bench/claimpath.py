@@ -89,7 +89,14 @@ def _fill(conn: psycopg.Connection[Any], schema: str, queue: str, hot: int, task
 
 def _params(schema: str, d: _Drain, want: int) -> dict[str, Any]:
     if d.function is None:
-        return {"ids": d.ids, "lock_by": d.worker, "queue": d.queue, "slots": [d.worker] * want}
+        return {
+            "ids": d.ids,
+            "lock_by": d.worker,
+            "queue": d.queue,
+            "slots": [],
+            "claim_for": d.worker,
+            "claim_n": want,
+        }
     return {
         "ids": d.ids,
         "lock_by": d.worker,

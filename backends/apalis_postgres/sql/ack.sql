@@ -1,5 +1,5 @@
 -- Apply a batch of outcomes and, in the same statement, claim ready tasks for the slots those
--- runs free (`slots` names the worker of each task wanted, possibly none): a busy worker pays
+-- runs free (`_ack_picked`: the worker and the number of tasks wanted, possibly none): a busy worker pays
 -- one round trip and one commit per batch, not two.
 --
 -- The ack leaves alone a task no longer running under the same worker (its lease was lost);
@@ -48,8 +48,8 @@ acked AS (
     -- Each task is fetched by primary key: the ids come as a subquery's result, unknown when the
     -- statement is planned, and the running check is that lock_by matches (a task has a lock_by
     -- exactly while it runs: every way out of 'running' clears it). Given the array itself, or
-    -- status = 'running', the planner may rather scan the table or the partial index of running
-    -- tasks, whose dead entries pile up while a backlog drains.
+    -- status = 'running', the planner may rather scan the table or the running tasks' range of
+    -- tasks_by_status, whose dead entries pile up while a backlog drains.
     WHERE t.id = ANY((SELECT %(ids)b::text[])::text[]) AND t.id = u.id AND t.lock_by = u.lock_by
     -- Whoever waits for a task that ended here is told (`waited`: the others send nothing).
     RETURNING t.id, CASE WHEN t.waited AND t.done_at IS NOT NULL THEN pg_notify({control}, 'd' || t.id) END
@@ -70,8 +70,9 @@ acked AS (
 {_ack_picked}
 
 -- name: _ack_picked
--- The claim as in claim.sql, for `slots` tasks: the n-th task claimed goes to the n-th slot's
--- worker. MATERIALIZED: the locking select runs once, however often its result is read. The
+-- The claim as in claim.sql, for `claim_n` tasks all for the worker `claim_for` (the usual case:
+-- one worker per process), or else (both NULL) for `slots` tasks, the n-th claimed going to the
+-- n-th slot's worker (`connection._claim_for`). MATERIALIZED: the locking select runs once, however often its result is read. The
 -- claimed ids then reach the UPDATE as an array, so each row is fetched by primary key (a join
 -- with the CTE makes the planner scan the whole table).
 picked AS MATERIALIZED (
@@ -82,7 +83,7 @@ picked AS MATERIALIZED (
           AND run_at <= extract(epoch FROM now())::float8
           AND NOT EXISTS (SELECT 1 FROM {schema}.queues AS p WHERE p.queue = %(queue)s AND p.paused)
         ORDER BY priority DESC, run_at, id
-        LIMIT cardinality(%(slots)b::text[])
+        LIMIT coalesce(%(claim_n)s::int, cardinality(%(slots)b::text[]))
         FOR UPDATE SKIP LOCKED
     ) AS ids
 )
@@ -91,7 +92,7 @@ picked AS MATERIALIZED (
 UPDATE {schema}.tasks AS t
 SET status = 'running',
     attempts = t.attempts + 1,
-    lock_by = (%(slots)b::text[])[array_position((SELECT ids FROM picked), t.id)],
+    lock_by = coalesce(%(claim_for)s::text, (%(slots)b::text[])[array_position((SELECT ids FROM picked), t.id)]),
     lock_at = extract(epoch FROM now())::float8
 WHERE t.id = ANY((SELECT ids FROM picked)::text[])
 RETURNING {columns}

@@ -43,7 +43,7 @@ listed AS (
                      ELSE w.until END
     -- Not when listed already with time to spare (no row version for nothing); not while a task
     -- handed to it is on its way (read by its id alone: a filter on lock_by lets the planner walk
-    -- tasks_running).
+    -- the queue's running tasks in tasks_by_status).
     WHERE (w.channel IS DISTINCT FROM excluded.channel OR w.queue IS DISTINCT FROM excluded.queue
            OR w.until * 2 < excluded.until + extract(epoch FROM now())::float8)
       AND (w.handed IS NOT DISTINCT FROM excluded.handed OR NOT coalesce((

@@ -102,6 +102,8 @@ def _params(schema: str, d: _Drain, want: int) -> dict[str, Any]:
         "lock_by": d.worker,
         "queue": d.queue,
         "slots": [],
+        "claim_for": None,
+        "claim_n": None,
         "worker": d.worker,
         "want": want,
         "after": d.after,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,9 +35,13 @@ _CLOSED = ("connection closed", "no active connection", "closed database")
 _RECONNECT = ("disk i/o error", "unable to open", *_CLOSED)
 _CLOSE_WITHIN = 10.0
 _BUSY = ("database is locked", "database is busy", "database table is locked")
-_CHECKPOINT_EVERY = 200  # writes made by `write_now` between two checkpoints
 _READ_NOW_STEPS = 10_000  # SQLite VM steps a `read_now` may take (0.15 ms here) before it is cut
-_HOLD_AFTER = 400  # `write_now` writes between two checkpoints that hold them back (WAL ~8 MB)
+_COPY_AT = 1000  # WAL frames not yet copied back that start a copy (SQLite's own autocheckpoint)
+_HOLD_AT = 2000  # WAL frames (~8 MB) at which a copy holds this process's writes to restart it
+_HOLD_GAP = 200  # writes of this process between two copies that hold them
+_COPY_TRIES = 3  # copies in the background, one after the other, that try to copy all of the WAL
+_LOOK_EVERY = 8  # `write_now` writes between two looks at the WAL index (a system call each)
+_BLIND_EVERY = 200  # writes between two held copies where the WAL index cannot be read
 
 
 def _message(exc: BaseException) -> str:
@@ -73,11 +79,12 @@ class Database:
         self._closed = True
         self._closing: dict[aiosqlite.Connection, asyncio.Future[None]] = {}
         self._now: sqlite3.Connection | None = None  # `write_now`'s
-        self._written_now = 0
+        self._writes = 0  # write transactions of this process
+        self._held_at = 0  # `_writes` when a copy last held them
         self._checkpointing: asyncio.Future[None] | None = None
-        self._holding = False  # True until a checkpoint that must see no write has run
-        self._since_afresh = 0  # `write_now` writes since the WAL last started afresh
+        self._holding = False  # True while a copy that must see no write of ours runs
         self._copier: _Copier | None = None
+        self._wal = None if config.in_memory else _WalIndex(config.path)
 
     @property
     def connected(self) -> bool:
@@ -102,6 +109,8 @@ class Database:
         copier, self._copier = self._copier, None
         if copier is not None:
             copier.close()
+        if self._wal is not None:
+            self._wal.close()
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
@@ -131,8 +140,14 @@ class Database:
 
         IMMEDIATE takes the write lock up front, so a read-modify-write never fails half way
         with SQLITE_BUSY_SNAPSHOT when another process wrote in between: it waits (busy_timeout).
+        Its commit never checkpoints (`wal_autocheckpoint = 0`): the WAL is copied back in the
+        background (`_wrote`).
         """
-        return await self._run(lambda conn: _transaction(conn, work))
+        if self._holding:
+            await self.held()  # a copy that restarts the WAL runs: written right after it
+        result = await self._run(lambda conn: _transaction(conn, work))
+        self._wrote(look=True)
+        return result
 
     def read_now(self, work: Work[T]) -> tuple[bool, T | None]:
         """Run `work(connection)`, which only reads, right here on the event loop on
@@ -174,10 +189,9 @@ class Database:
         and more on a loaded machine). It runs on a connection of its own that never waits for
         the write lock (busy_timeout 0: a lock held elsewhere answers at once, and the write
         goes the usual way) and never checkpoints (a commit that copies the WAL back would stall
-        the loop on its fsyncs): a checkpoint is started in the background after every
-        `_CHECKPOINT_EVERY` writes here (`_copy_back`). Only with synchronous = "normal" (no
-        fsync per commit) and a file. A caller that writes this way in a loop yields to the
-        event loop now and then.
+        the loop on its fsyncs): the WAL is copied back in the background (`_wrote`). Only with
+        synchronous = "normal" (no fsync per commit) and a file. A caller that writes this way
+        in a loop yields to the event loop now and then.
         """
         if self._holding:
             return False, None  # the WAL is being started afresh: no write may race it (see below)
@@ -197,63 +211,95 @@ class Database:
             if isinstance(exc, sqlite3.Error):
                 return False, None  # the usual way says what is wrong, or retries
             raise
-        self._written_now += 1
-        self._since_afresh += 1
-        if self._since_afresh >= _HOLD_AFTER + _CHECKPOINT_EVERY:
-            self._holding = True  # the checkpoint running is slow: wait for it, then start afresh
-        if self._checkpointing is None and (
-            self._written_now % _CHECKPOINT_EVERY == 0 or self._since_afresh >= _HOLD_AFTER
-        ):
-            self._checkpointing = asyncio.ensure_future(self._copy_back())
-            self._checkpointing.add_done_callback(self._copied_back)
+        self._wrote(look=False)
         return True, result
 
     @property
     def holding(self) -> bool:
-        """True while `write_now` holds writes back for a checkpoint (`held()` waits for it)."""
+        """True while a copy holds this process's writes back (`held()` waits for it)."""
         return self._holding
 
     async def held(self) -> None:
-        """Wait until `write_now` takes writes again (a checkpoint that must see none is done)."""
+        """Wait until this process's writes go on (a copy that must see none of them is done)."""
         checkpointing = self._checkpointing
         if self._holding and checkpointing is not None:
-            with contextlib.suppress(Exception):  # failed: written the usual way, tried again later
+            with contextlib.suppress(Exception):  # failed: written anyway, tried again later
                 await asyncio.shield(checkpointing)
 
+    def _wrote(self, *, look: bool) -> None:
+        """After a write of this process: start copying the WAL back in the background when it
+        holds `_COPY_AT` frames not copied yet, or has grown to `_HOLD_AT` (whoever wrote them).
+
+        No commit of ours checkpoints (every connection has `wal_autocheckpoint = 0`): SQLite's
+        own checkpoint ran inside the commit that took the WAL past 1,000 frames and that commit
+        waited for its two fsyncs (a claim or a push, 4 ms here; a lone task's p99). The WAL
+        index says how many frames the WAL holds and how many were copied (`_WalIndex`, a read
+        of the -shm file): `write_now`'s writes look every `_LOOK_EVERY` (a system call is a few
+        % of a push), the others each time (one may write thousands of frames).
+        """
+        self._writes += 1
+        if self._wal is None or self._holding or (not look and self._writes % _LOOK_EVERY):
+            return
+        frames = self._wal.frames()
+        if self._checkpointing is not None:
+            if frames is not None and frames[0] >= _HOLD_AT + _COPY_AT:
+                self._holding = True  # the copy running is slow: wait for it, then restart the WAL
+            return
+        if frames is None:
+            due = self._writes - self._held_at >= _BLIND_EVERY
+        else:
+            last, copied = frames
+            due = last - copied >= _COPY_AT or (last >= _HOLD_AT and self._may_hold())
+        if due:
+            self._checkpointing = asyncio.ensure_future(self._copy_back())
+            self._checkpointing.add_done_callback(self._copied_back)
+
+    def _may_hold(self) -> bool:
+        return self._writes - self._held_at >= _HOLD_GAP
+
     async def _copy_back(self) -> None:
-        """Copy the WAL back into the database while this process goes on writing; after
-        `_HOLD_AFTER` writes here since the WAL last started afresh, once more with them held.
+        """Copy the WAL back into the database while this process goes on writing; when the WAL
+        has grown to `_HOLD_AT` frames all the same, once more with this process's writes held.
 
         A checkpoint's cost is its two fsyncs (the WAL's, then the database's: about 4 ms here,
         where copying 1,000 pages takes 0.2 ms), so it runs on a connection and thread of its own
-        (`_Copier`) while pushes go on being written on the loop. But SQLite starts the WAL
-        afresh (writes from its start again, the file stops growing) only when a write begins
-        after a checkpoint copied all of it, which one overlapped by writes did not. So every
-        `_HOLD_AFTER` writes, right after such a copy, a second checkpoint copies what was
-        written during it (little: its fsyncs are short) on the store's connection, and this
-        process's pushes wait for it (`held`), as they waited for every checkpoint before. A copy
-        slow enough for another `_HOLD_AFTER` writes to pile up holds them back at once.
+        (`_Copier`) while this process's writes go on. But SQLite starts the WAL afresh (writes
+        from its start again, the file stops growing) only when a write begins after a
+        checkpoint copied all of it, which one overlapped by writes did not. So a copy is tried
+        again at once (`_COPY_TRIES`: each has less to copy, its window is shorter), and when
+        the WAL has reached `_HOLD_AT` frames, a copy in RESTART mode runs with this process's
+        writes held (`held`): it takes the write lock, so no other process writes meanwhile
+        either (they wait for it as for any writer), copies the rest (little: its fsyncs are
+        short) and waits up to `_Copier`'s busy timeout for readers of the old frames; the next
+        write starts the WAL afresh. After a hold, `_HOLD_GAP` writes of ours go before the next,
+        unless the WAL reaches `_HOLD_AT + _COPY_AT` frames while a copy runs: then this
+        process's writes wait for it at once (a slow disk), and for the RESTART after it.
         """
         try:
+            frames = None
+            for _ in range(_COPY_TRIES):
+                await self._copy_aside()
+                frames = self._wal.frames() if self._wal is not None else None
+                if frames is None or frames[1] >= frames[0] or self._holding:
+                    break  # all copied (the next write starts the WAL afresh), nothing to tell, or held
             if not self._holding:
-                before = self._written_now
-                wal, copied = await self._copy_aside()
-                if 0 <= wal <= copied and self._written_now == before:
-                    self._since_afresh = 0  # all copied, nothing written since: the next write restarts it
-                if self._since_afresh < _HOLD_AFTER:
+                if frames is None:
+                    if self._writes - self._held_at < _BLIND_EVERY:
+                        return
+                elif frames[1] >= frames[0] or frames[0] < _HOLD_AT or not self._may_hold():
                     return
                 self._holding = True
-            await self._run(_checkpoint)
-            self._since_afresh = 0
+            self._held_at = self._writes
+            await self._copy_aside(restart=True)
         finally:
             self._holding = False
 
-    async def _copy_aside(self) -> tuple[int, int]:
+    async def _copy_aside(self, *, restart: bool = False) -> tuple[int, int]:
         copier = self._copier
         if copier is None:
             copier = self._copier = _Copier(self.config)
         try:
-            return await copier.copy()
+            return await copier.copy(restart=restart)
         except Exception:
             self._copier = None  # a new connection next time
             copier.close()
@@ -299,6 +345,8 @@ class Database:
                 return
             self._generation += 1
             self.reconnects += 1
+            if self._wal is not None:
+                self._wal.close()  # the index may be made again with the next connection
             conn, self._conn = self._conn, None
             if conn is not None:
                 await self._close(conn)
@@ -326,6 +374,9 @@ class Database:
             # WAL: readers never block the writer; NORMAL is durable across crashes of the
             # process (not of the machine's power) and skips an fsync per commit.
             conn.execute("PRAGMA journal_mode = WAL")
+            # No commit copies the WAL back (a claim would wait for the checkpoint's fsyncs):
+            # `Database._wrote` starts copies in the background.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute(f"PRAGMA synchronous = {config.synchronous.upper()}")
         _transaction(conn, self._migrate)
 
@@ -354,6 +405,16 @@ def _checkpoint(conn: sqlite3.Connection) -> tuple[int, int]:
     return (int(rows[0][1]), int(rows[0][2])) if rows else (0, 0)
 
 
+def _restart(conn: sqlite3.Connection) -> tuple[int, int]:
+    """A RESTART checkpoint: it waits (busy timeout) for the write lock and holds it while it
+    copies all of the WAL, then for readers of the WAL, so that the next write starts it afresh."""
+    rows = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    return (int(rows[0][1]), int(rows[0][2])) if rows else (0, 0)
+
+
+_RESTART_WAIT_MS = 100  # how long a RESTART copy waits for another writer, then for readers
+
+
 class _Copier:
     """A connection of its own for checkpoints in the background, used from one thread at a time
     (`asyncio.to_thread`, one checkpoint at a time): sqlite3 runs a statement without the GIL,
@@ -365,15 +426,57 @@ class _Copier:
         conn = sqlite3.connect(config.path, isolation_level=None, timeout=0, check_same_thread=False)
         # The checkpoint's fsyncs follow the checkpointing connection's own setting.
         conn.execute(f"PRAGMA synchronous = {config.synchronous.upper()}")
+        conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")  # PASSIVE waits for no one anyway
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._conn = conn
 
-    async def copy(self) -> tuple[int, int]:
+    async def copy(self, *, restart: bool = False) -> tuple[int, int]:
         """Checkpoint: the pages the WAL held, and those copied."""
-        return await asyncio.to_thread(_checkpoint, self._conn)
+        return await asyncio.to_thread(_restart if restart else _checkpoint, self._conn)
 
     def close(self) -> None:
         """Close the connection (no checkpoint may be running)."""
         self._conn.close()
+
+
+class _WalIndex:
+    """How many frames the WAL holds and how many of them were copied back, read from the WAL
+    index (the -shm file next to the database, https://www.sqlite.org/walformat.html: the
+    header's version at byte 0 and mxFrame at byte 16, the checkpoint's nBackfill at byte 96, in
+    the machine's byte order) with one `pread` and no lock. It only says when to copy: a torn or
+    stale read costs a copy too many or too late, never a wrong write. Reopened with each new
+    connection of the store (a file made again after every connection to it closed)."""
+
+    __slots__ = ("_fd", "_path")
+
+    _FIELDS = struct.Struct("=I12xI76xI")
+    _VERSION = 3007000  # the WAL index format's, since SQLite 3.7.0
+
+    def __init__(self, database: str) -> None:
+        self._path = database + "-shm"
+        self._fd = -1
+
+    def frames(self) -> tuple[int, int] | None:
+        """(frames in the WAL, frames copied back), or None where the index cannot be read."""
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            data = os.pread(self._fd, self._FIELDS.size, 0)
+        except OSError:
+            return None
+        if len(data) < self._FIELDS.size:
+            return None
+        version, last, copied = self._FIELDS.unpack(data)
+        return (last, copied) if version == self._VERSION else None
+
+    def close(self) -> None:
+        """Close the file (a later `frames()` opens it again)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _stop() -> int:

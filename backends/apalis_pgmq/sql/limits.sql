@@ -33,13 +33,13 @@ CREATE INDEX IF NOT EXISTS {key_index} ON {q} (({_key}), vt, msg_id)
 -- name: _gate
 -- Whether the key a walk stepped on (`nxt.key`) is open: not in `v_blocked` (at its concurrency
 -- or out of rate in this claim), nor by its stored rate state, where a keyed rate holds, more
--- than `v_ahead` seconds ahead of `v_now` (GCRA: no start allowed); and that state.
+-- than `v_ahead` seconds ahead of `v_now` (GCRA: no start allowed); and that state (`rate.tat`).
+-- The state is read by one join: a scalar subquery here was planned, and started at every call,
+-- once for each use of the state (14 subplans in the walk, started even where no rate holds).
+LEFT JOIN apalis_pgmq.limit_rates AS rate
+    ON p_keyed_rate AND rate.queue = p_queue AND rate.state = ('k:' || nxt.key) COLLATE "default"
 CROSS JOIN LATERAL (
-    SELECT rate.tat, nxt.key <> ALL(v_blocked) AND (rate.tat IS NULL OR rate.tat - v_now < v_ahead) AS open
-    FROM (SELECT CASE WHEN p_keyed_rate THEN (
-        SELECT r.tat FROM apalis_pgmq.limit_rates AS r
-        WHERE r.queue = p_queue AND r.state = ('k:' || nxt.key) COLLATE "default"
-    ) END AS tat) AS rate
+    SELECT nxt.key <> ALL(v_blocked) AND (rate.tat IS NULL OR rate.tat - v_now < v_ahead) AS open
 ) AS g
 
 -- name: _taken
@@ -123,6 +123,8 @@ DECLARE
     v_turn_keys text[];
     v_turn_tats float8[];
     v_key text;
+    v_seqscan text := current_setting('enable_seqscan');
+    v_bitmapscan text := current_setting('enable_bitmapscan');
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext(p_scope), hashtext(''));
     -- No wait for the WAL flush (a claim lost in a crash is only read again);
@@ -132,7 +134,13 @@ BEGIN
     v_set := set_config('jit', 'off', true);
     v_now := extract(epoch FROM clock_timestamp())::float8;
     -- The pause, the messages in flight by key (read and hidden by a live lease: pgmq's vt index
-    -- finds them) and the keys at their concurrency.
+    -- finds them) and the keys at their concurrency. Planned (once) as a plain index scan: a
+    -- generic plan guesses a third of the table and took a bitmap scan, which never marks an
+    -- entry dead, so every claim read again each acknowledged message's last entry (its lease
+    -- still ahead): thousands a claim by the end of a drain, 15 % of a saturated drain's server
+    -- instructions (callgrind, bench/README.md). A plain one marks them as it passes.
+    v_set := set_config('enable_seqscan', 'off', true);
+    v_set := set_config('enable_bitmapscan', 'off', true);
     SELECT EXISTS (SELECT 1 FROM apalis_pgmq.queues AS p WHERE p.queue = p_queue AND p.paused),
            coalesce(array_agg(r.limit_key) FILTER (WHERE r.limit_key IS NOT NULL), '{}'),
            coalesce(array_agg(r.running) FILTER (WHERE r.limit_key IS NOT NULL), '{}'),
@@ -145,6 +153,8 @@ BEGIN
         WHERE vt > v_ready AND {status} = 'running'
         GROUP BY 1
     ) AS r;
+    v_set := set_config('enable_seqscan', v_seqscan, true);
+    v_set := set_config('enable_bitmapscan', v_bitmapscan, true);
     IF v_paused THEN  -- a paused queue hands out nothing (apalis_cli.control)
         RETURN QUERY SELECT NULL::bigint, NULL::int, NULL::float8, NULL::jsonb, NULL::jsonb, NULL::text,
             p_after, NULL::float8, v_now, NULL::int, NULL::float8, NULL::text;
@@ -214,28 +224,33 @@ BEGIN
                 -- first ready message; an open key's is chosen, until the budget or the scan
                 -- is spent. (Two ranges of the index, one skipped: `v_cursor IS NULL OR key >
                 -- v_cursor` would read the index from its first key, a saturated key's whole
-                -- backlog at every claim.)
+                -- backlog at every claim.) Readiness is a filter on the row, not an index
+                -- condition (`IS TRUE`): a step's LIMIT 1 stops the scan only after its leaf page
+                -- (PostgreSQL 15 checks every entry left on the page, ~100 a step), and vt, behind
+                -- the variable-width key, costs an uncached attribute fetch per entry checked.
+                -- A key's ready messages come first in its range, so the row fetched is its head;
+                -- a key with only messages in flight costs a row fetch for each of them.
                 WITH RECURSIVE walk(key, head, tat, open, n, chosen) AS (
-                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, g.tat, g.open, 1, g.open::int
+                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, rate.tat, g.open, 1, g.open::int
                     FROM (
                         (SELECT {_key} AS key, d.ctid FROM {q} AS d
-                         WHERE v_cursor IS NULL AND {_key} IS NOT NULL AND d.vt <= v_ready
+                         WHERE v_cursor IS NULL AND {_key} IS NOT NULL AND (d.vt <= v_ready) IS TRUE
                          ORDER BY {_key}, d.vt, d.msg_id
                          LIMIT 1)
                         UNION ALL
                         (SELECT {_key} AS key, d.ctid FROM {q} AS d
-                         WHERE v_cursor IS NOT NULL AND {_key} > v_cursor AND d.vt <= v_ready
+                         WHERE v_cursor IS NOT NULL AND {_key} > v_cursor AND (d.vt <= v_ready) IS TRUE
                          ORDER BY {_key}, d.vt, d.msg_id
                          LIMIT 1)
                     ) AS nxt
                     {_gate}
                     WHERE NOT v_wrapped OR v_start IS NULL OR nxt.key <= v_start
                   UNION ALL
-                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, g.tat, g.open, w.n + 1, w.chosen + g.open::int
+                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, rate.tat, g.open, w.n + 1, w.chosen + g.open::int
                     FROM walk AS w
                     CROSS JOIN LATERAL (
                         SELECT {_key} AS key, d.ctid FROM {q} AS d
-                        WHERE {_key} > w.key AND d.vt <= v_ready
+                        WHERE {_key} > w.key AND (d.vt <= v_ready) IS TRUE
                         ORDER BY {_key}, d.vt, d.msg_id
                         LIMIT 1
                     ) AS nxt

@@ -67,7 +67,7 @@ class PgmqLimits:
 
     async def fetch(self, name: str, params: Mapping[str, Any]) -> Rows:
         """All rows of the named statement (`limit_claim`)."""
-        from psycopg.errors import UndefinedFunction
+        from psycopg.errors import UndefinedFunction, UndefinedObject
 
         query = self._sql[name]
 
@@ -76,8 +76,9 @@ class PgmqLimits:
 
         try:
             rows: Rows = await self._run(op)
-        except UndefinedFunction:
-            # Dropped since this process made it (pgmq.drop_queue leaves it): made again.
+        except (UndefinedFunction, UndefinedObject):
+            # The function, or for a keyed limit the queue's key index, is gone since this process
+            # made it (another client dropped the queue, and may have made it again): made again.
             queue = params["queue"]
             self._connection.forget_queue(queue)
             await self._connection.ensure_limits(queue, keyed=bool(params["keyed_concurrency"] or params["keyed_rate"]))

@@ -575,6 +575,36 @@ async def test_a_keyed_limit_gives_the_queue_its_key_index_again_after_a_drop(
             assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(False,)]
 
 
+async def test_a_keyed_claim_makes_the_key_index_again_when_another_client_made_the_queue_anew(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """Another client drops the queue and makes it again between two keyed claims of this process,
+    which sees no error otherwise: its next keyed claim gives the new queue its key index (it kept
+    believing the old one was there, and walked the keys without it)."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    backend = store.backend(queue, codec=JsonCodec())
+    index = f"pgmq.q_{queue}_apalis_key"
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(args["n"])
+
+    await backend.push({"account": "a", "n": 0}, limit_key="a")
+    worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+    await run_until(worker, lambda: 0 in seen)
+    await sql(pgmq_url, "SELECT pgmq.drop_queue(%s)", (queue,))
+    await sql(pgmq_url, "SELECT pgmq.create(%s)", (queue,))
+    message, headers = '{"account": "a", "n": 1}', '{"apalis": {"limit_key": "a"}}'
+    await sql(pgmq_url, "SELECT pgmq.send(%s, %s::jsonb, %s::jsonb)", (queue, message, headers))
+    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(False,)]
+    worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+    await run_until(worker, lambda: 1 in seen)
+    assert seen == [0, 1]
+    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(True,)]
+
+
 async def test_a_limited_claim_works_in_a_session_that_ran_it_before_a_drop(pgmq_url: str, queue: str) -> None:
     """The queue's claim function outlives pgmq.drop_queue; a session that ran it before another
     client dropped the queue and made it again (one connection: the same session) claims from

@@ -126,6 +126,11 @@ DECLARE
     v_seqscan text := current_setting('enable_seqscan');
     v_bitmapscan text := current_setting('enable_bitmapscan');
 BEGIN
+    IF (p_keyed_concurrency OR p_keyed_rate) AND to_regclass('pgmq.{key_index}') IS NULL THEN
+        -- Another client dropped the queue and made it again since this process made the key
+        -- index: the process makes it again (`PgmqLimits.fetch`) rather than walk without it.
+        RAISE EXCEPTION 'queue % has no key index', p_queue USING ERRCODE = 'undefined_object';
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtext(p_scope), hashtext(''));
     -- No wait for the WAL flush (a claim lost in a crash is only read again);
     -- plans made once (planning cost more than running here); no JIT.

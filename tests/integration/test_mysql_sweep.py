@@ -1,4 +1,5 @@
-"""MySQL/MariaDB: a worker whose heartbeat is slow is still alive to the orphan sweep.
+"""MySQL/MariaDB: a worker whose heartbeat is slow is still alive to the orphan sweep, and keeps
+the tasks it claimed while its beat was held up.
 
 Each statement of a MariaDB heartbeat commits by itself, so its beat (`last_seen`) is as old as
 the statements that follow it, and a sweep is several of them. On a loaded server that took more
@@ -6,6 +7,11 @@ than stale_after: the sweeper recovered its own running tasks, or the next worke
 the sweep lock was freed) found the sweeper stale and ran its tasks a second time
 (tests/acceptance/test_chaos_outage.py). Here a row lock holds the sweeper's heartbeat up for
 longer than stale_after inside its sweep, while a worker of another process beats (and sweeps).
+
+A beat's lost-claim release runs statements after the beat too, and each is judged by the
+server's clock when it runs: the tasks the worker holds must be read when the release is sent,
+not when the beat began, or a claim that came back in between (its reply held up with a stalled
+loop, tests/conformance/test_stalls.py) is older than the grace and not among them.
 """
 
 from __future__ import annotations
@@ -154,3 +160,46 @@ async def test_a_sweep_passes_by_a_claim_and_an_acknowledgement_in_flight(
     done = await queue.get(acked)
     assert done is not None
     assert done.ctx.status == Status.DONE
+
+
+async def _beat_waits_for_its_row(admin: Any) -> bool:
+    """Whether a heartbeat's `beat` (the only INSERT into the workers table here) waits to run."""
+    async with admin.cursor() as cursor:
+        await cursor.execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+            " WHERE DB = DATABASE() AND COMMAND = 'Query' AND INFO LIKE 'INSERT INTO apalis_workers%%'"
+        )
+        return bool((await cursor.fetchone())[0])
+
+
+async def test_a_task_claimed_while_a_beat_is_held_up_is_no_lost_claim(mysql_url: str, mysql_store: MysqlStore) -> None:
+    queue = mysql_store.backend("q", codec=JsonCodec())
+    task_id = await queue.push({"n": 1})
+    running: set[str] = set()
+    w1 = queue.heartbeat(
+        WorkerContext(
+            id="w1", name="w1", queue="q", stale_after=STALE_AFTER, keep_alive=0.1, running=lambda: tuple(running)
+        )
+    )
+    await anext(w1)  # registered: its row is there to lock
+    admin = await admin_connect(mysql_url)
+    try:
+        async with admin.cursor() as cursor:
+            await cursor.execute("START TRANSACTION")
+            await cursor.execute("SELECT id FROM apalis_workers WHERE id = 'w1' FOR UPDATE")
+        beating = asyncio.ensure_future(anext(w1))  # it reads what w1 runs (nothing), then waits
+        async with asyncio.timeout(30):
+            while not await _beat_waits_for_its_row(admin):  # noqa: ASYNC110 - the server's state
+                await asyncio.sleep(0.05)
+        await _running_under(mysql_url, "w1", task_id, 0)  # meanwhile w1 claims the task and runs it
+        running.add(task_id)
+        await asyncio.sleep(STALE_AFTER * 1.5)  # the claim is older than the lost-claim grace
+        async with admin.cursor() as cursor:
+            await cursor.execute("COMMIT")
+        await beating
+    finally:
+        admin.close()
+        await w1.aclose()  # type: ignore[attr-defined]
+    task = await queue.get(task_id)
+    assert task is not None
+    assert (task.ctx.status, task.ctx.lock_by) == (Status.RUNNING, "w1"), "w1's running task was released as lost"

@@ -107,6 +107,54 @@ async def test_a_task_without_a_key_behind_a_saturated_key_is_taken_by_the_first
     )
 
 
+async def test_keys_at_a_per_key_limit_take_turns_in_the_order_their_tasks_were_pushed(
+    postgres_store: PostgresStore,
+) -> None:
+    """Under a per-key concurrency the keys' tasks are claimed first pushed, first taken: a key's
+    first task before any key's second (migration 0016 numbers each task within its key). Before,
+    a claim walked the keys in their names' order, whenever their tasks came."""
+    q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    pushed = [await q.push({"account": account}, limit_key=account) for account in ("z", "m", "z", "a")]
+    limits = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
+    stream = q.poll_compact(context("w1", slots=1, limits=limits))
+    taken: list[str] = []
+    try:
+        for _ in range(3):
+            task = await anext(stream)
+            assert task is not None
+            taken.append(task.id)
+            await q.ack_batch([(task, Outcome.done())])
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert taken == [pushed[0], pushed[1], pushed[3]], "z's first task, then m's, then a's; z's second after them"
+
+
+async def test_a_key_with_room_behind_more_keys_at_their_limit_than_a_claim_scans_is_taken(
+    postgres_store: PostgresStore,
+) -> None:
+    """A limited claim reads a window of the interleaved keyed tasks (twice what it wants, and 64
+    more); where every task there belongs to a key at its limit, the claim still finds a key
+    with room past them (the walk from key to key does), at once rather than never."""
+    q = postgres_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    keys = [f"k{n:03}" for n in range(100)]
+    for _ in range(2):
+        for key in keys:
+            await q.push({"account": key}, limit_key=key)
+    limits = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
+    holder = q.poll_compact(context("w0", slots=100, limits=limits))
+    stream = q.poll_compact(context("w1", slots=1, limits=limits))
+    try:
+        held = [await anext(holder) for _ in keys]
+        assert len({t.id for t in held if t is not None}) == len(keys), "every key's first task runs"
+        late = await q.push({"account": "late"}, limit_key="late")  # after all 100 keys' second tasks
+        task = await anext(stream)
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        await holder.aclose()  # type: ignore[attr-defined]
+    assert task is not None
+    assert task.id == late, "the task of the key with room, past the 100 keys' tasks at their limit"
+
+
 async def test_a_batch_of_runs_that_returned_nothing_ends_them_done_and_tells_their_waiters(
     postgres_store: PostgresStore,
 ) -> None:

@@ -101,7 +101,10 @@ UPDATE {schema}.tasks SET unique_until = %(until)s WHERE id = %(id)s
 
 -- name: unique_replace
 -- A pending duplicate takes the new push's content; a running or finished one is left alone.
+-- Given another key, it takes that key's next number (migration 0016), as a push would.
 UPDATE {schema}.tasks
 SET payload = %(payload)s, run_at = %(run_at)s, priority = %(priority)s, max_attempts = %(max_attempts)s,
-    meta = coalesce(%(meta)s::jsonb, '{}'), limit_key = %(limit_key)s
+    meta = coalesce(%(meta)s::jsonb, '{}'), limit_key = %(limit_key)s,
+    limit_seq = CASE WHEN limit_key IS DISTINCT FROM %(limit_key)s::text
+                     THEN {schema}.limit_next(queue, %(limit_key)s::text) ELSE limit_seq END
 WHERE id = %(id)s AND status = 'pending'

@@ -339,6 +339,12 @@ class Worker:
                 await self._consume(stream, burst)
                 return
             except Exception as exc:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # The worker stops, and a driver turned the cancellation into an error of its
+                    # own (aiormq: an RPC cancelled mid-call closes its channel and raises the
+                    # close's reason): a reconnect here would poll on for ever.
+                    raise asyncio.CancelledError from exc
                 wait = next(waits)
                 self._emit(
                     BackendUnavailable(

@@ -131,3 +131,43 @@ async def test_after_an_outage_the_worker_beats_at_once_and_before_it_claims() -
     after = [(what, at - back) for what, at in queue.log if at >= back]
     assert [what for what, _ in after][:2] == ["beat", "claim"], f"the worker did not beat, then claim: {after}"
     assert after[0][1] < KEEP_ALIVE / 2, f"the worker waited for its next keep_alive to beat: {after}"
+
+
+class Converting(Switched):
+    """The store behind a driver that turns a cancellation of its poll into an error of its own,
+    as aiormq does: an RPC cancelled mid-call closes its channel, and the call raises the close's
+    reason (seen as a RabbitMQ worker that went on polling after its stop, test_stalls[amqp])."""
+
+    converting = True
+
+    async def _claims(self, worker: WorkerContext) -> AsyncIterator[Task[bytes] | None]:
+        inner = super()._claims(worker)
+        try:
+            while True:
+                try:
+                    task = await anext(inner)
+                except asyncio.CancelledError:
+                    if not self.converting:
+                        raise
+                    raise ConnectionLost("the channel closed: an RPC was cancelled") from None
+                yield task
+        finally:
+            await inner.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_stop_ends_the_poll_whose_driver_turned_the_cancellation_into_an_error() -> None:
+    queue = Converting()
+    worker, events = worker_on(queue)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await wait_until(lambda: any(isinstance(e, Started) for e in events), what="the worker to start")
+    await asyncio.sleep(0.1)  # idle: its poll waits in the store
+    stop.set()
+    try:
+        async with asyncio.timeout(5):
+            await asyncio.shield(running)
+    except TimeoutError:
+        queue.converting = False  # the cleanup's cancellation gets through
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        raise AssertionError("the worker polled on after its stop") from None

@@ -73,6 +73,7 @@ SLOW = """
 import time
 
 def slow(args):
+    open("started", "w").close()
     time.sleep(1.5)
     return "finished"
 """
@@ -81,7 +82,7 @@ def slow(args):
 @pytest.mark.parametrize(
     "handler",
     [
-        'handler = { command = ["sh", "-c", "sleep 1.5; echo finished"] }',
+        'handler = { command = ["sh", "-c", "touch started; sleep 1.5; echo finished"] }',
         'handler = "iso_slow:slow"\nisolation = "process"',
     ],
     ids=["command", "process"],
@@ -101,11 +102,13 @@ def test_ctrl_c_in_the_terminal_lets_the_running_task_finish(apalis: Apalis, han
         start_new_session=True,
     )
     try:
+        # The handler says it started: asking `apalis inspect` took longer than its 1.5 s run
+        # on a loaded machine, and the wait saw it pending, then done, never running.
         deadline = time.monotonic() + 30
-        while apalis.statuses().get("running", 0) < 1:
+        while not (apalis.cwd / "started").exists():
             assert daemon.poll() is None, daemon.communicate()[1]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, "the handler did not start within 30 s"
+            time.sleep(0.02)
         os.killpg(daemon.pid, signal.SIGINT)
         _, err = daemon.communicate(timeout=30)
     finally:

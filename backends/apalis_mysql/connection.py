@@ -196,9 +196,13 @@ class Database:
         # read and sorted to keep the first n (500 keys: 1.4 ms a walk of 50 instead of 0.2).
         # `release_lost` and `recover` list the ids they change with GROUP_CONCAT: at most 10,000
         # quoted ids of up to 64 characters fit in its length, whatever the server's default.
+        # `@apalis_boot`: when the server started (to the second its Uptime counts, so up to a
+        # second late), for `hand_push` to pass by listings made before it (`handing`).
         try:
             await conn.cursor().execute(
-                "SET time_zone = '+00:00', collation_connection = 'utf8mb4_bin', group_concat_max_len = 1048576"
+                "SET time_zone = '+00:00', collation_connection = 'utf8mb4_bin', group_concat_max_len = 1048576,"
+                f" @apalis_boot = {NOW} - (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+                " WHERE VARIABLE_NAME = 'UPTIME')"
             )
         except BaseException:
             conn.close()
@@ -437,7 +441,7 @@ class Database:
             "waited": task.waited,
         }
         # Ours are told by the queue's waker (0, which no connection is numbered, when none).
-        args = _bind({**params, "own": list(self.signals.own) or [0]})
+        args = _bind({**params, "own": list(self.signals.own) or [0], "span": SPAN})
         sql = self.sql
         pushed = await self.run(lambda conn: _hand_push(conn, sql["hand_push"], sql["hand_gone"], args))
         if pushed is None:
@@ -468,9 +472,9 @@ class Database:
 
         def list_or_unlist(claimed: list[list[Task[bytes]]]) -> list[tuple[str, Mapping[str, Any]]]:
             if len(claimed[0]) < limit:
-                if listener is None or listener.connection_id is None or not listing.due(limit):
+                if listener is None or listener.connection_id is None or not listing.due(limit, listener.connection_id):
                     return []
-                listing.listed(limit - len(claimed[0]))
+                listing.listed(limit - len(claimed[0]), listener.connection_id)
                 params = {"worker": worker_id, "queue": queue, "listener": listener.connection_id}
                 return [(self.sql["list"], {**params, "span": SPAN, "free": listing.free})]
             if not listing.until or not listing.free:
@@ -540,8 +544,8 @@ class Database:
             listing = listings[worker_id]
             listing.freed += count
             slots = listing.free + listing.freed
-            if listing.due(slots):
-                listing.listed(slots)
+            if listing.due(slots, listener.connection_id):
+                listing.listed(slots, listener.connection_id)
                 params = {"worker": worker_id, "queue": queue, "listener": listener.connection_id}
                 params |= {"span": SPAN, "free": slots}
                 # One entry a statement: the transaction counts its statements' results.

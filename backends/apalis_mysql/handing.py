@@ -13,6 +13,14 @@ and so does the acknowledgement of its runs while it is listed, in its own trans
 fed by hands alone makes no claim: its listing ran out after as many hands as it had slots, and
 a third of a paced stream's tasks then took the slower way of a plain push and a claim).
 
+A listing names its listener by the server's connection id, which a restarted server gives
+out again from 1: a listing made before the server's last start is never handed to (`hand_push`
+compares it with `@apalis_boot`, each connection's reading of the server's start), or its KILL
+QUERY could end an unrelated connection's statement, and its worker would not be woken. That
+reading counts whole seconds of Uptime, so it errs late: a listing of the server's first second
+may be passed by too, until its worker lists itself again. A worker whose listener connected
+again lists itself at its next empty claim, under the new connection.
+
 A handed task is an ordinary claim: a worker that stops polling gives back those it never saw
 (`farewell_idle`), one whose wake-up was lost gives them back by its heartbeat (lost claims),
 and one that vanished by the orphan sweep. A listing lapses after `SPAN` seconds unless the
@@ -53,13 +61,17 @@ class Listing:
     freed: int = 0
     """Slots its acknowledged runs gave back since it was listed: a worker fed by hands alone
     makes no short claim to list it again, so its acknowledgements do (`Database.ack`)."""
+    listener: int | None = None
+    """The connection id of the listener it was listed with."""
 
-    def due(self, slots: int) -> bool:
-        """Whether a worker with `slots` free should be (re)listed."""
-        return self.until - time.time() < SPAN / 2 or self.free < max(slots // 2, 1)
+    def due(self, slots: int, listener: int) -> bool:
+        """Whether a worker with `slots` free, heard by `listener`, should be (re)listed: its
+        listener connected again since (a server restart) makes its listing stale."""
+        return self.until - time.time() < SPAN / 2 or self.free < max(slots // 2, 1) or listener != self.listener
 
-    def listed(self, slots: int) -> None:
+    def listed(self, slots: int, listener: int) -> None:
         self.until, self.free, self.open, self.freed = time.time() + SPAN, slots, True, 0
+        self.listener = listener
 
     def unlisted(self) -> None:
         self.free, self.open = 0, False

@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncmy
+import pytest
 from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task
-from apalis_mysql import MysqlStore
+from apalis_mysql import MysqlStore, handing
+from apalis_mysql import connection as mysql_connection
+from apalis_mysql.handing import SPAN
 
+from ..acceptance.chaos_servers import PrivateServer, free_port, mariadb_database, private_mariadb
 from .conftest import make_mysql_store
 
 
@@ -142,6 +147,7 @@ class HeldPush:
             "meta": None,
             "waited": 0,
             "own": (0,),
+            "span": SPAN,
         }
         self.done = asyncio.ensure_future(pusher.database.run(self._push))
 
@@ -221,3 +227,90 @@ async def test_a_push_that_finds_the_listing_held_does_not_stop_the_next_from_ha
         assert handed.ctx.lock_by == "w1"
         with contextlib.suppress(Exception):
             await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def _fetch_one(conn: Any, query: str, *args: Any) -> Any:
+    async with conn.cursor() as cursor:
+        await cursor.execute(query, args)
+        return await cursor.fetchone()
+
+
+@pytest.fixture
+def restartable() -> Iterator[tuple[PrivateServer, str]]:
+    """A private MariaDB (this test restarts it) and the URL of a database on it."""
+    with private_mariadb(free_port()) as server:
+        yield server, mariadb_database(server, "handing")
+
+
+async def test_a_listing_made_before_the_server_restarted_is_not_handed_to(
+    restartable: tuple[PrivateServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A restarted server numbers its connections from 1 again: a listing made before (here of a
+    # worker whose process stopped meanwhile) names a listener id that another connection may
+    # hold now. A push must neither end that connection's statement (KILL QUERY) nor hand its
+    # task to a worker it cannot wake: the task is stored for the others.
+    monkeypatch.setattr(handing, "SPAN", 60.0)  # the listing outlasts the restart
+    monkeypatch.setattr(mysql_connection, "SPAN", 60.0)
+    server, url = restartable
+    worker_store, pusher = make_mysql_store(url), make_mysql_store(url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        idle = f"{pusher.database.config.table_prefix}idle"
+        await _idle_worker(worker_store, "w1")
+        await worker_store.close()  # its process is gone, its listing stays
+        server.restart(down_for=0.1)
+        bystander = await asyncmy.connect(
+            host="127.0.0.1", port=server.port, user="root", database="handing", autocommit=True
+        )
+        try:
+            # The listing now names the bystander's connection, as a number given out again would.
+            (bystander_id,) = await _fetch_one(bystander, "SELECT CONNECTION_ID()")
+            await _fetch_one(bystander, f"UPDATE {idle} SET listener = %s WHERE worker_id = 'w1'", bystander_id)
+            sleeping = asyncio.ensure_future(_fetch_one(bystander, "SELECT SLEEP(2)"))
+            await asyncio.sleep(0.3)
+            pushed = pusher.backend("q", codec=JsonCodec())
+            task_id = await pushed.push({"n": 1})
+            stored = await pushed.get(task_id)
+            assert stored is not None
+            assert (stored.ctx.status, stored.ctx.lock_by) == (Status.PENDING, None), "handed by a stale listing"
+            assert await sleeping == (0,), "the push ended an unrelated connection's statement"
+        finally:
+            bystander.close()
+    finally:
+        await pusher.close()
+
+
+async def test_a_worker_is_listed_again_with_its_listener_after_a_server_restart(
+    restartable: tuple[PrivateServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a restart its listener sleeps on a new connection: the worker's next empty claim lists
+    # it again under that one (not only once half of its listing's span is gone), and pushes are
+    # handed to it again.
+    monkeypatch.setattr(handing, "SPAN", 60.0)  # a listing by time alone would wait 30 s
+    monkeypatch.setattr(mysql_connection, "SPAN", 60.0)
+    server, url = restartable
+    async with _worker_and_pusher(url) as (worker_store, pusher):
+        idle = f"{pusher.database.config.table_prefix}idle"
+        stream = await _idle_worker(worker_store, "w1")
+        before = set(worker_store.database.signals.own)
+        server.restart(down_for=0.1)
+        # The loop stays blocked a second more: its listener connects again, and lists, later than
+        # any connection's reading of the server's start (Uptime counts whole seconds, so that
+        # reading may be up to a second late, and a listing older than it is passed by).
+        time.sleep(1.1)  # noqa: ASYNC251 (blocking on purpose)
+        deadline = time.monotonic() + 10
+        while True:
+            assert await anext(stream) is None
+            row = await pusher.database.run(lambda conn: _fetch_one(conn, f"SELECT listener FROM {idle}"))
+            if row is not None and row[0] in worker_store.database.signals.own and row[0] not in before:
+                break
+            assert time.monotonic() < deadline, "the worker was not listed again with its new listener"
+            await asyncio.sleep(0.05)
+        pushed = pusher.backend("q", codec=JsonCodec())
+        task_id = await pushed.push({"n": 1})
+        stored = await pushed.get(task_id)
+        assert stored is not None
+        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")  # handed
+        assert (await asyncio.wait_for(_next_task(stream), 10)).id == task_id
+        await stream.aclose()  # type: ignore[attr-defined]

@@ -18,10 +18,13 @@
 -- process stopped without unlisting its worker) stops the script before the COMMIT: the client
 -- rolls the push back, unlists that worker (`hand_gone`) and pushes the task plainly, for the
 -- other workers (it waited for the orphan sweep, `stale_after`, in the dead worker's name).
+-- A listing made before the server last started (`@apalis_boot`, set on each connection) names a
+-- listener id the server may have given to another connection since: it is passed by.
 START TRANSACTION;
 SET @apalis_worker = NULL, @apalis_listener = NULL;
 SELECT worker_id, listener INTO @apalis_worker, @apalis_listener FROM {prefix}idle
 WHERE queue = %(queue)s AND until > {now} AND free > 0 AND %(run_at)s <= {now}
+  AND until - %(span)s >= @apalis_boot
   AND NOT EXISTS (SELECT 1 FROM {prefix}queues AS p WHERE p.queue = %(queue)s AND p.paused = 1)
 ORDER BY until DESC
 LIMIT 1

@@ -29,8 +29,9 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
 -- name: claim_update
+-- `claim_room` (migration 0008) made room on the row for `lock_by` and `lock_at`.
 UPDATE {prefix}tasks
-SET status = 'running', attempts = attempts + 1, lock_by = %s, lock_at = {now}
+SET status = 'running', attempts = attempts + 1, lock_by = %s, lock_at = {now}, claim_room = NULL
 WHERE id IN ({ids})
 
 -- name: claim_start
@@ -42,7 +43,7 @@ SET @apalis_ids = QUOTE('')
 -- one that waits for the client to read the rows and send their ids back.
 EXECUTE IMMEDIATE CONCAT(
     'UPDATE {prefix}tasks SET status = ''running'', attempts = attempts + 1, lock_by = ', QUOTE(%s),
-    ', lock_at = {now} WHERE id IN (', @apalis_ids, ')')
+    ', lock_at = {now}, claim_room = NULL WHERE id IN (', @apalis_ids, ')')
 
 -- name: insert
 INSERT INTO {prefix}tasks
@@ -66,9 +67,10 @@ SELECT 1 FROM DUAL WHERE @apalis_waited = 1
 
 -- name: ack_done
 -- Runs that ended done under one worker with the same result; a task no longer running under
--- that worker (its lease was lost) is left alone.
+-- that worker (its lease was lost) is left alone. A task claimed by a daemon of the previous
+-- version still holds its `claim_room` (migration 0008): dropped here.
 UPDATE {prefix}tasks
-SET status = 'done', result = %s, done_at = {now}, lock_by = NULL, lock_at = NULL,
+SET status = 'done', result = %s, done_at = {now}, lock_by = NULL, lock_at = NULL, claim_room = NULL,
     waited = IF(waited = 1, @apalis_waited := 1, 0)
 WHERE id IN ({ids}) AND lock_by = %s AND status = 'running'
 
@@ -91,6 +93,7 @@ SET t.attempts = IF(u.status = 'pending' AND t.cancel_reason IS NULL, GREATEST(t
     t.done_at = IF(u.status IN ('done', 'killed', 'cancelled') OR t.cancel_reason IS NOT NULL, {now}, NULL),
     t.lock_by = NULL,
     t.lock_at = NULL,
+    t.claim_room = NULL,
     t.waited = IF(t.waited = 1 AND (u.status IN ('done', 'killed', 'cancelled') OR t.cancel_reason IS NOT NULL),
         @apalis_waited := 1, t.waited),
     t.status = IF(t.cancel_reason IS NOT NULL AND u.status IN ('failed', 'pending'), 'cancelled', u.status)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from apalis_pgmq.statements import claim_fn_of, key_index_of, statements_for
+from apalis_pgmq.statements import claim_fn_of, key_index_of, old_key_index_of, statements_for
 from apalis_sql.files import Queries, render, split_named, without_comments
 
 from .stores import open_store, prepare
@@ -81,6 +81,7 @@ def statements_in(folder: str, queue: str) -> dict[str, str]:
         "q": f'pgmq."q_{queue}"',
         "a": f'pgmq."a_{queue}"',
         "key_index": f'"{key_index_of(queue)}"',
+        "old_key_index": f'pgmq."{old_key_index_of(queue)}"',
         "claim_fn": f'apalis_pgmq."{claim_fn_of(queue)}"',
     }
     names.update({fragment: render(loaded[fragment], names) for fragment in _FRAGMENTS})

@@ -18,7 +18,7 @@ from apalis_cli.polling import Waker
 
 from .config import PgmqConfig
 from .hub import ControlHub
-from .statements import SCHEMA, key_index_of, statement, statements_for
+from .statements import SCHEMA, key_index_of, old_key_index_of, statement, statements_for
 
 if TYPE_CHECKING:
     from apalis_postgres.connection import Pool
@@ -246,13 +246,16 @@ class Connection:
 
     async def _create_key_index(self, conn: AsyncConnection[Any], queue: str) -> None:
         sql = statements_for(queue)
-        cur = await conn.execute(sql["key_index_exists"], {"index": f'pgmq."{key_index_of(queue)}"'})
+        names = {"index": f'pgmq."{key_index_of(queue)}"', "old_index": f'pgmq."{old_key_index_of(queue)}"'}
+        cur = await conn.execute(sql["key_indexes"], names)
         row = await cur.fetchone()
-        if row and row[0]:
+        if row and row[0] and not row[1]:
             return  # made by an earlier process: CREATE INDEX would take a lock even so
         async with conn.transaction():
             await conn.execute(sql["lock_queue"], {"queue": queue})
             await conn.execute(sql["create_key_index"])
+            # An earlier version's index by key text (a daemon of that version makes it again)
+            await conn.execute(sql["drop_old_key_index"])
 
     async def _create_claim_fn(self, conn: AsyncConnection[Any], queue: str) -> None:
         # Replaced at each process's first limited claim, so the function is this version's;

@@ -558,7 +558,7 @@ async def test_a_keyed_limit_gives_the_queue_its_key_index_again_after_a_drop(
     from apalis_cli.layers import ConcurrencyLayer
 
     backend = store.backend(queue, codec=JsonCodec())
-    index = f"pgmq.q_{queue}_apalis_key"
+    index = f"pgmq.q_{queue}_apalis_hkey"
     limit = ConcurrencyLayer(1, scope="global", key="account")
     seen: list[Any] = []
 
@@ -575,6 +575,64 @@ async def test_a_keyed_limit_gives_the_queue_its_key_index_again_after_a_drop(
             assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(False,)]
 
 
+async def test_a_keyed_claim_drops_the_key_index_of_earlier_versions(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """Earlier versions indexed a queue's messages by the key's text (`q_<queue>_apalis_key`),
+    an index every write of the queue paid for: this version's first keyed claim of the queue
+    makes its own (by the key's hash) and drops that one, and the claims keep each key's limit.
+    One the earlier version makes again (a daemon of it still claiming) is dropped by the next
+    process of this version, which claims alike meanwhile."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    backend = store.backend(queue, codec=JsonCodec())
+    await backend.stats()  # creates the queue
+    old = f"pgmq.q_{queue}_apalis_key"
+    make_old = (
+        f"CREATE INDEX q_{queue}_apalis_key ON pgmq.q_{queue}"
+        " (((headers -> 'apalis' ->> 'limit_key') COLLATE \"C\"), vt, msg_id)"
+    )
+    await sql(pgmq_url, make_old)
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        key = args["account"]
+        running[key] = running.get(key, 0) + 1
+        most[key] = max(most.get(key, 0), running[key])
+        await asyncio.sleep(0.01)
+        running[key] -= 1
+        seen.append(args["n"])
+
+    for n in range(6):
+        await backend.push({"account": "ab"[n % 2], "n": n}, limit_key="ab"[n % 2])
+    worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], concurrency=4, keep_alive=0.2)
+    await run_until(worker, lambda: len(seen) == 6)
+    assert sorted(seen) == list(range(6))
+    assert most == {"a": 1, "b": 1}
+    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (old,)) == [(False,)]
+    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (f"pgmq.q_{queue}_apalis_hkey",)) == [(True,)]
+
+    await sql(pgmq_url, make_old)  # a daemon of the earlier version made it again
+    await backend.push({"account": "a", "n": 6}, limit_key="a")
+    worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+    await run_until(worker, lambda: 6 in seen)  # the same process: the index is left to the next one
+    opened = PgmqStore.from_spec(StoreSpec(name="t", kind="pgmq", url=pgmq_url))
+    await opened.open()
+    try:
+        other = opened.backend(queue, codec=JsonCodec())
+        await other.push({"account": "b", "n": 7}, limit_key="b")
+        await run_until(
+            Worker(name="w", backend=other, handler=handler, layers=[limit], keep_alive=0.2), lambda: 7 in seen
+        )
+    finally:
+        await opened.close()
+    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (old,)) == [(False,)]
+    assert sorted(seen) == list(range(8))
+
+
 async def test_a_keyed_claim_makes_the_key_index_again_when_another_client_made_the_queue_anew(
     store: PgmqStore, pgmq_url: str, queue: str
 ) -> None:
@@ -584,7 +642,7 @@ async def test_a_keyed_claim_makes_the_key_index_again_when_another_client_made_
     from apalis_cli.layers import ConcurrencyLayer
 
     backend = store.backend(queue, codec=JsonCodec())
-    index = f"pgmq.q_{queue}_apalis_key"
+    index = f"pgmq.q_{queue}_apalis_hkey"
     limit = ConcurrencyLayer(1, scope="global", key="account")
     seen: list[Any] = []
 
@@ -724,7 +782,7 @@ async def test_a_dropped_queues_claim_function_goes_when_a_store_opens(
     from apalis_cli.layers import ConcurrencyLayer
 
     backend = store.backend(queue, codec=JsonCodec())
-    function = f"apalis_pgmq.limit_claim_{queue}"
+    function = f"apalis_pgmq.limit_claim2_{queue}"
     limit = ConcurrencyLayer(1, scope="global")
     seen: list[Any] = []
 

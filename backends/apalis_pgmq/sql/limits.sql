@@ -2,13 +2,13 @@
 -- the queue's own function (`create_limit_claim`), which first takes the queue's limit lock, so
 -- the counts it reads cannot change before it commits. A message's limit key is its "apalis"
 -- header `limit_key` (`_key`, compared byte by byte as the claim's turns compare keys in Python);
--- the key index (`create_key_index`) orders a queue's messages by key, then vt: a key's ready
--- messages come first in its range, and the messages it has in flight last. "Ready" is
--- `vt <= now()`, the transaction's start (a stable value, so the index can check it): a message
--- that came due while the claim waited for the lock waits for the next claim, and so does one
--- pushed after a pause that committed while the claim was under way (after it read the pause):
--- the pause holds it back. A claimed message is read as pgmq.read reads it: vt moved by the
--- lease, read_ct + 1, last_read_at now.
+-- the key index (`create_key_index`) orders a queue's messages by a 64-bit hash of the key
+-- (`_hkey`), then vt: a key's ready messages come first in its range, and the messages it has
+-- in flight last; the keys take turns in the order of their hashes. "Ready" is `vt <= now()`,
+-- the transaction's start: a message that came due while the claim waited for the lock waits
+-- for the next claim, and so does one pushed after a pause that committed while the claim was
+-- under way (after it read the pause): the pause holds it back. A claimed message is read as
+-- pgmq.read reads it: vt moved by the lease, read_ct + 1, last_read_at now.
 
 -- name: _key
 (headers -> 'apalis' ->> 'limit_key') COLLATE "C"
@@ -21,14 +21,32 @@ SET vt = clock_timestamp() + make_interval(secs => %(lease)s::float8), read_ct =
 RETURNING m.msg_id, m.read_ct, extract(epoch FROM m.enqueued_at)::float8, m.message, m.headers -> 'apalis',
           %(worker)s::text
 
--- name: key_index_exists
-SELECT to_regclass(%(index)s) IS NOT NULL
+-- name: _hkey
+-- The key index's first column: an integer, compared in a step of the walk and in each descent
+-- where the key's text was (a text comparison per index entry read: 8% fewer server instructions
+-- a saturated claim + archive, bench/README.md). Two keys of one hash (64 bits: about one pair
+-- in 10^10 among 100,000 keys) would share a turn: the one with the earlier head is the pair's;
+-- each key's limits hold whatever the order.
+hashtextextended(headers -> 'apalis' ->> 'limit_key', 0)
+
+-- name: key_indexes
+-- Whether the queue has the key index, and the one of earlier versions (by key text: `q_<queue>_apalis_key`).
+SELECT to_regclass(%(index)s) IS NOT NULL, to_regclass(%(old_index)s) IS NOT NULL
 
 -- name: create_key_index
 -- The one index apalis adds to a pgmq queue table, as pgmq.create_fifo_index adds one for its
 -- message groups: made when a worker with a keyed limit first claims from the queue, under
 -- pgmq's queue lock. It changes no column and no pgmq call; pgmq.drop_queue drops it.
-CREATE INDEX IF NOT EXISTS {key_index} ON {q} (({_key}), vt, msg_id)
+CREATE INDEX IF NOT EXISTS {key_index} ON {q} (({_hkey}), vt, msg_id)
+
+-- name: drop_old_key_index
+-- The key index of earlier versions (by the key's text), dropped after this one is made (in the
+-- same transaction, under pgmq's queue lock): every write of the queue paid for its entries. A
+-- daemon of an earlier version still claiming from the queue makes it again at its next keyed
+-- claim (its function finds it missing), and claims as before: both claims take the queue's
+-- limit lock and count the messages in flight from pgmq's vt index, so neither hands out a
+-- message the other holds; each walks its own index.
+DROP INDEX IF EXISTS {old_key_index}
 
 -- name: _gate
 -- Whether the key a walk stepped on (`nxt.key`) is open: not in `v_blocked` (at its concurrency
@@ -69,10 +87,12 @@ SELECT * FROM {claim_fn}(
 -- orders a key's ready messages by vt, msg_id: the walk's one step per key lands on the key's
 -- head (its first ready message), so a key at its limit or out of rate costs that step alone.
 -- Rows: msg_id, read_ct, enqueued_at, message, the "apalis" headers, the worker, then the account
--- (the key to go on after, when a rate next allows a start it held back, the server's clock, and
+-- (the hash of the key to go on after, as text, when a rate next allows a start it held back, the server's clock, and
 -- three NULLs: pgmq's keyless messages are found by the key index, no scan place is kept).
 -- The last process to start replaces the body every other one runs: a later version keeps the
--- arguments and rows (or takes another name), as daemons of two versions may share a queue.
+-- arguments and rows (or takes another name), as daemons of two versions may share a queue. This
+-- one took another name (`limit_claim2_<queue>`): the function of earlier versions
+-- (`limit_claim_<queue>`, keys by their text) stays for their daemons, with their index.
 CREATE OR REPLACE FUNCTION {claim_fn}(
     p_queue text, p_worker text, p_want int, p_after text,
     p_concurrency int, p_keyed_concurrency boolean, p_rate int, p_per float8, p_keyed_rate boolean,
@@ -104,10 +124,13 @@ DECLARE
     v_room int;
     v_got int;
     v_wake float8;
-    v_after text := p_after;
+    -- the hash of the key to go on after (this function's own account: an earlier version's
+    -- function, by key text, has another name)
+    v_after bigint := CASE WHEN p_after ~ '^-?[0-9]{1,19}$'
+        AND p_after::numeric BETWEEN -9223372036854775808 AND 9223372036854775807 THEN p_after::bigint END;
     v_ahead float8;
-    v_start text := p_after;
-    v_cursor text;
+    v_start bigint := v_after;
+    v_cursor bigint;
     v_wrapped boolean;
     v_walked int;
     v_room_left boolean;
@@ -118,7 +141,7 @@ DECLARE
     v_walk_tats float8[];
     v_turn_seen int;
     v_turn_chosen int;
-    v_turn_last text;
+    v_turn_last bigint;
     v_wake_tat float8;
     v_turn_keys text[];
     v_turn_tats float8[];
@@ -224,50 +247,50 @@ BEGIN
                       AND apalis_pgmq.limit_allowance(s.value::float8, v_now, p_rate, p_per) <= 0
                 ) AS b;
                 END IF;
-                -- One turn: from the key after the cursor (up to where the walk began, once it
-                -- came round), one step of the key index per key, each landing on the key's
-                -- first ready message; an open key's is chosen, until the budget or the scan
-                -- is spent. (Two ranges of the index, one skipped: `v_cursor IS NULL OR key >
+                -- One turn: from the key after the cursor (by hash; up to where the walk began,
+                -- once it came round), one step of the key index per key, each landing on the
+                -- key's first ready message; an open key's is chosen, until the budget or the
+                -- scan is spent. (Two ranges of the index, one skipped: `v_cursor IS NULL OR h >
                 -- v_cursor` would read the index from its first key, a saturated key's whole
                 -- backlog at every claim.) Readiness is a filter on the row, not an index
                 -- condition (`IS TRUE`): a step's LIMIT 1 stops the scan only after its leaf page
-                -- (PostgreSQL 15 checks every entry left on the page, ~100 a step), and vt, behind
-                -- the variable-width key, costs an uncached attribute fetch per entry checked.
+                -- (PostgreSQL 15 checks every entry left on the page, ~100 a step); each check
+                -- is one comparison of the hash.
                 -- A key's ready messages come first in its range, so the row fetched is its head;
                 -- a key with only messages in flight costs a row fetch for each of them.
-                WITH RECURSIVE walk(key, head, tat, open, n, chosen) AS (
-                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, rate.tat, g.open, 1, g.open::int
+                WITH RECURSIVE walk(h, key, head, tat, open, n, chosen) AS (
+                    SELECT nxt.h, nxt.key, CASE WHEN g.open THEN nxt.ctid END, rate.tat, g.open, 1, g.open::int
                     FROM (
-                        (SELECT {_key} AS key, d.ctid FROM {q} AS d
-                         WHERE v_cursor IS NULL AND {_key} IS NOT NULL AND (d.vt <= v_ready) IS TRUE
-                         ORDER BY {_key}, d.vt, d.msg_id
+                        (SELECT {_hkey} AS h, {_key} AS key, d.ctid FROM {q} AS d
+                         WHERE v_cursor IS NULL AND {_hkey} IS NOT NULL AND (d.vt <= v_ready) IS TRUE
+                         ORDER BY {_hkey}, d.vt, d.msg_id
                          LIMIT 1)
                         UNION ALL
-                        (SELECT {_key} AS key, d.ctid FROM {q} AS d
-                         WHERE v_cursor IS NOT NULL AND {_key} > v_cursor AND (d.vt <= v_ready) IS TRUE
-                         ORDER BY {_key}, d.vt, d.msg_id
+                        (SELECT {_hkey} AS h, {_key} AS key, d.ctid FROM {q} AS d
+                         WHERE v_cursor IS NOT NULL AND {_hkey} > v_cursor AND (d.vt <= v_ready) IS TRUE
+                         ORDER BY {_hkey}, d.vt, d.msg_id
                          LIMIT 1)
                     ) AS nxt
                     {_gate}
-                    WHERE NOT v_wrapped OR v_start IS NULL OR nxt.key <= v_start
+                    WHERE NOT v_wrapped OR v_start IS NULL OR nxt.h <= v_start
                   UNION ALL
-                    SELECT nxt.key, CASE WHEN g.open THEN nxt.ctid END, rate.tat, g.open, w.n + 1, w.chosen + g.open::int
+                    SELECT nxt.h, nxt.key, CASE WHEN g.open THEN nxt.ctid END, rate.tat, g.open, w.n + 1, w.chosen + g.open::int
                     FROM walk AS w
                     CROSS JOIN LATERAL (
-                        SELECT {_key} AS key, d.ctid FROM {q} AS d
-                        WHERE {_key} > w.key AND (d.vt <= v_ready) IS TRUE
-                        ORDER BY {_key}, d.vt, d.msg_id
+                        SELECT {_hkey} AS h, {_key} AS key, d.ctid FROM {q} AS d
+                        WHERE {_hkey} > w.h AND (d.vt <= v_ready) IS TRUE
+                        ORDER BY {_hkey}, d.vt, d.msg_id
                         LIMIT 1
                     ) AS nxt
                     {_gate}
                     WHERE w.n < c_scan - v_seen AND w.chosen < v_budget - v_walked
-                      AND (NOT v_wrapped OR v_start IS NULL OR nxt.key <= v_start)
+                      AND (NOT v_wrapped OR v_start IS NULL OR nxt.h <= v_start)
                 )
                 SELECT array_agg(w.head) FILTER (WHERE w.head IS NOT NULL),
                        array_agg(w.key) FILTER (WHERE w.head IS NOT NULL),
                        array_agg(w.tat) FILTER (WHERE w.head IS NOT NULL),
                        coalesce(max(w.n), 0), coalesce(max(w.chosen), 0),
-                       (array_agg(w.key ORDER BY w.n DESC))[1],
+                       (array_agg(w.h ORDER BY w.n DESC))[1],
                        min(w.tat) FILTER (WHERE NOT w.open AND w.key <> ALL(v_blocked))
                 INTO v_heads, v_walk_keys, v_walk_tats, v_turn_seen, v_turn_chosen, v_turn_last, v_wake_tat
                 FROM walk AS w;
@@ -365,8 +388,8 @@ BEGIN
                     SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
                     WHERE m.msg_id = ANY(ARRAY(
                         SELECT d.msg_id FROM {q} AS d
-                        WHERE {_key} IS NULL AND d.vt <= v_ready
-                        ORDER BY {_key}, d.vt, d.msg_id
+                        WHERE {_hkey} IS NULL AND d.vt <= v_ready
+                        ORDER BY {_hkey}, d.vt, d.msg_id
                         LIMIT v_room
                         FOR UPDATE SKIP LOCKED
                     ))
@@ -399,6 +422,6 @@ BEGIN
         FROM unnest(v_rows) AS t
         UNION ALL
         SELECT NULL::bigint, NULL::int, NULL::float8, NULL::jsonb, NULL::jsonb, NULL::text,
-            v_after, v_wake, v_now, NULL::int, NULL::float8, NULL::text;
+            v_after::text, v_wake, v_now, NULL::int, NULL::float8, NULL::text;
 END
 $limit_claim$

@@ -199,9 +199,9 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
 -- name: limit_mark
--- Claim the tasks a claim statement above locked.
+-- Claim the tasks a claim statement above locked (`claim_room`: as `claim_update` takes it back).
 UPDATE {prefix}tasks
-SET status = 'running', attempts = attempts + 1, lock_by = %(worker)s, lock_at = {now}
+SET status = 'running', attempts = attempts + 1, lock_by = %(worker)s, lock_at = {now}, claim_room = NULL
 WHERE id IN %(ids)s
 
 -- name: limit_rates_set

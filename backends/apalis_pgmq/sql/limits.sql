@@ -60,9 +60,12 @@ CROSS JOIN LATERAL (
     SELECT nxt.key <> ALL(v_blocked) AND (rate.tat IS NULL OR rate.tat - v_now < v_ahead) AS open
 ) AS g
 
--- name: _taken
--- A message a claim took, as `create_limit_claim` collects it.
-ROW(m.msg_id, m.read_ct, extract(epoch FROM m.enqueued_at)::float8, m.message, m.headers -> 'apalis')::apalis_pgmq.claimed AS m
+-- name: _returned
+-- A message a claim took, as `create_limit_claim` returns it: each claiming statement's rows go
+-- straight into the function's result (RETURN QUERY), where arrays of the rows, joined at the end,
+-- cost 5% of a saturated claim + archive's server instructions (bench/README.md, session 11).
+m.msg_id, m.read_ct, extract(epoch FROM m.enqueued_at)::float8, m.message, m.headers -> 'apalis', p_worker,
+NULL::text, NULL::float8, NULL::float8, NULL::int, NULL::float8, NULL::text
 
 -- name: limit_claim
 -- A claim within global limits, whole, in one round trip: the queue's own function
@@ -116,8 +119,7 @@ DECLARE
     v_keyless_running int;
     v_first_blocked text[];  -- the keys at their concurrency before this claim took any
     v_taken text[] := '{}';  -- the keys of the messages this claim took, one entry a message
-    v_rows apalis_pgmq.claimed[] := '{}';  -- the messages this claim took, as its UPDATEs left them
-    v_turn_rows apalis_pgmq.claimed[];
+    v_took int := 0;  -- the messages this claim took (returned as each statement took them)
     v_rates jsonb := '{}';  -- the rate states this claim moved, by state name
     v_tat float8;
     v_queue_tat float8;
@@ -204,7 +206,7 @@ BEGIN
 
     IF v_budget > 0 AND NOT (p_keyed_concurrency OR p_keyed_rate) THEN
         -- No key: the queue's usual order (pgmq.read's, as `read`).
-        WITH claimed AS (
+        RETURN QUERY WITH claimed AS (
             UPDATE {q} AS m
             SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
             WHERE m.msg_id = ANY(ARRAY(
@@ -214,9 +216,10 @@ BEGIN
                 LIMIT v_budget
                 FOR UPDATE SKIP LOCKED
             ))
-            RETURNING {_taken}
+            RETURNING {_returned}
         )
-        SELECT coalesce(array_agg(c.m), '{}') INTO v_rows FROM claimed AS c;
+        SELECT * FROM claimed;
+        GET DIAGNOSTICS v_took = ROW_COUNT;
     ELSIF v_budget > 0 THEN
         -- Keys take turns (fleet.claim._Turns.turn): walks from the key after the last claim's,
         -- coming round once; another walk from the first key while a key had room for more.
@@ -299,14 +302,13 @@ BEGIN
                     v_wake := least(coalesce(v_wake, 'infinity'), v_wake_tat - p_per + v_interval);
                 END IF;
                 v_turn_keys := '{}';
-                v_turn_rows := '{}';
                 IF v_heads IS NOT NULL THEN
                     -- The chosen, read as pgmq.read reads them, each where the walk found it
                     -- (its ctid: a TID scan, no second and third descent of the primary key).
                     -- One that another reader took since the walk's snapshot is passed over
                     -- (SKIP LOCKED, or `vt` checked again on the locked row) and stays with its
                     -- key; so is one changed otherwise meanwhile (not found where it was).
-                    WITH claimed AS (
+                    RETURN QUERY WITH claimed AS (
                         UPDATE {q} AS m
                         SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
                         WHERE m.ctid = ANY(ARRAY(
@@ -314,11 +316,15 @@ BEGIN
                             WHERE d.ctid = ANY(v_heads) AND d.vt <= v_ready
                             FOR UPDATE SKIP LOCKED
                         ))
-                        RETURNING {_taken}, (m.headers -> 'apalis' ->> 'limit_key') AS key
+                        RETURNING {_returned}
                     )
-                    SELECT coalesce(array_agg(c.key), '{}'), coalesce(array_agg(w.tat), '{}'), coalesce(array_agg(c.m), '{}')
-                    INTO v_turn_keys, v_turn_tats, v_turn_rows
-                    FROM claimed AS c JOIN unnest(v_walk_keys, v_walk_tats) AS w(key, tat) ON w.key = c.key COLLATE "C";
+                    SELECT * FROM claimed;
+                    GET DIAGNOSTICS v_got = ROW_COUNT;
+                    -- The keys of the heads chosen: those of the messages taken, unless one was
+                    -- passed over (taken by another reader meanwhile), which then counts as taken
+                    -- for the rest of this claim (its key's room and rate: never more than a limit).
+                    v_turn_keys := v_walk_keys;
+                    v_turn_tats := v_walk_tats;
                     -- a key with room for more than this one: walk again (fleet.claim `room_left`)
                     IF NOT v_room_left AND v_budget - v_walked > 1 AND cardinality(v_turn_keys) > 0
                        AND (NOT p_keyed_concurrency OR p_concurrency > 1) THEN
@@ -346,7 +352,7 @@ BEGIN
                         END LOOP;
                     END IF;
                     v_taken := v_taken || v_turn_keys;
-                    v_rows := v_rows || v_turn_rows;
+                    v_took := v_took + v_got;
                     v_walked := v_walked + cardinality(v_turn_keys);
                 END IF;
                 IF v_turn_last IS NOT NULL THEN
@@ -383,7 +389,7 @@ BEGIN
                 v_room := least(v_room, v_got);
             END IF;
             IF v_room > 0 THEN
-                WITH claimed AS (
+                RETURN QUERY WITH claimed AS (
                     UPDATE {q} AS m
                     SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
                     WHERE m.msg_id = ANY(ARRAY(
@@ -393,11 +399,11 @@ BEGIN
                         LIMIT v_room
                         FOR UPDATE SKIP LOCKED
                     ))
-                    RETURNING {_taken}
+                    RETURNING {_returned}
                 )
-                SELECT coalesce(array_agg(c.m), '{}') INTO v_turn_rows FROM claimed AS c;
-                v_got := cardinality(v_turn_rows);
-                v_rows := v_rows || v_turn_rows;
+                SELECT * FROM claimed;
+                GET DIAGNOSTICS v_got = ROW_COUNT;
+                v_took := v_took + v_got;
                 IF v_got > 0 AND p_keyed_rate THEN
                     v_rates := jsonb_set(v_rates, '{-}', to_jsonb(greatest(coalesce(v_tat, v_now), v_now) + v_got * v_interval));
                 END IF;
@@ -406,8 +412,8 @@ BEGIN
     END IF;
 
     -- A queue-wide rate (beside a keyed concurrency, or alone) is spent by all this claim took.
-    IF p_rate IS NOT NULL AND NOT p_keyed_rate AND cardinality(v_rows) > 0 THEN
-        v_rates := v_rates || jsonb_build_object('*', greatest(coalesce(v_queue_tat, v_now), v_now) + cardinality(v_rows) * v_interval);
+    IF p_rate IS NOT NULL AND NOT p_keyed_rate AND v_took > 0 THEN
+        v_rates := v_rates || jsonb_build_object('*', greatest(coalesce(v_queue_tat, v_now), v_now) + v_took * v_interval);
     END IF;
     IF v_rates <> '{}' THEN
         INSERT INTO apalis_pgmq.limit_rates AS r (queue, state, tat)
@@ -418,9 +424,6 @@ BEGIN
         DELETE FROM apalis_pgmq.limit_rates AS r WHERE r.queue = p_queue AND r.tat <= v_now;
     END IF;
     RETURN QUERY
-        SELECT t.msg_id, t.read_ct, t.enqueued_at, t.message, t.apalis, p_worker, NULL::text, NULL::float8, NULL::float8, NULL::int, NULL::float8, NULL::text
-        FROM unnest(v_rows) AS t
-        UNION ALL
         SELECT NULL::bigint, NULL::int, NULL::float8, NULL::jsonb, NULL::jsonb, NULL::text,
             v_after::text, v_wake, v_now, NULL::int, NULL::float8, NULL::text;
 END

@@ -65,7 +65,8 @@ CREATE OR REPLACE FUNCTION apalis_pgmq.limit_allowance(tat float8, now float8, r
 RETURNS int LANGUAGE sql IMMUTABLE AS $$
     SELECT greatest(0, least(rate, floor((per - greatest(coalesce(tat, now) - now, 0)) / (per / rate) + 1e-9)))::int
 $$;
--- A message a limited claim took, as the claim collects them (limits.sql's `create_limit_claim`):
+-- A message a limited claim took, as earlier versions' claim functions collect them (this one
+-- returns them as it takes them; kept for a daemon of an earlier version on the same database):
 -- a table that never holds a row, for its row type, which CREATE TABLE IF NOT EXISTS makes once
 -- (a queue table's own row type would go with pgmq.drop_queue, and fail the function's next
 -- call in every session that had run it).

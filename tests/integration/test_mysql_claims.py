@@ -116,7 +116,7 @@ async def test_a_drain_claims_rows_where_they_lie(private_url: str, limited: boo
     finally:
         await store.close()
     # Before / after on a private server: plain 112-115 / 2 pages and ~2,016 / ~950 bytes a task;
-    # keyed (its indexes on the key move as well) 85 / 15 pages and ~2,155 / ~1,450 bytes.
-    most_reorgs, most_redo = (40, 1800) if limited else (20, 1500)
+    # keyed (its indexes on the key move as well) 85 / 15-23 pages and ~2,155 / 1,460-1,560 bytes.
+    most_reorgs, most_redo = (40, 1900) if limited else (20, 1500)
     assert reorgs1 - reorgs0 < most_reorgs, f"{reorgs1 - reorgs0} pages reorganized for {n} tasks"
     assert (lsn1 - lsn0) / n < most_redo, f"{(lsn1 - lsn0) / n:.0f} bytes of redo a task"

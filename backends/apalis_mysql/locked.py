@@ -3,15 +3,17 @@
 A limited claim (`apalis_sql.limits`) or a unique push runs its statements in one transaction
 holding a named lock of the queue (`GET_LOCK`, freed after the commit). Sent one by one, the
 lock, each statement and the commit are a round trip each: six for a limited claim of ~48
-tasks (two now: `apalis_mysql.turns`), about as many milliseconds of the claiming worker's time
-on a loaded machine, which a worker draining at full speed waits for between two batches.
+tasks (one now where its first turn takes all it asks for: `apalis_mysql.turns`), about as many
+milliseconds of the claiming worker's time on a loaded machine, which a worker draining at full
+speed waits for between two batches.
 
 So the lock and `START TRANSACTION` ride with the transaction's first read (the server runs a
 script's statements in order: the read starts once the lock is held), and the statements whose
 answer the caller does not need (`later`: the UPDATE that claims the rows a select locked, the
 rate states) ride with the next statement or with the commit. A lock not got (another session
 held it for the whole wait) runs the script's statements in vain: the transaction is rolled back
-and tried again. A limited worker's acknowledgement rides with its next claim's first read
+and tried again (a script that commits itself, `finish_if`, commits only while it holds the
+lock). A limited worker's acknowledgement rides with its next claim's first read
 (`ahead`): one commit, one log flush, for both.
 """
 
@@ -35,7 +37,7 @@ class LockedSession:
     """Named statements in the locked transaction (`Session`), with `later` for those whose
     answer is not needed."""
 
-    __slots__ = ("_ahead", "_bind", "_conn", "_kept", "_locking", "_sql")
+    __slots__ = ("_ahead", "_bind", "_conn", "_kept", "_locking", "_sql", "finished")
 
     def __init__(self, conn: Conn, statements: Mapping[str, str], bind: Bind, take: list[str]) -> None:
         self._conn = conn
@@ -44,6 +46,8 @@ class LockedSession:
         self._ahead = list(take)  # bound statements not sent yet, in order
         self._locking = True  # the first of them is the GET_LOCK, its answer not read yet
         self._kept: dict[int, list[Any]] = {}  # where in `_ahead` a statement's rows are kept
+        self.finished = False
+        """Whether the transaction was committed and the lock freed (`finish_if`)."""
 
     @property
     def sent(self) -> bool:
@@ -85,6 +89,14 @@ class LockedSession:
             await self._send([])
         cursor = await self._send([self._bound(name, params)])
         return int(cursor.rowcount)
+
+    async def finish_if(self, name: str, params: Mapping[str, Any]) -> bool:
+        """Send what is left, then the named statements (`;`-separated), which commit and free
+        the lock where the server finds the transaction's work done (`limit_claim_full`): the
+        last answers 1 then, NULL where the transaction is left open for more statements."""
+        cursor = await self._send(self._bound(name, params).split(";\n"))
+        self.finished = (await cursor.fetchone())[0] is not None
+        return self.finished
 
     async def finish(self, tail: list[str]) -> None:
         """Send what is left, then `tail` (the commit and the unlock)."""
@@ -131,7 +143,7 @@ async def in_named_lock(
         session = LockedSession(conn, statements, bind, take)
         try:
             result = await op(session)
-            if session.sent or session.waiting:
+            if not session.finished and (session.sent or session.waiting):
                 await session.finish(["COMMIT", unlock])
         except LockBusy:
             await conn.cursor().execute("ROLLBACK")

@@ -8,14 +8,23 @@ unclaimed, until the claim commits (a few: the walk is `count` keys long, plus t
 to be blocked in its range, plus a margin where a stored rate state may close a key); a later
 turn of the same claim may take them.
 
-A claim's first turn rides in the round trip that reads the claim's state (`limit_state`), sent
-before the claim knows which keys are at their concurrency: the statement finds them itself
-(`cap`), and the walk is as long as the keys at their limit after the worker's last claim
-suggest; one found too short costs a second turn, as before. A limited claim is then two round
-trips: the lock, the state and the first turn; the claim's UPDATE, the commit and the unlock.
+A claim's first turn rides in the round trip that takes the lock (and carries the worker's
+acknowledgement), sent before the claim knows which keys are at their concurrency: the
+statement finds them itself (`cap`), and the walk is as long as the keys at their limit after
+the worker's last claim suggest. The turn takes the first `count` heads it locked itself (it
+counts them in a session variable as it sends their rows, and lists their ids for
+`limit_marked`, which claims them in the same trip): the client reads which it took from the
+rows. Under a keyed concurrency alone, a turn that took all the claim asks for leaves the client
+nothing to decide, and the server commits and frees the lock in that same round trip
+(`limit_claim_full`): a limited claim is one round trip, as an ordinary one. A first turn that
+reached the last key first is followed by the walk from the first key (the claim's wrap) in a
+second trip; a claim still short after them reads its state (`limit_state`) and goes on as
+`claim_steps` asks, its first turns answered from the rows they sent.
 
 Before, a turn was two statements (`limit_keys_*`, then `limit_heads` for the keys with room),
-two round trips per turn of a claim whose few round trips bound a drain at full speed.
+two round trips per turn of a claim whose few round trips bound a drain at full speed; and
+until session 11 a claim was two round trips: the lock, the state and the first turn; the
+claim's UPDATE, the commit and the unlock.
 """
 
 from __future__ import annotations
@@ -38,9 +47,10 @@ def walk_length(ask: Turn) -> int:
 
 
 def account(ask: Turn, length: int, rows: Sequence[Sequence[Any]], key_at: int) -> tuple[list[Sequence[Any]], Turned]:
-    """The rows the turn takes (task columns, then key and rate state) and its `Turned`, from
+    """The rows the turn took (task columns, then key and rate state) and its `Turned`, from
     the statement's `rows` (one per key walked, in key order; the key at `key_at`, its rate
-    state and whether it was open after it) for a walk of at most `length` keys."""
+    state, whether it was open after it, and whether the turn took its head: the server counts
+    them, `limit_marked` claims them) for a walk of at most `length` keys."""
     taken: list[Sequence[Any]] = []
     seen = 0
     wake_tat: float | None = None
@@ -48,9 +58,9 @@ def account(ask: Turn, length: int, rows: Sequence[Sequence[Any]], key_at: int) 
         if len(taken) == ask.count:
             break
         seen += 1
-        if row[0] is not None:
+        if row[key_at + 3]:
             taken.append(row)
-        elif not row[key_at + 2] and row[key_at + 1] is not None and row[key_at] not in ask.blocked:
+        elif row[0] is None and not row[key_at + 2] and row[key_at + 1] is not None and row[key_at] not in ask.blocked:
             tat = float(row[key_at + 1])  # closed by its stored rate state: when it opens again
             wake_tat = tat if wake_tat is None else min(wake_tat, tat)
     return taken, Turned(

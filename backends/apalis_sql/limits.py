@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from apalis_cli.backend import NewTask
-from apalis_cli.fleet import KeyedClaims, claim_round_async
+from apalis_cli.fleet import FleetLimits, KeyedClaims, claim_round_async
 from apalis_cli.fleet.claim import MAX_KEYS_PER_CLAIM, QUEUE_RATE, ClaimRound, Turn, Turned, rate_ahead, rate_key
 from apalis_cli.polling import Waker
 from apalis_cli.task import Task, TaskId
@@ -253,32 +253,38 @@ class LimitedClaims:
         # has the turn's account worked out by its `turn_walk` (MySQL's `apalis_mysql.turns`).
         walked = getattr(db, "turn_walk", None)
         # A store whose session reads a statement's rows with the next one (MySQL's locked
-        # session) sends the claim's first turn with `limit_state`, before the claim knows which
-        # keys are at their concurrency (the statement finds them itself: `cap`): two round
-        # trips a claim, not three. The turn asked first is answered from its rows where it is
-        # that one (its keys from the worker's place, as many or fewer wanted); its heads not
-        # taken stay locked, unclaimed, until the commit, as a turn's extra heads do.
+        # session) sends the claim's first turn in its first round trip, before the claim knows
+        # which keys are at their concurrency (the statement finds them itself: `cap`), and the
+        # turn claims the heads it takes itself (`limit_marked`). Under a keyed concurrency
+        # alone, a claim whose turns took all it asks for ends there (`_early_turns`); else it
+        # reads its state, and its first turns are answered from the rows they sent.
         read_later: Callable[[str, Mapping[str, Any]], list[Any]] | None = getattr(s, "read_later", None)
-        first: tuple[Turn, int, list[Any]] | None = None
-        if walked is not None and read_later is not None and limits.keyed and want > 0:
-            guess = self._blocked.get(worker_id, frozenset())  # the keys at their limit last time
-            ask = Turn(state.after, None, want, MAX_KEYS_PER_CLAIM, guess, 0.0, rate_ahead(limits))
-            length = walked.walk_length(ask)
-            cap = limits.concurrency if limits.keyed_concurrency else None
-            params = self._turn_params(worker_id, extra, ask, length, [], None, cap)
-            first = (ask, length, read_later(_turn_statement(ask), params))
+        defer: Callable[[str, Mapping[str, Any]], None] | None = getattr(s, "later", None)
+        early: list[tuple[Turn, int, Rows]] = []
+        if walked is not None and read_later is not None and defer is not None and _whole_first_turn(limits) and want:
+            finish_if = getattr(s, "finish_if", None) if _one_trip(limits, state) else None
+            early, finished = await self._early_turns(
+                walked, read_later, defer, finish_if, worker_id, want, state, extra
+            )
+            if finished:
+                return self._claimed_early(walked, worker_id, early)
         rows = await s.fetch("limit_state", {"queue": queue})
         now, paused, queue_tat, keyless_tat = float(rows[0][0]), bool(rows[0][1]), rows[0][2], rows[0][3]
         if paused:
             return [], None, now  # a paused queue hands out nothing (apalis_cli.control)
         running: dict[str | None, int] = {row[4]: int(row[5]) for row in rows if row[5] is not None}
+        for ask, length, walk in early:
+            # The early turns' heads were claimed before this read (`limit_marked`): counted here
+            # as running already, they are counted again as the claim takes them.
+            assert walked is not None
+            for row in walked.account(ask, length, walk, _TURN_KEY)[0]:
+                running[row[_TURN_KEY]] = running.get(row[_TURN_KEY], 1) - 1
         rates: dict[str, float] = {}
         if queue_tat is not None:
             rates[QUEUE_RATE] = float(queue_tat)
         if keyless_tat is not None:
             rates[rate_key(None)] = float(keyless_tat)
         claimed: list[Task[bytes]] = []
-        defer: Callable[[str, Mapping[str, Any]], None] | None = getattr(s, "later", None)
 
         async def later(name: str, params: Mapping[str, Any]) -> None:
             """A write whose answer the claim needs not: sent with the next statement or the
@@ -315,21 +321,20 @@ class LimitedClaims:
         taken_keys: list[str] = []
 
         async def turn(ask: Turn) -> Turned:
-            nonlocal first
             assert walked is not None
             walk: Rows
-            if first is not None and ask.after == first[0].after and ask.upto is None and ask.count <= want:
-                length, walk = first[1], first[2]  # sent with `limit_state`
+            if early:  # sent before the claim's state was read (`_early_turns`)
+                sent, length, walk = early.pop(0)
+                assert (sent.after, sent.upto, sent.count) == (ask.after, ask.upto, ask.count), (sent, ask)
             else:
                 length = walked.walk_length(ask)
                 params = self._turn_params(worker_id, extra, ask, length, sorted(ask.blocked), ask.now, None)
+                await later("limit_turn_start", {})
                 walk = await s.fetch(_turn_statement(ask), params)
-            first = None
-            # columns: TASK_COLUMNS, the key, its rate state, whether it was open
+                await later("limit_marked", {"worker": worker_id})  # the heads it took, claimed
+            # columns: TASK_COLUMNS, the key, its rate state, whether it was open, whether taken
             taking, turned = walked.account(ask, length, walk, _TURN_KEY)
-            if taking and db.claims_by_select:  # the rows are locked, not yet claimed
-                await later("limit_mark", {"worker": worker_id, "ids": [row[0] for row in taking]})
-                taking = [_as_claimed(row, worker_id) for row in taking]
+            taking = [_as_claimed(row, worker_id) for row in taking]  # as `limit_marked` left them
             for row in taking:
                 claimed.append(decode(row[:_TURN_KEY]))
                 taken_keys.append(row[_TURN_KEY])
@@ -389,6 +394,66 @@ class LimitedClaims:
             self._blocked[worker_id] = frozenset(k for k, n in running.items() if k is not None and n >= cap)
         return claimed, done, now
 
+    async def _early_turns(
+        self,
+        walked: Any,
+        read_later: Callable[[str, Mapping[str, Any]], list[Any]],
+        later: Callable[[str, Mapping[str, Any]], None],
+        finish_if: Callable[[str, Mapping[str, Any]], Awaitable[bool]] | None,
+        worker_id: str,
+        want: int,
+        state: KeyedClaims,
+        extra: Mapping[str, Any],
+    ) -> tuple[list[tuple[Turn, int, Rows]], bool]:
+        """The claim's first turn, sent before its state is read (the lock and the carried
+        acknowledgement ride with it), and whether the claim ended with it. Under a keyed
+        concurrency alone (`_one_trip`), the server commits a turn that took all the claim asks
+        for and frees the lock in the same round trip (`limit_claim_full`); and a first turn that
+        ran out of keys before it had them is followed at once by the walk from the first key up
+        to where it began (the claim's wrap, as `claim_steps` asks it), in a second trip that may
+        end the claim likewise. The keys at their limit are guessed from the last claim's
+        (`walk_length`); the statement passes over those it finds so itself."""
+        sent: list[tuple[Turn, int, Rows]] = []
+        limits, guess = state.limits, self._blocked.get(worker_id, frozenset())
+        cap = limits.concurrency if limits.keyed_concurrency else None
+        ask = Turn(state.after, None, want, MAX_KEYS_PER_CLAIM, guess, 0.0, rate_ahead(limits))
+        while True:
+            length = walked.walk_length(ask)
+            later("limit_turn_start", {})
+            rows = read_later(_turn_statement(ask), self._turn_params(worker_id, extra, ask, length, [], None, cap))
+            later("limit_marked", {"worker": worker_id})  # the heads it took, claimed
+            sent.append((ask, length, rows))
+            if finish_if is None:
+                return sent, False
+            if await finish_if("limit_claim_full", {"count": ask.count}):
+                return sent, True
+            _, turned = walked.account(ask, length, rows, _TURN_KEY)
+            if len(sent) > 1 or not turned.ended or ask.after is None:
+                return sent, False
+            count, seen = ask.count - len(turned.taken), ask.scan - turned.seen
+            ask = Turn(None, ask.after, count, seen, guess, 0.0, ask.ahead)  # round again up to where it began
+
+    def _claimed_early(
+        self, walked: Any, worker_id: str, turns: list[tuple[Turn, int, Rows]]
+    ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
+        """What a claim whose early turns took all it asked for claimed (`_early_turns`; the
+        server committed it). The keys its next claim will find at their limit are guessed from
+        this one's rows: those it took, and those its walks found closed."""
+        claimed: list[Task[bytes]] = []
+        blocked: set[str] = set()
+        after = turns[0][0].after
+        for ask, length, rows in turns:
+            taken, turned = walked.account(ask, length, rows, _TURN_KEY)
+            claimed += [self._decode(_as_claimed(row, worker_id)[:_TURN_KEY]) for row in taken]
+            blocked.update(turned.taken)
+            blocked.update(row[_TURN_KEY] for row in rows if not row[_TURN_KEY + 2])
+            if turned.last is not None:
+                after = turned.last
+        if len(claimed) > 1:
+            claimed.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
+        self._blocked[worker_id] = frozenset(blocked)
+        return claimed, ClaimRound(claimed=len(claimed), after=after), time.time()
+
     def _turn_params(
         self,
         worker_id: str,
@@ -415,6 +480,23 @@ class LimitedClaims:
             "ahead": ask.ahead,
             "cap": cap,
         }
+
+
+def _whole_first_turn(limits: FleetLimits) -> bool:
+    """Whether a claim's first turn may be sent before its state is read: keyed limits and no
+    queue-wide one, so the claim may take as many as it asks for and the turn takes (and
+    claims: `limit_marked`) no more than the claim will."""
+    queue_wide = (limits.concurrency is not None and not limits.keyed_concurrency) or (
+        limits.rate is not None and not limits.keyed_rate
+    )
+    return limits.keyed and not queue_wide
+
+
+def _one_trip(limits: FleetLimits, state: KeyedClaims) -> bool:
+    """Whether a claim may end with its first turn (`limit_claim_full`): under a keyed
+    concurrency alone (no rate state to read or write, no queue-wide count), and not the claim
+    that sweeps the rate states gone by."""
+    return limits.keyed_concurrency and limits.rate is None and (state.claims + 1) % _FORGET_EVERY != 0
 
 
 def _turn_statement(ask: Turn) -> str:

@@ -5,6 +5,8 @@ poll. The cases every store with global limits shares are in tests/conformance/t
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -188,14 +190,15 @@ async def test_a_limited_claims_acknowledgement_tells_those_waiting_for_a_task_i
     assert told, "the waiters of the task it ended were not told"
 
 
-async def test_a_keyed_claims_first_turn_rides_with_its_state_and_passes_over_a_key_at_its_limit(
+async def test_a_keyed_claims_first_turn_passes_over_a_key_at_its_limit_and_commits_in_its_round_trip(
     mysql_store: MysqlStore, monkeypatch: Any
 ) -> None:
-    """A keyed claim sends its first turn in the round trip that reads its state (`limit_state`),
-    before it knows which keys are at their concurrency: the turn finds them itself. A worker's
-    first claim, with a key another worker runs at its limit first in its walk, takes the other
-    keys' tasks and not that key's, in two round trips (lock, state and turn; the claim's UPDATE,
-    commit and unlock), not three."""
+    """A keyed claim sends its first turn in its first round trip, before it knows which keys
+    are at their concurrency: the turn finds them itself, and where it took all the claim asks
+    for the server claims them, commits and frees the lock in the same trip
+    (`limit_claim_full`). A worker's first claim, with a key another worker runs at its limit
+    first in its walk, takes the other keys' tasks and not that key's, in one round trip (it
+    was two: lock, state and turn; then the claim's UPDATE, commit and unlock)."""
     q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
     for key in ("a", "b", "c", "d"):
         await q.push_bulk([{"account": key, "n": n} for n in range(2)], limit_key=key)
@@ -222,4 +225,72 @@ async def test_a_keyed_claims_first_turn_rides_with_its_state_and_passes_over_a_
     finally:
         await holder.aclose()  # type: ignore[attr-defined]
     assert sorted(json.loads(t.args)["account"] for t in got if t is not None) == ["b", "c", "d"]
+    assert claimed_in == 1, f"{claimed_in} round trips"
+
+
+async def test_a_keyed_claim_that_runs_out_of_keys_wraps_round_and_commits_in_its_second_round_trip(
+    mysql_store: MysqlStore, monkeypatch: Any
+) -> None:
+    """A keyed claim whose first turn reaches the last key before it has all it asks for walks
+    again from the first key up to where it began, in its second round trip, which also claims,
+    commits and frees the lock where that turn had the rest (it was three trips: lock, state
+    and turn; the second turn; the claim's UPDATE, commit and unlock)."""
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    for key in ("a", "b", "c", "d"):
+        await q.push_bulk([{"account": key, "n": n} for n in range(2)], limit_key=key)
+    trips: list[int] = []
+    send = LockedSession._send
+
+    async def counted(session: LockedSession, last: list[str]) -> Any:
+        trips.append(1)
+        return await send(session, last)
+
+    stream = q.poll_compact(context("w1", slots=3))
+    try:
+        first = [await anext(stream) for _ in range(3)]  # a, b and c: the walk stops after c
+        assert sorted(json.loads(t.args)["account"] for t in first if t is not None) == ["a", "b", "c"]
+        monkeypatch.setattr(LockedSession, "_send", counted)
+        # Their acknowledgement claims the three slots it frees: d, then a and b again.
+        await q.ack_batch([(t, Outcome.done()) for t in first if t is not None])
+        claimed_in = len(trips)
+        got = [await anext(stream) for _ in range(3)]
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert [json.loads(t.args)["account"] for t in got if t is not None] == ["a", "b", "d"]
     assert claimed_in == 2, f"{claimed_in} round trips"
+
+
+async def test_a_keyed_claim_that_did_not_get_the_lock_commits_nothing(mysql_store: MysqlStore) -> None:
+    """A keyed claim's first round trip commits what its turn took only where it holds the
+    queue's lock: one that waited for it in vain (another daemon held it) is rolled back and
+    tried again, claiming each task once."""
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    db = mysql_store.database
+    for key in ("a", "b", "c"):
+        await q.push({"account": key}, limit_key=key)
+    db.sql["named_lock"] = db.sql["named_lock"].replace(", 10)", ", 1)")  # a wait of 1 s, not 10
+    config = db.config
+    scope = f"{config.database}:{config.table_prefix}:q:"
+    name = "apalis-limits:" + hashlib.sha1(scope.encode()).hexdigest()
+    held, freed = asyncio.Event(), asyncio.Event()
+
+    async def hold(conn: Any) -> None:  # another daemon's claim, holding the lock for 1.5 s
+        cursor = conn.cursor()
+        await cursor.execute("SELECT GET_LOCK(%s, 0)", (name,))
+        assert (await cursor.fetchone())[0] == 1
+        held.set()
+        await asyncio.sleep(1.5)
+        await cursor.execute("SELECT RELEASE_LOCK(%s)", (name,))
+        freed.set()
+
+    holder = asyncio.create_task(db.run(hold))
+    await held.wait()
+    stream = q.poll_compact(context("w1", slots=3))
+    try:
+        got = [await anext(stream) for _ in range(3)]
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        await holder
+    assert freed.is_set(), "claimed before the lock was free"
+    assert sorted(json.loads(t.args)["account"] for t in got if t is not None) == ["a", "b", "c"]
+    assert [t.ctx.attempts for t in got if t is not None] == [1, 1, 1]

@@ -6,10 +6,20 @@
 -- LOCKED) and `limit_mark` claims them by id. Keys and rate states come as JSON text.
 
 -- name: named_lock
-SELECT GET_LOCK(%(lock)s, 10)
+-- The lock's name is kept in `@apalis_lock` for `limit_claim_full`.
+SELECT GET_LOCK(@apalis_lock := %(lock)s, 10)
 
 -- name: named_unlock
 SELECT RELEASE_LOCK(%(lock)s)
+
+-- name: limit_claim_full
+-- A keyed claim's first turn took all the claim asked for (`@apalis_n`, counted by `_turn`):
+-- nothing is left for the client to decide, so the claim commits and frees its lock in the round
+-- trip that sent the turn. Otherwise (or where the lock was not got: `in_named_lock` tries
+-- again) the transaction stays open for the client's next statements. Returns 1 where it
+-- committed, NULL where not.
+EXECUTE IMMEDIATE IF(@apalis_n >= %(count)s AND IS_USED_LOCK(@apalis_lock) <=> CONNECTION_ID(), 'COMMIT', 'DO 0');
+SELECT IF(@@in_transaction, NULL, RELEASE_LOCK(@apalis_lock))
 
 -- name: idle_limit
 -- A session idle for 10 s inside a transaction is ended by the server (MariaDB), and its named
@@ -104,7 +114,14 @@ FOR UPDATE SKIP LOCKED
 -- the queue's running tasks, as `limit_state`'s count) and reads the server's clock (no later
 -- than `limit_state`'s, read after it: a rate state is never judged open sooner than the
 -- client's clock would). Later turns send :cap NULL (that count then reads nothing).
-SELECT STRAIGHT_JOIN {task_columns}, w.k, w.tat, w.is_open
+-- The turn takes the first :count heads it locked, in key order, itself (`taken`, the last
+-- column): each is counted in `@apalis_n` and listed in `@apalis_ids` (after `limit_turn_start`)
+-- as its row is sent, which the plan does in key order (the walk sorted, then each key's head
+-- joined by primary key), for `limit_marked` to claim them in the same round trip. The client
+-- takes the rows so flagged, whatever order the server sent them in (`turns.account`).
+SELECT STRAIGHT_JOIN {task_columns}, w.k, w.tat, w.is_open,
+       (t.id IS NOT NULL AND @apalis_n < %(count)s AND (@apalis_n := @apalis_n + 1) > 0
+        AND (@apalis_ids := CONCAT(@apalis_ids, ',', QUOTE(t.id))) IS NOT NULL) AS taken
 FROM (
     SELECT g.k, g.tat, g.is_open,
            CASE WHEN g.is_open THEN (
@@ -134,6 +151,9 @@ FOR UPDATE SKIP LOCKED
 
 -- name: _turn_bounds
 AND (%(upto)s IS NULL OR ready_key <= %(upto)s)
+-- A paused queue hands out nothing (its turns take nothing: a claim's first one is sent before
+-- `limit_state` says so, and claimed in the same round trip).
+AND NOT EXISTS (SELECT 1 FROM {prefix}queues AS p WHERE p.queue = %(queue)s AND p.paused = 1)
 GROUP BY queue, ready_key
 ORDER BY queue, ready_key
 LIMIT %(walk)s
@@ -197,6 +217,16 @@ WHERE queue = %(queue)s AND ready = 1 AND run_at <= {now}
 ORDER BY priority DESC, run_at, id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
+
+-- name: limit_turn_start
+SET @apalis_n = 0, @apalis_ids = QUOTE('')
+
+-- name: limit_marked
+-- Claim the heads the last turn took (`_turn`: `@apalis_ids`), in the round trip of the turn
+-- (`claim_room`: as `claim_update` takes it back).
+EXECUTE IMMEDIATE CONCAT(
+    'UPDATE {prefix}tasks SET status = ''running'', attempts = attempts + 1, lock_by = ', QUOTE(%(worker)s),
+    ', lock_at = {now}, claim_room = NULL WHERE id IN (', @apalis_ids, ')')
 
 -- name: limit_mark
 -- Claim the tasks a claim statement above locked (`claim_room`: as `claim_update` takes it back).

@@ -116,7 +116,7 @@ _LIMITED = ("claim_limited", "ack_limited")  # and lua/limited.lua's (the claim 
 _CLAIMING = ("claim", "ack", *_LIMITED)  # the scripts that start with lua/claiming.lua
 _CONTROL = ("ack", "heartbeat", "farewell", "retry", "kill", "purge", "cancel", "bulk", *_LIMITED)  # control.lua
 _UNIQUE = ("enqueue", "heartbeat")  # and lua/unique.lua's
-_PUSHING = ("enqueue", "push")  # and lua/pushing.lua's (the hand-over)
+_PUSHING = ("enqueue",)  # and lua/pushing.lua's (the hand-over); push.lua's inside `handing` (`scripts`)
 _HANDING = (*_PUSHING, "claim", "ack", "heartbeat", "farewell")  # and lua/handing.lua's (listings, tasks on their way)
 _LINES = (*_CLAIMING, *_CONTROL, "enqueue")  # and lua/lines.lua's (the limit keys' lines), first
 _BODY = {"ack_limited": "ack"}  # a script whose own text is another's: ack.lua, with limited.lua before it
@@ -130,8 +130,12 @@ def scripts() -> dict[str, str]:
         lua("apalis_redis", name)
         for name in ("lines", "claiming", "control", "unique", "walk", "handing", "pushing", "limited")
     )
+    # push.lua runs on every push: the hand-over's functions (handing.lua, pushing.lua) are
+    # built only when it calls `handing`, which it does when a worker is listed idle.
+    lazy = f"local function handing()\n{handing}{pushing}return may_hand, hand\nend\n"
     return {
-        name: (lines if name in _LINES else "")
+        name: (lazy if name == "push" else "")
+        + (lines if name in _LINES else "")
         + (claiming if name in _CLAIMING else "")
         + (handing if name in _HANDING or _BODY.get(name) in _HANDING else "")
         + (control if name in _CONTROL else "")
@@ -200,15 +204,21 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             new = tasks[0]
             if not (new.idempotency_key or new.meta or new.limit_key is not None or new.unique is not None):
                 # The common push, one at a time: lua/push.lua, from plain arguments.
+                clock, run_at, priority = time.time(), float(new.run_at), int(new.priority)
+                at = repr(run_at)
+                # The ready set's score (lua/pushing.lua's ready_score: the same double; run_at
+                # itself at priority 0), or '' for a task not due yet.
+                score = "" if run_at > clock else at if priority == 0 else repr(-priority * 1e10 + run_at)
                 plain = (
                     self._base,
-                    repr(time.time()),
+                    repr(clock),
                     self._wake,
                     new.id,
                     new.payload,
-                    repr(float(new.run_at)),
-                    int(new.priority),
+                    at,
+                    priority,
                     int(new.max_attempts),
+                    score,
                 )
                 task_id: bytes = await self.connection.scripts["push"](keys=self._push_keys, args=plain)
                 return [task_id.decode()]

@@ -279,6 +279,29 @@ async def test_pushes_in_bulk_are_one_round_trip_and_idempotent(store: RedisStor
     assert await client.get(f"{backend.keys.base}k:same") == first.encode()
 
 
+async def test_a_lone_push_stores_what_a_batch_stores(store: RedisStore) -> None:
+    """lua/push.lua (a lone push, its ready score reckoned by the client) and lua/enqueue.lua (a
+    batch) leave the same hash and the same scores: due tasks at priorities 0, 7 and -3, and one
+    not due yet."""
+    lone, batch = store.backend("lone", codec=JsonCodec()), store.backend("batch", codec=JsonCodec())
+    client: Redis = store.client
+    now = time.time()
+    for priority, at in ((0, now - 1.5), (7, now - 1.5), (-3, now - 1.5), (2, now + 3600)):
+        ids = [await lone.push({"x": 1}, run_at=at, priority=priority)]
+        ids += await batch.push_bulk([{"x": 1}, {"x": 1}], run_at=at, priority=priority)
+        hashes = [await client.hgetall(f"{q.keys.base}t:{i}") for q, i in zip((lone, batch, batch), ids, strict=True)]
+        for h in hashes:
+            del h[b"c"]  # created_at: the push's own clock
+        assert hashes[0] == hashes[1] == hashes[2]
+        assert (hashes[0][b"s"], hashes[0][b"a"]) == (b"pending", b"0")
+        due = at < now
+        sets = [q.keys.ready if due else q.keys.scheduled for q in (lone, batch, batch)]
+        scores = [await client.zscore(key, i) for key, i in zip(sets, ids, strict=True)]
+        assert scores[0] is not None
+        assert scores[0] == scores[1] == scores[2]
+        assert await client.zscore(lone.keys.ready if not due else lone.keys.scheduled, ids[0]) is None
+
+
 async def test_the_control_plane_keys_share_the_queue_hash_tag(store: RedisStore) -> None:
     backend = store.backend("ctl", codec=JsonCodec())
     doomed = await backend.push({"a": 1}, delay=60)

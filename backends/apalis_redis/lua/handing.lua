@@ -1,6 +1,6 @@
 -- The idle listing and the tasks on their way, shared by every script that hands a task over or
--- reads what was handed (the store prepends this file to them: push, enqueue, claim, ack,
--- heartbeat, farewell). A polling worker whose claim found fewer tasks than it had free slots is
+-- reads what was handed (the store prepends this file to them: enqueue, claim, ack, heartbeat,
+-- farewell; push.lua has it inside its function `handing`, with pushing.lua). A polling worker whose claim found fewer tasks than it had free slots is
 -- listed idle for the rest: the zset `idle` scores it `until_ms * LISTED + slots`, the time in
 -- ms until which the listing holds and how many tasks pushes may still hand it (1 to LISTED - 1).
 -- A push of a task that would be claimed next claims it for the first listed worker, takes one

@@ -1,6 +1,7 @@
--- The hand-over shared by enqueue.lua and push.lua: the store prepends this file to both (a
--- Redis script cannot call another), so a task pushed alone is handed over exactly as one of a
--- batch is. A new task that would be claimed next (due, nothing ready before it nor in a limit
+-- The hand-over shared by enqueue.lua and push.lua: the store prepends this file to enqueue.lua,
+-- and to push.lua inside the function `handing` (which builds these functions only when a push
+-- finds a worker listed idle); a Redis script cannot call another. So a task pushed alone is
+-- handed over exactly as one of a batch is. A new task that would be claimed next (due, nothing ready before it nor in a limit
 -- key's line (lines.lua), no limit key, the queue not paused) is handed to a worker listed as
 -- idle (handing.lua, prepended before this file): claimed for it here, one of its slots taken,
 -- and published on the wake channel ('h' + MessagePack [worker id, the 10 fields claiming.lua

@@ -59,6 +59,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         self._ahead = ClaimsAhead(self.ack_batch, Backlog)
         self._limited = LimitedClaims(database, queue)
         self._releasing: set[asyncio.Future[None]] = set()  # handed tasks going back (`_handed`)
+        self._waking: set[asyncio.Future[None]] = set()  # the wake-ups of beats (`_wake_beside`)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks (other processes woken); known keys give the existing ids."""
@@ -261,7 +262,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                 worker.on_cancel(task_id, reason)
             worker.on_paused(paused)
             if woke:
-                await db.notify(queue)
+                self._wake_beside()
             if swept:
                 await db.tidy()
 
@@ -272,6 +273,19 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             await db.execute("farewell", {"id": worker.id})
 
         return beat_every(worker, beat, farewell, db.contact)
+
+    def _wake_beside(self) -> None:
+        """Wake the queue's pollers, here and in other processes, for the tasks a beat made
+        ready (released or recovered), without the beat waiting for it. A heartbeat must not wait
+        on a signal: MariaDB's is a KILL QUERY of each listener, which the server holds for up
+        to 2 s when the listener is not asleep yet (woken by another signal just before), and a
+        beat held that long was stale to the other workers, which swept its worker's
+        running tasks and ran them a second time (tests/acceptance/test_chaos_outage.py). The
+        wake-up is a help: pollers it misses find the tasks at their next claim."""
+        waking = asyncio.ensure_future(self._db.notify(self.queue))
+        self._waking.add(waking)
+        waking.add_done_callback(self._waking.discard)
+        waking.add_done_callback(_woken)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply a batch of outcomes in one write (the server's clock stamps done_at), claiming
@@ -316,6 +330,12 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                 holder.backlog = len(tasks) == count
                 if tasks:
                     await self._ahead.hand_over(holder, tasks)
+
+
+def _woken(waking: asyncio.Future[None]) -> None:
+    """A beat's wake-up ended: a failure (the store away, or closed meanwhile) is no loss."""
+    if not waking.cancelled():
+        waking.exception()
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.task import Status
@@ -203,3 +204,55 @@ async def test_a_task_claimed_while_a_beat_is_held_up_is_no_lost_claim(mysql_url
     task = await queue.get(task_id)
     assert task is not None
     assert (task.ctx.status, task.ctx.lock_by) == (Status.RUNNING, "w1"), "w1's running task was released as lost"
+
+
+async def test_a_beat_that_wakes_other_processes_does_not_wait_for_their_wake_up(
+    mysql_url: str, mysql_store: MysqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beat that gives a lost claim back wakes the other processes' pollers for it: on MariaDB a
+    KILL QUERY of each of their listeners, which the server holds for up to 2 s when the
+    listener is not asleep yet (woken by another signal just before). The beat waited for it,
+    past stale_after, and a worker of another process swept its worker's running task."""
+    queue = mysql_store.backend("q", codec=JsonCodec())
+    running, lost = await queue.push({"running": True}), await queue.push({"lost": True})
+    await _running_under(mysql_url, "w1", running, 0)
+    hold, held = asyncio.Event(), asyncio.Event()
+
+    async def signal_held(tag: str) -> None:  # the server holds the KILL QUERY
+        held.set()
+        async with asyncio.timeout(STALE_AFTER * 5):
+            await hold.wait()
+
+    monkeypatch.setattr(mysql_store.database, "signal", signal_held)
+    other = make_mysql_store(mysql_url)  # w2's process: its own contact with the server
+    await other.open()
+    w1 = queue.heartbeat(_context("w1", (running,)))
+    w2 = other.backend("q", codec=JsonCodec()).heartbeat(_context("w2"))
+    stop = asyncio.Event()
+
+    async def beats(stream: Any) -> None:  # a live worker beats all along
+        while not stop.is_set():
+            await anext(stream)
+
+    beating = [asyncio.ensure_future(beats(stream)) for stream in (w1, w2)]
+    try:
+        await asyncio.sleep(STALE_AFTER * 1.5)  # both have beaten for stale_after: w2's beats sweep
+        await _running_under(mysql_url, "w1", lost, STALE_AFTER * 3)  # a claim whose reply was lost
+        async with asyncio.timeout(10):
+            await held.wait()  # w1's beat gave it back, and wakes the other processes
+        await asyncio.sleep(STALE_AFTER * 2)  # the wake-up is held past stale_after; w2 sweeps
+    finally:
+        stop.set()
+        hold.set()
+        for beat in beating:
+            beat.cancel()
+        await asyncio.gather(*beating, return_exceptions=True)
+        for stream in (w1, w2):
+            await stream.aclose()  # type: ignore[attr-defined]
+        await other.close()
+    task = await queue.get(running)
+    assert task is not None
+    assert (task.ctx.status, task.ctx.lock_by) == (Status.RUNNING, "w1"), task.ctx.last_error
+    given_back = await queue.get(lost)
+    assert given_back is not None
+    assert given_back.ctx.status == Status.PENDING

@@ -26,7 +26,7 @@ a PL/pgSQL function with `Turn`'s walk), as Redis does in Lua: one round trip a 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +103,11 @@ class KeyedClaims:
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Asks for up to `count` keys with waiting tasks, in key order, above `after` (None: from
-    the first); answered with a `Sequence[str]`. A store whose `rates` mapping it fills as it
-    reads may fill it here with the keys' rate states (the claim reads them after this step)."""
+    the first); answered with an `Iterable[str]`, which the claim reads in order and only as far
+    as it needs, all of it before its next step (a store that finds the keys as they are read,
+    such as SQLite's recursive walk, finds no more than that). A store whose `rates` mapping it
+    fills as it reads may fill it here with the keys' rate states (the claim reads a key's
+    after the key)."""
 
     after: str | None
     count: int
@@ -161,7 +164,7 @@ class Turned:
 
 Step = Keys | Heads | Take | Turn
 Steps = Generator[Step, Any, ClaimRound]
-KeysAfter = Callable[[str | None, int], Sequence[str]]
+KeysAfter = Callable[[str | None, int], Iterable[str]]
 TakeHeads = Callable[[Sequence[str]], Mapping[str, int]]
 TakeSome = Callable[[str | None, int], int]
 
@@ -329,33 +332,57 @@ class _Turns:
 
     def walk(self, after: str | None, budget: int) -> Generator[Step, Any, int]:
         """One turn for every key with waiting tasks, from the one after `after`, coming round
-        once; the first task of each key with room, until `budget` is spent."""
+        once; the first task of each key with room, until `budget` is spent. Each batch of keys
+        is read only until the claim is full: the keys after that are left for the next claim."""
         taken, cursor, wrapped = 0, after, after is None
+        result, running, rated = self.result, self.running, self.limits.keyed_rate
+        cap = None if rated else self.limits.concurrency  # without a keyed rate: room() inlined
         self.room_left = False
         while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
-            batch = list((yield Keys(cursor, _batch(budget - taken))))
-            if wrapped and after is not None:
-                batch = [key for key in batch if key <= after]  # round again up to where it began
-            if not batch:
+            want = budget - taken
+            keys: Iterable[str] = yield Keys(cursor, _batch(want))
+            upto = after if wrapped else None  # round again up to where it began
+            chosen: list[str] = []
+            read, room_left = 0, self.room_left
+            for key in keys:
+                if upto is not None and key > upto:
+                    break
+                read += 1
+                result.after = key
+                left = want - len(chosen)
+                if rated:
+                    room = self.room(key, left)
+                elif cap is None:
+                    room = left
+                else:
+                    room = cap - running.get(key, 0)
+                    room = left if left < room else room
+                if room > 0:
+                    chosen.append(key)
+                    room_left = room_left or room > 1
+                    if len(chosen) == want:
+                        break
+            self.seen += read
+            self.room_left = room_left
+            if not read:
                 if wrapped:
                     break
                 wrapped, cursor = True, None
                 continue
-            chosen: list[str] = []
-            for key in batch:
-                self.seen += 1
-                self.result.after = key
-                room = self.room(key, budget - taken - len(chosen))
-                if room > 0:
-                    chosen.append(key)
-                    self.room_left = self.room_left or room > 1
-                    if len(chosen) == budget - taken:
-                        break
             got: Mapping[str, int] = (yield Heads(chosen)) if chosen else {}
-            for key, n in got.items():
-                self.took(key, n)
-                taken += n
-            cursor = self.result.after
+            if rated:
+                for key, n in got.items():
+                    self.took(key, n)
+                    taken += n
+            else:  # took(), inlined
+                heads = 0
+                for key, n in got.items():
+                    if n:
+                        running[key] = running.get(key, 0) + n
+                        heads += n
+                self.claimed += heads
+                taken += heads
+            cursor = result.after
         return taken
 
     def turn(self, after: str | None, budget: int) -> Generator[Step, Any, int]:

@@ -56,15 +56,25 @@ def claim_limited(
     running: dict[str | None, int] = dict(conn.execute(q.running_by_key, {"queue": queue}).fetchall())
     rates = _Rates(conn, q, queue)
     rows: list[Any] = []
+    walking: list[sqlite3.Cursor] = []
 
-    def keys_after(after: str | None, count: int) -> list[str]:
+    def walked() -> None:
+        while walking:
+            walking.pop().close()  # a walk read only as far as the claim needed: ended here
+
+    def keys_after(after: str | None, count: int) -> Iterator[str]:
+        # The keys as the claim reads them: the recursive walk finds each when it is read
+        # (a coroutine), so the keys after the last one the claim needs are never walked.
+        walked()
         if after is None:
             found = conn.execute(q.keys_from_first, {"queue": queue, "count": count})
         else:
             found = conn.execute(q.keys_after, {"queue": queue, "after": after, "count": count})
-        return [str(key) for (key,) in found]
+        walking.append(found)
+        return (key for (key,) in found)  # TEXT in a STRICT table: str
 
     def take_heads(keys: Sequence[str]) -> dict[str, int]:
+        walked()
         got = conn.execute(q.claim_heads, {**params, "keys": json.dumps(list(keys))}).fetchall()
         taken: dict[str, int] = {}
         for row in got:
@@ -73,22 +83,26 @@ def claim_limited(
         return taken
 
     def take(key: str | None, n: int) -> int:
+        walked()
         statement = q.claim_keyless if limits.keyed else q.claim
         got = conn.execute(statement, {**params, "limit": n}).fetchall()
         rows.extend(got)
         return len(got)
 
-    done: ClaimRound = claim_round(
-        limits,
-        limit,
-        now,
-        running=running,
-        rates=rates,
-        keys_after=keys_after,
-        take_heads=take_heads,
-        take=take,
-        after=state.after,
-    )
+    try:
+        done: ClaimRound = claim_round(
+            limits,
+            limit,
+            now,
+            running=running,
+            rates=rates,
+            keys_after=keys_after,
+            take_heads=take_heads,
+            take=take,
+            after=state.after,
+        )
+    finally:
+        walked()
     if done.rates:
         conn.executemany(q.set_rate_state, [(queue, name, tat) for name, tat in done.rates.items()])
     state.claimed(done)

@@ -57,25 +57,36 @@ def claim_limited(
     rates = _Rates(conn, q, queue)
     rows: list[Any] = []
     walking: list[sqlite3.Cursor] = []
+    heads: dict[str, int | None] = {}  # by key: the row of its first waiting task, where due
 
     def walked() -> None:
         while walking:
             walking.pop().close()  # a walk read only as far as the claim needed: ended here
 
     def keys_after(after: str | None, count: int) -> Iterator[str]:
-        # The keys as the claim reads them: the recursive walk finds each when it is read
-        # (a coroutine), so the keys after the last one the claim needs are never walked.
         walked()
         if after is None:
             found = conn.execute(q.keys_from_first, {"queue": queue, "count": count})
         else:
             found = conn.execute(q.keys_after, {"queue": queue, "after": after, "count": count})
         walking.append(found)
-        return (key for (key,) in found)  # TEXT in a STRICT table: str
+        return read(found)
+
+    def read(found: sqlite3.Cursor) -> Iterator[str]:
+        # The keys as the claim reads them: the recursive walk finds each when it is read, so
+        # the keys after the last one the claim needs are never walked. Each key's first task
+        # comes with it: its row, or None when it is not due (claim_heads then looks again).
+        for key, row, run_at in found:
+            heads[key] = row if run_at <= now else None
+            yield key  # TEXT in a STRICT table: str
 
     def take_heads(keys: Sequence[str]) -> dict[str, int]:
         walked()
-        got = conn.execute(q.claim_heads, {**params, "keys": json.dumps(list(keys))}).fetchall()
+        chosen = [heads[key] for key in keys]
+        if None in chosen:
+            got = conn.execute(q.claim_heads, {**params, "keys": json.dumps(list(keys))}).fetchall()
+        else:
+            got = conn.execute(q.claim_rows, {**params, "rows": json.dumps(chosen)}).fetchall()
         taken: dict[str, int] = {}
         for row in got:
             rows.append(row[:-1])

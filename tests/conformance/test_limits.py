@@ -15,6 +15,7 @@ from apalis_cli.layers import ConcurrencyLayer, RateLimitLayer
 from apalis_cli.task import Status, Task
 
 from .conftest import Calls, Harness
+from .controls import status_of
 
 
 class Gauge:
@@ -285,3 +286,19 @@ async def test_a_keys_next_task_starts_when_its_slot_frees_not_a_poll_later(harn
 
     assert gauge.most["a"] == 1, "one at a time"
     assert [c.args["n"] for c in calls.calls] == [0, 1, 2, 3], "in the order they were pushed"
+
+
+async def test_a_keys_due_task_starts_while_its_first_by_priority_is_not_due(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    # The key's first task in its own order (priority first) waits for a minute: the claim must
+    # look past it to the key's task that is due, not take the key as having nothing to run.
+    later = await backend.push({"account": "a", "n": 0}, limit_key="a", priority=5, delay=60)
+    for n in range(1, 4):
+        await backend.push({"account": "abc"[n - 1], "n": n}, limit_key="abc"[n - 1])
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    await harness.worker(backend, calls.handler(), concurrency=4, layers=[limit]).start()
+    await harness.wait_until(lambda: len(calls.finished) >= 3, what="the due task of every key to run")
+
+    assert sorted(c.args["n"] for c in calls.calls) == [1, 2, 3], "each key's due task ran, none early"
+    assert await status_of(harness, backend, later) in (Status.PENDING, None), "the delayed one still waits"

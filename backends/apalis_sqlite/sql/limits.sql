@@ -10,39 +10,51 @@ GROUP BY limit_key;
 
 -- name: _next_keys
 UNION ALL
-    SELECT (
-        SELECT limit_key FROM {prefix}tasks
+    SELECT t.limit_key, t.rowid, t.run_at, keys.n + 1
+    FROM keys, {prefix}tasks AS t
+    WHERE keys.n < :count AND t.rowid = (
+        SELECT rowid FROM {prefix}tasks
         WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > keys.key
-        ORDER BY limit_key LIMIT 1
-    ), n + 1
-    FROM keys WHERE keys.key IS NOT NULL AND n < :count
+        ORDER BY limit_key, priority DESC, run_at, id LIMIT 1
+    )
 
 -- name: keys_after
--- Up to :count keys with waiting tasks above :after, in order: one step in the keyed index each
--- (_next_keys).
-WITH RECURSIVE keys(key, n) AS (
-    SELECT (
-        SELECT limit_key FROM {prefix}tasks
+-- Up to :count keys with waiting tasks above :after, in order, each with its first waiting task
+-- (the row and its run_at): one step in the keyed index and the row's own each (_next_keys). A
+-- coroutine: each key is walked when the claim reads it.
+WITH RECURSIVE keys(key, rid, run_at, n) AS (
+    SELECT t.limit_key, t.rowid, t.run_at, 1 FROM {prefix}tasks AS t WHERE t.rowid = (
+        SELECT rowid FROM {prefix}tasks
         WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key > :after
-        ORDER BY limit_key LIMIT 1
-    ), 1
+        ORDER BY limit_key, priority DESC, run_at, id LIMIT 1
+    )
     {_next_keys}
 )
-SELECT key FROM keys WHERE key IS NOT NULL;
+SELECT key, rid, run_at FROM keys;
 
 -- name: keys_from_first
-WITH RECURSIVE keys(key, n) AS (
-    SELECT (
-        SELECT limit_key FROM {prefix}tasks
+WITH RECURSIVE keys(key, rid, run_at, n) AS (
+    SELECT t.limit_key, t.rowid, t.run_at, 1 FROM {prefix}tasks AS t WHERE t.rowid = (
+        SELECT rowid FROM {prefix}tasks
         WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL
-        ORDER BY limit_key LIMIT 1
-    ), 1
+        ORDER BY limit_key, priority DESC, run_at, id LIMIT 1
+    )
     {_next_keys}
 )
-SELECT key FROM keys WHERE key IS NOT NULL;
+SELECT key, rid, run_at FROM keys;
+
+-- name: claim_rows
+-- The rows in :rows (a JSON array of rowids: the walk's first tasks of the chosen keys, all due),
+-- claimed by rowid, not looked up again by key and by id. Columns as claim_heads'.
+UPDATE {prefix}tasks
+SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
+WHERE rowid IN (SELECT value FROM json_each(:rows)) AND status IN ('pending', 'failed')
+RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
+    lock_by, last_error, result, created_at, done_at, limit_key;
 
 -- name: claim_heads
--- The first ready task of each key in :keys (a JSON array), in one statement. Columns in
+-- The first ready task of each key in :keys (a JSON array), in one statement (where the first
+-- waiting task of one of the keys is not due yet: claim_rows otherwise). Columns in
 -- TASK_COLUMNS order, then the key.
 UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now

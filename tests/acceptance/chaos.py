@@ -2,7 +2,8 @@
 namespace, a handler that records each run with O_APPEND, and bounded waits.
 
 Every run of a task appends one line `<n> <pid>` to `runs.log` in the test's directory, so how
-many times each task ran is read from outside the daemons, whatever the store can report.
+many times each task ran is read from outside the daemons, whatever the store can report. A task
+pushed with `hold` ends only once the test removes the file `hold` from its directory.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def record(args):
         os.close(fd)
     if args.get("sleep"):
         time.sleep(args["sleep"])
+    # A held task ends only once the test removed its `hold` file: a fault lands before it ends.
+    while args.get("hold") and os.path.exists("hold"):
+        time.sleep(0.01)
     return args["n"]
 """
 

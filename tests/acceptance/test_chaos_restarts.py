@@ -69,13 +69,21 @@ def _configure(apalis: Apalis, backend: Backend) -> None:
 
 
 def _ride_out(apalis: Apalis, fault: Callable[[], None], kind: str, sleep: float = 0.02) -> None:
-    """Push N tasks, run one daemon, inject `fault` when a quarter ran; every task ends done."""
-    push_numbers(apalis, range(N), sleep=sleep)
+    """Push N tasks, run one daemon, inject `fault` when a quarter ran; every task ends done.
+
+    The second half of the tasks is held until the fault is over (`hold`): a fault that takes
+    long to inject (rabbitmqctl, a server's start, on a loaded machine) still lands mid-run,
+    with tasks running and tasks waiting."""
+    hold = apalis.cwd / "hold"
+    hold.touch()
+    push_numbers(apalis, range(N // 2), sleep=sleep)
+    push_numbers(apalis, range(N // 2, N), sleep=sleep, hold=True)
     daemon = apalis.start(*RUN)
     try:
         wait_for("a quarter of the tasks ran", lambda: len(runs(apalis)) >= N // 4, timeout=60, daemons=[daemon])
         fault()
         assert len(runs(apalis)) < N, "every task ran before the fault: nothing was tested"
+        hold.unlink()
         wait_for(f"all {N} tasks ran after the fault", lambda: len(runs(apalis)) == N, timeout=90, daemons=[daemon])
         wait_for("no task pending, running or failed", lambda: all_settled(apalis), timeout=60, daemons=[daemon])
         assert daemon.poll() is None, "the daemon exited"

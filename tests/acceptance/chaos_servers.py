@@ -166,6 +166,15 @@ def owned_tmpdir(prefix: str, user: str | None) -> Path:
     return path
 
 
+def _set_up(argv: Sequence[str], user: str | None = None) -> None:
+    """Run a server's setup command (initdb, mariadb-install-db); a failure says what it printed
+    (a bare CalledProcessError, as before, left a failed install under load undiagnosable)."""
+    done = subprocess.run(list(argv), capture_output=True, text=True, user=user, group=user, timeout=120)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-3000:]
+        raise AssertionError(f"{Path(argv[0]).name} exited {done.returncode}:\n{output}")
+
+
 def _pg_ready(pg_isready: str, port: int) -> bool:
     done = subprocess.run(
         [pg_isready, "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "2"], capture_output=True, timeout=10
@@ -191,14 +200,7 @@ def private_postgres(port: int) -> Iterator[PrivateServer]:
         ready=lambda port: _pg_ready(pg_isready, port),
     )
     try:
-        subprocess.run(
-            [initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-instructions"],
-            check=True,
-            capture_output=True,
-            user="postgres",
-            group="postgres",
-            timeout=120,
-        )
+        _set_up([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-instructions"], user="postgres")
         server.start()
         yield server
     finally:
@@ -220,12 +222,7 @@ def private_mariadb(port: int) -> Iterator[PrivateServer]:
     argv += [f"--socket={base}/sock", f"--pid-file={base}/pid", "--user=mysql"]
     server = PrivateServer("mariadb", argv, port, base / "server.log")
     try:
-        subprocess.run(
-            [install, "--no-defaults", f"--datadir={data}", "--user=mysql", *_MARIADB_INSTALL],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        _set_up([install, "--no-defaults", f"--datadir={data}", "--user=mysql", *_MARIADB_INSTALL])
         server.start()
         yield server
     finally:

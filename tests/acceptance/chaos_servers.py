@@ -116,17 +116,19 @@ class PrivateServer:
                 )
             time.sleep(0.05)
 
-    def stop(self, timeout: float = 20) -> None:
-        """Stop the server by its PID (`stop_signal`, then SIGKILL after `timeout`); idempotent."""
+    def stop(self, timeout: float = 20, *, crash: bool = False) -> None:
+        """Stop the server by its PID (`stop_signal`, then SIGKILL after `timeout`; with `crash`,
+        SIGKILL at once: every client loses it in the same instant); idempotent."""
         process = self.process
         if process is None or process.poll() is not None:
             return
         server = self._server_pid()
+        stop_signal = signal.SIGKILL if crash else self.stop_signal
         if server is None:
-            process.send_signal(self.stop_signal)
+            process.send_signal(stop_signal)
         else:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(server, self.stop_signal)
+                os.kill(server, stop_signal)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -146,9 +148,10 @@ class PrivateServer:
         except (OSError, ValueError):
             return None
 
-    def restart(self, down_for: float = 2.0) -> None:
-        """Stop, stay down for `down_for` seconds, start again on the same data."""
-        self.stop()
+    def restart(self, down_for: float = 2.0, *, crash: bool = False) -> None:
+        """Stop (with `crash`, by SIGKILL), stay down for `down_for` seconds, start again on the
+        same data."""
+        self.stop(crash=crash)
         assert not _answers(self.port), f"{self.name} still answers after its stop"
         time.sleep(down_for)
         self.start()

@@ -335,8 +335,6 @@ class _Turns:
         once; the first task of each key with room, until `budget` is spent. Each batch of keys
         is read only until the claim is full: the keys after that are left for the next claim."""
         taken, cursor, wrapped = 0, after, after is None
-        result, running, rated = self.result, self.running, self.limits.keyed_rate
-        cap = None if rated else self.limits.concurrency  # without a keyed rate: room() inlined
         self.room_left = False
         while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
             want = budget - taken
@@ -348,15 +346,8 @@ class _Turns:
                 if upto is not None and key > upto:
                     break
                 read += 1
-                result.after = key
-                left = want - len(chosen)
-                if rated:
-                    room = self.room(key, left)
-                elif cap is None:
-                    room = left
-                else:
-                    room = cap - running.get(key, 0)
-                    room = left if left < room else room
+                self.result.after = key
+                room = self.room(key, want - len(chosen))
                 if room > 0:
                     chosen.append(key)
                     room_left = room_left or room > 1
@@ -370,19 +361,10 @@ class _Turns:
                 wrapped, cursor = True, None
                 continue
             got: Mapping[str, int] = (yield Heads(chosen)) if chosen else {}
-            if rated:
-                for key, n in got.items():
-                    self.took(key, n)
-                    taken += n
-            else:  # took(), inlined
-                heads = 0
-                for key, n in got.items():
-                    if n:
-                        running[key] = running.get(key, 0) + n
-                        heads += n
-                self.claimed += heads
-                taken += heads
-            cursor = result.after
+            for key, n in got.items():
+                self.took(key, n)
+                taken += n
+            cursor = self.result.after
         return taken
 
     def turn(self, after: str | None, budget: int) -> Generator[Step, Any, int]:

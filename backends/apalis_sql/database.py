@@ -241,7 +241,8 @@ class SqlDatabase(Protocol):
 
     async def tidy(self) -> None:
         """After a sweep: clean up the row versions claims and acks left, where the server
-        would not by itself (PostgreSQL with autovacuum off)."""
+        would not by itself (PostgreSQL with autovacuum off). Run beside the heartbeat, which
+        never waits for it (`SqlQueue._tidy_beside`); it reports its own failures."""
         ...
 
     async def notify_control(self) -> None:

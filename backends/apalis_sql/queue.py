@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from .rows import worker_params
 __all__ = ["CAPABILITIES", "SqlQueue"]
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
+_log = logging.getLogger(__name__)
 LISTED_IDLE_WAIT = 0.05
 """The first idle wait of a worker that pushes hand their tasks to."""
 
@@ -60,6 +62,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         self._limited = LimitedClaims(database, queue)
         self._releasing: set[asyncio.Future[None]] = set()  # handed tasks going back (`_handed`)
         self._waking: set[asyncio.Future[None]] = set()  # the wake-ups of beats (`_wake_beside`)
+        self._tidying: asyncio.Future[None] | None = None  # a sweep's tidy (`_tidy_beside`)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks (other processes woken); known keys give the existing ids."""
@@ -264,7 +267,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             if woke:
                 self._wake_beside()
             if swept:
-                await db.tidy()
+                self._tidy_beside()
 
         async def farewell() -> None:
             db.controls.workers.pop(worker.id, None)
@@ -286,6 +289,18 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         self._waking.add(waking)
         waking.add_done_callback(self._waking.discard)
         waking.add_done_callback(_woken)
+
+    def _tidy_beside(self) -> None:
+        """Tidy the tasks table after a sweep (PostgreSQL's VACUUM where autovacuum is off),
+        without the beat waiting for it, and no second one while one runs. A VACUUM reads every
+        index of the table and takes seconds on a large one: a beat that waited for it was as
+        late to the other workers, which found its worker stale past stale_after and ran its
+        running tasks a second time (tests/integration/test_postgres_sweep.py). A failure is
+        logged: the tidy is a help, tried again after a later sweep."""
+        if self._tidying is not None and not self._tidying.done():
+            return
+        self._tidying = asyncio.ensure_future(self._db.tidy())
+        self._tidying.add_done_callback(_tidied)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply a batch of outcomes in one write (the server's clock stamps done_at), claiming
@@ -336,6 +351,13 @@ def _woken(waking: asyncio.Future[None]) -> None:
     """A beat's wake-up ended: a failure (the store away, or closed meanwhile) is no loss."""
     if not waking.cancelled():
         waking.exception()
+
+
+def _tidied(tidying: asyncio.Future[None]) -> None:
+    """A sweep's tidy ended: a failure it did not report itself is logged here (by its type:
+    the store's `tidy` words its own failures without the password)."""
+    if not tidying.cancelled() and (exc := tidying.exception()) is not None:
+        _log.warning("tidying the tasks table after a sweep failed: %s", type(exc).__name__)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,88 @@
+"""PostgreSQL: a heartbeat whose sweep starts a VACUUM of the tasks table (the server's
+autovacuum off) does not wait for it.
+
+A VACUUM reads every index of the table, seconds on a large one. A beat that waited for it was
+that late to the other daemons: past stale_after they found its worker stale and recovered its
+running tasks, which then ran a second time (as MariaDB's wake-ups did, test_mysql_sweep.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+from apalis_cli.backend import WorkerContext
+from apalis_cli.codec import JsonCodec
+from apalis_cli.task import Status
+from apalis_postgres import PostgresStore
+from psycopg import sql
+
+from .conftest import make_postgres_store
+
+STALE_AFTER = 1.0
+
+
+def _context(worker_id: str, running: tuple[str, ...] = ()) -> WorkerContext:
+    return WorkerContext(
+        id=worker_id, name=worker_id, queue="q", stale_after=STALE_AFTER, keep_alive=0.1, running=lambda: running
+    )
+
+
+async def _running_under(url: str, schema: str, worker_id: str, task_id: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        await admin.execute(
+            sql.SQL(
+                "UPDATE {}.tasks SET status = 'running', attempts = 1, lock_by = %s,"
+                " lock_at = extract(epoch FROM now()) WHERE id = %s"
+            ).format(sql.Identifier(schema)),
+            (worker_id, task_id),
+        )
+
+
+async def test_a_beat_whose_sweep_tidies_the_table_does_not_wait_for_the_vacuum(
+    postgres_url: str, postgres_schema: str, postgres_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = postgres_store.backend("q", codec=JsonCodec())
+    running = await queue.push({"running": True})
+    await _running_under(postgres_url, postgres_schema, "w1", running)
+    hold, held = asyncio.Event(), asyncio.Event()
+    vacuums = 0
+
+    async def vacuum_held() -> None:  # a VACUUM of a large table
+        nonlocal vacuums
+        vacuums += 1
+        held.set()
+        async with asyncio.timeout(STALE_AFTER * 5):
+            await hold.wait()
+
+    monkeypatch.setattr(postgres_store.database, "tidy", vacuum_held)
+    other = make_postgres_store(postgres_url, postgres_schema)  # w2's process: its own contact with the server
+    await other.open()
+    w1 = queue.heartbeat(_context("w1", (running,)))
+    w2 = other.backend("q", codec=JsonCodec()).heartbeat(_context("w2"))
+    stop = asyncio.Event()
+
+    async def beats(stream: Any) -> None:  # a live worker beats all along
+        while not stop.is_set():
+            await anext(stream)
+
+    beating = [asyncio.ensure_future(beats(stream)) for stream in (w1, w2)]
+    try:
+        async with asyncio.timeout(10):
+            await held.wait()  # w1 swept (after stale_after of beats) and vacuums
+        await asyncio.sleep(STALE_AFTER * 2)  # the vacuum runs past stale_after; w2 sweeps meanwhile
+        assert vacuums == 1, "a second vacuum started while the first ran"
+    finally:
+        stop.set()
+        hold.set()
+        for beat in beating:
+            beat.cancel()
+        await asyncio.gather(*beating, return_exceptions=True)
+        for stream in (w1, w2):
+            await stream.aclose()  # type: ignore[attr-defined]
+        await other.close()
+    task = await queue.get(running)
+    assert task is not None
+    assert (task.ctx.status, task.ctx.lock_by) == (Status.RUNNING, "w1"), task.ctx.last_error

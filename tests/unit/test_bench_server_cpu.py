@@ -4,6 +4,7 @@ missing one as "-". Nothing here is timed."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import os
@@ -15,6 +16,7 @@ import bench.limits
 import bench.servercpu
 import pytest
 from bench.limits import scaled_tasks
+from bench.limits_verdict import judge
 from bench.report import baseline_ratios, print_report
 from bench.servercpu import (
     PG_SCOPE,
@@ -138,15 +140,64 @@ def test_limits_ratio_is_saturated_over_unlimited_of_worker_and_server_cpu(
 
     async def drain(store: Any, mode: str, *args: Any) -> bench.limits.Drained:
         worker, server = figures.get(mode, (21.0, 40.0))
-        # the steady part: a one-time setup (pgmq's key index) left out
         return bench.limits.Drained(1000.0, 1000.0, worker, server, worker, server - 8.0)
 
     monkeypatch.setattr(bench.limits, "drain", drain)
     asyncio.run(bench.limits.run(["memory"], tasks=10, keys=2, hot=5, rounds=1))
     out = capsys.readouterr().out
-    assert "saturated / unlimited: rate 1.00, CPU per task 1.50;" in out
-    assert "CPU +25 us/task with the server" in out
-    assert "steady (the last four fifths): saturated / unlimited rate 1.00, CPU per task 1.60 (42 -> 67 us)" in out
+    saturated = next(line for line in out.splitlines() if line.startswith("│ saturated"))
+    assert saturated.split("│")[-2].strip() == "1.50"  # CPU / unlimited, worker + server
+    assert "memory: no head-of-line blocking: met, ratio 1.00 (range 1.00-1.00 over 1 rounds)" in out
+
+
+def test_the_bar_is_judged_on_each_rounds_adjacent_pair_not_on_rates_taken_apart(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The machine slows down and speeds up between rounds (drift); within a round the saturated
+    # drain keeps 0.8 of the unlimited one beside it. The medians of each mode's rates taken
+    # apart would say 3000 / 3000 = 1.0, "met"; the rounds' own ratios say 0.8.
+    unlimited = iter([1000.0, 3000.0, 5000.0, 3000.0, 5000.0])
+    saturated = iter([800.0, 2400.0, 4000.0, 2400.0, 4000.0])
+    calls: list[str] = []
+
+    async def drain(store: Any, mode: str, *args: Any) -> bench.limits.Drained:
+        calls.append(mode)
+        rate = next(unlimited if mode == "unlimited" else saturated)
+        return bench.limits.Drained(rate, rate, 20.0, None, 20.0, None)
+
+    monkeypatch.setattr(bench.limits, "drain", drain)
+    verdicts = asyncio.run(
+        bench.limits.run(["memory"], tasks=10, keys=2, hot=5, rounds=5, modes=("unlimited", "saturated"))
+    )
+    verdict = verdicts["memory"]
+    assert [round(x, 6) for x in (verdict.median, verdict.low, verdict.high)] == [0.8, 0.8, 0.8]
+    assert verdict.rounds == 5
+    assert not verdict.met
+    # back to back in every round, the first of the two alternating
+    assert calls == ["unlimited", "saturated", "saturated", "unlimited"] * 2 + ["unlimited", "saturated"]
+    assert (
+        "memory: no head-of-line blocking: not met, ratio 0.80 (range 0.80-0.80 over 5 rounds)"
+        in capsys.readouterr().out
+    )
+
+
+def test_a_verdict_is_the_median_of_the_rounds_ratios_with_their_range() -> None:
+    verdict = judge([0.97, 0.80, 0.92, 1.05, 0.90])
+    assert verdict.met  # median 0.92: one slow round does not decide
+    assert verdict.line("sqlite") == "sqlite: no head-of-line blocking: met, ratio 0.92 (range 0.80-1.05 over 5 rounds)"
+    assert not judge([0.89, 0.95, 0.70]).met
+
+
+def test_limits_takes_a_url_per_kind_and_always_the_two_modes_the_bar_compares() -> None:
+    assert bench.limits.parse_urls(["postgres=postgresql://h:15432/test?a=b", "redis=redis://h:15433/0"]) == {
+        "postgres": "postgresql://h:15432/test?a=b",
+        "redis": "redis://h:15433/0",
+    }
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench.limits.parse_urls(["postgresql://h/test"])
+    assert bench.limits.parse_modes("keyed") == ("unlimited", "keyed", "saturated")
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench.limits.parse_modes("fast")
 
 
 def test_a_mark_splits_the_servers_cpu_and_a_process_that_came_after_start_counts_whole(

@@ -464,7 +464,8 @@ class Database:
         if listing.until > time.time() - SPAN:  # listed, or was until lately: hands may have come
             rows = await self.fetch("handed", {"worker": worker_id, "seen": listing.seen_json()})
             if rows:
-                handed = [task_from_row(row) for row in rows[:limit]]
+                rows.sort(key=lambda row: row[-1])  # in the order they were handed
+                handed = [task_from_row(row[:-1]) for row in rows[:limit]]
                 listing.free -= len(handed)
                 listing.seen.update(task.id for task in handed)
                 return handed

@@ -54,24 +54,28 @@ ROLLBACK;
 UPDATE {prefix}idle SET free = 0 WHERE worker_id = @apalis_worker
 
 -- name: handed
--- The tasks handed to a listed worker that it has not seen, still running under it, in the order
--- they were handed. First a locking read of the listing's row alone: a push that handed a task
--- ends the worker's sleep before its COMMIT (`hand_push`), and this waits for that commit (its
--- lock on the listing), not for its redo-log flush; a plain read could come before it and miss
--- the hand. Then the hands by a plain read, which sees that commit: the listing is held only for
--- the one-row read (it was held through the join to the tasks, and a push in the meantime passed
--- the listing by, SKIP LOCKED: 15/25/15/17 of 1,000 paced pushes, against 2/9/4/8 now, in four
--- interleaved pairs at load 16-21).
+-- The tasks handed to a listed worker that it has not seen, still running under it, each with
+-- its place in the hand order (`Database.claim` sorts by it). First a locking read of the
+-- listing's row alone: a push that handed a task ends the worker's sleep before its COMMIT
+-- (`hand_push`), and this waits for that commit (its lock on the listing), not for its redo-log
+-- flush; a plain read could come before it and miss the hand. Then the hands by a plain read,
+-- which sees that commit: the listing is held only for the one-row read (it was held through the
+-- join to the tasks, and a push in the meantime passed the listing by, SKIP LOCKED: 15/25/15/17
+-- of 1,000 paced pushes, against 2/9/4/8 now, in four interleaved pairs at load 16-21).
+-- The listing's ids are read by their places (the SEQUENCE engine's numbers below its
+-- JSON_LENGTH, a range), each task by its primary key (forced: on a small table the server
+-- scans it into a join buffer instead): no JSON_TABLE and no ORDER BY, so no internal table
+-- is built and dropped (the earlier form's plan on a small table sorted the join's rows in a
+-- temporary table). The shared MariaDB 10.11.19 crashed once (signal 11 in
+-- ha_maria::drop_table, in the join's cleanup) on this statement's earlier form, a JOIN of
+-- JSON_TABLE(handed) sorted by its ordinality.
 SELECT 1 FROM {prefix}idle WHERE worker_id = %(worker)s LOCK IN SHARE MODE;
-SELECT STRAIGHT_JOIN {task_columns}
+SELECT STRAIGHT_JOIN {task_columns}, h.seq
 FROM {prefix}idle AS i
-JOIN JSON_TABLE(i.handed, '$[*]' COLUMNS (
-    n FOR ORDINALITY,
-    task VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS h
-JOIN {prefix}tasks AS t ON t.id = h.task
+JOIN seq_0_to_65535 AS h ON h.seq < JSON_LENGTH(i.handed)
+JOIN {prefix}tasks AS t FORCE INDEX (PRIMARY) ON t.id = JSON_VALUE(i.handed, CONCAT('$[', h.seq, ']'))
 WHERE i.worker_id = %(worker)s AND t.lock_by = %(worker)s AND t.status = 'running'
-  AND NOT JSON_CONTAINS(%(seen)s, JSON_QUOTE(h.task))
-ORDER BY h.n
+  AND NOT JSON_CONTAINS(%(seen)s, JSON_QUOTE(t.id))
 
 -- name: list
 -- List a worker idle (or again) until `until` with `free` slots; its handed tasks that no longer

@@ -45,10 +45,11 @@ from apalis_sql import (
 
 from . import turns
 from .acks import ack_statements
+from .beside import Beside
 from .claims import transact
 from .config import MysqlConfig
-from .handing import NONE_IDLE_FOR, SPAN, Listing
-from .listener import Listener, Signals, gone, tag
+from .handing import NONE_IDLE_FOR, SPAN, Listing, hand_push
+from .listener import Listener, Signals, end_sleep, gone, tag
 from .locked import in_named_lock
 
 __all__ = ["Database", "Pool"]
@@ -71,6 +72,7 @@ _CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allow
 # Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
 _TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2014, 2055}
 _DEADLOCK = 1213  # retried, but the server answered: not a loss of contact
+WAKE_AT_CLOSE = 5.0  # seconds a closing store waits for its wake-ups (a held KILL: up to 4 s)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -168,6 +170,10 @@ class Database:
         self._ask_again = False
         self._listings: dict[str, Listing] = {}
         """Polling workers of this process that pushes may hand tasks to (`handing`)."""
+        self.beside = Beside(lambda tag: self.signal(tag))
+        """The wake-ups of pushes, sent beside them (`beside`)."""
+        self._hands_waking: set[asyncio.Future[Any]] = set()
+        """Wake-ups of workers handed a task, still on their way after the push (`hand_push`)."""
         self._none_idle: dict[str, float] = {}
         """Per queue, until when (monotonic) its pushes insert plainly: the last hand found no
         idle worker (a hand costs a push about twice the statements of a plain insert)."""
@@ -225,7 +231,13 @@ class Database:
             raise BackendError(f"cannot migrate mysql at {c.redacted}: {self.describe(exc)}") from None
 
     async def close(self) -> None:
-        """Stop listening and close every connection."""
+        """Send the wake-ups still on their way (for up to `WAKE_AT_CLOSE` s), stop listening and
+        close every connection."""
+        if self._pool is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAKE_AT_CLOSE):
+                    await asyncio.gather(self.beside.drain(), *self._hands_waking, return_exceptions=True)
+            self.beside.cancel()
         listeners, self._listeners = list(self._listeners.values()), {}
         ids = [i for i in [await listener.stop() for listener in listeners] if i is not None]
         if self._asking is not None:
@@ -305,9 +317,10 @@ class Database:
                     await listener.ready.wait()
 
     async def notify(self, queue: str) -> None:
-        """Wake the pollers of `queue`, here at once and in other processes by a signal."""
+        """Wake the pollers of `queue`, here at once and in other processes by a signal sent
+        beside the caller (`beside`: the server may hold it for seconds)."""
         self.waker(queue).notify()
-        await self.signal(self._queue_tag(queue))
+        self.beside.wake(self._queue_tag(queue))
 
     async def limited_claim_filled(self, queue: str) -> None:
         """A limited claim took all it asked for (`apalis_sql.limits`): it may have left tasks
@@ -423,7 +436,7 @@ class Database:
             # duplicate counts 0, so a shortfall means some id or key was already there.
             inserted += await self.run(functools.partial(_execute, query=query, params=args))
         if inserted:
-            await self.signal(self._queue_tag(queue))
+            self.beside.wake(self._queue_tag(queue))
         return inserted
 
     async def _hand(self, queue: str, task: NewTask) -> int | None:
@@ -442,8 +455,7 @@ class Database:
         }
         # Ours are told by the queue's waker (0, which no connection is numbered, when none).
         args = _bind({**params, "own": list(self.signals.own) or [0], "span": SPAN})
-        sql = self.sql
-        pushed = await self.run(lambda conn: _hand_push(conn, sql["hand_push"], sql["hand_gone"], args))
+        pushed = await self.run(lambda conn: hand_push(conn, self.sql, args, self.wake_listener, self._hand_waking))
         if pushed is None:
             return None
         worker, inserted, listed = pushed
@@ -452,8 +464,28 @@ class Database:
         if not inserted:
             return 0
         if worker is None:
-            await self.signal(self._queue_tag(queue))
+            self.beside.wake(self._queue_tag(queue))
         return 1
+
+    async def wake_listener(self, listener: int) -> None:
+        """End the sleep of one listener (of a worker a push handed a task to)."""
+        await self.run(lambda conn: end_sleep(conn, listener))
+
+    def _hand_waking(self, worker: str, listener: int, waking: asyncio.Future[None]) -> None:
+        """A handed task's wake-up goes on after its push: kept until it ends, and should it
+        find the listener gone, its worker is handed no more tasks (`unlist_gone`)."""
+        self._hands_waking.add(waking)
+
+        def ended(waking: asyncio.Future[None]) -> None:
+            self._hands_waking.discard(waking)
+            exc = None if waking.cancelled() else waking.exception()
+            if exc is not None and gone(exc) and self._pool is not None:
+                unlisting = asyncio.ensure_future(self.execute("unlist_gone", {"worker": worker, "listener": listener}))
+                self._hands_waking.add(unlisting)
+                unlisting.add_done_callback(self._hands_waking.discard)
+                unlisting.add_done_callback(_no_loss)
+
+        waking.add_done_callback(ended)
 
     async def claim(self, queue: str, worker_id: str, limit: int) -> list[Task[bytes]]:
         """The tasks pushes handed to this worker while it was listed idle, if any came (a
@@ -648,33 +680,6 @@ async def _fetch(conn: Conn, query: str, params: Any) -> list[Any]:
     return list(rows)
 
 
-async def _hand_push(conn: Conn, query: str, gone_query: str, params: Any) -> tuple[str | None, bool, bool] | None:
-    """Run `hand_push`: the worker the task was handed to (None: left pending), whether it was
-    inserted, and whether some worker was listed with a free slot (its listing maybe held). None
-    when the listener it woke was gone (its process stopped): that error stops the script before
-    its COMMIT; the push is rolled back and that worker unlisted (`hand_gone`), for the caller
-    to push plainly."""
-    cursor = conn.cursor()
-    await cursor.execute(query, params)
-    found: Sequence[Any] = ()
-    try:
-        while True:
-            if cursor.description:
-                found = await cursor.fetchall()
-            if not await cursor.nextset():
-                break
-    except Exception as exc:
-        if not gone(exc):
-            raise
-        cursor = conn.cursor()
-        await cursor.execute(gone_query)
-        while await cursor.nextset():
-            pass
-        return None
-    ((worker, _, inserted, listed),) = found
-    return worker, bool(inserted), bool(listed)
-
-
 async def _execute(conn: Conn, query: str, params: Any) -> int:
     """Run the statement; the rows it changed (of a script of several: its last statement's,
     `release_lost` and `recover`: their UPDATE's)."""
@@ -683,6 +688,12 @@ async def _execute(conn: Conn, query: str, params: Any) -> int:
     while await cursor.nextset():
         changed = int(cursor.rowcount)
     return changed
+
+
+def _no_loss(done: asyncio.Future[Any]) -> None:
+    """A help that ended: its failure (the store away, or closed meanwhile) is no loss."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _bind(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,12 @@ and so does the acknowledgement of its runs while it is listed, in its own trans
 fed by hands alone makes no claim: its listing ran out after as many hands as it had slots, and
 a third of a paced stream's tasks then took the slower way of a plain push and a claim).
 
+The push does not wait for that wake-up: the server holds a KILL QUERY for up to 2 s (4 seen)
+when its target is not asleep yet (`beside`). `hand_push` leaves its transaction open, ends the
+listener's sleep from another connection and commits meanwhile; only a KILL answered within
+`GONE_WITHIN` that says the listener is gone stops the commit (the push is rolled back and
+pushed plainly: a gone listener answers at once, a held KILL is a listener that is there).
+
 A listing names its listener by the server's connection id, which a restarted server gives
 out again from 1: a listing made before the server's last start is never handed to (`hand_push`
 compares it with `@apalis_boot`, each connection's reading of the server's start), or its KILL
@@ -31,11 +37,16 @@ one that found a listing only held for a moment by another transaction (SKIP LOC
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["NONE_IDLE_FOR", "SPAN", "Listing"]
+from .listener import gone
+
+__all__ = ["GONE_WITHIN", "NONE_IDLE_FOR", "SPAN", "Listing", "hand_push"]
 
 SPAN = 5.0
 """Seconds a listing holds; an idle worker's claims refresh it once half of that is gone."""
@@ -43,6 +54,10 @@ NONE_IDLE_FOR = 0.05
 """Seconds a process pushes to a queue without trying to hand over, after a push found no idle
 worker there: a hand is a transaction of several statements where a plain push is one insert,
 and while the queue's workers are busy (or there are none) every try would find none."""
+GONE_WITHIN = 0.05
+"""Seconds a push waits for its KILL's answer before it commits: a listener that is gone is
+answered at once (an unknown connection id), so a KILL still unanswered is held by a listener
+that is there, and the push commits without it."""
 
 
 @dataclass(slots=True)
@@ -78,3 +93,50 @@ class Listing:
 
     def seen_json(self) -> str:
         return json.dumps(sorted(self.seen))
+
+
+Conn = Any  # asyncmy ships no usable annotations for its Cython classes
+
+
+async def hand_push(
+    conn: Conn,
+    sql: Mapping[str, str],
+    params: Mapping[str, Any],
+    wake: Callable[[int], Awaitable[None]],
+    on_its_way: Callable[[str, int, asyncio.Future[None]], None],
+) -> tuple[str | None, bool, bool] | None:
+    """Run `hand_push` on `conn`: the worker the task was handed to (None: left pending), whether
+    it was inserted, and whether some worker was listed with a free slot (its listing maybe
+    held). The chosen worker's listener is woken by `wake(listener)` on another connection
+    while this one commits; a wake-up that is not answered within `GONE_WITHIN` goes on beside,
+    given to `on_its_way(worker, listener, wake-up)`. None when the listener was gone (its
+    process stopped): the push is rolled back and that worker unlisted (`hand_gone`), for the
+    caller to push plainly."""
+    cursor = conn.cursor()
+    await cursor.execute(sql["hand_push"], params)
+    found: Sequence[Any] = ()
+    while True:
+        if cursor.description:
+            found = await cursor.fetchall()
+        if not await cursor.nextset():
+            break
+    ((worker, listener, inserted, listed, to_wake),) = found
+    if to_wake:  # the transaction is open, the listing held
+        waking = asyncio.ensure_future(wake(int(listener)))
+        done, _ = await asyncio.wait({waking}, timeout=GONE_WITHIN)
+        if done and _was_gone(waking):
+            await cursor.execute(sql["hand_gone"])
+            while await cursor.nextset():
+                pass
+            return None
+        await cursor.execute("COMMIT")
+        if not done:
+            on_its_way(worker, int(listener), waking)
+    return worker, bool(inserted), bool(listed)
+
+
+def _was_gone(waking: asyncio.Future[None]) -> bool:
+    """Whether a finished wake-up was answered that its listener is gone (any other failure is
+    no loss: the worker reads its hands at its next claim)."""
+    exc = None if waking.cancelled() else waking.exception()
+    return exc is not None and gone(exc)

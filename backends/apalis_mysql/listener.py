@@ -39,7 +39,7 @@ from typing import Any
 
 from apalis_cli.retrying import keep_connected
 
-__all__ = ["Listener", "Signals", "gone", "sleep_statement", "tag"]
+__all__ = ["Listener", "Signals", "end_sleep", "gone", "sleep_statement", "tag"]
 
 
 SLEEP_S = 30  # a listener's sleep ends at least this often: a lost connection is noticed then
@@ -62,6 +62,12 @@ def gone(exc: BaseException) -> bool:
     """Whether `exc` is the server's answer to a KILL of a connection that is gone (its process
     stopped) or not ours to end."""
     return bool(exc.args) and exc.args[0] in _GONE
+
+
+async def end_sleep(conn: Conn, listener: int) -> None:
+    """End the sleep of the listener whose connection id is `listener` (raises what `gone`
+    tells when that connection is no more)."""
+    await conn.cursor().execute(f"KILL QUERY {int(listener)}")
 
 
 def sleep_statement(tag: str) -> str:

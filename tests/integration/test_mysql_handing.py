@@ -129,14 +129,13 @@ async def test_a_push_to_a_worker_whose_process_is_gone_is_stored_for_the_others
 
 
 class HeldPush:
-    """A push of one task (`hand_push`) run up to its COMMIT, which waits for `release`: as the
-    server runs it while the COMMIT waits for its flush, or before it has come."""
+    """A push of one task (`hand_push`, which leaves its transaction open when it has a listener
+    to wake) whose COMMIT waits for `release`: as the server runs it while the COMMIT waits for
+    its flush, or before it has come."""
 
     def __init__(self, pusher: MysqlStore, task_id: str) -> None:
         self.held, self.release = asyncio.Event(), asyncio.Event()
-        script = pusher.database.sql["hand_push"].rstrip()
-        assert script.endswith(";\nCOMMIT")
-        self._script = script.removesuffix(";\nCOMMIT")
+        self._script = pusher.database.sql["hand_push"]
         self._params = {
             "id": task_id,
             "queue": "q",
@@ -154,8 +153,13 @@ class HeldPush:
     async def _push(self, conn: Any) -> None:
         cursor = conn.cursor()
         await cursor.execute(self._script, self._params)
-        while await cursor.nextset():
-            pass
+        wake = None
+        while True:
+            if cursor.description:
+                ((*_, wake),) = await cursor.fetchall()
+            if not await cursor.nextset():
+                break
+        assert wake == 1, "the push committed: it had no listener to wake"
         self.held.set()
         await self.release.wait()
         await cursor.execute("COMMIT")
@@ -313,4 +317,73 @@ async def test_a_worker_is_listed_again_with_its_listener_after_a_server_restart
         assert stored is not None
         assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")  # handed
         assert (await asyncio.wait_for(_next_task(stream), 10)).id == task_id
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+class HeldWakeUps:
+    """Stand-ins for a store's wake-ups that the server holds (a KILL QUERY of a listener not
+    asleep yet: up to 2-4 s) until `release`, then sends for real; `sent` counts those begun
+    (`begun`: one, `again`: two or more)."""
+
+    def __init__(self, store: MysqlStore, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.release, self.begun, self.again = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.sent = 0
+        real = getattr(store.database, name)
+
+        async def held(*args: Any) -> None:
+            self.sent += 1
+            (self.again if self.begun.is_set() else self.begun).set()
+            async with asyncio.timeout(30):
+                await self.release.wait()
+            await real(*args)
+
+        monkeypatch.setattr(store.database, name, held)
+
+
+async def test_a_push_does_not_wait_for_the_wake_up_of_other_processes(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A push with no idle worker to hand to wakes the queue's listeners in other processes: a
+    # KILL QUERY of each, which the server may hold for seconds. The push returned only then.
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
+        worker_store.database.listen("q")
+        await worker_store.database.listening()
+        await asyncio.sleep(0.2)  # the listener's own first wake-up, on its start, is over
+        held = HeldWakeUps(pusher, monkeypatch, "signal")
+        pushed = pusher.backend("q", codec=JsonCodec())
+        async with asyncio.timeout(10):  # held until released: the push must not wait for it
+            first = await pushed.push({"n": 1}, idempotency_key="1")  # a key: never handed
+            await held.begun.wait()  # the wake-up is on its way
+            second = await pushed.push({"n": 2}, idempotency_key="2")
+        assert held.sent == 1, "one wake-up at a time"
+        woken = worker_store.database.waker("q").subscribe()
+        woken.clear()  # the listener's first wake-up, at its start
+        held.release.set()
+        await asyncio.wait_for(woken.wait(), 10)  # the held wake-up ended the worker's sleep
+        await asyncio.wait_for(held.again.wait(), 10)  # and one more went out after it, for the second push
+        for task_id in (first, second):
+            stored = await pushed.get(task_id)
+            assert stored is not None
+            assert stored.ctx.status is Status.PENDING
+
+
+async def test_a_push_that_hands_its_task_over_does_not_wait_for_the_workers_wake_up(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A push that hands its task to an idle worker ends that worker's listener's sleep itself:
+    # a KILL QUERY the server may hold for seconds. It ran inside the push's transaction, before
+    # its COMMIT, so the push returned (and its listing stayed locked) only then.
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
+        stream = await _idle_worker(worker_store, "w1")
+        held = HeldWakeUps(pusher, monkeypatch, "wake_listener")
+        pushed = pusher.backend("q", codec=JsonCodec())
+        async with asyncio.timeout(10):  # held until released: the push must not wait for it
+            task_id = await pushed.push({"n": 1})
+        assert held.begun.is_set(), "the push did not wake its worker's listener"
+        stored = await pushed.get(task_id)
+        assert stored is not None
+        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1"), "handed and committed"
+        held.release.set()
+        got = await asyncio.wait_for(_next_task(stream), 10)
+        assert got.id == task_id
         await stream.aclose()  # type: ignore[attr-defined]

@@ -5,19 +5,21 @@
 -- name: hand_push
 -- One task due now, pushed in one transaction: claimed for the most recently listed idle worker
 -- of the queue with a free slot (none while the queue is paused), else left pending; then which
--- worker and listener got it, whether it was inserted (a known id is skipped), and whether some
--- worker is listed with a free slot at all. SKIP LOCKED: a worker whose listing another
--- transaction holds for a moment (its read of its hands, its acknowledgement) is passed by; the
--- last column, a plain read, tells that apart from no listing. That worker's listener has its
--- sleep ended from here (`listener`), unless it is one of the pushing process's own (`own`: told
--- in-process): no second round trip of the client's on the task's way. The sleep is ended before
--- the COMMIT, so the worker's read of its hands (`handed`, a locking read of the listing this
--- transaction holds) runs while the commit waits for its redo-log flush: InnoDB releases a
--- transaction's locks and shows its rows before that flush ends (as to any claim of a pushed
--- task), so the flush is no longer on the task's way. A listener that is gone (an error: its
--- process stopped without unlisting its worker) stops the script before the COMMIT: the client
--- rolls the push back, unlists that worker (`hand_gone`) and pushes the task plainly, for the
--- other workers (it waited for the orphan sweep, `stale_after`, in the dead worker's name).
+-- worker and listener got it, whether it was inserted (a known id is skipped), whether some
+-- worker is listed with a free slot at all, and whether that worker's listener is to be woken
+-- (`wake`). SKIP LOCKED: a worker whose listing another transaction holds for a moment (its read
+-- of its hands, its acknowledgement) is passed by; the fourth column, a plain read, tells that
+-- apart from no listing. Without a listener to wake (none chosen, or one of the pushing
+-- process's own, `own`: told in-process) the script commits. Else it leaves the transaction open:
+-- the client ends that listener's sleep from another connection and commits this one meanwhile
+-- (`handing.hand_push`), so a KILL the server holds for seconds does not hold the push, and the
+-- worker's read of its hands (`handed`, a locking read of the listing this transaction holds)
+-- runs while the commit waits for its redo-log flush: InnoDB releases a transaction's locks and
+-- shows its rows before that flush ends (as to any claim of a pushed task), so the flush is not
+-- on the task's way. A listener that is gone (its process stopped without unlisting its worker)
+-- answers the KILL at once: the client rolls the push back, unlists that worker (`hand_gone`)
+-- and pushes the task plainly, for the other workers (it waited for the orphan sweep,
+-- `stale_after`, in the dead worker's name).
 -- A listing made before the server last started (`@apalis_boot`, set on each connection) names a
 -- listener id the server may have given to another connection since: it is passed by.
 START TRANSACTION;
@@ -40,12 +42,12 @@ SET @apalis_inserted = ROW_COUNT() = 1;
 UPDATE {prefix}idle
 SET free = free - 1, handed = JSON_ARRAY_APPEND(COALESCE(handed, '[]'), '$', %(id)s)
 WHERE worker_id = @apalis_worker AND @apalis_inserted;
+SET @apalis_wake = @apalis_inserted AND @apalis_listener IS NOT NULL AND @apalis_listener NOT IN %(own)s;
 SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted,
     @apalis_worker IS NOT NULL OR EXISTS (
-        SELECT 1 FROM {prefix}idle WHERE queue = %(queue)s AND until > {now} AND free > 0);
-EXECUTE IMMEDIATE IF(@apalis_inserted AND @apalis_listener IS NOT NULL AND @apalis_listener NOT IN %(own)s,
-    CONCAT('KILL QUERY ', @apalis_listener), 'DO 0');
-COMMIT
+        SELECT 1 FROM {prefix}idle WHERE queue = %(queue)s AND until > {now} AND free > 0),
+    @apalis_wake;
+EXECUTE IMMEDIATE IF(@apalis_wake, 'DO 0', 'COMMIT')
 
 -- name: hand_gone
 -- The listener of the worker `hand_push` chose is gone: the push is rolled back, and that worker
@@ -91,6 +93,12 @@ ON DUPLICATE KEY UPDATE listener = VALUES(listener), until = VALUES(until), free
         WHERE t.lock_by = %(worker)s AND t.status = 'running');
 DELETE FROM {prefix}idle WHERE queue = %(queue)s AND until < {now} - 60
     AND NOT EXISTS (SELECT 1 FROM {prefix}workers AS w WHERE w.id = worker_id)
+
+-- name: unlist_gone
+-- The listener of a worker handed a task was found gone only after the push committed (its KILL
+-- answered late, `handing.hand_push`): that worker is handed no more tasks; the one handed is
+-- its, read at its next claim if it lives, swept with its orphans if not.
+UPDATE {prefix}idle SET free = 0 WHERE worker_id = %(worker)s AND listener = %(listener)s
 
 -- name: unlist
 -- The worker is busy: no more hand-overs until it lists itself again (tasks already handed

@@ -18,7 +18,7 @@ suite skips exactly those cases and the CLI prints that reason.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -139,6 +139,10 @@ class Capabilities:
         return None
 
 
+async def _no_wait() -> None:
+    """A slot is free (a context without a worker: `free_slots` answers for it)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerContext:
     """Who is asking: one running worker instance, with the settings stores need to honour.
@@ -152,6 +156,12 @@ class WorkerContext:
     stops that run and acknowledges it cancelled, and ignores ids it does not run. `on_paused`
     tells it whether its queue is paused, for the live view (the store's claim enforces it).
     Both are called on the worker's event loop.
+
+    `start(task)` starts a task the store claimed for the worker at once, in the caller's
+    callback (a task handed over on push, as its message is read: `ClaimsAhead.start`), and says
+    whether it did: False when no slot is free or the worker is not taking tasks now (the store
+    then gives it to the poll stream, as before). `slot()` waits until a slot is free: a poll
+    stream whose slots such starts took waits there before it claims again.
     """
 
     id: str
@@ -170,6 +180,8 @@ class WorkerContext:
     running: Callable[[], Collection[TaskId]] = lambda: ()
     on_cancel: Callable[[TaskId, str], object] = lambda task_id, reason: None
     on_paused: Callable[[bool], None] = lambda paused: None
+    start: Callable[[Task[bytes]], bool] = lambda task: False
+    slot: Callable[[], Awaitable[None]] = _no_wait
     limits: FleetLimits | None = None
     """The worker's `scope = "global"` limits, which its store's claim enforces."""
 

@@ -108,7 +108,12 @@ async def poll_batches(
                 yield buffer.popleft()
                 continue
             event.clear()
-            limit = max(worker.free_slots(), 1)
+            limit = worker.free_slots()
+            if limit < 1:
+                # Runs the worker started as their tasks arrived (`WorkerContext.start`) took the
+                # slots since it asked for this item: a claim now would take tasks it may not run.
+                await worker.slot()
+                limit = max(worker.free_slots(), 1)
             batch = take(limit) if take is not None else None
             if not batch:
                 batch = await _fetch_shielded(fetch, limit, release)

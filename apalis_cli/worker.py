@@ -131,6 +131,10 @@ class Worker:
         self._beating = asyncio.Event()
         """Set while the last beat got through: the poll loop claims again only after one."""
         self._stopped = False
+        self._consuming = False
+        """True while the poll loop takes tasks: a store may then start one at once (`_start_now`)."""
+        self._idle = False
+        """Whether the poll stream said idle since the last task started (Idle was sent)."""
         self._heartbeat: AsyncIterator[None] = _no_beats()
         self.context = WorkerContext(
             # The random tail tells apart two processes with one host name and pid (containers).
@@ -150,6 +154,8 @@ class Worker:
             running=self._running.keys,
             on_cancel=self.cancel_run,
             on_paused=self._paused,
+            start=self._start_now,
+            slot=self._slot,
             limits=_fleet_limits(backend, layers),
         )
         self._service = compose(
@@ -360,14 +366,21 @@ class Worker:
                     await stream.aclose()  # type: ignore[attr-defined]
 
     async def _consume(self, stream: AsyncIterator[Task[bytes] | None], burst: bool) -> None:
-        idle = False
+        self._consuming = True
+        try:
+            await self._take_all(stream, burst)
+        finally:
+            self._consuming = False
+
+    async def _take_all(self, stream: AsyncIterator[Task[bytes] | None], burst: bool) -> None:
+        self._idle = False
         start = self._start
         while True:
             if len(self._running) >= self.concurrency:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            if self.paused and idle:
+            if self.paused and self._idle:
                 # The store's claim refuses too. Meanwhile the worker asks at most once per
                 # poll_interval: how it hears of a resume from a store that tells it only then.
                 # Only after the stream said idle: tasks it gives come from a claim the store
@@ -376,14 +389,30 @@ class Worker:
                 await woken(self._resumed, self.context.poll_interval)
             task = await anext(stream)
             if task is not None:
-                idle = False
+                self._idle = False
                 start(task)
                 continue
             if burst and not self._running:
                 return
-            if not idle:
-                idle = True
+            if not self._idle:
+                self._idle = True
                 self._emit(Idle(worker=self.name, queue=self.context.queue))
+
+    def _start_now(self, task: Task[bytes]) -> bool:
+        """Start `task`, which the store claimed for this worker, at once (`WorkerContext.start`):
+        False, nothing done, when no slot is free or the poll loop is not taking tasks (stopping,
+        or between two streams)."""
+        if not self._consuming or len(self._running) >= self.concurrency:
+            return False
+        self._idle = False  # the next None from the stream is a new idle spell
+        self._start(task)
+        return True
+
+    async def _slot(self) -> None:
+        """Wait until a slot is free (`WorkerContext.slot`): runs started at once took them."""
+        while len(self._running) >= self.concurrency:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
 
     def _start(self, task: Task[bytes]) -> None:
         if task.id in self._running:

@@ -54,7 +54,8 @@ Handing over: a lone task would otherwise cost its worker a second round trip af
 (the claim). A polling worker whose claim leaves free slots unfilled is listed idle for them
 (`idle`), and a push whose task would be the next claimed claims it for the first listed worker
 in the same script, takes one of its slots and publishes the task itself; that worker's process
-gives it to the worker's poll stream (`_handed`), which starts it at once. A run that ends gives
+starts it as the message is read (`_handed`, `ClaimsAhead.start`), or gives it to the worker's
+poll stream when no slot is free there. A run that ends gives
 its slot back to the listing when its acknowledgement finds nothing to claim ahead, so a worker
 running some tasks is handed the next ones too (one listing for several slots: a push that comes
 before the last run's acknowledgement is handed over as well). The stream's next claim is
@@ -330,9 +331,12 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
             return  # another process's worker, or one that stopped
         tasks = self._tasks(message[1:], worker_id)
         self._got[worker_id] = tasks[0].id
-        if self._ahead.give(self._ahead.holder(worker_id), tasks):
+        # Started here, as the message is read, when the worker has a free slot: its poll
+        # stream is not woken, and makes no claim for it.
+        left = self._ahead.start(self._ahead.holder(worker_id), tasks)
+        if left:
             self._fresh[worker_id] = self.connection.wakes(self.queue)
-        else:
+        elif left is None:
             # Its poll stream has closed (the worker stops, or polls again after an error).
             release = asyncio.ensure_future(self._ahead.release(tasks))
             self._releasing.add(release)

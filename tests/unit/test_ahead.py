@@ -259,3 +259,38 @@ async def test_a_task_handed_to_an_idle_stream_reaches_it_within_two_loop_turns(
     assert got is not None
     assert got.id == "a0"
     assert turns <= 2
+
+
+async def test_a_handed_task_starts_in_the_callers_turn_when_the_worker_has_a_slot() -> None:
+    # ClaimsAhead.start: the worker starts it at once (no loop turn of the poll stream); one it
+    # cannot start, or one behind tasks held before it, waits in the stream as `give` leaves it.
+    store = Store()
+    ahead = ClaimsAhead(store.ack, Held)
+    started: list[str] = []
+    slots = 1
+
+    def start(task: Task[bytes]) -> bool:
+        nonlocal slots
+        if slots == 0:
+            return False
+        slots -= 1
+        started.append(task.id)
+        return True
+
+    worker = WorkerContext(id="w1", name="w1", queue="q", poll_interval=30.0, free_slots=lambda: 1, start=start)
+    stream = poll(ahead, store, worker)
+    assert await anext(stream) is None
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)
+    assert ahead.start(polling(ahead), [task("a0"), task("a1")]) == 1
+    assert started == ["a0"]
+    assert [t.id for t in polling(ahead).tasks] == ["a1"]
+    slots = 1
+    assert ahead.start(polling(ahead), [task("a2")]) == 1  # behind a1: not before it
+    got = await waiting
+    assert got is not None
+    assert got.id == "a1"
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert started == ["a0"]
+    assert store.released() == ["a2"]
+    assert ahead.start(ahead.holder("w1"), [task("a3")]) is None  # closed: the caller releases it

@@ -296,3 +296,56 @@ async def test_a_heartbeat_whose_driver_swallows_the_cancellation_still_lets_the
     async with asyncio.timeout(10):
         await worker.run(asyncio.Event(), burst=True)
     assert isinstance(events[-1], Stopped)
+
+
+async def test_tasks_a_store_starts_at_once_never_take_the_worker_past_its_concurrency() -> None:
+    # A store may start a task it claimed for the worker at once (WorkerContext.start: a task
+    # handed over on push, as its message is read). Runs started so take the slots the idle poll
+    # stream would claim for: woken by a push, it must wait for a slot, not claim one more task.
+    queue = memory_queue()
+    gate = asyncio.Event()
+    running: set[str] = set()
+    most = 0
+    ended = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        nonlocal most
+        running.add(task.id)
+        most = max(most, len(running))
+        await gate.wait()
+        running.discard(task.id)
+        if args == "c":
+            ended.set()
+
+    worker, _ = make_worker(queue, handler, concurrency=2, poll_interval=30.0)
+    stop = asyncio.Event()
+    run = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.sleep(0.05)  # idle: its stream waits for a wake-up
+            ids = await queue.push_bulk(["a", "b", "c"])  # wakes the stream
+            handed = [row.task(queue.queue) for row in queue._claim(worker.context.id, 2)]
+            assert [worker.context.start(task) for task in handed] == [True, True]
+            assert worker.context.start(handed[0]) is False  # no slot left: the store keeps it
+            await asyncio.sleep(0.1)
+            assert (len(running), most) == (2, 2)
+            gate.set()
+            await ended.wait()  # "c", the task the stream waited to start, ran last
+    finally:
+        stop.set()
+        await run
+    assert most == 2
+    assert {t.id for t in await queue.list_tasks(Status.DONE, limit=10)} == set(ids)
+
+
+async def test_a_worker_that_stopped_polling_starts_nothing_a_store_hands_it() -> None:
+    queue = memory_queue()
+    worker, _ = make_worker(queue, noop)
+    await queue.push("late")
+    handed = [row.task(queue.queue) for row in queue._claim(worker.context.id, 1)]
+    assert worker.context.start(handed[0]) is False  # never polled
+    stop = asyncio.Event()
+    stop.set()
+    await worker.run(stop)
+    assert worker.context.start(handed[0]) is False  # stopped
+    assert worker.running == 0

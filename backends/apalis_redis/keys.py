@@ -63,6 +63,12 @@ class QueueKeys:
         """The seven keys every control-plane script takes (lua/control.lua), in its order."""
         return [self.ready, self.scheduled, self.running, self.failed, self.done, self.killed, self.cancelled]
 
+    @property
+    def earlier_handing(self) -> list[str]:
+        """The idle listing and the tasks on their way of the daemons before `HANDING_FORMAT`
+        (`idle`, `handed`): never read here; the heartbeat drops their entries of workers gone."""
+        return [self.base + "idle", self.base + "handed"]
+
     def task(self, task_id: str) -> str:
         """The hash of one task."""
         return f"{self.base}t:{task_id}"

@@ -34,7 +34,8 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
     ns:{q}:handed:v2   hash   worker id -> MessagePack array of the tasks handed to it that it may
                               not have received yet (lua/handing.lua)
                               (v2: `keys.HANDING_FORMAT`; daemons of the first format read `idle`
-                              and `handed`, which this one neither reads nor writes)
+                              and `handed`, which this one neither reads nor writes: its heartbeat
+                              only drops their entries of workers no longer registered)
     ns:wake:q          pub/sub channel: published when a task becomes ready; idle pollers wake;
                               a task handed to an idle worker travels on it ('h' + the task)
     ns:ctl:q           pub/sub channel: a cancel requested of a running task (its worker stops
@@ -473,7 +474,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                     "running": len(running),
                 }
                 _, purged, cancels, paused = await script(
-                    keys=[*k.statuses, k.workers, k.winfo, k.idle, k.handed],
+                    keys=[*k.statuses, k.workers, k.winfo, k.idle, k.handed, *k.earlier_handing],
                     args=[
                         k.base,
                         repr(now),

@@ -352,3 +352,25 @@ async def test_a_daemon_of_the_first_handing_format_and_this_one_never_read_each
     assert await store.client.zscore(first_idle, "old") == old_until
     assert await store.client.hget(first_handed, "old") == b"an-old-id"
     assert msgpack.unpackb(await store.client.hget(k.handed, "new")) == [handed]
+
+
+async def test_a_heartbeat_drops_the_first_formats_entries_of_workers_gone(store: RedisStore) -> None:
+    # The first format's `idle` and `handed` are read only by its own daemons; entries of its
+    # workers that this format's sweep found stale stayed there for ever. A beat drops the entries
+    # of workers no longer registered, and leaves a live old worker's as they are.
+    q = store.backend("leftovers", codec=JsonCodec())
+    k = q.keys
+    first_idle, first_handed = k.earlier_handing
+    until_ms = int((time.time() + 60) * 1000)
+    await store.client.zadd(first_idle, {"gone": until_ms, "alive": until_ms})
+    await store.client.hset(first_handed, mapping={"gone": "id-1", "alive": "id-2"})
+    await store.client.zadd(k.workers, {"alive": time.time()})
+    beat = q.heartbeat(WorkerContext(id="new", name="new", queue="leftovers"))
+    await anext(beat)
+    assert await store.client.zrange(first_idle, 0, -1) == [b"alive"]
+    assert await store.client.hgetall(first_handed) == {b"alive": b"id-2"}
+    await store.client.zrem(k.workers, "alive")  # it stopped: its farewell would have unregistered it
+    await beat.aclose()  # type: ignore[attr-defined]
+    await anext(beat2 := q.heartbeat(WorkerContext(id="new", name="new", queue="leftovers")))
+    await beat2.aclose()  # type: ignore[attr-defined]
+    assert await store.client.exists(first_idle, first_handed) == 0

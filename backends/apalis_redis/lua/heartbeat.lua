@@ -5,7 +5,8 @@
 -- worker's runs and whether the queue is paused (the control channel tells a worker of a cancel
 -- at once; this is the floor).
 -- KEYS: ready, scheduled, running, failed, done, killed, cancelled, workers, worker info, idle,
---       handed (handing.lua: a stale worker is no longer listed idle)
+--       handed (handing.lua: a stale worker is no longer listed idle), then the earlier format's
+--       idle and handed (keys.HANDING_FORMAT)
 -- ARGV: base, now, wake channel, worker id, info JSON, stale cutoff ('-inf' while the caller's
 --       own contact with the server is not steady: no worker is judged stale), release cutoff,
 --       retention cutoff, purge limit, retention ms, control channel, the id of the last task
@@ -31,6 +32,19 @@ for i = 1, #stale, 2 do
   redis.call('HDEL', KEYS[9], worker)
   redis.call('ZREM', KEYS[10], worker)
   redis.call('HDEL', KEYS[11], worker)
+end
+-- The earlier format's listing and tasks on their way (`idle`, `handed`: daemons before
+-- keys.HANDING_FORMAT) are read by those daemons alone, and a worker of theirs that this format's
+-- sweep found stale left its entries there for ever. An entry of a worker not registered is dead
+-- (a worker registers before it claims, and the sweep recovered its tasks): dropped here, so the
+-- keys go once the last such daemon is gone. One EXISTS a beat when they are not there.
+if redis.call('EXISTS', KEYS[12], KEYS[13]) > 0 then
+  for _, worker in ipairs(redis.call('ZRANGE', KEYS[12], 0, -1)) do
+    if not redis.call('ZSCORE', KEYS[8], worker) then redis.call('ZREM', KEYS[12], worker) end
+  end
+  for _, worker in ipairs(redis.call('HKEYS', KEYS[13])) do
+    if not redis.call('ZSCORE', KEYS[8], worker) then redis.call('HDEL', KEYS[13], worker) end
+  end
 end
 
 local mine, cancels = {}, {}

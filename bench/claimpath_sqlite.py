@@ -1,0 +1,84 @@
+"""SQLite's claim path alone, for callgrind: a loop of transactions that each mark the last
+claim's tasks done (`ack_done`, as the worker's acknowledgement) and claim the next `--want`
+(`claim`, the one the acknowledgement carries). Not part of the suite.
+
+    .venv/bin/python -m bench.claimpath_sqlite fill /tmp/claims.db --tasks 10000
+    cp /tmp/claims.db /tmp/a.db && valgrind --tool=callgrind --callgrind-out-file=/tmp/a.out \\
+        .venv/bin/python -m bench.claimpath_sqlite run /tmp/a.db --transactions 20
+    (the same with --transactions 100; the instructions a task are the difference / (80 x want))
+
+The statements are this tree's (`apalis_sqlite/sql`), run on a file `fill` made with this tree's
+migrations through the store itself; run from another tree (PYTHONPATH) to measure its
+statements on the same file. The instructions of two runs that differ only in their number of
+transactions, taken one from the other, leave Python's start and the file's opening out, and
+count the same at any load (the machine here is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import time
+
+from apalis_cli.backend import StoreSpec
+from apalis_cli.codec import JsonCodec
+from apalis_sql import load_queries
+from apalis_sqlite import SqliteStore
+
+__all__ = ["main"]
+
+_QUEUE = "claims"
+_WORKER = "w-claimpath"
+
+
+async def _fill(path: str, tasks: int) -> None:
+    store = SqliteStore.from_spec(StoreSpec(name="b", kind="sqlite", url=f"sqlite:///{path}", options={}))
+    await store.open()
+    try:
+        queue = store.backend(_QUEUE, codec=JsonCodec())
+        for start in range(0, tasks, 1000):
+            await queue.push_bulk([{"n": n} for n in range(start, min(start + 1000, tasks))])
+    finally:
+        await store.close()
+
+
+def _run(path: str, transactions: int, want: int) -> int:
+    """Run the loop; the tasks claimed."""
+    queries = load_queries("apalis_sqlite", {"prefix": "apalis_"})
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    claimed: list[str] = []
+    total = 0
+    for _ in range(transactions):
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        if claimed:
+            conn.executemany(queries.ack_done, [(None, now, task_id, _WORKER) for task_id in claimed])
+        params = {"queue": _QUEUE, "worker": _WORKER, "now": now, "limit": want}
+        claimed = [row[0] for row in conn.execute(queries.claim, params).fetchall()]
+        conn.execute("COMMIT")
+        total += len(claimed)
+    conn.close()
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`fill PATH` or `run PATH`."""
+    parser = argparse.ArgumentParser(prog="python -m bench.claimpath_sqlite", description=__doc__)
+    parser.add_argument("what", choices=("fill", "run"))
+    parser.add_argument("path")
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--transactions", type=int, default=100)
+    parser.add_argument("--want", type=int, default=50)
+    args = parser.parse_args(argv)
+    if args.what == "fill":
+        asyncio.run(_fill(args.path, args.tasks))
+    else:
+        print(f"claimed {_run(args.path, args.transactions, args.want)}")
+
+
+if __name__ == "__main__":
+    main()

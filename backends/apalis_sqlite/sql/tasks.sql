@@ -17,15 +17,17 @@ WHERE queue = :queue AND idempotency_key IN (SELECT value FROM json_each(:keys))
 -- paused. A cancel is one UPDATE of the same rows, so SQLite's write lock orders the two: a
 -- cancelled task is never claimed. RETURNING order is not guaranteed, so the caller sorts.
 -- Columns in apalis_sql.TASK_COLUMNS order. The ready tasks are in two indexes of one order
--- (without a limit key, with one: 0005_ready_split.sql), read in step by a merge.
+-- (without a limit key, with one: 0005_ready_split.sql), read in step by a merge. The rows are
+-- found by the rowid each index entry carries, not each looked up again by its id in the
+-- primary key's index (a descent over 30-character ids per task).
 UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
-WHERE id IN (
-    SELECT id FROM (
-        SELECT id, priority, run_at FROM {prefix}tasks
+WHERE rowid IN (
+    SELECT rid FROM (
+        SELECT rowid AS rid, priority, run_at, id FROM {prefix}tasks
         WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NULL AND run_at <= :now
         UNION ALL
-        SELECT id, priority, run_at FROM {prefix}tasks
+        SELECT rowid AS rid, priority, run_at, id FROM {prefix}tasks
         WHERE queue = :queue AND status IN ('pending', 'failed') AND limit_key IS NOT NULL AND run_at <= :now
         ORDER BY priority DESC, run_at, id
         LIMIT :limit

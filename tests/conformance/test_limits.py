@@ -91,6 +91,30 @@ async def test_tasks_over_a_limit_wait_unclaimed_while_other_keys_run(harness: H
     assert len(set(calls.ids())) == 60, "every task ran once"
 
 
+async def test_keys_take_fair_turns_whatever_their_order_in_the_queue(harness: Harness, calls: Calls) -> None:
+    harness.require(Capability.FLEET_LIMITS)
+    backend = harness.backend()
+    # Pushed key after key: a claim that took the queue's order (or any fixed order of the keys,
+    # such as a hash's, from its start at every claim) would run a's and b's tasks to the end
+    # before c, d and e had one.
+    keys = "abcde"
+    for account in keys:
+        await backend.push_bulk([{"account": account, "n": n} for n in range(6)], limit_key=account)
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    started: list[str] = []
+
+    async def run(args: Any, task: Task[bytes]) -> None:
+        started.append(args["account"])
+        await asyncio.sleep(0.02)
+
+    await harness.worker(backend, calls.handler(run), concurrency=2, layers=[limit]).start()
+    await harness.wait_until(lambda: len(calls.finished) >= 30, within=20, what="every task to run")
+
+    assert set(started[:10]) == set(keys), f"every key had a turn in the first two rounds of turns: {started[:10]}"
+    most_ahead = max(max(Counter(started[:n]).values()) - min(Counter(started[:n])[k] for k in keys) for n in (10, 20))
+    assert most_ahead <= 2, f"no key ran ahead of another by more than two turns: {started}"
+
+
 async def test_tasks_without_a_key_run_past_a_deep_backlog_of_a_key_at_its_limit(
     harness: Harness, calls: Calls
 ) -> None:

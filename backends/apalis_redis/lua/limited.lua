@@ -8,7 +8,8 @@
 -- together in one order (priority, then run_at; across keys to the millisecond, the heads' unit),
 -- so it meets one entry per key however long that key's backlog. A key with room gives its line's
 -- first tasks (up to its room, while they come before the next entry of either set) and is listed
--- again by its next task; a key at its limit is passed over where it is (one entry), and past
+-- again by its next task, at that task's priority but behind what was due before the claim
+-- (`turn_done`: keys take turns); a key at its limit is passed over where it is (one entry), and past
 -- PASS_OVER such keys in one claim the next ones are parked in ns:{q}:parked, so a claim never
 -- walks many keys at their limit: a parked key with room again is listed in the heads again, keys
 -- taking turns from the one after :after. Running counts are read from the running set (a vanished
@@ -106,6 +107,19 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   end
 
   local claimed_ms = string.format('%d', math.floor(now * 1000))
+  -- turn_done(score): where a key that gave tasks is listed again, given its next task's `score`
+  -- (ms, as the heads): at that task's priority, behind every key whose first task was due before
+  -- this claim, so keys take turns as fleet.claim's walk has them. By their tasks' own scores, a
+  -- key with an old backlog would come first again at every claim: two keys pushed first kept a
+  -- worker's two slots until their backlogs ran out, while keys pushed later waited. (A score is
+  -- -priority * 1e13 + run_at in ms, run_at below 1e13: the priority is minus its 1e13s, floored.)
+  local now_ms = math.floor(now * 1000)
+  local function turn_done(score)
+    local ms = tonumber(score)
+    local at = ms + math.floor(ms / 1e13) * -1e13
+    if at >= now_ms then return score end
+    return string.format('%d', ms - at + now_ms)
+  end
   local started = {} -- claimed_ms, id, ...: added to the running set in one call at the end
   -- take(id): claim one task if it is still waiting (a parked or ready entry may be stale)
   local function take(id)
@@ -252,7 +266,7 @@ local function claim_within(base, now_text, limit, worker, limits, after)
             if not next_score and not ended then next_score = redis.call('ZRANGE', line, '0', '0', 'WITHSCORES')[2] end
           end
           if next_score then
-            relisted[#relisted + 1], relisted[#relisted + 2] = next_score, key -- in ms, as the heads
+            relisted[#relisted + 1], relisted[#relisted + 2] = turn_done(next_score), key -- in ms, as the heads
           else
             emptied[#emptied + 1] = key
           end

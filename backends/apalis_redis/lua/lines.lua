@@ -2,7 +2,8 @@
 -- field 'lk') waits in its key's own sorted set ns:{q}:kp:<key>, not in the ready set, scored by
 -- its ready set's score in whole milliseconds (head_ms; tasks of one key within a millisecond in
 -- the order of their ids, which is the order they were pushed); the key is listed in
--- ns:{q}:heads, scored by its line's first task. A claim
+-- ns:{q}:heads, scored by its line's first task (after the key's turn in a claim, by the
+-- claim's time at that task's priority: limited.lua's `turn_done`). A claim
 -- within limits (limited.lua) walks the ready set and the heads together, in one order: it
 -- meets one entry per key, however long that key's backlog, so a saturated key's tasks are never
 -- walked nor moved one by one. A claim without limits puts every line back into the ready set

@@ -139,6 +139,7 @@ class Database:
 
     ahead_on_backlog = True  # a locking select in every ack costs the server: only under a backlog
     releases_sweep_lock = True  # GET_LOCK is the session's: `sweep_unlock` frees it
+    purges_beside = False  # each statement commits by itself, and a beat long in sweeping beats again
     wait_polls = (0.02, 0.5)  # a waiter is woken by a signal; a read now and then is the safety net
     bulk_batch = 10_000
     claims_by_select = True  # no UPDATE ... RETURNING: a claim locks rows, then marks them

@@ -192,6 +192,9 @@ class Database:
 
     ahead_on_backlog = False  # an ack's claim ahead costs no commit of its own: always claim
     releases_sweep_lock = False  # the advisory lock is the transaction's
+    # The beat is one transaction, its last_seen the transaction's start, seen by the other
+    # daemons once it commits: a large purge in it made the beat as old as the purge was long.
+    purges_beside = True
     wait_polls = (1.0, 1.0)  # waiters are woken by NOTIFY; a read a second is the safety net
     bulk_batch = 10_000
     claims_by_select = False  # UPDATE ... RETURNING claims in one statement

@@ -180,6 +180,9 @@ class SqlDatabase(Protocol):
     """Claim ahead in an ack only for a worker whose last claim came back full."""
     releases_sweep_lock: bool
     """The sweep lock outlives the transaction: `sweep_unlock` frees it after the sweep."""
+    purges_beside: bool
+    """The sweep's purge of expired tasks runs beside the heartbeat, in statements of at most
+    `limit` tasks, rather than in the beat's own session (`SqlQueue._tidy_beside`)."""
     controls: Controls
     """This process's workers and waiters, told by the listener where the server can push."""
     wait_polls: tuple[float, float]

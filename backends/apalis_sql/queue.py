@@ -46,6 +46,8 @@ __all__ = ["CAPABILITIES", "SqlQueue"]
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
 _log = logging.getLogger(__name__)
+PURGE_BATCH = 10_000
+"""The most expired tasks one statement of a purge beside the heartbeat deletes."""
 LISTED_IDLE_WAIT = 0.05
 """The first idle wait of a worker that pushes hand their tasks to."""
 
@@ -247,7 +249,8 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             # Recovered first: a store may read a stale worker's row to tell how its tasks end.
             woke = await s.execute("recover", stale) > 0 or woke  # the tasks that run again (where it can tell)
             await s.execute("forget_workers", stale)
-            await s.execute("purge_expired", {"queue": queue, "retention": worker.retention})
+            if not db.purges_beside:
+                await s.execute("purge_expired", {"queue": queue, "retention": worker.retention})
             if db.releases_sweep_lock:
                 # Each statement committed by itself, so the beat above is as old as the sweep,
                 # which row locks and a loaded server hold up for seconds (1-2.5 s seen). Beaten
@@ -267,7 +270,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
             if woke:
                 self._wake_beside()
             if swept:
-                self._tidy_beside()
+                self._tidy_beside(worker.retention)
 
         async def farewell() -> None:
             db.controls.workers.pop(worker.id, None)
@@ -290,17 +293,29 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         waking.add_done_callback(self._waking.discard)
         waking.add_done_callback(_woken)
 
-    def _tidy_beside(self) -> None:
-        """Tidy the tasks table after a sweep (PostgreSQL's VACUUM where autovacuum is off),
-        without the beat waiting for it, and no second one while one runs. A VACUUM reads every
-        index of the table and takes seconds on a large one: a beat that waited for it was as
-        late to the other workers, which found its worker stale past stale_after and ran its
-        running tasks a second time (tests/integration/test_postgres_sweep.py). A failure is
-        logged: the tidy is a help, tried again after a later sweep."""
+    def _tidy_beside(self, retention: float) -> None:
+        """Tidy the tasks table after a sweep, without the beat waiting for it, and no second
+        time while it runs: purge the tasks past `retention` where the store purges beside the
+        beat (`purges_beside`: in statements of `PURGE_BATCH`), then clean up the row versions
+        left (PostgreSQL's VACUUM where autovacuum is off). A VACUUM reads every index of the
+        table, and a purge after retention was shortened deletes as many tasks as expired at
+        once: seconds either way, and a beat that waited for them (or ran the purge in its own
+        transaction) was as late to the other workers, which found its worker stale past
+        stale_after and ran its running tasks a second time
+        (tests/integration/test_postgres_sweep.py). A failure is logged: tried again after a
+        later sweep."""
         if self._tidying is not None and not self._tidying.done():
             return
-        self._tidying = asyncio.ensure_future(self._db.tidy())
+        self._tidying = asyncio.ensure_future(self._tidy(retention))
         self._tidying.add_done_callback(_tidied)
+
+    async def _tidy(self, retention: float) -> None:
+        db = self._db
+        if db.purges_beside:
+            params = {"queue": self.queue, "retention": retention, "limit": PURGE_BATCH}
+            while await db.execute("purge_expired", params) >= PURGE_BATCH:
+                pass  # a backlog of expired tasks: the next batch, in a transaction of its own
+        await db.tidy()
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Apply a batch of outcomes in one write (the server's clock stamps done_at), claiming

@@ -332,9 +332,9 @@ class Database:
     async def notify_control(self) -> None:
         """Tell the other processes' control listeners to look: a cancel was asked of a running
         task, or a task someone may wait for ended. This process looks too (its own listener
-        is left out of its signals)."""
+        is left out of its signals). The signal goes beside the caller (`beside`)."""
         self._control_woken()
-        await self.signal(self._control_tag)
+        self.beside.wake(self._control_tag)
 
     async def tidy(self) -> None:
         """Nothing to do: InnoDB's purge removes old row versions by itself."""
@@ -611,7 +611,7 @@ class Database:
     ) -> None:
         """After the commit of `plan` and of the claims for `slots`: the hand-over's listings
         follow the tasks, waiters of a task that ended are told, and a task ready again wakes
-        the queue's pollers in other processes."""
+        the queue's pollers in other processes (those signals sent beside)."""
         listings = self._listings
         if listings:
             for task_id, lock_by, *_ in plan.rows():  # no longer running under that worker
@@ -622,10 +622,12 @@ class Database:
                 listing = listings.get(worker_id)
                 if listing is not None:
                     listing.seen.update(task.id for task in tasks)
+        # Beside the acknowledgement, as a push's (`beside`): a KILL the server holds for seconds
+        # held the worker's next acknowledgements and the tasks claimed ahead in this one.
         if waited:
             await self.notify_control()
         if plan.wake:
-            await self.signal(self._queue_tag(queue))
+            self.beside.wake(self._queue_tag(queue))
 
     async def _migrate(self, conn: Conn) -> list[int]:
         """Apply the migrations not yet recorded, under a named lock against concurrent starts."""

@@ -387,3 +387,24 @@ async def test_a_push_that_hands_its_task_over_does_not_wait_for_the_workers_wak
         got = await asyncio.wait_for(_next_task(stream), 10)
         assert got.id == task_id
         await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_an_acknowledgement_does_not_wait_for_the_wake_up_it_sends(
+    mysql_store: MysqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run retried at once makes its task ready again: its acknowledgement wakes the queue's
+    # listeners in other processes, by KILL QUERYs the server may hold for seconds, and the
+    # worker's next acknowledgements (and the tasks claimed ahead in this one) waited for them.
+    queue = mysql_store.backend("q", codec=JsonCodec())
+    task_id = await queue.push({"n": 1}, idempotency_key="1")  # a key: never handed
+    stream = queue.poll_compact(WorkerContext(id="w1", name="w1", queue="q", free_slots=lambda: 1))
+    task = await _next_task(stream)
+    held = HeldWakeUps(mysql_store, monkeypatch, "signal")
+    async with asyncio.timeout(10):  # held until released: the acknowledgement must not wait for it
+        await queue.ack_batch([(task, Outcome.retry("again", time.time()))])
+        await held.begun.wait()  # its wake-up is on its way
+    stored = await queue.get(task_id)
+    assert stored is not None
+    assert stored.ctx.last_error == "again"  # the retry is stored (and the task ready again)
+    held.release.set()
+    await stream.aclose()  # type: ignore[attr-defined]

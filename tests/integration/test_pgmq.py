@@ -273,6 +273,51 @@ async def test_heartbeat_extends_the_lease_of_a_long_task(store: PgmqStore, pgmq
     assert other == []
 
 
+async def test_a_slow_purge_of_the_archive_does_not_hold_the_lease_of_a_long_task(
+    store: PgmqStore, pgmq_url: str, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The beat's purge of the archive (all of it past retention, in one DELETE: seconds after a
+    retention was shortened) ran in the beat's own round trip, after its `set_vt`: the beat
+    ended, and the next `set_vt` came, that much later, the lease ran out meanwhile, and another
+    worker read the task again (here out of attempts: killed while it ran)."""
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=1)
+    monkeypatch.setitem(backend._sql, "purge_archive", "SELECT pg_sleep(1.5) FROM (SELECT %(retention)s) AS p")
+    task_id = await backend.push({"x": 1})
+    runs: list[int] = []
+    first_run = asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        runs.append(task.ctx.attempts)
+        first_run.set()
+        await asyncio.sleep(4)  # longer than the 1 s lease: only set_vt keeps it ours
+
+    other: list[int] = []
+
+    async def other_handler(args: Any, task: Task[bytes]) -> None:
+        other.append(task.ctx.attempts)
+
+    one = Worker(name="a", backend=backend, handler=handler, keep_alive=0.5, stale_after=1.0)
+    two = Worker(
+        name="b",
+        backend=store.backend(queue, codec=JsonCodec()),
+        handler=other_handler,
+        keep_alive=0.2,
+        poll_interval=0.05,  # reads as soon as a lease runs out
+    )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(one.run(stop))]
+    await first_run.wait()
+    tasks.append(asyncio.create_task(two.run(stop)))
+    await asyncio.sleep(4.3)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert runs == [1]
+    assert other == []
+    done = await backend.get(task_id)  # not read again (and killed, out of attempts) meanwhile
+    assert done is not None
+    assert (done.ctx.status, done.ctx.last_error) == (Status.DONE, None)
+
+
 async def test_worker_survives_pg_terminate_backend(store: PgmqStore, pgmq_url: str, queue: str) -> None:
     backend = store.backend(queue, codec=JsonCodec())
     done: list[int] = []

@@ -21,6 +21,13 @@ reached the last key first is followed by the walk from the first key (the claim
 second trip; a claim still short after them reads its state (`limit_state`) and goes on as
 `claim_steps` asks, its first turns answered from the rows they sent.
 
+Under a keyed concurrency alone, a claim first scans the keys' tasks interleaved (migration
+0009, `limit_scan`: every key's first waiting task, then every key's second; one range scan, as
+the ordinary claim's, instead of two lookups a key), taking and claiming them in its round trip
+the same way (`scan_params`, `scanned`); a scan that came short leaves the rest of the claim to
+the walk, and the worker's next claims walk until a walk fills one (the keys with room are then
+few, or their tasks not numbered: the scan would only be read in vain first).
+
 Before, a turn was two statements (`limit_keys_*`, then `limit_heads` for the keys with room),
 two round trips per turn of a claim whose few round trips bound a drain at full speed; and
 until session 11 a claim was two round trips: the lock, the state and the first turn; the
@@ -34,7 +41,10 @@ from typing import Any
 
 from apalis_cli.fleet.claim import Turn, Turned
 
-__all__ = ["account", "walk_length"]
+__all__ = ["account", "scan_params", "scanned", "walk_length"]
+
+SCAN_WINDOW_EXTRA = 64
+"""Entries `limit_scan` reads beyond twice the claim (keys at their limit, tasks not due)."""
 
 
 def walk_length(ask: Turn) -> int:
@@ -70,3 +80,21 @@ def account(ask: Turn, length: int, rows: Sequence[Sequence[Any]], key_at: int) 
         ended=len(taken) < ask.count and len(rows) < length,  # the walk ran out of keys
         wake_tat=wake_tat,
     )
+
+
+def scan_params(queue: str, want: int, cap: int) -> dict[str, Any]:
+    """The parameters of `limit_scan` for a claim of `want` under a per-key concurrency `cap`:
+    a window of twice the claim and `SCAN_WINDOW_EXTRA` entries, and up to an eighth more rows
+    locked than it takes (a key met twice in the window takes its room once)."""
+    return {
+        "queue": queue,
+        "count": want,
+        "cap": cap,
+        "window": 2 * want + SCAN_WINDOW_EXTRA,
+        "lock": want + want // 8 + 2,
+    }
+
+
+def scanned(rows: Sequence[Sequence[Any]], key_at: int) -> list[Sequence[Any]]:
+    """The rows `limit_scan` took (task columns, then the key at `key_at`, then whether taken)."""
+    return [row for row in rows if row[key_at + 1]]

@@ -89,7 +89,18 @@ class LimitedClaims:
     `decode` makes a task of a row the claim statements return (the key, where a statement
     adds it, cut off first): `task_from_row` for the SQL stores' tasks table."""
 
-    __slots__ = ("_blocked", "_db", "_decode", "_keyless", "_queue", "_timers", "_whole", "stopped", "workers")
+    __slots__ = (
+        "_blocked",
+        "_db",
+        "_decode",
+        "_keyless",
+        "_queue",
+        "_timers",
+        "_walking",
+        "_whole",
+        "stopped",
+        "workers",
+    )
 
     def __init__(
         self,
@@ -107,6 +118,9 @@ class LimitedClaims:
         self._blocked: dict[str, frozenset[str]] = {}
         """By worker, the keys at their concurrency after its last claim: the first turn, sent
         before the claim reads which are, walks past as many in its range (`walk_length`)."""
+        self._walking: set[str] = set()
+        """Workers whose last scan of the keys' tasks interleaved (MySQL's `limit_scan`) came
+        short: their claims walk the keys until a walk fills one."""
         self._whole = db.whole_claims
         self.stopped: set[str] = set()
         """Workers that claimed within limits here and stopped polling: the slots their last
@@ -120,6 +134,7 @@ class LimitedClaims:
             self.stopped.add(worker_id)
         self._keyless.pop(worker_id, None)
         self._blocked.pop(worker_id, None)
+        self._walking.discard(worker_id)
         timer = self._timers.pop(worker_id, None)
         if timer is not None:
             timer.cancel()
@@ -261,17 +276,35 @@ class LimitedClaims:
         read_later: Callable[[str, Mapping[str, Any]], list[Any]] | None = getattr(s, "read_later", None)
         defer: Callable[[str, Mapping[str, Any]], None] | None = getattr(s, "later", None)
         early: list[tuple[Turn, int, Rows]] = []
+        claimed: list[Task[bytes]] = []
+        scanned = False
         if walked is not None and read_later is not None and defer is not None and _whole_first_turn(limits) and want:
             finish_if = getattr(s, "finish_if", None) if _one_trip(limits, state) else None
-            early, finished = await self._early_turns(
-                walked, read_later, defer, finish_if, worker_id, want, state, extra
-            )
-            if finished:
-                return self._claimed_early(walked, worker_id, early)
+            scan_params = getattr(walked, "scan_params", None)
+            if finish_if is not None and scan_params is not None and worker_id not in self._walking:
+                # Under a keyed concurrency alone: the keys' tasks interleaved, one range scan
+                # (`limit_scan`); where it came short, the rest as below, walking the keys.
+                cap = limits.concurrency
+                assert cap is not None
+                defer("limit_scan_start", {})
+                scan = read_later("limit_scan", {**extra, **scan_params(queue, want, cap)})
+                defer("limit_marked", {"worker": worker_id})  # the rows it took, claimed
+                finished = await finish_if("limit_claim_full", {"count": want})
+                claimed = [decode(_as_claimed(row, worker_id)[:_TURN_KEY]) for row in walked.scanned(scan, _TURN_KEY)]
+                if finished:
+                    return self._claimed_scanned(walked, worker_id, scan, claimed, state.after)
+                self._walking.add(worker_id)
+                scanned, want = True, want - len(claimed)
+            else:
+                early, finished = await self._early_turns(
+                    walked, read_later, defer, finish_if, worker_id, want, state, extra
+                )
+                if finished:
+                    return self._claimed_early(walked, worker_id, early)
         rows = await s.fetch("limit_state", {"queue": queue})
         now, paused, queue_tat, keyless_tat = float(rows[0][0]), bool(rows[0][1]), rows[0][2], rows[0][3]
-        if paused:
-            return [], None, now  # a paused queue hands out nothing (apalis_cli.control)
+        if paused:  # a paused queue hands out nothing (apalis_cli.control); a scan's, taken before
+            return claimed, None, now
         running: dict[str | None, int] = {row[4]: int(row[5]) for row in rows if row[5] is not None}
         for ask, length, walk in early:
             # The early turns' heads were claimed before this read (`limit_marked`): counted here
@@ -284,7 +317,6 @@ class LimitedClaims:
             rates[QUEUE_RATE] = float(queue_tat)
         if keyless_tat is not None:
             rates[rate_key(None)] = float(keyless_tat)
-        claimed: list[Task[bytes]] = []
 
         async def later(name: str, params: Mapping[str, Any]) -> None:
             """A write whose answer the claim needs not: sent with the next statement or the
@@ -381,6 +413,8 @@ class LimitedClaims:
             after=state.after,
             turn=turn if walked is not None else None,
         )
+        if not scanned and done.claimed >= want:
+            self._walking.discard(worker_id)  # the keys with room are many again: scan first
         if done.rates:
             await later("limit_rates_set", {"queue": queue, "rates": json.dumps(list(done.rates.items()))})
         if (state.claims + 1) % _FORGET_EVERY == 0:
@@ -432,6 +466,16 @@ class LimitedClaims:
                 return sent, False
             count, seen = ask.count - len(turned.taken), ask.scan - turned.seen
             ask = Turn(None, ask.after, count, seen, guess, 0.0, ask.ahead)  # round again up to where it began
+
+    def _claimed_scanned(
+        self, walked: Any, worker_id: str, rows: Rows, claimed: list[Task[bytes]], after: str | None
+    ) -> tuple[list[Task[bytes]], ClaimRound | None, float]:
+        """What a claim whose scan (`limit_scan`) took all it asked for claimed (the server
+        committed it). A walk's next claim guesses the keys at their limit from those it took."""
+        if len(claimed) > 1:
+            claimed.sort(key=lambda t: (-t.ctx.priority, t.ctx.run_at, t.id))
+        self._blocked[worker_id] = frozenset(row[_TURN_KEY] for row in walked.scanned(rows, _TURN_KEY))
+        return claimed, ClaimRound(claimed=len(claimed), after=after), time.time()
 
     def _claimed_early(
         self, walked: Any, worker_id: str, turns: list[tuple[Turn, int, Rows]]

@@ -30,7 +30,7 @@ from apalis_pgmq import PgmqStore
 from apalis_postgres import PostgresStore
 from apalis_redis import RedisStore
 from apalis_rsmq import RsmqStore
-from apalis_sql import SqlQueue
+from apalis_sql import SqlQueue, load_migrations
 from apalis_sqlite import SqliteStore
 
 from ..conformance.stores.mysql import admin_execute
@@ -106,6 +106,29 @@ async def controls_after_migration(queue: SqlQueue) -> None:
 def make_mysql_store(url: str, **options: Any) -> MysqlStore:
     """An unopened store in the database of `url`."""
     return MysqlStore.from_spec(StoreSpec(name="t", kind="mysql", url=url, options=options))
+
+
+async def mysql_schema_of_version(url: str, version: int) -> None:
+    """The tables of schema `version` (prefix `apalis_`) in the database of `url`, as a daemon of
+    that version left them: its migrations applied and recorded, no later one."""
+    names = {"prefix": "apalis_", "now": "UNIX_TIMESTAMP(NOW(6))", "columns": "", "bulk_where": ""}
+    await admin_execute(
+        url,
+        "CREATE TABLE apalis_schema_version (version INT NOT NULL PRIMARY KEY,"
+        " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB",
+    )
+    for migration in load_migrations("apalis_mysql", names):
+        if migration.version > version:
+            continue
+        body = "\n".join(line for line in migration.sql.splitlines() if not line.strip().startswith("--"))
+        for statement in (part.strip() for part in body.split(";")):
+            if statement:
+                await admin_execute(url, statement)
+        await admin_execute(
+            url,
+            "INSERT INTO apalis_schema_version VALUES (%s, %s, UNIX_TIMESTAMP())",
+            (migration.version, migration.name),
+        )
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from apalis_sql import load_migrations
 
 from ..conformance.stores.mysql import admin_connect, admin_execute
 from ..services import need_server
-from .conftest import controls_after_migration, make_mysql_store
+from .conftest import controls_after_migration, make_mysql_store, mysql_schema_of_version
 
 
 async def test_only_the_named_lock_holder_sweeps(mysql_url: str, mysql_store: MysqlStore) -> None:
@@ -199,24 +199,7 @@ async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(
 async def test_a_database_of_an_earlier_version_gains_the_control_plane_and_keeps_its_tasks(mysql_url: str) -> None:
     """A database made before the control plane (schema version 2) is migrated on open: its
     pending task can be cancelled (a status longer than the old column), its queue paused."""
-    names = {"prefix": "apalis_", "now": "UNIX_TIMESTAMP(NOW(6))", "columns": "", "bulk_where": ""}
-    await admin_execute(
-        mysql_url,
-        "CREATE TABLE apalis_schema_version (version INT NOT NULL PRIMARY KEY,"
-        " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB",
-    )
-    for migration in load_migrations("apalis_mysql", names):
-        if migration.version > 2:
-            continue
-        body = "\n".join(line for line in migration.sql.splitlines() if not line.strip().startswith("--"))
-        for statement in (part.strip() for part in body.split(";")):
-            if statement:
-                await admin_execute(mysql_url, statement)
-        await admin_execute(
-            mysql_url,
-            "INSERT INTO apalis_schema_version VALUES (%s, %s, UNIX_TIMESTAMP())",
-            (migration.version, migration.name),
-        )
+    await mysql_schema_of_version(mysql_url, 2)
     await admin_execute(
         mysql_url,
         "INSERT INTO apalis_tasks (id, queue, payload, status, run_at, created_at)"

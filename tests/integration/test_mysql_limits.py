@@ -16,20 +16,26 @@ from apalis_cli.fleet import FleetLimits
 from apalis_cli.polling import woken
 from apalis_cli.service import Outcome
 from apalis_cli.sink import new_task
-from apalis_mysql import MysqlStore
+from apalis_mysql import MysqlStore, turns
 from apalis_mysql.locked import LockedSession
 
-from .conftest import make_mysql_store
+from ..conformance.stores.mysql import admin_execute
+from .conftest import make_mysql_store, mysql_schema_of_version
 
 ONE_PER_KEY = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
 HEARD_WITHIN = 20.0
 """Below the listener's sleep (30 s): only a signal wakes it before then."""
 
 
-def context(worker_id: str, slots: int, **settings: Any) -> WorkerContext:
-    return WorkerContext(
-        id=worker_id, name=worker_id, queue="q", free_slots=lambda: slots, limits=ONE_PER_KEY, **settings
+def context(worker_id: str, slots: int, limits: FleetLimits = ONE_PER_KEY, **settings: Any) -> WorkerContext:
+    return WorkerContext(id=worker_id, name=worker_id, queue="q", free_slots=lambda: slots, limits=limits, **settings)
+
+
+async def running_by_key(url: str, prefix: str = "apalis_") -> dict[str, int]:
+    rows = await admin_execute(
+        url, f"SELECT limit_key, COUNT(*) FROM {prefix}tasks WHERE status = 'running' GROUP BY limit_key"
     )
+    return {str(key): int(n) for key, n in rows}
 
 
 async def _listening(store: MysqlStore) -> Any:
@@ -245,6 +251,7 @@ async def test_a_keyed_claim_that_runs_out_of_keys_wraps_round_and_commits_in_it
         trips.append(1)
         return await send(session, last)
 
+    monkeypatch.delattr(turns, "scan_params")  # a worker that walks (its last scan came short)
     stream = q.poll_compact(context("w1", slots=3))
     try:
         first = [await anext(stream) for _ in range(3)]  # a, b and c: the walk stops after c
@@ -294,3 +301,90 @@ async def test_a_keyed_claim_that_did_not_get_the_lock_commits_nothing(mysql_sto
     assert freed.is_set(), "claimed before the lock was free"
     assert sorted(json.loads(t.args)["account"] for t in got if t is not None) == ["a", "b", "c"]
     assert [t.ctx.attempts for t in got if t is not None] == [1, 1, 1]
+
+
+async def test_a_keyed_claims_scan_takes_a_key_met_twice_in_its_window_once_under_a_limit_of_one(
+    mysql_store: MysqlStore, mysql_url: str
+) -> None:
+    """The scan of the keys' tasks interleaved (every key's first task, then every key's second)
+    meets a key once a place: a claim wanting more than there are keys with room meets each
+    key again, and takes one task of each under a concurrency of 1, however many it met."""
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    for key in ("a", "b"):
+        await q.push_bulk([{"account": key, "n": n} for n in range(3)], limit_key=key)
+    stream = q.poll_compact(context("w1", slots=5))
+    try:
+        assert await anext(stream) is not None
+        assert await running_by_key(mysql_url) == {"a": 1, "b": 1}
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_keyed_claims_scan_leaves_a_key_the_room_its_running_tasks_leave_it(
+    mysql_store: MysqlStore, mysql_url: str
+) -> None:
+    """Under a concurrency of 2 a key, one task of which another worker runs, has room for one
+    more: a claim that meets it three times in its scan takes one of them, and two of a key
+    with none running."""
+    two = FleetLimits(key="account", concurrency=2, keyed_concurrency=True)
+    q = mysql_store.backend("q", codec=JsonCodec(), max_attempts=1)
+    for key in ("a", "b"):
+        await q.push_bulk([{"account": key, "n": n} for n in range(4)], limit_key=key)
+    holder = q.poll_compact(context("w0", slots=1, limits=two))
+    try:
+        held = await anext(holder)
+        assert held is not None
+        assert json.loads(held.args)["account"] == "a"
+        stream = q.poll_compact(context("w1", slots=6, limits=two))
+        try:
+            assert await anext(stream) is not None
+            assert await running_by_key(mysql_url) == {"a": 2, "b": 2}
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await holder.aclose()  # type: ignore[attr-defined]
+
+
+async def test_keyed_tasks_of_a_database_before_the_interleaved_scan_are_numbered_and_claimed_by_it(
+    mysql_url: str, monkeypatch: Any
+) -> None:
+    """A database of schema version 8 is migrated on open: the keyed tasks waiting in it are
+    numbered within their keys (a running one first), and so is a task pushed afterwards by a
+    daemon of version 8 (its insert names no number: the trigger gives it); a claim behind the
+    key at its limit takes the other keys' tasks, each key's first one, in one round trip."""
+    await mysql_schema_of_version(mysql_url, 8)
+    insert = (
+        "INSERT INTO apalis_tasks (id, queue, payload, status, run_at, created_at, limit_key, lock_by, lock_at)"
+        " VALUES (%s, 'q', %s, %s, UNIX_TIMESTAMP() - %s, UNIX_TIMESTAMP(), %s, %s, %s)"
+    )
+    await admin_execute(mysql_url, insert, ("a0", '{"account": "a"}', "running", 9, "a", "w0", 0))
+    for n, key in enumerate(("a", "a", "b", "b", "c"), start=1):
+        row = (f"{key}{n}", json.dumps({"account": key}), "pending", 6 - n, key, None, None)
+        await admin_execute(mysql_url, insert, row)
+    store = make_mysql_store(mysql_url)
+    await store.open()
+    try:
+        assert 9 in store.migrations_applied
+        await admin_execute(mysql_url, insert, ("d9", '{"account": "d"}', "pending", 0, "d", None, None))
+        numbers = await admin_execute(mysql_url, "SELECT id, limit_seq FROM apalis_tasks ORDER BY id")
+        seq = {str(i): n for i, n in numbers}
+        assert seq == {"a0": 1, "a1": 2, "a2": 3, "b3": 1, "b4": 2, "c5": 1, "d9": 1}
+        trips: list[int] = []
+        send = LockedSession._send
+
+        async def counted(session: LockedSession, last: list[str]) -> Any:
+            trips.append(1)
+            return await send(session, last)
+
+        monkeypatch.setattr(LockedSession, "_send", counted)
+        q = store.backend("q", codec=JsonCodec(), max_attempts=1)
+        stream = q.poll_compact(context("w1", slots=3))
+        try:
+            got = [await anext(stream) for _ in range(3)]
+            claimed_in = len(trips)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+    assert sorted(t.id for t in got if t is not None) == ["b3", "c5", "d9"]
+    assert claimed_in == 1, f"{claimed_in} round trips"

@@ -7,6 +7,11 @@ claim's tasks done (`ack_done`, as the worker's acknowledgement) and claim the n
         .venv/bin/python -m bench.claimpath_sqlite run /tmp/a.db --transactions 20
     (the same with --transactions 100; the instructions a task are the difference / (80 x want))
 
+`--mode keyed` (fill and run) spreads the tasks over `--keys` keys and claims them through the
+limited claim (`claim_limited`) at a concurrency of one a key, as `bench.limits`' keyed drain;
+`--mode saturated` also pushes `--hot` tasks of one key first, at a higher priority, and leaves
+one of them running for good, as its saturated drain.
+
 The statements are this tree's (`apalis_sqlite/sql`), run on a file `fill` made with this tree's
 migrations through the store itself; run from another tree (PYTHONPATH) to measure its
 statements on the same file. The instructions of two runs that differ only in their number of
@@ -20,11 +25,15 @@ import argparse
 import asyncio
 import sqlite3
 import time
+from typing import Any
 
 from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
+from apalis_cli.fleet import FleetLimits, KeyedClaims
+from apalis_cli.sink import new_task
 from apalis_sql import load_queries
 from apalis_sqlite import SqliteStore
+from apalis_sqlite.limits import claim_limited
 
 __all__ = ["main"]
 
@@ -32,18 +41,35 @@ _QUEUE = "claims"
 _WORKER = "w-claimpath"
 
 
-async def _fill(path: str, tasks: int) -> None:
+_MODES = ("plain", "keyed", "saturated")
+_LIMITS = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
+
+
+async def _fill(path: str, tasks: int, mode: str, keys: int, hot: int) -> None:
     store = SqliteStore.from_spec(StoreSpec(name="b", kind="sqlite", url=f"sqlite:///{path}", options={}))
     await store.open()
     try:
-        queue = store.backend(_QUEUE, codec=JsonCodec())
-        for start in range(0, tasks, 1000):
-            await queue.push_bulk([{"n": n} for n in range(start, min(start + 1000, tasks))])
+        queue: Any = store.backend(_QUEUE, codec=JsonCodec())
+        if mode == "plain":
+            for start in range(0, tasks, 1000):
+                await queue.push_bulk([{"n": n} for n in range(start, min(start + 1000, tasks))])
+            return
+        pushes = [("hot", 5)] * (hot if mode == "saturated" else 0) + [(f"k{n % keys}", 0) for n in range(tasks)]
+        for start in range(0, len(pushes), 1000):
+            chunk = pushes[start : start + 1000]
+            await queue.enqueue([new_task(b"{}", default_max_attempts=1, limit_key=k, priority=p) for k, p in chunk])
     finally:
         await store.close()
+    if mode == "saturated":  # one hot task runs for good: its key is at its limit throughout
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(
+            "UPDATE apalis_tasks SET status = 'running', lock_by = 'w-hot' WHERE rowid ="
+            " (SELECT min(rowid) FROM apalis_tasks WHERE limit_key = 'hot')"
+        )
+        conn.close()
 
 
-def _run(path: str, transactions: int, want: int) -> int:
+def _run(path: str, transactions: int, want: int, mode: str) -> int:
     """Run the loop; the tasks claimed."""
     queries = load_queries("apalis_sqlite", {"prefix": "apalis_"})
     conn = sqlite3.connect(path, isolation_level=None)
@@ -52,13 +78,18 @@ def _run(path: str, transactions: int, want: int) -> int:
     conn.execute("PRAGMA synchronous = NORMAL")
     claimed: list[str] = []
     total = 0
+    limited = KeyedClaims(_LIMITS)
     for _ in range(transactions):
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         if claimed:
             conn.executemany(queries.ack_done, [(None, now, task_id, _WORKER) for task_id in claimed])
-        params = {"queue": _QUEUE, "worker": _WORKER, "now": now, "limit": want}
-        claimed = [row[0] for row in conn.execute(queries.claim, params).fetchall()]
+        if mode == "plain":
+            params = {"queue": _QUEUE, "worker": _WORKER, "now": now, "limit": want}
+            rows = conn.execute(queries.claim, params).fetchall()
+        else:
+            rows = claim_limited(conn, queries, _QUEUE, _WORKER, want, now, limited)
+        claimed = [row[0] for row in rows]
         conn.execute("COMMIT")
         total += len(claimed)
     conn.close()
@@ -73,11 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--transactions", type=int, default=100)
     parser.add_argument("--want", type=int, default=50)
+    parser.add_argument("--mode", choices=_MODES, default="plain")
+    parser.add_argument("--keys", type=int, default=500)
+    parser.add_argument("--hot", type=int, default=20_000)
     args = parser.parse_args(argv)
     if args.what == "fill":
-        asyncio.run(_fill(args.path, args.tasks))
+        asyncio.run(_fill(args.path, args.tasks, args.mode, args.keys, args.hot))
     else:
-        print(f"claimed {_run(args.path, args.transactions, args.want)}")
+        print(f"claimed {_run(args.path, args.transactions, args.want, args.mode)}")
 
 
 if __name__ == "__main__":

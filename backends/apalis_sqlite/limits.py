@@ -83,10 +83,14 @@ def claim_limited(
     def take_heads(keys: Sequence[str]) -> dict[str, int]:
         walked()
         chosen = [heads[key] for key in keys]
-        if None in chosen:
-            got = conn.execute(q.claim_heads, {**params, "keys": json.dumps(list(keys))}).fetchall()
-        else:
+        if None not in chosen:
             got = conn.execute(q.claim_rows, {**params, "rows": json.dumps(chosen)}).fetchall()
+            rows.extend(got)
+            # Each row was its key's first waiting task, read by the walk in this same write
+            # transaction: every one is claimed. Were one not, its key would count a start it
+            # did not make: this claim would start fewer, never more than the limits allow.
+            return dict.fromkeys(keys, 1)
+        got = conn.execute(q.claim_heads, {**params, "keys": json.dumps(list(keys))}).fetchall()
         taken: dict[str, int] = {}
         for row in got:
             rows.append(row[:-1])

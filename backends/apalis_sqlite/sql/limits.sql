@@ -45,12 +45,13 @@ SELECT key, rid, run_at FROM keys;
 
 -- name: claim_rows
 -- The rows in :rows (a JSON array of rowids: the walk's first tasks of the chosen keys, all due),
--- claimed by rowid, not looked up again by key and by id. Columns as claim_heads'.
+-- claimed by rowid, not looked up again by key and by id. Columns in TASK_COLUMNS order, without
+-- the key: the claim knows each row's key from its walk.
 UPDATE {prefix}tasks
 SET status = 'running', attempts = attempts + 1, lock_by = :worker, locked_at = :now
 WHERE rowid IN (SELECT value FROM json_each(:rows)) AND status IN ('pending', 'failed')
 RETURNING id, queue, payload, status, attempts, max_attempts, run_at, priority, idempotency_key, meta,
-    lock_by, last_error, result, created_at, done_at, limit_key;
+    lock_by, last_error, result, created_at, done_at;
 
 -- name: claim_heads
 -- The first ready task of each key in :keys (a JSON array), in one statement (where the first

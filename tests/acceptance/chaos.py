@@ -1,8 +1,9 @@
 """Helpers of the reliability (chaos) acceptance tests: a backend table per kind with its own
 namespace, a handler that records each run with O_APPEND, and bounded waits.
 
-Every run of a task appends one line `<n> <pid>` to `runs.log` in the test's directory, so how
-many times each task ran is read from outside the daemons, whatever the store can report. A task
+Every run of a task appends one line `<n> <pid> <time>` to `runs.log` in the test's directory,
+so how many times each task ran (and when, for a failure's message) is read from outside the
+daemons, whatever the store can report. A task
 pushed with `hold` ends only once the test removes the file `hold` from its directory.
 """
 
@@ -49,7 +50,7 @@ def record(args):
     # One write(2) with O_APPEND: lines of concurrent processes never interleave.
     fd = os.open("runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{args['n']} {os.getpid()}\\n".encode())
+        os.write(fd, f"{args['n']} {os.getpid()} {time.time():.3f}\\n".encode())
     finally:
         os.close(fd)
     if args.get("sleep"):
@@ -179,15 +180,20 @@ def runs(apalis: Apalis) -> collections.Counter[int]:
 
 def run_lines(apalis: Apalis) -> list[tuple[int, int]]:
     """Every `(n, pid)` line of `runs.log`, in order."""
+    return [(n, pid) for n, pid, _ in timed_run_lines(apalis)]
+
+
+def timed_run_lines(apalis: Apalis) -> list[tuple[int, int, float]]:
+    """Every `(n, pid, time)` line of `runs.log`, in order."""
     log = apalis.cwd / "runs.log"
     text = log.read_text() if log.exists() else ""
     # Handlers append while this reads: a last line without its newline is still being written.
     complete = text[: text.rfind("\n") + 1]
-    pairs = []
+    lines = []
     for line in complete.splitlines():
-        n, pid = line.split()
-        pairs.append((int(n), int(pid)))
-    return pairs
+        n, pid, at = line.split()
+        lines.append((int(n), int(pid), float(at)))
+    return lines
 
 
 def wait_for(

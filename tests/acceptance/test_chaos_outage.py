@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .chaos import (
     push_numbers,
     run_lines,
     stop,
+    timed_run_lines,
     wait_for,
     worker_table,
 )
@@ -120,6 +122,7 @@ def _run(apalis: Apalis, backend: Backend, restart: Callable[[], None]) -> None:
             timeout=120,
             daemons=daemons,
         )
+        killed_at = time.time()
         kill(victim)
         restart()
         back_at = len(run_lines(apalis))
@@ -149,7 +152,8 @@ def _run(apalis: Apalis, backend: Backend, restart: Callable[[], None]) -> None:
         f" {sum(k - 1 for k in of_live.values())} extra runs of tasks the live daemons had run"
     )
     if backend.kind in OWNED_LEASES:
-        assert not of_live, f"tasks of live daemons ran again after the restart: {sorted(of_live)[:20]}"
+        logged = dict(zip((d.pid for d in survivors), errors, strict=True))
+        assert not of_live, _twice(apalis, of_live, killed_at, victim.pid, logged)
         assert all(k == 2 for k in again.values()), again
 
     stats = apalis("stats", "--json")
@@ -158,3 +162,18 @@ def _run(apalis: Apalis, backend: Backend, restart: Callable[[], None]) -> None:
     assert not row.get("killed"), row
     if row.get("done") is not None:
         assert row["done"] == N, row
+
+
+def _twice(apalis: Apalis, of_live: dict[int, int], killed_at: float, victim: int, errors: dict[int, str]) -> str:
+    """The message of a failure where live daemons' tasks ran again: when each ran and where
+    (seconds from the first run; the fault's time), and what the live daemons logged, to tell a
+    sweep before the fault (a live daemon's beats late) from one after it."""
+    lines = timed_run_lines(apalis)
+    start = min(at for _, _, at in lines)
+    shown = sorted(of_live)[:12]
+    when = {n: [(pid, round(at - start, 2)) for m, pid, at in lines if m == n] for n in shown}
+    logged = "\n".join(f"daemon {pid}: {err[-1500:]}" for pid, err in errors.items())
+    return (
+        f"tasks of live daemons ran again after the restart: {sorted(of_live)[:20]}; fault at"
+        f" {killed_at - start:.2f} s (victim {victim}); runs (pid, s): {when}\n{logged}"
+    )

@@ -317,13 +317,19 @@ async def test_tasks_a_store_starts_at_once_never_take_the_worker_past_its_concu
         if args == "c":
             ended.set()
 
-    worker, _ = make_worker(queue, handler, concurrency=2, poll_interval=30.0)
+    idle = asyncio.Event()
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, Idle):
+            idle.set()
+
+    worker = Worker(name="w", backend=queue, handler=handler, on_event=[on_event], concurrency=2, poll_interval=30.0)
     stop = asyncio.Event()
     run = asyncio.create_task(worker.run(stop))
     try:
         async with asyncio.timeout(10):
-            await asyncio.sleep(0.05)  # idle: its stream waits for a wake-up
-            ids = await queue.push_bulk(["a", "b", "c"])  # wakes the stream
+            await idle.wait()  # its stream waits for a wake-up (not a guessed sleep: a loaded
+            ids = await queue.push_bulk(["a", "b", "c"])  # machine starts it late); wakes it
             handed = [row.task(queue.queue) for row in queue._claim(worker.context.id, 2)]
             assert [worker.context.start(task) for task in handed] == [True, True]
             assert worker.context.start(handed[0]) is False  # no slot left: the store keeps it

@@ -67,7 +67,8 @@ BULK_WHERE = """queue = %(queue)s AND status IN %(statuses)s
 """The filter of every bulk statement: statuses, since/until on the last change, an error's
 substring in any case, and (`fresh`) only tasks not asked to cancel before."""
 _INSERT_ROW = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, %s, {NOW})"
-_INSERT_ROW_KEYED = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, %s, {NOW}, %s)"
+_INSERT_ROW_KEYED = f"(%s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, %s, {NOW}, %s, %s)"
+_KEYED_ARGS = 11  # parameters of a row of `_INSERT_ROW_KEYED`, its number last
 _CHUNK_BYTES = 4 * 1024 * 1024  # stay well under the server's default max_allowed_packet (16 MiB)
 # Lost connection, server gone, shutdown in progress, connection killed, lock wait/deadlock.
 _TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2014, 2055}
@@ -423,7 +424,7 @@ class Database:
             if handed is not None:
                 return handed
         inserted = 0
-        keyed = any(t.limit_key is not None for t in tasks)  # then with each task's limit key
+        keyed = any(t.limit_key is not None for t in tasks)  # then with each task's key and number
         statement, row = (self.sql["insert_keyed"], _INSERT_ROW_KEYED) if keyed else (self.sql["insert"], _INSERT_ROW)
         for chunk in _chunks(tasks):
             args: list[Any] = []
@@ -431,14 +432,39 @@ class Database:
                 args += (t.id, queue, t.payload, t.max_attempts, t.run_at, t.priority, t.idempotency_key)
                 args += (encode_meta(t.meta), t.waited)
                 if keyed:
-                    args.append(t.limit_key)
+                    args += (t.limit_key, None)  # its number: `_insert_numbered`
             query = statement.replace("{rows}", ", ".join([row] * len(chunk)))
             # Affected rows count inserts only (asyncmy sets no CLIENT_FOUND_ROWS): a skipped
             # duplicate counts 0, so a shortfall means some id or key was already there.
-            inserted += await self.run(functools.partial(_execute, query=query, params=args))
+            if keyed:
+                inserted += await self.run(functools.partial(self._insert_numbered, queue, chunk, query, args))
+            else:
+                inserted += await self.run(functools.partial(_execute, query=query, params=args))
         if inserted:
             self.beside.wake(self._queue_tag(queue))
         return inserted
+
+    async def _insert_numbered(
+        self, queue: str, chunk: Sequence[NewTask], query: str, args: list[Any], conn: Conn
+    ) -> int:
+        """Insert a chunk with keys (`insert_keyed`), each keyed task numbered within its key
+        (migration 0009): the key's next number as `limit_numbers` reads it, plus the task's place
+        among the chunk's tasks of its key. Two pushes of one key at once may share a number,
+        which only puts their tasks side by side."""
+        keys = list(dict.fromkeys(t.limit_key for t in chunk if t.limit_key is not None))
+        if not keys:  # a chunk of a keyed batch's tasks without a key
+            return await _execute(conn, query, args)
+        lookup = self.sql["limit_numbers"].replace("{keys}", ", ".join(["%s"] * len(keys)))
+        found = {key: seq for key, seq in await _fetch(conn, lookup, [queue, *keys, queue])}
+        first = found.pop(None, None)
+        places: dict[str, int] = {}
+        for at, t in enumerate(chunk):
+            if t.limit_key is not None:
+                place = places.get(t.limit_key, 0)
+                places[t.limit_key] = place + 1
+                start = found.get(t.limit_key)
+                args[at * _KEYED_ARGS + _KEYED_ARGS - 1] = int(start if start is not None else first or 1) + place
+        return await _execute(conn, query, args)
 
     async def _hand(self, queue: str, task: NewTask) -> int | None:
         """Push one task, claimed for the most recently listed idle worker if there is one

@@ -15,38 +15,36 @@
 -- every index). The key is in the index, so the scan reads no row for an entry it passes over;
 -- run_at is not (it would move the entry of a keyless task retried): it is checked on the row.
 --
--- The number is given at insert by a trigger, so every insert path numbers, a daemon's of the
--- previous version too (its pushes are claimed by the scan of the new ones; its own claims walk
--- the keys as before and never read the number). A row-level trigger of a multi-row insert sees
--- the rows its statement inserted before (the transaction's own). It takes no lock: two pushes
--- of one key at once may share a number, which only puts their tasks side by side. Both lookups
--- are answered by the optimizer from one index dive ("Select tables optimized away"): the key's
--- highest waiting number from `tasks_ready_keys`, which gains `ready_seq` as its last column
--- (its entries change exactly when `ready_key`'s do, so no write pays more; the walk's loose
--- index scan on its first two columns is unchanged, and the index keeps its name, which the
--- walks of daemons of the previous version name), and the queue's first waiting number from
--- `tasks_ready_by_seq`, looked up only for a key with nothing waiting. The key's last task found
--- by an ordered scan of `tasks_ready_by_key` with a LIMIT cost ~30 us of server CPU a keyed push
--- (a trigger setting a constant costs nothing measurable): planned at every row. Within a key
--- the scan takes tasks in push order, not priority order. A task ready again (retry, recovery,
--- release) keeps its number; a pending task given another key by a unique push's replace keeps
--- its number too (its place, under its new key).
+-- The number is given by our own inserts (`insert_keyed` from `limit_numbers`, read just before
+-- it; `unique_insert`; `unique_replace` for a task that gains a key), not by a trigger: with
+-- binary logging on (replication, point-in-time backups, RDS) creating or dropping a trigger or a
+-- stored routine needs SUPER, which the database's own user seldom has, and the migration failed
+-- there. The lookups are index dives: the key's highest waiting number from `tasks_ready_keys`, which gains `ready_seq` as its last column (its entries change
+-- exactly when `ready_key`'s do, so no write pays more; the walk's loose index scan on its first
+-- two columns is unchanged, and the index keeps its name, which the walks of daemons of the
+-- previous version name), and the queue's first waiting number from `tasks_ready_by_seq`, looked
+-- up only for a key with nothing waiting; a batch numbers a key's tasks on from there in its
+-- order. It takes no lock: two
+-- pushes of one key at once may share a number, which only puts their tasks side by side. Within
+-- a key the scan takes tasks in push order, not priority order. A task ready again (retry,
+-- recovery, release) keeps its number; a pending task given another key by a unique push's
+-- replace keeps its number too (its place, under its new key).
+--
+-- A daemon of the previous version pushes keyed tasks without a number (`ready_seq` NULL): the
+-- scan never reads them, the walk does; the sweep numbers them (`recover`, `number_stragglers`)
+-- so that a scan that keeps filling its claims does not pass them over for good.
+--
+-- Re-runnable: a first try that failed at the trigger (before this change) left the ALTER made.
 ALTER TABLE {prefix}tasks
     ADD COLUMN IF NOT EXISTS limit_seq BIGINT NULL,
     ADD COLUMN IF NOT EXISTS ready_seq BIGINT
         AS (IF(status IN ('pending', 'failed') AND limit_key IS NOT NULL, limit_seq, NULL)) PERSISTENT,
     DROP KEY {prefix}tasks_ready_keys,
     ADD KEY {prefix}tasks_ready_keys (queue, ready_key, ready_seq),
-    ADD KEY {prefix}tasks_ready_by_seq (queue, ready_seq, limit_key);
+    ADD KEY IF NOT EXISTS {prefix}tasks_ready_by_seq (queue, ready_seq, limit_key);
 
-CREATE TRIGGER IF NOT EXISTS {prefix}tasks_limit_number BEFORE INSERT ON {prefix}tasks FOR EACH ROW
-SET NEW.limit_seq = IF(NEW.limit_key IS NULL OR NEW.limit_seq IS NOT NULL, NEW.limit_seq, COALESCE(
-    (SELECT MAX(d.ready_seq) + 1 FROM {prefix}tasks AS d WHERE d.queue = NEW.queue AND d.ready_key = NEW.limit_key),
-    (SELECT MIN(d.ready_seq) FROM {prefix}tasks AS d WHERE d.queue = NEW.queue),
-    1));
-
--- The tasks with a key already here (and any a daemon pushed before the trigger existed),
--- numbered within their key in the order the walk took them, running ones first.
+-- The tasks with a key already here, numbered within their key in the order the walk took them,
+-- running ones first.
 UPDATE {prefix}tasks AS t
 JOIN (
     SELECT d.id, ROW_NUMBER() OVER (

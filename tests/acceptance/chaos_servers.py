@@ -215,14 +215,16 @@ _MARIADB_INSTALL = ("--auth-root-authentication-method=normal", "--skip-test-db"
 
 
 @contextlib.contextmanager
-def private_mariadb(port: int) -> Iterator[PrivateServer]:
-    """A fresh MariaDB data directory (root without a password over TCP, loopback only)."""
+def private_mariadb(port: int, *, binlog: bool = False) -> Iterator[PrivateServer]:
+    """A fresh MariaDB data directory (root without a password over TCP, loopback only); with
+    `binlog`, binary logging on, as on a production server (replication, point-in-time backups)."""
     install = need_binary("mariadb-install-db")
     mariadbd = need_binary("mariadbd")
     base = owned_tmpdir("apalis-chaos-mariadb-", "mysql")
     data = base / "data"
     argv = [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}", "--bind-address=127.0.0.1"]
     argv += [f"--socket={base}/sock", f"--pid-file={base}/pid", "--user=mysql"]
+    argv += [f"--log-bin={base}/binlog", "--server-id=1"] if binlog else []
     server = PrivateServer("mariadb", argv, port, base / "server.log")
     try:
         _set_up([install, "--no-defaults", f"--datadir={data}", "--user=mysql", *_MARIADB_INSTALL])

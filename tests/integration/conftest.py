@@ -12,6 +12,8 @@ stores/`) make their stores the same way.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -57,6 +59,28 @@ def store(request: pytest.FixtureRequest) -> Store:
 
 
 # -- SQLite ------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def beating_all_along(*heartbeats: Any) -> AsyncIterator[None]:
+    """Each heartbeat stream beats all along, as a live worker's does, until the block ends;
+    then they stop and are closed."""
+    stop = asyncio.Event()
+
+    async def beats(stream: Any) -> None:
+        while not stop.is_set():
+            await anext(stream)
+
+    beating = [asyncio.ensure_future(beats(stream)) for stream in heartbeats]
+    try:
+        yield
+    finally:
+        stop.set()
+        for beat in beating:
+            beat.cancel()
+        await asyncio.gather(*beating, return_exceptions=True)
+        for stream in heartbeats:
+            await stream.aclose()
 
 
 def make_sqlite_store(base_dir: Path, url: str = "sqlite:///jobs.db", **options: Any) -> SqliteStore:

@@ -26,7 +26,7 @@ from apalis_cli.task import Status
 from apalis_mysql import MysqlStore
 
 from ..conformance.stores.mysql import admin_connect, admin_execute
-from .conftest import make_mysql_store
+from .conftest import beating_all_along, make_mysql_store
 
 STALE_AFTER = 1.0
 
@@ -228,27 +228,17 @@ async def test_a_beat_that_wakes_other_processes_does_not_wait_for_their_wake_up
     await other.open()
     w1 = queue.heartbeat(_context("w1", (running,)))
     w2 = other.backend("q", codec=JsonCodec()).heartbeat(_context("w2"))
-    stop = asyncio.Event()
-
-    async def beats(stream: Any) -> None:  # a live worker beats all along
-        while not stop.is_set():
-            await anext(stream)
-
-    beating = [asyncio.ensure_future(beats(stream)) for stream in (w1, w2)]
     try:
-        await asyncio.sleep(STALE_AFTER * 1.5)  # both have beaten for stale_after: w2's beats sweep
-        await _running_under(mysql_url, "w1", lost, STALE_AFTER * 3)  # a claim whose reply was lost
-        async with asyncio.timeout(10):
-            await held.wait()  # w1's beat gave it back, and wakes the other processes
-        await asyncio.sleep(STALE_AFTER * 2)  # the wake-up is held past stale_after; w2 sweeps
+        async with beating_all_along(w1, w2):
+            try:
+                await asyncio.sleep(STALE_AFTER * 1.5)  # both have beaten for stale_after: w2's beats sweep
+                await _running_under(mysql_url, "w1", lost, STALE_AFTER * 3)  # a claim whose reply was lost
+                async with asyncio.timeout(10):
+                    await held.wait()  # w1's beat gave it back, and wakes the other processes
+                await asyncio.sleep(STALE_AFTER * 2)  # the wake-up is held past stale_after; w2 sweeps
+            finally:
+                hold.set()
     finally:
-        stop.set()
-        hold.set()
-        for beat in beating:
-            beat.cancel()
-        await asyncio.gather(*beating, return_exceptions=True)
-        for stream in (w1, w2):
-            await stream.aclose()  # type: ignore[attr-defined]
         await other.close()
     task = await queue.get(running)
     assert task is not None

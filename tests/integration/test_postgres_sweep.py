@@ -9,7 +9,6 @@ running tasks, which then ran a second time (as MariaDB's wake-ups did, test_mys
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import psycopg
 import pytest
@@ -20,7 +19,7 @@ from apalis_postgres import PostgresStore
 from apalis_sql import queue as sql_queue
 from psycopg import sql
 
-from .conftest import make_postgres_store
+from .conftest import beating_all_along, make_postgres_store
 
 STALE_AFTER = 1.0
 
@@ -69,26 +68,16 @@ async def test_a_beat_whose_sweep_tidies_the_table_does_not_wait_for_the_vacuum(
     await other.open()
     w1 = queue.heartbeat(_context("w1", (running,)))
     w2 = other.backend("q", codec=JsonCodec()).heartbeat(_context("w2"))
-    stop = asyncio.Event()
-
-    async def beats(stream: Any) -> None:  # a live worker beats all along
-        while not stop.is_set():
-            await anext(stream)
-
-    beating = [asyncio.ensure_future(beats(stream)) for stream in (w1, w2)]
     try:
-        async with asyncio.timeout(10):
-            await held.wait()  # w1 swept (after stale_after of beats) and vacuums
-        await asyncio.sleep(STALE_AFTER * 2)  # the vacuum runs past stale_after; w2 sweeps meanwhile
-        assert vacuums == 1, "a second vacuum started while the first ran"
+        async with beating_all_along(w1, w2):
+            try:
+                async with asyncio.timeout(10):
+                    await held.wait()  # w1 swept (after stale_after of beats) and vacuums
+                await asyncio.sleep(STALE_AFTER * 2)  # the vacuum runs past stale_after; w2 sweeps meanwhile
+                assert vacuums == 1, "a second vacuum started while the first ran"
+            finally:
+                hold.set()
     finally:
-        stop.set()
-        hold.set()
-        for beat in beating:
-            beat.cancel()
-        await asyncio.gather(*beating, return_exceptions=True)
-        for stream in (w1, w2):
-            await stream.aclose()  # type: ignore[attr-defined]
         await other.close()
     task = await queue.get(running)
     assert task is not None
@@ -131,22 +120,10 @@ async def test_a_beat_whose_sweep_purges_a_backlog_does_not_wait_for_the_purge(
     await other.open()
     w1 = queue.heartbeat(_context("w1", (running,)))
     w2 = other.backend("q", codec=JsonCodec()).heartbeat(_context("w2"))
-    stop = asyncio.Event()
-
-    async def beats(stream: Any) -> None:
-        while not stop.is_set():
-            await anext(stream)
-
-    beating = [asyncio.ensure_future(beats(stream)) for stream in (w1, w2)]
     try:
-        await asyncio.sleep(STALE_AFTER * 5)  # w1 sweeps (its purge takes 2.5 stale_after), so does w2
+        async with beating_all_along(w1, w2):
+            await asyncio.sleep(STALE_AFTER * 5)  # w1 sweeps (its purge takes 2.5 stale_after), so does w2
     finally:
-        stop.set()
-        for beat in beating:
-            beat.cancel()
-        await asyncio.gather(*beating, return_exceptions=True)
-        for stream in (w1, w2):
-            await stream.aclose()  # type: ignore[attr-defined]
         await other.close()
     task = await queue.get(running)
     assert task is not None

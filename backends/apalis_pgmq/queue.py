@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -19,6 +17,7 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskId
+from apalis_sql.housekeeping import Housekeeping
 from apalis_sql.limits import LimitedClaims
 
 from .control import PgmqControl
@@ -51,7 +50,6 @@ EXHAUSTED = "its worker stopped extending its lease while running this task, and
 
 Statement = tuple[str, dict[str, Any]]
 T = TypeVar("T")
-_log = logging.getLogger(__name__)
 
 
 class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
@@ -66,7 +64,7 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
         self._as_json = codec.name == "json"
         self._waker = connection.waker(queue)
         self._limited = LimitedClaims(PgmqLimits(connection, self._sql, self._checked), queue, decode=self._claimed)
-        self._tidying: asyncio.Future[list[list[tuple[Any, ...]]]] | None = None  # `_tidy_beside`
+        self._tidying = Housekeeping("pgmq: purging after a heartbeat")  # `_tidy_beside`
 
     async def prepare(self) -> None:
         """`pgmq.create` the queue unless it exists (`apalis check`); a queue pgmq's own client
@@ -338,8 +336,6 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
         of a large archive (retention shortened) extended them that much later, and past the
         lease another worker read them and ran them a second time
         (tests/integration/test_pgmq.py). A failure is logged: tried again at a later beat."""
-        if self._tidying is not None and not self._tidying.done():
-            return
         statements: list[Statement] = [
             ("forget_stale_workers", {"stale_after": worker.stale_after}),
             ("purge_archive", {"retention": worker.retention}),
@@ -347,8 +343,7 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
             ("unique_forget", {}),
             ("forget_waits", {}),
         ]
-        self._tidying = asyncio.ensure_future(self._execute(statements, atomic=False))
-        self._tidying.add_done_callback(_tidied)
+        self._tidying.start(lambda: self._execute(statements, atomic=False))
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Write outcomes of runs whose message nobody has read since (same read_ct): done and
@@ -408,9 +403,3 @@ def _note(notes: tuple[list[int], list[int], list[str]], msg_id: int, read_ct: i
     notes[0].append(msg_id)
     notes[1].append(read_ct)
     notes[2].append(json.dumps(patch, ensure_ascii=False, separators=(",", ":")))
-
-
-def _tidied(tidying: asyncio.Future[Any]) -> None:
-    """A beat's tidy ended: a failure is logged by its type (its text may quote the server)."""
-    if not tidying.cancelled() and (exc := tidying.exception()) is not None:
-        _log.warning("pgmq: purging after a heartbeat failed: %s", type(exc).__name__)

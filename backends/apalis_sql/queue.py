@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from apalis_cli.task import Task, TaskId
 from .acks import AckPlan, plan_acks
 from .control import SqlControl
 from .database import Backlog, Handing, Rows, Session, SqlDatabase
+from .housekeeping import Housekeeping
 from .inspector import SqlInspector
 from .limits import LimitedClaims, push_unique
 from .rows import worker_params
@@ -45,7 +45,6 @@ from .rows import worker_params
 __all__ = ["CAPABILITIES", "SqlQueue"]
 
 CAPABILITIES = Capabilities(offers=frozenset({Capability.FLEET_LIMITS, Capability.UNIQUE}))
-_log = logging.getLogger(__name__)
 PURGE_BATCH = 10_000
 """The most expired tasks one statement of a purge beside the heartbeat deletes."""
 LISTED_IDLE_WAIT = 0.05
@@ -64,7 +63,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         self._limited = LimitedClaims(database, queue)
         self._releasing: set[asyncio.Future[None]] = set()  # handed tasks going back (`_handed`)
         self._waking: set[asyncio.Future[None]] = set()  # the wake-ups of beats (`_wake_beside`)
-        self._tidying: asyncio.Future[None] | None = None  # a sweep's tidy (`_tidy_beside`)
+        self._tidying = Housekeeping("tidying the tasks table after a sweep")  # `_tidy_beside`
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks (other processes woken); known keys give the existing ids."""
@@ -304,10 +303,7 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         stale_after and ran its running tasks a second time
         (tests/integration/test_postgres_sweep.py). A failure is logged: tried again after a
         later sweep."""
-        if self._tidying is not None and not self._tidying.done():
-            return
-        self._tidying = asyncio.ensure_future(self._tidy(retention))
-        self._tidying.add_done_callback(_tidied)
+        self._tidying.start(lambda: self._tidy(retention))
 
     async def _tidy(self, retention: float) -> None:
         db = self._db
@@ -366,13 +362,6 @@ def _woken(waking: asyncio.Future[None]) -> None:
     """A beat's wake-up ended: a failure (the store away, or closed meanwhile) is no loss."""
     if not waking.cancelled():
         waking.exception()
-
-
-def _tidied(tidying: asyncio.Future[None]) -> None:
-    """A sweep's tidy ended: a failure it did not report itself is logged here (by its type:
-    the store's `tidy` words its own failures without the password)."""
-    if not tidying.cancelled() and (exc := tidying.exception()) is not None:
-        _log.warning("tidying the tasks table after a sweep failed: %s", type(exc).__name__)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,9 @@ claims of `--want`, each claim's messages archived before the next claim (all do
 - `limited`: the queue's limited claim function at a concurrency of one a key, on a queue whose
   `--hot` messages of one key, sent first, wait behind one of theirs that is in flight for good
   (`bench.limits`' saturated drain), the key index made before the first claim;
+- with `--hold`, each claim's messages are archived after the next claim, not before it: each
+  claim meets ~`--want` messages in flight, as a drain at concurrency 50 does (their keys at
+  their limit, counted and passed over by the limited claim);
 - `limited:NAME`: the same with the statements of the `sql/` folder given by `--sql NAME=DIR` (a
   copy of `backends/apalis_pgmq/sql` with a change): a new version measured against the old.
 
@@ -32,12 +35,12 @@ import asyncio
 import os
 import statistics
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from apalis_pgmq.statements import claim_fn_of, key_index_of, old_key_index_of, statements_for
+from apalis_pgmq.statements import claim_fn_of, key_index_of, old_key_indexes_of, statements_for
 from apalis_sql.files import Queries, render, split_named, without_comments
 
 from .stores import open_store, prepare
@@ -60,6 +63,7 @@ class _Drain:
     tasks: int = 0
     calls: int = 0
     done: bool = False
+    held: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _schedstat(pid: int) -> int:
@@ -81,7 +85,7 @@ def statements_in(folder: str, queue: str) -> dict[str, str]:
         "q": f'pgmq."q_{queue}"',
         "a": f'pgmq."a_{queue}"',
         "key_index": f'"{key_index_of(queue)}"',
-        "old_key_index": f'pgmq."{old_key_index_of(queue)}"',
+        "old_key_indexes": ", ".join(f'pgmq."{name}"' for name in old_key_indexes_of(queue)),
         "claim_fn": f'apalis_pgmq."{claim_fn_of(queue)}"',
     }
     names.update({fragment: render(loaded[fragment], names) for fragment in _FRAGMENTS})
@@ -122,19 +126,24 @@ def _claim_params(d: _Drain, want: int) -> dict[str, Any]:
     }
 
 
-def _step(conn: psycopg.Connection[Any], pid: int, d: _Drain, want: int) -> None:
-    """One claim of `d` and the archive of what it claimed, each call's server CPU counted."""
+def _step(conn: psycopg.Connection[Any], pid: int, d: _Drain, want: int, hold: bool) -> None:
+    """One claim of `d` and the archive of what it claimed (with `hold`, of what the claim before
+    it claimed: a claim then meets the last one's messages in flight), each call's server CPU
+    counted."""
     before = _schedstat(pid)
     rows = conn.execute(d.sql["limit_claim" if d.limited else "read"].encode(), _claim_params(d, want)).fetchall()
     if d.limited:
         d.after, rows = rows[-1][6], rows[:-1]
     claimed = _schedstat(pid)
-    if rows:
-        ids, cts = [row[0] for row in rows], [row[1] for row in rows]
+    done = [(row[0], row[1]) for row in rows]
+    if hold:
+        done, d.held = d.held, done
+    if done:
+        ids, cts = [i for i, _ in done], [ct for _, ct in done]
         conn.execute(d.sql["archive"].encode(), {"queue": d.queue, "ids": ids, "cts": cts}).fetchall()
     d.claim_ns += claimed - before
     d.ack_ns += _schedstat(pid) - claimed
-    d.tasks, d.calls, d.done = d.tasks + len(rows), d.calls + 1, not rows
+    d.tasks, d.calls, d.done = d.tasks + len(rows), d.calls + 1, not rows and not d.held
 
 
 def run(args: argparse.Namespace) -> None:
@@ -170,7 +179,7 @@ def run(args: argparse.Namespace) -> None:
             while not all(d.done for d in drains.values()):
                 for d in drains.values():
                     if not d.done:
-                        _step(conn, pid, d, args.want)
+                        _step(conn, pid, d, args.want, args.hold)
             parts = []
             for variant, d in drains.items():
                 n = max(d.tasks, 1)
@@ -203,6 +212,11 @@ def main() -> None:
     parser.add_argument("--hot", type=int, default=20000)
     parser.add_argument("--want", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="archive each claim's messages after the next claim (a drain's ~--want in flight)",
+    )
     parser.add_argument("--separate", action="store_true", help="drain on a backend of its own (for callgrind)")
     run(parser.parse_args())
 

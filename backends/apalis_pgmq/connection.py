@@ -18,7 +18,7 @@ from apalis_cli.polling import Waker
 
 from .config import PgmqConfig
 from .hub import ControlHub
-from .statements import SCHEMA, key_index_of, old_key_index_of, statement, statements_for
+from .statements import SCHEMA, key_index_of, old_key_indexes_of, statement, statements_for
 
 if TYPE_CHECKING:
     from apalis_postgres.connection import Pool
@@ -246,15 +246,23 @@ class Connection:
 
     async def _create_key_index(self, conn: AsyncConnection[Any], queue: str) -> None:
         sql = statements_for(queue)
-        names = {"index": f'pgmq."{key_index_of(queue)}"', "old_index": f'pgmq."{old_key_index_of(queue)}"'}
+        names = {
+            "queue": queue,
+            "index": f'pgmq."{key_index_of(queue)}"',
+            "old_indexes": [f'pgmq."{name}"' for name in old_key_indexes_of(queue)],
+        }
         cur = await conn.execute(sql["key_indexes"], names)
-        row = await cur.fetchone()
-        if row and row[0] and not row[1]:
+        indexed, old, swept = await cur.fetchone() or (False, False, False)
+        if indexed and swept and not old:
             return  # made by an earlier process: CREATE INDEX would take a lock even so
         async with conn.transaction():
             await conn.execute(sql["lock_queue"], {"queue": queue})
-            await conn.execute(sql["create_key_index"])
-            # An earlier version's index by key text (a daemon of that version makes it again)
+            if not indexed:
+                await conn.execute(sql["create_key_index"])
+            if not (indexed and swept):
+                # The messages lost so far, claimable again; the sweeps go on from here.
+                await conn.execute(sql["mark_lost"], {"queue": queue})
+            # Earlier versions' indexes (a daemon of one makes its own again)
             await conn.execute(sql["drop_old_key_index"])
 
     async def _create_claim_fn(self, conn: AsyncConnection[Any], queue: str) -> None:

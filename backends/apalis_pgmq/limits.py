@@ -5,11 +5,13 @@ A limited claim is one call of the queue's own PL/pgSQL function (`create_limit_
 `sql/limits.sql`, made or brought up to date by each process's first limited claim of the
 queue), as PostgreSQL's store runs its `limit_claim`. It first takes a transaction-scoped
 advisory lock of the queue (`lock_scope`), so every daemon's limited claims of the queue take
-turns. A message's key is its "apalis" header `limit_key`; an index of the queue table by key
-and vt (made when a worker with a keyed limit first claims) lets a claim step from key to key
-onto each key's oldest ready message, so a key at its limit costs one index step however deep
-its backlog. Messages in flight are those read and hidden by a live lease (vt), the lease its
-worker's heartbeat extends: a killed worker's slots come back when its leases end. A chosen
+turns. A message's key is its "apalis" header `limit_key`; an index of the queue table's
+claimable messages by key and vt (made when a worker with a keyed limit first claims) lets a
+claim step from key to key onto each key's oldest ready message, so a key at its limit costs one
+index step however deep its backlog. Messages in flight are those read and hidden by a live
+lease (vt), the lease its worker's heartbeat extends: a killed worker's slots come back when its
+leases end, and its messages come back into the index when the sweep beside a keyed worker's
+heartbeat marks them lost (`limit_sweep`). A chosen
 message is read as `pgmq.read` reads one (vt moved by the lease, read_ct + 1), counting as
 ready what was due when the claim began: `pgmq.read` would read the clock in a snapshot of its
 own, and hand out a message pushed after a pause the claim had not seen yet. Rates are GCRA

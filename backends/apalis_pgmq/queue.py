@@ -331,11 +331,13 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
 
     def _tidy_beside(self, worker: WorkerContext) -> None:
         """Forget silent workers and purge what outlived `retention` (archived messages, keys,
-        unique holders, waits), without the beat waiting for it, and no second time while it
-        runs. The beat's `set_vt` is the running tasks' lease: a beat that waited for a purge
-        of a large archive (retention shortened) extended them that much later, and past the
-        lease another worker read them and ran them a second time
-        (tests/integration/test_pgmq.py). A failure is logged: tried again at a later beat."""
+        unique holders, waits), and for a worker with a keyed limit mark the messages lost since
+        the last sweep (`limit_sweep`: claimable again from the key index), without the beat
+        waiting for it, and no second time while it runs. The beat's `set_vt` is the running
+        tasks' lease: a beat that waited for a purge of a large archive (retention shortened)
+        extended them that much later, and past the lease another worker read them and ran them
+        a second time (tests/integration/test_pgmq.py). A failure is logged: tried again at a
+        later beat."""
         statements: list[Statement] = [
             ("forget_stale_workers", {"stale_after": worker.stale_after}),
             ("purge_archive", {"retention": worker.retention}),
@@ -343,6 +345,8 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
             ("unique_forget", {}),
             ("forget_waits", {}),
         ]
+        if worker.limits is not None and worker.limits.keyed:
+            statements.append(("limit_sweep", {}))
         self._tidying.start(lambda: self._execute(statements, atomic=False))
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:

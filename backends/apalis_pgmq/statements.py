@@ -1,8 +1,9 @@
 """The backend's SQL, read once from `sql/*.sql` by the loader every SQL store uses
 (`apalis_sql.files`) and rendered per queue: `{q}` and `{a}` are the queue's pgmq tables, and
 `{status}`, `{archived}`, `{notify_waiters}` and `{all_tasks}` the fragments of the files of those
-names; `{key_index}` is the name of the queue table's index by limit key (`{old_key_index}` that
-of earlier versions) and `{claim_fn}` that of the queue's limited claim function (`limits.sql`)."""
+names; `{key_index}` is the name of the queue table's index by limit key (`{old_key_indexes}`
+those of earlier versions) and `{claim_fn}` that of the queue's limited claim function
+(`limits.sql`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ __all__ = [
     "check_queue_name",
     "claim_fn_of",
     "key_index_of",
-    "old_key_index_of",
+    "old_key_indexes_of",
     "statement",
     "statements_for",
 ]
@@ -46,21 +47,24 @@ def check_queue_name(queue: str) -> str | None:
 
 
 def key_index_of(queue: str) -> str:
-    """The name of the index of `queue`'s messages by the hash of their limit key (in schema pgmq,
-    beside pgmq's own `q_<queue>_vt_idx`; 61 characters at most, under PostgreSQL's 63)."""
-    return f"q_{queue}_apalis_hkey"
+    """The name of the index of `queue`'s claimable messages by the hash of their limit key (in
+    schema pgmq, beside pgmq's own `q_<queue>_vt_idx`; 61 characters at most, under PostgreSQL's
+    63)."""
+    return f"q_{queue}_apalis_rkey"
 
 
-def old_key_index_of(queue: str) -> str:
-    """The name of the index by limit key text that earlier versions gave `queue` (dropped when
-    this version makes its own: `limits.sql`'s `drop_old_key_index`)."""
-    return f"q_{queue}_apalis_key"
+def old_key_indexes_of(queue: str) -> tuple[str, ...]:
+    """The names of the indexes by limit key that earlier versions gave `queue`, newest first: of
+    every message by the key's hash, and by its text (dropped when this version makes its own:
+    `limits.sql`'s `drop_old_key_index`)."""
+    return f"q_{queue}_apalis_hkey", f"q_{queue}_apalis_key"
 
 
 def claim_fn_of(queue: str) -> str:
     """The name of `queue`'s limited claim function (in schema apalis_pgmq; 60 characters at most).
-    Earlier versions' was `limit_claim_<queue>`, walking their own index: it is left to them."""
-    return f"limit_claim2_{queue}"
+    Earlier versions' were `limit_claim_<queue>` and `limit_claim2_<queue>`, walking their own
+    indexes: they are left to them."""
+    return f"limit_claim3_{queue}"
 
 
 @cache
@@ -73,7 +77,7 @@ def statements_for(queue: str) -> dict[str, str]:
         "q": f'pgmq."q_{queue}"',
         "a": f'pgmq."a_{queue}"',
         "key_index": f'"{key_index_of(queue)}"',
-        "old_key_index": f'pgmq."{old_key_index_of(queue)}"',
+        "old_key_indexes": ", ".join(f'pgmq."{name}"' for name in old_key_indexes_of(queue)),
         "claim_fn": f'apalis_pgmq."{claim_fn_of(queue)}"',
     }
     names.update({fragment: render(queries[fragment], names) for fragment in _FRAGMENTS})

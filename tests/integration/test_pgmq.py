@@ -603,7 +603,7 @@ async def test_a_keyed_limit_gives_the_queue_its_key_index_again_after_a_drop(
     from apalis_cli.layers import ConcurrencyLayer
 
     backend = store.backend(queue, codec=JsonCodec())
-    index = f"pgmq.q_{queue}_apalis_hkey"
+    index = f"pgmq.q_{queue}_apalis_rkey"
     limit = ConcurrencyLayer(1, scope="global", key="account")
     seen: list[Any] = []
 
@@ -624,10 +624,11 @@ async def test_a_keyed_claim_drops_the_key_index_of_earlier_versions(
     store: PgmqStore, pgmq_url: str, queue: str
 ) -> None:
     """Earlier versions indexed a queue's messages by the key's text (`q_<queue>_apalis_key`),
-    an index every write of the queue paid for: this version's first keyed claim of the queue
-    makes its own (by the key's hash) and drops that one, and the claims keep each key's limit.
-    One the earlier version makes again (a daemon of it still claiming) is dropped by the next
-    process of this version, which claims alike meanwhile."""
+    then every message by the key's hash (`q_<queue>_apalis_hkey`), indexes every write of the
+    queue paid for: this version's first keyed claim of the queue makes its own (of the claimable
+    messages by the key's hash) and drops those, and the claims keep each key's limit. One an
+    earlier version makes again (a daemon of it still claiming) is dropped by the next process
+    of this version, which claims alike meanwhile."""
     from apalis_cli.layers import ConcurrencyLayer
 
     backend = store.backend(queue, codec=JsonCodec())
@@ -638,6 +639,12 @@ async def test_a_keyed_claim_drops_the_key_index_of_earlier_versions(
         " (((headers -> 'apalis' ->> 'limit_key') COLLATE \"C\"), vt, msg_id)"
     )
     await sql(pgmq_url, make_old)
+    older_by_hash = f"pgmq.q_{queue}_apalis_hkey"
+    await sql(
+        pgmq_url,
+        f"CREATE INDEX q_{queue}_apalis_hkey ON pgmq.q_{queue}"
+        " ((hashtextextended(headers -> 'apalis' ->> 'limit_key', 0)), vt, msg_id)",
+    )
     limit = ConcurrencyLayer(1, scope="global", key="account")
     running: dict[str, int] = {}
     most: dict[str, int] = {}
@@ -658,7 +665,8 @@ async def test_a_keyed_claim_drops_the_key_index_of_earlier_versions(
     assert sorted(seen) == list(range(6))
     assert most == {"a": 1, "b": 1}
     assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (old,)) == [(False,)]
-    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (f"pgmq.q_{queue}_apalis_hkey",)) == [(True,)]
+    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (older_by_hash,)) == [(False,)]
+    assert await sql(pgmq_url, "SELECT to_regclass(%s) IS NOT NULL", (f"pgmq.q_{queue}_apalis_rkey",)) == [(True,)]
 
     await sql(pgmq_url, make_old)  # a daemon of the earlier version made it again
     await backend.push({"account": "a", "n": 6}, limit_key="a")
@@ -678,6 +686,52 @@ async def test_a_keyed_claim_drops_the_key_index_of_earlier_versions(
     assert sorted(seen) == list(range(8))
 
 
+async def test_a_message_lost_before_the_key_index_was_made_runs_under_a_keyed_limit(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """The key index holds no message in flight (a claim writes no entry to it); a message whose
+    reader died (read, its lease over, never acknowledged) comes back into it marked lost. One lost
+    before the index was made is marked as the index is made: a keyed limit's worker runs it."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=3)
+    lost = await backend.push({"account": "a", "n": 0}, limit_key="a")
+    await backend.push({"account": "a", "n": 1}, limit_key="a")
+    # Another client reads the first for a second and dies with it.
+    assert await sql(pgmq_url, "SELECT msg_id FROM pgmq.read(%s, 1, 1)", (queue,)) == [(int(lost),)]
+    await asyncio.sleep(1.2)
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(args["n"])
+
+    worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+    await run_until(worker, lambda: len(seen) == 2)
+    assert sorted(seen) == [0, 1]
+    archived = await sql(
+        pgmq_url, f"SELECT read_ct, headers -> 'apalis' -> 'lost' FROM pgmq.a_{queue} WHERE msg_id = %s", (int(lost),)
+    )
+    assert archived == [(2, 1)]
+    predicate = "SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = to_regclass(%s)"
+    assert "read_ct = 0" in (await sql(pgmq_url, predicate, (f"pgmq.q_{queue}_apalis_rkey",)))[0][0]
+
+
+async def test_a_lost_message_released_unstarted_is_marked_lost_again(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """An unlimited claim takes a lost message as it is; when that run is given back unstarted
+    (read_ct back to the lost read's), the message is marked lost again, so a keyed limit's claim
+    finds it in the key index at once, with no sweep to wait for."""
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=3)
+    msg = int(await backend.push({"n": 0}, limit_key="a"))
+    await sql(pgmq_url, "SELECT pgmq.read(%s, 0, 1)", (queue,))  # read, its lease over at once: lost
+    await sql(pgmq_url, "SELECT pgmq.read(%s, 30, 1)", (queue,))  # an unlimited claim takes it
+    await backend._execute([("release", {"ids": [msg], "cts": [2]})])
+    got = await sql(pgmq_url, f"SELECT read_ct, headers -> 'apalis' -> 'lost' FROM pgmq.q_{queue}")
+    assert got == [(1, 1)]
+
+
 async def test_a_keyed_claim_makes_the_key_index_again_when_another_client_made_the_queue_anew(
     store: PgmqStore, pgmq_url: str, queue: str
 ) -> None:
@@ -687,7 +741,7 @@ async def test_a_keyed_claim_makes_the_key_index_again_when_another_client_made_
     from apalis_cli.layers import ConcurrencyLayer
 
     backend = store.backend(queue, codec=JsonCodec())
-    index = f"pgmq.q_{queue}_apalis_hkey"
+    index = f"pgmq.q_{queue}_apalis_rkey"
     limit = ConcurrencyLayer(1, scope="global", key="account")
     seen: list[Any] = []
 
@@ -827,7 +881,7 @@ async def test_a_dropped_queues_claim_function_goes_when_a_store_opens(
     from apalis_cli.layers import ConcurrencyLayer
 
     backend = store.backend(queue, codec=JsonCodec())
-    function = f"apalis_pgmq.limit_claim2_{queue}"
+    function = f"apalis_pgmq.limit_claim3_{queue}"
     limit = ConcurrencyLayer(1, scope="global")
     seen: list[Any] = []
 

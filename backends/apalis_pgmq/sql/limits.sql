@@ -2,13 +2,15 @@
 -- the queue's own function (`create_limit_claim`), which first takes the queue's limit lock, so
 -- the counts it reads cannot change before it commits. A message's limit key is its "apalis"
 -- header `limit_key` (`_key`, compared byte by byte as the claim's turns compare keys in Python);
--- the key index (`create_key_index`) orders a queue's messages by a 64-bit hash of the key
--- (`_hkey`), then vt: a key's ready messages come first in its range, and the messages it has
--- in flight last; the keys take turns in the order of their hashes. "Ready" is `vt <= now()`,
+-- the key index (`create_key_index`) orders a queue's claimable messages (`_claimable`: not in
+-- flight) by a 64-bit hash of the key (`_hkey`), then vt: a key's ready messages come first in
+-- its range; the keys take turns in the order of their hashes. "Ready" is `vt <= now()`,
 -- the transaction's start: a message that came due while the claim waited for the lock waits
 -- for the next claim, and so does one pushed after a pause that committed while the claim was
 -- under way (after it read the pause): the pause holds it back. A claimed message is read as
--- pgmq.read reads it: vt moved by the lease, read_ct + 1, last_read_at now.
+-- pgmq.read reads it: vt moved by the lease, read_ct + 1, last_read_at now. A message whose lease
+-- ended without an acknowledgement (its worker died) comes back into the key index when a sweep
+-- marks it lost (`limit_sweep`, beside a limited worker's heartbeat).
 
 -- name: _key
 (headers -> 'apalis' ->> 'limit_key') COLLATE "C"
@@ -29,35 +31,100 @@ RETURNING m.msg_id, m.read_ct, extract(epoch FROM m.enqueued_at)::float8, m.mess
 -- each key's limits hold whatever the order.
 hashtextextended(headers -> 'apalis' ->> 'limit_key', 0)
 
+-- name: _claimable
+-- The messages a claim may take now or later, and the only ones in the key index: never read,
+-- waiting for their retry (the attempt that failed is the last read), or marked lost (`_mark_lost`:
+-- read, and the lease ended without an acknowledgement). A message in flight is not in it: a
+-- claim's UPDATE (not HOT: pgmq's vt index) adds no entry to the key index (one entry a claimed
+-- message fewer to write, and none for the walk to pass: bench/README.md, session 13).
+(read_ct = 0 OR headers -> 'apalis' ->> 'failed_ct' = read_ct::text OR headers -> 'apalis' ->> 'lost' = read_ct::text)
+
+-- name: _mark_lost
+-- A message read `read_ct` times, none of them acknowledged and the last one's lease over: marked
+-- lost (a header, "lost": read_ct), and so claimable again (`_claimable`). Foreign headers that
+-- are not an object give way to ours, as in `annotate`.
+headers = CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{}' END
+    || jsonb_build_object('apalis',
+        CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{}' END
+        || jsonb_build_object('lost', m.read_ct))
+
+-- name: _sweep_lag
+-- How far behind now() a sweep stops: a write that moved a message's vt into the past without
+-- marking it (an earlier version's `release`, pgmq.set_vt by another client) and committed after
+-- the sweep's snapshot is still ahead of where that sweep stopped, if it committed within this
+-- time of its write. A lease ends at least 1 s after its claim (`PgmqQueue.poll_compact`).
+interval '1 second'
+
+-- name: mark_lost
+-- At the key index's making (same transaction, under pgmq's queue lock): every message lost
+-- until now is marked, and the queue's sweeps start from here.
+WITH lost AS (
+    UPDATE {q} AS m SET {_mark_lost}
+    WHERE m.vt <= now() AND m.read_ct > 0 AND ({_claimable}) IS NOT TRUE
+    RETURNING 1
+)
+INSERT INTO apalis_pgmq.limit_sweeps AS s (queue, swept_to)
+SELECT %(queue)s, now() - {_sweep_lag} FROM (SELECT count(*) FROM lost) AS l
+ON CONFLICT (queue) DO UPDATE SET swept_to = excluded.swept_to
+
+-- name: limit_sweep
+-- The lost messages since the last sweep of the queue, marked (`_mark_lost`), run beside the
+-- heartbeat of a process with a limited worker (`PgmqQueue._tidy_beside`) rather than by every
+-- claim: a message's lease ends once, so pgmq's vt index is read from where the last sweep
+-- stopped (`limit_sweeps`, set when the key index was made) to a little before now
+-- (`_sweep_lag`), each entry met by one sweep. Sweeps of one queue take turns (the row's lock).
+WITH span AS (
+    SELECT s.swept_to AS since, now() - {_sweep_lag} AS upto FROM apalis_pgmq.limit_sweeps AS s
+    WHERE s.queue = %(queue)s AND s.swept_to < now() - {_sweep_lag}
+    FOR UPDATE
+), lost AS (
+    UPDATE {q} AS m SET {_mark_lost}
+    FROM span
+    WHERE m.vt > span.since AND m.vt <= span.upto AND m.read_ct > 0 AND ({_claimable}) IS NOT TRUE
+    RETURNING 1
+), moved AS (
+    UPDATE apalis_pgmq.limit_sweeps AS s SET swept_to = span.upto
+    FROM span WHERE s.queue = %(queue)s
+)
+SELECT count(*) FROM lost
+
 -- name: key_indexes
--- Whether the queue has the key index, and the one of earlier versions (by key text: `q_<queue>_apalis_key`).
-SELECT to_regclass(%(index)s) IS NOT NULL, to_regclass(%(old_index)s) IS NOT NULL
+-- Whether the queue has the key index, one of earlier versions (`old_key_indexes_of`), and a
+-- place its sweeps start from (`mark_lost`).
+SELECT to_regclass(%(index)s) IS NOT NULL,
+       EXISTS (SELECT 1 FROM unnest(%(old_indexes)s::text[]) AS o WHERE to_regclass(o) IS NOT NULL),
+       EXISTS (SELECT 1 FROM apalis_pgmq.limit_sweeps WHERE queue = %(queue)s)
 
 -- name: create_key_index
 -- The one index apalis adds to a pgmq queue table, as pgmq.create_fifo_index adds one for its
 -- message groups: made when a worker with a keyed limit first claims from the queue, under
--- pgmq's queue lock. It changes no column and no pgmq call; pgmq.drop_queue drops it.
-CREATE INDEX IF NOT EXISTS {key_index} ON {q} (({_hkey}), vt, msg_id)
+-- pgmq's queue lock, with the messages lost until then marked (`mark_lost`). It changes no
+-- column and no pgmq call; pgmq.drop_queue drops it. Partial (`_claimable`): a message in flight
+-- has no entry.
+CREATE INDEX IF NOT EXISTS {key_index} ON {q} (({_hkey}), vt, msg_id) WHERE {_claimable}
 
 -- name: drop_old_key_index
--- The key index of earlier versions (by the key's text), dropped after this one is made (in the
--- same transaction, under pgmq's queue lock): every write of the queue paid for its entries. A
--- daemon of an earlier version still claiming from the queue makes it again at its next keyed
--- claim (its function finds it missing), and claims as before: both claims take the queue's
--- limit lock and count the messages in flight from pgmq's vt index, so neither hands out a
--- message the other holds; each walks its own index.
-DROP INDEX IF EXISTS {old_key_index}
+-- The key indexes of earlier versions (of every message by the key's hash, and by its text),
+-- dropped after this one is made (in the same transaction, under pgmq's queue lock): every write
+-- of the queue paid for their entries. A daemon of an earlier version still claiming from the
+-- queue makes its own again at its next keyed claim (its function finds it missing), and claims
+-- as before: both claims take the queue's limit lock and count the messages in flight from
+-- pgmq's vt index, so neither hands out a message the other holds; each walks its own index (an
+-- earlier version's holds lost messages unmarked; this one's has them once a sweep marked them).
+DROP INDEX IF EXISTS {old_key_indexes}
 
 -- name: _gate
--- Whether the key a walk stepped on (`nxt.key`) is open: not in `v_blocked` (at its concurrency
--- or out of rate in this claim), nor by its stored rate state, where a keyed rate holds, more
+-- Whether the key a walk stepped on (`nxt.key`) is open: its hash not in `v_blocked` (the keys at
+-- their concurrency or out of rate in this claim, by hash: an int8 compared with each where the
+-- key's text was, 10% of a saturated drain's server instructions, bench/README.md, session 13;
+-- a key whose hash is a blocked key's waits with it), nor by its stored rate state, where a keyed rate holds, more
 -- than `v_ahead` seconds ahead of `v_now` (GCRA: no start allowed); and that state (`rate.tat`).
 -- The state is read by one join: a scalar subquery here was planned, and started at every call,
 -- once for each use of the state (14 subplans in the walk, started even where no rate holds).
 LEFT JOIN apalis_pgmq.limit_rates AS rate
     ON p_keyed_rate AND rate.queue = p_queue AND rate.state = ('k:' || nxt.key) COLLATE "default"
 CROSS JOIN LATERAL (
-    SELECT nxt.key <> ALL(v_blocked) AND (rate.tat IS NULL OR rate.tat - v_now < v_ahead) AS open
+    SELECT nxt.h <> ALL(v_blocked) AND (rate.tat IS NULL OR rate.tat - v_now < v_ahead) AS open
 ) AS g
 
 -- name: _returned
@@ -117,7 +184,7 @@ DECLARE
     v_run_counts int[];
     v_total int;
     v_keyless_running int;
-    v_first_blocked text[];  -- the keys at their concurrency before this claim took any
+    v_first_blocked int8[];  -- the keys at their concurrency before this claim took any (`_hkey`)
     v_taken text[] := '{}';  -- the keys of the messages this claim took, one entry a message
     v_took int := 0;  -- the messages this claim took (returned as each statement took them)
     v_rates jsonb := '{}';  -- the rate states this claim moved, by state name
@@ -137,7 +204,7 @@ DECLARE
     v_walked int;
     v_room_left boolean;
     v_seen int := 0;
-    v_blocked text[];
+    v_blocked int8[];  -- the hashes (`_hkey`) of the keys without room (`_gate`)
     v_heads tid[];
     v_walk_keys text[];
     v_walk_tats float8[];
@@ -175,7 +242,7 @@ BEGIN
            coalesce(array_agg(r.limit_key) FILTER (WHERE r.limit_key IS NOT NULL), '{}'),
            coalesce(array_agg(r.running) FILTER (WHERE r.limit_key IS NOT NULL), '{}'),
            coalesce(sum(r.running), 0), coalesce(sum(r.running) FILTER (WHERE r.limit_key IS NULL), 0),
-           coalesce(array_agg(r.limit_key) FILTER (
+           coalesce(array_agg(hashtextextended(r.limit_key, 0)) FILTER (
                WHERE p_keyed_concurrency AND r.limit_key IS NOT NULL AND r.running >= p_concurrency), '{}')
     INTO v_paused, v_run_keys, v_run_counts, v_total, v_keyless_running, v_first_blocked
     FROM (
@@ -236,7 +303,7 @@ BEGIN
                 IF cardinality(v_taken) = 0 AND v_rates = '{}' THEN
                     v_blocked := v_first_blocked;
                 ELSE
-                SELECT coalesce(array_agg(b.key), '{}') INTO v_blocked FROM (
+                SELECT coalesce(array_agg(hashtextextended(b.key, 0)), '{}') INTO v_blocked FROM (
                     SELECT c.key FROM (
                         SELECT * FROM unnest(v_run_keys, v_run_counts) AS r(key, n)
                         UNION ALL
@@ -260,17 +327,17 @@ BEGIN
                 -- (PostgreSQL 15 checks every entry left on the page, ~100 a step); each check
                 -- is one comparison of the hash.
                 -- A key's ready messages come first in its range, so the row fetched is its head;
-                -- a key with only messages in flight costs a row fetch for each of them.
+                -- its messages in flight are not in the index (`_claimable`), nor passed.
                 WITH RECURSIVE walk(h, key, head, tat, open, n, chosen) AS (
                     SELECT nxt.h, nxt.key, CASE WHEN g.open THEN nxt.ctid END, rate.tat, g.open, 1, g.open::int
                     FROM (
                         (SELECT {_hkey} AS h, {_key} AS key, d.ctid FROM {q} AS d
-                         WHERE v_cursor IS NULL AND {_hkey} IS NOT NULL AND (d.vt <= v_ready) IS TRUE
+                         WHERE v_cursor IS NULL AND {_hkey} IS NOT NULL AND (d.vt <= v_ready) IS TRUE AND {_claimable}
                          ORDER BY {_hkey}, d.vt, d.msg_id
                          LIMIT 1)
                         UNION ALL
                         (SELECT {_hkey} AS h, {_key} AS key, d.ctid FROM {q} AS d
-                         WHERE v_cursor IS NOT NULL AND {_hkey} > v_cursor AND (d.vt <= v_ready) IS TRUE
+                         WHERE v_cursor IS NOT NULL AND {_hkey} > v_cursor AND (d.vt <= v_ready) IS TRUE AND {_claimable}
                          ORDER BY {_hkey}, d.vt, d.msg_id
                          LIMIT 1)
                     ) AS nxt
@@ -281,7 +348,7 @@ BEGIN
                     FROM walk AS w
                     CROSS JOIN LATERAL (
                         SELECT {_hkey} AS h, {_key} AS key, d.ctid FROM {q} AS d
-                        WHERE {_hkey} > w.h AND (d.vt <= v_ready) IS TRUE
+                        WHERE {_hkey} > w.h AND (d.vt <= v_ready) IS TRUE AND {_claimable}
                         ORDER BY {_hkey}, d.vt, d.msg_id
                         LIMIT 1
                     ) AS nxt
@@ -294,7 +361,7 @@ BEGIN
                        array_agg(w.tat) FILTER (WHERE w.head IS NOT NULL),
                        coalesce(max(w.n), 0), coalesce(max(w.chosen), 0),
                        (array_agg(w.h ORDER BY w.n DESC))[1],
-                       min(w.tat) FILTER (WHERE NOT w.open AND w.key <> ALL(v_blocked))
+                       min(w.tat) FILTER (WHERE NOT w.open AND w.h <> ALL(v_blocked))
                 INTO v_heads, v_walk_keys, v_walk_tats, v_turn_seen, v_turn_chosen, v_turn_last, v_wake_tat
                 FROM walk AS w;
                 v_seen := v_seen + v_turn_seen;
@@ -394,7 +461,7 @@ BEGIN
                     SET vt = clock_timestamp() + v_lease, read_ct = m.read_ct + 1, last_read_at = clock_timestamp()
                     WHERE m.msg_id = ANY(ARRAY(
                         SELECT d.msg_id FROM {q} AS d
-                        WHERE {_hkey} IS NULL AND d.vt <= v_ready
+                        WHERE {_hkey} IS NULL AND d.vt <= v_ready AND {_claimable}
                         ORDER BY {_hkey}, d.vt, d.msg_id
                         LIMIT v_room
                         FOR UPDATE SKIP LOCKED

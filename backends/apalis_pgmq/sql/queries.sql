@@ -101,8 +101,19 @@ SELECT count(*) FROM (
 
 -- name: release
 -- A run given back unstarted: visible now and the attempt not counted. pgmq has no call that
--- lowers read_ct, so this one writes the queue table directly.
-UPDATE {q} m SET vt = clock_timestamp(), read_ct = greatest(m.read_ct - 1, 0)
+-- lowers read_ct, so this one writes the queue table directly. A message that was lost when this
+-- run took it (an unlimited claim takes those as they are) is marked lost again (limits.sql's
+-- `_claimable`: a limited claim of the queue finds it at once, with no sweep).
+UPDATE {q} m SET vt = clock_timestamp(), read_ct = greatest(m.read_ct - 1, 0),
+    headers = CASE
+        WHEN m.read_ct > 1 AND coalesce(m.headers -> 'apalis' ->> 'failed_ct', '') <> (m.read_ct - 1)::text
+             AND coalesce(m.headers -> 'apalis' ->> 'lost', '') <> (m.read_ct - 1)::text
+        THEN CASE WHEN jsonb_typeof(m.headers) = 'object' THEN m.headers ELSE '{}' END
+            || jsonb_build_object('apalis',
+                CASE WHEN jsonb_typeof(m.headers -> 'apalis') = 'object' THEN m.headers -> 'apalis' ELSE '{}' END
+                || jsonb_build_object('lost', m.read_ct - 1))
+        ELSE m.headers
+    END
 FROM unnest(%(ids)s::bigint[], %(cts)s::int[]) AS u(id, ct)
 WHERE m.msg_id = u.id AND m.read_ct = u.ct
 

@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS apalis_pgmq.limit_rates (
     tat   float8 NOT NULL,
     PRIMARY KEY (queue, state)
 );
+-- Where the last sweep for lost messages of a queue with a key index stopped (limits.sql's
+-- `limit_sweep`): the next one reads pgmq's vt index from there.
+CREATE TABLE IF NOT EXISTS apalis_pgmq.limit_sweeps (
+    queue    text PRIMARY KEY,
+    swept_to timestamptz NOT NULL
+);
 -- How many starts a rate state `tat` allows at `now` (apalis_cli.fleet.rates.allowance), for the
 -- queues' limited claims (limits.sql's `create_limit_claim`).
 CREATE OR REPLACE FUNCTION apalis_pgmq.limit_allowance(tat float8, now float8, rate int, per float8)

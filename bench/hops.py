@@ -35,12 +35,15 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .servercpu import listening_pid
 
-__all__ = ["main"]
+__all__ = ["arguments", "main", "print_figures", "serve", "with_worker"]
+
+T = TypeVar("T")
 
 
 def _run_queue_wait(schedstat: Any) -> float:
@@ -56,11 +59,70 @@ def _store(url: str, namespace: str) -> Any:
     return RedisStore.from_spec(StoreSpec(name="hops", kind="redis", url=url, options={"namespace": namespace}))
 
 
+async def serve(store: Any, conc: int, starts: dict[float, tuple[float, float]], waits: Any, settle: float) -> None:
+    """A worker process's run: `store` opened, one `Worker` of queue `hops` at concurrency `conc`
+    whose handler stamps each task's start (and the run-queue wait so far, read from `waits`)
+    into `starts` by its `enq_ts`; "ready" printed after `settle` seconds, stopped by a line on
+    stdin."""
+    from apalis_cli.codec import JsonCodec
+    from apalis_cli.worker import Worker
+
+    await store.open()
+
+    async def handler(args: Any, task: Any) -> None:
+        starts[args["enq_ts"]] = (time.time(), _run_queue_wait(waits))
+
+    backend = store.backend("hops", codec=JsonCodec(), max_attempts=1)
+    worker = Worker(name="hops", backend=backend, handler=handler, concurrency=conc)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(settle)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    stop.set()
+    await running
+    await store.close()
+
+
+def print_figures(figures: dict[str, list[float]], width: int) -> None:
+    """p50, p90, p99 and max of each list of milliseconds, one line a name."""
+    print(f"{'ms':{width}} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
+    for name, values in figures.items():
+        if values:
+            cells = " ".join(f"{_pct(values, p):7.3f}" for p in (50, 90, 99)) + f" {max(values):7.3f}"
+            print(f"{name:{width}} {cells}")
+
+
+def with_worker(module: str, spec: dict[str, Any], push: Callable[[int], T]) -> tuple[T, dict[str, Any]]:
+    """Start `python -m module --worker SPEC` (its stamps go to `spec["out"]`), run `push(its
+    pid)` once it is ready, stop it; what `push` returned and the stamps it wrote."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", module, "--worker", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdin is not None
+        if worker.stdout.readline().strip() != "ready":
+            raise SystemExit("the worker did not start")
+        pushed = push(worker.pid)
+        worker.stdin.write("\n")
+        worker.stdin.flush()
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    with open(spec["out"]) as stamps:
+        recorded: dict[str, Any] = json.load(stamps)
+    os.unlink(spec["out"])
+    return pushed, recorded
+
+
 def _worker(spec: dict[str, Any]) -> None:
     """The worker process: stamps written to `spec["out"]` when stdin says stop."""
     from apalis_cli import loops
-    from apalis_cli.codec import JsonCodec
-    from apalis_cli.worker import Worker
     from apalis_redis import queue as queue_module
     from apalis_redis import wakeups
 
@@ -82,25 +144,7 @@ def _worker(spec: dict[str, Any]) -> None:
     wakeups.Hearing.data_received = data_received  # type: ignore[method-assign]
     queue_module.RedisQueue._handed = handed_over  # type: ignore[method-assign]
 
-    async def run() -> None:
-        store = _store(spec["url"], spec["namespace"])
-        await store.open()
-
-        async def handler(args: Any, task: Any) -> None:
-            starts[args["enq_ts"]] = (time.time(), _run_queue_wait(waits))
-
-        backend = store.backend("hops", codec=JsonCodec(), max_attempts=1)
-        worker = Worker(name="hops", backend=backend, handler=handler, concurrency=spec["conc"])
-        stop = asyncio.Event()
-        running = asyncio.create_task(worker.run(stop))
-        await asyncio.sleep(0.5)
-        print("ready", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        stop.set()
-        await running
-        await store.close()
-
-    loops.run(run())
+    loops.run(serve(_store(spec["url"], spec["namespace"]), spec["conc"], starts, waits, settle=0.5))
     with open(spec["out"], "w") as out:
         json.dump({"reads": reads, "given": list(given.items()), "starts": list(starts.items())}, out)
 
@@ -180,11 +224,7 @@ def _report(pushes: list[tuple[float, ...]], worker: dict[str, Any]) -> None:
         "wait: pusher": [r[6] for r in rows],
         "wait: server": [r[7] for r in rows],
     }
-    print(f"{'ms':22} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
-    for name, values in figures.items():
-        if values:
-            cells = " ".join(f"{_pct(values, p):7.3f}" for p in (50, 90, 99)) + f" {max(values):7.3f}"
-            print(f"{name:22} {cells}")
+    print_figures(figures, 22)
     print("slowest 1%: latency | push returned, read, given, handler | waits: worker, pusher, server (ms)")
     for r in sorted(rows, key=lambda r: r[4] - r[0])[-max(1, len(rows) // 100) :]:
         hops = [r[1], r[2], r[3], r[4]]
@@ -192,16 +232,24 @@ def _report(pushes: list[tuple[float, ...]], worker: dict[str, Any]) -> None:
         print(f"  {(r[4] - r[0]) * ms:7.2f} | {cells} | {r[5]:6.2f} {r[6]:6.2f} {r[7]:6.2f}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", default="redis://127.0.0.1:6379/0")
-    ap.add_argument("--tasks", type=int, default=2000)
+def arguments(module: str, doc: str, url: str, tasks: int, worker: Callable[[dict[str, Any]], None]) -> Any:
+    """The options of `python -m module`; None when it ran as the worker process (`worker`)."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    ap.add_argument("--url", default=url)
+    ap.add_argument("--tasks", type=int, default=tasks)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--conc", type=int, default=10)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        _worker(json.loads(args.worker))
+        worker(json.loads(args.worker))
+        return None
+    return args
+
+
+def main() -> None:
+    args = arguments("bench.hops", __doc__, "redis://127.0.0.1:6379/0", 2000, _worker)
+    if args is None:
         return
     from apalis_cli import loops
 
@@ -213,27 +261,9 @@ def main() -> None:
     server = open(f"/proc/{pid}/schedstat", "rb", buffering=0) if pid else None  # noqa: SIM115
     if server is None:
         print(f"no process found listening on port {port}: the server's waits are not counted")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "bench.hops", "--worker", json.dumps(spec)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    pushes, recorded = with_worker(
+        "bench.hops", spec, lambda _: loops.run(_push(args.url, namespace, args.tasks, args.rate, server))
     )
-    try:
-        assert worker.stdout is not None
-        assert worker.stdin is not None
-        if worker.stdout.readline().strip() != "ready":
-            raise SystemExit("the worker did not start")
-        pushes = loops.run(_push(args.url, namespace, args.tasks, args.rate, server))
-        worker.stdin.write("\n")
-        worker.stdin.flush()
-        worker.wait(30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    with open(out) as stamps:
-        recorded = json.load(stamps)
-    os.unlink(out)
     _report(pushes, recorded)
 
 

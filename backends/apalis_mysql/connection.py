@@ -48,8 +48,8 @@ from .acks import ack_statements
 from .beside import Beside
 from .claims import transact
 from .config import MysqlConfig
-from .handing import NONE_IDLE_FOR, SPAN, Listing, hand_push
-from .listener import Listener, Signals, end_sleep, gone, tag
+from .handing import GONE_WITHIN, NONE_IDLE_FOR, SPAN, Handed, Listing, hand_push
+from .listener import Listener, Signals, end_sleep, tag
 from .locked import in_named_lock
 
 __all__ = ["Database", "Pool"]
@@ -420,9 +420,7 @@ class Database:
         """Insert tasks, many rows per statement; ids and keys already there are skipped. A
         lone task due now may be handed to an idle worker (`handing`)."""
         if len(tasks) == 1 and _handable(tasks[0]) and time.monotonic() >= self._none_idle.get(queue, 0.0):
-            handed = await self._hand(queue, tasks[0])
-            if handed is not None:
-                return handed
+            return await self._hand(queue, tasks[0])
         inserted = 0
         keyed = any(t.limit_key is not None for t in tasks)  # then with each task's key and number
         statement, row = (self.sql["insert_keyed"], _INSERT_ROW_KEYED) if keyed else (self.sql["insert"], _INSERT_ROW)
@@ -466,10 +464,10 @@ class Database:
                 args[at * _KEYED_ARGS + _KEYED_ARGS - 1] = int(start if start is not None else first or 1) + place
         return await _execute(conn, query, args)
 
-    async def _hand(self, queue: str, task: NewTask) -> int | None:
+    async def _hand(self, queue: str, task: NewTask) -> int:
         """Push one task, claimed for the most recently listed idle worker if there is one
-        (`hand_push`); then wake that worker's listener alone, or every listener of the queue.
-        None: not pushed, since that worker's listener was gone (it is unlisted now)."""
+        (`hand_push`); then wake that worker's listener alone, or every listener of the queue
+        (also when that listener was gone: the task is taken back, `hand_gone`)."""
         params = {
             "id": task.id,
             "queue": queue,
@@ -482,15 +480,22 @@ class Database:
         }
         # Ours are told by the queue's waker (0, which no connection is numbered, when none).
         args = _bind({**params, "own": list(self.signals.own) or [0], "span": SPAN})
-        pushed = await self.run(lambda conn: hand_push(conn, self.sql, args, self.wake_listener, self._hand_waking))
-        if pushed is None:
-            return None
-        worker, inserted, listed = pushed
-        if not listed:  # not only passed by a listing held for a moment: none to hand to
+        handed = await self.run(lambda conn: hand_push(conn, self.sql, args, self.wake_listener))
+        if not handed.listed:  # not only passed by a listing held for a moment: none to hand to
             self._none_idle[queue] = time.monotonic() + NONE_IDLE_FOR
-        if not inserted:
+        if not handed.inserted:
             return 0
-        if worker is None:
+        if handed.waking is not None:
+            # Answered at once when the listener is gone, usually before the COMMIT's flush.
+            await asyncio.wait({handed.waking}, timeout=GONE_WITHIN)
+            if handed.waking.done():
+                if handed.gone():
+                    # Stored already: a take-back that fails leaves the task to the orphan sweep.
+                    with contextlib.suppress(Exception):
+                        await self._take_back(queue, handed, task.id)
+            else:
+                self._hand_waking(queue, handed, task.id)
+        elif handed.worker is None:
             self.beside.wake(self._queue_tag(queue))
         return 1
 
@@ -498,19 +503,26 @@ class Database:
         """End the sleep of one listener (of a worker a push handed a task to)."""
         await self.run(lambda conn: end_sleep(conn, listener))
 
-    def _hand_waking(self, worker: str, listener: int, waking: asyncio.Future[None]) -> None:
+    async def _take_back(self, queue: str, handed: Handed, task_id: str) -> None:
+        """The listener of the worker `task_id` was handed to is gone: the task goes back to
+        the queue's other workers, woken as by a plain push (`hand_gone`)."""
+        await self.execute("hand_gone", {"worker": handed.worker, "listener": handed.listener, "id": task_id})
+        self.beside.wake(self._queue_tag(queue))
+
+    def _hand_waking(self, queue: str, handed: Handed, task_id: str) -> None:
         """A handed task's wake-up goes on after its push: kept until it ends, and should it
-        find the listener gone, its worker is handed no more tasks (`unlist_gone`)."""
+        find the listener gone, the task is taken back (`_take_back`)."""
+        waking = handed.waking
+        assert waking is not None
         self._hands_waking.add(waking)
 
         def ended(waking: asyncio.Future[None]) -> None:
             self._hands_waking.discard(waking)
-            exc = None if waking.cancelled() else waking.exception()
-            if exc is not None and gone(exc) and self._pool is not None:
-                unlisting = asyncio.ensure_future(self.execute("unlist_gone", {"worker": worker, "listener": listener}))
-                self._hands_waking.add(unlisting)
-                unlisting.add_done_callback(self._hands_waking.discard)
-                unlisting.add_done_callback(_no_loss)
+            if handed.gone() and self._pool is not None:
+                taking = asyncio.ensure_future(self._take_back(queue, handed, task_id))
+                self._hands_waking.add(taking)
+                taking.add_done_callback(self._hands_waking.discard)
+                taking.add_done_callback(_no_loss)
 
         waking.add_done_callback(ended)
 
@@ -520,15 +532,18 @@ class Database:
         ids (`claims`), which also lists the worker idle when it comes back short (or again,
         when its listing runs low), or unlists it when it comes back full (`handing`)."""
         listing = self._listings.setdefault(worker_id, Listing())
-        if listing.until > time.time() - SPAN:  # listed, or was until lately: hands may have come
-            rows = await self.fetch("handed", {"worker": worker_id, "seen": listing.seen_json()})
+        listener = self._listeners.get(self._queue_tag(queue))
+        heard_by = listener.connection_id if listener is not None else None
+        # Listed, or was until lately: hands may have come (under the listener it has now).
+        if listing.until > time.time() - SPAN and heard_by is not None:
+            params = {"worker": worker_id, "listener": heard_by, "seen": listing.seen_json()}
+            rows = await self.fetch("handed", params)
             if rows:
                 rows.sort(key=lambda row: row[-1])  # in the order they were handed
                 handed = [task_from_row(row[:-1]) for row in rows[:limit]]
                 listing.free -= len(handed)
                 listing.seen.update(task.id for task in handed)
                 return handed
-        listener = self._listeners.get(self._queue_tag(queue))
 
         def list_or_unlist(claimed: list[list[Task[bytes]]]) -> list[tuple[str, Mapping[str, Any]]]:
             if len(claimed[0]) < limit:

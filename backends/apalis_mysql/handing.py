@@ -14,10 +14,18 @@ fed by hands alone makes no claim: its listing ran out after as many hands as it
 a third of a paced stream's tasks then took the slower way of a plain push and a claim).
 
 The push does not wait for that wake-up: the server holds a KILL QUERY for up to 2 s (4 seen)
-when its target is not asleep yet (`beside`). `hand_push` leaves its transaction open, ends the
-listener's sleep from another connection and commits meanwhile; only a KILL answered within
-`GONE_WITHIN` that says the listener is gone stops the commit (the push is rolled back and
-pushed plainly: a gone listener answers at once, a held KILL is a listener that is there).
+when its target is not asleep yet (`beside`). `hand_push` commits in its own script, and ends
+the listener's sleep from another connection as soon as the script's answer names it, while the
+COMMIT waits for its redo-log flush: neither the commit's round trip nor its flush is on the
+task's way. A listener that is gone (its process stopped without unlisting its worker) answers
+the KILL at once with an unknown connection id; the push then takes its task back from that
+worker (`hand_gone`: pending again, its attempt not counted, the worker unlisted) and wakes the
+queue's other workers, before it returns when that answer came within `GONE_WITHIN`, beside it
+otherwise. The take-back holds while the listing still names that listener, and a worker reads
+its hands only under the listener it now has (`handed`): a worker alive whose listener's
+connection was lost reads no hand of the lost one's listing once its process has noticed the
+loss, so a task taken back is not also run by the worker it was handed to (it lists itself
+again under its new listener at its next empty claim, and reads the hands it kept then).
 
 A listing names its listener by the server's connection id, which a restarted server gives
 out again from 1: a listing made before the server's last start is never handed to (`hand_push`
@@ -40,13 +48,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .listener import gone
+from .listener import vanished
 
-__all__ = ["GONE_WITHIN", "NONE_IDLE_FOR", "SPAN", "Listing", "hand_push"]
+__all__ = ["GONE_WITHIN", "NONE_IDLE_FOR", "SPAN", "Handed", "Listing", "hand_push"]
 
 SPAN = 5.0
 """Seconds a listing holds; an idle worker's claims refresh it once half of that is gone."""
@@ -55,9 +63,9 @@ NONE_IDLE_FOR = 0.05
 worker there: a hand is a transaction of several statements where a plain push is one insert,
 and while the queue's workers are busy (or there are none) every try would find none."""
 GONE_WITHIN = 0.05
-"""Seconds a push waits for its KILL's answer before it commits: a listener that is gone is
+"""Seconds a push waits, after its commit, for its KILL's answer: a listener that is gone is
 answered at once (an unknown connection id), so a KILL still unanswered is held by a listener
-that is there, and the push commits without it."""
+that is there, and the push returns without it."""
 
 
 @dataclass(slots=True)
@@ -103,40 +111,51 @@ async def hand_push(
     sql: Mapping[str, str],
     params: Mapping[str, Any],
     wake: Callable[[int], Awaitable[None]],
-    on_its_way: Callable[[str, int, asyncio.Future[None]], None],
-) -> tuple[str | None, bool, bool] | None:
-    """Run `hand_push` on `conn`: the worker the task was handed to (None: left pending), whether
-    it was inserted, and whether some worker was listed with a free slot (its listing maybe
-    held). The chosen worker's listener is woken by `wake(listener)` on another connection
-    while this one commits; a wake-up that is not answered within `GONE_WITHIN` goes on beside,
-    given to `on_its_way(worker, listener, wake-up)`. None when the listener was gone (its
-    process stopped): the push is rolled back and that worker unlisted (`hand_gone`), for the
-    caller to push plainly."""
+) -> Handed:
+    """Run `hand_push` on `conn` (it commits); the chosen worker's listener is woken by
+    `wake(listener)` on another connection as soon as the script names it, while its COMMIT
+    waits for the flush."""
     cursor = conn.cursor()
     await cursor.execute(sql["hand_push"], params)
-    found: Sequence[Any] = ()
+    handed = Handed(None, 0, False, False, None)
     while True:
         if cursor.description:
-            found = await cursor.fetchall()
+            ((worker, listener, inserted, listed, to_wake),) = await cursor.fetchall()
+            handed = Handed(worker, int(listener or 0), bool(inserted), bool(listed), None)
+            if to_wake:  # the COMMIT's answer is still to come
+                handed.waking = asyncio.ensure_future(wake(handed.listener))
+                handed.waking.add_done_callback(_no_loss)
         if not await cursor.nextset():
             break
-    ((worker, listener, inserted, listed, to_wake),) = found
-    if to_wake:  # the transaction is open, the listing held
-        waking = asyncio.ensure_future(wake(int(listener)))
-        done, _ = await asyncio.wait({waking}, timeout=GONE_WITHIN)
-        if done and _was_gone(waking):
-            await cursor.execute(sql["hand_gone"])
-            while await cursor.nextset():
-                pass
-            return None
-        await cursor.execute("COMMIT")
-        if not done:
-            on_its_way(worker, int(listener), waking)
-    return worker, bool(inserted), bool(listed)
+    return handed
 
 
-def _was_gone(waking: asyncio.Future[None]) -> bool:
-    """Whether a finished wake-up was answered that its listener is gone (any other failure is
-    no loss: the worker reads its hands at its next claim)."""
-    exc = None if waking.cancelled() else waking.exception()
-    return exc is not None and gone(exc)
+@dataclass(slots=True)
+class Handed:
+    """What `hand_push` did."""
+
+    worker: str | None
+    """The worker the task was handed to (None: left pending)."""
+    listener: int
+    """That worker's listener (its connection id)."""
+    inserted: bool
+    """Whether the task was inserted (a known id is skipped)."""
+    listed: bool
+    """Whether some worker was listed with a free slot (its listing maybe held)."""
+    waking: asyncio.Future[None] | None
+    """The wake-up of that listener, on its way (None: no other process's listener to wake)."""
+
+    def gone(self) -> bool:
+        """Whether the wake-up ended, answered that the listener's connection is gone (its
+        process stopped). Any other failure is no loss: the worker reads its hands at its next
+        claim; a listener not ours to end is there (its worker polls)."""
+        waking = self.waking
+        if waking is None or not waking.done() or waking.cancelled():
+            return False
+        exc = waking.exception()
+        return exc is not None and vanished(exc)
+
+
+def _no_loss(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()

@@ -39,7 +39,7 @@ from typing import Any
 
 from apalis_cli.retrying import keep_connected
 
-__all__ = ["Listener", "Signals", "end_sleep", "gone", "sleep_statement", "tag"]
+__all__ = ["Listener", "Signals", "end_sleep", "gone", "sleep_statement", "tag", "vanished"]
 
 
 SLEEP_S = 30  # a listener's sleep ends at least this often: a lost connection is noticed then
@@ -47,7 +47,8 @@ KNOWN_FOR = 1.0  # seconds a signaller trusts its list of sleeping listeners bef
 RECHECK_EVERY = 0.1  # after its control listener was woken, a signaller looks again at most this often
 ANNOUNCE_WITHIN = 1.0  # seconds a new listener's announcement may take before it listens without
 _INTERRUPTED = 1317  # "Query execution was interrupted": the KILL QUERY of a signal
-_GONE = {1094, 1095}  # unknown thread id; not the owner of the thread (another user's listener)
+_UNKNOWN_THREAD = 1094  # the connection is no more
+_GONE = {_UNKNOWN_THREAD, 1095}  # or not the owner of the thread (another user's listener)
 
 Conn = Any  # asyncmy ships no usable annotations for its Cython classes
 
@@ -62,6 +63,12 @@ def gone(exc: BaseException) -> bool:
     """Whether `exc` is the server's answer to a KILL of a connection that is gone (its process
     stopped) or not ours to end."""
     return bool(exc.args) and exc.args[0] in _GONE
+
+
+def vanished(exc: BaseException) -> bool:
+    """Whether `exc` is the server's answer to a KILL of a connection that is no more (not of
+    one that is another user's: that one is there)."""
+    return bool(exc.args) and exc.args[0] == _UNKNOWN_THREAD
 
 
 async def end_sleep(conn: Conn, listener: int) -> None:
@@ -152,6 +159,9 @@ class Listener:
                 if woke:
                     self._woken()
                 woke = await sleeping
+        except Exception:
+            self._forget_id()  # its connection is lost: no hand-over is read under it meanwhile
+            raise
         finally:
             self.ready.clear()
             with contextlib.suppress(Exception):

@@ -100,10 +100,10 @@ async def test_a_task_not_due_or_in_a_paused_queue_is_not_handed(mysql_url: str)
 
 
 async def test_a_push_to_a_worker_whose_process_is_gone_is_stored_for_the_others(mysql_url: str) -> None:
-    # The push ends the listener's sleep itself, before its INSERT: a listener that is gone
-    # (the process stopped without unlisting its worker) is no error; that worker is handed
-    # nothing more, and the task is committed pending, for any other worker to claim (as another
-    # connection sees it), not left to the dead worker until the orphan sweep.
+    # The push ends the listener's sleep itself: a listener that is gone (the process stopped
+    # without unlisting its worker) is no error; that worker is handed nothing more, and the task
+    # is pending when the push returns, for any other worker to claim (as another connection sees
+    # it), not left to the dead worker until the orphan sweep.
     worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
     reader = make_mysql_store(mysql_url)
     await worker_store.open()
@@ -128,14 +128,88 @@ async def test_a_push_to_a_worker_whose_process_is_gone_is_stored_for_the_others
         await reader.close()
 
 
+async def test_a_task_handed_to_a_listener_found_gone_after_the_push_goes_back_to_the_others(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The push commits its hand-over and does not wait long for the KILL that wakes the worker:
+    # one answered after the push returned that the listener is gone (its process stopped
+    # without unlisting its worker) takes the task back, pending with its attempt not counted,
+    # for any other worker; it stayed the dead worker's until the orphan sweep (`stale_after`).
+    worker_store, pusher = make_mysql_store(mysql_url), make_mysql_store(mysql_url)
+    await worker_store.open()
+    await pusher.open()
+    try:
+        stream = await _idle_worker(worker_store, "w1")  # listed idle, its stream left open
+        await worker_store.close()  # its listener's connection is gone, the listing stays
+        held = HeldWakeUps(pusher, monkeypatch, "wake_listener")
+        pushed = pusher.backend("q", codec=JsonCodec())
+        async with asyncio.timeout(10):  # held until released: the push must not wait for it
+            task_id = await pushed.push({"n": 1})
+        stored = await pushed.get(task_id)
+        assert stored is not None
+        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1"), "handed and committed"
+        held.release.set()  # the KILL goes out now, and finds the listener gone
+        deadline = time.monotonic() + 10
+        while (stored := await pushed.get(task_id)) is not None and stored.ctx.status is Status.RUNNING:
+            assert time.monotonic() < deadline, "the task stayed with the worker whose listener is gone"
+            await asyncio.sleep(0.05)
+        assert stored is not None
+        assert (stored.ctx.status, stored.ctx.lock_by, stored.ctx.attempts) == (Status.PENDING, None, 0)
+        again = await pushed.get(await pushed.push({"n": 2}))
+        assert again is not None
+        assert (again.ctx.status, again.ctx.lock_by) == (Status.PENDING, None), "w1 is handed no more"
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await pusher.close()
+
+
+async def test_a_worker_reads_no_hand_made_under_the_listener_it_lost(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hand made under a listener that is gone may be taken back by its push (the KILL says so)
+    # and claimed by another worker: the worker, alive with a new listener, reads none of the
+    # old listener's hands, and gets them once it is listed again under the new one (then the
+    # push's take-back, by the old listener's name, leaves them to it): one run either way.
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
+        stream = await _idle_worker(worker_store, "w1")
+        listener = worker_store.database._listeners[worker_store.database._queue_tag("q")]
+        lost = listener.connection_id
+        await pusher.database.run(lambda conn: conn.cursor().execute(f"KILL CONNECTION {lost}"))
+        deadline = time.monotonic() + 10
+        while listener.connection_id in (None, lost):
+            assert time.monotonic() < deadline, "the listener did not connect again"
+            await asyncio.sleep(0.05)
+        held = HeldWakeUps(pusher, monkeypatch, "wake_listener")
+        pushed = pusher.backend("q", codec=JsonCodec())
+        task_id = await pushed.push({"n": 1})  # handed under the lost listener, its KILL held
+        stored = await pushed.get(task_id)
+        assert stored is not None
+        assert stored.ctx.lock_by == "w1"
+        assert await worker_store.database.claim("q", "w1", 5) == [], "read under a listener it lost"
+        held.release.set()  # the KILL finds the old listener gone; w1 is listed under its new one
+        deadline = time.monotonic() + 10
+        while pusher.database._hands_waking:  # the KILL, then the take-back it asks for
+            assert time.monotonic() < deadline, "the held wake-up did not end"
+            await asyncio.sleep(0.05)
+        got = await worker_store.database.claim("q", "w1", 5)
+        assert [task.id for task in got] == [task_id]
+        stored = await pushed.get(task_id)
+        assert stored is not None
+        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
 class HeldPush:
-    """A push of one task (`hand_push`, which leaves its transaction open when it has a listener
-    to wake) whose COMMIT waits for `release`: as the server runs it while the COMMIT waits for
-    its flush, or before it has come."""
+    """A push of one task (`hand_push`, without the COMMIT that ends its script) whose COMMIT
+    waits for `release`: as the server runs it while the woken worker's read comes."""
 
     def __init__(self, pusher: MysqlStore, task_id: str) -> None:
         self.held, self.release = asyncio.Event(), asyncio.Event()
-        self._script = pusher.database.sql["hand_push"]
+        script, commit = pusher.database.sql["hand_push"].rsplit(";", 1)
+        assert commit.strip() == "COMMIT"
+        self._script = script
         self._params = {
             "id": task_id,
             "queue": "q",
@@ -166,9 +240,9 @@ class HeldPush:
 
 
 async def test_a_woken_worker_reads_the_task_handed_to_it_while_the_push_commits(mysql_url: str) -> None:
-    # A push ends the idle worker's sleep before its COMMIT (so the commit's redo-log flush is not
-    # on the task's way): the worker's read of its hands may reach the server before that COMMIT
-    # has run. It waits for it and finds the task, rather than coming back empty.
+    # A push ends the idle worker's sleep while its COMMIT runs (so the commit's redo-log flush is
+    # not on the task's way): the worker's read of its hands may reach the server before that
+    # COMMIT has run. It waits for it and finds the task, rather than coming back empty.
     async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
         stream = await _idle_worker(worker_store, "w1")
         push = HeldPush(pusher, "t1")

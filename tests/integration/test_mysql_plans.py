@@ -127,7 +127,7 @@ async def test_a_workers_read_of_its_hands_builds_no_internal_table(mysql_store:
 
     await mysql_store.database.run(hand)
     read = sql["handed"].split(";")[-1]  # the read after the listing's locking read
-    plan = await _plan(mysql_store, [], read, {"worker": "w1", "seen": "[]"})
+    plan = await _plan(mysql_store, [], read, {"worker": "w1", "listener": 0, "seen": "[]"})
     text = json.dumps(plan)
     assert "json_table" not in text.lower(), plan
     block = plan["query_block"]
@@ -141,5 +141,5 @@ async def test_a_workers_read_of_its_hands_builds_no_internal_table(mysql_store:
         ("t", "eq_ref"),
     ], plan
     # And it reads them, each with its place in the order they were handed (the client sorts).
-    rows = await mysql_store.database.fetch("handed", {"worker": "w1", "seen": json.dumps([ids[1]])})
+    rows = await mysql_store.database.fetch("handed", {"worker": "w1", "listener": 0, "seen": json.dumps([ids[1]])})
     assert sorted((row[-1], row[0]) for row in rows) == [(0, ids[2]), (1, ids[0])]

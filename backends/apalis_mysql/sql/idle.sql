@@ -9,17 +9,17 @@
 -- worker is listed with a free slot at all, and whether that worker's listener is to be woken
 -- (`wake`). SKIP LOCKED: a worker whose listing another transaction holds for a moment (its read
 -- of its hands, its acknowledgement) is passed by; the fourth column, a plain read, tells that
--- apart from no listing. Without a listener to wake (none chosen, or one of the pushing
--- process's own, `own`: told in-process) the script commits. Else it leaves the transaction open:
--- the client ends that listener's sleep from another connection and commits this one meanwhile
--- (`handing.hand_push`), so a KILL the server holds for seconds does not hold the push, and the
+-- apart from no listing. It commits in the same packet: the client reads the answer of the
+-- SELECT, which the server sends before it runs the COMMIT, and ends the chosen listener's sleep
+-- from another connection at once (`handing.hand_push`; none for a listener of the pushing
+-- process's own, `own`: told in-process), while the COMMIT waits for its redo-log flush. The
 -- worker's read of its hands (`handed`, a locking read of the listing this transaction holds)
--- runs while the commit waits for its redo-log flush: InnoDB releases a transaction's locks and
--- shows its rows before that flush ends (as to any claim of a pushed task), so the flush is not
--- on the task's way. A listener that is gone (its process stopped without unlisting its worker)
--- answers the KILL at once: the client rolls the push back, unlists that worker (`hand_gone`)
--- and pushes the task plainly, for the other workers (it waited for the orphan sweep,
--- `stale_after`, in the dead worker's name).
+-- waits for the COMMIT, not for its flush: InnoDB releases a transaction's locks and shows its
+-- rows before that flush ends (as to any claim of a pushed task), so the flush is not on the
+-- task's way, and a KILL the server holds for seconds holds neither the push nor the listing.
+-- A listener that is gone answers the KILL at once: the client takes the task back
+-- (`hand_gone`), for the other workers (it waited for the orphan sweep, `stale_after`, in the
+-- dead worker's name).
 -- A listing made before the server last started (`@apalis_boot`, set on each connection) names a
 -- listener id the server may have given to another connection since: it is passed by.
 START TRANSACTION;
@@ -47,20 +47,33 @@ SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_ins
     @apalis_worker IS NOT NULL OR EXISTS (
         SELECT 1 FROM {prefix}idle WHERE queue = %(queue)s AND until > {now} AND free > 0),
     @apalis_wake;
-EXECUTE IMMEDIATE IF(@apalis_wake, 'DO 0', 'COMMIT')
+COMMIT
 
 -- name: hand_gone
--- The listener of the worker `hand_push` chose is gone: the push is rolled back, and that worker
--- is handed no more tasks (its listing lapses; its orphans are swept as ever).
-ROLLBACK;
-UPDATE {prefix}idle SET free = 0 WHERE worker_id = @apalis_worker
+-- The listener of the worker `hand_push` handed task `id` to is gone (its process stopped): the
+-- task goes back pending, its attempt not counted, and that worker is handed no more tasks (its
+-- listing lapses; its orphans are swept as ever). Only while its listing still names that
+-- listener: a worker reads its hands under the listener it has (`handed`), so one that listed
+-- itself again under a new listener may have read the task, and keeps it.
+START TRANSACTION;
+SET @apalis_worker = NULL;
+SELECT worker_id INTO @apalis_worker FROM {prefix}idle
+WHERE worker_id = %(worker)s AND listener = %(listener)s
+FOR UPDATE;
+UPDATE {prefix}idle SET free = 0 WHERE worker_id = @apalis_worker;
+UPDATE {prefix}tasks
+SET status = 'pending', attempts = GREATEST(attempts - 1, 0), lock_by = NULL, lock_at = NULL
+WHERE id = %(id)s AND lock_by = @apalis_worker AND status = 'running';
+COMMIT
 
 -- name: handed
 -- The tasks handed to a listed worker that it has not seen, still running under it, each with
--- its place in the hand order (`Database.claim` sorts by it). First a locking read of the
--- listing's row alone: a push that handed a task ends the worker's sleep before its COMMIT
--- (`hand_push`), and this waits for that commit (its lock on the listing), not for its redo-log
--- flush; a plain read could come before it and miss the hand. Then the hands by a plain read,
+-- its place in the hand order (`Database.claim` sorts by it); only while its listing names the
+-- listener it has now (`listener`: a task handed under a listener gone may be taken back,
+-- `hand_gone`). First a locking read of the listing's row alone: a push that handed a task ends
+-- the worker's sleep while its COMMIT runs (`hand_push`), and this waits for that commit (its
+-- lock on the listing), not for its redo-log flush; a plain read could come before it and miss
+-- the hand. Then the hands by a plain read,
 -- which sees that commit: the listing is held only for the one-row read (it was held through the
 -- join to the tasks, and a push in the meantime passed the listing by, SKIP LOCKED: 15/25/15/17
 -- of 1,000 paced pushes, against 2/9/4/8 now, in four interleaved pairs at load 16-21).
@@ -76,8 +89,8 @@ SELECT STRAIGHT_JOIN {task_columns}, h.seq
 FROM {prefix}idle AS i
 JOIN seq_0_to_65535 AS h ON h.seq < JSON_LENGTH(i.handed)
 JOIN {prefix}tasks AS t FORCE INDEX (PRIMARY) ON t.id = JSON_VALUE(i.handed, CONCAT('$[', h.seq, ']'))
-WHERE i.worker_id = %(worker)s AND t.lock_by = %(worker)s AND t.status = 'running'
-  AND NOT JSON_CONTAINS(%(seen)s, JSON_QUOTE(t.id))
+WHERE i.worker_id = %(worker)s AND i.listener = %(listener)s AND t.lock_by = %(worker)s
+  AND t.status = 'running' AND NOT JSON_CONTAINS(%(seen)s, JSON_QUOTE(t.id))
 
 -- name: list
 -- List a worker idle (or again) until `until` with `free` slots; its handed tasks that no longer
@@ -93,12 +106,6 @@ ON DUPLICATE KEY UPDATE listener = VALUES(listener), until = VALUES(until), free
         WHERE t.lock_by = %(worker)s AND t.status = 'running');
 DELETE FROM {prefix}idle WHERE queue = %(queue)s AND until < {now} - 60
     AND NOT EXISTS (SELECT 1 FROM {prefix}workers AS w WHERE w.id = worker_id)
-
--- name: unlist_gone
--- The listener of a worker handed a task was found gone only after the push committed (its KILL
--- answered late, `handing.hand_push`): that worker is handed no more tasks; the one handed is
--- its, read at its next claim if it lives, swept with its orphans if not.
-UPDATE {prefix}idle SET free = 0 WHERE worker_id = %(worker)s AND listener = %(listener)s
 
 -- name: unlist
 -- The worker is busy: no more hand-overs until it lists itself again (tasks already handed

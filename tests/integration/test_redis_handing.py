@@ -374,3 +374,49 @@ async def test_a_heartbeat_drops_the_first_formats_entries_of_workers_gone(store
     await anext(beat2 := q.heartbeat(WorkerContext(id="new", name="new", queue="leftovers")))
     await beat2.aclose()  # type: ignore[attr-defined]
     assert await store.client.exists(first_idle, first_handed) == 0
+
+
+@pytest.mark.parametrize("pushes", ["through", "stopping"], ids=["pushed-through", "idle-before-due"])
+async def test_a_delayed_task_starts_near_its_time_while_tasks_are_handed_over(store: RedisStore, pushes: str) -> None:
+    # A handed task starts in the pub/sub callback (ClaimsAhead.start) and does not wake the poll
+    # stream, whose idle timer alone claims work nobody signals: a delayed task falling due. It
+    # must start near its time while pushes keep handing tasks over (`through`), and when they
+    # stop just before it is due (`stopping`: then only the timer of a worker idle between
+    # handed tasks claims it).
+    q = store.backend("due", codec=JsonCodec())
+    started: dict[str, float] = {}
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started[task.id] = time.time()
+
+    running = worker(q, handler, concurrency=2, poll_interval=1.0, keep_alive=0.5)
+    wid = running.worker.context.id
+    deadline = time.monotonic() + 10
+    while await store.client.zscore(q.keys.idle, wid) is None:  # its first claim found nothing
+        assert time.monotonic() < deadline, "the worker was never listed idle"
+        await asyncio.sleep(0.01)
+    holder = q._ahead.holder(wid)
+    assert holder is not None
+    at_once = 0
+    start = holder.start
+
+    def counted(task: Task[bytes]) -> bool:
+        nonlocal at_once
+        begun = start(task)
+        at_once += begun
+        return begun
+
+    holder.start = counted
+    delayed = await q.push({"delayed": True}, delay=1.5)
+    got = await q.get(delayed)
+    assert got is not None
+    due = got.ctx.run_at
+    until_due = due - 0.3 if pushes == "stopping" else due + 1.5
+    pushed: list[str] = []
+    while time.time() < until_due:
+        pushed.append(await q.push({"n": len(pushed)}))
+        await asyncio.sleep(0.05)
+    await until(lambda: delayed in started and all(task_id in started for task_id in pushed), within=15)
+    await running.stop()
+    assert at_once >= len(pushed) // 2  # most of them handed over and started as they came
+    assert started[delayed] - due < 2.5, f"started {started[delayed] - due:.2f} s after its time"

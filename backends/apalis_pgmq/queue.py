@@ -49,6 +49,10 @@ CAPABILITIES = Capabilities(
 EXHAUSTED = "its worker stopped extending its lease while running this task, and its attempts are exhausted"
 
 Statement = tuple[str, dict[str, Any]]
+
+MARK_ALL_EVERY = 600.0
+"""Seconds between a process's sweeps of every lost message of a queue (limits.sql's `mark_lost`,
+its first sweep too) among the sweeps since the last one (`limit_sweep`): `_tidy_beside`."""
 T = TypeVar("T")
 
 
@@ -65,6 +69,7 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
         self._waker = connection.waker(queue)
         self._limited = LimitedClaims(PgmqLimits(connection, self._sql, self._checked), queue, decode=self._claimed)
         self._tidying = Housekeeping("pgmq: purging after a heartbeat")  # `_tidy_beside`
+        self._marked_all_at: float | None = None  # when the last sweep of every lost message began
 
     async def prepare(self) -> None:
         """`pgmq.create` the queue unless it exists (`apalis check`); a queue pgmq's own client
@@ -332,12 +337,15 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
     def _tidy_beside(self, worker: WorkerContext) -> None:
         """Forget silent workers and purge what outlived `retention` (archived messages, keys,
         unique holders, waits), and for a worker with a keyed limit mark the messages lost since
-        the last sweep (`limit_sweep`: claimable again from the key index), without the beat
-        waiting for it, and no second time while it runs. The beat's `set_vt` is the running
-        tasks' lease: a beat that waited for a purge of a large archive (retention shortened)
-        extended them that much later, and past the lease another worker read them and ran them
-        a second time (tests/integration/test_pgmq.py). A failure is logged: tried again at a
-        later beat."""
+        the last sweep (`limit_sweep`: claimable again from the key index), or every lost message
+        (`mark_lost`) at this queue's first sweep and `MARK_ALL_EVERY` after the last one that
+        succeeded: a write that moved a vt behind where the sweeps had got to without marking it
+        (another client's `pgmq.set_vt`, an earlier version's `release`) is met by no sweep since
+        (tests/integration/test_pgmq.py). All without the beat waiting for it, and no second
+        time while it runs. The beat's `set_vt` is the running tasks' lease: a beat that waited
+        for a purge of a large archive (retention shortened) extended them that much later, and
+        past the lease another worker read them and ran them a second time
+        (tests/integration/test_pgmq.py). A failure is logged: tried again at a later beat."""
         statements: list[Statement] = [
             ("forget_stale_workers", {"stale_after": worker.stale_after}),
             ("purge_archive", {"retention": worker.retention}),
@@ -345,9 +353,18 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
             ("unique_forget", {}),
             ("forget_waits", {}),
         ]
+        began = time.monotonic()
+        marks_all = False
         if worker.limits is not None and worker.limits.keyed:
-            statements.append(("limit_sweep", {}))
-        self._tidying.start(lambda: self._execute(statements, atomic=False))
+            marks_all = self._marked_all_at is None or began - self._marked_all_at >= MARK_ALL_EVERY
+            statements.append(("mark_lost" if marks_all else "limit_sweep", {}))
+
+        async def tidy() -> None:
+            await self._execute(statements, atomic=False)
+            if marks_all:
+                self._marked_all_at = began
+
+        self._tidying.start(tidy)
 
     async def ack_batch(self, items: Sequence[tuple[Task[Any], Outcome]]) -> None:
         """Write outcomes of runs whose message nobody has read since (same read_ct): done and

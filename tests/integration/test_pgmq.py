@@ -732,6 +732,48 @@ async def test_a_lost_message_released_unstarted_is_marked_lost_again(
     assert got == [(1, 1)]
 
 
+async def test_a_message_whose_lease_another_client_ended_behind_the_sweep_runs_under_a_keyed_limit(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """A write that moves a message's vt into the past without marking it lost (another client's
+    `pgmq.set_vt`, an earlier version's `release`) and lands behind where the sweeps have got to
+    is met by no `limit_sweep`: the first sweep of each process marks every lost message, so a
+    keyed limit's worker of a process started after it runs that message."""
+    from apalis_cli.layers import ConcurrencyLayer
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(args["n"])
+
+    backend = store.backend(queue, codec=JsonCodec(), max_attempts=3)
+    await backend.push({"account": "a", "n": 0}, limit_key="a")
+    worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+    await run_until(worker, lambda: seen == [0])  # the key index made, its sweeps under way
+    msg = int(await backend.push({"account": "a", "n": 1}, limit_key="a"))
+    assert await sql(pgmq_url, "SELECT msg_id FROM pgmq.read(%s, 30, 1)", (queue,)) == [(msg,)]
+    # The reader gives it back an hour into the past, behind every sweep, unmarked.
+    await sql(pgmq_url, "SELECT pgmq.set_vt(%s, %s, -3600)", (queue, msg))
+    assert await sql(
+        pgmq_url, "SELECT swept_to > now() - interval '1 hour' FROM apalis_pgmq.limit_sweeps WHERE queue = %s", (queue,)
+    ) == [(True,)]
+
+    later = PgmqStore.from_spec(StoreSpec(name="t2", kind="pgmq", url=pgmq_url))
+    await later.open()
+    try:
+        again = Worker(
+            name="w2",
+            backend=later.backend(queue, codec=JsonCodec(), max_attempts=3),
+            handler=handler,
+            layers=[limit],
+            keep_alive=0.2,
+        )
+        await run_until(again, lambda: seen == [0, 1], within=30.0)
+    finally:
+        await later.close()
+
+
 async def test_a_keyed_claim_makes_the_key_index_again_when_another_client_made_the_queue_anew(
     store: PgmqStore, pgmq_url: str, queue: str
 ) -> None:

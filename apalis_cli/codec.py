@@ -38,15 +38,18 @@ class JsonCodec:
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         self._decoder = json.JSONDecoder()
+        self._chunks = _one_shot(self._encoder)
 
     def encode(self, value: Any) -> bytes:
         """JSON text as UTF-8 bytes."""
         try:
-            return self._encoder.encode(value).encode()
+            if self._chunks is None:
+                return self._encoder.encode(value).encode()
+            return "".join(self._chunks(value, 0)).encode()
         except (TypeError, ValueError) as exc:
             raise BadPayload(f"cannot encode as JSON: {exc}") from None
         except RecursionError:
-            raise BadPayload("cannot encode as JSON: nested too deeply") from None
+            raise BadPayload("cannot encode as JSON: nested too deeply (or circular)") from None
 
     def decode(self, data: bytes) -> Any:
         """The JSON value in `data`."""
@@ -56,6 +59,30 @@ class JsonCodec:
             raise DecodeError(f"payload is not valid JSON: {exc}") from None
         except RecursionError:
             raise DecodeError("payload is JSON nested too deeply to decode") from None
+
+
+def _one_shot(encoder: json.JSONEncoder) -> Any:
+    """The C encoder `encoder.encode` builds on every call, built once (None without json's C
+    speedups): that build, with the closure and dict around it, was half of a 14,000-instruction
+    encode of a small value, 8% of a Redis push one at a time (bench/README.md, "Redis, session
+    13: a push one at a time"). Built without the circular check, whose dict of containers in
+    progress one encoder cannot share between threads: a circular value recurses until
+    `RecursionError`."""
+    from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+
+    if c_make_encoder is None:
+        return None
+    return c_make_encoder(
+        None,
+        encoder.default,
+        encode_basestring,
+        None,
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
 
 
 class MsgpackCodec:

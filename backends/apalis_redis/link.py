@@ -89,7 +89,10 @@ class Link(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._replies = 0  # replies read so far, for the timer: did any come since it last looked?
         self._looked_at = -1
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Its transport's loop, kept: `asyncio.get_running_loop()` makes a getpid system call
+        # (CPython's check against a fork), one of five a push made.
+        self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
         self._room: asyncio.Future[None] | None = None  # set while the transport's buffer is full
 
     @classmethod
@@ -138,12 +141,12 @@ class Link(asyncio.Protocol):
         (an error reply raises, as redis-py raises it: `ResponseError`, `NoScriptError`...)."""
         if self._lost is not None:
             raise self._lost
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[Any] = self._loop.create_future()
         self._waiting.append(reply)
         self._transport.write(packed)
         if self._timer is None:
             self._looked_at = -1
-            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._look)
+            self._timer = self._loop.call_later(self._timeout, self._look)
         return reply
 
     def close(self) -> None:
@@ -195,7 +198,7 @@ class Link(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._room is None:
-            self._room = asyncio.get_running_loop().create_future()
+            self._room = self._loop.create_future()
 
     def resume_writing(self) -> None:
         room, self._room = self._room, None
@@ -216,7 +219,7 @@ class Link(asyncio.Protocol):
             self._fail(TimeoutError(f"no reply from the server within {self._timeout:g} s"))
             return
         self._looked_at = self._replies
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._look)
+        self._timer = self._loop.call_later(self._timeout, self._look)
 
     def _fail(self, error: BaseException) -> None:
         if self._lost is None:

@@ -75,11 +75,11 @@ import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Unpack
 
 import msgpack
 from apalis_cli.ahead import ClaimsAhead, Fetch, Held
-from apalis_cli.backend import Capabilities, Capability, NewTask, WorkerContext
+from apalis_cli.backend import Capabilities, Capability, NewTask, PushOptions, WorkerContext
 from apalis_cli.codec import Codec
 from apalis_cli.polling import FIRST_IDLE_WAIT, Waker, beat_every
 from apalis_cli.queue_base import QueueBase
@@ -92,6 +92,7 @@ from .connection import Connection, link_kept, lua
 from .control import RedisControl, tell_beat
 from .keys import QueueKeys
 from .limits import LimitedClaims, unique_args
+from .lone import LonePush
 from .scripts import OUTCOME_CODES
 
 __all__ = ["CAPABILITIES", "RedisQueue", "scripts"]
@@ -196,34 +197,22 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         self._ack_keys = tuple(key.encode() for key in (*k.statuses, k.idle, k.handed))
         self._claim_keys = (*self._ack_keys[:4], *self._ack_keys[7:])  # ready, scheduled, running, failed, idle, handed
         self._base, self._wake, self._control = k.base.encode(), k.wake.encode(), k.control.encode()
-        self._push_keys = tuple(key.encode() for key in (k.ready, k.scheduled, k.idle, k.handed, k.running))
+        self._lone = LonePush(connection, k)
 
     # -- the store's primitives ------------------------------------------------------------
+
+    async def push_compact(self, compact: bytes, **options: Unpack[PushOptions]) -> TaskId:
+        """Enqueue already-encoded bytes; a push without options packs its own call (`LonePush.now`)."""
+        if options or type(compact) is not bytes:
+            return await super().push_compact(compact, **options)
+        return await self._lone.now(compact, self.max_attempts)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[TaskId]:
         """Insert tasks, many per script call and every call in one pipeline round trip."""
         if len(tasks) == 1:
             new = tasks[0]
             if not (new.idempotency_key or new.meta or new.limit_key is not None or new.unique is not None):
-                # The common push, one at a time: lua/push.lua, from plain arguments.
-                clock, run_at, priority = time.time(), float(new.run_at), int(new.priority)
-                at = repr(run_at)
-                # The ready set's score (lua/pushing.lua's ready_score: the same double; run_at
-                # itself at priority 0), or '' for a task not due yet.
-                score = "" if run_at > clock else at if priority == 0 else repr(-priority * 1e10 + run_at)
-                plain = (
-                    self._base,
-                    repr(clock),
-                    self._wake,
-                    new.id,
-                    new.payload,
-                    at,
-                    priority,
-                    int(new.max_attempts),
-                    score,
-                )
-                task_id: bytes = await self.connection.scripts["push"](keys=self._push_keys, args=plain)
-                return [task_id.decode()]
+                return [await self._lone.task(new)]  # the common push, one at a time: lua/push.lua
         k, script = self.keys, self.connection.scripts["enqueue"]
         now = repr(time.time())
         calls = []

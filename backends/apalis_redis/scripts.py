@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from apalis_cli.contact import Contact
@@ -32,7 +32,7 @@ from apalis_cli.service import OutcomeKind
 
 from .link import Link, Plain, open_line
 
-__all__ = ["OUTCOME_CODES", "Lane", "Script", "register"]
+__all__ = ["OUTCOME_CODES", "Lane", "Script", "pack_items", "register"]
 
 OUTCOME_CODES = {
     OutcomeKind.DONE: b"d",
@@ -77,11 +77,16 @@ class Lane:
         self._opening: asyncio.Future[Link | Plain] | None = None
         self._closed = False
 
-    async def evalsha(self, script: Script, keys: Sequence[Any], args: Iterable[Any]) -> Any:
+    def evalsha(self, script: Script, keys: Sequence[Any], args: Iterable[Any]) -> Awaitable[Any]:
         """Run `script`; a dropped connection is retried as redis-py retries any command."""
         args = tuple(args)
-        head, tail = script.head(keys), _pack_items(args)
+        head, tail = script.head(keys), pack_items(args)
         packed = None if head is None or tail is None else b"*%d\r\n%s%s" % (3 + len(keys) + len(args), head, tail)
+        return self.send(script, keys, args, packed)
+
+    async def send(self, script: Script, keys: Sequence[Any], args: Sequence[Any], packed: bytes | None) -> Any:
+        """`evalsha` of a call already packed (`packed`: the whole EVALSHA of `keys` and `args` in
+        Redis's protocol, or None to let redis-py pack it on the slow way)."""
         link = self._link
         if packed is not None and link is not None and link.usable:
             # The common case, in one try: an open link, a script the server knows. The except
@@ -194,11 +199,11 @@ def _pack(command: tuple[Any, ...]) -> bytes | None:
     """`command` in Redis's protocol, for arguments of the kinds the scripts take (bytes, str,
     int, float); None for any other (redis-py packs those). A third of the CPU time of redis-py's
     packing, which encodes each argument through generators and checks."""
-    items = _pack_items(command)
+    items = pack_items(command)
     return None if items is None else b"*%d\r\n%s" % (len(command), items)
 
 
-def _pack_items(items: Sequence[Any]) -> bytes | None:
+def pack_items(items: Sequence[Any]) -> bytes | None:
     """`items` as the bulk strings of a command in Redis's protocol (no count before them); None
     for a kind `_pack` does not take."""
     parts: list[bytes] = []
@@ -234,7 +239,7 @@ class Script:
         self._head: tuple[tuple[Any, ...], bytes | None] | None = None
 
     def head(self, keys: Sequence[Any]) -> bytes | None:
-        """EVALSHA, the script's sha, the number of keys and `keys`, packed (`_pack_items`).
+        """EVALSHA, the script's sha, the number of keys and `keys`, packed (`pack_items`).
 
         Kept for the last tuple of keys asked for: a queue passes the same tuple on every push,
         claim and acknowledgement (a tuple: it cannot change while it is kept), so the part of a
@@ -243,7 +248,7 @@ class Script:
         kept = self._head
         if kept is not None and kept[0] is keys:
             return kept[1]
-        packed = _pack_items(("EVALSHA", self.sha, len(keys), *keys))
+        packed = pack_items(("EVALSHA", self.sha, len(keys), *keys))
         if type(keys) is tuple:
             self._head = (keys, packed)
         return packed
@@ -252,6 +257,14 @@ class Script:
         if client is not None or self._lane is None:
             return await self._slow(keys=keys, args=args, client=client)
         return await self._lane.evalsha(self, keys, args)
+
+    def packed(self, keys: Sequence[Any], args: Sequence[Any], packed: bytes) -> Awaitable[Any]:
+        """The call `self(keys=keys, args=args)`, already packed by the caller (`packed`: the
+        whole EVALSHA in Redis's protocol, as `head(keys)` and `args` pack): for the hot path,
+        whose own packing knows its arguments' kinds. A cluster's call goes through redis-py."""
+        if self._lane is None:
+            return self._slow(keys=keys, args=args)  # type: ignore[no-any-return]
+        return self._lane.send(self, keys, args, packed)
 
 
 def register(client: Any, texts: Mapping[str, str], lane: Lane | None, once: Collection[str] = ()) -> dict[str, Script]:

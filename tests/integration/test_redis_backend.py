@@ -302,6 +302,33 @@ async def test_a_lone_push_stores_what_a_batch_stores(store: RedisStore) -> None
         assert await client.zscore(lone.keys.ready if not due else lone.keys.scheduled, ids[0]) is None
 
 
+async def test_a_push_without_options_is_due_when_it_was_made(store: RedisStore) -> None:
+    """A push with no option packs its own call (`lone.LonePush.now`): one reading of the clock
+    is its run_at, its ready score and its creation time; the hash holds what a push with the
+    same values given as options holds, and a server that forgot the script (SCRIPT FLUSH) is
+    sent it again."""
+    plain, given = store.backend("plain", codec=JsonCodec(), max_attempts=3), store.backend("given", codec=JsonCodec())
+    client: Redis = store.client
+    before = time.time()
+    task_id = await plain.push({"x": 1})
+    after = time.time()
+    stored = await client.hgetall(f"{plain.keys.base}t:{task_id}")
+    assert stored[b"c"] == stored[b"r"]
+    run_at = float(stored[b"r"])
+    assert before - 1e-6 <= run_at <= after + 1e-6
+    assert await client.zscore(plain.keys.ready, task_id) == run_at
+    other = await given.push({"x": 1}, run_at=run_at, max_attempts=3)
+    twin = await client.hgetall(f"{given.keys.base}t:{other}")
+    assert {k: v for k, v in stored.items() if k not in (b"c", b"r")} == {
+        k: v for k, v in twin.items() if k not in (b"c", b"r")
+    }
+    assert float(twin[b"r"]) == run_at
+    await client.script_flush()
+    again = await plain.push({"x": 2})
+    assert await client.zscore(plain.keys.ready, again) is not None
+    assert [t.id for t in await plain.list_tasks()] == [task_id, again]
+
+
 async def test_the_control_plane_keys_share_the_queue_hash_tag(store: RedisStore) -> None:
     backend = store.backend("ctl", codec=JsonCodec())
     doomed = await backend.push({"a": 1}, delay=60)

@@ -204,12 +204,15 @@ class Database:
         # read and sorted to keep the first n (500 keys: 1.4 ms a walk of 50 instead of 0.2).
         # `release_lost` and `recover` list the ids they change with GROUP_CONCAT: at most 10,000
         # quoted ids of up to 64 characters fit in its length, whatever the server's default.
-        # `@apalis_boot`: when the server started (to the second its Uptime counts, so up to a
-        # second late), for `hand_push` to pass by listings made before it (`handing`).
+        # `@apalis_boot`: the end of the second the server started in, for `hand_push` to pass by
+        # listings made before it (`handing`). Uptime is whole seconds between the statement's
+        # start and the server's (`query_start() - server_start_time`, both truncated), so the
+        # whole second is known exactly and no more: `NOW(6) - Uptime`, as read before, fell
+        # anywhere in it, up to a second before the start on a connection made early in a second.
         try:
             await conn.cursor().execute(
                 "SET time_zone = '+00:00', collation_connection = 'utf8mb4_bin', group_concat_max_len = 1048576,"
-                f" @apalis_boot = {NOW} - (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+                f" @apalis_boot = FLOOR({NOW}) + 1 - (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
                 " WHERE VARIABLE_NAME = 'UPTIME')"
             )
         except BaseException:
@@ -222,7 +225,11 @@ class Database:
         c = self.config
         self._pool = Pool(self._connect, c.max_size)
         try:
-            await self._pool.fill(max(c.min_size, 1))
+            # Two at least: a push that hands its task over holds one for its transaction and ends
+            # the worker's listener's sleep from another, whose answer it waits for `GONE_WITHIN`
+            # (`handing`). A second connection made then under load took longer, and the push was
+            # handed to a listener that was gone (6 of 12 first pushes at load 24).
+            await self._pool.fill(max(c.min_size, min(2, c.max_size)))
         except Exception as exc:
             await self.close()
             raise BackendError(f"cannot connect to mysql at {c.redacted}: {self.describe(exc)}") from None
@@ -547,10 +554,11 @@ class Database:
 
         def list_or_unlist(claimed: list[list[Task[bytes]]]) -> list[tuple[str, Mapping[str, Any]]]:
             if len(claimed[0]) < limit:
-                if listener is None or listener.connection_id is None or not listing.due(limit, listener.connection_id):
+                heard_on = None if listener is None else listener.connection
+                if heard_on is None or not listing.due(limit, heard_on):
                     return []
-                listing.listed(limit - len(claimed[0]), listener.connection_id)
-                params = {"worker": worker_id, "queue": queue, "listener": listener.connection_id}
+                listing.listed(limit - len(claimed[0]), heard_on)
+                params = {"worker": worker_id, "queue": queue, "listener": heard_on[1]}
                 return [(self.sql["list"], {**params, "span": SPAN, "free": listing.free})]
             if not listing.until or not listing.free:
                 return []
@@ -612,16 +620,17 @@ class Database:
             if listing is not None and listing.open and task_id in listing.seen:
                 freed[lock_by] = freed.get(lock_by, 0) + 1
         listener = self._listeners.get(self._queue_tag(queue)) if freed else None
-        if listener is None or listener.connection_id is None:
+        heard_on = None if listener is None else listener.connection
+        if heard_on is None:
             return []
         statements: list[tuple[str, Any]] = []
         for worker_id, count in freed.items():
             listing = listings[worker_id]
             listing.freed += count
             slots = listing.free + listing.freed
-            if listing.due(slots, listener.connection_id):
-                listing.listed(slots, listener.connection_id)
-                params = {"worker": worker_id, "queue": queue, "listener": listener.connection_id}
+            if listing.due(slots, heard_on):
+                listing.listed(slots, heard_on)
+                params = {"worker": worker_id, "queue": queue, "listener": heard_on[1]}
                 params |= {"span": SPAN, "free": slots}
                 # One entry a statement: the transaction counts its statements' results.
                 statements += [(part, params) for part in self.sql["list"].split(";\n")]

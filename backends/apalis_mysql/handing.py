@@ -30,10 +30,12 @@ again under its new listener at its next empty claim, and reads the hands it kep
 A listing names its listener by the server's connection id, which a restarted server gives
 out again from 1: a listing made before the server's last start is never handed to (`hand_push`
 compares it with `@apalis_boot`, each connection's reading of the server's start), or its KILL
-QUERY could end an unrelated connection's statement, and its worker would not be woken. That
-reading counts whole seconds of Uptime, so it errs late: a listing of the server's first second
-may be passed by too, until its worker lists itself again. A worker whose listener connected
-again lists itself at its next empty claim, under the new connection.
+QUERY could end an unrelated connection's statement, and its worker would not be woken. Uptime
+counts whole seconds, so that reading is the end of the second the server started in: a listing
+made before it may be of the server's first second, and is passed by too, until its worker lists
+itself again. A worker whose listener connected again lists itself at its next empty claim, under
+the new connection (which the server may have given the id the old one had: `Listener.connection`
+tells them apart).
 
 A handed task is an ordinary claim: a worker that stops polling gives back those it never saw
 (`farewell_idle`), one whose wake-up was lost gives them back by its heartbeat (lost claims),
@@ -84,15 +86,16 @@ class Listing:
     freed: int = 0
     """Slots its acknowledged runs gave back since it was listed: a worker fed by hands alone
     makes no short claim to list it again, so its acknowledgements do (`Database.ack`)."""
-    listener: int | None = None
-    """The connection id of the listener it was listed with."""
+    listener: tuple[int, int] | None = None
+    """The connection of the listener it was listed with (`Listener.connection`)."""
 
-    def due(self, slots: int, listener: int) -> bool:
-        """Whether a worker with `slots` free, heard by `listener`, should be (re)listed: its
-        listener connected again since (a server restart) makes its listing stale."""
+    def due(self, slots: int, listener: tuple[int, int]) -> bool:
+        """Whether a worker with `slots` free, heard on the `listener` connection, should be
+        (re)listed: its listener connected again since (a server restart) makes its listing
+        stale, even when the restarted server gave it the id it had before."""
         return self.until - time.time() < SPAN / 2 or self.free < max(slots // 2, 1) or listener != self.listener
 
-    def listed(self, slots: int, listener: int) -> None:
+    def listed(self, slots: int, listener: tuple[int, int]) -> None:
         self.until, self.free, self.open, self.freed = time.time() + SPAN, slots, True, 0
         self.listener = listener
 

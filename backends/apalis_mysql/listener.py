@@ -108,6 +108,9 @@ class Listener:
         self.connection_id: int | None = None
         """The server's id of the listening connection, also in `own` (the signals sent from
         this process leave it out: they tell its pollers directly)."""
+        self.connections = 0
+        """How many connections it has listened on: a restarted server gives its ids out again
+        from 1, so a listener that connected again may have the id it had before."""
 
     def start(self) -> None:
         """Start listening in the background (idempotent)."""
@@ -127,6 +130,12 @@ class Listener:
         self._forget_id()
         return gone
 
+    @property
+    def connection(self) -> tuple[int, int] | None:
+        """Which connection it listens on, told apart from an earlier one that had the same id
+        (its count of connections, then the id); None while it has none."""
+        return None if self.connection_id is None else (self.connections, self.connection_id)
+
     def _forget_id(self) -> None:
         if self.connection_id is not None:
             self._own.discard(self.connection_id)
@@ -142,6 +151,7 @@ class Listener:
             await cursor.execute("SELECT CONNECTION_ID()")
             self._forget_id()
             self.connection_id = int((await cursor.fetchone())[0])
+            self.connections += 1
             self._own.add(self.connection_id)
             steady()
             woke = True  # (re)connected: a signal may have been missed

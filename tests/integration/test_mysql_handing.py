@@ -111,7 +111,17 @@ async def test_a_push_to_a_worker_whose_process_is_gone_is_stored_for_the_others
     await reader.open()
     try:
         stream = await _idle_worker(worker_store, "w1")  # listed idle, its stream left open
+        database = worker_store.database
+        listener = database._listeners[database._queue_tag("q")].connection_id
         await worker_store.close()  # its listener's connection is gone, the listing stays
+        # The server ends a killed connection's thread a moment after the KILL (listed 'Killed'
+        # meanwhile, and a KILL QUERY of it succeeds): under load, more than a push takes.
+        lookup = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+        async with asyncio.timeout(10):
+            while True:
+                if await pusher.database.run(lambda conn: _fetch_one(conn, lookup, listener)) is None:
+                    break
+                await asyncio.sleep(0.01)
         pushed = pusher.backend("q", codec=JsonCodec())
         task_id = await pushed.push({"n": 1})
         stored = await reader.backend("q", codec=JsonCodec()).get(task_id)
@@ -320,33 +330,51 @@ def restartable() -> Iterator[tuple[PrivateServer, str]]:
         yield server, mariadb_database(server, "handing")
 
 
+def _at_fraction(fraction: float) -> float:
+    """Block until the clock is `fraction` into a second (the next such moment); that time."""
+    now = time.time()
+    time.sleep((fraction - now % 1) % 1)
+    return time.time()
+
+
 async def test_a_listing_made_before_the_server_restarted_is_not_handed_to(
     restartable: tuple[PrivateServer, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A restarted server numbers its connections from 1 again: a listing made before (here of a
     # worker whose process stopped meanwhile) names a listener id that another connection may
     # hold now. A push must neither end that connection's statement (KILL QUERY) nor hand its
-    # task to a worker it cannot wake: the task is stored for the others.
+    # task to a worker it cannot wake: the task is stored for the others. The listing is of the
+    # moment before the server started, halfway into a second, and the push's connection is made
+    # early in a later one: a reading of the server's start as `NOW(6) - Uptime` was then half a
+    # second before the start, and took the listing for one made after it.
     monkeypatch.setattr(handing, "SPAN", 60.0)  # the listing outlasts the restart
     monkeypatch.setattr(mysql_connection, "SPAN", 60.0)
     server, url = restartable
-    worker_store, pusher = make_mysql_store(url), make_mysql_store(url)
+    worker_store = make_mysql_store(url)
     await worker_store.open()
-    await pusher.open()
+    idle = f"{worker_store.database.config.table_prefix}idle"
+    stream = await _idle_worker(worker_store, "w1")  # kept: closed, it would unlist the worker
+    await worker_store.close()  # its process is gone, its listing stays
+    server.stop()
+    before = _at_fraction(0.5) - 0.001
+    server.start()
+    bystander = await asyncmy.connect(
+        host="127.0.0.1", port=server.port, user="root", database="handing", autocommit=True
+    )
     try:
-        idle = f"{pusher.database.config.table_prefix}idle"
-        await _idle_worker(worker_store, "w1")
-        await worker_store.close()  # its process is gone, its listing stays
-        server.restart(down_for=0.1)
-        bystander = await asyncmy.connect(
-            host="127.0.0.1", port=server.port, user="root", database="handing", autocommit=True
+        # The listing now names the bystander's connection, as a number given out again would,
+        # and was made at the last moment before the start (as a quicker restart leaves it).
+        (bystander_id,) = await _fetch_one(bystander, "SELECT CONNECTION_ID()")
+        until = before + handing.SPAN
+        await _fetch_one(
+            bystander, f"UPDATE {idle} SET listener = %s, until = %s WHERE worker_id = 'w1'", bystander_id, until
         )
+        assert await _fetch_one(bystander, "SELECT ROW_COUNT()") == (1,), "the worker is not listed"
+        sleeping = asyncio.ensure_future(_fetch_one(bystander, "SELECT SLEEP(2)"))
+        _at_fraction(0.0)
+        pusher = make_mysql_store(url)
+        await pusher.open()
         try:
-            # The listing now names the bystander's connection, as a number given out again would.
-            (bystander_id,) = await _fetch_one(bystander, "SELECT CONNECTION_ID()")
-            await _fetch_one(bystander, f"UPDATE {idle} SET listener = %s WHERE worker_id = 'w1'", bystander_id)
-            sleeping = asyncio.ensure_future(_fetch_one(bystander, "SELECT SLEEP(2)"))
-            await asyncio.sleep(0.3)
             pushed = pusher.backend("q", codec=JsonCodec())
             task_id = await pushed.push({"n": 1})
             stored = await pushed.get(task_id)
@@ -354,9 +382,38 @@ async def test_a_listing_made_before_the_server_restarted_is_not_handed_to(
             assert (stored.ctx.status, stored.ctx.lock_by) == (Status.PENDING, None), "handed by a stale listing"
             assert await sleeping == (0,), "the push ended an unrelated connection's statement"
         finally:
-            bystander.close()
+            await pusher.close()
     finally:
-        await pusher.close()
+        bystander.close()
+        del stream
+
+
+async def _listed_again(worker_store: MysqlStore, pusher: MysqlStore, stream: AsyncIterator[Any], since: float) -> None:
+    """Poll until the worker's listing was written since `since` (this machine's clock, which
+    the server's is), under its queue listener's present connection id; 10 s at most."""
+    idle = f"{pusher.database.config.table_prefix}idle"
+    listener = worker_store.database._listeners[worker_store.database._queue_tag("q")]
+    deadline = time.monotonic() + 10
+    seen: list[Any] = []
+    while True:
+        assert await anext(stream) is None
+        row = await pusher.database.run(
+            lambda conn: _fetch_one(conn, f"SELECT listener, until - {handing.SPAN} FROM {idle}")
+        )
+        seen.append((row, listener.connection_id))
+        if row is not None and row[0] == listener.connection_id and row[1] >= since:
+            return
+        assert time.monotonic() < deadline, f"the worker was not listed again with its new listener: {seen[-3:]}"
+        await asyncio.sleep(0.05)
+
+
+async def _handed_to_w1(pusher: MysqlStore, stream: AsyncIterator[Task[bytes] | None]) -> None:
+    pushed = pusher.backend("q", codec=JsonCodec())
+    task_id = await pushed.push({"n": 1})
+    stored = await pushed.get(task_id)
+    assert stored is not None
+    assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")  # handed
+    assert (await asyncio.wait_for(_next_task(stream), 10)).id == task_id
 
 
 async def test_a_worker_is_listed_again_with_its_listener_after_a_server_restart(
@@ -364,33 +421,81 @@ async def test_a_worker_is_listed_again_with_its_listener_after_a_server_restart
 ) -> None:
     # After a restart its listener sleeps on a new connection: the worker's next empty claim lists
     # it again under that one (not only once half of its listing's span is gone), and pushes are
-    # handed to it again.
+    # handed to it again. (The restarted server numbers connections from 1 again: the listener's
+    # new id may be one this process's listeners had before, the control listener's say.)
     monkeypatch.setattr(handing, "SPAN", 60.0)  # a listing by time alone would wait 30 s
     monkeypatch.setattr(mysql_connection, "SPAN", 60.0)
     server, url = restartable
     async with _worker_and_pusher(url) as (worker_store, pusher):
-        idle = f"{pusher.database.config.table_prefix}idle"
         stream = await _idle_worker(worker_store, "w1")
-        before = set(worker_store.database.signals.own)
         server.restart(down_for=0.1)
-        # The loop stays blocked a second more: its listener connects again, and lists, later than
-        # any connection's reading of the server's start (Uptime counts whole seconds, so that
-        # reading may be up to a second late, and a listing older than it is passed by).
+        restarted = time.time()
+        # The loop stays blocked a second more: its listener connects again, and lists, after the
+        # end of the second the server started in (each connection's reading of its start: Uptime
+        # counts whole seconds), which a listing must be made after to be handed to.
         time.sleep(1.1)  # noqa: ASYNC251 (blocking on purpose)
-        deadline = time.monotonic() + 10
-        while True:
-            assert await anext(stream) is None
-            row = await pusher.database.run(lambda conn: _fetch_one(conn, f"SELECT listener FROM {idle}"))
-            if row is not None and row[0] in worker_store.database.signals.own and row[0] not in before:
-                break
-            assert time.monotonic() < deadline, "the worker was not listed again with its new listener"
-            await asyncio.sleep(0.05)
-        pushed = pusher.backend("q", codec=JsonCodec())
-        task_id = await pushed.push({"n": 1})
-        stored = await pushed.get(task_id)
-        assert stored is not None
-        assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, "w1")  # handed
-        assert (await asyncio.wait_for(_next_task(stream), 10)).id == task_id
+        await _listed_again(worker_store, pusher, stream, restarted)
+        await _handed_to_w1(pusher, stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def _connect_until(port: int, last: int) -> None:
+    """Connect to the server (and leave) until it has given out the connection id `last`."""
+    while True:
+        conn = await asyncmy.connect(host="127.0.0.1", port=port, user="root")
+        try:
+            (given,) = await _fetch_one(conn, "SELECT CONNECTION_ID()")
+        finally:
+            conn.close()
+        assert given <= last, f"the server is past connection id {last} already"
+        if given == last:
+            return
+
+
+async def test_a_worker_whose_listener_has_its_old_id_after_a_server_restart_is_listed_again(
+    restartable: tuple[PrivateServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The restarted server gives the queue's listener the very id it had before the restart. Its
+    # worker's listing, made before, is passed by (`@apalis_boot`), so the worker must list itself
+    # again all the same: it did only once half of its listing's span was gone, and pushes until
+    # then were not handed over (each a plain insert, a wake-up and a claim of its own).
+    monkeypatch.setattr(handing, "SPAN", 60.0)  # a listing by time alone would wait 30 s
+    monkeypatch.setattr(mysql_connection, "SPAN", 60.0)
+    server, url = restartable
+    await _connect_until(server.port, 30)  # the listeners' ids, well past those a start gives out
+    async with _worker_and_pusher(url) as (worker_store, pusher):
+        stream = await _idle_worker(worker_store, "w1")
+        database = worker_store.database
+        queue_listener = database._listeners[database._queue_tag("q")]
+        control_listener = database._listeners[database._control_tag]
+        old_id = queue_listener.connection_id
+        assert old_id is not None
+        # Once the server is back, the queue's listener connects first, when the server's next id
+        # is its old one; the control listener after it.
+        gate, queue_back = asyncio.Event(), asyncio.Event()
+        connect_queue, connect_control = queue_listener._connect, control_listener._connect
+
+        async def queue_connect() -> Any:
+            await gate.wait()
+            conn = await connect_queue()
+            queue_back.set()
+            return conn
+
+        async def control_connect() -> Any:
+            await queue_back.wait()
+            return await connect_control()
+
+        monkeypatch.setattr(queue_listener, "_connect", queue_connect)
+        monkeypatch.setattr(control_listener, "_connect", control_connect)
+        server.restart(down_for=0.1)
+        restarted = time.time()
+        await asyncio.sleep(1.1)  # past the second the readings of the server's start may be late
+        await _connect_until(server.port, old_id - 1)
+        gate.set()
+        await asyncio.wait_for(queue_back.wait(), 10)
+        await _listed_again(worker_store, pusher, stream, restarted)
+        assert queue_listener.connection_id == old_id, "the listener was not given its old id again"
+        await _handed_to_w1(pusher, stream)
         await stream.aclose()  # type: ignore[attr-defined]
 
 

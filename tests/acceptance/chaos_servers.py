@@ -223,11 +223,14 @@ def private_mariadb(port: int, *, binlog: bool = False) -> Iterator[PrivateServe
     base = owned_tmpdir("apalis-chaos-mariadb-", "mysql")
     data = base / "data"
     argv = [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}", "--bind-address=127.0.0.1"]
-    argv += [f"--socket={base}/sock", f"--pid-file={base}/pid", "--user=mysql"]
+    # Temporary tables in a folder of its own: a MariaDB that starts removes every `#sql` file in
+    # its tmpdir, and in the default /tmp a private server (re)started beside another's install
+    # removed that install's temporary table ("Unknown table 'mysql.tmp_user_sys'": it failed).
+    argv += [f"--socket={base}/sock", f"--pid-file={base}/pid", "--user=mysql", f"--tmpdir={base}"]
     argv += [f"--log-bin={base}/binlog", "--server-id=1"] if binlog else []
     server = PrivateServer("mariadb", argv, port, base / "server.log")
     try:
-        _set_up([install, "--no-defaults", f"--datadir={data}", "--user=mysql", *_MARIADB_INSTALL])
+        _set_up([install, "--no-defaults", f"--datadir={data}", "--user=mysql", f"--tmpdir={base}", *_MARIADB_INSTALL])
         server.start()
         yield server
     finally:

@@ -33,7 +33,7 @@ worker that starts right after a stall waits too), and only while its beat under
 than `stall_gap` ago: a store whose server judges staleness when the sweep runs (PostgreSQL,
 MySQL) asks after its round trips, and a stall during them has not been noted by any beat yet.
 
-The gap: a live neighbour beats every `keep_alive` (plus its beat's round trip), and is judged
+The gap: a live neighbour beats every `keep_alive` (or its round trips, when longer), and is judged
 stale once its last beat is `stale_after` old. After a stall of `d` (or a round trip as slow)
 its last beat may be as old as `keep_alive + d` plus its round trip, and the sweeping worker's
 own gap across the same stall is at least `d`: a gap past `stale_after - keep_alive` must count,

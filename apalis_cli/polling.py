@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -185,6 +186,14 @@ async def beat_every(
 ) -> AsyncIterator[None]:
     """The heartbeat stream: `beat()` now and then every `keep_alive`, one item per success.
 
+    Every `keep_alive` from one beat's start to the next's, the beat's round trips included: the
+    others judge a worker by the stamp a beat writes first, and a wait of `keep_alive` after
+    those round trips (a MariaDB beat makes five or more, a loaded server answers each in
+    100 ms or more) made the stamps `keep_alive` plus them apart, past `stale_after` under load:
+    another daemon swept the worker's tasks while it ran them (test_chaos_outage[mysql], live
+    daemons' beats 1.7-1.9 s old at `stale_after` 1.5 s). A beat longer than `keep_alive` is
+    followed after a quarter of it, so a slow server is not beaten without a pause.
+
     `farewell()` runs when the stream is closed (the worker stopped): a store unregisters the
     worker there, so its leftovers are recovered at once rather than after `stale_after`.
     With the store's `contact`, the worker beats as soon as the store is reached again after an
@@ -195,11 +204,12 @@ async def beat_every(
     sleep = asyncio.sleep if contact is None else contact.sleep
     try:
         while True:
+            started = time.monotonic()
             if contact is not None:
                 contact.beat(worker.id, worker.keep_alive, worker.stale_after)
             await beat()
             yield None
-            await sleep(worker.keep_alive)
+            await sleep(max(worker.keep_alive - (time.monotonic() - started), worker.keep_alive / 4))
     finally:
         if contact is not None:
             contact.forget(worker.id)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 from apalis_cli.backend import WorkerContext
+from apalis_cli.contact import Contact
 from apalis_cli.polling import Waker, beat_every, poll_batches
 from apalis_cli.task import Task, TaskContext
 
@@ -122,6 +123,29 @@ async def test_beat_every_beats_then_says_farewell() -> None:
     assert len(beats) == 3
     assert beats[2] - beats[0] >= 0.035, "beats are keep_alive apart"
     assert farewells == [True]
+
+
+async def test_beat_every_counts_keep_alive_from_the_start_of_a_beat() -> None:
+    # The others judge a worker by the stamp its beat writes first: a beat whose round trips take
+    # a while is followed keep_alive after it began, not keep_alive after they ended (stamps
+    # that far apart were past stale_after under load, and another daemon swept the worker).
+    waits: list[float] = []
+
+    class Recorded(Contact):
+        async def sleep(self, seconds: float) -> None:
+            waits.append(seconds)
+
+    contact = Recorded()
+
+    async def beat() -> None:
+        await asyncio.sleep(0.3)  # its round trips
+
+    stream = beat_every(context(keep_alive=1.0), beat, None, contact)
+    for _ in range(3):
+        await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert len(waits) == 2
+    assert all(0.25 <= wait <= 0.7 for wait in waits), f"waits {waits}: keep_alive is counted from the beat's start"
 
 
 class SlowSource(Source):

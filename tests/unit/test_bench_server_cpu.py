@@ -282,3 +282,24 @@ def test_the_ceiling_table_sets_ours_cpu_per_task_beside_the_raw_drivers() -> No
     text = _render({"machine": "2 cores", "backends": ours, "ceiling_ratios": no_server})
     assert "52.0 + -" in text
     assert "9.0 + -" in text
+
+
+def test_the_bar_is_judged_on_the_steady_drains(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A queue's one-time setup (pgmq's key index made by the saturated drain's first claim) slows
+    # the saturated drain's first fifth: over the whole drain 0.5 of unlimited's rate, over its
+    # last four fifths 0.95. The verdict is the steady one.
+    async def drain(store: Any, mode: str, *args: Any) -> bench.limits.Drained:
+        if mode == "unlimited":
+            return bench.limits.Drained(1000.0, 1000.0, 20.0, None, 20.0, None)
+        return bench.limits.Drained(500.0, 950.0, 20.0, None, 20.0, None)
+
+    monkeypatch.setattr(bench.limits, "drain", drain)
+    verdicts = asyncio.run(
+        bench.limits.run(["memory"], tasks=10, keys=2, hot=5, rounds=3, modes=("unlimited", "saturated"))
+    )
+    assert round(verdicts["memory"].median, 6) == 0.95
+    out = capsys.readouterr().out
+    assert "memory: no head-of-line blocking: met, ratio 0.95 (range 0.95-0.95 over 3 rounds)" in out
+    assert "whole drains: 0.50" in out

@@ -245,11 +245,18 @@ def connect(url: str, client_name: str, patience: Patience, *, cluster: bool = F
     from redis.asyncio.cluster import ClusterNode, RedisCluster
 
     class Cluster(RedisCluster):
+        reached = retry is None
+        """Whether a failed command is tried again for what is left of the budget: not until
+        `connect_checked` reached the cluster once, so an unreachable one is one error at once
+        (opening spent the whole budget, 29 s, in its PING)."""
+
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
             started = time.monotonic()
             try:
                 return await super().execute_command(*args, **kwargs)
             except Exception as error:
+                if not self.reached:
+                    raise
                 # redis-py tried it as many times as the budget holds, but gives up before once
                 # a topology refresh reached no node (every master away): what is left of the
                 # budget is spent here, so a restart of the whole cluster is ridden out too.
@@ -285,6 +292,8 @@ async def connect_checked(url: str, client_name: str, patience: Patience, *, clu
         where = "redis cluster" if cluster else "redis"
         raise BackendError(redact(f"cannot reach {where} at {url}: {exc}", secrets_in(url))) from None
     client.set_retry(patience.cluster_policy() if cluster else patience.policy())
+    if cluster:
+        client.reached = True
     return client
 
 

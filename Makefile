@@ -25,9 +25,9 @@ test: venv
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check apalis_cli backends
-	$(BIN)/ruff format --check apalis_cli backends
-	$(BIN)/mypy --strict apalis_cli backends
+	$(BIN)/ruff check apalis_cli backends tests bench
+	$(BIN)/ruff format --check apalis_cli backends tests bench
+	$(BIN)/mypy --strict apalis_cli backends tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache apalis.db apalis.db-wal apalis.db-shm

@@ -45,7 +45,7 @@ async def count(kind: str, url: str | None, tasks: int, conc: int, lone: bool, o
         body = {"enq_ts": 0.0}
         for start in range(0, 0 if lone else tasks, 1000):
             await queue.push_bulk([body] * min(1000, tasks - start))
-        spec = {"kind": kind, "url": target.url, "options": target.options, "queue": queue_name}
+        spec: dict[str, Any] = {"kind": kind, "url": target.url, "options": target.options, "queue": queue_name}
         spec |= {"concurrency": conc, "loop": "asyncio", "handler": "async", "settings": {}, "profile": None}
         proc = await asyncio.create_subprocess_exec(
             *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),

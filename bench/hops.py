@@ -195,7 +195,7 @@ def _report(pushes: list[tuple[float, ...]], worker: dict[str, Any]) -> None:
     read_times = [r[0] for r in reads]
     stamps = sorted([*reads, *starts.values()])  # the worker's stamps with its run-queue wait, in time order
     stamp_times = [s[0] for s in stamps]
-    rows = []
+    rows: list[tuple[float, float, float | None, float | None, float, float, float, float]] = []
     for stamp, returned, pusher_wait, server_wait in pushes:
         start = starts.get(stamp)
         if start is None:
@@ -211,7 +211,8 @@ def _report(pushes: list[tuple[float, ...]], worker: dict[str, Any]) -> None:
     ms = 1e3
     lat = [(r[4] - r[0]) * ms for r in rows]
     own = [(r[4] - r[0]) * ms - r[5] - r[7] for r in rows]
-    handed = [r for r in rows if r[2] is not None and r[3] is not None]
+    # (pushed, returned, read, given, started) of the tasks handed over, read and given known
+    handed = [(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[2] is not None and r[3] is not None]
     print(f"tasks {len(rows)} of {len(pushes)} started, {len(handed)} handed over (the rest woke the worker)")
     figures = {
         "latency": lat,

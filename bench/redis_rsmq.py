@@ -17,7 +17,7 @@ import dataclasses
 import statistics
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
@@ -42,7 +42,7 @@ async def raw_baseline(url: str, n: int) -> tuple[float, float]:
     got = 0
     while got < n:
         for item in await client.rpop(key, 100) or []:
-            json.loads(item)
+            json.loads(cast(bytes, item))  # bytes: the client does not decode replies
             got += 1
     drain_rate = n / (time.perf_counter() - started)
     await client.delete(key)

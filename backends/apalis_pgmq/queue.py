@@ -336,7 +336,9 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
 
     def _tidy_beside(self, worker: WorkerContext) -> None:
         """Forget silent workers and purge what outlived `retention` (archived messages, keys,
-        unique holders, waits), and for a worker with a keyed limit mark the messages lost since
+        unique holders, waits), and for a worker with a keyed limit analyze the queue table when
+        it outgrew its statistics (`stats_behind`: the claim's plans made for a near-empty queue
+        are made again), and mark the messages lost since
         the last sweep (`limit_sweep`: claimable again from the key index), or every lost message
         (`mark_lost`) at this queue's first sweep and `MARK_ALL_EVERY` after the last one that
         succeeded: a write that moved a vt behind where the sweeps had got to without marking it
@@ -354,15 +356,20 @@ class PgmqQueue(QueueBase, PgmqInspector, PgmqControl, PgmqUnique):
             ("forget_waits", {}),
         ]
         began = time.monotonic()
-        marks_all = False
+        marks_all = keyed = False
         if worker.limits is not None and worker.limits.keyed:
+            keyed = True
             marks_all = self._marked_all_at is None or began - self._marked_all_at >= MARK_ALL_EVERY
             statements.append(("mark_lost" if marks_all else "limit_sweep", {}))
+            statements.append(("stats_behind", {}))
 
         async def tidy() -> None:
-            await self._execute(statements, atomic=False)
+            results = await self._execute(statements, atomic=False)
             if marks_all:
                 self._marked_all_at = began
+            if keyed and results[-1] and results[-1][0][0]:
+                # The keyed claim's plans were made for a far smaller queue: new ones, for this one.
+                await self._execute([("analyze_queue", {})])
 
         self._tidying.start(tidy)
 

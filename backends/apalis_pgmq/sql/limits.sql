@@ -72,6 +72,22 @@ INSERT INTO apalis_pgmq.limit_sweeps AS s (queue, swept_to)
 SELECT %(queue)s, now() - {_sweep_lag} FROM (SELECT count(*) FROM lost) AS l
 ON CONFLICT (queue) DO UPDATE SET swept_to = excluded.swept_to
 
+-- name: stats_behind
+-- Whether the planner's statistics of the queue table are far behind its size: twice the rows
+-- the last ANALYZE (or VACUUM, or the key index's making) counted, and a thousand more. The
+-- limited claim function keeps its plans for the life of a connection (`create_limit_claim`), and
+-- plans made while the queue was near empty (a keyed worker waiting for work) stay: when a
+-- backlog of 20,000 arrived, they claimed 17-41 messages a second where fresh ones claim 2,400
+-- (bench/README.md, session 14). An ANALYZE of the table (`analyze_queue`) invalidates them. The
+-- server's autovacuum would analyze it within its naptime (a minute by default), or never when off.
+-- `n_live_tup` comes from the server's statistics, which count inserts with autovacuum off too.
+SELECT coalesce(s.n_live_tup, 0) > 2 * greatest(c.reltuples, 0) + 1000
+FROM pg_class AS c LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+WHERE c.oid = to_regclass('{q}')
+
+-- name: analyze_queue
+ANALYZE {q}
+
 -- name: limit_sweep
 -- The lost messages since the last sweep of the queue, marked (`_mark_lost`), run beside the
 -- heartbeat of a process with a limited worker (`PgmqQueue._tidy_beside`) rather than by every

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from apalis_cli.backend import NewTask
 from apalis_cli.codec import JsonCodec, MsgpackCodec
 from apalis_cli.durations import format_duration, parse_duration
 from apalis_cli.errors import BadPayload, UsageError
@@ -26,8 +27,8 @@ def test_task_ids_are_unique_and_time_ordered() -> None:
     assert all(first < i for i in ids), "an id made later sorts later (ms resolution)"
 
 
-@pytest.mark.parametrize("cls", [Task, TaskContext])
-def test_task_and_context_take_every_field_and_stay_frozen(cls: Any) -> None:
+@pytest.mark.parametrize("cls", [Task, TaskContext, NewTask])
+def test_task_context_and_new_task_take_every_field_and_stay_frozen(cls: Any) -> None:
     # Their __init__ is written by hand (it is on the hot path): it must set each field, with
     # the declared default, and leave the object as frozen as a generated one would.
     fields = [f for f in dataclasses.fields(cls) if f.init]  # not `cancel_reason`: set by the worker
@@ -51,6 +52,16 @@ def test_a_context_gets_the_declared_defaults() -> None:
             default = factory() if f.default is dataclasses.MISSING else f.default
             assert getattr(ctx, f.name) == default, f.name
     assert ctx.meta is not TaskContext(queue="q").meta, "each context has its own meta"
+
+
+def test_a_new_task_gets_the_declared_defaults() -> None:
+    new = NewTask(id="t", payload=b"{}", run_at=1.0)
+    for f in dataclasses.fields(NewTask):
+        if f.name not in ("id", "payload", "run_at"):
+            factory: Any = f.default_factory
+            default = factory() if f.default is dataclasses.MISSING else f.default
+            assert getattr(new, f.name) == default, f.name
+    assert new.meta is not NewTask(id="t", payload=b"{}", run_at=1.0).meta, "each task has its own meta"
 
 
 def test_final_statuses() -> None:

@@ -22,6 +22,14 @@ signal also says a task ended or a cancel was asked, and those may come often). 
 listens to nothing (a plain producer) hears no announcement and keeps trusting its lists for
 `KNOWN_FOR`; its pushes of one task go to an idle worker's listener by id anyway (`handing`).
 
+A listener holds a named lock of its connection's id (`LIVE_LOCK`) for as long as that
+connection lives: the server frees it when the connection ends, which another process can read
+in a statement of its own (`IS_USED_LOCK`). A listener whose process was killed stays asleep on
+the server for up to 5 s (MariaDB looks at a sleeping connection's client every 5 s of its
+SLEEP), so a KILL QUERY of it succeeds; the server then answers the dead client, finds it gone
+and ends the connection at once (0.2-0.5 ms after the KILL's answer here), freeing the lock
+(`handing`: a task handed to such a listener is taken back).
+
 A signal that arrives while a listener is between two sleeps is lost; so the listener sends its
 next sleep before it wakes the pollers: they claim after it is on its way, and a push they miss
 has a signal that finds it sleeping. A task nothing wakes for is still found by the pollers' idle
@@ -39,13 +47,14 @@ from typing import Any
 
 from apalis_cli.retrying import keep_connected
 
-__all__ = ["Listener", "Signals", "end_sleep", "gone", "sleep_statement", "tag", "vanished"]
+__all__ = ["LIVE_LOCK", "Listener", "Signals", "end_sleep", "gone", "sleep_statement", "tag", "vanished"]
 
 
 SLEEP_S = 30  # a listener's sleep ends at least this often: a lost connection is noticed then
 KNOWN_FOR = 1.0  # seconds a signaller trusts its list of sleeping listeners before looking again
 RECHECK_EVERY = 0.1  # after its control listener was woken, a signaller looks again at most this often
 ANNOUNCE_WITHIN = 1.0  # seconds a new listener's announcement may take before it listens without
+LIVE_LOCK = "apalis-listen:"  # + the connection id: a named lock each listener holds while it lives
 _INTERRUPTED = 1317  # "Query execution was interrupted": the KILL QUERY of a signal
 _UNKNOWN_THREAD = 1094  # the connection is no more
 _GONE = {_UNKNOWN_THREAD, 1095}  # or not the owner of the thread (another user's listener)
@@ -148,7 +157,7 @@ class Listener:
         conn = await self._connect()
         try:
             cursor = conn.cursor()
-            await cursor.execute("SELECT CONNECTION_ID()")
+            await cursor.execute(f"SELECT CONNECTION_ID(), GET_LOCK(CONCAT('{LIVE_LOCK}', CONNECTION_ID()), 0)")
             self._forget_id()
             self.connection_id = int((await cursor.fetchone())[0])
             self.connections += 1

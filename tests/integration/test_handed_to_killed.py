@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any
 
+import pytest
 from apalis_cli.backend import Store
 from apalis_cli.codec import JsonCodec
 from apalis_cli.task import Status, Task
@@ -23,7 +24,7 @@ from .running import run_until
 
 STORE_KINDS = ("postgres", "redis", "mysql")
 
-_IDLE_WORKER = """
+IDLE_WORKER = """
 import asyncio, json, sys
 from apalis_cli.backend import StoreSpec
 from apalis_cli.codec import JsonCodec
@@ -60,14 +61,11 @@ def spec_of(store: Store) -> tuple[str, str, dict[str, Any]]:
     return "mysql", store.config.url, {}
 
 
-async def handed_to_a_killed_worker(store: Store) -> tuple[Any, str]:
-    """A queue whose one worker (another process) was killed with SIGKILL while listed idle, and
-    the id of a task (one attempt allowed) a push then handed to it."""
-    queue = "handed-to-killed"
-    backend: Any = store.backend(queue, codec=JsonCodec(), max_attempts=1)
+async def killed_while_idle(store: Store, queue: str) -> None:
+    """A worker of `queue` in another process, killed with SIGKILL once listed idle."""
     kind, url, options = spec_of(store)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _IDLE_WORKER, kind, url, json.dumps(options), queue, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", IDLE_WORKER, kind, url, json.dumps(options), queue, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
@@ -76,6 +74,22 @@ async def handed_to_a_killed_worker(store: Store) -> tuple[Any, str]:
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def handed_to_a_killed_worker(store: Store, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """A queue whose one worker (another process) was killed with SIGKILL while listed idle, and
+    the id of a task (one attempt allowed) a push then handed to it. On MariaDB the push takes
+    such a task back once it sees the listener's connection end after its KILL (`handing`):
+    here that look misses, as it may on a server too loaded to end the connection in time."""
+    queue = "handed-to-killed"
+    backend: Any = store.backend(queue, codec=JsonCodec(), max_attempts=1)
+    if isinstance(store, MysqlStore):
+
+        def missed(*args: Any) -> None:
+            pass
+
+        monkeypatch.setattr(store.database, "_watch", missed)
+    await killed_while_idle(store, queue)
     task_id = await backend.push({"x": 1})
     handed = await backend.get(task_id)
     assert handed is not None
@@ -98,16 +112,20 @@ async def runs_once_and_is_done(backend: Any, task_id: str) -> None:
     assert done.ctx.status is Status.DONE
 
 
-async def test_a_task_handed_to_a_killed_idle_worker_is_not_an_attempt(store: Store) -> None:
-    backend, task_id = await handed_to_a_killed_worker(store)
+async def test_a_task_handed_to_a_killed_idle_worker_is_not_an_attempt(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, task_id = await handed_to_a_killed_worker(store, monkeypatch)
     await runs_once_and_is_done(backend, task_id)
 
 
-async def test_a_killed_workers_listing_outlives_its_lapse_until_the_sweep(mysql_store: MysqlStore) -> None:
+async def test_a_killed_workers_listing_outlives_its_lapse_until_the_sweep(
+    mysql_store: MysqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """MariaDB drops the rows of listings that lapsed a minute ago as other workers list
     themselves; a dead worker's row (what was handed to it) stays until the orphan sweep has
     forgotten the worker, or a stale_after past a minute would count the hand-over again."""
-    backend, task_id = await handed_to_a_killed_worker(mysql_store)
+    backend, task_id = await handed_to_a_killed_worker(mysql_store, monkeypatch)
     table = f"{mysql_store.config.database}.{mysql_store.config.table_prefix}idle"
     await admin_execute(mysql_store.config.url, f"UPDATE {table} SET until = until - 120")  # lapsed long ago
     await runs_once_and_is_done(backend, task_id)

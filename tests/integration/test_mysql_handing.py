@@ -15,12 +15,15 @@ from apalis_cli.backend import WorkerContext
 from apalis_cli.codec import JsonCodec
 from apalis_cli.service import Outcome
 from apalis_cli.task import Status, Task
+from apalis_cli.worker import Worker
 from apalis_mysql import MysqlStore, handing
 from apalis_mysql import connection as mysql_connection
 from apalis_mysql.handing import SPAN
 
 from ..acceptance.chaos_servers import PrivateServer, free_port, mariadb_database, private_mariadb
 from .conftest import make_mysql_store
+from .running import run_until
+from .test_handed_to_killed import killed_while_idle
 
 
 @contextlib.asynccontextmanager
@@ -587,3 +590,25 @@ async def test_an_acknowledgement_does_not_wait_for_the_wake_up_it_sends(
     assert stored.ctx.last_error == "again"  # the retry is stored (and the task ready again)
     held.release.set()
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_task_handed_to_a_worker_killed_while_idle_starts_on_another_at_once(mysql_store: MysqlStore) -> None:
+    # A worker process killed with SIGKILL while listed idle: its listener stays asleep on the
+    # server for up to 5 s (MariaDB looks at a sleeping connection's client every 5 s), so the
+    # push's KILL QUERY of it succeeded and the task stayed in the dead worker's name until the
+    # orphan sweep of a worker that runs (stale_after: 30 s at the default keep_alive of 10 s).
+    # Now the push sees the listener's connection end after its KILL and takes the task back.
+    queue = "killed-idle"
+    backend: Any = mysql_store.backend(queue, codec=JsonCodec(), max_attempts=1)
+    await killed_while_idle(mysql_store, queue)
+    pushed_at = time.monotonic()
+    task_id = await backend.push({"x": 1})
+    started: list[tuple[str, int, float]] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        started.append((task.id, task.ctx.attempts, time.monotonic() - pushed_at))
+
+    other = Worker(name="other", backend=backend, handler=handler)  # keep_alive 10 s: its sweep waits 30 s
+    await run_until(other, lambda: bool(started), within=15)
+    assert [(task, attempts) for task, attempts, _ in started] == [(task_id, 1)]  # its first attempt
+    assert started[0][2] < 5, f"started {started[0][2]:.1f} s after its push"

@@ -19,7 +19,10 @@
 -- task's way, and a KILL the server holds for seconds holds neither the push nor the listing.
 -- A listener that is gone answers the KILL at once: the client takes the task back
 -- (`hand_gone`), for the other workers (it waited for the orphan sweep, `stale_after`, in the
--- dead worker's name).
+-- dead worker's name). One whose process was killed a moment ago is still asleep on the server
+-- (it notices a client gone only every 5 s of a SLEEP): the KILL succeeds and ends it. The last
+-- column says whether the listener holds its live lock (`listener.LIVE_LOCK`), whose release
+-- tells that end (`handing.WATCH_AFTER`).
 -- A listing made before the server last started (`@apalis_boot`, set on each connection) names a
 -- listener id the server may have given to another connection since: it is passed by.
 START TRANSACTION;
@@ -46,7 +49,7 @@ SET @apalis_wake = @apalis_inserted AND @apalis_listener IS NOT NULL AND @apalis
 SELECT IF(@apalis_inserted, @apalis_worker, NULL), @apalis_listener, @apalis_inserted,
     @apalis_worker IS NOT NULL OR EXISTS (
         SELECT 1 FROM {prefix}idle WHERE queue = %(queue)s AND until > {now} AND free > 0),
-    @apalis_wake;
+    @apalis_wake, @apalis_wake AND IS_USED_LOCK(CONCAT({live_lock}, @apalis_listener)) <=> @apalis_listener;
 COMMIT
 
 -- name: hand_gone

@@ -35,6 +35,8 @@ from apalis_cli.task import Task
 from apalis_sql import (
     TASK_COLUMNS,
     AckPlan,
+    BeatAsk,
+    Beaten,
     Controls,
     Session,
     encode_meta,
@@ -42,6 +44,7 @@ from apalis_sql import (
     load_queries,
     task_from_row,
 )
+from apalis_sql.database import WholeBeat
 
 from . import turns
 from .acks import ack_statements
@@ -148,6 +151,11 @@ class Database:
     keyless_from = True  # a keyed claim's keyless scan starts where the worker's last one stopped
     handing = None  # pushes never hand a task over: workers always claim
     whole_claims = None  # a limited claim is a transaction of statements (`turns`)
+
+    @property
+    def whole_beat(self) -> WholeBeat:
+        """A heartbeat is one script, one round trip (`beat`)."""
+        return self
 
     def __init__(self, config: MysqlConfig) -> None:
         self.config = config
@@ -309,6 +317,47 @@ class Database:
     async def execute(self, name: str, params: Mapping[str, Any]) -> int:
         """Run the named statement; the rows it changed."""
         return await self.run(lambda conn: _execute(conn, self.sql[name], _bind(params)))
+
+    async def beat(self, ask: Callable[[], BeatAsk]) -> Beaten:
+        """A heartbeat in one round trip: `beat`, `cancels_requested`, `paused` and `release_lost`,
+        then the sweep where `ask` says this process may sweep and the queue's sweep lock is free
+        (`beat_sweep_lock`, `beat_sweep`), each statement committed by itself as when they were
+        sent one by one (a round trip each: eight where this worker sweeps, which a slow server
+        or a loaded machine made longer than stale_after, and the other workers' sweeps ran its
+        tasks a second time). `ask()` is read at each try, just before the script is sent."""
+        sql = self.sql
+
+        async def beat_in(conn: Conn) -> Beaten:
+            a = ask()
+            cursor = conn.cursor()
+            parts = [sql["beat_start"], cursor.mogrify(sql["beat"], a.seen)]
+            if a.runs:
+                parts.append(cursor.mogrify(sql["cancels_requested"], _bind({"running": a.runs})))
+            parts += [
+                cursor.mogrify(sql["paused"], {"queue": a.stale["queue"]}),
+                cursor.mogrify(sql["release_lost"], _bind(a.lost)),
+                cursor.mogrify(sql["beat_sweep_lock"], {"sweep": a.sweep, **a.lock}),
+            ]
+            if a.sweep:  # else not sent: the server would parse the sweep's block for nothing
+                sweep = {**a.stale, "retention": a.retention}
+                swept = cursor.mogrify(sql["beat_sweep"], {"id": a.seen["id"], "keep_alive": a.keep_alive})
+                swept = swept.replace("{recover}", cursor.mogrify(sql["recover"], _bind(a.stale)))
+                tidy = (cursor.mogrify(sql[name], sweep) for name in ("forget_workers", "purge_expired"))
+                parts.append(swept.replace("{sweep}", ";\n".join(tidy)))
+            parts.append(cursor.mogrify(sql["beat_end"], a.lock))
+            await cursor.execute(";\n".join(parts))
+            read: list[Any] = []
+            while True:
+                if cursor.description:
+                    read.append(await cursor.fetchall())
+                if not await cursor.nextset():
+                    break
+            *told, ((woke, recovered, locked, _),) = read
+            cancels = list(told[0]) if a.runs else []
+            paused = bool(told[-1] and told[-1][0][0])
+            return Beaten(bool(woke) or bool(recovered), cancels, paused, bool(locked))
+
+        return await self.run(beat_in)
 
     async def session(self, op: Callable[[Session], Awaitable[T]]) -> T:
         """`op` on one connection, each statement committed by itself (a named lock, not a

@@ -333,6 +333,8 @@ class Database:
 
         return await self.run(in_transaction)
 
+    whole_beat = None  # a beat is one transaction, a round trip a statement (MariaDB sends it whole)
+
     @property
     def whole_claims(self) -> WholeClaims:
         """A limited claim is one call of migration 0009's `limit_claim` (this returns self as a

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .acks import AckPlan, AckRow, plan_acks
 from .browse import Fetch, browse_tasks, queue_activity
 from .control import SqlControl
-from .database import Backlog, Controls, Session, SqlDatabase, told_reason
+from .database import Backlog, BeatAsk, Beaten, Controls, Session, SqlDatabase, told_reason
 from .files import Migration, Queries, identifier, load_migrations, load_queries, render, split_named
 from .inspector import SqlInspector, StatementInspector
 from .options import PoolOptions, pool_options
@@ -44,6 +44,8 @@ __all__ = [
     "AckPlan",
     "AckRow",
     "Backlog",
+    "BeatAsk",
+    "Beaten",
     "Controls",
     "Fetch",
     "Migration",

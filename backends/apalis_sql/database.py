@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from apalis_cli.ahead import Held
@@ -28,7 +29,19 @@ from apalis_cli.task import Task, TaskId
 
 from .acks import AckPlan
 
-__all__ = ["Backlog", "Controls", "Handing", "Rows", "Session", "SqlDatabase", "WholeClaims", "told_reason"]
+__all__ = [
+    "Backlog",
+    "BeatAsk",
+    "Beaten",
+    "Controls",
+    "Handing",
+    "Rows",
+    "Session",
+    "SqlDatabase",
+    "WholeBeat",
+    "WholeClaims",
+    "told_reason",
+]
 
 _TOLD_BYTES = 6000
 """The most a cancel's reason takes of a control message (PostgreSQL refuses a NOTIFY payload of
@@ -149,6 +162,51 @@ class WholeClaims(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BeatAsk:
+    """What one heartbeat sends, read just before it is sent (at each try): the statements'
+    parameters, as `SqlQueue.heartbeat` gives them to `beat`, `cancels_requested`, `paused`,
+    `release_lost`, `sweep_lock`, `recover`, `forget_workers` and `purge_expired`."""
+
+    seen: Mapping[str, Any]
+    """The worker's registry row, with how many tasks it runs or holds (`beat`)."""
+    runs: list[str]
+    """The tasks it runs: which have a cancel requested."""
+    lost: Mapping[str, Any]
+    """Its lost claims (`release_lost`)."""
+    sweep: bool
+    """Whether this process may sweep now (`Contact.may_sweep`)."""
+    lock: Mapping[str, Any]
+    """The queue's sweep lock."""
+    stale: Mapping[str, Any]
+    """The queue and `stale_after` (`recover`, `forget_workers`)."""
+    retention: float
+    keep_alive: float
+    """A sweep that took longer beats again before it frees the lock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Beaten:
+    """What a heartbeat did."""
+
+    woke: bool
+    """It made tasks ready (released lost claims, recovered orphans)."""
+    cancels: Rows
+    """The runs with a cancel requested: (id, reason)."""
+    paused: bool
+    swept: bool
+
+
+class WholeBeat(Protocol):
+    """A store whose heartbeat is one round trip (MySQL/MariaDB: one script): its statements
+    as `SqlQueue.heartbeat` runs them one by one elsewhere, the sweep under its lock only where
+    the lock was free."""
+
+    async def beat(self, ask: Callable[[], BeatAsk]) -> Beaten:
+        """Beat with `ask()` (called at each try), retried while the connection is lost."""
+        ...
+
+
 class Handing(Protocol):
     """A store whose push may hand its task to an idle worker (PostgreSQL: `apalis_postgres.handing`)."""
 
@@ -197,6 +255,11 @@ class SqlDatabase(Protocol):
     @property
     def whole_claims(self) -> WholeClaims | None:
         """The store itself where its limited claim is one call (`apalis_sql.limits.WholeClaims`)."""
+        ...
+
+    @property
+    def whole_beat(self) -> WholeBeat | None:
+        """The store itself where a heartbeat is one round trip (None: one per statement)."""
         ...
 
     @property

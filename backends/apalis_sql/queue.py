@@ -36,7 +36,7 @@ from apalis_cli.task import Task, TaskId
 
 from .acks import AckPlan, plan_acks
 from .control import SqlControl
-from .database import Backlog, Handing, Rows, Session, SqlDatabase
+from .database import Backlog, BeatAsk, Handing, Rows, Session, SqlDatabase
 from .housekeeping import Housekeeping
 from .inspector import SqlInspector
 from .limits import LimitedClaims, push_unique
@@ -202,7 +202,8 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
         whether its queue is paused; release its lost claims; sweep orphans and purge expired
         tasks under the sweep lock, so one worker of the queue sweeps at a time, and only once
         this process has had the server reachable, and been awake itself, for `stale_after`
-        (`apalis_cli.contact`)."""
+        (`apalis_cli.contact`). A store that sends a beat whole (`whole_beat`) makes it one
+        round trip; the others, one a statement."""
         db, queue = self._db, self.queue
         lock = db.sweep_params(queue)
         stale = {"queue": queue, "stale_after": worker.stale_after}
@@ -260,9 +261,33 @@ class SqlQueue(QueueBase, SqlInspector, SqlControl):
                 await s.execute("sweep_unlock", lock)
             return (woke, *told, True)
 
+        def ask() -> BeatAsk:
+            # Read as it is sent (at each try): the script counts the lost claims' grace back
+            # from its own start, so a claim whose reply comes while it runs is no lost claim.
+            runs = list(worker.running())
+            running = [*runs, *self._ahead.held(worker.id)]
+            lost = {"queue": queue, "worker": worker.id, "grace": lost_grace(worker.id), "running": running}
+            if db.handing is not None:
+                lost["received"] = db.handing.received(worker.id)
+            return BeatAsk(
+                seen={**row, "running": len(running)},
+                runs=runs,
+                lost=lost,
+                sweep=db.contact.may_sweep(worker.id, worker.stale_after),
+                lock=lock,
+                stale=stale,
+                retention=worker.retention,
+                keep_alive=worker.keep_alive,
+            )
+
         async def beat() -> None:
             db.controls.workers[worker.id] = worker  # told of cancels by the listener from now on
-            woke, cancels, paused, swept = await db.session(beat_in)
+            whole = db.whole_beat
+            if whole is not None:
+                beaten = await whole.beat(ask)
+                woke, cancels, paused, swept = beaten.woke, beaten.cancels, beaten.paused, beaten.swept
+            else:
+                woke, cancels, paused, swept = await db.session(beat_in)
             for task_id, reason in cancels:
                 worker.on_cancel(task_id, reason)
             worker.on_paused(paused)

@@ -17,7 +17,10 @@ loop, tests/conformance/test_stalls.py) is older than the grace and not among th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from apalis_cli.backend import WorkerContext
@@ -246,3 +249,60 @@ async def test_a_beat_that_wakes_other_processes_does_not_wait_for_their_wake_up
     given_back = await queue.get(lost)
     assert given_back is not None
     assert given_back.ctx.status == Status.PENDING
+
+
+@contextlib.asynccontextmanager
+async def _slow_link(url: str, delay: float) -> AsyncIterator[str]:
+    """A URL of `url`'s server whose every answer comes `delay` seconds late (a proxy on
+    loopback): a server that far away, or that loaded."""
+    parts = urlsplit(url)
+
+    async def serve(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection(parts.hostname, parts.port or 3306)
+
+        async def pipe(read: asyncio.StreamReader, write: asyncio.StreamWriter, late: float) -> None:
+            with contextlib.suppress(Exception):
+                while data := await read.read(65536):
+                    if late:
+                        arrives = asyncio.get_running_loop().time() + late
+                        asyncio.get_running_loop().call_at(arrives, write.write, data)  # in order
+                    else:
+                        write.write(data)
+            write.close()
+
+        await asyncio.gather(pipe(client_in, server_out, 0.0), pipe(server_in, client_out, delay))
+
+    proxy = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        yield urlunsplit(parts._replace(netloc=f"{parts.username or 'root'}@127.0.0.1:{port}"))
+    finally:
+        proxy.close()
+
+
+async def test_a_worker_whose_server_answers_late_keeps_its_running_task(
+    mysql_url: str, mysql_store: MysqlStore
+) -> None:
+    # Each round trip of w1's connection takes 0.3 s. A beat of MariaDB's was a round trip a
+    # statement: five where another worker holds the sweep lock (1.5 s between two of its
+    # beats, past stale_after, 1.2 s), and w2's sweep ran w1's running task a second time. A
+    # beat is one round trip.
+    queue = mysql_store.backend("q", codec=JsonCodec())
+    task_id = await queue.push({"n": 1})
+    await _running_under(mysql_url, "w1", task_id, 0)
+    context = {"queue": "q", "stale_after": 1.2, "keep_alive": 0.3}
+    async with _slow_link(mysql_url, 0.3) as far:
+        slow = make_mysql_store(far)
+        await slow.open()
+        try:
+            w1 = slow.backend("q", codec=JsonCodec()).heartbeat(
+                WorkerContext(id="w1", name="w1", running=lambda: (task_id,), **context)  # type: ignore[arg-type]
+            )
+            w2 = queue.heartbeat(WorkerContext(id="w2", name="w2", **context))  # type: ignore[arg-type]
+            async with beating_all_along(w1, w2):
+                await asyncio.sleep(8)  # both sweep (each once its contact is steady for stale_after)
+        finally:
+            await slow.close()
+    task = await queue.get(task_id)
+    assert task is not None
+    assert (task.ctx.status, task.ctx.lock_by) == (Status.RUNNING, "w1"), task.ctx.last_error

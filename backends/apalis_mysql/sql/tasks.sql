@@ -110,11 +110,14 @@ WHERE t.status = 'running'
 -- a scan of the whole table, done tasks included. The common case (none lost) changes nothing.
 -- `group_concat_max_len` is the session's (`connection._connect`): the LIMIT keeps the list
 -- under it; the rest go at the next beat.
+-- The grace counts back from `@apalis_beat_at`, the start of the beat's script (`beat_start`),
+-- when the worker's running tasks were read: a task it claimed after that may be missing from
+-- the list (a statement before this one held up by a lock: the server runs the script on).
 SET @apalis_ids = NULL;
 SELECT GROUP_CONCAT(QUOTE(id)) INTO @apalis_ids FROM (
     SELECT id FROM {prefix}tasks FORCE INDEX ({prefix}tasks_status)
     WHERE queue = %(queue)s AND status = 'running' AND lock_by = %(worker)s
-      AND lock_at < {now} - %(grace)s AND id NOT IN %(running)s
+      AND lock_at < @apalis_beat_at - %(grace)s AND id NOT IN %(running)s
     LIMIT 10000
 ) AS lost;
 EXECUTE IMMEDIATE IF(@apalis_ids IS NULL, 'DO ?, ?', CONCAT(
@@ -124,7 +127,7 @@ EXECUTE IMMEDIATE IF(@apalis_ids IS NULL, 'DO ?, ?', CONCAT(
         done_at = IF(cancel_reason IS NULL, NULL, {now}),
         lock_by = NULL, lock_at = NULL,
         status = IF(cancel_reason IS NULL, ''pending'', ''cancelled'')
-    WHERE id IN (', @apalis_ids, ') AND status = ''running'' AND lock_by = ? AND lock_at < {now} - ?'))
+    WHERE id IN (', @apalis_ids, ') AND status = ''running'' AND lock_by = ? AND lock_at < @apalis_beat_at - ?'))
     USING %(worker)s, %(grace)s
 
 -- name: recover

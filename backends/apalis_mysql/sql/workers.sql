@@ -10,6 +10,35 @@ SELECT GET_LOCK(%(lock)s, 0)
 -- name: sweep_unlock
 SELECT RELEASE_LOCK(%(lock)s)
 
+-- name: beat_start
+-- A beat sent whole (`Database.beat`) starts here: the worker's running tasks were read just
+-- before it was sent, and `release_lost` counts its grace back from now.
+SET @apalis_beat_at = {now}
+
+-- name: beat_sweep_lock
+-- A beat sent whole (`Database.beat`, one round trip: `beat_start`, `beat`, `cancels_requested`,
+-- `paused`, `release_lost`, this, the sweep under `beat_sweep`, `beat_end`): whether `release_lost`
+-- (just before) made tasks ready, and the queue's sweep lock where this process may sweep.
+SET @apalis_woke = ROW_COUNT() > 0, @apalis_recovered = 0,
+    @apalis_swept = IF(%(sweep)s, GET_LOCK(%(lock)s, 0), 0)
+
+-- name: beat_sweep
+-- The sweep's statements ({sweep}: `recover`, then `forget_workers` and `purge_expired`), run
+-- only under the lock; a sweep that took longer than keep_alive beats again before the lock is
+-- freed (its beat is as old as the sweep: the next sweeper would find it stale).
+BEGIN NOT ATOMIC
+    IF @apalis_swept = 1 THEN
+        {recover};
+        SET @apalis_recovered = ROW_COUNT();
+        {sweep};
+        UPDATE {prefix}workers SET last_seen = {now}
+        WHERE id = %(id)s AND last_seen < {now} - %(keep_alive)s;
+    END IF;
+END
+
+-- name: beat_end
+SELECT @apalis_woke, @apalis_recovered > 0, @apalis_swept = 1, IF(@apalis_swept = 1, RELEASE_LOCK(%(lock)s), 0)
+
 -- name: forget_workers
 DELETE FROM {prefix}workers WHERE queue = %(queue)s AND last_seen < {now} - %(stale_after)s
 

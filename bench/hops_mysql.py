@@ -9,7 +9,10 @@ process, as `bench.hops` does on Redis. Stamps, by the wall clock of both proces
   of the tasks handed to it (`handed`), and the handler's start;
 - the run-queue wait (`/proc/thread-self/schedstat`) of the worker at each of its stamps and of
   the pusher around each push (not the server's: MariaDB serves each connection on a thread of
-  its own; its CPU over the stream is printed instead, other clients' included).
+  its own; its CPU over the stream is printed instead, other clients' included);
+- each push's path: handed over, passed by a listing another transaction held, no worker listed
+  with a free slot, or a plain insert within `NONE_IDLE_FOR` of the last; and the latency of the
+  tasks handed over, of those whose KILL woke no sleeping listener, and of those not handed.
 
     python -m bench.hops_mysql --url mysql://root@127.0.0.1:3306/test --tasks 1000 --rate 200
 
@@ -79,7 +82,7 @@ async def _push(
     the KILL's stamps None when the push woke no listener; and the CPU seconds
     the pusher, the worker and the server process spent over the stream."""
     from apalis_cli.codec import JsonCodec
-    from apalis_mysql import connection
+    from apalis_mysql import connection, handing
 
     store = _store(url, prefix)
     await store.open()
@@ -95,6 +98,15 @@ async def _push(
             stamp[1] = time.time()
 
     connection.Database.wake_listener = stamped_wake  # type: ignore[method-assign]
+    hand = handing.hand_push
+    paths: list[str] = []
+
+    async def noted_hand(*args: Any) -> Any:
+        handed = await hand(*args)
+        paths.append("handed" if handed.worker else "held listing" if handed.listed else "none listed")
+        return handed
+
+    connection.hand_push = noted_hand  # type: ignore[attr-defined,assignment]  # what _hand calls
     mine = open("/proc/thread-self/schedstat", "rb", buffering=0)  # noqa: SIM115, ASYNC230 - before timing
     pushes: list[tuple[Any, ...]] = []
     try:
@@ -103,6 +115,7 @@ async def _push(
             await queue.push({"enq_ts": 0.0})
             await asyncio.sleep(0.005)
         cpu = [proc_cpu(p) if p else 0.0 for p in pids]
+        paths.clear()
         t0 = time.perf_counter()
         for i in range(tasks):
             delay = t0 + i / rate - time.perf_counter()
@@ -117,6 +130,9 @@ async def _push(
             pushes.append((stamp, kill[0], kill[1], returned, _run_queue_wait(mine) - own))
         await asyncio.sleep(0.1)
         cpu = [(proc_cpu(p) if p else 0.0) - c for p, c in zip(pids, cpu, strict=True)]
+        counts = {path: paths.count(path) for path in ("handed", "held listing", "none listed")}
+        print("pushes:", ", ".join(f"{path} {n}" for path, n in counts.items()), end=", ")
+        print(f"plain within NONE_IDLE_FOR {tasks - len(paths)}")
         await asyncio.sleep(0.9)
     finally:
         await store.close()
@@ -170,6 +186,8 @@ def _report(pushes: list[tuple[Any, ...]], worker: dict[str, Any]) -> None:
     figures = {
         "latency": [(r[6] - r[0]) * ms for r in rows],
         "latency (handed)": [(r[6] - r[0]) * ms for r in handed],
+        "latency (KILL, no wake)": [(r[6] - r[0]) * ms for r in rows if r[1] is not None and r not in handed],
+        "latency (not handed)": [(r[6] - r[0]) * ms for r in rows if r[1] is None],
         "less worker's wait": [(r[6] - r[0]) * ms - r[7] for r in rows],
         "push -> KILL sent": [(r[1] - r[0]) * ms for r in handed],
         "KILL sent -> answered": [(r[2] - r[1]) * ms for r in handed if r[2] is not None],
@@ -181,7 +199,7 @@ def _report(pushes: list[tuple[Any, ...]], worker: dict[str, Any]) -> None:
         "wait: worker": [r[7] for r in rows],
         "wait: pusher": [r[8] for r in rows],
     }
-    print_figures(figures, 24)
+    print_figures(figures, 26)
     print("slowest 1%: latency | KILL sent, answered, returned, woken, read sent, rows | waits: worker, pusher")
     for r in sorted(rows, key=lambda r: r[6] - r[0])[-max(1, len(rows) // 100) :]:
         hops = [r[1], r[2], r[3], r[4], r[5][0] if r[5] else None, r[5][1] if r[5] else None]

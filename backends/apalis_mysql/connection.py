@@ -51,7 +51,7 @@ from .acks import ack_statements
 from .beside import Beside
 from .claims import transact
 from .config import MysqlConfig
-from .handing import GONE_WITHIN, NONE_IDLE_FOR, SPAN, WATCH_AFTER, Handed, Listing, hand_push, left
+from .handing import GONE_WITHIN, NONE_IDLE_FIRST, NONE_IDLE_FOR, SPAN, WATCH_AFTER, Handed, Listing, hand_push, left
 from .listener import LIVE_LOCK, Listener, Signals, end_sleep, tag
 from .locked import in_named_lock
 
@@ -192,6 +192,9 @@ class Database:
         self._none_idle: dict[str, float] = {}
         """Per queue, until when (monotonic) its pushes insert plainly: the last hand found no
         idle worker (a hand costs a push about twice the statements of a plain insert)."""
+        self._none_idle_wait: dict[str, float] = {}
+        """Per queue, how long its last hand that found no idle worker made pushes plain
+        (`NONE_IDLE_FIRST`, doubled by each such hand in a row, up to `NONE_IDLE_FOR`)."""
 
     async def _connect(self) -> Any:
         c = self.config
@@ -543,7 +546,12 @@ class Database:
         args = _bind({**params, "own": list(self.signals.own) or [0], "span": SPAN})
         handed = await self.run(lambda conn: hand_push(conn, self.sql, args, self.wake_listener))
         if not handed.listed:  # not only passed by a listing held for a moment: none to hand to
-            self._none_idle[queue] = time.monotonic() + NONE_IDLE_FOR
+            wait = self._none_idle_wait[queue] = min(
+                2 * self._none_idle_wait.get(queue, NONE_IDLE_FIRST / 2), NONE_IDLE_FOR
+            )
+            self._none_idle[queue] = time.monotonic() + wait
+        elif handed.worker is not None:
+            self._none_idle_wait.pop(queue, None)
         if not handed.inserted:
             return 0
         if handed.waking is not None:

@@ -612,3 +612,25 @@ async def test_a_task_handed_to_a_worker_killed_while_idle_starts_on_another_at_
     await run_until(other, lambda: bool(started), within=15)
     assert [(task, attempts) for task, attempts, _ in started] == [(task_id, 1)]  # its first attempt
     assert started[0][2] < 5, f"started {started[0][2]:.1f} s after its push"
+
+
+async def test_a_worker_listed_right_after_a_push_found_none_is_handed_the_next(mysql_url: str) -> None:
+    # A push that found no idle worker made this process's pushes plain inserts for 50 ms: a
+    # worker that listed itself meanwhile (its claim, woken by the first of them, came back
+    # short) was handed nothing, and in a stream of 200/s ten tasks took the slower way (a
+    # commit, a signal and a claim's commit in a row). The first such while is 5 ms now. Five
+    # queues: on a loaded machine one worker's claim may take the old 50 ms by itself.
+    async with _worker_and_pusher(mysql_url) as (worker_store, pusher):
+        for queue in ("q0", "q1", "q2", "q3", "q4"):
+            pushed = pusher.backend(queue, codec=JsonCodec())
+            stream = worker_store.backend(queue, codec=JsonCodec()).poll_compact(
+                WorkerContext(id=f"w-{queue}", name="w", queue=queue, free_slots=lambda: 5)
+            )
+            first = await pushed.push({"n": 1})  # no worker listed: stored pending
+            found = time.monotonic()
+            assert (await _next_task(stream)).id == first  # its claim came back short: listed, 4 free
+            await asyncio.sleep(max(0.0, found + 0.01 - time.monotonic()))
+            stored = await pushed.get(await pushed.push({"n": 2}))
+            assert stored is not None
+            assert (stored.ctx.status, stored.ctx.lock_by) == (Status.RUNNING, f"w-{queue}"), "not handed"
+            await stream.aclose()  # type: ignore[attr-defined]

@@ -374,18 +374,24 @@ class Database:
     async def tidy(self) -> None:
         """VACUUM the tasks table when the server's autovacuum is off and dead row versions
         piled up (`vacuum.sql`): the claim's index scan would otherwise walk every task ever
-        handed out. A failure (not the table's owner, say) is logged and left at that."""
+        handed out; else ANALYZE it when it outgrew its statistics: the limited claim's plans,
+        made for a far smaller table, are made again. A failure (not the table's owner, say) is
+        logged and left at that."""
 
         async def op(conn: Conn) -> None:
             due = await (await conn.execute(self.sql["vacuum_due"], prepare=False)).fetchone()
             if due and due[0]:
-                await conn.execute(self.sql["vacuum"], prepare=False)
+                await conn.execute(self.sql["vacuum"], prepare=False)  # the statistics too
+            elif due and due[1]:
+                await conn.execute(self.sql["analyze"], prepare=False)
 
         try:
             await self.run(op)
         except Exception as exc:  # the sweep is done; a vacuum is only a help
             _log.warning(
-                "postgres at %s: VACUUM of the tasks table failed: %s", self.config.redacted, self.describe(exc)
+                "postgres at %s: VACUUM or ANALYZE of the tasks table failed: %s",
+                self.config.redacted,
+                self.describe(exc),
             )
 
     async def notify_control(self) -> None:

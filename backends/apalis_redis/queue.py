@@ -15,6 +15,7 @@ hash tag `{q}`, so a queue lives in one Redis Cluster slot and its scripts may t
                               the ready set but in whole ms, and not in it (global limits: lua/lines.lua)
     ns:{q}:heads       zset   the limit keys with a line, by the score of its first task
     ns:{q}:parked      zset   keys a claim within limits set aside at their limit (lua/claim_limited.lua)
+    ns:{q}:below       set    limit keys whose line may hold a task of a priority below 0 (lua/lines.lua)
     ns:{q}:running     zset   claimed tasks, by claim time in integer ms (the orphan sweep walks it)
     ns:{q}:failed      set    tasks whose status is failed (ready or scheduled), for counts
     ns:{q}:done        zset   done tasks, by done_at    (purged after `retention` by the heartbeat;

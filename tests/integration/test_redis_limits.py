@@ -116,6 +116,53 @@ async def test_a_keys_backlog_waits_in_its_line_and_order_holds_across_keys(stor
     assert not await store.client.exists(base + "heads", base + "parked"), "and the keys' lists with them"
 
 
+@pytest.mark.parametrize("others_below", [0, 70], ids=["read-at-once", "looked-up"])
+async def test_a_keys_task_below_priority_0_waits_for_the_others_of_priority_0(
+    store: RedisStore, others_below: int
+) -> None:
+    # After a key gives a task of priority 0, the claim lists it again at priority 0 without
+    # reading its next task's score, unless the key is among those with a task below 0 (the set
+    # `below`, lines.lua: read whole by each claim up to 64 keys, a key looked up past that).
+    # Here a's next task is of priority -1: b's, pushed after a's first started (so listed after
+    # a's turn, were a listed at priority 0), must run before it.
+    backend = store.backend(f"below{others_below}", codec=JsonCodec())
+    await backend.push({"account": "a", "n": "a0"}, limit_key="a")
+    await backend.push({"account": "a", "n": "a-1"}, limit_key="a", priority=-1)
+    for n in range(others_below):
+        await backend.push({"account": f"o{n}", "n": f"o{n}"}, limit_key=f"o{n}", priority=-1)
+    order: list[str] = []
+    first_started, release, all_ran = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        order.append(args["n"])
+        if len(order) == 3 + others_below:
+            all_ran.set()
+        if args["n"] == "a0":
+            first_started.set()
+            await release.wait()
+
+    stop = asyncio.Event()
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    worker = Worker(
+        name="w", backend=backend, handler=handler, layers=[limit], concurrency=1, keep_alive=0.1, poll_interval=0.05
+    )
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await first_started.wait()
+            await asyncio.sleep(0.01)  # b's push comes after the claim that gave a its turn, in ms
+            await backend.push({"account": "b", "n": "b0"}, limit_key="b")
+            release.set()
+            await all_ran.wait()
+    finally:
+        release.set()
+        stop.set()
+        await running
+    assert order[:2] == ["a0", "b0"], "priority 0 before -1, across keys"
+    assert sorted(order[2:]) == sorted(["a-1", *(f"o{n}" for n in range(others_below))])
+    assert not await store.client.exists(backend.keys.base + "below"), "the key leaves the set with its last task"
+
+
 async def test_every_task_of_a_line_is_listed_browsed_and_acted_on(store: RedisStore) -> None:
     backend = store.backend("acted", codec=JsonCodec())
     ids = [await backend.push({"account": "abc"[n % 3], "n": n}, limit_key="abc"[n % 3]) for n in range(30)]

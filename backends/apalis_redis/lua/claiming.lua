@@ -53,7 +53,7 @@ local function unpark(keys, base)
       redis.call('DEL', unpack(sets, first, last))
     end
   end
-  redis.call('DEL', parked, heads)
+  redis.call('DEL', parked, heads, base .. 'below')
 end
 
 -- claim(keys, base, now, limit, worker, out): unless the queue is paused (the key base ..

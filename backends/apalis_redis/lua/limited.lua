@@ -29,7 +29,7 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   local now = tonumber(now_text)
   local conc, keyed_conc = tonumber(limits[1]), tostring(limits[2]) == '1'
   local rate, per, keyed_rate = tonumber(limits[3]), tonumber(limits[4]), tostring(limits[5]) == '1'
-  local parked, heads, rates = base .. 'parked', base .. 'heads', base .. 'rate_tats'
+  local parked, heads, rates, below = base .. 'parked', base .. 'heads', base .. 'rate_tats', base .. 'below'
   local NONE = false -- the group of tasks pushed without a key
   local SCAN = 4000 -- entries of the ready set and the heads one call looks at, at most
   local PASS_OVER = 64 -- keys at their limit one call passes over before it parks the next ones
@@ -59,6 +59,18 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   end
   local keyless_running = total
   for _, n in pairs(running) do keyless_running = keyless_running - n end
+
+  -- The keys whose lines may hold a task of a priority below 0 (lines.lua's `below`): after a
+  -- task of priority 0, only theirs may come next at another priority. Up to BELOW of them are
+  -- read at once; past that, a key is looked up when it gives such a task (`ask_below`).
+  local BELOW = 64
+  local below_keys, ask_below = {}, false
+  local below_count = redis.call('SCARD', below)
+  if below_count > BELOW then
+    ask_below = true
+  elseif below_count > 0 then
+    for _, key in ipairs(redis.call('SMEMBERS', below)) do below_keys[key] = true end
+  end
 
   local interval = (rate > 0) and (per / rate) or 0
   local wake_at = nil
@@ -90,13 +102,15 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   if budget <= 0 then return out, after, wake_at and string.format('%.17g', wake_at) or '', 0 end
   local claimed = 0
 
+  -- The functions the walk calls per entry, as locals (a global's lookup is two of a table's).
+  local call, tonum, fmt, byte, min, huge = redis.call, tonumber, string.format, string.byte, math.min, math.huge
   local function room(key)
     local r = budget - claimed
     if keyed_conc then
       local busy = key and (running[key] or 0) or keyless_running
-      r = math.min(r, conc - busy)
+      r = min(r, conc - busy)
     end
-    if keyed_rate and r > 0 then r = math.min(r, allowance(key and ('k:' .. key) or '-')) end
+    if keyed_rate and r > 0 then r = min(r, allowance(key and ('k:' .. key) or '-')) end
     return r
   end
 
@@ -106,7 +120,7 @@ local function claim_within(base, now_text, limit, worker, limits, after)
     if keyed_rate then spend(key and ('k:' .. key) or '-', 1) end
   end
 
-  local claimed_ms = string.format('%d', math.floor(now * 1000))
+  local claimed_ms = fmt('%d', math.floor(now * 1000))
   -- turn_done(score): where a key that gave tasks is listed again, given its next task's `score`
   -- (ms, as the heads): at that task's priority, behind every key whose first task was due before
   -- this claim, so keys take turns as fleet.claim's walk has them. By their tasks' own scores, a
@@ -120,24 +134,24 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   -- Parsed and printed again, as below, it cost the server some thousands of instructions a task.
   local plain_turns = #claimed_ms == 13
   local function turn_done(score)
-    if plain_turns and #score == 13 and score < claimed_ms and string.byte(score) ~= 45 then -- '-'
+    if plain_turns and #score == 13 and score < claimed_ms and byte(score) ~= 45 then -- '-'
       return claimed_ms
     end
-    local ms = tonumber(score)
+    local ms = tonum(score)
     local at = ms + math.floor(ms / 1e13) * -1e13
     if at >= now_ms then return score end
-    return string.format('%d', ms - at + now_ms)
+    return fmt('%d', ms - at + now_ms)
   end
   local started = {} -- claimed_ms, id, ...: added to the running set in one call at the end
   -- take(id): claim one task if it is still waiting (a parked or ready entry may be stale)
   local function take(id)
     local task = base .. 't:' .. id
-    local f = redis.call('HMGET', task, 's', 'p', 'a', 'm', 'r', 'pr', 'k', 'mt', 'c', 'e')
+    local f = call('HMGET', task, 's', 'p', 'a', 'm', 'r', 'pr', 'k', 'mt', 'c', 'e')
     if f[1] ~= 'pending' and f[1] ~= 'failed' then return false end
-    local attempts = tonumber(f[3]) + 1
-    redis.call('HSET', task, 's', 'running', 'a', string.format('%d', attempts), 'l', worker)
+    local attempts = tonum(f[3]) + 1
+    call('HSET', task, 's', 'running', 'a', fmt('%d', attempts), 'l', worker)
     started[#started + 1], started[#started + 2] = claimed_ms, id
-    if f[1] == 'failed' then redis.call('SREM', KEYS[4], id) end
+    if f[1] == 'failed' then call('SREM', KEYS[4], id) end
     local n = #out
     out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, f[2], attempts, f[4], f[5]
     out[n + 6], out[n + 7], out[n + 8], out[n + 9], out[n + 10] = f[6], f[7], f[8], f[9], f[10]
@@ -147,7 +161,7 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   -- unpack() is bounded by Lua's stack: one command per slice of a long list.
   local function each_slice(command, key, list)
     for first = 1, #list, 2000 do
-      redis.call(command, key, unpack(list, first, math.min(first + 1999, #list)))
+      call(command, key, unpack(list, first, min(first + 1999, #list)))
     end
   end
 
@@ -162,13 +176,13 @@ local function claim_within(base, now_text, limit, worker, limits, after)
       lo, hi = '-', '[' .. after
     end
     while freed < budget and seen < TURNS do
-      local keys = redis.call('ZRANGEBYLEX', parked, lo, hi, 'LIMIT', '0', string.format('%d', math.min(2 * budget + 16, TURNS - seen)))
+      local keys = call('ZRANGEBYLEX', parked, lo, hi, 'LIMIT', '0', fmt('%d', min(2 * budget + 16, TURNS - seen)))
       if #keys == 0 then break end
       for _, key in ipairs(keys) do
         seen = seen + 1
         after = key
         if room(key) > 0 then
-          redis.call('ZREM', parked, key)
+          call('ZREM', parked, key)
           line_head(base, key, true)
           freed = freed + 1
           if freed >= budget then break end
@@ -186,15 +200,15 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   local relisted, emptied = {}, {} -- keys whose line gave tasks: by their next task, or none left
   local r_skip, h_skip, scanned, passed, more = 0, 0, 0, 0, 0
   local size = 2 * budget + 16
-  local function score_at(window, i) return window[i + 1] and tonumber(window[i + 1]) end
-  local function head_at(window, j) return window[j + 1] and tonumber(window[j + 1]) / 1000 end -- ms
+  local function score_at(window, i) return window[i + 1] and tonum(window[i + 1]) end
+  local function head_at(window, j) return window[j + 1] and tonum(window[j + 1]) / 1000 end -- ms
   -- visit(key, got, gone, bound): claim the tasks of `key`'s line in `got` (id, score, ...; their
   -- ids appended to `gone`) while the key has room and they come before `bound` (in ms, as the
   -- lines' scores; the first of the line always); the score of the first task it leaves, or nil
   -- when it took them all.
   local function visit(key, got, gone, bound)
     for k = 1, #got, 2 do
-      if #gone > 0 and (tonumber(got[k + 1]) > bound or room(key) <= 0 or claimed >= budget) then
+      if #gone > 0 and (tonum(got[k + 1]) > bound or room(key) <= 0 or claimed >= budget) then
         return got[k + 1]
       end
       gone[#gone + 1] = got[k]
@@ -204,32 +218,32 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   end
   while claimed < budget do
     if scanned >= SCAN then more = 1 break end -- bounded: the caller claims again at once
-    local rw = redis.call('ZRANGE', KEYS[1], string.format('%d', r_skip), string.format('%d', r_skip + size - 1), 'WITHSCORES')
+    local rw = call('ZRANGE', KEYS[1], fmt('%d', r_skip), fmt('%d', r_skip + size - 1), 'WITHSCORES')
     -- The heads' scores only to merge them with the ready set's (a score read is formatted, then
     -- parsed again: about a tenth of the server's time when every entry's was read).
     local scored = #rw > 0
     local hw, hstep
     if scored then
-      hw, hstep = redis.call('ZRANGE', heads, string.format('%d', h_skip), string.format('%d', h_skip + size - 1), 'WITHSCORES'), 2
+      hw, hstep = call('ZRANGE', heads, fmt('%d', h_skip), fmt('%d', h_skip + size - 1), 'WITHSCORES'), 2
     else
-      hw, hstep = redis.call('ZRANGE', heads, string.format('%d', h_skip), string.format('%d', h_skip + size - 1)), 1
+      hw, hstep = call('ZRANGE', heads, fmt('%d', h_skip), fmt('%d', h_skip + size - 1)), 1
     end
     if #rw == 0 and #hw == 0 then break end
-    local horizon = math.huge
-    if #rw == 2 * size then horizon = tonumber(rw[#rw]) end
-    if scored and #hw == 2 * size then horizon = math.min(horizon, tonumber(hw[#hw]) / 1000) end
+    local horizon = huge
+    if #rw == 2 * size then horizon = tonum(rw[#rw]) end
+    if scored and #hw == 2 * size then horizon = min(horizon, tonum(hw[#hw]) / 1000) end
     local gone_r, gone_h, park, to_line = {}, {}, {}, {}
     local i, j = 1, 1
     while claimed < budget do
       local rs = score_at(rw, i)
-      local hs = hw[j] and (scored and tonumber(hw[j + 1]) / 1000 or -math.huge)
+      local hs = hw[j] and (scored and tonum(hw[j + 1]) / 1000 or -huge)
       if not rs and not hs then break end
-      if (rs or math.huge) > horizon and (hs or math.huge) > horizon then break end
+      if (rs or huge) > horizon and (hs or huge) > horizon then break end
       scanned = scanned + 1
       if rs and (not hs or rs <= hs) then -- the ready set's: a task without a key (or one put there)
         local id = rw[i]
         i = i + 2
-        local key = redis.call('HGET', base .. 't:' .. id, 'lk') or NONE
+        local key = call('HGET', base .. 't:' .. id, 'lk') or NONE
         if room(key) > 0 then
           gone_r[#gone_r + 1] = id
           if take(id) then took(key) end
@@ -242,36 +256,50 @@ local function claim_within(base, now_text, limit, worker, limits, after)
       else -- a key listed in the heads
         local key = hw[j]
         j = j + hstep
-        local r = math.min(room(key), budget - claimed)
+        local r = room(key) -- at most budget - claimed
         if r > 0 then
           h_skip = h_skip + 1 -- it stays where it is until the end, listed then by its next task
           -- Its line's first tasks, up to its room, while they come before the next entry of either
           -- set; the first one left gives the key its place in the heads.
-          local bound = -math.huge -- room for one: its first task alone
+          local bound = -huge -- room for one: its first task alone
           if scored then
-            bound = math.min(score_at(rw, i) or math.huge, head_at(hw, j) or math.huge, horizon)
+            bound = min(score_at(rw, i) or huge, head_at(hw, j) or huge, horizon)
           elseif r > 1 then
-            local next_at = hw[j] and redis.call('ZSCORE', heads, hw[j])
-            bound = next_at and tonumber(next_at) / 1000 or math.huge
+            local next_at = hw[j] and call('ZSCORE', heads, hw[j])
+            bound = next_at and tonum(next_at) / 1000 or huge
           end
           local line = base .. 'kp:' .. key
           local next_score
           if r == 1 then -- its first task alone (a key limited to one at a time, a claim's last slot)
-            local first = redis.call('ZPOPMIN', line)
-            if first[1] and take(first[1]) then took(key) end
-            next_score = redis.call('ZRANGE', line, '0', '0', 'WITHSCORES')[2]
+            local first = call('ZPOPMIN', line)
+            local popped = first[2]
+            if popped then
+              if take(first[1]) then took(key) end
+              -- The next task's score is wanted for its priority (the key's place in the heads)
+              -- and to know whether there is one. After a task of priority 0 (13 digits, no '-':
+              -- as in turn_done) of a key with no task below 0, the next is of priority 0 too, so
+              -- the key is listed again by the popped task's score (turn_done gives the claim's
+              -- time either way) and an EXISTS tells whether its line has more. Reading the score
+              -- (printed by the server, parsed by Lua) cost the server some 8k instructions a task.
+              if #popped == 13 and byte(popped) ~= 45
+                and not (below_keys[key] or ask_below and call('SISMEMBER', below, key) == 1) then
+                if call('EXISTS', line) == 1 then next_score = popped end
+              else
+                next_score = call('ZRANGE', line, '0', '0', 'WITHSCORES')[2]
+              end
+            end
           else
             local gone = {}
-            local got = redis.call('ZRANGE', line, '0', '1', 'WITHSCORES')
+            local got = call('ZRANGE', line, '0', '1', 'WITHSCORES')
             bound = bound * 1000 -- the lines' unit: ms
             next_score = visit(key, got, gone, bound)
             local ended = #got < 4
             if not next_score and not ended then -- more of its tasks may come first: those before the bound
-              got = redis.call('ZRANGEBYSCORE', line, '-inf', string.format('%.17g', bound), 'WITHSCORES', 'LIMIT', '2', string.format('%d', r))
+              got = call('ZRANGEBYSCORE', line, '-inf', fmt('%.17g', bound), 'WITHSCORES', 'LIMIT', '2', fmt('%d', r))
               next_score = visit(key, got, gone, bound)
             end
-            redis.call('ZREM', line, unpack(gone))
-            if not next_score and not ended then next_score = redis.call('ZRANGE', line, '0', '0', 'WITHSCORES')[2] end
+            call('ZREM', line, unpack(gone))
+            if not next_score and not ended then next_score = call('ZRANGE', line, '0', '0', 'WITHSCORES')[2] end
           end
           if next_score then
             relisted[#relisted + 1], relisted[#relisted + 2] = turn_done(next_score), key -- in ms, as the heads
@@ -292,11 +320,12 @@ local function claim_within(base, now_text, limit, worker, limits, after)
     end
     each_slice('ZREM', KEYS[1], gone_r)
     each_slice('ZREM', heads, gone_h)
-    for _, key in ipairs(park) do redis.call('ZADD', parked, '0', key) end
+    for _, key in ipairs(park) do call('ZADD', parked, '0', key) end
     for _, entry in ipairs(to_line) do line_add(base, entry[1], entry[2], entry[3]) end
   end
   each_slice('ZADD', heads, relisted)
   each_slice('ZREM', heads, emptied)
+  if below_count > 0 then each_slice('SREM', below, emptied) end
   each_slice('ZADD', KEYS[3], started)
   if rate >= 0 and not keyed_rate and claimed > 0 then spend('*', claimed) end
   if spent then -- the states go with the last of them, even if no claim comes again

@@ -9,6 +9,12 @@
 -- walked nor moved one by one. A claim without limits puts every line back into the ready set
 -- (claiming.lua's unpark). The store prepends this file to every script that puts a waiting task
 -- into the ready set or takes one out of it (a script cannot call another).
+-- ns:{q}:below (a set) holds the keys whose lines may hold a task of a priority below 0, added by
+-- line_add, left when a line is found empty: a claim that takes a task of priority 0 from any
+-- other key's line knows that the next one is of priority 0 too, without reading its score
+-- (limited.lua). A line written by a daemon older than this set (a task below 0 added without
+-- listing its key) may so have that task claimed at priority 0's place, once: an order, nothing
+-- lost.
 
 -- head_ms(score): a task's score in its key's line and its key's in the heads: the ready set's
 -- `score` in whole milliseconds (floored). A small sorted set is a listpack, which parses a
@@ -26,8 +32,9 @@ end
 local function line_add(base, key, id, score)
   local heads, ms = base .. 'heads', head_ms(score)
   redis.call('ZADD', base .. 'kp:' .. key, ms, id)
-  local at = redis.call('ZSCORE', heads, key) -- (ZADD's LT would do this in one call from Redis 6.2)
-  if not at or tonumber(ms) < tonumber(at) then redis.call('ZADD', heads, ms, key) end
+  local at, n = redis.call('ZSCORE', heads, key), tonumber(ms) -- (ZADD's LT would do this in one call from Redis 6.2)
+  if not at or n < tonumber(at) then redis.call('ZADD', heads, ms, key) end
+  if n >= 1e13 then redis.call('SADD', base .. 'below', key) end -- a priority below 0 (see `below`)
 end
 
 -- line_head(base, key, add): the key is listed in the heads by its line's first task (`add`:
@@ -37,6 +44,7 @@ local function line_head(base, key, add)
   if #first == 0 then
     redis.call('ZREM', base .. 'heads', key)
     redis.call('ZREM', base .. 'parked', key)
+    redis.call('SREM', base .. 'below', key)
   elseif add then
     redis.call('ZADD', base .. 'heads', first[2], key)
   else

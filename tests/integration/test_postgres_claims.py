@@ -207,3 +207,65 @@ async def test_claims_keep_one_plan_per_connection_behind_a_backlog_the_statisti
     used = [row for row in await db.claims.run(plans) if "UPDATE" in row[2]]
     assert used, "no claim ran on the claims' sessions"
     assert all(custom <= 0 for _, custom, _ in used), [(generic, custom) for generic, custom, _ in used]
+
+
+@pytest.mark.parametrize("first", ["limit_claim", "ack_done_limit_claim"], ids=["polled", "carried-by-ack"])
+async def test_a_limited_claim_planned_while_the_table_was_near_empty_reads_no_whole_table_later(
+    postgres_store: PostgresStore, first: str
+) -> None:
+    """`limit_claim` keeps each statement's generic plan for the life of its session, made at the
+    session's first claim. A daemon that started on a near-empty queue (on a server without
+    autovacuum, whose statistics never see the backlog come) had its claims' lookups of the chosen
+    rows planned as scans of the whole table, twice a claim: 8-10 times the server's CPU a task
+    in a saturated drain (bench.limits after a warm-up of 100 tasks: 410-644 tasks/s against
+    3,153-3,260). The claim plans without sequential scans where an index or the rows' places
+    serve (`_limit_plans`), whichever statement's call made them."""
+    db = postgres_store.database
+    schema = postgres_store.config.schema
+    small = postgres_store.backend("small", codec=JsonCodec(), max_attempts=1)
+    big = postgres_store.backend("big", codec=JsonCodec(), max_attempts=1)
+    await small.push_bulk([{"account": f"k{n}"} for n in range(3)], limit_key="k0")
+
+    def params(queue: str) -> dict[str, Any]:
+        return {
+            "queue": queue,
+            "worker": "w1",
+            "want": 10,
+            "after": None,
+            "concurrency": 1,
+            "keyed_concurrency": True,
+            "rate": None,
+            "per": 1.0,
+            "keyed_rate": False,
+            "scope": db.lock_scope("limits", queue),
+            "forget": False,
+            "keyless_priority": None,
+            "keyless_run_at": None,
+            "keyless_id": None,
+            "ids": [],  # an acknowledgement of nothing (`ack_done_limit_claim`), claiming nothing ahead
+            "lock_by": "w1",
+            "claim_n": None,
+            "slots": [],
+        }
+
+    async with await psycopg.AsyncConnection.connect(postgres_store.config.url, autocommit=True) as conn:
+        claimed = await (await conn.execute(db.sql[first], params("small"))).fetchall()
+        assert len(claimed) == 1 + 1, "the near-empty queue's one task of its key, then the account"
+        for start in range(0, 2000, 1000):  # the backlog comes after the plans were made
+            await big.push_bulk([{"n": n} for n in range(start, start + 1000)], limit_key="k")
+        for n in range(20):
+            await big.push({"account": f"k{n}"}, limit_key=f"k{n}")
+        scans = (
+            "SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE schemaname = %s AND relname = 'tasks'"
+        )
+        # The backend's counts not yet reported, which it reports only outside a transaction:
+        # read on both sides of the claim, in one transaction.
+        async with conn.transaction():
+            before = await (await conn.execute(scans, (schema,))).fetchone()
+            claimed = await (await conn.execute(db.sql["limit_claim"], params("big"))).fetchall()
+            after = await (await conn.execute(scans, (schema,))).fetchone()
+    assert before is not None
+    assert after is not None
+    seq = (after[0] - before[0], after[1] - before[1])
+    assert len(claimed) == 10 + 1, "ten tasks of ten keys, then the account"
+    assert seq == (0, 0), f"the claim read the whole tasks table: (scans, rows read) {seq}"

@@ -136,6 +136,9 @@ class Worker:
         self._idle = False
         """Whether the poll stream said idle since the last task started (Idle was sent)."""
         self._heartbeat: AsyncIterator[None] = _no_beats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop `run` runs on: runs are made its tasks without `asyncio.create_task`'s
+        look-up of the running loop (a `getpid` system call on Python 3.11) and its frame."""
         self.context = WorkerContext(
             # The random tail tells apart two processes with one host name and pid (containers).
             id=f"{name}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
@@ -221,7 +224,7 @@ class Worker:
                         CancelRequested(worker=self.name, queue=self.context.queue, task_id=task.id, reason=early[0])
                     )
                     return Outcome.cancel(early[0])
-            current = asyncio.current_task()
+            current = asyncio.current_task(self._loop)
             assert current is not None
             handling[task.id] = (current, task)
             try:
@@ -264,6 +267,7 @@ class Worker:
         them (they go back to the queue), or wait on for runs that cannot be stopped. Nothing
         unacknowledged is lost either way, and no task goes back while its handler runs.
         """
+        self._loop = asyncio.get_running_loop()
         self._heartbeat = self.backend.heartbeat(self.context)
         await self._first_beat(stop)
         beats = asyncio.create_task(self._beat_forever(), name=f"{self.name}-heartbeat")
@@ -419,7 +423,9 @@ class Worker:
             # The store handed out a task this worker is still running (its lease lapsed and it
             # was claimed again): the run in flight acknowledges it; a second would race it.
             return
-        self._running[task.id] = asyncio.create_task(self._run_one(task))
+        loop = self._loop
+        assert loop is not None  # tasks start only while `run` runs
+        self._running[task.id] = loop.create_task(self._run_one(task))
 
     async def _run_one(self, task: Task[bytes]) -> None:
         started = time.perf_counter()

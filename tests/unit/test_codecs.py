@@ -61,10 +61,18 @@ def test_bad_payload_is_a_usage_error() -> None:
     assert issubclass(BadPayload, UsageError)
 
 
-@pytest.mark.parametrize("garbage", [b"\xff\xfe", b"{not json", b'{"a": 1} trailing', b""])
+@pytest.mark.parametrize(
+    "garbage", [b"\xff\xfe", b"{not json", b'{"a": 1} trailing', b'{"a":1}x', b'{"a":1}  x', b"", b"  ", b'{"a":}']
+)
 def test_json_decode_error_on_garbage(garbage: bytes) -> None:
     with pytest.raises(DecodeError, match="not valid JSON"):
         JsonCodec().decode(garbage)
+
+
+@pytest.mark.parametrize("text", [b'{"a":1}', b' {"a": 1}\n', b'{\n  "a": [1, 2]\n}', b"\t7 ", b'"x"', b"null"])
+def test_json_decodes_what_other_clients_wrote_as_json_does(text: bytes) -> None:
+    # Spaces around the value (a producer's pretty-printing, a trailing newline) are JSON too.
+    assert JsonCodec().decode(text) == json.loads(text)
 
 
 @pytest.mark.parametrize("garbage", [b"\xc1", b"\x93\x01", msgpack.packb(1) + b"\x01", b""])

@@ -6,6 +6,7 @@ along), a fleet-wide rate over 20 seconds, and a killed daemon's slots come back
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -298,22 +299,27 @@ class PgmqSampler(SqlSampler):
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres", "mysql", "pgmq"])
+KINDS = ["sqlite", "redis", "postgres", "mysql", "pgmq"]
+
+
+def open_sampler(kind: str, cwd: Path) -> Sampler:
+    """The store of `kind` that daemons in `cwd` share, and a way to read it apart from them."""
+    (cwd / "fleet_handlers.py").write_text(HANDLERS)
+    if kind == "sqlite":
+        return SqliteSampler(cwd)
+    if kind == "redis":
+        return RedisSampler(need_server("redis"))
+    if kind == "postgres":
+        return PostgresSampler(need_server("postgres"))
+    if kind == "pgmq":
+        return PgmqSampler(need_server("postgres"))
+    return MysqlSampler(need_server("mysql"))
+
+
+@pytest.fixture(params=KINDS)
 def store(request: pytest.FixtureRequest, apalis: Apalis, tmp_path: Path) -> Iterator[Sampler]:
     """The store the daemons share, and a way to read it apart from them."""
-    (tmp_path / "fleet_handlers.py").write_text(HANDLERS)
-    kind = request.param
-    sampler: Sampler
-    if kind == "sqlite":
-        sampler = SqliteSampler(tmp_path)
-    elif kind == "redis":
-        sampler = RedisSampler(need_server("redis"))
-    elif kind == "postgres":
-        sampler = PostgresSampler(need_server("postgres"))
-    elif kind == "pgmq":
-        sampler = PgmqSampler(need_server("postgres"))
-    else:
-        sampler = MysqlSampler(need_server("mysql"))
+    sampler = open_sampler(request.param, tmp_path)
     yield sampler
     sampler.close()
 
@@ -347,10 +353,8 @@ def daemon(apalis: Apalis, name: str) -> subprocess.Popen[bytes]:
         )
 
 
-@pytest.fixture
-def daemons(fleet: Apalis) -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
+def stop_daemons(started: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every daemon still running, then wait for each (SIGKILL after 20 s)."""
     for process in started:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -360,6 +364,13 @@ def daemons(fleet: Apalis) -> Iterator[list[subprocess.Popen[bytes]]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def daemons(fleet: Apalis) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    stop_daemons(started)
 
 
 def wait_for(condition: object, within: float, what: str) -> None:
@@ -394,21 +405,81 @@ def test_three_daemons_never_pass_a_per_key_concurrency(
     assert sorted(most) == [f"a{n}" for n in range(10)]
 
 
+RATE, WINDOW = 50, 20.0
+"""The fleet-wide rate (tasks a second) and the window it is measured over (issue 15: 20 s)."""
+
+
+@pytest.fixture(scope="module")
+def fleet_rates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float | BaseException]]:
+    """The rate each kind's fleet held over its own 20 s window, or what stopped it from running.
+
+    Every kind's three daemons run at once, each fleet on its own store and directory, so the five
+    20 s windows pass side by side: one wait of about 20 s in place of five. A fleet's window is
+    its own (from the first task its handler started); a kind that could not start (a server
+    missing: skipped, or failed under CI) fails its own test alone, as does its measurement.
+    """
+    outcome: dict[str, float | BaseException] = {}
+    fleets: dict[str, tuple[Sampler, list[subprocess.Popen[bytes]]]] = {}
+
+    def start(kind: str) -> None:  # the fleets are set up side by side too (a thread each)
+        try:
+            cwd = tmp_path_factory.mktemp(f"rate-{kind}")
+            sampler = open_sampler(kind, cwd)
+            started: list[subprocess.Popen[bytes]] = []
+            fleets[kind] = (sampler, started)
+            fleet = Apalis(cwd, cwd / "jobs.toml")
+            configure(fleet, sampler, f'{{ kind = "rate_limit", rate = {RATE}, per = "1s", scope = "global" }}')
+            push(fleet, [{"n": n} for n in range(int(RATE * (WINDOW + 6)))])
+            started.extend(daemon(fleet, f"d{i}") for i in range(3))
+        except BaseException as exc:  # pytest.skip/fail of need_server too: that kind's test re-raises it
+            outcome[kind] = exc
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(KINDS)) as pool:
+            list(pool.map(start, KINDS))
+        # Fifteen daemons start at once: a minute for each fleet's first task (the window
+        # starts there, so a slow start takes nothing from the measurement).
+        firsts: dict[str, float] = {}
+        waiting = [kind for kind in fleets if kind not in outcome]
+        deadline = time.monotonic() + 60
+        while waiting:
+            for kind in list(waiting):
+                try:
+                    sampler = fleets[kind][0]
+                    if sampler.done() > 0:
+                        firsts[kind] = min(sampler.results())
+                        waiting.remove(kind)
+                    elif time.monotonic() > deadline:
+                        raise AssertionError(f"timed out after 60s waiting for a start ({kind})")
+                except BaseException as exc:
+                    outcome[kind] = exc
+                    waiting.remove(kind)
+            time.sleep(0.02)
+        if firsts:
+            time.sleep(max(0.0, max(firsts.values()) + WINDOW + 1.0 - time.time()))
+        for kind, first in firsts.items():
+            try:
+                within = sum(1 for at in fleets[kind][0].results() if first <= at < first + WINDOW)
+                outcome[kind] = within / WINDOW
+            except BaseException as exc:
+                outcome[kind] = exc
+        yield outcome
+    finally:
+        stop_daemons([process for _, started in fleets.values() for process in started])
+        for sampler, _ in fleets.values():
+            sampler.close()
+
+
+@pytest.mark.timeout(300)  # the first test's set-up starts every fleet and waits out their windows
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_fleet_wide_rate_holds_within_ten_percent_over_20s(
-    fleet: Apalis, store: Sampler, daemons: list[subprocess.Popen[bytes]]
+    kind: str, fleet_rates: dict[str, float | BaseException]
 ) -> None:
-    rate, window = 50, 20.0
-    configure(fleet, store, f'{{ kind = "rate_limit", rate = {rate}, per = "1s", scope = "global" }}')
-    push(fleet, [{"n": n} for n in range(int(rate * (window + 6)))])
-    daemons.extend(daemon(fleet, f"d{i}") for i in range(3))
-    wait_for(lambda: store.done() > 0, 30, "a start")
-    first = min(store.results())
-    time.sleep(max(0.0, first + window + 1.0 - time.time()))
-    within = sum(1 for at in store.results() if first <= at < first + window)
-    measured = within / window
-    kind = store.backend.split('"')[1]
-    print(f"{kind}: fleet-wide rate over {window:.0f}s: {measured:.1f}/s for {rate}/s (burst included)")
-    assert abs(measured - rate) <= 0.1 * rate, f"{measured:.1f}/s is not within 10% of {rate}/s"
+    measured = fleet_rates[kind]
+    if isinstance(measured, BaseException):
+        raise measured
+    print(f"{kind}: fleet-wide rate over {WINDOW:.0f}s: {measured:.1f}/s for {RATE}/s (burst included)")
+    assert abs(measured - RATE) <= 0.1 * RATE, f"{measured:.1f}/s is not within 10% of {RATE}/s"
 
 
 def test_a_killed_daemons_slots_come_back_within_stale_after(

@@ -989,3 +989,58 @@ async def test_a_keyed_workers_queue_is_analyzed_when_a_backlog_outgrows_its_sta
         stop.set()
         worker.hurry()
         await running
+
+
+async def test_a_keyed_claim_planned_while_the_queue_was_near_empty_reads_no_whole_table_later(
+    store: PgmqStore, pgmq_url: str, queue: str
+) -> None:
+    """The limited claim function keeps each statement's generic plan for the life of its
+    session, made at the session's first claim: made on a near-empty queue, they read the whole
+    queue table at every claim once a backlog came, 25-50 claims a second where fresh plans make
+    2,400 (bench/README.md, session 14). The function plans without sequential scans where an
+    index serves, whenever its plans are made."""
+    from apalis_cli.layers import ConcurrencyLayer
+    from apalis_pgmq.statements import statements_for
+
+    limit = ConcurrencyLayer(1, scope="global", key="account")
+    seen: list[Any] = []
+
+    async def handler(args: Any, task: Task[bytes]) -> None:
+        seen.append(args["n"])
+
+    backend = store.backend(queue, codec=JsonCodec())
+    await backend.push({"account": "a", "n": 0}, limit_key="a")
+    worker = Worker(name="w", backend=backend, handler=handler, layers=[limit], keep_alive=0.2)
+    await run_until(worker, lambda: seen == [0])  # the key index and the claim function made
+    claim = statements_for(queue)["limit_claim"]
+    params = {
+        "queue": queue,
+        "worker": "w1",
+        "want": 10,
+        "after": None,
+        "concurrency": 1,
+        "keyed_concurrency": True,
+        "rate": None,
+        "per": 1.0,
+        "keyed_rate": False,
+        "scope": f"apalis_pgmq:limits:{queue}",
+        "forget": False,
+        "lease": 30.0,
+    }
+    async with await psycopg.AsyncConnection.connect(pgmq_url, autocommit=True) as conn:
+        assert len(await (await conn.execute(claim, params)).fetchall()) == 1, "the account row alone"
+        for start in range(0, 2000, 1000):  # the backlog comes after this session's plans were made
+            await backend.push_bulk([{"account": "k", "n": n} for n in range(start, start + 1000)], limit_key="k")
+        for n in range(20):
+            await backend.push({"account": f"k{n}", "n": n}, limit_key=f"k{n}")
+        scans = "SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE schemaname = 'pgmq' AND relname = %s"
+        # A backend reports its counts only outside a transaction: read on both sides of the claim, in one.
+        async with conn.transaction():
+            before = await (await conn.execute(scans, (f"q_{queue}",))).fetchone()
+            claimed = await (await conn.execute(claim, params)).fetchall()
+            after = await (await conn.execute(scans, (f"q_{queue}",))).fetchone()
+    assert before is not None
+    assert after is not None
+    assert len(claimed) == 10 + 1, "ten messages of ten keys, then the account"
+    seq = (after[0] - before[0], after[1] - before[1])
+    assert seq == (0, 0), f"the claim read the whole queue table: (scans, rows read) {seq}"

@@ -786,10 +786,19 @@ class Database:
         applied: list[int] = []
         cursor = conn.cursor()
         await cursor.execute("SELECT GET_LOCK(%s, 30)", (lock,))
+        # Made only where missing: a CREATE TABLE IF NOT EXISTS of a table that exists leaves a
+        # note, which the driver fetches with one more round trip and logs as a warning at every
+        # start ("Table 'apalis_schema_version' already exists").
         await cursor.execute(
-            f"CREATE TABLE IF NOT EXISTS {prefix}schema_version (version INT NOT NULL PRIMARY KEY,"
-            " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB"
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (f"{prefix}schema_version",),
         )
+        exists = await cursor.fetchone()
+        if not (exists and exists[0]):
+            await cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {prefix}schema_version (version INT NOT NULL PRIMARY KEY,"
+                " name VARCHAR(191) NOT NULL, applied_at DOUBLE NOT NULL) ENGINE = InnoDB"
+            )
         await cursor.execute(f"SELECT COALESCE(MAX(version), 0) FROM {prefix}schema_version")
         row = await cursor.fetchone()
         current = int(row[0]) if row else 0

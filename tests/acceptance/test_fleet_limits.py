@@ -410,7 +410,7 @@ RATE, WINDOW = 50, 20.0
 
 
 @pytest.fixture(scope="module")
-def fleet_rates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float | BaseException]]:
+def fleet_rates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float | BaseException]:
     """The rate each kind's fleet held over its own 20 s window, or what stopped it from running.
 
     Every kind's three daemons run at once, each fleet on its own store and directory, so the five
@@ -463,11 +463,11 @@ def fleet_rates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 outcome[kind] = within / WINDOW
             except BaseException as exc:
                 outcome[kind] = exc
-        yield outcome
-    finally:
+    finally:  # measured: the daemons stop now, not when the module's later tests have run beside them
         stop_daemons([process for _, started in fleets.values() for process in started])
         for sampler, _ in fleets.values():
             sampler.close()
+    return outcome
 
 
 @pytest.mark.timeout(300)  # the first test's set-up starts every fleet and waits out their windows

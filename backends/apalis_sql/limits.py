@@ -287,7 +287,6 @@ class LimitedClaims:
                 cap = limits.concurrency
                 assert cap is not None
                 defer("limit_scan_start", {})
-                defer("limit_running_keys", {"queue": queue})  # the keys' running tasks, listed
                 scan = read_later("limit_scan", {**extra, **scan_params(queue, want, cap)})
                 defer("limit_marked", {"worker": worker_id})  # the rows it took, claimed
                 finished = await finish_if("limit_claim_full", {"count": want})

@@ -183,23 +183,20 @@ WITH walk AS (
 -- costs an entry a place, however deep its backlog. The turn's way of taking (`_turn`): the first
 -- :count locked whose key has room left are taken, counted in `@apalis_n` and listed in
 -- `@apalis_ids` (after `limit_scan_start`) for `limit_marked` in the same round trip, and
--- `limit_claim_full` commits where they were all the claim asked for. A key's tasks running or
--- taken are its entries in `@apalis_keys` (each entry the key quoted between two commas: QUOTE
--- escapes every quote inside, so an entry is found only whole): one for each running task
--- (`limit_running_keys`, before the scan), and one more as each is taken. A key with :cap of them
--- is passed over before its row is read (the WHERE, on the window's row) and takes no more (the
--- select list, as rows are sent). The key's room is counted as rows are sent, not by a window
--- function over the scan: that one's temporary table and sorts cost the server more than the
--- rest of the statement (2,000 against 900 us a claim of 48). Before, the running tasks were a
--- NOT IN over their count by key (a GROUP BY, materialized, with a null-aware lookup a row) and,
--- under a cap above 1, a count a row: planning and running those cost a claim of 48 about 290 us
--- of the server's CPU more (a fixture of the saturated drain, 7 interleaved rounds of 150: medians
--- 2,004 -> 1,713 us; the plain claim's select 1,168), the same rows taken.
+-- `limit_claim_full` commits where they were all the claim asked for. A key's room within the
+-- claim is counted in `@apalis_keys` (each key taken, quoted, between commas: QUOTE escapes every
+-- quote inside, so an entry is found only whole), plus, under a cap above 1, its running tasks
+-- (with a cap of 1 a key with any is passed over already). The key's room is counted as rows are
+-- sent, not by a window function over the scan: that one's temporary table and sorts cost the
+-- server more than the rest of the statement (2,000 against 900 us a claim of 48).
 -- Columns: TASK_COLUMNS, the key, whether taken. A paused queue hands out nothing.
 SELECT STRAIGHT_JOIN {task_columns}, c.limit_key,
        (@apalis_n < %(count)s
         AND (LENGTH(@apalis_keys) - LENGTH(REPLACE(@apalis_keys, @apalis_key := CONCAT(',', QUOTE(c.limit_key), ','), '')))
-            DIV LENGTH(@apalis_key) < %(cap)s
+            DIV LENGTH(@apalis_key)
+            + IF(%(cap)s > 1, (
+                SELECT COUNT(*) FROM {prefix}tasks AS r FORCE INDEX ({prefix}tasks_status)
+                WHERE r.queue = %(queue)s AND r.status = 'running' AND r.limit_key = c.limit_key), 0) < %(cap)s
         AND (@apalis_n := @apalis_n + 1) > 0
         AND (@apalis_keys := CONCAT(@apalis_keys, @apalis_key)) IS NOT NULL
         AND (@apalis_ids := CONCAT(@apalis_ids, ',', QUOTE(t.id))) IS NOT NULL) AS taken
@@ -211,23 +208,17 @@ FROM (
     LIMIT %(window)s
 ) AS c
 JOIN {prefix}tasks AS t FORCE INDEX (PRIMARY) ON t.id = c.id AND t.ready = 1
-WHERE t.run_at <= {now}
-  AND (LENGTH(@apalis_keys) - LENGTH(REPLACE(@apalis_keys, CONCAT(',', QUOTE(c.limit_key), ','), '')))
-      DIV (LENGTH(QUOTE(c.limit_key)) + 2) < %(cap)s
+WHERE t.run_at <= {now} AND c.limit_key NOT IN (
+    SELECT limit_key FROM {prefix}tasks FORCE INDEX ({prefix}tasks_status)
+    WHERE queue = %(queue)s AND status = 'running' AND limit_key IS NOT NULL
+    GROUP BY limit_key
+    HAVING COUNT(*) >= %(cap)s
+)
 LIMIT %(lock)s
 FOR UPDATE SKIP LOCKED
 
 -- name: limit_scan_start
 SET @apalis_n = 0, @apalis_ids = QUOTE(''), @apalis_keys = ','
-
--- name: limit_running_keys
--- After `limit_scan_start`: an entry in `@apalis_keys` for each running task with a key (for
--- `limit_scan`), read from the status index as `limit_state`'s count. A statement of its own (a
--- SET evaluates all its values before it assigns any). The list has no length limit (a
--- GROUP_CONCAT's is the session's `group_concat_max_len`, past which keys would be lost).
-DO (SELECT COUNT(@apalis_keys := CONCAT(@apalis_keys, ',', QUOTE(limit_key), ','))
-    FROM {prefix}tasks FORCE INDEX ({prefix}tasks_status)
-    WHERE queue = %(queue)s AND status = 'running' AND limit_key IS NOT NULL)
 
 -- name: limit_keyless_from
 -- Lock tasks pushed without a key among the next :scan ready tasks of the queue in its order,

@@ -107,8 +107,8 @@ local function claim_within(base, now_text, limit, worker, limits, after)
   local function room(key)
     local r = budget - claimed
     if keyed_conc then
-      local busy = key and (running[key] or 0) or keyless_running
-      r = min(r, conc - busy)
+      local free = conc - (key and (running[key] or 0) or keyless_running)
+      if free < r then r = free end -- not min(): a call into C per entry walked
     end
     if keyed_rate and r > 0 then r = min(r, allowance(key and ('k:' .. key) or '-')) end
     return r
@@ -143,19 +143,25 @@ local function claim_within(base, now_text, limit, worker, limits, after)
     return fmt('%d', ms - at + now_ms)
   end
   local started = {} -- claimed_ms, id, ...: added to the running set in one call at the end
-  -- take(id): claim one task if it is still waiting (a parked or ready entry may be stale)
+  -- take(id): claim one task if it is still waiting (a parked or ready entry may be stale): its
+  -- priority as stored (text; true if it has none), or false
   local function take(id)
     local task = base .. 't:' .. id
     local f = call('HMGET', task, 's', 'p', 'a', 'm', 'r', 'pr', 'k', 'mt', 'c', 'e')
     if f[1] ~= 'pending' and f[1] ~= 'failed' then return false end
-    local attempts = tonum(f[3]) + 1
-    call('HSET', task, 's', 'running', 'a', fmt('%d', attempts), 'l', worker)
+    -- A first attempt, the usual case, without a number parsed and printed
+    local attempts, text = 1, '1'
+    if f[3] ~= '0' then
+      attempts = tonum(f[3]) + 1
+      text = fmt('%d', attempts)
+    end
+    call('HSET', task, 's', 'running', 'a', text, 'l', worker)
     started[#started + 1], started[#started + 2] = claimed_ms, id
     if f[1] == 'failed' then call('SREM', KEYS[4], id) end
     local n = #out
     out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = id, f[2], attempts, f[4], f[5]
     out[n + 6], out[n + 7], out[n + 8], out[n + 9], out[n + 10] = f[6], f[7], f[8], f[9], f[10]
-    return true
+    return f[6] or true
   end
 
   -- unpack() is bounded by Lua's stack: one command per slice of a long list.
@@ -235,7 +241,7 @@ local function claim_within(base, now_text, limit, worker, limits, after)
     local gone_r, gone_h, park, to_line = {}, {}, {}, {}
     local i, j = 1, 1
     while claimed < budget do
-      local rs = score_at(rw, i)
+      local rs = scored and score_at(rw, i) -- false: none (a pure keyed queue)
       local hs = hw[j] and (scored and tonum(hw[j + 1]) / 1000 or -huge)
       if not rs and not hs then break end
       if (rs or huge) > horizon and (hs or huge) > horizon then break end
@@ -269,23 +275,25 @@ local function claim_within(base, now_text, limit, worker, limits, after)
             bound = next_at and tonum(next_at) / 1000 or huge
           end
           local line = base .. 'kp:' .. key
-          local next_score
+          local next_score, turn -- its next task's score, or its turn in the heads as is
           if r == 1 then -- its first task alone (a key limited to one at a time, a claim's last slot)
-            local first = call('ZPOPMIN', line)
-            local popped = first[2]
-            if popped then
-              if take(first[1]) then took(key) end
-              -- The next task's score is wanted for its priority (the key's place in the heads)
-              -- and to know whether there is one. After a task of priority 0 (13 digits, no '-':
-              -- as in turn_done) of a key with no task below 0, the next is of priority 0 too, so
-              -- the key is listed again by the popped task's score (turn_done gives the claim's
-              -- time either way) and an EXISTS tells whether its line has more. Reading the score
-              -- (printed by the server, parsed by Lua) cost the server some 8k instructions a task.
-              if #popped == 13 and byte(popped) ~= 45
-                and not (below_keys[key] or ask_below and call('SISMEMBER', below, key) == 1) then
-                if call('EXISTS', line) == 1 then next_score = popped end
-              else
-                next_score = call('ZRANGE', line, '0', '0', 'WITHSCORES')[2]
+            -- Its first two ids without their scores, then the first leaves the line: a ZPOPMIN
+            -- replies with the score, which Redis 7.0 prints with '%.17g' (3.8k instructions).
+            local first = call('ZRANGE', line, '0', '1')
+            if first[1] then
+              call('ZREMRANGEBYRANK', line, '0', '0')
+              local priority = take(first[1])
+              if priority then took(key) end
+              -- The next task's score is wanted for its priority (the key's place in the heads).
+              -- After a task of priority 0 of a key with no task below 0, the next one (if any) is
+              -- of priority 0 too (a line is in score order), due (a line holds due tasks): the
+              -- key's turn is the claim's time (turn_done's), its score not read.
+              if first[2] then
+                if priority == '0' and not (below_keys[key] or ask_below and call('SISMEMBER', below, key) == 1) then
+                  turn = claimed_ms
+                else
+                  next_score = call('ZRANGE', line, '0', '0', 'WITHSCORES')[2]
+                end
               end
             end
           else
@@ -301,8 +309,9 @@ local function claim_within(base, now_text, limit, worker, limits, after)
             call('ZREM', line, unpack(gone))
             if not next_score and not ended then next_score = call('ZRANGE', line, '0', '0', 'WITHSCORES')[2] end
           end
-          if next_score then
-            relisted[#relisted + 1], relisted[#relisted + 2] = turn_done(next_score), key -- in ms, as the heads
+          if next_score then turn = turn_done(next_score) end
+          if turn then
+            relisted[#relisted + 1], relisted[#relisted + 2] = turn, key -- in ms, as the heads
           else
             emptied[#emptied + 1] = key
           end

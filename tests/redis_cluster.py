@@ -5,10 +5,12 @@ and stopped by PID afterwards. The shared Redis on 6379 is never touched.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.acceptance.chaos_servers import PrivateServer, need_binary, owned_tmpdir
 
@@ -40,15 +42,7 @@ class PrivateCluster:
         base = owned_tmpdir("apalis-redis-cluster-", None)
         try:
             for n in range(self.masters):
-                port = _free_port_pair(self.ports)
-                directory = base / str(port)
-                directory.mkdir()
-                argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)]
-                argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", ""]
-                argv += ["--appendonly", "no", "--cluster-node-timeout", "2000"]
-                server = PrivateServer(f"redis-cluster-{n}", argv, port, directory / "server.log")
-                self.servers.append(server)
-                server.start()
+                self.servers.append(_started_node(binary, n, base, self.ports))
             self._join()
         except BaseException:
             self.stop()
@@ -88,12 +82,39 @@ def _cluster_ok(node: object) -> bool:
     return info.get("cluster_state") == "ok"
 
 
-def _free_port_pair(taken: list[int]) -> int:
-    """A port free on loopback whose cluster bus port (+10000) is free too."""
-    for port in range(21000, 30000, 7):
-        if port in taken or not all(_free(p) for p in (port, port + 10000)):
+def _started_node(binary: str, n: int, base: Path, taken: list[int]) -> PrivateServer:
+    """Master `n` started on a free pair of ports. A probed port is only free until someone
+    binds it: another test process (pytest-xdist's workers each start a cluster) can take it
+    between the probe and the server's bind, and then the server exits at once; a new pair is
+    tried then."""
+    for _ in range(5):
+        port = _free_port_pair(taken)
+        directory = base / str(port)
+        directory.mkdir()
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)]
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", ""]
+        argv += ["--appendonly", "no", "--cluster-node-timeout", "2000"]
+        server = PrivateServer(f"redis-cluster-{n}", argv, port, directory / "server.log")
+        try:
+            server.start()
+        except AssertionError:
+            server.stop()
+            if server.process is None or server.process.poll() is None or "in use" not in server.tail():
+                raise
             continue
-        return port
+        return server
+    raise AssertionError("five pairs of free ports for a Redis Cluster node were taken before its server bound them")
+
+
+def _free_port_pair(taken: list[int]) -> int:
+    """A port free on loopback whose cluster bus port (+10000) is free too, drawn at random (a
+    fixed scan from one start made test processes side by side pick the same ports) below the
+    kernel's ephemeral range (32768 and up), bus port included, so that no client's outgoing
+    connection holds it."""
+    for _ in range(500):
+        port = random.randrange(20000, 22768)
+        if port not in taken and _free(port) and _free(port + 10000):
+            return port
     raise AssertionError("no free pair of ports for a Redis Cluster node")
 
 

@@ -337,7 +337,8 @@ async def test_worker_survives_pg_terminate_backend(store: PgmqStore, pgmq_url: 
         app = conninfo_to_dict(store.config.url)["application_name"]
         killed = await sql(
             pgmq_url,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
             (app,),
         )
         assert killed[0][0] >= 2  # the pool and the LISTEN connection
@@ -404,7 +405,10 @@ async def test_the_listener_reconnects_after_pg_terminate_backend(store: PgmqSto
         await asyncio.sleep(0.5)
         app = conninfo_to_dict(store.config.url)["application_name"]
         await sql(
-            pgmq_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app,)
+            pgmq_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            (app,),
         )
         await asyncio.sleep(2.5)  # reconnected, and idle long enough for the poll backoff to reach seconds
         sent = time.monotonic()
@@ -865,9 +869,14 @@ async def test_a_limited_claim_hands_out_nothing_pushed_after_it_began(
         stream = backend.poll_compact(worker)
         try:
             claim = asyncio.ensure_future(anext(stream))
-            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' AND query LIKE %s"
+            # This store's own sessions only: another test process's claims wait on the same server.
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = %s AND wait_event = 'advisory' AND query LIKE %s"
+            )
+            app = conninfo_to_dict(store.config.url)["application_name"]
             for _ in range(500):  # until the claim waits for the lock
-                if (await sql(pgmq_url, waiting, ("%limit_claim%",)))[0][0]:
+                if (await sql(pgmq_url, waiting, (app, "%limit_claim%")))[0][0]:
                     break
                 await asyncio.sleep(0.02)
             else:
@@ -898,7 +907,11 @@ async def test_a_pause_during_a_claim_holds_back_what_was_pushed_after_it(
         async with await psycopg.AsyncConnection.connect(pgmq_url) as pusher:  # one transaction until commit
             await pusher.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
             claim = asyncio.ensure_future(anext(stream))
-            waiting = "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted"
+            # pg_locks lists every database's locks, and a relation's oid is unique in one only.
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
             deadline = time.monotonic() + 10
             while await sql(pgmq_url, waiting, (table,)) == [(0,)]:
                 assert not claim.done(), "the claim did not wait for the queue table"

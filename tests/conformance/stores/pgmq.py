@@ -40,7 +40,8 @@ class PgmqFactory(StoreFactory):
         url = scratch_database(need_server("postgres"))
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = %s",
                 (store.application_name,),  # type: ignore[attr-defined]
             )
 

@@ -1,6 +1,7 @@
 """Private server instances for the chaos tests: started on their own ports and data directories,
 restarted mid-run, and always stopped by PID afterwards, so the shared servers that other tests
-use are never disturbed.
+use are never disturbed. They also die with the test process when it is killed (SIGKILL, a CI
+timeout) before it could stop them: `spawn_server`.
 
 A missing server binary skips the test locally and fails it under APALIS_REQUIRE_SERVICES=1
 (the convention of `tests/services.py`).
@@ -10,18 +11,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import functools
 import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +44,7 @@ __all__ = [
     "private_postgres",
     "private_rabbitmq",
     "private_redis",
+    "spawn_server",
 ]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -69,6 +76,54 @@ def free_port() -> int:
     raise AssertionError("no free port on 127.0.0.1")
 
 
+_forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="private-server-forker")
+"""The one thread that forks every private server. The kernel's parent-death signal fires when
+the *thread* that forked a child ends, not its process: a server started from a short-lived
+thread (`asyncio.to_thread`, whose pool ends with the test's event loop) would be killed with it.
+This thread lives as long as the test process."""
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+"""Loaded here, not in the forked child: after Popen's switch of user the child may not read
+this Python's modules (under /root), and an import there fails the start."""
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """In the forked child, before exec: be SIGKILLed when the forking thread of `parent` ends."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
+def spawn_server(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen(argv, **popen)` of a server the kernel SIGKILLs when this test process
+    dies, however it dies (Linux's PR_SET_PDEATHSIG; elsewhere a plain Popen). The server must
+    run in the foreground as this child (no daemonizing, no switch of user of its own: pass
+    `user=`, which Popen applies before the signal is set; a later setuid would clear it)."""
+    parent = os.getpid()
+
+    def fork() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), preexec_fn=functools.partial(_die_with, parent), **popen)
+
+    return _forker.submit(fork).result()
+
+
+_REAPER = """
+import ctypes, os, signal, sys
+group, parent = int(sys.argv[1]), int(sys.argv[2])
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+ctypes.CDLL(None).prctl(1, signal.SIGUSR1, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() == parent:  # else the test process died already
+    signal.sigwait({signal.SIGUSR1})
+os.killpg(group, signal.SIGKILL)
+"""
+"""The watcher of a server started through a wrapper script (RabbitMQ's runs the Erlang VM as a
+grandchild, which no parent-death signal reaches): it kills the server's whole process group
+when the test process dies."""
+
+
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -94,12 +149,13 @@ class PrivateServer:
     """Where a server started through a wrapper script writes its own PID: that process is the
     one stopped (RabbitMQ's script runs the Erlang VM as a child)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    reaper: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self, timeout: float = 30) -> None:
         """Start the server and wait (bounded) until its port answers."""
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                list(self.argv),
+            self.process = spawn_server(
+                self.argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -108,6 +164,11 @@ class PrivateServer:
                 env=None if self.env is None else {**os.environ, **self.env},
                 start_new_session=True,  # a Ctrl-C of pytest does not reach it before the fixture's stop
             )
+        if self.pid_file is not None:  # its own session: the group holds the wrapper's descendants
+            # Forked by the forker thread too (its death signal is bound to it); no death signal
+            # of its own before it sets its own, so that a death meanwhile is seen: getppid.
+            reap = [sys.executable, "-c", _REAPER, str(self.process.pid), str(os.getpid())]
+            self.reaper = _forker.submit(subprocess.Popen, reap).result()
         deadline = time.monotonic() + timeout
         while not (_answers(self.port) and (self.ready is None or self.ready(self.port))):
             if self.process.poll() is not None:
@@ -121,6 +182,10 @@ class PrivateServer:
     def stop(self, timeout: float = 20, *, crash: bool = False) -> None:
         """Stop the server by its PID (`stop_signal`, then SIGKILL after `timeout`; with `crash`,
         SIGKILL at once: every client loses it in the same instant); idempotent."""
+        if self.reaper is not None:
+            self.reaper.kill()
+            self.reaper.wait()
+            self.reaper = None
         process = self.process
         if process is None or process.poll() is not None:
             return
@@ -256,9 +321,11 @@ def private_mariadb(port: int, *, binlog: bool = False) -> Iterator[PrivateServe
     # Temporary tables in a folder of its own: a MariaDB that starts removes every `#sql` file in
     # its tmpdir, and in the default /tmp a private server (re)started beside another's install
     # removed that install's temporary table ("Unknown table 'mysql.tmp_user_sys'": it failed).
-    argv += [f"--socket={base}/sock", f"--pid-file={base}/pid", "--user=mysql", f"--tmpdir={base}"]
+    argv += [f"--socket={base}/sock", f"--pid-file={base}/pid", f"--tmpdir={base}"]
     argv += [f"--log-bin={base}/binlog", "--server-id=1"] if binlog else []
-    server = PrivateServer("mariadb", argv, port, base / "server.log")
+    # Started as `mysql` (not root with --user=mysql): its own switch of user would clear the
+    # parent-death signal that stops it with a killed test process.
+    server = PrivateServer("mariadb", argv, port, base / "server.log", user="mysql")
     try:
         _installed(
             "mariadb",

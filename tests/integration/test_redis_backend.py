@@ -19,6 +19,7 @@ from apalis_cli.worker import Worker
 from apalis_redis import RedisStore
 from redis.asyncio import Redis
 
+from ..acceptance.chaos_servers import spawn_server
 from ..conformance.stores.redis import kill_clients
 from ..services import need_binary
 from .conftest import make_redis_store
@@ -186,7 +187,7 @@ def _free_port() -> int:
 
 
 def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
+    server = spawn_server(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(directory)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -203,7 +204,7 @@ def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
 
 
 def _start_redis_on_socket(sock: Path) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
+    server = spawn_server(
         ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(sock.parent)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -232,7 +232,14 @@ class Signals:
         cursor = conn.cursor()
         await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = %s", (sleep_statement(tag),))
         found = [int(row[0]) for row in await cursor.fetchall() if int(row[0]) not in self.own]
-        self._known[tag] = (now, found)
+        # A listener between two sleeps (woken a moment ago, its next SLEEP not yet running) is
+        # not in that list, yet there: the ids known before are kept (a connection that is gone
+        # answers its next KILL with an error, which drops it from the list: `_kill`), and a list
+        # that is empty is looked up again after `RECHECK_EVERY`, not `KNOWN_FOR` (a pusher at
+        # 200/s whose lookup found its worker's listener between sleeps sent 131 signals to
+        # nobody, and their tasks waited 0.5 s for the worker's idle claims).
+        known = found + [i for i in self._known.get(tag, (0.0, []))[1] if i not in found]
+        self._known[tag] = (now if known else now - KNOWN_FOR + RECHECK_EVERY, known)
         if recheck:
             self._rechecked[tag] = now
         await self._kill(conn, tag, [i for i in found if i not in killed])

@@ -4,6 +4,7 @@ table prefixes, redacted passwords, claims by concurrent workers that never over
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -16,7 +17,7 @@ from apalis_cli.codec import JsonCodec
 from apalis_cli.errors import BackendError, ConfigError
 from apalis_cli.task import Status, Task
 from apalis_cli.worker import Worker
-from apalis_mysql import MysqlStore
+from apalis_mysql import MysqlStore, listener
 from apalis_sql import load_migrations
 
 from ..conformance.stores.mysql import admin_connect, admin_execute
@@ -169,6 +170,81 @@ async def test_a_listener_that_starts_is_woken_by_the_next_push_of_a_process_tha
         assert woken.is_set(), "the new listener heard no push for 0.6 s"
     finally:
         await daemon.close()
+
+
+async def _listener_sleep(conn: Any, name: str) -> None:
+    """One sleep of a listener of tag `name` on `conn`, until a signal ends it."""
+    try:
+        await conn.cursor().execute(listener.sleep_statement(name))
+    except Exception as exc:  # MariaDB answers an ended SLEEP with an error
+        if exc.args[0] != 1317:
+            raise
+
+
+async def _stop_sleeping(conn: Any, sleeping: asyncio.Future[None]) -> None:
+    """The listener's connection closed, its sleep given up."""
+    sleeping.cancel()
+    conn.close()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await sleeping
+
+
+async def test_a_listener_between_two_sleeps_as_a_process_looked_it_up_is_woken_by_its_next_signals(
+    mysql_store: MysqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process looks up the listeners of a tag (those running its SLEEP) when its list is
+    older than `KNOWN_FOR`; a listener woken a moment before, its next SLEEP not yet running,
+    is not among them. It is there all the same: the process's next signals wake it (they woke
+    none until the list went stale again, and a task pushed meanwhile waited for the worker's
+    idle timer)."""
+    db = mysql_store.database
+    name = listener.tag("listener-between-sleeps", str(time.time_ns()), "q")
+    sleeper = await db._connect()  # a listener's connection, in another process
+    signals = listener.Signals()
+
+    async def signal() -> None:
+        await db.run(lambda conn: signals.send(conn, name))
+
+    sleeping = asyncio.ensure_future(_listener_sleep(sleeper, name))
+    try:
+        await asyncio.sleep(0.2)  # the SLEEP runs on the server
+        await signal()  # the first lookup finds it, and wakes it
+        await asyncio.wait_for(sleeping, 2)
+        monkeypatch.setattr(listener, "KNOWN_FOR", 0.0)
+        await signal()  # looked up again while it is between two sleeps
+        monkeypatch.setattr(listener, "KNOWN_FOR", 60.0)
+        sleeping = asyncio.ensure_future(_listener_sleep(sleeper, name))
+        await asyncio.sleep(0.2)
+        await signal()
+        done, _ = await asyncio.wait({sleeping}, timeout=2)
+        assert done, "the signal after the lookup did not wake the listener"
+    finally:
+        await _stop_sleeping(sleeper, sleeping)
+
+
+async def test_a_listener_between_two_sleeps_at_a_process_first_lookup_is_woken_by_its_signals_soon(
+    mysql_store: MysqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process whose lookup of a tag's listeners found none (its only listener was between
+    two sleeps then) looks again at its next signal after `RECHECK_EVERY`: it trusted the empty
+    list for `KNOWN_FOR`, and its signals meanwhile woke nobody."""
+    monkeypatch.setattr(listener, "KNOWN_FOR", 60.0)
+    db = mysql_store.database
+    name = listener.tag("listener-first-lookup", str(time.time_ns()), "q")
+    sleeper = await db._connect()  # a listener's connection, in another process, not asleep yet
+    signals = listener.Signals()
+
+    await db.run(lambda conn: signals.send(conn, name))  # finds no listener asleep
+    sleeping = asyncio.ensure_future(_listener_sleep(sleeper, name))
+    try:
+        for _ in range(40):  # 2 s of signals, one every 50 ms
+            await asyncio.sleep(0.05)
+            await db.run(lambda conn: signals.send(conn, name))
+            if sleeping.done():
+                break
+        assert sleeping.done(), "the listener slept on through 2 s of signals"
+    finally:
+        await _stop_sleeping(sleeper, sleeping)
 
 
 async def test_a_claim_whose_reply_was_lost_is_released_by_its_own_worker(

@@ -74,8 +74,14 @@ local function claim(keys, base, now, limit, worker, out)
     local task = base .. 't:' .. id
     local f = redis.call('HMGET', task, 's', 'p', 'a', 'm', 'r', 'pr', 'k', 'mt', 'c', 'e')
     if f[1] == 'pending' or f[1] == 'failed' then
-      local attempts = tonumber(f[3]) + 1
-      redis.call('HSET', task, 's', 'running', 'a', attempts, 'l', worker)
+      -- A first attempt, the usual case, written as is: a number passed to redis.call is printed
+      -- with '%.14g' (printf's floating-point path), and '%d' parses it back from text first.
+      local attempts, text = 1, '1'
+      if f[3] ~= '0' then
+        attempts = tonumber(f[3]) + 1
+        text = string.format('%d', attempts)
+      end
+      redis.call('HSET', task, 's', 'running', 'a', text, 'l', worker)
       running[#running + 1], running[#running + 2] = claimed_ms, id
       if f[1] == 'failed' then redis.call('SREM', keys[4], id) end
       local n = #out

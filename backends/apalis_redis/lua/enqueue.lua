@@ -82,7 +82,7 @@ for i = 1, #items, 9 do
     out[#out + 1] = existing
   else
     local task = base .. 't:' .. id
-    redis.call('HSET', task, 'p', items[i + 1], 's', 'pending', 'a', 0, 'm', items[i + 4],
+    redis.call('HSET', task, 'p', items[i + 1], 's', 'pending', 'a', '0', 'm', items[i + 4],
       'r', items[i + 2], 'pr', items[i + 3], 'c', ARGV[2])
     if key ~= '' then
       redis.call('HSET', task, 'k', key)

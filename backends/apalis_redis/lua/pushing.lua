@@ -31,7 +31,7 @@ local function hand(keys, base, now_text, wake, task)
     if score - score % LISTED >= now_ms * LISTED then
       local id = task[1]
       take_slot(keys[3], keys[4], worker, score, id)
-      redis.call('HSET', base .. 't:' .. id, 's', 'running', 'a', 1, 'l', worker)
+      redis.call('HSET', base .. 't:' .. id, 's', 'running', 'a', '1', 'l', worker)
       redis.call('ZADD', keys[5], string.format('%d', now_ms), id)
       redis.call('PUBLISH', wake, 'h' .. cmsgpack.pack({worker, id, task[2], 1, task[3], task[4], task[5],
         task[6], task[7], now_text, ''}))

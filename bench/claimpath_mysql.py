@@ -8,10 +8,12 @@ suite.
 Run it against a PRIVATE `mariadbd` with no other client: the server's CPU is read from every
 thread of the process listening on the URL's port (`/proc/PID/task/*/schedstat`, nanoseconds;
 the connections' threads and InnoDB's own, whose purge of the claimed rows is part of a claim's
-price), around each call. (`valgrind --tool=callgrind` of mariadbd hung here at a drain's first
-statements: bench/README.md, MariaDB limits, session 14.) `bench.limits` drains through a
-worker whose rates and CPU drift with the machine's load by more than a change to the claim is
-worth; here the variants' calls alternate, one claim of each in turn, so load hits them alike.
+price), around each call; this process's CPU in the call (the store's client side) beside it.
+(`valgrind --tool=callgrind` of mariadbd hung here at a drain's first statements: bench/README.md,
+MariaDB limits, session 14.) `bench.limits` drains through a worker whose rates and CPU drift
+with the machine's load by more than a change to the claim is worth; here the variants' calls
+alternate, one claim of each in turn, so load hits them alike. (Its figures are not a drain's:
+a change it favours must still show in `bench.limits` pairs, bench/README.md session 15.)
 
 Each round drains `--tasks` tasks over `--keys` keys per variant, in claims of `--want`, each
 claim carrying the acknowledgement of the last one's tasks (all done, as a drain of tasks that
@@ -42,6 +44,7 @@ import glob
 import os
 import re
 import statistics
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +75,7 @@ class _Drain:
     worker: str
     held: list[Task[bytes]] = field(default_factory=list)  # claimed, to acknowledge next call
     ns: int = 0
+    client_ns: int = 0  # this process's CPU in the calls
     tasks: int = 0
     calls: int = 0
     done: bool = False
@@ -187,6 +191,7 @@ async def run(args: argparse.Namespace) -> None:
     variants: list[str] = args.variants.split(",")
     limits = FleetLimits(key="account", concurrency=1, keyed_concurrency=True)
     per_task: dict[str, list[float]] = {v: [] for v in variants}
+    client: dict[str, list[float]] = {v: [] for v in variants}
     claimed: dict[str, int] = dict.fromkeys(variants, 0)
     by_statement: dict[tuple[str, str], _Seen] = {}
     prefix = str(target.options["table_prefix"])
@@ -211,7 +216,9 @@ async def run(args: argparse.Namespace) -> None:
                     if d.done:
                         continue
                     before = server_ns(pid)
+                    mine = time.process_time_ns()
                     got = await _claim(d, args.want)
+                    d.client_ns += time.process_time_ns() - mine
                     spent = server_ns(pid) - before
                     cold = sum(t.ctx.priority != HOT_PRIORITY for t in got)
                     if args.statements:
@@ -222,11 +229,16 @@ async def run(args: argparse.Namespace) -> None:
             parts = []
             for d in drains:
                 per_task[d.variant].append(d.ns / 1000 / max(d.tasks, 1))
+                client[d.variant].append(d.client_ns / 1000 / max(d.tasks, 1))
                 claimed[d.variant] += d.tasks
-                parts.append(f"{d.variant} {per_task[d.variant][-1]:.1f} us/task ({d.tasks} in {d.calls} calls)")
+                parts.append(
+                    f"{d.variant} {per_task[d.variant][-1]:.1f} us/task, client {client[d.variant][-1]:.1f}"
+                    f" ({d.tasks} in {d.calls} calls)"
+                )
             print(f"round {number + 1}: {', '.join(parts)}; load {os.getloadavg()[0]:.1f}", flush=True)
         medians = {v: statistics.median(x) for v, x in per_task.items()}
         print("medians, server CPU per task:", ", ".join(f"{v} {m:.1f} us" for v, m in medians.items()))
+        print("client:", ", ".join(f"{v} {statistics.median(x):.1f} us" for v, x in client.items()))
         if "plain" in medians:
             print("over plain:", ", ".join(f"{v} {m / medians['plain']:.2f}" for v, m in medians.items()))
         if args.statements:

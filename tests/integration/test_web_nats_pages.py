@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from apalis_nats import browse
+
 from ..web_board import Served, serve_board, walk_pages
 
 WORKERS = """
@@ -24,7 +27,10 @@ async def walk(served: Served, **params: str) -> tuple[list[str], int]:
     return seen, len(bodies)
 
 
-async def test_pages_of_fifty_follow_the_stream_to_the_end(tmp_path: Path) -> None:
+async def test_pages_of_fifty_follow_the_stream_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A page also ends after SCAN_SECONDS of reading: on a loaded machine (a parallel suite beside
+    # other work) 0.1 s read fewer than fifty and made ten pages of 121 tasks. Pages of fifty here.
+    monkeypatch.setattr(browse, "SCAN_SECONDS", 60.0)
     async with serve_board("nats", tmp_path, workers=WORKERS) as served:
         pushed = await served.sink().push_bulk([{"n": i} for i in range(120)])
         later = await served.sink().push({"n": "later"}, delay=3600)

@@ -10,7 +10,8 @@ claim's tasks done (`ack_done`, as the worker's acknowledgement) and claim the n
 `--mode keyed` (fill and run) spreads the tasks over `--keys` keys and claims them through the
 limited claim (`claim_limited`) at a concurrency of one a key, as `bench.limits`' keyed drain;
 `--mode saturated` also pushes `--hot` tasks of one key first, at a higher priority, and leaves
-one of them running for good, as its saturated drain.
+one of them running for good, as its saturated drain. `--behind 1` acknowledges each claim a
+transaction later, so a claim's worth of keys runs at every claim, as in a drain at concurrency 50.
 
 The statements are this tree's (`apalis_sqlite/sql`), run on a file `fill` made with this tree's
 migrations through the store itself; run from another tree (PYTHONPATH) to measure its
@@ -69,29 +70,31 @@ async def _fill(path: str, tasks: int, mode: str, keys: int, hot: int) -> None:
         conn.close()
 
 
-def _run(path: str, transactions: int, want: int, mode: str) -> int:
-    """Run the loop; the tasks claimed."""
+def _run(path: str, transactions: int, want: int, mode: str, behind: int) -> int:
+    """Run the loop; the tasks claimed. Each transaction acknowledges the tasks claimed
+    `behind` + 1 transactions before it, so `behind` claims' tasks are running at each claim."""
     queries = load_queries("apalis_sqlite", {"prefix": "apalis_"})
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     conn.execute("PRAGMA synchronous = NORMAL")
-    claimed: list[str] = []
+    claims: list[list[str]] = []
     total = 0
     limited = KeyedClaims(_LIMITS)
     for _ in range(transactions):
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
-        if claimed:
-            conn.executemany(queries.ack_done, [(None, now, task_id, _WORKER) for task_id in claimed])
+        if len(claims) > behind:
+            acked = claims.pop(0)
+            conn.executemany(queries.ack_done, [(None, now, task_id, _WORKER) for task_id in acked])
         if mode == "plain":
             params = {"queue": _QUEUE, "worker": _WORKER, "now": now, "limit": want}
             rows = conn.execute(queries.claim, params).fetchall()
         else:
             rows = claim_limited(conn, queries, _QUEUE, _WORKER, want, now, limited)
-        claimed = [row[0] for row in rows]
+        claims.append([row[0] for row in rows])
         conn.execute("COMMIT")
-        total += len(claimed)
+        total += len(rows)
     conn.close()
     return total
 
@@ -107,11 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=_MODES, default="plain")
     parser.add_argument("--keys", type=int, default=500)
     parser.add_argument("--hot", type=int, default=20_000)
+    parser.add_argument("--behind", type=int, default=0, help="claims left running (a drain at concurrency 50: 1)")
     args = parser.parse_args(argv)
     if args.what == "fill":
         asyncio.run(_fill(args.path, args.tasks, args.mode, args.keys, args.hot))
     else:
-        print(f"claimed {_run(args.path, args.transactions, args.want, args.mode)}")
+        print(f"claimed {_run(args.path, args.transactions, args.want, args.mode, args.behind)}")
 
 
 if __name__ == "__main__":

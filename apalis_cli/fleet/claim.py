@@ -180,9 +180,12 @@ def claim_round(
     take_heads: TakeHeads,
     take: TakeSome,
     after: str | None = None,
+    turn: Callable[[Turn], Turned] | None = None,
 ) -> ClaimRound:
-    """Claim up to `want` tasks within `limits` through a sync store's callables (`claim_steps`)."""
-    steps = claim_steps(limits, want, now, running=running, rates=rates, after=after)
+    """Claim up to `want` tasks within `limits` through a sync store's callables (`claim_steps`);
+    with `turn`, keys take their turns through it (`Turn`) rather than through `keys_after` and
+    `take_heads`."""
+    steps = claim_steps(limits, want, now, running=running, rates=rates, after=after, in_turns=turn is not None)
     answer: Any = None
     try:
         while True:
@@ -193,8 +196,9 @@ def claim_round(
                 answer = take_heads(step.keys)
             elif isinstance(step, Take):
                 answer = take(step.key, step.count)
-            else:  # a Turn is asked only by claim_steps(in_turns=True)
-                raise TypeError(f"claim_round cannot answer {step!r}")
+            else:
+                assert turn is not None  # a Turn is asked only by claim_steps(in_turns=True)
+                answer = turn(step)
     except StopIteration as done:
         result: ClaimRound = done.value
         return result
@@ -391,6 +395,7 @@ class _Turns:
         passing over those this claim knows to have no room (`blocked`)."""
         limits, taken, cursor, wrapped = self.limits, 0, after, after is None
         ahead = rate_ahead(limits)
+        cap = limits.concurrency if limits.keyed_concurrency and not limits.keyed_rate else None
         self.room_left = False
         while budget - taken > 0 and self.seen < MAX_KEYS_PER_CLAIM:
             upto = after if wrapped else None
@@ -399,10 +404,20 @@ class _Turns:
             self.seen += turned.seen
             if turned.wake_tat is not None and limits.rate is not None:
                 self.result.wake(next_start(turned.wake_tat, limits.rate, limits.per))
-            for key in turned.taken:
-                self.room_left = self.room_left or self.room(key, budget - taken) > 1
-                self.took(key, 1)
-                taken += 1
+            if cap is not None:  # worked out inline, as in `walk`
+                running = self.running
+                for key in turned.taken:
+                    started = running.get(key, 0)
+                    if cap - started > 1 and budget - taken > 1:
+                        self.room_left = True
+                    running[key] = started + 1
+                    taken += 1
+                self.claimed += len(turned.taken)
+            else:
+                for key in turned.taken:
+                    self.room_left = self.room_left or self.room(key, budget - taken) > 1
+                    self.took(key, 1)
+                    taken += 1
             if turned.last is not None:
                 self.result.after = cursor = turned.last
             if turned.ended:

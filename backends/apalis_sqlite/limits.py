@@ -1,17 +1,23 @@
 """Global limits and unique pushes on SQLite: `apalis_cli.fleet` over statements in
 `sql/limits.sql`, run inside the store's one write transaction (`BEGIN IMMEDIATE`), which every
 daemon sharing the file takes in turn: what a claim reads cannot change before it writes.
+
+Under a keyed concurrency without a keyed rate, the keys take their turns in one statement each
+(`claim_turn_*`: the walk and the claim of the keys' first tasks, whose rows never reach
+Python); a keyed rate's claim walks the keys here (`keys_after`), reading each key's state.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from apalis_cli.backend import NewTask
 from apalis_cli.fleet import ClaimRound, KeyedClaims, claim_round
+from apalis_cli.fleet.claim import Turn, Turned
 from apalis_cli.task import TaskId
 from apalis_sql import Queries, encode_meta, insert_params
 
@@ -49,11 +55,11 @@ def claim_limited(
 ) -> list[Any]:
     """Claim up to `limit` tasks for `worker_id` within `state.limits`; the claimed rows."""
     limits = state.limits
-    paused = conn.execute(q.is_paused, {"queue": queue}).fetchone()
-    if paused and paused[0]:
-        return []  # a paused queue hands out nothing (apalis_cli.control)
     params: dict[str, Any] = {"queue": queue, "worker": worker_id, "now": now}
-    running: dict[str | None, int] = dict(conn.execute(q.running_by_key, {"queue": queue}).fetchall())
+    paused, running_keys = conn.execute(q.limit_state, params).fetchone()
+    if paused:
+        return []  # a paused queue hands out nothing (apalis_cli.control)
+    running: dict[str | None, int] = Counter(json.loads(running_keys))
     rates = _Rates(conn, q, queue)
     rows: list[Any] = []
     walking: list[sqlite3.Cursor] = []
@@ -66,9 +72,9 @@ def claim_limited(
     def keys_after(after: str | None, count: int) -> Iterator[str]:
         walked()
         if after is None:
-            found = conn.execute(q.keys_from_first, {"queue": queue, "count": count})
+            found = conn.execute(q.keys_from_first, {"queue": queue, "walk": count, "upto": None})
         else:
-            found = conn.execute(q.keys_after, {"queue": queue, "after": after, "count": count})
+            found = conn.execute(q.keys_after, {"queue": queue, "after": after, "walk": count, "upto": None})
         walking.append(found)
         return read(found)
 
@@ -97,6 +103,30 @@ def claim_limited(
             taken[row[-1]] = taken.get(row[-1], 0) + 1
         return taken
 
+    def turn(ask: Turn) -> Turned:
+        after, upto = ask.after, ask.upto
+        # Only the keys at their limit within the turn's range are named to it: those are most
+        # often the keys the last claims took, which a turn from where they stopped never meets.
+        blocked = [k for k in ask.blocked if (after is None or k > after) and (upto is None or k <= upto)]
+        got = conn.execute(
+            q.claim_turn_first if after is None else q.claim_turn_after,
+            {
+                **params,
+                "after": after,
+                "upto": upto,
+                "count": ask.count,
+                "walk": ask.scan,
+                "blocked": json.dumps(blocked),
+            },
+        ).fetchall()
+        taken = sorted(row[-1] for row in got)
+        rows.extend(row[:-1] for row in got)
+        # A turn that claimed fewer than it asked for ran out of keys in its range (or of keys
+        # it may look at: `scan`); where it stopped among them matters only to the next turn,
+        # which then starts from the first key. The keys it saw are counted as those it took
+        # (the statement does not say how far it walked): `scan` still bounds each turn.
+        return Turned(taken, len(taken), taken[-1] if taken else None, len(taken) < ask.count)
+
     def take(key: str | None, n: int) -> int:
         walked()
         statement = q.claim_keyless if limits.keyed else q.claim
@@ -115,6 +145,7 @@ def claim_limited(
             take_heads=take_heads,
             take=take,
             after=state.after,
+            turn=None if limits.keyed_rate else turn,
         )
     finally:
         walked()

@@ -220,6 +220,38 @@ def test_keys_taking_turns_in_one_statement_take_the_same_tasks() -> None:
     assert keys.taken == ["c", "a"], "the next claim starts after b, comes round to a, passes over b"
 
 
+def test_a_sync_store_answering_turns_takes_the_same_tasks() -> None:
+    keys = Keys({"a": 5, "b": 5, "c": 5})
+    limits = FleetLimits(key="account", concurrency=2, keyed_concurrency=True)
+
+    def no_keys(after: str | None, count: int) -> list[str]:
+        raise AssertionError("a store that walks in turns is not asked for keys")
+
+    def no_heads(names: Sequence[str]) -> dict[str, int]:
+        raise AssertionError("a store that walks in turns is not asked for heads")
+
+    def claim(want: int, running: dict[str | None, int], after: str | None) -> Any:
+        return claim_round(
+            limits,
+            want,
+            0.0,
+            running=running,
+            rates={},
+            keys_after=no_keys,
+            take_heads=no_heads,
+            take=keys.take,
+            after=after,
+            turn=lambda ask: keys.turn(ask, {}),
+        )
+
+    first = claim(3, {"a": 2}, None)
+    assert keys.taken == ["b", "c", "b"], "a is full; b and c take turns; b again for the last slot"
+    assert (first.claimed, first.after) == (3, "b")
+    keys.taken.clear()
+    claim(2, {"a": 1, "b": 2, "c": 1}, "b")
+    assert keys.taken == ["c", "a"], "the next claim starts after b, comes round to a, passes over b"
+
+
 def test_a_keyed_rate_in_turns_holds_and_says_when_to_claim_again() -> None:
     keys = Keys({"a": 5, "b": 5})
     limits = FleetLimits(key="k", rate=2, per=1.0, keyed_rate=True)

@@ -33,23 +33,29 @@ class AckBatcher:
     alone. Such an outcome is replaced by a kill that says why, so its task is not left running.
     """
 
-    __slots__ = ("_drainer", "_flush", "_pending", "_running")
+    __slots__ = ("_drainer", "_flush", "_loop", "_pending", "_running")
 
     def __init__(self, flush: Flush) -> None:
         self._flush = flush
         self._pending: list[_Waiting] = []
         self._running = False
         self._drainer: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the last ack, kept: `asyncio.get_running_loop()` (and `ensure_future`'s
+        own look-up) is a `getpid` system call on Python 3.11, twice per lone task's ack."""
 
     async def ack(self, task: Task[Any], outcome: Outcome) -> Outcome:
         """Record `outcome` for `task` in the store; returns, once written, the outcome written."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # the first ack, or a store used on a new loop
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
         self._pending.append((task, outcome, future))
         if not self._running:
             self._running = True
             # The drain's first step runs after every run already scheduled in this loop turn,
             # so the runs that finish together still share its first write.
-            self._drainer = asyncio.ensure_future(self._drain())
+            self._drainer = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:

@@ -7,10 +7,10 @@ find and kill exactly this store's connections with `CLIENT LIST` / `CLIENT KILL
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from importlib import resources
+from types import TracebackType
 from typing import Any, TypeVar
 
 from apalis_cli.contact import Contact
@@ -25,12 +25,13 @@ from .signals import ControlSignals
 from .wakeups import Wakeups
 
 __all__ = [
+    "ACKNOWLEDGING",
     "Connection",
+    "LinkKept",
     "OnConnection",
     "Patience",
     "connect",
     "connect_checked",
-    "link_kept",
     "lua",
     "require_driver",
     "transient",
@@ -297,16 +298,33 @@ async def connect_checked(url: str, client_name: str, patience: Patience, *, clu
     return client
 
 
-@contextlib.contextmanager
-def link_kept(what: str) -> Iterator[None]:
+class LinkKept:
     """Raise a dropped connection (after redis-py's own retries) as `ConnectionLost`: a write
-    that failed because the server is away, not because it refused what it was given."""
-    from redis.exceptions import ConnectionError, TimeoutError
+    that failed because the server is away, not because it refused what it was given.
 
-    try:
-        yield
-    except (ConnectionError, TimeoutError) as exc:
-        raise ConnectionLost(f"redis: {what}: {exc}") from exc
+    A class with nothing per use, so a hot path keeps one (`ACKNOWLEDGING`): a
+    `contextlib.contextmanager` made a generator and two context objects on every ack, and
+    imported redis's exceptions each time (six calls of a worker's acknowledgement)."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None:
+            return
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        if isinstance(exc, ConnectionError | TimeoutError):
+            raise ConnectionLost(f"redis: {self.what}: {exc}") from exc
+
+
+ACKNOWLEDGING = LinkKept("acknowledging")
+"""Around an acknowledgement's script call (every store on Redis)."""
 
 
 def lua(package: str, name: str) -> str:

@@ -88,8 +88,9 @@ from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
 
+from .ackcall import AckCall
 from .browse import RedisBrowser
-from .connection import Connection, link_kept, lua
+from .connection import ACKNOWLEDGING, Connection, lua
 from .control import RedisControl, tell_beat
 from .keys import QueueKeys
 from .limits import LimitedClaims, unique_args
@@ -158,9 +159,15 @@ PURGE_LIMIT = 5000
 _LISTED_IDLE_WAIT = 0.05  # the first idle wait of a worker a push can hand its task to
 
 
+_PACKER = msgpack.Packer(use_bin_type=False)
+"""One packer for every call: `msgpack.packb` makes a `Packer` (its options parsed, its buffer
+allocated) per call, 1.0 us against 0.3 for the ack's five fields; two packs per ack. Shared by
+threads safely: `pack` holds the GIL throughout, since these arguments call back into no Python."""
+
+
 def _pack(items: list[Any]) -> bytes:
     """Script arguments as one MessagePack array (old raw strings: what Lua's cmsgpack reads)."""
-    packed: bytes = msgpack.packb(items, use_bin_type=False)
+    packed: bytes = _PACKER.pack(items)
     return packed
 
 
@@ -199,6 +206,7 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
         self._claim_keys = (*self._ack_keys[:4], *self._ack_keys[7:])  # ready, scheduled, running, failed, idle, handed
         self._base, self._wake, self._control = k.base.encode(), k.wake.encode(), k.control.encode()
         self._lone = LonePush(connection, k)
+        self._ack = AckCall(connection, self._ack_keys, self._base, self._wake, self._control)
 
     # -- the store's primitives ------------------------------------------------------------
 
@@ -391,32 +399,24 @@ class RedisQueue(RedisBrowser, RedisControl, QueueBase):
                 span = spans.get(wid)
                 fields += (wid, count, got.get(wid, ""), "" if span is None else int((now + span) * 1000))
             claims = _pack(fields)
-        args = [
-            self._base,
-            repr(now),
-            self._wake,
-            int(self.retention * 1000),
-            _pack(packed),
-            claims,
-            self._control,
-        ]
-        if limited_wanted:
-            limited_fields = [field for ahead, n in limited_wanted for field in limited[ahead.worker_id].ack_fields(n)]
-            args.append(_pack(limited_fields))
+        ack, clock, retention, outcomes = self._ack, repr(now), int(self.retention * 1000), _pack(packed)
         if not (wanted or limited_wanted):
-            with link_kept("acknowledging"):
-                await self.connection.scripts["ack"](keys=self._ack_keys, args=args)
+            with ACKNOWLEDGING:
+                await ack(clock, retention, outcomes, claims)
             return
         claiming = [*wanted, *limited_wanted]
         for ahead, _ in claiming:
             ahead.claiming.append(now)  # its beat leaves alone what this call claims for it
         try:
-            with link_kept("acknowledging"):
-                reply = _unpack(
-                    await self.connection.scripts["ack_limited" if limited_wanted else "ack"](
-                        keys=self._ack_keys, args=args
-                    )
-                )
+            with ACKNOWLEDGING:
+                if limited_wanted:
+                    limited_fields = [
+                        field for ahead, n in limited_wanted for field in limited[ahead.worker_id].ack_fields(n)
+                    ]
+                    args = [*ack.args(clock, retention, outcomes, claims), _pack(limited_fields)]
+                    reply = _unpack(await self.connection.scripts["ack_limited"](keys=self._ack_keys, args=args))
+                else:
+                    reply = _unpack(await ack(clock, retention, outcomes, claims))
             got_rows = reply if not limited_wanted else reply[0]
             for (ahead, _), rows in zip(wanted, got_rows, strict=True):
                 if rows:

@@ -58,7 +58,7 @@ from apalis_cli.queue_base import QueueBase
 from apalis_cli.service import Outcome, OutcomeKind
 from apalis_cli.storable import encode_result
 from apalis_cli.task import Status, Task, TaskContext, TaskId
-from apalis_redis.connection import Connection, link_kept
+from apalis_redis.connection import ACKNOWLEDGING, Connection
 from apalis_redis.control import tell_beat
 from apalis_redis.scripts import OUTCOME_CODES
 
@@ -227,7 +227,7 @@ class RsmqQueue(RsmqBrowser, RsmqControl, QueueBase):
             local_wake = local_wake or outcome.kind is OutcomeKind.RELEASE
         retention_ms = int(self.retention * 1000)
         args = [self._channel, msgpack.packb(packed, use_bin_type=False), self.keys.control, retention_ms]
-        with link_kept("acknowledging"):
+        with ACKNOWLEDGING:
             await self.connection.scripts["ack"](keys=self.keys.all, args=args)
         if local_wake and not self._channel:
             self.connection.waker(self.queue).notify()

@@ -146,3 +146,14 @@ async def test_ack_layer_releases_a_cancelled_run() -> None:
     with pytest.raises(asyncio.CancelledError):
         await run
     assert written == [("t1", OutcomeKind.RELEASE)]
+
+
+def test_a_batcher_acknowledges_on_each_loop_it_is_used_on() -> None:
+    # A store opened again on a new loop (a second `asyncio.run`, a sync sink's loop) keeps its
+    # batcher: the loop it keeps from the last ack must not outlive that loop.
+    flushes = Flushes()
+    batcher = AckBatcher(flushes)
+    for n in range(2):
+        written = asyncio.run(batcher.ack(make_task(n), Outcome.done(n)))
+        assert written == Outcome.done(n)
+    assert flushes.batches == [[("t0", OutcomeKind.DONE)], [("t1", OutcomeKind.DONE)]]

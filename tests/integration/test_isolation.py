@@ -87,12 +87,14 @@ async def test_a_timeout_kills_a_stuck_child_and_frees_its_slot(store: Store, tm
         stubborn = await run.push("stubborn")  # ignores SIGTERM: SIGKILL after the grace period
         after = await run.push("slow", seconds=0)
         started = time.monotonic()
-        await run_until(run.worker(layers=[TimeoutLayer(1.0)]), lambda: after in run.finished, within=30)
+        # 3 s, not less: the timeout counts the fresh child's start (a Python's imports, over a
+        # second on a loaded machine), and each handler must have written its pidfile by then.
+        await run_until(run.worker(layers=[TimeoutLayer(3.0)]), lambda: after in run.finished, within=30)
         # Two hour-long handlers and a quick one through ONE slot: the slot came back each time.
-        assert time.monotonic() - started < 15
+        assert time.monotonic() - started < 25
         for task_id in (stuck, stubborn):
             event = run.finished[task_id]
-            assert (event.outcome, event.error) == ("retry", "TaskTimeout: timed out after 1s")
+            assert (event.outcome, event.error) == ("retry", "TaskTimeout: timed out after 3s")
             assert gone(run.pid(task_id))
             task = await run.queue.get(task_id)
             assert task.ctx.status is Status.FAILED
@@ -135,7 +137,9 @@ async def test_a_dying_child_fails_only_its_own_task(store: Store, tmp_path: Pat
     run = Run(store, tmp_path, concurrency=2)
     await run.pool.start()
     try:
-        slow = await run.push("slow", seconds=1.5)  # runs beside every crash below, in the other child
+        # Runs beside every crash below, in the other child: long enough for the crashes' fresh
+        # children to start on a loaded machine (1.5 s was not, beside a parallel test run).
+        slow = await run.push("slow", seconds=8)
         deaths = {
             await run.push("segfault", max_attempts=1): "was killed by SIGSEGV (signal 11)",
             await run.push("exit", max_attempts=1): "exited with code 3",

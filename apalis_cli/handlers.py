@@ -298,8 +298,8 @@ def command_handler(spec: CommandHandler, queue: str, grace: float) -> Handler:
             "APALIS_MAX_ATTEMPTS": str(task.ctx.max_attempts),
             "APALIS_QUEUE": queue,
         }
-        try:
-            process = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -307,8 +307,16 @@ def command_handler(spec: CommandHandler, queue: str, grace: float) -> Handler:
                 env=env,
                 **loops.own_group(),  # a Ctrl-C reaches the daemon only; a kill reaches what it started
             )
+        )
+        try:
+            # Shielded: a cancel while asyncio still connects the pipes of a child already forked
+            # would have asyncio kill the child alone, and what it started would live on.
+            process = await asyncio.shield(spawn)
         except OSError as exc:
             raise CommandFailed(f"cannot start {program}: {exc.strerror or exc}") from None
+        except asyncio.CancelledError:
+            await despite_cancellation(_end_started(spawn, grace))
+            raise
         try:
             stdout, stderr = await process.communicate(bytes(task.args))
         except asyncio.CancelledError:
@@ -321,6 +329,15 @@ def command_handler(spec: CommandHandler, queue: str, grace: float) -> Handler:
         return text or None
 
     return run_command
+
+
+async def _end_started(spawn: asyncio.Future[asyncio.subprocess.Process], grace: float) -> None:
+    """End the process group of a command whose start was cancelled, once it has started."""
+    try:
+        process = await spawn
+    except Exception:  # it never started (the run's own error was raised by the shielded await)
+        return
+    await terminate_group(process, grace)
 
 
 def _tail(stderr: bytes) -> str:

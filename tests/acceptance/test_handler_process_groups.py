@@ -56,6 +56,36 @@ async def test_a_cancelled_command_takes_the_programs_it_started_along(tmp_path:
         await asyncio.sleep(0.02)
 
 
+async def test_a_command_cancelled_while_it_starts_takes_its_programs_along(tmp_path: Path) -> None:
+    """A cancel that lands while the command is still being started (asyncio connecting its
+    pipes, the child already forked) ends its process group too: asyncio's own clean-up kills
+    only the child, and a program the child started lived on (seen under a parallel test run)."""
+    script = tmp_path / "spawns.sh"
+    script.write_text(SCRIPT)
+    script.chmod(0o755)
+    survivors = []
+    for turns in range(12):  # the cancel lands after 0, 1, 2, ... turns of the loop: one is mid-start
+        pidfile = tmp_path / f"sleep-{turns}.pid"
+        source = f'[[workers]]\nname = "w"\nhandler = {{ command = ["./spawns.sh", "{pidfile}"] }}\nkill_grace = "1s"\n'
+        config = parse_config(source, tmp_path / "jobs.toml")
+        loaded = load_handler(config, config.workers[0])
+        task = Task(id=f"T{turns}", args=b"{}", ctx=TaskContext(queue="w", attempts=1))
+        running = asyncio.ensure_future(loaded.handler({}, task))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(running), 30)
+        # The script may have been ended before it started `sleep`: only a started one is checked.
+        await asyncio.sleep(0.3)  # the script writes the pidfile right after starting it
+        if pidfile.exists() and pidfile.read_text().strip():
+            pid = int(pidfile.read_text())
+            if not gone_or_zombie(pid):
+                survivors.append(pid)
+                os.kill(pid, signal.SIGKILL)
+    assert survivors == [], "programs outlived their cancelled commands"
+
+
 CONFIG = """\
 [backends.main]
 kind = "sqlite"
